@@ -1,0 +1,21 @@
+// Lint: typescript-eslint's recommended rules plus the layer boundaries from STYLE.md.
+import js from '@eslint/js'
+import tseslint from 'typescript-eslint'
+
+const banned = (groups) => ['error', { patterns: [{ group: groups, message: 'crosses a layer boundary (see shared/STYLE.md)' }] }]
+
+export default tseslint.config(
+  { ignores: ['dist/', 'node_modules/', 'bench/results/'] },
+  js.configs.recommended,
+  ...tseslint.configs.recommended,
+  {
+    rules: {
+      '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_' }],
+      'no-constant-condition': ['error', { checkLoops: false }]
+    }
+  },
+  { files: ['src/protocol/**'], rules: { 'no-restricted-imports': banned(['../tunnel/*', '../daemon/*', '../ipc/*', '../cli/*', '../rendezvous/*', 'node:dgram', 'node:net', 'node:fs', 'winston', 'conf']) } },
+  { files: ['src/tunnel/**'], rules: { 'no-restricted-imports': banned(['../daemon/*', '../ipc/*', '../cli/*', '../rendezvous/*', 'conf', 'winston']) } },
+  { files: ['src/cli/**'], rules: { 'no-restricted-imports': banned(['../tunnel/*', '../daemon/*', '../rendezvous/*', 'winston', 'conf', 'udx-native', 'sodium-native', '@hyperswarm/*']) } },
+  { files: ['**/*.js', '**/*.cjs'], languageOptions: { globals: { process: 'readonly', console: 'readonly' } } }
+)

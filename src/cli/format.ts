@@ -1,0 +1,27 @@
+/** Output helpers for natctl: plain tables for people, JSON for scripts. */
+
+export function table(headers: string[], rows: (string | number | null)[][]): string {
+  const cells = [headers, ...rows.map((r) => r.map((c) => (c === null ? '-' : String(c))))]
+  const widths = headers.map((_, i) => Math.max(...cells.map((r) => (r[i] ?? '').length)))
+  return cells.map((r) => r.map((c, i) => (i === r.length - 1 ? c : (c ?? '').padEnd(widths[i]!))).join('  ')).join('\n')
+}
+
+export function ago(ms: number | null): string {
+  if (ms === null) return '-'
+  if (ms < 2000) return 'now'
+  if (ms < 120_000) return `${Math.round(ms / 1000)}s ago`
+  if (ms < 7_200_000) return `${Math.round(ms / 60_000)}m ago`
+  if (ms < 172_800_000) return `${Math.round(ms / 3_600_000)}h ago`
+  return `${Math.round(ms / 86_400_000)}d ago`
+}
+
+export function bytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB']
+  let i = 0
+  let v = n
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024
+    i++
+  }
+  return i === 0 ? `${n} B` : `${v.toFixed(v < 10 ? 1 : 0)} ${units[i]}`
+}

@@ -1,0 +1,483 @@
+/**
+ * The agent's side of the rendezvous protocol: register over UDP (the one socket that
+ * also carries punching and tunnels) and over a TCP control connection from a fixed
+ * local port (the one TCP punching reuses); heartbeat both; re-register when the
+ * server restarts or our NAT mapping changes.
+ *
+ *   connecting ──ok──▶ registered ──lost──▶ backoff ──timer──▶ connecting
+ *        └────fail────────────────────────────▲
+ *
+ * The state changes in one place, transition(), which logs each change once; retries
+ * inside a state log at debug only.
+ */
+import dns from 'node:dns/promises'
+import { EventEmitter } from 'node:events'
+import net from 'node:net'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { formatEndpoint, parseEndpoint, sameEndpoint, type Endpoint } from '../protocol/endpoint.js'
+import { isErrorCode, NatdError, toNatdError } from '../protocol/errors.js'
+import { secretProof, sign, type KeyPair } from '../protocol/identity.js'
+import type { Clock, Logger } from '../protocol/log.js'
+import {
+  decode,
+  encode,
+  encodeRegister,
+  encodeRegisterUnsigned,
+  frame,
+  FrameSplitter,
+  type Message,
+  type NatVerdict,
+  type OutgoingMessage,
+  type PeerRecord,
+  type Via
+} from '../protocol/rendezvous.js'
+import { DEFAULT_SERVER_PORT } from './config.js'
+
+/** One UDP request (HELLO, REGISTER) waits this long for its answer before a retry. */
+export const UDP_REQUEST_TIMEOUT_MS = 1_000
+export const UDP_REQUEST_TRIES = 3
+/** TCP connect + register must finish within this. */
+export const TCP_REGISTER_TIMEOUT_MS = 5_000
+/** Reconnect backoff: doubles from the first value up to the cap. */
+export const BACKOFF_FIRST_MS = 500
+export const BACKOFF_CAP_MS = 10_000
+/** Heartbeats unanswered in a row before the server counts as lost. */
+export const MISSED_HEARTBEATS_LOST = 3
+/** A TCP request (LIST, INTRODUCE) gives up after this. */
+export const TCP_REQUEST_TIMEOUT_MS = 10_000
+
+export type ClientState =
+  | { kind: 'connecting'; attempt: number }
+  | { kind: 'registered'; since: number; udp: Endpoint | null; tcp: Endpoint | null }
+  | { kind: 'backoff'; attempt: number; until: number; error: NatdError }
+  | { kind: 'stopped' }
+
+export interface RendezvousClientInit {
+  server: string
+  name: string
+  heartbeatMs: number
+  /** Local TCP port for the control connection (same number as the UDP port). */
+  tcpPort: number
+  secretKey: Buffer | null
+}
+
+export interface UdpSender {
+  send(buf: Uint8Array, to: Endpoint, ttl?: number): void
+}
+
+export interface RendezvousClientComponents {
+  udp: UdpSender
+  keyPair: KeyPair
+  log: Logger
+  clock: Clock
+  lan: () => Endpoint[]
+  nat: () => NatVerdict
+}
+
+export interface Introduction {
+  introId: Uint8Array
+  initiator: boolean
+  via: Via
+  peer: PeerRecord
+}
+
+interface Pending<T> {
+  resolve: (v: T) => void
+  reject: (e: Error) => void
+  timer: NodeJS.Timeout
+}
+
+interface ClientEvents {
+  state: [state: ClientState, error: NatdError | null]
+  peer: [event: 'up' | 'down', peer: PeerRecord]
+  introduction: [intro: Introduction]
+}
+
+export class RendezvousClient extends EventEmitter<ClientEvents> {
+  state: ClientState = { kind: 'connecting', attempt: 0 }
+  lastError: NatdError | null = null
+  serverEndpoint: Endpoint | null = null
+  lastHeartbeatAt: number | null = null
+  rttMs: number | null = null
+
+  private readonly log: Logger
+  private readonly abort = new AbortController()
+  private tcp: net.Socket | null = null
+  private token: Uint8Array | null = null
+  private udpWaiter: { types: Message['type'][]; resolve: (m: Message) => void } | null = null
+  private readonly tcpWaiters = new Map<number, Pending<Message>>()
+  private nextReqId = 1
+  private heartbeatSeq = 0
+  private heartbeatSentAt = new Map<number, number>()
+  private missedUdp = 0
+  private missedTcp = 0
+  private lost: ((err: NatdError) => void) | null = null
+
+  constructor(
+    private readonly init: RendezvousClientInit,
+    private readonly c: RendezvousClientComponents
+  ) {
+    super()
+    this.log = c.log
+  }
+
+  /** Runs until stop(); never rejects. */
+  async run(): Promise<void> {
+    let attempt = 0
+    while (!this.abort.signal.aborted) {
+      this.transition({ kind: 'connecting', attempt })
+      let error: NatdError
+      try {
+        error = await this.session()
+        attempt = 0
+      } catch (err) {
+        error = toNatdError(err, 'SERVER_UNREACHABLE')
+      }
+      this.closeTcp()
+      if (this.abort.signal.aborted) break
+      attempt++
+      const delay = Math.min(BACKOFF_CAP_MS, BACKOFF_FIRST_MS * 2 ** Math.min(attempt - 1, 10))
+      this.transition({ kind: 'backoff', attempt, until: this.c.clock.now() + delay, error })
+      try {
+        await sleep(delay, undefined, { signal: this.abort.signal })
+      } catch {
+        break
+      }
+    }
+    this.transition({ kind: 'stopped' })
+  }
+
+  /** Says goodbye to the server (peers learn at once) and stops. */
+  async stop(): Promise<void> {
+    if (this.tcp && this.state.kind === 'registered') {
+      const sock = this.tcp
+      await new Promise<void>((resolve) => {
+        sock.write(frame(encode({ type: 'bye' })), () => resolve())
+        setTimeout(resolve, 300).unref()
+      })
+    }
+    this.abort.abort()
+    this.lost?.(new NatdError('SERVER_UNREACHABLE', 'stopping'))
+    this.closeTcp()
+  }
+
+  /** Peer list from the server. */
+  async list(): Promise<PeerRecord[]> {
+    const reply = await this.request({ type: 'list', reqId: 0 })
+    if (reply.type !== 'peers') throw new NatdError('INTERNAL', `unexpected ${reply.type}`)
+    return reply.peers
+  }
+
+  /** Asks the server to introduce us to `target`; resolves with our side of the introduction. */
+  async introduce(target: string, via: Via): Promise<Introduction> {
+    const reply = await this.request({ type: 'introduce', reqId: 0, target, via })
+    if (reply.type !== 'introduction') throw new NatdError('INTERNAL', `unexpected ${reply.type}`)
+    return { introId: reply.introId, initiator: reply.initiator, via: reply.via, peer: reply.peer }
+  }
+
+  /** Datagrams from the shared UDP socket that carry our magic. */
+  onDatagram(buf: Buffer, from: Endpoint): void {
+    if (!sameEndpoint(from, this.serverEndpoint)) return
+    let msg: Message
+    try {
+      msg = decode(buf)
+    } catch (err) {
+      this.log.debug('bad datagram from server', { err: (err as Error).message })
+      return
+    }
+    if (msg.type === 'heartbeat-ack') return this.onHeartbeatAck(msg)
+    if (this.udpWaiter && (this.udpWaiter.types.includes(msg.type) || msg.type === 'error')) {
+      const w = this.udpWaiter
+      this.udpWaiter = null
+      w.resolve(msg)
+    }
+  }
+
+  // --- one registered session ---------------------------------------------
+
+  /** Connects and registers; resolves with the reason once the session is lost. */
+  private async session(): Promise<NatdError> {
+    const server = await this.resolveServer()
+    this.serverEndpoint = server
+    const tcpObserved = await this.registerTcp(server)
+    const udpObserved = await this.registerUdp(server)
+    this.missedUdp = 0
+    this.missedTcp = 0
+    this.lastHeartbeatAt = this.c.clock.now()
+    this.transition({ kind: 'registered', since: this.c.clock.now(), udp: udpObserved, tcp: tcpObserved })
+    const lostPromise = new Promise<NatdError>((resolve) => (this.lost = resolve))
+    const timer = setInterval(() => this.onHeartbeatExpired(), this.init.heartbeatMs)
+    try {
+      return await lostPromise
+    } finally {
+      clearInterval(timer)
+      this.lost = null
+    }
+  }
+
+  private async resolveServer(): Promise<Endpoint> {
+    const ep = parseEndpoint(this.init.server, DEFAULT_SERVER_PORT)
+    if (net.isIP(ep.host)) return ep
+    try {
+      const { address } = await dns.lookup(ep.host, { family: 4 })
+      return { host: address, port: ep.port }
+    } catch (err) {
+      throw new NatdError('SERVER_UNREACHABLE', `cannot resolve ${ep.host}: ${(err as Error).message}`, { cause: err })
+    }
+  }
+
+  private signedRegister(nonce: Uint8Array, serverTime: number): Buffer {
+    const publicKey = this.c.keyPair.publicKey
+    const unsigned = encodeRegisterUnsigned({
+      nonce,
+      time: serverTime,
+      publicKey,
+      name: this.init.name,
+      tcpPort: this.init.tcpPort,
+      nat: this.c.nat(),
+      lan: this.c.lan(),
+      proof: this.init.secretKey ? secretProof(this.init.secretKey, nonce, publicKey) : new Uint8Array(0)
+    })
+    return encodeRegister(unsigned, sign(unsigned, this.c.keyPair.secretKey))
+  }
+
+  private async registerUdp(server: Endpoint): Promise<Endpoint | null> {
+    const challenge = await this.udpRequest(encode({ type: 'hello' }), ['challenge'], server)
+    if (challenge.type !== 'challenge') throw new NatdError('INTERNAL', 'expected a challenge')
+    const ack = await this.udpRequest(this.signedRegister(challenge.nonce, challenge.serverTime), ['register-ack'], server)
+    if (ack.type !== 'register-ack') throw new NatdError('INTERNAL', 'expected a register ack')
+    this.token = ack.token
+    return ack.observed
+  }
+
+  private async udpRequest(buf: Buffer, types: Message['type'][], server: Endpoint): Promise<Message> {
+    for (let i = 0; i < UDP_REQUEST_TRIES; i++) {
+      const reply = new Promise<Message | null>((resolve) => {
+        this.udpWaiter = { types, resolve }
+        setTimeout(() => resolve(null), UDP_REQUEST_TIMEOUT_MS).unref()
+      })
+      this.c.udp.send(buf, server)
+      const msg = await reply
+      this.udpWaiter = null
+      if (this.abort.signal.aborted) throw new NatdError('SERVER_UNREACHABLE', 'stopping')
+      if (msg?.type === 'error') throw serverError(msg)
+      if (msg) return msg
+    }
+    throw new NatdError('SERVER_UNREACHABLE', `no UDP answer from ${formatEndpoint(server)} (${UDP_REQUEST_TRIES} tries)`)
+  }
+
+  private async registerTcp(server: Endpoint): Promise<Endpoint | null> {
+    const sock = await this.connectTcp(server)
+    this.tcp = sock
+    const splitter = new FrameSplitter()
+    let first: ((m: Message) => void) | null = null
+    const firstMessage = (): Promise<Message> => new Promise((resolve) => (first = resolve))
+    sock.on('data', (chunk) => {
+      try {
+        for (const f of splitter.push(chunk)) {
+          const msg = decode(f)
+          if (first) {
+            const f0 = first
+            first = null
+            f0(msg)
+          } else this.onTcpMessage(msg)
+        }
+      } catch (err) {
+        this.log.warn('bad frame from server', { err: (err as Error).message })
+        sock.destroy()
+      }
+    })
+    const closed = new Promise<never>((_, reject) =>
+      sock.once('close', () => {
+        reject(new NatdError('SERVER_UNREACHABLE', 'control connection closed'))
+        this.lost?.(new NatdError('SERVER_UNREACHABLE', 'control connection to the server closed'))
+        for (const w of this.tcpWaiters.values()) w.reject(new NatdError('SERVER_UNREACHABLE', 'control connection closed'))
+        this.tcpWaiters.clear()
+      })
+    )
+    closed.catch(() => undefined)
+    const timeout = sleep(TCP_REGISTER_TIMEOUT_MS, undefined, { ref: false }).then(() => {
+      throw new NatdError('SERVER_UNREACHABLE', `no TCP registration answer from ${formatEndpoint(server)}`)
+    })
+    timeout.catch(() => undefined)
+    const challenge = await Promise.race([firstMessage(), closed, timeout])
+    if (challenge.type !== 'challenge') throw new NatdError('INTERNAL', `expected a challenge, got ${challenge.type}`)
+    sock.write(frame(this.signedRegister(challenge.nonce, challenge.serverTime)))
+    const ack = await Promise.race([firstMessage(), closed, timeout])
+    if (ack.type === 'error') throw serverError(ack)
+    if (ack.type !== 'register-ack') throw new NatdError('INTERNAL', `expected a register ack, got ${ack.type}`)
+    return ack.observed
+  }
+
+  /** Connects from our fixed TCP port; falls back to an ephemeral one (with a warning) when it is busy. */
+  private async connectTcp(server: Endpoint): Promise<net.Socket> {
+    const attempt = (localPort: number | undefined): Promise<net.Socket> =>
+      new Promise((resolve, reject) => {
+        const sock = net.connect({ host: server.host, port: server.port, ...(localPort ? { localPort } : {}) })
+        const timer = setTimeout(() => {
+          sock.destroy()
+          reject(new NatdError('SERVER_UNREACHABLE', `TCP connect to ${formatEndpoint(server)} timed out`))
+        }, TCP_REGISTER_TIMEOUT_MS)
+        sock.once('connect', () => {
+          clearTimeout(timer)
+          sock.setNoDelay(true)
+          sock.setKeepAlive(true, 10_000)
+          sock.on('error', (err) => this.log.debug('control connection error', { err: err.message }))
+          resolve(sock)
+        })
+        sock.once('error', (err: NodeJS.ErrnoException) => {
+          clearTimeout(timer)
+          reject(Object.assign(new NatdError('SERVER_UNREACHABLE', `TCP connect to ${formatEndpoint(server)}: ${err.code ?? err.message}`), { errno: err.code }))
+        })
+      })
+    try {
+      return await attempt(this.init.tcpPort || undefined)
+    } catch (err) {
+      const code = (err as { errno?: string }).errno
+      if (this.init.tcpPort && (code === 'EADDRINUSE' || code === 'EADDRNOTAVAIL')) {
+        this.log.warn('control port busy, using an ephemeral port (TCP punching waits for the next reconnect)', { port: this.init.tcpPort, code })
+        return attempt(undefined)
+      }
+      throw err
+    }
+  }
+
+  private onTcpMessage(msg: Message): void {
+    switch (msg.type) {
+      case 'pong':
+        this.missedTcp = 0
+        return
+      case 'peer-event':
+        this.emit('peer', msg.event, msg.peer)
+        return
+      case 'introduction':
+        if (msg.reqId === 0) {
+          this.emit('introduction', { introId: msg.introId, initiator: msg.initiator, via: msg.via, peer: msg.peer })
+          return
+        }
+        return this.settle(msg.reqId, msg)
+      case 'peers':
+        return this.settle(msg.reqId, msg)
+      case 'error':
+        if (msg.reqId) return this.settle(msg.reqId, msg)
+        this.log.warn('server error', { code: msg.code, message: msg.message })
+        this.lost?.(serverError(msg))
+        return
+      default:
+        return
+    }
+  }
+
+  private settle(reqId: number, msg: Message): void {
+    const w = this.tcpWaiters.get(reqId)
+    if (!w) return
+    this.tcpWaiters.delete(reqId)
+    clearTimeout(w.timer)
+    if (msg.type === 'error') w.reject(serverError(msg))
+    else w.resolve(msg)
+  }
+
+  private request(msg: Extract<OutgoingMessage, { reqId: number }>): Promise<Message> {
+    if (this.state.kind !== 'registered' || !this.tcp) {
+      return Promise.reject(new NatdError('NOT_REGISTERED', `not registered with ${this.init.server} (${this.lastError?.message ?? this.state.kind})`))
+    }
+    const reqId = this.nextReqId++
+    const sock = this.tcp
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.tcpWaiters.delete(reqId)
+        reject(new NatdError('TIMEOUT', `the server did not answer ${msg.type} in ${TCP_REQUEST_TIMEOUT_MS / 1000}s`))
+      }, TCP_REQUEST_TIMEOUT_MS)
+      this.tcpWaiters.set(reqId, { resolve, reject, timer })
+      sock.write(frame(encode({ ...msg, reqId } as OutgoingMessage)))
+    })
+  }
+
+  // --- heartbeats -----------------------------------------------------------
+
+  private onHeartbeatExpired(): void {
+    if (this.state.kind !== 'registered' || !this.serverEndpoint || !this.token) return
+    if (this.missedUdp >= MISSED_HEARTBEATS_LOST || this.missedTcp >= MISSED_HEARTBEATS_LOST) {
+      this.lost?.(new NatdError('SERVER_UNREACHABLE', `${MISSED_HEARTBEATS_LOST} heartbeats unanswered`))
+      return
+    }
+    const seq = ++this.heartbeatSeq
+    this.heartbeatSentAt.set(seq, this.c.clock.now())
+    if (this.heartbeatSentAt.size > 8) this.heartbeatSentAt.delete(this.heartbeatSentAt.keys().next().value!)
+    this.missedUdp++
+    this.missedTcp++
+    this.c.udp.send(encode({ type: 'heartbeat', token: this.token, seq }), this.serverEndpoint)
+    this.tcp?.write(frame(encode({ type: 'ping', seq })))
+  }
+
+  private onHeartbeatAck(msg: Extract<Message, { type: 'heartbeat-ack' }>): void {
+    const sent = this.heartbeatSentAt.get(msg.seq)
+    if (sent === undefined) return
+    this.heartbeatSentAt.delete(msg.seq)
+    this.missedUdp = 0
+    if (msg.status === 'unknown') {
+      this.lost?.(new NatdError('NOT_REGISTERED', 'the server no longer knows us (restarted?)'))
+      return
+    }
+    this.rttMs = this.c.clock.now() - sent
+    this.lastHeartbeatAt = this.c.clock.now()
+    if (msg.status === 'moved' && this.state.kind === 'registered') {
+      const from = this.state.udp
+      this.log.info('nat mapping changed, registering again', { from: formatEndpoint(from), to: formatEndpoint(msg.observed) })
+      void this.reregisterUdp()
+    }
+  }
+
+  private async reregisterUdp(): Promise<void> {
+    if (!this.serverEndpoint) return
+    try {
+      const udp = await this.registerUdp(this.serverEndpoint)
+      if (this.state.kind === 'registered') this.state = { ...this.state, udp }
+    } catch (err) {
+      this.lost?.(toNatdError(err, 'SERVER_UNREACHABLE'))
+    }
+  }
+
+  private closeTcp(): void {
+    const sock = this.tcp
+    this.tcp = null
+    if (sock && !sock.destroyed) {
+      // RST rather than FIN: no TIME_WAIT on our fixed port, so the next connect can reuse it.
+      sock.resetAndDestroy()
+    }
+  }
+
+  private transition(next: ClientState): void {
+    const prev = this.state
+    this.state = next
+    if (next.kind === 'backoff') this.lastError = next.error
+    if (next.kind === 'registered') this.lastError = null
+    if (prev.kind === next.kind) {
+      if (next.kind === 'backoff') this.log.debug('retrying server', { attempt: next.attempt, err: next.error.message })
+      return
+    }
+    const server = this.init.server
+    switch (next.kind) {
+      case 'registered':
+        this.log.info('registered', { server, publicUdp: formatEndpoint(next.udp), publicTcp: formatEndpoint(next.tcp) })
+        break
+      case 'backoff': {
+        const level = next.error.code === 'NAME_TAKEN' || next.error.code === 'UNAUTHORIZED' ? 'error' : 'warn'
+        this.log[level](prev.kind === 'registered' ? 'lost the server, retrying' : 'cannot register, retrying', { server, code: next.error.code, err: next.error.message })
+        break
+      }
+      case 'connecting':
+        if (prev.kind === 'backoff') break // the retry loop: logged once when backoff began
+        this.log.info('connecting', { server })
+        break
+      case 'stopped':
+        this.log.info('stopped')
+        break
+    }
+    this.emit('state', next, this.lastError)
+  }
+}
+
+function serverError(msg: Extract<Message, { type: 'error' }>): NatdError {
+  return new NatdError(isErrorCode(msg.code) ? msg.code : 'INTERNAL', msg.message || msg.code)
+}

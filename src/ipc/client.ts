@@ -1,0 +1,118 @@
+/**
+ * The API client natctl (and any Node program) uses: one connection, requests matched
+ * to responses by id, events to subscribers. Errors come back as NatdError with the
+ * daemon's code; a missing daemon is NOT_RUNNING, a socket we may not use is
+ * PERMISSION_DENIED.
+ */
+import fs from 'node:fs'
+import { IPCModule } from 'node-ipc'
+import { isErrorCode, NatdError } from '../protocol/errors.js'
+import type { EventName, Events, MethodName, Params, Result } from './schema.js'
+import { defaultSocketPath } from './schema.js'
+
+interface IpcClientHandle {
+  on(event: string, fn: (...args: never[]) => void): void
+  emit(type: string, data: unknown): void
+  socket?: { destroy(): void }
+}
+
+/** The socket natctl talks to when --socket is not given: the user's own daemon, else the system one. */
+export function resolveSocketPath(explicit?: string): string {
+  if (explicit) return explicit
+  const user = defaultSocketPath(process.env, process.getuid?.() ?? 0)
+  if (fs.existsSync(user)) return user
+  return fs.existsSync('/run/natd/natd.sock') ? '/run/natd/natd.sock' : user
+}
+
+export class ApiClient {
+  private readonly ipc = new IPCModule()
+  private handle: IpcClientHandle | null = null
+  private nextId = 1
+  private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>()
+  private readonly listeners = new Set<(event: EventName, data: unknown) => void>()
+  private closed = false
+
+  constructor(readonly socketPath: string) {}
+
+  /** Connects, or rejects with NOT_RUNNING / PERMISSION_DENIED. */
+  async connect(): Promise<void> {
+    const path = this.socketPath
+    if (!fs.existsSync(path)) throw new NatdError('NOT_RUNNING', `natd is not running (no socket at ${path})`)
+    const cfg = this.ipc.config
+    cfg.silent = true
+    cfg.stopRetrying = true
+    cfg.maxRetries = 0
+    cfg.parser = 'guarded'
+    cfg.maxMessageSize = 16 * 1024 * 1024
+    await new Promise<void>((resolve, reject) => {
+      this.ipc.connectTo('natd', path, () => {
+        const handle = this.ipc.of.natd as unknown as IpcClientHandle
+        this.handle = handle
+        handle.on('connect', () => resolve())
+        handle.on('error', (err: NodeJS.ErrnoException) => {
+          const e = mapConnectError(err, path)
+          reject(e)
+          this.failAll(e)
+        })
+        handle.on('disconnect', () => {
+          const e = new NatdError('NOT_RUNNING', `natd closed the connection on ${path}`)
+          reject(e)
+          this.failAll(e)
+        })
+        handle.on('response', (data: never) => this.onResponse(data))
+        handle.on('event', (data: never) => this.onEvent(data))
+      })
+    })
+  }
+
+  call<M extends MethodName>(method: M, params: Params<M>): Promise<Result<M>> {
+    if (!this.handle) return Promise.reject(new NatdError('NOT_RUNNING', 'not connected'))
+    const id = this.nextId++
+    return new Promise<Result<M>>((resolve, reject) => {
+      this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject })
+      this.handle!.emit('request', { id, method, params })
+    })
+  }
+
+  /** Subscribes to events; the handler sees every event of the named kinds. */
+  async subscribe(events: EventName[], handler: <E extends EventName>(event: E, data: Events[E]) => void): Promise<void> {
+    this.listeners.add(handler as (event: EventName, data: unknown) => void)
+    await this.call('subscribe', { events })
+  }
+
+  close(): void {
+    this.closed = true
+    this.ipc.disconnect('natd')
+  }
+
+  private onResponse(data: { id: number; result?: unknown; error?: { code: string; message: string } }): void {
+    const p = this.pending.get(data.id)
+    if (!p) return
+    this.pending.delete(data.id)
+    if (data.error) p.reject(new NatdError(isErrorCode(data.error.code) ? data.error.code : 'INTERNAL', data.error.message))
+    else p.resolve(data.result)
+  }
+
+  private onEvent(data: { event: EventName; data: unknown }): void {
+    for (const l of this.listeners) l(data.event, data.data)
+  }
+
+  private failAll(err: Error): void {
+    if (this.closed) return
+    for (const p of this.pending.values()) p.reject(err)
+    this.pending.clear()
+  }
+}
+
+function mapConnectError(err: NodeJS.ErrnoException, path: string): NatdError {
+  switch (err.code) {
+    case 'EACCES':
+    case 'EPERM':
+      return new NatdError('PERMISSION_DENIED', `permission denied on ${path}: add yourself to group natd`, { cause: err })
+    case 'ENOENT':
+    case 'ECONNREFUSED':
+      return new NatdError('NOT_RUNNING', `natd is not running (no socket at ${path})`, { cause: err })
+    default:
+      return new NatdError('NOT_RUNNING', `cannot reach natd on ${path}: ${err.message}`, { cause: err })
+  }
+}

@@ -1,0 +1,192 @@
+/**
+ * The local API: every method, its parameters (validated at the boundary) and its
+ * result, and the events subscribers receive. docs/API.md documents the same for
+ * programs in other languages; a unit test checks the two agree.
+ *
+ * Framing (node-ipc): UTF-8 JSON `{"type": …, "data": …}` followed by `\f`.
+ *   request   {"type":"request","data":{"id":1,"method":"status","params":{}}}
+ *   response  {"type":"response","data":{"id":1,"result":{…}}}
+ *             {"type":"response","data":{"id":1,"error":{"code":"PEER_UNKNOWN","message":"…"}}}
+ *   event     {"type":"event","data":{"event":"peer.up","data":{…}}}
+ */
+import type { ErrorCode } from '../protocol/errors.js'
+import { NatdError } from '../protocol/errors.js'
+
+export const API_VERSION = 1
+
+export type ServerState = 'connecting' | 'registered' | 'backoff' | 'stopped'
+export type PathKind = 'lan' | 'direct-udp' | 'direct-tcp' | 'relay'
+export type Via = 'auto' | 'udp' | 'tcp' | 'relay'
+
+export interface StatusResult {
+  version: string
+  name: string
+  id: string
+  server: string
+  serverState: ServerState
+  registered: boolean
+  lastError: { code: ErrorCode | string; message: string } | null
+  lastHeartbeatAgoMs: number | null
+  serverRttMs: number | null
+  publicUdp: string | null
+  publicTcp: string | null
+  localUdpPort: number
+  lan: string[]
+  nat: string
+  uptimeMs: number
+  tunnels: number
+}
+
+export interface PeerInfo {
+  name: string
+  id: string
+  online: boolean
+  lastSeenAgoMs: number
+  endpoint: string | null
+  tcpEndpoint: string | null
+  lan: string[]
+  nat: string
+  tunnel: PathKind | null
+}
+
+export interface TunnelInfo {
+  peer: string
+  id: string
+  path: PathKind
+  remote: string
+  rttMs: number | null
+  bytesIn: number
+  bytesOut: number
+  since: string
+  streams: number
+}
+
+export interface OpenResult extends TunnelInfo {
+  tookMs: number
+  reused: boolean
+}
+
+export interface PingResult {
+  peer: string
+  path: PathKind
+  remote: string
+  rttMs: number
+}
+
+export interface ForwardInfo {
+  localPort: number
+  bind: string
+  peer: string
+  remotePort: number
+  connections: number
+}
+
+export interface ExposeInfo {
+  port: number
+  host: string
+  allow: string[] // empty = every peer
+}
+
+export interface Methods {
+  status: { params: Record<string, never>; result: StatusResult }
+  peers: { params: Record<string, never>; result: PeerInfo[] }
+  subscribe: { params: { events: EventName[] }; result: { subscribed: EventName[] } }
+  open: { params: { peer: string; via: Via; timeoutMs: number }; result: OpenResult }
+  close: { params: { peer: string }; result: { closed: boolean } }
+  tunnels: { params: Record<string, never>; result: TunnelInfo[] }
+  ping: { params: { peer: string; timeoutMs: number }; result: PingResult }
+  'forward.add': { params: { localPort: number; peer: string; remotePort: number; bind: string }; result: ForwardInfo }
+  'forward.ls': { params: Record<string, never>; result: ForwardInfo[] }
+  'forward.rm': { params: { localPort: number }; result: { removed: ForwardInfo } }
+  'expose.add': { params: { port: number; host: string; allow: string[] }; result: ExposeInfo }
+  'expose.ls': { params: Record<string, never>; result: ExposeInfo[] }
+  'expose.rm': { params: { port: number }; result: { removed: ExposeInfo } }
+}
+
+export type MethodName = keyof Methods
+export type Params<M extends MethodName> = Methods[M]['params']
+export type Result<M extends MethodName> = Methods[M]['result']
+
+export interface Events {
+  'peer.up': PeerInfo
+  'peer.down': PeerInfo
+  'server.state': { state: ServerState; error: { code: string; message: string } | null }
+  'tunnel.state': { peer: string; id: string; state: 'up' | 'down'; path: PathKind | null; remote: string | null; reason: string | null }
+}
+export type EventName = keyof Events
+export const EVENT_NAMES: readonly EventName[] = ['peer.up', 'peer.down', 'server.state', 'tunnel.state']
+
+// --- validation ------------------------------------------------------------
+
+type Check<T> = (value: unknown, path: string) => T
+
+const fail = (path: string, want: string): never => {
+  throw new NatdError('BAD_REQUEST', `${path} must be ${want}`)
+}
+
+export const v = {
+  string: (opts: { max?: number; min?: number } = {}): Check<string> => (x, p) =>
+    typeof x === 'string' && x.length >= (opts.min ?? 1) && x.length <= (opts.max ?? 256) ? x : fail(p, `a string of ${opts.min ?? 1}-${opts.max ?? 256} characters`),
+  port: (): Check<number> => (x, p) => (Number.isInteger(x) && (x as number) >= 1 && (x as number) <= 65535 ? (x as number) : fail(p, 'a port number 1-65535')),
+  int: (min: number, max: number): Check<number> => (x, p) => (Number.isInteger(x) && (x as number) >= min && (x as number) <= max ? (x as number) : fail(p, `an integer ${min}-${max}`)),
+  oneOf: <T extends string>(values: readonly T[]): Check<T> => (x, p) => (values.includes(x as T) ? (x as T) : fail(p, `one of ${values.join(', ')}`)),
+  array: <T>(item: Check<T>, max = 64): Check<T[]> => (x, p) => {
+    if (!Array.isArray(x) || x.length > max) return fail(p, `an array of at most ${max} items`)
+    return x.map((el, i) => item(el, `${p}[${i}]`))
+  },
+  optional: <T>(check: Check<T>, fallback: T): Check<T> => (x, p) => (x === undefined ? fallback : check(x, p)),
+  object: <T extends Record<string, unknown>>(shape: { [K in keyof T]: Check<T[K]> }): Check<T> => (x, p) => {
+    if (typeof x !== 'object' || x === null || Array.isArray(x)) return fail(p, 'an object')
+    for (const key of Object.keys(x)) if (!(key in shape)) fail(`${p}.${key}`, 'absent (unknown parameter)')
+    const out = {} as T
+    for (const key of Object.keys(shape) as (keyof T)[]) out[key] = shape[key]((x as Record<string, unknown>)[key as string], `${p}.${String(key)}`)
+    return out
+  }
+}
+
+const empty = v.object<Record<string, never>>({})
+const TIMEOUT_MAX_MS = 10 * 60_000
+const VIAS: readonly Via[] = ['auto', 'udp', 'tcp', 'relay']
+
+export const PARAMS: { [M in MethodName]: Check<Params<M>> } = {
+  status: empty,
+  peers: empty,
+  subscribe: v.object({ events: v.array(v.oneOf(EVENT_NAMES), EVENT_NAMES.length) }),
+  open: v.object({ peer: v.string({ max: 64 }), via: v.optional(v.oneOf(VIAS), 'auto'), timeoutMs: v.optional(v.int(1, TIMEOUT_MAX_MS), 10_000) }),
+  close: v.object({ peer: v.string({ max: 64 }) }),
+  tunnels: empty,
+  ping: v.object({ peer: v.string({ max: 64 }), timeoutMs: v.optional(v.int(1, TIMEOUT_MAX_MS), 5_000) }),
+  'forward.add': v.object({ localPort: v.port(), peer: v.string({ max: 64 }), remotePort: v.port(), bind: v.optional(v.string({ max: 64 }), '127.0.0.1') }),
+  'forward.ls': empty,
+  'forward.rm': v.object({ localPort: v.port() }),
+  'expose.add': v.object({ port: v.port(), host: v.optional(v.string({ max: 64 }), '127.0.0.1'), allow: v.optional(v.array(v.string({ max: 64 })), []) }),
+  'expose.ls': empty,
+  'expose.rm': v.object({ port: v.port() })
+}
+
+export function isMethod(name: unknown): name is MethodName {
+  return typeof name === 'string' && Object.hasOwn(PARAMS, name)
+}
+
+export interface RequestEnvelope {
+  id: number | string
+  method: MethodName
+  params: unknown
+}
+
+/** Validates a request envelope; throws NatdError('BAD_REQUEST'). */
+export function parseRequest(data: unknown): RequestEnvelope {
+  if (typeof data !== 'object' || data === null) throw new NatdError('BAD_REQUEST', 'request data must be an object {id, method, params}')
+  const { id, method, params } = data as Record<string, unknown>
+  if (!(typeof id === 'number' && Number.isSafeInteger(id)) && !(typeof id === 'string' && id.length <= 64)) {
+    throw new NatdError('BAD_REQUEST', 'request id must be an integer or a short string')
+  }
+  if (!isMethod(method)) throw new NatdError('BAD_REQUEST', `unknown method ${JSON.stringify(method)}`)
+  return { id, method, params: params ?? {} }
+}
+
+export function defaultSocketPath(env: NodeJS.ProcessEnv = process.env, uid = process.getuid?.() ?? 0): string {
+  if (uid === 0) return '/run/natd/natd.sock'
+  const runtime = env.XDG_RUNTIME_DIR || `/tmp/natd-${uid}`
+  return `${runtime}/natd/natd.sock`
+}

@@ -1,0 +1,19 @@
+/** Durations as people write them on the command line: `500ms`, `20s`, `5m`, `1h`, or plain seconds. */
+const UNITS_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }
+
+export function parseDuration(text: string | number): number {
+  if (typeof text === 'number') {
+    if (!Number.isFinite(text) || text < 0) throw new RangeError(`bad duration ${text}`)
+    return text * 1000
+  }
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(text.trim())
+  if (!m) throw new RangeError(`bad duration ${JSON.stringify(text)}: use e.g. 500ms, 20s, 5m`)
+  return Math.round(Number(m[1]) * UNITS_MS[m[2] ?? 's']!)
+}
+
+export function formatDuration(ms: number): string {
+  if (ms < 1000) return `${Math.round(ms)}ms`
+  if (ms < 60_000) return `${(ms / 1000).toFixed(ms < 10_000 ? 1 : 0)}s`
+  if (ms < 3_600_000) return `${Math.floor(ms / 60_000)}m${Math.round((ms % 60_000) / 1000)}s`
+  return `${Math.floor(ms / 3_600_000)}h${Math.floor((ms % 3_600_000) / 60_000)}m`
+}

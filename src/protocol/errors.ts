@@ -1,0 +1,60 @@
+/**
+ * Stable error codes shared by every layer. Code branches on `code`, never on message
+ * text; the local API sends `{code, message}` and natctl maps the code to an exit status.
+ */
+export const ERROR_CODES = [
+  'BAD_REQUEST', // malformed API request or wire frame
+  'BAD_VERSION', // wire frame of a protocol version we do not speak
+  'UNAUTHORIZED', // bad signature, stale nonce, wrong network secret
+  'NAME_TAKEN', // the name is bound to another live key
+  'NOT_RUNNING', // natctl: no daemon behind the socket
+  'PERMISSION_DENIED', // natctl: the socket exists but we may not use it
+  'ALREADY_RUNNING', // natd: another live daemon holds the socket
+  'NOT_REGISTERED', // the agent has no live registration with the server
+  'SERVER_UNREACHABLE',
+  'PEER_UNKNOWN', // no such name/ID on the server
+  'PEER_OFFLINE',
+  'PUNCH_FAILED',
+  'PUNCH_TIMEOUT',
+  'UNSUPPORTED_PATH', // a --via the agent cannot do (yet)
+  'KEY_MISMATCH', // a pinned peer presented another key
+  'NOT_EXPOSED', // the peer does not expose that port to us
+  'TUNNEL_CLOSED',
+  'PORT_IN_USE',
+  'INVALID_ARGUMENT',
+  'TIMEOUT',
+  'INTERNAL'
+] as const
+
+export type ErrorCode = (typeof ERROR_CODES)[number]
+
+export function isErrorCode(value: unknown): value is ErrorCode {
+  return typeof value === 'string' && (ERROR_CODES as readonly string[]).includes(value)
+}
+
+/** The one base class for natd errors: a literal `code`, a human `message`, a `cause`. */
+export class NatdError extends Error {
+  override name = 'NatdError'
+  readonly code: ErrorCode
+
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options)
+    this.code = code
+  }
+
+  toJSON(): { code: ErrorCode; message: string } {
+    return { code: this.code, message: this.message }
+  }
+}
+
+/** Thrown only by decoders, for bytes that are not a valid frame. */
+export class ProtocolError extends NatdError {
+  override name = 'ProtocolError'
+}
+
+/** Wraps anything thrown into a NatdError, keeping the original as `cause`. */
+export function toNatdError(err: unknown, fallback: ErrorCode = 'INTERNAL'): NatdError {
+  if (err instanceof NatdError) return err
+  const message = err instanceof Error ? err.message : String(err)
+  return new NatdError(fallback, message, { cause: err })
+}

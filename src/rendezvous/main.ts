@@ -1,0 +1,78 @@
+#!/usr/bin/env node
+/** natd-rendezvous: the public introducer. See README "Running a rendezvous server". */
+import { readFileSync } from 'node:fs'
+import yargs from 'yargs'
+import { hideBin } from 'yargs/helpers'
+import { createLogger, LOG_LEVELS } from '../daemon/logger.js'
+import { parseDuration } from '../protocol/duration.js'
+import { RendezvousServer } from './server.js'
+
+/** Suggested to agents: Linux conntrack forgets an idle UDP mapping after 30 s. */
+const DEFAULT_HEARTBEAT = '20s'
+
+async function main(): Promise<void> {
+  const argv = await yargs(hideBin(process.argv))
+    .scriptName('natd-rendezvous')
+    .usage('$0 [options]\n\nRegisters natd agents, keeps their NAT mappings alive, introduces them to each other.')
+    .option('host', { type: 'string', default: '0.0.0.0', describe: 'address to listen on' })
+    .option('port', { type: 'number', default: 3478, describe: 'UDP and TCP port (UDP also answers STUN)' })
+    .option('alt-port', { type: 'number', default: 3479, describe: 'second UDP port for STUN mapping checks (0 = off)' })
+    .option('secret-file', { type: 'string', describe: 'file holding the network secret agents must prove' })
+    .option('peer-timeout', { type: 'string', default: '60s', describe: 'drop an agent silent for this long' })
+    .option('heartbeat', { type: 'string', default: DEFAULT_HEARTBEAT, describe: 'heartbeat interval suggested to agents' })
+    .option('log-level', { choices: LOG_LEVELS, default: 'info' as const })
+    .strict()
+    .help()
+    .version(false)
+    .fail((msg, err) => {
+      process.stderr.write(`natd-rendezvous: ${msg ?? err?.message}\nTry natd-rendezvous --help\n`)
+      process.exit(2)
+    })
+    .parseAsync()
+
+  const ports = [argv.port, argv['alt-port']]
+  if (ports.some((p) => !Number.isInteger(p) || p < 0 || p > 65535) || argv.port === 0) usage('ports must be 1-65535 (--alt-port 0 turns it off)')
+  if (argv.port === argv['alt-port']) usage('--alt-port must differ from --port')
+  let peerTimeoutMs: number
+  let heartbeatMs: number
+  try {
+    peerTimeoutMs = parseDuration(argv['peer-timeout'])
+    heartbeatMs = parseDuration(argv.heartbeat)
+  } catch (err) {
+    usage((err as Error).message)
+  }
+  let secret: Buffer | undefined
+  if (argv['secret-file']) {
+    try {
+      secret = readFileSync(argv['secret-file'])
+    } catch (err) {
+      usage(`cannot read --secret-file: ${(err as Error).message}`)
+    }
+    if (!secret.length) usage('--secret-file is empty')
+  }
+
+  const log = createLogger({ level: argv['log-level'] })
+  const server = new RendezvousServer(
+    { host: argv.host, port: argv.port, altPort: argv['alt-port'], secret, peerTimeoutMs, heartbeatMs },
+    { log: log.child({ component: 'rendezvous' }) }
+  )
+  try {
+    await server.start()
+  } catch (err) {
+    log.error('cannot listen', { err: (err as Error).message })
+    process.exit(1)
+  }
+  const shutdown = (signal: string): void => {
+    log.info('shutting down', { signal })
+    void server.stop().finally(() => process.exit(0))
+  }
+  process.on('SIGTERM', () => shutdown('SIGTERM'))
+  process.on('SIGINT', () => shutdown('SIGINT'))
+}
+
+function usage(message: string): never {
+  process.stderr.write(`natd-rendezvous: ${message}\n`)
+  process.exit(2)
+}
+
+await main()

@@ -1,0 +1,366 @@
+/**
+ * natd-rendezvous: registry, heartbeats, peer lists, introductions, STUN reflection.
+ *
+ * UDP on `port` (rendezvous frames + STUN) and `altPort` (STUN, so an agent can tell
+ * whether its NAT mapping depends on the destination); TCP control connections on `port`.
+ * The server never sends an unverified UDP source more bytes than it sent (no
+ * amplification), except a STUN Binding success, which RFC 8489 fixes at 32 bytes for
+ * a 20-byte request.
+ */
+import dgram from 'node:dgram'
+import net from 'node:net'
+import type { Endpoint } from '../protocol/endpoint.js'
+import { NatdError, ProtocolError, toNatdError } from '../protocol/errors.js'
+import { isValidName, NAME_RULE, networkSecretKey, randomBytes, secretProof, verify } from '../protocol/identity.js'
+import { systemClock, type Clock, type Logger } from '../protocol/log.js'
+import {
+  decode,
+  encode,
+  frame,
+  FrameSplitter,
+  INTRO_ID_BYTES,
+  isRendezvousFrame,
+  MAX_UDP_FRAME_BYTES,
+  TOKEN_BYTES,
+  type Message,
+  type OutgoingMessage
+} from '../protocol/rendezvous.js'
+import { decodeStun, encodeBindingSuccess, isStun } from '../protocol/stun.js'
+import { CookieJar } from './cookies.js'
+import { Registry, type Registration } from './registry.js'
+
+/** A REGISTER's timestamp may differ from the server clock by this much (agents echo the challenge's time). */
+export const REGISTER_CLOCK_SKEW_MS = 60_000
+/** A TCP connection must register within this long or it is closed. */
+export const TCP_AUTH_TIMEOUT_MS = 10_000
+/** Expiry sweep period; bounds how late past --peer-timeout a silent agent is dropped. */
+export const EXPIRY_SWEEP_MS = 1_000
+
+export interface RendezvousInit {
+  host: string // address to bind ('0.0.0.0' for all)
+  port: number // UDP + TCP
+  altPort: number // UDP, STUN only; 0 = off
+  /** Network secret: only agents proving they hold it may register. */
+  secret?: Uint8Array | undefined
+  peerTimeoutMs: number
+  /** Heartbeat interval the server suggests to agents. */
+  heartbeatMs: number
+}
+
+export interface RendezvousComponents {
+  log: Logger
+  clock?: Clock
+}
+
+interface TcpConn {
+  socket: net.Socket
+  remote: Endpoint
+  nonce: Buffer
+  reg: Registration | null
+  splitter: FrameSplitter
+}
+
+export class RendezvousServer {
+  private readonly log: Logger
+  private readonly clock: Clock
+  readonly registry: Registry
+  private readonly cookies: CookieJar
+  private udp: dgram.Socket | null = null
+  private udpAlt: dgram.Socket | null = null
+  private tcp: net.Server | null = null
+  private readonly conns = new Set<TcpConn>()
+  private readonly connByPeer = new Map<string, TcpConn>()
+  private sweepTimer: NodeJS.Timeout | null = null
+  private readonly secretKey: Buffer | null
+
+  constructor(
+    private readonly init: RendezvousInit,
+    components: RendezvousComponents
+  ) {
+    this.log = components.log
+    this.clock = components.clock ?? systemClock
+    this.registry = new Registry(this.clock, init.peerTimeoutMs)
+    this.cookies = new CookieJar(this.clock)
+    this.secretKey = init.secret ? networkSecretKey(init.secret) : null
+  }
+
+  async start(): Promise<void> {
+    this.udp = await bindUdp(this.init.host, this.init.port, (msg, rinfo) => this.onDatagram(this.udp!, msg, rinfo))
+    if (this.init.altPort) {
+      this.udpAlt = await bindUdp(this.init.host, this.init.altPort, (msg, rinfo) => this.onDatagram(this.udpAlt!, msg, rinfo))
+    }
+    this.tcp = net.createServer((socket) => this.onTcpConnection(socket))
+    await new Promise<void>((resolve, reject) => {
+      this.tcp!.once('error', reject)
+      this.tcp!.listen({ host: this.init.host, port: this.init.port }, () => resolve())
+    })
+    this.tcp.on('error', (err) => this.log.error('tcp server error', { err: err.message }))
+    this.sweepTimer = setInterval(() => this.onSweepExpired(), EXPIRY_SWEEP_MS)
+    this.sweepTimer.unref()
+    this.log.info('rendezvous listening', {
+      host: this.init.host,
+      port: this.init.port,
+      altPort: this.init.altPort || null,
+      secret: !!this.secretKey,
+      peerTimeoutMs: this.init.peerTimeoutMs
+    })
+  }
+
+  async stop(): Promise<void> {
+    if (this.sweepTimer) clearInterval(this.sweepTimer)
+    for (const c of this.conns) c.socket.destroy()
+    this.udp?.close()
+    this.udpAlt?.close()
+    await new Promise<void>((resolve) => (this.tcp ? this.tcp.close(() => resolve()) : resolve()))
+  }
+
+  // --- UDP -----------------------------------------------------------------
+
+  private onDatagram(sock: dgram.Socket, buf: Buffer, rinfo: dgram.RemoteInfo): void {
+    const from: Endpoint = { host: rinfo.address, port: rinfo.port }
+    try {
+      if (isStun(buf)) return this.onStun(sock, buf, from)
+      if (sock !== this.udp || !isRendezvousFrame(buf) || buf.length > MAX_UDP_FRAME_BYTES) return
+      this.onUdpMessage(decode(buf), buf.length, from)
+    } catch (err) {
+      // Malformed input from an unverified source: never answered, logged at debug only.
+      this.log.debug('bad datagram', { from: `${from.host}:${from.port}`, bytes: buf.length, err: (err as Error).message })
+    }
+  }
+
+  private onStun(sock: dgram.Socket, buf: Buffer, from: Endpoint): void {
+    const req = decodeStun(buf)
+    if (req.method !== 'binding-request') return
+    this.sendUdp(sock, encodeBindingSuccess(req.transactionId, from), from)
+  }
+
+  private onUdpMessage(msg: Message, size: number, from: Endpoint): void {
+    switch (msg.type) {
+      case 'hello':
+        return this.sendUdp(this.udp!, encode({ type: 'challenge', nonce: this.cookies.issue(from), serverTime: this.clock.now() }), from)
+      case 'register': {
+        try {
+          const reg = this.acceptRegister(msg, from, { udp: from })
+          this.sendUdp(this.udp!, this.registerAck(reg, from), from)
+        } catch (err) {
+          this.sendUdpError(err, size, from)
+        }
+        return
+      }
+      case 'heartbeat': {
+        const reg = this.registry.byTokenBytes(msg.token)
+        let status: 'ok' | 'unknown' | 'moved' = 'ok'
+        if (!reg) status = 'unknown'
+        else if (!reg.udp || reg.udp.host !== from.host || reg.udp.port !== from.port) status = 'moved'
+        else this.registry.touch(reg)
+        return this.sendUdp(this.udp!, encode({ type: 'heartbeat-ack', seq: msg.seq, status, observed: from }), from)
+      }
+      case 'bye': {
+        return // UDP BYE is unauthenticated; agents say goodbye over TCP
+      }
+      default:
+        return
+    }
+  }
+
+  private sendUdpError(err: unknown, requestBytes: number, to: Endpoint): void {
+    const e = toNatdError(err)
+    // Keep the reply no larger than the request (no amplification to unverified sources).
+    let reply = encode({ type: 'error', reqId: 0, code: e.code, message: e.message })
+    if (reply.length > requestBytes) reply = encode({ type: 'error', reqId: 0, code: e.code, message: '' })
+    if (e.code !== 'UNAUTHORIZED' || reply.length <= requestBytes) this.sendUdp(this.udp!, reply, to)
+    this.log.info('registration refused', { from: `${to.host}:${to.port}`, code: e.code, reason: e.message })
+  }
+
+  private sendUdp(sock: dgram.Socket, buf: Buffer, to: Endpoint): void {
+    sock.send(buf, to.port, to.host, (err) => {
+      if (err) this.log.debug('udp send failed', { to: `${to.host}:${to.port}`, err: err.message })
+    })
+  }
+
+  // --- registration --------------------------------------------------------
+
+  private acceptRegister(msg: Extract<Message, { type: 'register' }>, from: Endpoint, at: { udp?: Endpoint; tcp?: Endpoint }): Registration {
+    if (!this.cookies.valid(msg.nonce, from)) throw new NatdError('UNAUTHORIZED', 'stale or foreign registration nonce')
+    if (Math.abs(msg.time - this.clock.now()) > REGISTER_CLOCK_SKEW_MS) throw new NatdError('UNAUTHORIZED', 'registration timestamp out of range')
+    if (!verify(msg.signed, msg.signature, msg.publicKey)) throw new NatdError('UNAUTHORIZED', 'bad registration signature')
+    if (this.secretKey && !verifyProof(this.secretKey, msg.nonce, msg.publicKey, msg.proof)) {
+      throw new NatdError('UNAUTHORIZED', 'this server needs the network secret (natd --secret-file)')
+    }
+    if (!isValidName(msg.name)) throw new NatdError('BAD_REQUEST', `bad name: ${NAME_RULE}`)
+    const { reg, isNew } = this.registry.register({
+      publicKey: Buffer.from(msg.publicKey),
+      name: msg.name,
+      lan: msg.lan,
+      nat: msg.nat,
+      token: randomBytes(TOKEN_BYTES),
+      ...at
+    })
+    if (isNew) {
+      this.log.info('agent registered', { name: reg.name, id: reg.id.slice(0, 8), udp: fmt(reg.udp), tcp: fmt(reg.tcp) })
+      this.broadcast(reg, { type: 'peer-event', event: 'up', peer: this.registry.record(reg) })
+    }
+    return reg
+  }
+
+  private registerAck(reg: Registration, observed: Endpoint): Buffer {
+    return encode({ type: 'register-ack', token: reg.token, observed, heartbeatMs: this.init.heartbeatMs, peerTimeoutMs: this.init.peerTimeoutMs })
+  }
+
+  private onSweepExpired(): void {
+    for (const reg of this.registry.expire()) {
+      this.log.info('agent timed out', { name: reg.name, id: reg.id.slice(0, 8) })
+      this.closeConnOf(reg)
+      this.broadcast(reg, { type: 'peer-event', event: 'down', peer: this.registry.record(reg) })
+    }
+  }
+
+  /** Tells every other connected agent about `about`. */
+  private broadcast(about: Registration, msg: OutgoingMessage): void {
+    const bytes = frame(encode(msg))
+    for (const c of this.conns) if (c.reg && c.reg !== about) c.socket.write(bytes)
+  }
+
+  // --- TCP -----------------------------------------------------------------
+
+  private onTcpConnection(socket: net.Socket): void {
+    const remote = { host: normalizeHost(socket.remoteAddress ?? ''), port: socket.remotePort ?? 0 }
+    const conn: TcpConn = { socket, remote, nonce: this.cookies.issue(remote), reg: null, splitter: new FrameSplitter() }
+    this.conns.add(conn)
+    socket.setNoDelay(true)
+    socket.setTimeout(TCP_AUTH_TIMEOUT_MS, () => {
+      if (!conn.reg) socket.destroy()
+    })
+    socket.on('data', (chunk) => {
+      try {
+        for (const f of conn.splitter.push(chunk)) this.onTcpMessage(conn, decode(f))
+      } catch (err) {
+        if (err instanceof ProtocolError) {
+          this.sendTcp(conn, { type: 'error', reqId: 0, code: err.code, message: err.message })
+          this.log.debug('bad tcp frame', { from: fmt(remote), err: err.message })
+          socket.end()
+          socket.destroySoon()
+        } else {
+          this.log.error('tcp handler failed', { err: (err as Error).stack })
+          socket.destroy()
+        }
+      }
+    })
+    socket.on('error', () => undefined)
+    socket.on('close', () => {
+      this.conns.delete(conn)
+      if (conn.reg && this.connByPeer.get(conn.reg.id) === conn) {
+        this.connByPeer.delete(conn.reg.id)
+        conn.reg.tcp = null
+      }
+    })
+    this.sendTcp(conn, { type: 'challenge', nonce: conn.nonce, serverTime: this.clock.now() })
+  }
+
+  private sendTcp(conn: TcpConn, msg: OutgoingMessage): void {
+    if (!conn.socket.destroyed) conn.socket.write(frame(encode(msg)))
+  }
+
+  private onTcpMessage(conn: TcpConn, msg: Message): void {
+    if (msg.type === 'register') {
+      try {
+        const reg = this.acceptRegister(msg, conn.remote, { tcp: conn.remote })
+        const previous = this.connByPeer.get(reg.id)
+        if (previous && previous !== conn) previous.socket.destroy()
+        conn.reg = reg
+        this.connByPeer.set(reg.id, conn)
+        conn.socket.setTimeout(0)
+        conn.socket.setKeepAlive(true, 10_000)
+        conn.socket.write(frame(this.registerAck(reg, conn.remote)))
+      } catch (err) {
+        const e = toNatdError(err)
+        this.log.info('registration refused', { from: fmt(conn.remote), code: e.code, reason: e.message })
+        this.sendTcp(conn, { type: 'error', reqId: 0, code: e.code, message: e.message })
+        conn.socket.end()
+      }
+      return
+    }
+    const reg = conn.reg
+    if (!reg) throw new ProtocolError('UNAUTHORIZED', `${msg.type} before registration`)
+    if (!reg.online) {
+      // Timed out while the connection lingered: the agent must register again.
+      this.sendTcp(conn, { type: 'error', reqId: 0, code: 'NOT_REGISTERED', message: 'registration expired' })
+      conn.socket.end()
+      return
+    }
+    this.registry.touch(reg)
+    switch (msg.type) {
+      case 'ping':
+        return this.sendTcp(conn, { type: 'pong', seq: msg.seq })
+      case 'list': {
+        const peers = [...this.registry.all()].filter((r) => r !== reg).map((r) => this.registry.record(r))
+        return this.sendTcp(conn, { type: 'peers', reqId: msg.reqId, peers })
+      }
+      case 'introduce':
+        return this.onIntroduce(conn, reg, msg)
+      case 'bye': {
+        this.log.info('agent left', { name: reg.name, id: reg.id.slice(0, 8) })
+        if (this.registry.drop(reg)) this.broadcast(reg, { type: 'peer-event', event: 'down', peer: this.registry.record(reg) })
+        conn.socket.end()
+        return
+      }
+      default:
+        throw new ProtocolError('BAD_REQUEST', `unexpected ${msg.type} on the control connection`)
+    }
+  }
+
+  /** Sends both agents each other's candidates at once, so they start punching together. */
+  private onIntroduce(conn: TcpConn, from: Registration, msg: Extract<Message, { type: 'introduce' }>): void {
+    const target = this.registry.lookup(msg.target)
+    const fail = (code: string, message: string): void => this.sendTcp(conn, { type: 'error', reqId: msg.reqId, code, message })
+    if (!target) return fail('PEER_UNKNOWN', `no peer named ${msg.target} on this server`)
+    if (target === from) return fail('INVALID_ARGUMENT', 'cannot open a tunnel to yourself')
+    const targetConn = this.connByPeer.get(target.id)
+    if (!target.online || !targetConn) return fail('PEER_OFFLINE', `${target.name} is offline`)
+    const introId = randomBytes(INTRO_ID_BYTES)
+    this.sendTcp(targetConn, { type: 'introduction', reqId: 0, introId, initiator: false, via: msg.via, peer: this.registry.record(from) })
+    this.sendTcp(conn, { type: 'introduction', reqId: msg.reqId, introId, initiator: true, via: msg.via, peer: this.registry.record(target) })
+    this.log.info('introduced', { from: from.name, to: target.name, via: msg.via })
+  }
+
+  private closeConnOf(reg: Registration): void {
+    const c = this.connByPeer.get(reg.id)
+    if (c) c.socket.destroy()
+  }
+
+  address(): { udp: number; tcp: number; alt: number | null } {
+    const tcp = this.tcp?.address()
+    return {
+      udp: this.udp?.address().port ?? 0,
+      tcp: typeof tcp === 'object' && tcp ? tcp.port : 0,
+      alt: this.udpAlt?.address().port ?? null
+    }
+  }
+}
+
+function bindUdp(host: string, port: number, onMessage: (msg: Buffer, rinfo: dgram.RemoteInfo) => void): Promise<dgram.Socket> {
+  const sock = dgram.createSocket({ type: host.includes(':') ? 'udp6' : 'udp4' })
+  sock.on('message', onMessage)
+  return new Promise((resolve, reject) => {
+    sock.once('error', reject)
+    sock.bind(port, host, () => {
+      sock.off('error', reject)
+      sock.on('error', () => undefined)
+      resolve(sock)
+    })
+  })
+}
+
+function verifyProof(secretKey: Uint8Array, nonce: Uint8Array, publicKey: Uint8Array, proof: Uint8Array): boolean {
+  const want = secretProof(secretKey, nonce, publicKey)
+  return proof.length === want.length && Buffer.compare(want, Buffer.from(proof)) === 0
+}
+
+function normalizeHost(host: string): string {
+  return host.startsWith('::ffff:') ? host.slice(7) : host
+}
+
+function fmt(ep: Endpoint | null): string | null {
+  return ep ? `${ep.host}:${ep.port}` : null
+}
+
