@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# npm test: type-check, lint, unit tests, then the NAT-lab tests (root only; they build
+# network namespaces). Ends with one summary line: "tests: N passed, N failed, N skipped".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+status=0
+
+echo "==> type-check"; npx tsc -p tsconfig.json || status=1
+echo "==> lint"; npx eslint . || status=1
+[ -f dist/daemon/main.js ] || npm run --silent build
+
+echo "==> unit tests"
+npx vitest run test/unit --reporter=default --reporter=json --outputFile.json="$out/unit.json" || status=1
+
+if [ "$(id -u)" = 0 ]; then
+  echo "==> NAT-lab tests"
+  npx vitest run test/lab --no-file-parallelism --reporter=default --reporter=json --outputFile.json="$out/lab.json" || status=1
+  leftover=$(ip netns list | grep -c '^nl[0-9a-f]\{6\}-' || true)
+  if [ "$leftover" != 0 ]; then echo "NAT lab left $leftover namespaces behind" >&2; status=1; fi
+else
+  echo "==> NAT-lab tests skipped: they need root (sudo npm test)"
+fi
+
+node -e '
+  const fs = require("node:fs"); let p = 0, f = 0, s = 0;
+  for (const file of process.argv.slice(1)) {
+    if (!fs.existsSync(file)) continue;
+    const r = JSON.parse(fs.readFileSync(file, "utf8"));
+    p += r.numPassedTests; f += r.numFailedTests + (r.numFailedTestSuites ? r.numFailedTestSuites : 0); s += r.numPendingTests + (r.numTodoTests || 0);
+  }
+  console.log(`tests: ${p} passed, ${f} failed, ${s} skipped`);
+' "$out/unit.json" "$out/lab.json"
+exit $status

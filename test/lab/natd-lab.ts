@@ -1,0 +1,183 @@
+/**
+ * natd on the NAT lab: start natd-rendezvous on the server host and agents on lab hosts
+ * (the built binaries in dist/, as a user runs them), and drive them with natctl --json.
+ * Every process is spawned through the lab, so teardown kills it even when a test fails.
+ */
+import { execFile, type ChildProcess } from 'node:child_process'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { fileURLToPath } from 'node:url'
+import type { Lab } from './lab.js'
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
+export const DIST = path.join(ROOT, 'dist')
+export const SERVER_PORT = 3478
+
+export function assertBuilt(): void {
+  if (!fs.existsSync(path.join(DIST, 'daemon/main.js'))) throw new Error('dist/ is missing: run `npm run build` first (npm test does)')
+}
+
+export interface AgentHandle {
+  name: string
+  host: string
+  ns: string
+  stateDir: string
+  socket: string
+  logFile: string
+  proc: ChildProcess
+  args: string[]
+}
+
+export interface NatctlResult {
+  code: number
+  stdout: string
+  stderr: string
+  json: unknown
+}
+
+export class NatdLab {
+  readonly dir = fs.mkdtempSync(path.join(os.tmpdir(), 'natd-lab-'))
+  server: ChildProcess | null = null
+  serverArgs: string[] = []
+  readonly agents: Record<string, AgentHandle> = {}
+
+  readonly lab: Lab
+
+  constructor(lab: Lab) {
+    this.lab = lab
+    assertBuilt()
+  }
+
+  get serverAddr(): string {
+    return `${this.lab.server.ip}:${SERVER_PORT}`
+  }
+
+  /** Starts natd-rendezvous on the server host and waits until its UDP port answers. */
+  async startServer(extra: string[] = []): Promise<void> {
+    this.serverArgs = extra
+    const log = fs.openSync(path.join(this.dir, 'rendezvous.log'), 'a')
+    this.server = this.lab.spawn(this.lab.server.ns, [process.execPath, path.join(DIST, 'rendezvous/main.js'), '--host', '0.0.0.0', '--port', String(SERVER_PORT), '--log-level', 'debug', ...extra], { cwd: ROOT })
+    this.server.stdout?.on('data', (d: Buffer) => fs.writeSync(log, d))
+    this.server.stderr?.on('data', (d: Buffer) => fs.writeSync(log, d))
+    await waitFor(async () => (await this.lab.exec(this.lab.server.ns, ['ss', '-Hltn', `sport = :${SERVER_PORT}`])).stdout.includes(String(SERVER_PORT)), 10_000, 'rendezvous server listening')
+  }
+
+  async killServer(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
+    const proc = this.server
+    if (!proc || proc.exitCode !== null) return
+    const exited = new Promise((resolve) => proc.once('exit', resolve))
+    proc.kill(signal)
+    await exited
+    this.server = null
+  }
+
+  /** Starts an agent on a lab host. `as` is the agent's name (default: the host's name). */
+  async startAgent(host: string, opts: { as?: string; heartbeat?: string; extra?: string[]; stateDir?: string } = {}): Promise<AgentHandle> {
+    const h = this.lab.hosts[host]
+    if (!h) throw new Error(`no lab host ${host}`)
+    const name = opts.as ?? host
+    const key = this.agents[name] && this.agents[name].host !== host ? `${name}@${host}` : name
+    const stateDir = opts.stateDir ?? path.join(this.dir, `${key}-state`)
+    const socket = path.join(this.dir, `${key}.sock`)
+    const logFile = path.join(this.dir, `${key}.log`)
+    const args = ['--name', name, '--server', this.serverAddr, '--state-dir', stateDir, '--socket', socket, '--heartbeat', opts.heartbeat ?? '2s', '--log-level', 'debug', ...(opts.extra ?? [])]
+    const log = fs.openSync(logFile, 'a')
+    const proc = this.lab.spawn(h.ns, [process.execPath, path.join(DIST, 'daemon/main.js'), ...args], { cwd: ROOT })
+    proc.stdout?.on('data', (d: Buffer) => fs.writeSync(log, d))
+    proc.stderr?.on('data', (d: Buffer) => fs.writeSync(log, d))
+    const agent: AgentHandle = { name, host, ns: h.ns, stateDir, socket, logFile, proc, args }
+    this.agents[key] = agent
+    await waitFor(() => fs.existsSync(socket) || proc.exitCode !== null, 10_000, `${key} API socket`)
+    if (proc.exitCode !== null) throw new Error(`natd ${key} exited ${proc.exitCode}: ${fs.readFileSync(logFile, 'utf8')}`)
+    return agent
+  }
+
+  async stopAgent(key: string, signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> {
+    const a = this.agents[key]
+    if (!a || a.proc.exitCode !== null) return a?.proc.exitCode ?? null
+    const exited = new Promise<number | null>((resolve) => a.proc.once('exit', (code) => resolve(code)))
+    a.proc.kill(signal)
+    return exited
+  }
+
+  /** Restarts an agent with the same state dir and socket, without flags (they were persisted). */
+  async restartAgent(key: string): Promise<AgentHandle> {
+    const a = this.agents[key]
+    if (!a) throw new Error(`no agent ${key}`)
+    await this.stopAgent(key)
+    return this.startAgent(a.host, { as: a.name, stateDir: a.stateDir, extra: [] , heartbeat: a.args[a.args.indexOf('--heartbeat') + 1]! })
+  }
+
+  /** Runs natctl against an agent's socket (natctl needs no namespace: the socket is a file). */
+  natctl(key: string, args: string[], opts: { timeoutMs?: number; json?: boolean } = {}): Promise<NatctlResult> {
+    const a = this.agents[key]
+    const socket = a ? a.socket : path.join(this.dir, `${key}.sock`)
+    const argv = [path.join(DIST, 'cli/main.js'), '--socket', socket, ...(opts.json === false ? [] : ['--json']), ...args]
+    return new Promise((resolve) => {
+      execFile(process.execPath, argv, { timeout: opts.timeoutMs ?? 30_000, maxBuffer: 64 * 1024 * 1024 }, (err, stdout, stderr) => {
+        const code = err ? (typeof err.code === 'number' ? err.code : 124) : 0
+        let json: unknown = null
+        try {
+          json = JSON.parse(stdout)
+        } catch {
+          // not JSON (human output or error)
+        }
+        resolve({ code, stdout, stderr, json })
+      })
+    })
+  }
+
+  async status(key: string): Promise<Record<string, unknown>> {
+    const r = await this.natctl(key, ['status'])
+    if (r.code !== 0) throw new Error(`natctl status for ${key} failed (${r.code}): ${r.stderr}`)
+    return r.json as Record<string, unknown>
+  }
+
+  async peers(key: string): Promise<Array<Record<string, unknown>>> {
+    const r = await this.natctl(key, ['peers'])
+    if (r.code !== 0) throw new Error(`natctl peers for ${key} failed (${r.code}): ${r.stderr}`)
+    return r.json as Array<Record<string, unknown>>
+  }
+
+  async waitRegistered(key: string, timeoutMs = 15_000): Promise<Record<string, unknown>> {
+    let last: Record<string, unknown> = {}
+    await waitFor(async () => {
+      last = await this.status(key)
+      return last.registered === true
+    }, timeoutMs, `${key} registered`)
+    return last
+  }
+
+  log(key: string): string {
+    const file = key === 'rendezvous' ? path.join(this.dir, 'rendezvous.log') : this.agents[key]?.logFile
+    return file && fs.existsSync(file) ? fs.readFileSync(file, 'utf8') : ''
+  }
+
+  /** Prints the logs of every process (for a failed test) and removes the temp dir. */
+  async teardown(failed: boolean): Promise<void> {
+    if (failed || process.env.NATD_LAB_KEEP_LOGS) {
+      for (const f of fs.readdirSync(this.dir).filter((f) => f.endsWith('.log'))) {
+        process.stderr.write(`\n----- ${f} (last 60 lines) -----\n${fs.readFileSync(path.join(this.dir, f), 'utf8').split('\n').slice(-60).join('\n')}\n`)
+      }
+    }
+    await this.lab.teardown()
+    fs.rmSync(this.dir, { recursive: true, force: true })
+  }
+}
+
+/** Polls `check` every 100 ms until it is true; throws with `what` after `timeoutMs`. */
+export async function waitFor(check: () => boolean | Promise<boolean>, timeoutMs: number, what: string): Promise<number> {
+  const start = Date.now()
+  let lastErr: unknown = null
+  while (Date.now() - start < timeoutMs) {
+    try {
+      if (await check()) return Date.now() - start
+    } catch (err) {
+      lastErr = err
+    }
+    await sleep(100)
+  }
+  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${lastErr ? ` (last error: ${(lastErr as Error).message})` : ''}`)
+}

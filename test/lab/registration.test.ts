@@ -1,0 +1,187 @@
+/**
+ * Registration, heartbeats and peer lists through real Linux NAT (issue 2).
+ *
+ *   server 198.18.0.2 ── inet ──┬── r1 (NAT) ── alice 10.1.0.2
+ *                               └── r2 (NAT) ── bob   10.2.0.2
+ *
+ * Each test builds its own lab and tears it down in `finally`, failed or not.
+ */
+import { describe, expect, it } from 'vitest'
+import { createLab, labAvailable, type LabSpec } from './lab.js'
+import { NatdLab, waitFor } from './natd-lab.js'
+
+async function withLab(spec: LabSpec, fn: (n: NatdLab) => Promise<void>): Promise<void> {
+  const n = new NatdLab(await createLab(spec))
+  let failed = true
+  try {
+    await fn(n)
+    failed = false
+  } finally {
+    await n.teardown(failed)
+  }
+}
+
+const easyPair: LabSpec = { sites: [{ name: 'alice', nat: 'easy' }, { name: 'bob', nat: 'easy' }] }
+
+describe.skipIf(!labAvailable())('registration through NAT', () => {
+  it('alice and bob behind easy NATs see each other online with the NATs\' public addresses', async () => {
+    await withLab(easyPair, async (n) => {
+      await n.startServer()
+      await n.startAgent('alice')
+      await n.startAgent('bob')
+      const a = await n.waitRegistered('alice')
+      await n.waitRegistered('bob')
+      expect(a.publicUdp).toMatch(new RegExp(`^${n.lab.routers.alice!.wanIp.replaceAll('.', '\\.')}:\\d+$`))
+      const alicePeers = await n.peers('alice')
+      const bobPeers = await n.peers('bob')
+      expect(alicePeers).toEqual([expect.objectContaining({ name: 'bob', online: true, endpoint: expect.stringMatching(`^${n.lab.routers.bob!.wanIp}:`) })])
+      expect(bobPeers).toEqual([expect.objectContaining({ name: 'alice', online: true, endpoint: a.publicUdp })])
+      expect(bobPeers[0]!.id).toBe(a.id)
+      // The human table says the same.
+      const table = await n.natctl('alice', ['peers'], { json: false })
+      expect(table.stdout).toMatch(/^NAME\s+ID\s+ONLINE/m)
+      expect(table.stdout).toMatch(/^bob\s+\w{8}\s+yes/m)
+    })
+  })
+
+  it('heartbeats keep the NAT mapping alive; slower heartbeats lose it and the agent re-registers', async () => {
+    // Hard NAT (random ports): a mapping that expires comes back on another port, so the
+    // server sees it move. Conntrack forgets idle UDP after 2 s here.
+    const spec: LabSpec = { sites: [{ name: 'home', nat: 'hard', hosts: ['fast', 'slow'] }, { name: 'bob', nat: 'easy' }] }
+    await withLab(spec, async (n) => {
+      await n.lab.setUdpTimeout('home', 2)
+      await n.startServer(['--peer-timeout', '30s'])
+      await n.startAgent('fast', { heartbeat: '700ms' })
+      await n.startAgent('slow', { heartbeat: '4s' })
+      await n.startAgent('bob')
+      const fast0 = (await n.waitRegistered('fast')).publicUdp
+      const slow0 = (await n.waitRegistered('slow')).publicUdp
+      const seenSlow = new Set<unknown>([slow0])
+      const deadline = Date.now() + 60_000
+      while (Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 5_000))
+        const fast = await n.status('fast')
+        expect(fast.registered).toBe(true)
+        expect(fast.publicUdp).toBe(fast0) // a minute idle, same mapping
+        seenSlow.add((await n.status('slow')).publicUdp)
+      }
+      // The slow agent's mapping expired between heartbeats; it noticed and re-registered,
+      // so its peers learn the new endpoint.
+      expect(seenSlow.size).toBeGreaterThan(1)
+      expect(n.log('slow')).toContain('nat mapping changed')
+      const slowNow = (await n.status('slow')).publicUdp
+      await waitFor(async () => (await n.peers('bob')).some((p) => p.name === 'slow' && p.endpoint === slowNow), 10_000, 'bob sees slow\'s new endpoint')
+    })
+  }, 120_000)
+
+  it('agents re-register by themselves when the rendezvous server restarts', async () => {
+    await withLab(easyPair, async (n) => {
+      await n.startServer()
+      await n.startAgent('alice')
+      await n.startAgent('bob')
+      await n.waitRegistered('alice')
+      await n.waitRegistered('bob')
+      await n.killServer()
+      await waitFor(async () => (await n.status('alice')).registered === false, 10_000, 'alice notices the server is gone')
+      await new Promise((r) => setTimeout(r, 1_000))
+      await n.startServer()
+      // heartbeat (2 s) + the backoff cap (10 s) bounds the wait.
+      await n.waitRegistered('alice', 12_000)
+      await n.waitRegistered('bob', 12_000)
+      await waitFor(async () => (await n.peers('alice')).some((p) => p.name === 'bob' && p.online), 5_000, 'alice sees bob again')
+      // Logged once, not once per retry.
+      expect(n.log('alice').match(/lost the server, retrying/g)?.length).toBe(1)
+    })
+  }, 60_000)
+
+  it('a killed agent shows offline at its peers within the peer timeout', async () => {
+    await withLab(easyPair, async (n) => {
+      await n.startServer(['--peer-timeout', '5s'])
+      await n.startAgent('alice')
+      await n.startAgent('bob')
+      await n.waitRegistered('alice')
+      await n.waitRegistered('bob')
+      await waitFor(async () => (await n.peers('alice')).some((p) => p.name === 'bob' && p.online), 5_000, 'bob online')
+      await n.stopAgent('bob', 'SIGKILL')
+      const took = await waitFor(async () => (await n.peers('alice')).some((p) => p.name === 'bob' && p.online === false), 8_000, 'bob offline')
+      expect(took).toBeLessThan(5_000 + 2_000)
+    })
+  }, 30_000)
+
+  it('a second key cannot take a live agent\'s name (NAME_TAKEN) and the holder keeps it', async () => {
+    const spec: LabSpec = { sites: [{ name: 'alice', nat: 'easy' }, { name: 'mallory', nat: 'easy' }] }
+    await withLab(spec, async (n) => {
+      await n.startServer()
+      await n.startAgent('alice')
+      const alice = await n.waitRegistered('alice')
+      await n.startAgent('mallory', { as: 'alice' })
+      await waitFor(async () => {
+        const s = await n.status('alice@mallory')
+        return (s.lastError as { code?: string } | null)?.code === 'NAME_TAKEN'
+      }, 10_000, 'NAME_TAKEN at the impostor')
+      const impostor = await n.status('alice@mallory')
+      expect(impostor.registered).toBe(false)
+      expect(n.log('alice@mallory')).toMatch(/NAME_TAKEN/)
+      expect(n.log('rendezvous')).toMatch(/registration refused.*NAME_TAKEN|NAME_TAKEN.*registration refused/)
+      const still = await n.status('alice')
+      expect(still.registered).toBe(true)
+      expect(still.id).toBe(alice.id)
+    })
+  }, 30_000)
+
+  it('garbage datagrams and TCP frames leave the server serving; natctl without a daemon exits 3', async () => {
+    await withLab(easyPair, async (n) => {
+      await n.startServer()
+      await n.startAgent('alice')
+      await n.waitRegistered('alice')
+      // A fuzz loop from bob's host: random, truncated and oversized datagrams, random TCP streams.
+      const fuzz = `
+        const dgram = require('node:dgram'); const net = require('node:net'); const crypto = require('node:crypto');
+        const s = dgram.createSocket('udp4'); const host = '${n.lab.server.ip}'; let sent = 0;
+        const magic = Buffer.from([0x4e, 0x44, 0x01]);
+        (async () => {
+          for (let i = 0; i < 5000; i++) {
+            const len = i % 50 === 0 ? 1400 + (i % 600) : (i % 300);
+            let b = crypto.randomBytes(len);
+            if (i % 3 === 0) b = Buffer.concat([magic, Buffer.from([i % 20]), b]);
+            if (i % 7 === 0 && b.length >= 20) { b.writeUInt32BE(0x2112a442, 4); b[0] &= 0x3f; }
+            s.send(b, 3478, host); sent++;
+            if (i % 200 === 0) await new Promise((r) => setTimeout(r, 5));
+          }
+          for (let i = 0; i < 200; i++) {
+            await new Promise((resolve) => {
+              const c = net.connect(3478, host, () => {
+                const head = Buffer.alloc(4); head.writeUInt32BE(i % 2 ? 0xffffffff : 40 + (i % 100));
+                c.write(Buffer.concat([head, magic, crypto.randomBytes(i % 120)]));
+                setTimeout(() => c.destroy(), 5);
+              });
+              c.on('error', () => resolve()); c.on('close', () => resolve());
+            });
+          }
+          s.close(); console.log('sent', sent);
+        })();`
+      const r = await n.lab.exec(n.lab.hosts.bob!.ns, [process.execPath, '-e', fuzz], { timeoutMs: 60_000 })
+      expect(r.stdout).toContain('sent 5000')
+      // Still serving: alice stays registered and a new agent registers.
+      expect((await n.status('alice')).registered).toBe(true)
+      await n.startAgent('bob')
+      await n.waitRegistered('bob')
+      // No daemon behind a socket: exit 3 with a clear message.
+      const none = await n.natctl('nobody', ['status'], { json: false })
+      expect(none.code).toBe(3)
+      expect(none.stderr).toMatch(/natd is not running \(no socket at .*nobody\.sock\)/)
+    })
+  }, 90_000)
+
+  it('answers a stock STUN client with the NAT\'s public address (RFC 8489)', async () => {
+    await withLab(easyPair, async (n) => {
+      await n.startServer()
+      const r = await n.lab.exec(n.lab.hosts.alice!.ns, ['turnutils_stunclient', '-p', '3478', n.lab.server.ip], { timeoutMs: 10_000 })
+      expect(r.stdout + r.stderr).toContain(n.lab.routers.alice!.wanIp)
+      // The alternate port answers too (it lets agents see whether the mapping depends on the destination).
+      const alt = await n.lab.exec(n.lab.hosts.alice!.ns, ['turnutils_stunclient', '-p', '3479', n.lab.server.ip], { timeoutMs: 10_000 })
+      expect(alt.stdout + alt.stderr).toContain(n.lab.routers.alice!.wanIp)
+    })
+  }, 30_000)
+})
+

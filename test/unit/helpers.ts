@@ -1,0 +1,66 @@
+// Shared helpers for the unit tests: a seeded PRNG (fuzz failures reproduce), hex
+// helpers, a fake clock, and a fuzz driver that checks decoders throw only ProtocolError.
+import { ProtocolError } from '../../src/protocol/errors.js'
+import type { Clock } from '../../src/protocol/log.js'
+
+/** mulberry32: small, fast, seeded; the fuzz tests print their seed on failure. */
+export function prng(seed: number): () => number {
+  let a = seed >>> 0
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0
+    let t = a
+    t = Math.imul(t ^ (t >>> 15), t | 1)
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+  }
+}
+
+export function randInt(rand: () => number, min: number, max: number): number {
+  return min + Math.floor(rand() * (max - min + 1))
+}
+
+export function randBuf(rand: () => number, n: number): Buffer {
+  const b = Buffer.alloc(n)
+  for (let i = 0; i < n; i++) b[i] = Math.floor(rand() * 256)
+  return b
+}
+
+/** Hex with whitespace and `|` separators allowed, so golden frames can be laid out by field. */
+export function hex(text: string): Buffer {
+  const clean = text.replace(/[\s|]/g, '')
+  if (!/^([0-9a-f]{2})*$/i.test(clean)) throw new Error(`bad hex: ${text}`)
+  return Buffer.from(clean, 'hex')
+}
+
+export function seq(from: number, n: number): Buffer {
+  return Buffer.from(Array.from({ length: n }, (_, i) => (from + i) & 0xff))
+}
+
+export class FakeClock implements Clock {
+  constructor(public t = 1_700_000_000_000) {}
+  now(): number {
+    return this.t
+  }
+  advance(ms: number): void {
+    this.t += ms
+  }
+}
+
+export interface FuzzEscape {
+  input: string
+  error: string
+}
+
+/** Runs `decode` on every input; returns the inputs that threw anything but a ProtocolError. */
+export function fuzzEscapes(inputs: Iterable<Uint8Array>, decode: (b: Uint8Array) => unknown): FuzzEscape[] {
+  const escapes: FuzzEscape[] = []
+  for (const input of inputs) {
+    try {
+      decode(input)
+    } catch (err) {
+      if (err instanceof ProtocolError) continue
+      escapes.push({ input: Buffer.from(input).toString('hex'), error: err instanceof Error ? `${err.name}: ${err.message}` : String(err) })
+    }
+  }
+  return escapes
+}
