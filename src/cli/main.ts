@@ -8,9 +8,32 @@ import { hideBin } from 'yargs/helpers'
 import { ApiClient, resolveSocketPath } from '../ipc/client.js'
 import type { MethodName, Params, Result } from '../ipc/schema.js'
 import { NatdError } from '../protocol/errors.js'
-import { ago, table } from './format.js'
+import { ago, bytes, table } from './format.js'
 
 export const EXIT = { OK: 0, ERROR: 1, USAGE: 2, NOT_RUNNING: 3 } as const
+
+/** A bad command line: exit 2 with the message, like yargs' own usage errors. */
+class UsageError extends Error {}
+
+function port(value: unknown, what: string): number {
+  const n = typeof value === 'number' ? value : Number(value)
+  if (!Number.isInteger(n) || n < 1 || n > 65535) throw new UsageError(`${what} must be a port number 1-65535, not ${JSON.stringify(value)}`)
+  return n
+}
+
+function duration(value: string, what: string): number {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m)?$/.exec(value)
+  if (!m) throw new UsageError(`${what} must be a duration like 500ms, 10s or 1m, not ${JSON.stringify(value)}`)
+  return Math.round(Number(m[1]) * (m[2] === 'ms' ? 1 : m[2] === 'm' ? 60_000 : 1000))
+}
+
+function peerPort(value: string): { peer: string; remotePort: number } {
+  const i = value.lastIndexOf(':')
+  if (i <= 0) throw new UsageError(`expected PEER:PORT, not ${JSON.stringify(value)}`)
+  return { peer: value.slice(0, i), remotePort: port(value.slice(i + 1), 'the remote port') }
+}
+
+const VIAS = ['auto', 'udp', 'tcp', 'relay'] as const
 
 interface Global {
   socket?: string | undefined
@@ -74,6 +97,142 @@ export function buildCli(argv: string[]): Argv<Global> {
         )
       }
     )
+    .command(
+      'open <peer>',
+      'open an encrypted tunnel to a peer (idempotent) and say which path it took',
+      (y) =>
+        y
+          .positional('peer', { type: 'string', demandOption: true, describe: 'peer name or ID' })
+          .option('via', { choices: VIAS, default: 'auto' as const, describe: 'path to use' })
+          .option('timeout', { type: 'string', default: '10s', describe: 'give up after this long' }),
+      async (g) => {
+        const r = await call(g, 'open', { peer: g.peer, via: g.via, timeoutMs: duration(g.timeout, '--timeout') })
+        out(g, r, () => (r.reused ? `tunnel to ${r.peer} already open: ${r.path} ${r.remote}` : `tunnel to ${r.peer}: ${r.path} ${r.remote} in ${r.tookMs} ms`))
+      }
+    )
+    .command(
+      'close <peer>',
+      'close the tunnel to a peer',
+      (y) => y.positional('peer', { type: 'string', demandOption: true }),
+      async (g) => {
+        const r = await call(g, 'close', { peer: g.peer })
+        out(g, r, () => (r.closed ? `closed the tunnel to ${g.peer}` : `no tunnel to ${g.peer}`))
+      }
+    )
+    .command(
+      'tunnels',
+      'open tunnels: peer, path, remote endpoint, RTT, bytes, age',
+      () => undefined,
+      async (g) => {
+        const ts = await call(g, 'tunnels', {})
+        out(g, ts, () =>
+          ts.length === 0
+            ? 'no open tunnels'
+            : table(
+                ['PEER', 'PATH', 'REMOTE', 'RTT', 'IN', 'OUT', 'STREAMS', 'SINCE'],
+                ts.map((t) => [t.peer, t.path, t.remote, t.rttMs === null ? null : `${t.rttMs} ms`, bytes(t.bytesIn), bytes(t.bytesOut), t.streams, ago(Date.now() - Date.parse(t.since))])
+              )
+        )
+      }
+    )
+    .command(
+      'ping <peer>',
+      'round trips over the tunnel to a peer (opens it if needed)',
+      (y) =>
+        y
+          .positional('peer', { type: 'string', demandOption: true })
+          .option('count', { alias: 'c', type: 'number', default: 4, describe: 'how many pings' })
+          .option('timeout', { type: 'string', default: '5s', describe: 'per ping' }),
+      async (g) => {
+        if (!Number.isInteger(g.count) || g.count < 1 || g.count > 10_000) throw new UsageError('--count must be 1-10000')
+        const timeoutMs = duration(g.timeout, '--timeout')
+        const client = new ApiClient(resolveSocketPath(g.socket))
+        await client.connect()
+        const results = []
+        try {
+          for (let i = 0; i < g.count; i++) {
+            const r = await client.call('ping', { peer: g.peer, timeoutMs })
+            results.push(r)
+            if (!g.json) process.stdout.write(`pong from ${r.peer} (${r.path} ${r.remote}) in ${r.rttMs} ms\n`)
+            if (i + 1 < g.count) await new Promise((resolve) => setTimeout(resolve, 1000))
+          }
+        } finally {
+          client.close()
+        }
+        if (g.json) process.stdout.write(JSON.stringify(results, null, 2) + '\n')
+      }
+    )
+    .command('forward', 'forward local TCP ports to peers', (y) =>
+      y
+        .command(
+          'add <local-port> <target>',
+          'listen on LOCAL_PORT and carry each connection to PEER:REMOTE_PORT',
+          (y2) =>
+            y2
+              .positional('local-port', { type: 'string', demandOption: true })
+              .positional('target', { type: 'string', demandOption: true, describe: 'PEER:REMOTE_PORT' })
+              .option('bind', { type: 'string', default: '127.0.0.1', describe: 'local address to listen on' }),
+          async (g) => {
+            const { peer, remotePort } = peerPort(g.target)
+            const r = await call(g, 'forward.add', { localPort: port(g['local-port'], 'LOCAL_PORT'), peer, remotePort, bind: g.bind })
+            out(g, r, () => `forwarding ${r.bind}:${r.localPort} -> ${r.peer}:${r.remotePort}`)
+          }
+        )
+        .command(
+          'ls',
+          'list forwards',
+          () => undefined,
+          async (g) => {
+            const fs = await call(g, 'forward.ls', {})
+            out(g, fs, () => (fs.length === 0 ? 'no forwards' : table(['LOCAL', 'PEER', 'REMOTE PORT', 'CONNECTIONS'], fs.map((f) => [`${f.bind}:${f.localPort}`, f.peer, f.remotePort, f.connections]))))
+          }
+        )
+        .command(
+          'rm <local-port>',
+          'stop forwarding a local port',
+          (y2) => y2.positional('local-port', { type: 'string', demandOption: true }),
+          async (g) => {
+            const r = await call(g, 'forward.rm', { localPort: port(g['local-port'], 'LOCAL_PORT') })
+            out(g, r, () => `removed the forward ${r.removed.bind}:${r.removed.localPort} -> ${r.removed.peer}:${r.removed.remotePort}`)
+          }
+        )
+        .demandCommand(1, 'name a forward command: add, ls, rm')
+    )
+    .command('expose', 'let peers reach local TCP ports (nothing is reachable until exposed)', (y) =>
+      y
+        .command(
+          'add <port>',
+          'expose PORT to peers (all of them, or only --allow ones)',
+          (y2) =>
+            y2
+              .positional('port', { type: 'string', demandOption: true })
+              .option('host', { type: 'string', default: '127.0.0.1', describe: 'where the service listens' })
+              .option('allow', { type: 'string', array: true, default: [] as string[], describe: 'peer allowed (repeat for more); default all peers' }),
+          async (g) => {
+            const r = await call(g, 'expose.add', { port: port(g.port, 'PORT'), host: g.host, allow: g.allow.map(String) })
+            out(g, r, () => `exposed ${r.host}:${r.port} to ${r.allow.length ? r.allow.join(', ') : 'every peer'}`)
+          }
+        )
+        .command(
+          'ls',
+          'list exposed ports',
+          () => undefined,
+          async (g) => {
+            const es = await call(g, 'expose.ls', {})
+            out(g, es, () => (es.length === 0 ? 'nothing exposed' : table(['PORT', 'HOST', 'ALLOWED'], es.map((e) => [e.port, e.host, e.allow.length ? e.allow.join(',') : 'every peer']))))
+          }
+        )
+        .command(
+          'rm <port>',
+          'stop exposing a port',
+          (y2) => y2.positional('port', { type: 'string', demandOption: true }),
+          async (g) => {
+            const r = await call(g, 'expose.rm', { port: port(g.port, 'PORT') })
+            out(g, r, () => `no longer exposing port ${r.removed.port}`)
+          }
+        )
+        .demandCommand(1, 'name an expose command: add, ls, rm')
+    )
     .demandCommand(1, 'name a command')
     .strict()
     .help()
@@ -89,6 +248,10 @@ async function main(): Promise<void> {
   try {
     await cli.parseAsync()
   } catch (err) {
+    if (err instanceof UsageError) {
+      process.stderr.write(`natctl: ${err.message}\nTry natctl --help\n`)
+      process.exit(EXIT.USAGE)
+    }
     const e = err instanceof NatdError ? err : new NatdError('INTERNAL', (err as Error).message)
     if (process.argv.includes('--json')) process.stdout.write(JSON.stringify({ error: e.toJSON() }) + '\n')
     process.stderr.write(`natctl: ${e.message}${e.code === 'NOT_RUNNING' || e.code === 'PERMISSION_DENIED' ? '' : ` [${e.code}]`}\n`)

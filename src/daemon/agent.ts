@@ -9,11 +9,22 @@ import { formatEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { NatdError } from '../protocol/errors.js'
 import { peerId, type KeyPair } from '../protocol/identity.js'
 import { systemClock, type Logger } from '../protocol/log.js'
-import { isRendezvousFrame, type NatVerdict, type PeerRecord } from '../protocol/rendezvous.js'
+import { isRendezvousFrame, MSG, type NatVerdict, type PeerRecord } from '../protocol/rendezvous.js'
 import { ApiServer, type Handlers } from '../ipc/server.js'
 import type { PeerInfo, StatusResult } from '../ipc/schema.js'
+import { TunnelManager } from '../tunnel/manager.js'
+import type { Tunnel } from '../tunnel/tunnel.js'
 import type { AgentConfig, StateStore } from './config.js'
+import { Exposes } from './exposes.js'
+import { Forwards } from './forwards.js'
 import { RendezvousClient } from './rendezvous-client.js'
+
+/** A path silent this long is dead (the issue asks for ~15 s). */
+export const TUNNEL_DEAD_MS = 15_000
+/** Tunnel keepalives at most this far apart, and never slower than the heartbeat the user set for their NAT. */
+export const TUNNEL_KEEPALIVE_MAX_MS = 5_000
+/** How long the responder side of an introduction may take to punch and authenticate. */
+export const ACCEPT_TIMEOUT_MS = 15_000
 
 export const VERSION = '0.1.0'
 
@@ -33,6 +44,9 @@ export class Agent {
   private readonly udx = new UDX()
   private socket: UDXSocket | null = null
   private client: RendezvousClient | null = null
+  private tunnels: TunnelManager | null = null
+  private forwards: Forwards | null = null
+  private readonly exposes: Exposes
   private api: ApiServer | null = null
   private runLoop: Promise<void> | null = null
   private readonly startedAt = Date.now()
@@ -44,6 +58,7 @@ export class Agent {
     private readonly c: AgentComponents
   ) {
     this.id = peerId(c.keyPair.publicKey)
+    this.exposes = new Exposes(c.store, c.log.child({ component: 'expose' }))
   }
 
   get localPort(): number {
@@ -90,12 +105,45 @@ export class Agent {
       this.c.log.info(event === 'up' ? 'peer online' : 'peer offline', { peer: peer.name, id: peerId(peer.publicKey).slice(0, 8) })
       this.api?.emit(event === 'up' ? 'peer.up' : 'peer.down', this.peerInfo(peer))
     })
+    const tunnels = new TunnelManager(
+      { keepaliveMs: Math.min(this.init.config.heartbeatMs, TUNNEL_KEEPALIVE_MAX_MS), deadMs: TUNNEL_DEAD_MS },
+      {
+        udx: this.udx,
+        socket,
+        keyPair: this.c.keyPair,
+        clock: systemClock,
+        log: log.child({ component: 'tunnel' }),
+        introduce: (target, via) => client.introduce(target, via),
+        checkPeerKey: (name, id) => this.checkPeerKey(name, id),
+        pinPeerKey: (name, id) => {
+          if (!this.c.store.knownPeer(name)) this.c.store.pinPeer(name, id)
+        },
+        onChannel: (tunnel, req) => this.exposes.onChannel(tunnel, req)
+      }
+    )
+    this.tunnels = tunnels
+    client.on('introduction', (intro) => {
+      if (!intro.initiator) tunnels.accept(intro, ACCEPT_TIMEOUT_MS)
+    })
+    tunnels.on('up', (t) => this.emitTunnel(t, 'up', null))
+    tunnels.on('down', (t, reason) => this.emitTunnel(t, 'down', reason))
+    this.forwards = new Forwards({
+      store: this.c.store,
+      tunnels,
+      log: log.child({ component: 'forward' }),
+      selfName: this.init.config.name,
+      selfId: this.id,
+      checkPeer: (peer) => this.checkPeerExists(peer)
+    })
+    await this.forwards.start()
     this.runLoop = client.run()
     log.info('natd started', { name: this.init.config.name, id: this.id, udpPort: this.localPort, socket: this.init.socketPath })
   }
 
   /** Says goodbye to the server, closes the API and the socket. */
   async stop(): Promise<void> {
+    this.tunnels?.closeAll('the peer\'s natd is shutting down')
+    this.forwards?.stop()
     await this.client?.stop()
     await this.runLoop
     this.api?.stop()
@@ -103,7 +151,35 @@ export class Agent {
   }
 
   private onDatagram(buf: Buffer, from: Endpoint): void {
-    if (isRendezvousFrame(buf)) this.client?.onDatagram(buf, from)
+    if (!isRendezvousFrame(buf)) return
+    if (buf[3] === MSG.PROBE) this.tunnels?.onProbe(buf, from)
+    else this.client?.onDatagram(buf, from)
+  }
+
+  private checkPeerKey(name: string, id: string): void {
+    const pinned = this.c.store.knownPeer(name)
+    if (pinned && pinned !== id) {
+      this.c.log.error('KEY_MISMATCH: a peer presents another key under a pinned name', { peer: name, pinned: pinned.slice(0, 8), presented: id.slice(0, 8) })
+      throw new NatdError('KEY_MISMATCH', `${name} now presents key ${id.slice(0, 8)}, but ${pinned.slice(0, 8)} is pinned; if the peer really changed its key, remove ${name} from knownPeers in ${this.c.store.dir}/config.json`)
+    }
+  }
+
+  private async checkPeerExists(peer: string): Promise<void> {
+    if (this.client?.state.kind !== 'registered') return
+    const peers = await this.client.list()
+    if (!peers.some((p) => p.name === peer || (peer.length >= 8 && peerId(p.publicKey).startsWith(peer)))) {
+      throw new NatdError('PEER_UNKNOWN', `no peer named ${peer} on ${this.init.config.server}`)
+    }
+  }
+
+  private emitTunnel(t: Tunnel, state: 'up' | 'down', reason: string | null): void {
+    this.api?.emit('tunnel.state', { peer: t.peer.name, id: t.peer.id, state, path: t.path, remote: formatEndpoint(t.remote), reason })
+  }
+
+  private tunnelTo(peer: string): Tunnel {
+    const t = this.tunnels?.get(peer)
+    if (!t) throw new NatdError('TUNNEL_CLOSED', `no tunnel to ${peer}`)
+    return t
   }
 
   private peerInfo(p: PeerRecord): PeerInfo {
@@ -116,7 +192,7 @@ export class Agent {
       tcpEndpoint: p.tcp ? formatEndpoint(p.tcp) : null,
       lan: p.lan.map(formatEndpoint),
       nat: p.nat,
-      tunnel: null
+      tunnel: this.tunnels?.get(peerId(p.publicKey))?.path ?? null
     }
   }
 
@@ -139,13 +215,18 @@ export class Agent {
       lan: lanEndpoints(this.localPort).map(formatEndpoint),
       nat: this.nat,
       uptimeMs: Date.now() - this.startedAt,
-      tunnels: 0
+      tunnels: this.tunnels?.list().length ?? 0
     }
   }
 
   private handlers(): Handlers {
-    const unsupported = (what: string) => (): never => {
-      throw new NatdError('UNSUPPORTED_PATH', `${what} is not available in this build yet`)
+    const tunnels = (): TunnelManager => {
+      if (!this.tunnels) throw new NatdError('NOT_REGISTERED', 'not started')
+      return this.tunnels
+    }
+    const forwards = (): Forwards => {
+      if (!this.forwards) throw new NatdError('NOT_REGISTERED', 'not started')
+      return this.forwards
     }
     return {
       status: () => this.status(),
@@ -155,16 +236,24 @@ export class Agent {
         return peers.map((p) => this.peerInfo(p)).sort((a, b) => Number(b.online) - Number(a.online) || a.name.localeCompare(b.name))
       },
       subscribe: () => ({ subscribed: [] }), // handled by the API server itself
-      open: unsupported('natctl open'),
-      close: unsupported('natctl close'),
-      tunnels: () => [],
-      ping: unsupported('natctl ping'),
-      'forward.add': unsupported('natctl forward'),
-      'forward.ls': () => [],
-      'forward.rm': unsupported('natctl forward'),
-      'expose.add': unsupported('natctl expose'),
-      'expose.ls': () => [],
-      'expose.rm': unsupported('natctl expose')
+      open: async ({ peer, via, timeoutMs }) => {
+        const { tunnel, tookMs, reused } = await tunnels().open(peer, via, timeoutMs)
+        return { ...tunnel.snapshot(), tookMs, reused }
+      },
+      close: ({ peer }) => ({ closed: tunnels().close(peer) }),
+      tunnels: () => tunnels().list().map((t) => t.snapshot()),
+      ping: async ({ peer, timeoutMs }) => {
+        if (!tunnels().get(peer)) await tunnels().open(peer, 'auto', timeoutMs)
+        const t = this.tunnelTo(peer)
+        const rttMs = await t.ping(timeoutMs)
+        return { peer: t.peer.name, path: t.path, remote: formatEndpoint(t.remote), rttMs }
+      },
+      'forward.add': (spec) => forwards().add(spec),
+      'forward.ls': () => forwards().list(),
+      'forward.rm': ({ localPort }) => ({ removed: forwards().remove(localPort) }),
+      'expose.add': (spec) => this.exposes.add(spec),
+      'expose.ls': () => this.exposes.list(),
+      'expose.rm': ({ port }) => ({ removed: this.exposes.remove(port) })
     }
   }
 }

@@ -19,6 +19,7 @@ export const ERROR_CODES = [
   'UNSUPPORTED_PATH', // a --via the agent cannot do (yet)
   'KEY_MISMATCH', // a pinned peer presented another key
   'NOT_EXPOSED', // the peer does not expose that port to us
+  'CONNECT_FAILED', // the peer exposes the port but nothing answers there
   'TUNNEL_CLOSED',
   'PORT_IN_USE',
   'INVALID_ARGUMENT',

@@ -27,6 +27,10 @@
  *   BYE          (empty) the agent is leaving; the server drops it at once
  *   INTRODUCE    reqId u32 target str8 via u8
  *   INTRODUCTION reqId u32 introId[16] initiator u8 via u8 peer
+ *   PROBE        introId[16] streamId u32 seq u32 flags u8 (1 = ack) zeros[8]
+ *                agent <-> agent while punching; only the two agents and the server
+ *                know introId, so a stray or forged probe cannot pick the path. An ack
+ *                is the same size as the probe it answers.
  *
  *   peer = publicKey[32] name str8 online u8 lastSeenAgoMs u32 nat u8
  *          udp ep tcp ep lanCount u8 ep*lanCount
@@ -69,8 +73,10 @@ export const MSG = {
   PONG: 12,
   BYE: 13,
   INTRODUCE: 14,
-  INTRODUCTION: 15
+  INTRODUCTION: 15,
+  PROBE: 16
 } as const
+const PROBE_PADDING = 8
 
 /** What the agent's netcheck concluded; peers use it to choose a punching strategy. */
 export type NatVerdict = 'unknown' | 'easy' | 'hard' | 'none'
@@ -121,6 +127,7 @@ export type Message =
   | { type: 'bye' }
   | { type: 'introduce'; reqId: number; target: string; via: Via }
   | { type: 'introduction'; reqId: number; introId: Uint8Array; initiator: boolean; via: Via; peer: PeerRecord }
+  | { type: 'probe'; introId: Uint8Array; streamId: number; seq: number; ack: boolean }
 
 /** Messages as callers build them: REGISTER is built by encodeRegister (it needs a signature). */
 export type OutgoingMessage = Exclude<Message, { type: 'register' }>
@@ -240,6 +247,8 @@ export function encode(m: OutgoingMessage): Buffer {
       writePeer(w, m.peer)
       return w.finish()
     }
+    case 'probe':
+      return header(MSG.PROBE).bytes(fixed(m.introId, INTRO_ID_BYTES, 'introId')).u32(m.streamId).u32(m.seq).u8(m.ack ? 1 : 0).zeros(PROBE_PADDING).finish()
   }
 }
 
@@ -316,6 +325,14 @@ export function decode(buf: Uint8Array): Message {
       const initiator = r.u8('initiator') === 1
       const via = enumAt(VIAS, r.u8('via'), 'via')
       return { type: 'introduction', reqId, introId, initiator, via, peer: readPeer(r) }
+    }
+    case MSG.PROBE: {
+      const introId = r.bytes(INTRO_ID_BYTES, 'introId')
+      const streamId = r.u32('streamId')
+      const seq = r.u32('seq')
+      const ack = (r.u8('flags') & 1) === 1
+      r.bytes(PROBE_PADDING, 'probe padding')
+      return { type: 'probe', introId, streamId, seq, ack }
     }
     default:
       throw new ProtocolError('BAD_REQUEST', `unknown message type ${type}`)

@@ -1,0 +1,103 @@
+/**
+ * Tunnel multiplexing frames. Each frame is one message of the encrypted session
+ * (secret-stream keeps message boundaries), so frames need no length of their own.
+ *
+ *   type u8 | channel u32 | body
+ *
+ *   OPEN     port u16 window u32     open a channel to the peer's exposed TCP port
+ *   OPEN_OK  window u32              accepted; the opener may send `window` bytes
+ *   DATA     bytes (≤ MAX_DATA)      counts against the receiver's window
+ *   WINDOW   increment u32           the receiver consumed bytes; send that many more
+ *   FIN      (empty)                 the sender will send no more data (half close)
+ *   RESET    code str8 message str8  the channel is gone (NOT_EXPOSED, CONNECT_FAILED, …)
+ *   PING     seq u32                 on channel 0: keepalive and `natctl ping`
+ *   PONG     seq u32
+ *   GOODBYE  reason str8             on channel 0: the peer is closing the tunnel now
+ *
+ * Channel ids: the side that opened the tunnel uses odd ids, the other side even ids,
+ * so both can open channels without agreeing first (as in HTTP/2 and yamux).
+ */
+import { Reader, Writer } from './bytes.js'
+import { ProtocolError } from './errors.js'
+
+export const MUX = { OPEN: 1, OPEN_OK: 2, DATA: 3, WINDOW: 4, FIN: 5, RESET: 6, PING: 7, PONG: 8, GOODBYE: 9 } as const
+/** Largest DATA payload: big enough to amortise per-message crypto, small enough to interleave channels. */
+export const MAX_DATA_BYTES = 64 * 1024
+
+export type MuxFrame =
+  | { type: 'open'; channel: number; port: number; window: number }
+  | { type: 'open-ok'; channel: number; window: number }
+  | { type: 'data'; channel: number; data: Uint8Array }
+  | { type: 'window'; channel: number; increment: number }
+  | { type: 'fin'; channel: number }
+  | { type: 'reset'; channel: number; code: string; message: string }
+  | { type: 'ping'; channel: number; seq: number }
+  | { type: 'pong'; channel: number; seq: number }
+  | { type: 'goodbye'; channel: number; reason: string }
+
+const HEADER_BYTES = 5
+
+function head(type: number, channel: number): Writer {
+  return new Writer().u8(type).u32(channel)
+}
+
+/** DATA frames are built without copying the payload twice (hot path). */
+export function encodeData(channel: number, data: Uint8Array): Buffer {
+  const out = Buffer.allocUnsafe(HEADER_BYTES + data.length)
+  out[0] = MUX.DATA
+  out.writeUInt32BE(channel, 1)
+  out.set(data, HEADER_BYTES)
+  return out
+}
+
+export function encodeMux(f: MuxFrame): Buffer {
+  switch (f.type) {
+    case 'open':
+      return head(MUX.OPEN, f.channel).u16(f.port).u32(f.window).finish()
+    case 'open-ok':
+      return head(MUX.OPEN_OK, f.channel).u32(f.window).finish()
+    case 'data':
+      return encodeData(f.channel, f.data)
+    case 'window':
+      return head(MUX.WINDOW, f.channel).u32(f.increment).finish()
+    case 'fin':
+      return head(MUX.FIN, f.channel).finish()
+    case 'reset':
+      return head(MUX.RESET, f.channel).str8(f.code.slice(0, 64)).str8(f.message.slice(0, 200)).finish()
+    case 'ping':
+      return head(MUX.PING, f.channel).u32(f.seq).finish()
+    case 'pong':
+      return head(MUX.PONG, f.channel).u32(f.seq).finish()
+    case 'goodbye':
+      return head(MUX.GOODBYE, f.channel).str8(f.reason.slice(0, 200)).finish()
+  }
+}
+
+export function decodeMux(buf: Uint8Array): MuxFrame {
+  const r = new Reader(buf)
+  const type = r.u8('mux type')
+  const channel = r.u32('channel')
+  switch (type) {
+    case MUX.OPEN:
+      return { type: 'open', channel, port: r.u16('port'), window: r.u32('window') }
+    case MUX.OPEN_OK:
+      return { type: 'open-ok', channel, window: r.u32('window') }
+    case MUX.DATA:
+      if (r.remaining > MAX_DATA_BYTES) throw new ProtocolError('BAD_REQUEST', `DATA frame of ${r.remaining} bytes exceeds ${MAX_DATA_BYTES}`)
+      return { type: 'data', channel, data: r.bytes(r.remaining) }
+    case MUX.WINDOW:
+      return { type: 'window', channel, increment: r.u32('increment') }
+    case MUX.FIN:
+      return { type: 'fin', channel }
+    case MUX.RESET:
+      return { type: 'reset', channel, code: r.str8('code'), message: r.str8('message') }
+    case MUX.PING:
+      return { type: 'ping', channel, seq: r.u32('seq') }
+    case MUX.PONG:
+      return { type: 'pong', channel, seq: r.u32('seq') }
+    case MUX.GOODBYE:
+      return { type: 'goodbye', channel, reason: r.str8('reason') }
+    default:
+      throw new ProtocolError('BAD_REQUEST', `unknown mux frame type ${type}`)
+  }
+}
