@@ -52,7 +52,8 @@ export class Exposes {
       req.reject('NOT_EXPOSED', `port ${req.port} is not exposed to ${peer.name}`)
       return
     }
-    const sock = net.connect({ port: spec.port, host: spec.host })
+    // Half-open both ways: a client that shuts down its sending side still gets the whole reply.
+    const sock = net.connect({ port: spec.port, host: spec.host, allowHalfOpen: true })
     sock.setNoDelay(true)
     const timer = setTimeout(() => sock.destroy(new Error('connect timeout')), EXPOSE_CONNECT_TIMEOUT_MS)
     sock.once('connect', () => {

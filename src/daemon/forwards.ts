@@ -92,7 +92,7 @@ export class Forwards {
   }
 
   private listen(spec: ForwardSpec): Promise<void> {
-    const a: Active = { spec, server: net.createServer((sock) => this.onConnection(a, sock)), connections: new Set() }
+    const a: Active = { spec, server: net.createServer({ allowHalfOpen: true }, (sock) => this.onConnection(a, sock)), connections: new Set() }
     return new Promise((resolve, reject) => {
       a.server.once('error', (err: NodeJS.ErrnoException) => {
         if (err.code === 'EADDRINUSE') reject(new NatdError('PORT_IN_USE', `port ${spec.localPort} on ${spec.bind} is in use`))

@@ -101,7 +101,9 @@ export class ApiServer {
   }
 
   private async onRequest(data: unknown, socket: net.Socket): Promise<void> {
-    let id: number | string | null = null
+    // Echo the caller's id even when the rest of the request is bad, so it can match the error.
+    const raw = (data as { id?: unknown } | null)?.id
+    let id: number | string | null = (typeof raw === 'number' && Number.isSafeInteger(raw)) || (typeof raw === 'string' && raw.length <= 64) ? raw : null
     try {
       const req = parseRequest(data)
       id = req.id
@@ -142,7 +144,7 @@ export async function claimSocketPath(socketPath: string): Promise<void> {
   } catch {
     return // nothing there
   }
-  if (!stat.isSocket()) throw new NatdError('ALREADY_RUNNING', `${socketPath} exists and is not a socket; refusing to remove it`)
+  if (!stat.isSocket()) throw new NatdError('INVALID_ARGUMENT', `${socketPath} exists and is not a socket; refusing to remove it (choose another --socket)`)
   const alive = await new Promise<boolean>((resolve) => {
     const probe = net.connect(socketPath)
     probe.once('connect', () => {

@@ -4,6 +4,8 @@
  */
 import { ProtocolError } from './errors.js'
 
+const UTF8 = new TextDecoder('utf-8', { fatal: true })
+
 export class Reader {
   private offset = 0
   constructor(private readonly buf: Uint8Array) {}
@@ -56,7 +58,12 @@ export class Reader {
   /** UTF-8 string with a one-byte length. */
   str8(what = 'string'): string {
     const n = this.u8(what)
-    return new TextDecoder('utf-8', { fatal: true }).decode(this.bytes(n, what))
+    const bytes = this.bytes(n, what)
+    try {
+      return UTF8.decode(bytes)
+    } catch {
+      throw new ProtocolError('BAD_REQUEST', `${what} is not valid UTF-8`)
+    }
   }
 }
 
@@ -124,4 +131,13 @@ export class Writer {
   finish(): Buffer {
     return Buffer.from(this.buf.buffer, this.buf.byteOffset, this.length)
   }
+}
+
+/** Cuts a string to at most `maxBytes` of UTF-8 without splitting a character. */
+export function truncateUtf8(s: string, maxBytes: number): string {
+  const bytes = new TextEncoder().encode(s)
+  if (bytes.length <= maxBytes) return s
+  let end = maxBytes
+  while (end > 0 && (bytes[end]! & 0xc0) === 0x80) end-- // back off continuation bytes
+  return new TextDecoder().decode(bytes.subarray(0, end))
 }

@@ -14,6 +14,8 @@ export function parseDuration(text: string | number): number {
 export function formatDuration(ms: number): string {
   if (ms < 1000) return `${Math.round(ms)}ms`
   if (ms < 60_000) return `${(ms / 1000).toFixed(ms < 10_000 ? 1 : 0)}s`
-  if (ms < 3_600_000) return `${Math.floor(ms / 60_000)}m${Math.round((ms % 60_000) / 1000)}s`
-  return `${Math.floor(ms / 3_600_000)}h${Math.floor((ms % 3_600_000) / 60_000)}m`
+  const s = Math.round(ms / 1000)
+  if (s < 3600) return `${Math.floor(s / 60)}m${s % 60}s`
+  const m = Math.round(s / 60)
+  return `${Math.floor(m / 60)}h${m % 60}m`
 }

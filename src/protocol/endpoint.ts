@@ -58,6 +58,7 @@ export function readEndpoint(r: Reader): Endpoint | null {
 }
 
 export function ipv6ToBytes(host: string): Uint8Array {
+  if (!isIPv6(host)) throw new RangeError(`not an IPv6 address: ${host}`)
   const out = new Uint8Array(16)
   let text = host
   const v4 = /(\d+\.\d+\.\d+\.\d+)$/.exec(text)
@@ -106,7 +107,20 @@ export function isIPv4(host: string): boolean {
   return IPV4.test(host)
 }
 
-/** Loose IPv6 check (hex groups and colons, optional dotted tail); the codec rejects what it cannot encode. */
+/** Strict IPv6 text check (RFC 4291 §2.2): 8 groups of 1-4 hex digits, one `::` at most, optional dotted IPv4 tail. */
 export function isIPv6(host: string): boolean {
-  return host.includes(':') && /^[0-9a-fA-F:.]+$/.test(host) && host.split('::').length <= 2
+  let text = host
+  let tailGroups = 0
+  const v4 = /:(\d+\.\d+\.\d+\.\d+)$/.exec(text)
+  if (v4?.[1]) {
+    if (!isIPv4(v4[1])) return false
+    text = text.slice(0, -v4[1].length) + '0:0'
+    tailGroups = 0
+  }
+  const halves = text.split('::')
+  if (halves.length > 2) return false
+  const groups = halves.map((h) => (h === '' ? [] : h.split(':')))
+  if (groups.flat().some((g) => !/^[0-9a-fA-F]{1,4}$/.test(g))) return false
+  const count = groups.flat().length + tailGroups
+  return halves.length === 2 ? count < 8 : count === 8
 }

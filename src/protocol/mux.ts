@@ -17,7 +17,7 @@
  * Channel ids: the side that opened the tunnel uses odd ids, the other side even ids,
  * so both can open channels without agreeing first (as in HTTP/2 and yamux).
  */
-import { Reader, Writer } from './bytes.js'
+import { Reader, truncateUtf8, Writer } from './bytes.js'
 import { ProtocolError } from './errors.js'
 
 export const MUX = { OPEN: 1, OPEN_OK: 2, DATA: 3, WINDOW: 4, FIN: 5, RESET: 6, PING: 7, PONG: 8, GOODBYE: 9 } as const
@@ -63,13 +63,13 @@ export function encodeMux(f: MuxFrame): Buffer {
     case 'fin':
       return head(MUX.FIN, f.channel).finish()
     case 'reset':
-      return head(MUX.RESET, f.channel).str8(f.code.slice(0, 64)).str8(f.message.slice(0, 200)).finish()
+      return head(MUX.RESET, f.channel).str8(truncateUtf8(f.code, 64)).str8(truncateUtf8(f.message, 255)).finish()
     case 'ping':
       return head(MUX.PING, f.channel).u32(f.seq).finish()
     case 'pong':
       return head(MUX.PONG, f.channel).u32(f.seq).finish()
     case 'goodbye':
-      return head(MUX.GOODBYE, f.channel).str8(f.reason.slice(0, 200)).finish()
+      return head(MUX.GOODBYE, f.channel).str8(truncateUtf8(f.reason, 255)).finish()
   }
 }
 

@@ -38,7 +38,7 @@
  * Decoders check lengths before slicing, tolerate trailing bytes, and throw only
  * ProtocolError.
  */
-import { Reader, Writer } from './bytes.js'
+import { Reader, truncateUtf8, Writer } from './bytes.js'
 import { readEndpoint, writeEndpoint, type Endpoint } from './endpoint.js'
 import { ProtocolError } from './errors.js'
 
@@ -220,7 +220,7 @@ export function encode(m: OutgoingMessage): Buffer {
       return w.finish()
     }
     case 'error':
-      return header(MSG.ERROR).u32(m.reqId).str8(m.code.slice(0, 64)).str8(truncateUtf8(m.message, 255)).finish()
+      return header(MSG.ERROR).u32(m.reqId).str8(truncateUtf8(m.code, 64)).str8(truncateUtf8(m.message, 255)).finish()
     case 'list':
       return header(MSG.LIST).u32(m.reqId).finish()
     case 'peers': {
@@ -339,11 +339,6 @@ export function decode(buf: Uint8Array): Message {
   }
 }
 
-function truncateUtf8(s: string, maxBytes: number): string {
-  let out = s
-  while (new TextEncoder().encode(out).length > maxBytes) out = out.slice(0, -1)
-  return out
-}
 
 /**
  * Splits a TCP byte stream into frames (u32 big-endian length, then the frame).

@@ -85,16 +85,12 @@ export class RendezvousServer {
   }
 
   async start(): Promise<void> {
-    this.udp = await bindUdp(this.init.host, this.init.port, (msg, rinfo) => this.onDatagram(this.udp!, msg, rinfo))
-    if (this.init.altPort) {
-      this.udpAlt = await bindUdp(this.init.host, this.init.altPort, (msg, rinfo) => this.onDatagram(this.udpAlt!, msg, rinfo))
+    try {
+      await this.listen()
+    } catch (err) {
+      await this.stop() // release whatever did bind
+      throw err
     }
-    this.tcp = net.createServer((socket) => this.onTcpConnection(socket))
-    await new Promise<void>((resolve, reject) => {
-      this.tcp!.once('error', reject)
-      this.tcp!.listen({ host: this.init.host, port: this.init.port }, () => resolve())
-    })
-    this.tcp.on('error', (err) => this.log.error('tcp server error', { err: err.message }))
     this.sweepTimer = setInterval(() => this.onSweepExpired(), EXPIRY_SWEEP_MS)
     this.sweepTimer.unref()
     this.log.info('rendezvous listening', {
@@ -106,12 +102,28 @@ export class RendezvousServer {
     })
   }
 
+  private async listen(): Promise<void> {
+    this.udp = await bindUdp(this.init.host, this.init.port, (msg, rinfo) => this.onDatagram(this.udp!, msg, rinfo))
+    if (this.init.altPort) {
+      this.udpAlt = await bindUdp(this.init.host, this.init.altPort, (msg, rinfo) => this.onDatagram(this.udpAlt!, msg, rinfo))
+    }
+    this.tcp = net.createServer((socket) => this.onTcpConnection(socket))
+    await new Promise<void>((resolve, reject) => {
+      this.tcp!.once('error', reject)
+      this.tcp!.listen({ host: this.init.host, port: this.init.port }, () => resolve())
+    })
+    this.tcp.on('error', (err) => this.log.error('tcp server error', { err: err.message }))
+  }
+
   async stop(): Promise<void> {
     if (this.sweepTimer) clearInterval(this.sweepTimer)
     for (const c of this.conns) c.socket.destroy()
     this.udp?.close()
     this.udpAlt?.close()
-    await new Promise<void>((resolve) => (this.tcp ? this.tcp.close(() => resolve()) : resolve()))
+    this.udp = this.udpAlt = null
+    const tcp = this.tcp
+    this.tcp = null
+    await new Promise<void>((resolve) => (tcp?.listening ? tcp.close(() => resolve()) : resolve()))
   }
 
   // --- UDP -----------------------------------------------------------------

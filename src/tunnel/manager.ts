@@ -7,7 +7,7 @@ import { EventEmitter } from 'node:events'
 import SecretStream from '@hyperswarm/secret-stream'
 import type UDX from 'udx-native'
 import type { UDXSocket, UDXStream } from 'udx-native'
-import { formatEndpoint, type Endpoint } from '../protocol/endpoint.js'
+import { formatEndpoint, sameEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { NatdError, toNatdError } from '../protocol/errors.js'
 import { peerId, timingSafeEqual, type KeyPair } from '../protocol/identity.js'
 import type { Clock, Logger } from '../protocol/log.js'
@@ -140,8 +140,9 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     const deadline = this.c.clock.now() + timeoutMs
     const introKey = Buffer.from(intro.introId).toString('hex')
     const streamId = this.allocStreamId()
+    // A host without NAT reports its public address as a LAN address too: that one is public.
     const candidates: Candidate[] = [
-      ...intro.peer.lan.map((endpoint) => ({ endpoint, kind: 'lan' as const })),
+      ...intro.peer.lan.filter((e) => !sameEndpoint(e, intro.peer.udp)).map((endpoint) => ({ endpoint, kind: 'lan' as const })),
       ...(intro.peer.udp ? [{ endpoint: intro.peer.udp, kind: 'public' as const }] : [])
     ]
     const socket = this.c.socket

@@ -103,7 +103,9 @@ const SAMPLES: OutgoingMessage[] = [
   { type: 'introduce', reqId: 5, target: 'bob', via: 'tcp' },
   { type: 'introduce', reqId: 6, target: 'abcdefgh', via: 'auto' },
   { type: 'introduction', reqId: 5, introId: seq(0xc0, 16), initiator: true, via: 'udp', peer: peerFull },
-  { type: 'introduction', reqId: 0, introId: seq(0xd0, 16), initiator: false, via: 'relay', peer: peerOffline }
+  { type: 'introduction', reqId: 0, introId: seq(0xd0, 16), initiator: false, via: 'relay', peer: peerOffline },
+  { type: 'probe', introId: seq(0xe0, 16), streamId: 1, seq: 2, ack: false },
+  { type: 'probe', introId: seq(0xe0, 16), streamId: 0xffffffff, seq: 0, ack: true }
 ]
 
 function signedRegister(fields: RegisterFields = registerFields): { bytes: Buffer; unsigned: Buffer; publicKey: Buffer } {
@@ -172,6 +174,11 @@ describe('rendezvous codec: golden bytes', () => {
       { type: 'introduction', reqId: 5, introId: seq(0xc0, 16), initiator: true, via: 'relay', peer: { ...peerOffline, name: 'b' } },
       '4e 44 01 0f | 00000005 | c0c1c2c3c4c5c6c7c8c9cacbcccdcecf | 01 | 03' +
         ' | 808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f | 01 62 | 00 | ffffffff | 02 | 00 | 00 | 00'
+    ],
+    [
+      'PROBE (ack)',
+      { type: 'probe', introId: seq(0xe0, 16), streamId: 0x0a0b0c0d, seq: 3, ack: true },
+      '4e 44 01 10 | e0e1e2e3e4e5e6e7e8e9eaebecedeeef | 0a0b0c0d | 00000003 | 01 | 0000000000000000'
     ]
   ]
 
@@ -301,7 +308,8 @@ describe('rendezvous codec: round trips', () => {
     expect(codeOf(() => decode(hex('4e 44 00 0b 00000001')))).toBe('BAD_VERSION')
     expect(codeOf(() => decode(hex('4e 45 01 0d')))).toBe('BAD_REQUEST')
     expect(codeOf(() => decode(hex('4e 44 01 00')))).toBe('BAD_REQUEST')
-    expect(codeOf(() => decode(hex('4e 44 01 10')))).toBe('BAD_REQUEST')
+    expect(codeOf(() => decode(hex('4e 44 01 11')))).toBe('BAD_REQUEST')
+    expect(codeOf(() => decode(hex('4e 44 01 7f' + ' 00'.repeat(100))))).toBe('BAD_REQUEST')
     expect(codeOf(() => decode(hex('4e 44 01 ff')))).toBe('BAD_REQUEST')
     expect(codeOf(() => decode(Buffer.alloc(0)))).toBe('BAD_REQUEST')
   })
@@ -352,6 +360,12 @@ describe('rendezvous codec: no amplification', () => {
     expect(ack.length).toBeLessThanOrEqual(heartbeat.length)
   })
 
+  it('a PROBE ack is exactly the size of the probe it answers', () => {
+    const probe = encode({ type: 'probe', introId: seq(0, 16), streamId: 1, seq: 1, ack: false })
+    const ack = encode({ type: 'probe', introId: seq(0, 16), streamId: 1, seq: 1, ack: true })
+    expect(ack.length).toBe(probe.length)
+  })
+
   it('a HELLO or HEARTBEAT without its padding is refused (the server would otherwise answer a smaller request)', () => {
     expect(() => decode(encode({ type: 'hello' }).subarray(0, 4))).toThrow(ProtocolError)
     expect(() => decode(encode({ type: 'heartbeat', token: TOKEN, seq: 1 }).subarray(0, 24))).toThrow(ProtocolError)
@@ -374,7 +388,7 @@ describe('rendezvous codec: fuzz', () => {
         b[0] = 0x4e
         b[1] = 0x44
         b[2] = 0x01
-        b[3] = randInt(rand, 0, 17)
+        b[3] = randInt(rand, 0, 18)
         yield b
       } else {
         // A valid frame, truncated at a random point or with a few bytes changed.
@@ -388,7 +402,7 @@ describe('rendezvous codec: fuzz', () => {
 
   // Known bug (reported): Reader.str8 decodes with TextDecoder({fatal: true}), whose
   // TypeError on invalid UTF-8 escapes decode(). Remove `.fails` once str8 wraps it.
-  it.fails('20,000 random, magic-prefixed, truncated and mutated frames either decode or throw ProtocolError', () => {
+  it('20,000 random, magic-prefixed, truncated and mutated frames either decode or throw ProtocolError', () => {
     const escapes = fuzzEscapes(fuzzInputs(), decode)
     expect(escapes.slice(0, 3), `seed ${SEED}: ${escapes.length} inputs threw something else`).toEqual([])
   })
@@ -399,7 +413,7 @@ describe('rendezvous codec: fuzz', () => {
     expect(other.slice(0, 3), `seed ${SEED}`).toEqual([])
   })
 
-  it.fails('a string field that is not valid UTF-8 is refused with ProtocolError (src/protocol/bytes.ts str8)', () => {
+  it('a string field that is not valid UTF-8 is refused with ProtocolError (src/protocol/bytes.ts str8)', () => {
     // ERROR with code = one byte 0xff (never valid UTF-8).
     expect(() => decode(hex('4e 44 01 07 | 00000000 | 01 ff | 00'))).toThrow(ProtocolError)
   })

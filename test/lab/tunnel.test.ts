@@ -1,0 +1,176 @@
+/**
+ * Punched UDP tunnels, forwarding and exposing through real Linux NAT (issue 3).
+ *
+ *   server ── inet ──┬── r1 (NAT kind A) ── alice ── forward 127.0.0.1:9000 ─┐
+ *                    └── r2 (NAT kind B) ── bob   ── echo server :7000  ◀─────┘ (tunnel)
+ *
+ * Same-LAN pair: alice and bob are two hosts behind one router.
+ */
+import { describe, expect, it } from 'vitest'
+import { createLab, labAvailable, type LabSpec, type NatKind, type Unsolicited } from './lab.js'
+import { NatdLab, waitFor } from './natd-lab.js'
+
+const MiB = 1024 * 1024
+const ECHO_PORT = 7000
+const FWD_PORT = 9000
+
+async function withLab(spec: LabSpec, fn: (n: NatdLab) => Promise<void>): Promise<void> {
+  const n = new NatdLab(await createLab(spec))
+  let failed = true
+  try {
+    await fn(n)
+    failed = false
+  } finally {
+    await n.teardown(failed)
+  }
+}
+
+function pair(a: NatKind, b: NatKind, unsolicited: Unsolicited): LabSpec {
+  return { sites: [{ name: 'alice', nat: a, unsolicited }, { name: 'bob', nat: b, unsolicited }] }
+}
+
+async function startPair(n: NatdLab, heartbeat = '2s'): Promise<void> {
+  await n.startServer()
+  await n.startAgent('alice', { heartbeat })
+  await n.startAgent('bob', { heartbeat })
+  await n.waitRegistered('alice')
+  await n.waitRegistered('bob')
+}
+
+async function open(n: NatdLab, from: string, to: string): Promise<{ path: string; tookMs: number; remote: string }> {
+  const r = await n.natctl(from, ['open', to])
+  if (r.code !== 0) throw new Error(`natctl open ${to} failed (${r.code}): ${r.stderr}`)
+  return r.json as { path: string; tookMs: number; remote: string }
+}
+
+async function forwardAndExpose(n: NatdLab): Promise<void> {
+  await n.startEcho('bob', ECHO_PORT)
+  expect((await n.natctl('bob', ['expose', 'add', String(ECHO_PORT), '--allow', 'alice'])).code).toBe(0)
+  expect((await n.natctl('alice', ['forward', 'add', String(FWD_PORT), `bob:${ECHO_PORT}`])).code).toBe(0)
+}
+
+const MATRIX: Array<{ a: NatKind; b: NatKind; path: string; sameLan?: boolean }> = [
+  { a: 'easy', b: 'easy', path: 'direct-udp' },
+  { a: 'easy', b: 'full', path: 'direct-udp' },
+  { a: 'public', b: 'easy', path: 'direct-udp' },
+  { a: 'easy', b: 'easy', path: 'lan', sameLan: true }
+]
+
+describe.skipIf(!labAvailable())('punched UDP tunnels', () => {
+  for (const unsolicited of ['drop', 'reset'] as const) {
+    for (const m of MATRIX) {
+      const title = m.sameLan ? `same LAN (${unsolicited})` : `${m.a}×${m.b} (${unsolicited})`
+      it(`${title}: open gives ${m.path} well under a second; a forward carries 64 MiB and 20 concurrent connections intact`, async () => {
+        const spec: LabSpec = m.sameLan ? { sites: [{ name: 'home', nat: 'easy', unsolicited, hosts: ['alice', 'bob'] }] } : pair(m.a, m.b, unsolicited)
+        await withLab(spec, async (n) => {
+          await startPair(n)
+          const opened = await open(n, 'alice', 'bob')
+          expect(opened.path).toBe(m.path)
+          expect(opened.tookMs).toBeLessThan(500)
+          if (m.path === 'lan') expect(opened.remote).toMatch(new RegExp(`^${n.lab.hosts.bob!.ip}:`))
+          // Both sides see the tunnel, with the same path.
+          await waitFor(async () => ((await n.natctl('bob', ['tunnels'])).json as Array<{ peer: string; path: string }>).some((t) => t.peer === 'alice' && t.path === m.path), 3_000, 'bob sees the tunnel')
+          const peers = await n.peers('alice')
+          expect(peers.find((p) => p.name === 'bob')?.tunnel).toBe(m.path)
+          await forwardAndExpose(n)
+          const big = await n.echo('alice', FWD_PORT, 64 * MiB, 1)
+          expect(big).toMatchObject({ ok: true })
+          const many = await n.echo('alice', FWD_PORT, 2 * MiB, 20)
+          expect(many).toMatchObject({ ok: true, conns: 20 })
+          // Still the one tunnel: every connection shared it.
+          expect(n.log('alice').match(/"message":"tunnel up"/g)?.length).toBe(1)
+        })
+      }, 120_000)
+    }
+  }
+
+  it('with 5% random loss on one WAN link a 64 MiB transfer still matches', async () => {
+    await withLab(pair('easy', 'easy', 'drop'), async (n) => {
+      await startPair(n)
+      await n.lab.setLoss('bob', 5)
+      await forwardAndExpose(n)
+      const r = await n.echo('alice', FWD_PORT, 64 * MiB, 1, 240_000)
+      expect(r).toMatchObject({ ok: true })
+    })
+  }, 300_000)
+
+  it('a forward to a port the peer has not exposed is refused; exposing it makes the same command work', async () => {
+    await withLab(pair('easy', 'easy', 'drop'), async (n) => {
+      await startPair(n)
+      await n.startEcho('bob', ECHO_PORT)
+      expect((await n.natctl('alice', ['forward', 'add', String(FWD_PORT), `bob:${ECHO_PORT}`])).code).toBe(0)
+      const refused = await n.echo('alice', FWD_PORT, 1024, 1)
+      expect(refused.ok).toBe(false)
+      await waitFor(() => /NOT_EXPOSED/.test(n.log('alice')) && /NOT_EXPOSED/.test(n.log('bob')), 3_000, 'NOT_EXPOSED logged on both sides')
+      // Exposed to someone else only: still refused.
+      expect((await n.natctl('bob', ['expose', 'add', String(ECHO_PORT), '--allow', 'carol'])).code).toBe(0)
+      expect((await n.echo('alice', FWD_PORT, 1024, 1)).ok).toBe(false)
+      expect((await n.natctl('bob', ['expose', 'add', String(ECHO_PORT), '--allow', 'alice'])).code).toBe(0)
+      expect(await n.echo('alice', FWD_PORT, 1024 * 1024, 1)).toMatchObject({ ok: true })
+    })
+  }, 60_000)
+
+  it('an idle tunnel survives 60 s with a 5 s conntrack UDP timeout, without a new punch', async () => {
+    await withLab(pair('easy', 'easy', 'drop'), async (n) => {
+      await n.lab.setUdpTimeout('alice', 5)
+      await n.lab.setUdpTimeout('bob', 5)
+      await startPair(n)
+      await forwardAndExpose(n)
+      const first = await open(n, 'alice', 'bob')
+      const since = ((await n.natctl('alice', ['tunnels'])).json as Array<{ since: string }>)[0]!.since
+      await new Promise((r) => setTimeout(r, 60_000))
+      expect(await n.echo('alice', FWD_PORT, 4 * MiB, 1)).toMatchObject({ ok: true })
+      const after = (await n.natctl('alice', ['tunnels'])).json as Array<{ since: string; remote: string }>
+      expect(after).toHaveLength(1)
+      expect(after[0]!.since).toBe(since)
+      expect(after[0]!.remote).toBe(first.remote)
+      expect(n.log('alice').match(/"message":"tunnel up"/g)?.length).toBe(1)
+      expect(n.log('bob').match(/"message":"tunnel up"/g)?.length).toBe(1)
+    })
+  }, 120_000)
+
+  it('restarting the daemon brings the forwards back', async () => {
+    await withLab(pair('easy', 'easy', 'drop'), async (n) => {
+      await startPair(n)
+      await forwardAndExpose(n)
+      expect(await n.echo('alice', FWD_PORT, MiB, 1)).toMatchObject({ ok: true })
+      await n.restartAgent('alice')
+      await n.waitRegistered('alice')
+      const ls = (await n.natctl('alice', ['forward', 'ls'])).json as Array<{ localPort: number; peer: string; remotePort: number }>
+      expect(ls).toEqual([expect.objectContaining({ localPort: FWD_PORT, peer: 'bob', remotePort: ECHO_PORT })])
+      // The tunnel opens on the first connection.
+      expect(await n.echo('alice', FWD_PORT, MiB, 1)).toMatchObject({ ok: true })
+    })
+  }, 60_000)
+
+  it('a peer presenting another key under a pinned name is refused with KEY_MISMATCH', async () => {
+    await withLab(pair('easy', 'easy', 'drop'), async (n) => {
+      await startPair(n)
+      expect((await open(n, 'alice', 'bob')).path).toBe('direct-udp')
+      expect((await n.natctl('alice', ['close', 'bob'])).code).toBe(0)
+      // bob's machine is replaced: same name, new key (a new state dir).
+      await n.stopAgent('bob')
+      await n.startAgent('bob', { stateDir: `${n.dir}/bob-new-state` })
+      await n.waitRegistered('bob')
+      const r = await n.natctl('alice', ['open', 'bob'])
+      expect(r.code).toBe(1)
+      expect((r.json as { error: { code: string } }).error.code).toBe('KEY_MISMATCH')
+      expect(r.stderr).toMatch(/KEY_MISMATCH/)
+      expect(n.log('alice')).toMatch(/KEY_MISMATCH/)
+    })
+  }, 60_000)
+
+  it('closing a tunnel is seen by the peer at once, and a dead peer is noticed within ~15 s', async () => {
+    await withLab(pair('easy', 'easy', 'drop'), async (n) => {
+      await startPair(n)
+      await open(n, 'alice', 'bob')
+      expect((await n.natctl('alice', ['close', 'bob'])).code).toBe(0)
+      await waitFor(async () => ((await n.natctl('bob', ['tunnels'])).json as unknown[]).length === 0, 2_000, 'bob drops the closed tunnel')
+      await open(n, 'alice', 'bob')
+      // Flush the NAT state and silence bob: alice must notice on her own.
+      await n.stopAgent('bob', 'SIGKILL')
+      const took = await waitFor(async () => ((await n.natctl('alice', ['tunnels'])).json as unknown[]).length === 0, 25_000, 'alice notices the dead path')
+      expect(took).toBeLessThan(20_000)
+    })
+  }, 60_000)
+})

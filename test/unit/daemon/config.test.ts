@@ -1,0 +1,138 @@
+// The agent's persistent state (src/daemon/config.ts) in a temp directory: file modes,
+// a stable identity, flags that persist, and clear INVALID_ARGUMENT errors.
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { DEFAULT_HEARTBEAT_MS, defaultStateDir, resolveConfig, StateStore, type Overrides } from '../../../src/daemon/config.js'
+import { NatdError } from '../../../src/protocol/errors.js'
+import { sign, verify } from '../../../src/protocol/identity.js'
+
+function mode(p: string): number {
+  return fs.statSync(p).mode & 0o777
+}
+
+function codeOf(fn: () => unknown): string | undefined {
+  try {
+    fn()
+  } catch (err) {
+    expect(err).toBeInstanceOf(NatdError)
+    return (err as NatdError).code
+  }
+  return undefined
+}
+
+const FLAGS: Overrides = { name: 'alice', server: 'rv.example.net:3478', heartbeatMs: 15_000, port: 41641, logLevel: 'debug' }
+
+describe('StateStore', () => {
+  let tmp: string
+  let dir: string
+
+  beforeEach(() => {
+    tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'natd-state-'))
+    dir = path.join(tmp, 'state', 'natd')
+  })
+
+  afterEach(() => {
+    fs.rmSync(tmp, { recursive: true, force: true })
+  })
+
+  it('creates the state dir 0700 and writes config.json and identity.json 0600', () => {
+    const store = new StateStore(dir)
+    resolveConfig(store, FLAGS)
+    store.loadIdentity()
+    expect(mode(dir)).toBe(0o700)
+    expect(mode(path.join(dir, 'config.json'))).toBe(0o600)
+    expect(mode(path.join(dir, 'identity.json'))).toBe(0o600)
+    // Nothing else (no temp files) is left behind.
+    expect(fs.readdirSync(dir).sort()).toEqual(['config.json', 'identity.json'])
+  })
+
+  it('keeps files 0600 under a permissive umask', () => {
+    const old = process.umask(0)
+    try {
+      const store = new StateStore(dir)
+      resolveConfig(store, FLAGS)
+      store.loadIdentity()
+    } finally {
+      process.umask(old)
+    }
+    expect(mode(path.join(dir, 'config.json'))).toBe(0o600)
+    expect(mode(path.join(dir, 'identity.json'))).toBe(0o600)
+  })
+
+  it('loadIdentity creates a key pair once and returns the same one across instances', () => {
+    const first = new StateStore(dir).loadIdentity()
+    const again = new StateStore(dir).loadIdentity()
+    expect(first.publicKey).toHaveLength(32)
+    expect(Buffer.from(again.publicKey).equals(first.publicKey)).toBe(true)
+    expect(Buffer.from(again.secretKey).equals(Buffer.from(first.secretKey))).toBe(true)
+    // The reloaded secret key signs for the same public key.
+    const msg = Buffer.from('hello')
+    expect(verify(msg, sign(msg, again.secretKey), first.publicKey)).toBe(true)
+  })
+
+  it('loadIdentity refuses a corrupt identity file rather than silently replacing it', () => {
+    fs.mkdirSync(dir, { recursive: true })
+    fs.writeFileSync(path.join(dir, 'identity.json'), '{"publicKey":"00","secretKey":"00"}')
+    const store = new StateStore(dir)
+    expect(codeOf(() => store.loadIdentity())).toBe('INTERNAL')
+    expect(fs.readFileSync(path.join(dir, 'identity.json'), 'utf8')).toBe('{"publicKey":"00","secretKey":"00"}')
+  })
+
+  it('resolveConfig persists flags; a later start without flags comes back the same', () => {
+    const first = resolveConfig(new StateStore(dir), FLAGS)
+    expect(first).toEqual({ ...FLAGS, secretFile: null })
+    expect(Object.isFrozen(first)).toBe(true)
+    const second = resolveConfig(new StateStore(dir), {})
+    expect(second).toEqual(first)
+    expect(JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8'))).toMatchObject({ config: { name: 'alice', server: 'rv.example.net:3478' } })
+  })
+
+  it('a flag overrides the stored value and is persisted in turn', () => {
+    resolveConfig(new StateStore(dir), FLAGS)
+    expect(resolveConfig(new StateStore(dir), { name: 'bob' }).name).toBe('bob')
+    expect(resolveConfig(new StateStore(dir), {})).toMatchObject({ name: 'bob', server: FLAGS.server, heartbeatMs: 15_000 })
+  })
+
+  it('fills defaults for what was never given', () => {
+    const c = resolveConfig(new StateStore(dir), { name: 'alice', server: 'rv.example.net' })
+    expect(c).toEqual({ name: 'alice', server: 'rv.example.net', heartbeatMs: DEFAULT_HEARTBEAT_MS, port: 0, logLevel: 'info', secretFile: null })
+  })
+
+  it('refuses a bad or missing name, a missing or bad server, and a heartbeat out of range with INVALID_ARGUMENT', () => {
+    const store = new StateStore(dir)
+    expect(codeOf(() => resolveConfig(store, { server: 'rv.example.net' }))).toBe('INVALID_ARGUMENT')
+    for (const name of ['Alice', '-x', 'a'.repeat(33), 'has space']) {
+      expect(codeOf(() => resolveConfig(store, { name, server: 'rv.example.net' })), name).toBe('INVALID_ARGUMENT')
+    }
+    expect(codeOf(() => resolveConfig(store, { name: 'alice' }))).toBe('INVALID_ARGUMENT')
+    expect(codeOf(() => resolveConfig(store, { name: 'alice', server: 'rv.example.net:0' }))).toBe('INVALID_ARGUMENT')
+    expect(codeOf(() => resolveConfig(store, { name: 'alice', server: 'rv.example.net:99999' }))).toBe('INVALID_ARGUMENT')
+    expect(codeOf(() => resolveConfig(store, { name: 'alice', server: 'x', heartbeatMs: 199 }))).toBe('INVALID_ARGUMENT')
+    expect(codeOf(() => resolveConfig(store, { name: 'alice', server: 'x', heartbeatMs: 600_001 }))).toBe('INVALID_ARGUMENT')
+    // Nothing invalid was persisted.
+    expect(store.config).toBeNull()
+    expect(resolveConfig(store, { name: 'alice', server: 'x', heartbeatMs: 200 }).heartbeatMs).toBe(200)
+  })
+
+  it('stores forwards, exposes and pinned peers as copies', () => {
+    const store = new StateStore(dir)
+    store.setForwards([{ localPort: 8080, bind: '127.0.0.1', peer: 'bob', remotePort: 80 }])
+    store.setExposes([{ port: 22, host: '127.0.0.1', allow: ['bob'] }])
+    store.pinPeer('bob', 'b'.repeat(52))
+    const reopened = new StateStore(dir)
+    const forwards = reopened.forwards
+    forwards[0]!.peer = 'mallory'
+    expect(reopened.forwards[0]!.peer).toBe('bob')
+    expect(reopened.exposes).toEqual([{ port: 22, host: '127.0.0.1', allow: ['bob'] }])
+    expect(reopened.knownPeer('bob')).toBe('b'.repeat(52))
+    expect(reopened.knownPeer('carol')).toBeUndefined()
+  })
+
+  it('defaultStateDir follows systemd, root and XDG conventions', () => {
+    expect(defaultStateDir({ STATE_DIRECTORY: '/var/lib/natd:/other' }, 1000)).toBe('/var/lib/natd')
+    expect(defaultStateDir({}, 0)).toBe('/var/lib/natd')
+    expect(defaultStateDir({ XDG_STATE_HOME: '/home/u/.state' }, 1000)).toBe('/home/u/.state/natd')
+  })
+})

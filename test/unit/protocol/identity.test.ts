@@ -1,0 +1,85 @@
+// Identities (src/protocol/identity.ts): peer IDs as people read them, names, and the
+// signature / MAC primitives the rendezvous protocol relies on.
+import { describe, expect, it } from 'vitest'
+import {
+  generateKeyPair,
+  isValidName,
+  mac,
+  networkSecretKey,
+  peerId,
+  randomBytes,
+  secretProof,
+  shortId,
+  sign,
+  timingSafeEqual,
+  verify
+} from '../../../src/protocol/identity.js'
+import { seq } from '../helpers.js'
+
+describe('identity', () => {
+  it('peerId is RFC 4648 base32, lower case, unpadded', () => {
+    // RFC 4648 §10 test vectors, lower-cased and without padding.
+    expect(peerId(Buffer.from('f'))).toBe('my')
+    expect(peerId(Buffer.from('fo'))).toBe('mzxq')
+    expect(peerId(Buffer.from('foo'))).toBe('mzxw6')
+    expect(peerId(Buffer.from('foob'))).toBe('mzxw6yq')
+    expect(peerId(Buffer.from('fooba'))).toBe('mzxw6ytb')
+    expect(peerId(Buffer.from('foobar'))).toBe('mzxw6ytboi')
+  })
+
+  it('a 32-byte key gives 52 lower-case base32 characters; the short ID is its first 8', () => {
+    expect(peerId(Buffer.alloc(32))).toBe('a'.repeat(52))
+    expect(peerId(Buffer.alloc(32, 0xff))).toBe('7'.repeat(51) + 'q')
+    for (let i = 0; i < 20; i++) {
+      const { publicKey } = generateKeyPair()
+      const id = peerId(publicKey)
+      expect(id).toMatch(/^[a-z2-7]{52}$/)
+      expect(shortId(publicKey)).toBe(id.slice(0, 8))
+    }
+    expect(peerId(seq(0, 32))).not.toBe(peerId(seq(1, 32)))
+  })
+
+  it('isValidName: 1-32 of [a-z0-9_-], starting with a letter or digit', () => {
+    for (const ok of ['a', '0', 'a'.repeat(32), 'my-host_1', '9lives', 'a-', 'a_']) expect(isValidName(ok), ok).toBe(true)
+    for (const bad of ['', 'a'.repeat(33), 'Alice', '-lead', '_lead', 'has space', 'dot.name', 'ü', 'a\n', '\na', 'a/b', 'a:b']) {
+      expect(isValidName(bad), JSON.stringify(bad)).toBe(false)
+    }
+  })
+
+  it('sign/verify: the right key verifies, another key, message or signature does not', () => {
+    const kp = generateKeyPair()
+    const msg = Buffer.from('register me')
+    const sig = sign(msg, kp.secretKey)
+    expect(sig).toHaveLength(64)
+    expect(verify(msg, sig, kp.publicKey)).toBe(true)
+    expect(verify(Buffer.from('register mE'), sig, kp.publicKey)).toBe(false)
+    expect(verify(msg, sig, generateKeyPair().publicKey)).toBe(false)
+    const badSig = Buffer.from(sig)
+    badSig[0]! ^= 1
+    expect(verify(msg, badSig, kp.publicKey)).toBe(false)
+    // Wrong lengths are a plain "no", not a throw.
+    expect(verify(msg, sig.subarray(0, 63), kp.publicKey)).toBe(false)
+    expect(verify(msg, sig, kp.publicKey.subarray(0, 31))).toBe(false)
+  })
+
+  it('mac is keyed and deterministic; the secret proof binds nonce and key', () => {
+    expect(mac(seq(0, 32), Buffer.from('a'))).toEqual(mac(seq(0, 32), Buffer.from('a')))
+    expect(mac(seq(0, 32), Buffer.from('a'))).not.toEqual(mac(seq(1, 32), Buffer.from('a')))
+    const key = networkSecretKey(Buffer.from('s3cret'))
+    expect(key).toHaveLength(32)
+    expect(networkSecretKey(Buffer.from('s3cret'))).toEqual(key)
+    expect(networkSecretKey(Buffer.from('other'))).not.toEqual(key)
+    const proof = secretProof(key, seq(0, 32), seq(0x40, 32))
+    expect(secretProof(key, seq(0, 32), seq(0x40, 32))).toEqual(proof)
+    expect(secretProof(key, seq(1, 32), seq(0x40, 32))).not.toEqual(proof)
+    expect(secretProof(key, seq(0, 32), seq(0x41, 32))).not.toEqual(proof)
+  })
+
+  it('randomBytes and timingSafeEqual', () => {
+    expect(randomBytes(16)).toHaveLength(16)
+    expect(randomBytes(16)).not.toEqual(randomBytes(16))
+    expect(timingSafeEqual(seq(0, 8), seq(0, 8))).toBe(true)
+    expect(timingSafeEqual(seq(0, 8), seq(1, 8))).toBe(false)
+    expect(timingSafeEqual(seq(0, 8), seq(0, 7))).toBe(false)
+  })
+})
