@@ -17,5 +17,5 @@ export default tseslint.config(
   { files: ['src/protocol/**'], rules: { 'no-restricted-imports': banned(['../tunnel/*', '../daemon/*', '../ipc/*', '../cli/*', '../rendezvous/*', 'node:dgram', 'node:net', 'node:fs', 'winston', 'conf']) } },
   { files: ['src/tunnel/**'], rules: { 'no-restricted-imports': banned(['../daemon/*', '../ipc/*', '../cli/*', '../rendezvous/*', 'conf', 'winston']) } },
   { files: ['src/cli/**'], rules: { 'no-restricted-imports': banned(['../tunnel/*', '../daemon/*', '../rendezvous/*', 'winston', 'conf', 'udx-native', 'sodium-native', '@hyperswarm/*']) } },
-  { files: ['**/*.js', '**/*.cjs', '**/*.mjs'], languageOptions: { globals: { process: 'readonly', console: 'readonly', Buffer: 'readonly', performance: 'readonly', setTimeout: 'readonly', clearTimeout: 'readonly', queueMicrotask: 'readonly' } } }
+  { files: ['**/*.js', '**/*.cjs', '**/*.mjs'], languageOptions: { globals: { process: 'readonly', console: 'readonly', Buffer: 'readonly', performance: 'readonly', setTimeout: 'readonly', clearTimeout: 'readonly', queueMicrotask: 'readonly', setImmediate: 'readonly' } } }
 )

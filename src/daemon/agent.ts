@@ -114,6 +114,7 @@ export class Agent {
         clock: systemClock,
         log: log.child({ component: 'tunnel' }),
         introduce: (target, via) => client.introduce(target, via),
+        localTcpPort: () => client.tcpLocalPort,
         checkPeerKey: (name, id) => this.checkPeerKey(name, id),
         pinPeerKey: (name, id) => {
           if (!this.c.store.knownPeer(name)) this.c.store.pinPeer(name, id)
@@ -255,6 +256,15 @@ export class Agent {
       'expose.ls': () => this.exposes.list(),
       'expose.rm': ({ port }) => ({ removed: this.exposes.remove(port) })
     }
+  }
+
+  /**
+   * Applies the store's forwards and exposes again (SIGHUP, after main.ts gave the store
+   * the config file's): new forwards start, removed ones stop, the rest keep their
+   * connections; exposes are read per connection. Live tunnels stay. Never rejects.
+   */
+  async reload(): Promise<void> {
+    await this.forwards?.reload()
   }
 }
 

@@ -161,6 +161,11 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
     this.closeTcp()
   }
 
+  /** Local port of the control connection (TCP punching reuses it); 0 while disconnected. */
+  get tcpLocalPort(): number {
+    return this.tcp && !this.tcp.destroyed ? (this.tcp.localPort ?? 0) : 0
+  }
+
   /** Peer list from the server. */
   async list(): Promise<PeerRecord[]> {
     const reply = await this.request({ type: 'list', reqId: 0 })

@@ -13,6 +13,8 @@ import { peerId, timingSafeEqual, type KeyPair } from '../protocol/identity.js'
 import type { Clock, Logger } from '../protocol/log.js'
 import { decode, type PeerRecord, type Via } from '../protocol/rendezvous.js'
 import { Puncher, type Candidate } from './punch.js'
+import { punchTcp } from './tcp-punch.js'
+import { encodeMux } from '../protocol/mux.js'
 import { Tunnel, type PathKind, type TunnelTiming } from './tunnel.js'
 import type { OpenRequest } from './mux.js'
 
@@ -34,12 +36,46 @@ export interface TunnelManagerComponents {
   log: Logger
   /** Asks the rendezvous server to introduce us to `target` (both sides get candidates at once). */
   introduce(target: string, via: Via): Promise<Introduction>
+  /** Local port of the TCP control connection (TCP punching reuses it); 0 when there is none. */
+  localTcpPort(): number
   /** Throws KEY_MISMATCH when another ID is pinned to this name. */
   checkPeerKey(name: string, id: string): void
   /** Pins a peer's ID to its name (first use), once its key is proven. */
   pinPeerKey(name: string, id: string): void
   /** A peer asks to open a channel to one of our ports. */
   onChannel(tunnel: Tunnel, req: OpenRequest): void
+}
+
+interface Established {
+  session: SecretStream
+  path: PathKind
+  transport: 'udp' | 'tcp'
+  remote: Endpoint
+  punchMs: number
+}
+
+/** Resolves with the first attempt that succeeds; when all fail, rejects with the most telling error. */
+async function firstOf<T>(attempts: Array<Promise<T>>): Promise<T> {
+  try {
+    return await Promise.any(attempts)
+  } catch (err) {
+    const errors = (err as AggregateError).errors.map((e) => toNatdError(e))
+    const mismatch = errors.find((e) => e.code === 'KEY_MISMATCH')
+    if (mismatch) throw mismatch
+    if (errors.length === 1) throw errors[0]!
+    throw new NatdError('PUNCH_FAILED', errors.map((e) => e.message).join('; '))
+  }
+}
+
+function sleepUntil(ms: number, signal: AbortSignal): Promise<false> {
+  return new Promise((resolve) => {
+    const t = setTimeout(() => resolve(false), ms)
+    t.unref()
+    signal.addEventListener('abort', () => {
+      clearTimeout(t)
+      resolve(false)
+    }, { once: true })
+  })
 }
 
 export interface OpenOutcome {
@@ -81,7 +117,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
   async open(peer: string, via: Via, timeoutMs: number): Promise<OpenOutcome> {
     const existing = this.get(peer)
     if (existing) return { tunnel: existing, tookMs: 0, reused: true }
-    if (via === 'tcp' || via === 'relay') throw new NatdError('UNSUPPORTED_PATH', `--via ${via} is not supported by this build yet; use udp or auto`)
+    if (via === 'relay') throw new NatdError('UNSUPPORTED_PATH', '--via relay is not supported by this build yet; use auto, udp or tcp')
     const pending = this.opening.get(peer)
     if (pending) return pending
     const attempt = (async (): Promise<OpenOutcome> => {
@@ -131,12 +167,71 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     for (const t of this.tunnels.values()) t.close(reason)
   }
 
+  /**
+   * Punches the paths the introduction asks for (UDP, TCP, or both at once for `auto`),
+   * authenticates, and makes a tunnel of the first path that works. The initiator
+   * picks: it sends its first frame (a ping) on the winner and drops the rest; the
+   * responder uses the session on which that first frame arrives, so both sides agree.
+   */
   private async establish(intro: Introduction, timeoutMs: number): Promise<Tunnel> {
     if (this.closed) throw new NatdError('TUNNEL_CLOSED', 'shutting down')
-    const log = this.c.log
     const id = peerId(intro.peer.publicKey)
     const name = intro.peer.name
     this.c.checkPeerKey(name, id)
+    const abort = new AbortController()
+    const attempts: Array<Promise<Established>> = []
+    if (intro.via === 'udp' || intro.via === 'auto') attempts.push(this.establishUdp(intro, timeoutMs, abort.signal))
+    if (intro.via === 'tcp' || intro.via === 'auto') attempts.push(this.establishTcp(intro, timeoutMs, abort.signal))
+    let won: Established
+    try {
+      won = await firstOf(attempts)
+    } finally {
+      abort.abort() // the losers clean up after themselves
+    }
+    const { session, path, remote } = won
+    if (intro.initiator) session.write(encodeMux({ type: 'ping', channel: 0, seq: 0 })) // "this one"
+    this.c.pinPeerKey(name, id)
+    const log = this.c.log
+    const introKey = Buffer.from(intro.introId).toString('hex')
+    const tunnel = new Tunnel({ name, id }, path, remote, won.transport, introKey, intro.initiator, session as never, this.timing, this.c.clock, log.child({ peer: name }))
+    tunnel.mux.on('open', (req) => this.c.onChannel(tunnel, req))
+    this.register(tunnel)
+    log.info('tunnel up', { peer: name, path, transport: won.transport, remote: formatEndpoint(remote), punchMs: won.punchMs, initiator: intro.initiator, via: intro.via })
+    return this.get(id) ?? tunnel
+  }
+
+  /** Resolves once `session` is authenticated as the introduced peer and, on the responder, chosen by the initiator. */
+  private async authenticate(session: SecretStream, intro: Introduction, deadline: number, what: string, signal: AbortSignal): Promise<void> {
+    const left = (): number => Math.max(1, deadline - this.c.clock.now())
+    const opened = await Promise.race([session.opened, sleepUntil(left(), signal)])
+    if (!opened) throw new NatdError('PUNCH_FAILED', `${what}, but the encrypted handshake with ${intro.peer.name} did not complete`)
+    if (!session.remotePublicKey || !timingSafeEqual(session.remotePublicKey, intro.peer.publicKey)) {
+      this.c.log.error('KEY_MISMATCH: peer presented another key', { peer: intro.peer.name, want: peerId(intro.peer.publicKey).slice(0, 8), got: session.remotePublicKey ? peerId(session.remotePublicKey).slice(0, 8) : null })
+      throw new NatdError('KEY_MISMATCH', `${intro.peer.name} presented a key other than the one the server bound to its name`)
+    }
+    if (intro.initiator) return
+    const chosen = await new Promise<boolean>((resolve) => {
+      const onData = (): void => done(true)
+      const timer = setTimeout(() => done(false), left())
+      const done = (v: boolean): void => {
+        clearTimeout(timer)
+        session.off('data', onData)
+        session.off('close', onClose)
+        signal.removeEventListener('abort', onClose)
+        if (v) session.pause() // hold further frames until the tunnel's mux listens
+        resolve(v)
+      }
+      const onClose = (): void => done(false)
+      session.once('data', onData)
+      session.once('close', onClose)
+      signal.addEventListener('abort', onClose, { once: true })
+    })
+    if (!chosen) throw new NatdError('PUNCH_FAILED', `${what}, but ${intro.peer.name} chose another path`)
+  }
+
+  private async establishUdp(intro: Introduction, timeoutMs: number, signal: AbortSignal): Promise<Established> {
+    const log = this.c.log
+    const name = intro.peer.name
     const deadline = this.c.clock.now() + timeoutMs
     const introKey = Buffer.from(intro.introId).toString('hex')
     const streamId = this.allocStreamId()
@@ -163,26 +258,14 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     this.punchers.set(introKey, puncher)
     let session: SecretStream | null = null
     try {
-      const punched = await puncher.run()
+      const punched = await puncher.run(signal)
       if (intro.initiator) raw.connect(socket, punched.remoteStreamId, punched.endpoint.port, punched.endpoint.host)
       const path: PathKind = punched.kind === 'lan' ? 'lan' : 'direct-udp'
       session = new SecretStream(intro.initiator, raw, { keyPair: this.c.keyPair })
-      const s = session
-      const opened = await Promise.race([
-        s.opened,
-        new Promise<false>((resolve) => setTimeout(() => resolve(false), Math.max(1, deadline - this.c.clock.now())).unref())
-      ])
-      if (!opened) throw new NatdError('PUNCH_FAILED', `punched ${path} ${formatEndpoint(punched.endpoint)} but the encrypted handshake with ${name} did not complete`)
-      if (!s.remotePublicKey || !timingSafeEqual(s.remotePublicKey, intro.peer.publicKey)) {
-        log.error('peer presented another key', { peer: name, want: id.slice(0, 8), got: s.remotePublicKey ? peerId(s.remotePublicKey).slice(0, 8) : null })
-        throw new NatdError('KEY_MISMATCH', `${name} presented a key other than the one the server bound to its name`)
-      }
-      this.c.pinPeerKey(name, id)
-      const tunnel = new Tunnel({ name, id }, path, punched.endpoint, introKey, intro.initiator, s as never, this.timing, this.c.clock, log.child({ peer: name }))
-      tunnel.mux.on('open', (req) => this.c.onChannel(tunnel, req))
-      this.register(tunnel)
-      log.info('tunnel up', { peer: name, path, remote: formatEndpoint(punched.endpoint), punchMs: punched.tookMs, probes: punched.probesSent, initiator: intro.initiator })
-      return this.get(id) ?? tunnel
+      session.on('error', () => undefined)
+      await this.authenticate(session, intro, deadline, `punched ${path} ${formatEndpoint(punched.endpoint)}`, signal)
+      if (signal.aborted) throw new NatdError('PUNCH_FAILED', 'another path won')
+      return { session, path, transport: 'udp', remote: punched.endpoint, punchMs: punched.tookMs }
     } catch (err) {
       puncher.stop()
       session?.destroy()
@@ -191,6 +274,31 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     } finally {
       setTimeout(() => this.punchers.delete(introKey), PUNCHER_LINGER_MS).unref()
     }
+  }
+
+  private async establishTcp(intro: Introduction, timeoutMs: number, signal: AbortSignal): Promise<Established> {
+    const localPort = this.c.localTcpPort()
+    if (!localPort) throw new NatdError('PUNCH_FAILED', 'no TCP control connection to punch from')
+    const tcp = intro.peer.tcp
+    const candidates: Candidate[] = [
+      ...intro.peer.lan.filter((e) => !sameEndpoint(e, tcp)).map((endpoint) => ({ endpoint, kind: 'lan' as const })),
+      ...(tcp ? [{ endpoint: tcp, kind: 'public' as const }] : [])
+    ]
+    const deadline = this.c.clock.now() + timeoutMs
+    const punched = await punchTcp(
+      { localPort, candidates, initiator: intro.initiator, deadlineMs: timeoutMs, expectedKey: intro.peer.publicKey },
+      { keyPair: this.c.keyPair, clock: this.c.clock, log: this.c.log.child({ peer: intro.peer.name }) },
+      signal
+    )
+    const path: PathKind = punched.kind === 'lan' ? 'lan' : 'direct-tcp'
+    try {
+      await this.authenticate(punched.session, intro, deadline, `punched ${path} ${formatEndpoint(punched.endpoint)}`, signal)
+      if (signal.aborted) throw new NatdError('PUNCH_FAILED', 'another path won')
+    } catch (err) {
+      punched.session.destroy()
+      throw err
+    }
+    return { session: punched.session, path, transport: 'tcp', remote: punched.endpoint, punchMs: punched.tookMs }
   }
 
   /** One tunnel per peer: when both sides opened at once, both keep the smaller introduction id. */

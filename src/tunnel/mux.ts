@@ -71,9 +71,9 @@ export class MuxChannel extends Duplex {
 
   /** @internal the peer accepted, granting `window` bytes. */
   onOpened(window: number): void {
-    this.credit += window
     this.isOpen = true
     this.resolveOpen()
+    this.onWindow(window) // also releases a write made before the peer accepted
   }
 
   /** @internal */
@@ -256,6 +256,7 @@ export class Mux extends EventEmitter<MuxEvents> {
   }
 
   private onMessage(buf: Buffer): void {
+    if (this.closed) return // nothing new starts on a closing tunnel
     let f: MuxFrame
     try {
       f = decodeMux(buf)

@@ -79,6 +79,7 @@ export class Puncher {
   private timer: NodeJS.Timeout | null = null
   private settle: { resolve: (r: PunchResult) => void; reject: (e: Error) => void } | null = null
   private learnt = 0
+  private detach: () => void = () => undefined
 
   constructor(
     private readonly init: PunchInit,
@@ -92,7 +93,10 @@ export class Puncher {
   run(signal?: AbortSignal): Promise<PunchResult> {
     return new Promise<PunchResult>((resolve, reject) => {
       this.settle = { resolve, reject }
-      signal?.addEventListener('abort', () => this.fail(new NatdError('PUNCH_FAILED', 'punching aborted')), { once: true })
+      if (signal?.aborted) return this.fail(new NatdError('PUNCH_FAILED', 'punching aborted'))
+      const onAbort = (): void => this.fail(new NatdError('PUNCH_FAILED', 'punching aborted'))
+      signal?.addEventListener('abort', onAbort, { once: true })
+      this.detach = () => signal?.removeEventListener('abort', onAbort)
       for (const cand of this.candidates) this.probe(cand.endpoint, false, cand.kind === 'public' ? FIRST_PROBE_TTL : undefined)
       this.timer = setTimeout(() => this.onProbeTimerExpired(), PROBE_START_DELAY_MS)
     })
@@ -175,6 +179,7 @@ export class Puncher {
     if (this.timer) clearTimeout(this.timer)
     const result: PunchResult = { endpoint: cand.endpoint, kind: cand.kind, remoteStreamId: this.remoteStreamId, tookMs: this.c.clock.now() - this.started, probesSent: this.probesSent }
     this.state = { kind: 'done', result }
+    this.detach()
     this.c.log.debug('punched', { endpoint: formatEndpoint(cand.endpoint), kind: cand.kind, tookMs: result.tookMs, probes: this.probesSent })
     this.settle?.resolve(result)
   }
@@ -184,6 +189,7 @@ export class Puncher {
     if (this.state.kind === 'choosing') clearTimeout(this.state.timer)
     if (this.timer) clearTimeout(this.timer)
     this.state = { kind: 'failed', error }
+    this.detach()
     this.settle?.reject(error)
   }
 

@@ -8,6 +8,7 @@
 import { EventEmitter } from 'node:events'
 import type { Duplex } from 'node:stream'
 import { formatEndpoint, type Endpoint } from '../protocol/endpoint.js'
+import { formatDuration } from '../protocol/duration.js'
 import { NatdError } from '../protocol/errors.js'
 import type { Clock, Logger } from '../protocol/log.js'
 import { Mux, type MessageStream } from './mux.js'
@@ -36,6 +37,7 @@ export interface TunnelSnapshot {
   bytesOut: number
   since: string
   streams: number
+  transport: 'udp' | 'tcp'
 }
 
 type TunnelState = { kind: 'up' } | { kind: 'closed'; reason: string }
@@ -51,13 +53,14 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
   private lastHeard: number
   private rttMs: number | null = null
   private pingSeq = 0
-  private readonly pings = new Map<number, { sent: number; resolve: (rtt: number) => void }>()
+  private readonly pings = new Map<number, { sent: number; resolve: (rtt: number) => void; reject: (err: Error) => void }>()
   private readonly keepalive: NodeJS.Timeout
 
   constructor(
     readonly peer: TunnelPeer,
     readonly path: PathKind,
     readonly remote: Endpoint,
+    readonly transport: 'udp' | 'tcp',
     /** Tie-breaker when both sides open at once: both keep the tunnel with the smaller key. */
     readonly introKey: string,
     readonly opener: boolean,
@@ -70,6 +73,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     this.since = clock.now()
     this.lastHeard = this.since
     this.mux = new Mux(session, opener, log)
+    session.resume() // the responder paused it while it waited for the initiator's choice
     this.mux.on('frame', () => (this.lastHeard = this.clock.now()))
     this.mux.on('pong', (seq) => this.onPong(seq))
     this.mux.on('goodbye', (reason) => this.close(`peer closed the tunnel (${reason})`, { goodbye: false }))
@@ -96,6 +100,10 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
         resolve: (rtt) => {
           clearTimeout(timer)
           resolve(rtt)
+        },
+        reject: (err) => {
+          clearTimeout(timer)
+          reject(err)
         }
       })
       this.mux.ping(seq)
@@ -112,7 +120,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
 
   private onKeepaliveExpired(): void {
     if (this.clock.now() - this.lastHeard > this.timing.deadMs) {
-      this.close(`path silent for ${Math.round(this.timing.deadMs / 1000)} s`, { goodbye: false })
+      this.close(`path silent for ${formatDuration(this.timing.deadMs)}`, { goodbye: false })
       return
     }
     this.ping(this.timing.deadMs).catch(() => undefined)
@@ -124,6 +132,8 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     if (opts.goodbye) this.mux.goodbye(reason)
     this.state = { kind: 'closed', reason }
     clearInterval(this.keepalive)
+    for (const p of this.pings.values()) p.reject(new NatdError('TUNNEL_CLOSED', `tunnel closed: ${reason}`))
+    this.pings.clear()
     this.mux.close(reason)
     // Give the goodbye a moment to leave before the session goes.
     setTimeout(() => this.session.destroy(), opts.goodbye ? 100 : 0).unref()
@@ -141,7 +151,8 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
       bytesIn: this.mux.bytesIn,
       bytesOut: this.mux.bytesOut,
       since: new Date(this.since).toISOString(),
-      streams: this.mux.size
+      streams: this.mux.size,
+      transport: this.transport
     }
   }
 }

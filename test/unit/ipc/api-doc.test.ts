@@ -62,6 +62,10 @@ describe('docs/API.md covers the API', () => {
     expect(sectionHeadings(doc, 'Methods').filter((m) => !Object.hasOwn(PARAMS, m))).toEqual([])
     expect(sectionHeadings(doc, 'Events').filter((e) => !(EVENT_NAMES as readonly string[]).includes(e))).toEqual([])
   })
+
+  it('marks nothing as planned (every method in PARAMS is implemented)', () => {
+    expect(doc.split('\n').filter((line) => /\bplanned\b/i.test(line))).toEqual([])
+  })
 })
 
 // --- (b) the Python client against a real daemon ------------------------------

@@ -1,0 +1,352 @@
+// The channel multiplexer (src/tunnel/mux.ts) between two Mux instances joined by an
+// in-memory message pipe (./pipe.ts): channel ids, accept and refuse, byte-exact data
+// both ways, half close, credit-based flow control, many channels at once, close,
+// ping/pong, goodbye, and a peer that opens a channel with our parity.
+//
+//   Mux A (opener: odd ids) ── pipe.a ═══ frames ═══ pipe.b ── Mux B (even ids)
+import { createHash, randomBytes } from 'node:crypto'
+import { afterEach, describe, expect, it } from 'vitest'
+import { NatdError } from '../../../src/protocol/errors.js'
+import { silentLogger } from '../../../src/protocol/log.js'
+import { decodeMux, encodeMux, MAX_DATA_BYTES, MUX, type MuxFrame } from '../../../src/protocol/mux.js'
+import { CHANNEL_WINDOW_BYTES, Mux, type MuxChannel, type OpenRequest } from '../../../src/tunnel/mux.js'
+import { messagePipe, settle, until, type MessagePipe, type Side } from './pipe.js'
+
+const HEADER_BYTES = 5
+/** MuxChannel's readable highWaterMark: what a paused consumer's buffer absorbs beyond the window. */
+const CHANNEL_READ_BUFFER_BYTES = 1024 * 1024
+
+interface Pair {
+  pipe: MessagePipe
+  a: Mux
+  b: Mux
+}
+
+const pairs: Pair[] = []
+
+function pair(): Pair {
+  const pipe = messagePipe()
+  const p = { pipe, a: new Mux(pipe.a, true, silentLogger), b: new Mux(pipe.b, false, silentLogger) }
+  pairs.push(p)
+  return p
+}
+
+afterEach(() => {
+  for (const p of pairs.splice(0)) {
+    p.a.close('test over')
+    p.b.close('test over')
+    p.pipe.a.destroy()
+    p.pipe.b.destroy()
+  }
+})
+
+function sha256(b: Uint8Array): string {
+  return createHash('sha256').update(b).digest('hex')
+}
+
+/** Reads a channel to its end; resolves with the sha256 and length of what arrived. */
+function readAll(ch: MuxChannel): Promise<{ sha256: string; bytes: number }> {
+  return new Promise((resolve, reject) => {
+    const h = createHash('sha256')
+    let bytes = 0
+    ch.on('data', (d: Buffer) => {
+      h.update(d)
+      bytes += d.length
+    })
+    ch.once('end', () => resolve({ sha256: h.digest('hex'), bytes }))
+    ch.once('error', reject)
+    ch.resume() // also after an explicit pause()
+  })
+}
+
+/** Decoded frames written by one side (for small tests; DATA payloads are kept). */
+function record(pipe: MessagePipe, side: Side): MuxFrame[] {
+  const frames: MuxFrame[] = []
+  pipe.tap = (from, buf) => {
+    if (from === side) frames.push(decodeMux(buf))
+  }
+  return frames
+}
+
+describe('Mux: channel ids', () => {
+  it('the opener of the tunnel gets odd channel ids, the other side even ids', () => {
+    const { a, b } = pair()
+    expect([a.openChannel(80).id, a.openChannel(80).id, a.openChannel(443).id]).toEqual([1, 3, 5])
+    expect([b.openChannel(80).id, b.openChannel(80).id]).toEqual([2, 4])
+    expect(a.size).toBe(3)
+    expect(b.size).toBe(2)
+  })
+})
+
+describe('Mux: opening channels', () => {
+  it('an accepted channel carries 10 MiB of random data both ways, byte-exact', async () => {
+    const { a, b } = pair()
+    const up = randomBytes(10 * 1024 * 1024)
+    const down = randomBytes(10 * 1024 * 1024)
+    const remoteRead = new Promise<{ sha256: string; bytes: number }>((resolve) => {
+      b.on('open', (req) => {
+        expect(req.port).toBe(8080)
+        req.accept()
+        resolve(readAll(req.channel))
+        req.channel.end(down)
+      })
+    })
+    const ch = a.openChannel(8080)
+    await ch.opened
+    const localRead = readAll(ch)
+    ch.end(up)
+    const [atB, atA] = await Promise.all([remoteRead, localRead])
+    expect(atB).toEqual({ sha256: sha256(up), bytes: up.length })
+    expect(atA).toEqual({ sha256: sha256(down), bytes: down.length })
+    expect(a.bytesOut).toBe(up.length)
+    expect(a.bytesIn).toBe(down.length)
+    expect(b.bytesIn).toBe(up.length)
+  })
+
+  it('half close: the side that ended its writing still receives the reply (echo pattern)', async () => {
+    const { pipe, a, b } = pair()
+    const resets: MuxFrame[] = []
+    pipe.tap = (_from, buf) => {
+      if (buf[0] === MUX.RESET) resets.push(decodeMux(buf))
+    }
+    const events: string[] = []
+    b.on('open', (req) => {
+      req.accept()
+      const got: Buffer[] = []
+      req.channel.on('data', (d: Buffer) => got.push(d))
+      req.channel.on('end', () => {
+        events.push('b: end')
+        // The request is complete; only now does the server answer and close.
+        req.channel.end(Buffer.concat(got).toString().toUpperCase())
+        events.push('b: replied')
+      })
+    })
+    const ch = a.openChannel(7)
+    await ch.opened
+    const reply: Buffer[] = []
+    ch.on('data', (d: Buffer) => reply.push(d))
+    const ended = new Promise<void>((resolve) => ch.once('end', () => resolve()))
+    ch.end('hello over there')
+    await ended
+    expect(Buffer.concat(reply).toString()).toBe('HELLO OVER THERE')
+    expect(events).toEqual(['b: end', 'b: replied'])
+    // Both directions finished cleanly: both sides forget the channel, and no RESET crossed.
+    await until(() => a.size === 0 && b.size === 0, 'both sides to forget the channel')
+    expect(resets).toEqual([])
+  })
+
+  it("req.reject('NOT_EXPOSED', …) rejects channel.opened with that code and message, with no 'error' event", async () => {
+    const { a, b } = pair()
+    const remoteErrors: Error[] = []
+    b.on('open', (req: OpenRequest) => {
+      req.channel.on('error', (e) => remoteErrors.push(e))
+      req.reject('NOT_EXPOSED', 'port 22 is not exposed to alice')
+    })
+    const ch = a.openChannel(22)
+    const errors: Error[] = []
+    ch.on('error', (e) => errors.push(e))
+    await expect(ch.opened).rejects.toSatisfy((e) => e instanceof NatdError && e.code === 'NOT_EXPOSED' && e.message === 'port 22 is not exposed to alice')
+    await settle()
+    expect(errors).toEqual([])
+    expect(remoteErrors).toEqual([])
+    expect(ch.destroyed).toBe(true)
+    expect(a.size).toBe(0)
+    expect(b.size).toBe(0)
+  })
+
+  it("with no 'open' listener every channel is refused NOT_EXPOSED", async () => {
+    const { a, b } = pair()
+    const ch = a.openChannel(80)
+    await expect(ch.opened).rejects.toMatchObject({ code: 'NOT_EXPOSED' })
+    expect(b.size).toBe(0)
+  })
+
+  it('50 concurrent channels each carry their own 256 KiB intact (echoed back)', async () => {
+    const { a, b } = pair()
+    b.on('open', (req) => {
+      req.accept()
+      req.channel.pipe(req.channel) // echo, ending when the opener ends
+    })
+    const results = await Promise.all(
+      Array.from({ length: 50 }, async (_, i) => {
+        const payload = randomBytes(256 * 1024)
+        const ch = a.openChannel(1000 + i)
+        await ch.opened
+        const back = readAll(ch)
+        ch.end(payload)
+        return { want: sha256(payload), got: await back }
+      })
+    )
+    for (const r of results) expect(r.got).toEqual({ sha256: r.want, bytes: 256 * 1024 })
+    await until(() => a.size === 0 && b.size === 0, 'all 50 channels to finish')
+  })
+
+  it('a peer frame opening a channel with our own parity is reset, and never offered', async () => {
+    const { pipe, a } = pair()
+    let offered = 0
+    a.on('open', (req) => {
+      offered++
+      req.accept()
+    })
+    const fromA = record(pipe, 'a')
+    // B speaks raw frames: channel 7 is odd, the opener's (A's) parity.
+    pipe.b.write(encodeMux({ type: 'open', channel: 7, port: 80, window: 1024 }))
+    await settle()
+    expect(offered).toBe(0)
+    expect(a.size).toBe(0)
+    expect(fromA).toEqual([{ type: 'reset', channel: 7, code: 'BAD_REQUEST', message: expect.any(String) }])
+    // The right parity is offered.
+    pipe.b.write(encodeMux({ type: 'open', channel: 8, port: 80, window: 1024 }))
+    await settle()
+    expect(offered).toBe(1)
+    expect(fromA.at(-1)).toEqual({ type: 'open-ok', channel: 8, window: CHANNEL_WINDOW_BYTES })
+  })
+})
+
+describe('Mux: flow control', () => {
+  it('a sender stops after about CHANNEL_WINDOW_BYTES while the consumer does not read, and resumes when it does', async () => {
+    const { pipe, a, b } = pair()
+    let dataBytes = 0
+    pipe.tap = (from, buf) => {
+      if (from === 'a' && buf[0] === MUX.DATA) dataBytes += buf.length - HEADER_BYTES
+    }
+    let remote: MuxChannel | null = null
+    b.on('open', (req) => {
+      remote = req.channel
+      remote.pause()
+      req.accept()
+    })
+    const ch = a.openChannel(80)
+    await ch.opened
+    const payload = randomBytes(3 * CHANNEL_WINDOW_BYTES)
+    let flushed = false
+    ch.write(payload, () => (flushed = true))
+    ch.end()
+
+    // Let the transfer run until it stalls (no DATA for many turns).
+    let last = -1
+    let quiet = 0
+    while (quiet < 50) {
+      await settle(1)
+      quiet = dataBytes === last ? quiet + 1 : 0
+      last = dataBytes
+    }
+    // In flight: the window; the paused consumer's buffer absorbs at most its highWaterMark more.
+    expect(dataBytes).toBeGreaterThanOrEqual(CHANNEL_WINDOW_BYTES)
+    expect(dataBytes).toBeLessThanOrEqual(CHANNEL_WINDOW_BYTES + CHANNEL_READ_BUFFER_BYTES + MAX_DATA_BYTES)
+    expect(flushed).toBe(false)
+    expect(remote).not.toBeNull()
+    const r = remote as unknown as MuxChannel
+    expect(r.readableLength).toBe(dataBytes) // everything sent is waiting, unread, at the receiver
+
+    const got = readAll(r) // reading resumes the flow
+    await expect(got).resolves.toEqual({ sha256: sha256(payload), bytes: payload.length })
+    expect(flushed).toBe(true)
+    expect(dataBytes).toBe(payload.length)
+  })
+
+  it('a write waiting for window fails with TUNNEL_CLOSED when the mux closes', async () => {
+    const { a, b } = pair()
+    b.on('open', (req) => {
+      req.channel.pause()
+      req.accept()
+    })
+    const ch = a.openChannel(80)
+    await ch.opened
+    const writeErr = new Promise<Error | null | undefined>((resolve) => ch.write(randomBytes(2 * CHANNEL_WINDOW_BYTES), resolve))
+    await settle(20)
+    a.close('tunnel closed by user')
+    await expect(writeErr).resolves.toMatchObject({ code: 'TUNNEL_CLOSED' })
+  })
+})
+
+describe('Mux: close', () => {
+  it('close(reason) destroys every channel with TUNNEL_CLOSED, and sends nothing afterwards', async () => {
+    const { pipe, a, b } = pair()
+    b.on('open', (req) => {
+      if (req.port === 1) req.accept() // port 2 is never answered: its channel stays pending
+    })
+    const open = a.openChannel(1)
+    await open.opened
+    const pending = a.openChannel(2)
+    await settle()
+    const openErrors: Error[] = []
+    open.on('error', (e) => openErrors.push(e))
+
+    a.close('tunnel to bob closed by user')
+    await expect(pending.opened).rejects.toSatisfy((e) => e instanceof NatdError && e.code === 'TUNNEL_CLOSED' && e.message === 'tunnel to bob closed by user')
+    await settle()
+    expect(open.destroyed).toBe(true)
+    expect(pending.destroyed).toBe(true)
+    expect(openErrors).toHaveLength(1)
+    expect(openErrors[0]).toMatchObject({ code: 'TUNNEL_CLOSED', message: 'tunnel to bob closed by user' })
+    expect(a.size).toBe(0)
+
+    let sent = 0
+    pipe.tap = (from) => {
+      if (from === 'a') sent++
+    }
+    a.ping(1)
+    a.goodbye('again')
+    a.close('twice') // idempotent
+    expect(() => a.openChannel(3)).toThrow(expect.objectContaining({ code: 'TUNNEL_CLOSED' }))
+    await settle()
+    expect(sent).toBe(0)
+  })
+
+  // Bug (reported): Mux.onMessage keeps handling frames after close(). An OPEN that
+  // arrives in the moments before the session is destroyed (Tunnel.close waits 100 ms)
+  // creates a channel in the closed mux and is offered to the 'open' listener, which
+  // connects to the exposed local port; the channel is never destroyed. Fix: ignore
+  // frames once closed (`if (this.closed) return` at the top of onMessage).
+  it('after close(), an OPEN from the peer is not offered to the open listener', async () => {
+    const { a, b } = pair()
+    const offered: number[] = []
+    b.on('open', (req) => {
+      offered.push(req.channel.id)
+      req.accept()
+    })
+    b.close('shutting down')
+    a.openChannel(80)
+    await settle()
+    expect(offered).toEqual([])
+    expect(b.size).toBe(0)
+  })
+})
+
+describe('Mux: channel 0', () => {
+  it('ping(seq) makes the same side emit pong with that seq; the peer emits none', async () => {
+    const { a, b } = pair()
+    const pongsA: number[] = []
+    const pongsB: number[] = []
+    a.on('pong', (s) => pongsA.push(s))
+    b.on('pong', (s) => pongsB.push(s))
+    a.ping(42)
+    a.ping(0xffffffff)
+    await until(() => pongsA.length === 2, 'two pongs')
+    expect(pongsA).toEqual([42, 0xffffffff])
+    expect(pongsB).toEqual([])
+  })
+
+  it('goodbye(reason) emits goodbye with that reason at the peer', async () => {
+    const { a, b } = pair()
+    const atA: string[] = []
+    const atB: string[] = []
+    a.on('goodbye', (r) => atA.push(r))
+    b.on('goodbye', (r) => atB.push(r))
+    a.goodbye('daemon shutting down')
+    await until(() => atB.length === 1, 'the goodbye')
+    expect(atB).toEqual(['daemon shutting down'])
+    expect(atA).toEqual([])
+  })
+
+  it("any valid frame emits 'frame' (what the tunnel's liveness check listens to); garbage does not", async () => {
+    const { pipe, b } = pair()
+    let frames = 0
+    b.on('frame', () => frames++)
+    pipe.a.write(Buffer.from([0xff, 0, 0, 0, 0]))
+    pipe.a.write(encodeMux({ type: 'pong', channel: 0, seq: 9 }))
+    await settle()
+    expect(frames).toBe(1)
+  })
+})

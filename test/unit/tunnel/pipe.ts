@@ -1,0 +1,54 @@
+// An in-memory, message-preserving session for Mux and Tunnel tests: two object-mode
+// Duplex ends, each write delivered whole to the other end on a later turn of the event
+// loop (as secret-stream keeps message boundaries). A tap sees every frame; `up = false`
+// cuts the path (frames are dropped, as on a dead UDP path).
+import { Duplex } from 'node:stream'
+import type { MessageStream } from '../../../src/tunnel/mux.js'
+
+export type Side = 'a' | 'b'
+export type SessionEnd = Duplex & MessageStream
+
+export interface MessagePipe {
+  a: SessionEnd
+  b: SessionEnd
+  /** Frames are delivered while true and dropped while false. */
+  up: boolean
+  /** Sees every frame written, delivered or not. */
+  tap: ((from: Side, frame: Buffer) => void) | null
+}
+
+export function messagePipe(): MessagePipe {
+  const pipe: MessagePipe = { up: true, tap: null } as MessagePipe
+  const end = (side: Side): SessionEnd =>
+    new Duplex({
+      objectMode: true,
+      read() {},
+      write(chunk: Buffer, _enc, cb) {
+        pipe.tap?.(side, chunk)
+        if (pipe.up) {
+          const other = side === 'a' ? pipe.b : pipe.a
+          setImmediate(() => {
+            if (pipe.up && !other.destroyed) other.push(chunk)
+          })
+        }
+        cb()
+      }
+    })
+  pipe.a = end('a')
+  pipe.b = end('b')
+  return pipe
+}
+
+/** Resolves after the pipe has had `turns` turns of the event loop to deliver frames. */
+export async function settle(turns = 5): Promise<void> {
+  for (let i = 0; i < turns; i++) await new Promise<void>((resolve) => setImmediate(resolve))
+}
+
+/** Polls `cond` on every turn of the event loop until it holds; fails after `timeoutMs`. */
+export async function until(cond: () => boolean, what: string, timeoutMs = 5_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await new Promise<void>((resolve) => setImmediate(resolve))
+  }
+}

@@ -1,0 +1,153 @@
+// One tunnel (src/tunnel/tunnel.ts) over the in-memory message pipe (./pipe.ts), with
+// small real timings (keepalive 50 ms, dead after 200 ms): keepalive, a silent path,
+// goodbye, ping and snapshot().
+//
+//   Tunnel A (opener, peer "bob") ── pipe.a ═══ frames ═══ pipe.b ── Tunnel B (peer "alice")
+import { afterEach, describe, expect, it } from 'vitest'
+import { NatdError } from '../../../src/protocol/errors.js'
+import { silentLogger, systemClock, type Clock } from '../../../src/protocol/log.js'
+import { Tunnel, type TunnelTiming } from '../../../src/tunnel/tunnel.js'
+import { FakeClock } from '../helpers.js'
+import { messagePipe, until, type MessagePipe } from './pipe.js'
+
+const TIMING: TunnelTiming = { keepaliveMs: 50, deadMs: 200 }
+const BOB = { host: '203.0.113.2', port: 5000 }
+const ALICE = { host: '198.51.100.1', port: 4000 }
+
+interface Pair {
+  pipe: MessagePipe
+  a: Tunnel
+  b: Tunnel
+  closed: { a: string[]; b: string[] }
+}
+
+const live: Tunnel[] = []
+
+function pair(clock: Clock = systemClock): Pair {
+  const pipe = messagePipe()
+  const a = new Tunnel({ name: 'bob', id: 'b0b' }, 'direct-udp', BOB, 'udp', 'intro-1', true, pipe.a, TIMING, clock, silentLogger)
+  const b = new Tunnel({ name: 'alice', id: 'a11ce' }, 'direct-udp', ALICE, 'udp', 'intro-1', false, pipe.b, TIMING, clock, silentLogger)
+  live.push(a, b)
+  const closed = { a: [] as string[], b: [] as string[] }
+  a.on('closed', (r) => closed.a.push(r))
+  b.on('closed', (r) => closed.b.push(r))
+  return { pipe, a, b, closed }
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
+
+afterEach(() => {
+  for (const t of live.splice(0)) t.close('test over', { goodbye: false })
+})
+
+describe('Tunnel: liveness', () => {
+  it('a healthy tunnel stays up well past deadMs: keepalive pings are answered', async () => {
+    const { a, b, closed } = pair()
+    await sleep(2 * TIMING.deadMs + TIMING.keepaliveMs)
+    expect(a.isUp).toBe(true)
+    expect(b.isUp).toBe(true)
+    expect(closed).toEqual({ a: [], b: [] })
+    expect(a.snapshot().rttMs).toEqual(expect.any(Number)) // measured by the keepalive
+  })
+
+  it('closes itself with a reason mentioning "silent" when the other side stops answering', async () => {
+    const { pipe, a, b, closed } = pair()
+    const ch = a.mux.openChannel(80)
+    b.mux.on('open', (req) => req.accept())
+    await ch.opened
+    const chErrors: Error[] = []
+    ch.on('error', (e) => chErrors.push(e))
+    pipe.up = false // the path dies: nothing crosses in either direction
+    const cut = Date.now()
+    await until(() => closed.a.length > 0 && closed.b.length > 0, 'both tunnels to close', 2_000)
+    expect(Date.now() - cut).toBeGreaterThanOrEqual(TIMING.deadMs)
+    expect(closed.a).toEqual([expect.stringMatching(/silent/)])
+    expect(closed.b).toEqual([expect.stringMatching(/silent/)])
+    expect(a.isUp).toBe(false)
+    await until(() => chErrors.length > 0, 'the channel to error')
+    expect(chErrors[0]).toMatchObject({ code: 'TUNNEL_CLOSED' })
+  })
+
+  it('the session closing closes the tunnel', async () => {
+    const { pipe, a, closed } = pair()
+    pipe.a.destroy()
+    await until(() => closed.a.length > 0, 'the tunnel to close')
+    expect(closed.a).toEqual(['session closed'])
+    expect(a.isUp).toBe(false)
+  })
+})
+
+describe('Tunnel: close', () => {
+  it('close() says goodbye: the peer closes at once with a reason containing "peer closed"', async () => {
+    const { pipe, a, b, closed } = pair()
+    a.close('closed by user')
+    expect(closed.a).toEqual(['closed by user'])
+    await until(() => closed.b.length > 0, 'the peer to close')
+    expect(closed.b[0]).toContain('peer closed')
+    expect(closed.b[0]).toContain('closed by user')
+    expect(b.isUp).toBe(false)
+    await expect(a.ping(100)).rejects.toSatisfy((e) => e instanceof NatdError && e.code === 'TUNNEL_CLOSED')
+    // The goodbye is given a moment to leave, then the session goes.
+    await until(() => pipe.a.destroyed, 'the session to be destroyed', 1_000)
+    a.close('again') // idempotent
+    expect(closed.a).toEqual(['closed by user'])
+  })
+
+  it("close(reason, { goodbye: false }) sends nothing: the peer only notices when the path goes silent", async () => {
+    const { pipe, a, closed } = pair()
+    const fromA: number[] = []
+    pipe.tap = (from, buf) => {
+      if (from === 'a') fromA.push(buf[0]!)
+    }
+    a.close('duplicate tunnel', { goodbye: false })
+    await sleep(20)
+    expect(fromA).toEqual([])
+    expect(closed.a).toEqual(['duplicate tunnel'])
+    expect(closed.b).toEqual([])
+  })
+})
+
+describe('Tunnel: ping and snapshot', () => {
+  it('ping() resolves with a round-trip time in ms, and snapshot() reports it', async () => {
+    const { a } = pair()
+    const rtt = await a.ping(1_000)
+    expect(typeof rtt).toBe('number')
+    expect(rtt).toBeGreaterThanOrEqual(0)
+    expect(rtt).toBeLessThan(1_000)
+    expect(a.snapshot().rttMs).toBe(rtt)
+  })
+
+  it('ping() rejects TIMEOUT naming the peer when no pong comes back', async () => {
+    const { pipe, a } = pair()
+    pipe.up = false
+    await expect(a.ping(30)).rejects.toSatisfy((e) => e instanceof NatdError && e.code === 'TIMEOUT' && e.message.includes('bob'))
+  })
+
+  it('snapshot() describes the tunnel: peer, id, path, remote, rtt, bytes, since, streams', async () => {
+    const clock = new FakeClock(Date.UTC(2025, 0, 2, 3, 4, 5))
+    const { a, b } = pair(clock)
+    expect(a.snapshot()).toEqual({
+      peer: 'bob',
+      id: 'b0b',
+      path: 'direct-udp',
+      remote: '203.0.113.2:5000',
+      rttMs: null,
+      bytesIn: 0,
+      bytesOut: 0,
+      since: '2025-01-02T03:04:05.000Z',
+      streams: 0,
+      transport: 'udp'
+    })
+    b.mux.on('open', (req) => {
+      req.accept()
+      req.channel.end(Buffer.alloc(300, 1))
+    })
+    const ch = a.mux.openChannel(80)
+    await ch.opened
+    ch.write(Buffer.alloc(1000, 2))
+    ch.resume()
+    await until(() => a.snapshot().bytesIn === 300 && b.snapshot().bytesIn === 1000, 'the bytes to cross')
+    expect(a.snapshot()).toMatchObject({ bytesIn: 300, bytesOut: 1000, streams: 1 })
+    expect(b.snapshot()).toMatchObject({ peer: 'alice', remote: '198.51.100.1:4000', bytesIn: 1000, bytesOut: 300 })
+  })
+})
