@@ -13,6 +13,12 @@ import { isRendezvousFrame, MSG, type NatVerdict, type PeerRecord } from '../pro
 import { ApiServer, type Handlers } from '../ipc/server.js'
 import type { PeerInfo, StatusResult } from '../ipc/schema.js'
 import { TunnelManager } from '../tunnel/manager.js'
+import { NatCheck } from '../tunnel/nat-check.js'
+import { isStun } from '../protocol/stun.js'
+import { parseEndpoint } from '../protocol/endpoint.js'
+import dns from 'node:dns/promises'
+import net from 'node:net'
+import { DEFAULT_SERVER_PORT } from './config.js'
 import type { Tunnel } from '../tunnel/tunnel.js'
 import type { AgentConfig, StateStore } from './config.js'
 import { Exposes } from './exposes.js'
@@ -51,6 +57,7 @@ export class Agent {
   private runLoop: Promise<void> | null = null
   private readonly startedAt = Date.now()
   private nat: NatVerdict = 'unknown'
+  private natCheck: NatCheck | null = null
   readonly id: string
 
   constructor(
@@ -115,6 +122,7 @@ export class Agent {
         log: log.child({ component: 'tunnel' }),
         introduce: (target, via) => client.introduce(target, via),
         localTcpPort: () => client.tcpLocalPort,
+        natVerdict: () => this.nat,
         checkPeerKey: (name, id) => this.checkPeerKey(name, id),
         pinPeerKey: (name, id) => {
           if (!this.c.store.knownPeer(name)) this.c.store.pinPeer(name, id)
@@ -137,6 +145,8 @@ export class Agent {
       checkPeer: (peer) => this.checkPeerExists(peer)
     })
     await this.forwards.start()
+    this.natCheck = new NatCheck((buf, to) => socket.trySend(buf, to.port, to.host))
+    await this.checkNat() // before registering, so peers learn our verdict with our endpoint
     this.runLoop = client.run()
     log.info('natd started', { name: this.init.config.name, id: this.id, udpPort: this.localPort, socket: this.init.socketPath })
   }
@@ -152,9 +162,26 @@ export class Agent {
   }
 
   private onDatagram(buf: Buffer, from: Endpoint): void {
+    if (isStun(buf)) return this.natCheck?.onStun(buf)
     if (!isRendezvousFrame(buf)) return
     if (buf[3] === MSG.PROBE) this.tunnels?.onProbe(buf, from)
     else this.client?.onDatagram(buf, from)
+  }
+
+  /**
+   * How our NAT maps, from STUN to the server's two ports (its alternate port is the
+   * main port + 1). Never rejects: an unreachable server leaves the verdict 'unknown'.
+   */
+  private async checkNat(): Promise<void> {
+    try {
+      let server = parseEndpoint(this.init.config.server, DEFAULT_SERVER_PORT)
+      if (!net.isIP(server.host)) server = { host: (await dns.lookup(server.host, { family: 4 })).address, port: server.port }
+      const { verdict, samples } = await this.natCheck!.verdict(server, server.port + 1, lanEndpoints(this.localPort))
+      this.nat = verdict
+      this.c.log.info('nat check', { verdict, primary: formatEndpoint(samples.primary), alternate: formatEndpoint(samples.alternate) })
+    } catch (err) {
+      this.c.log.warn('nat check failed', { err: (err as Error).message })
+    }
   }
 
   private checkPeerKey(name: string, id: string): void {

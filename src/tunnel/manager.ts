@@ -11,8 +11,8 @@ import { formatEndpoint, sameEndpoint, type Endpoint } from '../protocol/endpoin
 import { NatdError, toNatdError } from '../protocol/errors.js'
 import { peerId, timingSafeEqual, type KeyPair } from '../protocol/identity.js'
 import type { Clock, Logger } from '../protocol/log.js'
-import { decode, type PeerRecord, type Via } from '../protocol/rendezvous.js'
-import { Puncher, type Candidate } from './punch.js'
+import { decode, type NatVerdict, type PeerRecord, type Via } from '../protocol/rendezvous.js'
+import { BIRTHDAY_SOCKETS, Puncher, type Candidate, type PunchStrategy } from './punch.js'
 import { punchTcp } from './tcp-punch.js'
 import { encodeMux } from '../protocol/mux.js'
 import { Tunnel, type PathKind, type TunnelTiming } from './tunnel.js'
@@ -36,6 +36,8 @@ export interface TunnelManagerComponents {
   log: Logger
   /** Asks the rendezvous server to introduce us to `target` (both sides get candidates at once). */
   introduce(target: string, via: Via): Promise<Introduction>
+  /** What our NAT check concluded (easy, hard, none, unknown). */
+  natVerdict(): NatVerdict
   /** Local port of the TCP control connection (TCP punching reuses it); 0 when there is none. */
   localTcpPort(): number
   /** Throws KEY_MISMATCH when another ID is pinned to this name. */
@@ -52,6 +54,9 @@ interface Established {
   transport: 'udp' | 'tcp'
   remote: Endpoint
   punchMs: number
+  strategy?: PunchStrategy
+  /** Releases what the path holds beyond the session (a birthday socket). */
+  release?: () => void
 }
 
 /** Resolves with the first attempt that succeeds; when all fail, rejects with the most telling error. */
@@ -195,8 +200,9 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     const introKey = Buffer.from(intro.introId).toString('hex')
     const tunnel = new Tunnel({ name, id }, path, remote, won.transport, introKey, intro.initiator, session as never, this.timing, this.c.clock, log.child({ peer: name }))
     tunnel.mux.on('open', (req) => this.c.onChannel(tunnel, req))
+    if (won.release) tunnel.once('closed', won.release)
     this.register(tunnel)
-    log.info('tunnel up', { peer: name, path, transport: won.transport, remote: formatEndpoint(remote), punchMs: won.punchMs, initiator: intro.initiator, via: intro.via })
+    log.info('tunnel up', { peer: name, path, transport: won.transport, remote: formatEndpoint(remote), punchMs: won.punchMs, strategy: won.strategy, initiator: intro.initiator, via: intro.via })
     return this.get(id) ?? tunnel
   }
 
@@ -240,40 +246,81 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
       ...intro.peer.lan.filter((e) => !sameEndpoint(e, intro.peer.udp)).map((endpoint) => ({ endpoint, kind: 'lan' as const })),
       ...(intro.peer.udp ? [{ endpoint: intro.peer.udp, kind: 'public' as const }] : [])
     ]
+    const mine = this.c.natVerdict()
+    const theirs = intro.peer.nat
+    if (mine === 'hard' && theirs === 'hard') {
+      throw new NatdError('PUNCH_FAILED', 'both NATs map per destination, so no direct UDP path can be punched (this needs the relay, not in this build)')
+    }
+    const strategy: PunchStrategy = mine === 'hard' && theirs !== 'unknown' ? 'birthday' : theirs === 'hard' && mine !== 'unknown' ? 'spray' : 'normal'
     const socket = this.c.socket
+    // Birthday sockets: index i (1-based) is sockets[i - 1]; index 0 is the agent's socket.
+    const sockets: UDXSocket[] = strategy === 'birthday' ? this.openBirthdaySockets((buf, from, i) => this.onBirthdayDatagram(introKey, buf, from, i)) : []
+    const socketAt = (i: number): UDXSocket => (i === 0 ? socket : sockets[i - 1]!)
+    const indexOf = (sock: UDXSocket): number => (sock === socket ? 0 : sockets.indexOf(sock) + 1)
     const puncher: Puncher = new Puncher(
-      { introId: intro.introId, initiator: intro.initiator, candidates, localStreamId: streamId, deadlineMs: timeoutMs },
-      { send: (buf, to, ttl) => socket.trySend(buf, to.port, to.host, ttl), clock: this.c.clock, log: log.child({ peer: name }) }
+      { introId: intro.introId, initiator: intro.initiator, candidates, localStreamId: streamId, deadlineMs: timeoutMs, strategy, sprayHost: intro.peer.udp?.host, sockets: sockets.length },
+      { send: (buf, to, ttl, i = 0) => socketAt(i).trySend(buf, to.port, to.host, ttl), clock: this.c.clock, log: log.child({ peer: name }) }
     )
     const raw: UDXStream = this.c.udx.createStream(streamId, {
       // The responder attaches its stream to the initiator's first packet, if it comes
       // from an endpoint that sent a valid probe for this introduction (true = drop).
       firewall: (sock, port, host) => {
-        if (intro.initiator || !puncher.accept({ host, port })) return true
+        if (intro.initiator || !puncher.accept({ host, port }, indexOf(sock))) return true
         raw.connect(sock, puncher.remoteStream, port, host)
         return false
       }
     })
+    let keep = -1 // the birthday socket the path uses, if any
+    const release = (): void => {
+      for (const [i, s] of sockets.entries()) if (i + 1 !== keep) void s.close()
+    }
     raw.on('error', (err: Error) => log.debug('stream error', { peer: name, err: err.message }))
     this.punchers.set(introKey, puncher)
     let session: SecretStream | null = null
     try {
       const punched = await puncher.run(signal)
-      if (intro.initiator) raw.connect(socket, punched.remoteStreamId, punched.endpoint.port, punched.endpoint.host)
+      keep = punched.socket
+      release() // every birthday socket but the winner
+      if (intro.initiator) raw.connect(socketAt(punched.socket), punched.remoteStreamId, punched.endpoint.port, punched.endpoint.host)
       const path: PathKind = punched.kind === 'lan' ? 'lan' : 'direct-udp'
       session = new SecretStream(intro.initiator, raw, { keyPair: this.c.keyPair })
       session.on('error', () => undefined)
       await this.authenticate(session, intro, deadline, `punched ${path} ${formatEndpoint(punched.endpoint)}`, signal)
       if (signal.aborted) throw new NatdError('PUNCH_FAILED', 'another path won')
-      return { session, path, transport: 'udp', remote: punched.endpoint, punchMs: punched.tookMs }
+      const winner = keep > 0 ? sockets[keep - 1] : undefined
+      return { session, path, transport: 'udp', remote: punched.endpoint, punchMs: punched.tookMs, strategy, ...(winner ? { release: () => void winner.close() } : {}) }
     } catch (err) {
       puncher.stop()
       session?.destroy()
       raw.destroy()
+      keep = -1
+      release()
       throw err
     } finally {
       setTimeout(() => this.punchers.delete(introKey), PUNCHER_LINGER_MS).unref()
     }
+  }
+
+  private openBirthdaySockets(onDatagram: (buf: Buffer, from: Endpoint, index: number) => void): UDXSocket[] {
+    const out: UDXSocket[] = []
+    for (let i = 1; i <= BIRTHDAY_SOCKETS; i++) {
+      const s = this.c.udx.createSocket()
+      s.bind(0, '0.0.0.0')
+      s.on('message', (buf, rinfo) => onDatagram(buf, { host: rinfo.host, port: rinfo.port }, i))
+      s.on('error', () => undefined)
+      out.push(s)
+    }
+    return out
+  }
+
+  private onBirthdayDatagram(introKey: string, buf: Buffer, from: Endpoint, index: number): void {
+    let msg
+    try {
+      msg = decode(buf)
+    } catch {
+      return
+    }
+    if (msg.type === 'probe' && Buffer.from(msg.introId).toString('hex') === introKey) this.punchers.get(introKey)?.onProbe(msg, from, index)
   }
 
   private async establishTcp(intro: Introduction, timeoutMs: number, signal: AbortSignal): Promise<Established> {

@@ -12,7 +12,15 @@
  * The initiator picks the path: the first candidate whose probe was acknowledged, with
  * a short grace period in which a LAN candidate still wins. The responder follows: it
  * accepts the initiator's first stream packet from any endpoint that sent it a valid
- * probe (accept()).
+ * probe (accept()). A probe from an endpoint we have not probed yet is answered with
+ * an ack and a probe of our own (a triggered check, RFC 8445 §7.3.1.4).
+ *
+ * When one NAT maps per destination ("hard"), the endpoint the server saw is useless to
+ * the peer: birthday punching (hyperdht's method; ARCHITECTURE.md measured 10/10,
+ * median 0.45 s). The hard side ('birthday' strategy) sends TTL-2 probes to the easy
+ * side from BIRTHDAY_SOCKETS extra sockets, opening that many mappings without
+ * reaching the peer's NAT; the easy side ('spray') probes random ports of the hard
+ * side's address at ~SPRAY_RATE_PER_S until one lands on a mapping and is answered.
  */
 import { formatEndpoint, sameEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { NatdError } from '../protocol/errors.js'
@@ -31,12 +39,25 @@ export const PROBE_SLOW_INTERVAL_MS = 100
 export const LAN_GRACE_MS = 30
 /** Endpoints learnt from probes (peer-reflexive candidates) we add at most. */
 export const MAX_LEARNT_CANDIDATES = 4
+/** Extra sockets the hard side opens: with 256 mappings a random probe hits one in ~250 tries. */
+export const BIRTHDAY_SOCKETS = 256
+/** The hard side repeats its TTL-2 probes this often (the mappings must not expire). */
+export const BIRTHDAY_REFRESH_MS = 1_000
+/** The easy side sprays this many random ports per second, in bursts every SPRAY_TICK_MS. */
+export const SPRAY_RATE_PER_S = 1_000
+export const SPRAY_TICK_MS = 10
+/** At most this many spray probes per punch (bounded in count as well as time). */
+export const SPRAY_MAX_PROBES = 20_000
+
+export type PunchStrategy = 'normal' | 'birthday' | 'spray'
 
 export type CandidateKind = 'lan' | 'public'
 
 export interface Candidate {
   endpoint: Endpoint
   kind: CandidateKind
+  /** Local socket that talks to it: 0 = the agent's socket, 1.. = birthday sockets. */
+  socket?: number
 }
 
 export interface PunchInit {
@@ -45,10 +66,16 @@ export interface PunchInit {
   candidates: Candidate[]
   localStreamId: number
   deadlineMs: number
+  strategy?: PunchStrategy
+  /** 'spray': the hard peer's public address. */
+  sprayHost?: string
+  /** 'birthday': how many extra sockets (indexes 1..n) `send` may use. */
+  sockets?: number
 }
 
 export interface PunchComponents {
-  send(buf: Uint8Array, to: Endpoint, ttl?: number): void
+  send(buf: Uint8Array, to: Endpoint, ttl?: number, socket?: number): void
+  random?: () => number
   clock: Clock
   log: Logger
 }
@@ -59,6 +86,8 @@ export interface PunchResult {
   remoteStreamId: number
   tookMs: number
   probesSent: number
+  /** Local socket the path uses (0 = the agent's socket). */
+  socket: number
 }
 
 type PunchState =
@@ -70,7 +99,10 @@ type PunchState =
 export class Puncher {
   private state: PunchState = { kind: 'probing' }
   private readonly candidates: Candidate[]
-  private readonly heard: Endpoint[] = []
+  private readonly heard: Array<{ endpoint: Endpoint; socket: number }> = []
+  private sprayed = 0
+  private sprayTimer: NodeJS.Timeout | null = null
+  private birthdayTimer: NodeJS.Timeout | null = null
   private readonly validated: Candidate[] = []
   private remoteStreamId = 0
   private seq = 0
@@ -97,28 +129,41 @@ export class Puncher {
       const onAbort = (): void => this.fail(new NatdError('PUNCH_FAILED', 'punching aborted'))
       signal?.addEventListener('abort', onAbort, { once: true })
       this.detach = () => signal?.removeEventListener('abort', onAbort)
-      for (const cand of this.candidates) this.probe(cand.endpoint, false, cand.kind === 'public' ? FIRST_PROBE_TTL : undefined)
+      if (this.strategy === 'birthday') {
+        this.onBirthdayExpired()
+        for (const cand of this.candidates) if (cand.kind === 'lan') this.probe(cand.endpoint, false)
+      } else {
+        for (const cand of this.candidates) this.probe(cand.endpoint, false, cand.kind === 'public' ? FIRST_PROBE_TTL : undefined)
+      }
+      if (this.strategy === 'spray') this.sprayTimer = setTimeout(() => this.onSprayExpired(), PROBE_START_DELAY_MS)
       this.timer = setTimeout(() => this.onProbeTimerExpired(), PROBE_START_DELAY_MS)
     })
   }
 
-  /** A probe or ack for this introduction arrived from `from`. */
-  onProbe(msg: { streamId: number; ack: boolean }, from: Endpoint): void {
+  private get strategy(): PunchStrategy {
+    return this.init.strategy ?? 'normal'
+  }
+
+  /** A probe or ack for this introduction arrived from `from` on local socket `socket`. */
+  onProbe(msg: { streamId: number; ack: boolean }, from: Endpoint, socket = 0): void {
     if (this.state.kind === 'done' || this.state.kind === 'failed') {
-      if (!msg.ack) this.probe(from, true) // keep answering: the peer may still be choosing
+      if (!msg.ack) this.probe(from, true, undefined, socket) // keep answering: the peer may still be choosing
       return
     }
     this.remoteStreamId = msg.streamId
-    if (!this.heard.some((e) => sameEndpoint(e, from))) this.heard.push(from)
-    let cand = this.candidates.find((c) => sameEndpoint(c.endpoint, from))
+    const firstFromThere = !this.heard.some((h) => sameEndpoint(h.endpoint, from) && h.socket === socket)
+    if (firstFromThere) this.heard.push({ endpoint: from, socket })
+    let cand = this.candidates.find((c) => sameEndpoint(c.endpoint, from) && (c.socket ?? 0) === socket)
     if (!cand && this.learnt < MAX_LEARNT_CANDIDATES) {
-      // Peer-reflexive: the peer's NAT mapped it somewhere the server did not see.
-      cand = { endpoint: from, kind: 'public' }
+      // Peer-reflexive: the peer's NAT mapped it somewhere the server did not see
+      // (always so for a hard NAT), or it reached one of our birthday sockets.
+      cand = { endpoint: from, kind: 'public', socket }
       this.candidates.push(cand)
       this.learnt++
     }
     if (!msg.ack) {
-      this.probe(from, true)
+      this.probe(from, true, undefined, socket)
+      if (firstFromThere && cand && !this.validated.includes(cand)) this.probe(from, false, undefined, socket) // triggered check
       return
     }
     if (!cand || this.validated.includes(cand)) return
@@ -130,11 +175,11 @@ export class Puncher {
    * Responder: the initiator's first stream packet came from `from`. Accepts it (and
    * ends punching) only when a valid probe for this introduction came from there too.
    */
-  accept(from: Endpoint): boolean {
+  accept(from: Endpoint, socket = 0): boolean {
     if (this.init.initiator || this.state.kind === 'failed') return false
-    if (this.state.kind === 'done') return sameEndpoint(this.state.result.endpoint, from)
-    if (!this.heard.some((e) => sameEndpoint(e, from))) return false
-    const cand = this.candidates.find((c) => sameEndpoint(c.endpoint, from)) ?? { endpoint: from, kind: 'public' as const }
+    if (this.state.kind === 'done') return sameEndpoint(this.state.result.endpoint, from) && this.state.result.socket === socket
+    if (!this.heard.some((h) => sameEndpoint(h.endpoint, from) && h.socket === socket)) return false
+    const cand = this.candidates.find((c) => sameEndpoint(c.endpoint, from) && (c.socket ?? 0) === socket) ?? { endpoint: from, kind: 'public' as const, socket }
     this.finish(cand)
     return true
   }
@@ -160,24 +205,55 @@ export class Puncher {
     const now = this.c.clock.now()
     if (now - this.started >= this.init.deadlineMs) {
       const tried = this.candidates.map((c) => `${c.kind} ${formatEndpoint(c.endpoint)}`).join(', ')
-      const heard = this.heard.length ? `; heard from ${this.heard.map(formatEndpoint).join(', ')} but no answer to ours` : '; no probe from the peer arrived'
-      this.fail(new NatdError('PUNCH_FAILED', `no direct UDP path in ${this.init.deadlineMs} ms (tried ${tried || 'no candidates'}; ${this.probesSent} probes${heard})`))
+      const heard = this.heard.length ? `; heard from ${this.heard.map((h) => formatEndpoint(h.endpoint)).join(', ')} but no answer to ours` : '; no probe from the peer arrived'
+      const how = this.strategy === 'spray' ? `, ${this.sprayed} to random ports of ${this.init.sprayHost}` : this.strategy === 'birthday' ? ` from ${this.init.sockets ?? 0} birthday sockets` : ''
+      this.fail(new NatdError('PUNCH_FAILED', `no direct UDP path in ${this.init.deadlineMs} ms (tried ${tried || 'no candidates'}; ${this.probesSent} probes${how}${heard})`))
       return
     }
-    for (const cand of this.candidates) this.probe(cand.endpoint, false)
+    // The hard side only answers and refreshes its TTL-2 probes: a full-TTL probe from a
+    // birthday socket would reach the easy side's NAT unsolicited and could claim its port.
+    for (const cand of this.candidates) if (this.strategy !== 'birthday' || cand.kind === 'lan' || (cand.socket ?? 0) !== 0) this.probe(cand.endpoint, false, undefined, cand.socket ?? 0)
     const period = now - this.started < PROBE_FAST_MS ? PROBE_INTERVAL_MS : PROBE_SLOW_INTERVAL_MS
     this.timer = setTimeout(() => this.onProbeTimerExpired(), period)
   }
 
-  private probe(to: Endpoint, ack: boolean, ttl?: number): void {
+  /** 'birthday': TTL-2 probes to the peer's public candidates from every birthday socket. */
+  private onBirthdayExpired(): void {
+    if (this.state.kind !== 'probing' && this.state.kind !== 'choosing') return
+    const sockets = this.init.sockets ?? 0
+    for (const cand of this.candidates) {
+      if (cand.kind !== 'public' || (cand.socket ?? 0) !== 0) continue
+      for (let i = 1; i <= sockets; i++) this.probe(cand.endpoint, false, FIRST_PROBE_TTL, i)
+    }
+    this.birthdayTimer = setTimeout(() => this.onBirthdayExpired(), BIRTHDAY_REFRESH_MS)
+  }
+
+  /** 'spray': probes to random ports of the hard peer's address, bounded in count. */
+  private onSprayExpired(): void {
+    if (this.state.kind !== 'probing' || !this.init.sprayHost) return
+    const random = this.c.random ?? Math.random
+    const burst = Math.round((SPRAY_RATE_PER_S * SPRAY_TICK_MS) / 1000)
+    for (let i = 0; i < burst && this.sprayed < SPRAY_MAX_PROBES; i++, this.sprayed++) {
+      this.probe({ host: this.init.sprayHost, port: 1024 + Math.floor(random() * (65536 - 1024)) }, false)
+    }
+    if (this.sprayed < SPRAY_MAX_PROBES) this.sprayTimer = setTimeout(() => this.onSprayExpired(), SPRAY_TICK_MS)
+  }
+
+  private probe(to: Endpoint, ack: boolean, ttl?: number, socket = 0): void {
     this.probesSent++
-    this.c.send(encode({ type: 'probe', introId: this.init.introId, streamId: this.init.localStreamId, seq: ++this.seq, ack }), to, ttl)
+    this.c.send(encode({ type: 'probe', introId: this.init.introId, streamId: this.init.localStreamId, seq: ++this.seq, ack }), to, ttl, socket)
+  }
+
+  private stopTimers(): void {
+    if (this.timer) clearTimeout(this.timer)
+    if (this.sprayTimer) clearTimeout(this.sprayTimer)
+    if (this.birthdayTimer) clearTimeout(this.birthdayTimer)
+    if (this.state.kind === 'choosing') clearTimeout(this.state.timer)
   }
 
   private finish(cand: Candidate): void {
-    if (this.state.kind === 'choosing') clearTimeout(this.state.timer)
-    if (this.timer) clearTimeout(this.timer)
-    const result: PunchResult = { endpoint: cand.endpoint, kind: cand.kind, remoteStreamId: this.remoteStreamId, tookMs: this.c.clock.now() - this.started, probesSent: this.probesSent }
+    this.stopTimers()
+    const result: PunchResult = { endpoint: cand.endpoint, kind: cand.kind, remoteStreamId: this.remoteStreamId, tookMs: this.c.clock.now() - this.started, probesSent: this.probesSent, socket: cand.socket ?? 0 }
     this.state = { kind: 'done', result }
     this.detach()
     this.c.log.debug('punched', { endpoint: formatEndpoint(cand.endpoint), kind: cand.kind, tookMs: result.tookMs, probes: this.probesSent })
@@ -186,8 +262,7 @@ export class Puncher {
 
   private fail(error: NatdError): void {
     if (this.state.kind === 'done' || this.state.kind === 'failed') return
-    if (this.state.kind === 'choosing') clearTimeout(this.state.timer)
-    if (this.timer) clearTimeout(this.timer)
+    this.stopTimers()
     this.state = { kind: 'failed', error }
     this.detach()
     this.settle?.reject(error)
@@ -201,6 +276,6 @@ export class Puncher {
 
 function dedupe(cands: Candidate[]): Candidate[] {
   const out: Candidate[] = []
-  for (const c of cands) if (!out.some((o) => sameEndpoint(o.endpoint, c.endpoint))) out.push(c)
+  for (const c of cands) if (!out.some((o) => sameEndpoint(o.endpoint, c.endpoint) && (o.socket ?? 0) === (c.socket ?? 0))) out.push(c)
   return out
 }

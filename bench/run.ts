@@ -1,0 +1,216 @@
+/**
+ * npm run bench: natd's speed figures, each beside a baseline measured in the same run
+ * on the same NAT-lab path (these machines are shared and noisy; only ratios compare).
+ * Needs root (network namespaces). Prints a table; writes bench/results/<date>.json.
+ *
+ *   alice 10.1.0.2 ── NAT ── inet ── NAT ── bob 10.2.0.2      (+ DNAT on bob's router for the
+ *                                                               baselines: iperf3, bare UDX)
+ *
+ * Options: --quick (fewer repetitions, smaller transfers), --skip-capacity, --mib N.
+ */
+import { execFileSync } from 'node:child_process'
+import fs from 'node:fs'
+import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { createLab, labAvailable, type LabSpec, type NatKind } from '../test/lab/lab.ts'
+import { NatdLab, ROOT } from '../test/lab/natd-lab.ts'
+
+const argv = process.argv.slice(2)
+const QUICK = argv.includes('--quick')
+const MIB = Number(argv[argv.indexOf('--mib') + 1]) || (QUICK ? 16 : 64)
+const REPS = QUICK ? 2 : 5
+const OPEN_RUNS = QUICK ? 5 : 20
+const BYTES = MIB * 1024 * 1024
+const FIX = path.join(ROOT, 'bench/fixtures')
+const node = process.execPath
+
+interface Stat {
+  median: number
+  min: number
+  max: number
+  p90?: number
+  n: number
+}
+
+function stat(xs: number[]): Stat {
+  const s = [...xs].sort((a, b) => a - b)
+  const q = (p: number): number => s[Math.min(s.length - 1, Math.floor(p * s.length))]!
+  return { median: q(0.5), min: s[0]!, max: s[s.length - 1]!, p90: q(0.9), n: s.length }
+}
+
+const r1 = (x: number): number => Math.round(x * 10) / 10
+
+async function run(n: NatdLab, host: string, args: string[], timeoutMs = 300_000): Promise<Record<string, unknown>> {
+  const r = await n.lab.exec(n.lab.hosts[host]!.ns, args, { timeoutMs })
+  try {
+    return JSON.parse(r.stdout.trim().split('\n').pop()!) as Record<string, unknown>
+  } catch {
+    throw new Error(`${args.join(' ')} failed (${r.code}): ${r.stdout} ${r.stderr}`)
+  }
+}
+
+/** Lets the baselines reach bob directly: DNAT on bob's router, as a user opening a port would. */
+async function openPorts(n: NatdLab, site: string, host: string, ports: Array<{ proto: 'tcp' | 'udp'; port: number }>): Promise<void> {
+  const r = n.lab.routers[site]!
+  const ip = n.lab.hosts[host]!.ip
+  for (const { proto, port } of ports) {
+    await n.lab.exec(r.ns, ['iptables', '-t', 'nat', '-I', 'PREROUTING', '-i', 'wan', '-p', proto, '--dport', String(port), '-j', 'DNAT', '--to-destination', ip])
+    await n.lab.exec(r.ns, ['iptables', '-I', 'FORWARD', '-p', proto, '-d', ip, '--dport', String(port), '-j', 'ACCEPT'])
+  }
+}
+
+async function throughput(): Promise<Record<string, unknown>> {
+  const spec: LabSpec = { sites: [{ name: 'alice', nat: 'easy' }, { name: 'bob', nat: 'easy' }] }
+  const n = new NatdLab(await createLab(spec))
+  let failed = true
+  try {
+    await n.startServer()
+    await n.startAgent('alice', { heartbeat: '5s' })
+    await n.startAgent('bob', { heartbeat: '5s' })
+    await n.waitRegistered('alice')
+    await n.waitRegistered('bob')
+    const bobWan = n.lab.routers.bob!.wanIp
+    const bob = n.lab.hosts.bob!.ns
+    await openPorts(n, 'bob', 'bob', [
+      { proto: 'tcp', port: 5201 },
+      { proto: 'udp', port: 5201 },
+      { proto: 'udp', port: 6001 },
+      { proto: 'udp', port: 6002 },
+      { proto: 'tcp', port: 6003 },
+      { proto: 'tcp', port: 6004 }
+    ])
+    n.lab.spawn(bob, ['iperf3', '-s', '-p', '5201'])
+    n.lab.spawn(bob, [node, path.join(FIX, 'udx-peer.mjs'), 'serve', '6001'], { cwd: ROOT })
+    n.lab.spawn(bob, [node, path.join(FIX, 'udx-peer.mjs'), 'serve', '6002', '--secret'], { cwd: ROOT })
+    n.lab.spawn(bob, [node, path.join(FIX, 'tcp-sink.mjs'), 'serve', '6003', '--any'], { cwd: ROOT })
+    n.lab.spawn(bob, [node, path.join(FIX, 'tcp-sink.mjs'), 'serve', '6004', '--any', '--secret'], { cwd: ROOT })
+    n.lab.spawn(bob, [node, path.join(FIX, 'tcp-sink.mjs'), 'serve', '7001'], { cwd: ROOT })
+    await sleep(700)
+    await n.natctl('bob', ['expose', 'add', '7001'])
+    await n.natctl('alice', ['forward', 'add', '9001', 'bob:7001'])
+
+    const mbps = (bytes: number, ms: number): number => bytes / 1e6 / (ms / 1000)
+    const series: Record<string, number[]> = {}
+    const add = (k: string, v: number): void => void (series[k] ??= []).push(v)
+    const send = async (key: string, args: readonly string[]): Promise<void> => {
+      const r = (await run(n, 'alice', [...args])) as { bytes: number; ms: number }
+      if (r.bytes !== BYTES) throw new Error(`${key}: ${r.bytes} of ${BYTES} bytes arrived`)
+      add(key, mbps(r.bytes, r.ms))
+    }
+    const paths: Record<string, string> = {}
+    for (let i = 0; i < REPS; i++) {
+      const tcp = await run(n, 'alice', ['iperf3', '-c', bobWan, '-p', '5201', '-n', String(BYTES), '-J'])
+      add('iperf3_tcp', (tcp as { end: { sum_received: { bits_per_second: number } } }).end.sum_received.bits_per_second / 8e6)
+      const udp = await run(n, 'alice', ['iperf3', '-c', bobWan, '-p', '5201', '-u', '-b', '0', '-l', '1400', '-t', '3', '-J'])
+      const u = (udp as { end: { sum: { bits_per_second: number; lost_percent: number } } }).end.sum
+      add('iperf3_udp', (u.bits_per_second * (1 - u.lost_percent / 100)) / 8e6)
+      await send('udx', [node, path.join(FIX, 'udx-peer.mjs'), 'send', bobWan, '6001', String(BYTES)])
+      await send('udx_secret_stream', [node, path.join(FIX, 'udx-peer.mjs'), 'send', bobWan, '6002', String(BYTES), '--secret'])
+      await send('tcp_socket', [node, path.join(FIX, 'tcp-sink.mjs'), 'send', bobWan, '6003', String(BYTES)])
+      await send('tcp_secret_stream', [node, path.join(FIX, 'tcp-sink.mjs'), 'send', bobWan, '6004', String(BYTES), '--secret'])
+      for (const via of ['udp', 'tcp'] as const) {
+        await n.natctl('alice', ['close', 'bob'])
+        await sleep(200)
+        const opened = (await n.natctl('alice', ['open', 'bob', '--via', via])).json as { path: string }
+        paths[via] = opened.path
+        await send(`forward_${opened.path.replace('-', '_')}`, [node, path.join(FIX, 'tcp-sink.mjs'), 'send', '127.0.0.1', '9001', String(BYTES)])
+      }
+    }
+    // A new forwarded connection on an open tunnel: connect, one byte, reply.
+    const conn = (await run(n, 'alice', [node, path.join(FIX, 'tcp-sink.mjs'), 'ping', '127.0.0.1', '9001', String(OPEN_RUNS)])) as { ms: number[] }
+    // What auto picks when both paths punch.
+    await n.natctl('alice', ['close', 'bob'])
+    await sleep(200)
+    const auto = ((await n.natctl('alice', ['open', 'bob', '--via', 'auto'])).json as { path: string }).path
+    failed = false
+    const out: Record<string, unknown> = { paths, auto_picks: auto }
+    for (const [k, v] of Object.entries(series)) out[k] = { MBps: stat(v.map(r1)) }
+    const med = (k: string): number => (series[k] ? stat(series[k]).median : NaN)
+    const ratio = (a: string, b: string): number => Math.round((med(a) / med(b)) * 100) / 100
+    out.ratios = {
+      direct_udp_vs_udx_secret_stream: ratio('forward_direct_udp', 'udx_secret_stream'),
+      direct_udp_vs_udx: ratio('forward_direct_udp', 'udx'),
+      direct_tcp_vs_tcp_secret_stream: ratio('forward_direct_tcp', 'tcp_secret_stream'),
+      direct_tcp_vs_tcp_socket: ratio('forward_direct_tcp', 'tcp_socket'),
+      direct_tcp_vs_iperf3_tcp: ratio('forward_direct_tcp', 'iperf3_tcp'),
+      direct_udp_vs_iperf3_udp: ratio('forward_direct_udp', 'iperf3_udp')
+    }
+    out.new_connection_ms = stat(conn.ms.map((x) => Math.round(x * 100) / 100))
+    return out
+  } finally {
+    await n.teardown(failed)
+  }
+}
+
+const PAIRS: Array<{ name: string; a: NatKind; b: NatKind; sameLan?: boolean }> = [
+  { name: 'easy×easy', a: 'easy', b: 'easy' },
+  { name: 'easy×full', a: 'easy', b: 'full' },
+  { name: 'public×easy', a: 'public', b: 'easy' },
+  { name: 'same LAN', a: 'easy', b: 'easy', sameLan: true },
+  { name: 'easy×hard', a: 'easy', b: 'hard' },
+  { name: 'hard×hard', a: 'hard', b: 'hard' }
+]
+
+/** Time from a connection on a cold forward (no tunnel) until the first byte echoes, per NAT pair. */
+async function timeToOpen(): Promise<Record<string, unknown>> {
+  const out: Record<string, unknown> = {}
+  for (const p of PAIRS) {
+    const spec: LabSpec = p.sameLan ? { sites: [{ name: 'home', nat: 'easy', hosts: ['alice', 'bob'] }] } : { sites: [{ name: 'alice', nat: p.a }, { name: 'bob', nat: p.b }] }
+    const n = new NatdLab(await createLab(spec))
+    let failed = true
+    try {
+      await n.startServer()
+      await n.startAgent('alice')
+      await n.startAgent('bob')
+      await n.waitRegistered('alice')
+      await n.waitRegistered('bob')
+      n.lab.spawn(n.lab.hosts.bob!.ns, [node, path.join(FIX, 'tcp-sink.mjs'), 'serve', '7001'], { cwd: ROOT })
+      await sleep(500)
+      await n.natctl('bob', ['expose', 'add', '7001'])
+      await n.natctl('alice', ['forward', 'add', '9001', 'bob:7001'])
+      const ms: number[] = []
+      let failures = 0
+      let path_: string | null = null
+      for (let i = 0; i < OPEN_RUNS; i++) {
+        const r = await n.lab.exec(n.lab.hosts.alice!.ns, [node, path.join(FIX, 'tcp-sink.mjs'), 'ping', '127.0.0.1', '9001', '1'], { timeoutMs: 30_000 })
+        if (r.code === 0) {
+          ms.push((JSON.parse(r.stdout) as { ms: number[] }).ms[0]!)
+          path_ ??= ((await n.natctl('alice', ['tunnels'])).json as Array<{ path: string }>)[0]?.path ?? null
+        } else failures++
+        await n.natctl('alice', ['close', 'bob'])
+        await sleep(300) // let bob see the goodbye
+      }
+      out[p.name] = ms.length ? { path: path_, ms: stat(ms.map((x) => Math.round(x * 10) / 10)), failures } : { path: null, failures, note: 'no direct path: needs birthday punching or the relay (issue 5)' }
+      failed = false
+    } finally {
+      await n.teardown(failed)
+    }
+  }
+  return out
+}
+
+function capacity(): Record<string, unknown> | null {
+  const script = path.join(ROOT, 'bench/rendezvous-capacity.ts')
+  if (!fs.existsSync(script)) return null
+  const file = path.join(ROOT, 'bench/results/.capacity.json')
+  execFileSync(node, ['--disable-warning=ExperimentalWarning', script, ...(QUICK ? ['--quick'] : []), '--json', file], { stdio: 'inherit', cwd: ROOT })
+  const r = JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>
+  fs.rmSync(file)
+  return r
+}
+
+if (!labAvailable()) {
+  console.error('npm run bench needs root: it builds the NAT lab from network namespaces (sudo npm run bench)')
+  process.exit(2)
+}
+const started = new Date()
+console.log(`natd bench: ${MIB} MiB transfers × ${REPS}, ${OPEN_RUNS} opens per NAT pair${QUICK ? ' (quick)' : ''}`)
+const results: Record<string, unknown> = { date: started.toISOString(), quick: QUICK, mib: MIB, reps: REPS, node: process.version }
+results.throughput = await throughput()
+console.log(JSON.stringify(results.throughput, null, 2))
+results.open = await timeToOpen()
+console.log(JSON.stringify(results.open, null, 2))
+if (!argv.includes('--skip-capacity')) results.capacity = capacity()
+const file = path.join(ROOT, 'bench/results', `${started.toISOString().slice(0, 19).replaceAll(':', '-')}.json`)
+fs.writeFileSync(file, JSON.stringify(results, null, 2) + '\n')
+console.log(`\nwritten ${path.relative(ROOT, file)}`)
