@@ -43,7 +43,8 @@ const r1 = (x: number): number => Math.round(x * 10) / 10
 async function run(n: NatdLab, host: string, args: string[], timeoutMs = 300_000): Promise<Record<string, unknown>> {
   const r = await n.lab.exec(n.lab.hosts[host]!.ns, args, { timeoutMs })
   try {
-    return JSON.parse(r.stdout.trim().split('\n').pop()!) as Record<string, unknown>
+    const text = r.stdout.trim()
+    return JSON.parse(text.startsWith('{\n') ? text : text.split('\n').pop()!) as Record<string, unknown> // iperf3 -J prints indented JSON
   } catch {
     throw new Error(`${args.join(' ')} failed (${r.code}): ${r.stdout} ${r.stderr}`)
   }
