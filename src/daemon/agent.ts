@@ -20,6 +20,7 @@ import dns from 'node:dns/promises'
 import net from 'node:net'
 import { DEFAULT_SERVER_PORT } from './config.js'
 import type { Tunnel } from '../tunnel/tunnel.js'
+import type { OpenRequest } from '../tunnel/mux.js'
 import type { AgentConfig, StateStore } from './config.js'
 import { Exposes } from './exposes.js'
 import { Forwards } from './forwards.js'
@@ -127,7 +128,7 @@ export class Agent {
         pinPeerKey: (name, id) => {
           if (!this.c.store.knownPeer(name)) this.c.store.pinPeer(name, id)
         },
-        onChannel: (tunnel, req) => this.exposes.onChannel(tunnel, req)
+        onChannel: (tunnel, req) => this.onChannel(tunnel, req)
       }
     )
     this.tunnels = tunnels
@@ -182,6 +183,27 @@ export class Agent {
     } catch (err) {
       this.c.log.warn('nat check failed', { err: (err as Error).message })
     }
+  }
+
+  /**
+   * Agent services reachable over tunnels besides exposed ports (messages, files).
+   * A service decides for itself whom it accepts (it gets the authenticated peer).
+   */
+  private readonly services = new Map<string, (tunnel: Tunnel, req: OpenRequest) => void>()
+
+  /** Registers the handler for channels that name `service`. */
+  registerService(service: string, handler: (tunnel: Tunnel, req: OpenRequest) => void): void {
+    this.services.set(service, handler)
+  }
+
+  private onChannel(tunnel: Tunnel, req: OpenRequest): void {
+    if (req.service === '') return this.exposes.onChannel(tunnel, req)
+    const handler = this.services.get(req.service)
+    if (!handler) {
+      req.reject('UNSUPPORTED_PATH', `this agent has no service ${JSON.stringify(req.service)}`)
+      return
+    }
+    handler(tunnel, req)
   }
 
   private checkPeerKey(name: string, id: string): void {

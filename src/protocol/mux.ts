@@ -4,7 +4,10 @@
  *
  *   type u8 | channel u32 | body
  *
- *   OPEN     port u16 window u32     open a channel to the peer's exposed TCP port
+ *   OPEN     port u16 window u32 [service str8]
+ *                                    open a channel: to the peer's exposed TCP `port` when
+ *                                    `service` is empty (or absent), else to the named
+ *                                    agent service (messages, files; port is then 0)
  *   OPEN_OK  window u32              accepted; the opener may send `window` bytes
  *   DATA     bytes (≤ MAX_DATA)      counts against the receiver's window
  *   WINDOW   increment u32           the receiver consumed bytes; send that many more
@@ -25,7 +28,7 @@ export const MUX = { OPEN: 1, OPEN_OK: 2, DATA: 3, WINDOW: 4, FIN: 5, RESET: 6, 
 export const MAX_DATA_BYTES = 64 * 1024
 
 export type MuxFrame =
-  | { type: 'open'; channel: number; port: number; window: number }
+  | { type: 'open'; channel: number; port: number; window: number; service: string }
   | { type: 'open-ok'; channel: number; window: number }
   | { type: 'data'; channel: number; data: Uint8Array }
   | { type: 'window'; channel: number; increment: number }
@@ -53,7 +56,7 @@ export function encodeData(channel: number, data: Uint8Array): Buffer {
 export function encodeMux(f: MuxFrame): Buffer {
   switch (f.type) {
     case 'open':
-      return head(MUX.OPEN, f.channel).u16(f.port).u32(f.window).finish()
+      return head(MUX.OPEN, f.channel).u16(f.port).u32(f.window).str8(f.service).finish()
     case 'open-ok':
       return head(MUX.OPEN_OK, f.channel).u32(f.window).finish()
     case 'data':
@@ -79,7 +82,7 @@ export function decodeMux(buf: Uint8Array): MuxFrame {
   const channel = r.u32('channel')
   switch (type) {
     case MUX.OPEN:
-      return { type: 'open', channel, port: r.u16('port'), window: r.u32('window') }
+      return { type: 'open', channel, port: r.u16('port'), window: r.u32('window'), service: r.remaining > 0 ? r.str8('service') : '' }
     case MUX.OPEN_OK:
       return { type: 'open-ok', channel, window: r.u32('window') }
     case MUX.DATA:

@@ -35,6 +35,8 @@ export interface MessageStream {
 export interface OpenRequest {
   channel: MuxChannel
   port: number
+  /** '' for a TCP port (forwards), else an agent service name ('msg', 'file', …). */
+  service: string
   accept(): void
   reject(code: string, message: string): void
 }
@@ -197,15 +199,15 @@ export class Mux extends EventEmitter<MuxEvents> {
     return this.channels.size
   }
 
-  /** Opens a channel to the peer's `port`; resolve `channel.opened` before writing. */
-  openChannel(port: number): MuxChannel {
+  /** Opens a channel to the peer's TCP `port`, or to its agent `service`; writes wait for `channel.opened`. */
+  openChannel(port: number, service = ''): MuxChannel {
     if (this.closed) throw new NatdError('TUNNEL_CLOSED', 'tunnel closed')
     if (this.channels.size >= MAX_CHANNELS) throw new NatdError('INTERNAL', `more than ${MAX_CHANNELS} channels on one tunnel`)
     const id = this.nextId
     this.nextId += 2
     const ch = new MuxChannel(this, id, port)
     this.channels.set(id, ch)
-    this.send({ type: 'open', channel: id, port, window: CHANNEL_WINDOW_BYTES })
+    this.send({ type: 'open', channel: id, port, window: CHANNEL_WINDOW_BYTES, service })
     return ch
   }
 
@@ -307,6 +309,7 @@ export class Mux extends EventEmitter<MuxEvents> {
     const req: OpenRequest = {
       channel: ch,
       port: f.port,
+      service: f.service,
       accept: () => {
         if (answered) return
         answered = true

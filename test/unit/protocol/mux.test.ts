@@ -22,8 +22,9 @@ function codeOf(fn: () => unknown): string {
 }
 
 const SAMPLES: MuxFrame[] = [
-  { type: 'open', channel: 1, port: 8080, window: 4 * 1024 * 1024 },
-  { type: 'open', channel: 0xffffffff, port: 65535, window: 0xffffffff },
+  { type: 'open', channel: 1, port: 8080, window: 4 * 1024 * 1024, service: '' },
+  { type: 'open', channel: 0xffffffff, port: 65535, window: 0xffffffff, service: '' },
+  { type: 'open', channel: 9, port: 0, window: 1024, service: 'msg' },
   { type: 'open-ok', channel: 2, window: 0 },
   { type: 'data', channel: 3, data: seq(0, 100) },
   { type: 'data', channel: 4, data: new Uint8Array(0) },
@@ -39,7 +40,8 @@ const SAMPLES: MuxFrame[] = [
 
 describe('mux codec: golden bytes', () => {
   const cases: Array<[string, MuxFrame, string]> = [
-    ['OPEN', { type: 'open', channel: 1, port: 8080, window: 0x00400000 }, '01 | 00000001 | 1f90 | 00400000'],
+    ['OPEN', { type: 'open', channel: 1, port: 8080, window: 0x00400000, service: '' }, '01 | 00000001 | 1f90 | 00400000 | 00'],
+    ['OPEN (service)', { type: 'open', channel: 3, port: 0, window: 0x00400000, service: 'msg' }, '01 | 00000003 | 0000 | 00400000 | 03 6d7367'],
     ['OPEN_OK', { type: 'open-ok', channel: 2, window: 0x00400000 }, '02 | 00000002 | 00400000'],
     ['DATA', { type: 'data', channel: 0x01020304, data: hex('cafe') }, '03 | 01020304 | cafe'],
     ['WINDOW', { type: 'window', channel: 3, increment: 0x00040000 }, '04 | 00000003 | 00040000'],
@@ -80,11 +82,14 @@ describe('mux codec: round trips and limits', () => {
     }
   })
 
-  it('every strict prefix of a non-DATA frame is refused with ProtocolError', () => {
+  it('every strict prefix of a non-DATA frame is refused with ProtocolError (OPEN without its optional service excepted)', () => {
     for (const f of SAMPLES.filter((s) => s.type !== 'data')) {
       const bytes = encodeMux(f)
+      // An OPEN that ends right after its window is a valid OPEN to a TCP port (service '').
+      const valid = f.type === 'open' ? [11] : []
       for (let n = 0; n < bytes.length; n++) {
-        expect(() => decodeMux(bytes.subarray(0, n)), `${f.type} cut at ${n}`).toThrow(ProtocolError)
+        if (valid.includes(n)) expect(decodeMux(bytes.subarray(0, n))).toMatchObject({ type: 'open', service: '' })
+        else expect(() => decodeMux(bytes.subarray(0, n)), `${f.type} cut at ${n}`).toThrow(ProtocolError)
       }
     }
   })

@@ -190,13 +190,13 @@ describe('Mux: opening channels', () => {
     })
     const fromA = record(pipe, 'a')
     // B speaks raw frames: channel 7 is odd, the opener's (A's) parity.
-    pipe.b.write(encodeMux({ type: 'open', channel: 7, port: 80, window: 1024 }))
+    pipe.b.write(encodeMux({ type: 'open', channel: 7, port: 80, window: 1024, service: '' }))
     await settle()
     expect(offered).toBe(0)
     expect(a.size).toBe(0)
     expect(fromA).toEqual([{ type: 'reset', channel: 7, code: 'BAD_REQUEST', message: expect.any(String) }])
     // The right parity is offered.
-    pipe.b.write(encodeMux({ type: 'open', channel: 8, port: 80, window: 1024 }))
+    pipe.b.write(encodeMux({ type: 'open', channel: 8, port: 80, window: 1024, service: '' }))
     await settle()
     expect(offered).toBe(1)
     expect(fromA.at(-1)).toEqual({ type: 'open-ok', channel: 8, window: CHANNEL_WINDOW_BYTES })

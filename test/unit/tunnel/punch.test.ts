@@ -138,7 +138,7 @@ describe('Puncher: probe schedule', () => {
     p.stop()
   })
 
-  it('a probe is answered at once with an ack to its source, without TTL, carrying our stream id', () => {
+  it('a probe is answered at once with an ack to its source and a triggered probe, without TTL, carrying our stream id', () => {
     const { sent, send } = recorder()
     const p = makePuncher({ candidates: [pub(B_PUBLIC)], localStreamId: 77 }, send)
     track(p.run())
@@ -147,7 +147,9 @@ describe('Puncher: probe schedule', () => {
     p.onProbe({ streamId: 5, ack: false }, STRANGER)
     expect(sent.map((s) => [formatEndpoint(s.to), s.ttl, s.ack, s.streamId])).toEqual([
       ['203.0.113.2:5000', undefined, true, 77],
-      ['192.0.2.99:9999', undefined, true, 77]
+      ['203.0.113.2:5000', undefined, false, 77], // triggered check (RFC 8445 §7.3.1.4)
+      ['192.0.2.99:9999', undefined, true, 77],
+      ['192.0.2.99:9999', undefined, false, 77]
     ])
     p.stop()
   })
