@@ -16,6 +16,8 @@
  *   PING     seq u32                 on channel 0: keepalive and `natctl ping`
  *   PONG     seq u32
  *   GOODBYE  reason str8             on channel 0: the peer is closing the tunnel now
+ *   SWITCH   (empty)                 on channel 0: the sender's last frame on this session;
+ *                                    its next frames come on the new session (path upgrade)
  *
  * Channel ids: the side that opened the tunnel uses odd ids, the other side even ids,
  * so both can open channels without agreeing first (as in HTTP/2 and yamux).
@@ -23,7 +25,7 @@
 import { Reader, truncateUtf8, Writer } from './bytes.js'
 import { ProtocolError } from './errors.js'
 
-export const MUX = { OPEN: 1, OPEN_OK: 2, DATA: 3, WINDOW: 4, FIN: 5, RESET: 6, PING: 7, PONG: 8, GOODBYE: 9 } as const
+export const MUX = { OPEN: 1, OPEN_OK: 2, DATA: 3, WINDOW: 4, FIN: 5, RESET: 6, PING: 7, PONG: 8, GOODBYE: 9, SWITCH: 10 } as const
 /** Largest DATA payload: big enough to amortise per-message crypto, small enough to interleave channels. */
 export const MAX_DATA_BYTES = 64 * 1024
 
@@ -37,6 +39,7 @@ export type MuxFrame =
   | { type: 'ping'; channel: number; seq: number }
   | { type: 'pong'; channel: number; seq: number }
   | { type: 'goodbye'; channel: number; reason: string }
+  | { type: 'switch'; channel: number }
 
 const HEADER_BYTES = 5
 
@@ -73,6 +76,8 @@ export function encodeMux(f: MuxFrame): Buffer {
       return head(MUX.PONG, f.channel).u32(f.seq).finish()
     case 'goodbye':
       return head(MUX.GOODBYE, f.channel).str8(truncateUtf8(f.reason, 255)).finish()
+    case 'switch':
+      return head(MUX.SWITCH, f.channel).finish()
   }
 }
 
@@ -100,6 +105,8 @@ export function decodeMux(buf: Uint8Array): MuxFrame {
       return { type: 'pong', channel, seq: r.u32('seq') }
     case MUX.GOODBYE:
       return { type: 'goodbye', channel, reason: r.str8('reason') }
+    case MUX.SWITCH:
+      return { type: 'switch', channel }
     default:
       throw new ProtocolError('BAD_REQUEST', `unknown mux frame type ${type}`)
   }

@@ -27,6 +27,11 @@
  *   BYE          (empty) the agent is leaving; the server drops it at once
  *   INTRODUCE    reqId u32 target str8 via u8
  *   INTRODUCTION reqId u32 introId[16] initiator u8 via u8 peer
+ *   RELAY        introId[16] initiator u8      first frame on a new TCP connection (after
+ *                                             the CHALLENGE): bind it to an introduction
+ *   RELAY_OK     (empty)                       both sides bound: RELAY_DATA flows from now
+ *   RELAY_DATA   bytes                         ciphertext; the server forwards it as it is
+ *   RELAY_END    code str8 message str8        the server ends the relay (RELAY_LIMIT, …)
  *   PROBE        introId[16] streamId u32 seq u32 flags u8 (1 = ack) zeros[8]
  *                agent <-> agent while punching; only the two agents and the server
  *                know introId, so a stray or forged probe cannot pick the path. An ack
@@ -74,7 +79,11 @@ export const MSG = {
   BYE: 13,
   INTRODUCE: 14,
   INTRODUCTION: 15,
-  PROBE: 16
+  PROBE: 16,
+  RELAY: 17,
+  RELAY_OK: 18,
+  RELAY_DATA: 19,
+  RELAY_END: 20
 } as const
 const PROBE_PADDING = 8
 
@@ -82,9 +91,9 @@ const PROBE_PADDING = 8
 export type NatVerdict = 'unknown' | 'easy' | 'hard' | 'none'
 const NAT_VERDICTS: readonly NatVerdict[] = ['unknown', 'easy', 'hard', 'none']
 
-/** Path preference an introduction asks for. */
-export type Via = 'auto' | 'udp' | 'tcp' | 'relay'
-const VIAS: readonly Via[] = ['auto', 'udp', 'tcp', 'relay']
+/** Path preference an introduction asks for; 'direct' = UDP and TCP, never the relay (path upgrades). */
+export type Via = 'auto' | 'udp' | 'tcp' | 'relay' | 'direct'
+const VIAS: readonly Via[] = ['auto', 'udp', 'tcp', 'relay', 'direct']
 
 export type HeartbeatStatus = 'ok' | 'unknown' | 'moved'
 const HEARTBEAT_STATUSES: readonly HeartbeatStatus[] = ['ok', 'unknown', 'moved']
@@ -128,6 +137,10 @@ export type Message =
   | { type: 'introduce'; reqId: number; target: string; via: Via }
   | { type: 'introduction'; reqId: number; introId: Uint8Array; initiator: boolean; via: Via; peer: PeerRecord }
   | { type: 'probe'; introId: Uint8Array; streamId: number; seq: number; ack: boolean }
+  | { type: 'relay'; introId: Uint8Array; initiator: boolean }
+  | { type: 'relay-ok' }
+  | { type: 'relay-data'; data: Uint8Array }
+  | { type: 'relay-end'; code: string; message: string }
 
 /** Messages as callers build them: REGISTER is built by encodeRegister (it needs a signature). */
 export type OutgoingMessage = Exclude<Message, { type: 'register' }>
@@ -136,6 +149,9 @@ export type OutgoingMessage = Exclude<Message, { type: 'register' }>
 export function isRendezvousFrame(buf: Uint8Array): boolean {
   return buf.length >= 4 && buf[0] === MAGIC_0 && buf[1] === MAGIC_1
 }
+
+/** The 4 bytes before a RELAY_DATA payload (hot path: no Writer). */
+export const RELAY_DATA_HEADER = Buffer.from([MAGIC_0, MAGIC_1, PROTOCOL_VERSION, MSG.RELAY_DATA])
 
 function header(type: number): Writer {
   return new Writer().u8(MAGIC_0).u8(MAGIC_1).u8(PROTOCOL_VERSION).u8(type)
@@ -247,6 +263,14 @@ export function encode(m: OutgoingMessage): Buffer {
       writePeer(w, m.peer)
       return w.finish()
     }
+    case 'relay':
+      return header(MSG.RELAY).bytes(fixed(m.introId, INTRO_ID_BYTES, 'introId')).u8(m.initiator ? 1 : 0).finish()
+    case 'relay-ok':
+      return header(MSG.RELAY_OK).finish()
+    case 'relay-data':
+      return Buffer.concat([RELAY_DATA_HEADER, m.data])
+    case 'relay-end':
+      return header(MSG.RELAY_END).str8(truncateUtf8(m.code, 64)).str8(truncateUtf8(m.message, 255)).finish()
     case 'probe':
       return header(MSG.PROBE).bytes(fixed(m.introId, INTRO_ID_BYTES, 'introId')).u32(m.streamId).u32(m.seq).u8(m.ack ? 1 : 0).zeros(PROBE_PADDING).finish()
   }
@@ -326,6 +350,14 @@ export function decode(buf: Uint8Array): Message {
       const via = enumAt(VIAS, r.u8('via'), 'via')
       return { type: 'introduction', reqId, introId, initiator, via, peer: readPeer(r) }
     }
+    case MSG.RELAY:
+      return { type: 'relay', introId: r.bytes(INTRO_ID_BYTES, 'introId'), initiator: r.u8('initiator') === 1 }
+    case MSG.RELAY_OK:
+      return { type: 'relay-ok' }
+    case MSG.RELAY_DATA:
+      return { type: 'relay-data', data: r.bytes(r.remaining) }
+    case MSG.RELAY_END:
+      return { type: 'relay-end', code: r.str8('code'), message: r.str8('message') }
     case MSG.PROBE: {
       const introId = r.bytes(INTRO_ID_BYTES, 'introId')
       const streamId = r.u32('streamId')

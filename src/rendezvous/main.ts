@@ -1,11 +1,13 @@
 #!/usr/bin/env node
 /** natd-rendezvous: the public introducer. See README "Running a rendezvous server". */
 import { readFileSync } from 'node:fs'
+import net from 'node:net'
 import yargs from 'yargs'
 import { hideBin } from 'yargs/helpers'
 import { createLogger, LOG_LEVELS } from '../daemon/logger.js'
-import { parseDuration } from '../protocol/duration.js'
+import { parseBytes, parseDuration } from '../protocol/duration.js'
 import { RendezvousServer } from './server.js'
+import type { RelayLimits } from './relay.js'
 
 /** Suggested to agents: Linux conntrack forgets an idle UDP mapping after 30 s. */
 const DEFAULT_HEARTBEAT = '20s'
@@ -17,9 +19,15 @@ async function main(): Promise<void> {
     .option('host', { type: 'string', default: '0.0.0.0', describe: 'address to listen on' })
     .option('port', { type: 'number', default: 3478, describe: 'UDP and TCP port (UDP also answers STUN)' })
     .option('alt-port', { type: 'number', default: 3479, describe: 'second UDP port for STUN mapping checks (0 = off)' })
+    .option('alt-host', { type: 'string', describe: 'second IP address of this host: STUN on it too, for RFC 5780 NAT behaviour discovery (natctl netcheck); needs a specific --host' })
     .option('secret-file', { type: 'string', describe: 'file holding the network secret agents must prove' })
     .option('peer-timeout', { type: 'string', default: '60s', describe: 'drop an agent silent for this long' })
     .option('heartbeat', { type: 'string', default: DEFAULT_HEARTBEAT, describe: 'heartbeat interval suggested to agents' })
+    .option('relay', { type: 'boolean', default: true, describe: 'relay tunnels that cannot be punched (--no-relay turns it off)' })
+    .option('relay-max-bytes', { type: 'string', default: '1GiB', describe: 'bytes one relayed tunnel may carry' })
+    .option('relay-max-seconds', { type: 'string', default: '2h', describe: 'how long one relayed tunnel may last' })
+    .option('relay-rate', { type: 'string', default: '8MiB', describe: 'bytes per second per direction of one relayed tunnel' })
+    .option('relay-max-tunnels', { type: 'number', default: 100, describe: 'relayed tunnels at once' })
     .option('log-level', { choices: LOG_LEVELS, default: 'info' as const })
     .strict()
     .help()
@@ -33,11 +41,30 @@ async function main(): Promise<void> {
   const ports = [argv.port, argv['alt-port']]
   if (ports.some((p) => !Number.isInteger(p) || p < 0 || p > 65535) || argv.port === 0) usage('ports must be 1-65535 (--alt-port 0 turns it off)')
   if (argv.port === argv['alt-port']) usage('--alt-port must differ from --port')
+  const altHost = argv['alt-host'] ?? null
+  if (altHost !== null) {
+    if (!net.isIP(altHost)) usage(`--alt-host must be an IP address, not ${JSON.stringify(altHost)}`)
+    if (!net.isIP(argv.host) || argv.host === '0.0.0.0' || argv.host === '::') usage('--alt-host needs --host to be one specific address of this host (the server names both in its STUN answers)')
+    if (net.isIP(altHost) !== net.isIP(argv.host)) usage('--alt-host and --host must be of the same address family')
+    if (altHost === argv.host) usage('--alt-host must differ from --host')
+    if (!argv['alt-port']) usage('--alt-host needs --alt-port (RFC 5780 uses two addresses and two ports)')
+  }
   let peerTimeoutMs: number
   let heartbeatMs: number
+  let relay: RelayLimits | null = null
   try {
     peerTimeoutMs = parseDuration(argv['peer-timeout'])
     heartbeatMs = parseDuration(argv.heartbeat)
+    if (argv.relay) {
+      relay = {
+        maxBytes: parseBytes(argv['relay-max-bytes']),
+        maxSeconds: parseDuration(argv['relay-max-seconds']) / 1000,
+        rate: parseBytes(argv['relay-rate']),
+        maxTunnels: argv['relay-max-tunnels']
+      }
+      if (!Number.isInteger(relay.maxTunnels) || relay.maxTunnels < 1) throw new RangeError('--relay-max-tunnels must be a positive integer')
+      if (relay.rate < 1024) throw new RangeError('--relay-rate must be at least 1KiB')
+    }
   } catch (err) {
     usage((err as Error).message)
   }
@@ -53,7 +80,7 @@ async function main(): Promise<void> {
 
   const log = createLogger({ level: argv['log-level'] })
   const server = new RendezvousServer(
-    { host: argv.host, port: argv.port, altPort: argv['alt-port'], secret, peerTimeoutMs, heartbeatMs },
+    { host: argv.host, port: argv.port, altPort: argv['alt-port'], altHost, secret, peerTimeoutMs, heartbeatMs, relay },
     { log: log.child({ component: 'rendezvous' }) }
   )
   try {

@@ -5,7 +5,8 @@
  * whether its NAT mapping depends on the destination); TCP control connections on `port`.
  * The server never sends an unverified UDP source more bytes than it sent (no
  * amplification), except a STUN Binding success, which RFC 8489 fixes at 32 bytes for
- * a 20-byte request.
+ * a 20-byte request (56 bytes with --alt-host; see stun-responder.ts).
+ * With `altHost`, UDP STUN also on altHost:port and altHost:altPort (RFC 5780).
  */
 import dgram from 'node:dgram'
 import net from 'node:net'
@@ -25,9 +26,11 @@ import {
   type Message,
   type OutgoingMessage
 } from '../protocol/rendezvous.js'
-import { decodeStun, encodeBindingSuccess, isStun } from '../protocol/stun.js'
+import { isStun } from '../protocol/stun.js'
 import { CookieJar } from './cookies.js'
+import { StunResponder, type StunSlot } from './stun-responder.js'
 import { Registry, type Registration } from './registry.js'
+import { Relay, type RelayLimits } from './relay.js'
 
 /** A REGISTER's timestamp may differ from the server clock by this much (agents echo the challenge's time). */
 export const REGISTER_CLOCK_SKEW_MS = 60_000
@@ -40,11 +43,15 @@ export interface RendezvousInit {
   host: string // address to bind ('0.0.0.0' for all)
   port: number // UDP + TCP
   altPort: number // UDP, STUN only; 0 = off
+  /** Second address (RFC 5780 behaviour discovery): UDP STUN on altHost:port and altHost:altPort; needs a specific `host`. */
+  altHost?: string | null
   /** Network secret: only agents proving they hold it may register. */
   secret?: Uint8Array | undefined
   peerTimeoutMs: number
   /** Heartbeat interval the server suggests to agents. */
   heartbeatMs: number
+  /** Relay limits; null turns relaying off (--no-relay). */
+  relay?: RelayLimits | null
 }
 
 export interface RendezvousComponents {
@@ -58,6 +65,8 @@ interface TcpConn {
   nonce: Buffer
   reg: Registration | null
   splitter: FrameSplitter
+  /** The connection sent RELAY: from now on it carries relayed frames only. */
+  relay: boolean
 }
 
 export class RendezvousServer {
@@ -67,11 +76,15 @@ export class RendezvousServer {
   private readonly cookies: CookieJar
   private udp: dgram.Socket | null = null
   private udpAlt: dgram.Socket | null = null
+  /** STUN answers, and the UDP socket of each of its slots (main, alt-port, alt-ip, alt-both). */
+  private readonly stun: StunResponder
+  private readonly udpBySlot = new Map<StunSlot, dgram.Socket>()
   private tcp: net.Server | null = null
   private readonly conns = new Set<TcpConn>()
   private readonly connByPeer = new Map<string, TcpConn>()
   private sweepTimer: NodeJS.Timeout | null = null
   private readonly secretKey: Buffer | null
+  readonly relay: Relay | null
 
   constructor(
     private readonly init: RendezvousInit,
@@ -82,6 +95,8 @@ export class RendezvousServer {
     this.registry = new Registry(this.clock, init.peerTimeoutMs)
     this.cookies = new CookieJar(this.clock)
     this.secretKey = init.secret ? networkSecretKey(init.secret) : null
+    this.stun = new StunResponder({ host: init.host, port: init.port, altPort: init.altPort, altHost: init.altHost ?? null })
+    this.relay = init.relay ? new Relay(init.relay, this.clock, this.log.child({ component: 'relay' })) : null
   }
 
   async start(): Promise<void> {
@@ -97,6 +112,7 @@ export class RendezvousServer {
       host: this.init.host,
       port: this.init.port,
       altPort: this.init.altPort || null,
+      altHost: this.init.altHost ?? null,
       secret: !!this.secretKey,
       peerTimeoutMs: this.init.peerTimeoutMs
     })
@@ -106,6 +122,13 @@ export class RendezvousServer {
     this.udp = await bindUdp(this.init.host, this.init.port, (msg, rinfo) => this.onDatagram(this.udp!, msg, rinfo))
     if (this.init.altPort) {
       this.udpAlt = await bindUdp(this.init.host, this.init.altPort, (msg, rinfo) => this.onDatagram(this.udpAlt!, msg, rinfo))
+    }
+    this.udpBySlot.set('main', this.udp)
+    if (this.udpAlt) this.udpBySlot.set('alt-port', this.udpAlt)
+    for (const slot of this.stun.slots().filter((s) => s === 'alt-ip' || s === 'alt-both')) {
+      const at = this.stun.address(slot)
+      const sock: dgram.Socket = await bindUdp(at.host, at.port, (msg, rinfo) => this.onDatagram(sock, msg, rinfo))
+      this.udpBySlot.set(slot, sock)
     }
     this.tcp = net.createServer((socket) => this.onTcpConnection(socket))
     await new Promise<void>((resolve, reject) => {
@@ -117,7 +140,10 @@ export class RendezvousServer {
 
   async stop(): Promise<void> {
     if (this.sweepTimer) clearInterval(this.sweepTimer)
+    this.relay?.stop()
     for (const c of this.conns) c.socket.destroy()
+    for (const [slot, s] of this.udpBySlot) if (slot === 'alt-ip' || slot === 'alt-both') s.close()
+    this.udpBySlot.clear()
     this.udp?.close()
     this.udpAlt?.close()
     this.udp = this.udpAlt = null
@@ -141,9 +167,9 @@ export class RendezvousServer {
   }
 
   private onStun(sock: dgram.Socket, buf: Buffer, from: Endpoint): void {
-    const req = decodeStun(buf)
-    if (req.method !== 'binding-request') return
-    this.sendUdp(sock, encodeBindingSuccess(req.transactionId, from), from)
+    const at = [...this.udpBySlot].find(([, s]) => s === sock)?.[0] ?? 'main'
+    const answer = this.stun.respond(buf, at, from) // see stun-responder.ts: CHANGE-REQUEST, sizes
+    if (answer) this.sendUdp(this.udpBySlot.get(answer.via) ?? sock, answer.bytes, from)
   }
 
   private onUdpMessage(msg: Message, size: number, from: Endpoint): void {
@@ -237,7 +263,7 @@ export class RendezvousServer {
 
   private onTcpConnection(socket: net.Socket): void {
     const remote = { host: normalizeHost(socket.remoteAddress ?? ''), port: socket.remotePort ?? 0 }
-    const conn: TcpConn = { socket, remote, nonce: this.cookies.issue(remote), reg: null, splitter: new FrameSplitter() }
+    const conn: TcpConn = { socket, remote, nonce: this.cookies.issue(remote), reg: null, splitter: new FrameSplitter(), relay: false }
     this.conns.add(conn)
     socket.setNoDelay(true)
     socket.setTimeout(TCP_AUTH_TIMEOUT_MS, () => {
@@ -245,7 +271,10 @@ export class RendezvousServer {
     })
     socket.on('data', (chunk) => {
       try {
-        for (const f of conn.splitter.push(chunk)) this.onTcpMessage(conn, decode(f))
+        for (const f of conn.splitter.push(chunk)) {
+          if (conn.relay) this.relay?.onFrame(socket, f)
+          else this.onTcpMessage(conn, decode(f))
+        }
       } catch (err) {
         if (err instanceof ProtocolError) {
           this.sendTcp(conn, { type: 'error', reqId: 0, code: err.code, message: err.message })
@@ -292,6 +321,7 @@ export class RendezvousServer {
       }
       return
     }
+    if (msg.type === 'relay') return this.onRelay(conn, msg)
     const reg = conn.reg
     if (!reg) throw new ProtocolError('UNAUTHORIZED', `${msg.type} before registration`)
     if (!reg.online) {
@@ -330,9 +360,27 @@ export class RendezvousServer {
     const targetConn = this.connByPeer.get(target.id)
     if (!target.online || !targetConn) return fail('PEER_OFFLINE', `${target.name} is offline`)
     const introId = randomBytes(INTRO_ID_BYTES)
+    if (this.relay && (msg.via === 'auto' || msg.via === 'relay')) this.relay.allow(introId, from.name, target.name)
     this.sendTcp(targetConn, { type: 'introduction', reqId: 0, introId, initiator: false, via: msg.via, peer: this.registry.record(from) })
     this.sendTcp(conn, { type: 'introduction', reqId: msg.reqId, introId, initiator: true, via: msg.via, peer: this.registry.record(target) })
     this.log.info('introduced', { from: from.name, to: target.name, via: msg.via })
+  }
+
+  /** A new connection binds itself to an introduction as one end of a relayed tunnel. */
+  private onRelay(conn: TcpConn, msg: Extract<Message, { type: 'relay' }>): void {
+    if (conn.reg) throw new ProtocolError('BAD_REQUEST', 'RELAY on a control connection (open a new connection)')
+    try {
+      if (!this.relay) throw new NatdError('UNSUPPORTED_PATH', 'this rendezvous server does not relay (--no-relay)')
+      this.relay.bind(msg, conn.socket)
+      conn.relay = true
+      conn.socket.setTimeout(0)
+      conn.socket.setKeepAlive(true, 10_000)
+    } catch (err) {
+      const e = toNatdError(err)
+      this.log.info('relay refused', { from: fmt(conn.remote), code: e.code, reason: e.message })
+      this.sendTcp(conn, { type: 'error', reqId: 0, code: e.code, message: e.message })
+      conn.socket.end()
+    }
   }
 
   private closeConnOf(reg: Registration): void {

@@ -14,12 +14,23 @@ import type { Clock, Logger } from '../protocol/log.js'
 import { decode, type NatVerdict, type PeerRecord, type Via } from '../protocol/rendezvous.js'
 import { BIRTHDAY_SOCKETS, Puncher, type Candidate, type PunchStrategy } from './punch.js'
 import { punchTcp } from './tcp-punch.js'
+import { connectRelay } from './relay-client.js'
 import { encodeMux } from '../protocol/mux.js'
 import { Tunnel, type PathKind, type TunnelTiming } from './tunnel.js'
 import type { OpenRequest } from './mux.js'
 
 /** A puncher keeps answering late probes this long after it finished. */
 export const PUNCHER_LINGER_MS = 5_000
+/**
+ * `auto` starts the relay when every direct attempt has failed, or after this long
+ * without a direct path (birthday punching measured median 0.1-0.3 s, worst 0.6 s).
+ */
+export const RELAY_FALLBACK_MS = 2_000
+/** A relayed `auto` tunnel tries a direct path this long after it came up, then at this period. */
+export const UPGRADE_FIRST_MS = 2_000
+export const UPGRADE_RETRY_MS = 5_000
+/** One upgrade attempt may take this long. */
+export const UPGRADE_TIMEOUT_MS = 5_000
 
 export interface Introduction {
   introId: Uint8Array
@@ -38,6 +49,10 @@ export interface TunnelManagerComponents {
   introduce(target: string, via: Via): Promise<Introduction>
   /** What our NAT check concluded (easy, hard, none, unknown). */
   natVerdict(): NatVerdict
+  /** Checks our NAT again and tells the server when the verdict changed (before an upgrade attempt). */
+  refreshNat(): Promise<void>
+  /** The rendezvous server's address (it relays), null while unknown. */
+  relayServer(): Endpoint | null
   /** Local port of the TCP control connection (TCP punching reuses it); 0 when there is none. */
   localTcpPort(): number
   /** Throws KEY_MISMATCH when another ID is pinned to this name. */
@@ -92,6 +107,7 @@ export interface OpenOutcome {
 interface ManagerEvents {
   up: [tunnel: Tunnel]
   down: [tunnel: Tunnel, reason: string]
+  path: [tunnel: Tunnel, from: PathKind]
 }
 
 export class TunnelManager extends EventEmitter<ManagerEvents> {
@@ -122,7 +138,6 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
   async open(peer: string, via: Via, timeoutMs: number): Promise<OpenOutcome> {
     const existing = this.get(peer)
     if (existing) return { tunnel: existing, tookMs: 0, reused: true }
-    if (via === 'relay') throw new NatdError('UNSUPPORTED_PATH', '--via relay is not supported by this build yet; use auto, udp or tcp')
     const pending = this.opening.get(peer)
     if (pending) return pending
     const attempt = (async (): Promise<OpenOutcome> => {
@@ -143,7 +158,8 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
   accept(intro: Introduction, timeoutMs: number): void {
     this.establish(intro, timeoutMs).catch((err: unknown) => {
       const e = toNatdError(err)
-      this.c.log.warn('incoming tunnel failed', { peer: intro.peer.name, code: e.code, err: e.message })
+      // A failed upgrade attempt (the tunnel stays on the relay) is routine, not a warning.
+      this.c.log[intro.via === 'direct' ? 'debug' : 'warn']('incoming tunnel failed', { peer: intro.peer.name, via: intro.via, code: e.code, err: e.message })
     })
   }
 
@@ -184,9 +200,28 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     const name = intro.peer.name
     this.c.checkPeerKey(name, id)
     const abort = new AbortController()
-    const attempts: Array<Promise<Established>> = []
-    if (intro.via === 'udp' || intro.via === 'auto') attempts.push(this.establishUdp(intro, timeoutMs, abort.signal))
-    if (intro.via === 'tcp' || intro.via === 'auto') attempts.push(this.establishTcp(intro, timeoutMs, abort.signal))
+    // `auto` skips what cannot work: TCP punching through a NAT that maps per
+    // destination (the server saw another mapping than the peer would), and any direct
+    // attempt when both do (straight to the relay). An explicit --via tries regardless.
+    const hard = [this.c.natVerdict(), intro.peer.nat].filter((v) => v === 'hard').length
+    const auto = intro.via === 'auto' || intro.via === 'direct'
+    const direct: Array<Promise<Established>> = []
+    if (intro.via === 'udp' || (auto && hard < 2)) direct.push(this.establishUdp(intro, timeoutMs, abort.signal))
+    if (intro.via === 'tcp' || (auto && hard === 0)) direct.push(this.establishTcp(intro, timeoutMs, abort.signal))
+    if (intro.via === 'direct' && direct.length === 0) throw new NatdError('PUNCH_FAILED', 'both NATs map per destination: no direct path to try')
+    const attempts = [...direct]
+    if (intro.via === 'relay') attempts.push(this.establishRelay(intro, timeoutMs, abort.signal))
+    if (intro.via === 'auto') {
+      // Both sides run the same rule, so both bind to the relay at about the same time.
+      const started = this.c.clock.now()
+      const allFailed = Promise.allSettled(direct).then((r) => r.every((x) => x.status === 'rejected'))
+      attempts.push(
+        Promise.race([allFailed.then(() => undefined), sleepUntil(RELAY_FALLBACK_MS, abort.signal)]).then(() => {
+          if (abort.signal.aborted) throw new NatdError('PUNCH_FAILED', 'a direct path won')
+          return this.establishRelay(intro, Math.max(1, timeoutMs - (this.c.clock.now() - started)), abort.signal)
+        })
+      )
+    }
     let won: Established
     try {
       won = await firstOf(attempts)
@@ -197,11 +232,18 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     if (intro.initiator) session.write(encodeMux({ type: 'ping', channel: 0, seq: 0 })) // "this one"
     this.c.pinPeerKey(name, id)
     const log = this.c.log
+    const existing = this.tunnels.get(id)
+    if (existing?.isUp && existing.path === 'relay' && path !== 'relay') {
+      existing.upgrade(session as never, path, remote, won.transport)
+      return existing
+    }
     const introKey = Buffer.from(intro.introId).toString('hex')
     const tunnel = new Tunnel({ name, id }, path, remote, won.transport, introKey, intro.initiator, session as never, this.timing, this.c.clock, log.child({ peer: name }))
     tunnel.mux.on('open', (req) => this.c.onChannel(tunnel, req))
     if (won.release) tunnel.once('closed', won.release)
+    tunnel.on('path', (from) => this.emit('path', tunnel, from))
     this.register(tunnel)
+    if (path === 'relay' && intro.initiator && intro.via === 'auto') void this.upgradeLoop(tunnel)
     log.info('tunnel up', { peer: name, path, transport: won.transport, remote: formatEndpoint(remote), punchMs: won.punchMs, strategy: won.strategy, initiator: intro.initiator, via: intro.via })
     return this.get(id) ?? tunnel
   }
@@ -321,6 +363,43 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
       return
     }
     if (msg.type === 'probe' && Buffer.from(msg.introId).toString('hex') === introKey) this.punchers.get(introKey)?.onProbe(msg, from, index)
+  }
+
+  /**
+   * Keeps looking for a direct path while `tunnel` is relayed (libp2p's DCUtR idea): a
+   * NAT that changes, or a peer that moves, may allow one later. Never rejects.
+   */
+  private async upgradeLoop(tunnel: Tunnel): Promise<void> {
+    let wait = UPGRADE_FIRST_MS
+    while (!this.closed) {
+      await new Promise((resolve) => setTimeout(resolve, wait).unref())
+      wait = UPGRADE_RETRY_MS
+      if (!tunnel.isUp || tunnel.path !== 'relay' || this.tunnels.get(tunnel.peer.id) !== tunnel) return
+      try {
+        await this.c.refreshNat()
+        const intro = await this.c.introduce(tunnel.peer.id, 'direct')
+        await this.establish(intro, UPGRADE_TIMEOUT_MS)
+      } catch (err) {
+        this.c.log.debug('no direct path yet', { peer: tunnel.peer.name, err: (err as Error).message })
+      }
+    }
+  }
+
+  private async establishRelay(intro: Introduction, timeoutMs: number, signal: AbortSignal): Promise<Established> {
+    const server = this.c.relayServer()
+    if (!server) throw new NatdError('PUNCH_FAILED', 'no rendezvous server to relay through')
+    const started = this.c.clock.now()
+    const stream = await connectRelay(server, intro.introId, intro.initiator, timeoutMs, signal)
+    const session = new SecretStream(intro.initiator, stream as never, { keyPair: this.c.keyPair })
+    session.on('error', () => undefined)
+    try {
+      await this.authenticate(session, intro, started + timeoutMs, `relayed through ${formatEndpoint(server)}`, signal)
+      if (signal.aborted) throw new NatdError('PUNCH_FAILED', 'another path won')
+    } catch (err) {
+      session.destroy()
+      throw err
+    }
+    return { session, path: 'relay', transport: 'tcp', remote: server, punchMs: this.c.clock.now() - started }
   }
 
   private async establishTcp(intro: Introduction, timeoutMs: number, signal: AbortSignal): Promise<Established> {

@@ -175,6 +175,8 @@ interface MuxEvents {
   pong: [seq: number]
   goodbye: [reason: string]
   frame: []
+  /** The peer's SWITCH arrived: it will send nothing more on the old session. */
+  switched: [old: MessageStream]
 }
 
 export class Mux extends EventEmitter<MuxEvents> {
@@ -185,14 +187,60 @@ export class Mux extends EventEmitter<MuxEvents> {
   bytesIn = 0
   bytesOut = 0
 
+  /** Where we write; on a path upgrade the next session. */
+  private session: MessageStream
+  /** Where we read: the old session until the peer's SWITCH, then the next; null in between. */
+  private reading: MessageStream | null
+  /** The next session, attached but not yet read (its frames wait in `early`). */
+  private next: MessageStream | null = null
+  private early: Buffer[] = []
+  /** The peer's SWITCH came before we attached the next session. */
+  private peerSwitched = false
+
   constructor(
-    private readonly session: MessageStream,
+    session: MessageStream,
     opener: boolean,
     private readonly log: Logger
   ) {
     super()
+    this.session = session
+    this.reading = session
     this.nextId = opener ? 1 : 2
-    session.on('data', (buf) => this.onMessage(buf))
+    session.on('data', (buf) => this.onSessionData(session, buf))
+  }
+
+  /**
+   * Moves the tunnel to another session without losing or reordering a frame: our
+   * SWITCH is the last frame we write on the old session; the peer's frames on the new
+   * one wait until its SWITCH arrives on the old. Channels and their windows carry over.
+   */
+  switchTo(next: MessageStream): void {
+    if (this.closed) return
+    this.send({ type: 'switch', channel: 0 })
+    const waiters = this.drainWaiters.splice(0)
+    this.session = next
+    for (const w of waiters) this.whenWritable(w)
+    if (this.peerSwitched) this.reading = next
+    else this.next = next
+    next.on('data', (buf) => this.onSessionData(next, buf))
+  }
+
+  private onSessionData(from: MessageStream, buf: Buffer): void {
+    if (from === this.reading) this.onMessage(buf)
+    else if (from === this.next) this.early.push(buf)
+  }
+
+  private onSwitch(): void {
+    const old = this.reading
+    if (this.next) {
+      this.reading = this.next
+      this.next = null
+      for (const b of this.early.splice(0)) this.onMessage(b)
+    } else {
+      this.peerSwitched = true
+      this.reading = null
+    }
+    if (old) this.emit('switched', old)
   }
 
   get size(): number {
@@ -271,6 +319,7 @@ export class Mux extends EventEmitter<MuxEvents> {
       if (f.type === 'ping') this.send({ type: 'pong', channel: 0, seq: f.seq })
       else if (f.type === 'pong') this.emit('pong', f.seq)
       else if (f.type === 'goodbye') this.emit('goodbye', f.reason)
+      else if (f.type === 'switch') this.onSwitch()
       return
     }
     const ch = this.channels.get(f.channel)

@@ -1,20 +1,47 @@
 /**
- * How our NAT maps (RFC 4787 §4.1, tested RFC 5780 style): STUN Binding requests from
- * the tunnel socket to the rendezvous server's two UDP ports. The same mapped endpoint
- * for both means endpoint-independent mapping ("easy": peers can punch to the endpoint
- * the server saw); different ports mean the NAT maps per destination ("hard": punching
- * needs the birthday method); a mapped address equal to our own means no NAT.
+ * NAT behaviour discovery (RFC 5780 §4.3, §4.4, in RFC 4787's terms) from the agent's
+ * own tunnel socket, so what it measures is the mapping peers punch to.
  *
- * The verdict is pure (classifyMapping); the probe runner gets its socket injected.
+ * The rendezvous server answers STUN Binding requests on its main address S = ip:port.
+ * Started with --alt-host it also listens on altIp:port, ip:altPort and altIp:altPort,
+ * says so in OTHER-ADDRESS, and answers a CHANGE-REQUEST from the other socket. Then:
+ *
+ *   test I    → ip:port                      mapped M1, learns OTHER-ADDRESS
+ *   filter II → ip:port, change ip+port      answered from altIp:altPort?  yes: endpoint-independent filtering
+ *   filter III→ ip:port, change port         answered from ip:altPort?     yes: address-dependent, else address-and-port-dependent
+ *   map II    → altIp:port                   M2 == M1: endpoint-independent mapping
+ *   map III   → altIp:altPort (M2 != M1)     M3 == M2: address-dependent, else address-and-port-dependent
+ *
+ * The filtering tests run before the mapping tests, and map III only when the mapping
+ * already differs per address: the NAT must not have seen us send to the sockets a
+ * filtering answer comes from, or it lets the answer in through that hole. (The agent's
+ * start-up check and the tests below send to altIp:port at most; on a NAT that filters
+ * by address only, a probe to altIp in the last minutes can make it look
+ * endpoint-independent. Linux conntrack filters by address and port, so it cannot.)
+ *
+ * Without OTHER-ADDRESS (a server without --alt-host) there are no filtering tests and
+ * the mapping test compares ip:port with ip:port+1 (the server's --alt-port): a NAT
+ * that maps per address only would pass as endpoint-independent.
+ *
+ * The verdict the agent tells the server and punches by: no NAT = 'none',
+ * endpoint-independent mapping = 'easy', any other mapping = 'hard' (birthday punching).
+ *
+ * Classification is pure (classify*); the probe runner gets its send function injected.
  */
 import { sameEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { randomBytes } from '../protocol/identity.js'
 import type { NatVerdict } from '../protocol/rendezvous.js'
 import { decodeStun, encodeBindingRequest } from '../protocol/stun.js'
 
-/** One STUN round trip may take this long; two tries per port. */
+/** One STUN round trip may take this long; two tries per probe. A filtering probe that
+ *  gets no answer (the NAT dropped it, as it should) costs both: 1.4 s. */
 export const NAT_CHECK_TIMEOUT_MS = 700
 export const NAT_CHECK_TRIES = 2
+
+/** RFC 4787 §4.1 mapping behaviour; 'none' when the server sees our own address. */
+export type MappingBehaviour = 'none' | 'endpoint-independent' | 'address-dependent' | 'address-and-port-dependent' | 'unknown'
+/** RFC 4787 §5 filtering behaviour of the mapping (a host without NAT or firewall: endpoint-independent). */
+export type FilteringBehaviour = 'endpoint-independent' | 'address-dependent' | 'address-and-port-dependent' | 'unknown'
 
 export interface MappingSamples {
   local: Endpoint[]
@@ -23,6 +50,7 @@ export interface MappingSamples {
   alternate: Endpoint | null
 }
 
+/** The legacy two-port verdict (no OTHER-ADDRESS): same mapping from both ports = easy. */
 export function classifyMapping(s: MappingSamples): NatVerdict {
   if (!s.primary) return 'unknown'
   if (s.local.some((l) => l.host === s.primary!.host)) return 'none'
@@ -30,46 +58,173 @@ export function classifyMapping(s: MappingSamples): NatVerdict {
   return sameEndpoint(s.primary, s.alternate) ? 'easy' : 'hard'
 }
 
+/** What the probes saw; null = no answer (or test not run). */
+export interface NetcheckSamples {
+  /** Our host's addresses (at the tunnel port). */
+  local: Endpoint[]
+  /** Test I: mapped endpoint seen by ip:port. */
+  primary: Endpoint | null
+  /** OTHER-ADDRESS from test I: the server's altIp:altPort (null: no RFC 5780 support). */
+  otherAddress: Endpoint | null
+  /** Mapping test II: seen by altIp:port. */
+  otherIp: Endpoint | null
+  /** Mapping test III: seen by altIp:altPort (run only when test II differed). */
+  otherIpAndPort: Endpoint | null
+  /** Legacy port-only test without OTHER-ADDRESS: seen by ip:port+1. */
+  otherPort: Endpoint | null
+  /** Filtering tests: did an answer from the other address and port / the other port get in? null = not run. */
+  filterChangeIpAndPort: boolean | null
+  filterChangePort: boolean | null
+}
+
+export function classifyMappingBehaviour(s: NetcheckSamples): MappingBehaviour {
+  const m1 = s.primary
+  if (!m1) return 'unknown'
+  if (s.local.some((l) => l.host === m1.host)) return 'none'
+  if (s.otherAddress) {
+    if (!s.otherIp) return 'unknown'
+    if (sameEndpoint(s.otherIp, m1)) return 'endpoint-independent'
+    if (!s.otherIpAndPort) return 'unknown'
+    return sameEndpoint(s.otherIpAndPort, s.otherIp) ? 'address-dependent' : 'address-and-port-dependent'
+  }
+  // Port-only comparison: a mapping that changes with the port changes per address and port.
+  if (!s.otherPort) return 'unknown'
+  return sameEndpoint(s.otherPort, m1) ? 'endpoint-independent' : 'address-and-port-dependent'
+}
+
+export function classifyFiltering(s: NetcheckSamples): FilteringBehaviour {
+  if (!s.primary || !s.otherAddress || s.filterChangeIpAndPort === null) return 'unknown'
+  if (s.filterChangeIpAndPort) return 'endpoint-independent'
+  if (s.filterChangePort === null) return 'unknown'
+  return s.filterChangePort ? 'address-dependent' : 'address-and-port-dependent'
+}
+
+/** The punching verdict: no NAT = none, endpoint-independent mapping = easy, else hard. */
+export function natVerdictOf(mapping: MappingBehaviour): NatVerdict {
+  switch (mapping) {
+    case 'none':
+      return 'none'
+    case 'endpoint-independent':
+      return 'easy'
+    case 'address-dependent':
+    case 'address-and-port-dependent':
+      return 'hard'
+    case 'unknown':
+      return 'unknown'
+  }
+}
+
+export interface NetcheckReport {
+  samples: NetcheckSamples
+  mapping: MappingBehaviour
+  filtering: FilteringBehaviour
+  verdict: NatVerdict
+  /** Test I's round trip in ms (null: no answer). */
+  rttMs: number | null
+}
+
+/** One Binding answer: what the server saw and where it says it answered from. */
+export interface StunAnswer {
+  mapped: Endpoint | null
+  responseOrigin: Endpoint | null
+  otherAddress: Endpoint | null
+  /** Where the answer came from (the datagram's source). */
+  from: Endpoint
+}
+
+type Clock = () => number
+
 export class NatCheck {
-  private readonly waiting = new Map<string, (mapped: Endpoint | null) => void>()
+  private readonly waiting = new Map<string, (answer: StunAnswer) => void>()
 
-  constructor(private readonly send: (buf: Uint8Array, to: Endpoint) => void) {}
+  constructor(
+    private readonly send: (buf: Uint8Array, to: Endpoint) => void,
+    private readonly now: Clock = () => performance.now()
+  ) {}
 
-  /** A STUN message arrived on the tunnel socket. */
-  onStun(buf: Uint8Array): void {
+  /** A STUN message arrived on the tunnel socket (from anywhere: change answers come from the server's other sockets). */
+  onStun(buf: Uint8Array, from: Endpoint = { host: '', port: 0 }): void {
     try {
       const msg = decodeStun(buf)
       if (msg.method !== 'binding-success') return
       const key = Buffer.from(msg.transactionId).toString('hex')
-      this.waiting.get(key)?.(msg.mapped)
+      this.waiting.get(key)?.({ mapped: msg.mapped, responseOrigin: msg.responseOrigin, otherAddress: msg.otherAddress, from })
     } catch {
       // not ours or malformed: ignore
     }
   }
 
-  /** Asks `to` which endpoint it sees us at; null when it does not answer. */
-  async mapped(to: Endpoint): Promise<Endpoint | null> {
+  /** One Binding request to `to` (with CHANGE-REQUEST flags), up to NAT_CHECK_TRIES times; null when nothing answers. */
+  async probe(to: Endpoint, change?: { ip?: boolean; port?: boolean }): Promise<StunAnswer | null> {
     for (let i = 0; i < NAT_CHECK_TRIES; i++) {
       const txid = randomBytes(12)
       const key = txid.toString('hex')
-      const answer = new Promise<Endpoint | null>((resolve) => {
-        const timer = setTimeout(() => resolve(null), NAT_CHECK_TIMEOUT_MS)
-        this.waiting.set(key, (m) => {
-          clearTimeout(timer)
-          resolve(m)
-        })
+      let timer: NodeJS.Timeout | undefined
+      const answer = new Promise<StunAnswer | null>((resolve) => {
+        timer = setTimeout(() => resolve(null), NAT_CHECK_TIMEOUT_MS)
+        this.waiting.set(key, resolve)
       })
-      this.send(encodeBindingRequest(txid), to)
-      const m = await answer
+      this.send(encodeBindingRequest(txid, change), to)
+      const a = await answer
+      clearTimeout(timer)
       this.waiting.delete(key)
-      if (m) return m
+      if (a) return a
     }
     return null
   }
 
+  /** Asks `to` which endpoint it sees us at; null when it does not answer. */
+  async mapped(to: Endpoint): Promise<Endpoint | null> {
+    return (await this.probe(to))?.mapped ?? null
+  }
+
+  /**
+   * The mapping verdict only (start-up and refresh): test I, then altIp:port when the
+   * server names an OTHER-ADDRESS, else ip:altPort. Never sends to a socket a filtering
+   * answer comes from, so a netcheck right after it still measures filtering.
+   */
   async verdict(server: Endpoint, altPort: number, local: Endpoint[]): Promise<{ verdict: NatVerdict; samples: MappingSamples }> {
-    const [primary, alternate] = await Promise.all([this.mapped(server), altPort ? this.mapped({ host: server.host, port: altPort }) : Promise.resolve(null)])
+    const first = await this.probe(server)
+    const primary = first?.mapped ?? null
+    let alternate: Endpoint | null = null
+    if (first?.otherAddress) alternate = await this.mapped({ host: first.otherAddress.host, port: server.port })
+    else if (primary && altPort) alternate = await this.mapped({ host: server.host, port: altPort })
     const samples = { local, primary, alternate }
     return { verdict: classifyMapping(samples), samples }
+  }
+
+  /** The full RFC 5780 run (see the top of this file). Never rejects. */
+  async netcheck(server: Endpoint, altPort: number, local: Endpoint[]): Promise<NetcheckReport> {
+    const s: NetcheckSamples = {
+      local,
+      primary: null,
+      otherAddress: null,
+      otherIp: null,
+      otherIpAndPort: null,
+      otherPort: null,
+      filterChangeIpAndPort: null,
+      filterChangePort: null
+    }
+    const started = this.now()
+    const first = await this.probe(server)
+    const rttMs = first ? Math.round((this.now() - started) * 100) / 100 : null
+    if (first) {
+      s.primary = first.mapped
+      s.otherAddress = first.otherAddress
+      const other = first.otherAddress
+      if (other) {
+        // An answer counts only if it really came from the other socket (a server that
+        // ignored the change would answer from ip:port, which our mapping always admits).
+        const [both, port] = await Promise.all([this.probe(server, { ip: true, port: true }), this.probe(server, { port: true })])
+        s.filterChangeIpAndPort = !!both && both.from.host === other.host && both.from.port === other.port
+        s.filterChangePort = !!port && port.from.host === server.host && port.from.port === other.port
+        s.otherIp = await this.mapped({ host: other.host, port: server.port })
+        if (s.otherIp && s.primary && !sameEndpoint(s.otherIp, s.primary)) s.otherIpAndPort = await this.mapped(other)
+      } else if (altPort) {
+        s.otherPort = await this.mapped({ host: server.host, port: altPort })
+      }
+    }
+    const mapping = classifyMappingBehaviour(s)
+    return { samples: s, mapping, filtering: classifyFiltering(s), verdict: natVerdictOf(mapping), rttMs }
   }
 }

@@ -44,6 +44,8 @@ type TunnelState = { kind: 'up' } | { kind: 'closed'; reason: string }
 
 interface TunnelEvents {
   closed: [reason: string]
+  /** The tunnel moved to another path (an upgrade from the relay). */
+  path: [from: PathKind, to: PathKind]
 }
 
 export class Tunnel extends EventEmitter<TunnelEvents> {
@@ -58,13 +60,13 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
 
   constructor(
     readonly peer: TunnelPeer,
-    readonly path: PathKind,
-    readonly remote: Endpoint,
-    readonly transport: 'udp' | 'tcp',
+    public path: PathKind,
+    public remote: Endpoint,
+    public transport: 'udp' | 'tcp',
     /** Tie-breaker when both sides open at once: both keep the tunnel with the smaller key. */
     readonly introKey: string,
     readonly opener: boolean,
-    private readonly session: Duplex & MessageStream,
+    private session: Duplex & MessageStream,
     private readonly timing: TunnelTiming,
     private readonly clock: Clock,
     private readonly log: Logger
@@ -77,9 +79,47 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     this.mux.on('frame', () => (this.lastHeard = this.clock.now()))
     this.mux.on('pong', (seq) => this.onPong(seq))
     this.mux.on('goodbye', (reason) => this.close(`peer closed the tunnel (${reason})`, { goodbye: false }))
-    session.on('close', () => this.close('session closed', { goodbye: false }))
-    session.on('error', (err: Error) => this.log.debug('session error', { err: err.message }))
+    this.watch(session)
     this.keepalive = setInterval(() => this.onKeepaliveExpired(), timing.keepaliveMs)
+  }
+
+  /** The tunnel lives and dies with its current session (not with one it moved away from). */
+  private watch(session: Duplex & MessageStream): void {
+    // A session that dies with a reason (the relay's RELAY_LIMIT) closes the tunnel with it.
+    let sessionError: NatdError | null = null
+    session.on('error', (err: Error) => {
+      this.log.debug('session error', { err: err.message })
+      if (err instanceof NatdError) sessionError = err
+    })
+    session.on('close', () => {
+      if (session !== this.session) return
+      this.close(sessionError ? `${sessionError.message} (${sessionError.code})` : 'session closed', { goodbye: false, code: sessionError?.code })
+    })
+  }
+
+  /**
+   * Moves the tunnel to a better path (relay -> direct) while it carries traffic: the
+   * mux switches sessions without losing a frame; the old session goes once the peer
+   * has switched too.
+   */
+  upgrade(next: Duplex & MessageStream, path: PathKind, remote: Endpoint, transport: 'udp' | 'tcp'): void {
+    if (this.state.kind !== 'up') {
+      next.destroy()
+      return
+    }
+    const old = this.session
+    const from = this.path
+    this.session = next
+    this.watch(next)
+    this.mux.once('switched', () => setTimeout(() => old.destroy(), 1_000).unref())
+    this.mux.switchTo(next)
+    next.resume() // the responder paused it while it waited for the initiator's choice
+    this.path = path
+    this.remote = remote
+    this.transport = transport
+    this.lastHeard = this.clock.now()
+    this.log.info('path upgraded', { peer: this.peer.name, from, to: path, remote: formatEndpoint(remote) })
+    this.emit('path', from, path)
   }
 
   get isUp(): boolean {
@@ -127,7 +167,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
   }
 
   /** Closes the tunnel; with goodbye the peer learns at once instead of after DEAD_MS. */
-  close(reason: string, opts: { goodbye: boolean } = { goodbye: true }): void {
+  close(reason: string, opts: { goodbye: boolean; code?: string | undefined } = { goodbye: true }): void {
     if (this.state.kind === 'closed') return
     if (opts.goodbye) this.mux.goodbye(reason)
     this.state = { kind: 'closed', reason }
@@ -137,7 +177,8 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     this.mux.close(reason)
     // Give the goodbye a moment to leave before the session goes.
     setTimeout(() => this.session.destroy(), opts.goodbye ? 100 : 0).unref()
-    this.log.info('tunnel closed', { peer: this.peer.name, path: this.path, reason })
+    if (opts.code) this.log.warn(`${opts.code}: tunnel closed`, { peer: this.peer.name, path: this.path, reason, code: opts.code })
+    else this.log.info('tunnel closed', { peer: this.peer.name, path: this.path, reason })
     this.emit('closed', reason)
   }
 

@@ -63,7 +63,8 @@ export interface Lab {
   routers: Record<string, { ns: string; wanIp: string }>;
   exec(ns: string, cmd: string[], opts?: { timeoutMs?: number }): Promise<ExecResult>;
   spawn(ns: string, cmd: string[], opts?: { env?: NodeJS.ProcessEnv; cwd?: string }): ChildProcess;
-  setNat(site: string, nat: NatKind): Promise<void>;
+  /** Swaps the router's NAT rule; flushes its conntrack unless `flush: false` (then flows already mapped keep their mapping). */
+  setNat(site: string, nat: NatKind, opts?: { flush?: boolean }): Promise<void>;
   setLoss(site: string, percent: number): Promise<void>;
   setUdpTimeout(site: string, seconds: number): Promise<void>;
   flushConntrack(site: string): Promise<void>;
@@ -363,7 +364,7 @@ class LabImpl implements Lab {
     return child;
   }
 
-  async setNat(siteName: string, nat: NatKind): Promise<void> {
+  async setNat(siteName: string, nat: NatKind, opts: { flush?: boolean } = {}): Promise<void> {
     const site = this.site(siteName);
     const ns = this.routerNs(siteName);
     if (nat === 'public') throw new Error(`cannot turn router site ${siteName} into 'public'`);
@@ -371,7 +372,7 @@ class LabImpl implements Lab {
     site.nat = nat;
     await nsRun(ns, ['iptables-restore', '--noflush'], routerRuleset(site, false));
     // Old mappings would otherwise keep the previous NAT behaviour alive.
-    await this.flushConntrack(siteName);
+    if (opts.flush !== false) await this.flushConntrack(siteName);
   }
 
   async setLoss(siteName: string, percent: number): Promise<void> {

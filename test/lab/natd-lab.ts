@@ -58,7 +58,8 @@ export class NatdLab {
   async startServer(extra: string[] = []): Promise<void> {
     this.serverArgs = extra
     const log = fs.openSync(path.join(this.dir, 'rendezvous.log'), 'a')
-    this.server = this.lab.spawn(this.lab.server.ns, [process.execPath, path.join(DIST, 'rendezvous/main.js'), '--host', '0.0.0.0', '--port', String(SERVER_PORT), '--log-level', 'debug', ...extra], { cwd: ROOT })
+    const host = extra.includes('--host') ? [] : ['--host', '0.0.0.0'] // --alt-host needs a specific --host in `extra`
+    this.server = this.lab.spawn(this.lab.server.ns, [process.execPath, path.join(DIST, 'rendezvous/main.js'), ...host, '--port', String(SERVER_PORT), '--log-level', 'debug', ...extra], { cwd: ROOT })
     this.server.stdout?.on('data', (d: Buffer) => fs.writeSync(log, d))
     this.server.stderr?.on('data', (d: Buffer) => fs.writeSync(log, d))
     await waitFor(async () => (await this.lab.exec(this.lab.server.ns, ['ss', '-Hltn', `sport = :${SERVER_PORT}`])).stdout.includes(String(SERVER_PORT)), 10_000, 'rendezvous server listening')

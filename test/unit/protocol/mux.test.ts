@@ -35,7 +35,8 @@ const SAMPLES: MuxFrame[] = [
   { type: 'ping', channel: 0, seq: 0 },
   { type: 'pong', channel: 0, seq: 0xffffffff },
   { type: 'goodbye', channel: 0, reason: 'daemon shutting down' },
-  { type: 'goodbye', channel: 0, reason: 'ünïcødé ✓' }
+  { type: 'goodbye', channel: 0, reason: 'ünïcødé ✓' },
+  { type: 'switch', channel: 0 }
 ]
 
 describe('mux codec: golden bytes', () => {
@@ -43,6 +44,7 @@ describe('mux codec: golden bytes', () => {
     ['OPEN', { type: 'open', channel: 1, port: 8080, window: 0x00400000, service: '' }, '01 | 00000001 | 1f90 | 00400000 | 00'],
     ['OPEN (service)', { type: 'open', channel: 3, port: 0, window: 0x00400000, service: 'msg' }, '01 | 00000003 | 0000 | 00400000 | 03 6d7367'],
     ['OPEN_OK', { type: 'open-ok', channel: 2, window: 0x00400000 }, '02 | 00000002 | 00400000'],
+    ['SWITCH', { type: 'switch', channel: 0 }, '0a | 00000000'],
     ['DATA', { type: 'data', channel: 0x01020304, data: hex('cafe') }, '03 | 01020304 | cafe'],
     ['WINDOW', { type: 'window', channel: 3, increment: 0x00040000 }, '04 | 00000003 | 00040000'],
     ['FIN', { type: 'fin', channel: 0xfffffffe }, '05 | fffffffe'],
@@ -60,7 +62,7 @@ describe('mux codec: golden bytes', () => {
   }
 
   it('type numbers are the ones in the layout comment', () => {
-    expect(MUX).toEqual({ OPEN: 1, OPEN_OK: 2, DATA: 3, WINDOW: 4, FIN: 5, RESET: 6, PING: 7, PONG: 8, GOODBYE: 9 })
+    expect(MUX).toEqual({ OPEN: 1, OPEN_OK: 2, DATA: 3, WINDOW: 4, FIN: 5, RESET: 6, PING: 7, PONG: 8, GOODBYE: 9, SWITCH: 10 })
   })
 
   it('encodeData (the hot path) writes the same bytes as encodeMux', () => {
@@ -102,9 +104,9 @@ describe('mux codec: round trips and limits', () => {
     expect(codeOf(() => decodeMux(encodeData(1, Buffer.alloc(MAX_DATA_BYTES + 1))))).toBe('BAD_REQUEST')
   })
 
-  it('refuses unknown frame types (0, 10, 255) and empty input with BAD_REQUEST', () => {
+  it('refuses unknown frame types (0, 11, 255) and empty input with BAD_REQUEST', () => {
     expect(codeOf(() => decodeMux(hex('00 | 00000001')))).toBe('BAD_REQUEST')
-    expect(codeOf(() => decodeMux(hex('0a | 00000001 | 00000000')))).toBe('BAD_REQUEST')
+    expect(codeOf(() => decodeMux(hex('0b | 00000001 | 00000000')))).toBe('BAD_REQUEST')
     expect(codeOf(() => decodeMux(hex('ff | 00000001')))).toBe('BAD_REQUEST')
     expect(codeOf(() => decodeMux(Buffer.alloc(0)))).toBe('BAD_REQUEST')
   })

@@ -105,7 +105,12 @@ const SAMPLES: OutgoingMessage[] = [
   { type: 'introduction', reqId: 5, introId: seq(0xc0, 16), initiator: true, via: 'udp', peer: peerFull },
   { type: 'introduction', reqId: 0, introId: seq(0xd0, 16), initiator: false, via: 'relay', peer: peerOffline },
   { type: 'probe', introId: seq(0xe0, 16), streamId: 1, seq: 2, ack: false },
-  { type: 'probe', introId: seq(0xe0, 16), streamId: 0xffffffff, seq: 0, ack: true }
+  { type: 'probe', introId: seq(0xe0, 16), streamId: 0xffffffff, seq: 0, ack: true },
+  { type: 'relay', introId: seq(0xe0, 16), initiator: true },
+  { type: 'relay-ok' },
+  { type: 'relay-data', data: seq(1, 40) },
+  { type: 'relay-end', code: 'RELAY_LIMIT', message: 'limit of 1024 bytes' },
+  { type: 'introduce', reqId: 1, target: 'bob', via: 'direct' }
 ]
 
 function signedRegister(fields: RegisterFields = registerFields): { bytes: Buffer; unsigned: Buffer; publicKey: Buffer } {
@@ -118,6 +123,10 @@ describe('rendezvous codec: golden bytes', () => {
   // Each expected frame is written from the layout comment, field by field (`|` separates fields).
   const golden: [string, OutgoingMessage, string][] = [
     ['HELLO', { type: 'hello' }, '4e 44 01 01 |' + ' 00'.repeat(92)],
+    ['RELAY', { type: 'relay', introId: seq(0xe0, 16), initiator: true }, '4e 44 01 11 | e0e1e2e3e4e5e6e7e8e9eaebecedeeef | 01'],
+    ['RELAY_OK', { type: 'relay-ok' }, '4e 44 01 12'],
+    ['RELAY_DATA', { type: 'relay-data', data: hex('cafe') }, '4e 44 01 13 | cafe'],
+    ['RELAY_END', { type: 'relay-end', code: 'RELAY_LIMIT', message: 'x' }, '4e 44 01 14 | 0b 52454c41595f4c494d4954 | 01 78'],
     [
       'CHALLENGE',
       { type: 'challenge', nonce: NONCE, serverTime: TIME },
@@ -316,7 +325,7 @@ describe('rendezvous codec: round trips', () => {
 
   it('refuses out-of-range enums (status, event, via, nat, endpoint family)', () => {
     expect(codeOf(() => decode(hex('4e 44 01 06 | 00000007 | 03 | 00')))).toBe('BAD_REQUEST') // status 3
-    expect(codeOf(() => decode(hex('4e 44 01 0e | 00000005 | 03 626f62 | 04')))).toBe('BAD_REQUEST') // via 4
+    expect(codeOf(() => decode(hex('4e 44 01 0e | 00000005 | 03 626f62 | 05')))).toBe('BAD_REQUEST') // via 5
     expect(codeOf(() => decode(hex('4e 44 01 06 | 00000007 | 00 | 05 01020304 0001')))).toBe('BAD_REQUEST') // family 5
     const ev = encode({ type: 'peer-event', event: 'up', peer: peerOffline })
     ev[4] = 3
@@ -328,9 +337,12 @@ describe('rendezvous codec: round trips', () => {
     expect(codeOf(() => decode(bad))).toBe('BAD_REQUEST')
   })
 
+  // RELAY_DATA is the exception to both rules below: its payload is the rest of the frame.
+  const fixedLength = SAMPLES.filter((m) => m.type !== 'relay-data')
+
   it('tolerates trailing bytes after every message', () => {
     const rand = prng(7)
-    const all = [...SAMPLES.map((m) => encode(m)), signedRegister().bytes]
+    const all = [...fixedLength.map((m) => encode(m)), signedRegister().bytes]
     for (const bytes of all) {
       const extra = Buffer.concat([bytes, randBuf(rand, randInt(rand, 1, 40))])
       expect(norm(decode(extra))).toEqual(norm(decode(bytes)))
@@ -338,7 +350,7 @@ describe('rendezvous codec: round trips', () => {
   })
 
   it('every strict prefix of a valid frame is refused with ProtocolError', () => {
-    const all = [...SAMPLES.map((m) => encode(m)), signedRegister().bytes]
+    const all = [...fixedLength.map((m) => encode(m)), signedRegister().bytes]
     for (const bytes of all) {
       for (let n = 0; n < bytes.length; n++) {
         expect(() => decode(bytes.subarray(0, n)), `${bytes.subarray(0, 4).toString('hex')} cut at ${n}`).toThrow(ProtocolError)

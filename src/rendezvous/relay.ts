@@ -1,0 +1,192 @@
+/**
+ * The relay: when no direct path can be punched, two agents that were introduced to
+ * each other both open a TCP connection to the server and bind it to the introduction
+ * (RELAY); the server then forwards RELAY_DATA frames between them as they are. The
+ * Noise session runs end to end between the agents, so the relay sees ciphertext only.
+ *
+ * Limits per relayed tunnel (bytes, seconds, rate) and on the number of tunnels; a
+ * limit reached ends both sides with RELAY_END RELAY_LIMIT, never a silent hang.
+ */
+import type net from 'node:net'
+import type { Clock, Logger } from '../protocol/log.js'
+import { NatdError } from '../protocol/errors.js'
+import { encode, frame, MSG, type Message } from '../protocol/rendezvous.js'
+
+/** A relay permission lives this long after the introduction that granted it. */
+export const RELAY_BIND_TIMEOUT_MS = 30_000
+
+export interface RelayLimits {
+  maxBytes: number
+  maxSeconds: number
+  /** Bytes per second per direction. */
+  rate: number
+  maxTunnels: number
+}
+
+export const DEFAULT_RELAY_LIMITS: RelayLimits = {
+  maxBytes: 1024 ** 3, // 1 GiB a tunnel: plenty for a session, bounded for the operator
+  maxSeconds: 2 * 3600,
+  rate: 8 * 1024 ** 2,
+  maxTunnels: 100
+}
+
+interface Side {
+  socket: net.Socket
+  /** Frames that arrived after RELAY and before the pairing (the peer was not bound yet). */
+  early: Buffer[]
+}
+
+interface Pending {
+  expires: number
+  names: [string, string]
+  initiator: Side | null
+  responder: Side | null
+}
+
+interface Active {
+  names: [string, string]
+  a: net.Socket
+  b: net.Socket
+  bytes: number
+  timer: NodeJS.Timeout
+  ended: boolean
+}
+
+export class Relay {
+  private readonly pending = new Map<string, Pending>()
+  private readonly active = new Set<Active>()
+
+  constructor(
+    private readonly limits: RelayLimits,
+    private readonly clock: Clock,
+    private readonly log: Logger
+  ) {}
+
+  get tunnels(): number {
+    return this.active.size
+  }
+
+  /** The server introduced these two agents with a path that may need the relay. */
+  allow(introId: Uint8Array, initiatorName: string, responderName: string): void {
+    const now = this.clock.now()
+    for (const [k, p] of this.pending) if (p.expires < now) this.pending.delete(k)
+    this.pending.set(Buffer.from(introId).toString('hex'), { expires: now + RELAY_BIND_TIMEOUT_MS, names: [initiatorName, responderName], initiator: null, responder: null })
+  }
+
+  /**
+   * A connection sent RELAY: binds it. Throws NatdError when the introduction is
+   * unknown, expired or already bound on that side, or the relay is full.
+   */
+  bind(msg: Extract<Message, { type: 'relay' }>, socket: net.Socket): void {
+    const key = Buffer.from(msg.introId).toString('hex')
+    const p = this.pending.get(key)
+    if (!p || p.expires < this.clock.now()) throw new NatdError('PEER_UNKNOWN', 'no such introduction to relay (expired, or never made with relay allowed)')
+    const side = msg.initiator ? 'initiator' : 'responder'
+    if (p[side]) throw new NatdError('BAD_REQUEST', `the ${side} side of this introduction is already bound`)
+    if (this.active.size >= this.limits.maxTunnels) throw new NatdError('RELAY_LIMIT', `the relay already carries its maximum of ${this.limits.maxTunnels} tunnels`)
+    p[side] = { socket, early: [] }
+    if (p.initiator && p.responder) {
+      this.pending.delete(key)
+      this.start(p.names, p.initiator, p.responder)
+    }
+  }
+
+  /** A frame body arrived on a connection that sent RELAY. */
+  onFrame(socket: net.Socket, body: Buffer): void {
+    const route = this.routes.get(socket)
+    if (route) return route(body)
+    // Not paired yet: keep it (the start of the Noise handshake; a handful of frames).
+    for (const p of this.pending.values()) {
+      const side = p.initiator?.socket === socket ? p.initiator : p.responder?.socket === socket ? p.responder : null
+      if (side) {
+        if (side.early.length < 16) side.early.push(body)
+        return
+      }
+    }
+  }
+
+  private readonly routes = new Map<net.Socket, (body: Buffer) => void>()
+
+  private start(names: [string, string], a: Side, b: Side): void {
+    const t: Active = {
+      names,
+      a: a.socket,
+      b: b.socket,
+      bytes: 0,
+      ended: false,
+      timer: setTimeout(() => this.end(t, `relayed tunnel reached its time limit of ${this.limits.maxSeconds} s`), this.limits.maxSeconds * 1000)
+    }
+    t.timer.unref()
+    this.active.add(t)
+    const ok = frame(encode({ type: 'relay-ok' }))
+    a.socket.write(ok)
+    b.socket.write(ok)
+    this.log.info('relaying', { a: names[0], b: names[1], tunnels: this.active.size })
+    this.pipe(t, a.socket, b.socket)
+    this.pipe(t, b.socket, a.socket)
+    for (const f of a.early) this.routes.get(a.socket)?.(f)
+    for (const f of b.early) this.routes.get(b.socket)?.(f)
+  }
+
+  /** Installs the forwarding path from `from` to `to`. */
+  private pipe(t: Active, from: net.Socket, to: net.Socket): void {
+    const rate = { windowStart: this.clock.now(), windowBytes: 0 }
+    this.routes.set(from, (body) => this.relayFrame(t, from, to, body, rate))
+    from.once('close', () => {
+      this.routes.delete(from)
+      this.end(t, null)
+    })
+    to.on('drain', () => from.resume())
+  }
+
+  private relayFrame(t: Active, from: net.Socket, to: net.Socket, body: Buffer, rate: { windowStart: number; windowBytes: number }): void {
+    if (t.ended || body.length < 4 || body[3] !== MSG.RELAY_DATA) return // only data is relayed
+    t.bytes += body.length - 4
+    if (t.bytes > this.limits.maxBytes) return this.end(t, `relayed tunnel reached its limit of ${this.limits.maxBytes} bytes`)
+    const prefix = Buffer.allocUnsafe(4)
+    prefix.writeUInt32BE(body.length, 0)
+    to.cork()
+    to.write(prefix)
+    const flowing = to.write(body)
+    to.uncork()
+    if (!flowing) from.pause() // backpressure: the slow side sets the pace
+    const now = this.clock.now()
+    if (now - rate.windowStart >= 1000) {
+      rate.windowStart = now
+      rate.windowBytes = 0
+    }
+    rate.windowBytes += body.length
+    if (rate.windowBytes > this.limits.rate) {
+      // Over the rate: stop reading this side until the window ends.
+      from.pause()
+      setTimeout(() => from.resume(), Math.max(1, 1000 - (now - rate.windowStart))).unref()
+    }
+  }
+
+  /** Ends a relayed tunnel; with a reason both agents get RELAY_END RELAY_LIMIT first. */
+  private end(t: Active, limitReason: string | null): void {
+    if (t.ended) return
+    t.ended = true
+    clearTimeout(t.timer)
+    this.active.delete(t)
+    if (limitReason) {
+      const bye = frame(encode({ type: 'relay-end', code: 'RELAY_LIMIT', message: limitReason }))
+      t.a.end(bye)
+      t.b.end(bye)
+      this.log.warn('RELAY_LIMIT: ended a relayed tunnel', { a: t.names[0], b: t.names[1], reason: limitReason, bytes: t.bytes })
+    } else {
+      t.a.end()
+      t.b.end()
+      this.log.info('relay ended', { a: t.names[0], b: t.names[1], bytes: t.bytes })
+    }
+    setTimeout(() => {
+      t.a.destroy()
+      t.b.destroy()
+    }, 2_000).unref()
+  }
+
+  /** Closes every relayed tunnel (server shutdown). */
+  stop(): void {
+    for (const t of [...this.active]) this.end(t, null)
+  }
+}
