@@ -16,12 +16,26 @@ interface IpcClientHandle {
   socket?: { destroy(): void }
 }
 
+/**
+ * Whether something is at `path`. A directory we may not search (/run/natd is 0750,
+ * group natd) hides the socket with EACCES: that counts as there, so the caller gets
+ * "permission denied … add yourself to group natd" rather than "not running".
+ */
+function present(path: string): boolean {
+  try {
+    fs.lstatSync(path)
+    return true
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EACCES'
+  }
+}
+
 /** The socket natctl talks to when --socket is not given: the user's own daemon, else the system one. */
 export function resolveSocketPath(explicit?: string): string {
   if (explicit) return explicit
   const user = defaultSocketPath(process.env, process.getuid?.() ?? 0)
-  if (fs.existsSync(user)) return user
-  return fs.existsSync('/run/natd/natd.sock') ? '/run/natd/natd.sock' : user
+  if (present(user)) return user
+  return present('/run/natd/natd.sock') ? '/run/natd/natd.sock' : user
 }
 
 export class ApiClient {
@@ -37,7 +51,7 @@ export class ApiClient {
   /** Connects, or rejects with NOT_RUNNING / PERMISSION_DENIED. */
   async connect(): Promise<void> {
     const path = this.socketPath
-    if (!fs.existsSync(path)) throw new NatdError('NOT_RUNNING', `natd is not running (no socket at ${path})`)
+    if (!present(path)) throw new NatdError('NOT_RUNNING', `natd is not running (no socket at ${path})`)
     const cfg = this.ipc.config
     cfg.silent = true
     cfg.stopRetrying = true
