@@ -131,22 +131,32 @@ export class MuxChannel extends Duplex {
     this.sendData(chunk, cb)
   }
 
+  /**
+   * Sends while we have credit and the session is not congested. Waiting for the
+   * session's drain (not just for credit) keeps the local queue short: data queued here
+   * would use up the window and delay every other channel's frames and the pings.
+   */
   private sendData(data: Buffer, cb: (err?: Error | null) => void): void {
     let offset = 0
-    while (offset < data.length) {
-      if (this.destroyed) return cb(new NatdError('TUNNEL_CLOSED', 'channel closed'))
-      if (this.credit <= 0) {
-        this.pendingWrite = { data: data.subarray(offset), cb }
-        return
+    const pump = (err?: Error | null): void => {
+      if (err) return cb(err)
+      while (offset < data.length) {
+        if (this.destroyed) return cb(new NatdError('TUNNEL_CLOSED', 'channel closed'))
+        if (this.credit <= 0) {
+          this.pendingWrite = { data: data.subarray(offset), cb }
+          return
+        }
+        if (this.mux.congested) return this.mux.whenWritable(pump)
+        const n = Math.min(data.length - offset, this.credit, MAX_DATA_BYTES)
+        this.mux.sendRaw(encodeData(this.id, data.subarray(offset, offset + n)))
+        this.credit -= n
+        this.bytesOut += n
+        this.mux.bytesOut += n
+        offset += n
       }
-      const n = Math.min(data.length - offset, this.credit, MAX_DATA_BYTES)
-      this.mux.sendRaw(encodeData(this.id, data.subarray(offset, offset + n)))
-      this.credit -= n
-      this.bytesOut += n
-      this.mux.bytesOut += n
-      offset += n
+      cb()
     }
-    this.mux.whenWritable(cb)
+    pump()
   }
 
   override _final(cb: (err?: Error | null) => void): void {
@@ -286,6 +296,11 @@ export class Mux extends EventEmitter<MuxEvents> {
   sendRaw(buf: Buffer): void {
     if (this.closed || this.session.destroyed) return
     this.session.write(buf)
+  }
+
+  /** @internal the session's buffer is full: wait for its drain before sending data. */
+  get congested(): boolean {
+    return this.session.writableNeedDrain
   }
 
   /** @internal calls back once the session can take more (backpressure for every channel). */
