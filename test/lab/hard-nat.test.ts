@@ -8,29 +8,11 @@
  *                                             alice: probes to random ports of r2
  */
 import { describe, expect, it } from 'vitest'
-import { createLab, labAvailable, type LabSpec, type NatKind } from './lab.js'
-import { NatdLab, waitFor } from './natd-lab.js'
+import { labAvailable, type LabSpec } from './lab.js'
+import { pair, startPair, waitFor, withLab } from './natd-lab.js'
 
-async function withLab(spec: LabSpec, fn: (n: NatdLab) => Promise<void>): Promise<void> {
-  const n = new NatdLab(await createLab(spec))
-  let failed = true
-  try {
-    await fn(n)
-    failed = false
-  } finally {
-    await n.teardown(failed)
-  }
-}
 
-const pair = (a: NatKind, b: NatKind): LabSpec => ({ sites: [{ name: 'alice', nat: a }, { name: 'bob', nat: b }] })
 
-async function startPair(n: NatdLab): Promise<void> {
-  await n.startServer()
-  await n.startAgent('alice')
-  await n.startAgent('bob')
-  await n.waitRegistered('alice')
-  await n.waitRegistered('bob')
-}
 
 describe.skipIf(!labAvailable())('hard NAT: verdicts and birthday punching', () => {
   it('the NAT check names easy, hard and public correctly, and peers see the verdict', async () => {

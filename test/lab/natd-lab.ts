@@ -9,7 +9,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
-import type { Lab } from './lab.js'
+import { createLab, type Lab, type LabSpec, type NatKind, type Unsolicited } from './lab.js'
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 export const DIST = path.join(ROOT, 'dist')
@@ -199,4 +199,30 @@ export async function waitFor(check: () => boolean | Promise<boolean>, timeoutMs
     await sleep(100)
   }
   throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${lastErr ? ` (last error: ${(lastErr as Error).message})` : ''}`)
+}
+
+/** Builds a lab, runs `fn`, and tears everything down (printing the logs when `fn` threw). */
+export async function withLab(spec: LabSpec, fn: (n: NatdLab) => Promise<void>): Promise<void> {
+  const n = new NatdLab(await createLab(spec))
+  let failed = true
+  try {
+    await fn(n)
+    failed = false
+  } finally {
+    await n.teardown(failed)
+  }
+}
+
+/** alice and bob, each behind its own router of the given kinds. */
+export function pair(a: NatKind, b: NatKind, unsolicited: Unsolicited = 'drop'): LabSpec {
+  return { sites: [{ name: 'alice', nat: a, unsolicited }, { name: 'bob', nat: b, unsolicited }] }
+}
+
+/** The server, then alice and bob, both registered. */
+export async function startPair(n: NatdLab, opts: { serverArgs?: string[]; heartbeat?: string } = {}): Promise<void> {
+  await n.startServer(opts.serverArgs ?? [])
+  await n.startAgent('alice', opts.heartbeat ? { heartbeat: opts.heartbeat } : {})
+  await n.startAgent('bob', opts.heartbeat ? { heartbeat: opts.heartbeat } : {})
+  await n.waitRegistered('alice')
+  await n.waitRegistered('bob')
 }

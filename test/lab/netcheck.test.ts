@@ -15,8 +15,8 @@ import { spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { createLab, labAvailable, type LabSpec } from './lab.js'
-import { DIST, NatdLab, waitFor } from './natd-lab.js'
+import { labAvailable, type LabSpec } from './lab.js'
+import { DIST, NatdLab, waitFor, withLab } from './natd-lab.js'
 
 const TURNSERVER = '/usr/bin/turnserver'
 const NATDISCOVERY = '/usr/bin/turnutils_natdiscovery'
@@ -24,16 +24,6 @@ const NATDISCOVERY = '/usr/bin/turnutils_natdiscovery'
 const COTURN_PORT = 3490
 const COTURN_ALT_PORT = 3491
 
-async function withLab(spec: LabSpec, fn: (n: NatdLab) => Promise<void>): Promise<void> {
-  const n = new NatdLab(await createLab(spec))
-  let failed = true
-  try {
-    await fn(n)
-    failed = false
-  } finally {
-    await n.teardown(failed)
-  }
-}
 
 interface Verdicts {
   mapping: string

@@ -7,19 +7,9 @@
  * Each test builds its own lab and tears it down in `finally`, failed or not.
  */
 import { describe, expect, it } from 'vitest'
-import { createLab, labAvailable, type LabSpec } from './lab.js'
-import { NatdLab, waitFor } from './natd-lab.js'
+import { labAvailable, type LabSpec } from './lab.js'
+import { waitFor, withLab } from './natd-lab.js'
 
-async function withLab(spec: LabSpec, fn: (n: NatdLab) => Promise<void>): Promise<void> {
-  const n = new NatdLab(await createLab(spec))
-  let failed = true
-  try {
-    await fn(n)
-    failed = false
-  } finally {
-    await n.teardown(failed)
-  }
-}
 
 const easyPair: LabSpec = { sites: [{ name: 'alice', nat: 'easy' }, { name: 'bob', nat: 'easy' }] }
 

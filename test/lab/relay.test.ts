@@ -9,31 +9,13 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { describe, expect, it } from 'vitest'
-import { createLab, labAvailable, type LabSpec, type NatKind } from './lab.js'
-import { NatdLab, waitFor } from './natd-lab.js'
+import { labAvailable } from './lab.js'
+import { NatdLab, pair, startPair, waitFor, withLab } from './natd-lab.js'
 
 const MiB = 1024 * 1024
 
-async function withLab(spec: LabSpec, fn: (n: NatdLab) => Promise<void>): Promise<void> {
-  const n = new NatdLab(await createLab(spec))
-  let failed = true
-  try {
-    await fn(n)
-    failed = false
-  } finally {
-    await n.teardown(failed)
-  }
-}
 
-const pair = (a: NatKind, b: NatKind): LabSpec => ({ sites: [{ name: 'alice', nat: a }, { name: 'bob', nat: b }] })
 
-async function startPair(n: NatdLab, serverArgs: string[] = []): Promise<void> {
-  await n.startServer(serverArgs)
-  await n.startAgent('alice')
-  await n.startAgent('bob')
-  await n.waitRegistered('alice')
-  await n.waitRegistered('bob')
-}
 
 async function forward(n: NatdLab): Promise<void> {
   await n.startEcho('bob', 7000)
@@ -91,7 +73,7 @@ describe.skipIf(!labAvailable())('relay', () => {
 
   it('a relay limit ends the tunnel with RELAY_LIMIT on both sides', async () => {
     await withLab(pair('hard', 'hard'), async (n) => {
-      await startPair(n, ['--relay-max-bytes', '2MiB'])
+      await startPair(n, { serverArgs: ['--relay-max-bytes', '2MiB'] })
       expect(((await n.natctl('alice', ['open', 'bob'])).json as { path: string }).path).toBe('relay')
       await forward(n)
       const r = await n.echo('alice', 9000, 8 * MiB, 1)
@@ -106,7 +88,7 @@ describe.skipIf(!labAvailable())('relay', () => {
 
   it('a relayed tunnel over its time limit ends with RELAY_LIMIT', async () => {
     await withLab(pair('hard', 'hard'), async (n) => {
-      await startPair(n, ['--relay-max-seconds', '2s'])
+      await startPair(n, { serverArgs: ['--relay-max-seconds', '2s'] })
       expect(((await n.natctl('alice', ['open', 'bob'])).json as { path: string }).path).toBe('relay')
       const took = await waitFor(async () => ((await n.natctl('alice', ['tunnels'])).json as unknown[]).length === 0, 6_000, 'the relay ends the tunnel')
       expect(took).toBeGreaterThan(1_000)
@@ -117,7 +99,7 @@ describe.skipIf(!labAvailable())('relay', () => {
   it('a relayed tunnel moves to a direct path when the NAT in the way becomes easy, and a transfer across the switch completes intact', async () => {
     await withLab(pair('hard', 'hard'), async (n) => {
       // A slow relay, so the transfer is still running when the path changes.
-      await startPair(n, ['--relay-rate', '2MiB'])
+      await startPair(n, { serverArgs: ['--relay-rate', '2MiB'] })
       expect(((await n.natctl('alice', ['open', 'bob'])).json as { path: string }).path).toBe('relay')
       await forward(n)
       const transfer = n.echo('alice', 9000, 48 * MiB, 1, 180_000)
@@ -139,7 +121,7 @@ describe.skipIf(!labAvailable())('relay', () => {
 
   it('a server started with --no-relay refuses, and open says why', async () => {
     await withLab(pair('hard', 'hard'), async (n) => {
-      await startPair(n, ['--no-relay'])
+      await startPair(n, { serverArgs: ['--no-relay'] })
       const r = await n.natctl('alice', ['open', 'bob', '--timeout', '4s'])
       expect(r.code).toBe(1)
       expect(r.stderr).toMatch(/does not relay/)

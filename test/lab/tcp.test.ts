@@ -7,31 +7,13 @@
  * public TCP endpoint at once; routers either drop or RST unsolicited SYNs.
  */
 import { describe, expect, it } from 'vitest'
-import { createLab, labAvailable, type LabSpec, type NatKind, type Unsolicited } from './lab.js'
-import { NatdLab, waitFor } from './natd-lab.js'
+import { labAvailable } from './lab.js'
+import { NatdLab, pair, startPair, waitFor, withLab } from './natd-lab.js'
 
 const MiB = 1024 * 1024
 
-async function withLab(spec: LabSpec, fn: (n: NatdLab) => Promise<void>): Promise<void> {
-  const n = new NatdLab(await createLab(spec))
-  let failed = true
-  try {
-    await fn(n)
-    failed = false
-  } finally {
-    await n.teardown(failed)
-  }
-}
 
-const pair = (a: NatKind, b: NatKind, unsolicited: Unsolicited): LabSpec => ({ sites: [{ name: 'alice', nat: a, unsolicited }, { name: 'bob', nat: b, unsolicited }] })
 
-async function startPair(n: NatdLab): Promise<void> {
-  await n.startServer()
-  await n.startAgent('alice')
-  await n.startAgent('bob')
-  await n.waitRegistered('alice')
-  await n.waitRegistered('bob')
-}
 
 interface Opened {
   path: string

@@ -7,35 +7,15 @@
  * Same-LAN pair: alice and bob are two hosts behind one router.
  */
 import { describe, expect, it } from 'vitest'
-import { createLab, labAvailable, type LabSpec, type NatKind, type Unsolicited } from './lab.js'
-import { NatdLab, waitFor } from './natd-lab.js'
+import { labAvailable, type LabSpec, type NatKind } from './lab.js'
+import { NatdLab, pair, startPair, waitFor, withLab } from './natd-lab.js'
 
 const MiB = 1024 * 1024
 const ECHO_PORT = 7000
 const FWD_PORT = 9000
 
-async function withLab(spec: LabSpec, fn: (n: NatdLab) => Promise<void>): Promise<void> {
-  const n = new NatdLab(await createLab(spec))
-  let failed = true
-  try {
-    await fn(n)
-    failed = false
-  } finally {
-    await n.teardown(failed)
-  }
-}
 
-function pair(a: NatKind, b: NatKind, unsolicited: Unsolicited): LabSpec {
-  return { sites: [{ name: 'alice', nat: a, unsolicited }, { name: 'bob', nat: b, unsolicited }] }
-}
 
-async function startPair(n: NatdLab, heartbeat = '2s'): Promise<void> {
-  await n.startServer()
-  await n.startAgent('alice', { heartbeat })
-  await n.startAgent('bob', { heartbeat })
-  await n.waitRegistered('alice')
-  await n.waitRegistered('bob')
-}
 
 async function open(n: NatdLab, from: string, to: string): Promise<{ path: string; tookMs: number; remote: string }> {
   const r = await n.natctl(from, ['open', to])
