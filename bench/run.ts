@@ -6,7 +6,8 @@
  *   alice 10.1.0.2 ── NAT ── inet ── NAT ── bob 10.2.0.2      (+ DNAT on bob's router for the
  *                                                               baselines: iperf3, bare UDX)
  *
- * Options: --quick (fewer repetitions, smaller transfers), --skip-capacity, --mib N.
+ * Options: --quick (fewer repetitions, smaller transfers), --skip-capacity, --skip-footprint,
+ * --skip-files, --mib N.
  */
 import { execFileSync } from 'node:child_process'
 import fs from 'node:fs'
@@ -65,7 +66,8 @@ async function throughput(): Promise<Record<string, unknown>> {
   const n = new NatdLab(await createLab(spec))
   let failed = true
   try {
-    await n.startServer()
+    // The relay's rate limit would measure the limit, not the relay: lift it for the bench.
+    await n.startServer(['--relay-rate', '10GiB', '--relay-max-bytes', '100GiB'])
     await n.startAgent('alice', { heartbeat: '5s' })
     await n.startAgent('bob', { heartbeat: '5s' })
     await n.waitRegistered('alice')
@@ -109,7 +111,7 @@ async function throughput(): Promise<Record<string, unknown>> {
       await send('udx_secret_stream', [node, path.join(FIX, 'udx-peer.mjs'), 'send', bobWan, '6002', String(BYTES), '--secret'])
       await send('tcp_socket', [node, path.join(FIX, 'tcp-sink.mjs'), 'send', bobWan, '6003', String(BYTES)])
       await send('tcp_secret_stream', [node, path.join(FIX, 'tcp-sink.mjs'), 'send', bobWan, '6004', String(BYTES), '--secret'])
-      for (const via of ['udp', 'tcp'] as const) {
+      for (const via of ['udp', 'tcp', 'relay'] as const) {
         await n.natctl('alice', ['close', 'bob'])
         await sleep(200)
         const opened = (await n.natctl('alice', ['open', 'bob', '--via', via])).json as { path: string }
@@ -134,7 +136,9 @@ async function throughput(): Promise<Record<string, unknown>> {
       direct_tcp_vs_tcp_secret_stream: ratio('forward_direct_tcp', 'tcp_secret_stream'),
       direct_tcp_vs_tcp_socket: ratio('forward_direct_tcp', 'tcp_socket'),
       direct_tcp_vs_iperf3_tcp: ratio('forward_direct_tcp', 'iperf3_tcp'),
-      direct_udp_vs_iperf3_udp: ratio('forward_direct_udp', 'iperf3_udp')
+      direct_udp_vs_iperf3_udp: ratio('forward_direct_udp', 'iperf3_udp'),
+      relay_vs_direct_udp: ratio('forward_relay', 'forward_direct_udp'),
+      relay_vs_direct_tcp: ratio('forward_relay', 'forward_direct_tcp')
     }
     out.new_connection_ms = stat(conn.ms.map((x) => Math.round(x * 100) / 100))
     return out
@@ -190,6 +194,55 @@ async function timeToOpen(): Promise<Record<string, unknown>> {
   return out
 }
 
+/** CPU seconds (user + system) and RSS of a process, from /proc. */
+function procStat(pid: number): { cpuS: number; rssMiB: number } {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')
+  const ticks = Number(stat[11]) + Number(stat[12])
+  const rss = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))
+  return { cpuS: ticks / 100, rssMiB: Math.round((Number(rss?.[1] ?? 0) / 1024) * 10) / 10 }
+}
+
+/** Idle natd with 1 and with N open tunnels: RSS, and CPU over a quiet minute (keepalives only). */
+async function footprint(): Promise<Record<string, unknown>> {
+  const peers = QUICK ? 10 : 100
+  const names = Array.from({ length: peers }, (_, i) => `p${i + 1}`)
+  // The hub and its peers on two LANs behind easy NATs (a site holds at most 99 hosts).
+  const half = Math.ceil(peers / 2)
+  const spec: LabSpec = { sites: [{ name: 'hubsite', nat: 'easy', hosts: ['hub', ...names.slice(0, half)] }, { name: 'far', nat: 'easy', hosts: names.slice(half) }] }
+  const n = new NatdLab(await createLab(spec))
+  let failed = true
+  const idleMs = QUICK ? 10_000 : 30_000
+  try {
+    await n.startServer()
+    await n.startAgent('hub', { heartbeat: '20s' })
+    for (const p of names) await n.startAgent(p, { heartbeat: '20s' })
+    await n.waitRegistered('hub')
+    for (const p of names) await n.waitRegistered(p, 30_000)
+    const hub = n.agents.hub!.proc.pid!
+    const measure = async (): Promise<{ rssMiB: number; cpuPercent: number }> => {
+      await sleep(3_000)
+      const a = procStat(hub)
+      await sleep(idleMs)
+      const b = procStat(hub)
+      return { rssMiB: b.rssMiB, cpuPercent: Math.round(((b.cpuS - a.cpuS) / (idleMs / 1000)) * 1000) / 10 }
+    }
+    const zero = await measure()
+    const r1 = await n.natctl('hub', ['open', names[0]!])
+    if (r1.code !== 0) throw new Error(`open failed: ${r1.stderr}`)
+    const one = await measure()
+    for (const p of names.slice(1)) {
+      const r = await n.natctl('hub', ['open', p])
+      if (r.code !== 0) throw new Error(`open ${p} failed: ${r.stderr}`)
+    }
+    const all = await measure()
+    const open = ((await n.natctl('hub', ['tunnels'])).json as unknown[]).length
+    failed = false
+    return { idle_no_tunnels: zero, idle_1_tunnel: one, [`idle_${peers}_tunnels`]: { ...all, open }, per_tunnel_KiB: Math.round(((all.rssMiB - one.rssMiB) * 1024) / Math.max(1, peers - 1)) }
+  } finally {
+    await n.teardown(failed)
+  }
+}
+
 function capacity(): Record<string, unknown> | null {
   const script = path.join(ROOT, 'bench/rendezvous-capacity.ts')
   if (!fs.existsSync(script)) return null
@@ -198,6 +251,29 @@ function capacity(): Record<string, unknown> | null {
   const r = JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>
   fs.rmSync(file)
   return r
+}
+
+/** The figures the project has targets for, each beside its target (docs/BENCHMARKS.md explains them). */
+function printSummary(r: Record<string, unknown>): void {
+  const t = r.throughput as { ratios: Record<string, number>; auto_picks: string } & Record<string, { MBps: Stat }>
+  const open = r.open as Record<string, { path: string | null; ms?: Stat }>
+  const rows: Array<[string, string, string]> = []
+  const ms = (k: string, q: 'median' | 'p90'): string => (open[k]?.ms ? `${open[k].ms![q]} ms (${open[k].path})` : 'failed')
+  rows.push(['open easy×easy, median', ms('easy×easy', 'median'), '≤ 30 ms'])
+  rows.push(['open easy×hard, median / p90', `${ms('easy×hard', 'median')} / ${ms('easy×hard', 'p90')}`, '≤ 1 s / ≤ 3 s'])
+  rows.push(['open hard×hard, median', ms('hard×hard', 'median'), '≤ 100 ms (relay)'])
+  for (const k of Object.keys(open)) if (!['easy×easy', 'easy×hard', 'hard×hard'].includes(k)) rows.push([`open ${k}, median`, ms(k, 'median'), '-'])
+  for (const k of ['forward_direct_udp', 'forward_direct_tcp', 'forward_relay', 'udx_secret_stream', 'tcp_secret_stream', 'iperf3_tcp']) if (t[k]) rows.push([`${k} MB/s (median)`, String(t[k].MBps.median), '-'])
+  rows.push(['forward direct-udp / bare secret-stream (UDX)', String(t.ratios.direct_udp_vs_udx_secret_stream), '≥ 0.85'])
+  rows.push(['forward direct-tcp / iperf3 TCP', String(t.ratios.direct_tcp_vs_iperf3_tcp), '≥ 0.50'])
+  rows.push(['forward direct-tcp / bare secret-stream (TCP)', String(t.ratios.direct_tcp_vs_tcp_secret_stream), '-'])
+  rows.push(['forward relay / direct-udp', String(t.ratios.relay_vs_direct_udp), '-'])
+  rows.push(['auto picks (both punch)', t.auto_picks, 'the faster: direct-tcp'])
+  const f = r.footprint as Record<string, { rssMiB: number; cpuPercent: number }> | undefined
+  if (f) for (const [k, v] of Object.entries(f)) if (typeof v === 'object') rows.push([`natd ${k.replaceAll('_', ' ')}`, `${v.rssMiB} MiB RSS, ${v.cpuPercent}% CPU`, '-'])
+  const w = [Math.max(...rows.map((x) => x[0].length)), Math.max(...rows.map((x) => x[1].length))]
+  console.log(`\n${'figure'.padEnd(w[0]!)}  ${'measured'.padEnd(w[1]!)}  target`)
+  for (const [a, b, c] of rows) console.log(`${a.padEnd(w[0]!)}  ${b.padEnd(w[1]!)}  ${c}`)
 }
 
 if (!labAvailable()) {
@@ -212,6 +288,19 @@ console.log(JSON.stringify(results.throughput, null, 2))
 results.open = await timeToOpen()
 console.log(JSON.stringify(results.open, null, 2))
 if (!argv.includes('--skip-capacity')) results.capacity = capacity()
+if (!argv.includes('--skip-footprint')) {
+  results.footprint = await footprint()
+  console.log(JSON.stringify(results.footprint, null, 2))
+}
+const fileBench = path.join(ROOT, 'bench/file-transfer.ts')
+if (!argv.includes('--skip-files') && fs.existsSync(fileBench)) {
+  const out = execFileSync(node, ['--disable-warning=ExperimentalWarning', fileBench, '--json', ...(QUICK ? ['--quick'] : [])], { cwd: ROOT, encoding: 'utf8' })
+  const text = out.trim()
+  const start = text.lastIndexOf('\n{') + 1 // the last top-level JSON object (it may be indented over lines)
+  results.files = JSON.parse(text.slice(start)) as unknown
+  console.log(JSON.stringify(results.files, null, 2))
+}
+printSummary(results)
 const file = path.join(ROOT, 'bench/results', `${started.toISOString().slice(0, 19).replaceAll(':', '-')}.json`)
 fs.writeFileSync(file, JSON.stringify(results, null, 2) + '\n')
 console.log(`\nwritten ${path.relative(ROOT, file)}`)

@@ -9,7 +9,8 @@ import os from 'node:os'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
-import { createLab, type Lab, type LabSpec, type NatKind, type Unsolicited } from './lab.js'
+// A real file name (.ts): scripts/demo.ts and bench/run.ts load this with Node's type stripping.
+import { createLab, type Lab, type LabSpec, type NatKind, type Unsolicited } from './lab.ts'
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 export const DIST = path.join(ROOT, 'dist')
