@@ -9,6 +9,7 @@ import { ApiClient, resolveSocketPath } from '../ipc/client.js'
 import type { MethodName, Params, Result } from '../ipc/schema.js'
 import { NatdError } from '../protocol/errors.js'
 import { ago, bytes, table } from './format.js'
+import { formatFiles, parseSize, processIo, runCp, runMessages } from './transfer-commands.js'
 
 export const EXIT = { OK: 0, ERROR: 1, USAGE: 2, NOT_RUNNING: 3 } as const
 
@@ -161,6 +162,90 @@ export function buildCli(argv: string[]): Argv<Global> {
         }
         if (g.json) process.stdout.write(JSON.stringify(results, null, 2) + '\n')
       }
+    )
+    .command(
+      'netcheck',
+      'probe this agent\'s NAT from its tunnel socket: UDP, TCP, public endpoint, mapping and filtering (RFC 5780)',
+      () => undefined,
+      async (g) => {
+        const r = await call(g, 'netcheck', {})
+        const yes = (b: boolean | null): string => (b === null ? 'unknown' : String(b))
+        const verdicts = { none: 'none (no NAT: peers reach the public endpoint directly)', easy: 'easy (peers punch straight to the public endpoint)', hard: 'hard (mapping changes per destination: birthday punching)', unknown: 'unknown' }
+        out(g, r, () =>
+          [
+            'Report:',
+            `\t* UDP: ${r.udp}`,
+            `\t* IPv4: ${r.publicUdp ? `yes, ${r.publicUdp}` : 'no answer from the server'}`,
+            `\t* TCP: ${r.tcp}${r.publicTcp ? ` (control connection from ${r.publicTcp})` : ' (no registered control connection)'}`,
+            `\t* Port preserved: ${yes(r.portPreserved)} (local port ${r.localPort})`,
+            `\t* Mapping: ${r.mapping}${r.serverOtherAddress || r.mapping === 'unknown' || r.mapping === 'none' ? '' : ' (server has no second address: tested by port only)'}`,
+            `\t* Filtering: ${r.filtering}${r.serverOtherAddress ? '' : ' (server has no second address: natd-rendezvous --alt-host)'}`,
+            `\t* NAT: ${verdicts[r.nat]}${r.natChanged ? `; was ${r.previousNat}, the server was told` : ''}`,
+            `\t* Server: ${r.server}${r.serverOtherAddress ? `, other address ${r.serverOtherAddress}` : ''}${r.serverRttMs === null ? '' : `, ${r.serverRttMs} ms`}`
+          ].join('\n')
+        )
+      }
+    )
+    .command(
+      'send <peer> <text..>',
+      'send a message to a peer; exits 0 once the peer\'s natd has stored it',
+      (y) =>
+        y
+          .positional('peer', { type: 'string', demandOption: true })
+          .positional('text', { type: 'string', array: true, demandOption: true, describe: 'the message (words are joined by spaces)' })
+          .option('timeout', { type: 'string', default: '10s', describe: 'give up after this long' }),
+      async (g) => {
+        const r = await call(g, 'message.send', { peer: g.peer, text: g.text.map(String).join(' '), timeoutMs: duration(g.timeout, '--timeout') })
+        out(g, r, () => `delivered to ${r.peer} in ${r.tookMs} ms`)
+      }
+    )
+    .command(
+      'messages',
+      'messages received from peers (kept across restarts)',
+      (y) =>
+        y
+          .option('follow', { alias: 'f', type: 'boolean', default: false, describe: 'keep printing new messages as they arrive' })
+          .option('from', { type: 'string', default: '', describe: 'only from this peer' }),
+      (g) => runMessages(processIo(g, (m) => new UsageError(m)), { follow: g.follow, from: g.from })
+    )
+    .command(
+      'cp <args..>',
+      'send files to a peer: natctl cp FILE... PEER: (or FILE PEER:NAME); resumes an interrupted transfer',
+      (y) =>
+        y
+          .positional('args', { type: 'string', array: true, demandOption: true, describe: 'FILE... PEER:' })
+          .option('recursive', { alias: 'r', type: 'boolean', default: false, describe: 'send the files in directories' })
+          .option('timeout', { type: 'string', default: '10s', describe: 'for the tunnel and the peer\'s answer to each offer' }),
+      (g) => runCp(processIo(g, (m) => new UsageError(m)), g.args.map(String), { recursive: g.recursive, timeoutMs: duration(g.timeout, '--timeout') })
+    )
+    .command('files', 'files received from peers, and the accept policy', (y) =>
+      y
+        .command(
+          '$0',
+          'list received files: name, size, sender, time, sha256',
+          () => undefined,
+          async (g) => {
+            const fs = await call(g, 'files', {})
+            out(g, fs, () => formatFiles(fs))
+          }
+        )
+        .command(
+          'policy',
+          'show or change whom files are accepted from, up to what size, and where they go',
+          (y2) =>
+            y2
+              .option('allow', { type: 'string', array: true, describe: 'accept files only from these peers (repeat for more)' })
+              .option('allow-all', { type: 'boolean', default: false, describe: 'accept files from every peer (the default)' })
+              .option('max-size', { type: 'string', describe: 'largest file accepted, e.g. 500MB, 2GiB' })
+              .option('inbox', { type: 'string', describe: 'directory received files go to (absolute)' }),
+          async (g) => {
+            const max = g['max-size'] === undefined ? null : parseSize(g['max-size'])
+            if (max === null && g['max-size'] !== undefined) throw new UsageError(`--max-size must be a size like 500MB or 2GiB, not ${JSON.stringify(g['max-size'])}`)
+            const allow = g['allow-all'] ? [] : g.allow ? g.allow.map(String) : null
+            const r = await call(g, 'files.policy', { allow, maxSizeBytes: max, inbox: g.inbox ?? null })
+            out(g, r, () => [`accept from: ${r.allow.length ? r.allow.join(', ') : 'every peer'}`, `max size:    ${bytes(r.maxSizeBytes)}`, `inbox:       ${r.inbox}`].join('\n'))
+          }
+        )
     )
     .command('forward', 'forward local TCP ports to peers', (y) =>
       y

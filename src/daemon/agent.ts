@@ -11,7 +11,7 @@ import { peerId, type KeyPair } from '../protocol/identity.js'
 import { systemClock, type Logger } from '../protocol/log.js'
 import { isRendezvousFrame, MSG, type NatVerdict, type PeerRecord } from '../protocol/rendezvous.js'
 import { ApiServer, type Handlers } from '../ipc/server.js'
-import type { PeerInfo, StatusResult } from '../ipc/schema.js'
+import type { NetcheckResult, PeerInfo, StatusResult } from '../ipc/schema.js'
 import { TunnelManager } from '../tunnel/manager.js'
 import { NatCheck } from '../tunnel/nat-check.js'
 import { isStun } from '../protocol/stun.js'
@@ -24,6 +24,8 @@ import type { OpenRequest } from '../tunnel/mux.js'
 import type { AgentConfig, StateStore } from './config.js'
 import { Exposes } from './exposes.js'
 import { Forwards } from './forwards.js'
+import { Files, FILE_SERVICE } from './files.js'
+import { Messages, MESSAGE_SERVICE } from './messages.js'
 import { RendezvousClient } from './rendezvous-client.js'
 
 /** A path silent this long is dead (the issue asks for ~15 s). */
@@ -32,6 +34,8 @@ export const TUNNEL_DEAD_MS = 15_000
 export const TUNNEL_KEEPALIVE_MAX_MS = 5_000
 /** How long the responder side of an introduction may take to punch and authenticate. */
 export const ACCEPT_TIMEOUT_MS = 15_000
+/** While a tunnel is relayed, our NAT is checked again this often (it may have become punchable). */
+export const NAT_RECHECK_MS = 5_000
 
 export const VERSION = '0.1.0'
 
@@ -53,12 +57,16 @@ export class Agent {
   private client: RendezvousClient | null = null
   private tunnels: TunnelManager | null = null
   private forwards: Forwards | null = null
+  private messages: Messages | null = null
+  private files: Files | null = null
   private readonly exposes: Exposes
   private api: ApiServer | null = null
   private runLoop: Promise<void> | null = null
   private readonly startedAt = Date.now()
   private nat: NatVerdict = 'unknown'
   private natCheck: NatCheck | null = null
+  private netcheckRun: Promise<NetcheckResult> | null = null
+  private natTimer: NodeJS.Timeout | null = null
   readonly id: string
 
   constructor(
@@ -124,6 +132,8 @@ export class Agent {
         introduce: (target, via) => client.introduce(target, via),
         localTcpPort: () => client.tcpLocalPort,
         natVerdict: () => this.nat,
+        relayServer: () => client.serverEndpoint,
+        refreshNat: () => this.refreshNat(),
         checkPeerKey: (name, id) => this.checkPeerKey(name, id),
         pinPeerKey: (name, id) => {
           if (!this.c.store.knownPeer(name)) this.c.store.pinPeer(name, id)
@@ -137,6 +147,13 @@ export class Agent {
     })
     tunnels.on('up', (t) => this.emitTunnel(t, 'up', null))
     tunnels.on('down', (t, reason) => this.emitTunnel(t, 'down', reason))
+    tunnels.on('path', (t, from) => this.emitTunnel(t, 'up', `path upgraded from ${from}`))
+    // While a tunnel is relayed, watch for a NAT that became punchable (the peer's upgrade
+    // attempts need our current verdict at the server).
+    this.natTimer = setInterval(() => {
+      if (tunnels.list().some((t) => t.path === 'relay')) void this.refreshNat()
+    }, NAT_RECHECK_MS)
+    this.natTimer.unref()
     this.forwards = new Forwards({
       store: this.c.store,
       tunnels,
@@ -146,6 +163,27 @@ export class Agent {
       checkPeer: (peer) => this.checkPeerExists(peer)
     })
     await this.forwards.start()
+    const messages = new Messages({
+      dir: this.c.store.dir,
+      tunnels,
+      log: log.child({ component: 'messages' }),
+      selfName: this.init.config.name,
+      selfId: this.id,
+      onMessage: (m) => this.api?.emit('message', m)
+    })
+    const files = new Files({
+      dir: this.c.store.dir,
+      tunnels,
+      log: log.child({ component: 'files' }),
+      selfName: this.init.config.name,
+      selfId: this.id,
+      onReceived: (f) => this.api?.emit('file', f),
+      onProgress: (p) => this.api?.emit('file.progress', p)
+    })
+    this.messages = messages
+    this.files = files
+    this.registerService(MESSAGE_SERVICE, (t, req) => messages.onChannel(t, req))
+    this.registerService(FILE_SERVICE, (t, req) => files.onChannel(t, req))
     this.natCheck = new NatCheck((buf, to) => socket.trySend(buf, to.port, to.host))
     await this.checkNat() // before registering, so peers learn our verdict with our endpoint
     this.runLoop = client.run()
@@ -153,7 +191,15 @@ export class Agent {
   }
 
   /** Says goodbye to the server, closes the API and the socket. */
+  /** Checks our NAT again; tells the server when the verdict changed. Never rejects. */
+  private async refreshNat(): Promise<void> {
+    const before = this.nat
+    await this.checkNat()
+    if (this.nat !== before) await this.client?.refreshRegistration().catch(() => undefined)
+  }
+
   async stop(): Promise<void> {
+    if (this.natTimer) clearInterval(this.natTimer)
     this.tunnels?.closeAll('the peer\'s natd is shutting down')
     this.forwards?.stop()
     await this.client?.stop()
@@ -163,26 +209,84 @@ export class Agent {
   }
 
   private onDatagram(buf: Buffer, from: Endpoint): void {
-    if (isStun(buf)) return this.natCheck?.onStun(buf)
+    if (isStun(buf)) return this.natCheck?.onStun(buf, from)
     if (!isRendezvousFrame(buf)) return
     if (buf[3] === MSG.PROBE) this.tunnels?.onProbe(buf, from)
     else this.client?.onDatagram(buf, from)
   }
 
   /**
-   * How our NAT maps, from STUN to the server's two ports (its alternate port is the
-   * main port + 1). Never rejects: an unreachable server leaves the verdict 'unknown'.
+   * How our NAT maps, from STUN to the server's other address when it names one
+   * (OTHER-ADDRESS, --alt-host), else to its alternate port (the main port + 1); see
+   * nat-check.ts. Never rejects: an unreachable server leaves the verdict 'unknown'.
    */
   private async checkNat(): Promise<void> {
     try {
       let server = parseEndpoint(this.init.config.server, DEFAULT_SERVER_PORT)
       if (!net.isIP(server.host)) server = { host: (await dns.lookup(server.host, { family: 4 })).address, port: server.port }
       const { verdict, samples } = await this.natCheck!.verdict(server, server.port + 1, lanEndpoints(this.localPort))
+      const changed = verdict !== this.nat
       this.nat = verdict
-      this.c.log.info('nat check', { verdict, primary: formatEndpoint(samples.primary), alternate: formatEndpoint(samples.alternate) })
+      // Logged when the verdict changes; the periodic re-checks are debug.
+      this.c.log[changed ? 'info' : 'debug']('nat check', { verdict, primary: formatEndpoint(samples.primary), alternate: formatEndpoint(samples.alternate) })
     } catch (err) {
       this.c.log.warn('nat check failed', { err: (err as Error).message })
     }
+  }
+
+  /**
+   * `natctl netcheck`: the full RFC 5780 run from the tunnel socket (nat-check.ts). The
+   * verdict replaces the start-up one; when it changed, the server learns it at once.
+   */
+  private async netcheck(): Promise<NetcheckResult> {
+    if (!this.natCheck) throw new NatdError('NOT_REGISTERED', 'not started')
+    const started = Date.now()
+    let server = parseEndpoint(this.init.config.server, DEFAULT_SERVER_PORT)
+    if (!net.isIP(server.host)) {
+      try {
+        server = { host: (await dns.lookup(server.host, { family: 4 })).address, port: server.port }
+      } catch (err) {
+        throw new NatdError('SERVER_UNREACHABLE', `cannot resolve ${server.host}: ${(err as Error).message}`, { cause: err })
+      }
+    }
+    const localPort = this.localPort
+    const r = await this.natCheck.netcheck(server, server.port + 1, lanEndpoints(localPort))
+    const previousNat = this.nat
+    const natChanged = r.verdict !== 'unknown' && r.verdict !== previousNat
+    if (natChanged) {
+      this.nat = r.verdict
+      this.c.log.info('nat verdict changed', { from: previousNat, to: r.verdict, mapping: r.mapping })
+      void this.client?.refreshRegistration()
+    }
+    const state = this.client?.state
+    const s = r.samples
+    const result: NetcheckResult = {
+      udp: s.primary !== null,
+      tcp: state?.kind === 'registered' && state.tcp !== null,
+      server: formatEndpoint(server),
+      serverOtherAddress: s.otherAddress ? formatEndpoint(s.otherAddress) : null,
+      serverRttMs: r.rttMs,
+      localPort,
+      publicUdp: s.primary ? formatEndpoint(s.primary) : null,
+      publicTcp: state?.kind === 'registered' && state.tcp ? formatEndpoint(state.tcp) : null,
+      portPreserved: s.primary ? s.primary.port === localPort : null,
+      mapping: r.mapping,
+      filtering: r.filtering,
+      nat: r.verdict,
+      previousNat,
+      natChanged,
+      probes: {
+        primary: s.primary ? formatEndpoint(s.primary) : null,
+        otherIp: s.otherIp ? formatEndpoint(s.otherIp) : null,
+        otherIpAndPort: s.otherIpAndPort ? formatEndpoint(s.otherIpAndPort) : null,
+        otherPort: s.otherPort ? formatEndpoint(s.otherPort) : null,
+        filterChangeIpAndPort: s.filterChangeIpAndPort,
+        filterChangePort: s.filterChangePort
+      },
+      tookMs: Date.now() - started
+    }
+    this.c.log.info('netcheck', { udp: result.udp, publicUdp: result.publicUdp, mapping: r.mapping, filtering: r.filtering, nat: r.verdict })
+    return result
   }
 
   /**
@@ -278,6 +382,10 @@ export class Agent {
       if (!this.forwards) throw new NatdError('NOT_REGISTERED', 'not started')
       return this.forwards
     }
+    const started = <T,>(m: T | null): T => {
+      if (!m) throw new NatdError('NOT_REGISTERED', 'not started')
+      return m
+    }
     return {
       status: () => this.status(),
       peers: async () => {
@@ -298,12 +406,22 @@ export class Agent {
         const rttMs = await t.ping(timeoutMs)
         return { peer: t.peer.name, path: t.path, remote: formatEndpoint(t.remote), rttMs }
       },
+      netcheck: () => {
+        // One run at a time: interleaved probes would open paths the filtering tests rely on being closed.
+        this.netcheckRun ??= this.netcheck().finally(() => (this.netcheckRun = null))
+        return this.netcheckRun
+      },
       'forward.add': (spec) => forwards().add(spec),
       'forward.ls': () => forwards().list(),
       'forward.rm': ({ localPort }) => ({ removed: forwards().remove(localPort) }),
       'expose.add': (spec) => this.exposes.add(spec),
       'expose.ls': () => this.exposes.list(),
-      'expose.rm': ({ port }) => ({ removed: this.exposes.remove(port) })
+      'expose.rm': ({ port }) => ({ removed: this.exposes.remove(port) }),
+      'message.send': ({ peer, text, timeoutMs }) => started(this.messages).send(peer, text, timeoutMs),
+      messages: ({ from, limit }) => started(this.messages).list(from, limit),
+      'file.send': (p) => started(this.files).send(p),
+      files: () => started(this.files).list(),
+      'files.policy': (p) => (p.allow === null && p.maxSizeBytes === null && p.inbox === null ? started(this.files).policy() : started(this.files).setPolicy(p))
     }
   }
 

@@ -481,6 +481,16 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
     }
     this.emit('state', next, this.lastError)
   }
+
+  /**
+   * Registers over UDP again so the server learns what changed on our side (our NAT
+   * verdict after a netcheck). Does nothing unless registered; never rejects (a failure
+   * ends the session, which reconnects).
+   */
+  async refreshRegistration(): Promise<void> {
+    if (this.state.kind !== 'registered') return
+    await this.reregisterUdp()
+  }
 }
 
 function serverError(msg: Extract<Message, { type: 'error' }>): NatdError {

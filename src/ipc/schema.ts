@@ -73,6 +73,36 @@ export interface PingResult {
   rttMs: number
 }
 
+/** RFC 4787 NAT behaviours as `netcheck` reports them (see docs/API.md#netcheck). */
+export type MappingBehaviour = 'none' | 'endpoint-independent' | 'address-dependent' | 'address-and-port-dependent' | 'unknown'
+export type FilteringBehaviour = 'endpoint-independent' | 'address-dependent' | 'address-and-port-dependent' | 'unknown'
+
+export interface NetcheckResult {
+  udp: boolean
+  tcp: boolean
+  server: string
+  serverOtherAddress: string | null
+  serverRttMs: number | null
+  localPort: number
+  publicUdp: string | null
+  publicTcp: string | null
+  portPreserved: boolean | null
+  mapping: MappingBehaviour
+  filtering: FilteringBehaviour
+  nat: 'none' | 'easy' | 'hard' | 'unknown'
+  previousNat: string
+  natChanged: boolean
+  probes: {
+    primary: string | null
+    otherIp: string | null
+    otherIpAndPort: string | null
+    otherPort: string | null
+    filterChangeIpAndPort: boolean | null
+    filterChangePort: boolean | null
+  }
+  tookMs: number
+}
+
 export interface ForwardInfo {
   localPort: number
   bind: string
@@ -87,6 +117,68 @@ export interface ExposeInfo {
   allow: string[] // empty = every peer
 }
 
+/** A message in the inbox (`messages`, event `message`). */
+export interface MessageInfo {
+  id: string
+  from: string
+  fromId: string
+  text: string
+  sentAt: string
+  receivedAt: string
+}
+
+export interface MessageSendResult {
+  id: string
+  peer: string
+  sentAt: string
+  tookMs: number
+}
+
+/** A file received into the inbox (`files`, event `file`). */
+export interface ReceivedFile {
+  name: string
+  path: string
+  size: number
+  from: string
+  fromId: string
+  receivedAt: string
+  sha256: string
+  transferId: string
+}
+
+export interface FileSendResult {
+  transferId: string
+  peer: string
+  path: string
+  name: string
+  savedAs: string
+  size: number
+  sha256: string
+  /** Bytes the receiver already had (a resumed transfer), not sent again. */
+  offset: number
+  /** Bytes sent by this call. */
+  sent: number
+  tookMs: number
+  tunnel: PathKind
+}
+
+/** Event `file.progress`: a file being sent. */
+export interface FileProgress {
+  transferId: string
+  peer: string
+  path: string
+  name: string
+  size: number
+  offset: number
+  sent: number
+}
+
+export interface FilesPolicy {
+  allow: string[] // empty = every peer
+  maxSizeBytes: number
+  inbox: string
+}
+
 export interface Methods {
   status: { params: Record<string, never>; result: StatusResult }
   peers: { params: Record<string, never>; result: PeerInfo[] }
@@ -95,12 +187,18 @@ export interface Methods {
   close: { params: { peer: string }; result: { closed: boolean } }
   tunnels: { params: Record<string, never>; result: TunnelInfo[] }
   ping: { params: { peer: string; timeoutMs: number }; result: PingResult }
+  netcheck: { params: Record<string, never>; result: NetcheckResult }
   'forward.add': { params: { localPort: number; peer: string; remotePort: number; bind: string }; result: ForwardInfo }
   'forward.ls': { params: Record<string, never>; result: ForwardInfo[] }
   'forward.rm': { params: { localPort: number }; result: { removed: ForwardInfo } }
   'expose.add': { params: { port: number; host: string; allow: string[] }; result: ExposeInfo }
   'expose.ls': { params: Record<string, never>; result: ExposeInfo[] }
   'expose.rm': { params: { port: number }; result: { removed: ExposeInfo } }
+  'message.send': { params: { peer: string; text: string; timeoutMs: number }; result: MessageSendResult }
+  messages: { params: { from: string; limit: number }; result: MessageInfo[] }
+  'file.send': { params: { peer: string; path: string; name: string; timeoutMs: number }; result: FileSendResult }
+  files: { params: Record<string, never>; result: ReceivedFile[] }
+  'files.policy': { params: { allow: string[] | null; maxSizeBytes: number | null; inbox: string | null }; result: FilesPolicy }
 }
 
 export type MethodName = keyof Methods
@@ -112,9 +210,12 @@ export interface Events {
   'peer.down': PeerInfo
   'server.state': { state: ServerState; error: { code: string; message: string } | null }
   'tunnel.state': { peer: string; id: string; state: 'up' | 'down'; path: PathKind | null; remote: string | null; reason: string | null }
+  message: MessageInfo
+  file: ReceivedFile
+  'file.progress': FileProgress
 }
 export type EventName = keyof Events
-export const EVENT_NAMES: readonly EventName[] = ['peer.up', 'peer.down', 'server.state', 'tunnel.state']
+export const EVENT_NAMES: readonly EventName[] = ['peer.up', 'peer.down', 'server.state', 'tunnel.state', 'message', 'file', 'file.progress']
 
 // --- validation ------------------------------------------------------------
 
@@ -156,12 +257,23 @@ export const PARAMS: { [M in MethodName]: Check<Params<M>> } = {
   close: v.object({ peer: v.string({ max: 64 }) }),
   tunnels: empty,
   ping: v.object({ peer: v.string({ max: 64 }), timeoutMs: v.optional(v.int(1, TIMEOUT_MAX_MS), 5_000) }),
+  netcheck: empty,
   'forward.add': v.object({ localPort: v.port(), peer: v.string({ max: 64 }), remotePort: v.port(), bind: v.optional(v.string({ max: 64 }), '127.0.0.1') }),
   'forward.ls': empty,
   'forward.rm': v.object({ localPort: v.port() }),
   'expose.add': v.object({ port: v.port(), host: v.optional(v.string({ max: 64 }), '127.0.0.1'), allow: v.optional(v.array(v.string({ max: 64 })), []) }),
   'expose.ls': empty,
-  'expose.rm': v.object({ port: v.port() })
+  'expose.rm': v.object({ port: v.port() }),
+  'message.send': v.object({ peer: v.string({ max: 64 }), text: v.string({ max: 16 * 1024 }), timeoutMs: v.optional(v.int(1, TIMEOUT_MAX_MS), 10_000) }),
+  messages: v.object({ from: v.optional(v.string({ max: 64, min: 0 }), ''), limit: v.optional(v.int(0, 1_000_000), 0) }),
+  'file.send': v.object({ peer: v.string({ max: 64 }), path: v.string({ max: 4096 }), name: v.optional(v.string({ max: 255, min: 0 }), ''), timeoutMs: v.optional(v.int(1, TIMEOUT_MAX_MS), 10_000) }),
+  files: empty,
+  'files.policy': v.object({
+    // absent or null: unchanged
+    allow: (x, p) => (x === null ? null : v.optional<string[] | null>(v.array(v.string({ max: 64 })), null)(x, p)),
+    maxSizeBytes: (x, p) => (x === null ? null : v.optional<number | null>(v.int(0, Number.MAX_SAFE_INTEGER), null)(x, p)),
+    inbox: (x, p) => (x === null ? null : v.optional<string | null>(v.string({ max: 4096, min: 0 }), null)(x, p))
+  })
 }
 
 export function isMethod(name: unknown): name is MethodName {

@@ -21,9 +21,15 @@ export const ERROR_CODES = [
   'NOT_EXPOSED', // the peer does not expose that port to us
   'CONNECT_FAILED', // the peer exposes the port but nothing answers there
   'TUNNEL_CLOSED',
+  'RELAY_LIMIT', // the relay ended the tunnel: bytes, time or tunnel count over its limits
   'PORT_IN_USE',
   'INVALID_ARGUMENT',
   'TIMEOUT',
+  'NOT_ALLOWED', // the peer's accept policy refuses files from us
+  'TOO_LARGE', // the file is larger than the peer accepts
+  'NO_SPACE', // the receiver's disk has no room for the file
+  'FILE_UNREADABLE', // a file to send is missing, unreadable, a directory without -r, or not a regular file
+  'CORRUPT', // the received bytes do not match the sender's sha256 (nothing is kept)
   'INTERNAL'
 ] as const
 

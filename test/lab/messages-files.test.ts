@@ -15,8 +15,8 @@ import { createHash, randomBytes } from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { createLab, labAvailable, type LabSpec } from './lab.js'
-import { DIST, NatdLab, waitFor } from './natd-lab.js'
+import { labAvailable } from './lab.js'
+import { DIST, pair, startPair, waitFor, withLab } from './natd-lab.js'
 
 const MiB = 1024 * 1024
 const BIG_BYTES = 256 * MiB
@@ -32,17 +32,6 @@ interface CpResult {
   sent: number
   tookMs: number
   tunnel: string
-}
-
-async function withLab(spec: LabSpec, fn: (n: NatdLab) => Promise<void>): Promise<void> {
-  const n = new NatdLab(await createLab(spec))
-  let failed = true
-  try {
-    await fn(n)
-    failed = false
-  } finally {
-    await n.teardown(failed)
-  }
 }
 
 function writeRandomFile(file: string, bytes: number): string {
@@ -74,12 +63,8 @@ function errorCode(r: { json: unknown }): string | undefined {
 
 describe.skipIf(!labAvailable())('messages and files between peers (easy×easy)', () => {
   it('a message arrives live and survives a restart; 256 MiB crosses intact; a killed sender resumes; a hostile name stays in the inbox; refusals are clear', async () => {
-    await withLab({ sites: [{ name: 'alice', nat: 'easy' }, { name: 'bob', nat: 'easy' }] }, async (n) => {
-      await n.startServer()
-      await n.startAgent('alice')
-      await n.startAgent('bob')
-      await n.waitRegistered('alice')
-      await n.waitRegistered('bob')
+    await withLab(pair('easy', 'easy'), async (n) => {
+      await startPair(n)
       const inbox = path.join(n.agents.bob!.stateDir, 'inbox')
 
       // --- 1. a message: live with --follow, in the inbox, kept across bob's restart ---
@@ -179,13 +164,9 @@ describe.skipIf(!labAvailable())('messages and files between peers (easy×easy)'
 
 describe.skipIf(!labAvailable())('messages and files over the relay (hard×hard)', () => {
   it('a message and 256 MiB cross a relayed tunnel, the sha256 matching', async () => {
-    await withLab({ sites: [{ name: 'alice', nat: 'hard' }, { name: 'bob', nat: 'hard' }] }, async (n) => {
+    await withLab(pair('hard', 'hard'), async (n) => {
       // The relay's per-tunnel rate (8 MiB/s by default) would make this a 32 s test.
-      await n.startServer(['--relay-rate', '1GiB'])
-      await n.startAgent('alice')
-      await n.startAgent('bob')
-      await n.waitRegistered('alice')
-      await n.waitRegistered('bob')
+      await startPair(n, { serverArgs: ['--relay-rate', '1GiB'] })
       const sent = await n.natctl('alice', ['send', 'bob', 'via the relay'], { timeoutMs: 60_000 })
       expect(sent.code, sent.stderr).toBe(0)
       const inbox = (await n.natctl('bob', ['messages'])).json as Array<{ text: string }>

@@ -68,7 +68,7 @@ export class NatdLab {
 
   async killServer(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
     const proc = this.server
-    if (!proc || proc.exitCode !== null) return
+    if (!proc || proc.exitCode !== null || proc.signalCode !== null) return
     const exited = new Promise((resolve) => proc.once('exit', resolve))
     proc.kill(signal)
     await exited
@@ -98,7 +98,7 @@ export class NatdLab {
 
   async stopAgent(key: string, signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> {
     const a = this.agents[key]
-    if (!a || a.proc.exitCode !== null) return a?.proc.exitCode ?? null
+    if (!a || a.proc.exitCode !== null || a.proc.signalCode !== null) return a?.proc.exitCode ?? null
     const exited = new Promise<number | null>((resolve) => a.proc.once('exit', (code) => resolve(code)))
     a.proc.kill(signal)
     return exited

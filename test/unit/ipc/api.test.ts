@@ -49,6 +49,9 @@ function stubHandlers(calls: { method: string; params: unknown }[]): Handlers {
     ping: () => {
       throw new Error('boom: a bug in a handler')
     },
+    netcheck: () => {
+      throw new NatdError('NOT_REGISTERED', 'not started')
+    },
     'forward.add': (p) => {
       record('forward.add', p)
       return { ...p, connections: 0 }
@@ -65,7 +68,16 @@ function stubHandlers(calls: { method: string; params: unknown }[]): Handlers {
     'expose.ls': () => [],
     'expose.rm': () => {
       throw new NatdError('NOT_EXPOSED', 'x')
-    }
+    },
+    'message.send': () => {
+      throw new NatdError('PEER_OFFLINE', 'x')
+    },
+    messages: () => [],
+    'file.send': () => {
+      throw new NatdError('FILE_UNREADABLE', 'x')
+    },
+    files: () => [],
+    'files.policy': () => ({ allow: [], maxSizeBytes: 0, inbox: '/x' })
   }
 }
 

@@ -1,0 +1,87 @@
+/**
+ * Reads the control frames of protocol/transfer.ts, and raw file bytes between them, from
+ * a mux channel (a byte stream): one async iterator over the channel, a small buffer for
+ * what arrived past a frame's end.
+ */
+import type { Duplex } from 'node:stream'
+import { isErrorCode, NatdError } from '../protocol/errors.js'
+import { decodeTransfer, transferFrameLength, type TransferFrame } from '../protocol/transfer.js'
+
+export class ChannelReader {
+  private buf: Buffer = Buffer.alloc(0)
+  private readonly it: AsyncIterator<Buffer>
+
+  constructor(readonly channel: Duplex) {
+    // destroyOnReturn false: the end of our reading must not tear down the writing side.
+    this.it = channel.iterator({ destroyOnReturn: false })[Symbol.asyncIterator]()
+  }
+
+  private async more(what: string): Promise<Buffer> {
+    let r: IteratorResult<Buffer>
+    try {
+      r = await this.it.next()
+    } catch (err) {
+      throw err instanceof NatdError ? err : new NatdError('TUNNEL_CLOSED', `the channel closed while waiting for ${what}`, { cause: err })
+    }
+    if (r.done) throw new NatdError('TUNNEL_CLOSED', `the peer closed the channel before ${what}`)
+    return r.value
+  }
+
+  /** The next frame; throws ProtocolError on garbage, TUNNEL_CLOSED when the channel ends first. */
+  async frame(what = 'a reply'): Promise<TransferFrame> {
+    for (;;) {
+      const n = transferFrameLength(this.buf)
+      if (n !== null && this.buf.length >= n) {
+        const f = decodeTransfer(this.buf.subarray(0, n))
+        this.buf = this.buf.subarray(n)
+        return f
+      }
+      const chunk = await this.more(what)
+      this.buf = this.buf.length ? Buffer.concat([this.buf, chunk]) : chunk
+    }
+  }
+
+  /** Exactly `n` raw bytes, as they arrive. */
+  async *raw(n: number): AsyncGenerator<Buffer> {
+    let left = n
+    if (left > 0 && this.buf.length > 0) {
+      const take = this.buf.subarray(0, Math.min(left, this.buf.length))
+      this.buf = this.buf.subarray(take.length)
+      left -= take.length
+      yield take
+    }
+    while (left > 0) {
+      const chunk = await this.more(`the rest of the file (${left} of ${n} bytes missing)`)
+      if (chunk.length > left) {
+        this.buf = chunk.subarray(left)
+        yield chunk.subarray(0, left)
+        left = 0
+      } else {
+        left -= chunk.length
+        yield chunk
+      }
+    }
+  }
+}
+
+/** Rejects with TIMEOUT after `ms` (and destroys the channel, which ends any read on it). */
+export async function withDeadline<T>(p: Promise<T>, ms: number, channel: Duplex, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      const err = new NatdError('TIMEOUT', `${what} did not come within ${ms} ms`)
+      channel.destroy(err)
+      reject(err)
+    }, ms)
+  })
+  try {
+    return await Promise.race([p, timeout])
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
+/** The error a peer's REFUSE frame stands for (an unknown code becomes INTERNAL). */
+export function refusal(code: string, message: string): NatdError {
+  return new NatdError(isErrorCode(code) ? code : 'INTERNAL', message)
+}

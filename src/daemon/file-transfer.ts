@@ -1,0 +1,330 @@
+/**
+ * One file over a `file` channel (frames in protocol/transfer.ts):
+ *
+ *   sender                                   receiver
+ *   OFFER id,size,sha256,name ─────────────▶ policy (peer, size), free space,
+ *                             ◀───────────── ACCEPT offset (bytes of .partial/<key> it has) | REFUSE code
+ *   bytes [offset, size)      ─────────────▶ appended to .partial/<key>, hashed as they come
+ *                             ◀───────────── DONE name (sha256 matched, fsynced, linked to a free name) | REFUSE CORRUPT…
+ *
+ * The partial is keyed by the sender's ID and the transfer ID (sha256 of sender, name and
+ * content), so running `natctl cp` again after a lost path or a killed daemon resumes
+ * where the receiver's disk stopped, and a changed file starts afresh.
+ */
+import { createHash } from 'node:crypto'
+import { once } from 'node:events'
+import fs from 'node:fs'
+import path from 'node:path'
+import { pipeline } from 'node:stream/promises'
+import { NatdError, toNatdError } from '../protocol/errors.js'
+import type { Logger } from '../protocol/log.js'
+import { encodeTransfer, MAX_FILE_BYTES } from '../protocol/transfer.js'
+import type { TunnelManager } from '../tunnel/manager.js'
+import type { MuxChannel, OpenRequest } from '../tunnel/mux.js'
+import type { Tunnel, PathKind } from '../tunnel/tunnel.js'
+import { ChannelReader, refusal, withDeadline } from './channel-frames.js'
+import { fsyncDir } from './state-files.js'
+
+export const FILE_SERVICE = 'file'
+/** The receiver waits this long for the OFFER after the channel opens. */
+export const OFFER_TIMEOUT_MS = 10_000
+/** Longest name the receiver keeps, in UTF-8 bytes (room left for a `-NNN` suffix under NAME_MAX 255). */
+export const MAX_NAME_BYTES = 200
+/** Free names tried (`a.txt`, `a-1.txt`, …) before giving up. */
+export const MAX_NAME_SUFFIX = 9_999
+/** Read size for sending and hashing: large enough to keep the channel's 4 MiB window full. */
+export const READ_CHUNK_BYTES = 1024 * 1024
+/** After a refusal mid-transfer the receiver ends the channel; it resets it after this if the sender does not. */
+export const REFUSE_LINGER_MS = 5_000
+
+/**
+ * A peer's name for a file made safe to create in the inbox: path separators, `.` and
+ * `..` segments, control characters and leading dots go; what is left is one plain file
+ * name (`../../etc/evil` → `etc_evil`), never empty, at most MAX_NAME_BYTES.
+ */
+export function sanitizeName(name: string): string {
+  const segments = name
+    .split(/[/\\]+/)
+    .map((s) => [...s].map((ch) => (ch.charCodeAt(0) < 0x20 || ch.charCodeAt(0) === 0x7f ? '_' : ch)).join('').trim())
+    .filter((s) => s !== '' && s !== '.' && s !== '..')
+  let out = segments.join('_').replace(/^\.+/, (dots) => '_'.repeat(dots.length))
+  if (Buffer.byteLength(out) > MAX_NAME_BYTES) {
+    const ext = path.extname(out).slice(0, 16)
+    let stem = out.slice(0, out.length - ext.length)
+    while (Buffer.byteLength(stem + ext) > MAX_NAME_BYTES) stem = stem.slice(0, -1)
+    out = stem + ext
+  }
+  return out || 'file'
+}
+
+/** `report.pdf`, then `report-1.pdf`, `report-2.pdf`, … */
+export function suffixedName(name: string, i: number): string {
+  if (i === 0) return name
+  const ext = path.extname(name)
+  return `${name.slice(0, name.length - ext.length)}-${i}${ext}`
+}
+
+/** sha256 of a file's bytes [0, end) (the whole file when end is omitted). */
+export async function hashFile(file: string, end?: number): Promise<ReturnType<typeof createHash>> {
+  const h = createHash('sha256')
+  if (end === 0) return h
+  const stream = fs.createReadStream(file, { highWaterMark: READ_CHUNK_BYTES, ...(end === undefined ? {} : { end: end - 1 }) })
+  for await (const chunk of stream) h.update(chunk as Buffer)
+  return h
+}
+
+export function transferIdOf(senderId: string, name: string, sha256: Buffer): Buffer {
+  return createHash('sha256').update(`natd-transfer\0${senderId}\0${name}\0`).update(sha256).digest()
+}
+
+/** Maps a local file's error to FILE_UNREADABLE with a message a user understands. */
+function unreadable(file: string, err: unknown): NatdError {
+  const e = err as NodeJS.ErrnoException
+  if (err instanceof NatdError) return err
+  const why = e.code === 'ENOENT' ? 'no such file' : e.code === 'EACCES' || e.code === 'EPERM' ? 'permission denied (natd must be able to read it)' : e.code === 'EISDIR' ? 'is a directory (use -r)' : (e.code ?? e.message)
+  return new NatdError('FILE_UNREADABLE', `${file}: ${why}`, { cause: err })
+}
+
+export interface SendOutcome {
+  transferId: string
+  peer: string
+  tunnel: PathKind
+  name: string
+  savedAs: string
+  size: number
+  sha256: string
+  offset: number
+  sent: number
+}
+
+export interface SendSpec {
+  peer: string
+  file: string
+  name: string
+  timeoutMs: number
+  /** Called as bytes leave (offset is what the receiver already had). */
+  onProgress(p: { transferId: string; peer: string; name: string; size: number; offset: number; sent: number }): void
+}
+
+/** Sends one file to a peer; resolves once the peer verified and stored it. */
+export async function sendFile(spec: SendSpec, c: { tunnels: TunnelManager; selfId: string; log: Logger }): Promise<SendOutcome> {
+  const { file } = spec
+  if (!path.isAbsolute(file)) throw new NatdError('INVALID_ARGUMENT', `the path must be absolute, not ${JSON.stringify(file)}`)
+  let st: fs.Stats
+  try {
+    st = await fs.promises.stat(file)
+    if (st.isDirectory()) throw new NatdError('FILE_UNREADABLE', `${file} is a directory (natctl cp -r sends what is in it)`)
+    if (!st.isFile()) throw new NatdError('FILE_UNREADABLE', `${file} is not a regular file`)
+    await fs.promises.access(file, fs.constants.R_OK)
+  } catch (err) {
+    throw unreadable(file, err)
+  }
+  if (st.size > MAX_FILE_BYTES) throw new NatdError('TOO_LARGE', `${file} is larger than 256 TiB`)
+  const name = spec.name || path.basename(file)
+  if (Buffer.byteLength(name) > 255) throw new NatdError('INVALID_ARGUMENT', 'the file name is longer than 255 bytes')
+  let sha256: Buffer
+  try {
+    sha256 = (await hashFile(file)).digest()
+  } catch (err) {
+    throw unreadable(file, err)
+  }
+  const after = await fs.promises.stat(file).catch((err: unknown) => Promise.reject(unreadable(file, err)))
+  if (after.size !== st.size || after.mtimeMs !== st.mtimeMs) throw new NatdError('FILE_UNREADABLE', `${file} changed while natd read it; send it again when it is complete`)
+  const size = st.size
+  const transferId = transferIdOf(c.selfId, name, sha256)
+  const idHex = transferId.toString('hex')
+
+  const started = Date.now()
+  const left = (): number => Math.max(1, spec.timeoutMs - (Date.now() - started))
+  const { tunnel } = await c.tunnels.open(spec.peer, 'auto', spec.timeoutMs)
+  const peer = tunnel.peer.name
+  const ch = tunnel.mux.openChannel(0, FILE_SERVICE)
+  const reader = new ChannelReader(ch)
+  let source: fs.ReadStream | null = null
+  try {
+    await withDeadline(ch.opened, left(), ch, `${peer}'s answer to the file channel`)
+    ch.write(encodeTransfer({ type: 'offer', transferId, size, sha256, name }))
+    const answer = await withDeadline(reader.frame('the answer to the offer'), left(), ch, `${peer}'s answer to the offer`)
+    if (answer.type === 'refuse') throw refusal(answer.code, `${peer} refused ${name}: ${answer.message}`)
+    if (answer.type !== 'accept' || answer.offset > size) throw new NatdError('BAD_REQUEST', `${peer} answered the offer with ${answer.type}`)
+    const offset = answer.offset
+    c.log.info('file transfer started', { peer, name, size, offset, transferId: idHex.slice(0, 16) })
+    let sent = 0
+    const progress = (): void => spec.onProgress({ transferId: idHex, peer, name, size, offset, sent })
+    progress()
+    // The receiver answers after the last byte, or early with a REFUSE (disk full…).
+    const reply = reader.frame('the receiver\'s verdict')
+    let body: Promise<void> = Promise.resolve()
+    if (offset < size) {
+      const src = fs.createReadStream(file, { start: offset, highWaterMark: READ_CHUNK_BYTES })
+      source = src
+      src.on('data', (chunk) => {
+        sent += chunk.length
+        progress()
+      })
+      body = pipeline(src, ch, { end: false }).catch((err: unknown) => {
+        throw (err as NodeJS.ErrnoException).syscall === 'read' || (err as NodeJS.ErrnoException).syscall === 'open' ? unreadable(file, err) : err
+      })
+    }
+    const verdict = await Promise.race([body.then(() => reply), reply])
+    if (verdict.type === 'refuse') throw refusal(verdict.code, `${peer} refused ${name}: ${verdict.message}`)
+    if (verdict.type !== 'done') throw new NatdError('BAD_REQUEST', `${peer} answered the file with ${verdict.type}`)
+    ch.end()
+    c.log.info('file sent', { peer, name, size, offset, sent, savedAs: verdict.name, transferId: idHex.slice(0, 16) })
+    return { transferId: idHex, peer, tunnel: tunnel.path, name, savedAs: verdict.name, size, sha256: sha256.toString('hex'), offset, sent }
+  } catch (err) {
+    source?.destroy()
+    ch.destroy()
+    throw toNatdError(err, 'TUNNEL_CLOSED')
+  }
+}
+
+export interface ReceivePolicy {
+  allowed(peer: { name: string; id: string }): boolean
+  maxSizeBytes: number
+  inbox: string
+}
+
+export interface StoredFile {
+  name: string
+  path: string
+  size: number
+  sha256: string
+  transferId: string
+}
+
+/** The receiving side: partials, verification, placement. */
+export class FileReceiver {
+  /** Receives in progress, by partial key: a re-run of the same transfer supersedes the old one. */
+  private readonly active = new Map<string, { channel: MuxChannel; done: Promise<void> }>()
+
+  constructor(
+    private readonly policy: () => ReceivePolicy,
+    private readonly log: Logger,
+    private readonly onStored: (f: StoredFile, from: Tunnel['peer']) => void
+  ) {}
+
+  /** A peer opened a `file` channel. Never throws. */
+  onChannel(tunnel: Tunnel, req: OpenRequest): void {
+    req.accept()
+    const ch = req.channel
+    void this.receive(tunnel, ch).catch((err: unknown) => {
+      const e = toNatdError(err)
+      this.log.warn('file not received', { peer: tunnel.peer.name, code: e.code, err: e.message })
+      if (ch.destroyed) return
+      ch.end(encodeTransfer({ type: 'refuse', code: e.code, message: e.message }))
+      setTimeout(() => ch.destroy(), REFUSE_LINGER_MS).unref()
+    })
+  }
+
+  private async receive(tunnel: Tunnel, ch: MuxChannel): Promise<void> {
+    const peer = tunnel.peer
+    const reader = new ChannelReader(ch)
+    const offer = await withDeadline(reader.frame('the offer'), OFFER_TIMEOUT_MS, ch, 'the offer')
+    if (offer.type !== 'offer') throw new NatdError('BAD_REQUEST', `expected an offer, got ${offer.type}`)
+    const policy = this.policy()
+    const name = sanitizeName(offer.name)
+    if (!policy.allowed(peer)) {
+      this.log.warn('NOT_ALLOWED: refused a file from a peer', { peer: peer.name, name, size: offer.size })
+      throw new NatdError('NOT_ALLOWED', `this agent does not accept files from ${peer.name} (natctl files policy --allow)`)
+    }
+    if (offer.size > policy.maxSizeBytes) {
+      this.log.warn('TOO_LARGE: refused a file from a peer', { peer: peer.name, name, size: offer.size, maxSizeBytes: policy.maxSizeBytes })
+      throw new NatdError('TOO_LARGE', `${offer.size} bytes is more than the ${policy.maxSizeBytes} this agent accepts`)
+    }
+    const transferId = Buffer.from(offer.transferId).toString('hex')
+    const key = createHash('sha256').update(`${peer.id}\0${transferId}`).digest('hex')
+    const previous = this.active.get(key)
+    if (previous) {
+      previous.channel.destroy(new NatdError('TUNNEL_CLOSED', 'superseded by a new attempt of the same transfer'))
+      await previous.done
+    }
+    let release!: () => void
+    const done = new Promise<void>((resolve) => (release = resolve))
+    this.active.set(key, { channel: ch, done })
+    try {
+      await this.store(peer, ch, reader, { ...offer, name, transferId, key }, policy.inbox)
+    } finally {
+      if (this.active.get(key)?.channel === ch) this.active.delete(key)
+      release()
+    }
+  }
+
+  private async store(
+    peer: Tunnel['peer'],
+    ch: MuxChannel,
+    reader: ChannelReader,
+    offer: { name: string; size: number; sha256: Uint8Array; transferId: string; key: string },
+    inbox: string
+  ): Promise<void> {
+    const partialDir = path.join(inbox, '.partial')
+    fs.mkdirSync(partialDir, { recursive: true, mode: 0o700 })
+    const partial = path.join(partialDir, offer.key)
+    let offset = 0
+    try {
+      offset = fs.statSync(partial).size
+    } catch {
+      // nothing yet
+    }
+    if (offset > offer.size) {
+      fs.truncateSync(partial, 0)
+      offset = 0
+    }
+    const free = fs.statfsSync(inbox)
+    if (free.bavail * free.bsize < offer.size - offset) {
+      throw new NatdError('NO_SPACE', `no room for ${offer.size - offset} bytes in the inbox (${free.bavail * free.bsize} free)`)
+    }
+    const hash = await hashFile(partial, offset).catch(() => createHash('sha256'))
+    ch.write(encodeTransfer({ type: 'accept', offset }))
+    this.log.info('file transfer accepted', { peer: peer.name, name: offer.name, size: offer.size, offset })
+    const out = fs.createWriteStream(partial, { flags: 'a', mode: 0o600, flush: true })
+    try {
+      await pipeline(
+        reader.raw(offer.size - offset),
+        async function* (chunks: AsyncIterable<Buffer>) {
+          for await (const chunk of chunks) {
+            hash.update(chunk)
+            yield chunk
+          }
+        },
+        out
+      )
+    } catch (err) {
+      if (!out.closed) await once(out, 'close')
+      const e = err as NodeJS.ErrnoException
+      if (e.code === 'ENOSPC' || e.code === 'EDQUOT') {
+        fs.rmSync(partial, { force: true })
+        throw new NatdError('NO_SPACE', 'the receiver\'s disk is full; nothing was kept', { cause: err })
+      }
+      // The path is gone: keep the partial, so the next attempt resumes.
+      this.log.info('file transfer interrupted', { peer: peer.name, name: offer.name, have: fs.statSync(partial).size, size: offer.size })
+      throw toNatdError(err, 'TUNNEL_CLOSED')
+    }
+    if (!hash.digest().equals(offer.sha256)) {
+      fs.rmSync(partial, { force: true })
+      this.log.warn('CORRUPT: received file does not match its sha256', { peer: peer.name, name: offer.name })
+      throw new NatdError('CORRUPT', `the bytes received do not match the sha256 of ${offer.name}; nothing was kept, send it again`)
+    }
+    const final = this.place(partial, inbox, offer.name)
+    const stored: StoredFile = { name: path.basename(final), path: final, size: offer.size, sha256: Buffer.from(offer.sha256).toString('hex'), transferId: offer.transferId }
+    this.onStored(stored, peer)
+    ch.end(encodeTransfer({ type: 'done', name: stored.name }))
+  }
+
+  /** Links the verified partial to the first free name (never overwriting anything), then drops the partial. */
+  private place(partial: string, inbox: string, name: string): string {
+    for (let i = 0; i <= MAX_NAME_SUFFIX; i++) {
+      const candidate = path.join(inbox, suffixedName(name, i))
+      try {
+        fs.linkSync(partial, candidate) // fails with EEXIST instead of replacing
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'EEXIST') continue
+        throw err
+      }
+      fs.rmSync(partial, { force: true })
+      fsyncDir(inbox)
+      return candidate
+    }
+    throw new NatdError('INVALID_ARGUMENT', `no free name for ${name} in ${inbox}`)
+  }
+}

@@ -1,0 +1,74 @@
+/**
+ * Small durable files in the state directory for messages and file transfer (config.ts
+ * owns config.json; these are ours): JSON written atomically, and append-only JSON-lines
+ * logs. Everything is mode 0600 and fsynced before the caller acknowledges anything.
+ */
+import fs from 'node:fs'
+import path from 'node:path'
+
+export const STATE_FILE_MODE = 0o600
+
+/** fsyncs a directory, so a rename or a new entry in it survives a crash. */
+export function fsyncDir(dir: string): void {
+  const fd = fs.openSync(dir, 'r')
+  try {
+    fs.fsyncSync(fd)
+  } finally {
+    fs.closeSync(fd)
+  }
+}
+
+/** Writes `value` as JSON through a temp file, fsync and rename: readers see the old or the new file, never half. */
+export function writeJsonAtomic(file: string, value: unknown): void {
+  const tmp = `${file}.${process.pid}.tmp`
+  const fd = fs.openSync(tmp, 'w', STATE_FILE_MODE)
+  try {
+    fs.writeSync(fd, JSON.stringify(value, null, 2) + '\n')
+    fs.fsyncSync(fd)
+  } finally {
+    fs.closeSync(fd)
+  }
+  fs.renameSync(tmp, file)
+  fsyncDir(path.dirname(file))
+}
+
+export function readJson<T>(file: string): T | null {
+  try {
+    return JSON.parse(fs.readFileSync(file, 'utf8')) as T
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null
+    throw err
+  }
+}
+
+/** Appends one JSON line and fsyncs it: once this returns, the record survives a crash. */
+export function appendJsonLine(file: string, value: unknown): void {
+  const fd = fs.openSync(file, 'a', STATE_FILE_MODE)
+  try {
+    fs.writeSync(fd, JSON.stringify(value) + '\n')
+    fs.fsyncSync(fd)
+  } finally {
+    fs.closeSync(fd)
+  }
+}
+
+/** Every parsable line of a JSON-lines file (a torn last line after a crash is skipped). */
+export function readJsonLines<T>(file: string): T[] {
+  let text: string
+  try {
+    text = fs.readFileSync(file, 'utf8')
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return []
+    throw err
+  }
+  const out: T[] = []
+  for (const line of text.split('\n')) {
+    if (!line.trim()) continue
+    try {
+      out.push(JSON.parse(line) as T)
+    } catch {
+      // a torn write
+    }
+  }
+  return out
+}

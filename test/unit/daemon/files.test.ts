@@ -1,0 +1,277 @@
+// File transfer (src/daemon/files.ts, file-transfer.ts) between two Files instances over a
+// real Mux pair on an in-memory message pipe; the tunnel manager is a stub that hands out
+// that one tunnel. Also the pure parts: name sanitising and free names.
+//
+//   alice: Files.send ── Mux A ═══ pipe ═══ Mux B ── Files: bob (inbox in a temp dir)
+import { execFileSync } from 'node:child_process'
+import { createHash, randomBytes } from 'node:crypto'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { afterEach, describe, expect, it } from 'vitest'
+import { sanitizeName, suffixedName, transferIdOf } from '../../../src/daemon/file-transfer.js'
+import { DEFAULT_MAX_FILE_BYTES, Files, FILE_SERVICE } from '../../../src/daemon/files.js'
+import type { FileProgress, ReceivedFile } from '../../../src/ipc/schema.js'
+import { silentLogger } from '../../../src/protocol/log.js'
+import type { TunnelManager } from '../../../src/tunnel/manager.js'
+import { Mux } from '../../../src/tunnel/mux.js'
+import type { Tunnel } from '../../../src/tunnel/tunnel.js'
+import { messagePipe, type MessagePipe } from '../tunnel/pipe.js'
+
+const ALICE = { name: 'alice', id: 'a'.repeat(52) }
+const BOB = { name: 'bob', id: 'b'.repeat(52) }
+const KiB = 1024
+const MiB = 1024 * KiB
+
+describe('sanitizeName', () => {
+  it.each([
+    ['report.pdf', 'report.pdf'],
+    ['../../etc/evil', 'etc_evil'],
+    ['/etc/passwd', 'etc_passwd'],
+    ['..', 'file'],
+    ['', 'file'],
+    ['./a/./b', 'a_b'],
+    ['a\\..\\b', 'a_b'],
+    ['.bashrc', '_bashrc'],
+    ['..hidden', '__hidden'],
+    ['new\nline\u0000.txt', 'new_line_.txt'],
+    ['photos/2026/a.jpg', 'photos_2026_a.jpg']
+  ])('%j → %j', (input, want) => {
+    expect(sanitizeName(input)).toBe(want)
+  })
+
+  it('keeps names within 200 bytes, extension included', () => {
+    const long = `${'é'.repeat(300)}.tar.gz`
+    const out = sanitizeName(long)
+    expect(Buffer.byteLength(out)).toBeLessThanOrEqual(200)
+    expect(out.endsWith('.gz')).toBe(true)
+  })
+
+  it('suffixes before the extension', () => {
+    expect([0, 1, 2].map((i) => suffixedName('a.txt', i))).toEqual(['a.txt', 'a-1.txt', 'a-2.txt'])
+    expect(suffixedName('README', 3)).toBe('README-3')
+  })
+})
+
+interface World {
+  pipe: MessagePipe
+  tmp: string
+  alice: Files
+  bob: Files
+  bobDir: string
+  received: ReceivedFile[]
+  progress: FileProgress[]
+  /** Bytes alice's side wrote onto the pipe. */
+  sentOnWire: () => number
+  /** The session dies as a tunnel sees it: both muxes close. */
+  cut: (reason: string) => void
+}
+
+const cleanups: Array<() => void> = []
+afterEach(() => {
+  for (const c of cleanups.splice(0)) c()
+})
+
+function world(): World {
+  const pipe = messagePipe()
+  const muxA = new Mux(pipe.a, true, silentLogger)
+  const muxB = new Mux(pipe.b, false, silentLogger)
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'natd-files-'))
+  const aliceDir = path.join(tmp, 'alice')
+  const bobDir = path.join(tmp, 'bob')
+  fs.mkdirSync(aliceDir)
+  fs.mkdirSync(bobDir)
+  cleanups.push(() => {
+    muxA.close('test over')
+    muxB.close('test over')
+    fs.rmSync(tmp, { recursive: true, force: true })
+  })
+  let wire = 0
+  pipe.tap = (from, frame) => {
+    if (from === 'a') wire += frame.length
+  }
+  const tunnelToBob = { peer: BOB, path: 'direct-udp', mux: muxA } as unknown as Tunnel
+  const tunnelToAlice = { peer: ALICE, path: 'direct-udp', mux: muxB } as unknown as Tunnel
+  const tunnels = { open: async () => ({ tunnel: tunnelToBob, tookMs: 0, reused: true }) } as unknown as TunnelManager
+  const received: ReceivedFile[] = []
+  const progress: FileProgress[] = []
+  const make = (dir: string, self: { name: string; id: string }): Files =>
+    new Files({ dir, tunnels, log: silentLogger, selfName: self.name, selfId: self.id, onReceived: (f) => received.push(f), onProgress: (p) => progress.push(p) })
+  const bob = make(bobDir, BOB)
+  muxB.on('open', (req) => {
+    if (req.service === FILE_SERVICE) bob.onChannel(tunnelToAlice, req)
+  })
+  const cut = (reason: string): void => {
+    muxA.close(reason)
+    muxB.close(reason)
+  }
+  return { pipe, tmp, alice: make(aliceDir, ALICE), bob, bobDir, received, progress, sentOnWire: () => wire, cut }
+}
+
+function file(dir: string, name: string, bytes: number | Buffer): { path: string; data: Buffer; sha256: string } {
+  const data = typeof bytes === 'number' ? randomBytes(bytes) : bytes
+  const p = path.join(dir, name)
+  fs.writeFileSync(p, data)
+  return { path: p, data, sha256: createHash('sha256').update(data).digest('hex') }
+}
+
+/** Where bob keeps the partial of alice's transfer of `name` with this content. */
+function partialOf(w: World, name: string, sha256: string): string {
+  const transferId = transferIdOf(ALICE.id, name, Buffer.from(sha256, 'hex')).toString('hex')
+  const key = createHash('sha256').update(`${ALICE.id}\0${transferId}`).digest('hex')
+  return path.join(w.bob.inbox, '.partial', key)
+}
+
+const send = (w: World, p: string, name = ''): ReturnType<Files['send']> => w.alice.send({ peer: 'bob', path: p, name, timeoutMs: 2_000 })
+
+describe('files', () => {
+  it('sends a file intact: bob verifies the sha256, stores it 0600 in the inbox, lists it; progress goes out', async () => {
+    const w = world()
+    const f = file(w.tmp, 'data.bin', 3 * MiB + 17)
+    const r = await send(w, f.path)
+    expect(r).toMatchObject({ peer: 'bob', name: 'data.bin', savedAs: 'data.bin', size: f.data.length, sha256: f.sha256, offset: 0, sent: f.data.length, tunnel: 'direct-udp', path: f.path })
+    const stored = path.join(w.bob.inbox, 'data.bin')
+    expect(fs.readFileSync(stored).equals(f.data)).toBe(true)
+    expect(fs.statSync(stored).mode & 0o777).toBe(0o600)
+    expect(w.bob.list()).toEqual([expect.objectContaining({ name: 'data.bin', path: stored, size: f.data.length, from: 'alice', fromId: ALICE.id, sha256: f.sha256 })])
+    expect(w.received).toHaveLength(1)
+    expect(w.progress.at(-1)).toMatchObject({ transferId: r.transferId, sent: f.data.length, size: f.data.length })
+    expect(fs.readdirSync(path.join(w.bob.inbox, '.partial'))).toEqual([])
+  })
+
+  it('never overwrites: the same name again gets a suffix; an empty file works', async () => {
+    const w = world()
+    fs.mkdirSync(w.bob.inbox, { recursive: true })
+    fs.writeFileSync(path.join(w.bob.inbox, 'a.txt'), 'mine')
+    const f = file(w.tmp, 'a.txt', Buffer.from('theirs'))
+    expect((await send(w, f.path)).savedAs).toBe('a-1.txt')
+    expect((await send(w, f.path)).savedAs).toBe('a-2.txt')
+    expect(fs.readFileSync(path.join(w.bob.inbox, 'a.txt'), 'utf8')).toBe('mine')
+    const empty = file(w.tmp, 'empty', Buffer.alloc(0))
+    expect(await send(w, empty.path)).toMatchObject({ savedAs: 'empty', size: 0, sent: 0 })
+  })
+
+  it('a hostile name lands inside the inbox under a safe name', async () => {
+    const w = world()
+    const f = file(w.tmp, 'x', Buffer.from('payload'))
+    expect((await send(w, f.path, '../../etc/evil')).savedAs).toBe('etc_evil')
+    expect(fs.readFileSync(path.join(w.bob.inbox, 'etc_evil'), 'utf8')).toBe('payload')
+    expect(fs.readdirSync(w.bobDir).sort()).toEqual(['files.jsonl', 'inbox'])
+  })
+
+  it('resumes from the bytes bob already has, sending only the rest', async () => {
+    const w = world()
+    const f = file(w.tmp, 'big.bin', 2 * MiB)
+    const partial = partialOf(w, 'big.bin', f.sha256)
+    fs.mkdirSync(path.dirname(partial), { recursive: true })
+    fs.writeFileSync(partial, f.data.subarray(0, 1_500_000))
+    const r = await send(w, f.path)
+    expect(r).toMatchObject({ offset: 1_500_000, sent: f.data.length - 1_500_000, sha256: f.sha256 })
+    expect(w.sentOnWire()).toBeLessThan(f.data.length - 1_500_000 + 64 * KiB)
+    expect(fs.readFileSync(path.join(w.bob.inbox, 'big.bin')).equals(f.data)).toBe(true)
+    expect(fs.existsSync(partial)).toBe(false)
+  })
+
+  it('a partial that does not match ends in CORRUPT: nothing is kept, and the next attempt starts afresh', async () => {
+    const w = world()
+    const f = file(w.tmp, 'c.bin', 256 * KiB)
+    const partial = partialOf(w, 'c.bin', f.sha256)
+    fs.mkdirSync(path.dirname(partial), { recursive: true })
+    fs.writeFileSync(partial, randomBytes(100 * KiB))
+    await expect(send(w, f.path)).rejects.toMatchObject({ code: 'CORRUPT' })
+    expect(fs.existsSync(partial)).toBe(false)
+    expect(fs.existsSync(path.join(w.bob.inbox, 'c.bin'))).toBe(false)
+    expect(await send(w, f.path)).toMatchObject({ offset: 0, savedAs: 'c.bin' })
+  })
+
+  it('the accept policy refuses before any byte of the file is sent; it persists', async () => {
+    const w = world()
+    const f = file(w.tmp, 'p.bin', 2 * MiB)
+    expect(w.bob.policy()).toEqual({ allow: [], maxSizeBytes: DEFAULT_MAX_FILE_BYTES, inbox: path.join(w.bobDir, 'inbox') })
+    w.bob.setPolicy({ allow: null, maxSizeBytes: MiB, inbox: null })
+    await expect(send(w, f.path)).rejects.toMatchObject({ code: 'TOO_LARGE', message: expect.stringMatching(/^bob refused p\.bin: /) })
+    w.bob.setPolicy({ allow: ['carol'], maxSizeBytes: 10 * MiB, inbox: null })
+    await expect(send(w, f.path)).rejects.toMatchObject({ code: 'NOT_ALLOWED' })
+    expect(w.sentOnWire()).toBeLessThan(4 * KiB)
+    expect(fs.statSync(path.join(w.bobDir, 'files.json')).mode & 0o777).toBe(0o600)
+    const again = new Files({ dir: w.bobDir, tunnels: {} as TunnelManager, log: silentLogger, selfName: 'bob', selfId: BOB.id, onReceived: () => undefined, onProgress: () => undefined })
+    expect(again.policy()).toMatchObject({ allow: ['carol'], maxSizeBytes: 10 * MiB })
+    w.bob.setPolicy({ allow: [ALICE.id.slice(0, 8)], maxSizeBytes: null, inbox: path.join(w.tmp, 'elsewhere') })
+    expect((await send(w, f.path)).savedAs).toBe('p.bin')
+    expect(fs.existsSync(path.join(w.tmp, 'elsewhere', 'p.bin'))).toBe(true)
+    expect(() => w.bob.setPolicy({ allow: ['Not A Name!'], maxSizeBytes: null, inbox: null })).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }))
+    expect(() => w.bob.setPolicy({ allow: null, maxSizeBytes: null, inbox: 'relative/dir' })).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }))
+  })
+
+  it('bad input: a missing file, a directory, a device, a relative path, yourself', async () => {
+    const w = world()
+    await expect(send(w, path.join(w.tmp, 'nope'))).rejects.toMatchObject({ code: 'FILE_UNREADABLE', message: expect.stringMatching(/no such file/) })
+    await expect(send(w, w.tmp)).rejects.toMatchObject({ code: 'FILE_UNREADABLE', message: expect.stringMatching(/directory/) })
+    await expect(send(w, '/dev/null')).rejects.toMatchObject({ code: 'FILE_UNREADABLE', message: expect.stringMatching(/not a regular file/) })
+    await expect(send(w, 'relative.txt')).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' })
+    await expect(w.alice.send({ peer: 'alice', path: '/etc/hostname', name: '', timeoutMs: 1000 })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' })
+  })
+
+  it('a lost path mid-transfer keeps the partial for the next attempt', async () => {
+    const w = world()
+    const f = file(w.tmp, 'lost.bin', 8 * MiB)
+    const partial = partialOf(w, 'lost.bin', f.sha256)
+    w.pipe.tap = (from) => {
+      if (from === 'a' && fs.existsSync(partial) && fs.statSync(partial).size >= MiB) w.pipe.up = false // the path goes silent
+    }
+    const attempt = send(w, f.path)
+    while (w.pipe.up) await new Promise((r) => setTimeout(r, 5))
+    await new Promise((r) => setTimeout(r, 50))
+    w.cut('path silent') // the tunnel notices
+    await expect(attempt).rejects.toMatchObject({ code: 'TUNNEL_CLOSED' })
+    await new Promise((r) => setTimeout(r, 50))
+    const kept = fs.statSync(partial).size
+    expect(kept).toBeGreaterThanOrEqual(MiB)
+    expect(kept).toBeLessThan(8 * MiB)
+    expect(fs.existsSync(path.join(w.bob.inbox, 'lost.bin'))).toBe(false)
+  })
+
+  it.skipIf(process.getuid?.() !== 0)('a disk without room refuses with NO_SPACE before the bytes are sent', async () => {
+    const w = world()
+    const small = path.join(w.tmp, 'small-fs')
+    fs.mkdirSync(small)
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', small])
+    try {
+      w.bob.setPolicy({ allow: null, maxSizeBytes: null, inbox: small })
+      const f = file(w.tmp, 'huge.bin', 2 * MiB)
+      await expect(send(w, f.path)).rejects.toMatchObject({ code: 'NO_SPACE' })
+      expect(w.sentOnWire()).toBeLessThan(4 * KiB)
+      expect(fs.readdirSync(small).filter((n) => n !== '.partial')).toEqual([])
+    } finally {
+      execFileSync('umount', [small])
+    }
+  })
+
+  it.skipIf(process.getuid?.() !== 0)('a disk that fills up during the transfer ends in NO_SPACE, and nothing is left behind', async () => {
+    const w = world()
+    const small = path.join(w.tmp, 'filling-fs')
+    fs.mkdirSync(small)
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', small])
+    try {
+      w.bob.setPolicy({ allow: null, maxSizeBytes: null, inbox: small })
+      const f = file(w.tmp, 'fills.bin', 3 * MiB)
+      let filled = false
+      w.pipe.tap = (from, frame) => {
+        // The first DATA frame: bob has accepted; someone else takes the room now.
+        if (from === 'a' && frame[0] === 3 && !filled) {
+          filled = true
+          try {
+            fs.writeFileSync(path.join(small, 'filler'), Buffer.alloc(3 * MiB))
+          } catch {
+            // full already: fine
+          }
+        }
+      }
+      await expect(send(w, f.path)).rejects.toMatchObject({ code: 'NO_SPACE' })
+      expect(fs.readdirSync(small).sort()).toEqual(['.partial', 'filler'])
+      expect(fs.readdirSync(path.join(small, '.partial'))).toEqual([])
+    } finally {
+      execFileSync('umount', [small])
+    }
+  })
+})

@@ -1,0 +1,124 @@
+// Messages (src/daemon/messages.ts) between two Messages instances over a real Mux pair on
+// an in-memory message pipe; the tunnel manager is a stub that hands out that one tunnel.
+//
+//   alice: Messages ── Mux A ═══ pipe ═══ Mux B ── Messages: bob (state dir in a temp dir)
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { afterEach, describe, expect, it } from 'vitest'
+import { Messages, MESSAGE_SERVICE } from '../../../src/daemon/messages.js'
+import type { MessageInfo } from '../../../src/ipc/schema.js'
+import { NatdError } from '../../../src/protocol/errors.js'
+import { silentLogger } from '../../../src/protocol/log.js'
+import { encodeTransfer } from '../../../src/protocol/transfer.js'
+import type { TunnelManager } from '../../../src/tunnel/manager.js'
+import { Mux } from '../../../src/tunnel/mux.js'
+import type { Tunnel } from '../../../src/tunnel/tunnel.js'
+import { messagePipe, type MessagePipe } from '../tunnel/pipe.js'
+
+const ALICE = { name: 'alice', id: 'a'.repeat(52) }
+const BOB = { name: 'bob', id: 'b'.repeat(52) }
+
+interface World {
+  pipe: MessagePipe
+  dirs: { alice: string; bob: string }
+  alice: Messages
+  bob: () => Messages
+  received: MessageInfo[]
+  muxA: Mux
+}
+
+const cleanups: Array<() => void> = []
+afterEach(() => {
+  for (const c of cleanups.splice(0)) c()
+})
+
+function world(opts: { offline?: boolean } = {}): World {
+  const pipe = messagePipe()
+  const muxA = new Mux(pipe.a, true, silentLogger)
+  const muxB = new Mux(pipe.b, false, silentLogger)
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'natd-msg-'))
+  const dirs = { alice: path.join(tmp, 'alice'), bob: path.join(tmp, 'bob') }
+  fs.mkdirSync(dirs.alice)
+  fs.mkdirSync(dirs.bob)
+  cleanups.push(() => {
+    muxA.close('test over')
+    muxB.close('test over')
+    fs.rmSync(tmp, { recursive: true, force: true })
+  })
+  const tunnelToBob = { peer: BOB, path: 'direct-udp', mux: muxA } as unknown as Tunnel
+  const tunnelToAlice = { peer: ALICE, path: 'direct-udp', mux: muxB } as unknown as Tunnel
+  const tunnels = {
+    open: async (peer: string) => {
+      if (opts.offline) throw new NatdError('PEER_OFFLINE', `${peer} is offline`)
+      return { tunnel: tunnelToBob, tookMs: 0, reused: true }
+    }
+  } as unknown as TunnelManager
+  const received: MessageInfo[] = []
+  const make = (dir: string, self: { name: string; id: string }): Messages =>
+    new Messages({ dir, tunnels, log: silentLogger, selfName: self.name, selfId: self.id, onMessage: (m) => received.push(m) })
+  let bob = make(dirs.bob, BOB)
+  muxB.on('open', (req) => {
+    if (req.service === MESSAGE_SERVICE) bob.onChannel(tunnelToAlice, req)
+  })
+  return {
+    pipe,
+    dirs,
+    alice: make(dirs.alice, ALICE),
+    bob: () => {
+      bob = make(dirs.bob, BOB) // a restart: a new instance on the same state dir
+      return bob
+    },
+    received,
+    muxA
+  }
+}
+
+describe('messages', () => {
+  it('send resolves once the receiver stored the message (0600, fsynced); the inbox lists it and a restart keeps it', async () => {
+    const w = world()
+    const r = await w.alice.send('bob', 'hello bob ✓', 2_000)
+    expect(r).toMatchObject({ peer: 'bob', id: expect.stringMatching(/^[0-9a-f]{32}$/) })
+    expect(w.received).toEqual([expect.objectContaining({ id: r.id, from: 'alice', fromId: ALICE.id, text: 'hello bob ✓' })])
+    const file = path.join(w.dirs.bob, 'messages.jsonl')
+    expect(fs.statSync(file).mode & 0o777).toBe(0o600)
+    const bob = w.bob()
+    expect(bob.list()).toEqual([expect.objectContaining({ id: r.id, text: 'hello bob ✓' })])
+    await w.alice.send('bob', 'second', 2_000)
+    expect(bob.list().map((m) => m.text)).toEqual(['hello bob ✓', 'second'])
+    expect(bob.list('alice', 1).map((m) => m.text)).toEqual(['second'])
+    expect(bob.list('carol')).toEqual([])
+    expect(bob.list(ALICE.id.slice(0, 8))).toHaveLength(2)
+  })
+
+  it('an offline peer is PEER_OFFLINE, yourself and oversized text are INVALID_ARGUMENT', async () => {
+    await expect(world({ offline: true }).alice.send('bob', 'hi', 1_000)).rejects.toMatchObject({ code: 'PEER_OFFLINE' })
+    const w = world()
+    await expect(w.alice.send('alice', 'hi', 1_000)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' })
+    await expect(w.alice.send('bob', 'x'.repeat(20_000), 1_000)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' })
+  })
+
+  it('a peer that never acknowledges makes send fail with TIMEOUT, not hang', async () => {
+    const w = world()
+    w.pipe.up = false
+    await expect(w.alice.send('bob', 'hi', 300)).rejects.toMatchObject({ code: 'TIMEOUT' })
+  })
+
+  it('a retried message (same id) is acknowledged but stored once; garbage on the channel is refused', async () => {
+    const w = world()
+    const id = Buffer.alloc(16, 7)
+    for (let i = 0; i < 2; i++) {
+      const ch = w.muxA.openChannel(0, MESSAGE_SERVICE)
+      await ch.opened
+      ch.write(encodeTransfer({ type: 'message', messageId: id, sentAt: 1, text: 'once' }))
+      const reply = await new Promise<Buffer>((resolve) => ch.once('data', resolve))
+      expect(reply.subarray(0, 4).toString('hex')).toBe('4e580106') // ACK
+    }
+    expect(w.bob().list().map((m) => m.text)).toEqual(['once'])
+    const bad = w.muxA.openChannel(0, MESSAGE_SERVICE)
+    await bad.opened
+    bad.write(encodeTransfer({ type: 'accept', offset: 0 }))
+    const reply = await new Promise<Buffer>((resolve) => bad.once('data', resolve))
+    expect(reply.subarray(0, 4).toString('hex')).toBe('4e580103') // REFUSE
+  })
+})
