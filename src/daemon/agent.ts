@@ -9,7 +9,7 @@ import { formatEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { NatdError } from '../protocol/errors.js'
 import { peerId, type KeyPair } from '../protocol/identity.js'
 import { systemClock, type Logger } from '../protocol/log.js'
-import { isRendezvousFrame, MSG, type NatVerdict, type PeerRecord } from '../protocol/rendezvous.js'
+import { isRendezvousFrame, MAX_LIST_PEERS, MSG, type NatVerdict, type PeerRecord } from '../protocol/rendezvous.js'
 import { ApiServer, type Handlers } from '../ipc/server.js'
 import type { NetcheckResult, PeerInfo, StatusResult } from '../ipc/schema.js'
 import { TunnelManager } from '../tunnel/manager.js'
@@ -321,7 +321,8 @@ export class Agent {
   private async checkPeerExists(peer: string): Promise<void> {
     if (this.client?.state.kind !== 'registered') return
     const peers = await this.client.list()
-    if (!peers.some((p) => p.name === peer || (peer.length >= 8 && peerId(p.publicKey).startsWith(peer)))) {
+    // A full list is capped (MAX_LIST_PEERS): a peer missing from it may still exist.
+    if (peers.length < MAX_LIST_PEERS && !peers.some((p) => p.name === peer || (peer.length >= 8 && peerId(p.publicKey).startsWith(peer)))) {
       throw new NatdError('PEER_UNKNOWN', `no peer named ${peer} on ${this.init.config.server}`)
     }
   }

@@ -60,6 +60,12 @@ export const MAX_TCP_FRAME_BYTES = 1024 * 1024
 /** Largest datagram we accept or send (fits a 1280-byte IPv6 minimum MTU). */
 export const MAX_UDP_FRAME_BYTES = 1200
 export const MAX_LAN_ENDPOINTS = 8
+/**
+ * A PEERS reply lists at most this many peers (online first, then the most recently
+ * seen): it must fit MAX_TCP_FRAME_BYTES and its u16 count, and a server with 100k
+ * agents stalled ~300 ms building a full list (bench/rendezvous-capacity.ts).
+ */
+export const MAX_LIST_PEERS = 2048
 const HELLO_PADDING = 92
 const HEARTBEAT_PADDING = 8
 

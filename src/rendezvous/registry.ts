@@ -139,6 +139,10 @@ export class Registry {
     if (this.byName.get(reg.name) === reg) this.byName.delete(reg.name)
   }
 
+  has(id: string): boolean {
+    return this.byId.has(id)
+  }
+
   get size(): number {
     return this.byId.size
   }

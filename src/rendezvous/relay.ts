@@ -69,7 +69,12 @@ export class Relay {
   /** The server introduced these two agents with a path that may need the relay. */
   allow(introId: Uint8Array, initiatorName: string, responderName: string): void {
     const now = this.clock.now()
-    for (const [k, p] of this.pending) if (p.expires < now) this.pending.delete(k)
+    // Entries expire in insertion order (one fixed lifetime), so stop at the first live one:
+    // a walk over every pending entry per introduction cost the server its CPU at scale.
+    for (const [k, p] of this.pending) {
+      if (p.expires >= now) break
+      this.pending.delete(k)
+    }
     this.pending.set(Buffer.from(introId).toString('hex'), { expires: now + RELAY_BIND_TIMEOUT_MS, names: [initiatorName, responderName], initiator: null, responder: null })
   }
 

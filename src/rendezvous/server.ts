@@ -21,10 +21,12 @@ import {
   FrameSplitter,
   INTRO_ID_BYTES,
   isRendezvousFrame,
+  MAX_LIST_PEERS,
   MAX_UDP_FRAME_BYTES,
   TOKEN_BYTES,
   type Message,
-  type OutgoingMessage
+  type OutgoingMessage,
+  type PeerRecord
 } from '../protocol/rendezvous.js'
 import { isStun } from '../protocol/stun.js'
 import { CookieJar } from './cookies.js'
@@ -38,6 +40,16 @@ export const REGISTER_CLOCK_SKEW_MS = 60_000
 export const TCP_AUTH_TIMEOUT_MS = 10_000
 /** Expiry sweep period; bounds how late past --peer-timeout a silent agent is dropped. */
 export const EXPIRY_SWEEP_MS = 1_000
+/**
+ * Up to this many connected agents, every peer up/down event goes to everyone (live
+ * `natctl peers` for a home network). Above it, only to the agents that were introduced
+ * to that peer: telling everyone costs O(N²) when a server with 100k agents restarts.
+ */
+export const BROADCAST_MAX_AGENTS = 1_000
+/** Contacts remembered per agent for the events above. */
+export const MAX_CONTACTS = 32
+/** UDP receive buffer we ask for: at 5k heartbeats/s the default 208 KiB covers ~30 ms of pause (a GC). */
+export const UDP_RECV_BUFFER_BYTES = 4 * 1024 * 1024
 
 export interface RendezvousInit {
   host: string // address to bind ('0.0.0.0' for all)
@@ -245,7 +257,11 @@ export class RendezvousServer {
     return encode({ type: 'register-ack', token: reg.token, observed, heartbeatMs: this.init.heartbeatMs, peerTimeoutMs: this.init.peerTimeoutMs })
   }
 
+  private sweeps = 0
+
   private onSweepExpired(): void {
+    // Once a minute, forget the contacts of agents the registry has forgotten.
+    if (++this.sweeps % 60 === 0) for (const id of this.contacts.keys()) if (!this.registry.has(id)) this.contacts.delete(id)
     for (const reg of this.registry.expire()) {
       this.log.info('agent timed out', { name: reg.name, id: reg.id.slice(0, 8) })
       this.closeConnOf(reg)
@@ -253,10 +269,25 @@ export class RendezvousServer {
     }
   }
 
-  /** Tells every other connected agent about `about`. */
+  /** Tells the other connected agents about `about` (all of them, or its contacts on a big server). */
   private broadcast(about: Registration, msg: OutgoingMessage): void {
     const bytes = frame(encode(msg))
-    for (const c of this.conns) if (c.reg && c.reg !== about) c.socket.write(bytes)
+    if (this.connByPeer.size <= BROADCAST_MAX_AGENTS) {
+      for (const c of this.conns) if (c.reg && c.reg !== about) c.socket.write(bytes)
+      return
+    }
+    for (const id of this.contacts.get(about.id) ?? []) this.connByPeer.get(id)?.socket.write(bytes)
+  }
+
+  /** Agents introduced to each other hear of each other's comings and goings. */
+  private readonly contacts = new Map<string, string[]>()
+
+  private addContact(a: string, b: string): void {
+    const list = this.contacts.get(a) ?? []
+    if (list.includes(b)) return
+    list.push(b)
+    if (list.length > MAX_CONTACTS) list.shift()
+    this.contacts.set(a, list)
   }
 
   // --- TCP -----------------------------------------------------------------
@@ -334,10 +365,8 @@ export class RendezvousServer {
     switch (msg.type) {
       case 'ping':
         return this.sendTcp(conn, { type: 'pong', seq: msg.seq })
-      case 'list': {
-        const peers = [...this.registry.all()].filter((r) => r !== reg).map((r) => this.registry.record(r))
-        return this.sendTcp(conn, { type: 'peers', reqId: msg.reqId, peers })
-      }
+      case 'list':
+        return this.sendTcp(conn, { type: 'peers', reqId: msg.reqId, peers: this.listFor(reg) })
       case 'introduce':
         return this.onIntroduce(conn, reg, msg)
       case 'bye': {
@@ -363,6 +392,8 @@ export class RendezvousServer {
     if (this.relay && (msg.via === 'auto' || msg.via === 'relay')) this.relay.allow(introId, from.name, target.name)
     this.sendTcp(targetConn, { type: 'introduction', reqId: 0, introId, initiator: false, via: msg.via, peer: this.registry.record(from) })
     this.sendTcp(conn, { type: 'introduction', reqId: msg.reqId, introId, initiator: true, via: msg.via, peer: this.registry.record(target) })
+    this.addContact(from.id, target.id)
+    this.addContact(target.id, from.id)
     this.log.info('introduced', { from: from.name, to: target.name, via: msg.via })
   }
 
@@ -381,6 +412,21 @@ export class RendezvousServer {
       this.sendTcp(conn, { type: 'error', reqId: 0, code: e.code, message: e.message })
       conn.socket.end()
     }
+  }
+
+  /** The peer list for `reg`: online agents first, then the most recently seen, at most MAX_LIST_PEERS. */
+  private listFor(reg: Registration): PeerRecord[] {
+    const online: Registration[] = []
+    const offline: Registration[] = []
+    for (const r of this.registry.all()) {
+      if (r === reg) continue
+      if (r.online) {
+        if (online.length < MAX_LIST_PEERS) online.push(r)
+      } else offline.push(r)
+    }
+    const room = MAX_LIST_PEERS - online.length
+    const recent = room > 0 ? offline.sort((a, b) => b.lastSeen - a.lastSeen).slice(0, room) : []
+    return [...online, ...recent].map((r) => this.registry.record(r))
   }
 
   private closeConnOf(reg: Registration): void {
@@ -406,6 +452,11 @@ function bindUdp(host: string, port: number, onMessage: (msg: Buffer, rinfo: dgr
     sock.bind(port, host, () => {
       sock.off('error', reject)
       sock.on('error', () => undefined)
+      try {
+        sock.setRecvBufferSize(UDP_RECV_BUFFER_BYTES) // the kernel caps it at net.core.rmem_max
+      } catch {
+        // keep the default
+      }
       resolve(sock)
     })
   })

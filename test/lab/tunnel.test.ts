@@ -18,7 +18,8 @@ const FWD_PORT = 9000
 
 
 async function open(n: NatdLab, from: string, to: string): Promise<{ path: string; tookMs: number; remote: string }> {
-  const r = await n.natctl(from, ['open', to])
+  // These are the UDP path's tests: `auto` may pick direct-tcp, which tcp.test.ts covers.
+  const r = await n.natctl(from, ['open', to, '--via', 'udp'])
   if (r.code !== 0) throw new Error(`natctl open ${to} failed (${r.code}): ${r.stderr}`)
   return r.json as { path: string; tookMs: number; remote: string }
 }
