@@ -16,12 +16,14 @@
  * and INTRODUCE.
  */
 import dgram from 'node:dgram'
-import net from 'node:net'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { setTimeout as sleep } from 'node:timers/promises'
 import sodium from 'sodium-native'
 import type { Endpoint } from '../src/protocol/endpoint.js'
-import type { Message, OutgoingMessage } from '../src/protocol/rendezvous.js'
+import type { Message } from '../src/protocol/rendezvous.js'
+import { ControlConnections, hostOf, nameOf, TCP_EVERY, type IntroResult, type ListResult, type RegisterResult } from './rendezvous-capacity-control.ts'
+
+export { TCP_EVERY, type IntroResult, type ListResult, type RegisterResult }
 
 // Project code as built (Node strips types but cannot run src/: it uses parameter
 // properties); typed from src/ for the type-checker.
@@ -38,15 +40,8 @@ const BACKOFF_FIRST_MS = 500
 const REGISTER_GIVE_UP_MS = 15_000
 /** A heartbeat ack later than this counts as lost (the agent's request timeout). */
 export const ACK_TIMEOUT_MS = 1_000
-/** Like the agent's TCP_REGISTER_TIMEOUT_MS and TCP_REQUEST_TIMEOUT_MS. */
-const TCP_REGISTER_TIMEOUT_MS = 5_000
-const TCP_REQUEST_TIMEOUT_MS = 10_000
-/** One agent in this many keeps a TCP control connection (1%). */
-export const TCP_EVERY = 100
 /** Granularity of the heartbeat schedule and of registration pacing. */
 const TICK_MS = 10
-/** TCP connections opened at once per process (each one is a signed REGISTER for the server). */
-const TCP_OPEN_CONCURRENCY = 64
 /** Sampling period of the event-loop delay histogram (how late this process reads its sockets). */
 const LOOP_DELAY_RESOLUTION_MS = 5
 /** Golden-ratio phases spread any number of agents evenly over the interval. */
@@ -54,7 +49,7 @@ const PHI = 0.6180339887498949
 
 export type Command =
   | { op: 'init'; worker: number; workers: number; capacity: number; server: Endpoint; intervalMs: number }
-  | { op: 'register'; total: number; ratePerS: number }
+  | { op: 'register'; total: number; ratePerS: number; maxInFlight: number }
   | { op: 'tcp-open'; total: number }
   | { op: 'window-start' }
   | { op: 'window-end' }
@@ -63,11 +58,6 @@ export type Command =
   | { op: 'tcp-close' }
   | { op: 'stop' }
 
-export interface RegisterResult {
-  ok: number
-  retries: number // HELLOs and REGISTERs sent again after UDP_REQUEST_TIMEOUT_MS
-  failed: Record<string, number>
-}
 export interface WindowResult {
   sent: number
   latenciesMs: Float64Array
@@ -78,62 +68,7 @@ export interface WindowResult {
   loopDelayP99Ms: number
   loopDelayMaxMs: number
 }
-export interface ListResult {
-  ms: number
-  bytes: number
-  peers: number
-}
-export interface IntroResult {
-  completed: number
-  asTarget: number
-  errors: Record<string, number>
-  latenciesMs: Float64Array
-}
 export type Reply = { id: number; ok: true; result: unknown } | { id: number; ok: false; error: string }
-
-/** Agent g's own loopback address, 127.20.0.1 upwards, never .0 or .255. */
-export function hostOf(g: number): string {
-  return `127.${20 + Math.floor(g / 62_500)}.${Math.floor(g / 250) % 250}.${1 + (g % 250)}`
-}
-
-export function nameOf(g: number): string {
-  return `a${g}`
-}
-
-/** Length-prefixed frames without the agent's 1 MiB cap, so an oversized PEERS is measured, not dropped. */
-class FrameReader {
-  private chunks: Buffer[] = []
-  private buffered = 0
-
-  push(chunk: Buffer): Buffer[] {
-    this.chunks.push(chunk)
-    this.buffered += chunk.length
-    const out: Buffer[] = []
-    while (this.buffered >= 4) {
-      if (this.chunks[0]!.length < 4) this.chunks = [Buffer.concat(this.chunks)]
-      const len = this.chunks[0]!.readUInt32BE(0)
-      if (this.buffered < 4 + len) break
-      const joined = this.chunks.length === 1 ? this.chunks[0]! : Buffer.concat(this.chunks)
-      out.push(joined.subarray(4, 4 + len))
-      const rest = joined.subarray(4 + len)
-      this.chunks = rest.length ? [rest] : []
-      this.buffered -= 4 + len
-    }
-    return out
-  }
-}
-
-interface Waiter {
-  resolve: (m: { msg: Message; bytes: number } | null) => void
-  timer: NodeJS.Timeout
-}
-
-interface TcpAgent {
-  l: number
-  sock: net.Socket
-  nextReqId: number
-  waiters: Map<number, Waiter>
-}
 
 class Agents {
   private readonly worker: number
@@ -149,7 +84,7 @@ class Agents {
   private readonly sentAt: Float64Array // 0 = no heartbeat outstanding
   private readonly tagged: Uint8Array // 1 = sent inside the measurement window
   private readonly udpWaiters = new Map<number, { type: Message['type']; resolve: (m: Message | null) => void }>()
-  private readonly tcp = new Map<number, TcpAgent>()
+  readonly control: ControlConnections
   private udpRetries = 0
   private registered = 0 // local agents [0, registered) have been attempted
   // Heartbeat schedule: a wheel of TICK_MS slots over one interval.
@@ -161,7 +96,6 @@ class Agents {
   private windowOpen = false
   private win = emptyWindow()
   private readonly loopDelay = monitorEventLoopDelay({ resolution: LOOP_DELAY_RESOLUTION_MS })
-  private introsAsTarget = 0
 
   constructor(init: Extract<Command, { op: 'init' }>) {
     this.worker = init.worker
@@ -169,7 +103,8 @@ class Agents {
     this.server = init.server
     this.intervalMs = init.intervalMs
     // Plain buffers, not identity.generateKeyPair(): its sodium_malloc guard pages cost
-    // three memory maps per key, and ~21,000 live keys hit vm.max_map_count (65530).
+    // several memory maps per key, and tens of thousands of live keys exhaust
+    // vm.max_map_count (65530): node aborts in napi_create_external_buffer.
     this.publicKeys = Buffer.alloc(init.capacity * 32)
     this.secretKeys = Buffer.alloc(init.capacity * 64)
     for (let l = 0; l < init.capacity; l++) sodium.crypto_sign_keypair(this.pk(l), this.sk(l))
@@ -179,6 +114,7 @@ class Agents {
     this.wheel = Array.from({ length: Math.ceil(this.intervalMs / TICK_MS) }, () => [])
     this.lastSlot = this.slotNow()
     this.ticker = setInterval(() => this.onTickExpired(), TICK_MS)
+    this.control = new ControlConnections(init.server, { global: (l) => this.g(l), signedRegister: (l, nonce, time) => this.signedRegister(l, nonce, time) })
   }
 
   private pk(l: number): Buffer {
@@ -214,18 +150,24 @@ class Agents {
 
   // --- UDP registration ------------------------------------------------------
 
-  /** Registers local agents up to the global count `total`, paced at `ratePerS` for this process. */
-  async register(total: number, ratePerS: number): Promise<RegisterResult> {
+  /**
+   * Registers local agents up to the global count `total`: at most `ratePerS` a second
+   * and `maxInFlight` at a time in this process (so a slow server slows the ramp instead
+   * of overflowing its receive queue and drowning in retries).
+   */
+  async register(total: number, ratePerS: number, maxInFlight: number): Promise<RegisterResult> {
     const upTo = this.localCount(total)
     const result: RegisterResult = { ok: 0, retries: 0, failed: {} }
     const running: Promise<void>[] = []
     const start = performance.now()
     const first = this.registered
     const retries0 = this.udpRetries
+    let inFlight = 0
     while (this.registered < upTo) {
       const due = Math.min(upTo, first + Math.floor(((performance.now() - start) / 1000) * ratePerS) + 1)
-      while (this.registered < due) {
+      while (this.registered < due && inFlight < maxInFlight) {
         const l = this.registered++
+        inFlight++
         running.push(
           this.registerUdp(l).then(
             () => void result.ok++,
@@ -233,7 +175,7 @@ class Agents {
               const code = err.code ?? err.message
               result.failed[code] = (result.failed[code] ?? 0) + 1
             }
-          )
+          ).finally(() => inFlight--)
         )
       }
       await sleep(TICK_MS)
@@ -336,11 +278,7 @@ class Agents {
     this.tagged[l] = this.windowOpen ? 1 : 0
     if (this.windowOpen) this.win.sent++
     sock.send(proto.encode({ type: 'heartbeat', token, seq }), this.server.port, this.server.host)
-    const t = this.tcp.get(l)
-    if (t) {
-      t.sock.write(proto.frame(proto.encode({ type: 'ping', seq })))
-      if (this.windowOpen) this.win.pings++
-    }
+    if (this.control.ping(l, seq, this.windowOpen) && this.windowOpen) this.win.pings++
   }
 
   private onHeartbeatAck(l: number, msg: Extract<Message, { type: 'heartbeat-ack' }>): void {
@@ -357,6 +295,7 @@ class Agents {
 
   windowStart(): void {
     this.win = emptyWindow()
+    this.control.resetWindow()
     this.windowOpen = true
     this.loopDelay.reset()
     this.loopDelay.enable()
@@ -379,191 +318,29 @@ class Agents {
       lost: w.lost,
       badStatus: w.badStatus,
       pings: w.pings,
-      pongs: w.pongs,
+      pongs: this.control.resetWindow(),
       // The histogram holds whole timer periods: take the resolution off to get the lag.
       loopDelayP99Ms: Math.max(0, this.loopDelay.percentile(99) / 1e6 - LOOP_DELAY_RESOLUTION_MS),
       loopDelayMaxMs: Math.max(0, this.loopDelay.max / 1e6 - LOOP_DELAY_RESOLUTION_MS)
     }
   }
 
-  // --- TCP control connections ------------------------------------------------------
-
-  /** Opens the control connections of local TCP agents among the first `total` (1%). */
-  async tcpOpen(total: number): Promise<RegisterResult> {
+  /** Opens the control connections of the local TCP agents among the first `total` (1%). */
+  tcpOpen(total: number): Promise<RegisterResult> {
     const want: number[] = []
-    for (let l = 0; l < this.localCount(total); l++) if (this.g(l) % TCP_EVERY === 0 && this.tokens[l] && !this.tcp.has(l)) want.push(l)
-    const result: RegisterResult = { ok: 0, retries: 0, failed: {} }
-    let next = 0
-    const lane = async (): Promise<void> => {
-      while (next < want.length) {
-        const l = want[next++]!
-        try {
-          this.tcp.set(l, await this.connect(l))
-          result.ok++
-        } catch (err) {
-          const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message
-          result.failed[code] = (result.failed[code] ?? 0) + 1
-        }
-      }
-    }
-    await Promise.all(Array.from({ length: TCP_OPEN_CONCURRENCY }, lane))
-    return result
-  }
-
-  /** Connects from the agent's own address; resolves once the server acknowledged the signed REGISTER. */
-  private connect(l: number): Promise<TcpAgent> {
-    return new Promise((resolve, reject) => {
-      const sock = net.connect({ host: this.server.host, port: this.server.port, localAddress: hostOf(this.g(l)) })
-      const agent: TcpAgent = { l, sock, nextReqId: 1, waiters: new Map() }
-      const reader = new FrameReader()
-      let state: 'challenge' | 'ack' | 'registered' = 'challenge'
-      const fail = (err: Error): void => {
-        clearTimeout(timer)
-        sock.destroy()
-        reject(err)
-      }
-      const timer = setTimeout(() => fail(Object.assign(new Error('tcp register timed out'), { code: 'TCP_TIMEOUT' })), TCP_REGISTER_TIMEOUT_MS)
-      sock.setNoDelay(true)
-      sock.on('error', (err) => {
-        if (state !== 'registered') fail(err)
-      })
-      sock.on('close', () => {
-        this.tcp.delete(l)
-        for (const w of agent.waiters.values()) w.resolve(null)
-        agent.waiters.clear()
-        if (state !== 'registered') fail(Object.assign(new Error('closed during registration'), { code: 'TCP_CLOSED' }))
-      })
-      sock.on('data', (chunk: Buffer) => {
-        let frames: Buffer[]
-        let msgs: Message[]
-        try {
-          frames = reader.push(chunk)
-          msgs = frames.map((f) => proto.decode(f))
-        } catch (err) {
-          if (state !== 'registered') fail(err as Error)
-          sock.destroy()
-          return
-        }
-        for (let i = 0; i < msgs.length; i++) {
-          const msg = msgs[i]!
-          const f = frames[i]!
-          if (state === 'challenge' && msg.type === 'challenge') {
-            state = 'ack'
-            sock.write(proto.frame(this.signedRegister(l, msg.nonce, msg.serverTime)))
-          } else if (state === 'ack') {
-            if (msg.type !== 'register-ack') return fail(Object.assign(new Error(`tcp register: ${msg.type}`), { code: msg.type === 'error' ? msg.code : 'TCP_UNEXPECTED' }))
-            state = 'registered'
-            clearTimeout(timer)
-            resolve(agent)
-          } else this.onTcpMessage(agent, msg, f.length)
-        }
-      })
-    })
-  }
-
-  private onTcpMessage(agent: TcpAgent, msg: Message, bytes: number): void {
-    switch (msg.type) {
-      case 'pong':
-        if (this.windowOpen) this.win.pongs++
-        return
-      case 'introduction':
-        if (msg.reqId === 0) {
-          this.introsAsTarget++
-          return
-        }
-        break
-      case 'peers':
-      case 'error':
-        break
-      default:
-        return // peer events
-    }
-    const w = agent.waiters.get(msg.reqId)
-    if (!w) return
-    agent.waiters.delete(msg.reqId)
-    clearTimeout(w.timer)
-    w.resolve({ msg, bytes })
-  }
-
-  /** One request on a control connection; null when it timed out or the connection closed. */
-  private request(agent: TcpAgent, msg: Extract<OutgoingMessage, { reqId: number }>): Promise<{ msg: Message; bytes: number } | null> {
-    const reqId = agent.nextReqId++
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => {
-        agent.waiters.delete(reqId)
-        resolve(null)
-      }, TCP_REQUEST_TIMEOUT_MS)
-      agent.waiters.set(reqId, { resolve, timer })
-      agent.sock.write(proto.frame(proto.encode({ ...msg, reqId })))
-    })
-  }
-
-  /** LIST from the first `samples` TCP agents in turn (one at a time: each is a full-registry walk). */
-  async list(samples: number): Promise<ListResult[]> {
-    const out: ListResult[] = []
-    for (const agent of [...this.tcp.values()].slice(0, samples)) {
-      const t0 = performance.now()
-      const reply = await this.request(agent, { type: 'list', reqId: 0 })
-      const ms = performance.now() - t0
-      if (reply?.msg.type === 'peers') out.push({ ms, bytes: reply.bytes, peers: reply.msg.peers.length })
-      else out.push({ ms, bytes: 0, peers: -1 })
-    }
-    return out
-  }
-
-  /**
-   * Each TCP agent keeps `depth` INTRODUCE requests in flight to the next TCP agent
-   * (global index + TCP_EVERY, wrapping) until the deadline; counts the answers that
-   * came before it.
-   */
-  async introBurst(total: number, durationMs: number, depth: number): Promise<IntroResult> {
-    const tcpAgents = Math.ceil(total / TCP_EVERY)
-    const result: IntroResult = { completed: 0, asTarget: 0, errors: {}, latenciesMs: new Float64Array(0) }
-    const latencies: number[] = []
-    if (tcpAgents < 2) return result
-    const asTarget0 = this.introsAsTarget
-    const deadline = performance.now() + durationMs
-    const loop = async (agent: TcpAgent): Promise<void> => {
-      const target = nameOf((this.g(agent.l) + TCP_EVERY) % (tcpAgents * TCP_EVERY))
-      while (performance.now() < deadline && !agent.sock.destroyed) {
-        const t0 = performance.now()
-        const reply = await this.request(agent, { type: 'introduce', reqId: 0, target, via: 'auto' })
-        const t1 = performance.now()
-        if (t1 > deadline) break
-        if (reply?.msg.type === 'introduction') {
-          result.completed++
-          latencies.push(t1 - t0)
-        } else {
-          const code = reply ? (reply.msg.type === 'error' ? reply.msg.code : reply.msg.type) : 'TIMEOUT'
-          result.errors[code] = (result.errors[code] ?? 0) + 1
-        }
-      }
-    }
-    const loops: Promise<void>[] = []
-    for (const agent of this.tcp.values()) for (let i = 0; i < depth; i++) loops.push(loop(agent))
-    await Promise.all(loops)
-    result.asTarget = this.introsAsTarget - asTarget0
-    result.latenciesMs = Float64Array.from(latencies)
-    return result
-  }
-
-  async tcpClose(): Promise<void> {
-    const closing = [...this.tcp.values()].map((t) => new Promise<void>((resolve) => {
-      t.sock.once('close', () => resolve())
-      t.sock.destroy()
-    }))
-    await Promise.all(closing)
+    for (let l = 0; l < this.localCount(total); l++) if (this.g(l) % TCP_EVERY === 0 && this.tokens[l]) want.push(l)
+    return this.control.open(want)
   }
 
   async stop(): Promise<void> {
     clearInterval(this.ticker)
-    await this.tcpClose()
+    await this.control.close()
     for (const s of this.socks) s?.close()
   }
 }
 
-function emptyWindow(): { sent: number; latencies: number[]; lost: number; badStatus: number; pings: number; pongs: number } {
-  return { sent: 0, latencies: [], lost: 0, badStatus: 0, pings: 0, pongs: 0 }
+function emptyWindow(): { sent: number; latencies: number[]; lost: number; badStatus: number; pings: number } {
+  return { sent: 0, latencies: [], lost: 0, badStatus: 0, pings: 0 }
 }
 
 // --- IPC loop: commands run one at a time, in order --------------------------------------
@@ -578,7 +355,7 @@ async function run(cmd: Command): Promise<unknown> {
   if (!agents) throw new Error('not initialised')
   switch (cmd.op) {
     case 'register':
-      return agents.register(cmd.total, cmd.ratePerS)
+      return agents.register(cmd.total, cmd.ratePerS, cmd.maxInFlight)
     case 'tcp-open':
       return agents.tcpOpen(cmd.total)
     case 'window-start':
@@ -586,11 +363,11 @@ async function run(cmd: Command): Promise<unknown> {
     case 'window-end':
       return agents.windowEnd()
     case 'list':
-      return agents.list(cmd.samples)
+      return agents.control.list(cmd.samples)
     case 'intro-burst':
-      return agents.introBurst(cmd.total, cmd.durationMs, cmd.depth)
+      return agents.control.introBurst(cmd.total, cmd.durationMs, cmd.depth)
     case 'tcp-close':
-      return agents.tcpClose()
+      return agents.control.close()
     case 'stop':
       return agents.stop()
   }
