@@ -90,6 +90,8 @@ export class Relay {
     if (p[side]) throw new NatdError('BAD_REQUEST', `the ${side} side of this introduction is already bound`)
     if (this.active.size >= this.limits.maxTunnels) throw new NatdError('RELAY_LIMIT', `the relay already carries its maximum of ${this.limits.maxTunnels} tunnels`)
     p[side] = { socket, early: [] }
+    // A connection the peer never joins must not stay open: it gets the bind timeout.
+    socket.setTimeout(Math.max(1, p.expires - this.clock.now()), () => socket.destroy())
     if (p.initiator && p.responder) {
       this.pending.delete(key)
       this.start(p.names, p.initiator, p.responder)
@@ -123,6 +125,8 @@ export class Relay {
     }
     t.timer.unref()
     this.active.add(t)
+    a.socket.setTimeout(0)
+    b.socket.setTimeout(0)
     const ok = frame(encode({ type: 'relay-ok' }))
     a.socket.write(ok)
     b.socket.write(ok)

@@ -402,9 +402,9 @@ export class RendezvousServer {
     if (conn.reg) throw new ProtocolError('BAD_REQUEST', 'RELAY on a control connection (open a new connection)')
     try {
       if (!this.relay) throw new NatdError('UNSUPPORTED_PATH', 'this rendezvous server does not relay (--no-relay)')
+      conn.socket.setTimeout(0) // the relay sets its own (bind, then none once paired)
       this.relay.bind(msg, conn.socket)
       conn.relay = true
-      conn.socket.setTimeout(0)
       conn.socket.setKeepAlive(true, 10_000)
     } catch (err) {
       const e = toNatdError(err)
