@@ -114,9 +114,16 @@ export class Agent {
       }
     )
     this.client = client
-    client.on('state', (state, error) =>
+    let registeredBefore = false
+    client.on('state', (state, error) => {
       this.api?.emit('server.state', { state: state.kind, error: error ? { code: error.code, message: error.message } : null })
-    )
+      // Registered again after losing the server: often a network change, so our NAT may
+      // behave differently now. Check again and tell the server if the verdict changed.
+      if (state.kind === 'registered') {
+        if (registeredBefore) void this.refreshNat()
+        registeredBefore = true
+      }
+    })
     client.on('peer', (event, peer) => {
       this.c.log.info(event === 'up' ? 'peer online' : 'peer offline', { peer: peer.name, id: peerId(peer.publicKey).slice(0, 8) })
       this.api?.emit(event === 'up' ? 'peer.up' : 'peer.down', this.peerInfo(peer))

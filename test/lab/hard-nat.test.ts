@@ -69,6 +69,20 @@ describe.skipIf(!labAvailable())('hard NAT: verdicts and birthday punching', () 
     })
   }, 90_000)
 
+  it('after a network change the agent checks its NAT again and its peers see the new verdict', async () => {
+    await withLab(pair('easy', 'easy'), async (n) => {
+      await startPair(n)
+      expect((await n.status('alice')).nat).toBe('easy')
+      // The server goes away while alice's network changes under her (her router turns hard).
+      await n.killServer()
+      await n.lab.setNat('alice', 'hard')
+      await n.startServer()
+      await n.waitRegistered('alice', 15_000)
+      await waitFor(async () => (await n.status('alice')).nat === 'hard', 10_000, 'alice re-checks her NAT')
+      await waitFor(async () => (await n.peers('bob')).some((p) => p.name === 'alice' && p.nat === 'hard'), 10_000, 'bob sees alice as hard')
+    })
+  }, 60_000)
+
   it('hard×hard: no spraying; open fails at once saying both NATs map per destination', async () => {
     await withLab(pair('hard', 'hard'), async (n) => {
       await startPair(n)
