@@ -26,6 +26,13 @@ export const PUNCHER_LINGER_MS = 5_000
  * without a direct path (birthday punching measured median 0.1-0.3 s, worst 0.6 s).
  */
 export const RELAY_FALLBACK_MS = 2_000
+/**
+ * When UDP punches first in `auto`, the initiator waits this long for TCP: a direct TCP
+ * path carried 3× the forwarded throughput of a UDP one (docs/BENCHMARKS.md: 171 vs 57
+ * MB/s). Through routers that drop SYNs TCP lands within ~10 ms of UDP; through routers
+ * that answer with RST it takes ~0.3 s, and the wait is what it costs UDP there.
+ */
+export const AUTO_TCP_GRACE_MS = 30
 /** A relayed `auto` tunnel tries a direct path this long after it came up, then at this period. */
 export const UPGRADE_FIRST_MS = 2_000
 export const UPGRADE_RETRY_MS = 5_000
@@ -207,7 +214,14 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     const auto = intro.via === 'auto' || intro.via === 'direct'
     const direct: Array<Promise<Established>> = []
     if (intro.via === 'udp' || (auto && hard < 2)) direct.push(this.establishUdp(intro, timeoutMs, abort.signal))
-    if (intro.via === 'tcp' || (auto && hard === 0)) direct.push(this.establishTcp(intro, timeoutMs, abort.signal))
+    let tcp: { attempt: Promise<Established>; settled: boolean } | null = null
+    if (intro.via === 'tcp' || (auto && hard === 0)) {
+      const attempt = this.establishTcp(intro, timeoutMs, abort.signal)
+      tcp = { attempt, settled: false }
+      const t = tcp
+      attempt.then(() => (t.settled = true), () => (t.settled = true))
+      direct.push(attempt)
+    }
     if (intro.via === 'direct' && direct.length === 0) throw new NatdError('PUNCH_FAILED', 'both NATs map per destination: no direct path to try')
     const attempts = [...direct]
     if (intro.via === 'relay') attempts.push(this.establishRelay(intro, timeoutMs, abort.signal))
@@ -225,6 +239,15 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     let won: Established
     try {
       won = await firstOf(attempts)
+      // The initiator prefers the faster path: UDP won the race, TCP may be a moment behind.
+      if (intro.initiator && auto && won.transport === 'udp' && tcp && !tcp.settled) {
+        const late = await Promise.race([tcp.attempt.catch(() => null), sleepUntil(AUTO_TCP_GRACE_MS, abort.signal).then(() => null)])
+        if (late) {
+          won.session.destroy()
+          won.release?.()
+          won = late
+        }
+      }
     } finally {
       abort.abort() // the losers clean up after themselves
     }
