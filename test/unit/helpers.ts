@@ -1,6 +1,7 @@
 // Shared helpers for the unit tests: a seeded PRNG (fuzz failures reproduce), hex
 // helpers, a fake clock, and a fuzz driver that checks decoders throw only ProtocolError.
-import { ProtocolError } from '../../src/protocol/errors.js'
+import { expect } from 'vitest'
+import { NatdError, ProtocolError } from '../../src/protocol/errors.js'
 import type { Clock } from '../../src/protocol/log.js'
 
 /** mulberry32: small, fast, seeded; the fuzz tests print their seed on failure. */
@@ -63,4 +64,19 @@ export function fuzzEscapes(inputs: Iterable<Uint8Array>, decode: (b: Uint8Array
     }
   }
   return escapes
+}
+
+/**
+ * The `code` of the error `fn` throws, checking it is a `kind` (NatdError by default,
+ * ProtocolError for decoders); undefined when nothing is thrown, so
+ * `expect(errorCode(...)).toBe(code)` fails then too.
+ */
+export function errorCode(fn: () => unknown, kind: typeof NatdError = NatdError): string | undefined {
+  try {
+    fn()
+  } catch (err) {
+    expect(err).toBeInstanceOf(kind)
+    return (err as NatdError).code
+  }
+  return undefined
 }

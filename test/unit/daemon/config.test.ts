@@ -5,22 +5,13 @@ import os from 'node:os'
 import path from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { DEFAULT_HEARTBEAT_MS, defaultStateDir, resolveConfig, StateStore, type Overrides } from '../../../src/daemon/config.js'
-import { NatdError } from '../../../src/protocol/errors.js'
 import { sign, verify } from '../../../src/protocol/identity.js'
+import { errorCode } from '../helpers.js'
 
 function mode(p: string): number {
   return fs.statSync(p).mode & 0o777
 }
 
-function codeOf(fn: () => unknown): string | undefined {
-  try {
-    fn()
-  } catch (err) {
-    expect(err).toBeInstanceOf(NatdError)
-    return (err as NatdError).code
-  }
-  return undefined
-}
 
 const FLAGS: Overrides = { name: 'alice', server: 'rv.example.net:3478', heartbeatMs: 15_000, port: 41641, logLevel: 'debug' }
 
@@ -76,7 +67,7 @@ describe('StateStore', () => {
     fs.mkdirSync(dir, { recursive: true })
     fs.writeFileSync(path.join(dir, 'identity.json'), '{"publicKey":"00","secretKey":"00"}')
     const store = new StateStore(dir)
-    expect(codeOf(() => store.loadIdentity())).toBe('INTERNAL')
+    expect(errorCode(() => store.loadIdentity())).toBe('INTERNAL')
     expect(fs.readFileSync(path.join(dir, 'identity.json'), 'utf8')).toBe('{"publicKey":"00","secretKey":"00"}')
   })
 
@@ -102,15 +93,15 @@ describe('StateStore', () => {
 
   it('refuses a bad or missing name, a missing or bad server, and a heartbeat out of range with INVALID_ARGUMENT', () => {
     const store = new StateStore(dir)
-    expect(codeOf(() => resolveConfig(store, { server: 'rv.example.net' }))).toBe('INVALID_ARGUMENT')
+    expect(errorCode(() => resolveConfig(store, { server: 'rv.example.net' }))).toBe('INVALID_ARGUMENT')
     for (const name of ['Alice', '-x', 'a'.repeat(33), 'has space']) {
-      expect(codeOf(() => resolveConfig(store, { name, server: 'rv.example.net' })), name).toBe('INVALID_ARGUMENT')
+      expect(errorCode(() => resolveConfig(store, { name, server: 'rv.example.net' })), name).toBe('INVALID_ARGUMENT')
     }
-    expect(codeOf(() => resolveConfig(store, { name: 'alice' }))).toBe('INVALID_ARGUMENT')
-    expect(codeOf(() => resolveConfig(store, { name: 'alice', server: 'rv.example.net:0' }))).toBe('INVALID_ARGUMENT')
-    expect(codeOf(() => resolveConfig(store, { name: 'alice', server: 'rv.example.net:99999' }))).toBe('INVALID_ARGUMENT')
-    expect(codeOf(() => resolveConfig(store, { name: 'alice', server: 'x', heartbeatMs: 199 }))).toBe('INVALID_ARGUMENT')
-    expect(codeOf(() => resolveConfig(store, { name: 'alice', server: 'x', heartbeatMs: 600_001 }))).toBe('INVALID_ARGUMENT')
+    expect(errorCode(() => resolveConfig(store, { name: 'alice' }))).toBe('INVALID_ARGUMENT')
+    expect(errorCode(() => resolveConfig(store, { name: 'alice', server: 'rv.example.net:0' }))).toBe('INVALID_ARGUMENT')
+    expect(errorCode(() => resolveConfig(store, { name: 'alice', server: 'rv.example.net:99999' }))).toBe('INVALID_ARGUMENT')
+    expect(errorCode(() => resolveConfig(store, { name: 'alice', server: 'x', heartbeatMs: 199 }))).toBe('INVALID_ARGUMENT')
+    expect(errorCode(() => resolveConfig(store, { name: 'alice', server: 'x', heartbeatMs: 600_001 }))).toBe('INVALID_ARGUMENT')
     // Nothing invalid was persisted.
     expect(store.config).toBeNull()
     expect(resolveConfig(store, { name: 'alice', server: 'x', heartbeatMs: 200 }).heartbeatMs).toBe(200)

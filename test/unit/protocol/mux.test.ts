@@ -4,22 +4,13 @@
 import { describe, expect, it } from 'vitest'
 import { ProtocolError } from '../../../src/protocol/errors.js'
 import { decodeMux, encodeData, encodeMux, MAX_DATA_BYTES, MUX, type MuxFrame } from '../../../src/protocol/mux.js'
-import { fuzzEscapes, hex, prng, randBuf, randInt, seq } from '../helpers.js'
+import { errorCode, fuzzEscapes, hex, prng, randBuf, randInt, seq } from '../helpers.js'
 
 /** Replaces byte arrays by hex so decoded frames (Buffer views) compare to what was encoded. */
 function norm(f: MuxFrame): unknown {
   return f.type === 'data' ? { ...f, data: Buffer.from(f.data).toString('hex') } : f
 }
 
-function codeOf(fn: () => unknown): string {
-  try {
-    fn()
-  } catch (err) {
-    expect(err).toBeInstanceOf(ProtocolError)
-    return (err as ProtocolError).code
-  }
-  throw new Error('expected a ProtocolError, nothing was thrown')
-}
 
 const SAMPLES: MuxFrame[] = [
   { type: 'open', channel: 1, port: 8080, window: 4 * 1024 * 1024, service: '' },
@@ -101,14 +92,14 @@ describe('mux codec: round trips and limits', () => {
     const f = decodeMux(encodeData(1, max))
     expect(f.type).toBe('data')
     if (f.type === 'data') expect(f.data.length).toBe(MAX_DATA_BYTES)
-    expect(codeOf(() => decodeMux(encodeData(1, Buffer.alloc(MAX_DATA_BYTES + 1))))).toBe('BAD_REQUEST')
+    expect(errorCode(() => decodeMux(encodeData(1, Buffer.alloc(MAX_DATA_BYTES + 1))), ProtocolError)).toBe('BAD_REQUEST')
   })
 
   it('refuses unknown frame types (0, 11, 255) and empty input with BAD_REQUEST', () => {
-    expect(codeOf(() => decodeMux(hex('00 | 00000001')))).toBe('BAD_REQUEST')
-    expect(codeOf(() => decodeMux(hex('0b | 00000001 | 00000000')))).toBe('BAD_REQUEST')
-    expect(codeOf(() => decodeMux(hex('ff | 00000001')))).toBe('BAD_REQUEST')
-    expect(codeOf(() => decodeMux(Buffer.alloc(0)))).toBe('BAD_REQUEST')
+    expect(errorCode(() => decodeMux(hex('00 | 00000001')), ProtocolError)).toBe('BAD_REQUEST')
+    expect(errorCode(() => decodeMux(hex('0b | 00000001 | 00000000')), ProtocolError)).toBe('BAD_REQUEST')
+    expect(errorCode(() => decodeMux(hex('ff | 00000001')), ProtocolError)).toBe('BAD_REQUEST')
+    expect(errorCode(() => decodeMux(Buffer.alloc(0)), ProtocolError)).toBe('BAD_REQUEST')
   })
 
   it('RESET and GOODBYE cut long text to fit their length bytes (code 64, message/reason 255 bytes)', () => {
@@ -158,7 +149,7 @@ describe('mux codec: fuzz', () => {
   })
 
   it('RESET or GOODBYE text that is not valid UTF-8 is refused with ProtocolError BAD_REQUEST', () => {
-    expect(codeOf(() => decodeMux(hex('06 | 00000001 | 01 ff | 00')))).toBe('BAD_REQUEST')
-    expect(codeOf(() => decodeMux(hex('09 | 00000000 | 02 c328')))).toBe('BAD_REQUEST')
+    expect(errorCode(() => decodeMux(hex('06 | 00000001 | 01 ff | 00')), ProtocolError)).toBe('BAD_REQUEST')
+    expect(errorCode(() => decodeMux(hex('09 | 00000000 | 02 c328')), ProtocolError)).toBe('BAD_REQUEST')
   })
 })

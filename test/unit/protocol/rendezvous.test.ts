@@ -19,7 +19,7 @@ import {
   type PeerRecord,
   type RegisterFields
 } from '../../../src/protocol/rendezvous.js'
-import { fuzzEscapes, hex, prng, randBuf, randInt, seq } from '../helpers.js'
+import { errorCode, fuzzEscapes, hex, prng, randBuf, randInt, seq } from '../helpers.js'
 
 const TOKEN = seq(0xa0, 16)
 const NONCE = seq(0x00, 32)
@@ -33,15 +33,6 @@ function norm(x: unknown): unknown {
   return x
 }
 
-function codeOf(fn: () => unknown): string {
-  try {
-    fn()
-  } catch (err) {
-    expect(err).toBeInstanceOf(ProtocolError)
-    return (err as ProtocolError).code
-  }
-  throw new Error('expected a ProtocolError, nothing was thrown')
-}
 
 const peerFull: PeerRecord = {
   publicKey: seq(0x10, 32),
@@ -301,7 +292,7 @@ describe('rendezvous codec: round trips', () => {
       hex('00'),
       Buffer.alloc(64)
     ])
-    expect(codeOf(() => decode(nine))).toBe('BAD_REQUEST')
+    expect(errorCode(() => decode(nine), ProtocolError)).toBe('BAD_REQUEST')
   })
 
   it('ERROR: long codes and messages are cut to fit their length bytes, on a UTF-8 boundary', () => {
@@ -312,29 +303,29 @@ describe('rendezvous codec: round trips', () => {
   })
 
   it('refuses version 2 (and 0) with BAD_VERSION, a foreign magic and unknown types with BAD_REQUEST', () => {
-    expect(codeOf(() => decode(hex('4e 44 02 0d')))).toBe('BAD_VERSION')
-    expect(codeOf(() => decode(hex('4e 44 02 01' + ' 00'.repeat(92))))).toBe('BAD_VERSION')
-    expect(codeOf(() => decode(hex('4e 44 00 0b 00000001')))).toBe('BAD_VERSION')
-    expect(codeOf(() => decode(hex('4e 45 01 0d')))).toBe('BAD_REQUEST')
-    expect(codeOf(() => decode(hex('4e 44 01 00')))).toBe('BAD_REQUEST')
-    expect(codeOf(() => decode(hex('4e 44 01 11')))).toBe('BAD_REQUEST')
-    expect(codeOf(() => decode(hex('4e 44 01 7f' + ' 00'.repeat(100))))).toBe('BAD_REQUEST')
-    expect(codeOf(() => decode(hex('4e 44 01 ff')))).toBe('BAD_REQUEST')
-    expect(codeOf(() => decode(Buffer.alloc(0)))).toBe('BAD_REQUEST')
+    expect(errorCode(() => decode(hex('4e 44 02 0d')), ProtocolError)).toBe('BAD_VERSION')
+    expect(errorCode(() => decode(hex('4e 44 02 01' + ' 00'.repeat(92))), ProtocolError)).toBe('BAD_VERSION')
+    expect(errorCode(() => decode(hex('4e 44 00 0b 00000001')), ProtocolError)).toBe('BAD_VERSION')
+    expect(errorCode(() => decode(hex('4e 45 01 0d')), ProtocolError)).toBe('BAD_REQUEST')
+    expect(errorCode(() => decode(hex('4e 44 01 00')), ProtocolError)).toBe('BAD_REQUEST')
+    expect(errorCode(() => decode(hex('4e 44 01 11')), ProtocolError)).toBe('BAD_REQUEST')
+    expect(errorCode(() => decode(hex('4e 44 01 7f' + ' 00'.repeat(100))), ProtocolError)).toBe('BAD_REQUEST')
+    expect(errorCode(() => decode(hex('4e 44 01 ff')), ProtocolError)).toBe('BAD_REQUEST')
+    expect(errorCode(() => decode(Buffer.alloc(0)), ProtocolError)).toBe('BAD_REQUEST')
   })
 
   it('refuses out-of-range enums (status, event, via, nat, endpoint family)', () => {
-    expect(codeOf(() => decode(hex('4e 44 01 06 | 00000007 | 03 | 00')))).toBe('BAD_REQUEST') // status 3
-    expect(codeOf(() => decode(hex('4e 44 01 0e | 00000005 | 03 626f62 | 05')))).toBe('BAD_REQUEST') // via 5
-    expect(codeOf(() => decode(hex('4e 44 01 06 | 00000007 | 00 | 05 01020304 0001')))).toBe('BAD_REQUEST') // family 5
+    expect(errorCode(() => decode(hex('4e 44 01 06 | 00000007 | 03 | 00')), ProtocolError)).toBe('BAD_REQUEST') // status 3
+    expect(errorCode(() => decode(hex('4e 44 01 0e | 00000005 | 03 626f62 | 05')), ProtocolError)).toBe('BAD_REQUEST') // via 5
+    expect(errorCode(() => decode(hex('4e 44 01 06 | 00000007 | 00 | 05 01020304 0001')), ProtocolError)).toBe('BAD_REQUEST') // family 5
     const ev = encode({ type: 'peer-event', event: 'up', peer: peerOffline })
     ev[4] = 3
-    expect(codeOf(() => decode(ev))).toBe('BAD_REQUEST')
+    expect(errorCode(() => decode(ev), ProtocolError)).toBe('BAD_REQUEST')
     const natAt = 4 + 1 + 32 + 1 + peerOffline.name.length + 1 + 4
     const bad = encode({ type: 'peer-event', event: 'up', peer: peerOffline })
     expect(bad[natAt]).toBe(2) // 'hard'
     bad[natAt] = 4
-    expect(codeOf(() => decode(bad))).toBe('BAD_REQUEST')
+    expect(errorCode(() => decode(bad), ProtocolError)).toBe('BAD_REQUEST')
   })
 
   // RELAY_DATA is the exception to both rules below: its payload is the rest of the frame.

@@ -4,22 +4,13 @@
 import { describe, expect, it } from 'vitest'
 import { ProtocolError } from '../../../src/protocol/errors.js'
 import { decodeTransfer, encodeTransfer, MAX_MESSAGE_BYTES, transferFrameLength, type TransferFrame } from '../../../src/protocol/transfer.js'
-import { fuzzEscapes, hex, prng, randBuf, randInt, seq } from '../helpers.js'
+import { errorCode, fuzzEscapes, hex, prng, randBuf, randInt, seq } from '../helpers.js'
 
 /** Byte arrays as hex, so decoded frames (Buffer views) compare to what was encoded. */
 function norm(f: TransferFrame): unknown {
   return Object.fromEntries(Object.entries(f).map(([k, v]) => [k, v instanceof Uint8Array ? Buffer.from(v).toString('hex') : v]))
 }
 
-function codeOf(fn: () => unknown): string {
-  try {
-    fn()
-  } catch (err) {
-    expect(err).toBeInstanceOf(ProtocolError)
-    return (err as ProtocolError).code
-  }
-  throw new Error('expected a ProtocolError, nothing was thrown')
-}
 
 const ID32 = seq(0, 32)
 const SHA = seq(0x80, 32)
@@ -71,13 +62,13 @@ describe('transfer codec: round trips and framing', () => {
   })
 
   it('refuses a bad magic, another version, an unknown type, a truncated body, bad UTF-8 and an oversized text', () => {
-    expect(codeOf(() => transferFrameLength(hex('4e59 01 02 0006')))).toBe('BAD_REQUEST')
-    expect(codeOf(() => transferFrameLength(hex('4e58 02 02 0006')))).toBe('BAD_VERSION')
-    expect(codeOf(() => decodeTransfer(hex('4e58 01 09 0000')))).toBe('BAD_REQUEST')
-    expect(codeOf(() => decodeTransfer(hex('4e58 01 02 0006 0000')))).toBe('BAD_REQUEST')
-    expect(codeOf(() => decodeTransfer(hex('4e58 01 04 0002 01 ff')))).toBe('BAD_REQUEST')
+    expect(errorCode(() => transferFrameLength(hex('4e59 01 02 0006')), ProtocolError)).toBe('BAD_REQUEST')
+    expect(errorCode(() => transferFrameLength(hex('4e58 02 02 0006')), ProtocolError)).toBe('BAD_VERSION')
+    expect(errorCode(() => decodeTransfer(hex('4e58 01 09 0000')), ProtocolError)).toBe('BAD_REQUEST')
+    expect(errorCode(() => decodeTransfer(hex('4e58 01 02 0006 0000')), ProtocolError)).toBe('BAD_REQUEST')
+    expect(errorCode(() => decodeTransfer(hex('4e58 01 04 0002 01 ff')), ProtocolError)).toBe('BAD_REQUEST')
     const big = Buffer.concat([hex('4e58 01 05 ffff'), seq(0, 16), hex('000000000000'), hex('ffff'), Buffer.alloc(0xffff - 24)])
-    expect(codeOf(() => decodeTransfer(big))).toBe('BAD_REQUEST')
+    expect(errorCode(() => decodeTransfer(big), ProtocolError)).toBe('BAD_REQUEST')
     expect(() => encodeTransfer({ type: 'message', messageId: ID16, sentAt: 0, text: 'x'.repeat(MAX_MESSAGE_BYTES + 1) })).toThrow(RangeError)
     expect(() => encodeTransfer({ type: 'ack', messageId: seq(0, 15) })).toThrow(RangeError)
   })

@@ -1,10 +1,9 @@
 // The rendezvous registry (src/rendezvous/registry.ts) under a fake clock: who holds a
 // name, tokens, expiry, and lookups by name / ID / ID prefix.
 import { beforeEach, describe, expect, it } from 'vitest'
-import { NatdError } from '../../../src/protocol/errors.js'
 import { peerId } from '../../../src/protocol/identity.js'
 import { Registry, type RegisterInput } from '../../../src/rendezvous/registry.js'
-import { FakeClock, seq } from '../helpers.js'
+import { errorCode, FakeClock, seq } from '../helpers.js'
 
 const PEER_TIMEOUT_MS = 30_000
 
@@ -16,15 +15,6 @@ function input(publicKey: Uint8Array, name: string, token: Uint8Array = seq(publ
   return { publicKey, name, lan: [], nat: 'easy', token, udp: { host: '203.0.113.1', port: 1000 + publicKey[0]! } }
 }
 
-function codeOf(fn: () => unknown): string | undefined {
-  try {
-    fn()
-  } catch (err) {
-    expect(err).toBeInstanceOf(NatdError)
-    return (err as NatdError).code
-  }
-  return undefined
-}
 
 describe('Registry', () => {
   let clock: FakeClock
@@ -49,7 +39,7 @@ describe('Registry', () => {
     reg.register(input(A, 'alice'))
     clock.advance(PEER_TIMEOUT_MS) // exactly at the timeout: still online
     expect(reg.expire()).toEqual([])
-    expect(codeOf(() => reg.register(input(B, 'alice')))).toBe('NAME_TAKEN')
+    expect(errorCode(() => reg.register(input(B, 'alice')))).toBe('NAME_TAKEN')
     expect(reg.lookup('alice')?.id).toBe(peerId(A))
     expect(reg.lookup(peerId(B))).toBeUndefined()
   })
@@ -95,7 +85,7 @@ describe('Registry', () => {
     expect(reg.lookup('alice')).toBeUndefined()
     expect(reg.lookup('alice2')?.id).toBe(peerId(A))
     expect(reg.register(input(B, 'alice')).reg.id).toBe(peerId(B))
-    expect(codeOf(() => reg.register(input(B, 'alice2')))).toBe('NAME_TAKEN')
+    expect(errorCode(() => reg.register(input(B, 'alice2')))).toBe('NAME_TAKEN')
   })
 
   it('expire returns each dropped registration exactly once, and only those past the timeout', () => {
