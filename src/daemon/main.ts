@@ -63,6 +63,8 @@ function runOptions(y: Argv): Argv<RunArgs> {
 
 async function main(): Promise<void> {
   await yargs(hideBin(process.argv))
+    // A flag given twice: the last one wins (no flag here takes a list).
+    .parserConfiguration({ 'duplicate-arguments-array': false })
     .scriptName('natd')
     .usage('$0 [options]\n\nThe natd agent: registers with a rendezvous server and opens encrypted tunnels to peers.\nFlags are stored in the state directory; later starts need none. Under systemd, see docs/SERVICE.md.')
     .command('$0', 'run the agent', runOptions, (argv) => run(argv))

@@ -14,6 +14,8 @@ const DEFAULT_HEARTBEAT = '20s'
 
 async function main(): Promise<void> {
   const argv = await yargs(hideBin(process.argv))
+    // A flag given twice: the last one wins (no flag here takes a list).
+    .parserConfiguration({ 'duplicate-arguments-array': false })
     .scriptName('natd-rendezvous')
     .usage('$0 [options]\n\nRegisters natd agents, keeps their NAT mappings alive, introduces them to each other.')
     .option('host', { type: 'string', default: '0.0.0.0', describe: 'address to listen on' })

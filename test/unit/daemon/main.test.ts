@@ -128,6 +128,13 @@ describe.skipIf(!fs.existsSync(NATD))('natd with a config file, under signals', 
     expect(lines('config file applied')).toEqual([expect.objectContaining({ level: 'debug', exposes: [22] })])
   }, 30_000)
 
+  it('a flag given twice: the last one wins', async () => {
+    writeConfig({})
+    const p = await start(['--log-level', 'info', '--log-level', 'debug'])
+    await until(() => log.includes('"level":"debug"'), 5_000, 'a debug line')
+    expect(p.exitCode).toBeNull()
+  }, 30_000)
+
   it('SIGTERM exits 0 at once and removes the socket; a second start reuses the state', async () => {
     writeConfig({})
     const p = await start()
