@@ -45,10 +45,9 @@ describe.skipIf(!labAvailable())('TCP hole punching', () => {
     })
   }, 60_000)
 
-  // Issue 4 asks for 9 of 10. Measured: 9-10 of 10 in most runs, but 6 of 10 in one CI
-  // run (bimodal: quick opens, or nothing in 5 s), so this asserts the floor it reliably
-  // keeps and prints the figure; the gap is open work (see the note on issue 4).
-  it('routers that answer unsolicited SYNs with RST: direct-tcp within 5 s in most of 10 runs (the figure is printed)', async () => {
+  // Each open reuses the same two ports (the control connections'), so this also checks
+  // that a closed or failed punch leaves nothing behind on the 4-tuple.
+  it('routers that answer unsolicited SYNs with RST: direct-tcp within 5 s in at least 9 of 10 runs', async () => {
     await withLab(pair('easy', 'easy', 'reset'), async (n) => {
       await startPair(n)
       const took: number[] = []
@@ -64,7 +63,7 @@ describe.skipIf(!labAvailable())('TCP hole punching', () => {
       }
       took.sort((a, b) => a - b)
       process.stdout.write(`TCP punch through RST routers: ${took.length}/10 opened, median ${took[Math.floor(took.length / 2)] ?? '-'} ms, max ${took[took.length - 1] ?? '-'} ms\n`)
-      expect(failures).toBeLessThanOrEqual(5)
+      expect(failures).toBeLessThanOrEqual(1)
     })
   }, 120_000)
 
