@@ -2,14 +2,17 @@
  * One file over a `file` channel (frames in protocol/transfer.ts):
  *
  *   sender                                   receiver
- *   OFFER id,size,sha256,name ─────────────▶ policy (peer, size), free space,
+ *   OFFER id,size,name        ─────────────▶ policy (peer, size), free space,
  *                             ◀───────────── ACCEPT offset (bytes of .partial/<key> it has) | REFUSE code
  *   bytes [offset, size)      ─────────────▶ appended to .partial/<key>, hashed as they come
+ *   END sha256 of [0, size)   ─────────────▶ compared with its own
  *                             ◀───────────── DONE name (sha256 matched, fsynced, linked to a free name) | REFUSE CORRUPT…
  *
- * The partial is keyed by the sender's ID and the transfer ID (sha256 of sender, name and
- * content), so running `natctl cp` again after a lost path or a killed daemon resumes
- * where the receiver's disk stopped, and a changed file starts afresh.
+ * The sender reads the file once, hashing as it sends (on a resume it first hashes what
+ * the receiver already has). The partial is keyed by the sender's ID and the transfer ID
+ * (a hash of sender, name, size, mtime and inode), so running `natctl cp` again after a
+ * lost path or a killed daemon resumes where the receiver's disk stopped, and a changed
+ * file starts afresh; a change that kept size and mtime ends in CORRUPT, never in a mix.
  */
 import { createHash } from 'node:crypto'
 import { once } from 'node:events'
@@ -18,7 +21,7 @@ import path from 'node:path'
 import { pipeline } from 'node:stream/promises'
 import { NatdError, toNatdError } from '../protocol/errors.js'
 import type { Logger } from '../protocol/log.js'
-import { encodeTransfer, MAX_FILE_BYTES } from '../protocol/transfer.js'
+import { encodeTransfer, MAX_FILE_BYTES, type TransferFrame } from '../protocol/transfer.js'
 import type { TunnelManager } from '../tunnel/manager.js'
 import type { MuxChannel, OpenRequest } from '../tunnel/mux.js'
 import type { Tunnel, PathKind } from '../tunnel/tunnel.js'
@@ -73,8 +76,14 @@ export async function hashFile(file: string, end?: number): Promise<ReturnType<t
   return h
 }
 
-export function transferIdOf(senderId: string, name: string, sha256: Buffer): Buffer {
-  return createHash('sha256').update(`natd-transfer\0${senderId}\0${name}\0`).update(sha256).digest()
+/** The sender's name for this version of a file: what a resume must match. */
+export function transferIdOf(senderId: string, name: string, st: Pick<fs.Stats, 'size' | 'mtimeMs' | 'ino'>): Buffer {
+  return createHash('sha256').update(`natd-transfer\0${senderId}\0${name}\0${st.size}\0${st.mtimeMs}\0${st.ino}`).digest()
+}
+
+/** The error for a reply that is not the one expected: the peer's REFUSE, or BAD_REQUEST. */
+function refusalOf(f: TransferFrame, peer: string, name: string): NatdError {
+  return f.type === 'refuse' ? refusal(f.code, `${peer} refused ${name}: ${f.message}`) : new NatdError('BAD_REQUEST', `${peer} answered the file with ${f.type}`)
 }
 
 /** Maps a local file's error to FILE_UNREADABLE with a message a user understands. */
@@ -122,16 +131,8 @@ export async function sendFile(spec: SendSpec, c: { tunnels: TunnelManager; self
   if (st.size > MAX_FILE_BYTES) throw new NatdError('TOO_LARGE', `${file} is larger than 256 TiB`)
   const name = spec.name || path.basename(file)
   if (Buffer.byteLength(name) > 255) throw new NatdError('INVALID_ARGUMENT', 'the file name is longer than 255 bytes')
-  let sha256: Buffer
-  try {
-    sha256 = (await hashFile(file)).digest()
-  } catch (err) {
-    throw unreadable(file, err)
-  }
-  const after = await fs.promises.stat(file).catch((err: unknown) => Promise.reject(unreadable(file, err)))
-  if (after.size !== st.size || after.mtimeMs !== st.mtimeMs) throw new NatdError('FILE_UNREADABLE', `${file} changed while natd read it; send it again when it is complete`)
   const size = st.size
-  const transferId = transferIdOf(c.selfId, name, sha256)
+  const transferId = transferIdOf(c.selfId, name, st)
   const idHex = transferId.toString('hex')
 
   const started = Date.now()
@@ -143,22 +144,25 @@ export async function sendFile(spec: SendSpec, c: { tunnels: TunnelManager; self
   let source: fs.ReadStream | null = null
   try {
     await withDeadline(ch.opened, left(), ch, `${peer}'s answer to the file channel`)
-    ch.write(encodeTransfer({ type: 'offer', transferId, size, sha256, name }))
+    ch.write(encodeTransfer({ type: 'offer', transferId, size, name }))
     const answer = await withDeadline(reader.frame('the answer to the offer'), left(), ch, `${peer}'s answer to the offer`)
     if (answer.type === 'refuse') throw refusal(answer.code, `${peer} refused ${name}: ${answer.message}`)
     if (answer.type !== 'accept' || answer.offset > size) throw new NatdError('BAD_REQUEST', `${peer} answered the offer with ${answer.type}`)
     const offset = answer.offset
     c.log.info('file transfer started', { peer, name, size, offset, transferId: idHex.slice(0, 16) })
+    // The receiver answers after END, or early with a REFUSE (disk full…).
+    const reply = reader.frame('the receiver\'s verdict')
+    reply.catch(() => undefined) // awaited below; a failed read surfaces there
+    const hash = await hashFile(file, offset).catch((err: unknown) => Promise.reject(unreadable(file, err)))
     let sent = 0
     const progress = (): void => spec.onProgress({ transferId: idHex, peer, name, size, offset, sent })
     progress()
-    // The receiver answers after the last byte, or early with a REFUSE (disk full…).
-    const reply = reader.frame('the receiver\'s verdict')
     let body: Promise<void> = Promise.resolve()
     if (offset < size) {
-      const src = fs.createReadStream(file, { start: offset, highWaterMark: READ_CHUNK_BYTES })
+      const src = fs.createReadStream(file, { start: offset, end: size - 1, highWaterMark: READ_CHUNK_BYTES })
       source = src
       src.on('data', (chunk) => {
+        hash.update(chunk)
         sent += chunk.length
         progress()
       })
@@ -166,9 +170,16 @@ export async function sendFile(spec: SendSpec, c: { tunnels: TunnelManager; self
         throw (err as NodeJS.ErrnoException).syscall === 'read' || (err as NodeJS.ErrnoException).syscall === 'open' ? unreadable(file, err) : err
       })
     }
-    const verdict = await Promise.race([body.then(() => reply), reply])
-    if (verdict.type === 'refuse') throw refusal(verdict.code, `${peer} refused ${name}: ${verdict.message}`)
-    if (verdict.type !== 'done') throw new NatdError('BAD_REQUEST', `${peer} answered the file with ${verdict.type}`)
+    let sha256 = Buffer.alloc(0)
+    const finish = async (): Promise<TransferFrame> => {
+      const after = await fs.promises.stat(file).catch((err: unknown) => Promise.reject(unreadable(file, err)))
+      if (after.size !== st.size || after.mtimeMs !== st.mtimeMs || sent !== size - offset) throw new NatdError('FILE_UNREADABLE', `${file} changed while natd sent it; send it again when it is complete`)
+      sha256 = hash.digest()
+      ch.write(encodeTransfer({ type: 'end', sha256 }))
+      return reply
+    }
+    const verdict = await Promise.race([body.then(finish), reply])
+    if (verdict.type !== 'done') throw refusalOf(verdict, peer, name)
     ch.end()
     c.log.info('file sent', { peer, name, size, offset, sent, savedAs: verdict.name, transferId: idHex.slice(0, 16) })
     return { transferId: idHex, peer, tunnel: tunnel.path, name, savedAs: verdict.name, size, sha256: sha256.toString('hex'), offset, sent }
@@ -254,7 +265,7 @@ export class FileReceiver {
     peer: Tunnel['peer'],
     ch: MuxChannel,
     reader: ChannelReader,
-    offer: { name: string; size: number; sha256: Uint8Array; transferId: string; key: string },
+    offer: { name: string; size: number; transferId: string; key: string },
     inbox: string
   ): Promise<void> {
     const partialDir = path.join(inbox, '.partial')
@@ -300,13 +311,16 @@ export class FileReceiver {
       this.log.info('file transfer interrupted', { peer: peer.name, name: offer.name, have: fs.statSync(partial).size, size: offer.size })
       throw toNatdError(err, 'TUNNEL_CLOSED')
     }
-    if (!hash.digest().equals(offer.sha256)) {
+    const end = await withDeadline(reader.frame('the sha256 after the file'), OFFER_TIMEOUT_MS, ch, 'the sha256 after the file')
+    if (end.type !== 'end') throw new NatdError('BAD_REQUEST', `expected the file's sha256 after its bytes, got ${end.type}`)
+    const sha256 = hash.digest()
+    if (!sha256.equals(end.sha256)) {
       fs.rmSync(partial, { force: true })
       this.log.warn('CORRUPT: received file does not match its sha256', { peer: peer.name, name: offer.name })
       throw new NatdError('CORRUPT', `the bytes received do not match the sha256 of ${offer.name}; nothing was kept, send it again`)
     }
     const final = this.place(partial, inbox, offer.name)
-    const stored: StoredFile = { name: path.basename(final), path: final, size: offer.size, sha256: Buffer.from(offer.sha256).toString('hex'), transferId: offer.transferId }
+    const stored: StoredFile = { name: path.basename(final), path: final, size: offer.size, sha256: sha256.toString('hex'), transferId: offer.transferId }
     this.onStored(stored, peer)
     ch.end(encodeTransfer({ type: 'done', name: stored.name }))
   }

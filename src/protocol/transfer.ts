@@ -6,8 +6,9 @@
  *
  * Bodies (u16/u48 big-endian; str8 = u8 length + UTF-8; str16 = u16 length + UTF-8):
  *
- *   OFFER    transferId[32] size u48 sha256[32] name str8
- *                              sender → receiver: a file; transferId lets a re-run find the partial
+ *   OFFER    transferId[32] size u48 name str8
+ *                              sender → receiver: a file; transferId (the sender's name for this
+ *                              version of the file) lets a re-run find the partial
  *   ACCEPT   offset u48        receiver: send the bytes from `offset` (what it already has)
  *   REFUSE   code str8 message str8
  *                              receiver: no (NOT_ALLOWED, TOO_LARGE, NO_SPACE, CORRUPT, …),
@@ -16,16 +17,18 @@
  *   MESSAGE  messageId[16] sentAt u48 text str16
  *                              sender → receiver on `msg`
  *   ACK      messageId[16]     receiver: the message is on its disk
+ *   END      sha256[32]        sender, after the bytes: the sha256 of the whole file, [0, size)
  *
- * The `file` channel:  OFFER → (ACCEPT, then exactly size − offset raw bytes → DONE | REFUSE) | REFUSE.
+ * The `file` channel:  OFFER → (ACCEPT, then exactly size − offset raw bytes, END → DONE | REFUSE) | REFUSE.
+ * (Version 2: the digest moved from OFFER to END, so a sender reads the file once.)
  * The `msg` channel:   MESSAGE → ACK | REFUSE.
  */
 import { Reader, truncateUtf8, Writer } from './bytes.js'
 import { ProtocolError } from './errors.js'
 
 export const TRANSFER_MAGIC = 0x4e58
-export const TRANSFER_VERSION = 1
-export const TRANSFER = { OFFER: 1, ACCEPT: 2, REFUSE: 3, DONE: 4, MESSAGE: 5, ACK: 6 } as const
+export const TRANSFER_VERSION = 2
+export const TRANSFER = { OFFER: 1, ACCEPT: 2, REFUSE: 3, DONE: 4, MESSAGE: 5, ACK: 6, END: 7 } as const
 export const TRANSFER_HEADER_BYTES = 6
 /** Largest message text, in UTF-8 bytes (a chat line, not a file). */
 export const MAX_MESSAGE_BYTES = 16 * 1024
@@ -33,12 +36,13 @@ export const MAX_MESSAGE_BYTES = 16 * 1024
 export const MAX_FILE_BYTES = 2 ** 48 - 1
 
 export type TransferFrame =
-  | { type: 'offer'; transferId: Uint8Array; size: number; sha256: Uint8Array; name: string }
+  | { type: 'offer'; transferId: Uint8Array; size: number; name: string }
   | { type: 'accept'; offset: number }
   | { type: 'refuse'; code: string; message: string }
   | { type: 'done'; name: string }
   | { type: 'message'; messageId: Uint8Array; sentAt: number; text: string }
   | { type: 'ack'; messageId: Uint8Array }
+  | { type: 'end'; sha256: Uint8Array }
 
 function fixed(b: Uint8Array, n: number, what: string): Uint8Array {
   if (b.length !== n) throw new RangeError(`${what} must be ${n} bytes`)
@@ -51,7 +55,7 @@ export function encodeTransfer(f: TransferFrame): Buffer {
   switch (f.type) {
     case 'offer':
       type = TRANSFER.OFFER
-      body.bytes(fixed(f.transferId, 32, 'transferId')).u48(f.size).bytes(fixed(f.sha256, 32, 'sha256')).str8(f.name)
+      body.bytes(fixed(f.transferId, 32, 'transferId')).u48(f.size).str8(f.name)
       break
     case 'accept':
       type = TRANSFER.ACCEPT
@@ -75,6 +79,10 @@ export function encodeTransfer(f: TransferFrame): Buffer {
     case 'ack':
       type = TRANSFER.ACK
       body.bytes(fixed(f.messageId, 16, 'messageId'))
+      break
+    case 'end':
+      type = TRANSFER.END
+      body.bytes(fixed(f.sha256, 32, 'sha256'))
       break
   }
   const b = body.finish()
@@ -104,7 +112,7 @@ export function decodeTransfer(buf: Uint8Array): TransferFrame {
   const r = new Reader(buf.subarray(TRANSFER_HEADER_BYTES, total))
   switch (type) {
     case TRANSFER.OFFER:
-      return { type: 'offer', transferId: r.bytes(32, 'transferId'), size: r.u48('size'), sha256: r.bytes(32, 'sha256'), name: r.str8('name') }
+      return { type: 'offer', transferId: r.bytes(32, 'transferId'), size: r.u48('size'), name: r.str8('name') }
     case TRANSFER.ACCEPT:
       return { type: 'accept', offset: r.u48('offset') }
     case TRANSFER.REFUSE:
@@ -127,6 +135,8 @@ export function decodeTransfer(buf: Uint8Array): TransferFrame {
     }
     case TRANSFER.ACK:
       return { type: 'ack', messageId: r.bytes(16, 'messageId') }
+    case TRANSFER.END:
+      return { type: 'end', sha256: r.bytes(32, 'sha256') }
     default:
       throw new ProtocolError('BAD_REQUEST', `unknown transfer frame type ${type}`)
   }

@@ -115,9 +115,9 @@ function file(dir: string, name: string, bytes: number | Buffer): { path: string
   return { path: p, data, sha256: createHash('sha256').update(data).digest('hex') }
 }
 
-/** Where bob keeps the partial of alice's transfer of `name` with this content. */
-function partialOf(w: World, name: string, sha256: string): string {
-  const transferId = transferIdOf(ALICE.id, name, Buffer.from(sha256, 'hex')).toString('hex')
+/** Where bob keeps the partial of alice's transfer of the file at `file` (as it is now) under `name`. */
+function partialOf(w: World, name: string, file: string): string {
+  const transferId = transferIdOf(ALICE.id, name, fs.statSync(file)).toString('hex')
   const key = createHash('sha256').update(`${ALICE.id}\0${transferId}`).digest('hex')
   return path.join(w.bob.inbox, '.partial', key)
 }
@@ -162,7 +162,7 @@ describe('files', () => {
   it('resumes from the bytes bob already has, sending only the rest', async () => {
     const w = world()
     const f = file(w.tmp, 'big.bin', 2 * MiB)
-    const partial = partialOf(w, 'big.bin', f.sha256)
+    const partial = partialOf(w, 'big.bin', f.path)
     fs.mkdirSync(path.dirname(partial), { recursive: true })
     fs.writeFileSync(partial, f.data.subarray(0, 1_500_000))
     const r = await send(w, f.path)
@@ -175,13 +175,47 @@ describe('files', () => {
   it('a partial that does not match ends in CORRUPT: nothing is kept, and the next attempt starts afresh', async () => {
     const w = world()
     const f = file(w.tmp, 'c.bin', 256 * KiB)
-    const partial = partialOf(w, 'c.bin', f.sha256)
+    const partial = partialOf(w, 'c.bin', f.path)
     fs.mkdirSync(path.dirname(partial), { recursive: true })
     fs.writeFileSync(partial, randomBytes(100 * KiB))
     await expect(send(w, f.path)).rejects.toMatchObject({ code: 'CORRUPT' })
     expect(fs.existsSync(partial)).toBe(false)
     expect(fs.existsSync(path.join(w.bob.inbox, 'c.bin'))).toBe(false)
     expect(await send(w, f.path)).toMatchObject({ offset: 0, savedAs: 'c.bin' })
+  })
+
+  it('a file changed since the partial: a new mtime starts afresh; the same size and mtime end in CORRUPT, never a mix', async () => {
+    const w = world()
+    const f = file(w.tmp, 'v.bin', 512 * KiB)
+    const old = partialOf(w, 'v.bin', f.path)
+    fs.mkdirSync(path.dirname(old), { recursive: true })
+    fs.writeFileSync(old, f.data.subarray(0, 200 * KiB))
+    const v2 = randomBytes(512 * KiB)
+    fs.writeFileSync(f.path, v2)
+    fs.utimesSync(f.path, new Date(), new Date(Date.now() + 5_000))
+    expect(await send(w, f.path)).toMatchObject({ offset: 0, savedAs: 'v.bin', sha256: createHash('sha256').update(v2).digest('hex') })
+
+    const st = fs.statSync(f.path)
+    const stale = partialOf(w, 'v.bin', f.path)
+    fs.writeFileSync(stale, v2.subarray(0, 200 * KiB))
+    fs.writeFileSync(f.path, randomBytes(512 * KiB)) // same size, and the old mtime put back
+    fs.utimesSync(f.path, st.atime, st.mtime)
+    await expect(send(w, f.path)).rejects.toMatchObject({ code: 'CORRUPT' })
+    expect(fs.existsSync(stale)).toBe(false)
+  })
+
+  it('a file that grows while it is sent fails with FILE_UNREADABLE; bob keeps nothing under its name', async () => {
+    const w = world()
+    const f = file(w.tmp, 'grows.bin', 2 * MiB)
+    let grown = false
+    w.pipe.tap = (from, frame) => {
+      if (from === 'a' && frame[0] === 3 && !grown) {
+        grown = true
+        fs.appendFileSync(f.path, 'more')
+      }
+    }
+    await expect(send(w, f.path)).rejects.toMatchObject({ code: 'FILE_UNREADABLE', message: expect.stringMatching(/changed while natd sent it/) })
+    expect(fs.existsSync(path.join(w.bob.inbox, 'grows.bin'))).toBe(false)
   })
 
   it('the accept policy refuses before any byte of the file is sent; it persists', async () => {
@@ -215,7 +249,7 @@ describe('files', () => {
   it('a lost path mid-transfer keeps the partial for the next attempt', async () => {
     const w = world()
     const f = file(w.tmp, 'lost.bin', 8 * MiB)
-    const partial = partialOf(w, 'lost.bin', f.sha256)
+    const partial = partialOf(w, 'lost.bin', f.path)
     w.pipe.tap = (from) => {
       if (from === 'a' && fs.existsSync(partial) && fs.statSync(partial).size >= MiB) w.pipe.up = false // the path goes silent
     }

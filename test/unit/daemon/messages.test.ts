@@ -10,7 +10,7 @@ import { Messages, MESSAGE_SERVICE } from '../../../src/daemon/messages.js'
 import type { MessageInfo } from '../../../src/ipc/schema.js'
 import { NatdError } from '../../../src/protocol/errors.js'
 import { silentLogger } from '../../../src/protocol/log.js'
-import { encodeTransfer } from '../../../src/protocol/transfer.js'
+import { decodeTransfer, encodeTransfer } from '../../../src/protocol/transfer.js'
 import type { TunnelManager } from '../../../src/tunnel/manager.js'
 import { Mux } from '../../../src/tunnel/mux.js'
 import type { Tunnel } from '../../../src/tunnel/tunnel.js'
@@ -112,13 +112,13 @@ describe('messages', () => {
       await ch.opened
       ch.write(encodeTransfer({ type: 'message', messageId: id, sentAt: 1, text: 'once' }))
       const reply = await new Promise<Buffer>((resolve) => ch.once('data', resolve))
-      expect(reply.subarray(0, 4).toString('hex')).toBe('4e580106') // ACK
+      expect(decodeTransfer(reply)).toEqual({ type: 'ack', messageId: expect.anything() })
     }
     expect(w.bob().list().map((m) => m.text)).toEqual(['once'])
     const bad = w.muxA.openChannel(0, MESSAGE_SERVICE)
     await bad.opened
     bad.write(encodeTransfer({ type: 'accept', offset: 0 }))
     const reply = await new Promise<Buffer>((resolve) => bad.once('data', resolve))
-    expect(reply.subarray(0, 4).toString('hex')).toBe('4e580103') // REFUSE
+    expect(decodeTransfer(reply)).toMatchObject({ type: 'refuse', code: 'BAD_REQUEST' })
   })
 })

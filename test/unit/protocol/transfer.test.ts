@@ -17,26 +17,28 @@ const SHA = seq(0x80, 32)
 const ID16 = seq(0xa0, 16)
 
 const SAMPLES: TransferFrame[] = [
-  { type: 'offer', transferId: ID32, size: 0, sha256: SHA, name: '' },
-  { type: 'offer', transferId: ID32, size: 2 ** 48 - 1, sha256: SHA, name: '../../etc/evil' },
+  { type: 'offer', transferId: ID32, size: 0, name: '' },
+  { type: 'offer', transferId: ID32, size: 2 ** 48 - 1, name: '../../etc/evil' },
   { type: 'accept', offset: 0 },
   { type: 'accept', offset: 268_435_456 },
   { type: 'refuse', code: 'TOO_LARGE', message: '2 GiB is more than 1 GiB' },
   { type: 'done', name: 'report-1.pdf' },
   { type: 'message', messageId: ID16, sentAt: 1_763_863_200_000, text: 'hello ✓' },
   { type: 'message', messageId: ID16, sentAt: 0, text: 'x'.repeat(MAX_MESSAGE_BYTES) },
-  { type: 'ack', messageId: ID16 }
+  { type: 'ack', messageId: ID16 },
+  { type: 'end', sha256: SHA }
 ]
 
 describe('transfer codec: golden bytes', () => {
-  const H = (type: string, len: string): string => `4e58 | 01 | ${type} | ${len}`
+  const H = (type: string, len: string): string => `4e58 | 02 | ${type} | ${len}`
   const cases: Array<[string, TransferFrame, string]> = [
-    ['OFFER', { type: 'offer', transferId: ID32, size: 0x010203040506, sha256: SHA, name: 'a.txt' }, `${H('01', '004c')} | ${seq(0, 32).toString('hex')} | 010203040506 | ${seq(0x80, 32).toString('hex')} | 05 612e747874`],
+    ['OFFER', { type: 'offer', transferId: ID32, size: 0x010203040506, name: 'a.txt' }, `${H('01', '002c')} | ${seq(0, 32).toString('hex')} | 010203040506 | 05 612e747874`],
     ['ACCEPT', { type: 'accept', offset: 0x100000 }, `${H('02', '0006')} | 000000100000`],
     ['REFUSE', { type: 'refuse', code: 'NO_SPACE', message: 'full' }, `${H('03', '000e')} | 08 4e4f5f5350414345 | 04 66756c6c`],
     ['DONE', { type: 'done', name: 'b' }, `${H('04', '0002')} | 01 62`],
     ['MESSAGE', { type: 'message', messageId: ID16, sentAt: 0x0000deadbeef, text: 'hi' }, `${H('05', '001a')} | ${seq(0xa0, 16).toString('hex')} | 0000deadbeef | 0002 6869`],
-    ['ACK', { type: 'ack', messageId: ID16 }, `${H('06', '0010')} | ${seq(0xa0, 16).toString('hex')}`]
+    ['ACK', { type: 'ack', messageId: ID16 }, `${H('06', '0010')} | ${seq(0xa0, 16).toString('hex')}`],
+    ['END', { type: 'end', sha256: SHA }, `${H('07', '0020')} | ${seq(0x80, 32).toString('hex')}`]
   ]
   for (const [name, frame, golden] of cases) {
     it(`${name} encodes to the documented bytes and decodes back`, () => {
@@ -63,11 +65,13 @@ describe('transfer codec: round trips and framing', () => {
 
   it('refuses a bad magic, another version, an unknown type, a truncated body, bad UTF-8 and an oversized text', () => {
     expect(errorCode(() => transferFrameLength(hex('4e59 01 02 0006')), ProtocolError)).toBe('BAD_REQUEST')
-    expect(errorCode(() => transferFrameLength(hex('4e58 02 02 0006')), ProtocolError)).toBe('BAD_VERSION')
-    expect(errorCode(() => decodeTransfer(hex('4e58 01 09 0000')), ProtocolError)).toBe('BAD_REQUEST')
-    expect(errorCode(() => decodeTransfer(hex('4e58 01 02 0006 0000')), ProtocolError)).toBe('BAD_REQUEST')
-    expect(errorCode(() => decodeTransfer(hex('4e58 01 04 0002 01 ff')), ProtocolError)).toBe('BAD_REQUEST')
-    const big = Buffer.concat([hex('4e58 01 05 ffff'), seq(0, 16), hex('000000000000'), hex('ffff'), Buffer.alloc(0xffff - 24)])
+    // Version 1 (digest in the OFFER) and anything newer than this natd.
+    expect(errorCode(() => transferFrameLength(hex('4e58 01 02 0006')), ProtocolError)).toBe('BAD_VERSION')
+    expect(errorCode(() => transferFrameLength(hex('4e58 03 02 0006')), ProtocolError)).toBe('BAD_VERSION')
+    expect(errorCode(() => decodeTransfer(hex('4e58 02 09 0000')), ProtocolError)).toBe('BAD_REQUEST')
+    expect(errorCode(() => decodeTransfer(hex('4e58 02 02 0006 0000')), ProtocolError)).toBe('BAD_REQUEST')
+    expect(errorCode(() => decodeTransfer(hex('4e58 02 04 0002 01 ff')), ProtocolError)).toBe('BAD_REQUEST')
+    const big = Buffer.concat([hex('4e58 02 05 ffff'), seq(0, 16), hex('000000000000'), hex('ffff'), Buffer.alloc(0xffff - 24)])
     expect(errorCode(() => decodeTransfer(big), ProtocolError)).toBe('BAD_REQUEST')
     expect(() => encodeTransfer({ type: 'message', messageId: ID16, sentAt: 0, text: 'x'.repeat(MAX_MESSAGE_BYTES + 1) })).toThrow(RangeError)
     expect(() => encodeTransfer({ type: 'ack', messageId: seq(0, 15) })).toThrow(RangeError)
