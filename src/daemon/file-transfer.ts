@@ -39,6 +39,8 @@ export const MAX_NAME_SUFFIX = 9_999
 export const READ_CHUNK_BYTES = 1024 * 1024
 /** After a refusal mid-transfer the receiver ends the channel; it resets it after this if the sender does not. */
 export const REFUSE_LINGER_MS = 5_000
+/** A partial untouched this long (its transfer never retried, or its file changed) is removed when the next file arrives. */
+export const PARTIAL_MAX_AGE_MS = 7 * 24 * 3600_000
 
 /**
  * A peer's name for a file made safe to create in the inbox: path separators, `.` and
@@ -271,6 +273,7 @@ export class FileReceiver {
     const partialDir = path.join(inbox, '.partial')
     fs.mkdirSync(partialDir, { recursive: true, mode: 0o700 })
     const partial = path.join(partialDir, offer.key)
+    this.prunePartials(partialDir)
     let offset = 0
     try {
       offset = fs.statSync(partial).size
@@ -323,6 +326,22 @@ export class FileReceiver {
     const stored: StoredFile = { name: path.basename(final), path: final, size: offer.size, sha256: sha256.toString('hex'), transferId: offer.transferId }
     this.onStored(stored, peer)
     ch.end(encodeTransfer({ type: 'done', name: stored.name }))
+  }
+
+  /** Removes partials nobody came back for in PARTIAL_MAX_AGE_MS (never one being received). */
+  private prunePartials(dir: string): void {
+    const cutoff = Date.now() - PARTIAL_MAX_AGE_MS
+    for (const name of fs.readdirSync(dir)) {
+      if (this.active.has(name)) continue
+      const file = path.join(dir, name)
+      try {
+        if (fs.statSync(file).mtimeMs >= cutoff) continue
+        fs.rmSync(file, { force: true })
+        this.log.info('removed a stale partial file', { partial: name.slice(0, 16), days: Math.floor(PARTIAL_MAX_AGE_MS / 86_400_000) })
+      } catch {
+        // gone already
+      }
+    }
   }
 
   /** Links the verified partial to the first free name (never overwriting anything), then drops the partial. */

@@ -9,7 +9,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
-import { sanitizeName, suffixedName, transferIdOf } from '../../../src/daemon/file-transfer.js'
+import { PARTIAL_MAX_AGE_MS, sanitizeName, suffixedName, transferIdOf } from '../../../src/daemon/file-transfer.js'
 import { DEFAULT_MAX_FILE_BYTES, Files, FILE_SERVICE } from '../../../src/daemon/files.js'
 import type { FileProgress, ReceivedFile } from '../../../src/ipc/schema.js'
 import { silentLogger } from '../../../src/protocol/log.js'
@@ -216,6 +216,20 @@ describe('files', () => {
     }
     await expect(send(w, f.path)).rejects.toMatchObject({ code: 'FILE_UNREADABLE', message: expect.stringMatching(/changed while natd sent it/) })
     expect(fs.existsSync(path.join(w.bob.inbox, 'grows.bin'))).toBe(false)
+  })
+
+  it('partials untouched for a week go when the next file arrives; recent ones stay', async () => {
+    const w = world()
+    const dir = path.join(w.bob.inbox, '.partial')
+    fs.mkdirSync(dir, { recursive: true })
+    const old = path.join(dir, 'a'.repeat(64))
+    const recent = path.join(dir, 'b'.repeat(64))
+    fs.writeFileSync(old, 'abandoned')
+    fs.writeFileSync(recent, 'may resume')
+    const weekAgo = new Date(Date.now() - PARTIAL_MAX_AGE_MS - 60_000)
+    fs.utimesSync(old, weekAgo, weekAgo)
+    await send(w, file(w.tmp, 'n.txt', Buffer.from('new')).path)
+    expect(fs.readdirSync(dir)).toEqual([path.basename(recent)])
   })
 
   it('the accept policy refuses before any byte of the file is sent; it persists', async () => {
