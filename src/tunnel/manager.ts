@@ -4,23 +4,16 @@
  * and reports state changes. Sockets, keys and the introducer are injected.
  */
 import { EventEmitter } from 'node:events'
-import SecretStream from '@hyperswarm/secret-stream'
-import type UDX from 'udx-native'
-import type { UDXSocket, UDXStream } from 'udx-native'
-import { formatEndpoint, sameEndpoint, type Endpoint } from '../protocol/endpoint.js'
+import { formatEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { NatdError, toNatdError } from '../protocol/errors.js'
-import { peerId, timingSafeEqual, type KeyPair } from '../protocol/identity.js'
-import type { Clock, Logger } from '../protocol/log.js'
-import { decode, type NatVerdict, type PeerRecord, type Via } from '../protocol/rendezvous.js'
-import { BIRTHDAY_SOCKETS, Puncher, type Candidate, type PunchStrategy } from './punch.js'
-import { punchTcp } from './tcp-punch.js'
-import { connectRelay } from './relay-client.js'
+import { peerId } from '../protocol/identity.js'
 import { encodeMux } from '../protocol/mux.js'
-import { Tunnel, type PathKind, type TunnelTiming } from './tunnel.js'
+import type { Via } from '../protocol/rendezvous.js'
 import type { OpenRequest } from './mux.js'
+import { Paths, sleepUntil, type Established, type Introduction, type PathComponents } from './paths.js'
+import { Tunnel, type PathKind, type TunnelTiming } from './tunnel.js'
 
-/** A puncher keeps answering late probes this long after it finished. */
-export const PUNCHER_LINGER_MS = 5_000
+export type { Introduction } from './paths.js'
 /**
  * `auto` starts the relay when every direct attempt has failed, or after this long
  * without a direct path (birthday punching measured median 0.1-0.3 s, worst 0.6 s).
@@ -39,46 +32,17 @@ export const UPGRADE_RETRY_MS = 5_000
 /** One upgrade attempt may take this long. */
 export const UPGRADE_TIMEOUT_MS = 5_000
 
-export interface Introduction {
-  introId: Uint8Array
-  initiator: boolean
-  via: Via
-  peer: PeerRecord
-}
-
-export interface TunnelManagerComponents {
-  udx: UDX
-  socket: UDXSocket
-  keyPair: KeyPair
-  clock: Clock
-  log: Logger
+export interface TunnelManagerComponents extends PathComponents {
   /** Asks the rendezvous server to introduce us to `target` (both sides get candidates at once). */
   introduce(target: string, via: Via): Promise<Introduction>
-  /** What our NAT check concluded (easy, hard, none, unknown). */
-  natVerdict(): NatVerdict
   /** Checks our NAT again and tells the server when the verdict changed (before an upgrade attempt). */
   refreshNat(): Promise<void>
-  /** The rendezvous server's address (it relays), null while unknown. */
-  relayServer(): Endpoint | null
-  /** Local port of the TCP control connection (TCP punching reuses it); 0 when there is none. */
-  localTcpPort(): number
   /** Throws KEY_MISMATCH when another ID is pinned to this name. */
   checkPeerKey(name: string, id: string): void
   /** Pins a peer's ID to its name (first use), once its key is proven. */
   pinPeerKey(name: string, id: string): void
   /** A peer asks to open a channel to one of our ports. */
   onChannel(tunnel: Tunnel, req: OpenRequest): void
-}
-
-interface Established {
-  session: SecretStream
-  path: PathKind
-  transport: 'udp' | 'tcp'
-  remote: Endpoint
-  punchMs: number
-  strategy?: PunchStrategy
-  /** Releases what the path holds beyond the session (a birthday socket). */
-  release?: () => void
 }
 
 /** Resolves with the first attempt that succeeds; when all fail, rejects with the most telling error. */
@@ -92,17 +56,6 @@ async function firstOf<T>(attempts: Array<Promise<T>>): Promise<T> {
     if (errors.length === 1) throw errors[0]!
     throw new NatdError('PUNCH_FAILED', errors.map((e) => e.message).join('; '))
   }
-}
-
-function sleepUntil(ms: number, signal: AbortSignal): Promise<false> {
-  return new Promise((resolve) => {
-    const t = setTimeout(() => resolve(false), ms)
-    t.unref()
-    signal.addEventListener('abort', () => {
-      clearTimeout(t)
-      resolve(false)
-    }, { once: true })
-  })
 }
 
 export interface OpenOutcome {
@@ -120,8 +73,7 @@ interface ManagerEvents {
 export class TunnelManager extends EventEmitter<ManagerEvents> {
   private readonly tunnels = new Map<string, Tunnel>()
   private readonly opening = new Map<string, Promise<OpenOutcome>>()
-  private readonly punchers = new Map<string, Puncher>()
-  private nextStreamId = 1 + Math.floor(Math.random() * 0x3fffffff)
+  private readonly paths: Paths
   private closed = false
 
   constructor(
@@ -129,6 +81,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     private readonly c: TunnelManagerComponents
   ) {
     super()
+    this.paths = new Paths(c)
   }
 
   /** Live tunnel to a peer, by name or ID. */
@@ -172,14 +125,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
 
   /** Datagrams of type PROBE from the shared socket. */
   onProbe(buf: Buffer, from: Endpoint): void {
-    let msg
-    try {
-      msg = decode(buf)
-    } catch {
-      return
-    }
-    if (msg.type !== 'probe') return
-    this.punchers.get(Buffer.from(msg.introId).toString('hex'))?.onProbe(msg, from)
+    this.paths.onProbe(buf, from)
   }
 
   close(peer: string, reason = 'closed by user'): boolean {
@@ -213,10 +159,10 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     const hard = [this.c.natVerdict(), intro.peer.nat].filter((v) => v === 'hard').length
     const auto = intro.via === 'auto' || intro.via === 'direct'
     const direct: Array<Promise<Established>> = []
-    if (intro.via === 'udp' || (auto && hard < 2)) direct.push(this.establishUdp(intro, timeoutMs, abort.signal))
+    if (intro.via === 'udp' || (auto && hard < 2)) direct.push(this.paths.udp(intro, timeoutMs, abort.signal))
     let tcp: { attempt: Promise<Established>; settled: boolean } | null = null
     if (intro.via === 'tcp' || (auto && hard === 0)) {
-      const attempt = this.establishTcp(intro, timeoutMs, abort.signal)
+      const attempt = this.paths.tcp(intro, timeoutMs, abort.signal)
       tcp = { attempt, settled: false }
       const t = tcp
       attempt.then(() => (t.settled = true), () => (t.settled = true))
@@ -224,7 +170,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     }
     if (intro.via === 'direct' && direct.length === 0) throw new NatdError('PUNCH_FAILED', 'both NATs map per destination: no direct path to try')
     const attempts = [...direct]
-    if (intro.via === 'relay') attempts.push(this.establishRelay(intro, timeoutMs, abort.signal))
+    if (intro.via === 'relay') attempts.push(this.paths.relay(intro, timeoutMs, abort.signal))
     if (intro.via === 'auto') {
       // Both sides run the same rule, so both bind to the relay at about the same time.
       const started = this.c.clock.now()
@@ -232,7 +178,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
       attempts.push(
         Promise.race([allFailed.then(() => undefined), sleepUntil(RELAY_FALLBACK_MS, abort.signal)]).then(() => {
           if (abort.signal.aborted) throw new NatdError('PUNCH_FAILED', 'a direct path won')
-          return this.establishRelay(intro, Math.max(1, timeoutMs - (this.c.clock.now() - started)), abort.signal)
+          return this.paths.relay(intro, Math.max(1, timeoutMs - (this.c.clock.now() - started)), abort.signal)
         })
       )
     }
@@ -271,123 +217,6 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     return this.get(id) ?? tunnel
   }
 
-  /** Resolves once `session` is authenticated as the introduced peer and, on the responder, chosen by the initiator. */
-  private async authenticate(session: SecretStream, intro: Introduction, deadline: number, what: string, signal: AbortSignal): Promise<void> {
-    const left = (): number => Math.max(1, deadline - this.c.clock.now())
-    const opened = await Promise.race([session.opened, sleepUntil(left(), signal)])
-    if (!opened) throw new NatdError('PUNCH_FAILED', `${what}, but the encrypted handshake with ${intro.peer.name} did not complete`)
-    if (!session.remotePublicKey || !timingSafeEqual(session.remotePublicKey, intro.peer.publicKey)) {
-      this.c.log.error('KEY_MISMATCH: peer presented another key', { peer: intro.peer.name, want: peerId(intro.peer.publicKey).slice(0, 8), got: session.remotePublicKey ? peerId(session.remotePublicKey).slice(0, 8) : null })
-      throw new NatdError('KEY_MISMATCH', `${intro.peer.name} presented a key other than the one the server bound to its name`)
-    }
-    if (intro.initiator) return
-    const chosen = await new Promise<boolean>((resolve) => {
-      const onData = (): void => done(true)
-      const timer = setTimeout(() => done(false), left())
-      const done = (v: boolean): void => {
-        clearTimeout(timer)
-        session.off('data', onData)
-        session.off('close', onClose)
-        signal.removeEventListener('abort', onClose)
-        if (v) session.pause() // hold further frames until the tunnel's mux listens
-        resolve(v)
-      }
-      const onClose = (): void => done(false)
-      session.once('data', onData)
-      session.once('close', onClose)
-      signal.addEventListener('abort', onClose, { once: true })
-    })
-    if (!chosen) throw new NatdError('PUNCH_FAILED', `${what}, but ${intro.peer.name} chose another path`)
-  }
-
-  private async establishUdp(intro: Introduction, timeoutMs: number, signal: AbortSignal): Promise<Established> {
-    const log = this.c.log
-    const name = intro.peer.name
-    const deadline = this.c.clock.now() + timeoutMs
-    const introKey = Buffer.from(intro.introId).toString('hex')
-    const streamId = this.allocStreamId()
-    // A host without NAT reports its public address as a LAN address too: that one is public.
-    const candidates: Candidate[] = [
-      ...intro.peer.lan.filter((e) => !sameEndpoint(e, intro.peer.udp)).map((endpoint) => ({ endpoint, kind: 'lan' as const })),
-      ...(intro.peer.udp ? [{ endpoint: intro.peer.udp, kind: 'public' as const }] : [])
-    ]
-    const mine = this.c.natVerdict()
-    const theirs = intro.peer.nat
-    if (mine === 'hard' && theirs === 'hard') {
-      throw new NatdError('PUNCH_FAILED', 'both NATs map per destination, so no direct UDP path can be punched (this needs the relay, not in this build)')
-    }
-    const strategy: PunchStrategy = mine === 'hard' && theirs !== 'unknown' ? 'birthday' : theirs === 'hard' && mine !== 'unknown' ? 'spray' : 'normal'
-    const socket = this.c.socket
-    // Birthday sockets: index i (1-based) is sockets[i - 1]; index 0 is the agent's socket.
-    const sockets: UDXSocket[] = strategy === 'birthday' ? this.openBirthdaySockets((buf, from, i) => this.onBirthdayDatagram(introKey, buf, from, i)) : []
-    const socketAt = (i: number): UDXSocket => (i === 0 ? socket : sockets[i - 1]!)
-    const indexOf = (sock: UDXSocket): number => (sock === socket ? 0 : sockets.indexOf(sock) + 1)
-    const puncher: Puncher = new Puncher(
-      { introId: intro.introId, initiator: intro.initiator, candidates, localStreamId: streamId, deadlineMs: timeoutMs, strategy, sprayHost: intro.peer.udp?.host, sockets: sockets.length },
-      { send: (buf, to, ttl, i = 0) => socketAt(i).trySend(buf, to.port, to.host, ttl), clock: this.c.clock, log: log.child({ peer: name }) }
-    )
-    const raw: UDXStream = this.c.udx.createStream(streamId, {
-      // The responder attaches its stream to the initiator's first packet, if it comes
-      // from an endpoint that sent a valid probe for this introduction (true = drop).
-      firewall: (sock, port, host) => {
-        if (intro.initiator || !puncher.accept({ host, port }, indexOf(sock))) return true
-        raw.connect(sock, puncher.remoteStream, port, host)
-        return false
-      }
-    })
-    let keep = -1 // the birthday socket the path uses, if any
-    const release = (): void => {
-      for (const [i, s] of sockets.entries()) if (i + 1 !== keep) void s.close()
-    }
-    raw.on('error', (err: Error) => log.debug('stream error', { peer: name, err: err.message }))
-    this.punchers.set(introKey, puncher)
-    let session: SecretStream | null = null
-    try {
-      const punched = await puncher.run(signal)
-      keep = punched.socket
-      release() // every birthday socket but the winner
-      if (intro.initiator) raw.connect(socketAt(punched.socket), punched.remoteStreamId, punched.endpoint.port, punched.endpoint.host)
-      const path: PathKind = punched.kind === 'lan' ? 'lan' : 'direct-udp'
-      session = new SecretStream(intro.initiator, raw, { keyPair: this.c.keyPair })
-      session.on('error', () => undefined)
-      await this.authenticate(session, intro, deadline, `punched ${path} ${formatEndpoint(punched.endpoint)}`, signal)
-      if (signal.aborted) throw new NatdError('PUNCH_FAILED', 'another path won')
-      const winner = keep > 0 ? sockets[keep - 1] : undefined
-      return { session, path, transport: 'udp', remote: punched.endpoint, punchMs: punched.tookMs, strategy, ...(winner ? { release: () => void winner.close() } : {}) }
-    } catch (err) {
-      puncher.stop()
-      session?.destroy()
-      raw.destroy()
-      keep = -1
-      release()
-      throw err
-    } finally {
-      setTimeout(() => this.punchers.delete(introKey), PUNCHER_LINGER_MS).unref()
-    }
-  }
-
-  private openBirthdaySockets(onDatagram: (buf: Buffer, from: Endpoint, index: number) => void): UDXSocket[] {
-    const out: UDXSocket[] = []
-    for (let i = 1; i <= BIRTHDAY_SOCKETS; i++) {
-      const s = this.c.udx.createSocket()
-      s.bind(0, '0.0.0.0')
-      s.on('message', (buf, rinfo) => onDatagram(buf, { host: rinfo.host, port: rinfo.port }, i))
-      s.on('error', () => undefined)
-      out.push(s)
-    }
-    return out
-  }
-
-  private onBirthdayDatagram(introKey: string, buf: Buffer, from: Endpoint, index: number): void {
-    let msg
-    try {
-      msg = decode(buf)
-    } catch {
-      return
-    }
-    if (msg.type === 'probe' && Buffer.from(msg.introId).toString('hex') === introKey) this.punchers.get(introKey)?.onProbe(msg, from, index)
-  }
-
   /**
    * Keeps looking for a direct path while `tunnel` is relayed (libp2p's DCUtR idea): a
    * NAT that changes, or a peer that moves, may allow one later. Never rejects.
@@ -408,48 +237,6 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     }
   }
 
-  private async establishRelay(intro: Introduction, timeoutMs: number, signal: AbortSignal): Promise<Established> {
-    const server = this.c.relayServer()
-    if (!server) throw new NatdError('PUNCH_FAILED', 'no rendezvous server to relay through')
-    const started = this.c.clock.now()
-    const stream = await connectRelay(server, intro.introId, intro.initiator, timeoutMs, signal)
-    const session = new SecretStream(intro.initiator, stream as never, { keyPair: this.c.keyPair })
-    session.on('error', () => undefined)
-    try {
-      await this.authenticate(session, intro, started + timeoutMs, `relayed through ${formatEndpoint(server)}`, signal)
-      if (signal.aborted) throw new NatdError('PUNCH_FAILED', 'another path won')
-    } catch (err) {
-      session.destroy()
-      throw err
-    }
-    return { session, path: 'relay', transport: 'tcp', remote: server, punchMs: this.c.clock.now() - started }
-  }
-
-  private async establishTcp(intro: Introduction, timeoutMs: number, signal: AbortSignal): Promise<Established> {
-    const localPort = this.c.localTcpPort()
-    if (!localPort) throw new NatdError('PUNCH_FAILED', 'no TCP control connection to punch from')
-    const tcp = intro.peer.tcp
-    const candidates: Candidate[] = [
-      ...intro.peer.lan.filter((e) => !sameEndpoint(e, tcp)).map((endpoint) => ({ endpoint, kind: 'lan' as const })),
-      ...(tcp ? [{ endpoint: tcp, kind: 'public' as const }] : [])
-    ]
-    const deadline = this.c.clock.now() + timeoutMs
-    const punched = await punchTcp(
-      { localPort, candidates, initiator: intro.initiator, deadlineMs: timeoutMs, expectedKey: intro.peer.publicKey },
-      { keyPair: this.c.keyPair, clock: this.c.clock, log: this.c.log.child({ peer: intro.peer.name }) },
-      signal
-    )
-    const path: PathKind = punched.kind === 'lan' ? 'lan' : 'direct-tcp'
-    try {
-      await this.authenticate(punched.session, intro, deadline, `punched ${path} ${formatEndpoint(punched.endpoint)}`, signal)
-      if (signal.aborted) throw new NatdError('PUNCH_FAILED', 'another path won')
-    } catch (err) {
-      punched.session.destroy()
-      throw err
-    }
-    return { session: punched.session, path, transport: 'tcp', remote: punched.endpoint, punchMs: punched.tookMs }
-  }
-
   /** One tunnel per peer: when both sides opened at once, both keep the smaller introduction id. */
   private register(tunnel: Tunnel): void {
     const current = this.tunnels.get(tunnel.peer.id)
@@ -468,9 +255,4 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     this.emit('up', tunnel)
   }
 
-  private allocStreamId(): number {
-    const id = this.nextStreamId
-    this.nextStreamId = (this.nextStreamId % 0x7fffffff) + 1
-    return id
-  }
 }
