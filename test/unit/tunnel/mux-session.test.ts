@@ -1,0 +1,159 @@
+// The mux over a session that behaves like secret-stream (a streamx stream): write()
+// returns false once a message is queued, 'drain' follows, there is no
+// writableNeedDrain, and alloc() hands out the buffer a message will be encrypted in.
+//
+//   Mux A ── FakeSession a ═══ one message per turn ═══ FakeSession b ── Mux B
+//
+// What a user would see: a ping answered promptly while a channel streams (the session's
+// queue stays at a frame or two), small writes leaving as full frames, and frames built
+// in the session's own buffers (no extra copy).
+import { createHash, randomBytes } from 'node:crypto'
+import { EventEmitter } from 'node:events'
+import { afterEach, describe, expect, it } from 'vitest'
+import { silentLogger } from '../../../src/protocol/log.js'
+import { decodeMux, MAX_DATA_BYTES, MUX } from '../../../src/protocol/mux.js'
+import { Mux, type MessageStream, type MuxChannel } from '../../../src/tunnel/mux.js'
+import { until } from './pipe.js'
+
+/** streamx's default writable highWaterMark: one 64 KiB frame is already over it. */
+const STREAMX_HIGH_WATER_MARK = 16 * 1024
+
+class FakeSession extends EventEmitter implements MessageStream {
+  peer!: FakeSession
+  destroyed = false
+  private queue: Buffer[] = []
+  private queued = 0
+  private flushing = false
+  /** Most bytes ever waiting in this session's queue. */
+  maxQueuedBytes = 0
+  /** Buffers handed out by alloc() and not yet written. */
+  readonly allocated = new Set<Buffer>()
+  /** Written buffers that came from alloc(). */
+  fromAlloc = 0
+  written = 0
+
+  alloc(len: number): Buffer {
+    const b = Buffer.allocUnsafe(len)
+    this.allocated.add(b)
+    return b
+  }
+
+  write(buf: Buffer): boolean {
+    this.written++
+    if (this.allocated.delete(buf)) this.fromAlloc++
+    this.queue.push(buf)
+    this.queued += buf.length
+    this.maxQueuedBytes = Math.max(this.maxQueuedBytes, this.queued)
+    if (!this.flushing) {
+      this.flushing = true
+      setImmediate(() => this.flush())
+    }
+    return this.queued < STREAMX_HIGH_WATER_MARK
+  }
+
+  /** Delivers one message per turn of the event loop, like a path slower than the sender. */
+  private flush(): void {
+    const buf = this.queue.shift()
+    if (!buf || this.destroyed) return
+    this.queued -= buf.length
+    this.peer.emit('data', buf)
+    if (this.queue.length > 0) setImmediate(() => this.flush())
+    else {
+      this.flushing = false
+      this.emit('drain')
+    }
+  }
+}
+
+function sessions(): { a: FakeSession; b: FakeSession } {
+  const a = new FakeSession()
+  const b = new FakeSession()
+  a.peer = b
+  b.peer = a
+  return { a, b }
+}
+
+const muxes: Mux[] = []
+afterEach(() => {
+  for (const m of muxes.splice(0)) m.close('test over')
+})
+
+function pair(): { sa: FakeSession; sb: FakeSession; a: Mux; b: Mux } {
+  const { a: sa, b: sb } = sessions()
+  const a = new Mux(sa, true, silentLogger)
+  const b = new Mux(sb, false, silentLogger)
+  muxes.push(a, b)
+  return { sa, sb, a, b }
+}
+
+function sha256(b: Uint8Array): string {
+  return createHash('sha256').update(b).digest('hex')
+}
+
+function drainTo(ch: MuxChannel): Promise<{ sha256: string; bytes: number }> {
+  return new Promise((resolve) => {
+    const h = createHash('sha256')
+    let bytes = 0
+    ch.on('data', (d: Buffer) => {
+      h.update(d)
+      bytes += d.length
+    })
+    ch.once('end', () => resolve({ sha256: h.digest('hex'), bytes }))
+  })
+}
+
+describe('Mux over a streamx-like session', () => {
+  it('a channel streaming 8 MiB keeps at most two frames queued in the session, and a ping sent meanwhile is answered within a few frames', async () => {
+    const { sa, a, b } = pair()
+    const payload = randomBytes(8 * 1024 * 1024)
+    const received = new Promise<{ sha256: string; bytes: number }>((resolve) => {
+      b.on('open', (req) => {
+        req.accept()
+        resolve(drainTo(req.channel))
+      })
+    })
+    const ch = a.openChannel(80)
+    await ch.opened
+    ch.end(payload)
+    await until(() => a.bytesOut > 2 * 1024 * 1024, '2 MiB sent')
+    const sentAtPing = sa.written
+    let pongAt = -1
+    a.once('pong', () => (pongAt = sa.written))
+    a.ping(7)
+    await expect(received).resolves.toEqual({ sha256: sha256(payload), bytes: payload.length })
+    expect(sa.maxQueuedBytes).toBeLessThanOrEqual(2 * (MAX_DATA_BYTES + 5))
+    expect(pongAt).toBeGreaterThan(0)
+    // Frames A wrote between the ping and its pong: the queue ahead of the ping, one round trip.
+    expect(pongAt - sentAtPing).toBeLessThanOrEqual(6)
+  })
+
+  it('small writes made while the channel waits leave as full DATA frames, built in buffers from the session', async () => {
+    const { sa, a, b } = pair()
+    const frames: number[] = []
+    const origEmit = sa.peer.emit.bind(sa.peer)
+    sa.peer.emit = (event: string, ...args: unknown[]): boolean => {
+      if (event === 'data' && (args[0] as Buffer)[0] === MUX.DATA) {
+        const f = decodeMux(args[0] as Buffer)
+        if (f.type === 'data') frames.push(f.data.length)
+      }
+      return origEmit(event, ...args)
+    }
+    const received = new Promise<{ sha256: string; bytes: number }>((resolve) => {
+      b.on('open', (req) => {
+        req.accept()
+        resolve(drainTo(req.channel))
+      })
+    })
+    const ch = a.openChannel(80)
+    // 256 writes of 1 KiB before the peer accepts: they wait in the channel's buffer.
+    const chunks = Array.from({ length: 256 }, () => randomBytes(1024))
+    for (const c of chunks) ch.write(c)
+    ch.end()
+    const all = Buffer.concat(chunks)
+    await expect(received).resolves.toEqual({ sha256: sha256(all), bytes: all.length })
+    expect(frames.reduce((x, y) => x + y, 0)).toBe(all.length)
+    // The first write goes alone (it was waiting for the window); the rest fill whole frames.
+    expect(frames.length).toBeLessThanOrEqual(1 + Math.ceil((all.length - 1024) / MAX_DATA_BYTES))
+    expect(sa.fromAlloc).toBe(frames.length)
+  })
+})
