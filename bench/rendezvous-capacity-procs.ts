@@ -94,6 +94,8 @@ export interface HeapFigures {
   heapUsed: number
   external: number
   rss: number
+  /** Where the RSS is, in bytes (see rendezvous-capacity-probe.ts); {} from an older probe. */
+  rssParts: Record<string, number>
 }
 
 /**
@@ -184,7 +186,8 @@ export class ServerProcess {
   async heap(): Promise<HeapFigures> {
     const a = await this.probe('heap')
     const n = (k: string): number => (typeof a?.[k] === 'number' ? (a[k] as number) : NaN)
-    return { heapUsed: n('heapUsed'), external: n('external'), rss: n('rss') }
+    const parts = typeof a?.rssParts === 'object' && a.rssParts ? (a.rssParts as Record<string, number>) : {}
+    return { heapUsed: n('heapUsed'), external: n('external'), rss: n('rss'), rssParts: parts }
   }
 
   async stop(): Promise<void> {

@@ -31,6 +31,8 @@ export interface StepResult {
     bytesPerAgent: number
     heapBytesPerAgent: number
     rssAfterGcBytes: number
+    /** Where that RSS is (after the GC): V8 heap committed, young generation, array buffers, anonymous, file-backed. */
+    rssParts: Record<string, number>
     /** From the probe inside the server: how late its event loop ran, and its GC pauses. */
     loopDelayP99Ms: number
     loopDelayMaxMs: number

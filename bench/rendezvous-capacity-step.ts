@@ -277,6 +277,7 @@ export async function runStep(rig: Rig, n: number, prevN: number): Promise<StepR
       bytesPerAgent: (rss - rig.baselineRss) / rig.registered,
       heapBytesPerAgent: (w.heap.heapUsed + w.heap.external - rig.baselineHeap) / rig.registered,
       rssAfterGcBytes: w.heap.rss,
+      rssParts: w.heap.rssParts,
       ...w.serverStats,
       runqueueWaitPct: w.serverWaitPct
     },

@@ -149,7 +149,7 @@ async function main(): Promise<void> {
   let server: ServerProcess | null = null
   const results: StepResult[] = []
   let stopReason = 'reached --max'
-  const baseline = { rss: 0, heap: NaN }
+  const baseline = { rss: 0, heap: NaN, rssParts: {} as Record<string, number> }
   const cleanup = async (): Promise<void> => {
     await Promise.allSettled(procs.map((p) => p.stop()))
     await server?.stop()
@@ -180,6 +180,7 @@ async function main(): Promise<void> {
     baseline.rss = rssBytes(server.pid)
     const h = await server.heap()
     baseline.heap = h.heapUsed + h.external
+    baseline.rssParts = h.rssParts
     const rig: Rig = { intervalMs, ratePerS, deadline: started + budgetMs, registered: 0, server, serverPid: server.pid, port, procs, baselineRss: baseline.rss, baselineHeap: baseline.heap, generatorPids: () => [process.pid, ...procs.map((p) => p.proc.pid!)] }
     process.stderr.write(`natd-rendezvous pid ${server.pid} on 127.0.0.1:${port}, baseline RSS ${(baseline.rss / 2 ** 20).toFixed(1)} MB, heap ${(baseline.heap / 2 ** 20).toFixed(1)} MB; steps ${steps.join(', ')}\n`)
 
@@ -229,6 +230,7 @@ async function main(): Promise<void> {
       config: { intervalMs, ratePerS, registerInFlight: REGISTER_IN_FLIGHT, niceness, maxN, steps, budgetMs, p99LimitMs: P99_LIMIT_MS, lossLimit: LOSS_LIMIT, tcpShare: 1 / TCP_EVERY, loadProcesses: procs.length, agentsPerProcess: perProcess, nofile: { ...lim, used: perProcessFds } },
       baselineRssBytes: baseline.rss,
       baselineHeapBytes: baseline.heap,
+      baselineRssParts: baseline.rssParts,
       steps: results,
       largestHeldN: held?.n ?? null,
       largestHeldEquivalentAt20s: held?.equivalentAgentsAt20s ?? null,

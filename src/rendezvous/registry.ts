@@ -2,24 +2,57 @@
  * The rendezvous server's registry: which key holds which name, where each agent was
  * last seen, and who has gone quiet. Pure state (no sockets), driven by a Clock, so
  * expiry is tested with a fake clock.
+ *
+ * Memory is the point of its layout (the target is 100,000 agents under 1 KiB each):
+ * a registration is a slot, a row across typed-array columns (key, token, endpoints,
+ * last seen, state), not an object graph of Buffers, endpoint objects and strings. Per
+ * agent the heap holds only its name (a string, as the key of the one Map) and the
+ * packed text of its LAN endpoints. Keys and tokens are found through SlotIndex hash
+ * tables; freed slots are reused (a free list), and a per-slot generation keeps a
+ * reference held past its registration's end from resolving to the next holder.
+ *
+ *   slot s:  keys[32s..32s+32)  tokens[16s..16s+16)  udp/tcp: kind u8, addr u32, port u16
+ *            lastSeen f64  state u8 (free | offline | online)  nat u8  generation u32
+ *            names[s] (string)  lans[s] ('host port host port …', '' for none)
  */
 import type { Endpoint } from '../protocol/endpoint.js'
 import { NatdError } from '../protocol/errors.js'
-import { peerId } from '../protocol/identity.js'
+import { peerId, randomBytes } from '../protocol/identity.js'
 import type { Clock } from '../protocol/log.js'
-import type { NatVerdict, PeerRecord } from '../protocol/rendezvous.js'
+import { KEY_BYTES, TOKEN_BYTES, type NatVerdict, type PeerRecord } from '../protocol/rendezvous.js'
+import { EndpointColumn, grown } from './endpoint-column.js'
+import { bytesEqual, hashBytes, SlotIndex } from './slot-index.js'
 
 /** How long a dropped agent stays listed as offline ("last seen …") before it is forgotten. */
 export const OFFLINE_RETENTION_MS = 24 * 3_600_000
 /** Bound on remembered offline agents, so churn cannot grow memory without limit. */
 export const MAX_OFFLINE_ENTRIES = 10_000
+/** Slots allocated up front; the columns double when full. */
+const INITIAL_SLOTS = 1024
+/** A reference is `generation * SLOT_LIMIT + slot`: 2^24 slots, 2^29 generations within 2^53. */
+const SLOT_LIMIT = 2 ** 24
+const GENERATION_LIMIT = 2 ** 29
 
+const FREE = 0
+const OFFLINE = 1
+const ONLINE = 2
+
+const NAT_VERDICTS: readonly NatVerdict[] = ['unknown', 'easy', 'hard', 'none']
+
+/**
+ * A registration as callers hold it: a number naming its slot and the slot's generation.
+ * It stays valid while the registry remembers the agent (online or offline) and stops
+ * resolving once the agent is forgotten, even when the slot has a new holder.
+ */
+export type RegRef = number
+
+/** A registration as it stood when read (a copy: later changes do not show). */
 export interface Registration {
+  ref: RegRef
   id: string // peer ID (base32 public key)
   publicKey: Uint8Array
   name: string
   token: Uint8Array
-  tokenKey: string
   udp: Endpoint | null
   tcp: Endpoint | null
   lan: Endpoint[]
@@ -33,124 +66,177 @@ export interface RegisterInput {
   name: string
   lan: Endpoint[]
   nat: NatVerdict
-  token: Uint8Array // used only when the key has no live registration
+  token: Uint8Array // used only when the key has no registration yet
   udp?: Endpoint
   tcp?: Endpoint
 }
 
 export class Registry {
-  private readonly byId = new Map<string, Registration>()
-  private readonly byName = new Map<string, Registration>()
-  private readonly byToken = new Map<string, Registration>()
+  private capacity = 0
+  private keys = new Uint8Array(0)
+  private tokens = new Uint8Array(0)
+  private lastSeen = new Float64Array(0)
+  private state = new Uint8Array(0)
+  private nat = new Uint8Array(0)
+  private generation = new Uint32Array(0)
+  private readonly udp = new EndpointColumn()
+  private readonly tcp = new EndpointColumn()
+  private readonly names: string[] = []
+  private readonly lans: string[] = []
+  /** Slots never used stand above `used`; freed ones wait in `free`. */
+  private used = 0
+  private readonly free: number[] = []
+  private count = 0
+
+  private readonly byName = new Map<string, number>()
+  /** Keys are chosen by whoever registers: their hash is keyed with a secret seed, so collisions cannot be aimed. */
+  private readonly keySeed = randomBytes(4).readUInt32LE(0)
+  private readonly byKey = new SlotIndex((slot) => hashBytes(this.keys, slot * KEY_BYTES, KEY_BYTES, this.keySeed))
+  /** Tokens are random bytes the server chose: their first four bytes are hash enough. */
+  private readonly byToken = new SlotIndex((slot) => tokenHash(this.tokens, slot * TOKEN_BYTES))
 
   constructor(
     private readonly clock: Clock,
     private readonly peerTimeoutMs: number
-  ) {}
+  ) {
+    this.grow(INITIAL_SLOTS)
+  }
 
   /**
    * Registers or refreshes an agent. A name belongs to the first live key that takes it;
    * another key asking for it while the holder is online gets NAME_TAKEN.
    */
-  register(input: RegisterInput): { reg: Registration; isNew: boolean } {
-    const id = peerId(input.publicKey)
+  register(input: RegisterInput): { ref: RegRef; isNew: boolean } {
+    let slot = this.slotOfKey(input.publicKey)
     const holder = this.byName.get(input.name)
-    if (holder && holder.id !== id && holder.online) {
-      throw new NatdError('NAME_TAKEN', `the name ${input.name} is held by another key (${holder.id.slice(0, 8)})`)
+    if (holder !== undefined && holder !== slot) {
+      if (this.state[holder] === ONLINE) {
+        throw new NatdError('NAME_TAKEN', `the name ${input.name} is held by another key (${peerId(this.keyOf(holder)).slice(0, 8)})`)
+      }
+      this.forget(holder) // an offline holder loses the name
     }
-    if (holder && holder.id !== id) this.forget(holder) // an offline holder loses the name
-    let reg = this.byId.get(id)
-    const isNew = !reg || !reg.online
-    if (!reg) {
-      const tokenKey = Buffer.from(input.token).toString('hex')
-      reg = { id, publicKey: input.publicKey, name: input.name, token: input.token, tokenKey, udp: null, tcp: null, lan: [], nat: 'unknown', lastSeen: 0, online: false }
-      this.byId.set(id, reg)
-      this.byToken.set(tokenKey, reg)
+    const isNew = slot < 0 || this.state[slot] !== ONLINE
+    if (slot < 0) slot = this.allocate(input.publicKey, input.token, input.name)
+    if (this.names[slot] !== input.name) {
+      if (this.byName.get(this.names[slot]!) === slot) this.byName.delete(this.names[slot]!)
+      this.names[slot] = input.name
+      this.byName.set(input.name, slot)
     }
-    if (reg.name !== input.name) {
-      if (this.byName.get(reg.name) === reg) this.byName.delete(reg.name)
-      reg.name = input.name
-    }
-    this.byName.set(input.name, reg)
-    reg.lan = input.lan
-    reg.nat = input.nat
-    if (input.udp) reg.udp = input.udp
-    if (input.tcp) reg.tcp = input.tcp
-    reg.online = true
-    reg.lastSeen = this.clock.now()
-    return { reg, isNew }
+    this.lans[slot] = packEndpoints(input.lan)
+    this.nat[slot] = Math.max(0, NAT_VERDICTS.indexOf(input.nat))
+    if (input.udp) this.udp.set(slot, input.udp)
+    if (input.tcp) this.tcp.set(slot, input.tcp)
+    this.state[slot] = ONLINE
+    this.lastSeen[slot] = this.clock.now()
+    return { ref: this.refOf(slot), isNew }
   }
 
-  byTokenBytes(token: Uint8Array): Registration | undefined {
-    const reg = this.byToken.get(Buffer.from(token).toString('hex'))
-    return reg?.online ? reg : undefined
+  /** The online registration holding this token. */
+  byTokenBytes(token: Uint8Array): RegRef | undefined {
+    if (token.length !== TOKEN_BYTES) return undefined
+    const slot = this.byToken.find(tokenHash(token, 0), (s) => bytesEqual(this.tokens, s * TOKEN_BYTES, token, TOKEN_BYTES))
+    return slot >= 0 && this.state[slot] === ONLINE ? this.refOf(slot) : undefined
   }
 
-  touch(reg: Registration): void {
-    reg.lastSeen = this.clock.now()
+  touch(ref: RegRef): void {
+    const slot = this.slotOf(ref)
+    if (slot >= 0) this.lastSeen[slot] = this.clock.now()
+  }
+
+  isOnline(ref: RegRef): boolean {
+    const slot = this.slotOf(ref)
+    return slot >= 0 && this.state[slot] === ONLINE
+  }
+
+  /** Whether the agent's registered UDP endpoint is `ep` (the heartbeat check; builds nothing). */
+  udpIs(ref: RegRef, ep: Endpoint): boolean {
+    const slot = this.slotOf(ref)
+    return slot >= 0 && this.udp.is(slot, ep)
+  }
+
+  /** Its control connection closed: the agent no longer has a TCP endpoint. */
+  clearTcp(ref: RegRef): void {
+    const slot = this.slotOf(ref)
+    if (slot >= 0) this.tcp.set(slot, null)
   }
 
   /** Finds a peer by name, full peer ID, or an unambiguous ID prefix of 8+ characters. */
-  lookup(target: string): Registration | undefined {
+  lookup(target: string): RegRef | undefined {
     const byName = this.byName.get(target)
-    if (byName) return byName
-    const exact = this.byId.get(target)
-    if (exact) return exact
-    if (target.length < 8) return undefined
-    let found: Registration | undefined
-    for (const reg of this.byId.values()) {
-      if (!reg.id.startsWith(target)) continue
-      if (found) return undefined
-      found = reg
+    if (byName !== undefined) return this.refOf(byName)
+    const head = target.length >= 8 ? base32Bytes(target) : null
+    if (!head || head.length > KEY_BYTES) return undefined
+    if (head.length === KEY_BYTES) {
+      const slot = this.slotOfKey(head) // a full peer ID
+      return slot >= 0 && peerId(this.keyOf(slot)) === target ? this.refOf(slot) : undefined
     }
-    return found
+    // A prefix: compare the whole bytes it spells raw, spell out only the keys that match them.
+    const spelled = Math.ceil((target.length * 5) / 8)
+    let found = -1
+    for (let slot = 0; slot < this.used; slot++) {
+      const at = slot * KEY_BYTES
+      if (this.state[slot] === FREE || !bytesEqual(this.keys, at, head, head.length)) continue
+      if (!peerId(this.keys.subarray(at, at + spelled)).startsWith(target)) continue
+      if (found >= 0) return undefined
+      found = slot
+    }
+    return found >= 0 ? this.refOf(found) : undefined
+  }
+
+  /** lookup() and get(): the registration found, as it stands now. */
+  find(target: string): Registration | undefined {
+    const ref = this.lookup(target)
+    return ref === undefined ? undefined : this.get(ref)
   }
 
   /** Marks an agent offline now (it said goodbye, or timed out). Returns whether it was online. */
-  drop(reg: Registration): boolean {
-    if (!reg.online) return false
-    reg.online = false
-    reg.udp = null
-    reg.tcp = null
+  drop(ref: RegRef): boolean {
+    const slot = this.slotOf(ref)
+    if (slot < 0 || this.state[slot] !== ONLINE) return false
+    this.dropSlot(slot)
     return true
   }
 
-  /** Drops agents silent for longer than the peer timeout; returns them so peers can be told. */
+  /** Drops agents silent for longer than the peer timeout; returns them (as they were dropped) so peers can be told. */
   expire(): Registration[] {
     const now = this.clock.now()
     const dropped: Registration[] = []
     let offline = 0
-    for (const reg of this.byId.values()) {
-      if (reg.online && now - reg.lastSeen > this.peerTimeoutMs) {
-        this.drop(reg)
-        dropped.push(reg)
+    for (let slot = 0; slot < this.used; slot++) {
+      if (this.state[slot] === ONLINE && now - this.lastSeen[slot]! > this.peerTimeoutMs) {
+        this.dropSlot(slot)
+        dropped.push(this.read(slot))
       }
-      if (!reg.online) {
+      if (this.state[slot] === OFFLINE) {
         offline++
-        if (now - reg.lastSeen > OFFLINE_RETENTION_MS || offline > MAX_OFFLINE_ENTRIES) this.forget(reg)
+        if (now - this.lastSeen[slot]! > OFFLINE_RETENTION_MS || offline > MAX_OFFLINE_ENTRIES) this.forget(slot)
       }
     }
     return dropped
   }
 
-  private forget(reg: Registration): void {
-    this.byId.delete(reg.id)
-    this.byToken.delete(reg.tokenKey)
-    if (this.byName.get(reg.name) === reg) this.byName.delete(reg.name)
-  }
-
-  has(id: string): boolean {
-    return this.byId.has(id)
-  }
-
   get size(): number {
-    return this.byId.size
+    return this.count
   }
 
-  *all(): IterableIterator<Registration> {
-    yield* this.byId.values()
+  /** Whether the registry still remembers this registration (online or offline). */
+  has(ref: RegRef): boolean {
+    return this.slotOf(ref) >= 0
   }
 
+  /** The registration as it stands now; undefined once the agent is forgotten. */
+  get(ref: RegRef): Registration | undefined {
+    const slot = this.slotOf(ref)
+    return slot >= 0 ? this.read(slot) : undefined
+  }
+
+  /** The peer record of a registration as it stands now (built from the columns: the introduction path). */
+  peer(ref: RegRef): PeerRecord | undefined {
+    const slot = this.slotOf(ref)
+    return slot >= 0 ? this.peerAt(slot) : undefined
+  }
+
+  /** The peer record of a registration read earlier (expire() returns them as they were dropped). */
   record(reg: Registration): PeerRecord {
     return {
       publicKey: reg.publicKey,
@@ -163,4 +249,162 @@ export class Registry {
       lan: reg.lan
     }
   }
+
+  /** The peer list for `ref`: online agents first, then the most recently seen, at most `max`. */
+  peersFor(ref: RegRef, max: number): PeerRecord[] {
+    const self = this.slotOf(ref)
+    const online: number[] = []
+    const offline: number[] = []
+    for (let slot = 0; slot < this.used; slot++) {
+      if (slot === self) continue
+      if (this.state[slot] === ONLINE) {
+        if (online.length < max) online.push(slot)
+      } else if (this.state[slot] === OFFLINE) offline.push(slot)
+    }
+    const room = max - online.length
+    const recent = room > 0 ? offline.sort((a, b) => this.lastSeen[b]! - this.lastSeen[a]!).slice(0, room) : []
+    return [...online, ...recent].map((slot) => this.peerAt(slot))
+  }
+
+  // --- slots -----------------------------------------------------------------
+
+  private read(slot: number): Registration {
+    const publicKey = this.keyOf(slot)
+    return {
+      ref: this.refOf(slot),
+      id: peerId(publicKey),
+      publicKey,
+      name: this.names[slot]!,
+      token: this.tokens.slice(slot * TOKEN_BYTES, (slot + 1) * TOKEN_BYTES),
+      udp: this.udp.get(slot),
+      tcp: this.tcp.get(slot),
+      lan: unpackEndpoints(this.lans[slot]!),
+      nat: NAT_VERDICTS[this.nat[slot]!]!,
+      lastSeen: this.lastSeen[slot]!,
+      online: this.state[slot] === ONLINE
+    }
+  }
+
+  private peerAt(slot: number): PeerRecord {
+    return {
+      publicKey: this.keyOf(slot),
+      name: this.names[slot]!,
+      online: this.state[slot] === ONLINE,
+      lastSeenAgoMs: Math.max(0, this.clock.now() - this.lastSeen[slot]!),
+      nat: NAT_VERDICTS[this.nat[slot]!]!,
+      udp: this.udp.get(slot),
+      tcp: this.tcp.get(slot),
+      lan: unpackEndpoints(this.lans[slot]!)
+    }
+  }
+
+  private dropSlot(slot: number): void {
+    this.state[slot] = OFFLINE
+    this.udp.set(slot, null)
+    this.tcp.set(slot, null)
+  }
+
+  private keyOf(slot: number): Uint8Array {
+    return this.keys.slice(slot * KEY_BYTES, (slot + 1) * KEY_BYTES)
+  }
+
+  private refOf(slot: number): RegRef {
+    return this.generation[slot]! * SLOT_LIMIT + slot
+  }
+
+  /** The slot `ref` names, or -1 when its registration is gone. */
+  private slotOf(ref: RegRef): number {
+    const slot = ref % SLOT_LIMIT
+    return slot < this.used && this.state[slot] !== FREE && this.refOf(slot) === ref ? slot : -1
+  }
+
+  private slotOfKey(key: Uint8Array): number {
+    if (key.length !== KEY_BYTES) throw new NatdError('BAD_REQUEST', `a public key is ${KEY_BYTES} bytes`)
+    return this.byKey.find(hashBytes(key, 0, KEY_BYTES, this.keySeed), (s) => bytesEqual(this.keys, s * KEY_BYTES, key, KEY_BYTES))
+  }
+
+  private allocate(key: Uint8Array, token: Uint8Array, name: string): number {
+    if (token.length !== TOKEN_BYTES) throw new RangeError(`a token is ${TOKEN_BYTES} bytes`)
+    let slot = this.free.pop()
+    if (slot === undefined) {
+      if (this.used === SLOT_LIMIT) throw new RangeError(`the registry holds its maximum of ${SLOT_LIMIT} agents`)
+      if (this.used === this.capacity) this.grow(Math.min(SLOT_LIMIT, this.capacity * 2))
+      slot = this.used++
+    }
+    this.keys.set(key, slot * KEY_BYTES)
+    this.tokens.set(token, slot * TOKEN_BYTES)
+    this.names[slot] = name
+    this.lans[slot] = ''
+    this.byName.set(name, slot)
+    this.state[slot] = OFFLINE
+    this.byKey.add(slot)
+    this.byToken.add(slot)
+    this.count++
+    return slot
+  }
+
+  private forget(slot: number): void {
+    this.byKey.delete(slot)
+    this.byToken.delete(slot)
+    if (this.byName.get(this.names[slot]!) === slot) this.byName.delete(this.names[slot]!)
+    this.udp.set(slot, null)
+    this.tcp.set(slot, null)
+    this.names[slot] = ''
+    this.lans[slot] = ''
+    this.state[slot] = FREE
+    this.generation[slot] = (this.generation[slot]! + 1) % GENERATION_LIMIT
+    this.free.push(slot)
+    this.count--
+  }
+
+  private grow(capacity: number): void {
+    this.keys = grown(this.keys, new Uint8Array(capacity * KEY_BYTES))
+    this.tokens = grown(this.tokens, new Uint8Array(capacity * TOKEN_BYTES))
+    this.lastSeen = grown(this.lastSeen, new Float64Array(capacity))
+    this.state = grown(this.state, new Uint8Array(capacity))
+    this.nat = grown(this.nat, new Uint8Array(capacity))
+    this.generation = grown(this.generation, new Uint32Array(capacity))
+    this.udp.grow(capacity)
+    this.tcp.grow(capacity)
+    this.capacity = capacity
+  }
+}
+
+function tokenHash(bytes: Uint8Array, at: number): number {
+  return (bytes[at]! | (bytes[at + 1]! << 8) | (bytes[at + 2]! << 16) | (bytes[at + 3]! << 24)) >>> 0
+}
+
+// LAN endpoints are few per agent and read only for peer records: one short string each.
+
+function packEndpoints(list: readonly Endpoint[]): string {
+  return list.map((ep) => `${ep.host} ${ep.port}`).join(' ')
+}
+
+function unpackEndpoints(packed: string): Endpoint[] {
+  if (!packed) return []
+  const parts = packed.split(' ')
+  const out: Endpoint[] = []
+  for (let i = 0; i + 1 < parts.length; i += 2) out.push({ host: parts[i]!, port: Number(parts[i + 1]) })
+  return out
+}
+
+const BASE32 = 'abcdefghijklmnopqrstuvwxyz234567'
+
+/** The whole bytes a base32 peer ID (or a prefix of one) spells; null when it is not base32. */
+function base32Bytes(text: string): Uint8Array | null {
+  const out = new Uint8Array(Math.floor((text.length * 5) / 8))
+  let value = 0
+  let bits = 0
+  let n = 0
+  for (let i = 0; i < text.length; i++) {
+    const digit = BASE32.indexOf(text[i]!)
+    if (digit < 0) return null
+    value = ((value << 5) | digit) & 0xfff
+    bits += 5
+    if (bits >= 8) {
+      bits -= 8
+      if (n < out.length) out[n++] = (value >>> bits) & 0xff
+    }
+  }
+  return out
 }

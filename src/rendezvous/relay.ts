@@ -66,8 +66,23 @@ export class Relay {
     return this.active.size
   }
 
+  /** Introductions that allow relaying and are not yet bound on both sides (nor expired and pruned). */
+  get permits(): number {
+    return this.pending.size
+  }
+
   /** The server introduced these two agents with a path that may need the relay. */
   allow(introId: Uint8Array, initiatorName: string, responderName: string): void {
+    this.prune()
+    this.pending.set(Buffer.from(introId).toString('hex'), { expires: this.clock.now() + RELAY_BIND_TIMEOUT_MS, names: [initiatorName, responderName], initiator: null, responder: null })
+  }
+
+  /**
+   * Forgets the permissions whose bind timeout has passed. Called per introduction and by
+   * the server's sweep: a burst of introductions (tens of thousands a second on a big
+   * server) would otherwise stay in memory until the next introduction.
+   */
+  prune(): void {
     const now = this.clock.now()
     // Entries expire in insertion order (one fixed lifetime), so stop at the first live one:
     // a walk over every pending entry per introduction cost the server its CPU at scale.
@@ -75,7 +90,6 @@ export class Relay {
       if (p.expires >= now) break
       this.pending.delete(k)
     }
-    this.pending.set(Buffer.from(introId).toString('hex'), { expires: now + RELAY_BIND_TIMEOUT_MS, names: [initiatorName, responderName], initiator: null, responder: null })
   }
 
   /**

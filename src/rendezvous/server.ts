@@ -25,13 +25,12 @@ import {
   MAX_UDP_FRAME_BYTES,
   TOKEN_BYTES,
   type Message,
-  type OutgoingMessage,
-  type PeerRecord
+  type OutgoingMessage
 } from '../protocol/rendezvous.js'
 import { isStun } from '../protocol/stun.js'
 import { CookieJar } from './cookies.js'
 import { StunResponder, type StunSlot } from './stun-responder.js'
-import { Registry, type Registration } from './registry.js'
+import { Registry, type RegRef, type Registration } from './registry.js'
 import { Relay, type RelayLimits } from './relay.js'
 
 /** A REGISTER's timestamp may differ from the server clock by this much (agents echo the challenge's time). */
@@ -75,7 +74,8 @@ interface TcpConn {
   socket: net.Socket
   remote: Endpoint
   nonce: Buffer
-  reg: Registration | null
+  /** The registration this connection controls, once it has registered. */
+  reg: RegRef | null
   splitter: FrameSplitter
   /** The connection sent RELAY: from now on it carries relayed frames only. */
   relay: boolean
@@ -93,7 +93,7 @@ export class RendezvousServer {
   private readonly udpBySlot = new Map<StunSlot, dgram.Socket>()
   private tcp: net.Server | null = null
   private readonly conns = new Set<TcpConn>()
-  private readonly connByPeer = new Map<string, TcpConn>()
+  private readonly connByPeer = new Map<RegRef, TcpConn>()
   private sweepTimer: NodeJS.Timeout | null = null
   private readonly secretKey: Buffer | null
   readonly relay: Relay | null
@@ -198,11 +198,12 @@ export class RendezvousServer {
         return
       }
       case 'heartbeat': {
-        const reg = this.registry.byTokenBytes(msg.token)
+        // The hot path (every agent, every heartbeat interval): nothing is built per agent.
+        const ref = this.registry.byTokenBytes(msg.token)
         let status: 'ok' | 'unknown' | 'moved' = 'ok'
-        if (!reg) status = 'unknown'
-        else if (!reg.udp || reg.udp.host !== from.host || reg.udp.port !== from.port) status = 'moved'
-        else this.registry.touch(reg)
+        if (ref === undefined) status = 'unknown'
+        else if (!this.registry.udpIs(ref, from)) status = 'moved'
+        else this.registry.touch(ref)
         return this.sendUdp(this.udp!, encode({ type: 'heartbeat-ack', seq: msg.seq, status, observed: from }), from)
       }
       case 'bye': {
@@ -238,7 +239,7 @@ export class RendezvousServer {
       throw new NatdError('UNAUTHORIZED', 'this server needs the network secret (natd --secret-file)')
     }
     if (!isValidName(msg.name)) throw new NatdError('BAD_REQUEST', `bad name: ${NAME_RULE}`)
-    const { reg, isNew } = this.registry.register({
+    const { ref, isNew } = this.registry.register({
       publicKey: Buffer.from(msg.publicKey),
       name: msg.name,
       lan: msg.lan,
@@ -246,9 +247,10 @@ export class RendezvousServer {
       token: randomBytes(TOKEN_BYTES),
       ...at
     })
+    const reg = this.registry.get(ref)!
     if (isNew) {
       this.log.info('agent registered', { name: reg.name, id: reg.id.slice(0, 8), udp: fmt(reg.udp), tcp: fmt(reg.tcp) })
-      this.broadcast(reg, { type: 'peer-event', event: 'up', peer: this.registry.record(reg) })
+      this.broadcast(ref, { type: 'peer-event', event: 'up', peer: this.registry.record(reg) })
     }
     return reg
   }
@@ -261,28 +263,29 @@ export class RendezvousServer {
 
   private onSweepExpired(): void {
     // Once a minute, forget the contacts of agents the registry has forgotten.
-    if (++this.sweeps % 60 === 0) for (const id of this.contacts.keys()) if (!this.registry.has(id)) this.contacts.delete(id)
+    if (++this.sweeps % 60 === 0) for (const ref of this.contacts.keys()) if (!this.registry.has(ref)) this.contacts.delete(ref)
+    this.relay?.prune()
     for (const reg of this.registry.expire()) {
       this.log.info('agent timed out', { name: reg.name, id: reg.id.slice(0, 8) })
-      this.closeConnOf(reg)
-      this.broadcast(reg, { type: 'peer-event', event: 'down', peer: this.registry.record(reg) })
+      this.closeConnOf(reg.ref)
+      this.broadcast(reg.ref, { type: 'peer-event', event: 'down', peer: this.registry.record(reg) })
     }
   }
 
   /** Tells the other connected agents about `about` (all of them, or its contacts on a big server). */
-  private broadcast(about: Registration, msg: OutgoingMessage): void {
+  private broadcast(about: RegRef, msg: OutgoingMessage): void {
     const bytes = frame(encode(msg))
     if (this.connByPeer.size <= BROADCAST_MAX_AGENTS) {
-      for (const c of this.conns) if (c.reg && c.reg !== about) c.socket.write(bytes)
+      for (const c of this.conns) if (c.reg !== null && c.reg !== about) c.socket.write(bytes)
       return
     }
-    for (const id of this.contacts.get(about.id) ?? []) this.connByPeer.get(id)?.socket.write(bytes)
+    for (const ref of this.contacts.get(about) ?? []) this.connByPeer.get(ref)?.socket.write(bytes)
   }
 
   /** Agents introduced to each other hear of each other's comings and goings. */
-  private readonly contacts = new Map<string, string[]>()
+  private readonly contacts = new Map<RegRef, RegRef[]>()
 
-  private addContact(a: string, b: string): void {
+  private addContact(a: RegRef, b: RegRef): void {
     const list = this.contacts.get(a) ?? []
     if (list.includes(b)) return
     list.push(b)
@@ -321,9 +324,9 @@ export class RendezvousServer {
     socket.on('error', () => undefined)
     socket.on('close', () => {
       this.conns.delete(conn)
-      if (conn.reg && this.connByPeer.get(conn.reg.id) === conn) {
-        this.connByPeer.delete(conn.reg.id)
-        conn.reg.tcp = null
+      if (conn.reg !== null && this.connByPeer.get(conn.reg) === conn) {
+        this.connByPeer.delete(conn.reg)
+        this.registry.clearTcp(conn.reg)
       }
     })
     this.sendTcp(conn, { type: 'challenge', nonce: conn.nonce, serverTime: this.clock.now() })
@@ -337,10 +340,10 @@ export class RendezvousServer {
     if (msg.type === 'register') {
       try {
         const reg = this.acceptRegister(msg, conn.remote, { tcp: conn.remote })
-        const previous = this.connByPeer.get(reg.id)
+        const previous = this.connByPeer.get(reg.ref)
         if (previous && previous !== conn) previous.socket.destroy()
-        conn.reg = reg
-        this.connByPeer.set(reg.id, conn)
+        conn.reg = reg.ref
+        this.connByPeer.set(reg.ref, conn)
         conn.socket.setTimeout(0)
         conn.socket.setKeepAlive(true, 10_000)
         conn.socket.write(frame(this.registerAck(reg, conn.remote)))
@@ -353,25 +356,26 @@ export class RendezvousServer {
       return
     }
     if (msg.type === 'relay') return this.onRelay(conn, msg)
-    const reg = conn.reg
-    if (!reg) throw new ProtocolError('UNAUTHORIZED', `${msg.type} before registration`)
-    if (!reg.online) {
-      // Timed out while the connection lingered: the agent must register again.
+    const ref = conn.reg
+    if (ref === null) throw new ProtocolError('UNAUTHORIZED', `${msg.type} before registration`)
+    if (!this.registry.isOnline(ref)) {
+      // Timed out (or forgotten) while the connection lingered: the agent must register again.
       this.sendTcp(conn, { type: 'error', reqId: 0, code: 'NOT_REGISTERED', message: 'registration expired' })
       conn.socket.end()
       return
     }
-    this.registry.touch(reg)
+    this.registry.touch(ref)
     switch (msg.type) {
       case 'ping':
         return this.sendTcp(conn, { type: 'pong', seq: msg.seq })
       case 'list':
-        return this.sendTcp(conn, { type: 'peers', reqId: msg.reqId, peers: this.listFor(reg) })
+        return this.sendTcp(conn, { type: 'peers', reqId: msg.reqId, peers: this.registry.peersFor(ref, MAX_LIST_PEERS) })
       case 'introduce':
-        return this.onIntroduce(conn, reg, msg)
+        return this.onIntroduce(conn, ref, msg)
       case 'bye': {
+        const reg = this.registry.get(ref)!
         this.log.info('agent left', { name: reg.name, id: reg.id.slice(0, 8) })
-        if (this.registry.drop(reg)) this.broadcast(reg, { type: 'peer-event', event: 'down', peer: this.registry.record(reg) })
+        if (this.registry.drop(ref)) this.broadcast(ref, { type: 'peer-event', event: 'down', peer: this.registry.peer(ref)! })
         conn.socket.end()
         return
       }
@@ -381,19 +385,21 @@ export class RendezvousServer {
   }
 
   /** Sends both agents each other's candidates at once, so they start punching together. */
-  private onIntroduce(conn: TcpConn, from: Registration, msg: Extract<Message, { type: 'introduce' }>): void {
-    const target = this.registry.lookup(msg.target)
+  private onIntroduce(conn: TcpConn, fromRef: RegRef, msg: Extract<Message, { type: 'introduce' }>): void {
+    const targetRef = this.registry.lookup(msg.target)
     const fail = (code: string, message: string): void => this.sendTcp(conn, { type: 'error', reqId: msg.reqId, code, message })
-    if (!target) return fail('PEER_UNKNOWN', `no peer named ${msg.target} on this server`)
-    if (target === from) return fail('INVALID_ARGUMENT', 'cannot open a tunnel to yourself')
-    const targetConn = this.connByPeer.get(target.id)
+    if (targetRef === undefined) return fail('PEER_UNKNOWN', `no peer named ${msg.target} on this server`)
+    if (targetRef === fromRef) return fail('INVALID_ARGUMENT', 'cannot open a tunnel to yourself')
+    const from = this.registry.peer(fromRef)!
+    const target = this.registry.peer(targetRef)!
+    const targetConn = this.connByPeer.get(targetRef)
     if (!target.online || !targetConn) return fail('PEER_OFFLINE', `${target.name} is offline`)
     const introId = randomBytes(INTRO_ID_BYTES)
     if (this.relay && (msg.via === 'auto' || msg.via === 'relay')) this.relay.allow(introId, from.name, target.name)
-    this.sendTcp(targetConn, { type: 'introduction', reqId: 0, introId, initiator: false, via: msg.via, peer: this.registry.record(from) })
-    this.sendTcp(conn, { type: 'introduction', reqId: msg.reqId, introId, initiator: true, via: msg.via, peer: this.registry.record(target) })
-    this.addContact(from.id, target.id)
-    this.addContact(target.id, from.id)
+    this.sendTcp(targetConn, { type: 'introduction', reqId: 0, introId, initiator: false, via: msg.via, peer: from })
+    this.sendTcp(conn, { type: 'introduction', reqId: msg.reqId, introId, initiator: true, via: msg.via, peer: target })
+    this.addContact(fromRef, targetRef)
+    this.addContact(targetRef, fromRef)
     this.log.info('introduced', { from: from.name, to: target.name, via: msg.via })
   }
 
@@ -414,24 +420,8 @@ export class RendezvousServer {
     }
   }
 
-  /** The peer list for `reg`: online agents first, then the most recently seen, at most MAX_LIST_PEERS. */
-  private listFor(reg: Registration): PeerRecord[] {
-    const online: Registration[] = []
-    const offline: Registration[] = []
-    for (const r of this.registry.all()) {
-      if (r === reg) continue
-      if (r.online) {
-        if (online.length < MAX_LIST_PEERS) online.push(r)
-      } else offline.push(r)
-    }
-    const room = MAX_LIST_PEERS - online.length
-    const recent = room > 0 ? offline.sort((a, b) => b.lastSeen - a.lastSeen).slice(0, room) : []
-    return [...online, ...recent].map((r) => this.registry.record(r))
-  }
-
-  private closeConnOf(reg: Registration): void {
-    const c = this.connByPeer.get(reg.id)
-    if (c) c.socket.destroy()
+  private closeConnOf(ref: RegRef): void {
+    this.connByPeer.get(ref)?.socket.destroy()
   }
 
   address(): { udp: number; tcp: number; alt: number | null } {

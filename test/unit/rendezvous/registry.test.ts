@@ -2,8 +2,9 @@
 // name, tokens, expiry, and lookups by name / ID / ID prefix.
 import { beforeEach, describe, expect, it } from 'vitest'
 import { peerId } from '../../../src/protocol/identity.js'
-import { Registry, type RegisterInput } from '../../../src/rendezvous/registry.js'
-import { errorCode, FakeClock, seq } from '../helpers.js'
+import type { PeerRecord } from '../../../src/protocol/rendezvous.js'
+import { Registry, type RegisterInput, type Registration } from '../../../src/rendezvous/registry.js'
+import { errorCode, FakeClock, prng, randBuf, randInt, seq } from '../helpers.js'
 
 const PEER_TIMEOUT_MS = 30_000
 
@@ -27,11 +28,17 @@ describe('Registry', () => {
     reg = new Registry(clock, PEER_TIMEOUT_MS)
   })
 
+  /** Registers and reads the registration back. */
+  function register(i: RegisterInput): { reg: Registration; isNew: boolean } {
+    const { ref, isNew } = reg.register(i)
+    return { reg: reg.get(ref)!, isNew }
+  }
+
   it('gives the first key its name', () => {
-    const { reg: r, isNew } = reg.register(input(A, 'alice'))
+    const { reg: r, isNew } = register(input(A, 'alice'))
     expect(isNew).toBe(true)
     expect(r).toMatchObject({ name: 'alice', id: peerId(A), online: true, lastSeen: clock.now() })
-    expect(reg.lookup('alice')?.id).toBe(peerId(A))
+    expect(reg.find('alice')?.id).toBe(peerId(A))
     expect(reg.size).toBe(1)
   })
 
@@ -40,8 +47,8 @@ describe('Registry', () => {
     clock.advance(PEER_TIMEOUT_MS) // exactly at the timeout: still online
     expect(reg.expire()).toEqual([])
     expect(errorCode(() => reg.register(input(B, 'alice')))).toBe('NAME_TAKEN')
-    expect(reg.lookup('alice')?.id).toBe(peerId(A))
-    expect(reg.lookup(peerId(B))).toBeUndefined()
+    expect(reg.find('alice')?.id).toBe(peerId(A))
+    expect(reg.find(peerId(B))).toBeUndefined()
   })
 
   it('lets a second key take the name once the first has timed out', () => {
@@ -49,22 +56,22 @@ describe('Registry', () => {
     clock.advance(PEER_TIMEOUT_MS + 1)
     const dropped = reg.expire()
     expect(dropped.map((r) => r.id)).toEqual([peerId(A)])
-    const { reg: b, isNew } = reg.register(input(B, 'alice'))
+    const { reg: b, isNew } = register(input(B, 'alice'))
     expect(isNew).toBe(true)
     expect(b.id).toBe(peerId(B))
-    expect(reg.lookup('alice')?.id).toBe(peerId(B))
+    expect(reg.find('alice')?.id).toBe(peerId(B))
     // The old holder's token no longer resolves.
     expect(reg.byTokenBytes(seq(1, 16))).toBeUndefined()
   })
 
   it('a key re-registering keeps its token (the one given first) and is not new', () => {
-    const first = reg.register(input(A, 'alice', seq(0x10, 16)))
+    const first = register(input(A, 'alice', seq(0x10, 16)))
     clock.advance(5_000)
-    const again = reg.register(input(A, 'alice', seq(0x20, 16)))
+    const again = register(input(A, 'alice', seq(0x20, 16)))
     expect(again.isNew).toBe(false)
-    expect(again.reg).toBe(first.reg)
+    expect(again.reg.ref).toBe(first.reg.ref)
     expect(Buffer.from(again.reg.token).equals(seq(0x10, 16))).toBe(true)
-    expect(reg.byTokenBytes(seq(0x10, 16))?.id).toBe(peerId(A))
+    expect(reg.byTokenBytes(seq(0x10, 16))).toBe(first.reg.ref)
     expect(reg.byTokenBytes(seq(0x20, 16))).toBeUndefined()
     expect(again.reg.lastSeen).toBe(clock.now())
   })
@@ -76,15 +83,16 @@ describe('Registry', () => {
     expect(reg.byTokenBytes(seq(0x10, 16))).toBeUndefined() // offline: token does not resolve
     const back = reg.register(input(A, 'alice', seq(0x30, 16)))
     expect(back.isNew).toBe(true)
-    expect(reg.byTokenBytes(seq(0x10, 16))?.id).toBe(peerId(A))
+    expect(reg.byTokenBytes(seq(0x10, 16))).toBe(back.ref)
+    expect(reg.get(back.ref)?.id).toBe(peerId(A))
   })
 
   it('a rename releases the old name for other keys', () => {
     reg.register(input(A, 'alice'))
     reg.register(input(A, 'alice2'))
-    expect(reg.lookup('alice')).toBeUndefined()
-    expect(reg.lookup('alice2')?.id).toBe(peerId(A))
-    expect(reg.register(input(B, 'alice')).reg.id).toBe(peerId(B))
+    expect(reg.find('alice')).toBeUndefined()
+    expect(reg.find('alice2')?.id).toBe(peerId(A))
+    expect(register(input(B, 'alice')).reg.id).toBe(peerId(B))
     expect(errorCode(() => reg.register(input(B, 'alice2')))).toBe('NAME_TAKEN')
   })
 
@@ -95,36 +103,94 @@ describe('Registry', () => {
     clock.advance(PEER_TIMEOUT_MS - 10_000 + 1) // A is 30,001 ms silent, B 20,001 ms
     expect(reg.expire().map((r) => r.name)).toEqual(['alice'])
     expect(reg.expire()).toEqual([])
-    expect(reg.lookup('alice')?.online).toBe(false) // still listed, as offline
+    expect(reg.find('alice')?.online).toBe(false) // still listed, as offline
     clock.advance(10_000)
     expect(reg.expire().map((r) => r.name)).toEqual(['bob'])
     expect(reg.expire()).toEqual([])
   })
 
   it('touch keeps an agent alive; drop takes it offline once', () => {
-    const { reg: a } = reg.register(input(A, 'alice'))
+    const { reg: a } = register(input(A, 'alice'))
     for (let i = 0; i < 5; i++) {
       clock.advance(PEER_TIMEOUT_MS - 1)
-      reg.touch(a)
+      reg.touch(a.ref)
       expect(reg.expire()).toEqual([])
     }
-    expect(reg.drop(a)).toBe(true)
-    expect(reg.drop(a)).toBe(false)
-    expect(a.udp).toBeNull()
+    expect(reg.drop(a.ref)).toBe(true)
+    expect(reg.drop(a.ref)).toBe(false)
+    expect(reg.get(a.ref)?.udp).toBeNull()
     expect(reg.byTokenBytes(a.token)).toBeUndefined()
     expect(reg.expire()).toEqual([]) // dropped agents are not reported again
+  })
+
+  it('a reference to a forgotten agent stops resolving, even when its slot has a new holder', () => {
+    const { ref: a } = reg.register(input(A, 'alice', seq(0x10, 16)))
+    reg.drop(a)
+    const { ref: b } = reg.register(input(B, 'alice', seq(0x20, 16))) // takes the offline holder's name: A is forgotten
+    expect(b).not.toBe(a)
+    expect(reg.get(a)).toBeUndefined()
+    expect(reg.has(a)).toBe(false)
+    expect(reg.isOnline(a)).toBe(false)
+    expect(reg.drop(a)).toBe(false)
+    reg.touch(a) // harmless
+    expect(reg.get(b)).toMatchObject({ id: peerId(B), name: 'alice', online: true })
+    expect(reg.byTokenBytes(seq(0x10, 16))).toBeUndefined()
+    expect(reg.size).toBe(1)
+  })
+
+  it('holds thousands of agents: every name, key, token and endpoint still resolves after the columns grow and slots are reused', () => {
+    const n = 5_000
+    const keyOf = (i: number): Buffer => Buffer.concat([Buffer.from(Uint32Array.of(i).buffer), Buffer.alloc(28, 7)])
+    const tokenOf = (i: number): Buffer => Buffer.concat([Buffer.from(Uint32Array.of(i * 7919).buffer), Buffer.alloc(12, i & 0xff)])
+    const refs: number[] = []
+    for (let i = 0; i < n; i++) {
+      refs.push(reg.register({ publicKey: keyOf(i), name: `agent-${i}`, lan: [], nat: 'none', token: tokenOf(i), udp: { host: `10.0.${i >> 8}.${i & 0xff}`, port: i + 1 } }).ref)
+    }
+    // Forget every third agent (it goes offline, another key takes its name), then register them again.
+    for (let i = 0; i < n; i += 3) {
+      reg.drop(refs[i]!)
+      reg.register({ publicKey: key(0xee - (i % 2)), name: `agent-${i}`, lan: [], nat: 'none', token: seq(i, 16) })
+      reg.drop(reg.lookup(`agent-${i}`)!)
+      refs[i] = reg.register({ publicKey: keyOf(i), name: `agent-${i}`, lan: [], nat: 'none', token: tokenOf(i), udp: { host: `10.0.${i >> 8}.${i & 0xff}`, port: i + 1 } }).ref
+    }
+    for (let i = 0; i < n; i++) {
+      expect(reg.lookup(`agent-${i}`)).toBe(refs[i])
+      expect(reg.lookup(peerId(keyOf(i)))).toBe(refs[i])
+      expect(reg.byTokenBytes(tokenOf(i))).toBe(refs[i])
+      expect(reg.udpIs(refs[i]!, { host: `10.0.${i >> 8}.${i & 0xff}`, port: i + 1 })).toBe(true)
+    }
+    expect(reg.size).toBe(n) // each stand-in key was forgotten when the name's first holder took it back
   })
 
   it('finds peers by name, full ID and a unique 8+ character ID prefix', () => {
     reg.register(input(A, 'alice'))
     reg.register(input(B, 'bob'))
     const idA = peerId(A)
-    expect(reg.lookup(idA)?.name).toBe('alice')
-    expect(reg.lookup(idA.slice(0, 8))?.name).toBe('alice')
-    expect(reg.lookup(idA.slice(0, 20))?.name).toBe('alice')
-    expect(reg.lookup(idA.slice(0, 7))).toBeUndefined() // too short to be trusted
-    expect(reg.lookup('nobody')).toBeUndefined()
-    expect(reg.lookup('')).toBeUndefined()
+    expect(reg.find(idA)?.name).toBe('alice')
+    expect(reg.find(idA.slice(0, 8))?.name).toBe('alice')
+    expect(reg.find(idA.slice(0, 20))?.name).toBe('alice')
+    expect(reg.find(idA.slice(0, 7))).toBeUndefined() // too short to be trusted
+    expect(reg.find('nobody')).toBeUndefined()
+    expect(reg.find('')).toBeUndefined()
+  })
+
+  it('ID lookups agree with a walk over every peer ID, for prefixes of every length and near misses', () => {
+    const rand = prng(0x1d5)
+    // Keys sharing 0-6 leading bytes, so that prefixes of many lengths are ambiguous.
+    const keys = Array.from({ length: 300 }, (_, i) => Buffer.concat([Buffer.alloc(i % 7, 0x42), randBuf(rand, 32 - (i % 7))]))
+    keys.forEach((k, i) => reg.register(input(k, `p${i}`)))
+    const ids = keys.map((k) => peerId(k))
+    const walk = (target: string): string | undefined => {
+      const hits = target.length >= 8 ? ids.filter((id) => id.startsWith(target)) : []
+      return hits.length === 1 ? hits[0] : undefined
+    }
+    for (let t = 0; t < 3_000; t++) {
+      const id = ids[randInt(rand, 0, ids.length - 1)]!
+      let target = id.slice(0, randInt(rand, 6, 53))
+      if (rand() < 0.3) target = target.slice(0, -1) + 'abcdefghijklmnopqrstuvwxyz234567'[randInt(rand, 0, 31)]
+      if (rand() < 0.05) target += 'a'
+      expect(reg.find(target)?.id, target).toBe(walk(target))
+    }
   })
 
   it('an ambiguous ID prefix finds nothing', () => {
@@ -134,35 +200,40 @@ describe('Registry', () => {
     reg.register(input(k1, 'one'))
     reg.register(input(k2, 'two'))
     expect(peerId(k1).slice(0, 8)).toBe(peerId(k2).slice(0, 8))
-    expect(reg.lookup(peerId(k1).slice(0, 8))).toBeUndefined()
-    expect(reg.lookup(peerId(k1))?.name).toBe('one')
+    expect(reg.find(peerId(k1).slice(0, 8))).toBeUndefined()
+    expect(reg.find(peerId(k1))?.name).toBe('one')
     const unique = [...peerId(k1)].findIndex((c, i) => c !== peerId(k2)[i]) + 1
-    expect(reg.lookup(peerId(k2).slice(0, unique))?.name).toBe('two')
+    expect(reg.find(peerId(k2).slice(0, unique))?.name).toBe('two')
   })
 
   it('a name shadows an ID prefix that happens to spell it', () => {
     const idA = peerId(A)
     reg.register(input(A, 'alice'))
     reg.register(input(B, idA.slice(0, 8)))
-    expect(reg.lookup(idA.slice(0, 8))?.id).toBe(peerId(B))
+    expect(reg.find(idA.slice(0, 8))?.id).toBe(peerId(B))
   })
 
   it('record() reports lastSeenAgoMs from the clock and what the agent registered', () => {
-    const { reg: a } = reg.register({ ...input(A, 'alice'), lan: [{ host: '192.168.1.2', port: 5 }], nat: 'hard', tcp: { host: '203.0.113.1', port: 7 } })
-    expect(reg.record(a)).toMatchObject({ name: 'alice', online: true, lastSeenAgoMs: 0, nat: 'hard', lan: [{ host: '192.168.1.2', port: 5 }], tcp: { host: '203.0.113.1', port: 7 } })
+    const { ref } = reg.register({ ...input(A, 'alice'), lan: [{ host: '192.168.1.2', port: 5 }], nat: 'hard', tcp: { host: '203.0.113.1', port: 7 } })
+    const record = (): PeerRecord => {
+      const live = reg.peer(ref)! // built from the columns
+      expect(live).toEqual(reg.record(reg.get(ref)!)) // the same from a snapshot
+      return live
+    }
+    expect(record()).toMatchObject({ name: 'alice', online: true, lastSeenAgoMs: 0, nat: 'hard', lan: [{ host: '192.168.1.2', port: 5 }], tcp: { host: '203.0.113.1', port: 7 } })
     clock.advance(5_000)
-    expect(reg.record(a).lastSeenAgoMs).toBe(5_000)
-    reg.touch(a)
-    expect(reg.record(a).lastSeenAgoMs).toBe(0)
+    expect(record().lastSeenAgoMs).toBe(5_000)
+    reg.touch(ref)
+    expect(record().lastSeenAgoMs).toBe(0)
     clock.advance(PEER_TIMEOUT_MS + 1)
     reg.expire()
     clock.advance(1_000)
-    expect(reg.record(a)).toMatchObject({ online: false, lastSeenAgoMs: PEER_TIMEOUT_MS + 1_001, udp: null, tcp: null })
+    expect(record()).toMatchObject({ online: false, lastSeenAgoMs: PEER_TIMEOUT_MS + 1_001, udp: null, tcp: null })
   })
 
   it('a UDP-only refresh keeps the TCP endpoint and vice versa', () => {
     reg.register({ ...input(A, 'alice'), udp: { host: '1.1.1.1', port: 1 } })
     reg.register({ ...input(A, 'alice'), udp: undefined, tcp: { host: '1.1.1.1', port: 2 } })
-    expect(reg.lookup('alice')).toMatchObject({ udp: { host: '1.1.1.1', port: 1 }, tcp: { host: '1.1.1.1', port: 2 } })
+    expect(reg.find('alice')).toMatchObject({ udp: { host: '1.1.1.1', port: 1 }, tcp: { host: '1.1.1.1', port: 2 } })
   })
 })

@@ -123,6 +123,19 @@ describe('Relay', () => {
     expect(() => relay.bind({ type: 'relay', introId: late, initiator: true }, asNet(new FakeSocket()))).toThrow(expect.objectContaining({ code: 'PEER_UNKNOWN' }))
   })
 
+  it('forgets expired permissions on prune() (the server sweep), without waiting for another introduction', () => {
+    const { relay, clock } = setup()
+    for (let i = 0; i < 100; i++) relay.allow(Buffer.alloc(16, 100 + i), 'alice', 'bob')
+    clock.t += RELAY_BIND_TIMEOUT_MS / 2
+    relay.allow(INTRO, 'carol', 'dave')
+    relay.prune()
+    expect(relay.permits).toBe(101)
+    clock.t += RELAY_BIND_TIMEOUT_MS / 2 + 1
+    relay.prune()
+    expect(relay.permits).toBe(1) // carol's, granted later, still stands
+    relay.bind({ type: 'relay', introId: INTRO, initiator: true }, asNet(new FakeSocket()))
+  })
+
   it('closes a bound connection whose peer never comes, when its bind timeout fires', () => {
     const { relay } = setup()
     relay.allow(INTRO, 'alice', 'bob')

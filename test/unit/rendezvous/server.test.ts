@@ -273,7 +273,7 @@ describe('RendezvousServer over UDP', () => {
     const ack = await registerUdp(peer, port, kp, 'alice')
     expect(ack).toMatchObject({ type: 'register-ack', observed: peer.endpoint, heartbeatMs: 20_000, peerTimeoutMs: 30_000 })
     expect(tokenOf(ack)).toHaveLength(16)
-    expect(server.registry.lookup('alice')).toMatchObject({ id: peerId(kp.publicKey), online: true, udp: peer.endpoint })
+    expect(server.registry.find('alice')).toMatchObject({ id: peerId(kp.publicKey), online: true, udp: peer.endpoint })
   })
 
   it('refuses a REGISTER with a bad signature (UNAUTHORIZED) and registers nothing', async () => {
@@ -281,7 +281,7 @@ describe('RendezvousServer over UDP', () => {
     const peer = await UdpPeer.open()
     const reply = await registerUdp(peer, port, generateKeyPair(), 'mallory', { tamperSignature: true })
     expect(reply).toMatchObject({ type: 'error', code: 'UNAUTHORIZED' })
-    expect(server.registry.lookup('mallory')).toBeUndefined()
+    expect(server.registry.find('mallory')).toBeUndefined()
     expect(server.registry.size).toBe(0)
     // The name is still free for an honest key.
     expect((await registerUdp(peer, port, generateKeyPair(), 'mallory')).type).toBe('register-ack')
@@ -294,7 +294,7 @@ describe('RendezvousServer over UDP', () => {
     const challenge = await challengeUdp(a, port)
     const reply = await b.request(registerFrame(generateKeyPair(), challenge, 'replay'), port)
     expect(reply).toMatchObject({ type: 'error', code: 'UNAUTHORIZED' })
-    expect(server.registry.lookup('replay')).toBeUndefined()
+    expect(server.registry.find('replay')).toBeUndefined()
   })
 
   it('refuses a bad name with BAD_REQUEST', async () => {
@@ -311,10 +311,10 @@ describe('RendezvousServer over UDP', () => {
     const alice = generateKeyPair()
     expect((await registerUdp(a, port, alice, 'alice')).type).toBe('register-ack')
     expect(await registerUdp(b, port, generateKeyPair(), 'alice')).toMatchObject({ type: 'error', code: 'NAME_TAKEN' })
-    expect(server.registry.lookup('alice')?.id).toBe(peerId(alice.publicKey))
+    expect(server.registry.find('alice')?.id).toBe(peerId(alice.publicKey))
     // The holder itself may register again and keeps its token.
     const first = await registerUdp(a, port, alice, 'alice')
-    expect(Buffer.from(tokenOf(first)).equals(Buffer.from(server.registry.lookup('alice')!.token))).toBe(true)
+    expect(Buffer.from(tokenOf(first)).equals(Buffer.from(server.registry.find('alice')!.token))).toBe(true)
   })
 
   it('acks heartbeats: ok from the registered socket, moved from another port, unknown for a random token', async () => {
@@ -350,7 +350,7 @@ describe('RendezvousServer over UDP', () => {
     if (challenge.type !== 'challenge') throw new Error('no challenge')
     const proof = secretProof(networkSecretKey(secret), challenge.nonce, kp.publicKey)
     expect((await peer.request(registerFrame(kp, challenge, 'alice', { proof }), port)).type).toBe('register-ack')
-    expect(server.registry.lookup('alice')?.online).toBe(true)
+    expect(server.registry.find('alice')?.online).toBe(true)
   })
 
   it('ignores rendezvous frames on the alt port (STUN only there)', async () => {
@@ -424,7 +424,7 @@ describe('RendezvousServer over TCP', () => {
     const kp = generateKeyPair()
     peer.send(registerFrame(kp, challenge, 'alice'))
     expect(await peer.waitFor()).toMatchObject({ type: 'register-ack', observed: peer.endpoint })
-    expect(server.registry.lookup('alice')).toMatchObject({ online: true, tcp: peer.endpoint })
+    expect(server.registry.find('alice')).toMatchObject({ online: true, tcp: peer.endpoint })
     peer.send({ type: 'ping', seq: 99 })
     expect(await peer.waitFor()).toEqual({ type: 'pong', seq: 99 })
   })
@@ -495,7 +495,7 @@ describe('RendezvousServer over TCP', () => {
     if (challenge.type !== 'challenge') throw new Error('no challenge')
     peer.send(registerFrame(kp, challenge, 'alice', { proof: secretProof(networkSecretKey(secret), challenge.nonce, kp.publicKey) }))
     expect((await peer.waitFor()).type).toBe('register-ack')
-    expect(server.registry.lookup('alice')?.online).toBe(true)
+    expect(server.registry.find('alice')?.online).toBe(true)
   })
 
   // Known bug (reported): Reader.str8 lets TextDecoder's TypeError escape decode(), so the
