@@ -4,6 +4,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import dgram from 'node:dgram'
+import fs from 'node:fs'
 import net from 'node:net'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -98,6 +99,13 @@ export interface HeapFigures {
   rssParts: Record<string, number>
 }
 
+/** The node flags in a script's `#!/usr/bin/env -S node …` line: how natd-rendezvous runs when started as a command. */
+export function shebangFlags(script: string): string[] {
+  const first = fs.readFileSync(script, 'utf8').split('\n', 1)[0] ?? ''
+  const m = /^#!\/usr\/bin\/env -S node((?: \S+)*)$/.exec(first)
+  return m ? m[1]!.trim().split(' ').filter(Boolean) : []
+}
+
 /**
  * natd-rendezvous as a user runs it (dist/rendezvous/main.js), with the probe preloaded
  * and driven over its stdin: log lines, mark()/stats() around a window, heap() after a
@@ -115,7 +123,7 @@ export class ServerProcess {
   /** `prefix`: wrappers such as `nice -n N` and `taskset -c 1`; `args`: natd-rendezvous options. */
   constructor(port: number, prefix: string[], args: string[]) {
     this.port = port
-    const node = [process.execPath, '--expose-gc', '--disable-warning=ExperimentalWarning', '--import', pathToFileURL(PROBE).href, SERVER_MAIN]
+    const node = [process.execPath, ...shebangFlags(SERVER_MAIN), '--expose-gc', '--disable-warning=ExperimentalWarning', '--import', pathToFileURL(PROBE).href, SERVER_MAIN]
     const argv = [...prefix, ...node, '--host', '127.0.0.1', '--port', String(port), ...args]
     this.proc = spawn(argv[0]!, argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe'] })
     for (const stream of [this.proc.stdout!, this.proc.stderr!]) {
