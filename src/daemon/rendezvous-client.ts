@@ -15,36 +15,21 @@ import { EventEmitter } from 'node:events'
 import net from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { formatEndpoint, parseEndpoint, sameEndpoint, type Endpoint } from '../protocol/endpoint.js'
-import { isErrorCode, NatdError, toNatdError } from '../protocol/errors.js'
+import { NatdError, toNatdError } from '../protocol/errors.js'
 import { secretProof, sign, type KeyPair } from '../protocol/identity.js'
 import type { Clock, Logger } from '../protocol/log.js'
-import {
-  decode,
-  encode,
-  encodeRegister,
-  encodeRegisterUnsigned,
-  frame,
-  FrameSplitter,
-  type Message,
-  type NatVerdict,
-  type OutgoingMessage,
-  type PeerRecord,
-  type Via
-} from '../protocol/rendezvous.js'
+import { decode, encode, encodeRegister, encodeRegisterUnsigned, type Message, type NatVerdict, type OutgoingMessage, type PeerRecord, type Via } from '../protocol/rendezvous.js'
 import { DEFAULT_SERVER_PORT } from './config.js'
+import { ControlConnection, serverError } from './control-connection.js'
 
 /** One UDP request (HELLO, REGISTER) waits this long for its answer before a retry. */
 export const UDP_REQUEST_TIMEOUT_MS = 1_000
 export const UDP_REQUEST_TRIES = 3
-/** TCP connect + register must finish within this. */
-export const TCP_REGISTER_TIMEOUT_MS = 5_000
 /** Reconnect backoff: doubles from the first value up to the cap. */
 export const BACKOFF_FIRST_MS = 500
 export const BACKOFF_CAP_MS = 10_000
 /** Heartbeats unanswered in a row before the server counts as lost. */
 export const MISSED_HEARTBEATS_LOST = 3
-/** A TCP request (LIST, INTRODUCE) gives up after this. */
-export const TCP_REQUEST_TIMEOUT_MS = 10_000
 
 export type ClientState =
   | { kind: 'connecting'; attempt: number }
@@ -81,12 +66,6 @@ export interface Introduction {
   peer: PeerRecord
 }
 
-interface Pending<T> {
-  resolve: (v: T) => void
-  reject: (e: Error) => void
-  timer: NodeJS.Timeout
-}
-
 interface ClientEvents {
   state: [state: ClientState, error: NatdError | null]
   peer: [event: 'up' | 'down', peer: PeerRecord]
@@ -102,11 +81,9 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
 
   private readonly log: Logger
   private readonly abort = new AbortController()
-  private tcp: net.Socket | null = null
+  private control: ControlConnection | null = null
   private token: Uint8Array | null = null
   private udpWaiter: { types: Message['type'][]; resolve: (m: Message) => void } | null = null
-  private readonly tcpWaiters = new Map<number, Pending<Message>>()
-  private nextReqId = 1
   private heartbeatSeq = 0
   private heartbeatSentAt = new Map<number, number>()
   private missedUdp = 0
@@ -149,13 +126,7 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
 
   /** Says goodbye to the server (peers learn at once) and stops. */
   async stop(): Promise<void> {
-    if (this.tcp && this.state.kind === 'registered') {
-      const sock = this.tcp
-      await new Promise<void>((resolve) => {
-        sock.write(frame(encode({ type: 'bye' })), () => resolve())
-        setTimeout(resolve, 300).unref()
-      })
-    }
+    if (this.control && this.state.kind === 'registered') await this.control.send({ type: 'bye' })
     this.abort.abort()
     this.lost?.(new NatdError('SERVER_UNREACHABLE', 'stopping'))
     this.closeTcp()
@@ -163,7 +134,7 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
 
   /** Local port of the control connection (TCP punching reuses it); 0 while disconnected. */
   get tcpLocalPort(): number {
-    return this.tcp && !this.tcp.destroyed ? (this.tcp.localPort ?? 0) : 0
+    return this.control?.localPort ?? 0
   }
 
   /** Peer list from the server. */
@@ -272,82 +243,15 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
   }
 
   private async registerTcp(server: Endpoint): Promise<Endpoint | null> {
-    const sock = await this.connectTcp(server)
-    this.tcp = sock
-    const splitter = new FrameSplitter()
-    let first: ((m: Message) => void) | null = null
-    const firstMessage = (): Promise<Message> => new Promise((resolve) => (first = resolve))
-    sock.on('data', (chunk) => {
-      try {
-        for (const f of splitter.push(chunk)) {
-          const msg = decode(f)
-          if (first) {
-            const f0 = first
-            first = null
-            f0(msg)
-          } else this.onTcpMessage(msg)
-        }
-      } catch (err) {
-        this.log.warn('bad frame from server', { err: (err as Error).message })
-        sock.destroy()
-      }
-    })
-    const closed = new Promise<never>((_, reject) =>
-      sock.once('close', () => {
-        reject(new NatdError('SERVER_UNREACHABLE', 'control connection closed'))
-        this.lost?.(new NatdError('SERVER_UNREACHABLE', 'control connection to the server closed'))
-        for (const w of this.tcpWaiters.values()) w.reject(new NatdError('SERVER_UNREACHABLE', 'control connection closed'))
-        this.tcpWaiters.clear()
-      })
-    )
-    closed.catch(() => undefined)
-    const timeout = sleep(TCP_REGISTER_TIMEOUT_MS, undefined, { ref: false }).then(() => {
-      throw new NatdError('SERVER_UNREACHABLE', `no TCP registration answer from ${formatEndpoint(server)}`)
-    })
-    timeout.catch(() => undefined)
-    const challenge = await Promise.race([firstMessage(), closed, timeout])
-    if (challenge.type !== 'challenge') throw new NatdError('INTERNAL', `expected a challenge, got ${challenge.type}`)
-    sock.write(frame(this.signedRegister(challenge.nonce, challenge.serverTime)))
-    const ack = await Promise.race([firstMessage(), closed, timeout])
-    if (ack.type === 'error') throw serverError(ack)
-    if (ack.type !== 'register-ack') throw new NatdError('INTERNAL', `expected a register ack, got ${ack.type}`)
-    return ack.observed
+    const control = await ControlConnection.connect(server, this.init.tcpPort, this.log)
+    this.control = control
+    control.on('message', (msg) => this.onServerMessage(msg))
+    control.once('close', () => this.lost?.(new NatdError('SERVER_UNREACHABLE', 'control connection to the server closed')))
+    return control.register((nonce, serverTime) => this.signedRegister(nonce, serverTime))
   }
 
-  /** Connects from our fixed TCP port; falls back to an ephemeral one (with a warning) when it is busy. */
-  private async connectTcp(server: Endpoint): Promise<net.Socket> {
-    const attempt = (localPort: number | undefined): Promise<net.Socket> =>
-      new Promise((resolve, reject) => {
-        const sock = net.connect({ host: server.host, port: server.port, ...(localPort ? { localPort } : {}) })
-        const timer = setTimeout(() => {
-          sock.destroy()
-          reject(new NatdError('SERVER_UNREACHABLE', `TCP connect to ${formatEndpoint(server)} timed out`))
-        }, TCP_REGISTER_TIMEOUT_MS)
-        sock.once('connect', () => {
-          clearTimeout(timer)
-          sock.setNoDelay(true)
-          sock.setKeepAlive(true, 10_000)
-          sock.on('error', (err) => this.log.debug('control connection error', { err: err.message }))
-          resolve(sock)
-        })
-        sock.once('error', (err: NodeJS.ErrnoException) => {
-          clearTimeout(timer)
-          reject(Object.assign(new NatdError('SERVER_UNREACHABLE', `TCP connect to ${formatEndpoint(server)}: ${err.code ?? err.message}`), { errno: err.code }))
-        })
-      })
-    try {
-      return await attempt(this.init.tcpPort || undefined)
-    } catch (err) {
-      const code = (err as { errno?: string }).errno
-      if (this.init.tcpPort && (code === 'EADDRINUSE' || code === 'EADDRNOTAVAIL')) {
-        this.log.warn('control port busy, using an ephemeral port (TCP punching waits for the next reconnect)', { port: this.init.tcpPort, code })
-        return attempt(undefined)
-      }
-      throw err
-    }
-  }
-
-  private onTcpMessage(msg: Message): void {
+  /** What the server sends on its own over the control connection (replies go to their requests). */
+  private onServerMessage(msg: Message): void {
     switch (msg.type) {
       case 'pong':
         this.missedTcp = 0
@@ -356,15 +260,11 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
         this.emit('peer', msg.event, msg.peer)
         return
       case 'introduction':
-        if (msg.reqId === 0) {
-          this.emit('introduction', { introId: msg.introId, initiator: msg.initiator, via: msg.via, peer: msg.peer })
-          return
-        }
-        return this.settle(msg.reqId, msg)
-      case 'peers':
-        return this.settle(msg.reqId, msg)
+        // reqId 0: a peer asked for us. Another is a reply that came after its request gave up.
+        if (msg.reqId === 0) this.emit('introduction', { introId: msg.introId, initiator: msg.initiator, via: msg.via, peer: msg.peer })
+        return
       case 'error':
-        if (msg.reqId) return this.settle(msg.reqId, msg)
+        if (msg.reqId) return // a late reply
         this.log.warn('server error', { code: msg.code, message: msg.message })
         this.lost?.(serverError(msg))
         return
@@ -373,29 +273,11 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
     }
   }
 
-  private settle(reqId: number, msg: Message): void {
-    const w = this.tcpWaiters.get(reqId)
-    if (!w) return
-    this.tcpWaiters.delete(reqId)
-    clearTimeout(w.timer)
-    if (msg.type === 'error') w.reject(serverError(msg))
-    else w.resolve(msg)
-  }
-
   private request(msg: Extract<OutgoingMessage, { reqId: number }>): Promise<Message> {
-    if (this.state.kind !== 'registered' || !this.tcp) {
+    if (this.state.kind !== 'registered' || !this.control) {
       return Promise.reject(new NatdError('NOT_REGISTERED', `not registered with ${this.init.server} (${this.lastError?.message ?? this.state.kind})`))
     }
-    const reqId = this.nextReqId++
-    const sock = this.tcp
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.tcpWaiters.delete(reqId)
-        reject(new NatdError('TIMEOUT', `the server did not answer ${msg.type} in ${TCP_REQUEST_TIMEOUT_MS / 1000}s`))
-      }, TCP_REQUEST_TIMEOUT_MS)
-      this.tcpWaiters.set(reqId, { resolve, reject, timer })
-      sock.write(frame(encode({ ...msg, reqId } as OutgoingMessage)))
-    })
+    return this.control.request(msg)
   }
 
   // --- heartbeats -----------------------------------------------------------
@@ -412,7 +294,7 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
     this.missedUdp++
     this.missedTcp++
     this.c.udp.send(encode({ type: 'heartbeat', token: this.token, seq }), this.serverEndpoint)
-    this.tcp?.write(frame(encode({ type: 'ping', seq })))
+    void this.control?.send({ type: 'ping', seq })
   }
 
   private onHeartbeatAck(msg: Extract<Message, { type: 'heartbeat-ack' }>): void {
@@ -444,12 +326,8 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
   }
 
   private closeTcp(): void {
-    const sock = this.tcp
-    this.tcp = null
-    if (sock && !sock.destroyed) {
-      // RST rather than FIN: no TIME_WAIT on our fixed port, so the next connect can reuse it.
-      sock.resetAndDestroy()
-    }
+    this.control?.close()
+    this.control = null
   }
 
   private transition(next: ClientState): void {
@@ -491,8 +369,4 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
     if (this.state.kind !== 'registered') return
     await this.reregisterUdp()
   }
-}
-
-function serverError(msg: Extract<Message, { type: 'error' }>): NatdError {
-  return new NatdError(isErrorCode(msg.code) ? msg.code : 'INTERNAL', msg.message || msg.code)
 }
