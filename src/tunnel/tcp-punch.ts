@@ -32,7 +32,7 @@ import type { Candidate } from './punch.js'
  */
 export const TCP_RETRY_MS = 1
 
-/** Other connect errors (no route, the 4-tuple still busy) are retried this often. */
+/** Other failures (no route, the 4-tuple still busy, a connection that did not authenticate) are retried this often. */
 export const TCP_RETRY_SLOW_MS = 100
 
 /**
@@ -156,21 +156,27 @@ export function punchTcp(init: TcpPunchInit, c: TcpPunchComponents, signal: Abor
       const session = new SecretStream(init.initiator, sock as never, { keyPair: c.keyPair })
       sessions.add(session)
       session.on('error', () => undefined)
-      const stuck = setTimeout(() => {
+      // The connection failed its purpose: drop it and try the candidate again.
+      const again = (why: string): void => {
+        clearTimeout(stuck)
         timers.delete(stuck)
-        if (settled) return
         sessions.delete(session)
         sockets.delete(sock)
         dropSession(session)
-        c.log.debug('a punched TCP connection did not authenticate; reset it', { to: formatEndpoint(cand.endpoint), afterMs: TCP_HANDSHAKE_MS })
-        lastError.set(key(cand), `connected, no handshake in ${TCP_HANDSHAKE_MS} ms`)
-        attempt(cand)
-      }, TCP_HANDSHAKE_MS)
+        if (settled) return
+        c.log.debug('a punched TCP connection did not authenticate; trying again', { to: formatEndpoint(cand.endpoint), why })
+        lastError.set(key(cand), `connected, ${why}`)
+        // Slowly: what answered may not be natd at all (a LAN candidate is a guess).
+        later(TCP_RETRY_SLOW_MS, () => attempt(cand))
+      }
+      const stuck = setTimeout(() => again(`no handshake in ${TCP_HANDSHAKE_MS} ms`), TCP_HANDSHAKE_MS)
       timers.add(stuck)
       session.opened.then((ok) => {
         clearTimeout(stuck)
         timers.delete(stuck)
-        if (settled || !ok) return dropSession(session)
+        if (settled) return dropSession(session)
+        // The peer reset its end (say its own handshake timer fired): this side must go on too.
+        if (!ok) return again('the handshake failed')
         if (!session.remotePublicKey || !timingSafeEqual(session.remotePublicKey, init.expectedKey)) {
           // "First authenticated wins": anything else that connected is dropped.
           c.log.warn('dropped a TCP connection with the wrong key', { from: formatEndpoint(cand.endpoint), got: session.remotePublicKey ? peerId(session.remotePublicKey).slice(0, 8) : null })
@@ -179,7 +185,7 @@ export function punchTcp(init: TcpPunchInit, c: TcpPunchComponents, signal: Abor
         }
         cleanup(session)
         resolve({ session, endpoint: cand.endpoint, kind: cand.kind, tookMs: c.clock.now() - started, attempts })
-      }, () => dropSession(session))
+      }, () => again('the handshake failed'))
     }
 
     for (const cand of init.candidates) attempt(cand)
