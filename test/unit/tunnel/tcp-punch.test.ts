@@ -1,0 +1,126 @@
+// TCP hole punching (src/tunnel/tcp-punch.ts) on loopback, with real sockets: a connection
+// from our fixed port is used only once it authenticates as the expected key; a peer with
+// another key is dropped with RST; refused attempts are retried about every millisecond
+// until the deadline and leave nothing on the port; abort stops at once.
+import net from 'node:net'
+import { describe, expect, it } from 'vitest'
+import { NatdError } from '../../../src/protocol/errors.js'
+import SecretStream from '@hyperswarm/secret-stream'
+import { generateKeyPair, type KeyPair } from '../../../src/protocol/identity.js'
+import { silentLogger, type Clock, type Logger } from '../../../src/protocol/log.js'
+import { punchTcp, type TcpPunchResult } from '../../../src/tunnel/tcp-punch.js'
+
+const clock: Clock = { now: () => Date.now() }
+
+async function freePort(): Promise<number> {
+  const s = net.createServer()
+  await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve))
+  const port = (s.address() as net.AddressInfo).port
+  await new Promise((resolve) => s.close(resolve))
+  return port
+}
+
+function punch(from: number, to: number, me: KeyPair, them: KeyPair, initiator: boolean, deadlineMs: number, signal = new AbortController().signal): Promise<TcpPunchResult> {
+  return punchTcp(
+    { localPort: from, candidates: [{ endpoint: { host: '127.0.0.1', port: to }, kind: 'public' }], initiator, deadlineMs, expectedKey: them.publicKey },
+    { keyPair: me, clock, log: silentLogger },
+    signal
+  )
+}
+
+/** A host that accepts the SYN (as a router that lets it through would) and answers the Noise handshake as `key`. */
+async function acceptingPeer(key: KeyPair): Promise<{ port: number; sessions: SecretStream[]; close: () => void }> {
+  const sessions: SecretStream[] = []
+  const server = net.createServer((sock) => {
+    const s = new SecretStream(false, sock as never, { keyPair: key })
+    s.on('error', () => undefined)
+    sessions.push(s)
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    sessions,
+    close: () => {
+      for (const s of sessions) s.destroy()
+      server.close()
+    }
+  }
+}
+
+function recordingLogger(): { log: Logger; warnings: string[] } {
+  const warnings: string[] = []
+  const log: Logger = { ...silentLogger, warn: (m: string) => void warnings.push(m), child: () => log }
+  return { log, warnings }
+}
+
+// Two agents meeting by simultaneous open is the NAT lab's test (test/lab/tcp.test.ts):
+// on loopback a SYN is refused before the other side can send its own.
+describe('TCP punching', () => {
+  it('a candidate that answers gives a connection authenticated as the expected key, from our fixed port', async () => {
+    const [alice, bob] = [generateKeyPair(), generateKeyPair()]
+    const peer = await acceptingPeer(bob)
+    const pa = await freePort()
+    try {
+      const r = await punch(pa, peer.port, alice, bob, true, 3_000)
+      expect(r).toMatchObject({ endpoint: { host: '127.0.0.1', port: peer.port }, kind: 'public', attempts: 1 })
+      expect((r.session.rawStream as unknown as net.Socket).localPort).toBe(pa)
+      const got = new Promise<Buffer>((resolve) => peer.sessions[0]!.once('data', resolve))
+      r.session.write(Buffer.from('over the punched path'))
+      expect((await got).toString()).toBe('over the punched path')
+      r.session.destroy()
+    } finally {
+      peer.close()
+    }
+  }, 15_000)
+
+  it('a peer with another key is dropped, its connection reset; the punch fails at its deadline, naming what it tried', async () => {
+    const [alice, bob, mallory] = [generateKeyPair(), generateKeyPair(), generateKeyPair()]
+    const peer = await acceptingPeer(mallory)
+    const pa = await freePort()
+    const { log, warnings } = recordingLogger()
+    try {
+      const started = Date.now()
+      const err = await punchTcp(
+        { localPort: pa, candidates: [{ endpoint: { host: '127.0.0.1', port: peer.port }, kind: 'public' }], initiator: true, deadlineMs: 1_000, expectedKey: bob.publicKey },
+        { keyPair: alice, clock, log },
+        new AbortController().signal
+      ).then(() => null, (e: unknown) => e)
+      expect(err).toBeInstanceOf(NatdError)
+      expect(err).toMatchObject({ code: 'PUNCH_FAILED', message: expect.stringMatching(new RegExp(`no direct TCP path in 1000 ms: 1 connect attempts to public 127\\.0\\.0\\.1:${peer.port}`)) })
+      expect(Date.now() - started).toBeGreaterThanOrEqual(900)
+      expect(warnings).toEqual(['dropped a TCP connection with the wrong key'])
+      expect(peer.sessions).toHaveLength(1)
+      expect(peer.sessions[0]!.destroyed).toBe(true)
+    } finally {
+      peer.close()
+    }
+  }, 15_000)
+
+  it('a refused candidate is retried about every millisecond until the deadline', async () => {
+    const [pa, closed] = [await freePort(), await freePort()]
+    const err = await punch(pa, closed, generateKeyPair(), generateKeyPair(), true, 300).then(() => null, (e: unknown) => e)
+    expect(err).toMatchObject({ code: 'PUNCH_FAILED', message: expect.stringContaining('ECONNREFUSED') })
+    const attempts = Number(/(\d+) connect attempts/.exec((err as Error).message)?.[1])
+    expect(attempts).toBeGreaterThan(20)
+    // Nothing is left on the port: it connects again at once.
+    const server = net.createServer((s) => s.destroy())
+    await new Promise<void>((resolve) => server.listen(closed, '127.0.0.1', resolve))
+    try {
+      const sock = net.connect({ host: '127.0.0.1', port: closed, localPort: pa })
+      await new Promise<void>((resolve, reject) => sock.once('connect', resolve).once('error', reject))
+      sock.destroy()
+    } finally {
+      server.close()
+    }
+  }, 15_000)
+
+  it('abort stops at once with PUNCH_FAILED', async () => {
+    const [pa, closed] = [await freePort(), await freePort()]
+    const abort = new AbortController()
+    const started = Date.now()
+    const p = punch(pa, closed, generateKeyPair(), generateKeyPair(), true, 10_000, abort.signal)
+    setTimeout(() => abort.abort(), 50)
+    await expect(p).rejects.toMatchObject({ code: 'PUNCH_FAILED', message: 'TCP punching aborted' })
+    expect(Date.now() - started).toBeLessThan(2_000)
+  }, 15_000)
+})
