@@ -1,5 +1,7 @@
 // Shared helpers for the unit tests: a seeded PRNG (fuzz failures reproduce), hex
-// helpers, a fake clock, and a fuzz driver that checks decoders throw only ProtocolError.
+// helpers, a fake clock, a fuzz driver that checks decoders throw only ProtocolError, and
+// a free TCP port.
+import net from 'node:net'
 import { expect } from 'vitest'
 import { NatdError, ProtocolError } from '../../src/protocol/errors.js'
 import type { Clock } from '../../src/protocol/log.js'
@@ -79,4 +81,13 @@ export function errorCode(fn: () => unknown, kind: typeof NatdError = NatdError)
     return (err as NatdError).code
   }
   return undefined
+}
+
+/** A TCP port on 127.0.0.1 that was free a moment ago. */
+export async function freePort(): Promise<number> {
+  const s = net.createServer()
+  await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve))
+  const port = (s.address() as net.AddressInfo).port
+  await new Promise((resolve) => s.close(resolve))
+  return port
 }

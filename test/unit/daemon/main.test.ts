@@ -9,17 +9,10 @@ import os from 'node:os'
 import path from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { PACKAGE_ROOT } from '../../../src/daemon/service.js'
+import { freePort } from '../helpers.js'
 
 const NATD = path.join(PACKAGE_ROOT, 'dist/daemon/main.js')
 const NATCTL = path.join(PACKAGE_ROOT, 'dist/cli/main.js')
-
-async function freePort(): Promise<number> {
-  const s = net.createServer()
-  await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve))
-  const port = (s.address() as net.AddressInfo).port
-  await new Promise((resolve) => s.close(resolve))
-  return port
-}
 
 function accepts(port: number): Promise<boolean> {
   return new Promise((resolve) => {

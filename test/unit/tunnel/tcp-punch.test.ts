@@ -4,21 +4,14 @@
 // until the deadline and leave nothing on the port; abort stops at once.
 import net from 'node:net'
 import { describe, expect, it } from 'vitest'
-import { NatdError } from '../../../src/protocol/errors.js'
 import SecretStream from '@hyperswarm/secret-stream'
+import { NatdError } from '../../../src/protocol/errors.js'
 import { generateKeyPair, type KeyPair } from '../../../src/protocol/identity.js'
 import { silentLogger, type Clock, type Logger } from '../../../src/protocol/log.js'
 import { punchTcp, type TcpPunchResult } from '../../../src/tunnel/tcp-punch.js'
+import { freePort } from '../helpers.js'
 
 const clock: Clock = { now: () => Date.now() }
-
-async function freePort(): Promise<number> {
-  const s = net.createServer()
-  await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve))
-  const port = (s.address() as net.AddressInfo).port
-  await new Promise((resolve) => s.close(resolve))
-  return port
-}
 
 function punch(from: number, to: number, me: KeyPair, them: KeyPair, initiator: boolean, deadlineMs: number, signal = new AbortController().signal): Promise<TcpPunchResult> {
   return punchTcp(
