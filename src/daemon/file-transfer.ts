@@ -20,11 +20,12 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { pipeline } from 'node:stream/promises'
 import { NatdError, toNatdError } from '../protocol/errors.js'
+import type { FileSendResult } from '../ipc/schema.js'
 import type { Logger } from '../protocol/log.js'
 import { encodeTransfer, MAX_FILE_BYTES, type TransferFrame } from '../protocol/transfer.js'
 import type { TunnelManager } from '../tunnel/manager.js'
 import type { MuxChannel, OpenRequest } from '../tunnel/mux.js'
-import type { Tunnel, PathKind } from '../tunnel/tunnel.js'
+import type { Tunnel } from '../tunnel/tunnel.js'
 import { ChannelReader, refusal, withDeadline } from './channel-frames.js'
 import { fsyncDir } from './state-files.js'
 
@@ -96,17 +97,8 @@ function unreadable(file: string, err: unknown): NatdError {
   return new NatdError('FILE_UNREADABLE', `${file}: ${why}`, { cause: err })
 }
 
-export interface SendOutcome {
-  transferId: string
-  peer: string
-  tunnel: PathKind
-  name: string
-  savedAs: string
-  size: number
-  sha256: string
-  offset: number
-  sent: number
-}
+/** What sendFile resolves with: the API's result without what the caller adds. */
+export type SendOutcome = Omit<FileSendResult, 'path' | 'tookMs'>
 
 export interface SendSpec {
   peer: string

@@ -20,6 +20,7 @@ import { secretProof, sign, type KeyPair } from '../protocol/identity.js'
 import type { Clock, Logger } from '../protocol/log.js'
 import { decode, encode, encodeRegister, encodeRegisterUnsigned, type Message, type NatVerdict, type OutgoingMessage, type PeerRecord, type Via } from '../protocol/rendezvous.js'
 import { DEFAULT_SERVER_PORT } from './config.js'
+import type { Introduction } from '../tunnel/paths.js'
 import { ControlConnection, serverError } from './control-connection.js'
 
 /** One UDP request (HELLO, REGISTER) waits this long for its answer before a retry. */
@@ -57,13 +58,6 @@ export interface RendezvousClientComponents {
   clock: Clock
   lan: () => Endpoint[]
   nat: () => NatVerdict
-}
-
-export interface Introduction {
-  introId: Uint8Array
-  initiator: boolean
-  via: Via
-  peer: PeerRecord
 }
 
 interface ClientEvents {

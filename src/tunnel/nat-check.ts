@@ -77,6 +77,11 @@ export interface NetcheckSamples {
   filterChangePort: boolean | null
 }
 
+/** Samples before any test has answered. */
+export function emptySamples(local: Endpoint[]): NetcheckSamples {
+  return { local, primary: null, otherAddress: null, otherIp: null, otherIpAndPort: null, otherPort: null, filterChangeIpAndPort: null, filterChangePort: null }
+}
+
 export function classifyMappingBehaviour(s: NetcheckSamples): MappingBehaviour {
   const m1 = s.primary
   if (!m1) return 'unknown'
@@ -195,16 +200,7 @@ export class NatCheck {
 
   /** The full RFC 5780 run (see the top of this file). Never rejects. */
   async netcheck(server: Endpoint, altPort: number, local: Endpoint[]): Promise<NetcheckReport> {
-    const s: NetcheckSamples = {
-      local,
-      primary: null,
-      otherAddress: null,
-      otherIp: null,
-      otherIpAndPort: null,
-      otherPort: null,
-      filterChangeIpAndPort: null,
-      filterChangePort: null
-    }
+    const s = emptySamples(local)
     const started = this.now()
     const first = await this.probe(server)
     const rttMs = first ? Math.round((this.now() - started) * 100) / 100 : null

@@ -15,24 +15,15 @@ import { createHash, randomBytes } from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
+import type { FileSendResult } from '../../src/ipc/schema.js'
 import { labAvailable } from './lab.js'
 import { DIST, pair, startPair, waitFor, withLab } from './natd-lab.js'
 
 const MiB = 1024 * 1024
 const BIG_BYTES = 256 * MiB
 
-interface CpResult {
-  transferId: string
-  peer: string
-  name: string
-  savedAs: string
-  size: number
-  sha256: string
-  offset: number
-  sent: number
-  tookMs: number
-  tunnel: string
-}
+/** `natctl cp --json` prints the API's result. */
+type CpResult = FileSendResult
 
 function writeRandomFile(file: string, bytes: number): string {
   const h = createHash('sha256')

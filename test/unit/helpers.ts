@@ -1,7 +1,9 @@
 // Shared helpers for the unit tests: a seeded PRNG (fuzz failures reproduce), hex
 // helpers, a fake clock, a fuzz driver that checks decoders throw only ProtocolError, and
 // a free TCP port.
+import { createHash } from 'node:crypto'
 import net from 'node:net'
+import type { Readable } from 'node:stream'
 import { expect } from 'vitest'
 import { NatdError, ProtocolError } from '../../src/protocol/errors.js'
 import type { Clock } from '../../src/protocol/log.js'
@@ -90,4 +92,23 @@ export async function freePort(): Promise<number> {
   const port = (s.address() as net.AddressInfo).port
   await new Promise((resolve) => s.close(resolve))
   return port
+}
+
+export function sha256hex(b: Uint8Array): string {
+  return createHash('sha256').update(b).digest('hex')
+}
+
+/** Reads a stream to its end; resolves with the sha256 and length of what arrived. */
+export function readAll(stream: Readable): Promise<{ sha256: string; bytes: number }> {
+  return new Promise((resolve, reject) => {
+    const h = createHash('sha256')
+    let bytes = 0
+    stream.on('data', (d: Buffer) => {
+      h.update(d)
+      bytes += d.length
+    })
+    stream.once('end', () => resolve({ sha256: h.digest('hex'), bytes }))
+    stream.once('error', reject)
+    stream.resume() // also after an explicit pause()
+  })
 }

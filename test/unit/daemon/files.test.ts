@@ -122,6 +122,19 @@ function partialOf(w: World, name: string, file: string): string {
   return path.join(w.bob.inbox, '.partial', key)
 }
 
+/** Runs `fn` with bob's inbox on a tmpfs of `size` (root only), unmounted after. */
+async function withTmpfsInbox(w: World, size: string, fn: (inbox: string) => Promise<void>): Promise<void> {
+  const inbox = path.join(w.tmp, `tmpfs-${size}`)
+  fs.mkdirSync(inbox)
+  execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', inbox])
+  try {
+    w.bob.setPolicy({ allow: null, maxSizeBytes: null, inbox })
+    await fn(inbox)
+  } finally {
+    execFileSync('umount', [inbox])
+  }
+}
+
 const send = (w: World, p: string, name = ''): ReturnType<Files['send']> => w.alice.send({ peer: 'bob', path: p, name, timeoutMs: 2_000 })
 
 describe('files', () => {
@@ -281,27 +294,17 @@ describe('files', () => {
 
   it.skipIf(process.getuid?.() !== 0)('a disk without room refuses with NO_SPACE before the bytes are sent', async () => {
     const w = world()
-    const small = path.join(w.tmp, 'small-fs')
-    fs.mkdirSync(small)
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', small])
-    try {
-      w.bob.setPolicy({ allow: null, maxSizeBytes: null, inbox: small })
+    await withTmpfsInbox(w, '1m', async (small) => {
       const f = file(w.tmp, 'huge.bin', 2 * MiB)
       await expect(send(w, f.path)).rejects.toMatchObject({ code: 'NO_SPACE' })
       expect(w.sentOnWire()).toBeLessThan(4 * KiB)
       expect(fs.readdirSync(small).filter((n) => n !== '.partial')).toEqual([])
-    } finally {
-      execFileSync('umount', [small])
-    }
+    })
   })
 
   it.skipIf(process.getuid?.() !== 0)('a disk that fills up during the transfer ends in NO_SPACE, and nothing is left behind', async () => {
     const w = world()
-    const small = path.join(w.tmp, 'filling-fs')
-    fs.mkdirSync(small)
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', small])
-    try {
-      w.bob.setPolicy({ allow: null, maxSizeBytes: null, inbox: small })
+    await withTmpfsInbox(w, '4m', async (small) => {
       const f = file(w.tmp, 'fills.bin', 3 * MiB)
       let filled = false
       w.pipe.tap = (from, frame) => {
@@ -318,8 +321,6 @@ describe('files', () => {
       await expect(send(w, f.path)).rejects.toMatchObject({ code: 'NO_SPACE' })
       expect(fs.readdirSync(small).sort()).toEqual(['.partial', 'filler'])
       expect(fs.readdirSync(path.join(small, '.partial'))).toEqual([])
-    } finally {
-      execFileSync('umount', [small])
-    }
+    })
   })
 })

@@ -7,12 +7,13 @@
 // What a user would see: a ping answered promptly while a channel streams (the session's
 // queue stays at a frame or two), small writes leaving as full frames, and frames built
 // in the session's own buffers (no extra copy).
-import { createHash, randomBytes } from 'node:crypto'
+import { randomBytes } from 'node:crypto'
 import { EventEmitter } from 'node:events'
 import { afterEach, describe, expect, it } from 'vitest'
 import { silentLogger } from '../../../src/protocol/log.js'
 import { decodeMux, MAX_DATA_BYTES, MUX } from '../../../src/protocol/mux.js'
-import { Mux, type MessageStream, type MuxChannel } from '../../../src/tunnel/mux.js'
+import { Mux, type MessageStream } from '../../../src/tunnel/mux.js'
+import { readAll, sha256hex } from '../helpers.js'
 import { until } from './pipe.js'
 
 /** streamx's default writable highWaterMark: one 64 KiB frame is already over it. */
@@ -86,22 +87,6 @@ function pair(): { sa: FakeSession; sb: FakeSession; a: Mux; b: Mux } {
   return { sa, sb, a, b }
 }
 
-function sha256(b: Uint8Array): string {
-  return createHash('sha256').update(b).digest('hex')
-}
-
-function drainTo(ch: MuxChannel): Promise<{ sha256: string; bytes: number }> {
-  return new Promise((resolve) => {
-    const h = createHash('sha256')
-    let bytes = 0
-    ch.on('data', (d: Buffer) => {
-      h.update(d)
-      bytes += d.length
-    })
-    ch.once('end', () => resolve({ sha256: h.digest('hex'), bytes }))
-  })
-}
-
 describe('Mux over a streamx-like session', () => {
   it('a channel streaming 8 MiB keeps at most two frames queued in the session, and a ping sent meanwhile is answered within a few frames', async () => {
     const { sa, a, b } = pair()
@@ -109,7 +94,7 @@ describe('Mux over a streamx-like session', () => {
     const received = new Promise<{ sha256: string; bytes: number }>((resolve) => {
       b.on('open', (req) => {
         req.accept()
-        resolve(drainTo(req.channel))
+        resolve(readAll(req.channel))
       })
     })
     const ch = a.openChannel(80)
@@ -120,7 +105,7 @@ describe('Mux over a streamx-like session', () => {
     let pongAt = -1
     a.once('pong', () => (pongAt = sa.written))
     a.ping(7)
-    await expect(received).resolves.toEqual({ sha256: sha256(payload), bytes: payload.length })
+    await expect(received).resolves.toEqual({ sha256: sha256hex(payload), bytes: payload.length })
     expect(sa.maxQueuedBytes).toBeLessThanOrEqual(2 * (MAX_DATA_BYTES + 5))
     expect(pongAt).toBeGreaterThan(0)
     // Frames A wrote between the ping and its pong: the queue ahead of the ping, one round trip.
@@ -141,7 +126,7 @@ describe('Mux over a streamx-like session', () => {
     const received = new Promise<{ sha256: string; bytes: number }>((resolve) => {
       b.on('open', (req) => {
         req.accept()
-        resolve(drainTo(req.channel))
+        resolve(readAll(req.channel))
       })
     })
     const ch = a.openChannel(80)
@@ -150,7 +135,7 @@ describe('Mux over a streamx-like session', () => {
     for (const c of chunks) ch.write(c)
     ch.end()
     const all = Buffer.concat(chunks)
-    await expect(received).resolves.toEqual({ sha256: sha256(all), bytes: all.length })
+    await expect(received).resolves.toEqual({ sha256: sha256hex(all), bytes: all.length })
     expect(frames.reduce((x, y) => x + y, 0)).toBe(all.length)
     // The first write goes alone (it was waiting for the window); the rest fill whole frames.
     expect(frames.length).toBeLessThanOrEqual(1 + Math.ceil((all.length - 1024) / MAX_DATA_BYTES))

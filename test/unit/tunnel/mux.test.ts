@@ -4,12 +4,13 @@
 // ping/pong, goodbye, and a peer that opens a channel with our parity.
 //
 //   Mux A (opener: odd ids) ── pipe.a ═══ frames ═══ pipe.b ── Mux B (even ids)
-import { createHash, randomBytes } from 'node:crypto'
+import { randomBytes } from 'node:crypto'
 import { afterEach, describe, expect, it } from 'vitest'
 import { NatdError } from '../../../src/protocol/errors.js'
 import { silentLogger } from '../../../src/protocol/log.js'
 import { decodeMux, encodeMux, MAX_DATA_BYTES, MUX, type MuxFrame } from '../../../src/protocol/mux.js'
 import { CHANNEL_WINDOW_BYTES, Mux, type MuxChannel, type OpenRequest } from '../../../src/tunnel/mux.js'
+import { readAll, sha256hex } from '../helpers.js'
 import { messagePipe, settle, until, type MessagePipe, type Side } from './pipe.js'
 
 const HEADER_BYTES = 5
@@ -39,25 +40,6 @@ afterEach(() => {
     p.pipe.b.destroy()
   }
 })
-
-function sha256(b: Uint8Array): string {
-  return createHash('sha256').update(b).digest('hex')
-}
-
-/** Reads a channel to its end; resolves with the sha256 and length of what arrived. */
-function readAll(ch: MuxChannel): Promise<{ sha256: string; bytes: number }> {
-  return new Promise((resolve, reject) => {
-    const h = createHash('sha256')
-    let bytes = 0
-    ch.on('data', (d: Buffer) => {
-      h.update(d)
-      bytes += d.length
-    })
-    ch.once('end', () => resolve({ sha256: h.digest('hex'), bytes }))
-    ch.once('error', reject)
-    ch.resume() // also after an explicit pause()
-  })
-}
 
 /** Decoded frames written by one side (for small tests; DATA payloads are kept). */
 function record(pipe: MessagePipe, side: Side): MuxFrame[] {
@@ -96,8 +78,8 @@ describe('Mux: opening channels', () => {
     const localRead = readAll(ch)
     ch.end(up)
     const [atB, atA] = await Promise.all([remoteRead, localRead])
-    expect(atB).toEqual({ sha256: sha256(up), bytes: up.length })
-    expect(atA).toEqual({ sha256: sha256(down), bytes: down.length })
+    expect(atB).toEqual({ sha256: sha256hex(up), bytes: up.length })
+    expect(atA).toEqual({ sha256: sha256hex(down), bytes: down.length })
     expect(a.bytesOut).toBe(up.length)
     expect(a.bytesIn).toBe(down.length)
     expect(b.bytesIn).toBe(up.length)
@@ -174,7 +156,7 @@ describe('Mux: opening channels', () => {
         await ch.opened
         const back = readAll(ch)
         ch.end(payload)
-        return { want: sha256(payload), got: await back }
+        return { want: sha256hex(payload), got: await back }
       })
     )
     for (const r of results) expect(r.got).toEqual({ sha256: r.want, bytes: 256 * 1024 })
@@ -240,7 +222,7 @@ describe('Mux: flow control', () => {
     expect(r.readableLength).toBe(dataBytes) // everything sent is waiting, unread, at the receiver
 
     const got = readAll(r) // reading resumes the flow
-    await expect(got).resolves.toEqual({ sha256: sha256(payload), bytes: payload.length })
+    await expect(got).resolves.toEqual({ sha256: sha256hex(payload), bytes: payload.length })
     expect(flushed).toBe(true)
     expect(dataBytes).toBe(payload.length)
   })

@@ -14,6 +14,7 @@ import {
   classifyFiltering,
   classifyMapping,
   classifyMappingBehaviour,
+  emptySamples,
   NatCheck,
   natVerdictOf,
   type MappingBehaviour,
@@ -31,17 +32,7 @@ const M1 = ep(PUBLIC_IP, 4000)
 const M2 = ep(PUBLIC_IP, 5000)
 const M3 = ep(PUBLIC_IP, 6000)
 
-const samples = (s: Partial<NetcheckSamples>): NetcheckSamples => ({
-  local: [LOCAL],
-  primary: null,
-  otherAddress: null,
-  otherIp: null,
-  otherIpAndPort: null,
-  otherPort: null,
-  filterChangeIpAndPort: null,
-  filterChangePort: null,
-  ...s
-})
+const samples = (s: Partial<NetcheckSamples>): NetcheckSamples => ({ ...emptySamples([LOCAL]), ...s })
 const OTHER = ep(ALT_HOST, ALT_PORT)
 
 describe('classification (pure)', () => {
