@@ -1,13 +1,13 @@
-/** Durations as people write them on the command line: `500ms`, `20s`, `5m`, `1h`, or plain seconds. */
-const UNITS_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }
+/** Durations as people write them on the command line: `500ms`, `20s`, `5m`, `1h`, `90d`, or plain seconds. */
+const UNITS_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }
 
 export function parseDuration(text: string | number): number {
   if (typeof text === 'number') {
     if (!Number.isFinite(text) || text < 0) throw new RangeError(`bad duration ${text}`)
     return text * 1000
   }
-  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(text.trim())
-  if (!m) throw new RangeError(`bad duration ${JSON.stringify(text)}: use e.g. 500ms, 20s, 5m`)
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$/.exec(text.trim())
+  if (!m) throw new RangeError(`bad duration ${JSON.stringify(text)}: use e.g. 500ms, 20s, 5m, 90d`)
   return Math.round(Number(m[1]) * UNITS_MS[m[2] ?? 's']!)
 }
 

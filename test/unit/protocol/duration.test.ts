@@ -3,11 +3,12 @@ import { describe, expect, it } from 'vitest'
 import { formatDuration, parseDuration } from '../../../src/protocol/duration.js'
 
 describe('duration', () => {
-  it('parses ms, s, m, h, fractions and plain seconds', () => {
+  it('parses ms, s, m, h, d, fractions and plain seconds', () => {
     expect(parseDuration('500ms')).toBe(500)
     expect(parseDuration('20s')).toBe(20_000)
     expect(parseDuration('5m')).toBe(300_000)
     expect(parseDuration('1h')).toBe(3_600_000)
+    expect(parseDuration('90d')).toBe(90 * 86_400_000)
     expect(parseDuration('1.5s')).toBe(1_500)
     expect(parseDuration('0.5ms')).toBe(1) // rounded to whole milliseconds
     expect(parseDuration('20')).toBe(20_000)
@@ -18,7 +19,7 @@ describe('duration', () => {
   })
 
   it('refuses negative, unknown units, empty and non-finite input with RangeError', () => {
-    for (const bad of ['-1s', '5d', '', 's', '1e3', '1 s', '1.s', 'ms5', '5sec']) expect(() => parseDuration(bad), bad).toThrow(RangeError)
+    for (const bad of ['-1s', '5w', '', 's', '1e3', '1 s', '1.s', 'ms5', '5sec']) expect(() => parseDuration(bad), bad).toThrow(RangeError)
     for (const bad of [-1, Number.NaN, Number.POSITIVE_INFINITY]) expect(() => parseDuration(bad), String(bad)).toThrow(RangeError)
   })
 
