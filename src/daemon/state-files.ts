@@ -20,10 +20,15 @@ export function fsyncDir(dir: string): void {
 
 /** Writes `value` as JSON through a temp file, fsync and rename: readers see the old or the new file, never half. */
 export function writeJsonAtomic(file: string, value: unknown): void {
+  writeFileAtomic(file, JSON.stringify(value, null, 2) + '\n')
+}
+
+/** Writes `text` through a temp file (mode 0600), fsync and rename, then fsyncs the directory. */
+export function writeFileAtomic(file: string, text: string): void {
   const tmp = `${file}.${process.pid}.tmp`
   const fd = fs.openSync(tmp, 'w', STATE_FILE_MODE)
   try {
-    fs.writeSync(fd, JSON.stringify(value, null, 2) + '\n')
+    fs.writeSync(fd, text)
     fs.fsyncSync(fd)
   } finally {
     fs.closeSync(fd)

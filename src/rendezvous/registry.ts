@@ -21,12 +21,21 @@ import { peerId, randomBytes } from '../protocol/identity.js'
 import type { Clock } from '../protocol/log.js'
 import { KEY_BYTES, TOKEN_BYTES, type NatVerdict, type PeerRecord } from '../protocol/rendezvous.js'
 import { EndpointColumn, grown } from './endpoint-column.js'
+import { MemoryNameStore, type NameStore } from './name-store.js'
 import { bytesEqual, hashBytes, SlotIndex } from './slot-index.js'
 
 /** How long a dropped agent stays listed as offline ("last seen …") before it is forgotten. */
 export const OFFLINE_RETENTION_MS = 24 * 3_600_000
 /** Bound on remembered offline agents, so churn cannot grow memory without limit. */
 export const MAX_OFFLINE_ENTRIES = 10_000
+/**
+ * A name whose holder has not been seen for this long is released (--name-ttl): a name
+ * is bound for good, but not forever to a key nobody uses any more. Three months, so a
+ * machine off for a long holiday comes back to its name.
+ */
+export const DEFAULT_NAME_TTL_MS = 90 * 24 * 3_600_000
+/** How often expire() also releases names past their TTL (it walks every binding). */
+export const NAME_SWEEP_MS = 3_600_000
 /** Slots allocated up front; the columns double when full. */
 const INITIAL_SLOTS = 1024
 /** A reference is `generation * SLOT_LIMIT + slot`: 2^24 slots, 2^29 generations within 2^53. */
@@ -71,6 +80,13 @@ export interface RegisterInput {
   tcp?: Endpoint
 }
 
+export interface RegistryInit {
+  /** Who holds which name, for good. Default: in memory (tests; a server without a state directory). */
+  names?: NameStore
+  /** Release a name whose holder has not been seen for this long. Default DEFAULT_NAME_TTL_MS. */
+  nameTtlMs?: number
+}
+
 export class Registry {
   private capacity = 0
   private keys = new Uint8Array(0)
@@ -95,26 +111,40 @@ export class Registry {
   /** Tokens are random bytes the server chose: their first four bytes are hash enough. */
   private readonly byToken = new SlotIndex((slot) => tokenHash(this.tokens, slot * TOKEN_BYTES))
 
+  readonly nameStore: NameStore
+  private readonly nameTtlMs: number
+  private lastNameSweep: number
+
   constructor(
     private readonly clock: Clock,
-    private readonly peerTimeoutMs: number
+    private readonly peerTimeoutMs: number,
+    init: RegistryInit = {}
   ) {
+    this.nameStore = init.names ?? new MemoryNameStore()
+    this.nameTtlMs = init.nameTtlMs ?? DEFAULT_NAME_TTL_MS
+    this.lastNameSweep = clock.now()
     this.grow(INITIAL_SLOTS)
   }
 
   /**
-   * Registers or refreshes an agent. A name belongs to the first live key that takes it;
-   * another key asking for it while the holder is online gets NAME_TAKEN.
+   * Registers or refreshes an agent. A name belongs to the first key that takes it, for
+   * good: another key asking for it gets NAME_TAKEN whether the holder is online, offline
+   * or long forgotten by this registry, and across restarts (the name store remembers).
+   * The name is freed only by its holder (releaseName), by the operator (`names rm`), or
+   * when its holder has not been seen for the name TTL.
+   *
+   * A key registering under another name than the one it holds moves its binding: the old
+   * name is released. A key is one agent with one name; keeping the old name too would
+   * let one key hoard names, and agents are renamed by restarting natd with --name.
    */
   register(input: RegisterInput): { ref: RegRef; isNew: boolean } {
     let slot = this.slotOfKey(input.publicKey)
+    if (slot < 0 && input.token.length !== TOKEN_BYTES) throw new RangeError(`a token is ${TOKEN_BYTES} bytes`)
+    this.claimName(input.name, input.publicKey)
     const holder = this.byName.get(input.name)
-    if (holder !== undefined && holder !== slot) {
-      if (this.state[holder] === ONLINE) {
-        throw new NatdError('NAME_TAKEN', `the name ${input.name} is held by another key (${peerId(this.keyOf(holder)).slice(0, 8)})`)
-      }
-      this.forget(holder) // an offline holder loses the name
-    }
+    // The store gave the name to this key: an earlier holder this registry still
+    // remembers (offline, or whose binding was released) is forgotten.
+    if (holder !== undefined && holder !== slot) this.forget(holder)
     const isNew = slot < 0 || this.state[slot] !== ONLINE
     if (slot < 0) slot = this.allocate(input.publicKey, input.token, input.name)
     if (this.names[slot] !== input.name) {
@@ -197,6 +227,23 @@ export class Registry {
     return true
   }
 
+  /**
+   * Frees `name` at the request of `publicKey` (natd release-name): true when released;
+   * false when the name is not bound; UNAUTHORIZED when another key holds it. The key's
+   * live registration, if any, goes offline (the caller tells its peers).
+   */
+  releaseName(name: string, publicKey: Uint8Array): boolean {
+    const binding = this.nameStore.get(name)
+    if (!binding) return false
+    if (!bytesEqual(binding.publicKey, 0, publicKey, KEY_BYTES)) {
+      throw new NatdError('UNAUTHORIZED', `the name ${name} is bound to another key: only its holder can release it`)
+    }
+    this.nameStore.release(name)
+    const slot = this.slotOfKey(publicKey)
+    if (slot >= 0 && this.state[slot] === ONLINE) this.dropSlot(slot)
+    return true
+  }
+
   /** Drops agents silent for longer than the peer timeout; returns them (as they were dropped) so peers can be told. */
   expire(): Registration[] {
     const now = this.clock.now()
@@ -212,7 +259,23 @@ export class Registry {
         if (now - this.lastSeen[slot]! > OFFLINE_RETENTION_MS || offline > MAX_OFFLINE_ENTRIES) this.forget(slot)
       }
     }
+    if (now - this.lastNameSweep >= NAME_SWEEP_MS) this.sweepNames(now)
     return dropped
+  }
+
+  /** Names past their TTL, released now (expire() does this once an hour). Returns them. */
+  sweepNames(now = this.clock.now()): string[] {
+    this.lastNameSweep = now
+    // Online agents are seen now: an agent online for months without re-registering keeps its name.
+    for (let slot = 0; slot < this.used; slot++) if (this.state[slot] === ONLINE) this.nameStore.seen(this.names[slot]!, now)
+    const released: string[] = []
+    for (const b of this.nameStore.list()) {
+      if (now - b.lastSeenAt > this.nameTtlMs && !this.keyIsOnline(b.publicKey)) {
+        this.nameStore.release(b.name)
+        released.push(b.name)
+      }
+    }
+    return released
   }
 
   get size(): number {
@@ -264,6 +327,31 @@ export class Registry {
     const room = max - online.length
     const recent = room > 0 ? offline.sort((a, b) => this.lastSeen[b]! - this.lastSeen[a]!).slice(0, room) : []
     return [...online, ...recent].map((slot) => this.peerAt(slot))
+  }
+
+  // --- names -----------------------------------------------------------------
+
+  /** Binds `name` to `key` in the store, or throws NAME_TAKEN; a binding past its TTL is released lazily here. */
+  private claimName(name: string, key: Uint8Array): void {
+    const now = this.clock.now()
+    const binding = this.nameStore.get(name)
+    if (binding && !bytesEqual(binding.publicKey, 0, key, KEY_BYTES)) {
+      if (now - binding.lastSeenAt > this.nameTtlMs && !this.keyIsOnline(binding.publicKey)) {
+        this.nameStore.release(name)
+      } else {
+        throw new NatdError(
+          'NAME_TAKEN',
+          `the name ${name} is bound to another key (${peerId(binding.publicKey).slice(0, 8)}); ` +
+            `its holder can free it with \`natd release-name\`, the server's operator with \`natd-rendezvous names rm ${name}\``
+        )
+      }
+    }
+    this.nameStore.bind(name, key, now) // or just seen(), when the key holds it already
+  }
+
+  private keyIsOnline(key: Uint8Array): boolean {
+    const slot = this.slotOfKey(key)
+    return slot >= 0 && this.state[slot] === ONLINE
   }
 
   // --- slots -----------------------------------------------------------------

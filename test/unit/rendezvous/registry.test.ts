@@ -1,9 +1,16 @@
 // The rendezvous registry (src/rendezvous/registry.ts) under a fake clock: who holds a
-// name, tokens, expiry, and lookups by name / ID / ID prefix.
-import { beforeEach, describe, expect, it } from 'vitest'
+// name (for good, across restarts, until released or past the TTL), tokens, expiry, and
+// lookups by name / ID / ID prefix.
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { appendJsonLine } from '../../../src/daemon/state-files.js'
 import { peerId } from '../../../src/protocol/identity.js'
+import { silentLogger } from '../../../src/protocol/log.js'
 import type { PeerRecord } from '../../../src/protocol/rendezvous.js'
-import { Registry, type RegisterInput, type Registration } from '../../../src/rendezvous/registry.js'
+import { FileNameStore, NAMES_FILE } from '../../../src/rendezvous/file-name-store.js'
+import { NAME_SWEEP_MS, OFFLINE_RETENTION_MS, Registry, type RegisterInput, type Registration } from '../../../src/rendezvous/registry.js'
 import { errorCode, FakeClock, prng, randBuf, randInt, seq } from '../helpers.js'
 
 const PEER_TIMEOUT_MS = 30_000
@@ -51,17 +58,23 @@ describe('Registry', () => {
     expect(reg.find(peerId(B))).toBeUndefined()
   })
 
-  it('lets a second key take the name once the first has timed out', () => {
+  it('keeps refusing the name to a second key once the holder has timed out, and says how to free it', () => {
     reg.register(input(A, 'alice'))
     clock.advance(PEER_TIMEOUT_MS + 1)
     const dropped = reg.expire()
     expect(dropped.map((r) => r.id)).toEqual([peerId(A)])
-    const { reg: b, isNew } = register(input(B, 'alice'))
-    expect(isNew).toBe(true)
-    expect(b.id).toBe(peerId(B))
-    expect(reg.find('alice')?.id).toBe(peerId(B))
-    // The old holder's token no longer resolves.
-    expect(reg.byTokenBytes(seq(1, 16))).toBeUndefined()
+    let message = ''
+    try {
+      reg.register(input(B, 'alice'))
+    } catch (err) {
+      message = (err as Error).message
+    }
+    expect(message).toContain('natd release-name')
+    expect(message).toContain('natd-rendezvous names rm alice')
+    expect(errorCode(() => reg.register(input(B, 'alice')))).toBe('NAME_TAKEN')
+    expect(reg.find('alice')?.id).toBe(peerId(A))
+    // The holder itself gets its name back.
+    expect(register(input(A, 'alice')).reg).toMatchObject({ id: peerId(A), online: true })
   })
 
   it('a key re-registering keeps its token (the one given first) and is not new', () => {
@@ -126,7 +139,8 @@ describe('Registry', () => {
   it('a reference to a forgotten agent stops resolving, even when its slot has a new holder', () => {
     const { ref: a } = reg.register(input(A, 'alice', seq(0x10, 16)))
     reg.drop(a)
-    const { ref: b } = reg.register(input(B, 'alice', seq(0x20, 16))) // takes the offline holder's name: A is forgotten
+    expect(reg.releaseName('alice', A)).toBe(true)
+    const { ref: b } = reg.register(input(B, 'alice', seq(0x20, 16))) // takes the released name: A is forgotten
     expect(b).not.toBe(a)
     expect(reg.get(a)).toBeUndefined()
     expect(reg.has(a)).toBe(false)
@@ -146,11 +160,11 @@ describe('Registry', () => {
     for (let i = 0; i < n; i++) {
       refs.push(reg.register({ publicKey: keyOf(i), name: `agent-${i}`, lan: [], nat: 'none', token: tokenOf(i), udp: { host: `10.0.${i >> 8}.${i & 0xff}`, port: i + 1 } }).ref)
     }
-    // Forget every third agent (it goes offline, another key takes its name), then register them again.
+    // Forget every third agent (it releases its name, another key takes it), then register them again.
     for (let i = 0; i < n; i += 3) {
-      reg.drop(refs[i]!)
+      reg.releaseName(`agent-${i}`, keyOf(i))
       reg.register({ publicKey: key(0xee - (i % 2)), name: `agent-${i}`, lan: [], nat: 'none', token: seq(i, 16) })
-      reg.drop(reg.lookup(`agent-${i}`)!)
+      reg.releaseName(`agent-${i}`, key(0xee - (i % 2)))
       refs[i] = reg.register({ publicKey: keyOf(i), name: `agent-${i}`, lan: [], nat: 'none', token: tokenOf(i), udp: { host: `10.0.${i >> 8}.${i & 0xff}`, port: i + 1 } }).ref
     }
     for (let i = 0; i < n; i++) {
@@ -235,5 +249,107 @@ describe('Registry', () => {
     reg.register({ ...input(A, 'alice'), udp: { host: '1.1.1.1', port: 1 } })
     reg.register({ ...input(A, 'alice'), udp: undefined, tcp: { host: '1.1.1.1', port: 2 } })
     expect(reg.find('alice')).toMatchObject({ udp: { host: '1.1.1.1', port: 1 }, tcp: { host: '1.1.1.1', port: 2 } })
+  })
+})
+
+describe('Registry name bindings', () => {
+  const A = key(1)
+  const B = key(2)
+  const DAY_MS = 24 * 3_600_000
+  const TTL_MS = 30 * DAY_MS
+  let clock: FakeClock
+  let dir: string
+  const stores: FileNameStore[] = []
+
+  beforeEach(() => {
+    clock = new FakeClock()
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'natd-registry-'))
+  })
+  afterEach(() => {
+    for (const s of stores.splice(0)) s.close()
+    fs.rmSync(dir, { recursive: true, force: true })
+  })
+
+  /** A registry over the names file in `dir`: a new one on the same dir is a server restart. */
+  function start(): Registry {
+    for (const s of stores.splice(0)) s.close()
+    const names = new FileNameStore(dir, silentLogger, { pollMs: 0 })
+    stores.push(names)
+    return new Registry(clock, PEER_TIMEOUT_MS, { names, nameTtlMs: TTL_MS })
+  }
+
+  it('refuses the name to another key after its holder said goodbye, was forgotten, and after a restart', () => {
+    let reg = start()
+    const { ref } = reg.register(input(A, 'alice'))
+    reg.drop(ref) // BYE
+    expect(errorCode(() => reg.register(input(B, 'alice')))).toBe('NAME_TAKEN')
+    clock.advance(OFFLINE_RETENTION_MS + 1)
+    reg.expire()
+    expect(reg.has(ref)).toBe(false) // forgotten by the registry, still bound in the store
+    expect(errorCode(() => reg.register(input(B, 'alice')))).toBe('NAME_TAKEN')
+    reg = start()
+    expect(reg.size).toBe(0)
+    expect(errorCode(() => reg.register(input(B, 'alice')))).toBe('NAME_TAKEN')
+    expect(reg.register(input(A, 'alice')).isNew).toBe(true) // the holder gets its name back
+    expect(reg.find('alice')?.id).toBe(peerId(A))
+  })
+
+  it('a key taking a new name frees its old one, across a restart too', () => {
+    let reg = start()
+    reg.register(input(A, 'alice'))
+    reg.register(input(A, 'alice2'))
+    reg = start()
+    expect(reg.nameStore.nameOf(A)).toBe('alice2')
+    expect(reg.register(input(B, 'alice')).isNew).toBe(true)
+    expect(errorCode(() => reg.register(input(B, 'alice2')))).toBe('NAME_TAKEN')
+  })
+
+  it('releases a name unseen for the TTL: lazily when another key asks, and by the hourly sweep', () => {
+    const reg = start()
+    reg.drop(reg.register(input(A, 'alice')).ref)
+    reg.drop(reg.register(input(key(3), 'carol')).ref)
+    clock.advance(TTL_MS) // exactly the TTL: still bound
+    expect(errorCode(() => reg.register(input(B, 'alice')))).toBe('NAME_TAKEN')
+    clock.advance(1)
+    expect(reg.register(input(B, 'alice')).isNew).toBe(true)
+    expect(reg.find('alice')?.id).toBe(peerId(B))
+    expect(reg.nameStore.get('carol')).toBeDefined() // nobody asked yet
+    clock.advance(NAME_SWEEP_MS)
+    reg.expire()
+    expect(reg.nameStore.get('carol')).toBeUndefined()
+    expect(reg.nameStore.get('alice')).toBeDefined() // B's, seen just now
+  })
+
+  it('never expires the name of an agent that stays online without registering again', () => {
+    const reg = start()
+    const { ref } = reg.register(input(A, 'alice'))
+    for (let t = 0; t < 2 * TTL_MS; t += NAME_SWEEP_MS) {
+      clock.advance(NAME_SWEEP_MS)
+      reg.touch(ref) // heartbeats
+      reg.expire()
+    }
+    expect(errorCode(() => reg.register(input(B, 'alice')))).toBe('NAME_TAKEN')
+    expect(reg.isOnline(ref)).toBe(true)
+  })
+
+  it('releaseName: the holder frees its name and goes offline; another key is UNAUTHORIZED; an unbound name is false', () => {
+    const reg = start()
+    const { ref } = reg.register(input(A, 'alice'))
+    expect(errorCode(() => reg.releaseName('alice', B))).toBe('UNAUTHORIZED')
+    expect(reg.isOnline(ref)).toBe(true)
+    expect(reg.releaseName('nobody', A)).toBe(false)
+    expect(reg.releaseName('alice', A)).toBe(true)
+    expect(reg.isOnline(ref)).toBe(false)
+    expect(reg.releaseName('alice', A)).toBe(false)
+    expect(reg.register(input(B, 'alice')).isNew).toBe(true)
+    expect(reg.has(ref)).toBe(false) // A's old registration under that name is forgotten
+  })
+
+  it('an operator release (a line appended to the file) frees the name at the next poll', () => {
+    const reg = start()
+    reg.drop(reg.register(input(A, 'alice')).ref)
+    appendJsonLine(path.join(dir, NAMES_FILE), { op: 'release', name: 'alice', t: clock.now() })
+    stores[0]!.poll()
+    expect(reg.register(input(B, 'alice')).isNew).toBe(true)
   })
 })
