@@ -5,28 +5,38 @@
 /** natd-rendezvous: the public introducer. See README "Running a rendezvous server". */
 import { readFileSync } from 'node:fs'
 import net from 'node:net'
-import yargs from 'yargs'
+import path from 'node:path'
+import yargs, { type Argv } from 'yargs'
 import { hideBin } from 'yargs/helpers'
 import { createLogger, LOG_LEVELS } from '../daemon/logger.js'
 import { parseBytes, parseDuration } from '../protocol/duration.js'
+import { peerId, type KeyPair } from '../protocol/identity.js'
+import { FileNameStore } from './file-name-store.js'
+import { namesLs, namesRm } from './names-command.js'
 import { RendezvousServer } from './server.js'
+import { defaultServerStateDir, ensureStateDir, KEY_FILE, loadServerKey } from './server-identity.js'
 import type { RelayLimits } from './relay.js'
 
 /** Suggested to agents: Linux conntrack forgets an idle UDP mapping after 30 s. */
 const DEFAULT_HEARTBEAT = '20s'
+/** registry.ts's DEFAULT_NAME_TTL_MS, as a flag: a machine off for a long holiday keeps its name. */
+const DEFAULT_NAME_TTL = '90d'
 
-async function main(): Promise<void> {
-  const argv = await yargs(hideBin(process.argv))
-    // A flag given twice: the last one wins (no flag here takes a list).
-    .parserConfiguration({ 'duplicate-arguments-array': false })
-    .scriptName('natd-rendezvous')
+type ServerArgs = Awaited<ReturnType<ReturnType<typeof serverOptions>['parseAsync']>>
+
+/** The options of the default command (run the server). */
+function serverOptions(y: Argv<{ 'state-dir': string | undefined }>) {
+  return y
     .usage('$0 [options]\n\nRegisters natd agents, keeps their NAT mappings alive, introduces them to each other.')
     .option('host', { type: 'string', default: '0.0.0.0', describe: 'address to listen on' })
     .option('port', { type: 'number', default: 3478, describe: 'UDP and TCP port (UDP also answers STUN)' })
     .option('alt-port', { type: 'number', default: 3479, describe: 'second UDP port for STUN mapping checks (0 = off)' })
     .option('alt-host', { type: 'string', describe: 'second IP address of this host: STUN on it too, for RFC 5780 NAT behaviour discovery (natctl netcheck); needs a specific --host' })
     .option('secret-file', { type: 'string', describe: 'file holding the network secret agents must prove' })
+    .option('key-file', { type: 'string', describe: 'the server\'s key pair (default STATE_DIR/server-key.json; created on first start, mode 0600)' })
+    .option('print-key', { type: 'boolean', default: false, describe: 'print the server\'s key (its peer ID, for agents\' --server HOST#KEY) and exit' })
     .option('peer-timeout', { type: 'string', default: '60s', describe: 'drop an agent silent for this long' })
+    .option('name-ttl', { type: 'string', default: DEFAULT_NAME_TTL, describe: 'free a name whose holder has not been seen for this long' })
     .option('heartbeat', { type: 'string', default: DEFAULT_HEARTBEAT, describe: 'heartbeat interval suggested to agents' })
     .option('relay', { type: 'boolean', default: true, describe: 'relay tunnels that cannot be punched (--no-relay turns it off)' })
     .option('relay-max-bytes', { type: 'string', default: '1GiB', describe: 'bytes one relayed tunnel may carry' })
@@ -34,6 +44,28 @@ async function main(): Promise<void> {
     .option('relay-rate', { type: 'string', default: '8MiB', describe: 'bytes per second per direction of one relayed tunnel' })
     .option('relay-max-tunnels', { type: 'number', default: 100, describe: 'relayed tunnels at once' })
     .option('log-level', { choices: LOG_LEVELS, default: 'info' as const })
+}
+
+async function main(): Promise<void> {
+  let run: (() => Promise<void>) | null = null
+  await yargs(hideBin(process.argv))
+    // A flag given twice: the last one wins (no flag here takes a list).
+    .parserConfiguration({ 'duplicate-arguments-array': false })
+    .scriptName('natd-rendezvous')
+    .option('state-dir', { type: 'string', describe: 'key pair and name bindings (default $STATE_DIRECTORY, /var/lib/natd-rendezvous as root, else $XDG_STATE_HOME/natd-rendezvous)' })
+    .command('$0', 'run the rendezvous server', serverOptions, (argv) => {
+      run = () => runServer(argv)
+    })
+    .command('names', 'the names agents hold: names ls, names rm NAME', (y) =>
+      y
+        .command('ls', 'list the name bindings (name, peer ID, bound, last seen)', (z) => z.option('json', { type: 'boolean', default: false, describe: 'print JSON' }), (argv) => {
+          run = async () => namesLs(stateDirOf(argv['state-dir']), argv.json)
+        })
+        .command('rm <name>', 'free a name (a running server picks it up within seconds)', (z) => z.positional('name', { type: 'string', demandOption: true }), (argv) => {
+          run = async () => namesRm(stateDirOf(argv['state-dir']), argv.name)
+        })
+        .demandCommand(1, 'names needs a subcommand: ls or rm NAME')
+    )
     .strict()
     .help()
     .version(false)
@@ -42,7 +74,14 @@ async function main(): Promise<void> {
       process.exit(2)
     })
     .parseAsync()
+  if (run) await (run as () => Promise<void>)()
+}
 
+function stateDirOf(flag: string | undefined): string {
+  return flag ?? defaultServerStateDir()
+}
+
+async function runServer(argv: ServerArgs): Promise<void> {
   const ports = [argv.port, argv['alt-port']]
   if (ports.some((p) => !Number.isInteger(p) || p < 0 || p > 65535) || argv.port === 0) usage('ports must be 1-65535 (--alt-port 0 turns it off)')
   if (argv.port === argv['alt-port']) usage('--alt-port must differ from --port')
@@ -56,10 +95,13 @@ async function main(): Promise<void> {
   }
   let peerTimeoutMs: number
   let heartbeatMs: number
+  let nameTtlMs: number
   let relay: RelayLimits | null = null
   try {
     peerTimeoutMs = parseDuration(argv['peer-timeout'])
     heartbeatMs = parseDuration(argv.heartbeat)
+    nameTtlMs = parseDuration(argv['name-ttl'])
+    if (nameTtlMs <= 0) throw new RangeError('--name-ttl must be more than 0')
     if (argv.relay) {
       relay = {
         maxBytes: parseBytes(argv['relay-max-bytes']),
@@ -83,20 +125,43 @@ async function main(): Promise<void> {
     if (!secret.length) usage('--secret-file is empty')
   }
 
+  const stateDir = stateDirOf(argv['state-dir'])
+  let keyPair: KeyPair
+  try {
+    keyPair = loadServerKey(argv['key-file'] ?? path.join(stateDir, KEY_FILE)).keyPair
+  } catch (err) {
+    usage((err as Error).message)
+  }
+  if (argv['print-key']) {
+    process.stdout.write(`${peerId(keyPair.publicKey)}\n`)
+    return
+  }
+
   const log = createLogger({ level: argv['log-level'] })
+  let names: FileNameStore
+  try {
+    ensureStateDir(stateDir)
+    names = new FileNameStore(stateDir, log.child({ component: 'names' }))
+  } catch (err) {
+    usage(`cannot open the names file in ${stateDir}: ${(err as Error).message}`)
+  }
   const server = new RendezvousServer(
-    { host: argv.host, port: argv.port, altPort: argv['alt-port'], altHost, secret, peerTimeoutMs, heartbeatMs, relay },
-    { log: log.child({ component: 'rendezvous' }) }
+    { host: argv.host, port: argv.port, altPort: argv['alt-port'], altHost, secret, peerTimeoutMs, heartbeatMs, relay, nameTtlMs },
+    { log: log.child({ component: 'rendezvous' }), keyPair, names }
   )
   try {
     await server.start()
   } catch (err) {
     log.error('cannot listen', { err: (err as Error).message })
+    names.close()
     process.exit(1)
   }
   const shutdown = (signal: string): void => {
     log.info('shutting down', { signal })
-    void server.stop().finally(() => process.exit(0))
+    void server
+      .stop()
+      .finally(() => names.close())
+      .finally(() => process.exit(0))
   }
   process.on('SIGTERM', () => shutdown('SIGTERM'))
   process.on('SIGINT', () => shutdown('SIGINT'))

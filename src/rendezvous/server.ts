@@ -12,7 +12,7 @@ import dgram from 'node:dgram'
 import net from 'node:net'
 import type { Endpoint } from '../protocol/endpoint.js'
 import { NatdError, ProtocolError, toNatdError } from '../protocol/errors.js'
-import { isValidName, NAME_RULE, networkSecretKey, randomBytes, secretProof, verify } from '../protocol/identity.js'
+import { isValidName, NAME_RULE, networkSecretKey, peerId, randomBytes, secretProof, verify, type KeyPair } from '../protocol/identity.js'
 import { systemClock, type Clock, type Logger } from '../protocol/log.js'
 import {
   decode,
@@ -30,6 +30,7 @@ import {
 import { isStun } from '../protocol/stun.js'
 import { CookieJar } from './cookies.js'
 import { StunResponder, type StunSlot } from './stun-responder.js'
+import type { NameStore } from './name-store.js'
 import { Registry, type RegRef, type Registration } from './registry.js'
 import { Relay, type RelayLimits } from './relay.js'
 
@@ -63,11 +64,17 @@ export interface RendezvousInit {
   heartbeatMs: number
   /** Relay limits; null turns relaying off (--no-relay). */
   relay?: RelayLimits | null
+  /** Release a name whose holder has not been seen for this long (--name-ttl). Default: registry.ts's DEFAULT_NAME_TTL_MS. */
+  nameTtlMs?: number
 }
 
 export interface RendezvousComponents {
   log: Logger
   clock?: Clock
+  /** The server's own identity (server-identity.ts). */
+  keyPair: KeyPair
+  /** Name bindings (name-store.ts); default in memory. The caller closes it after stop(). */
+  names?: NameStore
 }
 
 interface TcpConn {
@@ -97,6 +104,7 @@ export class RendezvousServer {
   private sweepTimer: NodeJS.Timeout | null = null
   private readonly secretKey: Buffer | null
   readonly relay: Relay | null
+  readonly keyPair: KeyPair
 
   constructor(
     private readonly init: RendezvousInit,
@@ -104,7 +112,8 @@ export class RendezvousServer {
   ) {
     this.log = components.log
     this.clock = components.clock ?? systemClock
-    this.registry = new Registry(this.clock, init.peerTimeoutMs)
+    this.keyPair = components.keyPair
+    this.registry = new Registry(this.clock, init.peerTimeoutMs, { names: components.names, nameTtlMs: init.nameTtlMs })
     this.cookies = new CookieJar(this.clock)
     this.secretKey = init.secret ? networkSecretKey(init.secret) : null
     this.stun = new StunResponder({ host: init.host, port: init.port, altPort: init.altPort, altHost: init.altHost ?? null })
@@ -126,7 +135,8 @@ export class RendezvousServer {
       altPort: this.init.altPort || null,
       altHost: this.init.altHost ?? null,
       secret: !!this.secretKey,
-      peerTimeoutMs: this.init.peerTimeoutMs
+      peerTimeoutMs: this.init.peerTimeoutMs,
+      key: peerId(this.keyPair.publicKey)
     })
   }
 

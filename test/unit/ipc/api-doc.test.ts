@@ -180,7 +180,7 @@ describe.skipIf(pythonMissing)(title, () => {
     tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'natd-api-doc-'))
     sock = path.join(tmp, 'a.sock')
     serverPort = await freePortPair()
-    rendezvous = start('rendezvous', RENDEZVOUS, ['--host', '127.0.0.1', '--port', String(serverPort), '--alt-port', String(serverPort + 1)])
+    rendezvous = start('rendezvous', RENDEZVOUS, ['--host', '127.0.0.1', '--port', String(serverPort), '--alt-port', String(serverPort + 1), '--state-dir', path.join(tmp, 'rendezvous')])
     alice = start('alice', DAEMON, ['--name', 'alice', '--server', `127.0.0.1:${serverPort}`, '--state-dir', path.join(tmp, 'alice'), '--socket', sock, '--heartbeat', '1s'])
   }, 20_000)
 

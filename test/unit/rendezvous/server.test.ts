@@ -31,6 +31,7 @@ const HOST = '127.0.0.1'
 const WAIT_MS = 2_000
 const SILENCE_MS = 300
 const STUNCLIENT = '/usr/bin/turnutils_stunclient'
+const SERVER_KEY = generateKeyPair()
 
 // --- server lifecycle ---------------------------------------------------------
 
@@ -55,7 +56,7 @@ async function startServer(extra: Partial<RendezvousInit> = {}): Promise<Started
     const port = randInt(Math.random, 20_000, 59_999)
     const server = new RendezvousServer(
       { host: HOST, port, altPort: port + 1, peerTimeoutMs: 30_000, heartbeatMs: 20_000, ...extra },
-      { log: silentLogger }
+      { log: silentLogger, keyPair: SERVER_KEY }
     )
     try {
       await server.start()
@@ -315,6 +316,20 @@ describe('RendezvousServer over UDP', () => {
     // The holder itself may register again and keeps its token.
     const first = await registerUdp(a, port, alice, 'alice')
     expect(Buffer.from(tokenOf(first)).equals(Buffer.from(server.registry.find('alice')!.token))).toBe(true)
+  })
+
+  it('keeps a name bound to its holder once it has gone offline: another key still gets NAME_TAKEN, with how to free it', async () => {
+    const { server, port } = await startServer()
+    const a = await UdpPeer.open()
+    const b = await UdpPeer.open()
+    const alice = generateKeyPair()
+    expect((await registerUdp(a, port, alice, 'alice')).type).toBe('register-ack')
+    expect(server.registry.drop(server.registry.lookup('alice')!)).toBe(true) // as after BYE or a timeout
+    expect(await registerUdp(b, port, generateKeyPair(), 'alice')).toMatchObject({ type: 'error', code: 'NAME_TAKEN' })
+    const refused = (await registerTcp(port, generateKeyPair(), 'alice')).reply // over TCP the message is not cut to the request's size
+    expect(refused).toMatchObject({ type: 'error', code: 'NAME_TAKEN' })
+    expect(refused.type === 'error' && refused.message).toContain('natd-rendezvous names rm alice')
+    expect((await registerUdp(a, port, alice, 'alice')).type).toBe('register-ack') // the holder comes back to it
   })
 
   it('acks heartbeats: ok from the registered socket, moved from another port, unknown for a random token', async () => {
