@@ -6,6 +6,7 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import dgram from 'node:dgram'
 import fs from 'node:fs'
 import net from 'node:net'
+import os from 'node:os'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath, pathToFileURL } from 'node:url'
@@ -119,12 +120,14 @@ export class ServerProcess {
   readonly died: Promise<never>
   private readonly waiters: ((answer: Record<string, unknown>) => void)[] = []
   private stopping = false
+  /** Its --state-dir (key pair, names.jsonl): a temp dir, removed by stop(). */
+  readonly stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'natd-bench-rendezvous-'))
 
   /** `prefix`: wrappers such as `nice -n N` and `taskset -c 1`; `args`: natd-rendezvous options. */
   constructor(port: number, prefix: string[], args: string[]) {
     this.port = port
     const node = [process.execPath, ...shebangFlags(SERVER_MAIN), '--expose-gc', '--disable-warning=ExperimentalWarning', '--import', pathToFileURL(PROBE).href, SERVER_MAIN]
-    const argv = [...prefix, ...node, '--host', '127.0.0.1', '--port', String(port), ...args]
+    const argv = [...prefix, ...node, '--host', '127.0.0.1', '--port', String(port), '--state-dir', this.stateDir, ...args]
     this.proc = spawn(argv[0]!, argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe'] })
     for (const stream of [this.proc.stdout!, this.proc.stderr!]) {
       let partial = ''
@@ -204,6 +207,7 @@ export class ServerProcess {
     const exited = new Promise((r) => this.proc.once('exit', r))
     this.proc.kill('SIGTERM')
     if (!(await Promise.race([exited.then(() => true), sleep(STOP_TIMEOUT_MS, undefined, { ref: false }).then(() => false)]))) this.proc.kill('SIGKILL')
+    fs.rmSync(this.stateDir, { recursive: true, force: true })
   }
 }
 

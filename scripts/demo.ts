@@ -104,7 +104,7 @@ async function onLoopback(): Promise<void> {
   }
   const port = 20000 + Math.floor(Math.random() * 30000)
   try {
-    start([process.execPath, path.join(DIST, 'rendezvous/main.js'), '--host', '127.0.0.1', '--port', String(port), '--alt-port', String(port + 1)], 'rendezvous.log')
+    start([process.execPath, path.join(DIST, 'rendezvous/main.js'), '--host', '127.0.0.1', '--port', String(port), '--alt-port', String(port + 1), '--state-dir', path.join(dir, 'rendezvous')], 'rendezvous.log')
     await sleep(500)
     for (const name of ['alice', 'bob']) {
       start([process.execPath, path.join(DIST, 'daemon/main.js'), '--name', name, '--server', `127.0.0.1:${port}`, '--state-dir', path.join(dir, name), '--socket', path.join(dir, `${name}.sock`), '--heartbeat', '2s'], `${name}.log`)

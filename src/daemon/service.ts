@@ -27,7 +27,7 @@ const UNIT_DIR = 'etc/systemd/system'
 const SYSUSERS_FILE = 'etc/sysusers.d/natd.conf'
 const TMPFILES_FILE = 'etc/tmpfiles.d/natd.conf'
 const CONFIG_DIR = 'etc/natd'
-const STATE_DIRS = ['var/lib/natd']
+const STATE_DIRS = ['var/lib/natd', 'var/lib/natd-rendezvous']
 export const SERVICE_USER = 'natd'
 /** The units' ProtectHome=yes hides these from the service: it could not run a natd installed there. */
 const HIDDEN_BY_PROTECT_HOME = ['/home', '/root', '/run/user']
@@ -261,7 +261,7 @@ export function uninstallService(opts: { prefix: string; purge: boolean }, run: 
     }
   } else {
     report.kept.push(...kept)
-    if (kept.length) report.next.push(`configuration and state kept (the agent's key pair is its identity); remove them too with: natd uninstall-service --purge`)
+    if (kept.length) report.next.push(`configuration and state kept (the agent's key pair is its identity, the server's its key and the names it bound); remove them too with: natd uninstall-service --purge`)
   }
   if (booted(prefix)) run('systemctl', ['daemon-reload'])
   report.next.push(`the user ${SERVICE_USER} stays (files may still belong to it); remove it by hand: userdel ${SERVICE_USER}`)

@@ -55,15 +55,33 @@ export class NatdLab {
     return `${this.lab.server.ip}:${SERVER_PORT}`
   }
 
+  /**
+   * The server's state directory (key pair, name bindings): in the lab's temp dir, never
+   * /var/lib, and the same for every start within one lab, so bindings survive a restart.
+   */
+  get serverStateDir(): string {
+    return path.join(this.dir, 'rendezvous-state')
+  }
+
   /** Starts natd-rendezvous on the server host and waits until its UDP port answers. */
   async startServer(extra: string[] = []): Promise<void> {
     this.serverArgs = extra
     const log = fs.openSync(path.join(this.dir, 'rendezvous.log'), 'a')
     const host = extra.includes('--host') ? [] : ['--host', '0.0.0.0'] // --alt-host needs a specific --host in `extra`
-    this.server = this.lab.spawn(this.lab.server.ns, [process.execPath, path.join(DIST, 'rendezvous/main.js'), ...host, '--port', String(SERVER_PORT), '--log-level', 'debug', ...extra], { cwd: ROOT })
+    const state = extra.includes('--state-dir') ? [] : ['--state-dir', this.serverStateDir]
+    this.server = this.lab.spawn(this.lab.server.ns, [process.execPath, path.join(DIST, 'rendezvous/main.js'), ...host, '--port', String(SERVER_PORT), '--log-level', 'debug', ...state, ...extra], { cwd: ROOT })
     this.server.stdout?.on('data', (d: Buffer) => fs.writeSync(log, d))
     this.server.stderr?.on('data', (d: Buffer) => fs.writeSync(log, d))
     await waitFor(async () => (await this.lab.exec(this.lab.server.ns, ['ss', '-Hltn', `sport = :${SERVER_PORT}`])).stdout.includes(String(SERVER_PORT)), 10_000, 'rendezvous server listening')
+  }
+
+  /** Runs `natd-rendezvous names …` against the server's state directory, as its operator would. */
+  rendezvousNames(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+    return new Promise((resolve) => {
+      execFile(process.execPath, [path.join(DIST, 'rendezvous/main.js'), 'names', ...args, '--state-dir', this.serverStateDir], { encoding: 'utf8' }, (err, stdout, stderr) => {
+        resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr })
+      })
+    })
   }
 
   async killServer(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {

@@ -119,6 +119,25 @@ describe.skipIf(!labAvailable())('registration through NAT', () => {
     })
   }, 30_000)
 
+  it('a name stays bound to its key after the holder stops and the server restarts; the operator can free it', async () => {
+    const spec: LabSpec = { sites: [{ name: 'alice', nat: 'easy' }, { name: 'mallory', nat: 'easy' }] }
+    await withLab(spec, async (n) => {
+      await n.startServer()
+      await n.startAgent('alice')
+      const alice = await n.waitRegistered('alice')
+      await n.stopAgent('alice')
+      await n.killServer()
+      await n.startServer() // same state dir: the binding is read back
+      await n.startAgent('mallory', { as: 'alice' })
+      await waitFor(async () => ((await n.status('alice@mallory')).lastError as { code?: string } | null)?.code === 'NAME_TAKEN', 10_000, 'NAME_TAKEN at the impostor')
+      const ls = await n.rendezvousNames(['ls', '--json'])
+      expect(JSON.parse(ls.stdout)).toEqual([expect.objectContaining({ name: 'alice', id: alice.id })])
+      expect(await n.rendezvousNames(['rm', 'alice'])).toMatchObject({ code: 0 })
+      // The running server applies the release within NAMES_POLL_MS; the agent retries on its own.
+      await n.waitRegistered('alice@mallory', 20_000)
+    })
+  }, 60_000)
+
   it('garbage datagrams and TCP frames leave the server serving; natctl without a daemon exits 3', async () => {
     await withLab(easyPair, async (n) => {
       await n.startServer()

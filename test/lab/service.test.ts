@@ -249,7 +249,7 @@ class ServiceLab {
   async startServer(): Promise<void> {
     const argv = execArgv(this.installed.rendezvous.get('ExecStart')!, this.installed.rendezvousEnv)
     expect(argv.slice(-4)).toEqual(['--port', String(SERVER_PORT), '--alt-port', String(SERVER_PORT + 1)])
-    startUnit(this.n, this.installed.rendezvous, this.n.lab.server.ns, 'rendezvous', argv, {})
+    startUnit(this.n, this.installed.rendezvous, this.n.lab.server.ns, 'rendezvous', argv, { state: path.join(this.base, 'var-lib-natd-rendezvous') })
     await waitFor(async () => (await this.n.lab.exec(this.n.lab.server.ns, ['ss', '-Hlun', `sport = :${SERVER_PORT}`])).stdout.includes(String(SERVER_PORT)), 10_000, 'natd-rendezvous listening')
   }
 

@@ -7,6 +7,7 @@
  * Same-LAN pair: alice and bob are two hosts behind one router.
  */
 import { describe, expect, it } from 'vitest'
+import { NAMES_POLL_MS } from '../../src/rendezvous/file-name-store.js'
 import { labAvailable, type LabSpec, type NatKind } from './lab.js'
 import { NatdLab, pair, startPair, waitFor, withLab } from './natd-lab.js'
 
@@ -129,8 +130,11 @@ describe.skipIf(!labAvailable())('punched UDP tunnels', () => {
       await startPair(n)
       expect((await open(n, 'alice', 'bob')).path).toBe('direct-udp')
       expect((await n.natctl('alice', ['close', 'bob'])).code).toBe(0)
-      // bob's machine is replaced: same name, new key (a new state dir).
+      // bob's machine is replaced: same name, new key (a new state dir). The server keeps
+      // the name bound to the old key until the operator frees it.
       await n.stopAgent('bob')
+      expect(await n.rendezvousNames(['rm', 'bob'])).toMatchObject({ code: 0 })
+      await new Promise((r) => setTimeout(r, NAMES_POLL_MS + 1_000)) // the running server picks it up
       await n.startAgent('bob', { stateDir: `${n.dir}/bob-new-state` })
       await n.waitRegistered('bob')
       const r = await n.natctl('alice', ['open', 'bob'])

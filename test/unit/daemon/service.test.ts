@@ -197,6 +197,12 @@ describe('the systemd units', () => {
     expect(s.get('ExecStart')?.[0]).toMatch(/ --config \/etc\/natd\/natd\.json$/)
   })
 
+  it('natd-rendezvous.service: its key pair and name bindings in a 0700 state directory', () => {
+    const s = units['natd-rendezvous.service']!
+    expect(s.get('StateDirectory')).toEqual(['natd-rendezvous'])
+    expect(s.get('StateDirectoryMode')).toEqual(['0700'])
+  })
+
   it.skipIf(!analyze || !built)('systemd-analyze verify passes on both units as installed', () => {
     const prefix = fs.mkdtempSync(path.join(os.tmpdir(), 'natd-verify-'))
     try {
