@@ -203,10 +203,11 @@ export class ServerProcess {
 
   async stop(): Promise<void> {
     this.stopping = true
-    if (this.proc.exitCode !== null || this.proc.signalCode !== null) return
-    const exited = new Promise((r) => this.proc.once('exit', r))
-    this.proc.kill('SIGTERM')
-    if (!(await Promise.race([exited.then(() => true), sleep(STOP_TIMEOUT_MS, undefined, { ref: false }).then(() => false)]))) this.proc.kill('SIGKILL')
+    if (this.proc.exitCode === null && this.proc.signalCode === null) {
+      const exited = new Promise((r) => this.proc.once('exit', r))
+      this.proc.kill('SIGTERM')
+      if (!(await Promise.race([exited.then(() => true), sleep(STOP_TIMEOUT_MS, undefined, { ref: false }).then(() => false)]))) this.proc.kill('SIGKILL')
+    }
     fs.rmSync(this.stateDir, { recursive: true, force: true })
   }
 }

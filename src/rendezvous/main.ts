@@ -47,6 +47,7 @@ function serverOptions(y: Argv<{ 'state-dir': string | undefined }>) {
 }
 
 async function main(): Promise<void> {
+  // The handlers only pick what to run: it runs after parsing, outside yargs's .fail().
   let run: (() => Promise<void>) | null = null
   await yargs(hideBin(process.argv))
     // A flag given twice: the last one wins (no flag here takes a list).
@@ -74,6 +75,7 @@ async function main(): Promise<void> {
       process.exit(2)
     })
     .parseAsync()
+  // (TypeScript cannot see the handlers assign it.)
   if (run) await (run as () => Promise<void>)()
 }
 
