@@ -18,6 +18,8 @@ declare module '@hyperswarm/secret-stream' {
     rawStream: Duplex
     opened: Promise<boolean>
     setKeepAlive(ms: number): void
+    /** Resolves once written data reached the raw stream (false when the stream failed). */
+    flush(): Promise<boolean>
     setTimeout(ms: number): void
     static keyPair(seed?: Buffer): { publicKey: Buffer; secretKey: Buffer }
   }

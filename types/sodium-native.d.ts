@@ -7,6 +7,7 @@ declare module 'sodium-native' {
     crypto_sign_seed_keypair(pk: Buffer, sk: Buffer, seed: Buffer): void
     crypto_sign_detached(sig: Buffer, m: Buffer, sk: Buffer): void
     crypto_sign_verify_detached(sig: Buffer, m: Buffer, pk: Buffer): boolean
+    crypto_generichash(out: Buffer, data: Buffer, key?: Buffer): void
     crypto_generichash_batch(out: Buffer, parts: Buffer[], key?: Buffer): void
     randombytes_buf(b: Buffer): void
     sodium_memcmp(a: Buffer, b: Buffer): boolean

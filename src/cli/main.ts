@@ -72,6 +72,7 @@ export function buildCli(argv: string[]): Argv<Global> {
             `name:        ${s.name}`,
             `id:          ${s.id}`,
             `server:      ${s.server} (${s.serverState}${s.lastError ? `: ${s.lastError.message} [${s.lastError.code}]` : ''})`,
+            `server key:  ${s.serverKey ? `${s.serverKey.id} (${s.serverKey.pinned === 'flag' ? 'pinned by --server' : 'pinned on first use'})` : '- (pinned on first contact)'}`,
             `heartbeat:   ${s.lastHeartbeatAgoMs === null ? '-' : ago(s.lastHeartbeatAgoMs)}${s.serverRttMs === null ? '' : `, rtt ${s.serverRttMs} ms`}`,
             `public udp:  ${s.publicUdp ?? '-'}`,
             `public tcp:  ${s.publicTcp ?? '-'}`,

@@ -6,8 +6,9 @@
 import os from 'node:os'
 import UDX, { type UDXSocket } from 'udx-native'
 import { formatEndpoint, type Endpoint } from '../protocol/endpoint.js'
+import { lanCandidates } from '../protocol/lan.js'
 import { NatdError } from '../protocol/errors.js'
-import { peerId, type KeyPair } from '../protocol/identity.js'
+import { parsePeerId, peerId, type KeyPair } from '../protocol/identity.js'
 import { systemClock, type Logger } from '../protocol/log.js'
 import { isRendezvousFrame, MAX_LIST_PEERS, MSG, type NatVerdict, type PeerRecord } from '../protocol/rendezvous.js'
 import { ApiServer, type Handlers } from '../ipc/server.js'
@@ -15,10 +16,7 @@ import type { NetcheckResult, PeerInfo, StatusResult } from '../ipc/schema.js'
 import { TunnelManager } from '../tunnel/manager.js'
 import { NatCheck } from '../tunnel/nat-check.js'
 import { isStun } from '../protocol/stun.js'
-import { parseEndpoint } from '../protocol/endpoint.js'
-import dns from 'node:dns/promises'
-import net from 'node:net'
-import { DEFAULT_SERVER_PORT } from './config.js'
+import { parseServerSpec, resolveServer, type ServerSpec } from './server-address.js'
 import type { Tunnel } from '../tunnel/tunnel.js'
 import type { OpenRequest } from '../tunnel/mux.js'
 import type { AgentConfig, StateStore } from './config.js'
@@ -67,6 +65,7 @@ export class Agent {
   private natCheck: NatCheck | null = null
   private netcheckRun: Promise<NetcheckResult> | null = null
   private natTimer: NodeJS.Timeout | null = null
+  private readonly server: ServerSpec
   readonly id: string
 
   constructor(
@@ -74,6 +73,7 @@ export class Agent {
     private readonly c: AgentComponents
   ) {
     this.id = peerId(c.keyPair.publicKey)
+    this.server = parseServerSpec(init.config.server)
     this.exposes = new Exposes(c.store, c.log.child({ component: 'expose' }))
   }
 
@@ -103,10 +103,14 @@ export class Agent {
     }
 
     const client = new RendezvousClient(
-      { server: this.init.config.server, name: this.init.config.name, heartbeatMs: this.init.config.heartbeatMs, tcpPort: this.localPort, secretKey: this.init.secretKey },
+      { server: this.server, name: this.init.config.name, heartbeatMs: this.init.config.heartbeatMs, tcpPort: this.localPort, secretKey: this.init.secretKey },
       {
         udp: { send: (buf, to, ttl) => socket.trySend(buf, to.port, to.host, ttl) },
         keyPair: this.c.keyPair,
+        serverKey: {
+          expected: () => parsePeerId(this.c.store.serverKey(this.server.text) ?? ''),
+          learned: (key) => this.c.store.pinServerKey(this.server.text, peerId(key))
+        },
         log: log.child({ component: 'rendezvous' }),
         clock: systemClock,
         lan: () => lanEndpoints(this.localPort),
@@ -229,8 +233,7 @@ export class Agent {
    */
   private async checkNat(): Promise<void> {
     try {
-      let server = parseEndpoint(this.init.config.server, DEFAULT_SERVER_PORT)
-      if (!net.isIP(server.host)) server = { host: (await dns.lookup(server.host, { family: 4 })).address, port: server.port }
+      const server = await resolveServer(this.server)
       const { verdict, samples } = await this.natCheck!.verdict(server, server.port + 1, lanEndpoints(this.localPort))
       const changed = verdict !== this.nat
       this.nat = verdict
@@ -248,14 +251,7 @@ export class Agent {
   private async netcheck(): Promise<NetcheckResult> {
     if (!this.natCheck) throw new NatdError('NOT_REGISTERED', 'not started')
     const started = Date.now()
-    let server = parseEndpoint(this.init.config.server, DEFAULT_SERVER_PORT)
-    if (!net.isIP(server.host)) {
-      try {
-        server = { host: (await dns.lookup(server.host, { family: 4 })).address, port: server.port }
-      } catch (err) {
-        throw new NatdError('SERVER_UNREACHABLE', `cannot resolve ${server.host}: ${(err as Error).message}`, { cause: err })
-      }
-    }
+    const server = await resolveServer(this.server)
     const localPort = this.localPort
     const r = await this.natCheck.netcheck(server, server.port + 1, lanEndpoints(localPort))
     const previousNat = this.nat
@@ -365,7 +361,8 @@ export class Agent {
       version: VERSION,
       name: this.init.config.name,
       id: this.id,
-      server: this.init.config.server,
+      server: this.server.text,
+      serverKey: this.serverKey(),
       serverState: state.kind,
       registered: state.kind === 'registered',
       lastError: client?.lastError ? client.lastError.toJSON() : null,
@@ -379,6 +376,13 @@ export class Agent {
       uptimeMs: Date.now() - this.startedAt,
       tunnels: this.tunnels?.list().length ?? 0
     }
+  }
+
+  /** The server key we hold, and how it came to be pinned (the flag's #KEY, or first use). */
+  private serverKey(): StatusResult['serverKey'] {
+    if (this.server.key) return { id: peerId(this.server.key), pinned: 'flag' }
+    const learnt = this.c.store.serverKey(this.server.text)
+    return learnt ? { id: learnt, pinned: 'first-use' } : null
   }
 
   private handlers(): Handlers {
@@ -443,11 +447,11 @@ export class Agent {
   }
 }
 
-/** This host's LAN candidates: every non-internal IPv4 address, at our UDP port. */
+/** This host's LAN candidates: its private IPv4 addresses (protocol/lan.ts says which), at our UDP port. */
 export function lanEndpoints(port: number): Endpoint[] {
   const out: Endpoint[] = []
   for (const addrs of Object.values(os.networkInterfaces())) {
     for (const a of addrs ?? []) if (!a.internal && a.family === 'IPv4') out.push({ host: a.address, port })
   }
-  return out.slice(0, 8)
+  return lanCandidates(out)
 }

@@ -19,12 +19,12 @@ import { NatdError } from '../protocol/errors.js'
 import net from 'node:net'
 import { parseDuration } from '../protocol/duration.js'
 import { generateKeyPair, isValidName, NAME_RULE, type KeyPair } from '../protocol/identity.js'
-import { parseEndpoint } from '../protocol/endpoint.js'
+import { parseServerSpec } from './server-address.js'
 import { LOG_LEVELS, type LogLevel } from './logger.js'
 
 /** Default heartbeat: Linux conntrack forgets an idle UDP mapping after 30 s (ARCHITECTURE.md). */
 export const DEFAULT_HEARTBEAT_MS = 20_000
-export const DEFAULT_SERVER_PORT = 3478
+export { DEFAULT_SERVER_PORT } from './server-address.js'
 /** The service's configuration file (systemd/natd.service passes it as --config). */
 export const DEFAULT_CONFIG_FILE = '/etc/natd/natd.json'
 /** Largest config file natd reads: a typo'd path to a huge file fails fast. */
@@ -67,6 +67,8 @@ interface StoreShape {
   exposes: ExposeSpec[]
   /** Peer ID pinned to each name on first use. */
   knownPeers: Record<string, string>
+  /** Server keys pinned on first use, by `host:port` as the user named the server. */
+  serverKeys: Record<string, string>
 }
 
 function entryKey(e: ForwardSpec | ExposeSpec): string {
@@ -94,7 +96,8 @@ const schema = {
   },
   forwards: { type: 'array' },
   exposes: { type: 'array' },
-  knownPeers: { type: 'object' }
+  knownPeers: { type: 'object' },
+  serverKeys: { type: 'object' }
 } as const
 
 /**
@@ -191,6 +194,15 @@ export class StateStore {
     this.conf.set('knownPeers', { ...(this.conf.get('knownPeers') ?? {}), [name]: id })
   }
 
+  /** The server key pinned on first use for `server` (`host:port`), as a peer ID. */
+  serverKey(server: string): string | undefined {
+    return (this.conf.get('serverKeys') ?? {})[server]
+  }
+
+  pinServerKey(server: string, id: string): void {
+    this.conf.set('serverKeys', { ...(this.conf.get('serverKeys') ?? {}), [server]: id })
+  }
+
   /** Loads the key pair, creating it (mode 0600) on first start. */
   loadIdentity(): KeyPair {
     const file = path.join(this.dir, 'identity.json')
@@ -251,12 +263,8 @@ export function mergeConfig(stored: Readonly<AgentConfig> | null, flags: Overrid
   const where = (key: string, flag: string): string => (file ? `set "${key}" in ${file.path} (or pass ${flag})` : `start natd once with ${flag}`)
   if (!merged.name) throw new NatdError('INVALID_ARGUMENT', `no name: ${where('name', '--name NAME')}`)
   if (!isValidName(merged.name)) throw new NatdError('INVALID_ARGUMENT', `bad --name ${JSON.stringify(merged.name)}: ${NAME_RULE}`)
-  if (!merged.server) throw new NatdError('INVALID_ARGUMENT', `no server: ${where('server', '--server HOST[:PORT]')}`)
-  try {
-    parseEndpoint(merged.server, DEFAULT_SERVER_PORT)
-  } catch (err) {
-    throw new NatdError('INVALID_ARGUMENT', `bad --server: ${(err as Error).message}`)
-  }
+  if (!merged.server) throw new NatdError('INVALID_ARGUMENT', `no server: ${where('server', '--server HOST[:PORT][#KEY]')}`)
+  parseServerSpec(merged.server)
   if (merged.heartbeatMs < HEARTBEAT_MIN_MS || merged.heartbeatMs > HEARTBEAT_MAX_MS) throw new NatdError('INVALID_ARGUMENT', '--heartbeat must be between 200ms and 10m')
   return merged
 }
@@ -323,9 +331,9 @@ export function parseConfigFile(text: string, file: string): ConfigFile {
   const server = str(top.server, 'server')
   if (server !== undefined) {
     try {
-      parseEndpoint(server, DEFAULT_SERVER_PORT)
+      parseServerSpec(server)
     } catch (err) {
-      throw bad('server', `must be HOST or HOST:PORT: ${(err as Error).message}`)
+      throw bad('server', `must be HOST, HOST:PORT or HOST:PORT#KEY: ${(err as Error).message}`)
     }
     out.server = server
   }

@@ -1,16 +1,23 @@
 /**
  * The agent's TCP control connection to the rendezvous server: opened from our fixed
- * local port (the one TCP punching reuses), registered over, then carrying requests whose
- * replies are matched by reqId and the server's own messages (peer events, introductions,
- * pongs, errors without a request), which it emits.
+ * local port (the one TCP punching reuses), then a Noise session (secret-stream, XX)
+ * in which the server proves the key we pinned, registered over, then carrying requests
+ * whose replies are matched by reqId and the server's own messages (peer events,
+ * introductions, pongs, errors without a request), which it emits.
+ *
+ *   server → CHALLENGE (clear)   agent → SECURE, Noise handshake   [key checked]
+ *   agent  → REGISTER            server → REGISTER_ACK (token, heartbeat key)   (inside)
  */
+import type SecretStream from '@hyperswarm/secret-stream'
 import { EventEmitter } from 'node:events'
 import net from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { formatEndpoint, type Endpoint } from '../protocol/endpoint.js'
-import { isErrorCode, NatdError } from '../protocol/errors.js'
+import { isErrorCode, NatdError, ProtocolError } from '../protocol/errors.js'
+import { peerId, timingSafeEqual, type KeyPair } from '../protocol/identity.js'
 import type { Logger } from '../protocol/log.js'
 import { decode, encode, frame, FrameSplitter, type Message, type OutgoingMessage } from '../protocol/rendezvous.js'
+import { secureSocket } from '../tunnel/secure-socket.js'
 
 /** TCP connect + register must finish within this. */
 export const TCP_REGISTER_TIMEOUT_MS = 5_000
@@ -21,6 +28,21 @@ interface Pending {
   resolve: (v: Message) => void
   reject: (e: Error) => void
   timer: NodeJS.Timeout
+}
+
+/** What the registration told us. */
+export interface Registered {
+  observed: Endpoint | null
+  token: Uint8Array
+  udpKey: Uint8Array
+  heartbeatMs: number
+}
+
+/** The server key we expect: pinned (from `--server …#KEY` or first use), or null to learn it. */
+export interface ServerKeyCheck {
+  expected: Uint8Array | null
+  /** How to say to re-pin, in the SERVER_KEY_MISMATCH message. */
+  howToRepin: string
 }
 
 interface ControlEvents {
@@ -34,23 +56,31 @@ export class ControlConnection extends EventEmitter<ControlEvents> {
   private nextReqId = 1
   /** Registration reads the first replies itself; later ones are requests' or the server's own. */
   private first: ((m: Message) => void) | null = null
+  /** The server's clock minus ours when it sent its challenge (REGISTER carries server time). */
+  private readonly serverClockOffset: number
 
   private constructor(
     private readonly sock: net.Socket,
+    private readonly session: SecretStream,
     private readonly server: Endpoint,
-    private readonly log: Logger
+    private readonly nonce: Uint8Array,
+    serverTime: number,
+    log: Logger
   ) {
     super()
-    const splitter = new FrameSplitter()
-    sock.on('data', (chunk) => {
+    this.serverClockOffset = serverTime - Date.now()
+    session.on('data', (f: Buffer) => {
       try {
-        for (const f of splitter.push(chunk)) this.onMessage(decode(f))
+        this.onMessage(decode(f))
       } catch (err) {
         log.warn('bad frame from server', { err: (err as Error).message })
         sock.destroy()
       }
     })
+    session.on('error', (err: Error) => log.debug('control session error', { err: err.message }))
+    session.once('close', () => sock.destroy())
     sock.once('close', () => {
+      session.destroy()
       for (const w of this.waiters.values()) {
         clearTimeout(w.timer)
         w.reject(new NatdError('SERVER_UNREACHABLE', 'control connection closed'))
@@ -60,16 +90,44 @@ export class ControlConnection extends EventEmitter<ControlEvents> {
     })
   }
 
-  /** Connects from `localPort`; falls back to an ephemeral port (with a warning) when it is busy. */
-  static async connect(server: Endpoint, localPort: number, log: Logger): Promise<ControlConnection> {
+  /**
+   * Connects from `localPort` (falls back to an ephemeral port, with a warning, when it
+   * is busy), runs the Noise handshake, and checks the server's key before anything of
+   * ours is sent inside: SERVER_KEY_MISMATCH when it is not the one expected.
+   */
+  static async connect(server: Endpoint, localPort: number, keyPair: KeyPair, serverKey: ServerKeyCheck, log: Logger): Promise<ControlConnection> {
+    let sock: net.Socket
     try {
-      return new ControlConnection(await connectFrom(server, localPort || undefined, log), server, log)
+      sock = await connectFrom(server, localPort || undefined, log)
     } catch (err) {
       const code = (err as { errno?: string }).errno
       if (!localPort || (code !== 'EADDRINUSE' && code !== 'EADDRNOTAVAIL')) throw err
       log.warn('control port busy, using an ephemeral port (TCP punching waits for the next reconnect)', { port: localPort, code })
-      return new ControlConnection(await connectFrom(server, undefined, log), server, log)
+      sock = await connectFrom(server, undefined, log)
     }
+    try {
+      const { challenge, rest } = await readChallenge(sock, server)
+      sock.write(frame(encode({ type: 'secure' })))
+      const session = secureSocket(true, sock, rest, keyPair)
+      const opened = await Promise.race([session.opened, sleep(TCP_REGISTER_TIMEOUT_MS, false, { ref: false })])
+      if (!opened || !session.remotePublicKey) throw new NatdError('SERVER_UNREACHABLE', `the encrypted handshake with ${formatEndpoint(server)} did not complete`)
+      const got = session.remotePublicKey
+      if (serverKey.expected && !timingSafeEqual(got, serverKey.expected)) {
+        throw new NatdError(
+          'SERVER_KEY_MISMATCH',
+          `the server at ${formatEndpoint(server)} presents key ${peerId(got)}, but ${peerId(serverKey.expected)} is pinned: someone may be in the way. If the operator really changed the server's key (natd-rendezvous --print-key shows it), ${serverKey.howToRepin}`
+        )
+      }
+      return new ControlConnection(sock, session, server, challenge.nonce, challenge.serverTime, log)
+    } catch (err) {
+      sock.resetAndDestroy()
+      throw err
+    }
+  }
+
+  /** The key the server proved in the handshake. */
+  get serverKey(): Uint8Array {
+    return this.session.remotePublicKey!
   }
 
   /** Local port (TCP punching reuses it); 0 once closed. */
@@ -78,24 +136,22 @@ export class ControlConnection extends EventEmitter<ControlEvents> {
   }
 
   /**
-   * Registers: answers the server's challenge with `signedRegister(nonce, serverTime)` and
-   * resolves with the endpoint the server saw.
+   * Registers (again, on a live connection: the server hands out a new heartbeat key):
+   * sends `signedRegister(nonce, serverTime)` and resolves with what the server said.
    */
-  async register(signedRegister: (nonce: Uint8Array, serverTime: number) => Buffer): Promise<Endpoint | null> {
+  async register(signedRegister: (nonce: Uint8Array, serverTime: number) => Buffer): Promise<Registered> {
     const closed = new Promise<never>((_, reject) => this.once('close', () => reject(new NatdError('SERVER_UNREACHABLE', 'control connection closed'))))
     closed.catch(() => undefined)
     const timeout = sleep(TCP_REGISTER_TIMEOUT_MS, undefined, { ref: false }).then(() => {
-      throw new NatdError('SERVER_UNREACHABLE', `no TCP registration answer from ${formatEndpoint(this.server)}`)
+      throw new NatdError('SERVER_UNREACHABLE', `no registration answer from ${formatEndpoint(this.server)}`)
     })
     timeout.catch(() => undefined)
-    const next = (): Promise<Message> => Promise.race([new Promise<Message>((resolve) => (this.first = resolve)), closed, timeout])
-    const challenge = await next()
-    if (challenge.type !== 'challenge') throw new NatdError('INTERNAL', `expected a challenge, got ${challenge.type}`)
-    this.sock.write(frame(signedRegister(challenge.nonce, challenge.serverTime)))
-    const ack = await next()
+    const answer = Promise.race([new Promise<Message>((resolve) => (this.first = resolve)), closed, timeout])
+    this.session.write(signedRegister(this.nonce, Date.now() + this.serverClockOffset))
+    const ack = await answer
     if (ack.type === 'error') throw serverError(ack)
     if (ack.type !== 'register-ack') throw new NatdError('INTERNAL', `expected a register ack, got ${ack.type}`)
-    return ack.observed
+    return { observed: ack.observed, token: ack.token, udpKey: ack.udpKey, heartbeatMs: ack.heartbeatMs }
   }
 
   /** Sends a request and resolves with its reply; rejects with the server's error, TIMEOUT, or SERVER_UNREACHABLE. */
@@ -108,17 +164,15 @@ export class ControlConnection extends EventEmitter<ControlEvents> {
         reject(new NatdError('TIMEOUT', `the server did not answer ${msg.type} in ${TCP_REQUEST_TIMEOUT_MS / 1000}s`))
       }, TCP_REQUEST_TIMEOUT_MS)
       this.waiters.set(reqId, { resolve, reject, timer })
-      this.sock.write(frame(encode({ ...msg, reqId } as OutgoingMessage)))
+      this.session.write(encode({ ...msg, reqId } as OutgoingMessage))
     })
   }
 
   /** Sends a message that has no reply; `sent` resolves once it left (or after 300 ms). */
   send(msg: OutgoingMessage): Promise<void> {
     if (this.sock.destroyed) return Promise.resolve()
-    return new Promise<void>((resolve) => {
-      this.sock.write(frame(encode(msg)), () => resolve())
-      setTimeout(resolve, 300).unref()
-    })
+    this.session.write(encode(msg))
+    return Promise.race([this.session.flush().then(() => undefined), sleep(300, undefined, { ref: false })])
   }
 
   /** Closes with RST rather than FIN: no TIME_WAIT on our fixed port, so the next connect can reuse it. */
@@ -127,7 +181,7 @@ export class ControlConnection extends EventEmitter<ControlEvents> {
   }
 
   private onMessage(msg: Message): void {
-    if (this.first) {
+    if (this.first && (msg.type === 'register-ack' || (msg.type === 'error' && msg.reqId === 0))) {
       const f = this.first
       this.first = null
       return f(msg)
@@ -140,6 +194,40 @@ export class ControlConnection extends EventEmitter<ControlEvents> {
     if (msg.type === 'error') w.reject(serverError(msg))
     else w.resolve(msg)
   }
+}
+
+/** Reads the server's clear CHALLENGE; a server of another protocol version gets a clear BAD_VERSION. */
+function readChallenge(sock: net.Socket, server: Endpoint): Promise<{ challenge: Extract<Message, { type: 'challenge' }>; rest: Buffer }> {
+  const splitter = new FrameSplitter()
+  return new Promise((resolve, reject) => {
+    const done = (err: Error | null, v?: { challenge: Extract<Message, { type: 'challenge' }>; rest: Buffer }): void => {
+      clearTimeout(timer)
+      sock.off('data', onData)
+      sock.off('close', onClose)
+      if (err) reject(err)
+      else resolve(v!)
+    }
+    const timer = setTimeout(() => done(new NatdError('SERVER_UNREACHABLE', `no challenge from ${formatEndpoint(server)}`)), TCP_REGISTER_TIMEOUT_MS)
+    const onClose = (): void => done(new NatdError('SERVER_UNREACHABLE', `${formatEndpoint(server)} closed the connection`))
+    const onData = (chunk: Buffer): void => {
+      try {
+        splitter.add(chunk)
+        const f = splitter.next()
+        if (!f) return
+        const m = decode(f)
+        if (m.type === 'error') return done(serverError(m))
+        if (m.type !== 'challenge') return done(new NatdError('BAD_REQUEST', `expected a challenge from the server, got ${m.type}`))
+        done(null, { challenge: m, rest: splitter.rest() })
+      } catch (err) {
+        if (err instanceof ProtocolError && err.code === 'BAD_VERSION') {
+          return done(new NatdError('BAD_VERSION', `the server at ${formatEndpoint(server)} speaks another protocol version: ${err.message}; natd and natd-rendezvous must be upgraded together`))
+        }
+        done(err as Error)
+      }
+    }
+    sock.on('data', onData)
+    sock.on('close', onClose)
+  })
 }
 
 function connectFrom(server: Endpoint, localPort: number | undefined, log: Logger): Promise<net.Socket> {

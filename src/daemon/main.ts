@@ -5,15 +5,19 @@
  *   natd [flags]                 run the agent (SIGTERM/SIGINT stop it, SIGHUP reloads --config)
  *   natd install-service         install the systemd units, the natd user and /etc/natd (service.ts)
  *   natd uninstall-service       remove them (state and config stay unless --purge)
+ *   natd release-name            give this agent's name back to the server (the agent must be stopped)
  */
 import fs from 'node:fs'
 import yargs, { type Argv } from 'yargs'
 import { hideBin } from 'yargs/helpers'
 import { parseDuration } from '../protocol/duration.js'
 import { NatdError, toNatdError } from '../protocol/errors.js'
-import { networkSecretKey } from '../protocol/identity.js'
+import { networkSecretKey, parsePeerId } from '../protocol/identity.js'
 import type { Logger } from '../protocol/log.js'
 import { defaultSocketPath } from '../ipc/schema.js'
+import { socketAnswers } from '../ipc/server.js'
+import { ControlConnection } from './control-connection.js'
+import { parseServerSpec, resolveServer } from './server-address.js'
 import { Agent } from './agent.js'
 import {
   DEFAULT_CONFIG_FILE,
@@ -52,7 +56,7 @@ function runOptions(y: Argv): Argv<RunArgs> {
   return y
     .option('config', { type: 'string', describe: `config file (default ${DEFAULT_CONFIG_FILE} when it exists and natd runs as root or under systemd); flags override it` })
     .option('name', { type: 'string', describe: 'this agent\'s name on the server' })
-    .option('server', { type: 'string', describe: 'rendezvous server HOST[:PORT] (port 3478 by default)' })
+    .option('server', { type: 'string', describe: 'rendezvous server HOST[:PORT][#KEY] (port 3478 by default; #KEY pins the server\'s key, as natd-rendezvous --print-key shows it; without it the first key seen is pinned)' })
     .option('state-dir', { type: 'string', describe: 'keys, config and inbox (default $STATE_DIRECTORY, /var/lib/natd as root, else $XDG_STATE_HOME/natd)' })
     .option('socket', { type: 'string', describe: 'local API socket (default $RUNTIME_DIRECTORY/natd.sock, /run/natd/natd.sock as root, else $XDG_RUNTIME_DIR/natd/natd.sock)' })
     .option('port', { type: 'number', describe: 'local UDP and TCP port (default: chosen once, then kept)' })
@@ -86,6 +90,15 @@ async function main(): Promise<void> {
           .option('purge', { type: 'boolean', default: false, describe: 'also remove /etc/natd and /var/lib/natd (the agent\'s key pair and state)' }),
       (argv) => serviceCommand(argv.prefix, () => uninstallService({ prefix: argv.prefix, purge: argv.purge }))
     )
+    .command(
+      'release-name',
+      'give this agent\'s name back to the rendezvous server, so another key may take it (stop natd first)',
+      (y) =>
+        y
+          .option('state-dir', { type: 'string', describe: 'the agent\'s state directory (as for natd)' })
+          .option('socket', { type: 'string', describe: 'the agent\'s API socket (to check that it is stopped)' }),
+      (argv) => releaseName(argv['state-dir'] ?? defaultStateDir(), argv.socket ?? defaultRunSocket())
+    )
     .strict()
     .help()
     .version(false)
@@ -114,9 +127,40 @@ function serviceCommand(prefix: string, fn: () => ServiceReport): void {
   process.stdout.write(lines.join('\n') + '\n')
 }
 
+function defaultRunSocket(): string {
+  return process.env.RUNTIME_DIRECTORY ? `${process.env.RUNTIME_DIRECTORY.split(':')[0]}/natd.sock` : defaultSocketPath()
+}
+
+/**
+ * `natd release-name`: proves our key to the server (the same Noise session and pinned
+ * server key as the agent) and asks it to unbind our name. A running agent would take
+ * the name again at its next registration, so it must be stopped first.
+ */
+async function releaseName(stateDir: string, socketPath: string): Promise<void> {
+  if (await socketAnswers(socketPath)) usage(`natd is running on ${socketPath}: stop it first (systemctl stop natd), or it takes the name again`)
+  if (!fs.existsSync(stateDir)) usage(`no agent state in ${stateDir} (give --state-dir)`)
+  const store = new StateStore(stateDir)
+  const config = store.config
+  if (!config) usage(`no agent config in ${stateDir}: this agent never ran, so it holds no name`)
+  const log = createLogger({ level: 'warn' })
+  let control: ControlConnection | null = null
+  try {
+    const spec = parseServerSpec(config.server)
+    const server = await resolveServer(spec)
+    const expected = spec.key ?? parsePeerId(store.serverKey(spec.text) ?? '')
+    control = await ControlConnection.connect(server, 0, store.loadIdentity(), { expected, howToRepin: `start natd with --server ${spec.text}#<its key> to pin it` }, log)
+    await control.request({ type: 'release', reqId: 0, name: config.name })
+    process.stdout.write(`released the name ${config.name} on ${spec.text}: another key may take it now\n`)
+  } catch (err) {
+    fail(toNatdError(err))
+  } finally {
+    control?.close()
+  }
+}
+
 async function run(argv: RunArgs): Promise<void> {
   const stateDir = argv['state-dir'] ?? defaultStateDir()
-  const socketPath = argv.socket ?? (process.env.RUNTIME_DIRECTORY ? `${process.env.RUNTIME_DIRECTORY.split(':')[0]}/natd.sock` : defaultSocketPath())
+  const socketPath = argv.socket ?? defaultRunSocket()
   if (argv.port !== undefined && (!Number.isInteger(argv.port) || argv.port < 0 || argv.port > 65535)) usage('--port must be 0-65535')
   let heartbeatMs: number | undefined
   try {

@@ -1,8 +1,9 @@
 /**
- * The agent's side of the rendezvous protocol: register over UDP (the one socket that
- * also carries punching and tunnels) and over a TCP control connection from a fixed
- * local port (the one TCP punching reuses); heartbeat both; re-register when the
- * server restarts or our NAT mapping changes.
+ * The agent's side of the rendezvous protocol: register over a TCP control connection
+ * from a fixed local port (the one TCP punching reuses), inside a Noise session with the
+ * server's pinned key; then sealed heartbeats over UDP (the one socket that also carries
+ * punching and tunnels, so the server learns the mapping peers must punch to) and pings
+ * over TCP; reconnect when the server is lost.
  *
  *   connecting ──ok──▶ registered ──lost──▶ backoff ──timer──▶ connecting
  *        └────fail────────────────────────────▲
@@ -10,20 +11,18 @@
  * The state changes in one place, transition(), which logs each change once; retries
  * inside a state log at debug only.
  */
-import dns from 'node:dns/promises'
 import { EventEmitter } from 'node:events'
-import net from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { formatEndpoint, parseEndpoint, sameEndpoint, type Endpoint } from '../protocol/endpoint.js'
+import { formatEndpoint, sameEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { NatdError, toNatdError } from '../protocol/errors.js'
-import { secretProof, sign, type KeyPair } from '../protocol/identity.js'
+import { peerId, secretProof, sign, type KeyPair } from '../protocol/identity.js'
 import type { Clock, Logger } from '../protocol/log.js'
-import { decode, encode, encodeRegister, encodeRegisterUnsigned, type Message, type NatVerdict, type OutgoingMessage, type PeerRecord, type Via } from '../protocol/rendezvous.js'
-import { DEFAULT_SERVER_PORT } from './config.js'
+import { decode, encode, encodeRegister, encodeRegisterUnsigned, opened, type Message, type NatVerdict, type OutgoingMessage, type PeerRecord, type Via } from '../protocol/rendezvous.js'
 import type { Introduction } from '../tunnel/paths.js'
 import { ControlConnection, serverError } from './control-connection.js'
+import { resolveServer, type ServerSpec } from './server-address.js'
 
-/** One UDP request (HELLO, REGISTER) waits this long for its answer before a retry. */
+/** The first heartbeat of a session (it tells the server our UDP mapping) waits this long for its ack before a retry. */
 export const UDP_REQUEST_TIMEOUT_MS = 1_000
 export const UDP_REQUEST_TRIES = 3
 /** Reconnect backoff: doubles from the first value up to the cap. */
@@ -39,7 +38,7 @@ export type ClientState =
   | { kind: 'stopped' }
 
 export interface RendezvousClientInit {
-  server: string
+  server: ServerSpec
   name: string
   heartbeatMs: number
   /** Local TCP port for the control connection (same number as the UDP port). */
@@ -51,9 +50,18 @@ export interface UdpSender {
   send(buf: Uint8Array, to: Endpoint, ttl?: number): void
 }
 
+/** The server key the agent holds: pinned by `--server …#KEY`, or learnt on first use. */
+export interface ServerKeyStore {
+  /** The key to insist on, or null when none is pinned yet. */
+  expected(): Uint8Array | null
+  /** First contact: the key the server proved (pin it). */
+  learned(key: Uint8Array): void
+}
+
 export interface RendezvousClientComponents {
   udp: UdpSender
   keyPair: KeyPair
+  serverKey: ServerKeyStore
   log: Logger
   clock: Clock
   lan: () => Endpoint[]
@@ -77,7 +85,10 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
   private readonly abort = new AbortController()
   private control: ControlConnection | null = null
   private token: Uint8Array | null = null
-  private udpWaiter: { types: Message['type'][]; resolve: (m: Message) => void } | null = null
+  /** Seals our heartbeats and opens the server's acks (REGISTER_ACK gave it, inside Noise). */
+  private udpKey: Uint8Array | null = null
+  /** The first heartbeat of a session waits for its ack here. */
+  private udpWaiter: ((observed: Endpoint | null) => void) | null = null
   private heartbeatSeq = 0
   private heartbeatSentAt = new Map<number, number>()
   private missedUdp = 0
@@ -142,7 +153,7 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
   async introduce(target: string, via: Via): Promise<Introduction> {
     const reply = await this.request({ type: 'introduce', reqId: 0, target, via })
     if (reply.type !== 'introduction') throw new NatdError('INTERNAL', `unexpected ${reply.type}`)
-    return { introId: reply.introId, initiator: reply.initiator, via: reply.via, peer: reply.peer }
+    return { introId: reply.introId, punchKey: reply.punchKey, initiator: reply.initiator, via: reply.via, peer: reply.peer }
   }
 
   /** Datagrams from the shared UDP socket that carry our magic. */
@@ -155,22 +166,22 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
       this.log.debug('bad datagram from server', { err: (err as Error).message })
       return
     }
-    if (msg.type === 'heartbeat-ack') return this.onHeartbeatAck(msg)
-    if (this.udpWaiter && (this.udpWaiter.types.includes(msg.type) || msg.type === 'error')) {
-      const w = this.udpWaiter
-      this.udpWaiter = null
-      w.resolve(msg)
+    // Only sealed acks count: anyone can send a datagram from the server's address.
+    if (msg.type !== 'heartbeat-ack' || !this.udpKey || !opened(msg, this.udpKey)) {
+      this.log.debug('unsealed datagram from the server address dropped', { type: msg.type })
+      return
     }
+    this.onHeartbeatAck(msg)
   }
 
   // --- one registered session ---------------------------------------------
 
   /** Connects and registers; resolves with the reason once the session is lost. */
   private async session(): Promise<NatdError> {
-    const server = await this.resolveServer()
+    const server = await resolveServer(this.init.server)
     this.serverEndpoint = server
     const tcpObserved = await this.registerTcp(server)
-    const udpObserved = await this.registerUdp(server)
+    const udpObserved = await this.bindUdp(server)
     this.missedUdp = 0
     this.missedTcp = 0
     this.lastHeartbeatAt = this.c.clock.now()
@@ -182,17 +193,6 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
     } finally {
       clearInterval(timer)
       this.lost = null
-    }
-  }
-
-  private async resolveServer(): Promise<Endpoint> {
-    const ep = parseEndpoint(this.init.server, DEFAULT_SERVER_PORT)
-    if (net.isIP(ep.host)) return ep
-    try {
-      const { address } = await dns.lookup(ep.host, { family: 4 })
-      return { host: address, port: ep.port }
-    } catch (err) {
-      throw new NatdError('SERVER_UNREACHABLE', `cannot resolve ${ep.host}: ${(err as Error).message}`, { cause: err })
     }
   }
 
@@ -211,37 +211,44 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
     return encodeRegister(unsigned, sign(unsigned, this.c.keyPair.secretKey))
   }
 
-  private async registerUdp(server: Endpoint): Promise<Endpoint | null> {
-    const challenge = await this.udpRequest(encode({ type: 'hello' }), ['challenge'], server)
-    if (challenge.type !== 'challenge') throw new NatdError('INTERNAL', 'expected a challenge')
-    const ack = await this.udpRequest(this.signedRegister(challenge.nonce, challenge.serverTime), ['register-ack'], server)
-    if (ack.type !== 'register-ack') throw new NatdError('INTERNAL', 'expected a register ack')
-    this.token = ack.token
-    return ack.observed
-  }
-
-  private async udpRequest(buf: Buffer, types: Message['type'][], server: Endpoint): Promise<Message> {
+  /**
+   * Tells the server our UDP mapping: the session's first sealed heartbeat, retried;
+   * resolves with the endpoint the server saw it come from.
+   */
+  private async bindUdp(server: Endpoint): Promise<Endpoint | null> {
     for (let i = 0; i < UDP_REQUEST_TRIES; i++) {
-      const reply = new Promise<Message | null>((resolve) => {
-        this.udpWaiter = { types, resolve }
-        setTimeout(() => resolve(null), UDP_REQUEST_TIMEOUT_MS).unref()
+      const acked = new Promise<Endpoint | null | undefined>((resolve) => {
+        this.udpWaiter = resolve
+        setTimeout(() => resolve(undefined), UDP_REQUEST_TIMEOUT_MS).unref()
       })
-      this.c.udp.send(buf, server)
-      const msg = await reply
+      this.sendHeartbeat(server)
+      const observed = await acked
       this.udpWaiter = null
       if (this.abort.signal.aborted) throw new NatdError('SERVER_UNREACHABLE', 'stopping')
-      if (msg?.type === 'error') throw serverError(msg)
-      if (msg) return msg
+      if (observed !== undefined) return observed
     }
-    throw new NatdError('SERVER_UNREACHABLE', `no UDP answer from ${formatEndpoint(server)} (${UDP_REQUEST_TRIES} tries)`)
+    throw new NatdError('SERVER_UNREACHABLE', `no UDP answer from ${formatEndpoint(server)} (${UDP_REQUEST_TRIES} heartbeats unanswered; is UDP blocked?)`)
   }
 
   private async registerTcp(server: Endpoint): Promise<Endpoint | null> {
-    const control = await ControlConnection.connect(server, this.init.tcpPort, this.log)
+    const expected = this.init.server.key ?? this.c.serverKey.expected()
+    const howToRepin = `start natd with --server ${this.init.server.text}#<its key> to pin it`
+    const control = await ControlConnection.connect(server, this.init.tcpPort, this.c.keyPair, { expected, howToRepin }, this.log)
     this.control = control
+    if (!expected) {
+      this.c.serverKey.learned(control.serverKey)
+      this.log.info('pinned the server key on first use', { server: this.init.server.text, key: peerId(control.serverKey) })
+    }
     control.on('message', (msg) => this.onServerMessage(msg))
     control.once('close', () => this.lost?.(new NatdError('SERVER_UNREACHABLE', 'control connection to the server closed')))
-    return control.register((nonce, serverTime) => this.signedRegister(nonce, serverTime))
+    return this.register(control)
+  }
+
+  private async register(control: ControlConnection): Promise<Endpoint | null> {
+    const reg = await control.register((nonce, serverTime) => this.signedRegister(nonce, serverTime))
+    this.token = reg.token
+    this.udpKey = reg.udpKey
+    return reg.observed
   }
 
   /** What the server sends on its own over the control connection (replies go to their requests). */
@@ -255,7 +262,7 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
         return
       case 'introduction':
         // reqId 0: a peer asked for us. Another is a reply that came after its request gave up.
-        if (msg.reqId === 0) this.emit('introduction', { introId: msg.introId, initiator: msg.initiator, via: msg.via, peer: msg.peer })
+        if (msg.reqId === 0) this.emit('introduction', { introId: msg.introId, punchKey: msg.punchKey, initiator: msg.initiator, via: msg.via, peer: msg.peer })
         return
       case 'error':
         if (msg.reqId) return // a late reply
@@ -269,7 +276,7 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
 
   private request(msg: Extract<OutgoingMessage, { reqId: number }>): Promise<Message> {
     if (this.state.kind !== 'registered' || !this.control) {
-      return Promise.reject(new NatdError('NOT_REGISTERED', `not registered with ${this.init.server} (${this.lastError?.message ?? this.state.kind})`))
+      return Promise.reject(new NatdError('NOT_REGISTERED', `not registered with ${this.init.server.text} (${this.lastError?.message ?? this.state.kind})`))
     }
     return this.control.request(msg)
   }
@@ -277,18 +284,25 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
   // --- heartbeats -----------------------------------------------------------
 
   private onHeartbeatExpired(): void {
-    if (this.state.kind !== 'registered' || !this.serverEndpoint || !this.token) return
+    if (this.state.kind !== 'registered' || !this.serverEndpoint) return
     if (this.missedUdp >= MISSED_HEARTBEATS_LOST || this.missedTcp >= MISSED_HEARTBEATS_LOST) {
       this.lost?.(new NatdError('SERVER_UNREACHABLE', `${MISSED_HEARTBEATS_LOST} heartbeats unanswered`))
       return
     }
-    const seq = ++this.heartbeatSeq
-    this.heartbeatSentAt.set(seq, this.c.clock.now())
-    if (this.heartbeatSentAt.size > 8) this.heartbeatSentAt.delete(this.heartbeatSentAt.keys().next().value!)
     this.missedUdp++
     this.missedTcp++
-    this.c.udp.send(encode({ type: 'heartbeat', token: this.token, seq }), this.serverEndpoint)
+    const seq = this.sendHeartbeat(this.serverEndpoint)
     void this.control?.send({ type: 'ping', seq })
+  }
+
+  /** A sealed heartbeat (the server answers only those); returns its sequence number. */
+  private sendHeartbeat(server: Endpoint): number {
+    const seq = ++this.heartbeatSeq
+    if (!this.token || !this.udpKey) return seq
+    this.heartbeatSentAt.set(seq, this.c.clock.now())
+    if (this.heartbeatSentAt.size > 8) this.heartbeatSentAt.delete(this.heartbeatSentAt.keys().next().value!)
+    this.c.udp.send(encode({ type: 'heartbeat', token: this.token, seq, key: this.udpKey }), server)
+    return seq
   }
 
   private onHeartbeatAck(msg: Extract<Message, { type: 'heartbeat-ack' }>): void {
@@ -296,26 +310,13 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
     if (sent === undefined) return
     this.heartbeatSentAt.delete(msg.seq)
     this.missedUdp = 0
-    if (msg.status === 'unknown') {
-      this.lost?.(new NatdError('NOT_REGISTERED', 'the server no longer knows us (restarted?)'))
-      return
-    }
     this.rttMs = this.c.clock.now() - sent
     this.lastHeartbeatAt = this.c.clock.now()
+    if (this.udpWaiter) return this.udpWaiter(msg.observed)
     if (msg.status === 'moved' && this.state.kind === 'registered') {
-      const from = this.state.udp
-      this.log.info('nat mapping changed, registering again', { from: formatEndpoint(from), to: formatEndpoint(msg.observed) })
-      void this.reregisterUdp()
-    }
-  }
-
-  private async reregisterUdp(): Promise<void> {
-    if (!this.serverEndpoint) return
-    try {
-      const udp = await this.registerUdp(this.serverEndpoint)
-      if (this.state.kind === 'registered') this.state = { ...this.state, udp }
-    } catch (err) {
-      this.lost?.(toNatdError(err, 'SERVER_UNREACHABLE'))
+      // The server took the new mapping from the sealed heartbeat already.
+      this.log.info('nat mapping changed', { from: formatEndpoint(this.state.udp), to: formatEndpoint(msg.observed) })
+      this.state = { ...this.state, udp: msg.observed }
     }
   }
 
@@ -333,13 +334,13 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
       if (next.kind === 'backoff') this.log.debug('retrying server', { attempt: next.attempt, err: next.error.message })
       return
     }
-    const server = this.init.server
+    const server = this.init.server.text
     switch (next.kind) {
       case 'registered':
         this.log.info('registered', { server, publicUdp: formatEndpoint(next.udp), publicTcp: formatEndpoint(next.tcp) })
         break
       case 'backoff': {
-        const level = next.error.code === 'NAME_TAKEN' || next.error.code === 'UNAUTHORIZED' ? 'error' : 'warn'
+        const level = next.error.code === 'NAME_TAKEN' || next.error.code === 'UNAUTHORIZED' || next.error.code === 'SERVER_KEY_MISMATCH' || next.error.code === 'BAD_VERSION' ? 'error' : 'warn'
         this.log[level](prev.kind === 'registered' ? 'lost the server, retrying' : 'cannot register, retrying', { server, code: next.error.code, err: next.error.message })
         break
       }
@@ -360,7 +361,11 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
    * ends the session, which reconnects).
    */
   async refreshRegistration(): Promise<void> {
-    if (this.state.kind !== 'registered') return
-    await this.reregisterUdp()
+    if (this.state.kind !== 'registered' || !this.control) return
+    try {
+      await this.register(this.control)
+    } catch (err) {
+      this.lost?.(toNatdError(err, 'SERVER_UNREACHABLE'))
+    }
   }
 }

@@ -23,6 +23,8 @@ export interface StatusResult {
   name: string
   id: string
   server: string
+  /** The server key this agent holds: pinned by `--server …#KEY` ('flag') or on first contact ('first-use'). */
+  serverKey: { id: string; pinned: 'flag' | 'first-use' } | null
   serverState: ServerState
   registered: boolean
   lastError: { code: ErrorCode | string; message: string } | null

@@ -145,7 +145,13 @@ export async function claimSocketPath(socketPath: string): Promise<void> {
     return // nothing there
   }
   if (!stat.isSocket()) throw new NatdError('INVALID_ARGUMENT', `${socketPath} exists and is not a socket; refusing to remove it (choose another --socket)`)
-  const alive = await new Promise<boolean>((resolve) => {
+  if (await socketAnswers(socketPath)) throw new NatdError('ALREADY_RUNNING', `another natd is running on ${socketPath}`)
+  fs.unlinkSync(socketPath)
+}
+
+/** Whether a daemon answers on this socket path (a stale socket file does not). */
+export function socketAnswers(socketPath: string): Promise<boolean> {
+  return new Promise<boolean>((resolve) => {
     const probe = net.connect(socketPath)
     probe.once('connect', () => {
       probe.destroy()
@@ -153,8 +159,6 @@ export async function claimSocketPath(socketPath: string): Promise<void> {
     })
     probe.once('error', () => resolve(false))
   })
-  if (alive) throw new NatdError('ALREADY_RUNNING', `another natd is running on ${socketPath}`)
-  fs.unlinkSync(socketPath)
 }
 
 export { NatdError }

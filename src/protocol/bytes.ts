@@ -128,6 +128,11 @@ export class Writer {
     return this.length
   }
 
+  /** The bytes written so far (a view: later writes may move the buffer). */
+  peek(): Uint8Array {
+    return this.buf.subarray(0, this.length)
+  }
+
   finish(): Buffer {
     return Buffer.from(this.buf.buffer, this.buf.byteOffset, this.length)
   }

@@ -18,6 +18,7 @@ export const ERROR_CODES = [
   'PUNCH_TIMEOUT',
   'UNSUPPORTED_PATH', // a --via the agent cannot do (yet)
   'KEY_MISMATCH', // a pinned peer presented another key
+  'SERVER_KEY_MISMATCH', // the rendezvous server presented a key other than the pinned one
   'NOT_EXPOSED', // the peer does not expose that port to us
   'CONNECT_FAILED', // the peer exposes the port but nothing answers there
   'TUNNEL_CLOSED',

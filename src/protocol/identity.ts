@@ -48,9 +48,7 @@ export function randomBytes(n: number): Buffer {
   return b
 }
 
-export function timingSafeEqual(a: Uint8Array, b: Uint8Array): boolean {
-  return a.length === b.length && sodium.sodium_memcmp(a as Buffer, b as Buffer)
-}
+export { timingSafeEqual } from './seal.js'
 
 const BASE32 = 'abcdefghijklmnopqrstuvwxyz234567'
 
@@ -69,6 +67,26 @@ export function peerId(publicKey: Uint8Array): string {
   }
   if (bits > 0) out += BASE32[(value << (5 - bits)) & 31]
   return out
+}
+
+/** The public key a full peer ID spells, or null when `text` is not one (52 base32 characters). */
+export function parsePeerId(text: string): Buffer | null {
+  if (text.length !== 52) return null
+  const out = Buffer.alloc(32)
+  let value = 0
+  let bits = 0
+  let n = 0
+  for (const ch of text) {
+    const digit = BASE32.indexOf(ch)
+    if (digit < 0) return null
+    value = ((value << 5) | digit) & 0xfff
+    bits += 5
+    if (bits >= 8) {
+      bits -= 8
+      if (n < 32) out[n++] = (value >>> bits) & 0xff
+    }
+  }
+  return peerId(out) === text ? out : null // the last character's spare bits must be zero
 }
 
 export function shortId(publicKey: Uint8Array): string {

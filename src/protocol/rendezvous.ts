@@ -1,6 +1,7 @@
 /**
- * Rendezvous wire format: agent <-> natd-rendezvous, over UDP datagrams and over the TCP
- * control connection (where each message is prefixed by a u32 big-endian length).
+ * Rendezvous wire format, protocol version 2: agent <-> natd-rendezvous, over UDP
+ * datagrams and over TCP connections (where each message is prefixed by a u32
+ * big-endian length until the connection turns secure, and is one Noise message after).
  *
  *    0       1       2       3       4
  *   +-------+-------+-------+-------+--------------------------
@@ -10,15 +11,27 @@
  * 'N' = 0x4E has the top bits 01, so a frame never looks like STUN (00, RFC 8489 §5) or
  * a UDX packet (0xFF), and all three share the agent's one UDP socket.
  *
- * Bodies (u16/u32/u48 big-endian; ep = endpoint.ts; str8 = u8 length + UTF-8):
- *   HELLO        zeros[92]                 padding: the CHALLENGE is never larger (no amplification)
+ * A TCP connection (docs/SECURITY.md has the why):
+ *   server → CHALLENGE (plain, length-prefixed; a v1 agent reads a clear BAD_VERSION)
+ *   agent  → SECURE     then a Noise XX session (secret-stream) with the server's key;
+ *                       inside it: REGISTER (or RELEASE), then the control traffic
+ *   agent  → RELAY      instead of SECURE: a relay connection (plain framing; the
+ *                       tunnel inside is end-to-end Noise between the two agents)
+ * UDP carries HEARTBEAT / HEARTBEAT_ACK (sealed with the key REGISTER_ACK handed out
+ * inside the Noise session), PROBE between agents (sealed with the introduction's
+ * punch key) and STUN. Nothing else is accepted over UDP.
+ *
+ * Bodies (u16/u32/u48 big-endian; ep = endpoint.ts; str8 = u8 length + UTF-8;
+ * tag = 16-byte keyed BLAKE2b over every byte of the frame before it):
  *   CHALLENGE    nonce[32] serverTime u48
+ *   SECURE       (empty)
  *   REGISTER     nonce[32] time u48 publicKey[32] name str8 tcpPort u16 nat u8
  *                lanCount u8 ep*lanCount proofLen u8 proof[proofLen] signature[64]
- *                (the signature covers every byte before it, header included)
- *   REGISTER_ACK token[16] observed ep heartbeatMs u32 peerTimeoutMs u32
- *   HEARTBEAT    token[16] seq u32 zeros[8] padding: the ack is never larger
- *   HEARTBEAT_ACK seq u32 status u8 observed ep
+ *                (the signature covers every byte before it, header included; the
+ *                publicKey must be the one that ran the Noise handshake)
+ *   REGISTER_ACK token[16] udpKey[32] observed ep heartbeatMs u32 peerTimeoutMs u32
+ *   HEARTBEAT    token[16] seq u32 tag[16] zeros[8]   padding: the ack is never larger
+ *   HEARTBEAT_ACK seq u32 status u8 observed ep tag[16]
  *   ERROR        reqId u32 code str8 message str8
  *   LIST         reqId u32
  *   PEERS        reqId u32 count u16 peer*count
@@ -26,35 +39,42 @@
  *   PING, PONG   seq u32
  *   BYE          (empty) the agent is leaving; the server drops it at once
  *   INTRODUCE    reqId u32 target str8 via u8
- *   INTRODUCTION reqId u32 introId[16] initiator u8 via u8 peer
- *   RELAY        introId[16] initiator u8      first frame on a new TCP connection (after
- *                                             the CHALLENGE): bind it to an introduction
+ *   INTRODUCTION reqId u32 introId[16] punchKey[32] initiator u8 via u8 peer
+ *   RELAY        introId[16] initiator u8 signature[64]   over nonce[32] introId initiator:
+ *                                             only the introduced agent binds its side
  *   RELAY_OK     (empty)                       both sides bound: RELAY_DATA flows from now
  *   RELAY_DATA   bytes                         ciphertext; the server forwards it as it is
  *   RELAY_END    code str8 message str8        the server ends the relay (RELAY_LIMIT, …)
- *   PROBE        introId[16] streamId u32 seq u32 flags u8 (1 = ack) zeros[8]
- *                agent <-> agent while punching; only the two agents and the server
- *                know introId, so a stray or forged probe cannot pick the path. An ack
- *                is the same size as the probe it answers.
+ *   PROBE        introId[16] streamId u32 seq u32 flags u8 (1 = ack) tag[16]
+ *                agent <-> agent while punching, sealed with the punch key that only
+ *                the two agents and the server know, so a forged probe cannot pick the
+ *                path. An ack is the same size as the probe it answers.
+ *   RELEASE      reqId u32 name str8           the key holding `name` gives it up
+ *   OK           reqId u32                     a request without other answer succeeded
  *
  *   peer = publicKey[32] name str8 online u8 lastSeenAgoMs u32 nat u8
  *          udp ep tcp ep lanCount u8 ep*lanCount
  *
- * Decoders check lengths before slicing, tolerate trailing bytes, and throw only
- * ProtocolError.
+ * Type 1 (HELLO, version 1's UDP registration) is retired. Decoders check lengths
+ * before slicing, tolerate trailing bytes, and throw only ProtocolError.
  */
 import { Reader, truncateUtf8, Writer } from './bytes.js'
 import { readEndpoint, writeEndpoint, type Endpoint } from './endpoint.js'
 import { ProtocolError } from './errors.js'
+import { SEAL_TAG_BYTES, tag, timingSafeEqual } from './seal.js'
 
 export const MAGIC_0 = 0x4e
 export const MAGIC_1 = 0x44
-export const PROTOCOL_VERSION = 1
+export const PROTOCOL_VERSION = 2
 export const NONCE_BYTES = 32
 export const TOKEN_BYTES = 16
 export const KEY_BYTES = 32
 export const SIGNATURE_BYTES = 64
 export const INTRO_ID_BYTES = 16
+/** A datagram key (heartbeats: REGISTER_ACK's udpKey; probes: the introduction's punchKey). */
+export const DATAGRAM_KEY_BYTES = 32
+/** The keyed BLAKE2b tag that seals a datagram (seal.ts). */
+export const TAG_BYTES = SEAL_TAG_BYTES
 /** Largest frame on the TCP control connection; a larger length prefix closes it. */
 export const MAX_TCP_FRAME_BYTES = 1024 * 1024
 /** Largest datagram we accept or send (fits a 1280-byte IPv6 minimum MTU). */
@@ -66,11 +86,10 @@ export const MAX_LAN_ENDPOINTS = 8
  * agents stalled ~300 ms building a full list (bench/rendezvous-capacity.ts).
  */
 export const MAX_LIST_PEERS = 2048
-const HELLO_PADDING = 92
 const HEARTBEAT_PADDING = 8
 
 export const MSG = {
-  HELLO: 1,
+  // 1 was HELLO (version 1's UDP registration)
   CHALLENGE: 2,
   REGISTER: 3,
   REGISTER_ACK: 4,
@@ -89,9 +108,11 @@ export const MSG = {
   RELAY: 17,
   RELAY_OK: 18,
   RELAY_DATA: 19,
-  RELAY_END: 20
+  RELAY_END: 20,
+  SECURE: 21,
+  RELEASE: 22,
+  OK: 23
 } as const
-const PROBE_PADDING = 8
 
 /** What the agent's netcheck concluded; peers use it to choose a punching strategy. */
 export type NatVerdict = 'unknown' | 'easy' | 'hard' | 'none'
@@ -101,8 +122,10 @@ const NAT_VERDICTS: readonly NatVerdict[] = ['unknown', 'easy', 'hard', 'none']
 export type Via = 'auto' | 'udp' | 'tcp' | 'relay' | 'direct'
 const VIAS: readonly Via[] = ['auto', 'udp', 'tcp', 'relay', 'direct']
 
-export type HeartbeatStatus = 'ok' | 'unknown' | 'moved'
-const HEARTBEAT_STATUSES: readonly HeartbeatStatus[] = ['ok', 'unknown', 'moved']
+/** ok: the endpoint is the one on record; moved: it changed and the server now holds the new one. */
+export type HeartbeatStatus = 'ok' | 'moved'
+// Index 1 was version 1's 'unknown' (an unauthenticated answer a spoofer could forge).
+const HEARTBEAT_STATUSES: readonly (HeartbeatStatus | null)[] = ['ok', null, 'moved']
 
 export interface PeerRecord {
   publicKey: Uint8Array
@@ -126,13 +149,19 @@ export interface RegisterFields {
   proof: Uint8Array
 }
 
+/** A sealed datagram as decoded: the bytes its tag covers, and the tag (check with opened()). */
+export interface Sealed {
+  covered: Uint8Array
+  tag: Uint8Array
+}
+
 export type Message =
-  | { type: 'hello' }
   | { type: 'challenge'; nonce: Uint8Array; serverTime: number }
+  | { type: 'secure' }
   | ({ type: 'register'; signature: Uint8Array; signed: Uint8Array } & RegisterFields)
-  | { type: 'register-ack'; token: Uint8Array; observed: Endpoint | null; heartbeatMs: number; peerTimeoutMs: number }
-  | { type: 'heartbeat'; token: Uint8Array; seq: number }
-  | { type: 'heartbeat-ack'; seq: number; status: HeartbeatStatus; observed: Endpoint | null }
+  | { type: 'register-ack'; token: Uint8Array; udpKey: Uint8Array; observed: Endpoint | null; heartbeatMs: number; peerTimeoutMs: number }
+  | ({ type: 'heartbeat'; token: Uint8Array; seq: number } & Sealed)
+  | ({ type: 'heartbeat-ack'; seq: number; status: HeartbeatStatus; observed: Endpoint | null } & Sealed)
   | { type: 'error'; reqId: number; code: string; message: string }
   | { type: 'list'; reqId: number }
   | { type: 'peers'; reqId: number; peers: PeerRecord[] }
@@ -141,15 +170,42 @@ export type Message =
   | { type: 'pong'; seq: number }
   | { type: 'bye' }
   | { type: 'introduce'; reqId: number; target: string; via: Via }
-  | { type: 'introduction'; reqId: number; introId: Uint8Array; initiator: boolean; via: Via; peer: PeerRecord }
-  | { type: 'probe'; introId: Uint8Array; streamId: number; seq: number; ack: boolean }
-  | { type: 'relay'; introId: Uint8Array; initiator: boolean }
+  | { type: 'introduction'; reqId: number; introId: Uint8Array; punchKey: Uint8Array; initiator: boolean; via: Via; peer: PeerRecord }
+  | ({ type: 'probe'; introId: Uint8Array; streamId: number; seq: number; ack: boolean } & Sealed)
+  | { type: 'relay'; introId: Uint8Array; initiator: boolean; signature: Uint8Array }
   | { type: 'relay-ok' }
   | { type: 'relay-data'; data: Uint8Array }
   | { type: 'relay-end'; code: string; message: string }
+  | { type: 'release'; reqId: number; name: string }
+  | { type: 'ok'; reqId: number }
 
-/** Messages as callers build them: REGISTER is built by encodeRegister (it needs a signature). */
-export type OutgoingMessage = Exclude<Message, { type: 'register' }>
+type SealedType = 'heartbeat' | 'heartbeat-ack' | 'probe'
+/** A sealed message as callers build it: the fields and the key that seals it. */
+type ToSeal<T> = Omit<T, 'covered' | 'tag'> & { key: Uint8Array }
+
+/**
+ * Messages as callers build them: REGISTER by encodeRegister (it needs a signature),
+ * RELAY by encodeRelay, sealed datagrams with the key that seals them.
+ */
+export type OutgoingMessage =
+  | Exclude<Message, { type: 'register' | 'relay' | SealedType }>
+  | ToSeal<Extract<Message, { type: 'heartbeat' }>>
+  | ToSeal<Extract<Message, { type: 'heartbeat-ack' }>>
+  | ToSeal<Extract<Message, { type: 'probe' }>>
+
+/** Whether a sealed datagram's tag is the one `key` makes (constant time). */
+export function opened(msg: Sealed, key: Uint8Array): boolean {
+  return msg.tag.length === TAG_BYTES && timingSafeEqual(tag(key, msg.covered), msg.tag)
+}
+
+/** The bytes a RELAY signature covers: the connection's challenge nonce, the introduction, the side. */
+export function relaySigned(nonce: Uint8Array, introId: Uint8Array, initiator: boolean): Buffer {
+  return new Writer().bytes(fixed(nonce, NONCE_BYTES, 'nonce')).bytes(fixed(introId, INTRO_ID_BYTES, 'introId')).u8(initiator ? 1 : 0).finish()
+}
+
+export function encodeRelay(introId: Uint8Array, initiator: boolean, signature: Uint8Array): Buffer {
+  return header(MSG.RELAY).bytes(fixed(introId, INTRO_ID_BYTES, 'introId')).u8(initiator ? 1 : 0).bytes(fixed(signature, SIGNATURE_BYTES, 'signature')).finish()
+}
 
 /** True when a datagram starts with our magic (cheap demultiplexing on a shared socket). */
 export function isRendezvousFrame(buf: Uint8Array): boolean {
@@ -196,6 +252,17 @@ function readEndpoints(r: Reader): Endpoint[] {
   return out
 }
 
+/** Appends the tag of everything written so far. */
+function sealed(w: Writer, key: Uint8Array): Writer {
+  return w.bytes(tag(key, w.peek()))
+}
+
+/** Reads a tag; `covered` is every byte of the frame before it. */
+function readSeal(r: Reader, buf: Uint8Array): Sealed {
+  const covered = buf.subarray(0, r.position)
+  return { covered, tag: r.bytes(TAG_BYTES, 'tag') }
+}
+
 function enumAt<T>(values: readonly T[], index: number, what: string): T {
   const v = values[index]
   if (v === undefined) throw new ProtocolError('BAD_REQUEST', `unknown ${what} ${index}`)
@@ -225,21 +292,21 @@ export function encodeRegister(unsigned: Uint8Array, signature: Uint8Array): Buf
 
 export function encode(m: OutgoingMessage): Buffer {
   switch (m.type) {
-    case 'hello':
-      return header(MSG.HELLO).zeros(HELLO_PADDING).finish()
     case 'challenge':
       return header(MSG.CHALLENGE).bytes(fixed(m.nonce, NONCE_BYTES, 'nonce')).u48(m.serverTime).finish()
+    case 'secure':
+      return header(MSG.SECURE).finish()
     case 'register-ack': {
-      const w = header(MSG.REGISTER_ACK).bytes(fixed(m.token, TOKEN_BYTES, 'token'))
+      const w = header(MSG.REGISTER_ACK).bytes(fixed(m.token, TOKEN_BYTES, 'token')).bytes(fixed(m.udpKey, DATAGRAM_KEY_BYTES, 'udpKey'))
       writeEndpoint(w, m.observed)
       return w.u32(m.heartbeatMs).u32(m.peerTimeoutMs).finish()
     }
     case 'heartbeat':
-      return header(MSG.HEARTBEAT).bytes(fixed(m.token, TOKEN_BYTES, 'token')).u32(m.seq).zeros(HEARTBEAT_PADDING).finish()
+      return sealed(header(MSG.HEARTBEAT).bytes(fixed(m.token, TOKEN_BYTES, 'token')).u32(m.seq), m.key).zeros(HEARTBEAT_PADDING).finish()
     case 'heartbeat-ack': {
       const w = header(MSG.HEARTBEAT_ACK).u32(m.seq).u8(HEARTBEAT_STATUSES.indexOf(m.status))
       writeEndpoint(w, m.observed)
-      return w.finish()
+      return sealed(w, m.key).finish()
     }
     case 'error':
       return header(MSG.ERROR).u32(m.reqId).str8(truncateUtf8(m.code, 64)).str8(truncateUtf8(m.message, 255)).finish()
@@ -264,13 +331,11 @@ export function encode(m: OutgoingMessage): Buffer {
     case 'introduce':
       return header(MSG.INTRODUCE).u32(m.reqId).str8(m.target).u8(VIAS.indexOf(m.via)).finish()
     case 'introduction': {
-      const w = header(MSG.INTRODUCTION).u32(m.reqId).bytes(fixed(m.introId, INTRO_ID_BYTES, 'introId'))
+      const w = header(MSG.INTRODUCTION).u32(m.reqId).bytes(fixed(m.introId, INTRO_ID_BYTES, 'introId')).bytes(fixed(m.punchKey, DATAGRAM_KEY_BYTES, 'punchKey'))
       w.u8(m.initiator ? 1 : 0).u8(VIAS.indexOf(m.via))
       writePeer(w, m.peer)
       return w.finish()
     }
-    case 'relay':
-      return header(MSG.RELAY).bytes(fixed(m.introId, INTRO_ID_BYTES, 'introId')).u8(m.initiator ? 1 : 0).finish()
     case 'relay-ok':
       return header(MSG.RELAY_OK).finish()
     case 'relay-data':
@@ -278,7 +343,11 @@ export function encode(m: OutgoingMessage): Buffer {
     case 'relay-end':
       return header(MSG.RELAY_END).str8(truncateUtf8(m.code, 64)).str8(truncateUtf8(m.message, 255)).finish()
     case 'probe':
-      return header(MSG.PROBE).bytes(fixed(m.introId, INTRO_ID_BYTES, 'introId')).u32(m.streamId).u32(m.seq).u8(m.ack ? 1 : 0).zeros(PROBE_PADDING).finish()
+      return sealed(header(MSG.PROBE).bytes(fixed(m.introId, INTRO_ID_BYTES, 'introId')).u32(m.streamId).u32(m.seq).u8(m.ack ? 1 : 0), m.key).finish()
+    case 'release':
+      return header(MSG.RELEASE).u32(m.reqId).str8(m.name).finish()
+    case 'ok':
+      return header(MSG.OK).u32(m.reqId).finish()
   }
 }
 
@@ -291,11 +360,10 @@ export function decode(buf: Uint8Array): Message {
   }
   const type = r.u8('type')
   switch (type) {
-    case MSG.HELLO:
-      r.bytes(HELLO_PADDING, 'hello padding')
-      return { type: 'hello' }
     case MSG.CHALLENGE:
       return { type: 'challenge', nonce: r.bytes(NONCE_BYTES, 'nonce'), serverTime: r.u48('serverTime') }
+    case MSG.SECURE:
+      return { type: 'secure' }
     case MSG.REGISTER: {
       const nonce = r.bytes(NONCE_BYTES, 'nonce')
       const time = r.u48('time')
@@ -311,19 +379,23 @@ export function decode(buf: Uint8Array): Message {
     }
     case MSG.REGISTER_ACK: {
       const token = r.bytes(TOKEN_BYTES, 'token')
+      const udpKey = r.bytes(DATAGRAM_KEY_BYTES, 'udpKey')
       const observed = readEndpoint(r)
-      return { type: 'register-ack', token, observed, heartbeatMs: r.u32('heartbeatMs'), peerTimeoutMs: r.u32('peerTimeoutMs') }
+      return { type: 'register-ack', token, udpKey, observed, heartbeatMs: r.u32('heartbeatMs'), peerTimeoutMs: r.u32('peerTimeoutMs') }
     }
     case MSG.HEARTBEAT: {
       const token = r.bytes(TOKEN_BYTES, 'token')
       const seq = r.u32('seq')
+      const seal = readSeal(r, buf)
       r.bytes(HEARTBEAT_PADDING, 'heartbeat padding')
-      return { type: 'heartbeat', token, seq }
+      return { type: 'heartbeat', token, seq, ...seal }
     }
     case MSG.HEARTBEAT_ACK: {
       const seq = r.u32('seq')
-      const status = enumAt(HEARTBEAT_STATUSES, r.u8('status'), 'heartbeat status')
-      return { type: 'heartbeat-ack', seq, status, observed: readEndpoint(r) }
+      const status = HEARTBEAT_STATUSES[r.u8('status')]
+      if (!status) throw new ProtocolError('BAD_REQUEST', 'unknown heartbeat status')
+      const observed = readEndpoint(r)
+      return { type: 'heartbeat-ack', seq, status, observed, ...readSeal(r, buf) }
     }
     case MSG.ERROR:
       return { type: 'error', reqId: r.u32('reqId'), code: r.str8('code'), message: r.str8('message') }
@@ -352,12 +424,17 @@ export function decode(buf: Uint8Array): Message {
     case MSG.INTRODUCTION: {
       const reqId = r.u32('reqId')
       const introId = r.bytes(INTRO_ID_BYTES, 'introId')
+      const punchKey = r.bytes(DATAGRAM_KEY_BYTES, 'punchKey')
       const initiator = r.u8('initiator') === 1
       const via = enumAt(VIAS, r.u8('via'), 'via')
-      return { type: 'introduction', reqId, introId, initiator, via, peer: readPeer(r) }
+      return { type: 'introduction', reqId, introId, punchKey, initiator, via, peer: readPeer(r) }
     }
-    case MSG.RELAY:
-      return { type: 'relay', introId: r.bytes(INTRO_ID_BYTES, 'introId'), initiator: r.u8('initiator') === 1 }
+    case MSG.RELAY: {
+      const introId = r.bytes(INTRO_ID_BYTES, 'introId')
+      const initiator = r.u8('initiator') === 1
+      const signature = r.bytes(SIGNATURE_BYTES, 'signature')
+      return { type: 'relay', introId, initiator, signature }
+    }
     case MSG.RELAY_OK:
       return { type: 'relay-ok' }
     case MSG.RELAY_DATA:
@@ -369,9 +446,12 @@ export function decode(buf: Uint8Array): Message {
       const streamId = r.u32('streamId')
       const seq = r.u32('seq')
       const ack = (r.u8('flags') & 1) === 1
-      r.bytes(PROBE_PADDING, 'probe padding')
-      return { type: 'probe', introId, streamId, seq, ack }
+      return { type: 'probe', introId, streamId, seq, ack, ...readSeal(r, buf) }
     }
+    case MSG.RELEASE:
+      return { type: 'release', reqId: r.u32('reqId'), name: r.str8('name') }
+    case MSG.OK:
+      return { type: 'ok', reqId: r.u32('reqId') }
     default:
       throw new ProtocolError('BAD_REQUEST', `unknown message type ${type}`)
   }
@@ -386,16 +466,33 @@ export class FrameSplitter {
   private pending: Buffer = Buffer.alloc(0)
 
   push(chunk: Buffer): Buffer[] {
-    this.pending = this.pending.length ? Buffer.concat([this.pending, chunk]) : chunk
+    this.add(chunk)
     const frames: Buffer[] = []
-    while (this.pending.length >= 4) {
-      const len = this.pending.readUInt32BE(0)
-      if (len > MAX_TCP_FRAME_BYTES) throw new ProtocolError('BAD_REQUEST', `frame of ${len} bytes exceeds ${MAX_TCP_FRAME_BYTES}`)
-      if (this.pending.length < 4 + len) break
-      frames.push(this.pending.subarray(4, 4 + len))
-      this.pending = this.pending.subarray(4 + len)
-    }
+    for (let f = this.next(); f; f = this.next()) frames.push(f)
     return frames
+  }
+
+  /** Buffers a chunk without splitting it (then next() one frame at a time). */
+  add(chunk: Buffer): void {
+    this.pending = this.pending.length ? Buffer.concat([this.pending, chunk]) : chunk
+  }
+
+  /** The next whole frame, or null until more bytes arrive. */
+  next(): Buffer | null {
+    if (this.pending.length < 4) return null
+    const len = this.pending.readUInt32BE(0)
+    if (len > MAX_TCP_FRAME_BYTES) throw new ProtocolError('BAD_REQUEST', `frame of ${len} bytes exceeds ${MAX_TCP_FRAME_BYTES}`)
+    if (this.pending.length < 4 + len) return null
+    const f = this.pending.subarray(4, 4 + len)
+    this.pending = this.pending.subarray(4 + len)
+    return f
+  }
+
+  /** The bytes after the last frame taken (the start of what follows the framing, e.g. Noise). */
+  rest(): Buffer {
+    const r = this.pending
+    this.pending = Buffer.alloc(0)
+    return r
   }
 }
 

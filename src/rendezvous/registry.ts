@@ -13,6 +13,7 @@
  *
  *   slot s:  keys[32s..32s+32)  tokens[16s..16s+16)  udp/tcp: kind u8, addr u32, port u16
  *            lastSeen f64  state u8 (free | offline | online)  nat u8  generation u32
+ *            epoch u32 (control sessions so far: it keys the heartbeat seal)  hbSeq u32
  *            names[s] (string)  lans[s] ('host port host port …', '' for none)
  */
 import type { Endpoint } from '../protocol/endpoint.js'
@@ -95,6 +96,8 @@ export class Registry {
   private state = new Uint8Array(0)
   private nat = new Uint8Array(0)
   private generation = new Uint32Array(0)
+  private epoch = new Uint32Array(0)
+  private hbSeq = new Uint32Array(0)
   private readonly udp = new EndpointColumn()
   private readonly tcp = new EndpointColumn()
   private readonly names: string[] = []
@@ -166,6 +169,37 @@ export class Registry {
     if (token.length !== TOKEN_BYTES) return undefined
     const slot = this.byToken.find(tokenHash(token, 0), (s) => bytesEqual(this.tokens, s * TOKEN_BYTES, token, TOKEN_BYTES))
     return slot >= 0 && this.state[slot] === ONLINE ? this.refOf(slot) : undefined
+  }
+
+  /**
+   * A new control session registered: its heartbeats get a new seal key (the server
+   * derives it from the token and this epoch) and sequence numbers start over, so a
+   * datagram of an earlier session cannot be replayed into this one.
+   */
+  beginSession(ref: RegRef): number {
+    const slot = this.slotOf(ref)
+    if (slot < 0) return 0
+    this.hbSeq[slot] = 0
+    return (this.epoch[slot] = (this.epoch[slot]! + 1) >>> 0)
+  }
+
+  epochOf(ref: RegRef): number {
+    const slot = this.slotOf(ref)
+    return slot >= 0 ? this.epoch[slot]! : 0
+  }
+
+  /** Takes a sealed heartbeat's sequence number when it is newer than the last one (no replays, no reordering back). */
+  acceptHeartbeat(ref: RegRef, seq: number): boolean {
+    const slot = this.slotOf(ref)
+    if (slot < 0 || seq <= this.hbSeq[slot]!) return false
+    this.hbSeq[slot] = seq
+    return true
+  }
+
+  /** Where the agent's sealed heartbeats come from now: its UDP endpoint. */
+  setUdp(ref: RegRef, ep: Endpoint): void {
+    const slot = this.slotOf(ref)
+    if (slot >= 0) this.udp.set(slot, ep)
   }
 
   touch(ref: RegRef): void {
@@ -452,6 +486,8 @@ export class Registry {
     this.state = grown(this.state, new Uint8Array(capacity))
     this.nat = grown(this.nat, new Uint8Array(capacity))
     this.generation = grown(this.generation, new Uint32Array(capacity))
+    this.epoch = grown(this.epoch, new Uint32Array(capacity))
+    this.hbSeq = grown(this.hbSeq, new Uint32Array(capacity))
     this.udp.grow(capacity)
     this.tcp.grow(capacity)
     this.capacity = capacity

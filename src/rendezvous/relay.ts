@@ -10,7 +10,8 @@
 import type net from 'node:net'
 import type { Clock, Logger } from '../protocol/log.js'
 import { NatdError } from '../protocol/errors.js'
-import { encode, frame, MSG, type Message } from '../protocol/rendezvous.js'
+import { verify } from '../protocol/identity.js'
+import { encode, frame, MSG, relaySigned, type Message } from '../protocol/rendezvous.js'
 
 /** A relay permission lives this long after the introduction that granted it. */
 export const RELAY_BIND_TIMEOUT_MS = 30_000
@@ -39,6 +40,8 @@ interface Side {
 interface Pending {
   expires: number
   names: [string, string]
+  /** The keys of the introduced agents (initiator, responder): only they may bind a side. */
+  keys: [Uint8Array, Uint8Array]
   initiator: Side | null
   responder: Side | null
 }
@@ -72,9 +75,9 @@ export class Relay {
   }
 
   /** The server introduced these two agents with a path that may need the relay. */
-  allow(introId: Uint8Array, initiatorName: string, responderName: string): void {
+  allow(introId: Uint8Array, names: [string, string], keys: [Uint8Array, Uint8Array]): void {
     this.prune()
-    this.pending.set(Buffer.from(introId).toString('hex'), { expires: this.clock.now() + RELAY_BIND_TIMEOUT_MS, names: [initiatorName, responderName], initiator: null, responder: null })
+    this.pending.set(Buffer.from(introId).toString('hex'), { expires: this.clock.now() + RELAY_BIND_TIMEOUT_MS, names, keys, initiator: null, responder: null })
   }
 
   /**
@@ -94,13 +97,18 @@ export class Relay {
 
   /**
    * A connection sent RELAY: binds it. Throws NatdError when the introduction is
-   * unknown, expired or already bound on that side, or the relay is full.
+   * unknown, expired or already bound on that side, the relay is full, or the RELAY is
+   * not signed (over this connection's challenge `nonce`) by the agent introduced on
+   * that side: knowing an introduction's ID is not enough to take its place.
    */
-  bind(msg: Extract<Message, { type: 'relay' }>, socket: net.Socket): void {
+  bind(msg: Extract<Message, { type: 'relay' }>, nonce: Uint8Array, socket: net.Socket): void {
     const key = Buffer.from(msg.introId).toString('hex')
     const p = this.pending.get(key)
     if (!p || p.expires < this.clock.now()) throw new NatdError('PEER_UNKNOWN', 'no such introduction to relay (expired, or never made with relay allowed)')
     const side = msg.initiator ? 'initiator' : 'responder'
+    if (!verify(relaySigned(nonce, msg.introId, msg.initiator), msg.signature, p.keys[msg.initiator ? 0 : 1])) {
+      throw new NatdError('UNAUTHORIZED', `the ${side} side of this introduction must be bound by the agent introduced there`)
+    }
     if (p[side]) throw new NatdError('BAD_REQUEST', `the ${side} side of this introduction is already bound`)
     if (this.active.size >= this.limits.maxTunnels) throw new NatdError('RELAY_LIMIT', `the relay already carries its maximum of ${this.limits.maxTunnels} tunnels`)
     p[side] = { socket, early: [] }

@@ -1,20 +1,25 @@
 /**
  * natd-rendezvous: registry, heartbeats, peer lists, introductions, STUN reflection.
  *
- * UDP on `port` (rendezvous frames + STUN) and `altPort` (STUN, so an agent can tell
- * whether its NAT mapping depends on the destination); TCP control connections on `port`.
- * The server never sends an unverified UDP source more bytes than it sent (no
- * amplification), except a STUN Binding success, which RFC 8489 fixes at 32 bytes for
- * a 20-byte request (56 bytes with --alt-host; see stun-responder.ts).
+ * UDP on `port` (sealed heartbeats + STUN) and `altPort` (STUN, so an agent can tell
+ * whether its NAT mapping depends on the destination); TCP on `port`: control
+ * connections (a Noise session with the server's key: registration, peer lists,
+ * introductions) and relay connections (protocol/rendezvous.ts draws both).
+ * The server never answers a UDP source it cannot verify, except STUN Binding, whose
+ * success RFC 8489 fixes at 32 bytes for a 20-byte request (56 bytes with --alt-host;
+ * see stun-responder.ts); a heartbeat ack is sealed and never larger than the heartbeat.
  * With `altHost`, UDP STUN also on altHost:port and altHost:altPort (RFC 5780).
  */
 import dgram from 'node:dgram'
 import net from 'node:net'
+import type SecretStream from '@hyperswarm/secret-stream'
 import type { Endpoint } from '../protocol/endpoint.js'
 import { NatdError, ProtocolError, toNatdError } from '../protocol/errors.js'
-import { isValidName, NAME_RULE, networkSecretKey, peerId, randomBytes, secretProof, verify, type KeyPair } from '../protocol/identity.js'
+import { isValidName, mac, NAME_RULE, networkSecretKey, peerId, randomBytes, secretProof, timingSafeEqual, verify, type KeyPair } from '../protocol/identity.js'
+import { lanCandidates } from '../protocol/lan.js'
 import { systemClock, type Clock, type Logger } from '../protocol/log.js'
 import {
+  DATAGRAM_KEY_BYTES,
   decode,
   encode,
   frame,
@@ -23,12 +28,14 @@ import {
   isRendezvousFrame,
   MAX_LIST_PEERS,
   MAX_UDP_FRAME_BYTES,
+  NONCE_BYTES,
+  opened,
   TOKEN_BYTES,
   type Message,
   type OutgoingMessage
 } from '../protocol/rendezvous.js'
 import { isStun } from '../protocol/stun.js'
-import { CookieJar } from './cookies.js'
+import { secureSocket } from '../tunnel/secure-socket.js'
 import { StunResponder, type StunSlot } from './stun-responder.js'
 import type { NameStore } from './name-store.js'
 import { Registry, type RegRef, type Registration } from './registry.js'
@@ -36,8 +43,14 @@ import { Relay, type RelayLimits } from './relay.js'
 
 /** A REGISTER's timestamp may differ from the server clock by this much (agents echo the challenge's time). */
 export const REGISTER_CLOCK_SKEW_MS = 60_000
-/** A TCP connection must register within this long or it is closed. */
+/**
+ * A TCP connection must finish its Noise handshake and register (or bind a relay)
+ * within this long from its accept, or it is closed: an absolute deadline, not an idle
+ * timer, so a client trickling a byte at a time cannot hold it open.
+ */
 export const TCP_AUTH_TIMEOUT_MS = 10_000
+/** A connection we end (after an error) is destroyed this long after if the peer never closes its side. */
+export const END_LINGER_MS = 2_000
 /** Expiry sweep period; bounds how late past --peer-timeout a silent agent is dropped. */
 export const EXPIRY_SWEEP_MS = 1_000
 /**
@@ -71,7 +84,7 @@ export interface RendezvousInit {
 export interface RendezvousComponents {
   log: Logger
   clock?: Clock
-  /** The server's own identity (server-identity.ts). */
+  /** The server's identity (server-identity.ts): agents pin its public key and run Noise against it. */
   keyPair: KeyPair
   /** Name bindings (name-store.ts); default in memory. The caller closes it after stop(). */
   names?: NameStore
@@ -84,15 +97,18 @@ interface TcpConn {
   /** The registration this connection controls, once it has registered. */
   reg: RegRef | null
   splitter: FrameSplitter
+  /** After SECURE: the Noise session every later message travels in. */
+  session: SecretStream | null
   /** The connection sent RELAY: from now on it carries relayed frames only. */
   relay: boolean
+  /** Closes the connection unless it authenticated in time (TCP_AUTH_TIMEOUT_MS). */
+  authTimer: NodeJS.Timeout | null
 }
 
 export class RendezvousServer {
   private readonly log: Logger
   private readonly clock: Clock
   readonly registry: Registry
-  private readonly cookies: CookieJar
   private udp: dgram.Socket | null = null
   private udpAlt: dgram.Socket | null = null
   /** STUN answers, and the UDP socket of each of its slots (main, alt-port, alt-ip, alt-both). */
@@ -103,8 +119,10 @@ export class RendezvousServer {
   private readonly connByPeer = new Map<RegRef, TcpConn>()
   private sweepTimer: NodeJS.Timeout | null = null
   private readonly secretKey: Buffer | null
+  private readonly keyPair: KeyPair
+  /** Heartbeat keys are derived from this and the registration (never stored per agent). */
+  private readonly udpKeySecret = randomBytes(32)
   readonly relay: Relay | null
-  readonly keyPair: KeyPair
 
   constructor(
     private readonly init: RendezvousInit,
@@ -114,7 +132,6 @@ export class RendezvousServer {
     this.clock = components.clock ?? systemClock
     this.keyPair = components.keyPair
     this.registry = new Registry(this.clock, init.peerTimeoutMs, { names: components.names, nameTtlMs: init.nameTtlMs })
-    this.cookies = new CookieJar(this.clock)
     this.secretKey = init.secret ? networkSecretKey(init.secret) : null
     this.stun = new StunResponder({ host: init.host, port: init.port, altPort: init.altPort, altHost: init.altHost ?? null })
     this.relay = init.relay ? new Relay(init.relay, this.clock, this.log.child({ component: 'relay' })) : null
@@ -134,9 +151,9 @@ export class RendezvousServer {
       port: this.init.port,
       altPort: this.init.altPort || null,
       altHost: this.init.altHost ?? null,
+      key: peerId(this.keyPair.publicKey),
       secret: !!this.secretKey,
-      peerTimeoutMs: this.init.peerTimeoutMs,
-      key: peerId(this.keyPair.publicKey)
+      peerTimeoutMs: this.init.peerTimeoutMs
     })
   }
 
@@ -181,7 +198,7 @@ export class RendezvousServer {
     try {
       if (isStun(buf)) return this.onStun(sock, buf, from)
       if (sock !== this.udp || !isRendezvousFrame(buf) || buf.length > MAX_UDP_FRAME_BYTES) return
-      this.onUdpMessage(decode(buf), buf.length, from)
+      this.onUdpMessage(decode(buf), from)
     } catch (err) {
       // Malformed input from an unverified source: never answered, logged at debug only.
       this.log.debug('bad datagram', { from: `${from.host}:${from.port}`, bytes: buf.length, err: (err as Error).message })
@@ -194,43 +211,29 @@ export class RendezvousServer {
     if (answer) this.sendUdp(this.udpBySlot.get(answer.via) ?? sock, answer.bytes, from)
   }
 
-  private onUdpMessage(msg: Message, size: number, from: Endpoint): void {
-    switch (msg.type) {
-      case 'hello':
-        return this.sendUdp(this.udp!, encode({ type: 'challenge', nonce: this.cookies.issue(from), serverTime: this.clock.now() }), from)
-      case 'register': {
-        try {
-          const reg = this.acceptRegister(msg, from, { udp: from })
-          this.sendUdp(this.udp!, this.registerAck(reg, from), from)
-        } catch (err) {
-          this.sendUdpError(err, size, from)
-        }
-        return
-      }
-      case 'heartbeat': {
-        // The hot path (every agent, every heartbeat interval): nothing is built per agent.
-        const ref = this.registry.byTokenBytes(msg.token)
-        let status: 'ok' | 'unknown' | 'moved' = 'ok'
-        if (ref === undefined) status = 'unknown'
-        else if (!this.registry.udpIs(ref, from)) status = 'moved'
-        else this.registry.touch(ref)
-        return this.sendUdp(this.udp!, encode({ type: 'heartbeat-ack', seq: msg.seq, status, observed: from }), from)
-      }
-      case 'bye': {
-        return // UDP BYE is unauthenticated; agents say goodbye over TCP
-      }
-      default:
-        return
+  private onUdpMessage(msg: Message, from: Endpoint): void {
+    // Only sealed heartbeats are answered; registration happens inside the Noise session.
+    if (msg.type !== 'heartbeat') return
+    // The hot path (every agent, every heartbeat interval): one hash, nothing built per agent.
+    const ref = this.registry.byTokenBytes(msg.token)
+    if (ref === undefined) return // unknown (the server restarted?): the agent notices its TCP session end
+    const key = this.udpKeyOf(ref, msg.token)
+    if (!opened(msg, key) || !this.registry.acceptHeartbeat(ref, msg.seq)) return // forged, or replayed
+    let status: 'ok' | 'moved' = 'ok'
+    if (!this.registry.udpIs(ref, from)) {
+      // The first heartbeat of a session, or a NAT that gave the agent a new mapping.
+      this.registry.setUdp(ref, from)
+      status = 'moved'
     }
+    this.registry.touch(ref)
+    this.sendUdp(this.udp!, encode({ type: 'heartbeat-ack', seq: msg.seq, status, observed: from, key }), from)
   }
 
-  private sendUdpError(err: unknown, requestBytes: number, to: Endpoint): void {
-    const e = toNatdError(err)
-    // Keep the reply no larger than the request (no amplification to unverified sources).
-    let reply = encode({ type: 'error', reqId: 0, code: e.code, message: e.message })
-    if (reply.length > requestBytes) reply = encode({ type: 'error', reqId: 0, code: e.code, message: '' })
-    if (e.code !== 'UNAUTHORIZED' || reply.length <= requestBytes) this.sendUdp(this.udp!, reply, to)
-    this.log.info('registration refused', { from: `${to.host}:${to.port}`, code: e.code, reason: e.message })
+  /** The key that seals one registration's heartbeats in its current session (REGISTER_ACK hands it out). */
+  private udpKeyOf(ref: RegRef, token: Uint8Array): Buffer {
+    const epoch = Buffer.alloc(4)
+    epoch.writeUInt32BE(this.registry.epochOf(ref))
+    return mac(this.udpKeySecret, token, epoch)
   }
 
   private sendUdp(sock: dgram.Socket, buf: Buffer, to: Endpoint): void {
@@ -241,8 +244,11 @@ export class RendezvousServer {
 
   // --- registration --------------------------------------------------------
 
-  private acceptRegister(msg: Extract<Message, { type: 'register' }>, from: Endpoint, at: { udp?: Endpoint; tcp?: Endpoint }): Registration {
-    if (!this.cookies.valid(msg.nonce, from)) throw new NatdError('UNAUTHORIZED', 'stale or foreign registration nonce')
+  /** A REGISTER inside the Noise session of `conn`: the key that signed it must be the one that ran the handshake. */
+  private acceptRegister(msg: Extract<Message, { type: 'register' }>, conn: TcpConn): Registration {
+    const sessionKey = conn.session?.remotePublicKey
+    if (!sessionKey || !timingSafeEqual(sessionKey, msg.publicKey)) throw new NatdError('UNAUTHORIZED', 'the registration key is not the key of this session')
+    if (!timingSafeEqual(msg.nonce, conn.nonce)) throw new NatdError('UNAUTHORIZED', 'stale or foreign registration nonce')
     if (Math.abs(msg.time - this.clock.now()) > REGISTER_CLOCK_SKEW_MS) throw new NatdError('UNAUTHORIZED', 'registration timestamp out of range')
     if (!verify(msg.signed, msg.signature, msg.publicKey)) throw new NatdError('UNAUTHORIZED', 'bad registration signature')
     if (this.secretKey && !verifyProof(this.secretKey, msg.nonce, msg.publicKey, msg.proof)) {
@@ -252,11 +258,12 @@ export class RendezvousServer {
     const { ref, isNew } = this.registry.register({
       publicKey: Buffer.from(msg.publicKey),
       name: msg.name,
-      lan: msg.lan,
+      lan: lanCandidates(msg.lan), // never an address outside private ranges: peers would probe it
       nat: msg.nat,
       token: randomBytes(TOKEN_BYTES),
-      ...at
+      tcp: conn.remote
     })
+    this.registry.beginSession(ref) // a new heartbeat key: the last session's datagrams no longer count
     const reg = this.registry.get(ref)!
     if (isNew) {
       this.log.info('agent registered', { name: reg.name, id: reg.id.slice(0, 8), udp: fmt(reg.udp), tcp: fmt(reg.tcp) })
@@ -265,8 +272,9 @@ export class RendezvousServer {
     return reg
   }
 
-  private registerAck(reg: Registration, observed: Endpoint): Buffer {
-    return encode({ type: 'register-ack', token: reg.token, observed, heartbeatMs: this.init.heartbeatMs, peerTimeoutMs: this.init.peerTimeoutMs })
+  private registerAck(reg: Registration, observed: Endpoint): OutgoingMessage {
+    const udpKey = this.udpKeyOf(reg.ref, reg.token)
+    return { type: 'register-ack', token: reg.token, udpKey, observed, heartbeatMs: this.init.heartbeatMs, peerTimeoutMs: this.init.peerTimeoutMs }
   }
 
   private sweeps = 0
@@ -284,12 +292,12 @@ export class RendezvousServer {
 
   /** Tells the other connected agents about `about` (all of them, or its contacts on a big server). */
   private broadcast(about: RegRef, msg: OutgoingMessage): void {
-    const bytes = frame(encode(msg))
+    const bytes = encode(msg)
     if (this.connByPeer.size <= BROADCAST_MAX_AGENTS) {
-      for (const c of this.conns) if (c.reg !== null && c.reg !== about) c.socket.write(bytes)
+      for (const c of this.conns) if (c.reg !== null && c.reg !== about) c.session?.write(bytes)
       return
     }
-    for (const ref of this.contacts.get(about) ?? []) this.connByPeer.get(ref)?.socket.write(bytes)
+    for (const ref of this.contacts.get(about) ?? []) this.connByPeer.get(ref)?.session?.write(bytes)
   }
 
   /** Agents introduced to each other hear of each other's comings and goings. */
@@ -305,73 +313,124 @@ export class RendezvousServer {
 
   // --- TCP -----------------------------------------------------------------
 
+  /**
+   * A new connection: CHALLENGE in the clear, then the agent says SECURE (a control
+   * connection: Noise from here on) or RELAY (one end of a relayed tunnel).
+   */
   private onTcpConnection(socket: net.Socket): void {
     const remote = { host: normalizeHost(socket.remoteAddress ?? ''), port: socket.remotePort ?? 0 }
-    const conn: TcpConn = { socket, remote, nonce: this.cookies.issue(remote), reg: null, splitter: new FrameSplitter(), relay: false }
+    const conn: TcpConn = { socket, remote, nonce: randomBytes(NONCE_BYTES), reg: null, splitter: new FrameSplitter(), session: null, relay: false, authTimer: null }
     this.conns.add(conn)
     socket.setNoDelay(true)
-    socket.setTimeout(TCP_AUTH_TIMEOUT_MS, () => {
-      if (!conn.reg) socket.destroy()
-    })
-    socket.on('data', (chunk) => {
+    conn.authTimer = setTimeout(() => socket.destroy(), TCP_AUTH_TIMEOUT_MS)
+    conn.authTimer.unref()
+    const onData = (chunk: Buffer): void => {
       try {
-        for (const f of conn.splitter.push(chunk)) {
-          if (conn.relay) this.relay?.onFrame(socket, f)
-          else this.onTcpMessage(conn, decode(f))
+        conn.splitter.add(chunk)
+        for (let f = conn.splitter.next(); f; f = conn.splitter.next()) {
+          if (conn.relay) {
+            this.relay?.onFrame(socket, f)
+            continue
+          }
+          const msg = decode(f)
+          if (msg.type === 'secure') {
+            socket.off('data', onData)
+            return this.secure(conn)
+          }
+          if (msg.type !== 'relay') throw new ProtocolError('UNAUTHORIZED', `${msg.type} outside a secure session (this server speaks protocol 2: upgrade natd)`)
+          this.onRelay(conn, msg)
         }
       } catch (err) {
-        if (err instanceof ProtocolError) {
-          this.sendTcp(conn, { type: 'error', reqId: 0, code: err.code, message: err.message })
-          this.log.debug('bad tcp frame', { from: fmt(remote), err: err.message })
-          socket.end()
-          socket.destroySoon()
-        } else {
-          this.log.error('tcp handler failed', { err: (err as Error).stack })
-          socket.destroy()
-        }
+        this.onBadFrame(conn, err)
       }
-    })
+    }
+    socket.on('data', onData)
     socket.on('error', () => undefined)
-    socket.on('close', () => {
-      this.conns.delete(conn)
-      if (conn.reg !== null && this.connByPeer.get(conn.reg) === conn) {
-        this.connByPeer.delete(conn.reg)
-        this.registry.clearTcp(conn.reg)
-      }
-    })
-    this.sendTcp(conn, { type: 'challenge', nonce: conn.nonce, serverTime: this.clock.now() })
+    socket.on('close', () => this.onTcpClose(conn))
+    socket.write(frame(encode({ type: 'challenge', nonce: conn.nonce, serverTime: this.clock.now() })))
   }
 
+  /** SECURE: the rest of the connection is a Noise session in which the server proves its key. */
+  private secure(conn: TcpConn): void {
+    const { socket } = conn
+    const session = secureSocket(false, socket, conn.splitter.rest(), this.keyPair)
+    conn.session = session
+    session.on('close', () => socket.destroy())
+    session.on('data', (f: Buffer) => {
+      try {
+        this.onTcpMessage(conn, decode(f))
+      } catch (err) {
+        this.onBadFrame(conn, err)
+      }
+    })
+  }
+
+  private onBadFrame(conn: TcpConn, err: unknown): void {
+    if (err instanceof ProtocolError) {
+      this.sendTcp(conn, { type: 'error', reqId: 0, code: err.code, message: err.message })
+      this.log.debug('bad tcp frame', { from: fmt(conn.remote), err: err.message })
+      this.endConn(conn)
+    } else {
+      this.log.error('tcp handler failed', { err: (err as Error).stack })
+      conn.socket.destroy()
+    }
+  }
+
+  /** Ends a connection after what was sent to it (inside its session, if any); destroys it if it lingers. */
+  private endConn(conn: TcpConn): void {
+    if (conn.session) conn.session.end()
+    else conn.socket.end()
+    setTimeout(() => conn.socket.destroy(), END_LINGER_MS).unref()
+  }
+
+  private onTcpClose(conn: TcpConn): void {
+    if (conn.authTimer) clearTimeout(conn.authTimer)
+    conn.session?.destroy()
+    this.conns.delete(conn)
+    if (conn.reg !== null && this.connByPeer.get(conn.reg) === conn) {
+      this.connByPeer.delete(conn.reg)
+      this.registry.clearTcp(conn.reg)
+    }
+  }
+
+  private authenticated(conn: TcpConn): void {
+    if (conn.authTimer) clearTimeout(conn.authTimer)
+    conn.authTimer = null
+  }
+
+  /** Sends inside the session once there is one (the clear CHALLENGE and pre-session errors go framed). */
   private sendTcp(conn: TcpConn, msg: OutgoingMessage): void {
-    if (!conn.socket.destroyed) conn.socket.write(frame(encode(msg)))
+    if (conn.socket.destroyed) return
+    if (conn.session) conn.session.write(encode(msg))
+    else conn.socket.write(frame(encode(msg)))
   }
 
   private onTcpMessage(conn: TcpConn, msg: Message): void {
     if (msg.type === 'register') {
       try {
-        const reg = this.acceptRegister(msg, conn.remote, { tcp: conn.remote })
+        const reg = this.acceptRegister(msg, conn)
         const previous = this.connByPeer.get(reg.ref)
         if (previous && previous !== conn) previous.socket.destroy()
         conn.reg = reg.ref
         this.connByPeer.set(reg.ref, conn)
-        conn.socket.setTimeout(0)
+        this.authenticated(conn)
         conn.socket.setKeepAlive(true, 10_000)
-        conn.socket.write(frame(this.registerAck(reg, conn.remote)))
+        this.sendTcp(conn, this.registerAck(reg, conn.remote))
       } catch (err) {
         const e = toNatdError(err)
-        this.log.info('registration refused', { from: fmt(conn.remote), code: e.code, reason: e.message })
+        this.logRefused('registration refused', conn.remote, e)
         this.sendTcp(conn, { type: 'error', reqId: 0, code: e.code, message: e.message })
-        conn.socket.end()
+        this.endConn(conn)
       }
       return
     }
-    if (msg.type === 'relay') return this.onRelay(conn, msg)
+    if (msg.type === 'release') return this.onRelease(conn, msg)
     const ref = conn.reg
     if (ref === null) throw new ProtocolError('UNAUTHORIZED', `${msg.type} before registration`)
     if (!this.registry.isOnline(ref)) {
       // Timed out (or forgotten) while the connection lingered: the agent must register again.
       this.sendTcp(conn, { type: 'error', reqId: 0, code: 'NOT_REGISTERED', message: 'registration expired' })
-      conn.socket.end()
+      this.endConn(conn)
       return
     }
     this.registry.touch(ref)
@@ -386,12 +445,49 @@ export class RendezvousServer {
         const reg = this.registry.get(ref)!
         this.log.info('agent left', { name: reg.name, id: reg.id.slice(0, 8) })
         if (this.registry.drop(ref)) this.broadcast(ref, { type: 'peer-event', event: 'down', peer: this.registry.peer(ref)! })
-        conn.socket.end()
+        this.endConn(conn)
         return
       }
       default:
         throw new ProtocolError('BAD_REQUEST', `unexpected ${msg.type} on the control connection`)
     }
+  }
+
+  /** RELEASE: the key of this session gives up its name (natd release-name); it is dropped if online. */
+  private onRelease(conn: TcpConn, msg: Extract<Message, { type: 'release' }>): void {
+    const key = conn.session?.remotePublicKey
+    try {
+      if (!key) throw new NatdError('UNAUTHORIZED', 'no session key')
+      const online = this.registry.lookup(msg.name)
+      const released = this.registry.releaseName(msg.name, key)
+      if (!released) throw new NatdError('PEER_UNKNOWN', `no name ${msg.name} is bound on this server`)
+      this.log.info('name released', { name: msg.name, id: peerId(key).slice(0, 8) })
+      if (online !== undefined) {
+        this.closeConnOf(online)
+        const peer = this.registry.peer(online)
+        if (peer) this.broadcast(online, { type: 'peer-event', event: 'down', peer })
+      }
+      this.authenticated(conn)
+      this.sendTcp(conn, { type: 'ok', reqId: msg.reqId })
+    } catch (err) {
+      const e = toNatdError(err)
+      this.logRefused('release refused', conn.remote, e)
+      this.sendTcp(conn, { type: 'error', reqId: msg.reqId, code: e.code, message: e.message })
+    }
+  }
+
+  /** Refusals come from unauthenticated sources: logged at info, but at most once a second (the rest are counted). */
+  private refusedSince = 0
+  private refusedMuted = 0
+  private logRefused(what: string, from: Endpoint, e: NatdError): void {
+    const now = this.clock.now()
+    if (now - this.refusedSince < 1000) {
+      this.refusedMuted++
+      return
+    }
+    this.log.info(what, { from: fmt(from), code: e.code, reason: e.message, ...(this.refusedMuted ? { alsoRefusedSinceLastLine: this.refusedMuted } : {}) })
+    this.refusedSince = now
+    this.refusedMuted = 0
   }
 
   /** Sends both agents each other's candidates at once, so they start punching together. */
@@ -405,9 +501,11 @@ export class RendezvousServer {
     const targetConn = this.connByPeer.get(targetRef)
     if (!target.online || !targetConn) return fail('PEER_OFFLINE', `${target.name} is offline`)
     const introId = randomBytes(INTRO_ID_BYTES)
-    if (this.relay && (msg.via === 'auto' || msg.via === 'relay')) this.relay.allow(introId, from.name, target.name)
-    this.sendTcp(targetConn, { type: 'introduction', reqId: 0, introId, initiator: false, via: msg.via, peer: from })
-    this.sendTcp(conn, { type: 'introduction', reqId: msg.reqId, introId, initiator: true, via: msg.via, peer: target })
+    // Seals the punching probes: it travels only inside the two Noise sessions.
+    const punchKey = randomBytes(DATAGRAM_KEY_BYTES)
+    if (this.relay && (msg.via === 'auto' || msg.via === 'relay')) this.relay.allow(introId, [from.name, target.name], [from.publicKey, target.publicKey])
+    this.sendTcp(targetConn, { type: 'introduction', reqId: 0, introId, punchKey, initiator: false, via: msg.via, peer: from })
+    this.sendTcp(conn, { type: 'introduction', reqId: msg.reqId, introId, punchKey, initiator: true, via: msg.via, peer: target })
     this.addContact(fromRef, targetRef)
     this.addContact(targetRef, fromRef)
     this.log.info('introduced', { from: from.name, to: target.name, via: msg.via })
@@ -415,16 +513,15 @@ export class RendezvousServer {
 
   /** A new connection binds itself to an introduction as one end of a relayed tunnel. */
   private onRelay(conn: TcpConn, msg: Extract<Message, { type: 'relay' }>): void {
-    if (conn.reg) throw new ProtocolError('BAD_REQUEST', 'RELAY on a control connection (open a new connection)')
     try {
       if (!this.relay) throw new NatdError('UNSUPPORTED_PATH', 'this rendezvous server does not relay (--no-relay)')
-      conn.socket.setTimeout(0) // the relay sets its own (bind, then none once paired)
-      this.relay.bind(msg, conn.socket)
+      this.relay.bind(msg, conn.nonce, conn.socket) // checks the introduced agent signed it
+      this.authenticated(conn) // the relay sets its own deadlines (bind, then limits)
       conn.relay = true
       conn.socket.setKeepAlive(true, 10_000)
     } catch (err) {
       const e = toNatdError(err)
-      this.log.info('relay refused', { from: fmt(conn.remote), code: e.code, reason: e.message })
+      this.logRefused('relay refused', conn.remote, e)
       this.sendTcp(conn, { type: 'error', reqId: 0, code: e.code, message: e.message })
       conn.socket.end()
     }

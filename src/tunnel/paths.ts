@@ -10,6 +10,7 @@ import { formatEndpoint, sameEndpoint, type Endpoint } from '../protocol/endpoin
 import { NatdError } from '../protocol/errors.js'
 import { peerId, timingSafeEqual, type KeyPair } from '../protocol/identity.js'
 import type { Clock, Logger } from '../protocol/log.js'
+import { lanCandidates } from '../protocol/lan.js'
 import { decode, type NatVerdict, type PeerRecord, type Via } from '../protocol/rendezvous.js'
 import { BIRTHDAY_SOCKETS, Puncher, type Candidate, type PunchStrategy } from './punch.js'
 import { connectRelay } from './relay-client.js'
@@ -21,6 +22,8 @@ export const PUNCHER_LINGER_MS = 5_000
 
 export interface Introduction {
   introId: Uint8Array
+  /** Seals the punching probes of this introduction (known to the two agents and the server). */
+  punchKey: Uint8Array
   initiator: boolean
   via: Via
   peer: PeerRecord
@@ -117,7 +120,7 @@ export class Paths {
     const streamId = this.allocStreamId()
     // A host without NAT reports its public address as a LAN address too: that one is public.
     const candidates: Candidate[] = [
-      ...intro.peer.lan.filter((e) => !sameEndpoint(e, intro.peer.udp)).map((endpoint) => ({ endpoint, kind: 'lan' as const })),
+      ...lanCandidates(intro.peer.lan).filter((e) => !sameEndpoint(e, intro.peer.udp)).map((endpoint) => ({ endpoint, kind: 'lan' as const })),
       ...(intro.peer.udp ? [{ endpoint: intro.peer.udp, kind: 'public' as const }] : [])
     ]
     const mine = this.c.natVerdict()
@@ -132,7 +135,7 @@ export class Paths {
     const socketAt = (i: number): UDXSocket => (i === 0 ? socket : sockets[i - 1]!)
     const indexOf = (sock: UDXSocket): number => (sock === socket ? 0 : sockets.indexOf(sock) + 1)
     const puncher: Puncher = new Puncher(
-      { introId: intro.introId, initiator: intro.initiator, candidates, localStreamId: streamId, deadlineMs: timeoutMs, strategy, sprayHost: intro.peer.udp?.host, sockets: sockets.length },
+      { introId: intro.introId, punchKey: intro.punchKey, initiator: intro.initiator, candidates, localStreamId: streamId, deadlineMs: timeoutMs, strategy, sprayHost: intro.peer.udp?.host, sockets: sockets.length },
       { send: (buf, to, ttl, i = 0) => socketAt(i).trySend(buf, to.port, to.host, ttl), clock: this.c.clock, log: log.child({ peer: name }) }
     )
     const raw: UDXStream = this.c.udx.createStream(streamId, {
@@ -201,7 +204,7 @@ export class Paths {
     const server = this.c.relayServer()
     if (!server) throw new NatdError('PUNCH_FAILED', 'no rendezvous server to relay through')
     const started = this.c.clock.now()
-    const stream = await connectRelay(server, intro.introId, intro.initiator, timeoutMs, signal)
+    const stream = await connectRelay(server, intro.introId, intro.initiator, this.c.keyPair, timeoutMs, signal)
     const session = new SecretStream(intro.initiator, stream as never, { keyPair: this.c.keyPair })
     session.on('error', () => undefined)
     try {
@@ -219,7 +222,7 @@ export class Paths {
     if (!localPort) throw new NatdError('PUNCH_FAILED', 'no TCP control connection to punch from')
     const tcp = intro.peer.tcp
     const candidates: Candidate[] = [
-      ...intro.peer.lan.filter((e) => !sameEndpoint(e, tcp)).map((endpoint) => ({ endpoint, kind: 'lan' as const })),
+      ...lanCandidates(intro.peer.lan).filter((e) => !sameEndpoint(e, tcp)).map((endpoint) => ({ endpoint, kind: 'lan' as const })),
       ...(tcp ? [{ endpoint: tcp, kind: 'public' as const }] : [])
     ]
     const deadline = this.c.clock.now() + timeoutMs

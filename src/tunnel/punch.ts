@@ -25,7 +25,7 @@
 import { formatEndpoint, sameEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { NatdError } from '../protocol/errors.js'
 import type { Clock, Logger } from '../protocol/log.js'
-import { encode } from '../protocol/rendezvous.js'
+import { encode, opened, type Sealed } from '../protocol/rendezvous.js'
 
 /** First probe TTL: past our NAT (hop 1) but not the peer's (hop 3 or more). */
 export const FIRST_PROBE_TTL = 2
@@ -62,6 +62,8 @@ export interface Candidate {
 
 export interface PunchInit {
   introId: Uint8Array
+  /** Seals our probes and opens the peer's (the introduction carried it inside Noise). */
+  punchKey: Uint8Array
   initiator: boolean
   candidates: Candidate[]
   localStreamId: number
@@ -145,7 +147,8 @@ export class Puncher {
   }
 
   /** A probe or ack for this introduction arrived from `from` on local socket `socket`. */
-  onProbe(msg: { streamId: number; ack: boolean }, from: Endpoint, socket = 0): void {
+  onProbe(msg: { streamId: number; ack: boolean } & Sealed, from: Endpoint, socket = 0): void {
+    if (!opened(msg, this.init.punchKey)) return // not sealed with this introduction's key: a forgery or a stray
     if (this.state.kind === 'done' || this.state.kind === 'failed') {
       if (!msg.ack) this.probe(from, true, undefined, socket) // keep answering: the peer may still be choosing
       return
@@ -241,7 +244,7 @@ export class Puncher {
 
   private probe(to: Endpoint, ack: boolean, ttl?: number, socket = 0): void {
     this.probesSent++
-    this.c.send(encode({ type: 'probe', introId: this.init.introId, streamId: this.init.localStreamId, seq: ++this.seq, ack }), to, ttl, socket)
+    this.c.send(encode({ type: 'probe', introId: this.init.introId, streamId: this.init.localStreamId, seq: ++this.seq, ack, key: this.init.punchKey }), to, ttl, socket)
   }
 
   private stopTimers(): void {

@@ -9,7 +9,8 @@ import net from 'node:net'
 import { Duplex } from 'node:stream'
 import { formatEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { isErrorCode, NatdError } from '../protocol/errors.js'
-import { decode, encode, frame, FrameSplitter, MSG, RELAY_DATA_HEADER } from '../protocol/rendezvous.js'
+import { sign, type KeyPair } from '../protocol/identity.js'
+import { decode, encodeRelay, frame, FrameSplitter, MSG, RELAY_DATA_HEADER, relaySigned } from '../protocol/rendezvous.js'
 
 /** Largest RELAY_DATA payload we send: keeps frames well inside the server's limit. */
 export const RELAY_CHUNK_BYTES = 64 * 1024
@@ -86,8 +87,12 @@ export class RelayStream extends Duplex {
   }
 }
 
-/** Connects to the server and binds the connection to the introduction; resolves once the peer is bound too. */
-export function connectRelay(server: Endpoint, introId: Uint8Array, initiator: boolean, timeoutMs: number, signal: AbortSignal): Promise<RelayStream> {
+/**
+ * Connects to the server and binds the connection to the introduction, signed with our
+ * key over the connection's challenge (only the introduced agent can take its side);
+ * resolves once the peer is bound too.
+ */
+export function connectRelay(server: Endpoint, introId: Uint8Array, initiator: boolean, keyPair: KeyPair, timeoutMs: number, signal: AbortSignal): Promise<RelayStream> {
   return new Promise<RelayStream>((resolve, reject) => {
     const socket = net.connect({ host: server.host, port: server.port })
     socket.setNoDelay(true)
@@ -121,7 +126,7 @@ export function connectRelay(server: Endpoint, introId: Uint8Array, initiator: b
         } catch (err) {
           return fail(new NatdError('PUNCH_FAILED', `relay: ${(err as Error).message}`))
         }
-        if (m.type === 'challenge') socket.write(frame(encode({ type: 'relay', introId, initiator })))
+        if (m.type === 'challenge') socket.write(frame(encodeRelay(introId, initiator, sign(relaySigned(m.nonce, introId, initiator), keyPair.secretKey))))
         else if (m.type === 'error') return fail(new NatdError(isErrorCode(m.code) ? m.code : 'PUNCH_FAILED', `relay: ${m.message}`))
         else if (m.type === 'relay-ok') {
           done = true

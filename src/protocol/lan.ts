@@ -1,0 +1,32 @@
+/**
+ * Which addresses an agent may offer as LAN candidates: only those no one on the
+ * internet can be made to receive probes at, so a registered agent cannot aim its
+ * peers' punching at a third party (a stranger's public server, port 22).
+ *
+ *   IPv4  10/8, 172.16/12, 192.168/16 (RFC 1918), 100.64/10 (CGNAT, RFC 6598),
+ *         169.254/16 (link-local, RFC 3927)
+ *   IPv6  fc00::/7 (unique local, RFC 4193), fe80::/10 (link-local)
+ *
+ * The server keeps only these from a REGISTER, and agents keep only these from an
+ * introduction (they do not take the server's word for it), at most MAX_LAN_CANDIDATES.
+ */
+import { ipv6ToBytes, isIPv4, isIPv6, type Endpoint } from './endpoint.js'
+
+export const MAX_LAN_CANDIDATES = 8
+
+export function isLanAddress(host: string): boolean {
+  if (isIPv4(host)) {
+    const [a, b] = host.split('.').map(Number) as [number, number]
+    return a === 10 || (a === 172 && b >= 16 && b <= 31) || (a === 192 && b === 168) || (a === 100 && b >= 64 && b <= 127) || (a === 169 && b === 254)
+  }
+  if (isIPv6(host)) {
+    const b = ipv6ToBytes(host)
+    return (b[0]! & 0xfe) === 0xfc || (b[0] === 0xfe && (b[1]! & 0xc0) === 0x80)
+  }
+  return false
+}
+
+/** The LAN candidates worth keeping: private addresses, a real port, at most MAX_LAN_CANDIDATES. */
+export function lanCandidates(list: readonly Endpoint[]): Endpoint[] {
+  return list.filter((ep) => isLanAddress(ep.host) && Number.isInteger(ep.port) && ep.port > 0 && ep.port <= 65535).slice(0, MAX_LAN_CANDIDATES)
+}
