@@ -28,6 +28,8 @@ export const UDP_REQUEST_TRIES = 3
 /** Reconnect backoff: doubles from the first value up to the cap. */
 export const BACKOFF_FIRST_MS = 500
 export const BACKOFF_CAP_MS = 10_000
+/** Dropped forgeries are logged at most this often (with how many). */
+export const UNSEALED_LOG_MS = 1_000
 /** Heartbeats unanswered in a row before the server counts as lost. */
 export const MISSED_HEARTBEATS_LOST = 3
 
@@ -167,11 +169,23 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
       return
     }
     // Only sealed acks count: anyone can send a datagram from the server's address.
-    if (msg.type !== 'heartbeat-ack' || !this.udpKey || !opened(msg, this.udpKey)) {
-      this.log.debug('unsealed datagram from the server address dropped', { type: msg.type })
-      return
-    }
+    if (msg.type !== 'heartbeat-ack' || !this.udpKey || !opened(msg, this.udpKey)) return this.onUnsealed()
+
     this.onHeartbeatAck(msg)
+  }
+
+  /** Forgeries may come by the thousand: counted, and logged at most once per UNSEALED_LOG_MS. */
+  private unsealed = { dropped: 0, loggedAt: 0 }
+  private onUnsealed(): void {
+    this.unsealed.dropped++
+    if (this.c.clock.now() - this.unsealed.loggedAt >= UNSEALED_LOG_MS) this.flushUnsealed()
+  }
+
+  /** Logs the forgeries counted since the last line (also from the heartbeat timer, so a burst is told). */
+  private flushUnsealed(): void {
+    if (this.unsealed.dropped === 0) return
+    this.log.debug('unsealed datagrams from the server address dropped', { dropped: this.unsealed.dropped })
+    this.unsealed = { dropped: 0, loggedAt: this.c.clock.now() }
   }
 
   // --- one registered session ---------------------------------------------
@@ -284,6 +298,7 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
   // --- heartbeats -----------------------------------------------------------
 
   private onHeartbeatExpired(): void {
+    this.flushUnsealed()
     if (this.state.kind !== 'registered' || !this.serverEndpoint) return
     if (this.missedUdp >= MISSED_HEARTBEATS_LOST || this.missedTcp >= MISSED_HEARTBEATS_LOST) {
       this.lost?.(new NatdError('SERVER_UNREACHABLE', `${MISSED_HEARTBEATS_LOST} heartbeats unanswered`))

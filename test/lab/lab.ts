@@ -59,6 +59,8 @@ export interface ExecResult {
 export interface Lab {
   id: string;
   server: { ns: string; ip: string; altIp: string };
+  /** The internet router between the sites and the server: where an on-path attacker sits. */
+  inetNs: string;
   hosts: Record<string, Host>;
   routers: Record<string, { ns: string; wanIp: string }>;
   exec(ns: string, cmd: string[], opts?: { timeoutMs?: number }): Promise<ExecResult>;
@@ -218,7 +220,7 @@ class LabImpl implements Lab {
   readonly namespaces: string[] = [];
   private readonly sites = new Map<string, SiteState>();
   private readonly children = new Set<ChildProcess>();
-  private readonly inetNs: string;
+  readonly inetNs: string;
   private tearingDown: Promise<void> | undefined;
 
   constructor(spec: LabSpec) {

@@ -1,0 +1,176 @@
+/**
+ * An attacker between agents and the rendezvous server (issue "Trust"): the lab's
+ * internet router DNATs alice's site's traffic for the server to an attacker process,
+ * which impersonates the server with its own key, or forwards to the real one while
+ * tampering with TCP or UDP (flipped bits, replayed datagrams); and an off-path sender
+ * forges heartbeat acks from the server's address.
+ *
+ *   alice 10.1.0.2 ┐                        ┌── server 198.18.0.2 (the real one)
+ *   dave  10.1.0.3 ┴ r1 (NAT) ── inet ──────┤
+ *                                 │ DNAT    └── r2 (NAT) ── bob 10.2.0.2
+ *                                 ▼
+ *                       attacker 198.18.1.1:3478 (in inet): a natd-rendezvous of its own
+ *                       with a "bob" of its own, or a tampering proxy to the real server
+ *
+ * What must hold: agents refuse with clear codes, no message reaches the attacker, and
+ * they recover by themselves when it steps aside.
+ */
+import { execFileSync } from 'node:child_process'
+import fs from 'node:fs'
+import path from 'node:path'
+import { describe, expect, it } from 'vitest'
+import { labAvailable } from './lab.js'
+import { DIST, ROOT, SERVER_PORT, waitFor, withLab, type NatdLab } from './natd-lab.js'
+
+const ATTACKER_IP = '198.18.1.1' // inet's own address on alice's site's link
+
+/** Sends site 1's traffic for the server (TCP and UDP) to the attacker instead. */
+async function intercept(n: NatdLab): Promise<void> {
+  for (const proto of ['tcp', 'udp']) {
+    const r = await n.lab.exec(n.lab.inetNs, ['iptables', '-t', 'nat', '-A', 'PREROUTING', '-i', 'w1', '-d', n.lab.server.ip, '-p', proto, '--dport', String(SERVER_PORT), '-j', 'DNAT', '--to-destination', `${ATTACKER_IP}:${SERVER_PORT}`])
+    expect(r.code, r.stderr).toBe(0)
+  }
+  await n.lab.exec(n.lab.inetNs, ['conntrack', '-F'])
+}
+
+async function stepAside(n: NatdLab): Promise<void> {
+  const r = await n.lab.exec(n.lab.inetNs, ['iptables', '-t', 'nat', '-F', 'PREROUTING'])
+  expect(r.code, r.stderr).toBe(0)
+  await n.lab.exec(n.lab.inetNs, ['conntrack', '-F'])
+}
+
+async function lastErrorCode(n: NatdLab, key: string): Promise<string | null> {
+  const s = await n.status(key)
+  return (s.lastError as { code?: string } | null)?.code ?? null
+}
+
+/** The inbox of an agent, as natctl messages --json shows it. */
+async function inbox(n: NatdLab, key: string): Promise<Array<{ text: string; from: string }>> {
+  const r = await n.natctl(key, ['messages'])
+  expect(r.code, r.stderr).toBe(0)
+  return r.json as Array<{ text: string; from: string }>
+}
+
+describe.skipIf(!labAvailable())('an attacker on the path to the rendezvous server', () => {
+  it('impersonating the server or tampering with its traffic gets refused with clear codes; nothing reaches it; agents recover when it steps aside', async () => {
+    await withLab({ sites: [{ name: 'alice', nat: 'easy', hosts: ['alice', 'dave'] }, { name: 'bob', nat: 'easy' }] }, async (n) => {
+      await n.startServer()
+      const realKey = execFileSync(process.execPath, [path.join(DIST, 'rendezvous/main.js'), '--print-key', '--state-dir', path.join(n.dir, 'rendezvous-state')], { encoding: 'utf8' }).trim()
+      await n.startAgent('alice')
+      await n.startAgent('bob')
+      const alice0 = await n.waitRegistered('alice')
+      await n.waitRegistered('bob')
+      // alice pinned the real server's key on first contact, and bob's key with a first message.
+      expect(alice0.serverKey).toEqual({ id: realKey, pinned: 'first-use' })
+      expect((await n.natctl('alice', ['send', 'bob', 'before'])).code).toBe(0)
+
+      // --- 1. the attacker runs a server of its own (its own key) with a "bob" of its own.
+      const attackerState = path.join(n.dir, 'attacker-state')
+      const attackerLog = path.join(n.dir, 'attacker-rendezvous.log')
+      const attacker = n.lab.spawn(n.lab.inetNs, [process.execPath, path.join(DIST, 'rendezvous/main.js'), '--host', ATTACKER_IP, '--port', String(SERVER_PORT), '--alt-port', '0', '--state-dir', attackerState, '--log-level', 'debug'], { cwd: ROOT })
+      attacker.stdout?.on('data', (d: Buffer) => fs.appendFileSync(attackerLog, d))
+      await waitFor(() => fs.existsSync(attackerLog) && fs.readFileSync(attackerLog, 'utf8').includes('rendezvous listening'), 10_000, 'attacker server')
+      const fakeBobSocket = path.join(n.dir, 'fake-bob.sock')
+      const fakeBob = n.lab.spawn(n.lab.inetNs, [process.execPath, path.join(DIST, 'daemon/main.js'), '--name', 'bob', '--server', `${ATTACKER_IP}:${SERVER_PORT}`, '--state-dir', path.join(n.dir, 'fake-bob-state'), '--socket', fakeBobSocket, '--heartbeat', '2s'], { cwd: ROOT })
+      void fakeBob
+      await waitFor(() => fs.readFileSync(attackerLog, 'utf8').includes('agent registered'), 15_000, 'the attacker\'s bob registered with the attacker')
+
+      await intercept(n)
+      await n.restartAgent('alice') // a reboot: its next contact goes to the attacker
+      // dave meets the server for the first time, with the key given out of band.
+      await n.startAgent('dave', { extra: ['--server', `${n.serverAddr}#${realKey}`] })
+      await waitFor(async () => (await lastErrorCode(n, 'alice')) === 'SERVER_KEY_MISMATCH', 20_000, 'alice refuses the attacker\'s key')
+      await waitFor(async () => (await lastErrorCode(n, 'dave')) === 'SERVER_KEY_MISMATCH', 20_000, 'dave refuses the attacker\'s key')
+      const status = await n.natctl('alice', ['status'], { json: false })
+      expect(status.stdout).toContain('SERVER_KEY_MISMATCH')
+      expect(status.stdout).toContain(`#<its key>`) // how to re-pin, when the operator really changed it
+      expect((await n.status('dave')).serverKey).toEqual({ id: realKey, pinned: 'flag' })
+      const sent = await n.natctl('alice', ['send', 'bob', 'for the real bob only'], { timeoutMs: 20_000 })
+      expect(sent.code).not.toBe(0)
+      expect(sent.stderr).toContain('NOT_REGISTERED')
+      // The attacker got no registration (it never even learnt their names) and no message.
+      expect(fs.readFileSync(attackerLog, 'utf8')).not.toMatch(/"name":"(alice|dave)"/)
+      const fakeInbox = execFileSync(process.execPath, [path.join(DIST, 'cli/main.js'), '--socket', fakeBobSocket, '--json', 'messages'], { encoding: 'utf8' })
+      expect(JSON.parse(fakeInbox)).toEqual([])
+      attacker.kill('SIGKILL')
+      fakeBob.kill('SIGKILL')
+
+      // --- 2. the attacker forwards to the real server and flips bits in its TCP answers.
+      const tamper = async (mode: string): Promise<{ seen: (what: string, times: number) => Promise<void>; stop: () => Promise<Record<string, number>> }> => {
+        const p = n.lab.spawn(n.lab.inetNs, [process.execPath, path.join(ROOT, 'test/lab/fixtures/on-path-proxy.mjs'), ATTACKER_IP, String(SERVER_PORT), n.lab.server.ip, mode])
+        let out = ''
+        p.stdout?.on('data', (d: Buffer) => (out += d.toString()))
+        await waitFor(() => out.includes('ready'), 10_000, `${mode} proxy`)
+        await n.lab.exec(n.lab.inetNs, ['conntrack', '-F'])
+        const count = (what: string): number => out.split('\n').filter((l) => l === what).length
+        return {
+          // Reconnects back off up to 10 s: wait for the proxy to have touched enough.
+          seen: async (what, times) => void (await waitFor(() => count(what) >= times, 30_000, `${mode}: ${times}× ${what}`)),
+          stop: async () => {
+            const exited = new Promise((resolve) => p.once('exit', resolve))
+            p.kill('SIGTERM')
+            await exited
+            return JSON.parse(out.split('\n').find((l) => l.startsWith('{')) ?? '{}') as Record<string, number>
+          }
+        }
+      }
+      let proxy = await tamper('tamper-tcp')
+      await proxy.seen('tcp-flipped', 2) // positive control: it is on the path, and has broken sessions
+      expect((await n.status('alice')).registered).toBe(false)
+      expect((await n.status('dave')).registered).toBe(false)
+      expect((await proxy.stop()).tcpConnections).toBeGreaterThanOrEqual(2)
+
+      // --- 3. TCP untouched; UDP acks altered and every heartbeat replayed 3 times.
+      proxy = await tamper('tamper-udp')
+      await proxy.seen('udp-flipped', 6) // two registrations' worth of first heartbeats
+      // A registration whose UDP mapping the server cannot confirm (sealed) is not one.
+      expect((await n.status('alice')).registered).toBe(false)
+      const touched = await proxy.stop()
+      expect(touched.udpReplayed).toBeGreaterThan(0)
+      expect(n.log('alice')).toContain('unsealed datagrams from the server address dropped')
+
+      // --- 4. the attacker steps aside: both recover by themselves, with the real server.
+      await stepAside(n)
+      await n.waitRegistered('alice', 30_000)
+      await n.waitRegistered('dave', 30_000)
+      expect((await n.status('alice')).serverKey).toEqual({ id: realKey, pinned: 'first-use' })
+      expect((await n.natctl('alice', ['send', 'bob', 'after'])).code).toBe(0)
+      expect((await inbox(n, 'bob')).map((m) => m.text)).toEqual(['before', 'after'])
+    })
+  }, 180_000)
+
+  it('10,000 forged heartbeat acks from the server\'s address (off path, guessed sequence numbers) change nothing', async () => {
+    await withLab({ sites: [{ name: 'alice', nat: 'easy' }, { name: 'bob', nat: 'easy' }] }, async (n) => {
+      await n.startServer()
+      await n.startAgent('alice')
+      const before = await n.waitRegistered('alice')
+      const [host, port] = String(before.publicUdp).split(':')
+      // Raw IPv4/UDP from 198.18.0.2:3478 to alice's public mapping, sent from the
+      // internet router: HEARTBEAT_ACK frames (version 2, type 6) with seq 1..10000,
+      // status ok, an observed endpoint of the attacker's choosing and a random tag.
+      const script = `
+import os, socket, struct
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+src, dst = socket.inet_aton('${n.lab.server.ip}'), socket.inet_aton('${host}')
+for seq in range(1, 10001):
+    body = bytes([0x4e, 0x44, 2, 6]) + struct.pack('>IB', seq, 0) + bytes([4, 203, 0, 113, 66]) + struct.pack('>H', 4444) + os.urandom(16)
+    udp = struct.pack('>HHHH', ${SERVER_PORT}, ${port}, 8 + len(body), 0) + body
+    ip = struct.pack('>BBHHHBBH4s4s', 0x45, 0, 20 + len(udp), seq & 0xffff, 0, 64, 17, 0, src, dst)
+    s.sendto(ip + udp, ('${host}', 0))
+`
+      const r = await n.lab.exec(n.lab.inetNs, ['python3', '-c', script], { timeoutMs: 60_000 })
+      expect(r.code, r.stderr).toBe(0)
+      await new Promise((res) => setTimeout(res, 3_000)) // past a heartbeat
+      const after = await n.status('alice')
+      expect(after.registered).toBe(true)
+      expect(after.publicUdp).toBe(before.publicUdp)
+      // Positive control: the forgeries did arrive, and were dropped one by one.
+      // (The agent logs them once a second with a count, not one line each.)
+      const lines = n.log('alice').split('\n').filter((l) => l.includes('unsealed datagrams from the server address dropped'))
+      const dropped = lines.reduce((sum, l) => sum + (JSON.parse(l) as { dropped: number }).dropped, 0)
+      expect(dropped).toBeGreaterThan(1_000)
+      expect(lines.length).toBeLessThan(50)
+      expect(n.log('alice')).not.toContain('lost the server')
+    })
+  }, 120_000)
+})
