@@ -6,9 +6,10 @@
  *
  * Each test builds its own lab and tears it down in `finally`, failed or not.
  */
+import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { labAvailable, type LabSpec } from './lab.js'
-import { waitFor, withLab } from './natd-lab.js'
+import { DIST, waitFor, withLab } from './natd-lab.js'
 
 
 const easyPair: LabSpec = { sites: [{ name: 'alice', nat: 'easy' }, { name: 'bob', nat: 'easy' }] }
@@ -135,6 +136,30 @@ describe.skipIf(!labAvailable())('registration through NAT', () => {
       expect(await n.rendezvousNames(['rm', 'alice'])).toMatchObject({ code: 0 })
       // The running server applies the release within NAMES_POLL_MS; the agent retries on its own.
       await n.waitRegistered('alice@mallory', 20_000)
+    })
+  }, 60_000)
+
+  it('natd release-name: the holder gives its name back (refused while its agent runs); another key may then take it', async () => {
+    const spec: LabSpec = { sites: [{ name: 'alice', nat: 'easy' }, { name: 'bob', nat: 'easy' }] }
+    await withLab(spec, async (n) => {
+      await n.startServer()
+      const a = await n.startAgent('alice')
+      await n.waitRegistered('alice')
+      const release = (): Promise<{ code: number; stdout: string; stderr: string }> =>
+        n.lab.exec(a.ns, [process.execPath, path.join(DIST, 'daemon/main.js'), 'release-name', '--state-dir', a.stateDir, '--socket', a.socket])
+      const running = await release()
+      expect(running.code).toBe(2)
+      expect(running.stderr).toContain('stop it first')
+      await n.stopAgent('alice')
+      await n.startAgent('bob', { as: 'alice' })
+      await waitFor(async () => ((await n.status('alice@bob')).lastError as { code?: string } | null)?.code === 'NAME_TAKEN', 10_000, 'NAME_TAKEN for another key')
+      const released = await release()
+      expect(released.code, released.stderr).toBe(0)
+      expect(released.stdout).toContain('released the name alice')
+      await n.waitRegistered('alice@bob', 20_000) // it retries on its own
+      const again = await release() // the name is the new key's now
+      expect(again.code).toBe(1)
+      expect(again.stderr).toContain('UNAUTHORIZED')
     })
   }, 60_000)
 
