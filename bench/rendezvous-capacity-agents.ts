@@ -3,17 +3,21 @@
  * agents, driven by the controller over the IPC channel (one command, one reply).
  *
  *   controller ──ipc──▶ this process: agents g ≡ worker (mod workers)
- *                         agent g: UDP socket on 127.A.B.C (its own address) ──▶ server :port
- *                         agent g % 100 == 0: also a TCP control connection ──▶ server :port
+ *                         agent g: TCP control connection from 127.A.B.C ──▶ server :port
+ *                                  (CHALLENGE, SECURE, Noise XX, REGISTER, REGISTER_ACK)
+ *                                  UDP socket on 127.A.B.C (its own address) ──▶ server :port
+ *                         agent g % 100 == 0 keeps its control connection; the others reset it
  *
  * Each agent has its own source endpoint because the server keys a registration by the
  * address:port it saw (a heartbeat from anywhere else is answered 'moved'), and a
  * process may hold only RLIMIT_NOFILE sockets, hence several of these processes.
  *
- * An agent does what src/daemon/rendezvous-client.ts does: HELLO -> CHALLENGE -> signed
- * REGISTER -> REGISTER_ACK (token), then one HEARTBEAT per interval at a fixed phase;
- * TCP agents register on the control connection too, PING with every heartbeat, LIST
- * and INTRODUCE.
+ * An agent does what src/daemon/rendezvous-client.ts does (protocol 2): a control
+ * connection, a Noise handshake with the server, a signed REGISTER inside it ->
+ * REGISTER_ACK (token, heartbeat key); then a first sealed HEARTBEAT (the server answers
+ * 'moved': it learns the UDP mapping) and one per interval at a fixed phase. The 1% of
+ * TCP agents keep the control connection and PING with every heartbeat, LIST and
+ * INTRODUCE (rendezvous-capacity-control.ts says what that leaves out).
  */
 import dgram from 'node:dgram'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
@@ -31,9 +35,6 @@ const DIST = new URL('../dist/', import.meta.url)
 const proto = (await import(new URL('protocol/rendezvous.js', DIST).href)) as typeof import('../src/protocol/rendezvous.js')
 const identity = (await import(new URL('protocol/identity.js', DIST).href)) as typeof import('../src/protocol/identity.js')
 
-/** Like the agent (UDP_REQUEST_TIMEOUT_MS, UDP_REQUEST_TRIES): HELLO and REGISTER each wait 1 s, 3 tries. */
-const UDP_REQUEST_TIMEOUT_MS = 1_000
-const UDP_REQUEST_TRIES = 3
 /** Like the agent's BACKOFF_FIRST_MS: a failed registration session is retried after this, doubling. */
 const BACKOFF_FIRST_MS = 500
 /** A real agent never gives up; a simulated one that cannot register in this long counts as failed. */
@@ -62,7 +63,7 @@ export interface WindowResult {
   sent: number
   latenciesMs: Float64Array
   lost: number // no ack within ACK_TIMEOUT_MS
-  badStatus: number // acked 'unknown' or 'moved'
+  badStatus: number // acked 'moved' (the server lost our mapping), or an ack whose seal does not open
   pings: number
   pongs: number
   loopDelayP99Ms: number
@@ -80,12 +81,12 @@ class Agents {
   // Per local agent l (global index g = l * workers + worker).
   private readonly socks: (dgram.Socket | undefined)[] = []
   private readonly tokens: (Uint8Array | undefined)[] = []
+  private readonly udpKeys: (Uint8Array | undefined)[] = []
   private readonly seq: Uint32Array
   private readonly sentAt: Float64Array // 0 = no heartbeat outstanding
   private readonly tagged: Uint8Array // 1 = sent inside the measurement window
-  private readonly udpWaiters = new Map<number, { type: Message['type']; resolve: (m: Message | null) => void }>()
   readonly control: ControlConnections
-  private udpRetries = 0
+  private registerRetries = 0
   private registered = 0 // local agents [0, registered) have been attempted
   // Heartbeat schedule: a wheel of TICK_MS slots over one interval.
   private readonly wheel: number[][]
@@ -114,7 +115,11 @@ class Agents {
     this.wheel = Array.from({ length: Math.ceil(this.intervalMs / TICK_MS) }, () => [])
     this.lastSlot = this.slotNow()
     this.ticker = setInterval(() => this.onTickExpired(), TICK_MS)
-    this.control = new ControlConnections(init.server, { global: (l) => this.g(l), signedRegister: (l, nonce, time) => this.signedRegister(l, nonce, time) })
+    this.control = new ControlConnections(init.server, {
+      global: (l) => this.g(l),
+      keyPair: (l) => ({ publicKey: this.pk(l), secretKey: this.sk(l) }),
+      signedRegister: (l, nonce, time) => this.signedRegister(l, nonce, time)
+    })
   }
 
   private pk(l: number): Buffer {
@@ -148,7 +153,7 @@ class Agents {
     return proto.encodeRegister(unsigned, identity.sign(unsigned, this.sk(l)))
   }
 
-  // --- UDP registration ------------------------------------------------------
+  // --- registration (TCP + Noise), then the UDP socket ------------------------------
 
   /**
    * Registers local agents up to the global count `total`: at most `ratePerS` a second
@@ -161,7 +166,7 @@ class Agents {
     const running: Promise<void>[] = []
     const start = performance.now()
     const first = this.registered
-    const retries0 = this.udpRetries
+    const retries0 = this.registerRetries
     let inFlight = 0
     while (this.registered < upTo) {
       const due = Math.min(upTo, first + Math.floor(((performance.now() - start) / 1000) * ratePerS) + 1)
@@ -169,7 +174,7 @@ class Agents {
         const l = this.registered++
         inFlight++
         running.push(
-          this.registerUdp(l).then(
+          this.registerAgent(l).then(
             () => void result.ok++,
             (err: NodeJS.ErrnoException) => {
               const code = err.code ?? err.message
@@ -181,11 +186,11 @@ class Agents {
       await sleep(TICK_MS)
     }
     await Promise.all(running)
-    result.retries = this.udpRetries - retries0
+    result.retries = this.registerRetries - retries0
     return result
   }
 
-  private async registerUdp(l: number): Promise<void> {
+  private async registerAgent(l: number): Promise<void> {
     const sock = dgram.createSocket('udp4')
     this.socks[l] = sock
     sock.on('message', (buf) => this.onDatagram(l, buf))
@@ -197,47 +202,25 @@ class Agents {
         resolve()
       })
     })
-    // Like the agent: a session is HELLO + REGISTER (3 tries each); after a failed one it
-    // backs off (doubling) and starts over, here until REGISTER_GIVE_UP_MS.
+    // Like the agent: a failed registration backs off (doubling) and starts over, here
+    // until REGISTER_GIVE_UP_MS.
     const start = performance.now()
-    let ack: Message | null = null
-    for (let backoff = BACKOFF_FIRST_MS; !ack; backoff *= 2) {
+    const keep = this.g(l) % TCP_EVERY === 0
+    for (let backoff = BACKOFF_FIRST_MS; ; backoff *= 2) {
       try {
-        const challenge = await this.udpRequest(l, proto.encode({ type: 'hello' }), 'challenge')
-        if (challenge.type !== 'challenge') throw new Error('expected a challenge')
-        ack = await this.udpRequest(l, this.signedRegister(l, challenge.nonce, challenge.serverTime), 'register-ack')
+        const ack = await this.control.register(l, keep)
+        this.tokens[l] = ack.token
+        this.udpKeys[l] = ack.udpKey
+        break
       } catch (err) {
         if (performance.now() - start + backoff > REGISTER_GIVE_UP_MS) throw err
-        this.udpRetries++
+        this.registerRetries++
         await sleep(backoff)
       }
     }
-    if (ack.type !== 'register-ack') throw new Error('expected a register ack')
-    this.tokens[l] = Buffer.from(ack.token)
+    this.beat(l) // the session's first heartbeat: the server learns our UDP mapping ('moved')
     const phase = (this.g(l) * PHI) % 1
     this.wheel[Math.floor(phase * this.wheel.length)]!.push(l)
-  }
-
-  private async udpRequest(l: number, buf: Buffer, type: Message['type']): Promise<Message> {
-    for (let i = 0; i < UDP_REQUEST_TRIES; i++) {
-      if (i) this.udpRetries++
-      const reply = new Promise<Message | null>((resolve) => {
-        const timer = setTimeout(() => resolve(null), UDP_REQUEST_TIMEOUT_MS)
-        this.udpWaiters.set(l, {
-          type,
-          resolve: (m) => {
-            clearTimeout(timer)
-            resolve(m)
-          }
-        })
-      })
-      this.socks[l]!.send(buf, this.server.port, this.server.host)
-      const msg = await reply
-      this.udpWaiters.delete(l)
-      if (msg?.type === 'error') throw Object.assign(new Error(msg.message), { code: msg.code })
-      if (msg) return msg
-    }
-    throw Object.assign(new Error(`no ${type}`), { code: 'UDP_TIMEOUT' })
   }
 
   private onDatagram(l: number, buf: Buffer): void {
@@ -247,9 +230,7 @@ class Agents {
     } catch {
       return
     }
-    if (msg.type === 'heartbeat-ack') return this.onHeartbeatAck(l, msg)
-    const w = this.udpWaiters.get(l)
-    if (w && (msg.type === w.type || msg.type === 'error')) w.resolve(msg)
+    if (msg.type === 'heartbeat-ack') this.onHeartbeatAck(l, msg)
   }
 
   // --- heartbeats ---------------------------------------------------------------
@@ -269,15 +250,16 @@ class Agents {
 
   private beat(l: number): void {
     const token = this.tokens[l]
+    const key = this.udpKeys[l]
     const sock = this.socks[l]
-    if (!token || !sock) return
+    if (!token || !key || !sock) return
     if (this.sentAt[l] && this.tagged[l]) this.win.lost++ // the previous one was never answered
     const seq = (this.seq[l]! + 1) >>> 0
     this.seq[l] = seq
     this.sentAt[l] = performance.now()
     this.tagged[l] = this.windowOpen ? 1 : 0
     if (this.windowOpen) this.win.sent++
-    sock.send(proto.encode({ type: 'heartbeat', token, seq }), this.server.port, this.server.host)
+    sock.send(proto.encode({ type: 'heartbeat', token, seq, key }), this.server.port, this.server.host)
     if (this.control.ping(l, seq, this.windowOpen) && this.windowOpen) this.win.pings++
   }
 
@@ -288,7 +270,7 @@ class Agents {
     this.sentAt[l] = 0
     if (!this.tagged[l]) return
     this.tagged[l] = 0
-    if (msg.status !== 'ok') this.win.badStatus++
+    if (msg.status !== 'ok' || !proto.opened(msg, this.udpKeys[l]!)) this.win.badStatus++
     else if (ms > ACK_TIMEOUT_MS) this.win.lost++
     else this.win.latencies.push(ms)
   }
@@ -325,11 +307,12 @@ class Agents {
     }
   }
 
-  /** Opens the control connections of the local TCP agents among the first `total` (1%). */
-  tcpOpen(total: number): Promise<RegisterResult> {
-    const want: number[] = []
-    for (let l = 0; l < this.localCount(total); l++) if (this.g(l) % TCP_EVERY === 0 && this.tokens[l]) want.push(l)
-    return this.control.open(want)
+  /** The local TCP agents among the first `total` (1%) kept their control connection at registration: counts them. */
+  tcpOpen(total: number): RegisterResult {
+    let want = 0
+    for (let l = 0; l < this.localCount(total); l++) if (this.g(l) % TCP_EVERY === 0 && this.tokens[l]) want++
+    const ok = Math.min(want, this.control.size)
+    return { ok, retries: 0, failed: want > ok ? { TCP_CLOSED: want - ok } : {} }
   }
 
   async stop(): Promise<void> {

@@ -1,20 +1,25 @@
 /**
- * The 1% of simulated agents that also keep a TCP control connection, as
- * src/daemon/rendezvous-client.ts does: the server sends a CHALLENGE first, the agent a
- * signed REGISTER, then PING with every heartbeat, LIST and INTRODUCE. Used by
- * rendezvous-capacity-agents.ts (one ControlConnections per load process).
+ * The simulated agents' TCP control connections, as src/daemon/control-connection.ts
+ * opens them (protocol 2): the server sends a clear CHALLENGE, the agent SECURE, then a
+ * Noise XX session (secret-stream) inside which it sends its signed REGISTER and gets
+ * REGISTER_ACK (token, heartbeat key). Every agent registers so; the 1% that keep the
+ * connection then PING with every heartbeat, LIST and INTRODUCE, the others close it
+ * (RST, no TIME_WAIT) and keep only their sealed UDP heartbeats. A real natd keeps its
+ * control connection open for good (introductions arrive on it only): the server's
+ * memory per agent measured here leaves the other 99% of sessions out.
+ * Used by rendezvous-capacity-agents.ts (one ControlConnections per load process).
  */
+import type SecretStream from '@hyperswarm/secret-stream'
 import net from 'node:net'
 import type { Endpoint } from '../src/protocol/endpoint.js'
 import type { Message, OutgoingMessage } from '../src/protocol/rendezvous.js'
 
 const proto = (await import(new URL('../dist/protocol/rendezvous.js', import.meta.url).href)) as typeof import('../src/protocol/rendezvous.js')
+const secure = (await import(new URL('../dist/tunnel/secure-socket.js', import.meta.url).href)) as typeof import('../src/tunnel/secure-socket.js')
 
 /** Like the agent's TCP_REGISTER_TIMEOUT_MS and TCP_REQUEST_TIMEOUT_MS. */
 const TCP_REGISTER_TIMEOUT_MS = 5_000
 const TCP_REQUEST_TIMEOUT_MS = 10_000
-/** Connections opened at once per process (each one is a signed REGISTER for the server). */
-const TCP_OPEN_CONCURRENCY = 64
 /** One agent in this many keeps a TCP control connection (1%). */
 export const TCP_EVERY = 100
 
@@ -29,8 +34,14 @@ export function nameOf(g: number): string {
 
 export interface RegisterResult {
   ok: number
-  retries: number // HELLOs and REGISTERs sent again after a timeout
+  retries: number // registrations started again after a failed one
   failed: Record<string, number>
+}
+
+/** What REGISTER_ACK gave an agent. */
+export interface Registered {
+  token: Uint8Array
+  udpKey: Uint8Array
 }
 export interface ListResult {
   ms: number
@@ -47,30 +58,8 @@ export interface IntroResult {
 /** What the control connections need from the agents they belong to (l = local agent index). */
 export interface AgentIdentity {
   global(l: number): number
+  keyPair(l: number): { publicKey: Buffer; secretKey: Buffer }
   signedRegister(l: number, nonce: Uint8Array, serverTime: number): Buffer
-}
-
-/** Length-prefixed frames without the agent's 1 MiB cap, so an oversized PEERS is measured, not dropped. */
-class FrameReader {
-  private chunks: Buffer[] = []
-  private buffered = 0
-
-  push(chunk: Buffer): Buffer[] {
-    this.chunks.push(chunk)
-    this.buffered += chunk.length
-    const out: Buffer[] = []
-    while (this.buffered >= 4) {
-      if (this.chunks[0]!.length < 4) this.chunks = [Buffer.concat(this.chunks)]
-      const len = this.chunks[0]!.readUInt32BE(0)
-      if (this.buffered < 4 + len) break
-      const joined = this.chunks.length === 1 ? this.chunks[0]! : Buffer.concat(this.chunks)
-      out.push(joined.subarray(4, 4 + len))
-      const rest = joined.subarray(4 + len)
-      this.chunks = rest.length ? [rest] : []
-      this.buffered -= 4 + len
-    }
-    return out
-  }
 }
 
 interface Waiter {
@@ -81,6 +70,7 @@ interface Waiter {
 interface TcpAgent {
   l: number
   sock: net.Socket
+  session: SecretStream
   /** PING seqs sent inside the measurement window, not yet answered. */
   windowPings: Set<number>
   nextReqId: number
@@ -107,7 +97,7 @@ export class ControlConnections {
   ping(l: number, seq: number, inWindow: boolean): boolean {
     const t = this.tcp.get(l)
     if (!t) return false
-    t.sock.write(proto.frame(proto.encode({ type: 'ping', seq })))
+    t.session.write(proto.encode({ type: 'ping', seq }))
     if (inWindow) t.windowPings.add(seq)
     return true
   }
@@ -120,75 +110,79 @@ export class ControlConnections {
     return pongs
   }
 
-  /** Opens the control connections of these local agents (not already open). */
-  async open(agents: number[]): Promise<RegisterResult> {
-    const want = agents.filter((l) => !this.tcp.has(l))
-    const result: RegisterResult = { ok: 0, retries: 0, failed: {} }
-    let next = 0
-    const lane = async (): Promise<void> => {
-      while (next < want.length) {
-        const l = want[next++]!
-        try {
-          this.tcp.set(l, await this.connect(l))
-          result.ok++
-        } catch (err) {
-          const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message
-          result.failed[code] = (result.failed[code] ?? 0) + 1
-        }
-      }
-    }
-    await Promise.all(Array.from({ length: TCP_OPEN_CONCURRENCY }, lane))
-    return result
+  /**
+   * Registers agent l over a new control connection from its own address; keeps the
+   * connection (for PING, LIST, INTRODUCE) when `keep`, else resets it once acked.
+   */
+  async register(l: number, keep: boolean): Promise<Registered> {
+    const { agent, ack } = await this.connect(l)
+    if (keep) this.tcp.set(l, agent)
+    else agent.sock.resetAndDestroy()
+    return ack
   }
 
-  /** Connects from the agent's own address; resolves once the server acknowledged the signed REGISTER. */
-  private connect(l: number): Promise<TcpAgent> {
+  /** CHALLENGE, SECURE, Noise, REGISTER; resolves once the server acknowledged it. */
+  private connect(l: number): Promise<{ agent: TcpAgent; ack: Registered }> {
     return new Promise((resolve, reject) => {
       const sock = net.connect({ host: this.server.host, port: this.server.port, localAddress: hostOf(this.agents.global(l)) })
-      const agent: TcpAgent = { l, sock, windowPings: new Set(), nextReqId: 1, waiters: new Map() }
-      const reader = new FrameReader()
+      let agent: TcpAgent | null = null
+      const splitter = new proto.FrameSplitter()
       let state: 'challenge' | 'ack' | 'registered' = 'challenge'
       const fail = (err: Error): void => {
+        if (state === 'registered') return
         clearTimeout(timer)
         sock.destroy()
         reject(err)
       }
       const timer = setTimeout(() => fail(Object.assign(new Error('tcp register timed out'), { code: 'TCP_TIMEOUT' })), TCP_REGISTER_TIMEOUT_MS)
       sock.setNoDelay(true)
-      sock.on('error', (err) => {
-        if (state !== 'registered') fail(err)
-      })
+      sock.on('error', fail)
       sock.on('close', () => {
-        this.tcp.delete(l)
-        for (const w of agent.waiters.values()) w.resolve(null)
-        agent.waiters.clear()
-        if (state !== 'registered') fail(Object.assign(new Error('closed during registration'), { code: 'TCP_CLOSED' }))
+        if (agent && this.tcp.get(l) === agent) this.tcp.delete(l)
+        for (const w of agent?.waiters.values() ?? []) w.resolve(null)
+        agent?.waiters.clear()
+        fail(Object.assign(new Error('closed during registration'), { code: 'TCP_CLOSED' }))
       })
-      sock.on('data', (chunk: Buffer) => {
-        let frames: Buffer[]
-        let msgs: Message[]
+      const onMessage = (msg: Message, bytes: number): void => {
+        if (state === 'ack') {
+          if (msg.type !== 'register-ack') return fail(Object.assign(new Error(`tcp register: ${msg.type}`), { code: msg.type === 'error' ? msg.code : 'TCP_UNEXPECTED' }))
+          state = 'registered'
+          clearTimeout(timer)
+          resolve({ agent: agent!, ack: { token: Buffer.from(msg.token), udpKey: Buffer.from(msg.udpKey) } })
+        } else if (agent) this.onTcpMessage(agent, msg, bytes)
+      }
+      const onClear = (chunk: Buffer): void => {
         try {
-          frames = reader.push(chunk)
-          msgs = frames.map((f) => proto.decode(f))
+          splitter.add(chunk)
+          const f = splitter.next()
+          if (!f) return
+          const msg = proto.decode(f)
+          if (msg.type !== 'challenge') return fail(Object.assign(new Error(`expected a challenge, got ${msg.type}`), { code: msg.type === 'error' ? msg.code : 'TCP_UNEXPECTED' }))
+          sock.off('data', onClear)
+          sock.write(proto.frame(proto.encode({ type: 'secure' })))
+          const session = secure.secureSocket(true, sock, splitter.rest(), this.agents.keyPair(l))
+          agent = { l, sock, session, windowPings: new Set(), nextReqId: 1, waiters: new Map() }
+          state = 'ack'
+          session.on('data', (b: Buffer) => {
+            let m: Message
+            try {
+              m = proto.decode(b)
+            } catch (err) {
+              fail(err as Error)
+              sock.destroy()
+              return
+            }
+            onMessage(m, b.length)
+          })
+          void session.opened.then((ok) => {
+            if (ok) session.write(this.agents.signedRegister(l, msg.nonce, msg.serverTime))
+            else fail(Object.assign(new Error('noise handshake failed'), { code: 'NOISE_FAILED' }))
+          })
         } catch (err) {
-          if (state !== 'registered') fail(err as Error)
-          sock.destroy()
-          return
+          fail(err as Error)
         }
-        for (let i = 0; i < msgs.length; i++) {
-          const msg = msgs[i]!
-          const f = frames[i]!
-          if (state === 'challenge' && msg.type === 'challenge') {
-            state = 'ack'
-            sock.write(proto.frame(this.agents.signedRegister(l, msg.nonce, msg.serverTime)))
-          } else if (state === 'ack') {
-            if (msg.type !== 'register-ack') return fail(Object.assign(new Error(`tcp register: ${msg.type}`), { code: msg.type === 'error' ? msg.code : 'TCP_UNEXPECTED' }))
-            state = 'registered'
-            clearTimeout(timer)
-            resolve(agent)
-          } else this.onTcpMessage(agent, msg, f.length)
-        }
-      })
+      }
+      sock.on('data', onClear)
     })
   }
 
@@ -225,7 +219,7 @@ export class ControlConnections {
         resolve(null)
       }, TCP_REQUEST_TIMEOUT_MS)
       agent.waiters.set(reqId, { resolve, timer })
-      agent.sock.write(proto.frame(proto.encode({ ...msg, reqId })))
+      agent.session.write(proto.encode({ ...msg, reqId }))
     })
   }
 

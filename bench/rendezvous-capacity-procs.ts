@@ -163,22 +163,39 @@ export class ServerProcess {
     return Promise.race([answer, sleep(PROBE_TIMEOUT_MS, null, { ref: false })])
   }
 
-  /** Resolves once the server answers a HELLO with a CHALLENGE. */
+  /** Resolves once the server accepts a TCP connection and sends its CHALLENGE. */
   async ready(): Promise<void> {
     const proto = (await import(path.join(ROOT, 'dist/protocol/rendezvous.js'))) as typeof import('../src/protocol/rendezvous.js')
-    const sock = dgram.createSocket('udp4')
-    try {
-      const answered = new Promise<void>((resolve) => sock.on('message', (buf) => proto.decode(buf).type === 'challenge' && resolve()))
-      await new Promise<void>((r) => sock.bind(0, '127.0.0.1', r))
-      const deadline = performance.now() + SERVER_READY_TIMEOUT_MS
-      while (performance.now() < deadline) {
-        sock.send(proto.encode({ type: 'hello' }), this.port, '127.0.0.1')
-        if (await Promise.race([answered.then(() => true), sleep(200).then(() => false), this.died])) return
-      }
-      throw new Error('natd-rendezvous did not answer a HELLO in time')
-    } finally {
-      sock.close()
+    const deadline = performance.now() + SERVER_READY_TIMEOUT_MS
+    while (performance.now() < deadline) {
+      const challenged = await Promise.race([this.challenge(proto), sleep(200).then(() => false), this.died])
+      if (challenged) return
+      await sleep(100)
     }
+    throw new Error('natd-rendezvous did not send a CHALLENGE in time')
+  }
+
+  /** One TCP connection: true when the first frame is a CHALLENGE (then it hangs up). */
+  private challenge(proto: typeof import('../src/protocol/rendezvous.js')): Promise<boolean> {
+    return new Promise((resolve) => {
+      const sock = net.connect({ host: '127.0.0.1', port: this.port })
+      const splitter = new proto.FrameSplitter()
+      const done = (ok: boolean): void => {
+        sock.destroy()
+        resolve(ok)
+      }
+      sock.on('error', () => done(false))
+      sock.setTimeout(1_000, () => done(false))
+      sock.on('data', (chunk: Buffer) => {
+        try {
+          splitter.add(chunk)
+          const f = splitter.next()
+          if (f) done(proto.decode(f).type === 'challenge')
+        } catch {
+          done(false)
+        }
+      })
+    })
   }
 
   /** Starts counting event-loop delay and GC pauses. */

@@ -62,7 +62,7 @@ describe('parseConfigFile', () => {
     ['[]', /must hold a JSON object/],
     [{ nmae: 'alice' }, /"nmae" is not a setting natd knows \(known: name, server, /],
     [{ name: 'Alice' }, /"name" is "Alice"; a name is 1-32 characters/],
-    [{ server: 'rv.example.org:99999' }, /"server" must be HOST or HOST:PORT/],
+    [{ server: 'rv.example.org:99999' }, /"server" must be HOST, HOST:PORT or HOST:PORT#KEY/],
     [{ secretFile: 'secret' }, /"secretFile" must be an absolute path/],
     [{ heartbeat: '20 seconds' }, /"heartbeat" must be a duration like "20s"/],
     [{ heartbeat: '100ms' }, /"heartbeat" must be between 200ms and 10m/],
@@ -113,7 +113,7 @@ describe('mergeConfig', () => {
   it('the installed template fails with what to set, and where', () => {
     const template = parse({ name: '', server: '', secretFile: null, forwards: [], exposes: [] })
     expect(errorOf(() => mergeConfig(null, {}, template))).toBe('no name: set "name" in /etc/natd/natd.json (or pass --name NAME)')
-    expect(errorOf(() => mergeConfig(null, {}, { ...template, name: 'alice' }))).toBe('no server: set "server" in /etc/natd/natd.json (or pass --server HOST[:PORT])')
+    expect(errorOf(() => mergeConfig(null, {}, { ...template, name: 'alice' }))).toBe('no server: set "server" in /etc/natd/natd.json (or pass --server HOST[:PORT][#KEY])')
     expect(errorOf(() => mergeConfig(null, {}))).toBe('no name: start natd once with --name NAME')
   })
 })

@@ -210,6 +210,18 @@ describe.skipIf(pythonMissing)(title, () => {
     expect(status.name).toBe('alice')
     expect(status.serverState).toBe('registered')
     expect(typeof status.id).toBe('string')
+    // No #KEY in --server: the key the server presented is pinned on first use.
+    expect(status.serverKey).toEqual({ id: expect.stringMatching(/^[a-z2-7]{52}$/), pinned: 'first-use' })
+  }, 20_000)
+
+  it('every field natd returns in status is in the status table of docs/API.md', async () => {
+    const status = await waitRegistered()
+    const doc = fs.readFileSync(DOC, 'utf8')
+    const start = doc.indexOf('\n### `status`\n')
+    const table = doc.slice(start, doc.indexOf('\n### ', start + 1))
+    expect(start).toBeGreaterThan(0)
+    const missing = Object.keys(status).filter((field) => !new RegExp(`^\\|[^|]*\`${escapeRe(field)}\``, 'm').test(table))
+    expect(missing, 'status fields missing from the table under ### `status` in docs/API.md').toEqual([])
   }, 20_000)
 
   it('peers prints a JSON array', async () => {

@@ -18,6 +18,7 @@ const STATUS: StatusResult = {
   name: 'alice',
   id: 'a'.repeat(52),
   server: 'rv.example:3478',
+  serverKey: { id: 'd'.repeat(52), pinned: 'flag' },
   serverState: 'registered',
   registered: true,
   lastError: null,

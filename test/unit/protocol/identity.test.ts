@@ -1,11 +1,13 @@
-// Identities (src/protocol/identity.ts): peer IDs as people read them, names, and the
-// signature / MAC primitives the rendezvous protocol relies on.
+// Identities (src/protocol/identity.ts): peer IDs as people read them (and parsed back,
+// as a pinned server key is), names, and the signature / MAC primitives the rendezvous
+// protocol relies on; the datagram seal (src/protocol/seal.ts).
 import { describe, expect, it } from 'vitest'
 import {
   generateKeyPair,
   isValidName,
   mac,
   networkSecretKey,
+  parsePeerId,
   peerId,
   randomBytes,
   secretProof,
@@ -14,6 +16,7 @@ import {
   timingSafeEqual,
   verify
 } from '../../../src/protocol/identity.js'
+import { SEAL_TAG_BYTES, tag } from '../../../src/protocol/seal.js'
 import { seq } from '../helpers.js'
 
 describe('identity', () => {
@@ -81,5 +84,71 @@ describe('identity', () => {
     expect(timingSafeEqual(seq(0, 8), seq(0, 8))).toBe(true)
     expect(timingSafeEqual(seq(0, 8), seq(1, 8))).toBe(false)
     expect(timingSafeEqual(seq(0, 8), seq(0, 7))).toBe(false)
+  })
+
+  it('parsePeerId reads back the key a peer ID spells', () => {
+    expect(parsePeerId('a'.repeat(52))).toEqual(Buffer.alloc(32))
+    expect(parsePeerId('7'.repeat(51) + 'q')).toEqual(Buffer.alloc(32, 0xff))
+    expect(parsePeerId(peerId(seq(0, 32)))).toEqual(seq(0, 32))
+    for (let i = 0; i < 50; i++) {
+      const { publicKey } = generateKeyPair()
+      expect(parsePeerId(peerId(publicKey))).toEqual(publicKey)
+    }
+  })
+
+  it('parsePeerId refuses a wrong length, a character outside a-z2-7, and non-zero spare bits', () => {
+    const id = peerId(generateKeyPair().publicKey)
+    expect(parsePeerId(id)).not.toBeNull()
+    for (const bad of [
+      '',
+      id.slice(0, 8), // a short ID names a peer, it does not pin a key
+      id.slice(0, 51),
+      id + 'a',
+      id.toUpperCase(),
+      id.slice(0, 10) + '1' + id.slice(11), // 0, 1, 8, 9 are not base32 digits
+      id.slice(0, 10) + '8' + id.slice(11),
+      id.slice(0, 10) + '=' + id.slice(11),
+      id.slice(0, 51) + ' ',
+      ' ' + id.slice(1),
+      // 52 characters carry 260 bits for 256: the last one's low 4 bits must be zero.
+      '7'.repeat(51) + 'r',
+      'a'.repeat(51) + 'b',
+      'a'.repeat(51) + 'p'
+    ]) {
+      expect(parsePeerId(bad), JSON.stringify(bad)).toBeNull()
+    }
+  })
+})
+
+describe('seal', () => {
+  // Expected tags computed apart: Python's hashlib.blake2b(data, key=key, digest_size=16).
+  it('tag is keyed BLAKE2b-128 (golden values)', () => {
+    expect(SEAL_TAG_BYTES).toBe(16)
+    expect(tag(seq(0, 32), Buffer.from('abc')).toString('hex')).toBe('1a64be47e4729d951c302ee543f97cf3')
+    expect(tag(seq(0, 32), Buffer.alloc(0)).toString('hex')).toBe('3daf97bce7888fd59773c66bf647459c')
+    expect(tag(seq(0, 16), Buffer.from('abc')).toString('hex')).toBe('cc611a2673ca66e9f7fc64b995c5467c')
+    expect(tag(seq(0, 64), Buffer.from('abc')).toString('hex')).toBe('a9f9ff5c38d7eda4899ab27d41b93372')
+  })
+
+  it('tag depends on every bit of the key and of the data', () => {
+    const key = seq(0x60, 32)
+    const data = seq(0x10, 24)
+    const t = tag(key, data)
+    for (let bit = 0; bit < 32 * 8; bit++) {
+      const k = Buffer.from(key)
+      k[bit >> 3]! ^= 1 << (bit & 7)
+      expect(tag(k, data).equals(t), `key bit ${bit}`).toBe(false)
+    }
+    for (let bit = 0; bit < 24 * 8; bit++) {
+      const d = Buffer.from(data)
+      d[bit >> 3]! ^= 1 << (bit & 7)
+      expect(tag(key, d).equals(t), `data bit ${bit}`).toBe(false)
+    }
+    expect(tag(key, Buffer.concat([data, Buffer.alloc(1)])).equals(t)).toBe(false)
+  })
+
+  it('tag refuses keys shorter than 16 or longer than 64 bytes', () => {
+    expect(() => tag(seq(0, 15), Buffer.from('abc'))).toThrow()
+    expect(() => tag(seq(0, 65), Buffer.from('abc'))).toThrow()
   })
 })

@@ -134,7 +134,11 @@ describe('STUN: demultiplexing on the shared UDP socket', () => {
   })
 
   it('rejects our rendezvous frames, UDX-like packets and short or cookie-less buffers', () => {
-    for (const m of [encode({ type: 'hello' }), encode({ type: 'heartbeat', token: Buffer.alloc(16), seq: 1 }), encode({ type: 'bye' })]) {
+    for (const m of [
+      encode({ type: 'challenge', nonce: Buffer.alloc(32), serverTime: 1 }),
+      encode({ type: 'heartbeat', token: Buffer.alloc(16), seq: 1, key: Buffer.alloc(32, 7) }),
+      encode({ type: 'bye' })
+    ]) {
       expect(isStun(m)).toBe(false)
       expect(() => decodeStun(m)).toThrow(ProtocolError)
     }

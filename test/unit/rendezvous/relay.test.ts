@@ -1,14 +1,16 @@
 /**
  * The relay broker (src/rendezvous/relay.ts) with fake sockets and a fake clock:
- * pairing, forwarding as-is, limits ending both sides with RELAY_END RELAY_LIMIT, and
- * no connection left open when the peer never comes.
+ * pairing, forwarding as-is, limits ending both sides with RELAY_END RELAY_LIMIT, no
+ * connection left open when the peer never comes, and only the agent introduced on a
+ * side (its RELAY signed over its connection's challenge) may bind that side.
  */
 import { EventEmitter } from 'node:events'
 import type net from 'node:net'
 import { describe, expect, it } from 'vitest'
 import { NatdError } from '../../../src/protocol/errors.js'
 import { silentLogger } from '../../../src/protocol/log.js'
-import { decode, encode, FrameSplitter } from '../../../src/protocol/rendezvous.js'
+import { generateKeyPair, sign, type KeyPair } from '../../../src/protocol/identity.js'
+import { decode, encode, encodeRelay, FrameSplitter, type Message, relaySigned } from '../../../src/protocol/rendezvous.js'
 import { Relay, RELAY_BIND_TIMEOUT_MS, type RelayLimits } from '../../../src/rendezvous/relay.js'
 
 class FakeSocket extends EventEmitter {
@@ -50,6 +52,23 @@ class FakeSocket extends EventEmitter {
 }
 
 const INTRO = Buffer.alloc(16, 7)
+const ALICE = generateKeyPair() // introduced as the initiator
+const BOB = generateKeyPair() // introduced as the responder
+const MALLORY = generateKeyPair()
+const KEYS: [Buffer, Buffer] = [ALICE.publicKey, BOB.publicKey]
+const NAMES: [string, string] = ['alice', 'bob']
+
+let nonces = 0
+/** A fresh challenge nonce, as each connection gets. */
+const nextNonce = (): Buffer => Buffer.alloc(32, ++nonces)
+
+/** The RELAY `signer` sends for `introId`'s side, signed over `nonce`, as the server decodes it. */
+function relayMsg(signer: KeyPair, nonce: Buffer, initiator: boolean, introId: Buffer = INTRO): Extract<Message, { type: 'relay' }> {
+  const m = decode(encodeRelay(introId, initiator, sign(relaySigned(nonce, introId, initiator), signer.secretKey)))
+  if (m.type !== 'relay') throw new Error(`decoded ${m.type}`)
+  return m
+}
+
 const LIMITS: RelayLimits = { maxBytes: 1000, maxSeconds: 60, rate: 1e9, maxTunnels: 1 }
 
 function setup(limits = LIMITS): { relay: Relay; clock: { t: number; now(): number } } {
@@ -58,18 +77,23 @@ function setup(limits = LIMITS): { relay: Relay; clock: { t: number; now(): numb
 }
 
 const asNet = (s: FakeSocket): net.Socket => s as unknown as net.Socket
+/** `socket` binds its side of `introId` as the agent introduced there (alice the initiator, bob the responder). */
+function bindAs(relay: Relay, socket: FakeSocket, initiator: boolean, introId: Buffer = INTRO): void {
+  const nonce = nextNonce()
+  relay.bind(relayMsg(initiator ? ALICE : BOB, nonce, initiator, introId), nonce, asNet(socket))
+}
 const data = (n: number): Buffer => encode({ type: 'relay-data', data: Buffer.alloc(n, 1) })
 
 describe('Relay', () => {
   it('pairs the two sides of an introduction, says RELAY_OK to both, and clears their bind timeouts', () => {
     const { relay } = setup()
-    relay.allow(INTRO, 'alice', 'bob')
+    relay.allow(INTRO, NAMES, KEYS)
     const a = new FakeSocket()
     const b = new FakeSocket()
-    relay.bind({ type: 'relay', introId: INTRO, initiator: true }, asNet(a))
+    bindAs(relay, a, true)
     expect(a.timeoutMs).toBeGreaterThan(0)
     expect(a.timeoutMs).toBeLessThanOrEqual(RELAY_BIND_TIMEOUT_MS)
-    relay.bind({ type: 'relay', introId: INTRO, initiator: false }, asNet(b))
+    bindAs(relay, b, false)
     expect(a.messages()).toEqual([{ type: 'relay-ok' }])
     expect(b.messages()).toEqual([{ type: 'relay-ok' }])
     expect([a.timeoutMs, b.timeoutMs]).toEqual([0, 0])
@@ -78,12 +102,12 @@ describe('Relay', () => {
 
   it('forwards RELAY_DATA as it is, including frames sent before the peer joined, and nothing else', () => {
     const { relay } = setup()
-    relay.allow(INTRO, 'alice', 'bob')
+    relay.allow(INTRO, NAMES, KEYS)
     const a = new FakeSocket()
     const b = new FakeSocket()
-    relay.bind({ type: 'relay', introId: INTRO, initiator: true }, asNet(a))
+    bindAs(relay, a, true)
     relay.onFrame(asNet(a), data(5)) // the Noise handshake starts before bob binds
-    relay.bind({ type: 'relay', introId: INTRO, initiator: false }, asNet(b))
+    bindAs(relay, b, false)
     relay.onFrame(asNet(b), data(3))
     relay.onFrame(asNet(b), encode({ type: 'ping', seq: 1 })) // not data: dropped
     expect(b.messages().slice(1)).toEqual([{ type: 'relay-data', data: Buffer.alloc(5, 1) }])
@@ -92,11 +116,11 @@ describe('Relay', () => {
 
   it('ends both sides with RELAY_END RELAY_LIMIT past the byte limit', () => {
     const { relay } = setup()
-    relay.allow(INTRO, 'alice', 'bob')
+    relay.allow(INTRO, NAMES, KEYS)
     const a = new FakeSocket()
     const b = new FakeSocket()
-    relay.bind({ type: 'relay', introId: INTRO, initiator: true }, asNet(a))
-    relay.bind({ type: 'relay', introId: INTRO, initiator: false }, asNet(b))
+    bindAs(relay, a, true)
+    bindAs(relay, b, false)
     relay.onFrame(asNet(a), data(600))
     relay.onFrame(asNet(a), data(600))
     for (const s of [a, b]) {
@@ -108,40 +132,101 @@ describe('Relay', () => {
 
   it('refuses more tunnels than --relay-max-tunnels, unknown or expired introductions, and a side bound twice', () => {
     const { relay, clock } = setup()
-    relay.allow(INTRO, 'alice', 'bob')
-    relay.bind({ type: 'relay', introId: INTRO, initiator: true }, asNet(new FakeSocket()))
-    const twice = (): void => relay.bind({ type: 'relay', introId: INTRO, initiator: true }, asNet(new FakeSocket()))
+    relay.allow(INTRO, NAMES, KEYS)
+    bindAs(relay, new FakeSocket(), true)
+    const twice = (): void => bindAs(relay, new FakeSocket(), true)
     expect(twice).toThrow(NatdError)
-    relay.bind({ type: 'relay', introId: INTRO, initiator: false }, asNet(new FakeSocket()))
+    expect(twice).toThrow(expect.objectContaining({ code: 'BAD_REQUEST' }))
+    bindAs(relay, new FakeSocket(), false)
     const other = Buffer.alloc(16, 9)
-    relay.allow(other, 'carol', 'dave')
-    expect(() => relay.bind({ type: 'relay', introId: other, initiator: true }, asNet(new FakeSocket()))).toThrow(expect.objectContaining({ code: 'RELAY_LIMIT' }))
-    expect(() => relay.bind({ type: 'relay', introId: Buffer.alloc(16, 1), initiator: true }, asNet(new FakeSocket()))).toThrow(expect.objectContaining({ code: 'PEER_UNKNOWN' }))
+    relay.allow(other, ['carol', 'dave'], [ALICE.publicKey, BOB.publicKey])
+    expect(() => bindAs(relay, new FakeSocket(), true, other)).toThrow(expect.objectContaining({ code: 'RELAY_LIMIT' }))
+    expect(() => bindAs(relay, new FakeSocket(), true, Buffer.alloc(16, 1))).toThrow(expect.objectContaining({ code: 'PEER_UNKNOWN' }))
     const late = Buffer.alloc(16, 3)
-    relay.allow(late, 'erin', 'frank')
+    relay.allow(late, ['erin', 'frank'], KEYS)
     clock.t += RELAY_BIND_TIMEOUT_MS + 1
-    expect(() => relay.bind({ type: 'relay', introId: late, initiator: true }, asNet(new FakeSocket()))).toThrow(expect.objectContaining({ code: 'PEER_UNKNOWN' }))
+    expect(() => bindAs(relay, new FakeSocket(), true, late)).toThrow(expect.objectContaining({ code: 'PEER_UNKNOWN' }))
   })
 
   it('forgets expired permissions on prune() (the server sweep), without waiting for another introduction', () => {
     const { relay, clock } = setup()
-    for (let i = 0; i < 100; i++) relay.allow(Buffer.alloc(16, 100 + i), 'alice', 'bob')
+    for (let i = 0; i < 100; i++) relay.allow(Buffer.alloc(16, 100 + i), NAMES, KEYS)
     clock.t += RELAY_BIND_TIMEOUT_MS / 2
-    relay.allow(INTRO, 'carol', 'dave')
+    relay.allow(INTRO, ['carol', 'dave'], KEYS)
     relay.prune()
     expect(relay.permits).toBe(101)
     clock.t += RELAY_BIND_TIMEOUT_MS / 2 + 1
     relay.prune()
     expect(relay.permits).toBe(1) // carol's, granted later, still stands
-    relay.bind({ type: 'relay', introId: INTRO, initiator: true }, asNet(new FakeSocket()))
+    bindAs(relay, new FakeSocket(), true)
   })
 
   it('closes a bound connection whose peer never comes, when its bind timeout fires', () => {
     const { relay } = setup()
-    relay.allow(INTRO, 'alice', 'bob')
+    relay.allow(INTRO, NAMES, KEYS)
     const a = new FakeSocket()
-    relay.bind({ type: 'relay', introId: INTRO, initiator: true }, asNet(a))
+    bindAs(relay, a, true)
     a.onTimeout?.()
     expect(a.destroyed).toBe(true)
+  })
+
+  describe('only the agent introduced on a side binds it', () => {
+    // Each way a RELAY can be wrong, made on a connection whose challenge nonce is `nonce`.
+    const wrong: Array<[string, (nonce: Buffer) => Extract<Message, { type: 'relay' }>]> = [
+      ['signed by a third key', (nonce) => relayMsg(MALLORY, nonce, true)],
+      ['signed by the agent of the other side', (nonce) => relayMsg(BOB, nonce, true)],
+      ["signed over another connection's nonce (a replayed RELAY)", () => relayMsg(ALICE, Buffer.alloc(32, 0xee), true)],
+      ['signed for the other side', (nonce) => ({ ...relayMsg(ALICE, nonce, false), initiator: true })],
+      ['signed for another introduction', (nonce) => ({ ...relayMsg(ALICE, nonce, true, Buffer.alloc(16, 8)), introId: INTRO })],
+      ['with a zero signature', (nonce) => ({ ...relayMsg(ALICE, nonce, true), signature: Buffer.alloc(64) })]
+    ]
+
+    for (const [label, make] of wrong) {
+      it(`a RELAY ${label} is refused UNAUTHORIZED and does not take the side; the right agent then binds`, () => {
+        const { relay } = setup()
+        relay.allow(INTRO, NAMES, KEYS)
+        const intruder = new FakeSocket()
+        const nonce = nextNonce()
+        let err: unknown
+        try {
+          relay.bind(make(nonce), nonce, asNet(intruder))
+        } catch (e) {
+          err = e
+        }
+        expect(err).toBeInstanceOf(NatdError)
+        expect(err).toMatchObject({ code: 'UNAUTHORIZED', message: 'the initiator side of this introduction must be bound by the agent introduced there' })
+        expect(intruder.timeoutMs).toBeNull() // not bound: no bind timer set on it
+        expect(relay.permits).toBe(1)
+        // The real agents bind both sides; the intruder's frames go nowhere.
+        const a = new FakeSocket()
+        const b = new FakeSocket()
+        bindAs(relay, a, true)
+        relay.onFrame(asNet(intruder), data(9))
+        bindAs(relay, b, false)
+        expect(relay.tunnels).toBe(1)
+        expect(a.messages()).toEqual([{ type: 'relay-ok' }])
+        expect(b.messages()).toEqual([{ type: 'relay-ok' }])
+        expect(intruder.written).toEqual([])
+        relay.onFrame(asNet(a), data(2))
+        expect(b.messages().slice(1)).toEqual([{ type: 'relay-data', data: Buffer.alloc(2, 1) }])
+      })
+    }
+
+    it('the responder side checks the responder key: alice cannot bind it, bob can', () => {
+      const { relay } = setup()
+      relay.allow(INTRO, NAMES, KEYS)
+      const nonce = nextNonce()
+      expect(() => relay.bind(relayMsg(ALICE, nonce, false), nonce, asNet(new FakeSocket()))).toThrow(
+        expect.objectContaining({ code: 'UNAUTHORIZED', message: 'the responder side of this introduction must be bound by the agent introduced there' })
+      )
+      bindAs(relay, new FakeSocket(), false)
+      expect(() => bindAs(relay, new FakeSocket(), false)).toThrow(expect.objectContaining({ code: 'BAD_REQUEST' })) // now taken
+    })
+
+    it('an unknown introduction is PEER_UNKNOWN whoever signs it (the server says nothing about keys)', () => {
+      const { relay } = setup()
+      const nonce = nextNonce()
+      expect(() => relay.bind(relayMsg(MALLORY, nonce, true), nonce, asNet(new FakeSocket()))).toThrow(expect.objectContaining({ code: 'PEER_UNKNOWN' }))
+    })
   })
 })

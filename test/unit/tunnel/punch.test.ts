@@ -9,11 +9,13 @@
 // Each NAT keeps a mapping for every endpoint its host has sent to (even a packet that
 // dies at TTL 2) and drops inbound packets from endpoints it holds no mapping for
 // (endpoint-dependent filtering). LAN addresses are reachable only within one site.
+// Probes are sealed with the introduction's punch key; one that does not open with it
+// (a forgery, or a probe of another introduction) is ignored.
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
 import { formatEndpoint, sameEndpoint, type Endpoint } from '../../../src/protocol/endpoint.js'
 import { NatdError } from '../../../src/protocol/errors.js'
 import { silentLogger, type Clock } from '../../../src/protocol/log.js'
-import { decode } from '../../../src/protocol/rendezvous.js'
+import { decode, encode, type Message, opened } from '../../../src/protocol/rendezvous.js'
 import {
   FIRST_PROBE_TTL,
   LAN_GRACE_MS,
@@ -32,6 +34,32 @@ import { seq } from '../helpers.js'
 const clock: Clock = { now: () => Date.now() }
 const T0 = 1_700_000_000_000
 const INTRO_ID = seq(0x50, 16)
+/** The introduction's punch key: both punchers seal with it and open with it. */
+const PUNCH_KEY = seq(0x70, 32)
+const OTHER_KEY = seq(0x71, 32)
+
+type Probe = Extract<Message, { type: 'probe' }>
+
+/** A probe from the peer as it arrives: encoded (sealed with `key`) and decoded. */
+function probe(streamId: number, ack: boolean, key: Uint8Array = PUNCH_KEY): Probe {
+  const m = decode(encode({ type: 'probe', introId: INTRO_ID, streamId, seq: 1, ack, key }))
+  if (m.type !== 'probe') throw new Error(`decoded ${m.type}`)
+  return m
+}
+
+/** A probe whose stream id was changed on the way (the tag no longer matches the bytes). */
+function tampered(streamId: number, ack: boolean): Probe {
+  const wire = encode({ type: 'probe', introId: INTRO_ID, streamId, seq: 1, ack, key: PUNCH_KEY })
+  wire[4 + 16 + 3]! ^= 0x01 // the low byte of streamId
+  const m = decode(wire)
+  if (m.type !== 'probe' || m.streamId !== (streamId ^ 1)) throw new Error('not tampered')
+  return m
+}
+
+/** The same probe with a zeroed tag, as a sender without the key would make it. */
+function unsealed(streamId: number, ack: boolean): Probe {
+  return { ...probe(streamId, ack), tag: Buffer.alloc(16) }
+}
 
 const A_LAN: Endpoint = { host: '192.168.1.10', port: 4000 }
 const A_PUBLIC: Endpoint = { host: '198.51.100.1', port: 4000 }
@@ -50,6 +78,8 @@ interface Sent {
   streamId: number
   seq: number
   introId: string
+  /** Opens with PUNCH_KEY. */
+  sealed: boolean
 }
 
 /** A fake `send` that decodes and records every probe. */
@@ -60,13 +90,13 @@ function recorder(): { sent: Sent[]; send: (buf: Uint8Array, to: Endpoint, ttl?:
     send: (buf, to, ttl) => {
       const m = decode(buf)
       if (m.type !== 'probe') throw new Error(`sent a ${m.type}, not a probe`)
-      sent.push({ at: Date.now() - T0, to, ttl, ack: m.ack, streamId: m.streamId, seq: m.seq, introId: Buffer.from(m.introId).toString('hex') })
+      sent.push({ at: Date.now() - T0, to, ttl, ack: m.ack, streamId: m.streamId, seq: m.seq, introId: Buffer.from(m.introId).toString('hex'), sealed: opened(m, PUNCH_KEY) })
     }
   }
 }
 
 function makePuncher(init: Partial<PunchInit> & { candidates: Candidate[] }, send = recorder().send): Puncher {
-  return new Puncher({ introId: INTRO_ID, initiator: true, localStreamId: 11, deadlineMs: 10_000, ...init }, { send, clock, log: silentLogger })
+  return new Puncher({ introId: INTRO_ID, punchKey: PUNCH_KEY, initiator: true, localStreamId: 11, deadlineMs: 10_000, ...init }, { send, clock, log: silentLogger })
 }
 
 /** Tracks a run() promise without leaving a rejection unhandled. */
@@ -100,7 +130,7 @@ describe('Puncher: probe schedule', () => {
       ['203.0.113.2:5001', FIRST_PROBE_TTL]
     ]) // the duplicate candidate is probed once
     expect(FIRST_PROBE_TTL).toBe(2)
-    for (const s of sent) expect(s).toMatchObject({ at: 0, ack: false, streamId: 11, introId: Buffer.from(INTRO_ID).toString('hex') })
+    for (const s of sent) expect(s).toMatchObject({ at: 0, ack: false, streamId: 11, introId: Buffer.from(INTRO_ID).toString('hex'), sealed: true })
     expect(new Set(sent.map((s) => s.seq)).size).toBe(sent.length)
     p.stop()
   })
@@ -143,8 +173,8 @@ describe('Puncher: probe schedule', () => {
     const p = makePuncher({ candidates: [pub(B_PUBLIC)], localStreamId: 77 }, send)
     track(p.run())
     sent.length = 0
-    p.onProbe({ streamId: 5, ack: false }, B_PUBLIC)
-    p.onProbe({ streamId: 5, ack: false }, STRANGER)
+    p.onProbe(probe(5, false), B_PUBLIC)
+    p.onProbe(probe(5, false), STRANGER)
     expect(sent.map((s) => [formatEndpoint(s.to), s.ttl, s.ack, s.streamId])).toEqual([
       ['203.0.113.2:5000', undefined, true, 77],
       ['203.0.113.2:5000', undefined, false, 77], // triggered check (RFC 8445 §7.3.1.4)
@@ -160,8 +190,8 @@ describe('Puncher: the initiator chooses', () => {
     const p = makePuncher({ candidates: [pub(B_PUBLIC), pub({ host: '203.0.113.3', port: 5000 })] })
     const t = track(p.run())
     await vi.advanceTimersByTimeAsync(35)
-    p.onProbe({ streamId: 0xabcdef, ack: false }, B_PUBLIC)
-    p.onProbe({ streamId: 0xabcdef, ack: true }, B_PUBLIC)
+    p.onProbe(probe(0xabcdef, false), B_PUBLIC)
+    p.onProbe(probe(0xabcdef, true), B_PUBLIC)
     await vi.advanceTimersByTimeAsync(0)
     expect(t.result).toMatchObject({ endpoint: B_PUBLIC, kind: 'public', remoteStreamId: 0xabcdef, tookMs: 35 })
     expect(t.result!.probesSent).toBeGreaterThan(2)
@@ -172,10 +202,10 @@ describe('Puncher: the initiator chooses', () => {
     const p = makePuncher({ candidates: [lan(B_LAN), pub(B_PUBLIC)] })
     const t = track(p.run())
     await vi.advanceTimersByTimeAsync(12)
-    p.onProbe({ streamId: 3, ack: true }, B_PUBLIC)
+    p.onProbe(probe(3, true), B_PUBLIC)
     await vi.advanceTimersByTimeAsync(LAN_GRACE_MS - 1)
     expect(t.settled()).toBe(false)
-    p.onProbe({ streamId: 3, ack: true }, B_LAN)
+    p.onProbe(probe(3, true), B_LAN)
     await vi.advanceTimersByTimeAsync(0)
     expect(t.result).toMatchObject({ endpoint: B_LAN, kind: 'lan', remoteStreamId: 3, tookMs: 12 + LAN_GRACE_MS - 1 })
     expect(vi.getTimerCount()).toBe(0)
@@ -185,7 +215,7 @@ describe('Puncher: the initiator chooses', () => {
     const p = makePuncher({ candidates: [lan(B_LAN), pub(B_PUBLIC)] })
     const t = track(p.run())
     await vi.advanceTimersByTimeAsync(12)
-    p.onProbe({ streamId: 3, ack: true }, B_PUBLIC)
+    p.onProbe(probe(3, true), B_PUBLIC)
     await vi.advanceTimersByTimeAsync(LAN_GRACE_MS)
     expect(t.result).toMatchObject({ endpoint: B_PUBLIC, kind: 'public', tookMs: 12 + LAN_GRACE_MS })
   })
@@ -194,7 +224,7 @@ describe('Puncher: the initiator chooses', () => {
     const p = makePuncher({ candidates: [pub(B_PUBLIC), lan(B_LAN)] })
     const t = track(p.run())
     await vi.advanceTimersByTimeAsync(3)
-    p.onProbe({ streamId: 4, ack: true }, B_LAN)
+    p.onProbe(probe(4, true), B_LAN)
     await vi.advanceTimersByTimeAsync(0)
     expect(t.result).toMatchObject({ endpoint: B_LAN, kind: 'lan', remoteStreamId: 4, tookMs: 3 })
   })
@@ -202,7 +232,7 @@ describe('Puncher: the initiator chooses', () => {
   it('with no LAN candidate, a public ack resolves at once', async () => {
     const p = makePuncher({ candidates: [pub(B_PUBLIC)] })
     const t = track(p.run())
-    p.onProbe({ streamId: 4, ack: true }, B_PUBLIC)
+    p.onProbe(probe(4, true), B_PUBLIC)
     await vi.advanceTimersByTimeAsync(0)
     expect(t.result).toMatchObject({ endpoint: B_PUBLIC, kind: 'public', tookMs: 0 })
   })
@@ -213,11 +243,11 @@ describe('Puncher: the initiator chooses', () => {
     const p = makePuncher({ candidates: [pub(B_PUBLIC)] }, send)
     const t = track(p.run())
     await vi.advanceTimersByTimeAsync(PROBE_START_DELAY_MS + 1)
-    p.onProbe({ streamId: 21, ack: false }, reflexive)
+    p.onProbe(probe(21, false), reflexive)
     sent.length = 0
     await vi.advanceTimersByTimeAsync(PROBE_INTERVAL_MS)
     expect(sent.map((s) => formatEndpoint(s.to))).toEqual(['203.0.113.2:5000', '203.0.113.2:61001'])
-    p.onProbe({ streamId: 21, ack: true }, reflexive)
+    p.onProbe(probe(21, true), reflexive)
     await vi.advanceTimersByTimeAsync(0)
     expect(t.result).toMatchObject({ endpoint: reflexive, kind: 'public', remoteStreamId: 21 })
   })
@@ -226,7 +256,7 @@ describe('Puncher: the initiator chooses', () => {
     const { sent, send } = recorder()
     const p = makePuncher({ candidates: [pub(B_PUBLIC)] }, send)
     track(p.run())
-    for (let i = 0; i < MAX_LEARNT_CANDIDATES + 3; i++) p.onProbe({ streamId: 1, ack: false }, { host: '192.0.2.1', port: 1000 + i })
+    for (let i = 0; i < MAX_LEARNT_CANDIDATES + 3; i++) p.onProbe(probe(1, false), { host: '192.0.2.1', port: 1000 + i })
     sent.length = 0
     await vi.advanceTimersByTimeAsync(PROBE_START_DELAY_MS)
     expect(sent).toHaveLength(1 + MAX_LEARNT_CANDIDATES)
@@ -240,8 +270,8 @@ describe('Puncher: the responder follows', () => {
     const t = track(p.run())
     expect(p.accept(A_PUBLIC)).toBe(false) // a candidate, but no probe from it yet
     expect(p.accept(STRANGER)).toBe(false)
-    p.onProbe({ streamId: 33, ack: false }, A_PUBLIC)
-    p.onProbe({ streamId: 33, ack: true }, A_PUBLIC)
+    p.onProbe(probe(33, false), A_PUBLIC)
+    p.onProbe(probe(33, true), A_PUBLIC)
     await vi.advanceTimersByTimeAsync(0)
     expect(t.settled()).toBe(false) // the responder never chooses by itself
     expect(p.accept(STRANGER)).toBe(false)
@@ -258,7 +288,7 @@ describe('Puncher: the responder follows', () => {
   it('accept() from a LAN candidate resolves with kind lan', async () => {
     const p = makePuncher({ initiator: false, candidates: [lan(A_LAN), pub(A_PUBLIC)] })
     const t = track(p.run())
-    p.onProbe({ streamId: 1, ack: false }, A_LAN)
+    p.onProbe(probe(1, false), A_LAN)
     expect(p.accept(A_LAN)).toBe(true)
     await vi.advanceTimersByTimeAsync(0)
     expect(t.result).toMatchObject({ endpoint: A_LAN, kind: 'lan' })
@@ -267,7 +297,7 @@ describe('Puncher: the responder follows', () => {
   it('the initiator never accepts', () => {
     const p = makePuncher({ candidates: [pub(B_PUBLIC)] })
     track(p.run())
-    p.onProbe({ streamId: 1, ack: false }, B_PUBLIC)
+    p.onProbe(probe(1, false), B_PUBLIC)
     expect(p.accept(B_PUBLIC)).toBe(false)
     p.stop()
   })
@@ -296,7 +326,7 @@ describe('Puncher: ending', () => {
   it('the PUNCH_FAILED message says when the peer was heard but never answered', async () => {
     const p = makePuncher({ candidates: [pub(B_PUBLIC)], deadlineMs: 200 })
     const t = track(p.run())
-    p.onProbe({ streamId: 1, ack: false }, B_PUBLIC)
+    p.onProbe(probe(1, false), B_PUBLIC)
     await vi.advanceTimersByTimeAsync(200 + PROBE_INTERVAL_MS)
     expect(t.error).toMatchObject({ code: 'PUNCH_FAILED', message: expect.stringContaining('heard from 203.0.113.2:5000') })
   })
@@ -305,12 +335,12 @@ describe('Puncher: ending', () => {
     const { sent, send } = recorder()
     const p = makePuncher({ candidates: [pub(B_PUBLIC)] }, send)
     const t = track(p.run())
-    p.onProbe({ streamId: 1, ack: true }, B_PUBLIC)
+    p.onProbe(probe(1, true), B_PUBLIC)
     await vi.advanceTimersByTimeAsync(0)
     expect(t.result).not.toBeNull()
     sent.length = 0
-    p.onProbe({ streamId: 1, ack: false }, B_PUBLIC)
-    p.onProbe({ streamId: 1, ack: true }, B_PUBLIC)
+    p.onProbe(probe(1, false), B_PUBLIC)
+    p.onProbe(probe(1, true), B_PUBLIC)
     expect(sent.map((s) => [formatEndpoint(s.to), s.ack])).toEqual([['203.0.113.2:5000', true]])
   })
 
@@ -319,7 +349,7 @@ describe('Puncher: ending', () => {
     const p = makePuncher({ candidates: [lan(B_LAN), pub(B_PUBLIC)] }, send)
     const t = track(p.run())
     await vi.advanceTimersByTimeAsync(50)
-    p.onProbe({ streamId: 1, ack: true }, B_PUBLIC) // now in the LAN grace period: two timers
+    p.onProbe(probe(1, true), B_PUBLIC) // now in the LAN grace period: two timers
     p.stop()
     await vi.advanceTimersByTimeAsync(0)
     expect(t.error).toMatchObject({ code: 'PUNCH_FAILED' })
@@ -348,6 +378,76 @@ describe('Puncher: ending', () => {
     const t = track(p.run(AbortSignal.abort()))
     await vi.advanceTimersByTimeAsync(PROBE_START_DELAY_MS)
     expect(t.error).toMatchObject({ code: 'PUNCH_FAILED' })
+    p.stop()
+  })
+})
+
+describe('Puncher: only probes sealed with the punch key count', () => {
+  const forgeries: Array<[string, (streamId: number, ack: boolean) => Probe]> = [
+    ['sealed with another key', (streamId, ack) => probe(streamId, ack, OTHER_KEY)],
+    ['unsealed', unsealed],
+    ['whose stream id was changed on the way', tampered]
+  ]
+
+  for (const [label, forged] of forgeries) {
+    it(`an ack ${label} does not pick the path; the peer's real ack then does`, async () => {
+      const p = makePuncher({ candidates: [pub(B_PUBLIC)] })
+      const t = track(p.run())
+      p.onProbe(forged(66, true), STRANGER)
+      p.onProbe(forged(66, true), B_PUBLIC)
+      await vi.advanceTimersByTimeAsync(LAN_GRACE_MS + PROBE_INTERVAL_MS)
+      expect(t.settled()).toBe(false)
+      p.onProbe(probe(5, true), B_PUBLIC)
+      await vi.advanceTimersByTimeAsync(0)
+      expect(t.result).toMatchObject({ endpoint: B_PUBLIC, kind: 'public', remoteStreamId: 5 })
+    })
+
+    it(`a probe ${label} gets no answer, is not learnt, and the responder does not accept its source`, async () => {
+      const { sent, send } = recorder()
+      const p = makePuncher({ initiator: false, candidates: [pub(A_PUBLIC)] }, send)
+      const t = track(p.run())
+      sent.length = 0
+      p.onProbe(forged(66, false), STRANGER)
+      p.onProbe(forged(66, false), A_PUBLIC)
+      expect(sent).toEqual([]) // no ack, no triggered probe: a forger cannot aim our probes
+      expect(p.accept(STRANGER)).toBe(false)
+      expect(p.accept(A_PUBLIC)).toBe(false)
+      await vi.advanceTimersByTimeAsync(PROBE_START_DELAY_MS)
+      expect(sent.map((s) => formatEndpoint(s.to))).toEqual(['198.51.100.1:4000']) // STRANGER was not learnt
+      expect(t.settled()).toBe(false)
+      p.onProbe(probe(7, false), A_PUBLIC)
+      expect(p.accept(A_PUBLIC)).toBe(true)
+      await vi.advanceTimersByTimeAsync(0)
+      expect(t.result).toMatchObject({ endpoint: A_PUBLIC, remoteStreamId: 7 })
+    })
+  }
+
+  it('after finishing, a forged probe gets no ack (only the peer keeps getting answers)', async () => {
+    const { sent, send } = recorder()
+    const p = makePuncher({ candidates: [pub(B_PUBLIC)] }, send)
+    track(p.run())
+    p.onProbe(probe(1, true), B_PUBLIC)
+    await vi.advanceTimersByTimeAsync(0)
+    sent.length = 0
+    p.onProbe(probe(1, false, OTHER_KEY), STRANGER)
+    p.onProbe(unsealed(1, false), STRANGER)
+    expect(sent).toEqual([])
+    p.onProbe(probe(1, false), B_PUBLIC)
+    expect(sent.map((s) => [formatEndpoint(s.to), s.ack, s.sealed])).toEqual([['203.0.113.2:5000', true, true]])
+  })
+
+  it('every probe and ack we send opens with the punch key, and only with it', () => {
+    const all: Uint8Array[] = []
+    const p = makePuncher({ candidates: [lan(B_LAN), pub(B_PUBLIC)] }, (buf) => void all.push(buf))
+    track(p.run())
+    p.onProbe(probe(3, false), B_PUBLIC)
+    expect(all.length).toBeGreaterThanOrEqual(4)
+    for (const buf of all) {
+      const m = decode(buf)
+      if (m.type !== 'probe') throw new Error(`sent a ${m.type}`)
+      expect(opened(m, PUNCH_KEY)).toBe(true)
+      expect(opened(m, OTHER_KEY)).toBe(false)
+    }
     p.stop()
   })
 })

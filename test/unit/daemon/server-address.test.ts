@@ -1,0 +1,88 @@
+// The rendezvous server as the user names it (src/daemon/server-address.ts):
+// `host[:port][#KEY]`, with INVALID_ARGUMENT and a message saying what is wrong, and the
+// resolver the agent uses to reach it.
+import { describe, expect, it } from 'vitest'
+import { DEFAULT_SERVER_PORT, parseServerSpec, resolveServer } from '../../../src/daemon/server-address.js'
+import { NatdError } from '../../../src/protocol/errors.js'
+import { generateKeyPair, peerId } from '../../../src/protocol/identity.js'
+
+/** The NatdError `fn` throws (fails the test when it throws nothing or something else). */
+function thrown(fn: () => unknown): NatdError {
+  try {
+    fn()
+  } catch (err) {
+    expect(err).toBeInstanceOf(NatdError)
+    return err as NatdError
+  }
+  throw new Error('did not throw')
+}
+
+describe('parseServerSpec', () => {
+  const { publicKey } = generateKeyPair()
+  const KEY = peerId(publicKey)
+
+  it(`host alone gets the default port ${DEFAULT_SERVER_PORT} and no key`, () => {
+    expect(DEFAULT_SERVER_PORT).toBe(3478)
+    expect(parseServerSpec('rv.example.net')).toEqual({ text: 'rv.example.net', host: 'rv.example.net', port: 3478, key: null })
+    expect(parseServerSpec('203.0.113.5')).toEqual({ text: '203.0.113.5', host: '203.0.113.5', port: 3478, key: null })
+  })
+
+  it('host:port; an IPv6 server is refused (the agent reaches it over IPv4)', () => {
+    expect(parseServerSpec('rv.example.net:4000')).toEqual({ text: 'rv.example.net:4000', host: 'rv.example.net', port: 4000, key: null })
+    for (const v6 of ['[2001:db8::1]:443', '[2001:db8::1]']) expect(() => parseServerSpec(v6)).toThrow(/IPv6 address; the agent reaches the server over IPv4/)
+  })
+
+  it('#KEY pins the server key; the text stays without it', () => {
+    const spec = parseServerSpec(`rv.example.net:4000#${KEY}`)
+    expect(spec.text).toBe('rv.example.net:4000')
+    expect(spec.host).toBe('rv.example.net')
+    expect(spec.port).toBe(4000)
+    expect(spec.key).toEqual(publicKey)
+  })
+
+  it('a key that is not a full peer ID is INVALID_ARGUMENT saying what a key looks like', () => {
+    for (const bad of [KEY.slice(0, 8), KEY.slice(0, 51), KEY.toUpperCase(), KEY.slice(0, 51) + '1', '', 'abc#def']) {
+      const err = thrown(() => parseServerSpec(`rv.example.net#${bad}`))
+      expect(err.code, bad).toBe('INVALID_ARGUMENT')
+      expect(err.message).toContain('--server')
+      expect(err.message).toContain(JSON.stringify(bad))
+      expect(err.message).toMatch(/not a server key .*52 characters a-z2-7.*--print-key/)
+    }
+  })
+
+  it('a bad or missing port or host is INVALID_ARGUMENT naming what was given', () => {
+    for (const bad of ['rv.example.net:0', 'rv.example.net:65536', 'rv.example.net:x', 'rv.example.net:', '[2001:db8::1]:99999']) {
+      const err = thrown(() => parseServerSpec(bad))
+      expect(err.code, bad).toBe('INVALID_ARGUMENT')
+      expect(err.message, bad).toMatch(/^--server: /)
+      expect(err.message, bad).toContain(JSON.stringify(bad))
+    }
+    // A port error is reported even when a good key follows it.
+    const withKey = thrown(() => parseServerSpec(`rv.example.net:0#${KEY}`))
+    expect(withKey.code).toBe('INVALID_ARGUMENT')
+    expect(withKey.message).toContain('port')
+    for (const bad of ['', ':3478', `#${KEY}`, '2001:db8::1']) {
+      expect(thrown(() => parseServerSpec(bad)).code, JSON.stringify(bad)).toBe('INVALID_ARGUMENT')
+    }
+  })
+})
+
+describe('resolveServer', () => {
+  it('returns an IP address as it is, without asking DNS', async () => {
+    await expect(resolveServer(parseServerSpec('203.0.113.5:4000'))).resolves.toEqual({ host: '203.0.113.5', port: 4000 })
+  })
+
+  it('resolves a name to an IPv4 address, keeping the port', async () => {
+    await expect(resolveServer(parseServerSpec('localhost:4000'))).resolves.toEqual({ host: '127.0.0.1', port: 4000 })
+  })
+
+  it('a name that does not resolve is SERVER_UNREACHABLE naming the host', async () => {
+    const err = await resolveServer(parseServerSpec('no-such-host.invalid')).then(
+      () => null,
+      (e: unknown) => e
+    )
+    expect(err).toBeInstanceOf(NatdError)
+    expect((err as NatdError).code).toBe('SERVER_UNREACHABLE')
+    expect((err as NatdError).message).toContain('cannot resolve no-such-host.invalid')
+  })
+})
