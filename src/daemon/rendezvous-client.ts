@@ -15,7 +15,7 @@ import { EventEmitter } from 'node:events'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { formatEndpoint, sameEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { NatdError, toNatdError } from '../protocol/errors.js'
-import { peerId, secretProof, sign, type KeyPair } from '../protocol/identity.js'
+import { peerId, secretProof, sign, timingSafeEqual, type KeyPair } from '../protocol/identity.js'
 import type { Clock, Logger } from '../protocol/log.js'
 import { decode, encode, encodeRegister, encodeRegisterUnsigned, opened, type Message, type NatVerdict, type OutgoingMessage, type PeerRecord, type Via } from '../protocol/rendezvous.js'
 import type { Introduction } from '../tunnel/paths.js'
@@ -249,9 +249,12 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
     const howToRepin = `start natd with --server ${this.init.server.text}#<its key> to pin it`
     const control = await ControlConnection.connect(server, this.init.tcpPort, this.c.keyPair, { expected, howToRepin }, this.log)
     this.control = control
-    if (!expected) {
+    const stored = this.c.serverKey.expected()
+    if (!stored || !timingSafeEqual(stored, control.serverKey)) {
+      // First contact, or a key pinned by `#KEY` that differs from the one learnt before:
+      // keep the store in step, so a later start without `#KEY` insists on the same key.
       this.c.serverKey.learned(control.serverKey)
-      this.log.info('pinned the server key on first use', { server: this.init.server.text, key: peerId(control.serverKey) })
+      if (!expected) this.log.info('pinned the server key on first use', { server: this.init.server.text, key: peerId(control.serverKey) })
     }
     control.on('message', (msg) => this.onServerMessage(msg))
     control.once('close', () => this.lost?.(new NatdError('SERVER_UNREACHABLE', 'control connection to the server closed')))

@@ -5,7 +5,7 @@
  */
 import dns from 'node:dns/promises'
 import net from 'node:net'
-import { parseEndpoint, type Endpoint } from '../protocol/endpoint.js'
+import { isIPv6, parseEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { NatdError } from '../protocol/errors.js'
 import { parsePeerId } from '../protocol/identity.js'
 
@@ -30,6 +30,8 @@ export function parseServerSpec(spec: string): ServerSpec {
   } catch (err) {
     throw new NatdError('INVALID_ARGUMENT', `--server: ${(err as Error).message}`, { cause: err })
   }
+  // The agent's one UDP socket is IPv4 (the mapping the server sees is the one peers punch to).
+  if (isIPv6(ep.host)) throw new NatdError('INVALID_ARGUMENT', `--server: ${ep.host} is an IPv6 address; the agent reaches the server over IPv4 (give its IPv4 address or a name with an A record)`)
   let key: Buffer | null = null
   if (hash >= 0) {
     key = parsePeerId(spec.slice(hash + 1))

@@ -40,7 +40,7 @@
  *   BYE          (empty) the agent is leaving; the server drops it at once
  *   INTRODUCE    reqId u32 target str8 via u8
  *   INTRODUCTION reqId u32 introId[16] punchKey[32] initiator u8 via u8 peer
- *   RELAY        introId[16] initiator u8 signature[64]   over nonce[32] introId initiator:
+ *   RELAY        introId[16] initiator u8 signature[64]   over 'natd relay v2' nonce[32] introId initiator:
  *                                             only the introduced agent binds its side
  *   RELAY_OK     (empty)                       both sides bound: RELAY_DATA flows from now
  *   RELAY_DATA   bytes                         ciphertext; the server forwards it as it is
@@ -198,9 +198,12 @@ export function opened(msg: Sealed, key: Uint8Array): boolean {
   return msg.tag.length === TAG_BYTES && timingSafeEqual(tag(key, msg.covered), msg.tag)
 }
 
-/** The bytes a RELAY signature covers: the connection's challenge nonce, the introduction, the side. */
+/** Prefixes what a RELAY signature covers, so it can never stand for anything else the agent's key signs. */
+export const RELAY_SIGNATURE_LABEL = 'natd relay v2'
+
+/** The bytes a RELAY signature covers: a label, the connection's challenge nonce, the introduction, the side. */
 export function relaySigned(nonce: Uint8Array, introId: Uint8Array, initiator: boolean): Buffer {
-  return new Writer().bytes(fixed(nonce, NONCE_BYTES, 'nonce')).bytes(fixed(introId, INTRO_ID_BYTES, 'introId')).u8(initiator ? 1 : 0).finish()
+  return new Writer().bytes(Buffer.from(RELAY_SIGNATURE_LABEL)).bytes(fixed(nonce, NONCE_BYTES, 'nonce')).bytes(fixed(introId, INTRO_ID_BYTES, 'introId')).u8(initiator ? 1 : 0).finish()
 }
 
 export function encodeRelay(introId: Uint8Array, initiator: boolean, signature: Uint8Array): Buffer {
