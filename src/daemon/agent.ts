@@ -8,6 +8,7 @@ import UDX, { type UDXSocket } from 'udx-native'
 import { formatEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { NatdError } from '../protocol/errors.js'
 import { peerId, type KeyPair } from '../protocol/identity.js'
+import { isTarget, type PeerRef } from '../protocol/peer-ref.js'
 import { systemClock, type Logger } from '../protocol/log.js'
 import { isRendezvousFrame, MAX_LIST_PEERS, MSG, type NatVerdict, type PeerRecord } from '../protocol/rendezvous.js'
 import { ApiServer, type Handlers } from '../ipc/server.js'
@@ -25,6 +26,7 @@ import type { AgentConfig, StateStore } from './config.js'
 import { Exposes } from './exposes.js'
 import { Forwards } from './forwards.js'
 import { Files, FILE_SERVICE } from './files.js'
+import { KnownPeers } from './known-peers.js'
 import { Messages, MESSAGE_SERVICE } from './messages.js'
 import { RendezvousClient } from './rendezvous-client.js'
 
@@ -60,6 +62,7 @@ export class Agent {
   private messages: Messages | null = null
   private files: Files | null = null
   private readonly exposes: Exposes
+  private readonly known: KnownPeers
   private api: ApiServer | null = null
   private runLoop: Promise<void> | null = null
   private readonly startedAt = Date.now()
@@ -74,6 +77,7 @@ export class Agent {
     private readonly c: AgentComponents
   ) {
     this.id = peerId(c.keyPair.publicKey)
+    this.known = new KnownPeers({ store: c.store, log: c.log.child({ component: 'peers' }), serverPeers: () => this.serverPeers() })
     this.exposes = new Exposes(c.store, c.log.child({ component: 'expose' }))
   }
 
@@ -141,10 +145,7 @@ export class Agent {
         natVerdict: () => this.nat,
         relayServer: () => client.serverEndpoint,
         refreshNat: () => this.refreshNat(),
-        checkPeerKey: (name, id) => this.checkPeerKey(name, id),
-        pinPeerKey: (name, id) => {
-          if (!this.c.store.knownPeer(name)) this.c.store.pinPeer(name, id)
-        },
+        peers: this.known,
         onChannel: (tunnel, req) => this.onChannel(tunnel, req)
       }
     )
@@ -317,20 +318,19 @@ export class Agent {
     handler(tunnel, req)
   }
 
-  private checkPeerKey(name: string, id: string): void {
-    const pinned = this.c.store.knownPeer(name)
-    if (pinned && pinned !== id) {
-      this.c.log.error('KEY_MISMATCH: a peer presents another key under a pinned name', { peer: name, pinned: pinned.slice(0, 8), presented: id.slice(0, 8) })
-      throw new NatdError('KEY_MISMATCH', `${name} now presents key ${id.slice(0, 8)}, but ${pinned.slice(0, 8)} is pinned; if the peer really changed its key, remove ${name} from knownPeers in ${this.c.store.dir}/config.json`)
-    }
+  /** The peers the server lists, as name and whole ID. */
+  private async serverPeers(): Promise<PeerRef[]> {
+    if (this.client?.state.kind !== 'registered') throw new NatdError('NOT_REGISTERED', 'not registered with the server')
+    return (await this.client.list()).map((p) => ({ name: p.name, id: peerId(p.publicKey) }))
   }
 
   private async checkPeerExists(peer: string): Promise<void> {
+    const target = await this.known.expect(peer)
     if (this.client?.state.kind !== 'registered') return
-    const peers = await this.client.list()
+    const peers = await this.serverPeers()
     // A full list is capped (MAX_LIST_PEERS): a peer missing from it may still exist.
-    if (peers.length < MAX_LIST_PEERS && !peers.some((p) => p.name === peer || (peer.length >= 8 && peerId(p.publicKey).startsWith(peer)))) {
-      throw new NatdError('PEER_UNKNOWN', `no peer named ${peer} on ${this.init.config.server}`)
+    if (peers.length < MAX_LIST_PEERS && !peers.some((p) => isTarget(p, target))) {
+      throw new NatdError('PEER_UNKNOWN', `no peer ${peer} on ${this.init.config.server}`)
     }
   }
 

@@ -20,6 +20,7 @@ import net from 'node:net'
 import { parseDuration } from '../protocol/duration.js'
 import { generateKeyPair, isValidName, NAME_RULE, type KeyPair } from '../protocol/identity.js'
 import { parseEndpoint } from '../protocol/endpoint.js'
+import type { PeerRef } from '../protocol/peer-ref.js'
 import { LOG_LEVELS, type LogLevel } from './logger.js'
 
 /** Default heartbeat: Linux conntrack forgets an idle UDP mapping after 30 s (ARCHITECTURE.md). */
@@ -189,6 +190,19 @@ export class StateStore {
 
   pinPeer(name: string, id: string): void {
     this.conf.set('knownPeers', { ...(this.conf.get('knownPeers') ?? {}), [name]: id })
+  }
+
+  /** Every pinned peer, by name. */
+  knownPeers(): PeerRef[] {
+    return Object.entries(this.conf.get('knownPeers') ?? {})
+      .filter(([, id]) => typeof id === 'string')
+      .map(([name, id]) => ({ name, id }))
+      .sort((a, b) => a.name.localeCompare(b.name))
+  }
+
+  unpinPeer(name: string): void {
+    const { [name]: _gone, ...rest } = this.conf.get('knownPeers') ?? {}
+    this.conf.set('knownPeers', rest)
   }
 
   /** Loads the key pair, creating it (mode 0600) on first start. */

@@ -18,6 +18,7 @@ export const ERROR_CODES = [
   'PUNCH_TIMEOUT',
   'UNSUPPORTED_PATH', // a --via the agent cannot do (yet)
   'KEY_MISMATCH', // a pinned peer presented another key
+  'PEER_MISMATCH', // the server introduced another peer than the one asked for (another name or key)
   'NOT_EXPOSED', // the peer does not expose that port to us
   'CONNECT_FAILED', // the peer exposes the port but nothing answers there
   'TUNNEL_CLOSED',
