@@ -78,7 +78,7 @@ export class Agent {
   ) {
     this.id = peerId(c.keyPair.publicKey)
     this.known = new KnownPeers({ store: c.store, log: c.log.child({ component: 'peers' }), serverPeers: () => this.serverPeers() })
-    this.exposes = new Exposes(c.store, c.log.child({ component: 'expose' }))
+    this.exposes = new Exposes(c.store, c.log.child({ component: 'expose' }), this.known)
   }
 
   get localPort(): number {
@@ -177,6 +177,7 @@ export class Agent {
       log: log.child({ component: 'messages' }),
       selfName: this.init.config.name,
       selfId: this.id,
+      known: this.known,
       onMessage: (m) => this.api?.emit('message', m)
     })
     const files = new Files({
@@ -185,6 +186,7 @@ export class Agent {
       log: log.child({ component: 'files' }),
       selfName: this.init.config.name,
       selfId: this.id,
+      known: this.known,
       onReceived: (f) => this.api?.emit('file', f),
       onProgress: (p) => this.api?.emit('file.progress', p)
     })
@@ -354,6 +356,7 @@ export class Agent {
       tcpEndpoint: p.tcp ? formatEndpoint(p.tcp) : null,
       lan: p.lan.map(formatEndpoint),
       nat: p.nat,
+      pinned: this.known.isPinned({ name: p.name, id: peerId(p.publicKey) }),
       tunnel: this.tunnels?.get(peerId(p.publicKey))?.path ?? null
     }
   }
@@ -398,9 +401,16 @@ export class Agent {
       status: () => this.status(),
       peers: async () => {
         if (!this.client) throw new NatdError('NOT_REGISTERED', 'not started')
-        const peers = await this.client.list()
-        return peers.map((p) => this.peerInfo(p)).sort((a, b) => Number(b.online) - Number(a.online) || a.name.localeCompare(b.name))
+        const peers = (await this.client.list()).map((p) => this.peerInfo(p))
+        // Pinned peers the server did not list (offline and forgotten there, or unknown to it).
+        for (const k of this.known.list()) {
+          if (peers.some((p) => p.id === k.id)) continue
+          peers.push({ name: k.name, id: k.id, online: false, lastSeenAgoMs: null, endpoint: null, tcpEndpoint: null, lan: [], nat: 'unknown', pinned: true, tunnel: this.tunnels?.get(k.id)?.path ?? null })
+        }
+        return peers.sort((a, b) => Number(b.online) - Number(a.online) || a.name.localeCompare(b.name))
       },
+      'peer.trust': ({ name, id, replace }) => this.known.trust(name, id, replace),
+      'peer.untrust': ({ name }) => this.known.untrust(name),
       subscribe: () => ({ subscribed: [] }), // handled by the API server itself
       open: async ({ peer, via, timeoutMs }) => {
         const { tunnel, tookMs, reused } = await tunnels().open(peer, via, timeoutMs)
@@ -439,6 +449,7 @@ export class Agent {
    * connections; exposes are read per connection. Live tunnels stay. Never rejects.
    */
   async reload(): Promise<void> {
+    this.exposes.warnUnresolved()
     await this.forwards?.reload()
   }
 }

@@ -8,6 +8,7 @@ import { NatdError } from '../protocol/errors.js'
 import { isValidName, NAME_RULE } from '../protocol/identity.js'
 import type { Logger } from '../protocol/log.js'
 import { describePeer, isIdPrefix, isPeerId, isTarget, PEER_ID_CHARS, resolvePeer, type PeerRef, type PeerTarget } from '../protocol/peer-ref.js'
+import type { TrustResult } from '../ipc/schema.js'
 import type { PeerPolicy } from '../tunnel/manager.js'
 import type { StateStore } from './config.js'
 
@@ -16,13 +17,6 @@ export interface KnownPeersComponents {
   log: Logger
   /** The peers the rendezvous server lists; rejects when it cannot be asked. */
   serverPeers(): Promise<PeerRef[]>
-}
-
-export interface TrustResult {
-  name: string
-  id: string
-  /** The ID pinned before, when --replace changed it; null otherwise. */
-  replaced: string | null
 }
 
 export class KnownPeers implements PeerPolicy {
