@@ -1,5 +1,11 @@
 /** Output helpers for natctl: plain tables for people, JSON for scripts. */
 
+/** An allow-list peer as people read it: `bob (6flxk45n…)`, or `bob (unresolved)` for an old entry that matches nobody. */
+export function peerLabel(p: { name: string; id: string | null }): string {
+  if (p.id === null) return `${p.name} (unresolved)`
+  return p.name ? `${p.name} (${p.id.slice(0, 8)}…)` : `${p.id.slice(0, 8)}…`
+}
+
 export function table(headers: string[], rows: (string | number | null)[][]): string {
   const cells = [headers, ...rows.map((r) => r.map((c) => (c === null ? '-' : String(c))))]
   const widths = headers.map((_, i) => Math.max(...cells.map((r) => (r[i] ?? '').length)))

@@ -1,17 +1,25 @@
 #!/usr/bin/env node
 /**
  * natctl: the thin CLI over natd's local API. It parses, calls, prints. Exit codes:
- *   0 ok · 1 any error (its code and message on stderr) · 2 usage · 3 natd not running
+ *   0 ok · 1 any other error (its code and message on stderr) · 2 usage · 3 natd not running
+ *   · 4 the peer is not the one asked for (KEY_MISMATCH, PEER_MISMATCH)
  */
 import yargs, { type Argv } from 'yargs'
 import { hideBin } from 'yargs/helpers'
 import { ApiClient, resolveSocketPath } from '../ipc/client.js'
 import type { MethodName, Params, Result } from '../ipc/schema.js'
-import { NatdError } from '../protocol/errors.js'
-import { ago, bytes, table } from './format.js'
+import { NatdError, type ErrorCode } from '../protocol/errors.js'
+import { ago, bytes, peerLabel, table } from './format.js'
 import { formatFiles, parseSize, processIo, runCp, runMessages } from './transfer-commands.js'
 
-export const EXIT = { OK: 0, ERROR: 1, USAGE: 2, NOT_RUNNING: 3 } as const
+export const EXIT = { OK: 0, ERROR: 1, USAGE: 2, NOT_RUNNING: 3, WRONG_PEER: 4 } as const
+
+/** Error codes with their own exit status; every other code exits with EXIT.ERROR. */
+export const EXIT_BY_CODE: Partial<Record<ErrorCode, number>> = {
+  NOT_RUNNING: EXIT.NOT_RUNNING,
+  KEY_MISMATCH: EXIT.WRONG_PEER,
+  PEER_MISMATCH: EXIT.WRONG_PEER
+}
 
 /** A bad command line: exit 2 with the message, like yargs' own usage errors. */
 class UsageError extends Error {}
@@ -85,7 +93,7 @@ export function buildCli(argv: string[]): Argv<Global> {
     )
     .command(
       'peers',
-      'the other agents on the server',
+      'the other agents on the server, and the pinned peers it does not list',
       () => undefined,
       async (g) => {
         const peers = await call(g, 'peers', {})
@@ -93,10 +101,32 @@ export function buildCli(argv: string[]): Argv<Global> {
           peers.length === 0
             ? 'no other agents on this server'
             : table(
-                ['NAME', 'ID', 'ONLINE', 'LAST SEEN', 'ENDPOINT', 'NAT', 'TUNNEL'],
-                peers.map((p) => [p.name, p.id.slice(0, 8), p.online ? 'yes' : 'no', p.online ? ago(p.lastSeenAgoMs) : ago(p.lastSeenAgoMs), p.endpoint, p.nat, p.tunnel])
+                ['NAME', 'ID', 'PINNED', 'ONLINE', 'LAST SEEN', 'ENDPOINT', 'NAT', 'TUNNEL'],
+                peers.map((p) => [p.name, p.id.slice(0, 8), p.pinned ? 'yes' : 'no', p.online ? 'yes' : 'no', p.lastSeenAgoMs === null ? 'not listed' : ago(p.lastSeenAgoMs), p.endpoint, p.nat, p.tunnel])
               )
         )
+      }
+    )
+    .command(
+      'trust <name> <peer-id>',
+      'pin PEER_ID (the full ID, as natctl status shows it there) to NAME: tunnels to NAME then need that key',
+      (y) =>
+        y
+          .positional('name', { type: 'string', demandOption: true })
+          .positional('peer-id', { type: 'string', demandOption: true })
+          .option('replace', { type: 'boolean', default: false, describe: 'replace the ID pinned for NAME (the peer really changed its key)' }),
+      async (g) => {
+        const r = await call(g, 'peer.trust', { name: g.name, id: g['peer-id'], replace: g.replace })
+        out(g, r, () => (r.replaced ? `${r.name} pinned to ${r.id} (was ${r.replaced.slice(0, 8)}…)` : `${r.name} pinned to ${r.id}`))
+      }
+    )
+    .command(
+      'untrust <name>',
+      'forget the key pinned for NAME (the next tunnel pins again on first use)',
+      (y) => y.positional('name', { type: 'string', demandOption: true }),
+      async (g) => {
+        const r = await call(g, 'peer.untrust', { name: g.name })
+        out(g, r, () => `${r.name} no longer pinned (was ${r.id.slice(0, 8)}…)`)
       }
     )
     .command(
@@ -244,7 +274,7 @@ export function buildCli(argv: string[]): Argv<Global> {
             if (max === null && g['max-size'] !== undefined) throw new UsageError(`--max-size must be a size like 500MB or 2GiB, not ${JSON.stringify(g['max-size'])}`)
             const allow = g['allow-all'] ? [] : g.allow ? g.allow.map(String) : null
             const r = await call(g, 'files.policy', { allow, maxSizeBytes: max, inbox: g.inbox ?? null })
-            out(g, r, () => [`accept from: ${r.allow.length ? r.allow.join(', ') : 'every peer'}`, `max size:    ${bytes(r.maxSizeBytes)}`, `inbox:       ${r.inbox}`].join('\n'))
+            out(g, r, () => [`accept from: ${r.allow.length ? r.allow.map(peerLabel).join(', ') : 'every peer'}`, `max size:    ${bytes(r.maxSizeBytes)}`, `inbox:       ${r.inbox}`].join('\n'))
           }
         )
     )
@@ -296,7 +326,7 @@ export function buildCli(argv: string[]): Argv<Global> {
               .option('allow', { type: 'string', array: true, default: [] as string[], describe: 'peer allowed (repeat for more); default all peers' }),
           async (g) => {
             const r = await call(g, 'expose.add', { port: port(g.port, 'PORT'), host: g.host, allow: g.allow.map(String) })
-            out(g, r, () => `exposed ${r.host}:${r.port} to ${r.allow.length ? r.allow.join(', ') : 'every peer'}`)
+            out(g, r, () => `exposed ${r.host}:${r.port} to ${r.allow.length ? r.allow.map(peerLabel).join(', ') : 'every peer'}`)
           }
         )
         .command(
@@ -305,7 +335,7 @@ export function buildCli(argv: string[]): Argv<Global> {
           () => undefined,
           async (g) => {
             const es = await call(g, 'expose.ls', {})
-            out(g, es, () => (es.length === 0 ? 'nothing exposed' : table(['PORT', 'HOST', 'ALLOWED'], es.map((e) => [e.port, e.host, e.allow.length ? e.allow.join(',') : 'every peer']))))
+            out(g, es, () => (es.length === 0 ? 'nothing exposed' : table(['PORT', 'HOST', 'ALLOWED'], es.map((e) => [e.port, e.host, e.allow.length ? e.allow.map(peerLabel).join(', ') : 'every peer']))))
           }
         )
         .command(
@@ -341,7 +371,7 @@ async function main(): Promise<void> {
     const e = err instanceof NatdError ? err : new NatdError('INTERNAL', (err as Error).message)
     if (process.argv.includes('--json')) process.stdout.write(JSON.stringify({ error: e.toJSON() }) + '\n')
     process.stderr.write(`natctl: ${e.message}${e.code === 'NOT_RUNNING' || e.code === 'PERMISSION_DENIED' ? '' : ` [${e.code}]`}\n`)
-    process.exit(e.code === 'NOT_RUNNING' ? EXIT.NOT_RUNNING : EXIT.ERROR)
+    process.exit(EXIT_BY_CODE[e.code] ?? EXIT.ERROR)
   }
 }
 

@@ -121,7 +121,6 @@ function formatMessage(m: MessageInfo): string {
 
 export async function runMessages(io: CommandIo, opts: { follow: boolean; from: string }): Promise<void> {
   const client = await io.connect()
-  const matches = (m: MessageInfo): boolean => !opts.from || m.from === opts.from || (opts.from.length >= 8 && m.fromId.startsWith(opts.from))
   if (!opts.follow) {
     try {
       const ms = await client.call('messages', { from: opts.from, limit: 0 })
@@ -134,15 +133,24 @@ export async function runMessages(io: CommandIo, opts: { follow: boolean; from: 
   // Subscribe before listing, so nothing falls between the two; ids drop duplicates.
   const seen = new Set<string>()
   const print = (m: MessageInfo): void => {
-    if (seen.has(m.id) || !matches(m)) return
+    if (seen.has(m.id)) return
     seen.add(m.id)
     io.stdout.write((io.json ? JSON.stringify(m) : formatMessage(m)) + '\n')
+  }
+  // With --from, natd decides which messages are from that peer (its one peer matcher):
+  // each new message makes natctl ask for the filtered inbox again, printing what is new.
+  let relisting = Promise.resolve()
+  const relist = (): void => {
+    relisting = relisting.then(async () => {
+      for (const m of await client.call('messages', { from: opts.from, limit: 0 })) print(m)
+    }).catch(() => undefined)
   }
   const queued: MessageInfo[] = []
   let listed = false
   await client.subscribe(['message'], (event, data) => {
     if (event !== 'message') return
-    if (listed) print(data as MessageInfo)
+    if (opts.from) relist()
+    else if (listed) print(data as MessageInfo)
     else queued.push(data as MessageInfo)
   })
   for (const m of await client.call('messages', { from: opts.from, limit: 0 })) print(m)

@@ -9,6 +9,7 @@ import { formatEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { lanCandidates } from '../protocol/lan.js'
 import { NatdError } from '../protocol/errors.js'
 import { parsePeerId, peerId, type KeyPair } from '../protocol/identity.js'
+import { isTarget, type PeerRef } from '../protocol/peer-ref.js'
 import { systemClock, type Logger } from '../protocol/log.js'
 import { isRendezvousFrame, MAX_LIST_PEERS, MSG, type NatVerdict, type PeerRecord } from '../protocol/rendezvous.js'
 import { ApiServer, type Handlers } from '../ipc/server.js'
@@ -23,6 +24,7 @@ import type { AgentConfig, StateStore } from './config.js'
 import { Exposes } from './exposes.js'
 import { Forwards } from './forwards.js'
 import { Files, FILE_SERVICE } from './files.js'
+import { KnownPeers } from './known-peers.js'
 import { Messages, MESSAGE_SERVICE } from './messages.js'
 import { RendezvousClient } from './rendezvous-client.js'
 
@@ -58,6 +60,7 @@ export class Agent {
   private messages: Messages | null = null
   private files: Files | null = null
   private readonly exposes: Exposes
+  private readonly known: KnownPeers
   private api: ApiServer | null = null
   private runLoop: Promise<void> | null = null
   private readonly startedAt = Date.now()
@@ -74,7 +77,8 @@ export class Agent {
   ) {
     this.id = peerId(c.keyPair.publicKey)
     this.server = parseServerSpec(init.config.server)
-    this.exposes = new Exposes(c.store, c.log.child({ component: 'expose' }))
+    this.known = new KnownPeers({ store: c.store, log: c.log.child({ component: 'peers' }), serverPeers: () => this.serverPeers() })
+    this.exposes = new Exposes(c.store, c.log.child({ component: 'expose' }), this.known)
   }
 
   get localPort(): number {
@@ -145,10 +149,7 @@ export class Agent {
         natVerdict: () => this.nat,
         relayServer: () => client.serverEndpoint,
         refreshNat: () => this.refreshNat(),
-        checkPeerKey: (name, id) => this.checkPeerKey(name, id),
-        pinPeerKey: (name, id) => {
-          if (!this.c.store.knownPeer(name)) this.c.store.pinPeer(name, id)
-        },
+        peers: this.known,
         onChannel: (tunnel, req) => this.onChannel(tunnel, req)
       }
     )
@@ -180,6 +181,7 @@ export class Agent {
       log: log.child({ component: 'messages' }),
       selfName: this.init.config.name,
       selfId: this.id,
+      known: this.known,
       onMessage: (m) => this.api?.emit('message', m)
     })
     const files = new Files({
@@ -188,6 +190,7 @@ export class Agent {
       log: log.child({ component: 'files' }),
       selfName: this.init.config.name,
       selfId: this.id,
+      known: this.known,
       onReceived: (f) => this.api?.emit('file', f),
       onProgress: (p) => this.api?.emit('file.progress', p)
     })
@@ -313,20 +316,19 @@ export class Agent {
     handler(tunnel, req)
   }
 
-  private checkPeerKey(name: string, id: string): void {
-    const pinned = this.c.store.knownPeer(name)
-    if (pinned && pinned !== id) {
-      this.c.log.error('KEY_MISMATCH: a peer presents another key under a pinned name', { peer: name, pinned: pinned.slice(0, 8), presented: id.slice(0, 8) })
-      throw new NatdError('KEY_MISMATCH', `${name} now presents key ${id.slice(0, 8)}, but ${pinned.slice(0, 8)} is pinned; if the peer really changed its key, remove ${name} from knownPeers in ${this.c.store.dir}/config.json`)
-    }
+  /** The peers the server lists, as name and whole ID. */
+  private async serverPeers(): Promise<PeerRef[]> {
+    if (this.client?.state.kind !== 'registered') throw new NatdError('NOT_REGISTERED', 'not registered with the server')
+    return (await this.client.list()).map((p) => ({ name: p.name, id: peerId(p.publicKey) }))
   }
 
   private async checkPeerExists(peer: string): Promise<void> {
+    const target = await this.known.expect(peer)
     if (this.client?.state.kind !== 'registered') return
-    const peers = await this.client.list()
+    const peers = await this.serverPeers()
     // A full list is capped (MAX_LIST_PEERS): a peer missing from it may still exist.
-    if (peers.length < MAX_LIST_PEERS && !peers.some((p) => p.name === peer || (peer.length >= 8 && peerId(p.publicKey).startsWith(peer)))) {
-      throw new NatdError('PEER_UNKNOWN', `no peer named ${peer} on ${this.init.config.server}`)
+    if (peers.length < MAX_LIST_PEERS && !peers.some((p) => isTarget(p, target))) {
+      throw new NatdError('PEER_UNKNOWN', `no peer ${peer} on ${this.init.config.server}`)
     }
   }
 
@@ -350,6 +352,7 @@ export class Agent {
       tcpEndpoint: p.tcp ? formatEndpoint(p.tcp) : null,
       lan: p.lan.map(formatEndpoint),
       nat: p.nat,
+      pinned: this.known.isPinned({ name: p.name, id: peerId(p.publicKey) }),
       tunnel: this.tunnels?.get(peerId(p.publicKey))?.path ?? null
     }
   }
@@ -402,9 +405,16 @@ export class Agent {
       status: () => this.status(),
       peers: async () => {
         if (!this.client) throw new NatdError('NOT_REGISTERED', 'not started')
-        const peers = await this.client.list()
-        return peers.map((p) => this.peerInfo(p)).sort((a, b) => Number(b.online) - Number(a.online) || a.name.localeCompare(b.name))
+        const peers = (await this.client.list()).map((p) => this.peerInfo(p))
+        // Pinned peers the server did not list (offline and forgotten there, or unknown to it).
+        for (const k of this.known.list()) {
+          if (peers.some((p) => p.id === k.id)) continue
+          peers.push({ name: k.name, id: k.id, online: false, lastSeenAgoMs: null, endpoint: null, tcpEndpoint: null, lan: [], nat: 'unknown', pinned: true, tunnel: this.tunnels?.get(k.id)?.path ?? null })
+        }
+        return peers.sort((a, b) => Number(b.online) - Number(a.online) || a.name.localeCompare(b.name))
       },
+      'peer.trust': ({ name, id, replace }) => this.known.trust(name, id, replace),
+      'peer.untrust': ({ name }) => this.known.untrust(name),
       subscribe: () => ({ subscribed: [] }), // handled by the API server itself
       open: async ({ peer, via, timeoutMs }) => {
         const { tunnel, tookMs, reused } = await tunnels().open(peer, via, timeoutMs)
@@ -443,6 +453,7 @@ export class Agent {
    * connections; exposes are read per connection. Live tunnels stay. Never rejects.
    */
   async reload(): Promise<void> {
+    this.exposes.warnUnresolved()
     await this.forwards?.reload()
   }
 }

@@ -20,7 +20,9 @@ import net from 'node:net'
 import { parseDuration } from '../protocol/duration.js'
 import { generateKeyPair, isValidName, NAME_RULE, type KeyPair } from '../protocol/identity.js'
 import { parseServerSpec } from './server-address.js'
+import { isPeerId, type PeerRef } from '../protocol/peer-ref.js'
 import { LOG_LEVELS, type LogLevel } from './logger.js'
+import { isCurrent, migrateAllowEntry, type AllowEntry } from './allow-list.js'
 
 /** Default heartbeat: Linux conntrack forgets an idle UDP mapping after 30 s (ARCHITECTURE.md). */
 export const DEFAULT_HEARTBEAT_MS = 20_000
@@ -42,7 +44,8 @@ export interface ForwardSpec {
 export interface ExposeSpec {
   port: number
   host: string
-  allow: string[]
+  /** Peers by whole key (allow-list.ts); empty = every peer. */
+  allow: AllowEntry[]
 }
 
 export interface AgentConfig {
@@ -72,7 +75,7 @@ interface StoreShape {
 }
 
 function entryKey(e: ForwardSpec | ExposeSpec): string {
-  return 'localPort' in e ? `forward ${e.bind}:${e.localPort} ${e.peer}:${e.remotePort}` : `expose ${e.host}:${e.port} ${e.allow.join(',')}`
+  return 'localPort' in e ? `forward ${e.bind}:${e.localPort} ${e.peer}:${e.remotePort}` : `expose ${e.host}:${e.port} ${e.allow.map((a) => a.id ?? a.name).join(',')}`
 }
 
 export function defaultStateDir(env: NodeJS.ProcessEnv = process.env, uid = process.getuid?.() ?? 0): string {
@@ -123,6 +126,15 @@ export class StateStore {
       clearInvalidConfig: false,
       watch: false
     })
+    this.migrateExposes()
+  }
+
+  /** natctl's exposes stored before allow lists held keys: resolved against the pinned peers, once (allow-list.ts). */
+  private migrateExposes(): void {
+    const own = this.conf.get('exposes') ?? []
+    if (own.every((e) => (e.allow ?? []).every(isCurrent))) return
+    const pinned = this.knownPeers()
+    this.conf.set('exposes', own.map((e) => ({ ...e, allow: (e.allow ?? []).map((a) => migrateAllowEntry(a, pinned)) })))
   }
 
   get config(): Readonly<AgentConfig> | null {
@@ -155,9 +167,13 @@ export class StateStore {
     this.conf.set('exposes', this.keepOwn('exposes', e))
   }
 
-  /** The config file's forwards and exposes (start and SIGHUP). Shows entries natctl had hidden again. */
+  /**
+   * The config file's forwards and exposes (start and SIGHUP). Shows entries natctl had
+   * hidden again. Allow entries given by name are resolved against the pinned peers now.
+   */
   setDeclared(d: Declared): void {
-    this.declared = structuredClone(d)
+    const pinned = this.knownPeers()
+    this.declared = structuredClone({ ...d, exposes: d.exposes.map((e) => ({ ...e, allow: e.allow.map((a) => (a.id === null ? migrateAllowEntry(a.name, pinned) : a)) })) })
     this.hidden.clear()
   }
 
@@ -201,6 +217,19 @@ export class StateStore {
 
   pinServerKey(server: string, id: string): void {
     this.conf.set('serverKeys', { ...(this.conf.get('serverKeys') ?? {}), [server]: id })
+  }
+
+  /** Every pinned peer, by name. */
+  knownPeers(): PeerRef[] {
+    return Object.entries(this.conf.get('knownPeers') ?? {})
+      .filter(([, id]) => typeof id === 'string')
+      .map(([name, id]) => ({ name, id }))
+      .sort((a, b) => a.name.localeCompare(b.name))
+  }
+
+  unpinPeer(name: string): void {
+    const { [name]: _gone, ...rest } = this.conf.get('knownPeers') ?? {}
+    this.conf.set('knownPeers', rest)
   }
 
   /** Loads the key pair, creating it (mode 0600) on first start. */
@@ -377,7 +406,7 @@ export function parseConfigFile(text: string, file: string): ConfigFile {
     const spec: ExposeSpec = {
       port: port(e.port, `${key}.port`, bad),
       host: ip(e.host ?? '127.0.0.1', `${key}.host`, bad),
-      allow: array(e.allow, `${key}.allow`, bad).map((p, j) => peerName(p, `${key}.allow[${j}]`, bad))
+      allow: array(e.allow, `${key}.allow`, bad).map((p, j) => allowEntry(p, `${key}.allow[${j}]`, bad))
     }
     if (out.exposes.some((o) => o.port === spec.port)) throw bad(`${key}.port`, `repeats port ${spec.port}: give each port one entry`)
     out.exposes.push(spec)
@@ -413,6 +442,26 @@ function port(v: unknown, key: string, bad: Bad, min = 1): number {
 function ip(v: unknown, key: string, bad: Bad): string {
   if (typeof v !== 'string' || !net.isIP(v)) throw bad(key, `must be an IP address, not ${JSON.stringify(v)}`)
   return v
+}
+
+/**
+ * An allow entry: a peer name, a full peer ID, or `{"name": …, "id": FULL_ID}`. A name is
+ * resolved against the pinned peers when the file is applied (StateStore.setDeclared);
+ * one without a pinned key matches nobody (allow-list.ts). An abbreviated ID, as older
+ * files may hold, is taken like a name.
+ */
+function allowEntry(v: unknown, key: string, bad: Bad): AllowEntry {
+  if (typeof v === 'object' && v !== null && !Array.isArray(v)) {
+    const o = v as Record<string, unknown>
+    for (const k of Object.keys(o)) if (k !== 'name' && k !== 'id') throw bad(`${key}.${k}`, 'is not a setting natd knows (known: name, id)')
+    const id = o.id === undefined || o.id === null ? null : o.id
+    if (id !== null && (typeof id !== 'string' || !isPeerId(id))) throw bad(`${key}.id`, `must be a full peer ID (52 base32 characters), not ${JSON.stringify(id)}`)
+    const name = o.name === undefined ? '' : peerName(o.name, `${key}.name`, bad)
+    if (id === null && !name) throw bad(key, 'needs a "name" or an "id"')
+    return { name, id }
+  }
+  const typed = peerName(v, key, bad)
+  return isPeerId(typed) ? { name: '', id: typed } : { name: typed, id: null }
 }
 
 function peerName(v: unknown, key: string, bad: Bad): string {

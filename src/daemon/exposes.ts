@@ -4,42 +4,66 @@
  */
 import net from 'node:net'
 import { NatdError } from '../protocol/errors.js'
-import { isValidName } from '../protocol/identity.js'
 import type { Logger } from '../protocol/log.js'
+import { describePeer } from '../protocol/peer-ref.js'
 import type { ExposeInfo } from '../ipc/schema.js'
 import type { OpenRequest } from '../tunnel/mux.js'
 import type { Tunnel } from '../tunnel/tunnel.js'
+import { admits, type AllowEntry } from './allow-list.js'
 import type { ExposeSpec, StateStore } from './config.js'
+import type { KnownPeers } from './known-peers.js'
 import { join } from './pipe.js'
 
 /** Connecting to the exposed local service must finish within this. */
 export const EXPOSE_CONNECT_TIMEOUT_MS = 10_000
 
 export class Exposes {
+  /** Unresolved allow entries already warned about (once each). */
+  private readonly warned = new Set<string>()
+
   constructor(
     private readonly store: StateStore,
-    private readonly log: Logger
-  ) {}
+    private readonly log: Logger,
+    private readonly known: Pick<KnownPeers, 'resolveKey'>
+  ) {
+    this.warnUnresolved()
+  }
 
   list(): ExposeInfo[] {
     return this.store.exposes
   }
 
-  /** Adds or replaces the exposure of `port`. */
-  add(spec: ExposeSpec): ExposeInfo {
+  /**
+   * Adds or replaces the exposure of `port`. Each `allow` peer is resolved to its whole
+   * key now (PEER_UNKNOWN when no key is known for it).
+   */
+  async add(spec: { port: number; host: string; allow: string[] }): Promise<ExposeInfo> {
     if (!net.isIP(spec.host)) throw new NatdError('INVALID_ARGUMENT', `--host must be an IP address, not ${JSON.stringify(spec.host)}`)
-    for (const p of spec.allow) if (!isValidName(p) && !/^[a-z2-7]{8,52}$/.test(p)) throw new NatdError('INVALID_ARGUMENT', `--allow ${JSON.stringify(p)} is not a peer name or ID`)
+    const allow: AllowEntry[] = []
+    for (const p of spec.allow) allow.push(await this.known.resolveKey(p))
+    const stored: ExposeSpec = { port: spec.port, host: spec.host, allow: allow.filter((a, i) => allow.findIndex((b) => b.id === a.id) === i) }
     const rest = this.store.exposes.filter((e) => e.port !== spec.port)
-    this.store.setExposes([...rest, spec].sort((a, b) => a.port - b.port))
-    this.log.info('port exposed', { ...spec })
-    return spec
+    this.store.setExposes([...rest, stored].sort((a, b) => a.port - b.port))
+    this.log.info('port exposed', { port: stored.port, host: stored.host, allow: stored.allow.map(describePeer) })
+    return stored
+  }
+
+  /** Logs each allow entry that matches nobody (an old bare name without a pinned key), once. */
+  warnUnresolved(): void {
+    for (const e of this.store.exposes) {
+      for (const a of e.allow) {
+        if (a.id !== null || this.warned.has(`${e.port} ${a.name}`)) continue
+        this.warned.add(`${e.port} ${a.name}`)
+        this.log.warn('an expose allows a peer by name with no pinned key: it admits nobody until re-added', { port: e.port, peer: a.name, hint: `natctl trust ${a.name} PEER_ID, then natctl expose add ${e.port} --allow ${a.name}` })
+      }
+    }
   }
 
   remove(port: number): ExposeInfo {
     const spec = this.store.exposes.find((e) => e.port === port)
     if (!spec) throw new NatdError('INVALID_ARGUMENT', `port ${port} is not exposed`)
     this.store.setExposes(this.store.exposes.filter((e) => e.port !== port))
-    this.log.info('port unexposed', { ...spec })
+    this.log.info('port unexposed', { port: spec.port, host: spec.host })
     return spec
   }
 
@@ -47,8 +71,8 @@ export class Exposes {
   onChannel(tunnel: Tunnel, req: OpenRequest): void {
     const peer = tunnel.peer
     const spec = this.store.exposes.find((e) => e.port === req.port)
-    if (!spec || (spec.allow.length > 0 && !spec.allow.some((a) => a === peer.name || peer.id.startsWith(a)))) {
-      this.log.warn('NOT_EXPOSED: refused a connection from a peer', { peer: peer.name, port: req.port })
+    if (!spec || !admits(spec.allow, peer)) {
+      this.log.warn('NOT_EXPOSED: refused a connection from a peer', { peer: peer.name, id: peer.id.slice(0, 8), port: req.port })
       req.reject('NOT_EXPOSED', `port ${req.port} is not exposed to ${peer.name}`)
       return
     }

@@ -10,13 +10,15 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { NatdError } from '../protocol/errors.js'
-import { isValidName } from '../protocol/identity.js'
 import type { Logger } from '../protocol/log.js'
+import { describePeer } from '../protocol/peer-ref.js'
 import type { FileProgress, FileSendResult, FilesPolicy, ReceivedFile } from '../ipc/schema.js'
 import type { TunnelManager } from '../tunnel/manager.js'
 import type { OpenRequest } from '../tunnel/mux.js'
 import type { Tunnel } from '../tunnel/tunnel.js'
+import { admits, isCurrent, migrateAllowEntry, type AllowEntry } from './allow-list.js'
 import { FileReceiver, sendFile, type ReceivePolicy } from './file-transfer.js'
+import type { KnownPeers } from './known-peers.js'
 import { appendJsonLine, readJson, readJsonLines, writeJsonAtomic } from './state-files.js'
 
 export { FILE_SERVICE } from './file-transfer.js'
@@ -34,12 +36,15 @@ export interface FilesComponents {
   log: Logger
   selfName: string
   selfId: string
+  /** Resolves `--allow` peers to whole keys; its pinned peers migrate old policies. */
+  known: Pick<KnownPeers, 'resolveKey' | 'list'>
   onReceived(f: ReceivedFile): void
   onProgress(p: FileProgress): void
 }
 
 interface StoredPolicy {
-  allow: string[]
+  /** Peers by whole key (allow-list.ts); empty = every peer. */
+  allow: AllowEntry[]
   maxSizeBytes: number
   /** '' = `<state dir>/inbox`. */
   inbox: string
@@ -50,11 +55,17 @@ export class Files {
   private stored: StoredPolicy
 
   constructor(private readonly c: FilesComponents) {
-    const saved = readJson<Partial<StoredPolicy>>(path.join(c.dir, POLICY_FILE)) ?? {}
+    const saved = readJson<Partial<Record<keyof StoredPolicy, unknown>>>(path.join(c.dir, POLICY_FILE)) ?? {}
+    const allow: unknown[] = Array.isArray(saved.allow) ? saved.allow : []
     this.stored = {
-      allow: Array.isArray(saved.allow) ? saved.allow.filter((a) => typeof a === 'string') : [],
+      // Bare names from before allow lists held keys: migrated against the pinned peers, once (allow-list.ts).
+      allow: allow.map((a) => (isCurrent(a) ? a : migrateAllowEntry(a, c.known.list()))),
       maxSizeBytes: typeof saved.maxSizeBytes === 'number' ? saved.maxSizeBytes : DEFAULT_MAX_FILE_BYTES,
       inbox: typeof saved.inbox === 'string' ? saved.inbox : ''
+    }
+    if (!allow.every(isCurrent)) writeJsonAtomic(path.join(c.dir, POLICY_FILE), this.stored)
+    for (const a of this.stored.allow) {
+      if (a.id === null) c.log.warn('the file policy allows a peer by name with no pinned key: it admits nobody until re-added', { peer: a.name, hint: `natctl trust ${a.name} PEER_ID, then natctl files policy --allow ${a.name}` })
     }
     this.receiver = new FileReceiver(() => this.receivePolicy(), c.log, (f, from) => this.onStored(f, from))
   }
@@ -64,15 +75,19 @@ export class Files {
   }
 
   policy(): FilesPolicy {
-    return { allow: [...this.stored.allow], maxSizeBytes: this.stored.maxSizeBytes, inbox: this.inbox }
+    return { allow: this.stored.allow.map((a) => ({ ...a })), maxSizeBytes: this.stored.maxSizeBytes, inbox: this.inbox }
   }
 
-  /** Changes what is given (null = unchanged) and persists it. */
-  setPolicy(p: { allow: string[] | null; maxSizeBytes: number | null; inbox: string | null }): FilesPolicy {
+  /** Changes what is given (null = unchanged) and persists it. `allow` peers are resolved to whole keys now (PEER_UNKNOWN). */
+  async setPolicy(p: { allow: string[] | null; maxSizeBytes: number | null; inbox: string | null }): Promise<FilesPolicy> {
     const next = { ...this.stored }
     if (p.allow !== null) {
-      for (const a of p.allow) if (!isValidName(a) && !/^[a-z2-7]{8,52}$/.test(a)) throw new NatdError('INVALID_ARGUMENT', `--allow ${JSON.stringify(a)} is not a peer name or ID`)
-      next.allow = [...new Set(p.allow)]
+      const allow: AllowEntry[] = []
+      for (const a of p.allow) {
+        const ref = await this.c.known.resolveKey(a)
+        if (!allow.some((b) => b.id === ref.id)) allow.push(ref)
+      }
+      next.allow = allow
     }
     if (p.maxSizeBytes !== null) next.maxSizeBytes = p.maxSizeBytes
     if (p.inbox !== null) {
@@ -82,7 +97,7 @@ export class Files {
     if (p.inbox) fs.mkdirSync(p.inbox, { recursive: true, mode: 0o700 })
     writeJsonAtomic(path.join(this.c.dir, POLICY_FILE), next)
     this.stored = next
-    this.c.log.info('file policy changed', { ...this.policy() })
+    this.c.log.info('file policy changed', { allow: this.stored.allow.map(describePeer), maxSizeBytes: this.stored.maxSizeBytes, inbox: this.inbox })
     return this.policy()
   }
 
@@ -124,7 +139,7 @@ export class Files {
     const inbox = this.inbox
     fs.mkdirSync(inbox, { recursive: true, mode: 0o700 })
     return {
-      allowed: (peer) => allow.length === 0 || allow.some((a) => a === peer.name || peer.id.startsWith(a)),
+      allowed: (peer) => admits(allow, peer),
       maxSizeBytes: this.stored.maxSizeBytes,
       inbox
     }

@@ -8,12 +8,14 @@ import { randomBytes } from 'node:crypto'
 import path from 'node:path'
 import { NatdError, toNatdError } from '../protocol/errors.js'
 import type { Logger } from '../protocol/log.js'
+import { isTarget, resolvePeer } from '../protocol/peer-ref.js'
 import { encodeTransfer, MAX_MESSAGE_BYTES } from '../protocol/transfer.js'
 import type { MessageInfo, MessageSendResult } from '../ipc/schema.js'
 import type { TunnelManager } from '../tunnel/manager.js'
 import type { OpenRequest } from '../tunnel/mux.js'
 import type { Tunnel } from '../tunnel/tunnel.js'
 import { ChannelReader, refusal, withDeadline } from './channel-frames.js'
+import type { KnownPeers } from './known-peers.js'
 import { appendJsonLine, readJsonLines } from './state-files.js'
 
 export const MESSAGE_SERVICE = 'msg'
@@ -28,6 +30,8 @@ export interface MessagesComponents {
   log: Logger
   selfName: string
   selfId: string
+  /** Pinned peers, to resolve `messages --from`. */
+  known: Pick<KnownPeers, 'list'>
   /** A message was stored (API event `message`). */
   onMessage(m: MessageInfo): void
 }
@@ -42,9 +46,17 @@ export class Messages {
     for (const m of readJsonLines<MessageInfo>(this.file)) this.seen.add(m.id)
   }
 
-  /** The inbox, oldest first; `from` filters by peer name or ID prefix; `limit` > 0 keeps the newest ones. */
+  /**
+   * The inbox, oldest first; `limit` > 0 keeps the newest ones. `from` is a peer as users
+   * type it (peer-ref.ts), resolved against the pinned peers and the senders in the inbox;
+   * an abbreviated ID several of them share is INVALID_ARGUMENT.
+   */
   list(from = '', limit = 0): MessageInfo[] {
-    const all = readJsonLines<MessageInfo>(this.file).filter((m) => !from || m.from === from || (from.length >= 8 && m.fromId.startsWith(from)))
+    let all = readJsonLines<MessageInfo>(this.file)
+    if (from) {
+      const target = resolvePeer(from, [...this.c.known.list(), ...all.map((m) => ({ name: m.from, id: m.fromId }))])
+      all = target === null ? [] : all.filter((m) => isTarget({ name: m.from, id: m.fromId }, target))
+    }
     return limit > 0 ? all.slice(-limit) : all
   }
 

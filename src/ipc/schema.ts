@@ -43,7 +43,10 @@ export interface PeerInfo {
   name: string
   id: string
   online: boolean
-  lastSeenAgoMs: number
+  /** null for a pinned peer the server did not list. */
+  lastSeenAgoMs: number | null
+  /** Its key is pinned to its name (first use, or peer.trust). */
+  pinned: boolean
   endpoint: string | null
   tcpEndpoint: string | null
   lan: string[]
@@ -113,10 +116,16 @@ export interface ForwardInfo {
   connections: number
 }
 
+/** An allow-list entry: a peer by whole key; `id` null for an old entry that could not be resolved (it matches nobody). */
+export interface AllowedPeer {
+  name: string
+  id: string | null
+}
+
 export interface ExposeInfo {
   port: number
   host: string
-  allow: string[] // empty = every peer
+  allow: AllowedPeer[] // empty = every peer
 }
 
 /** A message in the inbox (`messages`, event `message`). */
@@ -176,14 +185,23 @@ export interface FileProgress {
 }
 
 export interface FilesPolicy {
-  allow: string[] // empty = every peer
+  allow: AllowedPeer[] // empty = every peer
   maxSizeBytes: number
   inbox: string
+}
+
+export interface TrustResult {
+  name: string
+  id: string
+  /** The ID pinned before, when `replace` changed it; null otherwise. */
+  replaced: string | null
 }
 
 export interface Methods {
   status: { params: Record<string, never>; result: StatusResult }
   peers: { params: Record<string, never>; result: PeerInfo[] }
+  'peer.trust': { params: { name: string; id: string; replace: boolean }; result: TrustResult }
+  'peer.untrust': { params: { name: string }; result: { name: string; id: string } }
   subscribe: { params: { events: EventName[] }; result: { subscribed: EventName[] } }
   open: { params: { peer: string; via: Via; timeoutMs: number }; result: OpenResult }
   close: { params: { peer: string }; result: { closed: boolean } }
@@ -230,6 +248,7 @@ const fail = (path: string, want: string): never => {
 export const v = {
   string: (opts: { max?: number; min?: number } = {}): Check<string> => (x, p) =>
     typeof x === 'string' && x.length >= (opts.min ?? 1) && x.length <= (opts.max ?? 256) ? x : fail(p, `a string of ${opts.min ?? 1}-${opts.max ?? 256} characters`),
+  bool: (): Check<boolean> => (x, p) => (typeof x === 'boolean' ? x : fail(p, 'true or false')),
   port: (): Check<number> => (x, p) => (Number.isInteger(x) && (x as number) >= 1 && (x as number) <= 65535 ? (x as number) : fail(p, 'a port number 1-65535')),
   int: (min: number, max: number): Check<number> => (x, p) => (Number.isInteger(x) && (x as number) >= min && (x as number) <= max ? (x as number) : fail(p, `an integer ${min}-${max}`)),
   oneOf: <T extends string>(values: readonly T[]): Check<T> => (x, p) => (values.includes(x as T) ? (x as T) : fail(p, `one of ${values.join(', ')}`)),
@@ -254,6 +273,8 @@ const VIAS: readonly Via[] = ['auto', 'udp', 'tcp', 'relay']
 export const PARAMS: { [M in MethodName]: Check<Params<M>> } = {
   status: empty,
   peers: empty,
+  'peer.trust': v.object({ name: v.string({ max: 64 }), id: v.string({ max: 64 }), replace: v.optional(v.bool(), false) }),
+  'peer.untrust': v.object({ name: v.string({ max: 64 }) }),
   subscribe: v.object({ events: v.array(v.oneOf(EVENT_NAMES), EVENT_NAMES.length) }),
   open: v.object({ peer: v.string({ max: 64 }), via: v.optional(v.oneOf(VIAS), 'auto'), timeoutMs: v.optional(v.int(1, TIMEOUT_MAX_MS), 10_000) }),
   close: v.object({ peer: v.string({ max: 64 }) }),

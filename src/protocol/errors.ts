@@ -19,6 +19,7 @@ export const ERROR_CODES = [
   'UNSUPPORTED_PATH', // a --via the agent cannot do (yet)
   'KEY_MISMATCH', // a pinned peer presented another key
   'SERVER_KEY_MISMATCH', // the rendezvous server presented a key other than the pinned one
+  'PEER_MISMATCH', // the server introduced another peer than the one asked for (another name or key)
   'NOT_EXPOSED', // the peer does not expose that port to us
   'CONNECT_FAILED', // the peer exposes the port but nothing answers there
   'TUNNEL_CLOSED',

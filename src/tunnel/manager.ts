@@ -8,6 +8,7 @@ import { formatEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { NatdError, toNatdError } from '../protocol/errors.js'
 import { peerId } from '../protocol/identity.js'
 import { encodeMux } from '../protocol/mux.js'
+import { isTarget, resolvePeer, type PeerRef, type PeerTarget } from '../protocol/peer-ref.js'
 import type { Via } from '../protocol/rendezvous.js'
 import type { OpenRequest } from './mux.js'
 import { Paths, sleepUntil, type Established, type Introduction, type PathComponents } from './paths.js'
@@ -32,15 +33,28 @@ export const UPGRADE_RETRY_MS = 5_000
 /** One upgrade attempt may take this long. */
 export const UPGRADE_TIMEOUT_MS = 5_000
 
+/**
+ * Which peers a tunnel may go to: the agent's known (pinned) peers. The daemon implements
+ * it (daemon/known-peers.ts); matching is protocol/peer-ref.ts.
+ */
+export interface PeerPolicy {
+  /** What `open(typed)` must reach (a name, a whole ID, or both). Throws PEER_UNKNOWN or INVALID_ARGUMENT. */
+  expect(typed: string): Promise<PeerTarget>
+  /**
+   * An introduced peer, before we punch: throws KEY_MISMATCH when its name is pinned to
+   * another key, PEER_MISMATCH when it is not `expected` (null: it asked for us).
+   */
+  check(peer: PeerRef, expected: PeerTarget | null): void
+  /** Pins the peer's key to its name (first use), once the handshake proved the key. */
+  pin(peer: PeerRef): void
+}
+
 export interface TunnelManagerComponents extends PathComponents {
   /** Asks the rendezvous server to introduce us to `target` (both sides get candidates at once). */
   introduce(target: string, via: Via): Promise<Introduction>
   /** Checks our NAT again and tells the server when the verdict changed (before an upgrade attempt). */
   refreshNat(): Promise<void>
-  /** Throws KEY_MISMATCH when another ID is pinned to this name. */
-  checkPeerKey(name: string, id: string): void
-  /** Pins a peer's ID to its name (first use), once its key is proven. */
-  pinPeerKey(name: string, id: string): void
+  peers: PeerPolicy
   /** A peer asks to open a channel to one of our ports. */
   onChannel(tunnel: Tunnel, req: OpenRequest): void
 }
@@ -51,7 +65,7 @@ async function firstOf<T>(attempts: Array<Promise<T>>): Promise<T> {
     return await Promise.any(attempts)
   } catch (err) {
     const errors = (err as AggregateError).errors.map((e) => toNatdError(e))
-    const mismatch = errors.find((e) => e.code === 'KEY_MISMATCH')
+    const mismatch = errors.find((e) => e.code === 'KEY_MISMATCH' || e.code === 'PEER_MISMATCH')
     if (mismatch) throw mismatch
     if (errors.length === 1) throw errors[0]!
     throw new NatdError('PUNCH_FAILED', errors.map((e) => e.message).join('; '))
@@ -84,9 +98,17 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     this.paths = new Paths(c)
   }
 
-  /** Live tunnel to a peer, by name or ID. */
+  /**
+   * Live tunnel to a peer: a whole ID, a name, or an ID abbreviation unique among the live
+   * tunnels (peer-ref.ts; INVALID_ARGUMENT when ambiguous).
+   */
   get(peer: string): Tunnel | undefined {
-    for (const t of this.tunnels.values()) if (t.peer.name === peer || t.peer.id === peer || (peer.length >= 8 && t.peer.id.startsWith(peer))) return t
+    const target = resolvePeer(peer, this.list().map((t) => t.peer))
+    return target === null ? undefined : this.find(target)
+  }
+
+  private find(target: PeerTarget): Tunnel | undefined {
+    for (const t of this.tunnels.values()) if (isTarget(t.peer, target)) return t
     return undefined
   }
 
@@ -94,29 +116,38 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     return [...this.tunnels.values()]
   }
 
-  /** Opens a tunnel to `peer` or returns the open one (idempotent); concurrent calls share one attempt. */
+  /**
+   * Opens a tunnel to `peer` (a name, a peer ID or an abbreviated one) or returns the
+   * open one (idempotent); concurrent calls share one attempt. Only the peer asked for is
+   * accepted: a name must come back as that name (with the pinned key, when one is
+   * pinned), an ID as that key; anything else is PEER_MISMATCH or KEY_MISMATCH.
+   */
   async open(peer: string, via: Via, timeoutMs: number): Promise<OpenOutcome> {
-    const existing = this.get(peer)
+    const started = this.c.clock.now()
+    const target = await this.c.peers.expect(peer)
+    const existing = this.find(target)
     if (existing) return { tunnel: existing, tookMs: 0, reused: true }
-    const pending = this.opening.get(peer)
+    // The server is asked for what the user named: a name by name (so a changed key is
+    // reported as KEY_MISMATCH), an ID by the whole ID.
+    const ask = target.name ?? target.id!
+    const pending = this.opening.get(ask)
     if (pending) return pending
     const attempt = (async (): Promise<OpenOutcome> => {
-      const started = this.c.clock.now()
-      const intro = await this.c.introduce(peer, via)
-      const tunnel = await this.establish(intro, Math.max(1, timeoutMs - (this.c.clock.now() - started)))
+      const intro = await this.c.introduce(ask, via)
+      const tunnel = await this.establish(intro, Math.max(1, timeoutMs - (this.c.clock.now() - started)), target)
       return { tunnel, tookMs: this.c.clock.now() - started, reused: false }
     })()
-    this.opening.set(peer, attempt)
+    this.opening.set(ask, attempt)
     try {
       return await attempt
     } finally {
-      this.opening.delete(peer)
+      this.opening.delete(ask)
     }
   }
 
   /** The server introduced a peer that wants a tunnel to us. Never rejects. */
   accept(intro: Introduction, timeoutMs: number): void {
-    this.establish(intro, timeoutMs).catch((err: unknown) => {
+    this.establish(intro, timeoutMs, null).catch((err: unknown) => {
       const e = toNatdError(err)
       // A failed upgrade attempt (the tunnel stays on the relay) is routine, not a warning.
       this.c.log[intro.via === 'direct' ? 'debug' : 'warn']('incoming tunnel failed', { peer: intro.peer.name, via: intro.via, code: e.code, err: e.message })
@@ -146,12 +177,14 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
    * authenticates, and makes a tunnel of the first path that works. The initiator
    * picks: it sends its first frame (a ping) on the winner and drops the rest; the
    * responder uses the session on which that first frame arrives, so both sides agree.
+   * `expected` is the peer we asked for (null when the peer asked for us): anyone else is
+   * refused before a packet goes to them.
    */
-  private async establish(intro: Introduction, timeoutMs: number): Promise<Tunnel> {
+  private async establish(intro: Introduction, timeoutMs: number, expected: PeerTarget | null): Promise<Tunnel> {
     if (this.closed) throw new NatdError('TUNNEL_CLOSED', 'shutting down')
     const id = peerId(intro.peer.publicKey)
     const name = intro.peer.name
-    this.c.checkPeerKey(name, id)
+    this.c.peers.check({ name, id }, expected)
     const abort = new AbortController()
     // `auto` skips what cannot work: TCP punching through a NAT that maps per
     // destination (the server saw another mapping than the peer would), and any direct
@@ -199,7 +232,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     }
     const { session, path, remote } = won
     if (intro.initiator) session.write(encodeMux({ type: 'ping', channel: 0, seq: 0 })) // "this one"
-    this.c.pinPeerKey(name, id)
+    this.c.peers.pin({ name, id })
     const log = this.c.log
     const existing = this.tunnels.get(id)
     if (existing?.isUp && existing.path === 'relay' && path !== 'relay') {
@@ -230,7 +263,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
       try {
         await this.c.refreshNat()
         const intro = await this.c.introduce(tunnel.peer.id, 'direct')
-        await this.establish(intro, UPGRADE_TIMEOUT_MS)
+        await this.establish(intro, UPGRADE_TIMEOUT_MS, { name: null, id: tunnel.peer.id })
       } catch (err) {
         this.c.log.debug('no direct path yet', { peer: tunnel.peer.name, err: (err as Error).message })
       }

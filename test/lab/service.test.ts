@@ -410,8 +410,11 @@ describe.skipIf(!labAvailable())('natd as a system service', () => {
       await s.startServer()
       await s.n.startEcho('bob', ECHO_PORT)
       // Forwards and exposes declared in the config files, not made with natctl.
-      await s.startAgent('bob', { exposes: [{ port: ECHO_PORT, allow: ['alice'] }] })
+      // Allow lists hold keys: bob's file names alice by her ID (a bare name would admit
+      // nobody until pinned), so alice starts first.
       await s.startAgent('alice', { forwards: [{ localPort: FWD_PORT, peer: 'bob', remotePort: ECHO_PORT }] })
+      const aliceId = (await s.json<{ id: string }>('alice', ['status'])).id
+      await s.startAgent('bob', { exposes: [{ port: ECHO_PORT, allow: [{ name: 'alice', id: aliceId }] }] })
       await s.waitRegistered('alice')
       await s.waitRegistered('bob')
       expect(await s.json('alice', ['forward', 'ls'])).toEqual([expect.objectContaining({ localPort: FWD_PORT, peer: 'bob', remotePort: ECHO_PORT })])

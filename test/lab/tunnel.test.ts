@@ -85,7 +85,8 @@ describe.skipIf(!labAvailable())('punched UDP tunnels', () => {
       expect(refused.ok).toBe(false)
       await waitFor(() => /NOT_EXPOSED/.test(n.log('alice')) && /NOT_EXPOSED/.test(n.log('bob')), 3_000, 'NOT_EXPOSED logged on both sides')
       // Exposed to someone else only: still refused.
-      expect((await n.natctl('bob', ['expose', 'add', String(ECHO_PORT), '--allow', 'carol'])).code).toBe(0)
+      expect((await n.natctl('bob', ['expose', 'add', String(ECHO_PORT), '--allow', 'carol'])).code).toBe(1) // PEER_UNKNOWN: no key known for carol
+      expect((await n.natctl('bob', ['expose', 'add', String(ECHO_PORT), '--allow', 'c'.repeat(51) + 'q'])).code).toBe(0)
       expect((await n.echo('alice', FWD_PORT, 1024, 1)).ok).toBe(false)
       expect((await n.natctl('bob', ['expose', 'add', String(ECHO_PORT), '--allow', 'alice'])).code).toBe(0)
       expect(await n.echo('alice', FWD_PORT, 1024 * 1024, 1)).toMatchObject({ ok: true })
@@ -138,10 +139,15 @@ describe.skipIf(!labAvailable())('punched UDP tunnels', () => {
       await n.startAgent('bob', { stateDir: `${n.dir}/bob-new-state` })
       await n.waitRegistered('bob')
       const r = await n.natctl('alice', ['open', 'bob'])
-      expect(r.code).toBe(1)
+      expect(r.code).toBe(4)
       expect((r.json as { error: { code: string } }).error.code).toBe('KEY_MISMATCH')
       expect(r.stderr).toMatch(/KEY_MISMATCH/)
       expect(n.log('alice')).toMatch(/KEY_MISMATCH/)
+      // alice checks the new ID with bob's owner and pins it out of band.
+      const newId = ((await n.natctl('bob', ['status'])).json as { id: string }).id
+      expect((await n.natctl('alice', ['trust', 'bob', newId])).code).toBe(4) // another ID is pinned: needs --replace
+      expect((await n.natctl('alice', ['trust', 'bob', newId, '--replace'])).code).toBe(0)
+      expect((await open(n, 'alice', 'bob')).path).toBe('direct-udp')
     })
   }, 60_000)
 

@@ -47,10 +47,18 @@ describe('parseConfigFile', () => {
       logLevel: 'debug',
       forwards: [{ localPort: 2222, bind: '127.0.0.1', peer: 'bob', remotePort: 22 }],
       exposes: [
-        { port: 22, host: '127.0.0.1', allow: ['bob'] },
+        { port: 22, host: '127.0.0.1', allow: [{ name: 'bob', id: null }] },
         { port: 80, host: '10.0.0.5', allow: [] }
       ]
     })
+  })
+
+  it('allow entries: a name (resolved when applied), a full ID, or {name, id}', () => {
+    const id = 'c'.repeat(51) + 'a'
+    const c = parse({ exposes: [{ port: 22, allow: ['bob', id, { name: 'carol', id }] }] })
+    expect(c.exposes[0]!.allow).toEqual([{ name: 'bob', id: null }, { name: '', id }, { name: 'carol', id }])
+    expect(() => parse({ exposes: [{ port: 22, allow: [{ name: 'carol', id: id.slice(0, 8) }] }] })).toThrow(/"exposes\[0\]\.allow\[0\]\.id" must be a full peer ID/)
+    expect(() => parse({ exposes: [{ port: 22, allow: [{ nick: 'carol' }] }] })).toThrow(/"exposes\[0\]\.allow\[0\]\.nick" is not a setting/)
   })
 
   it('takes "" and null as "not set", and a heartbeat in seconds', () => {
@@ -168,12 +176,20 @@ describe('StateStore: the config file\'s forwards and exposes over natctl\'s', (
 
   it('exposes: natctl replacing a declared port takes it over; the lists stay sorted by port', () => {
     store.setExposes([{ port: 80, host: '127.0.0.1', allow: [] }])
-    store.setDeclared({ forwards: [], exposes: [{ port: 22, host: '127.0.0.1', allow: ['bob'] }] })
+    store.setDeclared({ forwards: [], exposes: [{ port: 22, host: '127.0.0.1', allow: [{ name: 'bob', id: null }] }] })
     expect(store.exposes.map((e) => e.port)).toEqual([22, 80])
     // natctl expose add 22 --allow carol (Exposes.add: the rest, plus the new one).
-    const replaced = { port: 22, host: '127.0.0.1', allow: ['carol'] }
+    const replaced = { port: 22, host: '127.0.0.1', allow: [{ name: 'carol', id: 'c'.repeat(51) + 'q' }] }
     store.setExposes([...store.exposes.filter((e) => e.port !== 22), replaced])
     expect(store.exposes).toEqual([replaced, { port: 80, host: '127.0.0.1', allow: [] }])
     expect(persisted().exposes).toEqual([{ port: 80, host: '127.0.0.1', allow: [] }, replaced])
+  })
+
+  it('a declared allow entry by name gets the pinned key when the file is applied; an unpinned one stays unresolved', () => {
+    const bob = 'b'.repeat(51) + 'q'
+    store.pinPeer('bob', bob)
+    store.setDeclared({ forwards: [], exposes: [{ port: 22, host: '127.0.0.1', allow: [{ name: 'bob', id: null }, { name: 'carol', id: null }] }] })
+    expect(store.exposes[0]!.allow).toEqual([{ name: 'bob', id: bob }, { name: 'carol', id: null }])
+    expect(persisted().exposes ?? []).toEqual([])
   })
 })

@@ -15,6 +15,9 @@ function mode(p: string): number {
 
 const FLAGS: Overrides = { name: 'alice', server: 'rv.example.net:3478', heartbeatMs: 15_000, port: 41641, logLevel: 'debug' }
 
+
+const BOB_ID = 'b'.repeat(51) + 'q'
+
 describe('StateStore', () => {
   let tmp: string
   let dir: string
@@ -110,15 +113,25 @@ describe('StateStore', () => {
   it('stores forwards, exposes and pinned peers as copies', () => {
     const store = new StateStore(dir)
     store.setForwards([{ localPort: 8080, bind: '127.0.0.1', peer: 'bob', remotePort: 80 }])
-    store.setExposes([{ port: 22, host: '127.0.0.1', allow: ['bob'] }])
+    store.setExposes([{ port: 22, host: '127.0.0.1', allow: [{ name: 'bob', id: BOB_ID }] }])
     store.pinPeer('bob', 'b'.repeat(52))
     const reopened = new StateStore(dir)
     const forwards = reopened.forwards
     forwards[0]!.peer = 'mallory'
     expect(reopened.forwards[0]!.peer).toBe('bob')
-    expect(reopened.exposes).toEqual([{ port: 22, host: '127.0.0.1', allow: ['bob'] }])
+    expect(reopened.exposes).toEqual([{ port: 22, host: '127.0.0.1', allow: [{ name: 'bob', id: BOB_ID }] }])
     expect(reopened.knownPeer('bob')).toBe('b'.repeat(52))
     expect(reopened.knownPeer('carol')).toBeUndefined()
+  })
+
+  it('migrates exposes stored with bare names: pinned ones get their key, the rest stay unresolved (matching nobody)', () => {
+    fs.mkdirSync(dir, { recursive: true })
+    const legacy = { knownPeers: { bob: BOB_ID }, exposes: [{ port: 22, host: '127.0.0.1', allow: ['bob', 'carol', BOB_ID.slice(0, 8)] }] }
+    fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(legacy))
+    const store = new StateStore(dir)
+    const want = [{ port: 22, host: '127.0.0.1', allow: [{ name: 'bob', id: BOB_ID }, { name: 'carol', id: null }, { name: 'bob', id: BOB_ID }] }]
+    expect(store.exposes).toEqual(want)
+    expect((JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8')) as { exposes: unknown }).exposes).toEqual(want)
   })
 
   it('defaultStateDir follows systemd, root and XDG conventions', () => {

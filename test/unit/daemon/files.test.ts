@@ -12,14 +12,30 @@ import { afterEach, describe, expect, it } from 'vitest'
 import { PARTIAL_MAX_AGE_MS, sanitizeName, suffixedName, transferIdOf } from '../../../src/daemon/file-transfer.js'
 import { DEFAULT_MAX_FILE_BYTES, Files, FILE_SERVICE } from '../../../src/daemon/files.js'
 import type { FileProgress, ReceivedFile } from '../../../src/ipc/schema.js'
+import { NatdError } from '../../../src/protocol/errors.js'
 import { silentLogger } from '../../../src/protocol/log.js'
+import { resolvePeer } from '../../../src/protocol/peer-ref.js'
 import type { TunnelManager } from '../../../src/tunnel/manager.js'
 import { Mux } from '../../../src/tunnel/mux.js'
 import type { Tunnel } from '../../../src/tunnel/tunnel.js'
 import { messagePipe, type MessagePipe } from '../tunnel/pipe.js'
 
 const ALICE = { name: 'alice', id: 'a'.repeat(52) }
-const BOB = { name: 'bob', id: 'b'.repeat(52) }
+const BOB = { name: 'bob', id: 'b'.repeat(51) + 'q' }
+const CAROL = { name: 'carol', id: 'c'.repeat(51) + 'q' }
+/** Shares alice's first 10 characters: what an attacker grinds a key for. */
+const LOOKALIKE = { name: 'alice_', id: 'a'.repeat(10) + 'b'.repeat(41) + 'q' }
+
+/** The keys bob's agent knows (KnownPeers.resolveKey in miniature). */
+const known = {
+  list: () => [ALICE],
+  resolveKey: async (typed: string) => {
+    const t = resolvePeer(typed, [ALICE, CAROL])
+    const ref = [ALICE, CAROL].find((p) => p.id === t?.id)
+    if (!ref) throw new NatdError('PEER_UNKNOWN', `no key known for ${typed}`)
+    return { ...ref }
+  }
+}
 const KiB = 1024
 const MiB = 1024 * KiB
 
@@ -72,7 +88,7 @@ afterEach(() => {
   for (const c of cleanups.splice(0)) c()
 })
 
-function world(): World {
+function world(sender: { name: string; id: string } = ALICE): World {
   const pipe = messagePipe()
   const muxA = new Mux(pipe.a, true, silentLogger)
   const muxB = new Mux(pipe.b, false, silentLogger)
@@ -91,12 +107,12 @@ function world(): World {
     if (from === 'a') wire += frame.length
   }
   const tunnelToBob = { peer: BOB, path: 'direct-udp', mux: muxA } as unknown as Tunnel
-  const tunnelToAlice = { peer: ALICE, path: 'direct-udp', mux: muxB } as unknown as Tunnel
+  const tunnelToAlice = { peer: sender, path: 'direct-udp', mux: muxB } as unknown as Tunnel
   const tunnels = { open: async () => ({ tunnel: tunnelToBob, tookMs: 0, reused: true }) } as unknown as TunnelManager
   const received: ReceivedFile[] = []
   const progress: FileProgress[] = []
   const make = (dir: string, self: { name: string; id: string }): Files =>
-    new Files({ dir, tunnels, log: silentLogger, selfName: self.name, selfId: self.id, onReceived: (f) => received.push(f), onProgress: (p) => progress.push(p) })
+    new Files({ dir, tunnels, log: silentLogger, selfName: self.name, selfId: self.id, known, onReceived: (f) => received.push(f), onProgress: (p) => progress.push(p) })
   const bob = make(bobDir, BOB)
   muxB.on('open', (req) => {
     if (req.service === FILE_SERVICE) bob.onChannel(tunnelToAlice, req)
@@ -128,7 +144,7 @@ async function withTmpfsInbox(w: World, size: string, fn: (inbox: string) => Pro
   fs.mkdirSync(inbox)
   execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', inbox])
   try {
-    w.bob.setPolicy({ allow: null, maxSizeBytes: null, inbox })
+    await w.bob.setPolicy({ allow: null, maxSizeBytes: null, inbox })
     await fn(inbox)
   } finally {
     execFileSync('umount', [inbox])
@@ -249,19 +265,34 @@ describe('files', () => {
     const w = world()
     const f = file(w.tmp, 'p.bin', 2 * MiB)
     expect(w.bob.policy()).toEqual({ allow: [], maxSizeBytes: DEFAULT_MAX_FILE_BYTES, inbox: path.join(w.bobDir, 'inbox') })
-    w.bob.setPolicy({ allow: null, maxSizeBytes: MiB, inbox: null })
+    await w.bob.setPolicy({ allow: null, maxSizeBytes: MiB, inbox: null })
     await expect(send(w, f.path)).rejects.toMatchObject({ code: 'TOO_LARGE', message: expect.stringMatching(/^bob refused p\.bin: /) })
-    w.bob.setPolicy({ allow: ['carol'], maxSizeBytes: 10 * MiB, inbox: null })
+    expect(await w.bob.setPolicy({ allow: ['carol'], maxSizeBytes: 10 * MiB, inbox: null })).toMatchObject({ allow: [CAROL] })
     await expect(send(w, f.path)).rejects.toMatchObject({ code: 'NOT_ALLOWED' })
     expect(w.sentOnWire()).toBeLessThan(4 * KiB)
     expect(fs.statSync(path.join(w.bobDir, 'files.json')).mode & 0o777).toBe(0o600)
-    const again = new Files({ dir: w.bobDir, tunnels: {} as TunnelManager, log: silentLogger, selfName: 'bob', selfId: BOB.id, onReceived: () => undefined, onProgress: () => undefined })
-    expect(again.policy()).toMatchObject({ allow: ['carol'], maxSizeBytes: 10 * MiB })
-    w.bob.setPolicy({ allow: [ALICE.id.slice(0, 8)], maxSizeBytes: null, inbox: path.join(w.tmp, 'elsewhere') })
+    const again = new Files({ dir: w.bobDir, tunnels: {} as TunnelManager, log: silentLogger, selfName: 'bob', selfId: BOB.id, known, onReceived: () => undefined, onProgress: () => undefined })
+    expect(again.policy()).toMatchObject({ allow: [CAROL], maxSizeBytes: 10 * MiB })
+    expect(await w.bob.setPolicy({ allow: [ALICE.id.slice(0, 8)], maxSizeBytes: null, inbox: path.join(w.tmp, 'elsewhere') })).toMatchObject({ allow: [ALICE] })
     expect((await send(w, f.path)).savedAs).toBe('p.bin')
     expect(fs.existsSync(path.join(w.tmp, 'elsewhere', 'p.bin'))).toBe(true)
-    expect(() => w.bob.setPolicy({ allow: ['Not A Name!'], maxSizeBytes: null, inbox: null })).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }))
-    expect(() => w.bob.setPolicy({ allow: null, maxSizeBytes: null, inbox: 'relative/dir' })).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }))
+    await expect(w.bob.setPolicy({ allow: ['Not A Name!'], maxSizeBytes: null, inbox: null })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' })
+    await expect(w.bob.setPolicy({ allow: ['dave'], maxSizeBytes: null, inbox: null })).rejects.toMatchObject({ code: 'PEER_UNKNOWN' })
+    await expect(w.bob.setPolicy({ allow: null, maxSizeBytes: null, inbox: 'relative/dir' })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' })
+  })
+
+  it('an allow list matches whole IDs: a key sharing the first characters of alice\'s ID is refused', async () => {
+    const w = world(LOOKALIKE)
+    await w.bob.setPolicy({ allow: ['alice'], maxSizeBytes: null, inbox: null })
+    await expect(send(w, file(w.tmp, 'x.txt', 10).path)).rejects.toMatchObject({ code: 'NOT_ALLOWED' })
+  })
+
+  it('a policy stored with bare names is migrated once: a pinned name gets its key, an unknown one admits nobody', async () => {
+    const w = world()
+    fs.writeFileSync(path.join(w.bobDir, 'files.json'), JSON.stringify({ allow: ['alice', 'zed'], maxSizeBytes: 1000, inbox: '' }))
+    const bob = new Files({ dir: w.bobDir, tunnels: {} as TunnelManager, log: silentLogger, selfName: 'bob', selfId: BOB.id, known, onReceived: () => undefined, onProgress: () => undefined })
+    expect(bob.policy().allow).toEqual([ALICE, { name: 'zed', id: null }])
+    expect((JSON.parse(fs.readFileSync(path.join(w.bobDir, 'files.json'), 'utf8')) as { allow: unknown }).allow).toEqual([ALICE, { name: 'zed', id: null }])
   })
 
   it('bad input: a missing file, a directory, a device, a relative path, yourself', async () => {

@@ -116,7 +116,9 @@ describe.skipIf(!fs.existsSync(NATD))('natd with a config file, under signals', 
     writeConfig({ name: 'alice2', logLevel: 'debug', exposes: [{ port: 22, allow: ['bob'] }] })
     await hup(p)
     expect(lines('config changes that need a restart were not applied')[0]).toMatchObject({ keys: ['name'], hint: 'systemctl restart natd' })
-    expect(await natctl(['expose', 'ls'])).toEqual([{ port: 22, host: '127.0.0.1', allow: ['bob'] }])
+    // bob is pinned nowhere here: the entry is kept unresolved and admits nobody (allow-list.ts).
+    expect(await natctl(['expose', 'ls'])).toEqual([{ port: 22, host: '127.0.0.1', allow: [{ name: 'bob', id: null }] }])
+    expect(lines('an expose allows a peer by name with no pinned key: it admits nobody until re-added')).toEqual([expect.objectContaining({ level: 'warn', port: 22, peer: 'bob' })])
     expect(((await natctl(['status'])) as { name: string }).name).toBe('alice')
     expect(lines('config file applied')).toEqual([expect.objectContaining({ level: 'debug', exposes: [22] })])
   }, 30_000)

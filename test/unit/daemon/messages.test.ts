@@ -56,7 +56,7 @@ function world(opts: { offline?: boolean } = {}): World {
   } as unknown as TunnelManager
   const received: MessageInfo[] = []
   const make = (dir: string, self: { name: string; id: string }): Messages =>
-    new Messages({ dir, tunnels, log: silentLogger, selfName: self.name, selfId: self.id, onMessage: (m) => received.push(m) })
+    new Messages({ dir, tunnels, log: silentLogger, selfName: self.name, selfId: self.id, known: { list: () => [] }, onMessage: (m) => received.push(m) })
   let bob = make(dirs.bob, BOB)
   muxB.on('open', (req) => {
     if (req.service === MESSAGE_SERVICE) bob.onChannel(tunnelToAlice, req)

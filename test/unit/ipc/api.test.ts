@@ -7,7 +7,9 @@ import os from 'node:os'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { execFile } from 'node:child_process'
 import { ApiClient } from '../../../src/ipc/client.js'
+import { PACKAGE_ROOT } from '../../../src/daemon/service.js'
 import type { EventName, MethodName, PeerInfo, StatusResult } from '../../../src/ipc/schema.js'
 import { ApiServer, SOCKET_MODE, type Handlers } from '../../../src/ipc/server.js'
 import { NatdError } from '../../../src/protocol/errors.js'
@@ -33,13 +35,21 @@ const STATUS: StatusResult = {
   tunnels: 0
 }
 
-const BOB: PeerInfo = { name: 'bob', id: 'b'.repeat(52), online: true, lastSeenAgoMs: 0, endpoint: '203.0.113.2:1', tcpEndpoint: null, lan: [], nat: 'easy', tunnel: null }
+/** A pinned peer the server did not list. */
+const DAVE: PeerInfo = { name: 'dave', id: 'd'.repeat(51) + 'q', online: false, lastSeenAgoMs: null, endpoint: null, tcpEndpoint: null, lan: [], nat: 'unknown', pinned: true, tunnel: null }
+const BOB: PeerInfo = { name: 'bob', id: 'b'.repeat(52), online: true, lastSeenAgoMs: 0, endpoint: '203.0.113.2:1', tcpEndpoint: null, lan: [], nat: 'easy', pinned: true, tunnel: null }
 
 function stubHandlers(calls: { method: string; params: unknown }[]): Handlers {
   const record = (method: string, params: unknown): void => void calls.push({ method, params })
   return {
     status: () => STATUS,
-    peers: () => [BOB],
+    peers: () => [BOB, DAVE],
+    'peer.trust': (p) => {
+      record('peer.trust', p)
+      if (p.name === 'bob' && !p.replace) throw new NatdError('KEY_MISMATCH', 'bob is pinned to bbbbbbbb…; add --replace to pin the new ID')
+      return { name: p.name, id: p.id, replaced: p.name === 'bob' ? BOB.id : null }
+    },
+    'peer.untrust': (p) => ({ name: p.name, id: BOB.id }),
     subscribe: (p) => ({ subscribed: p.events }),
     open: (p) => {
       record('open', p)
@@ -64,7 +74,7 @@ function stubHandlers(calls: { method: string; params: unknown }[]): Handlers {
     'expose.add': async (p) => {
       record('expose.add', p)
       await sleep(5)
-      return { port: p.port, host: p.host, allow: p.allow }
+      return { port: p.port, host: p.host, allow: p.allow.map((name) => ({ name, id: 'b'.repeat(51) + 'q' })) }
     },
     'expose.ls': () => [],
     'expose.rm': () => {
@@ -142,7 +152,7 @@ describe('local API over a Unix socket', () => {
     await startServer()
     const client = await connect()
     expect(await within(client.call('status', {}))).toEqual(STATUS)
-    expect(await within(client.call('peers', {}))).toEqual([BOB])
+    expect(await within(client.call('peers', {}))).toEqual([BOB, DAVE])
   })
 
   it('fills documented defaults before the handler sees the params', async () => {
@@ -230,7 +240,7 @@ describe('local API over a Unix socket', () => {
     )
     expect(a).toEqual({ port: 1, host: 'h1', allow: [] })
     expect(b.name).toBe('alice')
-    expect(c).toEqual({ port: 2, host: 'h2', allow: ['bob'] })
+    expect(c).toEqual({ port: 2, host: 'h2', allow: [{ name: 'bob', id: 'b'.repeat(51) + 'q' }] })
   })
 
   it('a subscriber receives the events it asked for, and only those', async () => {
@@ -317,5 +327,62 @@ describe('local API over a Unix socket', () => {
   it('connecting where no daemon runs rejects NOT_RUNNING', async () => {
     const err = await within(new ApiClient(path.join(dir, 'missing.sock')).connect()).catch((e: unknown) => e)
     expect(errCode(err)).toBe('NOT_RUNNING')
+  })
+})
+
+const NATCTL = path.join(PACKAGE_ROOT, 'dist/cli/main.js')
+
+/** natctl (as built) against the stub API: what a user sees, and the exit status. */
+describe.skipIf(!fs.existsSync(NATCTL))('natctl over the API', () => {
+  let dir: string
+  let socketPath: string
+  let server: ApiServer
+  let calls: { method: string; params: unknown }[]
+
+  beforeEach(async () => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'natd-cli-'))
+    socketPath = path.join(dir, 'natd.sock')
+    calls = []
+    server = new ApiServer(socketPath, stubHandlers(calls), silentLogger)
+    await server.start()
+  })
+
+  afterEach(() => {
+    server.stop()
+    fs.rmSync(dir, { recursive: true, force: true })
+  })
+
+  function natctl(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+    return new Promise((resolve) => {
+      execFile(process.execPath, [NATCTL, '--socket', socketPath, ...args], (err, stdout, stderr) => resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }))
+    })
+  }
+
+  it('peers shows which peers are pinned, and pinned peers the server did not list', async () => {
+    const r = await natctl(['peers'])
+    const [header, bob, dave] = r.stdout.trim().split('\n')
+    expect(header).toMatch(/^NAME\s+ID\s+PINNED\s+ONLINE\s+LAST SEEN/)
+    expect(bob).toMatch(/^bob\s+bbbbbbbb\s+yes\s+yes\s+now/)
+    expect(dave).toMatch(/^dave\s+dddddddd\s+yes\s+no\s+not listed/)
+    const json = JSON.parse((await natctl(['peers', '--json'])).stdout) as PeerInfo[]
+    expect(json.map((p) => [p.name, p.pinned])).toEqual([['bob', true], ['dave', true]])
+  })
+
+  it('trust pins a full ID; a pinned name needs --replace (KEY_MISMATCH, exit 4); untrust forgets', async () => {
+    const id = 'c'.repeat(51) + 'q'
+    expect(await natctl(['trust', 'carol', id])).toMatchObject({ code: 0, stdout: `carol pinned to ${id}\n` })
+    const refused = await natctl(['trust', 'bob', id])
+    expect(refused).toMatchObject({ code: 4, stderr: expect.stringMatching(/add --replace to pin the new ID \[KEY_MISMATCH\]/) })
+    expect(await natctl(['trust', 'bob', id, '--replace'])).toMatchObject({ code: 0, stdout: `bob pinned to ${id} (was bbbbbbbb…)\n` })
+    expect(calls.filter((c) => c.method === 'peer.trust').map((c) => c.params)).toEqual([
+      { name: 'carol', id, replace: false },
+      { name: 'bob', id, replace: false },
+      { name: 'bob', id, replace: true }
+    ])
+    expect(await natctl(['untrust', 'bob'])).toMatchObject({ code: 0, stdout: 'bob no longer pinned (was bbbbbbbb…)\n' })
+  })
+
+  it('expose add shows the allowed peers as name (id8…)', async () => {
+    expect(await natctl(['expose', 'add', '22', '--allow', 'bob'])).toMatchObject({ code: 0, stdout: 'exposed 127.0.0.1:22 to bob (bbbbbbbb…)\n' })
   })
 })

@@ -1,0 +1,51 @@
+/**
+ * Allow lists (`expose --allow`, `files policy --allow`) hold whole peer keys. A name
+ * given on the command line is resolved to a key when the entry is added
+ * (KnownPeers.resolveKey); matching compares whole IDs (protocol/peer-ref.ts sameId),
+ * never a prefix and never a name.
+ *
+ * Entries stored before allow lists held keys are bare strings (a name or an ID
+ * prefix); the config file may hold them too. They are migrated against the pinned
+ * peers: one that cannot be resolved stays `{name, id: null}`, shown as unresolved, and
+ * matches nobody. That is the safe choice: admitting by name would let any key that
+ * gets introduced under the name in, and refusing tells the owner to pin the peer
+ * (`natctl trust NAME ID`) and add it again.
+ */
+import { isPeerId, resolvePeer, sameId, type PeerRef } from '../protocol/peer-ref.js'
+
+export interface AllowEntry {
+  /** The peer's name when the entry was made ('' when only an ID was given and no name is known). */
+  name: string
+  /** The whole peer ID; null for an entry that could not be resolved (it matches nobody). */
+  id: string | null
+}
+
+/** Whether `peer` may in: an empty list admits every peer; otherwise its whole ID must be listed. */
+export function admits(allow: readonly AllowEntry[], peer: { id: string }): boolean {
+  return allow.length === 0 || allow.some((e) => sameId(e.id, peer.id))
+}
+
+/** An entry as stored now, or as natd stored it before (a bare name, ID or ID prefix), against the pinned peers. */
+export function migrateAllowEntry(raw: unknown, pinned: readonly PeerRef[]): AllowEntry {
+  let typed: string
+  if (typeof raw === 'object' && raw !== null) {
+    const o = raw as { name?: unknown; id?: unknown }
+    const name = typeof o.name === 'string' ? o.name : ''
+    if (typeof o.id === 'string' && isPeerId(o.id)) return { name: name || (pinned.find((p) => p.id === o.id)?.name ?? ''), id: o.id }
+    typed = name
+  } else {
+    typed = String(raw)
+  }
+  try {
+    const t = resolvePeer(typed, pinned)
+    if (t?.id) return { name: t.name ?? pinned.find((p) => p.id === t.id)?.name ?? '', id: t.id }
+  } catch {
+    // ambiguous or malformed: unresolved
+  }
+  return { name: typed, id: null }
+}
+
+/** Whether an entry is already in the current form (a key, or a known-unresolved name). */
+export function isCurrent(raw: unknown): raw is AllowEntry {
+  return typeof raw === 'object' && raw !== null && typeof (raw as AllowEntry).name === 'string' && ((raw as AllowEntry).id === null || typeof (raw as AllowEntry).id === 'string')
+}

@@ -1,0 +1,126 @@
+/**
+ * Known peers: the keys pinned to names (on first use, or out of band with `natctl
+ * trust`), and the agent's PeerPolicy: what an `open` must reach, whether an introduced
+ * peer is it, and pinning once a handshake proved a key. Matching itself is
+ * protocol/peer-ref.ts; this adds the store, the server's list and the log.
+ */
+import { NatdError } from '../protocol/errors.js'
+import { isValidName, NAME_RULE } from '../protocol/identity.js'
+import type { Logger } from '../protocol/log.js'
+import { describePeer, isIdPrefix, isPeerId, isTarget, PEER_ID_CHARS, resolvePeer, type PeerRef, type PeerTarget } from '../protocol/peer-ref.js'
+import type { TrustResult } from '../ipc/schema.js'
+import type { PeerPolicy } from '../tunnel/manager.js'
+import type { StateStore } from './config.js'
+
+export interface KnownPeersComponents {
+  store: Pick<StateStore, 'dir' | 'knownPeer' | 'knownPeers' | 'pinPeer' | 'unpinPeer'>
+  log: Logger
+  /** The peers the rendezvous server lists; rejects when it cannot be asked. */
+  serverPeers(): Promise<PeerRef[]>
+}
+
+export class KnownPeers implements PeerPolicy {
+  constructor(private readonly c: KnownPeersComponents) {}
+
+  /** Pinned peers, by name. */
+  list(): PeerRef[] {
+    return this.c.store.knownPeers()
+  }
+
+  isPinned(p: PeerRef): boolean {
+    return this.c.store.knownPeer(p.name) === p.id
+  }
+
+  /**
+   * What `open(typed)` must reach. Pinned peers first; the server's list only when they
+   * do not settle it (an abbreviated ID). A name nobody pinned yet is expected by name
+   * alone (its key is pinned on first use). Throws PEER_UNKNOWN, or INVALID_ARGUMENT for
+   * an ambiguous abbreviated ID.
+   */
+  async expect(typed: string): Promise<PeerTarget> {
+    const pinned = this.list()
+    let target = resolvePeer(typed, pinned)
+    if (target === null || (target.id === null && isIdPrefix(typed))) {
+      const listed = await this.c.serverPeers().catch(() => [])
+      target = resolvePeer(typed, [...pinned, ...listed])
+    }
+    if (target === null) throw new NatdError('PEER_UNKNOWN', `no known peer has an ID starting with ${typed} (natctl peers lists them)`)
+    return target
+  }
+
+  /**
+   * An introduced peer, before any packet is sent to it. Throws KEY_MISMATCH when its
+   * name is pinned to another key (both directions), PEER_MISMATCH when it is not the
+   * peer we asked for (`expected`, null for a peer that asked for us).
+   */
+  check(peer: PeerRef, expected: PeerTarget | null): void {
+    const pinned = this.c.store.knownPeer(peer.name)
+    if (pinned !== undefined && pinned !== peer.id) {
+      this.c.log.error('KEY_MISMATCH: a peer presents another key under a pinned name', { peer: peer.name, pinned: pinned.slice(0, 8), presented: peer.id.slice(0, 8) })
+      throw new NatdError(
+        'KEY_MISMATCH',
+        `${peer.name} now presents key ${peer.id.slice(0, 8)}, but ${pinned.slice(0, 8)} is pinned; if ${peer.name} really changed its key, check the new ID with its owner (natctl status there) and run natctl trust ${peer.name} ${peer.id} --replace`
+      )
+    }
+    if (expected !== null && !isTarget(peer, expected)) {
+      const asked = expected.name ?? `${expected.id!.slice(0, 8)}…`
+      this.c.log.error('PEER_MISMATCH: the server introduced another peer than the one asked for', {
+        asked: expected.name,
+        askedId: expected.id?.slice(0, 8) ?? null,
+        introduced: peer.name,
+        introducedId: peer.id.slice(0, 8)
+      })
+      throw new NatdError('PEER_MISMATCH', `asked for ${asked}, but the server introduced ${describePeer(peer)}: refused`)
+    }
+  }
+
+  /** Pins a peer's key to its name on first use, once the handshake proved the key. */
+  pin(peer: PeerRef): void {
+    if (this.c.store.knownPeer(peer.name) !== undefined) return
+    this.c.store.pinPeer(peer.name, peer.id)
+    this.c.log.info('peer key pinned', { peer: peer.name, id: peer.id.slice(0, 8) })
+  }
+
+  /** `natctl trust NAME ID`: pins out of band; another ID already pinned needs `replace`. */
+  trust(name: string, id: string, replace: boolean): TrustResult {
+    if (!isValidName(name)) throw new NatdError('INVALID_ARGUMENT', `${JSON.stringify(name)} is not a peer name: ${NAME_RULE}`)
+    if (!isPeerId(id)) throw new NatdError('INVALID_ARGUMENT', `${JSON.stringify(id)} is not a full peer ID (${PEER_ID_CHARS} base32 characters, as natctl status shows it)`)
+    const current = this.c.store.knownPeer(name)
+    if (current === id) return { name, id, replaced: null }
+    if (current !== undefined && !replace) {
+      throw new NatdError('KEY_MISMATCH', `${name} is pinned to ${current.slice(0, 8)}…, not ${id.slice(0, 8)}…; add --replace to pin the new ID`)
+    }
+    this.c.store.pinPeer(name, id)
+    if (current === undefined) this.c.log.info('peer key pinned', { peer: name, id: id.slice(0, 8), by: 'trust' })
+    else this.c.log.warn('pinned peer key replaced', { peer: name, from: current.slice(0, 8), to: id.slice(0, 8) })
+    return { name, id, replaced: current ?? null }
+  }
+
+  /** `natctl untrust NAME`: forgets the pin (the next tunnel pins again on first use). */
+  untrust(name: string): PeerRef {
+    const id = this.c.store.knownPeer(name)
+    if (id === undefined) throw new NatdError('PEER_UNKNOWN', `${name} is not pinned (natctl peers shows the pinned ones)`)
+    this.c.store.unpinPeer(name)
+    this.c.log.info('peer key unpinned', { peer: name, id: id.slice(0, 8) })
+    return { name, id }
+  }
+
+  /**
+   * A peer for an allow list: its whole key. A name is the pinned key, else the key the
+   * server lists for it (then pinned); an ID, full or abbreviated, must be known.
+   * Throws PEER_UNKNOWN when no key is known: an allow list never holds a bare name.
+   */
+  async resolveKey(typed: string): Promise<PeerRef> {
+    const pinned = this.list()
+    const local = resolvePeer(typed, pinned)
+    if (local?.id) return { name: local.name ?? pinned.find((p) => p.id === local.id)?.name ?? '', id: local.id }
+    const listed = await this.c.serverPeers().catch(() => [] as PeerRef[])
+    const target = resolvePeer(typed, [...pinned, ...listed])
+    if (!target?.id) {
+      throw new NatdError('PEER_UNKNOWN', `no key known for ${typed}: the server does not list it and it is not pinned (natctl trust ${isValidName(typed) ? typed : 'NAME'} PEER_ID pins it)`)
+    }
+    const name = target.name ?? [...pinned, ...listed].find((p) => p.id === target.id && p.name)?.name ?? ''
+    if (target.name !== null) this.pin({ name: target.name, id: target.id })
+    return { name, id: target.id }
+  }
+}

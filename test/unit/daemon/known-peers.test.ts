@@ -1,0 +1,107 @@
+// daemon/known-peers.ts: pins in the state store, trust/untrust/--replace, what an open
+// expects, the checks on an introduced peer, and the keys allow lists get.
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { StateStore } from '../../../src/daemon/config.js'
+import { KnownPeers } from '../../../src/daemon/known-peers.js'
+import { NatdError } from '../../../src/protocol/errors.js'
+import { generateKeyPair, peerId } from '../../../src/protocol/identity.js'
+import { silentLogger } from '../../../src/protocol/log.js'
+import type { PeerRef } from '../../../src/protocol/peer-ref.js'
+import { errorCode } from '../helpers.js'
+
+const BOB = peerId(generateKeyPair().publicKey)
+const BOB_NEW = peerId(generateKeyPair().publicKey)
+const CAROL = peerId(generateKeyPair().publicKey)
+const LOOKALIKE = BOB.slice(0, 8) + 'a'.repeat(43) + 'q'
+
+async function codeOf(p: Promise<unknown>): Promise<string> {
+  return p.then(() => 'resolved', (err: unknown) => (err instanceof NatdError ? err.code : String(err)))
+}
+
+describe('KnownPeers', () => {
+  let dir: string
+  let store: StateStore
+  let listed: PeerRef[]
+  let listCalls: number
+  let known: KnownPeers
+
+  beforeEach(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'natd-known-'))
+    store = new StateStore(dir)
+    listed = []
+    listCalls = 0
+    known = new KnownPeers({
+      store,
+      log: silentLogger,
+      serverPeers: async () => {
+        listCalls++
+        return listed
+      }
+    })
+  })
+
+  afterEach(() => fs.rmSync(dir, { recursive: true, force: true }))
+
+  it('trust pins a full ID; another ID needs --replace; untrust forgets; all persist', () => {
+    expect(known.trust('bob', BOB, false)).toEqual({ name: 'bob', id: BOB, replaced: null })
+    expect(known.trust('bob', BOB, false)).toEqual({ name: 'bob', id: BOB, replaced: null }) // the same again: fine
+    expect(errorCode(() => known.trust('bob', BOB_NEW, false))).toBe('KEY_MISMATCH')
+    expect(() => known.trust('bob', BOB_NEW, false)).toThrow(/--replace/)
+    expect(known.trust('bob', BOB_NEW, true)).toEqual({ name: 'bob', id: BOB_NEW, replaced: BOB })
+    expect(new StateStore(dir).knownPeer('bob')).toBe(BOB_NEW)
+    expect(known.untrust('bob')).toEqual({ name: 'bob', id: BOB_NEW })
+    expect(new StateStore(dir).knownPeers()).toEqual([])
+    expect(errorCode(() => known.untrust('bob'))).toBe('PEER_UNKNOWN')
+  })
+
+  it('trust wants a valid name and a full ID (no abbreviation)', () => {
+    expect(errorCode(() => known.trust('bob', BOB.slice(0, 8), false))).toBe('INVALID_ARGUMENT')
+    expect(errorCode(() => known.trust('Bob!', BOB, false))).toBe('INVALID_ARGUMENT')
+  })
+
+  it('check: a pinned name with another key is KEY_MISMATCH (the message says how to re-pin); another name than asked is PEER_MISMATCH', () => {
+    known.trust('bob', BOB, false)
+    expect(errorCode(() => known.check({ name: 'bob', id: BOB_NEW }, null))).toBe('KEY_MISMATCH')
+    expect(() => known.check({ name: 'bob', id: BOB_NEW }, null)).toThrow(`natctl trust bob ${BOB_NEW} --replace`)
+    expect(errorCode(() => known.check({ name: 'bob_', id: LOOKALIKE }, { name: 'bob', id: BOB }))).toBe('PEER_MISMATCH')
+    expect(errorCode(() => known.check({ name: 'bob_', id: BOB }, { name: 'bob', id: BOB }))).toBe('PEER_MISMATCH')
+    expect(errorCode(() => known.check({ name: 'carol', id: CAROL }, { name: null, id: BOB }))).toBe('PEER_MISMATCH')
+    expect(() => known.check({ name: 'bob', id: BOB }, { name: 'bob', id: BOB })).not.toThrow()
+    expect(() => known.check({ name: 'carol', id: CAROL }, null)).not.toThrow() // first use
+  })
+
+  it('pin keeps the first key (first use); trust --replace is the way to change it', () => {
+    known.pin({ name: 'bob', id: BOB })
+    known.pin({ name: 'bob', id: BOB_NEW })
+    expect(store.knownPeer('bob')).toBe(BOB)
+  })
+
+  it('expect: names and pinned abbreviations without the server; other abbreviations from its list', async () => {
+    known.trust('bob', BOB, false)
+    expect(await known.expect('bob')).toEqual({ name: 'bob', id: BOB })
+    expect(await known.expect('dave')).toEqual({ name: 'dave', id: null })
+    expect(await known.expect(BOB.slice(0, 9))).toEqual({ name: null, id: BOB })
+    expect(listCalls).toBe(0)
+    listed = [{ name: 'carol', id: CAROL }]
+    expect(await known.expect(CAROL.slice(0, 8))).toEqual({ name: null, id: CAROL })
+    // A pinned match stands (the tunnel must then present that whole key); among listed peers an abbreviation must be unique.
+    listed = [{ name: 'mallory', id: LOOKALIKE }]
+    expect(await known.expect(BOB.slice(0, 8))).toEqual({ name: null, id: BOB })
+    listed = [{ name: 'carol', id: CAROL }, { name: 'mallory', id: CAROL.slice(0, 8) + 'a'.repeat(43) + 'q' }]
+    expect(await codeOf(known.expect(CAROL.slice(0, 8)))).toBe('INVALID_ARGUMENT')
+  })
+
+  it('resolveKey (allow lists): pinned key, else the server-listed key (then pinned); unknown is PEER_UNKNOWN', async () => {
+    known.trust('bob', BOB, false)
+    expect(await known.resolveKey('bob')).toEqual({ name: 'bob', id: BOB })
+    listed = [{ name: 'carol', id: CAROL }]
+    expect(await known.resolveKey('carol')).toEqual({ name: 'carol', id: CAROL })
+    expect(store.knownPeer('carol')).toBe(CAROL)
+    expect(await known.resolveKey(BOB)).toEqual({ name: 'bob', id: BOB })
+    expect(await codeOf(known.resolveKey('dave'))).toBe('PEER_UNKNOWN')
+    expect(await codeOf(known.resolveKey('d'.repeat(40)))).toBe('PEER_UNKNOWN')
+  })
+})

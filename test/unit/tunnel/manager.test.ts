@@ -1,0 +1,178 @@
+// TunnelManager (src/tunnel/manager.ts) against a stub introducer: a tunnel goes only to
+// the peer the user named. Two managers on real loopback UDX sockets punch to each other
+// for the cases that must succeed; the refusals happen before any packet is sent.
+//
+//   alice 127.0.0.1:A ◀──── UDP (loopback) ────▶ bob 127.0.0.1:B
+//         └── introduce(target) is a stub: it hands out whatever intro the test says
+import { randomBytes } from 'node:crypto'
+import UDX from 'udx-native'
+import { afterEach, describe, expect, it } from 'vitest'
+import { NatdError } from '../../../src/protocol/errors.js'
+import { generateKeyPair, peerId, type KeyPair } from '../../../src/protocol/identity.js'
+import { silentLogger, systemClock } from '../../../src/protocol/log.js'
+import { isTarget, resolvePeer, type PeerRef, type PeerTarget } from '../../../src/protocol/peer-ref.js'
+import { isRendezvousFrame, MSG, type PeerRecord, type Via } from '../../../src/protocol/rendezvous.js'
+import { TunnelManager, type Introduction, type PeerPolicy } from '../../../src/tunnel/manager.js'
+
+/** The daemon's policy in miniature: pinned names, first-use pinning, the same checks. */
+class Pins implements PeerPolicy {
+  readonly pins = new Map<string, string>()
+  async expect(typed: string): Promise<PeerTarget> {
+    const t = resolvePeer(typed, [...this.pins].map(([name, id]) => ({ name, id })))
+    if (!t) throw new NatdError('PEER_UNKNOWN', typed)
+    return t
+  }
+  check(peer: PeerRef, expected: PeerTarget | null): void {
+    const pinned = this.pins.get(peer.name)
+    if (pinned !== undefined && pinned !== peer.id) throw new NatdError('KEY_MISMATCH', `${peer.name} presents another key`)
+    if (expected && !isTarget(peer, expected)) throw new NatdError('PEER_MISMATCH', `asked for ${expected.name ?? expected.id}, introduced ${peer.name}`)
+  }
+  pin(peer: PeerRef): void {
+    if (!this.pins.has(peer.name)) this.pins.set(peer.name, peer.id)
+  }
+}
+
+interface Agent {
+  name: string
+  keyPair: KeyPair
+  id: string
+  port: number
+  manager: TunnelManager
+  pins: Pins
+  asked: string[]
+  close(): Promise<void>
+}
+
+const udx = new UDX()
+const agents: Agent[] = []
+
+function record(a: { name: string; keyPair: KeyPair; port: number }): PeerRecord {
+  return { publicKey: a.keyPair.publicKey, name: a.name, online: true, lastSeenAgoMs: 0, nat: 'easy', udp: { host: '127.0.0.1', port: a.port }, tcp: null, lan: [] }
+}
+
+/** An agent whose introducer answers with `introduce(target, via)` from the test. */
+function agent(name: string, introduce: (self: Agent, target: string, via: Via) => Promise<Introduction>): Agent {
+  const socket = udx.createSocket()
+  socket.bind(0, '127.0.0.1')
+  const keyPair = generateKeyPair()
+  const pins = new Pins()
+  const asked: string[] = []
+  const a: Agent = {
+    name,
+    keyPair,
+    id: peerId(keyPair.publicKey),
+    port: socket.address().port,
+    pins,
+    asked,
+    manager: null as unknown as TunnelManager,
+    close: async () => {
+      a.manager.closeAll('test over')
+      await socket.close()
+    }
+  }
+  a.manager = new TunnelManager(
+    { keepaliveMs: 1_000, deadMs: 5_000 },
+    {
+      udx,
+      socket,
+      keyPair,
+      clock: systemClock,
+      log: silentLogger,
+      natVerdict: () => 'easy',
+      relayServer: () => null,
+      localTcpPort: () => 0,
+      refreshNat: async () => undefined,
+      onChannel: (_t, req) => req.reject('NOT_EXPOSED', 'test'),
+      peers: pins,
+      introduce: (target, via) => {
+        asked.push(target)
+        return introduce(a, target, via)
+      }
+    }
+  )
+  socket.on('message', (buf, rinfo) => {
+    if (isRendezvousFrame(buf) && buf[3] === MSG.PROBE) a.manager.onProbe(buf, { host: rinfo.host, port: rinfo.port })
+  })
+  agents.push(a)
+  return a
+}
+
+/** alice and bob, with a server that introduces them to each other whatever alice asks for (or `impostor` instead). */
+function pair(opts: { introducedName?: string } = {}): { alice: Agent; bob: Agent } {
+  let bob: Agent | null = null
+  const alice = agent('alice', async (self, _target, via) => {
+    const introId = randomBytes(16)
+    const punchKey = randomBytes(32) // both sides get the same one, as from the server
+    const peer = { ...record(bob!), name: opts.introducedName ?? bob!.name }
+    bob!.manager.accept({ introId, punchKey, initiator: false, via, peer: record(self) }, 5_000)
+    return { introId, punchKey, initiator: true, via, peer }
+  })
+  bob = agent('bob', () => Promise.reject(new NatdError('PEER_UNKNOWN', 'bob opens nothing here')))
+  return { alice, bob }
+}
+
+async function codeOf(p: Promise<unknown>): Promise<string> {
+  return p.then(() => 'resolved', (err: unknown) => (err instanceof NatdError ? err.code : String(err)))
+}
+
+afterEach(async () => {
+  for (const a of agents.splice(0)) await a.close()
+})
+
+describe('TunnelManager.open reaches only the peer the user named', () => {
+  it('open bob punches to bob, pins its key on first use, and reuses the tunnel by name, ID and abbreviation', async () => {
+    const { alice, bob } = pair()
+    const r = await alice.manager.open('bob', 'udp', 5_000)
+    expect(r.tunnel.peer).toEqual({ name: 'bob', id: bob.id })
+    expect(alice.asked).toEqual(['bob'])
+    expect(alice.pins.pins.get('bob')).toBe(bob.id)
+    expect((await alice.manager.open(bob.id, 'udp', 5_000)).reused).toBe(true)
+    expect(alice.manager.get(bob.id.slice(0, 8))).toBe(r.tunnel)
+    expect(alice.manager.get('bob')).toBe(r.tunnel)
+    expect(alice.manager.get('bob_')).toBeUndefined()
+  })
+
+  it('an introduction renamed to "bob_" is refused with PEER_MISMATCH, pinned or not, and nothing is pinned for it', async () => {
+    const { alice, bob } = pair({ introducedName: 'bob_' })
+    expect(await codeOf(alice.manager.open('bob', 'udp', 2_000))).toBe('PEER_MISMATCH')
+    expect(alice.pins.pins.size).toBe(0)
+    alice.pins.pins.set('bob', bob.id) // even with bob's real key behind the other name
+    expect(await codeOf(alice.manager.open('bob', 'udp', 2_000))).toBe('PEER_MISMATCH')
+    expect(alice.manager.list()).toEqual([])
+  })
+
+  it('a pinned name presenting another key is KEY_MISMATCH', async () => {
+    const { alice } = pair()
+    alice.pins.pins.set('bob', peerId(generateKeyPair().publicKey))
+    expect(await codeOf(alice.manager.open('bob', 'udp', 2_000))).toBe('KEY_MISMATCH')
+    expect(alice.manager.list()).toEqual([])
+  })
+
+  it('open <full peer ID> asks the server for that ID and accepts only that key', async () => {
+    const { alice, bob } = pair()
+    const other = peerId(generateKeyPair().publicKey)
+    expect(await codeOf(alice.manager.open(other, 'udp', 2_000))).toBe('PEER_MISMATCH')
+    expect(alice.asked).toEqual([other])
+    const r = await alice.manager.open(bob.id, 'udp', 5_000)
+    expect(alice.asked).toEqual([other, bob.id])
+    expect(r.tunnel.peer).toEqual({ name: 'bob', id: bob.id })
+  })
+
+  it('an abbreviated ID shared by two pinned peers is refused before asking the server, naming both', async () => {
+    const { alice, bob } = pair()
+    const twin = bob.id.slice(0, 10) + 'a'.repeat(41) + 'q'
+    alice.pins.pins.set('bob', bob.id)
+    alice.pins.pins.set('carol', twin)
+    const err = await alice.manager.open(bob.id.slice(0, 8), 'udp', 2_000).catch((e: unknown) => e as NatdError)
+    expect(err).toMatchObject({ code: 'INVALID_ARGUMENT', message: expect.stringMatching(/matches 2 peers: bob \(.{8}…\), carol/) })
+    expect(alice.asked).toEqual([])
+    expect((await alice.manager.open(bob.id.slice(0, 11), 'udp', 5_000)).tunnel.peer.id).toBe(bob.id)
+  })
+
+  it('the incoming side refuses a name pinned to another key', async () => {
+    const { alice, bob } = pair()
+    bob.pins.pins.set('alice', peerId(generateKeyPair().publicKey))
+    expect(await codeOf(alice.manager.open('bob', 'udp', 1_500))).toBe('PUNCH_FAILED')
+    expect(bob.manager.list()).toEqual([])
+  })
+})
