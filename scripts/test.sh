@@ -9,7 +9,8 @@ status=0
 
 echo "==> type-check"; npx tsc -p tsconfig.json || status=1
 echo "==> lint"; npx eslint . || status=1
-[ -f dist/daemon/main.js ] || npm run --silent build
+# Always build: the daemon, API-doc and lab tests run dist/, which must be this code.
+echo "==> build"; npm run --silent build || status=1
 
 echo "==> unit tests"
 npx vitest run test/unit --reporter=default --reporter=json --outputFile.json="$out/unit.json" || status=1
