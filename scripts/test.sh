@@ -24,6 +24,14 @@ else
   echo "==> NAT-lab tests skipped: they need root (sudo npm test)"
 fi
 
+# The abuse suite (issue "Abuse resistance"): attacks on loopback and, as root, in the
+# NAT lab, with assertions on the bounds; its figures go to a results file and a table.
+echo "==> abuse suite"
+export NATD_ABUSE_OUT="$PWD/bench/results/abuse-latest.jsonl"
+: > "$NATD_ABUSE_OUT"
+npx vitest run test/abuse --no-file-parallelism --passWithNoTests --reporter=default --reporter=json --outputFile.json="$out/abuse.json" || status=1
+node --disable-warning=ExperimentalWarning scripts/abuse-report.ts "$NATD_ABUSE_OUT"
+
 node -e '
   const fs = require("node:fs"); let p = 0, f = 0, s = 0;
   for (const file of process.argv.slice(1)) {
@@ -34,5 +42,5 @@ node -e '
     f += r.numFailedTests || r.numFailedTestSuites;
   }
   console.log(`tests: ${p} passed, ${f} failed, ${s} skipped`);
-' "$out/unit.json" "$out/lab.json"
+' "$out/unit.json" "$out/lab.json" "$out/abuse.json"
 exit $status
