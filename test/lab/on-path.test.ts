@@ -55,7 +55,7 @@ describe.skipIf(!labAvailable())('an attacker on the path to the rendezvous serv
   it('impersonating the server or tampering with its traffic gets refused with clear codes; nothing reaches it; agents recover when it steps aside', async () => {
     await withLab({ sites: [{ name: 'alice', nat: 'easy', hosts: ['alice', 'dave'] }, { name: 'bob', nat: 'easy' }] }, async (n) => {
       await n.startServer()
-      const realKey = execFileSync(process.execPath, [path.join(DIST, 'rendezvous/main.js'), '--print-key', '--state-dir', path.join(n.dir, 'rendezvous-state')], { encoding: 'utf8' }).trim()
+      const realKey = n.serverKey()
       await n.startAgent('alice')
       await n.startAgent('bob')
       const alice0 = await n.waitRegistered('alice')
