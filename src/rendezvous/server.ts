@@ -264,8 +264,8 @@ export class RendezvousServer {
       if (sock !== this.udp || !isRendezvousFrame(buf) || buf.length > MAX_UDP_FRAME_BYTES) return
       this.onUdpMessage(decode(buf), from)
     } catch (err) {
-      // Malformed input from an unverified source: never answered, logged at debug only.
-      this.log.debug('bad datagram', { from: `${from.host}:${from.port}`, bytes: buf.length, err: (err as Error).message })
+      // Malformed input from an unverified (spoofable) source: never answered; counted, one line a second at most.
+      this.refusals.refused('bad datagram', from, err instanceof NatdError ? err.code : 'BAD_REQUEST', (err as Error).message)
     }
   }
 
