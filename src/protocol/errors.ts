@@ -24,6 +24,7 @@ export const ERROR_CODES = [
   'CONNECT_FAILED', // the peer exposes the port but nothing answers there
   'TUNNEL_CLOSED',
   'RELAY_LIMIT', // the relay ended the tunnel: bytes, time or tunnel count over its limits
+  'RATE_LIMITED', // the rendezvous server refused work over a per-source or per-key limit; try again later
   'PORT_IN_USE',
   'INVALID_ARGUMENT',
   'TIMEOUT',
