@@ -65,8 +65,8 @@ def default_socket_path():
 def check_socket_dir(path):
     """Raises NatdError UNSAFE_SOCKET when someone else could have planted the socket (docs/API.md, Socket).
 
-    Every directory from / down to the socket's must be owned by us or root (or by another
-    user when only root can write its parent, as systemd makes /run/natd), and must not be
+    Every directory from / down to the socket's must be owned by us or root (the socket's own
+    may be another user's when only root can write its parent, as systemd makes /run/natd), and must not be
     writable by group or others (sticky ones like /tmp are allowed above the socket's own).
     """
     try:
@@ -80,11 +80,12 @@ def check_socket_dir(path):
     parent = None
     for i, d in enumerate(parts):
         st = os.stat(d)
-        root_placed = parent is not None and parent.st_uid == 0 and not parent.st_mode & 0o022
+        last = i == len(parts) - 1
+        root_placed = last and parent is not None and parent.st_uid == 0 and not parent.st_mode & 0o022
         why = None
         if st.st_uid not in (uid, 0) and not root_placed:
             why = "is owned by uid %d, not by us (uid %d) or root" % (st.st_uid, uid)
-        elif st.st_mode & 0o022 and (i == len(parts) - 1 or not st.st_mode & stat.S_ISVTX):
+        elif st.st_mode & 0o022 and (last or not st.st_mode & stat.S_ISVTX):
             why = "is writable by %s (mode %04o)" % ("others" if st.st_mode & 0o002 else "its group", st.st_mode & 0o7777)
         if why:
             raise NatdError("UNSAFE_SOCKET", "refusing the API socket %s: %s %s; someone else could plant a socket there" % (path, d, why))

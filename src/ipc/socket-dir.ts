@@ -9,9 +9,11 @@
  *
  * The rule, like OpenSSH's safe_path(): walk the real path (symlinks resolved) from `/`
  * down to the socket's directory. Every directory on the way must be
- *   - owned by us or root — or by another user when its parent is writable by root
- *     alone (only root can have put it there: systemd makes /run/natd natd:natd 0750,
- *     and a natctl run by a member of group natd must accept that), and
+ *   - owned by us or root — or, for the socket's own directory only, by another user
+ *     when its parent is writable by root alone (only root can have put it there:
+ *     systemd makes /run/natd natd:natd 0750, and a natctl run by a member of group
+ *     natd must accept that; an ancestor owned by another user could have its subtree
+ *     swapped by them, so that is refused), and
  *   - writable by nobody else: no group or other write bit, except a sticky directory
  *     above the socket's own (/tmp is 1777: others cannot rename or remove what we own).
  * The socket's own directory may not be group- or world-writable even when sticky:
@@ -44,7 +46,7 @@ export function judgeSocketDirChain(chain: readonly DirFacts[], uid: number, end
     const parent = i > 0 ? chain[i - 1] : undefined
     const isSocketDir = endsAtSocketDir && i === chain.length - 1
     if (!d.isDirectory) return { kind: 'unsafe', path: d.path, reason: 'is not a directory' }
-    const rootPlaced = parent !== undefined && parent.uid === 0 && (parent.mode & WRITE_GROUP_OTHER) === 0
+    const rootPlaced = isSocketDir && parent !== undefined && parent.uid === 0 && (parent.mode & WRITE_GROUP_OTHER) === 0
     if (d.uid !== uid && d.uid !== 0 && !rootPlaced) {
       return { kind: 'unsafe', path: d.path, reason: `is owned by uid ${d.uid}, not by us (uid ${uid}) or root` }
     }

@@ -48,9 +48,14 @@ describe('judgeSocketDirChain', () => {
     expect(judgeSocketDirChain([ROOT, run, dir('/run/natd', 991, 0o750)], 991)).toEqual({ kind: 'safe' })
   })
 
+  it("refuses an ancestor owned by another user even inside a root-only directory: they could swap what is below", () => {
+    const v = judgeSocketDirChain([ROOT, dir('/home', 0, 0o755), dir('/home/eve', NOBODY, 0o755), dir('/home/eve/natd', ME, 0o700)], ME)
+    expect(v).toMatchObject({ kind: 'unsafe', path: '/home/eve' })
+  })
+
   it("refuses a directory of another user inside another user's directory", () => {
     const v = judgeSocketDirChain([ROOT, dir('/home', 0, 0o755), dir('/home/eve', NOBODY, 0o755), dir('/home/eve/natd', NOBODY, 0o755)], ME)
-    expect(v).toMatchObject({ kind: 'unsafe', path: '/home/eve/natd' })
+    expect(v).toMatchObject({ kind: 'unsafe', path: '/home/eve' })
   })
 
   it('refuses a file where a directory should be', () => {
