@@ -48,7 +48,9 @@ export const API_IDLE_TIMEOUT_MS = 30_000
  * kernel holds). A subscriber that stops reading is dropped when its backlog would pass
  * this, instead of natd buffering events for it without end (before: +33 MB for 1,000 ×
  * 16 KB messages). 1 MiB is 4 of the largest frames (MAX_REQUEST_BYTES-sized responses)
- * and ~60 16 KB messages: a reader that is merely slow for a moment keeps up.
+ * and ~60 16 KB messages: a reader that is merely slow for a moment keeps up. The largest
+ * event frame (a `message` of MAX_MESSAGE_BYTES = 16 KiB, at most ~96 KiB JSON-escaped) is
+ * far below it, so one event alone never drops a subscriber that reads.
  */
 export const MAX_QUEUED_BYTES = 1024 * 1024
 /**
