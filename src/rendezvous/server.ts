@@ -12,7 +12,6 @@
  */
 import dgram from 'node:dgram'
 import net from 'node:net'
-import type SecretStream from '@hyperswarm/secret-stream'
 import type { Endpoint } from '../protocol/endpoint.js'
 import { NatdError, ProtocolError, toNatdError } from '../protocol/errors.js'
 import { isValidName, mac, NAME_RULE, networkSecretKey, peerId, randomBytes, secretProof, timingSafeEqual, verify, type KeyPair } from '../protocol/identity.js'
@@ -20,60 +19,30 @@ import { lanCandidates } from '../protocol/lan.js'
 import { systemClock, type Clock, type Logger } from '../protocol/log.js'
 import {
   DATAGRAM_KEY_BYTES,
-  MAX_TCP_FRAME_BYTES,
   decode,
   encode,
-  frame,
-  FrameSplitter,
   INTRO_ID_BYTES,
   isRendezvousFrame,
   MAX_LIST_PEERS,
   MAX_UDP_FRAME_BYTES,
-  NONCE_BYTES,
   opened,
   TOKEN_BYTES,
   type Message,
   type OutgoingMessage
 } from '../protocol/rendezvous.js'
 import { isStun } from '../protocol/stun.js'
-import { secureSocket } from '../tunnel/secure-socket.js'
-import { Counter, DEFAULT_SERVER_LIMITS, INTRO_SOURCE_FACTOR, RateLimiter, sourceOf, type ServerLimits } from './limits.js'
-import { NoiseMeter } from './noise-meter.js'
+import { DEFAULT_SERVER_LIMITS, INTRO_SOURCE_FACTOR, RateLimiter, type ServerLimits } from './limits.js'
 import { RefusalLog } from './refusal-log.js'
 import { StunResponder, type StunSlot } from './stun-responder.js'
+import { TcpGate, type TcpConn } from './tcp-gate.js'
 import type { NameStore } from './name-store.js'
 import { Registry, type RegRef, type Registration } from './registry.js'
 import { Relay, type RelayLimits } from './relay.js'
 
 /** A REGISTER's timestamp may differ from the server clock by this much (agents echo the challenge's time). */
 export const REGISTER_CLOCK_SKEW_MS = 60_000
-/**
- * A TCP connection must finish its Noise handshake and register (or bind a relay)
- * within this long from its accept, or it is closed: an absolute deadline, not an idle
- * timer, so a client trickling a byte at a time cannot hold it open (--auth-timeout;
- * limits.ts's authTimeoutMs).
- */
-export const TCP_AUTH_TIMEOUT_MS = DEFAULT_SERVER_LIMITS.authTimeoutMs
-/**
- * Largest frame in the clear (before SECURE or RELAY): SECURE is empty and RELAY 85
- * bytes; 1 KiB still lets a version-1 REGISTER (< 1 KiB) reach its clear refusal.
- */
-export const MAX_CLEAR_FRAME_BYTES = 1024
-/** Largest Noise message from an agent: its largest message, a REGISTER, is < 1 KiB (noise-meter.ts). */
-export const MAX_AGENT_MESSAGE_BYTES = 16 * 1024
-/** Largest frame on a bound relay connection: agents send RELAY_DATA of ≤ 64 KiB (relay-client.ts). */
-export const MAX_RELAY_FRAME_BYTES = 128 * 1024
-/**
- * An agent that does not read its answers: past this many unsent bytes the server
- * stops reading its requests until they drain (a PEERS answer is ≤ MAX_TCP_FRAME_BYTES)…
- */
-export const REQUEST_BACKLOG_BYTES = 64 * 1024
-/** …and past this many (peer events pile up too) it closes the connection. */
-export const MAX_SEND_BACKLOG_BYTES = MAX_TCP_FRAME_BYTES + 256 * 1024
-/** How often a connection held by REQUEST_BACKLOG_BYTES checks whether it may read on. */
-export const BACKLOG_POLL_MS = 50
-/** A connection we end (after an error) is destroyed this long after if the peer never closes its side. */
-export const END_LINGER_MS = 2_000
+export { BACKLOG_POLL_MS, END_LINGER_MS, MAX_AGENT_MESSAGE_BYTES, MAX_CLEAR_FRAME_BYTES, MAX_RELAY_FRAME_BYTES, MAX_SEND_BACKLOG_BYTES, REQUEST_BACKLOG_BYTES, TCP_AUTH_TIMEOUT_MS } from './tcp-gate.js'
+
 /** Expiry sweep period; bounds how late past --peer-timeout a silent agent is dropped. */
 export const EXPIRY_SWEEP_MS = 1_000
 /**
@@ -115,30 +84,6 @@ export interface RendezvousComponents {
   names?: NameStore
 }
 
-interface TcpConn {
-  socket: net.Socket
-  remote: Endpoint
-  /** What per-source limits count it against (limits.ts sourceOf). */
-  source: string
-  /** Counted among the unauthenticated connections (until it registers or binds a relay). */
-  unauth: boolean
-  /** After SECURE: the Noise messages' sizes and starts (noise-meter.ts). */
-  meter: NoiseMeter | null
-  /** Closes the connection unless the message under way ends in time (messageTimeoutMs). */
-  messageTimer: NodeJS.Timeout | null
-  messageTimerFor: number | null
-  nonce: Buffer
-  /** The registration this connection controls, once it has registered. */
-  reg: RegRef | null
-  splitter: FrameSplitter
-  /** After SECURE: the Noise session every later message travels in. */
-  session: SecretStream | null
-  /** The connection sent RELAY: from now on it carries relayed frames only. */
-  relay: boolean
-  /** Closes the connection unless it authenticated in time (TCP_AUTH_TIMEOUT_MS). */
-  authTimer: NodeJS.Timeout | null
-}
-
 export class RendezvousServer {
   private readonly log: Logger
   private readonly clock: Clock
@@ -149,7 +94,7 @@ export class RendezvousServer {
   private readonly stun: StunResponder
   private readonly udpBySlot = new Map<StunSlot, dgram.Socket>()
   private tcp: net.Server | null = null
-  private readonly conns = new Set<TcpConn>()
+  private readonly gate: TcpGate
   private readonly connByPeer = new Map<RegRef, TcpConn>()
   private sweepTimer: NodeJS.Timeout | null = null
   private readonly secretKey: Buffer | null
@@ -159,13 +104,9 @@ export class RendezvousServer {
   readonly relay: Relay | null
   readonly limits: ServerLimits
   private readonly refusals: RefusalLog
-  private readonly unauthBySource = new Counter()
-  private readonly connsBySource = new Counter()
-  private readonly sessionRate: RateLimiter
   private readonly registerRate: RateLimiter
   private readonly introKeyRate: RateLimiter
   private readonly introSourceRate: RateLimiter
-  private readonly relayRate: RateLimiter
 
   constructor(
     private readonly init: RendezvousInit,
@@ -181,11 +122,15 @@ export class RendezvousServer {
     const L = this.limits
     this.relay = init.relay ? new Relay({ maxPermitsPerKey: L.maxRelayPermitsPerKey, ...init.relay }, this.clock, this.log.child({ component: 'relay' })) : null
     this.refusals = new RefusalLog(this.log, this.clock)
-    this.sessionRate = new RateLimiter(L.sessionsPerMinute, this.clock)
     this.registerRate = new RateLimiter(L.registrationsPerKeyPerMinute, this.clock)
     this.introKeyRate = new RateLimiter(L.introductionsPerMinute, this.clock)
     this.introSourceRate = new RateLimiter(L.introductionsPerMinute * INTRO_SOURCE_FACTOR, this.clock)
-    this.relayRate = new RateLimiter(L.relaysPerMinute, this.clock)
+    const gate = { limits: L, clock: this.clock, log: this.log, keyPair: this.keyPair, refusals: this.refusals, relay: this.relay }
+    this.gate = new TcpGate(gate, {
+      onMessage: (conn, msg) => this.onTcpMessage(conn, msg),
+      bindRelay: (conn, msg) => this.bindRelay(conn, msg),
+      onClose: (conn) => this.onTcpClose(conn)
+    })
   }
 
   /**
@@ -194,9 +139,8 @@ export class RendezvousServer {
    * frames). The abuse suite asserts its bounds.
    */
   stats(): { conns: number; unauth: number; heldBytes: number } {
-    let held = this.relay?.earlyBytes ?? 0
-    for (const c of this.conns) held += c.splitter.pendingBytes + (c.meter?.heldBytes ?? 0)
-    return { conns: this.conns.size, unauth: this.unauthBySource.total, heldBytes: held }
+    const gate = this.gate.stats()
+    return { ...gate, heldBytes: gate.heldBytes + (this.relay?.earlyBytes ?? 0) }
   }
 
   async start(): Promise<void> {
@@ -232,7 +176,7 @@ export class RendezvousServer {
       const sock: dgram.Socket = await bindUdp(at.host, at.port, (msg, rinfo) => this.onDatagram(sock, msg, rinfo))
       this.udpBySlot.set(slot, sock)
     }
-    this.tcp = net.createServer((socket) => this.onTcpConnection(socket))
+    this.tcp = net.createServer((socket) => this.gate.onConnection(socket))
     await new Promise<void>((resolve, reject) => {
       this.tcp!.once('error', reject)
       this.tcp!.listen({ host: this.init.host, port: this.init.port }, () => resolve())
@@ -244,7 +188,7 @@ export class RendezvousServer {
     if (this.sweepTimer) clearInterval(this.sweepTimer)
     this.refusals.flush()
     this.relay?.stop()
-    for (const c of this.conns) c.socket.destroy()
+    this.gate.closeAll()
     for (const [slot, s] of this.udpBySlot) if (slot === 'alt-ip' || slot === 'alt-both') s.close()
     this.udpBySlot.clear()
     this.udp?.close()
@@ -350,7 +294,8 @@ export class RendezvousServer {
     // Once a minute, forget the contacts of agents the registry has forgotten.
     if (++this.sweeps % 60 === 0) for (const ref of this.contacts.keys()) if (!this.registry.has(ref)) this.contacts.delete(ref)
     this.relay?.prune()
-    for (const r of [this.sessionRate, this.registerRate, this.introKeyRate, this.introSourceRate, this.relayRate]) r.sweep()
+    for (const r of [this.registerRate, this.introKeyRate, this.introSourceRate]) r.sweep()
+    this.gate.sweep()
     for (const reg of this.registry.expire()) {
       this.log.info('agent timed out', { name: reg.name, id: reg.id.slice(0, 8) })
       this.closeConnOf(reg.ref)
@@ -362,12 +307,12 @@ export class RendezvousServer {
   private broadcast(about: RegRef, msg: OutgoingMessage): void {
     const bytes = encode(msg)
     if (this.connByPeer.size <= BROADCAST_MAX_AGENTS) {
-      for (const c of this.conns) if (c.reg !== null && c.reg !== about) this.writeSession(c, bytes)
+      for (const c of this.gate.conns) if (c.reg !== null && c.reg !== about) this.gate.writeSession(c, bytes)
       return
     }
     for (const ref of this.contacts.get(about) ?? []) {
       const c = this.connByPeer.get(ref)
-      if (c) this.writeSession(c, bytes)
+      if (c) this.gate.writeSession(c, bytes)
     }
   }
 
@@ -384,201 +329,6 @@ export class RendezvousServer {
 
   // --- TCP -----------------------------------------------------------------
 
-  /**
-   * A new connection: CHALLENGE in the clear, then the agent says SECURE (a control
-   * connection: Noise from here on) or RELAY (one end of a relayed tunnel).
-   */
-  private onTcpConnection(socket: net.Socket): void {
-    const remote = { host: normalizeHost(socket.remoteAddress ?? ''), port: socket.remotePort ?? 0 }
-    const source = sourceOf(remote.host)
-    socket.on('error', () => undefined)
-    const full = this.connectionRefusal(source)
-    if (full) {
-      // Nothing held for it: an ERROR (a legitimate agent logs why and backs off), then gone.
-      this.refusals.refused('connection refused', remote, 'RATE_LIMITED', full)
-      socket.end(frame(encode({ type: 'error', reqId: 0, code: 'RATE_LIMITED', message: full })))
-      setTimeout(() => socket.destroy(), END_LINGER_MS).unref()
-      return
-    }
-    const conn: TcpConn = {
-      socket,
-      remote,
-      source,
-      unauth: true,
-      meter: null,
-      messageTimer: null,
-      messageTimerFor: null,
-      nonce: randomBytes(NONCE_BYTES),
-      reg: null,
-      splitter: new FrameSplitter(MAX_CLEAR_FRAME_BYTES),
-      session: null,
-      relay: false,
-      authTimer: null
-    }
-    this.conns.add(conn)
-    this.unauthBySource.add(source)
-    this.connsBySource.add(source)
-    socket.setNoDelay(true)
-    // Absolute from the accept: covers the clear part, a stalled Noise handshake, and a session that never registers.
-    conn.authTimer = setTimeout(() => this.onAuthExpired(conn), this.limits.authTimeoutMs)
-    conn.authTimer.unref()
-    const onData = (chunk: Buffer): void => {
-      try {
-        conn.splitter.add(chunk)
-        for (let f = conn.splitter.next(); f; f = conn.splitter.next()) {
-          if (conn.relay) {
-            this.relay?.onFrame(socket, f)
-            continue
-          }
-          const msg = decode(f)
-          if (msg.type === 'secure') {
-            if (!this.sessionRate.take(conn.source)) {
-              throw new NatdError('RATE_LIMITED', `${this.limits.sessionsPerMinute} sessions a minute from one address; try again shortly`)
-            }
-            socket.off('data', onData)
-            return this.secure(conn)
-          }
-          if (msg.type !== 'relay') throw new ProtocolError('UNAUTHORIZED', `${msg.type} outside a secure session (this server speaks protocol 2: upgrade natd)`)
-          this.onRelay(conn, msg)
-        }
-        if (conn.relay) this.relay?.held(socket, conn.splitter.pendingBytes)
-      } catch (err) {
-        this.onBadFrame(conn, err)
-      }
-    }
-    socket.on('data', onData)
-    socket.on('close', () => this.onTcpClose(conn))
-    socket.write(frame(encode({ type: 'challenge', nonce: conn.nonce, serverTime: this.clock.now() })))
-  }
-
-  /** Why a new connection from `source` is refused at once, or null. */
-  private connectionRefusal(source: string): string | null {
-    const L = this.limits
-    if (this.unauthBySource.get(source) >= L.maxUnauthPerSource) return `${L.maxUnauthPerSource} connections from this address are still unauthenticated`
-    if (this.unauthBySource.total >= L.maxUnauth) return 'the server holds its maximum of unauthenticated connections'
-    if (this.connsBySource.get(source) >= L.maxConnsPerSource) return `${L.maxConnsPerSource} connections from this address at once`
-    return null
-  }
-
-  private onAuthExpired(conn: TcpConn): void {
-    conn.authTimer = null
-    this.refusals.refused('connection timed out', conn.remote, 'TIMEOUT', `did not register or bind a relay within ${this.limits.authTimeoutMs} ms`)
-    conn.socket.destroy()
-  }
-
-  /** SECURE: the rest of the connection is a Noise session in which the server proves its key. */
-  private secure(conn: TcpConn): void {
-    const { socket } = conn
-    const meter = new NoiseMeter(MAX_AGENT_MESSAGE_BYTES)
-    conn.meter = meter
-    const inspect = (chunk: Buffer): boolean => {
-      try {
-        meter.feed(chunk, this.clock.now())
-      } catch (err) {
-        this.refusals.refused('bad session message', conn.remote, 'BAD_REQUEST', (err as Error).message)
-        socket.destroy() // inside the session the server cannot say why in the clear
-        return false
-      }
-      this.armMessageTimer(conn)
-      return true
-    }
-    const session = secureSocket(false, socket, conn.splitter.rest(), this.keyPair, inspect)
-    conn.session = session
-    session.on('close', () => socket.destroy())
-    session.on('data', (f: Buffer) => {
-      try {
-        this.onTcpMessage(conn, decode(f))
-      } catch (err) {
-        this.onBadFrame(conn, err)
-      }
-      if (!socket.destroyed && unsentBytes(conn) > REQUEST_BACKLOG_BYTES) this.holdRequests(conn, session)
-    })
-  }
-
-  /** A message under way must end by its deadline (absolute, from its first byte); the unauthenticated deadline runs besides. */
-  private armMessageTimer(conn: TcpConn): void {
-    const started = conn.meter?.startedAt ?? null
-    if (started === conn.messageTimerFor) return
-    if (conn.messageTimer) clearTimeout(conn.messageTimer)
-    conn.messageTimer = null
-    conn.messageTimerFor = started
-    if (started === null) return
-    conn.messageTimer = setTimeout(() => this.onMessageExpired(conn), Math.max(1, started + this.limits.messageTimeoutMs - this.clock.now()))
-    conn.messageTimer.unref()
-  }
-
-  private onMessageExpired(conn: TcpConn): void {
-    conn.messageTimer = null
-    this.refusals.refused('message timed out', conn.remote, 'TIMEOUT', `a message did not end within ${this.limits.messageTimeoutMs} ms of its start`)
-    conn.socket.destroy()
-  }
-
-  /** Stops reading an agent's requests until what it was sent drains (it may be reading slowly, or not at all). */
-  private holdRequests(conn: TcpConn, session: SecretStream): void {
-    session.pause()
-    const poll = (): void => {
-      if (conn.socket.destroyed) return
-      if (unsentBytes(conn) > REQUEST_BACKLOG_BYTES) setTimeout(poll, BACKLOG_POLL_MS).unref()
-      else session.resume()
-    }
-    setTimeout(poll, BACKLOG_POLL_MS).unref()
-  }
-
-  private onBadFrame(conn: TcpConn, err: unknown): void {
-    if (err instanceof NatdError) {
-      this.sendTcp(conn, { type: 'error', reqId: 0, code: err.code, message: err.message })
-      this.refusals.refused('bad tcp frame', conn.remote, err.code, err.message)
-      this.endConn(conn)
-    } else {
-      this.log.error('tcp handler failed', { err: (err as Error).stack })
-      conn.socket.destroy()
-    }
-  }
-
-  /** Ends a connection after what was sent to it (inside its session, if any); destroys it if it lingers. */
-  private endConn(conn: TcpConn): void {
-    if (conn.session) conn.session.end()
-    else conn.socket.end()
-    setTimeout(() => conn.socket.destroy(), END_LINGER_MS).unref()
-  }
-
-  private onTcpClose(conn: TcpConn): void {
-    if (conn.authTimer) clearTimeout(conn.authTimer)
-    if (conn.messageTimer) clearTimeout(conn.messageTimer)
-    conn.session?.destroy()
-    if (!this.conns.delete(conn)) return
-    if (conn.unauth) this.unauthBySource.remove(conn.source)
-    this.connsBySource.remove(conn.source)
-    if (conn.reg !== null && this.connByPeer.get(conn.reg) === conn) {
-      this.connByPeer.delete(conn.reg)
-      this.registry.clearTcp(conn.reg)
-    }
-  }
-
-  private authenticated(conn: TcpConn): void {
-    if (conn.authTimer) clearTimeout(conn.authTimer)
-    conn.authTimer = null
-    if (conn.unauth) this.unauthBySource.remove(conn.source)
-    conn.unauth = false
-  }
-
-  /** Sends inside the session once there is one (the clear CHALLENGE and pre-session errors go framed). */
-  private sendTcp(conn: TcpConn, msg: OutgoingMessage): void {
-    if (conn.socket.destroyed) return
-    if (conn.session) this.writeSession(conn, encode(msg))
-    else conn.socket.write(frame(encode(msg)))
-  }
-
-  /** Writes inside the session; an agent that lets MAX_SEND_BACKLOG_BYTES pile up unread is closed. */
-  private writeSession(conn: TcpConn, bytes: Buffer): void {
-    if (!conn.session || conn.socket.destroyed) return
-    conn.session.write(bytes)
-    if (unsentBytes(conn) > MAX_SEND_BACKLOG_BYTES) {
-      this.refusals.refused('slow reader closed', conn.remote, 'TIMEOUT', `more than ${MAX_SEND_BACKLOG_BYTES} bytes unread`)
-      conn.socket.destroy()
-    }
-  }
-
   private onTcpMessage(conn: TcpConn, msg: Message): void {
     if (msg.type === 'register') {
       try {
@@ -587,14 +337,14 @@ export class RendezvousServer {
         if (previous && previous !== conn) previous.socket.destroy()
         conn.reg = reg.ref
         this.connByPeer.set(reg.ref, conn)
-        this.authenticated(conn)
+        this.gate.authenticated(conn)
         conn.socket.setKeepAlive(true, 10_000)
-        this.sendTcp(conn, this.registerAck(reg, conn.remote))
+        this.gate.send(conn, this.registerAck(reg, conn.remote))
       } catch (err) {
         const e = toNatdError(err)
         this.refusals.refused('registration refused', conn.remote, e.code, e.message)
-        this.sendTcp(conn, { type: 'error', reqId: 0, code: e.code, message: e.message })
-        this.endConn(conn)
+        this.gate.send(conn, { type: 'error', reqId: 0, code: e.code, message: e.message })
+        this.gate.end(conn)
       }
       return
     }
@@ -603,23 +353,23 @@ export class RendezvousServer {
     if (ref === null) throw new ProtocolError('UNAUTHORIZED', `${msg.type} before registration`)
     if (!this.registry.isOnline(ref)) {
       // Timed out (or forgotten) while the connection lingered: the agent must register again.
-      this.sendTcp(conn, { type: 'error', reqId: 0, code: 'NOT_REGISTERED', message: 'registration expired' })
-      this.endConn(conn)
+      this.gate.send(conn, { type: 'error', reqId: 0, code: 'NOT_REGISTERED', message: 'registration expired' })
+      this.gate.end(conn)
       return
     }
     this.registry.touch(ref)
     switch (msg.type) {
       case 'ping':
-        return this.sendTcp(conn, { type: 'pong', seq: msg.seq })
+        return this.gate.send(conn, { type: 'pong', seq: msg.seq })
       case 'list':
-        return this.sendTcp(conn, { type: 'peers', reqId: msg.reqId, peers: this.registry.peersFor(ref, MAX_LIST_PEERS) })
+        return this.gate.send(conn, { type: 'peers', reqId: msg.reqId, peers: this.registry.peersFor(ref, MAX_LIST_PEERS) })
       case 'introduce':
         return this.onIntroduce(conn, ref, msg)
       case 'bye': {
         const reg = this.registry.get(ref)!
         this.log.info('agent left', { name: reg.name, id: reg.id.slice(0, 8) })
         if (this.registry.drop(ref)) this.broadcast(ref, { type: 'peer-event', event: 'down', peer: this.registry.peer(ref)! })
-        this.endConn(conn)
+        this.gate.end(conn)
         return
       }
       default:
@@ -641,19 +391,19 @@ export class RendezvousServer {
         const peer = this.registry.peer(online)
         if (peer) this.broadcast(online, { type: 'peer-event', event: 'down', peer })
       }
-      this.authenticated(conn)
-      this.sendTcp(conn, { type: 'ok', reqId: msg.reqId })
+      this.gate.authenticated(conn)
+      this.gate.send(conn, { type: 'ok', reqId: msg.reqId })
     } catch (err) {
       const e = toNatdError(err)
       this.refusals.refused('release refused', conn.remote, e.code, e.message)
-      this.sendTcp(conn, { type: 'error', reqId: msg.reqId, code: e.code, message: e.message })
+      this.gate.send(conn, { type: 'error', reqId: msg.reqId, code: e.code, message: e.message })
     }
   }
 
   /** Sends both agents each other's candidates at once, so they start punching together. */
   private onIntroduce(conn: TcpConn, fromRef: RegRef, msg: Extract<Message, { type: 'introduce' }>): void {
     const targetRef = this.registry.lookup(msg.target)
-    const fail = (code: string, message: string): void => this.sendTcp(conn, { type: 'error', reqId: msg.reqId, code, message })
+    const fail = (code: string, message: string): void => this.gate.send(conn, { type: 'error', reqId: msg.reqId, code, message })
     if (targetRef === undefined) return fail('PEER_UNKNOWN', `no peer named ${msg.target} on this server`)
     if (targetRef === fromRef) return fail('INVALID_ARGUMENT', 'cannot open a tunnel to yourself')
     const key = conn.session!.remotePublicKey!.toString('hex')
@@ -677,28 +427,24 @@ export class RendezvousServer {
         return fail(e.code, e.message)
       }
     }
-    this.sendTcp(targetConn, { type: 'introduction', reqId: 0, introId, punchKey, initiator: false, via: msg.via, peer: from })
-    this.sendTcp(conn, { type: 'introduction', reqId: msg.reqId, introId, punchKey, initiator: true, via: msg.via, peer: target })
+    this.gate.send(targetConn, { type: 'introduction', reqId: 0, introId, punchKey, initiator: false, via: msg.via, peer: from })
+    this.gate.send(conn, { type: 'introduction', reqId: msg.reqId, introId, punchKey, initiator: true, via: msg.via, peer: target })
     this.addContact(fromRef, targetRef)
     this.addContact(targetRef, fromRef)
     this.log.info('introduced', { from: from.name, to: target.name, via: msg.via })
   }
 
-  /** A new connection binds itself to an introduction as one end of a relayed tunnel. */
-  private onRelay(conn: TcpConn, msg: Extract<Message, { type: 'relay' }>): void {
-    try {
-      if (!this.relay) throw new NatdError('UNSUPPORTED_PATH', 'this rendezvous server does not relay (--no-relay)')
-      if (!this.relayRate.take(conn.source)) throw new NatdError('RATE_LIMITED', `${this.limits.relaysPerMinute} relay binds a minute from one address; try again shortly`)
-      this.relay.bind(msg, conn.nonce, conn.socket) // checks the introduced agent signed it
-      this.authenticated(conn) // the relay sets its own deadlines (bind, then limits)
-      conn.relay = true
-      conn.splitter.maxBytes = MAX_RELAY_FRAME_BYTES
-      conn.socket.setKeepAlive(true, 10_000)
-    } catch (err) {
-      const e = toNatdError(err)
-      this.refusals.refused('relay refused', conn.remote, e.code, e.message)
-      this.sendTcp(conn, { type: 'error', reqId: 0, code: e.code, message: e.message })
-      conn.socket.end()
+  /** RELAY: a new connection binds itself to an introduction as one end of a relayed tunnel (TcpGate handles the rest). */
+  private bindRelay(conn: TcpConn, msg: Extract<Message, { type: 'relay' }>): void {
+    if (!this.relay) throw new NatdError('UNSUPPORTED_PATH', 'this rendezvous server does not relay (--no-relay)')
+    this.relay.bind(msg, conn.nonce, conn.socket) // checks the introduced agent signed it
+  }
+
+  /** A connection closed: the agent it controlled no longer has a TCP endpoint. */
+  private onTcpClose(conn: TcpConn): void {
+    if (conn.reg !== null && this.connByPeer.get(conn.reg) === conn) {
+      this.connByPeer.delete(conn.reg)
+      this.registry.clearTcp(conn.reg)
     }
   }
 
@@ -737,17 +483,6 @@ function bindUdp(host: string, port: number, onMessage: (msg: Buffer, rinfo: dgr
 function verifyProof(secretKey: Uint8Array, nonce: Uint8Array, publicKey: Uint8Array, proof: Uint8Array): boolean {
   const want = secretProof(secretKey, nonce, publicKey)
   return proof.length === want.length && Buffer.compare(want, Buffer.from(proof)) === 0
-}
-
-/** Bytes written to a control connection and not yet handed to the kernel (the socket, the session's queues). */
-function unsentBytes(conn: TcpConn): number {
-  // secret-stream is a streamx Duplex: its queue is `_writableState.buffered`, its raw stream our PrefixedSocket.
-  const s = conn.session as unknown as { rawStream?: { writableLength?: number }; _writableState?: { buffered?: number } } | null
-  return conn.socket.writableLength + (s?.rawStream?.writableLength ?? 0) + (s?._writableState?.buffered ?? 0)
-}
-
-function normalizeHost(host: string): string {
-  return host.startsWith('::ffff:') ? host.slice(7) : host
 }
 
 function fmt(ep: Endpoint | null): string | null {
