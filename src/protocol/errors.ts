@@ -23,6 +23,8 @@ export const ERROR_CODES = [
   'NOT_EXPOSED', // the peer does not expose that port to us
   'CONNECT_FAILED', // the peer exposes the port but nothing answers there
   'TUNNEL_CLOSED',
+  'BUSY', // too many punches at once (in total, with that peer, or birthday punches): try again in a moment
+  'RATE_LIMITED', // a peer asked for more introductions, probes or SYNs than its budget allows
   'RELAY_LIMIT', // the relay ended the tunnel: bytes, time or tunnel count over its limits
   'PORT_IN_USE',
   'INVALID_ARGUMENT',
