@@ -249,27 +249,40 @@ export class PunchBudget {
   }
 }
 
-/** Refusals are summed per peer, code and what over this window, then logged as one line. */
+/** Refusals are summed per code and what over this window, then logged as one line. */
 export const REFUSAL_LOG_MS = 10_000
+/** A summary names at most this many of the peers refused (it counts them all). */
+const REFUSAL_NAMES = 5
+/** Distinct peers counted per summary, at most (a flood of fresh keys stays cheap). */
+const REFUSAL_PEERS_MAX = 10_000
+
+interface Refusals {
+  code: string
+  what: string
+  count: number
+  peers: Set<string>
+}
 
 /**
- * Logs a refusal the first time it happens for a (code, what, peer) — then only how many
- * more there were, once per REFUSAL_LOG_MS. A flood costs one log line per window.
+ * Logs a refusal the first time it happens for a (code, what) — then only how many more
+ * there were, and from how many peers, once per REFUSAL_LOG_MS. A flood costs one log
+ * line per window, from one peer or from thousands of fresh keys alike.
  */
 export class RefusalLog {
-  private readonly counts = new Map<string, { code: string; what: string; peer: string; count: number }>()
+  private readonly pending = new Map<string, Refusals>()
   private timer: NodeJS.Timeout | null = null
 
   constructor(private readonly log: Logger) {}
 
   note(code: string, what: string, peer: string): void {
-    const key = `${code}\0${what}\0${peer}`
-    const seen = this.counts.get(key)
+    const key = `${code}\0${what}`
+    const seen = this.pending.get(key)
     if (seen) {
       seen.count++
+      if (seen.peers.size < REFUSAL_PEERS_MAX) seen.peers.add(peer)
       return
     }
-    this.counts.set(key, { code, what, peer, count: 0 })
+    this.pending.set(key, { code, what, count: 0, peers: new Set() })
     this.log.warn('refused', { code, what, peer })
     if (!this.timer) {
       this.timer = setTimeout(() => this.onWindowExpired(), REFUSAL_LOG_MS)
@@ -279,15 +292,17 @@ export class RefusalLog {
 
   private onWindowExpired(): void {
     this.timer = null
-    for (const [key, c] of this.counts) {
-      if (c.count === 0) {
-        this.counts.delete(key)
+    for (const [key, r] of this.pending) {
+      if (r.count === 0) {
+        this.pending.delete(key)
         continue
       }
-      this.log.warn('refused again', { code: c.code, what: c.what, peer: c.peer, count: c.count, windowMs: REFUSAL_LOG_MS })
-      c.count = 0
+      const names = [...r.peers].slice(0, REFUSAL_NAMES)
+      this.log.warn('refused again', { code: r.code, what: r.what, count: r.count, peers: r.peers.size, names, windowMs: REFUSAL_LOG_MS })
+      r.count = 0
+      r.peers.clear()
     }
-    if (this.counts.size > 0) {
+    if (this.pending.size > 0) {
       this.timer = setTimeout(() => this.onWindowExpired(), REFUSAL_LOG_MS)
       this.timer.unref()
     }

@@ -78,17 +78,17 @@ describe('PunchBudget', () => {
 describe('RefusalLog', () => {
   afterEach(() => vi.useRealTimers())
 
-  it('a flood of refusals is one line at once and one count per window', () => {
+  it('a flood of refusals, from one peer or a hundred, is one line at once and one count per window', () => {
     vi.useFakeTimers()
     const warn = vi.fn()
     const log = { warn, debug: vi.fn(), info: vi.fn(), error: vi.fn(), child: () => log } as unknown as Logger
     const r = new RefusalLog(log)
-    for (let i = 0; i < 10_000; i++) r.note('RATE_LIMITED', 'punch probes', 'mallory')
+    for (let i = 0; i < 10_000; i++) r.note('RATE_LIMITED', 'punch probes', `mallory${i % 100}`)
     expect(warn).toHaveBeenCalledTimes(1)
-    expect(warn).toHaveBeenLastCalledWith('refused', { code: 'RATE_LIMITED', what: 'punch probes', peer: 'mallory' })
+    expect(warn).toHaveBeenLastCalledWith('refused', { code: 'RATE_LIMITED', what: 'punch probes', peer: 'mallory0' })
     vi.advanceTimersByTime(REFUSAL_LOG_MS)
     expect(warn).toHaveBeenCalledTimes(2)
-    expect(warn).toHaveBeenLastCalledWith('refused again', { code: 'RATE_LIMITED', what: 'punch probes', peer: 'mallory', count: 9_999, windowMs: REFUSAL_LOG_MS })
+    expect(warn).toHaveBeenLastCalledWith('refused again', { code: 'RATE_LIMITED', what: 'punch probes', count: 9_999, peers: 100, names: ['mallory1', 'mallory2', 'mallory3', 'mallory4', 'mallory5'], windowMs: REFUSAL_LOG_MS })
     vi.advanceTimersByTime(REFUSAL_LOG_MS * 3)
     expect(warn).toHaveBeenCalledTimes(2)
   })
