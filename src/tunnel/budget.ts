@@ -83,8 +83,10 @@ export interface PunchBudgetInit {
    * TCP SYNs one punch (one introduction) may send at once, then per second. Through
    * routers that answer SYNs with RST an honest punch sends one SYN per round trip until
    * two cross (tcp-punch.ts); in the lab (round trip ~50 µs, so paced at the 1 ms
-   * floor) that took a median of 144 SYNs per side and at most 735 in 20 opens. The
-   * burst covers that; the rate keeps a long punch going slowly.
+   * floor, on a loaded 2-core box) the side that got through had sent a median of
+   * 144-239 SYNs and at most 1,133 (40 opens); with a burst of 1,000, 1 of 30 opens
+   * failed for want of SYNs. The burst covers that; the rate keeps a long punch going
+   * slowly (a 30 ms path paced by its round trip needs ~33 a second, so ~45 s of burst).
    */
   punchSynBurst: number
   punchSynsPerS: number
@@ -114,7 +116,7 @@ export const PUNCH_BUDGET_DEFAULTS: Readonly<PunchBudgetInit> = Object.freeze({
   peerProbeBurst: 600,
   probesPerS: 3_000,
   probeBurst: 1_500,
-  punchSynBurst: 1_000,
+  punchSynBurst: 1_500,
   punchSynsPerS: 20,
   peerSynsPerS: 100,
   peerSynBurst: 3_000,
