@@ -10,7 +10,7 @@ export const ERROR_CODES = [
   'NOT_RUNNING', // natctl: no daemon behind the socket
   'PERMISSION_DENIED', // natctl: the socket exists but we may not use it
   'ALREADY_RUNNING', // natd: another live daemon holds the socket
-  'BUSY', // the local API refused a connection or subscription: its slots are full
+  'BUSY', // the local API refused a connection or subscription (its slots are full), or too many punches at once
   'UNSAFE_SOCKET', // the API socket's directory is not ours or others may write it
   'NOT_REGISTERED', // the agent has no live registration with the server
   'SERVER_UNREACHABLE',
@@ -26,7 +26,7 @@ export const ERROR_CODES = [
   'CONNECT_FAILED', // the peer exposes the port but nothing answers there
   'TUNNEL_CLOSED',
   'RELAY_LIMIT', // the relay ended the tunnel: bytes, time or tunnel count over its limits
-  'RATE_LIMITED', // the rendezvous server refused work over a per-source or per-key limit; try again later
+  'RATE_LIMITED', // over a limit: the server's per-source or per-key ones, or a peer's punching budget
   'PORT_IN_USE',
   'INVALID_ARGUMENT',
   'TIMEOUT',

@@ -10,6 +10,7 @@ import { peerId } from '../protocol/identity.js'
 import { encodeMux } from '../protocol/mux.js'
 import { isTarget, resolvePeer, type PeerRef, type PeerTarget } from '../protocol/peer-ref.js'
 import type { Via } from '../protocol/rendezvous.js'
+import { PunchBudget, RefusalLog, type PunchBudgetInit } from './budget.js'
 import type { OpenRequest } from './mux.js'
 import { Paths, sleepUntil, type Established, type Introduction, type PathComponents } from './paths.js'
 import { Tunnel, type PathKind, type TunnelTiming } from './tunnel.js'
@@ -88,14 +89,20 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
   private readonly tunnels = new Map<string, Tunnel>()
   private readonly opening = new Map<string, Promise<OpenOutcome>>()
   private readonly paths: Paths
+  /** What introductions may make us spend (budget.ts). */
+  readonly budget: PunchBudget
+  private readonly refusals: RefusalLog
   private closed = false
 
   constructor(
     private readonly timing: TunnelTiming,
-    private readonly c: TunnelManagerComponents
+    private readonly c: TunnelManagerComponents,
+    budget: Partial<PunchBudgetInit> = {}
   ) {
     super()
-    this.paths = new Paths(c)
+    this.budget = new PunchBudget(c.clock, budget)
+    this.refusals = new RefusalLog(c.log)
+    this.paths = new Paths(c, this.budget, this.refusals)
   }
 
   /**
@@ -145,10 +152,19 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     }
   }
 
-  /** The server introduced a peer that wants a tunnel to us. Never rejects. */
+  /**
+   * The server introduced a peer that wants a tunnel to us. Never rejects. A peer that
+   * asks more often than its introduction budget allows is refused before anything is
+   * sent (RATE_LIMITED, logged once with a count).
+   */
   accept(intro: Introduction, timeoutMs: number): void {
+    if (!this.budget.introduction(peerId(intro.peer.publicKey))) {
+      this.refusals.note('RATE_LIMITED', 'introductions', intro.peer.name)
+      return
+    }
     this.establish(intro, timeoutMs, null).catch((err: unknown) => {
       const e = toNatdError(err)
+      if (e.code === 'BUSY') return // the refusal log has it
       // A failed upgrade attempt (the tunnel stays on the relay) is routine, not a warning.
       this.c.log[intro.via === 'direct' ? 'debug' : 'warn']('incoming tunnel failed', { peer: intro.peer.name, via: intro.via, code: e.code, err: e.message })
     })
@@ -169,6 +185,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
   /** Says goodbye on every tunnel (daemon shutdown). */
   closeAll(reason: string): void {
     this.closed = true
+    this.refusals.flush()
     for (const t of this.tunnels.values()) t.close(reason)
   }
 
@@ -185,6 +202,20 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     const id = peerId(intro.peer.publicKey)
     const name = intro.peer.name
     this.c.peers.check({ name, id }, expected)
+    const slot = this.budget.punch(id)
+    if (!slot) {
+      this.refusals.note('BUSY', 'punch', name)
+      throw new NatdError('BUSY', `already punching ${this.budget.init.punches} paths at once (or ${this.budget.init.peerPunches} to ${name}); try again in a moment`)
+    }
+    try {
+      return await this.punchAndKeep(intro, timeoutMs, id)
+    } finally {
+      slot.release()
+    }
+  }
+
+  private async punchAndKeep(intro: Introduction, timeoutMs: number, id: string): Promise<Tunnel> {
+    const name = intro.peer.name
     const abort = new AbortController()
     // `auto` skips what cannot work: TCP punching through a NAT that maps per
     // destination (the server saw another mapping than the peer would), and any direct
@@ -246,7 +277,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     tunnel.on('path', (from) => this.emit('path', tunnel, from))
     this.register(tunnel)
     if (path === 'relay' && intro.initiator && intro.via === 'auto') void this.upgradeLoop(tunnel)
-    log.info('tunnel up', { peer: name, path, transport: won.transport, remote: formatEndpoint(remote), punchMs: won.punchMs, strategy: won.strategy, initiator: intro.initiator, via: intro.via })
+    log.info('tunnel up', { peer: name, path, transport: won.transport, remote: formatEndpoint(remote), punchMs: won.punchMs, sent: won.sent, strategy: won.strategy, initiator: intro.initiator, via: intro.via })
     return this.get(id) ?? tunnel
   }
 

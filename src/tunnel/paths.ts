@@ -12,6 +12,7 @@ import { peerId, timingSafeEqual, type KeyPair } from '../protocol/identity.js'
 import type { Clock, Logger } from '../protocol/log.js'
 import { lanCandidates } from '../protocol/lan.js'
 import { decode, type NatVerdict, type PeerRecord, type Via } from '../protocol/rendezvous.js'
+import type { PunchBudget, RefusalLog } from './budget.js'
 import { BIRTHDAY_SOCKETS, Puncher, type Candidate, type PunchStrategy } from './punch.js'
 import { connectRelay } from './relay-client.js'
 import { punchTcp } from './tcp-punch.js'
@@ -19,6 +20,17 @@ import type { PathKind } from './tunnel.js'
 
 /** A puncher keeps answering late probes this long after it finished. */
 export const PUNCHER_LINGER_MS = 5_000
+/**
+ * LAN candidates one punch tries, of the MAX_LAN_CANDIDATES (8) an introduction may
+ * carry: the addresses are the peer's word, and a host's first few interfaces are
+ * where a same-LAN peer is.
+ */
+export const PUNCH_LAN_CANDIDATES = 4
+
+/** The LAN candidates of `peer` a punch tries (private, at most PUNCH_LAN_CANDIDATES, not the public one). */
+function lanOf(peer: PeerRecord, publicEp: Endpoint | null): Endpoint[] {
+  return lanCandidates(peer.lan).filter((e) => !sameEndpoint(e, publicEp)).slice(0, PUNCH_LAN_CANDIDATES)
+}
 
 export interface Introduction {
   introId: Uint8Array
@@ -49,6 +61,8 @@ export interface Established {
   transport: 'udp' | 'tcp'
   remote: Endpoint
   punchMs: number
+  /** Probes (UDP) or SYNs (TCP) this side sent while punching. */
+  sent?: number
   strategy?: PunchStrategy
   /** Releases what the path holds beyond the session (a birthday socket). */
   release?: () => void
@@ -69,7 +83,11 @@ export class Paths {
   private readonly punchers = new Map<string, Puncher>()
   private nextStreamId = 1 + Math.floor(Math.random() * 0x3fffffff)
 
-  constructor(private readonly c: PathComponents) {}
+  constructor(
+    private readonly c: PathComponents,
+    private readonly budget: PunchBudget,
+    private readonly refusals: RefusalLog
+  ) {}
 
   /** Datagrams of type PROBE from the shared socket. */
   onProbe(buf: Buffer, from: Endpoint): void {
@@ -120,7 +138,7 @@ export class Paths {
     const streamId = this.allocStreamId()
     // A host without NAT reports its public address as a LAN address too: that one is public.
     const candidates: Candidate[] = [
-      ...lanCandidates(intro.peer.lan).filter((e) => !sameEndpoint(e, intro.peer.udp)).map((endpoint) => ({ endpoint, kind: 'lan' as const })),
+      ...lanOf(intro.peer, intro.peer.udp).map((endpoint) => ({ endpoint, kind: 'lan' as const })),
       ...(intro.peer.udp ? [{ endpoint: intro.peer.udp, kind: 'public' as const }] : [])
     ]
     const mine = this.c.natVerdict()
@@ -130,13 +148,26 @@ export class Paths {
     }
     const strategy: PunchStrategy = mine === 'hard' && theirs !== 'unknown' ? 'birthday' : theirs === 'hard' && mine !== 'unknown' ? 'spray' : 'normal'
     const socket = this.c.socket
+    const id = peerId(intro.peer.publicKey)
     // Birthday sockets: index i (1-based) is sockets[i - 1]; index 0 is the agent's socket.
-    const sockets: UDXSocket[] = strategy === 'birthday' ? this.openBirthdaySockets((buf, from, i) => this.onBirthdayDatagram(introKey, buf, from, i)) : []
+    const slot = strategy === 'birthday' ? this.budget.birthday(id) : null
+    if (strategy === 'birthday' && !slot) {
+      this.refusals.note('BUSY', 'birthday punch', name)
+      throw new NatdError('BUSY', `already ${this.budget.init.birthdayPunches} birthday punches at once (or one with ${name}); each holds ${BIRTHDAY_SOCKETS} sockets`)
+    }
+    const sockets: UDXSocket[] = slot ? this.openBirthdaySockets((buf, from, i) => this.onBirthdayDatagram(introKey, buf, from, i)) : []
     const socketAt = (i: number): UDXSocket => (i === 0 ? socket : sockets[i - 1]!)
     const indexOf = (sock: UDXSocket): number => (sock === socket ? 0 : sockets.indexOf(sock) + 1)
     const puncher: Puncher = new Puncher(
       { introId: intro.introId, punchKey: intro.punchKey, initiator: intro.initiator, candidates, localStreamId: streamId, deadlineMs: timeoutMs, strategy, sprayHost: intro.peer.udp?.host, sockets: sockets.length },
-      { send: (buf, to, ttl, i = 0) => socketAt(i).trySend(buf, to.port, to.host, ttl), clock: this.c.clock, log: log.child({ peer: name }) }
+      {
+        send: (buf, to, ttl, i = 0) => {
+          if (this.budget.probe(id)) socketAt(i).trySend(buf, to.port, to.host, ttl)
+          else this.refusals.note('RATE_LIMITED', 'punch probes', name)
+        },
+        clock: this.c.clock,
+        log: log.child({ peer: name })
+      }
     )
     const raw: UDXStream = this.c.udx.createStream(streamId, {
       // The responder attaches its stream to the initiator's first packet, if it comes
@@ -150,6 +181,7 @@ export class Paths {
     let keep = -1 // the birthday socket the path uses, if any
     const release = (): void => {
       for (const [i, s] of sockets.entries()) if (i + 1 !== keep) void s.close()
+      slot?.release() // the one socket kept goes with the tunnel
     }
     raw.on('error', (err: Error) => log.debug('stream error', { peer: name, err: err.message }))
     this.punchers.set(introKey, puncher)
@@ -165,7 +197,7 @@ export class Paths {
       await this.authenticate(session, intro, deadline, `punched ${path} ${formatEndpoint(punched.endpoint)}`, signal)
       if (signal.aborted) throw new NatdError('PUNCH_FAILED', 'another path won')
       const winner = keep > 0 ? sockets[keep - 1] : undefined
-      return { session, path, transport: 'udp', remote: punched.endpoint, punchMs: punched.tookMs, strategy, ...(winner ? { release: () => void winner.close() } : {}) }
+      return { session, path, transport: 'udp', remote: punched.endpoint, punchMs: punched.tookMs, sent: punched.probesSent, strategy, ...(winner ? { release: () => void winner.close() } : {}) }
     } catch (err) {
       puncher.stop()
       session?.destroy()
@@ -222,13 +254,23 @@ export class Paths {
     if (!localPort) throw new NatdError('PUNCH_FAILED', 'no TCP control connection to punch from')
     const tcp = intro.peer.tcp
     const candidates: Candidate[] = [
-      ...lanCandidates(intro.peer.lan).filter((e) => !sameEndpoint(e, tcp)).map((endpoint) => ({ endpoint, kind: 'lan' as const })),
+      ...lanOf(intro.peer, tcp).map((endpoint) => ({ endpoint, kind: 'lan' as const })),
       ...(tcp ? [{ endpoint: tcp, kind: 'public' as const }] : [])
     ]
     const deadline = this.c.clock.now() + timeoutMs
+    const gate = this.budget.synGate(peerId(intro.peer.publicKey))
     const punched = await punchTcp(
       { localPort, candidates, initiator: intro.initiator, deadlineMs: timeoutMs, expectedKey: intro.peer.publicKey },
-      { keyPair: this.c.keyPair, clock: this.c.clock, log: this.c.log.child({ peer: intro.peer.name }) },
+      {
+        keyPair: this.c.keyPair,
+        clock: this.c.clock,
+        log: this.c.log.child({ peer: intro.peer.name }),
+        synWaitMs: () => {
+          const wait = gate()
+          if (wait > 0) this.refusals.note('RATE_LIMITED', 'TCP SYNs (delayed)', intro.peer.name)
+          return wait
+        }
+      },
       signal
     )
     const path: PathKind = punched.kind === 'lan' ? 'lan' : 'direct-tcp'
@@ -239,7 +281,7 @@ export class Paths {
       punched.session.destroy()
       throw err
     }
-    return { session: punched.session, path, transport: 'tcp', remote: punched.endpoint, punchMs: punched.tookMs }
+    return { session: punched.session, path, transport: 'tcp', remote: punched.endpoint, punchMs: punched.tookMs, sent: punched.attempts }
   }
 
   private allocStreamId(): number {

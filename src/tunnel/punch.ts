@@ -35,6 +35,12 @@ export const PROBE_START_DELAY_MS = 10
 export const PROBE_INTERVAL_MS = 20
 export const PROBE_FAST_MS = 2_000
 export const PROBE_SLOW_INTERVAL_MS = 100
+/**
+ * LAN candidates are probed only this long: a peer on our LAN answers within a
+ * millisecond or not at all, and the addresses are the peer's word (private, but
+ * possibly aimed at someone else on our LAN), so they get ~50 probes each, not 15 s.
+ */
+export const LAN_PROBE_MS = 1_000
 /** After a public candidate validates, a LAN candidate validating within this still wins. */
 export const LAN_GRACE_MS = 30
 /** Endpoints learnt from probes (peer-reflexive candidates) we add at most. */
@@ -215,7 +221,11 @@ export class Puncher {
     }
     // The hard side only answers and refreshes its TTL-2 probes: a full-TTL probe from a
     // birthday socket would reach the easy side's NAT unsolicited and could claim its port.
-    for (const cand of this.candidates) if (this.strategy !== 'birthday' || cand.kind === 'lan' || (cand.socket ?? 0) !== 0) this.probe(cand.endpoint, false, undefined, cand.socket ?? 0)
+    const lanToo = now - this.started < LAN_PROBE_MS
+    for (const cand of this.candidates) {
+      if (cand.kind === 'lan' && !lanToo) continue
+      if (this.strategy !== 'birthday' || cand.kind === 'lan' || (cand.socket ?? 0) !== 0) this.probe(cand.endpoint, false, undefined, cand.socket ?? 0)
+    }
     const period = now - this.started < PROBE_FAST_MS ? PROBE_INTERVAL_MS : PROBE_SLOW_INTERVAL_MS
     this.timer = setTimeout(() => this.onProbeTimerExpired(), period)
   }

@@ -63,6 +63,9 @@ describe.skipIf(!labAvailable())('TCP hole punching', () => {
       }
       took.sort((a, b) => a - b)
       process.stdout.write(`TCP punch through RST routers: ${took.length}/10 opened, median ${took[Math.floor(took.length / 2)] ?? '-'} ms, max ${took[took.length - 1] ?? '-'} ms\n`)
+      // SYNs each side sent per open that came up (the winner's side of the 'tunnel up' log line).
+      const syns = [...(n.log('alice') + n.log('bob')).matchAll(/"transport":"tcp".*?"sent":(\d+)/g)].map((m) => Number(m[1])).sort((a, b) => a - b)
+      process.stdout.write(`SYNs per side per open: median ${syns[Math.floor(syns.length / 2)] ?? '-'}, max ${syns[syns.length - 1] ?? '-'}\n`)
       expect(failures).toBeLessThanOrEqual(1)
     })
   }, 120_000)

@@ -176,3 +176,21 @@ describe('TunnelManager.open reaches only the peer the user named', () => {
     expect(bob.manager.list()).toEqual([])
   })
 })
+
+describe('TunnelManager.accept spends only what the punching budget allows', () => {
+  it('a peer asking for 50 introductions at once gets its burst acted on, 2 punching at once; the rest are refused before a packet is sent', async () => {
+    const { bob } = pair()
+    let checked = 0
+    const check = bob.pins.check.bind(bob.pins)
+    bob.pins.check = (peer, expected) => {
+      checked++
+      check(peer, expected)
+    }
+    const mallory = { ...record({ name: 'mallory', keyPair: generateKeyPair(), port: 9 }), udp: { host: '127.0.0.1', port: 9 } }
+    for (let i = 0; i < 50; i++) bob.manager.accept({ introId: randomBytes(16), punchKey: randomBytes(32), initiator: false, via: 'udp', peer: mallory }, 300)
+    expect(checked).toBe(bob.manager.budget.init.peerIntroBurst)
+    expect(bob.manager.budget.inUse.punches).toBe(bob.manager.budget.init.peerPunches)
+    await new Promise((resolve) => setTimeout(resolve, 500))
+    expect(bob.manager.budget.inUse.punches).toBe(0)
+  })
+})

@@ -1,22 +1,24 @@
 // TCP hole punching (src/tunnel/tcp-punch.ts) on loopback, with real sockets: a connection
 // from our fixed port is used only once it authenticates as the expected key; a peer with
-// another key is dropped with RST; refused attempts are retried about every millisecond
-// until the deadline and leave nothing on the port; abort stops at once.
+// another key is dropped with RST; refused attempts are retried one round trip later (on
+// loopback: the TCP_RETRY_FLOOR_MS floor, jittered), each SYN within the budget, until
+// the deadline, and leave nothing on the port; abort stops at once.
 import net from 'node:net'
 import { describe, expect, it } from 'vitest'
 import SecretStream from '@hyperswarm/secret-stream'
 import { NatdError } from '../../../src/protocol/errors.js'
 import { generateKeyPair, type KeyPair } from '../../../src/protocol/identity.js'
 import { silentLogger, type Clock, type Logger } from '../../../src/protocol/log.js'
+import { PunchBudget } from '../../../src/tunnel/budget.js'
 import { punchTcp, type TcpPunchResult } from '../../../src/tunnel/tcp-punch.js'
 import { freePort } from '../helpers.js'
 
 const clock: Clock = { now: () => Date.now() }
 
-function punch(from: number, to: number, me: KeyPair, them: KeyPair, initiator: boolean, deadlineMs: number, signal = new AbortController().signal): Promise<TcpPunchResult> {
+function punch(from: number, to: number, me: KeyPair, them: KeyPair, initiator: boolean, deadlineMs: number, signal = new AbortController().signal, synWaitMs?: () => number): Promise<TcpPunchResult> {
   return punchTcp(
     { localPort: from, candidates: [{ endpoint: { host: '127.0.0.1', port: to }, kind: 'public' }], initiator, deadlineMs, expectedKey: them.publicKey },
-    { keyPair: me, clock, log: silentLogger },
+    { keyPair: me, clock, log: silentLogger, ...(synWaitMs ? { synWaitMs } : {}) },
     signal
   )
 }
@@ -89,12 +91,14 @@ describe('TCP punching', () => {
     }
   }, 15_000)
 
-  it('a refused candidate is retried about every millisecond until the deadline', async () => {
+  it('a refused candidate is retried about every TCP_RETRY_FLOOR_MS until the deadline, never faster', async () => {
     const [pa, closed] = [await freePort(), await freePort()]
     const err = await punch(pa, closed, generateKeyPair(), generateKeyPair(), true, 300).then(() => null, (e: unknown) => e)
     expect(err).toMatchObject({ code: 'PUNCH_FAILED', message: expect.stringContaining('ECONNREFUSED') })
     const attempts = Number(/(\d+) connect attempts/.exec((err as Error).message)?.[1])
     expect(attempts).toBeGreaterThan(20)
+    // Jittered over 0-2 floors; the event loop (setImmediate) is the bound below one floor.
+    expect(attempts).toBeLessThan(300 * 20)
     // Nothing is left on the port: it connects again at once.
     const server = net.createServer((s) => s.destroy())
     await new Promise<void>((resolve) => server.listen(closed, '127.0.0.1', resolve))
@@ -105,6 +109,15 @@ describe('TCP punching', () => {
     } finally {
       server.close()
     }
+  }, 15_000)
+
+  it('SYNs wait for the budget: a burst of 20 then 50 a second gives about 20 + 50 × 0.5 in half a second', async () => {
+    const [pa, closed] = [await freePort(), await freePort()]
+    const budget = new PunchBudget(clock, { punchSynBurst: 20, punchSynsPerS: 50 })
+    const err = await punch(pa, closed, generateKeyPair(), generateKeyPair(), true, 500, undefined, budget.synGate('peer')).then(() => null, (e: unknown) => e as Error)
+    const attempts = Number(/(\d+) connect attempts/.exec(err!.message)?.[1])
+    expect(attempts).toBeGreaterThanOrEqual(30)
+    expect(attempts).toBeLessThanOrEqual(20 + 50 * 0.5 + 2)
   }, 15_000)
 
   it('abort stops at once with PUNCH_FAILED', async () => {
