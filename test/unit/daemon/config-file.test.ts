@@ -105,11 +105,11 @@ describe('parseConfigFile', () => {
 })
 
 describe('mergeConfig', () => {
-  const stored: AgentConfig = { name: 'old', server: 'old.example.org', heartbeatMs: 5_000, port: 41641, logLevel: 'debug', secretFile: '/old/secret' }
+  const stored: AgentConfig = { name: 'old', server: 'old.example.org', heartbeatMs: 5_000, port: 41641, logLevel: 'debug', secretFile: '/old/secret', inbox: null }
 
   it('flags over the file; with a file, the store gives only the port', () => {
     const file = parse({ name: 'alice', server: 'rv.example.org' })
-    expect(mergeConfig(stored, {}, file)).toEqual({ name: 'alice', server: 'rv.example.org', heartbeatMs: 20_000, port: 41641, logLevel: 'info', secretFile: null })
+    expect(mergeConfig(stored, {}, file)).toEqual({ name: 'alice', server: 'rv.example.org', heartbeatMs: 20_000, port: 41641, logLevel: 'info', secretFile: null, inbox: null })
     expect(mergeConfig(stored, { name: 'bob', heartbeatMs: 1_000 }, file)).toMatchObject({ name: 'bob', heartbeatMs: 1_000 })
     expect(mergeConfig(stored, {}, parse({ name: 'alice', server: 'rv.example.org', port: 5000 })).port).toBe(5000)
   })

@@ -33,7 +33,7 @@ afterEach(() => {
   for (const c of cleanups.splice(0)) c()
 })
 
-function world(opts: { offline?: boolean } = {}): World {
+function world(opts: { offline?: boolean; messagesPerPeer?: number; messageBytesPerPeer?: number } = {}): World {
   const pipe = messagePipe()
   const muxA = new Mux(pipe.a, true, silentLogger)
   const muxB = new Mux(pipe.b, false, silentLogger)
@@ -55,8 +55,9 @@ function world(opts: { offline?: boolean } = {}): World {
     }
   } as unknown as TunnelManager
   const received: MessageInfo[] = []
+  const quotas = { messagesPerPeer: opts.messagesPerPeer ?? 1_000, messageBytesPerPeer: opts.messageBytesPerPeer ?? 1024 * 1024 }
   const make = (dir: string, self: { name: string; id: string }): Messages =>
-    new Messages({ dir, tunnels, log: silentLogger, selfName: self.name, selfId: self.id, known: { list: () => [] }, onMessage: (m) => received.push(m) })
+    new Messages({ dir, tunnels, log: silentLogger, selfName: self.name, selfId: self.id, known: { list: () => [] }, onMessage: (m) => received.push(m), quotas: () => quotas })
   let bob = make(dirs.bob, BOB)
   muxB.on('open', (req) => {
     if (req.service === MESSAGE_SERVICE) bob.onChannel(tunnelToAlice, req)
