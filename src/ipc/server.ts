@@ -17,6 +17,12 @@ import { EVENT_NAMES, PARAMS, parseRequest, type EventName, type Events, type Me
 export const SOCKET_MODE = 0o660
 /** Largest request frame the daemon reads (node-ipc drops the connection past it). */
 export const MAX_REQUEST_BYTES = 256 * 1024
+/**
+ * A subscriber that does not read its events is disconnected once this much waits unsent
+ * on its socket: without it a peer's flood of messages grew natd's memory by what the
+ * subscriber left unread (+33 MB for 1,000 × 16 KB). 64 full-size messages' worth.
+ */
+export const MAX_EVENT_BACKLOG_BYTES = 1024 * 1024
 
 export type Handlers = { [M in MethodName]: (params: Params<M>, ctx: { socket: net.Socket }) => Promise<Result<M>> | Result<M> }
 
@@ -96,7 +102,14 @@ export class ApiServer {
   emit<E extends EventName>(event: E, data: Events[E]): void {
     if (!this.handle) return
     for (const [socket, events] of this.subscriptions) {
-      if (events.has(event) && !socket.destroyed) this.handle.emit(socket, 'event', { event, data })
+      if (!events.has(event) || socket.destroyed) continue
+      if (socket.writableLength > MAX_EVENT_BACKLOG_BYTES) {
+        this.log.warn('disconnected a subscriber that does not read its events', { backlogBytes: socket.writableLength, event })
+        this.subscriptions.delete(socket)
+        socket.destroy()
+        continue
+      }
+      this.handle.emit(socket, 'event', { event, data })
     }
   }
 
