@@ -50,6 +50,8 @@ export const PARTIAL_MAX_AGE_MS = 7 * 24 * 3600_000
  * relayed path to recover from a loss burst; files.policy `stallTimeoutMs` changes it.
  */
 export const STALL_TIMEOUT_MS = 30_000
+/** After a stall's REFUSE the receiver resets the channel this much later (the frame leaves first). */
+export const STALL_RESET_DELAY_MS = 100
 
 /**
  * Characters a received name may not keep, each replaced by `_`: C0 controls and DEL
@@ -350,9 +352,15 @@ export class FileReceiver {
     this.log.info('file transfer accepted', { peer: peer.name, name: offer.name, size: offer.size, offset })
     this.names.set(offer.key, offer.name)
     const out = fs.createWriteStream(partial, { flags: 'a', mode: 0o600, flush: true })
-    const stall = new AbortController()
+    // A stall: tell the sender (REFUSE TIMEOUT), then reset the channel, which ends the
+    // read the pipeline is blocked in. The frame goes out before the reset, in order.
+    let stalled: NatdError | null = null
     const stallMs = policy.stallTimeoutMs
-    const watch = new StallWatch(stallMs, () => stall.abort(new NatdError('TIMEOUT', `${peer.name} sent no byte of ${offer.name} for ${stallMs} ms (${offer.size - offset} announced); the partial is kept for a resume and listed by natctl files --partial`)))
+    const watch = new StallWatch(stallMs, () => {
+      stalled = new NatdError('TIMEOUT', `${peer.name} sent no byte of ${offer.name} for ${stallMs} ms (${offer.size - offset} announced); the partial is kept for a resume and listed by natctl files --partial`)
+      ch.end(encodeTransfer({ type: 'refuse', code: stalled.code, message: stalled.message }))
+      setTimeout(() => ch.destroy(stalled ?? undefined), STALL_RESET_DELAY_MS).unref()
+    })
     try {
       await pipeline(
         reader.raw(offer.size - offset),
@@ -363,15 +371,14 @@ export class FileReceiver {
             yield chunk
           }
         },
-        out,
-        { signal: stall.signal }
+        out
       )
     } catch (err) {
       watch.stop()
       if (!out.closed) await once(out, 'close')
-      if (stall.signal.aborted) {
+      if (stalled) {
         this.log.warn('TIMEOUT: a file transfer stalled', { peer: peer.name, name: offer.name, have: partialSize(partial), size: offer.size, stallMs })
-        throw stall.signal.reason as NatdError
+        throw stalled
       }
       const e = err as NodeJS.ErrnoException
       if (e.code === 'ENOSPC' || e.code === 'EDQUOT') {
