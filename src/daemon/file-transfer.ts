@@ -168,7 +168,13 @@ export async function sendFile(spec: SendSpec, c: { tunnels: TunnelManager; self
     let sent = 0
     const progress = (): void => spec.onProgress({ transferId: idHex, peer, name, size, offset, sent })
     progress()
-    const watch = new StallWatch(stallMs, () => spec.source.destroy(new NatdError('TIMEOUT', `the caller sent nothing for ${stallMs} ms`)))
+    // No progress for stallMs, whichever side stalls (the caller stops streaming, or the peer
+    // stops taking bytes): both connections end with TIMEOUT; the peer keeps its partial.
+    const watch = new StallWatch(stallMs, () => {
+      const err = new NatdError('TIMEOUT', `no progress sending ${name} for ${stallMs} ms (${sent} of ${size - offset} bytes passed on)`)
+      spec.source.destroy(err)
+      ch.destroy(err)
+    })
     const body = (async () => {
       try {
         await pipeline(

@@ -328,6 +328,20 @@ describe('files', () => {
     expect(w.sentOnWire()).toBeLessThan(25 * KiB + 16 * KiB)
   })
 
+  it('a peer that stops taking bytes: the sender cuts the transfer off with TIMEOUT after stallTimeoutMs without progress', async () => {
+    const w = world()
+    await w.alice.setPolicy({ stallTimeoutMs: 300 })
+    const f = file(w.tmp, 'stuck.bin', 8 * MiB)
+    let out = 0
+    w.pipe.tap = (from, frame) => {
+      if (from === 'a' && (out += frame.length) > 256 * KiB) w.pipe.up = false // past the offer: the path goes silent, the window fills
+    }
+    const t0 = Date.now()
+    const err = await send(w, f.path).catch((e: unknown) => e)
+    expect(err).toMatchObject({ code: 'TIMEOUT', message: expect.stringMatching(/no progress sending stuck\.bin for 300 ms/) })
+    expect(Date.now() - t0).toBeLessThan(2_000)
+  })
+
   it('natd never sends a file of its own state directory, even to a caller who may read it', async () => {
     const w = world()
     fs.writeFileSync(path.join(w.tmp, 'alice', 'identity.json'), '{"secretKey":"…"}')
