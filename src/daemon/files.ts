@@ -152,6 +152,14 @@ export class Files {
 
   /** Sends the bytes the caller streams on `source` (see FileSendParams); natd opens no file. */
   async send(p: Omit<FileSendParams, 'source'> & { source: Duplex }): Promise<FileSendResult> {
+    try {
+      return await this.sendFrom(p)
+    } finally {
+      p.source.destroy() // the caller's data connection is good for this one file
+    }
+  }
+
+  private async sendFrom(p: Omit<FileSendParams, 'source'> & { source: Duplex }): Promise<FileSendResult> {
     if (p.peer === this.c.selfName || p.peer === this.c.selfId) throw new NatdError('INVALID_ARGUMENT', 'cannot send a file to yourself')
     if (this.isOwnState(p.dev, p.ino)) {
       this.c.log.warn('FILE_UNREADABLE: refused to send a file from natd\'s state directory', { path: p.path, peer: p.peer })
