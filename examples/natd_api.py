@@ -22,7 +22,7 @@ From the shell:
     python3 natd_api.py [--socket PATH] call METHOD ['{"param": ...}']
 
 Exit status, as natctl: 0 ok, 1 error response (code and message on stderr), 2 usage,
-3 natd not running.
+3 natd not running, 5 natd busy (BUSY), 6 unsafe socket directory (UNSAFE_SOCKET).
 """
 
 import argparse
@@ -30,6 +30,7 @@ import collections
 import json
 import os
 import socket
+import stat
 import sys
 
 FRAME_END = b"\f"  # never inside a frame: JSON escapes it, UTF-8 never encodes it in a multi-byte sequence
@@ -37,6 +38,7 @@ RECV_BYTES = 65536
 DEFAULT_CALL_TIMEOUT_S = 60.0  # above the daemon's own limits for status/peers; open/ping add their timeoutMs
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
+EXIT_BY_CODE = {"NOT_RUNNING": EXIT_NOT_RUNNING, "BUSY": 5, "UNSAFE_SOCKET": 6}
 
 
 class NatdError(Exception):
@@ -60,6 +62,36 @@ def default_socket_path():
     return user
 
 
+def check_socket_dir(path):
+    """Raises NatdError UNSAFE_SOCKET when someone else could have planted the socket (docs/API.md, Socket).
+
+    Every directory from / down to the socket's must be owned by us or root (the socket's own
+    may be another user's when only root can write its parent, as systemd makes /run/natd), and must not be
+    writable by group or others (sticky ones like /tmp are allowed above the socket's own).
+    """
+    try:
+        real = os.path.realpath(os.path.dirname(os.path.abspath(path)), strict=True)
+    except (FileNotFoundError, PermissionError):
+        return  # nothing there to trust or distrust; connect() says why
+    parts = [real]
+    while os.path.dirname(parts[0]) != parts[0]:
+        parts.insert(0, os.path.dirname(parts[0]))
+    uid = os.getuid()
+    parent = None
+    for i, d in enumerate(parts):
+        st = os.stat(d)
+        last = i == len(parts) - 1
+        root_placed = last and parent is not None and parent.st_uid == 0 and not parent.st_mode & 0o022
+        why = None
+        if st.st_uid not in (uid, 0) and not root_placed:
+            why = "is owned by uid %d, not by us (uid %d) or root" % (st.st_uid, uid)
+        elif st.st_mode & 0o022 and (last or not st.st_mode & stat.S_ISVTX):
+            why = "is writable by %s (mode %04o)" % ("others" if st.st_mode & 0o002 else "its group", st.st_mode & 0o7777)
+        if why:
+            raise NatdError("UNSAFE_SOCKET", "refusing the API socket %s: %s %s; someone else could plant a socket there" % (path, d, why))
+        parent = st
+
+
 class Client:
     """One connection to natd. Not thread-safe; one request at a time."""
 
@@ -68,6 +100,7 @@ class Client:
         self._next_id = 1
         self._buffer = b""
         self._queued_events = collections.deque()
+        check_socket_dir(self.path)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self._sock.connect(self.path)
@@ -181,7 +214,7 @@ def main(argv=None):
                 print(json.dumps(natd.call(method, params), indent=2))
     except NatdError as err:
         print("natd_api: %s [%s]" % (err.message, err.code), file=sys.stderr)
-        return EXIT_NOT_RUNNING if err.code == "NOT_RUNNING" else EXIT_ERROR
+        return EXIT_BY_CODE.get(err.code, EXIT_ERROR)
     except KeyboardInterrupt:
         return EXIT_OK
     except BrokenPipeError:  # e.g. `watch | head -1`

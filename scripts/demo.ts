@@ -80,9 +80,10 @@ async function inLab(): Promise<void> {
   try {
     say(`natd-rendezvous on ${lab.server.ip}, the only host with a public address`)
     await n.startServer()
-    say(`natd on alice (${lab.hosts.alice!.ip} behind NAT ${lab.routers.alice!.wanIp}) and bob (${lab.hosts.bob!.ip} behind NAT ${lab.routers.bob!.wanIp})`)
-    await n.startAgent('alice')
-    await n.startAgent('bob')
+    const server = n.pinnedServer
+    say(`natd on alice (${lab.hosts.alice!.ip} behind NAT ${lab.routers.alice!.wanIp}) and bob (${lab.hosts.bob!.ip} behind NAT ${lab.routers.bob!.wanIp}), pinning the server's key: --server ${server}`)
+    await n.startAgent('alice', { extra: ['--server', server] })
+    await n.startAgent('bob', { extra: ['--server', server] })
     await tour({
       socket: (who) => n.agents[who]!.socket,
       run: (who, argv) => execFileSync('ip', ['netns', 'exec', lab.hosts[who]!.ns, ...argv], { encoding: 'utf8' }),

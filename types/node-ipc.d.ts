@@ -9,6 +9,7 @@ declare module 'node-ipc' {
       secureSocketRoot: boolean
       parser: 'raw' | 'fast' | 'guarded' | 'assured'
       maxMessageSize: number
+      maxPendingBytes: number
       maxConnections: number
       stopRetrying: boolean
       maxRetries: number

@@ -12,11 +12,13 @@ import { NatdError, type ErrorCode } from '../protocol/errors.js'
 import { ago, bytes, peerLabel, table } from './format.js'
 import { formatFiles, formatPartials, parseSize, processIo, runCp, runMessages } from './transfer-commands.js'
 
-export const EXIT = { OK: 0, ERROR: 1, USAGE: 2, NOT_RUNNING: 3, WRONG_PEER: 4 } as const
+export const EXIT = { OK: 0, ERROR: 1, USAGE: 2, NOT_RUNNING: 3, WRONG_PEER: 4, BUSY: 5, UNSAFE_SOCKET: 6 } as const
 
 /** Error codes with their own exit status; every other code exits with EXIT.ERROR. */
 export const EXIT_BY_CODE: Partial<Record<ErrorCode, number>> = {
   NOT_RUNNING: EXIT.NOT_RUNNING,
+  BUSY: EXIT.BUSY,
+  UNSAFE_SOCKET: EXIT.UNSAFE_SOCKET,
   KEY_MISMATCH: EXIT.WRONG_PEER,
   PEER_MISMATCH: EXIT.WRONG_PEER
 }

@@ -245,7 +245,7 @@ export class Agent {
   private async checkNat(): Promise<void> {
     try {
       const server = await resolveServer(this.server)
-      const { verdict, samples } = await this.natCheck!.verdict(server, server.port + 1, lanEndpoints(this.localPort))
+      const { verdict, samples } = await this.natCheck!.verdict(server, server.port + 1, localEndpoints(this.localPort))
       const changed = verdict !== this.nat
       this.nat = verdict
       // Logged when the verdict changes; the periodic re-checks are debug.
@@ -264,7 +264,7 @@ export class Agent {
     const started = Date.now()
     const server = await resolveServer(this.server)
     const localPort = this.localPort
-    const r = await this.natCheck.netcheck(server, server.port + 1, lanEndpoints(localPort))
+    const r = await this.natCheck.netcheck(server, server.port + 1, localEndpoints(localPort))
     const previousNat = this.nat
     const natChanged = r.verdict !== 'unknown' && r.verdict !== previousNat
     if (natChanged) {
@@ -472,11 +472,19 @@ export class Agent {
   }
 }
 
-/** This host's LAN candidates: its private IPv4 addresses (protocol/lan.ts says which), at our UDP port. */
-export function lanEndpoints(port: number): Endpoint[] {
+/**
+ * Every non-internal IPv4 address of this host, at our UDP port: the NAT check compares
+ * them with what the server sees (a public host sees its own address: no NAT).
+ */
+export function localEndpoints(port: number): Endpoint[] {
   const out: Endpoint[] = []
   for (const addrs of Object.values(os.networkInterfaces())) {
     for (const a of addrs ?? []) if (!a.internal && a.family === 'IPv4') out.push({ host: a.address, port })
   }
-  return lanCandidates(out)
+  return out
+}
+
+/** This host's LAN candidates: its private addresses only (protocol/lan.ts says which). */
+export function lanEndpoints(port: number): Endpoint[] {
+  return lanCandidates(localEndpoints(port))
 }

@@ -20,6 +20,7 @@ import net from 'node:net'
 import { parseDuration } from '../protocol/duration.js'
 import { generateKeyPair, isValidName, NAME_RULE, type KeyPair } from '../protocol/identity.js'
 import { parseServerSpec } from './server-address.js'
+import { writeFileAtomic } from './state-files.js'
 import { isPeerId, type PeerRef } from '../protocol/peer-ref.js'
 import { LOG_LEVELS, type LogLevel } from './logger.js'
 import { isCurrent, migrateAllowEntry, type AllowEntry } from './allow-list.js'
@@ -252,9 +253,8 @@ export class StateStore {
       }
     }
     const kp = generateKeyPair()
-    const tmp = `${file}.tmp`
-    fs.writeFileSync(tmp, JSON.stringify({ publicKey: kp.publicKey.toString('hex'), secretKey: Buffer.from(kp.secretKey).toString('hex') }) + '\n', { mode: 0o600 })
-    fs.renameSync(tmp, file)
+    // fsynced before natd goes on: a crash must not leave an agent that registered a key it lost.
+    writeFileAtomic(file, JSON.stringify({ publicKey: kp.publicKey.toString('hex'), secretKey: Buffer.from(kp.secretKey).toString('hex') }) + '\n')
     return kp
   }
 }

@@ -36,7 +36,7 @@ const HIDDEN_BY_PROTECT_HOME = ['/home', '/root', '/run/user']
 export const CONFIG_TEMPLATE =
   JSON.stringify(
     {
-      '//': 'natd service configuration (docs/SERVICE.md). Apply changes: systemctl reload natd (forwards, exposes, logLevel) or restart natd (the rest).',
+      '//': 'natd service configuration (docs/SERVICE.md). "server": "host:port#KEY" pins the server key (natd-rendezvous --print-key on the server shows it); without #KEY the first key seen is pinned. Apply changes: systemctl reload natd (forwards, exposes, logLevel) or restart natd (the rest).',
       name: '',
       server: '',
       secretFile: null,
@@ -231,7 +231,7 @@ export function installService(opts: ServiceOptions, run: CommandRunner = runCom
   }
   const config = path.join(configDir, path.basename(DEFAULT_CONFIG_FILE))
   report.next.push(
-    `set "name" and "server" in ${config}`,
+    `set "name" and "server" in ${config} ("host:port#KEY", with the key natd-rendezvous --print-key shows on the server)`,
     'start it now and at every boot: sudo systemctl enable --now natd',
     `let a user drive it with natctl: sudo usermod -aG ${SERVICE_USER} USER (then log in again)`,
     'on the rendezvous host instead: edit /etc/natd/rendezvous.env, then sudo systemctl enable --now natd-rendezvous'

@@ -2,13 +2,15 @@
  * The API client natctl (and any Node program) uses: one connection, requests matched
  * to responses by id, events to subscribers. Errors come back as NatdError with the
  * daemon's code; a missing daemon is NOT_RUNNING, a socket we may not use is
- * PERMISSION_DENIED.
+ * PERMISSION_DENIED, a daemon whose API slots are full is BUSY, and a socket in a
+ * directory someone else could have planted it in is UNSAFE_SOCKET (we never connect).
  */
 import fs from 'node:fs'
 import { IPCModule } from 'node-ipc'
 import { isErrorCode, NatdError } from '../protocol/errors.js'
 import type { EventName, Events, MethodName, Params, Result } from './schema.js'
 import { defaultSocketPath } from './schema.js'
+import { checkSocketDir } from './socket-dir.js'
 
 interface IpcClientHandle {
   on(event: string, fn: (...args: never[]) => void): void
@@ -45,12 +47,16 @@ export class ApiClient {
   private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>()
   private readonly listeners = new Set<(event: EventName, data: unknown) => void>()
   private closed = false
+  /** Why the connection ended (the first reason seen): later calls fail with it. */
+  private failure: NatdError | null = null
 
   constructor(readonly socketPath: string) {}
 
-  /** Connects, or rejects with NOT_RUNNING / PERMISSION_DENIED. */
+  /** Connects, or rejects with NOT_RUNNING / PERMISSION_DENIED / UNSAFE_SOCKET. */
   async connect(): Promise<void> {
     const path = this.socketPath
+    // Before anything touches the socket: one an attacker planted must not get our requests.
+    checkSocketDir(path)
     if (!present(path)) throw new NatdError('NOT_RUNNING', `natd is not running (no socket at ${path})`)
     const cfg = this.ipc.config
     cfg.silent = true
@@ -80,6 +86,7 @@ export class ApiClient {
   }
 
   call<M extends MethodName>(method: M, params: Params<M>): Promise<Result<M>> {
+    if (this.failure) return Promise.reject(this.failure)
     if (!this.handle) return Promise.reject(new NatdError('NOT_RUNNING', 'not connected'))
     const id = this.nextId++
     return new Promise<Result<M>>((resolve, reject) => {
@@ -99,11 +106,17 @@ export class ApiClient {
     this.ipc.disconnect('natd')
   }
 
-  private onResponse(data: { id: number; result?: unknown; error?: { code: string; message: string } }): void {
+  private onResponse(data: { id: number | null; result?: unknown; error?: { code: string; message: string } }): void {
+    if (data.id === null) {
+      // natd's answer to the connection rather than to one request (BUSY when it refused
+      // us, BAD_REQUEST for an unreadable frame); it closes the connection next.
+      if (data.error) this.failAll(toError(data.error))
+      return
+    }
     const p = this.pending.get(data.id)
     if (!p) return
     this.pending.delete(data.id)
-    if (data.error) p.reject(new NatdError(isErrorCode(data.error.code) ? data.error.code : 'INTERNAL', data.error.message))
+    if (data.error) p.reject(toError(data.error))
     else p.resolve(data.result)
   }
 
@@ -111,11 +124,16 @@ export class ApiClient {
     for (const l of this.listeners) l(data.event, data.data)
   }
 
-  private failAll(err: Error): void {
+  private failAll(err: NatdError): void {
     if (this.closed) return
+    this.failure ??= err
     for (const p of this.pending.values()) p.reject(err)
     this.pending.clear()
   }
+}
+
+function toError(error: { code: string; message: string }): NatdError {
+  return new NatdError(isErrorCode(error.code) ? error.code : 'INTERNAL', error.message)
 }
 
 function mapConnectError(err: NodeJS.ErrnoException, path: string): NatdError {

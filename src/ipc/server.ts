@@ -4,7 +4,13 @@
  * Socket safety (as wireguard-go does it): the socket is created under a tight umask
  * and then given mode 0660, so only the owner and the socket's group may connect. A
  * socket file left by a crash is replaced; a socket a live daemon answers on is never
- * stolen (we try to connect before we unlink).
+ * stolen (we try to connect before we unlink). The socket's directory must be ours and
+ * writable by nobody else (socket-dir.ts), or natd refuses to listen (UNSAFE_SOCKET).
+ *
+ * Abuse limits (issue "Abuse resistance"; each constant below says why its value):
+ * slots are handed out by ConnectionTable (idle connections are evicted for newcomers,
+ * subscribers are capped), idle connections expire, and a connection that does not read
+ * what natd writes to it is dropped once MAX_QUEUED_BYTES wait for it.
  */
 import fs from 'node:fs'
 import net from 'node:net'
@@ -12,23 +18,72 @@ import path from 'node:path'
 import { IPCModule } from 'node-ipc'
 import { NatdError, toNatdError } from '../protocol/errors.js'
 import type { Logger } from '../protocol/log.js'
+import { ConnectionTable } from './connection-table.js'
+import { checkSocketDir } from './socket-dir.js'
 import { EVENT_NAMES, PARAMS, parseRequest, type EventName, type Events, type MethodName, type Params, type Result } from './schema.js'
 
 export const SOCKET_MODE = 0o660
 /** Largest request frame the daemon reads (node-ipc drops the connection past it). */
 export const MAX_REQUEST_BYTES = 256 * 1024
+
 /**
- * A subscriber that does not read its events is disconnected once this much waits unsent
- * on its socket: without it a peer's flood of messages grew natd's memory by what the
- * subscriber left unread (+33 MB for 1,000 × 16 KB). 64 full-size messages' worth.
+ * Connections held at once. 64 is the limit natd always had; it is no longer a lock-out
+ * point because idle ones are evicted for newcomers (ConnectionTable).
  */
-export const MAX_EVENT_BACKLOG_BYTES = 1024 * 1024
+export const MAX_API_CONNECTIONS = 64
+/**
+ * Subscribed connections held at once: half the slots, so at least 32 are always either
+ * idle (evictable) or busy with a request that ends. A desktop has a handful of watchers.
+ */
+export const MAX_API_SUBSCRIBERS = 32
+/**
+ * A connection with no request in flight and no subscription is closed after this long.
+ * natctl connects and sends its request at once and is done in well under a second; a
+ * script that pauses longer between requests reconnects. Matches node-ipc's 30 s deadline
+ * for finishing a frame.
+ */
+export const API_IDLE_TIMEOUT_MS = 30_000
+/**
+ * Bytes natd keeps queued for one connection (in node's socket buffer, beyond what the
+ * kernel holds). A subscriber that stops reading is dropped when its backlog would pass
+ * this, instead of natd buffering events for it without end (before: +33 MB for 1,000 ×
+ * 16 KB messages). 1 MiB is 4 of the largest frames (MAX_REQUEST_BYTES-sized responses)
+ * and ~60 16 KB messages: a reader that is merely slow for a moment keeps up. The largest
+ * event frame (a `message` of MAX_MESSAGE_BYTES = 16 KiB, at most ~96 KiB JSON-escaped) is
+ * far below it, so one event alone never drops a subscriber that reads.
+ */
+export const MAX_QUEUED_BYTES = 1024 * 1024
+/**
+ * node's own accept limit, a last resort for file descriptors while refused connections
+ * are being closed; the table refuses (with BUSY) long before. Past it node closes new
+ * connections without a word.
+ */
+export const API_ACCEPT_LIMIT = 4 * MAX_API_CONNECTIONS
+/** How long a refused connection may stay half-closed while the client reads why. */
+const REFUSED_LINGER_MS = 1_000
+/** At most one warning per kind of refusal or drop per this long; the rest are counted. */
+const REFUSAL_LOG_INTERVAL_MS = 10_000
+
+/** The abuse limits; each defaults to the constant of the same meaning above. */
+export interface ApiLimits {
+  maxConnections: number
+  maxSubscribers: number
+  idleTimeoutMs: number
+  maxQueuedBytes: number
+}
+
+export const DEFAULT_API_LIMITS: Readonly<ApiLimits> = Object.freeze({
+  maxConnections: MAX_API_CONNECTIONS,
+  maxSubscribers: MAX_API_SUBSCRIBERS,
+  idleTimeoutMs: API_IDLE_TIMEOUT_MS,
+  maxQueuedBytes: MAX_QUEUED_BYTES
+})
 
 export type Handlers = { [M in MethodName]: (params: Params<M>, ctx: { socket: net.Socket }) => Promise<Result<M>> | Result<M> }
 
 interface IpcServerHandle {
   on(event: string, fn: (...args: never[]) => void): void
-  emit(socket: net.Socket, type: string, data: unknown): void
+  emit(socket: net.Socket, type: string, data: unknown): boolean
   start(): void
   stop(): void
   server?: net.Server
@@ -39,16 +94,33 @@ export class ApiServer {
   private readonly ipc = new IPCModule()
   private handle: IpcServerHandle | null = null
   private readonly subscriptions = new Map<net.Socket, Set<EventName>>()
+  private readonly limits: ApiLimits
+  private readonly table: ConnectionTable<net.Socket>
+  private readonly idleTimers = new Map<net.Socket, NodeJS.Timeout>()
+  private readonly refusalLog = new Map<string, { lastMs: number; suppressed: number }>()
 
   constructor(
     private readonly socketPath: string,
     private readonly handlers: Handlers,
-    private readonly log: Logger
-  ) {}
+    private readonly log: Logger,
+    limits: Partial<ApiLimits> = {}
+  ) {
+    this.limits = { ...DEFAULT_API_LIMITS, ...limits }
+    this.table = new ConnectionTable({ maxConnections: this.limits.maxConnections, maxSubscribers: this.limits.maxSubscribers })
+  }
+
+  /** Connections held now (tests and status). */
+  get connectionCount(): number {
+    return this.table.size
+  }
+
+  /** The most bytes ever seen queued for one subscriber after an event was written (tests, abuse suite). */
+  peakQueuedBytes = 0
 
   async start(): Promise<void> {
     const dir = path.dirname(this.socketPath)
     fs.mkdirSync(dir, { recursive: true, mode: 0o750 })
+    checkSocketDir(this.socketPath)
     await claimSocketPath(this.socketPath)
 
     const cfg = this.ipc.config
@@ -59,7 +131,8 @@ export class ApiServer {
     cfg.secureSocketRoot = false // /run/natd is 0750 group natd by design, not 0700
     cfg.parser = 'guarded'
     cfg.maxMessageSize = MAX_REQUEST_BYTES
-    cfg.maxConnections = 64
+    cfg.maxPendingBytes = this.limits.maxQueuedBytes // responses; events are checked in emit()
+    cfg.maxConnections = Math.max(API_ACCEPT_LIMIT, 4 * this.limits.maxConnections)
 
     await new Promise<void>((resolve, reject) => {
       const oldUmask = process.umask(0o177)
@@ -71,12 +144,21 @@ export class ApiServer {
           if (!handle.server?.listening) reject(err)
           else this.log.debug('api connection error', { err: err.message })
         })
+        handle.on('connect', (socket: net.Socket) => {
+          if (socket instanceof net.Socket) this.onConnect(socket)
+        })
         handle.on('request', (data: never, socket: never) => void this.onRequest(data, socket))
-        handle.on('socket.disconnected', (socket: never) => this.subscriptions.delete(socket))
+        handle.on('socket.disconnected', (socket: net.Socket) => this.forget(socket))
         // node-ipc destroys a connection that sends a frame it cannot parse; tell the
         // caller why first, so scripts see BAD_REQUEST rather than a silent hang-up.
         const failure = handle.protocolFailure.bind(handle)
         handle.protocolFailure = (socket, error) => {
+          if ((error as { code?: string }).code === 'ERR_IPC_BACKPRESSURE') {
+            // A client that does not read its responses: writing more would only queue more.
+            this.warnThrottled('api client not reading, dropped', { queuedBytes: socket.writableLength, limitBytes: this.limits.maxQueuedBytes })
+            failure(socket, error)
+            return
+          }
           if (socket.writable) socket.write(encodeFrame('response', { id: null, error: { code: 'BAD_REQUEST', message: `unreadable frame: ${error.message}` } }))
           socket.end()
           setTimeout(() => failure(socket, error), 50).unref()
@@ -91,6 +173,8 @@ export class ApiServer {
   }
 
   stop(): void {
+    for (const t of this.idleTimers.values()) clearTimeout(t)
+    this.idleTimers.clear()
     this.handle?.stop()
     try {
       fs.unlinkSync(this.socketPath)
@@ -99,21 +183,106 @@ export class ApiServer {
     }
   }
 
+  /**
+   * Sends an event to its subscribers. The frame is encoded once; a subscriber whose
+   * unread backlog would pass maxQueuedBytes is dropped (and logged) instead.
+   */
   emit<E extends EventName>(event: E, data: Events[E]): void {
     if (!this.handle) return
+    let frame: string | null = null
+    let bytes = 0
     for (const [socket, events] of this.subscriptions) {
       if (!events.has(event) || socket.destroyed) continue
-      if (socket.writableLength > MAX_EVENT_BACKLOG_BYTES) {
-        this.log.warn('disconnected a subscriber that does not read its events', { backlogBytes: socket.writableLength, event })
-        this.subscriptions.delete(socket)
+      if (frame === null) {
+        frame = encodeFrame('event', { event, data })
+        bytes = Buffer.byteLength(frame)
+      }
+      if (socket.writableLength + bytes > this.limits.maxQueuedBytes) {
+        this.warnThrottled('api subscriber not reading, dropped', { event, queuedBytes: socket.writableLength, limitBytes: this.limits.maxQueuedBytes })
+        this.forget(socket)
         socket.destroy()
         continue
       }
-      this.handle.emit(socket, 'event', { event, data })
+      socket.write(frame)
+      if (socket.writableLength > this.peakQueuedBytes) this.peakQueuedBytes = socket.writableLength
     }
   }
 
+  /** A new connection: a slot, an evicted idle connection to make room, or BUSY. */
+  private onConnect(socket: net.Socket): void {
+    const admission = this.table.admit(socket, performance.now())
+    if (admission.kind === 'refused') {
+      this.warnThrottled('api busy, connection refused', { connections: this.table.size, subscribers: this.table.subscriberCount })
+      const error = { code: 'BUSY', message: `natd is busy: all ${this.limits.maxConnections} API connections are in use (${this.table.subscriberCount} subscribed, the rest waiting for answers); try again shortly` }
+      // end(), not destroy(): the client may be writing its request right now, and a
+      // closed read side would fail that write (EPIPE) before it reads why.
+      socket.end(encodeFrame('response', { id: null, error }))
+      setTimeout(() => socket.destroy(), REFUSED_LINGER_MS).unref()
+      return
+    }
+    if (admission.kind === 'admitted-evicting') {
+      this.log.debug('api idle connection evicted for a new one', { idleMs: Math.round(admission.idleMs) })
+      this.closeIdle(admission.evicted)
+    }
+    this.armIdle(socket)
+  }
+
+  private armIdle(socket: net.Socket): void {
+    this.disarmIdle(socket)
+    const timer = setTimeout(() => this.onIdleExpired(socket), this.limits.idleTimeoutMs)
+    timer.unref()
+    this.idleTimers.set(socket, timer)
+  }
+
+  private disarmIdle(socket: net.Socket): void {
+    const timer = this.idleTimers.get(socket)
+    if (timer) clearTimeout(timer)
+    this.idleTimers.delete(socket)
+  }
+
+  private onIdleExpired(socket: net.Socket): void {
+    this.idleTimers.delete(socket)
+    if (!this.table.isIdle(socket)) return
+    this.log.debug('api idle connection closed', { idleTimeoutMs: this.limits.idleTimeoutMs })
+    this.closeIdle(socket)
+  }
+
+  private closeIdle(socket: net.Socket): void {
+    this.forget(socket)
+    socket.destroy()
+  }
+
+  private forget(socket: net.Socket): void {
+    this.disarmIdle(socket)
+    this.table.remove(socket)
+    this.subscriptions.delete(socket)
+  }
+
+  /** One warning per message per REFUSAL_LOG_INTERVAL_MS, with how many were not logged. */
+  private warnThrottled(message: string, fields: Record<string, unknown>): void {
+    const now = performance.now()
+    const entry = this.refusalLog.get(message)
+    if (entry && now - entry.lastMs < REFUSAL_LOG_INTERVAL_MS) {
+      entry.suppressed++
+      return
+    }
+    this.log.warn(message, { ...fields, notLogged: entry?.suppressed ?? 0 })
+    this.refusalLog.set(message, { lastMs: now, suppressed: 0 })
+  }
+
   private async onRequest(data: unknown, socket: net.Socket): Promise<void> {
+    if (!this.table.has(socket)) return // evicted or refused while this frame was read
+    this.table.requestStarted(socket, performance.now())
+    this.disarmIdle(socket)
+    try {
+      await this.answer(data, socket)
+    } finally {
+      this.table.requestFinished(socket, performance.now())
+      if (this.table.isIdle(socket)) this.armIdle(socket)
+    }
+  }
+
+  private async answer(data: unknown, socket: net.Socket): Promise<void> {
     // Echo the caller's id even when the rest of the request is bad, so it can match the error.
     const raw = (data as { id?: unknown } | null)?.id
     let id: number | string | null = (typeof raw === 'number' && Number.isSafeInteger(raw)) || (typeof raw === 'string' && raw.length <= 64) ? raw : null
@@ -123,6 +292,9 @@ export class ApiServer {
       if (req.method === 'subscribe') {
         const params = PARAMS.subscribe(req.params, 'params')
         const events = params.events.length ? params.events : [...EVENT_NAMES]
+        if (!this.table.subscribe(socket)) {
+          throw new NatdError('BUSY', `natd is busy: ${this.limits.maxSubscribers} connections are subscribed already; close one and try again`)
+        }
         this.subscriptions.set(socket, new Set(events))
         return this.reply(socket, id, { subscribed: events })
       }

@@ -10,6 +10,8 @@ export const ERROR_CODES = [
   'NOT_RUNNING', // natctl: no daemon behind the socket
   'PERMISSION_DENIED', // natctl: the socket exists but we may not use it
   'ALREADY_RUNNING', // natd: another live daemon holds the socket
+  'BUSY', // the local API refused a connection or subscription: its slots are full
+  'UNSAFE_SOCKET', // the API socket's directory is not ours or others may write it
   'NOT_REGISTERED', // the agent has no live registration with the server
   'SERVER_UNREACHABLE',
   'PEER_UNKNOWN', // no such name/ID on the server
@@ -24,6 +26,7 @@ export const ERROR_CODES = [
   'CONNECT_FAILED', // the peer exposes the port but nothing answers there
   'TUNNEL_CLOSED',
   'RELAY_LIMIT', // the relay ended the tunnel: bytes, time or tunnel count over its limits
+  'RATE_LIMITED', // the rendezvous server refused work over a per-source or per-key limit; try again later
   'PORT_IN_USE',
   'INVALID_ARGUMENT',
   'TIMEOUT',

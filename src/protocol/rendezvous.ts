@@ -468,6 +468,14 @@ export function decode(buf: Uint8Array): Message {
 export class FrameSplitter {
   private pending: Buffer = Buffer.alloc(0)
 
+  /** `maxBytes`: a larger length prefix throws (a reader may lower it as a connection's role becomes known). */
+  constructor(public maxBytes: number = MAX_TCP_FRAME_BYTES) {}
+
+  /** Bytes held: a partial frame, or frames not yet taken. */
+  get pendingBytes(): number {
+    return this.pending.length
+  }
+
   push(chunk: Buffer): Buffer[] {
     this.add(chunk)
     const frames: Buffer[] = []
@@ -484,7 +492,7 @@ export class FrameSplitter {
   next(): Buffer | null {
     if (this.pending.length < 4) return null
     const len = this.pending.readUInt32BE(0)
-    if (len > MAX_TCP_FRAME_BYTES) throw new ProtocolError('BAD_REQUEST', `frame of ${len} bytes exceeds ${MAX_TCP_FRAME_BYTES}`)
+    if (len > this.maxBytes) throw new ProtocolError('BAD_REQUEST', `frame of ${len} bytes exceeds ${this.maxBytes}`)
     if (this.pending.length < 4 + len) return null
     const f = this.pending.subarray(4, 4 + len)
     this.pending = this.pending.subarray(4 + len)

@@ -15,6 +15,7 @@ import { FileNameStore } from './file-name-store.js'
 import { namesLs, namesRm } from './names-command.js'
 import { RendezvousServer } from './server.js'
 import { defaultServerStateDir, ensureStateDir, KEY_FILE, loadServerKey } from './server-identity.js'
+import { DEFAULT_SERVER_LIMITS, INTRO_SOURCE_FACTOR, type ServerLimits } from './limits.js'
 import type { RelayLimits } from './relay.js'
 
 /** Suggested to agents: Linux conntrack forgets an idle UDP mapping after 30 s. */
@@ -23,6 +24,8 @@ const DEFAULT_HEARTBEAT = '20s'
 const DEFAULT_NAME_TTL = '90d'
 
 type ServerArgs = Awaited<ReturnType<ReturnType<typeof serverOptions>['parseAsync']>>
+
+const D = DEFAULT_SERVER_LIMITS
 
 /** The options of the default command (run the server). */
 function serverOptions(y: Argv<{ 'state-dir': string | undefined }>) {
@@ -43,6 +46,14 @@ function serverOptions(y: Argv<{ 'state-dir': string | undefined }>) {
     .option('relay-max-seconds', { type: 'string', default: '2h', describe: 'how long one relayed tunnel may last' })
     .option('relay-rate', { type: 'string', default: '8MiB', describe: 'bytes per second per direction of one relayed tunnel' })
     .option('relay-max-tunnels', { type: 'number', default: 100, describe: 'relayed tunnels at once' })
+    .option('relay-max-permits', { type: 'number', default: D.maxRelayPermitsPerKey, describe: 'relay permissions one agent may hold unused at once (each lives 30 s)' })
+    .option('max-unauth-per-ip', { type: 'number', default: D.maxUnauthPerSource, describe: 'unauthenticated connections at once from one IPv4 address or IPv6 /64' })
+    .option('max-unauth', { type: 'number', default: D.maxUnauth, describe: 'unauthenticated connections at once, all sources' })
+    .option('max-conns-per-ip', { type: 'number', default: D.maxConnsPerSource, describe: 'connections at once from one IPv4 address or IPv6 /64 (control and relay)' })
+    .option('auth-timeout', { type: 'string', default: `${D.authTimeoutMs / 1000}s`, describe: 'a connection must register or bind a relay this long after it opened (absolute)' })
+    .option('sessions-per-minute', { type: 'number', default: D.sessionsPerMinute, describe: 'Noise handshakes (registrations) per minute from one IPv4 address or IPv6 /64' })
+    .option('introductions-per-minute', { type: 'number', default: D.introductionsPerMinute, describe: `introductions per minute per agent (an address gets ${INTRO_SOURCE_FACTOR} times that)` })
+    .option('relays-per-minute', { type: 'number', default: D.relaysPerMinute, describe: 'relay binds per minute from one IPv4 address or IPv6 /64' })
     .option('log-level', { choices: LOG_LEVELS, default: 'info' as const })
 }
 
@@ -99,7 +110,19 @@ async function runServer(argv: ServerArgs): Promise<void> {
   let heartbeatMs: number
   let nameTtlMs: number
   let relay: RelayLimits | null = null
+  let limits: Partial<ServerLimits>
   try {
+    limits = {
+      maxUnauthPerSource: positiveInt(argv['max-unauth-per-ip'], '--max-unauth-per-ip'),
+      maxUnauth: positiveInt(argv['max-unauth'], '--max-unauth'),
+      maxConnsPerSource: positiveInt(argv['max-conns-per-ip'], '--max-conns-per-ip'),
+      authTimeoutMs: parseDuration(argv['auth-timeout']),
+      sessionsPerMinute: positiveInt(argv['sessions-per-minute'], '--sessions-per-minute'),
+      introductionsPerMinute: positiveInt(argv['introductions-per-minute'], '--introductions-per-minute'),
+      relaysPerMinute: positiveInt(argv['relays-per-minute'], '--relays-per-minute'),
+      maxRelayPermitsPerKey: positiveInt(argv['relay-max-permits'], '--relay-max-permits')
+    }
+    if (limits.authTimeoutMs! <= 0) throw new RangeError('--auth-timeout must be more than 0')
     peerTimeoutMs = parseDuration(argv['peer-timeout'])
     heartbeatMs = parseDuration(argv.heartbeat)
     nameTtlMs = parseDuration(argv['name-ttl'])
@@ -148,7 +171,7 @@ async function runServer(argv: ServerArgs): Promise<void> {
     usage(`cannot open the names file in ${stateDir}: ${(err as Error).message}`)
   }
   const server = new RendezvousServer(
-    { host: argv.host, port: argv.port, altPort: argv['alt-port'], altHost, secret, peerTimeoutMs, heartbeatMs, relay, nameTtlMs },
+    { host: argv.host, port: argv.port, altPort: argv['alt-port'], altHost, secret, peerTimeoutMs, heartbeatMs, relay, nameTtlMs, limits },
     { log: log.child({ component: 'rendezvous' }), keyPair, names }
   )
   try {
@@ -167,6 +190,11 @@ async function runServer(argv: ServerArgs): Promise<void> {
   }
   process.on('SIGTERM', () => shutdown('SIGTERM'))
   process.on('SIGINT', () => shutdown('SIGINT'))
+}
+
+function positiveInt(n: number, flag: string): number {
+  if (!Number.isInteger(n) || n < 1) throw new RangeError(`${flag} must be a positive integer`)
+  return n
 }
 
 function usage(message: string): never {

@@ -13,8 +13,24 @@ import { NatdError } from '../protocol/errors.js'
 import { verify } from '../protocol/identity.js'
 import { encode, frame, MSG, relaySigned, type Message } from '../protocol/rendezvous.js'
 
-/** A relay permission lives this long after the introduction that granted it. */
+/**
+ * A relay permission lives this long after the introduction that granted it; a side
+ * bound to it is closed when it expires unpaired (absolute: prune() does it, once a
+ * second from the server's sweep, however the side trickles).
+ */
 export const RELAY_BIND_TIMEOUT_MS = 30_000
+/**
+ * What one side may have the server hold before its peer binds (its Noise handshake
+ * start; frames plus a partial frame): at RELAY_EARLY_PAUSE_BYTES the server stops
+ * reading the socket until the pairing, and one more read (≤ 64 KiB, libuv's read
+ * size) keeps it within RELAY_EARLY_MAX_BYTES.
+ */
+export const RELAY_EARLY_MAX_BYTES = 256 * 1024
+export const RELAY_EARLY_PAUSE_BYTES = RELAY_EARLY_MAX_BYTES - 64 * 1024
+/** Relay permissions pending at once, all keys together: × ~0.3 KiB each, ≤ ~20 MiB. */
+export const MAX_RELAY_PERMITS = 65_536
+/** Relay permissions one key may hold at once (the agent that asked for the introduction). */
+export const DEFAULT_RELAY_PERMITS_PER_KEY = 32
 
 export interface RelayLimits {
   maxBytes: number
@@ -22,6 +38,8 @@ export interface RelayLimits {
   /** Bytes per second per direction. */
   rate: number
   maxTunnels: number
+  /** Permissions one key may hold at once (--relay-max-permits); default DEFAULT_RELAY_PERMITS_PER_KEY. */
+  maxPermitsPerKey?: number
 }
 
 export const DEFAULT_RELAY_LIMITS: RelayLimits = {
@@ -35,10 +53,15 @@ interface Side {
   socket: net.Socket
   /** Frames that arrived after RELAY and before the pairing (the peer was not bound yet). */
   early: Buffer[]
+  earlyBytes: number
+  /** held() stopped reading it until the pairing. */
+  held: boolean
 }
 
 interface Pending {
   expires: number
+  /** Whose permission count this holds (the initiator's key, hex). */
+  owner: string
   names: [string, string]
   /** The keys of the introduced agents (initiator, responder): only they may bind a side. */
   keys: [Uint8Array, Uint8Array]
@@ -58,6 +81,10 @@ interface Active {
 export class Relay {
   private readonly pending = new Map<string, Pending>()
   private readonly active = new Set<Active>()
+  /** Bound sides waiting for their peer, by socket. */
+  private readonly unpaired = new Map<net.Socket, Side>()
+  private readonly permitsByKey = new Map<string, number>()
+  private earlyTotal = 0
 
   constructor(
     private readonly limits: RelayLimits,
@@ -74,10 +101,40 @@ export class Relay {
     return this.pending.size
   }
 
-  /** The server introduced these two agents with a path that may need the relay. */
+  /** Bytes held for sides not yet paired (RELAY_EARLY_MAX_BYTES each at most). */
+  get earlyBytes(): number {
+    return this.earlyTotal
+  }
+
+  /**
+   * The server introduced these two agents with a path that may need the relay. Throws
+   * NatdError RELAY_LIMIT when the initiator already holds its maximum of permissions,
+   * or the relay holds MAX_RELAY_PERMITS.
+   */
   allow(introId: Uint8Array, names: [string, string], keys: [Uint8Array, Uint8Array]): void {
     this.prune()
-    this.pending.set(Buffer.from(introId).toString('hex'), { expires: this.clock.now() + RELAY_BIND_TIMEOUT_MS, names, keys, initiator: null, responder: null })
+    const owner = Buffer.from(keys[0]).toString('hex')
+    const held = this.permitsByKey.get(owner) ?? 0
+    const max = this.limits.maxPermitsPerKey ?? DEFAULT_RELAY_PERMITS_PER_KEY
+    if (held >= max) throw new NatdError('RELAY_LIMIT', `you already hold ${max} relay permissions not yet used; they expire ${RELAY_BIND_TIMEOUT_MS / 1000} s after their introduction`)
+    if (this.pending.size >= MAX_RELAY_PERMITS) throw new NatdError('RELAY_LIMIT', 'the relay holds its maximum of pending permissions; try again shortly')
+    this.permitsByKey.set(owner, held + 1)
+    this.pending.set(Buffer.from(introId).toString('hex'), { expires: this.clock.now() + RELAY_BIND_TIMEOUT_MS, owner, names, keys, initiator: null, responder: null })
+  }
+
+  private forget(key: string, p: Pending): void {
+    this.pending.delete(key)
+    const n = (this.permitsByKey.get(p.owner) ?? 1) - 1
+    if (n > 0) this.permitsByKey.set(p.owner, n)
+    else this.permitsByKey.delete(p.owner)
+  }
+
+  private dropSide(side: Side | null): void {
+    if (!side || this.unpaired.get(side.socket) !== side) return
+    this.unpaired.delete(side.socket)
+    this.earlyTotal -= side.earlyBytes
+    side.early = []
+    side.earlyBytes = 0
   }
 
   /**
@@ -91,7 +148,13 @@ export class Relay {
     // a walk over every pending entry per introduction cost the server its CPU at scale.
     for (const [k, p] of this.pending) {
       if (p.expires >= now) break
-      this.pending.delete(k)
+      this.forget(k, p)
+      // A side bound to it whose peer never came: closed now, however it trickled.
+      for (const side of [p.initiator, p.responder]) {
+        if (!side) continue
+        this.dropSide(side)
+        side.socket.destroy()
+      }
     }
   }
 
@@ -111,11 +174,14 @@ export class Relay {
     }
     if (p[side]) throw new NatdError('BAD_REQUEST', `the ${side} side of this introduction is already bound`)
     if (this.active.size >= this.limits.maxTunnels) throw new NatdError('RELAY_LIMIT', `the relay already carries its maximum of ${this.limits.maxTunnels} tunnels`)
-    p[side] = { socket, early: [] }
+    const s: Side = { socket, early: [], earlyBytes: 0, held: false }
+    p[side] = s
+    this.unpaired.set(socket, s)
+    socket.once('close', () => this.dropSide(s))
     // A connection the peer never joins must not stay open: it gets the bind timeout.
     socket.setTimeout(Math.max(1, p.expires - this.clock.now()), () => socket.destroy())
     if (p.initiator && p.responder) {
-      this.pending.delete(key)
+      this.forget(key, p)
       this.start(p.names, p.initiator, p.responder)
     }
   }
@@ -124,13 +190,24 @@ export class Relay {
   onFrame(socket: net.Socket, body: Buffer): void {
     const route = this.routes.get(socket)
     if (route) return route(body)
-    // Not paired yet: keep it (the start of the Noise handshake; a handful of frames).
-    for (const p of this.pending.values()) {
-      const side = p.initiator?.socket === socket ? p.initiator : p.responder?.socket === socket ? p.responder : null
-      if (side) {
-        if (side.early.length < 16) side.early.push(body)
-        return
-      }
+    // Not paired yet: keep it (the start of the Noise handshake); held() pauses the socket past its budget.
+    const side = this.unpaired.get(socket)
+    if (!side) return
+    side.early.push(body)
+    side.earlyBytes += body.length
+    this.earlyTotal += body.length
+  }
+
+  /**
+   * After each read on a relay connection: with `partialBytes` (a frame still coming)
+   * and its early frames at RELAY_EARLY_PAUSE_BYTES before the pairing, stop reading it
+   * (backpressure: its TCP window fills; start() reads on).
+   */
+  held(socket: net.Socket, partialBytes: number): void {
+    const side = this.unpaired.get(socket)
+    if (side && side.earlyBytes + partialBytes >= RELAY_EARLY_PAUSE_BYTES) {
+      side.held = true
+      socket.pause()
     }
   }
 
@@ -149,14 +226,20 @@ export class Relay {
     this.active.add(t)
     a.socket.setTimeout(0)
     b.socket.setTimeout(0)
+    const early = [a.early, b.early]
+    this.dropSide(a)
+    this.dropSide(b)
     const ok = frame(encode({ type: 'relay-ok' }))
     a.socket.write(ok)
     b.socket.write(ok)
     this.log.info('relaying', { a: names[0], b: names[1], tunnels: this.active.size })
     this.pipe(t, a.socket, b.socket)
     this.pipe(t, b.socket, a.socket)
-    for (const f of a.early) this.routes.get(a.socket)?.(f)
-    for (const f of b.early) this.routes.get(b.socket)?.(f)
+    for (const f of early[0]!) this.routes.get(a.socket)?.(f)
+    for (const f of early[1]!) this.routes.get(b.socket)?.(f)
+    // Read on from a side held() paused, unless its early frames already filled the other side.
+    if (a.held && !b.socket.writableNeedDrain) a.socket.resume()
+    if (b.held && !a.socket.writableNeedDrain) b.socket.resume()
   }
 
   /** Installs the forwarding path from `from` to `to`. */

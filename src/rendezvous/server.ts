@@ -20,6 +20,7 @@ import { lanCandidates } from '../protocol/lan.js'
 import { systemClock, type Clock, type Logger } from '../protocol/log.js'
 import {
   DATAGRAM_KEY_BYTES,
+  MAX_TCP_FRAME_BYTES,
   decode,
   encode,
   frame,
@@ -36,6 +37,9 @@ import {
 } from '../protocol/rendezvous.js'
 import { isStun } from '../protocol/stun.js'
 import { secureSocket } from '../tunnel/secure-socket.js'
+import { Counter, DEFAULT_SERVER_LIMITS, INTRO_SOURCE_FACTOR, RateLimiter, sourceOf, type ServerLimits } from './limits.js'
+import { NoiseMeter } from './noise-meter.js'
+import { RefusalLog } from './refusal-log.js'
 import { StunResponder, type StunSlot } from './stun-responder.js'
 import type { NameStore } from './name-store.js'
 import { Registry, type RegRef, type Registration } from './registry.js'
@@ -46,9 +50,28 @@ export const REGISTER_CLOCK_SKEW_MS = 60_000
 /**
  * A TCP connection must finish its Noise handshake and register (or bind a relay)
  * within this long from its accept, or it is closed: an absolute deadline, not an idle
- * timer, so a client trickling a byte at a time cannot hold it open.
+ * timer, so a client trickling a byte at a time cannot hold it open (--auth-timeout;
+ * limits.ts's authTimeoutMs).
  */
-export const TCP_AUTH_TIMEOUT_MS = 10_000
+export const TCP_AUTH_TIMEOUT_MS = DEFAULT_SERVER_LIMITS.authTimeoutMs
+/**
+ * Largest frame in the clear (before SECURE or RELAY): SECURE is empty and RELAY 85
+ * bytes; 1 KiB still lets a version-1 REGISTER (< 1 KiB) reach its clear refusal.
+ */
+export const MAX_CLEAR_FRAME_BYTES = 1024
+/** Largest Noise message from an agent: its largest message, a REGISTER, is < 1 KiB (noise-meter.ts). */
+export const MAX_AGENT_MESSAGE_BYTES = 16 * 1024
+/** Largest frame on a bound relay connection: agents send RELAY_DATA of ≤ 64 KiB (relay-client.ts). */
+export const MAX_RELAY_FRAME_BYTES = 128 * 1024
+/**
+ * An agent that does not read its answers: past this many unsent bytes the server
+ * stops reading its requests until they drain (a PEERS answer is ≤ MAX_TCP_FRAME_BYTES)…
+ */
+export const REQUEST_BACKLOG_BYTES = 64 * 1024
+/** …and past this many (peer events pile up too) it closes the connection. */
+export const MAX_SEND_BACKLOG_BYTES = MAX_TCP_FRAME_BYTES + 256 * 1024
+/** How often a connection held by REQUEST_BACKLOG_BYTES checks whether it may read on. */
+export const BACKLOG_POLL_MS = 50
 /** A connection we end (after an error) is destroyed this long after if the peer never closes its side. */
 export const END_LINGER_MS = 2_000
 /** Expiry sweep period; bounds how late past --peer-timeout a silent agent is dropped. */
@@ -79,6 +102,8 @@ export interface RendezvousInit {
   relay?: RelayLimits | null
   /** Release a name whose holder has not been seen for this long (--name-ttl). Default: registry.ts's DEFAULT_NAME_TTL_MS. */
   nameTtlMs?: number
+  /** Per-source and per-key limits (limits.ts); each missing one takes its default. */
+  limits?: Partial<ServerLimits>
 }
 
 export interface RendezvousComponents {
@@ -93,6 +118,15 @@ export interface RendezvousComponents {
 interface TcpConn {
   socket: net.Socket
   remote: Endpoint
+  /** What per-source limits count it against (limits.ts sourceOf). */
+  source: string
+  /** Counted among the unauthenticated connections (until it registers or binds a relay). */
+  unauth: boolean
+  /** After SECURE: the Noise messages' sizes and starts (noise-meter.ts). */
+  meter: NoiseMeter | null
+  /** Closes the connection unless the message under way ends in time (messageTimeoutMs). */
+  messageTimer: NodeJS.Timeout | null
+  messageTimerFor: number | null
   nonce: Buffer
   /** The registration this connection controls, once it has registered. */
   reg: RegRef | null
@@ -123,6 +157,15 @@ export class RendezvousServer {
   /** Heartbeat keys are derived from this and the registration (never stored per agent). */
   private readonly udpKeySecret = randomBytes(32)
   readonly relay: Relay | null
+  readonly limits: ServerLimits
+  private readonly refusals: RefusalLog
+  private readonly unauthBySource = new Counter()
+  private readonly connsBySource = new Counter()
+  private readonly sessionRate: RateLimiter
+  private readonly registerRate: RateLimiter
+  private readonly introKeyRate: RateLimiter
+  private readonly introSourceRate: RateLimiter
+  private readonly relayRate: RateLimiter
 
   constructor(
     private readonly init: RendezvousInit,
@@ -134,7 +177,26 @@ export class RendezvousServer {
     this.registry = new Registry(this.clock, init.peerTimeoutMs, { names: components.names, nameTtlMs: init.nameTtlMs })
     this.secretKey = init.secret ? networkSecretKey(init.secret) : null
     this.stun = new StunResponder({ host: init.host, port: init.port, altPort: init.altPort, altHost: init.altHost ?? null })
-    this.relay = init.relay ? new Relay(init.relay, this.clock, this.log.child({ component: 'relay' })) : null
+    this.limits = { ...DEFAULT_SERVER_LIMITS, ...init.limits }
+    const L = this.limits
+    this.relay = init.relay ? new Relay({ maxPermitsPerKey: L.maxRelayPermitsPerKey, ...init.relay }, this.clock, this.log.child({ component: 'relay' })) : null
+    this.refusals = new RefusalLog(this.log, this.clock)
+    this.sessionRate = new RateLimiter(L.sessionsPerMinute, this.clock)
+    this.registerRate = new RateLimiter(L.registrationsPerKeyPerMinute, this.clock)
+    this.introKeyRate = new RateLimiter(L.introductionsPerMinute, this.clock)
+    this.introSourceRate = new RateLimiter(L.introductionsPerMinute * INTRO_SOURCE_FACTOR, this.clock)
+    this.relayRate = new RateLimiter(L.relaysPerMinute, this.clock)
+  }
+
+  /**
+   * What strangers currently hold on this server: connections, the unauthenticated
+   * ones, and the bytes held for them (partial frames and Noise messages, early relay
+   * frames). The abuse suite asserts its bounds.
+   */
+  stats(): { conns: number; unauth: number; heldBytes: number } {
+    let held = this.relay?.earlyBytes ?? 0
+    for (const c of this.conns) held += c.splitter.pendingBytes + (c.meter?.heldBytes ?? 0)
+    return { conns: this.conns.size, unauth: this.unauthBySource.total, heldBytes: held }
   }
 
   async start(): Promise<void> {
@@ -153,7 +215,8 @@ export class RendezvousServer {
       altHost: this.init.altHost ?? null,
       key: peerId(this.keyPair.publicKey),
       secret: !!this.secretKey,
-      peerTimeoutMs: this.init.peerTimeoutMs
+      peerTimeoutMs: this.init.peerTimeoutMs,
+      limits: this.limits
     })
   }
 
@@ -179,6 +242,7 @@ export class RendezvousServer {
 
   async stop(): Promise<void> {
     if (this.sweepTimer) clearInterval(this.sweepTimer)
+    this.refusals.flush()
     this.relay?.stop()
     for (const c of this.conns) c.socket.destroy()
     for (const [slot, s] of this.udpBySlot) if (slot === 'alt-ip' || slot === 'alt-both') s.close()
@@ -200,8 +264,8 @@ export class RendezvousServer {
       if (sock !== this.udp || !isRendezvousFrame(buf) || buf.length > MAX_UDP_FRAME_BYTES) return
       this.onUdpMessage(decode(buf), from)
     } catch (err) {
-      // Malformed input from an unverified source: never answered, logged at debug only.
-      this.log.debug('bad datagram', { from: `${from.host}:${from.port}`, bytes: buf.length, err: (err as Error).message })
+      // Malformed input from an unverified (spoofable) source: never answered; counted, one line a second at most.
+      this.refusals.refused('bad datagram', from, err instanceof NatdError ? err.code : 'BAD_REQUEST', (err as Error).message)
     }
   }
 
@@ -248,6 +312,9 @@ export class RendezvousServer {
   private acceptRegister(msg: Extract<Message, { type: 'register' }>, conn: TcpConn): Registration {
     const sessionKey = conn.session?.remotePublicKey
     if (!sessionKey || !timingSafeEqual(sessionKey, msg.publicKey)) throw new NatdError('UNAUTHORIZED', 'the registration key is not the key of this session')
+    if (!this.registerRate.take(sessionKey.toString('hex'))) {
+      throw new NatdError('RATE_LIMITED', `this key registered ${this.limits.registrationsPerKeyPerMinute} times in the last minute; try again shortly`)
+    }
     if (!timingSafeEqual(msg.nonce, conn.nonce)) throw new NatdError('UNAUTHORIZED', 'stale or foreign registration nonce')
     if (Math.abs(msg.time - this.clock.now()) > REGISTER_CLOCK_SKEW_MS) throw new NatdError('UNAUTHORIZED', 'registration timestamp out of range')
     if (!verify(msg.signed, msg.signature, msg.publicKey)) throw new NatdError('UNAUTHORIZED', 'bad registration signature')
@@ -283,6 +350,7 @@ export class RendezvousServer {
     // Once a minute, forget the contacts of agents the registry has forgotten.
     if (++this.sweeps % 60 === 0) for (const ref of this.contacts.keys()) if (!this.registry.has(ref)) this.contacts.delete(ref)
     this.relay?.prune()
+    for (const r of [this.sessionRate, this.registerRate, this.introKeyRate, this.introSourceRate, this.relayRate]) r.sweep()
     for (const reg of this.registry.expire()) {
       this.log.info('agent timed out', { name: reg.name, id: reg.id.slice(0, 8) })
       this.closeConnOf(reg.ref)
@@ -294,10 +362,13 @@ export class RendezvousServer {
   private broadcast(about: RegRef, msg: OutgoingMessage): void {
     const bytes = encode(msg)
     if (this.connByPeer.size <= BROADCAST_MAX_AGENTS) {
-      for (const c of this.conns) if (c.reg !== null && c.reg !== about) c.session?.write(bytes)
+      for (const c of this.conns) if (c.reg !== null && c.reg !== about) this.writeSession(c, bytes)
       return
     }
-    for (const ref of this.contacts.get(about) ?? []) this.connByPeer.get(ref)?.session?.write(bytes)
+    for (const ref of this.contacts.get(about) ?? []) {
+      const c = this.connByPeer.get(ref)
+      if (c) this.writeSession(c, bytes)
+    }
   }
 
   /** Agents introduced to each other hear of each other's comings and goings. */
@@ -319,10 +390,37 @@ export class RendezvousServer {
    */
   private onTcpConnection(socket: net.Socket): void {
     const remote = { host: normalizeHost(socket.remoteAddress ?? ''), port: socket.remotePort ?? 0 }
-    const conn: TcpConn = { socket, remote, nonce: randomBytes(NONCE_BYTES), reg: null, splitter: new FrameSplitter(), session: null, relay: false, authTimer: null }
+    const source = sourceOf(remote.host)
+    socket.on('error', () => undefined)
+    const full = this.connectionRefusal(source)
+    if (full) {
+      // Nothing held for it: an ERROR (a legitimate agent logs why and backs off), then gone.
+      this.refusals.refused('connection refused', remote, 'RATE_LIMITED', full)
+      socket.end(frame(encode({ type: 'error', reqId: 0, code: 'RATE_LIMITED', message: full })))
+      setTimeout(() => socket.destroy(), END_LINGER_MS).unref()
+      return
+    }
+    const conn: TcpConn = {
+      socket,
+      remote,
+      source,
+      unauth: true,
+      meter: null,
+      messageTimer: null,
+      messageTimerFor: null,
+      nonce: randomBytes(NONCE_BYTES),
+      reg: null,
+      splitter: new FrameSplitter(MAX_CLEAR_FRAME_BYTES),
+      session: null,
+      relay: false,
+      authTimer: null
+    }
     this.conns.add(conn)
+    this.unauthBySource.add(source)
+    this.connsBySource.add(source)
     socket.setNoDelay(true)
-    conn.authTimer = setTimeout(() => socket.destroy(), TCP_AUTH_TIMEOUT_MS)
+    // Absolute from the accept: covers the clear part, a stalled Noise handshake, and a session that never registers.
+    conn.authTimer = setTimeout(() => this.onAuthExpired(conn), this.limits.authTimeoutMs)
     conn.authTimer.unref()
     const onData = (chunk: Buffer): void => {
       try {
@@ -334,26 +432,57 @@ export class RendezvousServer {
           }
           const msg = decode(f)
           if (msg.type === 'secure') {
+            if (!this.sessionRate.take(conn.source)) {
+              throw new NatdError('RATE_LIMITED', `${this.limits.sessionsPerMinute} sessions a minute from one address; try again shortly`)
+            }
             socket.off('data', onData)
             return this.secure(conn)
           }
           if (msg.type !== 'relay') throw new ProtocolError('UNAUTHORIZED', `${msg.type} outside a secure session (this server speaks protocol 2: upgrade natd)`)
           this.onRelay(conn, msg)
         }
+        if (conn.relay) this.relay?.held(socket, conn.splitter.pendingBytes)
       } catch (err) {
         this.onBadFrame(conn, err)
       }
     }
     socket.on('data', onData)
-    socket.on('error', () => undefined)
     socket.on('close', () => this.onTcpClose(conn))
     socket.write(frame(encode({ type: 'challenge', nonce: conn.nonce, serverTime: this.clock.now() })))
+  }
+
+  /** Why a new connection from `source` is refused at once, or null. */
+  private connectionRefusal(source: string): string | null {
+    const L = this.limits
+    if (this.unauthBySource.get(source) >= L.maxUnauthPerSource) return `${L.maxUnauthPerSource} connections from this address are still unauthenticated`
+    if (this.unauthBySource.total >= L.maxUnauth) return 'the server holds its maximum of unauthenticated connections'
+    if (this.connsBySource.get(source) >= L.maxConnsPerSource) return `${L.maxConnsPerSource} connections from this address at once`
+    return null
+  }
+
+  private onAuthExpired(conn: TcpConn): void {
+    conn.authTimer = null
+    this.refusals.refused('connection timed out', conn.remote, 'TIMEOUT', `did not register or bind a relay within ${this.limits.authTimeoutMs} ms`)
+    conn.socket.destroy()
   }
 
   /** SECURE: the rest of the connection is a Noise session in which the server proves its key. */
   private secure(conn: TcpConn): void {
     const { socket } = conn
-    const session = secureSocket(false, socket, conn.splitter.rest(), this.keyPair)
+    const meter = new NoiseMeter(MAX_AGENT_MESSAGE_BYTES)
+    conn.meter = meter
+    const inspect = (chunk: Buffer): boolean => {
+      try {
+        meter.feed(chunk, this.clock.now())
+      } catch (err) {
+        this.refusals.refused('bad session message', conn.remote, 'BAD_REQUEST', (err as Error).message)
+        socket.destroy() // inside the session the server cannot say why in the clear
+        return false
+      }
+      this.armMessageTimer(conn)
+      return true
+    }
+    const session = secureSocket(false, socket, conn.splitter.rest(), this.keyPair, inspect)
     conn.session = session
     session.on('close', () => socket.destroy())
     session.on('data', (f: Buffer) => {
@@ -362,13 +491,43 @@ export class RendezvousServer {
       } catch (err) {
         this.onBadFrame(conn, err)
       }
+      if (!socket.destroyed && unsentBytes(conn) > REQUEST_BACKLOG_BYTES) this.holdRequests(conn, session)
     })
   }
 
+  /** A message under way must end by its deadline (absolute, from its first byte); the unauthenticated deadline runs besides. */
+  private armMessageTimer(conn: TcpConn): void {
+    const started = conn.meter?.startedAt ?? null
+    if (started === conn.messageTimerFor) return
+    if (conn.messageTimer) clearTimeout(conn.messageTimer)
+    conn.messageTimer = null
+    conn.messageTimerFor = started
+    if (started === null) return
+    conn.messageTimer = setTimeout(() => this.onMessageExpired(conn), Math.max(1, started + this.limits.messageTimeoutMs - this.clock.now()))
+    conn.messageTimer.unref()
+  }
+
+  private onMessageExpired(conn: TcpConn): void {
+    conn.messageTimer = null
+    this.refusals.refused('message timed out', conn.remote, 'TIMEOUT', `a message did not end within ${this.limits.messageTimeoutMs} ms of its start`)
+    conn.socket.destroy()
+  }
+
+  /** Stops reading an agent's requests until what it was sent drains (it may be reading slowly, or not at all). */
+  private holdRequests(conn: TcpConn, session: SecretStream): void {
+    session.pause()
+    const poll = (): void => {
+      if (conn.socket.destroyed) return
+      if (unsentBytes(conn) > REQUEST_BACKLOG_BYTES) setTimeout(poll, BACKLOG_POLL_MS).unref()
+      else session.resume()
+    }
+    setTimeout(poll, BACKLOG_POLL_MS).unref()
+  }
+
   private onBadFrame(conn: TcpConn, err: unknown): void {
-    if (err instanceof ProtocolError) {
+    if (err instanceof NatdError) {
       this.sendTcp(conn, { type: 'error', reqId: 0, code: err.code, message: err.message })
-      this.log.debug('bad tcp frame', { from: fmt(conn.remote), err: err.message })
+      this.refusals.refused('bad tcp frame', conn.remote, err.code, err.message)
       this.endConn(conn)
     } else {
       this.log.error('tcp handler failed', { err: (err as Error).stack })
@@ -385,8 +544,11 @@ export class RendezvousServer {
 
   private onTcpClose(conn: TcpConn): void {
     if (conn.authTimer) clearTimeout(conn.authTimer)
+    if (conn.messageTimer) clearTimeout(conn.messageTimer)
     conn.session?.destroy()
-    this.conns.delete(conn)
+    if (!this.conns.delete(conn)) return
+    if (conn.unauth) this.unauthBySource.remove(conn.source)
+    this.connsBySource.remove(conn.source)
     if (conn.reg !== null && this.connByPeer.get(conn.reg) === conn) {
       this.connByPeer.delete(conn.reg)
       this.registry.clearTcp(conn.reg)
@@ -396,13 +558,25 @@ export class RendezvousServer {
   private authenticated(conn: TcpConn): void {
     if (conn.authTimer) clearTimeout(conn.authTimer)
     conn.authTimer = null
+    if (conn.unauth) this.unauthBySource.remove(conn.source)
+    conn.unauth = false
   }
 
   /** Sends inside the session once there is one (the clear CHALLENGE and pre-session errors go framed). */
   private sendTcp(conn: TcpConn, msg: OutgoingMessage): void {
     if (conn.socket.destroyed) return
-    if (conn.session) conn.session.write(encode(msg))
+    if (conn.session) this.writeSession(conn, encode(msg))
     else conn.socket.write(frame(encode(msg)))
+  }
+
+  /** Writes inside the session; an agent that lets MAX_SEND_BACKLOG_BYTES pile up unread is closed. */
+  private writeSession(conn: TcpConn, bytes: Buffer): void {
+    if (!conn.session || conn.socket.destroyed) return
+    conn.session.write(bytes)
+    if (unsentBytes(conn) > MAX_SEND_BACKLOG_BYTES) {
+      this.refusals.refused('slow reader closed', conn.remote, 'TIMEOUT', `more than ${MAX_SEND_BACKLOG_BYTES} bytes unread`)
+      conn.socket.destroy()
+    }
   }
 
   private onTcpMessage(conn: TcpConn, msg: Message): void {
@@ -418,7 +592,7 @@ export class RendezvousServer {
         this.sendTcp(conn, this.registerAck(reg, conn.remote))
       } catch (err) {
         const e = toNatdError(err)
-        this.logRefused('registration refused', conn.remote, e)
+        this.refusals.refused('registration refused', conn.remote, e.code, e.message)
         this.sendTcp(conn, { type: 'error', reqId: 0, code: e.code, message: e.message })
         this.endConn(conn)
       }
@@ -471,23 +645,9 @@ export class RendezvousServer {
       this.sendTcp(conn, { type: 'ok', reqId: msg.reqId })
     } catch (err) {
       const e = toNatdError(err)
-      this.logRefused('release refused', conn.remote, e)
+      this.refusals.refused('release refused', conn.remote, e.code, e.message)
       this.sendTcp(conn, { type: 'error', reqId: msg.reqId, code: e.code, message: e.message })
     }
-  }
-
-  /** Refusals come from unauthenticated sources: logged at info, but at most once a second (the rest are counted). */
-  private refusedSince = 0
-  private refusedMuted = 0
-  private logRefused(what: string, from: Endpoint, e: NatdError): void {
-    const now = this.clock.now()
-    if (now - this.refusedSince < 1000) {
-      this.refusedMuted++
-      return
-    }
-    this.log.info(what, { from: fmt(from), code: e.code, reason: e.message, ...(this.refusedMuted ? { alsoRefusedSinceLastLine: this.refusedMuted } : {}) })
-    this.refusedSince = now
-    this.refusedMuted = 0
   }
 
   /** Sends both agents each other's candidates at once, so they start punching together. */
@@ -496,6 +656,11 @@ export class RendezvousServer {
     const fail = (code: string, message: string): void => this.sendTcp(conn, { type: 'error', reqId: msg.reqId, code, message })
     if (targetRef === undefined) return fail('PEER_UNKNOWN', `no peer named ${msg.target} on this server`)
     if (targetRef === fromRef) return fail('INVALID_ARGUMENT', 'cannot open a tunnel to yourself')
+    const key = conn.session!.remotePublicKey!.toString('hex')
+    if (!this.introKeyRate.take(key) || !this.introSourceRate.take(conn.source)) {
+      this.refusals.refused('introduction refused', conn.remote, 'RATE_LIMITED', 'over --introductions-per-minute')
+      return fail('RATE_LIMITED', `over ${this.limits.introductionsPerMinute} introductions a minute; try again shortly`)
+    }
     const from = this.registry.peer(fromRef)!
     const target = this.registry.peer(targetRef)!
     const targetConn = this.connByPeer.get(targetRef)
@@ -503,7 +668,15 @@ export class RendezvousServer {
     const introId = randomBytes(INTRO_ID_BYTES)
     // Seals the punching probes: it travels only inside the two Noise sessions.
     const punchKey = randomBytes(DATAGRAM_KEY_BYTES)
-    if (this.relay && (msg.via === 'auto' || msg.via === 'relay')) this.relay.allow(introId, [from.name, target.name], [from.publicKey, target.publicKey])
+    if (this.relay && (msg.via === 'auto' || msg.via === 'relay')) {
+      try {
+        this.relay.allow(introId, [from.name, target.name], [from.publicKey, target.publicKey])
+      } catch (err) {
+        const e = toNatdError(err)
+        this.refusals.refused('introduction refused', conn.remote, e.code, e.message)
+        return fail(e.code, e.message)
+      }
+    }
     this.sendTcp(targetConn, { type: 'introduction', reqId: 0, introId, punchKey, initiator: false, via: msg.via, peer: from })
     this.sendTcp(conn, { type: 'introduction', reqId: msg.reqId, introId, punchKey, initiator: true, via: msg.via, peer: target })
     this.addContact(fromRef, targetRef)
@@ -515,13 +688,15 @@ export class RendezvousServer {
   private onRelay(conn: TcpConn, msg: Extract<Message, { type: 'relay' }>): void {
     try {
       if (!this.relay) throw new NatdError('UNSUPPORTED_PATH', 'this rendezvous server does not relay (--no-relay)')
+      if (!this.relayRate.take(conn.source)) throw new NatdError('RATE_LIMITED', `${this.limits.relaysPerMinute} relay binds a minute from one address; try again shortly`)
       this.relay.bind(msg, conn.nonce, conn.socket) // checks the introduced agent signed it
       this.authenticated(conn) // the relay sets its own deadlines (bind, then limits)
       conn.relay = true
+      conn.splitter.maxBytes = MAX_RELAY_FRAME_BYTES
       conn.socket.setKeepAlive(true, 10_000)
     } catch (err) {
       const e = toNatdError(err)
-      this.logRefused('relay refused', conn.remote, e)
+      this.refusals.refused('relay refused', conn.remote, e.code, e.message)
       this.sendTcp(conn, { type: 'error', reqId: 0, code: e.code, message: e.message })
       conn.socket.end()
     }
@@ -562,6 +737,13 @@ function bindUdp(host: string, port: number, onMessage: (msg: Buffer, rinfo: dgr
 function verifyProof(secretKey: Uint8Array, nonce: Uint8Array, publicKey: Uint8Array, proof: Uint8Array): boolean {
   const want = secretProof(secretKey, nonce, publicKey)
   return proof.length === want.length && Buffer.compare(want, Buffer.from(proof)) === 0
+}
+
+/** Bytes written to a control connection and not yet handed to the kernel (the socket, the session's queues). */
+function unsentBytes(conn: TcpConn): number {
+  // secret-stream is a streamx Duplex: its queue is `_writableState.buffered`, its raw stream our PrefixedSocket.
+  const s = conn.session as unknown as { rawStream?: { writableLength?: number }; _writableState?: { buffered?: number } } | null
+  return conn.socket.writableLength + (s?.rawStream?.writableLength ?? 0) + (s?._writableState?.buffered ?? 0)
 }
 
 function normalizeHost(host: string): string {

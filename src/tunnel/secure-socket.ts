@@ -15,11 +15,13 @@ import type { KeyPair } from '../protocol/identity.js'
 class PrefixedSocket extends Duplex {
   constructor(
     private readonly sock: net.Socket,
-    rest: Buffer
+    rest: Buffer,
+    inspect: (chunk: Buffer) => boolean
   ) {
     super()
-    if (rest.length) this.push(rest)
+    if (rest.length && inspect(rest)) this.push(rest)
     sock.on('data', (chunk: Buffer) => {
+      if (!inspect(chunk)) return
       if (!this.push(chunk)) sock.pause()
     })
     sock.once('end', () => this.push(null))
@@ -46,9 +48,13 @@ class PrefixedSocket extends Duplex {
   }
 }
 
-/** Starts Noise XX on `sock` (whose own 'data' listeners the caller removed), `rest` first. */
-export function secureSocket(initiator: boolean, sock: net.Socket, rest: Buffer, keyPair: KeyPair): SecretStream {
-  const session = new SecretStream(initiator, new PrefixedSocket(sock, rest), { keyPair })
+/**
+ * Starts Noise XX on `sock` (whose own 'data' listeners the caller removed), `rest` first.
+ * `inspect` sees every raw chunk before the session does (the server meters message
+ * sizes there); false drops the chunk, and the caller closes the connection.
+ */
+export function secureSocket(initiator: boolean, sock: net.Socket, rest: Buffer, keyPair: KeyPair, inspect: (chunk: Buffer) => boolean = () => true): SecretStream {
+  const session = new SecretStream(initiator, new PrefixedSocket(sock, rest, inspect), { keyPair })
   session.on('error', () => undefined)
   return session
 }

@@ -182,7 +182,7 @@ describe('abuse: files and messages', () => {
     expect(w.bobMessages.usageOf(ALICE.id).bytes).toBeLessThanOrEqual(q.messageBytesPerPeer)
     expect(stored).toBeLessThan(q.messageBytesPerPeer + 64 * KiB) // the text plus ~200 bytes of JSON per message
     expect(Date.now() - started).toBeLessThan(60_000)
-    recordAbuse({ row: '1,000 × 16 KB messages from one peer', metric: 'inbox growth (messages.jsonl)', before: '+16 MB, no quota (and +33 MB RSS with a subscriber that never reads)', now: stored, unit: 'bytes', bound: `≤ messageBytesPerPeer ${q.messageBytesPerPeer} + JSON; ${codes.OK ?? 0} stored, ${codes.QUOTA_EXCEEDED} QUOTA_EXCEEDED; a never-reading subscriber is cut at 1 MiB of backlog` })
+    recordAbuse({ row: '1,000 × 16 KB messages from one peer', metric: 'inbox growth (messages.jsonl)', before: '+16 MB, no quota (and +33 MB RSS with a subscriber that never reads)', now: stored, unit: 'bytes', bound: `≤ messageBytesPerPeer ${q.messageBytesPerPeer} + JSON; ${codes.OK ?? 0} stored, ${codes.QUOTA_EXCEEDED} QUOTA_EXCEEDED; a never-reading subscriber is dropped at MAX_QUEUED_BYTES (1 MiB, the api abuse row)` })
   }, 90_000)
 
   it('3. a sender that announces more bytes than it sends: both ends cut off within the stall deadline; the partial is listed', async () => {

@@ -3,7 +3,7 @@
  * (the built binaries in dist/, as a user runs them), and drive them with natctl --json.
  * Every process is spawned through the lab, so teardown kills it even when a test fails.
  */
-import { execFile, type ChildProcess } from 'node:child_process'
+import { execFile, execFileSync, type ChildProcess } from 'node:child_process'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -73,6 +73,16 @@ export class NatdLab {
     this.server.stdout?.on('data', (d: Buffer) => fs.writeSync(log, d))
     this.server.stderr?.on('data', (d: Buffer) => fs.writeSync(log, d))
     await waitFor(async () => (await this.lab.exec(this.lab.server.ns, ['ss', '-Hltn', `sport = :${SERVER_PORT}`])).stdout.includes(String(SERVER_PORT)), 10_000, 'rendezvous server listening')
+  }
+
+  /** The server's key as `natd-rendezvous --print-key` shows its operator (for `--server host:port#KEY`). */
+  serverKey(): string {
+    return execFileSync(process.execPath, [path.join(DIST, 'rendezvous/main.js'), '--print-key', '--state-dir', this.serverStateDir], { encoding: 'utf8' }).trim()
+  }
+
+  /** `--server` with the server's key pinned, as the README tells users to start agents. */
+  get pinnedServer(): string {
+    return `${this.serverAddr}#${this.serverKey()}`
   }
 
   /** Runs `natd-rendezvous names …` against the server's state directory, as its operator would. */

@@ -55,7 +55,7 @@ describe.skipIf(!labAvailable())('an attacker on the path to the rendezvous serv
   it('impersonating the server or tampering with its traffic gets refused with clear codes; nothing reaches it; agents recover when it steps aside', async () => {
     await withLab({ sites: [{ name: 'alice', nat: 'easy', hosts: ['alice', 'dave'] }, { name: 'bob', nat: 'easy' }] }, async (n) => {
       await n.startServer()
-      const realKey = execFileSync(process.execPath, [path.join(DIST, 'rendezvous/main.js'), '--print-key', '--state-dir', path.join(n.dir, 'rendezvous-state')], { encoding: 'utf8' }).trim()
+      const realKey = n.serverKey()
       await n.startAgent('alice')
       await n.startAgent('bob')
       const alice0 = await n.waitRegistered('alice')
@@ -138,6 +138,29 @@ describe.skipIf(!labAvailable())('an attacker on the path to the rendezvous serv
       expect((await inbox(n, 'bob')).map((m) => m.text)).toEqual(['before', 'after'])
     })
   }, 180_000)
+
+  it('an operator who really changes the server key: agents refuse it until the user re-pins with --server host:port#NEWKEY', async () => {
+    await withLab({ sites: [{ name: 'alice', nat: 'easy' }] }, async (n) => {
+      await n.startServer()
+      const oldKey = n.serverKey()
+      await n.startAgent('alice')
+      expect((await n.waitRegistered('alice')).serverKey).toEqual({ id: oldKey, pinned: 'first-use' })
+      await n.killServer()
+      const newKeyFile = path.join(n.dir, 'new-server-key.json')
+      await n.startServer(['--key-file', newKeyFile])
+      const newKey = execFileSync(process.execPath, [path.join(DIST, 'rendezvous/main.js'), '--print-key', '--key-file', newKeyFile, '--state-dir', n.serverStateDir], { encoding: 'utf8' }).trim()
+      expect(newKey).not.toBe(oldKey)
+      await waitFor(async () => (await lastErrorCode(n, 'alice')) === 'SERVER_KEY_MISMATCH', 20_000, 'alice refuses the new key')
+      await n.stopAgent('alice')
+      const a = n.agents.alice!
+      await n.startAgent('alice', { stateDir: a.stateDir, extra: ['--server', `${n.serverAddr}#${newKey}`] })
+      expect((await n.waitRegistered('alice', 20_000)).serverKey).toEqual({ id: newKey, pinned: 'flag' })
+      // A later start with the bare --server (as the lab harness starts agents) keeps the
+      // new key: the #KEY pin also became the stored one, so it is not the old one again.
+      await n.restartAgent('alice')
+      expect((await n.waitRegistered('alice', 20_000)).serverKey).toEqual({ id: newKey, pinned: 'first-use' })
+    })
+  }, 90_000)
 
   it('10,000 forged heartbeat acks from the server\'s address (off path, guessed sequence numbers) change nothing', async () => {
     await withLab({ sites: [{ name: 'alice', nat: 'easy' }, { name: 'bob', nat: 'easy' }] }, async (n) => {

@@ -30,8 +30,8 @@ describe.skipIf(!labAvailable())('registration through NAT', () => {
       expect(bobPeers[0]!.id).toBe(a.id)
       // The human table says the same.
       const table = await n.natctl('alice', ['peers'], { json: false })
-      expect(table.stdout).toMatch(/^NAME\s+ID\s+ONLINE/m)
-      expect(table.stdout).toMatch(/^bob\s+\w{8}\s+yes/m)
+      expect(table.stdout).toMatch(/^NAME\s+ID\s+PINNED\s+ONLINE/m)
+      expect(table.stdout).toMatch(/^bob\s+\w{8}\s+no\s+yes/m) // not pinned: no tunnel yet
     })
   })
 

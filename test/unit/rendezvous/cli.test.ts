@@ -90,10 +90,19 @@ describe.skipIf(!built)('natd-rendezvous command line', () => {
     expect(run(['names', '--state-dir', state]).code).toBe(2)
   })
 
-  it('logs its key in the start-up line', async () => {
+  it('refuses a limit that is not a positive integer', () => {
+    for (const bad of [['--max-unauth-per-ip', '0'], ['--introductions-per-minute', '1.5'], ['--auth-timeout', '0s']]) {
+      const r = run([...bad, '--state-dir', state])
+      expect(r.code, bad.join(' ')).toBe(2)
+      expect(r.stderr).toContain(bad[0])
+    }
+  })
+
+  it('logs its key and its limits in the start-up line (a flag given twice: the last wins)', async () => {
     const id = run(['--print-key', '--state-dir', state]).stdout.trim()
     const port = await freePort()
-    const proc = spawn(process.execPath, [MAIN, '--host', '127.0.0.1', '--port', String(port), '--alt-port', '0', '--state-dir', state], { stdio: ['ignore', 'pipe', 'pipe'] })
+    const limits = ['--max-unauth-per-ip', '5', '--max-unauth-per-ip', '7', '--introductions-per-minute', '30']
+    const proc = spawn(process.execPath, [MAIN, '--host', '127.0.0.1', '--port', String(port), '--alt-port', '0', '--state-dir', state, ...limits], { stdio: ['ignore', 'pipe', 'pipe'] })
     try {
       let out = ''
       await new Promise<void>((resolve, reject) => {
@@ -109,6 +118,8 @@ describe.skipIf(!built)('natd-rendezvous command line', () => {
       })
       const line = out.split('\n').find((l) => l.includes('rendezvous listening'))!
       expect(line).toContain(id)
+      expect(line).toContain('"maxUnauthPerSource":7')
+      expect(line).toContain('"introductionsPerMinute":30')
       expect(fs.existsSync(path.join(state, 'names.jsonl'))).toBe(true)
     } finally {
       proc.kill('SIGTERM')

@@ -11,7 +11,7 @@ import { NatdError } from '../../../src/protocol/errors.js'
 import { silentLogger } from '../../../src/protocol/log.js'
 import { generateKeyPair, sign, type KeyPair } from '../../../src/protocol/identity.js'
 import { decode, encode, encodeRelay, FrameSplitter, type Message, relaySigned } from '../../../src/protocol/rendezvous.js'
-import { Relay, RELAY_BIND_TIMEOUT_MS, type RelayLimits } from '../../../src/rendezvous/relay.js'
+import { Relay, RELAY_BIND_TIMEOUT_MS, RELAY_EARLY_MAX_BYTES, RELAY_EARLY_PAUSE_BYTES, type RelayLimits } from '../../../src/rendezvous/relay.js'
 
 class FakeSocket extends EventEmitter {
   written: Buffer[] = []
@@ -149,7 +149,7 @@ describe('Relay', () => {
   })
 
   it('forgets expired permissions on prune() (the server sweep), without waiting for another introduction', () => {
-    const { relay, clock } = setup()
+    const { relay, clock } = setup({ ...LIMITS, maxPermitsPerKey: 1000 })
     for (let i = 0; i < 100; i++) relay.allow(Buffer.alloc(16, 100 + i), NAMES, KEYS)
     clock.t += RELAY_BIND_TIMEOUT_MS / 2
     relay.allow(INTRO, ['carol', 'dave'], KEYS)
@@ -168,6 +168,66 @@ describe('Relay', () => {
     bindAs(relay, a, true)
     a.onTimeout?.()
     expect(a.destroyed).toBe(true)
+  })
+
+  it('closes a bound side whose peer never comes when its permission expires, however it trickles (absolute, on prune)', () => {
+    const { relay, clock } = setup()
+    relay.allow(INTRO, NAMES, KEYS)
+    const a = new FakeSocket()
+    bindAs(relay, a, true)
+    for (let t = 0; t < RELAY_BIND_TIMEOUT_MS; t += 5_000) {
+      clock.t += 5_000
+      relay.onFrame(asNet(a), data(1)) // a byte every 5 s would reset an idle timer
+      relay.prune()
+      expect(a.destroyed).toBe(false)
+    }
+    clock.t += 1
+    relay.prune()
+    expect(a.destroyed).toBe(true)
+    expect(relay.earlyBytes).toBe(0)
+    expect(relay.permits).toBe(0)
+  })
+
+  it('holds at most RELAY_EARLY_MAX_BYTES per side before the pairing: stops reading the socket, reads on after, delivers all in order', () => {
+    const { relay } = setup({ ...LIMITS, maxBytes: 1e9 })
+    relay.allow(INTRO, NAMES, KEYS)
+    const a = new FakeSocket()
+    bindAs(relay, a, true)
+    let sent = 0
+    // The server calls held() after each read; a paused socket delivers nothing more.
+    while (!a.paused) {
+      relay.onFrame(asNet(a), data(60_000))
+      sent++
+      relay.held(asNet(a), 0)
+    }
+    expect(relay.earlyBytes).toBeGreaterThanOrEqual(RELAY_EARLY_PAUSE_BYTES)
+    expect(relay.earlyBytes).toBeLessThanOrEqual(RELAY_EARLY_MAX_BYTES)
+    // A partial frame counts too.
+    const c = new FakeSocket()
+    relay.allow(Buffer.alloc(16, 42), NAMES, KEYS)
+    bindAs(relay, c, true, Buffer.alloc(16, 42))
+    relay.held(asNet(c), RELAY_EARLY_PAUSE_BYTES)
+    expect(c.paused).toBe(true)
+    const b = new FakeSocket()
+    bindAs(relay, b, false)
+    expect(a.paused).toBe(false)
+    expect(relay.earlyBytes).toBe(0)
+    const got = b.messages().slice(1)
+    expect(got).toHaveLength(sent)
+    expect(got.every((m) => m.type === 'relay-data' && m.data.length === 60_000)).toBe(true)
+  })
+
+  it('lets one key hold at most maxPermitsPerKey unused permissions (RELAY_LIMIT); a used or expired one frees its place', () => {
+    const { relay, clock } = setup({ ...LIMITS, maxPermitsPerKey: 3 })
+    for (let i = 0; i < 3; i++) relay.allow(Buffer.alloc(16, 50 + i), NAMES, KEYS)
+    expect(() => relay.allow(Buffer.alloc(16, 60), NAMES, KEYS)).toThrow(expect.objectContaining({ code: 'RELAY_LIMIT' }))
+    relay.allow(Buffer.alloc(16, 61), NAMES, [BOB.publicKey, ALICE.publicKey]) // bob asking: his own count
+    bindAs(relay, new FakeSocket(), true, Buffer.alloc(16, 50))
+    bindAs(relay, new FakeSocket(), false, Buffer.alloc(16, 50))
+    relay.allow(Buffer.alloc(16, 62), NAMES, KEYS) // the used one freed a place
+    expect(() => relay.allow(Buffer.alloc(16, 63), NAMES, KEYS)).toThrow(expect.objectContaining({ code: 'RELAY_LIMIT' }))
+    clock.t += RELAY_BIND_TIMEOUT_MS + 1
+    relay.allow(Buffer.alloc(16, 64), NAMES, KEYS) // expired ones too (allow prunes first)
   })
 
   describe('only the agent introduced on a side binds it', () => {
