@@ -10,7 +10,7 @@ import { ApiClient, resolveSocketPath } from '../ipc/client.js'
 import type { MethodName, Params, Result } from '../ipc/schema.js'
 import { NatdError, type ErrorCode } from '../protocol/errors.js'
 import { ago, bytes, peerLabel, table } from './format.js'
-import { formatFiles, parseSize, processIo, runCp, runMessages } from './transfer-commands.js'
+import { formatFiles, formatPartials, parseSize, processIo, runCp, runMessages } from './transfer-commands.js'
 
 export const EXIT = { OK: 0, ERROR: 1, USAGE: 2, NOT_RUNNING: 3, WRONG_PEER: 4, BUSY: 5, UNSAFE_SOCKET: 6 } as const
 
@@ -238,8 +238,13 @@ export function buildCli(argv: string[]): Argv<Global> {
       (y) =>
         y
           .option('follow', { alias: 'f', type: 'boolean', default: false, describe: 'keep printing new messages as they arrive' })
-          .option('from', { type: 'string', default: '', describe: 'only from this peer' }),
-      (g) => runMessages(processIo(g, (m) => new UsageError(m)), { follow: g.follow, from: g.from })
+          .option('from', { type: 'string', default: '', describe: 'only from this peer' })
+          .option('clear', { type: 'boolean', default: false, describe: 'remove the messages (from --from, else all): frees the senders\' quota' }),
+      async (g) => {
+        if (!g.clear) return runMessages(processIo(g, (m) => new UsageError(m)), { follow: g.follow, from: g.from })
+        const r = await call(g, 'messages.clear', { from: g.from })
+        out(g, r, () => `removed ${r.removed} message${r.removed === 1 ? '' : 's'}`)
+      }
     )
     .command(
       'cp <args..>',
@@ -255,28 +260,58 @@ export function buildCli(argv: string[]): Argv<Global> {
       y
         .command(
           '$0',
-          'list received files: name, size, sender, time, sha256',
-          () => undefined,
+          'list received files: name, size, sender, time, sha256 (--partial: transfers cut off, kept for a resume)',
+          (y2) => y2.option('partial', { type: 'boolean', default: false, describe: 'list the partial files instead' }),
           async (g) => {
+            if (g.partial) {
+              const ps = await call(g, 'files.partials', {})
+              out(g, ps, () => formatPartials(ps))
+              return
+            }
             const fs = await call(g, 'files', {})
             out(g, fs, () => formatFiles(fs))
           }
         )
         .command(
           'policy',
-          'show or change whom files are accepted from, up to what size, and where they go',
+          'show or change whom files are accepted from, up to what size, and each peer\'s quotas',
           (y2) =>
             y2
               .option('allow', { type: 'string', array: true, describe: 'accept files only from these peers (repeat for more)' })
               .option('allow-all', { type: 'boolean', default: false, describe: 'accept files from every peer (the default)' })
               .option('max-size', { type: 'string', describe: 'largest file accepted, e.g. 500MB, 2GiB' })
-              .option('inbox', { type: 'string', describe: 'directory received files go to (absolute)' }),
+              .option('peer-files', { type: 'number', describe: 'files one peer may have in the inbox (received and partial)' })
+              .option('peer-bytes', { type: 'string', describe: 'their bytes, e.g. 4GiB' })
+              .option('peer-messages', { type: 'number', describe: 'messages one peer may have in the inbox' })
+              .option('peer-message-bytes', { type: 'string', describe: 'their text, e.g. 1MiB' })
+              .option('stall-timeout', { type: 'string', describe: 'cut a transfer off after this long without progress, e.g. 30s' }),
           async (g) => {
-            const max = g['max-size'] === undefined ? null : parseSize(g['max-size'])
-            if (max === null && g['max-size'] !== undefined) throw new UsageError(`--max-size must be a size like 500MB or 2GiB, not ${JSON.stringify(g['max-size'])}`)
+            const size = (flag: string, v: string | undefined): number | null => {
+              if (v === undefined) return null
+              const n = parseSize(v)
+              if (n === null) throw new UsageError(`--${flag} must be a size like 500MB or 2GiB, not ${JSON.stringify(v)}`)
+              return n
+            }
             const allow = g['allow-all'] ? [] : g.allow ? g.allow.map(String) : null
-            const r = await call(g, 'files.policy', { allow, maxSizeBytes: max, inbox: g.inbox ?? null })
-            out(g, r, () => [`accept from: ${r.allow.length ? r.allow.map(peerLabel).join(', ') : 'every peer'}`, `max size:    ${bytes(r.maxSizeBytes)}`, `inbox:       ${r.inbox}`].join('\n'))
+            const r = await call(g, 'files.policy', {
+              allow,
+              maxSizeBytes: size('max-size', g['max-size']),
+              inbox: null,
+              filesPerPeer: g['peer-files'] ?? null,
+              fileBytesPerPeer: size('peer-bytes', g['peer-bytes']),
+              messagesPerPeer: g['peer-messages'] ?? null,
+              messageBytesPerPeer: size('peer-message-bytes', g['peer-message-bytes']),
+              stallTimeoutMs: g['stall-timeout'] === undefined ? null : duration(g['stall-timeout'], '--stall-timeout')
+            })
+            out(g, r, () =>
+              [
+                `accept from:   ${r.allow.length ? r.allow.map(peerLabel).join(', ') : 'every peer'}`,
+                `max size:      ${bytes(r.maxSizeBytes)}`,
+                `inbox:         ${r.inbox}  (set by natd --inbox or the config file)`,
+                `per peer:      ${r.filesPerPeer} files, ${bytes(r.fileBytesPerPeer)}; ${r.messagesPerPeer} messages, ${bytes(r.messageBytesPerPeer)}`,
+                `stall timeout: ${r.stallTimeoutMs / 1000} s`
+              ].join('\n')
+            )
           }
         )
     )

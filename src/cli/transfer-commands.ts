@@ -5,7 +5,8 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { ApiClient, resolveSocketPath } from '../ipc/client.js'
-import type { FileProgress, MessageInfo, ReceivedFile } from '../ipc/schema.js'
+import { openFileStream, openToSend, streamFile } from '../ipc/file-stream.js'
+import type { FileProgress, FileSendResult, MessageInfo, PartialFile, ReceivedFile } from '../ipc/schema.js'
 import { NatdError } from '../protocol/errors.js'
 import { ago, bytes, table } from './format.js'
 import { ProgressBar } from './progress.js'
@@ -13,6 +14,8 @@ import { ProgressBar } from './progress.js'
 export interface CommandIo {
   json: boolean
   connect(): Promise<ApiClient>
+  /** The API socket (the data socket for cp's bytes sits beside it). */
+  socketPath: string
   usage(message: string): Error
   stdout: { write(s: string): unknown }
   stderr: { isTTY?: boolean; columns?: number; write(s: string): unknown }
@@ -99,7 +102,7 @@ export async function runCp(io: CommandIo, args: string[], opts: { recursive: bo
       current = f.path
       bar = new ProgressBar(io.stderr, f.name || path.basename(f.path))
       try {
-        const r = await client.call('file.send', { peer, path: f.path, name: f.name, timeoutMs: opts.timeoutMs })
+        const r = await sendOne(io.socketPath, client, { peer, path: f.path, name: f.name || path.basename(f.path), timeoutMs: opts.timeoutMs })
         bar.clear()
         if (io.json) io.stdout.write(JSON.stringify(r) + '\n')
         else {
@@ -113,6 +116,40 @@ export async function runCp(io: CommandIo, args: string[], opts: { recursive: bo
   } finally {
     client.close()
   }
+}
+
+/**
+ * One file, with the caller's rights: natctl opens it (FILE_UNREADABLE if it cannot) and
+ * streams it to natd on the data socket (ipc/file-stream.ts); natd opens nothing.
+ */
+export async function sendOne(socketPath: string, client: ApiClient, f: { peer: string; path: string; name: string; timeoutMs: number }): Promise<FileSendResult> {
+  const opened = await openToSend(f.path)
+  try {
+    const { socket, token } = await openFileStream(socketPath)
+    let local: unknown = null
+    const streaming = streamFile(socket, opened, f.path).catch((err: unknown) => {
+      local = err
+    })
+    try {
+      return await client.call('file.send', { peer: f.peer, source: token, name: f.name, size: opened.size, mtimeMs: opened.mtimeMs, dev: opened.dev, ino: opened.ino, path: f.path, timeoutMs: f.timeoutMs })
+    } catch (err) {
+      await Promise.race([streaming, new Promise((resolve) => setTimeout(resolve, 100))])
+      // natctl's own reason (the file changed under it) says more than natd's "the caller stopped".
+      throw local instanceof NatdError && local.code === 'FILE_UNREADABLE' ? local : err
+    } finally {
+      socket.destroy()
+    }
+  } finally {
+    await opened.handle.close()
+  }
+}
+
+export function formatPartials(ps: PartialFile[]): string {
+  if (ps.length === 0) return 'no partial files'
+  return table(
+    ['NAME', 'HAVE', 'FROM', 'UPDATED', 'STATE'],
+    ps.map((p) => [p.name || '?', bytes(p.bytes), p.fromId.slice(0, 8), ago(Date.now() - Date.parse(p.updatedAt)), p.active ? 'receiving' : 'kept for a resume'])
+  )
 }
 
 function formatMessage(m: MessageInfo): string {
@@ -180,10 +217,12 @@ export function formatFiles(fs_: ReceivedFile[]): string {
 
 /** The io a command gets: stdout/stderr of this process and a client on the chosen socket. */
 export function processIo(g: { socket?: string | undefined; json: boolean }, usage: (message: string) => Error): CommandIo {
+  const socketPath = resolveSocketPath(g.socket)
   return {
     json: g.json,
+    socketPath,
     connect: async () => {
-      const client = new ApiClient(resolveSocketPath(g.socket))
+      const client = new ApiClient(socketPath)
       await client.connect()
       return client
     },

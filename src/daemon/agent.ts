@@ -13,6 +13,7 @@ import { isTarget, type PeerRef } from '../protocol/peer-ref.js'
 import { systemClock, type Logger } from '../protocol/log.js'
 import { isRendezvousFrame, MAX_LIST_PEERS, MSG, type NatVerdict, type PeerRecord } from '../protocol/rendezvous.js'
 import { ApiServer, type Handlers } from '../ipc/server.js'
+import { dataSocketPath, FileStreamServer } from '../ipc/file-stream.js'
 import type { NetcheckResult, PeerInfo, StatusResult } from '../ipc/schema.js'
 import { TunnelManager } from '../tunnel/manager.js'
 import { NatCheck } from '../tunnel/nat-check.js'
@@ -62,6 +63,7 @@ export class Agent {
   private readonly exposes: Exposes
   private readonly known: KnownPeers
   private api: ApiServer | null = null
+  private streams: FileStreamServer | null = null
   private runLoop: Promise<void> | null = null
   private readonly startedAt = Date.now()
   private nat: NatVerdict = 'unknown'
@@ -101,7 +103,10 @@ export class Agent {
     this.api = new ApiServer(this.init.socketPath, this.handlers(), log.child({ component: 'api' }))
     try {
       await this.api.start()
+      this.streams = new FileStreamServer(dataSocketPath(this.init.socketPath), log.child({ component: 'file-stream' }))
+      await this.streams.start()
     } catch (err) {
+      this.api.stop()
       await socket.close()
       throw err
     }
@@ -182,9 +187,11 @@ export class Agent {
       selfName: this.init.config.name,
       selfId: this.id,
       known: this.known,
-      onMessage: (m) => this.api?.emit('message', m)
+      onMessage: (m) => this.api?.emit('message', m),
+      quotas: () => files.quotas
     })
     const files = new Files({
+      inbox: this.init.config.inbox ?? '',
       dir: this.c.store.dir,
       tunnels,
       log: log.child({ component: 'files' }),
@@ -219,6 +226,7 @@ export class Agent {
     await this.client?.stop()
     await this.runLoop
     this.api?.stop()
+    this.streams?.stop()
     await this.socket?.close()
   }
 
@@ -441,9 +449,15 @@ export class Agent {
       'expose.rm': ({ port }) => ({ removed: this.exposes.remove(port) }),
       'message.send': ({ peer, text, timeoutMs }) => started(this.messages).send(peer, text, timeoutMs),
       messages: ({ from, limit }) => started(this.messages).list(from, limit),
-      'file.send': (p) => started(this.files).send(p),
+      'messages.clear': ({ from }) => started(this.messages).clear(from),
+      'file.send': (p) => {
+        const files = started(this.files)
+        const source = started(this.streams).take(p.source)
+        return files.send({ ...p, source })
+      },
       files: () => started(this.files).list(),
-      'files.policy': (p) => (p.allow === null && p.maxSizeBytes === null && p.inbox === null ? started(this.files).policy() : started(this.files).setPolicy(p))
+      'files.partials': () => started(this.files).partials(),
+      'files.policy': (p) => (Object.values(p).every((x) => x === null) ? started(this.files).policy() : started(this.files).setPolicy(p))
     }
   }
 

@@ -57,6 +57,11 @@ export interface AgentConfig {
   port: number
   logLevel: LogLevel
   secretFile: string | null
+  /**
+   * Where received files go (absolute); null = `<state dir>/inbox`. Only the operator sets
+   * it (flag or config file): the API, open to all of group natd, cannot.
+   */
+  inbox: string | null
 }
 
 /** What the config file adds to natctl's forwards and exposes. */
@@ -95,7 +100,8 @@ const schema = {
       heartbeatMs: { type: 'number', minimum: 200 },
       port: { type: 'number', minimum: 0, maximum: 65535 },
       logLevel: { type: 'string', enum: ['error', 'warn', 'info', 'debug'] },
-      secretFile: { type: ['string', 'null'] }
+      secretFile: { type: ['string', 'null'] },
+      inbox: { type: ['string', 'null'] }
     }
   },
   forwards: { type: 'array' },
@@ -260,6 +266,7 @@ export interface Overrides {
   port?: number | undefined
   logLevel?: LogLevel | undefined
   secretFile?: string | undefined
+  inbox?: string | undefined
 }
 
 /** The config file, validated: settings it gives, and the forwards and exposes it declares. */
@@ -271,6 +278,7 @@ export interface ConfigFile extends Declared {
   port?: number
   logLevel?: LogLevel
   secretFile?: string | null
+  inbox?: string | null
 }
 
 /**
@@ -287,13 +295,15 @@ export function mergeConfig(stored: Readonly<AgentConfig> | null, flags: Overrid
     heartbeatMs: flags.heartbeatMs ?? base.heartbeatMs ?? DEFAULT_HEARTBEAT_MS,
     port: flags.port ?? file?.port ?? stored?.port ?? 0,
     logLevel: flags.logLevel ?? base.logLevel ?? 'info',
-    secretFile: flags.secretFile ?? base.secretFile ?? null
+    secretFile: flags.secretFile ?? base.secretFile ?? null,
+    inbox: flags.inbox ?? base.inbox ?? null
   }
   const where = (key: string, flag: string): string => (file ? `set "${key}" in ${file.path} (or pass ${flag})` : `start natd once with ${flag}`)
   if (!merged.name) throw new NatdError('INVALID_ARGUMENT', `no name: ${where('name', '--name NAME')}`)
   if (!isValidName(merged.name)) throw new NatdError('INVALID_ARGUMENT', `bad --name ${JSON.stringify(merged.name)}: ${NAME_RULE}`)
   if (!merged.server) throw new NatdError('INVALID_ARGUMENT', `no server: ${where('server', '--server HOST[:PORT][#KEY]')}`)
   parseServerSpec(merged.server)
+  if (merged.inbox !== null && !path.isAbsolute(merged.inbox)) throw new NatdError('INVALID_ARGUMENT', `--inbox must be an absolute path, not ${JSON.stringify(merged.inbox)}`)
   if (merged.heartbeatMs < HEARTBEAT_MIN_MS || merged.heartbeatMs > HEARTBEAT_MAX_MS) throw new NatdError('INVALID_ARGUMENT', '--heartbeat must be between 200ms and 10m')
   return merged
 }
@@ -325,7 +335,7 @@ export function readConfigFile(file: string): ConfigFile {
   return parseConfigFile(text, file)
 }
 
-const FILE_KEYS = ['name', 'server', 'secretFile', 'heartbeat', 'port', 'logLevel', 'forwards', 'exposes'] as const
+const FILE_KEYS = ['name', 'server', 'secretFile', 'heartbeat', 'port', 'logLevel', 'inbox', 'forwards', 'exposes'] as const
 const FORWARD_KEYS = ['localPort', 'peer', 'remotePort', 'bind'] as const
 const EXPOSE_KEYS = ['port', 'host', 'allow'] as const
 
@@ -333,7 +343,7 @@ const EXPOSE_KEYS = ['port', 'host', 'allow'] as const
  * Validates the text of a config file (docs/SERVICE.md has the reference):
  *
  *   { "name": "alice", "server": "rv.example.org:3478", "secretFile": "/etc/natd/secret",
- *     "heartbeat": "20s", "port": 41641, "logLevel": "info",
+ *     "heartbeat": "20s", "port": 41641, "logLevel": "info", "inbox": "/srv/natd-inbox",
  *     "forwards": [{ "localPort": 2222, "peer": "bob", "remotePort": 22, "bind": "127.0.0.1" }],
  *     "exposes": [{ "port": 22, "host": "127.0.0.1", "allow": ["bob"] }] }
  *
@@ -371,6 +381,12 @@ export function parseConfigFile(text: string, file: string): ConfigFile {
     const secretFile = str(top.secretFile, 'secretFile')
     if (secretFile !== undefined && !path.isAbsolute(secretFile)) throw bad('secretFile', `must be an absolute path, not ${JSON.stringify(secretFile)}`)
     if (secretFile !== undefined) out.secretFile = secretFile
+  }
+  if (top.inbox === null) out.inbox = null
+  else {
+    const inbox = str(top.inbox, 'inbox')
+    if (inbox !== undefined && !path.isAbsolute(inbox)) throw bad('inbox', `must be an absolute path, not ${JSON.stringify(inbox)}`)
+    if (inbox !== undefined) out.inbox = inbox
   }
   if (top.heartbeat !== undefined && top.heartbeat !== null && top.heartbeat !== '') {
     let ms: number

@@ -18,14 +18,16 @@ import { createHash } from 'node:crypto'
 import { once } from 'node:events'
 import fs from 'node:fs'
 import path from 'node:path'
+import type { Duplex } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { NatdError, toNatdError } from '../protocol/errors.js'
-import type { FileSendResult } from '../ipc/schema.js'
+import type { FileSendResult, PartialFile } from '../ipc/schema.js'
 import type { Logger } from '../protocol/log.js'
 import { encodeTransfer, MAX_FILE_BYTES, type TransferFrame } from '../protocol/transfer.js'
 import type { TunnelManager } from '../tunnel/manager.js'
 import type { MuxChannel, OpenRequest } from '../tunnel/mux.js'
 import type { Tunnel } from '../tunnel/tunnel.js'
+import { SHA256_BYTES } from '../ipc/file-stream.js'
 import { ChannelReader, refusal, withDeadline } from './channel-frames.js'
 import { fsyncDir } from './state-files.js'
 
@@ -42,16 +44,35 @@ export const READ_CHUNK_BYTES = 1024 * 1024
 export const REFUSE_LINGER_MS = 5_000
 /** A partial untouched this long (its transfer never retried, or its file changed) is removed when the next file arrives. */
 export const PARTIAL_MAX_AGE_MS = 7 * 24 * 3600_000
+/**
+ * Either end cuts a transfer off after this long without a byte of progress (a sender that
+ * announced more than it sends, a stalled caller): TIMEOUT on both ends. Long enough for a
+ * relayed path to recover from a loss burst; files.policy `stallTimeoutMs` changes it.
+ */
+export const STALL_TIMEOUT_MS = 30_000
+/** After a stall's REFUSE the receiver resets the channel this much later (the frame leaves first). */
+export const STALL_RESET_DELAY_MS = 100
 
 /**
- * A peer's name for a file made safe to create in the inbox: path separators, `.` and
- * `..` segments, control characters and leading dots go; what is left is one plain file
- * name (`../../etc/evil` → `etc_evil`), never empty, at most MAX_NAME_BYTES.
+ * Characters a received name may not keep, each replaced by `_`: C0 controls and DEL
+ * (U+0000–U+001F, U+007F), C1 controls (U+0080–U+009F), the bidirectional controls
+ * (U+061C, U+200E–U+200F, U+202A–U+202E, U+2066–U+2069) that make `txt.exe` display as
+ * `exe.txt`, other invisible format characters (U+200B–U+200D, U+2060, U+FEFF), the line
+ * and paragraph separators (U+2028–U+2029), and lone surrogates.
+ */
+// eslint-disable-next-line no-control-regex -- matching the control characters is the point
+export const UNSAFE_NAME_CHARS = /[\u0000-\u001f\u007f-\u009f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ud800-\udfff]/gu
+
+/**
+ * A peer's name for a file made safe to create in the inbox and to show in a terminal:
+ * path separators, `.` and `..` segments, UNSAFE_NAME_CHARS and leading dots go; what is
+ * left is one plain file name (`../../etc/evil` → `etc_evil`, `a\u202Etxt.exe` →
+ * `a_txt.exe`), never empty, at most MAX_NAME_BYTES.
  */
 export function sanitizeName(name: string): string {
   const segments = name
     .split(/[/\\]+/)
-    .map((s) => [...s].map((ch) => (ch.charCodeAt(0) < 0x20 || ch.charCodeAt(0) === 0x7f ? '_' : ch)).join('').trim())
+    .map((s) => s.replace(UNSAFE_NAME_CHARS, '_').trim())
     .filter((s) => s !== '' && s !== '.' && s !== '..')
   let out = segments.join('_').replace(/^\.+/, (dots) => '_'.repeat(dots.length))
   if (Buffer.byteLength(out) > MAX_NAME_BYTES) {
@@ -89,45 +110,41 @@ function refusalOf(f: TransferFrame, peer: string, name: string): NatdError {
   return f.type === 'refuse' ? refusal(f.code, `${peer} refused ${name}: ${f.message}`) : new NatdError('BAD_REQUEST', `${peer} answered the file with ${f.type}`)
 }
 
-/** Maps a local file's error to FILE_UNREADABLE with a message a user understands. */
-function unreadable(file: string, err: unknown): NatdError {
-  const e = err as NodeJS.ErrnoException
-  if (err instanceof NatdError) return err
-  const why = e.code === 'ENOENT' ? 'no such file' : e.code === 'EACCES' || e.code === 'EPERM' ? 'permission denied (natd must be able to read it)' : e.code === 'EISDIR' ? 'is a directory (use -r)' : (e.code ?? e.message)
-  return new NatdError('FILE_UNREADABLE', `${file}: ${why}`, { cause: err })
-}
-
 /** What sendFile resolves with: the API's result without what the caller adds. */
 export type SendOutcome = Omit<FileSendResult, 'path' | 'tookMs'>
 
 export interface SendSpec {
   peer: string
-  file: string
+  /** The name the receiver gets (the caller's file name, or the one it chose). */
   name: string
+  /** What the caller says of the file it opened: size, mtime and inode make the transfer ID. */
+  size: number
+  mtimeMs: number
+  ino: number
+  /**
+   * The caller's bytes (ipc/file-stream.ts): natd writes `OFFSET n\n`, then reads exactly
+   * size − n bytes and the sha256 of the whole file. natd never opens the file itself.
+   */
+  source: Duplex
   timeoutMs: number
   /** Called as bytes leave (offset is what the receiver already had). */
   onProgress(p: { transferId: string; peer: string; name: string; size: number; offset: number; sent: number }): void
 }
 
-/** Sends one file to a peer; resolves once the peer verified and stored it. */
-export async function sendFile(spec: SendSpec, c: { tunnels: TunnelManager; selfId: string; log: Logger }): Promise<SendOutcome> {
-  const { file } = spec
-  if (!path.isAbsolute(file)) throw new NatdError('INVALID_ARGUMENT', `the path must be absolute, not ${JSON.stringify(file)}`)
-  let st: fs.Stats
-  try {
-    st = await fs.promises.stat(file)
-    if (st.isDirectory()) throw new NatdError('FILE_UNREADABLE', `${file} is a directory (natctl cp -r sends what is in it)`)
-    if (!st.isFile()) throw new NatdError('FILE_UNREADABLE', `${file} is not a regular file`)
-    await fs.promises.access(file, fs.constants.R_OK)
-  } catch (err) {
-    throw unreadable(file, err)
-  }
-  if (st.size > MAX_FILE_BYTES) throw new NatdError('TOO_LARGE', `${file} is larger than 256 TiB`)
-  const name = spec.name || path.basename(file)
+/** The caller's side of the data connection ended before its bytes and digest did. */
+function sourceGone(err: unknown): NatdError {
+  if (err instanceof NatdError && err.code !== 'TUNNEL_CLOSED') return err
+  return new NatdError('FILE_UNREADABLE', 'the caller stopped streaming the file (it changed, could not be read, or natctl went away)', { cause: err })
+}
+
+/** Sends one file to a peer from the caller's stream; resolves once the peer verified and stored it. */
+export async function sendFile(spec: SendSpec, c: { tunnels: TunnelManager; selfId: string; log: Logger; stallTimeoutMs?: number }): Promise<SendOutcome> {
+  const { size, name } = spec
+  if (size > MAX_FILE_BYTES) throw new NatdError('TOO_LARGE', `${name} is larger than 256 TiB`)
   if (Buffer.byteLength(name) > 255) throw new NatdError('INVALID_ARGUMENT', 'the file name is longer than 255 bytes')
-  const size = st.size
-  const transferId = transferIdOf(c.selfId, name, st)
+  const transferId = transferIdOf(c.selfId, name, spec)
   const idHex = transferId.toString('hex')
+  const stallMs = c.stallTimeoutMs ?? STALL_TIMEOUT_MS
 
   const started = Date.now()
   const left = (): number => Math.max(1, spec.timeoutMs - (Date.now() - started))
@@ -135,7 +152,7 @@ export async function sendFile(spec: SendSpec, c: { tunnels: TunnelManager; self
   const peer = tunnel.peer.name
   const ch = tunnel.mux.openChannel(0, FILE_SERVICE)
   const reader = new ChannelReader(ch)
-  let source: fs.ReadStream | null = null
+  const source = new ChannelReader(spec.source)
   try {
     await withDeadline(ch.opened, left(), ch, `${peer}'s answer to the file channel`)
     ch.write(encodeTransfer({ type: 'offer', transferId, size, name }))
@@ -144,43 +161,77 @@ export async function sendFile(spec: SendSpec, c: { tunnels: TunnelManager; self
     if (answer.type !== 'accept' || answer.offset > size) throw new NatdError('BAD_REQUEST', `${peer} answered the offer with ${answer.type}`)
     const offset = answer.offset
     c.log.info('file transfer started', { peer, name, size, offset, transferId: idHex.slice(0, 16) })
-    // The receiver answers after END, or early with a REFUSE (disk full…).
+    // The receiver answers after END, or early with a REFUSE (disk full, quota, stalled…).
     const reply = reader.frame('the receiver\'s verdict')
     reply.catch(() => undefined) // awaited below; a failed read surfaces there
-    const hash = await hashFile(file, offset).catch((err: unknown) => Promise.reject(unreadable(file, err)))
+    spec.source.write(`OFFSET ${offset}\n`)
     let sent = 0
     const progress = (): void => spec.onProgress({ transferId: idHex, peer, name, size, offset, sent })
     progress()
-    let body: Promise<void> = Promise.resolve()
-    if (offset < size) {
-      const src = fs.createReadStream(file, { start: offset, end: size - 1, highWaterMark: READ_CHUNK_BYTES })
-      source = src
-      src.on('data', (chunk) => {
-        hash.update(chunk)
-        sent += chunk.length
-        progress()
-      })
-      body = pipeline(src, ch, { end: false }).catch((err: unknown) => {
-        throw (err as NodeJS.ErrnoException).syscall === 'read' || (err as NodeJS.ErrnoException).syscall === 'open' ? unreadable(file, err) : err
-      })
-    }
-    let sha256 = Buffer.alloc(0)
-    const finish = async (): Promise<TransferFrame> => {
-      const after = await fs.promises.stat(file).catch((err: unknown) => Promise.reject(unreadable(file, err)))
-      if (after.size !== st.size || after.mtimeMs !== st.mtimeMs || sent !== size - offset) throw new NatdError('FILE_UNREADABLE', `${file} changed while natd sent it; send it again when it is complete`)
-      sha256 = hash.digest()
-      ch.write(encodeTransfer({ type: 'end', sha256 }))
-      return reply
-    }
-    const verdict = await Promise.race([body.then(finish), reply])
+    // No progress for stallMs, whichever side stalls (the caller stops streaming, or the peer
+    // stops taking bytes): both connections end with TIMEOUT; the peer keeps its partial.
+    const watch = new StallWatch(stallMs, () => {
+      const err = new NatdError('TIMEOUT', `no progress sending ${name} for ${stallMs} ms (${sent} of ${size - offset} bytes passed on)`)
+      spec.source.destroy(err)
+      ch.destroy(err)
+    })
+    const body = (async () => {
+      try {
+        await pipeline(
+          source.raw(size - offset),
+          async function* (chunks: AsyncIterable<Buffer>) {
+            for await (const chunk of chunks) {
+              sent += chunk.length
+              watch.touch()
+              progress()
+              yield chunk
+            }
+          },
+          ch,
+          { end: false }
+        )
+        const parts: Buffer[] = []
+        for await (const part of source.raw(SHA256_BYTES)) parts.push(part)
+        const digest = Buffer.concat(parts)
+        ch.write(encodeTransfer({ type: 'end', sha256: digest }))
+        return digest
+      } catch (err) {
+        throw ch.destroyed ? err : sourceGone(err)
+      } finally {
+        watch.stop()
+      }
+    })()
+    body.catch(() => undefined)
+    const first = await Promise.race([body.then(() => null), reply])
+    if (first !== null && first.type !== 'done') throw refusalOf(first, peer, name)
+    const sha256 = await body
+    const verdict = first ?? (await reply)
     if (verdict.type !== 'done') throw refusalOf(verdict, peer, name)
     ch.end()
     c.log.info('file sent', { peer, name, size, offset, sent, savedAs: verdict.name, transferId: idHex.slice(0, 16) })
     return { transferId: idHex, peer, tunnel: tunnel.path, name, savedAs: verdict.name, size, sha256: sha256.toString('hex'), offset, sent }
   } catch (err) {
-    source?.destroy()
     ch.destroy()
     throw toNatdError(err, 'TUNNEL_CLOSED')
+  } finally {
+    spec.source.destroy()
+  }
+}
+
+/** Calls `onExpired` when `touch()` was not called for `ms` (a transfer phase that made no progress). */
+export class StallWatch {
+  private timer: NodeJS.Timeout
+
+  constructor(ms: number, onExpired: () => void) {
+    this.timer = setTimeout(onExpired, ms)
+  }
+
+  touch(): void {
+    this.timer.refresh()
+  }
+
+  stop(): void {
+    clearTimeout(this.timer)
   }
 }
 
@@ -188,6 +239,9 @@ export interface ReceivePolicy {
   allowed(peer: { name: string; id: string }): boolean
   maxSizeBytes: number
   inbox: string
+  stallTimeoutMs: number
+  /** Throws QUOTA_EXCEEDED when `peer` storing `size` more bytes goes over its quota. */
+  checkQuota(peer: { name: string; id: string }, size: number): void
 }
 
 export interface StoredFile {
@@ -198,10 +252,27 @@ export interface StoredFile {
   transferId: string
 }
 
+export const PARTIAL_DIR = '.partial'
+
+/** A partial's file name: the sender's whole ID (so quotas and listings know whose), a dot, a hash of sender and transfer. */
+export function partialKey(peerId: string, transferId: string): string {
+  return `${peerId}.${createHash('sha256').update(`${peerId}\0${transferId}`).digest('hex')}`
+}
+
+function partialSize(file: string): number {
+  try {
+    return fs.statSync(file).size
+  } catch {
+    return 0
+  }
+}
+
 /** The receiving side: partials, verification, placement. */
 export class FileReceiver {
   /** Receives in progress, by partial key: a re-run of the same transfer supersedes the old one. */
   private readonly active = new Map<string, { channel: MuxChannel; done: Promise<void> }>()
+  /** The (sanitised) names of partials seen since natd started, for listing. */
+  private readonly names = new Map<string, string>()
 
   constructor(
     private readonly policy: () => ReceivePolicy,
@@ -238,7 +309,8 @@ export class FileReceiver {
       throw new NatdError('TOO_LARGE', `${offer.size} bytes is more than the ${policy.maxSizeBytes} this agent accepts`)
     }
     const transferId = Buffer.from(offer.transferId).toString('hex')
-    const key = createHash('sha256').update(`${peer.id}\0${transferId}`).digest('hex')
+    const key = partialKey(peer.id, transferId)
+    policy.checkQuota(peer, offer.size - partialSize(path.join(policy.inbox, PARTIAL_DIR, key)))
     const previous = this.active.get(key)
     if (previous) {
       previous.channel.destroy(new NatdError('TUNNEL_CLOSED', 'superseded by a new attempt of the same transfer'))
@@ -248,7 +320,7 @@ export class FileReceiver {
     const done = new Promise<void>((resolve) => (release = resolve))
     this.active.set(key, { channel: ch, done })
     try {
-      await this.store(peer, ch, reader, { ...offer, name, transferId, key }, policy.inbox)
+      await this.store(peer, ch, reader, { ...offer, name, transferId, key }, policy)
     } finally {
       if (this.active.get(key)?.channel === ch) this.active.delete(key)
       release()
@@ -260,9 +332,10 @@ export class FileReceiver {
     ch: MuxChannel,
     reader: ChannelReader,
     offer: { name: string; size: number; transferId: string; key: string },
-    inbox: string
+    policy: ReceivePolicy
   ): Promise<void> {
-    const partialDir = path.join(inbox, '.partial')
+    const inbox = policy.inbox
+    const partialDir = path.join(inbox, PARTIAL_DIR)
     fs.mkdirSync(partialDir, { recursive: true, mode: 0o700 })
     const partial = path.join(partialDir, offer.key)
     this.prunePartials(partialDir)
@@ -283,12 +356,23 @@ export class FileReceiver {
     const hash = await hashFile(partial, offset).catch(() => createHash('sha256'))
     ch.write(encodeTransfer({ type: 'accept', offset }))
     this.log.info('file transfer accepted', { peer: peer.name, name: offer.name, size: offer.size, offset })
+    this.names.set(offer.key, offer.name)
     const out = fs.createWriteStream(partial, { flags: 'a', mode: 0o600, flush: true })
+    // A stall: tell the sender (REFUSE TIMEOUT), then reset the channel, which ends the
+    // read the pipeline is blocked in. The frame goes out before the reset, in order.
+    let stalled: NatdError | null = null
+    const stallMs = policy.stallTimeoutMs
+    const watch = new StallWatch(stallMs, () => {
+      stalled = new NatdError('TIMEOUT', `${peer.name} sent no byte of ${offer.name} for ${stallMs} ms (${offer.size - offset} announced); the partial is kept for a resume and listed by natctl files --partial`)
+      ch.end(encodeTransfer({ type: 'refuse', code: stalled.code, message: stalled.message }))
+      setTimeout(() => ch.destroy(stalled ?? undefined), STALL_RESET_DELAY_MS).unref()
+    })
     try {
       await pipeline(
         reader.raw(offer.size - offset),
         async function* (chunks: AsyncIterable<Buffer>) {
           for await (const chunk of chunks) {
+            watch.touch()
             hash.update(chunk)
             yield chunk
           }
@@ -296,7 +380,12 @@ export class FileReceiver {
         out
       )
     } catch (err) {
+      watch.stop()
       if (!out.closed) await once(out, 'close')
+      if (stalled) {
+        this.log.warn('TIMEOUT: a file transfer stalled', { peer: peer.name, name: offer.name, have: partialSize(partial), size: offer.size, stallMs })
+        throw stalled
+      }
       const e = err as NodeJS.ErrnoException
       if (e.code === 'ENOSPC' || e.code === 'EDQUOT') {
         fs.rmSync(partial, { force: true })
@@ -306,7 +395,8 @@ export class FileReceiver {
       this.log.info('file transfer interrupted', { peer: peer.name, name: offer.name, have: fs.statSync(partial).size, size: offer.size })
       throw toNatdError(err, 'TUNNEL_CLOSED')
     }
-    const end = await withDeadline(reader.frame('the sha256 after the file'), OFFER_TIMEOUT_MS, ch, 'the sha256 after the file')
+    watch.stop()
+    const end = await withDeadline(reader.frame('the sha256 after the file'), Math.min(OFFER_TIMEOUT_MS, stallMs), ch, 'the sha256 after the file')
     if (end.type !== 'end') throw new NatdError('BAD_REQUEST', `expected the file's sha256 after its bytes, got ${end.type}`)
     const sha256 = hash.digest()
     if (!sha256.equals(end.sha256)) {
@@ -315,9 +405,31 @@ export class FileReceiver {
       throw new NatdError('CORRUPT', `the bytes received do not match the sha256 of ${offer.name}; nothing was kept, send it again`)
     }
     const final = this.place(partial, inbox, offer.name)
+    this.names.delete(offer.key)
     const stored: StoredFile = { name: path.basename(final), path: final, size: offer.size, sha256: sha256.toString('hex'), transferId: offer.transferId }
     this.onStored(stored, peer)
     ch.end(encodeTransfer({ type: 'done', name: stored.name }))
+  }
+
+  /** Partials in `inbox`: what natctl files --partial lists. */
+  partials(inbox: string): PartialFile[] {
+    const dir = path.join(inbox, PARTIAL_DIR)
+    let names: string[]
+    try {
+      names = fs.readdirSync(dir)
+    } catch {
+      return []
+    }
+    const out: PartialFile[] = []
+    for (const key of names) {
+      try {
+        const st = fs.statSync(path.join(dir, key))
+        out.push({ key, fromId: key.split('.')[0] ?? '', name: this.names.get(key) ?? '', bytes: st.size, updatedAt: st.mtime.toISOString(), active: this.active.has(key) })
+      } catch {
+        // gone meanwhile
+      }
+    }
+    return out
   }
 
   /** Removes partials nobody came back for in PARTIAL_MAX_AGE_MS (never one being received). */

@@ -3,21 +3,27 @@
  * (persisted in `<state dir>/files.json`), the list of received files
  * (`<state dir>/files.jsonl`), and the glue between the API and file-transfer.ts.
  *
- * Default policy: files from every peer, up to DEFAULT_MAX_FILE_BYTES each, into
- * `<state dir>/inbox`. The sender's daemon reads the file itself, so natd must be able to
- * read it.
+ * Default policy: files from every peer, up to DEFAULT_MAX_FILE_BYTES each, at most
+ * DEFAULT_QUOTAS per peer, into `<state dir>/inbox` or the inbox the operator chose
+ * (natd --inbox, "inbox" in the config file; never over the API, which any member of
+ * group natd may call: a root natd would write peers' bytes wherever they named).
+ *
+ * Sending: natctl opens the file with its own rights and streams it (ipc/file-stream.ts);
+ * natd opens no path a client names, and refuses bytes that come from a file in its own
+ * state directory (its key, its config) even when the caller may read them.
  */
 import fs from 'node:fs'
 import path from 'node:path'
 import { NatdError } from '../protocol/errors.js'
 import type { Logger } from '../protocol/log.js'
 import { describePeer } from '../protocol/peer-ref.js'
-import type { FileProgress, FileSendResult, FilesPolicy, ReceivedFile } from '../ipc/schema.js'
+import type { Duplex } from 'node:stream'
+import type { FileProgress, FileSendParams, FileSendResult, FilesPolicy, FilesPolicyParams, PartialFile, Quotas, ReceivedFile } from '../ipc/schema.js'
 import type { TunnelManager } from '../tunnel/manager.js'
 import type { OpenRequest } from '../tunnel/mux.js'
 import type { Tunnel } from '../tunnel/tunnel.js'
 import { admits, isCurrent, migrateAllowEntry, type AllowEntry } from './allow-list.js'
-import { FileReceiver, sendFile, type ReceivePolicy } from './file-transfer.js'
+import { FileReceiver, sendFile, STALL_TIMEOUT_MS, type ReceivePolicy } from './file-transfer.js'
 import type { KnownPeers } from './known-peers.js'
 import { appendJsonLine, readJson, readJsonLines, writeJsonAtomic } from './state-files.js'
 
@@ -26,6 +32,18 @@ export { FILE_SERVICE } from './file-transfer.js'
 export const DEFAULT_MAX_FILE_BYTES = 1024 ** 3
 /** file.progress events at most this often per transfer (plus one at the start and one at the end). */
 export const PROGRESS_INTERVAL_MS = 200
+/**
+ * What one peer may leave with us unless `natctl files policy` says otherwise: room for a
+ * busy chat and a good many files, small next to a disk; a peer that floods gets
+ * QUOTA_EXCEEDED, and the user frees room (natctl messages --clear, deleting files).
+ */
+export const DEFAULT_QUOTAS: Readonly<Quotas> = Object.freeze({
+  filesPerPeer: 1_000,
+  fileBytesPerPeer: 4 * 1024 ** 3,
+  messagesPerPeer: 1_000,
+  messageBytesPerPeer: 1024 ** 2,
+  stallTimeoutMs: STALL_TIMEOUT_MS
+})
 export const POLICY_FILE = 'files.json'
 export const RECEIVED_FILE = 'files.jsonl'
 
@@ -38,16 +56,16 @@ export interface FilesComponents {
   selfId: string
   /** Resolves `--allow` peers to whole keys; its pinned peers migrate old policies. */
   known: Pick<KnownPeers, 'resolveKey' | 'list'>
+  /** The inbox the operator chose (natd --inbox, config file "inbox"); '' = `<state dir>/inbox`. */
+  inbox?: string
   onReceived(f: ReceivedFile): void
   onProgress(p: FileProgress): void
 }
 
-interface StoredPolicy {
+interface StoredPolicy extends Quotas {
   /** Peers by whole key (allow-list.ts); empty = every peer. */
   allow: AllowEntry[]
   maxSizeBytes: number
-  /** '' = `<state dir>/inbox`. */
-  inbox: string
 }
 
 export class Files {
@@ -57,13 +75,22 @@ export class Files {
   constructor(private readonly c: FilesComponents) {
     const saved = readJson<Partial<Record<keyof StoredPolicy, unknown>>>(path.join(c.dir, POLICY_FILE)) ?? {}
     const allow: unknown[] = Array.isArray(saved.allow) ? saved.allow : []
+    const num = (k: keyof Quotas): number => (typeof saved[k] === 'number' ? saved[k] : DEFAULT_QUOTAS[k])
     this.stored = {
       // Bare names from before allow lists held keys: migrated against the pinned peers, once (allow-list.ts).
       allow: allow.map((a) => (isCurrent(a) ? a : migrateAllowEntry(a, c.known.list()))),
       maxSizeBytes: typeof saved.maxSizeBytes === 'number' ? saved.maxSizeBytes : DEFAULT_MAX_FILE_BYTES,
-      inbox: typeof saved.inbox === 'string' ? saved.inbox : ''
+      filesPerPeer: num('filesPerPeer'),
+      fileBytesPerPeer: num('fileBytesPerPeer'),
+      messagesPerPeer: num('messagesPerPeer'),
+      messageBytesPerPeer: num('messageBytesPerPeer'),
+      stallTimeoutMs: num('stallTimeoutMs')
     }
-    if (!allow.every(isCurrent)) writeJsonAtomic(path.join(c.dir, POLICY_FILE), this.stored)
+    // An inbox stored by an older natd was set over the API (by any group member): not honoured.
+    if (typeof (saved as { inbox?: unknown }).inbox === 'string' && (saved as { inbox: string }).inbox !== '') {
+      c.log.warn('ignoring the inbox stored in files.json: set it with natd --inbox or "inbox" in the config file', { stored: (saved as { inbox: string }).inbox, inbox: this.inbox })
+    }
+    if (!allow.every(isCurrent) || 'inbox' in saved) writeJsonAtomic(path.join(c.dir, POLICY_FILE), this.stored)
     for (const a of this.stored.allow) {
       if (a.id === null) c.log.warn('the file policy allows a peer by name with no pinned key: it admits nobody until re-added', { peer: a.name, hint: `natctl trust ${a.name} PEER_ID, then natctl files policy --allow ${a.name}` })
     }
@@ -71,17 +98,30 @@ export class Files {
   }
 
   get inbox(): string {
-    return this.stored.inbox || path.join(this.c.dir, 'inbox')
+    return this.c.inbox || path.join(this.c.dir, 'inbox')
+  }
+
+  /** The per-peer quotas now in force (Messages reads its own from here). */
+  get quotas(): Readonly<Quotas> {
+    const { filesPerPeer, fileBytesPerPeer, messagesPerPeer, messageBytesPerPeer, stallTimeoutMs } = this.stored
+    return { filesPerPeer, fileBytesPerPeer, messagesPerPeer, messageBytesPerPeer, stallTimeoutMs }
   }
 
   policy(): FilesPolicy {
-    return { allow: this.stored.allow.map((a) => ({ ...a })), maxSizeBytes: this.stored.maxSizeBytes, inbox: this.inbox }
+    return { allow: this.stored.allow.map((a) => ({ ...a })), maxSizeBytes: this.stored.maxSizeBytes, inbox: this.inbox, ...this.quotas }
   }
 
-  /** Changes what is given (null = unchanged) and persists it. `allow` peers are resolved to whole keys now (PEER_UNKNOWN). */
-  async setPolicy(p: { allow: string[] | null; maxSizeBytes: number | null; inbox: string | null }): Promise<FilesPolicy> {
+  /**
+   * Changes what is given (null = unchanged) and persists it. `allow` peers are resolved
+   * to whole keys now (PEER_UNKNOWN). `inbox` is refused (NOT_ALLOWED): only the operator
+   * chooses it, with natd --inbox or the config file.
+   */
+  async setPolicy(p: Partial<FilesPolicyParams>): Promise<FilesPolicy> {
     const next = { ...this.stored }
-    if (p.allow !== null) {
+    if (p.inbox !== null && p.inbox !== undefined && p.inbox !== this.inbox) {
+      throw new NatdError('NOT_ALLOWED', 'the inbox is not set over the API (any member of group natd could point it anywhere): pass natd --inbox DIR or set "inbox" in the config file')
+    }
+    if (p.allow !== null && p.allow !== undefined) {
       const allow: AllowEntry[] = []
       for (const a of p.allow) {
         const ref = await this.c.known.resolveKey(a)
@@ -89,15 +129,14 @@ export class Files {
       }
       next.allow = allow
     }
-    if (p.maxSizeBytes !== null) next.maxSizeBytes = p.maxSizeBytes
-    if (p.inbox !== null) {
-      if (p.inbox !== '' && !path.isAbsolute(p.inbox)) throw new NatdError('INVALID_ARGUMENT', `--inbox must be an absolute path, not ${JSON.stringify(p.inbox)}`)
-      next.inbox = p.inbox === path.join(this.c.dir, 'inbox') ? '' : p.inbox
+    if (p.maxSizeBytes !== null && p.maxSizeBytes !== undefined) next.maxSizeBytes = p.maxSizeBytes
+    for (const k of Object.keys(DEFAULT_QUOTAS) as (keyof Quotas)[]) {
+      const value = p[k]
+      if (value !== null && value !== undefined) next[k] = value
     }
-    if (p.inbox) fs.mkdirSync(p.inbox, { recursive: true, mode: 0o700 })
     writeJsonAtomic(path.join(this.c.dir, POLICY_FILE), next)
     this.stored = next
-    this.c.log.info('file policy changed', { allow: this.stored.allow.map(describePeer), maxSizeBytes: this.stored.maxSizeBytes, inbox: this.inbox })
+    this.c.log.info('file policy changed', { allow: this.stored.allow.map(describePeer), maxSizeBytes: this.stored.maxSizeBytes, ...this.quotas })
     return this.policy()
   }
 
@@ -106,15 +145,36 @@ export class Files {
     return readJsonLines<ReceivedFile>(path.join(this.c.dir, RECEIVED_FILE))
   }
 
-  async send(p: { peer: string; path: string; name: string; timeoutMs: number }): Promise<FileSendResult> {
+  /** Partial files in the inbox: transfers cut off, kept for a resume. */
+  partials(): PartialFile[] {
+    return this.receiver.partials(this.inbox)
+  }
+
+  /** Sends the bytes the caller streams on `source` (see FileSendParams); natd opens no file. */
+  async send(p: Omit<FileSendParams, 'source'> & { source: Duplex }): Promise<FileSendResult> {
+    try {
+      return await this.sendFrom(p)
+    } finally {
+      p.source.destroy() // the caller's data connection is good for this one file
+    }
+  }
+
+  private async sendFrom(p: Omit<FileSendParams, 'source'> & { source: Duplex }): Promise<FileSendResult> {
     if (p.peer === this.c.selfName || p.peer === this.c.selfId) throw new NatdError('INVALID_ARGUMENT', 'cannot send a file to yourself')
+    if (this.isOwnState(p.dev, p.ino)) {
+      this.c.log.warn('FILE_UNREADABLE: refused to send a file from natd\'s state directory', { path: p.path, peer: p.peer })
+      throw new NatdError('FILE_UNREADABLE', `${p.path || p.name} is in natd's state directory (its key, config or inbox records): natd never sends those`)
+    }
     const started = Date.now()
     let last = 0
     const r = await sendFile(
       {
         peer: p.peer,
-        file: p.path,
         name: p.name,
+        size: p.size,
+        mtimeMs: p.mtimeMs,
+        ino: p.ino,
+        source: p.source,
         timeoutMs: p.timeoutMs,
         onProgress: (pr) => {
           const now = Date.now()
@@ -124,7 +184,7 @@ export class Files {
           }
         }
       },
-      { tunnels: this.c.tunnels, selfId: this.c.selfId, log: this.c.log }
+      { tunnels: this.c.tunnels, selfId: this.c.selfId, log: this.c.log, stallTimeoutMs: this.stored.stallTimeoutMs }
     )
     this.c.onProgress({ transferId: r.transferId, peer: r.peer, path: p.path, name: r.name, size: r.size, offset: r.offset, sent: r.sent })
     return { ...r, path: p.path, tookMs: Date.now() - started }
@@ -134,6 +194,19 @@ export class Files {
     this.receiver.onChannel(tunnel, req)
   }
 
+  /** Whether (dev, ino) is one of the files directly in the state directory (identity.json, config.json, …). */
+  private isOwnState(dev: number, ino: number): boolean {
+    for (const e of fs.readdirSync(this.c.dir)) {
+      try {
+        const st = fs.statSync(path.join(this.c.dir, e))
+        if (st.isFile() && st.dev === dev && st.ino === ino) return true
+      } catch {
+        // gone meanwhile
+      }
+    }
+    return false
+  }
+
   private receivePolicy(): ReceivePolicy {
     const allow = this.stored.allow
     const inbox = this.inbox
@@ -141,7 +214,40 @@ export class Files {
     return {
       allowed: (peer) => admits(allow, peer),
       maxSizeBytes: this.stored.maxSizeBytes,
-      inbox
+      inbox,
+      stallTimeoutMs: this.stored.stallTimeoutMs,
+      checkQuota: (peer, size) => this.checkQuota(peer, size)
+    }
+  }
+
+  /** What `peer` holds in the inbox: received files still there, and partials. */
+  usage(peerId: string): { files: number; bytes: number } {
+    let files = 0
+    let bytes = 0
+    for (const f of this.list()) {
+      if (f.fromId !== peerId) continue
+      try {
+        const st = fs.statSync(f.path)
+        files++
+        bytes += st.size
+      } catch {
+        // deleted by the user: room again
+      }
+    }
+    for (const p of this.partials()) {
+      if (p.fromId !== peerId || p.active) continue
+      files++
+      bytes += p.bytes
+    }
+    return { files, bytes }
+  }
+
+  private checkQuota(peer: { name: string; id: string }, size: number): void {
+    const u = this.usage(peer.id)
+    const q = this.stored
+    if (u.files + 1 > q.filesPerPeer || u.bytes + size > q.fileBytesPerPeer) {
+      this.c.log.warn('QUOTA_EXCEEDED: refused a file from a peer', { peer: peer.name, files: u.files, bytes: u.bytes, size, filesPerPeer: q.filesPerPeer, fileBytesPerPeer: q.fileBytesPerPeer })
+      throw new NatdError('QUOTA_EXCEEDED', `${peer.name} already has ${u.files} files (${u.bytes} bytes) in this agent's inbox; its quota is ${q.filesPerPeer} files, ${q.fileBytesPerPeer} bytes`)
     }
   }
 

@@ -38,7 +38,7 @@ import { installService, uninstallService, type ServiceReport } from './service.
 /** SIGTERM must finish within this (systemd's stop timeout is far longer; peers want speed). */
 const SHUTDOWN_DEADLINE_MS = 3_000
 /** Settings SIGHUP cannot change under a running agent: they need a restart. */
-const RESTART_KEYS = ['name', 'server', 'heartbeatMs', 'port', 'secretFile'] as const
+const RESTART_KEYS = ['name', 'server', 'heartbeatMs', 'port', 'secretFile', 'inbox'] as const
 
 interface RunArgs {
   name?: string | undefined
@@ -48,6 +48,7 @@ interface RunArgs {
   port?: number | undefined
   heartbeat?: string | undefined
   'secret-file'?: string | undefined
+  inbox?: string | undefined
   'log-level'?: string | undefined
   config?: string | undefined
 }
@@ -62,6 +63,7 @@ function runOptions(y: Argv): Argv<RunArgs> {
     .option('port', { type: 'number', describe: 'local UDP and TCP port (default: chosen once, then kept)' })
     .option('heartbeat', { type: 'string', describe: 'heartbeat interval (default 20s)' })
     .option('secret-file', { type: 'string', describe: 'file with the network secret, when the server needs one' })
+    .option('inbox', { type: 'string', describe: 'directory received files go to (absolute; default <state dir>/inbox); only set here or in the config file' })
     .option('log-level', { choices: LOG_LEVELS })
 }
 
@@ -174,7 +176,8 @@ async function run(argv: RunArgs): Promise<void> {
     heartbeatMs,
     port: argv.port,
     logLevel: argv['log-level'] as LogLevel | undefined,
-    secretFile: argv['secret-file']
+    secretFile: argv['secret-file'],
+    inbox: argv.inbox
   }
   refuseForeignStateDir(stateDir)
 

@@ -2,7 +2,9 @@
  * Messages between peers (`natctl send`, `natctl messages`). The sender opens a `msg`
  * channel on the tunnel (opened if needed) and sends one MESSAGE frame; the receiver
  * appends it to `<state dir>/messages.jsonl`, fsyncs, and only then answers ACK, so a
- * `send` that succeeded is on the peer's disk. Every authenticated peer may message us.
+ * `send` that succeeded is on the peer's disk. Every authenticated peer may message us,
+ * up to its quota (messagesPerPeer, messageBytesPerPeer in files.policy): past it the
+ * message is refused with QUOTA_EXCEEDED, until the user clears (`messages.clear`).
  */
 import { randomBytes } from 'node:crypto'
 import path from 'node:path'
@@ -10,13 +12,13 @@ import { NatdError, toNatdError } from '../protocol/errors.js'
 import type { Logger } from '../protocol/log.js'
 import { isTarget, resolvePeer } from '../protocol/peer-ref.js'
 import { encodeTransfer, MAX_MESSAGE_BYTES } from '../protocol/transfer.js'
-import type { MessageInfo, MessageSendResult } from '../ipc/schema.js'
+import type { MessageInfo, MessageSendResult, Quotas } from '../ipc/schema.js'
 import type { TunnelManager } from '../tunnel/manager.js'
 import type { OpenRequest } from '../tunnel/mux.js'
 import type { Tunnel } from '../tunnel/tunnel.js'
 import { ChannelReader, refusal, withDeadline } from './channel-frames.js'
 import type { KnownPeers } from './known-peers.js'
-import { appendJsonLine, readJsonLines } from './state-files.js'
+import { appendJsonLine, readJsonLines, writeFileAtomic } from './state-files.js'
 
 export const MESSAGE_SERVICE = 'msg'
 /** The receiver waits this long for the MESSAGE frame after the channel opens. */
@@ -34,16 +36,52 @@ export interface MessagesComponents {
   known: Pick<KnownPeers, 'list'>
   /** A message was stored (API event `message`). */
   onMessage(m: MessageInfo): void
+  /** The per-peer quotas in force (Files owns the policy). */
+  quotas(): Pick<Quotas, 'messagesPerPeer' | 'messageBytesPerPeer'>
 }
 
 export class Messages {
   private readonly file: string
   /** Ids already stored: a retried send is acknowledged, not stored twice. */
   private readonly seen = new Set<string>()
+  /** What each sender (by whole ID) holds in the inbox. */
+  private readonly usage = new Map<string, { count: number; bytes: number }>()
 
   constructor(private readonly c: MessagesComponents) {
     this.file = path.join(c.dir, MESSAGES_FILE)
-    for (const m of readJsonLines<MessageInfo>(this.file)) this.seen.add(m.id)
+    this.load()
+  }
+
+  private load(): void {
+    this.seen.clear()
+    this.usage.clear()
+    for (const m of readJsonLines<MessageInfo>(this.file)) {
+      this.seen.add(m.id)
+      this.count(m)
+    }
+  }
+
+  private count(m: MessageInfo): void {
+    const u = this.usage.get(m.fromId) ?? { count: 0, bytes: 0 }
+    u.count++
+    u.bytes += Buffer.byteLength(m.text)
+    this.usage.set(m.fromId, u)
+  }
+
+  /** What a sender holds in the inbox now. */
+  usageOf(peerId: string): { count: number; bytes: number } {
+    return { ...(this.usage.get(peerId) ?? { count: 0, bytes: 0 }) }
+  }
+
+  /** Removes the messages from `from` (a peer as list() takes it; '' = all): room for new ones. */
+  clear(from = ''): { removed: number } {
+    const all = readJsonLines<MessageInfo>(this.file)
+    const gone = new Set((from ? this.list(from) : all).map((m) => m.id))
+    const kept = all.filter((m) => !gone.has(m.id))
+    writeFileAtomic(this.file, kept.map((m) => JSON.stringify(m) + '\n').join(''))
+    this.load()
+    this.c.log.info('messages cleared', { from: from || 'everyone', removed: all.length - kept.length })
+    return { removed: all.length - kept.length }
   }
 
   /**
@@ -95,9 +133,15 @@ export class Messages {
       if (f.type !== 'message') throw new NatdError('BAD_REQUEST', `expected a message, got ${f.type}`)
       const id = Buffer.from(f.messageId).toString('hex')
       if (!this.seen.has(id)) {
+        const q = this.c.quotas()
+        const u = this.usageOf(tunnel.peer.id)
+        if (u.count + 1 > q.messagesPerPeer || u.bytes + Buffer.byteLength(f.text) > q.messageBytesPerPeer) {
+          throw new NatdError('QUOTA_EXCEEDED', `${tunnel.peer.name} already has ${u.count} messages (${u.bytes} bytes) in this agent's inbox; its quota is ${q.messagesPerPeer} messages, ${q.messageBytesPerPeer} bytes`)
+        }
         const m: MessageInfo = { id, from: tunnel.peer.name, fromId: tunnel.peer.id, text: f.text, sentAt: new Date(f.sentAt).toISOString(), receivedAt: new Date().toISOString() }
         appendJsonLine(this.file, m) // fsynced before the ACK: an acknowledged message survives a crash
         this.seen.add(id)
+        this.count(m)
         this.c.log.info('message received', { peer: m.from, id, bytes: Buffer.byteLength(m.text) })
         this.c.onMessage(m)
       }

@@ -184,11 +184,58 @@ export interface FileProgress {
   sent: number
 }
 
-export interface FilesPolicy {
+/** A partial file in the inbox (`files.partials`): a transfer cut off, kept for a resume until it is PARTIAL_MAX_AGE_MS old. */
+export interface PartialFile {
+  key: string
+  /** The sender's whole ID. */
+  fromId: string
+  /** As the sender offered it (made safe); '' when natd has not seen the offer since it started. */
+  name: string
+  bytes: number
+  updatedAt: string
+  /** Being received now. */
+  active: boolean
+}
+
+/** Per-peer limits on what a peer may leave in our inbox (files.policy; defaults in docs/API.md). */
+export interface Quotas {
+  /** Files from one peer in the inbox (received ones still there, plus partials). */
+  filesPerPeer: number
+  /** Their bytes. */
+  fileBytesPerPeer: number
+  /** Messages from one peer in messages.jsonl. */
+  messagesPerPeer: number
+  /** Their text, in UTF-8 bytes. */
+  messageBytesPerPeer: number
+  /** A transfer that makes no progress for this long is cut off (TIMEOUT on both ends). */
+  stallTimeoutMs: number
+}
+
+export interface FilesPolicy extends Quotas {
   allow: AllowedPeer[] // empty = every peer
   maxSizeBytes: number
+  /** Set by the operator only (natd --inbox or "inbox" in the config file), never over the API. */
   inbox: string
 }
+
+/** file.send: natd sends the bytes the caller streams on the data connection `source` (ipc/file-stream.ts); it opens no file. */
+export interface FileSendParams {
+  peer: string
+  /** The data connection's token. */
+  source: string
+  /** The name the peer gets. */
+  name: string
+  size: number
+  mtimeMs: number
+  dev: number
+  ino: number
+  /** The caller's path, only to label results and file.progress events; natd never opens it. */
+  path: string
+  timeoutMs: number
+}
+
+/** files.policy: absent or null = unchanged. */
+export type FilesPolicyParams = { allow: string[] | null; maxSizeBytes: number | null; inbox: string | null } & { [K in keyof Quotas]: number | null }
 
 export interface TrustResult {
   name: string
@@ -216,9 +263,11 @@ export interface Methods {
   'expose.rm': { params: { port: number }; result: { removed: ExposeInfo } }
   'message.send': { params: { peer: string; text: string; timeoutMs: number }; result: MessageSendResult }
   messages: { params: { from: string; limit: number }; result: MessageInfo[] }
-  'file.send': { params: { peer: string; path: string; name: string; timeoutMs: number }; result: FileSendResult }
+  'messages.clear': { params: { from: string }; result: { removed: number } }
+  'file.send': { params: FileSendParams; result: FileSendResult }
   files: { params: Record<string, never>; result: ReceivedFile[] }
-  'files.policy': { params: { allow: string[] | null; maxSizeBytes: number | null; inbox: string | null }; result: FilesPolicy }
+  'files.partials': { params: Record<string, never>; result: PartialFile[] }
+  'files.policy': { params: FilesPolicyParams; result: FilesPolicy }
 }
 
 export type MethodName = keyof Methods
@@ -267,6 +316,8 @@ export const v = {
 }
 
 const empty = v.object<Record<string, never>>({})
+/** Absent or null: null (unchanged). */
+const nullable = <T>(check: Check<T>): Check<T | null> => (x, p) => (x === null || x === undefined ? null : check(x, p))
 const TIMEOUT_MAX_MS = 10 * 60_000
 const VIAS: readonly Via[] = ['auto', 'udp', 'tcp', 'relay']
 
@@ -289,13 +340,29 @@ export const PARAMS: { [M in MethodName]: Check<Params<M>> } = {
   'expose.rm': v.object({ port: v.port() }),
   'message.send': v.object({ peer: v.string({ max: 64 }), text: v.string({ max: 16 * 1024 }), timeoutMs: v.optional(v.int(1, TIMEOUT_MAX_MS), 10_000) }),
   messages: v.object({ from: v.optional(v.string({ max: 64, min: 0 }), ''), limit: v.optional(v.int(0, 1_000_000), 0) }),
-  'file.send': v.object({ peer: v.string({ max: 64 }), path: v.string({ max: 4096 }), name: v.optional(v.string({ max: 255, min: 0 }), ''), timeoutMs: v.optional(v.int(1, TIMEOUT_MAX_MS), 10_000) }),
+  'messages.clear': v.object({ from: v.optional(v.string({ max: 64, min: 0 }), '') }),
+  'file.send': v.object({
+    peer: v.string({ max: 64 }),
+    source: v.string({ max: 64 }),
+    name: v.string({ max: 255 }),
+    size: v.int(0, 2 ** 48 - 1),
+    mtimeMs: (x, p) => (typeof x === 'number' && Number.isFinite(x) && x >= 0 ? x : fail(p, 'a time in ms')),
+    dev: v.int(0, Number.MAX_SAFE_INTEGER),
+    ino: v.int(0, Number.MAX_SAFE_INTEGER),
+    path: v.optional(v.string({ max: 4096, min: 0 }), ''),
+    timeoutMs: v.optional(v.int(1, TIMEOUT_MAX_MS), 10_000)
+  }),
   files: empty,
+  'files.partials': empty,
   'files.policy': v.object({
-    // absent or null: unchanged
-    allow: (x, p) => (x === null ? null : v.optional<string[] | null>(v.array(v.string({ max: 64 })), null)(x, p)),
-    maxSizeBytes: (x, p) => (x === null ? null : v.optional<number | null>(v.int(0, Number.MAX_SAFE_INTEGER), null)(x, p)),
-    inbox: (x, p) => (x === null ? null : v.optional<string | null>(v.string({ max: 4096, min: 0 }), null)(x, p))
+    allow: nullable(v.array(v.string({ max: 64 }))),
+    maxSizeBytes: nullable(v.int(0, Number.MAX_SAFE_INTEGER)),
+    inbox: nullable(v.string({ max: 4096, min: 0 })),
+    filesPerPeer: nullable(v.int(1, 1_000_000)),
+    fileBytesPerPeer: nullable(v.int(0, Number.MAX_SAFE_INTEGER)),
+    messagesPerPeer: nullable(v.int(1, 1_000_000)),
+    messageBytesPerPeer: nullable(v.int(0, Number.MAX_SAFE_INTEGER)),
+    stallTimeoutMs: nullable(v.int(100, TIMEOUT_MAX_MS))
   })
 }
 

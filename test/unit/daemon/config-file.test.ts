@@ -61,6 +61,14 @@ describe('parseConfigFile', () => {
     expect(() => parse({ exposes: [{ port: 22, allow: [{ nick: 'carol' }] }] })).toThrow(/"exposes\[0\]\.allow\[0\]\.nick" is not a setting/)
   })
 
+  it('takes the inbox only from the operator: the file\'s "inbox", overridden by --inbox', () => {
+    const file = parse({ name: 'alice', server: 'rv.example.org', inbox: '/srv/natd-inbox' })
+    expect(file.inbox).toBe('/srv/natd-inbox')
+    expect(mergeConfig(null, {}, file).inbox).toBe('/srv/natd-inbox')
+    expect(mergeConfig(null, { inbox: '/mnt/in' }, file).inbox).toBe('/mnt/in')
+    expect(() => mergeConfig(null, { inbox: 'relative' }, file)).toThrow(/--inbox must be an absolute path/)
+  })
+
   it('takes "" and null as "not set", and a heartbeat in seconds', () => {
     expect(parse({ name: '', server: null, heartbeat: 30 })).toEqual({ path: FILE, heartbeatMs: 30_000, forwards: [], exposes: [] })
   })
@@ -72,6 +80,7 @@ describe('parseConfigFile', () => {
     [{ name: 'Alice' }, /"name" is "Alice"; a name is 1-32 characters/],
     [{ server: 'rv.example.org:99999' }, /"server" must be HOST, HOST:PORT or HOST:PORT#KEY/],
     [{ secretFile: 'secret' }, /"secretFile" must be an absolute path/],
+    [{ inbox: 'inbox' }, /"inbox" must be an absolute path/],
     [{ heartbeat: '20 seconds' }, /"heartbeat" must be a duration like "20s"/],
     [{ heartbeat: '100ms' }, /"heartbeat" must be between 200ms and 10m/],
     [{ port: 70000 }, /"port" must be a port number 0-65535, not 70000/],
@@ -105,11 +114,11 @@ describe('parseConfigFile', () => {
 })
 
 describe('mergeConfig', () => {
-  const stored: AgentConfig = { name: 'old', server: 'old.example.org', heartbeatMs: 5_000, port: 41641, logLevel: 'debug', secretFile: '/old/secret' }
+  const stored: AgentConfig = { name: 'old', server: 'old.example.org', heartbeatMs: 5_000, port: 41641, logLevel: 'debug', secretFile: '/old/secret', inbox: null }
 
   it('flags over the file; with a file, the store gives only the port', () => {
     const file = parse({ name: 'alice', server: 'rv.example.org' })
-    expect(mergeConfig(stored, {}, file)).toEqual({ name: 'alice', server: 'rv.example.org', heartbeatMs: 20_000, port: 41641, logLevel: 'info', secretFile: null })
+    expect(mergeConfig(stored, {}, file)).toEqual({ name: 'alice', server: 'rv.example.org', heartbeatMs: 20_000, port: 41641, logLevel: 'info', secretFile: null, inbox: null })
     expect(mergeConfig(stored, { name: 'bob', heartbeatMs: 1_000 }, file)).toMatchObject({ name: 'bob', heartbeatMs: 1_000 })
     expect(mergeConfig(stored, {}, parse({ name: 'alice', server: 'rv.example.org', port: 5000 })).port).toBe(5000)
   })

@@ -9,9 +9,10 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
-import { PARTIAL_MAX_AGE_MS, sanitizeName, suffixedName, transferIdOf } from '../../../src/daemon/file-transfer.js'
-import { DEFAULT_MAX_FILE_BYTES, Files, FILE_SERVICE } from '../../../src/daemon/files.js'
-import type { FileProgress, ReceivedFile } from '../../../src/ipc/schema.js'
+import { PARTIAL_MAX_AGE_MS, partialKey, sanitizeName, suffixedName, transferIdOf } from '../../../src/daemon/file-transfer.js'
+import { DEFAULT_MAX_FILE_BYTES, DEFAULT_QUOTAS, Files, FILE_SERVICE } from '../../../src/daemon/files.js'
+import { FileStreamServer, openFileStream, openToSend, streamFile } from '../../../src/ipc/file-stream.js'
+import type { FileProgress, FileSendResult, ReceivedFile } from '../../../src/ipc/schema.js'
 import { NatdError } from '../../../src/protocol/errors.js'
 import { silentLogger } from '../../../src/protocol/log.js'
 import { resolvePeer } from '../../../src/protocol/peer-ref.js'
@@ -51,7 +52,13 @@ describe('sanitizeName', () => {
     ['.bashrc', '_bashrc'],
     ['..hidden', '__hidden'],
     ['new\nline\u0000.txt', 'new_line_.txt'],
-    ['photos/2026/a.jpg', 'photos_2026_a.jpg']
+    ['photos/2026/a.jpg', 'photos_2026_a.jpg'],
+    ['invoice\u202Efdp.exe', 'invoice_fdp.exe'],
+    ['a\u2066b\u2069c\u200Fd\u061Ce', 'a_b_c_d_e'],
+    ['c1\u0085\u009b.txt', 'c1__.txt'],
+    ['zw\u200Bj\uFEFF.txt', 'zw_j_.txt'],
+    ['lone\uD800.txt', 'lone_.txt'],
+    ['naïve café 日本.txt', 'naïve café 日本.txt']
   ])('%j → %j', (input, want) => {
     expect(sanitizeName(input)).toBe(want)
   })
@@ -70,6 +77,7 @@ describe('sanitizeName', () => {
 })
 
 interface World {
+  streams: FileStreamServer
   pipe: MessagePipe
   tmp: string
   alice: Files
@@ -88,7 +96,7 @@ afterEach(() => {
   for (const c of cleanups.splice(0)) c()
 })
 
-function world(sender: { name: string; id: string } = ALICE): World {
+function world(sender: { name: string; id: string } = ALICE, opts: { bobInbox?: (tmp: string) => string } = {}): World {
   const pipe = messagePipe()
   const muxA = new Mux(pipe.a, true, silentLogger)
   const muxB = new Mux(pipe.b, false, silentLogger)
@@ -97,7 +105,9 @@ function world(sender: { name: string; id: string } = ALICE): World {
   const bobDir = path.join(tmp, 'bob')
   fs.mkdirSync(aliceDir)
   fs.mkdirSync(bobDir)
+  const streams = new FileStreamServer(path.join(tmp, 'api.sock.data'), silentLogger)
   cleanups.push(() => {
+    streams.stop()
     muxA.close('test over')
     muxB.close('test over')
     fs.rmSync(tmp, { recursive: true, force: true })
@@ -111,9 +121,9 @@ function world(sender: { name: string; id: string } = ALICE): World {
   const tunnels = { open: async () => ({ tunnel: tunnelToBob, tookMs: 0, reused: true }) } as unknown as TunnelManager
   const received: ReceivedFile[] = []
   const progress: FileProgress[] = []
-  const make = (dir: string, self: { name: string; id: string }): Files =>
-    new Files({ dir, tunnels, log: silentLogger, selfName: self.name, selfId: self.id, known, onReceived: (f) => received.push(f), onProgress: (p) => progress.push(p) })
-  const bob = make(bobDir, BOB)
+  const make = (dir: string, self: { name: string; id: string }, inbox = ''): Files =>
+    new Files({ dir, inbox, tunnels, log: silentLogger, selfName: self.name, selfId: self.id, known, onReceived: (f) => received.push(f), onProgress: (p) => progress.push(p) })
+  const bob = make(bobDir, BOB, opts.bobInbox?.(tmp) ?? '')
   muxB.on('open', (req) => {
     if (req.service === FILE_SERVICE) bob.onChannel(tunnelToAlice, req)
   })
@@ -121,7 +131,7 @@ function world(sender: { name: string; id: string } = ALICE): World {
     muxA.close(reason)
     muxB.close(reason)
   }
-  return { pipe, tmp, alice: make(aliceDir, ALICE), bob, bobDir, received, progress, sentOnWire: () => wire, cut }
+  return { streams, pipe, tmp, alice: make(aliceDir, ALICE), bob, bobDir, received, progress, sentOnWire: () => wire, cut }
 }
 
 function file(dir: string, name: string, bytes: number | Buffer): { path: string; data: Buffer; sha256: string } {
@@ -134,24 +144,39 @@ function file(dir: string, name: string, bytes: number | Buffer): { path: string
 /** Where bob keeps the partial of alice's transfer of the file at `file` (as it is now) under `name`. */
 function partialOf(w: World, name: string, file: string): string {
   const transferId = transferIdOf(ALICE.id, name, fs.statSync(file)).toString('hex')
-  const key = createHash('sha256').update(`${ALICE.id}\0${transferId}`).digest('hex')
-  return path.join(w.bob.inbox, '.partial', key)
+  return path.join(w.bob.inbox, '.partial', partialKey(ALICE.id, transferId))
 }
 
-/** Runs `fn` with bob's inbox on a tmpfs of `size` (root only), unmounted after. */
-async function withTmpfsInbox(w: World, size: string, fn: (inbox: string) => Promise<void>): Promise<void> {
-  const inbox = path.join(w.tmp, `tmpfs-${size}`)
+/** Runs `fn` with a world whose bob's inbox is on a tmpfs of `size` (root only), unmounted after. */
+async function withTmpfsInbox(size: string, fn: (w: World, inbox: string) => Promise<void>): Promise<void> {
+  let inbox = ''
+  const w = world(ALICE, { bobInbox: (tmp) => (inbox = path.join(tmp, `tmpfs-${size}`)) })
   fs.mkdirSync(inbox)
   execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', inbox])
   try {
-    await w.bob.setPolicy({ allow: null, maxSizeBytes: null, inbox })
-    await fn(inbox)
+    await fn(w, inbox)
   } finally {
     execFileSync('umount', [inbox])
   }
 }
 
-const send = (w: World, p: string, name = ''): ReturnType<Files['send']> => w.alice.send({ peer: 'bob', path: p, name, timeoutMs: 2_000 })
+/** What natctl cp does for one file (transfer-commands.ts sendOne): open it with our rights, stream it on the data socket. */
+async function send(w: World, p: string, name = ''): Promise<FileSendResult> {
+  if (!w.streams.listening) await w.streams.start()
+  const opened = await openToSend(p)
+  const { socket, token } = await openFileStream(w.streams.socketPath.replace(/\.data$/, ''))
+  let local: unknown = null
+  const streaming = streamFile(socket, opened, p).catch((err: unknown) => (local = err))
+  try {
+    return await w.alice.send({ peer: 'bob', source: w.streams.take(token), name: name || path.basename(p), size: opened.size, mtimeMs: opened.mtimeMs, dev: opened.dev, ino: opened.ino, path: p, timeoutMs: 2_000 })
+  } catch (err) {
+    await Promise.race([streaming, new Promise((r) => setTimeout(r, 100))])
+    throw local instanceof NatdError && local.code === 'FILE_UNREADABLE' ? local : err
+  } finally {
+    socket.destroy()
+    await opened.handle.close()
+  }
+}
 
 describe('files', () => {
   it('sends a file intact: bob verifies the sha256, stores it 0600 in the inbox, lists it; progress goes out', async () => {
@@ -243,7 +268,7 @@ describe('files', () => {
         fs.appendFileSync(f.path, 'more')
       }
     }
-    await expect(send(w, f.path)).rejects.toMatchObject({ code: 'FILE_UNREADABLE', message: expect.stringMatching(/changed while natd sent it/) })
+    await expect(send(w, f.path)).rejects.toMatchObject({ code: 'FILE_UNREADABLE', message: expect.stringMatching(/changed while it was sent/) })
     expect(fs.existsSync(path.join(w.bob.inbox, 'grows.bin'))).toBe(false)
   })
 
@@ -251,8 +276,8 @@ describe('files', () => {
     const w = world()
     const dir = path.join(w.bob.inbox, '.partial')
     fs.mkdirSync(dir, { recursive: true })
-    const old = path.join(dir, 'a'.repeat(64))
-    const recent = path.join(dir, 'b'.repeat(64))
+    const old = path.join(dir, `${CAROL.id}.${'a'.repeat(64)}`)
+    const recent = path.join(dir, `${CAROL.id}.${'b'.repeat(64)}`)
     fs.writeFileSync(old, 'abandoned')
     fs.writeFileSync(recent, 'may resume')
     const weekAgo = new Date(Date.now() - PARTIAL_MAX_AGE_MS - 60_000)
@@ -264,7 +289,7 @@ describe('files', () => {
   it('the accept policy refuses before any byte of the file is sent; it persists', async () => {
     const w = world()
     const f = file(w.tmp, 'p.bin', 2 * MiB)
-    expect(w.bob.policy()).toEqual({ allow: [], maxSizeBytes: DEFAULT_MAX_FILE_BYTES, inbox: path.join(w.bobDir, 'inbox') })
+    expect(w.bob.policy()).toEqual({ allow: [], maxSizeBytes: DEFAULT_MAX_FILE_BYTES, inbox: path.join(w.bobDir, 'inbox'), ...DEFAULT_QUOTAS })
     await w.bob.setPolicy({ allow: null, maxSizeBytes: MiB, inbox: null })
     await expect(send(w, f.path)).rejects.toMatchObject({ code: 'TOO_LARGE', message: expect.stringMatching(/^bob refused p\.bin: /) })
     expect(await w.bob.setPolicy({ allow: ['carol'], maxSizeBytes: 10 * MiB, inbox: null })).toMatchObject({ allow: [CAROL] })
@@ -273,12 +298,55 @@ describe('files', () => {
     expect(fs.statSync(path.join(w.bobDir, 'files.json')).mode & 0o777).toBe(0o600)
     const again = new Files({ dir: w.bobDir, tunnels: {} as TunnelManager, log: silentLogger, selfName: 'bob', selfId: BOB.id, known, onReceived: () => undefined, onProgress: () => undefined })
     expect(again.policy()).toMatchObject({ allow: [CAROL], maxSizeBytes: 10 * MiB })
-    expect(await w.bob.setPolicy({ allow: [ALICE.id.slice(0, 8)], maxSizeBytes: null, inbox: path.join(w.tmp, 'elsewhere') })).toMatchObject({ allow: [ALICE] })
+    expect(await w.bob.setPolicy({ allow: [ALICE.id.slice(0, 8)], maxSizeBytes: null, inbox: null })).toMatchObject({ allow: [ALICE] })
     expect((await send(w, f.path)).savedAs).toBe('p.bin')
-    expect(fs.existsSync(path.join(w.tmp, 'elsewhere', 'p.bin'))).toBe(true)
     await expect(w.bob.setPolicy({ allow: ['Not A Name!'], maxSizeBytes: null, inbox: null })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' })
     await expect(w.bob.setPolicy({ allow: ['dave'], maxSizeBytes: null, inbox: null })).rejects.toMatchObject({ code: 'PEER_UNKNOWN' })
-    await expect(w.bob.setPolicy({ allow: null, maxSizeBytes: null, inbox: 'relative/dir' })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' })
+  })
+
+  it('the inbox is the operator\'s: files.policy refuses any other, and an inbox stored by an older natd is ignored', async () => {
+    const w = world(ALICE, { bobInbox: (tmp) => path.join(tmp, 'chosen') })
+    await expect(w.bob.setPolicy({ allow: null, maxSizeBytes: null, inbox: '/etc/cron.d' })).rejects.toMatchObject({ code: 'NOT_ALLOWED', message: expect.stringMatching(/natd --inbox/) })
+    expect(w.bob.policy().inbox).toBe(path.join(w.tmp, 'chosen'))
+    expect((await send(w, file(w.tmp, 'k.txt', 5).path)).savedAs).toBe('k.txt')
+    expect(fs.existsSync(path.join(w.tmp, 'chosen', 'k.txt'))).toBe(true)
+    fs.writeFileSync(path.join(w.bobDir, 'files.json'), JSON.stringify({ allow: [], maxSizeBytes: 1000, inbox: '/etc/cron.d' }))
+    const again = new Files({ dir: w.bobDir, tunnels: {} as TunnelManager, log: silentLogger, selfName: 'bob', selfId: BOB.id, known, onReceived: () => undefined, onProgress: () => undefined })
+    expect(again.policy().inbox).toBe(path.join(w.bobDir, 'inbox'))
+    expect(fs.readFileSync(path.join(w.bobDir, 'files.json'), 'utf8')).not.toMatch(/cron/)
+  })
+
+  it('per-peer quotas: files past the count or the bytes are refused with QUOTA_EXCEEDED; deleting one frees room', async () => {
+    const w = world()
+    await w.bob.setPolicy({ allow: null, maxSizeBytes: null, inbox: null, filesPerPeer: 2, fileBytesPerPeer: 100 * KiB })
+    const a = await send(w, file(w.tmp, 'q1', 10 * KiB).path)
+    await send(w, file(w.tmp, 'q2', 10 * KiB).path)
+    await expect(send(w, file(w.tmp, 'q3', 10).path)).rejects.toMatchObject({ code: 'QUOTA_EXCEEDED', message: expect.stringMatching(/2 files/) })
+    fs.rmSync(path.join(w.bob.inbox, a.savedAs))
+    await expect(send(w, file(w.tmp, 'big', 95 * KiB).path)).rejects.toMatchObject({ code: 'QUOTA_EXCEEDED' })
+    expect((await send(w, file(w.tmp, 'q3', 10).path)).savedAs).toBe('q3')
+    expect(w.sentOnWire()).toBeLessThan(25 * KiB + 16 * KiB)
+  })
+
+  it('a peer that stops taking bytes: the sender cuts the transfer off with TIMEOUT after stallTimeoutMs without progress', async () => {
+    const w = world()
+    await w.alice.setPolicy({ stallTimeoutMs: 300 })
+    const f = file(w.tmp, 'stuck.bin', 8 * MiB)
+    let out = 0
+    w.pipe.tap = (from, frame) => {
+      if (from === 'a' && (out += frame.length) > 256 * KiB) w.pipe.up = false // past the offer: the path goes silent, the window fills
+    }
+    const t0 = Date.now()
+    const err = await send(w, f.path).catch((e: unknown) => e)
+    expect(err).toMatchObject({ code: 'TIMEOUT', message: expect.stringMatching(/no progress sending stuck\.bin for 300 ms/) })
+    expect(Date.now() - t0).toBeLessThan(2_000)
+  })
+
+  it('natd never sends a file of its own state directory, even to a caller who may read it', async () => {
+    const w = world()
+    fs.writeFileSync(path.join(w.tmp, 'alice', 'identity.json'), '{"secretKey":"…"}')
+    await expect(send(w, path.join(w.tmp, 'alice', 'identity.json'))).rejects.toMatchObject({ code: 'FILE_UNREADABLE', message: expect.stringMatching(/state directory/) })
+    expect(w.received).toEqual([])
   })
 
   it('an allow list matches whole IDs: a key sharing the first characters of alice\'s ID is refused', async () => {
@@ -295,13 +363,14 @@ describe('files', () => {
     expect((JSON.parse(fs.readFileSync(path.join(w.bobDir, 'files.json'), 'utf8')) as { allow: unknown }).allow).toEqual([ALICE, { name: 'zed', id: null }])
   })
 
-  it('bad input: a missing file, a directory, a device, a relative path, yourself', async () => {
+  it('bad input: a missing file, a directory, a device, yourself, a stale token', async () => {
     const w = world()
     await expect(send(w, path.join(w.tmp, 'nope'))).rejects.toMatchObject({ code: 'FILE_UNREADABLE', message: expect.stringMatching(/no such file/) })
     await expect(send(w, w.tmp)).rejects.toMatchObject({ code: 'FILE_UNREADABLE', message: expect.stringMatching(/directory/) })
     await expect(send(w, '/dev/null')).rejects.toMatchObject({ code: 'FILE_UNREADABLE', message: expect.stringMatching(/not a regular file/) })
-    await expect(send(w, 'relative.txt')).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' })
-    await expect(w.alice.send({ peer: 'alice', path: '/etc/hostname', name: '', timeoutMs: 1000 })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' })
+    const self = { peer: 'alice', source: process.stdin, name: 'x', size: 1, mtimeMs: 0, dev: 0, ino: 0, path: '', timeoutMs: 1000 }
+    await expect(w.alice.send(self as never)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' })
+    expect(() => w.streams.take('0'.repeat(32))).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }))
   })
 
   it('a lost path mid-transfer keeps the partial for the next attempt', async () => {
@@ -324,8 +393,7 @@ describe('files', () => {
   })
 
   it.skipIf(process.getuid?.() !== 0)('a disk without room refuses with NO_SPACE before the bytes are sent', async () => {
-    const w = world()
-    await withTmpfsInbox(w, '1m', async (small) => {
+    await withTmpfsInbox('1m', async (w, small) => {
       const f = file(w.tmp, 'huge.bin', 2 * MiB)
       await expect(send(w, f.path)).rejects.toMatchObject({ code: 'NO_SPACE' })
       expect(w.sentOnWire()).toBeLessThan(4 * KiB)
@@ -334,8 +402,7 @@ describe('files', () => {
   })
 
   it.skipIf(process.getuid?.() !== 0)('a disk that fills up during the transfer ends in NO_SPACE, and nothing is left behind', async () => {
-    const w = world()
-    await withTmpfsInbox(w, '4m', async (small) => {
+    await withTmpfsInbox('4m', async (w, small) => {
       const f = file(w.tmp, 'fills.bin', 3 * MiB)
       let filled = false
       w.pipe.tap = (from, frame) => {

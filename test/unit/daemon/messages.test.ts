@@ -33,7 +33,7 @@ afterEach(() => {
   for (const c of cleanups.splice(0)) c()
 })
 
-function world(opts: { offline?: boolean } = {}): World {
+function world(opts: { offline?: boolean; messagesPerPeer?: number; messageBytesPerPeer?: number } = {}): World {
   const pipe = messagePipe()
   const muxA = new Mux(pipe.a, true, silentLogger)
   const muxB = new Mux(pipe.b, false, silentLogger)
@@ -55,8 +55,9 @@ function world(opts: { offline?: boolean } = {}): World {
     }
   } as unknown as TunnelManager
   const received: MessageInfo[] = []
+  const quotas = { messagesPerPeer: opts.messagesPerPeer ?? 1_000, messageBytesPerPeer: opts.messageBytesPerPeer ?? 1024 * 1024 }
   const make = (dir: string, self: { name: string; id: string }): Messages =>
-    new Messages({ dir, tunnels, log: silentLogger, selfName: self.name, selfId: self.id, known: { list: () => [] }, onMessage: (m) => received.push(m) })
+    new Messages({ dir, tunnels, log: silentLogger, selfName: self.name, selfId: self.id, known: { list: () => [] }, onMessage: (m) => received.push(m), quotas: () => quotas })
   let bob = make(dirs.bob, BOB)
   muxB.on('open', (req) => {
     if (req.service === MESSAGE_SERVICE) bob.onChannel(tunnelToAlice, req)
@@ -120,5 +121,20 @@ describe('messages', () => {
     bad.write(encodeTransfer({ type: 'accept', offset: 0 }))
     const reply = await new Promise<Buffer>((resolve) => bad.once('data', resolve))
     expect(decodeTransfer(reply)).toMatchObject({ type: 'refuse', code: 'BAD_REQUEST' })
+  })
+
+  it('a peer past its quota (count or bytes) is refused with QUOTA_EXCEEDED; clearing its messages frees room', async () => {
+    const w = world({ messagesPerPeer: 3, messageBytesPerPeer: 10 })
+    await w.alice.send('bob', 'one', 2_000)
+    await w.alice.send('bob', 'two', 2_000)
+    await expect(w.alice.send('bob', 'eleven byte', 2_000)).rejects.toMatchObject({ code: 'QUOTA_EXCEEDED', message: expect.stringMatching(/bob refused the message: alice already has 2 messages \(6 bytes\)/) })
+    await w.alice.send('bob', 'six', 2_000)
+    await expect(w.alice.send('bob', 'x', 2_000)).rejects.toMatchObject({ code: 'QUOTA_EXCEEDED' })
+    const bob = w.bob()
+    expect(bob.list().map((m) => m.text)).toEqual(['one', 'two', 'six'])
+    expect(bob.clear('alice')).toEqual({ removed: 3 })
+    expect(bob.list()).toEqual([])
+    await w.alice.send('bob', 'again', 2_000)
+    expect(w.bob().list().map((m) => m.text)).toEqual(['again'])
   })
 })

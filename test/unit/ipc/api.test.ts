@@ -88,7 +88,9 @@ function stubHandlers(calls: { method: string; params: unknown }[]): Handlers {
       throw new NatdError('FILE_UNREADABLE', 'x')
     },
     files: () => [],
-    'files.policy': () => ({ allow: [], maxSizeBytes: 0, inbox: '/x' })
+    'files.partials': () => [],
+    'messages.clear': () => ({ removed: 0 }),
+    'files.policy': () => ({ allow: [], maxSizeBytes: 0, inbox: '/x', filesPerPeer: 1, fileBytesPerPeer: 1, messagesPerPeer: 1, messageBytesPerPeer: 1, stallTimeoutMs: 1000 })
   }
 }
 

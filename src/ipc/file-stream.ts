@@ -1,0 +1,237 @@
+/**
+ * The bytes of `natctl cp`: natctl opens and reads the file with its own rights and
+ * streams it to natd over a second, short-lived connection on the data socket (the API
+ * socket's path + `.data`, same mode 0660, same group). natd never opens a path a client
+ * names for sending, so it sends only what the caller could read (docs/SECURITY.md).
+ *
+ * Why a second socket: node-ipc frames are JSON (bytes would go base64 through a parser
+ * that copies every frame), Node cannot pass a file descriptor over it, nor read
+ * SO_PEERCRED. A plain Unix-socket byte stream costs one local copy.
+ *
+ *   natctl (caller)                          natd (data socket)
+ *   connect                    ────────────▶
+ *                              ◀──────────── TOKEN <32 hex>\n       one use, claimed within STREAM_CLAIM_TIMEOUT_MS
+ *   API file.send {source: token, size, mtimeMs, dev, ino, …}
+ *                              ◀──────────── OFFSET <n>\n           the receiver's ACCEPT: what it already has
+ *   bytes [n, size)            ────────────▶ piped onto the tunnel channel as they come
+ *   sha256[32] of [0, size)    ────────────▶ sent to the receiver in END (natctl hashes, so
+ *                                            the digest covers this hop too)
+ *   (the API call answers; natd closes the data connection)
+ *
+ * natctl checks after the last byte that the file kept its size and mtime; if not, it
+ * hangs up without the digest and natd fails the send with FILE_UNREADABLE.
+ */
+import { createHash, randomBytes } from 'node:crypto'
+import fs from 'node:fs'
+import net from 'node:net'
+import { NatdError } from '../protocol/errors.js'
+import type { Logger } from '../protocol/log.js'
+
+/** A data connection whose token no file.send claimed within this is closed. */
+export const STREAM_CLAIM_TIMEOUT_MS = 10_000
+/** Unclaimed data connections held at once (each is a socket a group member opened). */
+export const MAX_PENDING_STREAMS = 16
+/** natctl's read size: large enough to keep a tunnel channel's window full. */
+export const STREAM_CHUNK_BYTES = 1024 * 1024
+export const SHA256_BYTES = 32
+
+/** The data socket that goes with an API socket. */
+export function dataSocketPath(apiSocket: string): string {
+  return `${apiSocket}.data`
+}
+
+/** natd's side: accepts data connections, hands each a token, gives it to the file.send that names it. */
+export class FileStreamServer {
+  private server: net.Server | null = null
+  private readonly pending = new Map<string, { socket: net.Socket; timer: NodeJS.Timeout }>()
+
+  constructor(
+    readonly socketPath: string,
+    private readonly log: Logger
+  ) {}
+
+  /** Listens (mode 0660, like the API socket). The caller has claimed the API socket, so a file here is stale. */
+  async start(): Promise<void> {
+    fs.rmSync(this.socketPath, { force: true })
+    const server = net.createServer((s) => this.onConnection(s))
+    server.maxConnections = MAX_PENDING_STREAMS * 4
+    this.server = server
+    await new Promise<void>((resolve, reject) => {
+      const oldUmask = process.umask(0o177)
+      server.once('error', reject)
+      server.listen(this.socketPath, () => {
+        server.off('error', reject)
+        resolve()
+      })
+      process.umask(oldUmask)
+    })
+    fs.chmodSync(this.socketPath, 0o660)
+  }
+
+  get listening(): boolean {
+    return this.server?.listening ?? false
+  }
+
+  stop(): void {
+    for (const p of this.pending.values()) {
+      clearTimeout(p.timer)
+      p.socket.destroy()
+    }
+    this.pending.clear()
+    this.server?.close()
+    fs.rmSync(this.socketPath, { force: true })
+  }
+
+  /** The data connection that got `token`; once. INVALID_ARGUMENT for an unknown, used or expired token. */
+  take(token: string): net.Socket {
+    const p = this.pending.get(token)
+    if (!p) throw new NatdError('INVALID_ARGUMENT', 'no data connection with that source token (open one on the data socket first; a token is good once, for 10 s)')
+    this.pending.delete(token)
+    clearTimeout(p.timer)
+    return p.socket
+  }
+
+  private onConnection(socket: net.Socket): void {
+    if (this.pending.size >= MAX_PENDING_STREAMS) {
+      this.log.warn('too many unclaimed file streams: refused one', { pending: this.pending.size })
+      socket.destroy()
+      return
+    }
+    const token = randomBytes(16).toString('hex')
+    const timer = setTimeout(() => {
+      if (this.pending.get(token)?.socket === socket) this.pending.delete(token)
+      socket.destroy()
+    }, STREAM_CLAIM_TIMEOUT_MS)
+    timer.unref()
+    socket.on('error', () => undefined)
+    socket.once('close', () => {
+      if (this.pending.get(token)?.socket === socket) {
+        clearTimeout(timer)
+        this.pending.delete(token)
+      }
+    })
+    this.pending.set(token, { socket, timer })
+    socket.write(`TOKEN ${token}\n`)
+  }
+}
+
+/** Reads one `\n`-ended line (at most 128 bytes) from a socket, keeping what follows unread. */
+function readLine(socket: net.Socket): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let buf = ''
+    const onData = (chunk: Buffer): void => {
+      buf += chunk.toString('latin1')
+      const i = buf.indexOf('\n')
+      if (i < 0) {
+        if (buf.length > 128) done(new NatdError('BAD_REQUEST', 'natd sent an overlong line on the data socket'))
+        return
+      }
+      socket.pause()
+      const rest = buf.slice(i + 1)
+      if (rest) socket.unshift(Buffer.from(rest, 'latin1'))
+      done(null, buf.slice(0, i))
+    }
+    const onEnd = (): void => done(new NatdError('TUNNEL_CLOSED', 'natd closed the data connection'))
+    const done = (err: Error | null, line?: string): void => {
+      socket.off('data', onData)
+      socket.off('end', onEnd)
+      socket.off('close', onEnd)
+      socket.off('error', onEnd)
+      if (err) reject(err)
+      else resolve(line!)
+    }
+    socket.on('data', onData)
+    socket.once('end', onEnd)
+    socket.once('close', onEnd)
+    socket.once('error', onEnd)
+    socket.resume()
+  })
+}
+
+/** natctl's side: a data connection and its token. */
+export async function openFileStream(apiSocket: string): Promise<{ socket: net.Socket; token: string }> {
+  const socket = net.connect(dataSocketPath(apiSocket))
+  await new Promise<void>((resolve, reject) => {
+    socket.once('connect', resolve)
+    socket.once('error', (err: NodeJS.ErrnoException) =>
+      reject(new NatdError(err.code === 'EACCES' ? 'PERMISSION_DENIED' : 'NOT_RUNNING', `cannot open natd's data socket ${dataSocketPath(apiSocket)}: ${err.message}`, { cause: err }))
+    )
+  })
+  socket.on('error', () => undefined)
+  const line = await readLine(socket)
+  const m = /^TOKEN ([0-9a-f]{32})$/.exec(line)
+  if (!m) {
+    socket.destroy()
+    throw new NatdError('BAD_REQUEST', 'natd did not hand a token on the data socket')
+  }
+  return { socket, token: m[1]! }
+}
+
+/** What natctl tells file.send about the file it opened. */
+export interface OpenedFile {
+  handle: fs.promises.FileHandle
+  size: number
+  mtimeMs: number
+  dev: number
+  ino: number
+}
+
+/** Opens a file to send with the caller's own rights; FILE_UNREADABLE says why not. */
+export async function openToSend(file: string): Promise<OpenedFile> {
+  let handle: fs.promises.FileHandle
+  try {
+    handle = await fs.promises.open(file, fs.constants.O_RDONLY | fs.constants.O_NOCTTY | fs.constants.O_NONBLOCK)
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code
+    const why = code === 'ENOENT' ? 'no such file' : code === 'EACCES' || code === 'EPERM' ? 'permission denied (you cannot read it, so natd will not send it)' : (code ?? String(err))
+    throw new NatdError('FILE_UNREADABLE', `${file}: ${why}`, { cause: err })
+  }
+  const st = await handle.stat()
+  if (!st.isFile()) {
+    await handle.close()
+    throw new NatdError('FILE_UNREADABLE', `${file} is ${st.isDirectory() ? 'a directory (use -r)' : 'not a regular file'}`)
+  }
+  return { handle, size: st.size, mtimeMs: st.mtimeMs, dev: st.dev, ino: st.ino }
+}
+
+/**
+ * natctl's side of one transfer: waits for OFFSET, hashes [0, offset), streams
+ * [offset, size) and the digest. Resolves with the hex sha256; rejects with
+ * FILE_UNREADABLE when the file changed (the connection is then destroyed, so natd fails
+ * the send too), or with what natd's side did.
+ */
+export async function streamFile(socket: net.Socket, f: OpenedFile, label: string): Promise<string> {
+  try {
+    const line = await readLine(socket)
+    const m = /^OFFSET (\d+)$/.exec(line)
+    if (!m || Number(m[1]) > f.size) throw new NatdError('BAD_REQUEST', `natd asked for ${JSON.stringify(line)} on the data socket`)
+    const offset = Number(m[1])
+    const hash = createHash('sha256')
+    if (offset > 0) for await (const chunk of f.handle.createReadStream({ start: 0, end: offset - 1, autoClose: false, highWaterMark: STREAM_CHUNK_BYTES })) hash.update(chunk as Buffer)
+    let sent = 0
+    if (offset < f.size) {
+      for await (const chunk of f.handle.createReadStream({ start: offset, end: f.size - 1, autoClose: false, highWaterMark: STREAM_CHUNK_BYTES })) {
+        hash.update(chunk as Buffer)
+        sent += (chunk as Buffer).length
+        if (!socket.write(chunk as Buffer)) {
+          await new Promise<void>((resolve, reject) => {
+            const onClose = (): void => reject(new NatdError('TUNNEL_CLOSED', 'natd closed the data connection'))
+            socket.once('drain', () => {
+              socket.off('close', onClose)
+              resolve()
+            })
+            socket.once('close', onClose)
+          })
+        }
+      }
+    }
+    const after = await f.handle.stat()
+    if (sent !== f.size - offset || after.size !== f.size || after.mtimeMs !== f.mtimeMs) throw new NatdError('FILE_UNREADABLE', `${label} changed while it was sent; send it again when it is complete`)
+    const digest = hash.digest()
+    socket.write(digest)
+    return digest.toString('hex')
+  } catch (err) {
+    socket.destroy()
+    throw err
+  }
+}
