@@ -176,6 +176,10 @@ export class ApiServer {
     for (const t of this.idleTimers.values()) clearTimeout(t)
     this.idleTimers.clear()
     this.handle?.stop()
+    // Only a socket we listened on is ours to remove: after a refused start (UNSAFE_SOCKET,
+    // ALREADY_RUNNING) the file there is someone else's.
+    if (!this.handle) return
+    this.handle = null
     try {
       fs.unlinkSync(this.socketPath)
     } catch {
