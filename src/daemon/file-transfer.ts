@@ -29,7 +29,7 @@ import type { MuxChannel, OpenRequest } from '../tunnel/mux.js'
 import type { Tunnel } from '../tunnel/tunnel.js'
 import { SHA256_BYTES } from '../ipc/file-stream.js'
 import { ChannelReader, refusal, withDeadline } from './channel-frames.js'
-import { fsyncDir } from './state-files.js'
+import { fsyncDir } from '../common/state-files.js'
 
 export const FILE_SERVICE = 'file'
 /** The receiver waits this long for the OFFER after the channel opens. */

@@ -25,7 +25,7 @@ import type { Tunnel } from '../tunnel/tunnel.js'
 import { admits, isCurrent, migrateAllowEntry, type AllowEntry } from './allow-list.js'
 import { FileReceiver, sendFile, STALL_TIMEOUT_MS, type ReceivePolicy } from './file-transfer.js'
 import type { KnownPeers } from './known-peers.js'
-import { appendJsonLine, readJson, readJsonLines, writeJsonAtomic } from './state-files.js'
+import { appendJsonLine, readJson, readJsonLines, writeJsonAtomic } from '../common/state-files.js'
 
 export { FILE_SERVICE } from './file-transfer.js'
 /** Largest file accepted unless `natctl files policy --max-size` says otherwise. */

@@ -32,7 +32,7 @@ import {
   type ForwardSpec,
   type Overrides
 } from './config.js'
-import { createLogger, LOG_LEVELS, type LogLevel, type RootLogger } from './logger.js'
+import { createLogger, LOG_LEVELS, type LogLevel, type RootLogger } from '../common/logger.js'
 import { installService, uninstallService, type ServiceReport } from './service.js'
 
 /** SIGTERM must finish within this (systemd's stop timeout is far longer; peers want speed). */

@@ -18,7 +18,7 @@ import type { OpenRequest } from '../tunnel/mux.js'
 import type { Tunnel } from '../tunnel/tunnel.js'
 import { ChannelReader, refusal, withDeadline } from './channel-frames.js'
 import type { KnownPeers } from './known-peers.js'
-import { appendJsonLine, readJsonLines, writeFileAtomic } from './state-files.js'
+import { appendJsonLine, readJsonLines, writeFileAtomic } from '../common/state-files.js'
 
 export const MESSAGE_SERVICE = 'msg'
 /** The receiver waits this long for the MESSAGE frame after the channel opens. */

@@ -29,7 +29,7 @@ import path from 'node:path'
 import { randomBytes } from '../protocol/identity.js'
 import type { Logger } from '../protocol/log.js'
 import { KEY_BYTES } from '../protocol/rendezvous.js'
-import { STATE_FILE_MODE, writeFileAtomic } from '../daemon/state-files.js'
+import { STATE_FILE_MODE, writeFileAtomic } from '../common/state-files.js'
 import { MemoryNameStore, type NameBinding, type NameStore } from './name-store.js'
 
 export const NAMES_FILE = 'names.jsonl'

@@ -6,7 +6,7 @@
  */
 import fs from 'node:fs'
 import path from 'node:path'
-import { appendJsonLine } from '../daemon/state-files.js'
+import { appendJsonLine } from '../common/state-files.js'
 import { peerId } from '../protocol/identity.js'
 import { NAMES_FILE, NAMES_POLL_MS, readNamesFile, type NameLine } from './file-name-store.js'
 

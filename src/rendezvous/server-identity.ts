@@ -13,7 +13,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { NatdError } from '../protocol/errors.js'
 import { generateKeyPair, type KeyPair } from '../protocol/identity.js'
-import { writeFileAtomic } from '../daemon/state-files.js'
+import { writeFileAtomic } from '../common/state-files.js'
 
 export const KEY_FILE = 'server-key.json'
 const PUBLIC_KEY_BYTES = 32

@@ -3,6 +3,9 @@
 //
 //   src/protocol  imports no other src/ folder and no I/O (node:dgram/net/fs, winston, conf)
 //   src/tunnel    imports nothing from daemon/ipc/cli/rendezvous, nor conf/winston
+//   src/common    (the logger, durable state files) imports only src/protocol
+//   src/rendezvous imports src/protocol, src/common and src/tunnel; never daemon/ipc/cli
+//   src/ipc       imports only src/protocol and src/common
 //   src/cli       imports src/cli and src/ipc, `import type` from src/protocol (plus
 //                 protocol/errors.js for NatdError), and never native/heavy packages
 //
@@ -77,6 +80,12 @@ function isPackage(specifier: string, names: string[]): boolean {
 const PROTOCOL_BANNED = ['node:dgram', 'node:net', 'node:fs', 'node:child_process', 'node:http', 'node:https', 'winston', 'conf']
 const TUNNEL_BANNED_FOLDERS = ['daemon', 'ipc', 'cli', 'rendezvous']
 const TUNNEL_BANNED = ['conf', 'winston']
+/** What the other layers may import from src/ (besides themselves). */
+const ALLOWED_FOLDERS: Record<string, string[]> = {
+  common: ['protocol'],
+  rendezvous: ['protocol', 'common', 'tunnel'],
+  ipc: ['protocol', 'common']
+}
 const CLI_BANNED = ['udx-native', 'sodium-native', '@hyperswarm/*', 'winston', 'conf']
 /** natctl needs NatdError (a value) to map codes to exit statuses; errors.ts has no imports. */
 const CLI_PROTOCOL_VALUE_ALLOWED = ['src/protocol/errors.js']
@@ -97,6 +106,8 @@ function violations(files: SourceFile[]): string[] {
       } else if (layer === 'tunnel') {
         if (e.folder && TUNNEL_BANNED_FOLDERS.includes(e.folder)) out.push(`${where}: src/tunnel may not import src/${e.folder}`)
         if (!e.folder && isPackage(e.specifier, TUNNEL_BANNED)) out.push(`${where}: src/tunnel may not use ${e.specifier}`)
+      } else if (layer && layer in ALLOWED_FOLDERS) {
+        if (e.folder && e.folder !== layer && !ALLOWED_FOLDERS[layer]!.includes(e.folder)) out.push(`${where}: src/${layer} may not import src/${e.folder}`)
       } else if (layer === 'cli') {
         if (e.folder === 'protocol') {
           if (!e.typeOnly && !CLI_PROTOCOL_VALUE_ALLOWED.includes(e.target!)) out.push(`${where}: src/cli may only \`import type\` from src/protocol`)
@@ -129,7 +140,7 @@ describe('import boundaries (STYLE.md)', () => {
 
   it('finds the source tree', () => {
     const layers = new Set(files.map((f) => f.path.split('/')[1]))
-    for (const layer of ['protocol', 'cli', 'ipc', 'daemon', 'rendezvous']) expect(layers, layer).toContain(layer)
+    for (const layer of ['protocol', 'cli', 'ipc', 'daemon', 'rendezvous', 'common']) expect(layers, layer).toContain(layer)
     expect(files.filter((f) => f.path.startsWith('src/cli/')).length).toBeGreaterThan(0)
     expect(files.filter((f) => f.path.startsWith('src/protocol/')).length).toBeGreaterThan(0)
   })
@@ -182,6 +193,15 @@ describe('import boundary checker (self-check)', () => {
       expect(ok('src/tunnel/x.ts', `import x from '${spec}'`), spec).toHaveLength(1)
     }
     expect(ok('src/tunnel/x.ts', "import { a } from '../protocol/mux.js'\nimport udx from 'udx-native'")).toEqual([])
+  })
+
+  it('flags rendezvous, ipc and common importing layers they may not', () => {
+    for (const spec of ['../daemon/agent.js', '../ipc/server.js', '../cli/main.js']) expect(ok('src/rendezvous/x.ts', `import x from '${spec}'`), spec).toHaveLength(1)
+    expect(ok('src/rendezvous/x.ts', "import { a } from '../common/logger.js'\nimport { b } from '../tunnel/secure-socket.js'\nimport { c } from '../protocol/log.js'")).toEqual([])
+    for (const spec of ['../daemon/agent.js', '../tunnel/mux.js', '../rendezvous/server.js', '../cli/main.js']) expect(ok('src/ipc/x.ts', `import x from '${spec}'`), spec).toHaveLength(1)
+    expect(ok('src/ipc/x.ts', "import { a } from '../protocol/errors.js'\nimport { b } from '../common/state-files.js'")).toEqual([])
+    for (const spec of ['../daemon/config.js', '../tunnel/mux.js', '../ipc/schema.js', '../rendezvous/registry.js']) expect(ok('src/common/x.ts', `import x from '${spec}'`), spec).toHaveLength(1)
+    expect(ok('src/common/x.ts', "import type { Logger } from '../protocol/log.js'\nimport winston from 'winston'")).toEqual([])
   })
 
   it('flags cli importing beyond ipc, protocol values, or heavy packages', () => {

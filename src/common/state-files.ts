@@ -1,7 +1,8 @@
 /**
- * Small durable files in the state directory for messages and file transfer (config.ts
- * owns config.json; these are ours): JSON written atomically, and append-only JSON-lines
- * logs. Everything is mode 0600 and fsynced before the caller acknowledges anything.
+ * Small durable files in a state directory, for the agent (messages, file transfer, its
+ * key pair; config.ts owns config.json) and the rendezvous server (its key, its name
+ * bindings): JSON written atomically, and append-only JSON-lines logs. Everything is
+ * mode 0600 and fsynced before the caller acknowledges anything.
  */
 import fs from 'node:fs'
 import path from 'node:path'

@@ -1,11 +1,11 @@
-// The daemon's logger (src/daemon/logger.ts): one line per event, syslog priorities for the
+// The logger natd and natd-rendezvous build (src/common/logger.ts): one line per event, syslog priorities for the
 // journal, no colour unless on a TTY, and $JOURNAL_STREAM checked against the real stdout.
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { PassThrough } from 'node:stream'
 import { describe, expect, it } from 'vitest'
-import { createLogger, isJournalStream, type LogLevel } from '../../../src/daemon/logger.js'
+import { createLogger, isJournalStream, type LogLevel } from '../../../src/common/logger.js'
 
 function capture(opts: { level: LogLevel; tty: boolean; journal: boolean }): { log: ReturnType<typeof createLogger>; lines: () => string[] } {
   const stream = new PassThrough()
