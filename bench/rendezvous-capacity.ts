@@ -3,8 +3,9 @@
  * most 0.1% lost), with its CPU, RSS, memory per agent and introductions per second.
  *
  *   core 0: this controller + load processes (rendezvous-capacity-agents.ts)
- *             agent g: UDP 127.20.x.y:ephemeral ──HELLO/REGISTER/HEARTBEAT──▶ 127.0.0.1:P
- *             1% of agents: TCP control connection ──REGISTER/PING/LIST/INTRODUCE──▶ :P
+ *             agent g: TCP ──CHALLENGE/SECURE/Noise/REGISTER──▶ 127.0.0.1:P, then
+ *                      UDP 127.20.x.y:ephemeral ──sealed HEARTBEAT──▶ 127.0.0.1:P
+ *             1% of agents keep their control session: PING/LIST/INTRODUCE inside it
  *   core 1: node dist/rendezvous/main.js --host 127.0.0.1 --port P --alt-port 0
  *           (+ rendezvous-capacity-probe.ts preloaded: event-loop delay, GC, heap)
  *
@@ -21,7 +22,7 @@
  * measured again (twice at most). --nice=-10 puts the server and the load ahead of it.
  *
  *   node --disable-warning=ExperimentalWarning bench/rendezvous-capacity.ts \
- *     [--max N] [--steps N,N,…] [--interval 20s] [--rate 2000] [--nice=N] [--budget 5m] [--quick] [--json FILE]
+ *     [--max N] [--steps N,N,…] [--interval 20s] [--rate 250] [--nice=N] [--budget 5m] [--quick] [--json FILE]
  *
  * --quick: 1k and 10k at a 5 s interval (4x the heartbeat rate of 20 s), well under a
  * minute. Needs `npm run build` (it runs dist/).
@@ -57,11 +58,12 @@ const QUICK_INTERVAL = '5s'
 const DEFAULT_STEPS = [1_000, 5_000, 10_000, 25_000, 50_000, 100_000]
 const QUICK_STEPS = [1_000, 10_000]
 /**
- * Registrations per second across all load processes. Each costs the server a HELLO and
- * a REGISTER (two MACs and an Ed25519 verify): ~300 µs on the 2-core test machine, so
- * 5,000/s overflowed its UDP receive buffer; 2,000/s keeps it near 60% busy.
+ * Registrations per second across all load processes. Since protocol 2 each is a TCP
+ * connection, a Noise XX handshake and a signed REGISTER: ~2.2-2.8 ms of server CPU on
+ * the 2-core test machine (protocol 1's HELLO + REGISTER took ~300 µs), so ~300/s is
+ * what one core takes; 250/s leaves it headroom for the heartbeats being measured.
  */
-const DEFAULT_RATE = 2_000
+const DEFAULT_RATE = 250
 const DEFAULT_BUDGET = '5m'
 /** Sockets per load process: its RLIMIT_NOFILE minus this reserve (node, stdio, IPC). */
 const FD_RESERVE = 200
@@ -73,7 +75,7 @@ const WANTED_NOFILE = 1_048_576
 
 // --- options -------------------------------------------------------------------
 
-const USAGE = 'usage: node --disable-warning=ExperimentalWarning bench/rendezvous-capacity.ts [--max N] [--steps N,N,…] [--interval 20s] [--rate 2000] [--nice=N] [--budget 5m] [--quick] [--json FILE]'
+const USAGE = 'usage: node --disable-warning=ExperimentalWarning bench/rendezvous-capacity.ts [--max N] [--steps N,N,…] [--interval 20s] [--rate 250] [--nice=N] [--budget 5m] [--quick] [--json FILE]'
 const opts = (() => {
   try {
     return parseArgs({
