@@ -30,6 +30,7 @@
  */
 import { execFile, execFileSync, spawn as spawnChild, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { appendFileSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 
 export type NatKind = 'easy' | 'hard' | 'full' | 'public';
@@ -445,6 +446,9 @@ export async function createLab(spec: LabSpec): Promise<Lab> {
   const lab = new LabImpl(spec);
   installExitHook();
   liveLabs.add(lab);
+  // npm test checks that every namespace a run made is gone at its end (scripts/test.sh):
+  // this run's, not those of another lab running on the same machine.
+  if (process.env.NATD_LAB_LEDGER) appendFileSync(process.env.NATD_LAB_LEDGER, lab.namespaces.map((ns) => `${ns}\n`).join(''));
   try {
     await lab.build();
   } catch (err) {
