@@ -12,6 +12,7 @@ import { isTarget, resolvePeer, type PeerRef, type PeerTarget } from '../protoco
 import type { Via } from '../protocol/rendezvous.js'
 import { PunchBudget, RefusalLog, type PunchBudgetInit } from './budget.js'
 import type { OpenRequest } from './mux.js'
+import { planPaths } from './path-plan.js'
 import { Paths, sleepUntil, type Established, type Introduction, type PathComponents } from './paths.js'
 import { Tunnel, type PathKind, type TunnelTiming } from './tunnel.js'
 
@@ -217,25 +218,21 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
   private async punchAndKeep(intro: Introduction, timeoutMs: number, id: string): Promise<Tunnel> {
     const name = intro.peer.name
     const abort = new AbortController()
-    // `auto` skips what cannot work: TCP punching through a NAT that maps per
-    // destination (the server saw another mapping than the peer would), and any direct
-    // attempt when both do (straight to the relay). An explicit --via tries regardless.
-    const hard = [this.c.natVerdict(), intro.peer.nat].filter((v) => v === 'hard').length
-    const auto = intro.via === 'auto' || intro.via === 'direct'
+    const plan = planPaths({ via: intro.via, mine: this.c.natVerdict(), theirs: intro.peer.nat, initiator: intro.initiator })
+    if (plan.impossible !== null) throw new NatdError('PUNCH_FAILED', plan.impossible)
     const direct: Array<Promise<Established>> = []
-    if (intro.via === 'udp' || (auto && hard < 2)) direct.push(this.paths.udp(intro, timeoutMs, abort.signal))
+    if (plan.udp) direct.push(this.paths.udp(intro, plan.udp, timeoutMs, abort.signal))
     let tcp: { attempt: Promise<Established>; settled: boolean } | null = null
-    if (intro.via === 'tcp' || (auto && hard === 0)) {
+    if (plan.tcp) {
       const attempt = this.paths.tcp(intro, timeoutMs, abort.signal)
       tcp = { attempt, settled: false }
       const t = tcp
       attempt.then(() => (t.settled = true), () => (t.settled = true))
       direct.push(attempt)
     }
-    if (intro.via === 'direct' && direct.length === 0) throw new NatdError('PUNCH_FAILED', 'both NATs map per destination: no direct path to try')
     const attempts = [...direct]
-    if (intro.via === 'relay') attempts.push(this.paths.relay(intro, timeoutMs, abort.signal))
-    if (intro.via === 'auto') {
+    if (plan.relay === 'now') attempts.push(this.paths.relay(intro, timeoutMs, abort.signal))
+    if (plan.relay === 'fallback') {
       // Both sides run the same rule, so both bind to the relay at about the same time.
       const started = this.c.clock.now()
       const allFailed = Promise.allSettled(direct).then((r) => r.every((x) => x.status === 'rejected'))
@@ -250,7 +247,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     try {
       won = await firstOf(attempts)
       // The initiator prefers the faster path: UDP won the race, TCP may be a moment behind.
-      if (intro.initiator && auto && won.transport === 'udp' && tcp && !tcp.settled) {
+      if (plan.preferTcp && won.transport === 'udp' && tcp && !tcp.settled) {
         const late = await Promise.race([tcp.attempt.catch(() => null), sleepUntil(AUTO_TCP_GRACE_MS, abort.signal).then(() => null)])
         if (late) {
           won.session.destroy()
@@ -276,7 +273,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     if (won.release) tunnel.once('closed', won.release)
     tunnel.on('path', (from) => this.emit('path', tunnel, from))
     this.register(tunnel)
-    if (path === 'relay' && intro.initiator && intro.via === 'auto') void this.upgradeLoop(tunnel)
+    if (path === 'relay' && plan.upgrade) void this.upgradeLoop(tunnel)
     log.info('tunnel up', { peer: name, path, transport: won.transport, remote: formatEndpoint(remote), punchMs: won.punchMs, sent: won.sent, strategy: won.strategy, initiator: intro.initiator, via: intro.via })
     return this.get(id) ?? tunnel
   }

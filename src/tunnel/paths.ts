@@ -130,7 +130,8 @@ export class Paths {
     if (!chosen) throw new NatdError('PUNCH_FAILED', `${what}, but ${intro.peer.name} chose another path`)
   }
 
-  async udp(intro: Introduction, timeoutMs: number, signal: AbortSignal): Promise<Established> {
+  /** Punches UDP the way the plan says (path-plan.ts: normal, birthday or spray). */
+  async udp(intro: Introduction, strategy: PunchStrategy, timeoutMs: number, signal: AbortSignal): Promise<Established> {
     const log = this.c.log
     const name = intro.peer.name
     const deadline = this.c.clock.now() + timeoutMs
@@ -141,12 +142,6 @@ export class Paths {
       ...lanOf(intro.peer, intro.peer.udp).map((endpoint) => ({ endpoint, kind: 'lan' as const })),
       ...(intro.peer.udp ? [{ endpoint: intro.peer.udp, kind: 'public' as const }] : [])
     ]
-    const mine = this.c.natVerdict()
-    const theirs = intro.peer.nat
-    if (mine === 'hard' && theirs === 'hard') {
-      throw new NatdError('PUNCH_FAILED', 'both NATs map per destination, so no direct UDP path can be punched (this needs the relay, not in this build)')
-    }
-    const strategy: PunchStrategy = mine === 'hard' && theirs !== 'unknown' ? 'birthday' : theirs === 'hard' && mine !== 'unknown' ? 'spray' : 'normal'
     const socket = this.c.socket
     const id = peerId(intro.peer.publicKey)
     // Birthday sockets: index i (1-based) is sockets[i - 1]; index 0 is the agent's socket.
