@@ -5,13 +5,14 @@
  */
 import { EventEmitter } from 'node:events'
 import { formatEndpoint, type Endpoint } from '../protocol/endpoint.js'
-import { NatdError, toNatdError } from '../protocol/errors.js'
+import { NatdError, toNatdError, type ErrorCode } from '../protocol/errors.js'
 import { peerId } from '../protocol/identity.js'
 import { encodeMux } from '../protocol/mux.js'
 import { isTarget, resolvePeer, type PeerRef, type PeerTarget } from '../protocol/peer-ref.js'
 import type { Via } from '../protocol/rendezvous.js'
 import { PunchBudget, RefusalLog, type PunchBudgetInit } from './budget.js'
 import type { OpenRequest } from './mux.js'
+import { planPaths } from './path-plan.js'
 import { Paths, sleepUntil, type Established, type Introduction, type PathComponents } from './paths.js'
 import { Tunnel, type PathKind, type TunnelTiming } from './tunnel.js'
 
@@ -60,16 +61,42 @@ export interface TunnelManagerComponents extends PathComponents {
   onChannel(tunnel: Tunnel, req: OpenRequest): void
 }
 
+/**
+ * Most telling first: someone else answered; a refusal the user can act on (a path that
+ * cannot work, the relay's limits); a path that could not be tried, with its reason; a
+ * deadline; our own budget; last, attempts given up because another path won (never
+ * shown when anything else failed). Codes not listed rank between the refusals and
+ * PUNCH_FAILED.
+ */
+const TELLING: readonly ErrorCode[] = ['KEY_MISMATCH', 'PEER_MISMATCH', 'UNSUPPORTED_PATH', 'RELAY_LIMIT', 'RATE_LIMITED']
+const UNTELLING: readonly ErrorCode[] = ['PUNCH_FAILED', 'PUNCH_TIMEOUT', 'BUSY', 'ABORTED']
+
+function rank(code: ErrorCode): number {
+  const i = TELLING.indexOf(code)
+  if (i >= 0) return i
+  const j = UNTELLING.indexOf(code)
+  return j >= 0 ? TELLING.length + 1 + j : TELLING.length
+}
+
+/**
+ * What failed attempts tell the user: the most telling one's code and message (pure).
+ * With several, the error keeps them all as its `cause` (an AggregateError, in the
+ * order the attempts were made), so logs and debuggers see every path's reason.
+ */
+export function mostTelling(failures: readonly unknown[]): NatdError {
+  const errors = failures.map((e) => toNatdError(e))
+  if (errors.length === 0) return new NatdError('INTERNAL', 'no path was attempted')
+  const best = errors.reduce((a, b) => (rank(b.code) < rank(a.code) ? b : a))
+  if (errors.length === 1) return best
+  return new NatdError(best.code, best.message, { cause: new AggregateError(errors, `${errors.length} paths failed: ${errors.map((e) => e.code).join(', ')}`) })
+}
+
 /** Resolves with the first attempt that succeeds; when all fail, rejects with the most telling error. */
 async function firstOf<T>(attempts: Array<Promise<T>>): Promise<T> {
   try {
     return await Promise.any(attempts)
   } catch (err) {
-    const errors = (err as AggregateError).errors.map((e) => toNatdError(e))
-    const mismatch = errors.find((e) => e.code === 'KEY_MISMATCH' || e.code === 'PEER_MISMATCH')
-    if (mismatch) throw mismatch
-    if (errors.length === 1) throw errors[0]!
-    throw new NatdError('PUNCH_FAILED', errors.map((e) => e.message).join('; '))
+    throw mostTelling((err as AggregateError).errors)
   }
 }
 
@@ -217,31 +244,27 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
   private async punchAndKeep(intro: Introduction, timeoutMs: number, id: string): Promise<Tunnel> {
     const name = intro.peer.name
     const abort = new AbortController()
-    // `auto` skips what cannot work: TCP punching through a NAT that maps per
-    // destination (the server saw another mapping than the peer would), and any direct
-    // attempt when both do (straight to the relay). An explicit --via tries regardless.
-    const hard = [this.c.natVerdict(), intro.peer.nat].filter((v) => v === 'hard').length
-    const auto = intro.via === 'auto' || intro.via === 'direct'
+    const plan = planPaths({ via: intro.via, mine: this.c.natVerdict(), theirs: intro.peer.nat, initiator: intro.initiator })
+    if (plan.impossible !== null) throw new NatdError('UNSUPPORTED_PATH', plan.impossible)
     const direct: Array<Promise<Established>> = []
-    if (intro.via === 'udp' || (auto && hard < 2)) direct.push(this.paths.udp(intro, timeoutMs, abort.signal))
+    if (plan.udp) direct.push(this.paths.udp(intro, plan.udp, timeoutMs, abort.signal))
     let tcp: { attempt: Promise<Established>; settled: boolean } | null = null
-    if (intro.via === 'tcp' || (auto && hard === 0)) {
+    if (plan.tcp) {
       const attempt = this.paths.tcp(intro, timeoutMs, abort.signal)
       tcp = { attempt, settled: false }
       const t = tcp
       attempt.then(() => (t.settled = true), () => (t.settled = true))
       direct.push(attempt)
     }
-    if (intro.via === 'direct' && direct.length === 0) throw new NatdError('PUNCH_FAILED', 'both NATs map per destination: no direct path to try')
     const attempts = [...direct]
-    if (intro.via === 'relay') attempts.push(this.paths.relay(intro, timeoutMs, abort.signal))
-    if (intro.via === 'auto') {
+    if (plan.relay === 'now') attempts.push(this.paths.relay(intro, timeoutMs, abort.signal))
+    if (plan.relay === 'fallback') {
       // Both sides run the same rule, so both bind to the relay at about the same time.
       const started = this.c.clock.now()
       const allFailed = Promise.allSettled(direct).then((r) => r.every((x) => x.status === 'rejected'))
       attempts.push(
         Promise.race([allFailed.then(() => undefined), sleepUntil(RELAY_FALLBACK_MS, abort.signal)]).then(() => {
-          if (abort.signal.aborted) throw new NatdError('PUNCH_FAILED', 'a direct path won')
+          if (abort.signal.aborted) throw new NatdError('ABORTED', 'a direct path won')
           return this.paths.relay(intro, Math.max(1, timeoutMs - (this.c.clock.now() - started)), abort.signal)
         })
       )
@@ -250,7 +273,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     try {
       won = await firstOf(attempts)
       // The initiator prefers the faster path: UDP won the race, TCP may be a moment behind.
-      if (intro.initiator && auto && won.transport === 'udp' && tcp && !tcp.settled) {
+      if (plan.preferTcp && won.transport === 'udp' && tcp && !tcp.settled) {
         const late = await Promise.race([tcp.attempt.catch(() => null), sleepUntil(AUTO_TCP_GRACE_MS, abort.signal).then(() => null)])
         if (late) {
           won.session.destroy()
@@ -276,7 +299,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     if (won.release) tunnel.once('closed', won.release)
     tunnel.on('path', (from) => this.emit('path', tunnel, from))
     this.register(tunnel)
-    if (path === 'relay' && intro.initiator && intro.via === 'auto') void this.upgradeLoop(tunnel)
+    if (path === 'relay' && plan.upgrade) void this.upgradeLoop(tunnel)
     log.info('tunnel up', { peer: name, path, transport: won.transport, remote: formatEndpoint(remote), punchMs: won.punchMs, sent: won.sent, strategy: won.strategy, initiator: intro.initiator, via: intro.via })
     return this.get(id) ?? tunnel
   }
@@ -296,7 +319,8 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
         const intro = await this.c.introduce(tunnel.peer.id, 'direct')
         await this.establish(intro, UPGRADE_TIMEOUT_MS, { name: null, id: tunnel.peer.id })
       } catch (err) {
-        this.c.log.debug('no direct path yet', { peer: tunnel.peer.name, err: (err as Error).message })
+        const e = toNatdError(err)
+        this.c.log.debug('no direct path yet', { peer: tunnel.peer.name, code: e.code, err: e.message })
       }
     }
   }

@@ -105,32 +105,38 @@ export class Paths {
   private async authenticate(session: SecretStream, intro: Introduction, deadline: number, what: string, signal: AbortSignal): Promise<void> {
     const left = (): number => Math.max(1, deadline - this.c.clock.now())
     const opened = await Promise.race([session.opened, sleepUntil(left(), signal)])
-    if (!opened) throw new NatdError('PUNCH_FAILED', `${what}, but the encrypted handshake with ${intro.peer.name} did not complete`)
+    if (!opened) {
+      if (signal.aborted) throw new NatdError('ABORTED', `${what}, but another path won`)
+      throw new NatdError('PUNCH_TIMEOUT', `${what}, but the encrypted handshake with ${intro.peer.name} did not complete in time`)
+    }
     if (!session.remotePublicKey || !timingSafeEqual(session.remotePublicKey, intro.peer.publicKey)) {
       this.c.log.error('KEY_MISMATCH: peer presented another key', { peer: intro.peer.name, want: peerId(intro.peer.publicKey).slice(0, 8), got: session.remotePublicKey ? peerId(session.remotePublicKey).slice(0, 8) : null })
       throw new NatdError('KEY_MISMATCH', `${intro.peer.name} presented a key other than the one the server bound to its name`)
     }
     if (intro.initiator) return
-    const chosen = await new Promise<boolean>((resolve) => {
+    // 'timeout': the initiator chose no path in time; 'other': it chose another (it closed this one, or we gave up).
+    const chosen = await new Promise<true | 'timeout' | 'other'>((resolve) => {
       const onData = (): void => done(true)
-      const timer = setTimeout(() => done(false), left())
-      const done = (v: boolean): void => {
+      const timer = setTimeout(() => done('timeout'), left())
+      const done = (v: true | 'timeout' | 'other'): void => {
         clearTimeout(timer)
         session.off('data', onData)
         session.off('close', onClose)
         signal.removeEventListener('abort', onClose)
-        if (v) session.pause() // hold further frames until the tunnel's mux listens
+        if (v === true) session.pause() // hold further frames until the tunnel's mux listens
         resolve(v)
       }
-      const onClose = (): void => done(false)
+      const onClose = (): void => done('other')
       session.once('data', onData)
       session.once('close', onClose)
       signal.addEventListener('abort', onClose, { once: true })
     })
-    if (!chosen) throw new NatdError('PUNCH_FAILED', `${what}, but ${intro.peer.name} chose another path`)
+    if (chosen === 'timeout') throw new NatdError('PUNCH_TIMEOUT', `${what}, but ${intro.peer.name} chose no path in time`)
+    if (chosen === 'other') throw new NatdError('ABORTED', `${what}, but ${intro.peer.name} chose another path`)
   }
 
-  async udp(intro: Introduction, timeoutMs: number, signal: AbortSignal): Promise<Established> {
+  /** Punches UDP the way the plan says (path-plan.ts: normal, birthday or spray). */
+  async udp(intro: Introduction, strategy: PunchStrategy, timeoutMs: number, signal: AbortSignal): Promise<Established> {
     const log = this.c.log
     const name = intro.peer.name
     const deadline = this.c.clock.now() + timeoutMs
@@ -141,12 +147,6 @@ export class Paths {
       ...lanOf(intro.peer, intro.peer.udp).map((endpoint) => ({ endpoint, kind: 'lan' as const })),
       ...(intro.peer.udp ? [{ endpoint: intro.peer.udp, kind: 'public' as const }] : [])
     ]
-    const mine = this.c.natVerdict()
-    const theirs = intro.peer.nat
-    if (mine === 'hard' && theirs === 'hard') {
-      throw new NatdError('PUNCH_FAILED', 'both NATs map per destination, so no direct UDP path can be punched (this needs the relay, not in this build)')
-    }
-    const strategy: PunchStrategy = mine === 'hard' && theirs !== 'unknown' ? 'birthday' : theirs === 'hard' && mine !== 'unknown' ? 'spray' : 'normal'
     const socket = this.c.socket
     const id = peerId(intro.peer.publicKey)
     // Birthday sockets: index i (1-based) is sockets[i - 1]; index 0 is the agent's socket.
@@ -195,7 +195,7 @@ export class Paths {
       session = new SecretStream(intro.initiator, raw, { keyPair: this.c.keyPair })
       session.on('error', () => undefined)
       await this.authenticate(session, intro, deadline, `punched ${path} ${formatEndpoint(punched.endpoint)}`, signal)
-      if (signal.aborted) throw new NatdError('PUNCH_FAILED', 'another path won')
+      if (signal.aborted) throw new NatdError('ABORTED', 'another path won')
       const winner = keep > 0 ? sockets[keep - 1] : undefined
       return { session, path, transport: 'udp', remote: punched.endpoint, punchMs: punched.tookMs, sent: punched.probesSent, strategy, ...(winner ? { release: () => void winner.close() } : {}) }
     } catch (err) {
@@ -241,7 +241,7 @@ export class Paths {
     session.on('error', () => undefined)
     try {
       await this.authenticate(session, intro, started + timeoutMs, `relayed through ${formatEndpoint(server)}`, signal)
-      if (signal.aborted) throw new NatdError('PUNCH_FAILED', 'another path won')
+      if (signal.aborted) throw new NatdError('ABORTED', 'another path won')
     } catch (err) {
       session.destroy()
       throw err
@@ -276,7 +276,7 @@ export class Paths {
     const path: PathKind = punched.kind === 'lan' ? 'lan' : 'direct-tcp'
     try {
       await this.authenticate(punched.session, intro, deadline, `punched ${path} ${formatEndpoint(punched.endpoint)}`, signal)
-      if (signal.aborted) throw new NatdError('PUNCH_FAILED', 'another path won')
+      if (signal.aborted) throw new NatdError('ABORTED', 'another path won')
     } catch (err) {
       punched.session.destroy()
       throw err

@@ -129,12 +129,12 @@ export class Puncher {
     this.started = c.clock.now()
   }
 
-  /** Probes until a path is chosen (initiator) or accepted (responder); rejects PUNCH_FAILED at the deadline. */
+  /** Probes until a path is chosen (initiator) or accepted (responder); rejects PUNCH_TIMEOUT at the deadline, ABORTED when `signal` aborts. */
   run(signal?: AbortSignal): Promise<PunchResult> {
     return new Promise<PunchResult>((resolve, reject) => {
       this.settle = { resolve, reject }
-      if (signal?.aborted) return this.fail(new NatdError('PUNCH_FAILED', 'punching aborted'))
-      const onAbort = (): void => this.fail(new NatdError('PUNCH_FAILED', 'punching aborted'))
+      if (signal?.aborted) return this.fail(new NatdError('ABORTED', 'punching aborted'))
+      const onAbort = (): void => this.fail(new NatdError('ABORTED', 'punching aborted'))
       signal?.addEventListener('abort', onAbort, { once: true })
       this.detach = () => signal?.removeEventListener('abort', onAbort)
       if (this.strategy === 'birthday') {
@@ -216,7 +216,7 @@ export class Puncher {
       const tried = this.candidates.map((c) => `${c.kind} ${formatEndpoint(c.endpoint)}`).join(', ')
       const heard = this.heard.length ? `; heard from ${this.heard.map((h) => formatEndpoint(h.endpoint)).join(', ')} but no answer to ours` : '; no probe from the peer arrived'
       const how = this.strategy === 'spray' ? `, ${this.sprayed} to random ports of ${this.init.sprayHost}` : this.strategy === 'birthday' ? ` from ${this.init.sockets ?? 0} birthday sockets` : ''
-      this.fail(new NatdError('PUNCH_FAILED', `no direct UDP path in ${this.init.deadlineMs} ms (tried ${tried || 'no candidates'}; ${this.probesSent} probes${how}${heard})`))
+      this.fail(new NatdError('PUNCH_TIMEOUT', `no direct UDP path in ${this.init.deadlineMs} ms (tried ${tried || 'no candidates'}; ${this.probesSent} probes${how}${heard})`))
       return
     }
     // The hard side only answers and refreshes its TTL-2 probes: a full-TTL probe from a
@@ -283,7 +283,7 @@ export class Puncher {
 
   /** Stops probing (the tunnel is up, or was given up). */
   stop(): void {
-    this.fail(new NatdError('PUNCH_FAILED', 'stopped'))
+    this.fail(new NatdError('ABORTED', 'stopped'))
   }
 }
 

@@ -106,25 +106,25 @@ export function connectRelay(server: Endpoint, introId: Uint8Array, initiator: b
       socket.destroy()
       reject(err)
     }
-    const onAbort = (): void => fail(new NatdError('PUNCH_FAILED', 'relay aborted'))
-    const timer = setTimeout(() => fail(new NatdError('PUNCH_FAILED', `the relay at ${formatEndpoint(server)} did not pair us with the peer in ${timeoutMs} ms`)), timeoutMs)
+    const onAbort = (): void => fail(new NatdError('ABORTED', 'relay aborted'))
+    const timer = setTimeout(() => fail(new NatdError('PUNCH_TIMEOUT', `the relay at ${formatEndpoint(server)} did not pair us with the peer in ${timeoutMs} ms`)), timeoutMs)
     signal.addEventListener('abort', onAbort, { once: true })
     if (signal.aborted) return onAbort()
-    socket.on('error', (err) => fail(new NatdError('PUNCH_FAILED', `relay connection to ${formatEndpoint(server)}: ${err.message}`)))
+    socket.on('error', (err) => fail(new NatdError('PUNCH_FAILED', `relay connection to ${formatEndpoint(server)}: ${err.message}`, { cause: err })))
     socket.on('close', () => fail(new NatdError('PUNCH_FAILED', 'the relay closed the connection')))
     const onData = (chunk: Buffer): void => {
       let frames: Buffer[]
       try {
         frames = splitter.push(chunk)
       } catch (err) {
-        return fail(new NatdError('PUNCH_FAILED', (err as Error).message))
+        return fail(new NatdError('PUNCH_FAILED', `relay: ${(err as Error).message}`, { cause: err }))
       }
       for (let i = 0; i < frames.length; i++) {
         let m
         try {
           m = decode(frames[i]!)
         } catch (err) {
-          return fail(new NatdError('PUNCH_FAILED', `relay: ${(err as Error).message}`))
+          return fail(new NatdError('PUNCH_FAILED', `relay: ${(err as Error).message}`, { cause: err }))
         }
         if (m.type === 'challenge') socket.write(frame(encodeRelay(introId, initiator, sign(relaySigned(m.nonce, introId, initiator), keyPair.secretKey))))
         else if (m.type === 'error') return fail(new NatdError(isErrorCode(m.code) ? m.code : 'PUNCH_FAILED', `relay: ${m.message}`))

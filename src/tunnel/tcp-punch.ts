@@ -115,9 +115,9 @@ export function punchTcp(init: TcpPunchInit, c: TcpPunchComponents, signal: Abor
     }
     const deadline = setTimeout(() => {
       const tried = init.candidates.map((cand) => `${cand.kind} ${formatEndpoint(cand.endpoint)}${lastError.has(key(cand)) ? ` (${lastError.get(key(cand))})` : ' (no answer)'}`)
-      fail(new NatdError('PUNCH_FAILED', `no direct TCP path in ${init.deadlineMs} ms: ${attempts} connect attempts to ${tried.join(', ') || 'no candidates'}${lastError.size === 0 ? '; the peer\'s NAT may map per destination or drop our SYNs' : ''}`))
+      fail(new NatdError('PUNCH_TIMEOUT', `no direct TCP path in ${init.deadlineMs} ms: ${attempts} connect attempts to ${tried.join(', ') || 'no candidates'}${lastError.size === 0 ? '; the peer\'s NAT may map per destination or drop our SYNs' : ''}`))
     }, init.deadlineMs)
-    signal.addEventListener('abort', () => fail(new NatdError('PUNCH_FAILED', 'TCP punching aborted')), { once: true })
+    signal.addEventListener('abort', () => fail(new NatdError('ABORTED', 'TCP punching aborted')), { once: true })
     if (init.candidates.length === 0) return fail(new NatdError('PUNCH_FAILED', 'the peer has no TCP endpoint (its control connection is down)'))
 
     const hrNow = c.hrNow ?? (() => performance.now())

@@ -102,12 +102,12 @@ describe.skipIf(!labAvailable())('TCP hole punching', () => {
     })
   }, 60_000)
 
-  it('a NAT that maps per destination: --via tcp fails cleanly with PUNCH_FAILED and a reason', async () => {
+  it('a NAT that maps per destination: --via tcp fails cleanly with PUNCH_TIMEOUT and a reason', async () => {
     await withLab(pair('easy', 'hard', 'drop'), async (n) => {
       await startPair(n)
       const r = await n.natctl('alice', ['open', 'bob', '--via', 'tcp', '--timeout', '3s'])
       expect(r.code).toBe(1)
-      expect((r.json as { error: { code: string; message: string } }).error.code).toBe('PUNCH_FAILED')
+      expect((r.json as { error: { code: string; message: string } }).error.code).toBe('PUNCH_TIMEOUT')
       expect(r.stderr).toMatch(/no direct TCP path in \d+ ms: \d+ connect attempts/)
       // Nothing half-made: no tunnel, and the agent still works.
       expect((await n.natctl('alice', ['tunnels'])).json).toEqual([])

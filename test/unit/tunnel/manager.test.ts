@@ -12,7 +12,7 @@ import { generateKeyPair, peerId, type KeyPair } from '../../../src/protocol/ide
 import { silentLogger, systemClock } from '../../../src/protocol/log.js'
 import { isTarget, resolvePeer, type PeerRef, type PeerTarget } from '../../../src/protocol/peer-ref.js'
 import { isRendezvousFrame, MSG, type PeerRecord, type Via } from '../../../src/protocol/rendezvous.js'
-import { TunnelManager, type Introduction, type PeerPolicy } from '../../../src/tunnel/manager.js'
+import { mostTelling, TunnelManager, type Introduction, type PeerPolicy } from '../../../src/tunnel/manager.js'
 
 /** The daemon's policy in miniature: pinned names, first-use pinning, the same checks. */
 class Pins implements PeerPolicy {
@@ -172,7 +172,7 @@ describe('TunnelManager.open reaches only the peer the user named', () => {
   it('the incoming side refuses a name pinned to another key', async () => {
     const { alice, bob } = pair()
     bob.pins.pins.set('alice', peerId(generateKeyPair().publicKey))
-    expect(await codeOf(alice.manager.open('bob', 'udp', 1_500))).toBe('PUNCH_FAILED')
+    expect(await codeOf(alice.manager.open('bob', 'udp', 1_500))).toBe('PUNCH_TIMEOUT')
     expect(bob.manager.list()).toEqual([])
   })
 })
@@ -192,5 +192,43 @@ describe('TunnelManager.accept spends only what the punching budget allows', () 
     expect(bob.manager.budget.inUse.punches).toBe(bob.manager.budget.init.peerPunches)
     await new Promise((resolve) => setTimeout(resolve, 500))
     expect(bob.manager.budget.inUse.punches).toBe(0)
+  })
+})
+
+describe('mostTelling: what failed attempts tell the user (pure)', () => {
+  const e = (code: ConstructorParameters<typeof NatdError>[0], message = code.toLowerCase()): NatdError => new NatdError(code, message)
+
+  it.each<[string, NatdError[], string]>([
+    ['a wrong peer beats everything', [e('PUNCH_TIMEOUT'), e('KEY_MISMATCH'), e('UNSUPPORTED_PATH')], 'KEY_MISMATCH'],
+    ['a refusal the user can act on beats a deadline', [e('PUNCH_TIMEOUT'), e('UNSUPPORTED_PATH')], 'UNSUPPORTED_PATH'],
+    ['the relay\'s limit beats a deadline', [e('PUNCH_TIMEOUT'), e('PUNCH_TIMEOUT'), e('RELAY_LIMIT')], 'RELAY_LIMIT'],
+    ['a path that could not be tried, with its reason, beats a deadline', [e('PUNCH_TIMEOUT'), e('PUNCH_FAILED')], 'PUNCH_FAILED'],
+    ['a deadline beats our own budget', [e('BUSY'), e('PUNCH_TIMEOUT')], 'PUNCH_TIMEOUT'],
+    ['BUSY only when every path was refused', [e('BUSY'), e('BUSY')], 'BUSY'],
+    ['an attempt given up is never the reason when another failed', [e('ABORTED'), e('BUSY')], 'BUSY'],
+    ['codes not ranked sit between refusals and punching failures', [e('PUNCH_FAILED'), e('TUNNEL_CLOSED')], 'TUNNEL_CLOSED']
+  ])('%s', (_, errors, want) => {
+    expect(mostTelling(errors).code).toBe(want)
+  })
+
+  it('one failure is returned as it is', () => {
+    const only = e('PUNCH_TIMEOUT', 'no direct UDP path in 3000 ms')
+    expect(mostTelling([only])).toBe(only)
+  })
+
+  it('several: the winner\'s message (not a join), every failure kept as an AggregateError cause', () => {
+    const udp = e('PUNCH_TIMEOUT', 'no direct UDP path in 3000 ms')
+    const relay = e('RELAY_LIMIT', 'relay: too many relayed tunnels')
+    const err = mostTelling([udp, relay])
+    expect(err).toMatchObject({ code: 'RELAY_LIMIT', message: 'relay: too many relayed tunnels' })
+    expect(err.cause).toBeInstanceOf(AggregateError)
+    expect((err.cause as AggregateError).errors).toEqual([udp, relay])
+  })
+
+  it('anything thrown that is not a NatdError becomes INTERNAL with the original as cause', () => {
+    const boom = new TypeError('boom')
+    const err = mostTelling([boom])
+    expect(err).toMatchObject({ code: 'INTERNAL', message: 'boom' })
+    expect(err.cause).toBe(boom)
   })
 })

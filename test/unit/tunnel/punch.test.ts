@@ -304,7 +304,7 @@ describe('Puncher: the responder follows', () => {
 })
 
 describe('Puncher: ending', () => {
-  it('after the deadline it rejects PUNCH_FAILED naming the candidates tried', async () => {
+  it('after the deadline it rejects PUNCH_TIMEOUT naming the candidates tried', async () => {
     const { sent, send } = recorder()
     const p = makePuncher({ candidates: [lan(B_LAN), pub(B_PUBLIC)], deadlineMs: 1_000 }, send)
     const t = track(p.run())
@@ -313,7 +313,7 @@ describe('Puncher: ending', () => {
     await vi.advanceTimersByTimeAsync(PROBE_INTERVAL_MS)
     expect(t.error).toBeInstanceOf(NatdError)
     const err = t.error as NatdError
-    expect(err.code).toBe('PUNCH_FAILED')
+    expect(err.code).toBe('PUNCH_TIMEOUT')
     expect(err.message).toContain('lan 10.0.2.2:5000')
     expect(err.message).toContain('public 203.0.113.2:5000')
     expect(err.message).toContain('no probe from the peer arrived')
@@ -323,12 +323,12 @@ describe('Puncher: ending', () => {
     expect(vi.getTimerCount()).toBe(0)
   })
 
-  it('the PUNCH_FAILED message says when the peer was heard but never answered', async () => {
+  it('the PUNCH_TIMEOUT message says when the peer was heard but never answered', async () => {
     const p = makePuncher({ candidates: [pub(B_PUBLIC)], deadlineMs: 200 })
     const t = track(p.run())
     p.onProbe(probe(1, false), B_PUBLIC)
     await vi.advanceTimersByTimeAsync(200 + PROBE_INTERVAL_MS)
-    expect(t.error).toMatchObject({ code: 'PUNCH_FAILED', message: expect.stringContaining('heard from 203.0.113.2:5000') })
+    expect(t.error).toMatchObject({ code: 'PUNCH_TIMEOUT', message: expect.stringContaining('heard from 203.0.113.2:5000') })
   })
 
   it('after finishing, late probes still get acks (the peer may still be choosing); late acks get nothing', async () => {
@@ -344,7 +344,7 @@ describe('Puncher: ending', () => {
     expect(sent.map((s) => [formatEndpoint(s.to), s.ack])).toEqual([['203.0.113.2:5000', true]])
   })
 
-  it('stop() rejects run() with PUNCH_FAILED and stops every timer (no more sends)', async () => {
+  it('stop() rejects run() with ABORTED and stops every timer (no more sends)', async () => {
     const { sent, send } = recorder()
     const p = makePuncher({ candidates: [lan(B_LAN), pub(B_PUBLIC)] }, send)
     const t = track(p.run())
@@ -352,21 +352,21 @@ describe('Puncher: ending', () => {
     p.onProbe(probe(1, true), B_PUBLIC) // now in the LAN grace period: two timers
     p.stop()
     await vi.advanceTimersByTimeAsync(0)
-    expect(t.error).toMatchObject({ code: 'PUNCH_FAILED' })
+    expect(t.error).toMatchObject({ code: 'ABORTED' })
     const count = sent.length
     await vi.advanceTimersByTimeAsync(20_000)
     expect(sent).toHaveLength(count)
     expect(vi.getTimerCount()).toBe(0)
   })
 
-  it('aborting the signal rejects run() with PUNCH_FAILED', async () => {
+  it('aborting the signal rejects run() with ABORTED', async () => {
     const ac = new AbortController()
     const p = makePuncher({ candidates: [pub(B_PUBLIC)] })
     const t = track(p.run(ac.signal))
     await vi.advanceTimersByTimeAsync(30)
     ac.abort()
     await vi.advanceTimersByTimeAsync(0)
-    expect(t.error).toMatchObject({ code: 'PUNCH_FAILED' })
+    expect(t.error).toMatchObject({ code: 'ABORTED' })
     expect(vi.getTimerCount()).toBe(0)
   })
 
@@ -377,7 +377,7 @@ describe('Puncher: ending', () => {
     const p = makePuncher({ candidates: [pub(B_PUBLIC)] })
     const t = track(p.run(AbortSignal.abort()))
     await vi.advanceTimersByTimeAsync(PROBE_START_DELAY_MS)
-    expect(t.error).toMatchObject({ code: 'PUNCH_FAILED' })
+    expect(t.error).toMatchObject({ code: 'ABORTED' })
     p.stop()
   })
 })
@@ -583,7 +583,7 @@ describe('Puncher: two agents behind NATs', () => {
     expect(tb.result).toMatchObject({ endpoint: A_LAN, kind: 'lan', remoteStreamId: 101 })
   })
 
-  it('with every path blocked both sides fail with PUNCH_FAILED at the deadline', async () => {
+  it('with every path blocked both sides fail with PUNCH_TIMEOUT at the deadline', async () => {
     const net = new SimNet()
     const a = net.host('A', 'a', A_LAN, A_PUBLIC)
     const b = net.host('B', 'b', B_LAN, B_PUBLIC)
@@ -594,8 +594,8 @@ describe('Puncher: two agents behind NATs', () => {
     const ta = track(pa.run())
     const tb = track(pb.run())
     await vi.advanceTimersByTimeAsync(500 + PROBE_INTERVAL_MS)
-    expect(ta.error).toMatchObject({ code: 'PUNCH_FAILED', message: expect.stringContaining('public 203.0.113.200:5000') })
-    expect(tb.error).toMatchObject({ code: 'PUNCH_FAILED' })
+    expect(ta.error).toMatchObject({ code: 'PUNCH_TIMEOUT', message: expect.stringContaining('public 203.0.113.200:5000') })
+    expect(tb.error).toMatchObject({ code: 'PUNCH_TIMEOUT' })
     expect(net.log.every((d) => d.fate === 'unroutable')).toBe(true)
   })
 })

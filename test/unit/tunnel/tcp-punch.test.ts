@@ -81,7 +81,7 @@ describe('TCP punching', () => {
         new AbortController().signal
       ).then(() => null, (e: unknown) => e)
       expect(err).toBeInstanceOf(NatdError)
-      expect(err).toMatchObject({ code: 'PUNCH_FAILED', message: expect.stringMatching(new RegExp(`no direct TCP path in 1000 ms: 1 connect attempts to public 127\\.0\\.0\\.1:${peer.port}`)) })
+      expect(err).toMatchObject({ code: 'PUNCH_TIMEOUT', message: expect.stringMatching(new RegExp(`no direct TCP path in 1000 ms: 1 connect attempts to public 127\\.0\\.0\\.1:${peer.port}`)) })
       expect(Date.now() - started).toBeGreaterThanOrEqual(900)
       expect(warnings).toEqual(['dropped a TCP connection with the wrong key'])
       expect(peer.sessions).toHaveLength(1)
@@ -94,7 +94,7 @@ describe('TCP punching', () => {
   it('a refused candidate is retried about every TCP_RETRY_FLOOR_MS until the deadline, never faster', async () => {
     const [pa, closed] = [await freePort(), await freePort()]
     const err = await punch(pa, closed, generateKeyPair(), generateKeyPair(), true, 300).then(() => null, (e: unknown) => e)
-    expect(err).toMatchObject({ code: 'PUNCH_FAILED', message: expect.stringContaining('ECONNREFUSED') })
+    expect(err).toMatchObject({ code: 'PUNCH_TIMEOUT', message: expect.stringContaining('ECONNREFUSED') })
     const attempts = Number(/(\d+) connect attempts/.exec((err as Error).message)?.[1])
     expect(attempts).toBeGreaterThan(20)
     // Jittered over 0-2 floors; the event loop (setImmediate) is the bound below one floor.
@@ -120,13 +120,13 @@ describe('TCP punching', () => {
     expect(attempts).toBeLessThanOrEqual(20 + 50 * 0.5 + 2)
   }, 15_000)
 
-  it('abort stops at once with PUNCH_FAILED', async () => {
+  it('abort stops at once with ABORTED', async () => {
     const [pa, closed] = [await freePort(), await freePort()]
     const abort = new AbortController()
     const started = Date.now()
     const p = punch(pa, closed, generateKeyPair(), generateKeyPair(), true, 10_000, abort.signal)
     setTimeout(() => abort.abort(), 50)
-    await expect(p).rejects.toMatchObject({ code: 'PUNCH_FAILED', message: 'TCP punching aborted' })
+    await expect(p).rejects.toMatchObject({ code: 'ABORTED', message: 'TCP punching aborted' })
     expect(Date.now() - started).toBeLessThan(2_000)
   }, 15_000)
 })

@@ -1,0 +1,67 @@
+/**
+ * Which paths an introduction tries, from the `via` asked for and the two NAT verdicts:
+ * the one place the rules live (no I/O; the manager and paths.ts act on the plan).
+ *
+ * - A NAT that maps per destination ('hard') gives the server one mapping and the peer
+ *   another, so the peer cannot aim at it: TCP punching through it fails, and UDP needs
+ *   a search (birthday on the hard side, spray on the easy side, punch.ts).
+ * - When both NATs are hard, neither side can find the other's mapping: no direct path.
+ * - `auto` (and `direct`, the upgrade attempt) skips what cannot work; an explicit
+ *   `udp` or `tcp` tries regardless, except UDP between two hard NATs, which is refused
+ *   at once (UNSUPPORTED_PATH) rather than spraying for the whole timeout.
+ */
+import type { NatVerdict, Via } from '../protocol/rendezvous.js'
+import type { PunchStrategy } from './punch.js'
+
+export interface PathPlanInput {
+  via: Via
+  /** Our NAT check's verdict. */
+  mine: NatVerdict
+  /** The peer's verdict, as the server introduced it. */
+  theirs: NatVerdict
+  initiator: boolean
+}
+
+export interface PathPlan {
+  /** How to punch UDP, or null: no UDP attempt. */
+  udp: PunchStrategy | null
+  /** Punch TCP too. */
+  tcp: boolean
+  /** The relay: at once, after the direct attempts failed or RELAY_FALLBACK_MS passed, or not at all. */
+  relay: 'now' | 'fallback' | 'never'
+  /** The initiator waits AUTO_TCP_GRACE_MS for TCP when UDP punches first (TCP carries more). */
+  preferTcp: boolean
+  /** A relayed tunnel keeps looking for a direct path (the initiator's upgrade loop). */
+  upgrade: boolean
+  /** Why nothing can be tried (then udp is null, tcp false and relay 'never'). */
+  impossible: string | null
+}
+
+export const BOTH_HARD = 'both NATs map per destination, so no direct path can be punched between them; use --via auto or --via relay'
+
+/** The UDP punch strategy for two verdicts; null when both map per destination. */
+export function punchStrategy(mine: NatVerdict, theirs: NatVerdict): PunchStrategy | null {
+  if (mine === 'hard' && theirs === 'hard') return null
+  // An unknown verdict on the other side may be anything: punch plainly rather than search.
+  if (mine === 'hard' && theirs !== 'unknown') return 'birthday'
+  if (theirs === 'hard' && mine !== 'unknown') return 'spray'
+  return 'normal'
+}
+
+export function planPaths({ via, mine, theirs, initiator }: PathPlanInput): PathPlan {
+  const hard = [mine, theirs].filter((v) => v === 'hard').length
+  const auto = via === 'auto' || via === 'direct'
+  const strategy = punchStrategy(mine, theirs)
+  const udp = via === 'udp' || (auto && hard < 2) ? strategy : null
+  const tcp = via === 'tcp' || (auto && hard === 0)
+  const relay = via === 'relay' ? 'now' : via === 'auto' ? 'fallback' : 'never'
+  const impossible = (via === 'udp' || via === 'direct') && strategy === null ? BOTH_HARD : null
+  return {
+    udp,
+    tcp,
+    relay,
+    preferTcp: initiator && auto && udp !== null && tcp,
+    upgrade: initiator && via === 'auto',
+    impossible
+  }
+}

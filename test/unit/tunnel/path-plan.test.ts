@@ -1,0 +1,98 @@
+// The path plan (src/tunnel/path-plan.ts), pure: every `via` × our verdict × the peer's.
+// Each grid reads as the NAT lab does (test/lab/hard-nat.test.ts, tcp.test.ts,
+// relay.test.ts): rows are our NAT, columns the peer's; a cell is the direct attempts
+// (the UDP punch strategy, `+tcp` when TCP punches too), `-` for none, `impossible` when
+// the open is refused at once.
+import { describe, expect, it } from 'vitest'
+import type { NatVerdict, Via } from '../../../src/protocol/rendezvous.js'
+import { BOTH_HARD, planPaths, punchStrategy, type PathPlan } from '../../../src/tunnel/path-plan.js'
+
+const VERDICTS: readonly NatVerdict[] = ['unknown', 'easy', 'hard', 'none']
+const VIAS: readonly Via[] = ['auto', 'udp', 'tcp', 'relay', 'direct']
+
+function cell(p: PathPlan): string {
+  if (p.impossible !== null) return 'impossible'
+  return [p.udp ?? '', p.tcp ? 'tcp' : ''].filter(Boolean).join('+') || '-'
+}
+
+//                         theirs: unknown        easy           hard           none
+const GRIDS: Record<Via, Record<NatVerdict, [string, string, string, string]>> = {
+  auto: {
+    unknown: /* mine */ ['normal+tcp', 'normal+tcp', 'normal', 'normal+tcp'],
+    easy: ['normal+tcp', 'normal+tcp', 'spray', 'normal+tcp'],
+    hard: ['normal', 'birthday', '-', 'birthday'],
+    none: ['normal+tcp', 'normal+tcp', 'spray', 'normal+tcp']
+  },
+  udp: {
+    unknown: ['normal', 'normal', 'normal', 'normal'],
+    easy: ['normal', 'normal', 'spray', 'normal'],
+    hard: ['normal', 'birthday', 'impossible', 'birthday'],
+    none: ['normal', 'normal', 'spray', 'normal']
+  },
+  // An explicit --via tcp tries regardless of the verdicts.
+  tcp: {
+    unknown: ['tcp', 'tcp', 'tcp', 'tcp'],
+    easy: ['tcp', 'tcp', 'tcp', 'tcp'],
+    hard: ['tcp', 'tcp', 'tcp', 'tcp'],
+    none: ['tcp', 'tcp', 'tcp', 'tcp']
+  },
+  relay: {
+    unknown: ['-', '-', '-', '-'],
+    easy: ['-', '-', '-', '-'],
+    hard: ['-', '-', '-', '-'],
+    none: ['-', '-', '-', '-']
+  },
+  // The upgrade attempt of a relayed tunnel: auto's direct attempts, no relay.
+  direct: {
+    unknown: ['normal+tcp', 'normal+tcp', 'normal', 'normal+tcp'],
+    easy: ['normal+tcp', 'normal+tcp', 'spray', 'normal+tcp'],
+    hard: ['normal', 'birthday', 'impossible', 'birthday'],
+    none: ['normal+tcp', 'normal+tcp', 'spray', 'normal+tcp']
+  }
+}
+
+const RELAY: Record<Via, PathPlan['relay']> = { auto: 'fallback', udp: 'never', tcp: 'never', relay: 'now', direct: 'never' }
+
+const cases = VIAS.flatMap((via) => VERDICTS.flatMap((mine) => VERDICTS.map((theirs, i) => [via, mine, theirs, GRIDS[via][mine][i]!] as const)))
+
+describe('planPaths (pure)', () => {
+  it.each(cases)('via %s, mine %s, theirs %s: %s', (via, mine, theirs, want) => {
+    for (const initiator of [true, false]) {
+      const plan = planPaths({ via, mine, theirs, initiator })
+      expect(cell(plan)).toBe(want)
+      if (plan.impossible !== null) {
+        expect(plan).toMatchObject({ udp: null, tcp: false, relay: 'never', impossible: BOTH_HARD })
+        continue
+      }
+      expect(plan.relay).toBe(RELAY[via])
+      // Only the initiator chooses: it waits for TCP when both race, and it upgrades a relayed auto tunnel.
+      expect(plan.preferTcp).toBe(initiator && (via === 'auto' || via === 'direct') && plan.udp !== null && plan.tcp)
+      expect(plan.upgrade).toBe(initiator && via === 'auto')
+    }
+  })
+
+  it('hard×hard with auto goes straight to the relay fallback (nothing direct to wait for)', () => {
+    expect(planPaths({ via: 'auto', mine: 'hard', theirs: 'hard', initiator: true })).toEqual({ udp: null, tcp: false, relay: 'fallback', preferTcp: false, upgrade: true, impossible: null })
+  })
+
+  it('the impossible reason says why and what to use instead', () => {
+    expect(BOTH_HARD).toMatch(/both NATs map per destination/)
+    expect(BOTH_HARD).toMatch(/--via auto or --via relay/)
+    expect(BOTH_HARD).not.toMatch(/not in this build/)
+  })
+})
+
+describe('punchStrategy (pure)', () => {
+  it.each<[NatVerdict, NatVerdict, ReturnType<typeof punchStrategy>]>([
+    ['easy', 'easy', 'normal'],
+    ['hard', 'easy', 'birthday'], // we are the hard side: many sockets find the peer's one mapping
+    ['hard', 'none', 'birthday'],
+    ['easy', 'hard', 'spray'], // the peer is hard: spray its ports from our one mapping
+    ['none', 'hard', 'spray'],
+    ['hard', 'unknown', 'normal'], // an unknown side may be anything: punch plainly
+    ['unknown', 'hard', 'normal'],
+    ['hard', 'hard', null]
+  ])('mine %s, theirs %s: %s', (mine, theirs, want) => {
+    expect(punchStrategy(mine, theirs)).toBe(want)
+  })
+})
