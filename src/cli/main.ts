@@ -7,7 +7,7 @@
 import yargs, { type Argv } from 'yargs'
 import { hideBin } from 'yargs/helpers'
 import { ApiClient, resolveSocketPath } from '../ipc/client.js'
-import type { MethodName, Params, Result } from '../ipc/schema.js'
+import { OPEN_VIAS, type MethodName, type Params, type Result } from '../ipc/schema.js'
 import { NatdError, type ErrorCode } from '../protocol/errors.js'
 import { ago, bytes, peerLabel, table } from './format.js'
 import { formatFiles, formatPartials, parseSize, processIo, runCp, runMessages } from './transfer-commands.js'
@@ -43,8 +43,6 @@ function peerPort(value: string): { peer: string; remotePort: number } {
   if (i <= 0) throw new UsageError(`expected PEER:PORT, not ${JSON.stringify(value)}`)
   return { peer: value.slice(0, i), remotePort: port(value.slice(i + 1), 'the remote port') }
 }
-
-const VIAS = ['auto', 'udp', 'tcp', 'relay'] as const
 
 interface Global {
   socket?: string | undefined
@@ -137,7 +135,7 @@ export function buildCli(argv: string[]): Argv<Global> {
       (y) =>
         y
           .positional('peer', { type: 'string', demandOption: true, describe: 'peer name or ID' })
-          .option('via', { choices: VIAS, default: 'auto' as const, describe: 'path to use' })
+          .option('via', { choices: OPEN_VIAS, default: 'auto' as const, describe: 'path to use' })
           .option('timeout', { type: 'string', default: '10s', describe: 'give up after this long' }),
       async (g) => {
         const r = await call(g, 'open', { peer: g.peer, via: g.via, timeoutMs: duration(g.timeout, '--timeout') })
