@@ -8,6 +8,7 @@ import yargs, { type Argv } from 'yargs'
 import { hideBin } from 'yargs/helpers'
 import { ApiClient, resolveSocketPath } from '../ipc/client.js'
 import { OPEN_VIAS, type MethodName, type Params, type Result } from '../ipc/schema.js'
+import { parseDuration } from '../protocol/duration.js'
 import { NatdError, type ErrorCode } from '../protocol/errors.js'
 import { ago, bytes, peerLabel, table } from './format.js'
 import { formatFiles, formatPartials, parseSize, processIo, runCp, runMessages } from './transfer-commands.js'
@@ -32,10 +33,13 @@ function port(value: unknown, what: string): number {
   return n
 }
 
+/** The one duration syntax natd, natd-rendezvous and natctl share (protocol/duration.ts): 500ms, 10s, 5m, 1h, or seconds. */
 function duration(value: string, what: string): number {
-  const m = /^(\d+(?:\.\d+)?)(ms|s|m)?$/.exec(value)
-  if (!m) throw new UsageError(`${what} must be a duration like 500ms, 10s or 1m, not ${JSON.stringify(value)}`)
-  return Math.round(Number(m[1]) * (m[2] === 'ms' ? 1 : m[2] === 'm' ? 60_000 : 1000))
+  try {
+    return parseDuration(value)
+  } catch {
+    throw new UsageError(`${what} must be a duration like 500ms, 10s, 5m or 1h, not ${JSON.stringify(value)}`)
+  }
 }
 
 function peerPort(value: string): { peer: string; remotePort: number } {
