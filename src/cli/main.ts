@@ -8,10 +8,10 @@ import yargs, { type Argv } from 'yargs'
 import { hideBin } from 'yargs/helpers'
 import { ApiClient, resolveSocketPath } from '../ipc/client.js'
 import { OPEN_VIAS, type MethodName, type Params, type Result } from '../ipc/schema.js'
-import { parseDuration } from '../protocol/duration.js'
+import { parseBytes, parseDuration } from '../protocol/duration.js'
 import { NatdError, type ErrorCode } from '../protocol/errors.js'
 import { ago, bytes, peerLabel, table } from './format.js'
-import { formatFiles, formatPartials, parseSize, processIo, runCp, runMessages } from './transfer-commands.js'
+import { formatFiles, formatPartials, processIo, runCp, runMessages } from './transfer-commands.js'
 
 export const EXIT = { OK: 0, ERROR: 1, USAGE: 2, NOT_RUNNING: 3, WRONG_PEER: 4, BUSY: 5, UNSAFE_SOCKET: 6 } as const
 
@@ -288,10 +288,16 @@ export function buildCli(argv: string[]): Argv<Global> {
               .option('peer-message-bytes', { type: 'string', describe: 'their text, e.g. 1MiB' })
               .option('stall-timeout', { type: 'string', describe: 'cut a transfer off after this long without progress, e.g. 30s' }),
           async (g) => {
+            // One size syntax with natd-rendezvous (protocol/duration.ts): 65536, 500MB, 2GiB.
             const size = (flag: string, v: string | undefined): number | null => {
               if (v === undefined) return null
-              const n = parseSize(v)
-              if (n === null) throw new UsageError(`--${flag} must be a size like 500MB or 2GiB, not ${JSON.stringify(v)}`)
+              let n = Number.NaN
+              try {
+                n = parseBytes(v)
+              } catch {
+                // refused below
+              }
+              if (!Number.isSafeInteger(n)) throw new UsageError(`--${flag} must be a size like 500MB or 2GiB, not ${JSON.stringify(v)}`)
               return n
             }
             const allow = g['allow-all'] ? [] : g.allow ? g.allow.map(String) : null

@@ -406,6 +406,14 @@ describe.skipIf(!fs.existsSync(NATCTL))('natctl over the API', () => {
     expect(calls).toEqual([])
   })
 
+  it('files policy reads sizes as natd-rendezvous does; a size it cannot read is a usage error (exit 2)', async () => {
+    expect(await natctl(['files', 'policy', '--max-size', '2GiB', '--peer-bytes', '500MB'])).toMatchObject({ code: 0 })
+    expect(calls).toEqual([{ method: 'files.policy', params: expect.objectContaining({ maxSizeBytes: 2 * 1024 ** 3, fileBytesPerPeer: 500e6, messageBytesPerPeer: null }) }])
+    expect(await natctl(['files', 'policy', '--max-size', 'lots'])).toMatchObject({ code: 2, stderr: expect.stringContaining('--max-size must be a size like 500MB or 2GiB, not "lots"') })
+    expect(await natctl(['files', 'policy', '--peer-bytes', '99999999tib'])).toMatchObject({ code: 2, stderr: expect.stringContaining('--peer-bytes must be a size') })
+    expect(calls).toHaveLength(1)
+  })
+
   it('a duration natctl cannot read is a usage error naming the flag (exit 2)', async () => {
     expect(await natctl(['open', 'bob', '--timeout', 'soon'])).toMatchObject({ code: 2, stderr: expect.stringContaining('--timeout must be a duration like 500ms, 10s, 5m or 1h, not "soon"') })
     expect(await natctl(['files', 'policy', '--stall-timeout', '1x'])).toMatchObject({ code: 2, stderr: expect.stringContaining('--stall-timeout must be a duration like 500ms, 10s, 5m or 1h, not "1x"') })
