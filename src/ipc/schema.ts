@@ -11,6 +11,8 @@
  */
 import type { ErrorCode } from '../protocol/errors.js'
 import { NatdError } from '../protocol/errors.js'
+import type { NatVerdict } from '../protocol/rendezvous.js'
+import type { FilteringBehaviour, MappingBehaviour } from '../protocol/stun.js'
 import type { PathKind, TunnelSnapshot } from '../protocol/tunnel-snapshot.js'
 import { VIAS, type Via } from '../protocol/via.js'
 
@@ -75,8 +77,7 @@ export interface PingResult {
 }
 
 /** RFC 4787 NAT behaviours as `netcheck` reports them (see docs/API.md#netcheck). */
-export type MappingBehaviour = 'none' | 'endpoint-independent' | 'address-dependent' | 'address-and-port-dependent' | 'unknown'
-export type FilteringBehaviour = 'endpoint-independent' | 'address-dependent' | 'address-and-port-dependent' | 'unknown'
+export type { FilteringBehaviour, MappingBehaviour } from '../protocol/stun.js'
 
 export interface NetcheckResult {
   udp: boolean
@@ -90,7 +91,7 @@ export interface NetcheckResult {
   portPreserved: boolean | null
   mapping: MappingBehaviour
   filtering: FilteringBehaviour
-  nat: 'none' | 'easy' | 'hard' | 'unknown'
+  nat: NatVerdict
   previousNat: string
   natChanged: boolean
   probes: {

@@ -117,7 +117,8 @@ export const MSG = {
 
 /** What the agent's netcheck concluded; peers use it to choose a punching strategy. */
 export type NatVerdict = 'unknown' | 'easy' | 'hard' | 'none'
-const NAT_VERDICTS: readonly NatVerdict[] = ['unknown', 'easy', 'hard', 'none']
+/** The wire encoding of NatVerdict (the index): append, never reorder. */
+export const NAT_VERDICTS: readonly NatVerdict[] = ['unknown', 'easy', 'hard', 'none']
 
 // Via (the path an introduction asks for) is defined in via.ts; re-exported for the codec's users.
 export type { Via } from './via.js'

@@ -20,7 +20,7 @@ import type { Endpoint } from '../protocol/endpoint.js'
 import { NatdError } from '../protocol/errors.js'
 import { base32Bytes, peerId, randomBytes } from '../protocol/identity.js'
 import type { Clock } from '../protocol/log.js'
-import { KEY_BYTES, TOKEN_BYTES, type NatVerdict, type PeerRecord } from '../protocol/rendezvous.js'
+import { KEY_BYTES, NAT_VERDICTS, TOKEN_BYTES, type NatVerdict, type PeerRecord } from '../protocol/rendezvous.js'
 import { EndpointColumn, grown } from './endpoint-column.js'
 import { MemoryNameStore, type NameStore } from './name-store.js'
 import { bytesEqual, hashBytes, SlotIndex } from './slot-index.js'
@@ -46,8 +46,6 @@ const GENERATION_LIMIT = 2 ** 29
 const FREE = 0
 const OFFLINE = 1
 const ONLINE = 2
-
-const NAT_VERDICTS: readonly NatVerdict[] = ['unknown', 'easy', 'hard', 'none']
 
 /**
  * A registration as callers hold it: a number naming its slot and the slot's generation.
