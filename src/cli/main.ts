@@ -7,10 +7,11 @@
 import yargs, { type Argv } from 'yargs'
 import { hideBin } from 'yargs/helpers'
 import { ApiClient, resolveSocketPath } from '../ipc/client.js'
-import type { MethodName, Params, Result } from '../ipc/schema.js'
+import { OPEN_VIAS, type MethodName, type Params, type Result } from '../ipc/schema.js'
+import { parseBytes, parseDuration } from '../protocol/duration.js'
 import { NatdError, type ErrorCode } from '../protocol/errors.js'
 import { ago, bytes, peerLabel, table } from './format.js'
-import { formatFiles, formatPartials, parseSize, processIo, runCp, runMessages } from './transfer-commands.js'
+import { formatFiles, formatPartials, processIo, runCp, runMessages } from './transfer-commands.js'
 
 export const EXIT = { OK: 0, ERROR: 1, USAGE: 2, NOT_RUNNING: 3, WRONG_PEER: 4, BUSY: 5, UNSAFE_SOCKET: 6 } as const
 
@@ -32,10 +33,13 @@ function port(value: unknown, what: string): number {
   return n
 }
 
+/** The one duration syntax natd, natd-rendezvous and natctl share (protocol/duration.ts): 500ms, 10s, 5m, 1h, or seconds. */
 function duration(value: string, what: string): number {
-  const m = /^(\d+(?:\.\d+)?)(ms|s|m)?$/.exec(value)
-  if (!m) throw new UsageError(`${what} must be a duration like 500ms, 10s or 1m, not ${JSON.stringify(value)}`)
-  return Math.round(Number(m[1]) * (m[2] === 'ms' ? 1 : m[2] === 'm' ? 60_000 : 1000))
+  try {
+    return parseDuration(value)
+  } catch {
+    throw new UsageError(`${what} must be a duration like 500ms, 10s, 5m or 1h, not ${JSON.stringify(value)}`)
+  }
 }
 
 function peerPort(value: string): { peer: string; remotePort: number } {
@@ -43,8 +47,6 @@ function peerPort(value: string): { peer: string; remotePort: number } {
   if (i <= 0) throw new UsageError(`expected PEER:PORT, not ${JSON.stringify(value)}`)
   return { peer: value.slice(0, i), remotePort: port(value.slice(i + 1), 'the remote port') }
 }
-
-const VIAS = ['auto', 'udp', 'tcp', 'relay'] as const
 
 interface Global {
   socket?: string | undefined
@@ -137,7 +139,7 @@ export function buildCli(argv: string[]): Argv<Global> {
       (y) =>
         y
           .positional('peer', { type: 'string', demandOption: true, describe: 'peer name or ID' })
-          .option('via', { choices: VIAS, default: 'auto' as const, describe: 'path to use' })
+          .option('via', { choices: OPEN_VIAS, default: 'auto' as const, describe: 'path to use' })
           .option('timeout', { type: 'string', default: '10s', describe: 'give up after this long' }),
       async (g) => {
         const r = await call(g, 'open', { peer: g.peer, via: g.via, timeoutMs: duration(g.timeout, '--timeout') })
@@ -286,10 +288,16 @@ export function buildCli(argv: string[]): Argv<Global> {
               .option('peer-message-bytes', { type: 'string', describe: 'their text, e.g. 1MiB' })
               .option('stall-timeout', { type: 'string', describe: 'cut a transfer off after this long without progress, e.g. 30s' }),
           async (g) => {
+            // One size syntax with natd-rendezvous (protocol/duration.ts): 65536, 500MB, 2GiB.
             const size = (flag: string, v: string | undefined): number | null => {
               if (v === undefined) return null
-              const n = parseSize(v)
-              if (n === null) throw new UsageError(`--${flag} must be a size like 500MB or 2GiB, not ${JSON.stringify(v)}`)
+              let n = Number.NaN
+              try {
+                n = parseBytes(v)
+              } catch {
+                // refused below
+              }
+              if (!Number.isSafeInteger(n)) throw new UsageError(`--${flag} must be a size like 500MB or 2GiB, not ${JSON.stringify(v)}`)
               return n
             }
             const allow = g['allow-all'] ? [] : g.allow ? g.allow.map(String) : null

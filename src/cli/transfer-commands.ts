@@ -21,18 +21,6 @@ export interface CommandIo {
   stderr: { isTTY?: boolean; columns?: number; write(s: string): unknown }
 }
 
-const SIZE_UNITS: Record<string, number> = { '': 1, b: 1, k: 1e3, kb: 1e3, kib: 1024, m: 1e6, mb: 1e6, mib: 1024 ** 2, g: 1e9, gb: 1e9, gib: 1024 ** 3, t: 1e12, tb: 1e12, tib: 1024 ** 4 }
-
-/** `1048576`, `500MB`, `2GiB`, `1.5g` → bytes; null when it is not a size. */
-export function parseSize(value: string): number | null {
-  const m = /^(\d+(?:\.\d+)?)\s*([a-z]*)$/i.exec(value.trim())
-  if (!m) return null
-  const unit = SIZE_UNITS[m[2]!.toLowerCase()]
-  if (unit === undefined) return null
-  const n = Math.round(Number(m[1]) * unit)
-  return Number.isSafeInteger(n) ? n : null
-}
-
 /** `cp a b bob:` → sources [a, b], peer bob, name ''; `cp a bob:x.txt` names the file x.txt at bob. */
 export function parseCpArgs(args: string[], usage: (m: string) => Error): { sources: string[]; peer: string; name: string } {
   if (args.length < 2) throw usage('expected FILE... PEER: (at least one file, then the peer with a colon)')

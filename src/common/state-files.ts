@@ -5,9 +5,18 @@
  * mode 0600 and fsynced before the caller acknowledges anything.
  */
 import fs from 'node:fs'
+import os from 'node:os'
 import path from 'node:path'
 
 export const STATE_FILE_MODE = 0o600
+
+/** Where `app` keeps its state: $STATE_DIRECTORY (systemd's StateDirectory=), /var/lib/APP as root, else $XDG_STATE_HOME/APP (~/.local/state/APP). */
+export function defaultStateDirFor(app: string, env: NodeJS.ProcessEnv = process.env, uid = process.getuid?.() ?? 0): string {
+  if (env.STATE_DIRECTORY) return env.STATE_DIRECTORY.split(':')[0]!
+  if (uid === 0) return `/var/lib/${app}`
+  const base = env.XDG_STATE_HOME || path.join(os.homedir(), '.local', 'state')
+  return path.join(base, app)
+}
 
 /** fsyncs a directory, so a rename or a new entry in it survives a crash. */
 export function fsyncDir(dir: string): void {

@@ -12,7 +12,6 @@
  * in the state directory as before; SIGHUP reads the file again.
  */
 import fs from 'node:fs'
-import os from 'node:os'
 import path from 'node:path'
 import Conf from 'conf'
 import { NatdError } from '../protocol/errors.js'
@@ -20,7 +19,7 @@ import net from 'node:net'
 import { parseDuration } from '../protocol/duration.js'
 import { generateKeyPair, isValidName, NAME_RULE, type KeyPair } from '../protocol/identity.js'
 import { parseServerSpec } from './server-address.js'
-import { writeFileAtomic } from '../common/state-files.js'
+import { defaultStateDirFor, writeFileAtomic } from '../common/state-files.js'
 import { isPeerId, type PeerRef } from '../protocol/peer-ref.js'
 import { LOG_LEVELS, type LogLevel } from '../common/logger.js'
 import { isCurrent, migrateAllowEntry, type AllowEntry } from './allow-list.js'
@@ -85,10 +84,7 @@ function entryKey(e: ForwardSpec | ExposeSpec): string {
 }
 
 export function defaultStateDir(env: NodeJS.ProcessEnv = process.env, uid = process.getuid?.() ?? 0): string {
-  if (env.STATE_DIRECTORY) return env.STATE_DIRECTORY.split(':')[0]!
-  if (uid === 0) return '/var/lib/natd'
-  const base = env.XDG_STATE_HOME || path.join(os.homedir(), '.local', 'state')
-  return path.join(base, 'natd')
+  return defaultStateDirFor('natd', env, uid)
 }
 
 const schema = {

@@ -11,12 +11,19 @@
  */
 import type { ErrorCode } from '../protocol/errors.js'
 import { NatdError } from '../protocol/errors.js'
+import type { NatVerdict } from '../protocol/rendezvous.js'
+import type { FilteringBehaviour, MappingBehaviour } from '../protocol/stun.js'
+import type { PathKind, TunnelSnapshot } from '../protocol/tunnel-snapshot.js'
+import { VIAS, type Via } from '../protocol/via.js'
 
 export const API_VERSION = 1
 
 export type ServerState = 'connecting' | 'registered' | 'backoff' | 'stopped'
-export type PathKind = 'lan' | 'direct-udp' | 'direct-tcp' | 'relay'
-export type Via = 'auto' | 'udp' | 'tcp' | 'relay'
+export type { PathKind } from '../protocol/tunnel-snapshot.js'
+/** What `open` may ask for: every Via but 'direct', which only the agent's path upgrades use. */
+export type OpenVia = Exclude<Via, 'direct'>
+/** The values `open` accepts for `via` (natctl's --via choices). */
+export const OPEN_VIAS: readonly OpenVia[] = VIAS.filter((via): via is OpenVia => via !== 'direct')
 
 export interface StatusResult {
   version: string
@@ -54,17 +61,8 @@ export interface PeerInfo {
   tunnel: PathKind | null
 }
 
-export interface TunnelInfo {
-  peer: string
-  id: string
-  path: PathKind
-  remote: string
-  rttMs: number | null
-  bytesIn: number
-  bytesOut: number
-  since: string
-  streams: number
-}
+/** A tunnel in `tunnels` and `open`: what Tunnel.snapshot() returns, as it is. */
+export type TunnelInfo = TunnelSnapshot
 
 export interface OpenResult extends TunnelInfo {
   tookMs: number
@@ -79,8 +77,7 @@ export interface PingResult {
 }
 
 /** RFC 4787 NAT behaviours as `netcheck` reports them (see docs/API.md#netcheck). */
-export type MappingBehaviour = 'none' | 'endpoint-independent' | 'address-dependent' | 'address-and-port-dependent' | 'unknown'
-export type FilteringBehaviour = 'endpoint-independent' | 'address-dependent' | 'address-and-port-dependent' | 'unknown'
+export type { FilteringBehaviour, MappingBehaviour } from '../protocol/stun.js'
 
 export interface NetcheckResult {
   udp: boolean
@@ -94,7 +91,7 @@ export interface NetcheckResult {
   portPreserved: boolean | null
   mapping: MappingBehaviour
   filtering: FilteringBehaviour
-  nat: 'none' | 'easy' | 'hard' | 'unknown'
+  nat: NatVerdict
   previousNat: string
   natChanged: boolean
   probes: {
@@ -250,7 +247,7 @@ export interface Methods {
   'peer.trust': { params: { name: string; id: string; replace: boolean }; result: TrustResult }
   'peer.untrust': { params: { name: string }; result: { name: string; id: string } }
   subscribe: { params: { events: EventName[] }; result: { subscribed: EventName[] } }
-  open: { params: { peer: string; via: Via; timeoutMs: number }; result: OpenResult }
+  open: { params: { peer: string; via: OpenVia; timeoutMs: number }; result: OpenResult }
   close: { params: { peer: string }; result: { closed: boolean } }
   tunnels: { params: Record<string, never>; result: TunnelInfo[] }
   ping: { params: { peer: string; timeoutMs: number }; result: PingResult }
@@ -319,7 +316,6 @@ const empty = v.object<Record<string, never>>({})
 /** Absent or null: null (unchanged). */
 const nullable = <T>(check: Check<T>): Check<T | null> => (x, p) => (x === null || x === undefined ? null : check(x, p))
 const TIMEOUT_MAX_MS = 10 * 60_000
-const VIAS: readonly Via[] = ['auto', 'udp', 'tcp', 'relay']
 
 export const PARAMS: { [M in MethodName]: Check<Params<M>> } = {
   status: empty,
@@ -327,7 +323,7 @@ export const PARAMS: { [M in MethodName]: Check<Params<M>> } = {
   'peer.trust': v.object({ name: v.string({ max: 64 }), id: v.string({ max: 64 }), replace: v.optional(v.bool(), false) }),
   'peer.untrust': v.object({ name: v.string({ max: 64 }) }),
   subscribe: v.object({ events: v.array(v.oneOf(EVENT_NAMES), EVENT_NAMES.length) }),
-  open: v.object({ peer: v.string({ max: 64 }), via: v.optional(v.oneOf(VIAS), 'auto'), timeoutMs: v.optional(v.int(1, TIMEOUT_MAX_MS), 10_000) }),
+  open: v.object({ peer: v.string({ max: 64 }), via: v.optional(v.oneOf(OPEN_VIAS), 'auto'), timeoutMs: v.optional(v.int(1, TIMEOUT_MAX_MS), 10_000) }),
   close: v.object({ peer: v.string({ max: 64 }) }),
   tunnels: empty,
   ping: v.object({ peer: v.string({ max: 64 }), timeoutMs: v.optional(v.int(1, TIMEOUT_MAX_MS), 5_000) }),

@@ -69,10 +69,9 @@ export function peerId(publicKey: Uint8Array): string {
   return out
 }
 
-/** The public key a full peer ID spells, or null when `text` is not one (52 base32 characters). */
-export function parsePeerId(text: string): Buffer | null {
-  if (text.length !== 52) return null
-  const out = Buffer.alloc(32)
+/** The whole bytes base32 `text` spells (a peer ID, or a prefix of one: spare bits dropped); null when it is not base32. */
+export function base32Bytes(text: string): Buffer | null {
+  const out = Buffer.alloc(Math.floor((text.length * 5) / 8))
   let value = 0
   let bits = 0
   let n = 0
@@ -83,10 +82,17 @@ export function parsePeerId(text: string): Buffer | null {
     bits += 5
     if (bits >= 8) {
       bits -= 8
-      if (n < 32) out[n++] = (value >>> bits) & 0xff
+      if (n < out.length) out[n++] = (value >>> bits) & 0xff
     }
   }
-  return peerId(out) === text ? out : null // the last character's spare bits must be zero
+  return out
+}
+
+/** The public key a full peer ID spells, or null when `text` is not one (52 base32 characters). */
+export function parsePeerId(text: string): Buffer | null {
+  if (text.length !== 52) return null
+  const out = base32Bytes(text)
+  return out && peerId(out) === text ? out : null // the last character's spare bits must be zero
 }
 
 export function shortId(publicKey: Uint8Array): string {

@@ -62,6 +62,7 @@ import { Reader, truncateUtf8, Writer } from './bytes.js'
 import { readEndpoint, writeEndpoint, type Endpoint } from './endpoint.js'
 import { ProtocolError } from './errors.js'
 import { SEAL_TAG_BYTES, tag, timingSafeEqual } from './seal.js'
+import { VIAS, type Via } from './via.js'
 
 export const MAGIC_0 = 0x4e
 export const MAGIC_1 = 0x44
@@ -116,11 +117,11 @@ export const MSG = {
 
 /** What the agent's netcheck concluded; peers use it to choose a punching strategy. */
 export type NatVerdict = 'unknown' | 'easy' | 'hard' | 'none'
-const NAT_VERDICTS: readonly NatVerdict[] = ['unknown', 'easy', 'hard', 'none']
+/** The wire encoding of NatVerdict (the index): append, never reorder. */
+export const NAT_VERDICTS: readonly NatVerdict[] = ['unknown', 'easy', 'hard', 'none']
 
-/** Path preference an introduction asks for; 'direct' = UDP and TCP, never the relay (path upgrades). */
-export type Via = 'auto' | 'udp' | 'tcp' | 'relay' | 'direct'
-const VIAS: readonly Via[] = ['auto', 'udp', 'tcp', 'relay', 'direct']
+// Via (the path an introduction asks for) is defined in via.ts; re-exported for the codec's users.
+export type { Via } from './via.js'
 
 /** ok: the endpoint is the one on record; moved: it changed and the server now holds the new one. */
 export type HeartbeatStatus = 'ok' | 'moved'

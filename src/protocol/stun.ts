@@ -18,6 +18,11 @@ import { Reader, Writer } from './bytes.js'
 import { ipv6ToBytes, bytesToIpv6, isIPv4, type Endpoint } from './endpoint.js'
 import { ProtocolError } from './errors.js'
 
+/** RFC 4787 §4.1 mapping behaviour; 'none' when the server sees our own address. */
+export type MappingBehaviour = 'none' | 'endpoint-independent' | 'address-dependent' | 'address-and-port-dependent' | 'unknown'
+/** RFC 4787 §5 filtering behaviour of the mapping (a host without NAT or firewall: endpoint-independent). */
+export type FilteringBehaviour = 'endpoint-independent' | 'address-dependent' | 'address-and-port-dependent' | 'unknown'
+
 export const STUN_MAGIC_COOKIE = 0x2112a442
 export const STUN_HEADER_BYTES = 20
 export const BINDING_REQUEST = 0x0001

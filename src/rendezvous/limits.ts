@@ -11,6 +11,7 @@
  */
 import net from 'node:net'
 import type { Clock } from '../protocol/log.js'
+import { TokenBucket } from '../tunnel/token-bucket.js'
 
 export interface ServerLimits {
   /**
@@ -63,43 +64,6 @@ export const DEFAULT_SERVER_LIMITS: ServerLimits = {
 }
 
 /**
- * A token bucket: holds up to `capacity` tokens, refills `capacity` per minute
- * continuously (so a burst of a minute's worth, then a steady rate).
- */
-export class TokenBucket {
-  private tokens: number
-  private at: number
-
-  constructor(
-    private readonly capacity: number,
-    now: number
-  ) {
-    this.tokens = capacity
-    this.at = now
-  }
-
-  /** Takes one token if there is one. */
-  take(now: number): boolean {
-    this.refill(now)
-    if (this.tokens < 1) return false
-    this.tokens -= 1
-    return true
-  }
-
-  /** True when the bucket is full again (nothing to remember about this key). */
-  full(now: number): boolean {
-    this.refill(now)
-    return this.tokens >= this.capacity
-  }
-
-  private refill(now: number): void {
-    const elapsed = Math.max(0, now - this.at)
-    this.tokens = Math.min(this.capacity, this.tokens + (elapsed * this.capacity) / 60_000)
-    this.at = now
-  }
-}
-
-/**
  * Token buckets by key (a source or a peer ID), `perMinute` each. Full buckets are
  * forgotten by sweep(), so memory follows the keys active in the last minute.
  */
@@ -112,19 +76,18 @@ export class RateLimiter {
   ) {}
 
   take(key: string): boolean {
-    const now = this.clock.now()
     let b = this.buckets.get(key)
     if (!b) {
-      b = new TokenBucket(this.perMinute, now)
+      // A minute's worth at once, then a steady perMinute.
+      b = new TokenBucket(this.perMinute / 60, this.perMinute, this.clock)
       this.buckets.set(key, b)
     }
-    return b.take(now)
+    return b.take()
   }
 
   /** Forgets full buckets (the server calls it once a second with its expiry sweep). */
   sweep(): void {
-    const now = this.clock.now()
-    for (const [k, b] of this.buckets) if (b.full(now)) this.buckets.delete(k)
+    for (const [k, b] of this.buckets) if (b.full) this.buckets.delete(k)
   }
 
   get size(): number {

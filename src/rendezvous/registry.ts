@@ -18,9 +18,9 @@
  */
 import type { Endpoint } from '../protocol/endpoint.js'
 import { NatdError } from '../protocol/errors.js'
-import { peerId, randomBytes } from '../protocol/identity.js'
+import { base32Bytes, peerId, randomBytes } from '../protocol/identity.js'
 import type { Clock } from '../protocol/log.js'
-import { KEY_BYTES, TOKEN_BYTES, type NatVerdict, type PeerRecord } from '../protocol/rendezvous.js'
+import { KEY_BYTES, NAT_VERDICTS, TOKEN_BYTES, type NatVerdict, type PeerRecord } from '../protocol/rendezvous.js'
 import { EndpointColumn, grown } from './endpoint-column.js'
 import { MemoryNameStore, type NameStore } from './name-store.js'
 import { bytesEqual, hashBytes, SlotIndex } from './slot-index.js'
@@ -46,8 +46,6 @@ const GENERATION_LIMIT = 2 ** 29
 const FREE = 0
 const OFFLINE = 1
 const ONLINE = 2
-
-const NAT_VERDICTS: readonly NatVerdict[] = ['unknown', 'easy', 'hard', 'none']
 
 /**
  * A registration as callers hold it: a number naming its slot and the slot's generation.
@@ -509,26 +507,5 @@ function unpackEndpoints(packed: string): Endpoint[] {
   const parts = packed.split(' ')
   const out: Endpoint[] = []
   for (let i = 0; i + 1 < parts.length; i += 2) out.push({ host: parts[i]!, port: Number(parts[i + 1]) })
-  return out
-}
-
-const BASE32 = 'abcdefghijklmnopqrstuvwxyz234567'
-
-/** The whole bytes a base32 peer ID (or a prefix of one) spells; null when it is not base32. */
-function base32Bytes(text: string): Uint8Array | null {
-  const out = new Uint8Array(Math.floor((text.length * 5) / 8))
-  let value = 0
-  let bits = 0
-  let n = 0
-  for (let i = 0; i < text.length; i++) {
-    const digit = BASE32.indexOf(text[i]!)
-    if (digit < 0) return null
-    value = ((value << 5) | digit) & 0xfff
-    bits += 5
-    if (bits >= 8) {
-      bits -= 8
-      if (n < out.length) out[n++] = (value >>> bits) & 0xff
-    }
-  }
   return out
 }

@@ -9,11 +9,10 @@
  * Several instances of one deployment share one key by pointing --key-file at one file.
  */
 import fs from 'node:fs'
-import os from 'node:os'
 import path from 'node:path'
 import { NatdError } from '../protocol/errors.js'
 import { generateKeyPair, type KeyPair } from '../protocol/identity.js'
-import { writeFileAtomic } from '../common/state-files.js'
+import { defaultStateDirFor, writeFileAtomic } from '../common/state-files.js'
 
 export const KEY_FILE = 'server-key.json'
 const PUBLIC_KEY_BYTES = 32
@@ -23,10 +22,7 @@ const LOOSE_MODE_BITS = 0o077
 
 /** $STATE_DIRECTORY (systemd's StateDirectory=), /var/lib/natd-rendezvous as root, else $XDG_STATE_HOME/natd-rendezvous. */
 export function defaultServerStateDir(env: NodeJS.ProcessEnv = process.env, uid = process.getuid?.() ?? 0): string {
-  if (env.STATE_DIRECTORY) return env.STATE_DIRECTORY.split(':')[0]!
-  if (uid === 0) return '/var/lib/natd-rendezvous'
-  const base = env.XDG_STATE_HOME || path.join(os.homedir(), '.local', 'state')
-  return path.join(base, 'natd-rendezvous')
+  return defaultStateDirFor('natd-rendezvous', env, uid)
 }
 
 /** Creates the state directory (mode 0700) if missing; INVALID_ARGUMENT when it cannot be. */

@@ -31,17 +31,15 @@
 import { sameEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { randomBytes } from '../protocol/identity.js'
 import type { NatVerdict } from '../protocol/rendezvous.js'
-import { decodeStun, encodeBindingRequest } from '../protocol/stun.js'
+import { decodeStun, encodeBindingRequest, type FilteringBehaviour, type MappingBehaviour } from '../protocol/stun.js'
 
 /** One STUN round trip may take this long; two tries per probe. A filtering probe that
  *  gets no answer (the NAT dropped it, as it should) costs both: 1.4 s. */
 export const NAT_CHECK_TIMEOUT_MS = 700
 export const NAT_CHECK_TRIES = 2
 
-/** RFC 4787 §4.1 mapping behaviour; 'none' when the server sees our own address. */
-export type MappingBehaviour = 'none' | 'endpoint-independent' | 'address-dependent' | 'address-and-port-dependent' | 'unknown'
-/** RFC 4787 §5 filtering behaviour of the mapping (a host without NAT or firewall: endpoint-independent). */
-export type FilteringBehaviour = 'endpoint-independent' | 'address-dependent' | 'address-and-port-dependent' | 'unknown'
+// Defined in protocol/stun.ts (the local API's netcheck result names them too).
+export type { FilteringBehaviour, MappingBehaviour } from '../protocol/stun.js'
 
 export interface MappingSamples {
   local: Endpoint[]

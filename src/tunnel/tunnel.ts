@@ -11,9 +11,11 @@ import { formatEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { formatDuration } from '../protocol/duration.js'
 import { NatdError } from '../protocol/errors.js'
 import type { Clock, Logger } from '../protocol/log.js'
+import type { PathKind, Transport, TunnelSnapshot } from '../protocol/tunnel-snapshot.js'
 import { Mux, type MessageStream } from './mux.js'
 
-export type PathKind = 'lan' | 'direct-udp' | 'direct-tcp' | 'relay'
+// Defined in protocol/ (the local API returns the snapshot too); re-exported for src/tunnel.
+export type { PathKind, TunnelSnapshot } from '../protocol/tunnel-snapshot.js'
 
 export interface TunnelPeer {
   name: string
@@ -25,19 +27,6 @@ export interface TunnelTiming {
   keepaliveMs: number
   /** A path silent this long is dead. */
   deadMs: number
-}
-
-export interface TunnelSnapshot {
-  peer: string
-  id: string
-  path: PathKind
-  remote: string
-  rttMs: number | null
-  bytesIn: number
-  bytesOut: number
-  since: string
-  streams: number
-  transport: 'udp' | 'tcp'
 }
 
 type TunnelState = { kind: 'up' } | { kind: 'closed'; reason: string }
@@ -62,7 +51,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     readonly peer: TunnelPeer,
     public path: PathKind,
     public remote: Endpoint,
-    public transport: 'udp' | 'tcp',
+    public transport: Transport,
     /** Tie-breaker when both sides open at once: both keep the tunnel with the smaller key. */
     readonly introKey: string,
     readonly opener: boolean,
@@ -102,7 +91,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
    * mux switches sessions without losing a frame; the old session goes once the peer
    * has switched too.
    */
-  upgrade(next: Duplex & MessageStream, path: PathKind, remote: Endpoint, transport: 'udp' | 'tcp'): void {
+  upgrade(next: Duplex & MessageStream, path: PathKind, remote: Endpoint, transport: Transport): void {
     if (this.state.kind !== 'up') {
       next.destroy()
       return

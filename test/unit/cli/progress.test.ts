@@ -2,7 +2,7 @@
 // (src/cli/transfer-commands.ts): what a user sees on a terminal, nothing when piped.
 import { describe, expect, it } from 'vitest'
 import { formatEta, ProgressBar, renderProgress } from '../../../src/cli/progress.js'
-import { parseCpArgs, parseSize } from '../../../src/cli/transfer-commands.js'
+import { parseCpArgs } from '../../../src/cli/transfer-commands.js'
 
 const MiB = 1024 * 1024
 const usage = (m: string): Error => new Error(`usage: ${m}`)
@@ -47,17 +47,12 @@ describe('progress line', () => {
   })
 })
 
-describe('natctl cp arguments and sizes', () => {
+describe('natctl cp arguments', () => {
   it('splits FILE... PEER: and FILE PEER:NAME', () => {
     expect(parseCpArgs(['a', 'b', 'bob:'], usage)).toEqual({ sources: ['a', 'b'], peer: 'bob', name: '' })
     expect(parseCpArgs(['a', 'bob:../../etc/evil'], usage)).toEqual({ sources: ['a'], peer: 'bob', name: '../../etc/evil' })
     expect(() => parseCpArgs(['a'], usage)).toThrow(/at least one file/)
     expect(() => parseCpArgs(['a', 'bob'], usage)).toThrow(/PEER:/)
     expect(() => parseCpArgs(['a', 'b', 'bob:x'], usage)).toThrow(/names one file/)
-  })
-
-  it('parses sizes', () => {
-    expect(['1048576', '500MB', '2GiB', '1.5g', '10kib'].map(parseSize)).toEqual([1_048_576, 500e6, 2 * 1024 ** 3, 1.5e9, 10_240])
-    expect(['', 'lots', '5 parsecs', '-1'].map(parseSize)).toEqual([null, null, null, null])
   })
 })

@@ -9,8 +9,11 @@ import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { EVENT_NAMES, PARAMS } from '../../../src/ipc/schema.js'
+import { EVENT_NAMES, PARAMS, type Result } from '../../../src/ipc/schema.js'
 import { ERROR_CODES } from '../../../src/protocol/errors.js'
+import { silentLogger, systemClock } from '../../../src/protocol/log.js'
+import { Tunnel, type TunnelSnapshot } from '../../../src/tunnel/tunnel.js'
+import { messagePipe } from '../tunnel/pipe.js'
 
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url))
 const DOC = path.join(ROOT, 'docs/API.md')
@@ -61,6 +64,32 @@ describe('docs/API.md covers the API', () => {
   it('documents no method or event the code does not have', () => {
     expect(sectionHeadings(doc, 'Methods').filter((m) => !Object.hasOwn(PARAMS, m))).toEqual([])
     expect(sectionHeadings(doc, 'Events').filter((e) => !(EVENT_NAMES as readonly string[]).includes(e))).toEqual([])
+  })
+
+  /** The fields named in the first column of the table under `### \`name\``. */
+  function tableFields(name: string): string[] {
+    const start = doc.indexOf(`\n### \`${name}\`\n`)
+    expect(start, `### \`${name}\` in docs/API.md`).toBeGreaterThan(0)
+    const section = doc.slice(start, doc.indexOf('\n### ', start + 1))
+    return [...section.matchAll(/^\|([^|]*)\|/gm)].flatMap((row) => [...row[1]!.matchAll(/`([^`]+)`/g)].map((m) => m[1]!))
+  }
+
+  it('the tunnels result carries every field of the table under ### `tunnels`, and no other', () => {
+    // agent.ts answers `tunnels` with Tunnel.snapshot() as it is; TunnelInfo is the same type.
+    const sameType: Result<'tunnels'>[number] extends TunnelSnapshot ? (TunnelSnapshot extends Result<'tunnels'>[number] ? true : false) : false = true
+    expect(sameType).toBe(true)
+    const pipe = messagePipe()
+    const timing = { keepaliveMs: 60_000, deadMs: 120_000 }
+    const tunnel = new Tunnel({ name: 'bob', id: 'b0b' }, 'direct-tcp', { host: '203.0.113.2', port: 5000 }, 'tcp', 'intro-1', true, pipe.a, timing, systemClock, silentLogger)
+    try {
+      const result = JSON.parse(JSON.stringify([tunnel.snapshot()])) as Record<string, unknown>[] // as the API sends it
+      const fields = Object.keys(result[0]!)
+      const documentedFields = tableFields('tunnels')
+      expect(documentedFields.filter((f) => !fields.includes(f)), 'documented under ### `tunnels` but missing from the result').toEqual([])
+      expect(fields.filter((f) => !documentedFields.includes(f)), 'in the tunnels result but not in the table under ### `tunnels`').toEqual([])
+    } finally {
+      tunnel.close('test over', { goodbye: false })
+    }
   })
 
   it('marks nothing as planned (every method in PARAMS is implemented)', () => {

@@ -80,7 +80,8 @@ function stubHandlers(calls: { method: string; params: unknown }[]): Handlers {
     'expose.rm': () => {
       throw new NatdError('NOT_EXPOSED', 'x')
     },
-    'message.send': () => {
+    'message.send': (p) => {
+      record('message.send', p)
       throw new NatdError('PEER_OFFLINE', 'x')
     },
     messages: () => [],
@@ -90,7 +91,7 @@ function stubHandlers(calls: { method: string; params: unknown }[]): Handlers {
     files: () => [],
     'files.partials': () => [],
     'messages.clear': () => ({ removed: 0 }),
-    'files.policy': () => ({ allow: [], maxSizeBytes: 0, inbox: '/x', filesPerPeer: 1, fileBytesPerPeer: 1, messagesPerPeer: 1, messageBytesPerPeer: 1, stallTimeoutMs: 1000 })
+    'files.policy': (p) => (record('files.policy', p), { allow: [], maxSizeBytes: 0, inbox: '/x', filesPerPeer: 1, fileBytesPerPeer: 1, messagesPerPeer: 1, messageBytesPerPeer: 1, stallTimeoutMs: 1000 })
   }
 }
 
@@ -382,6 +383,41 @@ describe.skipIf(!fs.existsSync(NATCTL))('natctl over the API', () => {
       { name: 'bob', id, replace: true }
     ])
     expect(await natctl(['untrust', 'bob'])).toMatchObject({ code: 0, stdout: 'bob no longer pinned (was bbbbbbbb…)\n' })
+  })
+
+  it('every duration flag takes the units natd takes (ms, s, m, h): --timeout of open and send, files policy --stall-timeout', async () => {
+    await natctl(['open', 'bob', '--timeout', '0.1h'])
+    await natctl(['send', 'bob', 'hi', '--timeout', '2m'])
+    await natctl(['files', 'policy', '--stall-timeout', '1500ms'])
+    await natctl(['open', 'bob', '--timeout', '45'])
+    expect(calls.map((c) => [c.method, (c.params as { timeoutMs?: number; stallTimeoutMs?: number }).timeoutMs ?? (c.params as { stallTimeoutMs?: number }).stallTimeoutMs])).toEqual([
+      ['open', 360_000],
+      ['message.send', 120_000],
+      ['files.policy', 1_500],
+      ['open', 45_000]
+    ])
+  })
+
+  it('--timeout 1h is read as an hour, and natd refuses it (timeouts stop at 10 minutes): exit 1, not a usage error', async () => {
+    for (const args of [['open', 'bob', '--timeout', '1h'], ['ping', 'bob', '--timeout', '1h'], ['files', 'policy', '--stall-timeout', '1h']]) {
+      const r = await natctl(args)
+      expect(r, args.join(' ')).toMatchObject({ code: 1, stderr: expect.stringMatching(/must be an integer (1|100)-600000 \[BAD_REQUEST\]/) })
+    }
+    expect(calls).toEqual([])
+  })
+
+  it('files policy reads sizes as natd-rendezvous does; a size it cannot read is a usage error (exit 2)', async () => {
+    expect(await natctl(['files', 'policy', '--max-size', '2GiB', '--peer-bytes', '500MB'])).toMatchObject({ code: 0 })
+    expect(calls).toEqual([{ method: 'files.policy', params: expect.objectContaining({ maxSizeBytes: 2 * 1024 ** 3, fileBytesPerPeer: 500e6, messageBytesPerPeer: null }) }])
+    expect(await natctl(['files', 'policy', '--max-size', 'lots'])).toMatchObject({ code: 2, stderr: expect.stringContaining('--max-size must be a size like 500MB or 2GiB, not "lots"') })
+    expect(await natctl(['files', 'policy', '--peer-bytes', '99999999tib'])).toMatchObject({ code: 2, stderr: expect.stringContaining('--peer-bytes must be a size') })
+    expect(calls).toHaveLength(1)
+  })
+
+  it('a duration natctl cannot read is a usage error naming the flag (exit 2)', async () => {
+    expect(await natctl(['open', 'bob', '--timeout', 'soon'])).toMatchObject({ code: 2, stderr: expect.stringContaining('--timeout must be a duration like 500ms, 10s, 5m or 1h, not "soon"') })
+    expect(await natctl(['files', 'policy', '--stall-timeout', '1x'])).toMatchObject({ code: 2, stderr: expect.stringContaining('--stall-timeout must be a duration like 500ms, 10s, 5m or 1h, not "1x"') })
+    expect(calls).toEqual([])
   })
 
   it('expose add shows the allowed peers as name (id8…)', async () => {

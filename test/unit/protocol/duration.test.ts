@@ -1,6 +1,6 @@
 // Durations as typed on the command line (src/protocol/duration.ts).
 import { describe, expect, it } from 'vitest'
-import { formatDuration, parseDuration } from '../../../src/protocol/duration.js'
+import { formatDuration, parseBytes, parseDuration } from '../../../src/protocol/duration.js'
 
 describe('duration', () => {
   it('parses ms, s, m, h, d, fractions and plain seconds', () => {
@@ -44,5 +44,10 @@ describe('duration', () => {
   // Seconds are rounded after the minutes are taken: 119,999 ms prints "1m60s".
   it('never prints 60 seconds in a minutes display (119,999 ms -> "2m0s", not "1m60s")', () => {
     expect(formatDuration(119_999)).toBe('2m0s')
+  })
+
+  it('parses sizes in bytes, SI and binary units, any case (natctl files policy, natd-rendezvous --relay-*)', () => {
+    expect(['1048576', '500MB', '2GiB', '1.5g', '10kib', ' 64 KiB '].map((t) => parseBytes(t))).toEqual([1_048_576, 500e6, 2 * 1024 ** 3, 1.5e9, 10_240, 65_536])
+    for (const bad of ['', 'lots', '5 parsecs', '-1', '1e3']) expect(() => parseBytes(bad), bad).toThrow(RangeError)
   })
 })

@@ -3,6 +3,7 @@
 // protocol relies on; the datagram seal (src/protocol/seal.ts).
 import { describe, expect, it } from 'vitest'
 import {
+  base32Bytes,
   generateKeyPair,
   isValidName,
   mac,
@@ -94,6 +95,16 @@ describe('identity', () => {
       const { publicKey } = generateKeyPair()
       expect(parsePeerId(peerId(publicKey))).toEqual(publicKey)
     }
+  })
+
+  it('base32Bytes reads the whole bytes of an ID prefix (the registry finds peers by them); null outside a-z2-7', () => {
+    const key = seq(0, 32)
+    const id = peerId(key)
+    expect(base32Bytes(id.slice(0, 8))).toEqual(key.subarray(0, 5))
+    expect(base32Bytes(id.slice(0, 13))).toEqual(key.subarray(0, 8)) // 65 bits: the spare bit is dropped
+    expect(base32Bytes(id)).toEqual(key)
+    expect(base32Bytes('abcdefg1')).toBeNull()
+    expect(base32Bytes('ABCDEFGH')).toBeNull()
   })
 
   it('parsePeerId refuses a wrong length, a character outside a-z2-7, and non-zero spare bits', () => {

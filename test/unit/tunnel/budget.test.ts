@@ -3,7 +3,8 @@
 // in total, and a flood of refusals is one log line plus one count per window.
 import { afterEach, describe, expect, it, vi } from 'vitest'
 import type { Logger } from '../../../src/protocol/log.js'
-import { PunchBudget, REFUSAL_LOG_MS, RefusalLog, TokenBucket } from '../../../src/tunnel/budget.js'
+import { PunchBudget, REFUSAL_LOG_MS, RefusalLog } from '../../../src/tunnel/budget.js'
+import { TokenBucket } from '../../../src/tunnel/token-bucket.js'
 import { FakeClock } from '../helpers.js'
 
 describe('TokenBucket', () => {

@@ -1,0 +1,182 @@
+/**
+ * One channel of the multiplexer (mux.ts): a Duplex with credit-based flow control. A
+ * sender may have at most the receiver's window in flight, and the receiver grants more
+ * only as its consumer reads, so one slow connection never stalls the others or grows
+ * memory without bound. The Mux routes the peer's frames to the channel's on…() handlers
+ * and carries the frames the channel sends.
+ */
+import { Duplex } from 'node:stream'
+import { isErrorCode, NatdError } from '../protocol/errors.js'
+import { MAX_DATA_BYTES, MUX } from '../protocol/mux.js'
+import type { Mux } from './mux.js'
+
+/** Receive window per channel: bytes the peer may send before we grant more (~BDP of 100 MB/s × 40 ms). */
+export const CHANNEL_WINDOW_BYTES = 4 * 1024 * 1024
+/** We grant window updates in chunks of at least this, to keep WINDOW frames rare. */
+export const WINDOW_UPDATE_MIN_BYTES = 256 * 1024
+
+/** DATA header: type u8, channel u32 (protocol/mux.ts). */
+const DATA_HEADER_BYTES = 5
+
+export class MuxChannel extends Duplex {
+  private credit = 0
+  /** A write waiting for credit: `resume` continues it, `cb` fails it if the channel dies first. */
+  private pendingWrite: { resume: () => void; cb: (err?: Error | null) => void } | null = null
+  private unacked = 0
+  private heldCredit = false
+  private finSent = false
+  private finReceived = false
+  private isOpen = false
+  readonly opened: Promise<void>
+  private resolveOpen!: () => void
+  private rejectOpen!: (e: Error) => void
+  bytesIn = 0
+  bytesOut = 0
+
+  constructor(
+    private readonly mux: Mux,
+    readonly id: number,
+    readonly port: number
+  ) {
+    super({ allowHalfOpen: true, highWaterMark: 1024 * 1024 })
+    this.opened = new Promise((resolve, reject) => {
+      this.resolveOpen = resolve
+      this.rejectOpen = reject
+    })
+    this.opened.catch(() => undefined)
+    // A channel dies with its tunnel at any moment; that must never take the daemon down
+    // with an unhandled 'error'. Users of the channel add their own listeners.
+    this.on('error', () => undefined)
+  }
+
+  /** @internal the peer accepted, granting `window` bytes. */
+  onOpened(window: number): void {
+    this.isOpen = true
+    this.resolveOpen()
+    this.onWindow(window) // also releases a write made before the peer accepted
+  }
+
+  /** @internal */
+  onData(data: Uint8Array): void {
+    if (this.finReceived) return
+    this.bytesIn += data.length
+    this.mux.bytesIn += data.length
+    this.unacked += data.length
+    if (this.push(Buffer.from(data.buffer, data.byteOffset, data.length))) this.grant()
+    else this.heldCredit = true
+  }
+
+  /** @internal */
+  onWindow(increment: number): void {
+    this.credit += increment
+    const p = this.pendingWrite
+    if (p && this.credit > 0) {
+      this.pendingWrite = null
+      p.resume()
+    }
+  }
+
+  /** @internal */
+  onFin(): void {
+    this.finReceived = true
+    this.push(null)
+    this.maybeDone()
+  }
+
+  /** @internal the peer reset the channel. */
+  onReset(code: string, message: string): void {
+    const err = new NatdError(isErrorCode(code) ? code : 'TUNNEL_CLOSED', message)
+    this.rejectOpen(err)
+    // Refused before it opened: `opened` carries the error; no 'error' event nobody listens to.
+    this.destroy(this.isOpen ? err : undefined)
+  }
+
+  private grant(): void {
+    if (this.unacked >= WINDOW_UPDATE_MIN_BYTES && !this.destroyed) {
+      this.mux.send({ type: 'window', channel: this.id, increment: this.unacked })
+      this.unacked = 0
+    }
+  }
+
+  override _read(): void {
+    if (this.heldCredit) {
+      this.heldCredit = false
+      this.grant()
+    }
+  }
+
+  override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
+    this.sendData([chunk], cb)
+  }
+
+  /** Everything buffered while we waited goes out in full frames (the copy into the frame is made anyway). */
+  override _writev(chunks: Array<{ chunk: Buffer }>, cb: (err?: Error | null) => void): void {
+    this.sendData(chunks.map((c) => c.chunk), cb)
+  }
+
+  /**
+   * Sends while we have credit and the session is not congested. Waiting for the
+   * session's drain (not just for credit) keeps the local queue short: data queued here
+   * would use up the window and delay every other channel's frames and the pings.
+   * Frames are filled across chunk boundaries, so small reads still make full frames.
+   */
+  private sendData(chunks: Buffer[], cb: (err?: Error | null) => void): void {
+    let index = 0 // chunk being sent
+    let offset = 0 // within chunks[index]
+    let left = 0
+    for (const c of chunks) left += c.length
+    const pump = (err?: Error | null): void => {
+      if (err) return cb(err)
+      while (left > 0) {
+        if (this.destroyed) return cb(new NatdError('TUNNEL_CLOSED', 'channel closed'))
+        if (this.credit <= 0) {
+          this.pendingWrite = { resume: pump, cb }
+          return
+        }
+        if (this.mux.congested) return this.mux.whenWritable(pump)
+        const n = Math.min(left, this.credit, MAX_DATA_BYTES)
+        const frame = this.mux.allocFrame(DATA_HEADER_BYTES + n)
+        frame[0] = MUX.DATA
+        frame.writeUInt32BE(this.id, 1)
+        for (let at = DATA_HEADER_BYTES; at < frame.length; ) {
+          const c = chunks[index]!
+          const take = Math.min(c.length - offset, frame.length - at)
+          c.copy(frame, at, offset, offset + take)
+          at += take
+          offset += take
+          if (offset === c.length) {
+            index++
+            offset = 0
+          }
+        }
+        this.mux.sendRaw(frame)
+        this.credit -= n
+        this.bytesOut += n
+        this.mux.bytesOut += n
+        left -= n
+      }
+      cb()
+    }
+    pump()
+  }
+
+  override _final(cb: (err?: Error | null) => void): void {
+    this.finSent = true
+    this.mux.send({ type: 'fin', channel: this.id })
+    cb()
+    this.maybeDone()
+  }
+
+  override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
+    if (!(this.finSent && this.finReceived)) this.mux.send({ type: 'reset', channel: this.id, code: 'TUNNEL_CLOSED', message: err?.message ?? 'closed' })
+    this.pendingWrite?.cb(err ?? new NatdError('TUNNEL_CLOSED', 'channel closed'))
+    this.pendingWrite = null
+    this.rejectOpen(err ?? new NatdError('TUNNEL_CLOSED', 'channel closed'))
+    this.mux.forget(this.id)
+    cb(err)
+  }
+
+  private maybeDone(): void {
+    if (this.finSent && this.finReceived) this.mux.forget(this.id)
+  }
+}
