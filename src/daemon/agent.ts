@@ -44,6 +44,8 @@ export interface AgentInit {
   config: Readonly<AgentConfig>
   socketPath: string
   secretKey: Buffer | null
+  /** When a silent path is dead; default TUNNEL_DEAD_MS. Not a user setting: the lab tests shorten it. */
+  tunnelDeadMs?: number
 }
 
 export interface AgentComponents {
@@ -142,7 +144,7 @@ export class Agent {
       this.api?.emit(event === 'up' ? 'peer.up' : 'peer.down', this.peerInfo(peer))
     })
     const tunnels = new TunnelManager(
-      { keepaliveMs: Math.min(this.init.config.heartbeatMs, TUNNEL_KEEPALIVE_MAX_MS), deadMs: TUNNEL_DEAD_MS },
+      { keepaliveMs: Math.min(this.init.config.heartbeatMs, TUNNEL_KEEPALIVE_MAX_MS), deadMs: this.init.tunnelDeadMs ?? TUNNEL_DEAD_MS },
       {
         udx: this.udx,
         socket,

@@ -160,6 +160,21 @@ async function releaseName(stateDir: string, socketPath: string): Promise<void> 
   }
 }
 
+/**
+ * The lab tests' dead-peer time (ms), so the dead-peer test waits seconds, not
+ * TUNNEL_DEAD_MS: the same code, a shorter constant. Not a user setting, and not
+ * documented for users; unset, natd uses TUNNEL_DEAD_MS.
+ */
+const TEST_TUNNEL_DEAD_ENV = 'NATD_TEST_TUNNEL_DEAD_MS'
+
+function testTunnelDeadMs(): number | undefined {
+  const raw = process.env[TEST_TUNNEL_DEAD_ENV]
+  if (raw === undefined || raw === '') return undefined
+  const ms = Number(raw)
+  if (!Number.isInteger(ms) || ms < 100) usage(`${TEST_TUNNEL_DEAD_ENV} must be a whole number of ms, at least 100`)
+  return ms
+}
+
 async function run(argv: RunArgs): Promise<void> {
   const stateDir = argv['state-dir'] ?? defaultStateDir()
   const socketPath = argv.socket ?? defaultRunSocket()
@@ -209,7 +224,8 @@ async function run(argv: RunArgs): Promise<void> {
   }
 
   const keyPair = store.loadIdentity()
-  const agent = new Agent({ config, socketPath, secretKey }, { store, keyPair, log: log.child({ component: 'agent' }) })
+  const tunnelDeadMs = testTunnelDeadMs()
+  const agent = new Agent({ config, socketPath, secretKey, ...(tunnelDeadMs === undefined ? {} : { tunnelDeadMs }) }, { store, keyPair, log: log.child({ component: 'agent' }) })
   // Signals are handled from before start(), which takes a moment (the NAT check): a stop
   // or reload that arrives meanwhile waits for it rather than killing natd mid-start.
   const started = agent.start().then(

@@ -272,6 +272,13 @@ describe.skipIf(process.getuid?.() !== 0 || !fs.existsSync(NATCTL))('abuse: plan
     expect(attackerConnections).toBe(0)
     expect(attackerBytes).toBe(0)
     expect(fs.lstatSync(plantedSocket).isSocket()).toBe(true) // natd did not remove or replace it either
+    // Positive control: the planted socket does accept a connection, and the counters see it.
+    await new Promise<void>((resolve, reject) => {
+      const c = net.connect(plantedSocket, () => c.end('x', resolve))
+      c.once('error', reject)
+    })
+    for (let i = 0; i < 50 && attackerBytes === 0; i++) await sleep(20)
+    expect([attackerConnections, attackerBytes]).toEqual([1, 1])
   })
 
   it('a 0777 directory the victim owns is refused too (anyone could have planted inside it)', async () => {

@@ -29,6 +29,7 @@ export interface AgentHandle {
   logFile: string
   proc: ChildProcess
   args: string[]
+  env: Record<string, string>
 }
 
 export interface NatctlResult {
@@ -103,8 +104,12 @@ export class NatdLab {
     this.server = null
   }
 
-  /** Starts an agent on a lab host. `as` is the agent's name (default: the host's name). */
-  async startAgent(host: string, opts: { as?: string; heartbeat?: string; extra?: string[]; stateDir?: string } = {}): Promise<AgentHandle> {
+  /**
+   * Starts an agent on a lab host. `as` is the agent's name (default: the host's name).
+   * `tunnelDead` shortens the dead-peer time (NATD_TEST_TUNNEL_DEAD_MS, read by
+   * daemon/main.ts for tests only) so a test need not wait TUNNEL_DEAD_MS.
+   */
+  async startAgent(host: string, opts: { as?: string; heartbeat?: string; extra?: string[]; stateDir?: string; tunnelDeadMs?: number } = {}): Promise<AgentHandle> {
     const h = this.lab.hosts[host]
     if (!h) throw new Error(`no lab host ${host}`)
     const name = opts.as ?? host
@@ -114,10 +119,11 @@ export class NatdLab {
     const logFile = path.join(this.dir, `${key}.log`)
     const args = ['--name', name, '--server', this.serverAddr, '--state-dir', stateDir, '--socket', socket, '--heartbeat', opts.heartbeat ?? '2s', '--log-level', 'debug', ...(opts.extra ?? [])]
     const log = fs.openSync(logFile, 'a')
-    const proc = this.lab.spawn(h.ns, [process.execPath, path.join(DIST, 'daemon/main.js'), ...args], { cwd: ROOT })
+    const env: Record<string, string> = opts.tunnelDeadMs === undefined ? {} : { NATD_TEST_TUNNEL_DEAD_MS: String(opts.tunnelDeadMs) }
+    const proc = this.lab.spawn(h.ns, [process.execPath, path.join(DIST, 'daemon/main.js'), ...args], { cwd: ROOT, env: { ...process.env, ...env } })
     proc.stdout?.on('data', (d: Buffer) => fs.writeSync(log, d))
     proc.stderr?.on('data', (d: Buffer) => fs.writeSync(log, d))
-    const agent: AgentHandle = { name, host, ns: h.ns, stateDir, socket, logFile, proc, args }
+    const agent: AgentHandle = { name, host, ns: h.ns, stateDir, socket, logFile, proc, args, env }
     this.agents[key] = agent
     await waitFor(() => fs.existsSync(socket) || proc.exitCode !== null, 10_000, `${key} API socket`)
     if (proc.exitCode !== null) throw new Error(`natd ${key} exited ${proc.exitCode}: ${fs.readFileSync(logFile, 'utf8')}`)
@@ -137,7 +143,8 @@ export class NatdLab {
     const a = this.agents[key]
     if (!a) throw new Error(`no agent ${key}`)
     await this.stopAgent(key)
-    return this.startAgent(a.host, { as: a.name, stateDir: a.stateDir, extra: [] , heartbeat: a.args[a.args.indexOf('--heartbeat') + 1]! })
+    const dead = a.env.NATD_TEST_TUNNEL_DEAD_MS
+    return this.startAgent(a.host, { as: a.name, stateDir: a.stateDir, extra: [], heartbeat: a.args[a.args.indexOf('--heartbeat') + 1]!, ...(dead ? { tunnelDeadMs: Number(dead) } : {}) })
   }
 
   /** Runs natctl against an agent's socket (natctl needs no namespace: the socket is a file). */
@@ -248,10 +255,11 @@ export function pair(a: NatKind, b: NatKind, unsolicited: Unsolicited = 'drop'):
 }
 
 /** The server, then alice and bob, both registered. */
-export async function startPair(n: NatdLab, opts: { serverArgs?: string[]; heartbeat?: string } = {}): Promise<void> {
+export async function startPair(n: NatdLab, opts: { serverArgs?: string[]; heartbeat?: string; tunnelDeadMs?: number } = {}): Promise<void> {
   await n.startServer(opts.serverArgs ?? [])
-  await n.startAgent('alice', opts.heartbeat ? { heartbeat: opts.heartbeat } : {})
-  await n.startAgent('bob', opts.heartbeat ? { heartbeat: opts.heartbeat } : {})
+  const agent = { ...(opts.heartbeat ? { heartbeat: opts.heartbeat } : {}), ...(opts.tunnelDeadMs ? { tunnelDeadMs: opts.tunnelDeadMs } : {}) }
+  await n.startAgent('alice', agent)
+  await n.startAgent('bob', agent)
   await n.waitRegistered('alice')
   await n.waitRegistered('bob')
 }

@@ -124,7 +124,8 @@ describe.skipIf(!labAvailable())('relay', () => {
       await startPair(n, { serverArgs: ['--no-relay'] })
       const r = await n.natctl('alice', ['open', 'bob', '--timeout', '4s'])
       expect(r.code).toBe(1)
-      expect(r.stderr).toMatch(/does not relay/)
+      expect((r.json as { error: { code: string } }).error.code).toBe('UNSUPPORTED_PATH')
+      expect(r.stderr).toMatch(/does not relay/) // and the user is told why
     })
   }, 60_000)
 })

@@ -14,6 +14,10 @@ import { NatdLab, pair, startPair, waitFor, withLab } from './natd-lab.js'
 const MiB = 1024 * 1024
 const ECHO_PORT = 7000
 const FWD_PORT = 9000
+// Real-clock timings, shortened for the lab (daemon defaults: TUNNEL_DEAD_MS 15 s, keepalive
+// 5 s at most). Same code paths, same ratio: about three keepalives per dead-peer time.
+const LAB_TUNNEL_DEAD_MS = 3_000
+const LAB_HEARTBEAT = '1s'
 
 
 
@@ -42,7 +46,7 @@ describe.skipIf(!labAvailable())('punched UDP tunnels', () => {
   for (const unsolicited of ['drop', 'reset'] as const) {
     for (const m of MATRIX) {
       const title = m.sameLan ? `same LAN (${unsolicited})` : `${m.a}×${m.b} (${unsolicited})`
-      it(`${title}: open gives ${m.path} well under a second; a forward carries 64 MiB and 20 concurrent connections intact`, async () => {
+      it(`${title}: open --via udp gives ${m.path} well under a second (auto-grid.test.ts: what plain open gives); a forward carries 64 MiB and 20 concurrent connections intact`, async () => {
         const spec: LabSpec = m.sameLan ? { sites: [{ name: 'home', nat: 'easy', unsolicited, hosts: ['alice', 'bob'] }] } : pair(m.a, m.b, unsolicited)
         await withLab(spec, async (n) => {
           await startPair(n)
@@ -93,15 +97,19 @@ describe.skipIf(!labAvailable())('punched UDP tunnels', () => {
     })
   }, 60_000)
 
-  it('an idle tunnel survives 60 s with a 5 s conntrack UDP timeout, without a new punch', async () => {
+  // Keepalives (every 700 ms here) must beat a 2 s conntrack UDP timeout; were they to
+  // fail, the tunnel would be silent, declared dead after LAB_TUNNEL_DEAD_MS and punched
+  // again well within the idle time (a second "tunnel up", a new `since`).
+  const IDLE_MS = 16_000
+  it(`an idle tunnel survives ${IDLE_MS / 1000} s (8 conntrack timeouts of 2 s, 5 dead-peer times), without a new punch`, async () => {
     await withLab(pair('easy', 'easy', 'drop'), async (n) => {
-      await n.lab.setUdpTimeout('alice', 5)
-      await n.lab.setUdpTimeout('bob', 5)
-      await startPair(n)
+      await n.lab.setUdpTimeout('alice', 2)
+      await n.lab.setUdpTimeout('bob', 2)
+      await startPair(n, { heartbeat: '700ms', tunnelDeadMs: LAB_TUNNEL_DEAD_MS })
       await forwardAndExpose(n)
       const first = await open(n, 'alice', 'bob')
       const since = ((await n.natctl('alice', ['tunnels'])).json as Array<{ since: string }>)[0]!.since
-      await new Promise((r) => setTimeout(r, 60_000))
+      await new Promise((r) => setTimeout(r, IDLE_MS))
       expect(await n.echo('alice', FWD_PORT, 4 * MiB, 1)).toMatchObject({ ok: true })
       const after = (await n.natctl('alice', ['tunnels'])).json as Array<{ since: string; remote: string }>
       expect(after).toHaveLength(1)
@@ -151,17 +159,20 @@ describe.skipIf(!labAvailable())('punched UDP tunnels', () => {
     })
   }, 60_000)
 
-  it('closing a tunnel is seen by the peer at once, and a dead peer is noticed within ~15 s', async () => {
+  it('closing a tunnel is seen by the peer at once, and a dead peer is noticed within the dead-peer time (15 s by default, 3 s here)', async () => {
     await withLab(pair('easy', 'easy', 'drop'), async (n) => {
-      await startPair(n)
+      await startPair(n, { heartbeat: LAB_HEARTBEAT, tunnelDeadMs: LAB_TUNNEL_DEAD_MS })
       await open(n, 'alice', 'bob')
       expect((await n.natctl('alice', ['close', 'bob'])).code).toBe(0)
       await waitFor(async () => ((await n.natctl('bob', ['tunnels'])).json as unknown[]).length === 0, 2_000, 'bob drops the closed tunnel')
       await open(n, 'alice', 'bob')
       // Flush the NAT state and silence bob: alice must notice on her own.
       await n.stopAgent('bob', 'SIGKILL')
-      const took = await waitFor(async () => ((await n.natctl('alice', ['tunnels'])).json as unknown[]).length === 0, 25_000, 'alice notices the dead path')
-      expect(took).toBeLessThan(20_000)
+      const took = await waitFor(async () => ((await n.natctl('alice', ['tunnels'])).json as unknown[]).length === 0, LAB_TUNNEL_DEAD_MS + 7_000, 'alice notices the dead path')
+      // Noticed by the silence (not at once, as a goodbye would be), and soon after it.
+      expect(took).toBeGreaterThan(LAB_TUNNEL_DEAD_MS - 1_500)
+      expect(took).toBeLessThan(LAB_TUNNEL_DEAD_MS + 5_000)
+      expect(n.log('alice')).toMatch(/path silent for/)
     })
   }, 60_000)
 })

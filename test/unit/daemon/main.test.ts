@@ -168,4 +168,12 @@ describe.skipIf(!fs.existsSync(NATD))('natd with a config file, under signals', 
     })
     expect(r).toEqual({ code: 2, stderr: `natd: no name: set "name" in ${configFile} (or pass --name NAME)\nTry natd --help\n` })
   })
+
+  it('the lab tests\' dead-peer time (NATD_TEST_TUNNEL_DEAD_MS) is refused when it is not a number of ms', async () => {
+    writeConfig({})
+    const r = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
+      execFile(process.execPath, [NATD, '--config', configFile, '--state-dir', path.join(dir, 'state'), '--socket', socket], { env: { ...process.env, NATD_TEST_TUNNEL_DEAD_MS: '3s' } }, (err, _out, stderr) => resolve({ code: err ? (err.code as number) : 0, stderr }))
+    })
+    expect(r).toEqual({ code: 2, stderr: 'natd: NATD_TEST_TUNNEL_DEAD_MS must be a whole number of ms, at least 100\nTry natd --help\n' })
+  })
 })

@@ -3,7 +3,7 @@
 // size cap, and fuzzing that may only throw ProtocolError.
 import { describe, expect, it } from 'vitest'
 import { ProtocolError } from '../../../src/protocol/errors.js'
-import { decodeMux, encodeData, encodeMux, MAX_DATA_BYTES, MUX, type MuxFrame } from '../../../src/protocol/mux.js'
+import { decodeMux, encodeData, encodeMux, MAX_DATA_BYTES, type MuxFrame } from '../../../src/protocol/mux.js'
 import { errorCode, fuzzEscapes, hex, prng, randBuf, randInt, seq } from '../helpers.js'
 
 /** Replaces byte arrays by hex so decoded frames (Buffer views) compare to what was encoded. */
@@ -51,10 +51,6 @@ describe('mux codec: golden bytes', () => {
       expect(norm(decodeMux(hex(golden)))).toEqual(norm(frame))
     })
   }
-
-  it('type numbers are the ones in the layout comment', () => {
-    expect(MUX).toEqual({ OPEN: 1, OPEN_OK: 2, DATA: 3, WINDOW: 4, FIN: 5, RESET: 6, PING: 7, PONG: 8, GOODBYE: 9, SWITCH: 10 })
-  })
 
   it('encodeData (the hot path) writes the same bytes as encodeMux', () => {
     const data = seq(7, 300)

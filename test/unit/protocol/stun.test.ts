@@ -4,7 +4,6 @@ import { describe, expect, it } from 'vitest'
 import { ProtocolError } from '../../../src/protocol/errors.js'
 import { encode } from '../../../src/protocol/rendezvous.js'
 import {
-  BINDING_REQUEST,
   decodeStun,
   encodeBindingRequest,
   encodeBindingSuccess,
@@ -115,7 +114,6 @@ describe('STUN: requests and responses', () => {
   it('other STUN methods decode as "other"', () => {
     const err = hex('0111 0000 2112a442 0102030405060708090a0b0c')
     expect(decodeStun(err).method).toBe('other')
-    expect(BINDING_REQUEST).toBe(1)
   })
 
   it('refuses bad lengths, truncated attributes and unknown families with ProtocolError', () => {

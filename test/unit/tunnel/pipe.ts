@@ -15,10 +15,12 @@ export interface MessagePipe {
   up: boolean
   /** Sees every frame written, delivered or not. */
   tap: ((from: Side, frame: Buffer) => void) | null
+  /** One-way delay of each frame in ms (0: the next turn of the event loop). */
+  delayMs: number
 }
 
 export function messagePipe(): MessagePipe {
-  const pipe: MessagePipe = { up: true, tap: null } as MessagePipe
+  const pipe: MessagePipe = { up: true, tap: null, delayMs: 0 } as MessagePipe
   const end = (side: Side): SessionEnd =>
     new Duplex({
       objectMode: true,
@@ -27,9 +29,11 @@ export function messagePipe(): MessagePipe {
         pipe.tap?.(side, chunk)
         if (pipe.up) {
           const other = side === 'a' ? pipe.b : pipe.a
-          setImmediate(() => {
+          const deliver = (): void => {
             if (pipe.up && !other.destroyed) other.push(chunk)
-          })
+          }
+          if (pipe.delayMs > 0) setTimeout(deliver, pipe.delayMs)
+          else setImmediate(deliver)
         }
         cb()
       }
