@@ -38,8 +38,12 @@ const SPEC: LabSpec = {
   ]
 }
 
-/** Initiator, responder, what they are, and the path `natctl open` gives. */
-const GRID: Array<{ from: string; to: string; pair: string; path: string }> = [
+/**
+ * Initiator, responder, what they are, and the path `natctl open` gives. Through routers
+ * that answer unsolicited SYNs with RST, TCP lands a moment before or after UDP (the
+ * initiator waits AUTO_TCP_GRACE_MS for it), so either direct path is right there.
+ */
+const GRID: Array<{ from: string; to: string; pair: string; path: string | string[] }> = [
   { from: 'alice', to: 'bob', pair: 'easy×easy', path: 'direct-tcp' },
   { from: 'alice', to: 'carol', pair: 'easy×hard', path: 'direct-udp' },
   { from: 'dave', to: 'bob', pair: 'hard×easy', path: 'direct-udp' },
@@ -48,7 +52,7 @@ const GRID: Array<{ from: string; to: string; pair: string; path: string }> = [
   { from: 'erin', to: 'carol', pair: 'public×hard', path: 'direct-udp' },
   { from: 'frank', to: 'bob', pair: 'full cone×easy', path: 'direct-tcp' },
   { from: 'gina', to: 'hank', pair: 'same LAN', path: 'lan' },
-  { from: 'ivan', to: 'judy', pair: 'easy×easy, RST routers', path: 'direct-udp' }
+  { from: 'ivan', to: 'judy', pair: 'easy×easy, RST routers', path: ['direct-udp', 'direct-tcp'] }
 ]
 
 async function tunnelPath(n: NatdLab, key: string, peer: string): Promise<string | undefined> {
@@ -57,7 +61,7 @@ async function tunnelPath(n: NatdLab, key: string, peer: string): Promise<string
 }
 
 describe.skipIf(!labAvailable())('the NAT grid: what `natctl open PEER` gives each pair', () => {
-  it(`auto picks ${GRID.map((g) => `${g.pair} → ${g.path}`).join(', ')}; both sides agree and the tunnel carries a ping`, async () => {
+  it(`auto picks ${GRID.map((g) => `${g.pair} → ${[g.path].flat().join(' or ')}`).join(', ')}; both sides agree and the tunnel carries a ping`, async () => {
     await withLab(SPEC, async (n) => {
       await n.startServer()
       const hosts = Object.keys(n.lab.hosts)
@@ -72,7 +76,8 @@ describe.skipIf(!labAvailable())('the NAT grid: what `natctl open PEER` gives ea
         expect((await n.natctl(g.from, ['ping', g.to, '-c', '1'])).code, `${g.pair}: ping`).toBe(0)
       }
       process.stdout.write(`auto grid: ${JSON.stringify(got)}\n`)
-      expect(got).toEqual(Object.fromEntries(GRID.map((g) => [g.pair, g.path])))
+      const want = (g: (typeof GRID)[number]): string => ([g.path].flat().includes(got[g.pair]!) ? got[g.pair]! : [g.path].flat().join(' or '))
+      expect(got).toEqual(Object.fromEntries(GRID.map((g) => [g.pair, want(g)])))
     })
   }, 120_000)
 })
