@@ -17,6 +17,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { ApiClient } from '../../src/ipc/client.js'
 import type { MessageInfo, StatusResult } from '../../src/ipc/schema.js'
 import { ApiServer, MAX_API_CONNECTIONS, MAX_QUEUED_BYTES, type Handlers } from '../../src/ipc/server.js'
+import { fakeStatus } from '../unit/helpers.js'
 import { NatdError } from '../../src/protocol/errors.js'
 import { silentLogger, type Logger } from '../../src/protocol/log.js'
 import { recordAbuse } from './record.js'
@@ -36,25 +37,7 @@ const EVENT_TEXT_BYTES = 16 * 1024
 /** The whole process may not grow more than this while 1,000 × 16 KB go to a non-reader. */
 const RSS_BOUND_BYTES = 8 * 1024 * 1024
 
-const STATUS: StatusResult = {
-  version: '0.0.0-abuse',
-  name: 'alice',
-  id: 'a'.repeat(52),
-  server: 'rv.example:3478',
-  serverKey: null,
-  serverState: 'registered',
-  registered: true,
-  lastError: null,
-  lastHeartbeatAgoMs: 1_000,
-  serverRttMs: 12,
-  publicUdp: '203.0.113.1:41641',
-  publicTcp: null,
-  localUdpPort: 41641,
-  lan: [],
-  nat: 'easy',
-  uptimeMs: 5_000,
-  tunnels: 0
-}
+const STATUS: StatusResult = fakeStatus({ version: '0.0.0-abuse', serverKey: null, lan: [] })
 
 const handlers = new Proxy({} as Handlers, {
   get: (_, method) => (method === 'status' ? () => STATUS : () => Promise.reject(new NatdError('INTERNAL', `${String(method)} not stubbed`)))

@@ -2,6 +2,7 @@
 // helpers, a fake clock, a fuzz driver that checks decoders throw only ProtocolError, and
 // a free TCP port.
 import { createHash } from 'node:crypto'
+import type { StatusResult } from '../../src/ipc/schema.js'
 import net from 'node:net'
 import type { Readable } from 'node:stream'
 import { expect } from 'vitest'
@@ -111,4 +112,28 @@ export function readAll(stream: Readable): Promise<{ sha256: string; bytes: numb
     stream.once('error', reject)
     stream.resume() // also after an explicit pause()
   })
+}
+
+/** A status result as a registered agent returns it (API tests stub natd with it); override what a test needs. */
+export function fakeStatus(overrides: Partial<StatusResult> = {}): StatusResult {
+  return {
+    version: '0.0.0-test',
+    name: 'alice',
+    id: 'a'.repeat(52),
+    server: 'rv.example:3478',
+    serverKey: { id: 'd'.repeat(52), pinned: 'flag' },
+    serverState: 'registered',
+    registered: true,
+    lastError: null,
+    lastHeartbeatAgoMs: 1_000,
+    serverRttMs: 12,
+    publicUdp: '203.0.113.1:41641',
+    publicTcp: null,
+    localUdpPort: 41641,
+    lan: ['192.168.1.2:41641'],
+    nat: 'easy',
+    uptimeMs: 5_000,
+    tunnels: 0,
+    ...overrides
+  }
 }

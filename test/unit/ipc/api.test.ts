@@ -12,28 +12,11 @@ import { ApiClient } from '../../../src/ipc/client.js'
 import { PACKAGE_ROOT } from '../../../src/daemon/service.js'
 import type { EventName, MethodName, PeerInfo, StatusResult } from '../../../src/ipc/schema.js'
 import { ApiServer, type Handlers } from '../../../src/ipc/server.js'
+import { fakeStatus } from '../helpers.js'
 import { NatdError } from '../../../src/protocol/errors.js'
 import { silentLogger } from '../../../src/protocol/log.js'
 
-const STATUS: StatusResult = {
-  version: '0.0.0-test',
-  name: 'alice',
-  id: 'a'.repeat(52),
-  server: 'rv.example:3478',
-  serverKey: { id: 'd'.repeat(52), pinned: 'flag' },
-  serverState: 'registered',
-  registered: true,
-  lastError: null,
-  lastHeartbeatAgoMs: 1_000,
-  serverRttMs: 12,
-  publicUdp: '203.0.113.1:41641',
-  publicTcp: null,
-  localUdpPort: 41641,
-  lan: ['192.168.1.2:41641'],
-  nat: 'easy',
-  uptimeMs: 5_000,
-  tunnels: 0
-}
+const STATUS: StatusResult = fakeStatus()
 
 /** A pinned peer the server did not list. */
 const DAVE: PeerInfo = { name: 'dave', id: 'd'.repeat(51) + 'q', online: false, lastSeenAgoMs: null, endpoint: null, tcpEndpoint: null, lan: [], nat: 'unknown', pinned: true, tunnel: null }
