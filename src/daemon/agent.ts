@@ -272,7 +272,7 @@ export class Agent {
     if (natChanged) {
       this.nat = r.verdict
       this.c.log.info('nat verdict changed', { from: previousNat, to: r.verdict, mapping: r.mapping })
-      void this.client?.refreshRegistration()
+      void this.client?.refreshRegistration() // never rejects (a failure ends the session, which reconnects); the result need not wait for it
     }
     const state = this.client?.state
     const s = r.samples

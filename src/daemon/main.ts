@@ -243,7 +243,10 @@ async function run(argv: RunArgs): Promise<void> {
       log.warn('shutdown deadline passed, exiting')
       process.exit(0)
     }, SHUTDOWN_DEADLINE_MS).unref()
-    void started.then(() => agent.stop()).finally(() => process.exit(0))
+    void started
+      .then(() => agent.stop())
+      .catch((err: unknown) => log.error('shutdown failed', { err: (err as Error).message }))
+      .finally(() => process.exit(0))
   }
   // One reload at a time, in signal order, after start; never rejects.
   let reloading = started

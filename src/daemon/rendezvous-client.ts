@@ -310,7 +310,7 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
     this.missedUdp++
     this.missedTcp++
     const seq = this.sendHeartbeat(this.serverEndpoint)
-    void this.control?.send({ type: 'ping', seq })
+    void this.control?.send({ type: 'ping', seq }) // fire and forget: resolves once flushed or after 300 ms, never rejects; a lost ping counts as missed
   }
 
   /** A sealed heartbeat (the server answers only those); returns its sequence number. */

@@ -185,6 +185,7 @@ async function runServer(argv: ServerArgs): Promise<void> {
     log.info('shutting down', { signal })
     void server
       .stop()
+      .catch((err: unknown) => log.error('shutdown failed', { err: (err as Error).message }))
       .finally(() => names.close())
       .finally(() => process.exit(0))
   }
