@@ -15,14 +15,14 @@ import fs from 'node:fs'
 import path from 'node:path'
 import Conf from 'conf'
 import { NatdError } from '../protocol/errors.js'
-import net from 'node:net'
 import { parseDuration } from '../protocol/duration.js'
 import { generateKeyPair, isValidName, NAME_RULE, type KeyPair } from '../protocol/identity.js'
 import { parseServerSpec } from './server-address.js'
 import { defaultStateDirFor, writeFileAtomic } from '../common/state-files.js'
 import { isPeerId, type PeerRef } from '../protocol/peer-ref.js'
-import { LOG_LEVELS, type LogLevel } from '../common/logger.js'
+import type { LogLevel } from '../common/logger.js'
 import { isCurrent, migrateAllowEntry, type AllowEntry } from './allow-list.js'
+import { AJV_OPTIONS, checkConfigFile, HEARTBEAT_MAX_MS, HEARTBEAT_MIN_MS, STORE_SCHEMA } from './config-schema.js'
 
 /** Default heartbeat: Linux conntrack forgets an idle UDP mapping after 30 s (ARCHITECTURE.md). */
 export const DEFAULT_HEARTBEAT_MS = 20_000
@@ -31,8 +31,6 @@ export { DEFAULT_SERVER_PORT } from './server-address.js'
 export const DEFAULT_CONFIG_FILE = '/etc/natd/natd.json'
 /** Largest config file natd reads: a typo'd path to a huge file fails fast. */
 const MAX_CONFIG_FILE_BYTES = 1024 * 1024
-const HEARTBEAT_MIN_MS = 200
-const HEARTBEAT_MAX_MS = 600_000
 
 export interface ForwardSpec {
   localPort: number
@@ -87,25 +85,6 @@ export function defaultStateDir(env: NodeJS.ProcessEnv = process.env, uid = proc
   return defaultStateDirFor('natd', env, uid)
 }
 
-const schema = {
-  config: {
-    type: 'object',
-    properties: {
-      name: { type: 'string' },
-      server: { type: 'string' },
-      heartbeatMs: { type: 'number', minimum: 200 },
-      port: { type: 'number', minimum: 0, maximum: 65535 },
-      logLevel: { type: 'string', enum: ['error', 'warn', 'info', 'debug'] },
-      secretFile: { type: ['string', 'null'] },
-      inbox: { type: ['string', 'null'] }
-    }
-  },
-  forwards: { type: 'array' },
-  exposes: { type: 'array' },
-  knownPeers: { type: 'object' },
-  serverKeys: { type: 'object' }
-} as const
-
 /**
  * Persistent agent state. Methods return copies; writes go straight to disk (atomically, by conf).
  *
@@ -125,7 +104,8 @@ export class StateStore {
       cwd: dir,
       configName: 'config',
       configFileMode: 0o600,
-      schema: schema as never,
+      schema: STORE_SCHEMA as never,
+      ajvOptions: AJV_OPTIONS,
       clearInvalidConfig: false,
       watch: false
     })
@@ -331,10 +311,6 @@ export function readConfigFile(file: string): ConfigFile {
   return parseConfigFile(text, file)
 }
 
-const FILE_KEYS = ['name', 'server', 'secretFile', 'heartbeat', 'port', 'logLevel', 'inbox', 'forwards', 'exposes'] as const
-const FORWARD_KEYS = ['localPort', 'peer', 'remotePort', 'bind'] as const
-const EXPOSE_KEYS = ['port', 'host', 'allow'] as const
-
 /**
  * Validates the text of a config file (docs/SERVICE.md has the reference):
  *
@@ -343,7 +319,8 @@ const EXPOSE_KEYS = ['port', 'host', 'allow'] as const
  *     "forwards": [{ "localPort": 2222, "peer": "bob", "remotePort": 22, "bind": "127.0.0.1" }],
  *     "exposes": [{ "port": 22, "host": "127.0.0.1", "allow": ["bob"] }] }
  *
- * Every key is optional; "" and null mean "not set". A key "//" holds a comment.
+ * Every key is optional; "" and null mean "not set". A key "//" holds a comment. The
+ * schema (config-schema.ts) checks each value; what it cannot say is checked here.
  */
 export function parseConfigFile(text: string, file: string): ConfigFile {
   const bad = (key: string, what: string): NatdError => new NatdError('INVALID_ARGUMENT', `${file}: "${key}" ${what}`)
@@ -353,41 +330,22 @@ export function parseConfigFile(text: string, file: string): ConfigFile {
   } catch (err) {
     throw new NatdError('INVALID_ARGUMENT', `${file}: not valid JSON: ${(err as Error).message}`)
   }
-  const top = object(raw, null, FILE_KEYS, bad, file)
+  const top = checkConfigFile(raw, file)
   const out: ConfigFile = { path: file, forwards: [], exposes: [] }
-  const str = (v: unknown, key: string): string | undefined => {
-    if (v === undefined || v === null || v === '') return undefined
-    if (typeof v !== 'string') throw bad(key, `must be a string, not ${JSON.stringify(v)}`)
-    return v
-  }
-  const name = str(top.name, 'name')
-  if (name !== undefined && !isValidName(name)) throw bad('name', `is ${JSON.stringify(name)}; a name is ${NAME_RULE}`)
-  if (name !== undefined) out.name = name
-  const server = str(top.server, 'server')
-  if (server !== undefined) {
+  if (top.name) out.name = top.name
+  if (top.server) {
     try {
-      parseServerSpec(server)
+      parseServerSpec(top.server)
     } catch (err) {
       throw bad('server', `must be HOST, HOST:PORT or HOST:PORT#KEY: ${(err as Error).message}`)
     }
-    out.server = server
+    out.server = top.server
   }
-  if (top.secretFile === null) out.secretFile = null
-  else {
-    const secretFile = str(top.secretFile, 'secretFile')
-    if (secretFile !== undefined && !path.isAbsolute(secretFile)) throw bad('secretFile', `must be an absolute path, not ${JSON.stringify(secretFile)}`)
-    if (secretFile !== undefined) out.secretFile = secretFile
-  }
-  if (top.inbox === null) out.inbox = null
-  else {
-    const inbox = str(top.inbox, 'inbox')
-    if (inbox !== undefined && !path.isAbsolute(inbox)) throw bad('inbox', `must be an absolute path, not ${JSON.stringify(inbox)}`)
-    if (inbox !== undefined) out.inbox = inbox
-  }
+  if (top.secretFile !== undefined && top.secretFile !== '') out.secretFile = top.secretFile
+  if (top.inbox !== undefined && top.inbox !== '') out.inbox = top.inbox
   if (top.heartbeat !== undefined && top.heartbeat !== null && top.heartbeat !== '') {
     let ms: number
     try {
-      if (typeof top.heartbeat !== 'string' && typeof top.heartbeat !== 'number') throw new Error(`not ${JSON.stringify(top.heartbeat)}`)
       ms = parseDuration(top.heartbeat)
     } catch (err) {
       throw bad('heartbeat', `must be a duration like "20s" or a number of seconds (${(err as Error).message})`)
@@ -395,65 +353,17 @@ export function parseConfigFile(text: string, file: string): ConfigFile {
     if (ms < HEARTBEAT_MIN_MS || ms > HEARTBEAT_MAX_MS) throw bad('heartbeat', 'must be between 200ms and 10m')
     out.heartbeatMs = ms
   }
-  if (top.port !== undefined && top.port !== null) out.port = port(top.port, 'port', bad, 0)
-  if (top.logLevel !== undefined && top.logLevel !== null) {
-    if (!(LOG_LEVELS as readonly unknown[]).includes(top.logLevel)) throw bad('logLevel', `must be one of ${LOG_LEVELS.join(', ')}, not ${JSON.stringify(top.logLevel)}`)
-    out.logLevel = top.logLevel as LogLevel
-  }
-  for (const [i, entry] of array(top.forwards, 'forwards', bad).entries()) {
-    const key = `forwards[${i}]`
-    const f = object(entry, key, FORWARD_KEYS, bad, file)
-    const spec: ForwardSpec = {
-      localPort: port(f.localPort, `${key}.localPort`, bad),
-      bind: ip(f.bind ?? '127.0.0.1', `${key}.bind`, bad),
-      peer: peerName(f.peer, `${key}.peer`, bad),
-      remotePort: port(f.remotePort, `${key}.remotePort`, bad)
-    }
-    if (out.forwards.some((o) => o.localPort === spec.localPort)) throw bad(`${key}.localPort`, `repeats port ${spec.localPort}: each local port forwards to one place`)
+  if (top.port !== undefined && top.port !== null) out.port = top.port
+  if (top.logLevel) out.logLevel = top.logLevel
+  for (const [i, spec] of (top.forwards ?? []).entries()) {
+    if (out.forwards.some((o) => o.localPort === spec.localPort)) throw bad(`forwards[${i}].localPort`, `repeats port ${spec.localPort}: each local port forwards to one place`)
     out.forwards.push(spec)
   }
-  for (const [i, entry] of array(top.exposes, 'exposes', bad).entries()) {
-    const key = `exposes[${i}]`
-    const e = object(entry, key, EXPOSE_KEYS, bad, file)
-    const spec: ExposeSpec = {
-      port: port(e.port, `${key}.port`, bad),
-      host: ip(e.host ?? '127.0.0.1', `${key}.host`, bad),
-      allow: array(e.allow, `${key}.allow`, bad).map((p, j) => allowEntry(p, `${key}.allow[${j}]`, bad))
-    }
-    if (out.exposes.some((o) => o.port === spec.port)) throw bad(`${key}.port`, `repeats port ${spec.port}: give each port one entry`)
-    out.exposes.push(spec)
+  for (const [i, e] of (top.exposes ?? []).entries()) {
+    if (out.exposes.some((o) => o.port === e.port)) throw bad(`exposes[${i}].port`, `repeats port ${e.port}: give each port one entry`)
+    out.exposes.push({ port: e.port, host: e.host, allow: e.allow.map((a, j) => allowEntry(a, () => bad(`exposes[${i}].allow[${j}]`, 'needs a "name" or an "id"'))) })
   }
   return out
-}
-
-type Bad = (key: string, what: string) => NatdError
-
-function object<K extends string>(v: unknown, key: string | null, known: readonly K[], bad: Bad, file: string): Partial<Record<K, unknown>> {
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) {
-    if (key === null) throw new NatdError('INVALID_ARGUMENT', `${file}: must hold a JSON object {"name": …, "server": …}`)
-    throw bad(key, `must be an object {${known.map((k) => `"${k}": …`).join(', ')}}`)
-  }
-  for (const k of Object.keys(v)) {
-    if (k === '//' && key === null) continue
-    if (!(known as readonly string[]).includes(k)) throw bad(key === null ? k : `${key}.${k}`, `is not a setting natd knows (known: ${known.join(', ')})`)
-  }
-  return v as Partial<Record<K, unknown>>
-}
-
-function array(v: unknown, key: string, bad: Bad): unknown[] {
-  if (v === undefined || v === null) return []
-  if (!Array.isArray(v)) throw bad(key, `must be an array, not ${JSON.stringify(v)}`)
-  return v
-}
-
-function port(v: unknown, key: string, bad: Bad, min = 1): number {
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > 65535) throw bad(key, `must be a port number ${min}-65535, not ${JSON.stringify(v) ?? 'missing'}`)
-  return v
-}
-
-function ip(v: unknown, key: string, bad: Bad): string {
-  if (typeof v !== 'string' || !net.isIP(v)) throw bad(key, `must be an IP address, not ${JSON.stringify(v)}`)
-  return v
 }
 
 /**
@@ -462,22 +372,9 @@ function ip(v: unknown, key: string, bad: Bad): string {
  * one without a pinned key matches nobody (allow-list.ts). An abbreviated ID, as older
  * files may hold, is taken like a name.
  */
-function allowEntry(v: unknown, key: string, bad: Bad): AllowEntry {
-  if (typeof v === 'object' && v !== null && !Array.isArray(v)) {
-    const o = v as Record<string, unknown>
-    for (const k of Object.keys(o)) if (k !== 'name' && k !== 'id') throw bad(`${key}.${k}`, 'is not a setting natd knows (known: name, id)')
-    const id = o.id === undefined || o.id === null ? null : o.id
-    if (id !== null && (typeof id !== 'string' || !isPeerId(id))) throw bad(`${key}.id`, `must be a full peer ID (52 base32 characters), not ${JSON.stringify(id)}`)
-    const name = o.name === undefined ? '' : peerName(o.name, `${key}.name`, bad)
-    if (id === null && !name) throw bad(key, 'needs a "name" or an "id"')
-    return { name, id }
-  }
-  const typed = peerName(v, key, bad)
-  return isPeerId(typed) ? { name: '', id: typed } : { name: typed, id: null }
-}
-
-function peerName(v: unknown, key: string, bad: Bad): string {
-  // A name, or a peer ID (base32) or its first 8+ characters, as natctl takes them.
-  if (typeof v !== 'string' || !(isValidName(v) || /^[a-z2-7]{8,52}$/.test(v))) throw bad(key, `must be a peer name or ID, not ${JSON.stringify(v) ?? 'missing'}`)
-  return v
+function allowEntry(v: string | { name?: string; id?: string | null }, empty: () => NatdError): AllowEntry {
+  if (typeof v === 'string') return isPeerId(v) ? { name: '', id: v } : { name: v, id: null }
+  const entry = { name: v.name ?? '', id: v.id ?? null }
+  if (entry.id === null && !entry.name) throw empty()
+  return entry
 }

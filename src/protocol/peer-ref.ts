@@ -21,8 +21,8 @@ export const PEER_ID_CHARS = 52
 export const MIN_ID_PREFIX_CHARS = 8
 
 /** A last character holds one key bit and four zero bits: 'a' (0) or 'q' (16). */
-const PEER_ID_PATTERN = /^[a-z2-7]{51}[aq]$/
-const ID_PREFIX_PATTERN = new RegExp(`^[a-z2-7]{${MIN_ID_PREFIX_CHARS},${PEER_ID_CHARS}}$`)
+export const PEER_ID_PATTERN = /^[a-z2-7]{51}[aq]$/
+export const ID_PREFIX_PATTERN = new RegExp(`^[a-z2-7]{${MIN_ID_PREFIX_CHARS},${PEER_ID_CHARS}}$`)
 
 /** A peer with a proven or pinned key: its name and its whole ID. */
 export interface PeerRef {

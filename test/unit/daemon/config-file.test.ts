@@ -77,7 +77,7 @@ describe('parseConfigFile', () => {
     ['{"name": "alice",}', /^\/etc\/natd\/natd\.json: not valid JSON: /],
     ['[]', /must hold a JSON object/],
     [{ nmae: 'alice' }, /"nmae" is not a setting natd knows \(known: name, server, /],
-    [{ name: 'Alice' }, /"name" is "Alice"; a name is 1-32 characters/],
+    [{ name: 'Alice' }, /"name" must be 1-32 characters: lower-case letters, digits, - and _, starting with a letter or digit, not "Alice"$/],
     [{ server: 'rv.example.org:99999' }, /"server" must be HOST, HOST:PORT or HOST:PORT#KEY/],
     [{ secretFile: 'secret' }, /"secretFile" must be an absolute path/],
     [{ inbox: 'inbox' }, /"inbox" must be an absolute path/],
@@ -94,7 +94,12 @@ describe('parseConfigFile', () => {
     [{ forwards: [{ localPort: 1, peer: 'bob', remotePort: 2 }, { localPort: 1, peer: 'carol', remotePort: 3 }] }, /"forwards\[1\]\.localPort" repeats port 1/],
     [{ exposes: [{ port: 22, allow: 'bob' }] }, /"exposes\[0\]\.allow" must be an array/],
     [{ exposes: [{ port: 22, allow: ['bob', 'x y'] }] }, /"exposes\[0\]\.allow\[1\]" must be a peer name or ID/],
-    [{ exposes: [{ port: 22 }, { port: 22 }] }, /"exposes\[1\]\.port" repeats port 22/]
+    [{ exposes: [{ port: 22 }, { port: 22 }] }, /"exposes\[1\]\.port" repeats port 22/],
+    [{ exposes: [{ port: 22, allow: [{}] }] }, /"exposes\[0\]\.allow\[0\]" needs a "name" or an "id"$/],
+    [{ exposes: [{ allow: [] }] }, /"exposes\[0\]\.port" must be a port number 1-65535, not missing$/],
+    [{ forwards: [5] }, /"forwards\[0\]" must be an object \{"localPort": …, "peer": …, "remotePort": …, "bind": …\}, not 5$/],
+    [{ port: 1.5 }, /"port" must be a port number 0-65535, not 1.5$/],
+    [{ name: 'alice', server: 'rv.example.org', secretFile: 42 }, /"secretFile" must be an absolute path, not 42$/]
   ])('refuses %j naming the file and the key', (input, message) => {
     const m = errorOf(() => parse(input))
     expect(m).toMatch(message)

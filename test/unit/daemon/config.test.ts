@@ -134,6 +134,17 @@ describe('StateStore', () => {
     expect((JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8')) as { exposes: unknown }).exposes).toEqual(want)
   })
 
+  it('refuses a config.json that breaks the settings schema (the one the config file is checked against)', () => {
+    fs.mkdirSync(dir, { recursive: true })
+    const file = path.join(dir, 'config.json')
+    fs.writeFileSync(file, JSON.stringify({ forwards: [{ localPort: 70000, bind: '127.0.0.1', peer: 'bob', remotePort: 22 }] }))
+    expect(() => new StateStore(dir)).toThrow(/forwards\/0\/localPort.*must be <= 65535/)
+    fs.writeFileSync(file, JSON.stringify({ exposes: [{ port: 22, host: 'localhost', allow: [] }] }))
+    expect(() => new StateStore(dir)).toThrow(/exposes\/0\/host.*must match format "ip"/)
+    fs.writeFileSync(file, JSON.stringify({ config: { name: 'Alice', server: 'rv.example.org', heartbeatMs: 20_000, port: 0, logLevel: 'info', secretFile: null, inbox: null } }))
+    expect(() => new StateStore(dir)).toThrow(/config\/name.*must match pattern/)
+  })
+
   it('defaultStateDir follows systemd, root and XDG conventions', () => {
     expect(defaultStateDir({ STATE_DIRECTORY: '/var/lib/natd:/other' }, 1000)).toBe('/var/lib/natd')
     expect(defaultStateDir({}, 0)).toBe('/var/lib/natd')
