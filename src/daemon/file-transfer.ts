@@ -354,7 +354,16 @@ export class FileReceiver {
     if (free.bavail * free.bsize < offer.size - offset) {
       throw new NatdError('NO_SPACE', `no room for ${offer.size - offset} bytes in the inbox (${free.bavail * free.bsize} free)`)
     }
-    const hash = await hashFile(partial, offset).catch(() => createHash('sha256'))
+    // What we hold goes into the sha256 the sender's is compared with: a partial we cannot
+    // read back is said at once (an empty hash here would turn into a misleading CORRUPT
+    // after the whole rest was sent). The peer gets no path or errno, the log gets both.
+    let hash: Awaited<ReturnType<typeof hashFile>>
+    try {
+      hash = await hashFile(partial, offset)
+    } catch (err) {
+      this.log.error('cannot read back a partial file to resume it', { peer: peer.name, name: offer.name, partial, have: offset, err: (err as Error).message })
+      throw new NatdError('PARTIAL_UNREADABLE', `the receiver cannot read back the ${offset} bytes of ${offer.name} it already holds; its operator must check its inbox (its log says why)`, { cause: err })
+    }
     ch.write(encodeTransfer({ type: 'accept', offset }))
     this.log.info('file transfer accepted', { peer: peer.name, name: offer.name, size: offer.size, offset })
     this.names.set(offer.key, offer.name)

@@ -8,7 +8,8 @@ import { createHash, randomBytes } from 'node:crypto'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { afterEach, describe, expect, it } from 'vitest'
+import { Readable } from 'node:stream'
+import { afterEach, describe, expect, it, vi } from 'vitest'
 import { PARTIAL_MAX_AGE_MS, partialKey, sanitizeName, suffixedName, transferIdOf } from '../../../src/daemon/file-transfer.js'
 import { DEFAULT_MAX_FILE_BYTES, DEFAULT_QUOTAS, Files, FILE_SERVICE } from '../../../src/daemon/files.js'
 import { FileStreamServer, openFileStream, openToSend, streamFile } from '../../../src/ipc/file-stream.js'
@@ -236,6 +237,31 @@ describe('files', () => {
     expect(fs.existsSync(partial)).toBe(false)
     expect(fs.existsSync(path.join(w.bob.inbox, 'c.bin'))).toBe(false)
     expect(await send(w, f.path)).toMatchObject({ offset: 0, savedAs: 'c.bin' })
+  })
+
+  it('a partial bob cannot read back is PARTIAL_UNREADABLE before any byte goes, not CORRUPT after the whole file', async () => {
+    const w = world()
+    const f = file(w.tmp, 'u.bin', 512 * KiB)
+    const partial = partialOf(w, 'u.bin', f.path)
+    fs.mkdirSync(path.dirname(partial), { recursive: true })
+    fs.writeFileSync(partial, f.data.subarray(0, 100 * KiB))
+    // An I/O error reading the partial (root reads through any mode, so the error is made here).
+    const read = fs.createReadStream.bind(fs)
+    const spy = vi.spyOn(fs, 'createReadStream').mockImplementation(((p: fs.PathLike, o?: object) => {
+      if (p !== partial) return read(p, o)
+      return new Readable({ read() { this.destroy(Object.assign(new Error(`EIO: i/o error, read '${partial}'`), { code: 'EIO' })) } })
+    }) as unknown as typeof fs.createReadStream)
+    try {
+      const err = (await send(w, f.path).catch((e: unknown) => e)) as NatdError
+      expect(err).toMatchObject({ code: 'PARTIAL_UNREADABLE' })
+      expect(err.message).toMatch(/^bob refused u\.bin: the receiver cannot read back the 102400 bytes of u\.bin it already holds/)
+      expect(err.message).not.toContain(w.tmp) // the sender learns no path of the receiver's
+      expect(w.sentOnWire()).toBeLessThan(16 * KiB) // the offer and the refusal, none of the file
+    } finally {
+      spy.mockRestore()
+    }
+    expect(fs.readFileSync(partial).equals(f.data.subarray(0, 100 * KiB))).toBe(true) // kept for when the inbox reads again
+    expect(await send(w, f.path)).toMatchObject({ offset: 100 * KiB, savedAs: 'u.bin', sha256: f.sha256 })
   })
 
   it('a file changed since the partial: a new mtime starts afresh; the same size and mtime end in CORRUPT, never a mix', async () => {
