@@ -148,6 +148,14 @@ function partialOf(w: World, name: string, file: string): string {
   return path.join(w.bob.inbox, '.partial', partialKey(ALICE.id, transferId))
 }
 
+/** Puts `bytes` where bob keeps the partial of the file at `file` (an earlier, interrupted attempt); returns its path. */
+function putPartial(w: World, name: string, file: string, bytes: Buffer): string {
+  const partial = partialOf(w, name, file)
+  fs.mkdirSync(path.dirname(partial), { recursive: true })
+  fs.writeFileSync(partial, bytes)
+  return partial
+}
+
 /** Runs `fn` with a world whose bob's inbox is on a tmpfs of `size` (root only), unmounted after. */
 async function withTmpfsInbox(size: string, fn: (w: World, inbox: string) => Promise<void>): Promise<void> {
   let inbox = ''
@@ -217,9 +225,7 @@ describe('files', () => {
   it('resumes from the bytes bob already has, sending only the rest', async () => {
     const w = world()
     const f = file(w.tmp, 'big.bin', 2 * MiB)
-    const partial = partialOf(w, 'big.bin', f.path)
-    fs.mkdirSync(path.dirname(partial), { recursive: true })
-    fs.writeFileSync(partial, f.data.subarray(0, 1_500_000))
+    const partial = putPartial(w, 'big.bin', f.path, f.data.subarray(0, 1_500_000))
     const r = await send(w, f.path)
     expect(r).toMatchObject({ offset: 1_500_000, sent: f.data.length - 1_500_000, sha256: f.sha256 })
     expect(w.sentOnWire()).toBeLessThan(f.data.length - 1_500_000 + 64 * KiB)
@@ -230,9 +236,7 @@ describe('files', () => {
   it('a partial that does not match ends in CORRUPT: nothing is kept, and the next attempt starts afresh', async () => {
     const w = world()
     const f = file(w.tmp, 'c.bin', 256 * KiB)
-    const partial = partialOf(w, 'c.bin', f.path)
-    fs.mkdirSync(path.dirname(partial), { recursive: true })
-    fs.writeFileSync(partial, randomBytes(100 * KiB))
+    const partial = putPartial(w, 'c.bin', f.path, randomBytes(100 * KiB))
     await expect(send(w, f.path)).rejects.toMatchObject({ code: 'CORRUPT' })
     expect(fs.existsSync(partial)).toBe(false)
     expect(fs.existsSync(path.join(w.bob.inbox, 'c.bin'))).toBe(false)
@@ -242,9 +246,7 @@ describe('files', () => {
   it('a partial bob cannot read back is PARTIAL_UNREADABLE before any byte goes, not CORRUPT after the whole file', async () => {
     const w = world()
     const f = file(w.tmp, 'u.bin', 512 * KiB)
-    const partial = partialOf(w, 'u.bin', f.path)
-    fs.mkdirSync(path.dirname(partial), { recursive: true })
-    fs.writeFileSync(partial, f.data.subarray(0, 100 * KiB))
+    const partial = putPartial(w, 'u.bin', f.path, f.data.subarray(0, 100 * KiB))
     // An I/O error reading the partial (root reads through any mode, so the error is made here).
     const read = fs.createReadStream.bind(fs)
     const spy = vi.spyOn(fs, 'createReadStream').mockImplementation(((p: fs.PathLike, o?: object) => {
@@ -267,9 +269,7 @@ describe('files', () => {
   it('a file changed since the partial: a new mtime starts afresh; the same size and mtime end in CORRUPT, never a mix', async () => {
     const w = world()
     const f = file(w.tmp, 'v.bin', 512 * KiB)
-    const old = partialOf(w, 'v.bin', f.path)
-    fs.mkdirSync(path.dirname(old), { recursive: true })
-    fs.writeFileSync(old, f.data.subarray(0, 200 * KiB))
+    putPartial(w, 'v.bin', f.path, f.data.subarray(0, 200 * KiB))
     const v2 = randomBytes(512 * KiB)
     fs.writeFileSync(f.path, v2)
     fs.utimesSync(f.path, new Date(), new Date(Date.now() + 5_000))
