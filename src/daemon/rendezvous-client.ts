@@ -21,6 +21,7 @@ import { decode, encode, encodeRegister, encodeRegisterUnsigned, opened, type Me
 import type { Introduction } from '../tunnel/paths.js'
 import { ControlConnection, serverError } from './control-connection.js'
 import { resolveServer, type ServerSpec } from './server-address.js'
+import { RefusalLog } from '../common/refusal-log.js'
 
 /** The first heartbeat of a session (it tells the server our UDP mapping) waits this long for its ack before a retry. */
 export const UDP_REQUEST_TIMEOUT_MS = 1_000
@@ -28,7 +29,7 @@ export const UDP_REQUEST_TRIES = 3
 /** Reconnect backoff: doubles from the first value up to the cap. */
 export const BACKOFF_FIRST_MS = 500
 export const BACKOFF_CAP_MS = 10_000
-/** Dropped forgeries are logged at most this often (with how many). */
+/** Datagrams dropped from the server's address (anyone can forge them) are counted this long per line (common/refusal-log.ts). */
 export const UNSEALED_LOG_MS = 1_000
 /** Heartbeats unanswered in a row before the server counts as lost. */
 export const MISSED_HEARTBEATS_LOST = 3
@@ -84,6 +85,8 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
   rttMs: number | null = null
 
   private readonly log: Logger
+  /** Datagrams from the server's address we drop: forgeries may come by the thousand. */
+  private readonly dropped: RefusalLog
   private readonly abort = new AbortController()
   private control: ControlConnection | null = null
   private token: Uint8Array | null = null
@@ -103,6 +106,7 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
   ) {
     super()
     this.log = c.log
+    this.dropped = new RefusalLog(this.log, { windowMs: UNSEALED_LOG_MS, level: 'debug' })
   }
 
   /** Runs until stop(); never rejects. */
@@ -137,6 +141,7 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
     this.abort.abort()
     this.lost?.(new NatdError('SERVER_UNREACHABLE', 'stopping'))
     this.closeTcp()
+    this.dropped.flush()
   }
 
   /** Local port of the control connection (TCP punching reuses it); 0 while disconnected. */
@@ -165,27 +170,12 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
     try {
       msg = decode(buf)
     } catch (err) {
-      this.log.debug('bad datagram from server', { err: (err as Error).message })
-      return
+      return this.dropped.refused('bad datagram from the server address', from, toNatdError(err, 'BAD_REQUEST').code, (err as Error).message)
     }
     // Only sealed acks count: anyone can send a datagram from the server's address.
-    if (msg.type !== 'heartbeat-ack' || !this.udpKey || !opened(msg, this.udpKey)) return this.onUnsealed()
+    if (msg.type !== 'heartbeat-ack' || !this.udpKey || !opened(msg, this.udpKey)) return this.dropped.refused('unsealed datagram from the server address', from, 'UNAUTHORIZED')
 
     this.onHeartbeatAck(msg)
-  }
-
-  /** Forgeries may come by the thousand: counted, and logged at most once per UNSEALED_LOG_MS. */
-  private unsealed = { dropped: 0, loggedAt: 0 }
-  private onUnsealed(): void {
-    this.unsealed.dropped++
-    if (this.c.clock.now() - this.unsealed.loggedAt >= UNSEALED_LOG_MS) this.flushUnsealed()
-  }
-
-  /** Logs the forgeries counted since the last line (also from the heartbeat timer, so a burst is told). */
-  private flushUnsealed(): void {
-    if (this.unsealed.dropped === 0) return
-    this.log.debug('unsealed datagrams from the server address dropped', { dropped: this.unsealed.dropped })
-    this.unsealed = { dropped: 0, loggedAt: this.c.clock.now() }
   }
 
   // --- one registered session ---------------------------------------------
@@ -301,7 +291,6 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
   // --- heartbeats -----------------------------------------------------------
 
   private onHeartbeatExpired(): void {
-    this.flushUnsealed()
     if (this.state.kind !== 'registered' || !this.serverEndpoint) return
     if (this.missedUdp >= MISSED_HEARTBEATS_LOST || this.missedTcp >= MISSED_HEARTBEATS_LOST) {
       this.lost?.(new NatdError('SERVER_UNREACHABLE', `${MISSED_HEARTBEATS_LOST} heartbeats unanswered`))

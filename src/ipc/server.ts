@@ -18,6 +18,7 @@ import path from 'node:path'
 import { IPCModule } from 'node-ipc'
 import { NatdError, toNatdError } from '../protocol/errors.js'
 import type { Logger } from '../protocol/log.js'
+import { RefusalLog } from '../common/refusal-log.js'
 import { ConnectionTable } from './connection-table.js'
 import { checkSocketDir } from './socket-dir.js'
 import { EVENT_NAMES, PARAMS, parseRequest, type EventName, type Events, type MethodName, type Params, type Result } from './schema.js'
@@ -61,8 +62,10 @@ export const MAX_QUEUED_BYTES = 1024 * 1024
 export const API_ACCEPT_LIMIT = 4 * MAX_API_CONNECTIONS
 /** How long a refused connection may stay half-closed while the client reads why. */
 const REFUSED_LINGER_MS = 1_000
-/** At most one warning per kind of refusal or drop per this long; the rest are counted. */
+/** Refusals and drops of one kind are counted this long before their line (common/refusal-log.ts). */
 const REFUSAL_LOG_INTERVAL_MS = 10_000
+/** Who a refusal came from: local clients have no address; the API's group is who may connect. */
+const LOCAL = 'local client'
 
 /** The abuse limits; each defaults to the constant of the same meaning above. */
 export interface ApiLimits {
@@ -97,7 +100,7 @@ export class ApiServer {
   private readonly limits: ApiLimits
   private readonly table: ConnectionTable<net.Socket>
   private readonly idleTimers = new Map<net.Socket, NodeJS.Timeout>()
-  private readonly refusalLog = new Map<string, { lastMs: number; suppressed: number }>()
+  private readonly refusals: RefusalLog
 
   constructor(
     private readonly socketPath: string,
@@ -107,6 +110,7 @@ export class ApiServer {
   ) {
     this.limits = { ...DEFAULT_API_LIMITS, ...limits }
     this.table = new ConnectionTable({ maxConnections: this.limits.maxConnections, maxSubscribers: this.limits.maxSubscribers })
+    this.refusals = new RefusalLog(log, { windowMs: REFUSAL_LOG_INTERVAL_MS, level: 'warn' })
   }
 
   /** Connections held now (tests and status). */
@@ -155,7 +159,7 @@ export class ApiServer {
         handle.protocolFailure = (socket, error) => {
           if ((error as { code?: string }).code === 'ERR_IPC_BACKPRESSURE') {
             // A client that does not read its responses: writing more would only queue more.
-            this.warnThrottled('api client not reading, dropped', { queuedBytes: socket.writableLength, limitBytes: this.limits.maxQueuedBytes })
+            this.refusals.refused('api client not reading, dropped', LOCAL, 'BUSY', `${socket.writableLength} bytes queued, limit ${this.limits.maxQueuedBytes}`)
             failure(socket, error)
             return
           }
@@ -173,6 +177,7 @@ export class ApiServer {
   }
 
   stop(): void {
+    this.refusals.flush()
     for (const t of this.idleTimers.values()) clearTimeout(t)
     this.idleTimers.clear()
     this.handle?.stop()
@@ -202,7 +207,7 @@ export class ApiServer {
         bytes = Buffer.byteLength(frame)
       }
       if (socket.writableLength + bytes > this.limits.maxQueuedBytes) {
-        this.warnThrottled('api subscriber not reading, dropped', { event, queuedBytes: socket.writableLength, limitBytes: this.limits.maxQueuedBytes })
+        this.refusals.refused('api subscriber not reading, dropped', LOCAL, 'BUSY', `${socket.writableLength} bytes queued, limit ${this.limits.maxQueuedBytes}, at event ${event}`)
         this.forget(socket)
         socket.destroy()
         continue
@@ -216,7 +221,7 @@ export class ApiServer {
   private onConnect(socket: net.Socket): void {
     const admission = this.table.admit(socket, performance.now())
     if (admission.kind === 'refused') {
-      this.warnThrottled('api busy, connection refused', { connections: this.table.size, subscribers: this.table.subscriberCount })
+      this.refusals.refused('api busy, connection refused', LOCAL, 'BUSY', `${this.table.size} connections, ${this.table.subscriberCount} subscribed`)
       const error = { code: 'BUSY', message: `natd is busy: all ${this.limits.maxConnections} API connections are in use (${this.table.subscriberCount} subscribed, the rest waiting for answers); try again shortly` }
       // end(), not destroy(): the client may be writing its request right now, and a
       // closed read side would fail that write (EPIPE) before it reads why.
@@ -260,18 +265,6 @@ export class ApiServer {
     this.disarmIdle(socket)
     this.table.remove(socket)
     this.subscriptions.delete(socket)
-  }
-
-  /** One warning per message per REFUSAL_LOG_INTERVAL_MS, with how many were not logged. */
-  private warnThrottled(message: string, fields: Record<string, unknown>): void {
-    const now = performance.now()
-    const entry = this.refusalLog.get(message)
-    if (entry && now - entry.lastMs < REFUSAL_LOG_INTERVAL_MS) {
-      entry.suppressed++
-      return
-    }
-    this.log.warn(message, { ...fields, notLogged: entry?.suppressed ?? 0 })
-    this.refusalLog.set(message, { lastMs: now, suppressed: 0 })
   }
 
   private async onRequest(data: unknown, socket: net.Socket): Promise<void> {

@@ -32,7 +32,7 @@ import {
 } from '../protocol/rendezvous.js'
 import { isStun } from '../protocol/stun.js'
 import { DEFAULT_SERVER_LIMITS, INTRO_SOURCE_FACTOR, RateLimiter, type ServerLimits } from './limits.js'
-import { RefusalLog } from './refusal-log.js'
+import { RefusalLog } from '../common/refusal-log.js'
 import { StunResponder, type StunSlot } from './stun-responder.js'
 import { TcpGate, type TcpConn } from './tcp-gate.js'
 import type { NameStore } from './name-store.js'
@@ -43,6 +43,8 @@ import { Relay, type RelayLimits } from './relay.js'
 export const REGISTER_CLOCK_SKEW_MS = 60_000
 export { BACKLOG_POLL_MS, END_LINGER_MS, MAX_AGENT_MESSAGE_BYTES, MAX_CLEAR_FRAME_BYTES, MAX_RELAY_FRAME_BYTES, MAX_SEND_BACKLOG_BYTES, REQUEST_BACKLOG_BYTES, TCP_AUTH_TIMEOUT_MS } from './tcp-gate.js'
 
+/** Refusals of one kind are counted this long before their line (common/refusal-log.ts): at most a line a second per kind, whatever the attack. */
+export const REFUSAL_LOG_INTERVAL_MS = 1_000
 /** Expiry sweep period; bounds how late past --peer-timeout a silent agent is dropped. */
 export const EXPIRY_SWEEP_MS = 1_000
 /**
@@ -121,7 +123,7 @@ export class RendezvousServer {
     this.limits = { ...DEFAULT_SERVER_LIMITS, ...init.limits }
     const L = this.limits
     this.relay = init.relay ? new Relay({ maxPermitsPerKey: L.maxRelayPermitsPerKey, ...init.relay }, this.clock, this.log.child({ component: 'relay' })) : null
-    this.refusals = new RefusalLog(this.log, this.clock)
+    this.refusals = new RefusalLog(this.log, { windowMs: REFUSAL_LOG_INTERVAL_MS, level: 'info' })
     this.registerRate = new RateLimiter(L.registrationsPerKeyPerMinute, this.clock)
     this.introKeyRate = new RateLimiter(L.introductionsPerMinute, this.clock)
     this.introSourceRate = new RateLimiter(L.introductionsPerMinute * INTRO_SOURCE_FACTOR, this.clock)

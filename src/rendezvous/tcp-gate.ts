@@ -16,7 +16,7 @@ import { decode, encode, frame, FrameSplitter, MAX_TCP_FRAME_BYTES, NONCE_BYTES,
 import { secureSocket } from '../tunnel/secure-socket.js'
 import { Counter, DEFAULT_SERVER_LIMITS, RateLimiter, sourceOf, type ServerLimits } from './limits.js'
 import { NoiseMeter } from './noise-meter.js'
-import type { RefusalLog } from './refusal-log.js'
+import type { RefusalLog } from '../common/refusal-log.js'
 import type { RegRef } from './registry.js'
 import type { Relay } from './relay.js'
 

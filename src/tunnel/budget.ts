@@ -11,11 +11,12 @@
  *     BIRTHDAY_SOCKETS sockets): counted slots (over them: BUSY).
  *
  * Each default is sized from what an honest punch needs (ARCHITECTURE.md "Paths"),
- * with room to spare. Refusals are logged once per peer and code, then as counts
- * (RefusalLog), never per packet.
+ * with room to spare. Refusals are logged once per kind, then as counts
+ * (PunchRefusals), never per packet.
  */
 import type { Clock, Logger } from '../protocol/log.js'
 import { TokenBucket } from './token-bucket.js'
+import { RefusalLog as CommonRefusalLog } from '../common/refusal-log.js'
 
 /** Takes a token from every bucket, or from none (so one bucket's refusal spends nothing). */
 function takeAll(buckets: TokenBucket[]): boolean {
@@ -207,70 +208,24 @@ export class PunchBudget {
   }
 }
 
-/** Refusals are summed per code and what over this window, then logged as one line. */
+/** The agent's punching refusals are counted over this window (common/refusal-log.ts). */
 export const REFUSAL_LOG_MS = 10_000
-/** A summary names at most this many of the peers refused (it counts them all). */
-const REFUSAL_NAMES = 5
-/** Distinct peers counted per summary, at most (a flood of fresh keys stays cheap). */
-const REFUSAL_PEERS_MAX = 10_000
-
-interface Refusals {
-  code: string
-  what: string
-  count: number
-  peers: Set<string>
-}
 
 /**
- * Logs a refusal the first time it happens for a (code, what) — then only how many more
- * there were, and from how many peers, once per REFUSAL_LOG_MS. A flood costs one log
- * line per window, from one peer or from thousands of fresh keys alike.
+ * The punching refusals of an agent (introductions over budget, punches at once, probes
+ * and SYNs over their rates), logged as common/refusal-log.ts logs every refusal: the
+ * first of a kind at once, then a count per REFUSAL_LOG_MS, at warn (the user may wonder
+ * why an open failed).
  */
-export class RefusalLog {
-  private readonly pending = new Map<string, Refusals>()
-  private timer: NodeJS.Timeout | null = null
-
-  constructor(private readonly log: Logger) {}
+export class PunchRefusals extends CommonRefusalLog {
+  constructor(log: Logger) {
+    super(log, { windowMs: REFUSAL_LOG_MS, level: 'warn' })
+  }
 
   note(code: string, what: string, peer: string): void {
-    const key = `${code}\0${what}`
-    const seen = this.pending.get(key)
-    if (seen) {
-      seen.count++
-      if (seen.peers.size < REFUSAL_PEERS_MAX) seen.peers.add(peer)
-      return
-    }
-    this.pending.set(key, { code, what, count: 0, peers: new Set() })
-    this.log.warn('refused', { code, what, peer })
-    if (!this.timer) {
-      this.timer = setTimeout(() => this.onWindowExpired(), REFUSAL_LOG_MS)
-      this.timer.unref()
-    }
-  }
-
-  private onWindowExpired(): void {
-    this.timer = null
-    for (const [key, r] of this.pending) {
-      if (r.count === 0) {
-        this.pending.delete(key)
-        continue
-      }
-      const names = [...r.peers].slice(0, REFUSAL_NAMES)
-      this.log.warn('refused again', { code: r.code, what: r.what, count: r.count, peers: r.peers.size, names, windowMs: REFUSAL_LOG_MS })
-      r.count = 0
-      r.peers.clear()
-    }
-    if (this.pending.size > 0) {
-      this.timer = setTimeout(() => this.onWindowExpired(), REFUSAL_LOG_MS)
-      this.timer.unref()
-    }
-  }
-
-  /** Logs what is pending now (shutdown, tests). */
-  flush(): void {
-    if (this.timer) clearTimeout(this.timer)
-    this.onWindowExpired()
-    if (this.timer) clearTimeout(this.timer)
-    this.timer = null
+    this.refused(what, peer, code)
   }
 }
+
+/** The name manager.ts and paths.ts use (being rewritten elsewhere; they can take PunchRefusals then). */
+export { PunchRefusals as RefusalLog }

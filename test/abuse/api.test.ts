@@ -159,7 +159,7 @@ describe('abuse: local API', () => {
 
   it(`a subscriber that never reads while ${EVENTS} × 16 KB message events go out: dropped, bytes queued bounded`, async () => {
     const warnings: string[] = []
-    const log: Logger = { ...silentLogger, warn: (m: string) => void warnings.push(m), child: () => log }
+    const log: Logger = { ...silentLogger, warn: (m: string, f?: { what?: string }) => void warnings.push(f?.what ?? m), child: () => log }
     const s = await startServer(log)
     const sub = await rawConnect(socketPath)
     held.push(sub)

@@ -115,14 +115,14 @@ describe('local API limits', () => {
   })
 
   it('when every slot is a subscriber or busy, a newcomer is told BUSY (natctl exit 5), not NOT_RUNNING', async () => {
-    const lines: { level: string; message: string }[] = []
+    const lines: { level: string; message: string; fields?: Record<string, unknown> }[] = []
     await start({ maxConnections: 2, maxSubscribers: 2 }, recordingLogger(lines))
     for (let i = 0; i < 2; i++) await (await client()).subscribe([], () => undefined)
     const late = await client()
     const err = await late.call('status', {}).catch((e: unknown) => e)
     expect(codeOf(err)).toBe('BUSY')
     expect((err as Error).message).toMatch(/^natd is busy: all 2 API connections are in use/)
-    expect(lines.filter((l) => l.level === 'warn').map((l) => l.message)).toEqual(['api busy, connection refused'])
+    expect(lines.filter((l) => l.level === 'warn').map((l) => [l.message, l.fields?.what, l.fields?.code])).toEqual([['refused', 'api busy, connection refused', 'BUSY']])
   })
 
   it('caps subscribers: one more subscribe is BUSY and the connection still answers calls', async () => {
@@ -149,7 +149,7 @@ describe('local API limits', () => {
     expect(s.connectionCount).toBe(0)
     expect(s.peakQueuedBytes).toBeLessThanOrEqual(limit)
     const warn = lines.find((l) => l.level === 'warn')
-    expect(warn).toMatchObject({ message: 'api subscriber not reading, dropped', fields: { event: 'message', limitBytes: limit } })
+    expect(warn).toMatchObject({ message: 'refused', fields: { what: 'api subscriber not reading, dropped', code: 'BUSY', reason: expect.stringMatching(new RegExp(`bytes queued, limit ${limit}, at event message$`)) } })
     // the others are unaffected
     await expect((await client()).call('status', {})).resolves.toMatchObject({ name: 'alice' })
   })

@@ -1,13 +1,11 @@
 /**
  * The server's limits apart from its sockets, under a fake clock: token buckets
- * (limits.ts), sources (an IPv6 /64 is one), the aggregated refusal log
- * (refusal-log.ts) and the Noise message meter (noise-meter.ts).
+ * (limits.ts), sources (an IPv6 /64 is one) and the Noise message meter
+ * (noise-meter.ts). The refusal log is common/refusal-log.ts, tested there.
  */
-import { afterEach, describe, expect, it, vi } from 'vitest'
-import type { Logger } from '../../../src/protocol/log.js'
+import { describe, expect, it } from 'vitest'
 import { Counter, RateLimiter, sourceOf } from '../../../src/rendezvous/limits.js'
 import { NoiseMeter } from '../../../src/rendezvous/noise-meter.js'
-import { RefusalLog } from '../../../src/rendezvous/refusal-log.js'
 
 const fakeClock = (): { t: number; now(): number } => {
   const c = { t: 1_000_000, now: () => c.t }
@@ -50,33 +48,6 @@ describe('Counter', () => {
     expect([c.get('x'), c.get('y'), c.total]).toEqual([1, 1, 2])
     c.remove('x')
     expect(c.get('x')).toBe(0)
-  })
-})
-
-describe('RefusalLog', () => {
-  afterEach(() => vi.useRealTimers())
-
-  it('logs the first refusal as it is, then one aggregated line a second with counts per what and code', () => {
-    vi.useFakeTimers()
-    const clock = { now: () => Date.now() }
-    const lines: Array<[string, Record<string, unknown> | undefined]> = []
-    const log = { info: (m: string, f?: Record<string, unknown>) => lines.push([m, f]) } as unknown as Logger
-    const r = new RefusalLog(log, clock)
-    const from = { host: '192.0.2.1', port: 1 }
-    for (let i = 0; i < 10_000; i++) r.refused(i % 2 ? 'bad tcp frame' : 'registration refused', from, i % 3 ? 'BAD_REQUEST' : 'UNAUTHORIZED', 'x')
-    expect(lines).toHaveLength(1)
-    vi.advanceTimersByTime(1_000)
-    expect(lines).toHaveLength(2)
-    expect(lines[1]![0]).toBe('refused (aggregated)')
-    expect(lines[1]![1]).toMatchObject({ total: 9_999 })
-    expect(Object.keys(lines[1]![1]!.counts as object).sort()).toEqual([
-      'bad tcp frame (BAD_REQUEST)',
-      'bad tcp frame (UNAUTHORIZED)',
-      'registration refused (BAD_REQUEST)',
-      'registration refused (UNAUTHORIZED)'
-    ])
-    vi.advanceTimersByTime(5_000)
-    expect(lines).toHaveLength(2) // nothing pending: nothing logged
   })
 })
 

@@ -3,7 +3,7 @@
 // in total, and a flood of refusals is one log line plus one count per window.
 import { afterEach, describe, expect, it, vi } from 'vitest'
 import type { Logger } from '../../../src/protocol/log.js'
-import { PunchBudget, REFUSAL_LOG_MS, RefusalLog } from '../../../src/tunnel/budget.js'
+import { PunchBudget, PunchRefusals, REFUSAL_LOG_MS } from '../../../src/tunnel/budget.js'
 import { TokenBucket } from '../../../src/tunnel/token-bucket.js'
 import { FakeClock } from '../helpers.js'
 
@@ -76,20 +76,22 @@ describe('PunchBudget', () => {
   })
 })
 
-describe('RefusalLog', () => {
+describe('PunchRefusals', () => {
   afterEach(() => vi.useRealTimers())
 
-  it('a flood of refusals, from one peer or a hundred, is one line at once and one count per window', () => {
+  it('a flood of refusals, from one peer or a hundred, is one warning at once and one count per 10 s window', () => {
     vi.useFakeTimers()
     const warn = vi.fn()
     const log = { warn, debug: vi.fn(), info: vi.fn(), error: vi.fn(), child: () => log } as unknown as Logger
-    const r = new RefusalLog(log)
+    const r = new PunchRefusals(log)
     for (let i = 0; i < 10_000; i++) r.note('RATE_LIMITED', 'punch probes', `mallory${i % 100}`)
     expect(warn).toHaveBeenCalledTimes(1)
-    expect(warn).toHaveBeenLastCalledWith('refused', { code: 'RATE_LIMITED', what: 'punch probes', peer: 'mallory0' })
-    vi.advanceTimersByTime(REFUSAL_LOG_MS)
+    expect(warn).toHaveBeenLastCalledWith('refused', { what: 'punch probes', code: 'RATE_LIMITED', from: 'mallory0' })
+    vi.advanceTimersByTime(REFUSAL_LOG_MS - 1)
+    expect(warn).toHaveBeenCalledTimes(1)
+    vi.advanceTimersByTime(1)
     expect(warn).toHaveBeenCalledTimes(2)
-    expect(warn).toHaveBeenLastCalledWith('refused again', { code: 'RATE_LIMITED', what: 'punch probes', count: 9_999, peers: 100, names: ['mallory1', 'mallory2', 'mallory3', 'mallory4', 'mallory5'], windowMs: REFUSAL_LOG_MS })
+    expect(warn).toHaveBeenLastCalledWith('refused again', { what: 'punch probes', code: 'RATE_LIMITED', count: 9_999, sources: 100, names: ['mallory1', 'mallory2', 'mallory3', 'mallory4', 'mallory5'], last: { from: 'mallory99', reason: undefined }, windowMs: REFUSAL_LOG_MS })
     vi.advanceTimersByTime(REFUSAL_LOG_MS * 3)
     expect(warn).toHaveBeenCalledTimes(2)
   })

@@ -1,0 +1,88 @@
+/**
+ * Log lines for what others make us refuse: the server's bad frames, failed
+ * registrations and limits hit; an agent's punching budget; forged datagrams from the
+ * server's address. Anyone can cause them, at any rate and from spoofable or many
+ * sources, so every one of them is logged the same way:
+ *
+ *   - the first refusal of a kind (what + code) is logged as it is, at once (one
+ *     misconfigured peer shows its reason):  `refused {what, code, from, reason}`;
+ *   - more of that kind are counted, and when the window ends one line tells them:
+ *     `refused again {what, code, count, sources, names, last, windowMs}`;
+ *   - a kind quiet for a whole window is forgotten: its next refusal is logged at once.
+ *
+ * Cost: per kind, one line at once and one per window, whatever the rate or the number
+ * of sources (the kinds are a fixed set in the code: a `what` literal and an error
+ * code). Distinct sources are counted up to SOURCES_MAX, names kept up to NAMES_SHOWN.
+ */
+import { formatEndpoint, type Endpoint } from '../protocol/endpoint.js'
+import type { Logger } from '../protocol/log.js'
+
+/** A summary names at most this many of the sources refused (it counts them all). */
+const NAMES_SHOWN = 5
+/** Distinct sources counted per kind and window, at most (a flood of fresh keys or addresses stays cheap). */
+const SOURCES_MAX = 10_000
+
+export interface RefusalLogInit {
+  /** How long refusals of one kind are counted before their line. */
+  windowMs: number
+  /** What a refusal is worth where this log is used (a server: info; an agent's budget: warn; forgeries: debug). */
+  level: 'debug' | 'info' | 'warn'
+}
+
+interface Kind {
+  what: string
+  code: string
+  count: number
+  sources: Set<string>
+  last: { from: string; reason: string | undefined } | null
+}
+
+export class RefusalLog {
+  private readonly kinds = new Map<string, Kind>()
+  private timer: NodeJS.Timeout | null = null
+
+  constructor(
+    private readonly log: Logger,
+    private readonly init: RefusalLogInit
+  ) {}
+
+  /** `from`: who made us refuse (an address, or a peer's name). */
+  refused(what: string, from: Endpoint | string, code: string, reason?: string): void {
+    const source = typeof from === 'string' ? from : formatEndpoint(from)
+    const key = `${what}\0${code}`
+    const kind = this.kinds.get(key)
+    if (kind) {
+      kind.count++
+      if (kind.sources.size < SOURCES_MAX) kind.sources.add(source)
+      kind.last = { from: source, reason }
+      return
+    }
+    this.kinds.set(key, { what, code, count: 0, sources: new Set(), last: null })
+    this.log[this.init.level]('refused', { what, code, from: source, ...(reason === undefined ? {} : { reason }) })
+    this.timer ??= setTimeout(() => this.onWindowExpired(), this.init.windowMs).unref()
+  }
+
+  private onWindowExpired(): void {
+    this.timer = null
+    for (const [key, k] of this.kinds) {
+      if (k.count === 0) {
+        this.kinds.delete(key)
+        continue
+      }
+      const names = [...k.sources].slice(0, NAMES_SHOWN)
+      this.log[this.init.level]('refused again', { what: k.what, code: k.code, count: k.count, sources: k.sources.size, names, last: k.last, windowMs: this.init.windowMs })
+      k.count = 0
+      k.sources.clear()
+      k.last = null
+    }
+    if (this.kinds.size > 0) this.timer = setTimeout(() => this.onWindowExpired(), this.init.windowMs).unref()
+  }
+
+  /** Logs what is counted now (shutdown, tests); stops the timer. */
+  flush(): void {
+    if (this.timer) clearTimeout(this.timer)
+    this.onWindowExpired()
+    if (this.timer) clearTimeout(this.timer)
+    this.timer = null
+  }
+}
