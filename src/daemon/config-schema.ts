@@ -21,8 +21,12 @@ export const HEARTBEAT_MAX_MS = 600_000
 /** Where a forward listens and an exposed port is reached when the entry does not say. */
 export const DEFAULT_BIND = '127.0.0.1'
 
-/** Formats both validators know (conf's and ours): `ip` is what node:net accepts. */
-export const AJV_OPTIONS: Options = { formats: { ip: (s: string) => net.isIP(s) !== 0 } }
+/**
+ * Options both validators take (conf's and ours): the `ip` format is what node:net
+ * accepts; union types ("string or object") are meant, so ajv need not warn of them on
+ * stderr at every start.
+ */
+export const AJV_OPTIONS: Options = { formats: { ip: (s: string) => net.isIP(s) !== 0 }, allowUnionTypes: true }
 
 const inner = (re: RegExp): string => re.source.replace(/^\^/, '').replace(/\$$/, '')
 /** A peer as natctl takes it: a name, a whole ID or an abbreviated one. */

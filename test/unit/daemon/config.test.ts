@@ -3,7 +3,7 @@
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
 import { DEFAULT_HEARTBEAT_MS, defaultStateDir, resolveConfig, StateStore, type Overrides } from '../../../src/daemon/config.js'
 import { sign, verify } from '../../../src/protocol/identity.js'
 import { errorCode } from '../helpers.js'
@@ -132,6 +132,20 @@ describe('StateStore', () => {
     const want = [{ port: 22, host: '127.0.0.1', allow: [{ name: 'bob', id: BOB_ID }, { name: 'carol', id: null }, { name: 'bob', id: BOB_ID }] }]
     expect(store.exposes).toEqual(want)
     expect((JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8')) as { exposes: unknown }).exposes).toEqual(want)
+  })
+
+  it('the settings schema compiles and checks without a word on stderr (ajv warns there of what its strict mode dislikes)', async () => {
+    const warn = vi.spyOn(console, 'warn').mockImplementation(() => undefined)
+    try {
+      vi.resetModules() // compiled at import: import it again, watched
+      const m = await import('../../../src/daemon/config.js')
+      const store = new m.StateStore(dir)
+      store.setExposes([{ port: 22, host: '127.0.0.1', allow: [{ name: 'bob', id: null }] }])
+      m.parseConfigFile(JSON.stringify({ heartbeat: '20s', exposes: [{ port: 22, allow: ['bob'] }] }), '/etc/natd/natd.json')
+      expect(warn).not.toHaveBeenCalled()
+    } finally {
+      warn.mockRestore()
+    }
   })
 
   it('refuses a config.json that breaks the settings schema (the one the config file is checked against)', () => {
