@@ -121,13 +121,17 @@ export interface RawConfigFile {
   exposes?: Array<{ port: number; host: string; allow: Array<string | { name?: string; id?: string | null }> }> | null
 }
 
-// First error only: the user fixes one thing at a time, and it names the key.
-const validateFile = new Ajv2020({ ...AJV_OPTIONS, useDefaults: true, verbose: true, allErrors: false }).compile<RawConfigFile>(FILE_SCHEMA)
+const validateFile = new Ajv2020({ ...AJV_OPTIONS, useDefaults: true, verbose: true, allErrors: true }).compile<RawConfigFile>(FILE_SCHEMA)
 
-/** Checks a parsed config file against the schema (filling defaults in); throws INVALID_ARGUMENT naming the file and the key. */
+/**
+ * Checks a parsed config file against the schema (filling defaults in); throws
+ * INVALID_ARGUMENT naming the file and the key. One error: the user fixes one thing at a
+ * time. A value written wrong is told before one left out.
+ */
 export function checkConfigFile(raw: unknown, file: string): RawConfigFile {
   if (validateFile(raw)) return raw
-  throw describeError(validateFile.errors![0]!, file)
+  const errors = validateFile.errors!
+  throw describeError(errors.find((e) => e.keyword !== 'required') ?? errors[0]!, file)
 }
 
 /** `/forwards/0/localPort` → `forwards[0].localPort`. */

@@ -97,6 +97,7 @@ describe('parseConfigFile', () => {
     [{ exposes: [{ port: 22 }, { port: 22 }] }, /"exposes\[1\]\.port" repeats port 22/],
     [{ exposes: [{ port: 22, allow: [{}] }] }, /"exposes\[0\]\.allow\[0\]" needs a "name" or an "id"$/],
     [{ exposes: [{ allow: [] }] }, /"exposes\[0\]\.port" must be a port number 1-65535, not missing$/],
+    [{ forwards: [{ localPort: 0 }] }, /"forwards\[0\]\.localPort" must be a port number 1-65535, not 0$/], // a value written wrong before one left out
     [{ forwards: [5] }, /"forwards\[0\]" must be an object \{"localPort": …, "peer": …, "remotePort": …, "bind": …\}, not 5$/],
     [{ port: 1.5 }, /"port" must be a port number 0-65535, not 1.5$/],
     [{ name: 'alice', server: 'rv.example.org', secretFile: 42 }, /"secretFile" must be an absolute path, not 42$/]
