@@ -3,24 +3,21 @@
  * mapping the server sees is the one peers punch to), the rendezvous client, and the
  * local API. main.ts builds it from the command line; tests build it directly.
  */
-import os from 'node:os'
 import UDX, { type UDXSocket } from 'udx-native'
 import { formatEndpoint, type Endpoint } from '../protocol/endpoint.js'
-import { lanCandidates } from '../protocol/lan.js'
 import { NatdError } from '../protocol/errors.js'
 import { parsePeerId, peerId, type KeyPair } from '../protocol/identity.js'
 import { isTarget, type PeerRef } from '../protocol/peer-ref.js'
 import { systemClock, type Logger } from '../protocol/log.js'
-import { isRendezvousFrame, MAX_LIST_PEERS, MSG, type NatVerdict, type PeerRecord } from '../protocol/rendezvous.js'
+import { isRendezvousFrame, MAX_LIST_PEERS, MSG, type PeerRecord } from '../protocol/rendezvous.js'
 import { ApiServer, type Handlers } from '../ipc/server.js'
 import { dataSocketPath, FileStreamServer } from '../ipc/file-stream.js'
-import type { NetcheckResult, PeerInfo, StatusResult } from '../ipc/schema.js'
+import type { PeerInfo, StatusResult } from '../ipc/schema.js'
 import { TunnelManager } from '../tunnel/manager.js'
 import { NatCheck } from '../tunnel/nat-check.js'
 import { isStun } from '../protocol/stun.js'
 import { parseServerSpec, resolveServer, type ServerSpec } from './server-address.js'
 import type { Tunnel } from '../tunnel/tunnel.js'
-import type { OpenRequest } from '../tunnel/mux.js'
 import type { AgentConfig, StateStore } from './config.js'
 import { Exposes } from './exposes.js'
 import { Forwards } from './forwards.js'
@@ -28,6 +25,8 @@ import { Files, FILE_SERVICE } from './files.js'
 import { KnownPeers } from './known-peers.js'
 import { Messages, MESSAGE_SERVICE } from './messages.js'
 import { RendezvousClient } from './rendezvous-client.js'
+import { lanEndpoints, NatMonitor } from './nat-monitor.js'
+import { TunnelHost, type ChannelHandler } from './tunnel-host.js'
 
 /** A path silent this long is dead (the issue asks for ~15 s). */
 export const TUNNEL_DEAD_MS = 15_000
@@ -35,8 +34,7 @@ export const TUNNEL_DEAD_MS = 15_000
 export const TUNNEL_KEEPALIVE_MAX_MS = 5_000
 /** How long the responder side of an introduction may take to punch and authenticate. */
 export const ACCEPT_TIMEOUT_MS = 15_000
-/** While a tunnel is relayed, our NAT is checked again this often (it may have become punchable). */
-export const NAT_RECHECK_MS = 5_000
+export { NAT_RECHECK_MS, lanEndpoints, localEndpoints } from './nat-monitor.js'
 
 export const VERSION = '0.1.0'
 
@@ -68,10 +66,9 @@ export class Agent {
   private streams: FileStreamServer | null = null
   private runLoop: Promise<void> | null = null
   private readonly startedAt = Date.now()
-  private nat: NatVerdict = 'unknown'
+  private nat: NatMonitor | null = null
   private natCheck: NatCheck | null = null
-  private netcheckRun: Promise<NetcheckResult> | null = null
-  private natTimer: NodeJS.Timeout | null = null
+  private host: TunnelHost | null = null
   private readonly server: ServerSpec
   readonly id: string
 
@@ -125,7 +122,7 @@ export class Agent {
         log: log.child({ component: 'rendezvous' }),
         clock: systemClock,
         lan: () => lanEndpoints(this.localPort),
-        nat: () => this.nat
+        nat: () => this.nat?.verdict ?? 'unknown'
       }
     )
     this.client = client
@@ -135,7 +132,7 @@ export class Agent {
       // Registered again after losing the server: often a network change, so our NAT may
       // behave differently now. Check again and tell the server if the verdict changed.
       if (state.kind === 'registered') {
-        if (registeredBefore) void this.refreshNat()
+        if (registeredBefore) void this.nat?.recheck() // never rejects
         registeredBefore = true
       }
     })
@@ -143,23 +140,21 @@ export class Agent {
       this.c.log.info(event === 'up' ? 'peer online' : 'peer offline', { peer: peer.name, id: peerId(peer.publicKey).slice(0, 8) })
       this.api?.emit(event === 'up' ? 'peer.up' : 'peer.down', this.peerInfo(peer))
     })
-    const tunnels = new TunnelManager(
-      { keepaliveMs: Math.min(this.init.config.heartbeatMs, TUNNEL_KEEPALIVE_MAX_MS), deadMs: this.init.tunnelDeadMs ?? TUNNEL_DEAD_MS },
-      {
-        udx: this.udx,
-        socket,
-        keyPair: this.c.keyPair,
-        clock: systemClock,
-        log: log.child({ component: 'tunnel' }),
-        introduce: (target, via) => client.introduce(target, via),
-        localTcpPort: () => client.tcpLocalPort,
-        natVerdict: () => this.nat,
-        relayServer: () => client.serverEndpoint,
-        refreshNat: () => this.refreshNat(),
-        peers: this.known,
-        onChannel: (tunnel, req) => this.onChannel(tunnel, req)
-      }
-    )
+    this.natCheck = new NatCheck((buf, to) => socket.trySend(buf, to.port, to.host))
+    const nat = new NatMonitor({
+      natCheck: this.natCheck,
+      server: () => resolveServer(this.server),
+      localPort: () => this.localPort,
+      announce: () => client.refreshRegistration(),
+      relayed: () => this.tunnels?.list().some((t) => t.path === 'relay') ?? false,
+      registeredTcp: () => (client.state.kind === 'registered' ? client.state.tcp : null),
+      clock: systemClock,
+      log: log.child({ component: 'nat' })
+    })
+    this.nat = nat
+    const host = new TunnelHost({ udx: this.udx, socket, keyPair: this.c.keyPair, clock: systemClock, log: log.child({ component: 'tunnel' }), peers: this.known, rendezvous: client, nat, exposes: this.exposes })
+    this.host = host
+    const tunnels = new TunnelManager({ keepaliveMs: Math.min(this.init.config.heartbeatMs, TUNNEL_KEEPALIVE_MAX_MS), deadMs: this.init.tunnelDeadMs ?? TUNNEL_DEAD_MS }, host)
     this.tunnels = tunnels
     client.on('introduction', (intro) => {
       if (!intro.initiator) tunnels.accept(intro, ACCEPT_TIMEOUT_MS)
@@ -167,12 +162,6 @@ export class Agent {
     tunnels.on('up', (t) => this.emitTunnel(t, 'up', null))
     tunnels.on('down', (t, reason) => this.emitTunnel(t, 'down', reason))
     tunnels.on('path', (t, from) => this.emitTunnel(t, 'up', `path upgraded from ${from}`))
-    // While a tunnel is relayed, watch for a NAT that became punchable (the peer's upgrade
-    // attempts need our current verdict at the server).
-    this.natTimer = setInterval(() => {
-      if (tunnels.list().some((t) => t.path === 'relay')) void this.refreshNat()
-    }, NAT_RECHECK_MS)
-    this.natTimer.unref()
     this.forwards = new Forwards({
       store: this.c.store,
       tunnels,
@@ -205,24 +194,16 @@ export class Agent {
     })
     this.messages = messages
     this.files = files
-    this.registerService(MESSAGE_SERVICE, (t, req) => messages.onChannel(t, req))
-    this.registerService(FILE_SERVICE, (t, req) => files.onChannel(t, req))
-    this.natCheck = new NatCheck((buf, to) => socket.trySend(buf, to.port, to.host))
-    await this.checkNat() // before registering, so peers learn our verdict with our endpoint
+    host.registerService(MESSAGE_SERVICE, (t, req) => messages.onChannel(t, req))
+    host.registerService(FILE_SERVICE, (t, req) => files.onChannel(t, req))
+    await nat.start() // the first check before registering, so peers learn our verdict with our endpoint
     this.runLoop = client.run()
     log.info('natd started', { name: this.init.config.name, id: this.id, udpPort: this.localPort, socket: this.init.socketPath })
   }
 
   /** Says goodbye to the server, closes the API and the socket. */
-  /** Checks our NAT again; tells the server when the verdict changed. Never rejects. */
-  private async refreshNat(): Promise<void> {
-    const before = this.nat
-    await this.checkNat()
-    if (this.nat !== before) await this.client?.refreshRegistration().catch(() => undefined)
-  }
-
   async stop(): Promise<void> {
-    if (this.natTimer) clearInterval(this.natTimer)
+    this.nat?.stop()
     this.tunnels?.closeAll('the peer\'s natd is shutting down')
     this.forwards?.stop()
     await this.client?.stop()
@@ -240,90 +221,12 @@ export class Agent {
   }
 
   /**
-   * How our NAT maps, from STUN to the server's other address when it names one
-   * (OTHER-ADDRESS, --alt-host), else to its alternate port (the main port + 1); see
-   * nat-check.ts. Never rejects: an unreachable server leaves the verdict 'unknown'.
+   * Agent services reachable over tunnels besides exposed ports (messages, files): see
+   * TunnelHost. A service decides for itself whom it accepts (it gets the authenticated peer).
    */
-  private async checkNat(): Promise<void> {
-    try {
-      const server = await resolveServer(this.server)
-      const { verdict, samples } = await this.natCheck!.verdict(server, server.port + 1, localEndpoints(this.localPort))
-      const changed = verdict !== this.nat
-      this.nat = verdict
-      // Logged when the verdict changes; the periodic re-checks are debug.
-      this.c.log[changed ? 'info' : 'debug']('nat check', { verdict, primary: formatEndpoint(samples.primary), alternate: formatEndpoint(samples.alternate) })
-    } catch (err) {
-      this.c.log.warn('nat check failed', { err: (err as Error).message })
-    }
-  }
-
-  /**
-   * `natctl netcheck`: the full RFC 5780 run from the tunnel socket (nat-check.ts). The
-   * verdict replaces the start-up one; when it changed, the server learns it at once.
-   */
-  private async netcheck(): Promise<NetcheckResult> {
-    if (!this.natCheck) throw new NatdError('NOT_REGISTERED', 'not started')
-    const started = Date.now()
-    const server = await resolveServer(this.server)
-    const localPort = this.localPort
-    const r = await this.natCheck.netcheck(server, server.port + 1, localEndpoints(localPort))
-    const previousNat = this.nat
-    const natChanged = r.verdict !== 'unknown' && r.verdict !== previousNat
-    if (natChanged) {
-      this.nat = r.verdict
-      this.c.log.info('nat verdict changed', { from: previousNat, to: r.verdict, mapping: r.mapping })
-      void this.client?.refreshRegistration() // never rejects (a failure ends the session, which reconnects); the result need not wait for it
-    }
-    const state = this.client?.state
-    const s = r.samples
-    const result: NetcheckResult = {
-      udp: s.primary !== null,
-      tcp: state?.kind === 'registered' && state.tcp !== null,
-      server: formatEndpoint(server),
-      serverOtherAddress: s.otherAddress ? formatEndpoint(s.otherAddress) : null,
-      serverRttMs: r.rttMs,
-      localPort,
-      publicUdp: s.primary ? formatEndpoint(s.primary) : null,
-      publicTcp: state?.kind === 'registered' && state.tcp ? formatEndpoint(state.tcp) : null,
-      portPreserved: s.primary ? s.primary.port === localPort : null,
-      mapping: r.mapping,
-      filtering: r.filtering,
-      nat: r.verdict,
-      previousNat,
-      natChanged,
-      probes: {
-        primary: s.primary ? formatEndpoint(s.primary) : null,
-        otherIp: s.otherIp ? formatEndpoint(s.otherIp) : null,
-        otherIpAndPort: s.otherIpAndPort ? formatEndpoint(s.otherIpAndPort) : null,
-        otherPort: s.otherPort ? formatEndpoint(s.otherPort) : null,
-        filterChangeIpAndPort: s.filterChangeIpAndPort,
-        filterChangePort: s.filterChangePort
-      },
-      tookMs: Date.now() - started
-    }
-    this.c.log.info('netcheck', { udp: result.udp, publicUdp: result.publicUdp, mapping: r.mapping, filtering: r.filtering, nat: r.verdict })
-    return result
-  }
-
-  /**
-   * Agent services reachable over tunnels besides exposed ports (messages, files).
-   * A service decides for itself whom it accepts (it gets the authenticated peer).
-   */
-  private readonly services = new Map<string, (tunnel: Tunnel, req: OpenRequest) => void>()
-
-  /** Registers the handler for channels that name `service`. */
-  registerService(service: string, handler: (tunnel: Tunnel, req: OpenRequest) => void): void {
-    this.services.set(service, handler)
-  }
-
-  private onChannel(tunnel: Tunnel, req: OpenRequest): void {
-    if (req.service === '') return this.exposes.onChannel(tunnel, req)
-    const handler = this.services.get(req.service)
-    if (!handler) {
-      req.reject('UNSUPPORTED_PATH', `this agent has no service ${JSON.stringify(req.service)}`)
-      return
-    }
-    handler(tunnel, req)
+  registerService(service: string, handler: ChannelHandler): void {
+    if (!this.host) throw new NatdError('NOT_REGISTERED', 'not started')
+    this.host.registerService(service, handler)
   }
 
   /** The peers the server lists, as name and whole ID. */
@@ -385,7 +288,7 @@ export class Agent {
       publicTcp: state.kind === 'registered' && state.tcp ? formatEndpoint(state.tcp) : null,
       localUdpPort: this.localPort,
       lan: lanEndpoints(this.localPort).map(formatEndpoint),
-      nat: this.nat,
+      nat: this.nat?.verdict ?? 'unknown',
       uptimeMs: Date.now() - this.startedAt,
       tunnels: this.tunnels?.list().length ?? 0
     }
@@ -438,11 +341,7 @@ export class Agent {
         const rttMs = await t.ping(timeoutMs)
         return { peer: t.peer.name, path: t.path, remote: formatEndpoint(t.remote), rttMs }
       },
-      netcheck: () => {
-        // One run at a time: interleaved probes would open paths the filtering tests rely on being closed.
-        this.netcheckRun ??= this.netcheck().finally(() => (this.netcheckRun = null))
-        return this.netcheckRun
-      },
+      netcheck: () => started(this.nat).netcheck(),
       'forward.add': (spec) => forwards().add(spec),
       'forward.ls': () => forwards().list(),
       'forward.rm': ({ localPort }) => ({ removed: forwards().remove(localPort) }),
@@ -472,21 +371,4 @@ export class Agent {
     this.exposes.warnUnresolved()
     await this.forwards?.reload()
   }
-}
-
-/**
- * Every non-internal IPv4 address of this host, at our UDP port: the NAT check compares
- * them with what the server sees (a public host sees its own address: no NAT).
- */
-export function localEndpoints(port: number): Endpoint[] {
-  const out: Endpoint[] = []
-  for (const addrs of Object.values(os.networkInterfaces())) {
-    for (const a of addrs ?? []) if (!a.internal && a.family === 'IPv4') out.push({ host: a.address, port })
-  }
-  return out
-}
-
-/** This host's LAN candidates: its private addresses only (protocol/lan.ts says which). */
-export function lanEndpoints(port: number): Endpoint[] {
-  return lanCandidates(localEndpoints(port))
 }

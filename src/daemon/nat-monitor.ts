@@ -1,0 +1,176 @@
+/**
+ * Our NAT verdict, kept in one place: checked at start (before registering, so peers
+ * learn it with our endpoint), again after the server was lost and found (often a
+ * network change), every NAT_RECHECK_MS while a tunnel is relayed (it may have become
+ * punchable: the peer's upgrade attempts need our current verdict at the server), and
+ * on `natctl netcheck`. A changed verdict is announced to the server at once.
+ *
+ * Checks never overlap, and a caller that wants a fresh verdict (the tunnels, before an
+ * upgrade attempt) shares the check in flight or the one done within NAT_RECHECK_MS: the
+ * relay watch and the upgrade loop together cost one check per period, not two.
+ */
+import os from 'node:os'
+import { formatEndpoint, type Endpoint } from '../protocol/endpoint.js'
+import { lanCandidates } from '../protocol/lan.js'
+import type { Clock, Logger } from '../protocol/log.js'
+import type { NatVerdict } from '../protocol/rendezvous.js'
+import type { NatCheck } from '../tunnel/nat-check.js'
+import type { NetcheckResult } from '../ipc/schema.js'
+
+/** While a tunnel is relayed, our NAT is checked again this often (it may have become punchable). */
+export const NAT_RECHECK_MS = 5_000
+
+export interface NatMonitorComponents {
+  natCheck: Pick<NatCheck, 'verdict' | 'netcheck'>
+  /** The rendezvous server's address, resolved now; it answers STUN there and on port + 1. */
+  server(): Promise<Endpoint>
+  /** Our UDP port (the tunnel socket's): the mapping the server sees is the one peers punch to. */
+  localPort(): number
+  /** Tells the server our verdict changed (registers again). Never rejects. */
+  announce(): Promise<void>
+  /** Whether a tunnel is relayed now: then the verdict is kept fresh. */
+  relayed(): boolean
+  /** What the server's side of the registration says, for the netcheck report. */
+  registeredTcp(): Endpoint | null | undefined
+  clock: Clock
+  log: Logger
+}
+
+export class NatMonitor {
+  private current: NatVerdict = 'unknown'
+  private running: Promise<void> | null = null
+  private checkedAt = -Infinity
+  private netcheckRun: Promise<NetcheckResult> | null = null
+  private timer: NodeJS.Timeout | null = null
+
+  constructor(private readonly c: NatMonitorComponents) {}
+
+  get verdict(): NatVerdict {
+    return this.current
+  }
+
+  /** The first check (awaited before registering), then the watch while a tunnel is relayed. */
+  async start(): Promise<void> {
+    await this.check()
+    this.timer = setInterval(() => this.onRecheckExpired(), NAT_RECHECK_MS).unref()
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer)
+    this.timer = null
+  }
+
+  private onRecheckExpired(): void {
+    // Half a period: a tick a little early (timers drift) still checks; one that follows
+    // a check the tunnels just asked for does not.
+    if (this.c.relayed() && this.c.clock.now() - this.checkedAt >= NAT_RECHECK_MS / 2) void this.recheck() // never rejects
+  }
+
+  /**
+   * A verdict at most NAT_RECHECK_MS old: the check in flight, a recent one, or a new one
+   * (announced when it changed). Never rejects.
+   */
+  fresh(): Promise<void> {
+    if (this.running) return this.running
+    if (this.c.clock.now() - this.checkedAt < NAT_RECHECK_MS) return Promise.resolve()
+    return this.recheck()
+  }
+
+  /** Checks again now (the server was lost and found: the network may have changed). Never rejects. */
+  recheck(): Promise<void> {
+    this.running ??= (async () => {
+      const before = this.current
+      await this.check()
+      if (this.current !== before) await this.c.announce()
+    })().finally(() => (this.running = null))
+    return this.running
+  }
+
+  /**
+   * How our NAT maps, from STUN to the server's other address when it names one
+   * (OTHER-ADDRESS, --alt-host), else to its alternate port (nat-check.ts). Never
+   * rejects: an unreachable server leaves the verdict as it was.
+   */
+  private async check(): Promise<void> {
+    this.checkedAt = this.c.clock.now() // when it started: what it says is that old
+    try {
+      const server = await this.c.server()
+      const { verdict, samples } = await this.c.natCheck.verdict(server, server.port + 1, localEndpoints(this.c.localPort()))
+      const changed = verdict !== this.current
+      this.current = verdict
+      // Logged when the verdict changes; the periodic re-checks are debug.
+      this.c.log[changed ? 'info' : 'debug']('nat check', { verdict, primary: formatEndpoint(samples.primary), alternate: formatEndpoint(samples.alternate) })
+    } catch (err) {
+      this.c.log.warn('nat check failed', { err: (err as Error).message })
+    }
+  }
+
+  /** `natctl netcheck`, one run at a time: interleaved probes would open paths the filtering tests rely on being closed. */
+  netcheck(): Promise<NetcheckResult> {
+    this.netcheckRun ??= this.runNetcheck().finally(() => (this.netcheckRun = null))
+    return this.netcheckRun
+  }
+
+  /** The full RFC 5780 run from the tunnel socket (nat-check.ts). Its verdict replaces ours; a change is announced at once. */
+  private async runNetcheck(): Promise<NetcheckResult> {
+    const started = this.c.clock.now()
+    const server = await this.c.server()
+    const localPort = this.c.localPort()
+    const r = await this.c.natCheck.netcheck(server, server.port + 1, localEndpoints(localPort))
+    const previousNat = this.current
+    const natChanged = r.verdict !== 'unknown' && r.verdict !== previousNat
+    if (natChanged) {
+      this.current = r.verdict
+      this.checkedAt = started
+      this.c.log.info('nat verdict changed', { from: previousNat, to: r.verdict, mapping: r.mapping })
+      void this.c.announce() // never rejects; the report need not wait for it
+    }
+    const tcp = this.c.registeredTcp()
+    const s = r.samples
+    const ep = (e: Endpoint | null | undefined): string | null => (e ? formatEndpoint(e) : null)
+    const result: NetcheckResult = {
+      udp: s.primary !== null,
+      tcp: tcp !== undefined && tcp !== null,
+      server: formatEndpoint(server),
+      serverOtherAddress: ep(s.otherAddress),
+      serverRttMs: r.rttMs,
+      localPort,
+      publicUdp: ep(s.primary),
+      publicTcp: ep(tcp),
+      portPreserved: s.primary ? s.primary.port === localPort : null,
+      mapping: r.mapping,
+      filtering: r.filtering,
+      nat: r.verdict,
+      previousNat,
+      natChanged,
+      probes: {
+        primary: ep(s.primary),
+        otherIp: ep(s.otherIp),
+        otherIpAndPort: ep(s.otherIpAndPort),
+        otherPort: ep(s.otherPort),
+        filterChangeIpAndPort: s.filterChangeIpAndPort,
+        filterChangePort: s.filterChangePort
+      },
+      tookMs: this.c.clock.now() - started
+    }
+    this.c.log.info('netcheck', { udp: result.udp, publicUdp: result.publicUdp, mapping: r.mapping, filtering: r.filtering, nat: r.verdict })
+    return result
+  }
+}
+
+/**
+ * Every non-internal IPv4 address of this host, at our UDP port: the NAT check compares
+ * them with what the server sees (a public host sees its own address: no NAT).
+ */
+export function localEndpoints(port: number): Endpoint[] {
+  const out: Endpoint[] = []
+  for (const addrs of Object.values(os.networkInterfaces())) {
+    for (const a of addrs ?? []) if (!a.internal && a.family === 'IPv4') out.push({ host: a.address, port })
+  }
+  return out
+}
+
+/** This host's LAN candidates: its private addresses only (protocol/lan.ts says which). */
+export function lanEndpoints(port: number): Endpoint[] {
+  return lanCandidates(localEndpoints(port))
+}

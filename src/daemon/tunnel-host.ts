@@ -1,0 +1,89 @@
+/**
+ * What the agent gives its TunnelManager besides sockets and keys, as one object that
+ * implements the manager's interface (tunnel/manager.ts TunnelManagerComponents) instead
+ * of loose callbacks built in agent.ts:
+ *
+ *   - the rendezvous side: introductions, the control connection's port (TCP punching
+ *     reuses it), the server's address (it relays);
+ *   - our NAT verdict, kept fresh by the NatMonitor (the one place NAT checks run);
+ *   - where a peer's channel goes: an exposed port, or an agent service (messages, files).
+ */
+import type { UDXSocket } from 'udx-native'
+import type UDX from 'udx-native'
+import type { Endpoint } from '../protocol/endpoint.js'
+import type { KeyPair } from '../protocol/identity.js'
+import type { Clock, Logger } from '../protocol/log.js'
+import type { NatVerdict, Via } from '../protocol/rendezvous.js'
+import type { Introduction, PeerPolicy, TunnelManagerComponents } from '../tunnel/manager.js'
+import type { OpenRequest } from '../tunnel/mux.js'
+import type { Tunnel } from '../tunnel/tunnel.js'
+import type { NatMonitor } from './nat-monitor.js'
+import type { RendezvousClient } from './rendezvous-client.js'
+
+/** A handler for channels a peer opens to one of our services; it decides whom it accepts (it gets the authenticated peer). */
+export type ChannelHandler = (tunnel: Tunnel, req: OpenRequest) => void
+
+export interface TunnelHostComponents {
+  udx: UDX
+  socket: UDXSocket
+  keyPair: KeyPair
+  clock: Clock
+  log: Logger
+  peers: PeerPolicy
+  rendezvous: Pick<RendezvousClient, 'introduce' | 'tcpLocalPort' | 'serverEndpoint'>
+  nat: Pick<NatMonitor, 'verdict' | 'fresh'>
+  /** Channels that name no service: to an exposed port (exposes.ts decides). */
+  exposes: { onChannel: ChannelHandler }
+}
+
+export class TunnelHost implements TunnelManagerComponents {
+  readonly udx: UDX
+  readonly socket: UDXSocket
+  readonly keyPair: KeyPair
+  readonly clock: Clock
+  readonly log: Logger
+  readonly peers: PeerPolicy
+  private readonly services = new Map<string, ChannelHandler>()
+
+  constructor(private readonly c: TunnelHostComponents) {
+    this.udx = c.udx
+    this.socket = c.socket
+    this.keyPair = c.keyPair
+    this.clock = c.clock
+    this.log = c.log
+    this.peers = c.peers
+  }
+
+  introduce(target: string, via: Via): Promise<Introduction> {
+    return this.c.rendezvous.introduce(target, via)
+  }
+
+  localTcpPort(): number {
+    return this.c.rendezvous.tcpLocalPort
+  }
+
+  relayServer(): Endpoint | null {
+    return this.c.rendezvous.serverEndpoint
+  }
+
+  natVerdict(): NatVerdict {
+    return this.c.nat.verdict
+  }
+
+  /** Before an upgrade attempt: shares the NatMonitor's check in flight or a recent one. */
+  refreshNat(): Promise<void> {
+    return this.c.nat.fresh()
+  }
+
+  /** Registers the handler for channels that name `service`. */
+  registerService(service: string, handler: ChannelHandler): void {
+    this.services.set(service, handler)
+  }
+
+  onChannel(tunnel: Tunnel, req: OpenRequest): void {
+    if (req.service === '') return this.c.exposes.onChannel(tunnel, req)
+    const handler = this.services.get(req.service)
+    if (!handler) return req.reject('UNSUPPORTED_PATH', `this agent has no service ${JSON.stringify(req.service)}`)
+    handler(tunnel, req)
+  }
+}

@@ -1,0 +1,50 @@
+// TunnelHost (src/daemon/tunnel-host.ts): what the agent gives its TunnelManager, one
+// object instead of callbacks. A peer's channel goes to an exposed port (no service) or
+// to the registered service; an unknown service is refused with UNSUPPORTED_PATH. The
+// rendezvous and NAT answers come from the objects that own them.
+import { describe, expect, it } from 'vitest'
+import { TunnelHost } from '../../../src/daemon/tunnel-host.js'
+import { silentLogger, systemClock } from '../../../src/protocol/log.js'
+import type { OpenRequest } from '../../../src/tunnel/mux.js'
+import type { Tunnel } from '../../../src/tunnel/tunnel.js'
+import type { TunnelManagerComponents } from '../../../src/tunnel/manager.js'
+
+const TUNNEL = { peer: { name: 'bob', id: 'b'.repeat(51) + 'q' } } as unknown as Tunnel
+
+function request(service: string): OpenRequest & { rejected: [string, string] | null } {
+  const r = { service, port: 22, rejected: null as [string, string] | null, reject: (code: string, message: string) => void (r.rejected = [code, message]) }
+  return r as unknown as OpenRequest & { rejected: [string, string] | null }
+}
+
+describe('TunnelHost', () => {
+  const routed: string[] = []
+  let fresh = 0
+  const host = new TunnelHost({
+    udx: null as never,
+    socket: null as never,
+    keyPair: null as never,
+    clock: systemClock,
+    log: silentLogger,
+    peers: null as never,
+    rendezvous: { introduce: () => Promise.reject(new Error('not used')), tcpLocalPort: 40001, serverEndpoint: { host: '198.51.100.1', port: 3478 } },
+    nat: { verdict: 'hard', fresh: async () => void fresh++ },
+    exposes: { onChannel: (_t, req) => void routed.push(`expose ${req.port}`) }
+  })
+  host.registerService('msg', (t, req) => void routed.push(`msg from ${t.peer.name} (${req.service})`))
+
+  it('routes channels: no service to the exposes, a registered one to its handler, an unknown one refused', () => {
+    host.onChannel(TUNNEL, request(''))
+    host.onChannel(TUNNEL, request('msg'))
+    const unknown = request('shell')
+    host.onChannel(TUNNEL, unknown)
+    expect(routed).toEqual(['expose 22', 'msg from bob (msg)'])
+    expect(unknown.rejected).toEqual(['UNSUPPORTED_PATH', 'this agent has no service "shell"'])
+  })
+
+  it('answers for the rendezvous client and the NAT monitor, as the manager asks them', async () => {
+    const c: TunnelManagerComponents = host
+    expect([c.localTcpPort(), c.relayServer(), c.natVerdict()]).toEqual([40001, { host: '198.51.100.1', port: 3478 }, 'hard'])
+    await c.refreshNat()
+    expect(fresh).toBe(1)
+  })
+})
