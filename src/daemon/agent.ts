@@ -9,10 +9,10 @@ import { NatdError } from '../protocol/errors.js'
 import { parsePeerId, peerId, type KeyPair } from '../protocol/identity.js'
 import { isTarget, type PeerRef } from '../protocol/peer-ref.js'
 import { systemClock, type Logger } from '../protocol/log.js'
-import { isRendezvousFrame, MAX_LIST_PEERS, MSG, type PeerRecord } from '../protocol/rendezvous.js'
-import { ApiServer, type Handlers } from '../ipc/server.js'
+import { isRendezvousFrame, MAX_LIST_PEERS, MSG } from '../protocol/rendezvous.js'
+import { ApiServer } from '../ipc/server.js'
 import { dataSocketPath, FileStreamServer } from '../ipc/file-stream.js'
-import type { PeerInfo, StatusResult } from '../ipc/schema.js'
+import type { StatusResult } from '../ipc/schema.js'
 import { TunnelManager } from '../tunnel/manager.js'
 import { NatCheck } from '../tunnel/nat-check.js'
 import { isStun } from '../protocol/stun.js'
@@ -27,6 +27,7 @@ import { Messages, MESSAGE_SERVICE } from './messages.js'
 import { RendezvousClient } from './rendezvous-client.js'
 import { lanEndpoints, NatMonitor } from './nat-monitor.js'
 import { TunnelHost, type ChannelHandler } from './tunnel-host.js'
+import { apiHandlers, peerInfo, type AgentParts } from './api-handlers.js'
 
 /** A path silent this long is dead (the issue asks for ~15 s). */
 export const TUNNEL_DEAD_MS = 15_000
@@ -99,7 +100,7 @@ export class Agent {
     socket.on('message', (buf, rinfo) => this.onDatagram(buf, { host: rinfo.host, port: rinfo.port }))
     socket.on('error', (err) => log.warn('udp socket error', { err: err.message }))
 
-    this.api = new ApiServer(this.init.socketPath, this.handlers(), log.child({ component: 'api' }))
+    this.api = new ApiServer(this.init.socketPath, apiHandlers(() => this.parts()), log.child({ component: 'api' }))
     try {
       await this.api.start()
       this.streams = new FileStreamServer(dataSocketPath(this.init.socketPath), log.child({ component: 'file-stream' }))
@@ -138,7 +139,7 @@ export class Agent {
     })
     client.on('peer', (event, peer) => {
       this.c.log.info(event === 'up' ? 'peer online' : 'peer offline', { peer: peer.name, id: peerId(peer.publicKey).slice(0, 8) })
-      this.api?.emit(event === 'up' ? 'peer.up' : 'peer.down', this.peerInfo(peer))
+      this.api?.emit(event === 'up' ? 'peer.up' : 'peer.down', peerInfo(peer, this.known, this.tunnels))
     })
     this.natCheck = new NatCheck((buf, to) => socket.trySend(buf, to.port, to.host))
     const nat = new NatMonitor({
@@ -249,27 +250,6 @@ export class Agent {
     this.api?.emit('tunnel.state', { peer: t.peer.name, id: t.peer.id, state, path: t.path, remote: formatEndpoint(t.remote), reason })
   }
 
-  private tunnelTo(peer: string): Tunnel {
-    const t = this.tunnels?.get(peer)
-    if (!t) throw new NatdError('TUNNEL_CLOSED', `no tunnel to ${peer}`)
-    return t
-  }
-
-  private peerInfo(p: PeerRecord): PeerInfo {
-    return {
-      name: p.name,
-      id: peerId(p.publicKey),
-      online: p.online,
-      lastSeenAgoMs: p.lastSeenAgoMs,
-      endpoint: p.udp ? formatEndpoint(p.udp) : null,
-      tcpEndpoint: p.tcp ? formatEndpoint(p.tcp) : null,
-      lan: p.lan.map(formatEndpoint),
-      nat: p.nat,
-      pinned: this.known.isPinned({ name: p.name, id: peerId(p.publicKey) }),
-      tunnel: this.tunnels?.get(peerId(p.publicKey))?.path ?? null
-    }
-  }
-
   status(): StatusResult {
     const client = this.client
     const state = client?.state ?? { kind: 'stopped' as const }
@@ -301,65 +281,9 @@ export class Agent {
     return learnt ? { id: learnt, pinned: 'first-use' } : null
   }
 
-  private handlers(): Handlers {
-    const tunnels = (): TunnelManager => {
-      if (!this.tunnels) throw new NatdError('NOT_REGISTERED', 'not started')
-      return this.tunnels
-    }
-    const forwards = (): Forwards => {
-      if (!this.forwards) throw new NatdError('NOT_REGISTERED', 'not started')
-      return this.forwards
-    }
-    const started = <T,>(m: T | null): T => {
-      if (!m) throw new NatdError('NOT_REGISTERED', 'not started')
-      return m
-    }
-    return {
-      status: () => this.status(),
-      peers: async () => {
-        if (!this.client) throw new NatdError('NOT_REGISTERED', 'not started')
-        const peers = (await this.client.list()).map((p) => this.peerInfo(p))
-        // Pinned peers the server did not list (offline and forgotten there, or unknown to it).
-        for (const k of this.known.list()) {
-          if (peers.some((p) => p.id === k.id)) continue
-          peers.push({ name: k.name, id: k.id, online: false, lastSeenAgoMs: null, endpoint: null, tcpEndpoint: null, lan: [], nat: 'unknown', pinned: true, tunnel: this.tunnels?.get(k.id)?.path ?? null })
-        }
-        return peers.sort((a, b) => Number(b.online) - Number(a.online) || a.name.localeCompare(b.name))
-      },
-      'peer.trust': ({ name, id, replace }) => this.known.trust(name, id, replace),
-      'peer.untrust': ({ name }) => this.known.untrust(name),
-      subscribe: () => ({ subscribed: [] }), // handled by the API server itself
-      open: async ({ peer, via, timeoutMs }) => {
-        const { tunnel, tookMs, reused } = await tunnels().open(peer, via, timeoutMs)
-        return { ...tunnel.snapshot(), tookMs, reused }
-      },
-      close: ({ peer }) => ({ closed: tunnels().close(peer) }),
-      tunnels: () => tunnels().list().map((t) => t.snapshot()),
-      ping: async ({ peer, timeoutMs }) => {
-        if (!tunnels().get(peer)) await tunnels().open(peer, 'auto', timeoutMs)
-        const t = this.tunnelTo(peer)
-        const rttMs = await t.ping(timeoutMs)
-        return { peer: t.peer.name, path: t.path, remote: formatEndpoint(t.remote), rttMs }
-      },
-      netcheck: () => started(this.nat).netcheck(),
-      'forward.add': (spec) => forwards().add(spec),
-      'forward.ls': () => forwards().list(),
-      'forward.rm': ({ localPort }) => ({ removed: forwards().remove(localPort) }),
-      'expose.add': (spec) => this.exposes.add(spec),
-      'expose.ls': () => this.exposes.list(),
-      'expose.rm': ({ port }) => ({ removed: this.exposes.remove(port) }),
-      'message.send': ({ peer, text, timeoutMs }) => started(this.messages).send(peer, text, timeoutMs),
-      messages: ({ from, limit }) => started(this.messages).list(from, limit),
-      'messages.clear': ({ from }) => started(this.messages).clear(from),
-      'file.send': (p) => {
-        const files = started(this.files)
-        const source = started(this.streams).take(p.source)
-        return files.send({ ...p, source })
-      },
-      files: () => started(this.files).list(),
-      'files.partials': () => started(this.files).partials(),
-      'files.policy': (p) => (Object.values(p).every((x) => x === null) ? started(this.files).policy() : started(this.files).setPolicy(p))
-    }
+  /** What the API reaches (api-handlers.ts); read at each call, as parts appear while the agent starts. */
+  private parts(): AgentParts {
+    return { status: () => this.status(), client: this.client, tunnels: this.tunnels, forwards: this.forwards, messages: this.messages, files: this.files, streams: this.streams, nat: this.nat, exposes: this.exposes, known: this.known }
   }
 
   /**
