@@ -440,11 +440,16 @@ export class RendezvousServer {
     this.relay.bind(msg, conn.nonce, conn.socket) // checks the introduced agent signed it
   }
 
-  /** A connection closed: the agent it controlled no longer has a TCP endpoint. */
+  /**
+   * A connection closed: the agent it controlled no longer has a TCP endpoint, and is
+   * dropped (peers told) unless it registers again within CONTROL_LOST_GRACE_MS. A BYE,
+   * a timeout or a newer registration got there first and leave nothing to do.
+   */
   private onTcpClose(conn: TcpConn): void {
     if (conn.reg !== null && this.connByPeer.get(conn.reg) === conn) {
       this.connByPeer.delete(conn.reg)
       this.registry.clearTcp(conn.reg)
+      this.registry.controlLost(conn.reg)
     }
   }
 
