@@ -33,6 +33,11 @@ import { RendezvousClient } from './rendezvous-client.js'
 export const TUNNEL_DEAD_MS = 15_000
 /** Tunnel keepalives at most this far apart, and never slower than the heartbeat the user set for their NAT. */
 export const TUNNEL_KEEPALIVE_MAX_MS = 5_000
+/**
+ * A peer the server reports offline keeps its tunnel only if it answers a ping within
+ * this (it may have lost just the server): 10 round trips at 300 ms.
+ */
+export const OFFLINE_PEER_PING_MS = 3_000
 /** How long the responder side of an introduction may take to punch and authenticate. */
 export const ACCEPT_TIMEOUT_MS = 15_000
 /** While a tunnel is relayed, our NAT is checked again this often (it may have become punchable). */
@@ -142,6 +147,7 @@ export class Agent {
     client.on('peer', (event, peer) => {
       this.c.log.info(event === 'up' ? 'peer online' : 'peer offline', { peer: peer.name, id: peerId(peer.publicKey).slice(0, 8) })
       this.api?.emit(event === 'up' ? 'peer.up' : 'peer.down', this.peerInfo(peer))
+      if (event === 'down') void this.onPeerOffline(peer)
     })
     const tunnels = new TunnelManager(
       { keepaliveMs: Math.min(this.init.config.heartbeatMs, TUNNEL_KEEPALIVE_MAX_MS), deadMs: this.init.tunnelDeadMs ?? TUNNEL_DEAD_MS },
@@ -213,7 +219,21 @@ export class Agent {
     log.info('natd started', { name: this.init.config.name, id: this.id, udpPort: this.localPort, socket: this.init.socketPath })
   }
 
-  /** Says goodbye to the server, closes the API and the socket. */
+  /**
+   * The server reports `p` offline: a tunnel to it that no longer answers is closed now,
+   * not once its path has been silent for TUNNEL_DEAD_MS, so its forwarded connections
+   * are reset at once and `open` tells PEER_OFFLINE. Never rejects.
+   */
+  private async onPeerOffline(p: PeerRecord): Promise<void> {
+    const t = this.tunnels?.list().find((x) => x.peer.id === peerId(p.publicKey))
+    if (!t) return
+    try {
+      await t.ping(OFFLINE_PEER_PING_MS)
+    } catch {
+      t.close(`${p.name} went offline and does not answer`, { goodbye: false, code: 'PEER_OFFLINE' })
+    }
+  }
+
   /** Checks our NAT again; tells the server when the verdict changed. Never rejects. */
   private async refreshNat(): Promise<void> {
     const before = this.nat
@@ -221,6 +241,7 @@ export class Agent {
     if (this.nat !== before) await this.client?.refreshRegistration().catch(() => undefined)
   }
 
+  /** Says goodbye to the server, closes the API and the socket. */
   async stop(): Promise<void> {
     if (this.natTimer) clearInterval(this.natTimer)
     this.tunnels?.closeAll('the peer\'s natd is shutting down')
