@@ -470,7 +470,7 @@ export class Agent {
       'expose.add': (spec) => this.exposes.add(spec),
       'expose.ls': () => this.exposes.list(),
       'expose.rm': ({ port }) => ({ removed: this.exposes.remove(port) }),
-      'message.send': ({ peer, text, timeoutMs }) => started(this.messages).send(peer, text, timeoutMs),
+      'message.send': ({ peer, text, timeoutMs, id }, { socket }) => started(this.messages).send(peer, text, timeoutMs, { id: id ?? undefined, callerGone: () => socket.destroyed }),
       messages: ({ from, limit }) => started(this.messages).list(from, limit),
       'messages.clear': ({ from }) => started(this.messages).clear(from),
       'file.send': (p) => {
