@@ -51,6 +51,8 @@ export interface AgentInit {
   secretKey: Buffer | null
   /** When a silent path is dead; default TUNNEL_DEAD_MS. Not a user setting: the lab tests shorten it. */
   tunnelDeadMs?: number
+  /** Delay between storing a received message and its ACK; default 0. Not a user setting: a lab test loses ACKs with it. */
+  messageAckDelayMs?: number
 }
 
 export interface AgentComponents {
@@ -147,7 +149,7 @@ export class Agent {
     client.on('peer', (event, peer) => {
       this.c.log.info(event === 'up' ? 'peer online' : 'peer offline', { peer: peer.name, id: peerId(peer.publicKey).slice(0, 8) })
       this.api?.emit(event === 'up' ? 'peer.up' : 'peer.down', this.peerInfo(peer))
-      if (event === 'down') void this.onPeerOffline(peer)
+      if (event === 'down') this.onPeerOffline(peer)
     })
     const tunnels = new TunnelManager(
       { keepaliveMs: Math.min(this.init.config.heartbeatMs, TUNNEL_KEEPALIVE_MAX_MS), deadMs: this.init.tunnelDeadMs ?? TUNNEL_DEAD_MS },
@@ -196,7 +198,8 @@ export class Agent {
       selfId: this.id,
       known: this.known,
       onMessage: (m) => this.api?.emit('message', m),
-      quotas: () => files.quotas
+      quotas: () => files.quotas,
+      ackDelayMs: this.init.messageAckDelayMs ?? 0
     })
     const files = new Files({
       inbox: this.init.config.inbox ?? '',
@@ -222,17 +225,21 @@ export class Agent {
   /**
    * The server reports `p` offline: a tunnel to it that no longer answers is closed now,
    * not once its path has been silent for TUNNEL_DEAD_MS, so its forwarded connections
-   * are reset at once and `open` tells PEER_OFFLINE. Never rejects.
+   * are reset at once and `open` (which waits for the check) tells PEER_OFFLINE.
    */
-  private async onPeerOffline(p: PeerRecord): Promise<void> {
-    const t = this.tunnels?.list().find((x) => x.peer.id === peerId(p.publicKey))
-    if (!t) return
-    try {
-      await t.ping(OFFLINE_PEER_PING_MS)
-    } catch {
-      t.close(`${p.name} went offline and does not answer`, { goodbye: false, code: 'PEER_OFFLINE' })
-    }
+  private onPeerOffline(p: PeerRecord): void {
+    const id = peerId(p.publicKey)
+    const t = this.tunnels?.list().find((x) => x.peer.id === id)
+    if (!t || this.offlineChecks.has(id)) return
+    const check = t.ping(OFFLINE_PEER_PING_MS).then(
+      () => undefined,
+      () => t.close(`${p.name} went offline and does not answer`, { goodbye: false, code: 'PEER_OFFLINE' })
+    )
+    this.offlineChecks.set(id, check.finally(() => this.offlineChecks.delete(id)))
   }
+
+  /** Tunnels being checked because the server reported their peer offline (onPeerOffline), by peer ID. */
+  private readonly offlineChecks = new Map<string, Promise<void>>()
 
   /** Checks our NAT again; tells the server when the verdict changed. Never rejects. */
   private async refreshNat(): Promise<void> {
@@ -448,6 +455,8 @@ export class Agent {
       'peer.untrust': ({ name }) => this.known.untrust(name),
       subscribe: () => ({ subscribed: [] }), // handled by the API server itself
       open: async ({ peer, via, timeoutMs }) => {
+        // Reported offline: its tunnel is reused only if the peer still answers on it.
+        await this.offlineChecks.get(tunnels().get(peer)?.peer.id ?? '')
         const { tunnel, tookMs, reused } = await tunnels().open(peer, via, timeoutMs)
         return { ...tunnel.snapshot(), tookMs, reused }
       },
