@@ -72,6 +72,8 @@ export interface MessagesComponents {
   onMessage(m: MessageInfo): void
   /** The per-peer quotas in force (Files owns the policy). */
   quotas(): Pick<Quotas, 'messagesPerPeer' | 'messageBytesPerPeer'>
+  /** Wait this long between storing a message and its ACK (0; lab tests lose ACKs with it). */
+  ackDelayMs?: number
 }
 
 export class Messages {
@@ -224,6 +226,7 @@ export class Messages {
         this.c.onMessage(m)
       }
       else this.c.log.info('message received again (a retry): acknowledged, not stored twice', { peer: tunnel.peer.name, id })
+      if (this.c.ackDelayMs) await sleep(this.c.ackDelayMs)
       ch.end(encodeTransfer({ type: 'ack', messageId: f.messageId, duplicate }))
     })().catch((err: unknown) => {
       const e = toNatdError(err)
