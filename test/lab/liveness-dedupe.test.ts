@@ -116,6 +116,7 @@ describe.skipIf(!labAvailable())('messages exactly once and liveness (easy×easy
         const outcome = JSON.parse((await probe).stdout) as { how: string; ms: number; received: number }
         expect(outcome).toMatchObject({ how: 'ECONNRESET', received: 0 })
         expect(outcome.ms).toBeLessThanOrEqual(RESET_BOUND_MS)
+        process.stdout.write(`bob SIGKILLed: alice's peers said offline after ${peersMs} ms, peer.down after ${downAt - killedAt} ms; a forwarded connection made at once was reset after ${outcome.ms} ms\n`)
         // And one made now, with bob known offline, is reset at once.
         const later = JSON.parse((await n.lab.exec(n.lab.hosts.alice!.ns, [process.execPath, path.join(ROOT, 'test/lab/fixtures/conn-outcome.mjs'), String(FWD_PORT), '10000'])).stdout) as { how: string; ms: number }
         expect(later.how).toBe('ECONNRESET')

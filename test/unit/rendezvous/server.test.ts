@@ -571,7 +571,7 @@ describe('RendezvousServer over TCP', () => {
     expect(after).toMatchObject({ type: 'peers', reqId: 78, peers: [{ name: 'bob', online: false }] })
   })
 
-  it('an agent whose control connection ends without BYE (its process killed) goes "down" after the grace, unless it registers again first', async () => {
+  it('an agent whose host ends its control connection without BYE (its process killed) goes "down" after the grace, unless it registers again first; a reset waits for the peer timeout', async () => {
     const clock = new FakeClock(Date.now())
     const { port } = await startServer({}, clock)
     const bobKp = generateKeyPair()
@@ -600,8 +600,17 @@ describe('RendezvousServer over TCP', () => {
     clock.advance(CONTROL_LOST_GRACE_MS + 1)
     expect(await noDownWithin(EXPIRY_SWEEP_MS + 300)).toBe(true)
 
-    // Killed for good: "down" at the first sweep past the grace, and LIST agrees.
-    again.peer.close()
+    // Reset (a NAT that lost the mapping answers RST; the agent lives on and reconnects at
+    // its next ping): heartbeats decide, not the grace.
+    again.peer.socket.resetAndDestroy()
+    await sleep(100)
+    clock.advance(CONTROL_LOST_GRACE_MS + 1)
+    expect(await noDownWithin(EXPIRY_SWEEP_MS + 300)).toBe(true)
+    const back = await registerTcp(port, bobKp, 'bob')
+    expect(back.reply.type).toBe('register-ack')
+
+    // Killed for good (its kernel ends the connection with a FIN): "down" at the first sweep past the grace, and LIST agrees.
+    back.peer.close()
     await sleep(100)
     clock.advance(CONTROL_LOST_GRACE_MS + 1)
     const down = await alice.peer.waitFor((m) => m.type === 'peer-event', EXPIRY_SWEEP_MS + 1_000)
