@@ -228,10 +228,26 @@ export function buildCli(argv: string[]): Argv<Global> {
         y
           .positional('peer', { type: 'string', demandOption: true })
           .positional('text', { type: 'string', array: true, demandOption: true, describe: 'the message (words are joined by spaces)' })
-          .option('timeout', { type: 'string', default: '10s', describe: 'give up after this long' }),
+          .option('timeout', { type: 'string', default: '10s', describe: 'give up after this long' })
+          .option('id', { type: 'string', describe: 'the message ID (as a failed send printed it) or any key of yours: the peer stores one message per ID' }),
       async (g) => {
-        const r = await call(g, 'message.send', { peer: g.peer, text: g.text.map(String).join(' '), timeoutMs: duration(g.timeout, '--timeout') })
-        out(g, r, () => `delivered to ${r.peer} in ${r.tookMs} ms`)
+        const params = { peer: g.peer, text: g.text.map(String).join(' '), timeoutMs: duration(g.timeout, '--timeout'), id: g.id ?? null }
+        const client = new ApiClient(resolveSocketPath(g.socket))
+        await client.connect()
+        let r: Result<'message.send'>
+        try {
+          r = await client.call('message.send', params)
+        } catch (err) {
+          // natd went away during the send: it kept the message's ID (unless --id named one).
+          if (err instanceof NatdError && err.code === 'NOT_RUNNING') {
+            const again = g.id ? 'run the same command again (same --id)' : 'run the same command again: natd kept the message\'s ID'
+            throw new NatdError('NOT_RUNNING', `${err.message} during the send. The message may have reached ${g.peer}: once natd is back, ${again}; ${g.peer} stores it once`)
+          }
+          throw err
+        } finally {
+          client.close()
+        }
+        out(g, r, () => (r.duplicate ? `${r.peer} had this message already (id ${r.id}): delivered once, not stored twice` : `delivered to ${r.peer} in ${r.tookMs} ms (id ${r.id})`))
       }
     )
     .command(

@@ -9,7 +9,7 @@ import { NatdError } from '../protocol/errors.js'
 import { parsePeerId, peerId, type KeyPair } from '../protocol/identity.js'
 import { isTarget, type PeerRef } from '../protocol/peer-ref.js'
 import { systemClock, type Logger } from '../protocol/log.js'
-import { isRendezvousFrame, MAX_LIST_PEERS, MSG } from '../protocol/rendezvous.js'
+import { isRendezvousFrame, MAX_LIST_PEERS, MSG, type PeerRecord } from '../protocol/rendezvous.js'
 import { ApiServer } from '../ipc/server.js'
 import { dataSocketPath, FileStreamServer } from '../ipc/file-stream.js'
 import type { StatusResult } from '../ipc/schema.js'
@@ -33,6 +33,11 @@ import { apiHandlers, peerInfo, type AgentParts } from './api-handlers.js'
 export const TUNNEL_DEAD_MS = 15_000
 /** Tunnel keepalives at most this far apart, and never slower than the heartbeat the user set for their NAT. */
 export const TUNNEL_KEEPALIVE_MAX_MS = 5_000
+/**
+ * A peer the server reports offline keeps its tunnel only if it answers a ping within
+ * this (it may have lost just the server): 10 round trips at 300 ms.
+ */
+export const OFFLINE_PEER_PING_MS = 3_000
 /** How long the responder side of an introduction may take to punch and authenticate. */
 export const ACCEPT_TIMEOUT_MS = 15_000
 export { NAT_RECHECK_MS, lanEndpoints, localEndpoints } from './nat-monitor.js'
@@ -45,6 +50,8 @@ export interface AgentInit {
   secretKey: Buffer | null
   /** When a silent path is dead; default TUNNEL_DEAD_MS. Not a user setting: the lab tests shorten it. */
   tunnelDeadMs?: number
+  /** Delay between storing a received message and its ACK; default 0. Not a user setting: a lab test loses ACKs with it. */
+  messageAckDelayMs?: number
 }
 
 export interface AgentComponents {
@@ -140,6 +147,7 @@ export class Agent {
     client.on('peer', (event, peer) => {
       this.c.log.info(event === 'up' ? 'peer online' : 'peer offline', { peer: peer.name, id: peerId(peer.publicKey).slice(0, 8) })
       this.api?.emit(event === 'up' ? 'peer.up' : 'peer.down', peerInfo(peer, this.known, this.tunnels))
+      if (event === 'down') this.onPeerOffline(peer)
     })
     this.natCheck = new NatCheck((buf, to) => socket.trySend(buf, to.port, to.host))
     const nat = new NatMonitor({
@@ -180,7 +188,8 @@ export class Agent {
       selfId: this.id,
       known: this.known,
       onMessage: (m) => this.api?.emit('message', m),
-      quotas: () => files.quotas
+      quotas: () => files.quotas,
+      ackDelayMs: this.init.messageAckDelayMs ?? 0
     })
     const files = new Files({
       inbox: this.init.config.inbox ?? '',
@@ -201,6 +210,25 @@ export class Agent {
     this.runLoop = client.run()
     log.info('natd started', { name: this.init.config.name, id: this.id, udpPort: this.localPort, socket: this.init.socketPath })
   }
+
+  /**
+   * The server reports `p` offline: a tunnel to it that no longer answers is closed now,
+   * not once its path has been silent for TUNNEL_DEAD_MS, so its forwarded connections
+   * are reset at once and `open` (which waits for the check) tells PEER_OFFLINE.
+   */
+  private onPeerOffline(p: PeerRecord): void {
+    const id = peerId(p.publicKey)
+    const t = this.tunnels?.list().find((x) => x.peer.id === id)
+    if (!t || this.offlineChecks.has(id)) return
+    const check = t.ping(OFFLINE_PEER_PING_MS).then(
+      () => undefined,
+      () => t.close(`${p.name} went offline and does not answer`, { goodbye: false, code: 'PEER_OFFLINE' })
+    )
+    this.offlineChecks.set(id, check.finally(() => this.offlineChecks.delete(id)))
+  }
+
+  /** Tunnels being checked because the server reported their peer offline (onPeerOffline), by peer ID. */
+  private readonly offlineChecks = new Map<string, Promise<void>>()
 
   /** Says goodbye to the server, closes the API and the socket. */
   async stop(): Promise<void> {
@@ -283,7 +311,7 @@ export class Agent {
 
   /** What the API reaches (api-handlers.ts); read at each call, as parts appear while the agent starts. */
   private parts(): AgentParts {
-    return { status: () => this.status(), client: this.client, tunnels: this.tunnels, forwards: this.forwards, messages: this.messages, files: this.files, streams: this.streams, nat: this.nat, exposes: this.exposes, known: this.known }
+    return { status: () => this.status(), client: this.client, tunnels: this.tunnels, forwards: this.forwards, messages: this.messages, files: this.files, streams: this.streams, nat: this.nat, exposes: this.exposes, known: this.known, offlineCheck: (id) => this.offlineChecks.get(id) ?? Promise.resolve() }
   }
 
   /**

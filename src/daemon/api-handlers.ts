@@ -31,6 +31,8 @@ export interface AgentParts {
   nat: NatMonitor | null
   exposes: Exposes
   known: KnownPeers
+  /** Resolves once the check on a tunnel whose peer the server reported offline has ended (at once when there is none). */
+  offlineCheck(peerId: string): Promise<void>
 }
 
 function started<T>(part: T | null): T {
@@ -75,6 +77,8 @@ export function apiHandlers(parts: () => AgentParts): Handlers {
     'peer.untrust': ({ name }) => parts().known.untrust(name),
     subscribe: () => ({ subscribed: [] }), // handled by the API server itself
     open: async ({ peer, via, timeoutMs }) => {
+      // Reported offline: its tunnel is reused only if the peer still answers on it.
+      await parts().offlineCheck(tunnels().get(peer)?.peer.id ?? '')
       const { tunnel, tookMs, reused } = await tunnels().open(peer, via, timeoutMs)
       return { ...tunnel.snapshot(), tookMs, reused }
     },
@@ -94,7 +98,7 @@ export function apiHandlers(parts: () => AgentParts): Handlers {
     'expose.add': (spec) => parts().exposes.add(spec),
     'expose.ls': () => parts().exposes.list(),
     'expose.rm': ({ port }) => ({ removed: parts().exposes.remove(port) }),
-    'message.send': ({ peer, text, timeoutMs }) => started(parts().messages).send(peer, text, timeoutMs),
+    'message.send': ({ peer, text, timeoutMs, id }, { socket }) => started(parts().messages).send(peer, text, timeoutMs, { id: id ?? undefined, callerGone: () => socket.destroyed }),
     messages: ({ from, limit }) => started(parts().messages).list(from, limit),
     'messages.clear': ({ from }) => started(parts().messages).clear(from),
     'file.send': (p) => {

@@ -12,7 +12,7 @@ import type { Tunnel } from '../tunnel/tunnel.js'
 import { admits, type AllowEntry } from './allow-list.js'
 import type { ExposeSpec, StateStore } from './config.js'
 import type { KnownPeers } from './known-peers.js'
-import { join } from './pipe.js'
+import { join, reset } from './pipe.js'
 
 /** Connecting to the exposed local service must finish within this. */
 export const EXPOSE_CONNECT_TIMEOUT_MS = 10_000
@@ -82,6 +82,7 @@ export class Exposes {
     const timer = setTimeout(() => sock.destroy(new Error('connect timeout')), EXPOSE_CONNECT_TIMEOUT_MS)
     sock.once('connect', () => {
       clearTimeout(timer)
+      if (req.channel.destroyed) return reset(sock) // the tunnel closed while we connected
       req.accept()
       join(sock, req.channel)
     })

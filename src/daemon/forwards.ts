@@ -9,9 +9,15 @@ import type { Logger } from '../protocol/log.js'
 import type { ForwardInfo } from '../ipc/schema.js'
 import type { TunnelManager } from '../tunnel/manager.js'
 import type { ForwardSpec, StateStore } from './config.js'
-import { join } from './pipe.js'
+import { join, reset } from './pipe.js'
 
-/** A forwarded connection waits this long for the tunnel and the peer's accept. */
+/**
+ * A forwarded connection waits this long for the tunnel, then as long again for the
+ * peer's accept of its channel (the channel-open timeout): longer than the peer's own
+ * connect to the exposed service (EXPOSE_CONNECT_TIMEOUT_MS, 10 s) plus round trips, so a
+ * slow service comes back as CONNECT_FAILED rather than as our timeout. Past it, or when
+ * the channel is refused or its tunnel closes, the local connection is reset (RST).
+ */
 export const FORWARD_OPEN_TIMEOUT_MS = 15_000
 
 interface Active {
@@ -135,7 +141,7 @@ export class Forwards {
         remotePort: spec.remotePort,
         err: e.message
       })
-      sock.destroy()
+      reset(sock) // the application sees ECONNRESET, not an EOF it would take for an empty answer
     })
   }
 }

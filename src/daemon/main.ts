@@ -166,12 +166,18 @@ async function releaseName(stateDir: string, socketPath: string): Promise<void> 
  * documented for users; unset, natd uses TUNNEL_DEAD_MS.
  */
 const TEST_TUNNEL_DEAD_ENV = 'NATD_TEST_TUNNEL_DEAD_MS'
+/**
+ * The lab tests' delay (ms) between storing a received message and acknowledging it, so
+ * a test can kill the sender while the ACK is due (a lost ACK, on demand). Not a user
+ * setting, and not documented for users; unset, natd acknowledges at once.
+ */
+const TEST_MESSAGE_ACK_DELAY_ENV = 'NATD_TEST_MESSAGE_ACK_DELAY_MS'
 
-function testTunnelDeadMs(): number | undefined {
-  const raw = process.env[TEST_TUNNEL_DEAD_ENV]
+function testMs(name: string, min: number): number | undefined {
+  const raw = process.env[name]
   if (raw === undefined || raw === '') return undefined
   const ms = Number(raw)
-  if (!Number.isInteger(ms) || ms < 100) usage(`${TEST_TUNNEL_DEAD_ENV} must be a whole number of ms, at least 100`)
+  if (!Number.isInteger(ms) || ms < min) usage(`${name} must be a whole number of ms, at least ${min}`)
   return ms
 }
 
@@ -224,8 +230,10 @@ async function run(argv: RunArgs): Promise<void> {
   }
 
   const keyPair = store.loadIdentity()
-  const tunnelDeadMs = testTunnelDeadMs()
-  const agent = new Agent({ config, socketPath, secretKey, ...(tunnelDeadMs === undefined ? {} : { tunnelDeadMs }) }, { store, keyPair, log: log.child({ component: 'agent' }) })
+  const tunnelDeadMs = testMs(TEST_TUNNEL_DEAD_ENV, 100)
+  const messageAckDelayMs = testMs(TEST_MESSAGE_ACK_DELAY_ENV, 0)
+  const tests = { ...(tunnelDeadMs === undefined ? {} : { tunnelDeadMs }), ...(messageAckDelayMs === undefined ? {} : { messageAckDelayMs }) }
+  const agent = new Agent({ config, socketPath, secretKey, ...tests }, { store, keyPair, log: log.child({ component: 'agent' }) })
   // Signals are handled from before start(), which takes a moment (the NAT check): a stop
   // or reload that arrives meanwhile waits for it rather than killing natd mid-start.
   const started = agent.start().then(

@@ -5,9 +5,16 @@
  * `send` that succeeded is on the peer's disk. Every authenticated peer may message us,
  * up to its quota (messagesPerPeer, messageBytesPerPeer in files.policy): past it the
  * message is refused with QUOTA_EXCEEDED, until the user clears (`messages.clear`).
+ *
+ * Exactly once: a message keeps its ID across the retries of one send (a tunnel that
+ * closes under it is reopened) and across a rerun after a failure (outbox.ts lends the
+ * unsettled ID of the same text to the same peer; or the caller names the ID). The
+ * receiver remembers IDs per sender (message-ids.ts) and answers a duplicate with an ACK
+ * flagged DUPLICATE without storing it again.
  */
-import { randomBytes } from 'node:crypto'
+import { createHash } from 'node:crypto'
 import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { NatdError, toNatdError } from '../protocol/errors.js'
 import type { Logger } from '../protocol/log.js'
 import { isTarget, resolvePeer } from '../protocol/peer-ref.js'
@@ -19,11 +26,38 @@ import type { Tunnel } from '../tunnel/tunnel.js'
 import { ChannelReader, refusal, withDeadline } from './channel-frames.js'
 import type { KnownPeers } from './known-peers.js'
 import { appendJsonLine, readJsonLines, writeFileAtomic } from '../common/state-files.js'
+import { MessageIds } from './message-ids.js'
+import { Outbox, type Pending } from './outbox.js'
 
 export const MESSAGE_SERVICE = 'msg'
 /** The receiver waits this long for the MESSAGE frame after the channel opens. */
 export const MESSAGE_RECEIVE_TIMEOUT_MS = 10_000
 export const MESSAGES_FILE = 'messages.jsonl'
+/**
+ * Within one send, a tunnel that closes under the message is reopened and the message
+ * sent again (the same ID) after this pause, while the send's time lasts.
+ */
+export const MESSAGE_RETRY_MS = 250
+
+/**
+ * The message ID a caller's `id` names: 32 hex digits are the ID itself (as a send's
+ * result and the inbox show it); any other key (`natctl send --id deploy-42`) is hashed
+ * into one, so the same key always gives the same ID.
+ */
+export function messageIdOf(key: string): string {
+  if (/^[0-9a-fA-F]{32}$/.test(key)) return key.toLowerCase()
+  return createHash('sha256').update(`natd message id\0${key}`).digest().subarray(0, 16).toString('hex')
+}
+
+/** What the peer answered one attempt: stored (or had it), or a definite no (quota, policy). */
+type Answer = Omit<MessageSendResult, 'tookMs'> | { refused: NatdError }
+
+export interface SendOptions {
+  /** The caller's ID or idempotency key (messageIdOf); default: the outbox's. */
+  id?: string | undefined
+  /** Whether the caller has gone (it would not see the outcome): the outbox then keeps the ID for its rerun. */
+  callerGone?: () => boolean
+}
 
 export interface MessagesComponents {
   /** The state directory. */
@@ -38,27 +72,30 @@ export interface MessagesComponents {
   onMessage(m: MessageInfo): void
   /** The per-peer quotas in force (Files owns the policy). */
   quotas(): Pick<Quotas, 'messagesPerPeer' | 'messageBytesPerPeer'>
+  /** Wait this long between storing a message and its ACK (0; lab tests lose ACKs with it). */
+  ackDelayMs?: number
 }
 
 export class Messages {
   private readonly file: string
-  /** Ids already stored: a retried send is acknowledged, not stored twice. */
-  private readonly seen = new Set<string>()
+  /** IDs stored, per sender: a retried message is acknowledged, not stored twice. */
+  private readonly ids: MessageIds
+  /** IDs of our sends whose outcome the caller has not seen. */
+  private readonly outbox: Outbox
   /** What each sender (by whole ID) holds in the inbox. */
   private readonly usage = new Map<string, { count: number; bytes: number }>()
 
   constructor(private readonly c: MessagesComponents) {
     this.file = path.join(c.dir, MESSAGES_FILE)
-    this.load()
+    const inbox = readJsonLines<MessageInfo>(this.file)
+    this.ids = new MessageIds(c.dir, inbox.map((m) => ({ from: m.fromId, id: m.id, at: Date.parse(m.receivedAt) || 0 })))
+    this.outbox = new Outbox(c.dir)
+    this.load(inbox)
   }
 
-  private load(): void {
-    this.seen.clear()
+  private load(inbox = readJsonLines<MessageInfo>(this.file)): void {
     this.usage.clear()
-    for (const m of readJsonLines<MessageInfo>(this.file)) {
-      this.seen.add(m.id)
-      this.count(m)
-    }
+    for (const m of inbox) this.count(m)
   }
 
   private count(m: MessageInfo): void {
@@ -76,8 +113,8 @@ export class Messages {
   /** Removes the messages from `from` (a peer as list() takes it; '' = all): room for new ones. */
   clear(from = ''): { removed: number } {
     const all = readJsonLines<MessageInfo>(this.file)
-    const gone = new Set((from ? this.list(from) : all).map((m) => m.id))
-    const kept = all.filter((m) => !gone.has(m.id))
+    const gone = new Set((from ? this.list(from) : all).map(stored))
+    const kept = all.filter((m) => !gone.has(stored(m)))
     writeFileAtomic(this.file, kept.map((m) => JSON.stringify(m) + '\n').join(''))
     this.load()
     this.c.log.info('messages cleared', { from: from || 'everyone', removed: all.length - kept.length })
@@ -98,26 +135,68 @@ export class Messages {
     return limit > 0 ? all.slice(-limit) : all
   }
 
-  /** Sends `text` to `peer`; resolves once the peer's agent has stored it. */
-  async send(peer: string, text: string, timeoutMs: number): Promise<MessageSendResult> {
+  /**
+   * Sends `text` to `peer`; resolves once the peer's agent has stored it (or had it
+   * already: `duplicate`). A tunnel that closes under the message is reopened and the
+   * message sent again with the same ID while `timeoutMs` lasts. A failure after the
+   * message left says how to retry without a second copy.
+   */
+  async send(peer: string, text: string, timeoutMs: number, opts: SendOptions = {}): Promise<MessageSendResult> {
     if (peer === this.c.selfName || peer === this.c.selfId) throw new NatdError('INVALID_ARGUMENT', 'cannot send a message to yourself')
     if (Buffer.byteLength(text) > MAX_MESSAGE_BYTES) throw new NatdError('INVALID_ARGUMENT', `a message may have at most ${MAX_MESSAGE_BYTES} bytes of text`)
     const started = Date.now()
-    const { tunnel } = await this.c.tunnels.open(peer, 'auto', timeoutMs)
     const left = (): number => Math.max(1, timeoutMs - (Date.now() - started))
+    let pending: Pending | null = null
+    let name = peer
+    let refused = false
+    try {
+      for (;;) {
+        const { tunnel } = await this.c.tunnels.open(peer, 'auto', left())
+        name = tunnel.peer.name
+        pending ??= opts.id === undefined ? this.outbox.take(tunnel.peer.id, text) : { id: messageIdOf(opts.id), settle: () => undefined, release: () => undefined }
+        let answer: Answer
+        try {
+          answer = await this.deliver(tunnel, pending.id, text, left)
+        } catch (err) {
+          if (toNatdError(err).code !== 'TUNNEL_CLOSED' || left() <= MESSAGE_RETRY_MS) throw err
+          this.c.log.info('message retried', { peer: name, id: pending.id, err: (err as Error).message })
+          await sleep(MESSAGE_RETRY_MS)
+          continue
+        }
+        if (!opts.callerGone?.()) pending.settle() // delivered or refused: a rerun is a new message
+        if ('refused' in answer) {
+          refused = true
+          throw answer.refused
+        }
+        return { ...answer, tookMs: Date.now() - started }
+      }
+    } catch (err) {
+      if (pending === null || refused) throw err
+      // The message may be on the peer's disk without our having heard: say how to retry safely.
+      const e = toNatdError(err)
+      throw new NatdError(e.code, `${e.message}. The message may have reached ${name}: run the same command again (natd reuses its ID ${pending.id}), or pass --id ${pending.id}; ${name} stores it once`, { cause: err })
+    } finally {
+      pending?.release()
+    }
+  }
+
+  /** One attempt on one tunnel: MESSAGE, then ACK (or REFUSE). */
+  private async deliver(tunnel: Tunnel, id: string, text: string, left: () => number): Promise<Answer> {
     const ch = tunnel.mux.openChannel(0, MESSAGE_SERVICE)
     try {
       await withDeadline(ch.opened, left(), ch, `${tunnel.peer.name}'s answer to the message channel`)
-      const messageId = randomBytes(16)
+      const messageId = Buffer.from(id, 'hex')
       const sentAt = Date.now()
       ch.write(encodeTransfer({ type: 'message', messageId, sentAt, text }))
       const reply = await withDeadline(new ChannelReader(ch).frame('the acknowledgement'), left(), ch, `${tunnel.peer.name}'s acknowledgement`)
-      if (reply.type === 'refuse') throw refusal(reply.code, `${tunnel.peer.name} refused the message: ${reply.message}`)
+      if (reply.type === 'refuse') {
+        ch.end()
+        return { refused: refusal(reply.code, `${tunnel.peer.name} refused the message: ${reply.message}`) }
+      }
       if (reply.type !== 'ack' || !Buffer.from(reply.messageId).equals(messageId)) throw new NatdError('BAD_REQUEST', `${tunnel.peer.name} answered the message with ${reply.type}`)
       ch.end()
-      const id = messageId.toString('hex')
-      this.c.log.info('message sent', { peer: tunnel.peer.name, id, bytes: Buffer.byteLength(text) })
-      return { id, peer: tunnel.peer.name, sentAt: new Date(sentAt).toISOString(), tookMs: Date.now() - started }
+      this.c.log.info(reply.duplicate ? 'message sent (the peer had it already)' : 'message sent', { peer: tunnel.peer.name, id, bytes: Buffer.byteLength(text) })
+      return { id, peer: tunnel.peer.name, sentAt: new Date(sentAt).toISOString(), duplicate: reply.duplicate }
     } catch (err) {
       ch.destroy()
       throw err
@@ -132,7 +211,8 @@ export class Messages {
       const f = await withDeadline(new ChannelReader(ch).frame('the message'), MESSAGE_RECEIVE_TIMEOUT_MS, ch, 'the message')
       if (f.type !== 'message') throw new NatdError('BAD_REQUEST', `expected a message, got ${f.type}`)
       const id = Buffer.from(f.messageId).toString('hex')
-      if (!this.seen.has(id)) {
+      const duplicate = this.ids.has(tunnel.peer.id, id)
+      if (!duplicate) {
         const q = this.c.quotas()
         const u = this.usageOf(tunnel.peer.id)
         if (u.count + 1 > q.messagesPerPeer || u.bytes + Buffer.byteLength(f.text) > q.messageBytesPerPeer) {
@@ -140,12 +220,14 @@ export class Messages {
         }
         const m: MessageInfo = { id, from: tunnel.peer.name, fromId: tunnel.peer.id, text: f.text, sentAt: new Date(f.sentAt).toISOString(), receivedAt: new Date().toISOString() }
         appendJsonLine(this.file, m) // fsynced before the ACK: an acknowledged message survives a crash
-        this.seen.add(id)
+        this.ids.add({ from: m.fromId, id, at: Date.parse(m.receivedAt) })
         this.count(m)
         this.c.log.info('message received', { peer: m.from, id, bytes: Buffer.byteLength(m.text) })
         this.c.onMessage(m)
       }
-      ch.end(encodeTransfer({ type: 'ack', messageId: f.messageId }))
+      else this.c.log.info('message received again (a retry): acknowledged, not stored twice', { peer: tunnel.peer.name, id })
+      if (this.c.ackDelayMs) await sleep(this.c.ackDelayMs)
+      ch.end(encodeTransfer({ type: 'ack', messageId: f.messageId, duplicate }))
     })().catch((err: unknown) => {
       const e = toNatdError(err)
       this.c.log.warn('message not received', { peer: tunnel.peer.name, code: e.code, err: e.message })
@@ -153,3 +235,9 @@ export class Messages {
     })
   }
 }
+
+/** A message's identity in the inbox: IDs are the sender's to choose, so one is unique only per sender. */
+function stored(m: MessageInfo): string {
+  return `${m.fromId}/${m.id}`
+}
+

@@ -140,6 +140,8 @@ export interface MessageSendResult {
   peer: string
   sentAt: string
   tookMs: number
+  /** The peer had this message ID from us already (a retry): acknowledged, not stored twice. */
+  duplicate: boolean
 }
 
 /** A file received into the inbox (`files`, event `file`). */
@@ -258,7 +260,7 @@ export interface Methods {
   'expose.add': { params: { port: number; host: string; allow: string[] }; result: ExposeInfo }
   'expose.ls': { params: Record<string, never>; result: ExposeInfo[] }
   'expose.rm': { params: { port: number }; result: { removed: ExposeInfo } }
-  'message.send': { params: { peer: string; text: string; timeoutMs: number }; result: MessageSendResult }
+  'message.send': { params: { peer: string; text: string; timeoutMs: number; id: string | null }; result: MessageSendResult }
   messages: { params: { from: string; limit: number }; result: MessageInfo[] }
   'messages.clear': { params: { from: string }; result: { removed: number } }
   'file.send': { params: FileSendParams; result: FileSendResult }
@@ -334,7 +336,7 @@ export const PARAMS: { [M in MethodName]: Check<Params<M>> } = {
   'expose.add': v.object({ port: v.port(), host: v.optional(v.string({ max: 64 }), '127.0.0.1'), allow: v.optional(v.array(v.string({ max: 64 })), []) }),
   'expose.ls': empty,
   'expose.rm': v.object({ port: v.port() }),
-  'message.send': v.object({ peer: v.string({ max: 64 }), text: v.string({ max: 16 * 1024 }), timeoutMs: v.optional(v.int(1, TIMEOUT_MAX_MS), 10_000) }),
+  'message.send': v.object({ peer: v.string({ max: 64 }), text: v.string({ max: 16 * 1024 }), timeoutMs: v.optional(v.int(1, TIMEOUT_MAX_MS), 10_000), id: nullable(v.string({ max: 128 })) }),
   messages: v.object({ from: v.optional(v.string({ max: 64, min: 0 }), ''), limit: v.optional(v.int(0, 1_000_000), 0) }),
   'messages.clear': v.object({ from: v.optional(v.string({ max: 64, min: 0 }), '') }),
   'file.send': v.object({

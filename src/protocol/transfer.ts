@@ -16,7 +16,10 @@
  *   DONE     name str8         receiver: verified, fsynced, stored under `name` in its inbox
  *   MESSAGE  messageId[16] sentAt u48 text str16
  *                              sender → receiver on `msg`
- *   ACK      messageId[16]     receiver: the message is on its disk
+ *   ACK      messageId[16] flags u8
+ *                              receiver: the message is on its disk; flags bit 0 (DUPLICATE): it
+ *                              was there already (a retry), not stored again. An ACK of 16 bytes
+ *                              (natd before flags) reads as flags 0.
  *   END      sha256[32]        sender, after the bytes: the sha256 of the whole file, [0, size)
  *
  * The `file` channel:  OFFER → (ACCEPT, then exactly size − offset raw bytes, END → DONE | REFUSE) | REFUSE.
@@ -30,6 +33,8 @@ export const TRANSFER_MAGIC = 0x4e58
 export const TRANSFER_VERSION = 2
 export const TRANSFER = { OFFER: 1, ACCEPT: 2, REFUSE: 3, DONE: 4, MESSAGE: 5, ACK: 6, END: 7 } as const
 export const TRANSFER_HEADER_BYTES = 6
+/** ACK flag: the receiver had the message already (a retry) and did not store it again. */
+export const ACK_DUPLICATE = 0x01
 /** Largest message text, in UTF-8 bytes (a chat line, not a file). */
 export const MAX_MESSAGE_BYTES = 16 * 1024
 /** Largest file size a u48 carries (256 TiB). */
@@ -41,7 +46,7 @@ export type TransferFrame =
   | { type: 'refuse'; code: string; message: string }
   | { type: 'done'; name: string }
   | { type: 'message'; messageId: Uint8Array; sentAt: number; text: string }
-  | { type: 'ack'; messageId: Uint8Array }
+  | { type: 'ack'; messageId: Uint8Array; duplicate: boolean }
   | { type: 'end'; sha256: Uint8Array }
 
 function fixed(b: Uint8Array, n: number, what: string): Uint8Array {
@@ -78,7 +83,7 @@ export function encodeTransfer(f: TransferFrame): Buffer {
     }
     case 'ack':
       type = TRANSFER.ACK
-      body.bytes(fixed(f.messageId, 16, 'messageId'))
+      body.bytes(fixed(f.messageId, 16, 'messageId')).u8(f.duplicate ? ACK_DUPLICATE : 0)
       break
     case 'end':
       type = TRANSFER.END
@@ -133,8 +138,11 @@ export function decodeTransfer(buf: Uint8Array): TransferFrame {
       }
       return { type: 'message', messageId, sentAt, text }
     }
-    case TRANSFER.ACK:
-      return { type: 'ack', messageId: r.bytes(16, 'messageId') }
+    case TRANSFER.ACK: {
+      const messageId = r.bytes(16, 'messageId')
+      const flags = r.remaining > 0 ? r.u8('flags') : 0
+      return { type: 'ack', messageId, duplicate: (flags & ACK_DUPLICATE) !== 0 }
+    }
     case TRANSFER.END:
       return { type: 'end', sha256: r.bytes(32, 'sha256') }
     default:

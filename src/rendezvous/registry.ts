@@ -12,7 +12,8 @@
  * reference held past its registration's end from resolving to the next holder.
  *
  *   slot s:  keys[32s..32s+32)  tokens[16s..16s+16)  udp/tcp: kind u8, addr u32, port u16
- *            lastSeen f64  state u8 (free | offline | online)  nat u8  generation u32
+ *            lastSeen f64  lostAt f64 (its control connection ended; 0 while it has one)
+ *            state u8 (free | offline | online)  nat u8  generation u32
  *            epoch u32 (control sessions so far: it keys the heartbeat seal)  hbSeq u32
  *            names[s] (string)  lans[s] ('host port host port …', '' for none)
  */
@@ -25,6 +26,16 @@ import { EndpointColumn, grown } from './endpoint-column.js'
 import { MemoryNameStore, type NameStore } from './name-store.js'
 import { bytesEqual, hashBytes, SlotIndex } from './slot-index.js'
 
+/**
+ * An online agent whose control connection ended (without BYE) is dropped this long
+ * after, unless it registered again in between. An agent that lost only its connection
+ * reconnects after BACKOFF_FIRST_MS (500 ms) plus a TCP and a Noise handshake and the
+ * registration (~5 round trips: ~2 s at 300 ms RTT); an agent whose process died (crash,
+ * OOM, SIGKILL: its kernel closes the connection) never does. Waiting for heartbeats to
+ * stop instead (--peer-timeout, 60 s) listed such a peer online for up to a minute while
+ * introductions to it already failed with PEER_OFFLINE.
+ */
+export const CONTROL_LOST_GRACE_MS = 5_000
 /** How long a dropped agent stays listed as offline ("last seen …") before it is forgotten. */
 export const OFFLINE_RETENTION_MS = 24 * 3_600_000
 /** Bound on remembered offline agents, so churn cannot grow memory without limit. */
@@ -91,6 +102,7 @@ export class Registry {
   private keys = new Uint8Array(0)
   private tokens = new Uint8Array(0)
   private lastSeen = new Float64Array(0)
+  private lostAt = new Float64Array(0)
   private state = new Uint8Array(0)
   private nat = new Uint8Array(0)
   private generation = new Uint32Array(0)
@@ -159,6 +171,7 @@ export class Registry {
     if (input.tcp) this.tcp.set(slot, input.tcp)
     this.state[slot] = ONLINE
     this.lastSeen[slot] = this.clock.now()
+    this.lostAt[slot] = 0
     return { ref: this.refOf(slot), isNew }
   }
 
@@ -222,6 +235,16 @@ export class Registry {
     if (slot >= 0) this.tcp.set(slot, null)
   }
 
+  /**
+   * Its control connection ended without BYE: unless the agent registers again within
+   * CONTROL_LOST_GRACE_MS, expire() drops it (heartbeats alone do not keep it online:
+   * nobody can be introduced to an agent the server cannot reach).
+   */
+  controlLost(ref: RegRef): void {
+    const slot = this.slotOf(ref)
+    if (slot >= 0 && this.state[slot] === ONLINE && this.lostAt[slot] === 0) this.lostAt[slot] = this.clock.now()
+  }
+
   /** Finds a peer by name, full peer ID, or an unambiguous ID prefix of 8+ characters. */
   lookup(target: string): RegRef | undefined {
     const byName = this.byName.get(target)
@@ -276,13 +299,18 @@ export class Registry {
     return true
   }
 
-  /** Drops agents silent for longer than the peer timeout; returns them (as they were dropped) so peers can be told. */
+  /**
+   * Drops agents silent for longer than the peer timeout, and those whose control
+   * connection ended more than CONTROL_LOST_GRACE_MS ago; returns them (as they were
+   * dropped) so peers can be told.
+   */
   expire(): Registration[] {
     const now = this.clock.now()
     const dropped: Registration[] = []
     let offline = 0
     for (let slot = 0; slot < this.used; slot++) {
-      if (this.state[slot] === ONLINE && now - this.lastSeen[slot]! > this.peerTimeoutMs) {
+      const lost = this.lostAt[slot]! > 0 && now - this.lostAt[slot]! > CONTROL_LOST_GRACE_MS
+      if (this.state[slot] === ONLINE && (lost || now - this.lastSeen[slot]! > this.peerTimeoutMs)) {
         this.dropSlot(slot)
         dropped.push(this.read(slot))
       }
@@ -420,6 +448,7 @@ export class Registry {
 
   private dropSlot(slot: number): void {
     this.state[slot] = OFFLINE
+    this.lostAt[slot] = 0
     this.udp.set(slot, null)
     this.tcp.set(slot, null)
   }
@@ -481,6 +510,7 @@ export class Registry {
     this.keys = grown(this.keys, new Uint8Array(capacity * KEY_BYTES))
     this.tokens = grown(this.tokens, new Uint8Array(capacity * TOKEN_BYTES))
     this.lastSeen = grown(this.lastSeen, new Float64Array(capacity))
+    this.lostAt = grown(this.lostAt, new Float64Array(capacity))
     this.state = grown(this.state, new Uint8Array(capacity))
     this.nat = grown(this.nat, new Uint8Array(capacity))
     this.generation = grown(this.generation, new Uint32Array(capacity))

@@ -341,6 +341,7 @@ export class RendezvousServer {
         this.connByPeer.set(reg.ref, conn)
         this.gate.authenticated(conn)
         conn.socket.setKeepAlive(true, 10_000)
+        conn.socket.once('end', () => this.endedByAgent.add(conn))
         this.gate.send(conn, this.registerAck(reg, conn.remote))
       } catch (err) {
         const e = toNatdError(err)
@@ -442,11 +443,25 @@ export class RendezvousServer {
     this.relay.bind(msg, conn.nonce, conn.socket) // checks the introduced agent signed it
   }
 
-  /** A connection closed: the agent it controlled no longer has a TCP endpoint. */
+  /**
+   * Control connections the agent's host ended with a FIN without BYE: its natd died
+   * (crash, OOM, SIGKILL), as the kernel closes a dead process's sockets. A reset or a
+   * keepalive timeout says less (a NAT that lost its mapping answers with RST while the
+   * agent lives on and reconnects at its next ping), so those wait for --peer-timeout.
+   */
+  private readonly endedByAgent = new WeakSet<TcpConn>()
+
+  /**
+   * A connection closed: the agent it controlled no longer has a TCP endpoint. One its
+   * host ended is dropped (peers told) unless it registers again within
+   * CONTROL_LOST_GRACE_MS. A BYE, a timeout or a newer registration got there first and
+   * leave nothing to do.
+   */
   private onTcpClose(conn: TcpConn): void {
     if (conn.reg !== null && this.connByPeer.get(conn.reg) === conn) {
       this.connByPeer.delete(conn.reg)
       this.registry.clearTcp(conn.reg)
+      if (this.endedByAgent.has(conn)) this.registry.controlLost(conn.reg)
     }
   }
 

@@ -24,6 +24,7 @@ function parts(over: Partial<AgentParts> = {}): AgentParts {
     nat: null,
     exposes: { list: () => [] } as never,
     known: { list: () => [], isPinned: () => false } as never,
+    offlineCheck: () => Promise.resolve(),
     ...over
   }
 }
@@ -50,7 +51,7 @@ describe('apiHandlers', () => {
       () => h.tunnels({} as never, CTX),
       () => h.netcheck({} as never, CTX),
       () => h['forward.ls']({} as never, CTX),
-      () => h['message.send']({ peer: 'bob', text: 'x', timeoutMs: 1 }, CTX),
+      () => h['message.send']({ peer: 'bob', text: 'x', timeoutMs: 1, id: null }, CTX),
       () => h.files({} as never, CTX)
     ]
     for (const call of calls) expect(await codeOf((async () => call())())).toBe('NOT_REGISTERED: not started')

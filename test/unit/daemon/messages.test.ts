@@ -6,7 +6,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
-import { Messages, MESSAGE_SERVICE } from '../../../src/daemon/messages.js'
+import { Messages, MESSAGE_SERVICE, messageIdOf } from '../../../src/daemon/messages.js'
 import type { MessageInfo } from '../../../src/ipc/schema.js'
 import { NatdError } from '../../../src/protocol/errors.js'
 import { silentLogger } from '../../../src/protocol/log.js'
@@ -17,6 +17,9 @@ import type { Tunnel } from '../../../src/tunnel/tunnel.js'
 import { messagePipe, type MessagePipe } from '../tunnel/pipe.js'
 
 const ALICE = { name: 'alice', id: 'a'.repeat(52) }
+const CAROL = { name: 'carol', id: 'c'.repeat(52) }
+/** A transfer ACK frame's header (magic, version, type) inside a mux DATA frame. */
+const ACK_HEADER = Buffer.from([0x4e, 0x58, 0x02, 0x06])
 const BOB = { name: 'bob', id: 'b'.repeat(52) }
 
 interface World {
@@ -26,6 +29,10 @@ interface World {
   bob: () => Messages
   received: MessageInfo[]
   muxA: Mux
+  /** Alice's natd restarted: a new instance on the same state dir. */
+  aliceRestarted: () => Messages
+  /** Another peer's tunnel to bob: its end of the mux. */
+  peer: (who: { name: string; id: string }) => Mux
 }
 
 const cleanups: Array<() => void> = []
@@ -71,7 +78,20 @@ function world(opts: { offline?: boolean; messagesPerPeer?: number; messageBytes
       return bob
     },
     received,
-    muxA
+    muxA,
+    aliceRestarted: () => make(dirs.alice, ALICE),
+    peer: (who) => {
+      const p = messagePipe()
+      const theirs = new Mux(p.a, true, silentLogger)
+      const bobs = new Mux(p.b, false, silentLogger)
+      cleanups.push(() => {
+        theirs.close('test over')
+        bobs.close('test over')
+      })
+      const tunnel = { peer: who, path: 'direct-udp', mux: bobs } as unknown as Tunnel
+      bobs.on('open', (req) => bob.onChannel(tunnel, req))
+      return theirs
+    }
   }
 }
 
@@ -113,7 +133,7 @@ describe('messages', () => {
       await ch.opened
       ch.write(encodeTransfer({ type: 'message', messageId: id, sentAt: 1, text: 'once' }))
       const reply = await new Promise<Buffer>((resolve) => ch.once('data', resolve))
-      expect(decodeTransfer(reply)).toEqual({ type: 'ack', messageId: expect.anything() })
+      expect(decodeTransfer(reply)).toEqual({ type: 'ack', messageId: expect.anything(), duplicate: i === 1 })
     }
     expect(w.bob().list().map((m) => m.text)).toEqual(['once'])
     const bad = w.muxA.openChannel(0, MESSAGE_SERVICE)
@@ -136,5 +156,77 @@ describe('messages', () => {
     expect(bob.list()).toEqual([])
     await w.alice.send('bob', 'again', 2_000)
     expect(w.bob().list().map((m) => m.text)).toEqual(['again'])
+  })
+
+  it('an ACK lost on the way back: the send fails saying how to retry; running it again reuses the ID and bob stores it once; the same text after a success is a new message', async () => {
+    const w = world()
+    // Drop everything from bob once his ACK for the message leaves: stored, never acknowledged.
+    w.pipe.tap = (from, frame) => {
+      if (from === 'b' && frame.includes(ACK_HEADER)) w.pipe.up = false
+    }
+    const failed = (await w.alice.send('bob', 'deploy done', 300).then(() => null, (e: unknown) => e)) as NatdError
+    expect(failed).toMatchObject({ code: 'TIMEOUT', message: expect.stringMatching(/may have reached bob: run the same command again .*--id [0-9a-f]{32}; bob stores it once/) })
+    expect(w.bob().list().map((m) => m.text)).toEqual(['deploy done'])
+    w.pipe.tap = null
+    w.pipe.up = true
+    const again = await w.alice.send('bob', 'deploy done', 2_000)
+    expect(again.duplicate).toBe(true)
+    expect(failed.message).toContain(again.id)
+    expect(w.bob().list().map((m) => m.text)).toEqual(['deploy done'])
+    // Settled: the same words later are a message of their own.
+    const later = await w.alice.send('bob', 'deploy done', 2_000)
+    expect(later).toMatchObject({ duplicate: false, id: expect.not.stringMatching(again.id) })
+    expect(w.bob().list().map((m) => m.text)).toEqual(['deploy done', 'deploy done'])
+  })
+
+  it('the unsettled ID survives the sender\'s restart (natd killed mid-send); a caller that went away keeps it too', async () => {
+    const w = world()
+    w.pipe.tap = (from, frame) => {
+      if (from === 'b' && frame.includes(ACK_HEADER)) w.pipe.up = false
+    }
+    await expect(w.alice.send('bob', 'ship it', 300)).rejects.toMatchObject({ code: 'TIMEOUT' })
+    w.pipe.tap = null
+    w.pipe.up = true
+    const restarted = w.aliceRestarted()
+    const gone = await restarted.send('bob', 'ship it', 2_000, { callerGone: () => true })
+    expect(gone.duplicate).toBe(true)
+    // natctl was interrupted and never printed that: its rerun is still the same message.
+    expect((await restarted.send('bob', 'ship it', 2_000)).duplicate).toBe(true)
+    expect((await restarted.send('bob', 'ship it', 2_000)).duplicate).toBe(false)
+    expect(w.bob().list().map((m) => m.text)).toEqual(['ship it', 'ship it'])
+  })
+
+  it('--id: the same key is the same message, across a receiver restart and a clear of its inbox; a printed ID is taken as it is', async () => {
+    const w = world()
+    const first = await w.alice.send('bob', 'v1.2 released', 2_000, { id: 'release-1.2' })
+    expect(first).toMatchObject({ id: messageIdOf('release-1.2'), duplicate: false })
+    expect(w.bob().clear()).toEqual({ removed: 1 })
+    const again = await w.alice.send('bob', 'v1.2 released', 2_000, { id: first.id })
+    expect(again).toMatchObject({ id: first.id, duplicate: true })
+    expect(w.bob().list()).toEqual([])
+    expect(messageIdOf('A'.repeat(32))).toBe('a'.repeat(32))
+    expect(messageIdOf('release-1.2')).toMatch(/^[0-9a-f]{32}$/)
+    expect(messageIdOf('release-1.3')).not.toBe(messageIdOf('release-1.2'))
+  })
+
+  it('IDs are scoped per sender: another peer sending alice\'s ID neither is dropped nor suppresses alice\'s message', async () => {
+    const w = world()
+    const id = Buffer.alloc(16, 9)
+    const sendRaw = async (mux: Mux, text: string): Promise<unknown> => {
+      const ch = mux.openChannel(0, MESSAGE_SERVICE)
+      await ch.opened
+      ch.write(encodeTransfer({ type: 'message', messageId: id, sentAt: 1, text }))
+      return decodeTransfer(await new Promise<Buffer>((resolve) => ch.once('data', resolve)))
+    }
+    // carol (another tunnel to bob) uses the ID first
+    const carol = w.peer(CAROL)
+    expect(await sendRaw(carol, 'from carol')).toMatchObject({ type: 'ack', duplicate: false })
+    expect(await sendRaw(w.muxA, 'from alice')).toMatchObject({ type: 'ack', duplicate: false })
+    expect(await sendRaw(carol, 'from carol')).toMatchObject({ type: 'ack', duplicate: true })
+    const bob = w.bob()
+    expect(bob.list().map((m) => `${m.from}: ${m.text}`)).toEqual(['carol: from carol', 'alice: from alice'])
+    // Clearing one sender's messages leaves the other's with the same ID.
+    expect(bob.clear('carol')).toEqual({ removed: 1 })
+    expect(bob.list().map((m) => m.from)).toEqual(['alice'])
   })
 })

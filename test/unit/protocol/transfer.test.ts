@@ -25,7 +25,8 @@ const SAMPLES: TransferFrame[] = [
   { type: 'done', name: 'report-1.pdf' },
   { type: 'message', messageId: ID16, sentAt: 1_763_863_200_000, text: 'hello ✓' },
   { type: 'message', messageId: ID16, sentAt: 0, text: 'x'.repeat(MAX_MESSAGE_BYTES) },
-  { type: 'ack', messageId: ID16 },
+  { type: 'ack', messageId: ID16, duplicate: false },
+  { type: 'ack', messageId: ID16, duplicate: true },
   { type: 'end', sha256: SHA }
 ]
 
@@ -37,7 +38,8 @@ describe('transfer codec: golden bytes', () => {
     ['REFUSE', { type: 'refuse', code: 'NO_SPACE', message: 'full' }, `${H('03', '000e')} | 08 4e4f5f5350414345 | 04 66756c6c`],
     ['DONE', { type: 'done', name: 'b' }, `${H('04', '0002')} | 01 62`],
     ['MESSAGE', { type: 'message', messageId: ID16, sentAt: 0x0000deadbeef, text: 'hi' }, `${H('05', '001a')} | ${seq(0xa0, 16).toString('hex')} | 0000deadbeef | 0002 6869`],
-    ['ACK', { type: 'ack', messageId: ID16 }, `${H('06', '0010')} | ${seq(0xa0, 16).toString('hex')}`],
+    ['ACK', { type: 'ack', messageId: ID16, duplicate: false }, `${H('06', '0011')} | ${seq(0xa0, 16).toString('hex')} | 00`],
+    ['ACK (duplicate)', { type: 'ack', messageId: ID16, duplicate: true }, `${H('06', '0011')} | ${seq(0xa0, 16).toString('hex')} | 01`],
     ['END', { type: 'end', sha256: SHA }, `${H('07', '0020')} | ${seq(0x80, 32).toString('hex')}`]
   ]
   for (const [name, frame, golden] of cases) {
@@ -74,7 +76,11 @@ describe('transfer codec: round trips and framing', () => {
     const big = Buffer.concat([hex('4e58 02 05 ffff'), seq(0, 16), hex('000000000000'), hex('ffff'), Buffer.alloc(0xffff - 24)])
     expect(errorCode(() => decodeTransfer(big), ProtocolError)).toBe('BAD_REQUEST')
     expect(() => encodeTransfer({ type: 'message', messageId: ID16, sentAt: 0, text: 'x'.repeat(MAX_MESSAGE_BYTES + 1) })).toThrow(RangeError)
-    expect(() => encodeTransfer({ type: 'ack', messageId: seq(0, 15) })).toThrow(RangeError)
+    expect(() => encodeTransfer({ type: 'ack', messageId: seq(0, 15), duplicate: false })).toThrow(RangeError)
+  })
+
+  it('an ACK without flags (natd before them) reads as not a duplicate', () => {
+    expect(norm(decodeTransfer(hex(`4e58 02 06 0010 ${seq(0xa0, 16).toString('hex')}`)))).toEqual(norm({ type: 'ack', messageId: ID16, duplicate: false }))
   })
 
   it('random and mutated input only ever throws ProtocolError', () => {

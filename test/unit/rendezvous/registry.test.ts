@@ -10,7 +10,7 @@ import { peerId } from '../../../src/protocol/identity.js'
 import { silentLogger } from '../../../src/protocol/log.js'
 import type { PeerRecord } from '../../../src/protocol/rendezvous.js'
 import { FileNameStore, NAMES_FILE } from '../../../src/rendezvous/file-name-store.js'
-import { NAME_SWEEP_MS, OFFLINE_RETENTION_MS, Registry, type RegisterInput, type Registration } from '../../../src/rendezvous/registry.js'
+import { CONTROL_LOST_GRACE_MS, NAME_SWEEP_MS, OFFLINE_RETENTION_MS, Registry, type RegisterInput, type Registration } from '../../../src/rendezvous/registry.js'
 import { errorCode, FakeClock, prng, randBuf, randInt, seq } from '../helpers.js'
 
 const PEER_TIMEOUT_MS = 30_000
@@ -134,6 +134,32 @@ describe('Registry', () => {
     expect(reg.get(a.ref)?.udp).toBeNull()
     expect(reg.byTokenBytes(a.token)).toBeUndefined()
     expect(reg.expire()).toEqual([]) // dropped agents are not reported again
+  })
+
+  it('an agent whose control connection ended is dropped after the grace even while its heartbeats still come, unless it registers again', () => {
+    const { reg: a } = register(input(A, 'alice'))
+    const { reg: b } = register(input(B, 'bob'))
+    reg.controlLost(a.ref)
+    reg.controlLost(b.ref)
+    clock.advance(CONTROL_LOST_GRACE_MS)
+    reg.touch(a.ref) // a heartbeat: not enough, the server cannot introduce anyone to alice
+    reg.register(input(B, 'bob')) // bob reconnected within the grace
+    expect(reg.expire()).toEqual([])
+    reg.controlLost(a.ref) // a second close does not restart the grace
+    clock.advance(1)
+    expect(reg.expire().map((r) => r.name)).toEqual(['alice'])
+    expect(reg.find('alice')?.online).toBe(false)
+    clock.advance(PEER_TIMEOUT_MS - 1)
+    expect(reg.find('bob')?.online).toBe(true)
+    expect(reg.expire()).toEqual([])
+    reg.touch(b.ref)
+    // Back online, alice's old grace is gone: only a new lost connection starts one.
+    reg.register(input(A, 'alice'))
+    clock.advance(CONTROL_LOST_GRACE_MS + 1)
+    expect(reg.expire()).toEqual([])
+    reg.controlLost(reg.lookup('bob')!)
+    clock.advance(CONTROL_LOST_GRACE_MS + 1)
+    expect(reg.expire().map((r) => r.name)).toEqual(['bob'])
   })
 
   it('a reference to a forgotten agent stops resolving, even when its slot has a new holder', () => {

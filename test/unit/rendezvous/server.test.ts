@@ -25,10 +25,11 @@ import {
   type OutgoingMessage
 } from '../../../src/protocol/rendezvous.js'
 import { decodeStun, encodeBindingRequest, isStun, STUN_MAGIC_COOKIE } from '../../../src/protocol/stun.js'
-import { RendezvousServer, TCP_AUTH_TIMEOUT_MS, type RendezvousInit } from '../../../src/rendezvous/server.js'
+import { CONTROL_LOST_GRACE_MS } from '../../../src/rendezvous/registry.js'
+import { EXPIRY_SWEEP_MS, RendezvousServer, TCP_AUTH_TIMEOUT_MS, type RendezvousInit } from '../../../src/rendezvous/server.js'
 import type SecretStream from '@hyperswarm/secret-stream'
 import { secureSocket } from '../../../src/tunnel/secure-socket.js'
-import { prng, randBuf, randInt } from '../helpers.js'
+import { FakeClock, prng, randBuf, randInt } from '../helpers.js'
 
 const HOST = '127.0.0.1'
 const WAIT_MS = 2_000
@@ -53,13 +54,13 @@ afterEach(async () => {
 })
 
 /** UDP and TCP share `port`, so port 0 cannot be used: try random ports until one is free. */
-async function startServer(extra: Partial<RendezvousInit> = {}): Promise<Started> {
+async function startServer(extra: Partial<RendezvousInit> = {}, clock?: FakeClock): Promise<Started> {
   let lastErr: unknown
   for (let attempt = 0; attempt < 20; attempt++) {
     const port = randInt(Math.random, 20_000, 59_999)
     const server = new RendezvousServer(
       { host: HOST, port, altPort: port + 1, peerTimeoutMs: 30_000, heartbeatMs: 20_000, ...extra },
-      { log: silentLogger, keyPair: SERVER_KEY }
+      { log: silentLogger, keyPair: SERVER_KEY, ...(clock ? { clock } : {}) }
     )
     try {
       await server.start()
@@ -568,6 +569,53 @@ describe('RendezvousServer over TCP', () => {
     alice.peer.send({ type: 'list', reqId: 78 })
     const after = await alice.peer.waitFor((m) => m.type === 'peers')
     expect(after).toMatchObject({ type: 'peers', reqId: 78, peers: [{ name: 'bob', online: false }] })
+  })
+
+  it('an agent whose host ends its control connection without BYE (its process killed) goes "down" after the grace, unless it registers again first; a reset waits for the peer timeout', async () => {
+    const clock = new FakeClock(Date.now())
+    const { port } = await startServer({}, clock)
+    const bobKp = generateKeyPair()
+    const alice = await registerTcp(port, generateKeyPair(), 'alice')
+    const bob = await registerTcp(port, bobKp, 'bob')
+    await alice.peer.waitFor((m) => m.type === 'peer-event' && m.event === 'up')
+    const list = async (reqId: number): Promise<Message> => {
+      alice.peer.send({ type: 'list', reqId })
+      return alice.peer.waitFor((m) => m.type === 'peers' && m.reqId === reqId)
+    }
+    const noDownWithin = async (ms: number): Promise<boolean> => {
+      try {
+        await alice.peer.waitFor((m) => m.type === 'peer-event' && m.event === 'down', ms)
+        return false
+      } catch {
+        return true
+      }
+    }
+
+    // The connection drops and bob comes back within the grace: never "down".
+    bob.peer.close()
+    await sleep(100)
+    expect(await list(1)).toMatchObject({ peers: [{ name: 'bob', online: true, tcp: null }] })
+    const again = await registerTcp(port, bobKp, 'bob')
+    expect(again.reply.type).toBe('register-ack')
+    clock.advance(CONTROL_LOST_GRACE_MS + 1)
+    expect(await noDownWithin(EXPIRY_SWEEP_MS + 300)).toBe(true)
+
+    // Reset (a NAT that lost the mapping answers RST; the agent lives on and reconnects at
+    // its next ping): heartbeats decide, not the grace.
+    again.peer.socket.resetAndDestroy()
+    await sleep(100)
+    clock.advance(CONTROL_LOST_GRACE_MS + 1)
+    expect(await noDownWithin(EXPIRY_SWEEP_MS + 300)).toBe(true)
+    const back = await registerTcp(port, bobKp, 'bob')
+    expect(back.reply.type).toBe('register-ack')
+
+    // Killed for good (its kernel ends the connection with a FIN): "down" at the first sweep past the grace, and LIST agrees.
+    back.peer.close()
+    await sleep(100)
+    clock.advance(CONTROL_LOST_GRACE_MS + 1)
+    const down = await alice.peer.waitFor((m) => m.type === 'peer-event', EXPIRY_SWEEP_MS + 1_000)
+    expect(down).toMatchObject({ event: 'down', peer: { name: 'bob', online: false } })
+    expect(await list(2)).toMatchObject({ peers: [{ name: 'bob', online: false }] })
   })
 
   it('introduces both sides at once with the same introduction ID and punch key, inside their sessions', async () => {

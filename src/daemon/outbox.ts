@@ -1,0 +1,88 @@
+/**
+ * Message IDs of sends whose outcome the user has not seen (messages.ts), so that running
+ * `natctl send` again after a failure (a timeout, a lost tunnel, natd killed or restarted,
+ * natctl interrupted) sends the same ID, and the receiver, which remembers IDs per sender
+ * (message-ids.ts), stores the message once.
+ *
+ * An entry is keyed by the peer's whole ID and the sha256 of the text; it is written
+ * (fsynced) before the message leaves, and removed once the caller got a definite answer
+ * (delivered, or refused). So sending the same text again after a success is a new
+ * message, and a send that is already under way does not lend its ID to a second one.
+ * Bounded: OUTBOX_MAX entries, each for OUTBOX_TTL_MS. Kept in outbox.json (0600, written
+ * atomically) in the state directory.
+ */
+import { createHash, randomBytes } from 'node:crypto'
+import path from 'node:path'
+import { readJson, writeJsonAtomic } from '../common/state-files.js'
+
+export const OUTBOX_FILE = 'outbox.json'
+/** A day: long enough for a rerun after a failure, short enough that an unseen send does not swallow a deliberate repeat much later. */
+export const OUTBOX_TTL_MS = 24 * 3_600_000
+/** The oldest entries go first past this many. */
+export const OUTBOX_MAX = 1_000
+
+interface Entry {
+  peer: string
+  digest: string
+  id: string
+  at: number
+}
+
+export interface Pending {
+  /** The message ID, 32 hex digits. */
+  readonly id: string
+  /** The caller saw the outcome (delivered or refused): forget the entry. */
+  settle(): void
+  /** The attempt ended (settled or not): the ID may be lent to a later send. */
+  release(): void
+}
+
+export class Outbox {
+  private readonly file: string
+  private entries: Entry[]
+  /** IDs of sends under way now. */
+  private readonly busy = new Set<string>()
+
+  constructor(dir: string) {
+    this.file = path.join(dir, OUTBOX_FILE)
+    const stored = readJson<Entry[]>(this.file)
+    this.entries = Array.isArray(stored) ? stored.filter(isEntry) : []
+  }
+
+  /** The ID for sending `text` to `peer` (a whole ID): the unsettled one's, else a new one (stored before this returns). */
+  take(peer: string, text: string, now = Date.now()): Pending {
+    const digest = createHash('sha256').update(text).digest('hex')
+    this.entries = this.entries.filter((e) => now - e.at <= OUTBOX_TTL_MS)
+    let entry = this.entries.find((e) => e.peer === peer && e.digest === digest && !this.busy.has(e.id))
+    if (!entry) {
+      entry = { peer, digest, id: randomBytes(16).toString('hex'), at: now }
+      this.entries.push(entry)
+      if (this.entries.length > OUTBOX_MAX) this.entries.splice(0, this.entries.length - OUTBOX_MAX)
+      this.save()
+    }
+    const { id } = entry
+    this.busy.add(id)
+    return {
+      id,
+      settle: () => {
+        const before = this.entries.length
+        this.entries = this.entries.filter((e) => e.id !== id)
+        if (this.entries.length !== before) this.save()
+      },
+      release: () => this.busy.delete(id)
+    }
+  }
+
+  get size(): number {
+    return this.entries.length
+  }
+
+  private save(): void {
+    writeJsonAtomic(this.file, this.entries)
+  }
+}
+
+function isEntry(e: unknown): e is Entry {
+  const x = e as Partial<Entry> | null
+  return typeof x?.peer === 'string' && typeof x.digest === 'string' && typeof x.id === 'string' && /^[0-9a-f]{32}$/.test(x.id) && typeof x.at === 'number'
+}
