@@ -28,3 +28,6 @@ export interface Clock {
 }
 
 export const systemClock: Clock = { now: () => Date.now() }
+
+/** For durations (RTTs): never steps with the wall clock; its zero is the process start. */
+export const monotonicClock: Clock = { now: () => performance.now() }

@@ -30,6 +30,7 @@
  */
 import { sameEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { randomBytes } from '../protocol/identity.js'
+import { monotonicClock, type Clock } from '../protocol/log.js'
 import type { NatVerdict } from '../protocol/rendezvous.js'
 import { decodeStun, encodeBindingRequest, type FilteringBehaviour, type MappingBehaviour } from '../protocol/stun.js'
 
@@ -135,14 +136,12 @@ export interface StunAnswer {
   from: Endpoint
 }
 
-type Clock = () => number
-
 export class NatCheck {
   private readonly waiting = new Map<string, (answer: StunAnswer) => void>()
 
   constructor(
     private readonly send: (buf: Uint8Array, to: Endpoint) => void,
-    private readonly now: Clock = () => performance.now()
+    private readonly clock: Clock = monotonicClock
   ) {}
 
   /** A STUN message arrived on the tunnel socket (from anywhere: change answers come from the server's other sockets). */
@@ -199,9 +198,9 @@ export class NatCheck {
   /** The full RFC 5780 run (see the top of this file). Never rejects. */
   async netcheck(server: Endpoint, altPort: number, local: Endpoint[]): Promise<NetcheckReport> {
     const s = emptySamples(local)
-    const started = this.now()
+    const started = this.clock.now()
     const first = await this.probe(server)
-    const rttMs = first ? Math.round((this.now() - started) * 100) / 100 : null
+    const rttMs = first ? Math.round((this.clock.now() - started) * 100) / 100 : null
     if (first) {
       s.primary = first.mapped
       s.otherAddress = first.otherAddress

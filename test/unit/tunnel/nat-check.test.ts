@@ -190,6 +190,20 @@ describe('NatCheck.netcheck through simulated NATs', () => {
     expect({ mapping: r.mapping, filtering: r.filtering, verdict: r.verdict }).toEqual({ mapping: 'address-and-port-dependent', filtering: 'unknown', verdict: 'hard' })
   })
 
+  it('measures the RTT on the clock it is given (the one Clock type)', async () => {
+    const server = new SimServer(ALT_HOST)
+    let t = 1_000
+    // eslint-disable-next-line prefer-const
+    let check: NatCheck
+    const nat = new SimNat('endpoint-independent', 'endpoint-independent', server, (buf, from) => {
+      t += 42.5 // the answer comes 42.5 ms later on this clock
+      check.onStun(buf, from)
+    })
+    check = new NatCheck((buf, to) => nat.out(buf, to), { now: () => t })
+    const r = await run(check.netcheck(SERVER, ALT_PORT, [LOCAL]))
+    expect(r.rttMs).toBe(42.5)
+  })
+
   it('no server: everything unknown, after the probe timeouts', async () => {
     const check = new NatCheck(() => undefined)
     const r = await run(check.netcheck(SERVER, ALT_PORT, [LOCAL]))
