@@ -34,7 +34,7 @@ ensure_node() {
 # STUN clients the tests compare against, iperf3 the benchmark baseline, socat and
 # python3 the API examples, systemd the unit checks (systemd-analyze), tcpdump the
 # capture that shows the relay carries ciphertext only.
-APT_PACKAGES=(iproute2 iptables conntrack coturn iperf3 socat python3 systemd procps tcpdump)
+APT_PACKAGES=(iproute2 iptables conntrack coturn stun-client iperf3 socat python3 systemd procps tcpdump)
 
 ensure_packages() {
   if [ "$(id -u)" != 0 ]; then
