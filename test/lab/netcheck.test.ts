@@ -15,7 +15,8 @@ import { spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { labAvailable, type LabSpec } from './lab.js'
+import { labAvailable } from './lab.js'
+import { EACH_NAT_KIND, EACH_NAT_KIND_HOSTS, type NatKindHost } from './nat-kinds.js'
 import { DIST, NatdLab, waitFor, withLab } from './natd-lab.js'
 
 const TURNSERVER = '/usr/bin/turnserver'
@@ -43,18 +44,11 @@ function parseNatdiscovery(out: string): Verdicts {
   return { mapping: behaviour(mapping, 'Mapping'), filtering: behaviour(filtering, 'Filtering') }
 }
 
-const SITES: LabSpec = {
-  sites: [
-    { name: 'alice', nat: 'easy' },
-    { name: 'bob', nat: 'hard' },
-    { name: 'carol', nat: 'public' },
-    { name: 'dave', nat: 'full' }
-  ]
-}
-const HOSTS = ['alice', 'bob', 'carol', 'dave'] as const
+const SITES = EACH_NAT_KIND
+const HOSTS = EACH_NAT_KIND_HOSTS
 
 /** What each NAT kind is (RFC 4787), what natd must say and what its agent punches by. */
-const EXPECTED: Record<(typeof HOSTS)[number], Verdicts & { nat: string; portPreserved: boolean }> = {
+const EXPECTED: Record<NatKindHost, Verdicts & { nat: string; portPreserved: boolean }> = {
   alice: { mapping: 'endpoint-independent', filtering: 'address-and-port-dependent', nat: 'easy', portPreserved: true },
   bob: { mapping: 'address-and-port-dependent', filtering: 'address-and-port-dependent', nat: 'hard', portPreserved: false },
   carol: { mapping: 'none', filtering: 'endpoint-independent', nat: 'none', portPreserved: true },

@@ -13,7 +13,8 @@
  */
 import fs from 'node:fs'
 import { describe, expect, it } from 'vitest'
-import { labAvailable, type LabSpec } from './lab.js'
+import { labAvailable } from './lab.js'
+import { EACH_NAT_KIND, EACH_NAT_KIND_HOSTS, type NatKindHost } from './nat-kinds.js'
 import { SERVER_PORT, withLab } from './natd-lab.js'
 
 const STUN_RFC3489 = '/usr/bin/stun'
@@ -22,22 +23,15 @@ const NATDISCOVERY = '/usr/bin/turnutils_natdiscovery'
 /** A stock client that gets its answers is done in ~1–2 s; one waiting for a lost answer never ends. */
 const CLIENT_TIMEOUT_MS = 15_000
 
-const SITES: LabSpec = {
-  sites: [
-    { name: 'alice', nat: 'easy' },
-    { name: 'bob', nat: 'hard' },
-    { name: 'carol', nat: 'public' },
-    { name: 'dave', nat: 'full' }
-  ]
-}
-const HOSTS = ['alice', 'bob', 'carol', 'dave'] as const
+const SITES = EACH_NAT_KIND
+const HOSTS = EACH_NAT_KIND_HOSTS
 
 /**
  * The vovida client's verdict (RFC 3489 §10.1 as it implements it) for each NAT kind:
  * easy MASQUERADE filters by address and port, the hard NAT maps per destination, the
  * 1:1 NAT lets everything in.
  */
-const RFC3489_VERDICT: Record<(typeof HOSTS)[number], RegExp> = {
+const RFC3489_VERDICT: Record<NatKindHost, RegExp> = {
   alice: /Primary: Independent Mapping, Port Dependent Filter/,
   bob: /Primary: Dependent Mapping/,
   carol: /Primary: Open/,
