@@ -19,6 +19,7 @@ import { TunnelManager } from '../tunnel/manager.js'
 import { NatCheck } from '../tunnel/nat-check.js'
 import { isStun } from '../protocol/stun.js'
 import { parseServerSpec, resolveServer, type ServerSpec } from './server-address.js'
+import { probePortMapping } from './port-mapping-probe.js'
 import type { Tunnel } from '../tunnel/tunnel.js'
 import type { OpenRequest } from '../tunnel/mux.js'
 import type { AgentConfig, StateStore } from './config.js'
@@ -266,7 +267,8 @@ export class Agent {
     const started = Date.now()
     const server = await resolveServer(this.server)
     const localPort = this.localPort
-    const r = await this.natCheck.netcheck(server, server.port + 1, localEndpoints(localPort))
+    // The gateway's port-mapping protocols are asked at the same time (≤ 1.75 s, under the STUN run's).
+    const [r, portMapping] = await Promise.all([this.natCheck.netcheck(server, server.port + 1, localEndpoints(localPort)), probePortMapping()])
     const previousNat = this.nat
     const natChanged = r.verdict !== 'unknown' && r.verdict !== previousNat
     if (natChanged) {
@@ -299,9 +301,10 @@ export class Agent {
         filterChangeIpAndPort: s.filterChangeIpAndPort,
         filterChangePort: s.filterChangePort
       },
+      portMapping,
       tookMs: Date.now() - started
     }
-    this.c.log.info('netcheck', { udp: result.udp, publicUdp: result.publicUdp, mapping: r.mapping, filtering: r.filtering, nat: r.verdict })
+    this.c.log.info('netcheck', { udp: result.udp, publicUdp: result.publicUdp, mapping: r.mapping, filtering: r.filtering, nat: r.verdict, pcp: portMapping.pcp, natPmp: portMapping.natPmp })
     return result
   }
 

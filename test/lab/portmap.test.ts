@@ -1,8 +1,8 @@
 /**
- * Port mapping through a real gateway (issue 17): natd's PortMapper (src/portmap) asks a
- * lab router running Debian's miniupnpd for a UDP mapping by PCP and by NAT-PMP, and a
- * datagram from the internet then reaches the host through it — which the router's
- * firewall drops without the mapping.
+ * Port mapping through a real gateway (issue 17): `natctl netcheck` names the protocols a
+ * lab router running Debian's miniupnpd offers; natd's PortMapper (src/portmap) asks it
+ * for a UDP mapping by PCP and by NAT-PMP, and a datagram from the internet then reaches
+ * the host through it — which the router's firewall drops without the mapping.
  *
  *   server 198.18.0.2 (STUN for miniupnpd's ext_perform_stun; sends the test datagram)
  *   ── inet ── wan 198.18.1.2 [r1: easy NAT + miniupnpd, PCP/NAT-PMP on 10.1.0.1:5351] ── alice 10.1.0.2
@@ -42,6 +42,14 @@ describe.skipIf(!labAvailable() || !fs.existsSync(MINIUPNPD))('port mapping (PCP
       await waitFor(() => /Port forwarding is now enabled/.test(routerLog) && /Listening for NAT-PMP\/PCP/.test(routerLog), 15_000, 'miniupnpd ready')
       const alice = n.lab.hosts.alice!
       const wanIp = n.lab.routers.alice!.wanIp
+      // natctl netcheck names what the gateway offers (it asks; it maps nothing).
+      await n.startAgent('alice')
+      await n.waitRegistered('alice')
+      const check = await n.natctl('alice', ['netcheck'])
+      expect(check.code, check.stderr).toBe(0)
+      expect((check.json as { portMapping: unknown }).portMapping).toEqual({ gateway: '10.1.0.1', pcp: true, natPmp: true, externalIp: wanIp })
+      const human = await n.natctl('alice', ['netcheck'], { json: false })
+      expect(human.stdout).toContain(`* PortMapping: PCP, NAT-PMP (gateway 10.1.0.1, external ${wanIp})`)
       for (const [via, port] of [['pcp', INTERNAL_PORT], ['nat-pmp', INTERNAL_PORT + 1]] as const) {
         // Without a mapping the router drops it.
         expect(await pingFromInternet(n.lab, `${wanIp}:${port}`), `${via}: before`).toBe(false)
