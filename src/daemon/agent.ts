@@ -20,6 +20,7 @@ import { NatCheck } from '../tunnel/nat-check.js'
 import { isStun } from '../protocol/stun.js'
 import { parseServerSpec, resolveServer, type ServerSpec } from './server-address.js'
 import { probePortMapping } from './port-mapping-probe.js'
+import { PortMappingKeeper } from './port-mapping.js'
 import type { Tunnel } from '../tunnel/tunnel.js'
 import type { OpenRequest } from '../tunnel/mux.js'
 import type { AgentConfig, StateStore } from './config.js'
@@ -73,6 +74,7 @@ export class Agent {
   private natCheck: NatCheck | null = null
   private netcheckRun: Promise<NetcheckResult> | null = null
   private natTimer: NodeJS.Timeout | null = null
+  private portMapping: PortMappingKeeper | null = null
   private readonly server: ServerSpec
   readonly id: string
 
@@ -209,6 +211,10 @@ export class Agent {
     this.registerService(MESSAGE_SERVICE, (t, req) => messages.onChannel(t, req))
     this.registerService(FILE_SERVICE, (t, req) => files.onChannel(t, req))
     this.natCheck = new NatCheck((buf, to) => socket.trySend(buf, to.port, to.host))
+    // The gateway's mapping first: it can turn our NAT easy (port-mapping.ts), and the
+    // check must see our traffic through it.
+    this.portMapping = new PortMappingKeeper(this.localPort, log.child({ component: 'portmap' }))
+    await this.portMapping.start()
     await this.checkNat() // before registering, so peers learn our verdict with our endpoint
     this.runLoop = client.run()
     log.info('natd started', { name: this.init.config.name, id: this.id, udpPort: this.localPort, socket: this.init.socketPath })
@@ -228,6 +234,7 @@ export class Agent {
     this.forwards?.stop()
     await this.client?.stop()
     await this.runLoop
+    await this.portMapping?.stop()
     this.api?.stop()
     this.streams?.stop()
     await this.socket?.close()

@@ -35,26 +35,37 @@ export function defaultGatewayOf(procNetRoute: string): string | null {
   return best?.gw ?? null
 }
 
-/** Which port-mapping protocols the default gateway answers. Never rejects. */
-export async function probePortMapping(signal?: AbortSignal): Promise<PortMappingReport> {
-  const none: PortMappingReport = { gateway: null, pcp: false, natPmp: false, externalIp: null }
+export interface GatewayClient {
+  gateway: string
+  mapper: PortMapper
+  close: () => void
+}
+
+/** A PortMapper on a UDP socket connected to the default gateway's port 5351; null: no default route. Never rejects. */
+export async function gatewayClient(): Promise<GatewayClient | null> {
   const gateway = defaultGatewayOf(await fs.readFile('/proc/net/route', 'utf8').catch(() => ''))
-  if (!gateway) return none
+  if (!gateway) return null
   const sock = dgram.createSocket('udp4')
+  sock.on('error', () => undefined) // an ICMP port unreachable from a gateway without the service: just no answer
   try {
-    await new Promise<void>((resolve, reject) => {
-      sock.once('error', reject)
-      sock.connect(PORT_MAPPING_PORT, gateway, () => resolve())
-    })
+    await new Promise<void>((resolve) => sock.connect(PORT_MAPPING_PORT, gateway, () => resolve()))
     const localIp = sock.address().address
     const mapper = new PortMapper({ gateway, localIp }, { send: (buf) => sock.send(buf), randomBytes: (n) => randomBytes(n) })
     sock.on('message', (msg, rinfo) => mapper.onMessage(msg, { host: rinfo.address, port: rinfo.port }))
-    sock.on('error', () => undefined) // an ICMP port unreachable from a gateway without the service: just no answer
-    const offer = await mapper.probe(signal)
-    return { gateway, ...offer }
+    return { gateway, mapper, close: () => sock.close() }
   } catch {
-    return { ...none, gateway }
-  } finally {
     sock.close()
+    return null
+  }
+}
+
+/** Which port-mapping protocols the default gateway answers. Never rejects. */
+export async function probePortMapping(signal?: AbortSignal): Promise<PortMappingReport> {
+  const client = await gatewayClient()
+  if (!client) return { gateway: null, pcp: false, natPmp: false, externalIp: null }
+  try {
+    return { gateway: client.gateway, ...(await client.mapper.probe(signal)) }
+  } finally {
+    client.close()
   }
 }

@@ -38,6 +38,11 @@ import { decodePcpResponse, encodePcpAnnounceRequest, encodePcpMapRequest, PCP_N
 /** The first wait for an answer; each retry waits twice as long (250 + 500 + 1000 ms in all). */
 export const PORTMAP_FIRST_WAIT_MS = 250
 export const PORTMAP_TRIES = 3
+/**
+ * probe() gives up sooner (250 + 500 ms): the agent probes before its start-up NAT check
+ * (see daemon/port-mapping.ts), and most gateways answer neither protocol.
+ */
+export const PORTMAP_PROBE_TRIES = 2
 /** About 2 h, as Tailscale asks; the holder renews at half-life. */
 export const PORTMAP_LIFETIME_S = 7200
 
@@ -107,10 +112,10 @@ export class PortMapper {
   /** Which protocols the gateway answers. Never rejects. */
   async probe(signal?: AbortSignal): Promise<GatewayOffer> {
     const [pcp, natPmp] = await Promise.all([
-      this.ask(encodePcpAnnounceRequest(this.init.localIp), (a) => 'pcp' in a && a.pcp.kind === 'announce', signal),
+      this.ask(encodePcpAnnounceRequest(this.init.localIp), (a) => 'pcp' in a && a.pcp.kind === 'announce', signal, PORTMAP_PROBE_TRIES),
       // Only a success counts: a NAT-PMP-only gateway's "unsupported version" answer to the
       // PCP request looks like an external-address answer (op 128) with result 1.
-      this.ask(encodeNatPmpAddressRequest(), (a) => 'natPmp' in a && a.natPmp.kind === 'external-address' && a.natPmp.result === 0, signal)
+      this.ask(encodeNatPmpAddressRequest(), (a) => 'natPmp' in a && a.natPmp.kind === 'external-address' && a.natPmp.result === 0, signal, PORTMAP_PROBE_TRIES)
     ])
     const addr = natPmp && 'natPmp' in natPmp && natPmp.natPmp.kind === 'external-address' ? natPmp.natPmp : null
     return {
@@ -166,9 +171,9 @@ export class PortMapper {
   }
 
   /** Sends `req` until an answer matches (or the tries run out: null). Never rejects. */
-  private async ask(req: Uint8Array, match: (a: Answer) => boolean, signal?: AbortSignal): Promise<Answer | null> {
+  private async ask(req: Uint8Array, match: (a: Answer) => boolean, signal?: AbortSignal, tries = PORTMAP_TRIES): Promise<Answer | null> {
     let wait = PORTMAP_FIRST_WAIT_MS
-    for (let i = 0; i < PORTMAP_TRIES && !signal?.aborted; i++, wait *= 2) {
+    for (let i = 0; i < tries && !signal?.aborted; i++, wait *= 2) {
       let waiter: Waiter | undefined
       let timer: NodeJS.Timeout | undefined
       let onAbort: (() => void) | undefined

@@ -55,9 +55,13 @@ function legacyChains(): string {
   ].join('\n')
 }
 
-function nftHooks(stunHosts: string[]): string[][] {
+function nftHooks(stunHosts: string[], wanIp: string): string[][] {
   return [
     ['iptables', '-I', 'FORWARD', '1', '-i', 'wan', '-m', 'conntrack', '--ctstate', 'DNAT', '-j', 'ACCEPT'],
+    // The router's own traffic (miniupnpd's STUN test) leaves unNATed, as from any router's
+    // public address; a hard router's MASQUERADE --random-fully would otherwise make the
+    // test find a symmetric NAT upstream and turn port forwarding off.
+    ['iptables', '-t', 'nat', '-I', 'POSTROUTING', '1', '-o', 'wan', '-s', wanIp, '-j', 'ACCEPT'],
     ...stunHosts.map((h) => ['iptables', '-I', 'INPUT', '1', '-i', 'wan', '-p', 'udp', '-s', h, '-j', 'ACCEPT'])
   ]
 }
@@ -71,7 +75,7 @@ export async function startMiniupnpd(lab: Lab, site: string, n: number, dir: str
   if (!router) throw new Error(`site ${site} has no router`)
   const restore = await lab.exec(router.ns, ['sh', '-c', `printf '%s' '${legacyChains()}' | iptables-legacy-restore --noflush`])
   if (restore.code !== 0) throw new Error(`miniupnpd chains: ${restore.stderr}`)
-  for (const cmd of nftHooks([lab.server.ip, lab.server.altIp])) {
+  for (const cmd of nftHooks([lab.server.ip, lab.server.altIp], router.wanIp)) {
     const r = await lab.exec(router.ns, cmd)
     if (r.code !== 0) throw new Error(`${cmd.join(' ')}: ${r.stderr}`)
   }

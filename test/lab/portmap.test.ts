@@ -69,4 +69,31 @@ describe.skipIf(!labAvailable() || !fs.existsSync(MINIUPNPD))('port mapping (PCP
       }
     })
   }, 90_000)
+
+  it('hard×hard where one router maps → direct UDP; where the gateway refuses → relay, as before', async () => {
+    // alice and carol sit behind hard NATs running miniupnpd; carol's refuses every mapping.
+    await withLab({ sites: [{ name: 'alice', nat: 'hard' }, { name: 'bob', nat: 'hard' }, { name: 'carol', nat: 'hard' }] }, async (n) => {
+      const { ip, altIp } = n.lab.server
+      await n.startServer(['--host', ip, '--alt-host', altIp])
+      let logs = ''
+      for (const [site, num, rules] of [['alice', 1, undefined], ['carol', 3, ['deny 0-65535 0.0.0.0/0 0-65535']]] as const) {
+        const r = await startMiniupnpd(n.lab, site, num, n.dir, rules ? { rules: [...rules] } : {})
+        r.stdout?.on('data', (d: Buffer) => (logs += d.toString()))
+        r.stderr?.on('data', (d: Buffer) => (logs += d.toString()))
+      }
+      await waitFor(() => (logs.match(/Port forwarding is now enabled/g) ?? []).length === 2, 15_000, 'both miniupnpd ready')
+      for (const h of ['alice', 'bob', 'carol']) await n.startAgent(h)
+      for (const h of ['alice', 'bob', 'carol']) await n.waitRegistered(h)
+      // The mapping makes alice's tunnel port endpoint-independent: her start-up check finds an easy NAT.
+      expect((await n.status('alice')).nat, logs).toBe('easy')
+      expect((await n.status('carol')).nat).toBe('hard')
+      const direct = await n.natctl('bob', ['open', 'alice'])
+      expect(direct.code, direct.stderr).toBe(0)
+      expect((direct.json as { path: string }).path).toBe('direct-udp')
+      expect((await n.natctl('bob', ['ping', 'alice', '-c', '1'])).code).toBe(0)
+      const relayed = await n.natctl('bob', ['open', 'carol'])
+      expect(relayed.code, relayed.stderr).toBe(0)
+      expect((relayed.json as { path: string }).path).toBe('relay')
+    })
+  }, 120_000)
 })

@@ -4,7 +4,7 @@
 import { afterEach, describe, expect, it, vi } from 'vitest'
 import type { Endpoint } from '../../../src/protocol/endpoint.js'
 import { NatdError } from '../../../src/protocol/errors.js'
-import { PortMapper, PORTMAP_FIRST_WAIT_MS, PORTMAP_TRIES } from '../../../src/portmap/port-mapper.js'
+import { PortMapper, PORTMAP_FIRST_WAIT_MS, PORTMAP_PROBE_TRIES } from '../../../src/portmap/port-mapper.js'
 import { hex } from '../helpers.js'
 
 const GW = '10.1.0.1'
@@ -69,16 +69,16 @@ describe('PortMapper.probe', () => {
     expect(await p).toEqual({ pcp: false, natPmp: true, externalIp: '198.18.1.2' })
   })
 
-  it('no gateway: nothing after PORTMAP_TRIES tries, 250 + 500 + 1000 ms', async () => {
+  it('no gateway: nothing after PORTMAP_PROBE_TRIES tries, 250 + 500 ms', async () => {
     vi.useFakeTimers()
     const { mapper, sent } = rig(null)
     let done = false
     const p = mapper.probe().then((o) => ((done = true), o))
-    await vi.advanceTimersByTimeAsync(PORTMAP_FIRST_WAIT_MS * (2 ** PORTMAP_TRIES - 1) - 1)
+    await vi.advanceTimersByTimeAsync(PORTMAP_FIRST_WAIT_MS * (2 ** PORTMAP_PROBE_TRIES - 1) - 1)
     expect(done).toBe(false)
     await vi.advanceTimersByTimeAsync(1)
     expect(await p).toEqual({ pcp: false, natPmp: false, externalIp: null })
-    expect(sent).toHaveLength(2 * PORTMAP_TRIES)
+    expect(sent).toHaveLength(2 * PORTMAP_PROBE_TRIES)
   })
 })
 
