@@ -31,10 +31,11 @@ ensure_node() {
 }
 
 # Debian packages: iproute2/iptables/conntrack build the NAT lab, coturn brings the stock
-# STUN clients the tests compare against, iperf3 the benchmark baseline, socat and
+# STUN clients the tests compare against (with stun-client), miniupnpd-iptables the lab
+# gateway that answers PCP, NAT-PMP and UPnP IGD, iperf3 the benchmark baseline, socat and
 # python3 the API examples, systemd the unit checks (systemd-analyze), tcpdump the
 # capture that shows the relay carries ciphertext only.
-APT_PACKAGES=(iproute2 iptables conntrack coturn iperf3 socat python3 systemd procps tcpdump)
+APT_PACKAGES=(iproute2 iptables conntrack coturn stun-client miniupnpd-iptables iperf3 socat python3 systemd procps tcpdump)
 
 ensure_packages() {
   if [ "$(id -u)" != 0 ]; then

@@ -205,6 +205,11 @@ export function buildCli(argv: string[]): Argv<Global> {
       async (g) => {
         const r = await call(g, 'netcheck', {})
         const yes = (b: boolean | null): string => (b === null ? 'unknown' : String(b))
+        const portMapping = (p: typeof r.portMapping): string => {
+          if (!p.gateway) return 'no default gateway'
+          const offered = [p.pcp && 'PCP', p.natPmp && 'NAT-PMP'].filter(Boolean).join(', ')
+          return `${offered || 'none (neither PCP nor NAT-PMP)'} (gateway ${p.gateway}${p.externalIp ? `, external ${p.externalIp}` : ''})`
+        }
         const verdicts = { none: 'none (no NAT: peers reach the public endpoint directly)', easy: 'easy (peers punch straight to the public endpoint)', hard: 'hard (mapping changes per destination: birthday punching)', unknown: 'unknown' }
         out(g, r, () =>
           [
@@ -216,6 +221,7 @@ export function buildCli(argv: string[]): Argv<Global> {
             `\t* Mapping: ${r.mapping}${r.serverOtherAddress || r.mapping === 'unknown' || r.mapping === 'none' ? '' : ' (server has no second address: tested by port only)'}`,
             `\t* Filtering: ${r.filtering}${r.serverOtherAddress ? '' : ' (server has no second address: natd-rendezvous --alt-host)'}`,
             `\t* NAT: ${verdicts[r.nat]}${r.natChanged ? `; was ${r.previousNat}, the server was told` : ''}`,
+            `\t* PortMapping: ${portMapping(r.portMapping)}`,
             `\t* Server: ${r.server}${r.serverOtherAddress ? `, other address ${r.serverOtherAddress}` : ''}${r.serverRttMs === null ? '' : `, ${r.serverRttMs} ms`}`
           ].join('\n')
         )

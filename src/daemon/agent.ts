@@ -17,6 +17,8 @@ import { TunnelManager } from '../tunnel/manager.js'
 import { NatCheck } from '../tunnel/nat-check.js'
 import { isStun } from '../protocol/stun.js'
 import { parseServerSpec, resolveServer, type ServerSpec } from './server-address.js'
+import { probePortMapping } from './port-mapping-probe.js'
+import { PortMappingKeeper } from './port-mapping.js'
 import type { Tunnel } from '../tunnel/tunnel.js'
 import type { AgentConfig, StateStore } from './config.js'
 import { Exposes } from './exposes.js'
@@ -77,6 +79,7 @@ export class Agent {
   private nat: NatMonitor | null = null
   private natCheck: NatCheck | null = null
   private host: TunnelHost | null = null
+  private portMapping: PortMappingKeeper | null = null
   private readonly server: ServerSpec
   readonly id: string
 
@@ -157,6 +160,7 @@ export class Agent {
       announce: () => client.refreshRegistration(),
       relayed: () => this.tunnels?.list().some((t) => t.path === 'relay') ?? false,
       registeredTcp: () => (client.state.kind === 'registered' ? client.state.tcp : null),
+      probePortMapping: () => probePortMapping(),
       clock: systemClock,
       log: log.child({ component: 'nat' })
     })
@@ -206,6 +210,10 @@ export class Agent {
     this.files = files
     host.registerService(MESSAGE_SERVICE, (t, req) => messages.onChannel(t, req))
     host.registerService(FILE_SERVICE, (t, req) => files.onChannel(t, req))
+    // The gateway's mapping first: it can turn our NAT easy (port-mapping.ts), and the
+    // check must see our traffic through it.
+    this.portMapping = new PortMappingKeeper(this.localPort, log.child({ component: 'portmap' }))
+    await this.portMapping.start()
     await nat.start() // the first check before registering, so peers learn our verdict with our endpoint
     this.runLoop = client.run()
     log.info('natd started', { name: this.init.config.name, id: this.id, udpPort: this.localPort, socket: this.init.socketPath })
@@ -237,6 +245,7 @@ export class Agent {
     this.forwards?.stop()
     await this.client?.stop()
     await this.runLoop
+    await this.portMapping?.stop()
     this.api?.stop()
     this.streams?.stop()
     await this.socket?.close()

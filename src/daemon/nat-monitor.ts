@@ -15,7 +15,7 @@ import { lanCandidates } from '../protocol/lan.js'
 import type { Clock, Logger } from '../protocol/log.js'
 import type { NatVerdict } from '../protocol/rendezvous.js'
 import type { NatCheck } from '../tunnel/nat-check.js'
-import type { NetcheckResult } from '../ipc/schema.js'
+import type { NetcheckResult, PortMappingReport } from '../ipc/schema.js'
 
 /** While a tunnel is relayed, our NAT is checked again this often (it may have become punchable). */
 export const NAT_RECHECK_MS = 5_000
@@ -32,6 +32,8 @@ export interface NatMonitorComponents {
   relayed(): boolean
   /** What the server's side of the registration says, for the netcheck report. */
   registeredTcp(): Endpoint | null | undefined
+  /** Which port-mapping protocols the default gateway answers (port-mapping-probe.ts); asked beside the STUN run. */
+  probePortMapping(): Promise<PortMappingReport>
   clock: Clock
   log: Logger
 }
@@ -116,7 +118,8 @@ export class NatMonitor {
     const started = this.c.clock.now()
     const server = await this.c.server()
     const localPort = this.c.localPort()
-    const r = await this.c.natCheck.netcheck(server, server.port + 1, localEndpoints(localPort))
+    // The gateway's port-mapping protocols are asked at the same time (≤ 1.75 s, under the STUN run's).
+    const [r, portMapping] = await Promise.all([this.c.natCheck.netcheck(server, server.port + 1, localEndpoints(localPort)), this.c.probePortMapping()])
     const previousNat = this.current
     const natChanged = r.verdict !== 'unknown' && r.verdict !== previousNat
     if (natChanged) {
@@ -151,9 +154,10 @@ export class NatMonitor {
         filterChangeIpAndPort: s.filterChangeIpAndPort,
         filterChangePort: s.filterChangePort
       },
+      portMapping,
       tookMs: this.c.clock.now() - started
     }
-    this.c.log.info('netcheck', { udp: result.udp, publicUdp: result.publicUdp, mapping: r.mapping, filtering: r.filtering, nat: r.verdict })
+    this.c.log.info('netcheck', { udp: result.udp, publicUdp: result.publicUdp, mapping: r.mapping, filtering: r.filtering, nat: r.verdict, pcp: portMapping.pcp, natPmp: portMapping.natPmp })
     return result
   }
 }

@@ -79,6 +79,16 @@ export interface PingResult {
 /** RFC 4787 NAT behaviours as `netcheck` reports them (see docs/API.md#netcheck). */
 export type { FilteringBehaviour, MappingBehaviour } from '../protocol/stun.js'
 
+/** What the default gateway offers for port mapping (netcheck; see docs/API.md#netcheck). */
+export interface PortMappingReport {
+  /** The IPv4 default gateway; null: no default route. */
+  gateway: string | null
+  pcp: boolean
+  natPmp: boolean
+  /** The gateway's external address, from NAT-PMP. */
+  externalIp: string | null
+}
+
 export interface NetcheckResult {
   udp: boolean
   tcp: boolean
@@ -102,6 +112,7 @@ export interface NetcheckResult {
     filterChangeIpAndPort: boolean | null
     filterChangePort: boolean | null
   }
+  portMapping: PortMappingReport
   tookMs: number
 }
 

@@ -5,9 +5,10 @@
  * whether its NAT mapping depends on the destination); TCP on `port`: control
  * connections (a Noise session with the server's key: registration, peer lists,
  * introductions) and relay connections (protocol/rendezvous.ts draws both).
- * The server never answers a UDP source it cannot verify, except STUN Binding, whose
- * success RFC 8489 fixes at 32 bytes for a 20-byte request (56 bytes with --alt-host;
- * see stun-responder.ts); a heartbeat ack is sealed and never larger than the heartbeat.
+ * The server never answers a UDP source it cannot verify, except STUN Binding (RFC 8489,
+ * and RFC 3489 requests without the magic cookie), whose answer is at most the request +
+ * 36 bytes, sent to the source's own IP (see stun-responder.ts); a heartbeat ack is
+ * sealed and never larger than the heartbeat.
  * With `altHost`, UDP STUN also on altHost:port and altHost:altPort (RFC 5780).
  */
 import dgram from 'node:dgram'
@@ -30,7 +31,7 @@ import {
   type Message,
   type OutgoingMessage
 } from '../protocol/rendezvous.js'
-import { isStun } from '../protocol/stun.js'
+import { isStunRequestShaped } from '../protocol/stun-request.js'
 import { DEFAULT_SERVER_LIMITS, INTRO_SOURCE_FACTOR, RateLimiter, type ServerLimits } from './limits.js'
 import { RefusalLog } from '../common/refusal-log.js'
 import { StunResponder, type StunSlot } from './stun-responder.js'
@@ -206,7 +207,7 @@ export class RendezvousServer {
   private onDatagram(sock: dgram.Socket, buf: Buffer, rinfo: dgram.RemoteInfo): void {
     const from: Endpoint = { host: rinfo.address, port: rinfo.port }
     try {
-      if (isStun(buf)) return this.onStun(sock, buf, from)
+      if (isStunRequestShaped(buf)) return this.onStun(sock, buf, from)
       if (sock !== this.udp || !isRendezvousFrame(buf) || buf.length > MAX_UDP_FRAME_BYTES) return
       this.onUdpMessage(decode(buf), from)
     } catch (err) {
@@ -218,7 +219,7 @@ export class RendezvousServer {
   private onStun(sock: dgram.Socket, buf: Buffer, from: Endpoint): void {
     const at = [...this.udpBySlot].find(([, s]) => s === sock)?.[0] ?? 'main'
     const answer = this.stun.respond(buf, at, from) // see stun-responder.ts: CHANGE-REQUEST, sizes
-    if (answer) this.sendUdp(this.udpBySlot.get(answer.via) ?? sock, answer.bytes, from)
+    if (answer) this.sendUdp(this.udpBySlot.get(answer.via) ?? sock, answer.bytes, answer.to)
   }
 
   private onUdpMessage(msg: Message, from: Endpoint): void {

@@ -15,15 +15,25 @@
  * the server cannot do behaviour discovery. No 420 error: a stock client then simply
  * sees its change test unanswered from the other address.
  *
- * Amplification (answers go to unverified sources): a Binding request is at least 20
- * bytes. The plain answer is 32 bytes (1.6×); with --alt-host it is 56 bytes (20 header +
- * 3 × 12 for XOR-MAPPED-ADDRESS, RESPONSE-ORIGIN, OTHER-ADDRESS over IPv4): at most 2.8×
- * and 36 bytes more than the request, one answer per request, never MAPPED-ADDRESS or
- * SOFTWARE. Answers with CHANGE-REQUEST leave from another socket but are no larger.
+ * RFC 3489 requests (no magic cookie) get the old attributes, RESPONSE-PORT moves the
+ * answer to another port, PADDING, FINGERPRINT and unknown attributes are handled as
+ * protocol/stun-request.ts says.
+ *
+ * Amplification (answers go to unverified sources):
+ * - One answer per request, to the source's IP address only: RESPONSE-PORT and
+ *   CHANGE-REQUEST change the port it goes to and the socket it leaves from, never the
+ *   address (RFC 3489's RESPONSE-ADDRESS is refused with a 420).
+ * - An answer is at most the request's message length + 36 bytes over IPv4 (+ 72 over
+ *   IPv6): the 56-byte RFC 5780 answer (20 header + 3 × 12: XOR-MAPPED-ADDRESS,
+ *   RESPONSE-ORIGIN, OTHER-ADDRESS) to a bare 20-byte request; 2.8× at most. FINGERPRINT
+ *   and PADDING come back only when the request carried them (and paid for them), an
+ *   error with UNKNOWN-ATTRIBUTES lists at most what the request held, and never
+ *   MAPPED-ADDRESS beside XOR-MAPPED-ADDRESS, nor SOFTWARE. respond() checks the bound
+ *   (maxStunAnswerBytes) and drops an answer past it.
  */
 import type { Endpoint } from '../protocol/endpoint.js'
 import { NatdError } from '../protocol/errors.js'
-import { decodeStun, encodeBindingSuccess } from '../protocol/stun.js'
+import { decodeStunRequest, encodeBindingAnswer, encodeBindingError, maxStunAnswerBytes, type StunRequest } from '../protocol/stun-request.js'
 
 export type StunSlot = 'main' | 'alt-port' | 'alt-ip' | 'alt-both'
 
@@ -39,6 +49,8 @@ export interface StunAddresses {
 export interface StunAnswer {
   /** The socket that must send the answer. */
   via: StunSlot
+  /** Where it goes: the request's source, or its IP at RESPONSE-PORT. */
+  to: Endpoint
   bytes: Buffer
 }
 
@@ -80,18 +92,27 @@ export class StunResponder {
   }
 
   /**
-   * The answer to `buf`, received on socket `at` from `from`; null when it is not a
-   * Binding request. Throws ProtocolError on a malformed STUN message (never answered).
+   * The answer to `buf`, received on socket `at` from `from`; null when it gets none (not
+   * a Binding request, or an answer past the size bound). Throws ProtocolError on a
+   * malformed STUN message or a bad FINGERPRINT (never answered).
    */
   respond(buf: Uint8Array, at: StunSlot, from: Endpoint): StunAnswer | null {
-    const req = decodeStun(buf)
-    if (req.method !== 'binding-request') return null
+    const req = decodeStunRequest(buf)
+    if (req.kind === 'ignore') return null
+    const answer = this.answer(req, at, from)
+    return answer.bytes.length <= maxStunAnswerBytes(req.bytes, from) ? answer : null
+  }
+
+  private answer(req: Exclude<StunRequest, { kind: 'ignore' }>, at: StunSlot, from: Endpoint): StunAnswer {
+    if (req.kind === 'error') return { via: at, to: from, bytes: encodeBindingError(req) }
     let via = flip(at, req.changeIp, req.changePort)
     if (!this.has(via)) via = at // the other socket does not exist: ignore the change
-    if (!this.rfc5780) return { via, bytes: encodeBindingSuccess(req.transactionId, from) }
+    const to = { host: from.host, port: req.responsePort ?? from.port }
+    if (!this.rfc5780) return { via, to, bytes: encodeBindingAnswer(req, { mapped: from }) }
     return {
       via,
-      bytes: encodeBindingSuccess(req.transactionId, from, { responseOrigin: this.address(via), otherAddress: this.address(flip(at, true, true)) })
+      to,
+      bytes: encodeBindingAnswer(req, { mapped: from, responseOrigin: this.address(via), otherAddress: this.address(flip(at, true, true)) })
     }
   }
 }

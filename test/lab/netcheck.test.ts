@@ -15,7 +15,8 @@ import { spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { labAvailable, type LabSpec } from './lab.js'
+import { labAvailable } from './lab.js'
+import { EACH_NAT_KIND, EACH_NAT_KIND_HOSTS, type NatKindHost } from './nat-kinds.js'
 import { DIST, NatdLab, waitFor, withLab } from './natd-lab.js'
 
 const TURNSERVER = '/usr/bin/turnserver'
@@ -43,18 +44,11 @@ function parseNatdiscovery(out: string): Verdicts {
   return { mapping: behaviour(mapping, 'Mapping'), filtering: behaviour(filtering, 'Filtering') }
 }
 
-const SITES: LabSpec = {
-  sites: [
-    { name: 'alice', nat: 'easy' },
-    { name: 'bob', nat: 'hard' },
-    { name: 'carol', nat: 'public' },
-    { name: 'dave', nat: 'full' }
-  ]
-}
-const HOSTS = ['alice', 'bob', 'carol', 'dave'] as const
+const SITES = EACH_NAT_KIND
+const HOSTS = EACH_NAT_KIND_HOSTS
 
 /** What each NAT kind is (RFC 4787), what natd must say and what its agent punches by. */
-const EXPECTED: Record<(typeof HOSTS)[number], Verdicts & { nat: string; portPreserved: boolean }> = {
+const EXPECTED: Record<NatKindHost, Verdicts & { nat: string; portPreserved: boolean }> = {
   alice: { mapping: 'endpoint-independent', filtering: 'address-and-port-dependent', nat: 'easy', portPreserved: true },
   bob: { mapping: 'address-and-port-dependent', filtering: 'address-and-port-dependent', nat: 'hard', portPreserved: false },
   carol: { mapping: 'none', filtering: 'endpoint-independent', nat: 'none', portPreserved: true },
@@ -70,6 +64,7 @@ interface Netcheck extends Verdicts {
   portPreserved: boolean
   publicUdp: string
   serverOtherAddress: string | null
+  portMapping: { gateway: string | null; pcp: boolean; natPmp: boolean; externalIp: string | null }
 }
 
 async function netcheck(n: NatdLab, key: string): Promise<Netcheck> {
@@ -93,6 +88,8 @@ describe.skipIf(!labAvailable())('natctl netcheck', () => {
         table[h] = { natdMapping: r.mapping, natdFiltering: r.filtering, nat: r.nat, portPreserved: r.portPreserved }
         expect(r, h).toMatchObject({ udp: true, tcp: true, serverOtherAddress: `${altIp}:3479`, ...EXPECTED[h] })
         expect(r.publicUdp.split(':')[0], h).toBe(n.lab.hosts[h]!.publicIp)
+        // The lab's plain routers (and inet, carol's gateway) answer neither PCP nor NAT-PMP.
+        expect(r.portMapping, h).toEqual({ gateway: h === 'carol' ? '198.18.3.1' : `10.${HOSTS.indexOf(h) + 1}.0.1`, pcp: false, natPmp: false, externalIp: null })
         expect(r.natChanged, `${h}: the start-up check already had it right`).toBe(false)
         expect((await n.status(h)).nat).toBe(EXPECTED[h].nat)
       }
@@ -105,6 +102,7 @@ describe.skipIf(!labAvailable())('natctl netcheck', () => {
       expect(human.stdout).toContain('* Mapping: endpoint-independent')
       expect(human.stdout).toContain('* Filtering: address-and-port-dependent')
       expect(human.stdout).toContain('* NAT: easy')
+      expect(human.stdout).toContain('* PortMapping: none (neither PCP nor NAT-PMP) (gateway 10.1.0.1)')
 
       if (!fs.existsSync(TURNSERVER) || !fs.existsSync(NATDISCOVERY)) {
         process.stdout.write(`netcheck verdicts (coturn not installed, no comparison): ${JSON.stringify(table)}\n`)

@@ -6,6 +6,7 @@
 //   src/common    (the logger, durable state files) imports only src/protocol
 //   src/rendezvous imports src/protocol, src/common and src/tunnel; never daemon/ipc/cli
 //   src/ipc       imports only src/protocol and src/common
+//   src/portmap   imports only src/protocol (sockets are injected)
 //   src/cli       imports src/cli and src/ipc, `import type` from src/protocol (plus
 //                 protocol/errors.js and protocol/duration.js, which import nothing),
 //                 and never native/heavy packages
@@ -85,7 +86,9 @@ const TUNNEL_BANNED = ['conf', 'winston']
 const ALLOWED_FOLDERS: Record<string, string[]> = {
   common: ['protocol'],
   rendezvous: ['protocol', 'common', 'tunnel'],
-  ipc: ['protocol', 'common']
+  ipc: ['protocol', 'common'],
+  // Port-mapping codecs and the client: sockets injected, like src/tunnel.
+  portmap: ['protocol']
 }
 const CLI_BANNED = ['udx-native', 'sodium-native', '@hyperswarm/*', 'winston', 'conf']
 /**

@@ -32,6 +32,7 @@ function monitor(verdicts: NatVerdict[], relayed = true) {
     announce: async () => void announced++,
     relayed: () => relayed,
     registeredTcp: () => null,
+    probePortMapping: () => Promise.resolve({ gateway: null, pcp: false, natPmp: false, externalIp: null }),
     clock: { now: () => Date.now() },
     log: silentLogger
   })
@@ -89,6 +90,7 @@ describe('NatMonitor', () => {
       announce: async () => undefined,
       relayed: () => false,
       registeredTcp: () => null,
+      probePortMapping: () => Promise.resolve({ gateway: null, pcp: false, natPmp: false, externalIp: null }),
       clock: { now: () => Date.now() },
       log: silentLogger
     })

@@ -26,6 +26,7 @@ import {
 } from '../../../src/protocol/rendezvous.js'
 import { decodeStun, encodeBindingRequest, isStun, STUN_MAGIC_COOKIE } from '../../../src/protocol/stun.js'
 import { CONTROL_LOST_GRACE_MS } from '../../../src/rendezvous/registry.js'
+import { encodeBindingRequestWith } from '../../../src/protocol/stun-request.js'
 import { EXPIRY_SWEEP_MS, RendezvousServer, TCP_AUTH_TIMEOUT_MS, type RendezvousInit } from '../../../src/rendezvous/server.js'
 import type SecretStream from '@hyperswarm/secret-stream'
 import { secureSocket } from '../../../src/tunnel/secure-socket.js'
@@ -35,6 +36,20 @@ const HOST = '127.0.0.1'
 const WAIT_MS = 2_000
 const SILENCE_MS = 300
 const STUNCLIENT = '/usr/bin/turnutils_stunclient'
+const NATDISCOVERY = '/usr/bin/turnutils_natdiscovery'
+/** Debian's stun-client package: an RFC 3489 client (no magic cookie). */
+const STUN_RFC3489 = '/usr/bin/stun'
+
+/** A stock client's stdout and stderr; rejects on a non-zero exit or after 20 s (a client waiting for an answer). */
+function run(file: string, args: string[]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    execFile(file, args, { timeout: 20_000 }, (err, stdout, stderr) => {
+      // Debian's stun exits with its NAT-type bits; only a kill (timeout) or a spawn error is a failure.
+      if (err && (err.killed || err.signal || typeof err.code === 'string')) reject(new Error(`${file} ${args.join(' ')}: ${err.message}\n${stdout}\n${stderr}`))
+      else resolve(`${stdout}\n${stderr}`)
+    })
+  })
+}
 const SERVER_KEY = generateKeyPair()
 
 // --- server lifecycle ---------------------------------------------------------
@@ -407,6 +422,85 @@ describe('RendezvousServer STUN', () => {
     expect(answeredTo.length).toBeGreaterThan(0)
     expect(Number(m![2])).toBe(answeredTo[0])
   })
+})
+
+describe('RendezvousServer STUN as stock clients expect it (issue 17)', () => {
+  const ALT_HOST = '127.0.0.2' // the second RFC 5780 address: any 127/8 address is on loopback
+
+  it('RESPONSE-PORT: the answer goes to the source IP at that port, from the socket asked', async () => {
+    const { port } = await startServer({ altHost: ALT_HOST })
+    const asker = await UdpPeer.open()
+    const catcher = await UdpPeer.open()
+    const txid = randomBytes(12)
+    asker.send(encodeBindingRequestWith(txid, { responsePort: catcher.endpoint.port }), port)
+    const d = await catcher.recv()
+    expect(d, 'answer at RESPONSE-PORT').not.toBeNull()
+    expect(d!.from).toEqual({ host: HOST, port })
+    const m = decodeStun(d!.msg)
+    expect(Buffer.from(m.transactionId).equals(txid)).toBe(true)
+    expect(m.mapped).toEqual(asker.endpoint) // still the asker's own endpoint
+    expect(await asker.recv(SILENCE_MS)).toBeNull()
+  })
+
+  it('an RFC 3489 request (no magic cookie) gets MAPPED-ADDRESS with its 128-bit ID; RFC 8489 errors and FINGERPRINTs on the wire', async () => {
+    const { port } = await startServer({ altHost: ALT_HOST })
+    const peer = await UdpPeer.open()
+    const id = randomBytes(16)
+    id.writeUInt32BE(0x01020304, 0)
+    peer.send(Buffer.concat([Buffer.from([0, 1, 0, 0]), id]), port)
+    const classic = await peer.recv()
+    expect(classic, 'RFC 3489 answer').not.toBeNull()
+    expect(classic!.msg.subarray(4, 20).equals(id)).toBe(true)
+    expect(classic!.msg.readUInt16BE(20)).toBe(0x0001) // MAPPED-ADDRESS
+    expect(classic!.msg.readUInt16BE(26)).toBe(peer.endpoint.port)
+    expect(classic!.msg.length).toBe(56)
+
+    peer.send(encodeBindingRequestWith(randomBytes(12), { extra: [{ type: 0x0abc, value: Buffer.alloc(4) }] }), port)
+    const err = await peer.recv()
+    expect(err && err.msg.readUInt16BE(0)).toBe(0x0111)
+    expect(err!.msg.subarray(24, 28).toString('hex')).toBe('00000414') // 420
+
+    const signed = encodeBindingRequestWith(randomBytes(12), { fingerprint: true })
+    peer.send(signed, port)
+    const fp = await peer.recv()
+    expect(fp && fp.msg.readUInt16BE(fp.msg.length - 8)).toBe(0x8028)
+    expect(decodeStun(fp!.msg).mapped).toEqual(peer.endpoint)
+    signed[signed.length - 1]! ^= 0xff
+    peer.send(signed, port)
+    expect(await peer.recv(SILENCE_MS), 'a bad FINGERPRINT is dropped').toBeNull()
+  })
+
+  const needs = (tool: string, ctx: { skip: (note: string) => never }): void => {
+    if (!fs.existsSync(tool)) ctx.skip(`${tool} is not installed (Debian packages coturn, stun-client)`)
+  }
+
+  it('turnutils_stunclient (coturn): all three requests, the second with RESPONSE-PORT, the third with PADDING', async (ctx) => {
+    needs(STUNCLIENT, ctx)
+    const { port } = await startServer({ altHost: ALT_HOST })
+    const out = await run(STUNCLIENT, ['-p', String(port), HOST])
+    // Before RESPONSE-PORT was honoured the client waited for ever for its second answer.
+    expect(out).toContain('RFC 5780 response 3')
+    const origins = [...out.matchAll(/Response origin: : ([\d.:]+)/g)].map((m) => m[1])
+    expect(origins).toContain(`${ALT_HOST}:${port + 1}`) // the change-IP-and-port answers
+  }, 30_000)
+
+  it("Debian's stun (RFC 3489, vovida 0.97): every test answered from the socket it asked for", async (ctx) => {
+    needs(STUN_RFC3489, ctx)
+    const { port } = await startServer({ altHost: ALT_HOST })
+    const out = await run(STUN_RFC3489, [`${HOST}:${port}`, '-v'])
+    // Test I (plain), II (change IP), III (change port), I(2) (to CHANGED-ADDRESS): all answered on loopback.
+    expect(out).toMatch(/SourceAddress = 127\.0\.0\.2:\d+/)
+    for (const t of ['test I = 1', 'test II = 1', 'test III = 1', 'test I(2) = 1']) expect(out).toContain(t)
+    expect(out).toContain('Primary: Open')
+  }, 30_000)
+
+  it('turnutils_natdiscovery -t (coturn): the mapping-lifetime probe answered at RESPONSE-PORT', async (ctx) => {
+    needs(NATDISCOVERY, ctx)
+    const { port } = await startServer({ altHost: ALT_HOST })
+    const out = await run(NATDISCOVERY, ['-t', '-T', '1', '-p', String(port), HOST])
+    expect(out).toContain('RFC 5780 response 2')
+    expect(out).not.toContain('timeout')
+  }, 30_000)
 })
 
 describe('RendezvousServer over TCP', () => {

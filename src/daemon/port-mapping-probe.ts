@@ -1,0 +1,71 @@
+/**
+ * `natctl netcheck`'s port-mapping line, like `tailscale netcheck`'s "PortMapping: …":
+ * which of PCP and NAT-PMP the default gateway answers (src/portmap/port-mapper.ts),
+ * probed from a throwaway UDP socket. It only asks; it maps nothing. UPnP IGD is not
+ * probed yet.
+ *
+ * The gateway is the IPv4 default route's (Linux: /proc/net/route); the address we probe
+ * from is the one the kernel picks to reach it (a connected UDP socket's local address),
+ * which PCP needs as its client IP.
+ */
+import dgram from 'node:dgram'
+import { randomBytes } from 'node:crypto'
+import fs from 'node:fs/promises'
+import type { PortMappingReport } from '../ipc/schema.js'
+import { PORT_MAPPING_PORT } from '../portmap/natpmp.js'
+import { PortMapper } from '../portmap/port-mapper.js'
+
+/**
+ * The IPv4 default gateway in /proc/net/route's text, or null (the lowest metric wins).
+ * Addresses there are hex in host (little-endian) order: 010200C0 is 192.0.2.1.
+ */
+export function defaultGatewayOf(procNetRoute: string): string | null {
+  let best: { gw: string; metric: number } | null = null
+  for (const line of procNetRoute.split('\n').slice(1)) {
+    const f = line.trim().split(/\s+/)
+    if (f.length < 8 || f[1] !== '00000000' || f[7] !== '00000000') continue
+    const flags = parseInt(f[3]!, 16)
+    if (!(flags & 0x1) || !(flags & 0x2)) continue // RTF_UP and RTF_GATEWAY
+    const hex = f[2]!
+    if (!/^[0-9a-fA-F]{8}$/.test(hex)) continue
+    const gw = [6, 4, 2, 0].map((i) => parseInt(hex.slice(i, i + 2), 16)).join('.')
+    const metric = Number(f[6])
+    if (!best || metric < best.metric) best = { gw, metric }
+  }
+  return best?.gw ?? null
+}
+
+export interface GatewayClient {
+  gateway: string
+  mapper: PortMapper
+  close: () => void
+}
+
+/** A PortMapper on a UDP socket connected to the default gateway's port 5351; null: no default route. Never rejects. */
+export async function gatewayClient(): Promise<GatewayClient | null> {
+  const gateway = defaultGatewayOf(await fs.readFile('/proc/net/route', 'utf8').catch(() => ''))
+  if (!gateway) return null
+  const sock = dgram.createSocket('udp4')
+  sock.on('error', () => undefined) // an ICMP port unreachable from a gateway without the service: just no answer
+  try {
+    await new Promise<void>((resolve) => sock.connect(PORT_MAPPING_PORT, gateway, () => resolve()))
+    const localIp = sock.address().address
+    const mapper = new PortMapper({ gateway, localIp }, { send: (buf) => sock.send(buf), randomBytes: (n) => randomBytes(n) })
+    sock.on('message', (msg, rinfo) => mapper.onMessage(msg, { host: rinfo.address, port: rinfo.port }))
+    return { gateway, mapper, close: () => sock.close() }
+  } catch {
+    sock.close()
+    return null
+  }
+}
+
+/** Which port-mapping protocols the default gateway answers. Never rejects. */
+export async function probePortMapping(signal?: AbortSignal): Promise<PortMappingReport> {
+  const client = await gatewayClient()
+  if (!client) return { gateway: null, pcp: false, natPmp: false, externalIp: null }
+  try {
+    return { gateway: client.gateway, ...(await client.mapper.probe(signal)) }
+  } finally {
+    client.close()
+  }
+}

@@ -1,0 +1,99 @@
+/**
+ * Port mapping through a real gateway (issue 17): `natctl netcheck` names the protocols a
+ * lab router running Debian's miniupnpd offers; natd's PortMapper (src/portmap) asks it
+ * for a UDP mapping by PCP and by NAT-PMP, and a datagram from the internet then reaches
+ * the host through it — which the router's firewall drops without the mapping.
+ *
+ *   server 198.18.0.2 (STUN for miniupnpd's ext_perform_stun; sends the test datagram)
+ *   ── inet ── wan 198.18.1.2 [r1: easy NAT + miniupnpd, PCP/NAT-PMP on 10.1.0.1:5351] ── alice 10.1.0.2
+ */
+import fs from 'node:fs'
+import path from 'node:path'
+import { describe, expect, it } from 'vitest'
+import { labAvailable, type Lab } from './lab.js'
+import { MINIUPNPD, startMiniupnpd } from './miniupnpd.js'
+import { DIST, ROOT, waitFor, withLab } from './natd-lab.js'
+
+const CLIENT = path.join(ROOT, 'test/lab/fixtures/portmap-client.mjs')
+const INTERNAL_PORT = 41641
+
+interface ClientLine {
+  probe?: { pcp: boolean; natPmp: boolean; externalIp: string | null }
+  mapping?: { via: string; protocol: string; internalPort: number; external: { host: string; port: number }; lifetimeS: number }
+}
+
+/** From the server's namespace: one datagram to `to`, and whether a "pong" came back within 2 s. */
+async function pingFromInternet(lab: Lab, to: string): Promise<boolean> {
+  const [host, port] = to.split(':')
+  const script = `const s=require('dgram').createSocket('udp4');s.on('message',m=>{console.log(String(m));process.exit(0)});s.send('ping',${Number(port)},'${host}');setTimeout(()=>process.exit(3),2000)`
+  const r = await lab.exec(lab.server.ns, [process.execPath, '-e', script], { timeoutMs: 10_000 })
+  return r.code === 0 && r.stdout.includes('pong')
+}
+
+describe.skipIf(!labAvailable() || !fs.existsSync(MINIUPNPD))('port mapping (PCP, NAT-PMP) through miniupnpd', () => {
+  it('PCP and NAT-PMP: the gateway maps our UDP port, a datagram from the internet comes in through it, and goes after unmap', async () => {
+    await withLab({ sites: [{ name: 'alice', nat: 'easy' }] }, async (n) => {
+      const { ip, altIp } = n.lab.server
+      await n.startServer(['--host', ip, '--alt-host', altIp])
+      const router = await startMiniupnpd(n.lab, 'alice', 1, n.dir)
+      let routerLog = ''
+      router.stdout?.on('data', (d: Buffer) => (routerLog += d.toString()))
+      router.stderr?.on('data', (d: Buffer) => (routerLog += d.toString()))
+      await waitFor(() => /Port forwarding is now enabled/.test(routerLog) && /Listening for NAT-PMP\/PCP/.test(routerLog), 15_000, 'miniupnpd ready')
+      const alice = n.lab.hosts.alice!
+      const wanIp = n.lab.routers.alice!.wanIp
+      // natctl netcheck names what the gateway offers (it asks; it maps nothing).
+      await n.startAgent('alice')
+      await n.waitRegistered('alice')
+      const check = await n.natctl('alice', ['netcheck'])
+      expect(check.code, check.stderr).toBe(0)
+      expect((check.json as { portMapping: unknown }).portMapping).toEqual({ gateway: '10.1.0.1', pcp: true, natPmp: true, externalIp: wanIp })
+      const human = await n.natctl('alice', ['netcheck'], { json: false })
+      expect(human.stdout).toContain(`* PortMapping: PCP, NAT-PMP (gateway 10.1.0.1, external ${wanIp})`)
+      for (const [via, port] of [['pcp', INTERNAL_PORT], ['nat-pmp', INTERNAL_PORT + 1]] as const) {
+        // Without a mapping the router drops it.
+        expect(await pingFromInternet(n.lab, `${wanIp}:${port}`), `${via}: before`).toBe(false)
+        const client = n.lab.spawn(alice.ns, [process.execPath, CLIENT, DIST, '10.1.0.1', alice.ip, String(port), via])
+        let out = ''
+        client.stdout?.on('data', (d: Buffer) => (out += d.toString()))
+        await waitFor(() => /"mapping"|"error"/.test(out), 15_000, `${via}: a mapping or an error`)
+        const lines = out.trim().split('\n').map((l) => JSON.parse(l) as ClientLine)
+        expect(lines[0]!.probe, out).toEqual({ pcp: true, natPmp: true, externalIp: wanIp })
+        const mapping = lines[1]!.mapping!
+        expect(mapping, `${out}\n${routerLog}`).toMatchObject({ via, protocol: 'udp', internalPort: port, external: { host: wanIp } })
+        expect(mapping.lifetimeS).toBeGreaterThan(0)
+        expect(await pingFromInternet(n.lab, `${mapping.external.host}:${mapping.external.port}`), `${via}: through the mapping`).toBe(true)
+        await waitFor(() => /"unmapped"|"error"/.test(out), 15_000, `${via}: unmap`)
+        expect(out).toContain('"unmapped":true')
+        expect(await pingFromInternet(n.lab, `${mapping.external.host}:${mapping.external.port}`), `${via}: after unmap`).toBe(false)
+      }
+    })
+  }, 90_000)
+
+  it('hard×hard where one router maps → direct UDP; where the gateway refuses → relay, as before', async () => {
+    // alice and carol sit behind hard NATs running miniupnpd; carol's refuses every mapping.
+    await withLab({ sites: [{ name: 'alice', nat: 'hard' }, { name: 'bob', nat: 'hard' }, { name: 'carol', nat: 'hard' }] }, async (n) => {
+      const { ip, altIp } = n.lab.server
+      await n.startServer(['--host', ip, '--alt-host', altIp])
+      let logs = ''
+      for (const [site, num, rules] of [['alice', 1, undefined], ['carol', 3, ['deny 0-65535 0.0.0.0/0 0-65535']]] as const) {
+        const r = await startMiniupnpd(n.lab, site, num, n.dir, rules ? { rules: [...rules] } : {})
+        r.stdout?.on('data', (d: Buffer) => (logs += d.toString()))
+        r.stderr?.on('data', (d: Buffer) => (logs += d.toString()))
+      }
+      await waitFor(() => (logs.match(/Port forwarding is now enabled/g) ?? []).length === 2, 15_000, 'both miniupnpd ready')
+      for (const h of ['alice', 'bob', 'carol']) await n.startAgent(h)
+      for (const h of ['alice', 'bob', 'carol']) await n.waitRegistered(h)
+      // The mapping makes alice's tunnel port endpoint-independent: her start-up check finds an easy NAT.
+      expect((await n.status('alice')).nat, logs).toBe('easy')
+      expect((await n.status('carol')).nat).toBe('hard')
+      const direct = await n.natctl('bob', ['open', 'alice'])
+      expect(direct.code, direct.stderr).toBe(0)
+      expect((direct.json as { path: string }).path).toBe('direct-udp')
+      expect((await n.natctl('bob', ['ping', 'alice', '-c', '1'])).code).toBe(0)
+      const relayed = await n.natctl('bob', ['open', 'carol'])
+      expect(relayed.code, relayed.stderr).toBe(0)
+      expect((relayed.json as { path: string }).path).toBe('relay')
+    })
+  }, 120_000)
+})
