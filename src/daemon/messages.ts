@@ -115,6 +115,7 @@ export class Messages {
     const all = readJsonLines<MessageInfo>(this.file)
     const gone = new Set((from ? this.list(from) : all).map(stored))
     const kept = all.filter((m) => !gone.has(stored(m)))
+    this.ids.flush() // the IDs outlive their messages: a retry of a cleared message is still a duplicate
     writeFileAtomic(this.file, kept.map((m) => JSON.stringify(m) + '\n').join(''))
     this.load()
     this.c.log.info('messages cleared', { from: from || 'everyone', removed: all.length - kept.length })
