@@ -56,11 +56,31 @@ export function readJson<T>(file: string): T | null {
   }
 }
 
-/** Appends one JSON line and fsyncs it: once this returns, the record survives a crash. */
-export function appendJsonLine(file: string, value: unknown): void {
+/**
+ * Appends one JSON line and fsyncs it: once this returns, the record survives a crash.
+ * `sync: false` leaves it to the page cache (it survives the process, not the machine):
+ * for records that something else already makes durable, or that fsyncFile() syncs later.
+ */
+export function appendJsonLine(file: string, value: unknown, opts: { sync: boolean } = { sync: true }): void {
   const fd = fs.openSync(file, 'a', STATE_FILE_MODE)
   try {
     fs.writeSync(fd, JSON.stringify(value) + '\n')
+    if (opts.sync) fs.fsyncSync(fd)
+  } finally {
+    fs.closeSync(fd)
+  }
+}
+
+/** fsyncs a file written earlier (nothing when it does not exist). */
+export function fsyncFile(file: string): void {
+  let fd: number
+  try {
+    fd = fs.openSync(file, 'r')
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return
+    throw err
+  }
+  try {
     fs.fsyncSync(fd)
   } finally {
     fs.closeSync(fd)

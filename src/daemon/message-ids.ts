@@ -10,13 +10,14 @@
  * Bounded, and what is remembered is the window: an ID counts for DEDUPE_WINDOW_MS after
  * it was stored, among its sender's newest DEDUPE_IDS_PER_PEER, and among the newest
  * DEDUPE_MAX_IDS of all senders (a retry of anything older is stored again). Persisted in
- * message-ids.jsonl in the state directory (0600; one fsynced line per stored message,
- * compacted once it holds twice what is live), and seeded from the inbox as well, so a
- * restart, or a crash between storing a message and its line here, still dedupes; so does
- * `messages --clear`, which removes the messages but not their IDs.
+ * message-ids.jsonl in the state directory (0600; one line per stored message, compacted
+ * once it holds twice what is live), and seeded from the inbox as well, so a restart
+ * still dedupes. A line is not fsynced on its own: the message's line in the (fsynced)
+ * inbox records its ID until `messages --clear` removes it, and clear fsyncs this file
+ * first (flush()), so a crash never loses an ID whose message it kept or removed.
  */
 import path from 'node:path'
-import { appendJsonLine, readJsonLines, writeFileAtomic } from '../common/state-files.js'
+import { appendJsonLine, fsyncFile, readJsonLines, writeFileAtomic } from '../common/state-files.js'
 
 export const MESSAGE_IDS_FILE = 'message-ids.jsonl'
 /** A week: a retry comes seconds to hours after the first try; a laptop shut for a weekend still dedupes. */
@@ -74,10 +75,10 @@ export class MessageIds {
     return this.all.has(key(from, id))
   }
 
-  /** Records a stored message's ID: fsynced when this returns. */
+  /** Records a stored message's ID (durable with its message's line in the inbox; see flush()). */
   add(e: StoredId): void {
     if (!this.remember(e)) return
-    appendJsonLine(this.file, e)
+    appendJsonLine(this.file, e, { sync: false })
     this.fileLines++
     this.expire(e.at)
     if (this.fileLines > 2 * Math.max(this.all.size, this.init.perPeer)) this.compact()
@@ -116,6 +117,11 @@ export class MessageIds {
     if (id === undefined) return
     this.all.delete(key(from, id))
     if (ids!.length === 0) this.bySender.delete(from)
+  }
+
+  /** Makes every ID recorded so far durable: before their messages leave the inbox. */
+  flush(): void {
+    fsyncFile(this.file)
   }
 
   private compact(): void {

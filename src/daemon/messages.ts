@@ -115,6 +115,7 @@ export class Messages {
     const all = readJsonLines<MessageInfo>(this.file)
     const gone = new Set((from ? this.list(from) : all).map(stored))
     const kept = all.filter((m) => !gone.has(stored(m)))
+    this.ids.flush() // the IDs outlive their messages: a retry of a cleared message is still a duplicate
     writeFileAtomic(this.file, kept.map((m) => JSON.stringify(m) + '\n').join(''))
     this.load()
     this.c.log.info('messages cleared', { from: from || 'everyone', removed: all.length - kept.length })
@@ -212,7 +213,9 @@ export class Messages {
       if (f.type !== 'message') throw new NatdError('BAD_REQUEST', `expected a message, got ${f.type}`)
       const id = Buffer.from(f.messageId).toString('hex')
       const duplicate = this.ids.has(tunnel.peer.id, id)
-      if (!duplicate) {
+      if (duplicate) {
+        this.c.log.info('message received again (a retry): acknowledged, not stored twice', { peer: tunnel.peer.name, id })
+      } else {
         const q = this.c.quotas()
         const u = this.usageOf(tunnel.peer.id)
         if (u.count + 1 > q.messagesPerPeer || u.bytes + Buffer.byteLength(f.text) > q.messageBytesPerPeer) {
@@ -225,7 +228,6 @@ export class Messages {
         this.c.log.info('message received', { peer: m.from, id, bytes: Buffer.byteLength(m.text) })
         this.c.onMessage(m)
       }
-      else this.c.log.info('message received again (a retry): acknowledged, not stored twice', { peer: tunnel.peer.name, id })
       if (this.c.ackDelayMs) await sleep(this.c.ackDelayMs)
       ch.end(encodeTransfer({ type: 'ack', messageId: f.messageId, duplicate }))
     })().catch((err: unknown) => {

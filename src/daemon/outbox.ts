@@ -8,14 +8,16 @@
  * (fsynced) before the message leaves, and removed once the caller got a definite answer
  * (delivered, or refused). So sending the same text again after a success is a new
  * message, and a send that is already under way does not lend its ID to a second one.
- * Bounded: OUTBOX_MAX entries, each for OUTBOX_TTL_MS. Kept in outbox.json (0600, written
- * atomically) in the state directory.
+ * Bounded: OUTBOX_MAX entries, each for OUTBOX_TTL_MS. Kept in outbox.jsonl (0600) in the
+ * state directory, an append-only log (an entry, or a settled ID) compacted once it holds
+ * twice what is live. A settled line is not fsynced: lost in a crash, its entry comes
+ * back, and a rerun of that very send is answered "duplicate" instead of stored again.
  */
 import { createHash, randomBytes } from 'node:crypto'
 import path from 'node:path'
-import { readJson, writeJsonAtomic } from '../common/state-files.js'
+import { appendJsonLine, readJsonLines, writeFileAtomic } from '../common/state-files.js'
 
-export const OUTBOX_FILE = 'outbox.json'
+export const OUTBOX_FILE = 'outbox.jsonl'
 /** A day: long enough for a rerun after a failure, short enough that an unseen send does not swallow a deliberate repeat much later. */
 export const OUTBOX_TTL_MS = 24 * 3_600_000
 /** The oldest entries go first past this many. */
@@ -28,6 +30,9 @@ interface Entry {
   at: number
 }
 
+/** A line of the log: an entry, or the ID of one that was settled. */
+type Line = Entry | { settled: string }
+
 export interface Pending {
   /** The message ID, 32 hex digits. */
   readonly id: string
@@ -39,14 +44,24 @@ export interface Pending {
 
 export class Outbox {
   private readonly file: string
-  private entries: Entry[]
+  private entries: Entry[] = []
   /** IDs of sends under way now. */
   private readonly busy = new Set<string>()
+  private fileLines = 0
 
-  constructor(dir: string) {
+  /** `max`: OUTBOX_MAX unless a test says otherwise. */
+  constructor(
+    dir: string,
+    private readonly max = OUTBOX_MAX
+  ) {
     this.file = path.join(dir, OUTBOX_FILE)
-    const stored = readJson<Entry[]>(this.file)
-    this.entries = Array.isArray(stored) ? stored.filter(isEntry) : []
+    const lines = readJsonLines<Line>(this.file)
+    this.fileLines = lines.length
+    for (const l of lines) {
+      if (isEntry(l)) this.entries.push(l)
+      else if (typeof (l as { settled?: unknown } | null)?.settled === 'string') this.entries = this.entries.filter((e) => e.id !== (l as { settled: string }).settled)
+    }
+    this.entries = this.entries.slice(-this.max)
   }
 
   /** The ID for sending `text` to `peer` (a whole ID): the unsettled one's, else a new one (stored before this returns). */
@@ -57,8 +72,8 @@ export class Outbox {
     if (!entry) {
       entry = { peer, digest, id: randomBytes(16).toString('hex'), at: now }
       this.entries.push(entry)
-      if (this.entries.length > OUTBOX_MAX) this.entries.splice(0, this.entries.length - OUTBOX_MAX)
-      this.save()
+      if (this.entries.length > this.max) this.entries.splice(0, this.entries.length - this.max)
+      this.append(entry, true)
     }
     const { id } = entry
     this.busy.add(id)
@@ -67,7 +82,7 @@ export class Outbox {
       settle: () => {
         const before = this.entries.length
         this.entries = this.entries.filter((e) => e.id !== id)
-        if (this.entries.length !== before) this.save()
+        if (this.entries.length !== before) this.append({ settled: id }, false)
       },
       release: () => this.busy.delete(id)
     }
@@ -77,8 +92,16 @@ export class Outbox {
     return this.entries.length
   }
 
-  private save(): void {
-    writeJsonAtomic(this.file, this.entries)
+  private append(line: Line, sync: boolean): void {
+    if (this.fileLines >= 2 * Math.max(this.entries.length, 64)) {
+      // Compact: the live entries only (the settled ones and their lines are gone).
+      writeFileAtomic(this.file, this.entries.map((e) => JSON.stringify(e) + '\n').join(''))
+      this.fileLines = this.entries.length
+      if ('settled' in line) return
+      if (this.entries.includes(line)) return // written with the rest, and fsynced
+    }
+    appendJsonLine(this.file, line, { sync })
+    this.fileLines++
   }
 }
 

@@ -2,10 +2,13 @@
 // helpers, a fake clock, a fuzz driver that checks decoders throw only ProtocolError, and
 // a free TCP port.
 import { createHash } from 'node:crypto'
+import fs from 'node:fs'
 import type { StatusResult } from '../../src/ipc/schema.js'
 import net from 'node:net'
+import os from 'node:os'
+import path from 'node:path'
 import type { Readable } from 'node:stream'
-import { expect } from 'vitest'
+import { afterEach, expect } from 'vitest'
 import { NatdError, ProtocolError } from '../../src/protocol/errors.js'
 import type { Clock } from '../../src/protocol/log.js'
 
@@ -135,5 +138,18 @@ export function fakeStatus(overrides: Partial<StatusResult> = {}): StatusResult 
     uptimeMs: 5_000,
     tunnels: 0,
     ...overrides
+  }
+}
+
+/** Temp directories for a test file: the function returned makes one; all go after each test. */
+export function tempDirs(prefix: string): () => string {
+  const dirs: string[] = []
+  afterEach(() => {
+    for (const d of dirs.splice(0)) fs.rmSync(d, { recursive: true, force: true })
+  })
+  return () => {
+    const d = fs.mkdtempSync(path.join(os.tmpdir(), prefix))
+    dirs.push(d)
+    return d
   }
 }

@@ -2,25 +2,17 @@
 // sender, persisted and seeded from the inbox (a restart still dedupes), and bounded per
 // sender, in all, and in time.
 import fs from 'node:fs'
-import os from 'node:os'
 import path from 'node:path'
-import { afterEach, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import { DEDUPE_IDS_PER_PEER, DEDUPE_MAX_IDS, DEDUPE_WINDOW_MS, MESSAGE_IDS_FILE, MessageIds } from '../../../src/daemon/message-ids.js'
+import { tempDirs } from '../helpers.js'
 
 const T0 = 1_700_000_000_000
 const A = 'a'.repeat(52)
 const B = 'b'.repeat(52)
 const id = (n: number): string => n.toString(16).padStart(32, '0')
 
-const dirs: string[] = []
-afterEach(() => {
-  for (const d of dirs.splice(0)) fs.rmSync(d, { recursive: true, force: true })
-})
-function tmp(): string {
-  const d = fs.mkdtempSync(path.join(os.tmpdir(), 'natd-ids-'))
-  dirs.push(d)
-  return d
-}
+const tmp = tempDirs('natd-ids-')
 
 describe('MessageIds', () => {
   it('an ID counts only with its sender, and survives a restart (file 0600) and the inbox being cleared', () => {

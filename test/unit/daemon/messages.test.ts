@@ -229,4 +229,52 @@ describe('messages', () => {
     expect(bob.clear('carol')).toEqual({ removed: 1 })
     expect(bob.list().map((m) => m.from)).toEqual(['alice'])
   })
+
+  it('a tunnel that dies under the message (its ACK lost) is reopened within the send: the same ID again, bob stores it once', async () => {
+    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'natd-msg-'))
+    cleanups.push(() => fs.rmSync(tmp, { recursive: true, force: true }))
+    const quotas = { messagesPerPeer: 10, messageBytesPerPeer: 1024 }
+    const make = (dir: string, self: typeof ALICE, tunnels: TunnelManager): Messages => {
+      fs.mkdirSync(dir, { recursive: true })
+      return new Messages({ dir, tunnels, log: silentLogger, selfName: self.name, selfId: self.id, known: { list: () => [] }, onMessage: () => undefined, quotas: () => quotas })
+    }
+    const bob = make(path.join(tmp, 'bob'), BOB, {} as TunnelManager)
+    let opened = 0
+    let current: Mux | null = null
+    const tunnels = {
+      open: async () => {
+        if (!current || closed.has(current)) {
+          opened++
+          const pipe = messagePipe()
+          const a = new Mux(pipe.a, true, silentLogger)
+          const b = new Mux(pipe.b, false, silentLogger)
+          b.on('open', (req) => bob.onChannel({ peer: ALICE, mux: b } as unknown as Tunnel, req))
+          cleanups.push(() => {
+            a.close('test over')
+            b.close('test over')
+          })
+          if (opened === 1) {
+            // The path dies as bob's ACK leaves: dropped, and the tunnel closes.
+            pipe.tap = (from, frame) => {
+              if (from === 'b' && frame.includes(ACK_HEADER)) {
+                pipe.up = false
+                setImmediate(() => {
+                  closed.add(a)
+                  a.close('path died')
+                })
+              }
+            }
+          }
+          current = a
+        }
+        return { tunnel: { peer: BOB, path: 'direct-udp', mux: current } as unknown as Tunnel, tookMs: 0, reused: false }
+      }
+    } as unknown as TunnelManager
+    const closed = new Set<Mux>()
+    const alice = make(path.join(tmp, 'alice'), ALICE, tunnels)
+    const r = await alice.send('bob', 'through the outage', 3_000)
+    expect(opened).toBe(2)
+    expect(r.duplicate).toBe(true)
+    expect(bob.list().map((m) => ({ id: m.id, text: m.text }))).toEqual([{ id: r.id, text: 'through the outage' }])
+  })
 })

@@ -1,0 +1,53 @@
+// The sender's outbox (src/daemon/outbox.ts): the unsettled ID of a text to a peer is lent
+// to the next send of it (after a restart too), never to a send under way; settled, the
+// same text gets a new ID; the log stays bounded.
+import fs from 'node:fs'
+import path from 'node:path'
+import { describe, expect, it } from 'vitest'
+import { Outbox, OUTBOX_FILE, OUTBOX_MAX, OUTBOX_TTL_MS } from '../../../src/daemon/outbox.js'
+import { tempDirs } from '../helpers.js'
+
+const T0 = 1_700_000_000_000
+const BOB = 'b'.repeat(52)
+const CAROL = 'c'.repeat(52)
+
+const tmp = tempDirs('natd-outbox-')
+
+describe('Outbox', () => {
+  it('lends an unsettled ID to the same text for the same peer, across a restart; not while it is under way; not after the TTL', () => {
+    const dir = tmp()
+    const box = new Outbox(dir)
+    const first = box.take(BOB, 'hi', T0)
+    expect(first.id).toMatch(/^[0-9a-f]{32}$/)
+    expect(box.take(BOB, 'hi', T0).id).not.toBe(first.id) // two sends at once are two messages
+    expect(box.take(CAROL, 'hi', T0).id).not.toBe(first.id)
+    expect(box.take(BOB, 'hi!', T0).id).not.toBe(first.id)
+    first.release()
+    expect((fs.statSync(path.join(dir, OUTBOX_FILE)).mode & 0o777).toString(8)).toBe('600')
+    const restarted = new Outbox(dir)
+    expect(restarted.take(BOB, 'hi', T0 + 1).id).toBe(first.id)
+    expect(new Outbox(dir).take(BOB, 'hi', T0 + OUTBOX_TTL_MS + 1).id).not.toBe(first.id)
+  })
+
+  it('a settled ID is not lent again, across a restart; the log is compacted and holds at most OUTBOX_MAX', () => {
+    const dir = tmp()
+    const box = new Outbox(dir)
+    const p = box.take(BOB, 'hi', T0)
+    p.settle()
+    p.release()
+    expect(new Outbox(dir).take(BOB, 'hi', T0).id).not.toBe(p.id)
+    const busy = new Outbox(dir)
+    for (let i = 0; i < 100; i++) {
+      const q = busy.take(BOB, `m${i}`, T0)
+      q.settle()
+      q.release()
+    }
+    expect(fs.readFileSync(path.join(dir, OUTBOX_FILE), 'utf8').trim().split('\n').length).toBeLessThanOrEqual(2 * 64 + 2)
+    const max = 10 // OUTBOX_MAX in use; small here, as each new entry is fsynced
+    const small = new Outbox(dir, max)
+    for (let i = 0; i < max + 5; i++) small.take(CAROL, `u${i}`, T0).release()
+    expect(small.size).toBe(max)
+    expect(new Outbox(dir, max).size).toBe(max)
+    expect(OUTBOX_MAX).toBe(1_000)
+  })
+})
