@@ -33,8 +33,10 @@ ensure_node() {
 # Debian packages: iproute2/iptables/conntrack build the NAT lab, coturn brings the stock
 # STUN clients the tests compare against, iperf3 the benchmark baseline, socat and
 # python3 the API examples, systemd the unit checks (systemd-analyze), tcpdump the
-# capture that shows the relay carries ciphertext only.
-APT_PACKAGES=(iproute2 iptables conntrack coturn iperf3 socat python3 systemd procps tcpdump)
+# capture that shows the relay carries ciphertext only; gcc and libc6-dev build the lab's
+# link emulator (test/lab/linkem/linkem.c), ethtool turns offloads off on the veths it
+# bridges, iputils-ping measures its RTT.
+APT_PACKAGES=(iproute2 iptables conntrack coturn iperf3 socat python3 systemd procps tcpdump gcc libc6-dev ethtool iputils-ping)
 
 ensure_packages() {
   if [ "$(id -u)" != 0 ]; then
