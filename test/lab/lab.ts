@@ -135,6 +135,8 @@ const CGN_BLOCK_SIZE = 500;
 // renewPort moves a router's mappings into one of these in turn: below Linux's ephemeral
 // range (32768–60999), so a preserved source port never lands back on the old one.
 const RENEW_RANGES = ['10000-19999', '20000-29999'];
+// A CGN's renewed ranges stay clear of its subscribers' blocks (10000–59499), which it would preserve.
+const CGN_RENEW_RANGES = ['60000-62499', '62500-64999'];
 
 /** Where a site, CGN or the server meets its upstream: the iptables matches for loss and darkness, and its emulator. */
 interface Edge {
@@ -214,7 +216,7 @@ function siteRules(site: SiteState, initial: boolean): string {
 function cgnRules(c: CgnState, initial: boolean): string {
   // Renewed ports break the port-preserving hairpin: a renewed CGN hairpins no more.
   const hairpin = c.spec.hairpin && c.portGen === 0 ? c.sites.map((s) => ({ ip: s.wanIp, ports: blockOf(s.n).join(':') })) : undefined;
-  const ports = c.portGen === 0 ? undefined : RENEW_RANGES[(c.portGen - 1) % RENEW_RANGES.length];
+  const ports = c.portGen === 0 ? undefined : CGN_RENEW_RANGES[(c.portGen - 1) % CGN_RENEW_RANGES.length];
   return cgnRuleset({ nat: c.spec.nat, wanIp: c.wanIp, innerNet: `100.64.${c.k}.0/24`, hairpin, ports }, initial);
 }
 
