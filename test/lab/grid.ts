@@ -20,15 +20,13 @@
  * ~0.3 s there, past the grace, and UDP is kept. One lab serves every pair: each open is
  * its own tunnel.
  *
- * The CGN grid puts home routers behind carrier-grade NATs (100.64.0.0/10):
+ * The CGN grid adds home routers behind carrier-grade NATs (100.64.0.0/10) to that lab:
  *
  *   inet ─┬── cgnE (easy CGN, hairpins) ──┬── r (easy) ann
  *         │                               └── r (easy) ben
  *         ├── cgnN (easy CGN, no hairpin) ─┬── r (easy) cal
  *         │                               └── r (easy) dan
- *         ├── cgnS (symmetric CGN) ── r (easy) eve
- *         ├── r (easy) bob
- *         └── r (hard) carol
+ *         └── cgnS (symmetric CGN) ── r (easy) eve
  */
 import { expect } from 'vitest'
 import type { LabSpec, LinkSpec } from './lab.ts'
@@ -73,27 +71,26 @@ export const GRID: GridRow[] = [
   { from: 'ivan', to: 'judy', pair: 'easy×easy, RST routers', path: ['direct-udp', 'direct-tcp'] }
 ]
 
-export const CGN_SPEC: LabSpec = {
+/** The grid's sites plus five behind carrier-grade NATs: one lab serves both grids. */
+export const GRID_CGN_SPEC: LabSpec = {
   cgns: [
     { name: 'cgnE', nat: 'easy', hairpin: true },
     { name: 'cgnN', nat: 'easy' },
     { name: 'cgnS', nat: 'hard' }
   ],
   sites: [
+    ...GRID_SPEC.sites,
     { name: 'ann', nat: 'easy', cgn: 'cgnE' },
     { name: 'ben', nat: 'easy', cgn: 'cgnE' },
     { name: 'cal', nat: 'easy', cgn: 'cgnN' },
     { name: 'dan', nat: 'easy', cgn: 'cgnN' },
-    { name: 'eve', nat: 'easy', cgn: 'cgnS' },
-    { name: 'bob', nat: 'easy' },
-    { name: 'carol', nat: 'hard' }
+    { name: 'eve', nat: 'easy', cgn: 'cgnS' }
   ]
 }
 
 /** Each CGN row must give the path of the grid pair it stands for (an easy CGN adds no mapping rule of its own). */
 export const CGN_GRID: GridRow[] = [
   { from: 'ann', to: 'bob', pair: 'easy+CGN×easy', path: 'direct-tcp' },
-  { from: 'bob', to: 'ann', pair: 'easy×easy+CGN', path: 'direct-tcp' },
   { from: 'ann', to: 'carol', pair: 'easy+CGN×hard', path: 'direct-udp' },
   { from: 'ann', to: 'ben', pair: 'one CGN, hairpin', path: 'direct-tcp' },
   { from: 'cal', to: 'dan', pair: 'one CGN, no hairpin', path: 'relay' }
@@ -127,6 +124,8 @@ async function tunnelPath(n: NatdLab, key: string, peer: string): Promise<string
   return (r.json as Array<{ peer: string; path: string }>).find((t) => t.peer === peer)?.path
 }
 
+const START_AT_ONCE = 3
+
 export interface GridResult {
   path: string
   tookMs: number
@@ -136,8 +135,9 @@ export interface GridResult {
 export async function startAll(n: NatdLab, opts: { registerTimeoutMs?: number } = {}): Promise<void> {
   await n.startServer()
   const hosts = Object.keys(n.lab.hosts)
-  for (const h of hosts) await n.startAgent(h)
-  for (const h of hosts) await n.waitRegistered(h, opts.registerTimeoutMs)
+  // A few at a time: faster than one by one, without 15 Node starts fighting for 2 cores.
+  for (let i = 0; i < hosts.length; i += START_AT_ONCE) await Promise.all(hosts.slice(i, i + START_AT_ONCE).map((h) => n.startAgent(h)))
+  await Promise.all(hosts.map((h) => n.waitRegistered(h, opts.registerTimeoutMs)))
 }
 
 /**

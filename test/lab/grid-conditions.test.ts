@@ -1,0 +1,31 @@
+/**
+ * The NAT grid as the internet is (topology and rows in test/lab/grid.ts): at 100 ms RTT
+ * with jitter and loss on every link (the link emulator, test/lab/link-emulator.ts), every
+ * pair, and every pair through carrier-grade NAT, must get the path it gets on the bare lab
+ * (one lab for both: the CGN sites sit beside the grid's). The
+ * other RTTs (20, 300 ms) and the open times are in the benchmark (bench/grid-conditions.ts).
+ */
+import { describe, expect, it } from 'vitest'
+import { CGN_GRID, CGN_GRID_FINDINGS, GRID, GRID_CGN_SPEC, expectedPaths, linkFor, openRows, pathsOf, startAll, withLinks, type GridResult } from './grid.js'
+import { labAvailable } from './lab.js'
+import { withLab } from './natd-lab.js'
+
+describe.skipIf(!labAvailable())('the NAT grid under internet conditions', () => {
+  const findings: Record<string, GridResult> = {}
+  it('at 100 ms RTT, ±10% jitter and ~1% loss per path, every pair, and every pair through carrier-grade NAT (home NAT behind an easy CGN, two sites behind one CGN with and without hairpinning), gets the path it gets with no delay', async () => {
+    await withLab(withLinks(GRID_CGN_SPEC, linkFor(100)), async (n) => {
+      await startAll(n, { registerTimeoutMs: 30_000 })
+      const got = await openRows(n, [...GRID, ...CGN_GRID], { seeMs: 5_000 })
+      Object.assign(findings, await openRows(n, CGN_GRID_FINDINGS, { seeMs: 5_000 }))
+      process.stdout.write(`grid at 100 ms: ${JSON.stringify({ ...got, ...findings })}\n`)
+      expect(pathsOf(got)).toEqual(expectedPaths([...GRID, ...CGN_GRID], got))
+    })
+  }, 180_000)
+
+  // A finding, kept as the assertion it should be: it.fails passes while natd gets the
+  // relay here and will fail (flip it to \`it\`) once the birthday side's first TTL clears a
+  // CGN. Measured: relay, in 2.2–6.2 s (no direct path, auto's relay fallback).
+  it.fails('finding: behind a symmetric CGN × easy, auto gives direct-udp like hard×easy (today: relay, the TTL-2 birthday probes die at the CGN)', () => {
+    expect(pathsOf(findings)).toEqual(expectedPaths(CGN_GRID_FINDINGS, findings))
+  })
+})
