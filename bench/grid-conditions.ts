@@ -8,7 +8,7 @@
  * easy sites (delay only: no jitter, no loss), with what the link emulator counted: the
  * emulator must carry the benchmark's traffic without dropping a frame of its own.
  *
- *   node bench/grid-conditions.ts [--quick] [--rtts 0,20,100,300] [--reps N] [--mib N] [--json FILE]
+ *   node bench/grid-conditions.ts [--quick] [--rtts 0,20,100,300] [--reps N] [--mib N] [--skip-grid] [--skip-throughput] [--json FILE]
  *
  * Run by `npm run bench` (section `grid`); needs root (network namespaces).
  */
@@ -139,7 +139,7 @@ if (!labAvailable()) {
   process.exit(2)
 }
 const results: Record<string, Record<string, Record<string, PairResult>>> = { grid: {} }
-for (const rtt of RTTS) results.grid![String(rtt)] = await runGrid(GRID_CGN_SPEC, [...GRID, ...CGN_GRID, ...CGN_GRID_FINDINGS], rtt)
+if (!argv.includes('--skip-grid')) for (const rtt of RTTS) results.grid![String(rtt)] = await runGrid(GRID_CGN_SPEC, [...GRID, ...CGN_GRID, ...CGN_GRID_FINDINGS], rtt)
 const throughput: Record<string, unknown> = {}
 if (!argv.includes('--skip-throughput')) for (const rtt of RTTS) throughput[String(rtt)] = await throughputAt(rtt)
 const out = { rtts: RTTS, reps: REPS, mib: MIB, throughput, conditions: 'each link: delay rtt/4 one way, jitter ±10% of it, 0.5% loss each way (server link too)', results, path_changes: pathChanges(results) }
