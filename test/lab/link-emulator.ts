@@ -6,7 +6,7 @@
  *   router wan ⇄ a [ $id-lN: linkem ] b ⇄ wN inet
  *
  * This kernel has no netem (nor fq) qdisc. The program is compiled with gcc on first
- * use (once per source version, cached in the temp dir). Measured on the 2 shared cores
+ * use (once per source version, cached in node_modules/.cache). Measured on the 2 shared cores
  * (load ~7): 220 MB/s of iperf3 TCP with no delay, ~31 MB/s steady TCP at 100 ms RTT
  * (the TCP window's limit, not the emulator's: it forwarded every frame, none queued
  * past its time); ping's RTT = the configured one + 0.1–0.5 ms.
@@ -14,7 +14,6 @@
 import { execFile } from 'node:child_process'
 import { createHash } from 'node:crypto'
 import fs from 'node:fs'
-import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { ChildProcess } from 'node:child_process'
@@ -46,22 +45,33 @@ export interface LinkStats {
   down: LinkDirStats
 }
 
-const SOURCE = path.join(path.dirname(fileURLToPath(import.meta.url)), 'linkem/linkem.c')
+const HERE = path.dirname(fileURLToPath(import.meta.url))
+const SOURCE = path.join(HERE, 'linkem/linkem.c')
+const ROOT = path.resolve(HERE, '../..')
 // How long linkem may take to bind its sockets and say "ready".
 const READY_TIMEOUT_MS = 10_000
 const STATS_TIMEOUT_MS = 5_000
 
 let binary: Promise<string> | undefined
-/** gcc's output for the current linkem.c, built once per source version (an atomic rename: labs run in parallel). */
+/**
+ * gcc's output for the current linkem.c, built once per source version. It runs as root,
+ * so it lives in the repo's node_modules/.cache (not a world-writable temp dir where
+ * anyone could plant a binary), and a cached file is used only if it is ours and
+ * writable by no one else. Built to a private name, then renamed: labs run in parallel.
+ */
 export function linkemBinary(): Promise<string> {
   binary ??= (async () => {
     const src = fs.readFileSync(SOURCE)
-    const out = path.join(os.tmpdir(), `natd-linkem-${createHash('sha256').update(src).digest('hex').slice(0, 16)}`)
-    if (fs.existsSync(out)) return out
+    const dir = path.join(ROOT, 'node_modules/.cache/natd-linkem')
+    fs.mkdirSync(dir, { recursive: true, mode: 0o755 })
+    const out = path.join(dir, `linkem-${createHash('sha256').update(src).digest('hex').slice(0, 16)}`)
+    const st = fs.statSync(out, { throwIfNoEntry: false })
+    if (st && st.uid === process.getuid?.() && (st.mode & 0o022) === 0) return out
     const tmp = `${out}.${process.pid}.tmp`
     await new Promise<void>((resolve, reject) => {
       execFile('gcc', ['-O2', '-Wall', '-o', tmp, SOURCE], (err, _stdout, stderr) => (err ? reject(new Error(`gcc linkem.c failed (gcc is in scripts/dev.sh APT_PACKAGES): ${stderr || err.message}`)) : resolve()))
     })
+    fs.chmodSync(tmp, 0o755)
     fs.renameSync(tmp, out)
     return out
   })()
