@@ -6,7 +6,8 @@
  *
  * Then, at each RTT, a forwarded TCP transfer over direct-tcp and direct-udp between two
  * easy sites (delay only: no jitter, no loss), with what the link emulator counted: the
- * emulator must carry the benchmark's traffic without dropping a frame of its own.
+ * emulator must carry the benchmark's traffic without dropping a frame of its own (and
+ * `bare`: the same with no emulator, for what the emulator itself costs).
  *
  *   node bench/grid-conditions.ts [--quick] [--rtts 0,20,100,300] [--reps N] [--mib N] [--skip-grid] [--skip-throughput] [--json FILE]
  *
@@ -96,9 +97,9 @@ function pathChanges(results: Record<string, Record<string, Record<string, PairR
 }
 
 /** A forwarded transfer over each direct path between two easy sites `rttMs` apart (delay only), and the emulators' counts. */
-async function throughputAt(rttMs: number): Promise<Record<string, unknown>> {
-  const link = { delayMs: rttMs / 4 }
-  const spec: LabSpec = { serverLink: link, sites: [{ name: 'alice', nat: 'easy', link }, { name: 'bob', nat: 'easy', link }] }
+async function throughputAt(rttMs: number, emulated = true): Promise<Record<string, unknown>> {
+  const link = emulated ? { delayMs: rttMs / 4 } : undefined
+  const spec: LabSpec = { ...(link ? { serverLink: link } : {}), sites: [{ name: 'alice', nat: 'easy', link }, { name: 'bob', nat: 'easy', link }] }
   const n = new NatdLab(await createLab(spec))
   let failed = true
   try {
@@ -122,11 +123,13 @@ async function throughputAt(rttMs: number): Promise<Record<string, unknown>> {
       })()
       out[`forward_${opened?.path ?? via}`] = res ? { MBps: Math.round((res.bytes / 1e6 / (res.ms / 1000)) * 10) / 10, bytes: res.bytes } : { failed: `${r.code} ${r.stderr.slice(0, 200)}` }
     }
-    const stats = { alice: await n.lab.linkStats('alice'), bob: await n.lab.linkStats('bob') }
-    out.emulator_overflow_frames = stats.alice.up.overflow + stats.alice.down.overflow + stats.bob.up.overflow + stats.bob.down.overflow
-    out.emulator_send_errors = stats.alice.up.sendErrors + stats.alice.down.sendErrors + stats.bob.up.sendErrors + stats.bob.down.sendErrors
-    out.emulator_frames = stats.alice.up.tx + stats.alice.down.tx
-    process.stderr.write(`throughput at ${rttMs} ms: ${JSON.stringify(out)}\n`)
+    if (emulated) {
+      const stats = { alice: await n.lab.linkStats('alice'), bob: await n.lab.linkStats('bob') }
+      out.emulator_overflow_frames = stats.alice.up.overflow + stats.alice.down.overflow + stats.bob.up.overflow + stats.bob.down.overflow
+      out.emulator_send_errors = stats.alice.up.sendErrors + stats.alice.down.sendErrors + stats.bob.up.sendErrors + stats.bob.down.sendErrors
+      out.emulator_frames = stats.alice.up.tx + stats.alice.down.tx
+    }
+    process.stderr.write(`throughput at ${rttMs} ms${emulated ? '' : ' (no emulator)'}: ${JSON.stringify(out)}\n`)
     failed = false
     return out
   } finally {
@@ -141,7 +144,11 @@ if (!labAvailable()) {
 const results: Record<string, Record<string, Record<string, PairResult>>> = { grid: {} }
 if (!argv.includes('--skip-grid')) for (const rtt of RTTS) results.grid![String(rtt)] = await runGrid(GRID_CGN_SPEC, [...GRID, ...CGN_GRID, ...CGN_GRID_FINDINGS], rtt)
 const throughput: Record<string, unknown> = {}
-if (!argv.includes('--skip-throughput')) for (const rtt of RTTS) throughput[String(rtt)] = await throughputAt(rtt)
+if (!argv.includes('--skip-throughput')) {
+  // The same transfer with no emulator at all, for what the emulator itself costs.
+  if (RTTS.includes(0)) throughput.bare = await throughputAt(0, false)
+  for (const rtt of RTTS) throughput[String(rtt)] = await throughputAt(rtt)
+}
 const out = { rtts: RTTS, reps: REPS, mib: MIB, throughput, conditions: 'each link: delay rtt/4 one way, jitter ±10% of it, 0.5% loss each way (server link too)', results, path_changes: pathChanges(results) }
 console.log(JSON.stringify(out, null, 2))
 if (JSON_OUT) fs.writeFileSync(JSON_OUT, JSON.stringify(out, null, 2) + '\n')
