@@ -20,12 +20,14 @@ describe.skipIf(!labAvailable())('the NAT grid under internet conditions', () =>
       process.stdout.write(`grid at 100 ms: ${JSON.stringify({ ...got, ...findings })}\n`)
       expect(pathsOf(got)).toEqual(expectedPaths([...GRID, ...CGN_GRID], got))
     })
-  }, 180_000)
+  }, 300_000)
 
   // A finding, kept as the assertion it should be: it.fails passes while natd gets the
-  // relay here and will fail (flip it to \`it\`) once the birthday side's first TTL clears a
-  // CGN. Measured: relay, in 2.2–6.2 s (no direct path, auto's relay fallback).
+  // relay here and will fail (flip it to `it`) once the birthday side's first TTL clears a
+  // CGN. Measured (bench/grid-conditions.ts): relay every time, in 2.2–2.4 s with no
+  // delay and 3.1–3.5 s at 100 ms RTT (no direct path: auto's 2 s relay fallback).
   it.fails('finding: behind a symmetric CGN × easy, auto gives direct-udp like hard×easy (today: relay, the TTL-2 birthday probes die at the CGN)', () => {
-    expect(pathsOf(findings)).toEqual(expectedPaths(CGN_GRID_FINDINGS, findings))
+    // A row the first test never opened counts as right here, so this test fails (and says so) instead of passing on no data.
+    for (const g of CGN_GRID_FINDINGS) expect([g.path].flat(), g.pair).toContain(findings[g.pair]?.path ?? [g.path].flat()[0])
   })
 })
