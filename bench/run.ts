@@ -7,7 +7,7 @@
  *                                                               baselines: iperf3, bare UDX)
  *
  * Options: --quick (fewer repetitions, smaller transfers), --skip-capacity, --skip-footprint,
- * --skip-files, --mib N, --only SECTION (throughput | open | capacity | footprint | files),
+ * --skip-files, --skip-grid, --mib N, --only SECTION (throughput | open | capacity | footprint | files | grid),
  * --reps N, --via udp,tcp,relay (which forwards to run), --agent-node-options '…' (Node flags
  * for the two natd agents of the throughput section, for experiments), --cpu-prof DIR (the two natd agents of the throughput section write V8 CPU
  * profiles there; bench/profile-summary.ts summarises them).
@@ -401,6 +401,15 @@ if (runs('files') && fs.existsSync(fileBench)) {
   const start = text.lastIndexOf('\n{') + 1 // the last top-level JSON object (it may be indented over lines)
   results.files = JSON.parse(text.slice(start)) as unknown
   console.log(JSON.stringify(results.files, null, 2))
+}
+// The NAT grid and the CGN grid at several RTTs with jitter and loss (open time per pair in RTTs).
+const gridBench = path.join(ROOT, 'bench/grid-conditions.ts')
+if (runs('grid') && fs.existsSync(gridBench)) {
+  const gridFile = path.join(ROOT, 'bench/results/.grid.json')
+  execFileSync(node, ['--disable-warning=ExperimentalWarning', gridBench, '--json', gridFile, ...(QUICK ? ['--quick'] : [])], { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] })
+  results.grid = JSON.parse(fs.readFileSync(gridFile, 'utf8')) as unknown
+  fs.rmSync(gridFile)
+  console.log(JSON.stringify(results.grid, null, 2))
 }
 printSummary(results)
 const file = path.join(ROOT, 'bench/results', `${started.toISOString().slice(0, 19).replaceAll(':', '-')}.json`)

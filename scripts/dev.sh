@@ -34,8 +34,10 @@ ensure_node() {
 # STUN clients the tests compare against (with stun-client), miniupnpd-iptables the lab
 # gateway that answers PCP, NAT-PMP and UPnP IGD, iperf3 the benchmark baseline, socat and
 # python3 the API examples, systemd the unit checks (systemd-analyze), tcpdump the
-# capture that shows the relay carries ciphertext only.
-APT_PACKAGES=(iproute2 iptables conntrack coturn stun-client miniupnpd-iptables iperf3 socat python3 systemd procps tcpdump)
+# capture that shows the relay carries ciphertext only; gcc and libc6-dev build the lab's
+# link emulator (test/lab/linkem/linkem.c), ethtool turns offloads off on the veths it
+# bridges, iputils-ping measures its RTT.
+APT_PACKAGES=(iproute2 iptables conntrack coturn stun-client miniupnpd-iptables iperf3 socat python3 systemd procps tcpdump gcc libc6-dev ethtool iputils-ping)
 
 ensure_packages() {
   if [ "$(id -u)" != 0 ]; then

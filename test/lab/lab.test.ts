@@ -1,39 +1,10 @@
 // Proves the NAT lab behaves like the NATs natd has to get through.
-import { execFile, type ChildProcess } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLab, labAvailable, type Lab } from './lab.js';
-
-// UDP echo: binds every ip:port given, answers each datagram with the sender's
-// address as seen here, and logs it ("got ip:port") so tests can see what arrived.
-const ECHO = `
-const dgram = require('node:dgram');
-const binds = process.argv.slice(1);
-let bound = 0;
-for (const b of binds) {
-  const [ip, port] = b.split(':');
-  const s = dgram.createSocket('udp4');
-  s.on('message', (_m, r) => { console.log('got ' + r.address + ':' + r.port); s.send(r.address + ':' + r.port, r.port, r.address); });
-  s.bind(Number(port), ip, () => { if (++bound === binds.length) console.log('ready'); });
-}`;
-
-// One UDP request to ip:port from localPort (0 = any) with the given TTL, resent every
-// 100 ms. Prints the reply, "timeout", or "refused" (ICMP port unreachable: the socket
-// is connected so the kernel reports it).
-const UDP_PROBE = `
-const [ip, port, localPort, ttl, timeoutMs] = process.argv.slice(1);
-const s = require('node:dgram').createSocket('udp4');
-const done = (text) => { console.log(text); process.exit(0); };
-s.on('message', (m) => done(String(m)));
-s.on('error', (e) => done(e.code === 'ECONNREFUSED' ? 'refused' : 'error ' + e.code));
-s.bind(Number(localPort), () => s.connect(Number(port), ip, () => {
-  s.setTTL(Number(ttl));
-  const send = () => s.send('probe');
-  send();
-  setInterval(send, 100);
-}));
-setTimeout(() => done('timeout'), Number(timeoutMs));`;
+import { startEcho, udpProbe, type Echo } from './probes.js';
 
 // One TCP connect: prints "connected", "refused" or "timeout".
 const TCP_PROBE = `
@@ -43,37 +14,6 @@ const done = (text) => { console.log(text); process.exit(0); };
 c.on('connect', () => done('connected'));
 c.on('error', (e) => done(e.code === 'ECONNREFUSED' ? 'refused' : 'error ' + e.code));
 setTimeout(() => done('timeout'), Number(timeoutMs));`;
-
-interface Echo {
-  child: ChildProcess;
-  lines: string[];
-}
-
-async function startEcho(lab: Lab, ns: string, binds: string[]): Promise<Echo> {
-  const child = lab.spawn(ns, ['node', '-e', ECHO, ...binds]);
-  const lines: string[] = [];
-  await new Promise<void>((resolve, reject) => {
-    child.once('exit', (code) => reject(new Error(`echo in ${ns} exited with ${code}`)));
-    child.stdout?.setEncoding('utf8').on('data', (chunk: string) => {
-      lines.push(...chunk.split('\n').filter(Boolean));
-      if (lines.includes('ready')) resolve();
-    });
-  });
-  return { child, lines };
-}
-
-interface ProbeOpts {
-  localPort?: number;
-  ttl?: number;
-  timeoutMs?: number;
-}
-
-async function udpProbe(lab: Lab, ns: string, ip: string, port: number, o: ProbeOpts = {}): Promise<string> {
-  const args = [ip, port, o.localPort ?? 0, o.ttl ?? 64, o.timeoutMs ?? 1000].map(String);
-  const r = await lab.exec(ns, ['node', '-e', UDP_PROBE, ...args]);
-  if (r.code !== 0) throw new Error(`udp probe failed: ${r.stderr}`);
-  return r.stdout.trim();
-}
 
 async function tcpProbe(lab: Lab, ns: string, ip: string, port: number, timeoutMs: number): Promise<string> {
   const r = await lab.exec(ns, ['node', '-e', TCP_PROBE, ip, String(port), String(timeoutMs)]);

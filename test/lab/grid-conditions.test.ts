@@ -1,0 +1,34 @@
+/**
+ * The NAT grid as the internet is (topology and rows in test/lab/grid.ts): at 100 ms RTT
+ * with jitter and loss on every link (the link emulator, test/lab/link-emulator.ts), every
+ * pair, and every pair through carrier-grade NAT, must get the path it gets on the bare lab
+ * (one lab for both: the CGN sites sit beside the grid's). Rows seen to swap direct-tcp and
+ * direct-udp under delay accept either (GridRow.underDelay: a finding, documented there). The
+ * other RTTs (20, 300 ms) and the open times are in the benchmark (bench/grid-conditions.ts).
+ */
+import { describe, expect, it } from 'vitest'
+import { CGN_GRID, CGN_GRID_FINDINGS, GRID, GRID_CGN_SPEC, expectedPaths, linkFor, openRows, pathsOf, startAll, withLinks, type GridResult } from './grid.js'
+import { labAvailable } from './lab.js'
+import { withLab } from './natd-lab.js'
+
+describe.skipIf(!labAvailable())('the NAT grid under internet conditions', () => {
+  const findings: Record<string, GridResult> = {}
+  it('at 100 ms RTT, ±10% jitter and ~1% loss per path, every pair, and every pair through carrier-grade NAT (home NAT behind an easy CGN, two sites behind one CGN with and without hairpinning), gets the path it gets with no delay', async () => {
+    await withLab(withLinks(GRID_CGN_SPEC, linkFor(100)), async (n) => {
+      await startAll(n, { registerTimeoutMs: 30_000 })
+      const got = await openRows(n, [...GRID, ...CGN_GRID], { seeMs: 5_000 })
+      Object.assign(findings, await openRows(n, CGN_GRID_FINDINGS, { seeMs: 5_000 }))
+      process.stdout.write(`grid at 100 ms: ${JSON.stringify({ ...got, ...findings })}\n`)
+      expect(pathsOf(got)).toEqual(expectedPaths([...GRID, ...CGN_GRID], got, { delayed: true }))
+    })
+  }, 300_000)
+
+  // A finding, kept as the assertion it should be: it.fails passes while natd gets the
+  // relay here and will fail (flip it to `it`) once the birthday side's first TTL clears a
+  // CGN. Measured (bench/grid-conditions.ts): relay every time, in 2.2–2.4 s with no
+  // delay and 3.1–3.5 s at 100 ms RTT (no direct path: auto's 2 s relay fallback).
+  it.fails('finding: behind a symmetric CGN × easy, auto gives direct-udp like hard×easy (today: relay, the TTL-2 birthday probes die at the CGN)', () => {
+    // A row the first test never opened counts as right here, so this test fails (and says so) instead of passing on no data.
+    for (const g of CGN_GRID_FINDINGS) expect([g.path].flat(), g.pair).toContain(findings[g.pair]?.path ?? [g.path].flat()[0])
+  })
+})
