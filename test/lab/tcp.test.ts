@@ -8,6 +8,7 @@
  */
 import { describe, expect, it } from 'vitest'
 import { labAvailable } from './lab.js'
+import { linkFor, withLinks } from './grid.js'
 import { NatdLab, pair, startPair, waitFor, withLab } from './natd-lab.js'
 
 const MiB = 1024 * 1024
@@ -50,8 +51,11 @@ describe.skipIf(!labAvailable())('TCP hole punching', () => {
   // once the previous one has ended at both ends: when alice's 5 s open gives up, bob's
   // side keeps punching until its own 15 s accept deadline, and an open started meanwhile
   // collides with it (a known gap: the initiator cannot yet cancel the responder).
-  it('routers that answer unsolicited SYNs with RST: direct-tcp within 5 s in at least 9 of 10 runs', async () => {
-    await withLab(pair('easy', 'easy', 'reset'), async (n) => {
+  // The sites are 20 ms apart (link emulator), as on the internet: with no delay the two
+  // SYNs must cross inside the ~15 µs a router's RST takes, which a loaded 2-core machine
+  // cannot schedule reliably (CI: 8 of 10 once, the SYN budget spent in the burst).
+  it('routers that answer unsolicited SYNs with RST, 20 ms apart: direct-tcp within 5 s in at least 9 of 10 runs', async () => {
+    await withLab(withLinks(pair('easy', 'easy', 'reset'), linkFor(20, 0)), async (n) => {
       await startPair(n)
       const took: number[] = []
       let failures = 0
