@@ -33,8 +33,9 @@ ensure_node() {
 # Debian packages: iproute2/iptables/conntrack build the NAT lab, coturn brings the stock
 # STUN clients the tests compare against, iperf3 the benchmark baseline, socat and
 # python3 the API examples, systemd the unit checks (systemd-analyze), tcpdump the
-# capture that shows the relay carries ciphertext only.
-APT_PACKAGES=(iproute2 iptables conntrack coturn iperf3 socat python3 systemd procps tcpdump)
+# capture that shows the relay carries ciphertext only, redis-server the several-instances
+# tests (the tests start their own; the package's service is not needed).
+APT_PACKAGES=(iproute2 iptables conntrack coturn iperf3 socat python3 systemd procps tcpdump redis-server)
 
 ensure_packages() {
   if [ "$(id -u)" != 0 ]; then

@@ -155,7 +155,7 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
   async introduce(target: string, via: Via): Promise<Introduction> {
     const reply = await this.request({ type: 'introduce', reqId: 0, target, via })
     if (reply.type !== 'introduction') throw new NatdError('INTERNAL', `unexpected ${reply.type}`)
-    return { introId: reply.introId, punchKey: reply.punchKey, initiator: reply.initiator, via: reply.via, peer: reply.peer }
+    return { introId: reply.introId, punchKey: reply.punchKey, initiator: reply.initiator, via: reply.via, peer: reply.peer, relay: reply.relay ?? null }
   }
 
   /** Datagrams from the shared UDP socket that carry our magic. */
@@ -279,7 +279,7 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
         return
       case 'introduction':
         // reqId 0: a peer asked for us. Another is a reply that came after its request gave up.
-        if (msg.reqId === 0) this.emit('introduction', { introId: msg.introId, punchKey: msg.punchKey, initiator: msg.initiator, via: msg.via, peer: msg.peer })
+        if (msg.reqId === 0) this.emit('introduction', { introId: msg.introId, punchKey: msg.punchKey, initiator: msg.initiator, via: msg.via, peer: msg.peer, relay: msg.relay ?? null })
         return
       case 'error':
         if (msg.reqId) return // a late reply
