@@ -14,6 +14,7 @@ import { parseEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { peerId, type KeyPair } from '../protocol/identity.js'
 import { FileNameStore } from './file-name-store.js'
 import { namesLs, namesRm } from './names-command.js'
+import { PromMetrics, type ServerGauges } from './metrics.js'
 import { RedisCluster } from './redis-cluster.js'
 import { RendezvousServer } from './server.js'
 import { defaultServerStateDir, ensureStateDir, KEY_FILE, loadServerKey } from './server-identity.js'
@@ -58,6 +59,7 @@ function serverOptions(y: Argv<{ 'state-dir': string | undefined }>) {
     .option('relays-per-minute', { type: 'number', default: D.relaysPerMinute, describe: 'relay binds per minute from one IPv4 address or IPv6 /64' })
     .option('redis', { type: 'string', describe: 'share the registry with other instances through this Redis 7 (redis://[user:pass@]host:port, rediss:// for TLS); default: this process alone' })
     .option('advertise', { type: 'string', describe: 'with --redis: the HOST[:PORT] agents dial for this instance (named to peers of other instances for relaying; default --host and --port)' })
+    .option('metrics', { type: 'string', describe: 'serve Prometheus metrics on HOST:PORT at /metrics (off by default; bind a private address)' })
     .option('log-level', { choices: LOG_LEVELS, default: 'info' as const })
 }
 
@@ -177,9 +179,20 @@ async function runServer(argv: ServerArgs): Promise<void> {
     if (!/^rediss?:\/\//.test(argv.redis)) usage('--redis takes a redis:// or rediss:// URL')
   }
 
+  let metricsAt: Endpoint | null = null
+  if (argv.metrics !== undefined) {
+    try {
+      metricsAt = parseEndpoint(argv.metrics)
+    } catch (err) {
+      usage(`--metrics: ${(err as Error).message}`)
+    }
+  }
+
   const log = createLogger({ level: argv['log-level'] })
+  const gauges: ServerGauges = { agentsConnected: () => server.agentsConnected, relayTunnels: () => server.relay?.tunnels ?? 0, relayBytes: () => server.relay?.bytesRelayed ?? 0, redisHealthy: () => (cluster ? (cluster.healthy ? 1 : 0) : null) }
+  const metrics: PromMetrics | null = metricsAt ? new PromMetrics(gauges) : null
   // Several instances: the bindings live in Redis (the registry's store is a cache of them).
-  const cluster = argv.redis !== undefined && advertise ? new RedisCluster({ url: argv.redis, advertise }, log.child({ component: 'cluster' })) : null
+  const cluster = argv.redis !== undefined && advertise ? new RedisCluster({ url: argv.redis, advertise, observe: (ms, ok) => metrics?.redis(ms, ok) }, log.child({ component: 'cluster' })) : null
   let names: FileNameStore
   try {
     ensureStateDir(stateDir)
@@ -187,12 +200,14 @@ async function runServer(argv: ServerArgs): Promise<void> {
   } catch (err) {
     usage(`cannot open the names file in ${stateDir}: ${(err as Error).message}`)
   }
-  const server = new RendezvousServer(
+  // (the gauges read `server` at scrape time, after it is made)
+  const server: RendezvousServer = new RendezvousServer(
     { host: argv.host, port: argv.port, altPort: argv['alt-port'], altHost, secret, peerTimeoutMs, heartbeatMs, relay, nameTtlMs, limits },
-    { log: log.child({ component: 'rendezvous' }), keyPair, names: cluster ? undefined : names, cluster }
+    { log: log.child({ component: 'rendezvous' }), keyPair, names: cluster ? undefined : names, cluster, metrics }
   )
   try {
     await server.start()
+    if (metrics && metricsAt) log.info('metrics listening', { at: `${metricsAt.host}:${await metrics.listen(metricsAt.host, metricsAt.port, log)}` })
   } catch (err) {
     log.error(cluster ? 'cannot listen or reach Redis' : 'cannot listen', { err: (err as Error).message })
     names.close()
@@ -200,6 +215,7 @@ async function runServer(argv: ServerArgs): Promise<void> {
   }
   const shutdown = (signal: string): void => {
     log.info('shutting down', { signal })
+    metrics?.close()
     void server
       .stop()
       .finally(() => names.close())

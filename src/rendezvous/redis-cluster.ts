@@ -116,6 +116,8 @@ export interface RedisClusterInit {
   url: string
   /** The address agents dial for this instance (relay): its public host and port. */
   advertise: Endpoint
+  /** Each request's latency and outcome (metrics). */
+  observe?: (ms: number, ok: boolean) => void
 }
 
 type Client = ReturnType<typeof createClient>
@@ -325,7 +327,12 @@ export class RedisCluster implements Cluster {
         m.eval(DROP_SCRIPT, { keys: [`${P}peer:${k}`, `${P}agents:${this.instance}`, `${P}name:${name}`], arguments: [this.instance, k, String(at)] })
       }
     }
-    const replies = await m.execAsPipeline()
+    const started = performance.now()
+    const replies = await m.execAsPipeline().catch((err: unknown) => {
+      this.init.observe?.(performance.now() - started, false)
+      throw err
+    })
+    this.init.observe?.(performance.now() - started, true)
     // A CLAIM that found the name held by another key: a split while Redis was away. The binding in Redis wins.
     let i = 0
     for (const [k, { record }] of batch) {
@@ -463,11 +470,14 @@ export class RedisCluster implements Cluster {
 
   /** A request whose failure means "Redis is away": TIMEOUT for the caller to map. */
   private async call<T>(run: () => Promise<T>): Promise<T> {
+    const started = performance.now()
     try {
       const r = await run()
       this.ok = true
+      this.init.observe?.(performance.now() - started, true)
       return r
     } catch (err) {
+      this.init.observe?.(performance.now() - started, false)
       this.markDown(err)
       throw new NatdError('TIMEOUT', 'the shared registry (Redis) does not answer', { cause: err })
     }

@@ -37,6 +37,7 @@ import { RefusalLog } from './refusal-log.js'
 import { StunResponder, type StunSlot } from './stun-responder.js'
 import { TcpGate, type TcpConn } from './tcp-gate.js'
 import type { Cluster, RemoteIntroduction, RemotePeer } from './cluster.js'
+import type { ServerMetrics } from './metrics.js'
 import type { NameStore } from './name-store.js'
 import { DEFAULT_NAME_TTL_MS, Registry, type RegRef, type Registration } from './registry.js'
 import { Relay, type RelayLimits } from './relay.js'
@@ -89,6 +90,8 @@ export interface RendezvousComponents {
    * stops it; its NameStore is then a cache of the shared bindings. Default: none.
    */
   cluster?: Cluster | null
+  /** Counters for --metrics (metrics.ts); default none. */
+  metrics?: ServerMetrics | null
 }
 
 export class RendezvousServer {
@@ -115,6 +118,7 @@ export class RendezvousServer {
   private readonly introKeyRate: RateLimiter
   private readonly introSourceRate: RateLimiter
   private readonly cluster: Cluster | null
+  private readonly metrics: ServerMetrics | null
 
   constructor(
     private readonly init: RendezvousInit,
@@ -124,6 +128,7 @@ export class RendezvousServer {
     this.clock = components.clock ?? systemClock
     this.keyPair = components.keyPair
     this.cluster = components.cluster ?? null
+    this.metrics = components.metrics ?? null
     this.registry = new Registry(this.clock, init.peerTimeoutMs, { names: components.names, nameTtlMs: init.nameTtlMs })
     this.secretKey = init.secret ? networkSecretKey(init.secret) : null
     this.stun = new StunResponder({ host: init.host, port: init.port, altPort: init.altPort, altHost: init.altHost ?? null })
@@ -229,6 +234,7 @@ export class RendezvousServer {
 
   private onStun(sock: dgram.Socket, buf: Buffer, from: Endpoint): void {
     const at = [...this.udpBySlot].find(([, s]) => s === sock)?.[0] ?? 'main'
+    this.metrics?.stunRequest()
     const answer = this.stun.respond(buf, at, from) // see stun-responder.ts: CHANGE-REQUEST, sizes
     if (answer) this.sendUdp(this.udpBySlot.get(answer.via) ?? sock, answer.bytes, from)
   }
@@ -434,7 +440,9 @@ export class RendezvousServer {
         this.gate.authenticated(conn)
         conn.socket.setKeepAlive(true, 10_000)
         this.gate.send(conn, this.registerAck(reg, conn.remote))
+        this.metrics?.registration('ok')
       } catch (err) {
+        this.metrics?.registration('refused')
         const e = toNatdError(err)
         this.refusals.refused('registration refused', conn.remote, e.code, e.message)
         this.gate.send(conn, { type: 'error', reqId: 0, code: e.code, message: e.message })
@@ -495,7 +503,10 @@ export class RendezvousServer {
    * its side through that instance, and is told to relay through this one.
    */
   private async onIntroduce(conn: TcpConn, fromRef: RegRef, msg: Extract<Message, { type: 'introduce' }>): Promise<void> {
-    const fail = (code: string, message: string): void => this.gate.send(conn, { type: 'error', reqId: msg.reqId, code, message })
+    const fail = (code: string, message: string): void => {
+      this.metrics?.introduction('refused')
+      this.gate.send(conn, { type: 'error', reqId: msg.reqId, code, message })
+    }
     const targetRef = this.registry.lookup(msg.target)
     if (targetRef === fromRef) return fail('INVALID_ARGUMENT', 'cannot open a tunnel to yourself')
     const key = conn.session!.remotePublicKey!.toString('hex')
@@ -537,6 +548,7 @@ export class RendezvousServer {
     }
     this.gate.send(conn, { type: 'introduction', reqId: msg.reqId, introId, punchKey, initiator: true, via: msg.via, peer: target })
     if (targetConn) this.addContact(fromRef, targetRef!)
+    this.metrics?.introduction(targetConn ? 'local' : 'remote')
     this.log.info('introduced', { from: from.name, to: target.name, via: msg.via, instance: remote?.instance ?? null })
   }
 
@@ -594,6 +606,11 @@ export class RendezvousServer {
 
   private closeConnOf(ref: RegRef): void {
     this.connByPeer.get(ref)?.socket.destroy()
+  }
+
+  /** Agents holding a control connection here (metrics). */
+  get agentsConnected(): number {
+    return this.connByPeer.size
   }
 
   address(): { udp: number; tcp: number; alt: number | null } {
