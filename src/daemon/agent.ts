@@ -239,6 +239,11 @@ export class Agent {
     else this.client?.onDatagram(buf, from)
   }
 
+  /** The instance we are registered with (several: `--server a,b,c`), else the first named. */
+  private async homeServer(): Promise<Endpoint> {
+    return this.client?.serverEndpoint ?? (await resolveServer(this.server))
+  }
+
   /**
    * How our NAT maps, from STUN to the server's other address when it names one
    * (OTHER-ADDRESS, --alt-host), else to its alternate port (the main port + 1); see
@@ -246,7 +251,7 @@ export class Agent {
    */
   private async checkNat(): Promise<void> {
     try {
-      const server = await resolveServer(this.server)
+      const server = await this.homeServer()
       const { verdict, samples } = await this.natCheck!.verdict(server, server.port + 1, localEndpoints(this.localPort))
       const changed = verdict !== this.nat
       this.nat = verdict
@@ -264,7 +269,7 @@ export class Agent {
   private async netcheck(): Promise<NetcheckResult> {
     if (!this.natCheck) throw new NatdError('NOT_REGISTERED', 'not started')
     const started = Date.now()
-    const server = await resolveServer(this.server)
+    const server = await this.homeServer()
     const localPort = this.localPort
     const r = await this.natCheck.netcheck(server, server.port + 1, localEndpoints(localPort))
     const previousNat = this.nat
