@@ -43,6 +43,8 @@ export interface ClusterHandlers {
   onIntroduction(intro: RemoteIntroduction): void
   /** Agents held by other instances came up or went down (a dead instance's go down together). */
   onPeerEvents(event: 'up' | 'down', peers: PeerRecord[]): void
+  /** Agents this instance holds registered with another since (failed over): they are no longer ours. */
+  onMoved(peers: PeerRecord[]): void
 }
 
 export interface Cluster {
@@ -60,8 +62,12 @@ export interface Cluster {
   claimName(name: string, publicKey: Uint8Array, now: number, nameTtlMs: number): Promise<void>
   /** RELEASE: true when released, false when unbound; UNAUTHORIZED when another key holds it. */
   releaseName(name: string, publicKey: Uint8Array): Promise<boolean>
-  /** One of this instance's agents is online with this record (now or after a change): written in the next batch. */
-  online(record: PeerRecord): void
+  /**
+   * One of this instance's agents is online with this record (now or after a change):
+   * written in the next batch. `registeredAt` when it (re)registered: of two instances
+   * holding one key, the later registration wins (instances' clocks must agree, NTP).
+   */
+  online(record: PeerRecord, registeredAt?: number): void
   /** One of this instance's agents went offline at `now`: removed in the next batch. */
   offline(record: PeerRecord, now: number): void
   /** An online agent held by another instance, by name or full peer ID. */

@@ -23,8 +23,8 @@
  * instances listened, so "nobody" becomes PEER_OFFLINE at once.
  *
  * Redis operations, steady state: heartbeats touch only the instance's memory. An agent
- * costs one batched write when it registers or its UDP mapping moves (CLAIM script + HSET
- * + PEXPIRE + SADD + PUBLISH, pipelined), one when it leaves, and one PEXPIRE every
+ * costs one batched write when it registers or its UDP mapping moves (CLAIM and WRITE
+ * scripts + a PUBLISH shared by the batch), one when it leaves, and one PEXPIRE every
  * RECORD_REFRESH_MS (5 min): 0.2 operations per agent per minute, 20,000 a minute (333/s)
  * at 100,000 agents. Per instance: SET every 5 s, the reaper's SMEMBERS + EXISTS.
  *
@@ -86,6 +86,21 @@ redis.call('SET', KEYS[2], ARGV[4])
 return ''
 `
 
+/**
+ * WRITE: KEYS peer(K), agents(I); ARGV I, rec, since, ttlMs. The record of the newest
+ * registration wins (`since`: when it registered), whatever order the batches of two
+ * instances reach Redis in: an agent that failed over is not claimed back by its old
+ * instance's late batch. 1 written, 0 a newer registration holds it.
+ */
+const WRITE_SCRIPT = `
+local cur = tonumber(redis.call('HGET', KEYS[1], 'since') or '0')
+if cur > tonumber(ARGV[3]) and redis.call('HGET', KEYS[1], 'inst') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'inst', ARGV[1], 'rec', ARGV[2], 'since', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('SADD', KEYS[2], ARGV[5])
+return 1
+`
+
 /** RELEASE: KEYS name; ARGV K. 1 released, 0 unbound, -1 another key holds it. */
 const RELEASE_SCRIPT = `
 local held = redis.call('HGET', KEYS[1], 'key')
@@ -130,11 +145,15 @@ export class RedisCluster implements Cluster {
   private readonly dirty = new Map<string, { record: PeerRecord | null; at: number }>()
   /** Online records this instance holds (K → record): rewritten after Redis comes back, TTLs refreshed. */
   private readonly held = new Map<string, PeerRecord>()
+  /** When each agent held here registered (K → ms): the newest registration of a key wins. */
+  private readonly since = new Map<string, number>()
   private timers: NodeJS.Timeout[] = []
   private flushing = false
   private ok = false
   private stopped = false
   private lastRecordRefresh = Date.now()
+  /** When the connection to Redis last became ready (the reaper waits INSTANCE_TTL_MS after it). */
+  private readyAt = Date.now()
 
   constructor(
     private readonly init: RedisClusterInit,
@@ -215,8 +234,9 @@ export class RedisCluster implements Cluster {
     return r === 1
   }
 
-  online(record: PeerRecord): void {
+  online(record: PeerRecord, registeredAt?: number): void {
     const k = hex(record.publicKey)
+    if (registeredAt !== undefined) this.since.set(k, registeredAt)
     this.held.set(k, record)
     this.dropped.delete(k)
     this.dirty.set(k, { record, at: Date.now() })
@@ -225,6 +245,7 @@ export class RedisCluster implements Cluster {
   offline(record: PeerRecord, now: number): void {
     const k = hex(record.publicKey)
     this.held.delete(k)
+    this.since.delete(k)
     this.dropped.set(k, record)
     this.dirty.set(k, { record: null, at: now })
   }
@@ -237,7 +258,7 @@ export class RedisCluster implements Cluster {
       const bound = await this.call(() => this.client.hGet(`${P}name:${target}`, 'key'))
       if (typeof bound === 'string' && /^[0-9a-f]{64}$/.test(bound)) k = bound
     }
-    if (!k || this.held.has(k)) return undefined
+    if (!k) return undefined
     const got = await this.call(() => this.client.hmGet(`${P}peer:${k}`, ['inst', 'rec']))
     const [inst, rec] = got as (string | null)[]
     if (!inst || !rec || inst === this.instance) return undefined
@@ -318,10 +339,8 @@ export class RedisCluster implements Cluster {
     for (const [k, { record, at }] of batch) {
       if (record) {
         m.eval(CLAIM_SCRIPT, { keys: [`${P}name:${record.name}`, `${P}keyname:${k}`], arguments: [k, String(at), String(Number.MAX_SAFE_INTEGER), record.name] })
-        m.hSet(`${P}peer:${k}`, { inst: this.instance, rec: JSON.stringify(recordJson(record)) })
-        m.pExpire(`${P}peer:${k}`, RECORD_TTL_MS)
-        m.sAdd(`${P}agents:${this.instance}`, k)
-        up.push(record)
+        const since = this.since.get(k) ?? at
+        m.eval(WRITE_SCRIPT, { keys: [`${P}peer:${k}`, `${P}agents:${this.instance}`], arguments: [this.instance, JSON.stringify(recordJson(record)), String(since), String(RECORD_TTL_MS), k] })
       } else {
         const name = this.nameOfDropped(k)
         m.eval(DROP_SCRIPT, { keys: [`${P}peer:${k}`, `${P}agents:${this.instance}`, `${P}name:${name}`], arguments: [this.instance, k, String(at)] })
@@ -339,7 +358,8 @@ export class RedisCluster implements Cluster {
       if (record) {
         const held = replies[i]
         if (typeof held === 'string' && held !== '') this.log.warn('shared registry: name bound to another key meanwhile', { name: record.name, key: k.slice(0, 8) })
-        i += 4
+        if (Number(replies[i + 1]) === 1) up.push(record)
+        i += 2
       } else {
         if (Number(replies[i]) === 1) down.push(this.dropped.get(k)!)
         this.dropped.delete(k)
@@ -360,7 +380,7 @@ export class RedisCluster implements Cluster {
   /** `from`: the instance that held them (a reaped one's ID for its agents, so the reaper's own agents hear of it too). */
   private async publishEvents(event: 'up' | 'down', peers: PeerRecord[], from = this.instance): Promise<void> {
     for (let i = 0; i < peers.length; i += BATCH) {
-      const msg = JSON.stringify({ e: event, from, peers: peers.slice(i, i + BATCH).map(recordJson) })
+      const msg = JSON.stringify({ e: event, from, peers: peers.slice(i, i + BATCH).map((p) => ({ ...recordJson(p), s: this.since.get(hex(p.publicKey)) ?? 0 })) })
       await this.client.publish(`${P}events`, msg)
     }
   }
@@ -408,6 +428,9 @@ export class RedisCluster implements Cluster {
    * instance and is left alone.
    */
   private async reapDead(): Promise<void> {
+    // Redis back after a pause longer than the TTL: every instance key expired meanwhile.
+    // The others re-announce within their reconnect backoff; reaping them now would flap their agents.
+    if (Date.now() - this.readyAt < INSTANCE_TTL_MS) return
     const all = await this.client.sMembers(`${P}instances`)
     for (const inst of all) {
       if (inst === this.instance || !/^[0-9a-f]{16}$/.test(inst)) continue
@@ -442,8 +465,15 @@ export class RedisCluster implements Cluster {
   private onEvents(raw: string): void {
     const parsed = raw.length <= MAX_MESSAGE_CHARS ? safeJson(raw) : null
     if (!isObject(parsed) || (parsed.e !== 'up' && parsed.e !== 'down') || parsed.from === this.instance || !Array.isArray(parsed.peers)) return
-    const peers = parsed.peers.slice(0, BATCH).map(recordFromJson).filter((r): r is PeerRecord => r !== null)
+    const list = parsed.peers.slice(0, BATCH) as unknown[]
+    const peers = list.map(recordFromJson).filter((r): r is PeerRecord => r !== null)
     const online = parsed.e === 'up'
+    if (online) {
+      // Agents we hold that registered with another instance since: they moved.
+      const moved = list.filter((v): v is { k: string; s: number } => isObject(v) && typeof v.k === 'string' && typeof v.s === 'number' && (this.since.get(v.k) ?? Infinity) < v.s)
+      const gone = peers.filter((p) => moved.some((m) => m.k === hex(p.publicKey)))
+      if (gone.length) this.handlers?.onMoved(gone)
+    }
     // An agent held here (it re-homed) is not down because its old instance was reaped.
     const relevant = peers.filter((p) => online || !this.held.has(hex(p.publicKey))).map((p) => ({ ...p, online }))
     if (relevant.length) this.handlers?.onPeerEvents(parsed.e, relevant)
@@ -452,6 +482,7 @@ export class RedisCluster implements Cluster {
   // --- connection state ------------------------------------------------------
 
   private onReady(): void {
+    this.readyAt = Date.now()
     if (!this.handlers || this.stopped) return
     // Redis is back (maybe restarted empty): say who we are and rewrite every record we hold.
     for (const [k, record] of this.held) if (!this.dirty.has(k)) this.dirty.set(k, { record, at: Date.now() })

@@ -162,7 +162,8 @@ export class RendezvousServer {
       await this.listen()
       await this.cluster?.start({
         onIntroduction: (intro) => this.onRemoteIntroduction(intro),
-        onPeerEvents: (event, peers) => this.onRemotePeerEvents(event, peers)
+        onPeerEvents: (event, peers) => this.onRemotePeerEvents(event, peers),
+        onMoved: (peers) => peers.forEach((p) => this.movedAway(p))
       })
     } catch (err) {
       await this.stop() // release whatever did bind
@@ -317,7 +318,7 @@ export class RendezvousServer {
     })
     this.registry.beginSession(ref) // a new heartbeat key: the last session's datagrams no longer count
     const reg = this.registry.get(ref)!
-    this.cluster?.online(this.registry.record(reg))
+    this.cluster?.online(this.registry.record(reg), this.clock.now())
     if (isNew) {
       this.log.info('agent registered', { name: reg.name, id: reg.id.slice(0, 8), udp: fmt(reg.udp), tcp: fmt(reg.tcp) })
       this.broadcast(ref, { type: 'peer-event', event: 'up', peer: this.registry.record(reg) })
@@ -576,6 +577,19 @@ export class RendezvousServer {
         if (c) this.gate.writeSession(c, bytes)
       }
     }
+  }
+
+  /**
+   * An agent we hold registered with another instance (it failed over, or came back from a
+   * network change there): it is no longer ours. Dropped here without a down event (it is up).
+   */
+  private movedAway(peer: PeerRecord): void {
+    const ref = this.registry.lookup(peerId(peer.publicKey))
+    if (ref === undefined || !this.registry.isOnline(ref)) return
+    this.registry.drop(ref)
+    this.closeConnOf(ref)
+    this.cluster?.offline({ ...this.registry.peer(ref)!, online: false }, this.clock.now()) // its record names the new instance: only our set forgets it
+    this.log.info('agent moved to another instance', { name: peer.name, id: peerId(peer.publicKey).slice(0, 8) })
   }
 
   /** Our agents introduced to agents of other instances, by the remote key (hex): they hear of its comings and goings. */

@@ -169,6 +169,20 @@ describe('several instances on Redis', () => {
     expect(await alice.waitFor((m) => m.type === 'error' && m.reqId === 9)).toMatchObject({ code: 'PEER_UNKNOWN' })
   })
 
+  it('an agent that registers with another instance has moved: its old instance lets go of it, and introductions follow it', async () => {
+    const a = await startInstance()
+    const b = await startInstance()
+    const alice = await register(a.port, 'alice')
+    const bobKp = generateKeyPair()
+    const bobOnA = await register(a.port, 'bob', bobKp)
+    const bobOnB = await register(b.port, 'bob', bobKp) // failed over (its connection to A not yet seen dead)
+    expect(await bobOnA.closedWithin(5_000)).toBe(true)
+    alice.send({ type: 'introduce', reqId: 4, target: 'bob', via: 'udp' })
+    expect(await alice.waitFor((m) => (m.type === 'introduction' || m.type === 'error') && m.reqId === 4)).toMatchObject({ type: 'introduction', peer: { name: 'bob' } })
+    await bobOnB.waitFor((m) => m.type === 'introduction')
+    expect(await listUntil(alice, (n) => n.includes('bob'))).toEqual(['bob'])
+  })
+
   it('a name is bound deployment-wide: another key gets NAME_TAKEN on another instance, online or not', async () => {
     const a = await startInstance()
     const b = await startInstance()
