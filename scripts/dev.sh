@@ -36,8 +36,9 @@ ensure_node() {
 # python3 the API examples, systemd the unit checks (systemd-analyze), tcpdump the
 # capture that shows the relay carries ciphertext only; gcc and libc6-dev build the lab's
 # link emulator (test/lab/linkem/linkem.c), ethtool turns offloads off on the veths it
-# bridges, iputils-ping measures its RTT.
-APT_PACKAGES=(iproute2 iptables conntrack coturn stun-client miniupnpd-iptables iperf3 socat python3 systemd procps tcpdump gcc libc6-dev ethtool iputils-ping)
+# bridges, iputils-ping measures its RTT; redis-server the several-instances tests (the
+# tests start their own; the package's service is not needed).
+APT_PACKAGES=(iproute2 iptables conntrack coturn stun-client miniupnpd-iptables iperf3 socat python3 systemd procps tcpdump gcc libc6-dev ethtool iputils-ping redis-server)
 
 ensure_packages() {
   if [ "$(id -u)" != 0 ]; then

@@ -155,7 +155,7 @@ export class Agent {
     this.natCheck = new NatCheck((buf, to) => socket.trySend(buf, to.port, to.host))
     const nat = new NatMonitor({
       natCheck: this.natCheck,
-      server: () => resolveServer(this.server),
+      server: () => this.homeServer(),
       localPort: () => this.localPort,
       announce: () => client.refreshRegistration(),
       relayed: () => this.tunnels?.list().some((t) => t.path === 'relay') ?? false,
@@ -256,6 +256,11 @@ export class Agent {
     if (!isRendezvousFrame(buf)) return
     if (buf[3] === MSG.PROBE) this.tunnels?.onProbe(buf, from)
     else this.client?.onDatagram(buf, from)
+  }
+
+  /** The instance we are registered with (several: `--server a,b,c`), else the first named. */
+  private async homeServer(): Promise<Endpoint> {
+    return this.client?.serverEndpoint ?? (await resolveServer(this.server))
   }
 
   /**

@@ -20,7 +20,8 @@ import type { Clock, Logger } from '../protocol/log.js'
 import { decode, encode, encodeRegister, encodeRegisterUnsigned, opened, type Message, type NatVerdict, type OutgoingMessage, type PeerRecord, type Via } from '../protocol/rendezvous.js'
 import type { Introduction } from '../tunnel/paths.js'
 import { ControlConnection, serverError } from './control-connection.js'
-import { resolveServer, type ServerSpec } from './server-address.js'
+import { resolveServers, type ServerSpec } from './server-address.js'
+import { rankServers } from './server-choice.js'
 import { RefusalLog } from '../common/refusal-log.js'
 
 /** The first heartbeat of a session (it tells the server our UDP mapping) waits this long for its ack before a retry. */
@@ -160,7 +161,7 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
   async introduce(target: string, via: Via): Promise<Introduction> {
     const reply = await this.request({ type: 'introduce', reqId: 0, target, via })
     if (reply.type !== 'introduction') throw new NatdError('INTERNAL', `unexpected ${reply.type}`)
-    return { introId: reply.introId, punchKey: reply.punchKey, initiator: reply.initiator, via: reply.via, peer: reply.peer }
+    return { introId: reply.introId, punchKey: reply.punchKey, initiator: reply.initiator, via: reply.via, peer: reply.peer, relay: reply.relay ?? null }
   }
 
   /** Datagrams from the shared UDP socket that carry our magic. */
@@ -182,10 +183,7 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
 
   /** Connects and registers; resolves with the reason once the session is lost. */
   private async session(): Promise<NatdError> {
-    const server = await resolveServer(this.init.server)
-    this.serverEndpoint = server
-    const tcpObserved = await this.registerTcp(server)
-    const udpObserved = await this.bindUdp(server)
+    const { tcpObserved, udpObserved } = await this.registerHome(await rankServers(await resolveServers(this.init.server)))
     this.missedUdp = 0
     this.missedTcp = 0
     this.lastHeartbeatAt = this.c.clock.now()
@@ -198,6 +196,28 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
       clearInterval(timer)
       this.lost = null
     }
+  }
+
+  /**
+   * Registers with the first server of `servers` (fastest first) that takes us: with
+   * several instances, one that is down or refuses costs a try, not the session.
+   */
+  private async registerHome(servers: Endpoint[]): Promise<{ tcpObserved: Endpoint | null; udpObserved: Endpoint | null }> {
+    let lastErr: unknown = new NatdError('SERVER_UNREACHABLE', 'no server')
+    for (const server of servers) {
+      this.serverEndpoint = server
+      try {
+        const tcpObserved = await this.registerTcp(server)
+        const udpObserved = await this.bindUdp(server)
+        return { tcpObserved, udpObserved }
+      } catch (err) {
+        lastErr = err
+        this.closeTcp()
+        if (this.abort.signal.aborted) break
+        if (servers.length > 1) this.log.debug('server did not take us, trying the next', { server: formatEndpoint(server), err: (err as Error).message })
+      }
+    }
+    throw lastErr
   }
 
   private signedRegister(nonce: Uint8Array, serverTime: number): Buffer {
@@ -247,7 +267,8 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
       if (!expected) this.log.info('pinned the server key on first use', { server: this.init.server.text, key: peerId(control.serverKey) })
     }
     control.on('message', (msg) => this.onServerMessage(msg))
-    control.once('close', () => this.lost?.(new NatdError('SERVER_UNREACHABLE', 'control connection to the server closed')))
+    // (only while it is the session's: a candidate given up on closes too)
+    control.once('close', () => this.control === control && this.lost?.(new NatdError('SERVER_UNREACHABLE', 'control connection to the server closed')))
     return this.register(control)
   }
 
@@ -269,7 +290,7 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
         return
       case 'introduction':
         // reqId 0: a peer asked for us. Another is a reply that came after its request gave up.
-        if (msg.reqId === 0) this.emit('introduction', { introId: msg.introId, punchKey: msg.punchKey, initiator: msg.initiator, via: msg.via, peer: msg.peer })
+        if (msg.reqId === 0) this.emit('introduction', { introId: msg.introId, punchKey: msg.punchKey, initiator: msg.initiator, via: msg.via, peer: msg.peer, relay: msg.relay ?? null })
         return
       case 'error':
         if (msg.reqId) return // a late reply
@@ -344,7 +365,7 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
     const server = this.init.server.text
     switch (next.kind) {
       case 'registered':
-        this.log.info('registered', { server, publicUdp: formatEndpoint(next.udp), publicTcp: formatEndpoint(next.tcp) })
+        this.log.info('registered', { server, home: formatEndpoint(this.serverEndpoint), publicUdp: formatEndpoint(next.udp), publicTcp: formatEndpoint(next.tcp) })
         break
       case 'backoff': {
         const level = next.error.code === 'NAME_TAKEN' || next.error.code === 'UNAUTHORIZED' || next.error.code === 'SERVER_KEY_MISMATCH' || next.error.code === 'BAD_VERSION' ? 'error' : 'warn'

@@ -39,7 +39,12 @@
  *   PING, PONG   seq u32
  *   BYE          (empty) the agent is leaving; the server drops it at once
  *   INTRODUCE    reqId u32 target str8 via u8
- *   INTRODUCTION reqId u32 introId[16] punchKey[32] initiator u8 via u8 peer
+ *   INTRODUCTION reqId u32 introId[16] punchKey[32] flags u8 via u8 peer [relay ep]
+ *                flags: 1 = initiator, 2 = a relay endpoint follows the peer: where to
+ *                dial for a relayed tunnel when it is not the server that sent this
+ *                (several instances: the initiator's instance holds the permit). Only
+ *                a responder's side carries it, so an older agent, which reads
+ *                initiator as flags == 1, still sees "responder" and ignores the rest.
  *   RELAY        introId[16] initiator u8 signature[64]   over 'natd relay v2' nonce[32] introId initiator:
  *                                             only the introduced agent binds its side
  *   RELAY_OK     (empty)                       both sides bound: RELAY_DATA flows from now
@@ -171,7 +176,7 @@ export type Message =
   | { type: 'pong'; seq: number }
   | { type: 'bye' }
   | { type: 'introduce'; reqId: number; target: string; via: Via }
-  | { type: 'introduction'; reqId: number; introId: Uint8Array; punchKey: Uint8Array; initiator: boolean; via: Via; peer: PeerRecord }
+  | { type: 'introduction'; reqId: number; introId: Uint8Array; punchKey: Uint8Array; initiator: boolean; via: Via; peer: PeerRecord; relay?: Endpoint | null }
   | ({ type: 'probe'; introId: Uint8Array; streamId: number; seq: number; ack: boolean } & Sealed)
   | { type: 'relay'; introId: Uint8Array; initiator: boolean; signature: Uint8Array }
   | { type: 'relay-ok' }
@@ -336,8 +341,9 @@ export function encode(m: OutgoingMessage): Buffer {
       return header(MSG.INTRODUCE).u32(m.reqId).str8(m.target).u8(VIAS.indexOf(m.via)).finish()
     case 'introduction': {
       const w = header(MSG.INTRODUCTION).u32(m.reqId).bytes(fixed(m.introId, INTRO_ID_BYTES, 'introId')).bytes(fixed(m.punchKey, DATAGRAM_KEY_BYTES, 'punchKey'))
-      w.u8(m.initiator ? 1 : 0).u8(VIAS.indexOf(m.via))
+      w.u8((m.initiator ? 1 : 0) | (m.relay ? 2 : 0)).u8(VIAS.indexOf(m.via))
       writePeer(w, m.peer)
+      if (m.relay) writeEndpoint(w, m.relay)
       return w.finish()
     }
     case 'relay-ok':
@@ -429,9 +435,11 @@ export function decode(buf: Uint8Array): Message {
       const reqId = r.u32('reqId')
       const introId = r.bytes(INTRO_ID_BYTES, 'introId')
       const punchKey = r.bytes(DATAGRAM_KEY_BYTES, 'punchKey')
-      const initiator = r.u8('initiator') === 1
+      const flags = r.u8('flags')
       const via = enumAt(VIAS, r.u8('via'), 'via')
-      return { type: 'introduction', reqId, introId, punchKey, initiator, via, peer: readPeer(r) }
+      const peer = readPeer(r)
+      const relay = flags & 2 ? readEndpoint(r) : null
+      return { type: 'introduction', reqId, introId, punchKey, initiator: (flags & 1) === 1, via, peer, ...(relay ? { relay } : {}) }
     }
     case MSG.RELAY: {
       const introId = r.bytes(INTRO_ID_BYTES, 'introId')

@@ -10,9 +10,12 @@ import yargs, { type Argv } from 'yargs'
 import { hideBin } from 'yargs/helpers'
 import { createLogger, LOG_LEVELS } from '../common/logger.js'
 import { parseBytes, parseDuration } from '../protocol/duration.js'
+import { parseEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { peerId, type KeyPair } from '../protocol/identity.js'
 import { FileNameStore } from './file-name-store.js'
 import { namesLs, namesRm } from './names-command.js'
+import { PromMetrics, type ServerGauges } from './metrics.js'
+import { RedisCluster } from './redis-cluster.js'
 import { RendezvousServer } from './server.js'
 import { defaultServerStateDir, ensureStateDir, KEY_FILE, loadServerKey } from './server-identity.js'
 import { DEFAULT_SERVER_LIMITS, INTRO_SOURCE_FACTOR, type ServerLimits } from './limits.js'
@@ -54,6 +57,9 @@ function serverOptions(y: Argv<{ 'state-dir': string | undefined }>) {
     .option('sessions-per-minute', { type: 'number', default: D.sessionsPerMinute, describe: 'Noise handshakes (registrations) per minute from one IPv4 address or IPv6 /64' })
     .option('introductions-per-minute', { type: 'number', default: D.introductionsPerMinute, describe: `introductions per minute per agent (an address gets ${INTRO_SOURCE_FACTOR} times that)` })
     .option('relays-per-minute', { type: 'number', default: D.relaysPerMinute, describe: 'relay binds per minute from one IPv4 address or IPv6 /64' })
+    .option('redis', { type: 'string', describe: 'share the registry with other instances through this Redis 7 (redis://[user:pass@]host:port, rediss:// for TLS); default: this process alone' })
+    .option('advertise', { type: 'string', describe: 'with --redis: the HOST[:PORT] agents dial for this instance (named to peers of other instances for relaying; default --host and --port)' })
+    .option('metrics', { type: 'string', describe: 'serve Prometheus metrics on HOST:PORT at /metrics (off by default; bind a private address)' })
     .option('log-level', { choices: LOG_LEVELS, default: 'info' as const })
 }
 
@@ -162,7 +168,31 @@ async function runServer(argv: ServerArgs): Promise<void> {
     return
   }
 
+  let advertise: Endpoint | null = null
+  if (argv.redis !== undefined) {
+    try {
+      advertise = parseEndpoint(argv.advertise ?? argv.host, argv.port)
+    } catch (err) {
+      usage(`--advertise: ${(err as Error).message}`)
+    }
+    if (!net.isIP(advertise.host) || advertise.host === '0.0.0.0' || advertise.host === '::') usage('--redis needs --advertise HOST[:PORT] (an address agents can dial) when --host is not one')
+    if (!/^rediss?:\/\//.test(argv.redis)) usage('--redis takes a redis:// or rediss:// URL')
+  }
+
+  let metricsAt: Endpoint | null = null
+  if (argv.metrics !== undefined) {
+    try {
+      metricsAt = parseEndpoint(argv.metrics)
+    } catch (err) {
+      usage(`--metrics: ${(err as Error).message}`)
+    }
+  }
+
   const log = createLogger({ level: argv['log-level'] })
+  const gauges: ServerGauges = { agentsConnected: () => server.agentsConnected, relayTunnels: () => server.relay?.tunnels ?? 0, relayBytes: () => server.relay?.bytesRelayed ?? 0, redisHealthy: () => (cluster ? (cluster.healthy ? 1 : 0) : null) }
+  const metrics: PromMetrics | null = metricsAt ? new PromMetrics(gauges) : null
+  // Several instances: the bindings live in Redis (the registry's store is a cache of them).
+  const cluster = argv.redis !== undefined && advertise ? new RedisCluster({ url: argv.redis, advertise, observe: (ms, ok) => metrics?.redis(ms, ok) }, log.child({ component: 'cluster' })) : null
   let names: FileNameStore
   try {
     ensureStateDir(stateDir)
@@ -170,19 +200,22 @@ async function runServer(argv: ServerArgs): Promise<void> {
   } catch (err) {
     usage(`cannot open the names file in ${stateDir}: ${(err as Error).message}`)
   }
-  const server = new RendezvousServer(
+  // (the gauges read `server` at scrape time, after it is made)
+  const server: RendezvousServer = new RendezvousServer(
     { host: argv.host, port: argv.port, altPort: argv['alt-port'], altHost, secret, peerTimeoutMs, heartbeatMs, relay, nameTtlMs, limits },
-    { log: log.child({ component: 'rendezvous' }), keyPair, names }
+    { log: log.child({ component: 'rendezvous' }), keyPair, names: cluster ? undefined : names, cluster, metrics }
   )
   try {
     await server.start()
+    if (metrics && metricsAt) log.info('metrics listening', { at: `${metricsAt.host}:${await metrics.listen(metricsAt.host, metricsAt.port, log)}` })
   } catch (err) {
-    log.error('cannot listen', { err: (err as Error).message })
+    log.error(cluster ? 'cannot listen or reach Redis' : 'cannot listen', { err: (err as Error).message })
     names.close()
     process.exit(1)
   }
   const shutdown = (signal: string): void => {
     log.info('shutting down', { signal })
+    metrics?.close()
     void server
       .stop()
       .catch((err: unknown) => log.error('shutdown failed', { err: (err as Error).message }))

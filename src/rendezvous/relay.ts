@@ -96,6 +96,9 @@ export class Relay {
     return this.active.size
   }
 
+  /** Payload bytes relayed since start, all tunnels (metrics). */
+  bytesRelayed = 0
+
   /** Introductions that allow relaying and are not yet bound on both sides (nor expired and pruned). */
   get permits(): number {
     return this.pending.size
@@ -256,6 +259,7 @@ export class Relay {
   private relayFrame(t: Active, from: net.Socket, to: net.Socket, body: Buffer, rate: { windowStart: number; windowBytes: number }): void {
     if (t.ended || body.length < 4 || body[3] !== MSG.RELAY_DATA) return // only data is relayed
     t.bytes += body.length - 4
+    this.bytesRelayed += body.length - 4
     if (t.bytes > this.limits.maxBytes) return this.end(t, `relayed tunnel reached its limit of ${this.limits.maxBytes} bytes`)
     const prefix = Buffer.allocUnsafe(4)
     prefix.writeUInt32BE(body.length, 0)

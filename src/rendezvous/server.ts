@@ -29,15 +29,18 @@ import {
   opened,
   TOKEN_BYTES,
   type Message,
-  type OutgoingMessage
+  type OutgoingMessage,
+  type PeerRecord
 } from '../protocol/rendezvous.js'
 import { isStunRequestShaped } from '../protocol/stun-request.js'
 import { DEFAULT_SERVER_LIMITS, INTRO_SOURCE_FACTOR, RateLimiter, type ServerLimits } from './limits.js'
 import { RefusalLog } from '../common/refusal-log.js'
 import { StunResponder, type StunSlot } from './stun-responder.js'
 import { TcpGate, type TcpConn } from './tcp-gate.js'
+import type { Cluster, RemoteIntroduction, RemotePeer } from './cluster.js'
+import type { ServerMetrics } from './metrics.js'
 import type { NameStore } from './name-store.js'
-import { Registry, type RegRef, type Registration } from './registry.js'
+import { DEFAULT_NAME_TTL_MS, Registry, type RegRef, type Registration } from './registry.js'
 import { Relay, type RelayLimits } from './relay.js'
 
 /** A REGISTER's timestamp may differ from the server clock by this much (agents echo the challenge's time). */
@@ -85,6 +88,13 @@ export interface RendezvousComponents {
   keyPair: KeyPair
   /** Name bindings (name-store.ts); default in memory. The caller closes it after stop(). */
   names?: NameStore
+  /**
+   * Several instances sharing one registry (cluster.ts; `--redis`). The server starts and
+   * stops it; its NameStore is then a cache of the shared bindings. Default: none.
+   */
+  cluster?: Cluster | null
+  /** Counters for --metrics (metrics.ts); default none. */
+  metrics?: ServerMetrics | null
 }
 
 export class RendezvousServer {
@@ -110,6 +120,8 @@ export class RendezvousServer {
   private readonly registerRate: RateLimiter
   private readonly introKeyRate: RateLimiter
   private readonly introSourceRate: RateLimiter
+  private readonly cluster: Cluster | null
+  private readonly metrics: ServerMetrics | null
 
   constructor(
     private readonly init: RendezvousInit,
@@ -118,6 +130,8 @@ export class RendezvousServer {
     this.log = components.log
     this.clock = components.clock ?? systemClock
     this.keyPair = components.keyPair
+    this.cluster = components.cluster ?? null
+    this.metrics = components.metrics ?? null
     this.registry = new Registry(this.clock, init.peerTimeoutMs, { names: components.names, nameTtlMs: init.nameTtlMs })
     this.secretKey = init.secret ? networkSecretKey(init.secret) : null
     this.stun = new StunResponder({ host: init.host, port: init.port, altPort: init.altPort, altHost: init.altHost ?? null })
@@ -149,6 +163,11 @@ export class RendezvousServer {
   async start(): Promise<void> {
     try {
       await this.listen()
+      await this.cluster?.start({
+        onIntroduction: (intro) => this.onRemoteIntroduction(intro),
+        onPeerEvents: (event, peers) => this.onRemotePeerEvents(event, peers),
+        onMoved: (peers) => peers.forEach((p) => this.movedAway(p))
+      })
     } catch (err) {
       await this.stop() // release whatever did bind
       throw err
@@ -189,6 +208,7 @@ export class RendezvousServer {
 
   async stop(): Promise<void> {
     if (this.sweepTimer) clearInterval(this.sweepTimer)
+    await this.cluster?.stop().catch((err: Error) => this.log.warn('shared registry stop failed', { err: err.message }))
     this.refusals.flush()
     this.relay?.stop()
     this.gate.closeAll()
@@ -218,6 +238,7 @@ export class RendezvousServer {
 
   private onStun(sock: dgram.Socket, buf: Buffer, from: Endpoint): void {
     const at = [...this.udpBySlot].find(([, s]) => s === sock)?.[0] ?? 'main'
+    this.metrics?.stunRequest()
     const answer = this.stun.respond(buf, at, from) // see stun-responder.ts: CHANGE-REQUEST, sizes
     if (answer) this.sendUdp(this.udpBySlot.get(answer.via) ?? sock, answer.bytes, answer.to)
   }
@@ -235,6 +256,7 @@ export class RendezvousServer {
       // The first heartbeat of a session, or a NAT that gave the agent a new mapping.
       this.registry.setUdp(ref, from)
       status = 'moved'
+      if (this.cluster) this.cluster.online(this.registry.peer(ref)!) // peers elsewhere punch to the new mapping
     }
     this.registry.touch(ref)
     this.sendUdp(this.udp!, encode({ type: 'heartbeat-ack', seq: msg.seq, status, observed: from, key }), from)
@@ -256,7 +278,7 @@ export class RendezvousServer {
   // --- registration --------------------------------------------------------
 
   /** A REGISTER inside the Noise session of `conn`: the key that signed it must be the one that ran the handshake. */
-  private acceptRegister(msg: Extract<Message, { type: 'register' }>, conn: TcpConn): Registration {
+  private checkRegister(msg: Extract<Message, { type: 'register' }>, conn: TcpConn): void {
     const sessionKey = conn.session?.remotePublicKey
     if (!sessionKey || !timingSafeEqual(sessionKey, msg.publicKey)) throw new NatdError('UNAUTHORIZED', 'the registration key is not the key of this session')
     if (!this.registerRate.take(sessionKey.toString('hex'))) {
@@ -269,6 +291,26 @@ export class RendezvousServer {
       throw new NatdError('UNAUTHORIZED', 'this server needs the network secret (natd --secret-file)')
     }
     if (!isValidName(msg.name)) throw new NatdError('BAD_REQUEST', `bad name: ${NAME_RULE}`)
+  }
+
+  /**
+   * Several instances: the name is claimed in the shared registry first (atomically, so two
+   * instances cannot give it to two keys), then bound in this instance's cache of it.
+   * Redis away: an agent whose binding this instance knows registers again (known
+   * agents keep working); a name this instance has not seen bound to the key waits.
+   */
+  private async claimShared(cluster: Cluster, name: string, key: Uint8Array): Promise<void> {
+    const now = this.clock.now()
+    try {
+      await cluster.claimName(name, key, now, this.init.nameTtlMs ?? DEFAULT_NAME_TTL_MS)
+    } catch (err) {
+      if (toNatdError(err).code !== 'TIMEOUT' || this.registry.nameStore.nameOf(key) !== name) throw err
+    }
+    this.registry.nameStore.bind(name, key, now)
+  }
+
+  /** A checked REGISTER (checkRegister; claimShared with several instances) enters the registry. */
+  private acceptRegister(msg: Extract<Message, { type: 'register' }>, conn: TcpConn): Registration {
     const { ref, isNew } = this.registry.register({
       publicKey: Buffer.from(msg.publicKey),
       name: msg.name,
@@ -279,6 +321,7 @@ export class RendezvousServer {
     })
     this.registry.beginSession(ref) // a new heartbeat key: the last session's datagrams no longer count
     const reg = this.registry.get(ref)!
+    this.cluster?.online(this.registry.record(reg), this.clock.now())
     if (isNew) {
       this.log.info('agent registered', { name: reg.name, id: reg.id.slice(0, 8), udp: fmt(reg.udp), tcp: fmt(reg.tcp) })
       this.broadcast(ref, { type: 'peer-event', event: 'up', peer: this.registry.record(reg) })
@@ -295,15 +338,29 @@ export class RendezvousServer {
 
   private onSweepExpired(): void {
     // Once a minute, forget the contacts of agents the registry has forgotten.
-    if (++this.sweeps % 60 === 0) for (const ref of this.contacts.keys()) if (!this.registry.has(ref)) this.contacts.delete(ref)
+    if (++this.sweeps % 60 === 0) {
+      for (const ref of this.contacts.keys()) if (!this.registry.has(ref)) this.contacts.delete(ref)
+      for (const [k, refs] of this.remoteContacts) {
+        const kept = refs.filter((ref) => this.registry.has(ref))
+        if (kept.length) this.remoteContacts.set(k, kept)
+        else this.remoteContacts.delete(k)
+      }
+    }
     this.relay?.prune()
     for (const r of [this.registerRate, this.introKeyRate, this.introSourceRate]) r.sweep()
     this.gate.sweep()
     for (const reg of this.registry.expire()) {
       this.log.info('agent timed out', { name: reg.name, id: reg.id.slice(0, 8) })
       this.closeConnOf(reg.ref)
-      this.broadcast(reg.ref, { type: 'peer-event', event: 'down', peer: this.registry.record(reg) })
+      this.wentDown(reg.ref, this.registry.record(reg))
     }
+  }
+
+  /** A local agent went offline: its peers here and on the other instances hear of it. */
+  private wentDown(ref: RegRef, peer: PeerRecord): void {
+    const down = { ...peer, online: false }
+    this.cluster?.offline(down, this.clock.now())
+    this.broadcast(ref, { type: 'peer-event', event: 'down', peer: down })
   }
 
   /** Tells the other connected agents about `about` (all of them, or its contacts on a big server). */
@@ -333,26 +390,8 @@ export class RendezvousServer {
   // --- TCP -----------------------------------------------------------------
 
   private onTcpMessage(conn: TcpConn, msg: Message): void {
-    if (msg.type === 'register') {
-      try {
-        const reg = this.acceptRegister(msg, conn)
-        const previous = this.connByPeer.get(reg.ref)
-        if (previous && previous !== conn) previous.socket.destroy()
-        conn.reg = reg.ref
-        this.connByPeer.set(reg.ref, conn)
-        this.gate.authenticated(conn)
-        conn.socket.setKeepAlive(true, 10_000)
-        conn.socket.once('end', () => this.endedByAgent.add(conn))
-        this.gate.send(conn, this.registerAck(reg, conn.remote))
-      } catch (err) {
-        const e = toNatdError(err)
-        this.refusals.refused('registration refused', conn.remote, e.code, e.message)
-        this.gate.send(conn, { type: 'error', reqId: 0, code: e.code, message: e.message })
-        this.gate.end(conn)
-      }
-      return
-    }
-    if (msg.type === 'release') return this.onRelease(conn, msg)
+    if (msg.type === 'register') return this.settle(conn, this.onRegister(conn, msg))
+    if (msg.type === 'release') return this.settle(conn, this.onRelease(conn, msg))
     const ref = conn.reg
     if (ref === null) throw new ProtocolError('UNAUTHORIZED', `${msg.type} before registration`)
     if (!this.registry.isOnline(ref)) {
@@ -366,13 +405,13 @@ export class RendezvousServer {
       case 'ping':
         return this.gate.send(conn, { type: 'pong', seq: msg.seq })
       case 'list':
-        return this.gate.send(conn, { type: 'peers', reqId: msg.reqId, peers: this.registry.peersFor(ref, MAX_LIST_PEERS) })
+        return this.settle(conn, this.onList(conn, ref, msg.reqId))
       case 'introduce':
-        return this.onIntroduce(conn, ref, msg)
+        return this.settle(conn, this.onIntroduce(conn, ref, msg))
       case 'bye': {
         const reg = this.registry.get(ref)!
         this.log.info('agent left', { name: reg.name, id: reg.id.slice(0, 8) })
-        if (this.registry.drop(ref)) this.broadcast(ref, { type: 'peer-event', event: 'down', peer: this.registry.peer(ref)! })
+        if (this.registry.drop(ref)) this.wentDown(ref, this.registry.peer(ref)!)
         this.gate.end(conn)
         return
       }
@@ -381,19 +420,78 @@ export class RendezvousServer {
     }
   }
 
-  /** RELEASE: the key of this session gives up its name (natd release-name); it is dropped if online. */
-  private onRelease(conn: TcpConn, msg: Extract<Message, { type: 'release' }>): void {
+  /** A request answered asynchronously (several instances ask Redis): a bug in it ends the connection, never the server. */
+  private settle(conn: TcpConn, work: Promise<void>): void {
+    work.catch((err: Error) => {
+      this.log.error('request failed', { err: err.message, from: fmt(conn.remote) })
+      conn.socket.destroy()
+    })
+  }
+
+  /** REGISTER (never rejects): checked, claimed in the shared registry when there is one, entered, acked. */
+  private async onRegister(conn: TcpConn, msg: Extract<Message, { type: 'register' }>): Promise<void> {
+      try {
+        this.checkRegister(msg, conn)
+        if (this.cluster) {
+          await this.claimShared(this.cluster, msg.name, msg.publicKey)
+          if (conn.socket.destroyed) return
+        }
+        const reg = this.acceptRegister(msg, conn)
+        const previous = this.connByPeer.get(reg.ref)
+        if (previous && previous !== conn) previous.socket.destroy()
+        conn.reg = reg.ref
+        this.connByPeer.set(reg.ref, conn)
+        this.gate.authenticated(conn)
+        conn.socket.setKeepAlive(true, 10_000)
+        conn.socket.once('end', () => this.endedByAgent.add(conn))
+        this.gate.send(conn, this.registerAck(reg, conn.remote))
+        this.metrics?.registration('ok')
+      } catch (err) {
+        this.metrics?.registration('refused')
+        const e = toNatdError(err)
+        this.refusals.refused('registration refused', conn.remote, e.code, e.message)
+        this.gate.send(conn, { type: 'error', reqId: 0, code: e.code, message: e.message })
+        this.gate.end(conn)
+      }
+  }
+
+  /** LIST (never rejects): this instance's agents, and with several instances the others' online ones. */
+  private async onList(conn: TcpConn, ref: RegRef, reqId: number): Promise<void> {
+    const local = this.registry.peersFor(ref, MAX_LIST_PEERS)
+    let remote: PeerRecord[] = []
+    if (this.cluster) {
+      try {
+        remote = await this.cluster.list(MAX_LIST_PEERS)
+      } catch {
+        // Redis away: this instance's agents only (the cluster logged it)
+      }
+      const here = new Set(local.filter((p) => p.online).map((p) => Buffer.from(p.publicKey).toString('hex')))
+      remote = remote.filter((p) => !here.has(Buffer.from(p.publicKey).toString('hex')))
+    }
+    const online = local.filter((p) => p.online)
+    const peers = [...online, ...remote, ...local.filter((p) => !p.online && !remote.some((r) => r.name === p.name))].slice(0, MAX_LIST_PEERS)
+    if (!conn.socket.destroyed) this.gate.send(conn, { type: 'peers', reqId, peers })
+  }
+
+  /** RELEASE (never rejects): the key of this session gives up its name (natd release-name); it is dropped if online. */
+  private async onRelease(conn: TcpConn, msg: Extract<Message, { type: 'release' }>): Promise<void> {
     const key = conn.session?.remotePublicKey
     try {
       if (!key) throw new NatdError('UNAUTHORIZED', 'no session key')
+      if (this.cluster) {
+        if (!(await this.cluster.releaseName(msg.name, key))) throw new NatdError('PEER_UNKNOWN', `no name ${msg.name} is bound on this server`)
+        this.registry.nameStore.bind(msg.name, key, this.clock.now()) // the cache agrees, so the registry releases it too
+      }
       const online = this.registry.lookup(msg.name)
+      const wasOnline = online !== undefined && this.registry.isOnline(online)
       const released = this.registry.releaseName(msg.name, key)
       if (!released) throw new NatdError('PEER_UNKNOWN', `no name ${msg.name} is bound on this server`)
       this.log.info('name released', { name: msg.name, id: peerId(key).slice(0, 8) })
       if (online !== undefined) {
         this.closeConnOf(online)
         const peer = this.registry.peer(online)
-        if (peer) this.broadcast(online, { type: 'peer-event', event: 'down', peer })
+        if (peer && wasOnline) this.wentDown(online, peer)
+        else if (peer) this.broadcast(online, { type: 'peer-event', event: 'down', peer })
       }
       this.gate.authenticated(conn)
       this.gate.send(conn, { type: 'ok', reqId: msg.reqId })
@@ -404,38 +502,110 @@ export class RendezvousServer {
     }
   }
 
-  /** Sends both agents each other's candidates at once, so they start punching together. */
-  private onIntroduce(conn: TcpConn, fromRef: RegRef, msg: Extract<Message, { type: 'introduce' }>): void {
+  /**
+   * INTRODUCE (never rejects): sends both agents each other's candidates at once, so they
+   * start punching together. A target held by another instance (several instances) gets
+   * its side through that instance, and is told to relay through this one.
+   */
+  private async onIntroduce(conn: TcpConn, fromRef: RegRef, msg: Extract<Message, { type: 'introduce' }>): Promise<void> {
+    const fail = (code: string, message: string): void => {
+      this.metrics?.introduction('refused')
+      this.gate.send(conn, { type: 'error', reqId: msg.reqId, code, message })
+    }
     const targetRef = this.registry.lookup(msg.target)
-    const fail = (code: string, message: string): void => this.gate.send(conn, { type: 'error', reqId: msg.reqId, code, message })
-    if (targetRef === undefined) return fail('PEER_UNKNOWN', `no peer named ${msg.target} on this server`)
     if (targetRef === fromRef) return fail('INVALID_ARGUMENT', 'cannot open a tunnel to yourself')
     const key = conn.session!.remotePublicKey!.toString('hex')
     if (!this.introKeyRate.take(key) || !this.introSourceRate.take(conn.source)) {
       this.refusals.refused('introduction refused', conn.remote, 'RATE_LIMITED', 'over --introductions-per-minute')
       return fail('RATE_LIMITED', `over ${this.limits.introductionsPerMinute} introductions a minute; try again shortly`)
     }
+    const targetConn = targetRef !== undefined && this.registry.isOnline(targetRef) ? this.connByPeer.get(targetRef) : undefined
+    let remote: RemotePeer | undefined
+    if (!targetConn && this.cluster) remote = await this.cluster.find(msg.target).catch(() => undefined) // Redis away: this instance's agents only
+    if (!targetConn && !remote) {
+      if (targetRef === undefined) return fail('PEER_UNKNOWN', `no peer named ${msg.target} on this server`)
+      return fail('PEER_OFFLINE', `${this.registry.peer(targetRef)!.name} is offline`)
+    }
+    if (conn.socket.destroyed || !this.registry.isOnline(fromRef)) return
     const from = this.registry.peer(fromRef)!
-    const target = this.registry.peer(targetRef)!
-    const targetConn = this.connByPeer.get(targetRef)
-    if (!target.online || !targetConn) return fail('PEER_OFFLINE', `${target.name} is offline`)
+    const target = targetConn ? this.registry.peer(targetRef!)! : remote!.record
     const introId = randomBytes(INTRO_ID_BYTES)
-    // Seals the punching probes: it travels only inside the two Noise sessions.
+    // Seals the punching probes: it travels only inside the two Noise sessions (and, between instances, through Redis).
     const punchKey = randomBytes(DATAGRAM_KEY_BYTES)
-    if (this.relay && (msg.via === 'auto' || msg.via === 'relay')) {
+    const relaying = !!this.relay && (msg.via === 'auto' || msg.via === 'relay')
+    if (relaying) {
       try {
-        this.relay.allow(introId, [from.name, target.name], [from.publicKey, target.publicKey])
+        this.relay!.allow(introId, [from.name, target.name], [from.publicKey, target.publicKey])
       } catch (err) {
         const e = toNatdError(err)
         this.refusals.refused('introduction refused', conn.remote, e.code, e.message)
         return fail(e.code, e.message)
       }
     }
-    this.gate.send(targetConn, { type: 'introduction', reqId: 0, introId, punchKey, initiator: false, via: msg.via, peer: from })
+    if (targetConn) {
+      this.gate.send(targetConn, { type: 'introduction', reqId: 0, introId, punchKey, initiator: false, via: msg.via, peer: from })
+      this.addContact(targetRef!, fromRef)
+    } else {
+      const intro: RemoteIntroduction = { targetKey: target.publicKey, introId, punchKey, via: msg.via, from, relay: relaying ? this.cluster!.advertise : null }
+      const delivered = await this.cluster!.introduce(remote!.instance, intro).catch(() => false)
+      if (!delivered) return fail('PEER_OFFLINE', `${target.name} is offline (its server does not answer)`)
+      this.addRemoteContact(fromRef, target.publicKey)
+    }
     this.gate.send(conn, { type: 'introduction', reqId: msg.reqId, introId, punchKey, initiator: true, via: msg.via, peer: target })
-    this.addContact(fromRef, targetRef)
-    this.addContact(targetRef, fromRef)
-    this.log.info('introduced', { from: from.name, to: target.name, via: msg.via })
+    if (targetConn) this.addContact(fromRef, targetRef!)
+    this.metrics?.introduction(targetConn ? 'local' : 'remote')
+    this.log.info('introduced', { from: from.name, to: target.name, via: msg.via, instance: remote?.instance ?? null })
+  }
+
+  /** Another instance introduces one of our agents to one of its own: our side of it. */
+  private onRemoteIntroduction(intro: RemoteIntroduction): void {
+    const ref = this.registry.lookup(peerId(intro.targetKey))
+    const c = ref !== undefined && this.registry.isOnline(ref) ? this.connByPeer.get(ref) : undefined
+    if (!c) {
+      this.log.debug('introduction for an agent not held here', { id: peerId(intro.targetKey).slice(0, 8) })
+      return
+    }
+    const { introId, punchKey, via, from, relay } = intro
+    this.gate.send(c, { type: 'introduction', reqId: 0, introId, punchKey, initiator: false, via, peer: from, relay })
+    this.addRemoteContact(ref!, from.publicKey)
+  }
+
+  /** Agents of other instances came or went: our agents hear of it (all, or their contacts on a big server). */
+  private onRemotePeerEvents(event: 'up' | 'down', peers: PeerRecord[]): void {
+    const everyone = this.connByPeer.size <= BROADCAST_MAX_AGENTS
+    for (const peer of peers) {
+      const bytes = encode({ type: 'peer-event', event, peer })
+      const refs = everyone ? [...this.connByPeer.keys()] : (this.remoteContacts.get(Buffer.from(peer.publicKey).toString('hex')) ?? [])
+      for (const ref of refs) {
+        const c = this.connByPeer.get(ref)
+        if (c) this.gate.writeSession(c, bytes)
+      }
+    }
+  }
+
+  /**
+   * An agent we hold registered with another instance (it failed over, or came back from a
+   * network change there): it is no longer ours. Dropped here without a down event (it is up).
+   */
+  private movedAway(peer: PeerRecord): void {
+    const ref = this.registry.lookup(peerId(peer.publicKey))
+    if (ref === undefined || !this.registry.isOnline(ref)) return
+    this.registry.drop(ref)
+    this.closeConnOf(ref)
+    this.cluster?.offline({ ...this.registry.peer(ref)!, online: false }, this.clock.now()) // its record names the new instance: only our set forgets it
+    this.log.info('agent moved to another instance', { name: peer.name, id: peerId(peer.publicKey).slice(0, 8) })
+  }
+
+  /** Our agents introduced to agents of other instances, by the remote key (hex): they hear of its comings and goings. */
+  private readonly remoteContacts = new Map<string, RegRef[]>()
+
+  private addRemoteContact(ref: RegRef, remoteKey: Uint8Array): void {
+    const k = Buffer.from(remoteKey).toString('hex')
+    const list = this.remoteContacts.get(k) ?? []
+    if (list.includes(ref)) return
+    list.push(ref)
+    if (list.length > MAX_CONTACTS) list.shift()
+    this.remoteContacts.set(k, list)
   }
 
   /** RELAY: a new connection binds itself to an introduction as one end of a relayed tunnel (TcpGate handles the rest). */
@@ -468,6 +638,11 @@ export class RendezvousServer {
 
   private closeConnOf(ref: RegRef): void {
     this.connByPeer.get(ref)?.socket.destroy()
+  }
+
+  /** Agents holding a control connection here (metrics). */
+  get agentsConnected(): number {
+    return this.connByPeer.size
   }
 
   address(): { udp: number; tcp: number; alt: number | null } {

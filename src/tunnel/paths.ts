@@ -39,6 +39,8 @@ export interface Introduction {
   initiator: boolean
   via: Via
   peer: PeerRecord
+  /** The rendezvous instance holding the relay permit when it is not ours (several instances on Redis); null = ours. */
+  relay?: Endpoint | null
 }
 
 export interface PathComponents {
@@ -233,7 +235,7 @@ export class Paths {
   }
 
   async relay(intro: Introduction, timeoutMs: number, signal: AbortSignal): Promise<Established> {
-    const server = this.c.relayServer()
+    const server = intro.relay ?? this.c.relayServer()
     if (!server) throw new NatdError('PUNCH_FAILED', 'no rendezvous server to relay through')
     const started = this.c.clock.now()
     const stream = await connectRelay(server, intro.introId, intro.initiator, this.c.keyPair, timeoutMs, signal)

@@ -2,7 +2,9 @@
 // `host[:port][#KEY]`, with INVALID_ARGUMENT and a message saying what is wrong, and the
 // resolver the agent uses to reach it.
 import { describe, expect, it } from 'vitest'
-import { DEFAULT_SERVER_PORT, parseServerSpec, resolveServer } from '../../../src/daemon/server-address.js'
+import net from 'node:net'
+import { DEFAULT_SERVER_PORT, MAX_SERVERS, parseServerSpec, resolveServer, resolveServers } from '../../../src/daemon/server-address.js'
+import { rankServers } from '../../../src/daemon/server-choice.js'
 import { NatdError } from '../../../src/protocol/errors.js'
 import { generateKeyPair, peerId } from '../../../src/protocol/identity.js'
 
@@ -83,5 +85,47 @@ describe('resolveServer', () => {
     expect(err).toBeInstanceOf(NatdError)
     expect((err as NatdError).code).toBe('SERVER_UNREACHABLE')
     expect((err as NatdError).message).toContain('cannot resolve no-such-host.invalid')
+  })
+})
+
+describe('several servers (one deployment: natd-rendezvous --redis)', () => {
+  const { publicKey } = generateKeyPair()
+  const KEY = peerId(publicKey)
+
+  it('a list names the first as host/port and the rest as alternates; one #KEY pins them all', () => {
+    const spec = parseServerSpec(`203.0.113.5,203.0.113.6:4000,rv.example.net#${KEY}`)
+    expect(spec).toMatchObject({ text: '203.0.113.5,203.0.113.6:4000,rv.example.net', host: '203.0.113.5', port: 3478 })
+    expect(spec.alternates).toEqual([{ host: '203.0.113.6', port: 4000 }, { host: 'rv.example.net', port: 3478 }])
+    expect(spec.key).toEqual(publicKey)
+  })
+
+  it('two different keys in one list, a bad entry, or too many entries are INVALID_ARGUMENT', () => {
+    const other = peerId(generateKeyPair().publicKey)
+    expect(thrown(() => parseServerSpec(`a.example#${KEY},b.example#${other}`)).message).toMatch(/share one key/)
+    expect(thrown(() => parseServerSpec('a.example,b.example:0')).code).toBe('INVALID_ARGUMENT')
+    expect(thrown(() => parseServerSpec(Array.from({ length: MAX_SERVERS + 1 }, (_, i) => `10.0.0.${i + 1}`).join(','))).message).toMatch(/at most/)
+  })
+
+  it('resolveServers: every address, in the order given, without repeats', async () => {
+    await expect(resolveServers(parseServerSpec('203.0.113.5:4000,localhost:4000,203.0.113.5:4000'))).resolves.toEqual([
+      { host: '203.0.113.5', port: 4000 },
+      { host: '127.0.0.1', port: 4000 }
+    ])
+  })
+
+  it('rankServers: one that accepts comes before one that refuses, whatever the order given', async () => {
+    const server = net.createServer((s) => s.destroy())
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+    const up = { host: '127.0.0.1', port: (server.address() as net.AddressInfo).port }
+    const closed = net.createServer()
+    await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve))
+    const down = { host: '127.0.0.1', port: (closed.address() as net.AddressInfo).port }
+    await new Promise<void>((resolve) => closed.close(() => resolve()))
+    try {
+      expect(await rankServers([down, up])).toEqual([up, down])
+      expect(await rankServers([up, down])).toEqual([up, down])
+    } finally {
+      server.close()
+    }
   })
 })

@@ -211,6 +211,12 @@ describe('rendezvous codec: golden bytes', () => {
         ' | 01 | 03 | 808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f | 01 62 | 00 | ffffffff | 02 | 00 | 00 | 00'
     ],
     [
+      'INTRODUCTION (responder, relay on another instance)',
+      { type: 'introduction', reqId: 0, introId: seq(0xc0, 16), punchKey: PUNCH_KEY, initiator: false, via: 'relay', peer: { ...peerOffline, name: 'b' }, relay: { host: '10.0.0.3', port: 3478 } },
+      '4e 44 02 0f | 00000000 | c0c1c2c3c4c5c6c7c8c9cacbcccdcecf | 303132333435363738393a3b3c3d3e3f404142434445464748494a4b4c4d4e4f' +
+        ' | 02 | 03 | 808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f | 01 62 | 00 | ffffffff | 02 | 00 | 00 | 00 | 04 0a000003 0d96'
+    ],
+    [
       'PROBE (ack)',
       { type: 'probe', introId: seq(0xe0, 16), streamId: 0x0a0b0c0d, seq: 3, ack: true, key: KEY },
       '4e 44 02 10 | e0e1e2e3e4e5e6e7e8e9eaebecedeeef | 0a0b0c0d | 00000003 | 01 | 809643461e08366e6481cc0a2c45c7b0'

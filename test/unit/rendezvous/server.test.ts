@@ -7,23 +7,12 @@
 import { execFile } from 'node:child_process'
 import dgram from 'node:dgram'
 import fs from 'node:fs'
-import net from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { afterEach, describe, expect, it, vi } from 'vitest'
 import type { Endpoint } from '../../../src/protocol/endpoint.js'
-import { generateKeyPair, networkSecretKey, peerId, randomBytes, secretProof, sign, type KeyPair } from '../../../src/protocol/identity.js'
+import { generateKeyPair, networkSecretKey, peerId, randomBytes, secretProof } from '../../../src/protocol/identity.js'
 import { silentLogger } from '../../../src/protocol/log.js'
-import {
-  decode,
-  encode,
-  encodeRegister,
-  encodeRegisterUnsigned,
-  frame,
-  FrameSplitter,
-  opened,
-  type Message,
-  type OutgoingMessage
-} from '../../../src/protocol/rendezvous.js'
+import { decode, encode, frame, opened, type Message } from '../../../src/protocol/rendezvous.js'
 import { decodeStun, encodeBindingRequest, isStun, STUN_MAGIC_COOKIE } from '../../../src/protocol/stun.js'
 import { CONTROL_LOST_GRACE_MS } from '../../../src/rendezvous/registry.js'
 import { encodeBindingRequestWith } from '../../../src/protocol/stun-request.js'
@@ -31,9 +20,8 @@ import { EXPIRY_SWEEP_MS, RendezvousServer, TCP_AUTH_TIMEOUT_MS, type Rendezvous
 import type SecretStream from '@hyperswarm/secret-stream'
 import { secureSocket } from '../../../src/tunnel/secure-socket.js'
 import { FakeClock, prng, randBuf, randInt } from '../helpers.js'
+import { ackOf, HOST, registerFrame, registerTcp, sockets, TcpPeer, WAIT_MS } from './fake-agent.js'
 
-const HOST = '127.0.0.1'
-const WAIT_MS = 2_000
 const SILENCE_MS = 300
 const STUNCLIENT = '/usr/bin/turnutils_stunclient'
 const NATDISCOVERY = '/usr/bin/turnutils_natdiscovery'
@@ -61,7 +49,6 @@ interface Started {
 }
 
 const running: RendezvousServer[] = []
-const sockets: { close(): void }[] = []
 
 afterEach(async () => {
   for (const s of sockets.splice(0)) s.close()
@@ -153,142 +140,6 @@ class UdpPeer {
   close(): void {
     this.sock.close()
   }
-}
-
-// --- a TCP agent ----------------------------------------------------------------
-
-/**
- * A TCP connection as an agent (or an attacker) drives it: framed and in the clear until
- * secure(), one Noise message per frame after.
- */
-class TcpPeer {
-  private readonly inbox: Message[] = []
-  private waiter: (() => void) | null = null
-  readonly closed: Promise<void>
-  private readonly splitter = new FrameSplitter()
-  private readonly onData = (chunk: Buffer): void => {
-    this.splitter.add(chunk)
-    for (let f = this.splitter.next(); f; f = this.splitter.next()) this.deliver(f)
-  }
-  session: SecretStream | null = null
-  challenge: Extract<Message, { type: 'challenge' }> | null = null
-
-  private constructor(readonly socket: net.Socket) {
-    socket.on('data', this.onData)
-    socket.on('error', () => undefined)
-    this.closed = new Promise((resolve) => socket.once('close', () => resolve()))
-    void this.closed.then(() => this.waiter?.())
-  }
-
-  private deliver(f: Buffer): void {
-    this.inbox.push(decode(f))
-    this.waiter?.()
-  }
-
-  static async connect(port: number): Promise<TcpPeer> {
-    const socket = net.connect({ host: HOST, port })
-    await new Promise<void>((resolve, reject) => {
-      socket.once('connect', resolve)
-      socket.once('error', reject)
-    })
-    const peer = new TcpPeer(socket)
-    sockets.push(peer)
-    return peer
-  }
-
-  /** Reads the CHALLENGE, says SECURE and runs Noise with `kp`; resolves with the server's proven key. */
-  async secure(kp: KeyPair): Promise<Buffer> {
-    const challenge = await this.waitFor((m) => m.type === 'challenge')
-    if (challenge.type !== 'challenge') throw new Error('unreachable')
-    this.challenge = challenge
-    this.socket.off('data', this.onData)
-    this.socket.write(frame(encode({ type: 'secure' })))
-    const session = secureSocket(true, this.socket, this.splitter.rest(), kp)
-    session.on('data', (f: Buffer) => this.deliver(f))
-    this.session = session
-    expect(await session.opened).toBe(true)
-    return session.remotePublicKey!
-  }
-
-  get endpoint(): Endpoint {
-    return { host: HOST, port: this.socket.localPort! }
-  }
-
-  send(msg: OutgoingMessage | Buffer): void {
-    const bytes = Buffer.isBuffer(msg) ? msg : encode(msg)
-    if (this.session) this.session.write(bytes)
-    else this.socket.write(frame(bytes))
-  }
-
-  /** The first message (received or to come) that matches; others stay queued. */
-  async waitFor(pred: (m: Message) => boolean = () => true, timeoutMs = WAIT_MS): Promise<Message> {
-    const deadline = Date.now() + timeoutMs
-    for (;;) {
-      const i = this.inbox.findIndex(pred)
-      if (i >= 0) return this.inbox.splice(i, 1)[0]!
-      const left = deadline - Date.now()
-      if (left <= 0 || this.socket.destroyed) throw new Error(`no matching message; queued: ${this.inbox.map((m) => m.type).join(', ') || 'none'}`)
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, left)
-        this.waiter = () => {
-          clearTimeout(timer)
-          resolve()
-        }
-      })
-      this.waiter = null
-    }
-  }
-
-  /** Resolves true if the server closes the connection within `timeoutMs`. */
-  async closedWithin(timeoutMs = WAIT_MS): Promise<boolean> {
-    return Promise.race([this.closed.then(() => true), sleep(timeoutMs).then(() => false)])
-  }
-
-  close(): void {
-    this.session?.destroy()
-    this.socket.destroy()
-  }
-}
-
-// --- registration helpers -------------------------------------------------------
-
-interface RegisterOpts {
-  proof?: Uint8Array
-  tamperSignature?: boolean
-  /** Sign with this key pair instead of the session's (an agent claiming another's key). */
-  signer?: KeyPair
-  lan?: Endpoint[]
-}
-
-function registerFrame(kp: KeyPair, challenge: Message, name: string, opts: RegisterOpts = {}): Buffer {
-  if (challenge.type !== 'challenge') throw new Error(`expected a challenge, got ${challenge.type}`)
-  const signer = opts.signer ?? kp
-  const unsigned = encodeRegisterUnsigned({
-    nonce: challenge.nonce,
-    time: challenge.serverTime,
-    publicKey: signer.publicKey,
-    name,
-    tcpPort: 0,
-    nat: 'easy',
-    lan: opts.lan ?? [{ host: '192.168.1.20', port: 41641 }],
-    proof: opts.proof ?? Buffer.alloc(0)
-  })
-  const sig = sign(unsigned, signer.secretKey)
-  if (opts.tamperSignature) sig[10]! ^= 0x01
-  return encodeRegister(unsigned, sig)
-}
-
-/** CHALLENGE, SECURE, Noise, REGISTER: an agent's registration; returns the connection and the server's answer. */
-async function registerTcp(port: number, kp: KeyPair, name: string, opts: RegisterOpts = {}): Promise<{ peer: TcpPeer; reply: Message }> {
-  const peer = await TcpPeer.connect(port)
-  await peer.secure(kp)
-  peer.send(registerFrame(kp, peer.challenge!, name, opts))
-  return { peer, reply: await peer.waitFor((m) => m.type === 'register-ack' || m.type === 'error') }
-}
-
-function ackOf(m: Message): Extract<Message, { type: 'register-ack' }> {
-  if (m.type !== 'register-ack') throw new Error(`expected register-ack, got ${JSON.stringify(m)}`)
-  return m
 }
 
 /** A sealed heartbeat from `udp` and the decoded answer, or null when the server stays silent. */

@@ -1,0 +1,43 @@
+/**
+ * Which instance of a deployment the agent calls home (`--server a,b,c` or a name with
+ * several addresses): the one that answers fastest. Each candidate gets one TCP connect
+ * at once (its SYN/SYN-ACK is the round trip; the connection is closed at once, before
+ * any byte, so the server spends an accept and a close); the agent then registers with
+ * the fastest (the order given breaks ties within RANK_STEP_MS), and falls back along
+ * the ranking when it refuses or is lost.
+ */
+import net from 'node:net'
+import type { Endpoint } from '../protocol/endpoint.js'
+
+/** A candidate that has not accepted a connection in this long ranks last (it may be down). */
+export const RANK_TIMEOUT_MS = 1_000
+/**
+ * Round trips are compared in steps of this much: closer ones count as equal and keep
+ * the order the user gave (a preference), so jitter does not pick the home at random.
+ */
+export const RANK_STEP_MS = 5
+
+/** `servers` fastest first; those that did not answer within `timeoutMs` follow, in their given order. Never rejects. */
+export async function rankServers(servers: readonly Endpoint[], timeoutMs = RANK_TIMEOUT_MS): Promise<Endpoint[]> {
+  if (servers.length < 2) return [...servers]
+  const rtts = await Promise.all(servers.map((s) => connectRtt(s, timeoutMs)))
+  const order = servers.map((s, i) => ({ s, i, step: Math.floor(rtts[i]! / RANK_STEP_MS) }))
+  order.sort((a, b) => (a.step === b.step ? a.i - b.i : a.step - b.step))
+  return order.map((o) => o.s)
+}
+
+/** Milliseconds to a TCP connection with `to`, or Infinity when it fails or takes longer than `timeoutMs`. */
+function connectRtt(to: Endpoint, timeoutMs: number): Promise<number> {
+  const started = performance.now()
+  return new Promise((resolve) => {
+    const socket = net.connect({ host: to.host, port: to.port })
+    const done = (rtt: number): void => {
+      clearTimeout(timer)
+      socket.destroy()
+      resolve(rtt)
+    }
+    const timer = setTimeout(() => done(Infinity), timeoutMs)
+    socket.once('connect', () => done(performance.now() - started))
+    socket.once('error', () => done(Infinity))
+  })
+}

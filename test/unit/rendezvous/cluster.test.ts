@@ -1,0 +1,241 @@
+// Several natd-rendezvous instances sharing one registry in Redis (src/rendezvous/
+// redis-cluster.ts), over loopback, with a real redis-server this file starts and stops:
+//
+//   fake agents ──TCP──▶ instance A (in process) ─┐
+//               ──TCP──▶ instance B (in process) ─┼──▶ redis-server 127.0.0.1:random
+//               ──TCP──▶ instance C (dist/, a child process we SIGKILL) ─┘   (appendonly, temp dir)
+import { spawn, type ChildProcess } from 'node:child_process'
+import fs from 'node:fs'
+import net from 'node:net'
+import os from 'node:os'
+import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
+import { generateKeyPair, peerId } from '../../../src/protocol/identity.js'
+import { silentLogger } from '../../../src/protocol/log.js'
+import type { Message } from '../../../src/protocol/rendezvous.js'
+import { RedisCluster, INSTANCE_REFRESH_MS, INSTANCE_TTL_MS } from '../../../src/rendezvous/redis-cluster.js'
+import { RendezvousServer } from '../../../src/rendezvous/server.js'
+import { randInt } from '../helpers.js'
+import { HOST, registerTcp, sockets, type TcpPeer } from './fake-agent.js'
+
+const REDIS_SERVER = '/usr/bin/redis-server'
+const SERVER_KEY = generateKeyPair() // one deployment, one key: agents pin it across instances
+const RELAY = { maxBytes: 1 << 20, maxSeconds: 60, rate: 1 << 20, maxTunnels: 4 }
+const DIST_MAIN = path.resolve('dist/rendezvous/main.js')
+
+let redisDir = ''
+let redisPort = 0
+let redis: ChildProcess | null = null
+const running: RendezvousServer[] = []
+const children: ChildProcess[] = []
+
+async function startRedis(): Promise<void> {
+  const proc = spawn(REDIS_SERVER, ['--bind', HOST, '--port', String(redisPort), '--dir', redisDir, '--appendonly', 'yes', '--appendfsync', 'always', '--save', ''], { stdio: 'ignore' })
+  redis = proc
+  for (let i = 0; i < 50; i++) {
+    if (await pingRedis()) return
+    await sleep(100)
+  }
+  throw new Error('redis-server did not start')
+}
+
+/** One inline command to our Redis; true when it answered `+want`. */
+function redisSays(command: string, want: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.connect({ host: HOST, port: redisPort }, () => s.write(`${command}\r\n`))
+    s.once('data', (d) => {
+      s.destroy()
+      resolve(d.toString().startsWith(`+${want}`))
+    })
+    s.once('error', () => resolve(false))
+  })
+}
+
+const pingRedis = (): Promise<boolean> => redisSays('PING', 'PONG')
+
+function killRedis(): void {
+  redis?.kill('SIGKILL')
+  redis = null
+}
+
+beforeAll(async () => {
+  if (!fs.existsSync(REDIS_SERVER)) throw new Error(`${REDIS_SERVER} is missing: apt-get install redis-server (scripts/dev.sh does)`)
+  redisDir = fs.mkdtempSync(path.join(os.tmpdir(), 'natd-redis-'))
+  redisPort = randInt(Math.random, 20_000, 59_999)
+  await startRedis()
+})
+
+afterAll(() => {
+  killRedis()
+  fs.rmSync(redisDir, { recursive: true, force: true })
+})
+
+afterEach(async () => {
+  for (const s of sockets.splice(0)) s.close()
+  for (const c of children.splice(0)) c.kill('SIGKILL')
+  for (const s of running.splice(0)) await s.stop()
+  if (!redis) await startRedis()
+  expect(await redisSays('FLUSHALL', 'OK')).toBe(true) // each case starts from an empty registry
+})
+
+/** An instance in this process, sharing the registry in our Redis. */
+async function startInstance(): Promise<{ server: RendezvousServer; port: number; cluster: RedisCluster }> {
+  for (let attempt = 0; ; attempt++) {
+    const port = randInt(Math.random, 20_000, 59_999)
+    const cluster = new RedisCluster({ url: `redis://${HOST}:${redisPort}`, advertise: { host: HOST, port } }, silentLogger)
+    const server = new RendezvousServer({ host: HOST, port, altPort: 0, peerTimeoutMs: 30_000, heartbeatMs: 20_000, relay: RELAY }, { log: silentLogger, keyPair: SERVER_KEY, cluster })
+    try {
+      await server.start()
+      running.push(server)
+      return { server, port, cluster }
+    } catch (err) {
+      await server.stop().catch(() => undefined)
+      if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE' || attempt > 10) throw err
+    }
+  }
+}
+
+/** An instance as the operator runs it (dist/), in a child process this test can SIGKILL. */
+async function spawnInstance(): Promise<number> {
+  const port = randInt(Math.random, 20_000, 59_999)
+  const keyFile = path.join(redisDir, `key-${port}.json`)
+  fs.writeFileSync(keyFile, JSON.stringify({ publicKey: SERVER_KEY.publicKey.toString('hex'), secretKey: Buffer.from(SERVER_KEY.secretKey).toString("hex") }), { mode: 0o600 })
+  const args = [DIST_MAIN, '--host', HOST, '--port', String(port), '--alt-port', '0', '--key-file', keyFile, '--state-dir', path.join(redisDir, `state-${port}`), '--redis', `redis://${HOST}:${redisPort}`, '--log-level', 'warn']
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'inherit'] })
+  children.push(child)
+  for (let i = 0; i < 100; i++) {
+    try {
+      const probe = await registerTcp(port, generateKeyPair(), `probe${port}`)
+      probe.peer.close()
+      return port
+    } catch {
+      await sleep(100)
+    }
+  }
+  throw new Error('the spawned instance did not start')
+}
+
+async function register(port: number, name: string, kp = generateKeyPair()): Promise<TcpPeer> {
+  const { peer, reply } = await registerTcp(port, kp, name)
+  if (reply.type !== 'register-ack') throw new Error(`${name} not registered: ${JSON.stringify(reply)}`)
+  return peer
+}
+
+/** LIST until `pred` holds (records cross instances in the next flush). */
+async function listUntil(agent: TcpPeer, pred: (names: string[]) => boolean, timeoutMs = 5_000): Promise<string[]> {
+  const deadline = Date.now() + timeoutMs
+  for (let reqId = 1; ; reqId++) {
+    agent.send({ type: 'list', reqId })
+    const m = await agent.waitFor((x) => x.type === 'peers' && x.reqId === reqId)
+    const names = m.type === 'peers' ? m.peers.filter((p) => p.online).map((p) => p.name) : []
+    if (pred(names) || Date.now() > deadline) return names
+    await sleep(200)
+  }
+}
+
+function isEvent(event: 'up' | 'down', name: string): (m: Message) => boolean {
+  return (m) => m.type === 'peer-event' && m.event === event && m.peer.name === name
+}
+
+describe('several instances on Redis', () => {
+  it('agents on different instances list each other, hear each other come and go, and are introduced with the relay named', async () => {
+    const a = await startInstance()
+    const b = await startInstance()
+    const alice = await register(a.port, 'alice')
+    const bobKp = generateKeyPair()
+    const bob = await register(b.port, 'bob', bobKp)
+    await alice.waitFor(isEvent('up', 'bob'), 5_000)
+    expect(await listUntil(alice, (n) => n.includes('bob'))).toEqual(['bob'])
+    expect(await listUntil(bob, (n) => n.includes('alice'))).toEqual(['alice'])
+
+    // by name, and by full peer ID
+    for (const [reqId, target] of [[7, 'bob'], [8, peerId(bobKp.publicKey)]] as const) {
+      alice.send({ type: 'introduce', reqId, target, via: 'auto' })
+      const mine = await alice.waitFor((m) => m.type === 'introduction' || m.type === 'error')
+      const theirs = await bob.waitFor((m) => m.type === 'introduction')
+      if (mine.type !== 'introduction' || theirs.type !== 'introduction') throw new Error(`not introduced: ${JSON.stringify(mine)}`)
+      expect(mine).toMatchObject({ reqId, initiator: true, peer: { name: 'bob' } })
+      expect(theirs).toMatchObject({ initiator: false, peer: { name: 'alice' }, relay: { host: HOST, port: a.port } })
+      expect(Buffer.from(theirs.introId).equals(Buffer.from(mine.introId))).toBe(true)
+      expect(Buffer.from(theirs.punchKey).equals(Buffer.from(mine.punchKey))).toBe(true)
+    }
+    // the relay permit waits on A, the instance bob was told to dial
+    expect(a.server.relay!.permits).toBeGreaterThan(0)
+
+    bob.send({ type: 'bye' })
+    await alice.waitFor(isEvent('down', 'bob'), 5_000)
+    alice.send({ type: 'introduce', reqId: 9, target: 'bob', via: 'udp' })
+    expect(await alice.waitFor((m) => m.type === 'error' && m.reqId === 9)).toMatchObject({ code: 'PEER_UNKNOWN' })
+  })
+
+  it('an agent that registers with another instance has moved: its old instance lets go of it, and introductions follow it', async () => {
+    const a = await startInstance()
+    const b = await startInstance()
+    const alice = await register(a.port, 'alice')
+    const bobKp = generateKeyPair()
+    const bobOnA = await register(a.port, 'bob', bobKp)
+    const bobOnB = await register(b.port, 'bob', bobKp) // failed over (its connection to A not yet seen dead)
+    expect(await bobOnA.closedWithin(5_000)).toBe(true)
+    alice.send({ type: 'introduce', reqId: 4, target: 'bob', via: 'udp' })
+    expect(await alice.waitFor((m) => (m.type === 'introduction' || m.type === 'error') && m.reqId === 4)).toMatchObject({ type: 'introduction', peer: { name: 'bob' } })
+    await bobOnB.waitFor((m) => m.type === 'introduction')
+    expect(await listUntil(alice, (n) => n.includes('bob'))).toEqual(['bob'])
+  })
+
+  it('a name is bound deployment-wide: another key gets NAME_TAKEN on another instance, online or not', async () => {
+    const a = await startInstance()
+    const b = await startInstance()
+    const carol = await register(a.port, 'carol')
+    const thief = await registerTcp(b.port, generateKeyPair(), 'carol')
+    expect(thief.reply).toMatchObject({ type: 'error', code: 'NAME_TAKEN' })
+    carol.send({ type: 'bye' })
+    await carol.closedWithin()
+    const again = await registerTcp(b.port, generateKeyPair(), 'carol')
+    expect(again.reply).toMatchObject({ type: 'error', code: 'NAME_TAKEN' })
+  })
+
+  it(`an instance killed with SIGKILL: its agents go down for the others within ${(INSTANCE_TTL_MS + INSTANCE_REFRESH_MS) / 1000} s, and may register elsewhere`, async () => {
+    const a = await startInstance()
+    const cPort = await spawnInstance()
+    const alice = await register(a.port, 'alice')
+    const daveKp = generateKeyPair()
+    await register(cPort, 'dave', daveKp)
+    await alice.waitFor(isEvent('up', 'dave'), 5_000)
+    children[0]!.kill('SIGKILL')
+    const started = Date.now()
+    await alice.waitFor(isEvent('down', 'dave'), INSTANCE_TTL_MS + 2 * INSTANCE_REFRESH_MS + 2_000)
+    expect(Date.now() - started).toBeLessThan(INSTANCE_TTL_MS + 2 * INSTANCE_REFRESH_MS + 2_000)
+    // dave re-homes on A with the same key and name (the deployment's one server key)
+    await register(a.port, 'dave', daveKp)
+    expect(await listUntil(alice, (n) => n.includes('dave'))).toContain('dave')
+  }, 60_000)
+
+  it('Redis killed: each instance serves the agents it holds; restarted: the registry is whole again and names held', async () => {
+    const a = await startInstance()
+    const b = await startInstance()
+    const eveKp = generateKeyPair()
+    const alice = await register(a.port, 'alice')
+    const eve = await register(b.port, 'eve', eveKp)
+    const aliceLocal = await register(a.port, 'frank')
+    expect(await listUntil(alice, (n) => n.includes('eve'))).toContain('eve')
+
+    killRedis()
+    await sleep(200)
+    // a known agent registers again on its instance; a new name waits for Redis
+    eve.close()
+    await register(b.port, 'eve', eveKp)
+    expect((await registerTcp(b.port, generateKeyPair(), 'newcomer')).reply).toMatchObject({ type: 'error', code: 'TIMEOUT' })
+    // introductions between agents of one instance go on; LIST shows this instance's agents
+    alice.send({ type: 'introduce', reqId: 3, target: 'frank', via: 'udp' })
+    expect(await alice.waitFor((m) => m.type === 'introduction' && m.reqId === 3)).toMatchObject({ peer: { name: 'frank' } })
+    await aliceLocal.waitFor((m) => m.type === 'introduction')
+    expect(await listUntil(alice, () => true)).toEqual(['frank'])
+
+    await startRedis()
+    // records rewritten on reconnect: alice sees eve again; eve's name still refuses a stranger
+    expect(await listUntil(alice, (n) => n.includes('eve'), 10_000)).toContain('eve')
+    expect((await registerTcp(a.port, generateKeyPair(), 'eve')).reply).toMatchObject({ type: 'error', code: 'NAME_TAKEN' })
+    expect((await registerTcp(a.port, generateKeyPair(), 'newcomer')).reply).toMatchObject({ type: 'register-ack' })
+  }, 30_000)
+})
