@@ -17,8 +17,6 @@ import { decodeStun, encodeBindingRequest, isStun, STUN_MAGIC_COOKIE } from '../
 import { CONTROL_LOST_GRACE_MS } from '../../../src/rendezvous/registry.js'
 import { encodeBindingRequestWith } from '../../../src/protocol/stun-request.js'
 import { EXPIRY_SWEEP_MS, RendezvousServer, TCP_AUTH_TIMEOUT_MS, type RendezvousInit } from '../../../src/rendezvous/server.js'
-import type SecretStream from '@hyperswarm/secret-stream'
-import { secureSocket } from '../../../src/tunnel/secure-socket.js'
 import { FakeClock, prng, randBuf, randInt } from '../helpers.js'
 import { ackOf, HOST, registerFrame, registerTcp, sockets, TcpPeer, WAIT_MS } from './fake-agent.js'
 
