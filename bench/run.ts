@@ -18,6 +18,7 @@ import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { createLab, labAvailable, type LabSpec, type NatKind } from '../test/lab/lab.ts'
 import { NatdLab, ROOT } from '../test/lab/natd-lab.ts'
+import { BASELINE_PORTS, baselineRatios, startBaselines } from './baselines.ts'
 
 const argv = process.argv.slice(2)
 const QUICK = argv.includes('--quick')
@@ -25,6 +26,8 @@ const MIB = Number(argv[argv.indexOf('--mib') + 1]) || (QUICK ? 16 : 64)
 const REPS = Number(argv[argv.indexOf('--reps') + 1]) || (QUICK ? 2 : 5)
 const ONLY = argv.includes('--only') ? argv[argv.indexOf('--only') + 1] : null
 const VIA = (argv.includes('--via') ? argv[argv.indexOf('--via') + 1]!.split(',') : ['udp', 'tcp', 'relay']) as Array<'udp' | 'tcp' | 'relay'>
+/** Which of bench/baselines.ts to run (ssh_L, wireguard_go, hyperdht; `none`): all by default. */
+const BASELINES = argv.includes('--baselines') ? argv[argv.indexOf('--baselines') + 1]!.split(',') : null
 const CPU_PROF = argv.includes('--cpu-prof') ? path.resolve(argv[argv.indexOf('--cpu-prof') + 1]!) : null
 const AGENT_NODE_OPTIONS = [argv.includes('--agent-node-options') ? argv[argv.indexOf('--agent-node-options') + 1]! : '', CPU_PROF ? `--cpu-prof --cpu-prof-dir=${CPU_PROF}` : ''].join(' ').trim()
 /** Whether a section runs: --only picks one; otherwise every section not --skip-ped. */
@@ -99,7 +102,8 @@ async function throughput(): Promise<Record<string, unknown>> {
       { proto: 'udp', port: 6002 },
       { proto: 'tcp', port: 6003 },
       { proto: 'tcp', port: 6004 },
-      { proto: 'tcp', port: 6005 }
+      { proto: 'tcp', port: 6005 },
+      ...BASELINE_PORTS
     ])
     n.lab.spawn(bob, ['iperf3', '-s', '-p', '5201'])
     // The receiving processes on bob, whose CPU per MiB is recorded beside natd's on bob.
@@ -116,6 +120,7 @@ async function throughput(): Promise<Record<string, unknown>> {
     await sleep(700)
     await n.natctl('bob', ['expose', 'add', '7001'])
     await n.natctl('alice', ['forward', 'add', '9001', 'bob:7001'])
+    const { baselines, skipped } = await startBaselines(n, bobWan, server, BYTES, BASELINES)
 
     const mbps = (bytes: number, ms: number): number => bytes / 1e6 / (ms / 1000)
     const series: Record<string, number[]> = {}
@@ -131,14 +136,17 @@ async function throughput(): Promise<Record<string, unknown>> {
      * shell's `times` for the short-lived sender): on two shared cores, a CPU-bound
      * transfer's speed follows the sum.
      */
-    const cpuOf = (key: string): Record<string, number> => {
+    const cpuOf = (key: string): Record<string, number | (() => number)> => {
+      const baseline = baselines.find((b) => b.key === key)
+      if (baseline) return baseline.cpu
       if (key.startsWith('forward_')) return { alice: n.agents.alice!.proc.pid!, bob: n.agents.bob!.proc.pid!, server }
       if (key === 'tcp_node_relay') return { relay_alice: relayAlice, bob: receivers.tcp_node_relay!, server }
       return receivers[key] ? { bob: receivers[key] } : {}
     }
     const send = async (key: string, args: readonly string[]): Promise<void> => {
       const pids = cpuOf(key)
-      const cpu0 = Object.fromEntries(Object.entries(pids).map(([role, pid]) => [role, procStat(pid).cpuS]))
+      const cpuS = (p: number | (() => number)): number => (typeof p === 'number' ? procStat(p).cpuS : p())
+      const cpu0 = Object.fromEntries(Object.entries(pids).map(([role, pid]) => [role, cpuS(pid)]))
       const drops0 = key.includes('udx') || key.includes('udp') ? await rcvbufErrors() : null
       const res = await n.lab.exec(n.lab.hosts.alice!.ns, ['sh', '-c', '"$0" "$@"; s=$?; times >&2; exit $s', ...args], { timeoutMs: 300_000 })
       let r: { bytes: number; ms: number }
@@ -148,10 +156,10 @@ async function throughput(): Promise<Record<string, unknown>> {
         throw new Error(`${key} failed (${res.code}): ${res.stdout} ${res.stderr}`)
       }
       const perMiB = (s: number): number => (s * 1000) / MIB
-      for (const [role, pid] of Object.entries(pids)) add(`${key}_cpu_ms_per_MiB_${role}`, perMiB(procStat(pid).cpuS - cpu0[role]!))
+      for (const [role, pid] of Object.entries(pids)) add(`${key}_cpu_ms_per_MiB_${role}`, perMiB(cpuS(pid) - cpu0[role]!))
       // `times` prints the shell's own times, then its children's: "0m1.230000s 0m0.450000s".
       const t = res.stderr.trim().split('\n').pop()!.match(/(\d+)m([\d.]+)s\s+(\d+)m([\d.]+)s/)
-      if (t) add(`${key}_cpu_ms_per_MiB_${key.startsWith('forward_') || key === 'tcp_node_relay' ? 'client' : 'alice'}`, perMiB(Number(t[1]) * 60 + Number(t[2]) + Number(t[3]) * 60 + Number(t[4])))
+      if (t) add(`${key}_cpu_ms_per_MiB_${key.startsWith('forward_') || key === 'tcp_node_relay' || baselines.some((b) => b.key === key) ? 'client' : 'alice'}`, perMiB(Number(t[1]) * 60 + Number(t[2]) + Number(t[3]) * 60 + Number(t[4])))
       if (drops0 !== null) add(`${key}_rcvbuf_drops_bob`, (await rcvbufErrors()) - drops0)
       if (r.bytes !== BYTES) throw new Error(`${key}: ${r.bytes} of ${BYTES} bytes arrived`)
       add(key, mbps(r.bytes, r.ms))
@@ -171,6 +179,7 @@ async function throughput(): Promise<Record<string, unknown>> {
       await send('tcp_socket', [node, path.join(FIX, 'tcp-sink.mjs'), 'send', bobWan, '6003', String(BYTES)])
       await send('tcp_secret_stream', [node, path.join(FIX, 'tcp-sink.mjs'), 'send', bobWan, '6004', String(BYTES), '--secret'])
       await send('tcp_node_relay', [node, path.join(FIX, 'tcp-sink.mjs'), 'send', '127.0.0.1', '9005', String(BYTES)])
+      for (const b of baselines) await send(b.key, b.args)
       for (const via of VIA) {
         await n.natctl('alice', ['close', 'bob'])
         await sleep(200)
@@ -212,7 +221,7 @@ async function throughput(): Promise<Record<string, unknown>> {
       return Math.round(sum * 100) / 100
     }
     const totals: Record<string, number> = {}
-    for (const k of ['iperf3_tcp', 'udx', 'udx_secret_stream', 'tcp_socket', 'tcp_secret_stream', 'tcp_node_relay', 'forward_direct_udp', 'forward_direct_tcp', 'forward_relay']) if (series[k]) totals[k] = cpuTotal(k)
+    for (const k of ['iperf3_tcp', 'udx', 'udx_secret_stream', 'tcp_socket', 'tcp_secret_stream', 'tcp_node_relay', 'forward_direct_udp', 'forward_direct_tcp', 'forward_relay', ...baselines.map((b) => b.key)]) if (series[k]) totals[k] = cpuTotal(k)
     out.cpu_ms_per_MiB_all_processes = totals
     const bound = (a: string, b: string): number => Math.round(((totals[b] ?? NaN) / (totals[a] ?? NaN)) * 100) / 100
     out.cpu_bound_ratios = {
@@ -222,6 +231,8 @@ async function throughput(): Promise<Record<string, unknown>> {
       direct_tcp_vs_iperf3_tcp: bound('forward_direct_tcp', 'iperf3_tcp'),
       tcp_node_relay_vs_iperf3_tcp: bound('tcp_node_relay', 'iperf3_tcp')
     }
+    out.vs_baselines = baselineRatios(med, cpuTotal)
+    if (Object.keys(skipped).length) out.baselines_skipped = skipped
     out.new_connection_ms = stat(conn.ms.map((x) => Math.round(x * 100) / 100))
     const relayShare = ratio('tcp_node_relay', 'iperf3_tcp')
     // What the direct-tcp target can be held to: the same topology with no crypto and no mux.
@@ -360,6 +371,10 @@ function printSummary(r: Record<string, unknown>): void {
     rows.push(['forward direct-tcp / bare secret-stream (TCP)', String(t.ratios.direct_tcp_vs_tcp_secret_stream), '-'])
     rows.push(['plain Node TCP relay pair / iperf3 TCP', String(t.ratios.tcp_node_relay_vs_iperf3_tcp), '-'])
     rows.push(['forward relay / direct-udp', String(t.ratios.relay_vs_direct_udp), '-'])
+    for (const k of ['ssh_L', 'wireguard_go', 'hyperdht']) if (t[k]) rows.push([`${k} MB/s (median)`, String(t[k].MBps.median), '-'])
+    const vs = (t as unknown as { vs_baselines?: { MBps: Record<string, number>; cpu_bound: Record<string, number> } }).vs_baselines
+    const targets: Record<string, string> = { direct_tcp_vs_ssh_L: '≥ 1.0', direct_udp_vs_hyperdht: '≥ 1.5', direct_udp_vs_wireguard_go: '≥ 2' }
+    if (vs) for (const [k, v] of Object.entries(vs.MBps)) if (Number.isFinite(v)) rows.push([`forward ${k.replace('_vs_', ' / ').replaceAll('_', ' ')} (CPU-bound)`, `${v} (${vs.cpu_bound[k]})`, targets[k] ?? '-'])
     rows.push(['auto picks (both punch)', t.auto_picks, 'the faster: direct-tcp'])
   }
   const f = r.footprint as Record<string, { rssMiB: number; cpuPercent: number }> | undefined

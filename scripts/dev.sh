@@ -33,8 +33,9 @@ ensure_node() {
 # Debian packages: iproute2/iptables/conntrack build the NAT lab, coturn brings the stock
 # STUN clients the tests compare against, iperf3 the benchmark baseline, socat and
 # python3 the API examples, systemd the unit checks (systemd-analyze), tcpdump the
-# capture that shows the relay carries ciphertext only.
-APT_PACKAGES=(iproute2 iptables conntrack coturn iperf3 socat python3 systemd procps tcpdump)
+# capture that shows the relay carries ciphertext only; openssh-server/-client and
+# wireguard-go/-tools the forwarding baselines of the benchmark (bench/baselines.ts).
+APT_PACKAGES=(iproute2 iptables conntrack coturn iperf3 socat python3 systemd procps tcpdump openssh-server openssh-client wireguard-go wireguard-tools)
 
 ensure_packages() {
   if [ "$(id -u)" != 0 ]; then
