@@ -27,8 +27,10 @@ const SSHD_PORT = 2222
 const WG_PORT = 51820
 const WG_SINK_PORT = 6011
 const DHT_PORT = 49737
-/** Forwarding ports on alice (127.0.0.1). */
-const SSH_LOCAL = 9011
+/** Forwarding ports on alice (127.0.0.1); SSH_LOCAL + 1 reaches bob's echo server (bench/fairness.ts). */
+export const SSH_LOCAL = 9011
+/** bob's echo server on 127.0.0.1, for the fairness row (bench/fairness.ts starts it). */
+export const ECHO_PORT = 7002
 const DHT_LOCAL = 9021
 
 export interface Baseline {
@@ -39,7 +41,18 @@ export interface Baseline {
   cpu: Record<string, () => number>
 }
 
-/** CPU seconds of a process and all its descendants (sshd forks a monitor and a session process per connection). */
+/** CPU ticks of a process's children that have exited and been waited for (cutime + cstime). */
+function reapedChildTicks(pid: number): number {
+  try {
+    const s = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
+    const f = s.slice(s.lastIndexOf(')') + 2).split(' ')
+    return Number(f[13]) + Number(f[14])
+  } catch {
+    return 0
+  }
+}
+
+/** CPU seconds of a process and all its descendants, living or reaped (sshd forks a monitor and a session process per connection, socat a process per connection). */
 export function treeCpuS(root: number): number {
   const parent = new Map<number, number>()
   for (const d of fs.readdirSync('/proc')) {
@@ -56,14 +69,14 @@ export function treeCpuS(root: number): number {
     return false
   }
   let ticks = 0
-  for (const pid of parent.keys()) if (inTree(pid)) ticks += cpuTicks(pid)
+  for (const pid of parent.keys()) if (inTree(pid)) ticks += cpuTicks(pid) + reapedChildTicks(pid)
   return ticks / CLK_TCK
 }
 
 const procCpuS = (pid: number) => (): number => cpuTicks(pid) / CLK_TCK
 
 /** Resolves once a fixture prints its first line ("listening"); rejects if it exits first. */
-function ready(p: ChildProcess, what: string, timeoutMs = 20_000): Promise<void> {
+export function ready(p: ChildProcess, what: string, timeoutMs = 20_000): Promise<void> {
   return new Promise((resolve, reject) => {
     let err = ''
     p.stderr?.on('data', (d: Buffer) => (err += d.toString()))
@@ -117,7 +130,7 @@ async function sshL(n: NatdLab, bobWan: string, server: number, bytes: number): 
   const sshd = n.lab.spawn(bob, ['/usr/sbin/sshd', '-D', '-e', '-f', path.join(dir, 'sshd_config')])
   await listening(n, bob, 't', SSHD_PORT, 'sshd')
   const alice = n.lab.hosts.alice!.ns
-  const ssh = n.lab.spawn(alice, ['ssh', '-F', '/dev/null', '-N', '-i', path.join(dir, 'user_key'), '-o', 'BatchMode=yes', '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', '-o', 'ExitOnForwardFailure=yes', '-L', `127.0.0.1:${SSH_LOCAL}:127.0.0.1:7001`, '-p', String(SSHD_PORT), `root@${bobWan}`])
+  const ssh = n.lab.spawn(alice, ['ssh', '-F', '/dev/null', '-N', '-i', path.join(dir, 'user_key'), '-o', 'BatchMode=yes', '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', '-o', 'ExitOnForwardFailure=yes', '-L', `127.0.0.1:${SSH_LOCAL}:127.0.0.1:7001`, '-L', `127.0.0.1:${SSH_LOCAL + 1}:127.0.0.1:${ECHO_PORT}`, '-p', String(SSHD_PORT), `root@${bobWan}`])
   await listening(n, alice, 't', SSH_LOCAL, 'ssh -L')
   return {
     key: 'ssh_L',

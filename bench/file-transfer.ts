@@ -10,7 +10,7 @@
  * forwarded transfer, one `natctl cp`. The cp time is what the user waits for: natd's
  * sha256 of the file before the offer, the transfer, the receiver's fsync.
  *
- *   node --disable-warning=ExperimentalWarning bench/file-transfer.ts [--mib 256] [--reps 3] [--quick]
+ *   node --disable-warning=ExperimentalWarning bench/file-transfer.ts [--mib 256] [--reps 3] [--quick] [--via udp,tcp,relay] [--cpu-prof DIR]
  *
  * Prints one JSON object; bench/run.ts can call fileTransferBench() instead.
  */
@@ -27,6 +27,10 @@ const MiB = 1024 * 1024
 export interface FileTransferBenchOptions {
   mib: number
   reps: number
+  /** The two agents write V8 CPU profiles here (bench/profile-summary.ts summarises them). */
+  cpuProf?: string
+  /** Which paths to measure (udp, tcp, relay): all by default. */
+  via?: Array<'udp' | 'tcp' | 'relay'>
 }
 
 function median(xs: number[]): number {
@@ -43,8 +47,15 @@ export async function fileTransferBench(opts: FileTransferBenchOptions): Promise
   try {
     // Lift the relay's per-tunnel limits (1 GiB, 8 MiB/s by default): both transfers share one tunnel.
     await n.startServer(['--relay-max-bytes', '1TiB', '--relay-rate', '100GiB'])
-    await n.startAgent('alice', { heartbeat: '5s' })
-    await n.startAgent('bob', { heartbeat: '5s' })
+    const savedOptions = process.env.NODE_OPTIONS
+    if (opts.cpuProf) process.env.NODE_OPTIONS = `${savedOptions ?? ''} --cpu-prof --cpu-prof-dir=${opts.cpuProf}`.trim()
+    try {
+      await n.startAgent('alice', { heartbeat: '5s' })
+      await n.startAgent('bob', { heartbeat: '5s' })
+    } finally {
+      if (savedOptions === undefined) delete process.env.NODE_OPTIONS
+      else process.env.NODE_OPTIONS = savedOptions
+    }
     await n.waitRegistered('alice')
     await n.waitRegistered('bob')
     n.lab.spawn(n.lab.hosts.bob!.ns, [process.execPath, path.join(FIX, 'tcp-sink.mjs'), 'serve', '7001'], { cwd: ROOT })
@@ -59,7 +70,7 @@ export async function fileTransferBench(opts: FileTransferBenchOptions): Promise
     const inbox = path.join(n.agents.bob!.stateDir, 'inbox')
 
     const out: Record<string, unknown> = { bytes }
-    for (const via of ['udp', 'tcp', 'relay'] as const) {
+    for (const via of opts.via ?? (['udp', 'tcp', 'relay'] as const)) {
       await n.natctl('alice', ['close', 'bob'])
       await sleep(300)
       const opened = await n.natctl('alice', ['open', 'bob', '--via', via])
@@ -86,6 +97,7 @@ export async function fileTransferBench(opts: FileTransferBenchOptions): Promise
       const file_ = median(cp)
       out[via] = { path: pathKind, forward_MiBps: r2(fwd), cp_MiBps: r2(file_), ratio_cp_vs_forward: r2(file_ / fwd), runs: { forward: forward.map(r2), cp: cp.map(r2) } }
     }
+    if (opts.cpuProf) for (const a of ['alice', 'bob']) await n.stopAgent(a) // SIGTERM: a clean exit writes the profile
     failed = false
     return out
   } finally {
@@ -101,6 +113,8 @@ if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.me
     process.stderr.write('bench/file-transfer.ts needs root (network namespaces)\n')
     process.exit(1)
   }
-  const result = await fileTransferBench({ mib: num('--mib', quick ? 64 : 256), reps: num('--reps', quick ? 1 : 3) })
+  const cpuProf = argv.includes('--cpu-prof') ? path.resolve(argv[argv.indexOf('--cpu-prof') + 1]!) : undefined
+  const via = argv.includes('--via') ? (argv[argv.indexOf('--via') + 1]!.split(',') as Array<'udp' | 'tcp' | 'relay'>) : undefined
+  const result = await fileTransferBench({ mib: num('--mib', quick ? 64 : 256), reps: num('--reps', quick ? 1 : 3), cpuProf, via })
   process.stdout.write(JSON.stringify(result, null, 2) + '\n')
 }

@@ -7,7 +7,8 @@
  *                                                               baselines: iperf3, bare UDX)
  *
  * Options: --quick (fewer repetitions, smaller transfers), --skip-capacity, --skip-footprint,
- * --skip-files, --mib N, --only SECTION (throughput | open | capacity | footprint | files),
+ * --skip-files, --skip-relay, --mib N, --only SECTION (throughput | open | relay | capacity | footprint | files),
+ * --baselines ssh_L,wireguard_go,hyperdht|none (bench/baselines.ts; all by default), --no-fairness,
  * --reps N, --via udp,tcp,relay (which forwards to run), --agent-node-options '…' (Node flags
  * for the two natd agents of the throughput section, for experiments), --cpu-prof DIR (the two natd agents of the throughput section write V8 CPU
  * profiles there; bench/profile-summary.ts summarises them).
@@ -19,6 +20,8 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { createLab, labAvailable, type LabSpec, type NatKind } from '../test/lab/lab.ts'
 import { NatdLab, ROOT } from '../test/lab/natd-lab.ts'
 import { BASELINE_PORTS, baselineRatios, startBaselines } from './baselines.ts'
+import { fairness } from './fairness.ts'
+import { relayFanout } from './relay-fanout.ts'
 
 const argv = process.argv.slice(2)
 const QUICK = argv.includes('--quick')
@@ -190,13 +193,15 @@ async function throughput(): Promise<Record<string, unknown>> {
     }
     // A new forwarded connection on an open tunnel: connect, one byte, reply.
     const conn = (await run(n, 'alice', [node, path.join(FIX, 'tcp-sink.mjs'), 'ping', '127.0.0.1', '9001', String(OPEN_RUNS)])) as { ms: number[] }
+    // A 1-byte round trip beside a bulk transfer on the same tunnel (bulk 4× the transfer size, so it outlasts the round trips).
+    const fair = argv.includes('--no-fairness') ? null : await fairness(n, VIA, 4 * BYTES, baselines.some((b) => b.key === 'ssh_L'))
     // What auto picks when both paths punch.
     await n.natctl('alice', ['close', 'bob'])
     await sleep(200)
     const auto = ((await n.natctl('alice', ['open', 'bob', '--via', 'auto'])).json as { path: string }).path
     if (CPU_PROF) for (const a of ['alice', 'bob']) await n.stopAgent(a) // SIGTERM: a clean exit writes the profile
     failed = false
-    const out: Record<string, unknown> = { paths, auto_picks: auto }
+    const out: Record<string, unknown> = { paths, auto_picks: auto, fairness: fair }
     for (const [k, v] of Object.entries(series)) out[k] = k.includes('_cpu_ms_per_MiB_') ? { ms: stat(v.map((x) => Math.round(x * 100) / 100)) } : k.endsWith('_rcvbuf_drops_bob') ? { datagrams: stat(v) } : { MBps: stat(v.map(r1)) }
     const med = (k: string): number => (series[k] ? stat(series[k]).median : NaN)
     const ratio = (a: string, b: string): number => Math.round((med(a) / med(b)) * 100) / 100
@@ -375,8 +380,12 @@ function printSummary(r: Record<string, unknown>): void {
     const vs = (t as unknown as { vs_baselines?: { MBps: Record<string, number>; cpu_bound: Record<string, number> } }).vs_baselines
     const targets: Record<string, string> = { direct_tcp_vs_ssh_L: '≥ 1.0', direct_udp_vs_hyperdht: '≥ 1.5', direct_udp_vs_wireguard_go: '≥ 2' }
     if (vs) for (const [k, v] of Object.entries(vs.MBps)) if (Number.isFinite(v)) rows.push([`forward ${k.replace('_vs_', ' / ').replaceAll('_', ' ')} (CPU-bound)`, `${v} (${vs.cpu_bound[k]})`, targets[k] ?? '-'])
+    const fair = (t as unknown as { fairness?: Record<string, { idle_ms: Stat | null; during_bulk_ms: Stat | null }> }).fairness ?? {}
+    for (const [k, v] of Object.entries(fair)) rows.push([`1-byte round trip, ${k}: idle / during a bulk transfer (median ms)`, `${v.idle_ms?.median ?? '-'} / ${v.during_bulk_ms?.median ?? '-'} (p90 ${v.during_bulk_ms?.p90 ?? '-'})`, '-'])
     rows.push(['auto picks (both punch)', t.auto_picks, 'the faster: direct-tcp'])
   }
+  const rl = r.relay as { tunnels: number; natd_rendezvous: { aggregate_MBps: number; relay_cpu_ms_per_MiB: number }; socat: { aggregate_MBps: number; relay_cpu_ms_per_MiB: number } } | undefined
+  if (rl) rows.push([`relay, ${rl.tunnels} tunnels at once: natd-rendezvous / socat, aggregate MB/s (relay CPU ms/MiB)`, `${rl.natd_rendezvous.aggregate_MBps} (${rl.natd_rendezvous.relay_cpu_ms_per_MiB}) / ${rl.socat.aggregate_MBps} (${rl.socat.relay_cpu_ms_per_MiB})`, '-'])
   const f = r.footprint as Record<string, { rssMiB: number; cpuPercent: number }> | undefined
   if (f) for (const [k, v] of Object.entries(f)) if (typeof v === 'object') rows.push([`natd ${k.replaceAll('_', ' ')}`, `${v.rssMiB} MiB RSS, ${v.cpuPercent}% CPU`, '-'])
   if (rows.length === 0) return
@@ -403,6 +412,11 @@ if (runs('throughput')) {
 if (runs('open')) {
   results.open = await timeToOpen()
   console.log(JSON.stringify(results.open, null, 2))
+}
+if (runs('relay')) {
+  // One natd-rendezvous relaying several tunnels at once, against socat on the same host.
+  results.relay = await relayFanout({ tunnels: QUICK ? 2 : 4, bytes: Math.max(1, Math.round(MIB / 2)) * 1024 * 1024, reps: QUICK ? 1 : 3 })
+  console.log(JSON.stringify(results.relay, null, 2))
 }
 if (runs('capacity')) results.capacity = capacity()
 if (runs('footprint')) {
