@@ -27,6 +27,8 @@ export interface RelayFanoutOptions {
   /** Bytes each tunnel carries. */
   bytes: number
   reps: number
+  /** natd-rendezvous writes a V8 CPU profile here (bench/profile-summary.ts summarises it). */
+  cpuProf?: string
 }
 
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? NaN
@@ -38,7 +40,14 @@ export async function relayFanout(o: RelayFanoutOptions): Promise<Record<string,
   const n = new NatdLab(await createLab({ sites: [{ name: 'a', nat: 'easy', hosts: as }, { name: 'b', nat: 'easy', hosts: bs }] }))
   let failed = true
   try {
-    await n.startServer(['--relay-rate', '10GiB', '--relay-max-bytes', '100GiB'])
+    const saved = process.env.NODE_OPTIONS
+    if (o.cpuProf) process.env.NODE_OPTIONS = `${saved ?? ''} --cpu-prof --cpu-prof-dir=${o.cpuProf}`.trim()
+    try {
+      await n.startServer(['--relay-rate', '10GiB', '--relay-max-bytes', '100GiB'])
+    } finally {
+      if (saved === undefined) delete process.env.NODE_OPTIONS
+      else process.env.NODE_OPTIONS = saved
+    }
     for (const h of [...as, ...bs]) await n.startAgent(h, { heartbeat: '5s' })
     for (const h of [...as, ...bs]) await n.waitRegistered(h, 30_000)
     const bRouter = n.lab.routers.b!
@@ -84,6 +93,7 @@ export async function relayFanout(o: RelayFanoutOptions): Promise<Record<string,
       socat.MBps.push(b.MBps)
       socat.cpu.push(b.cpuMsPerMiB)
     }
+    if (o.cpuProf) await n.killServer('SIGTERM') // a clean exit writes the profile
     failed = false
     const sum = (x: { MBps: number[]; cpu: number[] }): Record<string, unknown> => ({ aggregate_MBps: r2(median(x.MBps)), relay_cpu_ms_per_MiB: r2(median(x.cpu)), runs_MBps: x.MBps.map(r2), runs_cpu_ms_per_MiB: x.cpu.map(r2) })
     return {

@@ -10,7 +10,7 @@
  * --skip-files, --skip-relay, --mib N, --only SECTION (throughput | open | relay | capacity | footprint | files),
  * --baselines ssh_L,wireguard_go,hyperdht|none (bench/baselines.ts; all by default), --no-fairness,
  * --reps N, --via udp,tcp,relay (which forwards to run), --agent-node-options '…' (Node flags
- * for the two natd agents of the throughput section, for experiments), --cpu-prof DIR (the two natd agents of the throughput section write V8 CPU
+ * for the two natd agents of the throughput section, for experiments), --cpu-prof DIR (the two natd agents of the throughput section and natd-rendezvous in the relay section write V8 CPU
  * profiles there; bench/profile-summary.ts summarises them).
  */
 import { execFileSync } from 'node:child_process'
@@ -415,7 +415,7 @@ if (runs('open')) {
 }
 if (runs('relay')) {
   // One natd-rendezvous relaying several tunnels at once, against socat on the same host.
-  results.relay = await relayFanout({ tunnels: QUICK ? 2 : 4, bytes: Math.max(1, Math.round(MIB / 2)) * 1024 * 1024, reps: QUICK ? 1 : 3 })
+  results.relay = await relayFanout({ tunnels: QUICK ? 2 : 4, bytes: Math.max(1, Math.round(MIB / 2)) * 1024 * 1024, reps: QUICK ? 1 : 3, cpuProf: CPU_PROF ?? undefined })
   console.log(JSON.stringify(results.relay, null, 2))
 }
 if (runs('capacity')) results.capacity = capacity()
