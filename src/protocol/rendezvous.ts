@@ -469,7 +469,7 @@ export function decode(buf: Uint8Array): Message {
  * Each byte is copied about once, however small the reads: a frame that spans reads grows
  * in a buffer of our own whose capacity doubles (up to the largest frame), and frames inside
  * one read are views of it. (Concatenating the partial frame with each
- * read copied a 64 KiB relay frame arriving in 1448-byte segments ~23 times over: the
+ * read copied a 64 KiB relay frame arriving in 1448-byte segments ~24 times over: the
  * relay's largest cost.)
  */
 export class FrameSplitter {
