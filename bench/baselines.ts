@@ -39,6 +39,8 @@ export interface Baseline {
   args: string[]
   /** CPU seconds so far, per role. */
   cpu: Record<string, () => number>
+  /** After the lab's teardown: what its processes leave outside the namespaces. */
+  cleanup?: () => void
 }
 
 /** CPU ticks of a process's children that have exited and been waited for (cutime + cstime). */
@@ -170,7 +172,11 @@ async function wireguardGo(n: NatdLab, bobWan: string, bytes: number): Promise<B
   return {
     key: 'wireguard_go',
     args: [node, path.join(FIX, 'tcp-sink.mjs'), 'send', ip.bob, String(WG_SINK_PORT), String(bytes)],
-    cpu: { wg_alice: procCpuS(procs.alice!), wg_bob: procCpuS(procs.bob!), server: procCpuS(sink.pid!) }
+    cpu: { wg_alice: procCpuS(procs.alice!), wg_bob: procCpuS(procs.bob!), server: procCpuS(sink.pid!) },
+    // The teardown's SIGKILL leaves wireguard-go's UAPI sockets behind.
+    cleanup: () => {
+      for (const side of ['alice', 'bob'] as const) fs.rmSync(`/var/run/wireguard/${ifName(side)}.sock`, { force: true })
+    }
   }
 }
 

@@ -81,6 +81,7 @@ async function throughput(): Promise<Record<string, unknown>> {
   const spec: LabSpec = { sites: [{ name: 'alice', nat: 'easy' }, { name: 'bob', nat: 'easy' }] }
   const n = new NatdLab(await createLab(spec))
   let failed = true
+  let cleanup = (): void => undefined
   try {
     // The relay's rate limit would measure the limit, not the relay: lift it for the bench.
     await n.startServer(['--relay-rate', '10GiB', '--relay-max-bytes', '100GiB'])
@@ -124,6 +125,7 @@ async function throughput(): Promise<Record<string, unknown>> {
     await n.natctl('bob', ['expose', 'add', '7001'])
     await n.natctl('alice', ['forward', 'add', '9001', 'bob:7001'])
     const { baselines, skipped } = await startBaselines(n, bobWan, server, BYTES, BASELINES)
+    cleanup = () => baselines.forEach((b) => b.cleanup?.())
 
     const mbps = (bytes: number, ms: number): number => bytes / 1e6 / (ms / 1000)
     const series: Record<string, number[]> = {}
@@ -248,6 +250,7 @@ async function throughput(): Promise<Record<string, unknown>> {
     return out
   } finally {
     await n.teardown(failed)
+    cleanup()
   }
 }
 
