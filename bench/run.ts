@@ -7,9 +7,10 @@
  *                                                               baselines: iperf3, bare UDX)
  *
  * Options: --quick (fewer repetitions, smaller transfers), --skip-capacity, --skip-footprint,
- * --skip-files, --skip-grid, --mib N, --only SECTION (throughput | open | capacity | footprint | files | grid),
+ * --skip-files, --skip-relay, --skip-grid, --mib N, --only SECTION (throughput | open | relay | capacity | footprint | files | grid),
+ * --baselines ssh_L,wireguard_go,hyperdht|none (bench/baselines.ts; all by default), --no-fairness,
  * --reps N, --via udp,tcp,relay (which forwards to run), --agent-node-options '…' (Node flags
- * for the two natd agents of the throughput section, for experiments), --cpu-prof DIR (the two natd agents of the throughput section write V8 CPU
+ * for the two natd agents of the throughput section, for experiments), --cpu-prof DIR (the two natd agents of the throughput section and natd-rendezvous in the relay section write V8 CPU
  * profiles there; bench/profile-summary.ts summarises them).
  */
 import { execFileSync } from 'node:child_process'
@@ -18,6 +19,9 @@ import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { createLab, labAvailable, type LabSpec, type NatKind } from '../test/lab/lab.ts'
 import { NatdLab, ROOT } from '../test/lab/natd-lab.ts'
+import { BASELINE_PORTS, baselineRatios, startBaselines } from './baselines.ts'
+import { fairness } from './fairness.ts'
+import { relayFanout } from './relay-fanout.ts'
 
 const argv = process.argv.slice(2)
 const QUICK = argv.includes('--quick')
@@ -25,6 +29,8 @@ const MIB = Number(argv[argv.indexOf('--mib') + 1]) || (QUICK ? 16 : 64)
 const REPS = Number(argv[argv.indexOf('--reps') + 1]) || (QUICK ? 2 : 5)
 const ONLY = argv.includes('--only') ? argv[argv.indexOf('--only') + 1] : null
 const VIA = (argv.includes('--via') ? argv[argv.indexOf('--via') + 1]!.split(',') : ['udp', 'tcp', 'relay']) as Array<'udp' | 'tcp' | 'relay'>
+/** Which of bench/baselines.ts to run (ssh_L, wireguard_go, hyperdht; `none`): all by default. */
+const BASELINES = argv.includes('--baselines') ? argv[argv.indexOf('--baselines') + 1]!.split(',') : null
 const CPU_PROF = argv.includes('--cpu-prof') ? path.resolve(argv[argv.indexOf('--cpu-prof') + 1]!) : null
 const AGENT_NODE_OPTIONS = [argv.includes('--agent-node-options') ? argv[argv.indexOf('--agent-node-options') + 1]! : '', CPU_PROF ? `--cpu-prof --cpu-prof-dir=${CPU_PROF}` : ''].join(' ').trim()
 /** Whether a section runs: --only picks one; otherwise every section not --skip-ped. */
@@ -75,6 +81,7 @@ async function throughput(): Promise<Record<string, unknown>> {
   const spec: LabSpec = { sites: [{ name: 'alice', nat: 'easy' }, { name: 'bob', nat: 'easy' }] }
   const n = new NatdLab(await createLab(spec))
   let failed = true
+  let cleanup = (): void => undefined
   try {
     // The relay's rate limit would measure the limit, not the relay: lift it for the bench.
     await n.startServer(['--relay-rate', '10GiB', '--relay-max-bytes', '100GiB'])
@@ -99,7 +106,8 @@ async function throughput(): Promise<Record<string, unknown>> {
       { proto: 'udp', port: 6002 },
       { proto: 'tcp', port: 6003 },
       { proto: 'tcp', port: 6004 },
-      { proto: 'tcp', port: 6005 }
+      { proto: 'tcp', port: 6005 },
+      ...BASELINE_PORTS
     ])
     n.lab.spawn(bob, ['iperf3', '-s', '-p', '5201'])
     // The receiving processes on bob, whose CPU per MiB is recorded beside natd's on bob.
@@ -116,6 +124,8 @@ async function throughput(): Promise<Record<string, unknown>> {
     await sleep(700)
     await n.natctl('bob', ['expose', 'add', '7001'])
     await n.natctl('alice', ['forward', 'add', '9001', 'bob:7001'])
+    const { baselines, skipped } = await startBaselines(n, bobWan, server, BYTES, BASELINES)
+    cleanup = () => baselines.forEach((b) => b.cleanup?.())
 
     const mbps = (bytes: number, ms: number): number => bytes / 1e6 / (ms / 1000)
     const series: Record<string, number[]> = {}
@@ -131,14 +141,17 @@ async function throughput(): Promise<Record<string, unknown>> {
      * shell's `times` for the short-lived sender): on two shared cores, a CPU-bound
      * transfer's speed follows the sum.
      */
-    const cpuOf = (key: string): Record<string, number> => {
+    const cpuOf = (key: string): Record<string, number | (() => number)> => {
+      const baseline = baselines.find((b) => b.key === key)
+      if (baseline) return baseline.cpu
       if (key.startsWith('forward_')) return { alice: n.agents.alice!.proc.pid!, bob: n.agents.bob!.proc.pid!, server }
       if (key === 'tcp_node_relay') return { relay_alice: relayAlice, bob: receivers.tcp_node_relay!, server }
       return receivers[key] ? { bob: receivers[key] } : {}
     }
     const send = async (key: string, args: readonly string[]): Promise<void> => {
       const pids = cpuOf(key)
-      const cpu0 = Object.fromEntries(Object.entries(pids).map(([role, pid]) => [role, procStat(pid).cpuS]))
+      const cpuS = (p: number | (() => number)): number => (typeof p === 'number' ? procStat(p).cpuS : p())
+      const cpu0 = Object.fromEntries(Object.entries(pids).map(([role, pid]) => [role, cpuS(pid)]))
       const drops0 = key.includes('udx') || key.includes('udp') ? await rcvbufErrors() : null
       const res = await n.lab.exec(n.lab.hosts.alice!.ns, ['sh', '-c', '"$0" "$@"; s=$?; times >&2; exit $s', ...args], { timeoutMs: 300_000 })
       let r: { bytes: number; ms: number }
@@ -148,10 +161,10 @@ async function throughput(): Promise<Record<string, unknown>> {
         throw new Error(`${key} failed (${res.code}): ${res.stdout} ${res.stderr}`)
       }
       const perMiB = (s: number): number => (s * 1000) / MIB
-      for (const [role, pid] of Object.entries(pids)) add(`${key}_cpu_ms_per_MiB_${role}`, perMiB(procStat(pid).cpuS - cpu0[role]!))
+      for (const [role, pid] of Object.entries(pids)) add(`${key}_cpu_ms_per_MiB_${role}`, perMiB(cpuS(pid) - cpu0[role]!))
       // `times` prints the shell's own times, then its children's: "0m1.230000s 0m0.450000s".
       const t = res.stderr.trim().split('\n').pop()!.match(/(\d+)m([\d.]+)s\s+(\d+)m([\d.]+)s/)
-      if (t) add(`${key}_cpu_ms_per_MiB_${key.startsWith('forward_') || key === 'tcp_node_relay' ? 'client' : 'alice'}`, perMiB(Number(t[1]) * 60 + Number(t[2]) + Number(t[3]) * 60 + Number(t[4])))
+      if (t) add(`${key}_cpu_ms_per_MiB_${key.startsWith('forward_') || key === 'tcp_node_relay' || baselines.some((b) => b.key === key) ? 'client' : 'alice'}`, perMiB(Number(t[1]) * 60 + Number(t[2]) + Number(t[3]) * 60 + Number(t[4])))
       if (drops0 !== null) add(`${key}_rcvbuf_drops_bob`, (await rcvbufErrors()) - drops0)
       if (r.bytes !== BYTES) throw new Error(`${key}: ${r.bytes} of ${BYTES} bytes arrived`)
       add(key, mbps(r.bytes, r.ms))
@@ -171,6 +184,7 @@ async function throughput(): Promise<Record<string, unknown>> {
       await send('tcp_socket', [node, path.join(FIX, 'tcp-sink.mjs'), 'send', bobWan, '6003', String(BYTES)])
       await send('tcp_secret_stream', [node, path.join(FIX, 'tcp-sink.mjs'), 'send', bobWan, '6004', String(BYTES), '--secret'])
       await send('tcp_node_relay', [node, path.join(FIX, 'tcp-sink.mjs'), 'send', '127.0.0.1', '9005', String(BYTES)])
+      for (const b of baselines) await send(b.key, b.args)
       for (const via of VIA) {
         await n.natctl('alice', ['close', 'bob'])
         await sleep(200)
@@ -181,13 +195,15 @@ async function throughput(): Promise<Record<string, unknown>> {
     }
     // A new forwarded connection on an open tunnel: connect, one byte, reply.
     const conn = (await run(n, 'alice', [node, path.join(FIX, 'tcp-sink.mjs'), 'ping', '127.0.0.1', '9001', String(OPEN_RUNS)])) as { ms: number[] }
+    // A 1-byte round trip beside a bulk transfer on the same tunnel (bulk 4× the transfer size, so it outlasts the round trips).
+    const fair = argv.includes('--no-fairness') ? null : await fairness(n, VIA, 4 * BYTES, baselines.some((b) => b.key === 'ssh_L'))
     // What auto picks when both paths punch.
     await n.natctl('alice', ['close', 'bob'])
     await sleep(200)
     const auto = ((await n.natctl('alice', ['open', 'bob', '--via', 'auto'])).json as { path: string }).path
     if (CPU_PROF) for (const a of ['alice', 'bob']) await n.stopAgent(a) // SIGTERM: a clean exit writes the profile
     failed = false
-    const out: Record<string, unknown> = { paths, auto_picks: auto }
+    const out: Record<string, unknown> = { paths, auto_picks: auto, fairness: fair }
     for (const [k, v] of Object.entries(series)) out[k] = k.includes('_cpu_ms_per_MiB_') ? { ms: stat(v.map((x) => Math.round(x * 100) / 100)) } : k.endsWith('_rcvbuf_drops_bob') ? { datagrams: stat(v) } : { MBps: stat(v.map(r1)) }
     const med = (k: string): number => (series[k] ? stat(series[k]).median : NaN)
     const ratio = (a: string, b: string): number => Math.round((med(a) / med(b)) * 100) / 100
@@ -212,7 +228,7 @@ async function throughput(): Promise<Record<string, unknown>> {
       return Math.round(sum * 100) / 100
     }
     const totals: Record<string, number> = {}
-    for (const k of ['iperf3_tcp', 'udx', 'udx_secret_stream', 'tcp_socket', 'tcp_secret_stream', 'tcp_node_relay', 'forward_direct_udp', 'forward_direct_tcp', 'forward_relay']) if (series[k]) totals[k] = cpuTotal(k)
+    for (const k of ['iperf3_tcp', 'udx', 'udx_secret_stream', 'tcp_socket', 'tcp_secret_stream', 'tcp_node_relay', 'forward_direct_udp', 'forward_direct_tcp', 'forward_relay', ...baselines.map((b) => b.key)]) if (series[k]) totals[k] = cpuTotal(k)
     out.cpu_ms_per_MiB_all_processes = totals
     const bound = (a: string, b: string): number => Math.round(((totals[b] ?? NaN) / (totals[a] ?? NaN)) * 100) / 100
     out.cpu_bound_ratios = {
@@ -222,6 +238,8 @@ async function throughput(): Promise<Record<string, unknown>> {
       direct_tcp_vs_iperf3_tcp: bound('forward_direct_tcp', 'iperf3_tcp'),
       tcp_node_relay_vs_iperf3_tcp: bound('tcp_node_relay', 'iperf3_tcp')
     }
+    out.vs_baselines = baselineRatios(med, cpuTotal)
+    if (Object.keys(skipped).length) out.baselines_skipped = skipped
     out.new_connection_ms = stat(conn.ms.map((x) => Math.round(x * 100) / 100))
     const relayShare = ratio('tcp_node_relay', 'iperf3_tcp')
     // What the direct-tcp target can be held to: the same topology with no crypto and no mux.
@@ -232,6 +250,7 @@ async function throughput(): Promise<Record<string, unknown>> {
     return out
   } finally {
     await n.teardown(failed)
+    cleanup()
   }
 }
 
@@ -360,8 +379,16 @@ function printSummary(r: Record<string, unknown>): void {
     rows.push(['forward direct-tcp / bare secret-stream (TCP)', String(t.ratios.direct_tcp_vs_tcp_secret_stream), '-'])
     rows.push(['plain Node TCP relay pair / iperf3 TCP', String(t.ratios.tcp_node_relay_vs_iperf3_tcp), '-'])
     rows.push(['forward relay / direct-udp', String(t.ratios.relay_vs_direct_udp), '-'])
+    for (const k of ['ssh_L', 'wireguard_go', 'hyperdht']) if (t[k]) rows.push([`${k} MB/s (median)`, String(t[k].MBps.median), '-'])
+    const vs = (t as unknown as { vs_baselines?: { MBps: Record<string, number>; cpu_bound: Record<string, number> } }).vs_baselines
+    const targets: Record<string, string> = { direct_tcp_vs_ssh_L: '≥ 1.0', direct_udp_vs_hyperdht: '≥ 1.5', direct_udp_vs_wireguard_go: '≥ 2' }
+    if (vs) for (const [k, v] of Object.entries(vs.MBps)) if (Number.isFinite(v)) rows.push([`forward ${k.replace('_vs_', ' / ').replaceAll('_', ' ')} (CPU-bound)`, `${v} (${vs.cpu_bound[k]})`, targets[k] ?? '-'])
+    const fair = (t as unknown as { fairness?: Record<string, { idle_ms: Stat | null; during_bulk_ms: Stat | null }> }).fairness ?? {}
+    for (const [k, v] of Object.entries(fair)) rows.push([`1-byte round trip, ${k}: idle / during a bulk transfer (median ms)`, `${v.idle_ms?.median ?? '-'} / ${v.during_bulk_ms?.median ?? '-'} (p90 ${v.during_bulk_ms?.p90 ?? '-'})`, '-'])
     rows.push(['auto picks (both punch)', t.auto_picks, 'the faster: direct-tcp'])
   }
+  const rl = r.relay as { tunnels: number; natd_rendezvous: { aggregate_MBps: number; relay_cpu_ms_per_MiB: number }; socat: { aggregate_MBps: number; relay_cpu_ms_per_MiB: number } } | undefined
+  if (rl) rows.push([`relay, ${rl.tunnels} tunnels at once: natd-rendezvous / socat, aggregate MB/s (relay CPU ms/MiB)`, `${rl.natd_rendezvous.aggregate_MBps} (${rl.natd_rendezvous.relay_cpu_ms_per_MiB}) / ${rl.socat.aggregate_MBps} (${rl.socat.relay_cpu_ms_per_MiB})`, '-'])
   const f = r.footprint as Record<string, { rssMiB: number; cpuPercent: number }> | undefined
   if (f) for (const [k, v] of Object.entries(f)) if (typeof v === 'object') rows.push([`natd ${k.replaceAll('_', ' ')}`, `${v.rssMiB} MiB RSS, ${v.cpuPercent}% CPU`, '-'])
   if (rows.length === 0) return
@@ -388,6 +415,11 @@ if (runs('throughput')) {
 if (runs('open')) {
   results.open = await timeToOpen()
   console.log(JSON.stringify(results.open, null, 2))
+}
+if (runs('relay')) {
+  // One natd-rendezvous relaying several tunnels at once, against socat on the same host.
+  results.relay = await relayFanout({ tunnels: QUICK ? 2 : 4, bytes: Math.max(1, Math.round(MIB / 2)) * 1024 * 1024, reps: QUICK ? 1 : 3, cpuProf: CPU_PROF ?? undefined })
+  console.log(JSON.stringify(results.relay, null, 2))
 }
 if (runs('capacity')) results.capacity = capacity()
 if (runs('footprint')) {

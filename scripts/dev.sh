@@ -39,6 +39,9 @@ ensure_node() {
 # bridges, iputils-ping measures its RTT; redis-server the several-instances tests (the
 # tests start their own; the package's service is not needed).
 APT_PACKAGES=(iproute2 iptables conntrack coturn stun-client miniupnpd-iptables iperf3 socat python3 systemd procps tcpdump gcc libc6-dev ethtool iputils-ping redis-server)
+# Only for the benchmark: openssh-server/-client and wireguard-go/-tools, the forwarding
+# baselines it measures natd against (bench/baselines.ts).
+BENCH_PACKAGES=(openssh-server openssh-client wireguard-go wireguard-tools)
 
 ensure_packages() {
   if [ "$(id -u)" != 0 ]; then
@@ -46,7 +49,9 @@ ensure_packages() {
     return 0
   fi
   local missing=()
-  for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  local want=("${APT_PACKAGES[@]}")
+  if [ "${job:-}" = bench ]; then want+=("${BENCH_PACKAGES[@]}"); fi
+  for p in "${want[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
   if [ ${#missing[@]} -gt 0 ]; then
     echo "==> apt-get install ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -473,9 +473,18 @@ export function decode(buf: Uint8Array): Message {
 /**
  * Splits a TCP byte stream into frames (u32 big-endian length, then the frame).
  * Throws ProtocolError when a length exceeds MAX_TCP_FRAME_BYTES: the caller closes.
+ *
+ * Each byte is copied about once, however small the reads: a frame that spans reads grows
+ * in a buffer of our own whose capacity doubles (up to the largest frame), and frames inside
+ * one read are views of it. (Concatenating the partial frame with each
+ * read copied a 64 KiB relay frame arriving in 1448-byte segments ~24 times over: the
+ * relay's largest cost.)
  */
 export class FrameSplitter {
   private pending: Buffer = Buffer.alloc(0)
+  /** Where a partial frame grows; `pending` ends at `ownEnd` in it while it is in use. Frames handed out keep their bytes: only the space past `ownEnd` is written. */
+  private own: Buffer | null = null
+  private ownEnd = 0
 
   /** `maxBytes`: a larger length prefix throws (a reader may lower it as a connection's role becomes known). */
   constructor(public maxBytes: number = MAX_TCP_FRAME_BYTES) {}
@@ -494,7 +503,28 @@ export class FrameSplitter {
 
   /** Buffers a chunk without splitting it (then next() one frame at a time). */
   add(chunk: Buffer): void {
-    this.pending = this.pending.length ? Buffer.concat([this.pending, chunk]) : chunk
+    if (chunk.length === 0) return
+    if (this.pending.length === 0) {
+      this.pending = chunk // frames inside one read are views of it: no copy
+      return
+    }
+    const need = this.pending.length + chunk.length
+    const own = this.own
+    if (own && this.pending.buffer === own.buffer && this.pending.byteOffset + this.pending.length === this.ownEnd && this.ownEnd + chunk.length <= own.length) {
+      chunk.copy(own, this.ownEnd)
+      this.ownEnd += chunk.length
+      this.pending = own.subarray(this.ownEnd - need, this.ownEnd)
+      return
+    }
+    // Room to double, but never past the largest frame (no frame needs more, and a stranger's
+    // partial frame holds at most about what it sent). allocUnsafeSlow: an ArrayBuffer of its
+    // own (not the shared pool), so `buffer ===` above identifies it.
+    const grown = Buffer.allocUnsafeSlow(Math.max(need, Math.min(2 * need, this.maxBytes + 4)))
+    this.pending.copy(grown, 0)
+    chunk.copy(grown, this.pending.length)
+    this.own = grown
+    this.ownEnd = need
+    this.pending = grown.subarray(0, need)
   }
 
   /** The next whole frame, or null until more bytes arrive. */
@@ -505,6 +535,7 @@ export class FrameSplitter {
     if (this.pending.length < 4 + len) return null
     const f = this.pending.subarray(4, 4 + len)
     this.pending = this.pending.subarray(4 + len)
+    if (this.pending.length === 0) this.own = null // the next read starts afresh; handed-out frames keep theirs
     return f
   }
 
@@ -512,6 +543,7 @@ export class FrameSplitter {
   rest(): Buffer {
     const r = this.pending
     this.pending = Buffer.alloc(0)
+    this.own = null
     return r
   }
 }

@@ -9,7 +9,7 @@
  */
 import type net from 'node:net'
 import type { Clock, Logger } from '../protocol/log.js'
-import { NatdError } from '../protocol/errors.js'
+import { NatdError, ProtocolError } from '../protocol/errors.js'
 import { verify } from '../protocol/identity.js'
 import { encode, frame, MSG, relaySigned, type Message } from '../protocol/rendezvous.js'
 
@@ -215,6 +215,23 @@ export class Relay {
   }
 
   private readonly routes = new Map<net.Socket, (body: Buffer) => void>()
+  /** The same paths for raw bytes once paired (onBytes): frames pass through without being reassembled. */
+  private readonly passes = new Map<net.Socket, (chunk: Buffer, maxFrameBytes: number) => void>()
+
+  /** Whether `socket` is one side of a paired tunnel: its bytes may go to onBytes(). */
+  relaying(socket: net.Socket): boolean {
+    return this.passes.has(socket)
+  }
+
+  /**
+   * Bytes read on a paired side, starting at a frame boundary (the caller hands over what
+   * its frame splitter held first). RELAY_DATA frames pass on as slices of the reads (their
+   * header checked, their bytes counted, never copied or reassembled); other frames are
+   * dropped, as onFrame() does. A length over `maxFrameBytes` throws ProtocolError.
+   */
+  onBytes(socket: net.Socket, chunk: Buffer, maxFrameBytes: number): void {
+    this.passes.get(socket)?.(chunk, maxFrameBytes)
+  }
 
   private start(names: [string, string], a: Side, b: Side): void {
     const t: Active = {
@@ -249,8 +266,10 @@ export class Relay {
   private pipe(t: Active, from: net.Socket, to: net.Socket): void {
     const rate = { windowStart: this.clock.now(), windowBytes: 0 }
     this.routes.set(from, (body) => this.relayFrame(t, from, to, body, rate))
+    this.passes.set(from, this.passThrough(t, from, to, rate))
     from.once('close', () => {
       this.routes.delete(from)
+      this.passes.delete(from)
       this.end(t, null)
     })
     to.on('drain', () => from.resume())
@@ -258,9 +277,7 @@ export class Relay {
 
   private relayFrame(t: Active, from: net.Socket, to: net.Socket, body: Buffer, rate: { windowStart: number; windowBytes: number }): void {
     if (t.ended || body.length < 4 || body[3] !== MSG.RELAY_DATA) return // only data is relayed
-    t.bytes += body.length - 4
-    this.bytesRelayed += body.length - 4
-    if (t.bytes > this.limits.maxBytes) return this.end(t, `relayed tunnel reached its limit of ${this.limits.maxBytes} bytes`)
+    if (!this.admit(t, from, body.length, rate)) return
     const prefix = Buffer.allocUnsafe(4)
     prefix.writeUInt32BE(body.length, 0)
     to.cork()
@@ -268,17 +285,79 @@ export class Relay {
     const flowing = to.write(body)
     to.uncork()
     if (!flowing) from.pause() // backpressure: the slow side sets the pace
+  }
+
+  /**
+   * The raw-byte path from `from` to `to`: a frame's u32 length and the first 4 bytes of
+   * its body (the message type at [3]) are gathered (8 bytes, copied), then the rest of a
+   * RELAY_DATA frame goes on as slices of the reads; a frame of another type is skipped.
+   */
+  private passThrough(t: Active, from: net.Socket, to: net.Socket, rate: { windowStart: number; windowBytes: number }): (chunk: Buffer, maxFrameBytes: number) => void {
+    const head = Buffer.alloc(8)
+    let have = 0 // header bytes gathered
+    let len = 0 // the current frame's length, once its 4 bytes are in
+    let left = 0 // bytes of the current frame's body still to pass on or skip
+    let passing = false
+    return (chunk, maxFrameBytes) => {
+      let flowing = true
+      to.cork()
+      try {
+        for (let i = 0; i < chunk.length && !t.ended; ) {
+          if (left > 0) {
+            const n = Math.min(left, chunk.length - i)
+            if (passing) flowing = to.write(chunk.subarray(i, i + n)) && flowing
+            left -= n
+            i += n
+            continue
+          }
+          const want = have < 4 ? 4 : 4 + Math.min(4, len)
+          const n = Math.min(want - have, chunk.length - i)
+          chunk.copy(head, have, i, i + n)
+          have += n
+          i += n
+          if (have < want) continue
+          if (have === 4) {
+            len = head.readUInt32BE(0)
+            if (len > maxFrameBytes) throw new ProtocolError('BAD_REQUEST', `frame of ${len} bytes exceeds ${maxFrameBytes}`)
+            if (len > 0) continue // gather the body's first (up to) 4 bytes
+          }
+          // A whole header: pass the frame on when it is data within the limits, else skip it.
+          passing = len >= 4 && head[7] === MSG.RELAY_DATA && this.admit(t, from, len, rate)
+          if (passing) flowing = to.write(Buffer.from(head)) && flowing
+          left = len - Math.min(4, len)
+          have = 0
+        }
+      } finally {
+        to.uncork()
+      }
+      if (!flowing) from.pause() // backpressure: the slow side sets the pace
+    }
+  }
+
+  /**
+   * Counts a RELAY_DATA frame of `bodyLength` bytes against the tunnel's limits: false (and
+   * the tunnel ended) past its byte limit; past the rate, `from` stops being read until the
+   * second's window ends.
+   */
+  private admit(t: Active, from: net.Socket, bodyLength: number, rate: { windowStart: number; windowBytes: number }): boolean {
+    t.bytes += bodyLength - 4
+    this.bytesRelayed += bodyLength - 4
+    if (t.bytes > this.limits.maxBytes) {
+      this.end(t, `relayed tunnel reached its limit of ${this.limits.maxBytes} bytes`)
+      return false
+    }
     const now = this.clock.now()
     if (now - rate.windowStart >= 1000) {
       rate.windowStart = now
       rate.windowBytes = 0
     }
-    rate.windowBytes += body.length
+    rate.windowBytes += bodyLength
     if (rate.windowBytes > this.limits.rate) {
       // Over the rate: stop reading this side until the window ends.
       from.pause()
       setTimeout(() => from.resume(), Math.max(1, 1000 - (now - rate.windowStart))).unref()
     }
+    return true
   }
 
   /** Ends a relayed tunnel; with a reason both agents get RELAY_END RELAY_LIMIT first. */

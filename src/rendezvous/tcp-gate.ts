@@ -163,6 +163,12 @@ export class TcpGate {
     conn.authTimer.unref()
     const onData = (chunk: Buffer): void => {
       try {
+        if (conn.relay && this.c.relay?.relaying(socket)) {
+          // Paired: bytes pass through as they come (what the splitter held of a frame first).
+          if (conn.splitter.pendingBytes > 0) this.c.relay.onBytes(socket, conn.splitter.rest(), MAX_RELAY_FRAME_BYTES)
+          this.c.relay.onBytes(socket, chunk, MAX_RELAY_FRAME_BYTES)
+          return
+        }
         conn.splitter.add(chunk)
         for (let f = conn.splitter.next(); f; f = conn.splitter.next()) {
           if (conn.relay) {

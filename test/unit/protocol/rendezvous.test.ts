@@ -4,7 +4,7 @@
 // that ignored its key or hashed the wrong bytes fails here), round trips for every
 // message type, seals that open only with their key, the anti-amplification size rules,
 // and fuzzing that may only throw ProtocolError.
-import { describe, expect, it } from 'vitest'
+import { describe, expect, it, vi } from 'vitest'
 import { ProtocolError } from '../../../src/protocol/errors.js'
 import { generateKeyPair, sign, verify } from '../../../src/protocol/identity.js'
 import {
@@ -609,6 +609,34 @@ describe('FrameSplitter', () => {
         i += n
       }
       expect(out.map((b) => b.toString('hex'))).toEqual(frames.map((b) => b.toString('hex')))
+    }
+  })
+
+  it('copies a frame that arrives in small reads about once, not once per read (a relayed 64 KiB frame in TCP segments)', () => {
+    const body = randBuf(prng(9), 64 * 1024)
+    const f = frame(body)
+    const reads: Buffer[] = []
+    for (let i = 0; i < f.length; i += 1448) reads.push(Buffer.from(f.subarray(i, i + 1448)))
+    // Every byte copy the splitter can make goes through Buffer.concat or Buffer#copy: count them.
+    let copied = 0
+    const originalConcat = Buffer.concat
+    const concat = vi.spyOn(Buffer, 'concat').mockImplementation((list: readonly Uint8Array[], total?: number) => {
+      copied += total ?? list.reduce((n, b) => n + b.length, 0)
+      return originalConcat(list, total)
+    })
+    const copy = vi.spyOn(Buffer.prototype, 'copy')
+    try {
+      const s = new FrameSplitter()
+      const out: Buffer[] = []
+      for (const r of reads) out.push(...s.push(r))
+      expect(out).toHaveLength(1)
+      expect(out[0]!.equals(body)).toBe(true)
+      for (const source of copy.mock.contexts) copied += (source as Buffer).length
+      // Each byte once, plus the partial frame moved each time the buffer doubles (less than once more).
+      expect(copied).toBeLessThan(2 * f.length)
+    } finally {
+      concat.mockRestore()
+      copy.mockRestore()
     }
   })
 

@@ -7,10 +7,11 @@
 import { EventEmitter } from 'node:events'
 import type net from 'node:net'
 import { describe, expect, it } from 'vitest'
-import { NatdError } from '../../../src/protocol/errors.js'
+import { NatdError, ProtocolError } from '../../../src/protocol/errors.js'
 import { silentLogger } from '../../../src/protocol/log.js'
 import { generateKeyPair, sign, type KeyPair } from '../../../src/protocol/identity.js'
-import { decode, encode, encodeRelay, FrameSplitter, type Message, relaySigned } from '../../../src/protocol/rendezvous.js'
+import { decode, encode, encodeRelay, frame, FrameSplitter, type Message, relaySigned } from '../../../src/protocol/rendezvous.js'
+import { prng, randInt } from '../helpers.js'
 import { Relay, RELAY_BIND_TIMEOUT_MS, RELAY_EARLY_MAX_BYTES, RELAY_EARLY_PAUSE_BYTES, type RelayLimits } from '../../../src/rendezvous/relay.js'
 
 class FakeSocket extends EventEmitter {
@@ -112,6 +113,50 @@ describe('Relay', () => {
     relay.onFrame(asNet(b), encode({ type: 'ping', seq: 1 })) // not data: dropped
     expect(b.messages().slice(1)).toEqual([{ type: 'relay-data', data: Buffer.alloc(5, 1) }])
     expect(a.messages().slice(1)).toEqual([{ type: 'relay-data', data: Buffer.alloc(3, 1) }])
+  })
+
+  it('once paired, passes RELAY_DATA on from raw reads cut anywhere, as slices of the reads, and drops other frames', () => {
+    const frames = [data(300), encode({ type: 'ping', seq: 1 }), Buffer.alloc(0), Buffer.from([1, 2]), data(0), data(70)]
+    const stream = Buffer.concat(frames.map((f) => frame(f)))
+    const want = Buffer.concat([data(300), data(0), data(70)].map((f) => frame(f)))
+    const rand = prng(5)
+    for (let round = 0; round < 40; round++) {
+      const { relay } = setup({ ...LIMITS, maxBytes: 1e6 })
+      relay.allow(INTRO, NAMES, KEYS)
+      const a = new FakeSocket()
+      const b = new FakeSocket()
+      bindAs(relay, a, true)
+      bindAs(relay, b, false)
+      expect(relay.relaying(asNet(a))).toBe(true)
+      b.written = [] // RELAY_OK
+      const reads: Buffer[] = []
+      for (let i = 0; i < stream.length; ) {
+        const n = round === 0 ? 1 : randInt(rand, 1, 120)
+        const r = Buffer.allocUnsafeSlow(Math.min(n, stream.length - i)) // an ArrayBuffer of its own, so views of it are recognisable
+        stream.copy(r, 0, i, i + r.length)
+        reads.push(r)
+        i += n
+      }
+      const raw: Buffer[] = []
+      const write = b.write.bind(b)
+      b.write = (x: Buffer): boolean => (raw.push(x), write(x))
+      for (const r of reads) relay.onBytes(asNet(a), r, 1024)
+      expect(Buffer.concat(b.written).toString('hex')).toBe(want.toString('hex'))
+      // Bodies go on as views of the reads (only the 8-byte headers are copied).
+      const copied = raw.filter((x) => !reads.some((r) => r.buffer === x.buffer)).reduce((n, x) => n + x.length, 0)
+      expect(copied).toBe(8 * 3)
+    }
+  })
+
+  it('a paired side sending a frame longer than the limit is a ProtocolError (the gate closes it)', () => {
+    const { relay } = setup()
+    relay.allow(INTRO, NAMES, KEYS)
+    const a = new FakeSocket()
+    bindAs(relay, a, true)
+    bindAs(relay, new FakeSocket(), false)
+    const big = Buffer.alloc(4)
+    big.writeUInt32BE(1025)
+    expect(() => relay.onBytes(asNet(a), big, 1024)).toThrow(ProtocolError)
   })
 
   it('ends both sides with RELAY_END RELAY_LIMIT past the byte limit', () => {
