@@ -46,6 +46,8 @@ export interface AgentInit {
   secretKey: Buffer | null
   /** When a silent path is dead; default TUNNEL_DEAD_MS. Not a user setting: the lab tests shorten it. */
   tunnelDeadMs?: number
+  /** How long a migrating tunnel looks for a new path; default MIGRATE_GIVE_UP_MS. Not a user setting either. */
+  tunnelGiveUpMs?: number
 }
 
 export interface AgentComponents {
@@ -144,7 +146,7 @@ export class Agent {
       this.api?.emit(event === 'up' ? 'peer.up' : 'peer.down', this.peerInfo(peer))
     })
     const tunnels = new TunnelManager(
-      { keepaliveMs: Math.min(this.init.config.heartbeatMs, TUNNEL_KEEPALIVE_MAX_MS), deadMs: this.init.tunnelDeadMs ?? TUNNEL_DEAD_MS },
+      { keepaliveMs: Math.min(this.init.config.heartbeatMs, TUNNEL_KEEPALIVE_MAX_MS), deadMs: this.init.tunnelDeadMs ?? TUNNEL_DEAD_MS, ...(this.init.tunnelGiveUpMs === undefined ? {} : { giveUpMs: this.init.tunnelGiveUpMs }) },
       {
         udx: this.udx,
         socket,
@@ -167,6 +169,8 @@ export class Agent {
     tunnels.on('up', (t) => this.emitTunnel(t, 'up', null))
     tunnels.on('down', (t, reason) => this.emitTunnel(t, 'down', reason))
     tunnels.on('path', (t, from) => this.emitTunnel(t, 'up', `path upgraded from ${from}`))
+    tunnels.on('migrating', (t, reason) => this.emitTunnel(t, 'migrating', reason))
+    tunnels.on('resumed', (t, stalledMs) => this.emitTunnel(t, 'up', `resumed after ${stalledMs} ms`))
     // While a tunnel is relayed, watch for a NAT that became punchable (the peer's upgrade
     // attempts need our current verdict at the server).
     this.natTimer = setInterval(() => {
@@ -342,7 +346,7 @@ export class Agent {
     }
   }
 
-  private emitTunnel(t: Tunnel, state: 'up' | 'down', reason: string | null): void {
+  private emitTunnel(t: Tunnel, state: 'up' | 'migrating' | 'down', reason: string | null): void {
     this.api?.emit('tunnel.state', { peer: t.peer.name, id: t.peer.id, state, path: t.path, remote: formatEndpoint(t.remote), reason })
   }
 

@@ -166,12 +166,14 @@ async function releaseName(stateDir: string, socketPath: string): Promise<void> 
  * documented for users; unset, natd uses TUNNEL_DEAD_MS.
  */
 const TEST_TUNNEL_DEAD_ENV = 'NATD_TEST_TUNNEL_DEAD_MS'
+/** The same for how long a migrating tunnel looks for a new path (MIGRATE_GIVE_UP_MS, 90 s). */
+const TEST_TUNNEL_GIVE_UP_ENV = 'NATD_TEST_TUNNEL_GIVE_UP_MS'
 
-function testTunnelDeadMs(): number | undefined {
-  const raw = process.env[TEST_TUNNEL_DEAD_ENV]
+function testMs(name: string): number | undefined {
+  const raw = process.env[name]
   if (raw === undefined || raw === '') return undefined
   const ms = Number(raw)
-  if (!Number.isInteger(ms) || ms < 100) usage(`${TEST_TUNNEL_DEAD_ENV} must be a whole number of ms, at least 100`)
+  if (!Number.isInteger(ms) || ms < 100) usage(`${name} must be a whole number of ms, at least 100`)
   return ms
 }
 
@@ -224,8 +226,9 @@ async function run(argv: RunArgs): Promise<void> {
   }
 
   const keyPair = store.loadIdentity()
-  const tunnelDeadMs = testTunnelDeadMs()
-  const agent = new Agent({ config, socketPath, secretKey, ...(tunnelDeadMs === undefined ? {} : { tunnelDeadMs }) }, { store, keyPair, log: log.child({ component: 'agent' }) })
+  const tunnelDeadMs = testMs(TEST_TUNNEL_DEAD_ENV)
+  const tunnelGiveUpMs = testMs(TEST_TUNNEL_GIVE_UP_ENV)
+  const agent = new Agent({ config, socketPath, secretKey, ...(tunnelDeadMs === undefined ? {} : { tunnelDeadMs }), ...(tunnelGiveUpMs === undefined ? {} : { tunnelGiveUpMs }) }, { store, keyPair, log: log.child({ component: 'agent' }) })
   // Signals are handled from before start(), which takes a moment (the NAT check): a stop
   // or reload that arrives meanwhile waits for it rather than killing natd mid-start.
   const started = agent.start().then(

@@ -8,12 +8,14 @@ import { formatEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { NatdError, toNatdError, type ErrorCode } from '../protocol/errors.js'
 import { peerId } from '../protocol/identity.js'
 import { encodeMux } from '../protocol/mux.js'
+import { timingSafeEqual } from '../protocol/identity.js'
 import { isTarget, resolvePeer, type PeerRef, type PeerTarget } from '../protocol/peer-ref.js'
 import type { Via } from '../protocol/rendezvous.js'
 import { PunchBudget, RefusalLog, type PunchBudgetInit } from './budget.js'
 import type { OpenRequest } from './mux.js'
 import { planPaths } from './path-plan.js'
 import { Paths, sleepUntil, type Established, type Introduction, type PathComponents } from './paths.js'
+import { asResume, firstFrame, onFreshTunnel, onResumeRequest, RESUME_ANSWER_MS } from './resume.js'
 import { Tunnel, type PathKind, type TunnelTiming } from './tunnel.js'
 
 export type { Introduction } from './paths.js'
@@ -34,6 +36,14 @@ export const UPGRADE_FIRST_MS = 2_000
 export const UPGRADE_RETRY_MS = 5_000
 /** One upgrade attempt may take this long. */
 export const UPGRADE_TIMEOUT_MS = 5_000
+/**
+ * A migrating tunnel's opener asks for a new introduction this long after a failed
+ * attempt: the stall after the network comes back is at most about this plus one punch.
+ * 90 attempts in MIGRATE_GIVE_UP_MS stay inside the server's 120 introductions a minute.
+ */
+export const RESUME_RETRY_MS = 1_000
+/** One resume attempt (introduction, punch, handshake, RESUME answer) may take this long. */
+export const RESUME_ATTEMPT_MS = 5_000
 
 /**
  * Which peers a tunnel may go to: the agent's known (pinned) peers. The daemon implements
@@ -110,6 +120,8 @@ interface ManagerEvents {
   up: [tunnel: Tunnel]
   down: [tunnel: Tunnel, reason: string]
   path: [tunnel: Tunnel, from: PathKind]
+  migrating: [tunnel: Tunnel, reason: string]
+  resumed: [tunnel: Tunnel, stalledMs: number]
 }
 
 export class TunnelManager extends EventEmitter<ManagerEvents> {
@@ -120,6 +132,8 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
   readonly budget: PunchBudget
   private readonly refusals: RefusalLog
   private closed = false
+  /** The way each tunnel we opened was asked for: its resumes ask the same way. */
+  private readonly vias = new WeakMap<Tunnel, Via>()
 
   constructor(
     private readonly timing: TunnelTiming,
@@ -224,7 +238,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
    * `expected` is the peer we asked for (null when the peer asked for us): anyone else is
    * refused before a packet goes to them.
    */
-  private async establish(intro: Introduction, timeoutMs: number, expected: PeerTarget | null): Promise<Tunnel> {
+  private async establish(intro: Introduction, timeoutMs: number, expected: PeerTarget | null, resuming: Tunnel | null = null): Promise<Tunnel> {
     if (this.closed) throw new NatdError('TUNNEL_CLOSED', 'shutting down')
     const id = peerId(intro.peer.publicKey)
     const name = intro.peer.name
@@ -235,13 +249,13 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
       throw new NatdError('BUSY', `already punching ${this.budget.init.punches} paths at once (or ${this.budget.init.peerPunches} to ${name}); try again in a moment`)
     }
     try {
-      return await this.punchAndKeep(intro, timeoutMs, id)
+      return await this.punchAndKeep(intro, timeoutMs, id, resuming)
     } finally {
       slot.release()
     }
   }
 
-  private async punchAndKeep(intro: Introduction, timeoutMs: number, id: string): Promise<Tunnel> {
+  private async punchAndKeep(intro: Introduction, timeoutMs: number, id: string, resuming: Tunnel | null): Promise<Tunnel> {
     const name = intro.peer.name
     const abort = new AbortController()
     const plan = planPaths({ via: intro.via, mine: this.c.natVerdict(), theirs: intro.peer.nat, initiator: intro.initiator })
@@ -284,24 +298,103 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     } finally {
       abort.abort() // the losers clean up after themselves
     }
-    const { session, path, remote } = won
-    if (intro.initiator) session.write(encodeMux({ type: 'ping', channel: 0, seq: 0 })) // "this one"
     this.c.peers.pin({ name, id })
-    const log = this.c.log
+    if (intro.initiator && resuming) return this.resumeAsOpener(resuming, won, intro)
+    if (!intro.initiator) {
+      const ask = asResume(won.first)
+      if (ask) {
+        const current = this.tunnels.get(id)
+        if (current && onResumeRequest(ask, current) === 'resume') {
+          const received = current.detach()
+          won.session.write(encodeMux({ type: 'resume', channel: 0, tunnelId: current.id, received }))
+          if (!current.resume(won.session as never, ask.received, won.path, won.remote, won.transport)) throw new NatdError('BAD_REQUEST', `${name} resumed with an impossible frame count`)
+          if (won.release) current.once('closed', won.release)
+          return current
+        }
+        // Not a tunnel we have (we restarted or gave up): a fresh one, and the peer learns so.
+        won.session.write(encodeMux({ type: 'resume', channel: 0, tunnelId: intro.introId, received: 0 }))
+        current?.close('the peer resumed a tunnel we no longer have', { goodbye: false })
+        return this.fresh(intro, won, plan.upgrade, id)
+      }
+    }
+    if (intro.initiator) won.session.write(encodeMux({ type: 'ping', channel: 0, seq: 0 })) // "this one"
     const existing = this.tunnels.get(id)
-    if (existing?.isUp && existing.path === 'relay' && path !== 'relay') {
-      existing.upgrade(session as never, path, remote, won.transport)
+    if (existing?.isUp && existing.path === 'relay' && won.path !== 'relay') {
+      existing.upgrade(won.session as never, won.path, won.remote, won.transport)
       return existing
     }
+    return this.fresh(intro, won, plan.upgrade, id)
+  }
+
+  /** A new tunnel on the session that won. */
+  private fresh(intro: Introduction, won: Established, upgrade: boolean, id: string): Tunnel {
+    const { session, path, remote } = won
+    const name = intro.peer.name
+    const log = this.c.log
     const introKey = Buffer.from(intro.introId).toString('hex')
     const tunnel = new Tunnel({ name, id }, path, remote, won.transport, introKey, intro.initiator, session as never, this.timing, this.c.clock, log.child({ peer: name }))
+    if (intro.initiator) this.vias.set(tunnel, intro.via)
     tunnel.mux.on('open', (req) => this.c.onChannel(tunnel, req))
     if (won.release) tunnel.once('closed', won.release)
     tunnel.on('path', (from) => this.emit('path', tunnel, from))
+    tunnel.on('migrating', (reason) => {
+      this.emit('migrating', tunnel, reason)
+      if (tunnel.opener) void this.resumeLoop(tunnel)
+    })
+    tunnel.on('resumed', (stalledMs) => this.emit('resumed', tunnel, stalledMs))
     this.register(tunnel)
-    if (path === 'relay' && plan.upgrade) void this.upgradeLoop(tunnel)
+    if (path === 'relay' && upgrade) void this.upgradeLoop(tunnel)
     log.info('tunnel up', { peer: name, path, transport: won.transport, remote: formatEndpoint(remote), punchMs: won.punchMs, sent: won.sent, strategy: won.strategy, initiator: intro.initiator, via: intro.via })
     return this.get(id) ?? tunnel
+  }
+
+  /**
+   * We opened `tunnel` and it is migrating: a new session from a new introduction
+   * resumes it (resume.ts). If the peer answers with another tunnel id, it lost ours:
+   * ours closes and the fresh one takes its place.
+   */
+  private async resumeAsOpener(tunnel: Tunnel, won: Established, intro: Introduction): Promise<Tunnel> {
+    if (!tunnel.isOpen || this.tunnels.get(tunnel.peer.id) !== tunnel) {
+      won.session.destroy()
+      won.release?.()
+      throw new NatdError('ABORTED', 'the tunnel closed while a new path was punched')
+    }
+    const received = tunnel.detach()
+    won.session.write(encodeMux({ type: 'resume', channel: 0, tunnelId: tunnel.id, received }))
+    const answer = asResume((await firstFrame(won.session, RESUME_ANSWER_MS)) ?? undefined)
+    if (!answer) {
+      won.session.destroy()
+      won.release?.()
+      throw new NatdError('PUNCH_TIMEOUT', `${tunnel.peer.name} did not answer the resume in time`)
+    }
+    if (timingSafeEqual(answer.tunnelId, tunnel.id)) {
+      if (!tunnel.resume(won.session as never, answer.received, won.path, won.remote, won.transport)) throw new NatdError('BAD_REQUEST', `${tunnel.peer.name} resumed with an impossible frame count`)
+      if (won.release) tunnel.once('closed', won.release)
+      return tunnel
+    }
+    tunnel.close('the peer no longer has this tunnel (it restarted or gave up)', { goodbye: false })
+    won.session.resume()
+    return this.fresh(intro, won, false, tunnel.peer.id)
+  }
+
+  /**
+   * Looks for a new path while `tunnel` (which we opened) migrates: asks the server for
+   * a new introduction the way the tunnel was opened, punches, resumes. Stops when the
+   * tunnel is up again or closed (it gives up by itself). Never rejects.
+   */
+  private async resumeLoop(tunnel: Tunnel): Promise<void> {
+    const via = this.vias.get(tunnel) ?? 'auto'
+    while (!this.closed && tunnel.isMigrating && this.tunnels.get(tunnel.peer.id) === tunnel) {
+      try {
+        const intro = await this.c.introduce(tunnel.peer.id, via)
+        if (!tunnel.isMigrating) return
+        await this.establish(intro, RESUME_ATTEMPT_MS, { name: null, id: tunnel.peer.id }, tunnel)
+      } catch (err) {
+        const e = toNatdError(err)
+        this.c.log.debug('resume attempt failed', { peer: tunnel.peer.name, code: e.code, err: e.message })
+      }
+      if (tunnel.isMigrating) await new Promise((resolve) => setTimeout(resolve, RESUME_RETRY_MS).unref())
+    }
   }
 
   /**
@@ -325,15 +418,20 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     }
   }
 
-  /** One tunnel per peer: when both sides opened at once, both keep the smaller introduction id. */
+  /**
+   * One tunnel per peer. A fresh tunnel replaces an open one (the peer no longer has it:
+   * it restarted, or gave up a migration) unless both sides opened at once: then both
+   * keep the smaller introduction id (resume.ts onFreshTunnel).
+   */
   private register(tunnel: Tunnel): void {
     const current = this.tunnels.get(tunnel.peer.id)
-    if (current?.isUp) {
-      if (current.introKey < tunnel.introKey) {
-        tunnel.close('duplicate tunnel', { goodbye: false })
+    if (current?.isOpen) {
+      if (onFreshTunnel(tunnel, current) === 'keep-current') {
+        // The goodbye tells the peer to drop its copy rather than try to resume it.
+        tunnel.close('duplicate tunnel', { goodbye: true })
         return
       }
-      current.close('replaced by a newer tunnel', { goodbye: false })
+      current.close(current.isMigrating ? 'replaced: the peer opened a new tunnel' : 'replaced by a newer tunnel', { goodbye: false })
     }
     this.tunnels.set(tunnel.peer.id, tunnel)
     tunnel.once('closed', (reason) => {
