@@ -42,6 +42,8 @@ export const UPGRADE_TIMEOUT_MS = 5_000
  * 90 attempts in MIGRATE_GIVE_UP_MS stay inside the server's 120 introductions a minute.
  */
 export const RESUME_RETRY_MS = 1_000
+/** A young tunnel that would beat a fresh one in the tie-break must answer a ping this fast (resume.ts). */
+export const TWIN_PROBE_MS = 1_500
 /** One resume attempt (introduction, punch, handshake, RESUME answer) may take this long. */
 export const RESUME_ATTEMPT_MS = 5_000
 
@@ -327,7 +329,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
   }
 
   /** A new tunnel on the session that won. */
-  private fresh(intro: Introduction, won: Established, upgrade: boolean, id: string): Tunnel {
+  private async fresh(intro: Introduction, won: Established, upgrade: boolean, id: string): Promise<Tunnel> {
     const { session, path, remote } = won
     const name = intro.peer.name
     const log = this.c.log
@@ -342,7 +344,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
       if (tunnel.opener) void this.resumeLoop(tunnel)
     })
     tunnel.on('resumed', (stalledMs) => this.emit('resumed', tunnel, stalledMs))
-    this.register(tunnel)
+    await this.register(tunnel)
     if (path === 'relay' && upgrade) void this.upgradeLoop(tunnel)
     log.info('tunnel up', { peer: name, path, transport: won.transport, remote: formatEndpoint(remote), punchMs: won.punchMs, sent: won.sent, strategy: won.strategy, initiator: intro.initiator, via: intro.via })
     return this.get(id) ?? tunnel
@@ -421,16 +423,23 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
   /**
    * One tunnel per peer. A fresh tunnel replaces an open one (the peer no longer has it:
    * it restarted, or gave up a migration) unless both sides opened at once: then both
-   * keep the smaller introduction id (resume.ts onFreshTunnel).
+   * keep the smaller introduction id (resume.ts onFreshTunnel). A young tunnel that would
+   * win the tie-break must prove it is a live twin first (a ping answered in
+   * TWIN_PROBE_MS): a peer that restarted moments after opening cannot answer on it.
    */
-  private register(tunnel: Tunnel): void {
-    const current = this.tunnels.get(tunnel.peer.id)
-    if (current?.isOpen) {
-      if (onFreshTunnel(tunnel, current) === 'keep-current') {
+  private async register(tunnel: Tunnel): Promise<void> {
+    const first = this.tunnels.get(tunnel.peer.id)
+    if (first?.isOpen && onFreshTunnel(tunnel, first) === 'keep-current') {
+      const alive = await first.ping(TWIN_PROBE_MS).then(() => true, () => false)
+      if (alive && first.isOpen) {
         // The goodbye tells the peer to drop its copy rather than try to resume it.
         tunnel.close('duplicate tunnel', { goodbye: true })
         return
       }
+    }
+    if (!tunnel.isOpen) return
+    const current = this.tunnels.get(tunnel.peer.id)
+    if (current?.isOpen && current !== tunnel) {
       current.close(current.isMigrating ? 'replaced: the peer opened a new tunnel' : 'replaced by a newer tunnel', { goodbye: false })
     }
     this.tunnels.set(tunnel.peer.id, tunnel)
