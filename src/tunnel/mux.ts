@@ -247,6 +247,11 @@ export class Mux extends EventEmitter<MuxEvents> {
     this.drainWaiters.push(cb)
   }
 
+  /** Frees the replay buffer's memory if nothing waits for an ACK (the tunnel's keepalive calls it). */
+  trimReplay(): void {
+    this.replay.trim()
+  }
+
   /** Bytes and frames kept for replay (the peer has not acknowledged them). */
   get unacknowledged(): { bytes: number; frames: number } {
     return { bytes: this.replay.bytes, frames: this.replay.length }

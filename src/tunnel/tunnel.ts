@@ -267,6 +267,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
 
   private onKeepaliveExpired(): void {
     if (this.current.kind === 'migrating') return // onLivenessCheck gives up in time
+    this.mux.trimReplay()
     if (this.clock.now() - this.lastHeard > this.timing.deadMs) {
       this.migrate(`path silent for ${formatDuration(this.timing.deadMs)}`)
       return
