@@ -15,7 +15,7 @@ import { PunchBudget, RefusalLog, type PunchBudgetInit } from './budget.js'
 import type { OpenRequest } from './mux.js'
 import { planPaths } from './path-plan.js'
 import { Paths, sleepUntil, type Established, type Introduction, type PathComponents } from './paths.js'
-import { asResume, firstFrame, onFreshTunnel, onResumeRequest, RESUME_ANSWER_MS } from './resume.js'
+import { asResume, firstFrame, onFreshTunnel, onResumeRequest, RESUME_ANSWER_MS, SIMULTANEOUS_OPEN_MS } from './resume.js'
 import { Tunnel, type PathKind, type TunnelTiming } from './tunnel.js'
 
 export type { Introduction } from './paths.js'
@@ -313,9 +313,18 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
           if (won.release) current.once('closed', won.release)
           return current
         }
+        if (current?.isUp && current.ageMs < SIMULTANEOUS_OPEN_MS) {
+          // A tunnel the peer may not have registered yet (it opened one as we restarted):
+          // name it, and keep it rather than start a third.
+          won.session.write(encodeMux({ type: 'resume', channel: 0, tunnelId: current.id, received: 0 }))
+          const session = won.session
+          setTimeout(() => session.destroy(), 100).unref()
+          won.release?.()
+          throw new NatdError('ABORTED', `${name} resumed a tunnel we no longer have; we keep a newer one`)
+        }
         // Not a tunnel we have (we restarted or gave up): a fresh one, and the peer learns so.
         won.session.write(encodeMux({ type: 'resume', channel: 0, tunnelId: intro.introId, received: 0 }))
-        current?.close('the peer resumed a tunnel we no longer have', { goodbye: false })
+        current?.close('the peer resumed a tunnel we no longer have', { goodbye: true })
         return this.fresh(intro, won, plan.upgrade, id)
       }
     }
@@ -370,13 +379,25 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
       throw new NatdError('PUNCH_TIMEOUT', `${tunnel.peer.name} did not answer the resume in time`)
     }
     if (timingSafeEqual(answer.tunnelId, tunnel.id)) {
-      if (!tunnel.resume(won.session as never, answer.received, won.path, won.remote, won.transport)) throw new NatdError('BAD_REQUEST', `${tunnel.peer.name} resumed with an impossible frame count`)
+      if (!tunnel.resume(won.session as never, answer.received, won.path, won.remote, won.transport)) {
+        won.release?.()
+        throw new NatdError(tunnel.isOpen ? 'BAD_REQUEST' : 'ABORTED', `${tunnel.peer.name} resumed with an impossible frame count, or the tunnel closed meanwhile`)
+      }
       if (won.release) tunnel.once('closed', won.release)
       return tunnel
     }
     tunnel.close('the peer no longer has this tunnel (it restarted or gave up)', { goodbye: false })
-    won.session.resume()
-    return this.fresh(intro, won, false, tunnel.peer.id)
+    if (timingSafeEqual(answer.tunnelId, intro.introId)) {
+      // The peer started a fresh tunnel on this session.
+      won.session.resume()
+      return this.fresh(intro, won, false, tunnel.peer.id)
+    }
+    // The peer keeps another tunnel with us (one it just opened): that one it is.
+    won.session.destroy()
+    won.release?.()
+    const kept = this.tunnels.get(tunnel.peer.id)
+    if (kept?.isOpen) return kept
+    throw new NatdError('ABORTED', `${tunnel.peer.name} keeps another tunnel with us`)
   }
 
   /**
@@ -440,7 +461,8 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     if (!tunnel.isOpen) return
     const current = this.tunnels.get(tunnel.peer.id)
     if (current?.isOpen && current !== tunnel) {
-      current.close(current.isMigrating ? 'replaced: the peer opened a new tunnel' : 'replaced by a newer tunnel', { goodbye: false })
+      // The goodbye tells the peer, should it still hold `current`, to drop it rather than resume it.
+      current.close(current.isMigrating ? 'replaced: the peer opened a new tunnel' : 'replaced by a newer tunnel', { goodbye: true })
     }
     this.tunnels.set(tunnel.peer.id, tunnel)
     tunnel.once('closed', (reason) => {

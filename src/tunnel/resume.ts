@@ -16,7 +16,11 @@
  *
  * A RESUME naming a tunnel we do not have (we restarted, or gave up) answers with a
  * RESUME naming the new introduction instead: both sides drop the old tunnel and keep a
- * fresh one on this session. A fresh session (first frame not a RESUME) from a peer we
+ * fresh one on this session — unless we hold a tunnel with the peer younger than
+ * SIMULTANEOUS_OPEN_MS (we just opened it, and the peer may not have it registered yet):
+ * then the answer names that one, the session closes, and the peer keeps that tunnel.
+ * A tunnel closed because another replaced it says GOODBYE, so a peer that still holds
+ * it drops it instead of trying to resume it. A fresh session (first frame not a RESUME) from a peer we
  * have a migrating or established tunnel with means the peer has no tunnel with us any
  * more: the fresh one replaces ours. Only two fresh tunnels opened at once (both sides
  * ran `open` together) keep the tie-break on the introduction id.
