@@ -429,7 +429,8 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     while (!this.closed) {
       await new Promise((resolve) => setTimeout(resolve, wait).unref())
       wait = UPGRADE_RETRY_MS
-      if (!tunnel.isUp || tunnel.path !== 'relay' || this.tunnels.get(tunnel.peer.id) !== tunnel) return
+      if (!tunnel.isOpen || tunnel.path !== 'relay' || this.tunnels.get(tunnel.peer.id) !== tunnel) return
+      if (!tunnel.isUp) continue // migrating: its resume comes first
       try {
         await this.c.refreshNat()
         const intro = await this.c.introduce(tunnel.peer.id, 'direct')

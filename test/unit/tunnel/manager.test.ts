@@ -237,7 +237,7 @@ describe('TunnelManager: a tunnel whose path dies resumes on a new one', () => {
     expect(states).toEqual(['migrating', 'resumed'])
     expect(alice.manager.get('bob')).toBe(tunnel)
     expect(bob.manager.get('alice')).toBe(bobsTunnel)
-    expect(alice.asked.length).toBe(2) // the open, then one re-introduction
+    expect(alice.asked.length).toBeGreaterThanOrEqual(2) // the open, then a re-introduction (more if an attempt failed)
   })
 
   it("a RESUME naming alice's tunnel over a session authenticated as mallory resumes nothing of alice's: bob keeps alice's tunnel and gives mallory a fresh one", async () => {
