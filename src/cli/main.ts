@@ -166,7 +166,7 @@ export function buildCli(argv: string[]): Argv<Global> {
             ? 'no open tunnels'
             : table(
                 ['PEER', 'PATH', 'REMOTE', 'RTT', 'IN', 'OUT', 'STREAMS', 'SINCE'],
-                ts.map((t) => [t.peer, t.path, t.remote, t.rttMs === null ? null : `${t.rttMs} ms`, bytes(t.bytesIn), bytes(t.bytesOut), t.streams, ago(Date.now() - Date.parse(t.since))])
+                ts.map((t) => [t.peer, t.state === 'migrating' ? `${t.path} (migrating)` : t.path, t.remote, t.rttMs === null ? null : `${t.rttMs} ms`, bytes(t.bytesIn), bytes(t.bytesOut), t.streams, ago(Date.now() - Date.parse(t.since))])
               )
         )
       }

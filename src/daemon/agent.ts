@@ -54,6 +54,8 @@ export interface AgentInit {
   tunnelDeadMs?: number
   /** Delay between storing a received message and its ACK; default 0. Not a user setting: a lab test loses ACKs with it. */
   messageAckDelayMs?: number
+  /** How long a migrating tunnel looks for a new path; default MIGRATE_GIVE_UP_MS. Not a user setting either. */
+  tunnelGiveUpMs?: number
 }
 
 export interface AgentComponents {
@@ -167,7 +169,7 @@ export class Agent {
     this.nat = nat
     const host = new TunnelHost({ udx: this.udx, socket, keyPair: this.c.keyPair, clock: systemClock, log: log.child({ component: 'tunnel' }), peers: this.known, rendezvous: client, nat, exposes: this.exposes })
     this.host = host
-    const tunnels = new TunnelManager({ keepaliveMs: Math.min(this.init.config.heartbeatMs, TUNNEL_KEEPALIVE_MAX_MS), deadMs: this.init.tunnelDeadMs ?? TUNNEL_DEAD_MS }, host)
+    const tunnels = new TunnelManager({ keepaliveMs: Math.min(this.init.config.heartbeatMs, TUNNEL_KEEPALIVE_MAX_MS), deadMs: this.init.tunnelDeadMs ?? TUNNEL_DEAD_MS, ...(this.init.tunnelGiveUpMs === undefined ? {} : { giveUpMs: this.init.tunnelGiveUpMs }) }, host)
     this.tunnels = tunnels
     client.on('introduction', (intro) => {
       if (!intro.initiator) tunnels.accept(intro, ACCEPT_TIMEOUT_MS)
@@ -175,6 +177,8 @@ export class Agent {
     tunnels.on('up', (t) => this.emitTunnel(t, 'up', null))
     tunnels.on('down', (t, reason) => this.emitTunnel(t, 'down', reason))
     tunnels.on('path', (t, from) => this.emitTunnel(t, 'up', `path upgraded from ${from}`))
+    tunnels.on('migrating', (t, reason) => this.emitTunnel(t, 'migrating', reason))
+    tunnels.on('resumed', (t, stalledMs) => this.emitTunnel(t, 'up', `resumed after ${stalledMs} ms`))
     this.forwards = new Forwards({
       store: this.c.store,
       tunnels,
@@ -288,7 +292,7 @@ export class Agent {
     }
   }
 
-  private emitTunnel(t: Tunnel, state: 'up' | 'down', reason: string | null): void {
+  private emitTunnel(t: Tunnel, state: 'up' | 'migrating' | 'down', reason: string | null): void {
     this.api?.emit('tunnel.state', { peer: t.peer.name, id: t.peer.id, state, path: t.path, remote: formatEndpoint(t.remote), reason })
   }
 

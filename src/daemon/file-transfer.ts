@@ -175,7 +175,7 @@ export async function sendFile(spec: SendSpec, c: { tunnels: TunnelManager; self
       const err = new NatdError('TIMEOUT', `no progress sending ${name} for ${stallMs} ms (${sent} of ${size - offset} bytes passed on)`)
       spec.source.destroy(err)
       ch.destroy(err)
-    })
+    }, () => tunnel.isMigrating)
     const body = (async () => {
       try {
         await pipeline(
@@ -219,12 +219,19 @@ export async function sendFile(spec: SendSpec, c: { tunnels: TunnelManager; self
   }
 }
 
-/** Calls `onExpired` when `touch()` was not called for `ms` (a transfer phase that made no progress). */
+/**
+ * Calls `onExpired` when `touch()` was not called for `ms` (a transfer phase that made no
+ * progress). Time while `waiting()` holds (the tunnel is migrating: its path is gone and
+ * the bytes wait for a new one, tunnel.ts) is no stall: the watch starts over.
+ */
 export class StallWatch {
   private timer: NodeJS.Timeout
 
-  constructor(ms: number, onExpired: () => void) {
-    this.timer = setTimeout(onExpired, ms)
+  constructor(ms: number, onExpired: () => void, waiting: () => boolean = () => false) {
+    this.timer = setTimeout(() => {
+      if (waiting()) this.timer.refresh()
+      else onExpired()
+    }, ms)
   }
 
   touch(): void {
@@ -321,7 +328,7 @@ export class FileReceiver {
     const done = new Promise<void>((resolve) => (release = resolve))
     this.active.set(key, { channel: ch, done })
     try {
-      await this.store(peer, ch, reader, { ...offer, name, transferId, key }, policy)
+      await this.store(tunnel, ch, reader, { ...offer, name, transferId, key }, policy)
     } finally {
       if (this.active.get(key)?.channel === ch) this.active.delete(key)
       release()
@@ -329,12 +336,13 @@ export class FileReceiver {
   }
 
   private async store(
-    peer: Tunnel['peer'],
+    tunnel: Tunnel,
     ch: MuxChannel,
     reader: ChannelReader,
     offer: { name: string; size: number; transferId: string; key: string },
     policy: ReceivePolicy
   ): Promise<void> {
+    const peer = tunnel.peer
     const inbox = policy.inbox
     const partialDir = path.join(inbox, PARTIAL_DIR)
     fs.mkdirSync(partialDir, { recursive: true, mode: 0o700 })
@@ -376,7 +384,7 @@ export class FileReceiver {
       stalled = new NatdError('TIMEOUT', `${peer.name} sent no byte of ${offer.name} for ${stallMs} ms (${offer.size - offset} announced); the partial is kept for a resume and listed by natctl files --partial`)
       ch.end(encodeTransfer({ type: 'refuse', code: stalled.code, message: stalled.message }))
       setTimeout(() => ch.destroy(stalled ?? undefined), STALL_RESET_DELAY_MS).unref()
-    })
+    }, () => tunnel.isMigrating)
     try {
       await pipeline(
         reader.raw(offer.size - offset),

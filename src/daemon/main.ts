@@ -172,6 +172,8 @@ const TEST_TUNNEL_DEAD_ENV = 'NATD_TEST_TUNNEL_DEAD_MS'
  * setting, and not documented for users; unset, natd acknowledges at once.
  */
 const TEST_MESSAGE_ACK_DELAY_ENV = 'NATD_TEST_MESSAGE_ACK_DELAY_MS'
+/** The same for how long a migrating tunnel looks for a new path (MIGRATE_GIVE_UP_MS, 90 s). */
+const TEST_TUNNEL_GIVE_UP_ENV = 'NATD_TEST_TUNNEL_GIVE_UP_MS'
 
 function testMs(name: string, min: number): number | undefined {
   const raw = process.env[name]
@@ -232,7 +234,8 @@ async function run(argv: RunArgs): Promise<void> {
   const keyPair = store.loadIdentity()
   const tunnelDeadMs = testMs(TEST_TUNNEL_DEAD_ENV, 100)
   const messageAckDelayMs = testMs(TEST_MESSAGE_ACK_DELAY_ENV, 0)
-  const tests = { ...(tunnelDeadMs === undefined ? {} : { tunnelDeadMs }), ...(messageAckDelayMs === undefined ? {} : { messageAckDelayMs }) }
+  const tunnelGiveUpMs = testMs(TEST_TUNNEL_GIVE_UP_ENV, 100)
+  const tests = { ...(tunnelDeadMs === undefined ? {} : { tunnelDeadMs }), ...(messageAckDelayMs === undefined ? {} : { messageAckDelayMs }), ...(tunnelGiveUpMs === undefined ? {} : { tunnelGiveUpMs }) }
   const agent = new Agent({ config, socketPath, secretKey, ...tests }, { store, keyPair, log: log.child({ component: 'agent' }) })
   // Signals are handled from before start(), which takes a moment (the NAT check): a stop
   // or reload that arrives meanwhile waits for it rather than killing natd mid-start.

@@ -288,7 +288,7 @@ export interface Events {
   'peer.up': PeerInfo
   'peer.down': PeerInfo
   'server.state': { state: ServerState; error: { code: string; message: string } | null }
-  'tunnel.state': { peer: string; id: string; state: 'up' | 'down'; path: PathKind | null; remote: string | null; reason: string | null }
+  'tunnel.state': { peer: string; id: string; state: 'up' | 'migrating' | 'down'; path: PathKind | null; remote: string | null; reason: string | null }
   message: MessageInfo
   file: ReceivedFile
   'file.progress': FileProgress

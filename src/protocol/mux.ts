@@ -18,6 +18,15 @@
  *   GOODBYE  reason str8             on channel 0: the peer is closing the tunnel now
  *   SWITCH   (empty)                 on channel 0: the sender's last frame on this session;
  *                                    its next frames come on the new session (path upgrade)
+ *   ACK      received u32            on channel 0: how many sequenced frames the sender has
+ *                                    received in all (mod 2^32); the peer may forget them
+ *   RESUME   tunnelId[16] received u32
+ *                                    on channel 0, the first frame of a session that resumes
+ *                                    tunnel `tunnelId` (tunnel/resume.ts); `received` as in ACK
+ *
+ * Sequence numbers are implicit: every frame on a channel other than 0 is sequenced, and
+ * both sides count them (the session is reliable and ordered, so counting needs no bytes
+ * on the wire). Channel-0 frames belong to one session and are never replayed.
  *
  * Channel ids: the side that opened the tunnel uses odd ids, the other side even ids,
  * so both can open channels without agreeing first (as in HTTP/2 and yamux).
@@ -25,9 +34,11 @@
 import { Reader, truncateUtf8, Writer } from './bytes.js'
 import { ProtocolError } from './errors.js'
 
-export const MUX = { OPEN: 1, OPEN_OK: 2, DATA: 3, WINDOW: 4, FIN: 5, RESET: 6, PING: 7, PONG: 8, GOODBYE: 9, SWITCH: 10 } as const
+export const MUX = { OPEN: 1, OPEN_OK: 2, DATA: 3, WINDOW: 4, FIN: 5, RESET: 6, PING: 7, PONG: 8, GOODBYE: 9, SWITCH: 10, ACK: 11, RESUME: 12 } as const
 /** Largest DATA payload: big enough to amortise per-message crypto, small enough to interleave channels. */
 export const MAX_DATA_BYTES = 64 * 1024
+/** A tunnel's id: the id of the introduction that opened it (both sides know it). */
+export const TUNNEL_ID_BYTES = 16
 
 export type MuxFrame =
   | { type: 'open'; channel: number; port: number; window: number; service: string }
@@ -40,6 +51,8 @@ export type MuxFrame =
   | { type: 'pong'; channel: number; seq: number }
   | { type: 'goodbye'; channel: number; reason: string }
   | { type: 'switch'; channel: number }
+  | { type: 'ack'; channel: number; received: number }
+  | { type: 'resume'; channel: number; tunnelId: Uint8Array; received: number }
 
 const HEADER_BYTES = 5
 
@@ -78,7 +91,17 @@ export function encodeMux(f: MuxFrame): Buffer {
       return head(MUX.GOODBYE, f.channel).str8(truncateUtf8(f.reason, 255)).finish()
     case 'switch':
       return head(MUX.SWITCH, f.channel).finish()
+    case 'ack':
+      return head(MUX.ACK, f.channel).u32(f.received >>> 0).finish()
+    case 'resume':
+      if (f.tunnelId.length !== TUNNEL_ID_BYTES) throw new ProtocolError('BAD_REQUEST', `tunnel id of ${f.tunnelId.length} bytes, not ${TUNNEL_ID_BYTES}`)
+      return head(MUX.RESUME, f.channel).bytes(f.tunnelId).u32(f.received >>> 0).finish()
   }
+}
+
+/** Whether a frame (as sent, undecoded) is sequenced: every frame on a channel other than 0. */
+export function isSequenced(buf: Uint8Array): boolean {
+  return buf.length >= HEADER_BYTES && (buf[1]! | buf[2]! | buf[3]! | buf[4]!) !== 0
 }
 
 export function decodeMux(buf: Uint8Array): MuxFrame {
@@ -107,6 +130,10 @@ export function decodeMux(buf: Uint8Array): MuxFrame {
       return { type: 'goodbye', channel, reason: r.str8('reason') }
     case MUX.SWITCH:
       return { type: 'switch', channel }
+    case MUX.ACK:
+      return { type: 'ack', channel, received: r.u32('received') }
+    case MUX.RESUME:
+      return { type: 'resume', channel, tunnelId: r.bytes(TUNNEL_ID_BYTES), received: r.u32('received') }
     default:
       throw new ProtocolError('BAD_REQUEST', `unknown mux frame type ${type}`)
   }

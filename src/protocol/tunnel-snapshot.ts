@@ -30,4 +30,9 @@ export interface TunnelSnapshot {
   /** Channels (forwarded connections, messages, files) the tunnel carries now. */
   streams: number
   transport: Transport
+  /**
+   * `up`, or `migrating`: its path is gone and the agents look for a new one; channels
+   * wait (their data is kept) until the tunnel resumes or gives up.
+   */
+  state: 'up' | 'migrating'
 }

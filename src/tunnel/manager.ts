@@ -5,18 +5,22 @@
  */
 import { EventEmitter } from 'node:events'
 import { formatEndpoint, type Endpoint } from '../protocol/endpoint.js'
-import { NatdError, toNatdError, type ErrorCode } from '../protocol/errors.js'
+import { NatdError, toNatdError } from '../protocol/errors.js'
 import { peerId } from '../protocol/identity.js'
 import { encodeMux } from '../protocol/mux.js'
+import { timingSafeEqual } from '../protocol/identity.js'
 import { isTarget, resolvePeer, type PeerRef, type PeerTarget } from '../protocol/peer-ref.js'
 import type { Via } from '../protocol/rendezvous.js'
 import { PunchBudget, RefusalLog, type PunchBudgetInit } from './budget.js'
 import type { OpenRequest } from './mux.js'
 import { planPaths } from './path-plan.js'
 import { Paths, sleepUntil, type Established, type Introduction, type PathComponents } from './paths.js'
+import { firstOf } from './failures.js'
+import { asResume, firstFrame, onFreshTunnel, onResumeRequest, RESUME_ANSWER_MS, SIMULTANEOUS_OPEN_MS } from './resume.js'
 import { Tunnel, type PathKind, type TunnelTiming } from './tunnel.js'
 
 export type { Introduction } from './paths.js'
+export { mostTelling } from './failures.js'
 /**
  * `auto` starts the relay when every direct attempt has failed, or after this long
  * without a direct path (birthday punching measured median 0.1-0.3 s, worst 0.6 s).
@@ -34,6 +38,16 @@ export const UPGRADE_FIRST_MS = 2_000
 export const UPGRADE_RETRY_MS = 5_000
 /** One upgrade attempt may take this long. */
 export const UPGRADE_TIMEOUT_MS = 5_000
+/**
+ * A migrating tunnel's opener asks for a new introduction this long after a failed
+ * attempt: the stall after the network comes back is at most about this plus one punch.
+ * 90 attempts in MIGRATE_GIVE_UP_MS stay inside the server's 120 introductions a minute.
+ */
+export const RESUME_RETRY_MS = 1_000
+/** A young tunnel that would beat a fresh one in the tie-break must answer a ping this fast (resume.ts). */
+export const TWIN_PROBE_MS = 1_500
+/** One resume attempt (introduction, punch, handshake, RESUME answer) may take this long. */
+export const RESUME_ATTEMPT_MS = 5_000
 
 /**
  * Which peers a tunnel may go to: the agent's known (pinned) peers. The daemon implements
@@ -61,45 +75,6 @@ export interface TunnelManagerComponents extends PathComponents {
   onChannel(tunnel: Tunnel, req: OpenRequest): void
 }
 
-/**
- * Most telling first: someone else answered; a refusal the user can act on (a path that
- * cannot work, the relay's limits); a path that could not be tried, with its reason; a
- * deadline; our own budget; last, attempts given up because another path won (never
- * shown when anything else failed). Codes not listed rank between the refusals and
- * PUNCH_FAILED.
- */
-const TELLING: readonly ErrorCode[] = ['KEY_MISMATCH', 'PEER_MISMATCH', 'UNSUPPORTED_PATH', 'RELAY_LIMIT', 'RATE_LIMITED']
-const UNTELLING: readonly ErrorCode[] = ['PUNCH_FAILED', 'PUNCH_TIMEOUT', 'BUSY', 'ABORTED']
-
-function rank(code: ErrorCode): number {
-  const i = TELLING.indexOf(code)
-  if (i >= 0) return i
-  const j = UNTELLING.indexOf(code)
-  return j >= 0 ? TELLING.length + 1 + j : TELLING.length
-}
-
-/**
- * What failed attempts tell the user: the most telling one's code and message (pure).
- * With several, the error keeps them all as its `cause` (an AggregateError, in the
- * order the attempts were made), so logs and debuggers see every path's reason.
- */
-export function mostTelling(failures: readonly unknown[]): NatdError {
-  const errors = failures.map((e) => toNatdError(e))
-  if (errors.length === 0) return new NatdError('INTERNAL', 'no path was attempted')
-  const best = errors.reduce((a, b) => (rank(b.code) < rank(a.code) ? b : a))
-  if (errors.length === 1) return best
-  return new NatdError(best.code, best.message, { cause: new AggregateError(errors, `${errors.length} paths failed: ${errors.map((e) => e.code).join(', ')}`) })
-}
-
-/** Resolves with the first attempt that succeeds; when all fail, rejects with the most telling error. */
-async function firstOf<T>(attempts: Array<Promise<T>>): Promise<T> {
-  try {
-    return await Promise.any(attempts)
-  } catch (err) {
-    throw mostTelling((err as AggregateError).errors)
-  }
-}
-
 export interface OpenOutcome {
   tunnel: Tunnel
   tookMs: number
@@ -110,6 +85,8 @@ interface ManagerEvents {
   up: [tunnel: Tunnel]
   down: [tunnel: Tunnel, reason: string]
   path: [tunnel: Tunnel, from: PathKind]
+  migrating: [tunnel: Tunnel, reason: string]
+  resumed: [tunnel: Tunnel, stalledMs: number]
 }
 
 export class TunnelManager extends EventEmitter<ManagerEvents> {
@@ -120,6 +97,8 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
   readonly budget: PunchBudget
   private readonly refusals: RefusalLog
   private closed = false
+  /** The way each tunnel we opened was asked for: its resumes ask the same way. */
+  private readonly vias = new WeakMap<Tunnel, Via>()
 
   constructor(
     private readonly timing: TunnelTiming,
@@ -224,7 +203,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
    * `expected` is the peer we asked for (null when the peer asked for us): anyone else is
    * refused before a packet goes to them.
    */
-  private async establish(intro: Introduction, timeoutMs: number, expected: PeerTarget | null): Promise<Tunnel> {
+  private async establish(intro: Introduction, timeoutMs: number, expected: PeerTarget | null, resuming: Tunnel | null = null): Promise<Tunnel> {
     if (this.closed) throw new NatdError('TUNNEL_CLOSED', 'shutting down')
     const id = peerId(intro.peer.publicKey)
     const name = intro.peer.name
@@ -235,13 +214,13 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
       throw new NatdError('BUSY', `already punching ${this.budget.init.punches} paths at once (or ${this.budget.init.peerPunches} to ${name}); try again in a moment`)
     }
     try {
-      return await this.punchAndKeep(intro, timeoutMs, id)
+      return await this.punchAndKeep(intro, timeoutMs, id, resuming)
     } finally {
       slot.release()
     }
   }
 
-  private async punchAndKeep(intro: Introduction, timeoutMs: number, id: string): Promise<Tunnel> {
+  private async punchAndKeep(intro: Introduction, timeoutMs: number, id: string, resuming: Tunnel | null): Promise<Tunnel> {
     const name = intro.peer.name
     const abort = new AbortController()
     const plan = planPaths({ via: intro.via, mine: this.c.natVerdict(), theirs: intro.peer.nat, initiator: intro.initiator })
@@ -284,24 +263,124 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     } finally {
       abort.abort() // the losers clean up after themselves
     }
-    const { session, path, remote } = won
-    if (intro.initiator) session.write(encodeMux({ type: 'ping', channel: 0, seq: 0 })) // "this one"
     this.c.peers.pin({ name, id })
-    const log = this.c.log
+    if (intro.initiator && resuming) return this.resumeAsOpener(resuming, won, intro)
+    if (!intro.initiator) {
+      const ask = asResume(won.first)
+      if (ask) {
+        const current = this.tunnels.get(id)
+        if (current && onResumeRequest(ask, current) === 'resume') {
+          const received = current.detach()
+          won.session.write(encodeMux({ type: 'resume', channel: 0, tunnelId: current.id, received }))
+          if (!current.resume(won.session as never, ask.received, won.path, won.remote, won.transport)) throw new NatdError('BAD_REQUEST', `${name} resumed with an impossible frame count`)
+          if (won.release) current.once('closed', won.release)
+          return current
+        }
+        if (current?.isUp && current.ageMs < SIMULTANEOUS_OPEN_MS) {
+          // A tunnel the peer may not have registered yet (it opened one as we restarted):
+          // name it, and keep it rather than start a third.
+          won.session.write(encodeMux({ type: 'resume', channel: 0, tunnelId: current.id, received: 0 }))
+          const session = won.session
+          setTimeout(() => session.destroy(), 100).unref()
+          won.release?.()
+          throw new NatdError('ABORTED', `${name} resumed a tunnel we no longer have; we keep a newer one`)
+        }
+        // Not a tunnel we have (we restarted or gave up): a fresh one, and the peer learns so.
+        won.session.write(encodeMux({ type: 'resume', channel: 0, tunnelId: intro.introId, received: 0 }))
+        current?.close('the peer resumed a tunnel we no longer have', { goodbye: true })
+        return this.fresh(intro, won, plan.upgrade, id)
+      }
+    }
+    if (intro.initiator) won.session.write(encodeMux({ type: 'ping', channel: 0, seq: 0 })) // "this one"
     const existing = this.tunnels.get(id)
-    if (existing?.isUp && existing.path === 'relay' && path !== 'relay') {
-      existing.upgrade(session as never, path, remote, won.transport)
+    if (existing?.isUp && existing.path === 'relay' && won.path !== 'relay') {
+      existing.upgrade(won.session as never, won.path, won.remote, won.transport)
       return existing
     }
+    return this.fresh(intro, won, plan.upgrade, id)
+  }
+
+  /** A new tunnel on the session that won. */
+  private async fresh(intro: Introduction, won: Established, upgrade: boolean, id: string): Promise<Tunnel> {
+    const { session, path, remote } = won
+    const name = intro.peer.name
+    const log = this.c.log
     const introKey = Buffer.from(intro.introId).toString('hex')
     const tunnel = new Tunnel({ name, id }, path, remote, won.transport, introKey, intro.initiator, session as never, this.timing, this.c.clock, log.child({ peer: name }))
+    if (intro.initiator) this.vias.set(tunnel, intro.via)
     tunnel.mux.on('open', (req) => this.c.onChannel(tunnel, req))
     if (won.release) tunnel.once('closed', won.release)
     tunnel.on('path', (from) => this.emit('path', tunnel, from))
-    this.register(tunnel)
-    if (path === 'relay' && plan.upgrade) void this.upgradeLoop(tunnel)
+    tunnel.on('migrating', (reason) => {
+      this.emit('migrating', tunnel, reason)
+      if (tunnel.opener) void this.resumeLoop(tunnel)
+    })
+    tunnel.on('resumed', (stalledMs) => this.emit('resumed', tunnel, stalledMs))
+    await this.register(tunnel)
+    if (path === 'relay' && upgrade) void this.upgradeLoop(tunnel)
     log.info('tunnel up', { peer: name, path, transport: won.transport, remote: formatEndpoint(remote), punchMs: won.punchMs, sent: won.sent, strategy: won.strategy, initiator: intro.initiator, via: intro.via })
     return this.get(id) ?? tunnel
+  }
+
+  /**
+   * We opened `tunnel` and it is migrating: a new session from a new introduction
+   * resumes it (resume.ts). If the peer answers with another tunnel id, it lost ours:
+   * ours closes and the fresh one takes its place.
+   */
+  private async resumeAsOpener(tunnel: Tunnel, won: Established, intro: Introduction): Promise<Tunnel> {
+    if (!tunnel.isOpen || this.tunnels.get(tunnel.peer.id) !== tunnel) {
+      won.session.destroy()
+      won.release?.()
+      throw new NatdError('ABORTED', 'the tunnel closed while a new path was punched')
+    }
+    const received = tunnel.detach()
+    won.session.write(encodeMux({ type: 'resume', channel: 0, tunnelId: tunnel.id, received }))
+    const answer = asResume((await firstFrame(won.session, RESUME_ANSWER_MS)) ?? undefined)
+    if (!answer) {
+      won.session.destroy()
+      won.release?.()
+      throw new NatdError('PUNCH_TIMEOUT', `${tunnel.peer.name} did not answer the resume in time`)
+    }
+    if (timingSafeEqual(answer.tunnelId, tunnel.id)) {
+      if (!tunnel.resume(won.session as never, answer.received, won.path, won.remote, won.transport)) {
+        won.release?.()
+        throw new NatdError(tunnel.isOpen ? 'BAD_REQUEST' : 'ABORTED', `${tunnel.peer.name} resumed with an impossible frame count, or the tunnel closed meanwhile`)
+      }
+      if (won.release) tunnel.once('closed', won.release)
+      return tunnel
+    }
+    tunnel.close('the peer no longer has this tunnel (it restarted or gave up)', { goodbye: false })
+    if (timingSafeEqual(answer.tunnelId, intro.introId)) {
+      // The peer started a fresh tunnel on this session.
+      won.session.resume()
+      return this.fresh(intro, won, false, tunnel.peer.id)
+    }
+    // The peer keeps another tunnel with us (one it just opened): that one it is.
+    won.session.destroy()
+    won.release?.()
+    const kept = this.tunnels.get(tunnel.peer.id)
+    if (kept?.isOpen) return kept
+    throw new NatdError('ABORTED', `${tunnel.peer.name} keeps another tunnel with us`)
+  }
+
+  /**
+   * Looks for a new path while `tunnel` (which we opened) migrates: asks the server for
+   * a new introduction the way the tunnel was opened, punches, resumes. Stops when the
+   * tunnel is up again or closed (it gives up by itself). Never rejects.
+   */
+  private async resumeLoop(tunnel: Tunnel): Promise<void> {
+    const via = this.vias.get(tunnel) ?? 'auto'
+    while (!this.closed && tunnel.isMigrating && this.tunnels.get(tunnel.peer.id) === tunnel) {
+      try {
+        const intro = await this.c.introduce(tunnel.peer.id, via)
+        if (!tunnel.isMigrating) return
+        await this.establish(intro, RESUME_ATTEMPT_MS, { name: null, id: tunnel.peer.id }, tunnel)
+      } catch (err) {
+        const e = toNatdError(err)
+        this.c.log.debug('resume attempt failed', { peer: tunnel.peer.name, code: e.code, err: e.message })
+      }
+      if (tunnel.isMigrating) await new Promise((resolve) => setTimeout(resolve, RESUME_RETRY_MS).unref())
+    }
   }
 
   /**
@@ -313,7 +392,8 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     while (!this.closed) {
       await new Promise((resolve) => setTimeout(resolve, wait).unref())
       wait = UPGRADE_RETRY_MS
-      if (!tunnel.isUp || tunnel.path !== 'relay' || this.tunnels.get(tunnel.peer.id) !== tunnel) return
+      if (!tunnel.isOpen || tunnel.path !== 'relay' || this.tunnels.get(tunnel.peer.id) !== tunnel) return
+      if (!tunnel.isUp) continue // migrating: its resume comes first
       try {
         await this.c.refreshNat()
         const intro = await this.c.introduce(tunnel.peer.id, 'direct')
@@ -325,15 +405,28 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     }
   }
 
-  /** One tunnel per peer: when both sides opened at once, both keep the smaller introduction id. */
-  private register(tunnel: Tunnel): void {
-    const current = this.tunnels.get(tunnel.peer.id)
-    if (current?.isUp) {
-      if (current.introKey < tunnel.introKey) {
-        tunnel.close('duplicate tunnel', { goodbye: false })
+  /**
+   * One tunnel per peer. A fresh tunnel replaces an open one (the peer no longer has it:
+   * it restarted, or gave up a migration) unless both sides opened at once: then both
+   * keep the smaller introduction id (resume.ts onFreshTunnel). A young tunnel that would
+   * win the tie-break must prove it is a live twin first (a ping answered in
+   * TWIN_PROBE_MS): a peer that restarted moments after opening cannot answer on it.
+   */
+  private async register(tunnel: Tunnel): Promise<void> {
+    const first = this.tunnels.get(tunnel.peer.id)
+    if (first?.isOpen && onFreshTunnel(tunnel, first) === 'keep-current') {
+      const alive = await first.ping(TWIN_PROBE_MS).then(() => true, () => false)
+      if (alive && first.isOpen) {
+        // The goodbye tells the peer to drop its copy rather than try to resume it.
+        tunnel.close('duplicate tunnel', { goodbye: true })
         return
       }
-      current.close('replaced by a newer tunnel', { goodbye: false })
+    }
+    if (!tunnel.isOpen) return
+    const current = this.tunnels.get(tunnel.peer.id)
+    if (current?.isOpen && current !== tunnel) {
+      // The goodbye tells the peer, should it still hold `current`, to drop it rather than resume it.
+      current.close(current.isMigrating ? 'replaced: the peer opened a new tunnel' : 'replaced by a newer tunnel', { goodbye: true })
     }
     this.tunnels.set(tunnel.peer.id, tunnel)
     tunnel.once('closed', (reason) => {

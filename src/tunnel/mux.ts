@@ -13,11 +13,30 @@
 import { EventEmitter } from 'node:events'
 import { NatdError } from '../protocol/errors.js'
 import type { Logger } from '../protocol/log.js'
-import { decodeMux, encodeMux, type MuxFrame } from '../protocol/mux.js'
+import { decodeMux, encodeMux, isSequenced, type MuxFrame } from '../protocol/mux.js'
 import { CHANNEL_WINDOW_BYTES, MuxChannel } from './mux-channel.js'
+import { ReplayBuffer } from './replay-buffer.js'
 
 /** Most channels open at once per tunnel (each one is a forwarded connection). */
 export const MAX_CHANNELS = 4096
+/**
+ * Unacknowledged bytes a tunnel keeps for replay (tunnel/resume.ts) before its channels
+ * wait: 4 channel windows (CHANNEL_WINDOW_BYTES), ~130 ms of a 128 MB/s path. Channel
+ * data stops at this bound (backpressure, as for a full session).
+ */
+export const REPLAY_MAX_BYTES = 16 * 1024 * 1024
+/**
+ * Control frames (WINDOW, OPEN_OK, RESET, FIN) do not wait for the bound above; a peer
+ * that stops acknowledging while making us answer could grow the buffer past it. At this
+ * much the tunnel is broken and closes (a peer that acknowledges never comes near it).
+ */
+export const REPLAY_HARD_MAX_BYTES = 2 * REPLAY_MAX_BYTES
+/** We acknowledge after this many sequenced frames … */
+export const ACK_EVERY_FRAMES = 32
+/** … or this many bytes of them (a quarter of a channel window: the sender's replay stays short) … */
+export const ACK_EVERY_BYTES = 1024 * 1024
+/** … or this long after the first frame not yet acknowledged (coalesces ACKs of small frames). */
+export const ACK_DELAY_MS = 20
 
 /** The session: a message-preserving duplex (secret-stream). */
 export interface MessageStream {
@@ -49,6 +68,8 @@ interface MuxEvents {
   frame: []
   /** The peer's SWITCH arrived: it will send nothing more on the old session. */
   switched: [old: MessageStream]
+  /** The peer broke the protocol in a way the tunnel cannot survive (acks for frames never sent). */
+  broken: [reason: string]
 }
 
 export class Mux extends EventEmitter<MuxEvents> {
@@ -64,9 +85,16 @@ export class Mux extends EventEmitter<MuxEvents> {
   private closed = false
   bytesIn = 0
   bytesOut = 0
+  /** Sequenced frames sent and not acknowledged (a resumed session sends them again). */
+  private readonly replay = new ReplayBuffer()
+  /** Sequenced frames received in all. */
+  private received = 0
+  private unackedFrames = 0
+  private unackedBytes = 0
+  private ackTimer: NodeJS.Timeout | null = null
 
-  /** Where we write; on a path upgrade the next session. */
-  private session: MessageStream
+  /** Where we write; on a path upgrade the next session; null once detached for a resume. */
+  private session: MessageStream | null
   /** Where we read: the old session until the peer's SWITCH, then the next; null in between. */
   private reading: MessageStream | null
   /** The next session, attached but not yet read (its frames wait in `early`). */
@@ -93,7 +121,7 @@ export class Mux extends EventEmitter<MuxEvents> {
    * one wait until its SWITCH arrives on the old. Channels and their windows carry over.
    */
   switchTo(next: MessageStream): void {
-    if (this.closed) return
+    if (this.closed || !this.session) return
     this.send({ type: 'switch', channel: 0 })
     const waiters = this.drainWaiters.splice(0)
     this.session = next
@@ -150,6 +178,8 @@ export class Mux extends EventEmitter<MuxEvents> {
   close(reason: string): void {
     if (this.closed) return
     this.closed = true
+    if (this.ackTimer) clearTimeout(this.ackTimer)
+    this.ackTimer = null
     const err = new NatdError('TUNNEL_CLOSED', reason)
     for (const ch of [...this.channels.values()]) ch.destroy(err)
     this.channels.clear()
@@ -161,10 +191,25 @@ export class Mux extends EventEmitter<MuxEvents> {
     this.sendRaw(encodeMux(f))
   }
 
-  /** @internal */
+  /**
+   * @internal Sequenced frames (channel ≠ 0) are kept for replay first (the session
+   * encrypts `buf` in place); with no session (detached for a resume) that is all.
+   */
   sendRaw(buf: Buffer): void {
-    if (this.closed || this.session.destroyed) return
+    if (this.closed) return
+    if (isSequenced(buf)) {
+      this.replay.push(buf)
+      if (this.replay.bytes > REPLAY_HARD_MAX_BYTES) {
+        this.emit('broken', `the peer left ${this.replay.bytes} bytes unacknowledged (more than ${REPLAY_HARD_MAX_BYTES})`)
+        return
+      }
+    }
     const session = this.session
+    if (!session || session.destroyed) return
+    this.writeTo(session, buf)
+  }
+
+  private writeTo(session: MessageStream, buf: Buffer): void {
     if (session.write(buf) || this.needDrain) return
     this.needDrain = true
     // Listened for at once, not when a channel next wants to send: a drain that came
@@ -172,25 +217,104 @@ export class Mux extends EventEmitter<MuxEvents> {
     session.once('drain', () => {
       if (session !== this.session) return // switched away: the new session's state counts
       this.needDrain = false
-      for (const w of this.drainWaiters.splice(0)) w()
+      this.wake()
     })
+  }
+
+  /** Lets waiting channels try again (each checks `congested` itself). */
+  private wake(): void {
+    if (this.congested) return
+    for (const w of this.drainWaiters.splice(0)) w()
   }
 
   /** @internal a buffer for one frame, to be passed to sendRaw() before any other allocFrame(). */
   allocFrame(len: number): Buffer {
-    return this.session.alloc ? this.session.alloc(len) : Buffer.allocUnsafe(len)
+    return this.session?.alloc ? this.session.alloc(len) : Buffer.allocUnsafe(len)
   }
 
-  /** @internal the session's buffer is full: wait for its drain before sending data. */
+  /**
+   * @internal channel data must wait: the session's buffer is full, the replay buffer is
+   * at its bound, or there is no session (a resume is under way).
+   */
   get congested(): boolean {
-    return this.needDrain
+    return this.needDrain || this.replay.bytes >= REPLAY_MAX_BYTES || !this.session || this.session.destroyed
   }
 
   /** @internal calls back once the session can take more (backpressure for every channel). */
   whenWritable(cb: (err?: Error | null) => void): void {
     if (this.closed) return cb(new NatdError('TUNNEL_CLOSED', 'tunnel closed'))
-    if (!this.needDrain) return cb()
+    if (!this.congested) return cb()
     this.drainWaiters.push(cb)
+  }
+
+  /** Frees the replay buffer's memory if nothing waits for an ACK (the tunnel's keepalive calls it). */
+  trimReplay(): void {
+    this.replay.trim()
+  }
+
+  /** Bytes and frames kept for replay (the peer has not acknowledged them). */
+  get unacknowledged(): { bytes: number; frames: number } {
+    return { bytes: this.replay.bytes, frames: this.replay.length }
+  }
+
+  /**
+   * Stops using the current session, for good, before a resume: returns how many
+   * sequenced frames we received in all (the `received` of our RESUME). Frames that
+   * arrive on the old session from now on are dropped: the peer sends them again from
+   * that count. Channels keep their state; their data waits (congested) until resumeOn().
+   */
+  detach(): number {
+    this.session = null
+    this.reading = null
+    this.next = null
+    this.early = []
+    this.peerSwitched = false
+    this.needDrain = false
+    if (this.ackTimer) clearTimeout(this.ackTimer)
+    this.ackTimer = null
+    this.unackedFrames = 0
+    this.unackedBytes = 0
+    return this.received
+  }
+
+  /**
+   * Continues on `next` after detach(): forgets what the peer says it received
+   * (`peerReceived`, from its RESUME) and sends the rest again, in order, then carries on.
+   * False (and nothing sent) when the count is not one we could have been told.
+   */
+  resumeOn(next: MessageStream, peerReceived: number): boolean {
+    if (this.closed || !this.replay.ack(peerReceived)) return false
+    this.session = next
+    this.reading = next
+    this.needDrain = false
+    next.on('data', (buf) => this.onSessionData(next, buf))
+    for (const frame of this.replay.pending()) this.writeTo(next, frame)
+    this.wake()
+    return true
+  }
+
+  private onSequenced(bytes: number): void {
+    this.received++
+    this.unackedFrames++
+    this.unackedBytes += bytes
+    if (this.unackedFrames >= ACK_EVERY_FRAMES || this.unackedBytes >= ACK_EVERY_BYTES) this.sendAck()
+    else this.ackTimer ??= setTimeout(() => this.sendAck(), ACK_DELAY_MS)
+  }
+
+  private sendAck(): void {
+    if (this.ackTimer) clearTimeout(this.ackTimer)
+    this.ackTimer = null
+    this.unackedFrames = 0
+    this.unackedBytes = 0
+    this.send({ type: 'ack', channel: 0, received: this.received })
+  }
+
+  private onAck(received: number): void {
+    if (!this.replay.ack(received)) {
+      this.emit('broken', 'the peer acknowledged frames never sent')
+      return
+    }
+    this.wake()
   }
 
   /** @internal */
@@ -200,6 +324,7 @@ export class Mux extends EventEmitter<MuxEvents> {
 
   private onMessage(buf: Buffer): void {
     if (this.closed) return // nothing new starts on a closing tunnel
+    if (isSequenced(buf)) this.onSequenced(buf.length)
     let f: MuxFrame
     try {
       f = decodeMux(buf)
@@ -213,6 +338,7 @@ export class Mux extends EventEmitter<MuxEvents> {
       else if (f.type === 'pong') this.emit('pong', f.seq)
       else if (f.type === 'goodbye') this.emit('goodbye', f.reason)
       else if (f.type === 'switch') this.onSwitch()
+      else if (f.type === 'ack') this.onAck(f.received)
       return
     }
     const ch = this.channels.get(f.channel)

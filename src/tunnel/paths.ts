@@ -68,6 +68,8 @@ export interface Established {
   strategy?: PunchStrategy
   /** Releases what the path holds beyond the session (a birthday socket). */
   release?: () => void
+  /** On the responder: the initiator's first frame ("this one": a PING, or a RESUME). */
+  first?: Buffer
 }
 
 export function sleepUntil(ms: number, signal: AbortSignal): Promise<false> {
@@ -103,8 +105,11 @@ export class Paths {
     this.punchers.get(Buffer.from(msg.introId).toString('hex'))?.onProbe(msg, from)
   }
 
-  /** Resolves once `session` is authenticated as the introduced peer and, on the responder, chosen by the initiator. */
-  private async authenticate(session: SecretStream, intro: Introduction, deadline: number, what: string, signal: AbortSignal): Promise<void> {
+  /**
+   * Resolves once `session` is authenticated as the introduced peer and, on the
+   * responder, chosen by the initiator: then with the initiator's first frame.
+   */
+  private async authenticate(session: SecretStream, intro: Introduction, deadline: number, what: string, signal: AbortSignal): Promise<Buffer | undefined> {
     const left = (): number => Math.max(1, deadline - this.c.clock.now())
     const opened = await Promise.race([session.opened, sleepUntil(left(), signal)])
     if (!opened) {
@@ -115,10 +120,14 @@ export class Paths {
       this.c.log.error('KEY_MISMATCH: peer presented another key', { peer: intro.peer.name, want: peerId(intro.peer.publicKey).slice(0, 8), got: session.remotePublicKey ? peerId(session.remotePublicKey).slice(0, 8) : null })
       throw new NatdError('KEY_MISMATCH', `${intro.peer.name} presented a key other than the one the server bound to its name`)
     }
-    if (intro.initiator) return
+    if (intro.initiator) return undefined
     // 'timeout': the initiator chose no path in time; 'other': it chose another (it closed this one, or we gave up).
+    let first: Buffer | undefined
     const chosen = await new Promise<true | 'timeout' | 'other'>((resolve) => {
-      const onData = (): void => done(true)
+      const onData = (buf: Buffer): void => {
+        first = buf
+        done(true)
+      }
       const timer = setTimeout(() => done('timeout'), left())
       const done = (v: true | 'timeout' | 'other'): void => {
         clearTimeout(timer)
@@ -135,6 +144,7 @@ export class Paths {
     })
     if (chosen === 'timeout') throw new NatdError('PUNCH_TIMEOUT', `${what}, but ${intro.peer.name} chose no path in time`)
     if (chosen === 'other') throw new NatdError('ABORTED', `${what}, but ${intro.peer.name} chose another path`)
+    return first
   }
 
   /** Punches UDP the way the plan says (path-plan.ts: normal, birthday or spray). */
@@ -196,10 +206,10 @@ export class Paths {
       const path: PathKind = punched.kind === 'lan' ? 'lan' : 'direct-udp'
       session = new SecretStream(intro.initiator, raw, { keyPair: this.c.keyPair })
       session.on('error', () => undefined)
-      await this.authenticate(session, intro, deadline, `punched ${path} ${formatEndpoint(punched.endpoint)}`, signal)
+      const first = await this.authenticate(session, intro, deadline, `punched ${path} ${formatEndpoint(punched.endpoint)}`, signal)
       if (signal.aborted) throw new NatdError('ABORTED', 'another path won')
       const winner = keep > 0 ? sockets[keep - 1] : undefined
-      return { session, path, transport: 'udp', remote: punched.endpoint, punchMs: punched.tookMs, sent: punched.probesSent, strategy, ...(winner ? { release: () => void winner.close() } : {}) }
+      return { session, path, transport: 'udp', remote: punched.endpoint, punchMs: punched.tookMs, sent: punched.probesSent, strategy, ...(winner ? { release: () => void winner.close() } : {}), ...(first ? { first } : {}) }
     } catch (err) {
       puncher.stop()
       session?.destroy()
@@ -241,14 +251,15 @@ export class Paths {
     const stream = await connectRelay(server, intro.introId, intro.initiator, this.c.keyPair, timeoutMs, signal)
     const session = new SecretStream(intro.initiator, stream as never, { keyPair: this.c.keyPair })
     session.on('error', () => undefined)
+    let first: Buffer | undefined
     try {
-      await this.authenticate(session, intro, started + timeoutMs, `relayed through ${formatEndpoint(server)}`, signal)
+      first = await this.authenticate(session, intro, started + timeoutMs, `relayed through ${formatEndpoint(server)}`, signal)
       if (signal.aborted) throw new NatdError('ABORTED', 'another path won')
     } catch (err) {
       session.destroy()
       throw err
     }
-    return { session, path: 'relay', transport: 'tcp', remote: server, punchMs: this.c.clock.now() - started }
+    return { session, path: 'relay', transport: 'tcp', remote: server, punchMs: this.c.clock.now() - started, ...(first ? { first } : {}) }
   }
 
   async tcp(intro: Introduction, timeoutMs: number, signal: AbortSignal): Promise<Established> {
@@ -276,14 +287,15 @@ export class Paths {
       signal
     )
     const path: PathKind = punched.kind === 'lan' ? 'lan' : 'direct-tcp'
+    let first: Buffer | undefined
     try {
-      await this.authenticate(punched.session, intro, deadline, `punched ${path} ${formatEndpoint(punched.endpoint)}`, signal)
+      first = await this.authenticate(punched.session, intro, deadline, `punched ${path} ${formatEndpoint(punched.endpoint)}`, signal)
       if (signal.aborted) throw new NatdError('ABORTED', 'another path won')
     } catch (err) {
       punched.session.destroy()
       throw err
     }
-    return { session: punched.session, path, transport: 'tcp', remote: punched.endpoint, punchMs: punched.tookMs, sent: punched.attempts }
+    return { session: punched.session, path, transport: 'tcp', remote: punched.endpoint, punchMs: punched.tookMs, sent: punched.attempts, ...(first ? { first } : {}) }
   }
 
   private allocStreamId(): number {

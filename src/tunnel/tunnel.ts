@@ -1,9 +1,18 @@
 /**
  * One open tunnel to a peer: an authenticated session (secret-stream, Noise) over a
  * punched path, the channel multiplexer on top, and the keepalive that both keeps the
- * NAT mappings open and notices a dead path.
+ * NAT mappings open and notices a dead path. A path that goes away does not end the
+ * tunnel: it migrates, and a new session resumes it (tunnel/resume.ts).
  *
- *   up ──(GOODBYE | path silent DEAD_MS | close())──▶ closed{reason}
+ *   up ──(path gone | session closed)──▶ migrating ──(resume(session) | old path heard again)──▶ up
+ *   up | migrating ──(GOODBYE | close() | migrating giveUpMs)──▶ closed{reason}
+ *
+ * "Gone" versus "lossy": a path is gone when nothing at all arrives on it — no frame, no
+ * ACK, no pong — for WAITING_SILENT_MS while we wait for an answer (unacknowledged frames
+ * or a ping), or for deadMs in any case. A path that still delivers anything, however
+ * slowly (heavy loss), is lossy, not gone. Every frame counts, data included, so pongs
+ * and ACKs stuck behind bulk data on a TCP path (head-of-line blocking) do not make it
+ * look dead: the data in front of them arrives.
  */
 import { EventEmitter } from 'node:events'
 import type { Duplex } from 'node:stream'
@@ -13,6 +22,15 @@ import { NatdError } from '../protocol/errors.js'
 import type { Clock, Logger } from '../protocol/log.js'
 import type { PathKind, Transport, TunnelSnapshot } from '../protocol/tunnel-snapshot.js'
 import { Mux, type MessageStream } from './mux.js'
+
+/** A tunnel that waits for an answer and hears nothing at all for this long has lost its path. */
+export const WAITING_SILENT_MS = 2_000
+/** How often the tunnel checks whether its path is gone. */
+export const LIVENESS_CHECK_MS = 250
+/** A migrating tunnel pings its old path this often: a path back after a short outage is used at once. */
+export const MIGRATING_PING_MS = 500
+/** A migrating tunnel gives up after this long (a 30 s outage, three times over) and closes. */
+export const MIGRATE_GIVE_UP_MS = 90_000
 
 // Defined in protocol/ (the local API returns the snapshot too); re-exported for src/tunnel.
 export type { PathKind, TunnelSnapshot } from '../protocol/tunnel-snapshot.js'
@@ -25,27 +43,39 @@ export interface TunnelPeer {
 export interface TunnelTiming {
   /** Keepalive period: inside the tightest NAT UDP timeout we must survive. */
   keepaliveMs: number
-  /** A path silent this long is dead. */
+  /** A path silent this long is gone (the tunnel migrates). */
   deadMs: number
+  /** A tunnel migrating this long closes; default MIGRATE_GIVE_UP_MS. */
+  giveUpMs?: number
 }
 
-type TunnelState = { kind: 'up' } | { kind: 'closed'; reason: string }
+export type TunnelState = { kind: 'up' } | { kind: 'migrating'; since: number; reason: string } | { kind: 'closed'; reason: string }
 
 interface TunnelEvents {
   closed: [reason: string]
-  /** The tunnel moved to another path (an upgrade from the relay). */
+  /** The tunnel moved to another path (an upgrade from the relay, or a resume). */
   path: [from: PathKind, to: PathKind]
+  /** The path is gone: the opener looks for a new one (tunnel/manager.ts). */
+  migrating: [reason: string]
+  /** Up again after migrating: on a new session (resumed) or on the old path. */
+  resumed: [stalledMs: number]
 }
 
 export class Tunnel extends EventEmitter<TunnelEvents> {
   readonly mux: Mux
-  private state: TunnelState = { kind: 'up' }
+  private current: TunnelState = { kind: 'up' }
   private readonly since: number
   private lastHeard: number
   private rttMs: number | null = null
   private pingSeq = 0
   private readonly pings = new Map<number, { sent: number; resolve: (rtt: number) => void; reject: (err: Error) => void }>()
   private readonly keepalive: NodeJS.Timeout
+  private readonly liveness: NodeJS.Timeout
+  /** Since when we wait for an answer (unacknowledged frames or a ping); null when we do not. */
+  private waitingSince: number | null = null
+  private lastMigratingPing = 0
+  /** The tunnel's id for resumes: the id of the introduction that opened it. */
+  readonly id: Uint8Array
 
   constructor(
     readonly peer: TunnelPeer,
@@ -55,25 +85,102 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     /** Tie-breaker when both sides open at once: both keep the tunnel with the smaller key. */
     readonly introKey: string,
     readonly opener: boolean,
-    private session: Duplex & MessageStream,
+    private session: (Duplex & MessageStream) | null,
     private readonly timing: TunnelTiming,
     private readonly clock: Clock,
     private readonly log: Logger
   ) {
     super()
+    this.id = Buffer.from(introKey, 'hex')
     this.since = clock.now()
     this.lastHeard = this.since
-    this.mux = new Mux(session, opener, log)
-    session.resume() // the responder paused it while it waited for the initiator's choice
-    this.mux.on('frame', () => (this.lastHeard = this.clock.now()))
+    this.mux = new Mux(session!, opener, log)
+    session!.resume() // the responder paused it while it waited for the initiator's choice
+    this.mux.on('frame', () => this.onHeard())
     this.mux.on('pong', (seq) => this.onPong(seq))
     this.mux.on('goodbye', (reason) => this.close(`peer closed the tunnel (${reason})`, { goodbye: false }))
-    this.watch(session)
+    this.mux.on('broken', (reason) => this.close(reason, { goodbye: true, code: 'BAD_REQUEST' }))
+    this.watch(session!)
     this.keepalive = setInterval(() => this.onKeepaliveExpired(), timing.keepaliveMs)
+    this.liveness = setInterval(() => this.onLivenessCheck(), Math.min(LIVENESS_CHECK_MS, timing.keepaliveMs))
+  }
+
+  get state(): TunnelState {
+    return this.current
+  }
+
+  private onHeard(): void {
+    this.lastHeard = this.clock.now()
+    // The old path came back (a short outage, the same mappings) before a new one was found.
+    if (this.current.kind === 'migrating' && this.session && !this.session.destroyed) this.backUp('old path')
+  }
+
+  private backUp(how: string): void {
+    if (this.current.kind !== 'migrating') return
+    const stalledMs = this.clock.now() - this.current.since
+    this.current = { kind: 'up' }
+    this.waitingSince = null
+    this.log.info('tunnel resumed', { peer: this.peer.name, how, path: this.path, migratedMs: stalledMs })
+    this.emit('resumed', stalledMs)
+  }
+
+  /** The path is gone: keep the channels, wait for a new session (or the old path). */
+  private migrate(reason: string): void {
+    if (this.current.kind !== 'up') return
+    this.current = { kind: 'migrating', since: this.clock.now(), reason }
+    this.log.warn('tunnel migrating', { peer: this.peer.name, path: this.path, reason, opener: this.opener })
+    this.emit('migrating', reason)
+  }
+
+  get isMigrating(): boolean {
+    return this.current.kind === 'migrating'
+  }
+
+  /**
+   * Stops using the current session for good, before a resume on another (resume.ts):
+   * returns how many sequenced frames we received (our RESUME says so).
+   */
+  detach(): number {
+    const old = this.session
+    this.session = null
+    const received = this.mux.detach()
+    old?.destroy()
+    return received
+  }
+
+  /**
+   * Continues on `next` after detach(): `peerReceived` is what the peer's RESUME says it
+   * received; what it lacks is sent again. False (the tunnel closes) when that count is
+   * impossible.
+   */
+  resume(next: Duplex & MessageStream, peerReceived: number, path: PathKind, remote: Endpoint, transport: Transport): boolean {
+    if (this.current.kind === 'closed') {
+      next.destroy()
+      return false
+    }
+    this.session = next
+    this.watch(next)
+    if (!this.mux.resumeOn(next, peerReceived)) {
+      this.close('the peer resumed with a count of frames we never sent', { goodbye: true, code: 'BAD_REQUEST' })
+      return false
+    }
+    next.resume() // paused while the first frame was read
+    const from = this.path
+    this.path = path
+    this.remote = remote
+    this.transport = transport
+    this.lastHeard = this.clock.now()
+    this.waitingSince = null
+    if (this.current.kind === 'migrating') this.backUp('new session')
+    else this.log.info('tunnel resumed', { peer: this.peer.name, how: 'new session', path, migratedMs: 0 })
+    if (from !== path) this.emit('path', from, path)
+    return true
   }
 
   /** The tunnel lives and dies with its current session (not with one it moved away from). */
   private watch(session: Duplex & MessageStream): void {
+    // A session that ends for any other reason (reset, timeout, a path that closed) is a
+    // lost path: the tunnel migrates.
     // A session that dies with a reason (the relay's RELAY_LIMIT) closes the tunnel with it.
     let sessionError: NatdError | null = null
     session.on('error', (err: Error) => {
@@ -82,7 +189,8 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     })
     session.on('close', () => {
       if (session !== this.session) return
-      this.close(sessionError ? `${sessionError.message} (${sessionError.code})` : 'session closed', { goodbye: false, code: sessionError?.code })
+      if (sessionError) this.close(`${sessionError.message} (${sessionError.code})`, { goodbye: false, code: sessionError.code })
+      else this.migrate('session closed')
     })
   }
 
@@ -92,11 +200,11 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
    * has switched too.
    */
   upgrade(next: Duplex & MessageStream, path: PathKind, remote: Endpoint, transport: Transport): void {
-    if (this.state.kind !== 'up') {
+    const old = this.session
+    if (this.current.kind !== 'up' || !old) {
       next.destroy()
       return
     }
-    const old = this.session
     const from = this.path
     this.session = next
     this.watch(next)
@@ -112,12 +220,22 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
   }
 
   get isUp(): boolean {
-    return this.state.kind === 'up'
+    return this.current.kind === 'up'
+  }
+
+  /** Not closed: up or migrating. */
+  get isOpen(): boolean {
+    return this.current.kind !== 'closed'
+  }
+
+  /** How long ago the tunnel came up, in ms. */
+  get ageMs(): number {
+    return this.clock.now() - this.since
   }
 
   /** Round trip over the tunnel; rejects TIMEOUT. */
   ping(timeoutMs: number): Promise<number> {
-    if (this.state.kind !== 'up') return Promise.reject(new NatdError('TUNNEL_CLOSED', 'tunnel closed'))
+    if (this.current.kind === 'closed') return Promise.reject(new NatdError('TUNNEL_CLOSED', 'tunnel closed'))
     const seq = ++this.pingSeq
     return new Promise<number>((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -148,24 +266,51 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
   }
 
   private onKeepaliveExpired(): void {
+    if (this.current.kind === 'migrating') return // onLivenessCheck gives up in time
+    this.mux.trimReplay()
     if (this.clock.now() - this.lastHeard > this.timing.deadMs) {
-      this.close(`path silent for ${formatDuration(this.timing.deadMs)}`, { goodbye: false })
+      this.migrate(`path silent for ${formatDuration(this.timing.deadMs)}`)
       return
     }
     this.ping(this.timing.deadMs).catch(() => undefined)
   }
 
+  private onLivenessCheck(): void {
+    const now = this.clock.now()
+    if (this.current.kind === 'migrating') {
+      const giveUpMs = this.timing.giveUpMs ?? MIGRATE_GIVE_UP_MS
+      if (now - this.current.since > giveUpMs) this.close(`no path for ${formatDuration(giveUpMs)} (${this.current.reason})`, { goodbye: false, code: 'TUNNEL_CLOSED' })
+      else if (this.session && now - this.lastMigratingPing >= Math.min(MIGRATING_PING_MS, this.timing.keepaliveMs)) {
+        this.lastMigratingPing = now
+        this.ping(MIGRATING_PING_MS * 2).catch(() => undefined) // short-lived: one lost while the path was down must not count later
+      }
+      return
+    }
+    if (this.current.kind !== 'up') return
+    const waiting = this.mux.unacknowledged.frames > 0 || this.pings.size > 0
+    if (!waiting) {
+      this.waitingSince = null
+      return
+    }
+    this.waitingSince ??= now
+    const silentMs = now - Math.max(this.lastHeard, this.waitingSince)
+    const limit = Math.min(WAITING_SILENT_MS, this.timing.deadMs)
+    if (silentMs > limit) this.migrate(`no answer for ${formatDuration(limit)}`)
+  }
+
   /** Closes the tunnel; with goodbye the peer learns at once instead of after DEAD_MS. */
   close(reason: string, opts: { goodbye: boolean; code?: string | undefined } = { goodbye: true }): void {
-    if (this.state.kind === 'closed') return
+    if (this.current.kind === 'closed') return
     if (opts.goodbye) this.mux.goodbye(reason)
-    this.state = { kind: 'closed', reason }
+    this.current = { kind: 'closed', reason }
     clearInterval(this.keepalive)
+    clearInterval(this.liveness)
     for (const p of this.pings.values()) p.reject(new NatdError('TUNNEL_CLOSED', `tunnel closed: ${reason}`))
     this.pings.clear()
     this.mux.close(reason)
     // Give the goodbye a moment to leave before the session goes.
-    setTimeout(() => this.session.destroy(), opts.goodbye ? 100 : 0).unref()
+    const session = this.session
+    if (session) setTimeout(() => session.destroy(), opts.goodbye ? 100 : 0).unref()
     if (opts.code) this.log.warn(`${opts.code}: tunnel closed`, { peer: this.peer.name, path: this.path, reason, code: opts.code })
     else this.log.info('tunnel closed', { peer: this.peer.name, path: this.path, reason })
     this.emit('closed', reason)
@@ -182,7 +327,8 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
       bytesOut: this.mux.bytesOut,
       since: new Date(this.since).toISOString(),
       streams: this.mux.size,
-      transport: this.transport
+      transport: this.transport,
+      state: this.current.kind === 'migrating' ? 'migrating' : 'up'
     }
   }
 }

@@ -11,42 +11,19 @@
  * and the transfer resumed, a hostile name, and the refusals (policy, bad input).
  */
 import { spawn } from 'node:child_process'
-import { createHash, randomBytes } from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import type { FileSendResult } from '../../src/ipc/schema.js'
 import { labAvailable } from './lab.js'
 import { DIST, pair, startPair, waitFor, withLab } from './natd-lab.js'
+import { partialBytes, sha256File, writeRandomFile } from './random-file.js'
 
 const MiB = 1024 * 1024
 const BIG_BYTES = 256 * MiB
 
 /** `natctl cp --json` prints the API's result. */
 type CpResult = FileSendResult
-
-function writeRandomFile(file: string, bytes: number): string {
-  const h = createHash('sha256')
-  const fd = fs.openSync(file, 'w')
-  for (let left = bytes; left > 0; ) {
-    const chunk = randomBytes(Math.min(left, 8 * MiB))
-    h.update(chunk)
-    fs.writeSync(fd, chunk)
-    left -= chunk.length
-  }
-  fs.closeSync(fd)
-  return h.digest('hex')
-}
-
-function sha256File(file: string): string {
-  return createHash('sha256').update(fs.readFileSync(file)).digest('hex')
-}
-
-function partialBytes(inbox: string): number {
-  const dir = path.join(inbox, '.partial')
-  if (!fs.existsSync(dir)) return 0
-  return fs.readdirSync(dir).reduce((sum, f) => sum + fs.statSync(path.join(dir, f)).size, 0)
-}
 
 function errorCode(r: { json: unknown }): string | undefined {
   return (r.json as { error?: { code: string } } | null)?.error?.code

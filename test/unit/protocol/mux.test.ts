@@ -8,6 +8,7 @@ import { errorCode, fuzzEscapes, hex, prng, randBuf, randInt, seq } from '../hel
 
 /** Replaces byte arrays by hex so decoded frames (Buffer views) compare to what was encoded. */
 function norm(f: MuxFrame): unknown {
+  if (f.type === 'resume') return { ...f, tunnelId: Buffer.from(f.tunnelId).toString('hex') }
   return f.type === 'data' ? { ...f, data: Buffer.from(f.data).toString('hex') } : f
 }
 
@@ -27,7 +28,10 @@ const SAMPLES: MuxFrame[] = [
   { type: 'pong', channel: 0, seq: 0xffffffff },
   { type: 'goodbye', channel: 0, reason: 'daemon shutting down' },
   { type: 'goodbye', channel: 0, reason: 'ünïcødé ✓' },
-  { type: 'switch', channel: 0 }
+  { type: 'switch', channel: 0 },
+  { type: 'ack', channel: 0, received: 0 },
+  { type: 'ack', channel: 0, received: 0xffffffff },
+  { type: 'resume', channel: 0, tunnelId: seq(1, 16), received: 12345 }
 ]
 
 describe('mux codec: golden bytes', () => {
@@ -42,7 +46,9 @@ describe('mux codec: golden bytes', () => {
     ['RESET', { type: 'reset', channel: 5, code: 'NOT_EXPOSED', message: 'no' }, '06 | 00000005 | 0b 4e4f545f4558504f534544 | 02 6e6f'],
     ['PING', { type: 'ping', channel: 0, seq: 0xdeadbeef }, '07 | 00000000 | deadbeef'],
     ['PONG', { type: 'pong', channel: 0, seq: 1 }, '08 | 00000000 | 00000001'],
-    ['GOODBYE', { type: 'goodbye', channel: 0, reason: 'bye' }, '09 | 00000000 | 03 627965']
+    ['GOODBYE', { type: 'goodbye', channel: 0, reason: 'bye' }, '09 | 00000000 | 03 627965'],
+    ['ACK', { type: 'ack', channel: 0, received: 0x01020304 }, '0b | 00000000 | 01020304'],
+    ['RESUME', { type: 'resume', channel: 0, tunnelId: hex('000102030405060708090a0b0c0d0e0f'), received: 7 }, '0c | 00000000 | 000102030405060708090a0b0c0d0e0f | 00000007']
   ]
 
   for (const [name, frame, golden] of cases) {
@@ -91,9 +97,9 @@ describe('mux codec: round trips and limits', () => {
     expect(errorCode(() => decodeMux(encodeData(1, Buffer.alloc(MAX_DATA_BYTES + 1))), ProtocolError)).toBe('BAD_REQUEST')
   })
 
-  it('refuses unknown frame types (0, 11, 255) and empty input with BAD_REQUEST', () => {
+  it('refuses unknown frame types (0, 13, 255) and empty input with BAD_REQUEST', () => {
     expect(errorCode(() => decodeMux(hex('00 | 00000001')), ProtocolError)).toBe('BAD_REQUEST')
-    expect(errorCode(() => decodeMux(hex('0b | 00000001 | 00000000')), ProtocolError)).toBe('BAD_REQUEST')
+    expect(errorCode(() => decodeMux(hex('0d | 00000001 | 00000000')), ProtocolError)).toBe('BAD_REQUEST')
     expect(errorCode(() => decodeMux(hex('ff | 00000001')), ProtocolError)).toBe('BAD_REQUEST')
     expect(errorCode(() => decodeMux(Buffer.alloc(0)), ProtocolError)).toBe('BAD_REQUEST')
   })
@@ -127,7 +133,7 @@ describe('mux codec: fuzz', () => {
         // A (mostly) known type and a random body, sometimes longer than MAX_DATA_BYTES.
         const big = rand() < 0.01
         const b = big ? Buffer.alloc(MAX_DATA_BYTES + randInt(rand, 1, 64)) : randBuf(rand, randInt(rand, 1, 300))
-        b[0] = randInt(rand, 0, 11)
+        b[0] = randInt(rand, 0, 13)
         yield b
       } else {
         // A valid frame, truncated at a random point or with a few bytes changed.

@@ -4,7 +4,7 @@
 //
 //   alice 127.0.0.1:A ◀──── UDP (loopback) ────▶ bob 127.0.0.1:B
 //         └── introduce(target) is a stub: it hands out whatever intro the test says
-import { randomBytes } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import UDX from 'udx-native'
 import { afterEach, describe, expect, it } from 'vitest'
 import { NatdError } from '../../../src/protocol/errors.js'
@@ -12,7 +12,9 @@ import { generateKeyPair, peerId, type KeyPair } from '../../../src/protocol/ide
 import { silentLogger, systemClock } from '../../../src/protocol/log.js'
 import { isTarget, resolvePeer, type PeerRef, type PeerTarget } from '../../../src/protocol/peer-ref.js'
 import { isRendezvousFrame, MSG, type PeerRecord, type Via } from '../../../src/protocol/rendezvous.js'
-import { mostTelling, TunnelManager, type Introduction, type PeerPolicy } from '../../../src/tunnel/manager.js'
+import { mostTelling, TunnelManager, type Introduction, type PeerPolicy, type TunnelManagerComponents } from '../../../src/tunnel/manager.js'
+import type { Tunnel } from '../../../src/tunnel/tunnel.js'
+import { until } from './pipe.js'
 
 /** The daemon's policy in miniature: pinned names, first-use pinning, the same checks. */
 class Pins implements PeerPolicy {
@@ -51,7 +53,7 @@ function record(a: { name: string; keyPair: KeyPair; port: number }): PeerRecord
 }
 
 /** An agent whose introducer answers with `introduce(target, via)` from the test. */
-function agent(name: string, introduce: (self: Agent, target: string, via: Via) => Promise<Introduction>): Agent {
+function agent(name: string, introduce: (self: Agent, target: string, via: Via) => Promise<Introduction>, onChannel: TunnelManagerComponents['onChannel'] = (_t, req) => req.reject('NOT_EXPOSED', 'test')): Agent {
   const socket = udx.createSocket()
   socket.bind(0, '127.0.0.1')
   const keyPair = generateKeyPair()
@@ -82,7 +84,7 @@ function agent(name: string, introduce: (self: Agent, target: string, via: Via) 
       relayServer: () => null,
       localTcpPort: () => 0,
       refreshNat: async () => undefined,
-      onChannel: (_t, req) => req.reject('NOT_EXPOSED', 'test'),
+      onChannel,
       peers: pins,
       introduce: (target, via) => {
         asked.push(target)
@@ -97,18 +99,34 @@ function agent(name: string, introduce: (self: Agent, target: string, via: Via) 
   return a
 }
 
-/** alice and bob, with a server that introduces them to each other whatever alice asks for (or `impostor` instead). */
-function pair(opts: { introducedName?: string } = {}): { alice: Agent; bob: Agent } {
-  let bob: Agent | null = null
-  const alice = agent('alice', async (self, _target, via) => {
+/** An introducer that introduces its agent to `to()` whatever it asks for (renamed `name` when given). */
+function introducesTo(to: () => Agent, name?: string): (self: Agent, target: string, via: Via) => Promise<Introduction> {
+  return async (self, _target, via) => {
     const introId = randomBytes(16)
     const punchKey = randomBytes(32) // both sides get the same one, as from the server
-    const peer = { ...record(bob!), name: opts.introducedName ?? bob!.name }
-    bob!.manager.accept({ introId, punchKey, initiator: false, via, peer: record(self) }, 5_000)
+    const peer = { ...record(to()), name: name ?? to().name }
+    to().manager.accept({ introId, punchKey, initiator: false, via, peer: record(self) }, 5_000)
     return { introId, punchKey, initiator: true, via, peer }
-  })
-  bob = agent('bob', () => Promise.reject(new NatdError('PEER_UNKNOWN', 'bob opens nothing here')))
+  }
+}
+
+/** alice and bob, with a server that introduces them to each other whatever alice asks for (or `impostor` instead). */
+function pair(opts: { introducedName?: string; bobChannel?: TunnelManagerComponents['onChannel'] } = {}): { alice: Agent; bob: Agent } {
+  let bob: Agent | null = null
+  const alice = agent('alice', introducesTo(() => bob!, opts.introducedName))
+  bob = agent('bob', () => Promise.reject(new NatdError('PEER_UNKNOWN', 'bob opens nothing here')), opts.bobChannel)
   return { alice, bob }
+}
+
+/** Bob echoes every channel. */
+const echoChannel: TunnelManagerComponents['onChannel'] = (_t, req) => {
+  req.accept()
+  req.channel.pipe(req.channel)
+}
+
+/** The tunnel's session, which a test kills as a reset path would. */
+function sessionOf(t: Tunnel): { destroy(): void } {
+  return (t as unknown as { session: { destroy(): void } }).session
 }
 
 async function codeOf(p: Promise<unknown>): Promise<string> {
@@ -192,6 +210,62 @@ describe('TunnelManager.accept spends only what the punching budget allows', () 
     expect(bob.manager.budget.inUse.punches).toBe(bob.manager.budget.init.peerPunches)
     await new Promise((resolve) => setTimeout(resolve, 500))
     expect(bob.manager.budget.inUse.punches).toBe(0)
+  })
+})
+
+describe('TunnelManager: a tunnel whose path dies resumes on a new one', () => {
+  it('the opener re-punches and resumes: a channel streaming through it finishes byte-exact, same tunnel object on both sides, no reset', async () => {
+    const { alice, bob } = pair({ bobChannel: echoChannel })
+    const { tunnel } = await alice.manager.open('bob', 'udp', 5_000)
+    await until(() => bob.manager.get('alice') !== undefined, 'bob to keep the tunnel')
+    const bobsTunnel = bob.manager.get('alice')
+    const ch = tunnel.mux.openChannel(7)
+    const chunks: Buffer[] = []
+    ch.on('data', (d: Buffer) => chunks.push(d))
+    const errors: Error[] = []
+    ch.on('error', (e) => errors.push(e))
+    const data = randomBytes(8 * 1024 * 1024)
+    ch.end(data)
+    while (chunks.reduce((n, c) => n + c.length, 0) < 1024 * 1024) await new Promise((resolve) => setTimeout(resolve, 5))
+    const states: string[] = []
+    tunnel.on('migrating', () => states.push('migrating'))
+    tunnel.on('resumed', () => states.push('resumed'))
+    sessionOf(tunnel).destroy() // the path dies under the transfer
+    await new Promise<void>((resolve) => ch.once('end', resolve))
+    expect(createHash('sha256').update(Buffer.concat(chunks)).digest('hex')).toBe(createHash('sha256').update(data).digest('hex'))
+    expect(errors).toEqual([])
+    expect(states).toEqual(['migrating', 'resumed'])
+    expect(alice.manager.get('bob')).toBe(tunnel)
+    expect(bob.manager.get('alice')).toBe(bobsTunnel)
+    expect(alice.asked.length).toBeGreaterThanOrEqual(2) // the open, then a re-introduction (more if an attempt failed)
+  })
+
+  it("a RESUME naming alice's tunnel over a session authenticated as mallory resumes nothing of alice's: bob keeps alice's tunnel and gives mallory a fresh one", async () => {
+    const { alice, bob } = pair({ bobChannel: echoChannel })
+    const { tunnel } = await alice.manager.open('bob', 'udp', 5_000)
+    await until(() => bob.manager.get('alice') !== undefined, 'bob to keep the tunnel')
+    const bobsAlice = bob.manager.get('alice')!
+    const mallory = agent('mallory', introducesTo(() => bob))
+    // Mallory knows the tunnel id (as the server that introduced alice would) and claims it.
+    const resumed: string[] = []
+    const claim = {
+      id: tunnel.id, opener: true, introKey: tunnel.introKey, isUp: false, isMigrating: true, isOpen: true, ageMs: 60_000, peer: { name: 'bob', id: bob.id },
+      detach: () => 0,
+      resume: () => resumed.push('resume') > 0,
+      close: () => undefined,
+      once: () => undefined
+    }
+    const m = mallory.manager as unknown as { tunnels: Map<string, unknown>; establish(intro: Introduction, ms: number, expected: null, resuming: unknown): Promise<Tunnel> }
+    m.tunnels.set(bob.id, claim)
+    const intro = await mallory.manager['c'].introduce('bob', 'udp')
+    const fresh = await m.establish(intro, 5_000, null, claim)
+    expect(resumed).toEqual([]) // bob answered with another tunnel id: mallory's claim was not resumed
+    expect(fresh).not.toBe(claim)
+    expect(Buffer.from(fresh.id).equals(Buffer.from(tunnel.id))).toBe(false)
+    expect(bob.manager.get('alice')).toBe(bobsAlice)
+    expect(bobsAlice.isUp).toBe(true)
+    expect(bob.manager.get('mallory')?.peer.id).toBe(mallory.id)
+    expect(await tunnel.ping(2_000)).toBeGreaterThanOrEqual(0) // alice's tunnel still carries
   })
 })
 

@@ -1,6 +1,6 @@
 // One tunnel (src/tunnel/tunnel.ts) over the in-memory message pipe (./pipe.ts), with
-// small real timings (keepalive 50 ms, dead after 200 ms): keepalive, a silent path,
-// goodbye, ping and snapshot().
+// small real timings (keepalive 50 ms, gone after 200 ms, given up 300 ms later):
+// keepalive, a silent path (migrating, then closed), goodbye, ping and snapshot().
 //
 //   Tunnel A (opener, peer "bob") ── pipe.a ═══ frames ═══ pipe.b ── Tunnel B (peer "alice")
 import { afterEach, describe, expect, it } from 'vitest'
@@ -10,7 +10,7 @@ import { Tunnel, type TunnelTiming } from '../../../src/tunnel/tunnel.js'
 import { FakeClock } from '../helpers.js'
 import { messagePipe, until, type MessagePipe } from './pipe.js'
 
-const TIMING: TunnelTiming = { keepaliveMs: 50, deadMs: 200 }
+const TIMING: TunnelTiming = { keepaliveMs: 50, deadMs: 200, giveUpMs: 300 }
 const BOB = { host: '203.0.113.2', port: 5000 }
 const ALICE = { host: '198.51.100.1', port: 4000 }
 
@@ -50,30 +50,50 @@ describe('Tunnel: liveness', () => {
     expect(a.snapshot().rttMs).toEqual(expect.any(Number)) // measured by the keepalive
   })
 
-  it('closes itself with a reason mentioning "silent" when the other side stops answering', async () => {
+  it('a silent path makes both sides migrate (channels kept), then close after giveUpMs with a reason mentioning "silent"', async () => {
     const { pipe, a, b, closed } = pair()
     const ch = a.mux.openChannel(80)
     b.mux.on('open', (req) => req.accept())
     await ch.opened
     const chErrors: Error[] = []
     ch.on('error', (e) => chErrors.push(e))
+    const migrating = { a: [] as string[], b: [] as string[] }
+    a.on('migrating', (r) => migrating.a.push(r))
+    b.on('migrating', (r) => migrating.b.push(r))
     pipe.up = false // the path dies: nothing crosses in either direction
     const cut = Date.now()
+    await until(() => a.isMigrating && b.isMigrating, 'both tunnels to migrate', 2_000)
+    expect(closed).toEqual({ a: [], b: [] })
+    expect(a.snapshot().state).toBe('migrating')
+    expect(chErrors).toEqual([])
     await until(() => closed.a.length > 0 && closed.b.length > 0, 'both tunnels to close', 2_000)
-    expect(Date.now() - cut).toBeGreaterThanOrEqual(TIMING.deadMs)
-    expect(closed.a).toEqual([expect.stringMatching(/silent/)])
-    expect(closed.b).toEqual([expect.stringMatching(/silent/)])
+    expect(Date.now() - cut).toBeGreaterThanOrEqual(TIMING.deadMs + TIMING.giveUpMs!)
+    expect(migrating.a).toEqual([expect.stringMatching(/silent|no answer/)])
+    expect(closed.a).toEqual([expect.stringMatching(/no path for .*(silent|no answer)/)])
+    expect(closed.b).toEqual([expect.stringMatching(/no path for .*(silent|no answer)/)])
     expect(a.isUp).toBe(false)
     await until(() => chErrors.length > 0, 'the channel to error')
     expect(chErrors[0]).toMatchObject({ code: 'TUNNEL_CLOSED' })
   })
 
-  it('the session closing closes the tunnel', async () => {
+  it('a path that comes back while migrating makes the tunnel up again, with nothing resent', async () => {
+    const { pipe, a, b, closed } = pair()
+    pipe.up = false
+    await until(() => a.isMigrating && b.isMigrating, 'both tunnels to migrate', 2_000)
+    const resumed: number[] = []
+    a.on('resumed', (ms) => resumed.push(ms))
+    pipe.up = true
+    await until(() => a.isUp && b.isUp, 'both tunnels up again', 2_000)
+    expect(resumed).toEqual([expect.any(Number)])
+    expect(closed).toEqual({ a: [], b: [] })
+  })
+
+  it('the session closing makes the tunnel migrate, not close', async () => {
     const { pipe, a, closed } = pair()
     pipe.a.destroy()
-    await until(() => closed.a.length > 0, 'the tunnel to close')
-    expect(closed.a).toEqual(['session closed'])
-    expect(a.isUp).toBe(false)
+    await until(() => a.isMigrating, 'the tunnel to migrate')
+    expect(closed.a).toEqual([])
+    expect(a.snapshot().state).toBe('migrating')
   })
 })
 
@@ -140,7 +160,8 @@ describe('Tunnel: ping and snapshot', () => {
       bytesOut: 0,
       since: '2025-01-02T03:04:05.000Z',
       streams: 0,
-      transport: 'udp'
+      transport: 'udp',
+      state: 'up'
     })
     b.mux.on('open', (req) => {
       req.accept()

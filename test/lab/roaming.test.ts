@@ -1,0 +1,183 @@
+/**
+ * Tunnels that survive a changed path (issue #15), through real Linux NAT:
+ *
+ *   server ── inet ──┬── r1 (easy NAT) ── alice ── forward 127.0.0.1:9000 ──┐   natctl cp ──┐
+ *                    └── r2 (easy NAT) ── bob   ── echo server :7000 ◀──────┘   inbox ◀─────┘
+ *
+ * While a forwarded connection streams (paced, echoed back, sha256 checked) and a
+ * `natctl cp` runs, a router (test/lab/faults.ts) comes back with a new public port or a
+ * new public address, or its WAN goes dark for 10 s or 30 s. What a user must see: the
+ * connection and the copy finish intact, no reset, the same tunnel, and the stall after
+ * connectivity returns (printed; the timing targets belong to the benchmark). Then 20%
+ * loss on each direct path (tunnel kept, transfers intact), and a peer whose daemon
+ * restarts gets the fresh tunnel (a stale one never wins).
+ */
+import fs from 'node:fs'
+import path from 'node:path'
+import { describe, expect, it } from 'vitest'
+import { darkWan, newPublicAddress, newPublicPort } from './faults.js'
+import { labAvailable } from './lab.js'
+import { NatdLab, pair, ROOT, startPair, waitFor, withLab } from './natd-lab.js'
+import { partialBytes, sha256File, writeRandomFile } from './random-file.js'
+
+const MiB = 1024 * 1024
+const ECHO_PORT = 7000
+const FWD_PORT = 9000
+/** The forwarded connection's pace: long enough to span every fault. */
+const PACE_BYTES_PER_S = 2 * MiB
+/**
+ * The copy during each fault: 64 MiB, not the issue's 256 MiB, to keep the lab suite
+ * within its budget (256 MiB passed the same faults; the resume does not depend on size).
+ */
+const CP_BYTES = 64 * MiB
+/** How long the paced connection sends (it ends later by as long as a fault stalls it). */
+const PACE_SECONDS = 6
+// Lab timings (the daemon's defaults: gone after 2 s waiting or 15 s in any case, giving up 90 s later).
+const LAB_TUNNEL_DEAD_MS = 3_000
+const LAB_GIVE_UP_MS = 60_000
+// Read by natd (daemon/main.ts) when the harness spawns it with our environment.
+process.env.NATD_TEST_TUNNEL_GIVE_UP_MS = String(LAB_GIVE_UP_MS)
+
+interface Paced {
+  ok: boolean
+  error: string | null
+  received: number
+  maxGapMs: number
+  maxGapEndedAt: number
+}
+
+/** A paced connection through alice's forward to bob's echo server, `seconds` long. */
+function pacedEcho(n: NatdLab, seconds: number): Promise<Paced> {
+  const h = n.lab.hosts.alice!
+  const child = n.lab.spawn(h.ns, [process.execPath, path.join(ROOT, 'test/lab/fixtures/paced-echo-client.mjs'), String(FWD_PORT), String(seconds * PACE_BYTES_PER_S), String(PACE_BYTES_PER_S)])
+  let out = ''
+  child.stdout?.on('data', (d: Buffer) => (out += d.toString()))
+  return new Promise((resolve, reject) => {
+    child.once('exit', (code) => {
+      try {
+        resolve(JSON.parse(out) as Paced)
+      } catch {
+        reject(new Error(`paced echo client exited ${code}: ${out}`))
+      }
+    })
+  })
+}
+
+type TunnelRow = { peer: string; path: string; state: string; since: string }
+
+async function tunnels(n: NatdLab, who: string): Promise<TunnelRow[]> {
+  return (await n.natctl(who, ['tunnels'])).json as TunnelRow[]
+}
+
+/** alice and bob with a forward alice:9000 → bob:7000 (echo) and an inbox on bob; alice opens the tunnel. */
+async function setUp(n: NatdLab, via: string): Promise<void> {
+  await startPair(n, { tunnelDeadMs: LAB_TUNNEL_DEAD_MS })
+  await n.startEcho('bob', ECHO_PORT)
+  expect((await n.natctl('bob', ['expose', 'add', String(ECHO_PORT), '--allow', 'alice'])).code).toBe(0)
+  expect((await n.natctl('alice', ['forward', 'add', String(FWD_PORT), `bob:${ECHO_PORT}`])).code).toBe(0)
+  const open = await n.natctl('alice', ['open', 'bob', '--via', via])
+  expect(open.code, open.stderr).toBe(0)
+}
+
+/**
+ * Runs a paced connection and a cp of `cpBytes` across `fault` (which resolves when
+ * connectivity is back, with that time) and checks what a user sees.
+ */
+async function across(n: NatdLab, title: string, cpBytes: number, fault: () => Promise<number>): Promise<void> {
+  const inbox = path.join(n.agents.bob!.stateDir, 'inbox')
+  const before = await tunnels(n, 'alice')
+  expect(before).toHaveLength(1)
+  const file = path.join(n.dir, `${title.replace(/\W+/g, '-')}.bin`)
+  const sha = writeRandomFile(file, cpBytes)
+  const echo = pacedEcho(n, PACE_SECONDS)
+  await new Promise((r) => setTimeout(r, 1_000))
+  const cp = n.natctl('alice', ['cp', file, 'bob:'], { timeoutMs: 180_000 })
+  await waitFor(() => partialBytes(inbox) >= cpBytes / 8, 60_000, 'bob has part of the file')
+  const faultAt = Date.now()
+  const backAt = await fault()
+  const [e, c] = await Promise.all([echo, cp])
+  expect(e, JSON.stringify(e)).toMatchObject({ ok: true, error: null })
+  expect(c.code, c.stderr).toBe(0)
+  expect((c.json as { sha256: string }).sha256).toBe(sha)
+  expect(sha256File(path.join(inbox, path.basename(file)))).toBe(sha)
+  // The same tunnel, up, on both sides (not a new one after a reset).
+  const after = await tunnels(n, 'alice')
+  expect(after).toEqual([expect.objectContaining({ peer: 'bob', state: 'up', since: before[0]!.since })])
+  expect(await tunnels(n, 'bob')).toEqual([expect.objectContaining({ peer: 'alice', state: 'up' })])
+  const stallAfter = e.maxGapEndedAt >= backAt ? e.maxGapEndedAt - Math.max(backAt, faultAt) : 0
+  process.stdout.write(`${title}: connection and ${cpBytes / MiB} MiB cp intact; longest stall ${e.maxGapMs} ms, of which after connectivity returned ${stallAfter} ms; path ${before[0]!.path} → ${after[0]!.path}\n`)
+  fs.rmSync(path.join(inbox, path.basename(file)), { force: true })
+}
+
+describe.skipIf(!labAvailable())('tunnels survive a changed path', () => {
+  it('a forwarded connection and natctl cp survive a new public port, a new public address, and 10 s and 30 s outages: sha256 intact, no reset, the same tunnel', async () => {
+    await withLab(pair('easy', 'easy'), async (n) => {
+      await setUp(n, 'auto')
+      await across(n, 'bob\'s router, new public port', CP_BYTES, async () => {
+        await newPublicPort(n.lab, 'bob')
+        return Date.now()
+      })
+      await across(n, 'alice\'s router, new public address', CP_BYTES, async () => {
+        await newPublicAddress(n.lab, 'alice')
+        return Date.now()
+      })
+      await across(n, 'bob\'s WAN dark 10 s', CP_BYTES, async () => {
+        const dark = await darkWan(n.lab, 'bob')
+        await new Promise((r) => setTimeout(r, 10_000))
+        await dark.restore()
+        return Date.now()
+      })
+      await across(n, 'alice\'s WAN dark 30 s', CP_BYTES, async () => {
+        const dark = await darkWan(n.lab, 'alice')
+        await new Promise((r) => setTimeout(r, 30_000))
+        await dark.restore()
+        return Date.now()
+      })
+      expect(n.log('alice')).toMatch(/tunnel resumed/)
+    })
+  }, 360_000)
+
+  it('20% loss both ways on the direct-tcp path, then on the direct-udp path: the tunnel is kept and the transfers are intact', async () => {
+    await withLab(pair('easy', 'easy'), async (n) => {
+      await setUp(n, 'tcp')
+      for (const via of ['tcp', 'udp'] as const) {
+        if (via === 'udp') {
+          expect((await n.natctl('alice', ['close', 'bob'])).code).toBe(0)
+          await waitFor(async () => (await tunnels(n, 'bob')).length === 0, 5_000, 'bob drops the closed tunnel')
+          expect((await n.natctl('alice', ['open', 'bob', '--via', 'udp'])).code).toBe(0)
+        }
+        expect((await tunnels(n, 'alice'))[0]!.path).toBe(`direct-${via}`)
+        await across(n, `20% loss on direct-${via}`, 16 * MiB, async () => {
+          await n.lab.setLoss('bob', 20)
+          await new Promise((r) => setTimeout(r, 5_000))
+          await n.lab.setLoss('bob', 0)
+          return Date.now()
+        })
+      }
+    })
+  }, 180_000)
+
+  it('a peer whose daemon restarts gets the fresh tunnel: the side that did not notice drops its stale one instead of refusing the new one as a duplicate', async () => {
+    await withLab(pair('easy', 'easy'), async (n) => {
+      await setUp(n, 'udp')
+      // Twice: the old tie-break kept the stale tunnel for one random introduction id in two.
+      for (let round = 0; round < 2; round++) {
+        const old = (await tunnels(n, 'alice'))[0]!
+        // Bob's daemon dies without a goodbye and comes back at once: alice has heard nothing yet.
+        await n.stopAgent('bob', 'SIGKILL')
+        fs.rmSync(n.agents.bob!.socket, { force: true })
+        await n.startAgent('bob', { stateDir: n.agents.bob!.stateDir, tunnelDeadMs: LAB_TUNNEL_DEAD_MS })
+        await n.waitRegistered('bob')
+        const open = await n.natctl('bob', ['open', 'alice', '--via', 'udp'])
+        expect(open.code, open.stderr).toBe(0)
+        await waitFor(async () => {
+          const t = await tunnels(n, 'alice')
+          return t.length === 1 && t[0]!.since !== old.since && t[0]!.state === 'up'
+        }, 10_000, 'alice keeps the fresh tunnel')
+        expect(n.log('bob')).not.toMatch(/duplicate tunnel/)
+        const r = await n.echo('alice', FWD_PORT, 4 * MiB)
+        expect(r.ok).toBe(true)
+      }
+    })
+  }, 120_000)
+})

@@ -1,0 +1,236 @@
+// The mux's sequence numbers, ACKs, replay buffer and resume (src/tunnel/mux.ts,
+// replay-buffer.ts, resume.ts) over in-memory message pipes (./pipe.ts), no root:
+//
+//   Mux A ── pipe1.a ═══ (cut: frames dropped) ═══ pipe1.b ── Mux B
+//        └── pipe2.a ═══════ the resumed session ═══ pipe2.b ──┘
+//
+// What a user would see: a transfer cut in the middle carries on over a new session
+// byte-exact (nothing lost, nothing twice, no reset); unacknowledged data never grows
+// past its bound; a peer lying about counts cannot make us resend or keep garbage.
+import { createHash, randomBytes } from 'node:crypto'
+import { EventEmitter } from 'node:events'
+import { afterEach, describe, expect, it } from 'vitest'
+import { silentLogger } from '../../../src/protocol/log.js'
+import { decodeMux, encodeMux, MAX_DATA_BYTES, type MuxFrame } from '../../../src/protocol/mux.js'
+import { CHANNEL_WINDOW_BYTES, type MuxChannel } from '../../../src/tunnel/mux-channel.js'
+import { ACK_EVERY_FRAMES, Mux, REPLAY_MAX_BYTES, type MessageStream } from '../../../src/tunnel/mux.js'
+import { onFreshTunnel, onResumeRequest, SIMULTANEOUS_OPEN_MS, type ResumableTunnel } from '../../../src/tunnel/resume.js'
+import { messagePipe, settle, until } from './pipe.js'
+
+const MiB = 1024 * 1024
+const muxes: Mux[] = []
+afterEach(() => {
+  for (const m of muxes.splice(0)) m.close('test over')
+})
+
+function mux(session: MessageStream, opener: boolean): Mux {
+  const m = new Mux(session, opener, silentLogger)
+  muxes.push(m)
+  return m
+}
+
+const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex')
+
+/** B echoes every channel A opens. */
+function echo(b: Mux): void {
+  b.on('open', (req) => {
+    req.accept()
+    req.channel.pipe(req.channel)
+  })
+}
+
+/** Reads a channel to its end. */
+function collect(ch: MuxChannel): { chunks: Buffer[]; bytes: () => number; done: Promise<Buffer> } {
+  const chunks: Buffer[] = []
+  const done = new Promise<Buffer>((resolve, reject) => {
+    ch.on('data', (d: Buffer) => chunks.push(d))
+    ch.on('end', () => resolve(Buffer.concat(chunks)))
+    ch.on('error', reject)
+  })
+  return { chunks, bytes: () => chunks.reduce((n, c) => n + c.length, 0), done }
+}
+
+describe('Mux: ACKs', () => {
+  it('the receiver acknowledges in coalesced ACKs, and the sender forgets what was acknowledged', async () => {
+    const pipe = messagePipe()
+    const a = mux(pipe.a, true)
+    const b = mux(pipe.b, false)
+    echo(b)
+    const frames = { sequenced: 0, acks: 0 }
+    pipe.tap = (from, frame) => {
+      if (from !== 'b') return
+      const f = decodeMux(frame)
+      if (f.type === 'ack') frames.acks++
+      else if (f.channel !== 0) frames.sequenced++
+    }
+    const ch = a.openChannel(7)
+    const got = collect(ch)
+    const data = randomBytes(4 * MiB)
+    ch.end(data)
+    expect(sha(await got.done)).toBe(sha(data))
+    await until(() => a.unacknowledged.frames === 0 && b.unacknowledged.frames === 0, 'both replay buffers empty')
+    expect(a.unacknowledged.bytes).toBe(0)
+    // B acknowledged A's ~70 frames in a handful of ACKs, not one per frame.
+    expect(frames.acks).toBeGreaterThan(0)
+    expect(frames.acks).toBeLessThan(4 * MiB / MAX_DATA_BYTES / 4)
+  })
+
+  it('a few small frames are acknowledged after a short delay (no ACK per frame, no ACK never)', async () => {
+    const pipe = messagePipe()
+    const a = mux(pipe.a, true)
+    const b = mux(pipe.b, false)
+    echo(b)
+    const acks: number[] = []
+    pipe.tap = (from, frame) => {
+      const f = decodeMux(frame)
+      if (from === 'b' && f.type === 'ack') acks.push(f.received)
+    }
+    const ch = a.openChannel(7)
+    ch.write(Buffer.from('hello'))
+    await settle(20)
+    expect(acks.length).toBeLessThan(ACK_EVERY_FRAMES)
+    await until(() => a.unacknowledged.frames === 0, 'A to be acknowledged', 2_000)
+    expect(acks.at(-1)).toBe(2) // OPEN and DATA
+  })
+})
+
+/** A echoes `bytes` of random data off B over pipe1; `cut` moves both to a new pipe (the old one dead). */
+function echoTransfer(bytes: number): { pipe1: ReturnType<typeof messagePipe>; a: Mux; b: Mux; ch: MuxChannel; got: ReturnType<typeof collect>; data: Buffer; cut: () => ReturnType<typeof messagePipe> } {
+  const pipe1 = messagePipe()
+  const a = mux(pipe1.a, true)
+  const b = mux(pipe1.b, false)
+  echo(b)
+  const ch = a.openChannel(7)
+  const got = collect(ch)
+  const data = randomBytes(bytes)
+  ch.end(data)
+  const cut = (): ReturnType<typeof messagePipe> => {
+    const next = messagePipe()
+    const ra = a.detach()
+    const rb = b.detach()
+    expect(a.resumeOn(next.a, rb)).toBe(true)
+    expect(b.resumeOn(next.b, ra)).toBe(true)
+    return next
+  }
+  return { pipe1, a, b, ch, got, data, cut }
+}
+
+describe('Mux: resume on a new session', () => {
+  it('a transfer cut in the middle (frames lost both ways) completes byte-exact over the new session: no loss, no duplicate, no reset', async () => {
+    const { pipe1, ch, got, data, cut } = echoTransfer(6 * MiB)
+    const errors: Error[] = []
+    ch.on('error', (e) => errors.push(e))
+    await until(() => got.bytes() > 1 * MiB, 'part of the echo')
+    pipe1.up = false // the path dies: frames in flight are lost both ways
+    await settle(50) // both sides keep sending into the void for a while
+    cut()
+    const echoed = await got.done
+    expect(echoed.length).toBe(data.length)
+    expect(sha(echoed)).toBe(sha(data))
+    expect(errors).toEqual([])
+  })
+
+  it('resumes twice in a row (the first new session dies too) and still delivers exactly once', async () => {
+    const { pipe1, got, data, cut } = echoTransfer(5 * MiB)
+    await until(() => got.bytes() > 512 * 1024, 'part of the echo')
+    pipe1.up = false
+    const pipe2 = cut()
+    await until(() => got.bytes() > 2 * MiB, 'more of the echo')
+    pipe2.up = false
+    await settle(20)
+    cut()
+    expect(sha(await got.done)).toBe(sha(data))
+  })
+
+  it('frames arriving on the old session after detach() are dropped, not delivered twice', async () => {
+    const { a, b, got, data } = echoTransfer(3 * MiB)
+    await until(() => got.bytes() > 256 * 1024, 'part of the echo')
+    // A stops reading the old session while it still delivers (a resume raced a live path).
+    const ra = a.detach()
+    await settle(30)
+    const rb = b.detach()
+    const pipe2 = messagePipe()
+    a.resumeOn(pipe2.a, rb)
+    b.resumeOn(pipe2.b, ra)
+    const echoed = await got.done
+    expect(echoed.length).toBe(data.length)
+    expect(sha(echoed)).toBe(sha(data))
+  })
+})
+
+/** A peer we play by hand: everything A writes is recorded; we feed A frames. */
+class HandPeer extends EventEmitter implements MessageStream {
+  destroyed = false
+  readonly frames: MuxFrame[] = []
+  write(buf: Buffer): boolean {
+    this.frames.push(decodeMux(buf))
+    return true
+  }
+  feed(f: MuxFrame): void {
+    this.emit('data', encodeMux(f))
+  }
+}
+
+describe('Mux: the replay bound and lying peers', () => {
+  it(`unacknowledged data stops at REPLAY_MAX_BYTES (${REPLAY_MAX_BYTES / MiB} MiB) however much window the peer grants, and flows again on its ACK`, async () => {
+    const peer = new HandPeer()
+    const a = mux(peer, true)
+    const channels: MuxChannel[] = []
+    for (let i = 0; i < 8; i++) channels.push(a.openChannel(7))
+    for (const ch of channels) peer.feed({ type: 'open-ok', channel: ch.id, window: CHANNEL_WINDOW_BYTES })
+    let written = 0
+    for (const ch of channels) ch.write(randomBytes(CHANNEL_WINDOW_BYTES), () => (written += CHANNEL_WINDOW_BYTES))
+    await settle(50)
+    // 8 channels × 4 MiB of window: 32 MiB allowed by the windows, 16 MiB by the bound.
+    const held = a.unacknowledged.bytes
+    expect(held).toBeGreaterThanOrEqual(REPLAY_MAX_BYTES - MAX_DATA_BYTES)
+    expect(held).toBeLessThan(REPLAY_MAX_BYTES + MAX_DATA_BYTES + 1024)
+    expect(written).toBeLessThan(8 * CHANNEL_WINDOW_BYTES)
+    // The peer acknowledges everything so far: the rest goes.
+    const sequenced = peer.frames.filter((f) => f.channel !== 0).length
+    peer.feed({ type: 'ack', channel: 0, received: sequenced })
+    await until(() => written === 8 * CHANNEL_WINDOW_BYTES, 'every write to complete')
+    expect(a.unacknowledged.bytes).toBeLessThan(REPLAY_MAX_BYTES + MAX_DATA_BYTES + 1024)
+  })
+
+  it("an ACK for frames never sent breaks the tunnel ('broken'), and a resume claiming them is refused", () => {
+    const peer = new HandPeer()
+    const a = mux(peer, true)
+    a.openChannel(7) // one sequenced frame sent
+    const broken: string[] = []
+    a.on('broken', (r) => broken.push(r))
+    peer.feed({ type: 'ack', channel: 0, received: 1 })
+    expect(broken).toEqual([])
+    peer.feed({ type: 'ack', channel: 0, received: 5 })
+    expect(broken).toEqual([expect.stringMatching(/never sent/)])
+    const b = mux(new HandPeer(), true)
+    b.openChannel(7)
+    b.detach()
+    expect(b.resumeOn(new HandPeer(), 2)).toBe(false)
+  })
+})
+
+describe('resume decisions (pure)', () => {
+  const tunnel = (over: Partial<ResumableTunnel> = {}): ResumableTunnel => ({ id: Buffer.alloc(16, 1), opener: false, introKey: '11', isUp: false, isMigrating: true, ageMs: 60_000, ...over })
+  const resume = (id: Buffer): Parameters<typeof onResumeRequest>[0] => ({ type: 'resume', channel: 0, tunnelId: id, received: 0 })
+
+  it("a RESUME naming the tunnel we hold with this peer (we did not open it) resumes it", () => {
+    expect(onResumeRequest(resume(Buffer.alloc(16, 1)), tunnel())).toBe('resume')
+  })
+
+  it("a RESUME naming another tunnel, or coming when we hold none with this key, starts fresh: the manager looks tunnels up by the session's proven key, so a stranger who knows the id gets no one else's tunnel", () => {
+    expect(onResumeRequest(resume(Buffer.alloc(16, 2)), tunnel())).toBe('fresh')
+    expect(onResumeRequest(resume(Buffer.alloc(16, 1)), undefined)).toBe('fresh')
+  })
+
+  it('a RESUME from the side that did not open the tunnel is not honoured (only the opener resumes)', () => {
+    expect(onResumeRequest(resume(Buffer.alloc(16, 1)), tunnel({ opener: true }))).toBe('fresh')
+  })
+
+  it('a fresh tunnel replaces a migrating or an established one (the peer lost it); only two fresh ones opened at once keep the tie-break', () => {
+    expect(onFreshTunnel({ introKey: '22' }, tunnel())).toBe('replace')
+    expect(onFreshTunnel({ introKey: '22' }, tunnel({ isUp: true, isMigrating: false }))).toBe('replace')
+    expect(onFreshTunnel({ introKey: '22' }, tunnel({ isUp: true, isMigrating: false, ageMs: SIMULTANEOUS_OPEN_MS - 1 }))).toBe('keep-current')
+    expect(onFreshTunnel({ introKey: '00' }, tunnel({ isUp: true, isMigrating: false, ageMs: 1 }))).toBe('replace')
+  })
+})
