@@ -48,6 +48,19 @@ function childrenCpuS(): number {
   return (Number(f[13]) + Number(f[14])) / CLK_TCK
 }
 
+/** Starts alice and bob (5 s heartbeat) with `nodeOptions` added to NODE_OPTIONS for the two agents only. */
+export async function startAgentsWith(n: NatdLab, nodeOptions: string): Promise<void> {
+  const savedOptions = process.env.NODE_OPTIONS
+  if (nodeOptions) process.env.NODE_OPTIONS = `${savedOptions ?? ''} ${nodeOptions}`.trim()
+  try {
+    await n.startAgent('alice', { heartbeat: '5s' })
+    await n.startAgent('bob', { heartbeat: '5s' })
+  } finally {
+    if (savedOptions === undefined) delete process.env.NODE_OPTIONS
+    else process.env.NODE_OPTIONS = savedOptions
+  }
+}
+
 export async function fileTransferBench(opts: FileTransferBenchOptions): Promise<Record<string, unknown>> {
   const bytes = opts.mib * MiB
   const n = new NatdLab(await createLab({ sites: [{ name: 'alice', nat: 'easy' }, { name: 'bob', nat: 'easy' }] }))
@@ -55,15 +68,7 @@ export async function fileTransferBench(opts: FileTransferBenchOptions): Promise
   try {
     // Lift the relay's per-tunnel limits (1 GiB, 8 MiB/s by default): both transfers share one tunnel.
     await n.startServer(['--relay-max-bytes', '1TiB', '--relay-rate', '100GiB'])
-    const savedOptions = process.env.NODE_OPTIONS
-    if (opts.cpuProf) process.env.NODE_OPTIONS = `${savedOptions ?? ''} --cpu-prof --cpu-prof-dir=${opts.cpuProf}`.trim()
-    try {
-      await n.startAgent('alice', { heartbeat: '5s' })
-      await n.startAgent('bob', { heartbeat: '5s' })
-    } finally {
-      if (savedOptions === undefined) delete process.env.NODE_OPTIONS
-      else process.env.NODE_OPTIONS = savedOptions
-    }
+    await startAgentsWith(n, opts.cpuProf ? `--cpu-prof --cpu-prof-dir=${opts.cpuProf}` : '')
     await n.waitRegistered('alice')
     await n.waitRegistered('bob')
     const sink = n.lab.spawn(n.lab.hosts.bob!.ns, [process.execPath, path.join(FIX, 'tcp-sink.mjs'), 'serve', '7001'], { cwd: ROOT }).pid!

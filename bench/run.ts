@@ -22,6 +22,7 @@ import { NatdLab, ROOT } from '../test/lab/natd-lab.ts'
 import { BASELINE_PORTS, baselineRatios, startBaselines } from './baselines.ts'
 import { fairness } from './fairness.ts'
 import { relayFanout } from './relay-fanout.ts'
+import { startAgentsWith } from './file-transfer.ts'
 
 const argv = process.argv.slice(2)
 const QUICK = argv.includes('--quick')
@@ -86,15 +87,7 @@ async function throughput(): Promise<Record<string, unknown>> {
     // The relay's rate limit would measure the limit, not the relay: lift it for the bench.
     await n.startServer(['--relay-rate', '10GiB', '--relay-max-bytes', '100GiB'])
     // --cpu-prof and --agent-node-options apply to the agents only (a profile is written on a clean exit).
-    const savedOptions = process.env.NODE_OPTIONS
-    if (AGENT_NODE_OPTIONS) process.env.NODE_OPTIONS = `${savedOptions ?? ''} ${AGENT_NODE_OPTIONS}`.trim()
-    try {
-      await n.startAgent('alice', { heartbeat: '5s' })
-      await n.startAgent('bob', { heartbeat: '5s' })
-    } finally {
-      if (savedOptions === undefined) delete process.env.NODE_OPTIONS
-      else process.env.NODE_OPTIONS = savedOptions
-    }
+    await startAgentsWith(n, AGENT_NODE_OPTIONS)
     await n.waitRegistered('alice')
     await n.waitRegistered('bob')
     const bobWan = n.lab.routers.bob!.wanIp
