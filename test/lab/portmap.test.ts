@@ -70,7 +70,7 @@ describe.skipIf(!labAvailable() || !fs.existsSync(MINIUPNPD))('port mapping (PCP
     })
   }, 90_000)
 
-  // Skipped: in this three-site lab with two miniupnpd routers, 3 runs in 10 stalled before
+  // Skipped: in this three-site lab with two miniupnpd routers, 6 runs in 14 stalled before
   // any agent logic ran (an agent that wrote no log line in 10 s, natctl calls that got no
   // answer for 30 s, a control connection that never sent REGISTER) while the machine sat
   // idle. The one-router test above never did. Measured and open in issue #17's note; it
