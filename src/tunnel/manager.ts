@@ -4,6 +4,7 @@
  * and reports state changes. Sockets, keys and the introducer are injected.
  */
 import { EventEmitter } from 'node:events'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { formatEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { NatdError, toNatdError } from '../protocol/errors.js'
 import { peerId } from '../protocol/identity.js'
@@ -379,7 +380,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
         const e = toNatdError(err)
         this.c.log.debug('resume attempt failed', { peer: tunnel.peer.name, code: e.code, err: e.message })
       }
-      if (tunnel.isMigrating) await new Promise((resolve) => setTimeout(resolve, RESUME_RETRY_MS).unref())
+      if (tunnel.isMigrating) await sleep(RESUME_RETRY_MS, undefined, { ref: false })
     }
   }
 
@@ -390,7 +391,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
   private async upgradeLoop(tunnel: Tunnel): Promise<void> {
     let wait = UPGRADE_FIRST_MS
     while (!this.closed) {
-      await new Promise((resolve) => setTimeout(resolve, wait).unref())
+      await sleep(wait, undefined, { ref: false })
       wait = UPGRADE_RETRY_MS
       if (!tunnel.isOpen || tunnel.path !== 'relay' || this.tunnels.get(tunnel.peer.id) !== tunnel) return
       if (!tunnel.isUp) continue // migrating: its resume comes first
