@@ -40,14 +40,24 @@ if [ "$(id -u)" = 0 ]; then
 fi
 
 node -e '
-  const fs = require("node:fs"); let p = 0, f = 0, s = 0;
+  const fs = require("node:fs"); let p = 0, f = 0, s = 0; const failures = [];
   for (const file of process.argv.slice(1)) {
     if (!fs.existsSync(file)) continue;
     const r = JSON.parse(fs.readFileSync(file, "utf8"));
     p += r.numPassedTests; s += r.numPendingTests + (r.numTodoTests || 0);
     // A file that fails to load fails no test of its own: count it once.
     f += r.numFailedTests || r.numFailedTestSuites;
+    // Name every failure again at the end: CI keeps only the tail of the output.
+    for (const t of r.testResults || []) {
+      const rel = t.name.replace(process.cwd() + "/", "");
+      if (t.status === "failed" && !(t.assertionResults || []).some((a) => a.status === "failed"))
+        failures.push(`FAILED ${rel}: ${(t.message || "").split("\n")[0]}`);
+      for (const a of t.assertionResults || [])
+        if (a.status === "failed")
+          failures.push(`FAILED ${rel} > ${a.fullName}: ${String((a.failureMessages || [""])[0]).split("\n")[0].slice(0, 300)}`);
+    }
   }
+  for (const line of failures) console.log(line);
   console.log(`tests: ${p} passed, ${f} failed, ${s} skipped`);
 ' "$out/unit.json" "$out/lab.json" "$out/abuse.json"
 exit $status

@@ -90,12 +90,29 @@ export function errorCode(fn: () => unknown, kind: typeof NatdError = NatdError)
 }
 
 /** A TCP port on 127.0.0.1 that was free a moment ago. */
+/**
+ * A TCP port free on 127.0.0.1 now, for a process that binds it later. Taken below Linux's
+ * ephemeral range (32768+): a port the kernel handed out for `listen(0)` is as likely to be
+ * given next to an outgoing connection of another test running in parallel, which then
+ * holds it when our process binds (seen in CI as a forward that never listened).
+ */
+const handedOut = new Set<number>()
 export async function freePort(): Promise<number> {
-  const s = net.createServer()
-  await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve))
-  const port = (s.address() as net.AddressInfo).port
-  await new Promise((resolve) => s.close(resolve))
-  return port
+  for (let i = 0; i < 100; i++) {
+    const port = 20_000 + Math.floor(Math.random() * 12_000)
+    if (handedOut.has(port) || !(await bindable(port))) continue
+    handedOut.add(port) // never the same port twice to one test file
+    return port
+  }
+  throw new Error('no free TCP port in 20000-31999 after 100 tries')
+}
+
+function bindable(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.createServer()
+    s.once('error', () => resolve(false))
+    s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)))
+  })
 }
 
 export function sha256hex(b: Uint8Array): string {
