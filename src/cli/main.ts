@@ -367,7 +367,7 @@ export function buildCli(argv: string[]): Argv<Global> {
           () => undefined,
           async (g) => {
             const fs = await call(g, 'forward.ls', {})
-            out(g, fs, () => (fs.length === 0 ? 'no forwards' : table(['LOCAL', 'PEER', 'REMOTE PORT', 'CONNECTIONS'], fs.map((f) => [`${f.bind}:${f.localPort}`, f.peer, f.remotePort, f.connections]))))
+            out(g, fs, () => (fs.length === 0 ? 'no forwards' : table(['LOCAL', 'PEER', 'REMOTE PORT', 'CONNECTIONS', 'STATE'], fs.map((f) => [`${f.bind}:${f.localPort}`, f.peer, f.remotePort, f.connections, f.listening ? 'listening' : `not listening: ${f.error ?? 'stopped'}`]))))
           }
         )
         .command(

@@ -38,6 +38,8 @@ export interface ForwardsComponents {
 
 export class Forwards {
   private readonly active = new Map<number, Active>()
+  /** Stored forwards whose port could not be bound, with the error (shown by `forward ls`). */
+  private readonly failed = new Map<number, string>()
 
   constructor(private readonly c: ForwardsComponents) {}
 
@@ -47,13 +49,17 @@ export class Forwards {
       try {
         await this.listen(spec)
       } catch (err) {
+        this.failed.set(spec.localPort, (err as Error).message)
         this.c.log.error('cannot restore forward', { localPort: spec.localPort, peer: spec.peer, err: (err as Error).message })
       }
     }
   }
 
   list(): ForwardInfo[] {
-    return this.c.store.forwards.map((spec) => ({ ...spec, connections: this.active.get(spec.localPort)?.connections.size ?? 0 }))
+    return this.c.store.forwards.map((spec) => {
+      const a = this.active.get(spec.localPort)
+      return { ...spec, connections: a?.connections.size ?? 0, listening: a !== undefined, error: a ? null : (this.failed.get(spec.localPort) ?? null) }
+    })
   }
 
   async add(spec: ForwardSpec): Promise<ForwardInfo> {
@@ -66,23 +72,31 @@ export class Forwards {
     await this.listen(spec) // throws PORT_IN_USE before anything is stored
     this.c.store.setForwards([...this.c.store.forwards, spec])
     this.c.log.info('forward added', { ...spec })
-    return { ...spec, connections: 0 }
+    return { ...spec, connections: 0, listening: true, error: null }
   }
 
   remove(localPort: number): ForwardInfo {
     const spec = this.c.store.forwards.find((f) => f.localPort === localPort)
     if (!spec) throw new NatdError('INVALID_ARGUMENT', `no forward on port ${localPort}`)
     this.close(localPort)
+    this.failed.delete(localPort)
     this.c.store.setForwards(this.c.store.forwards.filter((f) => f.localPort !== localPort))
     this.c.log.info('forward removed', { ...spec })
-    return { ...spec, connections: 0 }
+    return { ...spec, connections: 0, listening: false, error: null }
   }
 
   /** Applies the stored list (after SIGHUP): starts new forwards, stops removed ones, keeps the rest. */
   async reload(): Promise<void> {
     const want = this.c.store.forwards
     for (const port of [...this.active.keys()]) if (!want.some((f) => f.localPort === port)) this.close(port)
-    for (const spec of want) if (!this.active.has(spec.localPort)) await this.listen(spec).catch((err: Error) => this.c.log.error('cannot start forward', { localPort: spec.localPort, err: err.message }))
+    for (const port of [...this.failed.keys()]) if (!want.some((f) => f.localPort === port)) this.failed.delete(port)
+    for (const spec of want) {
+      if (this.active.has(spec.localPort)) continue
+      await this.listen(spec).catch((err: Error) => {
+        this.failed.set(spec.localPort, err.message)
+        this.c.log.error('cannot start forward', { localPort: spec.localPort, err: err.message })
+      })
+    }
   }
 
   stop(): void {
@@ -109,6 +123,7 @@ export class Forwards {
       a.server.listen({ port: spec.localPort, host: spec.bind }, () => {
         a.server.on('error', (err) => this.c.log.error('forward listener error', { localPort: spec.localPort, err: err.message }))
         this.active.set(spec.localPort, a)
+        this.failed.delete(spec.localPort)
         resolve()
       })
     })

@@ -122,6 +122,10 @@ export interface ForwardInfo {
   peer: string
   remotePort: number
   connections: number
+  /** natd listens on the port now; false for a stored forward whose port could not be bound (see `error`). */
+  listening: boolean
+  /** Why it is not listening (the bind error), or null. */
+  error: string | null
 }
 
 /** An allow-list entry: a peer by whole key; `id` null for an old entry that could not be resolved (it matches nobody). */

@@ -48,7 +48,7 @@ function stubHandlers(calls: { method: string; params: unknown }[]): Handlers {
     },
     'forward.add': (p) => {
       record('forward.add', p)
-      return { ...p, connections: 0 }
+      return { ...p, connections: 0, listening: true, error: null }
     },
     'forward.ls': () => [],
     'forward.rm': () => {
