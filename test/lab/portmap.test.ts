@@ -132,6 +132,33 @@ describe.skipIf(!labAvailable() || !fs.existsSync(MINIUPNPD))('port mapping (PCP
     })
   }, 120_000)
 
+  // miniupnpd as Debian ships it also sends a mapped port's outbound traffic from the
+  // mapped port. The agent maps its TCP port before it opens its control connection, so
+  // the server and peers see that one port, and a simultaneous open reaches it.
+  it('the TCP port mapped too: direct TCP to a hard NAT whose gateway maps', async () => {
+    await withLab({ sites: [{ name: 'alice', nat: 'hard' }, { name: 'bob', nat: 'easy' }] }, async (n) => {
+      const { ip, altIp } = n.lab.server
+      await n.startServer(['--host', ip, '--alt-host', altIp])
+      let routerLog = ''
+      const router = await startMiniupnpd(n.lab, 'alice', 1, n.dir)
+      router.stdout?.on('data', (d: Buffer) => (routerLog += d.toString()))
+      router.stderr?.on('data', (d: Buffer) => (routerLog += d.toString()))
+      await waitFor(() => /Port forwarding is now enabled/.test(routerLog) && /Listening for NAT-PMP\/PCP/.test(routerLog), 15_000, 'miniupnpd ready')
+      await n.startAgent('alice')
+      await n.startAgent('bob')
+      await n.waitRegistered('alice')
+      await n.waitRegistered('bob')
+      const alice = await n.status('alice')
+      const mapping = alice.portMapping as { state: string; tcp: string | null }
+      expect(mapping, routerLog).toMatchObject({ state: 'mapped' })
+      expect(alice.publicTcp).toBe(mapping.tcp) // the control connection leaves from the mapped port
+      const open = await n.natctl('bob', ['open', 'alice', '--via', 'tcp'])
+      expect(open.code, `${open.stderr}\n${routerLog}`).toBe(0)
+      expect(open.json).toMatchObject({ path: 'direct-tcp', remote: mapping.tcp })
+      expect((await n.natctl('bob', ['ping', 'alice', '-c', '1'])).code).toBe(0)
+    })
+  }, 90_000)
+
   // Skipped: in this three-site lab with two miniupnpd routers, 6 runs in 14 stalled before
   // any agent logic ran (an agent that wrote no log line in 10 s, natctl calls that got no
   // answer for 30 s, a control connection that never sent REGISTER) while the machine sat
