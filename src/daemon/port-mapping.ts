@@ -32,6 +32,7 @@
  */
 import fs from 'node:fs'
 import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import type { Clock, Logger } from '../protocol/log.js'
 import { systemClock } from '../protocol/log.js'
 import { formatEndpoint, sameEndpoint, type Endpoint } from '../protocol/endpoint.js'
@@ -51,6 +52,11 @@ const MIN_RENEW_MS = 30_000
  * own gateway every 2 minutes, so a router reboot costs peers at most that long.
  */
 export const PORTMAP_CHECK_MS = 120_000
+/**
+ * stop() waits this long for a probe or renewal in flight (it may be about to grant a
+ * mapping that must then be removed), within natd's 3 s shutdown deadline.
+ */
+const STOP_WAIT_MS = 1_000
 /** The file in the state directory that remembers a gateway answering neither protocol. */
 export const PORTMAP_CACHE_FILE = 'portmap.json'
 
@@ -258,7 +264,11 @@ export class PortMappingKeeper {
         return null
       })
     }
-    if (this.stopped) return
+    if (this.stopped) {
+      // Granted while natd stops: stop() may have looked already, so remove it here.
+      await Promise.all([udp, tcp].map((m) => (m ? client.mapper.unmap(m).catch(() => undefined) : undefined)))
+      return
+    }
     this.state = { kind: 'mapped', gateway: client.gateway, udp, tcp, at, epoch: udp.epoch, epochAt: at }
     const changed = !before || formatEndpoint(before.external) !== formatEndpoint(udp.external)
     this.c.log[changed ? 'info' : 'debug']('port mapped', {
@@ -343,7 +353,7 @@ export class PortMappingKeeper {
     this.stopped = true
     if (this.renewTimer) clearTimeout(this.renewTimer)
     if (this.checkTimer) clearInterval(this.checkTimer)
-    await this.busy?.catch(() => undefined)
+    if (this.busy) await Promise.race([this.busy.catch(() => undefined), sleep(STOP_WAIT_MS, undefined, { ref: false })])
     const s = this.state
     if (s.kind === 'mapped' && this.client) {
       const client = this.client

@@ -14,7 +14,7 @@ const GW = { host: '10.1.0.1', port: 5351 }
 /** A PCP gateway granting `lifetimeS` (or refusing with `result`), and what it was asked. */
 function fakeGateway(o: { pcp: boolean; lifetimeS?: number }) {
   const asked: Array<{ op: number; lifetimeS: number; nonce: string; protocol: number }> = []
-  const g = { result: 0, pcp: o.pcp, epoch: 1, external: 'c6120102', portOffset: 0 }
+  const g = { result: 0, pcp: o.pcp, epoch: 1, external: 'c6120102', portOffset: 0, mapDelayMs: 0 }
   let closed = 0
   let connects = 0
   const mapper: PortMapper = new PortMapper({ gateway: GW.host, localIp: '10.1.0.2' }, {
@@ -32,7 +32,9 @@ function fakeGateway(o: { pcp: boolean; lifetimeS?: number }) {
         payload.set(hex(g.external), 32)
         payload.writeUInt16BE(payload.readUInt16BE(18) + g.portOffset, 18)
       }
-      queueMicrotask(() => mapper.onMessage(Buffer.concat([head, payload]), GW))
+      const answer = (): void => mapper.onMessage(Buffer.concat([head, payload]), GW)
+      if (req[1] === 1 && g.mapDelayMs > 0) setTimeout(answer, g.mapDelayMs)
+      else queueMicrotask(answer)
     }
   })
   return {
@@ -221,6 +223,22 @@ describe('PortMappingKeeper', () => {
     expect(keeper.status().state).toBe('mapped')
     expect(changes).toEqual(['none', 'mapped'])
     await keeper.stop()
+  })
+
+  it('a mapping granted while natd stops is removed, not left on the gateway for its lease', async () => {
+    vi.useFakeTimers()
+    const gw = fakeGateway({ pcp: true })
+    const keeper = new PortMappingKeeper({ port: 41641, tcp: false, enabled: true }, { log: silentLogger, connect: gw.connect })
+    gw.g.mapDelayMs = 200 // the first MAP answer is on its way when stop() begins
+    void keeper.start()
+    await vi.advanceTimersByTimeAsync(760) // probed; the MAP sent
+    expect(gw.maps()).toHaveLength(1)
+    const stopping = keeper.stop()
+    gw.g.mapDelayMs = 0
+    await vi.advanceTimersByTimeAsync(2_000)
+    await stopping
+    expect(gw.maps().map((m) => m.lifetimeS)).toEqual([7200, 0])
+    expect(keeper.current).toBeNull()
   })
 
   it('--no-port-mapping: nothing is sent, status says off', async () => {
