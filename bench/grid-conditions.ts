@@ -4,12 +4,16 @@
  * on each open and the open time as a median, in ms and in RTTs. A pair whose path
  * differs from the one it gets with no delay is listed under `path_changes`.
  *
+ * A `mapped` row: two hard NATs, one whose gateway (miniupnpd, forwarding inbound only)
+ * maps the agent's port (test/lab/portmap.test.ts): bob opens alice, which without the
+ * mapped candidate would be relayed.
+ *
  * Then, at each RTT, a forwarded TCP transfer over direct-tcp and direct-udp between two
  * easy sites (delay only: no jitter, no loss), with what the link emulator counted: the
  * emulator must carry the benchmark's traffic without dropping a frame of its own (and
  * `bare`: the same with no emulator, for what the emulator itself costs).
  *
- *   node bench/grid-conditions.ts [--quick] [--rtts 0,20,100,300] [--reps N] [--mib N] [--skip-grid] [--skip-throughput] [--json FILE]
+ *   node bench/grid-conditions.ts [--quick] [--rtts 0,20,100,300] [--reps N] [--mib N] [--skip-grid] [--skip-mapped] [--skip-throughput] [--json FILE]
  *
  * Run by `npm run bench` (section `grid`); needs root (network namespaces).
  */
@@ -18,7 +22,8 @@ import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { CGN_GRID, CGN_GRID_FINDINGS, GRID, GRID_CGN_SPEC, linkFor, startAll, withLinks, type GridRow } from '../test/lab/grid.ts'
 import { createLab, labAvailable, type LabSpec } from '../test/lab/lab.ts'
-import { NatdLab, ROOT } from '../test/lab/natd-lab.ts'
+import { MINIUPNPD, startMiniupnpd } from '../test/lab/miniupnpd.ts'
+import { NatdLab, ROOT, waitFor } from '../test/lab/natd-lab.ts'
 
 const argv = process.argv.slice(2)
 const QUICK = argv.includes('--quick')
@@ -48,35 +53,63 @@ async function runGrid(spec: LabSpec, rows: GridRow[], rttMs: number): Promise<R
   let failed = true
   try {
     await startAll(n, { registerTimeoutMs: 60_000 })
-    const out: Record<string, PairResult> = {}
-    for (const g of rows) {
-      const paths: Record<string, number> = {}
-      const ms: number[] = []
-      let failures = 0
-      for (let i = 0; i < REPS; i++) {
-        const r = await n.natctl(g.from, ['open', g.to], { timeoutMs: 60_000 })
-        const res = r.json as { path?: string; tookMs?: number } | null
-        if (r.code === 0 && res?.path && res.tookMs !== undefined) {
-          paths[res.path] = (paths[res.path] ?? 0) + 1
-          ms.push(res.tookMs)
-        } else failures++
-        await n.natctl(g.from, ['close', g.to])
-        await sleep(CLOSE_SETTLE_MS + rttMs)
-      }
-      const m = ms.length ? median(ms) : null
-      out[g.pair] = {
-        paths,
-        open_ms: m === null ? null : { median: m, min: Math.min(...ms), max: Math.max(...ms) },
-        open_rtts_median: m === null || rttMs === 0 ? null : Math.round((m / rttMs) * 10) / 10,
-        failures
-      }
-      process.stderr.write(`grid ${rttMs} ms ${g.pair}: ${JSON.stringify(out[g.pair])}\n`)
-    }
+    const out = await openTimes(n, rows, rttMs)
     failed = false
     return out
   } finally {
     await n.teardown(failed)
   }
+}
+
+/** hard×hard where alice's gateway maps her port (forwarding inbound only), `rttMs` apart. */
+async function runMapped(rttMs: number): Promise<Record<string, PairResult>> {
+  const spec: LabSpec = { sites: [{ name: 'alice', nat: 'hard' }, { name: 'bob', nat: 'hard' }] }
+  const n = new NatdLab(await createLab(rttMs > 0 ? withLinks(spec, linkFor(rttMs)) : spec))
+  let failed = true
+  try {
+    await n.startServer(['--host', n.lab.server.ip, '--alt-host', n.lab.server.altIp])
+    let log = ''
+    const router = await startMiniupnpd(n.lab, 'alice', 1, n.dir, { snat: false })
+    router.stdout?.on('data', (d: Buffer) => (log += d.toString()))
+    router.stderr?.on('data', (d: Buffer) => (log += d.toString()))
+    await waitFor(() => /Port forwarding is now enabled/.test(log) && /Listening for NAT-PMP\/PCP/.test(log), 30_000, 'miniupnpd ready')
+    for (const h of ['alice', 'bob']) await n.startAgent(h)
+    for (const h of ['alice', 'bob']) await n.waitRegistered(h, 60_000)
+    const out = await openTimes(n, [{ pair: 'hard(mapped)×hard', from: 'bob', to: 'alice', path: 'direct-udp' }], rttMs)
+    failed = false
+    return out
+  } finally {
+    await n.teardown(failed)
+  }
+}
+
+/** REPS opens (auto) of each row, closed after each: the paths taken and the open times. */
+async function openTimes(n: NatdLab, rows: GridRow[], rttMs: number): Promise<Record<string, PairResult>> {
+  const out: Record<string, PairResult> = {}
+  for (const g of rows) {
+    const paths: Record<string, number> = {}
+    const ms: number[] = []
+    let failures = 0
+    for (let i = 0; i < REPS; i++) {
+      const r = await n.natctl(g.from, ['open', g.to], { timeoutMs: 60_000 })
+      const res = r.json as { path?: string; tookMs?: number } | null
+      if (r.code === 0 && res?.path && res.tookMs !== undefined) {
+        paths[res.path] = (paths[res.path] ?? 0) + 1
+        ms.push(res.tookMs)
+      } else failures++
+      await n.natctl(g.from, ['close', g.to])
+      await sleep(CLOSE_SETTLE_MS + rttMs)
+    }
+    const m = ms.length ? median(ms) : null
+    out[g.pair] = {
+      paths,
+      open_ms: m === null ? null : { median: m, min: Math.min(...ms), max: Math.max(...ms) },
+      open_rtts_median: m === null || rttMs === 0 ? null : Math.round((m / rttMs) * 10) / 10,
+      failures
+    }
+    process.stderr.write(`grid ${rttMs} ms ${g.pair}: ${JSON.stringify(out[g.pair])}\n`)
+  }
+  return out
 }
 
 /** The most frequent path of a pair, and every pair whose usual path differs from its no-delay one. */
@@ -143,6 +176,10 @@ if (!labAvailable()) {
 }
 const results: Record<string, Record<string, Record<string, PairResult>>> = { grid: {} }
 if (!argv.includes('--skip-grid')) for (const rtt of RTTS) results.grid![String(rtt)] = await runGrid(GRID_CGN_SPEC, [...GRID, ...CGN_GRID, ...CGN_GRID_FINDINGS], rtt)
+if (!argv.includes('--skip-mapped') && fs.existsSync(MINIUPNPD)) {
+  results.mapped = {}
+  for (const rtt of RTTS) results.mapped[String(rtt)] = await runMapped(rtt)
+}
 const throughput: Record<string, unknown> = {}
 if (!argv.includes('--skip-throughput')) {
   // The same transfer with no emulator at all, for what the emulator itself costs.

@@ -1,4 +1,5 @@
 /** Output helpers for natctl: plain tables for people, JSON for scripts. */
+import type { PortMappingStatus } from '../ipc/schema.js'
 
 /** An allow-list peer as people read it: `bob (6flxk45n…)`, or `bob (unresolved)` for an old entry that matches nobody. */
 export function peerLabel(p: { name: string; id: string | null }): string {
@@ -30,4 +31,29 @@ export function bytes(n: number): string {
     i++
   }
   return i === 0 ? `${n} B` : `${v.toFixed(v < 10 ? 1 : 0)} ${units[i]}`
+}
+
+/** A span ahead, coarse: `45s`, `12m`, `1h 59m`. */
+export function span(ms: number): string {
+  const s = Math.max(0, Math.round(ms / 1000))
+  if (s < 120) return `${s}s`
+  const m = Math.floor(s / 60)
+  return m < 60 ? `${m}m` : `${Math.floor(m / 60)}h ${m % 60}m`
+}
+
+/** `natctl status`'s port-mapping line: what the gateway mapped, for how long, or why nothing. */
+export function portMappingLine(p: PortMappingStatus): string {
+  switch (p.state) {
+    case 'off':
+      return 'off (--no-port-mapping)'
+    case 'probing':
+      return p.gateway ? `asking the gateway ${p.gateway}` : 'asking the default gateway'
+    case 'none':
+      return `none: ${p.reason ?? 'no mapping'}`
+    case 'mapped': {
+      const via = p.via === 'pcp' ? 'PCP' : 'NAT-PMP'
+      const ports = [p.udp && `${p.udp} (udp)`, p.tcp && `${p.tcp} (tcp)`].filter(Boolean).join(', ')
+      return `${via} ${ports}, gateway ${p.gateway ?? '-'}, lease ends in ${span(p.expiresInMs ?? 0)} unless renewed`
+    }
+  }
 }

@@ -10,7 +10,7 @@ import { ApiClient, resolveSocketPath } from '../ipc/client.js'
 import { OPEN_VIAS, type MethodName, type Params, type Result } from '../ipc/schema.js'
 import { parseBytes, parseDuration } from '../protocol/duration.js'
 import { NatdError, type ErrorCode } from '../protocol/errors.js'
-import { ago, bytes, peerLabel, table } from './format.js'
+import { ago, bytes, peerLabel, portMappingLine, table } from './format.js'
 import { formatFiles, formatPartials, processIo, runCp, runMessages } from './transfer-commands.js'
 
 export const EXIT = { OK: 0, ERROR: 1, USAGE: 2, NOT_RUNNING: 3, WRONG_PEER: 4, BUSY: 5, UNSAFE_SOCKET: 6 } as const
@@ -75,7 +75,7 @@ export function buildCli(argv: string[]): Argv<Global> {
     .option('json', { type: 'boolean', default: false, describe: 'machine-readable output', global: true })
     .command(
       'status',
-      'this agent: name, ID, server, registration, public endpoints',
+      'this agent: name, ID, server, registration, public endpoints, port mapping',
       () => undefined,
       async (g) => {
         const s = await call(g, 'status', {})
@@ -90,6 +90,7 @@ export function buildCli(argv: string[]): Argv<Global> {
             `public tcp:  ${s.publicTcp ?? '-'}`,
             `local port:  ${s.localUdpPort}`,
             `lan:         ${s.lan.join(', ') || '-'}`,
+            `port map:    ${portMappingLine(s.portMapping)}`,
             `tunnels:     ${s.tunnels}`
           ].join('\n')
         )

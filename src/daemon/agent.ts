@@ -18,7 +18,7 @@ import { NatCheck } from '../tunnel/nat-check.js'
 import { isStun } from '../protocol/stun.js'
 import { parseServerSpec, resolveServer, type ServerSpec } from './server-address.js'
 import { probePortMapping } from './port-mapping-probe.js'
-import { PortMappingKeeper } from './port-mapping.js'
+import { fileCache, PortMappingKeeper } from './port-mapping.js'
 import type { Tunnel } from '../tunnel/tunnel.js'
 import type { AgentConfig, StateStore } from './config.js'
 import { Exposes } from './exposes.js'
@@ -56,6 +56,8 @@ export interface AgentInit {
   messageAckDelayMs?: number
   /** How long a migrating tunnel looks for a new path; default MIGRATE_GIVE_UP_MS. Not a user setting either. */
   tunnelGiveUpMs?: number
+  /** How often the gateway is asked whether it lost our mapping; default PORTMAP_CHECK_MS. Not a user setting either. */
+  portMapCheckMs?: number
 }
 
 export interface AgentComponents {
@@ -134,7 +136,8 @@ export class Agent {
         },
         log: log.child({ component: 'rendezvous' }),
         clock: systemClock,
-        lan: () => lanEndpoints(this.localPort),
+        // Ports our gateway mapped first (protocol/lan.ts: the server keeps them only at our own address).
+        lan: () => [...this.mappedEndpoints(), ...lanEndpoints(this.localPort)],
         nat: () => this.nat?.verdict ?? 'unknown'
       }
     )
@@ -167,7 +170,18 @@ export class Agent {
       log: log.child({ component: 'nat' })
     })
     this.nat = nat
-    const host = new TunnelHost({ udx: this.udx, socket, keyPair: this.c.keyPair, clock: systemClock, log: log.child({ component: 'tunnel' }), peers: this.known, rendezvous: client, nat, exposes: this.exposes })
+    const host = new TunnelHost({
+      udx: this.udx,
+      socket,
+      keyPair: this.c.keyPair,
+      clock: systemClock,
+      log: log.child({ component: 'tunnel' }),
+      peers: this.known,
+      rendezvous: client,
+      nat,
+      exposes: this.exposes,
+      portMapped: () => (this.portMapping?.current ?? null) !== null
+    })
     this.host = host
     const tunnels = new TunnelManager({ keepaliveMs: Math.min(this.init.config.heartbeatMs, TUNNEL_KEEPALIVE_MAX_MS), deadMs: this.init.tunnelDeadMs ?? TUNNEL_DEAD_MS, ...(this.init.tunnelGiveUpMs === undefined ? {} : { giveUpMs: this.init.tunnelGiveUpMs }) }, host)
     this.tunnels = tunnels
@@ -215,8 +229,11 @@ export class Agent {
     host.registerService(MESSAGE_SERVICE, (t, req) => messages.onChannel(t, req))
     host.registerService(FILE_SERVICE, (t, req) => files.onChannel(t, req))
     // The gateway's mapping first: it can turn our NAT easy (port-mapping.ts), and the
-    // check must see our traffic through it.
-    this.portMapping = new PortMappingKeeper(this.localPort, log.child({ component: 'portmap' }))
+    // check must see our traffic through it. A gateway known to answer nothing is not waited for.
+    this.portMapping = new PortMappingKeeper(
+      { port: this.localPort, tcp: true, enabled: this.init.config.portMapping, ...(this.init.portMapCheckMs === undefined ? {} : { checkMs: this.init.portMapCheckMs }) },
+      { log: log.child({ component: 'portmap' }), cache: fileCache(this.c.store.dir), onChange: () => void this.onPortMappingChanged() }
+    )
     await this.portMapping.start()
     await nat.start() // the first check before registering, so peers learn our verdict with our endpoint
     this.runLoop = client.run()
@@ -237,6 +254,22 @@ export class Agent {
       () => t.close(`${p.name} went offline and does not answer`, { goodbye: false, code: 'PEER_OFFLINE' })
     )
     this.offlineChecks.set(id, check.finally(() => this.offlineChecks.delete(id)))
+  }
+
+  /**
+   * A mapping appeared after start (the gateway answered late), changed or went: check
+   * our NAT again (it may behave differently through the mapping) and register again, so
+   * the server offers peers the new candidates. Never rejects.
+   */
+  private async onPortMappingChanged(): Promise<void> {
+    const before = this.nat?.verdict
+    await this.nat?.recheck()
+    if (this.nat?.verdict === before) await this.client?.refreshRegistration() // else recheck() announced it
+  }
+
+  /** The external endpoints our gateway mapped for us (candidates for peers). */
+  private mappedEndpoints(): Endpoint[] {
+    return this.portMapping?.externalEndpoints() ?? []
   }
 
   /** Tunnels being checked because the server reported their peer offline (onPeerOffline), by peer ID. */
@@ -316,7 +349,8 @@ export class Agent {
       lan: lanEndpoints(this.localPort).map(formatEndpoint),
       nat: this.nat?.verdict ?? 'unknown',
       uptimeMs: Date.now() - this.startedAt,
-      tunnels: this.tunnels?.list().length ?? 0
+      tunnels: this.tunnels?.list().length ?? 0,
+      portMapping: this.portMapping?.status() ?? { state: this.init.config.portMapping ? 'probing' : 'off', gateway: null, via: null, udp: null, tcp: null, expiresInMs: null, reason: null }
     }
   }
 

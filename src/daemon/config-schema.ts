@@ -46,7 +46,8 @@ const SETTINGS = {
   port: port(0),
   logLevel: { enum: LOG_LEVELS, description: `must be one of ${LOG_LEVELS.join(', ')}` },
   secretFile: absolutePath,
-  inbox: absolutePath
+  inbox: absolutePath,
+  portMapping: { type: 'boolean', description: 'must be true or false' }
 } as const
 
 /** An allow entry: a peer name, a full peer ID, or {"name": …, "id": FULL_ID} (allow-list.ts). */
@@ -101,6 +102,7 @@ const FILE_SCHEMA = {
     port: orNull(SETTINGS.port),
     logLevel: { ...SETTINGS.logLevel, enum: [...LOG_LEVELS, null] },
     inbox: SETTINGS.inbox,
+    portMapping: orNull(SETTINGS.portMapping),
     forwards: { type: ['array', 'null'], items: FORWARD, description: 'must be an array of forwards' },
     exposes: { type: ['array', 'null'], items: EXPOSE, description: 'must be an array of exposes' }
   },
@@ -117,6 +119,7 @@ export interface RawConfigFile {
   port?: number | null
   logLevel?: (typeof LOG_LEVELS)[number] | null
   inbox?: string | null
+  portMapping?: boolean | null
   forwards?: Array<{ localPort: number; peer: string; remotePort: number; bind: string }> | null
   exposes?: Array<{ port: number; host: string; allow: Array<string | { name?: string; id?: string | null }> }> | null
 }

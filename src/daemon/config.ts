@@ -59,6 +59,12 @@ export interface AgentConfig {
    * it (flag or config file): the API, open to all of group natd, cannot.
    */
   inbox: string | null
+  /**
+   * Ask the default gateway to map our ports (PCP, NAT-PMP: port-mapping.ts). On by
+   * default: it is what lets two hard NATs connect directly; off for networks whose
+   * owner does not want natd to open ports on the router.
+   */
+  portMapping: boolean
 }
 
 /** What the config file adds to natctl's forwards and exposes. */
@@ -243,6 +249,7 @@ export interface Overrides {
   logLevel?: LogLevel | undefined
   secretFile?: string | undefined
   inbox?: string | undefined
+  portMapping?: boolean | undefined
 }
 
 /** The config file, validated: settings it gives, and the forwards and exposes it declares. */
@@ -255,6 +262,7 @@ export interface ConfigFile extends Declared {
   logLevel?: LogLevel
   secretFile?: string | null
   inbox?: string | null
+  portMapping?: boolean
 }
 
 /**
@@ -272,7 +280,8 @@ export function mergeConfig(stored: Readonly<AgentConfig> | null, flags: Overrid
     port: flags.port ?? file?.port ?? stored?.port ?? 0,
     logLevel: flags.logLevel ?? base.logLevel ?? 'info',
     secretFile: flags.secretFile ?? base.secretFile ?? null,
-    inbox: flags.inbox ?? base.inbox ?? null
+    inbox: flags.inbox ?? base.inbox ?? null,
+    portMapping: flags.portMapping ?? base.portMapping ?? true
   }
   const where = (key: string, flag: string): string => (file ? `set "${key}" in ${file.path} (or pass ${flag})` : `start natd once with ${flag}`)
   if (!merged.name) throw new NatdError('INVALID_ARGUMENT', `no name: ${where('name', '--name NAME')}`)
@@ -315,7 +324,7 @@ export function readConfigFile(file: string): ConfigFile {
  * Validates the text of a config file (docs/SERVICE.md has the reference):
  *
  *   { "name": "alice", "server": "rv.example.org:3478", "secretFile": "/etc/natd/secret",
- *     "heartbeat": "20s", "port": 41641, "logLevel": "info", "inbox": "/srv/natd-inbox",
+ *     "heartbeat": "20s", "port": 41641, "logLevel": "info", "inbox": "/srv/natd-inbox", "portMapping": true,
  *     "forwards": [{ "localPort": 2222, "peer": "bob", "remotePort": 22, "bind": "127.0.0.1" }],
  *     "exposes": [{ "port": 22, "host": "127.0.0.1", "allow": ["bob"] }] }
  *
@@ -354,6 +363,7 @@ export function parseConfigFile(text: string, file: string): ConfigFile {
     out.heartbeatMs = ms
   }
   if (top.port !== undefined && top.port !== null) out.port = top.port
+  if (typeof top.portMapping === 'boolean') out.portMapping = top.portMapping
   if (top.logLevel) out.logLevel = top.logLevel
   for (const [i, spec] of (top.forwards ?? []).entries()) {
     if (out.forwards.some((o) => o.localPort === spec.localPort)) throw bad(`forwards[${i}].localPort`, `repeats port ${spec.localPort}: each local port forwards to one place`)

@@ -38,7 +38,7 @@ import { installService, uninstallService, type ServiceReport } from './service.
 /** SIGTERM must finish within this (systemd's stop timeout is far longer; peers want speed). */
 const SHUTDOWN_DEADLINE_MS = 3_000
 /** Settings SIGHUP cannot change under a running agent: they need a restart. */
-const RESTART_KEYS = ['name', 'server', 'heartbeatMs', 'port', 'secretFile', 'inbox'] as const
+const RESTART_KEYS = ['name', 'server', 'heartbeatMs', 'port', 'secretFile', 'inbox', 'portMapping'] as const
 
 interface RunArgs {
   name?: string | undefined
@@ -49,6 +49,7 @@ interface RunArgs {
   heartbeat?: string | undefined
   'secret-file'?: string | undefined
   inbox?: string | undefined
+  'port-mapping'?: boolean | undefined
   'log-level'?: string | undefined
   config?: string | undefined
 }
@@ -64,6 +65,7 @@ function runOptions(y: Argv): Argv<RunArgs> {
     .option('heartbeat', { type: 'string', describe: 'heartbeat interval (default 20s)' })
     .option('secret-file', { type: 'string', describe: 'file with the network secret, when the server needs one' })
     .option('inbox', { type: 'string', describe: 'directory received files go to (absolute; default <state dir>/inbox); only set here or in the config file' })
+    .option('port-mapping', { type: 'boolean', describe: 'ask the default gateway to map our UDP and TCP ports by PCP or NAT-PMP (default on; --no-port-mapping turns it off)' })
     .option('log-level', { choices: LOG_LEVELS })
 }
 
@@ -174,6 +176,8 @@ const TEST_TUNNEL_DEAD_ENV = 'NATD_TEST_TUNNEL_DEAD_MS'
 const TEST_MESSAGE_ACK_DELAY_ENV = 'NATD_TEST_MESSAGE_ACK_DELAY_MS'
 /** The same for how long a migrating tunnel looks for a new path (MIGRATE_GIVE_UP_MS, 90 s). */
 const TEST_TUNNEL_GIVE_UP_ENV = 'NATD_TEST_TUNNEL_GIVE_UP_MS'
+/** The same for how often the gateway is asked whether it lost our port mapping (PORTMAP_CHECK_MS, 2 min). */
+const TEST_PORTMAP_CHECK_ENV = 'NATD_TEST_PORTMAP_CHECK_MS'
 
 function testMs(name: string, min: number): number | undefined {
   const raw = process.env[name]
@@ -200,7 +204,8 @@ async function run(argv: RunArgs): Promise<void> {
     port: argv.port,
     logLevel: argv['log-level'] as LogLevel | undefined,
     secretFile: argv['secret-file'],
-    inbox: argv.inbox
+    inbox: argv.inbox,
+    portMapping: argv['port-mapping']
   }
   refuseForeignStateDir(stateDir)
 
@@ -235,7 +240,13 @@ async function run(argv: RunArgs): Promise<void> {
   const tunnelDeadMs = testMs(TEST_TUNNEL_DEAD_ENV, 100)
   const messageAckDelayMs = testMs(TEST_MESSAGE_ACK_DELAY_ENV, 0)
   const tunnelGiveUpMs = testMs(TEST_TUNNEL_GIVE_UP_ENV, 100)
-  const tests = { ...(tunnelDeadMs === undefined ? {} : { tunnelDeadMs }), ...(messageAckDelayMs === undefined ? {} : { messageAckDelayMs }), ...(tunnelGiveUpMs === undefined ? {} : { tunnelGiveUpMs }) }
+  const portMapCheckMs = testMs(TEST_PORTMAP_CHECK_ENV, 500)
+  const tests = {
+    ...(tunnelDeadMs === undefined ? {} : { tunnelDeadMs }),
+    ...(messageAckDelayMs === undefined ? {} : { messageAckDelayMs }),
+    ...(tunnelGiveUpMs === undefined ? {} : { tunnelGiveUpMs }),
+    ...(portMapCheckMs === undefined ? {} : { portMapCheckMs })
+  }
   const agent = new Agent({ config, socketPath, secretKey, ...tests }, { store, keyPair, log: log.child({ component: 'agent' }) })
   // Signals are handled from before start(), which takes a moment (the NAT check): a stop
   // or reload that arrives meanwhile waits for it rather than killing natd mid-start.

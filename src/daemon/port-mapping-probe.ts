@@ -64,7 +64,8 @@ export async function probePortMapping(signal?: AbortSignal): Promise<PortMappin
   const client = await gatewayClient()
   if (!client) return { gateway: null, pcp: false, natPmp: false, externalIp: null }
   try {
-    return { gateway: client.gateway, ...(await client.mapper.probe(signal)) }
+    const { pcp, natPmp, externalIp } = await client.mapper.probe(signal)
+    return { gateway: client.gateway, pcp, natPmp, externalIp }
   } finally {
     client.close()
   }

@@ -1,98 +1,376 @@
 /**
- * The agent's port mapping of its tunnel UDP port (issue 17): at start it asks the
- * default gateway by PCP, else NAT-PMP (src/portmap), for the same external port for
- * PORTMAP_LIFETIME_S, renews at half-life and removes the mapping on shutdown.
+ * The agent's port mappings (issue 17): its tunnel UDP port, and its TCP port (the
+ * control connection's, which TCP punching reuses), asked of the default gateway by PCP,
+ * else NAT-PMP (src/portmap), for the same external port for PORTMAP_LIFETIME_S,
+ * renewed at half-life, made again when the gateway lost them, and removed at stop.
  *
  * It runs before the start-up NAT check, because a gateway like miniupnpd also sends the
  * mapped port's outbound traffic from the mapped port: a NAT that maps per destination
  * (hard) then maps that one port endpoint-independently and lets anything in through it,
  * so the check finds an easy NAT and peers punch to it directly (the lab: hard×hard with
  * one mapping router → direct UDP). A flow the NAT already knows keeps its old mapping,
- * hence "before". Cost where no gateway answers: PORTMAP_PROBE_TRIES tries, 0.75 s.
+ * hence "before". The mapped UDP endpoint is also offered to peers as a candidate of its
+ * own (agent.ts, protocol/lan.ts), for gateways that only forward inbound.
  *
- * Not done yet (issue 17): the mapped endpoint is not offered to peers as a candidate of
- * its own (a gateway that does not send our outbound traffic from the mapped port gains
- * nothing), no UPnP IGD, no TCP port, and a changed gateway or external address is only
- * noticed at the next renewal.
+ * Start-up cost, bounded: a gateway that answers neither protocol costs PORTMAP_PROBE_TRIES
+ * tries (0.75 s). That answer is remembered in the state directory (`portmap.json`: the
+ * gateway's address); the next start with the same gateway does not wait for it, but
+ * probes in the background, and when a mapping appears after all, `onChange` tells the
+ * agent (it checks its NAT again and registers again with the new candidate).
+ *
+ * Changes noticed: every PORTMAP_CHECK_MS the keeper asks the gateway for its epoch (one
+ * PCP ANNOUNCE and one NAT-PMP address request, as at start): a changed default gateway,
+ * an epoch that went back (the gateway restarted: RFC 6886 §3.6, RFC 6887 §8.5) or a
+ * changed external address → mapped again at once. Without a mapping the check probes
+ * again (a gateway whose owner turned PCP on, a new network). A renewal that fails until
+ * the lease ends → the mapping is lost (status says why), retried every PORTMAP_RETRY_MS.
  *
  * Who can make us do work: the gateway (or a LAN host spoofing it, for NAT-PMP) can
- * refuse or fake a mapping; we then send at most PORTMAP_TRIES requests per renewal.
+ * refuse or fake a mapping, or fake a restart; we then send at most 2 × PORTMAP_TRIES
+ * requests per check or renewal, never more often than PORTMAP_CHECK_MS /
+ * PORTMAP_RETRY_MS / MIN_RENEW_MS allow.
  */
-import type { Logger } from '../protocol/log.js'
-import { formatEndpoint } from '../protocol/endpoint.js'
-import { PORTMAP_LIFETIME_S, type PortMapping } from '../portmap/port-mapper.js'
+import fs from 'node:fs'
+import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import type { Clock, Logger } from '../protocol/log.js'
+import { systemClock } from '../protocol/log.js'
+import { formatEndpoint, sameEndpoint, type Endpoint } from '../protocol/endpoint.js'
+import type { MapProtocol } from '../portmap/natpmp.js'
+import { gatewayLostState, PORTMAP_LIFETIME_S, type PortMapping, type PortMapVia } from '../portmap/port-mapper.js'
+import type { PortMappingStatus } from '../ipc/schema.js'
+import { writeJsonAtomic } from '../common/state-files.js'
 import { gatewayClient, type GatewayClient } from './port-mapping-probe.js'
 
-/** After a failed renewal, try again this much later (the old mapping may still hold). */
+/** After a failed renewal or a lost mapping, try again this much later (the old mapping may still hold). */
 export const PORTMAP_RETRY_MS = 60_000
 /** A gateway that grants less than this many seconds is asked again no sooner than this. */
 const MIN_RENEW_MS = 30_000
+/**
+ * How often the gateway is asked whether it restarted or changed (its epoch, its
+ * address) and whether the default gateway is still the same: one small datagram to our
+ * own gateway every 2 minutes, so a router reboot costs peers at most that long.
+ */
+export const PORTMAP_CHECK_MS = 120_000
+/**
+ * stop() waits this long for a probe or renewal in flight (it may be about to grant a
+ * mapping that must then be removed), within natd's 3 s shutdown deadline.
+ */
+const STOP_WAIT_MS = 1_000
+/** The file in the state directory that remembers a gateway answering neither protocol. */
+export const PORTMAP_CACHE_FILE = 'portmap.json'
+
+/** Where the keeper remembers that a gateway answers neither protocol. */
+export interface SilentGatewayCache {
+  /** The gateway last found answering neither PCP nor NAT-PMP, or null. */
+  get(): string | null
+  set(gateway: string | null): void
+}
+
+/** The cache as a small file in the state directory; a missing or bad file is "nothing known". */
+export function fileCache(dir: string): SilentGatewayCache {
+  const file = path.join(dir, PORTMAP_CACHE_FILE)
+  return {
+    get: () => {
+      try {
+        const v = (JSON.parse(fs.readFileSync(file, 'utf8')) as { silentGateway?: unknown }).silentGateway
+        return typeof v === 'string' ? v : null
+      } catch {
+        return null
+      }
+    },
+    set: (gateway) => {
+      try {
+        if (gateway === null) fs.rmSync(file, { force: true })
+        else writeJsonAtomic(file, { silentGateway: gateway })
+      } catch {
+        // best effort: without it the next start just waits for the probe again
+      }
+    }
+  }
+}
+
+const noCache: SilentGatewayCache = { get: () => null, set: () => undefined }
+
+export interface PortMappingInit {
+  /** Our UDP port (tunnels), and the same TCP port (control connection). */
+  port: number
+  /** Map the TCP port too. */
+  tcp: boolean
+  /** false: --no-port-mapping; nothing is sent. */
+  enabled: boolean
+  /** How often the gateway is checked (PORTMAP_CHECK_MS; lab tests shorten it). */
+  checkMs?: number
+}
+
+export interface PortMappingComponents {
+  log: Logger
+  /** The gateway's client (tests inject a fake gateway). */
+  connect?: () => Promise<GatewayClient | null>
+  cache?: SilentGatewayCache
+  clock?: Clock
+  /** The mapped UDP endpoint appeared, changed or went (never called for the first mapping at start). */
+  onChange?: () => void
+}
+
+type KeeperState =
+  | { kind: 'off' }
+  | { kind: 'probing'; gateway: string | null }
+  | { kind: 'none'; gateway: string | null; reason: string }
+  /** at: when the lease began; epoch: the gateway's epoch in its latest answer, seen at epochAt. */
+  | { kind: 'mapped'; gateway: string; udp: PortMapping; tcp: PortMapping | null; at: number; epoch: number; epochAt: number }
 
 export class PortMappingKeeper {
   private client: GatewayClient | null = null
-  private mapping: PortMapping | null = null
-  private timer: NodeJS.Timeout | null = null
+  private state: KeeperState
+  private renewTimer: NodeJS.Timeout | null = null
+  private checkTimer: NodeJS.Timeout | null = null
   private stopped = false
+  private busy: Promise<void> | null = null
+  /** Started (start() returned): changes from now on are news for onChange. */
+  private started = false
+  private readonly connect: () => Promise<GatewayClient | null>
+  private readonly cache: SilentGatewayCache
+  private readonly clock: Clock
 
   constructor(
-    private readonly port: number,
-    private readonly log: Logger,
-    /** The gateway's client (tests inject a fake gateway). */
-    private readonly connect: () => Promise<GatewayClient | null> = gatewayClient
-  ) {}
+    private readonly init: PortMappingInit,
+    private readonly c: PortMappingComponents
+  ) {
+    this.state = init.enabled ? { kind: 'probing', gateway: null } : { kind: 'off' }
+    this.connect = c.connect ?? gatewayClient
+    this.cache = c.cache ?? noCache
+    this.clock = c.clock ?? systemClock
+  }
 
-  /** The live mapping, if any. */
+  /** The live UDP mapping, if any. */
   get current(): PortMapping | null {
-    return this.mapping
+    return this.state.kind === 'mapped' ? this.state.udp : null
   }
 
-  /** Probes the gateway and maps the port. Resolves with the mapping or null. Never rejects. */
-  async start(): Promise<PortMapping | null> {
+  /** The external endpoints of our mappings: UDP, then TCP when it differs. */
+  externalEndpoints(): Endpoint[] {
+    if (this.state.kind !== 'mapped') return []
+    const { udp, tcp } = this.state
+    return tcp && !sameEndpoint(tcp.external, udp.external) ? [udp.external, tcp.external] : [udp.external]
+  }
+
+  /** What `natctl status` shows. */
+  status(): PortMappingStatus {
+    const s = this.state
+    const base = { gateway: null, via: null, udp: null, tcp: null, expiresInMs: null, reason: null }
+    switch (s.kind) {
+      case 'off':
+        return { ...base, state: 'off', reason: 'turned off (--no-port-mapping)' }
+      case 'probing':
+        return { ...base, state: 'probing', gateway: s.gateway }
+      case 'none':
+        return { ...base, state: 'none', gateway: s.gateway, reason: s.reason }
+      case 'mapped':
+        return {
+          state: 'mapped',
+          gateway: s.gateway,
+          via: s.udp.via,
+          udp: formatEndpoint(s.udp.external),
+          tcp: s.tcp ? formatEndpoint(s.tcp.external) : null,
+          expiresInMs: Math.max(0, s.at + s.udp.lifetimeS * 1000 - this.clock.now()),
+          reason: null
+        }
+    }
+  }
+
+  /**
+   * Probes the gateway and maps the ports; resolves when the caller's NAT check may run:
+   * after the mapping, or at once when this gateway is known to answer neither protocol
+   * (the probe then goes on in the background). Never rejects.
+   */
+  async start(): Promise<void> {
+    if (!this.init.enabled) return
+    this.checkTimer = setInterval(() => this.onCheckDue(), this.init.checkMs ?? PORTMAP_CHECK_MS)
+    this.checkTimer.unref()
+    const silent = this.cache.get()
+    let gateway: string | null = null
+    let connected!: () => void
+    const isConnected = new Promise<void>((resolve) => (connected = resolve))
+    const first = this.serial(() =>
+      this.setUp((gw) => {
+        gateway = gw
+        connected()
+      })
+    )
+    await Promise.race([first, isConnected])
+    // The same gateway that answered nothing last time: do not wait for it again.
+    if (silent === null || gateway !== silent) await first
+    this.started = true
+  }
+
+  /** One probe or mapping run at a time. */
+  private serial(fn: () => Promise<void>): Promise<void> {
+    const run = (this.busy ?? Promise.resolve()).then(fn).finally(() => {
+      if (this.busy === run) this.busy = null
+    })
+    this.busy = run
+    return run
+  }
+
+  /** Connects to the default gateway, probes it and maps. Never rejects. */
+  private async setUp(onConnected?: (gateway: string | null) => void): Promise<void> {
+    this.close()
+    const before = this.current
     this.client = await this.connect()
-    if (!this.client || this.stopped) return null
-    const offer = await this.client.mapper.probe()
-    if (!offer.pcp && !offer.natPmp) {
-      this.log.debug('no port mapping: the gateway answers neither PCP nor NAT-PMP', { gateway: this.client.gateway })
-      this.close()
-      return null
-    }
-    await this.onRenewDue(offer.pcp ? 'pcp' : 'nat-pmp')
-    return this.mapping
-  }
-
-  /** Maps (again, with the same nonce), then schedules the next renewal at half-life. Never rejects. */
-  private async onRenewDue(via: 'pcp' | 'nat-pmp'): Promise<void> {
-    if (!this.client || this.stopped) return
-    try {
-      const m = await this.client.mapper.map(via, 'udp', this.port, { lifetimeS: PORTMAP_LIFETIME_S, nonce: this.mapping?.nonce ?? null })
-      const first = !this.mapping || formatEndpoint(this.mapping.external) !== formatEndpoint(m.external)
-      this.mapping = m
-      this.log[first ? 'info' : 'debug']('port mapped', { via, internalPort: this.port, external: formatEndpoint(m.external), lifetimeS: m.lifetimeS })
-      this.schedule(via, Math.max(MIN_RENEW_MS, (m.lifetimeS * 1000) / 2))
-    } catch (err) {
-      this.log.warn('port mapping failed', { via, gateway: this.client.gateway, err: (err as Error).message })
-      this.schedule(via, PORTMAP_RETRY_MS)
-    }
-  }
-
-  private schedule(via: 'pcp' | 'nat-pmp', ms: number): void {
+    const client = this.client
+    onConnected?.(client?.gateway ?? null)
     if (this.stopped) return
-    this.timer = setTimeout(() => void this.onRenewDue(via), ms)
-    this.timer.unref()
+    if (!client) return this.lose(null, 'no IPv4 default gateway', before)
+    this.state = { kind: 'probing', gateway: client.gateway }
+    const offer = await client.mapper.probe()
+    if (this.stopped) return
+    if (!offer.pcp && !offer.natPmp) {
+      if (this.cache.get() !== client.gateway) this.cache.set(client.gateway)
+      this.c.log.debug('no port mapping: the gateway answers neither PCP nor NAT-PMP', { gateway: client.gateway })
+      this.close()
+      return this.lose(client.gateway, `the gateway ${client.gateway} answers neither PCP nor NAT-PMP`, before)
+    }
+    if (this.cache.get() !== null) this.cache.set(null)
+    await this.map(offer.pcp ? 'pcp' : 'nat-pmp', before)
   }
 
-  /** Removes the mapping (best effort, ≤ 1.75 s) and closes the socket. Never rejects. */
+  /**
+   * Maps (again, with the same nonces), then schedules the next renewal at half-life.
+   * A failure keeps the mapping until its lease ends. Never rejects.
+   */
+  private async map(via: PortMapVia, before: PortMapping | null): Promise<void> {
+    const client = this.client
+    if (!client || this.stopped) return
+    const held = this.state.kind === 'mapped' ? this.state : null
+    const ask = async (protocol: MapProtocol, old: PortMapping | null | undefined): Promise<PortMapping> =>
+      client.mapper.map(via, protocol, this.init.port, { lifetimeS: PORTMAP_LIFETIME_S, nonce: old?.via === via ? old.nonce : null })
+    const at = this.clock.now()
+    let udp: PortMapping
+    try {
+      udp = await ask('udp', held?.udp)
+    } catch (err) {
+      if (this.stopped) return
+      this.c.log.warn('port mapping failed', { via, gateway: client.gateway, err: (err as Error).message })
+      this.scheduleRenew(PORTMAP_RETRY_MS)
+      if (!held) return this.lose(client.gateway, (err as Error).message, before)
+      if (this.clock.now() >= held.at + held.udp.lifetimeS * 1000) return this.lose(client.gateway, `lease lost: ${(err as Error).message}`, before)
+      return
+    }
+    let tcp: PortMapping | null = null
+    if (this.init.tcp) {
+      tcp = await ask('tcp', held?.tcp).catch((err: Error) => {
+        this.c.log.warn('tcp port mapping failed', { via, gateway: client.gateway, err: err.message })
+        return null
+      })
+    }
+    if (this.stopped) {
+      // Granted while natd stops: stop() may have looked already, so remove it here.
+      await Promise.all([udp, tcp].map((m) => (m ? client.mapper.unmap(m).catch(() => undefined) : undefined)))
+      return
+    }
+    this.state = { kind: 'mapped', gateway: client.gateway, udp, tcp, at, epoch: udp.epoch, epochAt: at }
+    const changed = !before || formatEndpoint(before.external) !== formatEndpoint(udp.external)
+    this.c.log[changed ? 'info' : 'debug']('port mapped', {
+      via,
+      internalPort: this.init.port,
+      external: formatEndpoint(udp.external),
+      tcp: tcp ? formatEndpoint(tcp.external) : null,
+      lifetimeS: udp.lifetimeS
+    })
+    this.scheduleRenew(Math.max(MIN_RENEW_MS, (udp.lifetimeS * 1000) / 2))
+    if (changed && this.started) this.c.onChange?.()
+  }
+
+  private lose(gateway: string | null, reason: string, before: PortMapping | null): void {
+    this.state = { kind: 'none', gateway, reason }
+    if (before && this.started) {
+      this.c.log.warn('port mapping lost', { external: formatEndpoint(before.external), reason })
+      this.c.onChange?.()
+    }
+  }
+
+  private scheduleRenew(ms: number): void {
+    if (this.stopped) return
+    if (this.renewTimer) clearTimeout(this.renewTimer)
+    this.renewTimer = setTimeout(() => this.onRenewDue(), ms)
+    this.renewTimer.unref()
+  }
+
+  private onRenewDue(): void {
+    void this.serial(async () => {
+      if (this.state.kind === 'mapped' && this.client) return this.map(this.state.udp.via, this.state.udp)
+      return this.setUp()
+    })
+  }
+
+  /**
+   * The periodic check: another default gateway, or none mapped yet → set up again; the
+   * same gateway → its epoch and address, and map again at once if it lost our mappings.
+   * Never rejects.
+   */
+  private onCheckDue(): void {
+    if (this.busy) return // a probe or renewal is under way: it will tell
+    void this.serial(() => this.check())
+  }
+
+  /** Checks again now (the network may have changed: the server was lost and found). Never rejects. */
+  recheck(): Promise<void> {
+    if (!this.init.enabled || this.stopped) return Promise.resolve()
+    return this.serial(() => this.check())
+  }
+
+  private async check(): Promise<void> {
+    const s = this.state
+    if (this.stopped) return
+    // Nothing mapped: probe again (a gateway whose owner turned PCP on, another network).
+    if (s.kind !== 'mapped' || !this.client) return this.setUp()
+    const at = this.clock.now()
+    const offer = await this.client.mapper.probe()
+    if (this.stopped) return
+    if (offer.epoch === null) return // silent now: the renewal decides whether the lease is lost
+    const lost = gatewayLostState({ epoch: s.epoch, atMs: s.epochAt }, { epoch: offer.epoch, atMs: at })
+    const moved = offer.externalIp !== null && offer.externalIp !== s.udp.external.host
+    if (!lost && !moved && (await this.sameGateway())) {
+      // Compared with the latest answer each time, so clock drift never adds up.
+      this.state = { ...s, epoch: offer.epoch, epochAt: at }
+      return
+    }
+    this.c.log.info('the gateway lost or changed our mapping: mapping again', { gateway: s.gateway, epoch: offer.epoch, lost, moved })
+    await this.setUp()
+  }
+
+  /** Whether the default gateway is still the one we talk to. */
+  private async sameGateway(): Promise<boolean> {
+    const gateway = this.client?.gateway ?? null
+    const now = await this.connect()
+    now?.close()
+    return (now?.gateway ?? null) === gateway
+  }
+
+  /** Removes the mappings (best effort, ≤ 1.75 s each) and closes the socket. Never rejects. */
   async stop(): Promise<void> {
     this.stopped = true
-    if (this.timer) clearTimeout(this.timer)
-    const m = this.mapping
-    this.mapping = null
-    if (m && this.client) {
-      await this.client.mapper.unmap(m).then(
-        () => this.log.info('port mapping removed', { external: formatEndpoint(m.external) }),
-        (err: Error) => this.log.warn('port mapping not removed', { err: err.message })
+    if (this.renewTimer) clearTimeout(this.renewTimer)
+    if (this.checkTimer) clearInterval(this.checkTimer)
+    if (this.busy) await Promise.race([this.busy.catch(() => undefined), sleep(STOP_WAIT_MS, undefined, { ref: false })])
+    const s = this.state
+    if (s.kind === 'mapped' && this.client) {
+      const client = this.client
+      await Promise.all(
+        [s.udp, s.tcp].flatMap((m) =>
+          m
+            ? [
+                client.mapper.unmap(m).then(
+                  () => this.c.log.info('port mapping removed', { protocol: m.protocol, external: formatEndpoint(m.external) }),
+                  (err: Error) => this.c.log.warn('port mapping not removed', { protocol: m.protocol, err: err.message })
+                )
+              ]
+            : []
+        )
       )
     }
+    this.state = this.init.enabled ? { kind: 'none', gateway: null, reason: 'natd is stopping' } : { kind: 'off' }
     this.close()
   }
 

@@ -34,6 +34,8 @@ export interface TunnelHostComponents {
   nat: Pick<NatMonitor, 'verdict' | 'fresh'>
   /** Channels that name no service: to an exposed port (exposes.ts decides). */
   exposes: { onChannel: ChannelHandler }
+  /** Whether our gateway holds a port mapping for us (port-mapping.ts). */
+  portMapped?: () => boolean
 }
 
 export class TunnelHost implements TunnelManagerComponents {
@@ -68,6 +70,10 @@ export class TunnelHost implements TunnelManagerComponents {
 
   natVerdict(): NatVerdict {
     return this.c.nat.verdict
+  }
+
+  hasPortMapping(): boolean {
+    return this.c.portMapped?.() ?? false
   }
 
   /** Before an upgrade attempt: shares the NatMonitor's check in flight or a recent one. */

@@ -44,6 +44,24 @@ export interface StatusResult {
   nat: string
   uptimeMs: number
   tunnels: number
+  /** The gateway's port mapping of our ports (PCP or NAT-PMP), or why there is none. */
+  portMapping: PortMappingStatus
+}
+
+/** A live port mapping, or why there is none (status; see docs/API.md#status). */
+export interface PortMappingStatus {
+  /** off: --no-port-mapping; probing: asking the gateway; mapped; none: see reason. */
+  state: 'off' | 'probing' | 'mapped' | 'none'
+  /** The IPv4 default gateway asked; null: none (yet). */
+  gateway: string | null
+  via: 'pcp' | 'nat-pmp' | null
+  /** The external endpoint peers can reach our UDP port at. */
+  udp: string | null
+  /** The same for our TCP port, when the gateway mapped it. */
+  tcp: string | null
+  /** Until the lease ends, if natd could not renew it (it renews at half-life). */
+  expiresInMs: number | null
+  reason: string | null
 }
 
 export interface PeerInfo {

@@ -53,6 +53,8 @@ export interface GatewayOffer {
   natPmp: boolean
   /** From NAT-PMP's external-address answer (PCP tells it only with a mapping). */
   externalIp: string | null
+  /** The gateway's epoch (seconds since its mappings were last lost), PCP's when it speaks PCP; null: no answer. */
+  epoch: number | null
 }
 
 export interface PortMapping {
@@ -65,6 +67,20 @@ export interface PortMapping {
   lifetimeS: number
   /** PCP: the nonce that owns the mapping (renewals and the delete must repeat it). */
   nonce: Uint8Array | null
+  /** The gateway's epoch in its answer (gatewayLostState() compares two). */
+  epoch: number
+}
+
+/**
+ * Whether the gateway lost its mappings between two answers (RFC 6886 §3.6, RFC 6887
+ * §8.5): its epoch counts seconds since it last lost them, so it must have advanced by
+ * about the time that passed on our clock. Allowed: 1/8 slower and 2 s of rounding
+ * (RFC 6886), and 1 s backwards for reordering (RFC 6887).
+ */
+export function gatewayLostState(prev: { epoch: number; atMs: number }, next: { epoch: number; atMs: number }): boolean {
+  if (next.epoch + 1 < prev.epoch) return true
+  const elapsedS = Math.max(0, next.atMs - prev.atMs) / 1000
+  return next.epoch < prev.epoch + (elapsedS * 7) / 8 - 2
 }
 
 export interface PortMapperInit {
@@ -118,11 +134,13 @@ export class PortMapper {
       this.ask(encodeNatPmpAddressRequest(), (a) => 'natPmp' in a && a.natPmp.kind === 'external-address' && a.natPmp.result === 0, signal, PORTMAP_PROBE_TRIES)
     ])
     const addr = natPmp && 'natPmp' in natPmp && natPmp.natPmp.kind === 'external-address' ? natPmp.natPmp : null
+    // A NAT-PMP-only gateway answers PCP with a version-0 "unsupported version": that is not PCP.
+    const pcpAnswer = pcp && 'pcp' in pcp && pcp.pcp.result === 0 ? pcp.pcp : null
     return {
-      // A NAT-PMP-only gateway answers PCP with a version-0 "unsupported version": that is not PCP.
-      pcp: !!pcp && 'pcp' in pcp && pcp.pcp.result === 0,
+      pcp: pcpAnswer !== null,
       natPmp: !!addr && addr.result === 0,
-      externalIp: addr?.result === 0 ? addr.address : null
+      externalIp: addr?.result === 0 ? addr.address : null,
+      epoch: pcpAnswer?.epoch ?? (addr?.result === 0 ? addr.epoch : null)
     }
   }
 
@@ -144,7 +162,7 @@ export class PortMapper {
       if (!a || !('pcp' in a) || a.pcp.kind !== 'map') throw this.noAnswer('PCP')
       const r = a.pcp
       if (r.result !== 0) throw refused('PCP', r.result, PCP_RESULTS)
-      return { via, protocol, internalPort, external: { host: r.externalIp, port: r.externalPort }, lifetimeS: r.lifetimeS, nonce }
+      return { via, protocol, internalPort, external: { host: r.externalIp, port: r.externalPort }, lifetimeS: r.lifetimeS, nonce, epoch: r.epoch }
     }
     const addr = await this.ask(encodeNatPmpAddressRequest(), (x) => 'natPmp' in x && x.natPmp.kind === 'external-address', o.signal)
     if (!addr || !('natPmp' in addr) || addr.natPmp.kind !== 'external-address') throw this.noAnswer('NAT-PMP')
@@ -158,7 +176,7 @@ export class PortMapper {
     if (!a || !('natPmp' in a) || a.natPmp.kind !== 'map') throw this.noAnswer('NAT-PMP')
     const r = a.natPmp
     if (r.result !== 0) throw refused('NAT-PMP', r.result, NATPMP_RESULTS)
-    return { via, protocol, internalPort, external: { host: externalIp, port: r.externalPort }, lifetimeS: r.lifetimeS, nonce: null }
+    return { via, protocol, internalPort, external: { host: externalIp, port: r.externalPort }, lifetimeS: r.lifetimeS, nonce: null, epoch: r.epoch }
   }
 
   /** Removes a mapping (lifetime 0). Throws like map(). */

@@ -30,3 +30,24 @@ export function isLanAddress(host: string): boolean {
 export function lanCandidates(list: readonly Endpoint[]): Endpoint[] {
   return list.filter((ep) => isLanAddress(ep.host) && Number.isInteger(ep.port) && ep.port > 0 && ep.port <= 65535).slice(0, MAX_LAN_CANDIDATES)
 }
+
+/**
+ * Ports an agent's gateway mapped for it (PCP, NAT-PMP) are offered in the same list, at
+ * the agent's own public address: at most this many (its UDP and its TCP port).
+ */
+export const MAX_MAPPED_CANDIDATES = 2
+
+/**
+ * The mapped candidates in `list`: endpoints at `publicHost`, the address the server sees
+ * the agent at. Nothing else public is ever kept, so a peer probes only ports of the
+ * agent's own address — as it already may when it sprays a hard NAT (punch.ts).
+ */
+export function mappedCandidates(list: readonly Endpoint[], publicHost: string | null | undefined): Endpoint[] {
+  if (!publicHost || isLanAddress(publicHost)) return []
+  return list.filter((ep) => ep.host === publicHost && Number.isInteger(ep.port) && ep.port > 0 && ep.port <= 65535).slice(0, MAX_MAPPED_CANDIDATES)
+}
+
+/** What the server keeps of a REGISTER's candidates: the mapped ones first, then the LAN ones. */
+export function offeredCandidates(list: readonly Endpoint[], publicHost: string | null | undefined): Endpoint[] {
+  return [...mappedCandidates(list, publicHost), ...lanCandidates(list)].slice(0, MAX_LAN_CANDIDATES)
+}

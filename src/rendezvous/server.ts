@@ -16,7 +16,7 @@ import net from 'node:net'
 import type { Endpoint } from '../protocol/endpoint.js'
 import { NatdError, ProtocolError, toNatdError } from '../protocol/errors.js'
 import { isValidName, mac, NAME_RULE, networkSecretKey, peerId, randomBytes, secretProof, timingSafeEqual, verify, type KeyPair } from '../protocol/identity.js'
-import { lanCandidates } from '../protocol/lan.js'
+import { offeredCandidates } from '../protocol/lan.js'
 import { systemClock, type Clock, type Logger } from '../protocol/log.js'
 import {
   DATAGRAM_KEY_BYTES,
@@ -314,7 +314,9 @@ export class RendezvousServer {
     const { ref, isNew } = this.registry.register({
       publicKey: Buffer.from(msg.publicKey),
       name: msg.name,
-      lan: lanCandidates(msg.lan), // never an address outside private ranges: peers would probe it
+      // Private addresses, and ports the agent's gateway mapped at the address we see it
+      // at (protocol/lan.ts): never another public address, peers would probe it.
+      lan: offeredCandidates(msg.lan, conn.remote.host),
       nat: msg.nat,
       token: randomBytes(TOKEN_BYTES),
       tcp: conn.remote

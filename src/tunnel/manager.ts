@@ -15,7 +15,7 @@ import type { Via } from '../protocol/rendezvous.js'
 import { PunchBudget, RefusalLog, type PunchBudgetInit } from './budget.js'
 import type { OpenRequest } from './mux.js'
 import { planPaths } from './path-plan.js'
-import { Paths, sleepUntil, type Established, type Introduction, type PathComponents } from './paths.js'
+import { offersMapping, Paths, sleepUntil, type Established, type Introduction, type PathComponents } from './paths.js'
 import { firstOf } from './failures.js'
 import { asResume, firstFrame, onFreshTunnel, onResumeRequest, RESUME_ANSWER_MS, SIMULTANEOUS_OPEN_MS } from './resume.js'
 import { Tunnel, type PathKind, type TunnelTiming } from './tunnel.js'
@@ -224,7 +224,8 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
   private async punchAndKeep(intro: Introduction, timeoutMs: number, id: string, resuming: Tunnel | null): Promise<Tunnel> {
     const name = intro.peer.name
     const abort = new AbortController()
-    const plan = planPaths({ via: intro.via, mine: this.c.natVerdict(), theirs: intro.peer.nat, initiator: intro.initiator })
+    const mapped = (this.c.hasPortMapping?.() ?? false) || offersMapping(intro.peer)
+    const plan = planPaths({ via: intro.via, mine: this.c.natVerdict(), theirs: intro.peer.nat, initiator: intro.initiator, mapped })
     if (plan.impossible !== null) throw new NatdError('UNSUPPORTED_PATH', plan.impossible)
     const direct: Array<Promise<Established>> = []
     if (plan.udp) direct.push(this.paths.udp(intro, plan.udp, timeoutMs, abort.signal))

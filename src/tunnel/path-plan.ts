@@ -5,7 +5,10 @@
  * - A NAT that maps per destination ('hard') gives the server one mapping and the peer
  *   another, so the peer cannot aim at it: TCP punching through it fails, and UDP needs
  *   a search (birthday on the hard side, spray on the easy side, punch.ts).
- * - When both NATs are hard, neither side can find the other's mapping: no direct path.
+ * - When both NATs are hard, neither side can find the other's mapping: no direct path,
+ *   unless one side's gateway mapped its port (PCP, NAT-PMP): the other side then probes
+ *   that mapped endpoint plainly, and the mapped side answers through the mapping (the
+ *   answer leaves from the mapped port, so the prober's NAT lets it in).
  * - `auto` (and `direct`, the upgrade attempt) skips what cannot work; an explicit
  *   `udp` or `tcp` tries regardless, except UDP between two hard NATs, which is refused
  *   at once (UNSUPPORTED_PATH) rather than spraying for the whole timeout.
@@ -20,6 +23,8 @@ export interface PathPlanInput {
   /** The peer's verdict, as the server introduced it. */
   theirs: NatVerdict
   initiator: boolean
+  /** Either side holds a port mapping on its gateway (ours, or a mapped candidate of the peer's). */
+  mapped?: boolean
 }
 
 export interface PathPlan {
@@ -39,20 +44,20 @@ export interface PathPlan {
 
 export const BOTH_HARD = 'both NATs map per destination, so no direct path can be punched between them; use --via auto or --via relay'
 
-/** The UDP punch strategy for two verdicts; null when both map per destination. */
-export function punchStrategy(mine: NatVerdict, theirs: NatVerdict): PunchStrategy | null {
-  if (mine === 'hard' && theirs === 'hard') return null
+/** The UDP punch strategy for two verdicts; null when both map per destination and neither side holds a mapping. */
+export function punchStrategy(mine: NatVerdict, theirs: NatVerdict, mapped = false): PunchStrategy | null {
+  if (mine === 'hard' && theirs === 'hard') return mapped ? 'normal' : null
   // An unknown verdict on the other side may be anything: punch plainly rather than search.
   if (mine === 'hard' && theirs !== 'unknown') return 'birthday'
   if (theirs === 'hard' && mine !== 'unknown') return 'spray'
   return 'normal'
 }
 
-export function planPaths({ via, mine, theirs, initiator }: PathPlanInput): PathPlan {
+export function planPaths({ via, mine, theirs, initiator, mapped = false }: PathPlanInput): PathPlan {
   const hard = [mine, theirs].filter((v) => v === 'hard').length
   const auto = via === 'auto' || via === 'direct'
-  const strategy = punchStrategy(mine, theirs)
-  const udp = via === 'udp' || (auto && hard < 2) ? strategy : null
+  const strategy = punchStrategy(mine, theirs, mapped)
+  const udp = via === 'udp' || (auto && (hard < 2 || mapped)) ? strategy : null
   const tcp = via === 'tcp' || (auto && hard === 0)
   const relay = via === 'relay' ? 'now' : via === 'auto' ? 'fallback' : 'never'
   const impossible = (via === 'udp' || via === 'direct') && strategy === null ? BOTH_HARD : null

@@ -10,7 +10,7 @@ import { formatEndpoint, sameEndpoint, type Endpoint } from '../protocol/endpoin
 import { NatdError } from '../protocol/errors.js'
 import { peerId, timingSafeEqual, type KeyPair } from '../protocol/identity.js'
 import type { Clock, Logger } from '../protocol/log.js'
-import { lanCandidates } from '../protocol/lan.js'
+import { lanCandidates, mappedCandidates } from '../protocol/lan.js'
 import { decode, type NatVerdict, type PeerRecord, type Via } from '../protocol/rendezvous.js'
 import type { PunchBudget, RefusalLog } from './budget.js'
 import { BIRTHDAY_SOCKETS, Puncher, type Candidate, type PunchStrategy } from './punch.js'
@@ -30,6 +30,19 @@ export const PUNCH_LAN_CANDIDATES = 4
 /** The LAN candidates of `peer` a punch tries (private, at most PUNCH_LAN_CANDIDATES, not the public one). */
 function lanOf(peer: PeerRecord, publicEp: Endpoint | null): Endpoint[] {
   return lanCandidates(peer.lan).filter((e) => !sameEndpoint(e, publicEp)).slice(0, PUNCH_LAN_CANDIDATES)
+}
+
+/**
+ * Ports `peer`'s gateway mapped for it, at the address the server saw it at (not that
+ * endpoint itself): tried like its public endpoint, for the whole punch.
+ */
+function mappedOf(peer: PeerRecord, publicEp: Endpoint | null): Endpoint[] {
+  return mappedCandidates(peer.lan, publicEp?.host).filter((e) => !sameEndpoint(e, publicEp))
+}
+
+/** Whether `peer` offers a port its gateway mapped (for UDP or TCP). */
+export function offersMapping(peer: PeerRecord): boolean {
+  return mappedOf(peer, peer.udp).length > 0 || mappedOf(peer, peer.tcp).length > 0
 }
 
 export interface Introduction {
@@ -55,6 +68,8 @@ export interface PathComponents {
   relayServer(): Endpoint | null
   /** Local port of the TCP control connection (TCP punching reuses it); 0 when there is none. */
   localTcpPort(): number
+  /** Whether our gateway holds a port mapping for us (then even a hard peer can punch to us). */
+  hasPortMapping?(): boolean
 }
 
 export interface Established {
@@ -157,6 +172,7 @@ export class Paths {
     // A host without NAT reports its public address as a LAN address too: that one is public.
     const candidates: Candidate[] = [
       ...lanOf(intro.peer, intro.peer.udp).map((endpoint) => ({ endpoint, kind: 'lan' as const })),
+      ...mappedOf(intro.peer, intro.peer.udp).map((endpoint) => ({ endpoint, kind: 'public' as const })),
       ...(intro.peer.udp ? [{ endpoint: intro.peer.udp, kind: 'public' as const }] : [])
     ]
     const socket = this.c.socket
@@ -268,6 +284,7 @@ export class Paths {
     const tcp = intro.peer.tcp
     const candidates: Candidate[] = [
       ...lanOf(intro.peer, tcp).map((endpoint) => ({ endpoint, kind: 'lan' as const })),
+      ...mappedOf(intro.peer, tcp).map((endpoint) => ({ endpoint, kind: 'public' as const })),
       ...(tcp ? [{ endpoint: tcp, kind: 'public' as const }] : [])
     ]
     const deadline = this.c.clock.now() + timeoutMs

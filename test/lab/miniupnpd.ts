@@ -25,6 +25,13 @@ export interface MiniupnpdOptions {
   upnp?: boolean
   /** Permission rules; default: the site's LAN may map ports 1024-65535. */
   rules?: string[]
+  /**
+   * false: miniupnpd's MINIUPNPD-POSTROUTING chain is not hooked, so a mapped port's
+   * outbound traffic is NATed by the lab's rules as any other (a hard NAT: another port
+   * per destination): a gateway that only forwards inbound, as many PCP/NAT-PMP
+   * routers do. Default true (miniupnpd as Debian ships it).
+   */
+  snat?: boolean
 }
 
 /**
@@ -34,13 +41,13 @@ export interface MiniupnpdOptions {
  * rules ahead of the lab's NL-* chains let through what miniupnpd opened: packets it
  * DNATed (its mappings) and the STUN answers to its own NAT test.
  */
-function legacyChains(): string {
+function legacyChains(snat: boolean): string {
   return [
     '*nat',
     ':MINIUPNPD - [0:0]',
     ':MINIUPNPD-POSTROUTING - [0:0]',
     '-A PREROUTING -i wan -j MINIUPNPD',
-    '-A POSTROUTING -o wan -j MINIUPNPD-POSTROUTING',
+    ...(snat ? ['-A POSTROUTING -o wan -j MINIUPNPD-POSTROUTING'] : []),
     'COMMIT',
     '*mangle',
     ':MINIUPNPD - [0:0]',
@@ -73,7 +80,7 @@ function nftHooks(stunHosts: string[], wanIp: string): string[][] {
 export async function startMiniupnpd(lab: Lab, site: string, n: number, dir: string, o: MiniupnpdOptions = {}): Promise<ChildProcess> {
   const router = lab.routers[site]
   if (!router) throw new Error(`site ${site} has no router`)
-  const restore = await lab.exec(router.ns, ['sh', '-c', `printf '%s' '${legacyChains()}' | iptables-legacy-restore --noflush`])
+  const restore = await lab.exec(router.ns, ['sh', '-c', `printf '%s' '${legacyChains(o.snat !== false)}' | iptables-legacy-restore --noflush`])
   if (restore.code !== 0) throw new Error(`miniupnpd chains: ${restore.stderr}`)
   for (const cmd of nftHooks([lab.server.ip, lab.server.altIp], router.wanIp)) {
     const r = await lab.exec(router.ns, cmd)

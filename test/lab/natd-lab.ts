@@ -109,7 +109,7 @@ export class NatdLab {
    * `tunnelDead` shortens the dead-peer time (NATD_TEST_TUNNEL_DEAD_MS, read by
    * daemon/main.ts for tests only) so a test need not wait TUNNEL_DEAD_MS.
    */
-  async startAgent(host: string, opts: { as?: string; heartbeat?: string; extra?: string[]; stateDir?: string; tunnelDeadMs?: number } = {}): Promise<AgentHandle> {
+  async startAgent(host: string, opts: { as?: string; heartbeat?: string; extra?: string[]; stateDir?: string; tunnelDeadMs?: number; env?: Record<string, string> } = {}): Promise<AgentHandle> {
     const h = this.lab.hosts[host]
     if (!h) throw new Error(`no lab host ${host}`)
     const name = opts.as ?? host
@@ -119,7 +119,7 @@ export class NatdLab {
     const logFile = path.join(this.dir, `${key}.log`)
     const args = ['--name', name, '--server', this.serverAddr, '--state-dir', stateDir, '--socket', socket, '--heartbeat', opts.heartbeat ?? '2s', '--log-level', 'debug', ...(opts.extra ?? [])]
     const log = fs.openSync(logFile, 'a')
-    const env: Record<string, string> = opts.tunnelDeadMs === undefined ? {} : { NATD_TEST_TUNNEL_DEAD_MS: String(opts.tunnelDeadMs) }
+    const env: Record<string, string> = { ...opts.env, ...(opts.tunnelDeadMs === undefined ? {} : { NATD_TEST_TUNNEL_DEAD_MS: String(opts.tunnelDeadMs) }) }
     const proc = this.lab.spawn(h.ns, [process.execPath, path.join(DIST, 'daemon/main.js'), ...args], { cwd: ROOT, env: { ...process.env, ...env } })
     proc.stdout?.on('data', (d: Buffer) => fs.writeSync(log, d))
     proc.stderr?.on('data', (d: Buffer) => fs.writeSync(log, d))

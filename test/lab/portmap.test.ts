@@ -2,11 +2,17 @@
  * Port mapping through a real gateway (issue 17): `natctl netcheck` names the protocols a
  * lab router running Debian's miniupnpd offers; natd's PortMapper (src/portmap) asks it
  * for a UDP mapping by PCP and by NAT-PMP, and a datagram from the internet then reaches
- * the host through it — which the router's firewall drops without the mapping.
+ * the host through it — which the router's firewall drops without the mapping. Then the
+ * agent's own mappings: shown by `natctl status`, offered to peers as a candidate (a hard
+ * NAT whose gateway only forwards inbound still gets a direct path from a hard peer),
+ * mapped again when the gateway restarts; and the TCP port mapped, so direct TCP reaches
+ * a hard NAT whose gateway maps.
  *
  *   server 198.18.0.2 (STUN for miniupnpd's ext_perform_stun; sends the test datagram)
- *   ── inet ── wan 198.18.1.2 [r1: easy NAT + miniupnpd, PCP/NAT-PMP on 10.1.0.1:5351] ── alice 10.1.0.2
+ *   ── inet ─┬─ wan 198.18.1.2 [r1: NAT + miniupnpd, PCP/NAT-PMP on 10.1.0.1:5351] ── alice 10.1.0.2
+ *            └─ wan 198.18.2.2 [r2: NAT]                                           ── bob 10.2.0.2
  */
+import type { ChildProcess } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
@@ -58,7 +64,7 @@ describe.skipIf(!labAvailable() || !fs.existsSync(MINIUPNPD))('port mapping (PCP
         client.stdout?.on('data', (d: Buffer) => (out += d.toString()))
         await waitFor(() => /"mapping"|"error"/.test(out), 15_000, `${via}: a mapping or an error`)
         const lines = out.trim().split('\n').map((l) => JSON.parse(l) as ClientLine)
-        expect(lines[0]!.probe, out).toEqual({ pcp: true, natPmp: true, externalIp: wanIp })
+        expect(lines[0]!.probe, out).toMatchObject({ pcp: true, natPmp: true, externalIp: wanIp })
         const mapping = lines[1]!.mapping!
         expect(mapping, `${out}\n${routerLog}`).toMatchObject({ via, protocol: 'udp', internalPort: port, external: { host: wanIp } })
         expect(mapping.lifetimeS).toBeGreaterThan(0)
@@ -67,6 +73,89 @@ describe.skipIf(!labAvailable() || !fs.existsSync(MINIUPNPD))('port mapping (PCP
         expect(out).toContain('"unmapped":true')
         expect(await pingFromInternet(n.lab, `${mapping.external.host}:${mapping.external.port}`), `${via}: after unmap`).toBe(false)
       }
+    })
+  }, 90_000)
+
+  // A gateway that only forwards inbound (miniupnpd with its POSTROUTING chain unhooked):
+  // alice's outbound traffic still leaves from a new port per destination, so her NAT
+  // check finds it hard, and without the mapped candidate bob (hard too) would get the
+  // relay. With it, bob probes alice's mapped port and alice answers through it.
+  it('a hard NAT whose gateway maps: status shows it, peers get the mapped endpoint and punch to it (hard×hard → direct UDP); mapped again when the gateway restarts', async () => {
+    await withLab({ sites: [{ name: 'alice', nat: 'hard' }, { name: 'bob', nat: 'hard' }] }, async (n) => {
+      const { ip, altIp } = n.lab.server
+      await n.startServer(['--host', ip, '--alt-host', altIp])
+      let routerLog = ''
+      const startRouter = async (): Promise<ChildProcess> => {
+        const r = await startMiniupnpd(n.lab, 'alice', 1, n.dir, { snat: false })
+        const ready = routerLog.length
+        r.stdout?.on('data', (d: Buffer) => (routerLog += d.toString()))
+        r.stderr?.on('data', (d: Buffer) => (routerLog += d.toString()))
+        await waitFor(() => /Port forwarding is now enabled/.test(routerLog.slice(ready)) && /Listening for NAT-PMP\/PCP/.test(routerLog.slice(ready)), 15_000, 'miniupnpd ready')
+        return r
+      }
+      let router = await startRouter()
+      const wanIp = n.lab.routers.alice!.wanIp
+      // The gateway is asked every 2 s here (PORTMAP_CHECK_MS, 2 min, is what users get).
+      await n.startAgent('alice', { env: { NATD_TEST_PORTMAP_CHECK_MS: '2000' } })
+      await n.startAgent('bob', { extra: ['--no-port-mapping'] })
+      await n.waitRegistered('alice')
+      await n.waitRegistered('bob')
+      const alice = await n.status('alice')
+      const mapping = alice.portMapping as { state: string; via: string; udp: string; tcp: string | null; gateway: string; expiresInMs: number }
+      expect(mapping, routerLog).toMatchObject({ state: 'mapped', via: 'pcp', gateway: '10.1.0.1' })
+      expect(mapping.udp.startsWith(`${wanIp}:`)).toBe(true)
+      expect(mapping.tcp?.startsWith(`${wanIp}:`)).toBe(true)
+      expect(mapping.expiresInMs).toBeGreaterThan(3_600_000)
+      expect(alice.nat).toBe('hard') // the mapping does not change how her other traffic leaves
+      expect((await n.status('bob')).portMapping).toMatchObject({ state: 'off' })
+      const human = await n.natctl('alice', ['status'], { json: false })
+      expect(human.stdout).toContain(`port map:    PCP ${mapping.udp} (udp)`)
+      // The server offers alice's mapped endpoint to her peers.
+      const seen = (await n.peers('bob')).find((p) => p.name === 'alice')!
+      expect(seen.lan as string[]).toContain(mapping.udp)
+      const open = await n.natctl('bob', ['open', 'alice'])
+      expect(open.code, `${open.stderr}\n${routerLog}`).toBe(0)
+      expect(open.json).toMatchObject({ path: 'direct-udp', remote: mapping.udp })
+      expect((await n.natctl('bob', ['ping', 'alice', '-c', '1'])).code).toBe(0)
+      expect((await n.natctl('bob', ['close', 'alice'])).code).toBe(0)
+
+      // The gateway restarts and forgets every mapping; its epoch starts again at 0.
+      router.kill('SIGTERM')
+      await new Promise((resolve) => router.once('exit', resolve))
+      router = await startRouter()
+      const aliceLog = (): string => fs.readFileSync(n.agents.alice!.logFile, 'utf8')
+      await waitFor(() => aliceLog().includes('the gateway lost or changed our mapping: mapping again'), 20_000, 'alice maps again after the restart')
+      await waitFor(async () => ((await n.status('alice')).portMapping as { state: string }).state === 'mapped', 10_000, 'alice mapped again')
+      const again = await n.natctl('bob', ['open', 'alice'])
+      expect(again.code, `${again.stderr}\n${routerLog}`).toBe(0)
+      expect((again.json as { path: string }).path).toBe('direct-udp')
+    })
+  }, 120_000)
+
+  // miniupnpd as Debian ships it also sends a mapped port's outbound traffic from the
+  // mapped port. The agent maps its TCP port before it opens its control connection, so
+  // the server and peers see that one port, and a simultaneous open reaches it.
+  it('the TCP port mapped too: direct TCP to a hard NAT whose gateway maps', async () => {
+    await withLab({ sites: [{ name: 'alice', nat: 'hard' }, { name: 'bob', nat: 'easy' }] }, async (n) => {
+      const { ip, altIp } = n.lab.server
+      await n.startServer(['--host', ip, '--alt-host', altIp])
+      let routerLog = ''
+      const router = await startMiniupnpd(n.lab, 'alice', 1, n.dir)
+      router.stdout?.on('data', (d: Buffer) => (routerLog += d.toString()))
+      router.stderr?.on('data', (d: Buffer) => (routerLog += d.toString()))
+      await waitFor(() => /Port forwarding is now enabled/.test(routerLog) && /Listening for NAT-PMP\/PCP/.test(routerLog), 15_000, 'miniupnpd ready')
+      await n.startAgent('alice')
+      await n.startAgent('bob')
+      await n.waitRegistered('alice')
+      await n.waitRegistered('bob')
+      const alice = await n.status('alice')
+      const mapping = alice.portMapping as { state: string; tcp: string | null }
+      expect(mapping, routerLog).toMatchObject({ state: 'mapped' })
+      expect(alice.publicTcp).toBe(mapping.tcp) // the control connection leaves from the mapped port
+      const open = await n.natctl('bob', ['open', 'alice', '--via', 'tcp'])
+      expect(open.code, `${open.stderr}\n${routerLog}`).toBe(0)
+      expect(open.json).toMatchObject({ path: 'direct-tcp', remote: mapping.tcp })
+      expect((await n.natctl('bob', ['ping', 'alice', '-c', '1'])).code).toBe(0)
     })
   }, 90_000)
 

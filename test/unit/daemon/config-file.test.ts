@@ -69,6 +69,20 @@ describe('parseConfigFile', () => {
     expect(() => mergeConfig(null, { inbox: 'relative' }, file)).toThrow(/--inbox must be an absolute path/)
   })
 
+  it('port mapping: on by default; "portMapping": false in the file, --no-port-mapping (or --port-mapping) over it', () => {
+    expect(mergeConfig(null, {}, parse({ name: 'alice', server: 'rv.example.org' })).portMapping).toBe(true)
+    const off = parse({ name: 'alice', server: 'rv.example.org', portMapping: false })
+    expect(off.portMapping).toBe(false)
+    expect(mergeConfig(null, {}, off).portMapping).toBe(false)
+    expect(mergeConfig(null, { portMapping: true }, off).portMapping).toBe(true)
+    expect(mergeConfig(null, { portMapping: false }, parse({ name: 'alice', server: 'rv.example.org' })).portMapping).toBe(false)
+    expect(parse({ portMapping: null }).portMapping).toBeUndefined()
+    // Without a file, a stored --no-port-mapping stays until a flag says otherwise.
+    const stored = { name: 'old', server: 'old.example.org', heartbeatMs: 5_000, port: 41641, logLevel: 'debug', secretFile: null, inbox: null, portMapping: false } as const
+    expect(mergeConfig(stored, {}).portMapping).toBe(false)
+    expect(mergeConfig(stored, { portMapping: true }).portMapping).toBe(true)
+  })
+
   it('takes "" and null as "not set", and a heartbeat in seconds', () => {
     expect(parse({ name: '', server: null, heartbeat: 30 })).toEqual({ path: FILE, heartbeatMs: 30_000, forwards: [], exposes: [] })
   })
@@ -85,6 +99,7 @@ describe('parseConfigFile', () => {
     [{ heartbeat: '100ms' }, /"heartbeat" must be between 200ms and 10m/],
     [{ port: 70000 }, /"port" must be a port number 0-65535, not 70000/],
     [{ logLevel: 'verbose' }, /"logLevel" must be one of error, warn, info, debug/],
+    [{ portMapping: 'no' }, /"portMapping" must be true or false, not "no"$/],
     [{ forwards: {} }, /"forwards" must be an array/],
     [{ forwards: [{ localPort: 'x', peer: 'bob', remotePort: 22 }] }, /"forwards\[0\]\.localPort" must be a port number 1-65535, not "x"/],
     [{ forwards: [{ localPort: 1, peer: 'bob' }] }, /"forwards\[0\]\.remotePort" must be a port number 1-65535, not missing/],
@@ -120,11 +135,11 @@ describe('parseConfigFile', () => {
 })
 
 describe('mergeConfig', () => {
-  const stored: AgentConfig = { name: 'old', server: 'old.example.org', heartbeatMs: 5_000, port: 41641, logLevel: 'debug', secretFile: '/old/secret', inbox: null }
+  const stored: AgentConfig = { name: 'old', server: 'old.example.org', heartbeatMs: 5_000, port: 41641, logLevel: 'debug', secretFile: '/old/secret', inbox: null, portMapping: true }
 
   it('flags over the file; with a file, the store gives only the port', () => {
     const file = parse({ name: 'alice', server: 'rv.example.org' })
-    expect(mergeConfig(stored, {}, file)).toEqual({ name: 'alice', server: 'rv.example.org', heartbeatMs: 20_000, port: 41641, logLevel: 'info', secretFile: null, inbox: null })
+    expect(mergeConfig(stored, {}, file)).toEqual({ name: 'alice', server: 'rv.example.org', heartbeatMs: 20_000, port: 41641, logLevel: 'info', secretFile: null, inbox: null, portMapping: true })
     expect(mergeConfig(stored, { name: 'bob', heartbeatMs: 1_000 }, file)).toMatchObject({ name: 'bob', heartbeatMs: 1_000 })
     expect(mergeConfig(stored, {}, parse({ name: 'alice', server: 'rv.example.org', port: 5000 })).port).toBe(5000)
   })

@@ -76,7 +76,7 @@ describe('StateStore', () => {
 
   it('resolveConfig persists flags; a later start without flags comes back the same', () => {
     const first = resolveConfig(new StateStore(dir), FLAGS)
-    expect(first).toEqual({ ...FLAGS, secretFile: null, inbox: null })
+    expect(first).toEqual({ ...FLAGS, secretFile: null, inbox: null, portMapping: true })
     expect(Object.isFrozen(first)).toBe(true)
     const second = resolveConfig(new StateStore(dir), {})
     expect(second).toEqual(first)
@@ -91,7 +91,7 @@ describe('StateStore', () => {
 
   it('fills defaults for what was never given', () => {
     const c = resolveConfig(new StateStore(dir), { name: 'alice', server: 'rv.example.net' })
-    expect(c).toEqual({ name: 'alice', server: 'rv.example.net', heartbeatMs: DEFAULT_HEARTBEAT_MS, port: 0, logLevel: 'info', secretFile: null, inbox: null })
+    expect(c).toEqual({ name: 'alice', server: 'rv.example.net', heartbeatMs: DEFAULT_HEARTBEAT_MS, port: 0, logLevel: 'info', secretFile: null, inbox: null, portMapping: true })
   })
 
   it('refuses a bad or missing name, a missing or bad server, and a heartbeat out of range with INVALID_ARGUMENT', () => {

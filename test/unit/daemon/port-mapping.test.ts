@@ -1,39 +1,62 @@
-// The agent's port mapping (src/daemon/port-mapping.ts) against a fake PCP gateway under
-// fake timers: mapped at start, renewed at half-life with the same nonce, retried after a
-// failure, removed at stop; nothing at all when the gateway answers neither protocol.
+// The agent's port mappings (src/daemon/port-mapping.ts) against a fake PCP gateway under
+// fake timers: mapped at start (UDP and TCP), renewed at half-life with the same nonce,
+// retried after a failure, lost when the lease runs out, mapped again when the gateway
+// restarts (its epoch went back), removed at stop; a gateway that answers nothing is
+// remembered, and not waited for at the next start; --no-port-mapping sends nothing.
 import { afterEach, describe, expect, it, vi } from 'vitest'
-import { PortMappingKeeper, PORTMAP_RETRY_MS } from '../../../src/daemon/port-mapping.js'
+import { PortMappingKeeper, PORTMAP_CHECK_MS, PORTMAP_RETRY_MS, type SilentGatewayCache } from '../../../src/daemon/port-mapping.js'
 import { silentLogger } from '../../../src/protocol/log.js'
-import { PortMapper } from '../../../src/portmap/port-mapper.js'
+import { gatewayLostState, PortMapper } from '../../../src/portmap/port-mapper.js'
 import { hex } from '../helpers.js'
 
 const GW = { host: '10.1.0.1', port: 5351 }
 
 /** A PCP gateway granting `lifetimeS` (or refusing with `result`), and what it was asked. */
 function fakeGateway(o: { pcp: boolean; lifetimeS?: number }) {
-  const asked: Array<{ op: number; lifetimeS: number; nonce: string }> = []
-  let result = 0
-  let closed = false
+  const asked: Array<{ op: number; lifetimeS: number; nonce: string; protocol: number }> = []
+  const g = { result: 0, pcp: o.pcp, epoch: 1, external: 'c6120102', portOffset: 0, mapDelayMs: 0 }
+  let closed = 0
+  let connects = 0
   const mapper: PortMapper = new PortMapper({ gateway: GW.host, localIp: '10.1.0.2' }, {
     randomBytes: (n) => Buffer.alloc(n, 9),
     send: (b) => {
       const req = Buffer.from(b)
-      if (req[0] !== 2 || !o.pcp) return // no NAT-PMP here, and PCP only when asked for
-      asked.push({ op: req[1]!, lifetimeS: req.readUInt32BE(4), nonce: req.subarray(24, 36).toString('hex') })
+      if (req[0] !== 2 || !g.pcp) return // no NAT-PMP here, and PCP only when asked for
+      asked.push({ op: req[1]!, lifetimeS: req.readUInt32BE(4), nonce: req.subarray(24, 36).toString('hex'), protocol: req[36] ?? 0 })
       const granted = req[1] === 1 && req.readUInt32BE(4) > 0 ? (o.lifetimeS ?? 7200) : 0
-      const head = Buffer.concat([hex(`02 ${(0x80 | req[1]!).toString(16)} 00`), Buffer.from([result]), Buffer.alloc(4), hex('00000001'), Buffer.alloc(12)])
+      const head = Buffer.concat([hex(`02 ${(0x80 | req[1]!).toString(16)} 00`), Buffer.from([req[1] === 1 ? g.result : 0]), Buffer.alloc(4), Buffer.alloc(4), Buffer.alloc(12)])
       head.writeUInt32BE(granted, 4)
+      head.writeUInt32BE(g.epoch, 8)
       const payload = req[1] === 1 ? Buffer.from(req.subarray(24, 60)) : Buffer.alloc(0)
-      if (payload.length) payload.set(hex('c6120102'), 32)
-      queueMicrotask(() => mapper.onMessage(Buffer.concat([head, payload]), GW))
+      if (payload.length) {
+        payload.set(hex(g.external), 32)
+        payload.writeUInt16BE(payload.readUInt16BE(18) + g.portOffset, 18)
+      }
+      const answer = (): void => mapper.onMessage(Buffer.concat([head, payload]), GW)
+      if (req[1] === 1 && g.mapDelayMs > 0) setTimeout(answer, g.mapDelayMs)
+      else queueMicrotask(answer)
     }
   })
   return {
+    g,
     asked,
-    refuse: (code: number) => (result = code),
+    maps: (protocol = 17) => asked.filter((a) => a.op === 1 && a.protocol === protocol),
     closed: () => closed,
-    connect: async () => ({ gateway: GW.host, mapper, close: () => void (closed = true) })
+    connects: () => connects,
+    connect: async () => {
+      connects++
+      return { gateway: GW.host, mapper, close: () => void closed++ }
+    }
   }
+}
+
+function memoryCache(initial: string | null = null): SilentGatewayCache & { value: string | null } {
+  const c = {
+    value: initial,
+    get: () => c.value,
+    set: (v: string | null) => void (c.value = v)
+  }
+  return c
 }
 
 afterEach(() => vi.useRealTimers())
@@ -42,40 +65,202 @@ describe('PortMappingKeeper', () => {
   it('maps at start, renews at half-life with the same nonce, retries after a refusal, removes the mapping at stop', async () => {
     vi.useFakeTimers()
     const gw = fakeGateway({ pcp: true, lifetimeS: 600 })
-    const keeper = new PortMappingKeeper(41641, silentLogger, gw.connect)
+    const keeper = new PortMappingKeeper({ port: 41641, tcp: false, enabled: true, checkMs: 3_600_000 }, { log: silentLogger, connect: gw.connect })
     const started = keeper.start()
     await vi.advanceTimersByTimeAsync(1_000)
-    expect(await started).toMatchObject({ via: 'pcp', external: { host: '198.18.1.2', port: 41641 }, lifetimeS: 600 })
-    const maps = () => gw.asked.filter((a) => a.op === 1)
-    expect(maps()).toHaveLength(1)
+    await started
+    expect(keeper.current).toMatchObject({ via: 'pcp', external: { host: '198.18.1.2', port: 41641 }, lifetimeS: 600 })
+    expect(gw.maps()).toHaveLength(1)
     await vi.advanceTimersByTimeAsync(299_000)
-    expect(maps()).toHaveLength(1) // not before half of 600 s
+    expect(gw.maps()).toHaveLength(1) // not before half of 600 s
     await vi.advanceTimersByTimeAsync(1_000)
-    expect(maps()).toHaveLength(2)
-    expect(maps()[1]!.nonce).toBe(maps()[0]!.nonce) // the renewal owns the same mapping
-    gw.refuse(8) // no resources
+    expect(gw.maps()).toHaveLength(2)
+    expect(gw.maps()[1]!.nonce).toBe(gw.maps()[0]!.nonce) // the renewal owns the same mapping
+    gw.g.result = 8 // no resources
     await vi.advanceTimersByTimeAsync(300_000)
-    expect(maps()).toHaveLength(3)
-    gw.refuse(0)
+    expect(gw.maps()).toHaveLength(3)
+    gw.g.result = 0
     await vi.advanceTimersByTimeAsync(PORTMAP_RETRY_MS)
-    expect(maps()).toHaveLength(4)
+    expect(gw.maps()).toHaveLength(4)
     expect(keeper.current).not.toBeNull()
     const stopping = keeper.stop()
     await vi.advanceTimersByTimeAsync(1_000)
     await stopping
-    expect(maps().at(-1)!.lifetimeS).toBe(0) // the delete
-    expect(gw.closed()).toBe(true)
+    expect(gw.maps().at(-1)!.lifetimeS).toBe(0) // the delete
+    expect(gw.closed()).toBeGreaterThan(0)
     expect(keeper.current).toBeNull()
   })
 
-  it('a gateway that answers neither protocol: no mapping, the socket closed, nothing scheduled', async () => {
+  it('maps the TCP port too; status shows both external endpoints, the protocol and the lease left', async () => {
+    vi.useFakeTimers()
+    const gw = fakeGateway({ pcp: true, lifetimeS: 7200 })
+    gw.g.portOffset = 5 // the gateway gives another external port
+    const keeper = new PortMappingKeeper({ port: 41641, tcp: true, enabled: true }, { log: silentLogger, connect: gw.connect })
+    expect(keeper.status()).toMatchObject({ state: 'probing' })
+    const started = keeper.start()
+    await vi.advanceTimersByTimeAsync(1_000) // PCP answers at once; the NAT-PMP ask waits out its 0.75 s
+    await started
+    expect(gw.maps(17)).toHaveLength(1)
+    expect(gw.maps(6)).toHaveLength(1)
+    await vi.advanceTimersByTimeAsync(60_000)
+    expect(keeper.status()).toEqual({
+      state: 'mapped',
+      gateway: '10.1.0.1',
+      via: 'pcp',
+      udp: '198.18.1.2:41646',
+      tcp: '198.18.1.2:41646',
+      expiresInMs: 7_200_000 - 60_250,
+      reason: null
+    })
+    expect(keeper.externalEndpoints()).toEqual([{ host: '198.18.1.2', port: 41646 }])
+    const stopping = keeper.stop()
+    await vi.advanceTimersByTimeAsync(1_000)
+    await stopping
+    expect(gw.maps(6).at(-1)!.lifetimeS).toBe(0) // both deleted
+    expect(gw.maps(17).at(-1)!.lifetimeS).toBe(0)
+  })
+
+  it('a gateway that answers neither protocol: no mapping, the socket closed, the gateway remembered', async () => {
     vi.useFakeTimers()
     const gw = fakeGateway({ pcp: false })
-    const keeper = new PortMappingKeeper(41641, silentLogger, gw.connect)
+    const cache = memoryCache()
+    const keeper = new PortMappingKeeper({ port: 41641, tcp: true, enabled: true }, { log: silentLogger, connect: gw.connect, cache })
     const started = keeper.start()
+    let done = false
+    void started.then(() => (done = true))
+    await vi.advanceTimersByTimeAsync(700)
+    expect(done).toBe(false) // unknown gateway: the start waits for the probe (0.75 s)
+    await vi.advanceTimersByTimeAsync(100)
+    expect(done).toBe(true)
+    expect(keeper.current).toBeNull()
+    expect(gw.closed()).toBe(1)
+    expect(cache.value).toBe('10.1.0.1')
+    expect(keeper.status()).toMatchObject({ state: 'none', gateway: '10.1.0.1', reason: 'the gateway 10.1.0.1 answers neither PCP nor NAT-PMP' })
+    await keeper.stop()
+  })
+
+  it('the next start with the same silent gateway does not wait; a mapping that appears later is news (onChange)', async () => {
+    vi.useFakeTimers()
+    const gw = fakeGateway({ pcp: false })
+    const cache = memoryCache('10.1.0.1')
+    const changes: string[] = []
+    const keeper = new PortMappingKeeper(
+      { port: 41641, tcp: false, enabled: true, checkMs: 10_000 },
+      { log: silentLogger, connect: gw.connect, cache, onChange: () => changes.push(keeper.status().state) }
+    )
+    let done = false
+    void keeper.start().then(() => (done = true))
+    await vi.advanceTimersByTimeAsync(0)
+    expect(done).toBe(true) // at once, not after 0.75 s
+    expect(keeper.status().state).toBe('probing') // still asking, in the background
     await vi.advanceTimersByTimeAsync(1_000)
-    expect(await started).toBeNull()
-    expect(gw.closed()).toBe(true)
-    expect(vi.getTimerCount()).toBe(0)
+    expect(keeper.status().state).toBe('none')
+    expect(changes).toEqual([])
+    expect(cache.value).toBe('10.1.0.1')
+    gw.g.pcp = true // the owner turned PCP on: seen at the next check
+    await vi.advanceTimersByTimeAsync(10_000)
+    expect(keeper.status().state).toBe('mapped')
+    expect(changes).toEqual(['mapped']) // the agent checks its NAT and registers again
+    expect(cache.value).toBeNull()
+    await keeper.stop()
+  })
+
+  it('a mapping that appears in the background after a cached start is news', async () => {
+    vi.useFakeTimers()
+    const gw = fakeGateway({ pcp: true })
+    const cache = memoryCache('10.1.0.1') // it said no last time; now it answers
+    const changes: string[] = []
+    const keeper = new PortMappingKeeper({ port: 41641, tcp: false, enabled: true }, { log: silentLogger, connect: gw.connect, cache, onChange: () => changes.push(keeper.status().state) })
+    await keeper.start()
+    expect(keeper.status().state).toBe('probing')
+    await vi.advanceTimersByTimeAsync(1_000)
+    expect(keeper.status().state).toBe('mapped')
+    expect(changes).toEqual(['mapped']) // the agent checks its NAT and registers again
+    expect(cache.value).toBeNull() // and the next start waits for this gateway again
+    await keeper.stop()
+  })
+
+  it('the gateway restarted (its epoch went back): mapped again at the next check; a new external port is news', async () => {
+    vi.useFakeTimers()
+    const gw = fakeGateway({ pcp: true })
+    const changes: string[] = []
+    const keeper = new PortMappingKeeper({ port: 41641, tcp: false, enabled: true }, { log: silentLogger, connect: gw.connect, onChange: () => changes.push(keeper.status().udp ?? 'none') })
+    gw.g.epoch = 1000
+    const started = keeper.start()
+    await vi.advanceTimersByTimeAsync(1_000) // PCP answers at once; the NAT-PMP ask waits out its 0.75 s
+    await started
+    expect(gw.maps()).toHaveLength(1)
+    gw.g.epoch = 1000 + PORTMAP_CHECK_MS / 1000 // an uptime that advanced as our clock did: nothing to do
+    await vi.advanceTimersByTimeAsync(PORTMAP_CHECK_MS)
+    expect(gw.maps()).toHaveLength(1)
+    gw.g.epoch = 3 // rebooted: our mapping is gone
+    gw.g.portOffset = 1
+    await vi.advanceTimersByTimeAsync(PORTMAP_CHECK_MS + 2_000) // the check's probe, then a new probe and mapping
+    expect(gw.maps()).toHaveLength(2)
+    expect(gw.maps()[1]!.lifetimeS).toBeGreaterThan(0)
+    expect(keeper.status().udp).toBe('198.18.1.2:41642')
+    expect(changes).toEqual(['198.18.1.2:41642'])
+    await keeper.stop()
+  })
+
+  it('renewals that fail until the lease ends: the mapping is lost (news), and tried again', async () => {
+    vi.useFakeTimers()
+    const gw = fakeGateway({ pcp: true, lifetimeS: 120 })
+    const changes: string[] = []
+    const keeper = new PortMappingKeeper({ port: 41641, tcp: false, enabled: true, checkMs: 3_600_000 }, { log: silentLogger, connect: gw.connect, onChange: () => changes.push(keeper.status().state) })
+    const started = keeper.start()
+    await vi.advanceTimersByTimeAsync(1_000) // PCP answers at once; the NAT-PMP ask waits out its 0.75 s
+    await started
+    gw.g.result = 2 // not authorized any more
+    await vi.advanceTimersByTimeAsync(60_000) // renewal at half-life: refused, the lease still holds
+    expect(keeper.status().state).toBe('mapped')
+    expect(changes).toEqual([])
+    await vi.advanceTimersByTimeAsync(PORTMAP_RETRY_MS) // past the 120 s lease
+    expect(keeper.status()).toMatchObject({ state: 'none', reason: expect.stringMatching(/^lease lost: the gateway refused the PCP mapping: not authorized \(2\)/) })
+    expect(changes).toEqual(['none'])
+    gw.g.result = 0
+    await vi.advanceTimersByTimeAsync(PORTMAP_RETRY_MS + 1_000) // probed again, then mapped
+    expect(keeper.status().state).toBe('mapped')
+    expect(changes).toEqual(['none', 'mapped'])
+    await keeper.stop()
+  })
+
+  it('a mapping granted while natd stops is removed, not left on the gateway for its lease', async () => {
+    vi.useFakeTimers()
+    const gw = fakeGateway({ pcp: true })
+    const keeper = new PortMappingKeeper({ port: 41641, tcp: false, enabled: true }, { log: silentLogger, connect: gw.connect })
+    gw.g.mapDelayMs = 200 // the first MAP answer is on its way when stop() begins
+    void keeper.start()
+    await vi.advanceTimersByTimeAsync(760) // probed; the MAP sent
+    expect(gw.maps()).toHaveLength(1)
+    const stopping = keeper.stop()
+    gw.g.mapDelayMs = 0
+    await vi.advanceTimersByTimeAsync(2_000)
+    await stopping
+    expect(gw.maps().map((m) => m.lifetimeS)).toEqual([7200, 0])
+    expect(keeper.current).toBeNull()
+  })
+
+  it('--no-port-mapping: nothing is sent, status says off', async () => {
+    vi.useFakeTimers()
+    const gw = fakeGateway({ pcp: true })
+    const keeper = new PortMappingKeeper({ port: 41641, tcp: true, enabled: false }, { log: silentLogger, connect: gw.connect })
+    await keeper.start()
+    await vi.advanceTimersByTimeAsync(PORTMAP_CHECK_MS * 2)
+    expect(gw.connects()).toBe(0)
+    expect(gw.asked).toEqual([])
+    expect(keeper.status()).toMatchObject({ state: 'off', reason: 'turned off (--no-port-mapping)' })
+    await keeper.stop()
+  })
+})
+
+describe('gatewayLostState (RFC 6886 §3.6, RFC 6887 §8.5)', () => {
+  it('an epoch that kept pace with our clock (within 7/8 and 2 s) is the same gateway state; one that went back is a restart', () => {
+    const prev = { epoch: 1000, atMs: 0 }
+    expect(gatewayLostState(prev, { epoch: 1120, atMs: 120_000 })).toBe(false)
+    expect(gatewayLostState(prev, { epoch: 1104, atMs: 120_000 })).toBe(false) // 7/8 of 120 s, less 1 s
+    expect(gatewayLostState(prev, { epoch: 1100, atMs: 120_000 })).toBe(true) // fell behind: it restarted in between
+    expect(gatewayLostState(prev, { epoch: 999, atMs: 0 })).toBe(false) // 1 s back: reordering
+    expect(gatewayLostState(prev, { epoch: 5, atMs: 1_000 })).toBe(true)
   })
 })

@@ -58,7 +58,7 @@ afterEach(() => vi.useRealTimers())
 describe('PortMapper.probe', () => {
   it('finds PCP and NAT-PMP and the external address', async () => {
     const { mapper } = rig({ pcp: true, natPmp: true })
-    expect(await mapper.probe()).toEqual({ pcp: true, natPmp: true, externalIp: '198.18.1.2' })
+    expect(await mapper.probe()).toEqual({ pcp: true, natPmp: true, externalIp: '198.18.1.2', epoch: 9 })
   })
 
   it('a NAT-PMP-only gateway: its "unsupported version" answer to PCP is not PCP, nor mistaken for the address answer', async () => {
@@ -66,7 +66,7 @@ describe('PortMapper.probe', () => {
     const { mapper } = rig({ pcp: false, natPmp: true })
     const p = mapper.probe()
     await vi.advanceTimersByTimeAsync(2_000) // the PCP ask waits out its tries
-    expect(await p).toEqual({ pcp: false, natPmp: true, externalIp: '198.18.1.2' })
+    expect(await p).toEqual({ pcp: false, natPmp: true, externalIp: '198.18.1.2', epoch: 9 })
   })
 
   it('no gateway: nothing after PORTMAP_PROBE_TRIES tries, 250 + 500 ms', async () => {
@@ -77,7 +77,7 @@ describe('PortMapper.probe', () => {
     await vi.advanceTimersByTimeAsync(PORTMAP_FIRST_WAIT_MS * (2 ** PORTMAP_PROBE_TRIES - 1) - 1)
     expect(done).toBe(false)
     await vi.advanceTimersByTimeAsync(1)
-    expect(await p).toEqual({ pcp: false, natPmp: false, externalIp: null })
+    expect(await p).toEqual({ pcp: false, natPmp: false, externalIp: null, epoch: null })
     expect(sent).toHaveLength(2 * PORTMAP_PROBE_TRIES)
   })
 })
@@ -124,6 +124,6 @@ describe('PortMapper.map', () => {
     await vi.advanceTimersByTimeAsync(100)
     inject(addr) // the real one
     await vi.advanceTimersByTimeAsync(2_000)
-    expect(await p).toEqual({ pcp: false, natPmp: true, externalIp: '198.18.1.2' })
+    expect(await p).toEqual({ pcp: false, natPmp: true, externalIp: '198.18.1.2', epoch: 9 })
   })
 })

@@ -2,7 +2,7 @@
 // addresses no one on the internet can be made to receive probes at (RFC 1918, CGNAT,
 // link-local, unique-local IPv6), with a real port, at most MAX_LAN_CANDIDATES of them.
 import { describe, expect, it } from 'vitest'
-import { isLanAddress, lanCandidates, MAX_LAN_CANDIDATES } from '../../../src/protocol/lan.js'
+import { isLanAddress, lanCandidates, mappedCandidates, MAX_LAN_CANDIDATES, offeredCandidates } from '../../../src/protocol/lan.js'
 
 describe('isLanAddress', () => {
   it('keeps private, CGNAT, link-local and unique-local addresses, at both edges of each range', () => {
@@ -106,5 +106,31 @@ describe('lanCandidates', () => {
     const copy = structuredClone(list)
     lanCandidates(list)
     expect(list).toEqual(copy)
+  })
+})
+
+describe('mappedCandidates, offeredCandidates (ports the gateway mapped)', () => {
+  const list = [
+    { host: '192.168.1.2', port: 41641 },
+    { host: '198.51.100.7', port: 41641 }, // another public address: never
+    { host: '203.0.113.5', port: 41641 },
+    { host: '203.0.113.5', port: 0 },
+    { host: '203.0.113.5', port: 50000 },
+    { host: '203.0.113.5', port: 50001 }
+  ]
+
+  it('keeps only endpoints at the address the server sees the agent at, with a real port, at most 2', () => {
+    expect(mappedCandidates(list, '203.0.113.5')).toEqual([{ host: '203.0.113.5', port: 41641 }, { host: '203.0.113.5', port: 50000 }])
+    expect(mappedCandidates(list, null)).toEqual([])
+    expect(mappedCandidates(list, '198.51.100.8')).toEqual([])
+    // A private "public" address (a host on a LAN server): its LAN candidates are not mappings.
+    expect(mappedCandidates(list, '192.168.1.2')).toEqual([])
+  })
+
+  it('the server keeps the mapped ones first, then the LAN ones, at most 8 in all', () => {
+    expect(offeredCandidates(list, '203.0.113.5')).toEqual([{ host: '203.0.113.5', port: 41641 }, { host: '203.0.113.5', port: 50000 }, { host: '192.168.1.2', port: 41641 }])
+    const many = Array.from({ length: 10 }, (_, i) => ({ host: `10.0.0.${i + 1}`, port: 1 }))
+    expect(offeredCandidates([...many, { host: '203.0.113.5', port: 9 }], '203.0.113.5')).toHaveLength(MAX_LAN_CANDIDATES)
+    expect(offeredCandidates([...many, { host: '203.0.113.5', port: 9 }], '203.0.113.5')[0]).toEqual({ host: '203.0.113.5', port: 9 })
   })
 })

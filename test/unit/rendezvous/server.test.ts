@@ -413,6 +413,14 @@ describe('RendezvousServer over TCP', () => {
     expect(server.registry.find('alice')!.lan).toEqual([{ host: '10.9.9.9', port: 22 }, { host: '100.64.1.2', port: 41641 }])
   })
 
+  it('keeps a port mapped at the agent\'s own address (its gateway\'s mapping), first, and no other public address', async () => {
+    const { server, port } = await startServer()
+    // registerTcp connects from 127.0.0.1: that is "the address the server sees it at" here.
+    const lan = [{ host: '10.9.9.9', port: 22 }, { host: '198.51.100.7', port: 41641 }, { host: '127.0.0.1', port: 41641 }, { host: '127.0.0.1', port: 41642 }, { host: '127.0.0.1', port: 41643 }]
+    ackOf((await registerTcp(port, generateKeyPair(), 'alice', { lan })).reply)
+    expect(server.registry.find('alice')!.lan).toEqual([{ host: '127.0.0.1', port: 41641 }, { host: '127.0.0.1', port: 41642 }, { host: '10.9.9.9', port: 22 }])
+  })
+
   it('gives NAME_TAKEN to another key asking for a name in use; the holder may register again', async () => {
     const { server, port } = await startServer()
     const alice = generateKeyPair()

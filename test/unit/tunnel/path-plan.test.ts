@@ -75,6 +75,16 @@ describe('planPaths (pure)', () => {
     expect(planPaths({ via: 'auto', mine: 'hard', theirs: 'hard', initiator: true })).toEqual({ udp: null, tcp: false, relay: 'fallback', preferTcp: false, upgrade: true, impossible: null })
   })
 
+  it('hard×hard where either side holds a port mapping: UDP punched plainly (to the mapped port), relay as fallback', () => {
+    expect(planPaths({ via: 'auto', mine: 'hard', theirs: 'hard', initiator: true, mapped: true })).toEqual({ udp: 'normal', tcp: false, relay: 'fallback', preferTcp: false, upgrade: true, impossible: null })
+    expect(planPaths({ via: 'udp', mine: 'hard', theirs: 'hard', initiator: false, mapped: true })).toMatchObject({ udp: 'normal', impossible: null })
+    expect(planPaths({ via: 'direct', mine: 'hard', theirs: 'hard', initiator: true, mapped: true })).toMatchObject({ udp: 'normal', impossible: null })
+    // A mapping changes nothing where a plan already punches.
+    for (const [mine, theirs] of [['easy', 'easy'], ['hard', 'easy'], ['easy', 'hard']] as const) {
+      expect(planPaths({ via: 'auto', mine, theirs, initiator: true, mapped: true })).toEqual(planPaths({ via: 'auto', mine, theirs, initiator: true }))
+    }
+  })
+
   it('the impossible reason says why and what to use instead', () => {
     expect(BOTH_HARD).toMatch(/both NATs map per destination/)
     expect(BOTH_HARD).toMatch(/--via auto or --via relay/)

@@ -1,0 +1,30 @@
+// natctl's port-mapping line in `natctl status` (src/cli/format.ts): what the gateway
+// mapped and for how long, or why there is no mapping.
+import { describe, expect, it } from 'vitest'
+import { portMappingLine, span } from '../../../src/cli/format.js'
+
+const none = { gateway: null, via: null, udp: null, tcp: null, expiresInMs: null, reason: null }
+
+describe('portMappingLine', () => {
+  it('a live mapping: protocol, external endpoints, gateway, lease left', () => {
+    expect(portMappingLine({ state: 'mapped', gateway: '10.1.0.1', via: 'pcp', udp: '198.18.1.2:41641', tcp: '198.18.1.2:41641', expiresInMs: 7_140_000, reason: null })).toBe(
+      'PCP 198.18.1.2:41641 (udp), 198.18.1.2:41641 (tcp), gateway 10.1.0.1, lease ends in 1h 59m unless renewed'
+    )
+    expect(portMappingLine({ state: 'mapped', gateway: '10.1.0.1', via: 'nat-pmp', udp: '198.18.1.2:5000', tcp: null, expiresInMs: 90_000, reason: null })).toBe(
+      'NAT-PMP 198.18.1.2:5000 (udp), gateway 10.1.0.1, lease ends in 90s unless renewed'
+    )
+  })
+
+  it('no mapping says why; off and probing say so', () => {
+    expect(portMappingLine({ ...none, state: 'none', gateway: '10.1.0.1', reason: 'the gateway 10.1.0.1 answers neither PCP nor NAT-PMP' })).toBe('none: the gateway 10.1.0.1 answers neither PCP nor NAT-PMP')
+    expect(portMappingLine({ ...none, state: 'off', reason: 'turned off (--no-port-mapping)' })).toBe('off (--no-port-mapping)')
+    expect(portMappingLine({ ...none, state: 'probing', gateway: '10.1.0.1' })).toBe('asking the gateway 10.1.0.1')
+  })
+
+  it('span', () => {
+    expect(span(0)).toBe('0s')
+    expect(span(119_000)).toBe('119s')
+    expect(span(45 * 60_000)).toBe('45m')
+    expect(span(2 * 3_600_000 + 60_000)).toBe('2h 1m')
+  })
+})
