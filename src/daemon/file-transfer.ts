@@ -30,6 +30,7 @@ import type { MuxChannel } from '../tunnel/mux-channel.js'
 import type { Tunnel } from '../tunnel/tunnel.js'
 import { SHA256_BYTES } from '../ipc/file-stream.js'
 import { ChannelReader, refusal, withDeadline } from './channel-frames.js'
+import { PEER_REFUSAL_LOG, RefusalLog } from '../common/refusal-log.js'
 import { fsyncDir } from '../common/state-files.js'
 
 export const FILE_SERVICE = 'file'
@@ -298,11 +299,16 @@ export class FileReceiver {
    */
   private readonly inFlight = new Map<MuxChannel, { peerId: string; key: string; size: number; partial: string }>()
 
+  /** Files not received (policy, quota, stalls…): a peer may cause them as fast as it opens channels. */
+  private readonly refusals: RefusalLog
+
   constructor(
     private readonly policy: () => ReceivePolicy,
     private readonly log: Logger,
     private readonly onStored: (f: StoredFile, from: Tunnel['peer']) => void
-  ) {}
+  ) {
+    this.refusals = new RefusalLog(log, PEER_REFUSAL_LOG)
+  }
 
   /** A peer opened a `file` channel. Never throws. */
   onChannel(tunnel: Tunnel, req: OpenRequest): void {
@@ -310,7 +316,7 @@ export class FileReceiver {
     const ch = req.channel
     void this.receive(tunnel, ch).catch((err: unknown) => {
       const e = toNatdError(err)
-      this.log.warn('file not received', { peer: tunnel.peer.name, code: e.code, err: e.message })
+      this.refusals.refused('file', tunnel.peer.name, e.code, e.message)
       if (ch.destroyed) return
       ch.end(encodeTransfer({ type: 'refuse', code: e.code, message: e.message }))
       setTimeout(() => ch.destroy(), REFUSE_LINGER_MS).unref()
@@ -325,11 +331,9 @@ export class FileReceiver {
     const policy = this.policy()
     const name = sanitizeName(offer.name)
     if (!policy.allowed(peer)) {
-      this.log.warn('NOT_ALLOWED: refused a file from a peer', { peer: peer.name, name, size: offer.size })
       throw new NatdError('NOT_ALLOWED', `this agent does not accept files from ${peer.name} (natctl files policy --allow)`)
     }
     if (offer.size > policy.maxSizeBytes) {
-      this.log.warn('TOO_LARGE: refused a file from a peer', { peer: peer.name, name, size: offer.size, maxSizeBytes: policy.maxSizeBytes })
       throw new NatdError('TOO_LARGE', `${offer.size} bytes is more than the ${policy.maxSizeBytes} this agent accepts`)
     }
     const transferId = Buffer.from(offer.transferId).toString('hex')
@@ -430,7 +434,6 @@ export class FileReceiver {
       watch.stop()
       if (!out.closed) await once(out, 'close')
       if (stalled) {
-        this.log.warn('TIMEOUT: a file transfer stalled', { peer: peer.name, name: offer.name, have: partialSize(partial), size: offer.size, stallMs })
         throw stalled
       }
       const e = err as NodeJS.ErrnoException
@@ -448,7 +451,6 @@ export class FileReceiver {
     const sha256 = hash.digest()
     if (!sha256.equals(end.sha256)) {
       fs.rmSync(partial, { force: true })
-      this.log.warn('CORRUPT: received file does not match its sha256', { peer: peer.name, name: offer.name })
       throw new NatdError('CORRUPT', `the bytes received do not match the sha256 of ${offer.name}; nothing was kept, send it again`)
     }
     const final = this.place(partial, inbox, offer.name)

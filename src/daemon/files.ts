@@ -247,7 +247,6 @@ export class Files {
     const u = { files: held.files + inFlight.files, bytes: held.bytes + inFlight.bytes }
     const q = this.stored
     if (u.files + 1 > q.filesPerPeer || u.bytes + size > q.fileBytesPerPeer) {
-      this.c.log.warn('QUOTA_EXCEEDED: refused a file from a peer', { peer: peer.name, files: u.files, bytes: u.bytes, inFlight: inFlight.files, size, filesPerPeer: q.filesPerPeer, fileBytesPerPeer: q.fileBytesPerPeer })
       throw new NatdError('QUOTA_EXCEEDED', `${peer.name} already has ${u.files} files (${u.bytes} bytes) in this agent's inbox${inFlight.files > 0 ? `, ${inFlight.files} of them being received` : ''}; its quota is ${q.filesPerPeer} files, ${q.fileBytesPerPeer} bytes`)
     }
   }

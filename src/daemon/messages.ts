@@ -25,6 +25,7 @@ import type { OpenRequest } from '../tunnel/mux.js'
 import type { Tunnel } from '../tunnel/tunnel.js'
 import { ChannelReader, refusal, withDeadline } from './channel-frames.js'
 import type { KnownPeers } from './known-peers.js'
+import { PEER_REFUSAL_LOG, RefusalLog } from '../common/refusal-log.js'
 import { appendJsonLine, readJsonLines, writeFileAtomic } from '../common/state-files.js'
 import { MessageIds } from './message-ids.js'
 import { Outbox, type Pending } from './outbox.js'
@@ -97,9 +98,12 @@ export class Messages {
   private readonly usage = new Map<string, { count: number; bytes: number }>()
   /** What all senders hold in the inbox. */
   private readonly total = { count: 0, bytes: 0 }
+  /** Messages not received (quota, bad frames, time-outs): a peer may cause them as fast as it opens channels. */
+  private readonly refusals: RefusalLog
 
   constructor(private readonly c: MessagesComponents) {
     this.file = path.join(c.dir, MESSAGES_FILE)
+    this.refusals = new RefusalLog(c.log, PEER_REFUSAL_LOG)
     const inbox = readJsonLines<MessageInfo>(this.file)
     this.ids = new MessageIds(c.dir, inbox.map((m) => ({ from: m.fromId, id: m.id, at: Date.parse(m.receivedAt) || 0 })))
     this.outbox = new Outbox(c.dir)
@@ -253,7 +257,7 @@ export class Messages {
       ch.end(encodeTransfer({ type: 'ack', messageId: f.messageId, duplicate }))
     })().catch((err: unknown) => {
       const e = toNatdError(err)
-      this.c.log.warn('message not received', { peer: tunnel.peer.name, code: e.code, err: e.message })
+      this.refusals.refused('message', tunnel.peer.name, e.code, e.message)
       if (!ch.destroyed) ch.end(encodeTransfer({ type: 'refuse', code: e.code, message: e.message }))
     })
   }
