@@ -175,10 +175,12 @@ describe.skipIf(!labAvailable())('an attacker on the path to the rendezvous serv
       await n.waitRegistered('dave', 30_000)
       expect((await n.status('alice')).serverKey).toEqual({ id: realKey, pinned: 'first-use' })
       expect((await n.natctl('alice', ['send', 'bob', 'after'])).code).toBe(0)
-      expect((await inbox(n, 'bob')).map((m) => m.text)).toEqual(['before', 'after'])
+      // dave pinned the server by flag (--server host:port#KEY): it works end to end as well.
+      expect((await n.natctl('dave', ['send', 'bob', 'from dave'], { timeoutMs: 30_000 })).code).toBe(0)
+      expect((await inbox(n, 'bob')).map((m) => m.text)).toEqual(['before', 'after', 'from dave'])
       expect((await forwarded(n, 30_000)).received).toBeGreaterThan(0)
     })
-  }, 180_000)
+  }, 240_000)
 
   it('an operator who really changes the server key: agents refuse it until the user re-pins with --server host:port#NEWKEY', async () => {
     await withLab({ sites: [{ name: 'alice', nat: 'easy' }] }, async (n) => {
