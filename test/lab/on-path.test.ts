@@ -213,13 +213,14 @@ describe.skipIf(!labAvailable())('an attacker on the path to the rendezvous serv
       const [host, port] = String(before.publicUdp).split(':')
       // Raw IPv4/UDP from 198.18.0.2:3478 to alice's public mapping, sent from the
       // internet router: HEARTBEAT_ACK frames (version 2, type 6) with seq 1..10000,
-      // status ok, an observed endpoint of the attacker's choosing and a random tag.
+      // status ok and moved in turn, an observed endpoint of the attacker's choosing and
+      // a random tag.
       const script = `
 import os, socket, struct
 s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
 src, dst = socket.inet_aton('${n.lab.server.ip}'), socket.inet_aton('${host}')
 for seq in range(1, 10001):
-    body = bytes([0x4e, 0x44, 2, 6]) + struct.pack('>IB', seq, 0) + bytes([4, 203, 0, 113, 66]) + struct.pack('>H', 4444) + os.urandom(16)
+    body = bytes([0x4e, 0x44, 2, 6]) + struct.pack('>IB', seq, (seq % 2) * 2) + bytes([4, 203, 0, 113, 66]) + struct.pack('>H', 4444) + os.urandom(16)
     udp = struct.pack('>HHHH', ${SERVER_PORT}, ${port}, 8 + len(body), 0) + body
     ip = struct.pack('>BBHHHBBH4s4s', 0x45, 0, 20 + len(udp), seq & 0xffff, 0, 64, 17, 0, src, dst)
     s.sendto(ip + udp, ('${host}', 0))
