@@ -37,6 +37,14 @@ interface Kind {
   last: { from: string; reason: string | undefined } | null
 }
 
+/**
+ * What an authenticated peer makes an agent refuse (a message or file past its quota or
+ * the policy, a connection to a port not exposed to it): a peer opens channels as fast
+ * as its tunnel carries them, so these are counted like the rest, at warn (the user may
+ * wonder why a peer could not get in).
+ */
+export const PEER_REFUSAL_LOG: RefusalLogInit = Object.freeze({ windowMs: 10_000, level: 'warn' })
+
 export class RefusalLog {
   private readonly kinds = new Map<string, Kind>()
   private timer: NodeJS.Timeout | null = null

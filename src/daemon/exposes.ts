@@ -3,6 +3,7 @@
  * that is not exposed, or not to that peer, is refused with NOT_EXPOSED and logged.
  */
 import net from 'node:net'
+import { PEER_REFUSAL_LOG, RefusalLog } from '../common/refusal-log.js'
 import { NatdError } from '../protocol/errors.js'
 import type { Logger } from '../protocol/log.js'
 import { describePeer } from '../protocol/peer-ref.js'
@@ -20,12 +21,15 @@ export const EXPOSE_CONNECT_TIMEOUT_MS = 10_000
 export class Exposes {
   /** Unresolved allow entries already warned about (once each). */
   private readonly warned = new Set<string>()
+  /** Connections refused: a peer may try them as fast as its tunnel carries channel opens. */
+  private readonly refusals: RefusalLog
 
   constructor(
     private readonly store: StateStore,
     private readonly log: Logger,
     private readonly known: Pick<KnownPeers, 'resolveKey'>
   ) {
+    this.refusals = new RefusalLog(log, PEER_REFUSAL_LOG)
     this.warnUnresolved()
   }
 
@@ -72,7 +76,7 @@ export class Exposes {
     const peer = tunnel.peer
     const spec = this.store.exposes.find((e) => e.port === req.port)
     if (!spec || !admits(spec.allow, peer)) {
-      this.log.warn('NOT_EXPOSED: refused a connection from a peer', { peer: peer.name, id: peer.id.slice(0, 8), port: req.port })
+      this.refusals.refused('connection to a port', `${peer.name} (${peer.id.slice(0, 8)})`, 'NOT_EXPOSED', `port ${req.port}`)
       req.reject('NOT_EXPOSED', `port ${req.port} is not exposed to ${peer.name}`)
       return
     }

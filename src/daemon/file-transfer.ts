@@ -30,6 +30,7 @@ import type { MuxChannel } from '../tunnel/mux-channel.js'
 import type { Tunnel } from '../tunnel/tunnel.js'
 import { SHA256_BYTES } from '../ipc/file-stream.js'
 import { ChannelReader, refusal, withDeadline } from './channel-frames.js'
+import { PEER_REFUSAL_LOG, RefusalLog } from '../common/refusal-log.js'
 import { fsyncDir } from '../common/state-files.js'
 
 export const FILE_SERVICE = 'file'
@@ -53,6 +54,13 @@ export const PARTIAL_MAX_AGE_MS = 7 * 24 * 3600_000
 export const STALL_TIMEOUT_MS = 30_000
 /** After a stall's REFUSE the receiver resets the channel this much later (the frame leaves first). */
 export const STALL_RESET_DELAY_MS = 100
+/**
+ * A received file must leave this share of the inbox's file system free. Every key has
+ * its own quota and keys are free to make, so per-peer quotas alone let strangers fill
+ * the disk; this keeps room for the rest of the machine (natd runs as its own user, so
+ * root's reserved blocks are not ours to count on). Past it: NO_SPACE.
+ */
+export const INBOX_FREE_RESERVE = 0.05
 
 /**
  * Characters a received name may not keep, each replaced by `_`: C0 controls and DEL
@@ -248,8 +256,11 @@ export interface ReceivePolicy {
   maxSizeBytes: number
   inbox: string
   stallTimeoutMs: number
-  /** Throws QUOTA_EXCEEDED when `peer` storing `size` more bytes goes over its quota. */
-  checkQuota(peer: { name: string; id: string }, size: number): void
+  /**
+   * Throws QUOTA_EXCEEDED when `peer` storing `size` more bytes goes over its quota, with
+   * `inFlight` (the peer's other transfers being received, at their announced sizes).
+   */
+  checkQuota(peer: { name: string; id: string }, size: number, inFlight: { files: number; bytes: number }): void
 }
 
 export interface StoredFile {
@@ -281,12 +292,23 @@ export class FileReceiver {
   private readonly active = new Map<string, { channel: MuxChannel; done: Promise<void> }>()
   /** The (sanitised) names of partials seen since natd started, for listing. */
   private readonly names = new Map<string, string>()
+  /**
+   * Transfers accepted and not yet ended, at their announced sizes: they count in their
+   * sender's quota and against the free space, so that many transfers at once (a tunnel
+   * carries up to 4,096 channels) cannot each pass a check the others will break.
+   */
+  private readonly inFlight = new Map<MuxChannel, { peerId: string; key: string; size: number; partial: string }>()
+
+  /** Files not received (policy, quota, stalls…): a peer may cause them as fast as it opens channels. */
+  private readonly refusals: RefusalLog
 
   constructor(
     private readonly policy: () => ReceivePolicy,
     private readonly log: Logger,
     private readonly onStored: (f: StoredFile, from: Tunnel['peer']) => void
-  ) {}
+  ) {
+    this.refusals = new RefusalLog(log, PEER_REFUSAL_LOG)
+  }
 
   /** A peer opened a `file` channel. Never throws. */
   onChannel(tunnel: Tunnel, req: OpenRequest): void {
@@ -294,7 +316,7 @@ export class FileReceiver {
     const ch = req.channel
     void this.receive(tunnel, ch).catch((err: unknown) => {
       const e = toNatdError(err)
-      this.log.warn('file not received', { peer: tunnel.peer.name, code: e.code, err: e.message })
+      this.refusals.refused('file', tunnel.peer.name, e.code, e.message)
       if (ch.destroyed) return
       ch.end(encodeTransfer({ type: 'refuse', code: e.code, message: e.message }))
       setTimeout(() => ch.destroy(), REFUSE_LINGER_MS).unref()
@@ -309,29 +331,35 @@ export class FileReceiver {
     const policy = this.policy()
     const name = sanitizeName(offer.name)
     if (!policy.allowed(peer)) {
-      this.log.warn('NOT_ALLOWED: refused a file from a peer', { peer: peer.name, name, size: offer.size })
       throw new NatdError('NOT_ALLOWED', `this agent does not accept files from ${peer.name} (natctl files policy --allow)`)
     }
     if (offer.size > policy.maxSizeBytes) {
-      this.log.warn('TOO_LARGE: refused a file from a peer', { peer: peer.name, name, size: offer.size, maxSizeBytes: policy.maxSizeBytes })
       throw new NatdError('TOO_LARGE', `${offer.size} bytes is more than the ${policy.maxSizeBytes} this agent accepts`)
     }
     const transferId = Buffer.from(offer.transferId).toString('hex')
     const key = partialKey(peer.id, transferId)
-    policy.checkQuota(peer, offer.size - partialSize(path.join(policy.inbox, PARTIAL_DIR, key)))
-    const previous = this.active.get(key)
-    if (previous) {
-      previous.channel.destroy(new NatdError('TUNNEL_CLOSED', 'superseded by a new attempt of the same transfer'))
-      await previous.done
-    }
-    let release!: () => void
-    const done = new Promise<void>((resolve) => (release = resolve))
-    this.active.set(key, { channel: ch, done })
+    const partial = path.join(policy.inbox, PARTIAL_DIR, key)
+    // Another attempt of this same transfer is superseded below: it does not count.
+    const others = [...this.inFlight.values()].filter((t) => t.peerId === peer.id && t.key !== key)
+    policy.checkQuota(peer, offer.size - partialSize(partial), { files: others.length, bytes: others.reduce((sum, t) => sum + t.size, 0) })
+    this.inFlight.set(ch, { peerId: peer.id, key, size: offer.size, partial })
     try {
-      await this.store(tunnel, ch, reader, { ...offer, name, transferId, key }, policy)
+      const previous = this.active.get(key)
+      if (previous) {
+        previous.channel.destroy(new NatdError('TUNNEL_CLOSED', 'superseded by a new attempt of the same transfer'))
+        await previous.done
+      }
+      let release!: () => void
+      const done = new Promise<void>((resolve) => (release = resolve))
+      this.active.set(key, { channel: ch, done })
+      try {
+        await this.store(tunnel, ch, reader, { ...offer, name, transferId, key }, policy)
+      } finally {
+        if (this.active.get(key)?.channel === ch) this.active.delete(key)
+        release()
+      }
     } finally {
-      if (this.active.get(key)?.channel === ch) this.active.delete(key)
-      release()
+      this.inFlight.delete(ch)
     }
   }
 
@@ -358,9 +386,14 @@ export class FileReceiver {
       fs.truncateSync(partial, 0)
       offset = 0
     }
-    const free = fs.statfsSync(inbox)
-    if (free.bavail * free.bsize < offer.size - offset) {
-      throw new NatdError('NO_SPACE', `no room for ${offer.size - offset} bytes in the inbox (${free.bavail * free.bsize} free)`)
+    const fsStat = fs.statfsSync(inbox)
+    // What the other transfers being received will still write (another attempt of this one is superseded).
+    let promised = 0
+    for (const [c, t] of this.inFlight) if (c !== ch && t.key !== offer.key) promised += Math.max(0, t.size - partialSize(t.partial))
+    const reserve = Math.ceil(fsStat.blocks * fsStat.bsize * INBOX_FREE_RESERVE)
+    const room = fsStat.bavail * fsStat.bsize - promised - reserve
+    if (room < offer.size - offset) {
+      throw new NatdError('NO_SPACE', `no room for ${offer.size - offset} bytes in the inbox (${Math.max(0, room)} free, after ${promised} promised to other transfers and ${INBOX_FREE_RESERVE * 100}% of the disk kept free)`)
     }
     // What we hold goes into the sha256 the sender's is compared with: a partial we cannot
     // read back is said at once (an empty hash here would turn into a misleading CORRUPT
@@ -401,7 +434,6 @@ export class FileReceiver {
       watch.stop()
       if (!out.closed) await once(out, 'close')
       if (stalled) {
-        this.log.warn('TIMEOUT: a file transfer stalled', { peer: peer.name, name: offer.name, have: partialSize(partial), size: offer.size, stallMs })
         throw stalled
       }
       const e = err as NodeJS.ErrnoException
@@ -419,7 +451,6 @@ export class FileReceiver {
     const sha256 = hash.digest()
     if (!sha256.equals(end.sha256)) {
       fs.rmSync(partial, { force: true })
-      this.log.warn('CORRUPT: received file does not match its sha256', { peer: peer.name, name: offer.name })
       throw new NatdError('CORRUPT', `the bytes received do not match the sha256 of ${offer.name}; nothing was kept, send it again`)
     }
     const final = this.place(partial, inbox, offer.name)

@@ -216,7 +216,7 @@ export class Files {
       maxSizeBytes: this.stored.maxSizeBytes,
       inbox,
       stallTimeoutMs: this.stored.stallTimeoutMs,
-      checkQuota: (peer, size) => this.checkQuota(peer, size)
+      checkQuota: (peer, size, inFlight) => this.checkQuota(peer, size, inFlight)
     }
   }
 
@@ -242,12 +242,12 @@ export class Files {
     return { files, bytes }
   }
 
-  private checkQuota(peer: { name: string; id: string }, size: number): void {
-    const u = this.usage(peer.id)
+  private checkQuota(peer: { name: string; id: string }, size: number, inFlight: { files: number; bytes: number }): void {
+    const held = this.usage(peer.id)
+    const u = { files: held.files + inFlight.files, bytes: held.bytes + inFlight.bytes }
     const q = this.stored
     if (u.files + 1 > q.filesPerPeer || u.bytes + size > q.fileBytesPerPeer) {
-      this.c.log.warn('QUOTA_EXCEEDED: refused a file from a peer', { peer: peer.name, files: u.files, bytes: u.bytes, size, filesPerPeer: q.filesPerPeer, fileBytesPerPeer: q.fileBytesPerPeer })
-      throw new NatdError('QUOTA_EXCEEDED', `${peer.name} already has ${u.files} files (${u.bytes} bytes) in this agent's inbox; its quota is ${q.filesPerPeer} files, ${q.fileBytesPerPeer} bytes`)
+      throw new NatdError('QUOTA_EXCEEDED', `${peer.name} already has ${u.files} files (${u.bytes} bytes) in this agent's inbox${inFlight.files > 0 ? `, ${inFlight.files} of them being received` : ''}; its quota is ${q.filesPerPeer} files, ${q.fileBytesPerPeer} bytes`)
     }
   }
 

@@ -25,6 +25,7 @@ import type { OpenRequest } from '../tunnel/mux.js'
 import type { Tunnel } from '../tunnel/tunnel.js'
 import { ChannelReader, refusal, withDeadline } from './channel-frames.js'
 import type { KnownPeers } from './known-peers.js'
+import { PEER_REFUSAL_LOG, RefusalLog } from '../common/refusal-log.js'
 import { appendJsonLine, readJsonLines, writeFileAtomic } from '../common/state-files.js'
 import { MessageIds } from './message-ids.js'
 import { Outbox, type Pending } from './outbox.js'
@@ -38,6 +39,15 @@ export const MESSAGES_FILE = 'messages.jsonl'
  * sent again (the same ID) after this pause, while the send's time lasts.
  */
 export const MESSAGE_RETRY_MS = 250
+/**
+ * What all senders together may hold in the inbox, whatever the per-peer quotas say. A
+ * key is free to make and every key has its own quota, so without this a stranger with
+ * fresh keys (the server lets an address make about 60 a minute) fills the disk 1 MiB
+ * per key and makes every `natctl messages` read it all. Past it a message is refused
+ * with QUOTA_EXCEEDED until the user clears some; 10 × the default per-peer quota.
+ */
+export const INBOX_MESSAGES_MAX = 10_000
+export const INBOX_MESSAGE_BYTES_MAX = 10 * 1024 ** 2
 
 /**
  * The message ID a caller's `id` names: 32 hex digits are the ID itself (as a send's
@@ -74,6 +84,8 @@ export interface MessagesComponents {
   quotas(): Pick<Quotas, 'messagesPerPeer' | 'messageBytesPerPeer'>
   /** Wait this long between storing a message and its ACK (0; lab tests lose ACKs with it). */
   ackDelayMs?: number
+  /** What all senders together may hold (default INBOX_MESSAGES_MAX, INBOX_MESSAGE_BYTES_MAX; tests lower it). */
+  inboxMax?: { messages: number; bytes: number }
 }
 
 export class Messages {
@@ -84,9 +96,14 @@ export class Messages {
   private readonly outbox: Outbox
   /** What each sender (by whole ID) holds in the inbox. */
   private readonly usage = new Map<string, { count: number; bytes: number }>()
+  /** What all senders hold in the inbox. */
+  private readonly total = { count: 0, bytes: 0 }
+  /** Messages not received (quota, bad frames, time-outs): a peer may cause them as fast as it opens channels. */
+  private readonly refusals: RefusalLog
 
   constructor(private readonly c: MessagesComponents) {
     this.file = path.join(c.dir, MESSAGES_FILE)
+    this.refusals = new RefusalLog(c.log, PEER_REFUSAL_LOG)
     const inbox = readJsonLines<MessageInfo>(this.file)
     this.ids = new MessageIds(c.dir, inbox.map((m) => ({ from: m.fromId, id: m.id, at: Date.parse(m.receivedAt) || 0 })))
     this.outbox = new Outbox(c.dir)
@@ -95,6 +112,8 @@ export class Messages {
 
   private load(inbox = readJsonLines<MessageInfo>(this.file)): void {
     this.usage.clear()
+    this.total.count = 0
+    this.total.bytes = 0
     for (const m of inbox) this.count(m)
   }
 
@@ -103,6 +122,8 @@ export class Messages {
     u.count++
     u.bytes += Buffer.byteLength(m.text)
     this.usage.set(m.fromId, u)
+    this.total.count++
+    this.total.bytes += Buffer.byteLength(m.text)
   }
 
   /** What a sender holds in the inbox now. */
@@ -221,6 +242,10 @@ export class Messages {
         if (u.count + 1 > q.messagesPerPeer || u.bytes + Buffer.byteLength(f.text) > q.messageBytesPerPeer) {
           throw new NatdError('QUOTA_EXCEEDED', `${tunnel.peer.name} already has ${u.count} messages (${u.bytes} bytes) in this agent's inbox; its quota is ${q.messagesPerPeer} messages, ${q.messageBytesPerPeer} bytes`)
         }
+        const max = this.c.inboxMax ?? { messages: INBOX_MESSAGES_MAX, bytes: INBOX_MESSAGE_BYTES_MAX }
+        if (this.total.count + 1 > max.messages || this.total.bytes + Buffer.byteLength(f.text) > max.bytes) {
+          throw new NatdError('QUOTA_EXCEEDED', `this agent's inbox is full: all peers together hold ${this.total.count} messages (${this.total.bytes} bytes), at most ${max.messages} messages, ${max.bytes} bytes; its user must clear some`)
+        }
         const m: MessageInfo = { id, from: tunnel.peer.name, fromId: tunnel.peer.id, text: f.text, sentAt: new Date(f.sentAt).toISOString(), receivedAt: new Date().toISOString() }
         appendJsonLine(this.file, m) // fsynced before the ACK: an acknowledged message survives a crash
         this.ids.add({ from: m.fromId, id, at: Date.parse(m.receivedAt) })
@@ -232,7 +257,7 @@ export class Messages {
       ch.end(encodeTransfer({ type: 'ack', messageId: f.messageId, duplicate }))
     })().catch((err: unknown) => {
       const e = toNatdError(err)
-      this.c.log.warn('message not received', { peer: tunnel.peer.name, code: e.code, err: e.message })
+      this.refusals.refused('message', tunnel.peer.name, e.code, e.message)
       if (!ch.destroyed) ch.end(encodeTransfer({ type: 'refuse', code: e.code, message: e.message }))
     })
   }

@@ -27,6 +27,16 @@ export const RELAY_BIND_TIMEOUT_MS = 30_000
  */
 export const RELAY_EARLY_MAX_BYTES = 256 * 1024
 export const RELAY_EARLY_PAUSE_BYTES = RELAY_EARLY_MAX_BYTES - 64 * 1024
+/**
+ * What all unpaired sides together may have the server hold. Per side the bound is
+ * RELAY_EARLY_MAX_BYTES, but sides come from many keys and addresses (65,536 permits,
+ * two sides each: 32 GiB). Past this every unpaired side stops being read, and a new one
+ * is paused as it binds, until pairs start or sides go. An honest side sends only the
+ * start of its Noise handshake (< 1 KiB) before its peer binds, so it loses nothing:
+ * it waits for the pairing, as it does anyway. The total stays within this plus one read
+ * (≤ 64 KiB) per side bound while it was reached.
+ */
+export const RELAY_EARLY_TOTAL_MAX_BYTES = 64 * 1024 ** 2
 /** Relay permissions pending at once, all keys together: × ~0.3 KiB each, ≤ ~20 MiB. */
 export const MAX_RELAY_PERMITS = 65_536
 /** Relay permissions one key may hold at once (the agent that asked for the introduction). */
@@ -40,6 +50,8 @@ export interface RelayLimits {
   maxTunnels: number
   /** Permissions one key may hold at once (--relay-max-permits); default DEFAULT_RELAY_PERMITS_PER_KEY. */
   maxPermitsPerKey?: number
+  /** Bytes all unpaired sides together may have held; default RELAY_EARLY_TOTAL_MAX_BYTES (tests lower it). */
+  maxEarlyTotalBytes?: number
 }
 
 export const DEFAULT_RELAY_LIMITS: RelayLimits = {
@@ -180,6 +192,7 @@ export class Relay {
     const s: Side = { socket, early: [], earlyBytes: 0, held: false }
     p[side] = s
     this.unpaired.set(socket, s)
+    if (this.earlyFull()) this.hold(s)
     socket.once('close', () => this.dropSide(s))
     // A connection the peer never joins must not stay open: it gets the bind timeout.
     socket.setTimeout(Math.max(1, p.expires - this.clock.now()), () => socket.destroy())
@@ -208,10 +221,18 @@ export class Relay {
    */
   held(socket: net.Socket, partialBytes: number): void {
     const side = this.unpaired.get(socket)
-    if (side && side.earlyBytes + partialBytes >= RELAY_EARLY_PAUSE_BYTES) {
-      side.held = true
-      socket.pause()
-    }
+    if (side && side.earlyBytes + partialBytes >= RELAY_EARLY_PAUSE_BYTES) this.hold(side)
+    // All unpaired sides together at their bound: none is read until pairs start (start() reads on).
+    if (side && this.earlyFull()) for (const s of this.unpaired.values()) if (!s.held) this.hold(s)
+  }
+
+  private earlyFull(): boolean {
+    return this.earlyTotal >= (this.limits.maxEarlyTotalBytes ?? RELAY_EARLY_TOTAL_MAX_BYTES)
+  }
+
+  private hold(side: Side): void {
+    side.held = true
+    side.socket.pause()
   }
 
   private readonly routes = new Map<net.Socket, (body: Buffer) => void>()

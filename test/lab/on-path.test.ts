@@ -23,6 +23,9 @@ import { labAvailable } from './lab.js'
 import { DIST, ROOT, SERVER_PORT, waitFor, withLab, type NatdLab } from './natd-lab.js'
 
 const ATTACKER_IP = '198.18.1.1' // inet's own address on alice's site's link
+/** bob's service, and the port of alice's forward to it (the issue's 9200 → bob:7777). */
+const BOB_SERVICE_PORT = 7777
+const ALICE_FORWARD_PORT = 9200
 
 /** Sends site 1's traffic for the server (TCP and UDP) to the attacker instead. */
 async function intercept(n: NatdLab): Promise<void> {
@@ -44,6 +47,23 @@ async function lastErrorCode(n: NatdLab, key: string): Promise<string | null> {
   return (s.lastError as { code?: string } | null)?.code ?? null
 }
 
+/**
+ * One connection to alice's forward: the first bytes echoed back, or how it ended. A
+ * forward whose tunnel cannot open closes the connection; `waitMs` lets a recovering
+ * agent's tunnel open first.
+ */
+async function forwarded(n: NatdLab, waitMs = 15_000): Promise<{ how: string; received: number }> {
+  const script = `const s = require('node:net').connect(${ALICE_FORWARD_PORT}, '127.0.0.1')
+const done = (how, received) => { console.log(JSON.stringify({ how, received })); process.exit(0) }
+s.on('connect', () => s.write('anyone there?'))
+s.on('data', (d) => done('data', d.length))
+s.on('end', () => done('eof', 0))
+s.on('error', (e) => done(e.code ?? e.message, 0))
+setTimeout(() => done('timeout', 0), ${waitMs})`
+  const r = await n.lab.exec(n.lab.hosts.alice!.ns, [process.execPath, '-e', script], { timeoutMs: waitMs + 10_000 })
+  return JSON.parse(r.stdout) as { how: string; received: number }
+}
+
 /** The inbox of an agent, as natctl messages --json shows it. */
 async function inbox(n: NatdLab, key: string): Promise<Array<{ text: string; from: string }>> {
   const r = await n.natctl(key, ['messages'])
@@ -63,6 +83,13 @@ describe.skipIf(!labAvailable())('an attacker on the path to the rendezvous serv
       // alice pinned the real server's key on first contact, and bob's key with a first message.
       expect(alice0.serverKey).toEqual({ id: realKey, pinned: 'first-use' })
       expect((await n.natctl('alice', ['send', 'bob', 'before'])).code).toBe(0)
+      // A forward alice already has (as in the issue: 9200 → bob:7777), working: the positive control.
+      await n.startEcho('bob', BOB_SERVICE_PORT)
+      expect((await n.natctl('bob', ['expose', 'add', String(BOB_SERVICE_PORT), '--allow', 'alice'])).code).toBe(0)
+      expect((await n.natctl('alice', ['forward', 'add', String(ALICE_FORWARD_PORT), `bob:${BOB_SERVICE_PORT}`])).code).toBe(0)
+      expect((await forwarded(n)).received).toBeGreaterThan(0)
+      const file = path.join(n.dir, 'for-bob.txt')
+      fs.writeFileSync(file, 'for the real bob only\n')
 
       // --- 1. the attacker runs a server of its own (its own key) with a "bob" of its own.
       const attackerState = path.join(n.dir, 'attacker-state')
@@ -74,6 +101,13 @@ describe.skipIf(!labAvailable())('an attacker on the path to the rendezvous serv
       const fakeBob = n.lab.spawn(n.lab.inetNs, [process.execPath, path.join(DIST, 'daemon/main.js'), '--name', 'bob', '--server', `${ATTACKER_IP}:${SERVER_PORT}`, '--state-dir', path.join(n.dir, 'fake-bob-state'), '--socket', fakeBobSocket, '--heartbeat', '2s'], { cwd: ROOT })
       void fakeBob
       await waitFor(() => fs.readFileSync(attackerLog, 'utf8').includes('agent registered'), 15_000, 'the attacker\'s bob registered with the attacker')
+      // The attacker's bob exposes the same port, with a listener that tells each connection.
+      let attackerConns = ''
+      const trap = n.lab.spawn(n.lab.inetNs, [process.execPath, '-e', `require('node:net').createServer((s) => { console.log('conn'); s.on('error', () => {}); s.pipe(s) }).listen(${BOB_SERVICE_PORT}, '127.0.0.1', () => console.log('listening'))`])
+      trap.stdout?.on('data', (d: Buffer) => (attackerConns += d.toString()))
+      await waitFor(() => attackerConns.includes('listening'), 10_000, 'the attacker\'s service')
+      const fakeNatctl = (args: string[]): unknown => JSON.parse(execFileSync(process.execPath, [path.join(DIST, 'cli/main.js'), '--socket', fakeBobSocket, '--json', ...args], { encoding: 'utf8' }))
+      fakeNatctl(['expose', 'add', String(BOB_SERVICE_PORT)])
 
       await intercept(n)
       await n.restartAgent('alice') // a reboot: its next contact goes to the attacker
@@ -88,12 +122,18 @@ describe.skipIf(!labAvailable())('an attacker on the path to the rendezvous serv
       const sent = await n.natctl('alice', ['send', 'bob', 'for the real bob only'], { timeoutMs: 20_000 })
       expect(sent.code).toBe(1)
       expect((sent.json as { error: { code: string } }).error.code).toBe('NOT_REGISTERED')
-      // The attacker got no registration (it never even learnt their names) and no message.
+      const copied = await n.natctl('alice', ['cp', file, 'bob:'], { timeoutMs: 20_000 })
+      expect(copied.code).not.toBe(0)
+      expect(JSON.stringify(copied.json)).toContain('NOT_REGISTERED')
+      expect((await forwarded(n)).received).toBe(0)
+      // The attacker got no registration (it never even learnt their names), no message, no file and no forwarded byte.
       expect(fs.readFileSync(attackerLog, 'utf8')).not.toMatch(/"name":"(alice|dave)"/)
-      const fakeInbox = execFileSync(process.execPath, [path.join(DIST, 'cli/main.js'), '--socket', fakeBobSocket, '--json', 'messages'], { encoding: 'utf8' })
-      expect(JSON.parse(fakeInbox)).toEqual([])
+      expect(fakeNatctl(['messages'])).toEqual([])
+      expect(fakeNatctl(['files'])).toEqual([])
+      expect(attackerConns).not.toContain('conn')
       attacker.kill('SIGKILL')
       fakeBob.kill('SIGKILL')
+      trap.kill('SIGKILL')
 
       // --- 2. the attacker forwards to the real server and flips bits in its TCP answers.
       const tamper = async (mode: string): Promise<{ seen: (what: string, times: number) => Promise<void>; stop: () => Promise<Record<string, number>> }> => {
@@ -135,9 +175,12 @@ describe.skipIf(!labAvailable())('an attacker on the path to the rendezvous serv
       await n.waitRegistered('dave', 30_000)
       expect((await n.status('alice')).serverKey).toEqual({ id: realKey, pinned: 'first-use' })
       expect((await n.natctl('alice', ['send', 'bob', 'after'])).code).toBe(0)
-      expect((await inbox(n, 'bob')).map((m) => m.text)).toEqual(['before', 'after'])
+      // dave pinned the server by flag (--server host:port#KEY): it works end to end as well.
+      expect((await n.natctl('dave', ['send', 'bob', 'from dave'], { timeoutMs: 30_000 })).code).toBe(0)
+      expect((await inbox(n, 'bob')).map((m) => m.text)).toEqual(['before', 'after', 'from dave'])
+      expect((await forwarded(n, 30_000)).received).toBeGreaterThan(0)
     })
-  }, 180_000)
+  }, 240_000)
 
   it('an operator who really changes the server key: agents refuse it until the user re-pins with --server host:port#NEWKEY', async () => {
     await withLab({ sites: [{ name: 'alice', nat: 'easy' }] }, async (n) => {
@@ -170,13 +213,14 @@ describe.skipIf(!labAvailable())('an attacker on the path to the rendezvous serv
       const [host, port] = String(before.publicUdp).split(':')
       // Raw IPv4/UDP from 198.18.0.2:3478 to alice's public mapping, sent from the
       // internet router: HEARTBEAT_ACK frames (version 2, type 6) with seq 1..10000,
-      // status ok, an observed endpoint of the attacker's choosing and a random tag.
+      // status ok and moved in turn, an observed endpoint of the attacker's choosing and
+      // a random tag.
       const script = `
 import os, socket, struct
 s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
 src, dst = socket.inet_aton('${n.lab.server.ip}'), socket.inet_aton('${host}')
 for seq in range(1, 10001):
-    body = bytes([0x4e, 0x44, 2, 6]) + struct.pack('>IB', seq, 0) + bytes([4, 203, 0, 113, 66]) + struct.pack('>H', 4444) + os.urandom(16)
+    body = bytes([0x4e, 0x44, 2, 6]) + struct.pack('>IB', seq, (seq % 2) * 2) + bytes([4, 203, 0, 113, 66]) + struct.pack('>H', 4444) + os.urandom(16)
     udp = struct.pack('>HHHH', ${SERVER_PORT}, ${port}, 8 + len(body), 0) + body
     ip = struct.pack('>BBHHHBBH4s4s', 0x45, 0, 20 + len(udp), seq & 0xffff, 0, 64, 17, 0, src, dst)
     s.sendto(ip + udp, ('${host}', 0))

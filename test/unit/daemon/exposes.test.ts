@@ -4,7 +4,7 @@
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
 import { StateStore } from '../../../src/daemon/config.js'
 import { Exposes } from '../../../src/daemon/exposes.js'
 import { KnownPeers } from '../../../src/daemon/known-peers.js'
@@ -50,7 +50,10 @@ describe('Exposes', () => {
     known = new KnownPeers({ store, log: silentLogger, serverPeers: async () => listed })
   })
 
-  afterEach(() => fs.rmSync(dir, { recursive: true, force: true }))
+  afterEach(() => {
+    vi.useRealTimers()
+    fs.rmSync(dir, { recursive: true, force: true })
+  })
 
   it('--allow bob stores bob\'s whole key (pinning it) and admits only that key', async () => {
     const exposes = new Exposes(store, log, known)
@@ -81,5 +84,14 @@ describe('Exposes', () => {
     exposes.warnUnresolved()
     expect(warnings).toHaveLength(1)
     expect(request(exposes, { name: 'zed', id: CAROL.id }, 22)).toBe('NOT_EXPOSED')
+  })
+  it('1,000 refused connections from a peer log one line at once, then one count a window, not a line each', () => {
+    vi.useFakeTimers()
+    const exposes = new Exposes(store, log, known)
+    for (let i = 0; i < 1_000; i++) expect(request(exposes, LOOKALIKE, 1 + (i % 100))).toBe('NOT_EXPOSED')
+    expect(warnings).toEqual([expect.objectContaining({ what: 'connection to a port', code: 'NOT_EXPOSED', reason: 'port 1' })])
+    vi.advanceTimersByTime(10_000)
+    expect(warnings).toHaveLength(2)
+    expect(warnings[1]).toMatchObject({ code: 'NOT_EXPOSED', count: 999, sources: 1 })
   })
 })

@@ -20,6 +20,7 @@ import { resolvePeer } from '../../../src/protocol/peer-ref.js'
 import type { TunnelManager } from '../../../src/tunnel/manager.js'
 import { Mux } from '../../../src/tunnel/mux.js'
 import type { Tunnel } from '../../../src/tunnel/tunnel.js'
+import { decodeTransfer, encodeTransfer } from '../../../src/protocol/transfer.js'
 import { messagePipe, type MessagePipe } from '../tunnel/pipe.js'
 
 const ALICE = { name: 'alice', id: 'a'.repeat(52) }
@@ -90,6 +91,8 @@ interface World {
   sentOnWire: () => number
   /** The session dies as a tunnel sees it: both muxes close. */
   cut: (reason: string) => void
+  /** Alice's end of the mux, for raw frames. */
+  muxA: Mux
 }
 
 const cleanups: Array<() => void> = []
@@ -132,7 +135,7 @@ function world(sender: { name: string; id: string } = ALICE, opts: { bobInbox?: 
     muxA.close(reason)
     muxB.close(reason)
   }
-  return { streams, pipe, tmp, alice: make(aliceDir, ALICE), bob, bobDir, received, progress, sentOnWire: () => wire, cut }
+  return { streams, pipe, tmp, alice: make(aliceDir, ALICE), bob, bobDir, received, progress, sentOnWire: () => wire, cut, muxA }
 }
 
 function file(dir: string, name: string, bytes: number | Buffer): { path: string; data: Buffer; sha256: string } {
@@ -165,8 +168,19 @@ async function withTmpfsInbox(size: string, fn: (w: World, inbox: string) => Pro
   try {
     await fn(w, inbox)
   } finally {
+    // Transfers still open (a test that failed, or one that leaves them in flight) close their partials first.
+    w.cut('test over')
+    await new Promise((r) => setTimeout(r, 100))
     execFileSync('umount', [inbox])
   }
+}
+
+/** A raw OFFER on a new channel, as a hostile sender makes it; resolves with bob's first answer (accept or refuse), the channel left open. */
+async function offer(w: World, size: number, name: string): Promise<{ type: string; code?: string; message?: string }> {
+  const ch = w.muxA.openChannel(0, FILE_SERVICE)
+  await ch.opened
+  ch.write(encodeTransfer({ type: 'offer', transferId: randomBytes(32), size, name }))
+  return decodeTransfer(await new Promise<Buffer>((resolve) => ch.once('data', resolve))) as { type: string; code?: string; message?: string }
 }
 
 /** What natctl cp does for one file (transfer-commands.ts sendOne): open it with our rights, stream it on the data socket. */
@@ -352,6 +366,27 @@ describe('files', () => {
     await expect(send(w, file(w.tmp, 'big', 95 * KiB).path)).rejects.toMatchObject({ code: 'QUOTA_EXCEEDED' })
     expect((await send(w, file(w.tmp, 'q3', 10).path)).savedAs).toBe('q3')
     expect(w.sentOnWire()).toBeLessThan(25 * KiB + 16 * KiB)
+  })
+
+  it('transfers at once count in the quota: offers that each fit but together do not are refused with QUOTA_EXCEEDED', async () => {
+    const w = world()
+    await w.bob.setPolicy({ allow: null, maxSizeBytes: null, inbox: null, filesPerPeer: 3, fileBytesPerPeer: 100 * KiB })
+    // Accepted and never finished: both stay in flight, at their announced sizes.
+    expect(await offer(w, 60 * KiB, 'a1')).toMatchObject({ type: 'accept' })
+    expect(await offer(w, 60 * KiB, 'a2')).toMatchObject({ type: 'refuse', code: 'QUOTA_EXCEEDED', message: expect.stringMatching(/1 of them being received/) })
+    expect(await offer(w, 30 * KiB, 'a3')).toMatchObject({ type: 'accept' })
+    expect(await offer(w, 1, 'a4')).toMatchObject({ type: 'accept' })
+    expect(await offer(w, 1, 'a5')).toMatchObject({ type: 'refuse', code: 'QUOTA_EXCEEDED', message: expect.stringMatching(/3 files/) })
+  })
+
+  it.skipIf(process.getuid?.() !== 0)('transfers at once count against the free space, and 5% of the disk stays free', async () => {
+    await withTmpfsInbox('1m', async (w) => {
+      expect(await offer(w, 600 * KiB, 'b1')).toMatchObject({ type: 'accept' })
+      expect(await offer(w, 600 * KiB, 'b2')).toMatchObject({ type: 'refuse', code: 'NO_SPACE', message: expect.stringMatching(/promised to other transfers/) })
+      // 1 MiB minus the 600 KiB promised leaves 424 KiB, of which 5% of the disk (51 KiB) is kept.
+      expect(await offer(w, 400 * KiB, 'b3')).toMatchObject({ type: 'refuse', code: 'NO_SPACE' })
+      expect(await offer(w, 300 * KiB, 'b4')).toMatchObject({ type: 'accept' })
+    })
   })
 
   it('a peer that stops taking bytes: the sender cuts the transfer off with TIMEOUT after stallTimeoutMs without progress', async () => {

@@ -2,6 +2,7 @@
 // an in-memory message pipe; the tunnel manager is a stub that hands out that one tunnel.
 //
 //   alice: Messages ── Mux A ═══ pipe ═══ Mux B ── Messages: bob (state dir in a temp dir)
+import { randomBytes } from 'node:crypto'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -9,7 +10,7 @@ import { afterEach, describe, expect, it } from 'vitest'
 import { Messages, MESSAGE_SERVICE, messageIdOf } from '../../../src/daemon/messages.js'
 import type { MessageInfo } from '../../../src/ipc/schema.js'
 import { NatdError } from '../../../src/protocol/errors.js'
-import { silentLogger } from '../../../src/protocol/log.js'
+import { silentLogger, type Logger } from '../../../src/protocol/log.js'
 import { decodeTransfer, encodeTransfer } from '../../../src/protocol/transfer.js'
 import type { TunnelManager } from '../../../src/tunnel/manager.js'
 import { Mux } from '../../../src/tunnel/mux.js'
@@ -40,7 +41,7 @@ afterEach(() => {
   for (const c of cleanups.splice(0)) c()
 })
 
-function world(opts: { offline?: boolean; messagesPerPeer?: number; messageBytesPerPeer?: number } = {}): World {
+function world(opts: { offline?: boolean; messagesPerPeer?: number; messageBytesPerPeer?: number; inboxMax?: { messages: number; bytes: number }; log?: Logger } = {}): World {
   const pipe = messagePipe()
   const muxA = new Mux(pipe.a, true, silentLogger)
   const muxB = new Mux(pipe.b, false, silentLogger)
@@ -64,7 +65,7 @@ function world(opts: { offline?: boolean; messagesPerPeer?: number; messageBytes
   const received: MessageInfo[] = []
   const quotas = { messagesPerPeer: opts.messagesPerPeer ?? 1_000, messageBytesPerPeer: opts.messageBytesPerPeer ?? 1024 * 1024 }
   const make = (dir: string, self: { name: string; id: string }): Messages =>
-    new Messages({ dir, tunnels, log: silentLogger, selfName: self.name, selfId: self.id, known: { list: () => [] }, onMessage: (m) => received.push(m), quotas: () => quotas })
+    new Messages({ dir, tunnels, log: opts.log ?? silentLogger, selfName: self.name, selfId: self.id, known: { list: () => [] }, onMessage: (m) => received.push(m), quotas: () => quotas, ...(opts.inboxMax ? { inboxMax: opts.inboxMax } : {}) })
   let bob = make(dirs.bob, BOB)
   muxB.on('open', (req) => {
     if (req.service === MESSAGE_SERVICE) bob.onChannel(tunnelToAlice, req)
@@ -156,6 +157,46 @@ describe('messages', () => {
     expect(bob.list()).toEqual([])
     await w.alice.send('bob', 'again', 2_000)
     expect(w.bob().list().map((m) => m.text)).toEqual(['again'])
+  })
+
+  it('fresh keys, each within its own quota, cannot fill the inbox past what all peers together may hold', async () => {
+    // A key is free to make: strangers 0..5, 2 messages each, against a per-peer quota of 3.
+    const w = world({ messagesPerPeer: 3, inboxMax: { messages: 7, bytes: 1024 } })
+    const sendRaw = async (mux: Mux, text: string): Promise<unknown> => {
+      const ch = mux.openChannel(0, MESSAGE_SERVICE)
+      await ch.opened
+      ch.write(encodeTransfer({ type: 'message', messageId: randomBytes(16), sentAt: 1, text }))
+      return decodeTransfer(await new Promise<Buffer>((resolve) => ch.once('data', resolve)))
+    }
+    const answers: string[] = []
+    for (let k = 0; k < 6; k++) {
+      const stranger = w.peer({ name: `s${k}`, id: String.fromCharCode(100 + k).repeat(52) })
+      for (let i = 0; i < 2; i++) answers.push(((await sendRaw(stranger, `m${k}.${i}`)) as { type: string; code?: string }).code ?? 'ack')
+    }
+    expect(answers).toEqual([...Array(7).fill('ack'), ...Array(5).fill('QUOTA_EXCEEDED')])
+    expect(w.bob().list()).toHaveLength(7)
+    // The bytes bound too, and clearing frees room for everyone.
+    const bytes = world({ inboxMax: { messages: 100, bytes: 10 } })
+    await bytes.alice.send('bob', '0123456789', 2_000)
+    await expect(bytes.alice.send('bob', 'x', 2_000)).rejects.toMatchObject({ code: 'QUOTA_EXCEEDED', message: expect.stringMatching(/inbox is full/) })
+    bytes.bob().clear()
+    await bytes.alice.send('bob', 'x', 2_000)
+  })
+
+  it('a peer sending 300 messages past its quota gets 300 refusals and one log line, not 300', async () => {
+    const warns: Array<Record<string, unknown>> = []
+    const log: Logger = { ...silentLogger, warn: (_m: string, f?: Record<string, unknown>) => void warns.push(f ?? {}), child: () => log }
+    const w = world({ messagesPerPeer: 1, log })
+    await w.alice.send('bob', 'the one that fits', 2_000)
+    const codes = new Set<string>()
+    for (let i = 0; i < 300; i++) {
+      const ch = w.muxA.openChannel(0, MESSAGE_SERVICE)
+      await ch.opened
+      ch.write(encodeTransfer({ type: 'message', messageId: randomBytes(16), sentAt: 1, text: `flood ${i}` }))
+      codes.add(String((decodeTransfer(await new Promise<Buffer>((resolve) => ch.once('data', resolve))) as { code?: string }).code))
+    }
+    expect([...codes]).toEqual(['QUOTA_EXCEEDED'])
+    expect(warns).toEqual([expect.objectContaining({ what: 'message', code: 'QUOTA_EXCEEDED', from: 'alice' })])
   })
 
   it('an ACK lost on the way back: the send fails saying how to retry; running it again reuses the ID and bob stores it once; the same text after a success is a new message', async () => {

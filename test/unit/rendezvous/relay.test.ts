@@ -262,6 +262,38 @@ describe('Relay', () => {
     expect(got.every((m) => m.type === 'relay-data' && m.data.length === 60_000)).toBe(true)
   })
 
+  it('holds at most maxEarlyTotalBytes for all unpaired sides together: past it every one stops being read, and a newcomer at its bind; pairing reads on', () => {
+    const { relay } = setup({ ...LIMITS, maxBytes: 1e9, maxTunnels: 100, maxEarlyTotalBytes: 300_000 })
+    // Ten introductions, their initiators sending 60 KB each before any responder binds (under the per-side bound).
+    const ids = Array.from({ length: 10 }, (_, i) => Buffer.alloc(16, 100 + i))
+    const sides = ids.map((id) => {
+      relay.allow(id, NAMES, KEYS)
+      const s = new FakeSocket()
+      bindAs(relay, s, true, id)
+      return s
+    })
+    for (const s of sides) {
+      if (s.paused) continue
+      relay.onFrame(asNet(s), data(60_000))
+      relay.held(asNet(s), 0)
+    }
+    expect(relay.earlyBytes).toBeGreaterThanOrEqual(300_000)
+    expect(relay.earlyBytes).toBeLessThanOrEqual(300_000 + 60_100)
+    expect(sides.every((s) => s.paused)).toBe(true)
+    // A side that binds now is paused at once.
+    relay.allow(Buffer.alloc(16, 200), NAMES, KEYS)
+    const late = new FakeSocket()
+    bindAs(relay, late, true, Buffer.alloc(16, 200))
+    expect(late.paused).toBe(true)
+    // Its peer binds: the pair starts, is read on, and its early bytes leave the total.
+    const before = relay.earlyBytes
+    const peer = new FakeSocket()
+    bindAs(relay, peer, false, ids[0])
+    expect(sides[0]!.paused).toBe(false)
+    expect(relay.earlyBytes).toBeLessThan(before)
+    expect(peer.messages().slice(1)).toHaveLength(1)
+  })
+
   it('lets one key hold at most maxPermitsPerKey unused permissions (RELAY_LIMIT); a used or expired one frees its place', () => {
     const { relay, clock } = setup({ ...LIMITS, maxPermitsPerKey: 3 })
     for (let i = 0; i < 3; i++) relay.allow(Buffer.alloc(16, 50 + i), NAMES, KEYS)

@@ -5,6 +5,7 @@
 //   alice 127.0.0.1:A ◀──── UDP (loopback) ────▶ bob 127.0.0.1:B
 //         └── introduce(target) is a stub: it hands out whatever intro the test says
 import { createHash, randomBytes } from 'node:crypto'
+import dgram from 'node:dgram'
 import UDX from 'udx-native'
 import { afterEach, describe, expect, it } from 'vitest'
 import { NatdError } from '../../../src/protocol/errors.js'
@@ -192,6 +193,32 @@ describe('TunnelManager.open reaches only the peer the user named', () => {
     bob.pins.pins.set('alice', peerId(generateKeyPair().publicKey))
     expect(await codeOf(alice.manager.open('bob', 'udp', 1_500))).toBe('PUNCH_TIMEOUT')
     expect(bob.manager.list()).toEqual([])
+  })
+})
+
+describe('TunnelManager probes only the LAN candidates it may', () => {
+  it('an introduction naming a LAN candidate outside the private ranges (here loopback) gets no probe there; the tunnel opens on the public path', async () => {
+    // What a malicious server (or one that did not filter) could hand out: "bob's LAN" at an address of its choosing.
+    const trap = dgram.createSocket('udp4')
+    let probes = 0
+    trap.on('message', () => probes++)
+    await new Promise<void>((resolve) => trap.bind(0, '127.0.0.1', resolve))
+    try {
+      let bob: Agent | null = null
+      const alice = agent('alice', async (self, _target, via) => {
+        const introId = randomBytes(16)
+        const punchKey = randomBytes(32)
+        bob!.manager.accept({ introId, punchKey, initiator: false, via, peer: record(self) }, 5_000)
+        return { introId, punchKey, initiator: true, via, peer: { ...record(bob!), lan: [{ host: '127.0.0.1', port: trap.address().port }] } }
+      })
+      bob = agent('bob', () => Promise.reject(new NatdError('PEER_UNKNOWN', 'bob opens nothing here')))
+      const r = await alice.manager.open('bob', 'udp', 5_000)
+      expect(r.tunnel.peer.id).toBe(bob.id)
+      await new Promise((resolve) => setTimeout(resolve, 300)) // any probe sent at the start has arrived on loopback by now
+      expect(probes).toBe(0)
+    } finally {
+      trap.close()
+    }
   })
 })
 
