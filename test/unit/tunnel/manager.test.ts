@@ -199,17 +199,18 @@ describe('TunnelManager.open reaches only the peer the user named', () => {
 describe('TunnelManager probes only the LAN candidates it may', () => {
   it('an introduction naming a LAN candidate outside the private ranges (here loopback) gets no probe there; the tunnel opens on the public path', async () => {
     // What a malicious server (or one that did not filter) could hand out: "bob's LAN" at an address of its choosing.
+    // 127.0.0.2, not bob's public host 127.0.0.1: a candidate there would count as a port mapping of bob's (protocol/lan.ts).
     const trap = dgram.createSocket('udp4')
     let probes = 0
     trap.on('message', () => probes++)
-    await new Promise<void>((resolve) => trap.bind(0, '127.0.0.1', resolve))
+    await new Promise<void>((resolve) => trap.bind(0, '127.0.0.2', resolve))
     try {
       let bob: Agent | null = null
       const alice = agent('alice', async (self, _target, via) => {
         const introId = randomBytes(16)
         const punchKey = randomBytes(32)
         bob!.manager.accept({ introId, punchKey, initiator: false, via, peer: record(self) }, 5_000)
-        return { introId, punchKey, initiator: true, via, peer: { ...record(bob!), lan: [{ host: '127.0.0.1', port: trap.address().port }] } }
+        return { introId, punchKey, initiator: true, via, peer: { ...record(bob!), lan: [{ host: '127.0.0.2', port: trap.address().port }] } }
       })
       bob = agent('bob', () => Promise.reject(new NatdError('PEER_UNKNOWN', 'bob opens nothing here')))
       const r = await alice.manager.open('bob', 'udp', 5_000)
