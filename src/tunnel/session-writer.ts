@@ -72,7 +72,9 @@ class SealedWriter implements FrameWriter {
     }
     const len = frame.length + ABYTES
     const size = LENGTH_BYTES + len
-    const own = this.spare && this.spare.length >= size ? this.spare : size >= OWN_WIRE_MIN_BYTES ? Buffer.allocUnsafeSlow(Math.max(size, OWN_WIRE_BYTES)) : null
+    // Over UDX the buffer stays with the stream until the peer acknowledges it: no bigger than the frame.
+    const tcp = raw instanceof net.Socket
+    const own = this.spare && this.spare.length >= size ? this.spare : size >= OWN_WIRE_MIN_BYTES ? Buffer.allocUnsafeSlow(tcp ? Math.max(size, OWN_WIRE_BYTES) : size) : null
     this.spare = null
     const wire = own ? own.subarray(0, size) : Buffer.allocUnsafe(size)
     wire[0] = len & 0xff
@@ -83,7 +85,7 @@ class SealedWriter implements FrameWriter {
     this.last = raw
     const ok = raw.write(wire)
     // Taken whole by the kernel in this call: libuv holds no reference, the buffer is free.
-    if (own && raw instanceof net.Socket && raw.writableLength === 0) this.spare = own
+    if (own && tcp && raw.writableLength === 0) this.spare = own
     return ok
   }
 
