@@ -274,7 +274,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
         if (current && onResumeRequest(ask, current) === 'resume') {
           const received = current.detach()
           won.session.write(encodeMux({ type: 'resume', channel: 0, tunnelId: current.id, received }))
-          if (!current.resume(won.session as never, ask.received, won.path, won.remote, won.transport)) throw new NatdError('BAD_REQUEST', `${name} resumed with an impossible frame count`)
+          if (!current.resume(won.session, ask.received, won.path, won.remote, won.transport)) throw new NatdError('BAD_REQUEST', `${name} resumed with an impossible frame count`)
           if (won.release) current.once('closed', won.release)
           return current
         }
@@ -296,7 +296,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     if (intro.initiator) won.session.write(encodeMux({ type: 'ping', channel: 0, seq: 0 })) // "this one"
     const existing = this.tunnels.get(id)
     if (existing?.isUp && existing.path === 'relay' && won.path !== 'relay') {
-      existing.upgrade(won.session as never, won.path, won.remote, won.transport)
+      existing.upgrade(won.session, won.path, won.remote, won.transport)
       return existing
     }
     return this.fresh(intro, won, plan.upgrade, id)
@@ -308,7 +308,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     const name = intro.peer.name
     const log = this.c.log
     const introKey = Buffer.from(intro.introId).toString('hex')
-    const tunnel = new Tunnel({ name, id }, path, remote, won.transport, introKey, intro.initiator, session as never, this.timing, this.c.clock, log.child({ peer: name }))
+    const tunnel = new Tunnel({ name, id }, path, remote, won.transport, introKey, intro.initiator, session, this.timing, this.c.clock, log.child({ peer: name }))
     if (intro.initiator) this.vias.set(tunnel, intro.via)
     tunnel.mux.on('open', (req) => this.c.onChannel(tunnel, req))
     if (won.release) tunnel.once('closed', won.release)
@@ -344,7 +344,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
       throw new NatdError('PUNCH_TIMEOUT', `${tunnel.peer.name} did not answer the resume in time`)
     }
     if (timingSafeEqual(answer.tunnelId, tunnel.id)) {
-      if (!tunnel.resume(won.session as never, answer.received, won.path, won.remote, won.transport)) {
+      if (!tunnel.resume(won.session, answer.received, won.path, won.remote, won.transport)) {
         won.release?.()
         throw new NatdError(tunnel.isOpen ? 'BAD_REQUEST' : 'ABORTED', `${tunnel.peer.name} resumed with an impossible frame count, or the tunnel closed meanwhile`)
       }

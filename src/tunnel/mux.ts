@@ -16,6 +16,7 @@ import type { Logger } from '../protocol/log.js'
 import { decodeMux, encodeMux, isSequenced, type MuxFrame } from '../protocol/mux.js'
 import { CHANNEL_WINDOW_BYTES, MuxChannel } from './mux-channel.js'
 import { ReplayBuffer } from './replay-buffer.js'
+import { sealedWriter, type FrameWriter } from './session-writer.js'
 
 /** Most channels open at once per tunnel (each one is a forwarded connection). */
 export const MAX_CHANNELS = 4096
@@ -38,15 +39,14 @@ export const ACK_EVERY_BYTES = 1024 * 1024
 /** … or this long after the first frame not yet acknowledged (coalesces ACKs of small frames). */
 export const ACK_DELAY_MS = 20
 
-/** The session: a message-preserving duplex (secret-stream). */
+/**
+ * The session: a message-preserving duplex (secret-stream). write() may hold `buf` until
+ * it is sent but must not change it (frames live in the replay buffer: a secret-stream
+ * is written through tunnel/session-writer.ts, which seals out of place, or through its
+ * write(), which copies).
+ */
 export interface MessageStream {
   write(buf: Buffer): boolean
-  /**
-   * secret-stream's zero-copy send: a plaintext buffer that lies inside the buffer the
-   * message will be encrypted in; writing it next skips secret-stream's own allocation
-   * and copy (bench/crypto-micro.ts: ~25% of the cost of push at 64 KiB).
-   */
-  alloc?(len: number): Buffer
   once(event: 'drain', fn: () => void): unknown
   on(event: 'data', fn: (buf: Buffer) => void): unknown
   destroyed: boolean
@@ -102,6 +102,8 @@ export class Mux extends EventEmitter<MuxEvents> {
   private early: Buffer[] = []
   /** The peer's SWITCH came before we attached the next session. */
   private peerSwitched = false
+  /** How frames reach each session (sealed by us when it is a secret-stream; else its write()). */
+  private readonly writers = new WeakMap<MessageStream, FrameWriter>()
 
   constructor(
     session: MessageStream,
@@ -192,8 +194,8 @@ export class Mux extends EventEmitter<MuxEvents> {
   }
 
   /**
-   * @internal Sequenced frames (channel ≠ 0) are kept for replay first (the session
-   * encrypts `buf` in place); with no session (detached for a resume) that is all.
+   * @internal Sequenced frames (channel ≠ 0) are kept for replay first (without a copy
+   * when built in allocFrame()); with no session (detached for a resume) that is all.
    */
   sendRaw(buf: Buffer): void {
     if (this.closed) return
@@ -209,12 +211,22 @@ export class Mux extends EventEmitter<MuxEvents> {
     this.writeTo(session, buf)
   }
 
+  private writerFor(session: MessageStream): FrameWriter {
+    let w = this.writers.get(session)
+    if (!w) {
+      w = sealedWriter(session) ?? { write: (buf) => session.write(buf as Buffer), onceDrain: (fn) => void session.once('drain', fn) }
+      this.writers.set(session, w)
+    }
+    return w
+  }
+
   private writeTo(session: MessageStream, buf: Buffer): void {
-    if (session.write(buf) || this.needDrain) return
+    const w = this.writerFor(session)
+    if (w.write(buf) || this.needDrain) return
     this.needDrain = true
     // Listened for at once, not when a channel next wants to send: a drain that came
     // before anyone listened would otherwise be missed and stall every channel.
-    session.once('drain', () => {
+    w.onceDrain(() => {
       if (session !== this.session) return // switched away: the new session's state counts
       this.needDrain = false
       this.wake()
@@ -227,9 +239,12 @@ export class Mux extends EventEmitter<MuxEvents> {
     for (const w of this.drainWaiters.splice(0)) w()
   }
 
-  /** @internal a buffer for one frame, to be passed to sendRaw() before any other allocFrame(). */
+  /**
+   * @internal a buffer for one sequenced frame, to be passed to sendRaw() before any
+   * other allocFrame() or send(): it lies in the replay buffer, which keeps it without a copy.
+   */
   allocFrame(len: number): Buffer {
-    return this.session?.alloc ? this.session.alloc(len) : Buffer.allocUnsafe(len)
+    return this.replay.reserve(len)
   }
 
   /**

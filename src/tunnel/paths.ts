@@ -265,7 +265,7 @@ export class Paths {
     if (!server) throw new NatdError('PUNCH_FAILED', 'no rendezvous server to relay through')
     const started = this.c.clock.now()
     const stream = await connectRelay(server, intro.introId, intro.initiator, this.c.keyPair, timeoutMs, signal)
-    const session = new SecretStream(intro.initiator, stream as never, { keyPair: this.c.keyPair })
+    const session = new SecretStream(intro.initiator, stream, { keyPair: this.c.keyPair })
     session.on('error', () => undefined)
     let first: Buffer | undefined
     try {

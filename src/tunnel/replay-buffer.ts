@@ -5,12 +5,15 @@
  * next `base + 1`, and so on; the peer's ACK and RESUME carry how many it received in
  * all, mod 2^32.
  *
- * Frames are copied into slabs of SLAB_BYTES (one allocation per slab, not per frame:
- * the data plane's hot path, issue #18). The copy is needed: secret-stream encrypts the
- * buffer it is given in place. Slabs whose frames were all acknowledged are used again:
- * copying into fresh memory cost a page fault per 4 KiB, and made the mux alone 2-3×
- * slower (measured: 100-155 MB/s against 280-570 without the replay buffer); reused,
- * on a par. trim() gives the memory back once the buffer is empty (an idle tunnel).
+ * Frames live in slabs of SLAB_BYTES (one allocation per slab, not per frame: the data
+ * plane's hot path, issue #18). A DATA frame is built where it will be kept: reserve()
+ * hands out the slab's free space, the channel fills it, push() of that very buffer keeps
+ * it without a copy, and the session seals it into a wire buffer of its own (the session
+ * must never change what it is given: tunnel/session-writer.ts encrypts out of place).
+ * Other frames are copied in. Slabs whose frames were all acknowledged are used again:
+ * fresh memory cost a page fault per 4 KiB, and made the mux alone 2-3× slower
+ * (measured: 100-155 MB/s against 280-570 without the replay buffer); reused, on a par.
+ * trim() gives the memory back once the buffer is empty (an idle tunnel).
  */
 
 /** Bytes per slab; a frame (at most 64 KiB + 5) never spans two. */
@@ -40,18 +43,28 @@ export class ReplayBuffer {
     return this.base + this.length
   }
 
-  /** Keeps a copy of `frame` (the next sequenced frame sent). */
-  push(frame: Uint8Array): void {
-    if (this.slabUsed + frame.length > this.slab.length) {
+  /**
+   * Free space for a frame of `len` bytes, to be filled and then passed to push() before
+   * any other reserve() or push() (then it is kept without a copy). Reserving again, or
+   * never pushing, is harmless: the space stays free.
+   */
+  reserve(len: number): Buffer {
+    if (this.slabUsed + len > this.slab.length) {
       if (this.slab.length > 0) this.sealed.push({ slab: this.slab, end: this.sent })
-      const reuse = this.spare.length > 0 && frame.length <= SLAB_BYTES
-      this.slab = reuse ? this.spare.pop()! : Buffer.allocUnsafeSlow(Math.max(SLAB_BYTES, frame.length))
+      const reuse = this.spare.length > 0 && len <= SLAB_BYTES
+      this.slab = reuse ? this.spare.pop()! : Buffer.allocUnsafeSlow(Math.max(SLAB_BYTES, len))
       this.slabUsed = 0
     }
-    const copy = this.slab.subarray(this.slabUsed, this.slabUsed + frame.length)
-    copy.set(frame)
+    return this.slab.subarray(this.slabUsed, this.slabUsed + len)
+  }
+
+  /** Keeps `frame` (the next sequenced frame sent): as it is if it fills the last reserve(), else a copy. */
+  push(frame: Uint8Array): void {
+    const inPlace = frame.buffer === this.slab.buffer && frame.byteOffset === this.slab.byteOffset + this.slabUsed && this.slabUsed + frame.length <= this.slab.length
+    const kept = inPlace ? (frame as Buffer) : this.reserve(frame.length)
+    if (!inPlace) kept.set(frame)
     this.slabUsed += frame.length
-    this.frames.push(copy)
+    this.frames.push(kept)
     this.bytes += frame.length
   }
 

@@ -174,7 +174,7 @@ export function punchTcp(init: TcpPunchInit, c: TcpPunchComponents, signal: Abor
         return
       }
       sock.setNoDelay(true)
-      const session = new SecretStream(init.initiator, sock as never, { keyPair: c.keyPair })
+      const session = new SecretStream(init.initiator, sock, { keyPair: c.keyPair })
       sessions.add(session)
       session.on('error', () => undefined)
       // The connection failed its purpose: drop it and try the candidate again.

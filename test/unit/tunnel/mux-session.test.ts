@@ -1,18 +1,19 @@
 // The mux over a session that behaves like secret-stream (a streamx stream): write()
 // returns false once a message is queued, 'drain' follows, there is no
-// writableNeedDrain, and alloc() hands out the buffer a message will be encrypted in.
+// writableNeedDrain. Delivered messages are copies (as after encryption).
 //
 //   Mux A ── FakeSession a ═══ one message per turn ═══ FakeSession b ── Mux B
 //
 // What a user would see: a ping answered promptly while a channel streams (the session's
-// queue stays at a frame or two), small writes leaving as full frames, and frames built
-// in the session's own buffers (no extra copy).
+// queue stays at a frame or two), small writes leaving as full frames, and DATA frames
+// built where the replay buffer keeps them (no extra copy).
 import { randomBytes } from 'node:crypto'
 import { EventEmitter } from 'node:events'
 import { afterEach, describe, expect, it } from 'vitest'
 import { silentLogger } from '../../../src/protocol/log.js'
 import { decodeMux, MAX_DATA_BYTES, MUX } from '../../../src/protocol/mux.js'
 import { Mux, type MessageStream } from '../../../src/tunnel/mux.js'
+import { SLAB_BYTES } from '../../../src/tunnel/replay-buffer.js'
 import { readAll, sha256hex } from '../helpers.js'
 import { until } from './pipe.js'
 
@@ -27,22 +28,14 @@ class FakeSession extends EventEmitter implements MessageStream {
   private flushing = false
   /** Most bytes ever waiting in this session's queue. */
   maxQueuedBytes = 0
-  /** Buffers handed out by alloc() and not yet written. */
-  readonly allocated = new Set<Buffer>()
-  /** Written buffers that came from alloc(). */
-  fromAlloc = 0
+  /** Written DATA frames that lie in a replay slab (built there, not copied there). */
+  inSlab = 0
   written = 0
-
-  alloc(len: number): Buffer {
-    const b = Buffer.allocUnsafe(len)
-    this.allocated.add(b)
-    return b
-  }
 
   write(buf: Buffer): boolean {
     this.written++
-    if (this.allocated.delete(buf)) this.fromAlloc++
-    this.queue.push(buf)
+    if (buf[0] === MUX.DATA && buf.buffer.byteLength === SLAB_BYTES) this.inSlab++
+    this.queue.push(Buffer.from(buf))
     this.queued += buf.length
     this.maxQueuedBytes = Math.max(this.maxQueuedBytes, this.queued)
     if (!this.flushing) {
@@ -112,7 +105,7 @@ describe('Mux over a streamx-like session', () => {
     expect(pongAt - sentAtPing).toBeLessThanOrEqual(6)
   })
 
-  it('small writes made while the channel waits leave as full DATA frames, built in buffers from the session', async () => {
+  it('small writes made while the channel waits leave as full DATA frames, built in the replay buffer', async () => {
     const { sa, a, b } = pair()
     const frames: number[] = []
     const origEmit = sa.peer.emit.bind(sa.peer)
@@ -139,6 +132,6 @@ describe('Mux over a streamx-like session', () => {
     expect(frames.reduce((x, y) => x + y, 0)).toBe(all.length)
     // The first write goes alone (it was waiting for the window); the rest fill whole frames.
     expect(frames.length).toBeLessThanOrEqual(1 + Math.ceil((all.length - 1024) / MAX_DATA_BYTES))
-    expect(sa.fromAlloc).toBe(frames.length)
+    expect(sa.inSlab).toBe(frames.length)
   })
 })

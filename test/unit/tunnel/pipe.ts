@@ -1,7 +1,9 @@
 // An in-memory, message-preserving session for Mux and Tunnel tests: two object-mode
 // Duplex ends, each write delivered whole to the other end on a later turn of the event
-// loop (as secret-stream keeps message boundaries). A tap sees every frame; `up = false`
-// cuts the path (frames are dropped, as on a dead UDP path).
+// loop (as secret-stream keeps message boundaries). What is delivered is a copy, as
+// after a real session's encryption: the sender's buffer is its own again (the mux reuses
+// its replay slabs). A tap sees every frame; `up = false` cuts the path (frames are
+// dropped, as on a dead UDP path).
 import { Duplex } from 'node:stream'
 import type { MessageStream } from '../../../src/tunnel/mux.js'
 
@@ -25,7 +27,8 @@ export function messagePipe(): MessagePipe {
     new Duplex({
       objectMode: true,
       read() {},
-      write(chunk: Buffer, _enc, cb) {
+      write(sent: Buffer, _enc, cb) {
+        const chunk = Buffer.from(sent)
         pipe.tap?.(side, chunk)
         if (pipe.up) {
           const other = side === 'a' ? pipe.b : pipe.a

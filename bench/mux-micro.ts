@@ -1,0 +1,90 @@
+/**
+ * The tunnel's data plane alone, in one process, on loopback: one channel of a Mux over a
+ * secret-stream over a TCP socket pair, to the other side's Mux, for N MiB. No NAT lab, no
+ * root: a quick before/after for changes to the mux, the replay buffer and the session's
+ * write path (issue 18). Both ends share one core, so MB/s is the inverse of the CPU both
+ * sides spend; CPU per MiB is the figure to compare (run it a few times, the machine is
+ * shared).
+ *
+ *   npm run --silent build && node bench/mux-micro.ts [--mib N] [--reps N] [--json FILE]
+ *
+ * The source hands the channel a fresh 64 KiB buffer per chunk, as a socket's reads do.
+ */
+import fs from 'node:fs'
+import net from 'node:net'
+import { Readable, Writable } from 'node:stream'
+import { pipeline } from 'node:stream/promises'
+import SecretStream from '@hyperswarm/secret-stream'
+const { silentLogger } = (await import(new URL('../dist/protocol/log.js', import.meta.url).href)) as typeof import('../src/protocol/log.js')
+const { Mux } = (await import(new URL('../dist/tunnel/mux.js', import.meta.url).href)) as typeof import('../src/tunnel/mux.js')
+
+const argv = process.argv.slice(2)
+const arg = (name: string): string | undefined => (argv.includes(name) ? argv[argv.indexOf(name) + 1] : undefined)
+const MIB = Number(arg('--mib')) || 256
+const REPS = Number(arg('--reps')) || 3
+const CHUNK = 64 * 1024
+
+async function sessionPair(): Promise<[SecretStream, SecretStream, () => void]> {
+  const server = net.createServer()
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const port = (server.address() as net.AddressInfo).port
+  const accepted = new Promise<net.Socket>((resolve) => server.once('connection', resolve))
+  const client = net.connect(port, '127.0.0.1')
+  const sock = await accepted
+  const a = new SecretStream(true, client)
+  const b = new SecretStream(false, sock)
+  await Promise.all([a.opened, b.opened])
+  return [a, b, () => { a.destroy(); b.destroy(); server.close() }]
+}
+
+async function once(): Promise<{ MBps: number; cpuMsPerMiB: number }> {
+  const [a, b, close] = await sessionPair()
+  const ma = new Mux(a, true, silentLogger)
+  const mb = new Mux(b, false, silentLogger)
+  let received = 0
+  const done = new Promise<void>((resolve, reject) => {
+    mb.on('open', (req) => {
+      req.accept()
+      req.channel.pipe(new Writable({
+        write(chunk: Buffer, _enc, cb) {
+          received += chunk.length
+          cb()
+        }
+      })).on('finish', resolve).on('error', reject)
+    })
+  })
+  const total = MIB * 1024 * 1024
+  let sent = 0
+  const source = new Readable({
+    read() {
+      if (sent >= total) return void this.push(null)
+      sent += CHUNK
+      this.push(Buffer.allocUnsafe(CHUNK).fill(sent & 0xff))
+    }
+  })
+  const cpu0 = process.cpuUsage()
+  const t0 = performance.now()
+  const ch = ma.openChannel(1)
+  await pipeline(source, ch)
+  await done
+  const ms = performance.now() - t0
+  const cpu = process.cpuUsage(cpu0)
+  ma.close('done')
+  mb.close('done')
+  close()
+  if (received !== total) throw new Error(`received ${received} of ${total}`)
+  return { MBps: total / 1e6 / (ms / 1000), cpuMsPerMiB: (cpu.user + cpu.system) / 1000 / MIB }
+}
+
+const runs: Array<{ MBps: number; cpuMsPerMiB: number }> = []
+for (let i = 0; i < REPS; i++) runs.push(await once())
+const median = (xs: number[]): number => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]!
+const out = {
+  mib: MIB,
+  MBps: Math.round(median(runs.map((r) => r.MBps))),
+  cpu_ms_per_MiB: Math.round(median(runs.map((r) => r.cpuMsPerMiB)) * 100) / 100,
+  runs: runs.map((r) => ({ MBps: Math.round(r.MBps), cpu_ms_per_MiB: Math.round(r.cpuMsPerMiB * 100) / 100 }))
+}
+console.log(JSON.stringify(out))
+const json = arg('--json')
+if (json) fs.writeFileSync(json, JSON.stringify(out, null, 2))

@@ -1,0 +1,105 @@
+// Sealing the mux's frames straight into a secret-stream's raw stream
+// (src/tunnel/session-writer.ts), over real secret-streams on a loopback TCP pair:
+//
+//   writer ── SecretStream a ══ TCP 127.0.0.1 ══ SecretStream b ── messages, in order
+//
+// What must hold: the peer's secret-stream reads exactly the messages written, in order
+// with messages queued through write() before; the frame given is never changed; a wire
+// buffer used again (when the kernel took the last one whole) never corrupts a message
+// still queued in the socket (checked while the reader is paused, so writes queue).
+import { createHash, randomBytes } from 'node:crypto'
+import net from 'node:net'
+import SecretStream from '@hyperswarm/secret-stream'
+import { afterEach, describe, expect, it } from 'vitest'
+import { sealedWriter } from '../../../src/tunnel/session-writer.js'
+
+const cleanups: Array<() => void> = []
+afterEach(() => {
+  for (const c of cleanups.splice(0)) c()
+})
+
+async function sessions(): Promise<{ a: SecretStream; b: SecretStream; client: net.Socket; server: net.Socket }> {
+  const srv = net.createServer()
+  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve))
+  const accepted = new Promise<net.Socket>((resolve) => srv.once('connection', resolve))
+  const client = net.connect((srv.address() as net.AddressInfo).port, '127.0.0.1')
+  const server = await accepted
+  const a = new SecretStream(true, client)
+  const b = new SecretStream(false, server)
+  a.on('error', () => undefined)
+  b.on('error', () => undefined)
+  cleanups.push(() => {
+    a.destroy()
+    b.destroy()
+    srv.close()
+  })
+  await Promise.all([a.opened, b.opened])
+  return { a, b, client, server }
+}
+
+/** Collects `n` messages from `s`. */
+function collect(s: SecretStream, n: number): Promise<Buffer[]> {
+  const got: Buffer[] = []
+  return new Promise((resolve) => {
+    s.on('data', (m: Buffer) => {
+      got.push(Buffer.from(m))
+      if (got.length === n) resolve(got)
+    })
+  })
+}
+
+const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex')
+
+describe('sealedWriter over a secret-stream', () => {
+  it('is null for anything that is not a secret-stream it knows', () => {
+    expect(sealedWriter({ write: () => true })).toBeNull()
+    expect(sealedWriter(null)).toBeNull()
+  })
+
+  it('the peer reads every frame, in order behind messages queued through write(), and the frames are not changed', async () => {
+    const { a, b } = await sessions()
+    const w = sealedWriter(a)!
+    expect(w).not.toBeNull()
+    const queued = [randomBytes(100_000), randomBytes(10), randomBytes(70_000)] // over streamx's 16 KiB: they wait in its queue
+    const frames = [randomBytes(5), randomBytes(64 * 1024 + 5), randomBytes(1), randomBytes(4096), randomBytes(64 * 1024 + 5), Buffer.alloc(0)]
+    const before = frames.map(sha)
+    const got = collect(b, queued.length + frames.length + 200)
+    for (const q of queued) a.write(q)
+    for (const f of frames) w.write(f)
+    // Then many full frames through the same writer (the wire buffer is used again).
+    const more = Array.from({ length: 200 }, (_, i) => Buffer.alloc(64 * 1024 + 5, i))
+    for (const f of more) w.write(f)
+    const all = await got
+    expect(all.map(sha)).toEqual([...queued, ...frames, ...more].map(sha))
+    expect(frames.map(sha)).toEqual(before)
+  })
+
+  it('messages stay intact while the reader is paused and the writes queue in the socket (wire buffers used again only when free)', async () => {
+    const { a, b, server } = await sessions()
+    const w = sealedWriter(a)!
+    const n = 400 // 26 MiB: far more than the socket buffers hold
+    const frames = Array.from({ length: n }, () => randomBytes(64 * 1024 + 5))
+    const got = collect(b, n)
+    server.pause()
+    let refused = 0
+    for (const f of frames) if (!w.write(f)) refused++
+    expect(refused).toBeGreaterThan(0) // the writes did queue
+    await new Promise((resolve) => setTimeout(resolve, 50))
+    server.resume()
+    const all = await got
+    expect(all.map(sha)).toEqual(frames.map(sha))
+  })
+
+  it('onceDrain() fires once the stream the last write went to drains', async () => {
+    const { a, b, server } = await sessions()
+    const w = sealedWriter(a)!
+    b.on('data', () => undefined)
+    server.pause()
+    let full = false
+    for (let i = 0; i < 1000 && !full; i++) full = !w.write(randomBytes(64 * 1024 + 5))
+    expect(full).toBe(true)
+    const drained = new Promise<void>((resolve) => w.onceDrain(resolve))
+    server.resume()
+    await expect(drained).resolves.toBeUndefined()
+  })
+})
