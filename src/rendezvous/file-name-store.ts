@@ -27,10 +27,11 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { randomBytes } from '../protocol/identity.js'
-import type { Logger } from '../protocol/log.js'
+import { systemClock, type Clock, type Logger } from '../protocol/log.js'
 import { KEY_BYTES } from '../protocol/rendezvous.js'
 import { STATE_FILE_MODE, writeFileAtomic } from '../common/state-files.js'
 import { MemoryNameStore, type NameBinding, type NameStore } from './name-store.js'
+import { systemTimers, type Timer, type Timers } from './timers.js'
 
 export const NAMES_FILE = 'names.jsonl'
 /** How often a running server looks for lines another process appended (`names rm`): "within a few seconds". */
@@ -112,15 +113,16 @@ export class FileNameStore extends MemoryNameStore {
   /** Bytes of the file read and applied so far. */
   private offset: number
   private pending: string[] = []
-  private fsyncTimer: NodeJS.Timeout | null = null
-  private readonly pollTimer: NodeJS.Timeout | null = null
+  private fsyncTimer: Timer | null = null
+  private readonly pollTimer: Timer | null = null
   private closed = false
 
   /** Opens (and compacts) `<dir>/names.jsonl`, creating the directory (0700) and the file (0600). */
   constructor(
     dir: string,
     private readonly log: Logger,
-    opts: { pollMs?: number } = {}
+    opts: { pollMs?: number } = {},
+    private readonly time: { clock: Clock; timers: Timers } = { clock: systemClock, timers: systemTimers }
   ) {
     super()
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 })
@@ -139,8 +141,7 @@ export class FileNameStore extends MemoryNameStore {
     this.ino = st.ino
     this.offset = st.size
     if (opts.pollMs !== 0) {
-      this.pollTimer = setInterval(() => this.onPollExpired(), opts.pollMs ?? NAMES_POLL_MS)
-      this.pollTimer.unref()
+      this.pollTimer = time.timers.setInterval(() => this.onPollExpired(), opts.pollMs ?? NAMES_POLL_MS)
     }
   }
 
@@ -160,15 +161,15 @@ export class FileNameStore extends MemoryNameStore {
 
   override release(name: string): boolean {
     if (!super.release(name)) return false
-    this.append({ op: 'release', name, t: Date.now(), w: this.writer })
+    this.append({ op: 'release', name, t: this.time.clock.now(), w: this.writer })
     return true
   }
 
   override close(): void {
     if (this.closed) return
     this.closed = true
-    if (this.pollTimer) clearInterval(this.pollTimer)
-    if (this.fsyncTimer) clearTimeout(this.fsyncTimer)
+    this.time.timers.clearTimer(this.pollTimer)
+    this.time.timers.clearTimer(this.fsyncTimer)
     this.flush()
     fs.fsyncSync(this.fd)
     fs.closeSync(this.fd)
@@ -251,7 +252,7 @@ export class FileNameStore extends MemoryNameStore {
       this.log.error('cannot write the names file', { file: this.file, err: (err as Error).message })
       return
     }
-    this.fsyncTimer ??= setTimeout(() => this.onFsyncExpired(), FSYNC_DELAY_MS).unref()
+    this.fsyncTimer ??= this.time.timers.setTimeout(() => this.onFsyncExpired(), FSYNC_DELAY_MS)
   }
 
   private onFsyncExpired(): void {
