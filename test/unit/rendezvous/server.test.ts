@@ -19,6 +19,7 @@ import { encodeBindingRequestWith } from '../../../src/protocol/stun-request.js'
 import { EXPIRY_SWEEP_MS, RendezvousServer, TCP_AUTH_TIMEOUT_MS, type RendezvousInit } from '../../../src/rendezvous/server.js'
 import { FakeClock, prng, randBuf, randInt } from '../helpers.js'
 import { ackOf, HOST, registerFrame, registerTcp, sockets, TcpPeer, WAIT_MS } from './fake-agent.js'
+import { FakeTime } from './fake-timers.js'
 
 const SILENCE_MS = 300
 const STUNCLIENT = '/usr/bin/turnutils_stunclient'
@@ -54,13 +55,14 @@ afterEach(async () => {
 })
 
 /** UDP and TCP share `port`, so port 0 cannot be used: try random ports until one is free. */
-async function startServer(extra: Partial<RendezvousInit> = {}, clock?: FakeClock): Promise<Started> {
+/** With a FakeTime, the server's timers are fake too (its sweep runs when the test moves time on). */
+async function startServer(extra: Partial<RendezvousInit> = {}, clock?: FakeClock | FakeTime): Promise<Started> {
   let lastErr: unknown
   for (let attempt = 0; attempt < 20; attempt++) {
     const port = randInt(Math.random, 20_000, 59_999)
     const server = new RendezvousServer(
       { host: HOST, port, altPort: port + 1, peerTimeoutMs: 30_000, heartbeatMs: 20_000, ...extra },
-      { log: silentLogger, keyPair: SERVER_KEY, ...(clock ? { clock } : {}) }
+      { log: silentLogger, keyPair: SERVER_KEY, ...(clock ? { clock } : {}), ...(clock instanceof FakeTime ? { timers: clock } : {}) }
     )
     try {
       await server.start()
@@ -559,6 +561,25 @@ describe('RendezvousServer over TCP', () => {
     const down = await alice.peer.waitFor((m) => m.type === 'peer-event', EXPIRY_SWEEP_MS + 1_000)
     expect(down).toMatchObject({ event: 'down', peer: { name: 'bob', online: false } })
     expect(await list(2)).toMatchObject({ peers: [{ name: 'bob', online: false }] })
+  })
+
+  it('drops an agent silent past --peer-timeout at the first sweep after it, and tells its peers (fake time: no waiting)', async () => {
+    const time = new FakeTime()
+    const { server, port } = await startServer({ peerTimeoutMs: 30_000 }, time)
+    const alice = await registerTcp(port, generateKeyPair(), 'alice')
+    const bob = await registerTcp(port, generateKeyPair(), 'bob')
+    ackOf(alice.reply)
+    ackOf(bob.reply)
+    time.advance(20_000)
+    alice.peer.send({ type: 'ping', seq: 1 }) // alice is seen at +20 s; bob stays silent
+    await alice.peer.waitFor((m) => m.type === 'pong')
+    time.advance(10_999) // bob silent 30,999 ms: past the timeout, but the next sweep is at +31 s
+    expect(server.registry.find('bob')?.online).toBe(true)
+    time.advance(1)
+    expect(server.registry.find('bob')?.online).toBe(false)
+    expect(server.registry.find('alice')?.online).toBe(true)
+    expect(await alice.peer.waitFor((m) => m.type === 'peer-event' && m.event === 'down')).toMatchObject({ peer: { name: 'bob', online: false } })
+    expect(await bob.peer.closedWithin()).toBe(true)
   })
 
   it('introduces both sides at once with the same introduction ID and punch key, inside their sessions', async () => {
