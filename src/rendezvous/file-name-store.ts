@@ -30,6 +30,7 @@ import { randomBytes } from '../protocol/identity.js'
 import { systemClock, type Clock, type Logger } from '../protocol/log.js'
 import { KEY_BYTES } from '../protocol/rendezvous.js'
 import { STATE_FILE_MODE, writeFileAtomic } from '../common/state-files.js'
+import { hexBytes, isJsonObject, parseJson } from '../common/untrusted-json.js'
 import { MemoryNameStore, type NameBinding, type NameStore } from './name-store.js'
 import { systemTimers, type Timer, type Timers } from './timers.js'
 
@@ -50,18 +51,12 @@ export type NameLine =
 
 /** A parsed line, or null when it is not a valid one. */
 export function parseNameLine(text: string): NameLine | null {
-  let v: unknown
-  try {
-    v = JSON.parse(text)
-  } catch {
-    return null
-  }
-  if (typeof v !== 'object' || v === null) return null
-  const r = v as Record<string, unknown>
+  const r = parseJson(text)
+  if (!isJsonObject(r)) return null
   if (typeof r.name !== 'string' || !r.name || typeof r.t !== 'number' || !Number.isFinite(r.t)) return null
   if (r.w !== undefined && typeof r.w !== 'string') return null
   if (r.op === 'bind') {
-    if (typeof r.key !== 'string' || !/^[0-9a-f]+$/.test(r.key) || r.key.length !== KEY_BYTES * 2) return null
+    if (!hexBytes(r.key, KEY_BYTES)) return null
     if (r.seen !== undefined && (typeof r.seen !== 'number' || !Number.isFinite(r.seen))) return null
     return r as NameLine
   }

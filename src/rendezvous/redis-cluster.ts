@@ -39,6 +39,7 @@ import { base32Bytes, randomBytes } from '../protocol/identity.js'
 import { monotonicClock, systemClock, type Clock, type Logger } from '../protocol/log.js'
 import { DATAGRAM_KEY_BYTES, INTRO_ID_BYTES, KEY_BYTES, NAT_VERDICTS, type NatVerdict, type PeerRecord } from '../protocol/rendezvous.js'
 import { VIAS, type Via } from '../protocol/via.js'
+import { hexBytes, isJsonObject as isObject, parseJson } from '../common/untrusted-json.js'
 import type { Cluster, ClusterHandlers, RemoteIntroduction, RemotePeer } from './cluster.js'
 import { systemTimers, type Timer, type Timers } from './timers.js'
 
@@ -482,7 +483,7 @@ export class RedisCluster implements Cluster {
   }
 
   private onEvents(raw: string): void {
-    const parsed = raw.length <= MAX_MESSAGE_CHARS ? safeJson(raw) : null
+    const parsed = raw.length <= MAX_MESSAGE_CHARS ? parseJson(raw) : null
     if (!isObject(parsed) || (parsed.e !== 'up' && parsed.e !== 'down') || parsed.from === this.instance || !Array.isArray(parsed.peers)) return
     const list = parsed.peers.slice(0, BATCH) as unknown[]
     const peers = list.map(recordFromJson).filter((r): r is PeerRecord => r !== null)
@@ -551,7 +552,7 @@ function recordJson(r: PeerRecord): RecordJson {
 }
 
 function parseRecord(raw: string): PeerRecord | null {
-  return raw.length <= MAX_MESSAGE_CHARS ? recordFromJson(safeJson(raw)) : null
+  return raw.length <= MAX_MESSAGE_CHARS ? recordFromJson(parseJson(raw)) : null
 }
 
 function recordFromJson(v: unknown): PeerRecord | null {
@@ -582,28 +583,15 @@ function endpointFrom(v: unknown): Endpoint | null | undefined {
 }
 
 function parseIntroduction(raw: string): RemoteIntroduction | null {
-  const v = raw.length <= MAX_MESSAGE_CHARS ? safeJson(raw) : null
+  const v = raw.length <= MAX_MESSAGE_CHARS ? parseJson(raw) : null
   if (!isObject(v)) return null
   const from = recordFromJson(v.from)
   const relay = endpointFrom(v.relay)
-  const bytes = (s: unknown, n: number): Buffer | null => (typeof s === 'string' && s.length === 2 * n && /^[0-9a-f]+$/.test(s) ? Buffer.from(s, 'hex') : null)
-  const targetKey = bytes(v.t, KEY_BYTES)
-  const introId = bytes(v.id, INTRO_ID_BYTES)
-  const punchKey = bytes(v.pk, DATAGRAM_KEY_BYTES)
+  const targetKey = hexBytes(v.t, KEY_BYTES)
+  const introId = hexBytes(v.id, INTRO_ID_BYTES)
+  const punchKey = hexBytes(v.pk, DATAGRAM_KEY_BYTES)
   if (!from || relay === undefined || !targetKey || !introId || !punchKey || !(VIAS as readonly string[]).includes(v.via as string)) return null
   return { targetKey, introId, punchKey, via: v.via as Via, from, relay }
-}
-
-function safeJson(raw: string): unknown {
-  try {
-    return JSON.parse(raw)
-  } catch {
-    return null
-  }
-}
-
-function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v)
 }
 
 function hex(b: Uint8Array): string {
