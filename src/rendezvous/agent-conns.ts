@@ -9,7 +9,7 @@ import { encode, type OutgoingMessage, type PeerRecord } from '../protocol/rende
 import type { Cluster } from './cluster.js'
 import type { Contacts } from './contacts.js'
 import type { Registry, RegRef } from './registry.js'
-import type { TcpConn, TcpGate } from './tcp-gate.js'
+import { TCP_KEEPALIVE_MS, type TcpConn, type TcpGate } from './tcp-gate.js'
 
 /**
  * Up to this many connected agents, every peer up/down event goes to everyone (live
@@ -17,8 +17,6 @@ import type { TcpConn, TcpGate } from './tcp-gate.js'
  * to that peer: telling everyone costs O(N²) when a server with 100k agents restarts.
  */
 export const BROADCAST_MAX_AGENTS = 1_000
-/** TCP keepalive on a registered agent's control connection (a dead host is noticed without a heartbeat). */
-const CONTROL_KEEPALIVE_MS = 10_000
 
 export interface AgentConnsComponents {
   clock: Clock
@@ -57,7 +55,7 @@ export class AgentConns {
     conn.reg = ref
     this.byPeer.set(ref, conn)
     this.c.gate.authenticated(conn)
-    conn.socket.setKeepAlive(true, CONTROL_KEEPALIVE_MS)
+    conn.socket.setKeepAlive(true, TCP_KEEPALIVE_MS)
     conn.socket.once('end', () => this.endedByAgent.add(conn))
   }
 

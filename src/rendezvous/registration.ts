@@ -18,19 +18,14 @@ import type { Cluster } from './cluster.js'
 import { RateLimiter, type ServerLimits } from './limits.js'
 import type { ServerMetrics } from './metrics.js'
 import { DEFAULT_NAME_TTL_MS, type Registration, type Registry } from './registry.js'
+import type { RendezvousInit } from './server.js'
 import type { TcpConn, TcpGate } from './tcp-gate.js'
 import type { UdpSockets } from './udp-sockets.js'
 
 /** A REGISTER's timestamp may differ from the server clock by this much (agents echo the challenge's time). */
 export const REGISTER_CLOCK_SKEW_MS = 60_000
 
-export interface RegistrationsInit {
-  /** Network secret: only agents proving they hold it may register. */
-  secret?: Uint8Array | undefined
-  peerTimeoutMs: number
-  heartbeatMs: number
-  nameTtlMs?: number
-}
+export type RegistrationsInit = Pick<RendezvousInit, 'secret' | 'peerTimeoutMs' | 'heartbeatMs' | 'nameTtlMs'>
 
 export interface RegistrationsComponents {
   clock: Clock

@@ -48,6 +48,8 @@ export const MAX_SEND_BACKLOG_BYTES = MAX_TCP_FRAME_BYTES + 256 * 1024
 export const BACKLOG_POLL_MS = 50
 /** A connection we end (after an error) is destroyed this long after if the peer never closes its side. */
 export const END_LINGER_MS = 2_000
+/** TCP keepalive on an authenticated connection (control or relay): a dead host is noticed without traffic. */
+export const TCP_KEEPALIVE_MS = 10_000
 export interface TcpConn {
   socket: net.Socket
   remote: Endpoint
@@ -341,7 +343,7 @@ export class TcpGate {
       this.authenticated(conn) // the relay sets its own deadlines (bind, then limits)
       conn.relay = true
       conn.splitter.maxBytes = MAX_RELAY_FRAME_BYTES
-      conn.socket.setKeepAlive(true, 10_000)
+      conn.socket.setKeepAlive(true, TCP_KEEPALIVE_MS)
     } catch (err) {
       const e = toNatdError(err)
       this.c.refusals.refused('relay refused', conn.remote, e.code, e.message)

@@ -18,18 +18,10 @@ import type { RefusalLog } from '../common/refusal-log.js'
 import type { Cluster } from './cluster.js'
 import type { ServerMetrics } from './metrics.js'
 import type { Registry, RegRef } from './registry.js'
-import { StunResponder, type StunSlot } from './stun-responder.js'
+import { StunResponder, type StunAddresses, type StunSlot } from './stun-responder.js'
 
 /** UDP receive buffer we ask for: at 5k heartbeats/s the default 208 KiB covers ~30 ms of pause (a GC). */
 export const UDP_RECV_BUFFER_BYTES = 4 * 1024 * 1024
-
-export interface UdpSocketsInit {
-  host: string
-  port: number
-  /** 0 = off. */
-  altPort: number
-  altHost: string | null
-}
 
 export interface UdpSocketsComponents {
   log: Logger
@@ -49,7 +41,7 @@ export class UdpSockets {
   private readonly keySecret = randomBytes(32)
 
   constructor(
-    private readonly init: UdpSocketsInit,
+    private readonly init: StunAddresses,
     private readonly c: UdpSocketsComponents
   ) {
     this.stun = new StunResponder(init)

@@ -11,7 +11,7 @@ import { decode, type PeerRecord } from '../../../src/protocol/rendezvous.js'
 import { AgentConns, BROADCAST_MAX_AGENTS } from '../../../src/rendezvous/agent-conns.js'
 import { Contacts } from '../../../src/rendezvous/contacts.js'
 import type { RegRef } from '../../../src/rendezvous/registry.js'
-import type { TcpConn } from '../../../src/rendezvous/tcp-gate.js'
+import { TCP_KEEPALIVE_MS, type TcpConn } from '../../../src/rendezvous/tcp-gate.js'
 import { FakeTime } from './fake-timers.js'
 
 class FakeSocket extends EventEmitter {
@@ -72,7 +72,7 @@ describe('AgentConns', () => {
     const s = setup()
     const [first, second] = [conn(), conn()]
     s.agents.adopt(first, 7)
-    expect([first.reg, first.unauth, (first.socket as unknown as FakeSocket).keepAlive]).toEqual([7, false, 10_000])
+    expect([first.reg, first.unauth, (first.socket as unknown as FakeSocket).keepAlive]).toEqual([7, false, TCP_KEEPALIVE_MS])
     expect(s.agents.of(7)).toBe(first)
     s.agents.adopt(second, 7)
     expect(first.socket.destroyed).toBe(true)
