@@ -136,7 +136,7 @@ export class FileNameStore extends MemoryNameStore {
     this.ino = st.ino
     this.offset = st.size
     if (opts.pollMs !== 0) {
-      this.pollTimer = time.timers.setInterval(() => this.onPollExpired(), opts.pollMs ?? NAMES_POLL_MS)
+      this.pollTimer = time.timers.setInterval(() => this.onPollExpired(), opts.pollMs ?? NAMES_POLL_MS).unref()
     }
   }
 
@@ -163,8 +163,8 @@ export class FileNameStore extends MemoryNameStore {
   override close(): void {
     if (this.closed) return
     this.closed = true
-    this.time.timers.clearTimer(this.pollTimer)
-    this.time.timers.clearTimer(this.fsyncTimer)
+    this.time.timers.clear(this.pollTimer)
+    this.time.timers.clear(this.fsyncTimer)
     this.flush()
     fs.fsyncSync(this.fd)
     fs.closeSync(this.fd)
@@ -247,7 +247,7 @@ export class FileNameStore extends MemoryNameStore {
       this.log.error('cannot write the names file', { file: this.file, err: (err as Error).message })
       return
     }
-    this.fsyncTimer ??= this.time.timers.setTimeout(() => this.onFsyncExpired(), FSYNC_DELAY_MS)
+    this.fsyncTimer ??= this.time.timers.setTimeout(() => this.onFsyncExpired(), FSYNC_DELAY_MS).unref()
   }
 
   private onFsyncExpired(): void {

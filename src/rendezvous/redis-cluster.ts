@@ -210,13 +210,13 @@ export class RedisCluster implements Cluster {
     await this.sub.subscribe(`${P}events`, (msg) => this.onEvents(msg))
     await this.announce()
     this.ok = true
-    this.intervals = [this.timers.setInterval(() => void this.onFlushExpired(), FLUSH_MS), this.timers.setInterval(() => void this.onInstanceRefreshExpired(), INSTANCE_REFRESH_MS)]
+    this.intervals = [this.timers.setInterval(() => void this.onFlushExpired(), FLUSH_MS).unref(), this.timers.setInterval(() => void this.onInstanceRefreshExpired(), INSTANCE_REFRESH_MS).unref()]
     this.log.info('shared registry connected', { instance: this.instance, advertise: `${this.init.advertise.host}:${this.init.advertise.port}` })
   }
 
   async stop(): Promise<void> {
     this.stopped = true
-    for (const t of this.intervals) this.timers.clearTimer(t)
+    for (const t of this.intervals) this.timers.clear(t)
     // A clean stop: the agents held here go offline at once, not when the TTL runs out.
     for (const record of [...this.held.values()]) this.offline(record, this.clock.now())
     try {

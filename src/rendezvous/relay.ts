@@ -245,7 +245,7 @@ export class Relay {
       b: b.socket,
       bytes: 0,
       ended: false,
-      timer: this.timers.setTimeout(() => this.end(t, `relayed tunnel reached its time limit of ${this.limits.maxSeconds} s`), this.limits.maxSeconds * 1000)
+      timer: this.timers.setTimeout(() => this.end(t, `relayed tunnel reached its time limit of ${this.limits.maxSeconds} s`), this.limits.maxSeconds * 1000).unref()
     }
     this.active.add(t)
     a.socket.setTimeout(0)
@@ -359,7 +359,7 @@ export class Relay {
     if (rate.windowBytes > this.limits.rate) {
       // Over the rate: stop reading this side until the window ends.
       from.pause()
-      this.timers.setTimeout(() => from.resume(), Math.max(1, RATE_WINDOW_MS - (now - rate.windowStart)))
+      this.timers.setTimeout(() => from.resume(), Math.max(1, RATE_WINDOW_MS - (now - rate.windowStart))).unref()
     }
     return true
   }
@@ -368,7 +368,7 @@ export class Relay {
   private end(t: Active, limitReason: string | null): void {
     if (t.ended) return
     t.ended = true
-    this.timers.clearTimer(t.timer)
+    this.timers.clear(t.timer)
     this.active.delete(t)
     if (limitReason) {
       const bye = frame(encode({ type: 'relay-end', code: 'RELAY_LIMIT', message: limitReason }))
@@ -383,7 +383,7 @@ export class Relay {
     this.timers.setTimeout(() => {
       t.a.destroy()
       t.b.destroy()
-    }, END_LINGER_MS)
+    }, END_LINGER_MS).unref()
   }
 
   /** Closes every relayed tunnel (server shutdown). */

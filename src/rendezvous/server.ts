@@ -149,7 +149,7 @@ export class RendezvousServer {
       await this.stop() // release whatever did bind
       throw err
     }
-    this.sweepTimer = this.timers.setInterval(() => this.onSweepExpired(), EXPIRY_SWEEP_MS)
+    this.sweepTimer = this.timers.setInterval(() => this.onSweepExpired(), EXPIRY_SWEEP_MS).unref()
     this.log.info('rendezvous listening', {
       host: this.init.host,
       port: this.init.port,
@@ -182,7 +182,7 @@ export class RendezvousServer {
   }
 
   async stop(): Promise<void> {
-    this.timers.clearTimer(this.sweepTimer)
+    this.timers.clear(this.sweepTimer)
     await this.cluster?.stop().catch((err: Error) => this.log.warn('shared registry stop failed', { err: err.message }))
     this.refusals.flush()
     this.relay?.stop()

@@ -151,7 +151,7 @@ export class TcpGate {
       // Nothing held for it: an ERROR (a legitimate agent logs why and backs off), then gone.
       this.c.refusals.refused('connection refused', remote, 'RATE_LIMITED', full)
       socket.end(frame(encode({ type: 'error', reqId: 0, code: 'RATE_LIMITED', message: full })))
-      this.c.timers.setTimeout(() => socket.destroy(), END_LINGER_MS)
+      this.c.timers.setTimeout(() => socket.destroy(), END_LINGER_MS).unref()
       return
     }
     const conn: TcpConn = {
@@ -174,7 +174,7 @@ export class TcpGate {
     this.connsBySource.add(source)
     socket.setNoDelay(true)
     // Absolute from the accept: covers the clear part, a stalled Noise handshake, and a session that never registers.
-    conn.authTimer = this.c.timers.setTimeout(() => this.onAuthExpired(conn), this.c.limits.authTimeoutMs)
+    conn.authTimer = this.c.timers.setTimeout(() => this.onAuthExpired(conn), this.c.limits.authTimeoutMs).unref()
     const onData = (chunk: Buffer): void => {
       try {
         if (conn.relay && this.c.relay?.relaying(socket)) {
@@ -258,11 +258,11 @@ export class TcpGate {
   private armMessageTimer(conn: TcpConn): void {
     const started = conn.meter?.startedAt ?? null
     if (started === conn.messageTimerFor) return
-    this.c.timers.clearTimer(conn.messageTimer)
+    this.c.timers.clear(conn.messageTimer)
     conn.messageTimer = null
     conn.messageTimerFor = started
     if (started === null) return
-    conn.messageTimer = this.c.timers.setTimeout(() => this.onMessageExpired(conn), Math.max(1, started + this.c.limits.messageTimeoutMs - this.c.clock.now()))
+    conn.messageTimer = this.c.timers.setTimeout(() => this.onMessageExpired(conn), Math.max(1, started + this.c.limits.messageTimeoutMs - this.c.clock.now())).unref()
   }
 
   private onMessageExpired(conn: TcpConn): void {
@@ -276,10 +276,10 @@ export class TcpGate {
     session.pause()
     const poll = (): void => {
       if (conn.socket.destroyed) return
-      if (unsentBytes(conn) > REQUEST_BACKLOG_BYTES) this.c.timers.setTimeout(poll, BACKLOG_POLL_MS)
+      if (unsentBytes(conn) > REQUEST_BACKLOG_BYTES) this.c.timers.setTimeout(poll, BACKLOG_POLL_MS).unref()
       else session.resume()
     }
-    this.c.timers.setTimeout(poll, BACKLOG_POLL_MS)
+    this.c.timers.setTimeout(poll, BACKLOG_POLL_MS).unref()
   }
 
   private onBadFrame(conn: TcpConn, err: unknown): void {
@@ -297,12 +297,12 @@ export class TcpGate {
   end(conn: TcpConn): void {
     if (conn.session) conn.session.end()
     else conn.socket.end()
-    this.c.timers.setTimeout(() => conn.socket.destroy(), END_LINGER_MS)
+    this.c.timers.setTimeout(() => conn.socket.destroy(), END_LINGER_MS).unref()
   }
 
   private onClose(conn: TcpConn): void {
-    this.c.timers.clearTimer(conn.authTimer)
-    this.c.timers.clearTimer(conn.messageTimer)
+    this.c.timers.clear(conn.authTimer)
+    this.c.timers.clear(conn.messageTimer)
     conn.session?.destroy()
     if (!this.conns.delete(conn)) return
     if (conn.unauth) this.unauthBySource.remove(conn.source)
@@ -312,7 +312,7 @@ export class TcpGate {
 
   /** The connection registered or bound a relay: the unauthenticated deadline and count no longer apply. */
   authenticated(conn: TcpConn): void {
-    this.c.timers.clearTimer(conn.authTimer)
+    this.c.timers.clear(conn.authTimer)
     conn.authTimer = null
     if (conn.unauth) this.unauthBySource.remove(conn.source)
     conn.unauth = false

@@ -203,7 +203,7 @@ describe('Relay', () => {
     expect([a.destroyed, b.destroyed]).toEqual([false, false])
     time.advance(1)
     expect([a.destroyed, b.destroyed]).toEqual([true, true])
-    expect(time.size).toBe(0) // nothing left pending
+    expect(time.pending).toBe(0) // nothing left pending
   })
 
   it('a side over --relay-rate stops being read until its one-second window ends, then reads on (fake time)', () => {
