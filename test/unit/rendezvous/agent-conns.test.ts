@@ -4,28 +4,17 @@
  * connection its host ended (FIN) counts as a dead agent and a reset does not, and peer
  * events go to everyone on a small server, to contacts only past BROADCAST_MAX_AGENTS.
  */
-import { EventEmitter } from 'node:events'
-import type net from 'node:net'
 import { describe, expect, it } from 'vitest'
 import { decode, type PeerRecord } from '../../../src/protocol/rendezvous.js'
 import { AgentConns, BROADCAST_MAX_AGENTS } from '../../../src/rendezvous/agent-conns.js'
 import { Contacts } from '../../../src/rendezvous/contacts.js'
 import type { RegRef } from '../../../src/rendezvous/registry.js'
 import { TCP_KEEPALIVE_MS, type TcpConn } from '../../../src/rendezvous/tcp-gate.js'
+import { FakeSocket } from './fake-socket.js'
 import { FakeTime } from './fake-timers.js'
 
-class FakeSocket extends EventEmitter {
-  destroyed = false
-  keepAlive: number | null = null
-  destroy(): void {
-    this.destroyed = true
-  }
-  setKeepAlive(_on: boolean, ms: number): void {
-    this.keepAlive = ms
-  }
-}
 
-const conn = (): TcpConn => ({ socket: new FakeSocket() as unknown as net.Socket, reg: null, unauth: true }) as TcpConn
+const conn = (): TcpConn => ({ socket: new FakeSocket().asNet, reg: null, unauth: true }) as TcpConn
 
 const PEER: PeerRecord = { publicKey: Buffer.alloc(32, 5), name: 'carol', online: true, lastSeenAgoMs: 0, nat: 'easy', udp: null, tcp: null, lan: [] }
 
@@ -72,7 +61,7 @@ describe('AgentConns', () => {
     const s = setup()
     const [first, second] = [conn(), conn()]
     s.agents.adopt(first, 7)
-    expect([first.reg, first.unauth, (first.socket as unknown as FakeSocket).keepAlive]).toEqual([7, false, TCP_KEEPALIVE_MS])
+    expect([first.reg, first.unauth, (first.socket as unknown as FakeSocket).keepAliveMs]).toEqual([7, false, TCP_KEEPALIVE_MS])
     expect(s.agents.of(7)).toBe(first)
     s.agents.adopt(second, 7)
     expect(first.socket.destroyed).toBe(true)

@@ -4,55 +4,18 @@
  * connection left open when the peer never comes, and only the agent introduced on a
  * side (its RELAY signed over its connection's challenge) may bind that side.
  */
-import { EventEmitter } from 'node:events'
 import type net from 'node:net'
 import { describe, expect, it } from 'vitest'
 import { NatdError, ProtocolError } from '../../../src/protocol/errors.js'
 import { silentLogger } from '../../../src/protocol/log.js'
 import { generateKeyPair, sign, type KeyPair } from '../../../src/protocol/identity.js'
-import { decode, encode, encodeRelay, frame, FrameSplitter, type Message, relaySigned } from '../../../src/protocol/rendezvous.js'
+import { decode, encode, encodeRelay, frame, type Message, relaySigned } from '../../../src/protocol/rendezvous.js'
 import { prng, randInt } from '../helpers.js'
 import { Relay, RELAY_BIND_TIMEOUT_MS, RELAY_EARLY_MAX_BYTES, RELAY_EARLY_PAUSE_BYTES, type RelayLimits } from '../../../src/rendezvous/relay.js'
 import { END_LINGER_MS } from '../../../src/rendezvous/tcp-gate.js'
+import { FakeSocket } from './fake-socket.js'
 import { FakeTime } from './fake-timers.js'
 
-class FakeSocket extends EventEmitter {
-  written: Buffer[] = []
-  ended = false
-  destroyed = false
-  timeoutMs: number | null = null
-  onTimeout: (() => void) | null = null
-  paused = false
-  write(b: Buffer): boolean {
-    this.written.push(Buffer.from(b))
-    return true
-  }
-  end(b?: Buffer): void {
-    if (b) this.written.push(Buffer.from(b))
-    this.ended = true
-  }
-  destroy(): void {
-    this.destroyed = true
-    this.emit('close')
-  }
-  setTimeout(ms: number, cb?: () => void): void {
-    this.timeoutMs = ms
-    if (cb) this.onTimeout = cb
-  }
-  pause(): void {
-    this.paused = true
-  }
-  resume(): void {
-    this.paused = false
-  }
-  cork(): void {}
-  uncork(): void {}
-  /** The messages written to this socket, decoded. */
-  messages(): ReturnType<typeof decode>[] {
-    const s = new FrameSplitter()
-    return s.push(Buffer.concat(this.written)).map((f) => decode(f))
-  }
-}
 
 const INTRO = Buffer.alloc(16, 7)
 const ALICE = generateKeyPair() // introduced as the initiator

@@ -3,44 +3,15 @@
  * time: the absolute deadline to authenticate, the per-source refusal that holds nothing
  * (an ERROR, then gone after END_LINGER_MS), and a handler that authenticates in time.
  */
-import { EventEmitter } from 'node:events'
-import type net from 'node:net'
 import { describe, expect, it } from 'vitest'
 import { RefusalLog } from '../../../src/common/refusal-log.js'
 import { generateKeyPair } from '../../../src/protocol/identity.js'
 import { silentLogger } from '../../../src/protocol/log.js'
-import { decode, FrameSplitter } from '../../../src/protocol/rendezvous.js'
 import { DEFAULT_SERVER_LIMITS } from '../../../src/rendezvous/limits.js'
 import { END_LINGER_MS, TcpGate, type TcpConn, type TcpHandler } from '../../../src/rendezvous/tcp-gate.js'
+import { FakeSocket } from './fake-socket.js'
 import { FakeTime } from './fake-timers.js'
 
-class FakeSocket extends EventEmitter {
-  written: Buffer[] = []
-  destroyed = false
-  ended = false
-  constructor(readonly remoteAddress: string) {
-    super()
-  }
-  readonly remotePort = 40_000
-  readonly writableLength = 0
-  setNoDelay(): void {}
-  write(b: Buffer): boolean {
-    this.written.push(Buffer.from(b))
-    return true
-  }
-  end(b?: Buffer): void {
-    if (b) this.written.push(Buffer.from(b))
-    this.ended = true
-  }
-  destroy(): void {
-    if (this.destroyed) return
-    this.destroyed = true
-    this.emit('close')
-  }
-  messages(): ReturnType<typeof decode>[] {
-    return new FrameSplitter().push(Buffer.concat(this.written)).map((f) => decode(f))
-  }
-}
 
 const LIMITS = { ...DEFAULT_SERVER_LIMITS, authTimeoutMs: 5_000, maxUnauthPerSource: 2 }
 
@@ -52,8 +23,8 @@ function setup(): { gate: TcpGate; time: FakeTime; closed: TcpConn[]; connect: (
   gate.handleWith(handler)
   const connect = (host = '192.0.2.1'): { socket: FakeSocket; conn: TcpConn } => {
     const socket = new FakeSocket(host)
-    gate.onConnection(socket as unknown as net.Socket)
-    return { socket, conn: [...gate.conns].find((c) => c.socket === (socket as unknown as net.Socket))! }
+    gate.onConnection(socket.asNet)
+    return { socket, conn: [...gate.conns].find((c) => c.socket === socket.asNet)! }
   }
   return { gate, time, closed, connect }
 }
@@ -86,7 +57,7 @@ describe('TcpGate', () => {
     connect()
     connect()
     const refused = new FakeSocket('192.0.2.1')
-    gate.onConnection(refused as unknown as net.Socket)
+    gate.onConnection(refused.asNet)
     expect(refused.ended).toBe(true)
     expect(refused.messages()).toMatchObject([{ type: 'error', code: 'RATE_LIMITED' }])
     expect(gate.stats()).toMatchObject({ conns: 2, unauth: 2 })
