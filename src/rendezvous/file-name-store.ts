@@ -27,10 +27,12 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { randomBytes } from '../protocol/identity.js'
-import type { Logger } from '../protocol/log.js'
+import { systemClock, type Clock, type Logger } from '../protocol/log.js'
 import { KEY_BYTES } from '../protocol/rendezvous.js'
 import { STATE_FILE_MODE, writeFileAtomic } from '../common/state-files.js'
+import { hexBytes, isJsonObject, parseJson } from '../common/untrusted-json.js'
 import { MemoryNameStore, type NameBinding, type NameStore } from './name-store.js'
+import { systemTimers, type Timer, type Timers } from './timers.js'
 
 export const NAMES_FILE = 'names.jsonl'
 /** How often a running server looks for lines another process appended (`names rm`): "within a few seconds". */
@@ -49,18 +51,12 @@ export type NameLine =
 
 /** A parsed line, or null when it is not a valid one. */
 export function parseNameLine(text: string): NameLine | null {
-  let v: unknown
-  try {
-    v = JSON.parse(text)
-  } catch {
-    return null
-  }
-  if (typeof v !== 'object' || v === null) return null
-  const r = v as Record<string, unknown>
+  const r = parseJson(text)
+  if (!isJsonObject(r)) return null
   if (typeof r.name !== 'string' || !r.name || typeof r.t !== 'number' || !Number.isFinite(r.t)) return null
   if (r.w !== undefined && typeof r.w !== 'string') return null
   if (r.op === 'bind') {
-    if (typeof r.key !== 'string' || !/^[0-9a-f]+$/.test(r.key) || r.key.length !== KEY_BYTES * 2) return null
+    if (!hexBytes(r.key, KEY_BYTES)) return null
     if (r.seen !== undefined && (typeof r.seen !== 'number' || !Number.isFinite(r.seen))) return null
     return r as NameLine
   }
@@ -112,15 +108,16 @@ export class FileNameStore extends MemoryNameStore {
   /** Bytes of the file read and applied so far. */
   private offset: number
   private pending: string[] = []
-  private fsyncTimer: NodeJS.Timeout | null = null
-  private readonly pollTimer: NodeJS.Timeout | null = null
+  private fsyncTimer: Timer | null = null
+  private readonly pollTimer: Timer | null = null
   private closed = false
 
   /** Opens (and compacts) `<dir>/names.jsonl`, creating the directory (0700) and the file (0600). */
   constructor(
     dir: string,
     private readonly log: Logger,
-    opts: { pollMs?: number } = {}
+    opts: { pollMs?: number } = {},
+    private readonly time: { clock: Clock; timers: Timers } = { clock: systemClock, timers: systemTimers }
   ) {
     super()
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 })
@@ -139,8 +136,7 @@ export class FileNameStore extends MemoryNameStore {
     this.ino = st.ino
     this.offset = st.size
     if (opts.pollMs !== 0) {
-      this.pollTimer = setInterval(() => this.onPollExpired(), opts.pollMs ?? NAMES_POLL_MS)
-      this.pollTimer.unref()
+      this.pollTimer = time.timers.setInterval(() => this.onPollExpired(), opts.pollMs ?? NAMES_POLL_MS).unref()
     }
   }
 
@@ -160,15 +156,15 @@ export class FileNameStore extends MemoryNameStore {
 
   override release(name: string): boolean {
     if (!super.release(name)) return false
-    this.append({ op: 'release', name, t: Date.now(), w: this.writer })
+    this.append({ op: 'release', name, t: this.time.clock.now(), w: this.writer })
     return true
   }
 
   override close(): void {
     if (this.closed) return
     this.closed = true
-    if (this.pollTimer) clearInterval(this.pollTimer)
-    if (this.fsyncTimer) clearTimeout(this.fsyncTimer)
+    this.time.timers.clear(this.pollTimer)
+    this.time.timers.clear(this.fsyncTimer)
     this.flush()
     fs.fsyncSync(this.fd)
     fs.closeSync(this.fd)
@@ -251,7 +247,7 @@ export class FileNameStore extends MemoryNameStore {
       this.log.error('cannot write the names file', { file: this.file, err: (err as Error).message })
       return
     }
-    this.fsyncTimer ??= setTimeout(() => this.onFsyncExpired(), FSYNC_DELAY_MS).unref()
+    this.fsyncTimer ??= this.time.timers.setTimeout(() => this.onFsyncExpired(), FSYNC_DELAY_MS).unref()
   }
 
   private onFsyncExpired(): void {

@@ -192,7 +192,7 @@ async function runServer(argv: ServerArgs): Promise<void> {
   const gauges: ServerGauges = { agentsConnected: () => server.agentsConnected, relayTunnels: () => server.relay?.tunnels ?? 0, relayBytes: () => server.relay?.bytesRelayed ?? 0, redisHealthy: () => (cluster ? (cluster.healthy ? 1 : 0) : null) }
   const metrics: PromMetrics | null = metricsAt ? new PromMetrics(gauges) : null
   // Several instances: the bindings live in Redis (the registry's store is a cache of them).
-  const cluster = argv.redis !== undefined && advertise ? new RedisCluster({ url: argv.redis, advertise, observe: (ms, ok) => metrics?.redis(ms, ok) }, log.child({ component: 'cluster' })) : null
+  const cluster = argv.redis !== undefined && advertise ? new RedisCluster({ url: argv.redis, advertise, observe: (ms, ok) => metrics?.redis(ms, ok) }, { log: log.child({ component: 'cluster' }) }) : null
   let names: FileNameStore
   try {
     ensureStateDir(stateDir)

@@ -19,7 +19,7 @@ export const SCRAPE_TIMEOUT_MS = 5_000
 export type RegistrationOutcome = 'ok' | 'refused'
 export type IntroductionOutcome = 'local' | 'remote' | 'refused'
 
-/** What the server reports (server.ts calls these; each is a counter bump). */
+/** What the server reports (udp-sockets.ts, registration.ts and introductions.ts call these; each is a counter bump). */
 export interface ServerMetrics {
   registration(outcome: RegistrationOutcome): void
   introduction(outcome: IntroductionOutcome): void

@@ -8,6 +8,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { appendJsonLine } from '../common/state-files.js'
 import { peerId } from '../protocol/identity.js'
+import { systemClock, type Clock } from '../protocol/log.js'
 import { NAMES_FILE, NAMES_POLL_MS, readNamesFile, type NameLine } from './file-name-store.js'
 
 /** Exit status of `names rm` for a name that is not bound (a usage error is 2). */
@@ -34,12 +35,12 @@ export function namesLs(stateDir: string, json: boolean): void {
   for (const row of table) process.stdout.write(row.map((cell, i) => cell.padEnd(widths[i]!)).join('  ').trimEnd() + '\n')
 }
 
-export function namesRm(stateDir: string, name: string): void {
+export function namesRm(stateDir: string, name: string, clock: Clock = systemClock): void {
   const file = path.join(stateDir, NAMES_FILE)
   if (!fs.existsSync(file)) fail(`no names file ${file} (is --state-dir the server's?)`)
   const binding = readNamesFile(file).store.get(name)
   if (!binding) fail(`the name ${name} is not bound (natd-rendezvous names ls lists the names)`)
-  const line: NameLine = { op: 'release', name, t: Date.now() }
+  const line: NameLine = { op: 'release', name, t: clock.now() }
   appendJsonLine(file, line)
   process.stdout.write(`released ${name} (was bound to ${peerId(binding.publicKey)}); a running server frees it within ${NAMES_POLL_MS / 1000} s\n`)
 }

@@ -36,10 +36,12 @@ import { createClient } from '@redis/client'
 import type { Endpoint } from '../protocol/endpoint.js'
 import { NatdError } from '../protocol/errors.js'
 import { base32Bytes, randomBytes } from '../protocol/identity.js'
-import type { Logger } from '../protocol/log.js'
+import { monotonicClock, systemClock, type Clock, type Logger } from '../protocol/log.js'
 import { DATAGRAM_KEY_BYTES, INTRO_ID_BYTES, KEY_BYTES, NAT_VERDICTS, type NatVerdict, type PeerRecord } from '../protocol/rendezvous.js'
 import { VIAS, type Via } from '../protocol/via.js'
+import { hexBytes, isJsonObject as isObject, parseJson } from '../common/untrusted-json.js'
 import type { Cluster, ClusterHandlers, RemoteIntroduction, RemotePeer } from './cluster.js'
+import { systemTimers, type Timer, type Timers } from './timers.js'
 
 /** An instance's key lives this long unrefreshed: how late a dead instance is noticed (plus the reaper's period). */
 export const INSTANCE_TTL_MS = 15_000
@@ -135,6 +137,16 @@ export interface RedisClusterInit {
   observe?: (ms: number, ok: boolean) => void
 }
 
+export interface RedisClusterComponents {
+  log: Logger
+  /** Wall time: registration times and name timestamps shared with other instances (their clocks agree, NTP). */
+  clock?: Clock
+  /** Request latencies (metrics): never steps with the wall clock. */
+  monotonic?: Clock
+  /** The flush and instance-refresh intervals (timers.ts). */
+  timers?: Timers
+}
+
 type Client = ReturnType<typeof createClient>
 
 export class RedisCluster implements Cluster {
@@ -147,18 +159,27 @@ export class RedisCluster implements Cluster {
   private readonly held = new Map<string, PeerRecord>()
   /** When each agent held here registered (K → ms): the newest registration of a key wins. */
   private readonly since = new Map<string, number>()
-  private timers: NodeJS.Timeout[] = []
+  private intervals: Timer[] = []
   private flushing = false
   private ok = false
   private stopped = false
-  private lastRecordRefresh = Date.now()
+  private readonly log: Logger
+  private readonly clock: Clock
+  private readonly monotonic: Clock
+  private readonly timers: Timers
+  private lastRecordRefresh: number
   /** When the connection to Redis last became ready (the reaper waits INSTANCE_TTL_MS after it). */
-  private readyAt = Date.now()
+  private readyAt: number
 
   constructor(
     private readonly init: RedisClusterInit,
-    private readonly log: Logger
+    components: RedisClusterComponents
   ) {
+    this.log = components.log
+    this.clock = components.clock ?? systemClock
+    this.monotonic = components.monotonic ?? monotonicClock
+    this.timers = components.timers ?? systemTimers
+    this.lastRecordRefresh = this.readyAt = this.clock.now()
     const reconnectStrategy = (retries: number): number => Math.min(100 * 2 ** Math.min(retries, 5), RECONNECT_MAX_MS)
     this.client = createClient({
       url: init.url,
@@ -189,16 +210,15 @@ export class RedisCluster implements Cluster {
     await this.sub.subscribe(`${P}events`, (msg) => this.onEvents(msg))
     await this.announce()
     this.ok = true
-    this.timers = [setInterval(() => void this.onFlushExpired(), FLUSH_MS), setInterval(() => void this.onInstanceRefreshExpired(), INSTANCE_REFRESH_MS)]
-    for (const t of this.timers) t.unref()
+    this.intervals = [this.timers.setInterval(() => void this.onFlushExpired(), FLUSH_MS).unref(), this.timers.setInterval(() => void this.onInstanceRefreshExpired(), INSTANCE_REFRESH_MS).unref()]
     this.log.info('shared registry connected', { instance: this.instance, advertise: `${this.init.advertise.host}:${this.init.advertise.port}` })
   }
 
   async stop(): Promise<void> {
     this.stopped = true
-    for (const t of this.timers) clearInterval(t)
+    for (const t of this.intervals) this.timers.clear(t)
     // A clean stop: the agents held here go offline at once, not when the TTL runs out.
-    for (const record of [...this.held.values()]) this.offline(record, Date.now())
+    for (const record of [...this.held.values()]) this.offline(record, this.clock.now())
     try {
       await this.flush()
       await this.client.del(`${P}instance:${this.instance}`)
@@ -239,7 +259,7 @@ export class RedisCluster implements Cluster {
     if (registeredAt !== undefined) this.since.set(k, registeredAt)
     this.held.set(k, record)
     this.dropped.delete(k)
-    this.dirty.set(k, { record, at: Date.now() })
+    this.dirty.set(k, { record, at: this.clock.now() })
   }
 
   offline(record: PeerRecord, now: number): void {
@@ -300,8 +320,8 @@ export class RedisCluster implements Cluster {
   /** Never rejects. */
   private async onFlushExpired(): Promise<void> {
     try {
-      if (Date.now() - this.lastRecordRefresh >= RECORD_REFRESH_MS && this.ok) {
-        this.lastRecordRefresh = Date.now()
+      if (this.clock.now() - this.lastRecordRefresh >= RECORD_REFRESH_MS && this.ok) {
+        this.lastRecordRefresh = this.clock.now()
         await this.refreshRecords()
       }
       await this.flush()
@@ -346,12 +366,12 @@ export class RedisCluster implements Cluster {
         m.eval(DROP_SCRIPT, { keys: [`${P}peer:${k}`, `${P}agents:${this.instance}`, `${P}name:${name}`], arguments: [this.instance, k, String(at)] })
       }
     }
-    const started = performance.now()
+    const started = this.monotonic.now()
     const replies = await m.execAsPipeline().catch((err: unknown) => {
-      this.init.observe?.(performance.now() - started, false)
+      this.init.observe?.(this.monotonic.now() - started, false)
       throw err
     })
-    this.init.observe?.(performance.now() - started, true)
+    this.init.observe?.(this.monotonic.now() - started, true)
     // A CLAIM that found the name held by another key: a split while Redis was away. The binding in Redis wins.
     let i = 0
     for (const [k, { record }] of batch) {
@@ -430,7 +450,7 @@ export class RedisCluster implements Cluster {
   private async reapDead(): Promise<void> {
     // Redis back after a pause longer than the TTL: every instance key expired meanwhile.
     // The others re-announce within their reconnect backoff; reaping them now would flap their agents.
-    if (Date.now() - this.readyAt < INSTANCE_TTL_MS) return
+    if (this.clock.now() - this.readyAt < INSTANCE_TTL_MS) return
     const all = await this.client.sMembers(`${P}instances`)
     for (const inst of all) {
       if (inst === this.instance || !/^[0-9a-f]{16}$/.test(inst)) continue
@@ -439,7 +459,7 @@ export class RedisCluster implements Cluster {
       if (lock !== 'OK') continue
       const keys = await this.client.sMembers(`${P}agents:${inst}`)
       const gone: PeerRecord[] = []
-      const now = Date.now()
+      const now = this.clock.now()
       for (const k of keys) {
         const rec = await this.client.eval(REAP_SCRIPT, { keys: [`${P}agents:${inst}`, `${P}peer:${k}`], arguments: [inst, String(now)] })
         const record = typeof rec === 'string' ? parseRecord(rec) : null
@@ -463,7 +483,7 @@ export class RedisCluster implements Cluster {
   }
 
   private onEvents(raw: string): void {
-    const parsed = raw.length <= MAX_MESSAGE_CHARS ? safeJson(raw) : null
+    const parsed = raw.length <= MAX_MESSAGE_CHARS ? parseJson(raw) : null
     if (!isObject(parsed) || (parsed.e !== 'up' && parsed.e !== 'down') || parsed.from === this.instance || !Array.isArray(parsed.peers)) return
     const list = parsed.peers.slice(0, BATCH) as unknown[]
     const peers = list.map(recordFromJson).filter((r): r is PeerRecord => r !== null)
@@ -482,10 +502,10 @@ export class RedisCluster implements Cluster {
   // --- connection state ------------------------------------------------------
 
   private onReady(): void {
-    this.readyAt = Date.now()
+    this.readyAt = this.clock.now()
     if (!this.handlers || this.stopped) return
     // Redis is back (maybe restarted empty): say who we are and rewrite every record we hold.
-    for (const [k, record] of this.held) if (!this.dirty.has(k)) this.dirty.set(k, { record, at: Date.now() })
+    for (const [k, record] of this.held) if (!this.dirty.has(k)) this.dirty.set(k, { record, at: this.clock.now() })
     void this.onInstanceRefreshExpired()
     if (!this.ok) this.log.info('shared registry reachable again', { instance: this.instance, agents: this.held.size })
   }
@@ -501,14 +521,14 @@ export class RedisCluster implements Cluster {
 
   /** A request whose failure means "Redis is away": TIMEOUT for the caller to map. */
   private async call<T>(run: () => Promise<T>): Promise<T> {
-    const started = performance.now()
+    const started = this.monotonic.now()
     try {
       const r = await run()
       this.ok = true
-      this.init.observe?.(performance.now() - started, true)
+      this.init.observe?.(this.monotonic.now() - started, true)
       return r
     } catch (err) {
-      this.init.observe?.(performance.now() - started, false)
+      this.init.observe?.(this.monotonic.now() - started, false)
       this.markDown(err)
       throw new NatdError('TIMEOUT', 'the shared registry (Redis) does not answer', { cause: err })
     }
@@ -532,7 +552,7 @@ function recordJson(r: PeerRecord): RecordJson {
 }
 
 function parseRecord(raw: string): PeerRecord | null {
-  return raw.length <= MAX_MESSAGE_CHARS ? recordFromJson(safeJson(raw)) : null
+  return raw.length <= MAX_MESSAGE_CHARS ? recordFromJson(parseJson(raw)) : null
 }
 
 function recordFromJson(v: unknown): PeerRecord | null {
@@ -563,28 +583,15 @@ function endpointFrom(v: unknown): Endpoint | null | undefined {
 }
 
 function parseIntroduction(raw: string): RemoteIntroduction | null {
-  const v = raw.length <= MAX_MESSAGE_CHARS ? safeJson(raw) : null
+  const v = raw.length <= MAX_MESSAGE_CHARS ? parseJson(raw) : null
   if (!isObject(v)) return null
   const from = recordFromJson(v.from)
   const relay = endpointFrom(v.relay)
-  const bytes = (s: unknown, n: number): Buffer | null => (typeof s === 'string' && s.length === 2 * n && /^[0-9a-f]+$/.test(s) ? Buffer.from(s, 'hex') : null)
-  const targetKey = bytes(v.t, KEY_BYTES)
-  const introId = bytes(v.id, INTRO_ID_BYTES)
-  const punchKey = bytes(v.pk, DATAGRAM_KEY_BYTES)
+  const targetKey = hexBytes(v.t, KEY_BYTES)
+  const introId = hexBytes(v.id, INTRO_ID_BYTES)
+  const punchKey = hexBytes(v.pk, DATAGRAM_KEY_BYTES)
   if (!from || relay === undefined || !targetKey || !introId || !punchKey || !(VIAS as readonly string[]).includes(v.via as string)) return null
   return { targetKey, introId, punchKey, via: v.via as Via, from, relay }
-}
-
-function safeJson(raw: string): unknown {
-  try {
-    return JSON.parse(raw)
-  } catch {
-    return null
-  }
-}
-
-function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v)
 }
 
 function hex(b: Uint8Array): string {

@@ -12,6 +12,8 @@ import type { Clock, Logger } from '../protocol/log.js'
 import { NatdError, ProtocolError } from '../protocol/errors.js'
 import { verify } from '../protocol/identity.js'
 import { encode, frame, MSG, relaySigned, type Message } from '../protocol/rendezvous.js'
+import { END_LINGER_MS } from './tcp-gate.js'
+import { systemTimers, type Timer, type Timers } from './timers.js'
 
 /**
  * A relay permission lives this long after the introduction that granted it; a side
@@ -41,6 +43,8 @@ export const RELAY_EARLY_TOTAL_MAX_BYTES = 64 * 1024 ** 2
 export const MAX_RELAY_PERMITS = 65_536
 /** Relay permissions one key may hold at once (the agent that asked for the introduction). */
 export const DEFAULT_RELAY_PERMITS_PER_KEY = 32
+/** The window of the per-direction rate limit (RelayLimits.rate is bytes per this). */
+const RATE_WINDOW_MS = 1_000
 
 export interface RelayLimits {
   maxBytes: number
@@ -86,7 +90,7 @@ interface Active {
   a: net.Socket
   b: net.Socket
   bytes: number
-  timer: NodeJS.Timeout
+  timer: Timer
   ended: boolean
 }
 
@@ -101,7 +105,8 @@ export class Relay {
   constructor(
     private readonly limits: RelayLimits,
     private readonly clock: Clock,
-    private readonly log: Logger
+    private readonly log: Logger,
+    private readonly timers: Timers = systemTimers
   ) {}
 
   get tunnels(): number {
@@ -261,9 +266,8 @@ export class Relay {
       b: b.socket,
       bytes: 0,
       ended: false,
-      timer: setTimeout(() => this.end(t, `relayed tunnel reached its time limit of ${this.limits.maxSeconds} s`), this.limits.maxSeconds * 1000)
+      timer: this.timers.setTimeout(() => this.end(t, `relayed tunnel reached its time limit of ${this.limits.maxSeconds} s`), this.limits.maxSeconds * 1000).unref()
     }
-    t.timer.unref()
     this.active.add(t)
     a.socket.setTimeout(0)
     b.socket.setTimeout(0)
@@ -368,7 +372,7 @@ export class Relay {
       return false
     }
     const now = this.clock.now()
-    if (now - rate.windowStart >= 1000) {
+    if (now - rate.windowStart >= RATE_WINDOW_MS) {
       rate.windowStart = now
       rate.windowBytes = 0
     }
@@ -376,7 +380,7 @@ export class Relay {
     if (rate.windowBytes > this.limits.rate) {
       // Over the rate: stop reading this side until the window ends.
       from.pause()
-      setTimeout(() => from.resume(), Math.max(1, 1000 - (now - rate.windowStart))).unref()
+      this.timers.setTimeout(() => from.resume(), Math.max(1, RATE_WINDOW_MS - (now - rate.windowStart))).unref()
     }
     return true
   }
@@ -385,7 +389,7 @@ export class Relay {
   private end(t: Active, limitReason: string | null): void {
     if (t.ended) return
     t.ended = true
-    clearTimeout(t.timer)
+    this.timers.clear(t.timer)
     this.active.delete(t)
     if (limitReason) {
       const bye = frame(encode({ type: 'relay-end', code: 'RELAY_LIMIT', message: limitReason }))
@@ -397,10 +401,10 @@ export class Relay {
       t.b.end()
       this.log.info('relay ended', { a: t.names[0], b: t.names[1], bytes: t.bytes })
     }
-    setTimeout(() => {
+    this.timers.setTimeout(() => {
       t.a.destroy()
       t.b.destroy()
-    }, 2_000).unref()
+    }, END_LINGER_MS).unref()
   }
 
   /** Closes every relayed tunnel (server shutdown). */

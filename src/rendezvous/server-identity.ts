@@ -13,6 +13,7 @@ import path from 'node:path'
 import { NatdError } from '../protocol/errors.js'
 import { generateKeyPair, type KeyPair } from '../protocol/identity.js'
 import { defaultStateDirFor, writeFileAtomic } from '../common/state-files.js'
+import { hexBytes, isJsonObject } from '../common/untrusted-json.js'
 
 export const KEY_FILE = 'server-key.json'
 const PUBLIC_KEY_BYTES = 32
@@ -73,10 +74,9 @@ function parseKeyFile(text: string, file: string): KeyPair {
   } catch {
     throw corrupt('not JSON')
   }
-  const r = (typeof raw === 'object' && raw !== null ? raw : {}) as Record<string, unknown>
-  const hex = (v: unknown, bytes: number): Buffer | null => (typeof v === 'string' && v.length === bytes * 2 && /^[0-9a-f]+$/i.test(v) ? Buffer.from(v, 'hex') : null)
-  const publicKey = hex(r.publicKey, PUBLIC_KEY_BYTES)
-  const secretKey = hex(r.secretKey, SECRET_KEY_BYTES)
+  const r = isJsonObject(raw) ? raw : {}
+  const publicKey = hexBytes(r.publicKey, PUBLIC_KEY_BYTES, true) // an operator may have retyped it
+  const secretKey = hexBytes(r.secretKey, SECRET_KEY_BYTES, true)
   if (!publicKey || !secretKey) throw corrupt(`expected {"publicKey": ${PUBLIC_KEY_BYTES * 2} hex digits, "secretKey": ${SECRET_KEY_BYTES * 2} hex digits}`)
   // libsodium's Ed25519 secret key ends with the public key: a mismatch means a damaged file.
   if (!secretKey.subarray(32).equals(publicKey)) throw corrupt('the public key does not match the secret key')

@@ -4,7 +4,7 @@
  * then either SECURE (a control connection: a Noise session with the server's key, its
  * messages metered, each with a deadline, requests held while the agent does not read)
  * or RELAY (a relay connection, handed to the relay once bound). What the messages mean
- * is the server's (TcpHandler); this file owns the sockets and what they may cost.
+ * is control.ts's (TcpHandler); this file owns the sockets and what they may cost.
  */
 import type net from 'node:net'
 import type SecretStream from '@hyperswarm/secret-stream'
@@ -19,6 +19,7 @@ import { NoiseMeter } from './noise-meter.js'
 import type { RefusalLog } from '../common/refusal-log.js'
 import type { RegRef } from './registry.js'
 import type { Relay } from './relay.js'
+import type { Timer, Timers } from './timers.js'
 
 /**
  * A TCP connection must finish its Noise handshake and register (or bind a relay)
@@ -47,6 +48,8 @@ export const MAX_SEND_BACKLOG_BYTES = MAX_TCP_FRAME_BYTES + 256 * 1024
 export const BACKLOG_POLL_MS = 50
 /** A connection we end (after an error) is destroyed this long after if the peer never closes its side. */
 export const END_LINGER_MS = 2_000
+/** TCP keepalive on an authenticated connection (control or relay): a dead host is noticed without traffic. */
+export const TCP_KEEPALIVE_MS = 10_000
 export interface TcpConn {
   socket: net.Socket
   remote: Endpoint
@@ -57,7 +60,7 @@ export interface TcpConn {
   /** After SECURE: the Noise messages' sizes and starts (noise-meter.ts). */
   meter: NoiseMeter | null
   /** Closes the connection unless the message under way ends in time (messageTimeoutMs). */
-  messageTimer: NodeJS.Timeout | null
+  messageTimer: Timer | null
   messageTimerFor: number | null
   nonce: Buffer
   /** The registration this connection controls, once it has registered. */
@@ -68,10 +71,10 @@ export interface TcpConn {
   /** The connection sent RELAY: from now on it carries relayed frames only. */
   relay: boolean
   /** Closes the connection unless it authenticated in time (TCP_AUTH_TIMEOUT_MS). */
-  authTimer: NodeJS.Timeout | null
+  authTimer: Timer | null
 }
 
-/** What the connections' messages mean: the server's part. */
+/** What the connections' messages mean (control.ts). */
 export interface TcpHandler {
   /** A message inside a control session (throw a NatdError to answer with it and end the connection). */
   onMessage(conn: TcpConn, msg: Message): void
@@ -84,6 +87,7 @@ export interface TcpHandler {
 export interface TcpGateComponents {
   limits: ServerLimits
   clock: Clock
+  timers: Timers
   log: Logger
   keyPair: KeyPair
   refusals: RefusalLog
@@ -96,13 +100,24 @@ export class TcpGate {
   private readonly connsBySource = new Counter()
   private readonly sessionRate: RateLimiter
   private readonly relayRate: RateLimiter
+  private h: TcpHandler | null = null
 
-  constructor(
-    private readonly c: TcpGateComponents,
-    private readonly h: TcpHandler
-  ) {
+  constructor(private readonly c: TcpGateComponents) {
     this.sessionRate = new RateLimiter(c.limits.sessionsPerMinute, c.clock)
     this.relayRate = new RateLimiter(c.limits.relaysPerMinute, c.clock)
+  }
+
+  /**
+   * Who the connections' messages go to, set once before the server listens (apart from
+   * the constructor because the handler's parts send through this gate).
+   */
+  handleWith(h: TcpHandler): void {
+    this.h = h
+  }
+
+  private get handler(): TcpHandler {
+    if (!this.h) throw new Error('TcpGate: a connection before handleWith()')
+    return this.h
   }
 
   /** Connections, unauthenticated ones, and the bytes held for strangers in partial frames and Noise messages. */
@@ -136,7 +151,7 @@ export class TcpGate {
       // Nothing held for it: an ERROR (a legitimate agent logs why and backs off), then gone.
       this.c.refusals.refused('connection refused', remote, 'RATE_LIMITED', full)
       socket.end(frame(encode({ type: 'error', reqId: 0, code: 'RATE_LIMITED', message: full })))
-      setTimeout(() => socket.destroy(), END_LINGER_MS).unref()
+      this.c.timers.setTimeout(() => socket.destroy(), END_LINGER_MS).unref()
       return
     }
     const conn: TcpConn = {
@@ -159,8 +174,7 @@ export class TcpGate {
     this.connsBySource.add(source)
     socket.setNoDelay(true)
     // Absolute from the accept: covers the clear part, a stalled Noise handshake, and a session that never registers.
-    conn.authTimer = setTimeout(() => this.onAuthExpired(conn), this.c.limits.authTimeoutMs)
-    conn.authTimer.unref()
+    conn.authTimer = this.c.timers.setTimeout(() => this.onAuthExpired(conn), this.c.limits.authTimeoutMs).unref()
     const onData = (chunk: Buffer): void => {
       try {
         if (conn.relay && this.c.relay?.relaying(socket)) {
@@ -232,7 +246,7 @@ export class TcpGate {
     session.on('close', () => socket.destroy())
     session.on('data', (f: Buffer) => {
       try {
-        this.h.onMessage(conn, decode(f))
+        this.handler.onMessage(conn, decode(f))
       } catch (err) {
         this.onBadFrame(conn, err)
       }
@@ -244,12 +258,11 @@ export class TcpGate {
   private armMessageTimer(conn: TcpConn): void {
     const started = conn.meter?.startedAt ?? null
     if (started === conn.messageTimerFor) return
-    if (conn.messageTimer) clearTimeout(conn.messageTimer)
+    this.c.timers.clear(conn.messageTimer)
     conn.messageTimer = null
     conn.messageTimerFor = started
     if (started === null) return
-    conn.messageTimer = setTimeout(() => this.onMessageExpired(conn), Math.max(1, started + this.c.limits.messageTimeoutMs - this.c.clock.now()))
-    conn.messageTimer.unref()
+    conn.messageTimer = this.c.timers.setTimeout(() => this.onMessageExpired(conn), Math.max(1, started + this.c.limits.messageTimeoutMs - this.c.clock.now())).unref()
   }
 
   private onMessageExpired(conn: TcpConn): void {
@@ -263,10 +276,10 @@ export class TcpGate {
     session.pause()
     const poll = (): void => {
       if (conn.socket.destroyed) return
-      if (unsentBytes(conn) > REQUEST_BACKLOG_BYTES) setTimeout(poll, BACKLOG_POLL_MS).unref()
+      if (unsentBytes(conn) > REQUEST_BACKLOG_BYTES) this.c.timers.setTimeout(poll, BACKLOG_POLL_MS).unref()
       else session.resume()
     }
-    setTimeout(poll, BACKLOG_POLL_MS).unref()
+    this.c.timers.setTimeout(poll, BACKLOG_POLL_MS).unref()
   }
 
   private onBadFrame(conn: TcpConn, err: unknown): void {
@@ -284,22 +297,22 @@ export class TcpGate {
   end(conn: TcpConn): void {
     if (conn.session) conn.session.end()
     else conn.socket.end()
-    setTimeout(() => conn.socket.destroy(), END_LINGER_MS).unref()
+    this.c.timers.setTimeout(() => conn.socket.destroy(), END_LINGER_MS).unref()
   }
 
   private onClose(conn: TcpConn): void {
-    if (conn.authTimer) clearTimeout(conn.authTimer)
-    if (conn.messageTimer) clearTimeout(conn.messageTimer)
+    this.c.timers.clear(conn.authTimer)
+    this.c.timers.clear(conn.messageTimer)
     conn.session?.destroy()
     if (!this.conns.delete(conn)) return
     if (conn.unauth) this.unauthBySource.remove(conn.source)
     this.connsBySource.remove(conn.source)
-    this.h.onClose(conn)
+    this.handler.onClose(conn)
   }
 
   /** The connection registered or bound a relay: the unauthenticated deadline and count no longer apply. */
   authenticated(conn: TcpConn): void {
-    if (conn.authTimer) clearTimeout(conn.authTimer)
+    this.c.timers.clear(conn.authTimer)
     conn.authTimer = null
     if (conn.unauth) this.unauthBySource.remove(conn.source)
     conn.unauth = false
@@ -326,11 +339,11 @@ export class TcpGate {
   private bindRelay(conn: TcpConn, msg: Extract<Message, { type: 'relay' }>): void {
     try {
       if (!this.relayRate.take(conn.source)) throw new NatdError('RATE_LIMITED', `${this.c.limits.relaysPerMinute} relay binds a minute from one address; try again shortly`)
-      this.h.bindRelay(conn, msg)
+      this.handler.bindRelay(conn, msg)
       this.authenticated(conn) // the relay sets its own deadlines (bind, then limits)
       conn.relay = true
       conn.splitter.maxBytes = MAX_RELAY_FRAME_BYTES
-      conn.socket.setKeepAlive(true, 10_000)
+      conn.socket.setKeepAlive(true, TCP_KEEPALIVE_MS)
     } catch (err) {
       const e = toNatdError(err)
       this.c.refusals.refused('relay refused', conn.remote, e.code, e.message)

@@ -83,7 +83,7 @@ afterEach(async () => {
 async function startInstance(): Promise<{ server: RendezvousServer; port: number; cluster: RedisCluster }> {
   for (let attempt = 0; ; attempt++) {
     const port = randInt(Math.random, 20_000, 59_999)
-    const cluster = new RedisCluster({ url: `redis://${HOST}:${redisPort}`, advertise: { host: HOST, port } }, silentLogger)
+    const cluster = new RedisCluster({ url: `redis://${HOST}:${redisPort}`, advertise: { host: HOST, port } }, { log: silentLogger })
     const server = new RendezvousServer({ host: HOST, port, altPort: 0, peerTimeoutMs: 30_000, heartbeatMs: 20_000, relay: RELAY }, { log: silentLogger, keyPair: SERVER_KEY, cluster })
     try {
       await server.start()

@@ -4,53 +4,18 @@
  * connection left open when the peer never comes, and only the agent introduced on a
  * side (its RELAY signed over its connection's challenge) may bind that side.
  */
-import { EventEmitter } from 'node:events'
 import type net from 'node:net'
 import { describe, expect, it } from 'vitest'
 import { NatdError, ProtocolError } from '../../../src/protocol/errors.js'
 import { silentLogger } from '../../../src/protocol/log.js'
 import { generateKeyPair, sign, type KeyPair } from '../../../src/protocol/identity.js'
-import { decode, encode, encodeRelay, frame, FrameSplitter, type Message, relaySigned } from '../../../src/protocol/rendezvous.js'
+import { decode, encode, encodeRelay, frame, type Message, relaySigned } from '../../../src/protocol/rendezvous.js'
 import { prng, randInt } from '../helpers.js'
 import { Relay, RELAY_BIND_TIMEOUT_MS, RELAY_EARLY_MAX_BYTES, RELAY_EARLY_PAUSE_BYTES, type RelayLimits } from '../../../src/rendezvous/relay.js'
+import { END_LINGER_MS } from '../../../src/rendezvous/tcp-gate.js'
+import { FakeSocket } from './fake-socket.js'
+import { FakeTime } from './fake-timers.js'
 
-class FakeSocket extends EventEmitter {
-  written: Buffer[] = []
-  ended = false
-  destroyed = false
-  timeoutMs: number | null = null
-  onTimeout: (() => void) | null = null
-  paused = false
-  write(b: Buffer): boolean {
-    this.written.push(Buffer.from(b))
-    return true
-  }
-  end(b?: Buffer): void {
-    if (b) this.written.push(Buffer.from(b))
-    this.ended = true
-  }
-  destroy(): void {
-    this.destroyed = true
-    this.emit('close')
-  }
-  setTimeout(ms: number, cb?: () => void): void {
-    this.timeoutMs = ms
-    if (cb) this.onTimeout = cb
-  }
-  pause(): void {
-    this.paused = true
-  }
-  resume(): void {
-    this.paused = false
-  }
-  cork(): void {}
-  uncork(): void {}
-  /** The messages written to this socket, decoded. */
-  messages(): ReturnType<typeof decode>[] {
-    const s = new FrameSplitter()
-    return s.push(Buffer.concat(this.written)).map((f) => decode(f))
-  }
-}
 
 const INTRO = Buffer.alloc(16, 7)
 const ALICE = generateKeyPair() // introduced as the initiator
@@ -75,6 +40,18 @@ const LIMITS: RelayLimits = { maxBytes: 1000, maxSeconds: 60, rate: 1e9, maxTunn
 function setup(limits = LIMITS): { relay: Relay; clock: { t: number; now(): number } } {
   const clock = { t: 1_000_000, now: () => clock.t }
   return { relay: new Relay(limits, clock, silentLogger), clock }
+}
+
+/** A relay whose clock and timers are fake time: its deadlines run when the test moves time on. */
+function setupTimed(limits = LIMITS): { relay: Relay; time: FakeTime; a: FakeSocket; b: FakeSocket } {
+  const time = new FakeTime()
+  const relay = new Relay(limits, time, silentLogger, time)
+  relay.allow(INTRO, NAMES, KEYS)
+  const a = new FakeSocket()
+  const b = new FakeSocket()
+  bindAs(relay, a, true)
+  bindAs(relay, b, false)
+  return { relay, time, a, b }
 }
 
 const asNet = (s: FakeSocket): net.Socket => s as unknown as net.Socket
@@ -173,6 +150,40 @@ describe('Relay', () => {
       expect(s.messages().at(-1)).toMatchObject({ type: 'relay-end', code: 'RELAY_LIMIT' })
     }
     expect(relay.tunnels).toBe(0)
+  })
+
+  it('ends both sides with RELAY_END RELAY_LIMIT when --relay-max-seconds pass, and destroys them if they linger (fake time)', () => {
+    const { relay, time, a, b } = setupTimed()
+    time.advance(LIMITS.maxSeconds * 1000 - 1)
+    expect([a.ended, b.ended, relay.tunnels]).toEqual([false, false, 1])
+    time.advance(1)
+    for (const s of [a, b]) {
+      expect(s.ended).toBe(true)
+      expect(s.messages().at(-1)).toMatchObject({ type: 'relay-end', code: 'RELAY_LIMIT', message: expect.stringContaining(`${LIMITS.maxSeconds} s`) })
+    }
+    expect(relay.tunnels).toBe(0)
+    time.advance(END_LINGER_MS - 1)
+    expect([a.destroyed, b.destroyed]).toEqual([false, false])
+    time.advance(1)
+    expect([a.destroyed, b.destroyed]).toEqual([true, true])
+    expect(time.pending).toBe(0) // nothing left pending
+  })
+
+  it('a side over --relay-rate stops being read until its one-second window ends, then reads on (fake time)', () => {
+    const frameBytes = data(30).length
+    const { relay, time, a, b } = setupTimed({ ...LIMITS, maxBytes: 1e9, rate: 2 * frameBytes + 1 })
+    time.advance(300) // the window started at the pairing
+    relay.onFrame(asNet(a), data(30))
+    relay.onFrame(asNet(a), data(30))
+    expect(a.paused).toBe(false) // within the rate
+    relay.onFrame(asNet(a), data(30))
+    expect(a.paused).toBe(true)
+    expect(b.paused).toBe(false) // per direction
+    expect(b.messages().filter((m) => m.type === 'relay-data')).toHaveLength(3) // what was read is delivered
+    time.advance(699)
+    expect(a.paused).toBe(true)
+    time.advance(1) // the window's end: 1 s after the pairing
+    expect(a.paused).toBe(false)
   })
 
   it('refuses more tunnels than --relay-max-tunnels, unknown or expired introductions, and a side bound twice', () => {

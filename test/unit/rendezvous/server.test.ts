@@ -17,8 +17,9 @@ import { decodeStun, encodeBindingRequest, isStun, STUN_MAGIC_COOKIE } from '../
 import { CONTROL_LOST_GRACE_MS } from '../../../src/rendezvous/registry.js'
 import { encodeBindingRequestWith } from '../../../src/protocol/stun-request.js'
 import { EXPIRY_SWEEP_MS, RendezvousServer, TCP_AUTH_TIMEOUT_MS, type RendezvousInit } from '../../../src/rendezvous/server.js'
-import { FakeClock, prng, randBuf, randInt } from '../helpers.js'
+import { prng, randBuf, randInt } from '../helpers.js'
 import { ackOf, HOST, registerFrame, registerTcp, sockets, TcpPeer, WAIT_MS } from './fake-agent.js'
+import { FakeTime } from './fake-timers.js'
 
 const SILENCE_MS = 300
 const STUNCLIENT = '/usr/bin/turnutils_stunclient'
@@ -54,13 +55,14 @@ afterEach(async () => {
 })
 
 /** UDP and TCP share `port`, so port 0 cannot be used: try random ports until one is free. */
-async function startServer(extra: Partial<RendezvousInit> = {}, clock?: FakeClock): Promise<Started> {
+/** With `time`, the server's clock and timers are fake (its sweep runs when the test moves time on). */
+async function startServer(extra: Partial<RendezvousInit> = {}, time?: FakeTime): Promise<Started> {
   let lastErr: unknown
   for (let attempt = 0; attempt < 20; attempt++) {
     const port = randInt(Math.random, 20_000, 59_999)
     const server = new RendezvousServer(
       { host: HOST, port, altPort: port + 1, peerTimeoutMs: 30_000, heartbeatMs: 20_000, ...extra },
-      { log: silentLogger, keyPair: SERVER_KEY, ...(clock ? { clock } : {}) }
+      { log: silentLogger, keyPair: SERVER_KEY, ...(time ? { clock: time, timers: time } : {}) }
     )
     try {
       await server.start()
@@ -523,7 +525,7 @@ describe('RendezvousServer over TCP', () => {
   })
 
   it('an agent whose host ends its control connection without BYE (its process killed) goes "down" after the grace, unless it registers again first; a reset waits for the peer timeout', async () => {
-    const clock = new FakeClock(Date.now())
+    const clock = new FakeTime(Date.now()) // the sweep too: it runs when the test moves time on
     const { port } = await startServer({}, clock)
     const bobKp = generateKeyPair()
     const alice = await registerTcp(port, generateKeyPair(), 'alice')
@@ -533,9 +535,11 @@ describe('RendezvousServer over TCP', () => {
       alice.peer.send({ type: 'list', reqId })
       return alice.peer.waitFor((m) => m.type === 'peers' && m.reqId === reqId)
     }
-    const noDownWithin = async (ms: number): Promise<boolean> => {
+    // A down event from the sweeps comes before the answer to a LIST sent after them (one ordered session).
+    const noDownYet = async (reqId: number): Promise<boolean> => {
+      await list(reqId)
       try {
-        await alice.peer.waitFor((m) => m.type === 'peer-event' && m.event === 'down', ms)
+        await alice.peer.waitFor((m) => m.type === 'peer-event' && m.event === 'down', 0)
         return false
       } catch {
         return true
@@ -548,25 +552,44 @@ describe('RendezvousServer over TCP', () => {
     expect(await list(1)).toMatchObject({ peers: [{ name: 'bob', online: true, tcp: null }] })
     const again = await registerTcp(port, bobKp, 'bob')
     expect(again.reply.type).toBe('register-ack')
-    clock.advance(CONTROL_LOST_GRACE_MS + 1)
-    expect(await noDownWithin(EXPIRY_SWEEP_MS + 300)).toBe(true)
+    clock.advance(CONTROL_LOST_GRACE_MS + EXPIRY_SWEEP_MS) // the sweeps past the grace run now
+    expect(await noDownYet(10)).toBe(true)
 
     // Reset (a NAT that lost the mapping answers RST; the agent lives on and reconnects at
     // its next ping): heartbeats decide, not the grace.
     again.peer.socket.resetAndDestroy()
     await sleep(100)
-    clock.advance(CONTROL_LOST_GRACE_MS + 1)
-    expect(await noDownWithin(EXPIRY_SWEEP_MS + 300)).toBe(true)
+    clock.advance(CONTROL_LOST_GRACE_MS + EXPIRY_SWEEP_MS)
+    expect(await noDownYet(11)).toBe(true)
     const back = await registerTcp(port, bobKp, 'bob')
     expect(back.reply.type).toBe('register-ack')
 
     // Killed for good (its kernel ends the connection with a FIN): "down" at the first sweep past the grace, and LIST agrees.
     back.peer.close()
     await sleep(100)
-    clock.advance(CONTROL_LOST_GRACE_MS + 1)
-    const down = await alice.peer.waitFor((m) => m.type === 'peer-event', EXPIRY_SWEEP_MS + 1_000)
+    clock.advance(CONTROL_LOST_GRACE_MS + EXPIRY_SWEEP_MS)
+    const down = await alice.peer.waitFor((m) => m.type === 'peer-event')
     expect(down).toMatchObject({ event: 'down', peer: { name: 'bob', online: false } })
     expect(await list(2)).toMatchObject({ peers: [{ name: 'bob', online: false }] })
+  })
+
+  it('drops an agent silent past --peer-timeout at the first sweep after it, and tells its peers (fake time: no waiting)', async () => {
+    const time = new FakeTime()
+    const { server, port } = await startServer({ peerTimeoutMs: 30_000 }, time)
+    const alice = await registerTcp(port, generateKeyPair(), 'alice')
+    const bob = await registerTcp(port, generateKeyPair(), 'bob')
+    ackOf(alice.reply)
+    ackOf(bob.reply)
+    time.advance(20_000)
+    alice.peer.send({ type: 'ping', seq: 1 }) // alice is seen at +20 s; bob stays silent
+    await alice.peer.waitFor((m) => m.type === 'pong')
+    time.advance(10_999) // bob silent 30,999 ms: past the timeout, but the next sweep is at +31 s
+    expect(server.registry.find('bob')?.online).toBe(true)
+    time.advance(1)
+    expect(server.registry.find('bob')?.online).toBe(false)
+    expect(server.registry.find('alice')?.online).toBe(true)
+    expect(await alice.peer.waitFor((m) => m.type === 'peer-event' && m.event === 'down')).toMatchObject({ peer: { name: 'bob', online: false } })
+    expect(await bob.peer.closedWithin()).toBe(true)
   })
 
   it('introduces both sides at once with the same introduction ID and punch key, inside their sessions', async () => {
