@@ -16,7 +16,9 @@ import { setTimeout as sleep } from 'node:timers/promises'
 
 /** Node options that let diagnose() ask an agent for a report (written to `dir`). */
 export function reportOptions(dir: string): string[] {
-  return ['--report-on-signal', '--report-signal=SIGUSR2', `--report-directory=${dir}`, '--report-compact']
+  // --report-exclude-network: without it the report looks up each socket's peer name in
+  // DNS from the main thread, which inside a lab namespace (no resolver) blocks for seconds.
+  return ['--report-on-signal', '--report-signal=SIGUSR2', `--report-directory=${dir}`, '--report-compact', '--report-exclude-network']
 }
 
 // The x86_64 system calls a stalled agent is most likely in; others print as their number.
@@ -89,17 +91,19 @@ export async function nodeReport(pid: number, dir: string, waitMs = 3000): Promi
     return `pid ${pid}: gone, no report`
   }
   const start = Date.now()
+  let unreadable: unknown = null
   while (Date.now() - start < waitMs) {
     const file = mine().find((f) => !before.has(f))
     if (file) {
       try {
         return summarizeReport(JSON.parse(fs.readFileSync(path.join(dir, file), 'utf8')) as NodeReport)
-      } catch {
-        // still being written
+      } catch (err) {
+        unreadable = err // still being written, or not JSON
       }
     }
     await sleep(100)
   }
+  if (unreadable) return `pid ${pid}: its Node report came (the event loop turns) but cannot be read: ${(unreadable as Error).message}`
   return `pid ${pid}: no Node report within ${waitMs} ms — its event loop is not turning (blocked in the call above)`
 }
 
