@@ -11,6 +11,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 // A real file name (.ts): scripts/demo.ts and bench/run.ts load this with Node's type stripping.
 import { createLab, type Lab, type LabSpec, type NatKind, type Unsolicited } from './lab.ts'
+import { nodeReport, procSnapshot, reportOptions } from './diagnose.ts'
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 export const DIST = path.join(ROOT, 'dist')
@@ -70,7 +71,7 @@ export class NatdLab {
     const log = fs.openSync(path.join(this.dir, 'rendezvous.log'), 'a')
     const host = extra.includes('--host') ? [] : ['--host', '0.0.0.0'] // --alt-host needs a specific --host in `extra`
     const state = extra.includes('--state-dir') ? [] : ['--state-dir', this.serverStateDir]
-    this.server = this.lab.spawn(this.lab.server.ns, [process.execPath, path.join(DIST, 'rendezvous/main.js'), ...host, '--port', String(SERVER_PORT), '--log-level', 'debug', ...state, ...extra], { cwd: ROOT })
+    this.server = this.lab.spawn(this.lab.server.ns, [process.execPath, ...reportOptions(this.dir), path.join(DIST, 'rendezvous/main.js'), ...host, '--port', String(SERVER_PORT), '--log-level', 'debug', ...state, ...extra], { cwd: ROOT })
     this.server.stdout?.on('data', (d: Buffer) => fs.writeSync(log, d))
     this.server.stderr?.on('data', (d: Buffer) => fs.writeSync(log, d))
     await waitFor(async () => (await this.lab.exec(this.lab.server.ns, ['ss', '-Hltn', `sport = :${SERVER_PORT}`])).stdout.includes(String(SERVER_PORT)), 10_000, 'rendezvous server listening')
@@ -120,7 +121,7 @@ export class NatdLab {
     const args = ['--name', name, '--server', this.serverAddr, '--state-dir', stateDir, '--socket', socket, '--heartbeat', opts.heartbeat ?? '2s', '--log-level', 'debug', ...(opts.extra ?? [])]
     const log = fs.openSync(logFile, 'a')
     const env: Record<string, string> = { ...opts.env, ...(opts.tunnelDeadMs === undefined ? {} : { NATD_TEST_TUNNEL_DEAD_MS: String(opts.tunnelDeadMs) }) }
-    const proc = this.lab.spawn(h.ns, [process.execPath, path.join(DIST, 'daemon/main.js'), ...args], { cwd: ROOT, env: { ...process.env, ...env } })
+    const proc = this.lab.spawn(h.ns, [process.execPath, ...reportOptions(this.dir), path.join(DIST, 'daemon/main.js'), ...args], { cwd: ROOT, env: { ...process.env, ...env } })
     proc.stdout?.on('data', (d: Buffer) => fs.writeSync(log, d))
     proc.stderr?.on('data', (d: Buffer) => fs.writeSync(log, d))
     const agent: AgentHandle = { name, host, ns: h.ns, stateDir, socket, logFile, proc, args, env }
@@ -210,8 +211,22 @@ export class NatdLab {
     return file && fs.existsSync(file) ? fs.readFileSync(file, 'utf8') : ''
   }
 
-  /** Prints the logs of every process (for a failed test) and removes the temp dir. */
+  /**
+   * Where each live agent and the server wait, read while they still run (diagnose.ts):
+   * a test that fails because a process stopped answering then shows where it was stuck.
+   */
+  async diagnose(): Promise<string> {
+    const procs = [...(this.server ? [['rendezvous', this.server] as const] : []), ...Object.entries(this.agents).map(([k, a]) => [k, a.proc] as const)]
+    const live = procs.filter(([, p]) => p.pid !== undefined && p.exitCode === null && p.signalCode === null)
+    // /proc first, all at once: a report's signal may wake a process out of the call it was in.
+    const snaps = live.map(([k, p]) => `${k}: ${procSnapshot(p.pid!)}`)
+    const reports = await Promise.all(live.map(async ([k, p]) => `${k}: ${await nodeReport(p.pid!, this.dir)}`))
+    return live.map((_, i) => `${snaps[i]}\n${reports[i]}`).join('\n')
+  }
+
+  /** Prints where every process waits and its logs (for a failed test) and removes the temp dir. */
   async teardown(failed: boolean): Promise<void> {
+    if (failed) process.stderr.write(`\n----- where each process waits (test/lab/diagnose.ts) -----\n${await this.diagnose().catch((err: unknown) => String(err))}\n`)
     if (failed || process.env.NATD_LAB_KEEP_LOGS) {
       for (const f of fs.readdirSync(this.dir).filter((f) => f.endsWith('.log'))) {
         process.stderr.write(`\n----- ${f} (last 60 lines) -----\n${fs.readFileSync(path.join(this.dir, f), 'utf8').split('\n').slice(-60).join('\n')}\n`)
