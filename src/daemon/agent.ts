@@ -8,7 +8,8 @@ import { formatEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { NatdError } from '../protocol/errors.js'
 import { parsePeerId, peerId, type KeyPair } from '../protocol/identity.js'
 import { isTarget, type PeerRef } from '../protocol/peer-ref.js'
-import { systemClock, type Logger } from '../protocol/log.js'
+import { systemClock, systemRandom } from '../protocol/clock.js'
+import type { Logger } from '../protocol/log.js'
 import { isRendezvousFrame, MAX_LIST_PEERS, MSG, type PeerRecord } from '../protocol/rendezvous.js'
 import { ApiServer } from '../ipc/server.js'
 import { dataSocketPath, FileStreamServer } from '../ipc/file-stream.js'
@@ -167,7 +168,7 @@ export class Agent {
       log: log.child({ component: 'nat' })
     })
     this.nat = nat
-    const host = new TunnelHost({ udx: this.udx, socket, keyPair: this.c.keyPair, clock: systemClock, log: log.child({ component: 'tunnel' }), peers: this.known, rendezvous: client, nat, exposes: this.exposes })
+    const host = new TunnelHost({ udx: this.udx, socket, keyPair: this.c.keyPair, clock: systemClock, random: systemRandom, log: log.child({ component: 'tunnel' }), peers: this.known, rendezvous: client, nat, exposes: this.exposes })
     this.host = host
     const tunnels = new TunnelManager({ keepaliveMs: Math.min(this.init.config.heartbeatMs, TUNNEL_KEEPALIVE_MAX_MS), deadMs: this.init.tunnelDeadMs ?? TUNNEL_DEAD_MS, ...(this.init.tunnelGiveUpMs === undefined ? {} : { giveUpMs: this.init.tunnelGiveUpMs }) }, host)
     this.tunnels = tunnels

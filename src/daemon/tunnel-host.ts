@@ -12,7 +12,8 @@ import type { UDXSocket } from 'udx-native'
 import type UDX from 'udx-native'
 import type { Endpoint } from '../protocol/endpoint.js'
 import type { KeyPair } from '../protocol/identity.js'
-import type { Clock, Logger } from '../protocol/log.js'
+import type { Random, TimerClock } from '../protocol/clock.js'
+import type { Logger } from '../protocol/log.js'
 import type { NatVerdict, Via } from '../protocol/rendezvous.js'
 import type { Introduction, PeerPolicy, TunnelManagerComponents } from '../tunnel/manager.js'
 import type { OpenRequest } from '../tunnel/mux.js'
@@ -27,7 +28,8 @@ export interface TunnelHostComponents {
   udx: UDX
   socket: UDXSocket
   keyPair: KeyPair
-  clock: Clock
+  clock: TimerClock
+  random: Random
   log: Logger
   peers: PeerPolicy
   rendezvous: Pick<RendezvousClient, 'introduce' | 'tcpLocalPort' | 'serverEndpoint'>
@@ -40,7 +42,8 @@ export class TunnelHost implements TunnelManagerComponents {
   readonly udx: UDX
   readonly socket: UDXSocket
   readonly keyPair: KeyPair
-  readonly clock: Clock
+  readonly clock: TimerClock
+  readonly random: Random
   readonly log: Logger
   readonly peers: PeerPolicy
   private readonly services = new Map<string, ChannelHandler>()
@@ -50,6 +53,7 @@ export class TunnelHost implements TunnelManagerComponents {
     this.socket = c.socket
     this.keyPair = c.keyPair
     this.clock = c.clock
+    this.random = c.random
     this.log = c.log
     this.peers = c.peers
   }

@@ -4,7 +4,6 @@
  * and reports state changes. Sockets, keys and the introducer are injected.
  */
 import { EventEmitter } from 'node:events'
-import { setTimeout as sleep } from 'node:timers/promises'
 import { formatEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { NatdError, toNatdError } from '../protocol/errors.js'
 import { peerId } from '../protocol/identity.js'
@@ -15,10 +14,10 @@ import type { Via } from '../protocol/rendezvous.js'
 import { PunchBudget, RefusalLog, type PunchBudgetInit } from './budget.js'
 import type { OpenRequest } from './mux.js'
 import { planPaths } from './path-plan.js'
-import { Paths, sleepUntil, type Established, type Introduction, type PathComponents } from './paths.js'
+import { Paths, type Established, type Introduction, type PathComponents } from './paths.js'
 import { firstOf } from './failures.js'
 import { asResume, firstFrame, onFreshTunnel, onResumeRequest, RESUME_ANSWER_MS, SIMULTANEOUS_OPEN_MS } from './resume.js'
-import { Tunnel, type PathKind, type TunnelTiming } from './tunnel.js'
+import { GOODBYE_LINGER_MS, Tunnel, type PathKind, type TunnelTiming } from './tunnel.js'
 
 export type { Introduction } from './paths.js'
 export { mostTelling } from './failures.js'
@@ -243,7 +242,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
       const started = this.c.clock.now()
       const allFailed = Promise.allSettled(direct).then((r) => r.every((x) => x.status === 'rejected'))
       attempts.push(
-        Promise.race([allFailed.then(() => undefined), sleepUntil(RELAY_FALLBACK_MS, abort.signal)]).then(() => {
+        Promise.race([allFailed.then(() => undefined), this.c.clock.sleep(RELAY_FALLBACK_MS, abort.signal)]).then(() => {
           if (abort.signal.aborted) throw new NatdError('ABORTED', 'a direct path won')
           return this.paths.relay(intro, Math.max(1, timeoutMs - (this.c.clock.now() - started)), abort.signal)
         })
@@ -254,7 +253,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
       won = await firstOf(attempts)
       // The initiator prefers the faster path: UDP won the race, TCP may be a moment behind.
       if (plan.preferTcp && won.transport === 'udp' && tcp && !tcp.settled) {
-        const late = await Promise.race([tcp.attempt.catch(() => null), sleepUntil(AUTO_TCP_GRACE_MS, abort.signal).then(() => null)])
+        const late = await Promise.race([tcp.attempt.catch(() => null), this.c.clock.sleep(AUTO_TCP_GRACE_MS, abort.signal).then(() => null)])
         if (late) {
           won.session.destroy()
           won.release?.()
@@ -282,7 +281,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
           // name it, and keep it rather than start a third.
           won.session.write(encodeMux({ type: 'resume', channel: 0, tunnelId: current.id, received: 0 }))
           const session = won.session
-          setTimeout(() => session.destroy(), 100).unref()
+          this.c.clock.setTimeout(() => session.destroy(), GOODBYE_LINGER_MS).unref()
           won.release?.()
           throw new NatdError('ABORTED', `${name} resumed a tunnel we no longer have; we keep a newer one`)
         }
@@ -380,7 +379,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
         const e = toNatdError(err)
         this.c.log.debug('resume attempt failed', { peer: tunnel.peer.name, code: e.code, err: e.message })
       }
-      if (tunnel.isMigrating) await sleep(RESUME_RETRY_MS, undefined, { ref: false })
+      if (tunnel.isMigrating) await this.c.clock.sleep(RESUME_RETRY_MS)
     }
   }
 
@@ -391,7 +390,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
   private async upgradeLoop(tunnel: Tunnel): Promise<void> {
     let wait = UPGRADE_FIRST_MS
     while (!this.closed) {
-      await sleep(wait, undefined, { ref: false })
+      await this.c.clock.sleep(wait)
       wait = UPGRADE_RETRY_MS
       if (!tunnel.isOpen || tunnel.path !== 'relay' || this.tunnels.get(tunnel.peer.id) !== tunnel) return
       if (!tunnel.isUp) continue // migrating: its resume comes first

@@ -24,6 +24,7 @@ describe('TunnelHost', () => {
     socket: null as never,
     keyPair: null as never,
     clock: systemClock,
+    random: Math.random,
     log: silentLogger,
     peers: null as never,
     rendezvous: { introduce: () => Promise.reject(new Error('not used')), tcpLocalPort: 40001, serverEndpoint: { host: '198.51.100.1', port: 3478 } },

@@ -79,6 +79,7 @@ function agent(name: string, introduce: (self: Agent, target: string, via: Via) 
       socket,
       keyPair,
       clock: systemClock,
+      random: Math.random,
       log: silentLogger,
       natVerdict: () => 'easy',
       relayServer: () => null,
