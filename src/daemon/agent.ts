@@ -36,11 +36,6 @@ import { apiHandlers, peerInfo, type AgentParts } from './api-handlers.js'
 export const TUNNEL_DEAD_MS = 15_000
 /** Tunnel keepalives at most this far apart, and never slower than the heartbeat the user set for their NAT. */
 export const TUNNEL_KEEPALIVE_MAX_MS = 5_000
-/**
- * A peer the server reports offline keeps its tunnel only if it answers a ping within
- * this (it may have lost just the server): 10 round trips at 300 ms.
- */
-export const OFFLINE_PEER_PING_MS = 3_000
 /** How long the responder side of an introduction may take to punch and authenticate. */
 export const ACCEPT_TIMEOUT_MS = 15_000
 export { NAT_RECHECK_MS, lanEndpoints, localEndpoints } from './nat-monitor.js'
@@ -224,24 +219,12 @@ export class Agent {
     log.info('natd started', { name: this.init.config.name, id: this.id, udpPort: this.localPort, socket: this.init.socketPath })
   }
 
-  /**
-   * The server reports `p` offline: a tunnel to it that no longer answers is closed now,
-   * not once its path has been silent for TUNNEL_DEAD_MS, so its forwarded connections
-   * are reset at once and `open` (which waits for the check) tells PEER_OFFLINE.
-   */
+  /** The server reports `p` offline: its tunnel is checked (tunnel-host.ts peerOffline). */
   private onPeerOffline(p: PeerRecord): void {
     const id = peerId(p.publicKey)
     const t = this.tunnels?.list().find((x) => x.peer.id === id)
-    if (!t || this.offlineChecks.has(id)) return
-    const check = t.ping(OFFLINE_PEER_PING_MS).then(
-      () => undefined,
-      () => t.close(`${p.name} went offline and does not answer`, { goodbye: false, code: 'PEER_OFFLINE' })
-    )
-    this.offlineChecks.set(id, check.finally(() => this.offlineChecks.delete(id)))
+    if (t) this.host?.peerOffline(t)
   }
-
-  /** Tunnels being checked because the server reported their peer offline (onPeerOffline), by peer ID. */
-  private readonly offlineChecks = new Map<string, Promise<void>>()
 
   /** Says goodbye to the server, closes the API and the socket. */
   async stop(): Promise<void> {
@@ -330,7 +313,7 @@ export class Agent {
 
   /** What the API reaches (api-handlers.ts); read at each call, as parts appear while the agent starts. */
   private parts(): AgentParts {
-    return { status: () => this.status(), client: this.client, tunnels: this.tunnels, forwards: this.forwards, messages: this.messages, files: this.files, streams: this.streams, nat: this.nat, exposes: this.exposes, known: this.known, offlineCheck: (id) => this.offlineChecks.get(id) ?? Promise.resolve() }
+    return { status: () => this.status(), client: this.client, tunnels: this.tunnels, forwards: this.forwards, messages: this.messages, files: this.files, streams: this.streams, nat: this.nat, exposes: this.exposes, known: this.known }
   }
 
   /**

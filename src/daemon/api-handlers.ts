@@ -31,8 +31,6 @@ export interface AgentParts {
   nat: NatMonitor | null
   exposes: Exposes
   known: KnownPeers
-  /** Resolves once the check on a tunnel whose peer the server reported offline has ended (at once when there is none). */
-  offlineCheck(peerId: string): Promise<void>
 }
 
 function started<T>(part: T | null): T {
@@ -77,8 +75,6 @@ export function apiHandlers(parts: () => AgentParts): Handlers {
     'peer.untrust': ({ name }) => parts().known.untrust(name),
     subscribe: () => ({ subscribed: [] }), // handled by the API server itself
     open: async ({ peer, via, timeoutMs }) => {
-      // Reported offline: its tunnel is reused only if the peer still answers on it.
-      await parts().offlineCheck(tunnels().get(peer)?.peer.id ?? '')
       const { tunnel, tookMs, reused } = await tunnels().open(peer, via, timeoutMs)
       return { ...tunnel.snapshot(), tookMs, reused }
     },

@@ -70,6 +70,12 @@ export interface TunnelManagerComponents extends PathComponents {
   introduce(target: string, via: Via): Promise<Introduction>
   /** Checks our NAT again and tells the server when the verdict changed (before an upgrade attempt). */
   refreshNat(): Promise<void>
+  /**
+   * Resolves once the check of our tunnel to this peer (the server reported the peer
+   * offline; the tunnel closes if the peer does not answer on it) has ended; at once
+   * when none runs. open() waits for it before it reuses the tunnel.
+   */
+  offlineCheck(peerId: string): Promise<void>
   peers: PeerPolicy
   /** A peer asks to open a channel to one of our ports. */
   onChannel(tunnel: Tunnel, req: OpenRequest): void
@@ -133,11 +139,15 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
    * Opens a tunnel to `peer` (a name, a peer ID or an abbreviated one) or returns the
    * open one (idempotent); concurrent calls share one attempt. Only the peer asked for is
    * accepted: a name must come back as that name (with the pinned key, when one is
-   * pinned), an ID as that key; anything else is PEER_MISMATCH or KEY_MISMATCH.
+   * pinned), an ID as that key; anything else is PEER_MISMATCH or KEY_MISMATCH. A tunnel
+   * whose peer the server reported offline is reused only if the peer still answers on
+   * it (offlineCheck); otherwise a new one is opened (and the server says PEER_OFFLINE).
    */
   async open(peer: string, via: Via, timeoutMs: number): Promise<OpenOutcome> {
     const started = this.c.clock.now()
     const target = await this.c.peers.expect(peer)
+    const checked = this.find(target)
+    if (checked) await this.c.offlineCheck(checked.peer.id)
     const existing = this.find(target)
     if (existing) return { tunnel: existing, tookMs: 0, reused: true }
     // The server is asked for what the user named: a name by name (so a changed key is

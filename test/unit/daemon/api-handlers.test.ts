@@ -24,7 +24,6 @@ function parts(over: Partial<AgentParts> = {}): AgentParts {
     nat: null,
     exposes: { list: () => [] } as never,
     known: { list: () => [], isPinned: () => false } as never,
-    offlineCheck: () => Promise.resolve(),
     ...over
   }
 }

@@ -42,6 +42,8 @@ interface Agent {
   manager: TunnelManager
   pins: Pins
   asked: string[]
+  /** Checks of tunnels whose peer was reported offline, by peer ID (the daemon's TunnelHost runs them). */
+  offline: Map<string, Promise<void>>
   close(): Promise<void>
 }
 
@@ -66,6 +68,7 @@ function agent(name: string, introduce: (self: Agent, target: string, via: Via) 
     port: socket.address().port,
     pins,
     asked,
+    offline: new Map(),
     manager: null as unknown as TunnelManager,
     close: async () => {
       a.manager.closeAll('test over')
@@ -85,6 +88,7 @@ function agent(name: string, introduce: (self: Agent, target: string, via: Via) 
       relayServer: () => null,
       localTcpPort: () => 0,
       refreshNat: async () => undefined,
+      offlineCheck: (id) => a.offline.get(id) ?? Promise.resolve(),
       onChannel,
       peers: pins,
       introduce: (target, via) => {
@@ -149,6 +153,25 @@ describe('TunnelManager.open reaches only the peer the user named', () => {
     expect(alice.manager.get(bob.id.slice(0, 8))).toBe(r.tunnel)
     expect(alice.manager.get('bob')).toBe(r.tunnel)
     expect(alice.manager.get('bob_')).toBeUndefined()
+  })
+
+  it('open waits for the check of a tunnel whose peer was reported offline: reused when the peer answered, a new tunnel punched when the check closed it', async () => {
+    const { alice, bob } = pair()
+    const first = (await alice.manager.open('bob', 'udp', 5_000)).tunnel
+    let answered!: () => void
+    alice.offline.set(bob.id, new Promise<void>((resolve) => (answered = resolve)))
+    let settled = false
+    const again = alice.manager.open('bob', 'udp', 5_000).finally(() => (settled = true))
+    await new Promise((resolve) => setTimeout(resolve, 100))
+    expect(settled).toBe(false) // the check is still running: open waits
+    alice.offline.delete(bob.id)
+    answered()
+    expect(await again).toMatchObject({ reused: true, tunnel: first })
+    alice.offline.set(bob.id, Promise.resolve().then(() => first.close('bob went offline and does not answer', { goodbye: false, code: 'PEER_OFFLINE' })))
+    const fresh = await alice.manager.open('bob', 'udp', 5_000)
+    expect(fresh.reused).toBe(false)
+    expect(fresh.tunnel).not.toBe(first)
+    expect(alice.asked).toEqual(['bob', 'bob'])
   })
 
   it('an introduction renamed to "bob_" is refused with PEER_MISMATCH, pinned or not, and nothing is pinned for it', async () => {
