@@ -82,7 +82,17 @@ export const DEFAULT_API_LIMITS: Readonly<ApiLimits> = Object.freeze({
   maxQueuedBytes: MAX_QUEUED_BYTES
 })
 
-export type Handlers = { [M in MethodName]: (params: Params<M>, ctx: { socket: net.Socket }) => Promise<Result<M>> | Result<M> }
+/**
+ * What a handler gets besides its params: the caller's connection, and a signal that
+ * aborts when that connection closes before the answer (no one would read it): a
+ * handler that does work for the caller (open, ping, message.send, file.send) stops.
+ */
+export interface HandlerContext {
+  socket: net.Socket
+  signal: AbortSignal
+}
+
+export type Handlers = { [M in MethodName]: (params: Params<M>, ctx: HandlerContext) => Promise<Result<M>> | Result<M> }
 
 interface IpcServerHandle {
   on(event: string, fn: (...args: never[]) => void): void
@@ -296,8 +306,8 @@ export class ApiServer {
         return this.reply(socket, id, { subscribed: events })
       }
       const params = (PARAMS[req.method] as (x: unknown, p: string) => unknown)(req.params, 'params')
-      const handler = this.handlers[req.method] as (p: unknown, ctx: { socket: net.Socket }) => Promise<unknown>
-      const result = await handler(params, { socket })
+      const handler = this.handlers[req.method] as (p: unknown, ctx: HandlerContext) => Promise<unknown>
+      const result = await callerBound(socket, (signal) => handler(params, { socket, signal }))
       this.reply(socket, id, result)
     } catch (err) {
       const e = toNatdError(err)
@@ -308,6 +318,19 @@ export class ApiServer {
 
   private reply(socket: net.Socket, id: number | string, result: unknown): void {
     this.handle?.emit(socket, 'response', { id, result })
+  }
+}
+
+/** Runs `work` with a signal that aborts when `socket` closes before `work` ends. */
+async function callerBound<T>(socket: net.Socket, work: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  const abort = new AbortController()
+  const onClose = (): void => abort.abort(new NatdError('ABORTED', 'the API client went away'))
+  if (socket.destroyed) onClose()
+  else socket.once('close', onClose)
+  try {
+    return await work(abort.signal)
+  } finally {
+    socket.off('close', onClose)
   }
 }
 

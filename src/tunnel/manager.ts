@@ -87,6 +87,19 @@ export interface OpenOutcome {
   reused: boolean
 }
 
+/** One open attempt, shared by the callers that asked for it at once. */
+interface SharedOpen {
+  attempt: Promise<OpenOutcome>
+  /** Aborted when the last caller waiting for the attempt cancelled (its signal aborted). */
+  abort: AbortController
+  waiters: number
+}
+
+/** What a caller whose signal aborted gets (the attempt goes on while another caller waits for it). */
+function cancelled(what: string): NatdError {
+  return new NatdError('ABORTED', `${what} was cancelled by its caller`)
+}
+
 interface ManagerEvents {
   up: [tunnel: Tunnel]
   down: [tunnel: Tunnel, reason: string]
@@ -97,7 +110,7 @@ interface ManagerEvents {
 
 export class TunnelManager extends EventEmitter<ManagerEvents> {
   private readonly tunnels = new Map<string, Tunnel>()
-  private readonly opening = new Map<string, Promise<OpenOutcome>>()
+  private readonly opening = new Map<string, SharedOpen>()
   private readonly paths: Paths
   /** What introductions may make us spend (budget.ts). */
   readonly budget: PunchBudget
@@ -142,9 +155,13 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
    * pinned), an ID as that key; anything else is PEER_MISMATCH or KEY_MISMATCH. A tunnel
    * whose peer the server reported offline is reused only if the peer still answers on
    * it (offlineCheck); otherwise a new one is opened (and the server says PEER_OFFLINE).
+   *
+   * `signal` cancels this caller's wait (ABORTED); the punching stops once no caller
+   * waits for it any more, so a client that goes away leaves no work running.
    */
-  async open(peer: string, via: Via, timeoutMs: number): Promise<OpenOutcome> {
+  async open(peer: string, via: Via, timeoutMs: number, signal?: AbortSignal): Promise<OpenOutcome> {
     const started = this.c.clock.now()
+    if (signal?.aborted) throw cancelled(`opening a tunnel to ${peer}`)
     const target = await this.c.peers.expect(peer)
     const checked = this.find(target)
     if (checked) await this.c.offlineCheck(checked.peer.id)
@@ -153,18 +170,45 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     // The server is asked for what the user named: a name by name (so a changed key is
     // reported as KEY_MISMATCH), an ID by the whole ID.
     const ask = target.name ?? target.id!
-    const pending = this.opening.get(ask)
-    if (pending) return pending
-    const attempt = (async (): Promise<OpenOutcome> => {
-      const intro = await this.c.introduce(ask, via)
-      const tunnel = await this.establish(intro, Math.max(1, timeoutMs - (this.c.clock.now() - started)), target)
-      return { tunnel, tookMs: this.c.clock.now() - started, reused: false }
-    })()
-    this.opening.set(ask, attempt)
+    if (signal?.aborted) throw cancelled(`opening a tunnel to ${peer}`)
+    let shared = this.opening.get(ask)
+    if (!shared) {
+      const abort = new AbortController()
+      const attempt = (async (): Promise<OpenOutcome> => {
+        const intro = await this.c.introduce(ask, via)
+        if (abort.signal.aborted) throw cancelled(`opening a tunnel to ${peer}`)
+        const tunnel = await this.establish(intro, Math.max(1, timeoutMs - (this.c.clock.now() - started)), target, null, abort.signal)
+        return { tunnel, tookMs: this.c.clock.now() - started, reused: false }
+      })()
+      const entry: SharedOpen = { attempt, abort, waiters: 0 }
+      shared = entry
+      this.opening.set(ask, entry)
+      // Handled here: when every caller cancelled, no one else awaits the attempt.
+      attempt.finally(() => this.opening.get(ask) === entry && this.opening.delete(ask)).catch(() => undefined)
+    }
+    return this.waitFor(ask, shared, signal, peer)
+  }
+
+  /**
+   * Waits for a shared attempt until `signal` aborts. The last caller to cancel aborts
+   * the attempt, and a later open starts a new one.
+   */
+  private async waitFor(ask: string, shared: SharedOpen, signal: AbortSignal | undefined, peer: string): Promise<OpenOutcome> {
+    shared.waiters++
+    let onAbort = (): void => undefined
+    const gone = new Promise<never>((_, reject) => {
+      onAbort = () => reject(cancelled(`opening a tunnel to ${peer}`))
+      signal?.addEventListener('abort', onAbort, { once: true })
+    })
     try {
-      return await attempt
+      return await Promise.race([shared.attempt, gone])
     } finally {
-      this.opening.delete(ask)
+      signal?.removeEventListener('abort', onAbort)
+      shared.waiters--
+      if (shared.waiters === 0 && signal?.aborted) {
+        shared.abort.abort()
+        if (this.opening.get(ask) === shared) this.opening.delete(ask)
+      }
     }
   }
 
@@ -213,7 +257,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
    * `expected` is the peer we asked for (null when the peer asked for us): anyone else is
    * refused before a packet goes to them.
    */
-  private async establish(intro: Introduction, timeoutMs: number, expected: PeerTarget | null, resuming: Tunnel | null = null): Promise<Tunnel> {
+  private async establish(intro: Introduction, timeoutMs: number, expected: PeerTarget | null, resuming: Tunnel | null = null, signal?: AbortSignal): Promise<Tunnel> {
     if (this.closed) throw new NatdError('TUNNEL_CLOSED', 'shutting down')
     const id = peerId(intro.peer.publicKey)
     const name = intro.peer.name
@@ -224,15 +268,19 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
       throw new NatdError('BUSY', `already punching ${this.budget.init.punches} paths at once (or ${this.budget.init.peerPunches} to ${name}); try again in a moment`)
     }
     try {
-      return await this.punchAndKeep(intro, timeoutMs, id, resuming)
+      return await this.punchAndKeep(intro, timeoutMs, id, resuming, signal)
     } finally {
       slot.release()
     }
   }
 
-  private async punchAndKeep(intro: Introduction, timeoutMs: number, id: string, resuming: Tunnel | null): Promise<Tunnel> {
+  private async punchAndKeep(intro: Introduction, timeoutMs: number, id: string, resuming: Tunnel | null, signal?: AbortSignal): Promise<Tunnel> {
     const name = intro.peer.name
     const abort = new AbortController()
+    // The caller's cancel stops every attempt, as a winner does.
+    const cancel = (): void => abort.abort()
+    if (signal?.aborted) throw cancelled(`punching to ${name}`)
+    signal?.addEventListener('abort', cancel, { once: true })
     const plan = planPaths({ via: intro.via, mine: this.c.natVerdict(), theirs: intro.peer.nat, initiator: intro.initiator })
     if (plan.impossible !== null) throw new NatdError('UNSUPPORTED_PATH', plan.impossible)
     const direct: Array<Promise<Established>> = []
@@ -272,6 +320,12 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
       }
     } finally {
       abort.abort() // the losers clean up after themselves
+      signal?.removeEventListener('abort', cancel)
+    }
+    if (signal?.aborted) {
+      won.session.destroy()
+      won.release?.()
+      throw cancelled(`punching to ${name}`)
     }
     this.c.peers.pin({ name, id })
     if (intro.initiator && resuming) return this.resumeAsOpener(resuming, won, intro)

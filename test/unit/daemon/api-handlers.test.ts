@@ -28,7 +28,7 @@ function parts(over: Partial<AgentParts> = {}): AgentParts {
   }
 }
 
-const CTX = { socket: null as never }
+const CTX = { socket: null as never, signal: new AbortController().signal }
 
 const codeOf = async (p: unknown): Promise<string> => {
   try {

@@ -5,6 +5,7 @@
 //   alice 127.0.0.1:A ◀──── UDP (loopback) ────▶ bob 127.0.0.1:B
 //         └── introduce(target) is a stub: it hands out whatever intro the test says
 import { createHash, randomBytes } from 'node:crypto'
+import dgram from 'node:dgram'
 import UDX from 'udx-native'
 import { afterEach, describe, expect, it } from 'vitest'
 import { NatdError } from '../../../src/protocol/errors.js'
@@ -167,7 +168,7 @@ describe('TunnelManager.open reaches only the peer the user named', () => {
     alice.offline.delete(bob.id)
     answered()
     expect(await again).toMatchObject({ reused: true, tunnel: first })
-    alice.offline.set(bob.id, Promise.resolve().then(() => first.close('bob went offline and does not answer', { goodbye: false, code: 'PEER_OFFLINE' })))
+    alice.offline.set(bob.id, Promise.resolve().then(() => first.close('bob went offline and does not answer', { goodbye: true, code: 'PEER_OFFLINE' })))
     const fresh = await alice.manager.open('bob', 'udp', 5_000)
     expect(fresh.reused).toBe(false)
     expect(fresh.tunnel).not.toBe(first)
@@ -202,7 +203,8 @@ describe('TunnelManager.open reaches only the peer the user named', () => {
 
   it('an abbreviated ID shared by two pinned peers is refused before asking the server, naming both', async () => {
     const { alice, bob } = pair()
-    const twin = bob.id.slice(0, 10) + 'a'.repeat(41) + 'q'
+    // Shares bob's first 10 characters, never the 11th (bob's key is random: it may have an 'a' there).
+    const twin = bob.id.slice(0, 10) + (bob.id[10] === 'a' ? 'b' : 'a') + 'a'.repeat(40) + 'q'
     alice.pins.pins.set('bob', bob.id)
     alice.pins.pins.set('carol', twin)
     const err = await alice.manager.open(bob.id.slice(0, 8), 'udp', 2_000).catch((e: unknown) => e as NatdError)
@@ -216,6 +218,47 @@ describe('TunnelManager.open reaches only the peer the user named', () => {
     bob.pins.pins.set('alice', peerId(generateKeyPair().publicKey))
     expect(await codeOf(alice.manager.open('bob', 'udp', 1_500))).toBe('PUNCH_TIMEOUT')
     expect(bob.manager.list()).toEqual([])
+  })
+})
+
+describe('TunnelManager.open takes an AbortSignal', () => {
+  it('a caller that goes away mid-open (punching a peer that never answers): ABORTED at once, its punch slot released, no probe sent after', async () => {
+    const silent = dgram.createSocket('udp4')
+    let probes = 0
+    silent.on('message', () => void probes++)
+    await new Promise<void>((resolve) => silent.bind(0, '127.0.0.1', resolve))
+    try {
+      const ghost = { name: 'ghost', keyPair: generateKeyPair(), port: silent.address().port }
+      const alice = agent('alice', async (_self, _target, via) => ({ introId: randomBytes(16), punchKey: randomBytes(32), initiator: true, via, peer: record(ghost) }))
+      alice.pins.pins.set('ghost', peerId(ghost.keyPair.publicKey))
+      const caller = new AbortController()
+      const open = codeOf(alice.manager.open('ghost', 'udp', 60_000, caller.signal))
+      await until(() => probes > 0, 'probes to reach the silent peer', 5_000)
+      expect(alice.manager.budget.inUse.punches).toBe(1) // positive control: punching now
+      caller.abort()
+      expect(await open).toBe('ABORTED')
+      await until(() => alice.manager.budget.inUse.punches === 0, 'the punch slot to be released', 2_000)
+      await new Promise((resolve) => setTimeout(resolve, 300)) // a probe in flight lands
+      const after = probes
+      await new Promise((resolve) => setTimeout(resolve, 1_500))
+      expect(probes).toBe(after)
+      expect(alice.manager.list()).toEqual([])
+    } finally {
+      silent.close()
+    }
+  })
+
+  it('of two callers sharing one attempt, the one that cancels gets ABORTED; the other still gets the tunnel', async () => {
+    const { alice, bob } = pair()
+    alice.pins.pins.set('bob', bob.id)
+    const caller = new AbortController()
+    const leaving = codeOf(alice.manager.open('bob', 'udp', 5_000, caller.signal))
+    const staying = alice.manager.open('bob', 'udp', 5_000)
+    await until(() => alice.asked.length > 0, 'the introduction')
+    caller.abort()
+    expect(await leaving).toBe('ABORTED')
+    expect((await staying).tunnel.peer).toEqual({ name: 'bob', id: bob.id })
+    expect(alice.asked).toEqual(['bob'])
   })
 })
 

@@ -141,6 +141,17 @@ describe('Tunnel: ping and snapshot', () => {
     expect(a.snapshot().rttMs).toBe(rtt)
   })
 
+  it('ping(ms, signal): an abort rejects ABORTED at once, long before the timeout; the tunnel stays up', async () => {
+    const { pipe, a } = pair()
+    pipe.up = false
+    const caller = new AbortController()
+    const ping = a.ping(60_000, caller.signal)
+    caller.abort()
+    await expect(ping).rejects.toSatisfy((e) => e instanceof NatdError && e.code === 'ABORTED')
+    await expect(a.ping(10, AbortSignal.abort())).rejects.toSatisfy((e) => e instanceof NatdError && e.code === 'ABORTED')
+    expect(a.isUp).toBe(true)
+  })
+
   it('ping() rejects TIMEOUT naming the peer when no pong comes back', async () => {
     const { pipe, a } = pair()
     pipe.up = false
