@@ -8,7 +8,7 @@ import { formatEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { NatdError } from '../protocol/errors.js'
 import { parsePeerId, peerId, type KeyPair } from '../protocol/identity.js'
 import { isTarget, type PeerRef } from '../protocol/peer-ref.js'
-import { systemClock, systemRandom } from '../protocol/clock.js'
+import { systemClock, systemRandom, type Random, type TimerClock } from '../protocol/clock.js'
 import type { Logger } from '../protocol/log.js'
 import { isRendezvousFrame, MAX_LIST_PEERS, MSG, type PeerRecord } from '../protocol/rendezvous.js'
 import { ApiServer } from '../ipc/server.js'
@@ -58,6 +58,10 @@ export interface AgentComponents {
   store: StateStore
   keyPair: KeyPair
   log: Logger
+  /** Time for every part of the agent; default systemClock. */
+  clock?: TimerClock
+  /** Chance for the tunnel layer (stream ids, spray ports, retry jitter); default systemRandom. */
+  random?: Random
 }
 
 export class Agent {
@@ -73,7 +77,8 @@ export class Agent {
   private api: ApiServer | null = null
   private streams: FileStreamServer | null = null
   private runLoop: Promise<void> | null = null
-  private readonly startedAt = Date.now()
+  private readonly clock: TimerClock
+  private readonly startedAt: number
   private nat: NatMonitor | null = null
   private natCheck: NatCheck | null = null
   private host: TunnelHost | null = null
@@ -85,6 +90,8 @@ export class Agent {
     private readonly init: AgentInit,
     private readonly c: AgentComponents
   ) {
+    this.clock = c.clock ?? systemClock
+    this.startedAt = this.clock.now()
     this.id = peerId(c.keyPair.publicKey)
     this.server = parseServerSpec(init.config.server)
     this.known = new KnownPeers({ store: c.store, log: c.log.child({ component: 'peers' }), serverPeers: () => this.serverPeers() })
@@ -129,7 +136,7 @@ export class Agent {
           learned: (key) => this.c.store.pinServerKey(this.server.text, peerId(key))
         },
         log: log.child({ component: 'rendezvous' }),
-        clock: systemClock,
+        clock: this.clock,
         lan: () => lanEndpoints(this.localPort),
         nat: () => this.nat?.verdict ?? 'unknown'
       }
@@ -159,11 +166,11 @@ export class Agent {
       relayed: () => this.tunnels?.list().some((t) => t.path === 'relay') ?? false,
       registeredTcp: () => (client.state.kind === 'registered' ? client.state.tcp : null),
       probePortMapping: () => probePortMapping(),
-      clock: systemClock,
+      clock: this.clock,
       log: log.child({ component: 'nat' })
     })
     this.nat = nat
-    const host = new TunnelHost({ udx: this.udx, socket, keyPair: this.c.keyPair, clock: systemClock, random: systemRandom, log: log.child({ component: 'tunnel' }), peers: this.known, rendezvous: client, nat, exposes: this.exposes })
+    const host = new TunnelHost({ udx: this.udx, socket, keyPair: this.c.keyPair, clock: this.clock, random: this.c.random ?? systemRandom, log: log.child({ component: 'tunnel' }), peers: this.known, rendezvous: client, nat, exposes: this.exposes })
     this.host = host
     const tunnels = new TunnelManager({ keepaliveMs: Math.min(this.init.config.heartbeatMs, TUNNEL_KEEPALIVE_MAX_MS), deadMs: this.init.tunnelDeadMs ?? TUNNEL_DEAD_MS, ...(this.init.tunnelGiveUpMs === undefined ? {} : { giveUpMs: this.init.tunnelGiveUpMs }) }, host)
     this.tunnels = tunnels
@@ -193,7 +200,8 @@ export class Agent {
       known: this.known,
       onMessage: (m) => this.api?.emit('message', m),
       quotas: () => files.quotas,
-      ackDelayMs: this.init.messageAckDelayMs ?? 0
+      ackDelayMs: this.init.messageAckDelayMs ?? 0,
+      clock: this.clock
     })
     const files = new Files({
       inbox: this.init.config.inbox ?? '',
@@ -204,7 +212,8 @@ export class Agent {
       selfId: this.id,
       known: this.known,
       onReceived: (f) => this.api?.emit('file', f),
-      onProgress: (p) => this.api?.emit('file.progress', p)
+      onProgress: (p) => this.api?.emit('file.progress', p),
+      clock: this.clock
     })
     this.messages = messages
     this.files = files
@@ -292,14 +301,14 @@ export class Agent {
       serverState: state.kind,
       registered: state.kind === 'registered',
       lastError: client?.lastError ? client.lastError.toJSON() : null,
-      lastHeartbeatAgoMs: state.kind === 'registered' && client?.lastHeartbeatAt ? Date.now() - client.lastHeartbeatAt : null,
+      lastHeartbeatAgoMs: state.kind === 'registered' && client?.lastHeartbeatAt ? this.clock.now() - client.lastHeartbeatAt : null,
       serverRttMs: state.kind === 'registered' ? (client?.rttMs ?? null) : null,
       publicUdp: state.kind === 'registered' && state.udp ? formatEndpoint(state.udp) : null,
       publicTcp: state.kind === 'registered' && state.tcp ? formatEndpoint(state.tcp) : null,
       localUdpPort: this.localPort,
       lan: lanEndpoints(this.localPort).map(formatEndpoint),
       nat: this.nat?.verdict ?? 'unknown',
-      uptimeMs: Date.now() - this.startedAt,
+      uptimeMs: this.clock.now() - this.startedAt,
       tunnels: this.tunnels?.list().length ?? 0
     }
   }
