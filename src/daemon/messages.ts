@@ -95,7 +95,7 @@ export class Messages {
     this.clock = c.clock ?? systemClock
     this.file = path.join(c.dir, MESSAGES_FILE)
     const inbox = readJsonLines<MessageInfo>(this.file)
-    this.ids = new MessageIds(c.dir, inbox.map((m) => ({ from: m.fromId, id: m.id, at: Date.parse(m.receivedAt) || 0 })))
+    this.ids = new MessageIds(c.dir, inbox.map((m) => ({ from: m.fromId, id: m.id, at: Date.parse(m.receivedAt) || 0 })), this.clock.now())
     this.outbox = new Outbox(c.dir)
     this.load(inbox)
   }
@@ -224,7 +224,7 @@ export class Messages {
       const f = await withDeadline(new ChannelReader(ch).frame('the message'), MESSAGE_RECEIVE_TIMEOUT_MS, ch, 'the message', this.clock)
       if (f.type !== 'message') throw new NatdError('BAD_REQUEST', `expected a message, got ${f.type}`)
       const id = Buffer.from(f.messageId).toString('hex')
-      const duplicate = this.ids.has(tunnel.peer.id, id)
+      const duplicate = this.ids.has(tunnel.peer.id, id, this.clock.now())
       if (duplicate) {
         this.c.log.info('message received again (a retry): acknowledged, not stored twice', { peer: tunnel.peer.name, id })
       } else {

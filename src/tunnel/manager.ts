@@ -399,7 +399,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     }
     const received = tunnel.detach()
     won.session.write(encodeMux({ type: 'resume', channel: 0, tunnelId: tunnel.id, received }))
-    const answer = asResume((await firstFrame(won.session, RESUME_ANSWER_MS)) ?? undefined)
+    const answer = asResume((await firstFrame(won.session, RESUME_ANSWER_MS, this.c.clock)) ?? undefined)
     if (!answer) {
       won.session.destroy()
       won.release?.()

@@ -244,7 +244,7 @@ export class Paths {
     const server = intro.relay ?? this.c.relayServer()
     if (!server) throw new NatdError('PUNCH_FAILED', 'no rendezvous server to relay through')
     const started = this.c.clock.now()
-    const stream = await connectRelay(server, intro.introId, intro.initiator, this.c.keyPair, timeoutMs, signal)
+    const stream = await connectRelay(server, intro.introId, intro.initiator, this.c.keyPair, timeoutMs, signal, this.c.clock)
     const session = new SecretStream(intro.initiator, stream as never, { keyPair: this.c.keyPair })
     session.on('error', () => undefined)
     let first: Buffer | undefined
