@@ -13,6 +13,8 @@ export function table(headers: string[], rows: (string | number | null)[][]): st
   return cells.map((r) => r.map((c, i) => (i === r.length - 1 ? c : (c ?? '').padEnd(widths[i]!))).join('  ')).join('\n')
 }
 
+// natctl reads the wall clock itself (Date.now() - a timestamp natd returned) to say how
+// long ago: a one-shot display for a person, not a decision, so it injects no clock.
 export function ago(ms: number | null): string {
   if (ms === null) return '-'
   if (ms < 2000) return 'now'

@@ -50,6 +50,7 @@ export class ProgressBar {
   constructor(
     private readonly out: { isTTY?: boolean; columns?: number; write(s: string): unknown },
     private readonly label: string,
+    /** Wall time by default: natctl draws for a person, once; tests pass their own. */
     private readonly now: () => number = () => Date.now()
   ) {}
 

@@ -8,7 +8,8 @@ import { formatEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { NatdError } from '../protocol/errors.js'
 import { parsePeerId, peerId, type KeyPair } from '../protocol/identity.js'
 import { isTarget, type PeerRef } from '../protocol/peer-ref.js'
-import { systemClock, type Logger } from '../protocol/log.js'
+import { systemClock, systemRandom, type Random, type TimerClock } from '../protocol/clock.js'
+import type { Logger } from '../protocol/log.js'
 import { isRendezvousFrame, MAX_LIST_PEERS, MSG, type PeerRecord } from '../protocol/rendezvous.js'
 import { ApiServer } from '../ipc/server.js'
 import { dataSocketPath, FileStreamServer } from '../ipc/file-stream.js'
@@ -35,11 +36,6 @@ import { apiHandlers, peerInfo, type AgentParts } from './api-handlers.js'
 export const TUNNEL_DEAD_MS = 15_000
 /** Tunnel keepalives at most this far apart, and never slower than the heartbeat the user set for their NAT. */
 export const TUNNEL_KEEPALIVE_MAX_MS = 5_000
-/**
- * A peer the server reports offline keeps its tunnel only if it answers a ping within
- * this (it may have lost just the server): 10 round trips at 300 ms.
- */
-export const OFFLINE_PEER_PING_MS = 3_000
 /** How long the responder side of an introduction may take to punch and authenticate. */
 export const ACCEPT_TIMEOUT_MS = 15_000
 export { NAT_RECHECK_MS, lanEndpoints, localEndpoints } from './nat-monitor.js'
@@ -64,6 +60,10 @@ export interface AgentComponents {
   store: StateStore
   keyPair: KeyPair
   log: Logger
+  /** Time for every part of the agent; default systemClock. */
+  clock?: TimerClock
+  /** Chance for the tunnel layer (stream ids, spray ports, retry jitter); default systemRandom. */
+  random?: Random
 }
 
 export class Agent {
@@ -79,7 +79,8 @@ export class Agent {
   private api: ApiServer | null = null
   private streams: FileStreamServer | null = null
   private runLoop: Promise<void> | null = null
-  private readonly startedAt = Date.now()
+  private readonly clock: TimerClock
+  private readonly startedAt: number
   private nat: NatMonitor | null = null
   private natCheck: NatCheck | null = null
   private host: TunnelHost | null = null
@@ -91,6 +92,8 @@ export class Agent {
     private readonly init: AgentInit,
     private readonly c: AgentComponents
   ) {
+    this.clock = c.clock ?? systemClock
+    this.startedAt = this.clock.now()
     this.id = peerId(c.keyPair.publicKey)
     this.server = parseServerSpec(init.config.server)
     this.known = new KnownPeers({ store: c.store, log: c.log.child({ component: 'peers' }), serverPeers: () => this.serverPeers() })
@@ -135,7 +138,7 @@ export class Agent {
           learned: (key) => this.c.store.pinServerKey(this.server.text, peerId(key))
         },
         log: log.child({ component: 'rendezvous' }),
-        clock: systemClock,
+        clock: this.clock,
         // Ports our gateway mapped first (protocol/lan.ts: the server keeps them only at our own address).
         lan: () => [...this.mappedEndpoints(), ...lanEndpoints(this.localPort)],
         nat: () => this.nat?.verdict ?? 'unknown'
@@ -166,7 +169,7 @@ export class Agent {
       relayed: () => this.tunnels?.list().some((t) => t.path === 'relay') ?? false,
       registeredTcp: () => (client.state.kind === 'registered' ? client.state.tcp : null),
       probePortMapping: () => probePortMapping(),
-      clock: systemClock,
+      clock: this.clock,
       log: log.child({ component: 'nat' })
     })
     this.nat = nat
@@ -174,7 +177,8 @@ export class Agent {
       udx: this.udx,
       socket,
       keyPair: this.c.keyPair,
-      clock: systemClock,
+      clock: this.clock,
+      random: this.c.random ?? systemRandom,
       log: log.child({ component: 'tunnel' }),
       peers: this.known,
       rendezvous: client,
@@ -211,7 +215,8 @@ export class Agent {
       known: this.known,
       onMessage: (m) => this.api?.emit('message', m),
       quotas: () => files.quotas,
-      ackDelayMs: this.init.messageAckDelayMs ?? 0
+      ackDelayMs: this.init.messageAckDelayMs ?? 0,
+      clock: this.clock
     })
     const files = new Files({
       inbox: this.init.config.inbox ?? '',
@@ -222,7 +227,8 @@ export class Agent {
       selfId: this.id,
       known: this.known,
       onReceived: (f) => this.api?.emit('file', f),
-      onProgress: (p) => this.api?.emit('file.progress', p)
+      onProgress: (p) => this.api?.emit('file.progress', p),
+      clock: this.clock
     })
     this.messages = messages
     this.files = files
@@ -240,20 +246,11 @@ export class Agent {
     log.info('natd started', { name: this.init.config.name, id: this.id, udpPort: this.localPort, socket: this.init.socketPath })
   }
 
-  /**
-   * The server reports `p` offline: a tunnel to it that no longer answers is closed now,
-   * not once its path has been silent for TUNNEL_DEAD_MS, so its forwarded connections
-   * are reset at once and `open` (which waits for the check) tells PEER_OFFLINE.
-   */
+  /** The server reports `p` offline: its tunnel is checked (tunnel-host.ts peerOffline). */
   private onPeerOffline(p: PeerRecord): void {
     const id = peerId(p.publicKey)
     const t = this.tunnels?.list().find((x) => x.peer.id === id)
-    if (!t || this.offlineChecks.has(id)) return
-    const check = t.ping(OFFLINE_PEER_PING_MS).then(
-      () => undefined,
-      () => t.close(`${p.name} went offline and does not answer`, { goodbye: false, code: 'PEER_OFFLINE' })
-    )
-    this.offlineChecks.set(id, check.finally(() => this.offlineChecks.delete(id)))
+    if (t) this.host?.peerOffline(t)
   }
 
   /**
@@ -271,9 +268,6 @@ export class Agent {
   private mappedEndpoints(): Endpoint[] {
     return this.portMapping?.externalEndpoints() ?? []
   }
-
-  /** Tunnels being checked because the server reported their peer offline (onPeerOffline), by peer ID. */
-  private readonly offlineChecks = new Map<string, Promise<void>>()
 
   /** Says goodbye to the server, closes the API and the socket. */
   async stop(): Promise<void> {
@@ -341,14 +335,14 @@ export class Agent {
       serverState: state.kind,
       registered: state.kind === 'registered',
       lastError: client?.lastError ? client.lastError.toJSON() : null,
-      lastHeartbeatAgoMs: state.kind === 'registered' && client?.lastHeartbeatAt ? Date.now() - client.lastHeartbeatAt : null,
+      lastHeartbeatAgoMs: state.kind === 'registered' && client?.lastHeartbeatAt ? this.clock.now() - client.lastHeartbeatAt : null,
       serverRttMs: state.kind === 'registered' ? (client?.rttMs ?? null) : null,
       publicUdp: state.kind === 'registered' && state.udp ? formatEndpoint(state.udp) : null,
       publicTcp: state.kind === 'registered' && state.tcp ? formatEndpoint(state.tcp) : null,
       localUdpPort: this.localPort,
       lan: lanEndpoints(this.localPort).map(formatEndpoint),
       nat: this.nat?.verdict ?? 'unknown',
-      uptimeMs: Date.now() - this.startedAt,
+      uptimeMs: this.clock.now() - this.startedAt,
       tunnels: this.tunnels?.list().length ?? 0,
       portMapping: this.portMapping?.status() ?? { state: this.init.config.portMapping ? 'probing' : 'off', gateway: null, via: null, udp: null, tcp: null, expiresInMs: null, reason: null }
     }
@@ -363,7 +357,7 @@ export class Agent {
 
   /** What the API reaches (api-handlers.ts); read at each call, as parts appear while the agent starts. */
   private parts(): AgentParts {
-    return { status: () => this.status(), client: this.client, tunnels: this.tunnels, forwards: this.forwards, messages: this.messages, files: this.files, streams: this.streams, nat: this.nat, exposes: this.exposes, known: this.known, offlineCheck: (id) => this.offlineChecks.get(id) ?? Promise.resolve() }
+    return { status: () => this.status(), client: this.client, tunnels: this.tunnels, forwards: this.forwards, messages: this.messages, files: this.files, streams: this.streams, nat: this.nat, exposes: this.exposes, known: this.known }
   }
 
   /**

@@ -31,8 +31,6 @@ export interface AgentParts {
   nat: NatMonitor | null
   exposes: Exposes
   known: KnownPeers
-  /** Resolves once the check on a tunnel whose peer the server reported offline has ended (at once when there is none). */
-  offlineCheck(peerId: string): Promise<void>
 }
 
 function started<T>(part: T | null): T {
@@ -76,19 +74,17 @@ export function apiHandlers(parts: () => AgentParts): Handlers {
     'peer.trust': ({ name, id, replace }) => parts().known.trust(name, id, replace),
     'peer.untrust': ({ name }) => parts().known.untrust(name),
     subscribe: () => ({ subscribed: [] }), // handled by the API server itself
-    open: async ({ peer, via, timeoutMs }) => {
-      // Reported offline: its tunnel is reused only if the peer still answers on it.
-      await parts().offlineCheck(tunnels().get(peer)?.peer.id ?? '')
-      const { tunnel, tookMs, reused } = await tunnels().open(peer, via, timeoutMs)
+    open: async ({ peer, via, timeoutMs }, { signal }) => {
+      const { tunnel, tookMs, reused } = await tunnels().open(peer, via, timeoutMs, signal)
       return { ...tunnel.snapshot(), tookMs, reused }
     },
     close: ({ peer }) => ({ closed: tunnels().close(peer) }),
     tunnels: () => tunnels().list().map((t) => t.snapshot()),
-    ping: async ({ peer, timeoutMs }) => {
-      if (!tunnels().get(peer)) await tunnels().open(peer, 'auto', timeoutMs)
+    ping: async ({ peer, timeoutMs }, { signal }) => {
+      if (!tunnels().get(peer)) await tunnels().open(peer, 'auto', timeoutMs, signal)
       const t = tunnels().get(peer)
       if (!t) throw new NatdError('TUNNEL_CLOSED', `no tunnel to ${peer}`)
-      const rttMs = await t.ping(timeoutMs)
+      const rttMs = await t.ping(timeoutMs, signal)
       return { peer: t.peer.name, path: t.path, remote: formatEndpoint(t.remote), rttMs }
     },
     netcheck: () => started(parts().nat).netcheck(),
@@ -98,13 +94,13 @@ export function apiHandlers(parts: () => AgentParts): Handlers {
     'expose.add': (spec) => parts().exposes.add(spec),
     'expose.ls': () => parts().exposes.list(),
     'expose.rm': ({ port }) => ({ removed: parts().exposes.remove(port) }),
-    'message.send': ({ peer, text, timeoutMs, id }, { socket }) => started(parts().messages).send(peer, text, timeoutMs, { id: id ?? undefined, callerGone: () => socket.destroyed }),
+    'message.send': ({ peer, text, timeoutMs, id }, { signal }) => started(parts().messages).send(peer, text, timeoutMs, { id: id ?? undefined, signal }),
     messages: ({ from, limit }) => started(parts().messages).list(from, limit),
     'messages.clear': ({ from }) => started(parts().messages).clear(from),
-    'file.send': (p) => {
+    'file.send': (p, { signal }) => {
       const files = started(parts().files)
       const source = started(parts().streams).take(p.source)
-      return files.send({ ...p, source })
+      return files.send({ ...p, source }, signal)
     },
     files: () => started(parts().files).list(),
     'files.partials': () => started(parts().files).partials(),

@@ -4,6 +4,7 @@
  * what arrived past a frame's end.
  */
 import type { Duplex } from 'node:stream'
+import { systemClock, type Timer, type TimerClock } from '../protocol/clock.js'
 import { isErrorCode, NatdError } from '../protocol/errors.js'
 import { decodeTransfer, transferFrameLength, type TransferFrame } from '../protocol/transfer.js'
 
@@ -65,10 +66,10 @@ export class ChannelReader {
 }
 
 /** Rejects with TIMEOUT after `ms` (and destroys the channel, which ends any read on it). */
-export async function withDeadline<T>(p: Promise<T>, ms: number, channel: Duplex, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined
+export async function withDeadline<T>(p: Promise<T>, ms: number, channel: Duplex, what: string, clock: TimerClock = systemClock): Promise<T> {
+  let timer: Timer | undefined
   const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => {
+    timer = clock.setTimeout(() => {
       const err = new NatdError('TIMEOUT', `${what} did not come within ${ms} ms`)
       channel.destroy(err)
       reject(err)
@@ -77,8 +78,20 @@ export async function withDeadline<T>(p: Promise<T>, ms: number, channel: Duplex
   try {
     return await Promise.race([p, timeout])
   } finally {
-    clearTimeout(timer)
+    clock.clear(timer)
   }
+}
+
+/**
+ * Destroys `channel` when `signal` aborts (its caller went away), which ends any read or
+ * write on it; returns the function that stops watching.
+ */
+export function destroyOnAbort(channel: Duplex, signal: AbortSignal | undefined, what: string): () => void {
+  if (!signal) return () => undefined
+  const onAbort = (): void => void channel.destroy(new NatdError('ABORTED', `${what} was cancelled by its caller`))
+  if (signal.aborted) onAbort()
+  else signal.addEventListener('abort', onAbort, { once: true })
+  return () => signal.removeEventListener('abort', onAbort)
 }
 
 /** The error a peer's REFUSE frame stands for (an unknown code becomes INTERNAL). */

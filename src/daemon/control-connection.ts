@@ -15,6 +15,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { formatEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { isErrorCode, NatdError, ProtocolError } from '../protocol/errors.js'
 import { peerId, timingSafeEqual, type KeyPair } from '../protocol/identity.js'
+import { systemClock, type Clock } from '../protocol/clock.js'
 import type { Logger } from '../protocol/log.js'
 import { decode, encode, frame, FrameSplitter, type Message, type OutgoingMessage } from '../protocol/rendezvous.js'
 import { secureSocket } from '../tunnel/secure-socket.js'
@@ -65,10 +66,12 @@ export class ControlConnection extends EventEmitter<ControlEvents> {
     private readonly server: Endpoint,
     private readonly nonce: Uint8Array,
     serverTime: number,
-    log: Logger
+    log: Logger,
+    /** Wall time: REGISTER carries the server's time, read off ours plus the offset. */
+    private readonly clock: Clock
   ) {
     super()
-    this.serverClockOffset = serverTime - Date.now()
+    this.serverClockOffset = serverTime - clock.now()
     session.on('data', (f: Buffer) => {
       try {
         this.onMessage(decode(f))
@@ -95,7 +98,7 @@ export class ControlConnection extends EventEmitter<ControlEvents> {
    * is busy), runs the Noise handshake, and checks the server's key before anything of
    * ours is sent inside: SERVER_KEY_MISMATCH when it is not the one expected.
    */
-  static async connect(server: Endpoint, localPort: number, keyPair: KeyPair, serverKey: ServerKeyCheck, log: Logger): Promise<ControlConnection> {
+  static async connect(server: Endpoint, localPort: number, keyPair: KeyPair, serverKey: ServerKeyCheck, log: Logger, clock: Clock = systemClock): Promise<ControlConnection> {
     let sock: net.Socket
     try {
       sock = await connectFrom(server, localPort || undefined, log)
@@ -118,7 +121,7 @@ export class ControlConnection extends EventEmitter<ControlEvents> {
           `the server at ${formatEndpoint(server)} presents key ${peerId(got)}, but ${peerId(serverKey.expected)} is pinned: someone may be in the way. If the operator really changed the server's key (natd-rendezvous --print-key shows it), ${serverKey.howToRepin}`
         )
       }
-      return new ControlConnection(sock, session, server, challenge.nonce, challenge.serverTime, log)
+      return new ControlConnection(sock, session, server, challenge.nonce, challenge.serverTime, log, clock)
     } catch (err) {
       sock.resetAndDestroy()
       throw err
@@ -147,7 +150,7 @@ export class ControlConnection extends EventEmitter<ControlEvents> {
     })
     timeout.catch(() => undefined)
     const answer = Promise.race([new Promise<Message>((resolve) => (this.first = resolve)), closed, timeout])
-    this.session.write(signedRegister(this.nonce, Date.now() + this.serverClockOffset))
+    this.session.write(signedRegister(this.nonce, this.clock.now() + this.serverClockOffset))
     const ack = await answer
     if (ack.type === 'error') throw serverError(ack)
     if (ack.type !== 'register-ack') throw new NatdError('INTERNAL', `expected a register ack, got ${ack.type}`)

@@ -22,6 +22,7 @@ import type { Duplex } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { NatdError, toNatdError } from '../protocol/errors.js'
 import type { FileSendResult, PartialFile } from '../ipc/schema.js'
+import { systemClock, type TimerClock } from '../protocol/clock.js'
 import type { Logger } from '../protocol/log.js'
 import { encodeTransfer, MAX_FILE_BYTES, type TransferFrame } from '../protocol/transfer.js'
 import type { TunnelManager } from '../tunnel/manager.js'
@@ -29,7 +30,7 @@ import type { OpenRequest } from '../tunnel/mux.js'
 import type { MuxChannel } from '../tunnel/mux-channel.js'
 import type { Tunnel } from '../tunnel/tunnel.js'
 import { SHA256_BYTES } from '../ipc/file-stream.js'
-import { ChannelReader, refusal, withDeadline } from './channel-frames.js'
+import { ChannelReader, destroyOnAbort, refusal, withDeadline } from './channel-frames.js'
 import { PEER_REFUSAL_LOG, RefusalLog } from '../common/refusal-log.js'
 import { fsyncDir } from '../common/state-files.js'
 
@@ -136,6 +137,8 @@ export interface SendSpec {
    */
   source: Duplex
   timeoutMs: number
+  /** Aborts when the caller went away: the open stops, or the transfer ends (the receiver keeps its partial). */
+  signal?: AbortSignal | undefined
   /** Called as bytes leave (offset is what the receiver already had). */
   onProgress(p: { transferId: string; peer: string; name: string; size: number; offset: number; sent: number }): void
 }
@@ -147,7 +150,7 @@ function sourceGone(err: unknown): NatdError {
 }
 
 /** Sends one file to a peer from the caller's stream; resolves once the peer verified and stored it. */
-export async function sendFile(spec: SendSpec, c: { tunnels: TunnelManager; selfId: string; log: Logger; stallTimeoutMs?: number }): Promise<SendOutcome> {
+export async function sendFile(spec: SendSpec, c: { tunnels: TunnelManager; selfId: string; log: Logger; stallTimeoutMs?: number; clock?: TimerClock }): Promise<SendOutcome> {
   const { size, name } = spec
   if (size > MAX_FILE_BYTES) throw new NatdError('TOO_LARGE', `${name} is larger than 256 TiB`)
   if (Buffer.byteLength(name) > 255) throw new NatdError('INVALID_ARGUMENT', 'the file name is longer than 255 bytes')
@@ -155,17 +158,19 @@ export async function sendFile(spec: SendSpec, c: { tunnels: TunnelManager; self
   const idHex = transferId.toString('hex')
   const stallMs = c.stallTimeoutMs ?? STALL_TIMEOUT_MS
 
-  const started = Date.now()
-  const left = (): number => Math.max(1, spec.timeoutMs - (Date.now() - started))
-  const { tunnel } = await c.tunnels.open(spec.peer, 'auto', spec.timeoutMs)
+  const clock = c.clock ?? systemClock
+  const started = clock.now()
+  const left = (): number => Math.max(1, spec.timeoutMs - (clock.now() - started))
+  const { tunnel } = await c.tunnels.open(spec.peer, 'auto', spec.timeoutMs, spec.signal)
   const peer = tunnel.peer.name
   const ch = tunnel.mux.openChannel(0, FILE_SERVICE)
+  const unwatch = destroyOnAbort(ch, spec.signal, `sending ${name}`)
   const reader = new ChannelReader(ch)
   const source = new ChannelReader(spec.source)
   try {
-    await withDeadline(ch.opened, left(), ch, `${peer}'s answer to the file channel`)
+    await withDeadline(ch.opened, left(), ch, `${peer}'s answer to the file channel`, clock)
     ch.write(encodeTransfer({ type: 'offer', transferId, size, name }))
-    const answer = await withDeadline(reader.frame('the answer to the offer'), left(), ch, `${peer}'s answer to the offer`)
+    const answer = await withDeadline(reader.frame('the answer to the offer'), left(), ch, `${peer}'s answer to the offer`, clock)
     if (answer.type === 'refuse') throw refusal(answer.code, `${peer} refused ${name}: ${answer.message}`)
     if (answer.type !== 'accept' || answer.offset > size) throw new NatdError('BAD_REQUEST', `${peer} answered the offer with ${answer.type}`)
     const offset = answer.offset
@@ -221,8 +226,10 @@ export async function sendFile(spec: SendSpec, c: { tunnels: TunnelManager; self
     return { transferId: idHex, peer, tunnel: tunnel.path, name, savedAs: verdict.name, size, sha256: sha256.toString('hex'), offset, sent }
   } catch (err) {
     ch.destroy()
+    if (spec.signal?.aborted) throw new NatdError('ABORTED', `sending ${name} was cancelled by its caller`, { cause: err })
     throw toNatdError(err, 'TUNNEL_CLOSED')
   } finally {
+    unwatch()
     spec.source.destroy()
   }
 }
@@ -483,7 +490,7 @@ export class FileReceiver {
 
   /** Removes partials nobody came back for in PARTIAL_MAX_AGE_MS (never one being received). */
   private prunePartials(dir: string): void {
-    const cutoff = Date.now() - PARTIAL_MAX_AGE_MS
+    const cutoff = Date.now() - PARTIAL_MAX_AGE_MS // wall time, as the file system's mtime it is compared with
     for (const name of fs.readdirSync(dir)) {
       if (this.active.has(name)) continue
       const file = path.join(dir, name)

@@ -15,6 +15,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { NatdError } from '../protocol/errors.js'
+import { systemClock, type TimerClock } from '../protocol/clock.js'
 import type { Logger } from '../protocol/log.js'
 import { describePeer } from '../protocol/peer-ref.js'
 import type { Duplex } from 'node:stream'
@@ -60,6 +61,8 @@ export interface FilesComponents {
   inbox?: string
   onReceived(f: ReceivedFile): void
   onProgress(p: FileProgress): void
+  /** Default systemClock. */
+  clock?: TimerClock
 }
 
 interface StoredPolicy extends Quotas {
@@ -150,22 +153,26 @@ export class Files {
     return this.receiver.partials(this.inbox)
   }
 
-  /** Sends the bytes the caller streams on `source` (see FileSendParams); natd opens no file. */
-  async send(p: Omit<FileSendParams, 'source'> & { source: Duplex }): Promise<FileSendResult> {
+  /**
+   * Sends the bytes the caller streams on `source` (see FileSendParams); natd opens no
+   * file. `signal` aborts when the caller went away: the open or the transfer stops.
+   */
+  async send(p: Omit<FileSendParams, 'source'> & { source: Duplex }, signal?: AbortSignal): Promise<FileSendResult> {
     try {
-      return await this.sendFrom(p)
+      return await this.sendFrom(p, signal)
     } finally {
       p.source.destroy() // the caller's data connection is good for this one file
     }
   }
 
-  private async sendFrom(p: Omit<FileSendParams, 'source'> & { source: Duplex }): Promise<FileSendResult> {
+  private async sendFrom(p: Omit<FileSendParams, 'source'> & { source: Duplex }, signal: AbortSignal | undefined): Promise<FileSendResult> {
     if (p.peer === this.c.selfName || p.peer === this.c.selfId) throw new NatdError('INVALID_ARGUMENT', 'cannot send a file to yourself')
     if (this.isOwnState(p.dev, p.ino)) {
       this.c.log.warn('FILE_UNREADABLE: refused to send a file from natd\'s state directory', { path: p.path, peer: p.peer })
       throw new NatdError('FILE_UNREADABLE', `${p.path || p.name} is in natd's state directory (its key, config or inbox records): natd never sends those`)
     }
-    const started = Date.now()
+    const clock = this.c.clock ?? systemClock
+    const started = clock.now()
     let last = 0
     const r = await sendFile(
       {
@@ -176,18 +183,19 @@ export class Files {
         ino: p.ino,
         source: p.source,
         timeoutMs: p.timeoutMs,
+        signal,
         onProgress: (pr) => {
-          const now = Date.now()
+          const now = clock.now()
           if (now - last >= PROGRESS_INTERVAL_MS || pr.sent === 0) {
             last = now
             this.c.onProgress({ ...pr, path: p.path })
           }
         }
       },
-      { tunnels: this.c.tunnels, selfId: this.c.selfId, log: this.c.log, stallTimeoutMs: this.stored.stallTimeoutMs }
+      { tunnels: this.c.tunnels, selfId: this.c.selfId, log: this.c.log, stallTimeoutMs: this.stored.stallTimeoutMs, clock }
     )
     this.c.onProgress({ transferId: r.transferId, peer: r.peer, path: p.path, name: r.name, size: r.size, offset: r.offset, sent: r.sent })
-    return { ...r, path: p.path, tookMs: Date.now() - started }
+    return { ...r, path: p.path, tookMs: clock.now() - started }
   }
 
   onChannel(tunnel: Tunnel, req: OpenRequest): void {

@@ -14,8 +14,8 @@
  */
 import { createHash } from 'node:crypto'
 import path from 'node:path'
-import { setTimeout as sleep } from 'node:timers/promises'
 import { NatdError, toNatdError } from '../protocol/errors.js'
+import { systemClock, type TimerClock } from '../protocol/clock.js'
 import type { Logger } from '../protocol/log.js'
 import { isTarget, resolvePeer } from '../protocol/peer-ref.js'
 import { encodeTransfer, MAX_MESSAGE_BYTES } from '../protocol/transfer.js'
@@ -23,7 +23,7 @@ import type { MessageInfo, MessageSendResult, Quotas } from '../ipc/schema.js'
 import type { TunnelManager } from '../tunnel/manager.js'
 import type { OpenRequest } from '../tunnel/mux.js'
 import type { Tunnel } from '../tunnel/tunnel.js'
-import { ChannelReader, refusal, withDeadline } from './channel-frames.js'
+import { ChannelReader, destroyOnAbort, refusal, withDeadline } from './channel-frames.js'
 import type { KnownPeers } from './known-peers.js'
 import { PEER_REFUSAL_LOG, RefusalLog } from '../common/refusal-log.js'
 import { appendJsonLine, readJsonLines, writeFileAtomic } from '../common/state-files.js'
@@ -65,8 +65,11 @@ type Answer = Omit<MessageSendResult, 'tookMs'> | { refused: NatdError }
 export interface SendOptions {
   /** The caller's ID or idempotency key (messageIdOf); default: the outbox's. */
   id?: string | undefined
-  /** Whether the caller has gone (it would not see the outcome): the outbox then keeps the ID for its rerun. */
-  callerGone?: () => boolean
+  /**
+   * Aborts when the caller has gone (it would not see the outcome): the send stops
+   * (ABORTED) and the outbox keeps the ID for its rerun, delivered or not.
+   */
+  signal?: AbortSignal | undefined
 }
 
 export interface MessagesComponents {
@@ -86,6 +89,8 @@ export interface MessagesComponents {
   ackDelayMs?: number
   /** What all senders together may hold (default INBOX_MESSAGES_MAX, INBOX_MESSAGE_BYTES_MAX; tests lower it). */
   inboxMax?: { messages: number; bytes: number }
+  /** Default systemClock. */
+  clock?: TimerClock
 }
 
 export class Messages {
@@ -100,12 +105,14 @@ export class Messages {
   private readonly total = { count: 0, bytes: 0 }
   /** Messages not received (quota, bad frames, time-outs): a peer may cause them as fast as it opens channels. */
   private readonly refusals: RefusalLog
+  private readonly clock: TimerClock
 
   constructor(private readonly c: MessagesComponents) {
+    this.clock = c.clock ?? systemClock
     this.file = path.join(c.dir, MESSAGES_FILE)
     this.refusals = new RefusalLog(c.log, PEER_REFUSAL_LOG)
     const inbox = readJsonLines<MessageInfo>(this.file)
-    this.ids = new MessageIds(c.dir, inbox.map((m) => ({ from: m.fromId, id: m.id, at: Date.parse(m.receivedAt) || 0 })))
+    this.ids = new MessageIds(c.dir, inbox.map((m) => ({ from: m.fromId, id: m.id, at: Date.parse(m.receivedAt) || 0 })), this.clock.now())
     this.outbox = new Outbox(c.dir)
     this.load(inbox)
   }
@@ -166,31 +173,33 @@ export class Messages {
   async send(peer: string, text: string, timeoutMs: number, opts: SendOptions = {}): Promise<MessageSendResult> {
     if (peer === this.c.selfName || peer === this.c.selfId) throw new NatdError('INVALID_ARGUMENT', 'cannot send a message to yourself')
     if (Buffer.byteLength(text) > MAX_MESSAGE_BYTES) throw new NatdError('INVALID_ARGUMENT', `a message may have at most ${MAX_MESSAGE_BYTES} bytes of text`)
-    const started = Date.now()
-    const left = (): number => Math.max(1, timeoutMs - (Date.now() - started))
+    const started = this.clock.now()
+    const left = (): number => Math.max(1, timeoutMs - (this.clock.now() - started))
+    const signal = opts.signal
     let pending: Pending | null = null
     let name = peer
     let refused = false
     try {
       for (;;) {
-        const { tunnel } = await this.c.tunnels.open(peer, 'auto', left())
+        const { tunnel } = await this.c.tunnels.open(peer, 'auto', left(), signal)
         name = tunnel.peer.name
-        pending ??= opts.id === undefined ? this.outbox.take(tunnel.peer.id, text) : { id: messageIdOf(opts.id), settle: () => undefined, release: () => undefined }
+        pending ??= opts.id === undefined ? this.outbox.take(tunnel.peer.id, text, this.clock.now()) : { id: messageIdOf(opts.id), settle: () => undefined, release: () => undefined }
         let answer: Answer
         try {
-          answer = await this.deliver(tunnel, pending.id, text, left)
+          answer = await this.deliver(tunnel, pending.id, text, left, signal)
         } catch (err) {
+          if (signal?.aborted) throw new NatdError('ABORTED', `the message to ${name} was cancelled by its caller`, { cause: err })
           if (toNatdError(err).code !== 'TUNNEL_CLOSED' || left() <= MESSAGE_RETRY_MS) throw err
           this.c.log.info('message retried', { peer: name, id: pending.id, err: (err as Error).message })
-          await sleep(MESSAGE_RETRY_MS)
+          await this.clock.sleep(MESSAGE_RETRY_MS, signal)
           continue
         }
-        if (!opts.callerGone?.()) pending.settle() // delivered or refused: a rerun is a new message
+        if (!signal?.aborted) pending.settle() // delivered or refused: a rerun is a new message
         if ('refused' in answer) {
           refused = true
           throw answer.refused
         }
-        return { ...answer, tookMs: Date.now() - started }
+        return { ...answer, tookMs: this.clock.now() - started }
       }
     } catch (err) {
       if (pending === null || refused) throw err
@@ -203,14 +212,15 @@ export class Messages {
   }
 
   /** One attempt on one tunnel: MESSAGE, then ACK (or REFUSE). */
-  private async deliver(tunnel: Tunnel, id: string, text: string, left: () => number): Promise<Answer> {
+  private async deliver(tunnel: Tunnel, id: string, text: string, left: () => number, signal: AbortSignal | undefined): Promise<Answer> {
     const ch = tunnel.mux.openChannel(0, MESSAGE_SERVICE)
+    const unwatch = destroyOnAbort(ch, signal, `the message to ${tunnel.peer.name}`)
     try {
-      await withDeadline(ch.opened, left(), ch, `${tunnel.peer.name}'s answer to the message channel`)
+      await withDeadline(ch.opened, left(), ch, `${tunnel.peer.name}'s answer to the message channel`, this.clock)
       const messageId = Buffer.from(id, 'hex')
-      const sentAt = Date.now()
+      const sentAt = this.clock.now()
       ch.write(encodeTransfer({ type: 'message', messageId, sentAt, text }))
-      const reply = await withDeadline(new ChannelReader(ch).frame('the acknowledgement'), left(), ch, `${tunnel.peer.name}'s acknowledgement`)
+      const reply = await withDeadline(new ChannelReader(ch).frame('the acknowledgement'), left(), ch, `${tunnel.peer.name}'s acknowledgement`, this.clock)
       if (reply.type === 'refuse') {
         ch.end()
         return { refused: refusal(reply.code, `${tunnel.peer.name} refused the message: ${reply.message}`) }
@@ -222,6 +232,8 @@ export class Messages {
     } catch (err) {
       ch.destroy()
       throw err
+    } finally {
+      unwatch()
     }
   }
 
@@ -230,10 +242,10 @@ export class Messages {
     req.accept()
     const ch = req.channel
     void (async () => {
-      const f = await withDeadline(new ChannelReader(ch).frame('the message'), MESSAGE_RECEIVE_TIMEOUT_MS, ch, 'the message')
+      const f = await withDeadline(new ChannelReader(ch).frame('the message'), MESSAGE_RECEIVE_TIMEOUT_MS, ch, 'the message', this.clock)
       if (f.type !== 'message') throw new NatdError('BAD_REQUEST', `expected a message, got ${f.type}`)
       const id = Buffer.from(f.messageId).toString('hex')
-      const duplicate = this.ids.has(tunnel.peer.id, id)
+      const duplicate = this.ids.has(tunnel.peer.id, id, this.clock.now())
       if (duplicate) {
         this.c.log.info('message received again (a retry): acknowledged, not stored twice', { peer: tunnel.peer.name, id })
       } else {
@@ -246,14 +258,14 @@ export class Messages {
         if (this.total.count + 1 > max.messages || this.total.bytes + Buffer.byteLength(f.text) > max.bytes) {
           throw new NatdError('QUOTA_EXCEEDED', `this agent's inbox is full: all peers together hold ${this.total.count} messages (${this.total.bytes} bytes), at most ${max.messages} messages, ${max.bytes} bytes; its user must clear some`)
         }
-        const m: MessageInfo = { id, from: tunnel.peer.name, fromId: tunnel.peer.id, text: f.text, sentAt: new Date(f.sentAt).toISOString(), receivedAt: new Date().toISOString() }
+        const m: MessageInfo = { id, from: tunnel.peer.name, fromId: tunnel.peer.id, text: f.text, sentAt: new Date(f.sentAt).toISOString(), receivedAt: new Date(this.clock.now()).toISOString() }
         appendJsonLine(this.file, m) // fsynced before the ACK: an acknowledged message survives a crash
         this.ids.add({ from: m.fromId, id, at: Date.parse(m.receivedAt) })
         this.count(m)
         this.c.log.info('message received', { peer: m.from, id, bytes: Buffer.byteLength(m.text) })
         this.c.onMessage(m)
       }
-      if (this.c.ackDelayMs) await sleep(this.c.ackDelayMs)
+      if (this.c.ackDelayMs) await this.clock.sleep(this.c.ackDelayMs)
       ch.end(encodeTransfer({ type: 'ack', messageId: f.messageId, duplicate }))
     })().catch((err: unknown) => {
       const e = toNatdError(err)

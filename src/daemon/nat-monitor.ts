@@ -12,7 +12,8 @@
 import os from 'node:os'
 import { formatEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { lanCandidates } from '../protocol/lan.js'
-import type { Clock, Logger } from '../protocol/log.js'
+import type { Timer, TimerClock } from '../protocol/clock.js'
+import type { Logger } from '../protocol/log.js'
 import type { NatVerdict } from '../protocol/rendezvous.js'
 import type { NatCheck } from '../tunnel/nat-check.js'
 import type { NetcheckResult, PortMappingReport } from '../ipc/schema.js'
@@ -34,7 +35,7 @@ export interface NatMonitorComponents {
   registeredTcp(): Endpoint | null | undefined
   /** Which port-mapping protocols the default gateway answers (port-mapping-probe.ts); asked beside the STUN run. */
   probePortMapping(): Promise<PortMappingReport>
-  clock: Clock
+  clock: TimerClock
   log: Logger
 }
 
@@ -43,7 +44,7 @@ export class NatMonitor {
   private running: Promise<void> | null = null
   private checkedAt = -Infinity
   private netcheckRun: Promise<NetcheckResult> | null = null
-  private timer: NodeJS.Timeout | null = null
+  private timer: Timer | null = null
 
   constructor(private readonly c: NatMonitorComponents) {}
 
@@ -54,11 +55,11 @@ export class NatMonitor {
   /** The first check (awaited before registering), then the watch while a tunnel is relayed. */
   async start(): Promise<void> {
     await this.check()
-    this.timer = setInterval(() => this.onRecheckExpired(), NAT_RECHECK_MS).unref()
+    this.timer = this.c.clock.setInterval(() => this.onRecheckExpired(), NAT_RECHECK_MS).unref()
   }
 
   stop(): void {
-    if (this.timer) clearInterval(this.timer)
+    this.c.clock.clear(this.timer)
     this.timer = null
   }
 

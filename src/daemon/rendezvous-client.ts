@@ -12,11 +12,11 @@
  * inside a state log at debug only.
  */
 import { EventEmitter } from 'node:events'
-import { setTimeout as sleep } from 'node:timers/promises'
 import { formatEndpoint, sameEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { NatdError, toNatdError } from '../protocol/errors.js'
 import { peerId, secretProof, sign, timingSafeEqual, type KeyPair } from '../protocol/identity.js'
-import type { Clock, Logger } from '../protocol/log.js'
+import type { Timer, TimerClock } from '../protocol/clock.js'
+import type { Logger } from '../protocol/log.js'
 import { decode, encode, encodeRegister, encodeRegisterUnsigned, opened, type Message, type NatVerdict, type OutgoingMessage, type PeerRecord, type Via } from '../protocol/rendezvous.js'
 import type { Introduction } from '../tunnel/paths.js'
 import { ControlConnection, serverError } from './control-connection.js'
@@ -67,7 +67,7 @@ export interface RendezvousClientComponents {
   keyPair: KeyPair
   serverKey: ServerKeyStore
   log: Logger
-  clock: Clock
+  clock: TimerClock
   lan: () => Endpoint[]
   nat: () => NatVerdict
 }
@@ -127,11 +127,8 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
       attempt++
       const delay = Math.min(BACKOFF_CAP_MS, BACKOFF_FIRST_MS * 2 ** Math.min(attempt - 1, 10))
       this.transition({ kind: 'backoff', attempt, until: this.c.clock.now() + delay, error })
-      try {
-        await sleep(delay, undefined, { signal: this.abort.signal })
-      } catch {
-        break
-      }
+      await this.c.clock.sleep(delay, this.abort.signal)
+      if (this.abort.signal.aborted) break
     }
     this.transition({ kind: 'stopped' })
   }
@@ -183,17 +180,17 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
 
   /** Connects and registers; resolves with the reason once the session is lost. */
   private async session(): Promise<NatdError> {
-    const { tcpObserved, udpObserved } = await this.registerHome(await rankServers(await resolveServers(this.init.server)))
+    const { tcpObserved, udpObserved } = await this.registerHome(await rankServers(await resolveServers(this.init.server), undefined, this.c.clock))
     this.missedUdp = 0
     this.missedTcp = 0
     this.lastHeartbeatAt = this.c.clock.now()
     this.transition({ kind: 'registered', since: this.c.clock.now(), udp: udpObserved, tcp: tcpObserved })
     const lostPromise = new Promise<NatdError>((resolve) => (this.lost = resolve))
-    const timer = setInterval(() => this.onHeartbeatExpired(), this.init.heartbeatMs)
+    const timer = this.c.clock.setInterval(() => this.onHeartbeatExpired(), this.init.heartbeatMs)
     try {
       return await lostPromise
     } finally {
-      clearInterval(timer)
+      this.c.clock.clear(timer)
       this.lost = null
     }
   }
@@ -241,12 +238,14 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
    */
   private async bindUdp(server: Endpoint): Promise<Endpoint | null> {
     for (let i = 0; i < UDP_REQUEST_TRIES; i++) {
+      let timer: Timer | null = null
       const acked = new Promise<Endpoint | null | undefined>((resolve) => {
         this.udpWaiter = resolve
-        setTimeout(() => resolve(undefined), UDP_REQUEST_TIMEOUT_MS).unref()
+        timer = this.c.clock.setTimeout(() => resolve(undefined), UDP_REQUEST_TIMEOUT_MS).unref()
       })
       this.sendHeartbeat(server)
       const observed = await acked
+      this.c.clock.clear(timer)
       this.udpWaiter = null
       if (this.abort.signal.aborted) throw new NatdError('SERVER_UNREACHABLE', 'stopping')
       if (observed !== undefined) return observed
@@ -257,7 +256,7 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
   private async registerTcp(server: Endpoint): Promise<Endpoint | null> {
     const expected = this.init.server.key ?? this.c.serverKey.expected()
     const howToRepin = `start natd with --server ${this.init.server.text}#<its key> to pin it`
-    const control = await ControlConnection.connect(server, this.init.tcpPort, this.c.keyPair, { expected, howToRepin }, this.log)
+    const control = await ControlConnection.connect(server, this.init.tcpPort, this.c.keyPair, { expected, howToRepin }, this.log, this.c.clock)
     this.control = control
     const stored = this.c.serverKey.expected()
     if (!stored || !timingSafeEqual(stored, control.serverKey)) {

@@ -8,6 +8,7 @@
  */
 import net from 'node:net'
 import type { Endpoint } from '../protocol/endpoint.js'
+import { systemClock, type TimerClock } from '../protocol/clock.js'
 
 /** A candidate that has not accepted a connection in this long ranks last (it may be down). */
 export const RANK_TIMEOUT_MS = 1_000
@@ -18,26 +19,26 @@ export const RANK_TIMEOUT_MS = 1_000
 export const RANK_STEP_MS = 5
 
 /** `servers` fastest first; those that did not answer within `timeoutMs` follow, in their given order. Never rejects. */
-export async function rankServers(servers: readonly Endpoint[], timeoutMs = RANK_TIMEOUT_MS): Promise<Endpoint[]> {
+export async function rankServers(servers: readonly Endpoint[], timeoutMs = RANK_TIMEOUT_MS, clock: TimerClock = systemClock): Promise<Endpoint[]> {
   if (servers.length < 2) return [...servers]
-  const rtts = await Promise.all(servers.map((s) => connectRtt(s, timeoutMs)))
+  const rtts = await Promise.all(servers.map((s) => connectRtt(s, timeoutMs, clock)))
   const order = servers.map((s, i) => ({ s, i, step: Math.floor(rtts[i]! / RANK_STEP_MS) }))
   order.sort((a, b) => (a.step === b.step ? a.i - b.i : a.step - b.step))
   return order.map((o) => o.s)
 }
 
 /** Milliseconds to a TCP connection with `to`, or Infinity when it fails or takes longer than `timeoutMs`. */
-function connectRtt(to: Endpoint, timeoutMs: number): Promise<number> {
-  const started = performance.now()
+function connectRtt(to: Endpoint, timeoutMs: number, clock: TimerClock): Promise<number> {
+  const started = clock.hrNow()
   return new Promise((resolve) => {
     const socket = net.connect({ host: to.host, port: to.port })
     const done = (rtt: number): void => {
-      clearTimeout(timer)
+      clock.clear(timer)
       socket.destroy()
       resolve(rtt)
     }
-    const timer = setTimeout(() => done(Infinity), timeoutMs)
-    socket.once('connect', () => done(performance.now() - started))
+    const timer = clock.setTimeout(() => done(Infinity), timeoutMs)
+    socket.once('connect', () => done(clock.hrNow() - started))
     socket.once('error', () => done(Infinity))
   })
 }

@@ -6,19 +6,27 @@
  *   - the rendezvous side: introductions, the control connection's port (TCP punching
  *     reuses it), the server's address (it relays);
  *   - our NAT verdict, kept fresh by the NatMonitor (the one place NAT checks run);
- *   - where a peer's channel goes: an exposed port, or an agent service (messages, files).
+ *   - where a peer's channel goes: an exposed port, or an agent service (messages, files);
+ *   - the check of a tunnel whose peer the server reported offline (open waits for it).
  */
 import type { UDXSocket } from 'udx-native'
 import type UDX from 'udx-native'
 import type { Endpoint } from '../protocol/endpoint.js'
 import type { KeyPair } from '../protocol/identity.js'
-import type { Clock, Logger } from '../protocol/log.js'
+import type { Random, TimerClock } from '../protocol/clock.js'
+import type { Logger } from '../protocol/log.js'
 import type { NatVerdict, Via } from '../protocol/rendezvous.js'
 import type { Introduction, PeerPolicy, TunnelManagerComponents } from '../tunnel/manager.js'
 import type { OpenRequest } from '../tunnel/mux.js'
 import type { Tunnel } from '../tunnel/tunnel.js'
 import type { NatMonitor } from './nat-monitor.js'
 import type { RendezvousClient } from './rendezvous-client.js'
+
+/**
+ * A peer the server reports offline keeps its tunnel only if it answers a ping within
+ * this (it may have lost just the server): 10 round trips at 300 ms.
+ */
+export const OFFLINE_PEER_PING_MS = 3_000
 
 /** A handler for channels a peer opens to one of our services; it decides whom it accepts (it gets the authenticated peer). */
 export type ChannelHandler = (tunnel: Tunnel, req: OpenRequest) => void
@@ -27,7 +35,8 @@ export interface TunnelHostComponents {
   udx: UDX
   socket: UDXSocket
   keyPair: KeyPair
-  clock: Clock
+  clock: TimerClock
+  random: Random
   log: Logger
   peers: PeerPolicy
   rendezvous: Pick<RendezvousClient, 'introduce' | 'tcpLocalPort' | 'serverEndpoint'>
@@ -42,16 +51,20 @@ export class TunnelHost implements TunnelManagerComponents {
   readonly udx: UDX
   readonly socket: UDXSocket
   readonly keyPair: KeyPair
-  readonly clock: Clock
+  readonly clock: TimerClock
+  readonly random: Random
   readonly log: Logger
   readonly peers: PeerPolicy
   private readonly services = new Map<string, ChannelHandler>()
+  /** Checks of tunnels whose peer the server reported offline (peerOffline), by peer ID. */
+  private readonly offlineChecks = new Map<string, Promise<void>>()
 
   constructor(private readonly c: TunnelHostComponents) {
     this.udx = c.udx
     this.socket = c.socket
     this.keyPair = c.keyPair
     this.clock = c.clock
+    this.random = c.random
     this.log = c.log
     this.peers = c.peers
   }
@@ -79,6 +92,26 @@ export class TunnelHost implements TunnelManagerComponents {
   /** Before an upgrade attempt: shares the NatMonitor's check in flight or a recent one. */
   refreshNat(): Promise<void> {
     return this.c.nat.fresh()
+  }
+
+  /**
+   * The server reports the peer of `tunnel` offline: the tunnel is closed now if the
+   * peer does not answer on it, not once its path has been silent for TUNNEL_DEAD_MS, so
+   * its forwarded connections are reset at once and `open` (which waits for the check,
+   * tunnel/manager.ts) tells PEER_OFFLINE. One check per peer at a time.
+   */
+  peerOffline(tunnel: Tunnel): void {
+    const id = tunnel.peer.id
+    if (this.offlineChecks.has(id)) return
+    const check = tunnel.ping(OFFLINE_PEER_PING_MS).then(
+      () => undefined,
+      () => tunnel.close(`${tunnel.peer.name} went offline and does not answer`, { goodbye: false, code: 'PEER_OFFLINE' })
+    )
+    this.offlineChecks.set(id, check.finally(() => this.offlineChecks.delete(id)))
+  }
+
+  offlineCheck(peerId: string): Promise<void> {
+    return this.offlineChecks.get(peerId) ?? Promise.resolve()
   }
 
   /** Registers the handler for channels that name `service`. */

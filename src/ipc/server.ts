@@ -17,6 +17,7 @@ import net from 'node:net'
 import path from 'node:path'
 import { IPCModule } from 'node-ipc'
 import { NatdError, toNatdError } from '../protocol/errors.js'
+import { systemClock, type Timer, type TimerClock } from '../protocol/clock.js'
 import type { Logger } from '../protocol/log.js'
 import { RefusalLog } from '../common/refusal-log.js'
 import { ConnectionTable } from './connection-table.js'
@@ -60,6 +61,8 @@ export const MAX_QUEUED_BYTES = 1024 * 1024
  * connections without a word.
  */
 export const API_ACCEPT_LIMIT = 4 * MAX_API_CONNECTIONS
+/** How long natd lets its BAD_REQUEST answer to an unreadable frame leave before node-ipc drops the connection. */
+const UNREADABLE_LINGER_MS = 50
 /** How long a refused connection may stay half-closed while the client reads why. */
 const REFUSED_LINGER_MS = 1_000
 /** Refusals and drops of one kind are counted this long before their line (common/refusal-log.ts). */
@@ -82,7 +85,17 @@ export const DEFAULT_API_LIMITS: Readonly<ApiLimits> = Object.freeze({
   maxQueuedBytes: MAX_QUEUED_BYTES
 })
 
-export type Handlers = { [M in MethodName]: (params: Params<M>, ctx: { socket: net.Socket }) => Promise<Result<M>> | Result<M> }
+/**
+ * What a handler gets besides its params: the caller's connection, and a signal that
+ * aborts when that connection closes before the answer (no one would read it): a
+ * handler that does work for the caller (open, ping, message.send, file.send) stops.
+ */
+export interface HandlerContext {
+  socket: net.Socket
+  signal: AbortSignal
+}
+
+export type Handlers = { [M in MethodName]: (params: Params<M>, ctx: HandlerContext) => Promise<Result<M>> | Result<M> }
 
 interface IpcServerHandle {
   on(event: string, fn: (...args: never[]) => void): void
@@ -99,14 +112,16 @@ export class ApiServer {
   private readonly subscriptions = new Map<net.Socket, Set<EventName>>()
   private readonly limits: ApiLimits
   private readonly table: ConnectionTable<net.Socket>
-  private readonly idleTimers = new Map<net.Socket, NodeJS.Timeout>()
+  private readonly idleTimers = new Map<net.Socket, Timer>()
   private readonly refusals: RefusalLog
 
   constructor(
     private readonly socketPath: string,
     private readonly handlers: Handlers,
     private readonly log: Logger,
-    limits: Partial<ApiLimits> = {}
+    limits: Partial<ApiLimits> = {},
+    /** Idle timers, and hrNow() for the connection table's idle ages. */
+    private readonly clock: TimerClock = systemClock
   ) {
     this.limits = { ...DEFAULT_API_LIMITS, ...limits }
     this.table = new ConnectionTable({ maxConnections: this.limits.maxConnections, maxSubscribers: this.limits.maxSubscribers })
@@ -165,7 +180,7 @@ export class ApiServer {
           }
           if (socket.writable) socket.write(encodeFrame('response', { id: null, error: { code: 'BAD_REQUEST', message: `unreadable frame: ${error.message}` } }))
           socket.end()
-          setTimeout(() => failure(socket, error), 50).unref()
+          this.clock.setTimeout(() => failure(socket, error), UNREADABLE_LINGER_MS).unref()
         }
         handle.start()
       } finally {
@@ -178,7 +193,7 @@ export class ApiServer {
 
   stop(): void {
     this.refusals.flush()
-    for (const t of this.idleTimers.values()) clearTimeout(t)
+    for (const t of this.idleTimers.values()) this.clock.clear(t)
     this.idleTimers.clear()
     this.handle?.stop()
     // Only a socket we listened on is ours to remove: after a refused start (UNSAFE_SOCKET,
@@ -219,14 +234,14 @@ export class ApiServer {
 
   /** A new connection: a slot, an evicted idle connection to make room, or BUSY. */
   private onConnect(socket: net.Socket): void {
-    const admission = this.table.admit(socket, performance.now())
+    const admission = this.table.admit(socket, this.clock.hrNow())
     if (admission.kind === 'refused') {
       this.refusals.refused('api busy, connection refused', LOCAL, 'BUSY', `${this.table.size} connections, ${this.table.subscriberCount} subscribed`)
       const error = { code: 'BUSY', message: `natd is busy: all ${this.limits.maxConnections} API connections are in use (${this.table.subscriberCount} subscribed, the rest waiting for answers); try again shortly` }
       // end(), not destroy(): the client may be writing its request right now, and a
       // closed read side would fail that write (EPIPE) before it reads why.
       socket.end(encodeFrame('response', { id: null, error }))
-      setTimeout(() => socket.destroy(), REFUSED_LINGER_MS).unref()
+      this.clock.setTimeout(() => socket.destroy(), REFUSED_LINGER_MS).unref()
       return
     }
     if (admission.kind === 'admitted-evicting') {
@@ -238,14 +253,12 @@ export class ApiServer {
 
   private armIdle(socket: net.Socket): void {
     this.disarmIdle(socket)
-    const timer = setTimeout(() => this.onIdleExpired(socket), this.limits.idleTimeoutMs)
-    timer.unref()
-    this.idleTimers.set(socket, timer)
+    this.idleTimers.set(socket, this.clock.setTimeout(() => this.onIdleExpired(socket), this.limits.idleTimeoutMs).unref())
   }
 
   private disarmIdle(socket: net.Socket): void {
     const timer = this.idleTimers.get(socket)
-    if (timer) clearTimeout(timer)
+    this.clock.clear(timer)
     this.idleTimers.delete(socket)
   }
 
@@ -269,12 +282,12 @@ export class ApiServer {
 
   private async onRequest(data: unknown, socket: net.Socket): Promise<void> {
     if (!this.table.has(socket)) return // evicted or refused while this frame was read
-    this.table.requestStarted(socket, performance.now())
+    this.table.requestStarted(socket, this.clock.hrNow())
     this.disarmIdle(socket)
     try {
       await this.answer(data, socket)
     } finally {
-      this.table.requestFinished(socket, performance.now())
+      this.table.requestFinished(socket, this.clock.hrNow())
       if (this.table.isIdle(socket)) this.armIdle(socket)
     }
   }
@@ -296,8 +309,8 @@ export class ApiServer {
         return this.reply(socket, id, { subscribed: events })
       }
       const params = (PARAMS[req.method] as (x: unknown, p: string) => unknown)(req.params, 'params')
-      const handler = this.handlers[req.method] as (p: unknown, ctx: { socket: net.Socket }) => Promise<unknown>
-      const result = await handler(params, { socket })
+      const handler = this.handlers[req.method] as (p: unknown, ctx: HandlerContext) => Promise<unknown>
+      const result = await callerBound(socket, (signal) => handler(params, { socket, signal }))
       this.reply(socket, id, result)
     } catch (err) {
       const e = toNatdError(err)
@@ -308,6 +321,19 @@ export class ApiServer {
 
   private reply(socket: net.Socket, id: number | string, result: unknown): void {
     this.handle?.emit(socket, 'response', { id, result })
+  }
+}
+
+/** Runs `work` with a signal that aborts when `socket` closes before `work` ends. */
+async function callerBound<T>(socket: net.Socket, work: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  const abort = new AbortController()
+  const onClose = (): void => abort.abort(new NatdError('ABORTED', 'the API client went away'))
+  if (socket.destroyed) onClose()
+  else socket.once('close', onClose)
+  try {
+    return await work(abort.signal)
+  } finally {
+    socket.off('close', onClose)
   }
 }
 

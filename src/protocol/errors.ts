@@ -19,7 +19,7 @@ export const ERROR_CODES = [
   'PUNCH_FAILED', // a path could not be tried or was refused (no endpoint, no control connection, the relay connection failed)
   'PUNCH_TIMEOUT', // no path answered (or finished its handshake) before the deadline
   'UNSUPPORTED_PATH', // a path that cannot work: --via udp/direct between two NATs that map per destination, a server without relay, a missing service
-  'ABORTED', // internal: an attempt stopped because another path won or it was given up; the API never returns it
+  'ABORTED', // internal: an attempt stopped because another path won, it was given up, or its caller cancelled it (an API client that went away reads no answer); the API never returns it
   'KEY_MISMATCH', // a pinned peer presented another key
   'SERVER_KEY_MISMATCH', // the rendezvous server presented a key other than the pinned one
   'PEER_MISMATCH', // the server introduced another peer than the one asked for (another name or key)

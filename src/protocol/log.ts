@@ -22,12 +22,5 @@ export const silentLogger: Logger = {
   child: () => silentLogger
 }
 
-/** Injected time source, so state machines run under a fake clock in tests. */
-export interface Clock {
-  now(): number
-}
-
-export const systemClock: Clock = { now: () => Date.now() }
-
-/** For durations (RTTs): never steps with the wall clock; its zero is the process start. */
-export const monotonicClock: Clock = { now: () => performance.now() }
+// The clock lives in clock.ts; re-exported for the modules that import it with the logger.
+export { monotonicClock, systemClock, type Clock, type TimerClock } from './clock.js'

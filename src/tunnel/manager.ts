@@ -4,7 +4,6 @@
  * and reports state changes. Sockets, keys and the introducer are injected.
  */
 import { EventEmitter } from 'node:events'
-import { setTimeout as sleep } from 'node:timers/promises'
 import { formatEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { NatdError, toNatdError } from '../protocol/errors.js'
 import { peerId } from '../protocol/identity.js'
@@ -15,10 +14,10 @@ import type { Via } from '../protocol/rendezvous.js'
 import { PunchBudget, RefusalLog, type PunchBudgetInit } from './budget.js'
 import type { OpenRequest } from './mux.js'
 import { planPaths } from './path-plan.js'
-import { offersMapping, Paths, sleepUntil, type Established, type Introduction, type PathComponents } from './paths.js'
+import { offersMapping, Paths, type Established, type Introduction, type PathComponents } from './paths.js'
 import { firstOf } from './failures.js'
 import { asResume, firstFrame, onFreshTunnel, onResumeRequest, RESUME_ANSWER_MS, SIMULTANEOUS_OPEN_MS } from './resume.js'
-import { Tunnel, type PathKind, type TunnelTiming } from './tunnel.js'
+import { GOODBYE_LINGER_MS, Tunnel, type PathKind, type TunnelTiming } from './tunnel.js'
 
 export type { Introduction } from './paths.js'
 export { mostTelling } from './failures.js'
@@ -71,6 +70,12 @@ export interface TunnelManagerComponents extends PathComponents {
   introduce(target: string, via: Via): Promise<Introduction>
   /** Checks our NAT again and tells the server when the verdict changed (before an upgrade attempt). */
   refreshNat(): Promise<void>
+  /**
+   * Resolves once the check of our tunnel to this peer (the server reported the peer
+   * offline; the tunnel closes if the peer does not answer on it) has ended; at once
+   * when none runs. open() waits for it before it reuses the tunnel.
+   */
+  offlineCheck(peerId: string): Promise<void>
   peers: PeerPolicy
   /** A peer asks to open a channel to one of our ports. */
   onChannel(tunnel: Tunnel, req: OpenRequest): void
@@ -80,6 +85,19 @@ export interface OpenOutcome {
   tunnel: Tunnel
   tookMs: number
   reused: boolean
+}
+
+/** One open attempt, shared by the callers that asked for it at once. */
+interface SharedOpen {
+  attempt: Promise<OpenOutcome>
+  /** Aborted when the last caller waiting for the attempt cancelled (its signal aborted). */
+  abort: AbortController
+  waiters: number
+}
+
+/** What a caller whose signal aborted gets (the attempt goes on while another caller waits for it). */
+function cancelled(what: string): NatdError {
+  return new NatdError('ABORTED', `${what} was cancelled by its caller`)
 }
 
 interface ManagerEvents {
@@ -92,7 +110,7 @@ interface ManagerEvents {
 
 export class TunnelManager extends EventEmitter<ManagerEvents> {
   private readonly tunnels = new Map<string, Tunnel>()
-  private readonly opening = new Map<string, Promise<OpenOutcome>>()
+  private readonly opening = new Map<string, SharedOpen>()
   private readonly paths: Paths
   /** What introductions may make us spend (budget.ts). */
   readonly budget: PunchBudget
@@ -134,28 +152,63 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
    * Opens a tunnel to `peer` (a name, a peer ID or an abbreviated one) or returns the
    * open one (idempotent); concurrent calls share one attempt. Only the peer asked for is
    * accepted: a name must come back as that name (with the pinned key, when one is
-   * pinned), an ID as that key; anything else is PEER_MISMATCH or KEY_MISMATCH.
+   * pinned), an ID as that key; anything else is PEER_MISMATCH or KEY_MISMATCH. A tunnel
+   * whose peer the server reported offline is reused only if the peer still answers on
+   * it (offlineCheck); otherwise a new one is opened (and the server says PEER_OFFLINE).
+   *
+   * `signal` cancels this caller's wait (ABORTED); the punching stops once no caller
+   * waits for it any more, so a client that goes away leaves no work running.
    */
-  async open(peer: string, via: Via, timeoutMs: number): Promise<OpenOutcome> {
+  async open(peer: string, via: Via, timeoutMs: number, signal?: AbortSignal): Promise<OpenOutcome> {
     const started = this.c.clock.now()
+    if (signal?.aborted) throw cancelled(`opening a tunnel to ${peer}`)
     const target = await this.c.peers.expect(peer)
+    const checked = this.find(target)
+    if (checked) await this.c.offlineCheck(checked.peer.id)
     const existing = this.find(target)
     if (existing) return { tunnel: existing, tookMs: 0, reused: true }
     // The server is asked for what the user named: a name by name (so a changed key is
     // reported as KEY_MISMATCH), an ID by the whole ID.
     const ask = target.name ?? target.id!
-    const pending = this.opening.get(ask)
-    if (pending) return pending
-    const attempt = (async (): Promise<OpenOutcome> => {
-      const intro = await this.c.introduce(ask, via)
-      const tunnel = await this.establish(intro, Math.max(1, timeoutMs - (this.c.clock.now() - started)), target)
-      return { tunnel, tookMs: this.c.clock.now() - started, reused: false }
-    })()
-    this.opening.set(ask, attempt)
+    if (signal?.aborted) throw cancelled(`opening a tunnel to ${peer}`)
+    let shared = this.opening.get(ask)
+    if (!shared) {
+      const abort = new AbortController()
+      const attempt = (async (): Promise<OpenOutcome> => {
+        const intro = await this.c.introduce(ask, via)
+        if (abort.signal.aborted) throw cancelled(`opening a tunnel to ${peer}`)
+        const tunnel = await this.establish(intro, Math.max(1, timeoutMs - (this.c.clock.now() - started)), target, null, abort.signal)
+        return { tunnel, tookMs: this.c.clock.now() - started, reused: false }
+      })()
+      const entry: SharedOpen = { attempt, abort, waiters: 0 }
+      shared = entry
+      this.opening.set(ask, entry)
+      // Handled here: when every caller cancelled, no one else awaits the attempt.
+      attempt.finally(() => this.opening.get(ask) === entry && this.opening.delete(ask)).catch(() => undefined)
+    }
+    return this.waitFor(ask, shared, signal, peer)
+  }
+
+  /**
+   * Waits for a shared attempt until `signal` aborts. The last caller to cancel aborts
+   * the attempt, and a later open starts a new one.
+   */
+  private async waitFor(ask: string, shared: SharedOpen, signal: AbortSignal | undefined, peer: string): Promise<OpenOutcome> {
+    shared.waiters++
+    let onAbort = (): void => undefined
+    const gone = new Promise<never>((_, reject) => {
+      onAbort = () => reject(cancelled(`opening a tunnel to ${peer}`))
+      signal?.addEventListener('abort', onAbort, { once: true })
+    })
     try {
-      return await attempt
+      return await Promise.race([shared.attempt, gone])
     } finally {
-      this.opening.delete(ask)
+      signal?.removeEventListener('abort', onAbort)
+      shared.waiters--
+      if (shared.waiters === 0 && signal?.aborted) {
+        shared.abort.abort()
+        if (this.opening.get(ask) === shared) this.opening.delete(ask)
+      }
     }
   }
 
@@ -204,7 +257,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
    * `expected` is the peer we asked for (null when the peer asked for us): anyone else is
    * refused before a packet goes to them.
    */
-  private async establish(intro: Introduction, timeoutMs: number, expected: PeerTarget | null, resuming: Tunnel | null = null): Promise<Tunnel> {
+  private async establish(intro: Introduction, timeoutMs: number, expected: PeerTarget | null, resuming: Tunnel | null = null, signal?: AbortSignal): Promise<Tunnel> {
     if (this.closed) throw new NatdError('TUNNEL_CLOSED', 'shutting down')
     const id = peerId(intro.peer.publicKey)
     const name = intro.peer.name
@@ -215,15 +268,19 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
       throw new NatdError('BUSY', `already punching ${this.budget.init.punches} paths at once (or ${this.budget.init.peerPunches} to ${name}); try again in a moment`)
     }
     try {
-      return await this.punchAndKeep(intro, timeoutMs, id, resuming)
+      return await this.punchAndKeep(intro, timeoutMs, id, resuming, signal)
     } finally {
       slot.release()
     }
   }
 
-  private async punchAndKeep(intro: Introduction, timeoutMs: number, id: string, resuming: Tunnel | null): Promise<Tunnel> {
+  private async punchAndKeep(intro: Introduction, timeoutMs: number, id: string, resuming: Tunnel | null, signal?: AbortSignal): Promise<Tunnel> {
     const name = intro.peer.name
     const abort = new AbortController()
+    // The caller's cancel stops every attempt, as a winner does.
+    const cancel = (): void => abort.abort()
+    if (signal?.aborted) throw cancelled(`punching to ${name}`)
+    signal?.addEventListener('abort', cancel, { once: true })
     const mapped = (this.c.hasPortMapping?.() ?? false) || offersMapping(intro.peer)
     const plan = planPaths({ via: intro.via, mine: this.c.natVerdict(), theirs: intro.peer.nat, initiator: intro.initiator, mapped })
     if (plan.impossible !== null) throw new NatdError('UNSUPPORTED_PATH', plan.impossible)
@@ -244,7 +301,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
       const started = this.c.clock.now()
       const allFailed = Promise.allSettled(direct).then((r) => r.every((x) => x.status === 'rejected'))
       attempts.push(
-        Promise.race([allFailed.then(() => undefined), sleepUntil(RELAY_FALLBACK_MS, abort.signal)]).then(() => {
+        Promise.race([allFailed.then(() => undefined), this.c.clock.sleep(RELAY_FALLBACK_MS, abort.signal)]).then(() => {
           if (abort.signal.aborted) throw new NatdError('ABORTED', 'a direct path won')
           return this.paths.relay(intro, Math.max(1, timeoutMs - (this.c.clock.now() - started)), abort.signal)
         })
@@ -255,7 +312,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
       won = await firstOf(attempts)
       // The initiator prefers the faster path: UDP won the race, TCP may be a moment behind.
       if (plan.preferTcp && won.transport === 'udp' && tcp && !tcp.settled) {
-        const late = await Promise.race([tcp.attempt.catch(() => null), sleepUntil(AUTO_TCP_GRACE_MS, abort.signal).then(() => null)])
+        const late = await Promise.race([tcp.attempt.catch(() => null), this.c.clock.sleep(AUTO_TCP_GRACE_MS, abort.signal).then(() => null)])
         if (late) {
           won.session.destroy()
           won.release?.()
@@ -264,6 +321,12 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
       }
     } finally {
       abort.abort() // the losers clean up after themselves
+      signal?.removeEventListener('abort', cancel)
+    }
+    if (signal?.aborted) {
+      won.session.destroy()
+      won.release?.()
+      throw cancelled(`punching to ${name}`)
     }
     this.c.peers.pin({ name, id })
     if (intro.initiator && resuming) return this.resumeAsOpener(resuming, won, intro)
@@ -283,7 +346,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
           // name it, and keep it rather than start a third.
           won.session.write(encodeMux({ type: 'resume', channel: 0, tunnelId: current.id, received: 0 }))
           const session = won.session
-          setTimeout(() => session.destroy(), 100).unref()
+          this.c.clock.setTimeout(() => session.destroy(), GOODBYE_LINGER_MS).unref()
           won.release?.()
           throw new NatdError('ABORTED', `${name} resumed a tunnel we no longer have; we keep a newer one`)
         }
@@ -337,7 +400,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     }
     const received = tunnel.detach()
     won.session.write(encodeMux({ type: 'resume', channel: 0, tunnelId: tunnel.id, received }))
-    const answer = asResume((await firstFrame(won.session, RESUME_ANSWER_MS)) ?? undefined)
+    const answer = asResume((await firstFrame(won.session, RESUME_ANSWER_MS, this.c.clock)) ?? undefined)
     if (!answer) {
       won.session.destroy()
       won.release?.()
@@ -381,7 +444,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
         const e = toNatdError(err)
         this.c.log.debug('resume attempt failed', { peer: tunnel.peer.name, code: e.code, err: e.message })
       }
-      if (tunnel.isMigrating) await sleep(RESUME_RETRY_MS, undefined, { ref: false })
+      if (tunnel.isMigrating) await this.c.clock.sleep(RESUME_RETRY_MS)
     }
   }
 
@@ -392,7 +455,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
   private async upgradeLoop(tunnel: Tunnel): Promise<void> {
     let wait = UPGRADE_FIRST_MS
     while (!this.closed) {
-      await sleep(wait, undefined, { ref: false })
+      await this.c.clock.sleep(wait)
       wait = UPGRADE_RETRY_MS
       if (!tunnel.isOpen || tunnel.path !== 'relay' || this.tunnels.get(tunnel.peer.id) !== tunnel) return
       if (!tunnel.isUp) continue // migrating: its resume comes first

@@ -30,7 +30,7 @@
  */
 import { sameEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { randomBytes } from '../protocol/identity.js'
-import { monotonicClock, type Clock } from '../protocol/log.js'
+import { monotonicClock, type Timer, type TimerClock } from '../protocol/clock.js'
 import type { NatVerdict } from '../protocol/rendezvous.js'
 import { decodeStun, encodeBindingRequest, type FilteringBehaviour, type MappingBehaviour } from '../protocol/stun.js'
 
@@ -141,7 +141,7 @@ export class NatCheck {
 
   constructor(
     private readonly send: (buf: Uint8Array, to: Endpoint) => void,
-    private readonly clock: Clock = monotonicClock
+    private readonly clock: TimerClock = monotonicClock
   ) {}
 
   /** A STUN message arrived on the tunnel socket (from anywhere: change answers come from the server's other sockets). */
@@ -161,14 +161,14 @@ export class NatCheck {
     for (let i = 0; i < NAT_CHECK_TRIES; i++) {
       const txid = randomBytes(12)
       const key = txid.toString('hex')
-      let timer: NodeJS.Timeout | undefined
+      let timer: Timer | undefined
       const answer = new Promise<StunAnswer | null>((resolve) => {
-        timer = setTimeout(() => resolve(null), NAT_CHECK_TIMEOUT_MS)
+        timer = this.clock.setTimeout(() => resolve(null), NAT_CHECK_TIMEOUT_MS)
         this.waiting.set(key, resolve)
       })
       this.send(encodeBindingRequest(txid, change), to)
       const a = await answer
-      clearTimeout(timer)
+      this.clock.clear(timer)
       this.waiting.delete(key)
       if (a) return a
     }

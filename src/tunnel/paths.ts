@@ -9,7 +9,8 @@ import type { UDXSocket, UDXStream } from 'udx-native'
 import { formatEndpoint, sameEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { NatdError } from '../protocol/errors.js'
 import { peerId, timingSafeEqual, type KeyPair } from '../protocol/identity.js'
-import type { Clock, Logger } from '../protocol/log.js'
+import type { Random, TimerClock } from '../protocol/clock.js'
+import type { Logger } from '../protocol/log.js'
 import { lanCandidates, mappedCandidates } from '../protocol/lan.js'
 import { decode, type NatVerdict, type PeerRecord, type Via } from '../protocol/rendezvous.js'
 import type { PunchBudget, RefusalLog } from './budget.js'
@@ -60,7 +61,9 @@ export interface PathComponents {
   udx: UDX
   socket: UDXSocket
   keyPair: KeyPair
-  clock: Clock
+  clock: TimerClock
+  /** Chance: the first stream id, punching spray ports, TCP retry jitter. */
+  random: Random
   log: Logger
   /** What our NAT check concluded (easy, hard, none, unknown). */
   natVerdict(): NatVerdict
@@ -87,26 +90,18 @@ export interface Established {
   first?: Buffer
 }
 
-export function sleepUntil(ms: number, signal: AbortSignal): Promise<false> {
-  return new Promise((resolve) => {
-    const t = setTimeout(() => resolve(false), ms)
-    t.unref()
-    signal.addEventListener('abort', () => {
-      clearTimeout(t)
-      resolve(false)
-    }, { once: true })
-  })
-}
-
 export class Paths {
   private readonly punchers = new Map<string, Puncher>()
-  private nextStreamId = 1 + Math.floor(Math.random() * 0x3fffffff)
+  private nextStreamId: number
 
   constructor(
     private readonly c: PathComponents,
     private readonly budget: PunchBudget,
     private readonly refusals: RefusalLog
-  ) {}
+  ) {
+    // A random start: stream ids of this run do not repeat a previous run's (stale packets).
+    this.nextStreamId = 1 + Math.floor(c.random() * 0x3fffffff)
+  }
 
   /** Datagrams of type PROBE from the shared socket. */
   onProbe(buf: Buffer, from: Endpoint): void {
@@ -126,7 +121,7 @@ export class Paths {
    */
   private async authenticate(session: SecretStream, intro: Introduction, deadline: number, what: string, signal: AbortSignal): Promise<Buffer | undefined> {
     const left = (): number => Math.max(1, deadline - this.c.clock.now())
-    const opened = await Promise.race([session.opened, sleepUntil(left(), signal)])
+    const opened = await Promise.race([session.opened, this.c.clock.sleep(left(), signal).then(() => false)])
     if (!opened) {
       if (signal.aborted) throw new NatdError('ABORTED', `${what}, but another path won`)
       throw new NatdError('PUNCH_TIMEOUT', `${what}, but the encrypted handshake with ${intro.peer.name} did not complete in time`)
@@ -143,9 +138,9 @@ export class Paths {
         first = buf
         done(true)
       }
-      const timer = setTimeout(() => done('timeout'), left())
+      const timer = this.c.clock.setTimeout(() => done('timeout'), left())
       const done = (v: true | 'timeout' | 'other'): void => {
-        clearTimeout(timer)
+        this.c.clock.clear(timer)
         session.off('data', onData)
         session.off('close', onClose)
         signal.removeEventListener('abort', onClose)
@@ -194,6 +189,7 @@ export class Paths {
           else this.refusals.note('RATE_LIMITED', 'punch probes', name)
         },
         clock: this.c.clock,
+        random: this.c.random,
         log: log.child({ peer: name })
       }
     )
@@ -234,7 +230,7 @@ export class Paths {
       release()
       throw err
     } finally {
-      setTimeout(() => this.punchers.delete(introKey), PUNCHER_LINGER_MS).unref()
+      this.c.clock.setTimeout(() => this.punchers.delete(introKey), PUNCHER_LINGER_MS).unref()
     }
   }
 
@@ -264,7 +260,7 @@ export class Paths {
     const server = intro.relay ?? this.c.relayServer()
     if (!server) throw new NatdError('PUNCH_FAILED', 'no rendezvous server to relay through')
     const started = this.c.clock.now()
-    const stream = await connectRelay(server, intro.introId, intro.initiator, this.c.keyPair, timeoutMs, signal)
+    const stream = await connectRelay(server, intro.introId, intro.initiator, this.c.keyPair, timeoutMs, signal, this.c.clock)
     const session = new SecretStream(intro.initiator, stream, { keyPair: this.c.keyPair })
     session.on('error', () => undefined)
     let first: Buffer | undefined
@@ -294,6 +290,7 @@ export class Paths {
       {
         keyPair: this.c.keyPair,
         clock: this.c.clock,
+        random: this.c.random,
         log: this.c.log.child({ peer: intro.peer.name }),
         synWaitMs: () => {
           const wait = gate()

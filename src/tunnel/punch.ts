@@ -24,7 +24,8 @@
  */
 import { formatEndpoint, sameEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { NatdError } from '../protocol/errors.js'
-import type { Clock, Logger } from '../protocol/log.js'
+import { systemRandom, type Random, type Timer, type TimerClock } from '../protocol/clock.js'
+import type { Logger } from '../protocol/log.js'
 import { encode, opened, type Sealed } from '../protocol/rendezvous.js'
 
 /** First probe TTL: past our NAT (hop 1) but not the peer's (hop 3 or more). */
@@ -83,8 +84,9 @@ export interface PunchInit {
 
 export interface PunchComponents {
   send(buf: Uint8Array, to: Endpoint, ttl?: number, socket?: number): void
-  random?: () => number
-  clock: Clock
+  /** Spray ports; default systemRandom. */
+  random?: Random
+  clock: TimerClock
   log: Logger
 }
 
@@ -100,7 +102,7 @@ export interface PunchResult {
 
 type PunchState =
   | { kind: 'probing' }
-  | { kind: 'choosing'; best: Candidate; timer: NodeJS.Timeout }
+  | { kind: 'choosing'; best: Candidate; timer: Timer }
   | { kind: 'done'; result: PunchResult }
   | { kind: 'failed'; error: NatdError }
 
@@ -109,14 +111,14 @@ export class Puncher {
   private readonly candidates: Candidate[]
   private readonly heard: Array<{ endpoint: Endpoint; socket: number }> = []
   private sprayed = 0
-  private sprayTimer: NodeJS.Timeout | null = null
-  private birthdayTimer: NodeJS.Timeout | null = null
+  private sprayTimer: Timer | null = null
+  private birthdayTimer: Timer | null = null
   private readonly validated: Candidate[] = []
   private remoteStreamId = 0
   private seq = 0
   private probesSent = 0
   private readonly started: number
-  private timer: NodeJS.Timeout | null = null
+  private timer: Timer | null = null
   private settle: { resolve: (r: PunchResult) => void; reject: (e: Error) => void } | null = null
   private learnt = 0
   private detach: () => void = () => undefined
@@ -143,8 +145,8 @@ export class Puncher {
       } else {
         for (const cand of this.candidates) this.probe(cand.endpoint, false, cand.kind === 'public' ? FIRST_PROBE_TTL : undefined)
       }
-      if (this.strategy === 'spray') this.sprayTimer = setTimeout(() => this.onSprayExpired(), PROBE_START_DELAY_MS)
-      this.timer = setTimeout(() => this.onProbeTimerExpired(), PROBE_START_DELAY_MS)
+      if (this.strategy === 'spray') this.sprayTimer = this.c.clock.setTimeout(() => this.onSprayExpired(), PROBE_START_DELAY_MS)
+      this.timer = this.c.clock.setTimeout(() => this.onProbeTimerExpired(), PROBE_START_DELAY_MS)
     })
   }
 
@@ -202,7 +204,7 @@ export class Puncher {
     if (this.state.kind !== 'probing') return
     const lanPending = this.candidates.some((c) => c.kind === 'lan' && !this.validated.includes(c))
     if (!lanPending) return this.finish(cand)
-    this.state = { kind: 'choosing', best: cand, timer: setTimeout(() => this.onLanGraceExpired(), LAN_GRACE_MS) }
+    this.state = { kind: 'choosing', best: cand, timer: this.c.clock.setTimeout(() => this.onLanGraceExpired(), LAN_GRACE_MS) }
   }
 
   private onLanGraceExpired(): void {
@@ -227,7 +229,7 @@ export class Puncher {
       if (this.strategy !== 'birthday' || cand.kind === 'lan' || (cand.socket ?? 0) !== 0) this.probe(cand.endpoint, false, undefined, cand.socket ?? 0)
     }
     const period = now - this.started < PROBE_FAST_MS ? PROBE_INTERVAL_MS : PROBE_SLOW_INTERVAL_MS
-    this.timer = setTimeout(() => this.onProbeTimerExpired(), period)
+    this.timer = this.c.clock.setTimeout(() => this.onProbeTimerExpired(), period)
   }
 
   /** 'birthday': TTL-2 probes to the peer's public candidates from every birthday socket. */
@@ -238,18 +240,18 @@ export class Puncher {
       if (cand.kind !== 'public' || (cand.socket ?? 0) !== 0) continue
       for (let i = 1; i <= sockets; i++) this.probe(cand.endpoint, false, FIRST_PROBE_TTL, i)
     }
-    this.birthdayTimer = setTimeout(() => this.onBirthdayExpired(), BIRTHDAY_REFRESH_MS)
+    this.birthdayTimer = this.c.clock.setTimeout(() => this.onBirthdayExpired(), BIRTHDAY_REFRESH_MS)
   }
 
   /** 'spray': probes to random ports of the hard peer's address, bounded in count. */
   private onSprayExpired(): void {
     if (this.state.kind !== 'probing' || !this.init.sprayHost) return
-    const random = this.c.random ?? Math.random
+    const random = this.c.random ?? systemRandom
     const burst = Math.round((SPRAY_RATE_PER_S * SPRAY_TICK_MS) / 1000)
     for (let i = 0; i < burst && this.sprayed < SPRAY_MAX_PROBES; i++, this.sprayed++) {
       this.probe({ host: this.init.sprayHost, port: 1024 + Math.floor(random() * (65536 - 1024)) }, false)
     }
-    if (this.sprayed < SPRAY_MAX_PROBES) this.sprayTimer = setTimeout(() => this.onSprayExpired(), SPRAY_TICK_MS)
+    if (this.sprayed < SPRAY_MAX_PROBES) this.sprayTimer = this.c.clock.setTimeout(() => this.onSprayExpired(), SPRAY_TICK_MS)
   }
 
   private probe(to: Endpoint, ack: boolean, ttl?: number, socket = 0): void {
@@ -258,10 +260,10 @@ export class Puncher {
   }
 
   private stopTimers(): void {
-    if (this.timer) clearTimeout(this.timer)
-    if (this.sprayTimer) clearTimeout(this.sprayTimer)
-    if (this.birthdayTimer) clearTimeout(this.birthdayTimer)
-    if (this.state.kind === 'choosing') clearTimeout(this.state.timer)
+    this.c.clock.clear(this.timer)
+    this.c.clock.clear(this.sprayTimer)
+    this.c.clock.clear(this.birthdayTimer)
+    if (this.state.kind === 'choosing') this.c.clock.clear(this.state.timer)
   }
 
   private finish(cand: Candidate): void {

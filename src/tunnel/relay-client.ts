@@ -11,6 +11,7 @@ import { formatEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { isErrorCode, NatdError } from '../protocol/errors.js'
 import { sign, type KeyPair } from '../protocol/identity.js'
 import { decode, encodeRelay, frame, FrameSplitter, MSG, RELAY_DATA_HEADER, relaySigned } from '../protocol/rendezvous.js'
+import type { TimerClock } from '../protocol/clock.js'
 
 /** Largest RELAY_DATA payload we send: keeps frames well inside the server's limit. */
 export const RELAY_CHUNK_BYTES = 64 * 1024
@@ -92,7 +93,7 @@ export class RelayStream extends Duplex {
  * key over the connection's challenge (only the introduced agent can take its side);
  * resolves once the peer is bound too.
  */
-export function connectRelay(server: Endpoint, introId: Uint8Array, initiator: boolean, keyPair: KeyPair, timeoutMs: number, signal: AbortSignal): Promise<RelayStream> {
+export function connectRelay(server: Endpoint, introId: Uint8Array, initiator: boolean, keyPair: KeyPair, timeoutMs: number, signal: AbortSignal, clock: TimerClock): Promise<RelayStream> {
   return new Promise<RelayStream>((resolve, reject) => {
     const socket = net.connect({ host: server.host, port: server.port })
     socket.setNoDelay(true)
@@ -101,13 +102,13 @@ export function connectRelay(server: Endpoint, introId: Uint8Array, initiator: b
     const fail = (err: NatdError): void => {
       if (done) return
       done = true
-      clearTimeout(timer)
+      clock.clear(timer)
       signal.removeEventListener('abort', onAbort)
       socket.destroy()
       reject(err)
     }
     const onAbort = (): void => fail(new NatdError('ABORTED', 'relay aborted'))
-    const timer = setTimeout(() => fail(new NatdError('PUNCH_TIMEOUT', `the relay at ${formatEndpoint(server)} did not pair us with the peer in ${timeoutMs} ms`)), timeoutMs)
+    const timer = clock.setTimeout(() => fail(new NatdError('PUNCH_TIMEOUT', `the relay at ${formatEndpoint(server)} did not pair us with the peer in ${timeoutMs} ms`)), timeoutMs)
     signal.addEventListener('abort', onAbort, { once: true })
     if (signal.aborted) return onAbort()
     socket.on('error', (err) => fail(new NatdError('PUNCH_FAILED', `relay connection to ${formatEndpoint(server)}: ${err.message}`, { cause: err })))
@@ -130,7 +131,7 @@ export function connectRelay(server: Endpoint, introId: Uint8Array, initiator: b
         else if (m.type === 'error') return fail(new NatdError(isErrorCode(m.code) ? m.code : 'PUNCH_FAILED', `relay: ${m.message}`))
         else if (m.type === 'relay-ok') {
           done = true
-          clearTimeout(timer)
+          clock.clear(timer)
           signal.removeEventListener('abort', onAbort)
           socket.off('data', onData)
           socket.removeAllListeners('error')

@@ -28,6 +28,7 @@
 import type { Duplex } from 'node:stream'
 import { decodeMux, type MuxFrame } from '../protocol/mux.js'
 import { timingSafeEqual } from '../protocol/identity.js'
+import type { TimerClock } from '../protocol/clock.js'
 
 /** An established tunnel younger than this may be the twin of a simultaneous open (both sides' punches finish within one punch timeout). */
 export const SIMULTANEOUS_OPEN_MS = 10_000
@@ -83,10 +84,10 @@ export function onFreshTunnel(fresh: { introKey: string }, current: ResumableTun
  * in `timeoutMs` or the session closed. The session is paused after it, so no later
  * frame is lost before the tunnel's mux listens.
  */
-export function firstFrame(session: Duplex, timeoutMs: number): Promise<Buffer | null> {
+export function firstFrame(session: Duplex, timeoutMs: number, clock: TimerClock): Promise<Buffer | null> {
   return new Promise((resolve) => {
     const done = (v: Buffer | null): void => {
-      clearTimeout(timer)
+      clock.clear(timer)
       session.off('data', onData)
       session.off('close', onClose)
       if (v) session.pause()
@@ -94,7 +95,7 @@ export function firstFrame(session: Duplex, timeoutMs: number): Promise<Buffer |
     }
     const onData = (buf: Buffer): void => done(buf)
     const onClose = (): void => done(null)
-    const timer = setTimeout(() => done(null), timeoutMs)
+    const timer = clock.setTimeout(() => done(null), timeoutMs)
     session.once('data', onData)
     session.once('close', onClose)
   })

@@ -14,7 +14,8 @@ import SecretStream from '@hyperswarm/secret-stream'
 import { formatEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { NatdError } from '../protocol/errors.js'
 import { peerId, timingSafeEqual, type KeyPair } from '../protocol/identity.js'
-import type { Clock, Logger } from '../protocol/log.js'
+import { systemRandom, type Random, type Timer, type TimerClock } from '../protocol/clock.js'
+import type { Logger } from '../protocol/log.js'
 import type { Candidate } from './punch.js'
 
 /**
@@ -73,13 +74,13 @@ export interface TcpPunchInit {
 
 export interface TcpPunchComponents {
   keyPair: KeyPair
-  clock: Clock
+  /** Its hrNow() times round trips of microseconds. */
+  clock: TimerClock
   log: Logger
   /** The SYN budget (budget.ts): 0 when a SYN may go now (its token taken), else ms to wait. */
   synWaitMs?: () => number
-  random?: () => number
-  /** A clock in fractional ms for round trips of microseconds (default performance.now). */
-  hrNow?: () => number
+  /** Retry jitter; default systemRandom. */
+  random?: Random
 }
 
 export interface TcpPunchResult {
@@ -96,37 +97,34 @@ export function punchTcp(init: TcpPunchInit, c: TcpPunchComponents, signal: Abor
   const sockets = new Set<net.Socket>()
   const sessions = new Set<SecretStream>()
   const lastError = new Map<string, string>()
-  const timers = new Set<NodeJS.Timeout>()
+  const timers = new Set<Timer>()
+  const clock = c.clock
   let attempts = 0
   let settled = false
 
   return new Promise<TcpPunchResult>((resolve, reject) => {
     const cleanup = (keep?: SecretStream): void => {
       settled = true
-      for (const t of timers) clearTimeout(t)
+      for (const t of timers) clock.clear(t)
       for (const s of sessions) if (s !== keep) dropSession(s)
       for (const s of sockets) if (!keep || s !== (keep.rawStream as unknown as net.Socket)) reset(s)
-      clearTimeout(deadline)
+      clock.clear(deadline)
     }
     const fail = (err: NatdError): void => {
       if (settled) return
       cleanup()
       reject(err)
     }
-    const deadline = setTimeout(() => {
+    const deadline = clock.setTimeout(() => {
       const tried = init.candidates.map((cand) => `${cand.kind} ${formatEndpoint(cand.endpoint)}${lastError.has(key(cand)) ? ` (${lastError.get(key(cand))})` : ' (no answer)'}`)
       fail(new NatdError('PUNCH_TIMEOUT', `no direct TCP path in ${init.deadlineMs} ms: ${attempts} connect attempts to ${tried.join(', ') || 'no candidates'}${lastError.size === 0 ? '; the peer\'s NAT may map per destination or drop our SYNs' : ''}`))
     }, init.deadlineMs)
     signal.addEventListener('abort', () => fail(new NatdError('ABORTED', 'TCP punching aborted')), { once: true })
     if (init.candidates.length === 0) return fail(new NatdError('PUNCH_FAILED', 'the peer has no TCP endpoint (its control connection is down)'))
 
-    const hrNow = c.hrNow ?? (() => performance.now())
+    const hrNow = (): number => clock.hrNow()
     const later = (ms: number, fn: () => void): void => {
-      if (ms < 1) {
-        setImmediate(() => settled || fn())
-        return
-      }
-      const t = setTimeout(() => {
+      const t = clock.setTimeout(() => {
         timers.delete(t)
         if (!settled) fn()
       }, ms)
@@ -135,7 +133,7 @@ export function punchTcp(init: TcpPunchInit, c: TcpPunchComponents, signal: Abor
     // Per candidate: the quickest refusal seen (connect until RST), in ms.
     const refusedRtt = new Map<string, number>()
 
-    const random = c.random ?? Math.random
+    const random = c.random ?? systemRandom
     const attempt = (cand: Candidate): void => {
       if (settled) return
       const wait = c.synWaitMs?.() ?? 0
@@ -179,7 +177,7 @@ export function punchTcp(init: TcpPunchInit, c: TcpPunchComponents, signal: Abor
       session.on('error', () => undefined)
       // The connection failed its purpose: drop it and try the candidate again.
       const again = (why: string): void => {
-        clearTimeout(stuck)
+        clock.clear(stuck)
         timers.delete(stuck)
         sessions.delete(session)
         sockets.delete(sock)
@@ -190,10 +188,10 @@ export function punchTcp(init: TcpPunchInit, c: TcpPunchComponents, signal: Abor
         // Slowly: what answered may not be natd at all (a LAN candidate is a guess).
         later(TCP_RETRY_SLOW_MS, () => attempt(cand))
       }
-      const stuck = setTimeout(() => again(`no handshake in ${TCP_HANDSHAKE_MS} ms`), TCP_HANDSHAKE_MS)
+      const stuck = clock.setTimeout(() => again(`no handshake in ${TCP_HANDSHAKE_MS} ms`), TCP_HANDSHAKE_MS)
       timers.add(stuck)
       session.opened.then((ok) => {
-        clearTimeout(stuck)
+        clock.clear(stuck)
         timers.delete(stuck)
         if (settled) return dropSession(session)
         // The peer reset its end (say its own handshake timer fired): this side must go on too.

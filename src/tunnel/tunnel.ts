@@ -5,7 +5,12 @@
  * tunnel: it migrates, and a new session resumes it (tunnel/resume.ts).
  *
  *   up ──(path gone | session closed)──▶ migrating ──(resume(session) | old path heard again)──▶ up
+ *   up ──(upgrade(session) | resume(session))──▶ up on another path
  *   up | migrating ──(GOODBYE | close() | migrating giveUpMs)──▶ closed{reason}
+ *
+ * Every state carries the tunnel's path, the peer's address on it and the transport, and
+ * every move (path changes included) goes through transition(), which refuses the moves
+ * above does not draw (canTransition) and logs each move once.
  *
  * "Gone" versus "lossy": a path is gone when nothing at all arrives on it — no frame, no
  * ACK, no pong — for WAITING_SILENT_MS while we wait for an answer (unacknowledged frames
@@ -19,7 +24,8 @@ import type { Duplex } from 'node:stream'
 import { formatEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { formatDuration } from '../protocol/duration.js'
 import { NatdError } from '../protocol/errors.js'
-import type { Clock, Logger } from '../protocol/log.js'
+import type { TimerClock, Timer } from '../protocol/clock.js'
+import type { Logger } from '../protocol/log.js'
 import type { PathKind, Transport, TunnelSnapshot } from '../protocol/tunnel-snapshot.js'
 import { Mux, type MessageStream } from './mux.js'
 
@@ -31,6 +37,10 @@ export const LIVENESS_CHECK_MS = 250
 export const MIGRATING_PING_MS = 500
 /** A migrating tunnel gives up after this long (a 30 s outage, three times over) and closes. */
 export const MIGRATE_GIVE_UP_MS = 90_000
+/** A goodbye gets this long to leave before its session goes. */
+export const GOODBYE_LINGER_MS = 100
+/** After an upgrade the old session carries the peer's last frames on it this long (the peer switches too). */
+export const OLD_SESSION_LINGER_MS = 1_000
 
 // Defined in protocol/ (the local API returns the snapshot too); re-exported for src/tunnel.
 export type { PathKind, TunnelSnapshot } from '../protocol/tunnel-snapshot.js'
@@ -49,7 +59,33 @@ export interface TunnelTiming {
   giveUpMs?: number
 }
 
-export type TunnelState = { kind: 'up' } | { kind: 'migrating'; since: number; reason: string } | { kind: 'closed'; reason: string }
+/** Where a tunnel runs: its path, the peer's address on it, the transport under the session. */
+export interface TunnelRoute {
+  path: PathKind
+  remote: Endpoint
+  transport: Transport
+}
+
+export type TunnelState =
+  | ({ kind: 'up' } & TunnelRoute)
+  | ({ kind: 'migrating'; since: number; reason: string } & TunnelRoute)
+  | ({ kind: 'closed'; reason: string } & TunnelRoute)
+
+/**
+ * The moves the diagram at the top draws: up to anything (up to up is a new path),
+ * migrating to up or closed, closed to nothing.
+ */
+export function canTransition(from: TunnelState['kind'], to: TunnelState['kind']): boolean {
+  if (from === 'closed') return false
+  if (from === 'migrating') return to !== 'migrating'
+  return true
+}
+
+/** Why a move happens, for its log line: how a tunnel came up again, the code it closed with. */
+interface MoveCause {
+  how?: 'old path' | 'new session' | 'upgrade'
+  code?: string | undefined
+}
 
 interface TunnelEvents {
   closed: [reason: string]
@@ -63,14 +99,14 @@ interface TunnelEvents {
 
 export class Tunnel extends EventEmitter<TunnelEvents> {
   readonly mux: Mux
-  private current: TunnelState = { kind: 'up' }
+  private current: TunnelState
   private readonly since: number
   private lastHeard: number
   private rttMs: number | null = null
   private pingSeq = 0
   private readonly pings = new Map<number, { sent: number; resolve: (rtt: number) => void; reject: (err: Error) => void }>()
-  private readonly keepalive: NodeJS.Timeout
-  private readonly liveness: NodeJS.Timeout
+  private readonly keepalive: Timer
+  private readonly liveness: Timer
   /** Since when we wait for an answer (unacknowledged frames or a ping); null when we do not. */
   private waitingSince: number | null = null
   private lastMigratingPing = 0
@@ -79,18 +115,19 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
 
   constructor(
     readonly peer: TunnelPeer,
-    public path: PathKind,
-    public remote: Endpoint,
-    public transport: Transport,
+    path: PathKind,
+    remote: Endpoint,
+    transport: Transport,
     /** Tie-breaker when both sides open at once: both keep the tunnel with the smaller key. */
     readonly introKey: string,
     readonly opener: boolean,
     private session: (Duplex & MessageStream) | null,
     private readonly timing: TunnelTiming,
-    private readonly clock: Clock,
+    private readonly clock: TimerClock,
     private readonly log: Logger
   ) {
     super()
+    this.current = { kind: 'up', path, remote, transport }
     this.id = Buffer.from(introKey, 'hex')
     this.since = clock.now()
     this.lastHeard = this.since
@@ -101,35 +138,75 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     this.mux.on('goodbye', (reason) => this.close(`peer closed the tunnel (${reason})`, { goodbye: false }))
     this.mux.on('broken', (reason) => this.close(reason, { goodbye: true, code: 'BAD_REQUEST' }))
     this.watch(session!)
-    this.keepalive = setInterval(() => this.onKeepaliveExpired(), timing.keepaliveMs)
-    this.liveness = setInterval(() => this.onLivenessCheck(), Math.min(LIVENESS_CHECK_MS, timing.keepaliveMs))
+    this.keepalive = clock.setInterval(() => this.onKeepaliveExpired(), timing.keepaliveMs)
+    this.liveness = clock.setInterval(() => this.onLivenessCheck(), Math.min(LIVENESS_CHECK_MS, timing.keepaliveMs))
   }
 
   get state(): TunnelState {
     return this.current
   }
 
+  get path(): PathKind {
+    return this.current.path
+  }
+
+  get remote(): Endpoint {
+    return this.current.remote
+  }
+
+  get transport(): Transport {
+    return this.current.transport
+  }
+
+  /**
+   * The one place the state changes: refuses a move canTransition() does not allow
+   * (false, nothing changes) and logs each move once. Callers emit the events.
+   */
+  private transition(next: TunnelState, cause: MoveCause = {}): boolean {
+    const from = this.current
+    const peer = this.peer.name
+    if (!canTransition(from.kind, next.kind)) {
+      this.log.debug('tunnel move refused', { peer, from: from.kind, to: next.kind })
+      return false
+    }
+    this.current = next
+    if (next.kind === 'migrating') this.log.warn('tunnel migrating', { peer, path: next.path, reason: next.reason, opener: this.opener })
+    else if (next.kind === 'closed') {
+      if (cause.code) this.log.warn(`${cause.code}: tunnel closed`, { peer, path: next.path, reason: next.reason, code: cause.code })
+      else this.log.info('tunnel closed', { peer, path: next.path, reason: next.reason })
+    } else if (cause.how === 'upgrade') this.log.info('path upgraded', { peer, from: from.path, to: next.path, remote: formatEndpoint(next.remote) })
+    else {
+      const migratedMs = from.kind === 'migrating' ? this.clock.now() - from.since : 0
+      this.log.info('tunnel resumed', { peer, how: cause.how ?? 'new session', path: next.path, migratedMs })
+    }
+    return true
+  }
+
   private onHeard(): void {
     this.lastHeard = this.clock.now()
     // The old path came back (a short outage, the same mappings) before a new one was found.
-    if (this.current.kind === 'migrating' && this.session && !this.session.destroyed) this.backUp('old path')
+    if (this.current.kind === 'migrating' && this.session && !this.session.destroyed) this.backUp('old path', this.route)
   }
 
-  private backUp(how: string): void {
-    if (this.current.kind !== 'migrating') return
-    const stalledMs = this.clock.now() - this.current.since
-    this.current = { kind: 'up' }
+  /** Up again after migrating, on `route` (the old path, or a new session's). */
+  private backUp(how: 'old path' | 'new session', route: TunnelRoute): void {
+    const was = this.current
+    if (was.kind !== 'migrating') return
+    if (!this.transition({ kind: 'up', ...route }, { how })) return
     this.waitingSince = null
-    this.log.info('tunnel resumed', { peer: this.peer.name, how, path: this.path, migratedMs: stalledMs })
-    this.emit('resumed', stalledMs)
+    this.emit('resumed', this.clock.now() - was.since)
   }
 
   /** The path is gone: keep the channels, wait for a new session (or the old path). */
   private migrate(reason: string): void {
-    if (this.current.kind !== 'up') return
-    this.current = { kind: 'migrating', since: this.clock.now(), reason }
-    this.log.warn('tunnel migrating', { peer: this.peer.name, path: this.path, reason, opener: this.opener })
+    const was = this.current
+    if (was.kind !== 'up') return
+    this.transition({ kind: 'migrating', since: this.clock.now(), reason, path: was.path, remote: was.remote, transport: was.transport })
     this.emit('migrating', reason)
+  }
+
+  private get route(): TunnelRoute {
+    return { path: this.current.path, remote: this.current.remote, transport: this.current.transport }
   }
 
   get isMigrating(): boolean {
@@ -166,13 +243,10 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     }
     next.resume() // paused while the first frame was read
     const from = this.path
-    this.path = path
-    this.remote = remote
-    this.transport = transport
     this.lastHeard = this.clock.now()
     this.waitingSince = null
-    if (this.current.kind === 'migrating') this.backUp('new session')
-    else this.log.info('tunnel resumed', { peer: this.peer.name, how: 'new session', path, migratedMs: 0 })
+    if (this.current.kind === 'migrating') this.backUp('new session', { path, remote, transport })
+    else this.transition({ kind: 'up', path, remote, transport }, { how: 'new session' })
     if (from !== path) this.emit('path', from, path)
     return true
   }
@@ -208,14 +282,11 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     const from = this.path
     this.session = next
     this.watch(next)
-    this.mux.once('switched', () => setTimeout(() => old.destroy(), 1_000).unref())
+    this.mux.once('switched', () => this.clock.setTimeout(() => old.destroy(), OLD_SESSION_LINGER_MS).unref())
     this.mux.switchTo(next)
     next.resume() // the responder paused it while it waited for the initiator's choice
-    this.path = path
-    this.remote = remote
-    this.transport = transport
+    this.transition({ kind: 'up', path, remote, transport }, { how: 'upgrade' })
     this.lastHeard = this.clock.now()
-    this.log.info('path upgraded', { peer: this.peer.name, from, to: path, remote: formatEndpoint(remote) })
     this.emit('path', from, path)
   }
 
@@ -233,23 +304,35 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     return this.clock.now() - this.since
   }
 
-  /** Round trip over the tunnel; rejects TIMEOUT. */
-  ping(timeoutMs: number): Promise<number> {
+  /** Round trip over the tunnel; rejects TIMEOUT, or ABORTED when `signal` aborts first. */
+  ping(timeoutMs: number, signal?: AbortSignal): Promise<number> {
     if (this.current.kind === 'closed') return Promise.reject(new NatdError('TUNNEL_CLOSED', 'tunnel closed'))
+    if (signal?.aborted) return Promise.reject(new NatdError('ABORTED', 'the ping was cancelled'))
     const seq = ++this.pingSeq
     return new Promise<number>((resolve, reject) => {
-      const timer = setTimeout(() => {
+      const timer = this.clock.setTimeout(() => {
         this.pings.delete(seq)
+        settle()
         reject(new NatdError('TIMEOUT', `no pong from ${this.peer.name} in ${timeoutMs} ms`))
       }, timeoutMs)
+      const onAbort = (): void => {
+        this.pings.delete(seq)
+        settle()
+        reject(new NatdError('ABORTED', 'the ping was cancelled'))
+      }
+      const settle = (): void => {
+        this.clock.clear(timer)
+        signal?.removeEventListener('abort', onAbort)
+      }
+      signal?.addEventListener('abort', onAbort, { once: true })
       this.pings.set(seq, {
-        sent: performance.now(),
+        sent: this.clock.hrNow(),
         resolve: (rtt) => {
-          clearTimeout(timer)
+          settle()
           resolve(rtt)
         },
         reject: (err) => {
-          clearTimeout(timer)
+          settle()
           reject(err)
         }
       })
@@ -261,7 +344,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     const p = this.pings.get(seq)
     if (!p) return
     this.pings.delete(seq)
-    this.rttMs = Math.round((performance.now() - p.sent) * 100) / 100
+    this.rttMs = Math.round((this.clock.hrNow() - p.sent) * 100) / 100
     p.resolve(this.rttMs)
   }
 
@@ -302,17 +385,15 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
   close(reason: string, opts: { goodbye: boolean; code?: string | undefined } = { goodbye: true }): void {
     if (this.current.kind === 'closed') return
     if (opts.goodbye) this.mux.goodbye(reason)
-    this.current = { kind: 'closed', reason }
-    clearInterval(this.keepalive)
-    clearInterval(this.liveness)
+    this.transition({ kind: 'closed', reason, ...this.route }, { code: opts.code })
+    this.clock.clear(this.keepalive)
+    this.clock.clear(this.liveness)
     for (const p of this.pings.values()) p.reject(new NatdError('TUNNEL_CLOSED', `tunnel closed: ${reason}`))
     this.pings.clear()
     this.mux.close(reason)
     // Give the goodbye a moment to leave before the session goes.
     const session = this.session
-    if (session) setTimeout(() => session.destroy(), opts.goodbye ? 100 : 0).unref()
-    if (opts.code) this.log.warn(`${opts.code}: tunnel closed`, { peer: this.peer.name, path: this.path, reason, code: opts.code })
-    else this.log.info('tunnel closed', { peer: this.peer.name, path: this.path, reason })
+    if (session) this.clock.setTimeout(() => session.destroy(), opts.goodbye ? GOODBYE_LINGER_MS : 0).unref()
     this.emit('closed', reason)
   }
 

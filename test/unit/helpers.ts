@@ -10,7 +10,7 @@ import path from 'node:path'
 import type { Readable } from 'node:stream'
 import { afterEach, expect } from 'vitest'
 import { NatdError, ProtocolError } from '../../src/protocol/errors.js'
-import type { Clock } from '../../src/protocol/log.js'
+import { clockSleep, type Timer, type TimerClock } from '../../src/protocol/clock.js'
 
 /** mulberry32: small, fast, seeded; the fuzz tests print their seed on failure. */
 export function prng(seed: number): () => number {
@@ -45,14 +45,82 @@ export function seq(from: number, n: number): Buffer {
   return Buffer.from(Array.from({ length: n }, (_, i) => (from + i) & 0xff))
 }
 
-export class FakeClock implements Clock {
+interface FakeTimer {
+  at: number
+  every: number | null
+  fn: () => void
+  unref(): FakeTimer
+}
+
+/**
+ * A clock that moves only when told: advance() runs the timers that fall due, in time
+ * order (a timer set by a timer runs too when it is due); pass() also lets promises
+ * settle between them, for async code.
+ */
+export class FakeClock implements TimerClock {
+  private readonly timers = new Set<FakeTimer>()
   constructor(public t = 1_700_000_000_000) {}
   now(): number {
     return this.t
   }
-  advance(ms: number): void {
-    this.t += ms
+  hrNow(): number {
+    return this.t
   }
+  setTimeout(fn: () => void, ms: number): FakeTimer {
+    return this.add(fn, ms, null)
+  }
+  setInterval(fn: () => void, ms: number): FakeTimer {
+    return this.add(fn, ms, Math.max(1, ms))
+  }
+  clear(timer: Timer | null | undefined): void {
+    if (timer) this.timers.delete(timer as FakeTimer)
+  }
+  sleep(ms: number, signal?: AbortSignal): Promise<void> {
+    return clockSleep(this, ms, signal)
+  }
+  /** Timers not yet run (intervals count once). */
+  get pending(): number {
+    return this.timers.size
+  }
+  private add(fn: () => void, ms: number, every: number | null): FakeTimer {
+    const timer: FakeTimer = { at: this.t + Math.max(0, ms), every, fn, unref: () => timer }
+    this.timers.add(timer)
+    return timer
+  }
+  private next(until: number): FakeTimer | null {
+    let first: FakeTimer | null = null
+    for (const x of this.timers) if (x.at <= until && (!first || x.at < first.at)) first = x
+    return first
+  }
+  /** Moves time on by `ms`, running each timer as it falls due (synchronously). */
+  advance(ms: number): void {
+    const until = this.t + ms
+    for (let x = this.next(until); x; x = this.next(until)) this.fire(x)
+    this.t = until
+  }
+  /** Like advance(), but lets pending promises settle after each timer (async loops move on). */
+  async pass(ms: number): Promise<void> {
+    const until = this.t + ms
+    await settle()
+    for (let x = this.next(until); x; x = this.next(until)) {
+      this.fire(x)
+      await settle()
+    }
+    this.t = until
+    await settle()
+  }
+  private fire(x: FakeTimer): void {
+    this.t = Math.max(this.t, x.at)
+    if (x.every === null) this.timers.delete(x)
+    else x.at += x.every
+    x.fn()
+  }
+}
+
+/** Lets the promise jobs queued so far (and those they queue, a few levels deep) run. */
+async function settle(): Promise<void> {
+  for (let i = 0; i < 20; i++) await Promise.resolve()
+  await new Promise((resolve) => setImmediate(resolve))
 }
 
 export interface FuzzEscape {

@@ -24,12 +24,11 @@ function parts(over: Partial<AgentParts> = {}): AgentParts {
     nat: null,
     exposes: { list: () => [] } as never,
     known: { list: () => [], isPinned: () => false } as never,
-    offlineCheck: () => Promise.resolve(),
     ...over
   }
 }
 
-const CTX = { socket: null as never }
+const CTX = { socket: null as never, signal: new AbortController().signal }
 
 const codeOf = async (p: unknown): Promise<string> => {
   try {

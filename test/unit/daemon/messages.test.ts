@@ -229,9 +229,14 @@ describe('messages', () => {
     w.pipe.tap = null
     w.pipe.up = true
     const restarted = w.aliceRestarted()
-    const gone = await restarted.send('bob', 'ship it', 2_000, { callerGone: () => true })
-    expect(gone.duplicate).toBe(true)
-    // natctl was interrupted and never printed that: its rerun is still the same message.
+    // The caller goes away as bob acknowledges: the send stops (ABORTED), unsettled.
+    const caller = new AbortController()
+    w.pipe.tap = (from, frame) => {
+      if (from === 'b' && frame.includes(ACK_HEADER)) caller.abort()
+    }
+    await expect(restarted.send('bob', 'ship it', 2_000, { signal: caller.signal })).rejects.toMatchObject({ code: 'ABORTED' })
+    w.pipe.tap = null
+    // natctl was interrupted and never printed anything: its rerun is still the same message.
     expect((await restarted.send('bob', 'ship it', 2_000)).duplicate).toBe(true)
     expect((await restarted.send('bob', 'ship it', 2_000)).duplicate).toBe(false)
     expect(w.bob().list().map((m) => m.text)).toEqual(['ship it', 'ship it'])

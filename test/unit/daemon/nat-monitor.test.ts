@@ -4,7 +4,7 @@
 // NAT_RECHECK_MS, not one per layer; a changed verdict is announced to the server once.
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
 import { NAT_RECHECK_MS, NatMonitor } from '../../../src/daemon/nat-monitor.js'
-import { silentLogger } from '../../../src/protocol/log.js'
+import { silentLogger, systemClock } from '../../../src/protocol/log.js'
 import type { NatVerdict } from '../../../src/protocol/rendezvous.js'
 
 const SERVER = { host: '198.51.100.1', port: 3478 }
@@ -33,7 +33,7 @@ function monitor(verdicts: NatVerdict[], relayed = true) {
     relayed: () => relayed,
     registeredTcp: () => null,
     probePortMapping: () => Promise.resolve({ gateway: null, pcp: false, natPmp: false, externalIp: null }),
-    clock: { now: () => Date.now() },
+    clock: systemClock,
     log: silentLogger
   })
   return { m, checks, announced: () => announced, overlapped: () => overlapped }
@@ -91,7 +91,7 @@ describe('NatMonitor', () => {
       relayed: () => false,
       registeredTcp: () => null,
       probePortMapping: () => Promise.resolve({ gateway: null, pcp: false, natPmp: false, externalIp: null }),
-      clock: { now: () => Date.now() },
+      clock: systemClock,
       log: silentLogger
     })
     await m.start()

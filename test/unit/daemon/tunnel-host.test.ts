@@ -3,7 +3,8 @@
 // to the registered service; an unknown service is refused with UNSUPPORTED_PATH. The
 // rendezvous and NAT answers come from the objects that own them.
 import { describe, expect, it } from 'vitest'
-import { TunnelHost } from '../../../src/daemon/tunnel-host.js'
+import { OFFLINE_PEER_PING_MS, TunnelHost } from '../../../src/daemon/tunnel-host.js'
+import { NatdError } from '../../../src/protocol/errors.js'
 import { silentLogger, systemClock } from '../../../src/protocol/log.js'
 import type { OpenRequest } from '../../../src/tunnel/mux.js'
 import type { Tunnel } from '../../../src/tunnel/tunnel.js'
@@ -24,6 +25,7 @@ describe('TunnelHost', () => {
     socket: null as never,
     keyPair: null as never,
     clock: systemClock,
+    random: Math.random,
     log: silentLogger,
     peers: null as never,
     rendezvous: { introduce: () => Promise.reject(new Error('not used')), tcpLocalPort: 40001, serverEndpoint: { host: '198.51.100.1', port: 3478 } },
@@ -46,5 +48,34 @@ describe('TunnelHost', () => {
     expect([c.localTcpPort(), c.relayServer(), c.natVerdict()]).toEqual([40001, { host: '198.51.100.1', port: 3478 }, 'hard'])
     await c.refreshNat()
     expect(fresh).toBe(1)
+  })
+
+  it('a peer reported offline: one ping of OFFLINE_PEER_PING_MS per peer at a time; no answer closes the tunnel PEER_OFFLINE; offlineCheck resolves when the check ends', async () => {
+    const closes: string[] = []
+    const pings: number[] = []
+    let answer!: (ok: boolean) => void
+    const tunnel = {
+      peer: { name: 'carol', id: 'c'.repeat(52) },
+      ping: (ms: number) => {
+        pings.push(ms)
+        return new Promise<number>((resolve, reject) => (answer = (ok) => (ok ? resolve(1) : reject(new NatdError('TIMEOUT', 'no pong')))))
+      },
+      close: (reason: string, opts: { code?: string }) => void closes.push(`${opts.code}: ${reason}`)
+    } as unknown as Tunnel
+    let ended = false
+    await host.offlineCheck(tunnel.peer.id) // none running: at once
+    host.peerOffline(tunnel)
+    host.peerOffline(tunnel) // the second report while the first check runs starts nothing
+    const check = host.offlineCheck(tunnel.peer.id).then(() => (ended = true))
+    await Promise.resolve()
+    expect([pings, ended]).toEqual([[OFFLINE_PEER_PING_MS], false])
+    answer(false)
+    await check
+    expect(closes).toEqual(['PEER_OFFLINE: carol went offline and does not answer'])
+    host.peerOffline(tunnel) // a later report checks again; an answer keeps the tunnel
+    answer(true)
+    await host.offlineCheck(tunnel.peer.id)
+    expect(pings).toEqual([OFFLINE_PEER_PING_MS, OFFLINE_PEER_PING_MS])
+    expect(closes).toHaveLength(1)
   })
 })

@@ -229,6 +229,43 @@ describe('local API over a Unix socket', () => {
     expect(c).toEqual({ port: 2, host: 'h2', allow: [{ name: 'bob', id: 'b'.repeat(51) + 'q' }] })
   })
 
+  it('a client that goes away mid-call aborts the handler\'s signal; one that stays is answered with its signal never aborted', async () => {
+    const seen: Array<{ peer: string; aborted: boolean }> = []
+    let started!: () => void
+    const inOpen = new Promise<void>((resolve) => (started = resolve))
+    const handlers = stubHandlers(calls)
+    handlers.open = ({ peer }, { signal }) =>
+      new Promise((resolve, reject) => {
+        const done = (): void => void seen.push({ peer, aborted: signal.aborted })
+        if (peer === 'carol') {
+          done()
+          resolve({ peer, id: 'c'.repeat(52), path: 'direct-udp', remote: '203.0.113.3:1', rttMs: null, bytesIn: 0, bytesOut: 0, since: new Date(0).toISOString(), streams: 0, transport: 'udp', state: 'up', tookMs: 1, reused: false })
+          return
+        }
+        signal.addEventListener('abort', () => {
+          done()
+          reject(new NatdError('ABORTED', 'gone'))
+        })
+        started()
+      })
+    const server = new ApiServer(socketPath, handlers, silentLogger)
+    await server.start()
+    servers.push(server)
+    const leaving = await connect()
+    void leaving.call('open', { peer: 'bob', via: 'auto', timeoutMs: 10_000 }).catch(() => undefined)
+    await within(inOpen)
+    expect(seen).toEqual([]) // positive control: the open is pending, nothing aborted yet
+    leaving.close()
+    const stays = await connect()
+    await within(stays.call('open', { peer: 'carol', via: 'auto', timeoutMs: 10_000 }))
+    await within((async () => {
+      while (seen.length < 2) await sleep(10)
+    })())
+    expect(seen).toHaveLength(2)
+    expect(seen).toContainEqual({ peer: 'carol', aborted: false })
+    expect(seen).toContainEqual({ peer: 'bob', aborted: true })
+  })
+
   it('a subscriber receives the events it asked for, and only those', async () => {
     const server = await startServer()
     const client = await connect()

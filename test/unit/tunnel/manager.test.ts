@@ -43,6 +43,8 @@ interface Agent {
   manager: TunnelManager
   pins: Pins
   asked: string[]
+  /** Checks of tunnels whose peer was reported offline, by peer ID (the daemon's TunnelHost runs them). */
+  offline: Map<string, Promise<void>>
   close(): Promise<void>
 }
 
@@ -67,6 +69,7 @@ function agent(name: string, introduce: (self: Agent, target: string, via: Via) 
     port: socket.address().port,
     pins,
     asked,
+    offline: new Map(),
     manager: null as unknown as TunnelManager,
     close: async () => {
       a.manager.closeAll('test over')
@@ -80,11 +83,13 @@ function agent(name: string, introduce: (self: Agent, target: string, via: Via) 
       socket,
       keyPair,
       clock: systemClock,
+      random: Math.random,
       log: silentLogger,
       natVerdict: () => 'easy',
       relayServer: () => null,
       localTcpPort: () => 0,
       refreshNat: async () => undefined,
+      offlineCheck: (id) => a.offline.get(id) ?? Promise.resolve(),
       onChannel,
       peers: pins,
       introduce: (target, via) => {
@@ -151,6 +156,25 @@ describe('TunnelManager.open reaches only the peer the user named', () => {
     expect(alice.manager.get('bob_')).toBeUndefined()
   })
 
+  it('open waits for the check of a tunnel whose peer was reported offline: reused when the peer answered, a new tunnel punched when the check closed it', async () => {
+    const { alice, bob } = pair()
+    const first = (await alice.manager.open('bob', 'udp', 5_000)).tunnel
+    let answered!: () => void
+    alice.offline.set(bob.id, new Promise<void>((resolve) => (answered = resolve)))
+    let settled = false
+    const again = alice.manager.open('bob', 'udp', 5_000).finally(() => (settled = true))
+    await new Promise((resolve) => setTimeout(resolve, 100))
+    expect(settled).toBe(false) // the check is still running: open waits
+    alice.offline.delete(bob.id)
+    answered()
+    expect(await again).toMatchObject({ reused: true, tunnel: first })
+    alice.offline.set(bob.id, Promise.resolve().then(() => first.close('bob went offline and does not answer', { goodbye: true, code: 'PEER_OFFLINE' })))
+    const fresh = await alice.manager.open('bob', 'udp', 5_000)
+    expect(fresh.reused).toBe(false)
+    expect(fresh.tunnel).not.toBe(first)
+    expect(alice.asked).toEqual(['bob', 'bob'])
+  })
+
   it('an introduction renamed to "bob_" is refused with PEER_MISMATCH, pinned or not, and nothing is pinned for it', async () => {
     const { alice, bob } = pair({ introducedName: 'bob_' })
     expect(await codeOf(alice.manager.open('bob', 'udp', 2_000))).toBe('PEER_MISMATCH')
@@ -179,7 +203,8 @@ describe('TunnelManager.open reaches only the peer the user named', () => {
 
   it('an abbreviated ID shared by two pinned peers is refused before asking the server, naming both', async () => {
     const { alice, bob } = pair()
-    const twin = bob.id.slice(0, 10) + 'a'.repeat(41) + 'q'
+    // Shares bob's first 10 characters, never the 11th (bob's key is random: it may have an 'a' there).
+    const twin = bob.id.slice(0, 10) + (bob.id[10] === 'a' ? 'b' : 'a') + 'a'.repeat(40) + 'q'
     alice.pins.pins.set('bob', bob.id)
     alice.pins.pins.set('carol', twin)
     const err = await alice.manager.open(bob.id.slice(0, 8), 'udp', 2_000).catch((e: unknown) => e as NatdError)
@@ -220,6 +245,47 @@ describe('TunnelManager probes only the LAN candidates it may', () => {
     } finally {
       trap.close()
     }
+  })
+})
+
+describe('TunnelManager.open takes an AbortSignal', () => {
+  it('a caller that goes away mid-open (punching a peer that never answers): ABORTED at once, its punch slot released, no probe sent after', async () => {
+    const silent = dgram.createSocket('udp4')
+    let probes = 0
+    silent.on('message', () => void probes++)
+    await new Promise<void>((resolve) => silent.bind(0, '127.0.0.1', resolve))
+    try {
+      const ghost = { name: 'ghost', keyPair: generateKeyPair(), port: silent.address().port }
+      const alice = agent('alice', async (_self, _target, via) => ({ introId: randomBytes(16), punchKey: randomBytes(32), initiator: true, via, peer: record(ghost) }))
+      alice.pins.pins.set('ghost', peerId(ghost.keyPair.publicKey))
+      const caller = new AbortController()
+      const open = codeOf(alice.manager.open('ghost', 'udp', 60_000, caller.signal))
+      await until(() => probes > 0, 'probes to reach the silent peer', 5_000)
+      expect(alice.manager.budget.inUse.punches).toBe(1) // positive control: punching now
+      caller.abort()
+      expect(await open).toBe('ABORTED')
+      await until(() => alice.manager.budget.inUse.punches === 0, 'the punch slot to be released', 2_000)
+      await new Promise((resolve) => setTimeout(resolve, 300)) // a probe in flight lands
+      const after = probes
+      await new Promise((resolve) => setTimeout(resolve, 1_500))
+      expect(probes).toBe(after)
+      expect(alice.manager.list()).toEqual([])
+    } finally {
+      silent.close()
+    }
+  })
+
+  it('of two callers sharing one attempt, the one that cancels gets ABORTED; the other still gets the tunnel', async () => {
+    const { alice, bob } = pair()
+    alice.pins.pins.set('bob', bob.id)
+    const caller = new AbortController()
+    const leaving = codeOf(alice.manager.open('bob', 'udp', 5_000, caller.signal))
+    const staying = alice.manager.open('bob', 'udp', 5_000)
+    await until(() => alice.asked.length > 0, 'the introduction')
+    caller.abort()
+    expect(await leaving).toBe('ABORTED')
+    expect((await staying).tunnel.peer).toEqual({ name: 'bob', id: bob.id })
+    expect(alice.asked).toEqual(['bob'])
   })
 })
 

@@ -8,6 +8,7 @@
 //                                                                         └── 198.51.100.2:3479  alt-both
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
 import { formatEndpoint, sameEndpoint, type Endpoint } from '../../../src/protocol/endpoint.js'
+import { monotonicClock } from '../../../src/protocol/clock.js'
 import { decodeStun, encodeBindingRequest } from '../../../src/protocol/stun.js'
 import { StunResponder } from '../../../src/rendezvous/stun-responder.js'
 import {
@@ -199,7 +200,7 @@ describe('NatCheck.netcheck through simulated NATs', () => {
       t += 42.5 // the answer comes 42.5 ms later on this clock
       check.onStun(buf, from)
     })
-    check = new NatCheck((buf, to) => nat.out(buf, to), { now: () => t })
+    check = new NatCheck((buf, to) => nat.out(buf, to), { ...monotonicClock, now: () => t })
     const r = await run(check.netcheck(SERVER, ALT_PORT, [LOCAL]))
     expect(r.rttMs).toBe(42.5)
   })

@@ -14,7 +14,7 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
 import { formatEndpoint, sameEndpoint, type Endpoint } from '../../../src/protocol/endpoint.js'
 import { NatdError } from '../../../src/protocol/errors.js'
-import { silentLogger, type Clock } from '../../../src/protocol/log.js'
+import { silentLogger, systemClock } from '../../../src/protocol/log.js'
 import { decode, encode, type Message, opened } from '../../../src/protocol/rendezvous.js'
 import {
   LAN_GRACE_MS,
@@ -30,7 +30,7 @@ import {
 } from '../../../src/tunnel/punch.js'
 import { seq } from '../helpers.js'
 
-const clock: Clock = { now: () => Date.now() }
+const clock = systemClock
 const T0 = 1_700_000_000_000
 const INTRO_ID = seq(0x50, 16)
 /** The introduction's punch key: both punchers seal with it and open with it. */

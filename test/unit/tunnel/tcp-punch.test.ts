@@ -8,12 +8,12 @@ import { describe, expect, it } from 'vitest'
 import SecretStream from '@hyperswarm/secret-stream'
 import { NatdError } from '../../../src/protocol/errors.js'
 import { generateKeyPair, type KeyPair } from '../../../src/protocol/identity.js'
-import { silentLogger, type Clock, type Logger } from '../../../src/protocol/log.js'
+import { silentLogger, systemClock, type Logger } from '../../../src/protocol/log.js'
 import { PunchBudget } from '../../../src/tunnel/budget.js'
 import { punchTcp, type TcpPunchResult } from '../../../src/tunnel/tcp-punch.js'
 import { freePort } from '../helpers.js'
 
-const clock: Clock = { now: () => Date.now() }
+const clock = systemClock
 
 function punch(from: number, to: number, me: KeyPair, them: KeyPair, initiator: boolean, deadlineMs: number, signal = new AbortController().signal, synWaitMs?: () => number): Promise<TcpPunchResult> {
   return punchTcp(

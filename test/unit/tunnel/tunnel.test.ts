@@ -5,8 +5,8 @@
 //   Tunnel A (opener, peer "bob") ── pipe.a ═══ frames ═══ pipe.b ── Tunnel B (peer "alice")
 import { afterEach, describe, expect, it } from 'vitest'
 import { NatdError } from '../../../src/protocol/errors.js'
-import { silentLogger, systemClock, type Clock } from '../../../src/protocol/log.js'
-import { Tunnel, type TunnelTiming } from '../../../src/tunnel/tunnel.js'
+import { silentLogger, systemClock, type Logger, type TimerClock } from '../../../src/protocol/log.js'
+import { canTransition, MIGRATE_GIVE_UP_MS, Tunnel, type TunnelState, type TunnelTiming } from '../../../src/tunnel/tunnel.js'
 import { FakeClock } from '../helpers.js'
 import { messagePipe, until, type MessagePipe } from './pipe.js'
 
@@ -23,10 +23,10 @@ interface Pair {
 
 const live: Tunnel[] = []
 
-function pair(clock: Clock = systemClock): Pair {
+function pair(clock: TimerClock = systemClock, timing: TunnelTiming = TIMING, log: Logger = silentLogger): Pair {
   const pipe = messagePipe()
-  const a = new Tunnel({ name: 'bob', id: 'b0b' }, 'direct-udp', BOB, 'udp', 'intro-1', true, pipe.a, TIMING, clock, silentLogger)
-  const b = new Tunnel({ name: 'alice', id: 'a11ce' }, 'direct-udp', ALICE, 'udp', 'intro-1', false, pipe.b, TIMING, clock, silentLogger)
+  const a = new Tunnel({ name: 'bob', id: 'b0b' }, 'direct-udp', BOB, 'udp', 'intro-1', true, pipe.a, timing, clock, log)
+  const b = new Tunnel({ name: 'alice', id: 'a11ce' }, 'direct-udp', ALICE, 'udp', 'intro-1', false, pipe.b, timing, clock, silentLogger)
   live.push(a, b)
   const closed = { a: [] as string[], b: [] as string[] }
   a.on('closed', (r) => closed.a.push(r))
@@ -141,6 +141,17 @@ describe('Tunnel: ping and snapshot', () => {
     expect(a.snapshot().rttMs).toBe(rtt)
   })
 
+  it('ping(ms, signal): an abort rejects ABORTED at once, long before the timeout; the tunnel stays up', async () => {
+    const { pipe, a } = pair()
+    pipe.up = false
+    const caller = new AbortController()
+    const ping = a.ping(60_000, caller.signal)
+    caller.abort()
+    await expect(ping).rejects.toSatisfy((e) => e instanceof NatdError && e.code === 'ABORTED')
+    await expect(a.ping(10, AbortSignal.abort())).rejects.toSatisfy((e) => e instanceof NatdError && e.code === 'ABORTED')
+    expect(a.isUp).toBe(true)
+  })
+
   it('ping() rejects TIMEOUT naming the peer when no pong comes back', async () => {
     const { pipe, a } = pair()
     pipe.up = false
@@ -174,5 +185,83 @@ describe('Tunnel: ping and snapshot', () => {
     await until(() => a.snapshot().bytesIn === 300 && b.snapshot().bytesIn === 1000, 'the bytes to cross')
     expect(a.snapshot()).toMatchObject({ bytesIn: 300, bytesOut: 1000, streams: 1 })
     expect(b.snapshot()).toMatchObject({ peer: 'alice', remote: '198.51.100.1:4000', bytesIn: 1000, bytesOut: 300 })
+  })
+})
+
+describe('Tunnel: liveness under a fake clock (the daemon\'s real timings, no real waiting)', () => {
+  it('a silent path: migrating within a keepalive and WAITING_SILENT_MS, closed after MIGRATE_GIVE_UP_MS (90 s) and not a moment before', async () => {
+    const clock = new FakeClock()
+    const { pipe, a, b, closed } = pair(clock, { keepaliveMs: 5_000, deadMs: 15_000 })
+    await clock.pass(12_000)
+    expect([a.isUp, b.isUp]).toEqual([true, true]) // positive control: keepalives answered, nothing silent
+    expect(a.snapshot().rttMs).toEqual(expect.any(Number))
+    pipe.up = false
+    const cut = clock.now()
+    // The next keepalive ping goes unanswered: gone WAITING_SILENT_MS later.
+    await clock.pass(5_000 + 2_000 + 500)
+    expect([a.isMigrating, b.isMigrating]).toEqual([true, true])
+    const since = (a.state as Extract<TunnelState, { kind: 'migrating' }>).since
+    expect(since - cut).toBeGreaterThan(2_000)
+    await clock.pass(since + MIGRATE_GIVE_UP_MS - clock.now() - 300)
+    expect(closed).toEqual({ a: [], b: [] })
+    await clock.pass(600)
+    expect(closed.a).toEqual([expect.stringMatching(/^no path for 1m30s \(no answer for 2\.0s\)$/)])
+    expect(a.state.kind).toBe('closed')
+  })
+})
+
+describe('Tunnel: every state move goes through one transition() that logs once', () => {
+  it('canTransition: up to anything, migrating to up or closed, closed to nothing', () => {
+    const kinds = ['up', 'migrating', 'closed'] as const
+    const allowed = kinds.flatMap((from) => kinds.filter((to) => canTransition(from, to)).map((to) => `${from}->${to}`))
+    expect(allowed).toEqual(['up->up', 'up->migrating', 'up->closed', 'migrating->up', 'migrating->closed'])
+  })
+
+  it('path, remote and transport are the state\'s: an upgrade changes them with one "path upgraded" line; a closed tunnel refuses to resume or upgrade and keeps its route', async () => {
+    const lines: string[] = []
+    const log: Logger = { error: (m) => void lines.push(m), warn: (m) => void lines.push(m), info: (m) => void lines.push(m), debug: (m) => void lines.push(`debug ${m}`), child: () => log }
+    const clock = new FakeClock()
+    const { a } = pair(clock, TIMING, log)
+    const next = messagePipe()
+    const paths: string[] = []
+    a.on('path', (from, to) => paths.push(`${from}->${to}`))
+    const RELAY = { host: '192.0.2.9', port: 3478 }
+    a.upgrade(next.a, 'relay', RELAY, 'tcp')
+    expect(a.state).toEqual({ kind: 'up', path: 'relay', remote: RELAY, transport: 'tcp' })
+    expect(a.snapshot()).toMatchObject({ path: 'relay', remote: '192.0.2.9:3478', transport: 'tcp', state: 'up' })
+    expect(paths).toEqual(['direct-udp->relay'])
+    expect(lines).toEqual(['path upgraded'])
+    lines.length = 0
+    a.close('closed by user', { goodbye: false })
+    expect(lines).toEqual(['tunnel closed'])
+    expect(a.state).toEqual({ kind: 'closed', reason: 'closed by user', path: 'relay', remote: RELAY, transport: 'tcp' })
+    lines.length = 0
+    const late = messagePipe()
+    expect(a.resume(late.a, 0, 'direct-udp', BOB, 'udp')).toBe(false)
+    expect(late.a.destroyed).toBe(true)
+    a.upgrade(messagePipe().a, 'direct-tcp', BOB, 'tcp')
+    a.close('again')
+    expect(a.state).toMatchObject({ kind: 'closed', reason: 'closed by user', path: 'relay' })
+    expect(paths).toEqual(['direct-udp->relay'])
+    expect(lines.filter((l) => !l.startsWith('debug'))).toEqual([])
+  })
+
+  it('up -> migrating -> up (the old path heard again) -> closed: one line each, and a migrating tunnel refuses an upgrade', async () => {
+    const lines: string[] = []
+    const log: Logger = { error: (m) => void lines.push(m), warn: (m) => void lines.push(m), info: (m) => void lines.push(m), debug: () => undefined, child: () => log }
+    const clock = new FakeClock()
+    const { pipe, a } = pair(clock, { keepaliveMs: 1_000, deadMs: 5_000 }, log)
+    pipe.up = false
+    await clock.pass(1_000 + 2_000 + 500)
+    expect(a.isMigrating).toBe(true)
+    const spare = messagePipe()
+    a.upgrade(spare.a, 'relay', { host: '192.0.2.9', port: 3478 }, 'tcp')
+    expect(spare.a.destroyed).toBe(true)
+    expect(a.path).toBe('direct-udp')
+    pipe.up = true
+    await clock.pass(1_000) // the migrating ping is answered: the old path is back
+    expect(a.isUp).toBe(true)
+    a.close('closed by user', { goodbye: false })
+    expect(lines).toEqual(['tunnel migrating', 'tunnel resumed', 'tunnel closed'])
   })
 })
