@@ -11,7 +11,7 @@ import { Contacts } from '../../../src/rendezvous/contacts.js'
 import type { RegRef } from '../../../src/rendezvous/registry.js'
 import { TCP_KEEPALIVE_MS, type TcpConn } from '../../../src/rendezvous/tcp-gate.js'
 import { FakeSocket } from './fake-socket.js'
-import { FakeTime } from './fake-timers.js'
+import { FakeClock } from '../helpers.js'
 
 
 const conn = (): TcpConn => ({ socket: new FakeSocket().asNet, reg: null, unauth: true }) as TcpConn
@@ -42,7 +42,7 @@ function setup(): {
     controlLost: (ref: RegRef) => calls.push(`controlLost ${ref}`)
   }
   const cluster = { offline: (r: PeerRecord) => offline.push(r) }
-  const agents = new AgentConns({ clock: new FakeTime(), registry, gate, contacts, cluster })
+  const agents = new AgentConns({ clock: new FakeClock(), registry, gate, contacts, cluster })
   return { agents, contacts, calls, written, offline, gate }
 }
 

@@ -14,7 +14,7 @@ import { Contacts } from '../../../src/rendezvous/contacts.js'
 import { Introductions } from '../../../src/rendezvous/introductions.js'
 import { RefusalLog } from '../../../src/common/refusal-log.js'
 import type { TcpConn } from '../../../src/rendezvous/tcp-gate.js'
-import { FakeTime } from './fake-timers.js'
+import { FakeClock } from '../helpers.js'
 
 const record = (name: string, n: number, online = true): PeerRecord => ({ publicKey: Buffer.alloc(32, n), name, online, lastSeenAgoMs: 0, nat: 'easy', udp: null, tcp: null, lan: [] })
 const conn = (n: number): TcpConn => ({ session: { remotePublicKey: Buffer.alloc(32, n) }, source: '192.0.2.1', remote: { host: '192.0.2.1', port: 40_000 + n }, socket: { destroyed: false } }) as unknown as TcpConn
@@ -43,7 +43,7 @@ function setup(opts: { relay?: boolean; relayRefuses?: boolean; remote?: RemoteP
     }
   }
   const intros = new Introductions({
-    clock: new FakeTime(),
+    clock: new FakeClock(),
     log: silentLogger,
     limits: { introductionsPerMinute: opts.perMinute ?? 60 },
     refusals: new RefusalLog(silentLogger, { windowMs: 1_000, level: 'info' }),

@@ -10,11 +10,10 @@ import { NatdError, ProtocolError } from '../../../src/protocol/errors.js'
 import { silentLogger } from '../../../src/protocol/log.js'
 import { generateKeyPair, sign, type KeyPair } from '../../../src/protocol/identity.js'
 import { decode, encode, encodeRelay, frame, type Message, relaySigned } from '../../../src/protocol/rendezvous.js'
-import { prng, randInt } from '../helpers.js'
+import { FakeClock, prng, randInt } from '../helpers.js'
 import { Relay, RELAY_BIND_TIMEOUT_MS, RELAY_EARLY_MAX_BYTES, RELAY_EARLY_PAUSE_BYTES, type RelayLimits } from '../../../src/rendezvous/relay.js'
 import { END_LINGER_MS } from '../../../src/rendezvous/tcp-gate.js'
 import { FakeSocket } from './fake-socket.js'
-import { FakeTime } from './fake-timers.js'
 
 
 const INTRO = Buffer.alloc(16, 7)
@@ -43,8 +42,8 @@ function setup(limits = LIMITS): { relay: Relay; clock: { t: number; now(): numb
 }
 
 /** A relay whose clock and timers are fake time: its deadlines run when the test moves time on. */
-function setupTimed(limits = LIMITS): { relay: Relay; time: FakeTime; a: FakeSocket; b: FakeSocket } {
-  const time = new FakeTime()
+function setupTimed(limits = LIMITS): { relay: Relay; time: FakeClock; a: FakeSocket; b: FakeSocket } {
+  const time = new FakeClock()
   const relay = new Relay(limits, time, silentLogger, time)
   relay.allow(INTRO, NAMES, KEYS)
   const a = new FakeSocket()

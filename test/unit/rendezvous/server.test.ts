@@ -17,9 +17,8 @@ import { decodeStun, encodeBindingRequest, isStun, STUN_MAGIC_COOKIE } from '../
 import { CONTROL_LOST_GRACE_MS } from '../../../src/rendezvous/registry.js'
 import { encodeBindingRequestWith } from '../../../src/protocol/stun-request.js'
 import { EXPIRY_SWEEP_MS, RendezvousServer, TCP_AUTH_TIMEOUT_MS, type RendezvousInit } from '../../../src/rendezvous/server.js'
-import { prng, randBuf, randInt } from '../helpers.js'
+import { FakeClock, prng, randBuf, randInt } from '../helpers.js'
 import { ackOf, HOST, registerFrame, registerTcp, sockets, TcpPeer, WAIT_MS } from './fake-agent.js'
-import { FakeTime } from './fake-timers.js'
 
 const SILENCE_MS = 300
 const STUNCLIENT = '/usr/bin/turnutils_stunclient'
@@ -56,7 +55,7 @@ afterEach(async () => {
 
 /** UDP and TCP share `port`, so port 0 cannot be used: try random ports until one is free. */
 /** With `time`, the server's clock and timers are fake (its sweep runs when the test moves time on). */
-async function startServer(extra: Partial<RendezvousInit> = {}, time?: FakeTime): Promise<Started> {
+async function startServer(extra: Partial<RendezvousInit> = {}, time?: FakeClock): Promise<Started> {
   let lastErr: unknown
   for (let attempt = 0; attempt < 20; attempt++) {
     const port = randInt(Math.random, 20_000, 59_999)
@@ -525,7 +524,7 @@ describe('RendezvousServer over TCP', () => {
   })
 
   it('an agent whose host ends its control connection without BYE (its process killed) goes "down" after the grace, unless it registers again first; a reset waits for the peer timeout', async () => {
-    const clock = new FakeTime(Date.now()) // the sweep too: it runs when the test moves time on
+    const clock = new FakeClock(Date.now()) // the sweep too: it runs when the test moves time on
     const { port } = await startServer({}, clock)
     const bobKp = generateKeyPair()
     const alice = await registerTcp(port, generateKeyPair(), 'alice')
@@ -574,7 +573,7 @@ describe('RendezvousServer over TCP', () => {
   })
 
   it('drops an agent silent past --peer-timeout at the first sweep after it, and tells its peers (fake time: no waiting)', async () => {
-    const time = new FakeTime()
+    const time = new FakeClock()
     const { server, port } = await startServer({ peerTimeoutMs: 30_000 }, time)
     const alice = await registerTcp(port, generateKeyPair(), 'alice')
     const bob = await registerTcp(port, generateKeyPair(), 'bob')

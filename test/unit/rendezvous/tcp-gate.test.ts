@@ -10,13 +10,13 @@ import { silentLogger } from '../../../src/protocol/log.js'
 import { DEFAULT_SERVER_LIMITS } from '../../../src/rendezvous/limits.js'
 import { END_LINGER_MS, TcpGate, type TcpConn, type TcpHandler } from '../../../src/rendezvous/tcp-gate.js'
 import { FakeSocket } from './fake-socket.js'
-import { FakeTime } from './fake-timers.js'
+import { FakeClock } from '../helpers.js'
 
 
 const LIMITS = { ...DEFAULT_SERVER_LIMITS, authTimeoutMs: 5_000, maxUnauthPerSource: 2 }
 
-function setup(): { gate: TcpGate; time: FakeTime; closed: TcpConn[]; connect: (host?: string) => { socket: FakeSocket; conn: TcpConn } } {
-  const time = new FakeTime()
+function setup(): { gate: TcpGate; time: FakeClock; closed: TcpConn[]; connect: (host?: string) => { socket: FakeSocket; conn: TcpConn } } {
+  const time = new FakeClock()
   const gate = new TcpGate({ limits: LIMITS, clock: time, timers: time, log: silentLogger, keyPair: generateKeyPair(), refusals: new RefusalLog(silentLogger, { windowMs: 1_000, level: 'info' }), relay: null })
   const closed: TcpConn[] = []
   const handler: TcpHandler = { onMessage: () => undefined, bindRelay: () => undefined, onClose: (c) => closed.push(c) }
