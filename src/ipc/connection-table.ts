@@ -51,6 +51,8 @@ interface Slot {
   subscribed: boolean
   /** Last time a request began or ended (or the connection opened), in ms. */
   lastActiveMs: number
+  /** Until when the connection is proving its uid (it asked for a nonce), in ms; 0 when not. */
+  provingUntilMs: number
 }
 
 interface Held {
@@ -102,11 +104,11 @@ export class ConnectionTable<C> {
     const poolFull = this.heldBy('unproven').connections >= this.unproven.connections
     if (poolFull || this.slots.size >= this.init.maxConnections) {
       // Within the pool first; a full pool never takes a slot of a proven owner.
-      const victim = this.longestIdle('unproven') ?? (poolFull ? undefined : this.longestIdle())
+      const victim = this.longestIdle(nowMs, 'unproven') ?? (poolFull ? undefined : this.longestIdle(nowMs))
       if (victim === undefined) return { kind: 'refused' }
       result = this.evict(victim, nowMs)
     }
-    this.slots.set(conn, { owner: 'unproven', inFlight: 0, subscribed: false, lastActiveMs: nowMs })
+    this.slots.set(conn, { owner: 'unproven', inFlight: 0, subscribed: false, lastActiveMs: nowMs, provingUntilMs: 0 })
     this.count('unproven').connections++
     return result
   }
@@ -123,7 +125,7 @@ export class ConnectionTable<C> {
     if ((slot.subscribed && h.subscribers >= this.perUid.subscribers) || h.inFlight + slot.inFlight > this.perUid.inFlight) return { kind: 'refused' }
     let result: Admission<C> = { kind: 'admitted' }
     if (h.connections >= this.perUid.connections) {
-      const victim = this.longestIdle(uid)
+      const victim = this.longestIdle(nowMs, uid)
       if (victim === undefined) return { kind: 'refused' }
       result = this.evict(victim, nowMs)
     }
@@ -142,6 +144,17 @@ export class ConnectionTable<C> {
     if (slot.subscribed) this.subscribers--
     this.uncount(slot)
     this.slots.delete(conn)
+  }
+
+  /**
+   * `conn` asked for a nonce and is proving its uid until `untilMs` (the proof's
+   * deadline), or is done (`untilMs` 0). Until then it is evicted only after every idle
+   * connection that is not proving: a client between its nonce and its proof is idle for
+   * a moment, and a flood of idle newcomers must not push it out in that moment.
+   */
+  proving(conn: C, untilMs: number): void {
+    const slot = this.slots.get(conn)
+    if (slot) slot.provingUntilMs = untilMs
   }
 
   /** A request begins on `conn`; false (nothing counted) when its owner has its share of requests in flight. */
@@ -210,15 +223,18 @@ export class ConnectionTable<C> {
     if (h.connections === 0) this.held.delete(slot.owner)
   }
 
-  /** The longest-idle connection, of `owner` only when given. */
-  private longestIdle(owner?: Owner): C | undefined {
+  /** The longest-idle connection, of `owner` only when given; one proving its uid only when no other is idle. */
+  private longestIdle(nowMs: number, owner?: Owner): C | undefined {
     let best: C | undefined
+    let bestProving = true
     let bestAt = Infinity
     for (const [conn, slot] of this.slots) {
       if (slot.subscribed || slot.inFlight > 0) continue
       if (owner !== undefined && slot.owner !== owner) continue
-      if (slot.lastActiveMs < bestAt) {
+      const proving = slot.provingUntilMs > nowMs
+      if ((bestProving && !proving) || (proving === bestProving && slot.lastActiveMs < bestAt)) {
         best = conn
+        bestProving = proving
         bestAt = slot.lastActiveMs
       }
     }

@@ -22,7 +22,7 @@ import { RefusalLog } from '../common/refusal-log.js'
 import { ConnectionTable, type Share } from './connection-table.js'
 import { checkSocketDir } from './socket-dir.js'
 import { EVENT_NAMES, PARAMS, parseRequest, type EventName, type Events, type MethodName, type Params, type Result } from './schema.js'
-import { checkProof, newNonce } from './uid-proof.js'
+import { checkProof, newNonce, PROOF_DEADLINE_MS } from './uid-proof.js'
 
 export const SOCKET_MODE = 0o660
 /** Largest request frame the daemon reads (node-ipc drops the connection past it). */
@@ -343,7 +343,9 @@ export class ApiServer {
   private challenge(socket: net.Socket): { nonce: string } {
     if (this.challenges.has(socket)) throw new NatdError('UNAUTHORIZED', 'uid proof refused: one challenge per connection')
     const nonce = newNonce()
-    this.challenges.set(socket, { nonce, issuedMs: performance.now(), tried: false })
+    const issuedMs = performance.now()
+    this.challenges.set(socket, { nonce, issuedMs, tried: false })
+    this.table.proving(socket, issuedMs + PROOF_DEADLINE_MS)
     return { nonce }
   }
 
@@ -354,6 +356,7 @@ export class ApiServer {
     if (c.tried) throw new NatdError('UNAUTHORIZED', 'uid proof refused: one proof per connection')
     c.tried = true
     if (this.proofsInProgress >= MAX_CONCURRENT_PROOFS) {
+      this.table.proving(socket, 0)
       this.refusals.refused('api uid proofs at once over the limit, refused', LOCAL, 'BUSY', `${MAX_CONCURRENT_PROOFS} at once`)
       throw new NatdError('BUSY', `natd is busy: ${MAX_CONCURRENT_PROOFS} uid proofs are being checked; the connection stays unproven`)
     }
@@ -361,12 +364,14 @@ export class ApiServer {
     try {
       await checkProof(claim, c.nonce, c.issuedMs, () => performance.now())
     } catch (err) {
+      this.table.proving(socket, 0)
       this.refusals.refused('api uid proof refused', LOCAL, 'UNAUTHORIZED', (err as Error).message)
       throw err
     } finally {
       this.proofsInProgress--
     }
     if (!this.table.has(socket)) throw new NatdError('TUNNEL_CLOSED', 'the connection was closed during its proof')
+    this.table.proving(socket, 0)
     const moved = this.table.prove(socket, claim.uid, performance.now())
     if (moved.kind === 'refused') {
       const share = this.table.shareOf(claim.uid)

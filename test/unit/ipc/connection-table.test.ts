@@ -141,5 +141,17 @@ describe('ConnectionTable', () => {
       expect(t.admit('u-new', 100)).toMatchObject({ kind: 'admitted-evicting', evicted: 'u0' })
       expect(t.has('b')).toBe(true)
     })
+
+    it('a connection proving its uid is evicted only after every other idle one, and only until its deadline', () => {
+      const t = shared()
+      t.admit('honest', 0)
+      t.proving('honest', 5_000)
+      for (let i = 1; i < 16; i++) t.admit(`idle${i}`, i)
+      // a churn of idle newcomers cycles through the idle ones, never the one proving
+      for (let i = 0; i < 100; i++) expect(t.admit(`churn${i}`, 100 + i)).not.toMatchObject({ evicted: 'honest' })
+      expect(t.has('honest')).toBe(true)
+      // past its deadline it is an idle connection like any other (the oldest here)
+      expect(t.admit('late', 6_000)).toMatchObject({ kind: 'admitted-evicting', evicted: 'honest' })
+    })
   })
 })
