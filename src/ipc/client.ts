@@ -13,7 +13,7 @@ import { isErrorCode, NatdError } from '../protocol/errors.js'
 import type { EventName, Events, MethodName, Params, Result } from './schema.js'
 import { defaultSocketPath } from './schema.js'
 import { checkSocketDir } from './socket-dir.js'
-import { PROOF_DEADLINE_MS, PROOF_PREFIX } from './uid-proof.js'
+import { PROOF_DEADLINE_MS, PROOF_PREFIX, proofDirFor } from './uid-proof.js'
 
 interface IpcClientHandle {
   on(event: string, fn: (...args: never[]) => void): void
@@ -105,7 +105,7 @@ export class ApiClient {
       return
     }
     if (!/^[0-9a-f]{1,64}$/.test(nonce)) return // never let a reply choose where we create a file
-    const file = nodePath.join(proofDir(), PROOF_PREFIX + nonce)
+    const file = nodePath.join(proofDir(this.socketPath), PROOF_PREFIX + nonce)
     try {
       // O_EXCL (wx): a new file of ours, never one planted there; fchmod: 0600 whatever the umask.
       const fd = fs.openSync(file, 'wx', 0o600)
@@ -184,11 +184,18 @@ function bounded<T>(p: Promise<T>): Promise<T> {
 }
 
 /**
- * Where the proof file goes: our temp directory when others may search it (a system
- * natd runs as another user and must lstat the file), else /tmp. The file is empty and
- * lives for one round trip.
+ * Where the proof file goes: the `proof` directory natd keeps next to its socket (a
+ * directory we checked with the socket's, which natd sees whatever its /tmp), else our
+ * temp directory when others may search it, else /tmp. The file is empty and lives for
+ * one round trip.
  */
-function proofDir(): string {
+function proofDir(socketPath: string): string {
+  const beside = proofDirFor(socketPath)
+  try {
+    if (fs.lstatSync(beside).isDirectory()) return beside
+  } catch {
+    // an older natd: none
+  }
   const dir = os.tmpdir()
   try {
     if ((fs.statSync(dir).mode & 0o001) !== 0) return dir

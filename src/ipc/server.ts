@@ -22,7 +22,7 @@ import { RefusalLog } from '../common/refusal-log.js'
 import { ConnectionTable, type Share } from './connection-table.js'
 import { checkSocketDir } from './socket-dir.js'
 import { EVENT_NAMES, PARAMS, parseRequest, type EventName, type Events, type MethodName, type Params, type Result } from './schema.js'
-import { checkProof, newNonce, PROOF_DEADLINE_MS } from './uid-proof.js'
+import { checkProof, ensureProofDir, newNonce, PROOF_DEADLINE_MS, proofDirFor } from './uid-proof.js'
 
 export const SOCKET_MODE = 0o660
 /** Largest request frame the daemon reads (node-ipc drops the connection past it). */
@@ -169,6 +169,7 @@ export class ApiServer {
     const dir = path.dirname(this.socketPath)
     fs.mkdirSync(dir, { recursive: true, mode: 0o750 })
     checkSocketDir(this.socketPath)
+    if (!ensureProofDir(this.socketPath)) this.log.warn('api proof directory unusable, clients prove their uid in /tmp', { dir: proofDirFor(this.socketPath) })
     await claimSocketPath(this.socketPath)
 
     const cfg = this.ipc.config

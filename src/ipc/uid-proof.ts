@@ -6,8 +6,8 @@
  *
  *   1. natd gives the connection a fresh random nonce (`auth.challenge`);
  *   2. the client creates an empty file named `natd-proof-<nonce>` (O_EXCL, mode 0600)
- *      in a directory natd can search (its temp directory, /tmp) and sends its path and
- *      uid (`auth.prove`); then it removes the file;
+ *      in a directory natd can search (the `proof` directory natd keeps next to its
+ *      socket, else /tmp) and sends its path and uid (`auth.prove`); then it removes it;
  *   3. natd lstat()s that path: a regular file (not a link: lstat does not follow the
  *      last component), one link (not a hard link to someone else's file), owned by the
  *      claimed uid, mode 0600, empty, named with this connection's nonce, and made before
@@ -25,6 +25,7 @@
  * only moves the claimer into U's share of the API slots (connection-table.ts).
  */
 import { timingSafeEqual, randomBytes } from 'node:crypto'
+import fsSync from 'node:fs'
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import { NatdError } from '../protocol/errors.js'
@@ -45,6 +46,42 @@ export const MAX_PROOF_PATH = 512
  * sit half-proven.
  */
 export const PROOF_DEADLINE_MS = 5_000
+
+/**
+ * The directory next to the API socket where clients create their proof files: mode
+ * 1733 (anyone who can reach the socket's directory may create a file; sticky, so no one
+ * removes or replaces another's; not listable, so no one sees another's names). natd's
+ * /tmp may not be the clients' (systemd's PrivateTmp=yes in natd.service), so /tmp is
+ * only the fallback. Only those who may reach the socket reach it (/run/natd is 0750,
+ * group natd).
+ */
+export const PROOF_DIR_NAME = 'proof'
+export const PROOF_DIR_MODE = 0o1733
+
+export function proofDirFor(socketPath: string): string {
+  return path.join(path.dirname(socketPath), PROOF_DIR_NAME)
+}
+
+/**
+ * Makes the proof directory next to the socket (natd, at start). Returns false, and
+ * clients fall back to /tmp, when something that is not our own directory is there.
+ */
+export function ensureProofDir(socketPath: string): boolean {
+  const dir = proofDirFor(socketPath)
+  try {
+    fsSync.mkdirSync(dir, { mode: 0o700 })
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') return false
+  }
+  try {
+    const st = fsSync.lstatSync(dir)
+    if (!st.isDirectory() || st.uid !== (process.getuid?.() ?? st.uid)) return false
+    fsSync.chmodSync(dir, PROOF_DIR_MODE) // after mkdir: the umask would take the bits off
+    return true
+  } catch {
+    return false
+  }
+}
 
 export function newNonce(): string {
   return randomBytes(NONCE_BYTES).toString('hex')

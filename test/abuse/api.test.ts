@@ -169,7 +169,7 @@ describe('abuse: local API', () => {
     const s = await startServer()
     fs.chownSync(path.dirname(socketPath), 0, NOBODY)
     fs.chownSync(socketPath, 0, NOBODY)
-    const env = { PATH: process.env.PATH ?? '/usr/bin:/bin' } // no TMPDIR: its proof file goes to /tmp
+    const env = { PATH: process.env.PATH ?? '/usr/bin:/bin' } // its proof files go to natd's proof directory beside the socket
     const attacker = spawn(process.execPath, [API_HOLDER, socketPath, String(MAX_API_CONNECTIONS)], { uid: NOBODY, gid: NOBODY, env, stdio: ['ignore', 'pipe', 'pipe'] })
     const exited = new Promise<void>((resolve) => attacker.once('exit', () => resolve()))
     try {

@@ -177,6 +177,10 @@ describe('local API limits', () => {
     expect(s.heldBy(process.getuid!())).toMatchObject({ connections: 1 })
     expect(s.heldBy('unproven')).toMatchObject({ connections: 0 })
     await expect(c.call('status', {})).resolves.toMatchObject({ name: 'alice' })
+    // natd keeps the proof directory next to its socket (its /tmp may be private): sticky, anyone may create, no one may list
+    const proofDir = path.join(path.dirname(socketPath), 'proof')
+    expect(fs.statSync(proofDir).mode & 0o7777).toBe(0o1733)
+    expect(fs.readdirSync(proofDir)).toEqual([]) // natctl removed its file
   })
 
   it('a connection that does not prove shares the unproven pool’s 4 requests in flight: the 5th is BUSY, the connection stays', async () => {
