@@ -335,9 +335,7 @@ export class ApiServer {
     const who = owner === 'unproven' ? 'connections that have not proved a uid' : `uid ${owner}`
     const limit = owner === undefined ? 0 : this.table.shareOf(owner).inFlight
     this.refusals.refused('api requests in flight over the share, refused', LOCAL, 'BUSY', `${who}: ${limit} in flight`)
-    const raw = (data as { id?: unknown } | null)?.id
-    const id = (typeof raw === 'number' && Number.isSafeInteger(raw)) || (typeof raw === 'string' && raw.length <= 64) ? raw : null
-    this.handle?.emit(socket, 'response', { id, error: { code: 'BUSY', message: `natd is busy: ${who} have ${limit} requests waiting for answers already; try again when one is answered` } })
+    this.handle?.emit(socket, 'response', { id: echoId(data), error: { code: 'BUSY', message: `natd is busy: ${who} have ${limit} requests waiting for answers already; try again when one is answered` } })
   }
 
   /** `auth.challenge`: this connection's nonce (one per connection). */
@@ -388,8 +386,7 @@ export class ApiServer {
 
   private async answer(data: unknown, socket: net.Socket): Promise<void> {
     // Echo the caller's id even when the rest of the request is bad, so it can match the error.
-    const raw = (data as { id?: unknown } | null)?.id
-    let id: number | string | null = (typeof raw === 'number' && Number.isSafeInteger(raw)) || (typeof raw === 'string' && raw.length <= 64) ? raw : null
+    let id = echoId(data)
     try {
       const req = parseRequest(data)
       id = req.id
@@ -421,6 +418,12 @@ export class ApiServer {
   private reply(socket: net.Socket, id: number | string, result: unknown): void {
     this.handle?.emit(socket, 'response', { id, result })
   }
+}
+
+/** The request's id when it is a valid one (so an error can be matched to it), else null. */
+function echoId(data: unknown): number | string | null {
+  const raw = (data as { id?: unknown } | null)?.id
+  return (typeof raw === 'number' && Number.isSafeInteger(raw)) || (typeof raw === 'string' && raw.length <= 64) ? raw : null
 }
 
 function encodeFrame(type: string, data: unknown): string {
