@@ -6,11 +6,14 @@
  * directory someone else could have planted it in is UNSAFE_SOCKET (we never connect).
  */
 import fs from 'node:fs'
+import os from 'node:os'
+import nodePath from 'node:path'
 import { IPCModule } from 'node-ipc'
 import { isErrorCode, NatdError } from '../protocol/errors.js'
 import type { EventName, Events, MethodName, Params, Result } from './schema.js'
 import { defaultSocketPath } from './schema.js'
 import { checkSocketDir } from './socket-dir.js'
+import { PROOF_DEADLINE_MS, PROOF_PREFIX, proofDirFor } from './uid-proof.js'
 
 interface IpcClientHandle {
   on(event: string, fn: (...args: never[]) => void): void
@@ -83,6 +86,44 @@ export class ApiClient {
         handle.on('event', (data: never) => this.onEvent(data))
       })
     })
+    await this.proveUid()
+  }
+
+  /**
+   * Proves our uid to natd (uid-proof.ts), so this connection counts in our own share of
+   * natd's API slots rather than in the small pool of unproven ones. Best effort: an older
+   * natd (no auth methods), a temp directory we cannot write, or a refused proof leave the
+   * connection unproven and still usable; a closed connection fails the next call.
+   */
+  private async proveUid(): Promise<void> {
+    const uid = process.getuid?.()
+    if (uid === undefined) return
+    let nonce: string
+    try {
+      nonce = (await bounded(this.call('auth.challenge', {}))).nonce
+    } catch {
+      return
+    }
+    if (!/^[0-9a-f]{1,64}$/.test(nonce)) return // never let a reply choose where we create a file
+    const file = nodePath.join(proofDir(this.socketPath), PROOF_PREFIX + nonce)
+    try {
+      // O_EXCL (wx): a new file of ours, never one planted there; fchmod: 0600 whatever the umask.
+      const fd = fs.openSync(file, 'wx', 0o600)
+      try {
+        fs.fchmodSync(fd, 0o600)
+      } finally {
+        fs.closeSync(fd)
+      }
+    } catch {
+      return
+    }
+    try {
+      await bounded(this.call('auth.prove', { uid, path: file }))
+    } catch {
+      // stays unproven
+    } finally {
+      fs.rmSync(file, { force: true })
+    }
   }
 
   call<M extends MethodName>(method: M, params: Params<M>): Promise<Result<M>> {
@@ -130,6 +171,38 @@ export class ApiClient {
     for (const p of this.pending.values()) p.reject(err)
     this.pending.clear()
   }
+}
+
+/** A proof step natd does not answer within its deadline is given up (the connection stays unproven). */
+function bounded<T>(p: Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new NatdError('TIMEOUT', 'no answer to the uid proof')), PROOF_DEADLINE_MS)
+    timer.unref()
+  })
+  return Promise.race([p, late]).finally(() => clearTimeout(timer))
+}
+
+/**
+ * Where the proof file goes: the `proof` directory natd keeps next to its socket (a
+ * directory we checked with the socket's, which natd sees whatever its /tmp), else our
+ * temp directory when others may search it, else /tmp. The file is empty and lives for
+ * one round trip.
+ */
+function proofDir(socketPath: string): string {
+  const beside = proofDirFor(socketPath)
+  try {
+    if (fs.lstatSync(beside).isDirectory()) return beside
+  } catch {
+    // an older natd: none
+  }
+  const dir = os.tmpdir()
+  try {
+    if ((fs.statSync(dir).mode & 0o001) !== 0) return dir
+  } catch {
+    // fall through
+  }
+  return '/tmp'
 }
 
 function toError(error: { code: string; message: string }): NatdError {

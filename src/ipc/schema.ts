@@ -15,6 +15,7 @@ import type { NatVerdict } from '../protocol/rendezvous.js'
 import type { FilteringBehaviour, MappingBehaviour } from '../protocol/stun.js'
 import type { PathKind, TunnelSnapshot } from '../protocol/tunnel-snapshot.js'
 import { VIAS, type Via } from '../protocol/via.js'
+import { MAX_PROOF_PATH } from './uid-proof.js'
 
 export const API_VERSION = 1
 
@@ -282,6 +283,8 @@ export interface Methods {
   'peer.trust': { params: { name: string; id: string; replace: boolean }; result: TrustResult }
   'peer.untrust': { params: { name: string }; result: { name: string; id: string } }
   subscribe: { params: { events: EventName[] }; result: { subscribed: EventName[] } }
+  'auth.challenge': { params: Record<string, never>; result: { nonce: string } }
+  'auth.prove': { params: { uid: number; path: string }; result: { uid: number } }
   open: { params: { peer: string; via: OpenVia; timeoutMs: number }; result: OpenResult }
   close: { params: { peer: string }; result: { closed: boolean } }
   tunnels: { params: Record<string, never>; result: TunnelInfo[] }
@@ -358,6 +361,9 @@ export const PARAMS: { [M in MethodName]: Check<Params<M>> } = {
   'peer.trust': v.object({ name: v.string({ max: 64 }), id: v.string({ max: 64 }), replace: v.optional(v.bool(), false) }),
   'peer.untrust': v.object({ name: v.string({ max: 64 }) }),
   subscribe: v.object({ events: v.array(v.oneOf(EVENT_NAMES), EVENT_NAMES.length) }),
+  'auth.challenge': empty,
+  // uid_t is 32 bits and (uid_t)-1 means "none".
+  'auth.prove': v.object({ uid: v.int(0, 2 ** 32 - 2), path: v.string({ max: MAX_PROOF_PATH }) }),
   open: v.object({ peer: v.string({ max: 64 }), via: v.optional(v.oneOf(OPEN_VIAS), 'auto'), timeoutMs: v.optional(v.int(1, TIMEOUT_MAX_MS), 10_000) }),
   close: v.object({ peer: v.string({ max: 64 }) }),
   tunnels: empty,

@@ -20,9 +20,10 @@ import { NatdError, toNatdError } from '../protocol/errors.js'
 import { systemClock, type Timer, type TimerClock } from '../protocol/clock.js'
 import type { Logger } from '../protocol/log.js'
 import { RefusalLog } from '../common/refusal-log.js'
-import { ConnectionTable } from './connection-table.js'
+import { ConnectionTable, type Share } from './connection-table.js'
 import { checkSocketDir } from './socket-dir.js'
 import { EVENT_NAMES, PARAMS, parseRequest, type EventName, type Events, type MethodName, type Params, type Result } from './schema.js'
+import { checkProof, ensureProofDir, newNonce, PROOF_DEADLINE_MS, proofDirFor } from './uid-proof.js'
 
 export const SOCKET_MODE = 0o660
 /** Largest request frame the daemon reads (node-ipc drops the connection past it). */
@@ -38,6 +39,31 @@ export const MAX_API_CONNECTIONS = 64
  * idle (evictable) or busy with a request that ends. A desktop has a handful of watchers.
  */
 export const MAX_API_SUBSCRIBERS = 32
+/**
+ * One uid's share of the slots (connection-table.ts): a quarter of the table, so one
+ * user's flood leaves at least three quarters to the others, and still far more than a
+ * desktop user runs at once (a few watchers and natctl calls). Half of it may be
+ * subscribed and half of it may wait for answers, so a uid that fills its share with
+ * busy connections still has nothing it can hold forever: subscribers are capped, and
+ * requests end.
+ */
+export const MAX_API_CONNECTIONS_PER_UID = 16
+export const MAX_API_SUBSCRIBERS_PER_UID = MAX_API_CONNECTIONS_PER_UID / 2
+export const MAX_API_IN_FLIGHT_PER_UID = MAX_API_CONNECTIONS_PER_UID / 2
+/**
+ * The shared pool of connections that have not proved a uid (every connection until it
+ * does; old clients and clients that cannot prove stay there). natctl proves at once, so
+ * the pool mostly holds newcomers for a few ms; 16 slots absorb bursts of them. Only 4
+ * may subscribe and 4 requests may wait in it: whoever does not prove shares little, so a
+ * flood of unproven work holds at most 8 slots busy.
+ */
+export const UNPROVEN_API_SHARE: Readonly<Share> = Object.freeze({ connections: 16, subscribers: 4, inFlight: 4 })
+/**
+ * Proofs natd checks at once (each is one lstat). A proof names a path the client
+ * chose, which could be on a file system that hangs (a dead NFS mount, FUSE): 2 of
+ * libuv's 4 threads at most, so a hung proof can never stall natd's own file work.
+ */
+export const MAX_CONCURRENT_PROOFS = 2
 /**
  * A connection with no request in flight and no subscription is closed after this long.
  * natctl connects and sends its request at once and is done in well under a second; a
@@ -74,6 +100,10 @@ const LOCAL = 'local client'
 export interface ApiLimits {
   maxConnections: number
   maxSubscribers: number
+  /** One proven uid's share. */
+  perUid: Share
+  /** The pool of connections that have not proved a uid. */
+  unproven: Share
   idleTimeoutMs: number
   maxQueuedBytes: number
 }
@@ -81,6 +111,8 @@ export interface ApiLimits {
 export const DEFAULT_API_LIMITS: Readonly<ApiLimits> = Object.freeze({
   maxConnections: MAX_API_CONNECTIONS,
   maxSubscribers: MAX_API_SUBSCRIBERS,
+  perUid: Object.freeze({ connections: MAX_API_CONNECTIONS_PER_UID, subscribers: MAX_API_SUBSCRIBERS_PER_UID, inFlight: MAX_API_IN_FLIGHT_PER_UID }),
+  unproven: UNPROVEN_API_SHARE,
   idleTimeoutMs: API_IDLE_TIMEOUT_MS,
   maxQueuedBytes: MAX_QUEUED_BYTES
 })
@@ -95,7 +127,11 @@ export interface HandlerContext {
   signal: AbortSignal
 }
 
-export type Handlers = { [M in MethodName]: (params: Params<M>, ctx: HandlerContext) => Promise<Result<M>> | Result<M> }
+/** Methods the API server answers itself: the uid proof (uid-proof.ts). */
+type AuthMethod = 'auth.challenge' | 'auth.prove'
+const isAuthMethod = (m: unknown): m is AuthMethod => m === 'auth.challenge' || m === 'auth.prove'
+
+export type Handlers = { [M in Exclude<MethodName, AuthMethod>]: (params: Params<M>, ctx: HandlerContext) => Promise<Result<M>> | Result<M> }
 
 interface IpcServerHandle {
   on(event: string, fn: (...args: never[]) => void): void
@@ -114,6 +150,9 @@ export class ApiServer {
   private readonly table: ConnectionTable<net.Socket>
   private readonly idleTimers = new Map<net.Socket, Timer>()
   private readonly refusals: RefusalLog
+  /** Each connection's nonce, once it asked for one; `tried` once it sent its one proof. */
+  private readonly challenges = new Map<net.Socket, { nonce: string; issuedMs: number; tried: boolean }>()
+  private proofsInProgress = 0
 
   constructor(
     private readonly socketPath: string,
@@ -124,13 +163,18 @@ export class ApiServer {
     private readonly clock: TimerClock = systemClock
   ) {
     this.limits = { ...DEFAULT_API_LIMITS, ...limits }
-    this.table = new ConnectionTable({ maxConnections: this.limits.maxConnections, maxSubscribers: this.limits.maxSubscribers })
+    this.table = new ConnectionTable({ maxConnections: this.limits.maxConnections, maxSubscribers: this.limits.maxSubscribers, perUid: this.limits.perUid, unproven: this.limits.unproven })
     this.refusals = new RefusalLog(log, { windowMs: REFUSAL_LOG_INTERVAL_MS, level: 'warn' })
   }
 
   /** Connections held now (tests and status). */
   get connectionCount(): number {
     return this.table.size
+  }
+
+  /** What a uid (or the unproven pool) holds now (tests, the abuse suite). */
+  heldBy(owner: number | 'unproven'): Readonly<{ connections: number; subscribers: number; inFlight: number }> {
+    return this.table.heldBy(owner)
   }
 
   /** The most bytes ever seen queued for one subscriber after an event was written (tests, abuse suite). */
@@ -140,6 +184,7 @@ export class ApiServer {
     const dir = path.dirname(this.socketPath)
     fs.mkdirSync(dir, { recursive: true, mode: 0o750 })
     checkSocketDir(this.socketPath)
+    if (!ensureProofDir(this.socketPath)) this.log.warn('api proof directory unusable, clients prove their uid in /tmp', { dir: proofDirFor(this.socketPath) })
     await claimSocketPath(this.socketPath)
 
     const cfg = this.ipc.config
@@ -278,11 +323,16 @@ export class ApiServer {
     this.disarmIdle(socket)
     this.table.remove(socket)
     this.subscriptions.delete(socket)
+    this.challenges.delete(socket)
   }
 
   private async onRequest(data: unknown, socket: net.Socket): Promise<void> {
     if (!this.table.has(socket)) return // evicted or refused while this frame was read
-    this.table.requestStarted(socket, this.clock.hrNow())
+    const method = (data as { method?: unknown } | null)?.method
+    // The proof is bounded on its own (one per connection, MAX_CONCURRENT_PROOFS, a
+    // deadline), so it takes none of the owner's requests in flight.
+    if (isAuthMethod(method)) return this.answer(data, socket)
+    if (!this.table.requestStarted(socket, this.clock.hrNow())) return this.refuseRequest(data, socket)
     this.disarmIdle(socket)
     try {
       await this.answer(data, socket)
@@ -292,10 +342,64 @@ export class ApiServer {
     }
   }
 
+  /** Its owner has its share of requests in flight: BUSY for this one, the connection stays. */
+  private refuseRequest(data: unknown, socket: net.Socket): void {
+    const owner = this.table.ownerOf(socket)
+    const who = owner === 'unproven' ? 'connections that have not proved a uid' : `uid ${owner}`
+    const limit = owner === undefined ? 0 : this.table.shareOf(owner).inFlight
+    this.refusals.refused('api requests in flight over the share, refused', LOCAL, 'BUSY', `${who}: ${limit} in flight`)
+    this.handle?.emit(socket, 'response', { id: echoId(data), error: { code: 'BUSY', message: `natd is busy: ${who} have ${limit} requests waiting for answers already; try again when one is answered` } })
+  }
+
+  /** `auth.challenge`: this connection's nonce (one per connection). */
+  private challenge(socket: net.Socket): { nonce: string } {
+    if (this.challenges.has(socket)) throw new NatdError('UNAUTHORIZED', 'uid proof refused: one challenge per connection')
+    const nonce = newNonce()
+    const issuedMs = this.clock.hrNow()
+    this.challenges.set(socket, { nonce, issuedMs, tried: false })
+    this.table.proving(socket, issuedMs + PROOF_DEADLINE_MS)
+    return { nonce }
+  }
+
+  /** `auth.prove`: checks the file (uid-proof.ts) and moves the connection into the uid's share. */
+  private async prove(socket: net.Socket, claim: { uid: number; path: string }): Promise<{ uid: number }> {
+    const c = this.challenges.get(socket)
+    if (!c) throw new NatdError('UNAUTHORIZED', 'uid proof refused: ask for a challenge (auth.challenge) first')
+    if (c.tried) throw new NatdError('UNAUTHORIZED', 'uid proof refused: one proof per connection')
+    c.tried = true
+    if (this.proofsInProgress >= MAX_CONCURRENT_PROOFS) {
+      this.table.proving(socket, 0)
+      this.refusals.refused('api uid proofs at once over the limit, refused', LOCAL, 'BUSY', `${MAX_CONCURRENT_PROOFS} at once`)
+      throw new NatdError('BUSY', `natd is busy: ${MAX_CONCURRENT_PROOFS} uid proofs are being checked; the connection stays unproven`)
+    }
+    this.proofsInProgress++
+    try {
+      await checkProof(claim, c.nonce, c.issuedMs, () => this.clock.hrNow())
+    } catch (err) {
+      this.table.proving(socket, 0)
+      this.refusals.refused('api uid proof refused', LOCAL, 'UNAUTHORIZED', (err as Error).message)
+      throw err
+    } finally {
+      this.proofsInProgress--
+    }
+    if (!this.table.has(socket)) throw new NatdError('TUNNEL_CLOSED', 'the connection was closed during its proof')
+    this.table.proving(socket, 0)
+    const moved = this.table.prove(socket, claim.uid, this.clock.hrNow())
+    if (moved.kind === 'refused') {
+      const share = this.table.shareOf(claim.uid)
+      this.refusals.refused('api uid share full, proof refused', LOCAL, 'BUSY', `uid ${claim.uid}: ${share.connections} connections`)
+      throw new NatdError('BUSY', `natd is busy: uid ${claim.uid} holds its ${share.connections} connections (${share.subscribers} subscribed or ${share.inFlight} requests waiting); the connection stays unproven`)
+    }
+    if (moved.kind === 'admitted-evicting') {
+      this.log.debug('api idle connection evicted for a new one of its uid', { uid: claim.uid, idleMs: Math.round(moved.idleMs) })
+      this.closeIdle(moved.evicted)
+    }
+    return { uid: claim.uid }
+  }
+
   private async answer(data: unknown, socket: net.Socket): Promise<void> {
     // Echo the caller's id even when the rest of the request is bad, so it can match the error.
-    const raw = (data as { id?: unknown } | null)?.id
-    let id: number | string | null = (typeof raw === 'number' && Number.isSafeInteger(raw)) || (typeof raw === 'string' && raw.length <= 64) ? raw : null
+    let id = echoId(data)
     try {
       const req = parseRequest(data)
       id = req.id
@@ -303,13 +407,18 @@ export class ApiServer {
         const params = PARAMS.subscribe(req.params, 'params')
         const events = params.events.length ? params.events : [...EVENT_NAMES]
         if (!this.table.subscribe(socket)) {
-          throw new NatdError('BUSY', `natd is busy: ${this.limits.maxSubscribers} connections are subscribed already; close one and try again`)
+          const owner = this.table.ownerOf(socket) ?? 'unproven'
+          const mine = this.table.shareOf(owner).subscribers
+          const whose = owner === 'unproven' ? `connections that have not proved a uid may hold ${mine}` : `uid ${owner} may hold ${mine}`
+          throw new NatdError('BUSY', `natd is busy: ${this.table.subscriberCount} connections are subscribed (${this.limits.maxSubscribers} at most; ${whose}); close one and try again`)
         }
         this.subscriptions.set(socket, new Set(events))
         return this.reply(socket, id, { subscribed: events })
       }
+      if (req.method === 'auth.challenge') return this.reply(socket, id, this.challenge(socket))
+      if (req.method === 'auth.prove') return this.reply(socket, id, await this.prove(socket, PARAMS['auth.prove'](req.params, 'params')))
       const params = (PARAMS[req.method] as (x: unknown, p: string) => unknown)(req.params, 'params')
-      const handler = this.handlers[req.method] as (p: unknown, ctx: HandlerContext) => Promise<unknown>
+      const handler = this.handlers[req.method as Exclude<MethodName, AuthMethod>] as (p: unknown, ctx: HandlerContext) => Promise<unknown>
       const result = await callerBound(socket, (signal) => handler(params, { socket, signal }))
       this.reply(socket, id, result)
     } catch (err) {
@@ -335,6 +444,12 @@ async function callerBound<T>(socket: net.Socket, work: (signal: AbortSignal) =>
   } finally {
     socket.off('close', onClose)
   }
+}
+
+/** The request's id when it is a valid one (so an error can be matched to it), else null. */
+function echoId(data: unknown): number | string | null {
+  const raw = (data as { id?: unknown } | null)?.id
+  return (typeof raw === 'number' && Number.isSafeInteger(raw)) || (typeof raw === 'string' && raw.length <= 64) ? raw : null
 }
 
 function encodeFrame(type: string, data: unknown): string {

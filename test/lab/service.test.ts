@@ -366,6 +366,11 @@ describe.skipIf(!labAvailable())('natd as a system service', () => {
       const member = await s.natctl('alice', ['status'])
       expect(member.code).toBe(0)
       expect(member.json).toMatchObject({ name: 'alice', registered: true })
+      // It proved its uid to natd (another user) through natd's proof directory beside the socket.
+      const proofDir = path.join(path.dirname(alice.socket), 'proof')
+      expect([fs.statSync(proofDir).mode & 0o7777, fs.statSync(proofDir).uid]).toEqual([0o1733, natdUid])
+      expect(fs.readdirSync(proofDir)).toEqual([])
+      expect(s.log('alice')).not.toContain('uid proof')
       const outsider = await s.natctl('alice', ['status'], OUTSIDER)
       expect(outsider.code).toBe(1)
       expect(outsider.stderr).toBe(`natctl: permission denied on ${alice.socket}: add yourself to group natd\n`)

@@ -14,9 +14,10 @@ import { silentLogger, type Logger } from '../../../src/protocol/log.js'
 
 const STATUS = { version: '0.0.0-test', name: 'alice' } as StatusResult
 
-/** status answers; every other method is not needed here. */
+/** status answers; peers never does (a request that stays in flight); every other method is not needed here. */
 const handlers = new Proxy({} as Handlers, {
-  get: (_, method) => (method === 'status' ? () => STATUS : () => Promise.reject(new NatdError('INTERNAL', `${String(method)} not stubbed`)))
+  get: (_, method) =>
+    method === 'status' ? () => STATUS : method === 'peers' ? () => new Promise(() => undefined) : () => Promise.reject(new NatdError('INTERNAL', `${String(method)} not stubbed`))
 })
 
 function recordingLogger(lines: { level: string; message: string; fields?: Record<string, unknown> }[]): Logger {
@@ -168,5 +169,50 @@ describe('local API limits', () => {
     fs.chmodSync(path.dirname(socketPath), 0o777)
     const err = await client().catch((e: unknown) => e)
     expect(codeOf(err)).toBe('UNSAFE_SOCKET')
+  })
+
+  it('natctl’s client proves its uid on connect: it counts in its uid’s share, not the unproven pool', async () => {
+    const s = await start({})
+    const c = await client()
+    expect(s.heldBy(process.getuid!())).toMatchObject({ connections: 1 })
+    expect(s.heldBy('unproven')).toMatchObject({ connections: 0 })
+    await expect(c.call('status', {})).resolves.toMatchObject({ name: 'alice' })
+    // natd keeps the proof directory next to its socket (its /tmp may be private): sticky, anyone may create, no one may list
+    const proofDir = path.join(path.dirname(socketPath), 'proof')
+    expect(fs.statSync(proofDir).mode & 0o7777).toBe(0o1733)
+    expect(fs.readdirSync(proofDir)).toEqual([]) // natctl removed its file
+  })
+
+  it('a connection that does not prove shares the unproven pool’s 4 requests in flight: the 5th is BUSY, the connection stays', async () => {
+    const s = await start({})
+    const anon = await raw()
+    const frames: string[] = []
+    anon.on('data', (d: Buffer) => frames.push(...d.toString().split('\f').filter(Boolean)))
+    anon.write([1, 2, 3, 4, 5].map((id) => JSON.stringify({ type: 'request', data: { id, method: 'peers', params: {} } }) + '\f').join(''))
+    for (let i = 0; i < 200 && frames.length === 0; i++) await sleep(10)
+    expect(frames.map((f) => JSON.parse(f) as { data: { id: number; error?: { code: string } } }).map((f) => [f.data.id, f.data.error?.code])).toEqual([[5, 'BUSY']])
+    expect(s.heldBy('unproven')).toMatchObject({ connections: 1, inFlight: 4 })
+    // a client that proves is not held back by them
+    await expect((await client()).call('status', {})).resolves.toMatchObject({ name: 'alice' })
+  })
+
+  it('a wrong proof is UNAUTHORIZED and the connection stays usable, unproven; one proof per connection', async () => {
+    const s = await start({})
+    const anon = await raw()
+    const answers: { id: number; result?: { nonce?: string }; error?: { code: string; message: string } }[] = []
+    anon.on('data', (d: Buffer) => answers.push(...d.toString().split('\f').filter(Boolean).map((f) => (JSON.parse(f) as { data: (typeof answers)[number] }).data)))
+    const ask = async (id: number, method: string, params: object): Promise<(typeof answers)[number]> => {
+      anon.write(JSON.stringify({ type: 'request', data: { id, method, params } }) + '\f')
+      for (let i = 0; i < 300 && !answers.some((a) => a.id === id); i++) await sleep(10)
+      return answers.find((a) => a.id === id)!
+    }
+    const { result } = await ask(1, 'auth.challenge', {})
+    expect(result?.nonce).toMatch(/^[0-9a-f]{32}$/)
+    const file = path.join(dir, 'natd-proof-' + result!.nonce)
+    fs.writeFileSync(file, '', { mode: 0o600 })
+    expect((await ask(2, 'auth.prove', { uid: process.getuid!() + 1, path: file })).error?.code).toBe('UNAUTHORIZED')
+    expect((await ask(3, 'auth.prove', { uid: process.getuid!(), path: file })).error?.message).toMatch(/one proof per connection/)
+    expect(s.heldBy('unproven')).toMatchObject({ connections: 1 })
+    expect((await ask(4, 'status', {})).result).toMatchObject({ name: 'alice' })
   })
 })
