@@ -17,6 +17,7 @@ import type { Random, TimerClock } from '../protocol/clock.js'
 import type { Logger } from '../protocol/log.js'
 import type { NatVerdict, Via } from '../protocol/rendezvous.js'
 import type { Introduction, PeerPolicy, TunnelManagerComponents } from '../tunnel/manager.js'
+import type { PathComponents } from '../tunnel/paths.js'
 import type { OpenRequest } from '../tunnel/mux.js'
 import type { Tunnel } from '../tunnel/tunnel.js'
 import type { NatMonitor } from './nat-monitor.js'
@@ -31,13 +32,8 @@ export const OFFLINE_PEER_PING_MS = 3_000
 /** A handler for channels a peer opens to one of our services; it decides whom it accepts (it gets the authenticated peer). */
 export type ChannelHandler = (tunnel: Tunnel, req: OpenRequest) => void
 
-export interface TunnelHostComponents {
-  udx: UDX
-  socket: UDXSocket
-  keyPair: KeyPair
-  clock: TimerClock
-  random: Random
-  log: Logger
+/** The socket, key, time and chance it hands the path layer as they are (tunnel/paths.ts). */
+export interface TunnelHostComponents extends Pick<PathComponents, 'udx' | 'socket' | 'keyPair' | 'clock' | 'random' | 'log'> {
   peers: PeerPolicy
   rendezvous: Pick<RendezvousClient, 'introduce' | 'tcpLocalPort' | 'serverEndpoint'>
   nat: Pick<NatMonitor, 'verdict' | 'fresh'>
