@@ -29,7 +29,11 @@
  *                lanCount u8 ep*lanCount proofLen u8 proof[proofLen] signature[64]
  *                (the signature covers every byte before it, header included; the
  *                publicKey must be the one that ran the Noise handshake)
- *   REGISTER_ACK token[16] udpKey[32] observed ep heartbeatMs u32 peerTimeoutMs u32
+ *   REGISTER_ACK token[16] udpKey[32] observed ep heartbeatMs u32 peerTimeoutMs u32 [server6 ep]
+ *                server6: the server's IPv6 UDP endpoint (--host6, always family 6),
+ *                where the agent sends the same sealed heartbeats from its IPv6 socket
+ *                (protocol/ipv6.ts). It trails the frame, so an older agent, which
+ *                tolerates trailing bytes, ignores it; an older server sends none.
  *   HEARTBEAT    token[16] seq u32 tag[16] zeros[8]   padding: the ack is never larger
  *   HEARTBEAT_ACK seq u32 status u8 observed ep tag[16]
  *   ERROR        reqId u32 code str8 message str8
@@ -93,6 +97,8 @@ export const MAX_LAN_ENDPOINTS = 8
  */
 export const MAX_LIST_PEERS = 2048
 const HEARTBEAT_PADDING = 8
+/** REGISTER_ACK's trailing server6: an IPv6 endpoint (family, address, port). */
+const SERVER6_BYTES = 1 + 16 + 2
 
 export const MSG = {
   // 1 was HELLO (version 1's UDP registration)
@@ -165,7 +171,7 @@ export type Message =
   | { type: 'challenge'; nonce: Uint8Array; serverTime: number }
   | { type: 'secure' }
   | ({ type: 'register'; signature: Uint8Array; signed: Uint8Array } & RegisterFields)
-  | { type: 'register-ack'; token: Uint8Array; udpKey: Uint8Array; observed: Endpoint | null; heartbeatMs: number; peerTimeoutMs: number }
+  | { type: 'register-ack'; token: Uint8Array; udpKey: Uint8Array; observed: Endpoint | null; heartbeatMs: number; peerTimeoutMs: number; server6?: Endpoint | null }
   | ({ type: 'heartbeat'; token: Uint8Array; seq: number } & Sealed)
   | ({ type: 'heartbeat-ack'; seq: number; status: HeartbeatStatus; observed: Endpoint | null } & Sealed)
   | { type: 'error'; reqId: number; code: string; message: string }
@@ -308,7 +314,9 @@ export function encode(m: OutgoingMessage): Buffer {
     case 'register-ack': {
       const w = header(MSG.REGISTER_ACK).bytes(fixed(m.token, TOKEN_BYTES, 'token')).bytes(fixed(m.udpKey, DATAGRAM_KEY_BYTES, 'udpKey'))
       writeEndpoint(w, m.observed)
-      return w.u32(m.heartbeatMs).u32(m.peerTimeoutMs).finish()
+      w.u32(m.heartbeatMs).u32(m.peerTimeoutMs)
+      if (m.server6) writeEndpoint(w, m.server6)
+      return w.finish()
     }
     case 'heartbeat':
       return sealed(header(MSG.HEARTBEAT).bytes(fixed(m.token, TOKEN_BYTES, 'token')).u32(m.seq), m.key).zeros(HEARTBEAT_PADDING).finish()
@@ -391,7 +399,12 @@ export function decode(buf: Uint8Array): Message {
       const token = r.bytes(TOKEN_BYTES, 'token')
       const udpKey = r.bytes(DATAGRAM_KEY_BYTES, 'udpKey')
       const observed = readEndpoint(r)
-      return { type: 'register-ack', token, udpKey, observed, heartbeatMs: r.u32('heartbeatMs'), peerTimeoutMs: r.u32('peerTimeoutMs') }
+      const heartbeatMs = r.u32('heartbeatMs')
+      const peerTimeoutMs = r.u32('peerTimeoutMs')
+      // An extension, not a field: a frame that ends here is an older server's (trailing
+      // bytes that are no IPv6 endpoint are tolerated as before).
+      const server6 = r.remaining >= SERVER6_BYTES && buf[r.position] === 6 ? readEndpoint(r) : null
+      return { type: 'register-ack', token, udpKey, observed, heartbeatMs, peerTimeoutMs, ...(server6 ? { server6 } : {}) }
     }
     case MSG.HEARTBEAT: {
       const token = r.bytes(TOKEN_BYTES, 'token')

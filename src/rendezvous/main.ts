@@ -35,6 +35,7 @@ function serverOptions(y: Argv<{ 'state-dir': string | undefined }>) {
   return y
     .usage('$0 [options]\n\nRegisters natd agents, keeps their NAT mappings alive, introduces them to each other.')
     .option('host', { type: 'string', default: '0.0.0.0', describe: 'address to listen on' })
+    .option('host6', { type: 'string', describe: 'an IPv6 address of this host to listen on too (UDP and TCP, same port): agents learn their IPv6 candidate there; a specific global address, as agents are told it' })
     .option('port', { type: 'number', default: 3478, describe: 'UDP and TCP port (UDP also answers STUN)' })
     .option('alt-port', { type: 'number', default: 3479, describe: 'second UDP port for STUN mapping checks (0 = off)' })
     .option('alt-host', { type: 'string', describe: 'second IP address of this host: STUN on it too, for RFC 5780 NAT behaviour discovery (natctl netcheck); needs a specific --host' })
@@ -112,6 +113,9 @@ async function runServer(argv: ServerArgs): Promise<void> {
     if (altHost === argv.host) usage('--alt-host must differ from --host')
     if (!argv['alt-port']) usage('--alt-host needs --alt-port (RFC 5780 uses two addresses and two ports)')
   }
+  const host6 = argv.host6 ?? null
+  if (host6 !== null && (net.isIP(host6) !== 6 || host6 === '::')) usage(`--host6 must be one specific IPv6 address of this host, not ${JSON.stringify(host6)}`)
+  if (host6 !== null && net.isIP(argv.host) === 6) usage('--host6 is for a server whose --host is IPv4 (a --host that is IPv6 serves IPv6 already)')
   let peerTimeoutMs: number
   let heartbeatMs: number
   let nameTtlMs: number
@@ -202,7 +206,7 @@ async function runServer(argv: ServerArgs): Promise<void> {
   }
   // (the gauges read `server` at scrape time, after it is made)
   const server: RendezvousServer = new RendezvousServer(
-    { host: argv.host, port: argv.port, altPort: argv['alt-port'], altHost, secret, peerTimeoutMs, heartbeatMs, relay, nameTtlMs, limits },
+    { host: argv.host, host6, port: argv.port, altPort: argv['alt-port'], altHost, secret, peerTimeoutMs, heartbeatMs, relay, nameTtlMs, limits },
     { log: log.child({ component: 'rendezvous' }), keyPair, names: cluster ? undefined : names, cluster, metrics }
   )
   try {

@@ -35,7 +35,7 @@ export interface RegistrationsComponents {
   registry: Registry
   gate: Pick<TcpGate, 'send' | 'end' | 'authenticated'>
   agents: Pick<AgentConns, 'adopt' | 'close' | 'broadcast' | 'wentDown'>
-  udp: Pick<UdpSockets, 'heartbeatKey'>
+  udp: Pick<UdpSockets, 'heartbeatKey' | 'v6Endpoint'>
   cluster: Cluster | null
   metrics: Pick<ServerMetrics, 'registration'> | null
 }
@@ -185,7 +185,8 @@ export class Registrations {
 
   private ack(reg: Registration, observed: Endpoint): OutgoingMessage {
     const udpKey = this.c.udp.heartbeatKey(reg.ref, reg.token)
-    return { type: 'register-ack', token: reg.token, udpKey, observed, heartbeatMs: this.init.heartbeatMs, peerTimeoutMs: this.init.peerTimeoutMs }
+    const server6 = this.c.udp.v6Endpoint()
+    return { type: 'register-ack', token: reg.token, udpKey, observed, heartbeatMs: this.init.heartbeatMs, peerTimeoutMs: this.init.peerTimeoutMs, ...(server6 ? { server6 } : {}) }
   }
 }
 

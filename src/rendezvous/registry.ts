@@ -21,7 +21,8 @@ import type { Endpoint } from '../protocol/endpoint.js'
 import { NatdError } from '../protocol/errors.js'
 import { base32Bytes, peerId, randomBytes } from '../protocol/identity.js'
 import type { Clock } from '../protocol/log.js'
-import { KEY_BYTES, NAT_VERDICTS, TOKEN_BYTES, type NatVerdict, type PeerRecord } from '../protocol/rendezvous.js'
+import { withV6Candidate } from '../protocol/ipv6.js'
+import { KEY_BYTES, MAX_LAN_ENDPOINTS, NAT_VERDICTS, TOKEN_BYTES, type NatVerdict, type PeerRecord } from '../protocol/rendezvous.js'
 import { EndpointColumn, grown } from './endpoint-column.js'
 import { MemoryNameStore, type NameStore } from './name-store.js'
 import { bytesEqual, hashBytes, SlotIndex } from './slot-index.js'
@@ -211,6 +212,20 @@ export class Registry {
   setUdp(ref: RegRef, ep: Endpoint): void {
     const slot = this.slotOf(ref)
     if (slot >= 0) this.udp.set(slot, ep)
+  }
+
+  /**
+   * Where the agent's sealed heartbeats to our IPv6 socket come from: its IPv6
+   * candidate, first in its candidate list (protocol/ipv6.ts). Returns whether it changed.
+   */
+  setV6(ref: RegRef, ep: Endpoint): boolean {
+    const slot = this.slotOf(ref)
+    if (slot < 0) return false
+    const packed = this.lans[slot]!
+    const first = `${ep.host} ${ep.port}`
+    if (packed === first || packed.startsWith(`${first} `)) return false
+    this.lans[slot] = packEndpoints(withV6Candidate(unpackEndpoints(packed), ep, MAX_LAN_ENDPOINTS))
+    return this.lans[slot] !== packed
   }
 
   touch(ref: RegRef): void {

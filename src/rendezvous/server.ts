@@ -55,6 +55,12 @@ export interface RendezvousInit {
   host: string // address to bind ('0.0.0.0' for all)
   port: number // UDP + TCP
   altPort: number // UDP, STUN only; 0 = off
+  /**
+   * An IPv6 address of this host to listen on too (UDP and TCP, same port): heartbeats
+   * there give agents their IPv6 candidate (protocol/ipv6.ts), REGISTER_ACK names it, and
+   * IPv6-only agents register there. A specific address, as agents are told it. null = off.
+   */
+  host6?: string | null
   /** Second address (RFC 5780 behaviour discovery): UDP STUN on altHost:port and altHost:altPort; needs a specific `host`. */
   altHost?: string | null
   /** Network secret: only agents proving they hold it may register. */
@@ -99,6 +105,7 @@ export class RendezvousServer {
   private readonly refusals: RefusalLog
   private readonly udp: UdpSockets
   private tcp: net.Server | null = null
+  private tcp6: net.Server | null = null
   private readonly gate: TcpGate
   private readonly contacts = new Contacts()
   private readonly agents: AgentConns
@@ -124,7 +131,7 @@ export class RendezvousServer {
     const refusals = (this.refusals = new RefusalLog(log, { windowMs: REFUSAL_LOG_INTERVAL_MS, level: 'info' }))
     const contacts = this.contacts
     const gate = (this.gate = new TcpGate({ limits, clock, timers, log, keyPair, refusals, relay }))
-    const udp = (this.udp = new UdpSockets({ host: init.host, port: init.port, altPort: init.altPort, altHost: init.altHost ?? null }, { log, refusals, registry, cluster, metrics }))
+    const udp = (this.udp = new UdpSockets({ host: init.host, port: init.port, altPort: init.altPort, altHost: init.altHost ?? null, host6: init.host6 ?? null }, { log, refusals, registry, cluster, metrics }))
     const agents = (this.agents = new AgentConns({ clock, registry, gate, contacts, cluster }))
     const registrations = (this.registrations = new Registrations(init, { clock, log, limits, refusals, registry, gate, agents, udp, cluster, metrics }))
     const introductions = (this.introductions = new Introductions({ clock, log, limits, refusals, registry, gate, agents, contacts, relay, cluster, metrics }))
@@ -155,6 +162,7 @@ export class RendezvousServer {
       port: this.init.port,
       altPort: this.init.altPort || null,
       altHost: this.init.altHost ?? null,
+      host6: this.init.host6 ?? null,
       key: peerId(this.keyPair.publicKey),
       secret: this.registrations.needsSecret,
       peerTimeoutMs: this.init.peerTimeoutMs,
@@ -164,12 +172,18 @@ export class RendezvousServer {
 
   private async listen(): Promise<void> {
     await this.udp.listen()
-    this.tcp = net.createServer((socket) => this.gate.onConnection(socket))
+    this.tcp = await this.listenTcp(this.init.host, this.init.port)
+    if (this.init.host6) this.tcp6 = await this.listenTcp(this.init.host6, this.address().tcp)
+  }
+
+  private async listenTcp(host: string, port: number): Promise<net.Server> {
+    const tcp = net.createServer((socket) => this.gate.onConnection(socket))
     await new Promise<void>((resolve, reject) => {
-      this.tcp!.once('error', reject)
-      this.tcp!.listen({ host: this.init.host, port: this.init.port }, () => resolve())
+      tcp.once('error', reject)
+      tcp.listen({ host, port, ipv6Only: host.includes(':') }, () => resolve())
     })
-    this.tcp.on('error', (err) => this.log.error('tcp server error', { err: err.message }))
+    tcp.on('error', (err) => this.log.error('tcp server error', { err: err.message }))
+    return tcp
   }
 
   /** What another instance tells this one (several instances): each part takes its own. */
@@ -188,9 +202,8 @@ export class RendezvousServer {
     this.relay?.stop()
     this.gate.closeAll()
     this.udp.close()
-    const tcp = this.tcp
-    this.tcp = null
-    await new Promise<void>((resolve) => (tcp?.listening ? tcp.close(() => resolve()) : resolve()))
+    for (const tcp of [this.tcp, this.tcp6]) await new Promise<void>((resolve) => (tcp?.listening ? tcp.close(() => resolve()) : resolve()))
+    this.tcp = this.tcp6 = null
   }
 
   private onSweepExpired(): void {

@@ -26,7 +26,7 @@ export const UDP_RECV_BUFFER_BYTES = 4 * 1024 * 1024
 export interface UdpSocketsComponents {
   log: Logger
   refusals: Pick<RefusalLog, 'refused'>
-  registry: Pick<Registry, 'byTokenBytes' | 'epochOf' | 'acceptHeartbeat' | 'udpIs' | 'setUdp' | 'touch' | 'peer'>
+  registry: Pick<Registry, 'byTokenBytes' | 'epochOf' | 'acceptHeartbeat' | 'udpIs' | 'setUdp' | 'setV6' | 'touch' | 'peer'>
   cluster: Pick<Cluster, 'online'> | null
   metrics: Pick<ServerMetrics, 'stunRequest'> | null
 }
@@ -34,6 +34,8 @@ export interface UdpSocketsComponents {
 export class UdpSockets {
   private udp: dgram.Socket | null = null
   private udpAlt: dgram.Socket | null = null
+  /** --host6: heartbeats here give the agent its IPv6 candidate (protocol/ipv6.ts); STUN too. */
+  private udp6: dgram.Socket | null = null
   /** STUN answers, and the UDP socket of each of its slots. */
   private readonly stun: StunResponder
   private readonly bySlot = new Map<StunSlot, dgram.Socket>()
@@ -41,7 +43,7 @@ export class UdpSockets {
   private readonly keySecret = randomBytes(32)
 
   constructor(
-    private readonly init: StunAddresses,
+    private readonly init: StunAddresses & { host6?: string | null },
     private readonly c: UdpSocketsComponents
   ) {
     this.stun = new StunResponder(init)
@@ -53,6 +55,7 @@ export class UdpSockets {
     if (this.init.altPort) {
       this.udpAlt = await bindUdp(this.init.host, this.init.altPort, (msg, rinfo) => this.onDatagram(this.udpAlt!, msg, rinfo))
     }
+    if (this.init.host6) this.udp6 = await bindUdp(this.init.host6, this.init.port, (msg, rinfo) => this.onDatagram(this.udp6!, msg, rinfo))
     this.bySlot.set('main', this.udp)
     if (this.udpAlt) this.bySlot.set('alt-port', this.udpAlt)
     for (const slot of this.stun.slots().filter((s) => s === 'alt-ip' || s === 'alt-both')) {
@@ -67,12 +70,18 @@ export class UdpSockets {
     this.bySlot.clear()
     this.udp?.close()
     this.udpAlt?.close()
-    this.udp = this.udpAlt = null
+    this.udp6?.close()
+    this.udp = this.udpAlt = this.udp6 = null
   }
 
   /** The main and alt-port sockets' ports (0 and null before listen()). */
   ports(): { udp: number; alt: number | null } {
     return { udp: this.udp?.address().port ?? 0, alt: this.udpAlt?.address().port ?? null }
+  }
+
+  /** The IPv6 socket's endpoint (--host6), which REGISTER_ACK names; null without one. */
+  v6Endpoint(): Endpoint | null {
+    return this.udp6 ? { host: this.init.host6!, port: this.udp6.address().port } : null
   }
 
   /** The key that seals one registration's heartbeats in its current session (REGISTER_ACK hands it out). */
@@ -86,8 +95,8 @@ export class UdpSockets {
     const from: Endpoint = { host: rinfo.address, port: rinfo.port }
     try {
       if (isStunRequestShaped(buf)) return this.onStun(sock, buf, from)
-      if (sock !== this.udp || !isRendezvousFrame(buf) || buf.length > MAX_UDP_FRAME_BYTES) return
-      this.onMessage(decode(buf), from)
+      if ((sock !== this.udp && sock !== this.udp6) || !isRendezvousFrame(buf) || buf.length > MAX_UDP_FRAME_BYTES) return
+      this.onMessage(decode(buf), from, sock)
     } catch (err) {
       // Malformed input from an unverified (spoofable) source: never answered; counted, one line a second at most.
       this.c.refusals.refused('bad datagram', from, err instanceof NatdError ? err.code : 'BAD_REQUEST', (err as Error).message)
@@ -98,10 +107,12 @@ export class UdpSockets {
     const at = [...this.bySlot].find(([, s]) => s === sock)?.[0] ?? 'main'
     this.c.metrics?.stunRequest()
     const answer = this.stun.respond(buf, at, from) // see stun-responder.ts: CHANGE-REQUEST, sizes
+    // The IPv6 socket has no alternate address or port: it answers plain requests only, itself.
+    if (sock === this.udp6) return void (answer?.via === 'main' && this.send(sock, answer.bytes, answer.to))
     if (answer) this.send(this.bySlot.get(answer.via) ?? sock, answer.bytes, answer.to)
   }
 
-  private onMessage(msg: Message, from: Endpoint): void {
+  private onMessage(msg: Message, from: Endpoint, sock: dgram.Socket): void {
     // Only sealed heartbeats are answered; registration happens inside the Noise session.
     if (msg.type !== 'heartbeat') return
     const { registry } = this.c
@@ -111,14 +122,20 @@ export class UdpSockets {
     const key = this.heartbeatKey(ref, msg.token)
     if (!opened(msg, key) || !registry.acceptHeartbeat(ref, msg.seq)) return // forged, or replayed
     let status: 'ok' | 'moved' = 'ok'
-    if (!registry.udpIs(ref, from)) {
+    if (sock === this.udp6) {
+      // The agent's IPv6 candidate (its IPv4 endpoint stays): verified as the seal is.
+      if (registry.setV6(ref, from)) {
+        status = 'moved'
+        if (this.c.cluster) this.c.cluster.online(registry.peer(ref)!)
+      }
+    } else if (!registry.udpIs(ref, from)) {
       // The first heartbeat of a session, or a NAT that gave the agent a new mapping.
       registry.setUdp(ref, from)
       status = 'moved'
       if (this.c.cluster) this.c.cluster.online(registry.peer(ref)!) // peers elsewhere punch to the new mapping
     }
     registry.touch(ref)
-    this.send(this.udp!, encode({ type: 'heartbeat-ack', seq: msg.seq, status, observed: from, key }), from)
+    this.send(sock, encode({ type: 'heartbeat-ack', seq: msg.seq, status, observed: from, key }), from)
   }
 
   private send(sock: dgram.Socket, buf: Buffer, to: Endpoint): void {

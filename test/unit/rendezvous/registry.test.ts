@@ -41,6 +41,15 @@ describe('Registry', () => {
     return { reg: reg.get(ref)!, isNew }
   }
 
+  it('setV6: the IPv6 heartbeat source becomes the first candidate, replacing the last one; the IPv4 endpoint stays', () => {
+    const { ref } = reg.register({ ...input(A, 'alice'), lan: [{ host: '10.0.0.5', port: 4000 }] })
+    expect(reg.setV6(ref, { host: '2001:db8:1::5', port: 4000 })).toBe(true)
+    expect(reg.setV6(ref, { host: '2001:db8:1::5', port: 4000 })).toBe(false) // the steady state changes nothing
+    expect(reg.peer(ref)).toMatchObject({ udp: { host: '203.0.113.1', port: 1001 }, lan: [{ host: '2001:db8:1::5', port: 4000 }, { host: '10.0.0.5', port: 4000 }] })
+    expect(reg.setV6(ref, { host: '2001:db8:2::5', port: 4001 })).toBe(true) // renumbered
+    expect(reg.peer(ref)?.lan).toEqual([{ host: '2001:db8:2::5', port: 4001 }, { host: '10.0.0.5', port: 4000 }])
+  })
+
   it('gives the first key its name', () => {
     const { reg: r, isNew } = register(input(A, 'alice'))
     expect(isNew).toBe(true)

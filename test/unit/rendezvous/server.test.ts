@@ -87,7 +87,10 @@ class UdpPeer {
   private readonly inbox: Datagram[] = []
   private waiter: ((d: Datagram) => void) | null = null
 
-  private constructor(readonly sock: dgram.Socket) {
+  private constructor(
+    readonly sock: dgram.Socket,
+    private readonly host: string
+  ) {
     sock.on('message', (msg, rinfo) => {
       const d = { msg, from: { host: rinfo.address, port: rinfo.port } }
       if (this.waiter) this.waiter(d)
@@ -95,20 +98,20 @@ class UdpPeer {
     })
   }
 
-  static async open(): Promise<UdpPeer> {
-    const sock = dgram.createSocket('udp4')
-    await new Promise<void>((resolve) => sock.bind(0, HOST, () => resolve()))
-    const peer = new UdpPeer(sock)
+  static async open(host = HOST): Promise<UdpPeer> {
+    const sock = dgram.createSocket(host.includes(':') ? 'udp6' : 'udp4')
+    await new Promise<void>((resolve) => sock.bind(0, host, () => resolve()))
+    const peer = new UdpPeer(sock, host)
     sockets.push(peer)
     return peer
   }
 
   get endpoint(): Endpoint {
-    return { host: HOST, port: this.sock.address().port }
+    return { host: this.host, port: this.sock.address().port }
   }
 
   send(buf: Uint8Array, port: number): void {
-    this.sock.send(buf, port, HOST)
+    this.sock.send(buf, port, this.host)
   }
 
   /** The next datagram, or null after `timeoutMs` of silence. */
@@ -161,6 +164,25 @@ describe('RendezvousServer over UDP', () => {
     // Positive control: a STUN request on the same socket is answered.
     peer.send(encodeBindingRequest(randomBytes(12)), port)
     expect(await peer.recv()).not.toBeNull()
+  })
+
+  it('--host6: REGISTER_ACK names the IPv6 socket; a sealed heartbeat there is answered from it and leaves the IPv4 endpoint; STUN is answered there too', async () => {
+    const { server, port } = await startServer({ host6: '::1' })
+    const { reply } = await registerTcp(port, generateKeyPair(), 'alice')
+    const ack = ackOf(reply)
+    expect(ack.server6).toEqual({ host: '::1', port: expect.any(Number) as number })
+    const udp = await UdpPeer.open()
+    expect(await heartbeat(udp, port, ack, 1)).toMatchObject({ status: 'moved', observed: udp.endpoint })
+    const udp6 = await UdpPeer.open('::1')
+    expect(await heartbeat(udp6, ack.server6!.port, ack, 2)).toMatchObject({ type: 'heartbeat-ack', seq: 2, observed: udp6.endpoint })
+    expect(server.registry.find('alice')!.udp).toEqual(udp.endpoint) // the IPv4 endpoint stays
+    // ::1 is no global address: never an IPv6 candidate (protocol/ipv6.ts; registry.test.ts has a global one)
+    expect(server.registry.peer(server.registry.find('alice')!.ref)!.lan.filter((e) => e.host.includes(':'))).toEqual([])
+    udp6.send(encodeBindingRequest(randomBytes(12)), ack.server6!.port)
+    expect((await udp6.recv())?.from).toEqual(ack.server6)
+    // A server without --host6 names none
+    const other = await startServer()
+    expect(ackOf((await registerTcp(other.port, generateKeyPair(), 'bob')).reply).server6).toBeUndefined()
   })
 
   it('learns the agent\'s UDP endpoint from its first sealed heartbeat: moved, then ok; the ack is sealed and no larger', async () => {
