@@ -30,6 +30,7 @@ import { Messages, MESSAGE_SERVICE } from './messages.js'
 import { RendezvousClient } from './rendezvous-client.js'
 import { lanEndpoints, NatMonitor } from './nat-monitor.js'
 import { TunnelHost, type ChannelHandler } from './tunnel-host.js'
+import { globalV6Addresses, openV6Socket, socketFor } from './ipv6-socket.js'
 import { apiHandlers, peerInfo, type AgentParts } from './api-handlers.js'
 
 /** A path silent this long is dead (the issue asks for ~15 s). */
@@ -69,6 +70,8 @@ export interface AgentComponents {
 export class Agent {
   private readonly udx = new UDX()
   private socket: UDXSocket | null = null
+  /** The IPv6 socket (ipv6-socket.ts), null when the host has no IPv6. */
+  private socket6: UDXSocket | null = null
   private client: RendezvousClient | null = null
   private tunnels: TunnelManager | null = null
   private forwards: Forwards | null = null
@@ -116,6 +119,11 @@ export class Agent {
     this.socket = socket
     socket.on('message', (buf, rinfo) => this.onDatagram(buf, { host: rinfo.host, port: rinfo.port }))
     socket.on('error', (err) => log.warn('udp socket error', { err: err.message }))
+    const socket6 = (this.socket6 = openV6Socket(this.udx, this.localPort, log))
+    socket6?.on('message', (buf, rinfo) => this.onDatagram(buf, { host: rinfo.host, port: rinfo.port }))
+    socket6?.on('error', (err) => log.warn('udp socket error', { family: 6, err: err.message }))
+    // Each datagram leaves by the socket of its destination's family.
+    const send = (buf: Uint8Array, to: Endpoint, ttl?: number): void => void socketFor(to, socket, socket6)?.trySend(buf, to.port, to.host, ttl)
 
     this.api = new ApiServer(this.init.socketPath, apiHandlers(() => this.parts()), log.child({ component: 'api' }))
     try {
@@ -125,13 +133,14 @@ export class Agent {
     } catch (err) {
       this.api.stop()
       await socket.close()
+      await socket6?.close()
       throw err
     }
 
     const client = new RendezvousClient(
       { server: this.server, name: this.init.config.name, heartbeatMs: this.init.config.heartbeatMs, tcpPort: this.localPort, secretKey: this.init.secretKey },
       {
-        udp: { send: (buf, to, ttl) => socket.trySend(buf, to.port, to.host, ttl) },
+        udp: { send },
         keyPair: this.c.keyPair,
         serverKey: {
           expected: () => parsePeerId(this.c.store.serverKey(this.server.text) ?? ''),
@@ -141,7 +150,8 @@ export class Agent {
         clock: this.clock,
         // Ports our gateway mapped first (protocol/lan.ts: the server keeps them only at our own address).
         lan: () => [...this.mappedEndpoints(), ...lanEndpoints(this.localPort)],
-        nat: () => this.nat?.verdict ?? 'unknown'
+        nat: () => this.nat?.verdict ?? 'unknown',
+        ipv6: () => socket6 !== null && globalV6Addresses().length > 0
       }
     )
     this.client = client
@@ -160,7 +170,7 @@ export class Agent {
       this.api?.emit(event === 'up' ? 'peer.up' : 'peer.down', peerInfo(peer, this.known, this.tunnels))
       if (event === 'down') this.onPeerOffline(peer)
     })
-    this.natCheck = new NatCheck((buf, to) => socket.trySend(buf, to.port, to.host))
+    this.natCheck = new NatCheck((buf, to) => send(buf, to))
     const nat = new NatMonitor({
       natCheck: this.natCheck,
       server: () => this.homeServer(),
@@ -176,6 +186,7 @@ export class Agent {
     const host = new TunnelHost({
       udx: this.udx,
       socket,
+      socket6,
       keyPair: this.c.keyPair,
       clock: this.clock,
       random: this.c.random ?? systemRandom,
@@ -280,6 +291,7 @@ export class Agent {
     this.api?.stop()
     this.streams?.stop()
     await this.socket?.close()
+    await this.socket6?.close()
   }
 
   private onDatagram(buf: Buffer, from: Endpoint): void {

@@ -37,6 +37,8 @@ export interface Registered {
   token: Uint8Array
   udpKey: Uint8Array
   heartbeatMs: number
+  /** The server's IPv6 socket (--host6), null when it has none. */
+  server6: Endpoint | null
 }
 
 /** The server key we expect: pinned (from `--server …#KEY` or first use), or null to learn it. */
@@ -154,7 +156,7 @@ export class ControlConnection extends EventEmitter<ControlEvents> {
     const ack = await answer
     if (ack.type === 'error') throw serverError(ack)
     if (ack.type !== 'register-ack') throw new NatdError('INTERNAL', `expected a register ack, got ${ack.type}`)
-    return { observed: ack.observed, token: ack.token, udpKey: ack.udpKey, heartbeatMs: ack.heartbeatMs }
+    return { observed: ack.observed, token: ack.token, udpKey: ack.udpKey, heartbeatMs: ack.heartbeatMs, server6: ack.server6 ?? null }
   }
 
   /** Sends a request and resolves with its reply; rejects with the server's error, TIMEOUT, or SERVER_UNREACHABLE. */

@@ -70,6 +70,8 @@ export interface RendezvousClientComponents {
   clock: TimerClock
   lan: () => Endpoint[]
   nat: () => NatVerdict
+  /** Whether we have an IPv6 socket and a global IPv6 address (then we heartbeat the server's IPv6 socket too); default no. */
+  ipv6?: () => boolean
 }
 
 interface ClientEvents {
@@ -84,6 +86,8 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
   serverEndpoint: Endpoint | null = null
   lastHeartbeatAt: number | null = null
   rttMs: number | null = null
+  /** Our IPv6 endpoint as the server's IPv6 socket sees it (our IPv6 candidate, protocol/ipv6.ts); null while unknown. */
+  udp6: Endpoint | null = null
 
   private readonly log: Logger
   /** Datagrams from the server's address we drop: forgeries may come by the thousand. */
@@ -96,6 +100,9 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
   /** The first heartbeat of a session waits for its ack here. */
   private udpWaiter: ((observed: Endpoint | null) => void) | null = null
   private heartbeatSeq = 0
+  /** The server's IPv6 socket (REGISTER_ACK's server6) and the sequence number of our heartbeat to it in flight. */
+  private server6: Endpoint | null = null
+  private heartbeat6Seq = 0
   private heartbeatSentAt = new Map<number, number>()
   private missedUdp = 0
   private missedTcp = 0
@@ -163,7 +170,8 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
 
   /** Datagrams from the shared UDP socket that carry our magic. */
   onDatagram(buf: Buffer, from: Endpoint): void {
-    if (!sameEndpoint(from, this.serverEndpoint)) return
+    const v6 = !sameEndpoint(from, this.serverEndpoint) && sameEndpoint(from, this.server6)
+    if (!v6 && !sameEndpoint(from, this.serverEndpoint)) return
     let msg: Message
     try {
       msg = decode(buf)
@@ -173,6 +181,7 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
     // Only sealed acks count: anyone can send a datagram from the server's address.
     if (msg.type !== 'heartbeat-ack' || !this.udpKey || !opened(msg, this.udpKey)) return this.dropped.refused('unsealed datagram from the server address', from, 'UNAUTHORIZED')
 
+    if (v6) return this.onHeartbeat6Ack(msg)
     this.onHeartbeatAck(msg)
   }
 
@@ -275,6 +284,8 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
     const reg = await control.register((nonce, serverTime) => this.signedRegister(nonce, serverTime))
     this.token = reg.token
     this.udpKey = reg.udpKey
+    this.server6 = reg.server6
+    this.udp6 = null
     return reg.observed
   }
 
@@ -339,12 +350,32 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
     this.missedUdp = 0
     this.rttMs = this.c.clock.now() - sent
     this.lastHeartbeatAt = this.c.clock.now()
-    if (this.udpWaiter) return this.udpWaiter(msg.observed)
-    if (msg.status === 'moved' && this.state.kind === 'registered') {
+    if (this.udpWaiter) this.udpWaiter(msg.observed)
+    else if (msg.status === 'moved' && this.state.kind === 'registered') {
       // The server took the new mapping from the sealed heartbeat already.
       this.log.info('nat mapping changed', { from: formatEndpoint(this.state.udp), to: formatEndpoint(msg.observed) })
       this.state = { ...this.state, udp: msg.observed }
     }
+    this.sendHeartbeat6()
+  }
+
+  /**
+   * The same sealed heartbeat to the server's IPv6 socket, from our IPv6 socket: its
+   * source becomes our IPv6 candidate (protocol/ipv6.ts). Sent once the IPv4 one was
+   * answered, so its sequence number never overtakes one still in flight (the server
+   * takes only increasing ones). Unanswered, it costs nothing: IPv6 is an extra path.
+   */
+  private sendHeartbeat6(): void {
+    const server6 = this.server6
+    if (!server6 || !this.token || !this.udpKey || !this.c.ipv6?.() || sameEndpoint(server6, this.serverEndpoint)) return
+    this.heartbeat6Seq = ++this.heartbeatSeq
+    this.c.udp.send(encode({ type: 'heartbeat', token: this.token, seq: this.heartbeat6Seq, key: this.udpKey }), server6)
+  }
+
+  private onHeartbeat6Ack(msg: Extract<Message, { type: 'heartbeat-ack' }>): void {
+    if (msg.seq !== this.heartbeat6Seq || sameEndpoint(msg.observed, this.udp6)) return
+    this.log.info('ipv6 endpoint', { from: formatEndpoint(this.udp6), to: formatEndpoint(msg.observed) })
+    this.udp6 = msg.observed
   }
 
   private closeTcp(): void {

@@ -22,6 +22,7 @@ import type { OpenRequest } from '../tunnel/mux.js'
 import type { Tunnel } from '../tunnel/tunnel.js'
 import type { NatMonitor } from './nat-monitor.js'
 import type { RendezvousClient } from './rendezvous-client.js'
+import { globalV6Addresses } from './ipv6-socket.js'
 
 /**
  * A peer the server reports offline keeps its tunnel only if it answers a ping within
@@ -33,7 +34,7 @@ export const OFFLINE_PEER_PING_MS = 3_000
 export type ChannelHandler = (tunnel: Tunnel, req: OpenRequest) => void
 
 /** The socket, key, time and chance it hands the path layer as they are (tunnel/paths.ts). */
-export interface TunnelHostComponents extends Pick<PathComponents, 'udx' | 'socket' | 'keyPair' | 'clock' | 'random' | 'log'> {
+export interface TunnelHostComponents extends Pick<PathComponents, 'udx' | 'socket' | 'socket6' | 'keyPair' | 'clock' | 'random' | 'log'> {
   peers: PeerPolicy
   rendezvous: Pick<RendezvousClient, 'introduce' | 'tcpLocalPort' | 'serverEndpoint'>
   nat: Pick<NatMonitor, 'verdict' | 'fresh'>
@@ -46,6 +47,7 @@ export interface TunnelHostComponents extends Pick<PathComponents, 'udx' | 'sock
 export class TunnelHost implements TunnelManagerComponents {
   readonly udx: UDX
   readonly socket: UDXSocket
+  readonly socket6: UDXSocket | null
   readonly keyPair: KeyPair
   readonly clock: TimerClock
   readonly random: Random
@@ -58,6 +60,7 @@ export class TunnelHost implements TunnelManagerComponents {
   constructor(private readonly c: TunnelHostComponents) {
     this.udx = c.udx
     this.socket = c.socket
+    this.socket6 = c.socket6 ?? null
     this.keyPair = c.keyPair
     this.clock = c.clock
     this.random = c.random
@@ -79,6 +82,10 @@ export class TunnelHost implements TunnelManagerComponents {
 
   natVerdict(): NatVerdict {
     return this.c.nat.verdict
+  }
+
+  hasIPv6(): boolean {
+    return this.socket6 !== null && globalV6Addresses().length > 0
   }
 
   hasPortMapping(): boolean {

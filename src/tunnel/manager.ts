@@ -14,7 +14,7 @@ import type { Via } from '../protocol/rendezvous.js'
 import { PunchBudget, RefusalLog, type PunchBudgetInit } from './budget.js'
 import type { OpenRequest } from './mux.js'
 import { planPaths } from './path-plan.js'
-import { offersMapping, Paths, type Established, type Introduction, type PathComponents } from './paths.js'
+import { offersMapping, offersV6, Paths, type Established, type Introduction, type PathComponents } from './paths.js'
 import { firstOf } from './failures.js'
 import { asResume, firstFrame, onFreshTunnel, onResumeRequest, RESUME_ANSWER_MS, SIMULTANEOUS_OPEN_MS } from './resume.js'
 import { GOODBYE_LINGER_MS, Tunnel, type PathKind, type TunnelTiming } from './tunnel.js'
@@ -282,7 +282,8 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     if (signal?.aborted) throw cancelled(`punching to ${name}`)
     signal?.addEventListener('abort', cancel, { once: true })
     const mapped = (this.c.hasPortMapping?.() ?? false) || offersMapping(intro.peer)
-    const plan = planPaths({ via: intro.via, mine: this.c.natVerdict(), theirs: intro.peer.nat, initiator: intro.initiator, mapped })
+    const v6 = (this.c.hasIPv6?.() ?? false) && offersV6(intro.peer)
+    const plan = planPaths({ via: intro.via, mine: this.c.natVerdict(), theirs: intro.peer.nat, initiator: intro.initiator, mapped, v6 })
     if (plan.impossible !== null) throw new NatdError('UNSUPPORTED_PATH', plan.impossible)
     const direct: Array<Promise<Established>> = []
     if (plan.udp) direct.push(this.paths.udp(intro, plan.udp, timeoutMs, abort.signal))

@@ -9,6 +9,12 @@
  *   unless one side's gateway mapped its port (PCP, NAT-PMP): the other side then probes
  *   that mapped endpoint plainly, and the mapped side answers through the mapping (the
  *   answer leaves from the mapped port, so the prober's NAT lets it in).
+ * - IPv6 (protocol/ipv6.ts): when both sides have it (our IPv6 socket and global address,
+ *   and an IPv6 candidate of the peer's), the UDP punch runs whatever the IPv4 NATs are:
+ *   IPv6 candidates are probed plainly under every strategy (punch.ts), as no NAT
+ *   translates them, and the initiator prefers them (V6_GRACE_MS). Between two hard NATs
+ *   the strategy is then 'normal', as with a mapping. TCP stays on IPv4 (its control
+ *   connection's port is the one the server saw).
  * - `auto` (and `direct`, the upgrade attempt) skips what cannot work; an explicit
  *   `udp` or `tcp` tries regardless, except UDP between two hard NATs, which is refused
  *   at once (UNSUPPORTED_PATH) rather than spraying for the whole timeout.
@@ -25,6 +31,8 @@ export interface PathPlanInput {
   initiator: boolean
   /** Either side holds a port mapping on its gateway (ours, or a mapped candidate of the peer's). */
   mapped?: boolean
+  /** Both sides have IPv6: ours, and an IPv6 candidate of the peer's. */
+  v6?: boolean
 }
 
 export interface PathPlan {
@@ -53,11 +61,12 @@ export function punchStrategy(mine: NatVerdict, theirs: NatVerdict, mapped = fal
   return 'normal'
 }
 
-export function planPaths({ via, mine, theirs, initiator, mapped = false }: PathPlanInput): PathPlan {
+export function planPaths({ via, mine, theirs, initiator, mapped = false, v6 = false }: PathPlanInput): PathPlan {
   const hard = [mine, theirs].filter((v) => v === 'hard').length
   const auto = via === 'auto' || via === 'direct'
-  const strategy = punchStrategy(mine, theirs, mapped)
-  const udp = via === 'udp' || (auto && (hard < 2 || mapped)) ? strategy : null
+  // IPv6 needs no mapping found: for the punch it is as good as one (the IPv6 candidates are probed plainly).
+  const strategy = punchStrategy(mine, theirs, mapped || v6)
+  const udp = via === 'udp' || (auto && (hard < 2 || mapped || v6)) ? strategy : null
   const tcp = via === 'tcp' || (auto && hard === 0)
   const relay = via === 'relay' ? 'now' : via === 'auto' ? 'fallback' : 'never'
   const impossible = (via === 'udp' || via === 'direct') && strategy === null ? BOTH_HARD : null

@@ -6,12 +6,13 @@
 import SecretStream from '@hyperswarm/secret-stream'
 import type UDX from 'udx-native'
 import type { UDXSocket, UDXStream } from 'udx-native'
-import { formatEndpoint, sameEndpoint, type Endpoint } from '../protocol/endpoint.js'
+import { formatEndpoint, isIPv6, sameEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { NatdError } from '../protocol/errors.js'
 import { peerId, timingSafeEqual, type KeyPair } from '../protocol/identity.js'
 import type { Random, TimerClock } from '../protocol/clock.js'
 import type { Logger } from '../protocol/log.js'
 import { lanCandidates, mappedCandidates } from '../protocol/lan.js'
+import { v6Candidates } from '../protocol/ipv6.js'
 import { decode, type NatVerdict, type PeerRecord, type Via } from '../protocol/rendezvous.js'
 import type { PunchBudget, RefusalLog } from './budget.js'
 import { BIRTHDAY_SOCKETS, Puncher, type Candidate, type PunchStrategy } from './punch.js'
@@ -41,6 +42,16 @@ function mappedOf(peer: PeerRecord, publicEp: Endpoint | null): Endpoint[] {
   return mappedCandidates(peer.lan, publicEp?.host).filter((e) => !sameEndpoint(e, publicEp))
 }
 
+/** `peer`'s IPv6 candidates (protocol/ipv6.ts), when we have an IPv6 socket to reach them. */
+function v6Of(peer: PeerRecord, socket6: UDXSocket | null): Endpoint[] {
+  return socket6 ? v6Candidates(peer.lan) : []
+}
+
+/** Whether `peer` offers an IPv6 candidate (path-plan.ts: then its NAT does not matter for that path). */
+export function offersV6(peer: PeerRecord): boolean {
+  return v6Candidates(peer.lan).length > 0
+}
+
 /** Whether `peer` offers a port its gateway mapped (for UDP or TCP). */
 export function offersMapping(peer: PeerRecord): boolean {
   return mappedOf(peer, peer.udp).length > 0 || mappedOf(peer, peer.tcp).length > 0
@@ -60,6 +71,8 @@ export interface Introduction {
 export interface PathComponents {
   udx: UDX
   socket: UDXSocket
+  /** The IPv6 socket (daemon/ipv6-socket.ts): probes and streams to a peer's IPv6 candidates; null = no IPv6. */
+  socket6?: UDXSocket | null
   keyPair: KeyPair
   clock: TimerClock
   /** Chance: the first stream id, punching spray ports, TCP retry jitter. */
@@ -73,6 +86,8 @@ export interface PathComponents {
   localTcpPort(): number
   /** Whether our gateway holds a port mapping for us (then even a hard peer can punch to us). */
   hasPortMapping?(): boolean
+  /** Whether we have IPv6: an IPv6 socket and a global address (path-plan.ts). */
+  hasIPv6?(): boolean
 }
 
 export interface Established {
@@ -165,12 +180,14 @@ export class Paths {
     const introKey = Buffer.from(intro.introId).toString('hex')
     const streamId = this.allocStreamId()
     // A host without NAT reports its public address as a LAN address too: that one is public.
+    const socket = this.c.socket
+    const socket6 = this.c.socket6 ?? null
     const candidates: Candidate[] = [
       ...lanOf(intro.peer, intro.peer.udp).map((endpoint) => ({ endpoint, kind: 'lan' as const })),
+      ...v6Of(intro.peer, socket6).map((endpoint) => ({ endpoint, kind: 'public' as const })),
       ...mappedOf(intro.peer, intro.peer.udp).map((endpoint) => ({ endpoint, kind: 'public' as const })),
       ...(intro.peer.udp ? [{ endpoint: intro.peer.udp, kind: 'public' as const }] : [])
-    ]
-    const socket = this.c.socket
+    ].filter((c) => socket6 || !isIPv6(c.endpoint.host)) // without an IPv6 socket, no IPv6 candidate
     const id = peerId(intro.peer.publicKey)
     // Birthday sockets: index i (1-based) is sockets[i - 1]; index 0 is the agent's socket.
     const slot = strategy === 'birthday' ? this.budget.birthday(id) : null
@@ -179,13 +196,14 @@ export class Paths {
       throw new NatdError('BUSY', `already ${this.budget.init.birthdayPunches} birthday punches at once (or one with ${name}); each holds ${BIRTHDAY_SOCKETS} sockets`)
     }
     const sockets: UDXSocket[] = slot ? this.openBirthdaySockets((buf, from, i) => this.onBirthdayDatagram(introKey, buf, from, i)) : []
-    const socketAt = (i: number): UDXSocket => (i === 0 ? socket : sockets[i - 1]!)
-    const indexOf = (sock: UDXSocket): number => (sock === socket ? 0 : sockets.indexOf(sock) + 1)
+    // Index 0 is the agent's socket of the destination's family; birthday sockets are IPv4.
+    const socketAt = (i: number, to: Endpoint): UDXSocket | null => (isIPv6(to.host) ? (i === 0 ? socket6 : null) : i === 0 ? socket : sockets[i - 1]!)
+    const indexOf = (sock: UDXSocket): number => (sock === socket || sock === socket6 ? 0 : sockets.indexOf(sock) + 1)
     const puncher: Puncher = new Puncher(
       { introId: intro.introId, punchKey: intro.punchKey, initiator: intro.initiator, candidates, localStreamId: streamId, deadlineMs: timeoutMs, strategy, sprayHost: intro.peer.udp?.host, sockets: sockets.length },
       {
         send: (buf, to, ttl, i = 0) => {
-          if (this.budget.probe(id)) socketAt(i).trySend(buf, to.port, to.host, ttl)
+          if (this.budget.probe(id)) socketAt(i, to)?.trySend(buf, to.port, to.host, ttl)
           else this.refusals.note('RATE_LIMITED', 'punch probes', name)
         },
         clock: this.c.clock,
@@ -214,7 +232,7 @@ export class Paths {
       const punched = await puncher.run(signal)
       keep = punched.socket
       release() // every birthday socket but the winner
-      if (intro.initiator) raw.connect(socketAt(punched.socket), punched.remoteStreamId, punched.endpoint.port, punched.endpoint.host)
+      if (intro.initiator) raw.connect(socketAt(punched.socket, punched.endpoint)!, punched.remoteStreamId, punched.endpoint.port, punched.endpoint.host)
       const path: PathKind = punched.kind === 'lan' ? 'lan' : 'direct-udp'
       session = new SecretStream(intro.initiator, raw, { keyPair: this.c.keyPair })
       session.on('error', () => undefined)

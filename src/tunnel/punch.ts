@@ -15,6 +15,12 @@
  * probe (accept()). A probe from an endpoint we have not probed yet is answered with
  * an ack and a probe of our own (a triggered check, RFC 8445 §7.3.1.4).
  *
+ * IPv6 candidates (protocol/ipv6.ts) are punched the same way whatever the strategy: no
+ * NAT translates them, only stateful firewalls stand between, and the hop-limit-2 first
+ * probe opens ours without reaching the peer's. They go out of the agent's IPv6 socket
+ * (index 0 stands for the agent's socket of the candidate's family), never from
+ * birthday sockets; the initiator prefers them (V6_GRACE_MS).
+ *
  * When one NAT maps per destination ("hard"), the endpoint the server saw is useless to
  * the peer: birthday punching (hyperdht's method; ARCHITECTURE.md measured 10/10,
  * median 0.45 s). The hard side ('birthday' strategy) sends TTL-2 probes to the easy
@@ -22,7 +28,7 @@
  * reaching the peer's NAT; the easy side ('spray') probes random ports of the hard
  * side's address at ~SPRAY_RATE_PER_S until one lands on a mapping and is answered.
  */
-import { formatEndpoint, sameEndpoint, type Endpoint } from '../protocol/endpoint.js'
+import { formatEndpoint, isIPv6, sameEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { NatdError } from '../protocol/errors.js'
 import { systemRandom, type Random, type Timer, type TimerClock } from '../protocol/clock.js'
 import type { Logger } from '../protocol/log.js'
@@ -44,6 +50,14 @@ export const PROBE_SLOW_INTERVAL_MS = 100
 export const LAN_PROBE_MS = 1_000
 /** After a public candidate validates, a LAN candidate validating within this still wins. */
 export const LAN_GRACE_MS = 30
+/**
+ * After an IPv4 public candidate validates, an IPv6 one validating within this still
+ * wins: IPv6 is preferred when both sides have it and it works (no NAT mapping to keep
+ * alive or lose, what Tailscale prefers too), and both were probed at the same moment,
+ * so a working IPv6 path answers within a round trip of the IPv4 one. RFC 8305's
+ * smallest connection attempt delay, so a broken IPv6 costs at most this much.
+ */
+export const V6_GRACE_MS = 100
 /** Endpoints learnt from probes (peer-reflexive candidates) we add at most. */
 export const MAX_LEARNT_CANDIDATES = 4
 /** Extra sockets the hard side opens: with 256 mappings a random probe hits one in ~250 tries. */
@@ -141,7 +155,7 @@ export class Puncher {
       this.detach = () => signal?.removeEventListener('abort', onAbort)
       if (this.strategy === 'birthday') {
         this.onBirthdayExpired()
-        for (const cand of this.candidates) if (cand.kind === 'lan') this.probe(cand.endpoint, false)
+        for (const cand of this.candidates) if (cand.kind === 'lan' || isV6(cand)) this.probe(cand.endpoint, false, isV6(cand) && cand.kind === 'public' ? FIRST_PROBE_TTL : undefined)
       } else {
         for (const cand of this.candidates) this.probe(cand.endpoint, false, cand.kind === 'public' ? FIRST_PROBE_TTL : undefined)
       }
@@ -201,10 +215,19 @@ export class Puncher {
 
   private onValidated(cand: Candidate): void {
     if (cand.kind === 'lan') return this.finish(cand)
-    if (this.state.kind !== 'probing') return
     const lanPending = this.candidates.some((c) => c.kind === 'lan' && !this.validated.includes(c))
-    if (!lanPending) return this.finish(cand)
-    this.state = { kind: 'choosing', best: cand, timer: this.c.clock.setTimeout(() => this.onLanGraceExpired(), LAN_GRACE_MS) }
+    if (this.state.kind === 'choosing') {
+      // An IPv6 path beats the IPv4 one waiting for the grace to end (a LAN one still may win).
+      if (!isV6(cand) || isV6(this.state.best)) return
+      if (!lanPending) return this.finish(cand)
+      this.state = { ...this.state, best: cand }
+      return
+    }
+    if (this.state.kind !== 'probing') return
+    const v6Pending = !isV6(cand) && this.candidates.some((c) => isV6(c) && c.kind === 'public' && !this.validated.includes(c))
+    if (!lanPending && !v6Pending) return this.finish(cand)
+    const graceMs = Math.max(lanPending ? LAN_GRACE_MS : 0, v6Pending ? V6_GRACE_MS : 0)
+    this.state = { kind: 'choosing', best: cand, timer: this.c.clock.setTimeout(() => this.onLanGraceExpired(), graceMs) }
   }
 
   private onLanGraceExpired(): void {
@@ -226,7 +249,7 @@ export class Puncher {
     const lanToo = now - this.started < LAN_PROBE_MS
     for (const cand of this.candidates) {
       if (cand.kind === 'lan' && !lanToo) continue
-      if (this.strategy !== 'birthday' || cand.kind === 'lan' || (cand.socket ?? 0) !== 0) this.probe(cand.endpoint, false, undefined, cand.socket ?? 0)
+      if (this.strategy !== 'birthday' || cand.kind === 'lan' || isV6(cand) || (cand.socket ?? 0) !== 0) this.probe(cand.endpoint, false, undefined, cand.socket ?? 0)
     }
     const period = now - this.started < PROBE_FAST_MS ? PROBE_INTERVAL_MS : PROBE_SLOW_INTERVAL_MS
     this.timer = this.c.clock.setTimeout(() => this.onProbeTimerExpired(), period)
@@ -237,7 +260,7 @@ export class Puncher {
     if (this.state.kind !== 'probing' && this.state.kind !== 'choosing') return
     const sockets = this.init.sockets ?? 0
     for (const cand of this.candidates) {
-      if (cand.kind !== 'public' || (cand.socket ?? 0) !== 0) continue
+      if (cand.kind !== 'public' || (cand.socket ?? 0) !== 0 || isV6(cand)) continue
       for (let i = 1; i <= sockets; i++) this.probe(cand.endpoint, false, FIRST_PROBE_TTL, i)
     }
     this.birthdayTimer = this.c.clock.setTimeout(() => this.onBirthdayExpired(), BIRTHDAY_REFRESH_MS)
@@ -287,6 +310,10 @@ export class Puncher {
   stop(): void {
     this.fail(new NatdError('ABORTED', 'stopped'))
   }
+}
+
+function isV6(c: Candidate): boolean {
+  return isIPv6(c.endpoint.host)
 }
 
 function dedupe(cands: Candidate[]): Candidate[] {

@@ -85,6 +85,22 @@ describe('planPaths (pure)', () => {
     }
   })
 
+  it('hard×hard where both sides have IPv6: UDP punched plainly (IPv6 has no NAT), relay as fallback; elsewhere IPv6 changes nothing', () => {
+    expect(planPaths({ via: 'auto', mine: 'hard', theirs: 'hard', initiator: true, v6: true })).toEqual({ udp: 'normal', tcp: false, relay: 'fallback', preferTcp: false, upgrade: true, impossible: null })
+    expect(planPaths({ via: 'udp', mine: 'hard', theirs: 'hard', initiator: false, v6: true })).toMatchObject({ udp: 'normal', impossible: null })
+    expect(planPaths({ via: 'direct', mine: 'hard', theirs: 'hard', initiator: true, v6: true })).toMatchObject({ udp: 'normal', impossible: null })
+    for (const via of VIAS) {
+      for (const mine of VERDICTS) {
+        for (const theirs of VERDICTS) {
+          if (mine === 'hard' && theirs === 'hard') continue
+          // (birthday and spray still run for IPv4; punch.ts probes the IPv6 candidates plainly beside them)
+          expect(planPaths({ via, mine, theirs, initiator: true, v6: true }), `${via} ${mine} ${theirs}`).toEqual(planPaths({ via, mine, theirs, initiator: true }))
+        }
+      }
+    }
+    expect(planPaths({ via: 'relay', mine: 'hard', theirs: 'hard', initiator: true, v6: true })).toMatchObject({ udp: null, tcp: false, relay: 'now' })
+  })
+
   it('the impossible reason says why and what to use instead', () => {
     expect(BOTH_HARD).toMatch(/both NATs map per destination/)
     expect(BOTH_HARD).toMatch(/--via auto or --via relay/)

@@ -18,6 +18,7 @@ import { silentLogger, systemClock } from '../../../src/protocol/log.js'
 import { decode, encode, type Message, opened } from '../../../src/protocol/rendezvous.js'
 import {
   LAN_GRACE_MS,
+  V6_GRACE_MS,
   MAX_LEARNT_CANDIDATES,
   PROBE_FAST_MS,
   PROBE_INTERVAL_MS,
@@ -65,6 +66,7 @@ const A_PUBLIC: Endpoint = { host: '198.51.100.1', port: 4000 }
 const B_LAN: Endpoint = { host: '10.0.2.2', port: 5000 }
 const B_PUBLIC: Endpoint = { host: '203.0.113.2', port: 5000 }
 const STRANGER: Endpoint = { host: '192.0.2.99', port: 9999 }
+const B_V6: Endpoint = { host: '2001:db8:2::2', port: 5000 }
 
 const lan = (endpoint: Endpoint): Candidate => ({ endpoint, kind: 'lan' })
 const pub = (endpoint: Endpoint): Candidate => ({ endpoint, kind: 'public' })
@@ -595,5 +597,58 @@ describe('Puncher: two agents behind NATs', () => {
     expect(ta.error).toMatchObject({ code: 'PUNCH_TIMEOUT', message: expect.stringContaining('public 203.0.113.200:5000') })
     expect(tb.error).toMatchObject({ code: 'PUNCH_TIMEOUT' })
     expect(net.log.every((d) => d.fate === 'unroutable')).toBe(true)
+  })
+})
+
+describe('Puncher: IPv6 candidates (protocol/ipv6.ts)', () => {
+  it('the first probe to an IPv6 candidate has hop limit 2 too, whatever the strategy; birthday sockets never probe it', async () => {
+    const { sent, send } = recorder()
+    const sends: Array<[string, number | undefined]> = []
+    const p = new Puncher(
+      { introId: INTRO_ID, punchKey: PUNCH_KEY, initiator: true, localStreamId: 11, deadlineMs: 10_000, candidates: [pub(B_V6), pub(B_PUBLIC)], strategy: 'birthday', sockets: 2 },
+      {
+        send: (buf, to, ttl, socket) => {
+          sends.push([formatEndpoint(to), socket])
+          send(buf, to, ttl)
+        },
+        clock,
+        log: silentLogger
+      }
+    )
+    track(p.run())
+    expect(sent.filter((s) => s.to === B_V6).map((s) => s.ttl)).toEqual([2])
+    await vi.advanceTimersByTimeAsync(PROBE_START_DELAY_MS + 2 * PROBE_INTERVAL_MS)
+    // The IPv6 candidate: probed plainly from the agent's socket (0); the IPv4 one: TTL-2 from the birthday sockets only
+    expect(sends.filter(([to]) => to === '[2001:db8:2::2]:5000').every(([, i]) => (i ?? 0) === 0)).toBe(true)
+    expect(sent.filter((s) => s.to === B_V6 && s.ttl === undefined).length).toBeGreaterThanOrEqual(3)
+    expect(sends.filter(([to]) => to === '203.0.113.2:5000').every(([, i]) => (i ?? 0) > 0)).toBe(true)
+    p.stop()
+  })
+
+  it('an IPv6 candidate validating within V6_GRACE_MS of an IPv4 one wins', async () => {
+    const p = makePuncher({ candidates: [pub(B_PUBLIC), pub(B_V6)] })
+    const t = track(p.run())
+    await vi.advanceTimersByTimeAsync(12)
+    p.onProbe(probe(3, true), B_PUBLIC)
+    await vi.advanceTimersByTimeAsync(V6_GRACE_MS - 1)
+    expect(t.settled()).toBe(false)
+    p.onProbe(probe(3, true), B_V6)
+    await vi.advanceTimersByTimeAsync(0)
+    expect(t.result).toMatchObject({ endpoint: B_V6, kind: 'public', tookMs: 12 + V6_GRACE_MS - 1 })
+  })
+
+  it('a silent IPv6 candidate costs V6_GRACE_MS: then the IPv4 one wins; an IPv6 one that validates first wins at once', async () => {
+    const p = makePuncher({ candidates: [pub(B_PUBLIC), pub(B_V6)] })
+    const t = track(p.run())
+    await vi.advanceTimersByTimeAsync(12)
+    p.onProbe(probe(3, true), B_PUBLIC)
+    await vi.advanceTimersByTimeAsync(V6_GRACE_MS)
+    expect(t.result).toMatchObject({ endpoint: B_PUBLIC, tookMs: 12 + V6_GRACE_MS })
+    const q = makePuncher({ candidates: [pub(B_PUBLIC), pub(B_V6)] })
+    const u = track(q.run())
+    await vi.advanceTimersByTimeAsync(12)
+    q.onProbe(probe(3, true), B_V6)
+    await vi.advanceTimersByTimeAsync(0)
+    expect(u.result).toMatchObject({ endpoint: B_V6, tookMs: 12 })
   })
 })
