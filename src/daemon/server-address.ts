@@ -9,7 +9,7 @@
  */
 import dns from 'node:dns/promises'
 import net from 'node:net'
-import { isIPv6, parseEndpoint, type Endpoint } from '../protocol/endpoint.js'
+import { parseEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { NatdError } from '../protocol/errors.js'
 import { parsePeerId } from '../protocol/identity.js'
 
@@ -50,8 +50,8 @@ function parseOne(spec: string): ServerSpec {
   } catch (err) {
     throw new NatdError('INVALID_ARGUMENT', `--server: ${(err as Error).message}`, { cause: err })
   }
-  // The agent's one UDP socket is IPv4 (the mapping the server sees is the one peers punch to).
-  if (isIPv6(ep.host)) throw new NatdError('INVALID_ARGUMENT', `--server: ${ep.host} is an IPv6 address; the agent reaches the server over IPv4 (give its IPv4 address or a name with an A record)`)
+  // An IPv6 literal is reached from the agent's IPv6 socket (ipv6-socket.ts): an IPv6-only
+  // host names its server so. A name is still resolved to its A records only.
   let key: Buffer | null = null
   if (hash >= 0) {
     key = parsePeerId(spec.slice(hash + 1))
@@ -78,7 +78,7 @@ export async function resolveServers(spec: ServerSpec): Promise<Endpoint[]> {
   return out
 }
 
-/** The server's IPv4 endpoint (the agent's socket is IPv4). */
+/** The server's endpoint: an IP literal as given (IPv4 or IPv6), a name's first A record. */
 export async function resolveServer(spec: ServerSpec): Promise<Endpoint> {
   if (net.isIP(spec.host)) return { host: spec.host, port: spec.port }
   try {

@@ -45,9 +45,11 @@ import { constants as osConstants } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { cgnRuleset, darkChain, lossChain, routerRuleset, type NatKind, type Unsolicited } from './lab-rules.ts';
 import { LinkEmulator, linkemBinary, validateLink, type LinkSpec, type LinkStats } from './link-emulator.ts';
+import { coreIp6, firewall6, hostIp6, ROUTER_SYSCTLS_6, SERVER_IP6, siteIp6, type SiteIp } from './lab-ipv6.ts';
 
 export type { NatKind, Unsolicited } from './lab-rules.ts';
 export type { LinkSpec, LinkStats } from './link-emulator.ts';
+export type { SiteIp } from './lab-ipv6.ts';
 
 export interface SiteSpec {
   name: string;
@@ -58,6 +60,8 @@ export interface SiteSpec {
   cgn?: string;
   /** Emulated link between the site (its router, or its public host) and its upstream. */
   link?: LinkSpec;
+  /** IPv4 only (default), dual-stack, or IPv6 only (test/lab/lab-ipv6.ts); not behind a CGN. */
+  ip?: SiteIp;
 }
 export interface CgnSpec {
   name: string;
@@ -79,6 +83,8 @@ export interface Host {
   ip: string;
   publicIp: string;
   site: string;
+  /** Its IPv6 address (a 'dual' or 'v6' site). */
+  ip6?: string;
 }
 export interface ExecResult {
   stdout: string;
@@ -88,7 +94,8 @@ export interface ExecResult {
 }
 export interface Lab {
   id: string;
-  server: { ns: string; ip: string; altIp: string };
+  /** `ip6`: the server's IPv6 address when a site has IPv6. */
+  server: { ns: string; ip: string; altIp: string; ip6?: string };
   /** The internet router between the sites and the server: where an on-path attacker sits. */
   inetNs: string;
   hosts: Record<string, Host>;
@@ -257,7 +264,7 @@ function killPids(text: string): void {
 
 class LabImpl implements Lab {
   readonly id: string;
-  readonly server: { ns: string; ip: string; altIp: string };
+  readonly server: { ns: string; ip: string; altIp: string; ip6?: string };
   readonly hosts: Record<string, Host> = {};
   readonly routers: Record<string, { ns: string; wanIp: string }> = {};
   readonly cgns: Record<string, { ns: string; wanIp: string; innerIp: string }> = {};
@@ -274,7 +281,7 @@ class LabImpl implements Lab {
     this.id = randomBytes(3).toString('hex');
     const p = (this.prefix = `nl${this.id}`);
     this.inetNs = `${p}-inet`;
-    this.server = { ns: `${p}-srv`, ip: SERVER_IP, altIp: SERVER_ALT_IP };
+    this.server = { ns: `${p}-srv`, ip: SERVER_IP, altIp: SERVER_ALT_IP, ...(spec.sites.some((s) => (s.ip ?? 'v4') !== 'v4') ? { ip6: SERVER_IP6 } : {}) };
     this.namespaces.push(this.inetNs, this.server.ns);
     this.serverEdge = this.edge(0, this.inetNs, '-i srv', '-o srv', spec.serverLink);
 
@@ -300,6 +307,7 @@ class LabImpl implements Lab {
       const cgn = s.cgn === undefined ? undefined : this.cgnStates.get(s.cgn);
       if (s.cgn !== undefined && !cgn) throw new Error(`site ${s.name}: no CGN ${s.cgn}`);
       if (cgn && s.nat === 'public') throw new Error(`site ${s.name}: a public host cannot sit behind a CGN`);
+      if (cgn && (s.ip ?? 'v4') !== 'v4') throw new Error(`site ${s.name}: IPv6 behind a CGN is not built`);
       const routerNs = s.nat === 'public' ? undefined : `${p}-r${n}`;
       const wanIp = cgn ? `100.64.${cgn.k}.${n + 1}` : `198.18.${n}.2`;
       const edge = cgn ? this.edge(n, cgn.ns, `-i inner -s ${wanIp}`, `-o inner -d ${wanIp}`, s.link) : this.edge(n, this.inetNs, `-i w${n}`, `-o w${n}`, s.link);
@@ -315,7 +323,7 @@ class LabImpl implements Lab {
         const ns = `${p}-h${n}-${j}`;
         const ip = routerNs ? `10.${n}.0.${j + 1}` : wanIp;
         site.hostIps.push(ip);
-        this.hosts[name] = { name, ns, ip, publicIp: cgn ? cgn.wanIp : wanIp, site: s.name };
+        this.hosts[name] = { name, ns, ip, publicIp: cgn ? cgn.wanIp : wanIp, site: s.name, ...((s.ip ?? 'v4') !== 'v4' ? { ip6: hostIp6(n, j - 1, !!routerNs) } : {}) };
         this.namespaces.push(ns);
       }
       this.sites.set(s.name, site);
@@ -363,6 +371,13 @@ class LabImpl implements Lab {
     const routerSysctls = ['net.ipv4.ip_forward=1', 'net.ipv4.icmp_ratelimit=0'];
     tasks.push(() => nsRun(this.inetNs, ['sysctl', '-qw', ...routerSysctls]));
 
+    // IPv6 lines go after every link is up (a route's gateway must be on a link that is).
+    const late: Array<[string, string[]]> = [];
+    if (this.server.ip6) {
+      const core = coreIp6();
+      late.push([this.server.ns, core.server], [this.inetNs, core.inet]);
+      tasks.push(() => nsRun(this.inetNs, ['sysctl', '-qw', ...ROUTER_SYSCTLS_6]));
+    }
     uplink(this.serverEdge, this.server.ns, 'eth0', 'srv');
     add(this.server.ns, `addr add ${SERVER_IP}/24 dev eth0`, `addr add ${SERVER_ALT_IP}/24 dev eth0`, 'link set eth0 up', 'route add default via 198.18.0.1');
     add(this.inetNs, 'addr add 198.18.0.1/24 dev srv', 'link set srv up');
@@ -383,11 +398,23 @@ class LabImpl implements Lab {
       if (cgn) add(cgn.ns, `link set ${upDev} master inner`, `link set ${upDev} up`);
       else add(this.inetNs, `addr add ${gw}/24 dev ${upDev}`, `link set ${upDev} up`);
       const hostNames = site.spec.hosts ?? [site.spec.name];
+      const ip = site.spec.ip ?? 'v4';
+      const v6 = ip === 'v4' ? null : siteIp6(n, !!routerNs, hostNames.length);
+      const v4Route = (line: string): string[] => (ip === 'v6' ? [] : [line]); // an IPv6-only host has no IPv4 way out
+      if (v6) {
+        late.push([this.inetNs, v6.inet]);
+        hostNames.forEach((name, j) => late.push([this.host(name).ns, v6.hosts[j]!]));
+      }
       if (!routerNs) {
         const h = this.host(hostNames[0] ?? '');
         uplink(site.edge, h.ns, 'eth0', upDev);
-        add(h.ns, `addr add ${h.ip}/24 dev eth0`, 'link set eth0 up', `route add default via ${gw}`);
+        add(h.ns, `addr add ${h.ip}/24 dev eth0`, 'link set eth0 up', ...v4Route(`route add default via ${gw}`));
         continue;
+      }
+      if (v6) {
+        late.push([routerNs, v6.router]);
+        tasks.push(() => nsRun(routerNs, ['sysctl', '-qw', ...ROUTER_SYSCTLS_6]));
+        tasks.push(() => nsRun(routerNs, ['ip6tables-restore'], firewall6()));
       }
       uplink(site.edge, routerNs, 'wan', upDev);
       batch.push(`link add name lan netns ${routerNs} type bridge`);
@@ -396,12 +423,13 @@ class LabImpl implements Lab {
         const h = this.host(name);
         veth('eth0', h.ns, `h${j + 1}`, routerNs);
         add(routerNs, `link set h${j + 1} master lan`, `link set h${j + 1} up`);
-        add(h.ns, `addr add ${h.ip}/24 dev eth0`, 'link set eth0 up', `route add default via 10.${n}.0.1`);
+        add(h.ns, `addr add ${h.ip}/24 dev eth0`, 'link set eth0 up', ...v4Route(`route add default via 10.${n}.0.1`));
       });
       tasks.push(() => nsRun(routerNs, ['sysctl', '-qw', ...routerSysctls, 'net.ipv4.conf.all.promote_secondaries=1']));
       tasks.push(() => nsRun(routerNs, ['iptables-restore'], siteRules(site, true)));
     }
     for (const [ns, rules] of mangle) tasks.push(() => nsRun(ns, ['iptables-restore', '--noflush'], ['*mangle', ...rules, 'COMMIT', ''].join('\n')));
+    for (const [ns, lines] of late) add(ns, ...lines);
     for (const [ns, lines] of ipCmds) tasks.push(() => run('ip', ['-n', ns, '-batch', '-'], lines.join('\n') + '\n'));
 
     const edges = this.edges().filter((e) => e.linkNs);

@@ -110,7 +110,7 @@ export class NatdLab {
    * `tunnelDead` shortens the dead-peer time (NATD_TEST_TUNNEL_DEAD_MS, read by
    * daemon/main.ts for tests only) so a test need not wait TUNNEL_DEAD_MS.
    */
-  async startAgent(host: string, opts: { as?: string; heartbeat?: string; extra?: string[]; stateDir?: string; tunnelDeadMs?: number; env?: Record<string, string> } = {}): Promise<AgentHandle> {
+  async startAgent(host: string, opts: { as?: string; heartbeat?: string; extra?: string[]; stateDir?: string; tunnelDeadMs?: number; env?: Record<string, string>; server?: string } = {}): Promise<AgentHandle> {
     const h = this.lab.hosts[host]
     if (!h) throw new Error(`no lab host ${host}`)
     const name = opts.as ?? host
@@ -118,7 +118,7 @@ export class NatdLab {
     const stateDir = opts.stateDir ?? path.join(this.dir, `${key}-state`)
     const socket = path.join(this.dir, `${key}.sock`)
     const logFile = path.join(this.dir, `${key}.log`)
-    const args = ['--name', name, '--server', this.serverAddr, '--state-dir', stateDir, '--socket', socket, '--heartbeat', opts.heartbeat ?? '2s', '--log-level', 'debug', ...(opts.extra ?? [])]
+    const args = ['--name', name, '--server', opts.server ?? this.serverAddr, '--state-dir', stateDir, '--socket', socket, '--heartbeat', opts.heartbeat ?? '2s', '--log-level', 'debug', ...(opts.extra ?? [])]
     const log = fs.openSync(logFile, 'a')
     const env: Record<string, string> = { ...opts.env, ...(opts.tunnelDeadMs === undefined ? {} : { NATD_TEST_TUNNEL_DEAD_MS: String(opts.tunnelDeadMs) }) }
     const proc = this.lab.spawn(h.ns, [process.execPath, ...reportOptions(this.dir), path.join(DIST, 'daemon/main.js'), ...args], { cwd: ROOT, env: { ...process.env, ...env } })

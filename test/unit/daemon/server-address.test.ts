@@ -28,9 +28,10 @@ describe('parseServerSpec', () => {
     expect(parseServerSpec('203.0.113.5')).toEqual({ text: '203.0.113.5', host: '203.0.113.5', port: 3478, key: null })
   })
 
-  it('host:port; an IPv6 server is refused (the agent reaches it over IPv4)', () => {
+  it('host:port; an IPv6 literal in brackets (an IPv6-only host reaches the server from its IPv6 socket)', () => {
     expect(parseServerSpec('rv.example.net:4000')).toEqual({ text: 'rv.example.net:4000', host: 'rv.example.net', port: 4000, key: null })
-    for (const v6 of ['[2001:db8::1]:443', '[2001:db8::1]']) expect(() => parseServerSpec(v6)).toThrow(/IPv6 address; the agent reaches the server over IPv4/)
+    expect(parseServerSpec('[2001:db8::1]:443')).toEqual({ text: '[2001:db8::1]:443', host: '2001:db8::1', port: 443, key: null })
+    expect(parseServerSpec('[2001:db8::1]')).toEqual({ text: '[2001:db8::1]', host: '2001:db8::1', port: 3478, key: null })
   })
 
   it('#KEY pins the server key; the text stays without it', () => {

@@ -1,0 +1,110 @@
+/**
+ * IPv6 (issue 17): agents gather an IPv6 candidate from the server's IPv6 socket, punch
+ * through stateful IPv6 firewalls (no NAT66: ip6tables conntrack drops unsolicited
+ * inbound), and prefer IPv6 when both sides have it. Topology: test/lab/lab-ipv6.ts.
+ *
+ *   server 198.18.0.2 + 2001:db8::2 (--host6) ── inet ──┬── r1 (easy NAT + v6 fw) ── alice  dual
+ *                                                       ├── r2 (easy NAT + v6 fw) ── bob    dual
+ *                                                       ├── r3 (easy NAT)         ── carol  IPv4 only
+ *                                                       ├── r4 (v6 fw)            ── dave   IPv6 only
+ *                                                       └── r5 (v6 fw)            ── erin   IPv6 only
+ *
+ * dave and erin have no IPv4 way out (their routers' IPv4 NAT is never used): only
+ * IPv6 can join them. The rows assert the path and its address family, not speed.
+ * Before the rows, one datagram with hop limit 2 and one with 64 from alice to bob
+ * show that udx-native's TTL argument is the IPv6 hop limit: only the second is
+ * counted as unsolicited at bob's firewall.
+ */
+import { execFile } from 'node:child_process'
+import path from 'node:path'
+import { describe, expect, it } from 'vitest'
+import { labAvailable, type LabSpec } from './lab.js'
+import { ROOT, SERVER_PORT, waitFor, withLab, type NatdLab } from './natd-lab.js'
+
+const SPEC: LabSpec = {
+  sites: [
+    { name: 'alice', nat: 'easy', ip: 'dual' },
+    { name: 'bob', nat: 'easy', ip: 'dual' },
+    { name: 'carol', nat: 'easy' },
+    { name: 'dave', nat: 'easy', ip: 'v6' },
+    { name: 'erin', nat: 'easy', ip: 'v6' }
+  ]
+}
+
+interface Opened {
+  path: string
+  remote: string
+}
+
+async function open(n: NatdLab, from: string, to: string, via = 'auto'): Promise<Opened> {
+  const r = await n.natctl(from, ['open', to, '--via', via, '--timeout', '20s'], { timeoutMs: 30_000 })
+  expect(r.code, `${from} → ${to}: ${r.stderr}`).toBe(0)
+  return r.json as Opened
+}
+
+/** Packets bob's router dropped as unsolicited IPv6 inbound (its UNSOLICITED6 chain). */
+async function unsolicited6(n: NatdLab, site: string): Promise<number> {
+  const r = await n.lab.exec(n.lab.routers[site]!.ns, ['ip6tables', '-L', 'UNSOLICITED6', '-vnx'])
+  const line = r.stdout.split('\n').find((l) => /DROP/.test(l))
+  return Number(line?.trim().split(/\s+/)[0] ?? NaN)
+}
+
+/** One UDX datagram from `host` to `to` with hop limit `ttl` (udx-native's trySend, as the puncher sends). */
+function udxSend(n: NatdLab, host: string, to: string, ttl: number): Promise<void> {
+  const script = `const UDX = require('udx-native'); const u = new UDX(); const s = u.createSocket({ ipv6Only: true }); s.bind(0, '::'); s.trySend(Buffer.from('x'), 9, ${JSON.stringify(to)}, ${ttl}); setTimeout(() => s.close(), 200)`
+  return new Promise((resolve, reject) => {
+    execFile('ip', ['netns', 'exec', n.lab.hosts[host]!.ns, process.execPath, '-e', script], { cwd: ROOT, env: { ...process.env, NODE_PATH: path.join(ROOT, 'node_modules') } }, (err) => (err ? reject(err) : resolve()))
+  })
+}
+
+describe.skipIf(!labAvailable())('IPv6: candidates, stateful firewalls, preference', () => {
+  it('dual×dual → direct over IPv6; IPv6-only×IPv6-only → direct; IPv4-only×dual → IPv4 as before; hop limit 2 never reaches the peer\'s firewall', async () => {
+    await withLab(SPEC, async (n) => {
+      const server6 = n.lab.server.ip6!
+      await n.startServer(['--host6', server6])
+      for (const h of ['alice', 'bob', 'carol']) await n.startAgent(h)
+      for (const h of ['dave', 'erin']) await n.startAgent(h, { server: `[${server6}]:${SERVER_PORT}` })
+      for (const h of ['alice', 'bob', 'carol', 'dave', 'erin']) await n.waitRegistered(h)
+      // The IPv6 candidate reaches the server with the first answered heartbeats (2 s apart).
+      await waitFor(() => /"ipv6 endpoint"/.test(n.log('alice')) && /"ipv6 endpoint"/.test(n.log('bob')), 15_000, 'alice and bob learn their IPv6 endpoints')
+
+      // Hop limit 2 (udx-native sets IPV6_UNICAST_HOPS like IP_TTL): it leaves alice's
+      // firewall and dies at inet, so bob's firewall never sees it; a full one is dropped there.
+      const bob6 = n.lab.hosts.bob!.ip6!
+      const before = await unsolicited6(n, 'bob')
+      await udxSend(n, 'alice', bob6, 2)
+      await new Promise((r) => setTimeout(r, 500))
+      expect(await unsolicited6(n, 'bob')).toBe(before)
+      await udxSend(n, 'alice', bob6, 64)
+      await waitFor(async () => (await unsolicited6(n, 'bob')) === before + 1, 5_000, 'the full-hop datagram is dropped as unsolicited at bob\'s firewall')
+
+      // dual×dual: both have IPv6, so the UDP punch chooses IPv6 (through both firewalls).
+      // (`auto` between two easy NATs takes TCP over IPv4 if it punches too: TCP carries more, path-plan.ts.)
+      const ab = await open(n, 'alice', 'bob', 'udp')
+      expect(ab.path).toBe('direct-udp')
+      expect(ab.remote).toBe(`[${bob6}]:${ab.remote.split(']:')[1]}`)
+
+      // IPv6-only × IPv6-only: only IPv6 can join them. Their NAT check sees no NAT (the
+      // server sees their own addresses), so auto punches TCP too, over IPv6 as their
+      // control connections are; UDP alone punches through both firewalls as well.
+      const erin6 = n.lab.hosts.erin!.ip6!
+      const de = await open(n, 'dave', 'erin')
+      expect(de.path).toMatch(/^direct-(udp|tcp)$/)
+      expect(de.remote.startsWith(`[${erin6}]:`)).toBe(true)
+      expect((await n.natctl('dave', ['close', 'erin'])).code).toBe(0)
+      await waitFor(async () => ((await n.natctl('erin', ['tunnels'])).json as unknown[]).length === 0, 10_000, 'erin drops the tunnel')
+      const deUdp = await open(n, 'dave', 'erin', 'udp')
+      expect(deUdp.path).toBe('direct-udp')
+      expect(deUdp.remote.startsWith(`[${erin6}]:`)).toBe(true)
+
+      // IPv4-only × dual: IPv4 as before (UDP or TCP, whichever auto takes).
+      const ca = await open(n, 'carol', 'alice')
+      expect(ca.path).toMatch(/^direct-(udp|tcp)$/)
+      expect(ca.remote.startsWith(`${n.lab.hosts.alice!.publicIp}:`)).toBe(true)
+
+      // natctl tunnels shows the IPv6 path as [addr]:port.
+      const tunnels = (await n.natctl('alice', ['tunnels'])).json as Array<{ peer: string; remote: string }>
+      expect(tunnels.find((t) => t.peer === 'bob')?.remote).toBe(ab.remote)
+    })
+  }, 150_000)
+})

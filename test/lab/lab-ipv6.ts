@@ -1,0 +1,75 @@
+/*
+ * IPv6 on the NAT lab (LabSpec.ipv6): documentation prefixes (2001:db8::/32, RFC 3849),
+ * inside the lab's namespaces only. No NAT66: each site's router is a stateful firewall
+ * that drops unsolicited inbound (ip6tables conntrack, RFC 6092's default), as home
+ * routers ship.
+ *
+ *   $id-srv   eth0: 2001:db8::2/64                       default via 2001:db8::1
+ *   $id-inet  srv:  2001:db8::1/64   wN: 2001:db8:f:N::1/64
+ *             route 2001:db8:N::/64 via 2001:db8:f:N::2 (site N's LAN)
+ *   $id-rN    wan:  2001:db8:f:N::2/64  lan: 2001:db8:N::1/64   default via 2001:db8:f:N::1
+ *             FORWARD: established/related in, anything out, the rest from wan dropped
+ *   $id-hN-M  eth0: 2001:db8:N::(M+1)/64                  default via 2001:db8:N::1
+ *   public    eth0: 2001:db8:f:N::2/64 (the host is on the wire, no firewall)
+ *
+ * host → its router (hop limit 2 → 1) → inet (1 → 0: dropped there) — a first probe with
+ * hop limit 2 opens the sender's firewall state without reaching the peer's firewall, as
+ * TTL 2 does with IPv4 NAT.
+ *
+ * A site's `ip`: 'v4' (default: no IPv6 address at all), 'dual', or 'v6' (IPv6 only: its
+ * hosts have no IPv4 default route, so they reach the server and peers over IPv6 alone).
+ */
+
+export type SiteIp = 'v4' | 'v6' | 'dual';
+
+export const SERVER_IP6 = '2001:db8::2';
+
+/** Addresses every `ip addr add` gets: no duplicate address detection (a tentative address cannot be bound for ~1 s). */
+const NODAD = 'nodad';
+
+export function siteLan6(n: number): string {
+  return `2001:db8:${n}::`;
+}
+
+export function hostIp6(n: number, j: number, routed: boolean): string {
+  return routed ? `2001:db8:${n}::${j + 2}` : `2001:db8:f:${n}::2`;
+}
+
+/** `ip -batch` lines for the server and inet. */
+export function coreIp6(): { server: string[]; inet: string[] } {
+  return {
+    server: [`addr add ${SERVER_IP6}/64 dev eth0 ${NODAD}`, 'route add default via 2001:db8::1'],
+    inet: [`addr add 2001:db8::1/64 dev srv ${NODAD}`]
+  };
+}
+
+/** `ip -batch` lines for site N: inet's side, the router's, each host's (by index). */
+export function siteIp6(n: number, routed: boolean, hosts: number): { inet: string[]; router: string[]; hosts: string[][] } {
+  const inet = [`addr add 2001:db8:f:${n}::1/64 dev w${n} ${NODAD}`];
+  if (!routed) return { inet, router: [], hosts: [[`addr add ${hostIp6(n, 0, false)}/64 dev eth0 ${NODAD}`, `route add default via 2001:db8:f:${n}::1`]] };
+  inet.push(`route add ${siteLan6(n)}/64 via 2001:db8:f:${n}::2`);
+  const router = [`addr add 2001:db8:f:${n}::2/64 dev wan ${NODAD}`, `addr add ${siteLan6(n)}1/64 dev lan ${NODAD}`, `route add default via 2001:db8:f:${n}::1`];
+  const hostLines = Array.from({ length: hosts }, (_, j) => [`addr add ${hostIp6(n, j, true)}/64 dev eth0 ${NODAD}`, `route add default via ${siteLan6(n)}1`]);
+  return { inet, router, hosts: hostLines };
+}
+
+/** Sysctls of a namespace that forwards IPv6 (inet, routers): ICMPv6 unthrottled, as for IPv4. */
+export const ROUTER_SYSCTLS_6 = ['net.ipv6.conf.all.forwarding=1', 'net.ipv6.icmp.ratelimit=0'];
+
+/** The router's stateful IPv6 firewall (ip6tables-restore input): unsolicited inbound is dropped, counted in chain UNSOLICITED6. */
+export function firewall6(): string {
+  return [
+    '*filter',
+    ':INPUT ACCEPT [0:0]',
+    ':FORWARD ACCEPT [0:0]',
+    ':OUTPUT ACCEPT [0:0]',
+    ':UNSOLICITED6 - [0:0]',
+    '-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT',
+    '-A FORWARD -i lan -o wan -j ACCEPT',
+    '-A FORWARD -p ipv6-icmp -j ACCEPT',
+    '-A FORWARD -i wan -j UNSOLICITED6',
+    '-A UNSOLICITED6 -j DROP',
+    'COMMIT',
+    ''
+  ].join('\n');
+}
