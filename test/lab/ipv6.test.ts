@@ -3,12 +3,13 @@
  * through stateful IPv6 firewalls (no NAT66: ip6tables conntrack drops unsolicited
  * inbound), and prefer IPv6 when both sides have it. Topology: test/lab/lab-ipv6.ts.
  *
- *   server 198.18.0.2 + 2001:db8::2 (--host6) ── inet ──┬── r1 (easy NAT + v6 fw) ── alice  dual
- *                                                       ├── r2 (easy NAT + v6 fw) ── bob    dual
+ *   server 198.18.0.2 + 2001:db8::2 (--host6) ── inet ──┬── r1 (hard NAT + v6 fw) ── alice  dual
+ *                                                       ├── r2 (hard NAT + v6 fw) ── bob    dual
  *                                                       ├── r3 (easy NAT)         ── carol  IPv4 only
  *                                                       ├── r4 (v6 fw)            ── dave   IPv6 only
  *                                                       └── r5 (v6 fw)            ── erin   IPv6 only
  *
+ * alice and bob map per destination on IPv4: without IPv6 they would end on the relay.
  * dave and erin have no IPv4 way out (their routers' IPv4 NAT is never used): only
  * IPv6 can join them. The rows assert the path and its address family, not speed.
  * Before the rows, one datagram with hop limit 2 and one with 64 from alice to bob
@@ -23,8 +24,8 @@ import { ROOT, SERVER_PORT, waitFor, withLab, type NatdLab } from './natd-lab.js
 
 const SPEC: LabSpec = {
   sites: [
-    { name: 'alice', nat: 'easy', ip: 'dual' },
-    { name: 'bob', nat: 'easy', ip: 'dual' },
+    { name: 'alice', nat: 'hard', ip: 'dual' },
+    { name: 'bob', nat: 'hard', ip: 'dual' },
     { name: 'carol', nat: 'easy' },
     { name: 'dave', nat: 'easy', ip: 'v6' },
     { name: 'erin', nat: 'easy', ip: 'v6' }
@@ -78,9 +79,9 @@ describe.skipIf(!labAvailable())('IPv6: candidates, stateful firewalls, preferen
       await udxSend(n, 'alice', bob6, 64)
       await waitFor(async () => (await unsolicited6(n, 'bob')) === before + 1, 5_000, 'the full-hop datagram is dropped as unsolicited at bob\'s firewall')
 
-      // dual×dual: both have IPv6, so the UDP punch chooses IPv6 (through both firewalls).
-      // (`auto` between two easy NATs takes TCP over IPv4 if it punches too: TCP carries more, path-plan.ts.)
-      const ab = await open(n, 'alice', 'bob', 'udp')
+      // dual×dual, hard×hard on IPv4: both have IPv6, so auto punches UDP (path-plan.ts)
+      // and gets IPv6, through both firewalls, not the relay.
+      const ab = await open(n, 'alice', 'bob')
       expect(ab.path).toBe('direct-udp')
       expect(ab.remote).toBe(`[${bob6}]:${ab.remote.split(']:')[1]}`)
 
@@ -97,9 +98,9 @@ describe.skipIf(!labAvailable())('IPv6: candidates, stateful firewalls, preferen
       expect(deUdp.path).toBe('direct-udp')
       expect(deUdp.remote.startsWith(`[${erin6}]:`)).toBe(true)
 
-      // IPv4-only × dual: IPv4 as before (UDP or TCP, whichever auto takes).
+      // IPv4-only × dual: IPv4 as before (easy × hard: birthday punching).
       const ca = await open(n, 'carol', 'alice')
-      expect(ca.path).toMatch(/^direct-(udp|tcp)$/)
+      expect(ca.path).toBe('direct-udp')
       expect(ca.remote.startsWith(`${n.lab.hosts.alice!.publicIp}:`)).toBe(true)
 
       // natctl tunnels shows the IPv6 path as [addr]:port.
