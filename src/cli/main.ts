@@ -88,6 +88,7 @@ export function buildCli(argv: string[]): Argv<Global> {
             `heartbeat:   ${s.lastHeartbeatAgoMs === null ? '-' : ago(s.lastHeartbeatAgoMs)}${s.serverRttMs === null ? '' : `, rtt ${s.serverRttMs} ms`}`,
             `public udp:  ${s.publicUdp ?? '-'}`,
             `public tcp:  ${s.publicTcp ?? '-'}`,
+            `public ipv6: ${s.publicUdp6 ?? '-'}`,
             `local port:  ${s.localUdpPort}`,
             `lan:         ${s.lan.join(', ') || '-'}`,
             `port map:    ${portMappingLine(s.portMapping)}`,

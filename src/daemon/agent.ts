@@ -351,6 +351,7 @@ export class Agent {
       serverRttMs: state.kind === 'registered' ? (client?.rttMs ?? null) : null,
       publicUdp: state.kind === 'registered' && state.udp ? formatEndpoint(state.udp) : null,
       publicTcp: state.kind === 'registered' && state.tcp ? formatEndpoint(state.tcp) : null,
+      publicUdp6: state.kind === 'registered' && client?.udp6 ? formatEndpoint(client.udp6) : null,
       localUdpPort: this.localPort,
       lan: lanEndpoints(this.localPort).map(formatEndpoint),
       nat: this.nat?.verdict ?? 'unknown',

@@ -40,6 +40,8 @@ export interface StatusResult {
   serverRttMs: number | null
   publicUdp: string | null
   publicTcp: string | null
+  /** Our IPv6 endpoint as the server's IPv6 socket sees it: our IPv6 candidate (docs/API.md#status); null without one. */
+  publicUdp6: string | null
   localUdpPort: number
   lan: string[]
   nat: string

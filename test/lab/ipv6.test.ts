@@ -68,6 +68,9 @@ describe.skipIf(!labAvailable())('IPv6: candidates, stateful firewalls, preferen
       for (const h of ['alice', 'bob', 'carol', 'dave', 'erin']) await n.waitRegistered(h)
       // The IPv6 candidate reaches the server with the first answered heartbeats (2 s apart).
       await waitFor(() => /"ipv6 endpoint"/.test(n.log('alice')) && /"ipv6 endpoint"/.test(n.log('bob')), 15_000, 'alice and bob learn their IPv6 endpoints')
+      // natctl status shows it ([addr]:port); carol (IPv4 only) has none
+      expect(String((await n.status('alice')).publicUdp6)).toMatch(new RegExp(`^\\[${n.lab.hosts.alice!.ip6!}\\]:\\d+$`))
+      expect((await n.status('carol')).publicUdp6).toBeNull()
 
       // Hop limit 2 (udx-native sets IPV6_UNICAST_HOPS like IP_TTL): it leaves alice's
       // firewall and dies at inet, so bob's firewall never sees it; a full one is dropped there.

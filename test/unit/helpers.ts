@@ -217,6 +217,7 @@ export function fakeStatus(overrides: Partial<StatusResult> = {}): StatusResult 
     serverRttMs: 12,
     publicUdp: '203.0.113.1:41641',
     publicTcp: null,
+    publicUdp6: null,
     localUdpPort: 41641,
     lan: ['192.168.1.2:41641'],
     nat: 'easy',
