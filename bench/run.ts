@@ -18,7 +18,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { createLab, labAvailable, type LabSpec, type NatKind } from '../test/lab/lab.ts'
-import { NatdLab, ROOT } from '../test/lab/natd-lab.ts'
+import { NatdLab, ROOT, waitFor } from '../test/lab/natd-lab.ts'
 import { BASELINE_PORTS, baselineRatios, startBaselines } from './baselines.ts'
 import { fairness } from './fairness.ts'
 import { relayFanout } from './relay-fanout.ts'
@@ -247,28 +247,35 @@ async function throughput(): Promise<Record<string, unknown>> {
   }
 }
 
-const PAIRS: Array<{ name: string; a: NatKind; b: NatKind; sameLan?: boolean }> = [
+// IPv6: both sites dual-stack behind stateful firewalls (test/lab/lab-ipv6.ts), hard IPv4 NATs, so the path is IPv6's.
+const PAIRS: Array<{ name: string; a: NatKind; b: NatKind; sameLan?: boolean; ipv6?: boolean }> = [
   { name: 'easy×easy', a: 'easy', b: 'easy' },
   { name: 'easy×full', a: 'easy', b: 'full' },
   { name: 'public×easy', a: 'public', b: 'easy' },
   { name: 'same LAN', a: 'easy', b: 'easy', sameLan: true },
   { name: 'easy×hard', a: 'easy', b: 'hard' },
-  { name: 'hard×hard', a: 'hard', b: 'hard' }
+  { name: 'hard×hard', a: 'hard', b: 'hard' },
+  { name: 'IPv6', a: 'hard', b: 'hard', ipv6: true }
 ]
+/** `--pairs 'IPv6,easy×easy'`: only these rows of the open-time bench. */
+const PAIR_FILTER = argv.includes('--pairs') ? argv[argv.indexOf('--pairs') + 1]!.split(',') : null
 
 /** Time from a connection on a cold forward (no tunnel) until the first byte echoes, per NAT pair. */
 async function timeToOpen(): Promise<Record<string, unknown>> {
   const out: Record<string, unknown> = {}
-  for (const p of PAIRS) {
-    const spec: LabSpec = p.sameLan ? { sites: [{ name: 'home', nat: 'easy', hosts: ['alice', 'bob'] }] } : { sites: [{ name: 'alice', nat: p.a }, { name: 'bob', nat: p.b }] }
+  for (const p of PAIRS.filter((x) => !PAIR_FILTER || PAIR_FILTER.includes(x.name))) {
+    const ip = p.ipv6 ? ('dual' as const) : ('v4' as const)
+    const spec: LabSpec = p.sameLan ? { sites: [{ name: 'home', nat: 'easy', hosts: ['alice', 'bob'] }] } : { sites: [{ name: 'alice', nat: p.a, ip }, { name: 'bob', nat: p.b, ip }] }
     const n = new NatdLab(await createLab(spec))
     let failed = true
     try {
-      await n.startServer()
+      await n.startServer(p.ipv6 ? ['--host6', n.lab.server.ip6!] : [])
       await n.startAgent('alice')
       await n.startAgent('bob')
       await n.waitRegistered('alice')
       await n.waitRegistered('bob')
+      // The IPv6 candidates reach the server with the first answered heartbeats.
+      if (p.ipv6) await waitFor(() => /"ipv6 endpoint"/.test(n.log('alice')) && /"ipv6 endpoint"/.test(n.log('bob')), 15_000, 'IPv6 endpoints')
       n.lab.spawn(n.lab.hosts.bob!.ns, [node, path.join(FIX, 'tcp-sink.mjs'), 'serve', '7001'], { cwd: ROOT })
       await sleep(500)
       await n.natctl('bob', ['expose', 'add', '7001'])
