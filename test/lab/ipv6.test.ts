@@ -80,7 +80,7 @@ describe.skipIf(!labAvailable())('IPv6: candidates, stateful firewalls, preferen
       await new Promise((r) => setTimeout(r, 500))
       expect(await unsolicited6(n, 'bob')).toBe(before)
       await udxSend(n, 'alice', bob6, 64)
-      await waitFor(async () => (await unsolicited6(n, 'bob')) === before + 1, 5_000, 'the full-hop datagram is dropped as unsolicited at bob\'s firewall')
+      await waitFor(async () => (await unsolicited6(n, 'bob')) > before, 10_000, 'the full-hop datagram is dropped as unsolicited at bob\'s firewall')
 
       // dual×dual, hard×hard on IPv4: both have IPv6, so auto punches UDP (path-plan.ts)
       // and gets IPv6, through both firewalls, not the relay.
