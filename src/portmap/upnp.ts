@@ -229,13 +229,18 @@ export type SoapResult =
 export function parseSoapResponse(status: number, xml: string, action: string, wanted: readonly string[]): SoapResult {
   if (status === 200) {
     let inside = false
+    let seen = false
     const values: Record<string, string> = {}
     const lower = new Map(wanted.map((w) => [w.toLowerCase(), w]))
+    // miniupnpd writes an answer without arguments as <u:AddPortMappingResponse …/>: an
+    // open tag here, which is all it takes.
     for (const t of tags(xml, [`${action}Response`, ...wanted])) {
-      if (t.name === `${action}Response`.toLowerCase()) inside = !t.close
-      else if (inside && !t.close) values[lower.get(t.name)!] = textAt(xml, t.end)
+      if (t.name === `${action}Response`.toLowerCase()) {
+        inside = !t.close
+        seen = true
+      } else if (inside && !t.close) values[lower.get(t.name)!] = textAt(xml, t.end)
     }
-    if (Object.keys(values).length === wanted.length) return { ok: true, values }
+    if (seen && Object.keys(values).length === wanted.length) return { ok: true, values }
     return { ok: false, errorCode: 0, description: `no ${action}Response with ${wanted.join(', ')} in the answer` }
   }
   let errorCode = 0

@@ -64,7 +64,7 @@ interface Netcheck extends Verdicts {
   portPreserved: boolean
   publicUdp: string
   serverOtherAddress: string | null
-  portMapping: { gateway: string | null; pcp: boolean; natPmp: boolean; externalIp: string | null }
+  portMapping: { gateway: string | null; pcp: boolean; natPmp: boolean; upnp: boolean; externalIp: string | null }
 }
 
 async function netcheck(n: NatdLab, key: string): Promise<Netcheck> {
@@ -89,7 +89,7 @@ describe.skipIf(!labAvailable())('natctl netcheck', () => {
         expect(r, h).toMatchObject({ udp: true, tcp: true, serverOtherAddress: `${altIp}:3479`, ...EXPECTED[h] })
         expect(r.publicUdp.split(':')[0], h).toBe(n.lab.hosts[h]!.publicIp)
         // The lab's plain routers (and inet, carol's gateway) answer neither PCP nor NAT-PMP.
-        expect(r.portMapping, h).toEqual({ gateway: h === 'carol' ? '198.18.3.1' : `10.${HOSTS.indexOf(h) + 1}.0.1`, pcp: false, natPmp: false, externalIp: null })
+        expect(r.portMapping, h).toEqual({ gateway: h === 'carol' ? '198.18.3.1' : `10.${HOSTS.indexOf(h) + 1}.0.1`, pcp: false, natPmp: false, upnp: false, externalIp: null })
         expect(r.natChanged, `${h}: the start-up check already had it right`).toBe(false)
         expect((await n.status(h)).nat).toBe(EXPECTED[h].nat)
       }
