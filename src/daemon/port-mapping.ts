@@ -380,7 +380,7 @@ export class PortMappingKeeper {
     return (now?.gateway ?? null) === gateway
   }
 
-  /** Removes the mappings (best effort, ≤ 1.75 s each) and closes the socket. Never rejects. */
+  /** Removes the mappings (best effort, at once, ≤ 1.75 s; by UPnP ≤ 1.5 s) and closes the socket. Never rejects. */
   async stop(): Promise<void> {
     this.stopped = true
     if (this.renewTimer) clearTimeout(this.renewTimer)

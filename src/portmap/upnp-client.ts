@@ -56,6 +56,8 @@ export const UPNP_DESCRIPTION_MAX_BYTES = 64 * 1024
 export const UPNP_SOAP_MAX_BYTES = 16 * 1024
 /** Each HTTP exchange with the gateway (connect, request, whole answer): a LAN router answers in milliseconds. */
 export const UPNP_HTTP_TIMEOUT_MS = 2_000
+/** The delete at stop, shorter: natd's 3 s shutdown also waits up to 1 s for a renewal in flight (daemon/port-mapping.ts). */
+export const UPNP_UNMAP_TIMEOUT_MS = 1_500
 
 export interface HttpRequest {
   /** The gateway's TCP port; the host is always the gateway. */
@@ -200,7 +202,7 @@ export class UpnpClient {
   async unmap(m: PortMapping, signal?: AbortSignal): Promise<void> {
     const service = this.service
     if (!service) throw new NatdError('TIMEOUT', `the gateway ${this.init.gateway} has no UPnP port-mapping service`)
-    const r = await this.soap(service, { action: 'DeletePortMapping', externalPort: m.external.port, protocol: m.protocol }, [], signal)
+    const r = await this.soap(service, { action: 'DeletePortMapping', externalPort: m.external.port, protocol: m.protocol }, [], signal, UPNP_UNMAP_TIMEOUT_MS)
     if (!r.ok && r.errorCode !== UPNP_ERRORS.NO_SUCH_ENTRY) throw refused('DeletePortMapping', r)
   }
 
@@ -242,11 +244,17 @@ export class UpnpClient {
   }
 
   /** One SOAP action; rejects TIMEOUT when the gateway does not answer. */
-  private async soap(service: Pick<UpnpService, 'serviceType' | 'control'>, a: SoapAction, wanted: readonly string[], signal?: AbortSignal): Promise<SoapResult> {
+  private async soap(
+    service: Pick<UpnpService, 'serviceType' | 'control'>,
+    a: SoapAction,
+    wanted: readonly string[],
+    signal?: AbortSignal,
+    timeoutMs = UPNP_HTTP_TIMEOUT_MS
+  ): Promise<SoapResult> {
     const { headers, body } = encodeSoapRequest(service.serviceType, a)
     let answer: HttpAnswer
     try {
-      answer = await this.c.http({ ...service.control, method: 'POST', headers, body, maxBytes: UPNP_SOAP_MAX_BYTES, timeoutMs: UPNP_HTTP_TIMEOUT_MS, ...(signal ? { signal } : {}) })
+      answer = await this.c.http({ ...service.control, method: 'POST', headers, body, maxBytes: UPNP_SOAP_MAX_BYTES, timeoutMs, ...(signal ? { signal } : {}) })
     } catch (err) {
       throw new NatdError('TIMEOUT', `the gateway ${this.init.gateway} did not answer UPnP ${a.action}: ${(err as Error).message}`, { cause: err })
     }

@@ -41,7 +41,7 @@ export interface Mapping {
 export function fakeIgd(o: FakeIgdOptions = {}) {
   const mappings = new Map<string, Mapping>()
   const calls: string[] = []
-  const state = { down: false, externalIp: o.externalIp ?? '198.18.1.2', ssdpSent: 0 }
+  const state = { down: false, externalIp: o.externalIp ?? '198.18.1.2', ssdpSent: 0, lastTimeoutMs: 0 }
   const service = `urn:schemas-upnp-org:service:WANIPConnection:${o.version ?? 2}`
   const description = o.description ?? ROOT_DESC.replace('urn:schemas-upnp-org:service:WANIPConnection:2', service)
 
@@ -59,6 +59,7 @@ export function fakeIgd(o: FakeIgdOptions = {}) {
     const action = /#(\w+)"$/.exec(req.headers?.SOAPAction ?? '')?.[1] ?? ''
     const body = req.body ?? ''
     calls.push(action)
+    state.lastTimeoutMs = req.timeoutMs
     if (!body.includes(`<u:${action} xmlns:u="${service}">`)) return fault(401, 'Invalid Action')
     const key = `${arg(body, 'NewProtocol')}/${arg(body, 'NewExternalPort')}`
     switch (action) {

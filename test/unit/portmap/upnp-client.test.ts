@@ -3,7 +3,7 @@
 // ignored, IGD:2's AddAnyPortMapping, IGD:1's conflict and permanent-lease retries,
 // refusals, silence, the mapping checked and removed.
 import { afterEach, describe, expect, it, vi } from 'vitest'
-import { UPNP_SSDP_FIRST_WAIT_MS, UPNP_SSDP_TRIES } from '../../../src/portmap/upnp-client.js'
+import { UPNP_HTTP_TIMEOUT_MS, UPNP_SSDP_FIRST_WAIT_MS, UPNP_SSDP_TRIES, UPNP_UNMAP_TIMEOUT_MS } from '../../../src/portmap/upnp-client.js'
 import { fakeIgd, GATEWAY, HTTP_PORT, ROOT_DESC, SSDP_ANSWER } from './fake-igd.js'
 
 afterEach(() => vi.useRealTimers())
@@ -69,7 +69,9 @@ describe('UpnpClient.map', () => {
     expect(igd.mappings.get('UDP/41642')).toEqual({ internalPort: 41641, client: '10.1.0.2', leaseS: 7200 })
     expect(igd.calls.filter((c) => !/^(GET|POST) /.test(c))).toEqual(['GetExternalIPAddress', 'GetExternalIPAddress', 'AddAnyPortMapping'])
     expect(await igd.client.isMapped(m)).toBe(true)
+    expect(igd.state.lastTimeoutMs).toBe(UPNP_HTTP_TIMEOUT_MS)
     await igd.client.unmap(m)
+    expect(igd.state.lastTimeoutMs).toBe(UPNP_UNMAP_TIMEOUT_MS) // within natd's shutdown deadline
     expect(igd.mappings.size).toBe(0)
     expect(await igd.client.isMapped(m)).toBe(false)
     await igd.client.unmap(m) // already gone: not an error
