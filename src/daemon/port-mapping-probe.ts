@@ -12,6 +12,7 @@ import dgram from 'node:dgram'
 import { randomBytes } from 'node:crypto'
 import fs from 'node:fs/promises'
 import type { PortMappingReport } from '../ipc/schema.js'
+import { systemRandom } from '../protocol/clock.js'
 import { probeGateway } from '../portmap/gateway-probe.js'
 import { PORT_MAPPING_PORT } from '../portmap/natpmp.js'
 import { PortMapper } from '../portmap/port-mapper.js'
@@ -75,7 +76,7 @@ export async function gatewayClient(): Promise<GatewayClient | null> {
     const mapper = new PortMapper({ gateway, localIp }, { send: (buf) => sock.send(buf), randomBytes: (n) => randomBytes(n) })
     sock.on('message', (msg, rinfo) => mapper.onMessage(msg, { host: rinfo.address, port: rinfo.port }))
     await new Promise<void>((resolve) => ssdp.bind(0, localIp, () => resolve()))
-    const upnp = new UpnpClient({ gateway, localIp }, { sendSsdp: (buf) => ssdp.send(buf, SSDP_PORT, gateway), http: gatewayHttp(gateway), random: Math.random })
+    const upnp = new UpnpClient({ gateway, localIp }, { sendSsdp: (buf) => ssdp.send(buf, SSDP_PORT, gateway), http: gatewayHttp(gateway), random: systemRandom })
     ssdp.on('message', (msg, rinfo) => upnp.onSsdpMessage(msg, { host: rinfo.address, port: rinfo.port }))
     return { gateway, mapper, upnp, close }
   } catch {

@@ -195,7 +195,7 @@ export class PortMappingKeeper {
 
   /**
    * Probes the gateway and maps the ports; resolves when the caller's NAT check may run:
-   * after the mapping, or at once when this gateway is known to answer neither protocol
+   * after the mapping, or at once when this gateway is known to answer none of the protocols
    * (the probe then goes on in the background). Never rejects.
    */
   async start(): Promise<void> {

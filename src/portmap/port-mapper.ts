@@ -20,7 +20,7 @@
  * external endpoint: peers then probe it within the usual punch budgets, and the tunnel
  * still authenticates the peer's key.
  *
- * Errors: TIMEOUT when the gateway answers neither protocol, UNSUPPORTED_PATH when it
+ * Errors: TIMEOUT when the gateway answers neither of these protocols, UNSUPPORTED_PATH when it
  * refuses the mapping (the result code is in the message).
  */
 import { NatdError } from '../protocol/errors.js'
@@ -41,7 +41,7 @@ export const PORTMAP_FIRST_WAIT_MS = 250
 export const PORTMAP_TRIES = 3
 /**
  * probe() gives up sooner (250 + 500 ms): the agent probes before its start-up NAT check
- * (see daemon/port-mapping.ts), and most gateways answer neither protocol.
+ * (see daemon/port-mapping.ts), and many gateways answer neither protocol.
  */
 export const PORTMAP_PROBE_TRIES = 2
 /** About 2 h, as Tailscale asks; the holder renews at half-life. */
