@@ -27,8 +27,9 @@
  * changed external address → mapped again at once. UPnP has no epoch: the keeper asks
  * whether the gateway still holds the UDP mapping (GetSpecificPortMappingEntry) and its
  * external address (two small HTTP exchanges); a gone mapping, or a service that no
- * longer answers (a restarted miniupnpd listens on another port) → found and mapped again. Without a mapping the check probes
- * again (a gateway whose owner turned PCP on, a new network). A renewal that fails until
+ * longer answers (a restarted miniupnpd listens on another port) → found and mapped
+ * again. Without a mapping the check probes again (a gateway whose owner turned PCP on, a
+ * new network). A renewal that fails until
  * the lease ends → the mapping is lost (status says why), retried every PORTMAP_RETRY_MS.
  *
  * Who can make us do work: the gateway (or a LAN host spoofing it, for NAT-PMP, or its
