@@ -53,7 +53,7 @@ export function portMappingLine(p: PortMappingStatus): string {
     case 'none':
       return `none: ${p.reason ?? 'no mapping'}`
     case 'mapped': {
-      const via = p.via === 'pcp' ? 'PCP' : 'NAT-PMP'
+      const via = p.via === 'pcp' ? 'PCP' : p.via === 'upnp' ? 'UPnP' : 'NAT-PMP'
       const ports = [p.udp && `${p.udp} (udp)`, p.tcp && `${p.tcp} (tcp)`].filter(Boolean).join(', ')
       return `${via} ${ports}, gateway ${p.gateway ?? '-'}, lease ends in ${span(p.expiresInMs ?? 0)} unless renewed`
     }

@@ -209,8 +209,8 @@ export function buildCli(argv: string[]): Argv<Global> {
         const yes = (b: boolean | null): string => (b === null ? 'unknown' : String(b))
         const portMapping = (p: typeof r.portMapping): string => {
           if (!p.gateway) return 'no default gateway'
-          const offered = [p.pcp && 'PCP', p.natPmp && 'NAT-PMP'].filter(Boolean).join(', ')
-          return `${offered || 'none (neither PCP nor NAT-PMP)'} (gateway ${p.gateway}${p.externalIp ? `, external ${p.externalIp}` : ''})`
+          const offered = [p.pcp && 'PCP', p.natPmp && 'NAT-PMP', p.upnp && 'UPnP'].filter(Boolean).join(', ')
+          return `${offered || 'none (no PCP, NAT-PMP or UPnP)'} (gateway ${p.gateway}${p.externalIp ? `, external ${p.externalIp}` : ''})`
         }
         const verdicts = { none: 'none (no NAT: peers reach the public endpoint directly)', easy: 'easy (peers punch straight to the public endpoint)', hard: 'hard (mapping changes per destination: birthday punching)', unknown: 'unknown' }
         out(g, r, () =>

@@ -158,7 +158,7 @@ export class NatMonitor {
       portMapping,
       tookMs: this.c.clock.now() - started
     }
-    this.c.log.info('netcheck', { udp: result.udp, publicUdp: result.publicUdp, mapping: r.mapping, filtering: r.filtering, nat: r.verdict, pcp: portMapping.pcp, natPmp: portMapping.natPmp })
+    this.c.log.info('netcheck', { udp: result.udp, publicUdp: result.publicUdp, mapping: r.mapping, filtering: r.filtering, nat: r.verdict, pcp: portMapping.pcp, natPmp: portMapping.natPmp, upnp: portMapping.upnp })
     return result
   }
 }

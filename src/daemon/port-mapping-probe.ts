@@ -1,8 +1,8 @@
 /**
  * `natctl netcheck`'s port-mapping line, like `tailscale netcheck`'s "PortMapping: …":
- * which of PCP and NAT-PMP the default gateway answers (src/portmap/port-mapper.ts),
- * probed from a throwaway UDP socket. It only asks; it maps nothing. UPnP IGD is not
- * probed yet.
+ * which of PCP, NAT-PMP (src/portmap/port-mapper.ts) and UPnP IGD (upnp-client.ts) the
+ * default gateway answers, probed from throwaway sockets. It only asks; it maps nothing.
+ * And the sockets the agent's port mappings (port-mapping.ts) talk to the gateway on.
  *
  * The gateway is the IPv4 default route's (Linux: /proc/net/route); the address we probe
  * from is the one the kernel picks to reach it (a connected UDP socket's local address),
@@ -12,8 +12,13 @@ import dgram from 'node:dgram'
 import { randomBytes } from 'node:crypto'
 import fs from 'node:fs/promises'
 import type { PortMappingReport } from '../ipc/schema.js'
+import { systemRandom } from '../protocol/clock.js'
+import { probeGateway } from '../portmap/gateway-probe.js'
 import { PORT_MAPPING_PORT } from '../portmap/natpmp.js'
 import { PortMapper } from '../portmap/port-mapper.js'
+import { SSDP_PORT } from '../portmap/upnp.js'
+import { UpnpClient } from '../portmap/upnp-client.js'
+import { gatewayHttp } from './gateway-http.js'
 
 /**
  * The IPv4 default gateway in /proc/net/route's text, or null (the lowest metric wins).
@@ -38,34 +43,55 @@ export function defaultGatewayOf(procNetRoute: string): string | null {
 export interface GatewayClient {
   gateway: string
   mapper: PortMapper
+  /** UPnP IGD; absent: not asked. */
+  upnp?: UpnpClient | null
   close: () => void
 }
 
-/** A PortMapper on a UDP socket connected to the default gateway's port 5351; null: no default route. Never rejects. */
+/**
+ * A PortMapper on a UDP socket connected to the default gateway's port 5351, and a
+ * UpnpClient on another (SSDP answers may come from any port of the gateway's address);
+ * null: no default route. Never rejects.
+ */
 export async function gatewayClient(): Promise<GatewayClient | null> {
   const gateway = defaultGatewayOf(await fs.readFile('/proc/net/route', 'utf8').catch(() => ''))
   if (!gateway) return null
   const sock = dgram.createSocket('udp4')
-  sock.on('error', () => undefined) // an ICMP port unreachable from a gateway without the service: just no answer
+  const ssdp = dgram.createSocket('udp4')
+  // An ICMP port unreachable from a gateway without the service: just no answer.
+  sock.on('error', () => undefined)
+  ssdp.on('error', () => undefined)
+  const close = (): void => {
+    for (const s of [sock, ssdp]) {
+      try {
+        s.close()
+      } catch {
+        // not bound yet, or closed already
+      }
+    }
+  }
   try {
     await new Promise<void>((resolve) => sock.connect(PORT_MAPPING_PORT, gateway, () => resolve()))
     const localIp = sock.address().address
     const mapper = new PortMapper({ gateway, localIp }, { send: (buf) => sock.send(buf), randomBytes: (n) => randomBytes(n) })
     sock.on('message', (msg, rinfo) => mapper.onMessage(msg, { host: rinfo.address, port: rinfo.port }))
-    return { gateway, mapper, close: () => sock.close() }
+    await new Promise<void>((resolve) => ssdp.bind(0, localIp, () => resolve()))
+    const upnp = new UpnpClient({ gateway, localIp }, { sendSsdp: (buf) => ssdp.send(buf, SSDP_PORT, gateway), http: gatewayHttp(gateway), random: systemRandom })
+    ssdp.on('message', (msg, rinfo) => upnp.onSsdpMessage(msg, { host: rinfo.address, port: rinfo.port }))
+    return { gateway, mapper, upnp, close }
   } catch {
-    sock.close()
+    close()
     return null
   }
 }
 
-/** Which port-mapping protocols the default gateway answers. Never rejects. */
+/** Which port-mapping protocols the default gateway answers (all three, each waited for). Never rejects. */
 export async function probePortMapping(signal?: AbortSignal): Promise<PortMappingReport> {
   const client = await gatewayClient()
-  if (!client) return { gateway: null, pcp: false, natPmp: false, externalIp: null }
+  if (!client) return { gateway: null, pcp: false, natPmp: false, upnp: false, externalIp: null }
   try {
-    const { pcp, natPmp, externalIp } = await client.mapper.probe(signal)
-    return { gateway: client.gateway, pcp, natPmp, externalIp }
+    const { pcp, natPmp, upnp, externalIp } = await probeGateway(client.mapper, client.upnp ?? null, signal ? { signal } : {})
+    return { gateway: client.gateway, pcp, natPmp, upnp, externalIp }
   } finally {
     client.close()
   }

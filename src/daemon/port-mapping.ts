@@ -1,8 +1,10 @@
 /**
  * The agent's port mappings (issue 17): its tunnel UDP port, and its TCP port (the
  * control connection's, which TCP punching reuses), asked of the default gateway by PCP,
- * else NAT-PMP (src/portmap), for the same external port for PORTMAP_LIFETIME_S,
- * renewed at half-life, made again when the gateway lost them, and removed at stop.
+ * else NAT-PMP, else UPnP IGD (src/portmap; all three probed at once, the preferred one
+ * that answers wins, gateway-probe.ts), for the same external port for
+ * PORTMAP_LIFETIME_S, renewed at half-life, made again when the gateway lost them, and
+ * removed at stop.
  *
  * It runs before the start-up NAT check, because a gateway like miniupnpd also sends the
  * mapped port's outbound traffic from the mapped port: a NAT that maps per destination
@@ -12,8 +14,9 @@
  * hence "before". The mapped UDP endpoint is also offered to peers as a candidate of its
  * own (agent.ts, protocol/lan.ts), for gateways that only forward inbound.
  *
- * Start-up cost, bounded: a gateway that answers neither protocol costs PORTMAP_PROBE_TRIES
- * tries (0.75 s). That answer is remembered in the state directory (`portmap.json`: the
+ * Start-up cost, bounded: the fastest answer (plus PORTMAP_PROBE_GRACE_MS for a preferred
+ * protocol still silent); a gateway that answers none costs PORTMAP_PROBE_TRIES tries
+ * (0.75 s). That answer is remembered in the state directory (`portmap.json`: the
  * gateway's address); the next start with the same gateway does not wait for it, but
  * probes in the background, and when a mapping appears after all, `onChange` tells the
  * agent (it checks its NAT again and registers again with the new candidate).
@@ -21,14 +24,19 @@
  * Changes noticed: every PORTMAP_CHECK_MS the keeper asks the gateway for its epoch (one
  * PCP ANNOUNCE and one NAT-PMP address request, as at start): a changed default gateway,
  * an epoch that went back (the gateway restarted: RFC 6886 §3.6, RFC 6887 §8.5) or a
- * changed external address → mapped again at once. Without a mapping the check probes
- * again (a gateway whose owner turned PCP on, a new network). A renewal that fails until
+ * changed external address → mapped again at once. UPnP has no epoch: the keeper asks
+ * whether the gateway still holds the UDP mapping (GetSpecificPortMappingEntry) and its
+ * external address (two small HTTP exchanges); a gone mapping, or a service that no
+ * longer answers (a restarted miniupnpd listens on another port) → found and mapped
+ * again. Without a mapping the check probes again (a gateway whose owner turned PCP on, a
+ * new network). A renewal that fails until
  * the lease ends → the mapping is lost (status says why), retried every PORTMAP_RETRY_MS.
  *
- * Who can make us do work: the gateway (or a LAN host spoofing it, for NAT-PMP) can
- * refuse or fake a mapping, or fake a restart; we then send at most 2 × PORTMAP_TRIES
- * requests per check or renewal, never more often than PORTMAP_CHECK_MS /
- * PORTMAP_RETRY_MS / MIN_RENEW_MS allow.
+ * Who can make us do work: the gateway (or a LAN host spoofing it, for NAT-PMP, or its
+ * SSDP answer) can refuse or fake a mapping, or fake a restart; we then send at most 2 ×
+ * PORTMAP_TRIES requests (UPnP: one search, one description and ≤ 4 SOAP exchanges per
+ * protocol mapped, each bounded in size and time) per check or renewal, never more often
+ * than PORTMAP_CHECK_MS / PORTMAP_RETRY_MS / MIN_RENEW_MS allow.
  */
 import fs from 'node:fs'
 import path from 'node:path'
@@ -37,10 +45,17 @@ import type { Clock, Logger } from '../protocol/log.js'
 import { systemClock } from '../protocol/log.js'
 import { formatEndpoint, sameEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import type { MapProtocol } from '../portmap/natpmp.js'
+import { probeGateway } from '../portmap/gateway-probe.js'
 import { gatewayLostState, PORTMAP_LIFETIME_S, type PortMapping, type PortMapVia } from '../portmap/port-mapper.js'
 import type { PortMappingStatus } from '../ipc/schema.js'
 import { writeJsonAtomic } from '../common/state-files.js'
 import { gatewayClient, type GatewayClient } from './port-mapping-probe.js'
+
+/** Removes `m` by the protocol that made it. */
+function unmap(client: GatewayClient, m: PortMapping): Promise<void> {
+  if (m.via !== 'upnp') return client.mapper.unmap(m)
+  return client.upnp ? client.upnp.unmap(m) : Promise.reject(new Error('no UPnP client'))
+}
 
 /** After a failed renewal or a lost mapping, try again this much later (the old mapping may still hold). */
 export const PORTMAP_RETRY_MS = 60_000
@@ -57,12 +72,12 @@ export const PORTMAP_CHECK_MS = 120_000
  * mapping that must then be removed), within natd's 3 s shutdown deadline.
  */
 const STOP_WAIT_MS = 1_000
-/** The file in the state directory that remembers a gateway answering neither protocol. */
+/** The file in the state directory that remembers a gateway answering none of the protocols. */
 export const PORTMAP_CACHE_FILE = 'portmap.json'
 
-/** Where the keeper remembers that a gateway answers neither protocol. */
+/** Where the keeper remembers that a gateway answers none of the protocols. */
 export interface SilentGatewayCache {
-  /** The gateway last found answering neither PCP nor NAT-PMP, or null. */
+  /** The gateway last found answering none of PCP, NAT-PMP and UPnP, or null. */
   get(): string | null
   set(gateway: string | null): void
 }
@@ -181,7 +196,7 @@ export class PortMappingKeeper {
 
   /**
    * Probes the gateway and maps the ports; resolves when the caller's NAT check may run:
-   * after the mapping, or at once when this gateway is known to answer neither protocol
+   * after the mapping, or at once when this gateway is known to answer none of the protocols
    * (the probe then goes on in the background). Never rejects.
    */
   async start(): Promise<void> {
@@ -223,16 +238,16 @@ export class PortMappingKeeper {
     if (this.stopped) return
     if (!client) return this.lose(null, 'no IPv4 default gateway', before)
     this.state = { kind: 'probing', gateway: client.gateway }
-    const offer = await client.mapper.probe()
+    const offer = await probeGateway(client.mapper, client.upnp ?? null, { first: true })
     if (this.stopped) return
-    if (!offer.pcp && !offer.natPmp) {
+    if (!offer.pcp && !offer.natPmp && !offer.upnp) {
       if (this.cache.get() !== client.gateway) this.cache.set(client.gateway)
-      this.c.log.debug('no port mapping: the gateway answers neither PCP nor NAT-PMP', { gateway: client.gateway })
+      this.c.log.debug('no port mapping: the gateway answers none of PCP, NAT-PMP and UPnP', { gateway: client.gateway })
       this.close()
-      return this.lose(client.gateway, `the gateway ${client.gateway} answers neither PCP nor NAT-PMP`, before)
+      return this.lose(client.gateway, `the gateway ${client.gateway} answers none of PCP, NAT-PMP and UPnP`, before)
     }
     if (this.cache.get() !== null) this.cache.set(null)
-    await this.map(offer.pcp ? 'pcp' : 'nat-pmp', before)
+    await this.map(offer.pcp ? 'pcp' : offer.natPmp ? 'nat-pmp' : 'upnp', before)
   }
 
   /**
@@ -243,8 +258,12 @@ export class PortMappingKeeper {
     const client = this.client
     if (!client || this.stopped) return
     const held = this.state.kind === 'mapped' ? this.state : null
-    const ask = async (protocol: MapProtocol, old: PortMapping | null | undefined): Promise<PortMapping> =>
-      client.mapper.map(via, protocol, this.init.port, { lifetimeS: PORTMAP_LIFETIME_S, nonce: old?.via === via ? old.nonce : null })
+    const ask = async (protocol: MapProtocol, old: PortMapping | null | undefined): Promise<PortMapping> => {
+      if (via !== 'upnp') return client.mapper.map(via, protocol, this.init.port, { lifetimeS: PORTMAP_LIFETIME_S, nonce: old?.via === via ? old.nonce : null })
+      if (!client.upnp) throw new Error('no UPnP client')
+      // A renewal asks for the port it holds (AddAnyPortMapping may have given another).
+      return client.upnp.map(protocol, this.init.port, { lifetimeS: PORTMAP_LIFETIME_S, ...(old?.via === 'upnp' ? { externalPort: old.external.port } : {}) })
+    }
     const at = this.clock.now()
     let udp: PortMapping
     try {
@@ -266,7 +285,7 @@ export class PortMappingKeeper {
     }
     if (this.stopped) {
       // Granted while natd stops: stop() may have looked already, so remove it here.
-      await Promise.all([udp, tcp].map((m) => (m ? client.mapper.unmap(m).catch(() => undefined) : undefined)))
+      await Promise.all([udp, tcp].map((m) => (m ? unmap(client, m).catch(() => undefined) : undefined)))
       return
     }
     this.state = { kind: 'mapped', gateway: client.gateway, udp, tcp, at, epoch: udp.epoch, epochAt: at }
@@ -325,6 +344,7 @@ export class PortMappingKeeper {
     if (this.stopped) return
     // Nothing mapped: probe again (a gateway whose owner turned PCP on, another network).
     if (s.kind !== 'mapped' || !this.client) return this.setUp()
+    if (s.udp.via === 'upnp') return this.checkUpnp(s)
     const at = this.clock.now()
     const offer = await this.client.mapper.probe()
     if (this.stopped) return
@@ -340,6 +360,19 @@ export class PortMappingKeeper {
     await this.setUp()
   }
 
+  /** check() for a UPnP mapping: is it still held, at the same external address? */
+  private async checkUpnp(s: Extract<KeeperState, { kind: 'mapped' }>): Promise<void> {
+    const upnp = this.client?.upnp
+    const held = upnp ? await upnp.isMapped(s.udp) : null
+    if (this.stopped) return
+    const externalIp = held && upnp ? await upnp.currentExternalIp() : null
+    if (this.stopped) return
+    const moved = externalIp !== null && externalIp !== s.udp.external.host
+    if (held && !moved && (await this.sameGateway())) return
+    this.c.log.info('the gateway lost or changed our mapping: mapping again', { gateway: s.gateway, via: 'upnp', lost: held === false, unanswered: held === null, moved })
+    await this.setUp()
+  }
+
   /** Whether the default gateway is still the one we talk to. */
   private async sameGateway(): Promise<boolean> {
     const gateway = this.client?.gateway ?? null
@@ -348,7 +381,7 @@ export class PortMappingKeeper {
     return (now?.gateway ?? null) === gateway
   }
 
-  /** Removes the mappings (best effort, ≤ 1.75 s each) and closes the socket. Never rejects. */
+  /** Removes the mappings (best effort, at once, ≤ 1.75 s; by UPnP ≤ 1.5 s) and closes the socket. Never rejects. */
   async stop(): Promise<void> {
     this.stopped = true
     if (this.renewTimer) clearTimeout(this.renewTimer)
@@ -361,7 +394,7 @@ export class PortMappingKeeper {
         [s.udp, s.tcp].flatMap((m) =>
           m
             ? [
-                client.mapper.unmap(m).then(
+                unmap(client, m).then(
                   () => this.c.log.info('port mapping removed', { protocol: m.protocol, external: formatEndpoint(m.external) }),
                   (err: Error) => this.c.log.warn('port mapping not removed', { protocol: m.protocol, err: err.message })
                 )

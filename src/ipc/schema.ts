@@ -47,7 +47,7 @@ export interface StatusResult {
   nat: string
   uptimeMs: number
   tunnels: number
-  /** The gateway's port mapping of our ports (PCP or NAT-PMP), or why there is none. */
+  /** The gateway's port mapping of our ports (PCP, NAT-PMP or UPnP IGD), or why there is none. */
   portMapping: PortMappingStatus
 }
 
@@ -57,7 +57,7 @@ export interface PortMappingStatus {
   state: 'off' | 'probing' | 'mapped' | 'none'
   /** The IPv4 default gateway asked; null: none (yet). */
   gateway: string | null
-  via: 'pcp' | 'nat-pmp' | null
+  via: 'pcp' | 'nat-pmp' | 'upnp' | null
   /** The external endpoint peers can reach our UDP port at. */
   udp: string | null
   /** The same for our TCP port, when the gateway mapped it. */
@@ -106,7 +106,9 @@ export interface PortMappingReport {
   gateway: string | null
   pcp: boolean
   natPmp: boolean
-  /** The gateway's external address, from NAT-PMP. */
+  /** It answered a UPnP IGD search and has a port-mapping service (WANIPConnection or WANPPPConnection). */
+  upnp: boolean
+  /** The gateway's external address, from NAT-PMP, else from UPnP. */
   externalIp: string | null
 }
 

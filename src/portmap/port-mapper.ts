@@ -1,9 +1,10 @@
 /**
  * Asks the default gateway for a port mapping, by PCP (RFC 6887) or NAT-PMP (RFC 6886),
  * both on UDP 5351 (Tailscale's net/portmapper is the model: short probes, PCP preferred
- * when the gateway speaks it). UPnP IGD is not here yet.
+ * when the gateway speaks it). UPnP IGD is upnp-client.ts.
  *
  *   probe()  PCP ANNOUNCE + NAT-PMP external-address request, at once → which answered
+ *            (probePcp() and probeNatPmp() alone: gateway-probe.ts races them with UPnP)
  *   map()    PCP MAP when PCP answered, else NAT-PMP MAP (+ the external address)
  *   unmap()  the same with lifetime 0 (RFC 6886 §3.4, RFC 6887 §15)
  *
@@ -19,7 +20,7 @@
  * external endpoint: peers then probe it within the usual punch budgets, and the tunnel
  * still authenticates the peer's key.
  *
- * Errors: TIMEOUT when the gateway answers neither protocol, UNSUPPORTED_PATH when it
+ * Errors: TIMEOUT when the gateway answers neither of these protocols, UNSUPPORTED_PATH when it
  * refuses the mapping (the result code is in the message).
  */
 import { NatdError } from '../protocol/errors.js'
@@ -40,21 +41,28 @@ export const PORTMAP_FIRST_WAIT_MS = 250
 export const PORTMAP_TRIES = 3
 /**
  * probe() gives up sooner (250 + 500 ms): the agent probes before its start-up NAT check
- * (see daemon/port-mapping.ts), and most gateways answer neither protocol.
+ * (see daemon/port-mapping.ts), and many gateways answer neither protocol.
  */
 export const PORTMAP_PROBE_TRIES = 2
 /** About 2 h, as Tailscale asks; the holder renews at half-life. */
 export const PORTMAP_LIFETIME_S = 7200
 
-export type PortMapVia = 'pcp' | 'nat-pmp'
+/** How a mapping was made: PCP and NAT-PMP here, UPnP IGD in upnp-client.ts. */
+export type PortMapVia = 'pcp' | 'nat-pmp' | 'upnp'
 
-export interface GatewayOffer {
+/** What a probe of PCP and NAT-PMP found. */
+export interface PcpNatPmpOffer {
   pcp: boolean
   natPmp: boolean
   /** From NAT-PMP's external-address answer (PCP tells it only with a mapping). */
   externalIp: string | null
   /** The gateway's epoch (seconds since its mappings were last lost), PCP's when it speaks PCP; null: no answer. */
   epoch: number | null
+}
+
+/** What the gateway offers, all three protocols (gateway-probe.ts). */
+export interface GatewayOffer extends PcpNatPmpOffer {
+  upnp: boolean
 }
 
 export interface PortMapping {
@@ -125,23 +133,34 @@ export class PortMapper {
     for (const w of this.waiters) if (w.match(answer)) w.resolve(answer)
   }
 
-  /** Which protocols the gateway answers. Never rejects. */
-  async probe(signal?: AbortSignal): Promise<GatewayOffer> {
-    const [pcp, natPmp] = await Promise.all([
-      this.ask(encodePcpAnnounceRequest(this.init.localIp), (a) => 'pcp' in a && a.pcp.kind === 'announce', signal, PORTMAP_PROBE_TRIES),
-      // Only a success counts: a NAT-PMP-only gateway's "unsupported version" answer to the
-      // PCP request looks like an external-address answer (op 128) with result 1.
-      this.ask(encodeNatPmpAddressRequest(), (a) => 'natPmp' in a && a.natPmp.kind === 'external-address' && a.natPmp.result === 0, signal, PORTMAP_PROBE_TRIES)
-    ])
-    const addr = natPmp && 'natPmp' in natPmp && natPmp.natPmp.kind === 'external-address' ? natPmp.natPmp : null
-    // A NAT-PMP-only gateway answers PCP with a version-0 "unsupported version": that is not PCP.
-    const pcpAnswer = pcp && 'pcp' in pcp && pcp.pcp.result === 0 ? pcp.pcp : null
-    return {
-      pcp: pcpAnswer !== null,
-      natPmp: !!addr && addr.result === 0,
-      externalIp: addr?.result === 0 ? addr.address : null,
-      epoch: pcpAnswer?.epoch ?? (addr?.result === 0 ? addr.epoch : null)
-    }
+  /** Which of PCP and NAT-PMP the gateway answers, both asked at once and waited for. Never rejects. */
+  async probe(signal?: AbortSignal): Promise<PcpNatPmpOffer> {
+    const [pcp, natPmp] = await Promise.all([this.probePcp(signal), this.probeNatPmp(signal)])
+    return offerOf(pcp, natPmp)
+  }
+
+  /**
+   * PCP ANNOUNCE: the gateway's epoch when it speaks PCP; false when it said it does not
+   * (a NAT-PMP-only gateway answers a PCP request with a version-0 "unsupported version",
+   * RFC 6887 §9); null: no answer. Never rejects.
+   */
+  async probePcp(signal?: AbortSignal): Promise<{ epoch: number } | false | null> {
+    const a = await this.ask(
+      encodePcpAnnounceRequest(this.init.localIp),
+      (x) => ('pcp' in x && x.pcp.kind === 'announce') || ('natPmp' in x && x.natPmp.kind === 'external-address' && x.natPmp.result === 1),
+      signal,
+      PORTMAP_PROBE_TRIES
+    )
+    if (!a) return null
+    return 'pcp' in a && a.pcp.result === 0 ? { epoch: a.pcp.epoch } : false
+  }
+
+  /** NAT-PMP's external address and epoch; null: no (successful) answer. Never rejects. */
+  async probeNatPmp(signal?: AbortSignal): Promise<{ externalIp: string | null; epoch: number } | null> {
+    // Only a success counts: a NAT-PMP-only gateway's "unsupported version" answer to the
+    // PCP request looks like an external-address answer (op 128) with result 1.
+    const a = await this.ask(encodeNatPmpAddressRequest(), (x) => 'natPmp' in x && x.natPmp.kind === 'external-address' && x.natPmp.result === 0, signal, PORTMAP_PROBE_TRIES)
+    return a && 'natPmp' in a && a.natPmp.kind === 'external-address' ? { externalIp: a.natPmp.address, epoch: a.natPmp.epoch } : null
   }
 
   /**
@@ -149,7 +168,7 @@ export class PortMapper {
    * asking for the same external port. Renew by calling it again with the mapping's nonce.
    */
   async map(
-    via: PortMapVia,
+    via: Exclude<PortMapVia, 'upnp'>,
     protocol: MapProtocol,
     internalPort: number,
     o: { lifetimeS?: number; nonce?: Uint8Array | null; signal?: AbortSignal } = {}
@@ -181,6 +200,7 @@ export class PortMapper {
 
   /** Removes a mapping (lifetime 0). Throws like map(). */
   async unmap(m: PortMapping, signal?: AbortSignal): Promise<void> {
+    if (m.via === 'upnp') throw new RangeError('a UPnP mapping: UpnpClient.unmap() removes it')
     await this.map(m.via, m.protocol, m.internalPort, { lifetimeS: 0, nonce: m.nonce, signal })
   }
 
@@ -210,6 +230,16 @@ export class PortMapper {
       if (answer) return answer
     }
     return null
+  }
+}
+
+/** A probe's answers as an offer: PCP's epoch when it speaks PCP, else NAT-PMP's. */
+export function offerOf(pcp: { epoch: number } | false | null, natPmp: { externalIp: string | null; epoch: number } | null): PcpNatPmpOffer {
+  return {
+    pcp: !!pcp,
+    natPmp: natPmp !== null,
+    externalIp: natPmp?.externalIp ?? null,
+    epoch: pcp ? pcp.epoch : (natPmp?.epoch ?? null)
   }
 }
 

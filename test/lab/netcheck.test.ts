@@ -64,7 +64,7 @@ interface Netcheck extends Verdicts {
   portPreserved: boolean
   publicUdp: string
   serverOtherAddress: string | null
-  portMapping: { gateway: string | null; pcp: boolean; natPmp: boolean; externalIp: string | null }
+  portMapping: { gateway: string | null; pcp: boolean; natPmp: boolean; upnp: boolean; externalIp: string | null }
 }
 
 async function netcheck(n: NatdLab, key: string): Promise<Netcheck> {
@@ -88,8 +88,8 @@ describe.skipIf(!labAvailable())('natctl netcheck', () => {
         table[h] = { natdMapping: r.mapping, natdFiltering: r.filtering, nat: r.nat, portPreserved: r.portPreserved }
         expect(r, h).toMatchObject({ udp: true, tcp: true, serverOtherAddress: `${altIp}:3479`, ...EXPECTED[h] })
         expect(r.publicUdp.split(':')[0], h).toBe(n.lab.hosts[h]!.publicIp)
-        // The lab's plain routers (and inet, carol's gateway) answer neither PCP nor NAT-PMP.
-        expect(r.portMapping, h).toEqual({ gateway: h === 'carol' ? '198.18.3.1' : `10.${HOSTS.indexOf(h) + 1}.0.1`, pcp: false, natPmp: false, externalIp: null })
+        // The lab's plain routers (and inet, carol's gateway) answer none of PCP, NAT-PMP and UPnP.
+        expect(r.portMapping, h).toEqual({ gateway: h === 'carol' ? '198.18.3.1' : `10.${HOSTS.indexOf(h) + 1}.0.1`, pcp: false, natPmp: false, upnp: false, externalIp: null })
         expect(r.natChanged, `${h}: the start-up check already had it right`).toBe(false)
         expect((await n.status(h)).nat).toBe(EXPECTED[h].nat)
       }
@@ -102,7 +102,7 @@ describe.skipIf(!labAvailable())('natctl netcheck', () => {
       expect(human.stdout).toContain('* Mapping: endpoint-independent')
       expect(human.stdout).toContain('* Filtering: address-and-port-dependent')
       expect(human.stdout).toContain('* NAT: easy')
-      expect(human.stdout).toContain('* PortMapping: none (neither PCP nor NAT-PMP) (gateway 10.1.0.1)')
+      expect(human.stdout).toContain('* PortMapping: none (no PCP, NAT-PMP or UPnP) (gateway 10.1.0.1)')
 
       if (!fs.existsSync(TURNSERVER) || !fs.existsSync(NATDISCOVERY)) {
         process.stdout.write(`netcheck verdicts (coturn not installed, no comparison): ${JSON.stringify(table)}\n`)

@@ -1,7 +1,8 @@
 /**
  * Port mapping through a real gateway (issue 17): `natctl netcheck` names the protocols a
  * lab router running Debian's miniupnpd offers; natd's PortMapper (src/portmap) asks it
- * for a UDP mapping by PCP and by NAT-PMP, and a datagram from the internet then reaches
+ * for a UDP mapping by PCP and by NAT-PMP (and the agent by UPnP IGD, from a router
+ * that speaks only that), and a datagram from the internet then reaches
  * the host through it — which the router's firewall drops without the mapping. Then the
  * agent's own mappings: shown by `natctl status`, offered to peers as a candidate (a hard
  * NAT whose gateway only forwards inbound still gets a direct path from a hard peer),
@@ -53,9 +54,9 @@ describe.skipIf(!labAvailable() || !fs.existsSync(MINIUPNPD))('port mapping (PCP
       await n.waitRegistered('alice')
       const check = await n.natctl('alice', ['netcheck'])
       expect(check.code, check.stderr).toBe(0)
-      expect((check.json as { portMapping: unknown }).portMapping).toEqual({ gateway: '10.1.0.1', pcp: true, natPmp: true, externalIp: wanIp })
+      expect((check.json as { portMapping: unknown }).portMapping).toEqual({ gateway: '10.1.0.1', pcp: true, natPmp: true, upnp: true, externalIp: wanIp })
       const human = await n.natctl('alice', ['netcheck'], { json: false })
-      expect(human.stdout).toContain(`* PortMapping: PCP, NAT-PMP (gateway 10.1.0.1, external ${wanIp})`)
+      expect(human.stdout).toContain(`* PortMapping: PCP, NAT-PMP, UPnP (gateway 10.1.0.1, external ${wanIp})`)
       for (const [via, port] of [['pcp', INTERNAL_PORT], ['nat-pmp', INTERNAL_PORT + 1]] as const) {
         // Without a mapping the router drops it.
         expect(await pingFromInternet(n.lab, `${wanIp}:${port}`), `${via}: before`).toBe(false)
@@ -156,6 +157,50 @@ describe.skipIf(!labAvailable() || !fs.existsSync(MINIUPNPD))('port mapping (PCP
       expect(open.code, `${open.stderr}\n${routerLog}`).toBe(0)
       expect(open.json).toMatchObject({ path: 'direct-tcp', remote: mapping.tcp })
       expect((await n.natctl('bob', ['ping', 'alice', '-c', '1'])).code).toBe(0)
+    })
+  }, 90_000)
+
+  // A router that speaks only UPnP IGD (NAT-PMP and PCP off), and only forwards inbound
+  // (its POSTROUTING chain unhooked): alice's NAT stays hard, and bob (hard too) reaches
+  // her only through the endpoint UPnP mapped. The agent finds UPnP when PCP and NAT-PMP
+  // are silent, maps by AddAnyPortMapping (miniupnpd is an IGD:2), and removes it at stop.
+  it('a hard NAT whose gateway speaks only UPnP: netcheck shows UPnP, status the UPnP mapping, hard×hard → direct UDP to it; removed at stop', async () => {
+    await withLab({ sites: [{ name: 'alice', nat: 'hard' }, { name: 'bob', nat: 'hard' }] }, async (n) => {
+      const { ip, altIp } = n.lab.server
+      await n.startServer(['--host', ip, '--alt-host', altIp])
+      let routerLog = ''
+      const router = await startMiniupnpd(n.lab, 'alice', 1, n.dir, { natpmp: false, snat: false })
+      router.stdout?.on('data', (d: Buffer) => (routerLog += d.toString()))
+      router.stderr?.on('data', (d: Buffer) => (routerLog += d.toString()))
+      await waitFor(() => /Port forwarding is now enabled/.test(routerLog) && /HTTP listening on port/.test(routerLog), 15_000, 'miniupnpd ready')
+      const wanIp = n.lab.routers.alice!.wanIp
+      await n.startAgent('alice')
+      await n.startAgent('bob', { extra: ['--no-port-mapping'] })
+      await n.waitRegistered('alice')
+      await n.waitRegistered('bob')
+      const check = await n.natctl('alice', ['netcheck'])
+      expect(check.code, check.stderr).toBe(0)
+      expect((check.json as { portMapping: unknown }).portMapping, routerLog).toEqual({ gateway: '10.1.0.1', pcp: false, natPmp: false, upnp: true, externalIp: wanIp })
+      const human = await n.natctl('alice', ['netcheck'], { json: false })
+      expect(human.stdout).toContain(`* PortMapping: UPnP (gateway 10.1.0.1, external ${wanIp})`)
+      const alice = await n.status('alice')
+      const mapping = alice.portMapping as { state: string; via: string; udp: string; tcp: string | null; gateway: string; expiresInMs: number }
+      expect(mapping, routerLog).toMatchObject({ state: 'mapped', via: 'upnp', gateway: '10.1.0.1' })
+      expect(mapping.udp.startsWith(`${wanIp}:`)).toBe(true)
+      expect(mapping.tcp?.startsWith(`${wanIp}:`)).toBe(true)
+      expect(mapping.expiresInMs).toBeGreaterThan(3_600_000)
+      expect(alice.nat).toBe('hard')
+      expect((await n.natctl('alice', ['status'], { json: false })).stdout).toContain(`port map:    UPnP ${mapping.udp} (udp)`)
+      const open = await n.natctl('bob', ['open', 'alice'])
+      expect(open.code, `${open.stderr}\n${routerLog}`).toBe(0)
+      expect(open.json).toMatchObject({ path: 'direct-udp', remote: mapping.udp })
+      expect((await n.natctl('bob', ['ping', 'alice', '-c', '1'])).code).toBe(0)
+      // At stop, natd deletes both mappings: the router's DNAT rules go.
+      const udpPort = mapping.udp.split(':')[1]!
+      const rules = async (): Promise<string> => (await n.lab.exec(n.lab.routers.alice!.ns, ['iptables-legacy', '-t', 'nat', '-S', 'MINIUPNPD'])).stdout
+      expect(await rules()).toContain(`--dport ${udpPort}`)
+      await n.stopAgent('alice')
+      expect(await rules()).not.toMatch(/--dport/)
     })
   }, 90_000)
 

@@ -223,7 +223,7 @@ export function fakeStatus(overrides: Partial<StatusResult> = {}): StatusResult 
     nat: 'easy',
     uptimeMs: 5_000,
     tunnels: 0,
-    portMapping: { state: 'none', gateway: '192.168.1.1', via: null, udp: null, tcp: null, expiresInMs: null, reason: 'the gateway 192.168.1.1 answers neither PCP nor NAT-PMP' },
+    portMapping: { state: 'none', gateway: '192.168.1.1', via: null, udp: null, tcp: null, expiresInMs: null, reason: 'the gateway 192.168.1.1 answers none of PCP, NAT-PMP and UPnP' },
     ...overrides
   }
 }

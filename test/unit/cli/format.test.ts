@@ -13,10 +13,13 @@ describe('portMappingLine', () => {
     expect(portMappingLine({ state: 'mapped', gateway: '10.1.0.1', via: 'nat-pmp', udp: '198.18.1.2:5000', tcp: null, expiresInMs: 90_000, reason: null })).toBe(
       'NAT-PMP 198.18.1.2:5000 (udp), gateway 10.1.0.1, lease ends in 90s unless renewed'
     )
+    expect(portMappingLine({ state: 'mapped', gateway: '10.1.0.1', via: 'upnp', udp: '198.18.1.2:41642', tcp: '198.18.1.2:41641', expiresInMs: 3_600_000, reason: null })).toBe(
+      'UPnP 198.18.1.2:41642 (udp), 198.18.1.2:41641 (tcp), gateway 10.1.0.1, lease ends in 1h 0m unless renewed'
+    )
   })
 
   it('no mapping says why; off and probing say so', () => {
-    expect(portMappingLine({ ...none, state: 'none', gateway: '10.1.0.1', reason: 'the gateway 10.1.0.1 answers neither PCP nor NAT-PMP' })).toBe('none: the gateway 10.1.0.1 answers neither PCP nor NAT-PMP')
+    expect(portMappingLine({ ...none, state: 'none', gateway: '10.1.0.1', reason: 'the gateway 10.1.0.1 answers none of PCP, NAT-PMP and UPnP' })).toBe('none: the gateway 10.1.0.1 answers none of PCP, NAT-PMP and UPnP')
     expect(portMappingLine({ ...none, state: 'off', reason: 'turned off (--no-port-mapping)' })).toBe('off (--no-port-mapping)')
     expect(portMappingLine({ ...none, state: 'probing', gateway: '10.1.0.1' })).toBe('asking the gateway 10.1.0.1')
   })

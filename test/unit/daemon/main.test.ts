@@ -62,7 +62,7 @@ describe.skipIf(!fs.existsSync(NATD))('natd with a config file, under signals', 
   const writeConfig = (c: Record<string, unknown>): void => fs.writeFileSync(configFile, JSON.stringify({ name: 'alice', server: '127.0.0.1:1', ...c }))
 
   async function start(extra: string[] = []): Promise<ChildProcess> {
-    const p = spawn(process.execPath, [NATD, '--config', configFile, '--state-dir', path.join(dir, 'state'), '--socket', socket, '--port', '0', ...extra], { stdio: ['ignore', 'pipe', 'pipe'] })
+    const p = spawn(process.execPath, [NATD, '--config', configFile, '--state-dir', path.join(dir, 'state'), '--socket', socket, '--port', '0', '--no-port-mapping', ...extra], { stdio: ['ignore', 'pipe', 'pipe'] })
     p.stdout!.on('data', (d: Buffer) => (log += d.toString()))
     p.stderr!.on('data', (d: Buffer) => (log += d.toString()))
     proc = p

@@ -32,7 +32,7 @@ function monitor(verdicts: NatVerdict[], relayed = true) {
     announce: async () => void announced++,
     relayed: () => relayed,
     registeredTcp: () => null,
-    probePortMapping: () => Promise.resolve({ gateway: null, pcp: false, natPmp: false, externalIp: null }),
+    probePortMapping: () => Promise.resolve({ gateway: null, pcp: false, natPmp: false, upnp: false, externalIp: null }),
     clock: systemClock,
     log: silentLogger
   })
@@ -90,7 +90,7 @@ describe('NatMonitor', () => {
       announce: async () => undefined,
       relayed: () => false,
       registeredTcp: () => null,
-      probePortMapping: () => Promise.resolve({ gateway: null, pcp: false, natPmp: false, externalIp: null }),
+      probePortMapping: () => Promise.resolve({ gateway: null, pcp: false, natPmp: false, upnp: false, externalIp: null }),
       clock: systemClock,
       log: silentLogger
     })

@@ -210,7 +210,7 @@ describe.skipIf(pythonMissing)(title, () => {
     sock = path.join(tmp, 'a.sock')
     serverPort = await freePortPair()
     rendezvous = start('rendezvous', RENDEZVOUS, ['--host', '127.0.0.1', '--port', String(serverPort), '--alt-port', String(serverPort + 1), '--state-dir', path.join(tmp, 'rendezvous')])
-    alice = start('alice', DAEMON, ['--name', 'alice', '--server', `127.0.0.1:${serverPort}`, '--state-dir', path.join(tmp, 'alice'), '--socket', sock, '--heartbeat', '1s'])
+    alice = start('alice', DAEMON, ['--name', 'alice', '--server', `127.0.0.1:${serverPort}`, '--state-dir', path.join(tmp, 'alice'), '--socket', sock, '--heartbeat', '1s', '--no-port-mapping'])
   }, 20_000)
 
   afterAll(async () => {
@@ -275,7 +275,7 @@ describe.skipIf(pythonMissing)(title, () => {
     const deadline = Date.now() + REGISTER_DEADLINE_MS
     while (!watch.output.includes('subscribed') && !watch.exited && Date.now() < deadline) await sleep(50)
     expect(watch.output, logs()).toContain('subscribed: peer.up')
-    start('bob', DAEMON, ['--name', 'bob', '--server', `127.0.0.1:${serverPort}`, '--state-dir', path.join(tmp, 'bob'), '--socket', path.join(tmp, 'b.sock'), '--heartbeat', '1s'])
+    start('bob', DAEMON, ['--name', 'bob', '--server', `127.0.0.1:${serverPort}`, '--state-dir', path.join(tmp, 'bob'), '--socket', path.join(tmp, 'b.sock'), '--heartbeat', '1s', '--no-port-mapping'])
     const first = await Promise.race([line, sleep(REGISTER_DEADLINE_MS).then(() => '')])
     expect(first, `no event from watch\n${logs()}`).not.toBe('')
     const event = JSON.parse(first) as { event: string; data: { name: string; online: boolean } }
