@@ -26,6 +26,7 @@
  * version or a test double) messages come as 'data' events, and every message is tried.
  * Uses secret-stream 6.9.2 internals (types/secret-stream.d.ts).
  */
+import net from 'node:net'
 import type { SecretStreamReadInternals } from '@hyperswarm/secret-stream'
 
 /** secret-stream's length prefix. */
@@ -38,6 +39,13 @@ const ABYTES = 17
  * what an unauthenticated length makes us allocate per session (secret-stream: 16 MiB).
  */
 export const MAX_MESSAGE_BYTES = 256 * 1024
+/**
+ * Over TCP, the kernel reads into slabs this big: about 16 DATA frames, so a frame is
+ * moved to a new slab (copied) about once per 16, and one allocation serves ~1 MiB.
+ */
+const SLAB_BYTES = 1024 * 1024
+/** A read offered less room than this goes to a new slab instead (fewer, larger reads). */
+const MIN_READ_BYTES = 64 * 1024
 /** The name Function.prototype.bind gives secret-stream's raw 'data' listener. */
 const RAW_LISTENER_NAME = 'bound _onrawdata'
 
@@ -80,11 +88,34 @@ function takeOver(s: Session, onMessage: (buf: Buffer) => void): SessionReader |
   // secret-stream pauses the raw stream when its queue passes the high-water mark and
   // resumes it when that drains; from now on nothing queues there.
   raw.resume?.()
+  if (raw instanceof net.Socket) queueMicrotask(() => reader.readIntoSlabs(raw))
   return reader
+}
+
+/** Node's net.Socket onread state (the `onread` option of net.connect, set here after the fact). */
+interface UserBufferSocket {
+  _handle: { useUserBuffer?: (buf: Uint8Array) => void } | null
+  [key: symbol]: unknown
+}
+
+/** The symbols under which net.Socket keeps its `onread` buffer, callback and generator (Node 24), or null. */
+function onreadSymbols(sock: net.Socket): { buffer: symbol; callback: symbol; generator: symbol } | null {
+  const own = Object.getOwnPropertySymbols(sock)
+  const find = (name: string): symbol | undefined => own.find((sym) => sym.description === name)
+  const buffer = find('kBuffer')
+  const callback = find('kBufferCb')
+  const generator = find('kBufferGen')
+  const handle = (sock as unknown as UserBufferSocket)._handle
+  if (!buffer || !callback || !generator || typeof handle?.useUserBuffer !== 'function') return null
+  return { buffer, callback, generator }
 }
 
 /** secret-stream's framing on the raw stream's reads (exported for tests). */
 export class SessionReader {
+  /** Over TCP: the buffer the kernel reads into (see readIntoSlabs), the next message's body from `pos`, read up to `end`. */
+  private slab: Buffer | null = null
+  private pos = 0
+  private end = 0
   /** Length bytes read of the next message (LENGTH_BYTES: reading its body). */
   private lengthSeen = 0
   /** The message's length (what is read of it, while lengthSeen < LENGTH_BYTES). */
@@ -143,6 +174,60 @@ export class SessionReader {
       this.filled += n
       off += n
       if (this.filled === this.length) this.open(this.message)
+    }
+  }
+
+  /**
+   * Over TCP, reads go straight into slabs of our own (net.Socket's `onread`, switched on
+   * once the socket's read queue is empty): the kernel writes each byte once, next to the
+   * part of its message already read, and the message is opened where it lies. No buffer
+   * per read, no copy of a message split across reads unless it would run past the slab's
+   * end (then its part so far moves to a new slab). Delivered messages keep their slab
+   * alive until the mux's consumer is done with them (bounded by the channel windows).
+   * Without Node's internals (another version) reads stay 'data' events.
+   */
+  readIntoSlabs(sock: net.Socket): void {
+    const syms = onreadSymbols(sock)
+    if (!syms || sock.destroyed || sock.readableLength > 0 || this.s.destroying) return
+    this.slab = Buffer.allocUnsafeSlow(SLAB_BYTES)
+    this.pos = 0
+    this.end = 0
+    const st = sock as unknown as UserBufferSocket
+    st[syms.buffer] = this.slab
+    st[syms.callback] = (n: number): void => this.onSlabRead(n)
+    st[syms.generator] = (): Buffer => this.slab!.subarray(this.end)
+    st._handle!.useUserBuffer!(this.slab)
+    sock.resume()
+  }
+
+  /** The kernel put `n` bytes at slab[end…]. */
+  private onSlabRead(n: number): void {
+    const s = this.s
+    s._timeoutTimer?.refresh()
+    const slab = this.slab!
+    this.end += n
+    while (this.pos < this.end && !s.destroying) {
+      if (this.lengthSeen < LENGTH_BYTES) {
+        while (this.lengthSeen < LENGTH_BYTES && this.pos < this.end) this.length |= slab[this.pos++]! << (8 * this.lengthSeen++)
+        if (this.lengthSeen < LENGTH_BYTES) break
+        if (this.length < ABYTES) return this.fail(new Error('Invalid message received'))
+        if (this.length > MAX_MESSAGE_BYTES) return this.fail(new Error(`Message of ${this.length} bytes is larger than ${MAX_MESSAGE_BYTES}`))
+      }
+      if (this.end - this.pos < this.length) break
+      const at = this.pos
+      this.pos += this.length
+      this.open(slab.subarray(at, this.pos))
+    }
+    if (s.destroying) return
+    // Room for the rest of the message being read and a useful read after it; else a new slab.
+    const body = this.lengthSeen === LENGTH_BYTES ? this.length : 0
+    if (slab.length - this.end < MIN_READ_BYTES || this.pos + body > slab.length) {
+      const have = this.end - this.pos
+      const next = Buffer.allocUnsafeSlow(Math.max(SLAB_BYTES, body + MIN_READ_BYTES))
+      slab.copy(next, 0, this.pos, this.end)
+      this.slab = next
+      this.pos = 0
+      this.end = have
     }
   }
 

@@ -9,7 +9,8 @@
 // message across many reads, a message secret-stream had half read when the reader took
 // over); corrupted or too-short messages destroy the session with secret-stream's own
 // error; a length above MAX_MESSAGE_BYTES is refused before anything is gathered.
-import { randomBytes } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
+import net from 'node:net'
 import { Duplex } from 'node:stream'
 import SecretStream from '@hyperswarm/secret-stream'
 import { afterEach, describe, expect, it } from 'vitest'
@@ -86,6 +87,8 @@ function reader(p: Pair): Buffer[] {
   readMessages(p.b, (m) => got.push(Buffer.from(m)))
   return got
 }
+
+const gone = (s: SecretStream): boolean => s.destroyed || (s as unknown as { destroying: boolean }).destroying
 
 /** The reader parses b's raw stream (secret-stream's parser is off it). */
 const taken = (p: Pair): boolean => !p.wireB.listeners('data').some((f) => f.name === 'bound _onrawdata')
@@ -188,7 +191,7 @@ describe('readMessages rejects what secret-stream rejects', () => {
     const wire = corrupt(await wireBytes(p, [randomBytes(50)]))
     p.wireB.feed(wire)
     await tick()
-    return { got, error: p.errors[0]?.message, destroyed: p.b.destroying }
+    return { got, error: p.errors[0]?.message, destroyed: gone(p.b) }
   }
 
   const cases: Array<[string, (w: Buffer) => Buffer]> = [
@@ -215,7 +218,7 @@ describe('readMessages rejects what secret-stream rejects', () => {
     p.wireB.feed(Buffer.from([len & 0xff, (len >>> 8) & 0xff, len >>> 16]))
     await tick()
     expect(got).toEqual([])
-    expect(p.b.destroying).toBe(true)
+    expect(gone(p.b)).toBe(true)
     expect(p.errors[0]?.message).toMatch(/larger than/)
   })
 
@@ -227,6 +230,77 @@ describe('readMessages rejects what secret-stream rejects', () => {
     p.wireB.feed(wire)
     await tick()
     expect(got.map(String)).toEqual(['good'])
-    expect(p.b.destroying).toBe(true)
+    expect(gone(p.b)).toBe(true)
+  })
+})
+
+describe('readMessages over TCP: reads straight into its own slabs', () => {
+  async function tcpPair(): Promise<{ a: SecretStream; b: SecretStream; server: net.Socket; errors: Error[] }> {
+    const srv = net.createServer()
+    await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve))
+    const accepted = new Promise<net.Socket>((resolve) => srv.once('connection', resolve))
+    const client = net.connect((srv.address() as net.AddressInfo).port, '127.0.0.1')
+    const server = await accepted
+    const a = new SecretStream(true, client)
+    const b = new SecretStream(false, server)
+    const errors: Error[] = []
+    a.on('error', () => undefined)
+    b.on('error', (err: Error) => errors.push(err))
+    cleanups.push(() => {
+      a.destroy()
+      b.destroy()
+      srv.close()
+    })
+    await Promise.all([a.opened, b.opened])
+    return { a, b, server, errors }
+  }
+
+  /** Waits (≤ 5 s: the machine may be loaded) for `cond`. */
+  async function until(cond: () => boolean): Promise<void> {
+    for (let i = 0; i < 500 && !cond(); i++) await new Promise((r) => setTimeout(r, 10))
+    await new Promise((r) => setImmediate(r)) // the switch to our buffers follows the message that allowed it
+  }
+
+  /** The buffer net.Socket reads into, when switched to `onread` (null: Node allocates one per read). */
+  const userBuffer = (sock: net.Socket): unknown => (sock as unknown as Record<symbol, unknown>)[Object.getOwnPropertySymbols(sock).find((x) => x.description === 'kBuffer')!]
+
+  it('switches the socket to its own buffers and delivers 8 MiB of frames of every size whole and in order', async () => {
+    const { a, b, server, errors } = await tcpPair()
+    const sent: Buffer[] = []
+    // Sizes around the slab's edges: full DATA frames, small control frames, odd sizes.
+    for (let i = 0; i < 160; i++) sent.push(randomBytes(i % 5 === 0 ? 64 * 1024 + 5 : i % 5 === 1 ? 9 : (i * 7919) % 70_000))
+    const got: Buffer[] = []
+    const done = new Promise<void>((resolve) => {
+      readMessages(b, (m) => {
+        got.push(Buffer.from(m))
+        if (got.length === sent.length) resolve()
+      })
+    })
+    a.write(Buffer.from('first')) // sets b up; the reader takes over on it
+    sent.unshift(Buffer.from('first'))
+    await until(() => got.length === 1)
+    expect(userBuffer(server)).toBeInstanceOf(Uint8Array)
+    for (const m of sent.slice(1)) a.write(m)
+    await done
+    const sha = (bs: Buffer[]): string[] => bs.map((x) => createHash('sha256').update(x).digest('hex'))
+    expect(sha(got)).toEqual(sha(sent))
+    expect(errors).toEqual([])
+  })
+
+  it('a corrupted message on the socket destroys the session with secret-stream\'s error', async () => {
+    const { a, b, server, errors } = await tcpPair()
+    const got: Buffer[] = []
+    readMessages(b, (m) => got.push(m))
+    a.write(Buffer.from('first'))
+    await until(() => got.length === 1)
+    expect(userBuffer(server)).toBeInstanceOf(Uint8Array)
+    // A frame of the right length that was never sealed with this session's key.
+    const bogus = Buffer.alloc(3 + 40 + 17, 7)
+    bogus.writeUIntLE(40 + 17, 0, 3)
+    ;(a.rawStream as unknown as net.Socket).write(bogus)
+    await until(() => gone(b))
+    expect(gone(b)).toBe(true)
+    expect(got.map(String)).toEqual(['first'])
+    expect(errors[0]?.message).toMatch(/decrypt|invalid|fail/i)
   })
 })
