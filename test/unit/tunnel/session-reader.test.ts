@@ -15,6 +15,7 @@ import { Duplex } from 'node:stream'
 import SecretStream from '@hyperswarm/secret-stream'
 import { afterEach, describe, expect, it } from 'vitest'
 import { MAX_MESSAGE_BYTES, readMessages } from '../../../src/tunnel/session-reader.js'
+import { tcpSessions, type TcpSessions } from './secret-stream-pair.js'
 
 /** One end of an in-memory wire: what one side writes comes out of the other as 'data', unless held. */
 class Wire extends Duplex {
@@ -235,24 +236,10 @@ describe('readMessages rejects what secret-stream rejects', () => {
 })
 
 describe('readMessages over TCP: reads straight into its own slabs', () => {
-  async function tcpPair(): Promise<{ a: SecretStream; b: SecretStream; server: net.Socket; errors: Error[] }> {
-    const srv = net.createServer()
-    await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve))
-    const accepted = new Promise<net.Socket>((resolve) => srv.once('connection', resolve))
-    const client = net.connect((srv.address() as net.AddressInfo).port, '127.0.0.1')
-    const server = await accepted
-    const a = new SecretStream(true, client)
-    const b = new SecretStream(false, server)
-    const errors: Error[] = []
-    a.on('error', () => undefined)
-    b.on('error', (err: Error) => errors.push(err))
-    cleanups.push(() => {
-      a.destroy()
-      b.destroy()
-      srv.close()
-    })
-    await Promise.all([a.opened, b.opened])
-    return { a, b, server, errors }
+  async function tcpPair(): Promise<TcpSessions> {
+    const pair = await tcpSessions()
+    cleanups.push(pair.close)
+    return pair
   }
 
   /** Waits (≤ 5 s: the machine may be loaded) for `cond`. */
