@@ -40,10 +40,17 @@ const ABYTES = 17
  */
 export const MAX_MESSAGE_BYTES = 256 * 1024
 /**
- * Over TCP, the kernel reads into slabs this big: about 16 DATA frames, so a frame is
- * moved to a new slab (copied) about once per 16, and one allocation serves ~1 MiB.
+ * Over TCP, the kernel reads into slabs this big: four DATA frames, so a frame is moved to
+ * a new slab (its part so far copied) about once per four, one allocation per ~256 KiB.
  */
-const SLAB_BYTES = 1024 * 1024
+const SLAB_BYTES = 256 * 1024
+/**
+ * A delivered message keeps its slab alive while a channel queues it. Smaller ones are
+ * copied out, so what the peer can make us hold is at most SLAB_BYTES / this = 8× the
+ * bytes queued (a message secret-stream delivered pinned its whole read buffer, up to
+ * 64 KiB for a message of a few bytes). Full DATA frames (64 KiB) are not copied.
+ */
+const COPY_BELOW_BYTES = 32 * 1024
 /** A read offered less room than this goes to a new slab instead (fewer, larger reads). */
 const MIN_READ_BYTES = 64 * 1024
 /** The name Function.prototype.bind gives secret-stream's raw 'data' listener. */
@@ -182,8 +189,8 @@ export class SessionReader {
    * once the socket's read queue is empty): the kernel writes each byte once, next to the
    * part of its message already read, and the message is opened where it lies. No buffer
    * per read, no copy of a message split across reads unless it would run past the slab's
-   * end (then its part so far moves to a new slab). Delivered messages keep their slab
-   * alive until the mux's consumer is done with them (bounded by the channel windows).
+   * end (then its part so far moves to a new slab). A delivered message of COPY_BELOW_BYTES
+   * or more keeps its slab alive until the mux's consumer is done with it.
    * Without Node's internals (another version) reads stay 'data' events.
    */
   readIntoSlabs(sock: net.Socket): void {
@@ -216,7 +223,7 @@ export class SessionReader {
       if (this.end - this.pos < this.length) break
       const at = this.pos
       this.pos += this.length
-      this.open(slab.subarray(at, this.pos))
+      this.open(slab.subarray(at, this.pos), true)
     }
     if (s.destroying) return
     // Room for the rest of the message being read and a useful read after it; else a new slab.
@@ -232,7 +239,7 @@ export class SessionReader {
   }
 
   /** Opens one whole message in place and delivers it (secret-stream's _incoming, without the queue). */
-  private open(message: Buffer): void {
+  private open(message: Buffer, inSlab = false): void {
     const s = this.s
     this.lengthSeen = 0
     this.length = 0
@@ -246,7 +253,7 @@ export class SessionReader {
       return this.fail(err as Error)
     }
     if (plain.length === 0 && s._filterZeroByteMessages) return
-    this.onMessage(plain)
+    this.onMessage(inSlab && plain.length < COPY_BELOW_BYTES ? Buffer.from(plain) : plain)
   }
 
   private fail(err: Error): void {

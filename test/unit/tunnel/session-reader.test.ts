@@ -257,8 +257,11 @@ describe('readMessages over TCP: reads straight into its own slabs', () => {
     // Sizes around the slab's edges: full DATA frames, small control frames, odd sizes.
     for (let i = 0; i < 160; i++) sent.push(randomBytes(i % 5 === 0 ? 64 * 1024 + 5 : i % 5 === 1 ? 9 : (i * 7919) % 70_000))
     const got: Buffer[] = []
+    // What each delivered message keeps alive: small ones must not pin a slab (a peer could make us hold 256 KiB per byte).
+    const pinned: Array<[number, number]> = []
     const done = new Promise<void>((resolve) => {
       readMessages(b, (m) => {
+        pinned.push([m.length, m.buffer.byteLength])
         got.push(Buffer.from(m))
         if (got.length === sent.length) resolve()
       })
@@ -272,6 +275,9 @@ describe('readMessages over TCP: reads straight into its own slabs', () => {
     const sha = (bs: Buffer[]): string[] => bs.map((x) => createHash('sha256').update(x).digest('hex'))
     expect(sha(got)).toEqual(sha(sent))
     expect(errors).toEqual([])
+    for (const [len, held] of pinned) expect(held, `a ${len}-byte message holds ${held}`).toBeLessThanOrEqual(Math.max(8 * len, Buffer.poolSize)) // small copies come from Node's shared pool
+    // Full DATA frames are opened where the kernel put them (in a slab), not copied.
+    expect(pinned.filter(([len, held]) => len === 64 * 1024 + 5 && held > len).length).toBeGreaterThan(10)
   })
 
   it('a corrupted message on the socket destroys the session with secret-stream\'s error', async () => {
