@@ -123,6 +123,8 @@ export class SessionReader {
   private slab: Buffer | null = null
   private pos = 0
   private end = 0
+  /** A socket to read into slabs once Node's read-ahead queue is empty. */
+  private slabsFor: net.Socket | null = null
   /** Length bytes read of the next message (LENGTH_BYTES: reading its body). */
   private lengthSeen = 0
   /** The message's length (what is read of it, while lengthSeen < LENGTH_BYTES). */
@@ -156,6 +158,15 @@ export class SessionReader {
   }
 
   readonly onData = (data: Buffer): void => {
+    this.parse(data)
+    const sock = this.slabsFor
+    if (sock && sock.readableLength === 0) {
+      this.slabsFor = null
+      queueMicrotask(() => this.readIntoSlabs(sock))
+    }
+  }
+
+  private parse(data: Buffer): void {
     const s = this.s
     s._timeoutTimer?.refresh()
     const end = data.length
@@ -194,16 +205,31 @@ export class SessionReader {
    * Without Node's internals (another version) reads stay 'data' events.
    */
   readIntoSlabs(sock: net.Socket): void {
+    this.slabsFor = null
     const syms = onreadSymbols(sock)
-    if (!syms || sock.destroyed || sock.readableLength > 0 || this.s.destroying) return
-    this.slab = Buffer.allocUnsafeSlow(SLAB_BYTES)
+    if (!syms || sock.destroyed || this.s.destroying) return
+    // Bytes Node read ahead (the session was paused) come first, as 'data': try again after them.
+    if (sock.readableLength > 0) {
+      this.slabsFor = sock
+      return
+    }
+    // A message half gathered from 'data' moves to the slab's start; its rest follows it there.
+    const partial = this.message ? this.message.subarray(0, this.filled) : null
+    this.slab = Buffer.allocUnsafeSlow(Math.max(SLAB_BYTES, (partial ? this.length : 0) + MIN_READ_BYTES))
     this.pos = 0
     this.end = 0
+    if (partial) {
+      this.slab.set(partial)
+      this.end = partial.length
+    }
+    this.message = null
+    this.filled = 0
     const st = sock as unknown as UserBufferSocket
-    st[syms.buffer] = this.slab
+    const first = this.slab.subarray(this.end)
+    st[syms.buffer] = first
     st[syms.callback] = (n: number): void => this.onSlabRead(n)
     st[syms.generator] = (): Buffer => this.slab!.subarray(this.end)
-    st._handle!.useUserBuffer!(this.slab)
+    st._handle!.useUserBuffer!(first)
     sock.resume()
   }
 

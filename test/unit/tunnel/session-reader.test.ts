@@ -280,6 +280,29 @@ describe('readMessages over TCP: reads straight into its own slabs', () => {
     expect(pinned.filter(([len, held]) => len === 64 * 1024 + 5 && held > len).length).toBeGreaterThan(10)
   })
 
+  it('a session paused with bytes read ahead (as the responder holds it until the mux listens): every message, in order, then slabs', async () => {
+    const { a, b, server, errors } = await tcpPair()
+    const first = new Promise((resolve) => b.once('data', resolve))
+    a.write(Buffer.from('first'))
+    await first
+    b.pause()
+    const sent: Buffer[] = []
+    for (let i = 0; i < 40; i++) sent.push(randomBytes(i % 3 === 0 ? 64 * 1024 + 5 : 1000 + i * 3001))
+    for (const m of sent) a.write(m)
+    await until(() => server.readableLength > 0) // secret-stream's queue is full: Node holds the rest
+    const got: Buffer[] = []
+    readMessages(b, (m) => got.push(Buffer.from(m)))
+    b.resume()
+    await until(() => got.length === sent.length)
+    expect(got.length).toBe(sent.length)
+    expect(got.every((m, i) => m.equals(sent[i]!))).toBe(true)
+    expect(errors).toEqual([])
+    a.write(Buffer.from('last'))
+    await until(() => got.length === sent.length + 1)
+    expect(userBuffer(server)).toBeInstanceOf(Uint8Array)
+    expect(String(got.at(-1))).toBe('last')
+  })
+
   it('a corrupted message on the socket destroys the session with secret-stream\'s error', async () => {
     const { a, b, server, errors } = await tcpPair()
     const got: Buffer[] = []
