@@ -13,6 +13,8 @@
  *
  * A message that lies whole in one read is opened where it lies (no copy); one split
  * across reads is gathered in a buffer of its own length (one copy), as secret-stream does.
+ * Over TCP the socket then reads straight into slabs of ours (readIntoSlabs): no buffer per
+ * read, and a split message continues where its first part lies.
  *
  * Rejections are secret-stream's: a message shorter than ABYTES destroys the session with
  * "Invalid message received", one that fails to open with sodium's error. Added: a length
