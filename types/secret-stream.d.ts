@@ -31,6 +31,40 @@ declare module '@hyperswarm/secret-stream' {
     _writableState: { buffered: number }
     rawBytesWritten: number
   }
+  /**
+   * The internals tunnel/session-reader.ts reads to parse and open the peer's messages
+   * itself once the session is set up (checked at run time; otherwise 'data' events).
+   */
+  export interface SecretStreamReadInternals {
+    /** sodium-secretstream's Pull once the handshake is done: opens `cipher` into `message` (cipher − 17 bytes; in place at offset 1 is how secret-stream calls it). */
+    _decrypt: { next(cipher: Uint8Array, message: Uint8Array): Uint8Array } | null
+    /** True until the peer's stream header (id + secretstream header) arrived. */
+    _setup: boolean
+    /** The raw stream's 'data' goes to `_onrawdata.bind(this)`; its message parser state: */
+    _state: 0 | 1
+    /** State 0: the length read so far (u24 LE); state 1: the message's length. */
+    _len: number
+    /** State 0: 256^(length bytes read); state 1: message bytes read. */
+    _tmp: number
+    /** State 1: the message being gathered across reads (null: none yet, or whole in one read). */
+    _message: Uint8Array | null
+    /** A raw stream with setContentSize (utp): secret-stream tells it how much is coming. */
+    _utp: unknown
+    _timeoutTimer: { refresh(): void } | null
+    /** Empty messages are keepalives, dropped. */
+    _filterZeroByteMessages: boolean
+    /** streamx's read queue: decrypted messages not yet emitted as 'data'. */
+    _readableState: { queue: { length: number } }
+    /** The raw stream, as an event emitter whose 'data' listeners can be swapped. */
+    _rawStream: {
+      listeners(event: 'data'): Array<(data: Buffer) => void>
+      removeListener(event: 'data', fn: (data: Buffer) => void): unknown
+      on(event: 'data', fn: (data: Buffer) => void): unknown
+      resume?(): unknown
+    } | null
+    rawBytesRead: number
+    destroying: boolean
+  }
   export default class SecretStream extends Duplex {
     constructor(isInitiator: boolean, rawStream?: RawStream | null, opts?: SecretStreamOptions)
     isInitiator: boolean

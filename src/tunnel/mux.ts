@@ -16,6 +16,7 @@ import type { Logger } from '../protocol/log.js'
 import { decodeMux, encodeMux, isSequenced, type MuxFrame } from '../protocol/mux.js'
 import { CHANNEL_WINDOW_BYTES, MuxChannel } from './mux-channel.js'
 import { ReplayBuffer } from './replay-buffer.js'
+import { readMessages } from './session-reader.js'
 import { sealedWriter, type FrameWriter } from './session-writer.js'
 
 /** Most channels open at once per tunnel (each one is a forwarded connection). */
@@ -114,7 +115,7 @@ export class Mux extends EventEmitter<MuxEvents> {
     this.session = session
     this.reading = session
     this.nextId = opener ? 1 : 2
-    session.on('data', (buf) => this.onSessionData(session, buf))
+    readMessages(session, (buf) => this.onSessionData(session, buf))
   }
 
   /**
@@ -131,7 +132,7 @@ export class Mux extends EventEmitter<MuxEvents> {
     for (const w of waiters) this.whenWritable(w)
     if (this.peerSwitched) this.reading = next
     else this.next = next
-    next.on('data', (buf) => this.onSessionData(next, buf))
+    readMessages(next, (buf) => this.onSessionData(next, buf))
   }
 
   private onSessionData(from: MessageStream, buf: Buffer): void {
@@ -302,7 +303,7 @@ export class Mux extends EventEmitter<MuxEvents> {
     this.session = next
     this.reading = next
     this.needDrain = false
-    next.on('data', (buf) => this.onSessionData(next, buf))
+    readMessages(next, (buf) => this.onSessionData(next, buf))
     for (const frame of this.replay.pending()) this.writeTo(next, frame)
     this.wake()
     return true

@@ -8,33 +8,20 @@
 // buffer used again (when the kernel took the last one whole) never corrupts a message
 // still queued in the socket (checked while the reader is paused, so writes queue).
 import { createHash, randomBytes } from 'node:crypto'
-import net from 'node:net'
 import SecretStream from '@hyperswarm/secret-stream'
 import { afterEach, describe, expect, it } from 'vitest'
 import { sealedWriter } from '../../../src/tunnel/session-writer.js'
+import { tcpSessions, type TcpSessions } from './secret-stream-pair.js'
 
 const cleanups: Array<() => void> = []
 afterEach(() => {
   for (const c of cleanups.splice(0)) c()
 })
 
-async function sessions(): Promise<{ a: SecretStream; b: SecretStream; client: net.Socket; server: net.Socket }> {
-  const srv = net.createServer()
-  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve))
-  const accepted = new Promise<net.Socket>((resolve) => srv.once('connection', resolve))
-  const client = net.connect((srv.address() as net.AddressInfo).port, '127.0.0.1')
-  const server = await accepted
-  const a = new SecretStream(true, client)
-  const b = new SecretStream(false, server)
-  a.on('error', () => undefined)
-  b.on('error', () => undefined)
-  cleanups.push(() => {
-    a.destroy()
-    b.destroy()
-    srv.close()
-  })
-  await Promise.all([a.opened, b.opened])
-  return { a, b, client, server }
+async function sessions(): Promise<TcpSessions> {
+  const pair = await tcpSessions()
+  cleanups.push(pair.close)
+  return pair
 }
 
 /** Collects `n` messages from `s`. */
