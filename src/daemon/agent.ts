@@ -266,11 +266,6 @@ export class Agent {
     }
   }
 
-  /** The port natd --metrics serves on (0 when it does not). */
-  get metricsPort(): number {
-    return this.metrics?.port ?? 0
-  }
-
   /** The server reports `p` offline: its tunnel is checked (tunnel-host.ts peerOffline). */
   private onPeerOffline(p: PeerRecord): void {
     const id = peerId(p.publicKey)
