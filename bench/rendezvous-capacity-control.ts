@@ -272,10 +272,15 @@ export class ControlConnections {
     return result
   }
 
+  /**
+   * Drops the kept control connections with a reset, as the others are dropped after
+   * registering: a FIN would tell the server the agent's host ended it, and the server
+   * drops such an agent (agent-conns.ts), whose heartbeats would then go unanswered.
+   */
   async close(): Promise<void> {
     const closing = [...this.tcp.values()].map((t) => new Promise<void>((resolve) => {
       t.sock.once('close', () => resolve())
-      t.sock.destroy()
+      t.sock.resetAndDestroy()
     }))
     await Promise.all(closing)
   }

@@ -17,7 +17,8 @@ export const SERVER_MAIN = path.join(ROOT, 'dist/rendezvous/main.js')
 const AGENTS_MAIN = path.join(ROOT, 'bench/rendezvous-capacity-agents.ts')
 const PROBE = path.join(ROOT, 'bench/rendezvous-capacity-probe.ts')
 
-const SERVER_READY_TIMEOUT_MS = 10_000
+/** Node start-up and the first CHALLENGE; several instances starting at once on a loaded machine took over 10 s. */
+const SERVER_READY_TIMEOUT_MS = 30_000
 /** A probe answer; a full GC of a few hundred MB of heap takes well under this. */
 const PROBE_TIMEOUT_MS = 30_000
 /** Grace after SIGTERM (or a stop command) before SIGKILL. */

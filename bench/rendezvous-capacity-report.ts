@@ -2,6 +2,8 @@
  * The tables and figures bench/rendezvous-capacity.ts prints: one StepResult per ramp step.
  */
 
+import type { InstanceFigures, RedisFigures } from './rendezvous-capacity-fleet.ts'
+
 /**
  * udpDrops: datagrams the kernel dropped for a full receive queue, at the server's socket
  * and at every other UDP socket of this network namespace (our load processes, but also
@@ -11,7 +13,7 @@ export interface StepResult {
   n: number
   registered: number
   equivalentAgentsAt20s: number
-  registration: { seconds: number; ratePerS: number; retries: number; serverCpuPct: number; failed: Record<string, number>; serverUsPerAgent: number; udpDrops: { server: number; other: number } }
+  registration: { seconds: number; ratePerS: number; retries: number; serverCpuPct: number; failed: Record<string, number>; serverUsPerAgent: number; udpDrops: { server: number; other: number }; redisCommandsPerS: number }
   tcpAgents: number
   tcpFailed: Record<string, number>
   heartbeats: { perS: number; sent: number; acked: number; lost: number; badStatus: number; lossRate: number; p50Ms: number; p99Ms: number; maxMs: number; udpDrops: { server: number; other: number } }
@@ -42,6 +44,10 @@ export interface StepResult {
     /** Share of the window its main thread was runnable but waiting for a CPU (other work on its core). */
     runqueueWaitPct: number
   }
+  /** Per instance (one without --instances); `server` above sums them. */
+  instances: InstanceFigures[]
+  /** With several instances: Redis's memory, commands per second over the window, CPU (% of one core). */
+  redis: (RedisFigures & { commandsPerS: number; cpuPct: number }) | null
   generator: { cpuPct: number; loopDelayP99Ms: number }
   machine: { busyPct: number; irqPct: number; otherPct: number }
   list: { medianMs: number; bytes: number; peersInReply: number; expectedPeers: number; overMaxFrame: boolean } | null
@@ -136,5 +142,22 @@ export function report(steps: StepResult[], intervalMs: number): string {
       s.intro ? f1(s.intro.generatorCpuPct) : '-'
     ])
   ]
-  return `${table(main)}\n\nregistration and load generator:\n${table(load)}\n\ncontrol connections (1% of agents):\n${table(control)}`
+  let out = `${table(main)}\n\nregistration and load generator:\n${table(load)}\n\ncontrol connections (1% of agents):\n${table(control)}`
+  if (steps.some((s) => s.redis)) {
+    const rows = [
+      ['N', ...steps[0]!.instances.map((_, i) => `inst ${i}: agents, RSS MB, B/agent, heap B/agent`), 'Redis used MB', 'Redis B/agent', 'Redis keys', 'Redis cmd/s hb', 'Redis cmd/s reg', 'Redis CPU%'],
+      ...steps.map((s) => [
+        int(s.n),
+        ...s.instances.map((i) => `${int(i.agents)}, ${f1(i.rssBytes / 2 ** 20)}, ${int(i.bytesPerAgent)}, ${int(i.heapBytesPerAgent)}`),
+        s.redis ? f1(s.redis.usedMemoryBytes / 2 ** 20) : '-',
+        s.redis ? int(s.redis.bytesPerAgent) : '-',
+        s.redis ? int(s.redis.keys) : '-',
+        s.redis ? int(s.redis.commandsPerS) : '-',
+        int(s.registration.redisCommandsPerS),
+        s.redis ? f1(s.redis.cpuPct) : '-'
+      ])
+    ]
+    out += `\n\ninstances and Redis:\n${table(rows)}`
+  }
+  return out
 }

@@ -4,9 +4,10 @@
  * this shared machine spoiled it), a few LISTs, a burst of INTRODUCEs, and the verdict.
  */
 import { setTimeout as sleep } from 'node:timers/promises'
-import { cpuMeter, machineMeter, rssBytes, runqueueWaitMs, udpDrops } from './proc-stats.ts'
+import { cpuMeter, machineMeter, type udpDrops } from './proc-stats.ts'
 import { ACK_TIMEOUT_MS, type Command, type IntroResult, type ListResult, type RegisterResult, type WindowResult } from './rendezvous-capacity-agents.ts'
-import type { HeapFigures, LoadProcess, ServerProcess, ServerStats } from './rendezvous-capacity-procs.ts'
+import type { Fleet } from './rendezvous-capacity-fleet.ts'
+import type { HeapFigures, LoadProcess, ServerStats } from './rendezvous-capacity-procs.ts'
 import { f1, f2, mergeSorted, percentile, type StepResult } from './rendezvous-capacity-report.ts'
 
 const proto = (await import(new URL('../dist/protocol/rendezvous.js', import.meta.url).href)) as typeof import('../src/protocol/rendezvous.js')
@@ -50,21 +51,18 @@ function dropsBetween(a: Drops, b: Drops): { server: number; other: number } {
   return { server, other: Math.max(0, b.all - a.all - (server || 0)) }
 }
 
-/** The server, the load processes, and the run's settings. */
+/** The instances (and Redis), the load processes, and the run's settings. */
 export interface Rig {
-  server: ServerProcess
-  baselineHeap: number
+  fleet: Fleet
   /** Heartbeat interval (--interval) and registrations per second (--rate). */
   intervalMs: number
   ratePerS: number
   /** performance.now() by which the run should end (--budget). */
   deadline: number
-  /** Agents registered so far (the server's registry size). */
+  /** Agents registered so far (the registry's size). */
   registered: number
-  serverPid: number
-  port: number
+  /** Load process i targets instance i mod instances. */
   procs: LoadProcess[]
-  baselineRss: number
   generatorPids: () => number[]
 }
 
@@ -84,15 +82,21 @@ interface Window {
   windowSeconds: number
   drops: { server: number; other: number }
   heap: HeapFigures
+  instanceHeaps: HeapFigures[]
   serverStats: ServerStats
+  redisCpu: { pct: number; seconds: number }
+  redisCommands: number
   /** Share of the window the server's main thread was runnable but waited for a CPU. */
   serverWaitPct: number
   pongs: { sent: number; received: number }
 }
 
-/** Other processes took a core's worth of CPU, or kept the server waiting for its own. */
-function contended(w: Window): boolean {
-  return w.otherPct >= OTHER_LOAD_PCT || w.serverWaitPct >= SERVER_WAIT_PCT
+/**
+ * Other processes took a core's worth of CPU, or kept the server waiting for its own
+ * (several instances share one core and wait for each other: only other load counts).
+ */
+function contended(w: Window, instances: number): boolean {
+  return w.otherPct >= OTHER_LOAD_PCT || (instances === 1 && w.serverWaitPct >= SERVER_WAIT_PCT)
 }
 
 function windowHeld(w: Window): boolean {
@@ -103,31 +107,36 @@ function windowHeld(w: Window): boolean {
 async function measureWindow(rig: Rig, what: string): Promise<Window> {
   const all = <T>(cmd: Command, timeoutMs: number): Promise<T[]> => Promise.all(rig.procs.map((p) => p.call<T>(cmd, timeoutMs)))
   process.stderr.write(`[${rig.registered}] ${what}\n`)
-  const drops0 = udpDrops(rig.port)
-  const winServer = cpuMeter(() => [rig.serverPid])
+  const { fleet } = rig
+  const drops0 = fleet.udpDrops()
+  const winServer = cpuMeter(() => fleet.pids)
+  const winRedis = cpuMeter(() => (fleet.redis ? [fleet.redis.pid] : []))
   const winGen = cpuMeter(rig.generatorPids)
   const winMachine = machineMeter()
-  await rig.server.mark()
-  const wait0 = runqueueWaitMs(rig.serverPid)
+  await fleet.mark()
+  const wait0 = fleet.runqueueWaitMs()
+  const commands0 = fleet.redisCommands()
   const windowStart = performance.now()
   await all({ op: 'window-start' }, 10_000)
   let peakRss = 0
   const windowEnd = performance.now() + rig.intervalMs
   while (performance.now() < windowEnd) {
-    peakRss = Math.max(peakRss, rssBytes(rig.serverPid))
+    peakRss = Math.max(peakRss, fleet.rss())
     await sleep(Math.min(RSS_SAMPLE_MS, Math.max(0, windowEnd - performance.now())))
   }
   const serverCpu = winServer()
+  const redisCpu = winRedis()
   const genCpu = winGen()
   const machine = winMachine()
-  const rss = rssBytes(rig.serverPid)
+  const rss = fleet.rss()
   peakRss = Math.max(peakRss, rss)
   const windowSeconds = (performance.now() - windowStart) / 1000
-  const serverWaitPct = (100 * (runqueueWaitMs(rig.serverPid) - wait0)) / (windowSeconds * 1000)
-  const serverStats = await rig.server.stats()
+  const redisCommands = (fleet.redisCommands() - commands0) / windowSeconds
+  const serverWaitPct = (100 * (fleet.runqueueWaitMs() - wait0)) / (windowSeconds * 1000)
+  const serverStats = await fleet.stats()
   const wins = await all<WindowResult>({ op: 'window-end' }, ACK_TIMEOUT_MS + 10_000)
-  const drops = dropsBetween(drops0, udpDrops(rig.port))
-  const heap = await rig.server.heap()
+  const drops = dropsBetween(drops0, fleet.udpDrops())
+  const heaps = await fleet.heap()
   const sent = wins.reduce((s, x) => s + x.sent, 0)
   const lost = wins.reduce((s, x) => s + x.lost, 0)
   const badStatus = wins.reduce((s, x) => s + x.badStatus, 0)
@@ -141,13 +150,16 @@ async function measureWindow(rig: Rig, what: string): Promise<Window> {
     serverCpu,
     genCpu,
     machine,
-    otherPct: Math.max(0, machine.busyPct - machine.irqPct - serverCpu.pct - genCpu.pct),
+    otherPct: Math.max(0, machine.busyPct - machine.irqPct - serverCpu.pct - redisCpu.pct - genCpu.pct),
     rss,
     peakRss,
     windowSeconds,
     drops,
-    heap,
+    heap: heaps.total,
+    instanceHeaps: heaps.each,
     serverStats,
+    redisCpu,
+    redisCommands,
     serverWaitPct,
     pongs: { sent: wins.reduce((s, x) => s + x.pings, 0), received: wins.reduce((s, x) => s + x.pongs, 0) }
   }
@@ -156,14 +168,16 @@ async function measureWindow(rig: Rig, what: string): Promise<Window> {
 export async function runStep(rig: Rig, n: number, prevN: number): Promise<StepResult> {
   const { intervalMs, ratePerS, procs } = rig
   const all = <T>(cmd: Command, timeoutMs: number): Promise<T[]> => Promise.all(procs.map((p) => p.call<T>(cmd, timeoutMs)))
-  const serverPids = (): number[] => [rig.serverPid]
+  const { fleet } = rig
+  const serverPids = (): number[] => fleet.pids
   const log = (msg: string): void => void process.stderr.write(`[${n}] ${msg}\n`)
 
   // Registration.
   const newAgents = n - prevN
   log(`registering ${newAgents} agents at ${ratePerS}/s`)
-  const drops0 = udpDrops(rig.port)
+  const drops0 = fleet.udpDrops()
   const regCpu = cpuMeter(serverPids)
+  const regCommands0 = fleet.redisCommands()
   const t0 = performance.now()
   const regs = await all<RegisterResult>({ op: 'register', total: n, ratePerS: ratePerS / procs.length, maxInFlight: Math.ceil(REGISTER_IN_FLIGHT / procs.length) }, (newAgents / ratePerS) * 3_000 + 30_000)
   const regSeconds = (performance.now() - t0) / 1000
@@ -171,8 +185,10 @@ export async function runStep(rig: Rig, n: number, prevN: number): Promise<StepR
   for (const r of regs) addCounts(regFailed, r.failed)
   const registered = regs.reduce((s, r) => s + r.ok, 0)
   rig.registered += registered
+  regs.forEach((r, i) => (fleet.agents[i % fleet.agents.length]! += r.ok))
   const regServer = regCpu()
-  const regDrops = dropsBetween(drops0, udpDrops(rig.port))
+  const regRedisPerS = (fleet.redisCommands() - regCommands0) / regSeconds
+  const regDrops = dropsBetween(drops0, fleet.udpDrops())
 
   // TCP control connections (1%): opened after the step's registrations and closed at its
   // end. The server sends every control connection a PEER_EVENT per new registration, so
@@ -188,7 +204,7 @@ export async function runStep(rig: Rig, n: number, prevN: number): Promise<StepR
   // failed while other processes on this shared machine took CPU from it.
   let w = await measureWindow(rig, `measuring heartbeats for ${intervalMs / 1000}s (${tcpAgents} TCP agents)`)
   let remeasured = 0
-  while (!windowHeld(w) && contended(w) && remeasured < MAX_REMEASURE && performance.now() + intervalMs + STEP_OVERHEAD_MS < rig.deadline) {
+  while (!windowHeld(w) && contended(w, fleet.servers.length) && remeasured < MAX_REMEASURE && performance.now() + intervalMs + STEP_OVERHEAD_MS < rig.deadline) {
     remeasured++
     w = await measureWindow(rig, `p99 ${f2(percentile(w.lat, 99))} ms, ${w.lost + w.badStatus} lost, while other processes used ${f1(w.otherPct)}% CPU and the server waited ${f1(w.serverWaitPct)}% for its core: measuring again`)
   }
@@ -237,7 +253,7 @@ export async function runStep(rig: Rig, n: number, prevN: number): Promise<StepR
   const saturated: StepResult['saturated'] =
     serverCpu.pct >= SATURATED_CPU_PCT ? 'server'
     : genCpu.pct >= SATURATED_CPU_PCT || loopDelayP99Ms > GENERATOR_LAG_MS ? 'generator'
-    : contended(w) ? 'other load'
+    : contended(w, fleet.servers.length) ? 'other load'
     : 'none'
   const acked = lat.length
   return {
@@ -251,7 +267,8 @@ export async function runStep(rig: Rig, n: number, prevN: number): Promise<StepR
       failed: regFailed,
       serverCpuPct: regServer.pct,
       serverUsPerAgent: (regServer.seconds * 1e6) / Math.max(1, registered),
-      udpDrops: regDrops
+      udpDrops: regDrops,
+      redisCommandsPerS: regRedisPerS
     },
     tcpAgents,
     tcpFailed,
@@ -274,13 +291,18 @@ export async function runStep(rig: Rig, n: number, prevN: number): Promise<StepR
       usPerHeartbeat: (serverCpu.seconds * 1e6) / Math.max(1, acked),
       rssBytes: rss,
       peakRssBytes: w.peakRss,
-      bytesPerAgent: (rss - rig.baselineRss) / rig.registered,
-      heapBytesPerAgent: (w.heap.heapUsed + w.heap.external - rig.baselineHeap) / rig.registered,
+      bytesPerAgent: (rss - fleet.baseline.rss) / rig.registered,
+      heapBytesPerAgent: (w.heap.heapUsed + w.heap.external - fleet.baseline.heap) / rig.registered,
       rssAfterGcBytes: w.heap.rss,
       rssParts: w.heap.rssParts,
       ...w.serverStats,
       runqueueWaitPct: w.serverWaitPct
     },
+    instances: fleet.instances(w.instanceHeaps),
+    redis: (() => {
+      const r = fleet.redisFigures(rig.registered)
+      return r && { ...r, commandsPerS: w.redisCommands, cpuPct: w.redisCpu.pct }
+    })(),
     generator: { cpuPct: genCpu.pct, loopDelayP99Ms },
     // Other work on the machine (it is shared): what neither the server, the generator nor interrupts used.
     machine: { busyPct: machine.busyPct, irqPct: machine.irqPct, otherPct: w.otherPct },

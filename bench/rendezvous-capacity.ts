@@ -26,16 +26,22 @@
  *
  * --quick: 1k and 10k at a 5 s interval (4x the heartbeat rate of 20 s), well under a
  * minute. Needs `npm run build` (it runs dist/).
+ *
+ * --instances N (N > 1): N instances sharing a registry in a redis-server started here
+ * (rendezvous-capacity-fleet.ts), all on core 1 with Redis; load process i registers its
+ * agents with instance i mod N. Adds per instance RSS and memory per agent, Redis's memory
+ * per agent and commands per second (bench/rendezvous-capacity-cluster.ts runs one
+ * instance and three, and prints them side by side).
  */
 import { execFileSync, spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
-import { nofile, rssBytes } from './proc-stats.ts'
-import { freePort, LoadProcess, ServerProcess } from './rendezvous-capacity-procs.ts'
+import { nofile } from './proc-stats.ts'
+import { Fleet } from './rendezvous-capacity-fleet.ts'
+import { LoadProcess } from './rendezvous-capacity-procs.ts'
 import { f1, f2, int, report, type StepResult } from './rendezvous-capacity-report.ts'
 import type { Rig } from './rendezvous-capacity-step.ts'
 
@@ -69,13 +75,13 @@ const DEFAULT_BUDGET = '5m'
 const FD_RESERVE = 200
 /** Agents per load process even when the fd limit allows more (keeps each event loop light). */
 const MAX_AGENTS_PER_PROCESS = 20_000
-const MAX_PROCESSES = 16
+const MAX_PROCESSES = 18
 /** Raised to this when allowed (root with CAP_SYS_RESOURCE). */
 const WANTED_NOFILE = 1_048_576
 
 // --- options -------------------------------------------------------------------
 
-const USAGE = 'usage: node --disable-warning=ExperimentalWarning bench/rendezvous-capacity.ts [--max N] [--steps N,N,…] [--interval 20s] [--rate 250] [--nice=N] [--budget 5m] [--quick] [--json FILE]'
+const USAGE = 'usage: node --disable-warning=ExperimentalWarning bench/rendezvous-capacity.ts [--max N] [--steps N,N,…] [--interval 20s] [--rate 250] [--nice=N] [--budget 5m] [--instances N] [--quick] [--json FILE]'
 const opts = (() => {
   try {
     return parseArgs({
@@ -87,6 +93,7 @@ const opts = (() => {
         budget: { type: 'string' },
         steps: { type: 'string' },
         nice: { type: 'string' },
+        instances: { type: 'string' },
         quick: { type: 'boolean', default: false },
         help: { type: 'boolean', short: 'h', default: false }
       }
@@ -104,8 +111,12 @@ const budgetMs = parseDuration(opts.budget ?? DEFAULT_BUDGET)
 const ratePerS = Number(opts.rate ?? DEFAULT_RATE)
 /** Scheduling priority of the server and the load processes (negative: ahead of other work on a shared machine). */
 const niceness = Number(opts.nice ?? 0)
+/** natd-rendezvous processes; more than one share the registry in Redis. */
+const instances = Number(opts.instances ?? 1)
 let maxN = Number(opts.max ?? (opts.quick ? QUICK_STEPS.at(-1) : TARGET_AGENTS))
 if (!Number.isInteger(maxN) || maxN < 2) usage('--max must be an integer >= 2')
+if (!Number.isInteger(instances) || instances < 1 || instances > MAX_PROCESSES) usage(`--instances must be an integer from 1 to ${MAX_PROCESSES}`)
+if (instances > 1 && !fs.existsSync('/usr/bin/redis-server')) usage('--instances needs redis-server (apt-get install redis-server)')
 if (!(ratePerS > 0)) usage('--rate must be > 0')
 if (!Number.isInteger(niceness) || niceness < -20 || niceness > 19) usage('--nice must be an integer from -20 to 19')
 if (intervalMs < 2 * ACK_TIMEOUT_MS) usage(`--interval must be at least ${(2 * ACK_TIMEOUT_MS) / 1000}s`)
@@ -137,24 +148,25 @@ async function main(): Promise<void> {
   else if (lim.hard < WANTED_NOFILE) notes.push(`RLIMIT_NOFILE hard limit is ${lim.hard} and cannot be raised (no CAP_SYS_RESOURCE): agents are spread over several load processes`)
   const raise = perProcessFds > lim.soft
   const perProcess = Math.min(MAX_AGENTS_PER_PROCESS, Math.floor((perProcessFds - FD_RESERVE) / (1 + 1 / TCP_EVERY)))
-  if (Math.ceil(maxN / perProcess) > MAX_PROCESSES) {
-    maxN = perProcess * MAX_PROCESSES
-    notes.push(`N capped at ${maxN}: ${MAX_PROCESSES} load processes x ${perProcess} sockets`)
+  // Whole multiples of the instance count, so that each instance gets the same share.
+  const maxProcs = MAX_PROCESSES - (MAX_PROCESSES % instances)
+  if (Math.ceil(maxN / perProcess) > maxProcs) {
+    maxN = perProcess * maxProcs
+    notes.push(`N capped at ${maxN}: ${maxProcs} load processes x ${perProcess} sockets`)
   }
   const base = opts.steps ? opts.steps.split(',').map(Number) : opts.quick ? QUICK_STEPS : DEFAULT_STEPS
   if (base.some((n, i) => !Number.isInteger(n) || n < 2 || (i > 0 && n <= base[i - 1]!))) usage('--steps must be increasing integers >= 2, e.g. 1000,10000')
   const steps = base.filter((s) => s < maxN)
   steps.push(maxN)
-  const nProcs = Math.ceil(maxN / perProcess)
+  const nProcs = Math.ceil(Math.ceil(maxN / perProcess) / instances) * instances
 
   const procs: LoadProcess[] = []
-  let server: ServerProcess | null = null
+  let fleet: Fleet | null = null
   const results: StepResult[] = []
   let stopReason = 'reached --max'
-  const baseline = { rss: 0, heap: NaN, rssParts: {} as Record<string, number> }
   const cleanup = async (): Promise<void> => {
     await Promise.allSettled(procs.map((p) => p.stop()))
-    await server?.stop()
+    await fleet?.stop()
   }
   const onSignal = (): void => void cleanup().finally(() => process.exit(130))
   process.once('SIGINT', onSignal)
@@ -162,29 +174,24 @@ async function main(): Promise<void> {
   // Last resort if we die some other way: never leave the server running.
   process.once('exit', () => {
     for (const p of procs) p.proc.kill('SIGKILL')
-    server?.proc.kill('SIGKILL')
+    fleet?.kill()
   })
 
   try {
     process.stderr.write(`generating keys in ${nProcs} load process(es) of up to ${perProcess} agents\n`)
-    const port = await freePort()
     for (let i = 0; i < nProcs; i++) procs.push(new LoadProcess(niced(), raise ? perProcessFds : null))
     const capacity = Math.ceil(maxN / nProcs)
-    await Promise.all(procs.map((p, i) => p.call({ op: 'init', worker: i, workers: nProcs, capacity, server: { host: '127.0.0.1', port }, intervalMs }, 120_000)))
+    const ports = await Fleet.freePorts(instances)
+    await Promise.all(procs.map((p, i) => p.call({ op: 'init', worker: i, workers: nProcs, capacity, server: { host: '127.0.0.1', port: ports[i % instances]! }, intervalMs }, 120_000)))
     if (pin) {
-      // After key generation (which used both cores): generator on core 0, server on core 1.
+      // After key generation (which used both cores): generator on core 0, server(s) and Redis on core 1.
       for (const pid of [process.pid, ...procs.map((p) => p.proc.pid!)]) execFileSync('taskset', ['-a', '-cp', '0', String(pid)], { stdio: 'ignore' })
     }
 
-    server = new ServerProcess(port, [...niced(), ...(pin ? ['taskset', '-c', '1'] : [])], ['--alt-port', '0', '--heartbeat', `${intervalMs}ms`, '--log-level', 'warn'])
-    await server.ready()
-    await sleep(1_000)
-    baseline.rss = rssBytes(server.pid)
-    const h = await server.heap()
-    baseline.heap = h.heapUsed + h.external
-    baseline.rssParts = h.rssParts
-    const rig: Rig = { intervalMs, ratePerS, deadline: started + budgetMs, registered: 0, server, serverPid: server.pid, port, procs, baselineRss: baseline.rss, baselineHeap: baseline.heap, generatorPids: () => [process.pid, ...procs.map((p) => p.proc.pid!)] }
-    process.stderr.write(`natd-rendezvous pid ${server.pid} on 127.0.0.1:${port}, baseline RSS ${(baseline.rss / 2 ** 20).toFixed(1)} MB, heap ${(baseline.heap / 2 ** 20).toFixed(1)} MB; steps ${steps.join(', ')}\n`)
+    fleet = await Fleet.start(ports, [...niced(), ...(pin ? ['taskset', '-c', '1'] : [])], ['--alt-port', '0', '--heartbeat', `${intervalMs}ms`, '--log-level', 'warn'], (f) => (fleet = f))
+    const rig: Rig = { intervalMs, ratePerS, deadline: started + budgetMs, registered: 0, fleet, procs, generatorPids: () => [process.pid, ...procs.map((p) => p.proc.pid!)] }
+    const { rss, heap } = fleet.baseline
+    process.stderr.write(`natd-rendezvous pid(s) ${fleet.pids.join(', ')} on 127.0.0.1:${ports.join(', :')}${fleet.redis ? ` with redis-server pid ${fleet.redis.pid} on :${fleet.redis.port}` : ''}, baseline RSS ${(rss / 2 ** 20).toFixed(1)} MB, heap ${(heap / 2 ** 20).toFixed(1)} MB; steps ${steps.join(', ')}\n`)
 
     let prev = 0
     for (const n of steps) {
@@ -193,7 +200,7 @@ async function main(): Promise<void> {
         stopReason = `time budget (${budgetMs / 1000}s): step ${n} would need ~${Math.round(estimateMs / 1000)}s more`
         break
       }
-      const r = await Promise.race([runStep(rig, n, prev), server.died])
+      const r = await Promise.race([runStep(rig, n, prev), fleet.died])
       results.push(r)
       process.stderr.write(`[${n}] ${r.held ? 'held' : `failed: ${r.reason}`}: p99 ${f2(r.heartbeats.p99Ms)} ms, server CPU ${f1(r.server.cpuPct)}%, RSS ${f1(r.server.rssBytes / 2 ** 20)} MB\n`)
       prev = n
@@ -208,14 +215,18 @@ async function main(): Promise<void> {
 
   const held = results.filter((r) => r.held).at(-1) ?? null
   const introAtHeld = held?.intro?.perS ?? null
-  const warnings = (server?.output ?? []).filter((l) => /"level":"(warn|error)"|error/i.test(l))
+  const warnings = (fleet?.output ?? []).filter((l) => /"level":"(warn|error)"|error/i.test(l))
   let out = `\nnatd-rendezvous capacity (heartbeat every ${intervalMs / 1000}s${intervalMs !== 20_000 ? `: ≙N@20s is the N with the same heartbeat rate at 20s` : ''}; ack p99 limit ${P99_LIMIT_MS} ms, loss limit ${LOSS_LIMIT * 100}%)\n`
-  out += `server pinned to core 1, load generator (${procs.length} processes) to core 0: ${pin ? 'yes' : 'no'}; nice ${niceness}; CPU % = share of one core\n\n`
+  out += `${instances > 1 ? `${instances} instances sharing a registry in Redis` : 'one instance, registry in memory'}; server${instances > 1 ? 's and Redis' : ''} pinned to core 1, load generator (${procs.length} processes) to core 0: ${pin ? 'yes' : 'no'}; nice ${niceness}; CPU % = share of one core\n\n`
   out += report(results, intervalMs)
   out += `\n\nlargest N held: ${held ? int(held.n) : 'none'}`
   if (held) {
     out += ` (≙ ${int(held.equivalentAgentsAt20s)} at 20s; target ${int(TARGET_AGENTS)}): server CPU ${f1(held.server.cpuPct)}%, RSS ${f1(held.server.rssBytes / 2 ** 20)} MB, ${int(held.server.bytesPerAgent)} B/agent by RSS, ${int(held.server.heapBytesPerAgent)} B/agent of live heap (target < ${TARGET_BYTES_PER_AGENT})`
     out += `\nintroductions/s at that N: ${introAtHeld === null ? '-' : int(introAtHeld)} (${held.tcpAgents} TCP agents, ${INTRO_DEPTH} in flight each)`
+    if (held.redis) {
+      out += `\nper instance: ${held.instances.map((i) => `${int(i.agents)} agents, ${int(i.bytesPerAgent)} B/agent by RSS, ${int(i.heapBytesPerAgent)} of live heap`).join('; ')}`
+      out += `\nRedis: ${f1(held.redis.usedMemoryBytes / 2 ** 20)} MB used, ${int(held.redis.bytesPerAgent)} B/agent, ${int(held.redis.commandsPerS)} commands/s over the heartbeat window (${int(held.registration.redisCommandsPerS)}/s while registering), CPU ${f1(held.redis.cpuPct)}%`
+    }
   }
   out += `\nramp stopped: ${stopReason}; ran ${Math.round((performance.now() - started) / 1000)}s`
   for (const note of notes) out += `\nnote: ${note}`
@@ -230,9 +241,11 @@ async function main(): Promise<void> {
       cpus,
       pinned: pin,
       config: { intervalMs, ratePerS, registerInFlight: REGISTER_IN_FLIGHT, niceness, maxN, steps, budgetMs, p99LimitMs: P99_LIMIT_MS, lossLimit: LOSS_LIMIT, tcpShare: 1 / TCP_EVERY, loadProcesses: procs.length, agentsPerProcess: perProcess, nofile: { ...lim, used: perProcessFds } },
-      baselineRssBytes: baseline.rss,
-      baselineHeapBytes: baseline.heap,
-      baselineRssParts: baseline.rssParts,
+      instances,
+      baselineRssBytes: fleet?.baseline.rss ?? null,
+      baselineHeapBytes: fleet?.baseline.heap ?? null,
+      baselineRssParts: fleet?.baselineRssParts ?? null,
+      baselineRedisUsedMemoryBytes: fleet?.baseline.redisUsedMemory ?? null,
       steps: results,
       largestHeldN: held?.n ?? null,
       largestHeldEquivalentAt20s: held?.equivalentAgentsAt20s ?? null,
@@ -240,6 +253,8 @@ async function main(): Promise<void> {
       serverRssBytesAtHeld: held?.server.rssBytes ?? null,
       bytesPerAgentAtHeld: held?.server.bytesPerAgent ?? null,
       heapBytesPerAgentAtHeld: held?.server.heapBytesPerAgent ?? null,
+      instancesAtHeld: held?.instances ?? null,
+      redisAtHeld: held?.redis ?? null,
       introductionsPerSecond: introAtHeld,
       stopReason,
       notes,

@@ -7,7 +7,8 @@
  *                                                               baselines: iperf3, bare UDX)
  *
  * Options: --quick (fewer repetitions, smaller transfers), --skip-capacity, --skip-footprint,
- * --skip-files, --skip-relay, --skip-grid, --mib N, --only SECTION (throughput | open | relay | capacity | footprint | files | grid),
+ * --skip-files, --skip-relay, --skip-grid, --mib N, --only SECTION (throughput | open | relay | capacity | footprint | files | grid | cluster: three
+ * rendezvous instances on Redis beside one, ~30 min, only when asked),
  * --baselines ssh_L,wireguard_go,hyperdht|none (bench/baselines.ts; all by default), --no-fairness,
  * --reps N, --via udp,tcp,relay (which forwards to run), --agent-node-options '…' (Node flags
  * for the two natd agents of the throughput section, for experiments), --cpu-prof DIR (the two natd agents of the throughput section and natd-rendezvous in the relay section write V8 CPU
@@ -360,6 +361,14 @@ function capacity(): Record<string, unknown> | null {
   return r
 }
 
+function capacityCluster(): Record<string, unknown> {
+  const file = path.join(ROOT, 'bench/results/.capacity-cluster.json')
+  execFileSync(node, ['--disable-warning=ExperimentalWarning', path.join(ROOT, 'bench/rendezvous-capacity-cluster.ts'), ...(QUICK ? ['--quick'] : []), '--json', file], { stdio: 'inherit', cwd: ROOT })
+  const r = JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>
+  fs.rmSync(file)
+  return r
+}
+
 /** The figures the project has targets for, each beside its target (docs/BENCHMARKS.md explains them). */
 function printSummary(r: Record<string, unknown>): void {
   const rows: Array<[string, string, string]> = []
@@ -422,6 +431,8 @@ if (runs('relay')) {
   console.log(JSON.stringify(results.relay, null, 2))
 }
 if (runs('capacity')) results.capacity = capacity()
+// Three instances on Redis beside one (about 30 minutes): only when asked, `--only cluster`.
+if (ONLY === 'cluster') results.cluster = capacityCluster()
 if (runs('footprint')) {
   results.footprint = await footprint()
   console.log(JSON.stringify(results.footprint, null, 2))

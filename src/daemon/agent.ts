@@ -32,6 +32,7 @@ import { lanEndpoints, NatMonitor } from './nat-monitor.js'
 import { TunnelHost, type ChannelHandler } from './tunnel-host.js'
 import { globalV6Addresses, openV6Socket, socketFor } from './ipv6-socket.js'
 import { apiHandlers, peerInfo, type AgentParts } from './api-handlers.js'
+import { AgentMetrics, type TunnelFigures } from './agent-metrics.js'
 
 /** A path silent this long is dead (the issue asks for ~15 s). */
 export const TUNNEL_DEAD_MS = 15_000
@@ -55,6 +56,8 @@ export interface AgentInit {
   tunnelGiveUpMs?: number
   /** How often the gateway is asked whether it lost our mapping; default PORTMAP_CHECK_MS. Not a user setting either. */
   portMapCheckMs?: number
+  /** Where to serve Prometheus metrics (natd --metrics); none by default. */
+  metrics?: Endpoint | null
 }
 
 export interface AgentComponents {
@@ -88,6 +91,7 @@ export class Agent {
   private natCheck: NatCheck | null = null
   private host: TunnelHost | null = null
   private portMapping: PortMappingKeeper | null = null
+  private metrics: AgentMetrics | null = null
   private readonly server: ServerSpec
   readonly id: string
 
@@ -208,6 +212,7 @@ export class Agent {
     tunnels.on('path', (t, from) => this.emitTunnel(t, 'up', `path upgraded from ${from}`))
     tunnels.on('migrating', (t, reason) => this.emitTunnel(t, 'migrating', reason))
     tunnels.on('resumed', (t, stalledMs) => this.emitTunnel(t, 'up', `resumed after ${stalledMs} ms`))
+    if (this.init.metrics) await this.serveMetrics(this.init.metrics, tunnels)
     this.forwards = new Forwards({
       store: this.c.store,
       tunnels,
@@ -257,6 +262,21 @@ export class Agent {
     log.info('natd started', { name: this.init.config.name, id: this.id, udpPort: this.localPort, socket: this.init.socketPath })
   }
 
+  /** natd --metrics: counts the punches and closed tunnels' bytes from here on, serves them on `at`. */
+  private async serveMetrics(at: Endpoint, tunnels: TunnelManager): Promise<void> {
+    const figures = (t: Tunnel): TunnelFigures => ({ path: t.path, bytesIn: t.mux.bytesIn, bytesOut: t.mux.bytesOut })
+    const metrics = new AgentMetrics(() => tunnels.list().map(figures))
+    tunnels.on('punched', (p) => metrics.punched(p))
+    tunnels.on('down', (t) => metrics.tunnelClosed(figures(t)))
+    this.metrics = metrics
+    try {
+      const port = await metrics.listen(at.host, at.port, this.c.log)
+      this.c.log.info('metrics listening', { at: formatEndpoint({ host: at.host, port }) })
+    } catch (err) {
+      throw new NatdError('PORT_IN_USE', `cannot serve metrics on ${formatEndpoint(at)}: ${(err as Error).message}`, { cause: err })
+    }
+  }
+
   /** The server reports `p` offline: its tunnel is checked (tunnel-host.ts peerOffline). */
   private onPeerOffline(p: PeerRecord): void {
     const id = peerId(p.publicKey)
@@ -290,6 +310,7 @@ export class Agent {
     await this.portMapping?.stop()
     this.api?.stop()
     this.streams?.stop()
+    this.metrics?.close()
     await this.socket?.close()
     await this.socket6?.close()
   }

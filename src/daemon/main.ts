@@ -11,6 +11,7 @@ import fs from 'node:fs'
 import yargs, { type Argv } from 'yargs'
 import { hideBin } from 'yargs/helpers'
 import { parseDuration } from '../protocol/duration.js'
+import type { Endpoint } from '../protocol/endpoint.js'
 import { NatdError, toNatdError } from '../protocol/errors.js'
 import { networkSecretKey, parsePeerId } from '../protocol/identity.js'
 import type { Logger } from '../protocol/log.js'
@@ -19,6 +20,7 @@ import { socketAnswers } from '../ipc/server.js'
 import { ControlConnection } from './control-connection.js'
 import { parseServerSpec, resolveServer } from './server-address.js'
 import { Agent } from './agent.js'
+import { parseMetricsAddress } from './agent-metrics.js'
 import {
   DEFAULT_CONFIG_FILE,
   defaultConfigFile,
@@ -52,6 +54,7 @@ interface RunArgs {
   'port-mapping'?: boolean | undefined
   'log-level'?: string | undefined
   config?: string | undefined
+  metrics?: string | undefined
 }
 
 function runOptions(y: Argv): Argv<RunArgs> {
@@ -67,6 +70,7 @@ function runOptions(y: Argv): Argv<RunArgs> {
     .option('inbox', { type: 'string', describe: 'directory received files go to (absolute; default <state dir>/inbox); only set here or in the config file' })
     .option('port-mapping', { type: 'boolean', describe: 'ask the default gateway to map our UDP and TCP ports by PCP or NAT-PMP (default on; --no-port-mapping turns it off)' })
     .option('log-level', { choices: LOG_LEVELS })
+    .option('metrics', { type: 'string', describe: 'serve Prometheus metrics (tunnels by path, punches, bytes) at http://[HOST:]PORT/metrics (off by default; PORT alone: 127.0.0.1)' })
 }
 
 async function main(): Promise<void> {
@@ -197,6 +201,12 @@ async function run(argv: RunArgs): Promise<void> {
   } catch (err) {
     usage(`--heartbeat: ${(err as Error).message}`)
   }
+  let metrics: Endpoint | null = null
+  try {
+    metrics = argv.metrics === undefined ? null : parseMetricsAddress(argv.metrics)
+  } catch (err) {
+    usage(`--metrics: ${(err as Error).message}`)
+  }
   const flags: Overrides = {
     name: argv.name,
     server: argv.server,
@@ -247,7 +257,7 @@ async function run(argv: RunArgs): Promise<void> {
     ...(tunnelGiveUpMs === undefined ? {} : { tunnelGiveUpMs }),
     ...(portMapCheckMs === undefined ? {} : { portMapCheckMs })
   }
-  const agent = new Agent({ config, socketPath, secretKey, ...tests }, { store, keyPair, log: log.child({ component: 'agent' }) })
+  const agent = new Agent({ config, socketPath, secretKey, metrics, ...tests }, { store, keyPair, log: log.child({ component: 'agent' }) })
   // Signals are handled from before start(), which takes a moment (the NAT check): a stop
   // or reload that arrives meanwhile waits for it rather than killing natd mid-start.
   const started = agent.start().then(

@@ -13,7 +13,7 @@ import { parseBytes, parseDuration } from '../protocol/duration.js'
 import { parseEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { peerId, type KeyPair } from '../protocol/identity.js'
 import { FileNameStore } from './file-name-store.js'
-import { namesLs, namesRm } from './names-command.js'
+import { namesLs, namesLsRedis, namesRm, namesRmRedis } from './names-command.js'
 import { PromMetrics, type ServerGauges } from './metrics.js'
 import { RedisCluster } from './redis-cluster.js'
 import { RendezvousServer } from './server.js'
@@ -77,11 +77,12 @@ async function main(): Promise<void> {
     })
     .command('names', 'the names agents hold: names ls, names rm NAME', (y) =>
       y
+        .option('redis', { type: 'string', describe: 'the bindings of the instances sharing this Redis (redis://…, as given to them) instead of --state-dir\'s' })
         .command('ls', 'list the name bindings (name, peer ID, bound, last seen)', (z) => z.option('json', { type: 'boolean', default: false, describe: 'print JSON' }), (argv) => {
-          run = async () => namesLs(stateDirOf(argv['state-dir']), argv.json)
+          run = async () => (argv.redis === undefined ? namesLs(stateDirOf(argv['state-dir']), argv.json) : namesLsRedis(redisUrl(argv.redis), argv.json))
         })
-        .command('rm <name>', 'free a name (a running server picks it up within seconds)', (z) => z.positional('name', { type: 'string', demandOption: true }), (argv) => {
-          run = async () => namesRm(stateDirOf(argv['state-dir']), argv.name)
+        .command('rm <name>', 'free a name (a running server picks it up within seconds; with --redis, not while its holder is online)', (z) => z.positional('name', { type: 'string', demandOption: true }), (argv) => {
+          run = async () => (argv.redis === undefined ? namesRm(stateDirOf(argv['state-dir']), argv.name) : namesRmRedis(redisUrl(argv.redis), argv.name))
         })
         .demandCommand(1, 'names needs a subcommand: ls or rm NAME')
     )
@@ -99,6 +100,11 @@ async function main(): Promise<void> {
 
 function stateDirOf(flag: string | undefined): string {
   return flag ?? defaultServerStateDir()
+}
+
+function redisUrl(url: string): string {
+  if (!/^rediss?:\/\//.test(url)) usage('--redis takes a redis:// or rediss:// URL')
+  return url
 }
 
 async function runServer(argv: ServerArgs): Promise<void> {
@@ -180,7 +186,7 @@ async function runServer(argv: ServerArgs): Promise<void> {
       usage(`--advertise: ${(err as Error).message}`)
     }
     if (!net.isIP(advertise.host) || advertise.host === '0.0.0.0' || advertise.host === '::') usage('--redis needs --advertise HOST[:PORT] (an address agents can dial) when --host is not one')
-    if (!/^rediss?:\/\//.test(argv.redis)) usage('--redis takes a redis:// or rediss:// URL')
+    redisUrl(argv.redis)
   }
 
   let metricsAt: Endpoint | null = null

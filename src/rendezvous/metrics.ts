@@ -3,18 +3,12 @@
  * default), through prom-client with a registry of our own (never the global one).
  *
  * Who can read them: whoever reaches HOST:PORT, so bind it to a private or loopback
- * address. They hold counts only (no names, keys or addresses). Who can make us work: a
- * scrape serializes a few dozen series; connections are capped (MAX_SCRAPE_CONNS) and
- * a request that has not sent its headers in SCRAPE_TIMEOUT_MS is closed.
+ * address. They hold counts only (no names, keys or addresses). The HTTP side and its
+ * bounds: common/metrics-http.ts.
  */
-import http from 'node:http'
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
+import { MetricsEndpoint } from '../common/metrics-http.js'
 import type { Logger } from '../protocol/log.js'
-
-/** Scrapers at once (Prometheus uses one; a few more for people with curl). */
-export const MAX_SCRAPE_CONNS = 8
-/** A scrape request must arrive whole within this. */
-export const SCRAPE_TIMEOUT_MS = 5_000
 
 export type RegistrationOutcome = 'ok' | 'refused'
 export type IntroductionOutcome = 'local' | 'remote' | 'refused'
@@ -42,7 +36,7 @@ export class PromMetrics implements ServerMetrics {
   private readonly introductions: Counter<'outcome'>
   private readonly stun: Counter
   private readonly redisSeconds: Histogram<'ok'>
-  private server: http.Server | null = null
+  private readonly endpoint = new MetricsEndpoint(this.registry)
 
   constructor(gauges: ServerGauges) {
     const registers = [this.registry]
@@ -95,34 +89,11 @@ export class PromMetrics implements ServerMetrics {
   }
 
   /** Serves GET /metrics on host:port; resolves with the port bound. */
-  async listen(host: string, port: number, log: Logger): Promise<number> {
-    const server = http.createServer((req, res) => {
-      if (req.method !== 'GET' || (req.url ?? '').split('?')[0] !== '/metrics') {
-        res.writeHead(404).end()
-        return
-      }
-      this.registry
-        .metrics()
-        .then((text) => res.writeHead(200, { 'content-type': this.registry.contentType }).end(text))
-        .catch((err: Error) => {
-          log.warn('metrics failed', { err: err.message })
-          res.writeHead(500).end()
-        })
-    })
-    server.maxConnections = MAX_SCRAPE_CONNS
-    server.headersTimeout = SCRAPE_TIMEOUT_MS
-    server.requestTimeout = SCRAPE_TIMEOUT_MS
-    this.server = server
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject)
-      server.listen({ host, port }, () => resolve())
-    })
-    const addr = server.address()
-    return typeof addr === 'object' && addr ? addr.port : port
+  listen(host: string, port: number, log: Logger): Promise<number> {
+    return this.endpoint.listen(host, port, log)
   }
 
   close(): void {
-    this.server?.close()
-    this.server?.closeAllConnections()
+    this.endpoint.close()
   }
 }

@@ -62,7 +62,9 @@ const BATCH = 500
 /** A message from Redis larger than this is ignored (a record is < 1 KiB; events carry BATCH). */
 const MAX_MESSAGE_CHARS = 1_000_000
 
-const P = 'natd:'
+/** Every key and channel of the shared registry starts with this (redis-names.ts reads the names too). */
+export const KEY_PREFIX = 'natd:'
+const P = KEY_PREFIX
 
 /**
  * CLAIM: KEYS name, keyname(K); ARGV K, now, ttlMs, name.

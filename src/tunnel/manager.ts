@@ -100,7 +100,16 @@ function cancelled(what: string): NatdError {
   return new NatdError('ABORTED', `${what} was cancelled by its caller`)
 }
 
+/** One punch (open, accepted introduction, resume or upgrade), for the agent's metrics: the path it got, or the error code. */
+export interface PunchOutcome {
+  via: Via
+  path: PathKind | null
+  code: string | null
+  ms: number
+}
+
 interface ManagerEvents {
+  punched: [outcome: PunchOutcome]
   up: [tunnel: Tunnel]
   down: [tunnel: Tunnel, reason: string]
   path: [tunnel: Tunnel, from: PathKind]
@@ -267,8 +276,14 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
       this.refusals.note('BUSY', 'punch', name)
       throw new NatdError('BUSY', `already punching ${this.budget.init.punches} paths at once (or ${this.budget.init.peerPunches} to ${name}); try again in a moment`)
     }
+    const started = this.c.clock.now()
     try {
-      return await this.punchAndKeep(intro, timeoutMs, id, resuming, signal)
+      const tunnel = await this.punchAndKeep(intro, timeoutMs, id, resuming, signal)
+      this.emit('punched', { via: intro.via, path: tunnel.path, code: null, ms: this.c.clock.now() - started })
+      return tunnel
+    } catch (err) {
+      this.emit('punched', { via: intro.via, path: null, code: toNatdError(err).code, ms: this.c.clock.now() - started })
+      throw err
     } finally {
       slot.release()
     }

@@ -57,6 +57,29 @@ function homeOf(n: NatdLab, key: string): string | undefined {
   return lines.length ? (JSON.parse(lines.at(-1)!) as { home?: string }).home : undefined
 }
 
+const ECHO_PORT = 7000
+const FWD_PORT = 9000
+/** The forwarded connection across the kill: long enough to span it (the relay's byte limit is far above). */
+const PACED_BYTES_PER_S = 256 * 1024
+const PACED_BYTES = 8 * PACED_BYTES_PER_S
+/** Lab timings for the relay-loss case: a dead path noticed in 3 s; the tunnel looks for a new one for up to 60 s. */
+const RELAY_LOST_DEAD_MS = 3_000
+const RELAY_LOST_GIVE_UP_MS = 60_000
+
+/** A paced, echoed, sha256-checked connection from `host` to its local `port` (test/lab/fixtures/paced-echo-client.mjs). */
+function pacedEcho(n: NatdLab, host: string, port: number, bytes: number, perS: number): Promise<{ ok: boolean; error: string | null; received: number; maxGapMs: number; maxGapEndedAt: number }> {
+  const child = n.lab.spawn(n.lab.hosts[host]!.ns, [process.execPath, path.resolve('test/lab/fixtures/paced-echo-client.mjs'), String(port), String(bytes), String(perS)])
+  let out = ''
+  child.stdout?.on('data', (d: Buffer) => (out += d.toString()))
+  return new Promise((resolve, reject) => child.once('exit', (code) => {
+    try {
+      resolve(JSON.parse(out) as Awaited<ReturnType<typeof pacedEcho>>)
+    } catch {
+      reject(new Error(`paced echo client exited ${code}: ${out}`))
+    }
+  }))
+}
+
 async function online(n: NatdLab, key: string, peer: string): Promise<boolean> {
   return (await n.peers(key)).some((p) => p.name === peer && p.online === true)
 }
@@ -98,6 +121,48 @@ describe.skipIf(!labAvailable())('several rendezvous instances on Redis', () => 
       expect(logB).not.toMatch(/"message":"relaying"/)
       const sent = await n.natctl('carol', ['send', 'dave', 'over the relay on A'])
       expect(sent.code, sent.stderr).toBe(0)
+    })
+  }, 120_000)
+
+  it('a relayed tunnel whose instance is SIGKILLed is re-opened through a live instance: a forwarded connection across it stays intact, on the same tunnel', async () => {
+    const sites = (['carol', 'dave'] as const).map((name) => ({ name, nat: 'hard' as const, unsolicited: 'drop' as const }))
+    await withLab({ sites }, async (n) => {
+      await startRedis(n)
+      const keyFile = path.join(n.dir, 'deployment-key.json')
+      const A = `${n.lab.server.ip}:${SERVER_PORT}`
+      const B = `${n.lab.server.altIp}:${SERVER_PORT}`
+      const procs: Record<string, ChildProcess> = { [A]: await startInstance(n, n.lab.server.ip, keyFile), [B]: await startInstance(n, n.lab.server.altIp, keyFile) }
+      const env = { NATD_TEST_TUNNEL_GIVE_UP_MS: String(RELAY_LOST_GIVE_UP_MS) }
+      await n.startAgent('carol', { extra: ['--server', `${A},${B}`], tunnelDeadMs: RELAY_LOST_DEAD_MS, env })
+      await n.startAgent('dave', { extra: ['--server', `${B},${A}`], tunnelDeadMs: RELAY_LOST_DEAD_MS, env })
+      await n.waitRegistered('carol')
+      await n.waitRegistered('dave')
+      await waitFor(() => online(n, 'carol', 'dave'), 10_000, 'dave listed at carol')
+      await n.startEcho('dave', ECHO_PORT)
+      expect((await n.natctl('dave', ['expose', 'add', String(ECHO_PORT), '--allow', 'carol'])).code).toBe(0)
+      expect((await n.natctl('carol', ['forward', 'add', String(FWD_PORT), `dave:${ECHO_PORT}`])).code).toBe(0)
+      const opened = await n.natctl('carol', ['open', 'dave'])
+      expect(opened.code, opened.stderr).toBe(0)
+      const before = (await n.natctl('carol', ['tunnels'])).json as { path: string; since: string }[]
+      expect(before).toMatchObject([{ path: 'relay' }])
+      // The relay runs on the initiator's home instance: kill that one.
+      const relayHome = homeOf(n, 'carol')!
+      const relayLog = (): string => fs.readFileSync(path.join(n.dir, `rendezvous-${relayHome.split(':')[0]}.log`), 'utf8')
+      expect(relayLog()).toMatch(/"message":"relaying"/)
+      const other = relayHome === A ? B : A
+      const otherLog = (): string => fs.readFileSync(path.join(n.dir, `rendezvous-${other.split(':')[0]}.log`), 'utf8')
+      expect(otherLog()).not.toMatch(/"message":"relaying"/)
+
+      const echo = pacedEcho(n, 'carol', FWD_PORT, PACED_BYTES, PACED_BYTES_PER_S)
+      await new Promise((r) => setTimeout(r, 1_500))
+      const killedAt = Date.now()
+      await kill(procs[relayHome]!)
+      const e = await echo
+      expect(e, JSON.stringify(e)).toMatchObject({ ok: true, error: null, received: PACED_BYTES })
+      const after = (await n.natctl('carol', ['tunnels'])).json as { path: string; since: string; state: string }[]
+      expect(after).toEqual([expect.objectContaining({ path: 'relay', state: 'up', since: before[0]!.since })])
+      expect(otherLog()).toMatch(/"message":"relaying"/) // re-opened through the live instance
+      process.stderr.write(`relayed tunnel re-opened after SIGKILL: the forwarded connection's longest stall ${e.maxGapMs} ms, ended ${e.maxGapEndedAt - killedAt} ms after the kill\n`)
     })
   }, 120_000)
 

@@ -116,6 +116,18 @@ async function spawnInstance(): Promise<number> {
   throw new Error('the spawned instance did not start')
 }
 
+/** `natd-rendezvous names …` as the operator runs it (dist/). */
+async function names(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, [DIST_MAIN, 'names', ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+  children.push(child)
+  let stdout = ''
+  let stderr = ''
+  child.stdout.on('data', (d: Buffer) => (stdout += d.toString()))
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()))
+  const code = await new Promise<number>((resolve) => child.once('close', (c) => resolve(c ?? -1)))
+  return { code, stdout, stderr }
+}
+
 async function register(port: number, name: string, kp = generateKeyPair()): Promise<TcpPeer> {
   const { peer, reply } = await registerTcp(port, kp, name)
   if (reply.type !== 'register-ack') throw new Error(`${name} not registered: ${JSON.stringify(reply)}`)
@@ -194,6 +206,38 @@ describe('several instances on Redis', () => {
     const again = await registerTcp(b.port, generateKeyPair(), 'carol')
     expect(again.reply).toMatchObject({ type: 'error', code: 'NAME_TAKEN' })
   })
+
+  it('natd-rendezvous names ls/rm --redis: the deployment\'s bindings; rm frees an offline holder\'s name for any key on any instance, refuses while it is online', async () => {
+    const a = await startInstance()
+    const b = await startInstance()
+    const carolKp = generateKeyPair()
+    const carol = await register(a.port, 'carol', carolKp)
+    const dave = await register(b.port, 'dave')
+    await carol.waitFor(isEvent('up', 'dave'), 5_000) // records written (the up event goes out with them)
+    const url = `redis://${HOST}:${redisPort}`
+    const ls = await names(['ls', '--json', '--redis', url])
+    expect(ls.code).toBe(0)
+    const rows = JSON.parse(ls.stdout) as { name: string; id: string; boundAt: string; lastSeenAt: string }[]
+    expect(rows.map((r) => r.name)).toEqual(['carol', 'dave'])
+    expect(rows[0]).toMatchObject({ id: peerId(carolKp.publicKey), boundAt: expect.stringMatching(/^\d{4}-/) as string })
+    expect((await names(['ls', '--redis', url])).stdout).toMatch(/^NAME +PEER ID +BOUND +LAST SEEN\ncarol +[a-z2-7]{52} .*\ndave +[a-z2-7]{52} /)
+
+    const online = await names(['rm', 'carol', '--redis', url])
+    expect(online.code).toBe(1)
+    expect(online.stderr).toContain('online on instance')
+    carol.send({ type: 'bye' })
+    await carol.closedWithin()
+    await dave.waitFor(isEvent('down', 'carol'), 5_000)
+    const rm = await names(['rm', 'carol', '--redis', url])
+    expect(rm).toMatchObject({ code: 0, stdout: `released carol (was bound to ${peerId(carolKp.publicKey)}); every instance sees it at once\n` })
+    expect((JSON.parse((await names(['ls', '--json', '--redis', url])).stdout) as { name: string }[]).map((r) => r.name)).toEqual(['dave'])
+    // Free deployment-wide: another key takes it, on the other instance (NAME_TAKEN before the rm: see above).
+    expect((await registerTcp(b.port, generateKeyPair(), 'carol')).reply).toMatchObject({ type: 'register-ack' })
+    expect((await names(['rm', 'nobody', '--redis', url])).code).toBe(1)
+    const down = await names(['ls', '--redis', `redis://${HOST}:1`])
+    expect(down.code).toBe(1)
+    expect(down.stderr).toContain('Redis at redis://127.0.0.1:1')
+  }, 90_000) // seven CLI runs: a node start-up each, seconds on a loaded machine
 
   it(`an instance killed with SIGKILL: its agents go down for the others within ${(INSTANCE_TTL_MS + INSTANCE_REFRESH_MS) / 1000} s, and may register elsewhere`, async () => {
     const a = await startInstance()

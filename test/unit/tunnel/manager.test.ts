@@ -13,7 +13,7 @@ import { generateKeyPair, peerId, type KeyPair } from '../../../src/protocol/ide
 import { silentLogger, systemClock } from '../../../src/protocol/log.js'
 import { isTarget, resolvePeer, type PeerRef, type PeerTarget } from '../../../src/protocol/peer-ref.js'
 import { isRendezvousFrame, MSG, type PeerRecord, type Via } from '../../../src/protocol/rendezvous.js'
-import { mostTelling, TunnelManager, type Introduction, type PeerPolicy, type TunnelManagerComponents } from '../../../src/tunnel/manager.js'
+import { mostTelling, TunnelManager, type Introduction, type PeerPolicy, type PunchOutcome, type TunnelManagerComponents } from '../../../src/tunnel/manager.js'
 import type { Tunnel } from '../../../src/tunnel/tunnel.js'
 import { until } from './pipe.js'
 
@@ -218,6 +218,32 @@ describe('TunnelManager.open reaches only the peer the user named', () => {
     bob.pins.pins.set('alice', peerId(generateKeyPair().publicKey))
     expect(await codeOf(alice.manager.open('bob', 'udp', 1_500))).toBe('PUNCH_TIMEOUT')
     expect(bob.manager.list()).toEqual([])
+  })
+})
+
+describe('TunnelManager reports each punch (for natd --metrics)', () => {
+  it('a punch that works gives the path and its time; one to a peer that never answers gives its error code', async () => {
+    const { alice, bob } = pair()
+    const seen: PunchOutcome[] = []
+    alice.manager.on('punched', (p) => seen.push(p))
+    const r = await alice.manager.open('bob', 'udp', 5_000)
+    expect(seen).toEqual([{ via: 'udp', path: r.tunnel.path, code: null, ms: expect.any(Number) as number }])
+    expect(seen[0]!.ms).toBeLessThanOrEqual(r.tookMs)
+    const silent = dgram.createSocket('udp4')
+    await new Promise<void>((resolve) => silent.bind(0, '127.0.0.1', resolve))
+    try {
+      const ghost = { name: 'ghost', keyPair: generateKeyPair(), port: silent.address().port }
+      const carol = agent('carol', async (_self, _target, via) => ({ introId: randomBytes(16), punchKey: randomBytes(32), initiator: true, via, peer: record(ghost) }))
+      carol.pins.pins.set('ghost', peerId(ghost.keyPair.publicKey))
+      const failed: PunchOutcome[] = []
+      carol.manager.on('punched', (p) => failed.push(p))
+      const code = await codeOf(carol.manager.open('ghost', 'udp', 1_000))
+      expect(code).not.toBe('resolved')
+      expect(failed).toEqual([{ via: 'udp', path: null, code, ms: expect.any(Number) as number }])
+    } finally {
+      silent.close()
+    }
+    expect(bob.manager.list()).toHaveLength(1)
   })
 })
 
