@@ -110,7 +110,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
   ) {
     super()
     this.budget = new PunchBudget(c.clock, budget)
-    this.refusals = new RefusalLog(c.log)
+    this.refusals = new RefusalLog(c.log, c.clock)
     this.paths = new Paths(c, this.budget, this.refusals)
     this.recovery = new TunnelRecovery({
       clock: c.clock,
