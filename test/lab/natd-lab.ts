@@ -173,6 +173,11 @@ export class NatdLab {
     return r.json as Record<string, unknown>
   }
 
+  /** The code of the last error `key`'s agent reports in its status (null when none). */
+  async lastErrorCode(key: string): Promise<string | null> {
+    return ((await this.status(key)).lastError as { code?: string } | null)?.code ?? null
+  }
+
   async peers(key: string): Promise<Array<Record<string, unknown>>> {
     const r = await this.natctl(key, ['peers'])
     if (r.code !== 0) throw new Error(`natctl peers for ${key} failed (${r.code}): ${r.stderr}`)
@@ -235,6 +240,14 @@ export class NatdLab {
     await this.lab.teardown()
     fs.rmSync(this.dir, { recursive: true, force: true })
   }
+}
+
+/**
+ * The API error code `natctl --json` printed (`{"error": {code, message}}`), undefined
+ * when it printed none: tests tell failures apart by it, never by message text.
+ */
+export function errorCode(r: { json: unknown }): string | undefined {
+  return (r.json as { error?: { code?: string } } | null)?.error?.code
 }
 
 /** Polls `check` every 100 ms until it is true; throws with `what` after `timeoutMs`. */
