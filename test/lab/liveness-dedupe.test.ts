@@ -104,7 +104,7 @@ describe.skipIf(!labAvailable())('messages exactly once and liveness (easy×easy
         const killedAt = Date.now()
         await n.stopAgent('bob', 'SIGKILL')
         // A new connection on the forward right away: it rides the tunnel that is still "up".
-        const probe = n.lab.exec(n.lab.hosts.alice!.ns, [process.execPath, path.join(ROOT, 'test/lab/fixtures/conn-outcome.mjs'), String(FWD_PORT), String(RESET_BOUND_MS + 10_000)], { timeoutMs: RESET_BOUND_MS + 20_000 })
+        const probe = n.lab.exec(n.lab.hosts.alice!.ns, [process.execPath, path.join(ROOT, 'test/lab/fixtures/conn-outcome.ts'), String(FWD_PORT), String(RESET_BOUND_MS + 10_000)], { timeoutMs: RESET_BOUND_MS + 20_000 })
 
         const peersMs = await waitFor(async () => (await n.peers('alice')).find((p) => p.name === 'bob')?.online === false, DETECT_BOUND_MS, 'alice\'s peers lists bob offline')
         await waitFor(() => downAt > 0, DETECT_BOUND_MS - peersMs, 'alice\'s peer.down for bob')
@@ -118,7 +118,7 @@ describe.skipIf(!labAvailable())('messages exactly once and liveness (easy×easy
         expect(outcome.ms).toBeLessThanOrEqual(RESET_BOUND_MS)
         process.stdout.write(`bob SIGKILLed: alice's peers said offline after ${peersMs} ms, peer.down after ${downAt - killedAt} ms; a forwarded connection made at once was reset after ${outcome.ms} ms\n`)
         // And one made now, with bob known offline, is reset at once.
-        const later = JSON.parse((await n.lab.exec(n.lab.hosts.alice!.ns, [process.execPath, path.join(ROOT, 'test/lab/fixtures/conn-outcome.mjs'), String(FWD_PORT), '10000'])).stdout) as { how: string; ms: number }
+        const later = JSON.parse((await n.lab.exec(n.lab.hosts.alice!.ns, [process.execPath, path.join(ROOT, 'test/lab/fixtures/conn-outcome.ts'), String(FWD_PORT), '10000'])).stdout) as { how: string; ms: number }
         expect(later.how).toBe('ECONNRESET')
       } finally {
         events.close()

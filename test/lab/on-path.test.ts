@@ -132,7 +132,7 @@ describe.skipIf(!labAvailable())('an attacker on the path to the rendezvous serv
 
       // --- 2. the attacker forwards to the real server and flips bits in its TCP answers.
       const tamper = async (mode: string): Promise<{ seen: (what: string, times: number) => Promise<void>; stop: () => Promise<Record<string, number>> }> => {
-        const p = n.lab.spawn(n.lab.inetNs, [process.execPath, path.join(ROOT, 'test/lab/fixtures/on-path-proxy.mjs'), ATTACKER_IP, String(SERVER_PORT), n.lab.server.ip, mode])
+        const p = n.lab.spawn(n.lab.inetNs, [process.execPath, path.join(ROOT, 'test/lab/fixtures/on-path-proxy.ts'), ATTACKER_IP, String(SERVER_PORT), n.lab.server.ip, mode])
         let out = ''
         p.stdout?.on('data', (d: Buffer) => (out += d.toString()))
         await waitFor(() => out.includes('ready'), 10_000, `${mode} proxy`)

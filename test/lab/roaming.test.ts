@@ -48,7 +48,7 @@ interface Paced {
 /** A paced connection through alice's forward to bob's echo server, `seconds` long. */
 function pacedEcho(n: NatdLab, seconds: number): Promise<Paced> {
   const h = n.lab.hosts.alice!
-  const child = n.lab.spawn(h.ns, [process.execPath, path.join(ROOT, 'test/lab/fixtures/paced-echo-client.mjs'), String(FWD_PORT), String(seconds * PACE_BYTES_PER_S), String(PACE_BYTES_PER_S)])
+  const child = n.lab.spawn(h.ns, [process.execPath, path.join(ROOT, 'test/lab/fixtures/paced-echo-client.ts'), String(FWD_PORT), String(seconds * PACE_BYTES_PER_S), String(PACE_BYTES_PER_S)])
   let out = ''
   child.stdout?.on('data', (d: Buffer) => (out += d.toString()))
   return new Promise((resolve, reject) => {
