@@ -513,7 +513,7 @@ export class FileReceiver {
 
   /** Removes partials nobody came back for in PARTIAL_MAX_AGE_MS (never one being received). */
   private prunePartials(dir: string): void {
-    const cutoff = Date.now() - PARTIAL_MAX_AGE_MS // wall time, as the file system's mtime it is compared with
+    const cutoff = this.clock.now() - PARTIAL_MAX_AGE_MS // wall time (the clock's now), as the file system's mtime it is compared with
     for (const name of fs.readdirSync(dir)) {
       if (this.active.has(name)) continue
       const file = path.join(dir, name)
