@@ -8,7 +8,7 @@
  *   wireguard_go    Debian's wireguard-go at both ends (UDP through the same DNAT), the
  *                   client connecting to the server over the WireGuard addresses
  *   hyperdht        hyperdht's UDX stream after its own hole punch (no DNAT), forwarded as
- *                   hypertele does (bench/fixtures/hyperdht-peer.mjs)
+ *                   hypertele does (bench/fixtures/hyperdht-peer.ts)
  *
  * Each transfer records the CPU per MiB of every process it crosses, as the natd forwards do.
  * Everything runs inside the lab's namespaces; the lab's teardown kills it (process groups).
@@ -136,7 +136,7 @@ async function sshL(n: NatdLab, bobWan: string, server: number, bytes: number): 
   await listening(n, alice, 't', SSH_LOCAL, 'ssh -L')
   return {
     key: 'ssh_L',
-    args: [node, path.join(FIX, 'tcp-sink.mjs'), 'send', '127.0.0.1', String(SSH_LOCAL), String(bytes)],
+    args: [node, path.join(FIX, 'tcp-sink.ts'), 'send', '127.0.0.1', String(SSH_LOCAL), String(bytes)],
     cpu: { ssh_alice: procCpuS(ssh.pid!), sshd_bob: () => treeCpuS(sshd.pid!), server: procCpuS(server) }
   }
 }
@@ -167,11 +167,11 @@ async function wireguardGo(n: NatdLab, bobWan: string, bytes: number): Promise<B
     await must(n, ns, ['ip', 'addr', 'add', `${ip[side]}/24`, 'dev', dev])
     await must(n, ns, ['ip', 'link', 'set', dev, 'up'])
   }
-  const sink = n.lab.spawn(n.lab.hosts.bob!.ns, [node, path.join(FIX, 'tcp-sink.mjs'), 'serve', String(WG_SINK_PORT), '--any'], { cwd: ROOT })
+  const sink = n.lab.spawn(n.lab.hosts.bob!.ns, [node, path.join(FIX, 'tcp-sink.ts'), 'serve', String(WG_SINK_PORT), '--any'], { cwd: ROOT })
   await ready(sink, 'wireguard sink')
   return {
     key: 'wireguard_go',
-    args: [node, path.join(FIX, 'tcp-sink.mjs'), 'send', ip.bob, String(WG_SINK_PORT), String(bytes)],
+    args: [node, path.join(FIX, 'tcp-sink.ts'), 'send', ip.bob, String(WG_SINK_PORT), String(bytes)],
     cpu: { wg_alice: procCpuS(procs.alice!), wg_bob: procCpuS(procs.bob!), server: procCpuS(sink.pid!) },
     // The teardown's SIGKILL leaves wireguard-go's UAPI sockets behind.
     cleanup: () => {
@@ -183,7 +183,7 @@ async function wireguardGo(n: NatdLab, bobWan: string, bytes: number): Promise<B
 async function hyperdht(n: NatdLab, server: number, bytes: number): Promise<Baseline> {
   const boot = `${n.lab.server.ip}:${DHT_PORT}`
   const seed = randomBytes(32).toString('hex')
-  const fixture = path.join(FIX, 'hyperdht-peer.mjs')
+  const fixture = path.join(FIX, 'hyperdht-peer.ts')
   const testnet = n.lab.spawn(n.lab.server.ns, [node, fixture, 'testnet', n.lab.server.ip, String(DHT_PORT)], { cwd: ROOT })
   await ready(testnet, 'hyperdht testnet')
   const serve = n.lab.spawn(n.lab.hosts.bob!.ns, [node, fixture, 'serve', boot, seed, '7001'], { cwd: ROOT })
@@ -192,7 +192,7 @@ async function hyperdht(n: NatdLab, server: number, bytes: number): Promise<Base
   await ready(forward, 'hyperdht forward', 60_000)
   return {
     key: 'hyperdht',
-    args: [node, path.join(FIX, 'tcp-sink.mjs'), 'send', '127.0.0.1', String(DHT_LOCAL), String(bytes)],
+    args: [node, path.join(FIX, 'tcp-sink.ts'), 'send', '127.0.0.1', String(DHT_LOCAL), String(bytes)],
     cpu: { dht_alice: procCpuS(forward.pid!), dht_bob: procCpuS(serve.pid!), server: procCpuS(server) }
   }
 }

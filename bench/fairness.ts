@@ -14,7 +14,7 @@ import { ECHO_PORT, ready, SSH_LOCAL } from './baselines.ts'
 import { ROOT, type NatdLab } from '../test/lab/natd-lab.ts'
 
 const FIX = path.join(ROOT, 'bench/fixtures')
-const SINK = path.join(FIX, 'tcp-sink.mjs')
+const SINK = path.join(FIX, 'tcp-sink.ts')
 const node = process.execPath
 const ECHO_LOCAL = 9002
 /** How long each series of round trips runs (one every ~10 ms plus the round trip). */

@@ -71,7 +71,7 @@ export async function fileTransferBench(opts: FileTransferBenchOptions): Promise
     await startAgentsWith(n, opts.cpuProf ? `--cpu-prof --cpu-prof-dir=${opts.cpuProf}` : '')
     await n.waitRegistered('alice')
     await n.waitRegistered('bob')
-    const sink = n.lab.spawn(n.lab.hosts.bob!.ns, [process.execPath, path.join(FIX, 'tcp-sink.mjs'), 'serve', '7001'], { cwd: ROOT }).pid!
+    const sink = n.lab.spawn(n.lab.hosts.bob!.ns, [process.execPath, path.join(FIX, 'tcp-sink.ts'), 'serve', '7001'], { cwd: ROOT }).pid!
     await sleep(500)
     await n.natctl('bob', ['expose', 'add', '7001'])
     await n.natctl('alice', ['forward', 'add', '9001', 'bob:7001'])
@@ -109,7 +109,7 @@ export async function fileTransferBench(opts: FileTransferBenchOptions): Promise
       }
       for (let i = 0; i < opts.reps; i++) {
         const fwdDone = meter('forward', { server: sink })
-        const f = await n.lab.exec(n.lab.hosts.alice!.ns, [process.execPath, path.join(FIX, 'tcp-sink.mjs'), 'send', '127.0.0.1', '9001', String(bytes)], { timeoutMs: 600_000 })
+        const f = await n.lab.exec(n.lab.hosts.alice!.ns, [process.execPath, path.join(FIX, 'tcp-sink.ts'), 'send', '127.0.0.1', '9001', String(bytes)], { timeoutMs: 600_000 })
         const fr = JSON.parse(f.stdout.trim().split('\n').pop()!) as { bytes: number; ms: number }
         if (fr.bytes !== bytes) throw new Error(`forward: ${fr.bytes} of ${bytes} bytes arrived`)
         forward.push(bytes / MiB / (fr.ms / 1000))

@@ -32,7 +32,7 @@ const RTTS = (opt('--rtts') ?? (QUICK ? '0,100' : '0,20,100,300')).split(',').ma
 const REPS = Number(opt('--reps')) || (QUICK ? 3 : 5)
 const JSON_OUT = opt('--json')
 const MIB = Number(opt('--mib')) || (QUICK ? 16 : 64)
-const SINK = path.join(ROOT, 'bench/fixtures/tcp-sink.mjs')
+const SINK = path.join(ROOT, 'bench/fixtures/tcp-sink.ts')
 // Time for the peer to see a closed tunnel's goodbye before the next open.
 const CLOSE_SETTLE_MS = 500
 

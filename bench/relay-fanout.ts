@@ -18,7 +18,7 @@ import { CLK_TCK, cpuTicks } from './proc-stats.ts'
 import { createLab } from '../test/lab/lab.ts'
 import { NatdLab, ROOT } from '../test/lab/natd-lab.ts'
 
-const SINK = path.join(ROOT, 'bench/fixtures/tcp-sink.mjs')
+const SINK = path.join(ROOT, 'bench/fixtures/tcp-sink.ts')
 const node = process.execPath
 const MiB = 1024 * 1024
 

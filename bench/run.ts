@@ -106,12 +106,12 @@ async function throughput(): Promise<Record<string, unknown>> {
     n.lab.spawn(bob, ['iperf3', '-s', '-p', '5201'])
     // The receiving processes on bob, whose CPU per MiB is recorded beside natd's on bob.
     const receivers: Record<string, number> = {
-      udx: n.lab.spawn(bob, [node, path.join(FIX, 'udx-peer.mjs'), 'serve', '6001'], { cwd: ROOT }).pid!,
-      udx_secret_stream: n.lab.spawn(bob, [node, path.join(FIX, 'udx-peer.mjs'), 'serve', '6002', '--secret'], { cwd: ROOT }).pid!,
-      tcp_socket: n.lab.spawn(bob, [node, path.join(FIX, 'tcp-sink.mjs'), 'serve', '6003', '--any'], { cwd: ROOT }).pid!,
-      tcp_secret_stream: n.lab.spawn(bob, [node, path.join(FIX, 'tcp-sink.mjs'), 'serve', '6004', '--any', '--secret'], { cwd: ROOT }).pid!
+      udx: n.lab.spawn(bob, [node, path.join(FIX, 'udx-peer.ts'), 'serve', '6001'], { cwd: ROOT }).pid!,
+      udx_secret_stream: n.lab.spawn(bob, [node, path.join(FIX, 'udx-peer.ts'), 'serve', '6002', '--secret'], { cwd: ROOT }).pid!,
+      tcp_socket: n.lab.spawn(bob, [node, path.join(FIX, 'tcp-sink.ts'), 'serve', '6003', '--any'], { cwd: ROOT }).pid!,
+      tcp_secret_stream: n.lab.spawn(bob, [node, path.join(FIX, 'tcp-sink.ts'), 'serve', '6004', '--any', '--secret'], { cwd: ROOT }).pid!
     }
-    const server = n.lab.spawn(bob, [node, path.join(FIX, 'tcp-sink.mjs'), 'serve', '7001'], { cwd: ROOT }).pid!
+    const server = n.lab.spawn(bob, [node, path.join(FIX, 'tcp-sink.ts'), 'serve', '7001'], { cwd: ROOT }).pid!
     // tcp_node_relay: the forward's four-process topology with plain Node relays instead of natd.
     receivers.tcp_node_relay = n.lab.spawn(bob, [node, RELAY, '0.0.0.0', '6005', '127.0.0.1', '7001'], { cwd: ROOT }).pid!
     const relayAlice = n.lab.spawn(n.lab.hosts.alice!.ns, [node, RELAY, '127.0.0.1', '9005', bobWan, '6005'], { cwd: ROOT }).pid!
@@ -173,22 +173,22 @@ async function throughput(): Promise<Record<string, unknown>> {
       const udp = await run(n, 'alice', ['iperf3', '-c', bobWan, '-p', '5201', '-u', '-b', '0', '-l', '1400', '-t', '3', '-J'])
       const u = (udp as { end: { sum: { bits_per_second: number; lost_percent: number } } }).end.sum
       add('iperf3_udp', (u.bits_per_second * (1 - u.lost_percent / 100)) / 8e6)
-      await send('udx', [node, path.join(FIX, 'udx-peer.mjs'), 'send', bobWan, '6001', String(BYTES)])
-      await send('udx_secret_stream', [node, path.join(FIX, 'udx-peer.mjs'), 'send', bobWan, '6002', String(BYTES), '--secret'])
-      await send('tcp_socket', [node, path.join(FIX, 'tcp-sink.mjs'), 'send', bobWan, '6003', String(BYTES)])
-      await send('tcp_secret_stream', [node, path.join(FIX, 'tcp-sink.mjs'), 'send', bobWan, '6004', String(BYTES), '--secret'])
-      await send('tcp_node_relay', [node, path.join(FIX, 'tcp-sink.mjs'), 'send', '127.0.0.1', '9005', String(BYTES)])
+      await send('udx', [node, path.join(FIX, 'udx-peer.ts'), 'send', bobWan, '6001', String(BYTES)])
+      await send('udx_secret_stream', [node, path.join(FIX, 'udx-peer.ts'), 'send', bobWan, '6002', String(BYTES), '--secret'])
+      await send('tcp_socket', [node, path.join(FIX, 'tcp-sink.ts'), 'send', bobWan, '6003', String(BYTES)])
+      await send('tcp_secret_stream', [node, path.join(FIX, 'tcp-sink.ts'), 'send', bobWan, '6004', String(BYTES), '--secret'])
+      await send('tcp_node_relay', [node, path.join(FIX, 'tcp-sink.ts'), 'send', '127.0.0.1', '9005', String(BYTES)])
       for (const b of baselines) await send(b.key, b.args)
       for (const via of VIA) {
         await n.natctl('alice', ['close', 'bob'])
         await sleep(200)
         const opened = (await n.natctl('alice', ['open', 'bob', '--via', via])).json as { path: string }
         paths[via] = opened.path
-        await send(`forward_${opened.path.replace('-', '_')}`, [node, path.join(FIX, 'tcp-sink.mjs'), 'send', '127.0.0.1', '9001', String(BYTES)])
+        await send(`forward_${opened.path.replace('-', '_')}`, [node, path.join(FIX, 'tcp-sink.ts'), 'send', '127.0.0.1', '9001', String(BYTES)])
       }
     }
     // A new forwarded connection on an open tunnel: connect, one byte, reply.
-    const conn = (await run(n, 'alice', [node, path.join(FIX, 'tcp-sink.mjs'), 'ping', '127.0.0.1', '9001', String(OPEN_RUNS)])) as { ms: number[] }
+    const conn = (await run(n, 'alice', [node, path.join(FIX, 'tcp-sink.ts'), 'ping', '127.0.0.1', '9001', String(OPEN_RUNS)])) as { ms: number[] }
     // A 1-byte round trip beside a bulk transfer on the same tunnel (bulk 4× the transfer size, so it outlasts the round trips).
     const fair = argv.includes('--no-fairness') ? null : await fairness(n, VIA, 4 * BYTES, baselines.some((b) => b.key === 'ssh_L'))
     // What auto picks when both paths punch.
@@ -277,7 +277,7 @@ async function timeToOpen(): Promise<Record<string, unknown>> {
       await n.waitRegistered('bob')
       // The IPv6 candidates reach the server with the first answered heartbeats.
       if (p.ipv6) await waitFor(() => /"ipv6 endpoint"/.test(n.log('alice')) && /"ipv6 endpoint"/.test(n.log('bob')), 15_000, 'IPv6 endpoints')
-      n.lab.spawn(n.lab.hosts.bob!.ns, [node, path.join(FIX, 'tcp-sink.mjs'), 'serve', '7001'], { cwd: ROOT })
+      n.lab.spawn(n.lab.hosts.bob!.ns, [node, path.join(FIX, 'tcp-sink.ts'), 'serve', '7001'], { cwd: ROOT })
       await sleep(500)
       await n.natctl('bob', ['expose', 'add', '7001'])
       await n.natctl('alice', ['forward', 'add', '9001', 'bob:7001'])
@@ -285,7 +285,7 @@ async function timeToOpen(): Promise<Record<string, unknown>> {
       let failures = 0
       let path_: string | null = null
       for (let i = 0; i < OPEN_RUNS; i++) {
-        const r = await n.lab.exec(n.lab.hosts.alice!.ns, [node, path.join(FIX, 'tcp-sink.mjs'), 'ping', '127.0.0.1', '9001', '1'], { timeoutMs: 30_000 })
+        const r = await n.lab.exec(n.lab.hosts.alice!.ns, [node, path.join(FIX, 'tcp-sink.ts'), 'ping', '127.0.0.1', '9001', '1'], { timeoutMs: 30_000 })
         if (r.code === 0) {
           ms.push((JSON.parse(r.stdout) as { ms: number[] }).ms[0]!)
           path_ ??= ((await n.natctl('alice', ['tunnels'])).json as Array<{ path: string }>)[0]?.path ?? null

@@ -192,7 +192,7 @@ export function buildCli(argv: string[]): Argv<Global> {
             const r = await client.call('ping', { peer: g.peer, timeoutMs })
             results.push(r)
             if (!g.json) process.stdout.write(`pong from ${r.peer} (${r.path} ${r.remote}) in ${r.rttMs} ms\n`)
-            if (i + 1 < g.count) await new Promise((resolve) => setTimeout(resolve, 1000))
+            if (i + 1 < g.count) await new Promise((resolve) => setTimeout(resolve, 1000)) // natctl's pace for a person: a direct timer
           }
         } finally {
           client.close()

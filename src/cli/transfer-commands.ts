@@ -121,6 +121,7 @@ export async function sendOne(socketPath: string, client: ApiClient, f: { peer: 
     try {
       return await client.call('file.send', { peer: f.peer, source: token, name: f.name, size: opened.size, mtimeMs: opened.mtimeMs, dev: opened.dev, ino: opened.ino, path: f.path, timeoutMs: f.timeoutMs })
     } catch (err) {
+      // Direct timers in natctl: a one-shot process run by a person, no clock to inject.
       await Promise.race([streaming, new Promise((resolve) => setTimeout(resolve, 100))])
       // natctl's own reason (the file changed under it) says more than natd's "the caller stopped".
       throw local instanceof NatdError && local.code === 'FILE_UNREADABLE' ? local : err
@@ -181,7 +182,8 @@ export async function runMessages(io: CommandIo, opts: { follow: boolean; from: 
   for (const m of await client.call('messages', { from: opts.from, limit: 0 })) print(m)
   listed = true
   for (const m of queued.splice(0)) print(m)
-  // Until Ctrl-C, or natd goes away: a dead connection answers no request, so ask now and then.
+  // Until Ctrl-C, or natd goes away: a dead connection answers no request, so ask now and then
+  // (direct timers: natctl is a one-shot process run by a person, no clock to inject).
   for (;;) {
     await new Promise((resolve) => setTimeout(resolve, FOLLOW_CHECK_MS))
     const alive = await Promise.race([client.call('messages', { from: '', limit: 1 }).then(() => true, () => false), new Promise<false>((resolve) => setTimeout(() => resolve(false), FOLLOW_CHECK_MS))])

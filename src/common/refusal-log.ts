@@ -15,6 +15,7 @@
  * code). Distinct sources are counted up to SOURCES_MAX, names kept up to NAMES_SHOWN.
  */
 import { formatEndpoint, type Endpoint } from '../protocol/endpoint.js'
+import { systemClock, type Timer, type TimerClock } from '../protocol/clock.js'
 import type { Logger } from '../protocol/log.js'
 
 /** A summary names at most this many of the sources refused (it counts them all). */
@@ -47,11 +48,13 @@ export const PEER_REFUSAL_LOG: RefusalLogInit = Object.freeze({ windowMs: 10_000
 
 export class RefusalLog {
   private readonly kinds = new Map<string, Kind>()
-  private timer: NodeJS.Timeout | null = null
+  private timer: Timer | null = null
 
   constructor(
     private readonly log: Logger,
-    private readonly init: RefusalLogInit
+    private readonly init: RefusalLogInit,
+    /** The count window's timer (unref'd: the log never keeps a process alive). */
+    private readonly timers: Pick<TimerClock, 'setTimeout' | 'clear'> = systemClock
   ) {}
 
   /** `from`: who made us refuse (an address, or a peer's name). */
@@ -67,7 +70,7 @@ export class RefusalLog {
     }
     this.kinds.set(key, { what, code, count: 0, sources: new Set(), last: null })
     this.log[this.init.level]('refused', { what, code, from: source, ...(reason === undefined ? {} : { reason }) })
-    this.timer ??= setTimeout(() => this.onWindowExpired(), this.init.windowMs).unref()
+    this.timer ??= this.timers.setTimeout(() => this.onWindowExpired(), this.init.windowMs).unref()
   }
 
   private onWindowExpired(): void {
@@ -83,14 +86,14 @@ export class RefusalLog {
       k.sources.clear()
       k.last = null
     }
-    if (this.kinds.size > 0) this.timer = setTimeout(() => this.onWindowExpired(), this.init.windowMs).unref()
+    if (this.kinds.size > 0) this.timer = this.timers.setTimeout(() => this.onWindowExpired(), this.init.windowMs).unref()
   }
 
   /** Logs what is counted now (shutdown, tests); stops the timer. */
   flush(): void {
-    if (this.timer) clearTimeout(this.timer)
+    this.timers.clear(this.timer)
     this.onWindowExpired()
-    if (this.timer) clearTimeout(this.timer)
+    this.timers.clear(this.timer)
     this.timer = null
   }
 }

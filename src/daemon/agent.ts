@@ -104,7 +104,7 @@ export class Agent {
     this.id = peerId(c.keyPair.publicKey)
     this.server = parseServerSpec(init.config.server)
     this.known = new KnownPeers({ store: c.store, log: c.log.child({ component: 'peers' }), serverPeers: () => this.serverPeers() })
-    this.exposes = new Exposes(c.store, c.log.child({ component: 'expose' }), this.known)
+    this.exposes = new Exposes(c.store, c.log.child({ component: 'expose' }), this.known, this.clock)
   }
 
   get localPort(): number {
@@ -132,7 +132,7 @@ export class Agent {
     this.api = new ApiServer(this.init.socketPath, apiHandlers(() => this.parts()), log.child({ component: 'api' }))
     try {
       await this.api.start()
-      this.streams = new FileStreamServer(dataSocketPath(this.init.socketPath), log.child({ component: 'file-stream' }))
+      this.streams = new FileStreamServer(dataSocketPath(this.init.socketPath), log.child({ component: 'file-stream' }), this.clock)
       await this.streams.start()
     } catch (err) {
       this.api.stop()
@@ -219,7 +219,8 @@ export class Agent {
       log: log.child({ component: 'forward' }),
       selfName: this.init.config.name,
       selfId: this.id,
-      checkPeer: (peer) => this.checkPeerExists(peer)
+      checkPeer: (peer) => this.checkPeerExists(peer),
+      clock: this.clock
     })
     await this.forwards.start()
     const messages = new Messages({

@@ -11,11 +11,10 @@
 import type SecretStream from '@hyperswarm/secret-stream'
 import { EventEmitter } from 'node:events'
 import net from 'node:net'
-import { setTimeout as sleep } from 'node:timers/promises'
 import { formatEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { isErrorCode, NatdError, ProtocolError } from '../protocol/errors.js'
 import { peerId, timingSafeEqual, type KeyPair } from '../protocol/identity.js'
-import { systemClock, type Clock } from '../protocol/clock.js'
+import { systemClock, type Timer, type TimerClock } from '../protocol/clock.js'
 import type { Logger } from '../protocol/log.js'
 import { decode, encode, frame, FrameSplitter, type Message, type OutgoingMessage } from '../protocol/rendezvous.js'
 import { secureSocket } from '../tunnel/secure-socket.js'
@@ -28,7 +27,7 @@ export const TCP_REQUEST_TIMEOUT_MS = 10_000
 interface Pending {
   resolve: (v: Message) => void
   reject: (e: Error) => void
-  timer: NodeJS.Timeout
+  timer: Timer
 }
 
 /** What the registration told us. */
@@ -70,7 +69,7 @@ export class ControlConnection extends EventEmitter<ControlEvents> {
     serverTime: number,
     log: Logger,
     /** Wall time: REGISTER carries the server's time, read off ours plus the offset. */
-    private readonly clock: Clock
+    private readonly clock: TimerClock
   ) {
     super()
     this.serverClockOffset = serverTime - clock.now()
@@ -87,7 +86,7 @@ export class ControlConnection extends EventEmitter<ControlEvents> {
     sock.once('close', () => {
       session.destroy()
       for (const w of this.waiters.values()) {
-        clearTimeout(w.timer)
+        this.clock.clear(w.timer)
         w.reject(new NatdError('SERVER_UNREACHABLE', 'control connection closed'))
       }
       this.waiters.clear()
@@ -100,21 +99,21 @@ export class ControlConnection extends EventEmitter<ControlEvents> {
    * is busy), runs the Noise handshake, and checks the server's key before anything of
    * ours is sent inside: SERVER_KEY_MISMATCH when it is not the one expected.
    */
-  static async connect(server: Endpoint, localPort: number, keyPair: KeyPair, serverKey: ServerKeyCheck, log: Logger, clock: Clock = systemClock): Promise<ControlConnection> {
+  static async connect(server: Endpoint, localPort: number, keyPair: KeyPair, serverKey: ServerKeyCheck, log: Logger, clock: TimerClock = systemClock): Promise<ControlConnection> {
     let sock: net.Socket
     try {
-      sock = await connectFrom(server, localPort || undefined, log)
+      sock = await connectFrom(server, localPort || undefined, log, clock)
     } catch (err) {
       const code = (err as { errno?: string }).errno
       if (!localPort || (code !== 'EADDRINUSE' && code !== 'EADDRNOTAVAIL')) throw err
       log.warn('control port busy, using an ephemeral port (TCP punching waits for the next reconnect)', { port: localPort, code })
-      sock = await connectFrom(server, undefined, log)
+      sock = await connectFrom(server, undefined, log, clock)
     }
     try {
-      const { challenge, rest } = await readChallenge(sock, server)
+      const { challenge, rest } = await readChallenge(sock, server, clock)
       sock.write(frame(encode({ type: 'secure' })))
       const session = secureSocket(true, sock, rest, keyPair)
-      const opened = await Promise.race([session.opened, sleep(TCP_REGISTER_TIMEOUT_MS, false, { ref: false })])
+      const opened = await Promise.race([session.opened, clock.sleep(TCP_REGISTER_TIMEOUT_MS).then(() => false)])
       if (!opened || !session.remotePublicKey) throw new NatdError('SERVER_UNREACHABLE', `the encrypted handshake with ${formatEndpoint(server)} did not complete`)
       const got = session.remotePublicKey
       if (serverKey.expected && !timingSafeEqual(got, serverKey.expected)) {
@@ -147,7 +146,7 @@ export class ControlConnection extends EventEmitter<ControlEvents> {
   async register(signedRegister: (nonce: Uint8Array, serverTime: number) => Buffer): Promise<Registered> {
     const closed = new Promise<never>((_, reject) => this.once('close', () => reject(new NatdError('SERVER_UNREACHABLE', 'control connection closed'))))
     closed.catch(() => undefined)
-    const timeout = sleep(TCP_REGISTER_TIMEOUT_MS, undefined, { ref: false }).then(() => {
+    const timeout = this.clock.sleep(TCP_REGISTER_TIMEOUT_MS).then(() => {
       throw new NatdError('SERVER_UNREACHABLE', `no registration answer from ${formatEndpoint(this.server)}`)
     })
     timeout.catch(() => undefined)
@@ -164,7 +163,7 @@ export class ControlConnection extends EventEmitter<ControlEvents> {
     if (this.sock.destroyed) return Promise.reject(new NatdError('SERVER_UNREACHABLE', 'control connection closed'))
     const reqId = this.nextReqId++
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
+      const timer = this.clock.setTimeout(() => {
         this.waiters.delete(reqId)
         reject(new NatdError('TIMEOUT', `the server did not answer ${msg.type} in ${TCP_REQUEST_TIMEOUT_MS / 1000}s`))
       }, TCP_REQUEST_TIMEOUT_MS)
@@ -177,7 +176,7 @@ export class ControlConnection extends EventEmitter<ControlEvents> {
   send(msg: OutgoingMessage): Promise<void> {
     if (this.sock.destroyed) return Promise.resolve()
     this.session.write(encode(msg))
-    return Promise.race([this.session.flush().then(() => undefined), sleep(300, undefined, { ref: false })])
+    return Promise.race([this.session.flush().then(() => undefined), this.clock.sleep(300)])
   }
 
   /** Closes with RST rather than FIN: no TIME_WAIT on our fixed port, so the next connect can reuse it. */
@@ -195,24 +194,24 @@ export class ControlConnection extends EventEmitter<ControlEvents> {
     const w = reqId ? this.waiters.get(reqId) : undefined
     if (!w) return void this.emit('message', msg)
     this.waiters.delete(reqId)
-    clearTimeout(w.timer)
+    this.clock.clear(w.timer)
     if (msg.type === 'error') w.reject(serverError(msg))
     else w.resolve(msg)
   }
 }
 
 /** Reads the server's clear CHALLENGE; a server of another protocol version gets a clear BAD_VERSION. */
-function readChallenge(sock: net.Socket, server: Endpoint): Promise<{ challenge: Extract<Message, { type: 'challenge' }>; rest: Buffer }> {
+function readChallenge(sock: net.Socket, server: Endpoint, clock: TimerClock): Promise<{ challenge: Extract<Message, { type: 'challenge' }>; rest: Buffer }> {
   const splitter = new FrameSplitter()
   return new Promise((resolve, reject) => {
     const done = (err: Error | null, v?: { challenge: Extract<Message, { type: 'challenge' }>; rest: Buffer }): void => {
-      clearTimeout(timer)
+      clock.clear(timer)
       sock.off('data', onData)
       sock.off('close', onClose)
       if (err) reject(err)
       else resolve(v!)
     }
-    const timer = setTimeout(() => done(new NatdError('SERVER_UNREACHABLE', `no challenge from ${formatEndpoint(server)}`)), TCP_REGISTER_TIMEOUT_MS)
+    const timer = clock.setTimeout(() => done(new NatdError('SERVER_UNREACHABLE', `no challenge from ${formatEndpoint(server)}`)), TCP_REGISTER_TIMEOUT_MS)
     const onClose = (): void => done(new NatdError('SERVER_UNREACHABLE', `${formatEndpoint(server)} closed the connection`))
     const onData = (chunk: Buffer): void => {
       try {
@@ -235,22 +234,22 @@ function readChallenge(sock: net.Socket, server: Endpoint): Promise<{ challenge:
   })
 }
 
-function connectFrom(server: Endpoint, localPort: number | undefined, log: Logger): Promise<net.Socket> {
+function connectFrom(server: Endpoint, localPort: number | undefined, log: Logger, clock: TimerClock): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
     const sock = net.connect({ host: server.host, port: server.port, ...(localPort ? { localPort } : {}) })
-    const timer = setTimeout(() => {
+    const timer = clock.setTimeout(() => {
       sock.destroy()
       reject(new NatdError('SERVER_UNREACHABLE', `TCP connect to ${formatEndpoint(server)} timed out`))
     }, TCP_REGISTER_TIMEOUT_MS)
     sock.once('connect', () => {
-      clearTimeout(timer)
+      clock.clear(timer)
       sock.setNoDelay(true)
       sock.setKeepAlive(true, 10_000)
       sock.on('error', (err) => log.debug('control connection error', { err: err.message }))
       resolve(sock)
     })
     sock.once('error', (err: NodeJS.ErrnoException) => {
-      clearTimeout(timer)
+      clock.clear(timer)
       reject(Object.assign(new NatdError('SERVER_UNREACHABLE', `TCP connect to ${formatEndpoint(server)}: ${err.code ?? err.message}`), { errno: err.code }))
     })
   })

@@ -4,6 +4,7 @@
  */
 import net from 'node:net'
 import { PEER_REFUSAL_LOG, RefusalLog } from '../common/refusal-log.js'
+import { systemClock, type TimerClock } from '../protocol/clock.js'
 import { NatdError } from '../protocol/errors.js'
 import type { Logger } from '../protocol/log.js'
 import { describePeer } from '../protocol/peer-ref.js'
@@ -27,9 +28,10 @@ export class Exposes {
   constructor(
     private readonly store: StateStore,
     private readonly log: Logger,
-    private readonly known: Pick<KnownPeers, 'resolveKey'>
+    private readonly known: Pick<KnownPeers, 'resolveKey'>,
+    private readonly clock: TimerClock = systemClock
   ) {
-    this.refusals = new RefusalLog(log, PEER_REFUSAL_LOG)
+    this.refusals = new RefusalLog(log, PEER_REFUSAL_LOG, clock)
     this.warnUnresolved()
   }
 
@@ -83,15 +85,15 @@ export class Exposes {
     // Half-open both ways: a client that shuts down its sending side still gets the whole reply.
     const sock = net.connect({ port: spec.port, host: spec.host, allowHalfOpen: true })
     sock.setNoDelay(true)
-    const timer = setTimeout(() => sock.destroy(new Error('connect timeout')), EXPOSE_CONNECT_TIMEOUT_MS)
+    const timer = this.clock.setTimeout(() => sock.destroy(new Error('connect timeout')), EXPOSE_CONNECT_TIMEOUT_MS)
     sock.once('connect', () => {
-      clearTimeout(timer)
+      this.clock.clear(timer)
       if (req.channel.destroyed) return reset(sock) // the tunnel closed while we connected
       req.accept()
-      join(sock, req.channel)
+      join(sock, req.channel, undefined, this.clock)
     })
     sock.once('error', (err: NodeJS.ErrnoException) => {
-      clearTimeout(timer)
+      this.clock.clear(timer)
       if (sock.connecting || !sock.remoteAddress) {
         this.log.warn('exposed service unreachable', { peer: peer.name, port: spec.port, host: spec.host, err: err.code ?? err.message })
         req.reject('CONNECT_FAILED', `nothing answers on ${spec.host}:${spec.port} at the peer (${err.code ?? err.message})`)

@@ -22,7 +22,7 @@ import type { Duplex } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { NatdError, toNatdError } from '../protocol/errors.js'
 import type { FileSendResult, PartialFile } from '../ipc/schema.js'
-import { systemClock, type TimerClock } from '../protocol/clock.js'
+import { systemClock, type Timer, type TimerClock } from '../protocol/clock.js'
 import type { Logger } from '../protocol/log.js'
 import { encodeTransfer, MAX_FILE_BYTES, type TransferFrame } from '../protocol/transfer.js'
 import type { TunnelManager } from '../tunnel/manager.js'
@@ -184,7 +184,7 @@ export async function sendFile(spec: SendSpec, c: { tunnels: TunnelManager; self
     progress()
     // No progress for stallMs, whichever side stalls (the caller stops streaming, or the peer
     // stops taking bytes): both connections end with TIMEOUT; the peer keeps its partial.
-    const watch = new StallWatch(stallMs, () => {
+    const watch = new StallWatch(clock, stallMs, () => {
       const err = new NatdError('TIMEOUT', `no progress sending ${name} for ${stallMs} ms (${sent} of ${size - offset} bytes passed on)`)
       spec.source.destroy(err)
       ch.destroy(err)
@@ -238,23 +238,45 @@ export async function sendFile(spec: SendSpec, c: { tunnels: TunnelManager; self
  * Calls `onExpired` when `touch()` was not called for `ms` (a transfer phase that made no
  * progress). Time while `waiting()` holds (the tunnel is migrating: its path is gone and
  * the bytes wait for a new one, tunnel.ts) is no stall: the watch starts over.
+ * touch() runs per chunk, so it only notes the time; the timer, when it fires early,
+ * waits again for what is left.
  */
 export class StallWatch {
-  private timer: NodeJS.Timeout
+  private timer: Timer | null = null
+  private last: number
 
-  constructor(ms: number, onExpired: () => void, waiting: () => boolean = () => false) {
-    this.timer = setTimeout(() => {
-      if (waiting()) this.timer.refresh()
-      else onExpired()
-    }, ms)
+  constructor(
+    private readonly clock: TimerClock,
+    private readonly ms: number,
+    private readonly onExpired: () => void,
+    private readonly waiting: () => boolean = () => false
+  ) {
+    this.last = clock.hrNow()
+    this.arm(ms)
   }
 
   touch(): void {
-    this.timer.refresh()
+    this.last = this.clock.hrNow()
   }
 
   stop(): void {
-    clearTimeout(this.timer)
+    this.clock.clear(this.timer)
+    this.timer = null
+  }
+
+  private arm(ms: number): void {
+    this.timer = this.clock.setTimeout(() => this.onStallExpired(), ms)
+  }
+
+  private onStallExpired(): void {
+    const quiet = this.clock.hrNow() - this.last
+    if (quiet < this.ms) return this.arm(this.ms - quiet)
+    if (this.waiting()) {
+      this.last = this.clock.hrNow()
+      return this.arm(this.ms)
+    }
+    this.timer = null
+    this.onExpired()
   }
 }
 
@@ -312,9 +334,10 @@ export class FileReceiver {
   constructor(
     private readonly policy: () => ReceivePolicy,
     private readonly log: Logger,
-    private readonly onStored: (f: StoredFile, from: Tunnel['peer']) => void
+    private readonly onStored: (f: StoredFile, from: Tunnel['peer']) => void,
+    private readonly clock: TimerClock = systemClock
   ) {
-    this.refusals = new RefusalLog(log, PEER_REFUSAL_LOG)
+    this.refusals = new RefusalLog(log, PEER_REFUSAL_LOG, clock)
   }
 
   /** A peer opened a `file` channel. Never throws. */
@@ -326,7 +349,7 @@ export class FileReceiver {
       this.refusals.refused('file', tunnel.peer.name, e.code, e.message)
       if (ch.destroyed) return
       ch.end(encodeTransfer({ type: 'refuse', code: e.code, message: e.message }))
-      setTimeout(() => ch.destroy(), REFUSE_LINGER_MS).unref()
+      this.clock.setTimeout(() => ch.destroy(), REFUSE_LINGER_MS).unref()
     })
   }
 
@@ -420,10 +443,10 @@ export class FileReceiver {
     // read the pipeline is blocked in. The frame goes out before the reset, in order.
     let stalled: NatdError | null = null
     const stallMs = policy.stallTimeoutMs
-    const watch = new StallWatch(stallMs, () => {
+    const watch = new StallWatch(this.clock, stallMs, () => {
       stalled = new NatdError('TIMEOUT', `${peer.name} sent no byte of ${offer.name} for ${stallMs} ms (${offer.size - offset} announced); the partial is kept for a resume and listed by natctl files --partial`)
       ch.end(encodeTransfer({ type: 'refuse', code: stalled.code, message: stalled.message }))
-      setTimeout(() => ch.destroy(stalled ?? undefined), STALL_RESET_DELAY_MS).unref()
+      this.clock.setTimeout(() => ch.destroy(stalled ?? undefined), STALL_RESET_DELAY_MS).unref()
     }, () => tunnel.isMigrating)
     try {
       await pipeline(
@@ -490,7 +513,7 @@ export class FileReceiver {
 
   /** Removes partials nobody came back for in PARTIAL_MAX_AGE_MS (never one being received). */
   private prunePartials(dir: string): void {
-    const cutoff = Date.now() - PARTIAL_MAX_AGE_MS // wall time, as the file system's mtime it is compared with
+    const cutoff = this.clock.now() - PARTIAL_MAX_AGE_MS // wall time (the clock's now), as the file system's mtime it is compared with
     for (const name of fs.readdirSync(dir)) {
       if (this.active.has(name)) continue
       const file = path.join(dir, name)

@@ -4,6 +4,7 @@
  * connection). Forwards persist in the state store and come back after a restart.
  */
 import net from 'node:net'
+import { systemClock, type TimerClock } from '../protocol/clock.js'
 import { NatdError, toNatdError } from '../protocol/errors.js'
 import type { Logger } from '../protocol/log.js'
 import type { ForwardInfo } from '../ipc/schema.js'
@@ -34,6 +35,8 @@ export interface ForwardsComponents {
   selfId: string
   /** Throws PEER_UNKNOWN when the server knows no such peer (skipped when unregistered). */
   checkPeer(peer: string): Promise<void>
+  /** The open deadline's timer; default systemClock. */
+  clock?: TimerClock
 }
 
 export class Forwards {
@@ -139,14 +142,15 @@ export class Forwards {
       const { tunnel } = await this.c.tunnels.open(spec.peer, 'auto', FORWARD_OPEN_TIMEOUT_MS)
       const ch = tunnel.mux.openChannel(spec.remotePort)
       ch.on('error', () => undefined) // reported through `opened` or by join()
-      const timer = setTimeout(() => ch.destroy(new NatdError('TIMEOUT', `${spec.peer} did not accept the connection in time`)), FORWARD_OPEN_TIMEOUT_MS)
+      const clock = this.c.clock ?? systemClock
+      const timer = clock.setTimeout(() => ch.destroy(new NatdError('TIMEOUT', `${spec.peer} did not accept the connection in time`)), FORWARD_OPEN_TIMEOUT_MS)
       try {
         await ch.opened
       } finally {
-        clearTimeout(timer)
+        clock.clear(timer)
       }
       if (sock.destroyed) return ch.destroy()
-      join(sock, ch)
+      join(sock, ch, undefined, clock)
     })().catch((err: unknown) => {
       const e = toNatdError(err)
       this.c.log.warn(e.code === 'NOT_EXPOSED' ? 'NOT_EXPOSED: forwarded connection refused by the peer' : 'forwarded connection failed', {

@@ -271,6 +271,7 @@ async function run(argv: RunArgs): Promise<void> {
     if (stopping) return
     stopping = true
     log.info('shutting down', { signal })
+    // A direct timer: the process's own last resort, outside the agent (and its clock) it stops.
     setTimeout(() => {
       log.warn('shutdown deadline passed, exiting')
       process.exit(0)

@@ -110,7 +110,7 @@ export class Messages {
   constructor(private readonly c: MessagesComponents) {
     this.clock = c.clock ?? systemClock
     this.file = path.join(c.dir, MESSAGES_FILE)
-    this.refusals = new RefusalLog(c.log, PEER_REFUSAL_LOG)
+    this.refusals = new RefusalLog(c.log, PEER_REFUSAL_LOG, this.clock)
     const inbox = readJsonLines<MessageInfo>(this.file)
     this.ids = new MessageIds(c.dir, inbox.map((m) => ({ from: m.fromId, id: m.id, at: Date.parse(m.receivedAt) || 0 })), this.clock.now())
     this.outbox = new Outbox(c.dir)

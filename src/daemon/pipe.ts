@@ -1,5 +1,6 @@
 import type net from 'node:net'
 import type { Duplex } from 'node:stream'
+import { systemClock, type TimerClock } from '../protocol/clock.js'
 
 /**
  * Joins a local TCP connection and a mux channel both ways with half-close: the end of
@@ -9,7 +10,7 @@ import type { Duplex } from 'node:stream'
  * TCP connection that fails destroys the channel, which resets it at the peer.
  * (stream.pipeline would tear both down at the first end, which breaks half-closed protocols.)
  */
-export function join(sock: net.Socket, ch: Duplex, onDone?: () => void): void {
+export function join(sock: net.Socket, ch: Duplex, onDone?: () => void, clock: Pick<TimerClock, 'setTimeout'> = systemClock): void {
   let done = false
   const finish = (err?: Error, fromChannel = false): void => {
     if (done) return
@@ -30,7 +31,7 @@ export function join(sock: net.Socket, ch: Duplex, onDone?: () => void): void {
     if (++closed === 2) finish()
     else {
       // One side is gone for good: give the other a moment to flush, then end it.
-      setTimeout(() => {
+      clock.setTimeout(() => {
         sock.destroy()
         ch.destroy()
       }, 30_000).unref()

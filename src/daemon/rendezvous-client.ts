@@ -114,7 +114,7 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
   ) {
     super()
     this.log = c.log
-    this.dropped = new RefusalLog(this.log, { windowMs: UNSEALED_LOG_MS, level: 'debug' })
+    this.dropped = new RefusalLog(this.log, { windowMs: UNSEALED_LOG_MS, level: 'debug' }, this.c.clock)
   }
 
   /** Runs until stop(); never rejects. */

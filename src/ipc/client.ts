@@ -175,6 +175,7 @@ export class ApiClient {
 
 /** A proof step natd does not answer within its deadline is given up (the connection stays unproven). */
 function bounded<T>(p: Promise<T>): Promise<T> {
+  // A direct timer: the client runs in natctl or another program, which has no clock to inject.
   let timer: NodeJS.Timeout | undefined
   const late = new Promise<never>((_, reject) => {
     timer = setTimeout(() => reject(new NatdError('TIMEOUT', 'no answer to the uid proof')), PROOF_DEADLINE_MS)

@@ -24,6 +24,7 @@
 import { createHash, randomBytes } from 'node:crypto'
 import fs from 'node:fs'
 import net from 'node:net'
+import { systemClock, type Timer, type TimerClock } from '../protocol/clock.js'
 import { NatdError } from '../protocol/errors.js'
 import type { Logger } from '../protocol/log.js'
 
@@ -43,11 +44,13 @@ export function dataSocketPath(apiSocket: string): string {
 /** natd's side: accepts data connections, hands each a token, gives it to the file.send that names it. */
 export class FileStreamServer {
   private server: net.Server | null = null
-  private readonly pending = new Map<string, { socket: net.Socket; timer: NodeJS.Timeout }>()
+  private readonly pending = new Map<string, { socket: net.Socket; timer: Timer }>()
 
   constructor(
     readonly socketPath: string,
-    private readonly log: Logger
+    private readonly log: Logger,
+    /** The claim deadline's timer (agent.ts passes its clock). */
+    private readonly clock: Pick<TimerClock, 'setTimeout' | 'clear'> = systemClock
   ) {}
 
   /** Listens (mode 0660, like the API socket). The caller has claimed the API socket, so a file here is stale. */
@@ -74,7 +77,7 @@ export class FileStreamServer {
 
   stop(): void {
     for (const p of this.pending.values()) {
-      clearTimeout(p.timer)
+      this.clock.clear(p.timer)
       p.socket.destroy()
     }
     this.pending.clear()
@@ -87,7 +90,7 @@ export class FileStreamServer {
     const p = this.pending.get(token)
     if (!p) throw new NatdError('INVALID_ARGUMENT', 'no data connection with that source token (open one on the data socket first; a token is good once, for 10 s)')
     this.pending.delete(token)
-    clearTimeout(p.timer)
+    this.clock.clear(p.timer)
     return p.socket
   }
 
@@ -98,7 +101,7 @@ export class FileStreamServer {
       return
     }
     const token = randomBytes(16).toString('hex')
-    const timer = setTimeout(() => {
+    const timer = this.clock.setTimeout(() => {
       if (this.pending.get(token)?.socket === socket) this.pending.delete(token)
       socket.destroy()
     }, STREAM_CLAIM_TIMEOUT_MS)
@@ -106,7 +109,7 @@ export class FileStreamServer {
     socket.on('error', () => undefined)
     socket.once('close', () => {
       if (this.pending.get(token)?.socket === socket) {
-        clearTimeout(timer)
+        this.clock.clear(timer)
         this.pending.delete(token)
       }
     })

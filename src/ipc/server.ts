@@ -164,7 +164,7 @@ export class ApiServer {
   ) {
     this.limits = { ...DEFAULT_API_LIMITS, ...limits }
     this.table = new ConnectionTable({ maxConnections: this.limits.maxConnections, maxSubscribers: this.limits.maxSubscribers, perUid: this.limits.perUid, unproven: this.limits.unproven })
-    this.refusals = new RefusalLog(log, { windowMs: REFUSAL_LOG_INTERVAL_MS, level: 'warn' })
+    this.refusals = new RefusalLog(log, { windowMs: REFUSAL_LOG_INTERVAL_MS, level: 'warn' }, this.clock)
   }
 
   /** Connections held now (tests and status). */

@@ -108,6 +108,8 @@ export async function checkProof(claim: ProofClaim, nonce: string, issuedMs: num
   const want = Buffer.from(PROOF_PREFIX + nonce)
   const got = Buffer.from(base)
   if (got.length !== want.length || !timingSafeEqual(got, want)) throw fail(`the file must be named ${PROOF_PREFIX}<this connection's nonce>`)
+  // A direct timer: it bounds a real file-system call (lstat); whether the proof came too
+  // late is decided on the caller's clock (`now`).
   let timer: NodeJS.Timeout | undefined
   const expired = new Promise<never>((_, reject) => {
     timer = setTimeout(() => reject(fail('too late: the file could not be checked in time')), Math.max(0, deadlineMs - (now() - issuedMs)))

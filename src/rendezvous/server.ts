@@ -128,7 +128,7 @@ export class RendezvousServer {
     const limits = (this.limits = { ...DEFAULT_SERVER_LIMITS, ...init.limits })
     const registry = (this.registry = new Registry(clock, init.peerTimeoutMs, { names: components.names, nameTtlMs: init.nameTtlMs }))
     const relay = (this.relay = init.relay ? new Relay({ maxPermitsPerKey: limits.maxRelayPermitsPerKey, ...init.relay }, clock, log.child({ component: 'relay' }), timers) : null)
-    const refusals = (this.refusals = new RefusalLog(log, { windowMs: REFUSAL_LOG_INTERVAL_MS, level: 'info' }))
+    const refusals = (this.refusals = new RefusalLog(log, { windowMs: REFUSAL_LOG_INTERVAL_MS, level: 'info' }, timers))
     const contacts = this.contacts
     const gate = (this.gate = new TcpGate({ limits, clock, timers, log, keyPair, refusals, relay }))
     const udp = (this.udp = new UdpSockets({ host: init.host, port: init.port, altPort: init.altPort, altHost: init.altHost ?? null, host6: init.host6 ?? null }, { log, refusals, registry, cluster, metrics }))

@@ -14,6 +14,7 @@
  * with room to spare. Refusals are logged once per kind, then as counts
  * (PunchRefusals), never per packet.
  */
+import type { TimerClock } from '../protocol/clock.js'
 import type { Clock, Logger } from '../protocol/log.js'
 import { TokenBucket } from './token-bucket.js'
 import { RefusalLog as CommonRefusalLog } from '../common/refusal-log.js'
@@ -218,8 +219,8 @@ export const REFUSAL_LOG_MS = 10_000
  * why an open failed).
  */
 export class PunchRefusals extends CommonRefusalLog {
-  constructor(log: Logger) {
-    super(log, { windowMs: REFUSAL_LOG_MS, level: 'warn' })
+  constructor(log: Logger, timers?: Pick<TimerClock, 'setTimeout' | 'clear'>) {
+    super(log, { windowMs: REFUSAL_LOG_MS, level: 'warn' }, timers)
   }
 
   note(code: string, what: string, peer: string): void {

@@ -16,7 +16,9 @@ import type { OpenRequest } from './mux.js'
 import { planPaths } from './path-plan.js'
 import { offersMapping, offersV6, Paths, type Established, type Introduction, type PathComponents } from './paths.js'
 import { firstOf } from './failures.js'
+import { TunnelRecovery } from './recovery.js'
 import { asResume, firstFrame, onFreshTunnel, onResumeRequest, RESUME_ANSWER_MS, SIMULTANEOUS_OPEN_MS } from './resume.js'
+import { SharedAttempts } from './shared-attempts.js'
 import { GOODBYE_LINGER_MS, Tunnel, type PathKind, type TunnelTiming } from './tunnel.js'
 
 export type { Introduction } from './paths.js'
@@ -33,21 +35,8 @@ export const RELAY_FALLBACK_MS = 2_000
  * that answer with RST it takes ~0.3 s, and the wait is what it costs UDP there.
  */
 export const AUTO_TCP_GRACE_MS = 30
-/** A relayed `auto` tunnel tries a direct path this long after it came up, then at this period. */
-export const UPGRADE_FIRST_MS = 2_000
-export const UPGRADE_RETRY_MS = 5_000
-/** One upgrade attempt may take this long. */
-export const UPGRADE_TIMEOUT_MS = 5_000
-/**
- * A migrating tunnel's opener asks for a new introduction this long after a failed
- * attempt: the stall after the network comes back is at most about this plus one punch.
- * 90 attempts in MIGRATE_GIVE_UP_MS stay inside the server's 120 introductions a minute.
- */
-export const RESUME_RETRY_MS = 1_000
 /** A young tunnel that would beat a fresh one in the tie-break must answer a ping this fast (resume.ts). */
 export const TWIN_PROBE_MS = 1_500
-/** One resume attempt (introduction, punch, handshake, RESUME answer) may take this long. */
-export const RESUME_ATTEMPT_MS = 5_000
 
 /**
  * Which peers a tunnel may go to: the agent's known (pinned) peers. The daemon implements
@@ -87,14 +76,6 @@ export interface OpenOutcome {
   reused: boolean
 }
 
-/** One open attempt, shared by the callers that asked for it at once. */
-interface SharedOpen {
-  attempt: Promise<OpenOutcome>
-  /** Aborted when the last caller waiting for the attempt cancelled (its signal aborted). */
-  abort: AbortController
-  waiters: number
-}
-
 /** What a caller whose signal aborted gets (the attempt goes on while another caller waits for it). */
 function cancelled(what: string): NatdError {
   return new NatdError('ABORTED', `${what} was cancelled by its caller`)
@@ -119,11 +100,14 @@ interface ManagerEvents {
 
 export class TunnelManager extends EventEmitter<ManagerEvents> {
   private readonly tunnels = new Map<string, Tunnel>()
-  private readonly opening = new Map<string, SharedOpen>()
+  /** Open attempts by the peer asked for, shared by the callers that ask at once. */
+  private readonly opening = new SharedAttempts<OpenOutcome>()
   private readonly paths: Paths
   /** What introductions may make us spend (budget.ts). */
   readonly budget: PunchBudget
   private readonly refusals: RefusalLog
+  /** The resume and upgrade loops (recovery.ts). */
+  private readonly recovery: TunnelRecovery
   private closed = false
   /** The way each tunnel we opened was asked for: its resumes ask the same way. */
   private readonly vias = new WeakMap<Tunnel, Via>()
@@ -135,8 +119,17 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
   ) {
     super()
     this.budget = new PunchBudget(c.clock, budget)
-    this.refusals = new RefusalLog(c.log)
+    this.refusals = new RefusalLog(c.log, c.clock)
     this.paths = new Paths(c, this.budget, this.refusals)
+    this.recovery = new TunnelRecovery({
+      clock: c.clock,
+      log: c.log,
+      introduce: (target, via) => c.introduce(target, via),
+      refreshNat: () => c.refreshNat(),
+      establish: (intro, timeoutMs, expected, resuming) => this.establish(intro, timeoutMs, expected, resuming),
+      current: (id) => this.tunnels.get(id),
+      closed: () => this.closed
+    })
   }
 
   /**
@@ -180,45 +173,13 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     // reported as KEY_MISMATCH), an ID by the whole ID.
     const ask = target.name ?? target.id!
     if (signal?.aborted) throw cancelled(`opening a tunnel to ${peer}`)
-    let shared = this.opening.get(ask)
-    if (!shared) {
-      const abort = new AbortController()
-      const attempt = (async (): Promise<OpenOutcome> => {
-        const intro = await this.c.introduce(ask, via)
-        if (abort.signal.aborted) throw cancelled(`opening a tunnel to ${peer}`)
-        const tunnel = await this.establish(intro, Math.max(1, timeoutMs - (this.c.clock.now() - started)), target, null, abort.signal)
-        return { tunnel, tookMs: this.c.clock.now() - started, reused: false }
-      })()
-      const entry: SharedOpen = { attempt, abort, waiters: 0 }
-      shared = entry
-      this.opening.set(ask, entry)
-      // Handled here: when every caller cancelled, no one else awaits the attempt.
-      attempt.finally(() => this.opening.get(ask) === entry && this.opening.delete(ask)).catch(() => undefined)
+    const attempt = async (aborted: AbortSignal): Promise<OpenOutcome> => {
+      const intro = await this.c.introduce(ask, via)
+      if (aborted.aborted) throw cancelled(`opening a tunnel to ${peer}`)
+      const tunnel = await this.establish(intro, Math.max(1, timeoutMs - (this.c.clock.now() - started)), target, null, aborted)
+      return { tunnel, tookMs: this.c.clock.now() - started, reused: false }
     }
-    return this.waitFor(ask, shared, signal, peer)
-  }
-
-  /**
-   * Waits for a shared attempt until `signal` aborts. The last caller to cancel aborts
-   * the attempt, and a later open starts a new one.
-   */
-  private async waitFor(ask: string, shared: SharedOpen, signal: AbortSignal | undefined, peer: string): Promise<OpenOutcome> {
-    shared.waiters++
-    let onAbort = (): void => undefined
-    const gone = new Promise<never>((_, reject) => {
-      onAbort = () => reject(cancelled(`opening a tunnel to ${peer}`))
-      signal?.addEventListener('abort', onAbort, { once: true })
-    })
-    try {
-      return await Promise.race([shared.attempt, gone])
-    } finally {
-      signal?.removeEventListener('abort', onAbort)
-      shared.waiters--
-      if (shared.waiters === 0 && signal?.aborted) {
-        shared.abort.abort()
-        if (this.opening.get(ask) === shared) this.opening.delete(ask)
-      }
-    }
+    return this.opening.join(ask, attempt, signal, () => cancelled(`opening a tunnel to ${peer}`))
   }
 
   /**
@@ -394,11 +355,11 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     tunnel.on('path', (from) => this.emit('path', tunnel, from))
     tunnel.on('migrating', (reason) => {
       this.emit('migrating', tunnel, reason)
-      if (tunnel.opener) void this.resumeLoop(tunnel)
+      if (tunnel.opener) void this.recovery.resume(tunnel, this.vias.get(tunnel) ?? 'auto')
     })
     tunnel.on('resumed', (stalledMs) => this.emit('resumed', tunnel, stalledMs))
     await this.register(tunnel)
-    if (path === 'relay' && upgrade) void this.upgradeLoop(tunnel)
+    if (path === 'relay' && upgrade) void this.recovery.upgrade(tunnel)
     log.info('tunnel up', { peer: name, path, transport: won.transport, remote: formatEndpoint(remote), punchMs: won.punchMs, sent: won.sent, strategy: won.strategy, initiator: intro.initiator, via: intro.via })
     return this.get(id) ?? tunnel
   }
@@ -442,48 +403,6 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     const kept = this.tunnels.get(tunnel.peer.id)
     if (kept?.isOpen) return kept
     throw new NatdError('ABORTED', `${tunnel.peer.name} keeps another tunnel with us`)
-  }
-
-  /**
-   * Looks for a new path while `tunnel` (which we opened) migrates: asks the server for
-   * a new introduction the way the tunnel was opened, punches, resumes. Stops when the
-   * tunnel is up again or closed (it gives up by itself). Never rejects.
-   */
-  private async resumeLoop(tunnel: Tunnel): Promise<void> {
-    const via = this.vias.get(tunnel) ?? 'auto'
-    while (!this.closed && tunnel.isMigrating && this.tunnels.get(tunnel.peer.id) === tunnel) {
-      try {
-        const intro = await this.c.introduce(tunnel.peer.id, via)
-        if (!tunnel.isMigrating) return
-        await this.establish(intro, RESUME_ATTEMPT_MS, { name: null, id: tunnel.peer.id }, tunnel)
-      } catch (err) {
-        const e = toNatdError(err)
-        this.c.log.debug('resume attempt failed', { peer: tunnel.peer.name, code: e.code, err: e.message })
-      }
-      if (tunnel.isMigrating) await this.c.clock.sleep(RESUME_RETRY_MS)
-    }
-  }
-
-  /**
-   * Keeps looking for a direct path while `tunnel` is relayed (libp2p's DCUtR idea): a
-   * NAT that changes, or a peer that moves, may allow one later. Never rejects.
-   */
-  private async upgradeLoop(tunnel: Tunnel): Promise<void> {
-    let wait = UPGRADE_FIRST_MS
-    while (!this.closed) {
-      await this.c.clock.sleep(wait)
-      wait = UPGRADE_RETRY_MS
-      if (!tunnel.isOpen || tunnel.path !== 'relay' || this.tunnels.get(tunnel.peer.id) !== tunnel) return
-      if (!tunnel.isUp) continue // migrating: its resume comes first
-      try {
-        await this.c.refreshNat()
-        const intro = await this.c.introduce(tunnel.peer.id, 'direct')
-        await this.establish(intro, UPGRADE_TIMEOUT_MS, { name: null, id: tunnel.peer.id })
-      } catch (err) {
-        const e = toNatdError(err)
-        this.c.log.debug('no direct path yet', { peer: tunnel.peer.name, code: e.code, err: e.message })
-      }
-    }
   }
 
   /**

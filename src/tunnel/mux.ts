@@ -11,6 +11,7 @@
  * or relayed path.
  */
 import { EventEmitter } from 'node:events'
+import { systemClock, type Timer, type TimerClock } from '../protocol/clock.js'
 import { NatdError } from '../protocol/errors.js'
 import type { Logger } from '../protocol/log.js'
 import { decodeMux, encodeMux, isSequenced, type MuxFrame } from '../protocol/mux.js'
@@ -92,7 +93,7 @@ export class Mux extends EventEmitter<MuxEvents> {
   private received = 0
   private unackedFrames = 0
   private unackedBytes = 0
-  private ackTimer: NodeJS.Timeout | null = null
+  private ackTimer: Timer | null = null
 
   /** Where we write; on a path upgrade the next session; null once detached for a resume. */
   private session: MessageStream | null
@@ -109,7 +110,9 @@ export class Mux extends EventEmitter<MuxEvents> {
   constructor(
     session: MessageStream,
     opener: boolean,
-    private readonly log: Logger
+    private readonly log: Logger,
+    /** Schedules the delayed ACK (tunnel.ts passes the tunnel's clock). */
+    private readonly clock: Pick<TimerClock, 'setTimeout' | 'clear'> = systemClock
   ) {
     super()
     this.session = session
@@ -181,7 +184,7 @@ export class Mux extends EventEmitter<MuxEvents> {
   close(reason: string): void {
     if (this.closed) return
     this.closed = true
-    if (this.ackTimer) clearTimeout(this.ackTimer)
+    this.clock.clear(this.ackTimer)
     this.ackTimer = null
     const err = new NatdError('TUNNEL_CLOSED', reason)
     for (const ch of [...this.channels.values()]) ch.destroy(err)
@@ -286,7 +289,7 @@ export class Mux extends EventEmitter<MuxEvents> {
     this.early = []
     this.peerSwitched = false
     this.needDrain = false
-    if (this.ackTimer) clearTimeout(this.ackTimer)
+    this.clock.clear(this.ackTimer)
     this.ackTimer = null
     this.unackedFrames = 0
     this.unackedBytes = 0
@@ -314,11 +317,11 @@ export class Mux extends EventEmitter<MuxEvents> {
     this.unackedFrames++
     this.unackedBytes += bytes
     if (this.unackedFrames >= ACK_EVERY_FRAMES || this.unackedBytes >= ACK_EVERY_BYTES) this.sendAck()
-    else this.ackTimer ??= setTimeout(() => this.sendAck(), ACK_DELAY_MS)
+    else this.ackTimer ??= this.clock.setTimeout(() => this.sendAck(), ACK_DELAY_MS)
   }
 
   private sendAck(): void {
-    if (this.ackTimer) clearTimeout(this.ackTimer)
+    this.clock.clear(this.ackTimer)
     this.ackTimer = null
     this.unackedFrames = 0
     this.unackedBytes = 0

@@ -131,7 +131,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     this.id = Buffer.from(introKey, 'hex')
     this.since = clock.now()
     this.lastHeard = this.since
-    this.mux = new Mux(session!, opener, log)
+    this.mux = new Mux(session!, opener, log, clock)
     session!.resume() // the responder paused it while it waited for the initiator's choice
     this.mux.on('frame', () => this.onHeard())
     this.mux.on('pong', (seq) => this.onPong(seq))

@@ -25,7 +25,7 @@ import { recordAbuse } from './record.js'
 const ROOT = fileURLToPath(new URL('../../', import.meta.url))
 const NATCTL = path.join(ROOT, 'dist/cli/main.js')
 const NATD = path.join(ROOT, 'dist/daemon/main.js')
-const API_HOLDER = path.join(ROOT, 'test/abuse/fixtures/api-holder.mjs')
+const API_HOLDER = path.join(ROOT, 'test/abuse/fixtures/api-holder.ts')
 /** The per-uid row's attacker runs as this user (nobody/nogroup). */
 const NOBODY = 65534
 

@@ -4,7 +4,7 @@
  *
  *   ┌──────────────────────────────────────────────────────────┐
  *   │ $id-h1-1  (victim host, in the NAT lab)                  │
- *   │   node punch-victim.mjs: the real TunnelManager + Paths  │
+ *   │   node punch-victim.ts: the real TunnelManager + Paths  │
  *   │   (dist/), accept() fed the attacker's introductions     │
  *   │   10.77.0.0/24: local (ip route add local … dev lo)      │
  *   │   iptables OUTPUT counters: SYNs and probes to it        │
@@ -26,7 +26,7 @@ import { createLab, labAvailable, type Lab } from '../lab/lab.js'
 import { assertBuilt } from '../lab/natd-lab.js'
 import { recordAbuse } from './record.js'
 
-const VICTIM = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures/punch-victim.mjs')
+const VICTIM = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures/punch-victim.ts')
 const ATTACKER_NET = '10.77.0.0/24'
 /** One introduction: the responder's punch deadline (ACCEPT_TIMEOUT_MS in daemon/agent.ts). */
 const INTRO_S = 15

@@ -84,10 +84,6 @@ async function online(n: NatdLab, key: string, peer: string): Promise<boolean> {
   return (await n.peers(key)).some((p) => p.name === peer && p.online === true)
 }
 
-async function lastErrorCode(n: NatdLab, key: string): Promise<string | undefined> {
-  return ((await n.status(key)).lastError as { code?: string } | null)?.code
-}
-
 describe.skipIf(!labAvailable())('several rendezvous instances on Redis', () => {
   it('agents on two instances list each other; easy×easy punches directly, hard×hard relays through the initiator\'s instance', async () => {
     const sites = (['alice', 'bob', 'carol', 'dave'] as const).map((name) => ({ name, nat: name === 'carol' || name === 'dave' ? ('hard' as const) : ('easy' as const), unsolicited: 'drop' as const }))
@@ -210,7 +206,7 @@ describe.skipIf(!labAvailable())('several rendezvous instances on Redis', () => 
       const alive = [A, B, C].find((x) => x !== home)!
       await n.startAgent('carol', { extra: ['--server', alive] })
       // C has never seen carol's name bound: it waits for Redis (TIMEOUT), carol retries
-      await waitFor(async () => (await lastErrorCode(n, 'carol')) === 'TIMEOUT', 15_000, 'carol told the shared registry does not answer')
+      await waitFor(async () => (await n.lastErrorCode('carol')) === 'TIMEOUT', 15_000, 'carol told the shared registry does not answer')
       expect((await n.status('carol')).registered).toBe(false)
       // (an instance lists its own agents while Redis is away: alice moved to bob's home unless a connect lagged)
       if (homeOf(n, 'alice') === homeOf(n, 'bob')) expect(await online(n, 'bob', 'alice')).toBe(true)
@@ -222,7 +218,7 @@ describe.skipIf(!labAvailable())('several rendezvous instances on Redis', () => 
       await n.waitRegistered('carol', 20_000)
       await waitFor(() => online(n, 'carol', 'alice'), 15_000, 'alice listed at carol after Redis came back')
       await n.startAgent('mallory', { as: 'alice', extra: ['--server', alive] })
-      await waitFor(async () => (await lastErrorCode(n, 'alice@mallory')) === 'NAME_TAKEN', 15_000, 'NAME_TAKEN at the impostor')
+      await waitFor(async () => (await n.lastErrorCode('alice@mallory')) === 'NAME_TAKEN', 15_000, 'NAME_TAKEN at the impostor')
     })
   }, 150_000)
 })

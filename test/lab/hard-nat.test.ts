@@ -9,7 +9,7 @@
  */
 import { describe, expect, it } from 'vitest'
 import { labAvailable, type LabSpec } from './lab.js'
-import { pair, startPair, waitFor, withLab } from './natd-lab.js'
+import { errorCode, pair, startPair, waitFor, withLab } from './natd-lab.js'
 
 
 
@@ -58,7 +58,7 @@ describe.skipIf(!labAvailable())('hard NAT: verdicts and birthday punching', () 
       await startPair(n)
       const tcp = await n.natctl('alice', ['open', 'bob', '--via', 'tcp', '--timeout', '3s'])
       expect(tcp.code).toBe(1)
-      expect((tcp.json as { error: { code: string } }).error.code).toBe('PUNCH_TIMEOUT')
+      expect(errorCode(tcp)).toBe('PUNCH_TIMEOUT')
       const auto = await n.natctl('alice', ['open', 'bob', '--via', 'auto'])
       expect(auto.code, auto.stderr).toBe(0)
       expect((auto.json as { path: string }).path).toBe('direct-udp')
@@ -91,7 +91,7 @@ describe.skipIf(!labAvailable())('hard NAT: verdicts and birthday punching', () 
       expect(r.code).toBe(1)
       expect(Date.now() - started).toBeLessThan(3_000)
       expect(r.stderr).toMatch(/both NATs map per destination/)
-      expect((r.json as { error: { code: string } }).error.code).toBe('UNSUPPORTED_PATH')
+      expect(errorCode(r)).toBe('UNSUPPORTED_PATH')
     })
   }, 60_000)
 })

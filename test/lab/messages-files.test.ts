@@ -16,7 +16,7 @@ import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import type { FileSendResult } from '../../src/ipc/schema.js'
 import { labAvailable } from './lab.js'
-import { DIST, pair, startPair, waitFor, withLab } from './natd-lab.js'
+import { DIST, errorCode, pair, startPair, waitFor, withLab } from './natd-lab.js'
 import { partialBytes, sha256File, writeRandomFile } from './random-file.js'
 
 const MiB = 1024 * 1024
@@ -24,10 +24,6 @@ const BIG_BYTES = 256 * MiB
 
 /** `natctl cp --json` prints the API's result. */
 type CpResult = FileSendResult
-
-function errorCode(r: { json: unknown }): string | undefined {
-  return (r.json as { error?: { code: string } } | null)?.error?.code
-}
 
 describe.skipIf(!labAvailable())('messages and files between peers (easy×easy)', () => {
   it('a message arrives live and survives a restart; 256 MiB crosses intact; a killed sender resumes; a hostile name stays in the inbox; refusals are clear', async () => {

@@ -173,6 +173,11 @@ export class NatdLab {
     return r.json as Record<string, unknown>
   }
 
+  /** The code of the last error `key`'s agent reports in its status (null when none). */
+  async lastErrorCode(key: string): Promise<string | null> {
+    return ((await this.status(key)).lastError as { code?: string } | null)?.code ?? null
+  }
+
   async peers(key: string): Promise<Array<Record<string, unknown>>> {
     const r = await this.natctl(key, ['peers'])
     if (r.code !== 0) throw new Error(`natctl peers for ${key} failed (${r.code}): ${r.stderr}`)
@@ -188,10 +193,10 @@ export class NatdLab {
     return last
   }
 
-  /** Runs a TCP echo server on a host (test/lab/fixtures/echo-server.mjs). */
+  /** Runs a TCP echo server on a host (test/lab/fixtures/echo-server.ts). */
   async startEcho(host: string, port: number): Promise<void> {
     const h = this.lab.hosts[host]!
-    const p = this.lab.spawn(h.ns, [process.execPath, path.join(ROOT, 'test/lab/fixtures/echo-server.mjs'), String(port)])
+    const p = this.lab.spawn(h.ns, [process.execPath, path.join(ROOT, 'test/lab/fixtures/echo-server.ts'), String(port)])
     await new Promise<void>((resolve, reject) => {
       p.stdout?.once('data', () => resolve())
       p.once('exit', (code) => reject(new Error(`echo server exited ${code}`)))
@@ -201,7 +206,7 @@ export class NatdLab {
   /** Sends `bytes` on each of `conns` connections to 127.0.0.1:port on `host` and checks each gets its own bytes back. */
   async echo(host: string, port: number, bytes: number, conns = 1, timeoutMs = 120_000): Promise<{ ok: boolean; ms: number; conns: number; results: unknown[] }> {
     const h = this.lab.hosts[host]!
-    const r = await this.lab.exec(h.ns, [process.execPath, path.join(ROOT, 'test/lab/fixtures/echo-client.mjs'), String(port), String(bytes), String(conns)], { timeoutMs })
+    const r = await this.lab.exec(h.ns, [process.execPath, path.join(ROOT, 'test/lab/fixtures/echo-client.ts'), String(port), String(bytes), String(conns)], { timeoutMs })
     if (r.code !== 0) throw new Error(`echo client failed (${r.code}): ${r.stderr}`)
     return JSON.parse(r.stdout) as { ok: boolean; ms: number; conns: number; results: unknown[] }
   }
@@ -235,6 +240,14 @@ export class NatdLab {
     await this.lab.teardown()
     fs.rmSync(this.dir, { recursive: true, force: true })
   }
+}
+
+/**
+ * The API error code `natctl --json` printed (`{"error": {code, message}}`), undefined
+ * when it printed none: tests tell failures apart by it, never by message text.
+ */
+export function errorCode(r: { json: unknown }): string | undefined {
+  return (r.json as { error?: { code?: string } } | null)?.error?.code
 }
 
 /** Polls `check` every 100 ms until it is true; throws with `what` after `timeoutMs`. */

@@ -20,7 +20,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { labAvailable } from './lab.js'
-import { DIST, ROOT, SERVER_PORT, waitFor, withLab, type NatdLab } from './natd-lab.js'
+import { DIST, errorCode, ROOT, SERVER_PORT, waitFor, withLab, type NatdLab } from './natd-lab.js'
 
 const ATTACKER_IP = '198.18.1.1' // inet's own address on alice's site's link
 /** bob's service, and the port of alice's forward to it (the issue's 9200 → bob:7777). */
@@ -40,11 +40,6 @@ async function stepAside(n: NatdLab): Promise<void> {
   const r = await n.lab.exec(n.lab.inetNs, ['iptables', '-t', 'nat', '-F', 'PREROUTING'])
   expect(r.code, r.stderr).toBe(0)
   await n.lab.exec(n.lab.inetNs, ['conntrack', '-F'])
-}
-
-async function lastErrorCode(n: NatdLab, key: string): Promise<string | null> {
-  const s = await n.status(key)
-  return (s.lastError as { code?: string } | null)?.code ?? null
 }
 
 /**
@@ -113,15 +108,15 @@ describe.skipIf(!labAvailable())('an attacker on the path to the rendezvous serv
       await n.restartAgent('alice') // a reboot: its next contact goes to the attacker
       // dave meets the server for the first time, with the key given out of band.
       await n.startAgent('dave', { extra: ['--server', `${n.serverAddr}#${realKey}`] })
-      await waitFor(async () => (await lastErrorCode(n, 'alice')) === 'SERVER_KEY_MISMATCH', 20_000, 'alice refuses the attacker\'s key')
-      await waitFor(async () => (await lastErrorCode(n, 'dave')) === 'SERVER_KEY_MISMATCH', 20_000, 'dave refuses the attacker\'s key')
+      await waitFor(async () => (await n.lastErrorCode('alice')) === 'SERVER_KEY_MISMATCH', 20_000, 'alice refuses the attacker\'s key')
+      await waitFor(async () => (await n.lastErrorCode('dave')) === 'SERVER_KEY_MISMATCH', 20_000, 'dave refuses the attacker\'s key')
       const status = await n.natctl('alice', ['status'], { json: false })
       expect(status.stdout).toContain('SERVER_KEY_MISMATCH')
       expect(status.stdout).toContain(`#<its key>`) // how to re-pin, when the operator really changed it
       expect((await n.status('dave')).serverKey).toEqual({ id: realKey, pinned: 'flag' })
       const sent = await n.natctl('alice', ['send', 'bob', 'for the real bob only'], { timeoutMs: 20_000 })
       expect(sent.code).toBe(1)
-      expect((sent.json as { error: { code: string } }).error.code).toBe('NOT_REGISTERED')
+      expect(errorCode(sent)).toBe('NOT_REGISTERED')
       const copied = await n.natctl('alice', ['cp', file, 'bob:'], { timeoutMs: 20_000 })
       expect(copied.code).not.toBe(0)
       expect(JSON.stringify(copied.json)).toContain('NOT_REGISTERED')
@@ -137,7 +132,7 @@ describe.skipIf(!labAvailable())('an attacker on the path to the rendezvous serv
 
       // --- 2. the attacker forwards to the real server and flips bits in its TCP answers.
       const tamper = async (mode: string): Promise<{ seen: (what: string, times: number) => Promise<void>; stop: () => Promise<Record<string, number>> }> => {
-        const p = n.lab.spawn(n.lab.inetNs, [process.execPath, path.join(ROOT, 'test/lab/fixtures/on-path-proxy.mjs'), ATTACKER_IP, String(SERVER_PORT), n.lab.server.ip, mode])
+        const p = n.lab.spawn(n.lab.inetNs, [process.execPath, path.join(ROOT, 'test/lab/fixtures/on-path-proxy.ts'), ATTACKER_IP, String(SERVER_PORT), n.lab.server.ip, mode])
         let out = ''
         p.stdout?.on('data', (d: Buffer) => (out += d.toString()))
         await waitFor(() => out.includes('ready'), 10_000, `${mode} proxy`)
@@ -193,7 +188,7 @@ describe.skipIf(!labAvailable())('an attacker on the path to the rendezvous serv
       await n.startServer(['--key-file', newKeyFile])
       const newKey = execFileSync(process.execPath, [path.join(DIST, 'rendezvous/main.js'), '--print-key', '--key-file', newKeyFile, '--state-dir', n.serverStateDir], { encoding: 'utf8' }).trim()
       expect(newKey).not.toBe(oldKey)
-      await waitFor(async () => (await lastErrorCode(n, 'alice')) === 'SERVER_KEY_MISMATCH', 20_000, 'alice refuses the new key')
+      await waitFor(async () => (await n.lastErrorCode('alice')) === 'SERVER_KEY_MISMATCH', 20_000, 'alice refuses the new key')
       await n.stopAgent('alice')
       const a = n.agents.alice!
       await n.startAgent('alice', { stateDir: a.stateDir, extra: ['--server', `${n.serverAddr}#${newKey}`] })

@@ -21,7 +21,7 @@ import { labAvailable, type Lab } from './lab.js'
 import { MINIUPNPD, startMiniupnpd } from './miniupnpd.js'
 import { DIST, ROOT, waitFor, withLab } from './natd-lab.js'
 
-const CLIENT = path.join(ROOT, 'test/lab/fixtures/portmap-client.mjs')
+const CLIENT = path.join(ROOT, 'test/lab/fixtures/portmap-client.ts')
 const INTERNAL_PORT = 41641
 
 interface ClientLine {

@@ -113,10 +113,7 @@ describe.skipIf(!labAvailable())('registration through NAT', () => {
       await n.startAgent('alice')
       const alice = await n.waitRegistered('alice')
       await n.startAgent('mallory', { as: 'alice' })
-      await waitFor(async () => {
-        const s = await n.status('alice@mallory')
-        return (s.lastError as { code?: string } | null)?.code === 'NAME_TAKEN'
-      }, 10_000, 'NAME_TAKEN at the impostor')
+      await waitFor(async () => (await n.lastErrorCode('alice@mallory')) === 'NAME_TAKEN', 10_000, 'NAME_TAKEN at the impostor')
       const impostor = await n.status('alice@mallory')
       expect(impostor.registered).toBe(false)
       expect(n.log('alice@mallory')).toMatch(/NAME_TAKEN/)
@@ -137,7 +134,7 @@ describe.skipIf(!labAvailable())('registration through NAT', () => {
       await n.killServer()
       await n.startServer() // same state dir: the binding is read back
       await n.startAgent('mallory', { as: 'alice' })
-      await waitFor(async () => ((await n.status('alice@mallory')).lastError as { code?: string } | null)?.code === 'NAME_TAKEN', 10_000, 'NAME_TAKEN at the impostor')
+      await waitFor(async () => (await n.lastErrorCode('alice@mallory')) === 'NAME_TAKEN', 10_000, 'NAME_TAKEN at the impostor')
       const ls = await n.rendezvousNames(['ls', '--json'])
       expect(JSON.parse(ls.stdout)).toEqual([expect.objectContaining({ name: 'alice', id: alice.id })])
       expect(await n.rendezvousNames(['rm', 'alice'])).toMatchObject({ code: 0 })
@@ -159,7 +156,7 @@ describe.skipIf(!labAvailable())('registration through NAT', () => {
       expect(running.stderr).toContain('stop it first')
       await n.stopAgent('alice')
       await n.startAgent('bob', { as: 'alice' })
-      await waitFor(async () => ((await n.status('alice@bob')).lastError as { code?: string } | null)?.code === 'NAME_TAKEN', 10_000, 'NAME_TAKEN for another key')
+      await waitFor(async () => (await n.lastErrorCode('alice@bob')) === 'NAME_TAKEN', 10_000, 'NAME_TAKEN for another key')
       const released = await release()
       expect(released.code, released.stderr).toBe(0)
       expect(released.stdout).toContain('released the name alice')

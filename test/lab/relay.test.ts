@@ -10,7 +10,7 @@ import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { describe, expect, it } from 'vitest'
 import { labAvailable } from './lab.js'
-import { NatdLab, pair, startPair, waitFor, withLab } from './natd-lab.js'
+import { errorCode, NatdLab, pair, startPair, waitFor, withLab } from './natd-lab.js'
 
 const MiB = 1024 * 1024
 
@@ -124,7 +124,7 @@ describe.skipIf(!labAvailable())('relay', () => {
       await startPair(n, { serverArgs: ['--no-relay'] })
       const r = await n.natctl('alice', ['open', 'bob', '--timeout', '4s'])
       expect(r.code).toBe(1)
-      expect((r.json as { error: { code: string } }).error.code).toBe('UNSUPPORTED_PATH')
+      expect(errorCode(r)).toBe('UNSUPPORTED_PATH')
       expect(r.stderr).toMatch(/does not relay/) // and the user is told why
     })
   }, 60_000)

@@ -5,7 +5,7 @@
  *                    └── r2 (easy NAT) ── bob   ── echo server :7000 ◀──────┘   inbox ◀─────┘
  *
  * While a forwarded connection streams (paced, echoed back, sha256 checked) and a
- * `natctl cp` runs, a router (test/lab/faults.ts) comes back with a new public port or a
+ * `natctl cp` runs, a router (lab.ts renewPort, renumber, outage) comes back with a new public port or a
  * new public address, or its WAN goes dark for 10 s or 30 s. What a user must see: the
  * connection and the copy finish intact, no reset, the same tunnel, and the stall after
  * connectivity returns (printed; the timing targets belong to the benchmark). Then 20%
@@ -15,7 +15,6 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { darkWan, newPublicAddress, newPublicPort } from './faults.js'
 import { labAvailable } from './lab.js'
 import { NatdLab, pair, ROOT, startPair, waitFor, withLab } from './natd-lab.js'
 import { partialBytes, sha256File, writeRandomFile } from './random-file.js'
@@ -49,7 +48,7 @@ interface Paced {
 /** A paced connection through alice's forward to bob's echo server, `seconds` long. */
 function pacedEcho(n: NatdLab, seconds: number): Promise<Paced> {
   const h = n.lab.hosts.alice!
-  const child = n.lab.spawn(h.ns, [process.execPath, path.join(ROOT, 'test/lab/fixtures/paced-echo-client.mjs'), String(FWD_PORT), String(seconds * PACE_BYTES_PER_S), String(PACE_BYTES_PER_S)])
+  const child = n.lab.spawn(h.ns, [process.execPath, path.join(ROOT, 'test/lab/fixtures/paced-echo-client.ts'), String(FWD_PORT), String(seconds * PACE_BYTES_PER_S), String(PACE_BYTES_PER_S)])
   let out = ''
   child.stdout?.on('data', (d: Buffer) => (out += d.toString()))
   return new Promise((resolve, reject) => {
@@ -114,23 +113,19 @@ describe.skipIf(!labAvailable())('tunnels survive a changed path', () => {
     await withLab(pair('easy', 'easy'), async (n) => {
       await setUp(n, 'auto')
       await across(n, 'bob\'s router, new public port', CP_BYTES, async () => {
-        await newPublicPort(n.lab, 'bob')
+        await n.lab.renewPort('bob')
         return Date.now()
       })
       await across(n, 'alice\'s router, new public address', CP_BYTES, async () => {
-        await newPublicAddress(n.lab, 'alice')
+        await n.lab.renumber('alice')
         return Date.now()
       })
       await across(n, 'bob\'s WAN dark 10 s', CP_BYTES, async () => {
-        const dark = await darkWan(n.lab, 'bob')
-        await new Promise((r) => setTimeout(r, 10_000))
-        await dark.restore()
+        await n.lab.outage('bob', 10_000)
         return Date.now()
       })
       await across(n, 'alice\'s WAN dark 30 s', CP_BYTES, async () => {
-        const dark = await darkWan(n.lab, 'alice')
-        await new Promise((r) => setTimeout(r, 30_000))
-        await dark.restore()
+        await n.lab.outage('alice', 30_000)
         return Date.now()
       })
       expect(n.log('alice')).toMatch(/tunnel resumed/)

@@ -20,7 +20,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { createLab, labAvailable, type LabSpec } from './lab.js'
-import { DIST, NatdLab, SERVER_PORT, waitFor } from './natd-lab.js'
+import { DIST, errorCode, NatdLab, SERVER_PORT, waitFor } from './natd-lab.js'
 
 const MiB = 1024 * 1024
 const ECHO_PORT = 7000
@@ -372,7 +372,7 @@ describe.skipIf(!labAvailable())('natd as a system service', () => {
       expect(fs.readdirSync(proofDir)).toEqual([])
       expect(s.log('alice')).not.toContain('uid proof')
       const outsider = await s.natctl('alice', ['status'], OUTSIDER)
-      expect(outsider.code).toBe(1)
+      expect([outsider.code, errorCode(outsider)]).toEqual([1, 'PERMISSION_DENIED'])
       expect(outsider.stderr).toBe(`natctl: permission denied on ${alice.socket}: add yourself to group natd\n`)
       // JSON lines without colour when not on a TTY, one per event.
       const lines = s.log('alice').trim().split('\n')

@@ -9,7 +9,7 @@
 import { describe, expect, it } from 'vitest'
 import { labAvailable } from './lab.js'
 import { linkFor, withLinks } from './grid.js'
-import { NatdLab, pair, startPair, waitFor, withLab } from './natd-lab.js'
+import { errorCode, NatdLab, pair, startPair, waitFor, withLab } from './natd-lab.js'
 
 const MiB = 1024 * 1024
 
@@ -116,7 +116,7 @@ describe.skipIf(!labAvailable())('TCP hole punching', () => {
       await startPair(n)
       const r = await n.natctl('alice', ['open', 'bob', '--via', 'tcp', '--timeout', '3s'])
       expect(r.code).toBe(1)
-      expect((r.json as { error: { code: string; message: string } }).error.code).toBe('PUNCH_TIMEOUT')
+      expect(errorCode(r)).toBe('PUNCH_TIMEOUT')
       expect(r.stderr).toMatch(/no direct TCP path in \d+ ms: \d+ connect attempts/)
       // Nothing half-made: no tunnel, and the agent still works.
       expect((await n.natctl('alice', ['tunnels'])).json).toEqual([])

@@ -9,7 +9,7 @@
 import { describe, expect, it } from 'vitest'
 import { NAMES_POLL_MS } from '../../src/rendezvous/file-name-store.js'
 import { labAvailable, type LabSpec, type NatKind } from './lab.js'
-import { NatdLab, pair, startPair, waitFor, withLab } from './natd-lab.js'
+import { errorCode, NatdLab, pair, startPair, waitFor, withLab } from './natd-lab.js'
 
 const MiB = 1024 * 1024
 const ECHO_PORT = 7000
@@ -152,7 +152,7 @@ describe.skipIf(!labAvailable())('punched UDP tunnels', () => {
       await n.waitRegistered('bob')
       const r = await n.natctl('alice', ['open', 'bob'])
       expect(r.code).toBe(4)
-      expect((r.json as { error: { code: string } }).error.code).toBe('KEY_MISMATCH')
+      expect(errorCode(r)).toBe('KEY_MISMATCH')
       expect(r.stderr).toMatch(/KEY_MISMATCH/)
       expect(n.log('alice')).toMatch(/KEY_MISMATCH/)
       // alice checks the new ID with bob's owner and pins it out of band.

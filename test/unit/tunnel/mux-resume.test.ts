@@ -13,8 +13,9 @@ import { afterEach, describe, expect, it } from 'vitest'
 import { silentLogger } from '../../../src/protocol/log.js'
 import { decodeMux, encodeMux, MAX_DATA_BYTES, type MuxFrame } from '../../../src/protocol/mux.js'
 import { CHANNEL_WINDOW_BYTES, type MuxChannel } from '../../../src/tunnel/mux-channel.js'
-import { ACK_EVERY_FRAMES, Mux, REPLAY_MAX_BYTES, type MessageStream } from '../../../src/tunnel/mux.js'
+import { ACK_DELAY_MS, ACK_EVERY_FRAMES, Mux, REPLAY_MAX_BYTES, type MessageStream } from '../../../src/tunnel/mux.js'
 import { onFreshTunnel, onResumeRequest, SIMULTANEOUS_OPEN_MS, type ResumableTunnel } from '../../../src/tunnel/resume.js'
+import { FakeClock } from '../helpers.js'
 import { messagePipe, settle, until } from './pipe.js'
 
 const MiB = 1024 * 1024
@@ -91,6 +92,31 @@ describe('Mux: ACKs', () => {
     expect(acks.length).toBeLessThan(ACK_EVERY_FRAMES)
     await until(() => a.unacknowledged.frames === 0, 'A to be acknowledged', 2_000)
     expect(acks.at(-1)).toBe(2) // OPEN and DATA
+  })
+
+  it('the delayed ACK runs on the injected clock: none before ACK_DELAY_MS of its time, one at it', async () => {
+    const pipe = messagePipe()
+    const clock = new FakeClock()
+    const a = mux(pipe.a, true)
+    const b = new Mux(pipe.b, false, silentLogger, clock)
+    muxes.push(b)
+    echo(b)
+    const acks: number[] = []
+    pipe.tap = (from, frame) => {
+      const f = decodeMux(frame)
+      if (from === 'b' && f.type === 'ack') acks.push(f.received)
+    }
+    const ch = a.openChannel(7)
+    let echoed = 0
+    ch.on('data', (d: Buffer) => (echoed += d.length))
+    ch.on('error', () => undefined) // closed by afterEach
+    ch.write(Buffer.from('hello'))
+    await until(() => echoed === 5, 'the echo')
+    await settle(20)
+    clock.advance(ACK_DELAY_MS - 1)
+    expect(acks).toEqual([])
+    clock.advance(1)
+    expect(acks).toEqual([2]) // OPEN and DATA
   })
 })
 

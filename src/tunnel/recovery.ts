@@ -1,0 +1,104 @@
+/**
+ * What the manager does for a tunnel after it came up, in the background: while a tunnel
+ * we opened migrates (its path died), ask for a new introduction and resume it on the
+ * path punched (resume.ts); while an `auto` tunnel is relayed, keep looking for a direct
+ * path (libp2p's DCUtR idea: a NAT that changes, or a peer that moves, may allow one
+ * later). Each loop runs for one tunnel and stops by itself when that tunnel is up again,
+ * direct, closed, replaced, or the manager closes. Both loops never reject.
+ *
+ * Who makes us do this work: our own tunnels only (the loops start from the manager, for
+ * tunnels it keeps); each attempt is one introduction (the server's rate limit counts
+ * it) and one punch inside the punching budget (budget.ts).
+ */
+import type { TimerClock } from '../protocol/clock.js'
+import { toNatdError } from '../protocol/errors.js'
+import type { Logger } from '../protocol/log.js'
+import type { PeerTarget } from '../protocol/peer-ref.js'
+import type { Via } from '../protocol/rendezvous.js'
+import type { Introduction } from './paths.js'
+import type { Tunnel } from './tunnel.js'
+
+/** A relayed `auto` tunnel tries a direct path this long after it came up, then at this period. */
+export const UPGRADE_FIRST_MS = 2_000
+export const UPGRADE_RETRY_MS = 5_000
+/** One upgrade attempt may take this long. */
+export const UPGRADE_TIMEOUT_MS = 5_000
+/**
+ * A migrating tunnel's opener asks for a new introduction this long after a failed
+ * attempt: the stall after the network comes back is at most about this plus one punch.
+ * 90 attempts in MIGRATE_GIVE_UP_MS stay inside the server's 120 introductions a minute.
+ */
+export const RESUME_RETRY_MS = 1_000
+/** One resume attempt (introduction, punch, handshake, RESUME answer) may take this long. */
+export const RESUME_ATTEMPT_MS = 5_000
+
+/** What the loops read of a tunnel. */
+export type RecoveringTunnel = Pick<Tunnel, 'peer' | 'path' | 'isOpen' | 'isUp' | 'isMigrating'>
+
+export interface RecoveryComponents<T extends RecoveringTunnel = Tunnel> {
+  clock: TimerClock
+  log: Logger
+  /** Asks the rendezvous server to introduce us to `target` again. */
+  introduce(target: string, via: Via): Promise<Introduction>
+  /** Checks our NAT again and tells the server when the verdict changed (before an upgrade attempt). */
+  refreshNat(): Promise<void>
+  /**
+   * Punches the paths the introduction asks for and keeps the winner: it resumes
+   * `resuming`, or upgrades the relayed tunnel to the peer when null (manager.ts).
+   */
+  establish(intro: Introduction, timeoutMs: number, expected: PeerTarget, resuming: T | null): Promise<unknown>
+  /** The tunnel the manager keeps for this peer now: a loop for any other stops. */
+  current(peerId: string): T | undefined
+  /** True once the manager closed (daemon shutdown): every loop stops. */
+  closed(): boolean
+}
+
+export class TunnelRecovery<T extends RecoveringTunnel = Tunnel> {
+  constructor(private readonly c: RecoveryComponents<T>) {}
+
+  private kept(tunnel: T): boolean {
+    return !this.c.closed() && this.c.current(tunnel.peer.id) === tunnel
+  }
+
+  /**
+   * Looks for a new path while `tunnel` (which we opened) migrates: asks the server for
+   * a new introduction the way the tunnel was opened (`via`), punches, resumes. Stops
+   * when the tunnel is up again or closed (it gives up by itself). Never rejects.
+   */
+  async resume(tunnel: T, via: Via): Promise<void> {
+    while (tunnel.isMigrating && this.kept(tunnel)) {
+      try {
+        const intro = await this.c.introduce(tunnel.peer.id, via)
+        if (!tunnel.isMigrating) return
+        await this.c.establish(intro, RESUME_ATTEMPT_MS, { name: null, id: tunnel.peer.id }, tunnel)
+      } catch (err) {
+        const e = toNatdError(err)
+        this.c.log.debug('resume attempt failed', { peer: tunnel.peer.name, code: e.code, err: e.message })
+      }
+      if (tunnel.isMigrating) await this.c.clock.sleep(RESUME_RETRY_MS)
+    }
+  }
+
+  /**
+   * Keeps looking for a direct path while `tunnel` is relayed: first after
+   * UPGRADE_FIRST_MS, then every UPGRADE_RETRY_MS; a migrating tunnel's resume comes
+   * first. Never rejects.
+   */
+  async upgrade(tunnel: T): Promise<void> {
+    let wait = UPGRADE_FIRST_MS
+    while (!this.c.closed()) {
+      await this.c.clock.sleep(wait)
+      wait = UPGRADE_RETRY_MS
+      if (!tunnel.isOpen || tunnel.path !== 'relay' || !this.kept(tunnel)) return
+      if (!tunnel.isUp) continue // migrating: its resume comes first
+      try {
+        await this.c.refreshNat()
+        const intro = await this.c.introduce(tunnel.peer.id, 'direct')
+        await this.c.establish(intro, UPGRADE_TIMEOUT_MS, { name: null, id: tunnel.peer.id }, null)
+      } catch (err) {
+        const e = toNatdError(err)
+        this.c.log.debug('no direct path yet', { peer: tunnel.peer.name, code: e.code, err: e.message })
+      }
+    }
+  }
+}
