@@ -66,9 +66,9 @@ const PACED_BYTES = 8 * PACED_BYTES_PER_S
 const RELAY_LOST_DEAD_MS = 3_000
 const RELAY_LOST_GIVE_UP_MS = 60_000
 
-/** A paced, echoed, sha256-checked connection from `host` to its local `port` (test/lab/fixtures/paced-echo-client.mjs). */
+/** A paced, echoed, sha256-checked connection from `host` to its local `port` (test/lab/fixtures/paced-echo-client.ts). */
 function pacedEcho(n: NatdLab, host: string, port: number, bytes: number, perS: number): Promise<{ ok: boolean; error: string | null; received: number; maxGapMs: number; maxGapEndedAt: number }> {
-  const child = n.lab.spawn(n.lab.hosts[host]!.ns, [process.execPath, path.resolve('test/lab/fixtures/paced-echo-client.mjs'), String(port), String(bytes), String(perS)])
+  const child = n.lab.spawn(n.lab.hosts[host]!.ns, [process.execPath, path.resolve('test/lab/fixtures/paced-echo-client.ts'), String(port), String(bytes), String(perS)])
   let out = ''
   child.stdout?.on('data', (d: Buffer) => (out += d.toString()))
   return new Promise((resolve, reject) => child.once('exit', (code) => {
