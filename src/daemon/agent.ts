@@ -27,6 +27,7 @@ import { Forwards } from './forwards.js'
 import { Files, FILE_SERVICE } from './files.js'
 import { KnownPeers } from './known-peers.js'
 import { Messages, MESSAGE_SERVICE } from './messages.js'
+import { PathCheck } from './path-check.js'
 import { RendezvousClient } from './rendezvous-client.js'
 import { lanEndpoints, NatMonitor } from './nat-monitor.js'
 import { TunnelHost, type ChannelHandler } from './tunnel-host.js'
@@ -141,7 +142,8 @@ export class Agent {
         clock: this.clock,
         // Ports our gateway mapped first (protocol/lan.ts: the server keeps them only at our own address).
         lan: () => [...this.mappedEndpoints(), ...lanEndpoints(this.localPort)],
-        nat: () => this.nat?.verdict ?? 'unknown'
+        nat: () => this.nat?.verdict ?? 'unknown',
+        urgent: () => this.tunnels?.list().some((t) => t.isMigrating) ?? false
       }
     )
     this.client = client
@@ -197,6 +199,16 @@ export class Agent {
     tunnels.on('path', (t, from) => this.emitTunnel(t, 'up', `path upgraded from ${from}`))
     tunnels.on('migrating', (t, reason) => this.emitTunnel(t, 'migrating', reason))
     tunnels.on('resumed', (t, stalledMs) => this.emitTunnel(t, 'up', `resumed after ${stalledMs} ms`))
+    // A silent tunnel: our own mapping may have changed; the server tells us in a round trip.
+    const pathCheck = new PathCheck({
+      probe: () => client.probe(),
+      peerRecord: async (id) => (client.state.kind === 'registered' ? ((await client.list()).find((p) => peerId(p.publicKey) === id) ?? null) : null),
+      pathChanged: (reason) => tunnels.pathChanged(reason),
+      clock: this.clock,
+      log: log.child({ component: 'path-check' })
+    })
+    tunnels.on('suspect', (t) => pathCheck.onSuspect(t))
+    client.on('moved', () => pathCheck.onMoved())
     this.forwards = new Forwards({
       store: this.c.store,
       tunnels,

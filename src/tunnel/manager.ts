@@ -44,10 +44,31 @@ export const UPGRADE_TIMEOUT_MS = 5_000
  * 90 attempts in MIGRATE_GIVE_UP_MS stay inside the server's 120 introductions a minute.
  */
 export const RESUME_RETRY_MS = 1_000
+/**
+ * While we are not registered (our mapping changed and the agent registers again) the
+ * opener asks again this soon: the introduction fails locally, nothing is sent (the
+ * server's 120 introductions a minute are not spent).
+ */
+export const RESUME_UNREGISTERED_RETRY_MS = 100
 /** A young tunnel that would beat a fresh one in the tie-break must answer a ping this fast (resume.ts). */
 export const TWIN_PROBE_MS = 1_500
-/** One resume attempt (introduction, punch, handshake, RESUME answer) may take this long. */
-export const RESUME_ATTEMPT_MS = 5_000
+/**
+ * One resume attempt (introduction, punch, handshake, RESUME answer) may take this long:
+ * enough at 300 ms RTT (an open takes ~1.3 s there), short enough that an attempt made
+ * while the peer was away does not hold back the one that can succeed once it is back.
+ */
+export const RESUME_ATTEMPT_MS = 3_000
+/**
+ * The first resume attempt may take RESUME_ATTEMPT_RTTS of the tunnel's round trip, at
+ * least RESUME_ATTEMPT_MIN_MS; each next one twice as long up to RESUME_ATTEMPT_MS. An
+ * attempt made before the peer registered again (its mapping changed with ours, its
+ * control connection died with it) cannot succeed, and the next one should come soon;
+ * a punch and resume take ~4-5 round trips (docs/BENCHMARKS.md: opens of 3.3-4 RTTs).
+ */
+export const RESUME_ATTEMPT_RTTS = 10
+export const RESUME_ATTEMPT_MIN_MS = 600
+/** After a first failed attempt the opener asks again this soon (then RESUME_RETRY_MS). */
+export const RESUME_RETRY_FIRST_MS = 200
 
 /**
  * Which peers a tunnel may go to: the agent's known (pinned) peers. The daemon implements
@@ -106,6 +127,8 @@ interface ManagerEvents {
   path: [tunnel: Tunnel, from: PathKind]
   migrating: [tunnel: Tunnel, reason: string]
   resumed: [tunnel: Tunnel, stalledMs: number]
+  /** A tunnel silent while it waits for an answer (tunnel.ts SUSPECT_SILENT_MS). */
+  suspect: [tunnel: Tunnel]
 }
 
 export class TunnelManager extends EventEmitter<ManagerEvents> {
@@ -338,6 +361,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
           const received = current.detach()
           won.session.write(encodeMux({ type: 'resume', channel: 0, tunnelId: current.id, received }))
           if (!current.resume(won.session, ask.received, won.path, won.remote, won.transport)) throw new NatdError('BAD_REQUEST', `${name} resumed with an impossible frame count`)
+          current.peerEndpoints = { udp: intro.peer.udp, tcp: intro.peer.tcp }
           if (won.release) current.once('closed', won.release)
           return current
         }
@@ -372,6 +396,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     const log = this.c.log
     const introKey = Buffer.from(intro.introId).toString('hex')
     const tunnel = new Tunnel({ name, id }, path, remote, won.transport, introKey, intro.initiator, session, this.timing, this.c.clock, log.child({ peer: name }))
+    tunnel.peerEndpoints = { udp: intro.peer.udp, tcp: intro.peer.tcp }
     if (intro.initiator) this.vias.set(tunnel, intro.via)
     tunnel.mux.on('open', (req) => this.c.onChannel(tunnel, req))
     if (won.release) tunnel.once('closed', won.release)
@@ -381,6 +406,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
       if (tunnel.opener) void this.resumeLoop(tunnel)
     })
     tunnel.on('resumed', (stalledMs) => this.emit('resumed', tunnel, stalledMs))
+    tunnel.on('suspect', () => this.emit('suspect', tunnel))
     await this.register(tunnel)
     if (path === 'relay' && upgrade) void this.upgradeLoop(tunnel)
     log.info('tunnel up', { peer: name, path, transport: won.transport, remote: formatEndpoint(remote), punchMs: won.punchMs, sent: won.sent, strategy: won.strategy, initiator: intro.initiator, via: intro.via })
@@ -412,6 +438,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
         throw new NatdError(tunnel.isOpen ? 'BAD_REQUEST' : 'ABORTED', `${tunnel.peer.name} resumed with an impossible frame count, or the tunnel closed meanwhile`)
       }
       if (won.release) tunnel.once('closed', won.release)
+      tunnel.peerEndpoints = { udp: intro.peer.udp, tcp: intro.peer.tcp }
       return tunnel
     }
     tunnel.close('the peer no longer has this tunnel (it restarted or gave up)', { goodbye: false })
@@ -435,17 +462,32 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
    */
   private async resumeLoop(tunnel: Tunnel): Promise<void> {
     const via = this.vias.get(tunnel) ?? 'auto'
+    let attemptMs = Math.min(RESUME_ATTEMPT_MS, Math.max(RESUME_ATTEMPT_MIN_MS, RESUME_ATTEMPT_RTTS * (tunnel.snapshot().rttMs ?? 0)))
+    let retryMs = RESUME_RETRY_FIRST_MS
     while (!this.closed && tunnel.isMigrating && this.tunnels.get(tunnel.peer.id) === tunnel) {
       try {
         const intro = await this.c.introduce(tunnel.peer.id, via)
         if (!tunnel.isMigrating) return
-        await this.establish(intro, RESUME_ATTEMPT_MS, { name: null, id: tunnel.peer.id }, tunnel)
+        const ms = attemptMs
+        attemptMs = Math.min(RESUME_ATTEMPT_MS, attemptMs * 2)
+        await this.establish(intro, ms, { name: null, id: tunnel.peer.id }, tunnel)
       } catch (err) {
         const e = toNatdError(err)
         this.c.log.debug('resume attempt failed', { peer: tunnel.peer.name, code: e.code, err: e.message })
+        // Registering again (our mapping changed): asking costs nothing until we are.
+        if ((e.code === 'NOT_REGISTERED' || e.code === 'SERVER_UNREACHABLE') && tunnel.isMigrating) {
+          await this.c.clock.sleep(RESUME_UNREGISTERED_RETRY_MS)
+          continue
+        }
       }
-      if (tunnel.isMigrating) await this.c.clock.sleep(RESUME_RETRY_MS)
+      if (tunnel.isMigrating) await this.c.clock.sleep(retryMs)
+      retryMs = RESUME_RETRY_MS
     }
+  }
+
+  /** Our side of every direct path changed (daemon/path-check.ts): those tunnels migrate now. */
+  pathChanged(reason: string): void {
+    for (const t of this.tunnels.values()) t.pathChanged(reason)
   }
 
   /**
