@@ -50,20 +50,21 @@ function median(xs: number[]): number {
   return s[Math.floor(s.length / 2)]!
 }
 
-/** Makes `fault` happen; resolves when connectivity is back (epoch ms). `moves` counts bob's moves so far. */
-async function inject(n: NatdLab, fault: Fault, moves: number): Promise<number> {
+/** Makes `fault` happen (on bob's site wherever bob is now); resolves when connectivity is back (epoch ms). */
+async function inject(n: NatdLab, fault: Fault): Promise<number> {
+  const bobSite = n.lab.hosts.bob!.site // 'lte' after an odd number of moves
   switch (fault) {
     case 'new_port':
-      await n.lab.renewPort('bob')
+      await n.lab.renewPort(bobSite)
       break
     case 'new_address':
       await n.lab.renumber('alice')
       break
     case 'move_site':
-      await n.lab.moveHost('bob', moves % 2 === 0 ? 'lte' : 'bob')
+      await n.lab.moveHost('bob', bobSite === 'bob' ? 'lte' : 'bob')
       break
     case 'outage_10s':
-      await n.lab.outage('bob', OUTAGE_MS)
+      await n.lab.outage(bobSite, OUTAGE_MS)
       break
   }
   return Date.now()
@@ -89,7 +90,6 @@ async function atRtt(rttMs: number): Promise<Record<string, FaultResult>> {
   const n = new NatdLab(await createLab(spec))
   let failed = true
   const out: Record<string, FaultResult> = {}
-  let moves = 0
   try {
     await n.startServer([])
     await n.startAgent('alice')
@@ -108,8 +108,7 @@ async function atRtt(rttMs: number): Promise<Record<string, FaultResult>> {
       for (let i = 0; i < REPS; i++) {
         const echo = pacedEcho(n, 'alice', FWD_PORT, PACE_SECONDS * PACE_BYTES_PER_S, PACE_BYTES_PER_S)
         await sleep(FAULT_AFTER_MS)
-        const backAt = await inject(n, fault, moves)
-        if (fault === 'move_site') moves++
+        const backAt = await inject(n, fault)
         const e = await echo
         if (!e.ok) {
           failures++
@@ -128,8 +127,7 @@ async function atRtt(rttMs: number): Promise<Record<string, FaultResult>> {
       const started = Date.now()
       const cp = n.natctl('alice', ['cp', file, 'bob:'], { timeoutMs: 600_000 })
       await waitFor(() => partialBytes(inbox) >= (CP_MIB * MiB) / 8, 120_000, 'bob has part of the file')
-      await inject(n, fault, moves)
-      if (fault === 'move_site') moves++
+      await inject(n, fault)
       const c = await cp
       const got = path.join(inbox, path.basename(file))
       const ok = c.code === 0 && (c.json as { sha256?: string } | null)?.sha256 === sha && fs.existsSync(got) && sha256File(got) === sha

@@ -28,6 +28,7 @@ import { Files, FILE_SERVICE } from './files.js'
 import { KnownPeers } from './known-peers.js'
 import { Messages, MESSAGE_SERVICE } from './messages.js'
 import { PathCheck } from './path-check.js'
+import { PeerPresence } from './peer-presence.js'
 import { RendezvousClient } from './rendezvous-client.js'
 import { lanEndpoints, NatMonitor } from './nat-monitor.js'
 import { TunnelHost, type ChannelHandler } from './tunnel-host.js'
@@ -71,6 +72,7 @@ export class Agent {
   private readonly udx = new UDX()
   private socket: UDXSocket | null = null
   private client: RendezvousClient | null = null
+  private presence: PeerPresence | null = null
   private tunnels: TunnelManager | null = null
   private forwards: Forwards | null = null
   private messages: Messages | null = null
@@ -148,6 +150,11 @@ export class Agent {
     )
     this.client = client
     let registeredBefore = false
+    const presence = new PeerPresence((event, peer, reason) => {
+      this.c.log.info(event === 'up' ? 'peer online' : 'peer offline', { peer: peer.name, id: peerId(peer.publicKey).slice(0, 8), ...(reason ? { reason } : {}) })
+      this.api?.emit(event === 'up' ? 'peer.up' : 'peer.down', peerInfo(peer, this.known, this.tunnels, () => reason))
+    })
+    this.presence = presence
     client.on('state', (state, error) => {
       this.api?.emit('server.state', { state: state.kind, error: error ? { code: error.code, message: error.message } : null })
       // Registered again after losing the server: often a network change, so our NAT may
@@ -155,11 +162,11 @@ export class Agent {
       if (state.kind === 'registered') {
         if (registeredBefore) void this.nat?.recheck() // never rejects
         registeredBefore = true
-      }
+        if (presence.wantsList) void client.list().then((peers) => presence.listed(peers), () => undefined) // a failure ends the session
+      } else presence.serverLost()
     })
-    client.on('peer', (event, peer) => {
-      this.c.log.info(event === 'up' ? 'peer online' : 'peer offline', { peer: peer.name, id: peerId(peer.publicKey).slice(0, 8) })
-      this.api?.emit(event === 'up' ? 'peer.up' : 'peer.down', peerInfo(peer, this.known, this.tunnels))
+    client.on('peer', (event, peer, reason) => {
+      presence.onEvent(event, peer, reason)
       if (event === 'down') this.onPeerOffline(peer)
     })
     this.natCheck = new NatCheck((buf, to) => socket.trySend(buf, to.port, to.host))
@@ -369,7 +376,7 @@ export class Agent {
 
   /** What the API reaches (api-handlers.ts); read at each call, as parts appear while the agent starts. */
   private parts(): AgentParts {
-    return { status: () => this.status(), client: this.client, tunnels: this.tunnels, forwards: this.forwards, messages: this.messages, files: this.files, streams: this.streams, nat: this.nat, exposes: this.exposes, known: this.known }
+    return { status: () => this.status(), client: this.client, tunnels: this.tunnels, forwards: this.forwards, messages: this.messages, files: this.files, streams: this.streams, nat: this.nat, exposes: this.exposes, known: this.known, ...(this.presence ? { presence: this.presence } : {}) }
   }
 
   /**

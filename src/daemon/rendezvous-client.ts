@@ -17,7 +17,7 @@ import { NatdError, toNatdError } from '../protocol/errors.js'
 import { peerId, secretProof, sign, timingSafeEqual, type KeyPair } from '../protocol/identity.js'
 import type { Timer, TimerClock } from '../protocol/clock.js'
 import type { Logger } from '../protocol/log.js'
-import { decode, encode, encodeRegister, encodeRegisterUnsigned, opened, type Message, type NatVerdict, type OutgoingMessage, type PeerRecord, type Via } from '../protocol/rendezvous.js'
+import { decode, encode, encodeRegister, encodeRegisterUnsigned, opened, type Message, type NatVerdict, type OutgoingMessage, type PeerDownReason, type PeerRecord, type Via } from '../protocol/rendezvous.js'
 import type { Introduction } from '../tunnel/paths.js'
 import { ControlConnection, serverError } from './control-connection.js'
 import { resolveServers, type ServerSpec } from './server-address.js'
@@ -107,7 +107,7 @@ export interface RendezvousClientComponents {
 
 interface ClientEvents {
   state: [state: ClientState, error: NatdError | null]
-  peer: [event: 'up' | 'down', peer: PeerRecord]
+  peer: [event: 'up' | 'down', peer: PeerRecord, reason: PeerDownReason | undefined]
   introduction: [intro: Introduction]
   /** The server saw our heartbeats come from another mapping (our NAT or address changed). */
   moved: []
@@ -336,7 +336,7 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
         this.probePongs.get(msg.seq)?.()
         return
       case 'peer-event':
-        this.emit('peer', msg.event, msg.peer)
+        this.emit('peer', msg.event, msg.peer, msg.reason)
         return
       case 'introduction':
         // reqId 0: a peer asked for us. Another is a reply that came after its request gave up.
