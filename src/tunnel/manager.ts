@@ -16,6 +16,7 @@ import type { OpenRequest } from './mux.js'
 import { planPaths } from './path-plan.js'
 import { offersMapping, Paths, type Established, type Introduction, type PathComponents } from './paths.js'
 import { firstOf } from './failures.js'
+import { LossyWatch } from './lossy-path.js'
 import { asResume, firstFrame, onFreshTunnel, onResumeRequest, RESUME_ANSWER_MS, SIMULTANEOUS_OPEN_MS } from './resume.js'
 import { GOODBYE_LINGER_MS, Tunnel, type PathKind, type TunnelTiming } from './tunnel.js'
 
@@ -407,6 +408,12 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     })
     tunnel.on('resumed', (stalledMs) => this.emit('resumed', tunnel, stalledMs))
     tunnel.on('suspect', () => this.emit('suspect', tunnel))
+    if (intro.initiator && intro.via === 'auto') {
+      const lossy = new LossyWatch(this.c.clock)
+      tunnel.on('lossy', () => {
+        if (tunnel.isUp && tunnel.path === 'direct-tcp' && lossy.onLossy()) void this.moveToUdp(tunnel)
+      })
+    }
     await this.register(tunnel)
     if (path === 'relay' && upgrade) void this.upgradeLoop(tunnel)
     log.info('tunnel up', { peer: name, path, transport: won.transport, remote: formatEndpoint(remote), punchMs: won.punchMs, sent: won.sent, strategy: won.strategy, initiator: intro.initiator, via: intro.via })
@@ -461,7 +468,14 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
    * tunnel is up again or closed (it gives up by itself). Never rejects.
    */
   private async resumeLoop(tunnel: Tunnel): Promise<void> {
-    const via = this.vias.get(tunnel) ?? 'auto'
+    const opened = this.vias.get(tunnel) ?? 'auto'
+    // A direct-tcp path gone silent (no changed mapping) is often a lossy one: `auto`
+    // tries UDP first (lossy-path.ts), then as it was opened.
+    let via: Via = opened
+    if (opened === 'auto' && tunnel.path === 'direct-tcp' && tunnel.migratedBySilence) {
+      via = 'udp'
+      this.c.log.info('direct-tcp path lossy, trying UDP', { peer: tunnel.peer.name, how: 'resume' })
+    }
     let attemptMs = Math.min(RESUME_ATTEMPT_MS, Math.max(RESUME_ATTEMPT_MIN_MS, RESUME_ATTEMPT_RTTS * (tunnel.snapshot().rttMs ?? 0)))
     let retryMs = RESUME_RETRY_FIRST_MS
     while (!this.closed && tunnel.isMigrating && this.tunnels.get(tunnel.peer.id) === tunnel) {
@@ -470,6 +484,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
         if (!tunnel.isMigrating) return
         const ms = attemptMs
         attemptMs = Math.min(RESUME_ATTEMPT_MS, attemptMs * 2)
+        via = opened
         await this.establish(intro, ms, { name: null, id: tunnel.peer.id }, tunnel)
       } catch (err) {
         const e = toNatdError(err)
@@ -482,6 +497,22 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
       }
       if (tunnel.isMigrating) await this.c.clock.sleep(retryMs)
       retryMs = RESUME_RETRY_MS
+    }
+  }
+
+  /**
+   * `auto` moves a lossy direct-tcp tunnel we opened to UDP (lossy-path.ts): a UDP
+   * introduction, a punch, a RESUME on the new session. Never rejects.
+   */
+  private async moveToUdp(tunnel: Tunnel): Promise<void> {
+    this.c.log.info('direct-tcp path lossy, trying UDP', { peer: tunnel.peer.name })
+    try {
+      const intro = await this.c.introduce(tunnel.peer.id, 'udp')
+      if (!tunnel.isUp || tunnel.path !== 'direct-tcp') return
+      await this.establish(intro, RESUME_ATTEMPT_MS, { name: null, id: tunnel.peer.id }, tunnel)
+    } catch (err) {
+      const e = toNatdError(err)
+      this.c.log.info('no UDP path for the lossy tunnel, it stays on direct-tcp', { peer: tunnel.peer.name, code: e.code, err: e.message })
     }
   }
 

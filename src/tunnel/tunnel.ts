@@ -104,6 +104,8 @@ interface TunnelEvents {
   resumed: [stalledMs: number]
   /** Silent for SUSPECT_SILENT_MS while waiting for an answer (again at each further SUSPECT_SILENT_MS of it). */
   suspect: []
+  /** A suspect silence ended with the path heard again while up: the path is lossy, not gone. */
+  lossy: [silentMs: number]
 }
 
 export class Tunnel extends EventEmitter<TunnelEvents> {
@@ -125,6 +127,8 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
    * (tunnel/manager.ts sets it): the server showing others means the peer's mapping moved.
    */
   peerEndpoints: { udp: Endpoint | null; tcp: Endpoint | null } | null = null
+  /** The last migration came from silence (lossy or gone), not a closed session or a changed mapping. */
+  migratedBySilence = false
   private lastMigratingPing = 0
   /** The tunnel's id for resumes: the id of the introduction that opened it. */
   readonly id: Uint8Array
@@ -199,7 +203,9 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
   }
 
   private onHeard(): void {
-    this.lastHeard = this.clock.now()
+    const now = this.clock.now()
+    if (this.suspected > 0 && this.current.kind === 'up') this.emit('lossy', now - Math.max(this.lastHeard, this.waitingSince ?? 0))
+    this.lastHeard = now
     this.suspected = 0
     // The old path came back (a short outage, the same mappings) before a new one was found.
     if (this.current.kind === 'migrating' && this.session && !this.session.destroyed) this.backUp('old path', this.route)
@@ -215,9 +221,10 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
   }
 
   /** The path is gone: keep the channels, wait for a new session (or the old path). */
-  private migrate(reason: string): void {
+  private migrate(reason: string, bySilence = false): void {
     const was = this.current
     if (was.kind !== 'up') return
+    this.migratedBySilence = bySilence
     this.transition({ kind: 'migrating', since: this.clock.now(), reason, path: was.path, remote: was.remote, transport: was.transport })
     this.emit('migrating', reason)
   }
@@ -378,7 +385,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     if (this.current.kind === 'migrating') return // onLivenessCheck gives up in time
     this.mux.trimReplay()
     if (this.clock.now() - this.lastHeard > this.timing.deadMs) {
-      this.migrate(`path silent for ${formatDuration(this.timing.deadMs)}`)
+      this.migrate(`path silent for ${formatDuration(this.timing.deadMs)}`, true)
       return
     }
     this.ping(this.timing.deadMs).catch(() => undefined)
@@ -409,7 +416,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
       this.suspected++
       this.emit('suspect')
     }
-    if (silentMs > limit) this.migrate(`no answer for ${formatDuration(limit)}`)
+    if (silentMs > limit) this.migrate(`no answer for ${formatDuration(limit)}`, true)
   }
 
   /** Closes the tunnel; with goodbye the peer learns at once instead of after DEAD_MS. */

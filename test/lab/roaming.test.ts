@@ -11,7 +11,8 @@
  * NAT, same processes), or a WAN goes dark for 10 s or 30 s. What a user must see: the
  * connection and the copy finish intact, no reset, the same tunnel, and the stall after
  * connectivity returns (printed; the timing targets belong to the benchmark). Then 20%
- * loss on each direct path (tunnel kept, transfers intact), and a peer whose daemon
+ * loss on each direct path (tunnel kept, transfers intact), `auto` moving a direct-tcp
+ * path that turns lossy to UDP (lossy-path.ts), and a peer whose daemon
  * restarts gets the fresh tunnel (a stale one never wins).
  */
 import fs from 'node:fs'
@@ -142,6 +143,36 @@ describe.skipIf(!labAvailable())('tunnels survive a changed path', () => {
       }
     })
   }, 180_000)
+
+  it('auto on a direct-tcp path that turns lossy (20% loss on TCP only, UDP clean) moves the same tunnel to direct-udp; the forwarded connection and a cp stay intact', async () => {
+    await withLab(pair('easy', 'easy'), async (n) => {
+      await setUp(n, 'auto')
+      const before = (await tunnels(n, 'alice'))[0]!
+      expect(before.path).toBe('direct-tcp')
+      // TCP between the sites only (not the control connections to the server).
+      const server = n.lab.server.ip
+      const loss = ['FORWARD', '-p', 'tcp', '!', '-s', server, '!', '-d', server, '-m', 'statistic', '--mode', 'random', '--probability', '0.2', '-j', 'DROP']
+      const bob = n.lab.routers.bob!.ns
+      expect((await n.lab.exec(bob, ['iptables', '-I', ...loss])).code).toBe(0)
+      try {
+        const echo = pacedEcho(n, 'alice', FWD_PORT, 12 * PACE_BYTES_PER_S, PACE_BYTES_PER_S)
+        const movedMs = await waitFor(async () => (await tunnels(n, 'alice'))[0]?.path === 'direct-udp', 60_000, 'alice\'s tunnel moves to direct-udp')
+        const file = path.join(n.dir, 'lossy.bin')
+        const sha = writeRandomFile(file, 16 * MiB)
+        const cp = await n.natctl('alice', ['cp', file, 'bob:'], { timeoutMs: 120_000 })
+        expect(cp.code, cp.stderr).toBe(0)
+        expect((cp.json as { sha256: string }).sha256).toBe(sha)
+        const e = await echo
+        expect(e, JSON.stringify(e)).toMatchObject({ ok: true, error: null })
+        const after = await tunnels(n, 'alice')
+        expect(after).toEqual([expect.objectContaining({ peer: 'bob', state: 'up', path: 'direct-udp', since: before.since })])
+        expect(n.log('alice')).toMatch(/direct-tcp path lossy, trying UDP/)
+        process.stdout.write(`20% loss on TCP only: moved to direct-udp after ${movedMs} ms; connection (longest stall ${e.maxGapMs} ms) and 16 MiB cp intact\n`)
+      } finally {
+        await n.lab.exec(bob, ['iptables', '-D', ...loss])
+      }
+    })
+  }, 150_000)
 
   it('a peer whose daemon restarts gets the fresh tunnel: the side that did not notice drops its stale one instead of refusing the new one as a duplicate', async () => {
     await withLab(pair('easy', 'easy'), async (n) => {

@@ -231,6 +231,27 @@ describe('Tunnel: a silent path is suspect long before it is gone (issue #15)', 
     expect(a.isMigrating).toBe(true)
   })
 
+  it("a suspect silence that ends with the path heard again is 'lossy' (not gone): the tunnel stays up", async () => {
+    const clock = new FakeClock()
+    const { pipe, a } = pair(clock, { keepaliveMs: 5_000, deadMs: 15_000 })
+    const lossy: number[] = []
+    a.on('lossy', (ms) => lossy.push(ms))
+    await clock.pass(12_000)
+    expect(lossy).toEqual([]) // positive control: answers come, nothing suspect
+    pipe.up = false
+    let suspects = 0
+    a.on('suspect', () => suspects++)
+    for (let i = 0; i < 120 && suspects === 0; i++) await clock.pass(50)
+    expect(suspects).toBe(1)
+    pipe.up = true // the lost frames are not resent by the pipe: a new ping's pong is heard
+    void a.ping(1_000).catch(() => undefined)
+    await clock.pass(100)
+    expect(lossy).toHaveLength(1)
+    expect(lossy[0]).toBeGreaterThanOrEqual(SUSPECT_SILENT_MS)
+    expect(a.isUp).toBe(true)
+    expect(a.migratedBySilence).toBe(false)
+  })
+
   it('pathChanged() migrates a direct tunnel at once (channels kept), and the old path heard again brings it up; a relayed tunnel is left alone', async () => {
     const { a, b, closed } = pair()
     const ch = a.mux.openChannel(80)
