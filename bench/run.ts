@@ -7,7 +7,7 @@
  *                                                               baselines: iperf3, bare UDX)
  *
  * Options: --quick (fewer repetitions, smaller transfers), --skip-capacity, --skip-footprint,
- * --skip-files, --skip-relay, --skip-grid, --mib N, --only SECTION (throughput | open | relay | capacity | footprint | files | grid | cluster: three
+ * --skip-files, --skip-relay, --skip-grid, --skip-roaming, --mib N, --only SECTION (throughput | open | relay | capacity | footprint | files | grid | roaming | cluster: three
  * rendezvous instances on Redis beside one, ~30 min, only when asked),
  * --baselines ssh_L,wireguard_go,hyperdht|none (bench/baselines.ts; all by default), --no-fairness,
  * --reps N, --via udp,tcp,relay (which forwards to run), --agent-node-options '…' (Node flags
@@ -369,6 +369,16 @@ function capacityCluster(): Record<string, unknown> {
   return r
 }
 
+/** Runs a bench script that writes its results to `--json FILE` (its progress to stderr); prints and returns them. */
+function jsonBench(script: string): unknown {
+  const out = path.join(ROOT, `bench/results/.${path.basename(script, '.ts')}.json`)
+  execFileSync(node, ['--disable-warning=ExperimentalWarning', script, '--json', out, ...(QUICK ? ['--quick'] : [])], { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] })
+  const parsed = JSON.parse(fs.readFileSync(out, 'utf8')) as unknown
+  fs.rmSync(out)
+  console.log(JSON.stringify(parsed, null, 2))
+  return parsed
+}
+
 /** The figures the project has targets for, each beside its target (docs/BENCHMARKS.md explains them). */
 function printSummary(r: Record<string, unknown>): void {
   const rows: Array<[string, string, string]> = []
@@ -447,13 +457,10 @@ if (runs('files') && fs.existsSync(fileBench)) {
 }
 // The NAT grid and the CGN grid at several RTTs with jitter and loss (open time per pair in RTTs).
 const gridBench = path.join(ROOT, 'bench/grid-conditions.ts')
-if (runs('grid') && fs.existsSync(gridBench)) {
-  const gridFile = path.join(ROOT, 'bench/results/.grid.json')
-  execFileSync(node, ['--disable-warning=ExperimentalWarning', gridBench, '--json', gridFile, ...(QUICK ? ['--quick'] : [])], { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] })
-  results.grid = JSON.parse(fs.readFileSync(gridFile, 'utf8')) as unknown
-  fs.rmSync(gridFile)
-  console.log(JSON.stringify(results.grid, null, 2))
-}
+if (runs('grid') && fs.existsSync(gridBench)) results.grid = jsonBench(gridBench)
+// Roaming stall per fault and RTT, and a 256 MiB cp across each fault (bench/roaming.ts).
+const roamingBench = path.join(ROOT, 'bench/roaming.ts')
+if (runs('roaming') && fs.existsSync(roamingBench)) results.roaming = jsonBench(roamingBench)
 printSummary(results)
 const file = path.join(ROOT, 'bench/results', `${started.toISOString().slice(0, 19).replaceAll(':', '-')}.json`)
 fs.writeFileSync(file, JSON.stringify(results, null, 2) + '\n')

@@ -27,6 +27,8 @@ import { Forwards } from './forwards.js'
 import { Files, FILE_SERVICE } from './files.js'
 import { KnownPeers } from './known-peers.js'
 import { Messages, MESSAGE_SERVICE } from './messages.js'
+import { PathCheck } from './path-check.js'
+import { PeerPresence } from './peer-presence.js'
 import { RendezvousClient } from './rendezvous-client.js'
 import { lanEndpoints, NatMonitor } from './nat-monitor.js'
 import { TunnelHost, type ChannelHandler } from './tunnel-host.js'
@@ -76,6 +78,7 @@ export class Agent {
   /** The IPv6 socket (ipv6-socket.ts), null when the host has no IPv6. */
   private socket6: UDXSocket | null = null
   private client: RendezvousClient | null = null
+  private presence: PeerPresence | null = null
   private tunnels: TunnelManager | null = null
   private forwards: Forwards | null = null
   private messages: Messages | null = null
@@ -155,11 +158,17 @@ export class Agent {
         // Ports our gateway mapped first (protocol/lan.ts: the server keeps them only at our own address).
         lan: () => [...this.mappedEndpoints(), ...lanEndpoints(this.localPort)],
         nat: () => this.nat?.verdict ?? 'unknown',
-        ipv6: () => socket6 !== null && globalV6Addresses().length > 0
+        ipv6: () => socket6 !== null && globalV6Addresses().length > 0,
+        urgent: () => this.tunnels?.list().some((t) => t.isMigrating) ?? false
       }
     )
     this.client = client
     let registeredBefore = false
+    const presence = new PeerPresence((event, peer, reason) => {
+      this.c.log.info(event === 'up' ? 'peer online' : 'peer offline', { peer: peer.name, id: peerId(peer.publicKey).slice(0, 8), ...(reason ? { reason } : {}) })
+      this.api?.emit(event === 'up' ? 'peer.up' : 'peer.down', peerInfo(peer, this.known, this.tunnels, () => reason))
+    })
+    this.presence = presence
     client.on('state', (state, error) => {
       this.api?.emit('server.state', { state: state.kind, error: error ? { code: error.code, message: error.message } : null })
       // Registered again after losing the server: often a network change, so our NAT may
@@ -167,11 +176,11 @@ export class Agent {
       if (state.kind === 'registered') {
         if (registeredBefore) void this.nat?.recheck() // never rejects
         registeredBefore = true
-      }
+        if (presence.wantsList) void client.list().then((peers) => presence.listed(peers), () => undefined) // a failure ends the session
+      } else presence.serverLost()
     })
-    client.on('peer', (event, peer) => {
-      this.c.log.info(event === 'up' ? 'peer online' : 'peer offline', { peer: peer.name, id: peerId(peer.publicKey).slice(0, 8) })
-      this.api?.emit(event === 'up' ? 'peer.up' : 'peer.down', peerInfo(peer, this.known, this.tunnels))
+    client.on('peer', (event, peer, reason) => {
+      presence.onEvent(event, peer, reason)
       if (event === 'down') this.onPeerOffline(peer)
     })
     this.natCheck = new NatCheck((buf, to) => send(buf, to))
@@ -213,6 +222,16 @@ export class Agent {
     tunnels.on('migrating', (t, reason) => this.emitTunnel(t, 'migrating', reason))
     tunnels.on('resumed', (t, stalledMs) => this.emitTunnel(t, 'up', `resumed after ${stalledMs} ms`))
     if (this.init.metrics) await this.serveMetrics(this.init.metrics, tunnels)
+    // A silent tunnel: our own mapping may have changed; the server tells us in a round trip.
+    const pathCheck = new PathCheck({
+      probe: () => client.probe(),
+      peerRecord: async (id) => (client.state.kind === 'registered' ? ((await client.list()).find((p) => peerId(p.publicKey) === id) ?? null) : null),
+      pathChanged: (reason) => tunnels.pathChanged(reason),
+      clock: this.clock,
+      log: log.child({ component: 'path-check' })
+    })
+    tunnels.on('suspect', (t) => pathCheck.onSuspect(t))
+    client.on('moved', () => pathCheck.onMoved())
     this.forwards = new Forwards({
       store: this.c.store,
       tunnels,
@@ -392,7 +411,7 @@ export class Agent {
 
   /** What the API reaches (api-handlers.ts); read at each call, as parts appear while the agent starts. */
   private parts(): AgentParts {
-    return { status: () => this.status(), client: this.client, tunnels: this.tunnels, forwards: this.forwards, messages: this.messages, files: this.files, streams: this.streams, nat: this.nat, exposes: this.exposes, known: this.known }
+    return { status: () => this.status(), client: this.client, tunnels: this.tunnels, forwards: this.forwards, messages: this.messages, files: this.files, streams: this.streams, nat: this.nat, exposes: this.exposes, known: this.known, ...(this.presence ? { presence: this.presence } : {}) }
   }
 
   /**

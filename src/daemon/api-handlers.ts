@@ -15,6 +15,7 @@ import type { Exposes } from './exposes.js'
 import type { Files } from './files.js'
 import type { Forwards } from './forwards.js'
 import type { KnownPeers } from './known-peers.js'
+import type { DownReason, PeerPresence } from './peer-presence.js'
 import type { Messages } from './messages.js'
 import type { NatMonitor } from './nat-monitor.js'
 import type { RendezvousClient } from './rendezvous-client.js'
@@ -31,6 +32,8 @@ export interface AgentParts {
   nat: NatMonitor | null
   exposes: Exposes
   known: KnownPeers
+  /** Why each offline peer went (peer-presence.ts); absent in tests that need none. */
+  presence?: PeerPresence
 }
 
 function started<T>(part: T | null): T {
@@ -39,7 +42,7 @@ function started<T>(part: T | null): T {
 }
 
 /** A peer as `peers` and the peer.up/down events show it. */
-export function peerInfo(p: PeerRecord, known: Pick<KnownPeers, 'isPinned'>, tunnels: Pick<TunnelManager, 'get'> | null): PeerInfo {
+export function peerInfo(p: PeerRecord, known: Pick<KnownPeers, 'isPinned'>, tunnels: Pick<TunnelManager, 'get'> | null, why: (id: string) => DownReason | null = () => null): PeerInfo {
   const id = peerId(p.publicKey)
   return {
     name: p.name,
@@ -51,7 +54,8 @@ export function peerInfo(p: PeerRecord, known: Pick<KnownPeers, 'isPinned'>, tun
     lan: p.lan.map(formatEndpoint),
     nat: p.nat,
     pinned: known.isPinned({ name: p.name, id }),
-    tunnel: tunnels?.get(id)?.path ?? null
+    tunnel: tunnels?.get(id)?.path ?? null,
+    downReason: p.online ? null : (why(id) ?? 'unknown')
   }
 }
 
@@ -62,12 +66,13 @@ export function apiHandlers(parts: () => AgentParts): Handlers {
   return {
     status: () => parts().status(),
     peers: async () => {
-      const { client, known, tunnels: live } = parts()
-      const peers = (await started(client).list()).map((p) => peerInfo(p, known, live))
+      const { client, known, tunnels: live, presence } = parts()
+      const why = (id: string): DownReason | null => presence?.reason(id) ?? null
+      const peers = (await started(client).list()).map((p) => peerInfo(p, known, live, why))
       // Pinned peers the server did not list (offline and forgotten there, or unknown to it).
       for (const k of known.list()) {
         if (peers.some((p) => p.id === k.id)) continue
-        peers.push({ name: k.name, id: k.id, online: false, lastSeenAgoMs: null, endpoint: null, tcpEndpoint: null, lan: [], nat: 'unknown', pinned: true, tunnel: live?.get(k.id)?.path ?? null })
+        peers.push({ name: k.name, id: k.id, online: false, lastSeenAgoMs: null, endpoint: null, tcpEndpoint: null, lan: [], nat: 'unknown', pinned: true, tunnel: live?.get(k.id)?.path ?? null, downReason: why(k.id) ?? 'unknown' })
       }
       return peers.sort((a, b) => Number(b.online) - Number(a.online) || a.name.localeCompare(b.name))
     },

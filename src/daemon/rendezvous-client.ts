@@ -17,7 +17,7 @@ import { NatdError, toNatdError } from '../protocol/errors.js'
 import { peerId, secretProof, sign, timingSafeEqual, type KeyPair } from '../protocol/identity.js'
 import type { Timer, TimerClock } from '../protocol/clock.js'
 import type { Logger } from '../protocol/log.js'
-import { decode, encode, encodeRegister, encodeRegisterUnsigned, opened, type Message, type NatVerdict, type OutgoingMessage, type PeerRecord, type Via } from '../protocol/rendezvous.js'
+import { decode, encode, encodeRegister, encodeRegisterUnsigned, opened, type Message, type NatVerdict, type OutgoingMessage, type PeerDownReason, type PeerRecord, type Via } from '../protocol/rendezvous.js'
 import type { Introduction } from '../tunnel/paths.js'
 import { ControlConnection, serverError } from './control-connection.js'
 import { resolveServers, type ServerSpec } from './server-address.js'
@@ -30,10 +30,41 @@ export const UDP_REQUEST_TRIES = 3
 /** Reconnect backoff: doubles from the first value up to the cap. */
 export const BACKOFF_FIRST_MS = 500
 export const BACKOFF_CAP_MS = 10_000
+/**
+ * The cap while a tunnel migrates (RendezvousClientComponents.urgent): its new path needs
+ * us registered, so a link back from an outage is used within this, not after a 10 s
+ * backoff. One connection attempt a second to our own server, for at most the 90 s a
+ * tunnel migrates.
+ */
+export const URGENT_BACKOFF_CAP_MS = 1_000
 /** Datagrams dropped from the server's address (anyone can forge them) are counted this long per line (common/refusal-log.ts). */
 export const UNSEALED_LOG_MS = 1_000
 /** Heartbeats unanswered in a row before the server counts as lost. */
 export const MISSED_HEARTBEATS_LOST = 3
+/**
+ * A path check (probe(), daemon/path-check.ts) waits for the server's answers this many
+ * of its round trips, and at least PROBE_ANSWER_MIN_MS (a round trip measured on a quiet
+ * moment may be far below the one under load).
+ */
+export const PROBE_ANSWER_RTTS = 4
+export const PROBE_ANSWER_MIN_MS = 500
+/**
+ * A session lost this soon after the server saw our mapping move registers again at
+ * once: the control connection died with the mapping (its next segment left from a new
+ * port or address), and the backoff would only add to the tunnels' stall.
+ */
+export const MOVED_RECONNECT_MS = 5_000
+
+/**
+ * What a path check found: whether the server saw our heartbeat come from the mapping it
+ * knew ('same'), from another ('moved': our NAT mapping or address changed; the server
+ * took the new one) or not at all; and whether the control connection answered its ping
+ * (a dead one is dropped at once and the agent registers again without backoff).
+ */
+export interface ProbeResult {
+  mapping: 'same' | 'moved' | 'unanswered'
+  control: 'alive' | 'lost'
+}
 
 export type ClientState =
   | { kind: 'connecting'; attempt: number }
@@ -72,12 +103,16 @@ export interface RendezvousClientComponents {
   nat: () => NatVerdict
   /** Whether we have an IPv6 socket and a global IPv6 address (then we heartbeat the server's IPv6 socket too); default no. */
   ipv6?: () => boolean
+  /** True while a tunnel waits for a new path (it migrates): reconnect with URGENT_BACKOFF_CAP_MS. */
+  urgent?: () => boolean
 }
 
 interface ClientEvents {
   state: [state: ClientState, error: NatdError | null]
-  peer: [event: 'up' | 'down', peer: PeerRecord]
+  peer: [event: 'up' | 'down', peer: PeerRecord, reason: PeerDownReason | undefined]
   introduction: [intro: Introduction]
+  /** The server saw our heartbeats come from another mapping (our NAT or address changed). */
+  moved: []
 }
 
 export class RendezvousClient extends EventEmitter<ClientEvents> {
@@ -107,6 +142,15 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
   private missedUdp = 0
   private missedTcp = 0
   private lost: ((err: NatdError) => void) | null = null
+  /** A path check found the session dead: register again at once, without backoff. */
+  private reconnectNow = false
+  /** When the server last saw our mapping move: a session lost soon after registers again at once. */
+  private movedAt = -Infinity
+  /** Our UDP mapping as the last session's server saw it (a new session seen elsewhere means we moved). */
+  private lastUdp: Endpoint | null = null
+  /** Path checks waiting for the ack of their heartbeat and the pong of their ping, by sequence number. */
+  private readonly probeAcks = new Map<number, (status: 'same' | 'moved') => void>()
+  private readonly probePongs = new Map<number, () => void>()
 
   constructor(
     private readonly init: RendezvousClientInit,
@@ -132,7 +176,10 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
       this.closeTcp()
       if (this.abort.signal.aborted) break
       attempt++
-      const delay = Math.min(BACKOFF_CAP_MS, BACKOFF_FIRST_MS * 2 ** Math.min(attempt - 1, 10))
+      const atOnce = this.reconnectNow || this.c.clock.now() - this.movedAt < MOVED_RECONNECT_MS
+      const cap = this.c.urgent?.() ? URGENT_BACKOFF_CAP_MS : BACKOFF_CAP_MS
+      const delay = atOnce ? 0 : Math.min(cap, BACKOFF_FIRST_MS * 2 ** Math.min(attempt - 1, 10))
+      this.reconnectNow = false
       this.transition({ kind: 'backoff', attempt, until: this.c.clock.now() + delay, error })
       await this.c.clock.sleep(delay, this.abort.signal)
       if (this.abort.signal.aborted) break
@@ -194,6 +241,9 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
     this.missedTcp = 0
     this.lastHeartbeatAt = this.c.clock.now()
     this.transition({ kind: 'registered', since: this.c.clock.now(), udp: udpObserved, tcp: tcpObserved })
+    const movedSince = this.lastUdp !== null && udpObserved !== null && !sameEndpoint(this.lastUdp, udpObserved)
+    this.lastUdp = udpObserved
+    if (movedSince) this.emit('moved')
     const lostPromise = new Promise<NatdError>((resolve) => (this.lost = resolve))
     const timer = this.c.clock.setInterval(() => this.onHeartbeatExpired(), this.init.heartbeatMs)
     try {
@@ -294,9 +344,10 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
     switch (msg.type) {
       case 'pong':
         this.missedTcp = 0
+        this.probePongs.get(msg.seq)?.()
         return
       case 'peer-event':
-        this.emit('peer', msg.event, msg.peer)
+        this.emit('peer', msg.event, msg.peer, msg.reason)
         return
       case 'introduction':
         // reqId 0: a peer asked for us. Another is a reply that came after its request gave up.
@@ -351,10 +402,16 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
     this.rttMs = this.c.clock.now() - sent
     this.lastHeartbeatAt = this.c.clock.now()
     if (this.udpWaiter) this.udpWaiter(msg.observed)
-    else if (msg.status === 'moved' && this.state.kind === 'registered') {
-      // The server took the new mapping from the sealed heartbeat already.
-      this.log.info('nat mapping changed', { from: formatEndpoint(this.state.udp), to: formatEndpoint(msg.observed) })
-      this.state = { ...this.state, udp: msg.observed }
+    else {
+      this.probeAcks.get(msg.seq)?.(msg.status === 'moved' ? 'moved' : 'same')
+      if (msg.status === 'moved' && this.state.kind === 'registered') {
+        // The server took the new mapping from the sealed heartbeat already.
+        this.log.info('nat mapping changed', { from: formatEndpoint(this.state.udp), to: formatEndpoint(msg.observed) })
+        this.state = { ...this.state, udp: msg.observed }
+        this.lastUdp = msg.observed
+        this.movedAt = this.c.clock.now()
+        this.emit('moved')
+      }
     }
     this.sendHeartbeat6()
   }
@@ -376,6 +433,53 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
     if (msg.seq !== this.heartbeat6Seq || sameEndpoint(msg.observed, this.udp6)) return
     this.log.info('ipv6 endpoint', { from: formatEndpoint(this.udp6), to: formatEndpoint(msg.observed) })
     this.udp6 = msg.observed
+  }
+
+  /**
+   * Checks our side of the paths now (a tunnel went silent: daemon/path-check.ts): a
+   * sealed heartbeat (the server takes a new mapping from it and says 'moved') and a ping
+   * on the control connection. A control connection that does not answer is dropped and
+   * the agent registers again at once (its NAT mapping or address changed under it).
+   * Null when not registered. Never rejects.
+   */
+  async probe(): Promise<ProbeResult | null> {
+    const control = this.control
+    const server = this.serverEndpoint
+    if (this.state.kind !== 'registered' || !control || !server) return null
+    const waitMs = Math.max(PROBE_ANSWER_MIN_MS, PROBE_ANSWER_RTTS * (this.rttMs ?? 0))
+    const seq = this.sendHeartbeat(server)
+    let mapping: ProbeResult['mapping'] = 'unanswered'
+    let alive = false
+    let settle = (): void => undefined
+    const done = new Promise<void>((resolve) => (settle = resolve))
+    const check = (): void => {
+      if (mapping !== 'unanswered' && alive) settle()
+    }
+    this.probeAcks.set(seq, (status) => {
+      mapping = status
+      check()
+    })
+    this.probePongs.set(seq, () => {
+      alive = true
+      check()
+    })
+    const onClose = (): void => settle()
+    control.once('close', onClose)
+    const timer = this.c.clock.setTimeout(() => settle(), waitMs)
+    void control.send({ type: 'ping', seq })
+    try {
+      await done
+    } finally {
+      this.c.clock.clear(timer)
+      control.off('close', onClose)
+      this.probeAcks.delete(seq)
+      this.probePongs.delete(seq)
+    }
+    if (!alive && this.control === control) {
+      this.reconnectNow = true
+      this.lost?.(new NatdError('SERVER_UNREACHABLE', `the control connection did not answer a path check in ${waitMs} ms`))
+    } else if (!alive) this.reconnectNow = true
+    return { mapping, control: alive ? 'alive' : 'lost' }
   }
 
   private closeTcp(): void {

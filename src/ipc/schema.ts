@@ -80,6 +80,12 @@ export interface PeerInfo {
   lan: string[]
   nat: string
   tunnel: PathKind | null
+  /**
+   * Why it is offline: 'bye' (its natd said goodbye), 'expired' (the server stopped
+   * hearing it), 'server-lost' (our own session with the server ended), 'unknown' (an
+   * older server, or gone before we started); null while online.
+   */
+  downReason: 'bye' | 'expired' | 'server-lost' | 'unknown' | null
 }
 
 /** A tunnel in `tunnels` and `open`: what Tunnel.snapshot() returns, as it is. */

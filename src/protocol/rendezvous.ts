@@ -39,7 +39,7 @@
  *   ERROR        reqId u32 code str8 message str8
  *   LIST         reqId u32
  *   PEERS        reqId u32 count u16 peer*count
- *   PEER_EVENT   event u8 (1 up, 2 down) peer
+ *   PEER_EVENT   event u8 (1 up, 2 down) peer [reason u8 (down only: 0 unknown, 1 bye, 2 expired); absent from older servers: unknown]
  *   PING, PONG   seq u32
  *   BYE          (empty) the agent is leaving; the server drops it at once
  *   INTRODUCE    reqId u32 target str8 via u8
@@ -136,6 +136,14 @@ export type { Via } from './via.js'
 
 /** ok: the endpoint is the one on record; moved: it changed and the server now holds the new one. */
 export type HeartbeatStatus = 'ok' | 'moved'
+/**
+ * Why the server says a peer went offline: it said goodbye ('bye': its natd stopped, or
+ * it released its name), or the server stopped hearing it ('expired': heartbeats lost,
+ * or its connection ended without a goodbye and it did not come back within the grace);
+ * 'unknown' from an older server or another instance.
+ */
+export type PeerDownReason = 'unknown' | 'bye' | 'expired'
+const PEER_DOWN_REASONS: readonly PeerDownReason[] = ['unknown', 'bye', 'expired']
 // Index 1 was version 1's 'unknown' (an unauthenticated answer a spoofer could forge).
 const HEARTBEAT_STATUSES: readonly (HeartbeatStatus | null)[] = ['ok', null, 'moved']
 
@@ -177,7 +185,7 @@ export type Message =
   | { type: 'error'; reqId: number; code: string; message: string }
   | { type: 'list'; reqId: number }
   | { type: 'peers'; reqId: number; peers: PeerRecord[] }
-  | { type: 'peer-event'; event: 'up' | 'down'; peer: PeerRecord }
+  | { type: 'peer-event'; event: 'up' | 'down'; peer: PeerRecord; reason?: PeerDownReason }
   | { type: 'ping'; seq: number }
   | { type: 'pong'; seq: number }
   | { type: 'bye' }
@@ -337,6 +345,7 @@ export function encode(m: OutgoingMessage): Buffer {
     case 'peer-event': {
       const w = header(MSG.PEER_EVENT).u8(m.event === 'up' ? 1 : 2)
       writePeer(w, m.peer)
+      if (m.event === 'down') w.u8(PEER_DOWN_REASONS.indexOf(m.reason ?? 'unknown'))
       return w.finish()
     }
     case 'ping':
@@ -434,7 +443,11 @@ export function decode(buf: Uint8Array): Message {
     case MSG.PEER_EVENT: {
       const ev = r.u8('event')
       if (ev !== 1 && ev !== 2) throw new ProtocolError('BAD_REQUEST', `unknown peer event ${ev}`)
-      return { type: 'peer-event', event: ev === 1 ? 'up' : 'down', peer: readPeer(r) }
+      const peer = readPeer(r)
+      if (ev === 1) return { type: 'peer-event', event: 'up', peer }
+      // An unknown reason (a newer server) reads as 'unknown', not as an error.
+      const reason = r.remaining > 0 ? (PEER_DOWN_REASONS[r.u8('reason')] ?? 'unknown') : 'unknown'
+      return { type: 'peer-event', event: 'down', peer, reason }
     }
     case MSG.PING:
       return { type: 'ping', seq: r.u32('seq') }

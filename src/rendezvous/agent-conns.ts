@@ -5,7 +5,7 @@
  * owns the connections' sockets and limits; this file knows which agent each one controls.
  */
 import type { Clock } from '../protocol/log.js'
-import { encode, type OutgoingMessage, type PeerRecord } from '../protocol/rendezvous.js'
+import { encode, type OutgoingMessage, type PeerDownReason, type PeerRecord } from '../protocol/rendezvous.js'
 import type { Cluster } from './cluster.js'
 import type { Contacts } from './contacts.js'
 import type { Registry, RegRef } from './registry.js'
@@ -79,10 +79,10 @@ export class AgentConns {
   }
 
   /** A local agent went offline: its peers here and on the other instances hear of it. */
-  wentDown(ref: RegRef, peer: PeerRecord): void {
+  wentDown(ref: RegRef, peer: PeerRecord, reason: PeerDownReason): void {
     const down = { ...peer, online: false }
     this.c.cluster?.offline(down, this.c.clock.now())
-    this.broadcast(ref, { type: 'peer-event', event: 'down', peer: down })
+    this.broadcast(ref, { type: 'peer-event', event: 'down', peer: down, reason })
   }
 
   /** Tells the other connected agents about `about` (all of them, or its contacts on a big server). */

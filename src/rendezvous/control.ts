@@ -53,7 +53,7 @@ export class Control implements TcpHandler {
       case 'bye': {
         const reg = registry.get(ref)!
         this.c.log.info('agent left', { name: reg.name, id: reg.id.slice(0, 8) })
-        if (registry.drop(ref)) this.c.agents.wentDown(ref, registry.peer(ref)!)
+        if (registry.drop(ref)) this.c.agents.wentDown(ref, registry.peer(ref)!, 'bye')
         gate.end(conn)
         return
       }

@@ -102,8 +102,8 @@ export class Registrations {
       if (online !== undefined) {
         this.c.agents.close(online)
         const peer = registry.peer(online)
-        if (peer && wasOnline) this.c.agents.wentDown(online, peer)
-        else if (peer) this.c.agents.broadcast(online, { type: 'peer-event', event: 'down', peer })
+        if (peer && wasOnline) this.c.agents.wentDown(online, peer, 'bye')
+        else if (peer) this.c.agents.broadcast(online, { type: 'peer-event', event: 'down', peer, reason: 'bye' })
       }
       gate.authenticated(conn)
       gate.send(conn, { type: 'ok', reqId: msg.reqId })

@@ -215,7 +215,7 @@ export class RendezvousServer {
     for (const reg of this.registry.expire()) {
       this.log.info('agent timed out', { name: reg.name, id: reg.id.slice(0, 8) })
       this.agents.close(reg.ref)
-      this.agents.wentDown(reg.ref, this.registry.record(reg))
+      this.agents.wentDown(reg.ref, this.registry.record(reg), 'expired')
     }
   }
 

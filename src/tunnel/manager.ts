@@ -17,6 +17,7 @@ import { planPaths } from './path-plan.js'
 import { offersMapping, offersV6, Paths, type Established, type Introduction, type PathComponents } from './paths.js'
 import { firstOf } from './failures.js'
 import { TunnelRecovery } from './recovery.js'
+import { LossyWatch } from './lossy-path.js'
 import { asResume, firstFrame, onFreshTunnel, onResumeRequest, RESUME_ANSWER_MS, SIMULTANEOUS_OPEN_MS } from './resume.js'
 import { SharedAttempts } from './shared-attempts.js'
 import { GOODBYE_LINGER_MS, Tunnel, type PathKind, type TunnelTiming } from './tunnel.js'
@@ -96,6 +97,8 @@ interface ManagerEvents {
   path: [tunnel: Tunnel, from: PathKind]
   migrating: [tunnel: Tunnel, reason: string]
   resumed: [tunnel: Tunnel, stalledMs: number]
+  /** A tunnel silent while it waits for an answer (tunnel.ts SUSPECT_SILENT_MS). */
+  suspect: [tunnel: Tunnel]
 }
 
 export class TunnelManager extends EventEmitter<ManagerEvents> {
@@ -315,6 +318,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
           const received = current.detach()
           won.session.write(encodeMux({ type: 'resume', channel: 0, tunnelId: current.id, received }))
           if (!current.resume(won.session, ask.received, won.path, won.remote, won.transport)) throw new NatdError('BAD_REQUEST', `${name} resumed with an impossible frame count`)
+          current.peerEndpoints = { udp: intro.peer.udp, tcp: intro.peer.tcp }
           if (won.release) current.once('closed', won.release)
           return current
         }
@@ -349,6 +353,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     const log = this.c.log
     const introKey = Buffer.from(intro.introId).toString('hex')
     const tunnel = new Tunnel({ name, id }, path, remote, won.transport, introKey, intro.initiator, session, this.timing, this.c.clock, log.child({ peer: name }))
+    tunnel.peerEndpoints = { udp: intro.peer.udp, tcp: intro.peer.tcp }
     if (intro.initiator) this.vias.set(tunnel, intro.via)
     tunnel.mux.on('open', (req) => this.c.onChannel(tunnel, req))
     if (won.release) tunnel.once('closed', won.release)
@@ -358,6 +363,13 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
       if (tunnel.opener) void this.recovery.resume(tunnel, this.vias.get(tunnel) ?? 'auto')
     })
     tunnel.on('resumed', (stalledMs) => this.emit('resumed', tunnel, stalledMs))
+    tunnel.on('suspect', () => this.emit('suspect', tunnel))
+    if (intro.initiator && intro.via === 'auto') {
+      const lossy = new LossyWatch(this.c.clock)
+      tunnel.on('lossy', () => {
+        if (tunnel.isUp && tunnel.path === 'direct-tcp' && lossy.onLossy()) void this.recovery.moveToUdp(tunnel)
+      })
+    }
     await this.register(tunnel)
     if (path === 'relay' && upgrade) void this.recovery.upgrade(tunnel)
     log.info('tunnel up', { peer: name, path, transport: won.transport, remote: formatEndpoint(remote), punchMs: won.punchMs, sent: won.sent, strategy: won.strategy, initiator: intro.initiator, via: intro.via })
@@ -389,6 +401,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
         throw new NatdError(tunnel.isOpen ? 'BAD_REQUEST' : 'ABORTED', `${tunnel.peer.name} resumed with an impossible frame count, or the tunnel closed meanwhile`)
       }
       if (won.release) tunnel.once('closed', won.release)
+      tunnel.peerEndpoints = { udp: intro.peer.udp, tcp: intro.peer.tcp }
       return tunnel
     }
     tunnel.close('the peer no longer has this tunnel (it restarted or gave up)', { goodbye: false })
@@ -403,6 +416,11 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     const kept = this.tunnels.get(tunnel.peer.id)
     if (kept?.isOpen) return kept
     throw new NatdError('ABORTED', `${tunnel.peer.name} keeps another tunnel with us`)
+  }
+
+  /** Our side of every direct path changed (daemon/path-check.ts): those tunnels migrate now. */
+  pathChanged(reason: string): void {
+    for (const t of this.tunnels.values()) t.pathChanged(reason)
   }
 
   /**

@@ -29,11 +29,32 @@ export const UPGRADE_TIMEOUT_MS = 5_000
  * 90 attempts in MIGRATE_GIVE_UP_MS stay inside the server's 120 introductions a minute.
  */
 export const RESUME_RETRY_MS = 1_000
-/** One resume attempt (introduction, punch, handshake, RESUME answer) may take this long. */
-export const RESUME_ATTEMPT_MS = 5_000
+/** After a first failed attempt the opener asks again this soon (then RESUME_RETRY_MS). */
+export const RESUME_RETRY_FIRST_MS = 200
+/**
+ * While we are not registered (our mapping changed and the agent registers again) the
+ * opener asks again this soon: the introduction fails locally, nothing is sent (the
+ * server's 120 introductions a minute are not spent).
+ */
+export const RESUME_UNREGISTERED_RETRY_MS = 100
+/**
+ * One resume attempt (introduction, punch, handshake, RESUME answer) may take this long:
+ * enough at 300 ms RTT (an open takes ~1.3 s there), short enough that an attempt made
+ * while the peer was away does not hold back the one that can succeed once it is back.
+ */
+export const RESUME_ATTEMPT_MS = 3_000
+/**
+ * The first resume attempt may take RESUME_ATTEMPT_RTTS of the tunnel's round trip, at
+ * least RESUME_ATTEMPT_MIN_MS; each next one twice as long up to RESUME_ATTEMPT_MS. An
+ * attempt made before the peer registered again (its mapping changed with ours, its
+ * control connection died with it) cannot succeed, and the next one should come soon;
+ * a punch and resume take ~4-5 round trips (docs/BENCHMARKS.md: opens of 3.3-4 RTTs).
+ */
+export const RESUME_ATTEMPT_RTTS = 10
+export const RESUME_ATTEMPT_MIN_MS = 600
 
 /** What the loops read of a tunnel. */
-export type RecoveringTunnel = Pick<Tunnel, 'peer' | 'path' | 'isOpen' | 'isUp' | 'isMigrating'>
+export type RecoveringTunnel = Pick<Tunnel, 'peer' | 'path' | 'isOpen' | 'isUp' | 'isMigrating' | 'migratedBySilence' | 'lastRttMs'>
 
 export interface RecoveryComponents<T extends RecoveringTunnel = Tunnel> {
   clock: TimerClock
@@ -65,17 +86,51 @@ export class TunnelRecovery<T extends RecoveringTunnel = Tunnel> {
    * a new introduction the way the tunnel was opened (`via`), punches, resumes. Stops
    * when the tunnel is up again or closed (it gives up by itself). Never rejects.
    */
-  async resume(tunnel: T, via: Via): Promise<void> {
+  async resume(tunnel: T, opened: Via): Promise<void> {
+    // A direct-tcp path gone silent (no changed mapping) is often a lossy one: `auto`
+    // tries UDP first (lossy-path.ts), then as it was opened.
+    let via: Via = opened
+    if (opened === 'auto' && tunnel.path === 'direct-tcp' && tunnel.migratedBySilence) {
+      via = 'udp'
+      this.c.log.info('direct-tcp path lossy, trying UDP', { peer: tunnel.peer.name, how: 'resume' })
+    }
+    let attemptMs = Math.min(RESUME_ATTEMPT_MS, Math.max(RESUME_ATTEMPT_MIN_MS, RESUME_ATTEMPT_RTTS * (tunnel.lastRttMs ?? 0)))
+    let retryMs = RESUME_RETRY_FIRST_MS
     while (tunnel.isMigrating && this.kept(tunnel)) {
       try {
         const intro = await this.c.introduce(tunnel.peer.id, via)
         if (!tunnel.isMigrating) return
-        await this.c.establish(intro, RESUME_ATTEMPT_MS, { name: null, id: tunnel.peer.id }, tunnel)
+        const ms = attemptMs
+        attemptMs = Math.min(RESUME_ATTEMPT_MS, attemptMs * 2)
+        via = opened
+        await this.c.establish(intro, ms, { name: null, id: tunnel.peer.id }, tunnel)
       } catch (err) {
         const e = toNatdError(err)
         this.c.log.debug('resume attempt failed', { peer: tunnel.peer.name, code: e.code, err: e.message })
+        // Registering again (our mapping changed): asking costs nothing until we are.
+        if ((e.code === 'NOT_REGISTERED' || e.code === 'SERVER_UNREACHABLE') && tunnel.isMigrating) {
+          await this.c.clock.sleep(RESUME_UNREGISTERED_RETRY_MS)
+          continue
+        }
       }
-      if (tunnel.isMigrating) await this.c.clock.sleep(RESUME_RETRY_MS)
+      if (tunnel.isMigrating) await this.c.clock.sleep(retryMs)
+      retryMs = RESUME_RETRY_MS
+    }
+  }
+
+  /**
+   * `auto` moves a lossy direct-tcp tunnel we opened to UDP (lossy-path.ts): a UDP
+   * introduction, a punch, a RESUME on the new session. Never rejects.
+   */
+  async moveToUdp(tunnel: T): Promise<void> {
+    this.c.log.info('direct-tcp path lossy, trying UDP', { peer: tunnel.peer.name })
+    try {
+      const intro = await this.c.introduce(tunnel.peer.id, 'udp')
+      if (!tunnel.isUp || tunnel.path !== 'direct-tcp') return
+      await this.c.establish(intro, RESUME_ATTEMPT_MS, { name: null, id: tunnel.peer.id }, tunnel)
+    } catch (err) {
+      const e = toNatdError(err)
+      this.c.log.info('no UDP path for the lossy tunnel, it stays on direct-tcp', { peer: tunnel.peer.name, code: e.code, err: e.message })
     }
   }
 

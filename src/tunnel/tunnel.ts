@@ -31,6 +31,13 @@ import { Mux, type MessageStream } from './mux.js'
 
 /** A tunnel that waits for an answer and hears nothing at all for this long has lost its path. */
 export const WAITING_SILENT_MS = 2_000
+/**
+ * A tunnel that waits for an answer and hears nothing for this long is suspect: the agent
+ * checks its own side at once (daemon/path-check.ts: a heartbeat and a ping to the
+ * server, which tell whether our NAT mapping or address changed). Long enough for TCP's
+ * first retransmission (RTO at least 200 ms) and one backoff (400 ms) on a lossy path.
+ */
+export const SUSPECT_SILENT_MS = 600
 /** How often the tunnel checks whether its path is gone. */
 export const LIVENESS_CHECK_MS = 250
 /** A migrating tunnel pings its old path this often: a path back after a short outage is used at once. */
@@ -95,6 +102,10 @@ interface TunnelEvents {
   migrating: [reason: string]
   /** Up again after migrating: on a new session (resumed) or on the old path. */
   resumed: [stalledMs: number]
+  /** Silent for SUSPECT_SILENT_MS while waiting for an answer (again at each further SUSPECT_SILENT_MS of it). */
+  suspect: []
+  /** A suspect silence ended with the path heard again while up: the path is lossy, not gone. */
+  lossy: [silentMs: number]
 }
 
 export class Tunnel extends EventEmitter<TunnelEvents> {
@@ -109,6 +120,20 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
   private readonly liveness: Timer
   /** Since when we wait for an answer (unacknowledged frames or a ping); null when we do not. */
   private waitingSince: number | null = null
+  /** How many SUSPECT_SILENT_MS of the current silence were reported ('suspect'); 0 when anything is heard. */
+  private suspected = 0
+  /**
+   * The peer's public endpoints as the introduction behind the current session gave them
+   * (tunnel/manager.ts sets it): the server showing others means the peer's mapping moved.
+   */
+  peerEndpoints: { udp: Endpoint | null; tcp: Endpoint | null } | null = null
+  /** The last migration came from silence (lossy or gone), not a closed session or a changed mapping. */
+  migratedBySilence = false
+
+  /** The last round trip a ping measured, null before the first. */
+  get lastRttMs(): number | null {
+    return this.rttMs
+  }
   private lastMigratingPing = 0
   /** The tunnel's id for resumes: the id of the introduction that opened it. */
   readonly id: Uint8Array
@@ -183,7 +208,10 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
   }
 
   private onHeard(): void {
-    this.lastHeard = this.clock.now()
+    const now = this.clock.now()
+    if (this.suspected > 0 && this.current.kind === 'up') this.emit('lossy', now - Math.max(this.lastHeard, this.waitingSince ?? 0))
+    this.lastHeard = now
+    this.suspected = 0
     // The old path came back (a short outage, the same mappings) before a new one was found.
     if (this.current.kind === 'migrating' && this.session && !this.session.destroyed) this.backUp('old path', this.route)
   }
@@ -198,11 +226,21 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
   }
 
   /** The path is gone: keep the channels, wait for a new session (or the old path). */
-  private migrate(reason: string): void {
+  private migrate(reason: string, bySilence = false): void {
     const was = this.current
     if (was.kind !== 'up') return
+    this.migratedBySilence = bySilence
     this.transition({ kind: 'migrating', since: this.clock.now(), reason, path: was.path, remote: was.remote, transport: was.transport })
     this.emit('migrating', reason)
+  }
+
+  /**
+   * Our own side of the path changed (a new NAT mapping or local address, seen by the
+   * server: daemon/path-check.ts): a direct path is gone, migrate now instead of waiting
+   * for the silence. A path that still works is heard again at once and used (backUp).
+   */
+  pathChanged(reason: string): void {
+    if (this.current.kind === 'up' && this.current.path !== 'relay') this.migrate(reason)
   }
 
   private get route(): TunnelRoute {
@@ -352,7 +390,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     if (this.current.kind === 'migrating') return // onLivenessCheck gives up in time
     this.mux.trimReplay()
     if (this.clock.now() - this.lastHeard > this.timing.deadMs) {
-      this.migrate(`path silent for ${formatDuration(this.timing.deadMs)}`)
+      this.migrate(`path silent for ${formatDuration(this.timing.deadMs)}`, true)
       return
     }
     this.ping(this.timing.deadMs).catch(() => undefined)
@@ -373,12 +411,17 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     const waiting = this.mux.unacknowledged.frames > 0 || this.pings.size > 0
     if (!waiting) {
       this.waitingSince = null
+      this.suspected = 0
       return
     }
     this.waitingSince ??= now
     const silentMs = now - Math.max(this.lastHeard, this.waitingSince)
     const limit = Math.min(WAITING_SILENT_MS, this.timing.deadMs)
-    if (silentMs > limit) this.migrate(`no answer for ${formatDuration(limit)}`)
+    if (silentMs > (this.suspected + 1) * Math.min(SUSPECT_SILENT_MS, limit)) {
+      this.suspected++
+      this.emit('suspect')
+    }
+    if (silentMs > limit) this.migrate(`no answer for ${formatDuration(limit)}`, true)
   }
 
   /** Closes the tunnel; with goodbye the peer learns at once instead of after DEAD_MS. */

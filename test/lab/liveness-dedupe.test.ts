@@ -97,9 +97,13 @@ describe.skipIf(!labAvailable())('messages exactly once and liveness (easy×easy
       const events = new ApiClient(n.agents.alice!.socket)
       await events.connect()
       let downAt = 0
+      let downReason: unknown = null
       try {
         await events.subscribe(['peer.down'], (_event, data) => {
-          if ((data as { name: string }).name === 'bob' && !downAt) downAt = Date.now()
+          if ((data as { name: string }).name === 'bob' && !downAt) {
+            downAt = Date.now()
+            downReason = (data as { downReason: unknown }).downReason
+          }
         })
         const killedAt = Date.now()
         await n.stopAgent('bob', 'SIGKILL')
@@ -109,6 +113,9 @@ describe.skipIf(!labAvailable())('messages exactly once and liveness (easy×easy
         const peersMs = await waitFor(async () => (await n.peers('alice')).find((p) => p.name === 'bob')?.online === false, DETECT_BOUND_MS, 'alice\'s peers lists bob offline')
         await waitFor(() => downAt > 0, DETECT_BOUND_MS - peersMs, 'alice\'s peer.down for bob')
         expect(downAt - killedAt).toBeLessThanOrEqual(DETECT_BOUND_MS)
+        // Why: the server stopped hearing him (no goodbye), in the event and in peers alike.
+        expect(downReason).toBe('expired')
+        expect((await n.peers('alice')).find((p) => p.name === 'bob')).toMatchObject({ online: false, downReason: 'expired' })
         const open = await n.natctl('alice', ['open', 'bob'])
         expect(open.code).toBe(1)
         expect(errorCode(open)).toBe('PEER_OFFLINE')

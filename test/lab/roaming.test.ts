@@ -2,21 +2,25 @@
  * Tunnels that survive a changed path (issue #15), through real Linux NAT:
  *
  *   server ── inet ──┬── r1 (easy NAT) ── alice ── forward 127.0.0.1:9000 ──┐   natctl cp ──┐
- *                    └── r2 (easy NAT) ── bob   ── echo server :7000 ◀──────┘   inbox ◀─────┘
+ *                    ├── r2 (easy NAT) ── bob   ── echo server :7000 ◀──────┘   inbox ◀─────┘
+ *                    └── r3 (easy NAT) ── carol (idle: the LTE network bob moves to)
  *
  * While a forwarded connection streams (paced, echoed back, sha256 checked) and a
- * `natctl cp` runs, a router (lab.ts renewPort, renumber, outage) comes back with a new public port or a
- * new public address, or its WAN goes dark for 10 s or 30 s. What a user must see: the
+ * `natctl cp` runs, a router (lab.ts renewPort, renumber, moveHost, outage) comes back with a new public port or a
+ * new public address, bob's host moves to another site (Wi-Fi → LTE: new address, new
+ * NAT, same processes), or a WAN goes dark for 10 s or 30 s. What a user must see: the
  * connection and the copy finish intact, no reset, the same tunnel, and the stall after
  * connectivity returns (printed; the timing targets belong to the benchmark). Then 20%
- * loss on each direct path (tunnel kept, transfers intact), and a peer whose daemon
+ * loss on each direct path (tunnel kept, transfers intact), `auto` moving a direct-tcp
+ * path that turns lossy to UDP (lossy-path.ts), and a peer whose daemon
  * restarts gets the fresh tunnel (a stale one never wins).
  */
 import fs from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { labAvailable } from './lab.js'
-import { NatdLab, pair, ROOT, startPair, waitFor, withLab } from './natd-lab.js'
+import { NatdLab, pair, startPair, waitFor, withLab } from './natd-lab.js'
+import { pacedEcho } from './paced-echo.js'
 import { partialBytes, sha256File, writeRandomFile } from './random-file.js'
 
 const MiB = 1024 * 1024
@@ -37,32 +41,7 @@ const LAB_GIVE_UP_MS = 60_000
 // Read by natd (daemon/main.ts) when the harness spawns it with our environment.
 process.env.NATD_TEST_TUNNEL_GIVE_UP_MS = String(LAB_GIVE_UP_MS)
 
-interface Paced {
-  ok: boolean
-  error: string | null
-  received: number
-  maxGapMs: number
-  maxGapEndedAt: number
-}
-
-/** A paced connection through alice's forward to bob's echo server, `seconds` long. */
-function pacedEcho(n: NatdLab, seconds: number): Promise<Paced> {
-  const h = n.lab.hosts.alice!
-  const child = n.lab.spawn(h.ns, [process.execPath, path.join(ROOT, 'test/lab/fixtures/paced-echo-client.ts'), String(FWD_PORT), String(seconds * PACE_BYTES_PER_S), String(PACE_BYTES_PER_S)])
-  let out = ''
-  child.stdout?.on('data', (d: Buffer) => (out += d.toString()))
-  return new Promise((resolve, reject) => {
-    child.once('exit', (code) => {
-      try {
-        resolve(JSON.parse(out) as Paced)
-      } catch {
-        reject(new Error(`paced echo client exited ${code}: ${out}`))
-      }
-    })
-  })
-}
-
-type TunnelRow = { peer: string; path: string; state: string; since: string }
+type TunnelRow = { peer: string; path: string; state: string; since: string; remote: string }
 
 async function tunnels(n: NatdLab, who: string): Promise<TunnelRow[]> {
   return (await n.natctl(who, ['tunnels'])).json as TunnelRow[]
@@ -88,7 +67,7 @@ async function across(n: NatdLab, title: string, cpBytes: number, fault: () => P
   expect(before).toHaveLength(1)
   const file = path.join(n.dir, `${title.replace(/\W+/g, '-')}.bin`)
   const sha = writeRandomFile(file, cpBytes)
-  const echo = pacedEcho(n, PACE_SECONDS)
+  const echo = pacedEcho(n, 'alice', FWD_PORT, PACE_SECONDS * PACE_BYTES_PER_S, PACE_BYTES_PER_S)
   await new Promise((r) => setTimeout(r, 1_000))
   const cp = n.natctl('alice', ['cp', file, 'bob:'], { timeoutMs: 180_000 })
   await waitFor(() => partialBytes(inbox) >= cpBytes / 8, 60_000, 'bob has part of the file')
@@ -109,8 +88,9 @@ async function across(n: NatdLab, title: string, cpBytes: number, fault: () => P
 }
 
 describe.skipIf(!labAvailable())('tunnels survive a changed path', () => {
-  it('a forwarded connection and natctl cp survive a new public port, a new public address, and 10 s and 30 s outages: sha256 intact, no reset, the same tunnel', async () => {
-    await withLab(pair('easy', 'easy'), async (n) => {
+  it('a forwarded connection and natctl cp survive a new public port, a new public address, a host moving site, and 10 s and 30 s outages: sha256 intact, no reset, the same tunnel', async () => {
+    const spec = pair('easy', 'easy')
+    await withLab({ sites: [...spec.sites, { name: 'lte', nat: 'easy', hosts: ['carol'] }] }, async (n) => {
       await setUp(n, 'auto')
       await across(n, 'bob\'s router, new public port', CP_BYTES, async () => {
         await n.lab.renewPort('bob')
@@ -120,8 +100,15 @@ describe.skipIf(!labAvailable())('tunnels survive a changed path', () => {
         await n.lab.renumber('alice')
         return Date.now()
       })
-      await across(n, 'bob\'s WAN dark 10 s', CP_BYTES, async () => {
-        await n.lab.outage('bob', 10_000)
+      await across(n, 'bob moves from Wi-Fi to LTE', CP_BYTES, async () => {
+        await n.lab.moveHost('bob', 'lte')
+        return Date.now()
+      })
+      // The tunnel now reaches bob through the LTE site's NAT.
+      expect((await tunnels(n, 'alice'))[0]!.remote.split(':')[0]).toBe(n.lab.routers.lte!.wanIp)
+      // bob lives at the LTE site now: its WAN is the one that goes dark.
+      await across(n, 'bob\'s LTE WAN dark 10 s', CP_BYTES, async () => {
+        await n.lab.outage('lte', 10_000)
         return Date.now()
       })
       await across(n, 'alice\'s WAN dark 30 s', CP_BYTES, async () => {
@@ -151,6 +138,36 @@ describe.skipIf(!labAvailable())('tunnels survive a changed path', () => {
       }
     })
   }, 180_000)
+
+  it('auto on a direct-tcp path that turns lossy (20% loss on TCP only, UDP clean) moves the same tunnel to direct-udp; the forwarded connection and a cp stay intact', async () => {
+    await withLab(pair('easy', 'easy'), async (n) => {
+      await setUp(n, 'auto')
+      const before = (await tunnels(n, 'alice'))[0]!
+      expect(before.path).toBe('direct-tcp')
+      // TCP between the sites only (not the control connections to the server).
+      const server = n.lab.server.ip
+      const loss = ['FORWARD', '-p', 'tcp', '!', '-s', server, '!', '-d', server, '-m', 'statistic', '--mode', 'random', '--probability', '0.2', '-j', 'DROP']
+      const bob = n.lab.routers.bob!.ns
+      expect((await n.lab.exec(bob, ['iptables', '-I', ...loss])).code).toBe(0)
+      try {
+        const echo = pacedEcho(n, 'alice', FWD_PORT, 12 * PACE_BYTES_PER_S, PACE_BYTES_PER_S)
+        const movedMs = await waitFor(async () => (await tunnels(n, 'alice'))[0]?.path === 'direct-udp', 60_000, 'alice\'s tunnel moves to direct-udp')
+        const file = path.join(n.dir, 'lossy.bin')
+        const sha = writeRandomFile(file, 16 * MiB)
+        const cp = await n.natctl('alice', ['cp', file, 'bob:'], { timeoutMs: 120_000 })
+        expect(cp.code, cp.stderr).toBe(0)
+        expect((cp.json as { sha256: string }).sha256).toBe(sha)
+        const e = await echo
+        expect(e, JSON.stringify(e)).toMatchObject({ ok: true, error: null })
+        const after = await tunnels(n, 'alice')
+        expect(after).toEqual([expect.objectContaining({ peer: 'bob', state: 'up', path: 'direct-udp', since: before.since })])
+        expect(n.log('alice')).toMatch(/direct-tcp path lossy, trying UDP/)
+        process.stdout.write(`20% loss on TCP only: moved to direct-udp after ${movedMs} ms; connection (longest stall ${e.maxGapMs} ms) and 16 MiB cp intact\n`)
+      } finally {
+        await n.lab.exec(bob, ['iptables', '-D', ...loss])
+      }
+    })
+  }, 150_000)
 
   it('a peer whose daemon restarts gets the fresh tunnel: the side that did not notice drops its stale one instead of refusing the new one as a duplicate', async () => {
     await withLab(pair('easy', 'easy'), async (n) => {

@@ -19,8 +19,8 @@ import { silentLogger } from '../../../src/protocol/log.js'
 const STATUS: StatusResult = fakeStatus()
 
 /** A pinned peer the server did not list. */
-const DAVE: PeerInfo = { name: 'dave', id: 'd'.repeat(51) + 'q', online: false, lastSeenAgoMs: null, endpoint: null, tcpEndpoint: null, lan: [], nat: 'unknown', pinned: true, tunnel: null }
-const BOB: PeerInfo = { name: 'bob', id: 'b'.repeat(52), online: true, lastSeenAgoMs: 0, endpoint: '203.0.113.2:1', tcpEndpoint: null, lan: [], nat: 'easy', pinned: true, tunnel: null }
+const DAVE: PeerInfo = { name: 'dave', id: 'd'.repeat(51) + 'q', online: false, lastSeenAgoMs: null, endpoint: null, tcpEndpoint: null, lan: [], nat: 'unknown', pinned: true, tunnel: null, downReason: 'unknown' }
+const BOB: PeerInfo = { name: 'bob', id: 'b'.repeat(52), online: true, lastSeenAgoMs: 0, endpoint: '203.0.113.2:1', tcpEndpoint: null, lan: [], nat: 'easy', pinned: true, tunnel: null, downReason: null }
 
 function stubHandlers(calls: { method: string; params: unknown }[]): Handlers {
   const record = (method: string, params: unknown): void => void calls.push({ method, params })

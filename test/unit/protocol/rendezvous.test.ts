@@ -112,7 +112,7 @@ const SAMPLES: OutgoingMessage[] = [
   { type: 'peers', reqId: 42, peers: [peerFull, peerOffline] },
   { type: 'peers', reqId: 43, peers: [] },
   { type: 'peer-event', event: 'up', peer: peerFull },
-  { type: 'peer-event', event: 'down', peer: peerOffline },
+  { type: 'peer-event', event: 'down', peer: peerOffline, reason: 'expired' },
   { type: 'ping', seq: 1 },
   { type: 'pong', seq: 0x80000000 },
   { type: 'bye' },
@@ -207,6 +207,12 @@ describe('rendezvous codec: golden bytes', () => {
       { type: 'peer-event', event: 'up', peer: { ...peerFull, tcp: null, lan: [{ host: '192.168.1.10', port: 41641 }] } },
       '4e 44 02 0a | 01 | 101112131415161718191a1b1c1d1e1f202122232425262728292a2b2c2d2e2f | 05 616c696365 | 01 | 000004d2 | 01' +
         ' | 04 cb007105 a2a9 | 00 | 01 04 c0a8010a a2a9'
+    ],
+    [
+      'PEER_EVENT (down, bye)',
+      { type: 'peer-event', event: 'down', peer: { ...peerFull, online: false, tcp: null, lan: [] }, reason: 'bye' },
+      '4e 44 02 0a | 02 | 101112131415161718191a1b1c1d1e1f202122232425262728292a2b2c2d2e2f | 05 616c696365 | 00 | 000004d2 | 01' +
+        ' | 04 cb007105 a2a9 | 00 | 00 | 01'
     ],
     ['PING', { type: 'ping', seq: 1 }, '4e 44 02 0b | 00000001'],
     ['PONG', { type: 'pong', seq: 0xdeadbeef }, '4e 44 02 0c | deadbeef'],
@@ -487,11 +493,13 @@ describe('rendezvous codec: round trips', () => {
     }
   })
 
-  it('every strict prefix of a valid frame is refused with ProtocolError', () => {
-    // Except a REGISTER_ACK's trailing server6: without it (or with part of it) the frame is an older server's, and valid.
+  it('every strict prefix of a valid frame is refused with ProtocolError (but the optional last byte of PEER_EVENT down: its reason, absent from older servers)', () => {
+    // Nor a REGISTER_ACK's trailing server6: without it (or with part of it) the frame is an older server's, and valid.
     const withExtension = (b: Buffer): boolean => b[3] === 0x04 && 'server6' in decode(b)
     for (const bytes of fixedLength().filter((b) => !withExtension(b))) {
-      for (let n = 0; n < bytes.length; n++) {
+      const optional = bytes[3] === 0x0a && bytes[4] === 2 ? 1 : 0
+      if (optional) expect(decode(bytes.subarray(0, bytes.length - 1))).toMatchObject({ type: 'peer-event', event: 'down', reason: 'unknown' })
+      for (let n = 0; n < bytes.length - optional; n++) {
         expect(() => decode(bytes.subarray(0, n)), `${bytes.subarray(0, 4).toString('hex')} cut at ${n}`).toThrow(ProtocolError)
       }
     }

@@ -87,10 +87,10 @@ describe('AgentConns', () => {
     const s = setup()
     const conns = registerMany(s, 3)
     s.gate.conns.add(conn()) // not registered: told nothing
-    s.agents.wentDown(0, PEER)
+    s.agents.wentDown(0, PEER, 'expired')
     expect(s.offline).toEqual([{ ...PEER, online: false }])
     expect(s.written.has(conns[0]!)).toBe(false)
-    for (const c of conns.slice(1)) expect(s.written.get(c)!.map((b) => decode(b))).toEqual([{ type: 'peer-event', event: 'down', peer: { ...PEER, online: false } }])
+    for (const c of conns.slice(1)) expect(s.written.get(c)!.map((b) => decode(b))).toEqual([{ type: 'peer-event', event: 'down', peer: { ...PEER, online: false }, reason: 'expired' }])
     expect(s.written.size).toBe(2)
   })
 

@@ -8,8 +8,11 @@ import type { PeerTarget } from '../../../src/protocol/peer-ref.js'
 import type { Via } from '../../../src/protocol/rendezvous.js'
 import type { Introduction } from '../../../src/tunnel/paths.js'
 import {
+  RESUME_ATTEMPT_MIN_MS,
   RESUME_ATTEMPT_MS,
+  RESUME_RETRY_FIRST_MS,
   RESUME_RETRY_MS,
+  RESUME_UNREGISTERED_RETRY_MS,
   TunnelRecovery,
   UPGRADE_FIRST_MS,
   UPGRADE_RETRY_MS,
@@ -25,6 +28,8 @@ class FakeTunnel implements RecoveringTunnel {
   isOpen = true
   isUp = true
   isMigrating = false
+  migratedBySilence = false
+  lastRttMs: number | null = null
 }
 
 interface Call {
@@ -63,19 +68,75 @@ function setup(punch: (resuming: FakeTunnel | null) => Promise<void> = () => Pro
 }
 
 describe('TunnelRecovery.resume: a migrating tunnel we opened', () => {
-  it('asks the way the tunnel was opened, punches to resume that tunnel, and retries every RESUME_RETRY_MS until it is up', async () => {
+  it('asks the way the tunnel was opened, punches to resume that tunnel, retries after RESUME_RETRY_FIRST_MS then every RESUME_RETRY_MS, each attempt twice as long, until it is up', async () => {
     const s = setup()
     s.tunnel.isMigrating = true
     const loop = s.recovery.resume(s.tunnel, 'relay')
-    await s.clock.pass(RESUME_RETRY_MS * 2)
+    await s.clock.pass(RESUME_RETRY_FIRST_MS + RESUME_RETRY_MS)
     const establishes = s.calls.filter((c) => c.what === 'establish')
-    expect(establishes.map((c) => c.at)).toEqual([0, RESUME_RETRY_MS, 2 * RESUME_RETRY_MS])
-    expect(establishes[0]).toMatchObject({ timeoutMs: RESUME_ATTEMPT_MS, expected: { name: null, id: s.tunnel.peer.id }, resuming: s.tunnel })
+    expect(establishes.map((c) => c.at)).toEqual([0, RESUME_RETRY_FIRST_MS, RESUME_RETRY_FIRST_MS + RESUME_RETRY_MS])
+    expect(establishes.map((c) => c.timeoutMs)).toEqual([RESUME_ATTEMPT_MIN_MS, 2 * RESUME_ATTEMPT_MIN_MS, Math.min(RESUME_ATTEMPT_MS, 4 * RESUME_ATTEMPT_MIN_MS)])
+    expect(establishes[0]).toMatchObject({ expected: { name: null, id: s.tunnel.peer.id }, resuming: s.tunnel })
     expect(s.calls.filter((c) => c.what === 'introduce').every((c) => c.via === 'relay')).toBe(true)
     s.tunnel.isMigrating = false // resumed (by the punch, or the peer)
     await s.clock.pass(RESUME_RETRY_MS * 5)
     await loop
     expect(s.calls.filter((c) => c.what === 'establish')).toHaveLength(3)
+  })
+
+  it('the first attempt lasts RESUME_ATTEMPT_RTTS round trips of the tunnel when that is longer than the minimum', async () => {
+    const s = setup(async (t) => void (t!.isMigrating = false))
+    s.tunnel.isMigrating = true
+    s.tunnel.lastRttMs = 150
+    await s.recovery.resume(s.tunnel, 'auto')
+    expect(s.calls.find((c) => c.what === 'establish')?.timeoutMs).toBe(1_500)
+  })
+
+  it('an auto direct-tcp tunnel that went silent asks for UDP first, then as it was opened', async () => {
+    const s = setup()
+    s.tunnel.isMigrating = true
+    s.tunnel.path = 'direct-tcp'
+    s.tunnel.migratedBySilence = true
+    const loop = s.recovery.resume(s.tunnel, 'auto')
+    await s.clock.pass(RESUME_RETRY_FIRST_MS + RESUME_RETRY_MS)
+    expect(s.calls.filter((c) => c.what === 'introduce').map((c) => c.via)).toEqual(['udp', 'auto', 'auto'])
+    s.tunnel.isMigrating = false
+    await s.clock.pass(RESUME_RETRY_MS * 2)
+    await loop
+  })
+
+  it('while we are not registered again it asks every RESUME_UNREGISTERED_RETRY_MS (nothing is sent meanwhile)', async () => {
+    const s = setup()
+    let unregistered = 3
+    const recovery = new TunnelRecovery<FakeTunnel>({
+      clock: s.clock,
+      log: silentLogger,
+      introduce: async (_target, via) => {
+        s.calls.push({ at: s.clock.now(), what: 'introduce', via })
+        if (unregistered-- > 0) throw new NatdError('NOT_REGISTERED', 'registering again')
+        return { introId: new Uint8Array(16) } as unknown as Introduction
+      },
+      refreshNat: async () => undefined,
+      establish: async () => void (s.tunnel.isMigrating = false),
+      current: (id) => s.kept.get(id),
+      closed: () => false
+    })
+    s.tunnel.isMigrating = true
+    const start = s.clock.now()
+    const loop = recovery.resume(s.tunnel, 'auto')
+    await s.clock.pass(4 * RESUME_UNREGISTERED_RETRY_MS)
+    await loop
+    expect(s.calls.map((c) => c.at - start)).toEqual([0, 1, 2, 3].map((i) => i * RESUME_UNREGISTERED_RETRY_MS))
+    expect(s.tunnel.isMigrating).toBe(false)
+  })
+
+  it('moveToUdp punches UDP to resume an up direct-tcp tunnel, and gives up quietly without one', async () => {
+    const s = setup()
+    s.tunnel.path = 'direct-tcp'
+    await s.recovery.moveToUdp(s.tunnel)
+    expect(s.calls.map((c) => c.what)).toEqual(['introduce', 'establish'])
+    expect(s.calls[0]!.via).toBe('udp')
+    expect(s.calls[1]).toMatchObject({ timeoutMs: RESUME_ATTEMPT_MS, resuming: s.tunnel })
   })
 
   it('stops after a successful resume, and at once for a tunnel the manager no longer keeps or once it closed', async () => {

@@ -6,7 +6,7 @@
 import { afterEach, describe, expect, it } from 'vitest'
 import { NatdError } from '../../../src/protocol/errors.js'
 import { silentLogger, systemClock, type Logger, type TimerClock } from '../../../src/protocol/log.js'
-import { canTransition, MIGRATE_GIVE_UP_MS, Tunnel, type TunnelState, type TunnelTiming } from '../../../src/tunnel/tunnel.js'
+import { canTransition, MIGRATE_GIVE_UP_MS, SUSPECT_SILENT_MS, Tunnel, type TunnelState, type TunnelTiming } from '../../../src/tunnel/tunnel.js'
 import { FakeClock } from '../helpers.js'
 import { messagePipe, until, type MessagePipe } from './pipe.js'
 
@@ -207,6 +207,66 @@ describe('Tunnel: liveness under a fake clock (the daemon\'s real timings, no re
     await clock.pass(600)
     expect(closed.a).toEqual([expect.stringMatching(/^no path for 1m30s \(no answer for 2\.0s\)$/)])
     expect(a.state.kind).toBe('closed')
+  })
+})
+
+describe('Tunnel: a silent path is suspect long before it is gone (issue #15)', () => {
+  it("'suspect' after SUSPECT_SILENT_MS of silence while waiting, again at each further SUSPECT_SILENT_MS, none while answers come; the tunnel stays up until WAITING_SILENT_MS", async () => {
+    const clock = new FakeClock()
+    const { pipe, a } = pair(clock, { keepaliveMs: 5_000, deadMs: 15_000 })
+    const suspects: number[] = []
+    a.on('suspect', () => suspects.push(clock.now()))
+    await clock.pass(12_000)
+    expect(suspects).toEqual([]) // positive control: keepalives answered
+    pipe.up = false
+    // The next keepalive ping (within 5 s) goes unanswered: suspect SUSPECT_SILENT_MS later.
+    for (let i = 0; i < 120 && suspects.length === 0; i++) await clock.pass(50)
+    const first = suspects[0]!
+    expect(a.isUp).toBe(true)
+    await clock.pass(SUSPECT_SILENT_MS)
+    expect(suspects).toHaveLength(2)
+    expect(suspects[1]! - first).toBeGreaterThanOrEqual(SUSPECT_SILENT_MS - 250)
+    expect(a.isUp).toBe(true)
+    await clock.pass(2_000 - 2 * SUSPECT_SILENT_MS + 300)
+    expect(a.isMigrating).toBe(true)
+  })
+
+  it("a suspect silence that ends with the path heard again is 'lossy' (not gone): the tunnel stays up", async () => {
+    const clock = new FakeClock()
+    const { pipe, a } = pair(clock, { keepaliveMs: 5_000, deadMs: 15_000 })
+    const lossy: number[] = []
+    a.on('lossy', (ms) => lossy.push(ms))
+    await clock.pass(12_000)
+    expect(lossy).toEqual([]) // positive control: answers come, nothing suspect
+    pipe.up = false
+    let suspects = 0
+    a.on('suspect', () => suspects++)
+    for (let i = 0; i < 120 && suspects === 0; i++) await clock.pass(50)
+    expect(suspects).toBe(1)
+    pipe.up = true // the lost frames are not resent by the pipe: a new ping's pong is heard
+    void a.ping(1_000).catch(() => undefined)
+    await clock.pass(100)
+    expect(lossy).toHaveLength(1)
+    expect(lossy[0]).toBeGreaterThanOrEqual(SUSPECT_SILENT_MS)
+    expect(a.isUp).toBe(true)
+    expect(a.migratedBySilence).toBe(false)
+  })
+
+  it('pathChanged() migrates a direct tunnel at once (channels kept), and the old path heard again brings it up; a relayed tunnel is left alone', async () => {
+    const { a, b, closed } = pair()
+    const ch = a.mux.openChannel(80)
+    b.mux.on('open', (req) => req.accept())
+    await ch.opened
+    a.pathChanged('our NAT mapping or address changed')
+    expect(a.isMigrating).toBe(true)
+    expect((a.state as Extract<TunnelState, { kind: 'migrating' }>).reason).toBe('our NAT mapping or address changed')
+    await until(() => a.isUp, 'the old path heard again', 2_000) // the pipe still carries: the migrating ping is answered
+    expect(closed).toEqual({ a: [], b: [] })
+    const pipe = messagePipe()
+    const relayed = new Tunnel({ name: 'bob', id: 'b0b' }, 'relay', BOB, 'tcp', 'intro-2', true, pipe.a, TIMING, systemClock, silentLogger)
+    live.push(relayed)
+    relayed.pathChanged('our NAT mapping or address changed')
+    expect(relayed.isUp).toBe(true)
   })
 })
 
