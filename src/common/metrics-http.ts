@@ -43,6 +43,8 @@ export class MetricsEndpoint {
       server.once('error', reject)
       server.listen({ host, port }, () => resolve())
     })
+    // After listening, an error (EMFILE on accept) must not take the process down.
+    server.on('error', (err) => log.warn('metrics server error', { err: err.message }))
     const addr = server.address()
     return typeof addr === 'object' && addr ? addr.port : port
   }

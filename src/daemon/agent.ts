@@ -176,7 +176,9 @@ export class Agent {
       if (state.kind === 'registered') {
         if (registeredBefore) void this.nat?.recheck() // never rejects
         registeredBefore = true
-        if (presence.wantsList) void client.list().then((peers) => presence.listed(peers), () => undefined) // a failure ends the session
+        // Peers online before we registered are held too; after a lost session they come up again.
+        const announce = presence.wantsList
+        void client.list().then((peers) => presence.listed(peers, announce), () => undefined) // a failure ends the session
       } else presence.serverLost()
     })
     client.on('peer', (event, peer, reason) => {

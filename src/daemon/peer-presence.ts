@@ -58,14 +58,18 @@ export class PeerPresence {
     return this.lost
   }
 
-  /** The server's list after we registered again: each online peer comes up. */
-  listed(peers: PeerRecord[]): void {
+  /**
+   * The server's list after each registration: every online peer is held (so losing the
+   * server says 'server-lost' for it too); after a lost session (`announce`, wantsList)
+   * each one comes up again.
+   */
+  listed(peers: PeerRecord[], announce = true): void {
     this.lost = false
     for (const p of peers) {
       const id = peerId(p.publicKey)
       if (!p.online || this.online.has(id)) continue
       this.setOnline(id, p)
-      this.emit('up', p, null)
+      if (announce) this.emit('up', p, null)
     }
   }
 

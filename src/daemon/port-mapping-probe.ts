@@ -71,11 +71,11 @@ export async function gatewayClient(): Promise<GatewayClient | null> {
     }
   }
   try {
-    await new Promise<void>((resolve) => sock.connect(PORT_MAPPING_PORT, gateway, () => resolve()))
+    await settled(sock, (done) => sock.connect(PORT_MAPPING_PORT, gateway, done))
     const localIp = sock.address().address
     const mapper = new PortMapper({ gateway, localIp }, { send: (buf) => sock.send(buf), randomBytes: (n) => randomBytes(n) })
     sock.on('message', (msg, rinfo) => mapper.onMessage(msg, { host: rinfo.address, port: rinfo.port }))
-    await new Promise<void>((resolve) => ssdp.bind(0, localIp, () => resolve()))
+    await settled(ssdp, (done) => ssdp.bind(0, localIp, done))
     const upnp = new UpnpClient({ gateway, localIp }, { sendSsdp: (buf) => ssdp.send(buf, SSDP_PORT, gateway), http: gatewayHttp(gateway), random: systemRandom })
     ssdp.on('message', (msg, rinfo) => upnp.onSsdpMessage(msg, { host: rinfo.address, port: rinfo.port }))
     return { gateway, mapper, upnp, close }
@@ -83,6 +83,21 @@ export async function gatewayClient(): Promise<GatewayClient | null> {
     close()
     return null
   }
+}
+
+/**
+ * Runs a socket's bind or connect: resolves when it is done, rejects on the 'error' it
+ * reports instead (a socket reports failure only as an event: without this, the
+ * start would wait for ever).
+ */
+function settled(socket: dgram.Socket, start: (done: () => void) => void): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    socket.once('error', reject)
+    start(() => {
+      socket.off('error', reject)
+      resolve()
+    })
+  })
 }
 
 /** Which port-mapping protocols the default gateway answers (all three, each waited for). Never rejects. */

@@ -93,6 +93,9 @@ export interface ServerKeyStore {
   learned(key: Uint8Array): void
 }
 
+/** An IPv6 heartbeat waits while an IPv4 one sent this recently is unanswered (sendHeartbeat6). */
+const HEARTBEAT6_QUIET_MS = 3_000
+
 export interface RendezvousClientComponents {
   udp: UdpSender
   keyPair: KeyPair
@@ -176,7 +179,9 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
       this.closeTcp()
       if (this.abort.signal.aborted) break
       attempt++
-      const atOnce = this.reconnectNow || this.c.clock.now() - this.movedAt < MOVED_RECONNECT_MS
+      // Only the first try after our mapping moved goes at once: a server that refuses fast
+      // (restarting, its session limit) must not see a loop of handshakes.
+      const atOnce = this.reconnectNow || (attempt === 1 && this.c.clock.now() - this.movedAt < MOVED_RECONNECT_MS)
       const cap = this.c.urgent?.() ? URGENT_BACKOFF_CAP_MS : BACKOFF_CAP_MS
       const delay = atOnce ? 0 : Math.min(cap, BACKOFF_FIRST_MS * 2 ** Math.min(attempt - 1, 10))
       this.reconnectNow = false
@@ -419,12 +424,16 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
   /**
    * The same sealed heartbeat to the server's IPv6 socket, from our IPv6 socket: its
    * source becomes our IPv6 candidate (protocol/ipv6.ts). Sent once the IPv4 one was
-   * answered, so its sequence number never overtakes one still in flight (the server
-   * takes only increasing ones). Unanswered, it costs nothing: IPv6 is an extra path.
+   * answered and no other IPv4 one (a path check's probe) went out in the last
+   * HEARTBEAT6_QUIET_MS, so its sequence number does not overtake one still in flight
+   * (the server takes only increasing ones); skipped, it goes with the next answer.
+   * Unanswered, it costs nothing: IPv6 is an extra path.
    */
   private sendHeartbeat6(): void {
     const server6 = this.server6
     if (!server6 || !this.token || !this.udpKey || !this.c.ipv6?.() || sameEndpoint(server6, this.serverEndpoint)) return
+    const now = this.c.clock.now()
+    for (const sent of this.heartbeatSentAt.values()) if (now - sent < HEARTBEAT6_QUIET_MS) return
     this.heartbeat6Seq = ++this.heartbeatSeq
     this.c.udp.send(encode({ type: 'heartbeat', token: this.token, seq: this.heartbeat6Seq, key: this.udpKey }), server6)
   }

@@ -393,6 +393,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     if (!answer) {
       won.session.destroy()
       won.release?.()
+      tunnel.resumeFailed('the peer did not answer the resume')
       throw new NatdError('PUNCH_TIMEOUT', `${tunnel.peer.name} did not answer the resume in time`)
     }
     if (timingSafeEqual(answer.tunnelId, tunnel.id)) {

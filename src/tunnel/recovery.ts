@@ -123,6 +123,7 @@ export class TunnelRecovery<T extends RecoveringTunnel = Tunnel> {
    * introduction, a punch, a RESUME on the new session. Never rejects.
    */
   async moveToUdp(tunnel: T): Promise<void> {
+    if (!tunnel.isUp) return // migrating: its resume loop runs (and asks for UDP first)
     this.c.log.info('direct-tcp path lossy, trying UDP', { peer: tunnel.peer.name })
     try {
       const intro = await this.c.introduce(tunnel.peer.id, 'udp')

@@ -264,6 +264,15 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
   }
 
   /**
+   * A resume on a new session failed after detach(): a tunnel still up (a voluntary move,
+   * recovery.ts moveToUdp) has no session now and migrates at once, so its opener looks
+   * for a path again instead of waiting for the silence detector.
+   */
+  resumeFailed(reason: string): void {
+    if (this.session === null) this.migrate(reason)
+  }
+
+  /**
    * Continues on `next` after detach(): `peerReceived` is what the peer's RESUME says it
    * received; what it lacks is sent again. False (the tunnel closes) when that count is
    * impossible.

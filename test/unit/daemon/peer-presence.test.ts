@@ -51,6 +51,15 @@ describe('PeerPresence', () => {
     expect(p.reason(peerId(peer(1).publicKey))).toBeNull()
   })
 
+  it("peers already online when we first register are held silently, and losing the server then says 'server-lost' for them", () => {
+    const { p, events } = setUp()
+    p.listed([peer(1), peer(2, false)], false)
+    expect(events).toEqual([])
+    p.serverLost()
+    expect(events).toEqual([['down', 'p1', 'server-lost']])
+    expect(p.wantsList).toBe(true)
+  })
+
   it('holds at most `max` peers and reasons: the oldest reason is forgotten first', () => {
     const { p } = setUp(2)
     for (const n of [1, 2, 3]) p.onEvent('down', peer(n, false), 'expired')

@@ -88,6 +88,18 @@ describe('Tunnel: liveness', () => {
     expect(closed).toEqual({ a: [], b: [] })
   })
 
+  it('an up tunnel whose resume on a new session failed after detach() migrates at once; one that kept its session does not', async () => {
+    const { a, closed } = pair()
+    a.resumeFailed('no answer')
+    expect(a.isUp).toBe(true) // still on its session: nothing to do
+    a.detach()
+    expect(a.isUp).toBe(true) // a voluntary move (moveToUdp) waits for the RESUME answer
+    a.resumeFailed('the peer did not answer the resume')
+    expect(a.isMigrating).toBe(true)
+    expect(a.snapshot().state).toBe('migrating')
+    expect(closed.a).toEqual([])
+  })
+
   it('the session closing makes the tunnel migrate, not close', async () => {
     const { pipe, a, closed } = pair()
     pipe.a.destroy()
