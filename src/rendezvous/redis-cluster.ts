@@ -9,6 +9,8 @@
  *                             its own (see BEAT_MS): an instance that dies is gone from
  *                             Redis within the TTL, and only then (Redis' own clock)
  *   natd:instances    set     every instance that has started and not been reaped
+ *   natd:gone:I       string  set by BEAT when I finds it was taken for gone; kept until I
+ *                             has queued its records for rewriting (a lost reply loses nothing)
  *   natd:agents:I     set     K of the agents I holds online
  *   natd:peer:K       hash    inst, rec (the peer record as JSON); PX RECORD_TTL_MS,
  *                             refreshed in batches (a safety net: records are deleted
@@ -167,15 +169,17 @@ return 1
 `
 
 /**
- * BEAT: KEYS instance(I), instances; ARGV I, advertise, ttlMs. Refreshes I's key; 1 when
- * I had been taken for gone (its key had expired, or a reaper removed it from the set),
- * 0 when all was in place.
+ * BEAT: KEYS instance(I), instances, gone(I); ARGV I, advertise, ttlMs, goneTtlMs.
+ * Refreshes I's key. When I had been taken for gone (its key had expired, or a reaper
+ * removed it from the set) it says so in gone(I), which stays until I deletes it after
+ * queueing its records again: a beat whose reply is lost (timeout) loses nothing.
+ * 1 while gone(I) is set.
  */
 const BEAT_SCRIPT = `
 local old = redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3], 'GET')
 local added = redis.call('SADD', KEYS[2], ARGV[1])
-if old and added == 0 then return 0 end
-return 1
+if not old or added == 1 then redis.call('SET', KEYS[3], '1', 'PX', ARGV[4]) end
+return redis.call('EXISTS', KEYS[3])
 `
 
 export interface RedisClusterInit {
@@ -270,6 +274,7 @@ export class RedisCluster implements Cluster {
     await this.sub.subscribe(`${P}to:${this.instance}`, (msg) => this.onDirected(msg))
     await this.sub.subscribe(`${P}events`, (msg) => this.onEvents(msg))
     await this.announce()
+    await this.beat.del(`${P}gone:${this.instance}`) // new, not taken for gone
     this.ok = true
     this.intervals = [
       this.timers.setInterval(() => void this.onFlushExpired(), FLUSH_MS).unref(),
@@ -288,6 +293,7 @@ export class RedisCluster implements Cluster {
       await this.flush()
       await this.beat.del(`${P}instance:${this.instance}`)
       await this.beat.sRem(`${P}instances`, this.instance)
+      await this.beat.del(`${P}gone:${this.instance}`)
     } catch (err) {
       this.log.warn('shared registry: cannot say goodbye', { err: (err as Error).message })
     }
@@ -462,11 +468,11 @@ export class RedisCluster implements Cluster {
     return this.dropped.get(k)?.name ?? ''
   }
 
-  /** `from`: the instance that held them (a reaped one's ID for its agents, so the reaper's own agents hear of it too). */
   private async publishEvents(event: 'up' | 'down', peers: PeerRecord[]): Promise<void> {
     for (const msg of this.eventMessages(event, peers, this.instance)) await this.client.publish(`${P}events`, msg)
   }
 
+  /** `from`: the instance that held them (a reaped one's ID for its agents, so the reaper's own agents hear of it too). */
   private eventMessages(event: 'up' | 'down', peers: PeerRecord[], from: string): string[] {
     const out: string[] = []
     for (let i = 0; i < peers.length; i += BATCH) {
@@ -489,8 +495,8 @@ export class RedisCluster implements Cluster {
   /** The BEAT script on the beat connection: true when this instance had been taken for gone. */
   private async announce(): Promise<boolean> {
     const r = await this.beat.eval(BEAT_SCRIPT, {
-      keys: [`${P}instance:${this.instance}`, `${P}instances`],
-      arguments: [this.instance, JSON.stringify(this.init.advertise), String(INSTANCE_TTL_MS)]
+      keys: [`${P}instance:${this.instance}`, `${P}instances`, `${P}gone:${this.instance}`],
+      arguments: [this.instance, JSON.stringify(this.init.advertise), String(INSTANCE_TTL_MS), String(RECORD_TTL_MS)]
     })
     return Number(r) === 1
   }
@@ -500,10 +506,10 @@ export class RedisCluster implements Cluster {
     if (this.stopped || this.beating) return
     this.beating = true
     try {
-      if (await this.announce()) this.reassert()
+      if (await this.announce()) await this.reassert()
       this.beatOk = true
     } catch (err) {
-      if (this.beatOk) this.log.warn('shared registry: instance key not refreshed', { err: (err as Error).message, ttlMs: INSTANCE_TTL_MS })
+      if (this.beatOk && !this.stopped) this.log.warn('shared registry: instance key not refreshed', { err: (err as Error).message, ttlMs: INSTANCE_TTL_MS })
       this.beatOk = false
     } finally {
       this.beating = false
@@ -512,13 +518,15 @@ export class RedisCluster implements Cluster {
 
   /**
    * Our key had expired or a reaper had removed us while we served our agents (Redis or
-   * this process stalled): the beat has put the key back; every record we hold is written
-   * again in the next flush, whose up events tell the peers that heard "down".
+   * this process stalled): the beat has put the key back, so no reaper deletes our records
+   * any more; every record we hold is queued to be written again (flush retries until it
+   * is), and the up events of that write tell the peers that heard "down".
    */
-  private reassert(): void {
+  private async reassert(): Promise<void> {
     this.log.warn('shared registry: this instance was taken for gone while alive: its key and records are written again', { instance: this.instance, agents: this.held.size })
     this.rewriteHeld()
     void this.onFlushExpired()
+    await this.beat.del(`${P}gone:${this.instance}`)
   }
 
   private rewriteHeld(): void {

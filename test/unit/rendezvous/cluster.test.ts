@@ -349,4 +349,22 @@ describe('several instances on Redis', () => {
     bob.send({ type: 'introduce', reqId: 5, target: 'alice', via: 'udp' })
     expect(await bob.waitFor((m) => (m.type === 'introduction' || m.type === 'error') && m.reqId === 5)).toMatchObject({ type: 'introduction', peer: { name: 'alice' } })
   }, 30_000)
+
+  it('a refresh that found the instance taken for gone but whose reply was lost (timed out): the next refresh still puts its records back', async () => {
+    const { a, bob, k } = await aliceOnAHeardByBob()
+    const inst = a.cluster.instance
+    const c = await testClient()
+    try {
+      // What that refresh left in Redis: the key back, the mark set, a record reaped before it.
+      await c.set(`natd:gone:${inst}`, '1')
+      await c.del(`natd:peer:${k}`)
+      const deadline = Date.now() + 10_000
+      while ((await c.hGet(`natd:peer:${k}`, 'inst')) !== inst && Date.now() < deadline) await sleep(200)
+      expect(await c.hGet(`natd:peer:${k}`, 'inst')).toBe(inst)
+      expect(await c.exists(`natd:gone:${inst}`)).toBe(0)
+    } finally {
+      await c.close()
+    }
+    await bob.waitFor(isEvent('up', 'alice'), 5_000)
+  }, 30_000)
 })
