@@ -5,9 +5,12 @@
  *
  * Keys (`natd:` prefix; `K` = a public key in hex, `I` = an instance ID):
  *   natd:instance:I   string  the address agents dial for this instance's relay; PX
- *                             INSTANCE_TTL_MS, refreshed every INSTANCE_REFRESH_MS: an
- *                             instance that dies is gone from Redis within the TTL
+ *                             INSTANCE_TTL_MS, refreshed every BEAT_MS on a connection of
+ *                             its own (see BEAT_MS): an instance that dies is gone from
+ *                             Redis within the TTL, and only then (Redis' own clock)
  *   natd:instances    set     every instance that has started and not been reaped
+ *   natd:gone:I       string  set by BEAT when I finds it was taken for gone; kept until I
+ *                             has queued its records for rewriting (a lost reply loses nothing)
  *   natd:agents:I     set     K of the agents I holds online
  *   natd:peer:K       hash    inst, rec (the peer record as JSON); PX RECORD_TTL_MS,
  *                             refreshed in batches (a safety net: records are deleted
@@ -26,7 +29,7 @@
  * costs one batched write when it registers or its UDP mapping moves (CLAIM and WRITE
  * scripts + a PUBLISH shared by the batch), one when it leaves, and one PEXPIRE every
  * RECORD_REFRESH_MS (5 min): 0.2 operations per agent per minute, 20,000 a minute (333/s)
- * at 100,000 agents. Per instance: SET every 5 s, the reaper's SMEMBERS + EXISTS.
+ * at 100,000 agents. Per instance: the BEAT script every 2.5 s, the reaper's SMEMBERS + EXISTS every 5 s.
  *
  * Trust: Redis is the operator's (a private network, a password, TLS with rediss://):
  * it sees peer records, names and introductions' punch keys. Still, whatever comes back
@@ -45,8 +48,20 @@ import { systemTimers, type Timer, type Timers } from './timers.js'
 
 /** An instance's key lives this long unrefreshed: how late a dead instance is noticed (plus the reaper's period). */
 export const INSTANCE_TTL_MS = 15_000
-/** Instance key refresh, the dirty-record flush's upper bound and the reaper's period. */
+/** The reaper's period (and the record refresh's check). */
 export const INSTANCE_REFRESH_MS = 5_000
+/**
+ * The instance key is refreshed this often (BEAT_SCRIPT), on its own connection with its
+ * own timeout (BEAT_TIMEOUT_MS): never queued behind registrations' pipelines on the bulk
+ * connection, whose commands may wait out REDIS_TIMEOUT_MS under load (issue 16, 60,000
+ * agents). Any beat Redis executes keeps the key INSTANCE_TTL_MS, so a live instance's
+ * key expires only when Redis executed none for INSTANCE_TTL_MS - BEAT_MS = 12.5 s: this
+ * process or Redis stalled that long. Even then the next beat finds the key gone and puts
+ * the key and every record back (reassert()).
+ */
+export const BEAT_MS = 2_500
+/** A beat not answered by then is reported; below BEAT_MS, so beats do not pile up. */
+export const BEAT_TIMEOUT_MS = 2_000
 /** Records of registrations and moves are written this often, in one pipeline. */
 export const FLUSH_MS = 500
 /** Every online record's TTL is refreshed this often (one PEXPIRE per agent, pipelined). */
@@ -123,12 +138,48 @@ if redis.call('HGET', KEYS[3], 'key') == ARGV[2] then redis.call('HSET', KEYS[3]
 return 1
 `
 
-/** REAP: KEYS agents(I), peer(K); ARGV I, now. A dead instance's record of K: deleted, returned. */
+/**
+ * REAP: KEYS instance(I), peer(K); ARGV I. A dead instance's record of K: deleted, returned.
+ * Only while I's key is absent, judged inside Redis (its TTL clock, not a reaper's slow
+ * reply): once I is back, the rest of its records are left to it.
+ */
 const REAP_SCRIPT = `
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
 local rec = redis.call('HGET', KEYS[2], 'rec')
 if redis.call('HGET', KEYS[2], 'inst') ~= ARGV[1] then return false end
 redis.call('DEL', KEYS[2])
 return rec
+`
+
+/**
+ * BURY: KEYS instance(I), agents(I), instances, reap lock; ARGV I, events… The end of a
+ * reaping, if I is still gone: its set and membership removed, the down events published
+ * in the same atomic step (so an "up" I publishes when it comes back always follows them).
+ * 0 when I came back meanwhile: nothing removed or told, the lock freed.
+ */
+const BURY_SCRIPT = `
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('DEL', KEYS[4])
+  return 0
+end
+redis.call('DEL', KEYS[2])
+redis.call('SREM', KEYS[3], ARGV[1])
+for i = 2, #ARGV do redis.call('PUBLISH', '${P}events', ARGV[i]) end
+return 1
+`
+
+/**
+ * BEAT: KEYS instance(I), instances, gone(I); ARGV I, advertise, ttlMs, goneTtlMs.
+ * Refreshes I's key. When I had been taken for gone (its key had expired, or a reaper
+ * removed it from the set) it says so in gone(I), which stays until I deletes it after
+ * queueing its records again: a beat whose reply is lost (timeout) loses nothing.
+ * 1 while gone(I) is set.
+ */
+const BEAT_SCRIPT = `
+local old = redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3], 'GET')
+local added = redis.call('SADD', KEYS[2], ARGV[1])
+if not old or added == 1 then redis.call('SET', KEYS[3], '1', 'PX', ARGV[4]) end
+return redis.call('EXISTS', KEYS[3])
 `
 
 export interface RedisClusterInit {
@@ -155,6 +206,11 @@ export class RedisCluster implements Cluster {
   readonly instance = randomBytes(8).toString('hex')
   private readonly client: Client
   private readonly sub: Client
+  /** The instance key's own connection (BEAT_MS). */
+  private readonly beat: Client
+  private beating = false
+  /** Whether the last beat was answered (a failed one warns once, not every BEAT_MS while Redis is away). */
+  private beatOk = true
   private handlers: ClusterHandlers | null = null
   private readonly dirty = new Map<string, { record: PeerRecord | null; at: number }>()
   /** Online records this instance holds (K → record): rewritten after Redis comes back, TTLs refreshed. */
@@ -190,7 +246,13 @@ export class RedisCluster implements Cluster {
       socket: { connectTimeout: REDIS_TIMEOUT_MS, reconnectStrategy }
     })
     this.sub = this.client.duplicate()
-    for (const c of [this.client, this.sub]) {
+    this.beat = createClient({
+      url: init.url,
+      disableOfflineQueue: true,
+      commandOptions: { timeout: BEAT_TIMEOUT_MS, rejectInFlight: true },
+      socket: { connectTimeout: BEAT_TIMEOUT_MS, reconnectStrategy }
+    })
+    for (const c of [this.client, this.sub, this.beat]) {
       c.on('error', (err: Error) => this.onRedisError(err))
     }
     this.client.on('ready', () => this.onReady())
@@ -208,11 +270,17 @@ export class RedisCluster implements Cluster {
     this.handlers = handlers
     await this.client.connect()
     await this.sub.connect()
+    await this.beat.connect()
     await this.sub.subscribe(`${P}to:${this.instance}`, (msg) => this.onDirected(msg))
     await this.sub.subscribe(`${P}events`, (msg) => this.onEvents(msg))
     await this.announce()
+    await this.beat.del(`${P}gone:${this.instance}`) // new, not taken for gone
     this.ok = true
-    this.intervals = [this.timers.setInterval(() => void this.onFlushExpired(), FLUSH_MS).unref(), this.timers.setInterval(() => void this.onInstanceRefreshExpired(), INSTANCE_REFRESH_MS).unref()]
+    this.intervals = [
+      this.timers.setInterval(() => void this.onFlushExpired(), FLUSH_MS).unref(),
+      this.timers.setInterval(() => void this.onBeatExpired(), BEAT_MS).unref(),
+      this.timers.setInterval(() => void this.onInstanceRefreshExpired(), INSTANCE_REFRESH_MS).unref()
+    ]
     this.log.info('shared registry connected', { instance: this.instance, advertise: `${this.init.advertise.host}:${this.init.advertise.port}` })
   }
 
@@ -223,12 +291,13 @@ export class RedisCluster implements Cluster {
     for (const record of [...this.held.values()]) this.offline(record, this.clock.now())
     try {
       await this.flush()
-      await this.client.del(`${P}instance:${this.instance}`)
-      await this.client.sRem(`${P}instances`, this.instance)
+      await this.beat.del(`${P}instance:${this.instance}`)
+      await this.beat.sRem(`${P}instances`, this.instance)
+      await this.beat.del(`${P}gone:${this.instance}`)
     } catch (err) {
       this.log.warn('shared registry: cannot say goodbye', { err: (err as Error).message })
     }
-    for (const c of [this.sub, this.client]) {
+    for (const c of [this.sub, this.beat, this.client]) {
       try {
         c.destroy()
       } catch {
@@ -399,12 +468,17 @@ export class RedisCluster implements Cluster {
     return this.dropped.get(k)?.name ?? ''
   }
 
+  private async publishEvents(event: 'up' | 'down', peers: PeerRecord[]): Promise<void> {
+    for (const msg of this.eventMessages(event, peers, this.instance)) await this.client.publish(`${P}events`, msg)
+  }
+
   /** `from`: the instance that held them (a reaped one's ID for its agents, so the reaper's own agents hear of it too). */
-  private async publishEvents(event: 'up' | 'down', peers: PeerRecord[], from = this.instance): Promise<void> {
+  private eventMessages(event: 'up' | 'down', peers: PeerRecord[], from: string): string[] {
+    const out: string[] = []
     for (let i = 0; i < peers.length; i += BATCH) {
-      const msg = JSON.stringify({ e: event, from, peers: peers.slice(i, i + BATCH).map((p) => ({ ...recordJson(p), s: this.since.get(hex(p.publicKey)) ?? 0 })) })
-      await this.client.publish(`${P}events`, msg)
+      out.push(JSON.stringify({ e: event, from, peers: peers.slice(i, i + BATCH).map((p) => ({ ...recordJson(p), s: this.since.get(hex(p.publicKey)) ?? 0 })) }))
     }
+    return out
   }
 
   private async refreshRecords(): Promise<void> {
@@ -418,20 +492,53 @@ export class RedisCluster implements Cluster {
 
   // --- instances -----------------------------------------------------------
 
-  private async announce(): Promise<void> {
-    const m = this.client.multi()
-    m.set(`${P}instance:${this.instance}`, JSON.stringify(this.init.advertise), { expiration: { type: 'PX', value: INSTANCE_TTL_MS } })
-    m.sAdd(`${P}instances`, this.instance)
-    await m.execAsPipeline()
+  /** The BEAT script on the beat connection: true when this instance had been taken for gone. */
+  private async announce(): Promise<boolean> {
+    const r = await this.beat.eval(BEAT_SCRIPT, {
+      keys: [`${P}instance:${this.instance}`, `${P}instances`, `${P}gone:${this.instance}`],
+      arguments: [this.instance, JSON.stringify(this.init.advertise), String(INSTANCE_TTL_MS), String(RECORD_TTL_MS)]
+    })
+    return Number(r) === 1
+  }
+
+  /** Never rejects. */
+  private async onBeatExpired(): Promise<void> {
+    if (this.stopped || this.beating) return
+    this.beating = true
+    try {
+      if (await this.announce()) await this.reassert()
+      this.beatOk = true
+    } catch (err) {
+      if (this.beatOk && !this.stopped) this.log.warn('shared registry: instance key not refreshed', { err: (err as Error).message, ttlMs: INSTANCE_TTL_MS })
+      this.beatOk = false
+    } finally {
+      this.beating = false
+    }
+  }
+
+  /**
+   * Our key had expired or a reaper had removed us while we served our agents (Redis or
+   * this process stalled): the beat has put the key back, so no reaper deletes our records
+   * any more; every record we hold is queued to be written again (flush retries until it
+   * is), and the up events of that write tell the peers that heard "down".
+   */
+  private async reassert(): Promise<void> {
+    this.log.warn('shared registry: this instance was taken for gone while alive: its key and records are written again', { instance: this.instance, agents: this.held.size })
+    this.rewriteHeld()
+    void this.onFlushExpired()
+    await this.beat.del(`${P}gone:${this.instance}`)
+  }
+
+  private rewriteHeld(): void {
+    for (const [k, record] of this.held) if (!this.dirty.has(k)) this.dirty.set(k, { record, at: this.clock.now() })
   }
 
   /** Never rejects. */
   private async onInstanceRefreshExpired(): Promise<void> {
     if (this.stopped) return
     try {
-      await this.announce()
-      this.ok = true
       await this.reapDead()
+      this.ok = true
     } catch (err) {
       this.markDown(err)
     }
@@ -463,16 +570,17 @@ export class RedisCluster implements Cluster {
       const gone: PeerRecord[] = []
       const now = this.clock.now()
       for (const k of keys) {
-        const rec = await this.client.eval(REAP_SCRIPT, { keys: [`${P}agents:${inst}`, `${P}peer:${k}`], arguments: [inst, String(now)] })
+        const rec = await this.client.eval(REAP_SCRIPT, { keys: [`${P}instance:${inst}`, `${P}peer:${k}`], arguments: [inst] })
         const record = typeof rec === 'string' ? parseRecord(rec) : null
         if (!record) continue
         gone.push({ ...record, online: false })
         await this.client.hSet(`${P}name:${record.name}`, 'lastSeenAt', String(now))
       }
-      await this.client.del(`${P}agents:${inst}`)
-      await this.client.sRem(`${P}instances`, inst)
-      this.log.warn('instance gone: its agents are offline until they register elsewhere', { instance: inst, agents: gone.length })
-      if (gone.length) await this.publishEvents('down', gone, inst)
+      // `from`: the reaped instance's ID, so the reaper's own agents hear of it too.
+      const events = this.eventMessages('down', gone, inst)
+      const buried = await this.client.eval(BURY_SCRIPT, { keys: [`${P}instance:${inst}`, `${P}agents:${inst}`, `${P}instances`, `${P}reap:${inst}`], arguments: [inst, ...events] })
+      if (Number(buried) === 1) this.log.warn('instance gone: its agents are offline until they register elsewhere', { instance: inst, agents: gone.length })
+      else this.log.warn('instance back while reaped: it writes its records again', { instance: inst, reaped: gone.length })
     }
   }
 
@@ -507,7 +615,8 @@ export class RedisCluster implements Cluster {
     this.readyAt = this.clock.now()
     if (!this.handlers || this.stopped) return
     // Redis is back (maybe restarted empty): say who we are and rewrite every record we hold.
-    for (const [k, record] of this.held) if (!this.dirty.has(k)) this.dirty.set(k, { record, at: this.clock.now() })
+    this.rewriteHeld()
+    void this.onBeatExpired()
     void this.onInstanceRefreshExpired()
     if (!this.ok) this.log.info('shared registry reachable again', { instance: this.instance, agents: this.held.size })
   }

@@ -10,6 +10,7 @@ import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { createClient } from '@redis/client'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { generateKeyPair, peerId } from '../../../src/protocol/identity.js'
 import { silentLogger } from '../../../src/protocol/log.js'
@@ -53,6 +54,14 @@ function redisSays(command: string, want: string): Promise<boolean> {
 }
 
 const pingRedis = (): Promise<boolean> => redisSays('PING', 'PONG')
+
+/** A client of our Redis for the test's own reads and writes (closed by the caller). */
+async function testClient() {
+  const c = createClient({ url: `redis://${HOST}:${redisPort}` })
+  c.on('error', () => undefined)
+  await c.connect()
+  return c
+}
 
 function killRedis(): void {
   redis?.kill('SIGKILL')
@@ -281,5 +290,81 @@ describe('several instances on Redis', () => {
     expect(await listUntil(alice, (n) => n.includes('eve'), 10_000)).toContain('eve')
     expect((await registerTcp(a.port, generateKeyPair(), 'eve')).reply).toMatchObject({ type: 'error', code: 'NAME_TAKEN' })
     expect((await registerTcp(a.port, generateKeyPair(), 'newcomer')).reply).toMatchObject({ type: 'register-ack' })
+  }, 30_000)
+
+  /** alice on instance A, bob on B, who has heard alice come up; `k`: alice's key in hex. */
+  async function aliceOnAHeardByBob(): Promise<{ a: Awaited<ReturnType<typeof startInstance>>; bob: TcpPeer; k: string }> {
+    const a = await startInstance()
+    const b = await startInstance()
+    const aliceKp = generateKeyPair()
+    await register(a.port, 'alice', aliceKp)
+    const bob = await register(b.port, 'bob')
+    await bob.waitFor(isEvent('up', 'alice'), 5_000)
+    return { a, bob, k: Buffer.from(aliceKp.publicKey).toString('hex') }
+  }
+
+  it('registrations\' connection stalled longer than the instance TTL (Redis slow under load): the instance key never lapses, the others never hear its agents go down', async () => {
+    const { a, bob, k } = await aliceOnAHeardByBob()
+    // Every command of A's bulk connection waits behind a BLPOP (its 1 s timeout rejects it; Redis keeps the connection blocked).
+    const wedgeS = Math.ceil((INSTANCE_TTL_MS + INSTANCE_REFRESH_MS) / 1000) + 1 // past the expiry and a reaper round
+    const bulk = (a.cluster as unknown as { client: { blPop(key: string, timeout: number): Promise<unknown> } }).client
+    void bulk.blPop('natd:test:wedge', wedgeS).catch(() => undefined)
+    const c = await testClient()
+    try {
+      let lapsed = 0
+      const until = Date.now() + wedgeS * 1000 + 1_000
+      while (Date.now() < until) {
+        if ((await c.exists(`natd:instance:${a.cluster.instance}`)) !== 1) lapsed++
+        await sleep(250)
+      }
+      expect(lapsed).toBe(0)
+      expect(await c.hGet(`natd:peer:${k}`, 'inst')).toBe(a.cluster.instance)
+    } finally {
+      await c.close()
+    }
+    await expect(bob.waitFor(isEvent('down', 'alice'), 0)).rejects.toThrow()
+    expect(await listUntil(bob, (n) => n.includes('alice'))).toContain('alice')
+  }, 60_000)
+
+  it('an instance taken for gone while alive (key expired, records reaped, "down" sent) puts its key and records back at once, and the others hear its agents up again', async () => {
+    const { a, bob, k } = await aliceOnAHeardByBob()
+    const inst = a.cluster.instance
+    const c = await testClient()
+    try {
+      // What another instance's reaper does to an instance whose key lapsed.
+      const rec = JSON.parse((await c.hGet(`natd:peer:${k}`, 'rec'))!) as object
+      await c.del([`natd:instance:${inst}`, `natd:peer:${k}`, `natd:agents:${inst}`])
+      await c.sRem('natd:instances', inst)
+      await c.publish('natd:events', JSON.stringify({ e: 'down', from: inst, peers: [{ ...rec, s: 0 }] }))
+      await bob.waitFor(isEvent('down', 'alice'), 5_000)
+      // A is alive: within a beat it writes everything back and says so.
+      await bob.waitFor(isEvent('up', 'alice'), 10_000)
+      expect(await c.exists(`natd:instance:${inst}`)).toBe(1)
+      expect(await c.sIsMember('natd:instances', inst)).toBeTruthy()
+      expect(await c.hGet(`natd:peer:${k}`, 'inst')).toBe(inst)
+      expect(await c.sIsMember(`natd:agents:${inst}`, k)).toBeTruthy()
+    } finally {
+      await c.close()
+    }
+    bob.send({ type: 'introduce', reqId: 5, target: 'alice', via: 'udp' })
+    expect(await bob.waitFor((m) => (m.type === 'introduction' || m.type === 'error') && m.reqId === 5)).toMatchObject({ type: 'introduction', peer: { name: 'alice' } })
+  }, 30_000)
+
+  it('a refresh that found the instance taken for gone but whose reply was lost (timed out): the next refresh still puts its records back', async () => {
+    const { a, bob, k } = await aliceOnAHeardByBob()
+    const inst = a.cluster.instance
+    const c = await testClient()
+    try {
+      // What that refresh left in Redis: the key back, the mark set, a record reaped before it.
+      await c.set(`natd:gone:${inst}`, '1')
+      await c.del(`natd:peer:${k}`)
+      const deadline = Date.now() + 10_000
+      while ((await c.hGet(`natd:peer:${k}`, 'inst')) !== inst && Date.now() < deadline) await sleep(200)
+      expect(await c.hGet(`natd:peer:${k}`, 'inst')).toBe(inst)
+      expect(await c.exists(`natd:gone:${inst}`)).toBe(0)
+    } finally {
+      await c.close()
+    }
+    await bob.waitFor(isEvent('up', 'alice'), 5_000)
   }, 30_000)
 })
