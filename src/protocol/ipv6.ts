@@ -30,10 +30,16 @@ import { ipv6ToBytes, isIPv6, type Endpoint } from './endpoint.js'
 /** IPv6 candidates of a peer we probe at most (its heartbeat's source; one spare for a renumbered /64). */
 export const MAX_V6_CANDIDATES = 2
 
-/** Global unicast IPv6 (2000::/3), not a v4-mapped or otherwise special text form. */
+/**
+ * Global unicast IPv6 (2000::/3), not a v4-mapped or otherwise special text form, and not
+ * one that relays deliver to an IPv4 host it embeds: 6to4 (2002::/16, RFC 3056) and Teredo
+ * (2001::/32, RFC 4380) would let a server name an IPv4 target in IPv6 clothing.
+ */
 export function isGlobalIPv6(host: string): boolean {
   if (!isIPv6(host) || host.includes('.')) return false
   const b = ipv6ToBytes(host)
+  if (b[0] === 0x20 && b[1] === 0x02) return false // 6to4
+  if (b[0] === 0x20 && b[1] === 0x01 && b[2] === 0 && b[3] === 0) return false // Teredo
   return (b[0]! & 0xe0) === 0x20
 }
 

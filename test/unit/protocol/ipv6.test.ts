@@ -14,6 +14,11 @@ describe('isGlobalIPv6', () => {
       expect(isGlobalIPv6(host), host).toBe(false)
     }
   })
+
+  it('drops 6to4 (2002::/16) and Teredo (2001::/32): relays deliver them to the IPv4 host they embed', () => {
+    for (const host of ['2002:c000:0201::1', '2002::', '2001::1', '2001:0:4136:e378:8000:63bf:3fff:fdd2']) expect(isGlobalIPv6(host), host).toBe(false)
+    for (const host of ['2001:1::1', '2001:db8::1', '2003::1']) expect(isGlobalIPv6(host), host).toBe(true)
+  })
 })
 
 describe('sameV6Prefix64', () => {
