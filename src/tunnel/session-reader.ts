@@ -168,6 +168,20 @@ export class SessionReader {
     }
   }
 
+  /** Reads the little-endian length prefix from buf[off…end), as far as it goes; returns the new offset. */
+  private readLength(buf: Buffer, off: number, end: number): number {
+    while (this.lengthSeen < LENGTH_BYTES && off < end) this.length |= buf[off++]! << (8 * this.lengthSeen++)
+    return off
+  }
+
+  /** A whole length prefix read: false (the session failed) when it is below a MAC or above the bound. */
+  private lengthOk(): boolean {
+    if (this.length < ABYTES) this.fail(new Error('Invalid message received'))
+    else if (this.length > MAX_MESSAGE_BYTES) this.fail(new Error(`Message of ${this.length} bytes is larger than ${MAX_MESSAGE_BYTES}`))
+    else return true
+    return false
+  }
+
   private parse(data: Buffer): void {
     const s = this.s
     s._timeoutTimer?.refresh()
@@ -175,10 +189,8 @@ export class SessionReader {
     let off = 0
     while (off < end && !s.destroying) {
       if (this.lengthSeen < LENGTH_BYTES) {
-        while (this.lengthSeen < LENGTH_BYTES && off < end) this.length |= data[off++]! << (8 * this.lengthSeen++)
-        if (this.lengthSeen < LENGTH_BYTES) return
-        if (this.length < ABYTES) return this.fail(new Error('Invalid message received'))
-        if (this.length > MAX_MESSAGE_BYTES) return this.fail(new Error(`Message of ${this.length} bytes is larger than ${MAX_MESSAGE_BYTES}`))
+        off = this.readLength(data, off, end)
+        if (this.lengthSeen < LENGTH_BYTES || !this.lengthOk()) return
         if (off === end) return
       }
       const missing = this.length - this.filled
@@ -243,10 +255,9 @@ export class SessionReader {
     this.end += n
     while (this.pos < this.end && !s.destroying) {
       if (this.lengthSeen < LENGTH_BYTES) {
-        while (this.lengthSeen < LENGTH_BYTES && this.pos < this.end) this.length |= slab[this.pos++]! << (8 * this.lengthSeen++)
+        this.pos = this.readLength(slab, this.pos, this.end)
         if (this.lengthSeen < LENGTH_BYTES) break
-        if (this.length < ABYTES) return this.fail(new Error('Invalid message received'))
-        if (this.length > MAX_MESSAGE_BYTES) return this.fail(new Error(`Message of ${this.length} bytes is larger than ${MAX_MESSAGE_BYTES}`))
+        if (!this.lengthOk()) return
       }
       if (this.end - this.pos < this.length) break
       const at = this.pos
