@@ -16,8 +16,8 @@ import { systemRandom } from '../protocol/clock.js'
 import { probeGateway } from '../portmap/gateway-probe.js'
 import { PORT_MAPPING_PORT } from '../portmap/natpmp.js'
 import { PortMapper } from '../portmap/port-mapper.js'
-import { SSDP_PORT } from '../portmap/upnp.js'
-import { UpnpClient } from '../portmap/upnp-client.js'
+import { SSDP_MULTICAST, SSDP_MULTICAST_TTL, SSDP_PORT } from '../portmap/upnp.js'
+import { UpnpClient, type SsdpDestination } from '../portmap/upnp-client.js'
 import { gatewayHttp } from './gateway-http.js'
 
 /**
@@ -50,7 +50,8 @@ export interface GatewayClient {
 
 /**
  * A PortMapper on a UDP socket connected to the default gateway's port 5351, and a
- * UpnpClient on another (SSDP answers may come from any port of the gateway's address);
+ * UpnpClient on another (SSDP answers may come from any port of the gateway's address,
+ * and the search also goes to SSDP's multicast group);
  * null: no default route. Never rejects.
  */
 export async function gatewayClient(): Promise<GatewayClient | null> {
@@ -76,7 +77,22 @@ export async function gatewayClient(): Promise<GatewayClient | null> {
     const mapper = new PortMapper({ gateway, localIp }, { send: (buf) => sock.send(buf), randomBytes: (n) => randomBytes(n) })
     sock.on('message', (msg, rinfo) => mapper.onMessage(msg, { host: rinfo.address, port: rinfo.port }))
     await settled(ssdp, (done) => ssdp.bind(0, localIp, done))
-    const upnp = new UpnpClient({ gateway, localIp }, { sendSsdp: (buf) => ssdp.send(buf, SSDP_PORT, gateway), http: gatewayHttp(gateway), random: systemRandom })
+    // The multicast search leaves by the interface that reaches the gateway (the default
+    // route's), with SSDP's TTL 2, and does not come back to us.
+    // A host that cannot send multicast still searches by unicast (and maps by PCP).
+    let multicast = true
+    try {
+      ssdp.setMulticastInterface(localIp)
+      ssdp.setMulticastTTL(SSDP_MULTICAST_TTL)
+      ssdp.setMulticastLoopback(false)
+    } catch {
+      multicast = false
+    }
+    const sendSsdp = (buf: Uint8Array, to: SsdpDestination): void => {
+      if (to === 'gateway') ssdp.send(buf, SSDP_PORT, gateway, () => undefined)
+      else if (multicast) ssdp.send(buf, SSDP_PORT, SSDP_MULTICAST, () => undefined)
+    }
+    const upnp = new UpnpClient({ gateway, localIp }, { sendSsdp, http: gatewayHttp(gateway), random: systemRandom })
     ssdp.on('message', (msg, rinfo) => upnp.onSsdpMessage(msg, { host: rinfo.address, port: rinfo.port }))
     return { gateway, mapper, upnp, close }
   } catch {

@@ -2,7 +2,8 @@
  * Asks the default gateway for a port mapping by UPnP IGD (the codecs are upnp.ts): the
  * third protocol, for routers that speak neither PCP nor NAT-PMP (Tailscale's order).
  *
- *   discover()  SSDP search to the gateway → its description → a WAN*Connection service
+ *   discover()  SSDP search to the gateway and to SSDP's multicast group → its
+ *               description → a WAN*Connection service
  *               → GetExternalIPAddress; remembers the service
  *   map()       AddAnyPortMapping (IGD:2: the router picks another port when ours is
  *               taken) or AddPortMapping (IGD:1: one more try on a random port after a
@@ -11,12 +12,15 @@
  *               router forgets it, and UPnP has no epoch to tell)
  *   unmap()     DeletePortMapping
  *
- * Sockets are injected: `sendSsdp` sends to the gateway's UDP port 1900, the caller feeds
- * every datagram it receives to onSsdpMessage(); `http` talks to the gateway's address
+ * Sockets are injected: `sendSsdp` sends to UDP port 1900 of the gateway or of the group
+ * (TTL 2, out of the interface that reaches the gateway), the caller feeds every datagram
+ * it receives to onSsdpMessage(); `http` talks to the gateway's address
  * only (it takes a port and a path, never a host), within the size and time bounds passed.
  *
  * Trust: anyone on the LAN can send us datagrams, and can forge the gateway's source
- * address. Only answers from the gateway's address are read, and only the first that
+ * address; the multicast search also invites every UPnP device on the link (printers,
+ * TVs) to answer, at most once per search each. Only answers from the gateway's address
+ * are read (the rest are dropped before parsing), and only the first that
  * names a gateway device per search; its LOCATION, and the control URL in the description,
  * must point at the gateway's own address by plain HTTP (upnp.ts gatewayUrl), so a LAN
  * host can at most make us fetch one bounded page from another port of the gateway. What
@@ -45,7 +49,15 @@ import {
   type WanService
 } from './upnp.js'
 
-/** SSDP searches sent, waiting 250 then 500 ms (a gateway answers a unicast search in milliseconds: ~60 ms from miniupnpd). */
+/**
+ * SSDP searches sent (each to the gateway and to the group), waiting 250 then 500 ms: a
+ * gateway answers a unicast search in milliseconds (~60 ms from miniupnpd), and so does
+ * Debian's miniupnpd a multicast one (built without MX delays). A device that waits at
+ * random up to MX (1 s) before answering the group is heard within these 0.75 s 7 times in
+ * 8 (both searches' answers count); else at the keeper's next check (daemon/port-mapping.ts:
+ * without a mapping it probes again). A longer window would cost every agent behind a
+ * gateway that answers nothing that much more at its first start.
+ */
 export const UPNP_SSDP_TRIES = 2
 export const UPNP_SSDP_FIRST_WAIT_MS = 250
 /** Larger datagrams are not SSDP answers we read (miniupnpd's is ~450 bytes). */
@@ -83,8 +95,12 @@ export interface UpnpInit {
   localIp: string
 }
 
+/** Where an SSDP search goes: the gateway's own address, or SSDP's multicast group (upnp.ts SSDP_MULTICAST). */
+export type SsdpDestination = 'gateway' | 'multicast'
+
 export interface UpnpComponents {
-  sendSsdp: (buf: Uint8Array) => void
+  /** Sends one search to UDP port 1900 of `to`; never throws (a send error is a lost datagram). */
+  sendSsdp: (buf: Uint8Array, to: SsdpDestination) => void
   /** One HTTP exchange with the gateway; rejects on a network error, a timeout or an over-long answer. */
   http: (req: HttpRequest) => Promise<HttpAnswer>
   /** [0, 1): a port to try after an IGD:1 conflict. */
@@ -223,7 +239,9 @@ export class UpnpClient {
         timer = setTimeout(() => resolve(null), wait)
         onAbort = () => resolve(null)
         signal?.addEventListener('abort', onAbort, { once: true })
-        this.c.sendSsdp(req)
+        // Unicast first: a gateway that answers it needs nothing else, and multicast-only ones exist.
+        this.c.sendSsdp(req, 'gateway')
+        this.c.sendSsdp(req, 'multicast')
       }).finally(() => {
         this.waiters.delete(waiter!)
         clearTimeout(timer)

@@ -2,7 +2,8 @@
  * UPnP IGD (Internet Gateway Device, UPnP Forum): the texts a control point exchanges
  * with a home router to map a port. Pure: the client is upnp-client.ts. Three steps:
  *
- *   1. SSDP search (UDP to the gateway's port 1900; UDA 1.1 §1.3.2, unicast):
+ *   1. SSDP search (UDP port 1900, unicast to the gateway and multicast to
+ *      239.255.255.250; UDA 1.1 §1.3.2-1.3.3; the answer comes back unicast):
  *        M-SEARCH * HTTP/1.1            →   HTTP/1.1 200 OK
  *        HOST: 239.255.255.250:1900          ST: urn:…:device:InternetGatewayDevice:1
  *        ST: urn:…:InternetGatewayDevice:1   LOCATION: http://10.1.0.1:36623/rootDesc.xml
@@ -23,6 +24,16 @@
 import type { MapProtocol } from './natpmp.js'
 
 export const SSDP_PORT = 1900
+/**
+ * SSDP's IPv4 group (UDA 1.1 §1.1.2). Some routers answer a search only when it comes
+ * to the group, not to their own address, so the search goes to both.
+ */
+export const SSDP_MULTICAST = '239.255.255.250'
+/**
+ * The multicast search's TTL: UDA 1.1 §1.1.2 asks for 2 (it defaulted to 4 in 1.0); the
+ * gateway is one hop away, and nothing forwards it past the next router.
+ */
+export const SSDP_MULTICAST_TTL = 2
 /** The search target: IGD:2 devices answer it too (UDA: a device answers lower versions). */
 export const IGD_SEARCH_TARGET = 'urn:schemas-upnp-org:device:InternetGatewayDevice:1'
 /** What natd names its mappings on the router's page. */
@@ -41,13 +52,14 @@ export const WAN_SERVICES = [
 export type WanService = (typeof WAN_SERVICES)[number]
 
 /**
- * The M-SEARCH we send to the gateway. MX (seconds a device may wait, at random, before
- * answering) is for multicast searches; a unicast one is answered at once, and MX: 1
- * bounds the wait of a device that applies it anyway.
+ * The M-SEARCH we send, the same bytes to the gateway and to the group. MX (seconds a
+ * device may wait, at random, before answering) is for multicast searches; a unicast one
+ * is answered at once. MX: 1 is the least UDA 1.1 allows (0 is invalid, and divides by
+ * zero in some devices' delay code), so a device that applies it answers within 1 s.
  */
 export function encodeSsdpSearch(): Buffer {
   return Buffer.from(
-    ['M-SEARCH * HTTP/1.1', `HOST: 239.255.255.250:${SSDP_PORT}`, `ST: ${IGD_SEARCH_TARGET}`, 'MAN: "ssdp:discover"', 'MX: 1', '', ''].join('\r\n'),
+    ['M-SEARCH * HTTP/1.1', `HOST: ${SSDP_MULTICAST}:${SSDP_PORT}`, `ST: ${IGD_SEARCH_TARGET}`, 'MAN: "ssdp:discover"', 'MX: 1', '', ''].join('\r\n'),
     'latin1'
   )
 }

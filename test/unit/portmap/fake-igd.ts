@@ -6,7 +6,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { HttpAnswer, HttpRequest } from '../../../src/portmap/upnp-client.js'
-import { UpnpClient } from '../../../src/portmap/upnp-client.js'
+import { UpnpClient, type SsdpDestination } from '../../../src/portmap/upnp-client.js'
 
 const FIXTURES = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures')
 export const ROOT_DESC = fs.readFileSync(path.join(FIXTURES, 'miniupnpd-2.3.1-rootDesc.xml'), 'utf8')
@@ -19,6 +19,8 @@ export interface FakeIgdOptions {
   version?: 1 | 2
   /** Answer SSDP at all (default true), and after how many ms. */
   ssdp?: boolean
+  /** Which searches it answers: both (default), only those to the group (some routers), or only unicast ones. */
+  ssdpAnswers?: 'both' | SsdpDestination
   ssdpDelayMs?: number
   externalIp?: string
   /** An UPnP error code for every Add*PortMapping. */
@@ -41,7 +43,7 @@ export interface Mapping {
 export function fakeIgd(o: FakeIgdOptions = {}) {
   const mappings = new Map<string, Mapping>()
   const calls: string[] = []
-  const state = { down: false, externalIp: o.externalIp ?? '198.18.1.2', ssdpSent: 0, lastTimeoutMs: 0 }
+  const state = { down: false, externalIp: o.externalIp ?? '198.18.1.2', ssdpSent: 0, ssdpTo: [] as SsdpDestination[], lastTimeoutMs: 0 }
   const service = `urn:schemas-upnp-org:service:WANIPConnection:${o.version ?? 2}`
   const description = o.description ?? ROOT_DESC.replace('urn:schemas-upnp-org:service:WANIPConnection:2', service)
 
@@ -100,9 +102,10 @@ export function fakeIgd(o: FakeIgdOptions = {}) {
   const client: UpnpClient = new UpnpClient(
     { gateway: GATEWAY, localIp: '10.1.0.2' },
     {
-      sendSsdp: () => {
+      sendSsdp: (_buf, to) => {
         state.ssdpSent++
-        if (o.ssdp === false || state.down) return
+        state.ssdpTo.push(to)
+        if (o.ssdp === false || state.down || (o.ssdpAnswers !== undefined && o.ssdpAnswers !== 'both' && o.ssdpAnswers !== to)) return
         const answer = Buffer.from(o.location ? SSDP_ANSWER.replace(/LOCATION: \S+/, `LOCATION: ${o.location}`) : SSDP_ANSWER, 'latin1')
         setTimeout(() => client.onSsdpMessage(answer, { host: GATEWAY, port: 1900 }), o.ssdpDelayMs ?? 0)
       },

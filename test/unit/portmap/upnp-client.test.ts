@@ -26,8 +26,33 @@ describe('UpnpClient.discover', () => {
     expect(done).toBe(false)
     await vi.advanceTimersByTimeAsync(1)
     expect(await p).toBeNull()
-    expect(igd.state.ssdpSent).toBe(UPNP_SSDP_TRIES)
+    expect(igd.state.ssdpSent).toBe(2 * UPNP_SSDP_TRIES)
+    // Each try: to the gateway, then to SSDP's group; nothing more.
+    expect(igd.state.ssdpTo).toEqual(Array.from({ length: UPNP_SSDP_TRIES }, () => ['gateway', 'multicast']).flat())
     expect(igd.calls).toEqual([])
+  })
+
+  it('a gateway that answers only searches sent to the group is found; one that answers only unicast still is', async () => {
+    const multicastOnly = fakeIgd({ ssdpAnswers: 'multicast' })
+    expect(await multicastOnly.client.discover()).toEqual(SERVICE)
+    expect(multicastOnly.state.ssdpTo).toEqual(['gateway', 'multicast'])
+    expect(await fakeIgd({ ssdpAnswers: 'gateway' }).client.discover()).toEqual(SERVICE)
+  })
+
+  it("the group's answer from another device (a TV, a printer) is not read, however gateway-like; the gateway's, within the tries, is", async () => {
+    vi.useFakeTimers()
+    const igd = fakeIgd({ ssdp: false })
+    const p = igd.client.discover()
+    // Another device on the link answers the multicast search, naming the gateway's URL.
+    igd.client.onSsdpMessage(Buffer.from(SSDP_ANSWER, 'latin1'), { host: '10.1.0.77', port: 1900 })
+    await vi.advanceTimersByTimeAsync(UPNP_SSDP_FIRST_WAIT_MS + 10)
+    expect(igd.calls).toEqual([])
+    expect(igd.state.ssdpTo).toEqual(['gateway', 'multicast', 'gateway', 'multicast'])
+    // A delayed answer (a device applying MX) to the first search, during the second try's wait.
+    igd.client.onSsdpMessage(Buffer.from(SSDP_ANSWER, 'latin1'), { host: GATEWAY, port: 1900 })
+    await vi.advanceTimersByTimeAsync(10)
+    expect(await p).toEqual(SERVICE)
+    expect(igd.state.ssdpSent).toBe(4)
   })
 
   it('an answer from another LAN host, or one whose LOCATION leads away from the gateway, is not followed', async () => {
