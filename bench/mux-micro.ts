@@ -6,9 +6,13 @@
  * sides spend; CPU per MiB is the figure to compare (run it a few times, the machine is
  * shared).
  *
- *   npm run --silent build && node bench/mux-micro.ts [--mib N] [--reps N] [--json FILE]
+ *   npm run --silent build && node bench/mux-micro.ts [--mib N] [--reps N] [--forward] [--json FILE]
  *
  * The source hands the channel a fresh 64 KiB buffer per chunk, as a socket's reads do.
+ * --forward: a port forward's whole data path instead (issue 18): a client's TCP
+ * connection joined to the channel (daemon/pipe.ts), and at the other end the channel
+ * joined to a connection to a sink server. The process's CPU then includes the client and
+ * the sink (the same for every build).
  */
 import fs from 'node:fs'
 import net from 'node:net'
@@ -17,12 +21,14 @@ import { pipeline } from 'node:stream/promises'
 import SecretStream from '@hyperswarm/secret-stream'
 const { silentLogger } = (await import(new URL('../dist/protocol/log.js', import.meta.url).href)) as typeof import('../src/protocol/log.js')
 const { Mux } = (await import(new URL('../dist/tunnel/mux.js', import.meta.url).href)) as typeof import('../src/tunnel/mux.js')
+const { join } = (await import(new URL('../dist/daemon/pipe.js', import.meta.url).href)) as typeof import('../src/daemon/pipe.js')
 
 const argv = process.argv.slice(2)
 const arg = (name: string): string | undefined => (argv.includes(name) ? argv[argv.indexOf(name) + 1] : undefined)
 const MIB = Number(arg('--mib')) || 256
 const REPS = Number(arg('--reps')) || 3
 const CHUNK = 64 * 1024
+const FORWARD = argv.includes('--forward')
 
 async function sessionPair(): Promise<[SecretStream, SecretStream, () => void]> {
   const server = net.createServer()
@@ -76,8 +82,61 @@ async function once(): Promise<{ MBps: number; cpuMsPerMiB: number }> {
   return { MBps: total / 1e6 / (ms / 1000), cpuMsPerMiB: (cpu.user + cpu.system) / 1000 / MIB }
 }
 
+async function listen(handler: (sock: net.Socket) => void): Promise<[number, net.Server]> {
+  const server = net.createServer(handler)
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  return [(server.address() as net.AddressInfo).port, server]
+}
+
+async function onceForward(): Promise<{ MBps: number; cpuMsPerMiB: number }> {
+  const total = MIB * 1024 * 1024
+  let received = 0
+  let sinkDone!: () => void
+  const done = new Promise<void>((resolve) => (sinkDone = resolve))
+  const [sinkPort, sink] = await listen((sock) => {
+    sock.on('data', (d: Buffer) => (received += d.length))
+    sock.on('end', () => {
+      sock.end()
+      sinkDone()
+    })
+  })
+  const [a, b, close] = await sessionPair()
+  const ma = new Mux(a, true, silentLogger)
+  const mb = new Mux(b, false, silentLogger)
+  mb.on('open', (req) => {
+    const conn = net.connect(sinkPort, '127.0.0.1')
+    conn.once('connect', () => {
+      req.accept()
+      join(conn, req.channel)
+    })
+  })
+  const [entryPort, entry] = await listen((sock) => {
+    const ch = ma.openChannel(sinkPort)
+    void ch.opened.then(() => join(sock, ch))
+  })
+  const app = net.connect(entryPort, '127.0.0.1')
+  await new Promise((resolve) => app.once('connect', resolve))
+  const chunk = Buffer.alloc(2 * CHUNK, 7)
+  const cpu0 = process.cpuUsage()
+  const t0 = performance.now()
+  for (let sent = 0; sent < total; sent += chunk.length) {
+    if (!app.write(chunk)) await new Promise((resolve) => app.once('drain', resolve))
+  }
+  app.end()
+  await done
+  const ms = performance.now() - t0
+  const cpu = process.cpuUsage(cpu0)
+  app.destroy()
+  ma.close('done')
+  mb.close('done')
+  close()
+  for (const s of [sink, entry]) s.close()
+  if (received !== total) throw new Error(`received ${received} of ${total}`)
+  return { MBps: total / 1e6 / (ms / 1000), cpuMsPerMiB: (cpu.user + cpu.system) / 1000 / MIB }
+}
+
 const runs: Array<{ MBps: number; cpuMsPerMiB: number }> = []
-for (let i = 0; i < REPS; i++) runs.push(await once())
+for (let i = 0; i < REPS; i++) runs.push(await (FORWARD ? onceForward() : once()))
 const median = (xs: number[]): number => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]!
 const out = {
   mib: MIB,

@@ -1,6 +1,23 @@
 import type net from 'node:net'
 import type { Duplex } from 'node:stream'
 import { systemClock, type TimerClock } from '../protocol/clock.js'
+import { MAX_DATA_BYTES } from '../protocol/mux.js'
+import { MuxChannel } from '../tunnel/mux-channel.js'
+import { canReadInto, readInto } from '../tunnel/socket-onread.js'
+
+/**
+ * The local socket's reads land here, one DATA frame's worth, and are copied into frames
+ * before the read callback returns (what cannot be sent then is copied aside): so one
+ * buffer serves every joined socket of the process (reads run one at a time), where Node
+ * allocates 64 KiB per read.
+ */
+let sharedReadBuffer: Buffer | null = null
+/**
+ * The peer's data queued in the local socket before we stop granting the peer credit
+ * (the channel's Readable side held 1 MiB, the same). The channel's window (4 MiB) bounds
+ * what the peer can send past it.
+ */
+export const LOCAL_QUEUE_BYTES = 1024 * 1024
 
 /**
  * Joins a local TCP connection and a mux channel both ways with half-close: the end of
@@ -22,8 +39,10 @@ export function join(sock: net.Socket, ch: Duplex, onDone?: () => void, clock: P
     }
     onDone?.()
   }
-  sock.pipe(ch)
-  ch.pipe(sock)
+  if (!(ch instanceof MuxChannel && joinDirect(sock, ch))) {
+    sock.pipe(ch)
+    ch.pipe(sock)
+  }
   sock.on('error', (err) => finish(err))
   ch.on('error', (err) => finish(err, true))
   let closed = 0
@@ -46,4 +65,95 @@ export function reset(sock: net.Socket): void {
   if (sock.destroyed) return
   sock.on('error', () => undefined) // resetAndDestroy reports a socket closed meanwhile as an error
   sock.resetAndDestroy()
+}
+
+/**
+ * The socket and a mux channel without stream layers between them (issue 18): the kernel
+ * reads the socket into a shared buffer and the channel copies each read into DATA frames
+ * at once (MuxChannel.sendSome); the peer's data is written to the socket as it arrives
+ * (MuxChannel.deliverTo). Backpressure as with pipe(): reading stops while the channel
+ * has no credit or the session is congested (sendSome() takes less than a read, or canSend
+ * is false after it), and the peer's credit is held while the socket queues
+ * LOCAL_QUEUE_BYTES or more. The end of the socket's data ends the channel after its last
+ * byte, the peer's FIN ends the socket's writing. False (nothing changed): the socket
+ * cannot read into our buffer (Node's internals are not there) or the channel already
+ * delivered data to its Readable side; then join() pipes.
+ */
+function joinDirect(sock: net.Socket, ch: MuxChannel): boolean {
+  if (!canReadInto(sock) || ch.writableLength > 0 || ch.writableEnded || ch.readableFlowing) return false
+  // Bytes the socket read before we joined (Node's read-ahead) are sent first.
+  const held: Buffer[] = []
+  for (let chunk = sock.read() as Buffer | null; chunk !== null; chunk = sock.read() as Buffer | null) held.push(chunk)
+  const ended = sock.readableEnded || (sock as unknown as { _readableState: { ended: boolean } })._readableState.ended
+  sharedReadBuffer ??= Buffer.allocUnsafeSlow(MAX_DATA_BYTES)
+  let waiting = false
+  let eof = ended
+  let draining = false
+  const toSocket = (buf: Buffer): boolean => {
+    if (sock.destroyed) return true // join() is tearing both down
+    sock.write(buf)
+    if (sock.writableLength < LOCAL_QUEUE_BYTES) return true
+    if (!draining) {
+      draining = true
+      sock.once('drain', () => {
+        draining = false
+        ch.release()
+      })
+    }
+    return false
+  }
+  if (!ch.deliverTo({ data: toSocket, end: () => sock.end() })) {
+    for (const b of held.reverse()) sock.unshift(b)
+    return false
+  }
+  /** Sends what is held; true when nothing is left. */
+  const flush = (): boolean => {
+    while (held.length > 0) {
+      const b = held[0]!
+      const n = ch.sendSome(b)
+      if (n < b.length) {
+        held[0] = b.subarray(n)
+        return false
+      }
+      held.shift()
+    }
+    return true
+  }
+  const later = (): void => {
+    if (waiting) return
+    waiting = true
+    ch.whenSendable((err) => {
+      waiting = false
+      if (!err) step()
+    })
+  }
+  /** Sends what is held, then ends the channel or reads on. */
+  const step = (): void => {
+    if (!flush()) return later()
+    if (eof) {
+      ch.end()
+      return
+    }
+    if (!ch.canSend) return later()
+    if (!sock.destroyed) sock._read(0) // reads again if they were stopped (no-op while reading)
+  }
+  const onRead = (n: number, buf: Buffer): boolean => {
+    const data = buf.subarray(0, n)
+    const sent = ch.sendSome(data)
+    if (sent < n) held.push(Buffer.from(data.subarray(sent))) // the shared buffer is the next read's
+    if (held.length > 0 || !ch.canSend) {
+      later()
+      return false // stop reading until the channel can send
+    }
+    return true
+  }
+  if (!eof) {
+    readInto(sock, sharedReadBuffer, onRead, null)
+    sock.on('end', () => {
+      eof = true
+      if (!waiting && held.length === 0) ch.end()
+    })
+  }
+  step()
+  return true
 }

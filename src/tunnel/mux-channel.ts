@@ -18,8 +18,19 @@ export const WINDOW_UPDATE_MIN_BYTES = 256 * 1024
 /** DATA header: type u8, channel u32 (protocol/mux.ts). */
 const DATA_HEADER_BYTES = 5
 
+/**
+ * Where a joined local socket takes the peer's data (daemon/pipe.ts), in place of the
+ * channel's Readable side: `data` returns false while its queue is full (the channel then
+ * holds the peer's credit until release()), `end` comes with the peer's FIN.
+ */
+export interface ChannelSink {
+  data(buf: Buffer): boolean
+  end(): void
+}
+
 export class MuxChannel extends Duplex {
   private credit = 0
+  private sink: ChannelSink | null = null
   /** A write waiting for credit: `resume` continues it, `cb` fails it if the channel dies first. */
   private pendingWrite: { resume: () => void; cb: (err?: Error | null) => void } | null = null
   private unacked = 0
@@ -62,6 +73,11 @@ export class MuxChannel extends Duplex {
     this.bytesIn += data.length
     this.mux.bytesIn += data.length
     this.unacked += data.length
+    if (this.sink) {
+      if (this.sink.data(Buffer.from(data.buffer, data.byteOffset, data.length))) this.grant()
+      else this.heldCredit = true
+      return
+    }
     if (this.push(Buffer.from(data.buffer, data.byteOffset, data.length))) this.grant()
     else this.heldCredit = true
   }
@@ -79,6 +95,7 @@ export class MuxChannel extends Duplex {
   /** @internal */
   onFin(): void {
     this.finReceived = true
+    this.sink?.end()
     this.push(null)
     this.maybeDone()
   }
@@ -99,10 +116,81 @@ export class MuxChannel extends Duplex {
   }
 
   override _read(): void {
+    this.release()
+  }
+
+  /**
+   * The peer's data goes to `sink` from now on, not through the Readable side (one stream
+   * layer less per frame on the receiving agent, issue 18); what the Readable side holds
+   * goes to it first. The Readable side still ends with the peer's FIN (so 'end' and
+   * 'close' come as before). False (nothing changes) once that side was read to its end.
+   */
+  deliverTo(sink: ChannelSink): boolean {
+    if (this.destroyed || this.readableEnded || this.readableFlowing) return false
+    for (let c = this.read() as Buffer | null; c !== null; c = this.read() as Buffer | null) {
+      if (!sink.data(c)) this.heldCredit = true
+    }
+    this.sink = sink
+    if (this.finReceived) sink.end()
+    this.resume() // nothing more is pushed but the end: flowing, so that 'end' is emitted
+    return true
+  }
+
+  /** The sink's queue drained: grants the credit held back while it was full. */
+  release(): void {
     if (this.heldCredit) {
       this.heldCredit = false
       this.grant()
     }
+  }
+
+  /** Whether sendSome() would send a byte now (credit, and the session not congested). */
+  get canSend(): boolean {
+    return !this.destroyed && this.credit > 0 && !this.mux.congested
+  }
+
+  /**
+   * Sends what it can of `buf` now, in frames (copied: `buf` is the caller's again when
+   * this returns), and says how many bytes; the rest waits for whenSendable(). For a
+   * joined local socket (daemon/pipe.ts), past the Writable side: it must not be mixed
+   * with write(), and end() comes after the last byte.
+   */
+  sendSome(buf: Buffer): number {
+    let sent = 0
+    while (sent < buf.length && this.canSend) {
+      const n = Math.min(buf.length - sent, this.credit, MAX_DATA_BYTES)
+      const frame = this.dataFrame(n)
+      buf.copy(frame, DATA_HEADER_BYTES, sent, sent + n)
+      this.sendFrame(frame, n)
+      sent += n
+    }
+    return sent
+  }
+
+  /** Calls `fn` once sendSome() can send (credit, session), or with the error if the channel dies first. */
+  whenSendable(fn: (err?: Error | null) => void): void {
+    if (this.destroyed) return fn(new NatdError('TUNNEL_CLOSED', 'channel closed'))
+    if (this.credit <= 0) {
+      this.pendingWrite = { resume: () => this.whenSendable(fn), cb: fn }
+      return
+    }
+    if (this.mux.congested) return this.mux.whenWritable((err) => (err ? fn(err) : this.whenSendable(fn)))
+    fn()
+  }
+
+  /** A DATA frame for `n` bytes, header filled, in the mux's replay buffer (sendFrame() it next). */
+  private dataFrame(n: number): Buffer {
+    const frame = this.mux.allocFrame(DATA_HEADER_BYTES + n)
+    frame[0] = MUX.DATA
+    frame.writeUInt32BE(this.id, 1)
+    return frame
+  }
+
+  private sendFrame(frame: Buffer, n: number): void {
+    this.mux.sendRaw(frame)
+    this.credit -= n
+    this.bytesOut += n
+    this.mux.bytesOut += n
   }
 
   override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
@@ -135,9 +223,7 @@ export class MuxChannel extends Duplex {
         }
         if (this.mux.congested) return this.mux.whenWritable(pump)
         const n = Math.min(left, this.credit, MAX_DATA_BYTES)
-        const frame = this.mux.allocFrame(DATA_HEADER_BYTES + n)
-        frame[0] = MUX.DATA
-        frame.writeUInt32BE(this.id, 1)
+        const frame = this.dataFrame(n)
         for (let at = DATA_HEADER_BYTES; at < frame.length; ) {
           const c = chunks[index]!
           const take = Math.min(c.length - offset, frame.length - at)
@@ -149,10 +235,7 @@ export class MuxChannel extends Duplex {
             offset = 0
           }
         }
-        this.mux.sendRaw(frame)
-        this.credit -= n
-        this.bytesOut += n
-        this.mux.bytesOut += n
+        this.sendFrame(frame, n)
         left -= n
       }
       cb()

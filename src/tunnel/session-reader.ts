@@ -30,6 +30,7 @@
  */
 import net from 'node:net'
 import type { SecretStreamReadInternals } from '@hyperswarm/secret-stream'
+import { canReadInto, readInto } from './socket-onread.js'
 
 /** secret-stream's length prefix. */
 const LENGTH_BYTES = 3
@@ -99,24 +100,6 @@ function takeOver(s: Session, onMessage: (buf: Buffer) => void): SessionReader |
   raw.resume?.()
   if (raw instanceof net.Socket) queueMicrotask(() => reader.readIntoSlabs(raw))
   return reader
-}
-
-/** Node's net.Socket onread state (the `onread` option of net.connect, set here after the fact). */
-interface UserBufferSocket {
-  _handle: { useUserBuffer?: (buf: Uint8Array) => void } | null
-  [key: symbol]: unknown
-}
-
-/** The symbols under which net.Socket keeps its `onread` buffer, callback and generator (Node 24), or null. */
-function onreadSymbols(sock: net.Socket): { buffer: symbol; callback: symbol; generator: symbol } | null {
-  const own = Object.getOwnPropertySymbols(sock)
-  const find = (name: string): symbol | undefined => own.find((sym) => sym.description === name)
-  const buffer = find('kBuffer')
-  const callback = find('kBufferCb')
-  const generator = find('kBufferGen')
-  const handle = (sock as unknown as UserBufferSocket)._handle
-  if (!buffer || !callback || !generator || typeof handle?.useUserBuffer !== 'function') return null
-  return { buffer, callback, generator }
 }
 
 /** secret-stream's framing on the raw stream's reads (exported for tests). */
@@ -220,8 +203,7 @@ export class SessionReader {
    */
   readIntoSlabs(sock: net.Socket): void {
     this.slabsFor = null
-    const syms = onreadSymbols(sock)
-    if (!syms || sock.destroyed || this.s.destroying) return
+    if (!canReadInto(sock) || this.s.destroying) return
     // Bytes Node read ahead (the session was paused) come first, as 'data': try again after them.
     if (sock.readableLength > 0) {
       this.slabsFor = sock
@@ -238,12 +220,12 @@ export class SessionReader {
     }
     this.message = null
     this.filled = 0
-    const st = sock as unknown as UserBufferSocket
-    const first = this.slab.subarray(this.end)
-    st[syms.buffer] = first
-    st[syms.callback] = (n: number): void => this.onSlabRead(n)
-    st[syms.generator] = (): Buffer => this.slab!.subarray(this.end)
-    st._handle!.useUserBuffer!(first)
+    readInto(
+      sock,
+      this.slab.subarray(this.end),
+      (n) => this.onSlabRead(n),
+      () => this.slab!.subarray(this.end)
+    )
     sock.resume()
   }
 
