@@ -16,7 +16,7 @@ import { isErrorCode, NatdError, ProtocolError } from '../protocol/errors.js'
 import { peerId, timingSafeEqual, type KeyPair } from '../protocol/identity.js'
 import { systemClock, type Timer, type TimerClock } from '../protocol/clock.js'
 import type { Logger } from '../protocol/log.js'
-import { decode, encode, frame, FrameSplitter, type Message, type OutgoingMessage } from '../protocol/rendezvous.js'
+import { decode, encode, FEATURE_LOOKUP, frame, FrameSplitter, type Message, type OutgoingMessage } from '../protocol/rendezvous.js'
 import { secureSocket } from '../tunnel/secure-socket.js'
 
 /** TCP connect + register must finish within this. */
@@ -40,6 +40,8 @@ export interface Registered {
   heartbeatMs: number
   /** The server's IPv6 socket (--host6), null when it has none. */
   server6: Endpoint | null
+  /** The server answers LOOKUP (an older one would end the connection on it: use LIST). */
+  lookup: boolean
 }
 
 /** The server key we expect: pinned (from `--server …#KEY` or first use), or null to learn it. */
@@ -163,7 +165,7 @@ export class ControlConnection extends EventEmitter<ControlEvents> {
     }
     if (ack.type === 'error') throw serverError(ack)
     if (ack.type !== 'register-ack') throw new NatdError('INTERNAL', `expected a register ack, got ${ack.type}`)
-    return { observed: ack.observed, token: ack.token, udpKey: ack.udpKey, heartbeatMs: ack.heartbeatMs, server6: ack.server6 ?? null }
+    return { observed: ack.observed, token: ack.token, udpKey: ack.udpKey, heartbeatMs: ack.heartbeatMs, server6: ack.server6 ?? null, lookup: ((ack.features ?? 0) & FEATURE_LOOKUP) !== 0 }
   }
 
   /** Sends a request and resolves with its reply; rejects with the server's error, TIMEOUT, or SERVER_UNREACHABLE. */

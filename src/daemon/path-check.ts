@@ -8,15 +8,16 @@
  *     ──▶ our side: probe() — a heartbeat and a ping to the server
  *           heartbeat seen from another mapping ('moved') ──▶ every direct tunnel migrates now
  *           control connection silent ──▶ dropped, registered again at once
- *     ──▶ the peer's side: its record on the server (list) against the endpoints the
- *         tunnel's introduction gave; other ones ──▶ that tunnel migrates now
+ *     ──▶ the peer's side: its record on the server (LOOKUP; LIST from an older
+ *         server) against the endpoints the tunnel's introduction gave; other ones
+ *         ──▶ that tunnel migrates now
  *     neither ──▶ nothing: the silence is loss (tunnel.ts decides "gone")
  *
  * The opener of the migrating tunnel then resumes it on a new path (tunnel/manager.ts).
  * A heartbeat that finds our mapping moved on its own schedule has the same effect.
  *
  * Bounds: a peer that stops answering (anyone we have a tunnel with can) makes us send
- * at most one check (a heartbeat, a ping and a list request, to our own server) per
+ * at most one check (a heartbeat, a ping and a lookup, to our own server) per
  * CHECK_MIN_INTERVAL_MS, whatever the number of silent tunnels.
  */
 import { sameEndpoint, type Endpoint } from '../protocol/endpoint.js'

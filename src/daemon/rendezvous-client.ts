@@ -140,6 +140,8 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
   private heartbeatSeq = 0
   /** The server's IPv6 socket (REGISTER_ACK's server6) and the sequence number of our heartbeat to it in flight. */
   private server6: Endpoint | null = null
+  /** The session's server answers LOOKUP (peer()). */
+  private lookupSupported = false
   private heartbeat6Seq = 0
   private heartbeatSentAt = new Map<number, number>()
   private missedUdp = 0
@@ -211,6 +213,19 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
     const reply = await this.request({ type: 'list', reqId: 0 })
     if (reply.type !== 'peers') throw new NatdError('INTERNAL', `unexpected ${reply.type}`)
     return reply.peers
+  }
+
+  /**
+   * One peer's record on the server now (null when it has none): a LOOKUP where the
+   * server understands it (REGISTER_ACK's features), the whole LIST from an older server
+   * (which would end the connection on an unknown request).
+   */
+  async peer(publicKey: Uint8Array): Promise<PeerRecord | null> {
+    if (!this.lookupSupported) return (await this.list()).find((p) => timingSafeEqual(p.publicKey, publicKey)) ?? null
+    const reply = await this.request({ type: 'lookup', reqId: 0, publicKey })
+    if (reply.type !== 'peers') throw new NatdError('INTERNAL', `unexpected ${reply.type}`)
+    const found = reply.peers[0]
+    return found && timingSafeEqual(found.publicKey, publicKey) ? found : null
   }
 
   /** Asks the server to introduce us to `target`; resolves with our side of the introduction. */
@@ -340,6 +355,7 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
     this.token = reg.token
     this.udpKey = reg.udpKey
     this.server6 = reg.server6
+    this.lookupSupported = reg.lookup
     this.udp6 = null
     return reg.observed
   }

@@ -130,7 +130,7 @@ describe('control connection', () => {
     expect(c.localPort).toBe(local)
     expect(Buffer.from(c.serverKey)).toEqual(server.keyPair.publicKey)
     const reg = await c.register(signed)
-    expect({ ...reg, token: Buffer.from(reg.token), udpKey: Buffer.from(reg.udpKey) }).toEqual({ observed: { host: '127.0.0.1', port: 1 }, token: TOKEN, udpKey: UDP_KEY, heartbeatMs: 20_000, server6: null })
+    expect({ ...reg, token: Buffer.from(reg.token), udpKey: Buffer.from(reg.udpKey) }).toEqual({ observed: { host: '127.0.0.1', port: 1 }, token: TOKEN, udpKey: UDP_KEY, heartbeatMs: 20_000, server6: null, lookup: false })
     expect(server.received.map((m) => m.type)).toEqual(['secure', 'register'])
     const register = server.received[1] as Extract<Message, { type: 'register' }>
     expect(Buffer.from(register.nonce)).toEqual(CHALLENGE_NONCE)
