@@ -6,7 +6,7 @@
  *
  *   tunnel silent SUSPECT_SILENT_MS (again each further SUSPECT_SILENT_MS)
  *     ──▶ our side: probe() — a heartbeat and a ping to the server
- *           heartbeat seen from another mapping ('moved') ──▶ every direct tunnel migrates now
+ *           heartbeat seen from another mapping ('moved') ──▶ every direct IPv4 tunnel migrates now
  *           control connection silent ──▶ dropped, registered again at once
  *     ──▶ the peer's side: its record on the server (LOOKUP; LIST from an older
  *         server) against the endpoints the tunnel's introduction gave; other ones
@@ -44,7 +44,7 @@ export interface PathCheckComponents {
   probe(): Promise<ProbeResult | null>
   /** The peer's record on the server now; null when it has none or we are not registered. */
   peerRecord(id: string): Promise<PeerRecord | null>
-  /** Our side of every direct path changed: those tunnels migrate now (tunnel/manager.ts). */
+  /** Our IPv4 mapping changed: the tunnels whose path goes through it migrate now (tunnel/manager.ts). */
   pathChanged(reason: string): void
   clock: Clock
   log: Logger
