@@ -25,7 +25,7 @@ import type { Clock } from '../protocol/clock.js'
 import type { Logger } from '../protocol/log.js'
 import type { PeerRecord } from '../protocol/rendezvous.js'
 import type { PathKind } from '../protocol/tunnel-snapshot.js'
-import type { ProbeResult } from './rendezvous-client.js'
+import type { ProbeResult } from './path-probe.js'
 
 /** At most one check this often (a silent tunnel asks every SUSPECT_SILENT_MS, 600 ms). */
 export const CHECK_MIN_INTERVAL_MS = 500

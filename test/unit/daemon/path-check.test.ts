@@ -3,7 +3,7 @@
 // peer's through its record on the server. Stubs for the client and the tunnel.
 import { describe, expect, it } from 'vitest'
 import { CHECK_MIN_INTERVAL_MS, PathCheck, peerMoved, type SilentTunnel } from '../../../src/daemon/path-check.js'
-import type { ProbeResult } from '../../../src/daemon/rendezvous-client.js'
+import type { ProbeResult } from '../../../src/daemon/path-probe.js'
 import { silentLogger } from '../../../src/protocol/log.js'
 import type { PeerRecord } from '../../../src/protocol/rendezvous.js'
 import type { PathKind } from '../../../src/protocol/tunnel-snapshot.js'
