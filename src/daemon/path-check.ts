@@ -52,13 +52,18 @@ export interface PathCheckComponents {
 
 /**
  * Whether the peer's record shows another public endpoint than the tunnel's introduction
- * gave for its path (pure). Only direct paths through the peer's NAT count.
+ * gave for its path (pure). Only direct paths through the peer's NAT count. A direct-tcp
+ * tunnel also counts a changed UDP endpoint: the peer's heartbeat tells the server of a
+ * new mapping at once, its TCP endpoint only once it registered again (its control
+ * connection died with the mapping, noticed seconds later), and a NAT that changed one
+ * mapping (new address, flushed state) has lost the other (bench/roaming.ts: a host
+ * that moved site was seen 2 s late, by silence, without this).
  */
 export function peerMoved(t: Pick<SilentTunnel, 'path' | 'peerEndpoints'>, now: Pick<PeerRecord, 'udp' | 'tcp'>): boolean {
   const then = t.peerEndpoints
   if (!then) return false
   if (t.path === 'direct-udp') return then.udp !== null && now.udp !== null && !sameEndpoint(then.udp, now.udp)
-  if (t.path === 'direct-tcp') return then.tcp !== null && now.tcp !== null && !sameEndpoint(then.tcp, now.tcp)
+  if (t.path === 'direct-tcp') return (then.tcp !== null && now.tcp !== null && !sameEndpoint(then.tcp, now.tcp)) || (then.udp !== null && now.udp !== null && !sameEndpoint(then.udp, now.udp))
   return false
 }
 

@@ -415,6 +415,7 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
         this.lastUdp = msg.observed
         this.movedAt = this.c.clock.now()
         this.emit('moved')
+        this.dropMovedControl()
       }
     }
     this.sendHeartbeat6()
@@ -443,6 +444,22 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
       if (this.control === control) this.lost?.(new NatdError('SERVER_UNREACHABLE', `the control connection did not answer a path check in ${r.waitedMs} ms`))
     }
     return { mapping: r.mapping, control: r.control }
+  }
+
+  /**
+   * Our UDP mapping moved: the control connection, TCP from the same host through the
+   * same NAT, lost its mapping too (a new address, or state the NAT flushed: its next
+   * segment leaves from another port and the server resets it). Waiting for it to be
+   * found dead (a path check's unanswered ping, or three heartbeats: 60 s at the
+   * default) kept a moved host unregistered, so its peers' introductions could not reach
+   * it (bench/roaming.ts: an 8.9 s stall after a move). It is dropped now and the agent
+   * registers again at once; should the connection have survived, that costs one
+   * handshake, and peers see nothing (no down event within the server's grace).
+   */
+  private dropMovedControl(): void {
+    if (!this.control) return
+    this.reconnectNow = true
+    this.lost?.(new NatdError('SERVER_UNREACHABLE', 'our NAT mapping moved: the control connection went with it'))
   }
 
   private closeTcp(): void {

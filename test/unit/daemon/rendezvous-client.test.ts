@@ -45,10 +45,15 @@ async function startServer(): Promise<number> {
   }
 }
 
-/** A registered client on its own UDP socket (loopback only). */
-async function agent(port: number, name: string, keyPair: KeyPair = generateKeyPair()): Promise<RendezvousClient> {
+async function udpSocket(): Promise<dgram.Socket> {
   const socket = dgram.createSocket('udp4')
   await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', resolve))
+  return socket
+}
+
+/** A registered client on its own UDP socket (loopback only); `moveUdp()` makes its mapping move (another socket). */
+async function agent(port: number, name: string, keyPair: KeyPair = generateKeyPair()): Promise<RendezvousClient & { moveUdp: () => Promise<void> }> {
+  let socket = await udpSocket()
   const client = new RendezvousClient(
     { server: parseServerSpec(`127.0.0.1:${port}#${peerId(SERVER_KEY.publicKey)}`), name, heartbeatMs: 20_000, tcpPort: 0, secretKey: null },
     {
@@ -61,7 +66,8 @@ async function agent(port: number, name: string, keyPair: KeyPair = generateKeyP
       nat: () => 'easy'
     }
   )
-  socket.on('message', (buf, rinfo) => client.onDatagram(buf, { host: rinfo.address, port: rinfo.port }))
+  const listen = (s: dgram.Socket): void => void s.on('message', (buf, rinfo) => client.onDatagram(buf, { host: rinfo.address, port: rinfo.port }))
+  listen(socket)
   const running = client.run()
   cleanup.push(async () => {
     await client.stop()
@@ -69,7 +75,13 @@ async function agent(port: number, name: string, keyPair: KeyPair = generateKeyP
     socket.close()
   })
   await until(() => client.state.kind === 'registered', `${name} registered`, REGISTER_WAIT_MS)
-  return client
+  const moveUdp = async (): Promise<void> => {
+    const old = socket
+    socket = await udpSocket()
+    listen(socket)
+    old.close()
+  }
+  return Object.assign(client, { moveUdp })
 }
 
 /** The types of the requests clients send on their control connections from now on. */
@@ -82,6 +94,21 @@ function requestTypes(): string[] {
   })
   return types
 }
+
+describe('RendezvousClient: a mapping that moved', () => {
+  it('drops the control connection at once (it went with the mapping) and registers again without backoff', async () => {
+    const port = await startServer()
+    const alice = await agent(port, 'alice')
+    const states: string[] = []
+    alice.on('state', (st, err) => states.push(st.kind === 'backoff' ? `backoff ${st.until - Date.now() <= 0 ? 'none' : 'waiting'} ${err?.message ?? ''}` : st.kind))
+    const moved = new Promise<void>((resolve) => alice.once('moved', resolve))
+    await alice.moveUdp()
+    void alice.probe() // its heartbeat, from the new socket: the server says 'moved'
+    await moved
+    await until(() => states.includes('registered'), 'registered again', REGISTER_WAIT_MS)
+    expect(states).toEqual(['backoff none our NAT mapping moved: the control connection went with it', 'connecting', 'registered'])
+  })
+})
 
 describe('RendezvousClient.peer()', () => {
   it("asks the server for one record with LOOKUP: the peer's, null for our own key or an unknown one", async () => {
