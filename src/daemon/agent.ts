@@ -227,7 +227,10 @@ export class Agent {
     // A silent tunnel: our own mapping may have changed; the server tells us in a round trip.
     const pathCheck = new PathCheck({
       probe: () => client.probe(),
-      peerRecord: async (id) => (client.state.kind === 'registered' ? ((await client.list()).find((p) => peerId(p.publicKey) === id) ?? null) : null),
+      peerRecord: async (id) => {
+        const key = parsePeerId(id)
+        return client.state.kind === 'registered' && key ? client.peer(key) : null
+      },
       pathChanged: (reason) => tunnels.pathChanged(reason),
       clock: this.clock,
       log: log.child({ component: 'path-check' })

@@ -16,12 +16,14 @@ import { isErrorCode, NatdError, ProtocolError } from '../protocol/errors.js'
 import { peerId, timingSafeEqual, type KeyPair } from '../protocol/identity.js'
 import { systemClock, type Timer, type TimerClock } from '../protocol/clock.js'
 import type { Logger } from '../protocol/log.js'
-import { decode, encode, frame, FrameSplitter, type Message, type OutgoingMessage } from '../protocol/rendezvous.js'
+import { decode, encode, FEATURE_LOOKUP, frame, FrameSplitter, type Message, type OutgoingMessage } from '../protocol/rendezvous.js'
 import { secureSocket } from '../tunnel/secure-socket.js'
 
 /** TCP connect + register must finish within this. */
 export const TCP_REGISTER_TIMEOUT_MS = 5_000
-/** A TCP request (LIST, INTRODUCE) gives up after this. */
+/** send() resolves once its message was flushed, or after this (a stuck socket must not hold a caller such as stop()). */
+export const SEND_FLUSH_WAIT_MS = 300
+/** A TCP request (LIST, LOOKUP, INTRODUCE) gives up after this. */
 export const TCP_REQUEST_TIMEOUT_MS = 10_000
 
 interface Pending {
@@ -38,6 +40,8 @@ export interface Registered {
   heartbeatMs: number
   /** The server's IPv6 socket (--host6), null when it has none. */
   server6: Endpoint | null
+  /** The server answers LOOKUP (an older one would end the connection on it: use LIST). */
+  lookup: boolean
 }
 
 /** The server key we expect: pinned (from `--server …#KEY` or first use), or null to learn it. */
@@ -113,7 +117,7 @@ export class ControlConnection extends EventEmitter<ControlEvents> {
       const { challenge, rest } = await readChallenge(sock, server, clock)
       sock.write(frame(encode({ type: 'secure' })))
       const session = secureSocket(true, sock, rest, keyPair)
-      const opened = await Promise.race([session.opened, clock.sleep(TCP_REGISTER_TIMEOUT_MS).then(() => false)])
+      const opened = await raceDeadline(session.opened, TCP_REGISTER_TIMEOUT_MS, clock, () => false)
       if (!opened || !session.remotePublicKey) throw new NatdError('SERVER_UNREACHABLE', `the encrypted handshake with ${formatEndpoint(server)} did not complete`)
       const got = session.remotePublicKey
       if (serverKey.expected && !timingSafeEqual(got, serverKey.expected)) {
@@ -144,18 +148,24 @@ export class ControlConnection extends EventEmitter<ControlEvents> {
    * sends `signedRegister(nonce, serverTime)` and resolves with what the server said.
    */
   async register(signedRegister: (nonce: Uint8Array, serverTime: number) => Buffer): Promise<Registered> {
-    const closed = new Promise<never>((_, reject) => this.once('close', () => reject(new NatdError('SERVER_UNREACHABLE', 'control connection closed'))))
-    closed.catch(() => undefined)
-    const timeout = this.clock.sleep(TCP_REGISTER_TIMEOUT_MS).then(() => {
-      throw new NatdError('SERVER_UNREACHABLE', `no registration answer from ${formatEndpoint(this.server)}`)
+    let onClose = (): void => undefined
+    const closed = new Promise<never>((_, reject) => {
+      onClose = () => reject(new NatdError('SERVER_UNREACHABLE', 'control connection closed'))
+      this.once('close', onClose)
     })
-    timeout.catch(() => undefined)
-    const answer = Promise.race([new Promise<Message>((resolve) => (this.first = resolve)), closed, timeout])
+    const answer = Promise.race([new Promise<Message>((resolve) => (this.first = resolve)), closed])
     this.session.write(signedRegister(this.nonce, this.clock.now() + this.serverClockOffset))
-    const ack = await answer
+    let ack: Message
+    try {
+      ack = await raceDeadline(answer, TCP_REGISTER_TIMEOUT_MS, this.clock, () => {
+        throw new NatdError('SERVER_UNREACHABLE', `no registration answer from ${formatEndpoint(this.server)}`)
+      })
+    } finally {
+      this.off('close', onClose)
+    }
     if (ack.type === 'error') throw serverError(ack)
     if (ack.type !== 'register-ack') throw new NatdError('INTERNAL', `expected a register ack, got ${ack.type}`)
-    return { observed: ack.observed, token: ack.token, udpKey: ack.udpKey, heartbeatMs: ack.heartbeatMs, server6: ack.server6 ?? null }
+    return { observed: ack.observed, token: ack.token, udpKey: ack.udpKey, heartbeatMs: ack.heartbeatMs, server6: ack.server6 ?? null, lookup: ((ack.features ?? 0) & FEATURE_LOOKUP) !== 0 }
   }
 
   /** Sends a request and resolves with its reply; rejects with the server's error, TIMEOUT, or SERVER_UNREACHABLE. */
@@ -176,7 +186,7 @@ export class ControlConnection extends EventEmitter<ControlEvents> {
   send(msg: OutgoingMessage): Promise<void> {
     if (this.sock.destroyed) return Promise.resolve()
     this.session.write(encode(msg))
-    return Promise.race([this.session.flush().then(() => undefined), this.clock.sleep(300)])
+    return raceDeadline(this.session.flush().then(() => undefined), SEND_FLUSH_WAIT_MS, this.clock, () => undefined)
   }
 
   /** Closes with RST rather than FIN: no TIME_WAIT on our fixed port, so the next connect can reuse it. */
@@ -197,6 +207,20 @@ export class ControlConnection extends EventEmitter<ControlEvents> {
     this.clock.clear(w.timer)
     if (msg.type === 'error') w.reject(serverError(msg))
     else w.resolve(msg)
+  }
+}
+
+/**
+ * `work`, or `onExpired()` after `ms` if it has not settled by then; the deadline's timer
+ * is cleared as soon as either happens (one left behind per attempt would pile up while
+ * an agent reconnects, and keep a fake clock's tests from seeing a clean state).
+ */
+export async function raceDeadline<T, U>(work: Promise<T>, ms: number, clock: TimerClock, onExpired: () => U): Promise<T | U> {
+  const deadline = new AbortController()
+  try {
+    return await Promise.race([work, clock.sleep(ms, deadline.signal).then(() => (deadline.signal.aborted ? (undefined as never) : onExpired()))])
+  } finally {
+    deadline.abort()
   }
 }
 

@@ -6,17 +6,18 @@
  *
  *   tunnel silent SUSPECT_SILENT_MS (again each further SUSPECT_SILENT_MS)
  *     ──▶ our side: probe() — a heartbeat and a ping to the server
- *           heartbeat seen from another mapping ('moved') ──▶ every direct tunnel migrates now
+ *           heartbeat seen from another mapping ('moved') ──▶ every direct IPv4 tunnel migrates now
  *           control connection silent ──▶ dropped, registered again at once
- *     ──▶ the peer's side: its record on the server (list) against the endpoints the
- *         tunnel's introduction gave; other ones ──▶ that tunnel migrates now
+ *     ──▶ the peer's side: its record on the server (LOOKUP; LIST from an older
+ *         server) against the endpoints the tunnel's introduction gave; other ones
+ *         ──▶ that tunnel migrates now
  *     neither ──▶ nothing: the silence is loss (tunnel.ts decides "gone")
  *
  * The opener of the migrating tunnel then resumes it on a new path (tunnel/manager.ts).
  * A heartbeat that finds our mapping moved on its own schedule has the same effect.
  *
  * Bounds: a peer that stops answering (anyone we have a tunnel with can) makes us send
- * at most one check (a heartbeat, a ping and a list request, to our own server) per
+ * at most one check (a heartbeat, a ping and a lookup, to our own server) per
  * CHECK_MIN_INTERVAL_MS, whatever the number of silent tunnels.
  */
 import { sameEndpoint, type Endpoint } from '../protocol/endpoint.js'
@@ -24,7 +25,7 @@ import type { Clock } from '../protocol/clock.js'
 import type { Logger } from '../protocol/log.js'
 import type { PeerRecord } from '../protocol/rendezvous.js'
 import type { PathKind } from '../protocol/tunnel-snapshot.js'
-import type { ProbeResult } from './rendezvous-client.js'
+import type { ProbeResult } from './path-probe.js'
 
 /** At most one check this often (a silent tunnel asks every SUSPECT_SILENT_MS, 600 ms). */
 export const CHECK_MIN_INTERVAL_MS = 500
@@ -43,7 +44,7 @@ export interface PathCheckComponents {
   probe(): Promise<ProbeResult | null>
   /** The peer's record on the server now; null when it has none or we are not registered. */
   peerRecord(id: string): Promise<PeerRecord | null>
-  /** Our side of every direct path changed: those tunnels migrate now (tunnel/manager.ts). */
+  /** Our IPv4 mapping changed: the tunnels whose path goes through it migrate now (tunnel/manager.ts). */
   pathChanged(reason: string): void
   clock: Clock
   log: Logger
@@ -51,13 +52,18 @@ export interface PathCheckComponents {
 
 /**
  * Whether the peer's record shows another public endpoint than the tunnel's introduction
- * gave for its path (pure). Only direct paths through the peer's NAT count.
+ * gave for its path (pure). Only direct paths through the peer's NAT count. A direct-tcp
+ * tunnel also counts a changed UDP endpoint: the peer's heartbeat tells the server of a
+ * new mapping at once, its TCP endpoint only once it registered again (its control
+ * connection died with the mapping, noticed seconds later), and a NAT that changed one
+ * mapping (new address, flushed state) has lost the other (bench/roaming.ts: a host
+ * that moved site was seen 2 s late, by silence, without this).
  */
 export function peerMoved(t: Pick<SilentTunnel, 'path' | 'peerEndpoints'>, now: Pick<PeerRecord, 'udp' | 'tcp'>): boolean {
   const then = t.peerEndpoints
   if (!then) return false
   if (t.path === 'direct-udp') return then.udp !== null && now.udp !== null && !sameEndpoint(then.udp, now.udp)
-  if (t.path === 'direct-tcp') return then.tcp !== null && now.tcp !== null && !sameEndpoint(then.tcp, now.tcp)
+  if (t.path === 'direct-tcp') return (then.tcp !== null && now.tcp !== null && !sameEndpoint(then.tcp, now.tcp)) || (then.udp !== null && now.udp !== null && !sameEndpoint(then.udp, now.udp))
   return false
 }
 

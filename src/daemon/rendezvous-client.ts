@@ -20,6 +20,8 @@ import type { Logger } from '../protocol/log.js'
 import { decode, encode, encodeRegister, encodeRegisterUnsigned, opened, type Message, type NatVerdict, type OutgoingMessage, type PeerDownReason, type PeerRecord, type Via } from '../protocol/rendezvous.js'
 import type { Introduction } from '../tunnel/paths.js'
 import { ControlConnection, serverError } from './control-connection.js'
+import { Heartbeat6 } from './heartbeat6.js'
+import { PathProbe, type ProbeResult } from './path-probe.js'
 import { resolveServers, type ServerSpec } from './server-address.js'
 import { rankServers } from './server-choice.js'
 import { RefusalLog } from '../common/refusal-log.js'
@@ -42,29 +44,11 @@ export const UNSEALED_LOG_MS = 1_000
 /** Heartbeats unanswered in a row before the server counts as lost. */
 export const MISSED_HEARTBEATS_LOST = 3
 /**
- * A path check (probe(), daemon/path-check.ts) waits for the server's answers this many
- * of its round trips, and at least PROBE_ANSWER_MIN_MS (a round trip measured on a quiet
- * moment may be far below the one under load).
- */
-export const PROBE_ANSWER_RTTS = 4
-export const PROBE_ANSWER_MIN_MS = 500
-/**
  * A session lost this soon after the server saw our mapping move registers again at
  * once: the control connection died with the mapping (its next segment left from a new
  * port or address), and the backoff would only add to the tunnels' stall.
  */
 export const MOVED_RECONNECT_MS = 5_000
-
-/**
- * What a path check found: whether the server saw our heartbeat come from the mapping it
- * knew ('same'), from another ('moved': our NAT mapping or address changed; the server
- * took the new one) or not at all; and whether the control connection answered its ping
- * (a dead one is dropped at once and the agent registers again without backoff).
- */
-export interface ProbeResult {
-  mapping: 'same' | 'moved' | 'unanswered'
-  control: 'alive' | 'lost'
-}
 
 export type ClientState =
   | { kind: 'connecting'; attempt: number }
@@ -92,9 +76,6 @@ export interface ServerKeyStore {
   /** First contact: the key the server proved (pin it). */
   learned(key: Uint8Array): void
 }
-
-/** An IPv6 heartbeat waits while an IPv4 one sent this recently is unanswered (sendHeartbeat6). */
-const HEARTBEAT6_QUIET_MS = 3_000
 
 export interface RendezvousClientComponents {
   udp: UdpSender
@@ -124,8 +105,6 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
   serverEndpoint: Endpoint | null = null
   lastHeartbeatAt: number | null = null
   rttMs: number | null = null
-  /** Our IPv6 endpoint as the server's IPv6 socket sees it (our IPv6 candidate, protocol/ipv6.ts); null while unknown. */
-  udp6: Endpoint | null = null
 
   private readonly log: Logger
   /** Datagrams from the server's address we drop: forgeries may come by the thousand. */
@@ -138,9 +117,10 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
   /** The first heartbeat of a session waits for its ack here. */
   private udpWaiter: ((observed: Endpoint | null) => void) | null = null
   private heartbeatSeq = 0
-  /** The server's IPv6 socket (REGISTER_ACK's server6) and the sequence number of our heartbeat to it in flight. */
-  private server6: Endpoint | null = null
-  private heartbeat6Seq = 0
+  /** The same heartbeats to the server's IPv6 socket (REGISTER_ACK's server6). */
+  private readonly heartbeat6: Heartbeat6
+  /** The session's server answers LOOKUP (peer()). */
+  private lookupSupported = false
   private heartbeatSentAt = new Map<number, number>()
   private missedUdp = 0
   private missedTcp = 0
@@ -151,9 +131,8 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
   private movedAt = -Infinity
   /** Our UDP mapping as the last session's server saw it (a new session seen elsewhere means we moved). */
   private lastUdp: Endpoint | null = null
-  /** Path checks waiting for the ack of their heartbeat and the pong of their ping, by sequence number. */
-  private readonly probeAcks = new Map<number, (status: 'same' | 'moved') => void>()
-  private readonly probePongs = new Map<number, () => void>()
+  /** Path checks waiting for the ack of their heartbeat and the pong of their ping. */
+  private readonly pathProbe: PathProbe
 
   constructor(
     private readonly init: RendezvousClientInit,
@@ -162,6 +141,13 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
     super()
     this.log = c.log
     this.dropped = new RefusalLog(this.log, { windowMs: UNSEALED_LOG_MS, level: 'debug' }, this.c.clock)
+    this.heartbeat6 = new Heartbeat6(c.udp, () => c.ipv6?.() ?? false, this.log)
+    this.pathProbe = new PathProbe(c.clock)
+  }
+
+  /** Our IPv6 endpoint as the server's IPv6 socket sees it (our IPv6 candidate, protocol/ipv6.ts); null while unknown. */
+  get udp6(): Endpoint | null {
+    return this.heartbeat6.udp6
   }
 
   /** Runs until stop(); never rejects. */
@@ -213,6 +199,19 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
     return reply.peers
   }
 
+  /**
+   * One peer's record on the server now (null when it has none): a LOOKUP where the
+   * server understands it (REGISTER_ACK's features), the whole LIST from an older server
+   * (which would end the connection on an unknown request).
+   */
+  async peer(publicKey: Uint8Array): Promise<PeerRecord | null> {
+    if (!this.lookupSupported) return (await this.list()).find((p) => timingSafeEqual(p.publicKey, publicKey)) ?? null
+    const reply = await this.request({ type: 'lookup', reqId: 0, publicKey })
+    if (reply.type !== 'peers') throw new NatdError('INTERNAL', `unexpected ${reply.type}`)
+    const found = reply.peers[0]
+    return found && timingSafeEqual(found.publicKey, publicKey) ? found : null
+  }
+
   /** Asks the server to introduce us to `target`; resolves with our side of the introduction. */
   async introduce(target: string, via: Via): Promise<Introduction> {
     const reply = await this.request({ type: 'introduce', reqId: 0, target, via })
@@ -222,7 +221,7 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
 
   /** Datagrams from the shared UDP socket that carry our magic. */
   onDatagram(buf: Buffer, from: Endpoint): void {
-    const v6 = !sameEndpoint(from, this.serverEndpoint) && sameEndpoint(from, this.server6)
+    const v6 = this.heartbeat6.isFromServer6(from, this.serverEndpoint)
     if (!v6 && !sameEndpoint(from, this.serverEndpoint)) return
     let msg: Message
     try {
@@ -233,7 +232,7 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
     // Only sealed acks count: anyone can send a datagram from the server's address.
     if (msg.type !== 'heartbeat-ack' || !this.udpKey || !opened(msg, this.udpKey)) return this.dropped.refused('unsealed datagram from the server address', from, 'UNAUTHORIZED')
 
-    if (v6) return this.onHeartbeat6Ack(msg)
+    if (v6) return this.heartbeat6.onAck(msg)
     this.onHeartbeatAck(msg)
   }
 
@@ -339,8 +338,8 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
     const reg = await control.register((nonce, serverTime) => this.signedRegister(nonce, serverTime))
     this.token = reg.token
     this.udpKey = reg.udpKey
-    this.server6 = reg.server6
-    this.udp6 = null
+    this.heartbeat6.reset(reg.server6)
+    this.lookupSupported = reg.lookup
     return reg.observed
   }
 
@@ -349,7 +348,7 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
     switch (msg.type) {
       case 'pong':
         this.missedTcp = 0
-        this.probePongs.get(msg.seq)?.()
+        this.pathProbe.onPong(msg.seq)
         return
       case 'peer-event':
         this.emit('peer', msg.event, msg.peer, msg.reason)
@@ -408,7 +407,7 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
     this.lastHeartbeatAt = this.c.clock.now()
     if (this.udpWaiter) this.udpWaiter(msg.observed)
     else {
-      this.probeAcks.get(msg.seq)?.(msg.status === 'moved' ? 'moved' : 'same')
+      this.pathProbe.onAck(msg.seq, msg.status)
       if (msg.status === 'moved' && this.state.kind === 'registered') {
         // The server took the new mapping from the sealed heartbeat already.
         this.log.info('nat mapping changed', { from: formatEndpoint(this.state.udp), to: formatEndpoint(msg.observed) })
@@ -416,32 +415,16 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
         this.lastUdp = msg.observed
         this.movedAt = this.c.clock.now()
         this.emit('moved')
+        this.dropMovedControl()
       }
     }
     this.sendHeartbeat6()
   }
 
-  /**
-   * The same sealed heartbeat to the server's IPv6 socket, from our IPv6 socket: its
-   * source becomes our IPv6 candidate (protocol/ipv6.ts). Sent once the IPv4 one was
-   * answered and no other IPv4 one (a path check's probe) went out in the last
-   * HEARTBEAT6_QUIET_MS, so its sequence number does not overtake one still in flight
-   * (the server takes only increasing ones); skipped, it goes with the next answer.
-   * Unanswered, it costs nothing: IPv6 is an extra path.
-   */
+  /** The IPv6 heartbeat (heartbeat6.ts), after an IPv4 one was answered. */
   private sendHeartbeat6(): void {
-    const server6 = this.server6
-    if (!server6 || !this.token || !this.udpKey || !this.c.ipv6?.() || sameEndpoint(server6, this.serverEndpoint)) return
-    const now = this.c.clock.now()
-    for (const sent of this.heartbeatSentAt.values()) if (now - sent < HEARTBEAT6_QUIET_MS) return
-    this.heartbeat6Seq = ++this.heartbeatSeq
-    this.c.udp.send(encode({ type: 'heartbeat', token: this.token, seq: this.heartbeat6Seq, key: this.udpKey }), server6)
-  }
-
-  private onHeartbeat6Ack(msg: Extract<Message, { type: 'heartbeat-ack' }>): void {
-    if (msg.seq !== this.heartbeat6Seq || sameEndpoint(msg.observed, this.udp6)) return
-    this.log.info('ipv6 endpoint', { from: formatEndpoint(this.udp6), to: formatEndpoint(msg.observed) })
-    this.udp6 = msg.observed
+    if (!this.token || !this.udpKey) return
+    this.heartbeat6.send({ token: this.token, udpKey: this.udpKey, server: this.serverEndpoint, inFlightSentAt: this.heartbeatSentAt.values(), now: this.c.clock.now(), nextSeq: () => ++this.heartbeatSeq })
   }
 
   /**
@@ -455,40 +438,28 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
     const control = this.control
     const server = this.serverEndpoint
     if (this.state.kind !== 'registered' || !control || !server) return null
-    const waitMs = Math.max(PROBE_ANSWER_MIN_MS, PROBE_ANSWER_RTTS * (this.rttMs ?? 0))
-    const seq = this.sendHeartbeat(server)
-    let mapping: ProbeResult['mapping'] = 'unanswered'
-    let alive = false
-    let settle = (): void => undefined
-    const done = new Promise<void>((resolve) => (settle = resolve))
-    const check = (): void => {
-      if (mapping !== 'unanswered' && alive) settle()
-    }
-    this.probeAcks.set(seq, (status) => {
-      mapping = status
-      check()
-    })
-    this.probePongs.set(seq, () => {
-      alive = true
-      check()
-    })
-    const onClose = (): void => settle()
-    control.once('close', onClose)
-    const timer = this.c.clock.setTimeout(() => settle(), waitMs)
-    void control.send({ type: 'ping', seq })
-    try {
-      await done
-    } finally {
-      this.c.clock.clear(timer)
-      control.off('close', onClose)
-      this.probeAcks.delete(seq)
-      this.probePongs.delete(seq)
-    }
-    if (!alive && this.control === control) {
+    const r = await this.pathProbe.run({ control, server, rttMs: this.rttMs, sendHeartbeat: (to) => this.sendHeartbeat(to) })
+    if (r.control === 'lost') {
       this.reconnectNow = true
-      this.lost?.(new NatdError('SERVER_UNREACHABLE', `the control connection did not answer a path check in ${waitMs} ms`))
-    } else if (!alive) this.reconnectNow = true
-    return { mapping, control: alive ? 'alive' : 'lost' }
+      if (this.control === control) this.lost?.(new NatdError('SERVER_UNREACHABLE', `the control connection did not answer a path check in ${r.waitedMs} ms`))
+    }
+    return { mapping: r.mapping, control: r.control }
+  }
+
+  /**
+   * Our UDP mapping moved: the control connection, TCP from the same host through the
+   * same NAT, lost its mapping too (a new address, or state the NAT flushed: its next
+   * segment leaves from another port and the server resets it). Waiting for it to be
+   * found dead (a path check's unanswered ping, or three heartbeats: 60 s at the
+   * default) kept a moved host unregistered, so its peers' introductions could not reach
+   * it (bench/roaming.ts: an 8.9 s stall after a move). It is dropped now and the agent
+   * registers again at once; should the connection have survived, that costs one
+   * handshake, and peers see nothing (no down event within the server's grace).
+   */
+  private dropMovedControl(): void {
+    if (!this.control) return
+    this.reconnectNow = true
+    this.lost?.(new NatdError('SERVER_UNREACHABLE', 'our NAT mapping moved: the control connection went with it'))
   }
 
   private closeTcp(): void {

@@ -29,16 +29,23 @@
  *                lanCount u8 ep*lanCount proofLen u8 proof[proofLen] signature[64]
  *                (the signature covers every byte before it, header included; the
  *                publicKey must be the one that ran the Noise handshake)
- *   REGISTER_ACK token[16] udpKey[32] observed ep heartbeatMs u32 peerTimeoutMs u32 [server6 ep]
+ *   REGISTER_ACK token[16] udpKey[32] observed ep heartbeatMs u32 peerTimeoutMs u32 [server6 ep [features u8]]
  *                server6: the server's IPv6 UDP endpoint (--host6, always family 6),
  *                where the agent sends the same sealed heartbeats from its IPv6 socket
  *                (protocol/ipv6.ts). It trails the frame, so an older agent, which
  *                tolerates trailing bytes, ignores it; an older server sends none.
+ *                features: what the server understands beyond this list (1 = LOOKUP);
+ *                a server that sends it writes server6 as family 0 when it has none
+ *                (an older agent reads an IPv6 endpoint only from family 6 and 19
+ *                bytes, so it ignores both). An older server sends neither: no LOOKUP,
+ *                which such a server would answer by closing the connection.
  *   HEARTBEAT    token[16] seq u32 tag[16] zeros[8]   padding: the ack is never larger
  *   HEARTBEAT_ACK seq u32 status u8 observed ep tag[16]
  *   ERROR        reqId u32 code str8 message str8
  *   LIST         reqId u32
  *   PEERS        reqId u32 count u16 peer*count
+ *   LOOKUP       reqId u32 publicKey[32]      one peer's record: PEERS with 0 or 1 of them,
+ *                                             the one LIST would show (never the asker's own)
  *   PEER_EVENT   event u8 (1 up, 2 down) peer [reason u8 (down only: 0 unknown, 1 bye, 2 expired); absent from older servers: unknown]
  *   PING, PONG   seq u32
  *   BYE          (empty) the agent is leaving; the server drops it at once
@@ -99,6 +106,8 @@ export const MAX_LIST_PEERS = 2048
 const HEARTBEAT_PADDING = 8
 /** REGISTER_ACK's trailing server6: an IPv6 endpoint (family, address, port). */
 const SERVER6_BYTES = 1 + 16 + 2
+/** REGISTER_ACK's features: the server answers LOOKUP. */
+export const FEATURE_LOOKUP = 1
 
 export const MSG = {
   // 1 was HELLO (version 1's UDP registration)
@@ -123,7 +132,8 @@ export const MSG = {
   RELAY_END: 20,
   SECURE: 21,
   RELEASE: 22,
-  OK: 23
+  OK: 23,
+  LOOKUP: 24
 } as const
 
 /** What the agent's netcheck concluded; peers use it to choose a punching strategy. */
@@ -179,12 +189,13 @@ export type Message =
   | { type: 'challenge'; nonce: Uint8Array; serverTime: number }
   | { type: 'secure' }
   | ({ type: 'register'; signature: Uint8Array; signed: Uint8Array } & RegisterFields)
-  | { type: 'register-ack'; token: Uint8Array; udpKey: Uint8Array; observed: Endpoint | null; heartbeatMs: number; peerTimeoutMs: number; server6?: Endpoint | null }
+  | { type: 'register-ack'; token: Uint8Array; udpKey: Uint8Array; observed: Endpoint | null; heartbeatMs: number; peerTimeoutMs: number; server6?: Endpoint | null; features?: number }
   | ({ type: 'heartbeat'; token: Uint8Array; seq: number } & Sealed)
   | ({ type: 'heartbeat-ack'; seq: number; status: HeartbeatStatus; observed: Endpoint | null } & Sealed)
   | { type: 'error'; reqId: number; code: string; message: string }
   | { type: 'list'; reqId: number }
   | { type: 'peers'; reqId: number; peers: PeerRecord[] }
+  | { type: 'lookup'; reqId: number; publicKey: Uint8Array }
   | { type: 'peer-event'; event: 'up' | 'down'; peer: PeerRecord; reason?: PeerDownReason }
   | { type: 'ping'; seq: number }
   | { type: 'pong'; seq: number }
@@ -323,7 +334,10 @@ export function encode(m: OutgoingMessage): Buffer {
       const w = header(MSG.REGISTER_ACK).bytes(fixed(m.token, TOKEN_BYTES, 'token')).bytes(fixed(m.udpKey, DATAGRAM_KEY_BYTES, 'udpKey'))
       writeEndpoint(w, m.observed)
       w.u32(m.heartbeatMs).u32(m.peerTimeoutMs)
-      if (m.server6) writeEndpoint(w, m.server6)
+      if (m.features !== undefined) {
+        writeEndpoint(w, m.server6 ?? null)
+        w.u8(m.features)
+      } else if (m.server6) writeEndpoint(w, m.server6)
       return w.finish()
     }
     case 'heartbeat':
@@ -337,6 +351,8 @@ export function encode(m: OutgoingMessage): Buffer {
       return header(MSG.ERROR).u32(m.reqId).str8(truncateUtf8(m.code, 64)).str8(truncateUtf8(m.message, 255)).finish()
     case 'list':
       return header(MSG.LIST).u32(m.reqId).finish()
+    case 'lookup':
+      return header(MSG.LOOKUP).u32(m.reqId).bytes(fixed(m.publicKey, KEY_BYTES, 'publicKey')).finish()
     case 'peers': {
       const w = header(MSG.PEERS).u32(m.reqId).u16(m.peers.length)
       for (const p of m.peers) writePeer(w, p)
@@ -413,7 +429,11 @@ export function decode(buf: Uint8Array): Message {
       // An extension, not a field: a frame that ends here is an older server's (trailing
       // bytes that are no IPv6 endpoint are tolerated as before).
       const server6 = r.remaining >= SERVER6_BYTES && buf[r.position] === 6 ? readEndpoint(r) : null
-      return { type: 'register-ack', token, udpKey, observed, heartbeatMs, peerTimeoutMs, ...(server6 ? { server6 } : {}) }
+      // features follow server6, or its family 0 when the server has no IPv6 socket.
+      const noServer6 = !server6 && r.remaining >= 2 && buf[r.position] === 0
+      if (noServer6) r.u8('server6 family')
+      const features = (server6 || noServer6) && r.remaining >= 1 ? r.u8('features') : undefined
+      return { type: 'register-ack', token, udpKey, observed, heartbeatMs, peerTimeoutMs, ...(server6 ? { server6 } : {}), ...(features !== undefined ? { features } : {}) }
     }
     case MSG.HEARTBEAT: {
       const token = r.bytes(TOKEN_BYTES, 'token')
@@ -433,6 +453,8 @@ export function decode(buf: Uint8Array): Message {
       return { type: 'error', reqId: r.u32('reqId'), code: r.str8('code'), message: r.str8('message') }
     case MSG.LIST:
       return { type: 'list', reqId: r.u32('reqId') }
+    case MSG.LOOKUP:
+      return { type: 'lookup', reqId: r.u32('reqId'), publicKey: r.bytes(KEY_BYTES, 'publicKey') }
     case MSG.PEERS: {
       const reqId = r.u32('reqId')
       const count = r.u16('count')

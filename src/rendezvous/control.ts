@@ -1,11 +1,12 @@
 /**
  * What the messages of the server's TCP connections mean (TcpGate's TcpHandler): inside a
  * control session REGISTER and RELEASE (registration.ts), then, from a registered agent
- * only, PING, LIST, INTRODUCE (introductions.ts) and BYE; in the clear, RELAY binds a
+ * only, PING, LIST, LOOKUP, INTRODUCE (introductions.ts) and BYE; in the clear, RELAY binds a
  * relay connection (relay.ts). Anything else ends the connection with an error.
  */
 import { formatEndpoint } from '../protocol/endpoint.js'
 import { NatdError, ProtocolError } from '../protocol/errors.js'
+import { peerId } from '../protocol/identity.js'
 import type { Logger } from '../protocol/log.js'
 import { MAX_LIST_PEERS, type Message, type PeerRecord } from '../protocol/rendezvous.js'
 import type { AgentConns } from './agent-conns.js'
@@ -18,13 +19,13 @@ import type { TcpConn, TcpGate, TcpHandler } from './tcp-gate.js'
 
 export interface ControlComponents {
   log: Logger
-  registry: Pick<Registry, 'isOnline' | 'touch' | 'get' | 'drop' | 'peer' | 'peersFor'>
+  registry: Pick<Registry, 'isOnline' | 'touch' | 'get' | 'drop' | 'peer' | 'peersFor' | 'lookup'>
   gate: Pick<TcpGate, 'send' | 'end'>
   agents: Pick<AgentConns, 'onClose' | 'wentDown'>
   registrations: Pick<Registrations, 'onRegister' | 'onRelease'>
   introductions: Pick<Introductions, 'onIntroduce'>
   relay: Pick<Relay, 'bind'> | null
-  cluster: Pick<Cluster, 'list'> | null
+  cluster: Pick<Cluster, 'list' | 'find'> | null
 }
 
 export class Control implements TcpHandler {
@@ -48,6 +49,8 @@ export class Control implements TcpHandler {
         return gate.send(conn, { type: 'pong', seq: msg.seq })
       case 'list':
         return this.settle(conn, this.onList(conn, ref, msg.reqId))
+      case 'lookup':
+        return this.settle(conn, this.onLookup(conn, ref, msg))
       case 'introduce':
         return this.settle(conn, this.c.introductions.onIntroduce(conn, ref, msg))
       case 'bye': {
@@ -96,5 +99,27 @@ export class Control implements TcpHandler {
     const online = local.filter((p) => p.online)
     const peers = [...online, ...remote, ...local.filter((p) => !p.online && !remote.some((r) => r.name === p.name))].slice(0, MAX_LIST_PEERS)
     if (!conn.socket.destroyed) this.c.gate.send(conn, { type: 'peers', reqId, peers })
+  }
+
+  /**
+   * LOOKUP (never rejects): the one record LIST would show for this key, as PEERS with 0
+   * or 1 of them. The same visibility as LIST (any agent this deployment holds, online or
+   * recently offline; never the asker's own), at a fraction of its cost: a map lookup
+   * and, with several instances, one Redis read instead of a list of up to
+   * MAX_LIST_PEERS. Bounded as every request is (the connection's request backlog and
+   * message deadline, tcp-gate.ts); an agent's path check sends at most two a second.
+   */
+  private async onLookup(conn: TcpConn, ref: RegRef, msg: Extract<Message, { type: 'lookup' }>): Promise<void> {
+    const id = peerId(msg.publicKey)
+    const found = this.c.registry.lookup(id)
+    const self = found === ref
+    const local = found !== undefined && !self ? (this.c.registry.peer(found) ?? null) : null
+    let record: PeerRecord | null = local?.online ? local : null
+    if (!record && !self && this.c.cluster) {
+      // Redis away: this instance's record only (the cluster logged it)
+      record = (await this.c.cluster.find(id).catch(() => undefined))?.record ?? null
+    }
+    record ??= local
+    if (!conn.socket.destroyed) this.c.gate.send(conn, { type: 'peers', reqId: msg.reqId, peers: record ? [record] : [] })
   }
 }

@@ -11,7 +11,7 @@ import { NatdError, toNatdError } from '../protocol/errors.js'
 import { isValidName, NAME_RULE, networkSecretKey, peerId, randomBytes, secretProof, timingSafeEqual, verify } from '../protocol/identity.js'
 import { offeredCandidates } from '../protocol/lan.js'
 import type { Clock, Logger } from '../protocol/log.js'
-import { TOKEN_BYTES, type Message, type OutgoingMessage, type PeerRecord } from '../protocol/rendezvous.js'
+import { FEATURE_LOOKUP, TOKEN_BYTES, type Message, type OutgoingMessage, type PeerRecord } from '../protocol/rendezvous.js'
 import type { RefusalLog } from '../common/refusal-log.js'
 import type { AgentConns } from './agent-conns.js'
 import type { Cluster } from './cluster.js'
@@ -186,7 +186,7 @@ export class Registrations {
   private ack(reg: Registration, observed: Endpoint): OutgoingMessage {
     const udpKey = this.c.udp.heartbeatKey(reg.ref, reg.token)
     const server6 = this.c.udp.v6Endpoint()
-    return { type: 'register-ack', token: reg.token, udpKey, observed, heartbeatMs: this.init.heartbeatMs, peerTimeoutMs: this.init.peerTimeoutMs, ...(server6 ? { server6 } : {}) }
+    return { type: 'register-ack', token: reg.token, udpKey, observed, heartbeatMs: this.init.heartbeatMs, peerTimeoutMs: this.init.peerTimeoutMs, ...(server6 ? { server6 } : {}), features: FEATURE_LOOKUP }
   }
 }
 

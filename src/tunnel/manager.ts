@@ -419,7 +419,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     throw new NatdError('ABORTED', `${tunnel.peer.name} keeps another tunnel with us`)
   }
 
-  /** Our side of every direct path changed (daemon/path-check.ts): those tunnels migrate now. */
+  /** Our IPv4 mapping changed (daemon/path-check.ts): the tunnels whose path goes through it migrate now (tunnel.ts movesWithMapping). */
   pathChanged(reason: string): void {
     for (const t of this.tunnels.values()) t.pathChanged(reason)
   }

@@ -25,10 +25,12 @@ export const UPGRADE_RETRY_MS = 5_000
 export const UPGRADE_TIMEOUT_MS = 5_000
 /**
  * A migrating tunnel's opener asks for a new introduction this long after a failed
- * attempt: the stall after the network comes back is at most about this plus one punch.
- * 90 attempts in MIGRATE_GIVE_UP_MS stay inside the server's 120 introductions a minute.
+ * attempt: the stall after the network comes back is at most about this plus an attempt
+ * plus one punch (1 s here left most of the over-2 s stalls at 20 ms RTT,
+ * bench/roaming.ts). With attempts of at least RESUME_ATTEMPT_MIN_MS, at most 60
+ * introductions a minute: inside the server's 120 per key.
  */
-export const RESUME_RETRY_MS = 1_000
+export const RESUME_RETRY_MS = 400
 /** After a first failed attempt the opener asks again this soon (then RESUME_RETRY_MS). */
 export const RESUME_RETRY_FIRST_MS = 200
 /**

@@ -21,7 +21,7 @@
  */
 import { EventEmitter } from 'node:events'
 import type { Duplex } from 'node:stream'
-import { formatEndpoint, type Endpoint } from '../protocol/endpoint.js'
+import { formatEndpoint, isIPv4, type Endpoint } from '../protocol/endpoint.js'
 import { formatDuration } from '../protocol/duration.js'
 import { NatdError } from '../protocol/errors.js'
 import type { TimerClock, Timer } from '../protocol/clock.js'
@@ -106,6 +106,18 @@ interface TunnelEvents {
   suspect: []
   /** A suspect silence ended with the path heard again while up: the path is lossy, not gone. */
   lossy: [silentMs: number]
+}
+
+/**
+ * Whether a tunnel's path runs through the public IPv4 mapping of a NAT (ours or the
+ * peer's), so that a changed mapping (a heartbeat seen from another port or address, a
+ * peer's record with another endpoint) leaves it dead: direct UDP or TCP to an IPv4
+ * endpoint. A `lan` path goes host to host inside the site, an IPv6 one to a global
+ * address without NAT, a relayed one to the server over its own connection: none of them
+ * moves with the mapping (a LAN or IPv6 path that did die still migrates, by silence).
+ */
+export function movesWithMapping(route: { path: PathKind; remote: Endpoint }): boolean {
+  return (route.path === 'direct-udp' || route.path === 'direct-tcp') && isIPv4(route.remote.host)
 }
 
 export class Tunnel extends EventEmitter<TunnelEvents> {
@@ -240,7 +252,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
    * for the silence. A path that still works is heard again at once and used (backUp).
    */
   pathChanged(reason: string): void {
-    if (this.current.kind === 'up' && this.current.path !== 'relay') this.migrate(reason)
+    if (this.current.kind === 'up' && movesWithMapping(this.current)) this.migrate(reason)
   }
 
   private get route(): TunnelRoute {

@@ -5,8 +5,9 @@
 // port, replies matched to requests by reqId (out of order too), the server's own
 // messages emitted, errors and a closed connection rejecting what waits, the fallback to
 // an ephemeral port when ours is taken, a server with another key than the pinned one
-// refused before anything of ours is sent inside, and a version-1 server refused with
-// BAD_VERSION.
+// refused before anything of ours is sent inside, a version-1 server refused with
+// BAD_VERSION, and no deadline timer left behind once the handshake, the registration and
+// a send are done.
 import net from 'node:net'
 import { afterEach, describe, expect, it } from 'vitest'
 import { ControlConnection, type ServerKeyCheck } from '../../../src/daemon/control-connection.js'
@@ -15,7 +16,7 @@ import { generateKeyPair, peerId, type KeyPair } from '../../../src/protocol/ide
 import { silentLogger } from '../../../src/protocol/log.js'
 import { decode, encode, encodeRegister, encodeRegisterUnsigned, frame, FrameSplitter, type Message, type OutgoingMessage, type PeerRecord } from '../../../src/protocol/rendezvous.js'
 import { secureSocket } from '../../../src/tunnel/secure-socket.js'
-import { freePort, hex, seq } from '../helpers.js'
+import { FakeClock, freePort, hex, seq } from '../helpers.js'
 
 const PEER: PeerRecord = { publicKey: seq(1, 32), name: 'bob', online: true, lastSeenAgoMs: 0, nat: 'easy', udp: { host: '198.51.100.2', port: 4000 }, tcp: null, lan: [] }
 const CHALLENGE_NONCE = seq(9, 32)
@@ -129,7 +130,7 @@ describe('control connection', () => {
     expect(c.localPort).toBe(local)
     expect(Buffer.from(c.serverKey)).toEqual(server.keyPair.publicKey)
     const reg = await c.register(signed)
-    expect({ ...reg, token: Buffer.from(reg.token), udpKey: Buffer.from(reg.udpKey) }).toEqual({ observed: { host: '127.0.0.1', port: 1 }, token: TOKEN, udpKey: UDP_KEY, heartbeatMs: 20_000, server6: null })
+    expect({ ...reg, token: Buffer.from(reg.token), udpKey: Buffer.from(reg.udpKey) }).toEqual({ observed: { host: '127.0.0.1', port: 1 }, token: TOKEN, udpKey: UDP_KEY, heartbeatMs: 20_000, server6: null, lookup: false })
     expect(server.received.map((m) => m.type)).toEqual(['secure', 'register'])
     const register = server.received[1] as Extract<Message, { type: 'register' }>
     expect(Buffer.from(register.nonce)).toEqual(CHALLENGE_NONCE)
@@ -245,6 +246,29 @@ describe('control connection', () => {
     expect(err.message).toMatch(/another protocol version.*upgraded together/)
     await server.closed
     expect(server.received).toEqual([])
+  })
+
+  it('leaves no timer behind: the handshake, registration and send deadlines are cleared once they are met', async () => {
+    const server = await scriptedServer(() => undefined)
+    cleanup.push(server.close)
+    const clock = new FakeClock()
+    const c = await ControlConnection.connect({ host: '127.0.0.1', port: server.port }, 0, AGENT, learn, silentLogger, clock)
+    cleanup.push(() => c.close())
+    expect(clock.pending).toBe(0)
+    await c.register(signed)
+    expect(clock.pending).toBe(0)
+    await c.send({ type: 'ping', seq: 1 })
+    expect(clock.pending).toBe(0)
+    // A registration the server leaves unanswered still fails at its deadline.
+    const never = await scriptedServer(() => undefined, { onRegister: () => undefined })
+    cleanup.push(never.close)
+    const d = await ControlConnection.connect({ host: '127.0.0.1', port: never.port }, 0, AGENT, learn, silentLogger, clock)
+    cleanup.push(() => d.close())
+    const pending = d.register(signed)
+    await expect.poll(() => clock.pending).toBe(1)
+    clock.advance(5_000)
+    await expect(pending).rejects.toMatchObject({ code: 'SERVER_UNREACHABLE', message: expect.stringMatching(/no registration answer/) })
+    expect(clock.pending).toBe(0)
   })
 
   it("a server's ERROR instead of a challenge rejects with its code", async () => {

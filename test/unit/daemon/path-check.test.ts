@@ -3,7 +3,7 @@
 // peer's through its record on the server. Stubs for the client and the tunnel.
 import { describe, expect, it } from 'vitest'
 import { CHECK_MIN_INTERVAL_MS, PathCheck, peerMoved, type SilentTunnel } from '../../../src/daemon/path-check.js'
-import type { ProbeResult } from '../../../src/daemon/rendezvous-client.js'
+import type { ProbeResult } from '../../../src/daemon/path-probe.js'
 import { silentLogger } from '../../../src/protocol/log.js'
 import type { PeerRecord } from '../../../src/protocol/rendezvous.js'
 import type { PathKind } from '../../../src/protocol/tunnel-snapshot.js'
@@ -44,11 +44,12 @@ function setUp(probe: ProbeResult | null, peer: PeerRecord | null) {
 const settle = (): Promise<void> => new Promise((r) => setImmediate(r))
 
 describe('peerMoved: the peer record against the endpoints the tunnel was introduced with', () => {
-  it('a direct-udp tunnel looks at the UDP endpoint, a direct-tcp one at the TCP endpoint, lan and relay never', () => {
+  it('a direct-udp tunnel looks at the UDP endpoint, a direct-tcp one at both (its UDP one moves first: the heartbeat), lan and relay never', () => {
     expect(peerMoved(tunnel('direct-udp'), record(NEW, OLD_TCP))).toBe(true)
     expect(peerMoved(tunnel('direct-udp'), record(OLD_UDP, NEW))).toBe(false)
     expect(peerMoved(tunnel('direct-tcp'), record(OLD_UDP, NEW))).toBe(true)
-    expect(peerMoved(tunnel('direct-tcp'), record(NEW, OLD_TCP))).toBe(false)
+    expect(peerMoved(tunnel('direct-tcp'), record(NEW, OLD_TCP))).toBe(true)
+    expect(peerMoved(tunnel('direct-tcp'), record(OLD_UDP, OLD_TCP))).toBe(false)
     expect(peerMoved(tunnel('relay'), record(NEW, NEW))).toBe(false)
     expect(peerMoved(tunnel('lan'), record(NEW, NEW))).toBe(false)
     expect(peerMoved({ path: 'direct-udp', peerEndpoints: null }, record(NEW, NEW))).toBe(false)

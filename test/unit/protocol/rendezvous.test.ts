@@ -101,6 +101,9 @@ const SAMPLES: OutgoingMessage[] = [
   { type: 'register-ack', token: TOKEN, udpKey: UDP_KEY, observed: null, heartbeatMs: 0, peerTimeoutMs: 0 },
   // server6 (--host6) trails the frame: an older agent ignores it
   { type: 'register-ack', token: TOKEN, udpKey: UDP_KEY, observed: { host: '198.51.100.7', port: 4000 }, heartbeatMs: 20_000, peerTimeoutMs: 60_000, server6: { host: '2001:db8::1', port: 3478 } },
+  // features (LOOKUP) after server6, or after its family 0 when the server has none
+  { type: 'register-ack', token: TOKEN, udpKey: UDP_KEY, observed: { host: '198.51.100.7', port: 4000 }, heartbeatMs: 20_000, peerTimeoutMs: 60_000, server6: { host: '2001:db8::1', port: 3478 }, features: 1 },
+  { type: 'register-ack', token: TOKEN, udpKey: UDP_KEY, observed: { host: '198.51.100.7', port: 4000 }, heartbeatMs: 20_000, peerTimeoutMs: 60_000, features: 1 },
   { type: 'heartbeat', token: TOKEN, seq: 0xffffffff, key: KEY },
   { type: 'heartbeat', token: TOKEN, seq: 0, key: OTHER_KEY },
   { type: 'heartbeat-ack', seq: 7, status: 'ok', observed: { host: '192.0.2.1', port: 32853 }, key: KEY },
@@ -109,6 +112,7 @@ const SAMPLES: OutgoingMessage[] = [
   { type: 'error', reqId: 3, code: 'NAME_TAKEN', message: 'the name alice is held by another key' },
   { type: 'error', reqId: 0, code: '', message: '' },
   { type: 'list', reqId: 42 },
+  { type: 'lookup', reqId: 43, publicKey: KEY },
   { type: 'peers', reqId: 42, peers: [peerFull, peerOffline] },
   { type: 'peers', reqId: 43, peers: [] },
   { type: 'peer-event', event: 'up', peer: peerFull },
@@ -180,6 +184,12 @@ describe('rendezvous codec: golden bytes', () => {
         ' | 04 7f000001 1f90 | 00004e20 | 0000ea60 | 06 20010db8000000000000000000000001 0d96'
     ],
     [
+      'REGISTER_ACK (features, no server6)',
+      { type: 'register-ack', token: TOKEN, udpKey: UDP_KEY, observed: { host: '127.0.0.1', port: 8080 }, heartbeatMs: 20_000, peerTimeoutMs: 60_000, features: 1 },
+      '4e 44 02 04 | a0a1a2a3a4a5a6a7a8a9aaabacadaeaf | 202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f' +
+        ' | 04 7f000001 1f90 | 00004e20 | 0000ea60 | 00 | 01'
+    ],
+    [
       'HEARTBEAT',
       { type: 'heartbeat', token: TOKEN, seq: 0x01020304, key: KEY },
       '4e 44 02 05 | a0a1a2a3a4a5a6a7a8a9aaabacadaeaf | 01020304 | 1c5ffc0f4a3c4c754ddc158b057a364b | 0000000000000000'
@@ -201,6 +211,7 @@ describe('rendezvous codec: golden bytes', () => {
     ],
     ['ERROR', { type: 'error', reqId: 9, code: 'NAME_TAKEN', message: 'x' }, '4e 44 02 07 | 00000009 | 0a 4e414d455f54414b454e | 01 78'],
     ['LIST', { type: 'list', reqId: 42 }, '4e 44 02 08 | 0000002a'],
+    ['LOOKUP', { type: 'lookup', reqId: 43, publicKey: seq(0x10, 32) }, '4e 44 02 18 | 0000002b | 101112131415161718191a1b1c1d1e1f202122232425262728292a2b2c2d2e2f'],
     ['PEERS (empty)', { type: 'peers', reqId: 1, peers: [] }, '4e 44 02 09 | 00000001 | 0000'],
     [
       'PEER_EVENT (up)',
@@ -458,7 +469,7 @@ describe('rendezvous codec: round trips', () => {
     expect(errorCode(() => decode(hex('4e 45 02 0d')), ProtocolError)).toBe('BAD_REQUEST')
     expect(errorCode(() => decode(hex('4e 44 02 01' + ' 00'.repeat(92))), ProtocolError)).toBe('BAD_REQUEST') // HELLO, type 1
     expect(errorCode(() => decode(hex('4e 44 02 00')), ProtocolError)).toBe('BAD_REQUEST')
-    expect(errorCode(() => decode(hex('4e 44 02 18' + ' 00'.repeat(100))), ProtocolError)).toBe('BAD_REQUEST') // 24: after OK
+    expect(errorCode(() => decode(hex('4e 44 02 19' + ' 00'.repeat(100))), ProtocolError)).toBe('BAD_REQUEST') // 25: after LOOKUP
     expect(errorCode(() => decode(hex('4e 44 02 11')), ProtocolError)).toBe('BAD_REQUEST') // RELAY without its body
     expect(errorCode(() => decode(hex('4e 44 02 ff')), ProtocolError)).toBe('BAD_REQUEST')
     expect(errorCode(() => decode(Buffer.alloc(0)), ProtocolError)).toBe('BAD_REQUEST')
@@ -488,14 +499,20 @@ describe('rendezvous codec: round trips', () => {
   it('tolerates trailing bytes after every message', () => {
     const rand = prng(7)
     for (const bytes of fixedLength()) {
-      const extra = Buffer.concat([bytes, randBuf(rand, randInt(rand, 1, 40))])
-      expect(norm(decode(extra))).toEqual(norm(decode(bytes)))
+      const tail = randBuf(rand, randInt(rand, 1, 40))
+      const plain = decode(bytes)
+      // A REGISTER_ACK's extensions start with an endpoint family (0 or 6), and features
+      // follow server6: only bytes after the last extension it has are trailing ones.
+      if (plain.type === 'register-ack' && 'server6' in plain && !('features' in plain)) continue
+      if (bytes[3] === 0x04 && (tail[0] === 0 || tail[0] === 6)) tail[0] = 0xee
+      const extra = Buffer.concat([bytes, tail])
+      expect(norm(decode(extra))).toEqual(norm(plain))
     }
   })
 
   it('every strict prefix of a valid frame is refused with ProtocolError (but the optional last byte of PEER_EVENT down: its reason, absent from older servers)', () => {
     // Nor a REGISTER_ACK's trailing server6: without it (or with part of it) the frame is an older server's, and valid.
-    const withExtension = (b: Buffer): boolean => b[3] === 0x04 && 'server6' in decode(b)
+    const withExtension = (b: Buffer): boolean => b[3] === 0x04 && ('server6' in decode(b) || 'features' in decode(b))
     for (const bytes of fixedLength().filter((b) => !withExtension(b))) {
       const optional = bytes[3] === 0x0a && bytes[4] === 2 ? 1 : 0
       if (optional) expect(decode(bytes.subarray(0, bytes.length - 1))).toMatchObject({ type: 'peer-event', event: 'down', reason: 'unknown' })

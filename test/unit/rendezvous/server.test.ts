@@ -12,7 +12,7 @@ import { afterEach, describe, expect, it, vi } from 'vitest'
 import type { Endpoint } from '../../../src/protocol/endpoint.js'
 import { generateKeyPair, networkSecretKey, peerId, randomBytes, secretProof } from '../../../src/protocol/identity.js'
 import { silentLogger } from '../../../src/protocol/log.js'
-import { decode, encode, frame, opened, type Message } from '../../../src/protocol/rendezvous.js'
+import { decode, encode, FEATURE_LOOKUP, frame, opened, type Message } from '../../../src/protocol/rendezvous.js'
 import { decodeStun, encodeBindingRequest, isStun, STUN_MAGIC_COOKIE } from '../../../src/protocol/stun.js'
 import { CONTROL_LOST_GRACE_MS } from '../../../src/rendezvous/registry.js'
 import { encodeBindingRequestWith } from '../../../src/protocol/stun-request.js'
@@ -543,6 +543,31 @@ describe('RendezvousServer over TCP', () => {
     alice.peer.send({ type: 'list', reqId: 78 })
     const after = await alice.peer.waitFor((m) => m.type === 'peers')
     expect(after).toMatchObject({ type: 'peers', reqId: 78, peers: [{ name: 'bob', online: false }] })
+  })
+
+  it('LOOKUP answers the one record LIST would show for a key (online, then offline), never the asker\'s own nor an unknown key; REGISTER_ACK says it is understood', async () => {
+    const { port } = await startServer()
+    const aliceKp = generateKeyPair()
+    const bobKp = generateKeyPair()
+    const alice = await registerTcp(port, aliceKp, 'alice')
+    expect(alice.reply).toMatchObject({ type: 'register-ack', features: FEATURE_LOOKUP })
+    const bob = await registerTcp(port, bobKp, 'bob')
+    await alice.peer.waitFor((m) => m.type === 'peer-event' && m.event === 'up')
+    const lookup = async (reqId: number, publicKey: Uint8Array): Promise<Message> => {
+      alice.peer.send({ type: 'lookup', reqId, publicKey })
+      return alice.peer.waitFor((m) => m.type === 'peers' && m.reqId === reqId)
+    }
+    const bobNow = await lookup(5, bobKp.publicKey)
+    expect(bobNow).toMatchObject({ type: 'peers', reqId: 5, peers: [{ name: 'bob', online: true, tcp: bob.peer.endpoint, lan: [{ host: '192.168.1.20', port: 41641 }] }] })
+    alice.peer.send({ type: 'list', reqId: 6 })
+    const list = await alice.peer.waitFor((m) => m.type === 'peers' && m.reqId === 6)
+    if (list.type !== 'peers' || bobNow.type !== 'peers') throw new Error('unreachable')
+    expect({ ...bobNow.peers[0], lastSeenAgoMs: 0 }).toEqual({ ...list.peers[0], lastSeenAgoMs: 0 })
+    expect(await lookup(7, aliceKp.publicKey)).toEqual({ type: 'peers', reqId: 7, peers: [] })
+    expect(await lookup(8, generateKeyPair().publicKey)).toEqual({ type: 'peers', reqId: 8, peers: [] })
+    bob.peer.send({ type: 'bye' })
+    await alice.peer.waitFor((m) => m.type === 'peer-event' && m.event === 'down')
+    expect(await lookup(9, bobKp.publicKey)).toMatchObject({ type: 'peers', reqId: 9, peers: [{ name: 'bob', online: false }] })
   })
 
   it('an agent whose host ends its control connection without BYE (its process killed) goes "down" after the grace, unless it registers again first; a reset waits for the peer timeout', async () => {

@@ -6,7 +6,7 @@
 import { afterEach, describe, expect, it } from 'vitest'
 import { NatdError } from '../../../src/protocol/errors.js'
 import { silentLogger, systemClock, type Logger, type TimerClock } from '../../../src/protocol/log.js'
-import { canTransition, MIGRATE_GIVE_UP_MS, SUSPECT_SILENT_MS, Tunnel, type TunnelState, type TunnelTiming } from '../../../src/tunnel/tunnel.js'
+import { canTransition, MIGRATE_GIVE_UP_MS, movesWithMapping, SUSPECT_SILENT_MS, Tunnel, type TunnelState, type TunnelTiming } from '../../../src/tunnel/tunnel.js'
 import { FakeClock } from '../helpers.js'
 import { messagePipe, until, type MessagePipe } from './pipe.js'
 
@@ -279,6 +279,27 @@ describe('Tunnel: a silent path is suspect long before it is gone (issue #15)', 
     live.push(relayed)
     relayed.pathChanged('our NAT mapping or address changed')
     expect(relayed.isUp).toBe(true)
+  })
+
+  it('pathChanged() leaves a LAN tunnel and an IPv6 one up: neither goes through the NAT mapping that changed', async () => {
+    const made: Tunnel[] = []
+    for (const [path, remote] of [
+      ['lan', { host: '192.168.1.20', port: 5000 }],
+      ['direct-udp', { host: '2001:db8::20', port: 5000 }]
+    ] as const) {
+      const pipe = messagePipe()
+      const t = new Tunnel({ name: 'bob', id: 'b0b' }, path, remote, 'udp', `intro-${path}`, true, pipe.a, TIMING, systemClock, silentLogger)
+      live.push(t)
+      made.push(t)
+      t.pathChanged('our NAT mapping or address changed')
+    }
+    expect(made.map((t) => t.state.kind)).toEqual(['up', 'up'])
+    // The rule itself: direct paths to IPv4 endpoints only, UDP or TCP.
+    expect(movesWithMapping({ path: 'direct-udp', remote: BOB })).toBe(true)
+    expect(movesWithMapping({ path: 'direct-tcp', remote: BOB })).toBe(true)
+    expect(movesWithMapping({ path: 'direct-tcp', remote: { host: '2001:db8::20', port: 1 } })).toBe(false)
+    expect(movesWithMapping({ path: 'relay', remote: BOB })).toBe(false)
+    expect(movesWithMapping({ path: 'lan', remote: BOB })).toBe(false)
   })
 })
 

@@ -1,0 +1,143 @@
+// daemon/rendezvous-client.ts against an in-process rendezvous server on loopback: two
+// agents register (TCP control connection, sealed UDP heartbeat) and one asks the server
+// for the other's record with peer(): a LOOKUP (one record) where the server says it
+// understands it in REGISTER_ACK, the whole LIST from a server that does not (an older
+// one ends the connection on an unknown request), null for a key the server does not
+// show (our own, an unknown one). The path check (daemon/path-check.ts) asks this while a
+// tunnel is silent, up to twice a second.
+import dgram from 'node:dgram'
+import { afterEach, describe, expect, it, vi } from 'vitest'
+import { ControlConnection } from '../../../src/daemon/control-connection.js'
+import { RendezvousClient } from '../../../src/daemon/rendezvous-client.js'
+import { parseServerSpec } from '../../../src/daemon/server-address.js'
+import type { Endpoint } from '../../../src/protocol/endpoint.js'
+import { generateKeyPair, peerId, type KeyPair } from '../../../src/protocol/identity.js'
+import { systemClock } from '../../../src/protocol/clock.js'
+import { silentLogger } from '../../../src/protocol/log.js'
+import type { OutgoingMessage } from '../../../src/protocol/rendezvous.js'
+import { RendezvousServer } from '../../../src/rendezvous/server.js'
+import { freePort } from '../helpers.js'
+import { until } from '../tunnel/pipe.js'
+
+const SERVER_KEY = generateKeyPair()
+/** Registration takes a few round trips on loopback; generous for a loaded machine. */
+const REGISTER_WAIT_MS = 15_000
+
+const cleanup: Array<() => Promise<void> | void> = []
+afterEach(async () => {
+  vi.restoreAllMocks()
+  for (const f of cleanup.splice(0).reverse()) await f()
+})
+
+/** UDP and TCP share the port (and the alternate is port + 1), so port 0 cannot be used: try free ones. */
+async function startServer(): Promise<number> {
+  for (let attempt = 0; ; attempt++) {
+    const port = await freePort()
+    const server = new RendezvousServer({ host: '127.0.0.1', port, altPort: port + 1, peerTimeoutMs: 30_000, heartbeatMs: 20_000 }, { log: silentLogger, keyPair: SERVER_KEY })
+    try {
+      await server.start()
+      cleanup.push(() => server.stop())
+      return port
+    } catch (err) {
+      await server.stop().catch(() => undefined)
+      if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE' || attempt > 20) throw err
+    }
+  }
+}
+
+async function udpSocket(): Promise<dgram.Socket> {
+  const socket = dgram.createSocket('udp4')
+  await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', resolve))
+  return socket
+}
+
+/** A registered client on its own UDP socket (loopback only); `moveUdp()` makes its mapping move (another socket). */
+async function agent(port: number, name: string, keyPair: KeyPair = generateKeyPair()): Promise<RendezvousClient & { moveUdp: () => Promise<void> }> {
+  let socket = await udpSocket()
+  const client = new RendezvousClient(
+    { server: parseServerSpec(`127.0.0.1:${port}#${peerId(SERVER_KEY.publicKey)}`), name, heartbeatMs: 20_000, tcpPort: 0, secretKey: null },
+    {
+      udp: { send: (buf: Uint8Array, to: Endpoint) => socket.send(buf, to.port, to.host) },
+      keyPair,
+      serverKey: { expected: () => null, learned: () => undefined },
+      log: silentLogger,
+      clock: systemClock,
+      lan: () => [],
+      nat: () => 'easy'
+    }
+  )
+  const listen = (s: dgram.Socket): void => void s.on('message', (buf, rinfo) => client.onDatagram(buf, { host: rinfo.address, port: rinfo.port }))
+  listen(socket)
+  const running = client.run()
+  cleanup.push(async () => {
+    await client.stop()
+    await running
+    socket.close()
+  })
+  await until(() => client.state.kind === 'registered', `${name} registered`, REGISTER_WAIT_MS)
+  const moveUdp = async (): Promise<void> => {
+    const old = socket
+    socket = await udpSocket()
+    listen(socket)
+    old.close()
+  }
+  return Object.assign(client, { moveUdp })
+}
+
+/** The types of the requests clients send on their control connections from now on. */
+function requestTypes(): string[] {
+  const types: string[] = []
+  const request = ControlConnection.prototype.request
+  vi.spyOn(ControlConnection.prototype, 'request').mockImplementation(function (this: ControlConnection, msg: Extract<OutgoingMessage, { reqId: number }>) {
+    types.push(msg.type)
+    return request.call(this, msg)
+  })
+  return types
+}
+
+describe('RendezvousClient: a mapping that moved', () => {
+  it('drops the control connection at once (it went with the mapping) and registers again without backoff', async () => {
+    const port = await startServer()
+    const alice = await agent(port, 'alice')
+    const states: string[] = []
+    alice.on('state', (st, err) => states.push(st.kind === 'backoff' ? `backoff ${st.until - Date.now() <= 0 ? 'none' : 'waiting'} ${err?.message ?? ''}` : st.kind))
+    const moved = new Promise<void>((resolve) => alice.once('moved', resolve))
+    await alice.moveUdp()
+    void alice.probe() // its heartbeat, from the new socket: the server says 'moved'
+    await moved
+    await until(() => states.includes('registered'), 'registered again', REGISTER_WAIT_MS)
+    expect(states).toEqual(['backoff none our NAT mapping moved: the control connection went with it', 'connecting', 'registered'])
+  })
+})
+
+describe('RendezvousClient.peer()', () => {
+  it("asks the server for one record with LOOKUP: the peer's, null for our own key or an unknown one", async () => {
+    const port = await startServer()
+    const bobKp = generateKeyPair()
+    const aliceKp = generateKeyPair()
+    const alice = await agent(port, 'alice', aliceKp)
+    await agent(port, 'bob', bobKp)
+    const sent = requestTypes()
+    expect(await alice.peer(bobKp.publicKey)).toMatchObject({ name: 'bob', online: true, nat: 'easy' })
+    expect(await alice.peer(aliceKp.publicKey)).toBeNull()
+    expect(await alice.peer(generateKeyPair().publicKey)).toBeNull()
+    expect(sent).toEqual(['lookup', 'lookup', 'lookup'])
+  })
+
+  it('asks a server that does not say it understands LOOKUP (an older one) for the whole LIST, and picks the record out', async () => {
+    const port = await startServer()
+    // An older server: its REGISTER_ACK carries no features.
+    const register = ControlConnection.prototype.register
+    vi.spyOn(ControlConnection.prototype, 'register').mockImplementation(async function (this: ControlConnection, signed) {
+      return { ...(await register.call(this, signed)), lookup: false }
+    })
+    const bobKp = generateKeyPair()
+    const aliceKp = generateKeyPair()
+    const alice = await agent(port, 'alice', aliceKp)
+    await agent(port, 'bob', bobKp)
+    const sent = requestTypes()
+    expect(await alice.peer(bobKp.publicKey)).toMatchObject({ name: 'bob', online: true })
+    expect(await alice.peer(generateKeyPair().publicKey)).toBeNull()
+    expect(sent).toEqual(['list', 'list'])
+  })
+})
