@@ -292,15 +292,26 @@ export class Paths {
     return { session, path: 'relay', transport: 'tcp', remote: server, punchMs: this.c.clock.now() - started, ...(first ? { first } : {}) }
   }
 
+  /**
+   * Punches TCP by simultaneous open (tcp-punch.ts). When both sides have IPv6, over IPv6
+   * only: from our IPv6 UDP socket's port number to the peer's IPv6 candidates, which are
+   * its TCP endpoints too (no NAT maps an IPv6 port, and the peer punches from its IPv6
+   * socket's number as we do). Never both families at once: two connections could both
+   * get through, and each side could settle on a different one.
+   */
   async tcp(intro: Introduction, timeoutMs: number, signal: AbortSignal): Promise<Established> {
-    const localPort = this.c.localTcpPort()
+    const socket6 = this.c.socket6 ?? null
+    const v6 = this.c.hasIPv6?.() ? v6Of(intro.peer, socket6) : []
+    const localPort = v6.length ? socket6!.address().port : this.c.localTcpPort()
     if (!localPort) throw new NatdError('PUNCH_FAILED', 'no TCP control connection to punch from')
     const tcp = intro.peer.tcp
-    const candidates: Candidate[] = [
-      ...lanOf(intro.peer, tcp).map((endpoint) => ({ endpoint, kind: 'lan' as const })),
-      ...mappedOf(intro.peer, tcp).map((endpoint) => ({ endpoint, kind: 'public' as const })),
-      ...(tcp ? [{ endpoint: tcp, kind: 'public' as const }] : [])
-    ]
+    const candidates: Candidate[] = v6.length
+      ? v6.map((endpoint) => ({ endpoint, kind: 'public' as const }))
+      : [
+          ...lanOf(intro.peer, tcp).map((endpoint) => ({ endpoint, kind: 'lan' as const })),
+          ...mappedOf(intro.peer, tcp).map((endpoint) => ({ endpoint, kind: 'public' as const })),
+          ...(tcp ? [{ endpoint: tcp, kind: 'public' as const }] : [])
+        ]
     const deadline = this.c.clock.now() + timeoutMs
     const gate = this.budget.synGate(peerId(intro.peer.publicKey))
     const punched = await punchTcp(

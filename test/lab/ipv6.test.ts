@@ -6,10 +6,14 @@
  *   server 198.18.0.2 + 2001:db8::2 (--host6) ── inet ──┬── r1 (hard NAT + v6 fw) ── alice  dual
  *                                                       ├── r2 (hard NAT + v6 fw) ── bob    dual
  *                                                       ├── r3 (easy NAT)         ── carol  IPv4 only
+ *                                                       ├── r6 (easy NAT + v6 fw) ── fred   dual
  *                                                       ├── r4 (v6 fw)            ── dave   IPv6 only
  *                                                       └── r5 (v6 fw)            ── erin   IPv6 only
  *
- * alice and bob map per destination on IPv4: without IPv6 they would end on the relay.
+ * alice and bob map per destination on IPv4: without IPv6 they would end on the relay;
+ * with it, auto punches TCP over IPv6 (simultaneous open through both firewalls), and
+ * UDP over IPv6 when asked for UDP. fred × alice (easy × hard on IPv4) gets TCP over
+ * IPv6 too, where IPv4 alone allows only birthday-punched UDP.
  * dave and erin have no IPv4 way out (their routers' IPv4 NAT is never used): only
  * IPv6 can join them. The rows assert the path and its address family, not speed.
  * Before the rows, one datagram with hop limit 2 and one with 64 from alice to bob
@@ -28,7 +32,8 @@ const SPEC: LabSpec = {
     { name: 'bob', nat: 'hard', ip: 'dual' },
     { name: 'carol', nat: 'easy' },
     { name: 'dave', nat: 'easy', ip: 'v6' },
-    { name: 'erin', nat: 'easy', ip: 'v6' }
+    { name: 'erin', nat: 'easy', ip: 'v6' },
+    { name: 'fred', nat: 'easy', ip: 'dual' }
   ]
 }
 
@@ -41,6 +46,13 @@ async function open(n: NatdLab, from: string, to: string, via = 'auto'): Promise
   const r = await n.natctl(from, ['open', to, '--via', via, '--timeout', '20s'], { timeoutMs: 30_000 })
   expect(r.code, `${from} → ${to}: ${r.stderr}`).toBe(0)
   return r.json as Opened
+}
+
+/** Closes `from`'s tunnel to `to`, waits until `to` dropped it too, and opens one again `via`. */
+async function reopen(n: NatdLab, from: string, to: string, via: string): Promise<Opened> {
+  expect((await n.natctl(from, ['close', to])).code).toBe(0)
+  await waitFor(async () => ((await n.natctl(to, ['tunnels'])).json as unknown[]).length === 0, 10_000, `${to} drops the tunnel`)
+  return open(n, from, to, via)
 }
 
 /** Packets bob's router dropped as unsolicited IPv6 inbound (its UNSOLICITED6 chain). */
@@ -59,15 +71,15 @@ function udxSend(n: NatdLab, host: string, to: string, ttl: number): Promise<voi
 }
 
 describe.skipIf(!labAvailable())('IPv6: candidates, stateful firewalls, preference', () => {
-  it('dual×dual → direct over IPv6; IPv6-only×IPv6-only → direct; IPv4-only×dual → IPv4 as before; hop limit 2 never reaches the peer\'s firewall', async () => {
+  it('dual×dual → direct TCP over IPv6 (UDP when asked), whatever the IPv4 NATs; IPv6-only×IPv6-only → direct; IPv4-only×dual → IPv4 as before; hop limit 2 never reaches the peer\'s firewall', async () => {
     await withLab(SPEC, async (n) => {
       const server6 = n.lab.server.ip6!
       await n.startServer(['--host6', server6])
-      for (const h of ['alice', 'bob', 'carol']) await n.startAgent(h)
+      for (const h of ['alice', 'bob', 'carol', 'fred']) await n.startAgent(h)
       for (const h of ['dave', 'erin']) await n.startAgent(h, { server: `[${server6}]:${SERVER_PORT}` })
-      for (const h of ['alice', 'bob', 'carol', 'dave', 'erin']) await n.waitRegistered(h)
+      for (const h of ['alice', 'bob', 'carol', 'dave', 'erin', 'fred']) await n.waitRegistered(h)
       // The IPv6 candidate reaches the server with the first answered heartbeats (2 s apart).
-      await waitFor(() => /"ipv6 endpoint"/.test(n.log('alice')) && /"ipv6 endpoint"/.test(n.log('bob')), 15_000, 'alice and bob learn their IPv6 endpoints')
+      await waitFor(() => ['alice', 'bob', 'fred'].every((h) => /"ipv6 endpoint"/.test(n.log(h))), 15_000, 'alice, bob and fred learn their IPv6 endpoints')
       // natctl status shows it ([addr]:port); carol (IPv4 only) has none
       expect(String((await n.status('alice')).publicUdp6)).toMatch(new RegExp(`^\\[${n.lab.hosts.alice!.ip6!}\\]:\\d+$`))
       expect((await n.status('carol')).publicUdp6).toBeNull()
@@ -82,11 +94,20 @@ describe.skipIf(!labAvailable())('IPv6: candidates, stateful firewalls, preferen
       await udxSend(n, 'alice', bob6, 64)
       await waitFor(async () => (await unsolicited6(n, 'bob')) > before, 10_000, 'the full-hop datagram is dropped as unsolicited at bob\'s firewall')
 
-      // dual×dual, hard×hard on IPv4: both have IPv6, so auto punches UDP (path-plan.ts)
-      // and gets IPv6, through both firewalls, not the relay.
+      // dual×dual, hard×hard on IPv4: both have IPv6, so auto punches UDP and TCP over
+      // IPv6 (path-plan.ts) and prefers TCP: through both firewalls, not the relay.
       const ab = await open(n, 'alice', 'bob')
-      expect(ab.path).toBe('direct-udp')
+      expect(ab.path).toBe('direct-tcp')
       expect(ab.remote).toBe(`[${bob6}]:${ab.remote.split(']:')[1]}`)
+      // --via udp: UDP over IPv6, through both firewalls.
+      const abUdp = await reopen(n, 'alice', 'bob', 'udp')
+      expect(abUdp.path).toBe('direct-udp')
+      expect(abUdp.remote.startsWith(`[${bob6}]:`)).toBe(true)
+
+      // dual×dual, easy×hard on IPv4: TCP over IPv6 as well.
+      const fa = await open(n, 'fred', 'alice')
+      expect(fa.path).toBe('direct-tcp')
+      expect(fa.remote.startsWith(`[${n.lab.hosts.alice!.ip6!}]:`)).toBe(true)
 
       // IPv6-only × IPv6-only: only IPv6 can join them. Their NAT check sees no NAT (the
       // server sees their own addresses), so auto punches TCP too, over IPv6 as their
@@ -95,9 +116,7 @@ describe.skipIf(!labAvailable())('IPv6: candidates, stateful firewalls, preferen
       const de = await open(n, 'dave', 'erin')
       expect(de.path).toMatch(/^direct-(udp|tcp)$/)
       expect(de.remote.startsWith(`[${erin6}]:`)).toBe(true)
-      expect((await n.natctl('dave', ['close', 'erin'])).code).toBe(0)
-      await waitFor(async () => ((await n.natctl('erin', ['tunnels'])).json as unknown[]).length === 0, 10_000, 'erin drops the tunnel')
-      const deUdp = await open(n, 'dave', 'erin', 'udp')
+      const deUdp = await reopen(n, 'dave', 'erin', 'udp')
       expect(deUdp.path).toBe('direct-udp')
       expect(deUdp.remote.startsWith(`[${erin6}]:`)).toBe(true)
 
@@ -108,7 +127,7 @@ describe.skipIf(!labAvailable())('IPv6: candidates, stateful firewalls, preferen
 
       // natctl tunnels shows the IPv6 path as [addr]:port.
       const tunnels = (await n.natctl('alice', ['tunnels'])).json as Array<{ peer: string; remote: string }>
-      expect(tunnels.find((t) => t.peer === 'bob')?.remote).toBe(ab.remote)
+      expect(tunnels.find((t) => t.peer === 'bob')?.remote).toBe(abUdp.remote)
     })
   }, 150_000)
 })
