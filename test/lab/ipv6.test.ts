@@ -6,9 +6,11 @@
  *   server 198.18.0.2 + 2001:db8::2 (--host6) ── inet ──┬── r1 (hard NAT + v6 fw) ── alice  dual
  *                                                       ├── r2 (hard NAT + v6 fw) ── bob    dual
  *                                                       ├── r3 (easy NAT)         ── carol  IPv4 only
- *                                                       ├── r6 (easy NAT + v6 fw) ── fred   dual
  *                                                       ├── r4 (v6 fw)            ── dave   IPv6 only
- *                                                       └── r5 (v6 fw)            ── erin   IPv6 only
+ *                                                       ├── r5 (v6 fw)            ── erin   IPv6 only
+ *                                                       ├── r6 (easy NAT + v6 fw) ── fred   dual
+ *                                                       └── r7 (v6 fw)            ─┬ gina   IPv6 only, no IPv4 address,
+ *                                                                                   └ hank   one LAN (fd00:db8:7::/64)
  *
  * alice and bob map per destination on IPv4: without IPv6 they would end on the relay;
  * with it, auto punches TCP over IPv6 (simultaneous open through both firewalls), and
@@ -16,11 +18,15 @@
  * IPv6 too, where IPv4 alone allows only birthday-punched UDP.
  * dave and erin have no IPv4 way out (their routers' IPv4 NAT is never used): only
  * IPv6 can join them. The rows assert the path and its address family, not speed.
+ * gina and hank share an IPv6-only LAN: their unique-local addresses make the tunnel
+ * `lan`. gina names the server by a name with an A and an AAAA record (its netns hosts
+ * file): with no IPv4 address it registers over IPv6.
  * Before the rows, one datagram with hop limit 2 and one with 64 from alice to bob
  * show that udx-native's TTL argument is the IPv6 hop limit: only the second is
  * counted as unsolicited at bob's firewall.
  */
 import { execFile } from 'node:child_process'
+import fs from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { labAvailable, type LabSpec } from './lab.js'
@@ -33,9 +39,13 @@ const SPEC: LabSpec = {
     { name: 'carol', nat: 'easy' },
     { name: 'dave', nat: 'easy', ip: 'v6' },
     { name: 'erin', nat: 'easy', ip: 'v6' },
-    { name: 'fred', nat: 'easy', ip: 'dual' }
+    { name: 'fred', nat: 'easy', ip: 'dual' },
+    { name: 'lan6', nat: 'easy', ip: 'v6', hosts: ['gina', 'hank'] }
   ]
 }
+
+/** The server's name in gina's hosts file (an A and an AAAA record). */
+const SERVER_NAME = 'rendezvous.natd-lab'
 
 interface Opened {
   path: string
@@ -76,8 +86,20 @@ describe.skipIf(!labAvailable())('IPv6: candidates, stateful firewalls, preferen
       const server6 = n.lab.server.ip6!
       await n.startServer(['--host6', server6])
       for (const h of ['alice', 'bob', 'carol', 'fred']) await n.startAgent(h)
-      for (const h of ['dave', 'erin']) await n.startAgent(h, { server: `[${server6}]:${SERVER_PORT}` })
-      for (const h of ['alice', 'bob', 'carol', 'dave', 'erin', 'fred']) await n.waitRegistered(h)
+      for (const h of ['dave', 'erin', 'hank']) await n.startAgent(h, { server: `[${server6}]:${SERVER_PORT}` })
+      // gina and hank: no IPv4 address at all (an IPv6-only LAN); gina names the server
+      // by a name with an A and an AAAA record, in her namespace's hosts file.
+      for (const h of ['gina', 'hank']) await n.lab.exec(n.lab.hosts[h]!.ns, ['ip', '-4', 'addr', 'flush', 'dev', 'eth0'])
+      const netnsEtc = path.join('/etc/netns', n.lab.hosts.gina!.ns)
+      fs.mkdirSync(netnsEtc, { recursive: true })
+      try {
+        fs.writeFileSync(path.join(netnsEtc, 'hosts'), `${n.lab.server.ip} ${SERVER_NAME}\n${server6} ${SERVER_NAME}\n`)
+        await n.startAgent('gina', { server: `${SERVER_NAME}:${SERVER_PORT}` })
+        for (const h of ['alice', 'bob', 'carol', 'dave', 'erin', 'fred', 'gina', 'hank']) await n.waitRegistered(h)
+      } finally {
+        fs.rmSync(netnsEtc, { recursive: true, force: true })
+      }
+      expect(String((await n.status('gina')).publicUdp)).toMatch(new RegExp(`^\\[${n.lab.hosts.gina!.ip6!}\\]:\\d+$`))
       // The IPv6 candidate reaches the server with the first answered heartbeats (2 s apart).
       await waitFor(() => ['alice', 'bob', 'fred'].every((h) => /"ipv6 endpoint"/.test(n.log(h))), 15_000, 'alice, bob and fred learn their IPv6 endpoints')
       // natctl status shows it ([addr]:port); carol (IPv4 only) has none
@@ -119,6 +141,11 @@ describe.skipIf(!labAvailable())('IPv6: candidates, stateful firewalls, preferen
       const deUdp = await reopen(n, 'dave', 'erin', 'udp')
       expect(deUdp.path).toBe('direct-udp')
       expect(deUdp.remote.startsWith(`[${erin6}]:`)).toBe(true)
+
+      // Two hosts of one IPv6-only LAN: lan, over their unique-local addresses.
+      const gh = await open(n, 'gina', 'hank')
+      expect(gh.path).toBe('lan')
+      expect(gh.remote.startsWith(`[${n.lab.hosts.hank!.ula!}]:`)).toBe(true)
 
       // IPv4-only × dual: IPv4 as before (easy × hard: birthday punching).
       const ca = await open(n, 'carol', 'alice')

@@ -10,6 +10,7 @@
  *   $id-rN    wan:  2001:db8:f:N::2/64  lan: 2001:db8:N::1/64   default via 2001:db8:f:N::1
  *             FORWARD: established/related in, anything out, the rest from wan dropped
  *   $id-hN-M  eth0: 2001:db8:N::(M+1)/64                  default via 2001:db8:N::1
+ *                   fd00:db8:N::(M+1)/64 (unique local: the site's own, routed nowhere)
  *   public    eth0: 2001:db8:f:N::2/64 (the host is on the wire, no firewall)
  *
  * host → its router (hop limit 2 → 1) → inet (1 → 0: dropped there) — a first probe with
@@ -35,6 +36,11 @@ export function hostIp6(n: number, j: number, routed: boolean): string {
   return routed ? `2001:db8:${n}::${j + 2}` : `2001:db8:f:${n}::2`;
 }
 
+/** A routed site's host's unique-local address (fc00::/7, RFC 4193): hosts of one LAN share its /64, no router forwards it. */
+export function hostUla(n: number, j: number): string {
+  return `fd00:db8:${n}::${j + 2}`;
+}
+
 /** `ip -batch` lines for the server and inet. */
 export function coreIp6(): { server: string[]; inet: string[] } {
   return {
@@ -49,7 +55,7 @@ export function siteIp6(n: number, routed: boolean, hosts: number): { inet: stri
   if (!routed) return { inet, router: [], hosts: [[`addr add ${hostIp6(n, 0, false)}/64 dev eth0 ${NODAD}`, `route add default via 2001:db8:f:${n}::1`]] };
   inet.push(`route add ${siteLan6(n)}/64 via 2001:db8:f:${n}::2`);
   const router = [`addr add 2001:db8:f:${n}::2/64 dev wan ${NODAD}`, `addr add ${siteLan6(n)}1/64 dev lan ${NODAD}`, `route add default via 2001:db8:f:${n}::1`];
-  const hostLines = Array.from({ length: hosts }, (_, j) => [`addr add ${hostIp6(n, j, true)}/64 dev eth0 ${NODAD}`, `route add default via ${siteLan6(n)}1`]);
+  const hostLines = Array.from({ length: hosts }, (_, j) => [`addr add ${hostIp6(n, j, true)}/64 dev eth0 ${NODAD}`, `addr add ${hostUla(n, j)}/64 dev eth0 ${NODAD}`, `route add default via ${siteLan6(n)}1`]);
   return { inet, router, hosts: hostLines };
 }
 

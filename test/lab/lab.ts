@@ -45,7 +45,7 @@ import { constants as osConstants } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { cgnRuleset, darkChain, lossChain, routerRuleset, type NatKind, type Unsolicited } from './lab-rules.ts';
 import { LinkEmulator, linkemBinary, validateLink, type LinkSpec, type LinkStats } from './link-emulator.ts';
-import { coreIp6, firewall6, hostIp6, ROUTER_SYSCTLS_6, SERVER_IP6, siteIp6, type SiteIp } from './lab-ipv6.ts';
+import { coreIp6, firewall6, hostIp6, hostUla, ROUTER_SYSCTLS_6, SERVER_IP6, siteIp6, type SiteIp } from './lab-ipv6.ts';
 
 export type { NatKind, Unsolicited } from './lab-rules.ts';
 export type { LinkSpec, LinkStats } from './link-emulator.ts';
@@ -85,6 +85,8 @@ export interface Host {
   site: string;
   /** Its IPv6 address (a 'dual' or 'v6' site). */
   ip6?: string;
+  /** Its unique-local IPv6 address (a 'dual' or 'v6' site with a router). */
+  ula?: string;
 }
 export interface ExecResult {
   stdout: string;
@@ -323,7 +325,7 @@ class LabImpl implements Lab {
         const ns = `${p}-h${n}-${j}`;
         const ip = routerNs ? `10.${n}.0.${j + 1}` : wanIp;
         site.hostIps.push(ip);
-        this.hosts[name] = { name, ns, ip, publicIp: cgn ? cgn.wanIp : wanIp, site: s.name, ...((s.ip ?? 'v4') !== 'v4' ? { ip6: hostIp6(n, j - 1, !!routerNs) } : {}) };
+        this.hosts[name] = { name, ns, ip, publicIp: cgn ? cgn.wanIp : wanIp, site: s.name, ...((s.ip ?? 'v4') !== 'v4' ? { ip6: hostIp6(n, j - 1, !!routerNs), ...(routerNs ? { ula: hostUla(n, j - 1) } : {}) } : {}) };
         this.namespaces.push(ns);
       }
       this.sites.set(s.name, site);
