@@ -9,8 +9,9 @@
  *                                                       ├── r4 (v6 fw)            ── dave   IPv6 only
  *                                                       ├── r5 (v6 fw)            ── erin   IPv6 only
  *                                                       ├── r6 (easy NAT + v6 fw) ── fred   dual
- *                                                       └── r7 (v6 fw)            ─┬ gina   IPv6 only, no IPv4 address,
- *                                                                                   └ hank   one LAN (fd00:db8:7::/64)
+ *                                                       ├── r7 (v6 fw)            ─┬ gina   IPv6 only, no IPv4 address,
+ *                                                       │                           └ hank   one LAN (fd00:db8:7::/64)
+ *                                                       └── c1 (hard CGN; IPv6 routed) ── r8 (easy NAT + v6 fw) ── ivan  dual
  *
  * alice and bob map per destination on IPv4: without IPv6 they would end on the relay;
  * with it, auto punches TCP over IPv6 (simultaneous open through both firewalls), and
@@ -18,6 +19,8 @@
  * IPv6 too, where IPv4 alone allows only birthday-punched UDP.
  * dave and erin have no IPv4 way out (their routers' IPv4 NAT is never used): only
  * IPv6 can join them. The rows assert the path and its address family, not speed.
+ * ivan's ISP shares IPv4 addresses (a CGN that maps per destination) and routes native
+ * IPv6: ivan × alice is hard × hard on IPv4 (the relay), direct over IPv6.
  * gina and hank share an IPv6-only LAN: their unique-local addresses make the tunnel
  * `lan`. gina names the server by a name with an A and an AAAA record (its netns hosts
  * file): with no IPv4 address it registers over IPv6.
@@ -40,8 +43,10 @@ const SPEC: LabSpec = {
     { name: 'dave', nat: 'easy', ip: 'v6' },
     { name: 'erin', nat: 'easy', ip: 'v6' },
     { name: 'fred', nat: 'easy', ip: 'dual' },
-    { name: 'lan6', nat: 'easy', ip: 'v6', hosts: ['gina', 'hank'] }
-  ]
+    { name: 'lan6', nat: 'easy', ip: 'v6', hosts: ['gina', 'hank'] },
+    { name: 'ivan', nat: 'easy', ip: 'dual', cgn: 'isp' }
+  ],
+  cgns: [{ name: 'isp', nat: 'hard' }]
 }
 
 /** The server's name in gina's hosts file (an A and an AAAA record). */
@@ -85,8 +90,6 @@ describe.skipIf(!labAvailable())('IPv6: candidates, stateful firewalls, preferen
     await withLab(SPEC, async (n) => {
       const server6 = n.lab.server.ip6!
       await n.startServer(['--host6', server6])
-      for (const h of ['alice', 'bob', 'carol', 'fred']) await n.startAgent(h)
-      for (const h of ['dave', 'erin', 'hank']) await n.startAgent(h, { server: `[${server6}]:${SERVER_PORT}` })
       // gina and hank: no IPv4 address at all (an IPv6-only LAN); gina names the server
       // by a name with an A and an AAAA record, in her namespace's hosts file.
       for (const h of ['gina', 'hank']) await n.lab.exec(n.lab.hosts[h]!.ns, ['ip', '-4', 'addr', 'flush', 'dev', 'eth0'])
@@ -94,14 +97,21 @@ describe.skipIf(!labAvailable())('IPv6: candidates, stateful firewalls, preferen
       fs.mkdirSync(netnsEtc, { recursive: true })
       try {
         fs.writeFileSync(path.join(netnsEtc, 'hosts'), `${n.lab.server.ip} ${SERVER_NAME}\n${server6} ${SERVER_NAME}\n`)
-        await n.startAgent('gina', { server: `${SERVER_NAME}:${SERVER_PORT}` })
-        for (const h of ['alice', 'bob', 'carol', 'dave', 'erin', 'fred', 'gina', 'hank']) await n.waitRegistered(h)
+        // Three at a time: nine agents one after the other took most of the test's time on a
+        // loaded machine (~4 s each), all nine at once could miss startAgent's 10 s for the API socket.
+        const starts: Array<[string, string | undefined]> = [
+          ...['alice', 'bob', 'carol', 'fred', 'ivan'].map((h): [string, undefined] => [h, undefined]),
+          ...['dave', 'erin', 'hank'].map((h): [string, string] => [h, `[${server6}]:${SERVER_PORT}`]),
+          ['gina', `${SERVER_NAME}:${SERVER_PORT}`]
+        ]
+        for (let i = 0; i < starts.length; i += 3) await Promise.all(starts.slice(i, i + 3).map(([h, server]) => n.startAgent(h, server ? { server } : {})))
+        await Promise.all(starts.map(([h]) => n.waitRegistered(h, 60_000)))
       } finally {
         fs.rmSync(netnsEtc, { recursive: true, force: true })
       }
       expect(String((await n.status('gina')).publicUdp)).toMatch(new RegExp(`^\\[${n.lab.hosts.gina!.ip6!}\\]:\\d+$`))
       // The IPv6 candidate reaches the server with the first answered heartbeats (2 s apart).
-      await waitFor(() => ['alice', 'bob', 'fred'].every((h) => /"ipv6 endpoint"/.test(n.log(h))), 15_000, 'alice, bob and fred learn their IPv6 endpoints')
+      await waitFor(() => ['alice', 'bob', 'fred', 'ivan'].every((h) => /"ipv6 endpoint"/.test(n.log(h))), 15_000, 'alice, bob, fred and ivan learn their IPv6 endpoints')
       // natctl status shows it ([addr]:port); carol (IPv4 only) has none
       expect(String((await n.status('alice')).publicUdp6)).toMatch(new RegExp(`^\\[${n.lab.hosts.alice!.ip6!}\\]:\\d+$`))
       expect((await n.status('carol')).publicUdp6).toBeNull()
@@ -130,6 +140,11 @@ describe.skipIf(!labAvailable())('IPv6: candidates, stateful firewalls, preferen
       const fa = await open(n, 'fred', 'alice')
       expect(fa.path).toBe('direct-tcp')
       expect(fa.remote.startsWith(`[${n.lab.hosts.alice!.ip6!}]:`)).toBe(true)
+
+      // Dual-stack behind a hard CGN × dual behind a hard NAT: IPv6 direct, not the relay.
+      const ia = await open(n, 'ivan', 'alice')
+      expect(ia.path).toBe('direct-tcp')
+      expect(ia.remote.startsWith(`[${n.lab.hosts.alice!.ip6!}]:`)).toBe(true)
 
       // IPv6-only × IPv6-only: only IPv6 can join them. Their NAT check sees no NAT (the
       // server sees their own addresses), so auto punches TCP too, over IPv6 as their
