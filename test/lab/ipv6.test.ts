@@ -171,5 +171,5 @@ describe.skipIf(!labAvailable())('IPv6: candidates, stateful firewalls, preferen
       const tunnels = (await n.natctl('alice', ['tunnels'])).json as Array<{ peer: string; remote: string }>
       expect(tunnels.find((t) => t.peer === 'bob')?.remote).toBe(abUdp.remote)
     })
-  }, 150_000)
+  }, 240_000)
 })
