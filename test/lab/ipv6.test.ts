@@ -94,6 +94,7 @@ describe.skipIf(!labAvailable())('IPv6: candidates, stateful firewalls, preferen
       // by a name with an A and an AAAA record, in her namespace's hosts file.
       for (const h of ['gina', 'hank']) await n.lab.exec(n.lab.hosts[h]!.ns, ['ip', '-4', 'addr', 'flush', 'dev', 'eth0'])
       const netnsEtc = path.join('/etc/netns', n.lab.hosts.gina!.ns)
+      const madeEtcNetns = !fs.existsSync('/etc/netns')
       fs.mkdirSync(netnsEtc, { recursive: true })
       try {
         fs.writeFileSync(path.join(netnsEtc, 'hosts'), `${n.lab.server.ip} ${SERVER_NAME}\n${server6} ${SERVER_NAME}\n`)
@@ -108,6 +109,8 @@ describe.skipIf(!labAvailable())('IPv6: candidates, stateful firewalls, preferen
         await Promise.all(starts.map(([h]) => n.waitRegistered(h, 60_000)))
       } finally {
         fs.rmSync(netnsEtc, { recursive: true, force: true })
+        // /etc/netns goes too when we made it and nothing else is in it (a parallel run's may be).
+        if (madeEtcNetns) fs.rmdir('/etc/netns', () => undefined)
       }
       expect(String((await n.status('gina')).publicUdp)).toMatch(new RegExp(`^\\[${n.lab.hosts.gina!.ip6!}\\]:\\d+$`))
       // The IPv6 candidate reaches the server with the first answered heartbeats (2 s apart).
