@@ -156,7 +156,7 @@ export class Agent {
         log: log.child({ component: 'rendezvous' }),
         clock: this.clock,
         // Ports our gateway mapped first (protocol/lan.ts: the server keeps them only at our own address).
-        lan: () => [...this.mappedEndpoints(), ...lanEndpoints(this.localPort)],
+        lan: () => [...this.mappedEndpoints(), ...lanEndpoints(this.localPort, socket6?.address().port)],
         nat: () => this.nat?.verdict ?? 'unknown',
         ipv6: () => socket6 !== null && globalV6Addresses().length > 0,
         urgent: () => this.tunnels?.list().some((t) => t.isMigrating) ?? false
@@ -399,7 +399,7 @@ export class Agent {
       publicTcp: state.kind === 'registered' && state.tcp ? formatEndpoint(state.tcp) : null,
       publicUdp6: state.kind === 'registered' && client?.udp6 ? formatEndpoint(client.udp6) : null,
       localUdpPort: this.localPort,
-      lan: lanEndpoints(this.localPort).map(formatEndpoint),
+      lan: lanEndpoints(this.localPort, this.socket6?.address().port).map(formatEndpoint),
       nat: this.nat?.verdict ?? 'unknown',
       uptimeMs: this.clock.now() - this.startedAt,
       tunnels: this.tunnels?.list().length ?? 0,

@@ -13,14 +13,24 @@ import os from 'node:os'
 import type UDX from 'udx-native'
 import type { UDXSocket } from 'udx-native'
 import { isIPv6, type Endpoint } from '../protocol/endpoint.js'
-import { isGlobalIPv6 } from '../protocol/ipv6.js'
+import { isGlobalIPv6, isUlaIPv6 } from '../protocol/ipv6.js'
 import type { Logger } from '../protocol/log.js'
 
 /** This host's global IPv6 addresses (protocol/ipv6.ts says which count): with none, we offer no IPv6 candidate. */
 export function globalV6Addresses(): string[] {
+  return interfaceV6(isGlobalIPv6)
+}
+
+/** This host's unique-local IPv6 addresses (fc00::/7): its IPv6 LAN candidates, and the /64s a peer's must share (sameLanV6). */
+export function ulaV6Addresses(): string[] {
+  return interfaceV6(isUlaIPv6)
+}
+
+/** The IPv6 addresses of this host's interfaces (not loopback) that `keep` accepts, in interface order. */
+function interfaceV6(keep: (host: string) => boolean): string[] {
   const out: string[] = []
   for (const addrs of Object.values(os.networkInterfaces())) {
-    for (const a of addrs ?? []) if (!a.internal && a.family === 'IPv6' && isGlobalIPv6(a.address)) out.push(a.address)
+    for (const a of addrs ?? []) if (!a.internal && a.family === 'IPv6' && keep(a.address)) out.push(a.address)
   }
   return out
 }

@@ -12,11 +12,13 @@
 import os from 'node:os'
 import { formatEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { lanCandidates } from '../protocol/lan.js'
+import { MAX_ULA_CANDIDATES } from '../protocol/ipv6.js'
 import type { Timer, TimerClock } from '../protocol/clock.js'
 import type { Logger } from '../protocol/log.js'
 import type { NatVerdict } from '../protocol/rendezvous.js'
 import type { NatCheck } from '../tunnel/nat-check.js'
 import type { NetcheckResult, PortMappingReport } from '../ipc/schema.js'
+import { ulaV6Addresses } from './ipv6-socket.js'
 
 /** While a tunnel is relayed, our NAT is checked again this often (it may have become punchable). */
 export const NAT_RECHECK_MS = 5_000
@@ -175,7 +177,13 @@ export function localEndpoints(port: number): Endpoint[] {
   return out
 }
 
-/** This host's LAN candidates: its private addresses only (protocol/lan.ts says which). */
-export function lanEndpoints(port: number): Endpoint[] {
-  return lanCandidates(localEndpoints(port))
+/**
+ * This host's LAN candidates: its private IPv4 addresses at our UDP port (protocol/lan.ts
+ * says which), then, with an IPv6 socket, at most MAX_ULA_CANDIDATES unique-local IPv6
+ * addresses at its port (peers on our LAN only probe them: protocol/ipv6.ts sameLanV6).
+ */
+export function lanEndpoints(port: number, port6 = 0): Endpoint[] {
+  const ula = port6 ? ulaV6Addresses().slice(0, MAX_ULA_CANDIDATES).map((host) => ({ host, port: port6 })) : []
+  return lanCandidates([...localEndpoints(port), ...ula])
 }
+

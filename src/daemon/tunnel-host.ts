@@ -22,7 +22,7 @@ import type { OpenRequest } from '../tunnel/mux.js'
 import type { Tunnel } from '../tunnel/tunnel.js'
 import type { NatMonitor } from './nat-monitor.js'
 import type { RendezvousClient } from './rendezvous-client.js'
-import { globalV6Addresses } from './ipv6-socket.js'
+import { globalV6Addresses, ulaV6Addresses } from './ipv6-socket.js'
 
 /**
  * A peer the server reports offline keeps its tunnel only if it answers a ping within
@@ -86,6 +86,10 @@ export class TunnelHost implements TunnelManagerComponents {
 
   hasIPv6(): boolean {
     return this.socket6 !== null && globalV6Addresses().length > 0
+  }
+
+  ulaAddresses(): string[] {
+    return ulaV6Addresses()
   }
 
   hasPortMapping(): boolean {

@@ -77,3 +77,23 @@ export function withV6Candidate(list: readonly Endpoint[], ep: Endpoint | null, 
   return (ep && isGlobalIPv6(ep.host) && validPort(ep) ? [ep, ...rest] : rest).slice(0, max)
 }
 
+
+/** Unique-local IPv6 (fc00::/7, RFC 4193): a site's own addresses, never routed on the internet. */
+export function isUlaIPv6(host: string): boolean {
+  return isIPv6(host) && !host.includes('.') && (ipv6ToBytes(host)[0]! & 0xfe) === 0xfc
+}
+
+/** Unique-local addresses of ours an agent offers as LAN candidates, at most (a host has one per LAN, two while renumbering). */
+export const MAX_ULA_CANDIDATES = 2
+
+/**
+ * The peer's unique-local LAN candidates we probe: only those in the /64 of one of our own
+ * unique-local addresses (`ours`), that is on our own LAN. A ULA prefix holds 40 random
+ * bits (RFC 4193 §3.2.1), so two sites that match are one site: unlike a private IPv4
+ * address (10.0.0.2 is in every other home), a ULA candidate off our LAN is never probed
+ * at all. Link-local (fe80::/10) candidates are never probed: every link has the same
+ * prefix, and the peer's scope id names its interface, not ours.
+ */
+export function sameLanV6(list: readonly Endpoint[], ours: readonly string[]): Endpoint[] {
+  return list.filter((ep) => isUlaIPv6(ep.host) && validPort(ep) && ours.some((o) => isUlaIPv6(o) && sameV6Prefix64(o, ep.host)))
+}

@@ -13,8 +13,11 @@
  *   and an IPv6 candidate of the peer's), the UDP punch runs whatever the IPv4 NATs are:
  *   IPv6 candidates are probed plainly under every strategy (punch.ts), as no NAT
  *   translates them, and the initiator prefers them (V6_GRACE_MS). Between two hard NATs
- *   the strategy is then 'normal', as with a mapping. TCP stays on IPv4 (its control
- *   connection's port is the one the server saw).
+ *   the strategy is then 'normal', as with a mapping. TCP is punched too, over IPv6
+ *   only (paths.ts): no NAT maps the IPv6 port, so the peer's IPv6 candidate is its TCP
+ *   endpoint as well, and both firewalls let a simultaneous open through as they do
+ *   between IPv4 NATs. So `auto` between two dual-stack agents gets TCP over IPv6,
+ *   whatever their IPv4 NATs are (UDP over IPv6 when TCP cannot get through).
  * - `auto` (and `direct`, the upgrade attempt) skips what cannot work; an explicit
  *   `udp` or `tcp` tries regardless, except UDP between two hard NATs, which is refused
  *   at once (UNSUPPORTED_PATH) rather than spraying for the whole timeout.
@@ -67,7 +70,7 @@ export function planPaths({ via, mine, theirs, initiator, mapped = false, v6 = f
   // IPv6 needs no mapping found: for the punch it is as good as one (the IPv6 candidates are probed plainly).
   const strategy = punchStrategy(mine, theirs, mapped || v6)
   const udp = via === 'udp' || (auto && (hard < 2 || mapped || v6)) ? strategy : null
-  const tcp = via === 'tcp' || (auto && hard === 0)
+  const tcp = via === 'tcp' || (auto && (hard === 0 || v6))
   const relay = via === 'relay' ? 'now' : via === 'auto' ? 'fallback' : 'never'
   const impossible = (via === 'udp' || via === 'direct') && strategy === null ? BOTH_HARD : null
   return {

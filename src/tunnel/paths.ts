@@ -12,7 +12,7 @@ import { peerId, timingSafeEqual, type KeyPair } from '../protocol/identity.js'
 import type { Random, TimerClock } from '../protocol/clock.js'
 import type { Logger } from '../protocol/log.js'
 import { lanCandidates, mappedCandidates } from '../protocol/lan.js'
-import { v6Candidates } from '../protocol/ipv6.js'
+import { sameLanV6, v6Candidates } from '../protocol/ipv6.js'
 import { decode, type NatVerdict, type PeerRecord, type Via } from '../protocol/rendezvous.js'
 import type { PunchBudget, RefusalLog } from './budget.js'
 import { BIRTHDAY_SOCKETS, Puncher, type Candidate, type PunchStrategy } from './punch.js'
@@ -29,9 +29,14 @@ export const PUNCHER_LINGER_MS = 5_000
  */
 export const PUNCH_LAN_CANDIDATES = 4
 
-/** The LAN candidates of `peer` a punch tries (private, at most PUNCH_LAN_CANDIDATES, not the public one). */
-function lanOf(peer: PeerRecord, publicEp: Endpoint | null): Endpoint[] {
-  return lanCandidates(peer.lan).filter((e) => !sameEndpoint(e, publicEp)).slice(0, PUNCH_LAN_CANDIDATES)
+/**
+ * The LAN candidates of `peer` a punch tries (private, at most PUNCH_LAN_CANDIDATES, not
+ * the public one): its unique-local IPv6 ones on our own LAN first (`ours6`, our
+ * unique-local addresses: protocol/ipv6.ts sameLanV6), then its private IPv4 ones.
+ */
+function lanOf(peer: PeerRecord, publicEp: Endpoint | null, ours6: readonly string[]): Endpoint[] {
+  const lan = lanCandidates(peer.lan).filter((e) => !sameEndpoint(e, publicEp))
+  return [...sameLanV6(lan, ours6), ...lan.filter((e) => !isIPv6(e.host))].slice(0, PUNCH_LAN_CANDIDATES)
 }
 
 /**
@@ -88,6 +93,8 @@ export interface PathComponents {
   hasPortMapping?(): boolean
   /** Whether we have IPv6: an IPv6 socket and a global address (path-plan.ts). */
   hasIPv6?(): boolean
+  /** Our unique-local IPv6 addresses (a peer's IPv6 LAN candidates must share a /64 with one); default none. */
+  ulaAddresses?(): string[]
 }
 
 export interface Established {
@@ -183,7 +190,7 @@ export class Paths {
     const socket = this.c.socket
     const socket6 = this.c.socket6 ?? null
     const candidates: Candidate[] = [
-      ...lanOf(intro.peer, intro.peer.udp).map((endpoint) => ({ endpoint, kind: 'lan' as const })),
+      ...lanOf(intro.peer, intro.peer.udp, this.ours6()).map((endpoint) => ({ endpoint, kind: 'lan' as const })),
       ...v6Of(intro.peer, socket6).map((endpoint) => ({ endpoint, kind: 'public' as const })),
       ...mappedOf(intro.peer, intro.peer.udp).map((endpoint) => ({ endpoint, kind: 'public' as const })),
       ...(intro.peer.udp ? [{ endpoint: intro.peer.udp, kind: 'public' as const }] : [])
@@ -292,15 +299,29 @@ export class Paths {
     return { session, path: 'relay', transport: 'tcp', remote: server, punchMs: this.c.clock.now() - started, ...(first ? { first } : {}) }
   }
 
+  /**
+   * Punches TCP by simultaneous open (tcp-punch.ts). Over IPv6 only when the peer is on
+   * our IPv6 LAN (its unique-local candidates, kind 'lan') or both sides have IPv6 (its
+   * IPv6 candidates): from our IPv6 UDP socket's port number to the peer's, which is its
+   * TCP port too (no NAT maps an IPv6 port, and the peer punches from its IPv6 socket's
+   * number as we do). One kind of candidate at a time: two connections could both get
+   * through, and each side could settle on a different one.
+   */
   async tcp(intro: Introduction, timeoutMs: number, signal: AbortSignal): Promise<Established> {
-    const localPort = this.c.localTcpPort()
+    const socket6 = this.c.socket6 ?? null
+    const lan6 = sameLanV6(intro.peer.lan, this.ours6())
+    const v6 = lan6.length || !this.c.hasIPv6?.() ? [] : v6Of(intro.peer, socket6)
+    const over6: Candidate[] = lan6.length ? lan6.map((endpoint) => ({ endpoint, kind: 'lan' as const })) : v6.map((endpoint) => ({ endpoint, kind: 'public' as const }))
+    const localPort = over6.length ? socket6!.address().port : this.c.localTcpPort()
     if (!localPort) throw new NatdError('PUNCH_FAILED', 'no TCP control connection to punch from')
     const tcp = intro.peer.tcp
-    const candidates: Candidate[] = [
-      ...lanOf(intro.peer, tcp).map((endpoint) => ({ endpoint, kind: 'lan' as const })),
-      ...mappedOf(intro.peer, tcp).map((endpoint) => ({ endpoint, kind: 'public' as const })),
-      ...(tcp ? [{ endpoint: tcp, kind: 'public' as const }] : [])
-    ]
+    const candidates: Candidate[] = over6.length
+      ? over6
+      : [
+          ...lanOf(intro.peer, tcp, []).map((endpoint) => ({ endpoint, kind: 'lan' as const })),
+          ...mappedOf(intro.peer, tcp).map((endpoint) => ({ endpoint, kind: 'public' as const })),
+          ...(tcp ? [{ endpoint: tcp, kind: 'public' as const }] : [])
+        ]
     const deadline = this.c.clock.now() + timeoutMs
     const gate = this.budget.synGate(peerId(intro.peer.publicKey))
     const punched = await punchTcp(
@@ -328,6 +349,11 @@ export class Paths {
       throw err
     }
     return { session: punched.session, path, transport: 'tcp', remote: punched.endpoint, punchMs: punched.tookMs, sent: punched.attempts, ...(first ? { first } : {}) }
+  }
+
+  /** Our unique-local IPv6 addresses, when we have an IPv6 socket to reach a peer's. */
+  private ours6(): string[] {
+    return this.c.socket6 ? (this.c.ulaAddresses?.() ?? []) : []
   }
 
   private allocStreamId(): number {

@@ -10,6 +10,7 @@
  *   $id-rN    wan:  2001:db8:f:N::2/64  lan: 2001:db8:N::1/64   default via 2001:db8:f:N::1
  *             FORWARD: established/related in, anything out, the rest from wan dropped
  *   $id-hN-M  eth0: 2001:db8:N::(M+1)/64                  default via 2001:db8:N::1
+ *                   fd00:db8:N::(M+1)/64 (unique local: the site's own, routed nowhere)
  *   public    eth0: 2001:db8:f:N::2/64 (the host is on the wire, no firewall)
  *
  * host → its router (hop limit 2 → 1) → inet (1 → 0: dropped there) — a first probe with
@@ -18,6 +19,17 @@
  *
  * A site's `ip`: 'v4' (default: no IPv6 address at all), 'dual', or 'v6' (IPv6 only: its
  * hosts have no IPv4 default route, so they reach the server and peers over IPv6 alone).
+ *
+ * Behind a CGN (an ISP that shares IPv4 addresses but routes native IPv6), CGN K (inet
+ * index M) routes IPv6 plainly, without NAT or firewall; its sites' routers sit on its
+ * `inner` bridge, each in a /64 of its own:
+ *
+ *   $id-inet  wM:    2001:db8:f:M::1/64   route 2001:db8:N::/64 via 2001:db8:f:M::2
+ *   $id-cK    wan:   2001:db8:f:M::2/64   default via 2001:db8:f:M::1
+ *             inner: 2001:db8:f:N::1/64   route 2001:db8:N::/64 via 2001:db8:f:N::2 (per site N)
+ *   $id-rN    wan:   2001:db8:f:N::2/64   (as above)
+ *
+ * A first probe with hop limit 2 then dies at the CGN, after opening the home firewall.
  */
 
 export type SiteIp = 'v4' | 'v6' | 'dual';
@@ -35,11 +47,32 @@ export function hostIp6(n: number, j: number, routed: boolean): string {
   return routed ? `2001:db8:${n}::${j + 2}` : `2001:db8:f:${n}::2`;
 }
 
+/** A routed site's host's unique-local address (fc00::/7, RFC 4193): hosts of one LAN share its /64, no router forwards it. */
+export function hostUla(n: number, j: number): string {
+  return `fd00:db8:${n}::${j + 2}`;
+}
+
 /** `ip -batch` lines for the server and inet. */
 export function coreIp6(): { server: string[]; inet: string[] } {
   return {
     server: [`addr add ${SERVER_IP6}/64 dev eth0 ${NODAD}`, 'route add default via 2001:db8::1'],
     inet: [`addr add 2001:db8::1/64 dev srv ${NODAD}`]
+  };
+}
+
+/** `ip -batch` lines for CGN K's IPv6 uplink (inet index `m`): inet's side and the CGN's. */
+export function cgnIp6(m: number): { inet: string[]; cgn: string[] } {
+  return {
+    inet: [`addr add 2001:db8:f:${m}::1/64 dev w${m} ${NODAD}`],
+    cgn: [`addr add 2001:db8:f:${m}::2/64 dev wan ${NODAD}`, `route add default via 2001:db8:f:${m}::1`]
+  };
+}
+
+/** `ip -batch` lines for site N behind the CGN at inet index `m`: inet's route, the CGN's side (its `inner` bridge). */
+export function cgnSiteIp6(n: number, m: number): { inet: string[]; cgn: string[] } {
+  return {
+    inet: [`route add ${siteLan6(n)}/64 via 2001:db8:f:${m}::2`],
+    cgn: [`addr add 2001:db8:f:${n}::1/64 dev inner ${NODAD}`, `route add ${siteLan6(n)}/64 via 2001:db8:f:${n}::2`]
   };
 }
 
@@ -49,7 +82,7 @@ export function siteIp6(n: number, routed: boolean, hosts: number): { inet: stri
   if (!routed) return { inet, router: [], hosts: [[`addr add ${hostIp6(n, 0, false)}/64 dev eth0 ${NODAD}`, `route add default via 2001:db8:f:${n}::1`]] };
   inet.push(`route add ${siteLan6(n)}/64 via 2001:db8:f:${n}::2`);
   const router = [`addr add 2001:db8:f:${n}::2/64 dev wan ${NODAD}`, `addr add ${siteLan6(n)}1/64 dev lan ${NODAD}`, `route add default via 2001:db8:f:${n}::1`];
-  const hostLines = Array.from({ length: hosts }, (_, j) => [`addr add ${hostIp6(n, j, true)}/64 dev eth0 ${NODAD}`, `route add default via ${siteLan6(n)}1`]);
+  const hostLines = Array.from({ length: hosts }, (_, j) => [`addr add ${hostIp6(n, j, true)}/64 dev eth0 ${NODAD}`, `addr add ${hostUla(n, j)}/64 dev eth0 ${NODAD}`, `route add default via ${siteLan6(n)}1`]);
   return { inet, router, hosts: hostLines };
 }
 

@@ -45,7 +45,7 @@ import { constants as osConstants } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { cgnRuleset, darkChain, lossChain, routerRuleset, type NatKind, type Unsolicited } from './lab-rules.ts';
 import { LinkEmulator, linkemBinary, validateLink, type LinkSpec, type LinkStats } from './link-emulator.ts';
-import { coreIp6, firewall6, hostIp6, ROUTER_SYSCTLS_6, SERVER_IP6, siteIp6, type SiteIp } from './lab-ipv6.ts';
+import { cgnIp6, cgnSiteIp6, coreIp6, firewall6, hostIp6, hostUla, ROUTER_SYSCTLS_6, SERVER_IP6, siteIp6, type SiteIp } from './lab-ipv6.ts';
 
 export type { NatKind, Unsolicited } from './lab-rules.ts';
 export type { LinkSpec, LinkStats } from './link-emulator.ts';
@@ -60,7 +60,7 @@ export interface SiteSpec {
   cgn?: string;
   /** Emulated link between the site (its router, or its public host) and its upstream. */
   link?: LinkSpec;
-  /** IPv4 only (default), dual-stack, or IPv6 only (test/lab/lab-ipv6.ts); not behind a CGN. */
+  /** IPv4 only (default), dual-stack, or IPv6 only (test/lab/lab-ipv6.ts); behind a CGN, 'v4' or 'dual'. */
   ip?: SiteIp;
 }
 export interface CgnSpec {
@@ -85,6 +85,8 @@ export interface Host {
   site: string;
   /** Its IPv6 address (a 'dual' or 'v6' site). */
   ip6?: string;
+  /** Its unique-local IPv6 address (a 'dual' or 'v6' site with a router). */
+  ula?: string;
 }
 export interface ExecResult {
   stdout: string;
@@ -307,7 +309,7 @@ class LabImpl implements Lab {
       const cgn = s.cgn === undefined ? undefined : this.cgnStates.get(s.cgn);
       if (s.cgn !== undefined && !cgn) throw new Error(`site ${s.name}: no CGN ${s.cgn}`);
       if (cgn && s.nat === 'public') throw new Error(`site ${s.name}: a public host cannot sit behind a CGN`);
-      if (cgn && (s.ip ?? 'v4') !== 'v4') throw new Error(`site ${s.name}: IPv6 behind a CGN is not built`);
+      if (cgn && (s.ip ?? 'v4') === 'v6') throw new Error(`site ${s.name}: an IPv6-only site behind a CGN is not built (give it 'dual')`);
       const routerNs = s.nat === 'public' ? undefined : `${p}-r${n}`;
       const wanIp = cgn ? `100.64.${cgn.k}.${n + 1}` : `198.18.${n}.2`;
       const edge = cgn ? this.edge(n, cgn.ns, `-i inner -s ${wanIp}`, `-o inner -d ${wanIp}`, s.link) : this.edge(n, this.inetNs, `-i w${n}`, `-o w${n}`, s.link);
@@ -323,7 +325,7 @@ class LabImpl implements Lab {
         const ns = `${p}-h${n}-${j}`;
         const ip = routerNs ? `10.${n}.0.${j + 1}` : wanIp;
         site.hostIps.push(ip);
-        this.hosts[name] = { name, ns, ip, publicIp: cgn ? cgn.wanIp : wanIp, site: s.name, ...((s.ip ?? 'v4') !== 'v4' ? { ip6: hostIp6(n, j - 1, !!routerNs) } : {}) };
+        this.hosts[name] = { name, ns, ip, publicIp: cgn ? cgn.wanIp : wanIp, site: s.name, ...((s.ip ?? 'v4') !== 'v4' ? { ip6: hostIp6(n, j - 1, !!routerNs), ...(routerNs ? { ula: hostUla(n, j - 1) } : {}) } : {}) };
         this.namespaces.push(ns);
       }
       this.sites.set(s.name, site);
@@ -388,6 +390,12 @@ class LabImpl implements Lab {
       batch.push(`link add name inner netns ${c.ns} type bridge`);
       add(c.ns, `addr add ${c.wanIp}/24 dev wan`, 'link set wan up', `addr add ${c.innerIp}/24 dev inner`, 'link set inner up', `route add default via 198.18.${c.m}.1`);
       tasks.push(() => nsRun(c.ns, ['sysctl', '-qw', ...routerSysctls, 'net.ipv4.conf.all.promote_secondaries=1']));
+      if ([...this.sites.values()].some((s) => s.cgn === c && (s.spec.ip ?? 'v4') !== 'v4')) {
+        // Native IPv6 beside the shared IPv4 (lab-ipv6.ts): routed plainly.
+        const v6 = cgnIp6(c.m);
+        late.push([this.inetNs, v6.inet], [c.ns, v6.cgn]);
+        tasks.push(() => nsRun(c.ns, ['sysctl', '-qw', ...ROUTER_SYSCTLS_6]));
+      }
       tasks.push(() => nsRun(c.ns, ['iptables-restore'], cgnRules(c, true)));
     }
 
@@ -401,7 +409,11 @@ class LabImpl implements Lab {
       const ip = site.spec.ip ?? 'v4';
       const v6 = ip === 'v4' ? null : siteIp6(n, !!routerNs, hostNames.length);
       const v4Route = (line: string): string[] => (ip === 'v6' ? [] : [line]); // an IPv6-only host has no IPv4 way out
-      if (v6) {
+      if (v6 && cgn) {
+        const up = cgnSiteIp6(n, cgn.m);
+        late.push([this.inetNs, up.inet], [cgn.ns, up.cgn]);
+        hostNames.forEach((name, j) => late.push([this.host(name).ns, v6.hosts[j]!]));
+      } else if (v6) {
         late.push([this.inetNs, v6.inet]);
         hostNames.forEach((name, j) => late.push([this.host(name).ns, v6.hosts[j]!]));
       }

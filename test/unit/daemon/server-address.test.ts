@@ -3,7 +3,7 @@
 // resolver the agent uses to reach it.
 import { describe, expect, it } from 'vitest'
 import net from 'node:net'
-import { DEFAULT_SERVER_PORT, MAX_SERVERS, parseServerSpec, resolveServer, resolveServers } from '../../../src/daemon/server-address.js'
+import { DEFAULT_SERVER_PORT, MAX_ADDRESSES_PER_NAME, MAX_SERVERS, parseServerSpec, resolveServer, resolveServers, type Resolve } from '../../../src/daemon/server-address.js'
 import { rankServers } from '../../../src/daemon/server-choice.js'
 import { NatdError } from '../../../src/protocol/errors.js'
 import { generateKeyPair, peerId } from '../../../src/protocol/identity.js'
@@ -69,6 +69,15 @@ describe('parseServerSpec', () => {
   })
 })
 
+/** A resolver that answers from `table` (name → family → addresses) and fails like getaddrinfo (ENOTFOUND) for the rest. */
+function fakeResolver(table: Record<string, Partial<Record<4 | 6, string[]>>>): Resolve {
+  return async (host, family) => {
+    const found = table[host]?.[family]
+    if (!found?.length) throw Object.assign(new Error(`getaddrinfo ENOTFOUND ${host}`), { code: 'ENOTFOUND' })
+    return found
+  }
+}
+
 describe('resolveServer', () => {
   it('returns an IP address as it is, without asking DNS', async () => {
     await expect(resolveServer(parseServerSpec('203.0.113.5:4000'))).resolves.toEqual({ host: '203.0.113.5', port: 4000 })
@@ -76,6 +85,13 @@ describe('resolveServer', () => {
 
   it('resolves a name to an IPv4 address, keeping the port', async () => {
     await expect(resolveServer(parseServerSpec('localhost:4000'))).resolves.toEqual({ host: '127.0.0.1', port: 4000 })
+  })
+
+  it('a name with no A record gives its first AAAA record (an IPv6-only server); with both, the A record', async () => {
+    await expect(resolveServer(parseServerSpec('rv.example:4000'), fakeResolver({ 'rv.example': { 6: ['2001:db8::2', '2001:db8::3'] } }))).resolves.toEqual({ host: '2001:db8::2', port: 4000 })
+    await expect(resolveServer(parseServerSpec('rv.example'), fakeResolver({ 'rv.example': { 4: ['198.18.0.2'], 6: ['2001:db8::2'] } }))).resolves.toEqual({ host: '198.18.0.2', port: 3478 })
+    const err = await resolveServer(parseServerSpec('rv.example'), fakeResolver({})).catch((e: unknown) => e)
+    expect((err as NatdError).code).toBe('SERVER_UNREACHABLE')
   })
 
   it('a name that does not resolve is SERVER_UNREACHABLE naming the host', async () => {
@@ -108,10 +124,50 @@ describe('several servers (one deployment: natd-rendezvous --redis)', () => {
   })
 
   it('resolveServers: every address, in the order given, without repeats', async () => {
-    await expect(resolveServers(parseServerSpec('203.0.113.5:4000,localhost:4000,203.0.113.5:4000'))).resolves.toEqual([
+    await expect(resolveServers(parseServerSpec('203.0.113.5:4000,localhost:4000,203.0.113.5:4000'), fakeResolver({ localhost: { 4: ['127.0.0.1'] } }))).resolves.toEqual([
       { host: '203.0.113.5', port: 4000 },
       { host: '127.0.0.1', port: 4000 }
     ])
+  })
+
+  it('resolveServers: a name gives its A records, then its AAAA records (v4-mapped answers dropped), the port given', async () => {
+    const resolve = fakeResolver({ 'rv.example': { 4: ['198.18.0.2', '198.18.0.3'], 6: ['2001:db8::2', '::ffff:198.18.0.2', '2001:db8::3'] }, 'v6only.example': { 6: ['2001:db8::9'] } })
+    await expect(resolveServers(parseServerSpec('rv.example:4000,v6only.example'), resolve)).resolves.toEqual([
+      { host: '198.18.0.2', port: 4000 },
+      { host: '198.18.0.3', port: 4000 },
+      { host: '2001:db8::2', port: 4000 },
+      { host: '2001:db8::3', port: 4000 },
+      { host: '2001:db8::9', port: 3478 }
+    ])
+  })
+
+  it('resolveServers: what a resolver answers is bounded: MAX_ADDRESSES_PER_NAME of each family per name, MAX_SERVERS in all', async () => {
+    const many = (f: 4 | 6, n: number): string[] => Array.from({ length: 50 }, (_, i) => (f === 4 ? `198.18.${n}.${i + 1}` : `2001:db8:${n}::${i + 1}`))
+    const names = Array.from({ length: 8 }, (_, n) => `rv${n}.example`)
+    const resolve = fakeResolver(Object.fromEntries(names.map((name, n) => [name, { 4: many(4, n), 6: many(6, n) }])))
+    const one = await resolveServers(parseServerSpec('rv0.example'), resolve)
+    expect(one).toHaveLength(2 * MAX_ADDRESSES_PER_NAME)
+    expect(one.filter((e) => e.host.includes(':'))).toHaveLength(MAX_ADDRESSES_PER_NAME)
+    const all = await resolveServers(parseServerSpec(names.join(',')), resolve)
+    expect(all).toHaveLength(MAX_SERVERS)
+    expect(all.slice(0, 2 * MAX_ADDRESSES_PER_NAME)).toEqual(one)
+  })
+
+  it('rankServers: an IPv4 address that answers comes before an IPv6 one, whatever the order given (register over IPv4 when we can)', async () => {
+    const v4 = net.createServer((s) => s.destroy())
+    const v6 = net.createServer((s) => s.destroy())
+    await new Promise<void>((resolve) => v4.listen(0, '127.0.0.1', resolve))
+    await new Promise<void>((resolve) => v6.listen(0, '::1', resolve))
+    const up4 = { host: '127.0.0.1', port: (v4.address() as net.AddressInfo).port }
+    const up6 = { host: '::1', port: (v6.address() as net.AddressInfo).port }
+    const down4 = { host: '127.0.0.1', port: 1 }
+    try {
+      expect(await rankServers([up6, up4])).toEqual([up4, up6])
+      expect(await rankServers([down4, up6])).toEqual([up6, down4])
+    } finally {
+      v4.close()
+      v6.close()
+    }
   })
 
   it('rankServers: one that accepts comes before one that refuses, whatever the order given', async () => {

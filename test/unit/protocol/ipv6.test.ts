@@ -2,7 +2,7 @@
 // MAX_V6_CANDIDATES, all in the /64 of the first (the server's reflection), so a
 // malicious server cannot hand us a list of strangers to probe.
 import { describe, expect, it } from 'vitest'
-import { isGlobalIPv6, MAX_V6_CANDIDATES, sameV6Prefix64, v6Candidates, withV6Candidate } from '../../../src/protocol/ipv6.js'
+import { isGlobalIPv6, isUlaIPv6, MAX_V6_CANDIDATES, sameLanV6, sameV6Prefix64, v6Candidates, withV6Candidate } from '../../../src/protocol/ipv6.js'
 
 describe('isGlobalIPv6', () => {
   it('keeps global unicast 2000::/3 at both edges', () => {
@@ -68,5 +68,29 @@ describe('withV6Candidate', () => {
     expect(withV6Candidate(list, null, 8)).toEqual(list.slice(1))
     // Not global: never made a candidate
     expect(withV6Candidate(list, { host: 'fe80::1', port: 4000 }, 8)).toEqual(list.slice(1))
+  })
+})
+
+describe('unique-local LAN candidates (sameLanV6)', () => {
+  it('isUlaIPv6: fc00::/7 only', () => {
+    for (const host of ['fc00::1', 'fd12:3456:789a:1::2', 'fdff:ffff:ffff:ffff::1']) expect(isUlaIPv6(host), host).toBe(true)
+    for (const host of ['fe80::1', 'fb00::1', 'fe00::1', '2001:db8::1', '::1', '10.0.0.1', '::ffff:10.0.0.1', 'not an address']) expect(isUlaIPv6(host), host).toBe(false)
+  })
+
+  it('keeps only a peer\'s unique-local candidates in the /64 of one of ours (our LAN), with a real port', () => {
+    const peer = [
+      { host: 'fd12:3456:789a:1::5', port: 4000 }, // our LAN
+      { host: 'fd12:3456:789a:2::5', port: 4000 }, // same site, another /64
+      { host: 'fd99:3456:789a:1::5', port: 4000 }, // another site
+      { host: 'fe80::5', port: 4000 }, // link-local: every link's prefix
+      { host: '10.0.0.5', port: 4000 },
+      { host: '2001:db8:1::5', port: 4000 },
+      { host: 'fd12:3456:789a:1::6', port: 0 }
+    ]
+    const ours = ['fd12:3456:789a:1::2', 'fe80::2', '2001:db8:1::2']
+    expect(sameLanV6(peer, ours)).toEqual([{ host: 'fd12:3456:789a:1::5', port: 4000 }])
+    // without a unique-local address of ours, no IPv6 LAN candidate at all (link-local or global do not count)
+    expect(sameLanV6(peer, ['fe80::5', '2001:db8:1::2'])).toEqual([])
+    expect(sameLanV6(peer, [])).toEqual([])
   })
 })

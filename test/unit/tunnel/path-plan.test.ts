@@ -85,20 +85,26 @@ describe('planPaths (pure)', () => {
     }
   })
 
-  it('hard×hard where both sides have IPv6: UDP punched plainly (IPv6 has no NAT), relay as fallback; elsewhere IPv6 changes nothing', () => {
-    expect(planPaths({ via: 'auto', mine: 'hard', theirs: 'hard', initiator: true, v6: true })).toEqual({ udp: 'normal', tcp: false, relay: 'fallback', preferTcp: false, upgrade: true, impossible: null })
-    expect(planPaths({ via: 'udp', mine: 'hard', theirs: 'hard', initiator: false, v6: true })).toMatchObject({ udp: 'normal', impossible: null })
-    expect(planPaths({ via: 'direct', mine: 'hard', theirs: 'hard', initiator: true, v6: true })).toMatchObject({ udp: 'normal', impossible: null })
+  it('both sides have IPv6: UDP punched plainly (IPv6 has no NAT) and TCP over IPv6 whatever the IPv4 NATs, TCP preferred, relay as fallback', () => {
+    expect(planPaths({ via: 'auto', mine: 'hard', theirs: 'hard', initiator: true, v6: true })).toEqual({ udp: 'normal', tcp: true, relay: 'fallback', preferTcp: true, upgrade: true, impossible: null })
+    expect(planPaths({ via: 'auto', mine: 'hard', theirs: 'hard', initiator: false, v6: true })).toEqual({ udp: 'normal', tcp: true, relay: 'fallback', preferTcp: false, upgrade: false, impossible: null })
+    expect(planPaths({ via: 'udp', mine: 'hard', theirs: 'hard', initiator: false, v6: true })).toMatchObject({ udp: 'normal', tcp: false, impossible: null })
+    expect(planPaths({ via: 'direct', mine: 'hard', theirs: 'hard', initiator: true, v6: true })).toMatchObject({ udp: 'normal', tcp: true, impossible: null })
+    // one hard NAT: IPv4 TCP cannot cross it, IPv6 TCP can (birthday and spray still run
+    // for IPv4 UDP; punch.ts probes the IPv6 candidates plainly beside them)
+    expect(planPaths({ via: 'auto', mine: 'easy', theirs: 'hard', initiator: true, v6: true })).toEqual({ udp: 'spray', tcp: true, relay: 'fallback', preferTcp: true, upgrade: true, impossible: null })
+    expect(planPaths({ via: 'auto', mine: 'hard', theirs: 'easy', initiator: true })).toMatchObject({ udp: 'birthday', tcp: false, preferTcp: false })
     for (const via of VIAS) {
       for (const mine of VERDICTS) {
         for (const theirs of VERDICTS) {
-          if (mine === 'hard' && theirs === 'hard') continue
-          // (birthday and spray still run for IPv4; punch.ts probes the IPv6 candidates plainly beside them)
+          if (mine === 'hard' || theirs === 'hard') continue
+          // without a hard NAT, IPv6 changes nothing in the plan (paths.ts picks the candidates)
           expect(planPaths({ via, mine, theirs, initiator: true, v6: true }), `${via} ${mine} ${theirs}`).toEqual(planPaths({ via, mine, theirs, initiator: true }))
         }
       }
     }
     expect(planPaths({ via: 'relay', mine: 'hard', theirs: 'hard', initiator: true, v6: true })).toMatchObject({ udp: null, tcp: false, relay: 'now' })
+    expect(planPaths({ via: 'udp', mine: 'easy', theirs: 'hard', initiator: true, v6: true })).toMatchObject({ tcp: false })
   })
 
   it('the impossible reason says why and what to use instead', () => {
