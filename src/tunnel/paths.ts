@@ -88,6 +88,8 @@ export interface PathComponents {
   hasPortMapping?(): boolean
   /** Whether we have IPv6: an IPv6 socket and a global address (path-plan.ts). */
   hasIPv6?(): boolean
+  /** TTL of the first probes towards a peer at `peerHost` (hop-check.ts); default FIRST_PROBE_TTL. */
+  firstProbeTtl?(peerHost?: string): number
 }
 
 export interface Established {
@@ -200,7 +202,7 @@ export class Paths {
     const socketAt = (i: number, to: Endpoint): UDXSocket | null => (isIPv6(to.host) ? (i === 0 ? socket6 : null) : i === 0 ? socket : sockets[i - 1]!)
     const indexOf = (sock: UDXSocket): number => (sock === socket || sock === socket6 ? 0 : sockets.indexOf(sock) + 1)
     const puncher: Puncher = new Puncher(
-      { introId: intro.introId, punchKey: intro.punchKey, initiator: intro.initiator, candidates, localStreamId: streamId, deadlineMs: timeoutMs, strategy, sprayHost: intro.peer.udp?.host, sockets: sockets.length },
+      { introId: intro.introId, punchKey: intro.punchKey, initiator: intro.initiator, candidates, localStreamId: streamId, deadlineMs: timeoutMs, strategy, sprayHost: intro.peer.udp?.host, sockets: sockets.length, ...(this.c.firstProbeTtl ? { firstTtl: this.c.firstProbeTtl(intro.peer.udp?.host) } : {}) },
       {
         send: (buf, to, ttl, i = 0) => {
           if (this.budget.probe(id)) socketAt(i, to)?.trySend(buf, to.port, to.host, ttl)
