@@ -91,6 +91,7 @@ export function buildCli(argv: string[]): Argv<Global> {
             `public ipv6: ${s.publicUdp6 ?? '-'}`,
             `local port:  ${s.localUdpPort}`,
             `lan:         ${s.lan.join(', ') || '-'}`,
+            `probe ttl:   ${s.firstProbeTtl}`,
             `port map:    ${portMappingLine(s.portMapping)}`,
             `tunnels:     ${s.tunnels}`
           ].join('\n')

@@ -16,6 +16,7 @@ import { dataSocketPath, FileStreamServer } from '../ipc/file-stream.js'
 import type { StatusResult } from '../ipc/schema.js'
 import { TunnelManager } from '../tunnel/manager.js'
 import { NatCheck } from '../tunnel/nat-check.js'
+import { FIRST_PROBE_TTL } from '../tunnel/hop-check.js'
 import { isStun } from '../protocol/stun.js'
 import { parseServerSpec, resolveServer, type ServerSpec } from './server-address.js'
 import { probePortMapping } from './port-mapping-probe.js'
@@ -174,7 +175,10 @@ export class Agent {
       // Registered again after losing the server: often a network change, so our NAT may
       // behave differently now. Check again and tell the server if the verdict changed.
       if (state.kind === 'registered') {
-        if (registeredBefore) void this.nat?.recheck() // never rejects
+        if (registeredBefore) {
+          void this.nat?.recheck() // never rejects
+          void this.nat?.checkHops() // never rejects
+        }
         registeredBefore = true
         // Peers online before we registered are held too; after a lost session they come up again.
         const announce = presence.wantsList
@@ -185,7 +189,7 @@ export class Agent {
       presence.onEvent(event, peer, reason)
       if (event === 'down') this.onPeerOffline(peer)
     })
-    this.natCheck = new NatCheck((buf, to) => send(buf, to))
+    this.natCheck = new NatCheck((buf, to, ttl) => send(buf, to, ttl))
     const nat = new NatMonitor({
       natCheck: this.natCheck,
       server: () => this.homeServer(),
@@ -401,6 +405,7 @@ export class Agent {
       localUdpPort: this.localPort,
       lan: lanEndpoints(this.localPort, this.socket6?.address().port).map(formatEndpoint),
       nat: this.nat?.verdict ?? 'unknown',
+      firstProbeTtl: this.nat?.learnedTtl ?? FIRST_PROBE_TTL,
       uptimeMs: this.clock.now() - this.startedAt,
       tunnels: this.tunnels?.list().length ?? 0,
       portMapping: this.portMapping?.status() ?? { state: this.init.config.portMapping ? 'probing' : 'off', gateway: null, via: null, udp: null, tcp: null, expiresInMs: null, reason: null }

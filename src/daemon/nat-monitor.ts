@@ -5,6 +5,9 @@
  * punchable: the peer's upgrade attempts need our current verdict at the server), and
  * on `natctl netcheck`. A changed verdict is announced to the server at once.
  *
+ * Beside the verdict it keeps the first-probe TTL (tunnel/hop-check.ts): learnt when the
+ * agent starts and again after the server was lost and found, never per punch.
+ *
  * Checks never overlap, and a caller that wants a fresh verdict (the tunnels, before an
  * upgrade attempt) shares the check in flight or the one done within NAT_RECHECK_MS: the
  * relay watch and the upgrade loop together cost one check per period, not two.
@@ -17,6 +20,7 @@ import type { Timer, TimerClock } from '../protocol/clock.js'
 import type { Logger } from '../protocol/log.js'
 import type { NatVerdict } from '../protocol/rendezvous.js'
 import type { NatCheck } from '../tunnel/nat-check.js'
+import { FIRST_PROBE_TTL, firstProbeTtlFor, learnedTtl } from '../tunnel/hop-check.js'
 import type { NetcheckResult, PortMappingReport } from '../ipc/schema.js'
 import { ulaV6Addresses } from './ipv6-socket.js'
 
@@ -24,7 +28,7 @@ import { ulaV6Addresses } from './ipv6-socket.js'
 export const NAT_RECHECK_MS = 5_000
 
 export interface NatMonitorComponents {
-  natCheck: Pick<NatCheck, 'verdict' | 'netcheck'>
+  natCheck: Pick<NatCheck, 'verdict' | 'netcheck' | 'hops'>
   /** The rendezvous server's address, resolved now; it answers STUN there and on port + 1. */
   server(): Promise<Endpoint>
   /** Our UDP port (the tunnel socket's): the mapping the server sees is the one peers punch to. */
@@ -47,6 +51,9 @@ export class NatMonitor {
   private checkedAt = -Infinity
   private netcheckRun: Promise<NetcheckResult> | null = null
   private timer: Timer | null = null
+  private learned = FIRST_PROBE_TTL
+  private publicHost: string | null = null
+  private hopRun: Promise<void> | null = null
 
   constructor(private readonly c: NatMonitorComponents) {}
 
@@ -54,9 +61,19 @@ export class NatMonitor {
     return this.current
   }
 
-  /** The first check (awaited before registering), then the watch while a tunnel is relayed. */
+  /** The first-probe TTL learnt from the server's distance (hop-check.ts), before the same-address rule. */
+  get learnedTtl(): number {
+    return this.learned
+  }
+
+  /** The first-probe TTL towards a peer seen at `peerHost` (hop-check.ts firstProbeTtlFor). */
+  firstProbeTtl(peerHost?: string): number {
+    return firstProbeTtlFor(this.learned, this.publicHost, peerHost)
+  }
+
+  /** The first check and hop check (awaited before registering), then the watch while a tunnel is relayed. */
   async start(): Promise<void> {
-    await this.check()
+    await Promise.all([this.check(), this.checkHops()])
     this.timer = this.c.clock.setInterval(() => this.onRecheckExpired(), NAT_RECHECK_MS).unref()
   }
 
@@ -92,6 +109,27 @@ export class NatMonitor {
   }
 
   /**
+   * Learns the first-probe TTL again (the agent starts, or found the server again after
+   * losing it: the network may have changed). One at a time; 7 datagrams. Never rejects:
+   * an unanswered check keeps the TTL learnt before.
+   */
+  checkHops(): Promise<void> {
+    this.hopRun ??= (async () => {
+      try {
+        const verdict = await this.c.natCheck.hops(await this.c.server())
+        if (verdict.kind === 'unknown') return
+        const ttl = learnedTtl(verdict)
+        const changed = ttl !== this.learned
+        this.learned = ttl
+        this.c.log[changed ? 'info' : 'debug']('hop check', { server: verdict.kind, ...(verdict.kind === 'near' ? { serverTtl: verdict.serverTtl } : {}), firstProbeTtl: ttl })
+      } catch (err) {
+        this.c.log.warn('hop check failed', { err: (err as Error).message })
+      }
+    })().finally(() => (this.hopRun = null))
+    return this.hopRun
+  }
+
+  /**
    * How our NAT maps, from STUN to the server's other address when it names one
    * (OTHER-ADDRESS, --alt-host), else to its alternate port (nat-check.ts). Never
    * rejects: an unreachable server leaves the verdict as it was.
@@ -103,6 +141,7 @@ export class NatMonitor {
       const { verdict, samples } = await this.c.natCheck.verdict(server, server.port + 1, localEndpoints(this.c.localPort()))
       const changed = verdict !== this.current
       this.current = verdict
+      if (samples.primary) this.publicHost = samples.primary.host
       // Logged when the verdict changes; the periodic re-checks are debug.
       this.c.log[changed ? 'info' : 'debug']('nat check', { verdict, primary: formatEndpoint(samples.primary), alternate: formatEndpoint(samples.alternate) })
     } catch (err) {

@@ -5,7 +5,8 @@
  *
  *   - the rendezvous side: introductions, the control connection's port (TCP punching
  *     reuses it), the server's address (it relays);
- *   - our NAT verdict, kept fresh by the NatMonitor (the one place NAT checks run);
+ *   - our NAT verdict and first-probe TTL, kept fresh by the NatMonitor (the one place
+ *     NAT checks run);
  *   - where a peer's channel goes: an exposed port, or an agent service (messages, files);
  *   - the check of a tunnel whose peer the server reported offline (open waits for it).
  */
@@ -37,7 +38,7 @@ export type ChannelHandler = (tunnel: Tunnel, req: OpenRequest) => void
 export interface TunnelHostComponents extends Pick<PathComponents, 'udx' | 'socket' | 'socket6' | 'keyPair' | 'clock' | 'random' | 'log'> {
   peers: PeerPolicy
   rendezvous: Pick<RendezvousClient, 'introduce' | 'tcpLocalPort' | 'serverEndpoint'>
-  nat: Pick<NatMonitor, 'verdict' | 'fresh'>
+  nat: Pick<NatMonitor, 'verdict' | 'fresh' | 'firstProbeTtl'>
   /** Channels that name no service: to an exposed port (exposes.ts decides). */
   exposes: { onChannel: ChannelHandler }
   /** Whether our gateway holds a port mapping for us (port-mapping.ts). */
@@ -90,6 +91,11 @@ export class TunnelHost implements TunnelManagerComponents {
 
   ulaAddresses(): string[] {
     return ulaV6Addresses()
+  }
+
+  /** The first-probe TTL the NatMonitor learnt (tunnel/hop-check.ts). */
+  firstProbeTtl(peerHost?: string): number {
+    return this.c.nat.firstProbeTtl(peerHost)
   }
 
   hasPortMapping(): boolean {

@@ -45,6 +45,8 @@ export interface StatusResult {
   localUdpPort: number
   lan: string[]
   nat: string
+  /** TTL of the first punching probes, learnt from the server's distance (2 unless it is near: docs/API.md#status). */
+  firstProbeTtl: number
   uptimeMs: number
   tunnels: number
   /** The gateway's port mapping of our ports (PCP, NAT-PMP or UPnP IGD), or why there is none. */

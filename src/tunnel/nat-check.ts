@@ -26,6 +26,9 @@
  * The verdict the agent tells the server and punches by: no NAT = 'none',
  * endpoint-independent mapping = 'easy', any other mapping = 'hard' (birthday punching).
  *
+ * The hop check (hop-check.ts) runs here too: Binding requests to S with a limited TTL,
+ * whose answers say how many routers away the server is.
+ *
  * Classification is pure (classify*); the probe runner gets its send function injected.
  */
 import { sameEndpoint, type Endpoint } from '../protocol/endpoint.js'
@@ -33,6 +36,7 @@ import { randomBytes } from '../protocol/identity.js'
 import { monotonicClock, type Timer, type TimerClock } from '../protocol/clock.js'
 import type { NatVerdict } from '../protocol/rendezvous.js'
 import { decodeStun, encodeBindingRequest, type FilteringBehaviour, type MappingBehaviour } from '../protocol/stun.js'
+import { classifyHops, HOP_PROBE_COPIES, HOP_PROBE_TTLS, HOP_SETTLE_MIN_MS, type HopVerdict } from './hop-check.js'
 
 /** One STUN round trip may take this long; two tries per probe. A filtering probe that
  *  gets no answer (the NAT dropped it, as it should) costs both: 1.4 s. */
@@ -140,7 +144,8 @@ export class NatCheck {
   private readonly waiting = new Map<string, (answer: StunAnswer) => void>()
 
   constructor(
-    private readonly send: (buf: Uint8Array, to: Endpoint) => void,
+    /** Sends from the tunnel socket; `ttl` limits the IP TTL (the hop check), default the system's. */
+    private readonly send: (buf: Uint8Array, to: Endpoint, ttl?: number) => void,
     private readonly clock: TimerClock = monotonicClock
   ) {}
 
@@ -173,6 +178,46 @@ export class NatCheck {
       if (a) return a
     }
     return null
+  }
+
+  /**
+   * How far the server is (hop-check.ts): Binding requests to `server` with each of
+   * HOP_PROBE_TTLS, HOP_PROBE_COPIES times, and one with the default TTL, all at once.
+   * Ends NAT_CHECK_TIMEOUT_MS after sending, or once the lowest TTL probed answered, or
+   * as long after the first answer as that answer took (later, lower-TTL answers may
+   * still come), whichever is first. Never rejects.
+   */
+  async hops(server: Endpoint): Promise<HopVerdict> {
+    const answered: Array<number | null> = []
+    const started = this.clock.now()
+    const keys: string[] = []
+    await new Promise<void>((resolve) => {
+      let timer = this.clock.setTimeout(() => resolve(), NAT_CHECK_TIMEOUT_MS)
+      let settling = false
+      const onAnswer = (ttl: number | null): void => {
+        answered.push(ttl)
+        if (ttl === HOP_PROBE_TTLS[0]) {
+          this.clock.clear(timer)
+          return resolve()
+        }
+        if (settling) return
+        settling = true
+        const elapsed = this.clock.now() - started
+        const left = NAT_CHECK_TIMEOUT_MS - elapsed
+        this.clock.clear(timer)
+        timer = this.clock.setTimeout(() => resolve(), Math.max(0, Math.min(left, Math.max(elapsed, HOP_SETTLE_MIN_MS))))
+      }
+      const probes: Array<number | null> = [...HOP_PROBE_TTLS.flatMap((t) => Array<number>(HOP_PROBE_COPIES).fill(t)), null]
+      for (const ttl of probes) {
+        const txid = randomBytes(12)
+        const key = txid.toString('hex')
+        keys.push(key)
+        this.waiting.set(key, () => onAnswer(ttl))
+        this.send(encodeBindingRequest(txid), server, ttl ?? undefined)
+      }
+    })
+    for (const key of keys) this.waiting.delete(key)
+    return classifyHops({ answered })
   }
 
   /** Asks `to` which endpoint it sees us at; null when it does not answer. */

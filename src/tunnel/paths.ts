@@ -95,6 +95,8 @@ export interface PathComponents {
   hasIPv6?(): boolean
   /** Our unique-local IPv6 addresses (a peer's IPv6 LAN candidates must share a /64 with one); default none. */
   ulaAddresses?(): string[]
+  /** TTL of the first probes towards a peer at `peerHost` (hop-check.ts); default FIRST_PROBE_TTL. */
+  firstProbeTtl?(peerHost?: string): number
 }
 
 export interface Established {
@@ -207,7 +209,7 @@ export class Paths {
     const socketAt = (i: number, to: Endpoint): UDXSocket | null => (isIPv6(to.host) ? (i === 0 ? socket6 : null) : i === 0 ? socket : sockets[i - 1]!)
     const indexOf = (sock: UDXSocket): number => (sock === socket || sock === socket6 ? 0 : sockets.indexOf(sock) + 1)
     const puncher: Puncher = new Puncher(
-      { introId: intro.introId, punchKey: intro.punchKey, initiator: intro.initiator, candidates, localStreamId: streamId, deadlineMs: timeoutMs, strategy, sprayHost: intro.peer.udp?.host, sockets: sockets.length },
+      { introId: intro.introId, punchKey: intro.punchKey, initiator: intro.initiator, candidates, localStreamId: streamId, deadlineMs: timeoutMs, strategy, sprayHost: intro.peer.udp?.host, sockets: sockets.length, ...(this.c.firstProbeTtl ? { firstTtl: this.c.firstProbeTtl(intro.peer.udp?.host) } : {}) },
       {
         send: (buf, to, ttl, i = 0) => {
           if (this.budget.probe(id)) socketAt(i, to)?.trySend(buf, to.port, to.host, ttl)

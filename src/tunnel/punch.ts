@@ -3,11 +3,13 @@
  * public endpoint at once; ARCHITECTURE.md "Paths" for what was measured here).
  *
  * Both agents got each other's candidates from the server at the same moment. Each
- * first sends a probe with IP TTL 2 to every public candidate: it opens our own NAT's
- * mapping but dies before the peer's NAT, so the peer's NAT never sees an unsolicited
- * packet that would claim the tuple (naive simultaneous probing collided in conntrack
- * 19 times out of 20). Then both probe every candidate until one answers. Every probe
- * carries the introduction's id, which only the two agents and the server know.
+ * first sends a probe with a low IP TTL to every public candidate: it opens our own
+ * NATs' mappings but dies before the peer's NAT, so the peer's NAT never sees an
+ * unsolicited packet that would claim the tuple (naive simultaneous probing collided in
+ * conntrack 19 times out of 20). The TTL is 2 (one NAT), or one learnt from the server's
+ * distance when that is near, so a carrier-grade NAT behind our home NAT maps us too
+ * (PunchInit.firstTtl, hop-check.ts). Then both probe every candidate until one answers.
+ * Every probe carries the introduction's id, which only the two agents and the server know.
  *
  * The initiator picks the path: the first candidate whose probe was acknowledged, with
  * a short grace period in which a LAN candidate still wins. The responder follows: it
@@ -23,7 +25,7 @@
  *
  * When one NAT maps per destination ("hard"), the endpoint the server saw is useless to
  * the peer: birthday punching (hyperdht's method; ARCHITECTURE.md measured 10/10,
- * median 0.45 s). The hard side ('birthday' strategy) sends TTL-2 probes to the easy
+ * median 0.45 s). The hard side ('birthday' strategy) sends first-TTL probes to the easy
  * side from BIRTHDAY_SOCKETS extra sockets, opening that many mappings without
  * reaching the peer's NAT; the easy side ('spray') probes random ports of the hard
  * side's address at ~SPRAY_RATE_PER_S until one lands on a mapping and is answered.
@@ -33,10 +35,11 @@ import { NatdError } from '../protocol/errors.js'
 import { systemRandom, type Random, type Timer, type TimerClock } from '../protocol/clock.js'
 import type { Logger } from '../protocol/log.js'
 import { encode, opened, type Sealed } from '../protocol/rendezvous.js'
+import { FIRST_PROBE_TTL } from './hop-check.js'
 
-/** First probe TTL: past our NAT (hop 1) but not the peer's (hop 3 or more). */
-export const FIRST_PROBE_TTL = 2
-/** Normal probes start this long after the TTL-2 ones, so both NATs have their mappings. */
+/** First probe TTL by default: past our NAT (hop 1) but not the peer's (hop 3 or more); hop-check.ts learns another. */
+export { FIRST_PROBE_TTL } from './hop-check.js'
+/** Normal probes start this long after the first (TTL-limited) ones, so both NATs have their mappings. */
 export const PROBE_START_DELAY_MS = 10
 /** Probe period while punching; after PROBE_FAST_MS it slows to PROBE_SLOW_INTERVAL_MS. */
 export const PROBE_INTERVAL_MS = 20
@@ -62,7 +65,7 @@ export const V6_GRACE_MS = 100
 export const MAX_LEARNT_CANDIDATES = 4
 /** Extra sockets the hard side opens: with 256 mappings a random probe hits one in ~250 tries. */
 export const BIRTHDAY_SOCKETS = 256
-/** The hard side repeats its TTL-2 probes this often (the mappings must not expire). */
+/** The hard side repeats its first-TTL probes this often (the mappings must not expire). */
 export const BIRTHDAY_REFRESH_MS = 1_000
 /** The easy side sprays this many random ports per second, in bursts every SPRAY_TICK_MS. */
 export const SPRAY_RATE_PER_S = 1_000
@@ -94,6 +97,12 @@ export interface PunchInit {
   sprayHost?: string
   /** 'birthday': how many extra sockets (indexes 1..n) `send` may use. */
   sockets?: number
+  /**
+   * TTL of the first probes to IPv4 public candidates and of the birthday sockets' probes
+   * (hop-check.ts); default FIRST_PROBE_TTL. IPv6 keeps hop limit FIRST_PROBE_TTL: no NAT
+   * there, only the firewall of our first router to open.
+   */
+  firstTtl?: number
 }
 
 export interface PunchComponents {
@@ -157,7 +166,7 @@ export class Puncher {
         this.onBirthdayExpired()
         for (const cand of this.candidates) if (cand.kind === 'lan' || isV6(cand)) this.probe(cand.endpoint, false, isV6(cand) && cand.kind === 'public' ? FIRST_PROBE_TTL : undefined)
       } else {
-        for (const cand of this.candidates) this.probe(cand.endpoint, false, cand.kind === 'public' ? FIRST_PROBE_TTL : undefined)
+        for (const cand of this.candidates) this.probe(cand.endpoint, false, cand.kind === 'public' ? (isV6(cand) ? FIRST_PROBE_TTL : this.firstTtl) : undefined)
       }
       if (this.strategy === 'spray') this.sprayTimer = this.c.clock.setTimeout(() => this.onSprayExpired(), PROBE_START_DELAY_MS)
       this.timer = this.c.clock.setTimeout(() => this.onProbeTimerExpired(), PROBE_START_DELAY_MS)
@@ -166,6 +175,10 @@ export class Puncher {
 
   private get strategy(): PunchStrategy {
     return this.init.strategy ?? 'normal'
+  }
+
+  private get firstTtl(): number {
+    return this.init.firstTtl ?? FIRST_PROBE_TTL
   }
 
   /** A probe or ack for this introduction arrived from `from` on local socket `socket`. */
@@ -244,7 +257,7 @@ export class Puncher {
       this.fail(new NatdError('PUNCH_TIMEOUT', `no direct UDP path in ${this.init.deadlineMs} ms (tried ${tried || 'no candidates'}; ${this.probesSent} probes${how}${heard})`))
       return
     }
-    // The hard side only answers and refreshes its TTL-2 probes: a full-TTL probe from a
+    // The hard side only answers and refreshes its first-TTL probes: a full-TTL probe from a
     // birthday socket would reach the easy side's NAT unsolicited and could claim its port.
     const lanToo = now - this.started < LAN_PROBE_MS
     for (const cand of this.candidates) {
@@ -255,13 +268,13 @@ export class Puncher {
     this.timer = this.c.clock.setTimeout(() => this.onProbeTimerExpired(), period)
   }
 
-  /** 'birthday': TTL-2 probes to the peer's public candidates from every birthday socket. */
+  /** 'birthday': first-TTL probes to the peer's public candidates from every birthday socket. */
   private onBirthdayExpired(): void {
     if (this.state.kind !== 'probing' && this.state.kind !== 'choosing') return
     const sockets = this.init.sockets ?? 0
     for (const cand of this.candidates) {
       if (cand.kind !== 'public' || (cand.socket ?? 0) !== 0 || isV6(cand)) continue
-      for (let i = 1; i <= sockets; i++) this.probe(cand.endpoint, false, FIRST_PROBE_TTL, i)
+      for (let i = 1; i <= sockets; i++) this.probe(cand.endpoint, false, this.firstTtl, i)
     }
     this.birthdayTimer = this.c.clock.setTimeout(() => this.onBirthdayExpired(), BIRTHDAY_REFRESH_MS)
   }

@@ -107,9 +107,10 @@ export const CGN_GRID: GridRow[] = [
 ]
 
 /**
- * Known not to give its grid pair's path today (a finding, see the test): behind a
- * symmetric CGN the per-destination mappings are two hops away, and the birthday side's
- * TTL-2 probes (FIRST_PROBE_TTL, src/tunnel/punch.ts) die at the CGN before it maps them.
+ * Once a finding (the relay, docs/BENCHMARKS.md 2026-12-05), opened after the other rows
+ * and asserted in a test of its own: behind a symmetric CGN the per-destination mappings
+ * are two hops away, where TTL-2 birthday probes died; the learnt first-probe TTL
+ * (src/tunnel/hop-check.ts) clears the CGN.
  */
 export const CGN_GRID_FINDINGS: GridRow[] = [{ from: 'eve', to: 'bob', pair: 'easy+symmetric CGN×easy', path: 'direct-udp' }]
 

@@ -221,6 +221,7 @@ export function fakeStatus(overrides: Partial<StatusResult> = {}): StatusResult 
     localUdpPort: 41641,
     lan: ['192.168.1.2:41641'],
     nat: 'easy',
+    firstProbeTtl: 2,
     uptimeMs: 5_000,
     tunnels: 0,
     portMapping: { state: 'none', gateway: '192.168.1.1', via: null, udp: null, tcp: null, expiresInMs: null, reason: 'the gateway 192.168.1.1 answers none of PCP, NAT-PMP and UPnP' },

@@ -6,9 +6,21 @@ import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
 import { NAT_RECHECK_MS, NatMonitor } from '../../../src/daemon/nat-monitor.js'
 import { silentLogger, systemClock } from '../../../src/protocol/log.js'
 import type { NatVerdict } from '../../../src/protocol/rendezvous.js'
+import { FIRST_PROBE_TTL, type HopVerdict } from '../../../src/tunnel/hop-check.js'
 
 const SERVER = { host: '198.51.100.1', port: 3478 }
 const CHECK_MS = 300 // how long one scripted check takes
+/** The components of a monitor that is never relayed and announces nothing. */
+const QUIET = {
+  server: async () => SERVER,
+  localPort: () => 41641,
+  announce: async () => undefined,
+  relayed: () => false,
+  registeredTcp: () => null,
+  probePortMapping: () => Promise.resolve({ gateway: null, pcp: false, natPmp: false, upnp: false, externalIp: null }),
+  clock: systemClock,
+  log: silentLogger
+}
 
 function monitor(verdicts: NatVerdict[], relayed = true) {
   const checks: number[] = []
@@ -25,7 +37,8 @@ function monitor(verdicts: NatVerdict[], relayed = true) {
         const verdict = verdicts[Math.min(checks.length - 1, verdicts.length - 1)]!
         return { verdict, samples: { local: [], primary: SERVER, alternate: SERVER } }
       },
-      netcheck: () => Promise.reject(new Error('not used'))
+      netcheck: () => Promise.reject(new Error('not used')),
+      hops: async () => ({ kind: 'unknown' as const })
     },
     server: async () => SERVER,
     localPort: () => 41641,
@@ -84,19 +97,39 @@ describe('NatMonitor', () => {
 
   it('a check that fails leaves the verdict and never rejects', async () => {
     const m = new NatMonitor({
-      natCheck: { verdict: () => Promise.reject(new Error('no route')), netcheck: () => Promise.reject(new Error('not used')) },
-      server: async () => SERVER,
-      localPort: () => 0,
-      announce: async () => undefined,
-      relayed: () => false,
-      registeredTcp: () => null,
-      probePortMapping: () => Promise.resolve({ gateway: null, pcp: false, natPmp: false, upnp: false, externalIp: null }),
-      clock: systemClock,
-      log: silentLogger
+      natCheck: { verdict: () => Promise.reject(new Error('no route')), netcheck: () => Promise.reject(new Error('not used')), hops: () => Promise.reject(new Error('no route')) },
+      ...QUIET
     })
     await m.start()
     await expect(m.recheck()).resolves.toBeUndefined()
     expect(m.verdict).toBe('unknown')
+    m.stop()
+  })
+
+  it('learns the first-probe TTL at start and again on checkHops (server found again); an unanswered check keeps it; a peer at our public address gets 2', async () => {
+    const verdicts: HopVerdict[] = [{ kind: 'near', serverTtl: 4 }, { kind: 'unknown' }, { kind: 'far' }]
+    let hopChecks = 0
+    const m = new NatMonitor({
+      natCheck: {
+        verdict: async () => ({ verdict: 'hard' as const, samples: { local: [], primary: { host: '198.18.12.2', port: 40000 }, alternate: { host: '198.18.12.2', port: 40001 } } }),
+        netcheck: () => Promise.reject(new Error('not used')),
+        hops: async (server) => {
+          expect(server).toEqual(SERVER)
+          return verdicts[hopChecks++]!
+        }
+      },
+      ...QUIET
+    })
+    expect(m.firstProbeTtl('198.18.2.2')).toBe(FIRST_PROBE_TTL) // before any check
+    await m.start()
+    expect([m.learnedTtl, m.firstProbeTtl('198.18.2.2'), m.firstProbeTtl('198.18.12.2'), m.firstProbeTtl()]).toEqual([3, 3, FIRST_PROBE_TTL, 3])
+    await m.checkHops() // nothing answered: keeps 3
+    expect(m.learnedTtl).toBe(3)
+    await m.checkHops() // the server is far now (another network)
+    expect(m.learnedTtl).toBe(FIRST_PROBE_TTL)
+    expect(hopChecks).toBe(3)
+    await m.recheck() // a verdict recheck (the tunnels' fresh()) sends no hop probes
+    expect(hopChecks).toBe(3)
     m.stop()
   })
 })

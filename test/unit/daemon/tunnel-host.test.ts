@@ -29,7 +29,7 @@ describe('TunnelHost', () => {
     log: silentLogger,
     peers: null as never,
     rendezvous: { introduce: () => Promise.reject(new Error('not used')), tcpLocalPort: 40001, serverEndpoint: { host: '198.51.100.1', port: 3478 } },
-    nat: { verdict: 'hard', fresh: async () => void fresh++ },
+    nat: { verdict: 'hard', fresh: async () => void fresh++, firstProbeTtl: (peerHost) => (peerHost === '203.0.113.9' ? 2 : 3) },
     exposes: { onChannel: (_t, req) => void routed.push(`expose ${req.port}`) }
   })
   host.registerService('msg', (t, req) => void routed.push(`msg from ${t.peer.name} (${req.service})`))
@@ -48,6 +48,7 @@ describe('TunnelHost', () => {
     expect([c.localTcpPort(), c.relayServer(), c.natVerdict()]).toEqual([40001, { host: '198.51.100.1', port: 3478 }, 'hard'])
     await c.refreshNat()
     expect(fresh).toBe(1)
+    expect([c.firstProbeTtl?.('198.51.100.7'), c.firstProbeTtl?.('203.0.113.9')]).toEqual([3, 2]) // the monitor's answer, per peer address
   })
 
   it('a peer reported offline: one ping of OFFLINE_PEER_PING_MS per peer at a time; no answer closes the tunnel PEER_OFFLINE; offlineCheck resolves when the check ends', async () => {

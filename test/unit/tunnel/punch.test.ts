@@ -17,6 +17,7 @@ import { NatdError } from '../../../src/protocol/errors.js'
 import { silentLogger, systemClock } from '../../../src/protocol/log.js'
 import { decode, encode, type Message, opened } from '../../../src/protocol/rendezvous.js'
 import {
+  BIRTHDAY_REFRESH_MS,
   LAN_GRACE_MS,
   V6_GRACE_MS,
   MAX_LEARNT_CANDIDATES,
@@ -132,6 +133,33 @@ describe('Puncher: probe schedule', () => {
     ]) // the duplicate candidate is probed once
     for (const s of sent) expect(s).toMatchObject({ at: 0, ack: false, streamId: 11, introId: Buffer.from(INTRO_ID).toString('hex'), sealed: true })
     expect(new Set(sent.map((s) => s.seq)).size).toBe(sent.length)
+    p.stop()
+  })
+
+  it('a learnt first TTL (hop-check.ts: behind a CGN) goes on every first probe to an IPv4 public candidate; IPv6 keeps hop limit 2, LAN none, later probes none', async () => {
+    const { sent, send } = recorder()
+    const p = makePuncher({ candidates: [lan(B_LAN), pub(B_PUBLIC), pub(B_V6)], firstTtl: 3 }, send)
+    track(p.run())
+    expect(sent.map((s) => [formatEndpoint(s.to), s.ttl])).toEqual([
+      ['10.0.2.2:5000', undefined],
+      ['203.0.113.2:5000', 3], // past the home NAT and the CGN, dies at the router after
+      ['[2001:db8:2::2]:5000', 2]
+    ])
+    await vi.advanceTimersByTimeAsync(PROBE_START_DELAY_MS + PROBE_INTERVAL_MS)
+    expect(sent.slice(3).every((s) => s.ttl === undefined)).toBe(true)
+    p.stop()
+  })
+
+  it('birthday: every birthday socket probes with the learnt first TTL, at the start and at each refresh', async () => {
+    const sends: Array<[string, number | undefined, number]> = []
+    const p = new Puncher(
+      { introId: INTRO_ID, punchKey: PUNCH_KEY, initiator: true, localStreamId: 11, deadlineMs: 10_000, candidates: [pub(B_PUBLIC)], strategy: 'birthday', sockets: 3, firstTtl: 3 },
+      { send: (_buf, to, ttl, socket) => void sends.push([formatEndpoint(to), ttl, socket ?? 0]), clock, log: silentLogger }
+    )
+    track(p.run())
+    expect(sends).toEqual([1, 2, 3].map((i) => ['203.0.113.2:5000', 3, i]))
+    await vi.advanceTimersByTimeAsync(BIRTHDAY_REFRESH_MS)
+    expect(sends.filter(([, , i]) => i > 0)).toEqual([1, 2, 3, 1, 2, 3].map((i) => ['203.0.113.2:5000', 3, i]))
     p.stop()
   })
 
