@@ -21,7 +21,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { CGN_GRID, CGN_GRID_FINDINGS, GRID, GRID_CGN_SPEC, closeClients, linkFor, settledPath, startAll, withLinks, type GridRow } from '../test/lab/grid.ts'
+import { CGN_GRID, CGN_GRID_FINDINGS, GRID, GRID_CGN_SPEC, linkFor, settledPath, startAll, withLinks, type GridRow } from '../test/lab/grid.ts'
 import { createLab, labAvailable, type LabSpec } from '../test/lab/lab.ts'
 import { MINIUPNPD, startMiniupnpd } from '../test/lab/miniupnpd.ts'
 import { NatdLab, ROOT, waitFor } from '../test/lab/natd-lab.ts'
@@ -61,7 +61,6 @@ async function runGrid(spec: LabSpec, rows: GridRow[], rttMs: number): Promise<R
     failed = false
     return out
   } finally {
-    closeClients(n)
     await n.teardown(failed)
   }
 }
@@ -84,7 +83,6 @@ async function runMapped(rttMs: number): Promise<Record<string, PairResult>> {
     failed = false
     return out
   } finally {
-    closeClients(n)
     await n.teardown(failed)
   }
 }

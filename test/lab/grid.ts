@@ -33,8 +33,10 @@
  */
 import { expect } from 'vitest'
 import type { LabSpec, LinkSpec } from './lab.ts'
-import { waitFor, type NatdLab } from './natd-lab.ts'
-import { ApiClient } from '../../src/ipc/client.js'
+import path from 'node:path'
+import { pathToFileURL } from 'node:url'
+import { DIST, waitFor, type NatdLab } from './natd-lab.ts'
+import type { ApiClient } from '../../src/ipc/client.js'
 
 export interface GridRow {
   from: string
@@ -125,36 +127,21 @@ export function withLinks(spec: LabSpec, link: LinkSpec): LabSpec {
   return { ...spec, serverLink: link, sites: spec.sites.map((s) => ({ ...s, link })), cgns: spec.cgns?.map((c) => ({ ...c, link })) }
 }
 
-/** API clients by agent, kept open for the polls (a natctl is a Node process: seconds each on a loaded machine). */
-const clients = new WeakMap<NatdLab, Map<string, ApiClient>>()
-
+/**
+ * The path of the agent's tunnel to `peer`, asked over the API from this process (a natctl
+ * is a Node process: seconds each on a loaded machine). One connection per question: natd
+ * closes API connections idle for 30 s.
+ */
 async function tunnelPath(n: NatdLab, key: string, peer: string): Promise<string | undefined> {
-  let byKey = clients.get(n)
-  if (!byKey) clients.set(n, (byKey = new Map()))
-  let c = byKey.get(key)
-  if (!c) {
-    c = new ApiClient(n.agents[key]!.socket)
-    byKey.set(key, c)
-    try {
-      await c.connect()
-    } catch (err) {
-      byKey.delete(key)
-      throw err
-    }
-  }
+  // From dist/ (built before any lab run): the benchmark runs this file with plain node, which loads no .ts behind a .js import.
+  const { ApiClient: Client } = (await import(pathToFileURL(path.join(DIST, 'ipc/client.js')).href)) as { ApiClient: typeof ApiClient }
+  const c = new Client(n.agents[key]!.socket)
   try {
+    await c.connect()
     return (await c.call('tunnels', {})).find((t) => t.peer === peer)?.path
-  } catch (err) {
-    c.close() // the next poll connects again
-    byKey.delete(key)
-    throw err
+  } finally {
+    c.close()
   }
-}
-
-/** Closes the API clients the polls opened (before the lab goes). */
-export function closeClients(n: NatdLab): void {
-  for (const c of clients.get(n)?.values() ?? []) c.close()
-  clients.delete(n)
 }
 
 export interface GridResult {
@@ -209,23 +196,19 @@ export async function settledPath(n: NatdLab, g: GridRow, settleMs = SETTLE_MS):
  */
 export async function openRows(n: NatdLab, rows: GridRow[], opts: { settleMs?: number } = {}): Promise<Record<string, GridResult>> {
   const got: Record<string, GridResult> = {}
-  try {
-    for (const g of rows) {
-      const r = await n.natctl(g.from, ['open', g.to])
-      expect(r.code, `${g.pair}: ${r.stderr}`).toBe(0)
-      const res = r.json as { path: string; tookMs: number }
-      const before = Date.now()
-      got[g.pair] = { path: await settledPath(n, g, opts.settleMs), openPath: res.path, tookMs: res.tookMs }
-      process.stdout.write(`${g.pair}: open gave ${res.path} in ${res.tookMs} ms, settled on ${got[g.pair]!.path} (seen ${Date.now() - before} ms later)\n`)
-      expect((await n.natctl(g.from, ['ping', g.to, '-c', '1'])).code, `${g.pair}: ping`).toBe(0)
-    }
-    for (const g of rows) {
-      const now = await tunnelPath(n, g.from, g.to)
-      // A row with several right paths may still move between them (RST routers: UDP, then a late TCP).
-      if (now !== got[g.pair]!.path) got[g.pair]!.path = now !== undefined && [g.path].flat().includes(now) ? now : `${got[g.pair]!.path}, then ${now ?? 'none'}`
-    }
-  } finally {
-    closeClients(n)
+  for (const g of rows) {
+    const r = await n.natctl(g.from, ['open', g.to])
+    expect(r.code, `${g.pair}: ${r.stderr}`).toBe(0)
+    const res = r.json as { path: string; tookMs: number }
+    const before = Date.now()
+    got[g.pair] = { path: await settledPath(n, g, opts.settleMs), openPath: res.path, tookMs: res.tookMs }
+    process.stdout.write(`${g.pair}: open gave ${res.path} in ${res.tookMs} ms, settled on ${got[g.pair]!.path} (seen ${Date.now() - before} ms later)\n`)
+    expect((await n.natctl(g.from, ['ping', g.to, '-c', '1'])).code, `${g.pair}: ping`).toBe(0)
+  }
+  for (const g of rows) {
+    const now = await tunnelPath(n, g.from, g.to)
+    // A row with several right paths may still move between them (RST routers: UDP, then a late TCP).
+    if (now !== got[g.pair]!.path) got[g.pair]!.path = now !== undefined && [g.path].flat().includes(now) ? now : `${got[g.pair]!.path}, then ${now ?? 'none'}`
   }
   return got
 }
