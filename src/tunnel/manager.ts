@@ -313,6 +313,13 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     }
     try {
       const tunnel = await this.keep(intro, won, plan.upgrade, id, resuming, outcome.done)
+      // A closed tunnel needs no better path: its late attempts stop and free the punch slot.
+      if (!tunnel.isOpen) race.cancel()
+      else {
+        const stop = (): void => race.cancel()
+        tunnel.once('closed', stop)
+        void outcome.done.then(() => tunnel.off('closed', stop))
+      }
       made(tunnel)
       return { tunnel, done: outcome.done }
     } catch (err) {
