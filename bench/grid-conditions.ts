@@ -1,7 +1,8 @@
 /**
  * The NAT grid and the CGN grid (test/lab/grid.ts) at several RTTs with jitter and loss
- * (the lab's link emulator on every link): per pair, the path `natctl open` (auto) gives
- * on each open and the open time as a median, in ms and in RTTs. A pair whose path
+ * (the lab's link emulator on every link): per pair, the path each `natctl open` (auto)
+ * settles on (`paths`; `open_paths`: the one `open` returned on, before a late path took
+ * over) and the open time as a median, in ms and in RTTs. A pair whose path
  * differs from the one it gets with no delay is listed under `path_changes`.
  *
  * A `mapped` row: two hard NATs, one whose gateway (miniupnpd, forwarding inbound only)
@@ -20,7 +21,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { CGN_GRID, CGN_GRID_FINDINGS, GRID, GRID_CGN_SPEC, linkFor, startAll, withLinks, type GridRow } from '../test/lab/grid.ts'
+import { CGN_GRID, CGN_GRID_FINDINGS, GRID, GRID_CGN_SPEC, linkFor, settledPath, startAll, withLinks, type GridRow } from '../test/lab/grid.ts'
 import { createLab, labAvailable, type LabSpec } from '../test/lab/lab.ts'
 import { MINIUPNPD, startMiniupnpd } from '../test/lab/miniupnpd.ts'
 import { NatdLab, ROOT, waitFor } from '../test/lab/natd-lab.ts'
@@ -37,7 +38,10 @@ const SINK = path.join(ROOT, 'bench/fixtures/tcp-sink.ts')
 const CLOSE_SETTLE_MS = 500
 
 interface PairResult {
+  /** The paths the tunnels settled on (grid.ts settledPath), by opens. */
   paths: Record<string, number>
+  /** The paths `open` returned on (the first to authenticate; a better one may take over). */
+  open_paths: Record<string, number>
   open_ms: { median: number; min: number; max: number } | null
   open_rtts_median: number | null
   failures: number
@@ -88,13 +92,16 @@ async function openTimes(n: NatdLab, rows: GridRow[], rttMs: number): Promise<Re
   const out: Record<string, PairResult> = {}
   for (const g of rows) {
     const paths: Record<string, number> = {}
+    const openPaths: Record<string, number> = {}
     const ms: number[] = []
     let failures = 0
     for (let i = 0; i < REPS; i++) {
       const r = await n.natctl(g.from, ['open', g.to], { timeoutMs: 60_000 })
       const res = r.json as { path?: string; tookMs?: number } | null
       if (r.code === 0 && res?.path && res.tookMs !== undefined) {
-        paths[res.path] = (paths[res.path] ?? 0) + 1
+        openPaths[res.path] = (openPaths[res.path] ?? 0) + 1
+        const settled = await settledPath(n, g)
+        paths[settled] = (paths[settled] ?? 0) + 1
         ms.push(res.tookMs)
       } else failures++
       await n.natctl(g.from, ['close', g.to])
@@ -103,6 +110,7 @@ async function openTimes(n: NatdLab, rows: GridRow[], rttMs: number): Promise<Re
     const m = ms.length ? median(ms) : null
     out[g.pair] = {
       paths,
+      open_paths: openPaths,
       open_ms: m === null ? null : { median: m, min: Math.min(...ms), max: Math.max(...ms) },
       open_rtts_median: m === null || rttMs === 0 ? null : Math.round((m / rttMs) * 10) / 10,
       failures

@@ -24,6 +24,8 @@ import type { Tunnel } from '../tunnel/tunnel.js'
 import type { NatMonitor } from './nat-monitor.js'
 import type { RendezvousClient } from './rendezvous-client.js'
 import { globalV6Addresses, ulaV6Addresses } from './ipv6-socket.js'
+import { onSubnet } from '../protocol/lan.js'
+import os from 'node:os'
 
 /**
  * A peer the server reports offline keeps its tunnel only if it answers a ping within
@@ -37,7 +39,7 @@ export type ChannelHandler = (tunnel: Tunnel, req: OpenRequest) => void
 /** The socket, key, time and chance it hands the path layer as they are (tunnel/paths.ts). */
 export interface TunnelHostComponents extends Pick<PathComponents, 'udx' | 'socket' | 'socket6' | 'keyPair' | 'clock' | 'random' | 'log'> {
   peers: PeerPolicy
-  rendezvous: Pick<RendezvousClient, 'introduce' | 'tcpLocalPort' | 'serverEndpoint'>
+  rendezvous: Pick<RendezvousClient, 'introduce' | 'tcpLocalPort' | 'serverEndpoint' | 'state'>
   nat: Pick<NatMonitor, 'verdict' | 'fresh' | 'firstProbeTtl'>
   /** Channels that name no service: to an exposed port (exposes.ts decides). */
   exposes: { onChannel: ChannelHandler }
@@ -83,6 +85,16 @@ export class TunnelHost implements TunnelManagerComponents {
 
   natVerdict(): NatVerdict {
     return this.c.nat.verdict
+  }
+
+  publicAddress(): string | null {
+    const s = this.c.rendezvous.state
+    return s.kind === 'registered' ? (s.udp?.host ?? null) : null
+  }
+
+  onOurLinks(hosts: string[]): boolean {
+    const ifaces = Object.values(os.networkInterfaces()).flatMap((list) => list ?? [])
+    return hosts.some((h) => ifaces.some((i) => !i.internal && i.family === 'IPv4' && onSubnet(h, i.address, i.netmask)))
   }
 
   hasIPv6(): boolean {

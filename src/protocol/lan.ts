@@ -51,3 +51,22 @@ export function mappedCandidates(list: readonly Endpoint[], publicHost: string |
 export function offeredCandidates(list: readonly Endpoint[], publicHost: string | null | undefined): Endpoint[] {
   return [...mappedCandidates(list, publicHost), ...lanCandidates(list)].slice(0, MAX_LAN_CANDIDATES)
 }
+
+/** An IPv4 address as a 32-bit number; null when it is not one. */
+function ipv4ToNumber(host: string): number | null {
+  if (!isIPv4(host)) return null
+  return host.split('.').reduce((n, part) => n * 256 + Number(part), 0)
+}
+
+/**
+ * Whether `host` is on the IPv4 subnet of `address`/`netmask` (an interface of ours, as
+ * os.networkInterfaces() gives it). IPv6 is never: every host has fe80::/64, so a
+ * link-local match says nothing about a shared link.
+ */
+export function onSubnet(host: string, address: string, netmask: string): boolean {
+  const h = ipv4ToNumber(host)
+  const a = ipv4ToNumber(address)
+  const m = ipv4ToNumber(netmask)
+  if (h === null || a === null || m === null || m === 0) return false
+  return (h & m) >>> 0 === (a & m) >>> 0
+}

@@ -15,7 +15,7 @@ import { PunchBudget, RefusalLog, type PunchBudgetInit } from './budget.js'
 import type { OpenRequest } from './mux.js'
 import { planPaths } from './path-plan.js'
 import { offersMapping, offersV6, Paths, type Established, type Introduction, type PathComponents } from './paths.js'
-import { firstOf } from './failures.js'
+import { LATE_PATH_ANSWER_MS, LATE_PATH_MS, PathRace, pathRank, type AttemptKind, type RaceEntry, type RaceOutcome } from './path-race.js'
 import { TunnelRecovery } from './recovery.js'
 import { LossyWatch } from './lossy-path.js'
 import { asResume, firstFrame, onFreshTunnel, onResumeRequest, RESUME_ANSWER_MS, SIMULTANEOUS_OPEN_MS } from './resume.js'
@@ -24,18 +24,12 @@ import { GOODBYE_LINGER_MS, Tunnel, type PathKind, type TunnelTiming } from './t
 
 export type { Introduction } from './paths.js'
 export { mostTelling } from './failures.js'
+export { AUTO_TCP_GRACE_MS, LATE_PATH_MS } from './path-race.js'
 /**
  * `auto` starts the relay when every direct attempt has failed, or after this long
  * without a direct path (birthday punching measured median 0.1-0.3 s, worst 0.6 s).
  */
 export const RELAY_FALLBACK_MS = 2_000
-/**
- * When UDP punches first in `auto`, the initiator waits this long for TCP: a direct TCP
- * path carried 3× the forwarded throughput of a UDP one (docs/BENCHMARKS.md: 171 vs 57
- * MB/s). Through routers that drop SYNs TCP lands within ~10 ms of UDP; through routers
- * that answer with RST it takes ~0.3 s, and the wait is what it costs UDP there.
- */
-export const AUTO_TCP_GRACE_MS = 30
 /** A young tunnel that would beat a fresh one in the tie-break must answer a ping this fast (resume.ts). */
 export const TWIN_PROBE_MS = 1_500
 
@@ -60,6 +54,10 @@ export interface TunnelManagerComponents extends PathComponents {
   introduce(target: string, via: Via): Promise<Introduction>
   /** Checks our NAT again and tells the server when the verdict changed (before an upgrade attempt). */
   refreshNat(): Promise<void>
+  /** Our public IPv4 address as the rendezvous server sees it; null while unknown. */
+  publicAddress?(): string | null
+  /** Whether any of these addresses (a peer's LAN candidates) is on a link of ours (its subnet). */
+  onOurLinks?(hosts: string[]): boolean
   /**
    * Resolves once the check of our tunnel to this peer (the server reported the peer
    * offline; the tunnel closes if the peer does not answer on it) has ended; at once
@@ -241,73 +239,134 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
       throw new NatdError('BUSY', `already punching ${this.budget.init.punches} paths at once (or ${this.budget.init.peerPunches} to ${name}); try again in a moment`)
     }
     const started = this.c.clock.now()
+    let held = false
     try {
-      const tunnel = await this.punchAndKeep(intro, timeoutMs, id, resuming, signal)
+      const { tunnel, done } = await this.punchAndKeep(intro, timeoutMs, id, resuming, signal)
       this.emit('punched', { via: intro.via, path: tunnel.path, code: null, ms: this.c.clock.now() - started })
+      // Attempts that may still give a better path hold the slot until they end (path-race.ts).
+      held = true
+      void done.finally(() => slot.release())
       return tunnel
     } catch (err) {
       this.emit('punched', { via: intro.via, path: null, code: toNatdError(err).code, ms: this.c.clock.now() - started })
       throw err
     } finally {
-      slot.release()
+      if (!held) slot.release()
     }
   }
 
-  private async punchAndKeep(intro: Introduction, timeoutMs: number, id: string, resuming: Tunnel | null, signal?: AbortSignal): Promise<Tunnel> {
+  private async punchAndKeep(intro: Introduction, timeoutMs: number, id: string, resuming: Tunnel | null, signal?: AbortSignal): Promise<{ tunnel: Tunnel; done: Promise<void> }> {
     const name = intro.peer.name
-    const abort = new AbortController()
-    // The caller's cancel stops every attempt, as a winner does.
-    const cancel = (): void => abort.abort()
     if (signal?.aborted) throw cancelled(`punching to ${name}`)
-    signal?.addEventListener('abort', cancel, { once: true })
     const mapped = (this.c.hasPortMapping?.() ?? false) || offersMapping(intro.peer)
     const v6 = (this.c.hasIPv6?.() ?? false) && offersV6(intro.peer)
-    const plan = planPaths({ via: intro.via, mine: this.c.natVerdict(), theirs: intro.peer.nat, initiator: intro.initiator, mapped, v6 })
+    const plan = planPaths({ via: intro.via, mine: this.c.natVerdict(), theirs: intro.peer.nat, initiator: intro.initiator, mapped, v6, hairpinOnly: this.hairpinOnly(intro) })
     if (plan.impossible !== null) throw new NatdError('UNSUPPORTED_PATH', plan.impossible)
-    const direct: Array<Promise<Established>> = []
-    if (plan.udp) direct.push(this.paths.udp(intro, plan.udp, timeoutMs, abort.signal))
-    let tcp: { attempt: Promise<Established>; settled: boolean } | null = null
-    if (plan.tcp) {
-      const attempt = this.paths.tcp(intro, timeoutMs, abort.signal)
-      tcp = { attempt, settled: false }
-      const t = tcp
-      attempt.then(() => (t.settled = true), () => (t.settled = true))
-      direct.push(attempt)
+    // One controller per attempt: the race (path-race.ts) stops each when it can no longer help.
+    const entries: Array<RaceEntry<Established>> = []
+    const add = (kind: AttemptKind, start: (signal: AbortSignal) => Promise<Established>): void => {
+      const abort = new AbortController()
+      entries.push({ kind, attempt: start(abort.signal), abort })
     }
-    const attempts = [...direct]
-    if (plan.relay === 'now') attempts.push(this.paths.relay(intro, timeoutMs, abort.signal))
+    const udp = plan.udp
+    if (udp) add('udp', (s) => this.paths.udp(intro, udp, timeoutMs, s))
+    if (plan.tcp) add('tcp', (s) => this.paths.tcp(intro, timeoutMs, s))
+    const direct = entries.map((e) => e.attempt)
+    if (plan.relay === 'now') add('relay', (s) => this.paths.relay(intro, timeoutMs, s))
     if (plan.relay === 'fallback') {
       // Both sides run the same rule, so both bind to the relay at about the same time.
       const started = this.c.clock.now()
       const allFailed = Promise.allSettled(direct).then((r) => r.every((x) => x.status === 'rejected'))
-      attempts.push(
-        Promise.race([allFailed.then(() => undefined), this.c.clock.sleep(RELAY_FALLBACK_MS, abort.signal)]).then(() => {
-          if (abort.signal.aborted) throw new NatdError('ABORTED', 'a direct path won')
-          return this.paths.relay(intro, Math.max(1, timeoutMs - (this.c.clock.now() - started)), abort.signal)
+      add('relay', (s) =>
+        Promise.race([allFailed.then(() => undefined), this.c.clock.sleep(RELAY_FALLBACK_MS, s)]).then(() => {
+          if (s.aborted) throw new NatdError('ABORTED', 'a direct path won')
+          return this.paths.relay(intro, Math.max(1, timeoutMs - (this.c.clock.now() - started)), s)
         })
       )
     }
-    let won: Established
+    const discard = (p: Established): void => {
+      p.session.destroy()
+      p.release?.()
+    }
+    // `auto` keeps what could still give a better path (path-race.ts); not for a resume (a RESUME exchange of its own).
+    const lateMs = plan.late && resuming === null ? LATE_PATH_MS + (intro.initiator ? 0 : LATE_PATH_ANSWER_MS) : 0
+    const race = new PathRace(entries, { preferTcp: plan.preferTcp, lateMs }, { clock: this.c.clock, log: this.c.log, discard })
+    // The caller's cancel stops every attempt, as a winner does.
+    const cancel = (): void => race.cancel()
+    signal?.addEventListener('abort', cancel, { once: true })
+    let made: (t: Tunnel | null) => void = () => undefined
+    const tunnelMade = new Promise<Tunnel | null>((resolve) => (made = resolve))
+    let outcome: RaceOutcome<Established>
     try {
-      won = await firstOf(attempts)
-      // The initiator prefers the faster path: UDP won the race, TCP may be a moment behind.
-      if (plan.preferTcp && won.transport === 'udp' && tcp && !tcp.settled) {
-        const late = await Promise.race([tcp.attempt.catch(() => null), this.c.clock.sleep(AUTO_TCP_GRACE_MS, abort.signal).then(() => null)])
-        if (late) {
-          won.session.destroy()
-          won.release?.()
-          won = late
-        }
-      }
+      outcome = await race.run((late) => void tunnelMade.then((t) => this.onLatePath(t, late, intro)), signal)
+    } catch (err) {
+      race.cancel()
+      throw err
     } finally {
-      abort.abort() // the losers clean up after themselves
       signal?.removeEventListener('abort', cancel)
     }
+    const won = outcome.won
     if (signal?.aborted) {
-      won.session.destroy()
-      won.release?.()
+      discard(won)
+      race.cancel()
       throw cancelled(`punching to ${name}`)
     }
+    try {
+      const tunnel = await this.keep(intro, won, plan.upgrade, id, resuming, outcome.done)
+      // A closed tunnel needs no better path: its late attempts stop and free the punch slot.
+      if (!tunnel.isOpen) race.cancel()
+      else {
+        const stop = (): void => race.cancel()
+        tunnel.once('closed', stop)
+        void outcome.done.then(() => tunnel.off('closed', stop))
+      }
+      made(tunnel)
+      return { tunnel, done: outcome.done }
+    } catch (err) {
+      made(null)
+      race.cancel()
+      throw err
+    }
+  }
+
+  /**
+   * Whether the peer's only direct path needs our NAT to hairpin: its public address is
+   * ours (one NAT, or one CGN, in front of both) and none of its LAN candidates is on a
+   * link of ours. Many NATs, and most CGNs, do not hairpin (path-plan.ts).
+   */
+  private hairpinOnly(intro: Introduction): boolean {
+    const ours = this.c.publicAddress?.() ?? null
+    if (ours === null || intro.peer.udp?.host !== ours) return false
+    return !(this.c.onOurLinks?.(intro.peer.lan.map((e) => e.host)) ?? true)
+  }
+
+  /**
+   * A path of the introduction that landed after the tunnel was made, and may beat its
+   * path (path-race.ts). The initiator moves the tunnel to it when it ranks higher (its
+   * first frame on it says "this one"); the responder follows that frame. Never rejects.
+   */
+  private async onLatePath(tunnel: Tunnel | null, late: Established, intro: Introduction): Promise<void> {
+    const drop = (why: string): void => {
+      late.session.destroy()
+      late.release?.()
+      this.c.log.debug('late path dropped', { peer: intro.peer.name, path: late.path, transport: late.transport, why })
+    }
+    const usable = (t: Tunnel | null): t is Tunnel => t !== null && t.isUp && this.tunnels.get(t.peer.id) === t
+    if (!usable(tunnel)) return drop('the tunnel is not up')
+    if (intro.initiator && pathRank(late) <= pathRank(tunnel)) return drop(`the tunnel is on ${tunnel.path}`)
+    if (!intro.initiator && asResume(late.first) !== null) return drop('a RESUME on a late path')
+    // One switch at a time (mux.ts): wait until the peer has switched to the last one.
+    await tunnel.switchSettled()
+    if (!usable(tunnel)) return drop('the tunnel is not up')
+    if (intro.initiator) late.session.write(encodeMux({ type: 'ping', channel: 0, seq: 0 })) // "this one"
+    if (!tunnel.upgrade(late.session, late.path, late.remote, late.transport)) return drop('the tunnel is not up')
+    if (late.release) tunnel.once('closed', late.release)
+    this.c.log.info('moved to a late path', { peer: intro.peer.name, path: late.path, transport: late.transport, punchMs: late.punchMs })
+  }
+
+  /** The tunnel the winner makes: a resume, an upgrade of a relayed tunnel, or a fresh one. */
+  private async keep(intro: Introduction, won: Established, upgrade: boolean, id: string, resuming: Tunnel | null, late: Promise<void>): Promise<Tunnel> {
+    const name = intro.peer.name
     this.c.peers.pin({ name, id })
     if (intro.initiator && resuming) return this.resumeAsOpener(resuming, won, intro)
     if (!intro.initiator) {
@@ -334,20 +393,26 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
         // Not a tunnel we have (we restarted or gave up): a fresh one, and the peer learns so.
         won.session.write(encodeMux({ type: 'resume', channel: 0, tunnelId: intro.introId, received: 0 }))
         current?.close('the peer resumed a tunnel we no longer have', { goodbye: true })
-        return this.fresh(intro, won, plan.upgrade, id)
+        return this.fresh(intro, won, upgrade, id, late)
       }
     }
-    if (intro.initiator) won.session.write(encodeMux({ type: 'ping', channel: 0, seq: 0 })) // "this one"
     const existing = this.tunnels.get(id)
+    if (intro.initiator && intro.via === 'direct' && existing?.isOpen && existing.path !== 'relay') {
+      // An upgrade attempt, and the tunnel found a direct path meanwhile (a late one): this one goes unused (the peer sees it close).
+      won.session.destroy()
+      won.release?.()
+      throw new NatdError('ABORTED', `the tunnel to ${name} is on ${existing.path} already`)
+    }
+    if (intro.initiator) won.session.write(encodeMux({ type: 'ping', channel: 0, seq: 0 })) // "this one"
     if (existing?.isUp && existing.path === 'relay' && won.path !== 'relay') {
       existing.upgrade(won.session, won.path, won.remote, won.transport)
       return existing
     }
-    return this.fresh(intro, won, plan.upgrade, id)
+    return this.fresh(intro, won, upgrade, id, late)
   }
 
   /** A new tunnel on the session that won. */
-  private async fresh(intro: Introduction, won: Established, upgrade: boolean, id: string): Promise<Tunnel> {
+  private async fresh(intro: Introduction, won: Established, upgrade: boolean, id: string, late: Promise<void> = Promise.resolve()): Promise<Tunnel> {
     const { session, path, remote } = won
     const name = intro.peer.name
     const log = this.c.log
@@ -371,7 +436,8 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
       })
     }
     await this.register(tunnel)
-    if (path === 'relay' && upgrade) void this.recovery.upgrade(tunnel)
+    // The upgrade loop starts once the late attempts of this introduction ended (path-race.ts).
+    if (path === 'relay' && upgrade) void late.then(() => this.recovery.upgrade(tunnel))
     log.info('tunnel up', { peer: name, path, transport: won.transport, remote: formatEndpoint(remote), punchMs: won.punchMs, sent: won.sent, strategy: won.strategy, initiator: intro.initiator, via: intro.via })
     return this.get(id) ?? tunnel
   }

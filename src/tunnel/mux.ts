@@ -138,6 +138,11 @@ export class Mux extends EventEmitter<MuxEvents> {
     readMessages(next, (buf) => this.onSessionData(next, buf))
   }
 
+  /** Our SWITCH went out and the peer's has not come yet: another switchTo() must wait for 'switched'. */
+  get switchPending(): boolean {
+    return this.next !== null
+  }
+
   private onSessionData(from: MessageStream, buf: Buffer): void {
     if (from === this.reading) this.onMessage(buf)
     else if (from === this.next) this.early.push(buf)

@@ -332,21 +332,39 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
    * mux switches sessions without losing a frame; the old session goes once the peer
    * has switched too.
    */
-  upgrade(next: Duplex & MessageStream, path: PathKind, remote: Endpoint, transport: Transport): void {
+  upgrade(next: Duplex & MessageStream, path: PathKind, remote: Endpoint, transport: Transport): boolean {
     const old = this.session
-    if (this.current.kind !== 'up' || !old) {
+    if (this.current.kind !== 'up' || !old || this.mux.switchPending) {
       next.destroy()
-      return
+      return false
     }
     const from = this.path
     this.session = next
     this.watch(next)
-    this.mux.once('switched', () => this.clock.setTimeout(() => old.destroy(), OLD_SESSION_LINGER_MS).unref())
     this.mux.switchTo(next)
+    const linger = (): void => void this.clock.setTimeout(() => old.destroy(), OLD_SESSION_LINGER_MS).unref()
+    // The peer may have switched first (its SWITCH came before ours went): then we are done at once.
+    if (this.mux.switchPending) this.mux.once('switched', linger)
+    else linger()
     next.resume() // the responder paused it while it waited for the initiator's choice
     this.transition({ kind: 'up', path, remote, transport }, { how: 'upgrade' })
     this.lastHeard = this.clock.now()
     this.emit('path', from, path)
+    return true
+  }
+
+  /** Resolves once no switch of ours waits for the peer's (upgrade() refuses a second one meanwhile), or the tunnel closed. */
+  switchSettled(): Promise<void> {
+    if (!this.mux.switchPending || this.current.kind === 'closed') return Promise.resolve()
+    return new Promise((resolve) => {
+      const done = (): void => {
+        this.mux.off('switched', done)
+        this.off('closed', done)
+        resolve()
+      }
+      this.mux.once('switched', done)
+      this.once('closed', done)
+    })
   }
 
   get isUp(): boolean {

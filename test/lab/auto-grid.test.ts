@@ -17,5 +17,5 @@ describe.skipIf(!labAvailable())('the NAT grid: what `natctl open PEER` gives ea
       process.stdout.write(`auto grid: ${JSON.stringify(pathsOf(got))}\n`)
       expect(pathsOf(got)).toEqual(expectedPaths(GRID, got))
     })
-  }, 120_000)
+  }, 240_000)
 })

@@ -2,6 +2,7 @@
 // object instead of callbacks. A peer's channel goes to an exposed port (no service) or
 // to the registered service; an unknown service is refused with UNSUPPORTED_PATH. The
 // rendezvous and NAT answers come from the objects that own them.
+import os from 'node:os'
 import { describe, expect, it } from 'vitest'
 import { OFFLINE_PEER_PING_MS, TunnelHost } from '../../../src/daemon/tunnel-host.js'
 import { NatdError } from '../../../src/protocol/errors.js'
@@ -28,11 +29,18 @@ describe('TunnelHost', () => {
     random: Math.random,
     log: silentLogger,
     peers: null as never,
-    rendezvous: { introduce: () => Promise.reject(new Error('not used')), tcpLocalPort: 40001, serverEndpoint: { host: '198.51.100.1', port: 3478 } },
+    rendezvous: { introduce: () => Promise.reject(new Error('not used')), tcpLocalPort: 40001, serverEndpoint: { host: '198.51.100.1', port: 3478 }, state: { kind: 'registered', since: 0, udp: { host: '203.0.113.7', port: 40001 }, tcp: null } },
     nat: { verdict: 'hard', fresh: async () => void fresh++, firstProbeTtl: (peerHost) => (peerHost === '203.0.113.9' ? 2 : 3) },
     exposes: { onChannel: (_t, req) => void routed.push(`expose ${req.port}`) }
   })
   host.registerService('msg', (t, req) => void routed.push(`msg from ${t.peer.name} (${req.service})`))
+
+  it('gives our public address as the server sees it, and tells whether an address is on a link of ours', () => {
+    expect(host.publicAddress()).toBe('203.0.113.7')
+    const mine = Object.values(os.networkInterfaces()).flatMap((l) => l ?? []).find((i) => !i.internal && i.family === 'IPv4')
+    if (mine) expect(host.onOurLinks(['240.0.0.1', mine.address])).toBe(true)
+    expect(host.onOurLinks(['240.0.0.1'])).toBe(false) // class E: on no one's link
+  })
 
   it('routes channels: no service to the exposes, a registered one to its handler, an unknown one refused', () => {
     host.onChannel(TUNNEL, request(''))

@@ -2,7 +2,7 @@
 // addresses no one on the internet can be made to receive probes at (RFC 1918, CGNAT,
 // link-local, unique-local IPv6), with a real port, at most MAX_LAN_CANDIDATES of them.
 import { describe, expect, it } from 'vitest'
-import { isLanAddress, lanCandidates, mappedCandidates, MAX_LAN_CANDIDATES, offeredCandidates } from '../../../src/protocol/lan.js'
+import { isLanAddress, lanCandidates, mappedCandidates, MAX_LAN_CANDIDATES, offeredCandidates, onSubnet } from '../../../src/protocol/lan.js'
 
 describe('isLanAddress', () => {
   it('keeps private, CGNAT, link-local and unique-local addresses, at both edges of each range', () => {
@@ -132,5 +132,19 @@ describe('mappedCandidates, offeredCandidates (ports the gateway mapped)', () =>
     const many = Array.from({ length: 10 }, (_, i) => ({ host: `10.0.0.${i + 1}`, port: 1 }))
     expect(offeredCandidates([...many, { host: '203.0.113.5', port: 9 }], '203.0.113.5')).toHaveLength(MAX_LAN_CANDIDATES)
     expect(offeredCandidates([...many, { host: '203.0.113.5', port: 9 }], '203.0.113.5')[0]).toEqual({ host: '203.0.113.5', port: 9 })
+  })
+})
+
+describe("onSubnet (is a peer's LAN candidate on a link of ours)", () => {
+  it.each<[string, string, string, boolean]>([
+    ['10.7.0.3', '10.7.0.2', '255.255.255.0', true],
+    ['10.8.0.3', '10.7.0.2', '255.255.255.0', false], // another home behind the same CGN
+    ['192.168.1.20', '192.168.1.5', '255.255.0.0', true],
+    ['100.64.3.9', '100.64.3.1', '255.255.255.0', true],
+    ['10.7.0.3', '10.7.0.2', '0.0.0.0', false], // no mask: says nothing
+    ['fe80::1', 'fe80::2', 'ffff:ffff:ffff:ffff::', false], // IPv6 link-local is on every link
+    ['not an address', '10.7.0.2', '255.255.255.0', false]
+  ])('%s on %s/%s: %s', (host, address, netmask, want) => {
+    expect(onSubnet(host, address, netmask)).toBe(want)
   })
 })

@@ -72,11 +72,11 @@ describe('planPaths (pure)', () => {
   })
 
   it('hard×hard with auto goes straight to the relay fallback (nothing direct to wait for)', () => {
-    expect(planPaths({ via: 'auto', mine: 'hard', theirs: 'hard', initiator: true })).toEqual({ udp: null, tcp: false, relay: 'fallback', preferTcp: false, upgrade: true, impossible: null })
+    expect(planPaths({ via: 'auto', mine: 'hard', theirs: 'hard', initiator: true })).toEqual({ udp: null, tcp: false, relay: 'fallback', preferTcp: false, late: true, upgrade: true, impossible: null })
   })
 
   it('hard×hard where either side holds a port mapping: UDP punched plainly (to the mapped port), relay as fallback', () => {
-    expect(planPaths({ via: 'auto', mine: 'hard', theirs: 'hard', initiator: true, mapped: true })).toEqual({ udp: 'normal', tcp: false, relay: 'fallback', preferTcp: false, upgrade: true, impossible: null })
+    expect(planPaths({ via: 'auto', mine: 'hard', theirs: 'hard', initiator: true, mapped: true })).toEqual({ udp: 'normal', tcp: false, relay: 'fallback', preferTcp: false, late: true, upgrade: true, impossible: null })
     expect(planPaths({ via: 'udp', mine: 'hard', theirs: 'hard', initiator: false, mapped: true })).toMatchObject({ udp: 'normal', impossible: null })
     expect(planPaths({ via: 'direct', mine: 'hard', theirs: 'hard', initiator: true, mapped: true })).toMatchObject({ udp: 'normal', impossible: null })
     // A mapping changes nothing where a plan already punches.
@@ -86,13 +86,13 @@ describe('planPaths (pure)', () => {
   })
 
   it('both sides have IPv6: UDP punched plainly (IPv6 has no NAT) and TCP over IPv6 whatever the IPv4 NATs, TCP preferred, relay as fallback', () => {
-    expect(planPaths({ via: 'auto', mine: 'hard', theirs: 'hard', initiator: true, v6: true })).toEqual({ udp: 'normal', tcp: true, relay: 'fallback', preferTcp: true, upgrade: true, impossible: null })
-    expect(planPaths({ via: 'auto', mine: 'hard', theirs: 'hard', initiator: false, v6: true })).toEqual({ udp: 'normal', tcp: true, relay: 'fallback', preferTcp: false, upgrade: false, impossible: null })
+    expect(planPaths({ via: 'auto', mine: 'hard', theirs: 'hard', initiator: true, v6: true })).toEqual({ udp: 'normal', tcp: true, relay: 'fallback', preferTcp: true, late: true, upgrade: true, impossible: null })
+    expect(planPaths({ via: 'auto', mine: 'hard', theirs: 'hard', initiator: false, v6: true })).toEqual({ udp: 'normal', tcp: true, relay: 'fallback', preferTcp: false, late: true, upgrade: false, impossible: null })
     expect(planPaths({ via: 'udp', mine: 'hard', theirs: 'hard', initiator: false, v6: true })).toMatchObject({ udp: 'normal', tcp: false, impossible: null })
     expect(planPaths({ via: 'direct', mine: 'hard', theirs: 'hard', initiator: true, v6: true })).toMatchObject({ udp: 'normal', tcp: true, impossible: null })
     // one hard NAT: IPv4 TCP cannot cross it, IPv6 TCP can (birthday and spray still run
     // for IPv4 UDP; punch.ts probes the IPv6 candidates plainly beside them)
-    expect(planPaths({ via: 'auto', mine: 'easy', theirs: 'hard', initiator: true, v6: true })).toEqual({ udp: 'spray', tcp: true, relay: 'fallback', preferTcp: true, upgrade: true, impossible: null })
+    expect(planPaths({ via: 'auto', mine: 'easy', theirs: 'hard', initiator: true, v6: true })).toEqual({ udp: 'spray', tcp: true, relay: 'fallback', preferTcp: true, late: true, upgrade: true, impossible: null })
     expect(planPaths({ via: 'auto', mine: 'hard', theirs: 'easy', initiator: true })).toMatchObject({ udp: 'birthday', tcp: false, preferTcp: false })
     for (const via of VIAS) {
       for (const mine of VERDICTS) {
@@ -105,6 +105,21 @@ describe('planPaths (pure)', () => {
     }
     expect(planPaths({ via: 'relay', mine: 'hard', theirs: 'hard', initiator: true, v6: true })).toMatchObject({ udp: null, tcp: false, relay: 'now' })
     expect(planPaths({ via: 'udp', mine: 'easy', theirs: 'hard', initiator: true, v6: true })).toMatchObject({ tcp: false })
+  })
+
+  it('two sites behind one NAT that may not hairpin (the peer at our public address, no LAN candidate on our links): auto starts the relay at once, beside the direct attempts', () => {
+    for (const initiator of [true, false]) {
+      expect(planPaths({ via: 'auto', mine: 'easy', theirs: 'easy', initiator, hairpinOnly: true })).toMatchObject({ udp: 'normal', tcp: true, relay: 'now', late: true })
+      // IPv6 needs no hairpin: the relay waits as usual.
+      expect(planPaths({ via: 'auto', mine: 'easy', theirs: 'easy', initiator, hairpinOnly: true, v6: true }).relay).toBe('fallback')
+    }
+    // Only auto: an explicit way, and the upgrade attempt (direct), never relay.
+    for (const via of ['udp', 'tcp', 'direct'] as const) expect(planPaths({ via, mine: 'easy', theirs: 'easy', initiator: true, hairpinOnly: true }).relay).toBe('never')
+    expect(planPaths({ via: 'auto', mine: 'easy', theirs: 'easy', initiator: true }).relay).toBe('fallback')
+  })
+
+  it('auto and direct keep attempts that could give a better path after the winner (path-race.ts); an explicit way does not', () => {
+    for (const via of VIAS) expect(planPaths({ via, mine: 'easy', theirs: 'easy', initiator: true }).late, via).toBe(via === 'auto' || via === 'direct')
   })
 
   it('the impossible reason says why and what to use instead', () => {

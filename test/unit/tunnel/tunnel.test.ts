@@ -303,6 +303,48 @@ describe('Tunnel: a silent path is suspect long before it is gone (issue #15)', 
   })
 })
 
+describe('Tunnel: moves to a late path (tunnel/path-race.ts) one switch at a time', () => {
+  it('relay -> direct-udp -> direct-tcp in quick succession: the second move waits for the first switch to settle, and every byte crosses both ways in order', async () => {
+    const relay = messagePipe()
+    const a = new Tunnel({ name: 'bob', id: 'b0b' }, 'relay', { host: '192.0.2.9', port: 3478 }, 'tcp', 'intro-2', true, relay.a, TIMING, systemClock, silentLogger)
+    const b = new Tunnel({ name: 'alice', id: 'a11ce' }, 'relay', { host: '192.0.2.9', port: 3478 }, 'tcp', 'intro-2', false, relay.b, TIMING, systemClock, silentLogger)
+    live.push(a, b)
+    relay.delayMs = 20 // the relay is slow: the peer's SWITCH on it comes well after ours left
+    const got = { a: [] as Buffer[], b: [] as Buffer[] }
+    b.mux.on('open', (req) => {
+      req.accept()
+      req.channel.on('data', (d: Buffer) => got.b.push(d))
+      req.channel.write(Buffer.from('b0,'))
+      sendB = (x) => req.channel.write(Buffer.from(x))
+    })
+    let sendB: (x: string) => void = () => undefined
+    const ch = a.mux.openChannel(80)
+    ch.on('data', (d: Buffer) => got.a.push(d))
+    await ch.opened
+    ch.write(Buffer.from('a0,'))
+    const udp = messagePipe()
+    const tcp = messagePipe()
+    expect(a.upgrade(udp.a, 'direct-udp', BOB, 'udp')).toBe(true)
+    expect(b.upgrade(udp.b, 'direct-udp', ALICE, 'udp')).toBe(true)
+    ch.write(Buffer.from('a1,'))
+    sendB('b1,')
+    // A second switch now would lose frames (the mux reads the relay until the peer's SWITCH): refused.
+    const spare = messagePipe()
+    expect(a.upgrade(spare.a, 'direct-tcp', BOB, 'tcp')).toBe(false)
+    expect(spare.a.destroyed).toBe(true)
+    await Promise.all([a.switchSettled(), b.switchSettled()])
+    expect(a.upgrade(tcp.a, 'direct-tcp', BOB, 'tcp')).toBe(true)
+    expect(b.upgrade(tcp.b, 'direct-tcp', ALICE, 'tcp')).toBe(true)
+    ch.write(Buffer.from('a2'))
+    sendB('b2')
+    await until(() => Buffer.concat(got.b).toString() === 'a0,a1,a2' && Buffer.concat(got.a).toString() === 'b0,b1,b2', 'every byte, in order, both ways', 3_000)
+    await Promise.all([a.switchSettled(), b.switchSettled()])
+    expect([a.path, b.path, a.transport]).toEqual(['direct-tcp', 'direct-tcp', 'tcp'])
+    await until(() => relay.a.destroyed && udp.a.destroyed && relay.b.destroyed && udp.b.destroyed, 'the old sessions to go', 3_000)
+    expect(tcp.a.destroyed).toBe(false)
+  })
+})
+
 describe('Tunnel: every state move goes through one transition() that logs once', () => {
   it('canTransition: up to anything, migrating to up or closed, closed to nothing', () => {
     const kinds = ['up', 'migrating', 'closed'] as const

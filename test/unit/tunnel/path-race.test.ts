@@ -1,0 +1,190 @@
+// How an introduction settles on one path (src/tunnel/path-race.ts), with a fake clock and
+// fake paths: the first path starts the tunnel, TCP within AUTO_TCP_GRACE_MS of UDP is
+// taken instead, and an attempt that could give a better path runs on for LATE_PATH_MS
+// and hands it over when it lands (the TCP/UDP race under delay, issue #15).
+import { describe, expect, it } from 'vitest'
+import { NatdError } from '../../../src/protocol/errors.js'
+import { silentLogger } from '../../../src/protocol/log.js'
+import { AUTO_TCP_GRACE_MS, LATE_PATH_MS, PathRace, pathRank, type AttemptKind, type RaceEntry } from '../../../src/tunnel/path-race.js'
+import type { PathKind, Transport } from '../../../src/protocol/tunnel-snapshot.js'
+import { FakeClock } from '../helpers.js'
+
+interface FakePath {
+  name: string
+  path: PathKind
+  transport: Transport
+}
+
+const UDP: FakePath = { name: 'udp', path: 'direct-udp', transport: 'udp' }
+const TCP: FakePath = { name: 'tcp', path: 'direct-tcp', transport: 'tcp' }
+const RELAY: FakePath = { name: 'relay', path: 'relay', transport: 'tcp' }
+const LAN: FakePath = { name: 'lan', path: 'lan', transport: 'udp' }
+
+/** An attempt the test lands or fails by hand; `aborted` says whether the race stopped it. */
+function attempt(kind: AttemptKind): RaceEntry<FakePath> & { land(p: FakePath): void; fail(code?: string): void; readonly aborted: boolean } {
+  let land!: (p: FakePath) => void
+  let fail!: (e: Error) => void
+  const p = new Promise<FakePath>((res, rej) => {
+    land = res
+    fail = rej
+  })
+  p.catch(() => undefined)
+  const abort = new AbortController()
+  abort.signal.addEventListener('abort', () => fail(new NatdError('ABORTED', 'aborted')))
+  return { kind, attempt: p, abort, land, fail: (code = 'PUNCH_TIMEOUT') => fail(new NatdError(code as 'PUNCH_TIMEOUT', code)), get aborted() { return abort.signal.aborted } }
+}
+
+function race(entries: Array<RaceEntry<FakePath>>, opts: { preferTcp?: boolean; lateMs?: number } = {}) {
+  const clock = new FakeClock()
+  const discarded: string[] = []
+  const late: string[] = []
+  const r = new PathRace(entries, { preferTcp: opts.preferTcp ?? true, lateMs: opts.lateMs ?? LATE_PATH_MS }, { clock, log: silentLogger, discard: (p) => void discarded.push(p.name) })
+  let doneAt: number | null = null
+  const outcome = r.run((p) => void late.push(p.name)).then((o) => {
+    void o.done.then(() => (doneAt = clock.now()))
+    return o
+  })
+  return { r, clock, discarded, late, outcome, doneAt: () => doneAt }
+}
+
+describe('pathRank', () => {
+  it('ranks LAN over direct over the relay, TCP over UDP on the same', () => {
+    const order = [RELAY, UDP, TCP, LAN, { ...LAN, transport: 'tcp' as const }].map(pathRank)
+    expect(order).toEqual([...order].sort((a, b) => a - b))
+    expect(new Set(order).size).toBe(5)
+  })
+})
+
+describe('PathRace (fake clock)', () => {
+  it('UDP first, TCP within the grace: the tunnel starts on TCP and UDP is dropped', async () => {
+    const udp = attempt('udp')
+    const tcp = attempt('tcp')
+    const t = race([udp, tcp])
+    udp.land(UDP)
+    await t.clock.pass(AUTO_TCP_GRACE_MS - 10)
+    tcp.land(TCP)
+    await t.clock.pass(1)
+    const o = await t.outcome
+    expect(o.won.name).toBe('tcp')
+    expect(t.discarded).toEqual(['udp'])
+    expect(t.late).toEqual([])
+  })
+
+  it('TCP after the grace (delay, a lost SYN): the tunnel starts on UDP, TCP is handed over when it lands, 1.2 s later', async () => {
+    const udp = attempt('udp')
+    const tcp = attempt('tcp')
+    const relay = attempt('relay')
+    const t = race([udp, tcp, relay])
+    udp.land(UDP)
+    await t.clock.pass(AUTO_TCP_GRACE_MS + 1)
+    const o = await t.outcome
+    expect(o.won.name).toBe('udp')
+    expect(relay.aborted).toBe(true) // the relay cannot beat a direct path
+    expect(tcp.aborted).toBe(false)
+    await t.clock.pass(1_200)
+    tcp.land(TCP)
+    await t.clock.pass(1)
+    expect(t.late).toEqual(['tcp'])
+    expect(t.discarded).toEqual([])
+    expect(t.doneAt()).not.toBeNull() // nothing runs any more: the slot goes
+  })
+
+  it('a late path past LATE_PATH_MS is aborted, never handed over; done resolves at the window', async () => {
+    const udp = attempt('udp')
+    const tcp = attempt('tcp')
+    const t = race([udp, tcp])
+    udp.land(UDP)
+    await t.clock.pass(AUTO_TCP_GRACE_MS)
+    const started = t.clock.now()
+    await t.clock.pass(LATE_PATH_MS)
+    expect(tcp.aborted).toBe(true)
+    expect(t.doneAt()).toBe(started + LATE_PATH_MS)
+    expect(t.late).toEqual([])
+  })
+
+  it('without late paths (lateMs 0: a resume, an explicit --via) every loser is aborted at once', async () => {
+    const udp = attempt('udp')
+    const tcp = attempt('tcp')
+    const t = race([udp, tcp], { preferTcp: false, lateMs: 0 })
+    udp.land(UDP)
+    await t.clock.pass(1)
+    expect((await t.outcome).won.name).toBe('udp')
+    expect(tcp.aborted).toBe(true)
+    expect(t.doneAt()).not.toBeNull()
+  })
+
+  it('the relay first (two sites behind one CGN that hairpins): UDP then TCP are handed over as they land; a worse one after a better one is dropped', async () => {
+    const udp = attempt('udp')
+    const tcp = attempt('tcp')
+    const relay = attempt('relay')
+    const t = race([udp, tcp, relay])
+    relay.land(RELAY)
+    await t.clock.pass(1)
+    expect((await t.outcome).won.name).toBe('relay')
+    await t.clock.pass(100)
+    udp.land(UDP)
+    await t.clock.pass(400)
+    tcp.land(TCP)
+    await t.clock.pass(1)
+    expect(t.late).toEqual(['udp', 'tcp'])
+
+    const u2 = attempt('udp')
+    const t2 = attempt('tcp')
+    const r2 = attempt('relay')
+    const second = race([u2, t2, r2])
+    r2.land(RELAY)
+    await second.clock.pass(1)
+    await second.outcome
+    t2.land(TCP)
+    await second.clock.pass(1)
+    u2.land(UDP) // a UDP path could have been a LAN one (kept for that); direct-udp loses to the TCP handed over
+    await second.clock.pass(1)
+    expect(second.late).toEqual(['tcp'])
+    expect(second.discarded).toEqual(['udp'])
+  })
+
+  it('on the responder (no grace), the path the initiator chose wins; a path that lands after the race ended is discarded', async () => {
+    const udp = attempt('udp')
+    const tcp = attempt('tcp')
+    const t = race([udp, tcp], { preferTcp: false, lateMs: 0 })
+    udp.land(UDP)
+    await t.clock.pass(1)
+    expect((await t.outcome).won.name).toBe('udp')
+    tcp.land(TCP) // landed as its abort came (too late to stop it)
+    await t.clock.pass(1)
+    expect(t.discarded).toEqual([])
+    expect(t.late).toEqual([])
+  })
+
+  it('every attempt fails: the most telling error; cancel() stops a late attempt', async () => {
+    const udp = attempt('udp')
+    const tcp = attempt('tcp')
+    const t = race([udp, tcp])
+    udp.fail('PUNCH_TIMEOUT')
+    tcp.fail('KEY_MISMATCH')
+    await expect(t.outcome).rejects.toMatchObject({ code: 'KEY_MISMATCH' })
+
+    const u2 = attempt('udp')
+    const t2 = attempt('tcp')
+    const second = race([u2, t2])
+    u2.land(UDP)
+    await second.clock.pass(AUTO_TCP_GRACE_MS)
+    await second.outcome
+    second.r.cancel()
+    await second.clock.pass(1)
+    expect(t2.aborted).toBe(true)
+    expect(second.doneAt()).not.toBeNull()
+  })
+
+  it('a LAN path over UDP is not swapped for direct-tcp in the grace', async () => {
+    const udp = attempt('udp')
+    const tcp = attempt('tcp')
+    const t = race([udp, tcp])
+    udp.land(LAN)
+    await t.clock.pass(5)
+    tcp.land(TCP)
+    await t.clock.pass(AUTO_TCP_GRACE_MS)
+    expect((await t.outcome).won.name).toBe('lan')
+    expect(t.discarded).toEqual(['tcp'])
+  })
+})
