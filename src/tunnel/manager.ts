@@ -101,6 +101,8 @@ interface ManagerEvents {
 
 export class TunnelManager extends EventEmitter<ManagerEvents> {
   private readonly tunnels = new Map<string, Tunnel>()
+  /** The late switch each tunnel is making, or last made: the next one waits for it (lateInTurn). */
+  private readonly lateSwitches = new WeakMap<Tunnel, Promise<void>>()
   /** Open attempts by the peer asked for, shared by the callers that ask at once. */
   private readonly opening = new SharedAttempts<OpenOutcome>()
   private readonly paths: Paths
@@ -264,13 +266,14 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     if (plan.impossible !== null) throw new NatdError('UNSUPPORTED_PATH', plan.impossible)
     // One controller per attempt: the race (path-race.ts) stops each when it can no longer help.
     const entries: Array<RaceEntry<Established>> = []
-    const add = (kind: AttemptKind, start: (signal: AbortSignal) => Promise<Established>): void => {
+    const add = (kind: AttemptKind, start: (signal: AbortSignal) => Promise<Established>, lan = false, costly = false): void => {
       const abort = new AbortController()
-      entries.push({ kind, attempt: start(abort.signal), abort })
+      entries.push({ kind, lan, costly, attempt: start(abort.signal), abort })
     }
+    const reach = this.paths.lanReach(intro)
     const udp = plan.udp
-    if (udp) add('udp', (s) => this.paths.udp(intro, udp, timeoutMs, s))
-    if (plan.tcp) add('tcp', (s) => this.paths.tcp(intro, timeoutMs, s))
+    if (udp) add('udp', (s) => this.paths.udp(intro, udp, timeoutMs, s), reach.udp, udp !== 'normal')
+    if (plan.tcp) add('tcp', (s) => this.paths.tcp(intro, timeoutMs, s), reach.tcp)
     const direct = entries.map((e) => e.attempt)
     if (plan.relay === 'now') add('relay', (s) => this.paths.relay(intro, timeoutMs, s))
     if (plan.relay === 'fallback') {
@@ -290,7 +293,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     }
     // `auto` keeps what could still give a better path (path-race.ts); not for a resume (a RESUME exchange of its own).
     const lateMs = plan.late && resuming === null ? LATE_PATH_MS + (intro.initiator ? 0 : LATE_PATH_ANSWER_MS) : 0
-    const race = new PathRace(entries, { preferTcp: plan.preferTcp, lateMs }, { clock: this.c.clock, log: this.c.log, discard })
+    const race = new PathRace(entries, { preferTcp: plan.preferTcp, lateMs, follow: !intro.initiator }, { clock: this.c.clock, log: this.c.log, discard })
     // The caller's cancel stops every attempt, as a winner does.
     const cancel = (): void => race.cancel()
     signal?.addEventListener('abort', cancel, { once: true })
@@ -298,7 +301,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     const tunnelMade = new Promise<Tunnel | null>((resolve) => (made = resolve))
     let outcome: RaceOutcome<Established>
     try {
-      outcome = await race.run((late) => void tunnelMade.then((t) => this.onLatePath(t, late, intro)), signal)
+      outcome = await race.run((late) => void tunnelMade.then((t) => this.lateInTurn(t, late, intro)), signal)
     } catch (err) {
       race.cancel()
       throw err
@@ -306,6 +309,8 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
       signal?.removeEventListener('abort', cancel)
     }
     const won = outcome.won
+    // The initiator resumes on this session and keeps no late attempt (lateMs 0): neither do we (review 3 #2).
+    if (!intro.initiator && asResume(won.first) !== null) race.endLate()
     if (signal?.aborted) {
       discard(won)
       race.cancel()
@@ -340,10 +345,20 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     return !(this.c.onOurLinks?.(intro.peer.lan.map((e) => e.host)) ?? true)
   }
 
+  /** One late switch at a time per tunnel (review 3 #3b): each late path waits for the one before it. */
+  private lateInTurn(tunnel: Tunnel | null, late: Established, intro: Introduction): void {
+    if (!tunnel) return void this.onLatePath(null, late, intro)
+    const turn = (this.lateSwitches.get(tunnel) ?? Promise.resolve()).then(() => this.onLatePath(tunnel, late, intro)).catch(() => undefined)
+    this.lateSwitches.set(tunnel, turn)
+  }
+
   /**
-   * A path of the introduction that landed after the tunnel was made, and may beat its
-   * path (path-race.ts). The initiator moves the tunnel to it when it ranks higher (its
-   * first frame on it says "this one"); the responder follows that frame. Never rejects.
+   * A path of the introduction that landed after the tunnel was made (path-race.ts). The
+   * initiator moves the tunnel to it when it ranks higher once its last switch settled
+   * (its first frame on it says "this one", written only when upgrade() takes it); the
+   * responder follows: the path landed because that frame came on it, so it does not
+   * rank, and when it cannot follow it drops the path and migrates at once (the peer
+   * switched: the old session carries nothing more). Never rejects.
    */
   private async onLatePath(tunnel: Tunnel | null, late: Established, intro: Introduction): Promise<void> {
     const drop = (why: string): void => {
@@ -353,13 +368,24 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     }
     const usable = (t: Tunnel | null): t is Tunnel => t !== null && t.isUp && this.tunnels.get(t.peer.id) === t
     if (!usable(tunnel)) return drop('the tunnel is not up')
-    if (intro.initiator && pathRank(late) <= pathRank(tunnel)) return drop(`the tunnel is on ${tunnel.path}`)
-    if (!intro.initiator && asResume(late.first) !== null) return drop('a RESUME on a late path')
+    if (!intro.initiator && asResume(late.first) !== null) {
+      drop('a RESUME on a late path')
+      return tunnel.leftBehind('the peer moved to a path we dropped')
+    }
     // One switch at a time (mux.ts): wait until the peer has switched to the last one.
-    await tunnel.switchSettled()
-    if (!usable(tunnel)) return drop('the tunnel is not up')
-    if (intro.initiator) late.session.write(encodeMux({ type: 'ping', channel: 0, seq: 0 })) // "this one"
-    if (!tunnel.upgrade(late.session, late.path, late.remote, late.transport)) return drop('the tunnel is not up')
+    while (tunnel.mux.switchPending) {
+      await tunnel.switchSettled()
+      if (!usable(tunnel)) return drop('the tunnel is not up')
+    }
+    if (intro.initiator) {
+      if (pathRank(late) <= pathRank(tunnel)) return drop(`the tunnel is on ${tunnel.path}`)
+      late.session.write(encodeMux({ type: 'ping', channel: 0, seq: 0 })) // "this one": upgrade() takes it (checked above, nothing awaited since)
+    }
+    if (!tunnel.upgrade(late.session, late.path, late.remote, late.transport)) {
+      drop('the tunnel refused the switch')
+      if (!intro.initiator) tunnel.leftBehind('the peer moved to a path we could not follow')
+      return
+    }
     if (late.release) tunnel.once('closed', late.release)
     this.c.log.info('moved to a late path', { peer: intro.peer.name, path: late.path, transport: late.transport, punchMs: late.punchMs })
   }
@@ -403,9 +429,22 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
       won.release?.()
       throw new NatdError('ABORTED', `the tunnel to ${name} is on ${existing.path} already`)
     }
+    const upgrading = existing?.isUp === true && existing.path === 'relay' && won.path !== 'relay'
+    if (intro.initiator && upgrading && !existing.canUpgrade) {
+      // A late switch still waits for the peer's: upgrade() would refuse, so no "this one" goes out (review 3 #8).
+      won.session.destroy()
+      won.release?.()
+      throw new NatdError('ABORTED', `the tunnel to ${name} is switching paths already`)
+    }
     if (intro.initiator) won.session.write(encodeMux({ type: 'ping', channel: 0, seq: 0 })) // "this one"
-    if (existing?.isUp && existing.path === 'relay' && won.path !== 'relay') {
-      existing.upgrade(won.session, won.path, won.remote, won.transport)
+    if (upgrading) {
+      if (!existing.upgrade(won.session, won.path, won.remote, won.transport)) {
+        // upgrade() destroyed the session; the initiator switched, so we cannot read the old one any more.
+        won.release?.()
+        if (!intro.initiator) existing.leftBehind('the peer moved to a path we could not follow')
+        throw new NatdError('ABORTED', `the tunnel to ${name} refused the new path`)
+      }
+      if (won.release) existing.once('closed', won.release)
       return existing
     }
     return this.fresh(intro, won, upgrade, id, late)

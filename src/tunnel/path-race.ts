@@ -6,6 +6,7 @@
  *   attempts ──first authenticated──▶ winner ──(initiator, UDP won, TCP pending:
  *                                               up to AUTO_TCP_GRACE_MS for TCP)──▶ the tunnel
  *   attempts that could give a better path ──land within LATE_PATH_MS──▶ onLate (the tunnel moves)
+ *     (initiator: only one that beats the best so far; responder: every one, the initiator chose it)
  *   everything else ──aborted; a session that still lands is discarded
  *
  * Why the late paths (issue #15): keeping TCP only if it landed within a fixed grace of UDP
@@ -51,10 +52,18 @@ export function pathRank(p: { path: PathKind; transport: Transport }): number {
   return 0
 }
 
-/** What kind of attempt it is, and so the best path it can give. */
+/** What kind of attempt it is. */
 export type AttemptKind = 'udp' | 'tcp' | 'relay'
 
-const BEST: Record<AttemptKind, number> = { tcp: 4, udp: 3, relay: 0 }
+/**
+ * The best rank `e` can give, from its real candidates: a `lan` path only when it
+ * punches a LAN candidate (review 3 #4: UDP was kept after a TCP win "because it could
+ * be LAN" when the peer offered no LAN candidate at all).
+ */
+export function bestRank(e: Pick<RaceEntry<RacedPath>, 'kind' | 'lan'>): number {
+  if (e.kind === 'relay') return 0
+  return pathRank({ path: e.lan ? 'lan' : e.kind === 'tcp' ? 'direct-tcp' : 'direct-udp', transport: e.kind })
+}
 
 export interface RacedPath {
   path: PathKind
@@ -63,6 +72,10 @@ export interface RacedPath {
 
 export interface RaceEntry<T extends RacedPath> {
   kind: AttemptKind
+  /** It punches at least one LAN candidate (so it could give a `lan` path). */
+  lan: boolean
+  /** A spray or birthday UDP punch (hundreds of probes or sockets): never run on after a direct path won. */
+  costly: boolean
   attempt: Promise<T>
   /** Stops this attempt (its sockets and sessions go). */
   abort: AbortController
@@ -73,6 +86,12 @@ export interface PathRaceInit {
   preferTcp: boolean
   /** Keep attempts that could beat the winner for this long (0: none), LATE_PATH_MS or, on the responder, plus LATE_PATH_ANSWER_MS. */
   lateMs: number
+  /**
+   * The responder: a path lands only once the initiator's first frame came on it, so every
+   * late one is the initiator's choice and goes to onLate unranked (the two sides label
+   * paths from their own candidates and could rank them differently: review 3 #3a).
+   */
+  follow: boolean
 }
 
 export interface PathRaceComponents<T> {
@@ -95,6 +114,8 @@ export class PathRace<T extends RacedPath> {
   private readonly early = new Map<RaceEntry<T>, T>()
   /** Attempts kept after the winner: they could still give a better path. */
   private readonly kept = new Set<RaceEntry<T>>()
+  /** Attempts that failed, whenever (never kept: review 3 #1). */
+  private readonly settled = new Set<RaceEntry<T>>()
   private onLate: (p: T) => void = () => undefined
   /** The best rank handed out so far (the winner, then late paths): a late path must beat it. */
   private best = -1
@@ -114,7 +135,8 @@ export class PathRace<T extends RacedPath> {
       return
     }
     if (this.state === 'settling' && this.kept.delete(e)) {
-      if (pathRank(p) > this.best) {
+      if (this.init.follow) this.onLate(p)
+      else if (pathRank(p) > this.best) {
         this.best = pathRank(p)
         this.onLate(p)
       } else this.c.discard(p)
@@ -125,6 +147,7 @@ export class PathRace<T extends RacedPath> {
   }
 
   private failed(e: RaceEntry<T>): void {
+    this.settled.add(e)
     if (this.state === 'settling' && this.kept.delete(e) && this.kept.size === 0) this.finish()
   }
 
@@ -132,9 +155,10 @@ export class PathRace<T extends RacedPath> {
    * The path the tunnel starts on: the first that authenticates (on the responder, the
    * one the initiator chose), or TCP when it lands within AUTO_TCP_GRACE_MS of a UDP
    * winner on the initiator; rejects with the most telling error when every attempt
-   * fails. Then every other attempt is aborted, except, when lateMs > 0, those that could
-   * still give a better path than the winner: each of those that lands within lateMs goes
-   * to `onLate`, which takes it (the tunnel moves) or discards it.
+   * fails. Then every other attempt is aborted, except, when lateMs > 0, those worth
+   * keeping (keeps()): each of those that lands within lateMs goes to `onLate` (on the
+   * initiator only when it beats the best path so far), which takes it (the tunnel moves)
+   * or discards it.
    */
   async run(onLate: (p: T) => void, signal?: AbortSignal): Promise<RaceOutcome<T>> {
     let { p: won, e: entry } = await firstOf(this.entries.map((e) => e.attempt.then((p) => ({ p, e }))))
@@ -158,11 +182,11 @@ export class PathRace<T extends RacedPath> {
       const landed = this.early.get(e)
       if (landed) {
         // Landed while the race ran, and lost it: better paths are late ones.
-        if (this.init.lateMs > 0 && pathRank(landed) > this.best) {
-          this.best = pathRank(landed)
+        if (this.init.lateMs > 0 && (this.init.follow || pathRank(landed) > this.best)) {
+          this.best = Math.max(this.best, pathRank(landed))
           onLate(landed)
         } else this.c.discard(landed)
-      } else if (this.init.lateMs > 0 && BEST[e.kind] > pathRank(won)) this.kept.add(e)
+      } else if (this.keeps(e, won)) this.kept.add(e)
       else e.abort.abort()
     }
     this.early.clear()
@@ -181,6 +205,24 @@ export class PathRace<T extends RacedPath> {
       }
     })
     return { won, done }
+  }
+
+  /**
+   * The one rule for which attempts run on after `won`: none when lateMs is 0, never one
+   * that already failed, only one whose real candidates can beat `won`, and never a spray
+   * or birthday puncher once a direct path won (its cost is only worth a first path).
+   */
+  private keeps(e: RaceEntry<T>, won: T): boolean {
+    if (this.init.lateMs <= 0 || this.settled.has(e)) return false
+    if (e.costly && pathRank(won) > 0) return false
+    // The responder ranks its winner as the initiator may see it: a path it labels `lan` can be a direct one there (a learnt endpoint is `public`).
+    const path = this.init.follow && won.path === 'lan' ? (won.transport === 'tcp' ? 'direct-tcp' : 'direct-udp') : won.path
+    return bestRank(e) > pathRank({ path, transport: won.transport })
+  }
+
+  /** Stops the late attempts, if any, and leaves the winner alone (none is wanted: a resume). */
+  endLate(): void {
+    if (this.state === 'settling') this.finish()
   }
 
   /** Stops every attempt still running (the tunnel was not made, or closed). */

@@ -181,6 +181,17 @@ export class Paths {
     return first
   }
 
+  /**
+   * Whether udp() and tcp() would punch a LAN candidate of the introduced peer (kind
+   * 'lan': only then can they give a `lan` path; path-race.ts keeps a late attempt only
+   * if it can beat the winner).
+   */
+  lanReach(intro: Introduction): { udp: boolean; tcp: boolean } {
+    const udp = lanOf(intro.peer, intro.peer.udp, this.ours6()).some((e) => this.c.socket6 || !isIPv6(e.host))
+    const tcp = sameLanV6(intro.peer.lan, this.ours6()).length > 0 || lanOf(intro.peer, intro.peer.tcp, []).length > 0
+    return { udp, tcp }
+  }
+
   /** Punches UDP the way the plan says (path-plan.ts: normal, birthday or spray). */
   async udp(intro: Introduction, strategy: PunchStrategy, timeoutMs: number, signal: AbortSignal): Promise<Established> {
     const log = this.c.log

@@ -255,6 +255,20 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     if (this.current.kind === 'up' && movesWithMapping(this.current)) this.migrate(reason)
   }
 
+  /**
+   * The peer moved the tunnel to a session we could not follow (a late path we had to
+   * drop, manager.ts): our mux reads nothing any more, so migrate now rather than wait
+   * for the silence.
+   */
+  leftBehind(reason: string): void {
+    this.migrate(reason)
+  }
+
+  /** Whether upgrade() would take a session now (up, and no switch of ours waits for the peer's). */
+  get canUpgrade(): boolean {
+    return this.current.kind === 'up' && this.session !== null && !this.mux.switchPending
+  }
+
   private get route(): TunnelRoute {
     return { path: this.current.path, remote: this.current.remote, transport: this.current.transport }
   }

@@ -5,7 +5,7 @@
 import { describe, expect, it } from 'vitest'
 import { NatdError } from '../../../src/protocol/errors.js'
 import { silentLogger } from '../../../src/protocol/log.js'
-import { AUTO_TCP_GRACE_MS, LATE_PATH_MS, PathRace, pathRank, type AttemptKind, type RaceEntry } from '../../../src/tunnel/path-race.js'
+import { AUTO_TCP_GRACE_MS, LATE_PATH_ANSWER_MS, LATE_PATH_MS, PathRace, pathRank, type AttemptKind, type RaceEntry } from '../../../src/tunnel/path-race.js'
 import type { PathKind, Transport } from '../../../src/protocol/tunnel-snapshot.js'
 import { FakeClock } from '../helpers.js'
 
@@ -21,7 +21,7 @@ const RELAY: FakePath = { name: 'relay', path: 'relay', transport: 'tcp' }
 const LAN: FakePath = { name: 'lan', path: 'lan', transport: 'udp' }
 
 /** An attempt the test lands or fails by hand; `aborted` says whether the race stopped it. */
-function attempt(kind: AttemptKind): RaceEntry<FakePath> & { land(p: FakePath): void; fail(code?: string): void; readonly aborted: boolean } {
+function attempt(kind: AttemptKind, opts: { lan?: boolean; costly?: boolean } = {}): RaceEntry<FakePath> & { land(p: FakePath): void; fail(code?: string): void; readonly aborted: boolean } {
   let land!: (p: FakePath) => void
   let fail!: (e: Error) => void
   const p = new Promise<FakePath>((res, rej) => {
@@ -31,14 +31,14 @@ function attempt(kind: AttemptKind): RaceEntry<FakePath> & { land(p: FakePath): 
   p.catch(() => undefined)
   const abort = new AbortController()
   abort.signal.addEventListener('abort', () => fail(new NatdError('ABORTED', 'aborted')))
-  return { kind, attempt: p, abort, land, fail: (code = 'PUNCH_TIMEOUT') => fail(new NatdError(code as 'PUNCH_TIMEOUT', code)), get aborted() { return abort.signal.aborted } }
+  return { kind, lan: opts.lan ?? true, costly: opts.costly ?? false, attempt: p, abort, land, fail: (code = 'PUNCH_TIMEOUT') => fail(new NatdError(code as 'PUNCH_TIMEOUT', code)), get aborted() { return abort.signal.aborted } }
 }
 
-function race(entries: Array<RaceEntry<FakePath>>, opts: { preferTcp?: boolean; lateMs?: number } = {}) {
+function race(entries: Array<RaceEntry<FakePath>>, opts: { preferTcp?: boolean; lateMs?: number; follow?: boolean } = {}) {
   const clock = new FakeClock()
   const discarded: string[] = []
   const late: string[] = []
-  const r = new PathRace(entries, { preferTcp: opts.preferTcp ?? true, lateMs: opts.lateMs ?? LATE_PATH_MS }, { clock, log: silentLogger, discard: (p) => void discarded.push(p.name) })
+  const r = new PathRace(entries, { preferTcp: opts.preferTcp ?? true, lateMs: opts.lateMs ?? LATE_PATH_MS, follow: opts.follow ?? false }, { clock, log: silentLogger, discard: (p) => void discarded.push(p.name) })
   let doneAt: number | null = null
   const outcome = r.run((p) => void late.push(p.name)).then((o) => {
     void o.done.then(() => (doneAt = clock.now()))
@@ -186,5 +186,120 @@ describe('PathRace (fake clock)', () => {
     await t.clock.pass(AUTO_TCP_GRACE_MS)
     expect((await t.outcome).won.name).toBe('lan')
     expect(t.discarded).toEqual(['tcp'])
+  })
+
+  it('an attempt that already failed is never kept: UDP rejected, the relay wins, done resolves at once (review 3 #1)', async () => {
+    const udp = attempt('udp')
+    const tcp = attempt('tcp')
+    const relay = attempt('relay')
+    const t = race([udp, tcp, relay])
+    udp.fail('PUNCH_TIMEOUT')
+    tcp.fail('PUNCH_FAILED')
+    await t.clock.pass(1)
+    relay.land(RELAY)
+    await t.clock.pass(1)
+    expect((await t.outcome).won.name).toBe('relay')
+    expect(t.doneAt()).toBe(t.clock.now() - 1) // not at LATE_PATH_MS: nothing is left to wait for (the punch slot goes)
+
+    // One failed, one still running: done waits for the running one only, and resolves when it fails too.
+    const u2 = attempt('udp')
+    const t2 = attempt('tcp')
+    const r2 = attempt('relay')
+    const second = race([u2, t2, r2])
+    u2.fail('PUNCH_TIMEOUT')
+    await second.clock.pass(1)
+    r2.land(RELAY)
+    await second.clock.pass(1)
+    await second.outcome
+    expect(t2.aborted).toBe(false)
+    await second.clock.pass(500)
+    t2.fail('PUNCH_TIMEOUT')
+    await second.clock.pass(1)
+    expect(second.doneAt()).toBe(second.clock.now() - 1)
+  })
+
+  it('an attempt is kept only if its real candidates can beat the winner; never a spray or birthday puncher after a direct win (review 3 #4)', async () => {
+    // TCP won, the peer offers no LAN candidate: UDP can give direct-udp at best, so it stops at once.
+    const udp = attempt('udp', { lan: false })
+    const tcp = attempt('tcp', { lan: false })
+    const t = race([udp, tcp])
+    tcp.land(TCP)
+    await t.clock.pass(1)
+    expect((await t.outcome).won.name).toBe('tcp')
+    expect(udp.aborted).toBe(true)
+    expect(t.doneAt()).not.toBeNull()
+
+    // A spraying UDP punch stops once TCP won, even one with LAN candidates.
+    const spray = attempt('udp', { lan: true, costly: true })
+    const t2 = attempt('tcp', { lan: false })
+    const second = race([spray, t2])
+    t2.land(TCP)
+    await second.clock.pass(1)
+    await second.outcome
+    expect(spray.aborted).toBe(true)
+    expect(second.doneAt()).not.toBeNull()
+
+    // A plain UDP punch with LAN candidates may still give a LAN path: kept.
+    const plain = attempt('udp', { lan: true })
+    const t3 = attempt('tcp', { lan: false })
+    const third = race([plain, t3])
+    t3.land(TCP)
+    await third.clock.pass(1)
+    await third.outcome
+    expect(plain.aborted).toBe(false)
+    third.r.cancel()
+
+    // The relay won: a costly puncher still runs on (a direct path is worth its cost).
+    const s4 = attempt('udp', { lan: false, costly: true })
+    const r4 = attempt('relay')
+    const fourth = race([s4, r4])
+    r4.land(RELAY)
+    await fourth.clock.pass(1)
+    await fourth.outcome
+    expect(s4.aborted).toBe(false)
+    fourth.r.cancel()
+  })
+
+  it('the responder follows the initiator: a late path is handed over whatever its own rank of it (review 3 #3a)', async () => {
+    // The responder labels its winner `lan` (rank 3); the initiator saw direct-udp and switched to a late direct-tcp (rank 2).
+    const udp = attempt('udp', { lan: true })
+    const tcp = attempt('tcp', { lan: false })
+    const t = race([udp, tcp], { preferTcp: false, lateMs: LATE_PATH_MS + LATE_PATH_ANSWER_MS, follow: true })
+    udp.land(LAN)
+    await t.clock.pass(1)
+    expect((await t.outcome).won.name).toBe('lan')
+    expect(tcp.aborted).toBe(false) // kept: the initiator may rank the winner lower than we do
+    await t.clock.pass(1_200)
+    tcp.land(TCP)
+    await t.clock.pass(1)
+    expect(t.late).toEqual(['tcp'])
+    expect(t.discarded).toEqual([])
+
+    // Two paths the initiator chose in turn that both landed in the race: the loser is handed over too, unranked.
+    const u2 = attempt('udp', { lan: false })
+    const t2 = attempt('tcp', { lan: false })
+    const second = race([u2, t2], { preferTcp: false, lateMs: LATE_PATH_MS + LATE_PATH_ANSWER_MS, follow: true })
+    t2.land(TCP)
+    u2.land(UDP)
+    await second.clock.pass(1)
+    expect((await second.outcome).won.name).toBe('tcp')
+    expect(second.late).toEqual(['udp'])
+  })
+
+  it('endLate() stops the late attempts and leaves the winner alone (the responder of a resume keeps none, review 3 #2)', async () => {
+    const udp = attempt('udp')
+    const tcp = attempt('tcp')
+    const relay = attempt('relay')
+    const t = race([udp, tcp, relay], { preferTcp: false, follow: true })
+    relay.land(RELAY)
+    await t.clock.pass(1)
+    await t.outcome
+    expect(udp.aborted).toBe(false)
+    t.r.endLate()
+    await t.clock.pass(1)
+    expect(udp.aborted).toBe(true)
+    expect(tcp.aborted).toBe(true)
+    expect(relay.aborted).toBe(false)
+    expect(t.doneAt()).toBe(t.clock.now() - 1)
   })
 })
