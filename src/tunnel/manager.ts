@@ -4,6 +4,7 @@
  * and reports state changes. Sockets, keys and the introducer are injected.
  */
 import { EventEmitter } from 'node:events'
+import type SecretStream from '@hyperswarm/secret-stream'
 import { formatEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { NatdError, toNatdError } from '../protocol/errors.js'
 import { peerId } from '../protocol/identity.js'
@@ -15,9 +16,10 @@ import { PunchBudget, RefusalLog, type PunchBudgetInit } from './budget.js'
 import type { OpenRequest } from './mux.js'
 import { planPaths } from './path-plan.js'
 import { offersMapping, offersV6, Paths, type Established, type Introduction, type PathComponents } from './paths.js'
-import { LATE_PATH_ANSWER_MS, LATE_PATH_MS, PathRace, pathRank, type AttemptKind, type RaceEntry, type RaceOutcome } from './path-race.js'
+import { LATE_PATH_ANSWER_MS, LATE_PATH_MS, PathRace, type AttemptKind, type RaceEntry, type RaceOutcome } from './path-race.js'
 import { TunnelRecovery } from './recovery.js'
 import { LossyWatch } from './lossy-path.js'
+import { LateSwitches } from './late-switch.js'
 import { asResume, firstFrame, onFreshTunnel, onResumeRequest, RESUME_ANSWER_MS, SIMULTANEOUS_OPEN_MS } from './resume.js'
 import { SharedAttempts } from './shared-attempts.js'
 import { GOODBYE_LINGER_MS, Tunnel, type PathKind, type TunnelTiming } from './tunnel.js'
@@ -101,8 +103,8 @@ interface ManagerEvents {
 
 export class TunnelManager extends EventEmitter<ManagerEvents> {
   private readonly tunnels = new Map<string, Tunnel>()
-  /** The late switch each tunnel is making, or last made: the next one waits for it (lateInTurn). */
-  private readonly lateSwitches = new WeakMap<Tunnel, Promise<void>>()
+  /** Moves tunnels to the late paths of their introductions, one at a time per tunnel (late-switch.ts). */
+  private readonly lateSwitches: LateSwitches<SecretStream, Tunnel>
   /** Open attempts by the peer asked for, shared by the callers that ask at once. */
   private readonly opening = new SharedAttempts<OpenOutcome>()
   private readonly paths: Paths
@@ -124,6 +126,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     this.budget = new PunchBudget(c.clock, budget)
     this.refusals = new RefusalLog(c.log, c.clock)
     this.paths = new Paths(c, this.budget, this.refusals)
+    this.lateSwitches = new LateSwitches({ log: c.log, current: (t) => this.tunnels.get(t.peer.id) === t })
     this.recovery = new TunnelRecovery({
       clock: c.clock,
       log: c.log,
@@ -301,7 +304,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     const tunnelMade = new Promise<Tunnel | null>((resolve) => (made = resolve))
     let outcome: RaceOutcome<Established>
     try {
-      outcome = await race.run((late) => void tunnelMade.then((t) => this.lateInTurn(t, late, intro)), signal)
+      outcome = await race.run((late) => void tunnelMade.then((t) => this.lateSwitches.add(t, late, intro.initiator, intro.peer.name)), signal)
     } catch (err) {
       race.cancel()
       throw err
@@ -345,51 +348,6 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     return !(this.c.onOurLinks?.(intro.peer.lan.map((e) => e.host)) ?? true)
   }
 
-  /** One late switch at a time per tunnel (review 3 #3b): each late path waits for the one before it. */
-  private lateInTurn(tunnel: Tunnel | null, late: Established, intro: Introduction): void {
-    if (!tunnel) return void this.onLatePath(null, late, intro)
-    const turn = (this.lateSwitches.get(tunnel) ?? Promise.resolve()).then(() => this.onLatePath(tunnel, late, intro)).catch(() => undefined)
-    this.lateSwitches.set(tunnel, turn)
-  }
-
-  /**
-   * A path of the introduction that landed after the tunnel was made (path-race.ts). The
-   * initiator moves the tunnel to it when it ranks higher once its last switch settled
-   * (its first frame on it says "this one", written only when upgrade() takes it); the
-   * responder follows: the path landed because that frame came on it, so it does not
-   * rank, and when it cannot follow it drops the path and migrates at once (the peer
-   * switched: the old session carries nothing more). Never rejects.
-   */
-  private async onLatePath(tunnel: Tunnel | null, late: Established, intro: Introduction): Promise<void> {
-    const drop = (why: string): void => {
-      late.session.destroy()
-      late.release?.()
-      this.c.log.debug('late path dropped', { peer: intro.peer.name, path: late.path, transport: late.transport, why })
-    }
-    const usable = (t: Tunnel | null): t is Tunnel => t !== null && t.isUp && this.tunnels.get(t.peer.id) === t
-    if (!usable(tunnel)) return drop('the tunnel is not up')
-    if (!intro.initiator && asResume(late.first) !== null) {
-      drop('a RESUME on a late path')
-      return tunnel.leftBehind('the peer moved to a path we dropped')
-    }
-    // One switch at a time (mux.ts): wait until the peer has switched to the last one.
-    while (tunnel.mux.switchPending) {
-      await tunnel.switchSettled()
-      if (!usable(tunnel)) return drop('the tunnel is not up')
-    }
-    if (intro.initiator) {
-      if (pathRank(late) <= pathRank(tunnel)) return drop(`the tunnel is on ${tunnel.path}`)
-      late.session.write(encodeMux({ type: 'ping', channel: 0, seq: 0 })) // "this one": upgrade() takes it (checked above, nothing awaited since)
-    }
-    if (!tunnel.upgrade(late.session, late.path, late.remote, late.transport)) {
-      drop('the tunnel refused the switch')
-      if (!intro.initiator) tunnel.leftBehind('the peer moved to a path we could not follow')
-      return
-    }
-    if (late.release) tunnel.once('closed', late.release)
-    this.c.log.info('moved to a late path', { peer: intro.peer.name, path: late.path, transport: late.transport, punchMs: late.punchMs })
-  }
-
   /** The tunnel the winner makes: a resume, an upgrade of a relayed tunnel, or a fresh one. */
   private async keep(intro: Introduction, won: Established, upgrade: boolean, id: string, resuming: Tunnel | null, late: Promise<void>): Promise<Tunnel> {
     const name = intro.peer.name
@@ -429,24 +387,13 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
       won.release?.()
       throw new NatdError('ABORTED', `the tunnel to ${name} is on ${existing.path} already`)
     }
-    const upgrading = existing?.isUp === true && existing.path === 'relay' && won.path !== 'relay'
-    if (intro.initiator && upgrading && !existing.canUpgrade) {
-      // A late switch still waits for the peer's: upgrade() would refuse, so no "this one" goes out (review 3 #8).
-      won.session.destroy()
-      won.release?.()
-      throw new NatdError('ABORTED', `the tunnel to ${name} is switching paths already`)
+    if (existing?.isUp && existing.path === 'relay' && won.path !== 'relay') {
+      // The relayed tunnel moves to the new path in its turn, as a late path does (late-switch.ts):
+      // the "this one" ping goes out only when upgrade() takes the path (review 3 #8).
+      if (await this.lateSwitches.add(existing, won, intro.initiator, name)) return existing
+      throw new NatdError('ABORTED', `the tunnel to ${name} did not take the new path (it moved or went down meanwhile)`)
     }
     if (intro.initiator) won.session.write(encodeMux({ type: 'ping', channel: 0, seq: 0 })) // "this one"
-    if (upgrading) {
-      if (!existing.upgrade(won.session, won.path, won.remote, won.transport)) {
-        // upgrade() destroyed the session; the initiator switched, so we cannot read the old one any more.
-        won.release?.()
-        if (!intro.initiator) existing.leftBehind('the peer moved to a path we could not follow')
-        throw new NatdError('ABORTED', `the tunnel to ${name} refused the new path`)
-      }
-      if (won.release) existing.once('closed', won.release)
-      return existing
-    }
     return this.fresh(intro, won, upgrade, id, late)
   }
 

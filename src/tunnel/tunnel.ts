@@ -264,11 +264,6 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     this.migrate(reason)
   }
 
-  /** Whether upgrade() would take a session now (up, and no switch of ours waits for the peer's). */
-  get canUpgrade(): boolean {
-    return this.current.kind === 'up' && this.session !== null && !this.mux.switchPending
-  }
-
   private get route(): TunnelRoute {
     return { path: this.current.path, remote: this.current.remote, transport: this.current.transport }
   }
