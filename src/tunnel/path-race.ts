@@ -15,13 +15,16 @@
  * direct-udp in some opens (docs/BENCHMARKS.md, 2026-12-05). Now the tunnel opens on the
  * first path and moves to a better one that lands a little later, the way a relayed
  * tunnel moves to a direct path (tunnel.ts upgrade()): opens stay fast, and the tunnel
- * settles on the same path whatever the delay. Both sides keep the same attempts alive;
- * the initiator chooses (its first frame on the late session), the responder follows.
+ * settles on the same path whatever the delay. Both sides keep attempts by one rule
+ * (keeps()); the initiator chooses (its first frame on the late session), the responder
+ * follows (late-switch.ts moves the tunnel).
  *
  * Bounds: no attempt is started for this; at most the attempts the introduction already
  * made run on (one UDP punch, one TCP punch, each within its SYN and probe budgets,
- * budget.ts), for LATE_PATH_MS after the winner (the responder LATE_PATH_ANSWER_MS longer,
- * so the initiator's choice reaches it), and the punch's slot is held until they end.
+ * budget.ts; never one that failed, only one whose candidates can beat the winner, no
+ * spray or birthday punch after a direct win), for LATE_PATH_MS after the winner (the
+ * responder LATE_PATH_ANSWER_MS longer, so the initiator's choice reaches it), and the
+ * punch's slot is held until they end.
  */
 import type { TimerClock } from '../protocol/clock.js'
 import type { Logger } from '../protocol/log.js'
