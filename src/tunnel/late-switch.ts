@@ -4,7 +4,7 @@
  * for the one before it (review 3 #3b: two at once made the initiator write two "this
  * one" pings, the second switch was refused and the responder followed both).
  *
- *   initiator: wait until no switch of ours is pending ─▶ still better than the tunnel's path?
+ *   initiator: wait until the peer answered on the tunnel, and no switch of ours is pending ─▶ still better than the tunnel's path?
  *              ─▶ "this one" (a PING, its first frame there) ─▶ upgrade()   (else drop)
  *   responder: the path landed because that frame came on it: follow, unranked;
  *              cannot follow ─▶ drop it and migrate now (the peer left the old session)
@@ -25,6 +25,7 @@ export interface SwitchingTunnel<S> {
   readonly transport: Transport
   readonly mux: { readonly switchPending: boolean }
   switchSettled(): Promise<void>
+  heardFromPeer(): Promise<void>
   upgrade(next: S, path: PathKind, remote: Endpoint, transport: Transport): boolean
   leftBehind(reason: string): void
   once(event: 'closed', listener: () => void): unknown
@@ -77,6 +78,12 @@ export class LateSwitches<S extends { write(buf: Buffer): unknown; destroy(): vo
     if (!initiator && asResume(late.first) !== null) {
       tunnel.leftBehind('the peer moved to a path we dropped')
       return drop('a RESUME on a late path')
+    }
+    // The responder makes its tunnel of the first session a first frame of ours comes on:
+    // until it answered on the winner, a late "this one" could overtake the winner's.
+    if (initiator) {
+      await tunnel.heardFromPeer()
+      if (!usable(tunnel)) return drop('the tunnel is not up')
     }
     // One switch at a time (mux.ts): wait until the peer has switched to the last one.
     while (tunnel.mux.switchPending) {

@@ -96,6 +96,8 @@ interface MoveCause {
 
 interface TunnelEvents {
   closed: [reason: string]
+  /** The peer's first frame came (heardFromPeer()). */
+  answered: []
   /** The tunnel moved to another path (an upgrade from the relay, or a resume). */
   path: [from: PathKind, to: PathKind]
   /** The path is gone: the opener looks for a new one (tunnel/manager.ts). */
@@ -125,6 +127,8 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
   private current: TunnelState
   private readonly since: number
   private lastHeard: number
+  /** A frame of the peer's came (so the responder made its tunnel on the session we chose). */
+  private answered = false
   private rttMs: number | null = null
   private pingSeq = 0
   private readonly pings = new Map<number, { sent: number; resolve: (rtt: number) => void; reject: (err: Error) => void }>()
@@ -220,6 +224,10 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
   }
 
   private onHeard(): void {
+    if (!this.answered) {
+      this.answered = true
+      this.emit('answered')
+    }
     const now = this.clock.now()
     if (this.suspected > 0 && this.current.kind === 'up') this.emit('lossy', now - Math.max(this.lastHeard, this.waitingSince ?? 0))
     this.lastHeard = now
@@ -360,6 +368,24 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     this.lastHeard = this.clock.now()
     this.emit('path', from, path)
     return true
+  }
+
+  /**
+   * Resolves once the peer sent us a frame (it answers our "this one" ping), or the tunnel
+   * closed: before that, the responder may not have made its tunnel of the path we chose,
+   * and a late path's first frame could reach it first (late-switch.ts).
+   */
+  heardFromPeer(): Promise<void> {
+    if (this.answered || this.current.kind === 'closed') return Promise.resolve()
+    return new Promise((resolve) => {
+      const done = (): void => {
+        this.off('answered', done)
+        this.off('closed', done)
+        resolve()
+      }
+      this.once('answered', done)
+      this.once('closed', done)
+    })
   }
 
   /** Resolves once no switch of ours waits for the peer's (upgrade() refuses a second one meanwhile), or the tunnel closed. */

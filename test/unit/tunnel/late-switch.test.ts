@@ -32,6 +32,17 @@ class FakeTunnel implements SwitchingTunnel<FakeSession> {
     public path: PathKind,
     public transport: Transport
   ) {}
+  answered = true
+  private hearers: Array<() => void> = []
+  heardFromPeer(): Promise<void> {
+    if (this.answered) return Promise.resolve()
+    return new Promise((resolve) => this.hearers.push(resolve))
+  }
+  /** The peer's first frame came. */
+  answer(): void {
+    this.answered = true
+    for (const h of this.hearers.splice(0)) h()
+  }
   switchSettled(): Promise<void> {
     if (!this.mux.switchPending) return Promise.resolve()
     return new Promise((resolve) => this.waiters.push(resolve))
@@ -168,5 +179,24 @@ describe('LateSwitches', () => {
     expect(await s.add(t2, won2, true, 'bob')).toBe(true)
     expect(t2.onClosed).toEqual([won2.release])
     expect(released).toEqual(['udp'])
+  })
+
+  it('initiator: no late "this one" before the peer answered on the winner (else it could reach the responder first and be taken for the winner)', async () => {
+    const s = switches()
+    const t = new FakeTunnel('direct-udp', 'udp')
+    t.answered = false
+    const tcp = late('tcp', 'direct-tcp', 'tcp')
+    const taken = s.add(t, tcp, true, 'bob')
+    await tick()
+    expect(tcp.session.writes).toHaveLength(0)
+    expect(t.upgrades).toEqual([])
+    t.answer()
+    expect(await taken).toBe(true)
+    expect(t.upgrades).toEqual(['tcp'])
+
+    // The responder does not wait: its tunnel answers for itself.
+    const r = new FakeTunnel('direct-udp', 'udp')
+    r.answered = false
+    expect(await s.add(r, late('tcp', 'direct-tcp', 'tcp', encodeMux({ type: 'ping', channel: 0, seq: 0 })), false, 'alice')).toBe(true)
   })
 })
