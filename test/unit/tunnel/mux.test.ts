@@ -228,6 +228,44 @@ describe('Mux: flow control', () => {
     expect(dataBytes).toBe(payload.length)
   })
 
+  it('a paused channel handed to a full sink (deliverTo, a joined socket) grants no credit until the sink calls release()', async () => {
+    const { pipe, a, b } = pair()
+    let dataBytes = 0
+    pipe.tap = (from, buf) => {
+      if (from === 'a' && buf[0] === MUX.DATA) dataBytes += buf.length - HEADER_BYTES
+    }
+    let remote: MuxChannel | null = null
+    b.on('open', (req) => {
+      remote = req.channel
+      remote.pause()
+      req.accept()
+    })
+    const ch = a.openChannel(80)
+    await ch.opened
+    ch.write(randomBytes(4 * CHANNEL_WINDOW_BYTES))
+    /** Waits until no DATA has come for many turns; the bytes sent so far. */
+    const stalled = async (): Promise<number> => {
+      let quiet = 0
+      while (quiet < 50) {
+        const last = dataBytes
+        await settle(1)
+        quiet = dataBytes === last ? quiet + 1 : 0
+      }
+      return dataBytes
+    }
+    const before = await stalled()
+    const r = remote as unknown as MuxChannel
+    let sunk = 0
+    // A sink whose queue is full from the first byte (a local socket that reads nothing).
+    expect(r.deliverTo({ data: (buf) => ((sunk += buf.length), false), end: () => undefined })).toBe(true)
+    expect(sunk).toBe(before) // what the Readable side held went to the sink
+    // The bound: the window plus the Readable side's buffer, never a second window on top.
+    expect(await stalled()).toBe(before)
+    expect(before).toBeLessThanOrEqual(CHANNEL_WINDOW_BYTES + CHANNEL_READ_BUFFER_BYTES + MAX_DATA_BYTES)
+    r.release() // the sink's queue drained
+    expect(await stalled()).toBeGreaterThan(before)
+  })
+
   it('a write waiting for window fails with TUNNEL_CLOSED when the mux closes', async () => {
     const { a, b } = pair()
     b.on('open', (req) => {
