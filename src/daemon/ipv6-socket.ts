@@ -13,7 +13,7 @@ import os from 'node:os'
 import type UDX from 'udx-native'
 import type { UDXSocket } from 'udx-native'
 import { isIPv6, type Endpoint } from '../protocol/endpoint.js'
-import { isGlobalIPv6, isUlaIPv6 } from '../protocol/ipv6.js'
+import { isGlobalIPv6, isUlaIPv6, MAX_ULA_CANDIDATES } from '../protocol/ipv6.js'
 import type { Logger } from '../protocol/log.js'
 
 /** This host's global IPv6 addresses (protocol/ipv6.ts says which count): with none, we offer no IPv6 candidate. */
@@ -21,9 +21,15 @@ export function globalV6Addresses(): string[] {
   return interfaceV6(isGlobalIPv6)
 }
 
-/** This host's unique-local IPv6 addresses (fc00::/7): its IPv6 LAN candidates, and the /64s a peer's must share (sameLanV6). */
+/**
+ * This host's unique-local IPv6 addresses (fc00::/7) we use, the first MAX_ULA_CANDIDATES:
+ * its IPv6 LAN candidates (nat-monitor.ts lanEndpoints), and the /64s a peer's must share
+ * (sameLanV6). The same ones for both, so that when one side punches TCP over a shared
+ * /64 the other does too (tunnel/paths.ts tcp(): a simultaneous open needs both to aim
+ * at the same kind of candidate).
+ */
 export function ulaV6Addresses(): string[] {
-  return interfaceV6(isUlaIPv6)
+  return interfaceV6(isUlaIPv6).slice(0, MAX_ULA_CANDIDATES)
 }
 
 /** The IPv6 addresses of this host's interfaces (not loopback) that `keep` accepts, in interface order. */

@@ -15,7 +15,6 @@
 import os from 'node:os'
 import { formatEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { lanCandidates } from '../protocol/lan.js'
-import { MAX_ULA_CANDIDATES } from '../protocol/ipv6.js'
 import type { Timer, TimerClock } from '../protocol/clock.js'
 import type { Logger } from '../protocol/log.js'
 import type { NatVerdict } from '../protocol/rendezvous.js'
@@ -217,12 +216,15 @@ export function localEndpoints(port: number): Endpoint[] {
 }
 
 /**
- * This host's LAN candidates: its private IPv4 addresses at our UDP port (protocol/lan.ts
- * says which), then, with an IPv6 socket, at most MAX_ULA_CANDIDATES unique-local IPv6
- * addresses at its port (peers on our LAN only probe them: protocol/ipv6.ts sameLanV6).
+ * This host's LAN candidates: with an IPv6 socket, its unique-local IPv6 addresses at its
+ * port (at most MAX_ULA_CANDIDATES, ipv6-socket.ts ulaV6Addresses; peers on our LAN only
+ * probe them: protocol/ipv6.ts sameLanV6), then its private IPv4 addresses at our UDP
+ * port (protocol/lan.ts says which). The unique-local ones first: the cut to
+ * MAX_LAN_CANDIDATES (8, here and at the server, after at most 2 mapped ones) then never
+ * drops them, so a peer sees every address ulaV6Addresses gives our own TCP punching.
  */
 export function lanEndpoints(port: number, port6 = 0): Endpoint[] {
-  const ula = port6 ? ulaV6Addresses().slice(0, MAX_ULA_CANDIDATES).map((host) => ({ host, port: port6 })) : []
-  return lanCandidates([...localEndpoints(port), ...ula])
+  const ula = port6 ? ulaV6Addresses().map((host) => ({ host, port: port6 })) : []
+  return lanCandidates([...ula, ...localEndpoints(port)])
 }
 

@@ -24,8 +24,9 @@ import type { Tunnel } from '../tunnel/tunnel.js'
 import type { NatMonitor } from './nat-monitor.js'
 import type { RendezvousClient } from './rendezvous-client.js'
 import { globalV6Addresses, ulaV6Addresses } from './ipv6-socket.js'
-import { onSubnet } from '../protocol/lan.js'
+import { defaultRouteInterfaces, onLinksOf } from './our-links.js'
 import os from 'node:os'
+import { readFileSync } from 'node:fs'
 
 /**
  * A peer the server reports offline keeps its tunnel only if it answers a ping within
@@ -45,6 +46,17 @@ export interface TunnelHostComponents extends Pick<PathComponents, 'udx' | 'sock
   exposes: { onChannel: ChannelHandler }
   /** Whether our gateway holds a port mapping for us (port-mapping.ts). */
   portMapped?: () => boolean
+  /** The text of /proc/net/route (our-links.ts); null where there is none. Tests give their own. */
+  routeTable?: () => string | null
+}
+
+/** Linux's IPv4 routing table; null elsewhere or when unreadable (every interface then counts: our-links.ts). */
+function readRouteTable(): string | null {
+  try {
+    return readFileSync('/proc/net/route', 'utf8')
+  } catch {
+    return null
+  }
 }
 
 export class TunnelHost implements TunnelManagerComponents {
@@ -92,9 +104,9 @@ export class TunnelHost implements TunnelManagerComponents {
     return s.kind === 'registered' ? (s.udp?.host ?? null) : null
   }
 
+  /** Only the default route's links, never an address of ours (our-links.ts says why). */
   onOurLinks(hosts: string[]): boolean {
-    const ifaces = Object.values(os.networkInterfaces()).flatMap((list) => list ?? [])
-    return hosts.some((h) => ifaces.some((i) => !i.internal && i.family === 'IPv4' && onSubnet(h, i.address, i.netmask)))
+    return onLinksOf(hosts, os.networkInterfaces(), defaultRouteInterfaces((this.c.routeTable ?? readRouteTable)() ?? ''))
   }
 
   hasIPv6(): boolean {

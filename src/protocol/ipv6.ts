@@ -92,8 +92,11 @@ export const MAX_ULA_CANDIDATES = 2
  * bits (RFC 4193 §3.2.1), so two sites that match are one site: unlike a private IPv4
  * address (10.0.0.2 is in every other home), a ULA candidate off our LAN is never probed
  * at all. Link-local (fe80::/10) candidates are never probed: every link has the same
- * prefix, and the peer's scope id names its interface, not ours.
+ * prefix, and the peer's scope id names its interface, not ours. At most
+ * MAX_ULA_CANDIDATES, as many as an agent offers: a stranger who learnt our /64 from an
+ * earlier introduction could otherwise list MAX_LAN_CANDIDATES (8) endpoints there, at
+ * any ports, and TCP punching sends SYNs to each for the whole punch deadline.
  */
 export function sameLanV6(list: readonly Endpoint[], ours: readonly string[]): Endpoint[] {
-  return list.filter((ep) => isUlaIPv6(ep.host) && validPort(ep) && ours.some((o) => isUlaIPv6(o) && sameV6Prefix64(o, ep.host)))
+  return list.filter((ep) => isUlaIPv6(ep.host) && validPort(ep) && ours.some((o) => isUlaIPv6(o) && sameV6Prefix64(o, ep.host))).slice(0, MAX_ULA_CANDIDATES)
 }

@@ -35,6 +35,7 @@
  * a TTL from 2 to MAX_LEARNED_TTL: how far our probes go, never how many we send or to
  * whom (the server names probe targets anyway: SECURITY.md).
  */
+import { isIPv4 } from '../protocol/endpoint.js'
 
 /** Today's first-probe TTL, and the one used whenever the hop check learnt nothing. */
 export const FIRST_PROBE_TTL = 2
@@ -83,8 +84,19 @@ export function learnedTtl(v: HopVerdict): number {
  * The first-probe TTL towards a peer whose public address is `peerHost`. A peer seen at
  * our own public address sits behind our outermost NAT (two sites behind one CGN): a
  * probe that clears that NAT reaches the peer's home NAT, so it gets FIRST_PROBE_TTL.
+ * So does a peer in our public IPv4 /24: a CGN maps its subscribers from a pool of
+ * addresses (RFC 6888 allows "paired" pooling per subscriber, not one address for all),
+ * so a neighbour behind the same CGN often shows another address of the pool, and a pool
+ * is rarely split across /24s. And so does every peer while our public address is
+ * unknown (not registered, or the NAT check failed): we cannot tell a neighbour apart.
  */
 export function firstProbeTtlFor(learned: number, ourPublicHost: string | null, peerHost: string | undefined): number {
-  if (ourPublicHost !== null && peerHost === ourPublicHost) return FIRST_PROBE_TTL
+  if (ourPublicHost === null) return FIRST_PROBE_TTL
+  if (peerHost !== undefined && (peerHost === ourPublicHost || samePrefix24(peerHost, ourPublicHost))) return FIRST_PROBE_TTL
   return learned
+}
+
+/** Whether two IPv4 addresses share their first 24 bits (false when either is not IPv4). */
+function samePrefix24(a: string, b: string): boolean {
+  return isIPv4(a) && isIPv4(b) && a.slice(0, a.lastIndexOf('.')) === b.slice(0, b.lastIndexOf('.'))
 }

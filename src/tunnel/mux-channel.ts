@@ -115,8 +115,15 @@ export class MuxChannel extends Duplex {
     }
   }
 
+  /**
+   * The consumer of the Readable side wants more: grant the credit held for it. Not once
+   * a sink takes the data (deliverTo): only the sink knows its queue drained (release()),
+   * and a read() of the Readable side (deliverTo draining it, resume()) says nothing about
+   * it. Else a full socket queue could be granted one more window on top (~1 MiB + 4 MiB
+   * per connection, not the window plus LOCAL_QUEUE_BYTES).
+   */
   override _read(): void {
-    this.release()
+    if (!this.sink) this.release()
   }
 
   /**
@@ -127,10 +134,13 @@ export class MuxChannel extends Duplex {
    */
   deliverTo(sink: ChannelSink): boolean {
     if (this.destroyed || this.readableEnded || this.readableFlowing) return false
+    this.sink = sink // first: the read()s below call _read(), which must grant nothing now
+    let full = false
     for (let c = this.read() as Buffer | null; c !== null; c = this.read() as Buffer | null) {
-      if (!sink.data(c)) this.heldCredit = true
+      if (!sink.data(c)) full = true
     }
-    this.sink = sink
+    if (full) this.heldCredit = true
+    else this.release() // the sink took all the Readable side held: the credit held for it is due
     if (this.finReceived) sink.end()
     this.resume() // nothing more is pushed but the end: flowing, so that 'end' is emitted
     return true

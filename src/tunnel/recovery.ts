@@ -27,12 +27,29 @@ export const UPGRADE_TIMEOUT_MS = 5_000
  * A migrating tunnel's opener asks for a new introduction this long after a failed
  * attempt: the stall after the network comes back is at most about this plus an attempt
  * plus one punch (1 s here left most of the over-2 s stalls at 20 ms RTT,
- * bench/roaming.ts). With attempts of at least RESUME_ATTEMPT_MIN_MS, at most 60
- * introductions a minute: inside the server's 120 per key.
+ * bench/roaming.ts). But never sooner than RESUME_ATTEMPT_SPACING_MS after the last
+ * attempt started.
  */
 export const RESUME_RETRY_MS = 400
 /** After a first failed attempt the opener asks again this soon (then RESUME_RETRY_MS). */
 export const RESUME_RETRY_FIRST_MS = 200
+/**
+ * From the second retry on, attempts start at least this far apart, however fast they
+ * fail: an introduction refused in one round trip (a peer's error, RATE_LIMITED) would
+ * otherwise come back every RESUME_RETRY_MS (~150 a minute). So a migrating tunnel asks
+ * at most 60 times a minute (plus the early first retry), half the server's default
+ * 120 introductions a minute per key (rendezvous/limits.ts DEFAULT_SERVER_LIMITS
+ * introductionsPerMinute), which also count the user's own opens and every relayed
+ * tunnel's upgrade attempts (12 a minute each).
+ */
+export const RESUME_ATTEMPT_SPACING_MS = 1_000
+/**
+ * The server refused an introduction with RATE_LIMITED (this key is over its budget):
+ * the opener waits this long, doubling up to RESUME_RATE_LIMITED_MAX_MS, so the bucket
+ * refills (2 a second at 120 a minute) for the user's own opens too.
+ */
+export const RESUME_RATE_LIMITED_MS = 5_000
+export const RESUME_RATE_LIMITED_MAX_MS = 30_000
 /**
  * While we are not registered (our mapping changed and the agent registers again) the
  * opener asks again this soon: the introduction fails locally, nothing is sent (the
@@ -98,7 +115,10 @@ export class TunnelRecovery<T extends RecoveringTunnel = Tunnel> {
     }
     let attemptMs = Math.min(RESUME_ATTEMPT_MS, Math.max(RESUME_ATTEMPT_MIN_MS, RESUME_ATTEMPT_RTTS * (tunnel.lastRttMs ?? 0)))
     let retryMs = RESUME_RETRY_FIRST_MS
+    let spacingMs = 0 // the first retry may come sooner (RESUME_RETRY_FIRST_MS)
+    let rateLimitedMs = RESUME_RATE_LIMITED_MS
     while (tunnel.isMigrating && this.kept(tunnel)) {
+      const started = this.c.clock.now()
       try {
         const intro = await this.c.introduce(tunnel.peer.id, via)
         if (!tunnel.isMigrating) return
@@ -114,9 +134,17 @@ export class TunnelRecovery<T extends RecoveringTunnel = Tunnel> {
           await this.c.clock.sleep(RESUME_UNREGISTERED_RETRY_MS)
           continue
         }
+        // This key is over the server's budget: let it refill, for the user's opens too.
+        if (e.code === 'RATE_LIMITED' && tunnel.isMigrating) {
+          this.c.log.info('resume rate limited by the server, backing off', { peer: tunnel.peer.name, waitMs: rateLimitedMs })
+          await this.c.clock.sleep(rateLimitedMs)
+          rateLimitedMs = Math.min(RESUME_RATE_LIMITED_MAX_MS, rateLimitedMs * 2)
+          continue
+        }
       }
-      if (tunnel.isMigrating) await this.c.clock.sleep(retryMs)
+      if (tunnel.isMigrating) await this.c.clock.sleep(Math.max(retryMs, started + spacingMs - this.c.clock.now()))
       retryMs = RESUME_RETRY_MS
+      spacingMs = RESUME_ATTEMPT_SPACING_MS
     }
   }
 

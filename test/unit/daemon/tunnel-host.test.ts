@@ -3,7 +3,10 @@
 // to the registered service; an unknown service is refused with UNSUPPORTED_PATH. The
 // rendezvous and NAT answers come from the objects that own them.
 import os from 'node:os'
-import { describe, expect, it } from 'vitest'
+import { afterEach, describe, expect, it, vi } from 'vitest'
+import { lanEndpoints } from '../../../src/daemon/nat-monitor.js'
+import { isUlaIPv6, MAX_ULA_CANDIDATES } from '../../../src/protocol/ipv6.js'
+import { MAX_LAN_CANDIDATES } from '../../../src/protocol/lan.js'
 import { OFFLINE_PEER_PING_MS, TunnelHost } from '../../../src/daemon/tunnel-host.js'
 import { NatdError } from '../../../src/protocol/errors.js'
 import { silentLogger, systemClock } from '../../../src/protocol/log.js'
@@ -38,8 +41,53 @@ describe('TunnelHost', () => {
   it('gives our public address as the server sees it, and tells whether an address is on a link of ours', () => {
     expect(host.publicAddress()).toBe('203.0.113.7')
     const mine = Object.values(os.networkInterfaces()).flatMap((l) => l ?? []).find((i) => !i.internal && i.family === 'IPv4')
-    if (mine) expect(host.onOurLinks(['240.0.0.1', mine.address])).toBe(true)
+    if (mine) expect(host.onOurLinks(['240.0.0.1', mine.address])).toBe(false) // our own address: another host's LAN, never ours
     expect(host.onOurLinks(['240.0.0.1'])).toBe(false) // class E: on no one's link
+  })
+
+  describe('with a default route on eth0, docker0 beside it, and two ULAs more than we offer', () => {
+    const iface = (address: string, netmask: string, family: 'IPv4' | 'IPv6' = 'IPv4') => ({ address, netmask, family, mac: '02:00:00:00:00:01', internal: false, cidr: null }) as os.NetworkInterfaceInfo
+    const IFACES = {
+      lo: [{ ...iface('127.0.0.1', '255.0.0.0'), internal: true }],
+      eth0: [iface('192.168.1.10', '255.255.255.0'), iface('fd12:3456:789a:1::10', 'ffff:ffff:ffff:ffff::', 'IPv6'), iface('fd12:3456:789a:2::10', 'ffff:ffff:ffff:ffff::', 'IPv6')],
+      docker0: [iface('172.17.0.1', '255.255.0.0'), iface('fd00:d0c:1::1', 'ffff:ffff:ffff:ffff::', 'IPv6'), iface('fd00:d0c:2::1', 'ffff:ffff:ffff:ffff::', 'IPv6')]
+    }
+    const ROUTES = [
+      'Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT',
+      'eth0\t00000000\t0101A8C0\t0003\t0\t0\t100\t00000000\t0\t0\t0',
+      'eth0\t0001A8C0\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0',
+      'docker0\t000011AC\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0'
+    ].join('\n')
+    const stubbed = (routeTable: string | null) =>
+      new TunnelHost({ ...(host as unknown as { c: ConstructorParameters<typeof TunnelHost>[0] }).c, routeTable: () => routeTable })
+    afterEach(() => void vi.restoreAllMocks())
+
+    it('onOurLinks: only the default route\'s subnet counts, and never an address of ours (a CGN neighbour has docker0 or 192.168.1.0/24 too)', () => {
+      vi.spyOn(os, 'networkInterfaces').mockReturnValue(IFACES)
+      const h = stubbed(ROUTES)
+      expect(h.onOurLinks(['172.17.0.1'])).toBe(false) // its docker bridge, same address as ours
+      expect(h.onOurLinks(['172.17.0.2'])).toBe(false) // a docker subnet leads to no other host
+      expect(h.onOurLinks(['192.168.1.10'])).toBe(false) // our own LAN address: it is in another home
+      expect(h.onOurLinks(['172.17.0.1', '192.168.1.20'])).toBe(true) // a neighbour on our LAN
+      // no routing table to read: every interface counts (errs towards "on our link"), still not our own addresses
+      expect(stubbed(null).onOurLinks(['172.17.0.2'])).toBe(true)
+      expect(stubbed(null).onOurLinks(['172.17.0.1', '192.168.1.10'])).toBe(false)
+    })
+
+    it('ulaAddresses: exactly the unique-local addresses our LAN candidates offer (MAX_ULA_CANDIDATES), so both sides choose TCP over ULA alike', () => {
+      vi.spyOn(os, 'networkInterfaces').mockReturnValue(IFACES)
+      const offered = lanEndpoints(40001, 40002).filter((e) => isUlaIPv6(e.host)).map((e) => e.host)
+      expect(offered).toHaveLength(MAX_ULA_CANDIDATES)
+      expect(host.ulaAddresses()).toEqual(offered)
+    })
+
+    it('lanEndpoints: the unique-local candidates come first, so no cut to MAX_LAN_CANDIDATES drops one', () => {
+      const many = Object.fromEntries(Array.from({ length: 10 }, (_, n) => [`eth${n}`, [iface(`10.0.${n}.2`, '255.255.255.0')]]))
+      vi.spyOn(os, 'networkInterfaces').mockReturnValue({ ...many, ula: [iface('fd12:3456:789a:1::10', 'ffff:ffff:ffff:ffff::', 'IPv6')] })
+      const lan = lanEndpoints(40001, 40002)
+      expect(lan).toHaveLength(MAX_LAN_CANDIDATES)
+      expect(lan[0]).toEqual({ host: 'fd12:3456:789a:1::10', port: 40002 })
+    })
   })
 
   it('routes channels: no service to the exposes, a registered one to its handler, an unknown one refused', () => {

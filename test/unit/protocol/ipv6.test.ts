@@ -2,7 +2,7 @@
 // MAX_V6_CANDIDATES, all in the /64 of the first (the server's reflection), so a
 // malicious server cannot hand us a list of strangers to probe.
 import { describe, expect, it } from 'vitest'
-import { isGlobalIPv6, isUlaIPv6, MAX_V6_CANDIDATES, sameLanV6, sameV6Prefix64, v6Candidates, withV6Candidate } from '../../../src/protocol/ipv6.js'
+import { isGlobalIPv6, isUlaIPv6, MAX_ULA_CANDIDATES, MAX_V6_CANDIDATES, sameLanV6, sameV6Prefix64, v6Candidates, withV6Candidate } from '../../../src/protocol/ipv6.js'
 
 describe('isGlobalIPv6', () => {
   it('keeps global unicast 2000::/3 at both edges', () => {
@@ -92,5 +92,10 @@ describe('unique-local LAN candidates (sameLanV6)', () => {
     // without a unique-local address of ours, no IPv6 LAN candidate at all (link-local or global do not count)
     expect(sameLanV6(peer, ['fe80::5', '2001:db8:1::2'])).toEqual([])
     expect(sameLanV6(peer, [])).toEqual([])
+  })
+
+  it('keeps at most MAX_ULA_CANDIDATES (a stranger who knows our /64 cannot aim 8 TCP punches into it)', () => {
+    const peer = Array.from({ length: 8 }, (_, n) => ({ host: `fd12:3456:789a:1::${n + 5}`, port: 4000 + n }))
+    expect(sameLanV6(peer, ['fd12:3456:789a:1::2'])).toEqual(peer.slice(0, MAX_ULA_CANDIDATES))
   })
 })

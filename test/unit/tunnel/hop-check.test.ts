@@ -87,8 +87,15 @@ describe('hop check: classification (pure)', () => {
   it('a peer at our own public address (behind our outermost NAT, e.g. one CGN) gets FIRST_PROBE_TTL; others the learnt TTL', () => {
     expect(firstProbeTtlFor(3, '198.18.12.2', '198.18.12.2')).toBe(FIRST_PROBE_TTL)
     expect(firstProbeTtlFor(3, '198.18.12.2', '198.18.2.2')).toBe(3)
-    expect(firstProbeTtlFor(3, null, '198.18.2.2')).toBe(3) // our address not known yet
     expect(firstProbeTtlFor(3, '198.18.12.2', undefined)).toBe(3) // the peer offered no public IPv4 candidate
+  })
+
+  it('a peer in our public /24 (another address of one CGN\'s pool) gets FIRST_PROBE_TTL, and every peer while our public address is unknown', () => {
+    expect(firstProbeTtlFor(3, '198.18.12.2', '198.18.12.77')).toBe(FIRST_PROBE_TTL)
+    expect(firstProbeTtlFor(4, '198.18.12.2', '198.18.13.2')).toBe(4) // the next /24: another network
+    expect(firstProbeTtlFor(3, '198.18.12.2', '2001:db8::1')).toBe(3) // not IPv4: no /24 to share
+    expect(firstProbeTtlFor(3, null, '198.18.2.2')).toBe(FIRST_PROBE_TTL) // our address not known (NAT check failed, not registered)
+    expect(firstProbeTtlFor(3, null, undefined)).toBe(FIRST_PROBE_TTL)
   })
 })
 

@@ -186,46 +186,74 @@ describe('Mux: opening channels', () => {
   })
 })
 
+/**
+ * A channel from A whose consumer at B does not read (paused): the DATA bytes A sent so
+ * far, and `stalled()`, which waits until no DATA came for many turns and returns them.
+ */
+async function pausedChannel(): Promise<{ ch: MuxChannel; remote: () => MuxChannel; sent: () => number; stalled: () => Promise<number> }> {
+  const { pipe, a, b } = pair()
+  let dataBytes = 0
+  pipe.tap = (from, buf) => {
+    if (from === 'a' && buf[0] === MUX.DATA) dataBytes += buf.length - HEADER_BYTES
+  }
+  let remote: MuxChannel | null = null
+  b.on('open', (req) => {
+    remote = req.channel
+    remote.pause()
+    req.accept()
+  })
+  const ch = a.openChannel(80)
+  await ch.opened
+  const stalled = async (): Promise<number> => {
+    let quiet = 0
+    while (quiet < 50) {
+      const last = dataBytes
+      await settle(1)
+      quiet = dataBytes === last ? quiet + 1 : 0
+    }
+    return dataBytes
+  }
+  return { ch, remote: () => remote!, sent: () => dataBytes, stalled }
+}
+
 describe('Mux: flow control', () => {
   it('a sender stops after about CHANNEL_WINDOW_BYTES while the consumer does not read, and resumes when it does', async () => {
-    const { pipe, a, b } = pair()
-    let dataBytes = 0
-    pipe.tap = (from, buf) => {
-      if (from === 'a' && buf[0] === MUX.DATA) dataBytes += buf.length - HEADER_BYTES
-    }
-    let remote: MuxChannel | null = null
-    b.on('open', (req) => {
-      remote = req.channel
-      remote.pause()
-      req.accept()
-    })
-    const ch = a.openChannel(80)
-    await ch.opened
+    const { ch, remote, sent, stalled } = await pausedChannel()
     const payload = randomBytes(3 * CHANNEL_WINDOW_BYTES)
     let flushed = false
     ch.write(payload, () => (flushed = true))
     ch.end()
 
     // Let the transfer run until it stalls (no DATA for many turns).
-    let last = -1
-    let quiet = 0
-    while (quiet < 50) {
-      await settle(1)
-      quiet = dataBytes === last ? quiet + 1 : 0
-      last = dataBytes
-    }
+    const dataBytes = await stalled()
     // In flight: the window; the paused consumer's buffer absorbs at most its highWaterMark more.
     expect(dataBytes).toBeGreaterThanOrEqual(CHANNEL_WINDOW_BYTES)
     expect(dataBytes).toBeLessThanOrEqual(CHANNEL_WINDOW_BYTES + CHANNEL_READ_BUFFER_BYTES + MAX_DATA_BYTES)
     expect(flushed).toBe(false)
-    expect(remote).not.toBeNull()
-    const r = remote as unknown as MuxChannel
+    expect(remote()).not.toBeNull()
+    const r = remote()
     expect(r.readableLength).toBe(dataBytes) // everything sent is waiting, unread, at the receiver
 
     const got = readAll(r) // reading resumes the flow
     await expect(got).resolves.toEqual({ sha256: sha256hex(payload), bytes: payload.length })
     expect(flushed).toBe(true)
-    expect(dataBytes).toBe(payload.length)
+    expect(sent()).toBe(payload.length)
+  })
+
+  it('a paused channel handed to a full sink (deliverTo, a joined socket) grants no credit until the sink calls release()', async () => {
+    const { ch, remote, stalled } = await pausedChannel()
+    ch.write(randomBytes(4 * CHANNEL_WINDOW_BYTES))
+    const before = await stalled()
+    const r = remote()
+    let sunk = 0
+    // A sink whose queue is full from the first byte (a local socket that reads nothing).
+    expect(r.deliverTo({ data: (buf) => ((sunk += buf.length), false), end: () => undefined })).toBe(true)
+    expect(sunk).toBe(before) // what the Readable side held went to the sink
+    // The bound: the window plus the Readable side's buffer, never a second window on top.
+    expect(await stalled()).toBe(before)
+    expect(before).toBeLessThanOrEqual(CHANNEL_WINDOW_BYTES + CHANNEL_READ_BUFFER_BYTES + MAX_DATA_BYTES)
+    r.release() // the sink's queue drained
+    expect(await stalled()).toBeGreaterThan(before)
   })
 
   it('a write waiting for window fails with TUNNEL_CLOSED when the mux closes', async () => {

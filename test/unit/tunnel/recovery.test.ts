@@ -3,6 +3,7 @@
 // when, and when it stops.
 import { describe, expect, it } from 'vitest'
 import { NatdError } from '../../../src/protocol/errors.js'
+import { DEFAULT_SERVER_LIMITS } from '../../../src/rendezvous/limits.js'
 import { silentLogger } from '../../../src/protocol/log.js'
 import type { PeerTarget } from '../../../src/protocol/peer-ref.js'
 import type { Via } from '../../../src/protocol/rendezvous.js'
@@ -10,6 +11,9 @@ import type { Introduction } from '../../../src/tunnel/paths.js'
 import {
   RESUME_ATTEMPT_MIN_MS,
   RESUME_ATTEMPT_MS,
+  RESUME_ATTEMPT_SPACING_MS,
+  RESUME_RATE_LIMITED_MAX_MS,
+  RESUME_RATE_LIMITED_MS,
   RESUME_RETRY_FIRST_MS,
   RESUME_RETRY_MS,
   RESUME_UNREGISTERED_RETRY_MS,
@@ -68,13 +72,13 @@ function setup(punch: (resuming: FakeTunnel | null) => Promise<void> = () => Pro
 }
 
 describe('TunnelRecovery.resume: a migrating tunnel we opened', () => {
-  it('asks the way the tunnel was opened, punches to resume that tunnel, retries after RESUME_RETRY_FIRST_MS then every RESUME_RETRY_MS, each attempt twice as long, until it is up', async () => {
+  it('asks the way the tunnel was opened, punches to resume that tunnel, retries after RESUME_RETRY_FIRST_MS then RESUME_ATTEMPT_SPACING_MS after a fast failure\'s start, each attempt twice as long, until it is up', async () => {
     const s = setup()
     s.tunnel.isMigrating = true
     const loop = s.recovery.resume(s.tunnel, 'relay')
-    await s.clock.pass(RESUME_RETRY_FIRST_MS + RESUME_RETRY_MS)
+    await s.clock.pass(RESUME_RETRY_FIRST_MS + RESUME_ATTEMPT_SPACING_MS)
     const establishes = s.calls.filter((c) => c.what === 'establish')
-    expect(establishes.map((c) => c.at)).toEqual([0, RESUME_RETRY_FIRST_MS, RESUME_RETRY_FIRST_MS + RESUME_RETRY_MS])
+    expect(establishes.map((c) => c.at)).toEqual([0, RESUME_RETRY_FIRST_MS, RESUME_RETRY_FIRST_MS + RESUME_ATTEMPT_SPACING_MS])
     expect(establishes.map((c) => c.timeoutMs)).toEqual([RESUME_ATTEMPT_MIN_MS, 2 * RESUME_ATTEMPT_MIN_MS, Math.min(RESUME_ATTEMPT_MS, 4 * RESUME_ATTEMPT_MIN_MS)])
     expect(establishes[0]).toMatchObject({ expected: { name: null, id: s.tunnel.peer.id }, resuming: s.tunnel })
     expect(s.calls.filter((c) => c.what === 'introduce').every((c) => c.via === 'relay')).toBe(true)
@@ -98,10 +102,62 @@ describe('TunnelRecovery.resume: a migrating tunnel we opened', () => {
     s.tunnel.path = 'direct-tcp'
     s.tunnel.migratedBySilence = true
     const loop = s.recovery.resume(s.tunnel, 'auto')
-    await s.clock.pass(RESUME_RETRY_FIRST_MS + RESUME_RETRY_MS)
+    await s.clock.pass(RESUME_RETRY_FIRST_MS + RESUME_ATTEMPT_SPACING_MS)
     expect(s.calls.filter((c) => c.what === 'introduce').map((c) => c.via)).toEqual(['udp', 'auto', 'auto'])
     s.tunnel.isMigrating = false
-    await s.clock.pass(RESUME_RETRY_MS * 2)
+    await s.clock.pass(RESUME_ATTEMPT_SPACING_MS)
+    await loop
+  })
+
+  it('attempts that fail at once cost at most 60 introductions a minute (plus the early first retry), inside the server\'s 120 per key; a full-length attempt is still followed after RESUME_RETRY_MS', async () => {
+    const s = setup()
+    s.tunnel.isMigrating = true
+    const loop = s.recovery.resume(s.tunnel, 'auto')
+    await s.clock.pass(60_000)
+    const at = s.calls.filter((c) => c.what === 'introduce').map((c) => c.at)
+    expect(at.length).toBeLessThanOrEqual(61)
+    expect(at.length - 1).toBeLessThanOrEqual(DEFAULT_SERVER_LIMITS.introductionsPerMinute / 2)
+    for (let i = 2; i < at.length; i++) expect(at[i]! - at[i - 1]!).toBeGreaterThanOrEqual(RESUME_ATTEMPT_SPACING_MS)
+    s.tunnel.isMigrating = false
+    await s.clock.pass(RESUME_ATTEMPT_SPACING_MS)
+    await loop
+
+    // attempts that run their whole time (600, 1200 ms): the next one RESUME_RETRY_MS after each ends
+    const slow: ReturnType<typeof setup> = setup(async () => {
+      await slow.clock.sleep(slow.calls.at(-1)!.timeoutMs!)
+      throw new NatdError('PUNCH_TIMEOUT', 'no path')
+    })
+    slow.tunnel.isMigrating = true
+    const slowLoop = slow.recovery.resume(slow.tunnel, 'auto')
+    await slow.clock.pass(RESUME_ATTEMPT_MIN_MS * 3 + RESUME_RETRY_FIRST_MS + RESUME_RETRY_MS)
+    expect(slow.calls.filter((c) => c.what === 'establish').map((c) => c.at)).toEqual([0, RESUME_ATTEMPT_MIN_MS + RESUME_RETRY_FIRST_MS, RESUME_ATTEMPT_MIN_MS * 3 + RESUME_RETRY_FIRST_MS + RESUME_RETRY_MS])
+    slow.tunnel.isMigrating = false
+    await slow.clock.pass(RESUME_ATTEMPT_MS)
+    await slowLoop
+  })
+
+  it('backs off on RATE_LIMITED: RESUME_RATE_LIMITED_MS, doubling up to RESUME_RATE_LIMITED_MAX_MS', async () => {
+    const s = setup()
+    const recovery = new TunnelRecovery<FakeTunnel>({
+      clock: s.clock,
+      log: silentLogger,
+      introduce: async (_target, via) => {
+        s.calls.push({ at: s.clock.now(), what: 'introduce', via })
+        throw new NatdError('RATE_LIMITED', 'over 120 introductions a minute')
+      },
+      refreshNat: async () => undefined,
+      establish: async () => undefined,
+      current: (id) => s.kept.get(id),
+      closed: () => false
+    })
+    s.tunnel.isMigrating = true
+    const start = s.clock.now()
+    const loop = recovery.resume(s.tunnel, 'auto')
+    await s.clock.pass(120_000)
+    const gaps = s.calls.map((c, i) => (i ? c.at - s.calls[i - 1]!.at : c.at - start))
+    expect(gaps).toEqual([0, RESUME_RATE_LIMITED_MS, 2 * RESUME_RATE_LIMITED_MS, 4 * RESUME_RATE_LIMITED_MS, RESUME_RATE_LIMITED_MAX_MS, RESUME_RATE_LIMITED_MAX_MS])
+    s.tunnel.isMigrating = false
+    await s.clock.pass(RESUME_RATE_LIMITED_MAX_MS)
     await loop
   })
 
