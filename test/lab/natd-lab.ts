@@ -16,6 +16,12 @@ import { nodeReport, procSnapshot, reportOptions } from './diagnose.ts'
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 export const DIST = path.join(ROOT, 'dist')
 export const SERVER_PORT = 3478
+/**
+ * How long a started server or agent may take to listen. A Node start costs 3–4 s of CPU
+ * on a loaded 2-core machine, and a CI run (lab files in parallel) saw an agent take over
+ * 10 s: a start that is slow is not a failure of what the test checks.
+ */
+const START_TIMEOUT_MS = 30_000
 
 export function assertBuilt(): void {
   if (!fs.existsSync(path.join(DIST, 'daemon/main.js'))) throw new Error('dist/ is missing: run `npm run build` first (npm test does)')
@@ -74,7 +80,7 @@ export class NatdLab {
     this.server = this.lab.spawn(this.lab.server.ns, [process.execPath, ...reportOptions(this.dir), path.join(DIST, 'rendezvous/main.js'), ...host, '--port', String(SERVER_PORT), '--log-level', 'debug', ...state, ...extra], { cwd: ROOT })
     this.server.stdout?.on('data', (d: Buffer) => fs.writeSync(log, d))
     this.server.stderr?.on('data', (d: Buffer) => fs.writeSync(log, d))
-    await waitFor(async () => (await this.lab.exec(this.lab.server.ns, ['ss', '-Hltn', `sport = :${SERVER_PORT}`])).stdout.includes(String(SERVER_PORT)), 10_000, 'rendezvous server listening')
+    await waitFor(async () => (await this.lab.exec(this.lab.server.ns, ['ss', '-Hltn', `sport = :${SERVER_PORT}`])).stdout.includes(String(SERVER_PORT)), START_TIMEOUT_MS, 'rendezvous server listening')
   }
 
   /** The server's key as `natd-rendezvous --print-key` shows its operator (for `--server host:port#KEY`). */
@@ -126,7 +132,7 @@ export class NatdLab {
     proc.stderr?.on('data', (d: Buffer) => fs.writeSync(log, d))
     const agent: AgentHandle = { name, host, ns: h.ns, stateDir, socket, logFile, proc, args, env }
     this.agents[key] = agent
-    await waitFor(() => fs.existsSync(socket) || proc.exitCode !== null, 10_000, `${key} API socket`)
+    await waitFor(() => fs.existsSync(socket) || proc.exitCode !== null, START_TIMEOUT_MS, `${key} API socket`)
     if (proc.exitCode !== null) throw new Error(`natd ${key} exited ${proc.exitCode}: ${fs.readFileSync(logFile, 'utf8')}`)
     return agent
   }
