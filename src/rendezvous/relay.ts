@@ -92,6 +92,14 @@ interface Active {
   bytes: number
   timer: Timer
   ended: boolean
+  /**
+   * A side that is in the middle of a frame we pass to it (bytes of its body still to
+   * come from the other side), and the RELAY_END it is owed once that frame is whole: a
+   * RELAY_END written mid-frame would be read as the frame's body, and the agent would
+   * see a broken stream instead of the limit.
+   */
+  midFrame: Set<net.Socket>
+  owedEnd: Map<net.Socket, Buffer>
 }
 
 export class Relay {
@@ -266,6 +274,8 @@ export class Relay {
       b: b.socket,
       bytes: 0,
       ended: false,
+      midFrame: new Set(),
+      owedEnd: new Map(),
       timer: this.timers.setTimeout(() => this.end(t, `relayed tunnel reached its time limit of ${this.limits.maxSeconds} s`), this.limits.maxSeconds * 1000).unref()
     }
     this.active.add(t)
@@ -327,7 +337,8 @@ export class Relay {
       let flowing = true
       to.cork()
       try {
-        for (let i = 0; i < chunk.length && !t.ended; ) {
+        // Once the tunnel ended, only the rest of a frame already begun goes on (then its RELAY_END).
+        for (let i = 0; i < chunk.length && (!t.ended || (passing && left > 0)); ) {
           if (left > 0) {
             const n = Math.min(left, chunk.length - i)
             if (passing) flowing = to.write(chunk.subarray(i, i + n)) && flowing
@@ -353,6 +364,13 @@ export class Relay {
           have = 0
         }
       } finally {
+        if (passing && left > 0) t.midFrame.add(to)
+        else t.midFrame.delete(to)
+        const owed = t.owedEnd.get(to)
+        if (owed && !t.midFrame.has(to)) {
+          t.owedEnd.delete(to)
+          to.end(owed)
+        }
         to.uncork()
       }
       if (!flowing) from.pause() // backpressure: the slow side sets the pace
@@ -393,8 +411,10 @@ export class Relay {
     this.active.delete(t)
     if (limitReason) {
       const bye = frame(encode({ type: 'relay-end', code: 'RELAY_LIMIT', message: limitReason }))
-      t.a.end(bye)
-      t.b.end(bye)
+      for (const side of [t.a, t.b]) {
+        if (t.midFrame.has(side)) t.owedEnd.set(side, bye) // sent once the frame is whole (passThrough), or destroyed at the linger
+        else side.end(bye)
+      }
       this.log.warn('RELAY_LIMIT: ended a relayed tunnel', { a: t.names[0], b: t.names[1], reason: limitReason, bytes: t.bytes })
     } else {
       t.a.end()
