@@ -151,6 +151,26 @@ describe('Relay', () => {
     expect(relay.tunnels).toBe(0)
   })
 
+  it('a side in the middle of a passed frame when the limit ends the tunnel gets the rest of that frame, then its RELAY_END (never inside the frame)', () => {
+    const { relay } = setup({ ...LIMITS, maxBytes: 1000 })
+    relay.allow(INTRO, NAMES, KEYS)
+    const a = new FakeSocket()
+    const b = new FakeSocket()
+    bindAs(relay, a, true)
+    bindAs(relay, b, false)
+    const half = frame(data(300))
+    relay.onBytes(asNet(a), half.subarray(0, 100), 1024) // b now holds a frame's first 100 bytes
+    relay.onBytes(asNet(b), Buffer.concat([frame(data(600)), frame(data(600))]), 1024) // over the limit: the tunnel ends
+    expect(a.ended).toBe(true)
+    expect(a.messages().at(-1)).toMatchObject({ type: 'relay-end', code: 'RELAY_LIMIT' })
+    expect(b.ended).toBe(false) // its RELAY_END waits for the frame's end
+    relay.onBytes(asNet(a), Buffer.concat([half.subarray(100), frame(data(50))]), 1024) // the rest, and a frame that is not passed
+    expect(b.ended).toBe(true)
+    const got = b.messages()
+    expect(got.at(-1)).toMatchObject({ type: 'relay-end', code: 'RELAY_LIMIT' })
+    expect(got.filter((m) => m.type !== 'relay-ok').length).toBe(2) // the whole frame, then RELAY_END
+  })
+
   it('ends both sides with RELAY_END RELAY_LIMIT when --relay-max-seconds pass, and destroys them if they linger (fake time)', () => {
     const { relay, time, a, b } = setupTimed()
     time.advance(LIMITS.maxSeconds * 1000 - 1)
