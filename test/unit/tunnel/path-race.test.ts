@@ -20,8 +20,19 @@ const TCP: FakePath = { name: 'tcp', path: 'direct-tcp', transport: 'tcp' }
 const RELAY: FakePath = { name: 'relay', path: 'relay', transport: 'tcp' }
 const LAN: FakePath = { name: 'lan', path: 'lan', transport: 'udp' }
 
+interface AttemptOpts {
+  lan?: boolean
+  costly?: boolean
+}
+
+interface RaceOpts {
+  preferTcp?: boolean
+  lateMs?: number
+  follow?: boolean
+}
+
 /** An attempt the test lands or fails by hand; `aborted` says whether the race stopped it. */
-function attempt(kind: AttemptKind, opts: { lan?: boolean; costly?: boolean } = {}): RaceEntry<FakePath> & { land(p: FakePath): void; fail(code?: string): void; readonly aborted: boolean } {
+function attempt(kind: AttemptKind, opts: AttemptOpts = {}): RaceEntry<FakePath> & { land(p: FakePath): void; fail(code?: string): void; readonly aborted: boolean } {
   let land!: (p: FakePath) => void
   let fail!: (e: Error) => void
   const p = new Promise<FakePath>((res, rej) => {
@@ -34,7 +45,7 @@ function attempt(kind: AttemptKind, opts: { lan?: boolean; costly?: boolean } = 
   return { kind, lan: opts.lan ?? true, costly: opts.costly ?? false, attempt: p, abort, land, fail: (code = 'PUNCH_TIMEOUT') => fail(new NatdError(code as 'PUNCH_TIMEOUT', code)), get aborted() { return abort.signal.aborted } }
 }
 
-function race(entries: Array<RaceEntry<FakePath>>, opts: { preferTcp?: boolean; lateMs?: number; follow?: boolean } = {}) {
+function race(entries: Array<RaceEntry<FakePath>>, opts: RaceOpts = {}) {
   const clock = new FakeClock()
   const discarded: string[] = []
   const late: string[] = []
@@ -47,6 +58,21 @@ function race(entries: Array<RaceEntry<FakePath>>, opts: { preferTcp?: boolean; 
   return { r, clock, discarded, late, outcome, doneAt: () => doneAt }
 }
 
+/** A UDP and a TCP attempt racing: the attempts beside the fields of `race()`. */
+function twoWay(opts: RaceOpts & { udp?: AttemptOpts; tcp?: AttemptOpts } = {}) {
+  const udp = attempt('udp', opts.udp)
+  const tcp = attempt('tcp', opts.tcp)
+  return { udp, tcp, ...race([udp, tcp], opts) }
+}
+
+/** UDP, TCP and relay attempts racing, as an `auto` open starts them. */
+function threeWay(opts: RaceOpts = {}) {
+  const udp = attempt('udp')
+  const tcp = attempt('tcp')
+  const relay = attempt('relay')
+  return { udp, tcp, relay, ...race([udp, tcp, relay], opts) }
+}
+
 describe('pathRank', () => {
   it('ranks LAN over direct over the relay, TCP over UDP on the same', () => {
     const order = [RELAY, UDP, TCP, LAN, { ...LAN, transport: 'tcp' as const }].map(pathRank)
@@ -57,9 +83,7 @@ describe('pathRank', () => {
 
 describe('PathRace (fake clock)', () => {
   it('UDP first, TCP within the grace: the tunnel starts on TCP and UDP is dropped', async () => {
-    const udp = attempt('udp')
-    const tcp = attempt('tcp')
-    const t = race([udp, tcp])
+    const { udp, tcp, ...t } = twoWay()
     udp.land(UDP)
     await t.clock.pass(AUTO_TCP_GRACE_MS - 10)
     tcp.land(TCP)
@@ -71,10 +95,7 @@ describe('PathRace (fake clock)', () => {
   })
 
   it('TCP after the grace (delay, a lost SYN): the tunnel starts on UDP, TCP is handed over when it lands, 1.2 s later', async () => {
-    const udp = attempt('udp')
-    const tcp = attempt('tcp')
-    const relay = attempt('relay')
-    const t = race([udp, tcp, relay])
+    const { udp, tcp, relay, ...t } = threeWay()
     udp.land(UDP)
     await t.clock.pass(AUTO_TCP_GRACE_MS + 1)
     const o = await t.outcome
@@ -90,9 +111,7 @@ describe('PathRace (fake clock)', () => {
   })
 
   it('a late path past LATE_PATH_MS is aborted, never handed over; done resolves at the window', async () => {
-    const udp = attempt('udp')
-    const tcp = attempt('tcp')
-    const t = race([udp, tcp])
+    const { udp, tcp, ...t } = twoWay()
     udp.land(UDP)
     await t.clock.pass(AUTO_TCP_GRACE_MS)
     const started = t.clock.now()
@@ -103,9 +122,7 @@ describe('PathRace (fake clock)', () => {
   })
 
   it('without late paths (lateMs 0: a resume, an explicit --via) every loser is aborted at once', async () => {
-    const udp = attempt('udp')
-    const tcp = attempt('tcp')
-    const t = race([udp, tcp], { preferTcp: false, lateMs: 0 })
+    const { udp, tcp, ...t } = twoWay({ preferTcp: false, lateMs: 0 })
     udp.land(UDP)
     await t.clock.pass(1)
     expect((await t.outcome).won.name).toBe('udp')
@@ -114,10 +131,7 @@ describe('PathRace (fake clock)', () => {
   })
 
   it('the relay first (two sites behind one CGN that hairpins): UDP then TCP are handed over as they land; a worse one after a better one is dropped', async () => {
-    const udp = attempt('udp')
-    const tcp = attempt('tcp')
-    const relay = attempt('relay')
-    const t = race([udp, tcp, relay])
+    const { udp, tcp, relay, ...t } = threeWay()
     relay.land(RELAY)
     await t.clock.pass(1)
     expect((await t.outcome).won.name).toBe('relay')
@@ -128,10 +142,7 @@ describe('PathRace (fake clock)', () => {
     await t.clock.pass(1)
     expect(t.late).toEqual(['udp', 'tcp'])
 
-    const u2 = attempt('udp')
-    const t2 = attempt('tcp')
-    const r2 = attempt('relay')
-    const second = race([u2, t2, r2])
+    const { udp: u2, tcp: t2, relay: r2, ...second } = threeWay()
     r2.land(RELAY)
     await second.clock.pass(1)
     await second.outcome
@@ -144,9 +155,7 @@ describe('PathRace (fake clock)', () => {
   })
 
   it('on the responder (no grace), the path the initiator chose wins; a path that lands after the race ended is discarded', async () => {
-    const udp = attempt('udp')
-    const tcp = attempt('tcp')
-    const t = race([udp, tcp], { preferTcp: false, lateMs: 0 })
+    const { udp, tcp, ...t } = twoWay({ preferTcp: false, lateMs: 0 })
     udp.land(UDP)
     await t.clock.pass(1)
     expect((await t.outcome).won.name).toBe('udp')
@@ -157,16 +166,12 @@ describe('PathRace (fake clock)', () => {
   })
 
   it('every attempt fails: the most telling error; cancel() stops a late attempt', async () => {
-    const udp = attempt('udp')
-    const tcp = attempt('tcp')
-    const t = race([udp, tcp])
+    const { udp, tcp, ...t } = twoWay()
     udp.fail('PUNCH_TIMEOUT')
     tcp.fail('KEY_MISMATCH')
     await expect(t.outcome).rejects.toMatchObject({ code: 'KEY_MISMATCH' })
 
-    const u2 = attempt('udp')
-    const t2 = attempt('tcp')
-    const second = race([u2, t2])
+    const { udp: u2, tcp: t2, ...second } = twoWay()
     u2.land(UDP)
     await second.clock.pass(AUTO_TCP_GRACE_MS)
     await second.outcome
@@ -177,9 +182,7 @@ describe('PathRace (fake clock)', () => {
   })
 
   it('a LAN path over UDP is not swapped for direct-tcp in the grace', async () => {
-    const udp = attempt('udp')
-    const tcp = attempt('tcp')
-    const t = race([udp, tcp])
+    const { udp, tcp, ...t } = twoWay()
     udp.land(LAN)
     await t.clock.pass(5)
     tcp.land(TCP)
@@ -189,10 +192,7 @@ describe('PathRace (fake clock)', () => {
   })
 
   it('an attempt that already failed is never kept: UDP rejected, the relay wins, done resolves at once (review 3 #1)', async () => {
-    const udp = attempt('udp')
-    const tcp = attempt('tcp')
-    const relay = attempt('relay')
-    const t = race([udp, tcp, relay])
+    const { udp, tcp, relay, ...t } = threeWay()
     udp.fail('PUNCH_TIMEOUT')
     tcp.fail('PUNCH_FAILED')
     await t.clock.pass(1)
@@ -202,10 +202,7 @@ describe('PathRace (fake clock)', () => {
     expect(t.doneAt()).toBe(t.clock.now() - 1) // not at LATE_PATH_MS: nothing is left to wait for (the punch slot goes)
 
     // One failed, one still running: done waits for the running one only, and resolves when it fails too.
-    const u2 = attempt('udp')
-    const t2 = attempt('tcp')
-    const r2 = attempt('relay')
-    const second = race([u2, t2, r2])
+    const { udp: u2, tcp: t2, relay: r2, ...second } = threeWay()
     u2.fail('PUNCH_TIMEOUT')
     await second.clock.pass(1)
     r2.land(RELAY)
@@ -220,9 +217,7 @@ describe('PathRace (fake clock)', () => {
 
   it('an attempt is kept only if its real candidates can beat the winner; never a spray or birthday puncher after a direct win (review 3 #4)', async () => {
     // TCP won, the peer offers no LAN candidate: UDP can give direct-udp at best, so it stops at once.
-    const udp = attempt('udp', { lan: false })
-    const tcp = attempt('tcp', { lan: false })
-    const t = race([udp, tcp])
+    const { udp, tcp, ...t } = twoWay({ udp: { lan: false }, tcp: { lan: false } })
     tcp.land(TCP)
     await t.clock.pass(1)
     expect((await t.outcome).won.name).toBe('tcp')
@@ -230,9 +225,7 @@ describe('PathRace (fake clock)', () => {
     expect(t.doneAt()).not.toBeNull()
 
     // A spraying UDP punch stops once TCP won, even one with LAN candidates.
-    const spray = attempt('udp', { lan: true, costly: true })
-    const t2 = attempt('tcp', { lan: false })
-    const second = race([spray, t2])
+    const { udp: spray, tcp: t2, ...second } = twoWay({ udp: { lan: true, costly: true }, tcp: { lan: false } })
     t2.land(TCP)
     await second.clock.pass(1)
     await second.outcome
@@ -240,9 +233,7 @@ describe('PathRace (fake clock)', () => {
     expect(second.doneAt()).not.toBeNull()
 
     // A plain UDP punch with LAN candidates may still give a LAN path: kept.
-    const plain = attempt('udp', { lan: true })
-    const t3 = attempt('tcp', { lan: false })
-    const third = race([plain, t3])
+    const { udp: plain, tcp: t3, ...third } = twoWay({ udp: { lan: true }, tcp: { lan: false } })
     t3.land(TCP)
     await third.clock.pass(1)
     await third.outcome
@@ -262,9 +253,7 @@ describe('PathRace (fake clock)', () => {
 
   it('the responder follows the initiator: a late path is handed over whatever its own rank of it (review 3 #3a)', async () => {
     // The responder labels its winner `lan` (rank 3); the initiator saw direct-udp and switched to a late direct-tcp (rank 2).
-    const udp = attempt('udp', { lan: true })
-    const tcp = attempt('tcp', { lan: false })
-    const t = race([udp, tcp], { preferTcp: false, lateMs: LATE_PATH_MS + LATE_PATH_ANSWER_MS, follow: true })
+    const { udp, tcp, ...t } = twoWay({ udp: { lan: true }, tcp: { lan: false }, preferTcp: false, lateMs: LATE_PATH_MS + LATE_PATH_ANSWER_MS, follow: true })
     udp.land(LAN)
     await t.clock.pass(1)
     expect((await t.outcome).won.name).toBe('lan')
@@ -276,9 +265,7 @@ describe('PathRace (fake clock)', () => {
     expect(t.discarded).toEqual([])
 
     // Two paths the initiator chose in turn that both landed in the race: the loser is handed over too, unranked.
-    const u2 = attempt('udp', { lan: false })
-    const t2 = attempt('tcp', { lan: false })
-    const second = race([u2, t2], { preferTcp: false, lateMs: LATE_PATH_MS + LATE_PATH_ANSWER_MS, follow: true })
+    const { udp: u2, tcp: t2, ...second } = twoWay({ udp: { lan: false }, tcp: { lan: false }, preferTcp: false, lateMs: LATE_PATH_MS + LATE_PATH_ANSWER_MS, follow: true })
     t2.land(TCP)
     u2.land(UDP)
     await second.clock.pass(1)
@@ -287,10 +274,7 @@ describe('PathRace (fake clock)', () => {
   })
 
   it('endLate() stops the late attempts and leaves the winner alone (the responder of a resume keeps none, review 3 #2)', async () => {
-    const udp = attempt('udp')
-    const tcp = attempt('tcp')
-    const relay = attempt('relay')
-    const t = race([udp, tcp, relay], { preferTcp: false, follow: true })
+    const { udp, tcp, relay, ...t } = threeWay({ preferTcp: false, follow: true })
     relay.land(RELAY)
     await t.clock.pass(1)
     await t.outcome
