@@ -78,40 +78,42 @@ function late(name: string, path: PathKind, transport: Transport, first?: Buffer
   return { session: new FakeSession(name), path, transport, remote: { host: '203.0.113.9', port: 4000 }, punchMs: 1, ...(first ? { first } : {}) }
 }
 
+/** The initiator's "this one" ping on a late path. */
+const THIS_ONE = encodeMux({ type: 'ping', channel: 0, seq: 0 })
+
 const tick = (): Promise<void> => new Promise((resolve) => setImmediate(resolve))
 
 function switches() {
   return new LateSwitches<FakeSession, FakeTunnel>({ log: silentLogger, current: () => true })
 }
 
+/** The initiator of a relayed tunnel gets a direct UDP and a direct TCP late path at once, `first` added first. */
+async function twoLatePaths(first: 'udp' | 'tcp') {
+  const s = switches()
+  const t = new FakeTunnel('relay', 'tcp')
+  const udp = late('udp', 'direct-udp', 'udp')
+  const tcp = late('tcp', 'direct-tcp', 'tcp')
+  for (const p of first === 'udp' ? [udp, tcp] : [tcp, udp]) void s.add(t, p, true, 'bob')
+  await tick()
+  return { t, udp, tcp }
+}
+
 describe('LateSwitches', () => {
   it('initiator: two late paths at once switch one after the other, each "this one" ping only for a switch upgrade() takes (review 3 #3b)', async () => {
-    const s = switches()
-    const t = new FakeTunnel('relay', 'tcp')
-    const udp = late('udp', 'direct-udp', 'udp')
-    const tcp = late('tcp', 'direct-tcp', 'tcp')
-    void s.add(t, udp, true, 'bob')
-    void s.add(t, tcp, true, 'bob')
-    await tick()
+    const { t, udp, tcp } = await twoLatePaths('udp')
     expect(t.upgrades).toEqual(['udp'])
     expect(tcp.session.writes).toHaveLength(0) // waits: the peer has not switched to udp yet
     t.peerSwitched()
     await tick()
     expect(t.upgrades).toEqual(['udp', 'tcp'])
     expect(t.refused).toBe(0)
-    expect(udp.session.writes).toEqual([encodeMux({ type: 'ping', channel: 0, seq: 0 })])
-    expect(tcp.session.writes).toEqual([encodeMux({ type: 'ping', channel: 0, seq: 0 })])
+    expect(udp.session.writes).toEqual([THIS_ONE])
+    expect(tcp.session.writes).toEqual([THIS_ONE])
     expect(tcp.session.destroyed).toBe(false)
   })
 
   it('initiator: the rank is checked again after the wait: a worse path that waited is dropped with no ping', async () => {
-    const s = switches()
-    const t = new FakeTunnel('relay', 'tcp')
-    const tcp = late('tcp', 'direct-tcp', 'tcp')
-    const udp = late('udp', 'direct-udp', 'udp')
-    void s.add(t, tcp, true, 'bob')
-    void s.add(t, udp, true, 'bob')
-    await tick()
+    const { t, udp } = await twoLatePaths('tcp')
     t.peerSwitched()
     await tick()
     expect(t.upgrades).toEqual(['tcp'])
@@ -122,7 +124,7 @@ describe('LateSwitches', () => {
   it('responder: follows a late path the initiator chose whatever its own rank of it (review 3 #3a)', async () => {
     const s = switches()
     const t = new FakeTunnel('lan', 'udp') // rank 3 here; the initiator saw direct-udp
-    const tcp = late('tcp', 'direct-tcp', 'tcp', encodeMux({ type: 'ping', channel: 0, seq: 0 }))
+    const tcp = late('tcp', 'direct-tcp', 'tcp', THIS_ONE)
     await s.add(t, tcp, false, 'alice')
     expect(t.upgrades).toEqual(['tcp'])
     expect(tcp.session.writes).toHaveLength(0) // the responder writes no "this one"
@@ -132,7 +134,7 @@ describe('LateSwitches', () => {
     const s = switches()
     const t = new FakeTunnel('direct-udp', 'udp')
     t.refuseNext = true
-    const tcp = late('tcp', 'direct-tcp', 'tcp', encodeMux({ type: 'ping', channel: 0, seq: 0 }))
+    const tcp = late('tcp', 'direct-tcp', 'tcp', THIS_ONE)
     await s.add(t, tcp, false, 'alice')
     expect(tcp.session.destroyed).toBe(true)
     expect(t.left).toHaveLength(1)
@@ -197,6 +199,6 @@ describe('LateSwitches', () => {
     // The responder does not wait: its tunnel answers for itself.
     const r = new FakeTunnel('direct-udp', 'udp')
     r.answered = false
-    expect(await s.add(r, late('tcp', 'direct-tcp', 'tcp', encodeMux({ type: 'ping', channel: 0, seq: 0 })), false, 'alice')).toBe(true)
+    expect(await s.add(r, late('tcp', 'direct-tcp', 'tcp', THIS_ONE), false, 'alice')).toBe(true)
   })
 })
