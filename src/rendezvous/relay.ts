@@ -93,13 +93,14 @@ interface Active {
   timer: Timer
   ended: boolean
   /**
-   * A side that is in the middle of a frame we pass to it (bytes of its body still to
-   * come from the other side), and the RELAY_END it is owed once that frame is whole: a
-   * RELAY_END written mid-frame would be read as the frame's body, and the agent would
-   * see a broken stream instead of the limit.
+   * The sides in the middle of a frame we pass to them (bytes of its body still to come
+   * from the other side). A side in it when a limit ends the tunnel gets `bye` only once
+   * that frame is whole: a RELAY_END written mid-frame would be read as the frame's body,
+   * and the agent would see a broken stream instead of the limit.
    */
   midFrame: Set<net.Socket>
-  owedEnd: Map<net.Socket, Buffer>
+  /** The RELAY_END RELAY_LIMIT both sides get, once a limit ended the tunnel. */
+  bye: Buffer | null
 }
 
 export class Relay {
@@ -275,7 +276,7 @@ export class Relay {
       bytes: 0,
       ended: false,
       midFrame: new Set(),
-      owedEnd: new Map(),
+      bye: null,
       timer: this.timers.setTimeout(() => this.end(t, `relayed tunnel reached its time limit of ${this.limits.maxSeconds} s`), this.limits.maxSeconds * 1000).unref()
     }
     this.active.add(t)
@@ -365,12 +366,7 @@ export class Relay {
         }
       } finally {
         if (passing && left > 0) t.midFrame.add(to)
-        else t.midFrame.delete(to)
-        const owed = t.owedEnd.get(to)
-        if (owed && !t.midFrame.has(to)) {
-          t.owedEnd.delete(to)
-          to.end(owed)
-        }
+        else if (t.midFrame.delete(to) && t.bye) to.end(t.bye) // the frame it was in is whole: its RELAY_END now
         to.uncork()
       }
       if (!flowing) from.pause() // backpressure: the slow side sets the pace
@@ -410,11 +406,9 @@ export class Relay {
     this.timers.clear(t.timer)
     this.active.delete(t)
     if (limitReason) {
-      const bye = frame(encode({ type: 'relay-end', code: 'RELAY_LIMIT', message: limitReason }))
-      for (const side of [t.a, t.b]) {
-        if (t.midFrame.has(side)) t.owedEnd.set(side, bye) // sent once the frame is whole (passThrough), or destroyed at the linger
-        else side.end(bye)
-      }
+      t.bye = frame(encode({ type: 'relay-end', code: 'RELAY_LIMIT', message: limitReason }))
+      // A side in the middle of a frame gets it once the frame is whole (passThrough), or is destroyed at the linger.
+      for (const side of [t.a, t.b]) if (!t.midFrame.has(side)) side.end(t.bye)
       this.log.warn('RELAY_LIMIT: ended a relayed tunnel', { a: t.names[0], b: t.names[1], reason: limitReason, bytes: t.bytes })
     } else {
       t.a.end()
