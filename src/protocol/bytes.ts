@@ -146,3 +146,16 @@ export function truncateUtf8(s: string, maxBytes: number): string {
   while (end > 0 && (bytes[end]! & 0xc0) === 0x80) end-- // back off continuation bytes
   return new TextDecoder().decode(bytes.subarray(0, end))
 }
+
+/** `b` when it is `n` bytes long (what an encoder writes into a fixed-size field); else RangeError: a caller's bug, not wire input. */
+export function fixed(b: Uint8Array, n: number, what: string): Uint8Array {
+  if (b.length !== n) throw new RangeError(`${what} must be ${n} bytes`)
+  return b
+}
+
+/** The value a wire enum's `index` stands for; ProtocolError for one this build does not know. */
+export function enumAt<T>(values: readonly T[], index: number, what: string): T {
+  const v = values[index]
+  if (v === undefined) throw new ProtocolError('BAD_REQUEST', `unknown ${what} ${index}`)
+  return v
+}

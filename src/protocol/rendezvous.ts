@@ -21,8 +21,7 @@
  * inside the Noise session), PROBE between agents (sealed with the introduction's
  * punch key) and STUN. Nothing else is accepted over UDP.
  *
- * Bodies (u16/u32/u48 big-endian; ep = endpoint.ts; str8 = u8 length + UTF-8;
- * tag = 16-byte keyed BLAKE2b over every byte of the frame before it):
+ * Bodies (u16/u32/u48 big-endian; ep = endpoint.ts; str8 = u8 length + UTF-8):
  *   CHALLENGE    nonce[32] serverTime u48
  *   SECURE       (empty)
  *   REGISTER     nonce[32] time u48 publicKey[32] name str8 tcpPort u16 nat u8
@@ -39,8 +38,7 @@
  *                (an older agent reads an IPv6 endpoint only from family 6 and 19
  *                bytes, so it ignores both). An older server sends neither: no LOOKUP,
  *                which such a server would answer by closing the connection.
- *   HEARTBEAT    token[16] seq u32 tag[16] zeros[8]   padding: the ack is never larger
- *   HEARTBEAT_ACK seq u32 status u8 observed ep tag[16]
+ *   HEARTBEAT, HEARTBEAT_ACK   sealed datagrams: rendezvous-datagrams.ts
  *   ERROR        reqId u32 code str8 message str8
  *   LIST         reqId u32
  *   PEERS        reqId u32 count u16 peer*count
@@ -61,91 +59,45 @@
  *   RELAY_OK     (empty)                       both sides bound: RELAY_DATA flows from now
  *   RELAY_DATA   bytes                         ciphertext; the server forwards it as it is
  *   RELAY_END    code str8 message str8        the server ends the relay (RELAY_LIMIT, …)
- *   PROBE        introId[16] streamId u32 seq u32 flags u8 (1 = ack) tag[16]
- *                agent <-> agent while punching, sealed with the punch key that only
- *                the two agents and the server know, so a forged probe cannot pick the
- *                path. An ack is the same size as the probe it answers.
+ *   PROBE        a sealed datagram between agents: rendezvous-datagrams.ts
  *   RELEASE      reqId u32 name str8           the key holding `name` gives it up
  *   OK           reqId u32                     a request without other answer succeeded
  *
- *   peer = publicKey[32] name str8 online u8 lastSeenAgoMs u32 nat u8
- *          udp ep tcp ep lanCount u8 ep*lanCount
+ *   peer = a peer record: peer-record.ts
  *
  * Type 1 (HELLO, version 1's UDP registration) is retired. Decoders check lengths
  * before slicing, tolerate trailing bytes, and throw only ProtocolError.
+ *
+ * Files: the header and field sizes in rendezvous-wire.ts, the TCP length prefix in
+ * tcp-framing.ts; this module re-exports them, so callers import from here alone.
  */
-import { Reader, truncateUtf8, Writer } from './bytes.js'
+import { enumAt, fixed, Reader, truncateUtf8, Writer } from './bytes.js'
 import { readEndpoint, writeEndpoint, type Endpoint } from './endpoint.js'
 import { ProtocolError } from './errors.js'
-import { SEAL_TAG_BYTES, tag, timingSafeEqual } from './seal.js'
+import { NAT_VERDICTS, readEndpoints, readPeer, writeEndpoints, writePeer, type NatVerdict, type PeerRecord } from './peer-record.js'
+import { decodeDatagram, encodeDatagram, type Datagram, type OutgoingDatagram } from './rendezvous-datagrams.js'
+import { DATAGRAM_KEY_BYTES, header, INTRO_ID_BYTES, KEY_BYTES, MAGIC_0, MAGIC_1, MSG, NONCE_BYTES, PROTOCOL_VERSION, RELAY_DATA_HEADER, SIGNATURE_BYTES, TOKEN_BYTES } from './rendezvous-wire.js'
 import { VIAS, type Via } from './via.js'
 
-export const MAGIC_0 = 0x4e
-export const MAGIC_1 = 0x44
-export const PROTOCOL_VERSION = 2
-export const NONCE_BYTES = 32
-export const TOKEN_BYTES = 16
-export const KEY_BYTES = 32
-export const SIGNATURE_BYTES = 64
-export const INTRO_ID_BYTES = 16
-/** A datagram key (heartbeats: REGISTER_ACK's udpKey; probes: the introduction's punchKey). */
-export const DATAGRAM_KEY_BYTES = 32
-/** The keyed BLAKE2b tag that seals a datagram (seal.ts). */
-export const TAG_BYTES = SEAL_TAG_BYTES
-/** Largest frame on the TCP control connection; a larger length prefix closes it. */
-export const MAX_TCP_FRAME_BYTES = 1024 * 1024
-/** Largest datagram we accept or send (fits a 1280-byte IPv6 minimum MTU). */
-export const MAX_UDP_FRAME_BYTES = 1200
-export const MAX_LAN_ENDPOINTS = 8
+export { DATAGRAM_KEY_BYTES, INTRO_ID_BYTES, isRendezvousFrame, KEY_BYTES, MAGIC_0, MAGIC_1, MAX_UDP_FRAME_BYTES, MSG, NONCE_BYTES, PROTOCOL_VERSION, RELAY_DATA_HEADER, SIGNATURE_BYTES, TAG_BYTES, TOKEN_BYTES } from './rendezvous-wire.js'
+export { FrameSplitter, frame, MAX_TCP_FRAME_BYTES } from './tcp-framing.js'
+export { MAX_LAN_ENDPOINTS, NAT_VERDICTS, type NatVerdict, type PeerRecord } from './peer-record.js'
+export { opened, type HeartbeatStatus, type Sealed } from './rendezvous-datagrams.js'
+
 /**
  * A PEERS reply lists at most this many peers (online first, then the most recently
  * seen): it must fit MAX_TCP_FRAME_BYTES and its u16 count, and a server with 100k
  * agents stalled ~300 ms building a full list (bench/rendezvous-capacity.ts).
  */
 export const MAX_LIST_PEERS = 2048
-const HEARTBEAT_PADDING = 8
 /** REGISTER_ACK's trailing server6: an IPv6 endpoint (family, address, port). */
 const SERVER6_BYTES = 1 + 16 + 2
 /** REGISTER_ACK's features: the server answers LOOKUP. */
 export const FEATURE_LOOKUP = 1
 
-export const MSG = {
-  // 1 was HELLO (version 1's UDP registration)
-  CHALLENGE: 2,
-  REGISTER: 3,
-  REGISTER_ACK: 4,
-  HEARTBEAT: 5,
-  HEARTBEAT_ACK: 6,
-  ERROR: 7,
-  LIST: 8,
-  PEERS: 9,
-  PEER_EVENT: 10,
-  PING: 11,
-  PONG: 12,
-  BYE: 13,
-  INTRODUCE: 14,
-  INTRODUCTION: 15,
-  PROBE: 16,
-  RELAY: 17,
-  RELAY_OK: 18,
-  RELAY_DATA: 19,
-  RELAY_END: 20,
-  SECURE: 21,
-  RELEASE: 22,
-  OK: 23,
-  LOOKUP: 24
-} as const
-
-/** What the agent's netcheck concluded; peers use it to choose a punching strategy. */
-export type NatVerdict = 'unknown' | 'easy' | 'hard' | 'none'
-/** The wire encoding of NatVerdict (the index): append, never reorder. */
-export const NAT_VERDICTS: readonly NatVerdict[] = ['unknown', 'easy', 'hard', 'none']
-
 // Via (the path an introduction asks for) is defined in via.ts; re-exported for the codec's users.
 export type { Via } from './via.js'
 
-/** ok: the endpoint is the one on record; moved: it changed and the server now holds the new one. */
-export type HeartbeatStatus = 'ok' | 'moved'
 /**
  * Why the server says a peer went offline: it said goodbye ('bye': its natd stopped, or
  * it released its name), or the server stopped hearing it ('expired': heartbeats lost,
@@ -154,19 +106,6 @@ export type HeartbeatStatus = 'ok' | 'moved'
  */
 export type PeerDownReason = 'unknown' | 'bye' | 'expired'
 const PEER_DOWN_REASONS: readonly PeerDownReason[] = ['unknown', 'bye', 'expired']
-// Index 1 was version 1's 'unknown' (an unauthenticated answer a spoofer could forge).
-const HEARTBEAT_STATUSES: readonly (HeartbeatStatus | null)[] = ['ok', null, 'moved']
-
-export interface PeerRecord {
-  publicKey: Uint8Array
-  name: string
-  online: boolean
-  lastSeenAgoMs: number
-  nat: NatVerdict
-  udp: Endpoint | null
-  tcp: Endpoint | null
-  lan: Endpoint[]
-}
 
 export interface RegisterFields {
   nonce: Uint8Array
@@ -179,19 +118,11 @@ export interface RegisterFields {
   proof: Uint8Array
 }
 
-/** A sealed datagram as decoded: the bytes its tag covers, and the tag (check with opened()). */
-export interface Sealed {
-  covered: Uint8Array
-  tag: Uint8Array
-}
-
 export type Message =
   | { type: 'challenge'; nonce: Uint8Array; serverTime: number }
   | { type: 'secure' }
   | ({ type: 'register'; signature: Uint8Array; signed: Uint8Array } & RegisterFields)
   | { type: 'register-ack'; token: Uint8Array; udpKey: Uint8Array; observed: Endpoint | null; heartbeatMs: number; peerTimeoutMs: number; server6?: Endpoint | null; features?: number }
-  | ({ type: 'heartbeat'; token: Uint8Array; seq: number } & Sealed)
-  | ({ type: 'heartbeat-ack'; seq: number; status: HeartbeatStatus; observed: Endpoint | null } & Sealed)
   | { type: 'error'; reqId: number; code: string; message: string }
   | { type: 'list'; reqId: number }
   | { type: 'peers'; reqId: number; peers: PeerRecord[] }
@@ -202,32 +133,19 @@ export type Message =
   | { type: 'bye' }
   | { type: 'introduce'; reqId: number; target: string; via: Via }
   | { type: 'introduction'; reqId: number; introId: Uint8Array; punchKey: Uint8Array; initiator: boolean; via: Via; peer: PeerRecord; relay?: Endpoint | null }
-  | ({ type: 'probe'; introId: Uint8Array; streamId: number; seq: number; ack: boolean } & Sealed)
   | { type: 'relay'; introId: Uint8Array; initiator: boolean; signature: Uint8Array }
   | { type: 'relay-ok' }
   | { type: 'relay-data'; data: Uint8Array }
   | { type: 'relay-end'; code: string; message: string }
   | { type: 'release'; reqId: number; name: string }
   | { type: 'ok'; reqId: number }
-
-type SealedType = 'heartbeat' | 'heartbeat-ack' | 'probe'
-/** A sealed message as callers build it: the fields and the key that seals it. */
-type ToSeal<T> = Omit<T, 'covered' | 'tag'> & { key: Uint8Array }
+  | Datagram
 
 /**
  * Messages as callers build them: REGISTER by encodeRegister (it needs a signature),
  * RELAY by encodeRelay, sealed datagrams with the key that seals them.
  */
-export type OutgoingMessage =
-  | Exclude<Message, { type: 'register' | 'relay' | SealedType }>
-  | ToSeal<Extract<Message, { type: 'heartbeat' }>>
-  | ToSeal<Extract<Message, { type: 'heartbeat-ack' }>>
-  | ToSeal<Extract<Message, { type: 'probe' }>>
-
-/** Whether a sealed datagram's tag is the one `key` makes (constant time). */
-export function opened(msg: Sealed, key: Uint8Array): boolean {
-  return msg.tag.length === TAG_BYTES && timingSafeEqual(tag(key, msg.covered), msg.tag)
-}
+export type OutgoingMessage = Exclude<Message, { type: 'register' | 'relay' | Datagram['type'] }> | OutgoingDatagram
 
 /** Prefixes what a RELAY signature covers, so it can never stand for anything else the agent's key signs. */
 export const RELAY_SIGNATURE_LABEL = 'natd relay v2'
@@ -241,81 +159,12 @@ export function encodeRelay(introId: Uint8Array, initiator: boolean, signature: 
   return header(MSG.RELAY).bytes(fixed(introId, INTRO_ID_BYTES, 'introId')).u8(initiator ? 1 : 0).bytes(fixed(signature, SIGNATURE_BYTES, 'signature')).finish()
 }
 
-/** True when a datagram starts with our magic (cheap demultiplexing on a shared socket). */
-export function isRendezvousFrame(buf: Uint8Array): boolean {
-  return buf.length >= 4 && buf[0] === MAGIC_0 && buf[1] === MAGIC_1
-}
-
-/** The 4 bytes before a RELAY_DATA payload (hot path: no Writer). */
-export const RELAY_DATA_HEADER = Buffer.from([MAGIC_0, MAGIC_1, PROTOCOL_VERSION, MSG.RELAY_DATA])
-
-function header(type: number): Writer {
-  return new Writer().u8(MAGIC_0).u8(MAGIC_1).u8(PROTOCOL_VERSION).u8(type)
-}
-
-function writePeer(w: Writer, p: PeerRecord): void {
-  w.bytes(fixed(p.publicKey, KEY_BYTES, 'publicKey')).str8(p.name).u8(p.online ? 1 : 0).u32(Math.min(p.lastSeenAgoMs, 0xffffffff))
-  w.u8(NAT_VERDICTS.indexOf(p.nat))
-  writeEndpoint(w, p.udp)
-  writeEndpoint(w, p.tcp)
-  const lan = p.lan.slice(0, MAX_LAN_ENDPOINTS)
-  w.u8(lan.length)
-  for (const ep of lan) writeEndpoint(w, ep)
-}
-
-function readPeer(r: Reader): PeerRecord {
-  const publicKey = r.bytes(KEY_BYTES, 'publicKey')
-  const name = r.str8('name')
-  const online = r.u8('online') === 1
-  const lastSeenAgoMs = r.u32('lastSeen')
-  const nat = enumAt(NAT_VERDICTS, r.u8('nat'), 'nat verdict')
-  const udp = readEndpoint(r)
-  const tcp = readEndpoint(r)
-  const lan = readEndpoints(r)
-  return { publicKey, name, online, lastSeenAgoMs, nat, udp, tcp, lan }
-}
-
-function readEndpoints(r: Reader): Endpoint[] {
-  const n = r.u8('endpoint count')
-  if (n > MAX_LAN_ENDPOINTS) throw new ProtocolError('BAD_REQUEST', `too many endpoints (${n})`)
-  const out: Endpoint[] = []
-  for (let i = 0; i < n; i++) {
-    const ep = readEndpoint(r)
-    if (ep) out.push(ep)
-  }
-  return out
-}
-
-/** Appends the tag of everything written so far. */
-function sealed(w: Writer, key: Uint8Array): Writer {
-  return w.bytes(tag(key, w.peek()))
-}
-
-/** Reads a tag; `covered` is every byte of the frame before it. */
-function readSeal(r: Reader, buf: Uint8Array): Sealed {
-  const covered = buf.subarray(0, r.position)
-  return { covered, tag: r.bytes(TAG_BYTES, 'tag') }
-}
-
-function enumAt<T>(values: readonly T[], index: number, what: string): T {
-  const v = values[index]
-  if (v === undefined) throw new ProtocolError('BAD_REQUEST', `unknown ${what} ${index}`)
-  return v
-}
-
-function fixed(b: Uint8Array, n: number, what: string): Uint8Array {
-  if (b.length !== n) throw new RangeError(`${what} must be ${n} bytes`)
-  return b
-}
-
 /** The REGISTER frame up to (not including) its signature: the bytes the agent signs. */
 export function encodeRegisterUnsigned(f: RegisterFields): Buffer {
   const w = header(MSG.REGISTER)
   w.bytes(fixed(f.nonce, NONCE_BYTES, 'nonce')).u48(f.time).bytes(fixed(f.publicKey, KEY_BYTES, 'publicKey'))
   w.str8(f.name).u16(f.tcpPort).u8(NAT_VERDICTS.indexOf(f.nat))
-  const lan = f.lan.slice(0, MAX_LAN_ENDPOINTS)
-  w.u8(lan.length)
-  for (const ep of lan) writeEndpoint(w, ep)
+  writeEndpoints(w, f.lan)
   w.u8(f.proof.length).bytes(f.proof)
   return w.finish()
 }
@@ -341,12 +190,9 @@ export function encode(m: OutgoingMessage): Buffer {
       return w.finish()
     }
     case 'heartbeat':
-      return sealed(header(MSG.HEARTBEAT).bytes(fixed(m.token, TOKEN_BYTES, 'token')).u32(m.seq), m.key).zeros(HEARTBEAT_PADDING).finish()
-    case 'heartbeat-ack': {
-      const w = header(MSG.HEARTBEAT_ACK).u32(m.seq).u8(HEARTBEAT_STATUSES.indexOf(m.status))
-      writeEndpoint(w, m.observed)
-      return sealed(w, m.key).finish()
-    }
+    case 'heartbeat-ack':
+    case 'probe':
+      return encodeDatagram(m)
     case 'error':
       return header(MSG.ERROR).u32(m.reqId).str8(truncateUtf8(m.code, 64)).str8(truncateUtf8(m.message, 255)).finish()
     case 'list':
@@ -385,8 +231,6 @@ export function encode(m: OutgoingMessage): Buffer {
       return Buffer.concat([RELAY_DATA_HEADER, m.data])
     case 'relay-end':
       return header(MSG.RELAY_END).str8(truncateUtf8(m.code, 64)).str8(truncateUtf8(m.message, 255)).finish()
-    case 'probe':
-      return sealed(header(MSG.PROBE).bytes(fixed(m.introId, INTRO_ID_BYTES, 'introId')).u32(m.streamId).u32(m.seq).u8(m.ack ? 1 : 0), m.key).finish()
     case 'release':
       return header(MSG.RELEASE).u32(m.reqId).str8(m.name).finish()
     case 'ok':
@@ -434,20 +278,6 @@ export function decode(buf: Uint8Array): Message {
       if (noServer6) r.u8('server6 family')
       const features = (server6 || noServer6) && r.remaining >= 1 ? r.u8('features') : undefined
       return { type: 'register-ack', token, udpKey, observed, heartbeatMs, peerTimeoutMs, ...(server6 ? { server6 } : {}), ...(features !== undefined ? { features } : {}) }
-    }
-    case MSG.HEARTBEAT: {
-      const token = r.bytes(TOKEN_BYTES, 'token')
-      const seq = r.u32('seq')
-      const seal = readSeal(r, buf)
-      r.bytes(HEARTBEAT_PADDING, 'heartbeat padding')
-      return { type: 'heartbeat', token, seq, ...seal }
-    }
-    case MSG.HEARTBEAT_ACK: {
-      const seq = r.u32('seq')
-      const status = HEARTBEAT_STATUSES[r.u8('status')]
-      if (!status) throw new ProtocolError('BAD_REQUEST', 'unknown heartbeat status')
-      const observed = readEndpoint(r)
-      return { type: 'heartbeat-ack', seq, status, observed, ...readSeal(r, buf) }
     }
     case MSG.ERROR:
       return { type: 'error', reqId: r.u32('reqId'), code: r.str8('code'), message: r.str8('message') }
@@ -501,104 +331,14 @@ export function decode(buf: Uint8Array): Message {
       return { type: 'relay-data', data: r.bytes(r.remaining) }
     case MSG.RELAY_END:
       return { type: 'relay-end', code: r.str8('code'), message: r.str8('message') }
-    case MSG.PROBE: {
-      const introId = r.bytes(INTRO_ID_BYTES, 'introId')
-      const streamId = r.u32('streamId')
-      const seq = r.u32('seq')
-      const ack = (r.u8('flags') & 1) === 1
-      return { type: 'probe', introId, streamId, seq, ack, ...readSeal(r, buf) }
-    }
     case MSG.RELEASE:
       return { type: 'release', reqId: r.u32('reqId'), name: r.str8('name') }
     case MSG.OK:
       return { type: 'ok', reqId: r.u32('reqId') }
-    default:
+    default: {
+      const datagram = decodeDatagram(type, r, buf)
+      if (datagram) return datagram
       throw new ProtocolError('BAD_REQUEST', `unknown message type ${type}`)
-  }
-}
-
-
-/**
- * Splits a TCP byte stream into frames (u32 big-endian length, then the frame).
- * Throws ProtocolError when a length exceeds MAX_TCP_FRAME_BYTES: the caller closes.
- *
- * Each byte is copied about once, however small the reads: a frame that spans reads grows
- * in a buffer of our own whose capacity doubles (up to the largest frame), and frames inside
- * one read are views of it. (Concatenating the partial frame with each
- * read copied a 64 KiB relay frame arriving in 1448-byte segments ~24 times over: the
- * relay's largest cost.)
- */
-export class FrameSplitter {
-  private pending: Buffer = Buffer.alloc(0)
-  /** Where a partial frame grows; `pending` ends at `ownEnd` in it while it is in use. Frames handed out keep their bytes: only the space past `ownEnd` is written. */
-  private own: Buffer | null = null
-  private ownEnd = 0
-
-  /** `maxBytes`: a larger length prefix throws (a reader may lower it as a connection's role becomes known). */
-  constructor(public maxBytes: number = MAX_TCP_FRAME_BYTES) {}
-
-  /** Bytes held: a partial frame, or frames not yet taken. */
-  get pendingBytes(): number {
-    return this.pending.length
-  }
-
-  push(chunk: Buffer): Buffer[] {
-    this.add(chunk)
-    const frames: Buffer[] = []
-    for (let f = this.next(); f; f = this.next()) frames.push(f)
-    return frames
-  }
-
-  /** Buffers a chunk without splitting it (then next() one frame at a time). */
-  add(chunk: Buffer): void {
-    if (chunk.length === 0) return
-    if (this.pending.length === 0) {
-      this.pending = chunk // frames inside one read are views of it: no copy
-      return
     }
-    const need = this.pending.length + chunk.length
-    const own = this.own
-    if (own && this.pending.buffer === own.buffer && this.pending.byteOffset + this.pending.length === this.ownEnd && this.ownEnd + chunk.length <= own.length) {
-      chunk.copy(own, this.ownEnd)
-      this.ownEnd += chunk.length
-      this.pending = own.subarray(this.ownEnd - need, this.ownEnd)
-      return
-    }
-    // Room to double, but never past the largest frame (no frame needs more, and a stranger's
-    // partial frame holds at most about what it sent). allocUnsafeSlow: an ArrayBuffer of its
-    // own (not the shared pool), so `buffer ===` above identifies it.
-    const grown = Buffer.allocUnsafeSlow(Math.max(need, Math.min(2 * need, this.maxBytes + 4)))
-    this.pending.copy(grown, 0)
-    chunk.copy(grown, this.pending.length)
-    this.own = grown
-    this.ownEnd = need
-    this.pending = grown.subarray(0, need)
   }
-
-  /** The next whole frame, or null until more bytes arrive. */
-  next(): Buffer | null {
-    if (this.pending.length < 4) return null
-    const len = this.pending.readUInt32BE(0)
-    if (len > this.maxBytes) throw new ProtocolError('BAD_REQUEST', `frame of ${len} bytes exceeds ${this.maxBytes}`)
-    if (this.pending.length < 4 + len) return null
-    const f = this.pending.subarray(4, 4 + len)
-    this.pending = this.pending.subarray(4 + len)
-    if (this.pending.length === 0) this.own = null // the next read starts afresh; handed-out frames keep theirs
-    return f
-  }
-
-  /** The bytes after the last frame taken (the start of what follows the framing, e.g. Noise). */
-  rest(): Buffer {
-    const r = this.pending
-    this.pending = Buffer.alloc(0)
-    this.own = null
-    return r
-  }
-}
-
-export function frame(msg: Uint8Array): Buffer {
-  const out = Buffer.allocUnsafe(4 + msg.length)
-  out.writeUInt32BE(msg.length, 0)
-  out.set(msg, 4)
-  return out
 }

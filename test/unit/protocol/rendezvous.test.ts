@@ -1,7 +1,8 @@
 // The rendezvous wire format, version 2 (src/protocol/rendezvous.ts): golden bytes
-// written by hand from the layout comment at the top of that file (the seal tags were
-// computed apart, with Python's hashlib.blake2b(key=KEY, digest_size=16), so a seal.ts
-// that ignored its key or hashed the wrong bytes fails here), round trips for every
+// written by hand from the layout comments of that file, rendezvous-datagrams.ts and
+// peer-record.ts (the seal tags were computed apart, with Python's
+// hashlib.blake2b(key=KEY, digest_size=16), so a seal.ts that ignored its key or hashed
+// the wrong bytes fails here), round trips for every
 // message type, seals that open only with their key, the anti-amplification size rules,
 // and fuzzing that may only throw ProtocolError.
 import { describe, expect, it, vi } from 'vitest'
