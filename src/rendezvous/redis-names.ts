@@ -1,6 +1,6 @@
 /**
  * `natd-rendezvous names ls|rm --redis URL`: the name bindings of a deployment that keeps
- * its registry in Redis (redis-cluster.ts draws the keys: natd:name:NAME is a hash of
+ * its registry in Redis (redis-scripts.ts draws the keys: natd:name:NAME is a hash of
  * key, boundAt, lastSeenAt; natd:keyname:K the name K holds).
  *
  * ls walks natd:name:* with SCAN (never KEYS: it would block Redis for every instance),
@@ -12,7 +12,8 @@
 import { createClient } from '@redis/client'
 import { KEY_BYTES } from '../protocol/rendezvous.js'
 import type { NameBinding } from './name-store.js'
-import { KEY_PREFIX as P, REDIS_TIMEOUT_MS } from './redis-cluster.js'
+import { REDIS_TIMEOUT_MS } from './redis-cluster.js'
+import { KEY_PREFIX as P } from './redis-scripts.js'
 
 /** Keys per SCAN step (Redis's hint: how much work one call does). */
 const SCAN_COUNT = 1_000
