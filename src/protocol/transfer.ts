@@ -26,7 +26,7 @@
  * (Version 2: the digest moved from OFFER to END, so a sender reads the file once.)
  * The `msg` channel:   MESSAGE → ACK | REFUSE.
  */
-import { Reader, truncateUtf8, Writer } from './bytes.js'
+import { fixed, Reader, truncateUtf8, Writer } from './bytes.js'
 import { ProtocolError } from './errors.js'
 
 export const TRANSFER_MAGIC = 0x4e58
@@ -48,11 +48,6 @@ export type TransferFrame =
   | { type: 'message'; messageId: Uint8Array; sentAt: number; text: string }
   | { type: 'ack'; messageId: Uint8Array; duplicate: boolean }
   | { type: 'end'; sha256: Uint8Array }
-
-function fixed(b: Uint8Array, n: number, what: string): Uint8Array {
-  if (b.length !== n) throw new RangeError(`${what} must be ${n} bytes`)
-  return b
-}
 
 export function encodeTransfer(f: TransferFrame): Buffer {
   const body = new Writer()
