@@ -18,13 +18,15 @@
  *   limit = INFLIGHT_FLOOR_BYTES + INFLIGHT_GAIN × rate × rtt     (at most the replay bound)
  *
  * - rate: the most bytes per ms acknowledged over any of the last RATE_SAMPLES intervals
- *   (each at least RATE_INTERVAL_MIN_MS and one RTT long: ACKs come in bursts when an
- *   agent was busy). Measured while the limit holds the sender back it is limit / RTT, so
+ *   (each at least RATE_INTERVAL_MIN_MS and one RTT long: on a loaded machine an agent
+ *   stalls for tens of ms and then reads a burst of ACKs, which over 10 ms intervals
+ *   looked like a path several times faster: the limit reached the replay bound). Measured while the limit holds the sender back it is limit / RTT, so
  *   with a gain of 2 the limit doubles each round trip until the path (or the slower
  *   agent) is the bottleneck: a slow start.
- * - rtt: a PING the mux sends in front of a frame when next to nothing of its own is
- *   queued (at most RTT_SAMPLE_MAX_AGE_MS apart): its PONG comes back without waiting
- *   behind our data. A round trip measured through our own queue would grow the limit
+ * - rtt: the least of the last RTT_SAMPLES round trips of a PING the mux sends in front
+ *   of a frame when next to nothing of its own is queued (at most one per
+ *   RTT_PROBE_EVERY_MS): its PONG comes back without waiting behind our data. The least,
+ *   because a probe that met a busy event loop at either end measured the scheduler. A round trip measured through our own queue would grow the limit
  *   that grows the queue; the ACKs' timing is also no round trip (the peer delays them).
  * - the floor: what keeps the pipe full at any RTT the estimate misses (none yet, a short
  *   one under CPU load): the peer acknowledges every ACK_EVERY_BYTES (a quarter of it),
@@ -40,12 +42,14 @@ import type { TimerClock } from '../protocol/clock.js'
 export const INFLIGHT_FLOOR_BYTES = 1024 * 1024
 /** The limit is this many times rate × rtt over the floor (room to find more bandwidth, as BBR's cwnd gain). */
 export const INFLIGHT_GAIN = 2
-/** Rate intervals the maximum is taken over (a few round trips: the rate of a path changes slowly). */
+/** Rate intervals the maximum is taken over (a second or more: the rate of a path changes slowly). */
 export const RATE_SAMPLES = 10
 /** A rate interval lasts at least this (ACKs read in one burst after a busy moment would look like a fast path). */
-export const RATE_INTERVAL_MIN_MS = 10
-/** A round trip measured longer ago than this is measured again at the next idle → busy. */
-export const RTT_SAMPLE_MAX_AGE_MS = 10_000
+export const RATE_INTERVAL_MIN_MS = 100
+/** Probe round trips the least is taken over. */
+export const RTT_SAMPLES = 8
+/** At most one probe per this (a probe costs a PING and a PONG frame). */
+export const RTT_PROBE_EVERY_MS = 1_000
 /** A probe whose PONG did not come (lost on a lossy path) may be sent again after this. */
 export const RTT_PROBE_RETRY_MS = 2_000
 /** Unacknowledged bytes under which the mux counts as idle: a probe sent then waits behind at most this. */
@@ -57,8 +61,10 @@ export const IDLE_INFLIGHT_BYTES = 64 * 1024
 export const RTT_PROBE_SEQ = 0xfffffffe
 
 export class InflightCap {
-  private rttMs: number | null = null
-  private rttAt = -Infinity
+  /** The last probes' round trips, oldest first. */
+  private rtts: number[] = []
+  /** When the last probe went out (answered or not). */
+  private lastProbeAt = -Infinity
   private probeSentAt: number | null = null
   /** Bytes per ms of the last intervals, oldest first. */
   private rates: number[] = []
@@ -77,7 +83,7 @@ export class InflightCap {
 
   /** The round trip the limit uses, null before the first probe came back. */
   get rtt(): number | null {
-    return this.rttMs
+    return this.rtts.length === 0 ? null : Math.min(...this.rtts)
   }
 
   /** The fastest recent rate, bytes per ms (0 before the first interval). */
@@ -87,24 +93,24 @@ export class InflightCap {
 
   /**
    * A sequenced frame is about to be sent with `inflight` bytes unacknowledged: true when
-   * a probe (PING RTT_PROBE_SEQ) should go first (the mux is idle and the round trip is
-   * unknown or old); the probe counts as sent.
+   * a probe (PING RTT_PROBE_SEQ) should go first (the mux is idle, the last probe is
+   * RTT_PROBE_EVERY_MS old, none is out); the probe counts as sent.
    */
   wantsProbe(inflight: number): boolean {
     if (inflight > IDLE_INFLIGHT_BYTES) return false
     const now = this.clock.hrNow()
     if (this.probeSentAt !== null && now - this.probeSentAt < RTT_PROBE_RETRY_MS) return false
-    if (this.rttMs !== null && now - this.rttAt < RTT_SAMPLE_MAX_AGE_MS) return false
+    if (now - this.lastProbeAt < RTT_PROBE_EVERY_MS) return false
     this.probeSentAt = now
+    this.lastProbeAt = now
     return true
   }
 
   /** The PONG of our probe came (one we did not send is ignored). */
   onProbePong(): void {
     if (this.probeSentAt === null) return
-    const now = this.clock.hrNow()
-    this.rttMs = now - this.probeSentAt
-    this.rttAt = now
+    this.rtts.push(this.clock.hrNow() - this.probeSentAt)
+    if (this.rtts.length > RTT_SAMPLES) this.rtts.shift()
     this.probeSentAt = null
     this.update()
   }
@@ -120,7 +126,7 @@ export class InflightCap {
     }
     this.intervalBytes += bytes
     const dt = now - this.intervalStart
-    if (dt < Math.max(RATE_INTERVAL_MIN_MS, this.rttMs ?? 0)) return
+    if (dt < Math.max(RATE_INTERVAL_MIN_MS, this.rtt ?? 0)) return
     this.rates.push(this.intervalBytes / dt)
     if (this.rates.length > RATE_SAMPLES) this.rates.shift()
     this.intervalStart = now
@@ -130,8 +136,8 @@ export class InflightCap {
 
   /** The tunnel moved to another session (path): what was measured was another path's. */
   reset(): void {
-    this.rttMs = null
-    this.rttAt = -Infinity
+    this.rtts = []
+    this.lastProbeAt = -Infinity
     this.probeSentAt = null
     this.rates = []
     this.intervalStart = null
@@ -140,7 +146,8 @@ export class InflightCap {
   }
 
   private update(): void {
-    const bdp = this.rttMs === null ? 0 : INFLIGHT_GAIN * this.rate * this.rttMs
+    const rtt = this.rtt
+    const bdp = rtt === null ? 0 : INFLIGHT_GAIN * this.rate * rtt
     this.limit = Math.min(this.max, Math.round(INFLIGHT_FLOOR_BYTES + bdp))
   }
 }

@@ -3,7 +3,7 @@
 // that doubles per round trip, a limit that settles at floor + gain × rate × RTT behind
 // a bottleneck, the replay bound as ceiling, and a pong nobody asked for changing nothing.
 import { describe, expect, it } from 'vitest'
-import { IDLE_INFLIGHT_BYTES, INFLIGHT_FLOOR_BYTES, INFLIGHT_GAIN, InflightCap, RATE_SAMPLES, RTT_PROBE_RETRY_MS, RTT_SAMPLE_MAX_AGE_MS } from '../../../src/tunnel/inflight-cap.js'
+import { IDLE_INFLIGHT_BYTES, INFLIGHT_FLOOR_BYTES, INFLIGHT_GAIN, InflightCap, RATE_SAMPLES, RTT_PROBE_EVERY_MS, RTT_PROBE_RETRY_MS, RTT_SAMPLES } from '../../../src/tunnel/inflight-cap.js'
 import { FakeClock } from '../helpers.js'
 
 const MAX = 16 * 1024 * 1024
@@ -42,7 +42,7 @@ describe('InflightCap', () => {
     expect(cap.limit).toBe(INFLIGHT_FLOOR_BYTES)
   })
 
-  it('asks for a probe only when the mux is idle, once per retry time, and not again while its round trip is fresh', () => {
+  it('asks for a probe only when the mux is idle, one at a time, at most one per RTT_PROBE_EVERY_MS; the round trip is the least of the last RTT_SAMPLES', () => {
     const clock = new FakeClock()
     const cap = new InflightCap(clock, MAX)
     expect(cap.wantsProbe(IDLE_INFLIGHT_BYTES + 1)).toBe(false) // busy: the pong would wait behind our data
@@ -53,10 +53,19 @@ describe('InflightCap', () => {
     clock.t += 5
     cap.onProbePong()
     expect(cap.rtt).toBe(5)
-    clock.t += RTT_SAMPLE_MAX_AGE_MS - 1
-    expect(cap.wantsProbe(0)).toBe(false)
-    clock.t += 1
-    expect(cap.wantsProbe(0)).toBe(true)
+    expect(cap.wantsProbe(0)).toBe(false) // too soon
+    const probe = (rttMs: number): void => {
+      clock.t += RTT_PROBE_EVERY_MS
+      expect(cap.wantsProbe(0)).toBe(true)
+      clock.t += rttMs
+      cap.onProbePong()
+    }
+    probe(50) // a probe that met a busy event loop
+    expect(cap.rtt).toBe(5)
+    probe(3)
+    expect(cap.rtt).toBe(3)
+    for (let i = 0; i < RTT_SAMPLES; i++) probe(40)
+    expect(cap.rtt).toBe(40) // the old ones aged out
   })
 
   it('ignores a pong it did not ask for', () => {
@@ -70,9 +79,9 @@ describe('InflightCap', () => {
 
   it('grows about twofold per round trip while the limit holds the sender back (slow start)', () => {
     const clock = new FakeClock()
-    const cap = measured(clock, 20)
-    // A path far faster than the floor per round trip: 1 GB/s × 20 ms = 20 MB.
-    const limits = run(clock, cap, 20, 1_000_000, 6)
+    const cap = measured(clock, 100)
+    // A path far faster than the floor per round trip: 1 GB/s × 100 ms = 100 MB.
+    const limits = run(clock, cap, 100, 1_000_000, 6)
     expect(limits[0]).toBe(INFLIGHT_FLOOR_BYTES) // the first ACK starts the count
     expect(limits[1]).toBeGreaterThan(2 * INFLIGHT_FLOOR_BYTES)
     for (let i = 2; i < limits.length && limits[i]! < MAX; i++) expect(limits[i]! / limits[i - 1]!).toBeGreaterThan(1.5)
@@ -92,7 +101,7 @@ describe('InflightCap', () => {
 
   it('keeps the fastest recent rate for RATE_SAMPLES intervals after a transfer slows, then follows it down', () => {
     const clock = new FakeClock()
-    const rttMs = 30
+    const rttMs = 100 // one rate interval per round trip
     const cap = measured(clock, rttMs)
     run(clock, cap, rttMs, 50_000, 30)
     const high = cap.limit
