@@ -154,9 +154,9 @@ export class MuxChannel extends Duplex {
     }
   }
 
-  /** Whether sendSome() would send a byte now (credit, and the session not congested). */
+  /** Whether sendSome() would send a byte now (credit, the session not congested, no other channel's turn). */
   get canSend(): boolean {
-    return !this.destroyed && this.credit > 0 && !this.mux.congested
+    return !this.destroyed && this.credit > 0 && this.mux.mayPush
   }
 
   /**
@@ -177,14 +177,14 @@ export class MuxChannel extends Duplex {
     return sent
   }
 
-  /** Calls `fn` once sendSome() can send (credit, session), or with the error if the channel dies first. */
+  /** Calls `fn` once sendSome() can send (credit, session, its turn), or with the error if the channel dies first. */
   whenSendable(fn: (err?: Error | null) => void): void {
     if (this.destroyed) return fn(new NatdError('TUNNEL_CLOSED', 'channel closed'))
     if (this.credit <= 0) {
       this.pendingWrite = { resume: () => this.whenSendable(fn), cb: fn }
       return
     }
-    if (this.mux.congested) return this.mux.whenWritable((err) => (err ? fn(err) : this.whenSendable(fn)))
+    if (!this.mux.mayPush) return this.mux.whenWritable((err) => (err ? fn(err) : this.whenSendable(fn)))
     fn()
   }
 
@@ -231,7 +231,7 @@ export class MuxChannel extends Duplex {
           this.pendingWrite = { resume: pump, cb }
           return
         }
-        if (this.mux.congested) return this.mux.whenWritable(pump)
+        if (!this.mux.mayPush) return this.mux.whenWritable(pump)
         const n = Math.min(left, this.credit, MAX_DATA_BYTES)
         const frame = this.dataFrame(n)
         for (let at = DATA_HEADER_BYTES; at < frame.length; ) {

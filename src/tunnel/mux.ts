@@ -14,7 +14,8 @@ import { EventEmitter } from 'node:events'
 import { systemClock, type Timer, type TimerClock } from '../protocol/clock.js'
 import { NatdError } from '../protocol/errors.js'
 import type { Logger } from '../protocol/log.js'
-import { decodeMux, encodeMux, isSequenced, type MuxFrame } from '../protocol/mux.js'
+import { decodeMux, encodeMux, isSequenced, MUX, type MuxFrame } from '../protocol/mux.js'
+import { InflightCap, RTT_PROBE_SEQ } from './inflight-cap.js'
 import { CHANNEL_WINDOW_BYTES, MuxChannel } from './mux-channel.js'
 import { ReplayBuffer } from './replay-buffer.js'
 import { readMessages } from './session-reader.js'
@@ -24,8 +25,9 @@ import { sealedWriter, type FrameWriter } from './session-writer.js'
 export const MAX_CHANNELS = 4096
 /**
  * Unacknowledged bytes a tunnel keeps for replay (tunnel/resume.ts) before its channels
- * wait: 4 channel windows (CHANNEL_WINDOW_BYTES), ~130 ms of a 128 MB/s path. Channel
- * data stops at this bound (backpressure, as for a full session).
+ * wait: 4 channel windows (CHANNEL_WINDOW_BYTES), ~130 ms of a 128 MB/s path. The ceiling
+ * of the in-flight limit (inflight-cap.ts), where channel data stops (backpressure, as for
+ * a full session); on a LAN the limit is far below it.
  */
 export const REPLAY_MAX_BYTES = 16 * 1024 * 1024
 /**
@@ -36,10 +38,20 @@ export const REPLAY_MAX_BYTES = 16 * 1024 * 1024
 export const REPLAY_HARD_MAX_BYTES = 2 * REPLAY_MAX_BYTES
 /** We acknowledge after this many sequenced frames … */
 export const ACK_EVERY_FRAMES = 32
-/** … or this many bytes of them (a quarter of a channel window: the sender's replay stays short) … */
-export const ACK_EVERY_BYTES = 1024 * 1024
+/**
+ * … or this many bytes of them (four full DATA frames: the sender keeps at most
+ * INFLIGHT_FLOOR_BYTES in flight on a LAN, inflight-cap.ts, and must hear of the first
+ * bytes long before the last are read) …
+ */
+export const ACK_EVERY_BYTES = 256 * 1024
 /** … or this long after the first frame not yet acknowledged (coalesces ACKs of small frames). */
 export const ACK_DELAY_MS = 20
+/**
+ * Bytes of channel data a waiting channel may send when its turn comes before the next
+ * waiting channel's turn (one full DATA frame): a bulk transfer and a 1-byte request that
+ * both wait for the session take turns, the request is not behind all of the bulk's.
+ */
+export const TURN_BYTES = 64 * 1024 + 5
 
 /**
  * The session: a message-preserving duplex (secret-stream). write() may hold `buf` until
@@ -77,7 +89,12 @@ interface MuxEvents {
 export class Mux extends EventEmitter<MuxEvents> {
   private readonly channels = new Map<number, MuxChannel>()
   private nextId: number
+  /** Channels waiting for the session (or the in-flight limit), in turn order. */
   private drainWaiters: Array<(err?: Error | null) => void> = []
+  /** wake() is handing out turns. */
+  private waking = false
+  /** Bytes the channel whose turn it is may still send (Infinity outside a turn). */
+  private turnLeft = Infinity
   /**
    * The session's last write() returned false and its 'drain' has not come yet. Tracked
    * from write()'s result because secret-stream is a streamx stream, which has no
@@ -89,6 +106,8 @@ export class Mux extends EventEmitter<MuxEvents> {
   bytesOut = 0
   /** Sequenced frames sent and not acknowledged (a resumed session sends them again). */
   private readonly replay = new ReplayBuffer()
+  /** How much of the replay buffer may be in flight before channel data waits (inflight-cap.ts). */
+  private readonly inflight: InflightCap
   /** Sequenced frames received in all. */
   private received = 0
   private unackedFrames = 0
@@ -111,10 +130,11 @@ export class Mux extends EventEmitter<MuxEvents> {
     session: MessageStream,
     opener: boolean,
     private readonly log: Logger,
-    /** Schedules the delayed ACK (tunnel.ts passes the tunnel's clock). */
-    private readonly clock: Pick<TimerClock, 'setTimeout' | 'clear'> = systemClock
+    /** Schedules the delayed ACK and times the in-flight limit's probes (tunnel.ts passes the tunnel's clock). */
+    private readonly clock: Pick<TimerClock, 'setTimeout' | 'clear' | 'hrNow'> = systemClock
   ) {
     super()
+    this.inflight = new InflightCap(clock, REPLAY_MAX_BYTES)
     this.session = session
     this.reading = session
     this.nextId = opener ? 1 : 2
@@ -132,6 +152,7 @@ export class Mux extends EventEmitter<MuxEvents> {
     const waiters = this.drainWaiters.splice(0)
     this.session = next
     this.needDrain = false
+    this.inflight.reset()
     for (const w of waiters) this.whenWritable(w)
     if (this.peerSwitched) this.reading = next
     else this.next = next
@@ -208,8 +229,11 @@ export class Mux extends EventEmitter<MuxEvents> {
    */
   sendRaw(buf: Buffer): void {
     if (this.closed) return
-    if (isSequenced(buf)) {
+    const sequenced = isSequenced(buf)
+    const before = this.replay.bytes
+    if (sequenced) {
       this.replay.push(buf)
+      this.turnLeft -= buf.length
       if (this.replay.bytes > REPLAY_HARD_MAX_BYTES) {
         this.emit('broken', `the peer left ${this.replay.bytes} bytes unacknowledged (more than ${REPLAY_HARD_MAX_BYTES})`)
         return
@@ -217,6 +241,8 @@ export class Mux extends EventEmitter<MuxEvents> {
     }
     const session = this.session
     if (!session || session.destroyed) return
+    // Channel data after an idle moment: a PING in front measures the round trip without our queue.
+    if (sequenced && buf[0] === MUX.DATA && this.inflight.wantsProbe(before)) this.writeTo(session, encodeMux({ type: 'ping', channel: 0, seq: RTT_PROBE_SEQ }))
     this.writeTo(session, buf)
   }
 
@@ -242,10 +268,24 @@ export class Mux extends EventEmitter<MuxEvents> {
     })
   }
 
-  /** Lets waiting channels try again (each checks `congested` itself). */
+  /**
+   * Gives waiting channels their turns, in order, while the session can take more: each
+   * may send TURN_BYTES, then waits at the back (mayPush) if others wait. A channel that
+   * waits alone sends on without turns.
+   */
   private wake(): void {
-    if (this.congested) return
-    for (const w of this.drainWaiters.splice(0)) w()
+    if (this.waking) return
+    this.waking = true
+    try {
+      while (this.drainWaiters.length > 0 && !this.congested) {
+        const w = this.drainWaiters.shift()!
+        this.turnLeft = TURN_BYTES
+        w()
+      }
+    } finally {
+      this.waking = false
+      this.turnLeft = Infinity
+    }
   }
 
   /**
@@ -257,18 +297,33 @@ export class Mux extends EventEmitter<MuxEvents> {
   }
 
   /**
-   * @internal channel data must wait: the session's buffer is full, the replay buffer is
-   * at its bound, or there is no session (a resume is under way).
+   * @internal channel data must wait: the session's buffer is full, the bytes in flight
+   * are at their limit (inflight-cap.ts; never above the replay bound), or there is no
+   * session (a resume is under way).
    */
   get congested(): boolean {
-    return this.needDrain || this.replay.bytes >= REPLAY_MAX_BYTES || !this.session || this.session.destroyed
+    return this.needDrain || this.replay.bytes >= this.inflight.limit || !this.session || this.session.destroyed
   }
 
-  /** @internal calls back once the session can take more (backpressure for every channel). */
+  /**
+   * @internal channel data may be sent now: not congested, and no channel waits ahead of
+   * the caller (outside wake() nobody waits unless congested; in a turn, the channel whose
+   * turn it is has TURN_BYTES).
+   */
+  get mayPush(): boolean {
+    return !this.congested && (this.drainWaiters.length === 0 || this.turnLeft > 0)
+  }
+
+  /** @internal calls back once the caller's channel may send (backpressure and turns for every channel). */
   whenWritable(cb: (err?: Error | null) => void): void {
     if (this.closed) return cb(new NatdError('TUNNEL_CLOSED', 'tunnel closed'))
-    if (!this.congested) return cb()
+    if (this.mayPush) return cb()
     this.drainWaiters.push(cb)
+  }
+
+  /** The in-flight limit and what it was computed from (bench, tests). */
+  get inflightLimit(): { bytes: number; rttMs: number | null; bytesPerMs: number } {
+    return { bytes: this.inflight.limit, rttMs: this.inflight.rtt, bytesPerMs: this.inflight.rate }
   }
 
   /** Frees the replay buffer's memory if nothing waits for an ACK (the tunnel's keepalive calls it). */
@@ -294,6 +349,7 @@ export class Mux extends EventEmitter<MuxEvents> {
     this.early = []
     this.peerSwitched = false
     this.needDrain = false
+    this.inflight.reset()
     this.clock.clear(this.ackTimer)
     this.ackTimer = null
     this.unackedFrames = 0
@@ -334,10 +390,12 @@ export class Mux extends EventEmitter<MuxEvents> {
   }
 
   private onAck(received: number): void {
+    const before = this.replay.bytes
     if (!this.replay.ack(received)) {
       this.emit('broken', 'the peer acknowledged frames never sent')
       return
     }
+    this.inflight.onAcked(before - this.replay.bytes)
     this.wake()
   }
 
@@ -359,6 +417,7 @@ export class Mux extends EventEmitter<MuxEvents> {
     this.emit('frame')
     if (f.channel === 0) {
       if (f.type === 'ping') this.send({ type: 'pong', channel: 0, seq: f.seq })
+      else if (f.type === 'pong' && f.seq === RTT_PROBE_SEQ) this.inflight.onProbePong()
       else if (f.type === 'pong') this.emit('pong', f.seq)
       else if (f.type === 'goodbye') this.emit('goodbye', f.reason)
       else if (f.type === 'switch') this.onSwitch()

@@ -1,0 +1,153 @@
+/**
+ * How many bytes the mux may have sent and not yet had acknowledged (issue 18).
+ *
+ * Below the mux, the session's socket and the kernels queue whatever they are given: a
+ * TCP tunnel's send buffer and the peer's receive buffer grow with autotuning (this
+ * kernel lets `tcp_rmem` reach 32 MiB), UDX keeps its own window. Bounded only by the
+ * replay buffer (REPLAY_MAX_BYTES, 16 MiB), a bulk transfer kept up to 16 MiB queued
+ * there, and a 1-byte request on another channel of the same tunnel waited behind all of
+ * it: ~450 ms at the receiving agent's 40 MB/s (docs/BENCHMARKS.md). The mux cannot
+ * reorder bytes once they are below it, so it hands down no more than the path needs.
+ *
+ * What is "below the mux" is measured end to end from the mux's own ACKs: bytes kept for
+ * replay = sent and not yet read by the peer's mux (socket queue, both kernels, the wire,
+ * the peer's unread input). `socket.writableLength` would see only libuv's queue (empty
+ * while the kernel takes everything) and Node has neither TCP_NOTSENT_LOWAT nor TCP_INFO;
+ * the ACKs cover TCP, UDX and the relay alike.
+ *
+ *   limit = INFLIGHT_FLOOR_BYTES + INFLIGHT_GAIN × rate × rtt     (at most the replay bound)
+ *
+ * - rate: the most bytes per ms acknowledged over any of the last RATE_SAMPLES intervals
+ *   (each at least RATE_INTERVAL_MIN_MS and one RTT long: on a loaded machine an agent
+ *   stalls for tens of ms and then reads a burst of ACKs, which over 10 ms intervals
+ *   looked like a path several times faster: the limit reached the replay bound). Measured while the limit holds the sender back it is limit / RTT, so
+ *   with a gain of 2 the limit doubles each round trip until the path (or the slower
+ *   agent) is the bottleneck: a slow start.
+ * - rtt: the least of the last RTT_SAMPLES round trips of a PING the mux sends in front
+ *   of a frame when next to nothing of its own is queued (at most one per
+ *   RTT_PROBE_EVERY_MS): its PONG comes back without waiting behind our data. The least,
+ *   because a probe that met a busy event loop at either end measured the scheduler. A round trip measured through our own queue would grow the limit
+ *   that grows the queue; the ACKs' timing is also no round trip (the peer delays them).
+ * - the floor: what keeps the pipe full at any RTT the estimate misses (none yet, a short
+ *   one under CPU load): the peer acknowledges every ACK_EVERY_BYTES (a quarter of it),
+ *   so the next bytes are on their way while it reads the rest. On a LAN, where
+ *   rate × rtt is small, the floor is the limit: 1 MiB is ~20 ms at 50 MB/s.
+ *
+ * A peer could lie with its PONG or its ACKs: it only moves this limit between the floor
+ * and the replay bound that held before (its own tunnel's latency or throughput).
+ */
+import type { TimerClock } from '../protocol/clock.js'
+
+/** Bytes always allowed in flight (4 of the peer's ACK intervals: see above). */
+export const INFLIGHT_FLOOR_BYTES = 1024 * 1024
+/** The limit is this many times rate × rtt over the floor (room to find more bandwidth, as BBR's cwnd gain). */
+export const INFLIGHT_GAIN = 2
+/** Rate intervals the maximum is taken over (a second or more: the rate of a path changes slowly). */
+export const RATE_SAMPLES = 10
+/** A rate interval lasts at least this (ACKs read in one burst after a busy moment would look like a fast path). */
+export const RATE_INTERVAL_MIN_MS = 100
+/** Probe round trips the least is taken over. */
+export const RTT_SAMPLES = 8
+/** At most one probe per this (a probe costs a PING and a PONG frame). */
+export const RTT_PROBE_EVERY_MS = 1_000
+/** A probe whose PONG did not come (lost on a lossy path) may be sent again after this. */
+export const RTT_PROBE_RETRY_MS = 2_000
+/** Unacknowledged bytes under which the mux counts as idle: a probe sent then waits behind at most this. */
+export const IDLE_INFLIGHT_BYTES = 64 * 1024
+/**
+ * The PING sequence number of the mux's own probes: Tunnel.ping() counts from 1 (it never
+ * gets near 2^32) and 0 is the "this one" ping of a new path (late-switch.ts, manager.ts).
+ */
+export const RTT_PROBE_SEQ = 0xfffffffe
+
+export class InflightCap {
+  /** The last probes' round trips, oldest first. */
+  private rtts: number[] = []
+  /** When the last probe went out (answered or not). */
+  private lastProbeAt = -Infinity
+  private probeSentAt: number | null = null
+  /** Bytes per ms of the last intervals, oldest first. */
+  private rates: number[] = []
+  private intervalStart: number | null = null
+  private intervalBytes = 0
+  /** Bytes the mux may have unacknowledged before channel data waits. */
+  limit: number
+
+  constructor(
+    private readonly clock: Pick<TimerClock, 'hrNow'>,
+    /** The replay bound: the limit never exceeds it. */
+    private readonly max: number
+  ) {
+    this.limit = Math.min(INFLIGHT_FLOOR_BYTES, max)
+  }
+
+  /** The round trip the limit uses, null before the first probe came back. */
+  get rtt(): number | null {
+    return this.rtts.length === 0 ? null : Math.min(...this.rtts)
+  }
+
+  /** The fastest recent rate, bytes per ms (0 before the first interval). */
+  get rate(): number {
+    return this.rates.length === 0 ? 0 : Math.max(...this.rates)
+  }
+
+  /**
+   * A sequenced frame is about to be sent with `inflight` bytes unacknowledged: true when
+   * a probe (PING RTT_PROBE_SEQ) should go first (the mux is idle, the last probe is
+   * RTT_PROBE_EVERY_MS old, none is out); the probe counts as sent.
+   */
+  wantsProbe(inflight: number): boolean {
+    if (inflight > IDLE_INFLIGHT_BYTES) return false
+    const now = this.clock.hrNow()
+    if (this.probeSentAt !== null && now - this.probeSentAt < RTT_PROBE_RETRY_MS) return false
+    if (now - this.lastProbeAt < RTT_PROBE_EVERY_MS) return false
+    this.probeSentAt = now
+    this.lastProbeAt = now
+    return true
+  }
+
+  /** The PONG of our probe came (one we did not send is ignored). */
+  onProbePong(): void {
+    if (this.probeSentAt === null) return
+    this.rtts.push(this.clock.hrNow() - this.probeSentAt)
+    if (this.rtts.length > RTT_SAMPLES) this.rtts.shift()
+    this.probeSentAt = null
+    this.update()
+  }
+
+  /** The peer acknowledged `bytes` more. */
+  onAcked(bytes: number): void {
+    const now = this.clock.hrNow()
+    if (this.intervalStart === null) {
+      // These bytes were sent before we started counting: the first interval starts here.
+      this.intervalStart = now
+      this.intervalBytes = 0
+      return
+    }
+    this.intervalBytes += bytes
+    const dt = now - this.intervalStart
+    if (dt < Math.max(RATE_INTERVAL_MIN_MS, this.rtt ?? 0)) return
+    this.rates.push(this.intervalBytes / dt)
+    if (this.rates.length > RATE_SAMPLES) this.rates.shift()
+    this.intervalStart = now
+    this.intervalBytes = 0
+    this.update()
+  }
+
+  /** The tunnel moved to another session (path): what was measured was another path's. */
+  reset(): void {
+    this.rtts = []
+    this.lastProbeAt = -Infinity
+    this.probeSentAt = null
+    this.rates = []
+    this.intervalStart = null
+    this.intervalBytes = 0
+    this.limit = Math.min(INFLIGHT_FLOOR_BYTES, this.max)
+  }
+
+  private update(): void {
+    const rtt = this.rtt
+    const bdp = rtt === null ? 0 : INFLIGHT_GAIN * this.rate * rtt
+    this.limit = Math.min(this.max, Math.round(INFLIGHT_FLOOR_BYTES + bdp))
+  }
+}

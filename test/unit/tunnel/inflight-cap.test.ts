@@ -1,0 +1,132 @@
+// The mux's in-flight limit (src/tunnel/inflight-cap.ts) on a fake clock, no sockets:
+// the floor before anything is measured, the probe only from an idle mux, a slow start
+// that doubles per round trip, a limit that settles at floor + gain × rate × RTT behind
+// a bottleneck, the replay bound as ceiling, and a pong nobody asked for changing nothing.
+import { describe, expect, it } from 'vitest'
+import { IDLE_INFLIGHT_BYTES, INFLIGHT_FLOOR_BYTES, INFLIGHT_GAIN, InflightCap, RATE_SAMPLES, RTT_PROBE_EVERY_MS, RTT_PROBE_RETRY_MS, RTT_SAMPLES } from '../../../src/tunnel/inflight-cap.js'
+import { FakeClock } from '../helpers.js'
+
+const MAX = 16 * 1024 * 1024
+
+/** A cap whose probe was answered after `rttMs`. */
+function measured(clock: FakeClock, rttMs: number, max = MAX): InflightCap {
+  const cap = new InflightCap(clock, max)
+  expect(cap.wantsProbe(0)).toBe(true)
+  clock.t += rttMs
+  cap.onProbePong()
+  return cap
+}
+
+/**
+ * Runs `rounds` round trips of `rttMs` in which the sender has min(limit, what the path
+ * carries in a round trip) in flight and all of it is acknowledged at the round trip's end.
+ */
+function run(clock: FakeClock, cap: InflightCap, rttMs: number, bytesPerMs: number, rounds: number): number[] {
+  const limits: number[] = []
+  for (let i = 0; i < rounds; i++) {
+    const inFlight = Math.min(cap.limit, bytesPerMs * rttMs)
+    clock.t += rttMs
+    cap.onAcked(inFlight)
+    limits.push(cap.limit)
+  }
+  return limits
+}
+
+describe('InflightCap', () => {
+  it('starts at the floor and stays there until a round trip is measured, whatever the rate', () => {
+    const clock = new FakeClock()
+    const cap = new InflightCap(clock, MAX)
+    expect(cap.limit).toBe(INFLIGHT_FLOOR_BYTES)
+    run(clock, cap, 10, 1_000_000, 20)
+    expect(cap.rate).toBeGreaterThan(0)
+    expect(cap.limit).toBe(INFLIGHT_FLOOR_BYTES)
+  })
+
+  it('asks for a probe only when the mux is idle, one at a time, at most one per RTT_PROBE_EVERY_MS; the round trip is the least of the last RTT_SAMPLES', () => {
+    const clock = new FakeClock()
+    const cap = new InflightCap(clock, MAX)
+    expect(cap.wantsProbe(IDLE_INFLIGHT_BYTES + 1)).toBe(false) // busy: the pong would wait behind our data
+    expect(cap.wantsProbe(0)).toBe(true)
+    expect(cap.wantsProbe(0)).toBe(false) // one is out
+    clock.t += RTT_PROBE_RETRY_MS
+    expect(cap.wantsProbe(0)).toBe(true) // that one was lost: again
+    clock.t += 5
+    cap.onProbePong()
+    expect(cap.rtt).toBe(5)
+    expect(cap.wantsProbe(0)).toBe(false) // too soon
+    const probe = (rttMs: number): void => {
+      clock.t += RTT_PROBE_EVERY_MS
+      expect(cap.wantsProbe(0)).toBe(true)
+      clock.t += rttMs
+      cap.onProbePong()
+    }
+    probe(50) // a probe that met a busy event loop
+    expect(cap.rtt).toBe(5)
+    probe(3)
+    expect(cap.rtt).toBe(3)
+    for (let i = 0; i < RTT_SAMPLES; i++) probe(40)
+    expect(cap.rtt).toBe(40) // the old ones aged out
+  })
+
+  it('ignores a pong it did not ask for', () => {
+    const clock = new FakeClock()
+    const cap = new InflightCap(clock, MAX)
+    clock.t += 50
+    cap.onProbePong()
+    expect(cap.rtt).toBeNull()
+    expect(cap.limit).toBe(INFLIGHT_FLOOR_BYTES)
+  })
+
+  it('grows about twofold per round trip while the limit holds the sender back (slow start)', () => {
+    const clock = new FakeClock()
+    const cap = measured(clock, 100)
+    // A path far faster than the floor per round trip: 1 GB/s × 100 ms = 100 MB.
+    const limits = run(clock, cap, 100, 1_000_000, 6)
+    expect(limits[0]).toBe(INFLIGHT_FLOOR_BYTES) // the first ACK starts the count
+    expect(limits[1]).toBeGreaterThan(2 * INFLIGHT_FLOOR_BYTES)
+    for (let i = 2; i < limits.length && limits[i]! < MAX; i++) expect(limits[i]! / limits[i - 1]!).toBeGreaterThan(1.5)
+    expect(limits.at(-1)).toBe(MAX) // and never past the replay bound
+  })
+
+  it('settles at floor + gain × rate × RTT behind a bottleneck', () => {
+    const clock = new FakeClock()
+    const rttMs = 30
+    const bytesPerMs = 50_000 // 50 MB/s: 1.5 MB per round trip
+    const cap = measured(clock, rttMs)
+    run(clock, cap, rttMs, bytesPerMs, 30)
+    const expected = INFLIGHT_FLOOR_BYTES + INFLIGHT_GAIN * bytesPerMs * rttMs
+    expect(cap.limit).toBeGreaterThan(expected * 0.95)
+    expect(cap.limit).toBeLessThan(expected * 1.05)
+  })
+
+  it('keeps the fastest recent rate for RATE_SAMPLES intervals after a transfer slows, then follows it down', () => {
+    const clock = new FakeClock()
+    const rttMs = 100 // one rate interval per round trip
+    const cap = measured(clock, rttMs)
+    run(clock, cap, rttMs, 50_000, 30)
+    const high = cap.limit
+    run(clock, cap, rttMs, 1_000, RATE_SAMPLES - 1)
+    expect(cap.limit).toBe(high)
+    run(clock, cap, rttMs, 1_000, 2)
+    expect(cap.limit).toBeLessThan(INFLIGHT_FLOOR_BYTES + INFLIGHT_GAIN * 2_000 * rttMs)
+  })
+
+  it('on reset (another path) forgets rate and round trip: back to the floor, and probes again', () => {
+    const clock = new FakeClock()
+    const cap = measured(clock, 30)
+    run(clock, cap, 30, 50_000, 30)
+    expect(cap.limit).toBeGreaterThan(INFLIGHT_FLOOR_BYTES)
+    cap.reset()
+    expect(cap.limit).toBe(INFLIGHT_FLOOR_BYTES)
+    expect(cap.rtt).toBeNull()
+    expect(cap.wantsProbe(0)).toBe(true)
+  })
+
+  it('is never above a replay bound smaller than the floor', () => {
+    const clock = new FakeClock()
+    const cap = measured(clock, 30, 512 * 1024)
+    expect(cap.limit).toBe(512 * 1024)
+    run(clock, cap, 30, 1_000_000, 5)
+    expect(cap.limit).toBe(512 * 1024)
+  })
+})
