@@ -2,9 +2,11 @@
  * Small durable files in a state directory, for the agent (messages, file transfer, its
  * key pair; config.ts owns config.json) and the rendezvous server (its key, its name
  * bindings): JSON written atomically, and append-only JSON-lines logs. Everything is
- * mode 0600 and fsynced before the caller acknowledges anything.
+ * mode 0600 and fsynced before the caller acknowledges anything, except what
+ * BackgroundJsonFile holds (written behind, never on the event loop).
  */
 import fs from 'node:fs'
+import fsp from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 
@@ -45,6 +47,75 @@ export function writeFileAtomic(file: string, text: string): void {
   }
   fs.renameSync(tmp, file)
   fsyncDir(path.dirname(file))
+}
+
+/**
+ * writeFileAtomic() off the event loop: the write, the fsyncs and the rename run in
+ * libuv's thread pool. A disk that takes tens of seconds to sync (seen in CI: one
+ * fsync of a 1 KB file took over 29 s while other jobs wrote) then stalls this write,
+ * not the agent's heartbeats, registration and API.
+ */
+export async function writeFileAtomicAsync(file: string, text: string): Promise<void> {
+  const tmp = `${file}.${process.pid}.bg.tmp`
+  const fh = await fsp.open(tmp, 'w', STATE_FILE_MODE)
+  try {
+    await fh.writeFile(text)
+    await fh.sync()
+  } finally {
+    await fh.close()
+  }
+  await fsp.rename(tmp, file)
+  const dir = await fsp.open(path.dirname(file), 'r')
+  try {
+    await dir.sync()
+  } finally {
+    await dir.close()
+  }
+}
+
+/**
+ * A small JSON file that the process keeps in memory and writes in the background
+ * (writeFileAtomicAsync): save() returns at once, one write runs at a time, and saves
+ * made while one runs end in one more write of the latest value. For what natd learns
+ * while it runs and can learn again (its port, a server key pinned on first use, a
+ * silent gateway): a crash before the write lands costs that lesson, never a stall.
+ */
+export class BackgroundJsonFile {
+  private next: string | null = null
+  private running: Promise<void> | null = null
+
+  constructor(
+    readonly file: string,
+    private readonly write: (file: string, text: string) => Promise<void> = writeFileAtomicAsync,
+    /** A failed write (the value stays in memory; the next save tries again). */
+    private readonly onError: (err: Error) => void = () => undefined
+  ) {}
+
+  save(value: unknown): void {
+    this.next = JSON.stringify(value, null, 2) + '\n'
+    this.running ??= this.drain()
+  }
+
+  /** Resolves when every save so far is on disk (or failed). Never rejects. */
+  flushed(): Promise<void> {
+    return this.running ?? Promise.resolve()
+  }
+
+  private async drain(): Promise<void> {
+    try {
+      while (this.next !== null) {
+        const text = this.next
+        this.next = null
+        try {
+          await this.write(this.file, text)
+        } catch (err) {
+          this.onError(err as Error)
+        }
+      }
+    } finally {
+      this.running = null
+    }
+  }
 }
 
 export function readJson<T>(file: string): T | null {

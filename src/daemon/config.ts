@@ -1,7 +1,8 @@
 /**
  * The agent's configuration and persistent state, the only module that opens conf.
  * Everything lives in the state directory (mode 0700): `config.json` (mode 0600, schema
- * validated) and `identity.json` (the Ed25519 key pair, mode 0600).
+ * validated), `identity.json` (the Ed25519 key pair, mode 0600) and `learnt.json` (what the
+ * running agent learns: see LEARNT_FILE).
  *
  * Flags given to `natd` override the stored values and are persisted, so a service
  * restarted without flags comes back as it was.
@@ -18,7 +19,7 @@ import { NatdError } from '../protocol/errors.js'
 import { parseDuration } from '../protocol/duration.js'
 import { generateKeyPair, isValidName, NAME_RULE, type KeyPair } from '../protocol/identity.js'
 import { parseServerSpec } from './server-address.js'
-import { defaultStateDirFor, writeFileAtomic } from '../common/state-files.js'
+import { BackgroundJsonFile, defaultStateDirFor, readJson, writeFileAtomic } from '../common/state-files.js'
 import { isPeerId, type PeerRef } from '../protocol/peer-ref.js'
 import type { LogLevel } from '../common/logger.js'
 import { isCurrent, migrateAllowEntry, type AllowEntry } from './allow-list.js'
@@ -83,6 +84,47 @@ interface StoreShape {
   serverKeys: Record<string, string>
 }
 
+/**
+ * What the running agent learns and records without waiting for the disk: the port it
+ * was given at its first start (when none was asked for), and server keys pinned on
+ * first use. conf writes config.json synchronously with an fsync, on the event loop; in
+ * CI a 1 KB config write right after start once waited over 29 s for a busy disk, and
+ * the agent neither registered nor answered natctl meanwhile. This file is written in
+ * the background (common/state-files.ts BackgroundJsonFile), so no disk write lies
+ * between natd's start and its registration. A crash before it lands costs the lesson:
+ * the next start takes a port again, or pins the server's key on first use again.
+ */
+export const LEARNT_FILE = 'learnt.json'
+
+interface Learnt {
+  port?: number
+  serverKeys?: Record<string, string>
+}
+
+/** learnt.json as read: anything malformed is dropped (it is only a cache of lessons). */
+function readLearnt(file: string): Learnt {
+  let raw: unknown
+  try {
+    raw = readJson<unknown>(file)
+  } catch {
+    return {}
+  }
+  if (!raw || typeof raw !== 'object') return {}
+  const r = raw as Record<string, unknown>
+  const out: Learnt = {}
+  if (typeof r.port === 'number' && Number.isInteger(r.port) && r.port > 0 && r.port < 65536) out.port = r.port
+  if (r.serverKeys && typeof r.serverKeys === 'object') {
+    const keys = Object.entries(r.serverKeys as Record<string, unknown>).filter((e): e is [string, string] => typeof e[1] === 'string' && isPeerId(e[1]))
+    if (keys.length) out.serverKeys = Object.fromEntries(keys)
+  }
+  return out
+}
+
+export interface StateStoreOptions {
+  /** How learnt.json is written (tests stall it); default: writeFileAtomicAsync. */
+  writeLearnt?: (file: string, text: string) => Promise<void>
+}
+
 function entryKey(e: ForwardSpec | ExposeSpec): string {
   return 'localPort' in e ? `forward ${e.bind}:${e.localPort} ${e.peer}:${e.remotePort}` : `expose ${e.host}:${e.port} ${e.allow.map((a) => a.id ?? a.name).join(',')}`
 }
@@ -103,9 +145,19 @@ export class StateStore {
   private declared: Declared = { forwards: [], exposes: [] }
   /** Keys of declared entries natctl removed or replaced; cleared by setDeclared(). */
   private readonly hidden = new Set<string>()
+  private learnt: Learnt
+  private readonly learntFile: BackgroundJsonFile
+  /** Told when a background write of learnt.json fails (the daemon logs it). */
+  onWriteError: ((err: Error) => void) | null = null
 
-  constructor(readonly dir: string) {
+  constructor(
+    readonly dir: string,
+    o: StateStoreOptions = {}
+  ) {
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 })
+    const learnt = path.join(dir, LEARNT_FILE)
+    this.learnt = readLearnt(learnt)
+    this.learntFile = new BackgroundJsonFile(learnt, o.writeLearnt, (err) => this.onWriteError?.(err))
     this.conf = new Conf<StoreShape>({
       cwd: dir,
       configName: 'config',
@@ -126,9 +178,22 @@ export class StateStore {
     this.conf.set('exposes', own.map((e) => ({ ...e, allow: (e.allow ?? []).map((a) => migrateAllowEntry(a, pinned)) })))
   }
 
+  /** The stored config; a port of 0 (any) reads as the port learnt at an earlier start. */
   get config(): Readonly<AgentConfig> | null {
     const c = this.conf.get('config')
-    return c ? Object.freeze({ ...c }) : null
+    if (!c) return null
+    return Object.freeze({ ...c, ...(c.port === 0 && this.learnt.port ? { port: this.learnt.port } : {}) })
+  }
+
+  /** The port natd got when it asked for any: kept from now on (learnt.json, written in the background). */
+  rememberPort(port: number): void {
+    this.learnt = { ...this.learnt, port }
+    this.learntFile.save(this.learnt)
+  }
+
+  /** Resolves once what was learnt so far is on disk (or its write failed). Never rejects. */
+  flushed(): Promise<void> {
+    return this.learntFile.flushed()
   }
 
   setConfig(c: AgentConfig): Readonly<AgentConfig> {
@@ -199,13 +264,15 @@ export class StateStore {
     this.conf.set('knownPeers', { ...(this.conf.get('knownPeers') ?? {}), [name]: id })
   }
 
-  /** The server key pinned on first use for `server` (`host:port`), as a peer ID. */
+  /** The server key pinned on first use for `server` (`host:port`), as a peer ID (learnt.json; config.json before it existed). */
   serverKey(server: string): string | undefined {
-    return (this.conf.get('serverKeys') ?? {})[server]
+    return this.learnt.serverKeys?.[server] ?? (this.conf.get('serverKeys') ?? {})[server]
   }
 
+  /** Pins at once in memory; on disk in the background (LEARNT_FILE says why). */
   pinServerKey(server: string, id: string): void {
-    this.conf.set('serverKeys', { ...(this.conf.get('serverKeys') ?? {}), [server]: id })
+    this.learnt = { ...this.learnt, serverKeys: { ...this.learnt.serverKeys, [server]: id } }
+    this.learntFile.save(this.learnt)
   }
 
   /** Every pinned peer, by name. */

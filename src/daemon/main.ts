@@ -233,6 +233,7 @@ async function run(argv: RunArgs): Promise<void> {
     fail(e)
   }
   const log = createLogger({ level: config.logLevel })
+  store.onWriteError = (err) => log.warn('cannot save what the agent learnt (kept in memory)', { file: 'learnt.json', err: err.message })
   if (file) {
     store.setDeclared(file)
     warnShadowed(store, log, file.path)
@@ -262,7 +263,9 @@ async function run(argv: RunArgs): Promise<void> {
   // or reload that arrives meanwhile waits for it rather than killing natd mid-start.
   const started = agent.start().then(
     () => {
-      if (config.port === 0) store.setConfig({ ...config, port: agent.localPort }) // keep the same port from now on
+      // Keep the same port from now on; written in the background (config.ts LEARNT_FILE),
+      // so a slow disk never holds up the registration that has just begun.
+      if (config.port === 0) store.rememberPort(agent.localPort)
     },
     (err: unknown) => fail(toNatdError(err))
   )
@@ -278,6 +281,7 @@ async function run(argv: RunArgs): Promise<void> {
     }, SHUTDOWN_DEADLINE_MS).unref()
     void started
       .then(() => agent.stop())
+      .then(() => store.flushed()) // within the shutdown deadline
       .catch((err: unknown) => log.error('shutdown failed', { err: (err as Error).message }))
       .finally(() => process.exit(0))
   }

@@ -48,7 +48,7 @@ import type { MapProtocol } from '../portmap/natpmp.js'
 import { probeGateway } from '../portmap/gateway-probe.js'
 import { gatewayLostState, PORTMAP_LIFETIME_S, type PortMapping, type PortMapVia } from '../portmap/port-mapper.js'
 import type { PortMappingStatus } from '../ipc/schema.js'
-import { writeJsonAtomic } from '../common/state-files.js'
+import { BackgroundJsonFile } from '../common/state-files.js'
 import { gatewayClient, type GatewayClient } from './port-mapping-probe.js'
 
 /** Removes `m` by the protocol that made it. */
@@ -82,25 +82,29 @@ export interface SilentGatewayCache {
   set(gateway: string | null): void
 }
 
-/** The cache as a small file in the state directory; a missing or bad file is "nothing known". */
-export function fileCache(dir: string): SilentGatewayCache {
-  const file = path.join(dir, PORTMAP_CACHE_FILE)
+/**
+ * The cache as a small file in the state directory; a missing or bad file is "nothing
+ * known". Written in the background (BackgroundJsonFile): the first start behind a
+ * silent gateway sets it just before registering, and a busy disk must not hold that up.
+ * Best effort: a lost write only means the next start waits for the probe again.
+ */
+export function fileCache(dir: string, write?: (file: string, text: string) => Promise<void>): SilentGatewayCache {
+  const file = new BackgroundJsonFile(path.join(dir, PORTMAP_CACHE_FILE), write)
+  let known: string | null | undefined // undefined: not read yet
   return {
     get: () => {
+      if (known !== undefined) return known
       try {
-        const v = (JSON.parse(fs.readFileSync(file, 'utf8')) as { silentGateway?: unknown }).silentGateway
-        return typeof v === 'string' ? v : null
+        const v = (JSON.parse(fs.readFileSync(file.file, 'utf8')) as { silentGateway?: unknown }).silentGateway
+        known = typeof v === 'string' ? v : null
       } catch {
-        return null
+        known = null
       }
+      return known
     },
     set: (gateway) => {
-      try {
-        if (gateway === null) fs.rmSync(file, { force: true })
-        else writeJsonAtomic(file, { silentGateway: gateway })
-      } catch {
-        // best effort: without it the next start just waits for the probe again
-      }
+      known = gateway
+      file.save({ silentGateway: gateway })
     }
   }
 }

@@ -11,7 +11,8 @@
  *                                                       ├── r6 (easy NAT + v6 fw) ── fred   dual
  *                                                       ├── r7 (v6 fw)            ─┬ gina   IPv6 only, no IPv4 address,
  *                                                       │                           └ hank   one LAN (fd00:db8:7::/64)
- *                                                       └── c1 (hard CGN; IPv6 routed) ── r8 (easy NAT + v6 fw) ── ivan  dual
+ *                                                       └── c1 (hard CGN; IPv6 routed) ─┬ r8 (easy NAT + v6 fw) ── ivan  dual
+ *                                                                                       └ r9 (v6 fw)            ── jack  IPv6 only
  *
  * alice and bob map per destination on IPv4: without IPv6 they would end on the relay;
  * with it, auto punches TCP over IPv6 (simultaneous open through both firewalls), and
@@ -20,7 +21,11 @@
  * dave and erin have no IPv4 way out (their routers' IPv4 NAT is never used): only
  * IPv6 can join them. The rows assert the path and its address family, not speed.
  * ivan's ISP shares IPv4 addresses (a CGN that maps per destination) and routes native
- * IPv6: ivan × alice is hard × hard on IPv4 (the relay), direct over IPv6.
+ * IPv6: ivan × alice is hard × hard on IPv4 (the relay), direct over IPv6. jack is in
+ * the same ISP but IPv6-only (a mobile or DS-Lite-less IPv6-only network: none of the
+ * CGN's shared IPv4 reaches him): jack × alice is direct over IPv6; jack × carol
+ * (IPv4-only) share no address family, so only the relay joins them, jack reaching the
+ * server over IPv6 and carol over IPv4.
  * gina and hank share an IPv6-only LAN: their unique-local addresses make the tunnel
  * `lan`. gina names the server by a name with an A and an AAAA record (its netns hosts
  * file): with no IPv4 address it registers over IPv6.
@@ -44,7 +49,8 @@ const SPEC: LabSpec = {
     { name: 'erin', nat: 'easy', ip: 'v6' },
     { name: 'fred', nat: 'easy', ip: 'dual' },
     { name: 'lan6', nat: 'easy', ip: 'v6', hosts: ['gina', 'hank'] },
-    { name: 'ivan', nat: 'easy', ip: 'dual', cgn: 'isp' }
+    { name: 'ivan', nat: 'easy', ip: 'dual', cgn: 'isp' },
+    { name: 'jack', nat: 'easy', ip: 'v6', cgn: 'isp' }
   ],
   cgns: [{ name: 'isp', nat: 'hard' }]
 }
@@ -102,7 +108,7 @@ describe.skipIf(!labAvailable())('IPv6: candidates, stateful firewalls, preferen
         // loaded machine (~4 s each), all nine at once could miss startAgent's 10 s for the API socket.
         const starts: Array<[string, string | undefined]> = [
           ...['alice', 'bob', 'carol', 'fred', 'ivan'].map((h): [string, undefined] => [h, undefined]),
-          ...['dave', 'erin', 'hank'].map((h): [string, string] => [h, `[${server6}]:${SERVER_PORT}`]),
+          ...['dave', 'erin', 'hank', 'jack'].map((h): [string, string] => [h, `[${server6}]:${SERVER_PORT}`]),
           ['gina', `${SERVER_NAME}:${SERVER_PORT}`]
         ]
         for (let i = 0; i < starts.length; i += 3) await Promise.all(starts.slice(i, i + 3).map(([h, server]) => n.startAgent(h, server ? { server } : {})))
@@ -148,6 +154,18 @@ describe.skipIf(!labAvailable())('IPv6: candidates, stateful firewalls, preferen
       const ia = await open(n, 'ivan', 'alice')
       expect(ia.path).toBe('direct-tcp')
       expect(ia.remote.startsWith(`[${n.lab.hosts.alice!.ip6!}]:`)).toBe(true)
+
+      // IPv6-only behind the CGN × dual behind a hard NAT: direct over IPv6 (its firewall
+      // and alice's), the CGN's shared IPv4 out of the picture.
+      const alice6 = n.lab.hosts.alice!.ip6!
+      expect(String((await n.status('jack')).publicUdp)).toMatch(new RegExp(`^\\[${n.lab.hosts.jack!.ip6!}\\]:\\d+$`))
+      const ja = await open(n, 'jack', 'alice')
+      expect(ja.path).toBe('direct-tcp')
+      expect(ja.remote.startsWith(`[${alice6}]:`)).toBe(true)
+      // IPv6-only behind the CGN × IPv4-only: no family in common, the relay (jack's side over IPv6).
+      const cj = await open(n, 'carol', 'jack')
+      expect(cj.path).toBe('relay')
+      expect((await n.natctl('jack', ['ping', 'carol', '-c', '1'])).code).toBe(0)
 
       // IPv6-only × IPv6-only: only IPv6 can join them. Their NAT check sees no NAT (the
       // server sees their own addresses), so auto punches TCP too, over IPv6 as their

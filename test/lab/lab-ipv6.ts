@@ -89,8 +89,12 @@ export function siteIp6(n: number, routed: boolean, hosts: number): { inet: stri
 /** Sysctls of a namespace that forwards IPv6 (inet, routers): ICMPv6 unthrottled, as for IPv4. */
 export const ROUTER_SYSCTLS_6 = ['net.ipv6.conf.all.forwarding=1', 'net.ipv6.icmp.ratelimit=0'];
 
-/** The router's stateful IPv6 firewall (ip6tables-restore input): unsolicited inbound is dropped, counted in chain UNSOLICITED6. */
-export function firewall6(): string {
+/**
+ * The router's stateful IPv6 firewall (ip6tables-restore input): unsolicited inbound is
+ * dropped, counted in chain UNSOLICITED6; with 'reset' (the site's `unsolicited`, as its
+ * IPv4 rules) an unsolicited TCP segment is answered with a RST first, as some routers do.
+ */
+export function firewall6(unsolicited: 'drop' | 'reset' = 'drop'): string {
   return [
     '*filter',
     ':INPUT ACCEPT [0:0]',
@@ -101,6 +105,7 @@ export function firewall6(): string {
     '-A FORWARD -i lan -o wan -j ACCEPT',
     '-A FORWARD -p ipv6-icmp -j ACCEPT',
     '-A FORWARD -i wan -j UNSOLICITED6',
+    ...(unsolicited === 'reset' ? ['-A UNSOLICITED6 -p tcp -j REJECT --reject-with tcp-reset'] : []),
     '-A UNSOLICITED6 -j DROP',
     'COMMIT',
     ''

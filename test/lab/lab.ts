@@ -60,7 +60,7 @@ export interface SiteSpec {
   cgn?: string;
   /** Emulated link between the site (its router, or its public host) and its upstream. */
   link?: LinkSpec;
-  /** IPv4 only (default), dual-stack, or IPv6 only (test/lab/lab-ipv6.ts); behind a CGN, 'v4' or 'dual'. */
+  /** IPv4 only (default), dual-stack, or IPv6 only (test/lab/lab-ipv6.ts), behind a CGN too (its IPv6 routed, its shared IPv4 not used). */
   ip?: SiteIp;
 }
 export interface CgnSpec {
@@ -309,7 +309,6 @@ class LabImpl implements Lab {
       const cgn = s.cgn === undefined ? undefined : this.cgnStates.get(s.cgn);
       if (s.cgn !== undefined && !cgn) throw new Error(`site ${s.name}: no CGN ${s.cgn}`);
       if (cgn && s.nat === 'public') throw new Error(`site ${s.name}: a public host cannot sit behind a CGN`);
-      if (cgn && (s.ip ?? 'v4') === 'v6') throw new Error(`site ${s.name}: an IPv6-only site behind a CGN is not built (give it 'dual')`);
       const routerNs = s.nat === 'public' ? undefined : `${p}-r${n}`;
       const wanIp = cgn ? `100.64.${cgn.k}.${n + 1}` : `198.18.${n}.2`;
       const edge = cgn ? this.edge(n, cgn.ns, `-i inner -s ${wanIp}`, `-o inner -d ${wanIp}`, s.link) : this.edge(n, this.inetNs, `-i w${n}`, `-o w${n}`, s.link);
@@ -426,7 +425,7 @@ class LabImpl implements Lab {
       if (v6) {
         late.push([routerNs, v6.router]);
         tasks.push(() => nsRun(routerNs, ['sysctl', '-qw', ...ROUTER_SYSCTLS_6]));
-        tasks.push(() => nsRun(routerNs, ['ip6tables-restore'], firewall6()));
+        tasks.push(() => nsRun(routerNs, ['ip6tables-restore'], firewall6(site.unsolicited)));
       }
       uplink(site.edge, routerNs, 'wan', upDev);
       batch.push(`link add name lan netns ${routerNs} type bridge`);

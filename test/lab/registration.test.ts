@@ -6,6 +6,9 @@
  *
  * Each test builds its own lab and tears it down in `finally`, failed or not.
  */
+import { execFileSync } from 'node:child_process'
+import fs from 'node:fs'
+import os from 'node:os'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { labAvailable, type LabSpec } from './lab.js'
@@ -221,5 +224,62 @@ describe.skipIf(!labAvailable())('registration through NAT', () => {
       expect(alt.stdout + alt.stderr).toContain(n.lab.routers.alice!.wanIp)
     })
   }, 30_000)
+
+  // The cause of the 3-site port-mapping test's CI failure (portmap.test.ts): a disk so
+  // busy that one fsync of config.json took over 29 s, on natd's event loop, so the agent
+  // neither registered nor answered natctl. A frozen filesystem (fsfreeze) is that disk at
+  // its worst: every write to it waits until it thaws. alice's state directory is on one,
+  // frozen once her API listens (her first start's config and identity are written by
+  // then); she must still register and answer, learning her port and the server's key in
+  // memory, and write them once it thaws.
+  it.skipIf(!canFreeze())('an agent whose state directory stops taking writes once it started (a disk busy for seconds) still registers and answers natctl', async () => {
+    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'natd-frozen-'))
+    const image = path.join(tmp, 'fs.img')
+    const mnt = path.join(tmp, 'mnt')
+    fs.mkdirSync(mnt)
+    fs.writeFileSync(image, '')
+    fs.truncateSync(image, 32 * 1024 * 1024)
+    execFileSync('mkfs.ext4', ['-q', image])
+    execFileSync('mount', ['-o', 'loop', image, mnt])
+    let frozen = false
+    const thaw = (): void => {
+      if (frozen) execFileSync('fsfreeze', ['-u', mnt])
+      frozen = false
+    }
+    try {
+      await withLab({ sites: [{ name: 'alice', nat: 'easy' }] }, async (n) => {
+        try {
+          await n.startServer()
+          const stateDir = path.join(mnt, 'alice-state')
+          await n.startAgent('alice', { stateDir })
+          execFileSync('fsfreeze', ['-f', mnt])
+          frozen = true
+          const st = await n.waitRegistered('alice', 30_000)
+          expect(st.publicUdp).toMatch(/^198\.18\.1\.2:\d+$/)
+          expect((await n.natctl('alice', ['peers'])).code).toBe(0)
+          expect(fs.existsSync(path.join(stateDir, 'learnt.json'))).toBe(false) // still waiting for the disk
+          thaw()
+          await waitFor(() => fs.existsSync(path.join(stateDir, 'learnt.json')), 15_000, 'learnt.json written after the thaw')
+          expect(JSON.parse(fs.readFileSync(path.join(stateDir, 'learnt.json'), 'utf8'))).toMatchObject({ port: expect.any(Number) as number, serverKeys: { [n.serverAddr]: expect.any(String) as string } })
+        } finally {
+          thaw() // before the lab kills alice: a thread waiting on a frozen disk cannot die
+        }
+      })
+    } finally {
+      thaw()
+      execFileSync('umount', [mnt])
+      fs.rmSync(tmp, { recursive: true, force: true })
+    }
+  }, 90_000)
 })
 
+/** Root with loop devices, mkfs.ext4 and fsfreeze (the lab's kernel has them; a container may not). */
+function canFreeze(): boolean {
+  if (!labAvailable() || !fs.existsSync('/dev/loop-control')) return false
+  try {
+    execFileSync('sh', ['-c', 'command -v mkfs.ext4 && command -v fsfreeze && command -v losetup'], { stdio: 'ignore' })
+    return true
+  } catch {
+    return false
+  }
+}
