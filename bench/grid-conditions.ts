@@ -21,7 +21,7 @@
  * emulator must carry the benchmark's traffic without dropping a frame of its own (and
  * `bare`: the same with no emulator, for what the emulator itself costs).
  *
- *   node bench/grid-conditions.ts [--quick] [--rtts 0,20,100,300] [--reps N] [--mib N] [--skip-grid] [--skip-mapped] [--skip-throughput] [--skip-hyperdht] [--hyperdht-pairs P1,P2] [--json FILE]
+ *   node bench/grid-conditions.ts [--quick] [--rtts 0,20,100,300] [--reps N] [--mib N] [--skip-grid] [--skip-mapped] [--skip-throughput] [--skip-hyperdht] [--hyperdht-pairs P1,P2] [--pairs P1,P2] [--json FILE]
  *
  * Run by `npm run bench` (section `grid`); needs root (network namespaces).
  */
@@ -47,6 +47,8 @@ const DHT_FIXTURE = path.join(ROOT, 'bench/fixtures/hyperdht-peer.ts')
 const HYPERDHT = !argv.includes('--skip-hyperdht')
 /** The pairs hyperdht is measured on (default: every row of the grid). */
 const HYPERDHT_PAIRS = opt('--hyperdht-pairs')?.split(',')
+/** Only these rows of the grid (natd and hyperdht), in a lab of only their sites. */
+const PAIRS = opt('--pairs')?.split(',')
 /** The DHT's bootstrap port on the server host (the rendezvous server has 3478-3479). */
 const DHT_PORT = 49737
 /** A hyperdht connect that has not opened by then is a failure: 20 s plus 20 RTTs (its punch rounds are RTT-paced). */
@@ -81,7 +83,17 @@ function median(xs: number[]): number {
   return s[Math.floor(s.length / 2)]!
 }
 
-async function runGrid(spec: LabSpec, rows: GridRow[], rttMs: number): Promise<Record<string, PairResult>> {
+/** The sites (and the CGNs they sit behind) that `rows` need. */
+function sitesFor(spec: LabSpec, rows: GridRow[]): LabSpec {
+  const hosts = new Set(rows.flatMap((g) => [g.from, g.to]))
+  const sites = spec.sites.filter((s) => (s.hosts ?? [s.name]).some((h) => hosts.has(h)))
+  const cgns = spec.cgns?.filter((c) => sites.some((s) => s.cgn === c.name))
+  return { ...spec, sites, ...(cgns ? { cgns } : {}) }
+}
+
+async function runGrid(fullSpec: LabSpec, allRows: GridRow[], rttMs: number): Promise<Record<string, PairResult>> {
+  const rows = PAIRS ? allRows.filter((g) => PAIRS.includes(g.pair)) : allRows
+  const spec = PAIRS ? sitesFor(fullSpec, rows) : fullSpec
   const n = new NatdLab(await createLab(rttMs > 0 ? withLinks(spec, linkFor(rttMs)) : spec))
   let failed = true
   try {
@@ -262,6 +274,8 @@ async function throughputAt(rttMs: number, emulated = true): Promise<Record<stri
   }
 }
 
+// Killed (Ctrl-C, a timeout): exit through process.exit so the lab's exit hook removes its namespaces and processes.
+for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => process.exit(130))
 if (!labAvailable()) {
   console.error('bench/grid-conditions.ts needs root: it builds the NAT lab from network namespaces')
   process.exit(2)
