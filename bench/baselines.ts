@@ -39,6 +39,8 @@ export interface Baseline {
   args: string[]
   /** CPU seconds so far, per role. */
   cpu: Record<string, () => number>
+  /** The single processes among those roles, for the kernel's part of their CPU (run.ts). */
+  pids?: Record<string, number>
   /** After the lab's teardown: what its processes leave outside the namespaces. */
   cleanup?: () => void
 }
@@ -173,6 +175,7 @@ async function wireguardGo(n: NatdLab, bobWan: string, bytes: number): Promise<B
     key: 'wireguard_go',
     args: [node, path.join(FIX, 'tcp-sink.ts'), 'send', ip.bob, String(WG_SINK_PORT), String(bytes)],
     cpu: { wg_alice: procCpuS(procs.alice!), wg_bob: procCpuS(procs.bob!), server: procCpuS(sink.pid!) },
+    pids: { wg_alice: procs.alice!, wg_bob: procs.bob! },
     // The teardown's SIGKILL leaves wireguard-go's UAPI sockets behind.
     cleanup: () => {
       for (const side of ['alice', 'bob'] as const) fs.rmSync(`/var/run/wireguard/${ifName(side)}.sock`, { force: true })
@@ -193,7 +196,8 @@ async function hyperdht(n: NatdLab, server: number, bytes: number): Promise<Base
   return {
     key: 'hyperdht',
     args: [node, path.join(FIX, 'tcp-sink.ts'), 'send', '127.0.0.1', String(DHT_LOCAL), String(bytes)],
-    cpu: { dht_alice: procCpuS(forward.pid!), dht_bob: procCpuS(serve.pid!), server: procCpuS(server) }
+    cpu: { dht_alice: procCpuS(forward.pid!), dht_bob: procCpuS(serve.pid!), server: procCpuS(server) },
+    pids: { dht_alice: forward.pid!, dht_bob: serve.pid! }
   }
 }
 

@@ -9,15 +9,23 @@
  * maps the agent's port (test/lab/portmap.test.ts): bob opens alice, which without the
  * mapped candidate would be relayed.
  *
+ * hyperdht (issue 15) in the same lab, after natd's opens, through the same emulated links: a
+ * 3-node DHT on the server host, and per pair a `serve` on the responder and REPS connects from
+ * the initiator (bench/fixtures/hyperdht-peer.ts `open`): whether it connected and its open time
+ * (connect() to 'open'), median in ms and RTTs, and natd's median over it (`hyperdht_vs_natd`:
+ * natd / hyperdht; below 1, natd opens faster). hyperdht has no relay here (none is configured
+ * in the testnet), so what it cannot punch fails. `--skip-hyperdht`, `--hyperdht-pairs a,b`.
+ *
  * Then, at each RTT, a forwarded TCP transfer over direct-tcp and direct-udp between two
  * easy sites (delay only: no jitter, no loss), with what the link emulator counted: the
  * emulator must carry the benchmark's traffic without dropping a frame of its own (and
  * `bare`: the same with no emulator, for what the emulator itself costs).
  *
- *   node bench/grid-conditions.ts [--quick] [--rtts 0,20,100,300] [--reps N] [--mib N] [--skip-grid] [--skip-mapped] [--skip-throughput] [--json FILE]
+ *   node bench/grid-conditions.ts [--quick] [--rtts 0,20,100,300] [--reps N] [--mib N] [--skip-grid] [--skip-mapped] [--skip-throughput] [--skip-hyperdht] [--hyperdht-pairs P1,P2] [--hyperdht-gap-ms N] [--pairs P1,P2] [--json FILE]
  *
  * Run by `npm run bench` (section `grid`); needs root (network namespaces).
  */
+import { randomBytes } from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -25,6 +33,7 @@ import { CGN_GRID, CGN_GRID_FINDINGS, GRID, GRID_CGN_SPEC, linkFor, settledPath,
 import { createLab, labAvailable, type LabSpec } from '../test/lab/lab.ts'
 import { MINIUPNPD, startMiniupnpd } from '../test/lab/miniupnpd.ts'
 import { NatdLab, ROOT, waitFor } from '../test/lab/natd-lab.ts'
+import { ready } from './baselines.ts'
 
 const argv = process.argv.slice(2)
 const QUICK = argv.includes('--quick')
@@ -34,6 +43,25 @@ const REPS = Number(opt('--reps')) || (QUICK ? 3 : 5)
 const JSON_OUT = opt('--json')
 const MIB = Number(opt('--mib')) || (QUICK ? 16 : 64)
 const SINK = path.join(ROOT, 'bench/fixtures/tcp-sink.ts')
+const DHT_FIXTURE = path.join(ROOT, 'bench/fixtures/hyperdht-peer.ts')
+const HYPERDHT = !argv.includes('--skip-hyperdht')
+/** The pairs hyperdht is measured on (default: every row of the grid). */
+const HYPERDHT_PAIRS = opt('--hyperdht-pairs')?.split(',')
+/**
+ * The pause between two hyperdht connects. hyperdht lets a node start one birthday ("random")
+ * punch per 20 s (`randomPunchInterval`, its default): attempts closer than that on a pair with
+ * a hard NAT fail with HOLEPUNCH_ABORTED by design. `--hyperdht-gap-ms 21000` measures every
+ * attempt under that rule; the default (natd's pause) shows what back-to-back opens get.
+ */
+const dhtGapMs = (rttMs: number): number => Number(opt('--hyperdht-gap-ms')) || CLOSE_SETTLE_MS + rttMs
+/** Only these rows of the grid (natd and hyperdht), in a lab of only their sites. */
+const PAIRS = opt('--pairs')?.split(',')
+/** The DHT's bootstrap port on the server host (the rendezvous server has 3478-3479). */
+const DHT_PORT = 49737
+/** A hyperdht connect that has not opened by then is a failure: 20 s plus 20 RTTs (its punch rounds are RTT-paced). */
+const dhtTimeoutMs = (rttMs: number): number => 20_000 + 20 * rttMs
+/** A hyperdht node bootstraps, announces and learns its NAT before it is ready; at 300 ms RTT that takes several seconds. */
+const DHT_READY_MS = 120_000
 // Time for the peer to see a closed tunnel's goodbye before the next open.
 const CLOSE_SETTLE_MS = 500
 
@@ -47,21 +75,96 @@ interface PairResult {
   failures: number
 }
 
+/** hyperdht's connects on one pair: how many opened, and the open time of those that did. */
+interface DhtResult {
+  opened: number
+  failures: Record<string, number>
+  open_ms: { median: number; min: number; max: number } | null
+  open_rtts_median: number | null
+  /** natd's median open time over hyperdht's, same pair, same lab, same RTT (null when either never opened). */
+  hyperdht_vs_natd: number | null
+}
+
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b)
   return s[Math.floor(s.length / 2)]!
 }
 
-async function runGrid(spec: LabSpec, rows: GridRow[], rttMs: number): Promise<Record<string, PairResult>> {
+/** The sites (and the CGNs they sit behind) that `rows` need. */
+function sitesFor(spec: LabSpec, rows: GridRow[]): LabSpec {
+  const hosts = new Set(rows.flatMap((g) => [g.from, g.to]))
+  const sites = spec.sites.filter((s) => (s.hosts ?? [s.name]).some((h) => hosts.has(h)))
+  const cgns = spec.cgns?.filter((c) => sites.some((s) => s.cgn === c.name))
+  return { ...spec, sites, ...(cgns ? { cgns } : {}) }
+}
+
+async function runGrid(fullSpec: LabSpec, allRows: GridRow[], rttMs: number): Promise<Record<string, PairResult>> {
+  const rows = PAIRS ? allRows.filter((g) => PAIRS.includes(g.pair)) : allRows
+  const spec = PAIRS ? sitesFor(fullSpec, rows) : fullSpec
   const n = new NatdLab(await createLab(rttMs > 0 ? withLinks(spec, linkFor(rttMs)) : spec))
   let failed = true
   try {
     await startAll(n, { registerTimeoutMs: 60_000 })
     const out = await openTimes(n, rows, rttMs)
+    if (HYPERDHT) dhtResults[String(rttMs)] = await hyperdhtOpenTimes(n, rows.filter((g) => !HYPERDHT_PAIRS || HYPERDHT_PAIRS.includes(g.pair)), rttMs, out)
     failed = false
     return out
   } finally {
     await n.teardown(failed)
+  }
+}
+
+/** hyperdht's open times on `rows` in the lab natd just ran in (so: the same links, the same conditions). */
+async function hyperdhtOpenTimes(n: NatdLab, rows: GridRow[], rttMs: number, natd: Record<string, PairResult>): Promise<Record<string, DhtResult>> {
+  const boot = `${n.lab.server.ip}:${DHT_PORT}`
+  const testnet = n.lab.spawn(n.lab.server.ns, [process.execPath, DHT_FIXTURE, 'testnet', n.lab.server.ip, String(DHT_PORT)], { cwd: ROOT })
+  const out: Record<string, DhtResult> = {}
+  try {
+    await ready(testnet, 'hyperdht testnet', DHT_READY_MS)
+    for (const g of rows) {
+      const seed = randomBytes(32).toString('hex')
+      const serve = n.lab.spawn(n.lab.hosts[g.to]!.ns, [process.execPath, DHT_FIXTURE, 'serve', boot, seed, '0'], { cwd: ROOT })
+      try {
+        await ready(serve, `hyperdht serve on ${g.to}`, DHT_READY_MS)
+        const args = [process.execPath, DHT_FIXTURE, 'open', boot, seed, String(REPS), String(dhtTimeoutMs(rttMs)), String(dhtGapMs(rttMs))]
+        const r = await n.lab.exec(n.lab.hosts[g.from]!.ns, args, { timeoutMs: DHT_READY_MS + REPS * (dhtTimeoutMs(rttMs) + dhtGapMs(rttMs)) })
+        out[g.pair] = dhtSummary(r.stdout, r.code, rttMs, natd[g.pair])
+      } catch (err) {
+        out[g.pair] = dhtSummary('', -1, rttMs, natd[g.pair], (err as Error).message.slice(0, 120))
+      } finally {
+        serve.kill('SIGKILL')
+      }
+      process.stderr.write(`hyperdht ${rttMs} ms ${g.pair}: ${JSON.stringify(out[g.pair])}\n`)
+    }
+  } finally {
+    testnet.kill('SIGKILL')
+  }
+  return out
+}
+
+/** The `open` fixture's JSON lines, summed up beside natd's figure for the pair. */
+function dhtSummary(stdout: string, code: number | null, rttMs: number, natd: PairResult | undefined, startError?: string): DhtResult {
+  const lines = stdout.split('\n').flatMap((l) => {
+    try {
+      return [JSON.parse(l) as { ok: boolean; ms: number; code?: string }]
+    } catch {
+      return []
+    }
+  })
+  const ms = lines.filter((l) => l.ok).map((l) => l.ms)
+  const failures: Record<string, number> = {}
+  for (const l of lines) if (!l.ok) failures[l.code ?? 'ERROR'] = (failures[l.code ?? 'ERROR'] ?? 0) + 1
+  // Attempts that never printed (the fixture died or was killed) count as failures too.
+  const missing = REPS - lines.length
+  if (missing > 0) failures[startError ?? `EXIT_${code}`] = missing
+  const m = ms.length ? median(ms) : null
+  const natdMs = natd?.open_ms?.median ?? null
+  return {
+    opened: ms.length,
+    failures,
+    open_ms: m === null ? null : { median: m, min: Math.min(...ms), max: Math.max(...ms) },
+    open_rtts_median: m === null || rttMs === 0 ? null : Math.round((m / rttMs) * 10) / 10,
+    hyperdht_vs_natd: m === null || natdMs === null ? null : Math.round((natdMs / m) * 100) / 100
   }
 }
 
@@ -178,11 +281,15 @@ async function throughputAt(rttMs: number, emulated = true): Promise<Record<stri
   }
 }
 
+// Killed (Ctrl-C, a timeout): exit through process.exit so the lab's exit hook removes its namespaces and processes.
+for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => process.exit(130))
 if (!labAvailable()) {
   console.error('bench/grid-conditions.ts needs root: it builds the NAT lab from network namespaces')
   process.exit(2)
 }
 const results: Record<string, Record<string, Record<string, PairResult>>> = { grid: {} }
+/** hyperdht's open times by RTT, then pair (filled by runGrid). */
+const dhtResults: Record<string, Record<string, DhtResult>> = {}
 if (!argv.includes('--skip-grid')) for (const rtt of RTTS) results.grid![String(rtt)] = await runGrid(GRID_CGN_SPEC, [...GRID, ...CGN_GRID, ...CGN_GRID_FINDINGS], rtt)
 if (!argv.includes('--skip-mapped') && fs.existsSync(MINIUPNPD)) {
   results.mapped = {}
@@ -194,6 +301,6 @@ if (!argv.includes('--skip-throughput')) {
   if (RTTS.includes(0)) throughput.bare = await throughputAt(0, false)
   for (const rtt of RTTS) throughput[String(rtt)] = await throughputAt(rtt)
 }
-const out = { rtts: RTTS, reps: REPS, mib: MIB, throughput, conditions: 'each link: delay rtt/4 one way, jitter ±10% of it, 0.5% loss each way (server link too)', results, path_changes: pathChanges(results) }
+const out = { rtts: RTTS, reps: REPS, mib: MIB, throughput, conditions: 'each link: delay rtt/4 one way, jitter ±10% of it, 0.5% loss each way (server link too)', results, ...(HYPERDHT ? { hyperdht: dhtResults } : {}), path_changes: pathChanges(results) }
 console.log(JSON.stringify(out, null, 2))
 if (JSON_OUT) fs.writeFileSync(JSON_OUT, JSON.stringify(out, null, 2) + '\n')

@@ -13,12 +13,18 @@
  * connection joined to the channel (daemon/pipe.ts), and at the other end the channel
  * joined to a connection to a sink server. The process's CPU then includes the client and
  * the sink (the same for every build).
+ * --udx: the session over a UDX stream pair on loopback (udx-native; 1500-byte packets as on
+ * the lab's links: UDX's MTU is capped at 1500 whatever the link) instead of TCP, as a
+ * direct-udp tunnel; --framed: those UDX streams in udx-native's framed mode (`createStream(id,
+ * { framed: true })`, what hyperdht uses). Prints the receiving stream's deliveries to JS
+ * ('data' events) per MiB beside its packets: the crossings from native code the mode saves.
  */
 import fs from 'node:fs'
 import net from 'node:net'
 import { Readable, Writable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import SecretStream from '@hyperswarm/secret-stream'
+import UDX from 'udx-native'
 const { silentLogger } = (await import(new URL('../dist/protocol/log.js', import.meta.url).href)) as typeof import('../src/protocol/log.js')
 const { Mux } = (await import(new URL('../dist/tunnel/mux.js', import.meta.url).href)) as typeof import('../src/tunnel/mux.js')
 const { join } = (await import(new URL('../dist/daemon/pipe.js', import.meta.url).href)) as typeof import('../src/daemon/pipe.js')
@@ -29,8 +35,39 @@ const MIB = Number(arg('--mib')) || 256
 const REPS = Number(arg('--reps')) || 3
 const CHUNK = 64 * 1024
 const FORWARD = argv.includes('--forward')
+const OVER_UDX = argv.includes('--udx')
+const FRAMED = argv.includes('--framed')
+/** The receiving raw stream's deliveries to JS and packets, over every repetition (--udx). */
+const rawCounts = { data: 0, packets: 0 }
 
 async function sessionPair(): Promise<[SecretStream, SecretStream, () => void]> {
+  return OVER_UDX ? udxSessionPair() : tcpSessionPair()
+}
+
+/** Two UDX streams on two loopback sockets, connected to each other; b (the receiver) counted. */
+async function udxSessionPair(): Promise<[SecretStream, SecretStream, () => void]> {
+  const udx = new UDX()
+  const [sa, sb] = [udx.createSocket(), udx.createSocket()]
+  sa.bind(0, '127.0.0.1')
+  sb.bind(0, '127.0.0.1')
+  const ra = udx.createStream(1, { framed: FRAMED })
+  const rb = udx.createStream(2, { framed: FRAMED })
+  ra.connect(sa, 2, sb.address().port, '127.0.0.1')
+  rb.connect(sb, 1, sa.address().port, '127.0.0.1')
+  rb.on('data', () => rawCounts.data++)
+  const a = new SecretStream(true, ra)
+  const b = new SecretStream(false, rb)
+  await Promise.all([a.opened, b.opened])
+  return [a, b, () => {
+    rawCounts.packets += rb.packetsReceived
+    a.destroy()
+    b.destroy()
+    void sa.close()
+    void sb.close()
+  }]
+}
+
+async function tcpSessionPair(): Promise<[SecretStream, SecretStream, () => void]> {
   const server = net.createServer()
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
   const port = (server.address() as net.AddressInfo).port
@@ -142,7 +179,8 @@ const out = {
   mib: MIB,
   MBps: Math.round(median(runs.map((r) => r.MBps))),
   cpu_ms_per_MiB: Math.round(median(runs.map((r) => r.cpuMsPerMiB)) * 100) / 100,
-  runs: runs.map((r) => ({ MBps: Math.round(r.MBps), cpu_ms_per_MiB: Math.round(r.cpuMsPerMiB * 100) / 100 }))
+  runs: runs.map((r) => ({ MBps: Math.round(r.MBps), cpu_ms_per_MiB: Math.round(r.cpuMsPerMiB * 100) / 100 })),
+  ...(OVER_UDX ? { udx: { framed: FRAMED, deliveries_per_MiB: Math.round(rawCounts.data / (MIB * REPS)), packets_per_MiB: Math.round(rawCounts.packets / (MIB * REPS)) } } : {})
 }
 console.log(JSON.stringify(out))
 const json = arg('--json')

@@ -24,6 +24,16 @@ export function cpuTicks(pid: number): number {
   }
 }
 
+/** The kernel's part of cpuTicks (stime): syscalls and, on the lab's veth links, the packet's whole way through the namespaces' NATs to the receiving socket. */
+export function kernelTicks(pid: number): number {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[12]) // stime (field 15)
+  } catch {
+    return 0
+  }
+}
+
 export function rssBytes(pid: number): number {
   try {
     const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))

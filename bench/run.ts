@@ -22,6 +22,7 @@ import { createLab, labAvailable, type LabSpec, type NatKind } from '../test/lab
 import { NatdLab, ROOT, waitFor } from '../test/lab/natd-lab.ts'
 import { BASELINE_PORTS, baselineRatios, startBaselines } from './baselines.ts'
 import { fairness } from './fairness.ts'
+import { CLK_TCK, kernelTicks } from './proc-stats.ts'
 import { relayFanout } from './relay-fanout.ts'
 import { startAgentsWith } from './file-transfer.ts'
 
@@ -146,6 +147,9 @@ async function throughput(): Promise<Record<string, unknown>> {
       const pids = cpuOf(key)
       const cpuS = (p: number | (() => number)): number => (typeof p === 'number' ? procStat(p).cpuS : p())
       const cpu0 = Object.fromEntries(Object.entries(pids).map(([role, pid]) => [role, cpuS(pid)]))
+      // The kernel's part of it (stime), for the processes whose pid the bench holds.
+      const kernelPids = { ...Object.fromEntries(Object.entries(pids).filter((e): e is [string, number] => typeof e[1] === 'number')), ...baselines.find((b) => b.key === key)?.pids }
+      const kernel0 = Object.fromEntries(Object.entries(kernelPids).map(([role, pid]) => [role, kernelTicks(pid)]))
       const drops0 = key.includes('udx') || key.includes('udp') ? await rcvbufErrors() : null
       const res = await n.lab.exec(n.lab.hosts.alice!.ns, ['sh', '-c', '"$0" "$@"; s=$?; times >&2; exit $s', ...args], { timeoutMs: 300_000 })
       let r: { bytes: number; ms: number }
@@ -156,6 +160,7 @@ async function throughput(): Promise<Record<string, unknown>> {
       }
       const perMiB = (s: number): number => (s * 1000) / MIB
       for (const [role, pid] of Object.entries(pids)) add(`${key}_cpu_ms_per_MiB_${role}`, perMiB(cpuS(pid) - cpu0[role]!))
+      for (const [role, pid] of Object.entries(kernelPids)) add(`${key}_kernel_cpu_ms_per_MiB_${role}`, perMiB((kernelTicks(pid) - kernel0[role]!) / CLK_TCK))
       // `times` prints the shell's own times, then its children's: "0m1.230000s 0m0.450000s".
       const t = res.stderr.trim().split('\n').pop()!.match(/(\d+)m([\d.]+)s\s+(\d+)m([\d.]+)s/)
       if (t) add(`${key}_cpu_ms_per_MiB_${key.startsWith('forward_') || key === 'tcp_node_relay' || baselines.some((b) => b.key === key) ? 'client' : 'alice'}`, perMiB(Number(t[1]) * 60 + Number(t[2]) + Number(t[3]) * 60 + Number(t[4])))

@@ -24,6 +24,11 @@ declare module 'udx-native' {
     remoteHost: string | null
     remotePort: number
     rtt: number
+    /** The path MTU it uses (DPLPMTUD from 1200 up to 1500, libudx's UDX_MTU_MAX). */
+    mtu: number
+    packetsReceived: number
+    packetsTransmitted: number
+    retransmits: number
     bytesRead: number
     bytesWritten: number
     connected: boolean
