@@ -245,7 +245,7 @@ describe('files', () => {
       // The mux's DATA frames (type 3) of alice's channel: one payload byte flipped, once.
       if (from === 'a' && frame[0] === 3 && frame.length > 10_000 && !flipped) {
         flipped = true
-        frame[frame.length - 7] ^= 0x40
+        frame[frame.length - 7] = frame[frame.length - 7]! ^ 0x40
       }
     }
     await expect(send(w, f.path)).rejects.toMatchObject({ code: 'CORRUPT' })
@@ -262,7 +262,8 @@ describe('files', () => {
     const { socket, token } = await openFileStream(w.streams.socketPath.replace(/\.data$/, ''))
     cleanups.push(() => socket.destroy())
     const data = randomBytes(100 * KiB)
-    socket.once('data', () => socket.write(Buffer.concat([data, createHash('sha256').update(data).digest(), Buffer.from('and more')])))
+    socket.once('data', () => socket.write(Buffer.concat([data, createHash('sha256').update(data).digest(), Buffer.from('and more')]))) // after OFFSET
+    socket.resume()
     const err = await w.alice.send({ peer: 'bob', source: w.streams.take(token), name: 'more.bin', size: data.length, mtimeMs: 1, dev: 1, ino: 1, path: '', timeoutMs: 2_000 }).catch((e: unknown) => e)
     expect(err).toMatchObject({ code: 'BAD_REQUEST', message: expect.stringMatching(/more bytes than the file/) })
     expect(fs.existsSync(path.join(w.bob.inbox, 'more.bin'))).toBe(false)
