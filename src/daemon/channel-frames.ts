@@ -1,7 +1,8 @@
 /**
- * Reads the control frames of protocol/transfer.ts, and raw file bytes between them, from
- * a mux channel (a byte stream): one async iterator over the channel, a small buffer for
- * what arrived past a frame's end.
+ * Reads the control frames of protocol/transfer.ts from a mux channel (a byte stream):
+ * one async iterator over the channel, a small buffer for what arrived past a frame's end.
+ * A file's bytes do not come through here: the receiver detaches and takes them straight
+ * from the channel (file-body.ts).
  */
 import type { Duplex } from 'node:stream'
 import { systemClock, type Timer, type TimerClock } from '../protocol/clock.js'
@@ -42,26 +43,15 @@ export class ChannelReader {
     }
   }
 
-  /** Exactly `n` raw bytes, as they arrive. */
-  async *raw(n: number): AsyncGenerator<Buffer> {
-    let left = n
-    if (left > 0 && this.buf.length > 0) {
-      const take = this.buf.subarray(0, Math.min(left, this.buf.length))
-      this.buf = this.buf.subarray(take.length)
-      left -= take.length
-      yield take
-    }
-    while (left > 0) {
-      const chunk = await this.more(`the rest of the file (${left} of ${n} bytes missing)`)
-      if (chunk.length > left) {
-        this.buf = chunk.subarray(left)
-        yield chunk.subarray(0, left)
-        left = 0
-      } else {
-        left -= chunk.length
-        yield chunk
-      }
-    }
+  /**
+   * Stops reading the channel (its data goes elsewhere from now on: MuxChannel.deliverTo)
+   * and returns what arrived past the last frame read.
+   */
+  async detach(): Promise<Buffer> {
+    await this.it.return?.()
+    const rest = this.buf
+    this.buf = Buffer.alloc(0)
+    return rest
   }
 }
 

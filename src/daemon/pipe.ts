@@ -3,6 +3,7 @@ import type { Duplex } from 'node:stream'
 import { systemClock, type TimerClock } from '../protocol/clock.js'
 import { MAX_DATA_BYTES } from '../protocol/mux.js'
 import { MuxChannel } from '../tunnel/mux-channel.js'
+import { HeldSends } from '../tunnel/held-sends.js'
 import { canReadInto, readInto } from '../tunnel/socket-onread.js'
 
 /**
@@ -82,11 +83,12 @@ export function reset(sock: net.Socket): void {
 function joinDirect(sock: net.Socket, ch: MuxChannel): boolean {
   if (!canReadInto(sock) || ch.writableLength > 0 || ch.writableEnded || ch.readableFlowing) return false
   // Bytes the socket read before we joined (Node's read-ahead) are sent first.
-  const held: Buffer[] = []
-  for (let chunk = sock.read() as Buffer | null; chunk !== null; chunk = sock.read() as Buffer | null) held.push(chunk)
+  const early: Buffer[] = []
+  for (let chunk = sock.read() as Buffer | null; chunk !== null; chunk = sock.read() as Buffer | null) early.push(chunk)
+  const held = new HeldSends(ch)
+  for (const chunk of early) held.push(chunk)
   const ended = sock.readableEnded || (sock as unknown as { _readableState: { ended: boolean } })._readableState.ended
   sharedReadBuffer ??= Buffer.allocUnsafeSlow(MAX_DATA_BYTES)
-  let waiting = false
   let eof = ended
   let draining = false
   const toSocket = (buf: Buffer): boolean => {
@@ -103,33 +105,16 @@ function joinDirect(sock: net.Socket, ch: MuxChannel): boolean {
     return false
   }
   if (!ch.deliverTo({ data: toSocket, end: () => sock.end() })) {
-    for (const b of held.reverse()) sock.unshift(b)
+    for (const b of early.reverse()) sock.unshift(b)
     return false
   }
-  /** Sends what is held; true when nothing is left. */
-  const flush = (): boolean => {
-    while (held.length > 0) {
-      const b = held[0]!
-      const n = ch.sendSome(b)
-      if (n < b.length) {
-        held[0] = b.subarray(n)
-        return false
-      }
-      held.shift()
-    }
-    return true
-  }
-  const later = (): void => {
-    if (waiting) return
-    waiting = true
-    ch.whenSendable((err) => {
-      waiting = false
+  const later = (): void =>
+    held.later((err) => {
       if (!err) step()
     })
-  }
   /** Sends what is held, then ends the channel or reads on. */
   const step = (): void => {
-    if (!flush()) return later()
+    if (!held.flush()) return later()
     if (eof) {
       ch.end()
       return
@@ -141,7 +126,7 @@ function joinDirect(sock: net.Socket, ch: MuxChannel): boolean {
     const data = buf.subarray(0, n)
     const sent = ch.sendSome(data)
     if (sent < n) held.push(Buffer.from(data.subarray(sent))) // the shared buffer is the next read's
-    if (held.length > 0 || !ch.canSend) {
+    if (!held.empty || !ch.canSend) {
       later()
       return false // stop reading until the channel can send
     }
@@ -151,7 +136,7 @@ function joinDirect(sock: net.Socket, ch: MuxChannel): boolean {
     readInto(sock, sharedReadBuffer, onRead, null)
     sock.on('end', () => {
       eof = true
-      if (!waiting && held.length === 0) ch.end()
+      if (held.empty && !held.isWaiting) ch.end()
     })
   }
   step()

@@ -13,7 +13,7 @@
  *                              ◀──────────── TOKEN <32 hex>\n       one use, claimed within STREAM_CLAIM_TIMEOUT_MS
  *   API file.send {source: token, size, mtimeMs, dev, ino, …}
  *                              ◀──────────── OFFSET <n>\n           the receiver's ACCEPT: what it already has
- *   bytes [n, size)            ────────────▶ piped onto the tunnel channel as they come
+ *   bytes [n, size)            ────────────▶ each read copied into DATA frames at once (daemon/file-feed.ts)
  *   sha256[32] of [0, size)    ────────────▶ sent to the receiver in END (natctl hashes, so
  *                                            the digest covers this hop too)
  *   (the API call answers; natd closes the data connection)
@@ -210,24 +210,28 @@ export async function streamFile(socket: net.Socket, f: OpenedFile, label: strin
     if (!m || Number(m[1]) > f.size) throw new NatdError('BAD_REQUEST', `natd asked for ${JSON.stringify(line)} on the data socket`)
     const offset = Number(m[1])
     const hash = createHash('sha256')
-    if (offset > 0) for await (const chunk of f.handle.createReadStream({ start: 0, end: offset - 1, autoClose: false, highWaterMark: STREAM_CHUNK_BYTES })) hash.update(chunk as Buffer)
-    let sent = 0
-    if (offset < f.size) {
-      for await (const chunk of f.handle.createReadStream({ start: offset, end: f.size - 1, autoClose: false, highWaterMark: STREAM_CHUNK_BYTES })) {
-        hash.update(chunk as Buffer)
-        sent += (chunk as Buffer).length
-        if (!socket.write(chunk as Buffer)) {
-          await new Promise<void>((resolve, reject) => {
-            const onClose = (): void => reject(new NatdError('TUNNEL_CLOSED', 'natd closed the data connection'))
-            socket.once('drain', () => {
-              socket.off('close', onClose)
-              resolve()
-            })
-            socket.once('close', onClose)
-          })
-        }
-      }
+    // Two buffers, reused (issue 18: no buffer allocated per read): one is read into while
+    // the other's bytes are being written; a buffer is read into again only once its
+    // previous write completed.
+    const bufs = [Buffer.allocUnsafe(Math.min(STREAM_CHUNK_BYTES, Math.max(1, f.size))), Buffer.allocUnsafe(Math.min(STREAM_CHUNK_BYTES, Math.max(1, f.size - offset)))] as const
+    for (let pos = 0; pos < offset; ) {
+      const n = await readAt(f, bufs[0], pos, offset - pos, label)
+      hash.update(bufs[0].subarray(0, n))
+      pos += n
     }
+    let sent = 0
+    let writing: Promise<void> = Promise.resolve()
+    for (let pos = offset, i = 0; pos < f.size; i ^= 1) {
+      const buf = bufs[i]!
+      const n = await readAt(f, buf, pos, f.size - pos, label)
+      hash.update(buf.subarray(0, n))
+      pos += n
+      sent += n
+      await writing
+      writing = writeAll(socket, buf.subarray(0, n))
+      writing.catch(() => undefined) // awaited before the next write; a failure surfaces there
+    }
+    await writing
     const after = await f.handle.stat()
     if (sent !== f.size - offset || after.size !== f.size || after.mtimeMs !== f.mtimeMs) throw new NatdError('FILE_UNREADABLE', `${label} changed while it was sent; send it again when it is complete`)
     const digest = hash.digest()
@@ -237,4 +241,24 @@ export async function streamFile(socket: net.Socket, f: OpenedFile, label: strin
     socket.destroy()
     throw err
   }
+}
+
+/** Reads up to min(buf, want) bytes at `pos`; FILE_UNREADABLE when the file ends first (it shrank). */
+async function readAt(f: OpenedFile, buf: Buffer, pos: number, want: number, label: string): Promise<number> {
+  const { bytesRead } = await f.handle.read(buf, 0, Math.min(buf.length, want), pos)
+  if (bytesRead === 0) throw new NatdError('FILE_UNREADABLE', `${label} changed while it was sent; send it again when it is complete`)
+  return bytesRead
+}
+
+/** Resolves once the socket took `buf` (the caller may then reuse it); TUNNEL_CLOSED if natd closed the connection first. */
+function writeAll(socket: net.Socket, buf: Buffer): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const onClose = (): void => reject(new NatdError('TUNNEL_CLOSED', 'natd closed the data connection'))
+    socket.once('close', onClose)
+    socket.write(buf, (err) => {
+      socket.off('close', onClose)
+      if (err) reject(new NatdError('TUNNEL_CLOSED', 'natd closed the data connection', { cause: err }))
+      else resolve()
+    })
+  })
 }

@@ -19,6 +19,7 @@ import { silentLogger } from '../../../src/protocol/log.js'
 import { resolvePeer } from '../../../src/protocol/peer-ref.js'
 import type { TunnelManager } from '../../../src/tunnel/manager.js'
 import { Mux } from '../../../src/tunnel/mux.js'
+import { MuxChannel } from '../../../src/tunnel/mux-channel.js'
 import type { Tunnel } from '../../../src/tunnel/tunnel.js'
 import { decodeTransfer, encodeTransfer } from '../../../src/protocol/transfer.js'
 import { messagePipe, type MessagePipe } from '../tunnel/pipe.js'
@@ -97,6 +98,7 @@ interface World {
 
 const cleanups: Array<() => void> = []
 afterEach(() => {
+  vi.restoreAllMocks()
   for (const c of cleanups.splice(0)) c()
 })
 
@@ -214,6 +216,57 @@ describe('files', () => {
     expect(w.received).toHaveLength(1)
     expect(w.progress.at(-1)).toMatchObject({ transferId: r.transferId, sent: f.data.length, size: f.data.length })
     expect(fs.readdirSync(path.join(w.bob.inbox, '.partial'))).toEqual([])
+  })
+
+  it('the bytes take the direct path (issue 18): the caller\'s reads go into DATA frames, bob takes them straight from the channel', async () => {
+    const w = world()
+    const writeSpy = vi.spyOn(MuxChannel.prototype, '_write')
+    const writevSpy = vi.spyOn(MuxChannel.prototype, '_writev')
+    const pushSpy = vi.spyOn(MuxChannel.prototype, 'push')
+    const deliverTo = vi.spyOn(MuxChannel.prototype, 'deliverTo')
+    const sendSome = vi.spyOn(MuxChannel.prototype, 'sendSome')
+    const f = file(w.tmp, 'direct.bin', 6 * MiB + 3)
+    expect(await send(w, f.path)).toMatchObject({ sent: f.data.length, sha256: f.sha256 })
+    expect(fs.readFileSync(path.join(w.bob.inbox, 'direct.bin')).equals(f.data)).toBe(true)
+    const written = [...writeSpy.mock.calls.map((c) => (c[0] as Buffer).length), ...writevSpy.mock.calls.flatMap((c) => (c[0] as Array<{ chunk: Buffer }>).map((x) => x.chunk.length))].reduce((a, b) => a + b, 0)
+    const pushed = pushSpy.mock.calls.reduce((sum, c) => sum + (c[0] instanceof Buffer ? c[0].length : 0), 0)
+    expect(written).toBeLessThan(KiB) // OFFER, ACCEPT, DONE: the file's bytes never went through a Writable
+    expect(pushed).toBeLessThan(KiB) // nor through a Readable
+    expect(deliverTo).toHaveBeenCalledTimes(1)
+    expect(deliverTo.mock.results[0]?.value).toBe(true)
+    expect(sendSome.mock.results.reduce((sum, r) => sum + (r.value as number), 0)).toBeGreaterThanOrEqual(f.data.length)
+  })
+
+  it('a byte changed on the way ends in CORRUPT at bob: nothing is kept, and a clean attempt starts afresh', async () => {
+    const w = world()
+    const f = file(w.tmp, 'flip.bin', 2 * MiB)
+    let flipped = false
+    w.pipe.tap = (from, frame) => {
+      // The mux's DATA frames (type 3) of alice's channel: one payload byte flipped, once.
+      if (from === 'a' && frame[0] === 3 && frame.length > 10_000 && !flipped) {
+        flipped = true
+        frame[frame.length - 7] = frame[frame.length - 7]! ^ 0x40
+      }
+    }
+    await expect(send(w, f.path)).rejects.toMatchObject({ code: 'CORRUPT' })
+    expect(flipped).toBe(true)
+    expect(fs.readdirSync(w.bob.inbox).filter((n) => n !== '.partial')).toEqual([])
+    expect(fs.readdirSync(path.join(w.bob.inbox, '.partial'))).toEqual([])
+    w.pipe.tap = null
+    expect(await send(w, f.path)).toMatchObject({ offset: 0, savedAs: 'flip.bin', sha256: f.sha256 })
+  })
+
+  it('a caller that streams more than the file and its sha256 fails with BAD_REQUEST; bob stores nothing', async () => {
+    const w = world()
+    await w.streams.start()
+    const { socket, token } = await openFileStream(w.streams.socketPath.replace(/\.data$/, ''))
+    cleanups.push(() => socket.destroy())
+    const data = randomBytes(100 * KiB)
+    socket.once('data', () => socket.write(Buffer.concat([data, createHash('sha256').update(data).digest(), Buffer.from('and more')]))) // after OFFSET
+    socket.resume()
+    const err = await w.alice.send({ peer: 'bob', source: w.streams.take(token), name: 'more.bin', size: data.length, mtimeMs: 1, dev: 1, ino: 1, path: '', timeoutMs: 2_000 }).catch((e: unknown) => e)
+    expect(err).toMatchObject({ code: 'BAD_REQUEST', message: expect.stringMatching(/more bytes than the file/) })
+    expect(fs.existsSync(path.join(w.bob.inbox, 'more.bin'))).toBe(false)
   })
 
   it('never overwrites: the same name again gets a suffix; an empty file works', async () => {

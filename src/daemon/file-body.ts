@@ -1,0 +1,190 @@
+/**
+ * The receiver's end of a file's bytes (issue 18): the channel hands the peer's DATA
+ * straight here (MuxChannel.deliverTo), with no stream layer between the tunnel and the
+ * disk. Each chunk is hashed as it comes (sha256, incrementally) and queued for the
+ * partial file; the queue goes to the disk in one writev() at a time, in order, so the
+ * partial on disk is always a prefix of what was sent (a SIGKILL loses only what was
+ * queued; the next attempt resumes at the partial's size). Bytes past the body are the
+ * END frame, parsed here.
+ *
+ * Backpressure: while WRITE_QUEUE_BYTES or more wait for the disk, data() says false and
+ * the channel holds the peer's credit; when a write brings the queue below it, the
+ * channel's release() grants it. Memory per transfer: the queue (< WRITE_QUEUE_BYTES +
+ * one frame) plus what the peer may still send on its window (CHANNEL_WINDOW_BYTES), as
+ * a forwarded connection's (daemon/pipe.ts).
+ */
+import type { Hash } from 'node:crypto'
+import fs from 'node:fs'
+import { NatdError } from '../protocol/errors.js'
+import { decodeTransfer, transferFrameLength } from '../protocol/transfer.js'
+import type { ChannelSink } from '../tunnel/mux-channel.js'
+
+/** Bytes queued for the disk before the peer gets no more credit (a forward's local queue is the same). */
+export const WRITE_QUEUE_BYTES = 1024 * 1024
+/** Buffers per writev() (Linux's IOV_MAX is 1024). */
+export const MAX_IOVECS = 1024
+/** Bytes after the body that may stand before the END frame is whole: the END frame is 38. */
+export const MAX_TAIL_BYTES = 1024
+
+/** The one disk call the body makes, injectable for tests (short writes, ENOSPC). */
+export type WritevFn = (fd: number, bufs: Buffer[], cb: (err: NodeJS.ErrnoException | null, written: number) => void) => void
+
+const nodeWritev: WritevFn = (fd, bufs, cb) => fs.writev(fd, bufs, (err, written) => cb(err, written))
+
+export interface FileBodyOptions {
+  /** The partial, opened for appending. The body never closes it: settled() says when no write uses it. */
+  fd: number
+  /** Body bytes to take (size − offset); what follows is the END frame. */
+  bytes: number
+  /** The hash of what the partial held, carried on over the body. */
+  hash: Hash
+  /** The queue went below WRITE_QUEUE_BYTES after data() said false: grant the peer's credit (MuxChannel.release). */
+  onDrain(): void
+  /** Body bytes arrived (n of them). */
+  onBytes(n: number): void
+  writev?: WritevFn
+}
+
+/**
+ * A ChannelSink for one file's bytes. `result` resolves with the sha256 the sender put in
+ * END once every body byte is on its way to the disk and END came, and rejects on a write
+ * error (ENOSPC…), bytes that are no END frame, the peer's FIN before the end, or fail().
+ */
+export class FileBody implements ChannelSink {
+  readonly result: Promise<Buffer>
+  /** Body bytes still expected. */
+  private left: number
+  private readonly queue: Buffer[] = []
+  private queued = 0
+  private writing = false
+  private full = false
+  private tail: Buffer = Buffer.alloc(0)
+  private sha: Buffer | null = null
+  private failed: Error | null = null
+  private resolve!: (sha: Buffer) => void
+  private reject!: (err: Error) => void
+  private settledWaiters: Array<() => void> = []
+  private readonly writev: WritevFn
+  /** Bytes written to the partial so far (by this body). */
+  written = 0
+
+  constructor(private readonly o: FileBodyOptions) {
+    this.left = o.bytes
+    this.writev = o.writev ?? nodeWritev
+    this.result = new Promise((resolve, reject) => {
+      this.resolve = resolve
+      this.reject = reject
+    })
+    this.result.catch(() => undefined) // awaited by the receiver; a failure surfaces there
+    this.maybeDone()
+  }
+
+  data(buf: Buffer): boolean {
+    if (this.failed) return true // torn down: take and drop, the channel is being reset
+    if (this.left > 0) {
+      const body = buf.length <= this.left ? buf : buf.subarray(0, this.left)
+      this.left -= body.length
+      this.o.hash.update(body)
+      this.queue.push(body)
+      this.queued += body.length
+      this.o.onBytes(body.length)
+      this.flush()
+      buf = buf.subarray(body.length)
+    }
+    if (buf.length > 0) this.onTail(buf)
+    this.maybeDone()
+    if (this.queued < WRITE_QUEUE_BYTES) return true
+    this.full = true
+    return false
+  }
+
+  /** The peer's FIN: before its END, the transfer is cut off. */
+  end(): void {
+    if (this.sha === null) this.fail(new NatdError('TUNNEL_CLOSED', `the sender ended the file ${this.left > 0 ? `with ${this.left} bytes missing` : 'without its sha256'}`))
+  }
+
+  /** Stops taking bytes (the channel closed, a stall): result rejects with `err` unless it settled already. */
+  fail(err: Error): void {
+    if (this.failed) return
+    this.failed = err
+    this.queue.length = 0
+    this.queued = 0
+    this.reject(err)
+    this.maybeSettled()
+  }
+
+  /** Resolves once no write is in flight (after result settled, the fd may be closed then). */
+  settled(): Promise<void> {
+    if (!this.writing) return Promise.resolve()
+    return new Promise((resolve) => this.settledWaiters.push(resolve))
+  }
+
+  private onTail(buf: Buffer): void {
+    if (this.sha !== null) return this.fail(new NatdError('BAD_REQUEST', 'the sender sent bytes after the file\'s sha256'))
+    this.tail = this.tail.length ? Buffer.concat([this.tail, buf]) : Buffer.from(buf)
+    let n: number | null
+    try {
+      n = transferFrameLength(this.tail)
+      if (n === null || this.tail.length < n) {
+        if (this.tail.length > MAX_TAIL_BYTES) throw new NatdError('BAD_REQUEST', `expected the file's sha256 after its bytes, got ${this.tail.length} bytes of something else`)
+        return
+      }
+      const f = decodeTransfer(this.tail.subarray(0, n))
+      if (f.type !== 'end') throw new NatdError('BAD_REQUEST', `expected the file's sha256 after its bytes, got ${f.type}`)
+      if (this.tail.length > n) throw new NatdError('BAD_REQUEST', 'the sender sent bytes after the file\'s sha256')
+      this.sha = Buffer.from(f.sha256)
+    } catch (err) {
+      this.fail(err as Error)
+    }
+  }
+
+  /** Writes the queue, one writev() at a time (a short write continues with the rest). */
+  private flush(): void {
+    if (this.writing || this.queued === 0 || this.failed) return
+    this.writing = true
+    const bufs = this.queue.length <= MAX_IOVECS ? this.queue.splice(0) : this.queue.splice(0, MAX_IOVECS)
+    this.writev(this.o.fd, bufs, (err, written) => {
+      this.writing = false
+      if (this.failed) return this.maybeSettled()
+      if (err) {
+        this.fail(err)
+        return
+      }
+      let total = 0
+      for (const b of bufs) total += b.length
+      if (written < total) {
+        // A short write: what did not go is written next, before anything queued after it.
+        let skip = written
+        const rest: Buffer[] = []
+        for (const b of bufs) {
+          if (skip >= b.length) {
+            skip -= b.length
+            continue
+          }
+          rest.push(skip > 0 ? b.subarray(skip) : b)
+          skip = 0
+        }
+        this.queue.unshift(...rest)
+      }
+      this.written += written
+      this.queued -= written
+      if (this.full && this.queued < WRITE_QUEUE_BYTES) {
+        this.full = false
+        this.o.onDrain()
+      }
+      this.flush()
+      this.maybeDone()
+      this.maybeSettled()
+    })
+  }
+
+  private maybeDone(): void {
+    if (this.failed || this.left > 0 || this.sha === null || this.writing || this.queued > 0) return
+    this.resolve(this.sha)
+  }
+
+  private maybeSettled(): void {
+    if (this.writing) return
+    for (const w of this.settledWaiters.splice(0)) w()
+  }
+}

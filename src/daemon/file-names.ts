@@ -1,0 +1,60 @@
+/**
+ * Names and IDs of transferred files: a peer's name made safe for the inbox and a
+ * terminal, the free-name suffixes, the transfer ID a resume must match, the partial's key.
+ */
+import { createHash } from 'node:crypto'
+import type fs from 'node:fs'
+import path from 'node:path'
+
+/** Longest name the receiver keeps, in UTF-8 bytes (room left for a `-NNN` suffix under NAME_MAX 255). */
+export const MAX_NAME_BYTES = 200
+/** Free names tried (`a.txt`, `a-1.txt`, …) before giving up. */
+export const MAX_NAME_SUFFIX = 9_999
+
+/**
+ * Characters a received name may not keep, each replaced by `_`: C0 controls and DEL
+ * (U+0000–U+001F, U+007F), C1 controls (U+0080–U+009F), the bidirectional controls
+ * (U+061C, U+200E–U+200F, U+202A–U+202E, U+2066–U+2069) that make `txt.exe` display as
+ * `exe.txt`, other invisible format characters (U+200B–U+200D, U+2060, U+FEFF), the line
+ * and paragraph separators (U+2028–U+2029), and lone surrogates.
+ */
+// eslint-disable-next-line no-control-regex -- matching the control characters is the point
+export const UNSAFE_NAME_CHARS = /[\u0000-\u001f\u007f-\u009f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ud800-\udfff]/gu
+
+/**
+ * A peer's name for a file made safe to create in the inbox and to show in a terminal:
+ * path separators, `.` and `..` segments, UNSAFE_NAME_CHARS and leading dots go; what is
+ * left is one plain file name (`../../etc/evil` → `etc_evil`, `a\u202Etxt.exe` →
+ * `a_txt.exe`), never empty, at most MAX_NAME_BYTES.
+ */
+export function sanitizeName(name: string): string {
+  const segments = name
+    .split(/[/\\]+/)
+    .map((s) => s.replace(UNSAFE_NAME_CHARS, '_').trim())
+    .filter((s) => s !== '' && s !== '.' && s !== '..')
+  let out = segments.join('_').replace(/^\.+/, (dots) => '_'.repeat(dots.length))
+  if (Buffer.byteLength(out) > MAX_NAME_BYTES) {
+    const ext = path.extname(out).slice(0, 16)
+    let stem = out.slice(0, out.length - ext.length)
+    while (Buffer.byteLength(stem + ext) > MAX_NAME_BYTES) stem = stem.slice(0, -1)
+    out = stem + ext
+  }
+  return out || 'file'
+}
+
+/** `report.pdf`, then `report-1.pdf`, `report-2.pdf`, … */
+export function suffixedName(name: string, i: number): string {
+  if (i === 0) return name
+  const ext = path.extname(name)
+  return `${name.slice(0, name.length - ext.length)}-${i}${ext}`
+}
+
+/** The sender's name for this version of a file: what a resume must match. */
+export function transferIdOf(senderId: string, name: string, st: Pick<fs.Stats, 'size' | 'mtimeMs' | 'ino'>): Buffer {
+  return createHash('sha256').update(`natd-transfer\0${senderId}\0${name}\0${st.size}\0${st.mtimeMs}\0${st.ino}`).digest()
+}
+
+/** A partial's file name: the sender's whole ID (so quotas and listings know whose), a dot, a hash of sender and transfer. */
+export function partialKey(peerId: string, transferId: string): string {
+  return `${peerId}.${createHash('sha256').update(`${peerId}\0${transferId}`).digest('hex')}`
+}

@@ -1,0 +1,316 @@
+/**
+ * The receiving side of a file (the protocol: file-transfer.ts): policy, quota and free
+ * space before ACCEPT, then the bytes straight from the channel into the partial
+ * (file-body.ts: hashed as they come, written in order with bounded writes), the sha256
+ * compared, the partial fsynced and linked to a free name.
+ */
+import { createHash } from 'node:crypto'
+import fs from 'node:fs'
+import path from 'node:path'
+import { promisify } from 'node:util'
+import { NatdError, toNatdError } from '../protocol/errors.js'
+import type { PartialFile } from '../ipc/schema.js'
+import { systemClock, type TimerClock } from '../protocol/clock.js'
+import type { Logger } from '../protocol/log.js'
+import { encodeTransfer } from '../protocol/transfer.js'
+import type { OpenRequest } from '../tunnel/mux.js'
+import type { MuxChannel } from '../tunnel/mux-channel.js'
+import type { Tunnel } from '../tunnel/tunnel.js'
+import { ChannelReader, withDeadline } from './channel-frames.js'
+import { PEER_REFUSAL_LOG, RefusalLog } from '../common/refusal-log.js'
+import { fsyncDir } from '../common/state-files.js'
+import { FileBody } from './file-body.js'
+import { MAX_NAME_SUFFIX, partialKey, sanitizeName, suffixedName } from './file-names.js'
+import { StallWatch } from './stall-watch.js'
+
+/** The receiver waits this long for the OFFER after the channel opens. */
+export const OFFER_TIMEOUT_MS = 10_000
+/** Read size for hashing a partial before a resume. */
+export const READ_CHUNK_BYTES = 1024 * 1024
+/** After a refusal mid-transfer the receiver ends the channel; it resets it after this if the sender does not. */
+export const REFUSE_LINGER_MS = 5_000
+/** A partial untouched this long (its transfer never retried, or its file changed) is removed when the next file arrives. */
+export const PARTIAL_MAX_AGE_MS = 7 * 24 * 3600_000
+/** After a stall's REFUSE the receiver resets the channel this much later (the frame leaves first). */
+export const STALL_RESET_DELAY_MS = 100
+/**
+ * A received file must leave this share of the inbox's file system free. Every key has
+ * its own quota and keys are free to make, so per-peer quotas alone let strangers fill
+ * the disk; this keeps room for the rest of the machine (natd runs as its own user, so
+ * root's reserved blocks are not ours to count on). Past it: NO_SPACE.
+ */
+export const INBOX_FREE_RESERVE = 0.05
+
+const fsync = promisify(fs.fsync)
+
+/** sha256 of a file's bytes [0, end) (the whole file when end is omitted). */
+export async function hashFile(file: string, end?: number): Promise<ReturnType<typeof createHash>> {
+  const h = createHash('sha256')
+  if (end === 0) return h
+  const stream = fs.createReadStream(file, { highWaterMark: READ_CHUNK_BYTES, ...(end === undefined ? {} : { end: end - 1 }) })
+  for await (const chunk of stream) h.update(chunk as Buffer)
+  return h
+}
+
+export interface ReceivePolicy {
+  allowed(peer: { name: string; id: string }): boolean
+  maxSizeBytes: number
+  inbox: string
+  stallTimeoutMs: number
+  /**
+   * Throws QUOTA_EXCEEDED when `peer` storing `size` more bytes goes over its quota, with
+   * `inFlight` (the peer's other transfers being received, at their announced sizes).
+   */
+  checkQuota(peer: { name: string; id: string }, size: number, inFlight: { files: number; bytes: number }): void
+}
+
+export interface StoredFile {
+  name: string
+  path: string
+  size: number
+  sha256: string
+  transferId: string
+}
+
+export const PARTIAL_DIR = '.partial'
+
+function partialSize(file: string): number {
+  try {
+    return fs.statSync(file).size
+  } catch {
+    return 0
+  }
+}
+
+/** The receiving side: partials, verification, placement. */
+export class FileReceiver {
+  /** Receives in progress, by partial key: a re-run of the same transfer supersedes the old one. */
+  private readonly active = new Map<string, { channel: MuxChannel; done: Promise<void> }>()
+  /** The (sanitised) names of partials seen since natd started, for listing. */
+  private readonly names = new Map<string, string>()
+  /**
+   * Transfers accepted and not yet ended, at their announced sizes: they count in their
+   * sender's quota and against the free space, so that many transfers at once (a tunnel
+   * carries up to 4,096 channels) cannot each pass a check the others will break.
+   */
+  private readonly inFlight = new Map<MuxChannel, { peerId: string; key: string; size: number; partial: string }>()
+
+  /** Files not received (policy, quota, stalls…): a peer may cause them as fast as it opens channels. */
+  private readonly refusals: RefusalLog
+
+  constructor(
+    private readonly policy: () => ReceivePolicy,
+    private readonly log: Logger,
+    private readonly onStored: (f: StoredFile, from: Tunnel['peer']) => void,
+    private readonly clock: TimerClock = systemClock
+  ) {
+    this.refusals = new RefusalLog(log, PEER_REFUSAL_LOG, clock)
+  }
+
+  /** A peer opened a `file` channel. Never throws. */
+  onChannel(tunnel: Tunnel, req: OpenRequest): void {
+    req.accept()
+    const ch = req.channel
+    void this.receive(tunnel, ch).catch((err: unknown) => {
+      const e = toNatdError(err)
+      this.refusals.refused('file', tunnel.peer.name, e.code, e.message)
+      if (ch.destroyed) return
+      ch.end(encodeTransfer({ type: 'refuse', code: e.code, message: e.message }))
+      this.clock.setTimeout(() => ch.destroy(), REFUSE_LINGER_MS).unref()
+    })
+  }
+
+  private async receive(tunnel: Tunnel, ch: MuxChannel): Promise<void> {
+    const peer = tunnel.peer
+    const reader = new ChannelReader(ch)
+    const offer = await withDeadline(reader.frame('the offer'), OFFER_TIMEOUT_MS, ch, 'the offer')
+    if (offer.type !== 'offer') throw new NatdError('BAD_REQUEST', `expected an offer, got ${offer.type}`)
+    const policy = this.policy()
+    const name = sanitizeName(offer.name)
+    if (!policy.allowed(peer)) {
+      throw new NatdError('NOT_ALLOWED', `this agent does not accept files from ${peer.name} (natctl files policy --allow)`)
+    }
+    if (offer.size > policy.maxSizeBytes) {
+      throw new NatdError('TOO_LARGE', `${offer.size} bytes is more than the ${policy.maxSizeBytes} this agent accepts`)
+    }
+    const transferId = Buffer.from(offer.transferId).toString('hex')
+    const key = partialKey(peer.id, transferId)
+    const partial = path.join(policy.inbox, PARTIAL_DIR, key)
+    // Another attempt of this same transfer is superseded below: it does not count.
+    const others = [...this.inFlight.values()].filter((t) => t.peerId === peer.id && t.key !== key)
+    policy.checkQuota(peer, offer.size - partialSize(partial), { files: others.length, bytes: others.reduce((sum, t) => sum + t.size, 0) })
+    this.inFlight.set(ch, { peerId: peer.id, key, size: offer.size, partial })
+    try {
+      const previous = this.active.get(key)
+      if (previous) {
+        previous.channel.destroy(new NatdError('TUNNEL_CLOSED', 'superseded by a new attempt of the same transfer'))
+        await previous.done
+      }
+      let release!: () => void
+      const done = new Promise<void>((resolve) => (release = resolve))
+      this.active.set(key, { channel: ch, done })
+      try {
+        await this.store(tunnel, ch, reader, { ...offer, name, transferId, key }, policy)
+      } finally {
+        if (this.active.get(key)?.channel === ch) this.active.delete(key)
+        release()
+      }
+    } finally {
+      this.inFlight.delete(ch)
+    }
+  }
+
+  private async store(
+    tunnel: Tunnel,
+    ch: MuxChannel,
+    reader: ChannelReader,
+    offer: { name: string; size: number; transferId: string; key: string },
+    policy: ReceivePolicy
+  ): Promise<void> {
+    const peer = tunnel.peer
+    const inbox = policy.inbox
+    const partialDir = path.join(inbox, PARTIAL_DIR)
+    fs.mkdirSync(partialDir, { recursive: true, mode: 0o700 })
+    const partial = path.join(partialDir, offer.key)
+    this.prunePartials(partialDir)
+    let offset = 0
+    try {
+      offset = fs.statSync(partial).size
+    } catch {
+      // nothing yet
+    }
+    if (offset > offer.size) {
+      fs.truncateSync(partial, 0)
+      offset = 0
+    }
+    const fsStat = fs.statfsSync(inbox)
+    // What the other transfers being received will still write (another attempt of this one is superseded).
+    let promised = 0
+    for (const [c, t] of this.inFlight) if (c !== ch && t.key !== offer.key) promised += Math.max(0, t.size - partialSize(t.partial))
+    const reserve = Math.ceil(fsStat.blocks * fsStat.bsize * INBOX_FREE_RESERVE)
+    const room = fsStat.bavail * fsStat.bsize - promised - reserve
+    if (room < offer.size - offset) {
+      throw new NatdError('NO_SPACE', `no room for ${offer.size - offset} bytes in the inbox (${Math.max(0, room)} free, after ${promised} promised to other transfers and ${INBOX_FREE_RESERVE * 100}% of the disk kept free)`)
+    }
+    // What we hold goes into the sha256 the sender's is compared with: a partial we cannot
+    // read back is said at once (an empty hash here would turn into a misleading CORRUPT
+    // after the whole rest was sent). The peer gets no path or errno, the log gets both.
+    let hash: Awaited<ReturnType<typeof hashFile>>
+    try {
+      hash = await hashFile(partial, offset)
+    } catch (err) {
+      this.log.error('cannot read back a partial file to resume it', { peer: peer.name, name: offer.name, partial, have: offset, err: (err as Error).message })
+      throw new NatdError('PARTIAL_UNREADABLE', `the receiver cannot read back the ${offset} bytes of ${offer.name} it already holds; its operator must check its inbox (its log says why)`, { cause: err })
+    }
+    ch.write(encodeTransfer({ type: 'accept', offset }))
+    this.log.info('file transfer accepted', { peer: peer.name, name: offer.name, size: offer.size, offset })
+    this.names.set(offer.key, offer.name)
+    const fd = fs.openSync(partial, 'a', 0o600)
+    // A stall: tell the sender (REFUSE TIMEOUT), then reset the channel, which fails the
+    // body (its 'close'). The frame goes out before the reset, in order.
+    let stalled: NatdError | null = null
+    const stallMs = policy.stallTimeoutMs
+    const watch = new StallWatch(this.clock, stallMs, () => {
+      stalled = new NatdError('TIMEOUT', `${peer.name} sent no byte of ${offer.name} for ${stallMs} ms (${offer.size - offset} announced); the partial is kept for a resume and listed by natctl files --partial`)
+      ch.end(encodeTransfer({ type: 'refuse', code: stalled.code, message: stalled.message }))
+      this.clock.setTimeout(() => ch.destroy(stalled ?? undefined), STALL_RESET_DELAY_MS).unref()
+    }, () => tunnel.isMigrating)
+    const body = new FileBody({ fd, bytes: offer.size - offset, hash, onDrain: () => ch.release(), onBytes: () => watch.touch() })
+    const onClose = (): void => body.fail(new NatdError('TUNNEL_CLOSED', `the file channel closed before ${offer.name} ended`))
+    ch.once('close', onClose)
+    let theirs: Buffer
+    try {
+      // From here the peer's bytes go from the channel straight to the body (no Readable).
+      const early = await reader.detach()
+      if (early.length > 0) body.data(early)
+      if (!ch.deliverTo(body)) throw new NatdError('TUNNEL_CLOSED', `the file channel closed before the bytes of ${offer.name} came`)
+      theirs = await body.result
+    } catch (err) {
+      body.fail(err as Error)
+      await body.settled()
+      fs.closeSync(fd)
+      if (stalled) throw stalled
+      const e = err as NodeJS.ErrnoException
+      if (e.code === 'ENOSPC' || e.code === 'EDQUOT') {
+        fs.rmSync(partial, { force: true })
+        throw new NatdError('NO_SPACE', 'the receiver\'s disk is full; nothing was kept', { cause: err })
+      }
+      // The path is gone: keep the partial, so the next attempt resumes.
+      this.log.info('file transfer interrupted', { peer: peer.name, name: offer.name, have: fs.statSync(partial).size, size: offer.size })
+      throw toNatdError(err, 'TUNNEL_CLOSED')
+    } finally {
+      watch.stop()
+      ch.off('close', onClose)
+    }
+    const sha256 = hash.digest()
+    if (!sha256.equals(theirs)) {
+      fs.closeSync(fd)
+      fs.rmSync(partial, { force: true })
+      throw new NatdError('CORRUPT', `the bytes received do not match the sha256 of ${offer.name}; nothing was kept, send it again`)
+    }
+    try {
+      await fsync(fd) // in the thread pool: durable before DONE says so
+    } finally {
+      fs.closeSync(fd)
+    }
+    const final = this.place(partial, inbox, offer.name)
+    this.names.delete(offer.key)
+    const stored: StoredFile = { name: path.basename(final), path: final, size: offer.size, sha256: sha256.toString('hex'), transferId: offer.transferId }
+    this.onStored(stored, peer)
+    ch.end(encodeTransfer({ type: 'done', name: stored.name }))
+  }
+
+  /** Partials in `inbox`: what natctl files --partial lists. */
+  partials(inbox: string): PartialFile[] {
+    const dir = path.join(inbox, PARTIAL_DIR)
+    let names: string[]
+    try {
+      names = fs.readdirSync(dir)
+    } catch {
+      return []
+    }
+    const out: PartialFile[] = []
+    for (const key of names) {
+      try {
+        const st = fs.statSync(path.join(dir, key))
+        out.push({ key, fromId: key.split('.')[0] ?? '', name: this.names.get(key) ?? '', bytes: st.size, updatedAt: st.mtime.toISOString(), active: this.active.has(key) })
+      } catch {
+        // gone meanwhile
+      }
+    }
+    return out
+  }
+
+  /** Removes partials nobody came back for in PARTIAL_MAX_AGE_MS (never one being received). */
+  private prunePartials(dir: string): void {
+    const cutoff = this.clock.now() - PARTIAL_MAX_AGE_MS // wall time (the clock's now), as the file system's mtime it is compared with
+    for (const name of fs.readdirSync(dir)) {
+      if (this.active.has(name)) continue
+      const file = path.join(dir, name)
+      try {
+        if (fs.statSync(file).mtimeMs >= cutoff) continue
+        fs.rmSync(file, { force: true })
+        this.log.info('removed a stale partial file', { partial: name.slice(0, 16), days: Math.floor(PARTIAL_MAX_AGE_MS / 86_400_000) })
+      } catch {
+        // gone already
+      }
+    }
+  }
+
+  /** Links the verified partial to the first free name (never overwriting anything), then drops the partial. */
+  private place(partial: string, inbox: string, name: string): string {
+    for (let i = 0; i <= MAX_NAME_SUFFIX; i++) {
+      const candidate = path.join(inbox, suffixedName(name, i))
+      try {
+        fs.linkSync(partial, candidate) // fails with EEXIST instead of replacing
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'EEXIST') continue
+        throw err
+      }
+      fs.rmSync(partial, { force: true })
+      fsyncDir(inbox)
+      return candidate
+    }
+    throw new NatdError('INVALID_ARGUMENT', `no free name for ${name} in ${inbox}`)
+  }
+}

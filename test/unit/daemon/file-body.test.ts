@@ -1,0 +1,195 @@
+// FileBody (src/daemon/file-body.ts), the receiver's sink for a file's bytes, on a real
+// file with the disk call injected: every byte on disk in order through short writes,
+// one write at a time, credit withheld while WRITE_QUEUE_BYTES wait for the disk, the
+// END frame split anywhere, errors (ENOSPC, bytes that are no END, a FIN before the end),
+// and a resume that carries the hash of what the partial held.
+import { createHash, randomBytes } from 'node:crypto'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { afterEach, describe, expect, it } from 'vitest'
+import { FileBody, WRITE_QUEUE_BYTES, type WritevFn } from '../../../src/daemon/file-body.js'
+import { encodeTransfer } from '../../../src/protocol/transfer.js'
+
+const KiB = 1024
+const MiB = 1024 * KiB
+
+const cleanups: Array<() => void> = []
+afterEach(() => {
+  for (const c of cleanups.splice(0)) c()
+})
+
+function partial(initial = Buffer.alloc(0)): { file: string; fd: number } {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'natd-body-'))
+  const file = path.join(dir, 'partial')
+  fs.writeFileSync(file, initial)
+  const fd = fs.openSync(file, 'a', 0o600)
+  cleanups.push(() => {
+    fs.closeSync(fd)
+    fs.rmSync(dir, { recursive: true, force: true })
+  })
+  return { file, fd }
+}
+
+const sha = (b: Buffer): Buffer => createHash('sha256').update(b).digest()
+const endFrame = (digest: Buffer): Buffer => encodeTransfer({ type: 'end', sha256: digest })
+
+/** Cuts `b` at random points into pieces of 1 byte to 100 KiB. */
+function pieces(b: Buffer): Buffer[] {
+  const out: Buffer[] = []
+  for (let at = 0; at < b.length; ) {
+    const n = Math.min(b.length - at, 1 + Math.floor(Math.random() * 100 * KiB))
+    out.push(b.subarray(at, at + n))
+    at += n
+  }
+  return out
+}
+
+/** The real writev, at most `max` bytes per call (what a disk near full or a signal gives). */
+function shortWrites(max: number, calls: { n: number; inFlight: number; maxInFlight: number }): WritevFn {
+  return (fd, bufs, cb) => {
+    calls.n++
+    calls.maxInFlight = Math.max(calls.maxInFlight, ++calls.inFlight)
+    const all = Buffer.concat(bufs)
+    const take = all.subarray(0, Math.min(all.length, 1 + Math.floor(Math.random() * max)))
+    fs.write(fd, take, 0, take.length, null, (err, written) => {
+      calls.inFlight--
+      cb(err, written)
+    })
+  }
+}
+
+describe('FileBody', () => {
+  it('puts every byte on disk in order through short writes, one write at a time, and hands over the END digest', async () => {
+    const { file, fd } = partial()
+    const data = randomBytes(3 * MiB + 123)
+    const calls = { n: 0, inFlight: 0, maxInFlight: 0 }
+    const hash = createHash('sha256')
+    let seen = 0
+    const body = new FileBody({ fd, bytes: data.length, hash, onDrain: () => undefined, onBytes: (n) => (seen += n), writev: shortWrites(50 * KiB, calls) })
+    // The END frame comes glued to the last body bytes, split across two reads.
+    const wire = pieces(Buffer.concat([data, endFrame(sha(data))]))
+    for (const p of wire) body.data(p)
+    await expect(body.result).resolves.toEqual(sha(data))
+    expect(fs.readFileSync(file).equals(data)).toBe(true)
+    expect(hash.digest().equals(sha(data))).toBe(true)
+    expect(seen).toBe(data.length)
+    expect(calls.n).toBeGreaterThan(3 * MiB / (50 * KiB)) // the short writes were taken up again
+    expect(calls.maxInFlight).toBe(1)
+  })
+
+  it('withholds credit while WRITE_QUEUE_BYTES wait for the disk, and grants it once a write brings the queue below', async () => {
+    const { file, fd } = partial()
+    const pending: Array<() => void> = []
+    // A disk that takes each writev only when the test says so.
+    const writev: WritevFn = (fd_, bufs, cb) => pending.push(() => fs.writev(fd_, bufs, (err, n) => cb(err, n)))
+    let drains = 0
+    const data = randomBytes(4 * MiB)
+    const body = new FileBody({ fd, bytes: data.length, hash: createHash('sha256'), onDrain: () => drains++, onBytes: () => undefined, writev })
+    const chunk = 64 * KiB
+    let at = 0
+    let accepted = true
+    while (accepted && at < data.length) {
+      accepted = body.data(data.subarray(at, at + chunk))
+      at += chunk
+    }
+    // It said "full" once the bytes waiting for the disk (the write in flight included) reached the bound.
+    expect(accepted).toBe(false)
+    expect(at).toBe(WRITE_QUEUE_BYTES)
+    expect(pending).toHaveLength(1) // one write at a time: the first frame; the rest queued
+    await new Promise((r) => setTimeout(r, 20))
+    expect(drains).toBe(0) // nothing written: no credit
+    pending.shift()!()
+    await until(() => drains === 1) // below the bound: the credit is granted
+    expect(pending).toHaveLength(1) // the whole queue in one writev
+    // The peer sends on (what its window allowed), then END.
+    for (; at < data.length; at += chunk) body.data(data.subarray(at, at + chunk))
+    body.data(endFrame(sha(data)))
+    while (!(await settledOrWrite(body, pending)));
+    await expect(body.result).resolves.toEqual(sha(data))
+    expect(fs.readFileSync(file).equals(data)).toBe(true)
+  })
+
+  it('a resume carries the hash of what the partial held; only the rest is written', async () => {
+    const data = randomBytes(2 * MiB)
+    const have = 700 * KiB + 5
+    const { file, fd } = partial(data.subarray(0, have))
+    const hash = createHash('sha256').update(data.subarray(0, have))
+    const body = new FileBody({ fd, bytes: data.length - have, hash, onDrain: () => undefined, onBytes: () => undefined })
+    for (const p of pieces(Buffer.concat([data.subarray(have), endFrame(sha(data))]))) body.data(p)
+    await expect(body.result).resolves.toEqual(sha(data))
+    expect(hash.digest().equals(sha(data))).toBe(true)
+    expect(fs.readFileSync(file).equals(data)).toBe(true)
+    expect(body.written).toBe(data.length - have)
+  })
+
+  it('an empty body waits for END alone', async () => {
+    const { fd } = partial()
+    const body = new FileBody({ fd, bytes: 0, hash: createHash('sha256'), onDrain: () => undefined, onBytes: () => undefined })
+    const frame = endFrame(sha(Buffer.alloc(0)))
+    body.data(frame.subarray(0, 3))
+    body.data(frame.subarray(3))
+    await expect(body.result).resolves.toEqual(sha(Buffer.alloc(0)))
+  })
+
+  it('a full disk fails the body with ENOSPC, and no write runs after', async () => {
+    const { fd } = partial()
+    let calls = 0
+    const writev: WritevFn = (_fd, _bufs, cb) => {
+      calls++
+      setImmediate(() => cb(Object.assign(new Error('no space left on device'), { code: 'ENOSPC' }), 0))
+    }
+    const body = new FileBody({ fd, bytes: MiB, hash: createHash('sha256'), onDrain: () => undefined, onBytes: () => undefined, writev })
+    body.data(Buffer.alloc(64 * KiB))
+    await expect(body.result).rejects.toMatchObject({ code: 'ENOSPC' })
+    body.data(Buffer.alloc(64 * KiB))
+    await body.settled()
+    expect(calls).toBe(1)
+  })
+
+  it('bytes after the body that are no END frame, or more than END, fail with BAD_REQUEST', async () => {
+    const { fd } = partial()
+    const mk = (): FileBody => new FileBody({ fd, bytes: 10, hash: createHash('sha256'), onDrain: () => undefined, onBytes: () => undefined })
+    const offer = encodeTransfer({ type: 'accept', offset: 0 })
+    const a = mk()
+    a.data(Buffer.concat([Buffer.alloc(10), offer]))
+    await expect(a.result).rejects.toMatchObject({ code: 'BAD_REQUEST', message: expect.stringMatching(/got accept/) })
+    const b = mk()
+    b.data(Buffer.concat([Buffer.alloc(10), endFrame(sha(Buffer.alloc(10))), Buffer.from('x')]))
+    await expect(b.result).rejects.toMatchObject({ code: 'BAD_REQUEST' })
+    const c = mk()
+    c.data(Buffer.alloc(10))
+    c.data(Buffer.from([0x4e, 0x58, 2, 7, 0xff, 0xff])) // an END header announcing 64 KiB
+    c.data(Buffer.alloc(2 * KiB))
+    await expect(c.result).rejects.toMatchObject({ code: 'BAD_REQUEST' })
+    await Promise.all([a.settled(), b.settled(), c.settled()])
+  })
+
+  it('the peer\'s FIN before END cuts the transfer off (TUNNEL_CLOSED); what came is on disk for a resume', async () => {
+    const { file, fd } = partial()
+    const body = new FileBody({ fd, bytes: MiB, hash: createHash('sha256'), onDrain: () => undefined, onBytes: () => undefined })
+    const part = randomBytes(300 * KiB)
+    body.data(part)
+    await until(() => body.written === part.length)
+    body.end()
+    await expect(body.result).rejects.toMatchObject({ code: 'TUNNEL_CLOSED', message: expect.stringMatching(/bytes missing/) })
+    await body.settled()
+    expect(fs.readFileSync(file).equals(part)).toBe(true)
+  })
+})
+
+async function until(cond: () => boolean, timeoutMs = 5_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error('timed out')
+    await new Promise<void>((resolve) => setImmediate(resolve))
+  }
+}
+
+/** Runs the next pending write if any; true once the body's result settled. */
+async function settledOrWrite(body: FileBody, pending: Array<() => void>): Promise<boolean> {
+  const done = await Promise.race([body.result.then(() => true, () => true), new Promise<boolean>((resolve) => setImmediate(() => resolve(false)))])
+  if (done) return true
+  pending.shift()?.()
+  return false
+}
