@@ -117,6 +117,7 @@ export class Registry {
   private used = 0
   private readonly free: number[] = []
   private count = 0
+  private onlineCount = 0
 
   private readonly byName = new Map<string, number>()
   /** Keys are chosen by whoever registers: their hash is keyed with a secret seed, so collisions cannot be aimed. */
@@ -170,7 +171,7 @@ export class Registry {
     this.nat[slot] = Math.max(0, NAT_VERDICTS.indexOf(input.nat))
     if (input.udp) this.udp.set(slot, input.udp)
     if (input.tcp) this.tcp.set(slot, input.tcp)
-    this.state[slot] = ONLINE
+    this.setState(slot, ONLINE)
     this.lastSeen[slot] = this.clock.now()
     this.lostAt[slot] = 0
     return { ref: this.refOf(slot), isNew }
@@ -357,6 +358,11 @@ export class Registry {
     return this.count
   }
 
+  /** Registrations online now (size counts the offline ones it still remembers too). */
+  get online(): number {
+    return this.onlineCount
+  }
+
   /** Whether the registry still remembers this registration (online or offline). */
   has(ref: RegRef): boolean {
     return this.slotOf(ref) >= 0
@@ -461,8 +467,14 @@ export class Registry {
     }
   }
 
+  /** Every change of a slot's state goes through here, so the online count stays true. */
+  private setState(slot: number, state: typeof FREE | typeof OFFLINE | typeof ONLINE): void {
+    this.onlineCount += Number(state === ONLINE) - Number(this.state[slot] === ONLINE)
+    this.state[slot] = state
+  }
+
   private dropSlot(slot: number): void {
-    this.state[slot] = OFFLINE
+    this.setState(slot, OFFLINE)
     this.lostAt[slot] = 0
     this.udp.set(slot, null)
     this.tcp.set(slot, null)
@@ -500,7 +512,7 @@ export class Registry {
     this.names[slot] = name
     this.lans[slot] = ''
     this.byName.set(name, slot)
-    this.state[slot] = OFFLINE
+    this.setState(slot, OFFLINE)
     this.byKey.add(slot)
     this.byToken.add(slot)
     this.count++
@@ -515,7 +527,7 @@ export class Registry {
     this.tcp.set(slot, null)
     this.names[slot] = ''
     this.lans[slot] = ''
-    this.state[slot] = FREE
+    this.setState(slot, FREE)
     this.generation[slot] = (this.generation[slot]! + 1) % GENERATION_LIMIT
     this.free.push(slot)
     this.count--
