@@ -23,6 +23,8 @@ const SERVER_READY_TIMEOUT_MS = 30_000
 const PROBE_TIMEOUT_MS = 30_000
 /** Grace after SIGTERM (or a stop command) before SIGKILL. */
 export const STOP_TIMEOUT_MS = 5_000
+/** Writing a CPU profile of a long run takes seconds more. */
+const PROFILE_STOP_TIMEOUT_MS = 60_000
 
 /** One load process; call() sends a command and resolves with its reply. */
 export class LoadProcess {
@@ -114,6 +116,8 @@ export function shebangFlags(script: string): string[] {
  * full GC, stop(). Closing stdin (our exit, even a crash) makes it exit too.
  */
 export class ServerProcess {
+  /** Extra node flags for every server started after it is set (the bench's --cpu-prof DIR). */
+  static nodeFlags: string[] = []
   readonly proc: ChildProcess
   readonly port: number
   readonly output: string[] = []
@@ -127,7 +131,7 @@ export class ServerProcess {
   /** `prefix`: wrappers such as `nice -n N` and `taskset -c 1`; `args`: natd-rendezvous options. */
   constructor(port: number, prefix: string[], args: string[]) {
     this.port = port
-    const node = [process.execPath, ...shebangFlags(SERVER_MAIN), '--expose-gc', '--disable-warning=ExperimentalWarning', '--import', pathToFileURL(PROBE).href, SERVER_MAIN]
+    const node = [process.execPath, ...shebangFlags(SERVER_MAIN), '--expose-gc', ...ServerProcess.nodeFlags, '--disable-warning=ExperimentalWarning', '--import', pathToFileURL(PROBE).href, SERVER_MAIN]
     const argv = [...prefix, ...node, '--host', '127.0.0.1', '--port', String(port), '--state-dir', this.stateDir, ...args]
     this.proc = spawn(argv[0]!, argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe'] })
     for (const stream of [this.proc.stdout!, this.proc.stderr!]) {
@@ -224,7 +228,9 @@ export class ServerProcess {
     if (this.proc.exitCode === null && this.proc.signalCode === null) {
       const exited = new Promise((r) => this.proc.once('exit', r))
       this.proc.kill('SIGTERM')
-      if (!(await Promise.race([exited.then(() => true), sleep(STOP_TIMEOUT_MS, undefined, { ref: false }).then(() => false)]))) this.proc.kill('SIGKILL')
+      // A server that writes a CPU profile on exit needs longer than its usual stop.
+      const timeoutMs = ServerProcess.nodeFlags.length ? PROFILE_STOP_TIMEOUT_MS : STOP_TIMEOUT_MS
+      if (!(await Promise.race([exited.then(() => true), sleep(timeoutMs, undefined, { ref: false }).then(() => false)]))) this.proc.kill('SIGKILL')
     }
     fs.rmSync(this.stateDir, { recursive: true, force: true })
   }

@@ -24,6 +24,9 @@
  *   node --disable-warning=ExperimentalWarning bench/rendezvous-capacity.ts \
  *     [--max N] [--steps N,N,…] [--interval 20s] [--rate 250] [--nice=N] [--budget 5m] [--quick] [--json FILE]
  *
+ * --cpu-prof DIR: each server writes a V8 CPU profile of its whole run into DIR
+ * (bench/profile-summary.ts reads it).
+ *
  * --quick: 1k and 10k at a 5 s interval (4x the heartbeat rate of 20 s), well under a
  * minute. Needs `npm run build` (it runs dist/).
  *
@@ -41,7 +44,7 @@ import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { nofile } from './proc-stats.ts'
 import { Fleet } from './rendezvous-capacity-fleet.ts'
-import { LoadProcess } from './rendezvous-capacity-procs.ts'
+import { LoadProcess, ServerProcess } from './rendezvous-capacity-procs.ts'
 import { f1, f2, int, report, type StepResult } from './rendezvous-capacity-report.ts'
 import type { Rig } from './rendezvous-capacity-step.ts'
 
@@ -81,7 +84,7 @@ const WANTED_NOFILE = 1_048_576
 
 // --- options -------------------------------------------------------------------
 
-const USAGE = 'usage: node --disable-warning=ExperimentalWarning bench/rendezvous-capacity.ts [--max N] [--steps N,N,…] [--interval 20s] [--rate 250] [--nice=N] [--budget 5m] [--instances N] [--quick] [--json FILE]'
+const USAGE = 'usage: node --disable-warning=ExperimentalWarning bench/rendezvous-capacity.ts [--max N] [--steps N,N,…] [--interval 20s] [--rate 250] [--nice=N] [--budget 5m] [--instances N] [--cpu-prof DIR] [--quick] [--json FILE]'
 const opts = (() => {
   try {
     return parseArgs({
@@ -94,6 +97,7 @@ const opts = (() => {
         steps: { type: 'string' },
         nice: { type: 'string' },
         instances: { type: 'string' },
+        'cpu-prof': { type: 'string' },
         quick: { type: 'boolean', default: false },
         help: { type: 'boolean', short: 'h', default: false }
       }
@@ -122,6 +126,7 @@ if (!Number.isInteger(niceness) || niceness < -20 || niceness > 19) usage('--nic
 if (intervalMs < 2 * ACK_TIMEOUT_MS) usage(`--interval must be at least ${(2 * ACK_TIMEOUT_MS) / 1000}s`)
 
 const notes: string[] = []
+if (opts['cpu-prof']) ServerProcess.nodeFlags = ['--cpu-prof', `--cpu-prof-dir=${path.resolve(opts['cpu-prof'])}`]
 
 /** `nice -n N` before a command line when --nice asks for another priority. */
 function niced(): string[] {

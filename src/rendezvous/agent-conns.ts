@@ -12,15 +12,21 @@ import type { Registry, RegRef } from './registry.js'
 import { TCP_KEEPALIVE_MS, type TcpConn, type TcpGate } from './tcp-gate.js'
 
 /**
- * Up to this many connected agents, every peer up/down event goes to everyone (live
- * `natctl peers` for a home network). Above it, only to the agents that were introduced
- * to that peer: telling everyone costs O(N²) when a server with 100k agents restarts.
+ * Up to this many agents online here, every peer up/down event goes to every connected
+ * agent (live `natctl peers` for a home network). Above it, only to the agents that were
+ * introduced to that peer: telling everyone costs O(N²) when a server with 100k agents
+ * restarts. Counted by agents online, not by connections held: a big server whose
+ * agents mostly hold no control connection at the moment (the capacity bench keeps 1%)
+ * is still big, and broadcasting there made every registration write to every held
+ * connection (up to 1,000 Noise messages, ~12 µs each: 3.4 ms per registration at
+ * 50,000 agents against 2.3 at 3,000; docs/BENCHMARKS.md). So a registration or a drop
+ * costs at most BROADCAST_MAX_AGENTS writes on a small server and MAX_CONTACTS on a big one.
  */
 export const BROADCAST_MAX_AGENTS = 1_000
 
 export interface AgentConnsComponents {
   clock: Clock
-  registry: Pick<Registry, 'clearTcp' | 'controlLost'>
+  registry: Pick<Registry, 'clearTcp' | 'controlLost' | 'online'>
   gate: Pick<TcpGate, 'conns' | 'authenticated' | 'writeSession'>
   contacts: Pick<Contacts, 'of' | 'ofRemote'>
   cluster: Pick<Cluster, 'offline'> | null
@@ -85,10 +91,10 @@ export class AgentConns {
     this.broadcast(ref, { type: 'peer-event', event: 'down', peer: down, reason })
   }
 
-  /** Tells the other connected agents about `about` (all of them, or its contacts on a big server). */
+  /** Tells the other connected agents about `about` (all of them on a small server, or its contacts). */
   broadcast(about: RegRef, msg: OutgoingMessage): void {
     const bytes = encode(msg)
-    if (this.byPeer.size <= BROADCAST_MAX_AGENTS) {
+    if (this.small) {
       for (const c of this.c.gate.conns) if (c.reg !== null && c.reg !== about) this.c.gate.writeSession(c, bytes)
       return
     }
@@ -97,11 +103,16 @@ export class AgentConns {
 
   /** Agents of other instances came or went: our agents hear of it (all, or their contacts on a big server). */
   onRemotePeerEvents(event: 'up' | 'down', peers: PeerRecord[]): void {
-    const everyone = this.byPeer.size <= BROADCAST_MAX_AGENTS
+    const everyone = this.small
     for (const peer of peers) {
       const bytes = encode({ type: 'peer-event', event, peer })
       this.writeTo(everyone ? [...this.byPeer.keys()] : this.c.contacts.ofRemote(peer.publicKey), bytes)
     }
+  }
+
+  /** A small server (BROADCAST_MAX_AGENTS online at most): events go to everyone. */
+  private get small(): boolean {
+    return this.c.registry.online <= BROADCAST_MAX_AGENTS
   }
 
   private writeTo(refs: readonly RegRef[], bytes: Buffer): void {

@@ -76,6 +76,8 @@ export class RegistrationTable {
   used = 0
   private readonly free: number[] = []
   count = 0
+  /** Slots whose state is ONLINE; kept true by setState(). */
+  online = 0
 
   private readonly byName = new Map<string, number>()
   /** Keys are chosen by whoever registers: their hash is keyed with a secret seed, so collisions cannot be aimed. */
@@ -83,6 +85,12 @@ export class RegistrationTable {
   private readonly byKey = new SlotIndex((slot) => hashBytes(this.keys, slot * KEY_BYTES, KEY_BYTES, this.keySeed))
   /** Tokens are random bytes the server chose: their first four bytes are hash enough. */
   private readonly byToken = new SlotIndex((slot) => tokenHash(this.tokens, slot * TOKEN_BYTES))
+
+  /** Every change of a slot's state goes through here, so the online count stays true. */
+  setState(slot: number, state: typeof FREE | typeof OFFLINE | typeof ONLINE): void {
+    this.online += Number(state === ONLINE) - Number(this.state[slot] === ONLINE)
+    this.state[slot] = state
+  }
 
   constructor(private readonly clock: Clock) {
     this.grow(INITIAL_SLOTS)
@@ -138,7 +146,7 @@ export class RegistrationTable {
 
   /** The agent goes offline: it keeps its slot (listed as last seen) but no endpoints. */
   dropSlot(slot: number): void {
-    this.state[slot] = OFFLINE
+    this.setState(slot, OFFLINE)
     this.lostAt[slot] = 0
     this.udp.set(slot, null)
     this.tcp.set(slot, null)
@@ -176,7 +184,7 @@ export class RegistrationTable {
     this.names[slot] = name
     this.lans[slot] = ''
     this.byName.set(name, slot)
-    this.state[slot] = OFFLINE
+    this.setState(slot, OFFLINE)
     this.byKey.add(slot)
     this.byToken.add(slot)
     this.count++
@@ -191,7 +199,7 @@ export class RegistrationTable {
     this.tcp.set(slot, null)
     this.names[slot] = ''
     this.lans[slot] = ''
-    this.state[slot] = FREE
+    this.setState(slot, FREE)
     this.generation[slot] = (this.generation[slot]! + 1) % GENERATION_LIMIT
     this.free.push(slot)
     this.count--

@@ -99,7 +99,7 @@ export class Registry {
     this.slots.nat[slot] = Math.max(0, NAT_VERDICTS.indexOf(input.nat))
     if (input.udp) this.slots.udp.set(slot, input.udp)
     if (input.tcp) this.slots.tcp.set(slot, input.tcp)
-    this.slots.state[slot] = ONLINE
+    this.slots.setState(slot, ONLINE)
     this.slots.lastSeen[slot] = this.clock.now()
     this.slots.lostAt[slot] = 0
     return { ref: this.slots.refOf(slot), isNew }
@@ -284,6 +284,11 @@ export class Registry {
 
   get size(): number {
     return this.slots.count
+  }
+
+  /** Registrations online now (size counts the offline ones it still remembers too). */
+  get online(): number {
+    return this.slots.online
   }
 
   /** Whether the registry still remembers this registration (online or offline). */

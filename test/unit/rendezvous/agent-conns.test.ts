@@ -2,7 +2,8 @@
  * The control connections of registered agents (src/rendezvous/agent-conns.ts) with a
  * fake gate and fake sockets: a newer registration replaces the older connection, a
  * connection its host ended (FIN) counts as a dead agent and a reset does not, and peer
- * events go to everyone on a small server, to contacts only past BROADCAST_MAX_AGENTS.
+ * events go to everyone on a small server, to contacts only past BROADCAST_MAX_AGENTS
+ * agents online (however few of them hold a connection).
  */
 import { describe, expect, it } from 'vitest'
 import { decode, type PeerRecord } from '../../../src/protocol/rendezvous.js'
@@ -25,6 +26,7 @@ function setup(): {
   written: Map<TcpConn, Buffer[]>
   offline: PeerRecord[]
   gate: { conns: Set<TcpConn> }
+  registry: { online: number }
 } {
   const calls: string[] = []
   const written = new Map<TcpConn, Buffer[]>()
@@ -39,15 +41,17 @@ function setup(): {
   }
   const registry = {
     clearTcp: (ref: RegRef) => calls.push(`clearTcp ${ref}`),
-    controlLost: (ref: RegRef) => calls.push(`controlLost ${ref}`)
+    controlLost: (ref: RegRef) => calls.push(`controlLost ${ref}`),
+    online: 0
   }
   const cluster = { offline: (r: PeerRecord) => offline.push(r) }
   const agents = new AgentConns({ clock: new FakeClock(), registry, gate, contacts, cluster })
-  return { agents, contacts, calls, written, offline, gate }
+  return { agents, contacts, calls, written, offline, gate, registry }
 }
 
-/** `n` agents registered, their connections in the gate. */
+/** `n` agents registered (online), their connections in the gate. */
 function registerMany(s: ReturnType<typeof setup>, n: number): TcpConn[] {
+  s.registry.online += n
   const conns = Array.from({ length: n }, () => conn())
   conns.forEach((c, ref) => {
     s.gate.conns.add(c)
@@ -105,6 +109,19 @@ describe('AgentConns', () => {
     s.written.clear()
     s.agents.onRemotePeerEvents('up', [PEER])
     expect([...s.written.keys()]).toEqual([conns[3]])
+  })
+
+  it(`past BROADCAST_MAX_AGENTS online, events go to contacts only even when few agents hold a connection`, () => {
+    const s = setup()
+    const conns = registerMany(s, 200) // the capacity bench: 1% of the agents online keep their control connection
+    s.registry.online = BROADCAST_MAX_AGENTS + 1
+    s.contacts.add(0, 7)
+    s.agents.broadcast(0, { type: 'peer-event', event: 'up', peer: PEER })
+    s.agents.wentDown(1, PEER, 'expired')
+    expect([...s.written.keys()]).toEqual([conns[7]]) // not the 199 others, for the up nor the down (agent 1 has no contacts)
+    s.written.clear()
+    s.agents.onRemotePeerEvents('up', [PEER])
+    expect(s.written.size).toBe(0)
   })
 
   it(`up to BROADCAST_MAX_AGENTS, another instance's events go to every agent here`, () => {

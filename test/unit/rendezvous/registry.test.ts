@@ -171,6 +171,29 @@ describe('Registry', () => {
     expect(reg.expire().map((r) => r.name)).toEqual(['bob'])
   })
 
+  it('online counts the agents online through every change: re-registration, drop, expiry, release, forgetting', () => {
+    const counts = (): number[] => [reg.online, reg.size]
+    const a = reg.register(input(A, 'alice')).ref
+    reg.register(input(B, 'bob'))
+    reg.register(input(A, 'alice')) // again while online: still one
+    expect(counts()).toEqual([2, 2])
+    reg.drop(a)
+    reg.drop(a)
+    expect(counts()).toEqual([1, 2]) // offline, remembered
+    reg.register(input(A, 'alice'))
+    expect(counts()).toEqual([2, 2])
+    reg.releaseName('bob', B)
+    expect(counts()).toEqual([1, 2])
+    clock.advance(PEER_TIMEOUT_MS + 1)
+    expect(reg.expire().map((r) => r.name)).toEqual(['alice'])
+    expect(counts()).toEqual([0, 2])
+    clock.advance(OFFLINE_RETENTION_MS + 1)
+    reg.expire()
+    expect(counts()).toEqual([0, 0])
+    reg.register(input(key(3), 'carol'))
+    expect(counts()).toEqual([1, 1])
+  })
+
   it('a reference to a forgotten agent stops resolving, even when its slot has a new holder', () => {
     const { ref: a } = reg.register(input(A, 'alice', seq(0x10, 16)))
     reg.drop(a)
