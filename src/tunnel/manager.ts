@@ -20,7 +20,7 @@ import { LATE_PATH_ANSWER_MS, LATE_PATH_MS, PathRace, type AttemptKind, type Rac
 import { TunnelRecovery } from './recovery.js'
 import { LossyWatch } from './lossy-path.js'
 import { LateSwitches } from './late-switch.js'
-import { asResume, firstFrame, onFreshTunnel, onResumeRequest, RESUME_ANSWER_MS, SIMULTANEOUS_OPEN_MS } from './resume.js'
+import { asGoodbye, asResume, firstFrame, onFreshTunnel, onResumeRequest, RelayEnded, RESUME_ANSWER_MS, SIMULTANEOUS_OPEN_MS } from './resume.js'
 import { SharedAttempts } from './shared-attempts.js'
 import { GOODBYE_LINGER_MS, Tunnel, type PathKind, type TunnelTiming } from './tunnel.js'
 
@@ -116,6 +116,8 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
   private closed = false
   /** The way each tunnel we opened was asked for: its resumes ask the same way. */
   private readonly vias = new WeakMap<Tunnel, Via>()
+  /** Tunnels the relay ended (RELAY_LIMIT): never resumed (resume.ts). */
+  private readonly relayEnded: RelayEnded
 
   constructor(
     private readonly timing: TunnelTiming,
@@ -125,6 +127,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     super()
     this.budget = new PunchBudget(c.clock, budget)
     this.refusals = new RefusalLog(c.log, c.clock)
+    this.relayEnded = new RelayEnded(c.clock)
     this.paths = new Paths(c, this.budget, this.refusals)
     this.lateSwitches = new LateSwitches({ log: c.log, current: (t) => this.tunnels.get(t.peer.id) === t })
     this.recovery = new TunnelRecovery({
@@ -355,6 +358,14 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     if (intro.initiator && resuming) return this.resumeAsOpener(resuming, won, intro)
     if (!intro.initiator) {
       const ask = asResume(won.first)
+      if (ask && this.relayEnded.has(ask.tunnelId)) {
+        // The relay ended it: over for good, however the peer asks (resume.ts).
+        won.session.write(encodeMux({ type: 'goodbye', channel: 0, reason: 'RELAY_LIMIT: the relay ended this tunnel; open a new one' }))
+        const session = won.session
+        this.c.clock.setTimeout(() => session.destroy(), GOODBYE_LINGER_MS).unref()
+        won.release?.()
+        throw new NatdError('RELAY_LIMIT', `${name} asked to resume a tunnel the relay ended; refused`)
+      }
       if (ask) {
         const current = this.tunnels.get(id)
         if (current && onResumeRequest(ask, current) === 'resume') {
@@ -441,7 +452,16 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     }
     const received = tunnel.detach()
     won.session.write(encodeMux({ type: 'resume', channel: 0, tunnelId: tunnel.id, received }))
-    const answer = asResume((await firstFrame(won.session, RESUME_ANSWER_MS, this.c.clock)) ?? undefined)
+    const first = (await firstFrame(won.session, RESUME_ANSWER_MS, this.c.clock)) ?? undefined
+    const refused = asGoodbye(first)
+    if (refused !== null) {
+      // The peer will not resume it (the relay ended it): over, no fresh tunnel either.
+      won.session.destroy()
+      won.release?.()
+      tunnel.close(`peer closed the tunnel (${refused})`, { goodbye: false, code: 'TUNNEL_CLOSED' })
+      throw new NatdError('TUNNEL_CLOSED', `${tunnel.peer.name} refused to resume the tunnel: ${refused}`)
+    }
+    const answer = asResume(first)
     if (!answer) {
       won.session.destroy()
       won.release?.()
@@ -501,6 +521,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     }
     this.tunnels.set(tunnel.peer.id, tunnel)
     tunnel.once('closed', (reason) => {
+      if (tunnel.closedWith === 'RELAY_LIMIT') this.relayEnded.add(tunnel.id)
       if (this.tunnels.get(tunnel.peer.id) === tunnel) this.tunnels.delete(tunnel.peer.id)
       this.emit('down', tunnel, reason)
     })

@@ -145,6 +145,8 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
   peerEndpoints: { udp: Endpoint | null; tcp: Endpoint | null } | null = null
   /** The last migration came from silence (lossy or gone), not a closed session or a changed mapping. */
   migratedBySilence = false
+  /** The error code the tunnel closed with (RELAY_LIMIT, TUNNEL_CLOSED, …); null while open or closed without one. */
+  closedWith: string | null = null
 
   /** The last round trip a ping measured, null before the first. */
   get lastRttMs(): number | null {
@@ -502,6 +504,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
   close(reason: string, opts: { goodbye: boolean; code?: string | undefined } = { goodbye: true }): void {
     if (this.current.kind === 'closed') return
     if (opts.goodbye) this.mux.goodbye(reason)
+    this.closedWith = opts.code ?? null
     this.transition({ kind: 'closed', reason, ...this.route }, { code: opts.code })
     this.clock.clear(this.keepalive)
     this.clock.clear(this.liveness)
