@@ -252,6 +252,10 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     const was = this.current
     if (was.kind !== 'up') return
     this.migratedBySilence = bySilence
+    // The silence ends in a migration: the path was gone, not lossy. A count left here made
+    // the first frame on the resumed session report 'lossy', and three roaming events in
+    // LOSSY_WINDOW_MS moved a healthy new direct-tcp path to UDP (lossy-path.ts).
+    this.suspected = 0
     this.transition({ kind: 'migrating', since: this.clock.now(), reason, path: was.path, remote: was.remote, transport: was.transport })
     this.emit('migrating', reason)
   }
