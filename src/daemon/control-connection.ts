@@ -21,6 +21,16 @@ import { secureSocket } from '../tunnel/secure-socket.js'
 
 /** TCP connect + register must finish within this. */
 export const TCP_REGISTER_TIMEOUT_MS = 5_000
+/**
+ * The TCP connect alone may take this long while a tunnel migrates (its new path needs us
+ * registered; rendezvous-client.ts urgent). Linux resends a lost SYN 1 s after the first,
+ * then 2 s and 4 s later: a connect begun while the link was dark waits seconds after it
+ * is back (bench/roaming.ts: a 5 s connect deadline run out, then a 1 s backoff, a 3.2 s
+ * stall after a 10 s outage), while a new connect sends its SYN at once. This covers the
+ * first resend and one round trip at 300 ms RTT; the client then tries again within
+ * URGENT_BACKOFF_CAP_MS (at most one connect a second, to our own server).
+ */
+export const URGENT_CONNECT_TIMEOUT_MS = 1_500
 /** send() resolves once its message was flushed, or after this (a stuck socket must not hold a caller such as stop()). */
 export const SEND_FLUSH_WAIT_MS = 300
 /** A TCP request (LIST, LOOKUP, INTRODUCE) gives up after this. */
@@ -103,15 +113,15 @@ export class ControlConnection extends EventEmitter<ControlEvents> {
    * is busy), runs the Noise handshake, and checks the server's key before anything of
    * ours is sent inside: SERVER_KEY_MISMATCH when it is not the one expected.
    */
-  static async connect(server: Endpoint, localPort: number, keyPair: KeyPair, serverKey: ServerKeyCheck, log: Logger, clock: TimerClock = systemClock): Promise<ControlConnection> {
+  static async connect(server: Endpoint, localPort: number, keyPair: KeyPair, serverKey: ServerKeyCheck, log: Logger, clock: TimerClock = systemClock, connectMs = TCP_REGISTER_TIMEOUT_MS): Promise<ControlConnection> {
     let sock: net.Socket
     try {
-      sock = await connectFrom(server, localPort || undefined, log, clock)
+      sock = await connectFrom(server, localPort || undefined, log, clock, connectMs)
     } catch (err) {
       const code = (err as { errno?: string }).errno
       if (!localPort || (code !== 'EADDRINUSE' && code !== 'EADDRNOTAVAIL')) throw err
       log.warn('control port busy, using an ephemeral port (TCP punching waits for the next reconnect)', { port: localPort, code })
-      sock = await connectFrom(server, undefined, log, clock)
+      sock = await connectFrom(server, undefined, log, clock, connectMs)
     }
     try {
       const { challenge, rest } = await readChallenge(sock, server, clock)
@@ -258,13 +268,13 @@ function readChallenge(sock: net.Socket, server: Endpoint, clock: TimerClock): P
   })
 }
 
-function connectFrom(server: Endpoint, localPort: number | undefined, log: Logger, clock: TimerClock): Promise<net.Socket> {
+function connectFrom(server: Endpoint, localPort: number | undefined, log: Logger, clock: TimerClock, connectMs: number): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
     const sock = net.connect({ host: server.host, port: server.port, ...(localPort ? { localPort } : {}) })
     const timer = clock.setTimeout(() => {
       sock.destroy()
       reject(new NatdError('SERVER_UNREACHABLE', `TCP connect to ${formatEndpoint(server)} timed out`))
-    }, TCP_REGISTER_TIMEOUT_MS)
+    }, connectMs)
     sock.once('connect', () => {
       clock.clear(timer)
       sock.setNoDelay(true)
