@@ -22,8 +22,11 @@ import { secureSocket } from '../tunnel/secure-socket.js'
 /** TCP connect + register must finish within this. */
 export const TCP_REGISTER_TIMEOUT_MS = 5_000
 /**
- * The TCP connect alone may take this long while a tunnel migrates (its new path needs us
- * registered; rendezvous-client.ts urgent). Linux resends a lost SYN 1 s after the first,
+ * The TCP connect, and then the server's challenge (sent as it accepts), may each take
+ * this long while a tunnel migrates (its new path needs us registered;
+ * rendezvous-client.ts urgent). A challenge that does not come within a round trip of
+ * the connect was lost with a path that changed under it (bench/roaming.ts, 100 ms RTT,
+ * alice's new address: connected, no challenge, 5 s waited out, a 7.3 s stall). Linux resends a lost SYN 1 s after the first,
  * then 2 s and 4 s later: a connect begun while the link was dark waits seconds after it
  * is back (bench/roaming.ts: a 5 s connect deadline run out, then a 1 s backoff, a 3.2 s
  * stall after a 10 s outage), while a new connect sends its SYN at once. This covers the
@@ -124,7 +127,7 @@ export class ControlConnection extends EventEmitter<ControlEvents> {
       sock = await connectFrom(server, undefined, log, clock, connectMs)
     }
     try {
-      const { challenge, rest } = await readChallenge(sock, server, clock)
+      const { challenge, rest } = await readChallenge(sock, server, clock, connectMs)
       sock.write(frame(encode({ type: 'secure' })))
       const session = secureSocket(true, sock, rest, keyPair)
       const opened = await raceDeadline(session.opened, TCP_REGISTER_TIMEOUT_MS, clock, () => false)
@@ -235,7 +238,7 @@ export async function raceDeadline<T, U>(work: Promise<T>, ms: number, clock: Ti
 }
 
 /** Reads the server's clear CHALLENGE; a server of another protocol version gets a clear BAD_VERSION. */
-function readChallenge(sock: net.Socket, server: Endpoint, clock: TimerClock): Promise<{ challenge: Extract<Message, { type: 'challenge' }>; rest: Buffer }> {
+function readChallenge(sock: net.Socket, server: Endpoint, clock: TimerClock, ms: number): Promise<{ challenge: Extract<Message, { type: 'challenge' }>; rest: Buffer }> {
   const splitter = new FrameSplitter()
   return new Promise((resolve, reject) => {
     const done = (err: Error | null, v?: { challenge: Extract<Message, { type: 'challenge' }>; rest: Buffer }): void => {
@@ -245,7 +248,7 @@ function readChallenge(sock: net.Socket, server: Endpoint, clock: TimerClock): P
       if (err) reject(err)
       else resolve(v!)
     }
-    const timer = clock.setTimeout(() => done(new NatdError('SERVER_UNREACHABLE', `no challenge from ${formatEndpoint(server)}`)), TCP_REGISTER_TIMEOUT_MS)
+    const timer = clock.setTimeout(() => done(new NatdError('SERVER_UNREACHABLE', `no challenge from ${formatEndpoint(server)}`)), ms)
     const onClose = (): void => done(new NatdError('SERVER_UNREACHABLE', `${formatEndpoint(server)} closed the connection`))
     const onData = (chunk: Buffer): void => {
       try {
