@@ -13,7 +13,7 @@
  * (test/lab/fixtures/paced-echo-client.ts), counted from when the fault ended (at once
  * for a new port, address or site). Target (issue #15): ≤ 2 s at 20 ms RTT.
  *
- *   node bench/roaming.ts [--rtts 20,100] [--reps N] [--cp-mib N] [--skip-cp] [--json FILE]
+ *   node bench/roaming.ts [--rtts 20,100] [--reps N] [--faults new_port,…] [--cp-mib N] [--skip-cp] [--json FILE]
  *
  * Run by `npm run bench` (section `roaming`); needs root (network namespaces).
  */
@@ -43,7 +43,9 @@ const FAULT_AFTER_MS = 2_000
 const OUTAGE_MS = 10_000
 
 type Fault = 'new_port' | 'new_address' | 'move_site' | 'outage_10s'
-const FAULTS: Fault[] = ['new_port', 'new_address', 'move_site', 'outage_10s']
+const ALL_FAULTS: Fault[] = ['new_port', 'new_address', 'move_site', 'outage_10s']
+const FAULTS = (opt('--faults')?.split(',') ?? ALL_FAULTS) as Fault[]
+for (const f of FAULTS) if (!ALL_FAULTS.includes(f)) throw new Error(`--faults: no fault ${f} (${ALL_FAULTS.join(', ')})`)
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b)
@@ -116,7 +118,9 @@ async function atRtt(rttMs: number): Promise<Record<string, FaultResult>> {
           continue
         }
         stalls.push(e.maxGapEndedAt >= backAt ? e.maxGapEndedAt - backAt : 0)
-        process.stderr.write(`${rttMs} ms ${fault}: stall after connectivity returned ${stalls.at(-1)} ms (longest gap ${e.maxGapMs} ms)\n`)
+        // Every gap after the fault (ms after it: length), to tell the resume's gap from a later one.
+        const gaps = (e.gaps ?? []).filter((g) => g.endedAt >= backAt).map((g) => `+${g.endedAt - backAt}:${g.ms}`).join(' ')
+        process.stderr.write(`${rttMs} ms ${fault}: stall after connectivity returned ${stalls.at(-1)} ms (longest gap ${e.maxGapMs} ms; gaps ended at +ms:ms ${gaps}; fault ended ${new Date(backAt).toISOString()})\n`)
         await sleep(1_000)
       }
       out[fault] = { stall_after_ms: stalls, stall_after_median_ms: stalls.length ? median(stalls) : -1, failures }

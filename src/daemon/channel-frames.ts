@@ -5,9 +5,10 @@
  * from the channel (file-body.ts).
  */
 import type { Duplex } from 'node:stream'
-import { systemClock, type Timer, type TimerClock } from '../protocol/clock.js'
+import { systemClock, type TimerClock } from '../protocol/clock.js'
 import { isErrorCode, NatdError } from '../protocol/errors.js'
 import { decodeTransfer, transferFrameLength, type TransferFrame } from '../protocol/transfer.js'
+import { MigrationDeadline, type MigratingTunnel } from '../tunnel/migration-deadline.js'
 
 export class ChannelReader {
   private buf: Buffer = Buffer.alloc(0)
@@ -55,20 +56,31 @@ export class ChannelReader {
   }
 }
 
-/** Rejects with TIMEOUT after `ms` (and destroys the channel, which ends any read on it). */
-export async function withDeadline<T>(p: Promise<T>, ms: number, channel: Duplex, what: string, clock: TimerClock = systemClock): Promise<T> {
-  let timer: Timer | undefined
+/**
+ * Rejects with TIMEOUT after `ms` (and destroys the channel, which ends any read on it).
+ * With `tunnel`, time while it migrates does not count (tunnel/migration-deadline.ts):
+ * what waits in its replay buffer goes out once it resumes.
+ */
+export async function withDeadline<T>(p: Promise<T>, ms: number, channel: Duplex, what: string, clock: TimerClock = systemClock, tunnel?: MigratingTunnel): Promise<T> {
+  let stop: () => void = () => undefined
   const timeout = new Promise<never>((_, reject) => {
-    timer = clock.setTimeout(() => {
+    const expire = (): void => {
       const err = new NatdError('TIMEOUT', `${what} did not come within ${ms} ms`)
       channel.destroy(err)
       reject(err)
-    }, ms)
+    }
+    if (tunnel) {
+      const deadline = new MigrationDeadline(clock, ms, tunnel, expire)
+      stop = () => deadline.stop()
+    } else {
+      const timer = clock.setTimeout(expire, ms)
+      stop = () => clock.clear(timer)
+    }
   })
   try {
     return await Promise.race([p, timeout])
   } finally {
-    clock.clear(timer)
+    stop()
   }
 }
 

@@ -21,6 +21,19 @@ import { secureSocket } from '../tunnel/secure-socket.js'
 
 /** TCP connect + register must finish within this. */
 export const TCP_REGISTER_TIMEOUT_MS = 5_000
+/**
+ * The TCP connect, and then the server's challenge (sent as it accepts), may each take
+ * this long while a tunnel migrates (its new path needs us registered;
+ * rendezvous-client.ts urgent). A challenge that does not come within a round trip of
+ * the connect was lost with a path that changed under it (bench/roaming.ts, 100 ms RTT,
+ * alice's new address: connected, no challenge, 5 s waited out, a 7.3 s stall). Linux resends a lost SYN 1 s after the first,
+ * then 2 s and 4 s later: a connect begun while the link was dark waits seconds after it
+ * is back (bench/roaming.ts: a 5 s connect deadline run out, then a 1 s backoff, a 3.2 s
+ * stall after a 10 s outage), while a new connect sends its SYN at once. This covers the
+ * first resend and one round trip at 300 ms RTT; the client then tries again within
+ * URGENT_BACKOFF_CAP_MS (at most one connect a second, to our own server).
+ */
+export const URGENT_CONNECT_TIMEOUT_MS = 1_500
 /** send() resolves once its message was flushed, or after this (a stuck socket must not hold a caller such as stop()). */
 export const SEND_FLUSH_WAIT_MS = 300
 /** A TCP request (LIST, LOOKUP, INTRODUCE) gives up after this. */
@@ -103,18 +116,18 @@ export class ControlConnection extends EventEmitter<ControlEvents> {
    * is busy), runs the Noise handshake, and checks the server's key before anything of
    * ours is sent inside: SERVER_KEY_MISMATCH when it is not the one expected.
    */
-  static async connect(server: Endpoint, localPort: number, keyPair: KeyPair, serverKey: ServerKeyCheck, log: Logger, clock: TimerClock = systemClock): Promise<ControlConnection> {
+  static async connect(server: Endpoint, localPort: number, keyPair: KeyPair, serverKey: ServerKeyCheck, log: Logger, clock: TimerClock = systemClock, connectMs = TCP_REGISTER_TIMEOUT_MS): Promise<ControlConnection> {
     let sock: net.Socket
     try {
-      sock = await connectFrom(server, localPort || undefined, log, clock)
+      sock = await connectFrom(server, localPort || undefined, log, clock, connectMs)
     } catch (err) {
       const code = (err as { errno?: string }).errno
       if (!localPort || (code !== 'EADDRINUSE' && code !== 'EADDRNOTAVAIL')) throw err
       log.warn('control port busy, using an ephemeral port (TCP punching waits for the next reconnect)', { port: localPort, code })
-      sock = await connectFrom(server, undefined, log, clock)
+      sock = await connectFrom(server, undefined, log, clock, connectMs)
     }
     try {
-      const { challenge, rest } = await readChallenge(sock, server, clock)
+      const { challenge, rest } = await readChallenge(sock, server, clock, connectMs)
       sock.write(frame(encode({ type: 'secure' })))
       const session = secureSocket(true, sock, rest, keyPair)
       const opened = await raceDeadline(session.opened, TCP_REGISTER_TIMEOUT_MS, clock, () => false)
@@ -225,7 +238,7 @@ export async function raceDeadline<T, U>(work: Promise<T>, ms: number, clock: Ti
 }
 
 /** Reads the server's clear CHALLENGE; a server of another protocol version gets a clear BAD_VERSION. */
-function readChallenge(sock: net.Socket, server: Endpoint, clock: TimerClock): Promise<{ challenge: Extract<Message, { type: 'challenge' }>; rest: Buffer }> {
+function readChallenge(sock: net.Socket, server: Endpoint, clock: TimerClock, ms: number): Promise<{ challenge: Extract<Message, { type: 'challenge' }>; rest: Buffer }> {
   const splitter = new FrameSplitter()
   return new Promise((resolve, reject) => {
     const done = (err: Error | null, v?: { challenge: Extract<Message, { type: 'challenge' }>; rest: Buffer }): void => {
@@ -235,7 +248,7 @@ function readChallenge(sock: net.Socket, server: Endpoint, clock: TimerClock): P
       if (err) reject(err)
       else resolve(v!)
     }
-    const timer = clock.setTimeout(() => done(new NatdError('SERVER_UNREACHABLE', `no challenge from ${formatEndpoint(server)}`)), TCP_REGISTER_TIMEOUT_MS)
+    const timer = clock.setTimeout(() => done(new NatdError('SERVER_UNREACHABLE', `no challenge from ${formatEndpoint(server)}`)), ms)
     const onClose = (): void => done(new NatdError('SERVER_UNREACHABLE', `${formatEndpoint(server)} closed the connection`))
     const onData = (chunk: Buffer): void => {
       try {
@@ -258,13 +271,13 @@ function readChallenge(sock: net.Socket, server: Endpoint, clock: TimerClock): P
   })
 }
 
-function connectFrom(server: Endpoint, localPort: number | undefined, log: Logger, clock: TimerClock): Promise<net.Socket> {
+function connectFrom(server: Endpoint, localPort: number | undefined, log: Logger, clock: TimerClock, connectMs: number): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
     const sock = net.connect({ host: server.host, port: server.port, ...(localPort ? { localPort } : {}) })
     const timer = clock.setTimeout(() => {
       sock.destroy()
       reject(new NatdError('SERVER_UNREACHABLE', `TCP connect to ${formatEndpoint(server)} timed out`))
-    }, TCP_REGISTER_TIMEOUT_MS)
+    }, connectMs)
     sock.once('connect', () => {
       clock.clear(timer)
       sock.setNoDelay(true)

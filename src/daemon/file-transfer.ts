@@ -23,6 +23,7 @@ import { encodeTransfer, MAX_FILE_BYTES, type TransferFrame } from '../protocol/
 import type { TunnelManager } from '../tunnel/manager.js'
 import { ChannelReader, destroyOnAbort, refusal, withDeadline } from './channel-frames.js'
 import { feedChannel } from './file-feed.js'
+import { MigrationDeadline } from '../tunnel/migration-deadline.js'
 import { transferIdOf } from './file-names.js'
 import { STALL_TIMEOUT_MS, StallWatch } from './stall-watch.js'
 
@@ -77,10 +78,13 @@ export async function sendFile(spec: SendSpec, c: { tunnels: TunnelManager; self
   const ch = tunnel.mux.openChannel(0, FILE_SERVICE)
   const unwatch = destroyOnAbort(ch, spec.signal, `sending ${name}`)
   const reader = new ChannelReader(ch)
+  // What is left of the timeout for the offer; time while the tunnel migrates does not count (migration-deadline.ts).
+  const offerBy = new MigrationDeadline(clock, left(), tunnel)
   try {
-    await withDeadline(ch.opened, left(), ch, `${peer}'s answer to the file channel`, clock)
+    await withDeadline(ch.opened, offerBy.remaining, ch, `${peer}'s answer to the file channel`, clock, tunnel)
     ch.write(encodeTransfer({ type: 'offer', transferId, size, name }))
-    const answer = await withDeadline(reader.frame('the answer to the offer'), left(), ch, `${peer}'s answer to the offer`, clock)
+    const answer = await withDeadline(reader.frame('the answer to the offer'), offerBy.remaining, ch, `${peer}'s answer to the offer`, clock, tunnel)
+    offerBy.stop()
     if (answer.type === 'refuse') throw refusal(answer.code, `${peer} refused ${name}: ${answer.message}`)
     if (answer.type !== 'accept' || answer.offset > size) throw new NatdError('BAD_REQUEST', `${peer} answered the offer with ${answer.type}`)
     const offset = answer.offset
@@ -129,6 +133,7 @@ export async function sendFile(spec: SendSpec, c: { tunnels: TunnelManager; self
     if (spec.signal?.aborted) throw new NatdError('ABORTED', `sending ${name} was cancelled by its caller`, { cause: err })
     throw toNatdError(err, 'TUNNEL_CLOSED')
   } finally {
+    offerBy.stop()
     unwatch()
     spec.source.destroy()
   }

@@ -9,6 +9,7 @@ import { NatdError, toNatdError } from '../protocol/errors.js'
 import type { Logger } from '../protocol/log.js'
 import type { ForwardInfo } from '../ipc/schema.js'
 import type { TunnelManager } from '../tunnel/manager.js'
+import { MigrationDeadline } from '../tunnel/migration-deadline.js'
 import type { ForwardSpec, StateStore } from './config.js'
 import { join, reset } from './pipe.js'
 
@@ -16,8 +17,11 @@ import { join, reset } from './pipe.js'
  * A forwarded connection waits this long for the tunnel, then as long again for the
  * peer's accept of its channel (the channel-open timeout): longer than the peer's own
  * connect to the exposed service (EXPOSE_CONNECT_TIMEOUT_MS, 10 s) plus round trips, so a
- * slow service comes back as CONNECT_FAILED rather than as our timeout. Past it, or when
- * the channel is refused or its tunnel closes, the local connection is reset (RST).
+ * slow service comes back as CONNECT_FAILED rather than as our timeout. Time while the
+ * tunnel migrates does not count (up to tunnel/migration-deadline.ts
+ * MIGRATION_PAUSE_MAX_MS, 90 s, in all): the OPEN goes out when it resumes. Past it, or
+ * when the channel is refused or its tunnel gives up or closes (at once), the local
+ * connection is reset (RST).
  */
 export const FORWARD_OPEN_TIMEOUT_MS = 15_000
 
@@ -143,11 +147,12 @@ export class Forwards {
       const ch = tunnel.mux.openChannel(spec.remotePort)
       ch.on('error', () => undefined) // reported through `opened` or by join()
       const clock = this.c.clock ?? systemClock
-      const timer = clock.setTimeout(() => ch.destroy(new NatdError('TIMEOUT', `${spec.peer} did not accept the connection in time`)), FORWARD_OPEN_TIMEOUT_MS)
+      // Not while the tunnel migrates: the OPEN waits in its replay buffer for the resume (migration-deadline.ts).
+      const deadline = new MigrationDeadline(clock, FORWARD_OPEN_TIMEOUT_MS, tunnel, () => ch.destroy(new NatdError('TIMEOUT', `${spec.peer} did not accept the connection in time`)))
       try {
         await ch.opened
       } finally {
-        clock.clear(timer)
+        deadline.stop()
       }
       if (sock.destroyed) return ch.destroy()
       join(sock, ch, undefined, clock)

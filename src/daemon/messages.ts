@@ -24,6 +24,7 @@ import type { TunnelManager } from '../tunnel/manager.js'
 import type { OpenRequest } from '../tunnel/mux.js'
 import type { Tunnel } from '../tunnel/tunnel.js'
 import { ChannelReader, destroyOnAbort, refusal, withDeadline } from './channel-frames.js'
+import { MigrationDeadline } from '../tunnel/migration-deadline.js'
 import type { KnownPeers } from './known-peers.js'
 import { PEER_REFUSAL_LOG, RefusalLog } from '../common/refusal-log.js'
 import { appendJsonLine, readJsonLines, writeFileAtomic } from '../common/state-files.js'
@@ -215,12 +216,14 @@ export class Messages {
   private async deliver(tunnel: Tunnel, id: string, text: string, left: () => number, signal: AbortSignal | undefined): Promise<Answer> {
     const ch = tunnel.mux.openChannel(0, MESSAGE_SERVICE)
     const unwatch = destroyOnAbort(ch, signal, `the message to ${tunnel.peer.name}`)
+    // What is left of the timeout; time while the tunnel migrates does not count (migration-deadline.ts).
+    const by = new MigrationDeadline(this.clock, left(), tunnel)
     try {
-      await withDeadline(ch.opened, left(), ch, `${tunnel.peer.name}'s answer to the message channel`, this.clock)
+      await withDeadline(ch.opened, by.remaining, ch, `${tunnel.peer.name}'s answer to the message channel`, this.clock, tunnel)
       const messageId = Buffer.from(id, 'hex')
       const sentAt = this.clock.now()
       ch.write(encodeTransfer({ type: 'message', messageId, sentAt, text }))
-      const reply = await withDeadline(new ChannelReader(ch).frame('the acknowledgement'), left(), ch, `${tunnel.peer.name}'s acknowledgement`, this.clock)
+      const reply = await withDeadline(new ChannelReader(ch).frame('the acknowledgement'), by.remaining, ch, `${tunnel.peer.name}'s acknowledgement`, this.clock, tunnel)
       if (reply.type === 'refuse') {
         ch.end()
         return { refused: refusal(reply.code, `${tunnel.peer.name} refused the message: ${reply.message}`) }
@@ -233,6 +236,7 @@ export class Messages {
       ch.destroy()
       throw err
     } finally {
+      by.stop()
       unwatch()
     }
   }

@@ -19,7 +19,7 @@ import type { Timer, TimerClock } from '../protocol/clock.js'
 import type { Logger } from '../protocol/log.js'
 import { decode, encode, encodeRegister, encodeRegisterUnsigned, opened, type Message, type NatVerdict, type OutgoingMessage, type PeerDownReason, type PeerRecord, type Via } from '../protocol/rendezvous.js'
 import type { Introduction } from '../tunnel/paths.js'
-import { ControlConnection, serverError } from './control-connection.js'
+import { ControlConnection, serverError, TCP_REGISTER_TIMEOUT_MS, URGENT_CONNECT_TIMEOUT_MS } from './control-connection.js'
 import { Heartbeat6 } from './heartbeat6.js'
 import { PathProbe, type ProbeResult } from './path-probe.js'
 import { resolveServers, type ServerSpec } from './server-address.js'
@@ -87,7 +87,7 @@ export interface RendezvousClientComponents {
   nat: () => NatVerdict
   /** Whether we have an IPv6 socket and a global IPv6 address (then we heartbeat the server's IPv6 socket too); default no. */
   ipv6?: () => boolean
-  /** True while a tunnel waits for a new path (it migrates): reconnect with URGENT_BACKOFF_CAP_MS. */
+  /** True while a tunnel waits for a new path (it migrates): reconnect with URGENT_BACKOFF_CAP_MS, connect within URGENT_CONNECT_TIMEOUT_MS. */
   urgent?: () => boolean
 }
 
@@ -319,7 +319,9 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
   private async registerTcp(server: Endpoint): Promise<Endpoint | null> {
     const expected = this.init.server.key ?? this.c.serverKey.expected()
     const howToRepin = `start natd with --server ${this.init.server.text}#<its key> to pin it`
-    const control = await ControlConnection.connect(server, this.init.tcpPort, this.c.keyPair, { expected, howToRepin }, this.log, this.c.clock)
+    // While a tunnel migrates, a connect whose SYN was lost (a link dark when it began) is not waited out (URGENT_CONNECT_TIMEOUT_MS).
+    const connectMs = this.c.urgent?.() ? URGENT_CONNECT_TIMEOUT_MS : TCP_REGISTER_TIMEOUT_MS
+    const control = await ControlConnection.connect(server, this.init.tcpPort, this.c.keyPair, { expected, howToRepin }, this.log, this.c.clock, connectMs)
     this.control = control
     const stored = this.c.serverKey.expected()
     if (!stored || !timingSafeEqual(stored, control.serverKey)) {

@@ -5,11 +5,9 @@
  */
 import { EventEmitter } from 'node:events'
 import type SecretStream from '@hyperswarm/secret-stream'
-import { formatEndpoint, type Endpoint } from '../protocol/endpoint.js'
+import type { Endpoint } from '../protocol/endpoint.js'
 import { NatdError, toNatdError } from '../protocol/errors.js'
 import { peerId } from '../protocol/identity.js'
-import { encodeMux } from '../protocol/mux.js'
-import { timingSafeEqual } from '../protocol/identity.js'
 import { isTarget, resolvePeer, type PeerRef, type PeerTarget } from '../protocol/peer-ref.js'
 import type { Via } from '../protocol/rendezvous.js'
 import { PunchBudget, RefusalLog, type PunchBudgetInit } from './budget.js'
@@ -18,11 +16,11 @@ import { planPaths } from './path-plan.js'
 import { offersMapping, offersV6, Paths, type Established, type Introduction, type PathComponents } from './paths.js'
 import { LATE_PATH_ANSWER_MS, LATE_PATH_MS, PathRace, type AttemptKind, type RaceEntry, type RaceOutcome } from './path-race.js'
 import { TunnelRecovery } from './recovery.js'
-import { LossyWatch } from './lossy-path.js'
+import { TunnelKeeper } from './keep.js'
 import { LateSwitches } from './late-switch.js'
-import { asResume, firstFrame, onFreshTunnel, onResumeRequest, RESUME_ANSWER_MS, SIMULTANEOUS_OPEN_MS } from './resume.js'
+import { asResume, onFreshTunnel, RelayEnded } from './resume.js'
 import { SharedAttempts } from './shared-attempts.js'
-import { GOODBYE_LINGER_MS, Tunnel, type PathKind, type TunnelTiming } from './tunnel.js'
+import type { PathKind, Tunnel, TunnelTiming } from './tunnel.js'
 
 export type { Introduction } from './paths.js'
 export { mostTelling } from './failures.js'
@@ -90,7 +88,7 @@ export interface PunchOutcome {
   ms: number
 }
 
-interface ManagerEvents {
+export interface ManagerEvents {
   punched: [outcome: PunchOutcome]
   up: [tunnel: Tunnel]
   down: [tunnel: Tunnel, reason: string]
@@ -114,17 +112,20 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
   /** The resume and upgrade loops (recovery.ts). */
   private readonly recovery: TunnelRecovery
   private closed = false
-  /** The way each tunnel we opened was asked for: its resumes ask the same way. */
-  private readonly vias = new WeakMap<Tunnel, Via>()
+  /** Tunnels the relay ended (RELAY_LIMIT): never resumed (resume.ts). */
+  private readonly relayEnded: RelayEnded
+  /** What a won session becomes: a resume, an upgrade or a fresh tunnel (keep.ts). */
+  private readonly keeper: TunnelKeeper
 
   constructor(
-    private readonly timing: TunnelTiming,
+    timing: TunnelTiming,
     private readonly c: TunnelManagerComponents,
     budget: Partial<PunchBudgetInit> = {}
   ) {
     super()
     this.budget = new PunchBudget(c.clock, budget)
     this.refusals = new RefusalLog(c.log, c.clock)
+    this.relayEnded = new RelayEnded(c.clock)
     this.paths = new Paths(c, this.budget, this.refusals)
     this.lateSwitches = new LateSwitches({ log: c.log, current: (t) => this.tunnels.get(t.peer.id) === t })
     this.recovery = new TunnelRecovery({
@@ -135,6 +136,20 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
       establish: (intro, timeoutMs, expected, resuming) => this.establish(intro, timeoutMs, expected, resuming),
       current: (id) => this.tunnels.get(id),
       closed: () => this.closed
+    })
+    this.keeper = new TunnelKeeper({
+      clock: c.clock,
+      log: c.log,
+      timing,
+      peers: c.peers,
+      onChannel: (tunnel, req) => c.onChannel(tunnel, req),
+      current: (id) => this.tunnels.get(id),
+      get: (peer) => this.get(peer),
+      register: (tunnel) => this.register(tunnel),
+      lateSwitches: this.lateSwitches,
+      recovery: this.recovery,
+      relayEnded: this.relayEnded,
+      events: this
     })
   }
 
@@ -320,7 +335,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
       throw cancelled(`punching to ${name}`)
     }
     try {
-      const tunnel = await this.keep(intro, won, plan.upgrade, id, resuming, outcome.done)
+      const tunnel = await this.keeper.keep(intro, won, plan.upgrade, id, resuming, outcome.done)
       // A closed tunnel needs no better path: its late attempts stop and free the punch slot.
       if (!tunnel.isOpen) race.cancel()
       else {
@@ -346,129 +361,6 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     const ours = this.c.publicAddress?.() ?? null
     if (ours === null || intro.peer.udp?.host !== ours) return false
     return !(this.c.onOurLinks?.(intro.peer.lan.map((e) => e.host)) ?? true)
-  }
-
-  /** The tunnel the winner makes: a resume, an upgrade of a relayed tunnel, or a fresh one. */
-  private async keep(intro: Introduction, won: Established, upgrade: boolean, id: string, resuming: Tunnel | null, late: Promise<void>): Promise<Tunnel> {
-    const name = intro.peer.name
-    this.c.peers.pin({ name, id })
-    if (intro.initiator && resuming) return this.resumeAsOpener(resuming, won, intro)
-    if (!intro.initiator) {
-      const ask = asResume(won.first)
-      if (ask) {
-        const current = this.tunnels.get(id)
-        if (current && onResumeRequest(ask, current) === 'resume') {
-          const received = current.detach()
-          won.session.write(encodeMux({ type: 'resume', channel: 0, tunnelId: current.id, received }))
-          if (!current.resume(won.session, ask.received, won.path, won.remote, won.transport)) throw new NatdError('BAD_REQUEST', `${name} resumed with an impossible frame count`)
-          current.peerEndpoints = { udp: intro.peer.udp, tcp: intro.peer.tcp }
-          if (won.release) current.once('closed', won.release)
-          return current
-        }
-        if (current?.isUp && current.ageMs < SIMULTANEOUS_OPEN_MS) {
-          // A tunnel the peer may not have registered yet (it opened one as we restarted):
-          // name it, and keep it rather than start a third.
-          won.session.write(encodeMux({ type: 'resume', channel: 0, tunnelId: current.id, received: 0 }))
-          const session = won.session
-          this.c.clock.setTimeout(() => session.destroy(), GOODBYE_LINGER_MS).unref()
-          won.release?.()
-          throw new NatdError('ABORTED', `${name} resumed a tunnel we no longer have; we keep a newer one`)
-        }
-        // Not a tunnel we have (we restarted or gave up): a fresh one, and the peer learns so.
-        won.session.write(encodeMux({ type: 'resume', channel: 0, tunnelId: intro.introId, received: 0 }))
-        current?.close('the peer resumed a tunnel we no longer have', { goodbye: true })
-        return this.fresh(intro, won, upgrade, id, late)
-      }
-    }
-    const existing = this.tunnels.get(id)
-    if (intro.initiator && intro.via === 'direct' && existing?.isOpen && existing.path !== 'relay') {
-      // An upgrade attempt, and the tunnel found a direct path meanwhile (a late one): this one goes unused (the peer sees it close).
-      won.session.destroy()
-      won.release?.()
-      throw new NatdError('ABORTED', `the tunnel to ${name} is on ${existing.path} already`)
-    }
-    if (existing?.isUp && existing.path === 'relay' && won.path !== 'relay') {
-      // The relayed tunnel moves to the new path in its turn, as a late path does (late-switch.ts):
-      // the "this one" ping goes out only when upgrade() takes the path (review 3 #8).
-      if (await this.lateSwitches.add(existing, won, intro.initiator, name)) return existing
-      throw new NatdError('ABORTED', `the tunnel to ${name} did not take the new path (it moved or went down meanwhile)`)
-    }
-    if (intro.initiator) won.session.write(encodeMux({ type: 'ping', channel: 0, seq: 0 })) // "this one"
-    return this.fresh(intro, won, upgrade, id, late)
-  }
-
-  /** A new tunnel on the session that won. */
-  private async fresh(intro: Introduction, won: Established, upgrade: boolean, id: string, late: Promise<void> = Promise.resolve()): Promise<Tunnel> {
-    const { session, path, remote } = won
-    const name = intro.peer.name
-    const log = this.c.log
-    const introKey = Buffer.from(intro.introId).toString('hex')
-    const tunnel = new Tunnel({ name, id }, path, remote, won.transport, introKey, intro.initiator, session, this.timing, this.c.clock, log.child({ peer: name }))
-    tunnel.peerEndpoints = { udp: intro.peer.udp, tcp: intro.peer.tcp }
-    if (intro.initiator) this.vias.set(tunnel, intro.via)
-    tunnel.mux.on('open', (req) => this.c.onChannel(tunnel, req))
-    if (won.release) tunnel.once('closed', won.release)
-    tunnel.on('path', (from) => this.emit('path', tunnel, from))
-    tunnel.on('migrating', (reason) => {
-      this.emit('migrating', tunnel, reason)
-      if (tunnel.opener) void this.recovery.resume(tunnel, this.vias.get(tunnel) ?? 'auto')
-    })
-    tunnel.on('resumed', (stalledMs) => this.emit('resumed', tunnel, stalledMs))
-    tunnel.on('suspect', () => this.emit('suspect', tunnel))
-    if (intro.initiator && intro.via === 'auto') {
-      const lossy = new LossyWatch(this.c.clock)
-      tunnel.on('lossy', () => {
-        if (tunnel.isUp && tunnel.path === 'direct-tcp' && lossy.onLossy()) void this.recovery.moveToUdp(tunnel)
-      })
-    }
-    await this.register(tunnel)
-    // The upgrade loop starts once the late attempts of this introduction ended (path-race.ts).
-    if (path === 'relay' && upgrade) void late.then(() => this.recovery.upgrade(tunnel))
-    log.info('tunnel up', { peer: name, path, transport: won.transport, remote: formatEndpoint(remote), punchMs: won.punchMs, sent: won.sent, strategy: won.strategy, initiator: intro.initiator, via: intro.via })
-    return this.get(id) ?? tunnel
-  }
-
-  /**
-   * We opened `tunnel` and it is migrating: a new session from a new introduction
-   * resumes it (resume.ts). If the peer answers with another tunnel id, it lost ours:
-   * ours closes and the fresh one takes its place.
-   */
-  private async resumeAsOpener(tunnel: Tunnel, won: Established, intro: Introduction): Promise<Tunnel> {
-    if (!tunnel.isOpen || this.tunnels.get(tunnel.peer.id) !== tunnel) {
-      won.session.destroy()
-      won.release?.()
-      throw new NatdError('ABORTED', 'the tunnel closed while a new path was punched')
-    }
-    const received = tunnel.detach()
-    won.session.write(encodeMux({ type: 'resume', channel: 0, tunnelId: tunnel.id, received }))
-    const answer = asResume((await firstFrame(won.session, RESUME_ANSWER_MS, this.c.clock)) ?? undefined)
-    if (!answer) {
-      won.session.destroy()
-      won.release?.()
-      tunnel.resumeFailed('the peer did not answer the resume')
-      throw new NatdError('PUNCH_TIMEOUT', `${tunnel.peer.name} did not answer the resume in time`)
-    }
-    if (timingSafeEqual(answer.tunnelId, tunnel.id)) {
-      if (!tunnel.resume(won.session, answer.received, won.path, won.remote, won.transport)) {
-        won.release?.()
-        throw new NatdError(tunnel.isOpen ? 'BAD_REQUEST' : 'ABORTED', `${tunnel.peer.name} resumed with an impossible frame count, or the tunnel closed meanwhile`)
-      }
-      if (won.release) tunnel.once('closed', won.release)
-      tunnel.peerEndpoints = { udp: intro.peer.udp, tcp: intro.peer.tcp }
-      return tunnel
-    }
-    tunnel.close('the peer no longer has this tunnel (it restarted or gave up)', { goodbye: false })
-    if (timingSafeEqual(answer.tunnelId, intro.introId)) {
-      // The peer started a fresh tunnel on this session.
-      won.session.resume()
-      return this.fresh(intro, won, false, tunnel.peer.id)
-    }
-    // The peer keeps another tunnel with us (one it just opened): that one it is.
-    won.session.destroy()
-    won.release?.()
-    const kept = this.tunnels.get(tunnel.peer.id)
-    if (kept?.isOpen) return kept
-    throw new NatdError('ABORTED', `${tunnel.peer.name} keeps another tunnel with us`)
   }
 
   /** Our IPv4 mapping changed (daemon/path-check.ts): the tunnels whose path goes through it migrate now (tunnel.ts movesWithMapping). */
@@ -501,6 +393,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
     }
     this.tunnels.set(tunnel.peer.id, tunnel)
     tunnel.once('closed', (reason) => {
+      if (tunnel.closedWith === 'RELAY_LIMIT') this.relayEnded.add(tunnel.id)
       if (this.tunnels.get(tunnel.peer.id) === tunnel) this.tunnels.delete(tunnel.peer.id)
       this.emit('down', tunnel, reason)
     })

@@ -24,16 +24,34 @@
  * have a migrating or established tunnel with means the peer has no tunnel with us any
  * more: the fresh one replaces ours. Only two fresh tunnels opened at once (both sides
  * ran `open` together) keep the tie-break on the introduction id.
+ *
+ * A tunnel the relay ended (RELAY_LIMIT: its bytes or time ran out) is over for good: a
+ * RESUME naming it is answered with a GOODBYE, not with a fresh tunnel on the new
+ * session, and the opener closes its tunnel with that reason. Otherwise the side that
+ * missed the relay's RELAY_END (it saw only a closed session) would resume onto a new
+ * relayed tunnel with a fresh byte count, and the server's per-tunnel limit would bound
+ * nothing. A new `open` by the user is still a new tunnel (the relay counts it afresh).
  */
 import type { Duplex } from 'node:stream'
 import { decodeMux, type MuxFrame } from '../protocol/mux.js'
 import { timingSafeEqual } from '../protocol/identity.js'
-import type { TimerClock } from '../protocol/clock.js'
+import type { Clock, TimerClock } from '../protocol/clock.js'
 
 /** An established tunnel younger than this may be the twin of a simultaneous open (both sides' punches finish within one punch timeout). */
 export const SIMULTANEOUS_OPEN_MS = 10_000
 /** The opener waits this long for the answer to its RESUME before the attempt fails. */
 export const RESUME_ANSWER_MS = 5_000
+/**
+ * A tunnel the relay ended is refused a resume this long after: twice the time its
+ * opener may spend migrating (tunnel.ts MIGRATE_GIVE_UP_MS, 90 s), after which no honest
+ * opener still asks.
+ */
+export const RELAY_ENDED_KEEP_MS = 180_000
+/**
+ * At most this many such tunnels are remembered (oldest forgotten first): 16 bytes
+ * each. Only the relay server ending our own relayed tunnels adds one.
+ */
+export const RELAY_ENDED_MAX = 1_024
 
 export type ResumeFrame = Extract<MuxFrame, { type: 'resume' }>
 
@@ -55,6 +73,53 @@ export function asResume(first: Buffer | undefined): ResumeFrame | null {
     return f.type === 'resume' && f.channel === 0 ? f : null
   } catch {
     return null
+  }
+}
+
+/** The peer's answer to our RESUME, if it is a GOODBYE (it refuses: the tunnel is over): its reason. */
+export function asGoodbye(first: Buffer | undefined): string | null {
+  if (!first) return null
+  try {
+    const f = decodeMux(first)
+    return f.type === 'goodbye' && f.channel === 0 ? f.reason : null
+  } catch {
+    return null
+  }
+}
+
+/**
+ * The tunnels the relay ended (RELAY_LIMIT), by id, so that a RESUME naming one is
+ * refused: bounded by RELAY_ENDED_MAX entries, each kept RELAY_ENDED_KEEP_MS.
+ */
+export class RelayEnded {
+  /** Hex tunnel id -> when it ended; Map order is insertion order (oldest first). */
+  private readonly ended = new Map<string, number>()
+
+  constructor(private readonly clock: Clock) {}
+
+  add(tunnelId: Uint8Array): void {
+    const key = Buffer.from(tunnelId).toString('hex')
+    this.ended.delete(key)
+    this.ended.set(key, this.clock.now())
+    this.expire()
+    while (this.ended.size > RELAY_ENDED_MAX) this.ended.delete(this.ended.keys().next().value!)
+  }
+
+  has(tunnelId: Uint8Array): boolean {
+    this.expire()
+    return this.ended.has(Buffer.from(tunnelId).toString('hex'))
+  }
+
+  get size(): number {
+    return this.ended.size
+  }
+
+  private expire(): void {
+    const now = this.clock.now()
+    for (const [key, at] of this.ended) {
+      if (now - at < RELAY_ENDED_KEEP_MS) break
+      this.ended.delete(key)
+    }
   }
 }
 

@@ -145,6 +145,8 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
   peerEndpoints: { udp: Endpoint | null; tcp: Endpoint | null } | null = null
   /** The last migration came from silence (lossy or gone), not a closed session or a changed mapping. */
   migratedBySilence = false
+  /** The error code the tunnel closed with (RELAY_LIMIT, TUNNEL_CLOSED, …); null while open or closed without one. */
+  closedWith: string | null = null
 
   /** The last round trip a ping measured, null before the first. */
   get lastRttMs(): number | null {
@@ -250,6 +252,10 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     const was = this.current
     if (was.kind !== 'up') return
     this.migratedBySilence = bySilence
+    // The silence ends in a migration: the path was gone, not lossy. A count left here made
+    // the first frame on the resumed session report 'lossy', and three roaming events in
+    // LOSSY_WINDOW_MS moved a healthy new direct-tcp path to UDP (lossy-path.ts).
+    this.suspected = 0
     this.transition({ kind: 'migrating', since: this.clock.now(), reason, path: was.path, remote: was.remote, transport: was.transport })
     this.emit('migrating', reason)
   }
@@ -502,6 +508,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
   close(reason: string, opts: { goodbye: boolean; code?: string | undefined } = { goodbye: true }): void {
     if (this.current.kind === 'closed') return
     if (opts.goodbye) this.mux.goodbye(reason)
+    this.closedWith = opts.code ?? null
     this.transition({ kind: 'closed', reason, ...this.route }, { code: opts.code })
     this.clock.clear(this.keepalive)
     this.clock.clear(this.liveness)

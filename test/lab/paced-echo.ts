@@ -14,6 +14,8 @@ export interface Paced {
   maxGapMs: number
   /** Epoch ms. */
   maxGapEndedAt: number
+  /** Every gap of 250 ms or more: when it ended (epoch ms) and how long it was. */
+  gaps?: Array<{ endedAt: number; ms: number }>
 }
 
 export function pacedEcho(n: NatdLab, host: string, port: number, bytes: number, rate: number): Promise<Paced> {

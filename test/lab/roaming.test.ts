@@ -20,7 +20,7 @@ import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { labAvailable } from './lab.js'
 import { NatdLab, pair, startPair, waitFor, withLab } from './natd-lab.js'
-import { pacedEcho } from './paced-echo.js'
+import { pacedEcho, type Paced } from './paced-echo.js'
 import { partialBytes, sha256File, writeRandomFile } from './random-file.js'
 
 const MiB = 1024 * 1024
@@ -111,10 +111,18 @@ describe.skipIf(!labAvailable())('tunnels survive a changed path', () => {
         await n.lab.outage('lte', 10_000)
         return Date.now()
       })
+      // A new forwarded connection made while the tunnel migrates waits for the resume
+      // (tunnel/migration-deadline.ts) instead of being reset at FORWARD_OPEN_TIMEOUT_MS (15 s).
+      const whileDark: { echo: Promise<Paced> | null } = { echo: null }
       await across(n, 'alice\'s WAN dark 30 s', CP_BYTES, async () => {
-        await n.lab.outage('alice', 30_000)
+        const dark = n.lab.outage('alice', 30_000)
+        await waitFor(async () => (await tunnels(n, 'alice'))[0]?.state === 'migrating', 20_000, 'alice\'s tunnel migrating')
+        whileDark.echo = pacedEcho(n, 'alice', FWD_PORT, 256 * 1024, 4 * MiB)
+        await dark
         return Date.now()
       })
+      const late = await whileDark.echo
+      expect(late, JSON.stringify(late)).toMatchObject({ ok: true, error: null })
       expect(n.log('alice')).toMatch(/tunnel resumed/)
     })
   }, 360_000)

@@ -2,6 +2,7 @@
 // helpers, a fake clock, a fuzz driver that checks decoders throw only ProtocolError, and
 // a free TCP port.
 import { createHash } from 'node:crypto'
+import { EventEmitter } from 'node:events'
 import fs from 'node:fs'
 import type { StatusResult } from '../../src/ipc/schema.js'
 import net from 'node:net'
@@ -11,6 +12,8 @@ import type { Readable } from 'node:stream'
 import { afterEach, expect } from 'vitest'
 import { NatdError, ProtocolError } from '../../src/protocol/errors.js'
 import { clockSleep, type Timer, type TimerClock } from '../../src/protocol/clock.js'
+import type { Mux } from '../../src/tunnel/mux.js'
+import type { Tunnel } from '../../src/tunnel/tunnel.js'
 
 /** mulberry32: small, fast, seeded; the fuzz tests print their seed on failure. */
 export function prng(seed: number): () => number {
@@ -240,4 +243,9 @@ export function tempDirs(prefix: string): () => string {
     dirs.push(d)
     return d
   }
+}
+
+/** A tunnel as the daemon's parts read it (messages, files): its peer, path and mux, up and never migrating. */
+export function upTunnel(peer: { name: string; id: string }, mux: Mux): Tunnel {
+  return Object.assign(new EventEmitter(), { peer, path: 'direct-udp', mux, isMigrating: false }) as unknown as Tunnel
 }

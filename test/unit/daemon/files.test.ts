@@ -20,9 +20,10 @@ import { resolvePeer } from '../../../src/protocol/peer-ref.js'
 import type { TunnelManager } from '../../../src/tunnel/manager.js'
 import { Mux } from '../../../src/tunnel/mux.js'
 import { MuxChannel } from '../../../src/tunnel/mux-channel.js'
-import type { Tunnel } from '../../../src/tunnel/tunnel.js'
 import { decodeTransfer, encodeTransfer } from '../../../src/protocol/transfer.js'
 import { messagePipe, type MessagePipe } from '../tunnel/pipe.js'
+import { upTunnel } from '../helpers.js'
+
 
 const ALICE = { name: 'alice', id: 'a'.repeat(52) }
 const BOB = { name: 'bob', id: 'b'.repeat(51) + 'q' }
@@ -122,8 +123,8 @@ function world(sender: { name: string; id: string } = ALICE, opts: { bobInbox?: 
   pipe.tap = (from, frame) => {
     if (from === 'a') wire += frame.length
   }
-  const tunnelToBob = { peer: BOB, path: 'direct-udp', mux: muxA } as unknown as Tunnel
-  const tunnelToAlice = { peer: sender, path: 'direct-udp', mux: muxB } as unknown as Tunnel
+  const tunnelToBob = upTunnel(BOB, muxA)
+  const tunnelToAlice = upTunnel(sender, muxB)
   const tunnels = { open: async () => ({ tunnel: tunnelToBob, tookMs: 0, reused: true }) } as unknown as TunnelManager
   const received: ReceivedFile[] = []
   const progress: FileProgress[] = []

@@ -3,6 +3,7 @@
 // listened on, what is refused before anything is stored, a port taken by someone else
 // (listed as not listening, with its error, and retried on reload), and what a local
 // application sees when its forwarded connection cannot reach the peer (a reset, soon).
+import { EventEmitter } from 'node:events'
 import net from 'node:net'
 import { Duplex } from 'node:stream'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
@@ -11,6 +12,7 @@ import { FORWARD_OPEN_TIMEOUT_MS, Forwards } from '../../../src/daemon/forwards.
 import { NatdError } from '../../../src/protocol/errors.js'
 import { silentLogger, type Logger } from '../../../src/protocol/log.js'
 import type { TunnelManager } from '../../../src/tunnel/manager.js'
+import { MIGRATION_PAUSE_MAX_MS } from '../../../src/tunnel/migration-deadline.js'
 import { FakeClock, freePort, tempDirs } from '../helpers.js'
 import { until } from '../tunnel/pipe.js'
 
@@ -91,6 +93,8 @@ describe('Forwards', () => {
   let opens: string[]
   let checked: string[]
   let checkPeer: (peer: string) => Promise<void>
+  /** The tunnel the default `open` hands out: up, or migrating when the test says (it emits the tunnel's moves). */
+  let tunnel: EventEmitter & { isMigrating: boolean; mux: { openChannel(port: number): FakeChannel } }
   const servers: net.Server[] = []
   const log: Logger = { ...silentLogger, warn: (message: string, fields?: Record<string, unknown>) => void warnings.push({ message, fields: fields ?? {} }), child: () => log }
 
@@ -119,17 +123,17 @@ describe('Forwards', () => {
     opens = []
     checked = []
     checkPeer = async () => undefined
-    open = async () => ({
-      tunnel: {
-        mux: {
-          openChannel: (port: number) => {
-            const ch = new FakeChannel(port)
-            channels.push(ch)
-            return ch
-          }
+    tunnel = Object.assign(new EventEmitter(), {
+      isMigrating: false,
+      mux: {
+        openChannel: (port: number) => {
+          const ch = new FakeChannel(port)
+          channels.push(ch)
+          return ch
         }
       }
     })
+    open = async () => ({ tunnel })
   })
 
   afterEach(async () => {
@@ -260,6 +264,52 @@ describe('Forwards', () => {
     clock.advance(1)
     expect((await pending).outcome).toBe('ECONNRESET')
     expect(warnings[0]).toMatchObject({ fields: { code: 'TIMEOUT', peer: 'bob' } })
+  })
+
+  it('a connection made while the tunnel migrates waits for the resume (the deadline does not run meanwhile), then opens; it is reset only FORWARD_OPEN_TIMEOUT_MS of running time later', async () => {
+    const f = make()
+    const s = await spec()
+    await f.add(s)
+    tunnel.isMigrating = true
+    tunnel.emit('migrating', 'path silent')
+    const sock = net.connect(s.localPort, '127.0.0.1')
+    const ended: string[] = []
+    sock.on('error', (err: NodeJS.ErrnoException) => ended.push(err.code ?? err.message))
+    await until(() => channels.length === 1, 'the channel to the peer')
+    clock.advance(FORWARD_OPEN_TIMEOUT_MS + 30_000) // a long migration: no deadline runs
+    expect(channels[0]!.destroyed).toBe(false)
+    tunnel.isMigrating = false
+    tunnel.emit('resumed', 45_000)
+    clock.advance(FORWARD_OPEN_TIMEOUT_MS - 1) // the OPEN went out on the resumed session; its answer is late
+    expect(channels[0]!.destroyed).toBe(false)
+    channels[0]!.accept()
+    let got = ''
+    sock.on('data', (d: Buffer) => (got += d.toString()))
+    sock.write('after the resume')
+    await until(() => got === 'after the resume', 'the echo')
+    expect(ended).toEqual([])
+    sock.destroy()
+  })
+
+  it('a connection made while the tunnel migrates is reset once the migration outlasts MIGRATION_PAUSE_MAX_MS, and at once when the tunnel gives up (its channel destroyed)', async () => {
+    const f = make()
+    const s = await spec()
+    await f.add(s)
+    tunnel.isMigrating = true
+    const pending = connectOutcome(s.localPort)
+    await until(() => channels.length === 1, 'the channel to the peer')
+    clock.advance(MIGRATION_PAUSE_MAX_MS - 1)
+    expect(channels[0]!.destroyed).toBe(false)
+    clock.advance(1)
+    expect((await pending).outcome).toBe('ECONNRESET')
+    expect(warnings[0]).toMatchObject({ fields: { code: 'TIMEOUT', peer: 'bob' } })
+
+    // The tunnel gives up (it closes; its mux destroys every channel): reset with that code, no deadline needed.
+    const again = connectOutcome(s.localPort)
+    await until(() => channels.length === 2, 'the second channel')
+    channels[1]!.destroy(new NatdError('TUNNEL_CLOSED', 'no path for 1m 30s'))
+    expect((await again).outcome).toBe('ECONNRESET')
+    expect(warnings[1]).toMatchObject({ fields: { code: 'TUNNEL_CLOSED' } })
   })
 
   it('an accepted channel carries the bytes both ways and counts as a connection until it ends', async () => {

@@ -16,6 +16,8 @@ import type { TunnelManager } from '../../../src/tunnel/manager.js'
 import { Mux } from '../../../src/tunnel/mux.js'
 import type { Tunnel } from '../../../src/tunnel/tunnel.js'
 import { messagePipe, type MessagePipe } from '../tunnel/pipe.js'
+import { upTunnel } from '../helpers.js'
+
 
 const ALICE = { name: 'alice', id: 'a'.repeat(52) }
 const CAROL = { name: 'carol', id: 'c'.repeat(52) }
@@ -54,8 +56,8 @@ function world(opts: { offline?: boolean; messagesPerPeer?: number; messageBytes
     muxB.close('test over')
     fs.rmSync(tmp, { recursive: true, force: true })
   })
-  const tunnelToBob = { peer: BOB, path: 'direct-udp', mux: muxA } as unknown as Tunnel
-  const tunnelToAlice = { peer: ALICE, path: 'direct-udp', mux: muxB } as unknown as Tunnel
+  const tunnelToBob = upTunnel(BOB, muxA)
+  const tunnelToAlice = upTunnel(ALICE, muxB)
   const tunnels = {
     open: async (peer: string) => {
       if (opts.offline) throw new NatdError('PEER_OFFLINE', `${peer} is offline`)
@@ -89,7 +91,7 @@ function world(opts: { offline?: boolean; messagesPerPeer?: number; messageBytes
         theirs.close('test over')
         bobs.close('test over')
       })
-      const tunnel = { peer: who, path: 'direct-udp', mux: bobs } as unknown as Tunnel
+      const tunnel = upTunnel(who, bobs)
       bobs.on('open', (req) => bob.onChannel(tunnel, req))
       return theirs
     }
@@ -313,7 +315,7 @@ describe('messages', () => {
           }
           current = a
         }
-        return { tunnel: { peer: BOB, path: 'direct-udp', mux: current } as unknown as Tunnel, tookMs: 0, reused: false }
+        return { tunnel: upTunnel(BOB, current), tookMs: 0, reused: false }
       }
     } as unknown as TunnelManager
     const closed = new Set<Mux>()

@@ -7,7 +7,7 @@
 // tunnel is silent, up to twice a second.
 import dgram from 'node:dgram'
 import { afterEach, describe, expect, it, vi } from 'vitest'
-import { ControlConnection } from '../../../src/daemon/control-connection.js'
+import { ControlConnection, TCP_REGISTER_TIMEOUT_MS, URGENT_CONNECT_TIMEOUT_MS } from '../../../src/daemon/control-connection.js'
 import { RendezvousClient } from '../../../src/daemon/rendezvous-client.js'
 import { parseServerSpec } from '../../../src/daemon/server-address.js'
 import type { Endpoint } from '../../../src/protocol/endpoint.js'
@@ -52,7 +52,7 @@ async function udpSocket(): Promise<dgram.Socket> {
 }
 
 /** A registered client on its own UDP socket (loopback only); `moveUdp()` makes its mapping move (another socket). */
-async function agent(port: number, name: string, keyPair: KeyPair = generateKeyPair()): Promise<RendezvousClient & { moveUdp: () => Promise<void> }> {
+async function agent(port: number, name: string, keyPair: KeyPair = generateKeyPair(), urgent?: () => boolean): Promise<RendezvousClient & { moveUdp: () => Promise<void> }> {
   let socket = await udpSocket()
   const client = new RendezvousClient(
     { server: parseServerSpec(`127.0.0.1:${port}#${peerId(SERVER_KEY.publicKey)}`), name, heartbeatMs: 20_000, tcpPort: 0, secretKey: null },
@@ -63,7 +63,8 @@ async function agent(port: number, name: string, keyPair: KeyPair = generateKeyP
       log: silentLogger,
       clock: systemClock,
       lan: () => [],
-      nat: () => 'easy'
+      nat: () => 'easy',
+      ...(urgent ? { urgent } : {})
     }
   )
   const listen = (s: dgram.Socket): void => void s.on('message', (buf, rinfo) => client.onDatagram(buf, { host: rinfo.address, port: rinfo.port }))
@@ -107,6 +108,22 @@ describe('RendezvousClient: a mapping that moved', () => {
     await moved
     await until(() => states.includes('registered'), 'registered again', REGISTER_WAIT_MS)
     expect(states).toEqual(['backoff none our NAT mapping moved: the control connection went with it', 'connecting', 'registered'])
+  })
+})
+
+describe('RendezvousClient: the control connection\'s connect deadline', () => {
+  it('is URGENT_CONNECT_TIMEOUT_MS while a tunnel migrates (a connect whose SYN was lost is not waited out), TCP_REGISTER_TIMEOUT_MS otherwise', async () => {
+    const port = await startServer()
+    const deadlines: Array<number | undefined> = []
+    const connect = ControlConnection.connect.bind(ControlConnection)
+    vi.spyOn(ControlConnection, 'connect').mockImplementation((...args: Parameters<typeof ControlConnection.connect>) => {
+      deadlines.push(args[6])
+      return connect(...args)
+    })
+    await agent(port, 'alice')
+    await agent(port, 'bob', generateKeyPair(), () => true)
+    expect(deadlines).toEqual([TCP_REGISTER_TIMEOUT_MS, URGENT_CONNECT_TIMEOUT_MS])
+    expect(URGENT_CONNECT_TIMEOUT_MS).toBeLessThan(TCP_REGISTER_TIMEOUT_MS)
   })
 })
 

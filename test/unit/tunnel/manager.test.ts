@@ -389,6 +389,37 @@ describe('TunnelManager: a tunnel whose path dies resumes on a new one', () => {
   })
 })
 
+describe('TunnelManager: a tunnel the relay ended (RELAY_LIMIT) is never resumed', () => {
+  it('bob got the RELAY_END, alice only saw her session close: her resume is refused with a GOODBYE, her tunnel closes, no fresh one is made; a new open still works', async () => {
+    const { alice, bob } = pair({ bobChannel: echoChannel })
+    const { tunnel } = await alice.manager.open('bob', 'udp', 5_000)
+    await until(() => bob.manager.get('alice') !== undefined, 'bob to keep the tunnel')
+    const bobsAlice = bob.manager.get('alice')!
+    const states: string[] = []
+    tunnel.on('migrating', () => states.push('migrating'))
+    tunnel.on('resumed', () => states.push('resumed'))
+    // Bob's session dies as the relay client's does on RELAY_END: an error with the code, then close.
+    const bobsSession = sessionOf(bobsAlice) as unknown as { emit(e: string, err: Error): void; destroy(): void }
+    bobsSession.emit('error', new NatdError('RELAY_LIMIT', 'relayed tunnel reached its byte limit'))
+    bobsSession.destroy()
+    await until(() => !bobsAlice.isOpen, 'bob closes his tunnel')
+    expect(bobsAlice.closedWith).toBe('RELAY_LIMIT')
+    const alicesSession = sessionOf(tunnel) as { destroy(): void } | null // null if she already detached it for a resume
+    alicesSession?.destroy() // alice never got her RELAY_END
+    await until(() => !tunnel.isOpen, 'alice closes hers', 10_000)
+    expect(states).toEqual(['migrating'])
+    expect(tunnel.state).toMatchObject({ kind: 'closed', reason: expect.stringMatching(/RELAY_LIMIT/) })
+    expect(alice.asked.length).toBeGreaterThanOrEqual(2) // the open, then a resume attempt, refused
+    expect(alice.manager.get('bob')).toBeUndefined() // no fresh tunnel on the resume's session
+    expect(bob.manager.get('alice')).toBeUndefined()
+    // The user may open again: a new tunnel (a new relayed one would count afresh).
+    const again = await alice.manager.open('bob', 'udp', 5_000)
+    expect(again.reused).toBe(false)
+    expect(Buffer.from(again.tunnel.id).equals(Buffer.from(tunnel.id))).toBe(false)
+    expect(await again.tunnel.ping(2_000)).toBeGreaterThanOrEqual(0)
+  })
+})
+
 describe('mostTelling: what failed attempts tell the user (pure)', () => {
   const e = (code: ConstructorParameters<typeof NatdError>[0], message = code.toLowerCase()): NatdError => new NatdError(code, message)
 

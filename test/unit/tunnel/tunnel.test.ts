@@ -264,6 +264,33 @@ describe('Tunnel: a silent path is suspect long before it is gone (issue #15)', 
     expect(a.migratedBySilence).toBe(false)
   })
 
+  it("a suspect silence that ended in a migration is not 'lossy' once the tunnel resumed on a new session (it was gone, not lossy: auto must not move the new path to UDP for it)", async () => {
+    const clock = new FakeClock()
+    const { pipe, a, b } = pair(clock, { keepaliveMs: 5_000, deadMs: 15_000 })
+    const lossy: number[] = []
+    a.on('lossy', (ms) => lossy.push(ms))
+    await clock.pass(12_000)
+    pipe.up = false
+    let suspects = 0
+    a.on('suspect', () => suspects++)
+    for (let i = 0; i < 120 && suspects === 0; i++) await clock.pass(50)
+    expect(suspects).toBe(1)
+    a.pathChanged('the peer\'s NAT mapping or address changed') // the path check found it gone
+    expect(a.isMigrating).toBe(true)
+    // The opener's resume: both sides detach and continue on a new session.
+    const next = messagePipe()
+    const fromA = b.detach()
+    const fromB = a.detach()
+    expect(a.resume(next.a, fromA, 'direct-tcp', BOB, 'tcp')).toBe(true)
+    expect(b.resume(next.b, fromB, 'direct-tcp', ALICE, 'tcp')).toBe(true)
+    let answered = false
+    void a.ping(1_000).then(() => (answered = true), () => undefined)
+    await clock.pass(100)
+    expect(answered).toBe(true) // the peer was heard on the new session
+    expect(a.isUp).toBe(true)
+    expect(lossy).toEqual([])
+  })
+
   it('pathChanged() migrates a direct tunnel at once (channels kept), and the old path heard again brings it up; a relayed tunnel is left alone', async () => {
     const { a, b, closed } = pair()
     const ch = a.mux.openChannel(80)
