@@ -15,7 +15,7 @@
  * while the kernel takes everything) and Node has neither TCP_NOTSENT_LOWAT nor TCP_INFO;
  * the ACKs cover TCP, UDX and the relay alike.
  *
- *   limit = INFLIGHT_FLOOR_BYTES + INFLIGHT_GAIN × rate × rtt     (at most the replay bound)
+ *   limit = floor + INFLIGHT_GAIN × rate × rtt     (at most the replay bound)
  *
  * - rate: the most bytes per ms acknowledged over any of the last RATE_SAMPLES intervals
  *   (each at least RATE_INTERVAL_MIN_MS and one RTT long: on a loaded machine an agent
@@ -28,17 +28,25 @@
  *   RTT_PROBE_EVERY_MS): its PONG comes back without waiting behind our data. The least,
  *   because a probe that met a busy event loop at either end measured the scheduler. A round trip measured through our own queue would grow the limit
  *   that grows the queue; the ACKs' timing is also no round trip (the peer delays them).
+ *   With no round trip at all (a new path after a switch or resume, or the first probe's
+ *   PONG lost) the probe goes out busy or not: a transfer held at the floor never goes
+ *   idle, and waiting for idle kept it at 1 MiB per round trip for good (10 MiB/s at
+ *   100 ms). Measured through our own queue it overestimates (by at most the floor's
+ *   worth of queue: a bounded limit, not a growing one, as no second busy probe follows);
+ *   the next idle probes replace it (the least of RTT_SAMPLES).
  * - the floor: what keeps the pipe full at any RTT the estimate misses (none yet, a short
  *   one under CPU load): the peer acknowledges every ACK_EVERY_BYTES (a quarter of it),
  *   so the next bytes are on their way while it reads the rest. On a LAN, where
- *   rate × rtt is small, the floor is the limit: 1 MiB is ~20 ms at 50 MB/s.
+ *   rate × rtt is small, the floor is the limit: 1 MiB is ~20 ms at 50 MB/s. A peer that
+ *   acknowledges less often (an older agent: every 1 MiB) would make that stop-and-wait,
+ *   so the floor is at least twice the most bytes one of the last ACK_SAMPLES ACKs covered.
  *
  * A peer could lie with its PONG or its ACKs: it only moves this limit between the floor
  * and the replay bound that held before (its own tunnel's latency or throughput).
  */
 import type { TimerClock } from '../protocol/clock.js'
 
-/** Bytes always allowed in flight (4 of the peer's ACK intervals: see above). */
+/** Bytes always allowed in flight (4 of the peer's ACK intervals: see above), unless the peer's ACKs are further apart. */
 export const INFLIGHT_FLOOR_BYTES = 1024 * 1024
 /** The limit is this many times rate × rtt over the floor (room to find more bandwidth, as BBR's cwnd gain). */
 export const INFLIGHT_GAIN = 2
@@ -54,6 +62,10 @@ export const RTT_PROBE_EVERY_MS = 1_000
 export const RTT_PROBE_RETRY_MS = 2_000
 /** Unacknowledged bytes under which the mux counts as idle: a probe sent then waits behind at most this. */
 export const IDLE_INFLIGHT_BYTES = 64 * 1024
+/** ACKs whose largest coverage sets the floor (an older peer acknowledges every 1 MiB, not every 256 KiB). */
+export const ACK_SAMPLES = 16
+/** The floor is at least this many times the most bytes one recent ACK covered (one ACK's worth on the way while the peer reads the next). */
+export const ACK_FLOOR_GAIN = 2
 /**
  * The PING sequence number of the mux's own probes: Tunnel.ping() counts from 1 (it never
  * gets near 2^32) and 0 is the "this one" ping of a new path (late-switch.ts, manager.ts).
@@ -70,6 +82,8 @@ export class InflightCap {
   private rates: number[] = []
   private intervalStart: number | null = null
   private intervalBytes = 0
+  /** Bytes each of the last ACKs covered, oldest first (the peer's ACK spacing: kept across paths, it is the peer's). */
+  private ackSizes: number[] = []
   /** Bytes the mux may have unacknowledged before channel data waits. */
   limit: number
 
@@ -91,13 +105,20 @@ export class InflightCap {
     return this.rates.length === 0 ? 0 : Math.max(...this.rates)
   }
 
+  /** Bytes always allowed in flight: INFLIGHT_FLOOR_BYTES, or twice the most a recent ACK covered. */
+  get floor(): number {
+    const ackMax = this.ackSizes.length === 0 ? 0 : Math.max(...this.ackSizes)
+    return Math.max(INFLIGHT_FLOOR_BYTES, ACK_FLOOR_GAIN * ackMax)
+  }
+
   /**
    * A sequenced frame is about to be sent with `inflight` bytes unacknowledged: true when
-   * a probe (PING RTT_PROBE_SEQ) should go first (the mux is idle, the last probe is
-   * RTT_PROBE_EVERY_MS old, none is out); the probe counts as sent.
+   * a probe (PING RTT_PROBE_SEQ) should go first (the mux is idle, or no round trip is
+   * known at all; the last probe is RTT_PROBE_EVERY_MS old, none is out, or the one out
+   * is RTT_PROBE_RETRY_MS old); the probe counts as sent.
    */
   wantsProbe(inflight: number): boolean {
-    if (inflight > IDLE_INFLIGHT_BYTES) return false
+    if (inflight > IDLE_INFLIGHT_BYTES && this.rtts.length > 0) return false
     const now = this.clock.hrNow()
     if (this.probeSentAt !== null && now - this.probeSentAt < RTT_PROBE_RETRY_MS) return false
     if (now - this.lastProbeAt < RTT_PROBE_EVERY_MS) return false
@@ -118,7 +139,10 @@ export class InflightCap {
   /** The peer acknowledged `bytes` more. */
   onAcked(bytes: number): void {
     const now = this.clock.hrNow()
+    this.ackSizes.push(bytes)
+    if (this.ackSizes.length > ACK_SAMPLES) this.ackSizes.shift()
     if (this.intervalStart === null) {
+      this.update() // the floor may have moved
       // These bytes were sent before we started counting: the first interval starts here.
       this.intervalStart = now
       this.intervalBytes = 0
@@ -134,7 +158,10 @@ export class InflightCap {
     this.update()
   }
 
-  /** The tunnel moved to another session (path): what was measured was another path's. */
+  /**
+   * The tunnel moved to another session (path): what was measured was another path's. The
+   * ACK spacing is the peer's, not the path's: it stays.
+   */
   reset(): void {
     this.rtts = []
     this.lastProbeAt = -Infinity
@@ -142,12 +169,12 @@ export class InflightCap {
     this.rates = []
     this.intervalStart = null
     this.intervalBytes = 0
-    this.limit = Math.min(INFLIGHT_FLOOR_BYTES, this.max)
+    this.update()
   }
 
   private update(): void {
     const rtt = this.rtt
     const bdp = rtt === null ? 0 : INFLIGHT_GAIN * this.rate * rtt
-    this.limit = Math.min(this.max, Math.round(INFLIGHT_FLOOR_BYTES + bdp))
+    this.limit = Math.min(this.max, Math.round(this.floor + bdp))
   }
 }

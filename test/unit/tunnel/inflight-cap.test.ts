@@ -4,6 +4,7 @@
 // a bottleneck, the replay bound as ceiling, and a pong nobody asked for changing nothing.
 import { describe, expect, it } from 'vitest'
 import { IDLE_INFLIGHT_BYTES, INFLIGHT_FLOOR_BYTES, INFLIGHT_GAIN, InflightCap, RATE_SAMPLES, RTT_PROBE_EVERY_MS, RTT_PROBE_RETRY_MS, RTT_SAMPLES } from '../../../src/tunnel/inflight-cap.js'
+import { ACK_EVERY_BYTES } from '../../../src/tunnel/mux.js'
 import { FakeClock } from '../helpers.js'
 
 const MAX = 16 * 1024 * 1024
@@ -19,14 +20,19 @@ function measured(clock: FakeClock, rttMs: number, max = MAX): InflightCap {
 
 /**
  * Runs `rounds` round trips of `rttMs` in which the sender has min(limit, what the path
- * carries in a round trip) in flight and all of it is acknowledged at the round trip's end.
+ * carries in a round trip) in flight and all of it is acknowledged over the round trip,
+ * one ACK per `ackEvery` bytes (the peer's ACK_EVERY_BYTES; an older peer's was 1 MiB),
+ * evenly spaced.
  */
-function run(clock: FakeClock, cap: InflightCap, rttMs: number, bytesPerMs: number, rounds: number): number[] {
+function run(clock: FakeClock, cap: InflightCap, rttMs: number, bytesPerMs: number, rounds: number, ackEvery = ACK_EVERY_BYTES): number[] {
   const limits: number[] = []
   for (let i = 0; i < rounds; i++) {
     const inFlight = Math.min(cap.limit, bytesPerMs * rttMs)
-    clock.t += rttMs
-    cap.onAcked(inFlight)
+    const acks = Math.max(1, Math.ceil(inFlight / ackEvery))
+    for (let k = 0; k < acks; k++) {
+      clock.t += rttMs / acks
+      cap.onAcked(Math.min(ackEvery, inFlight - k * ackEvery))
+    }
     limits.push(cap.limit)
   }
   return limits
@@ -45,7 +51,6 @@ describe('InflightCap', () => {
   it('asks for a probe only when the mux is idle, one at a time, at most one per RTT_PROBE_EVERY_MS; the round trip is the least of the last RTT_SAMPLES', () => {
     const clock = new FakeClock()
     const cap = new InflightCap(clock, MAX)
-    expect(cap.wantsProbe(IDLE_INFLIGHT_BYTES + 1)).toBe(false) // busy: the pong would wait behind our data
     expect(cap.wantsProbe(0)).toBe(true)
     expect(cap.wantsProbe(0)).toBe(false) // one is out
     clock.t += RTT_PROBE_RETRY_MS
@@ -54,6 +59,8 @@ describe('InflightCap', () => {
     cap.onProbePong()
     expect(cap.rtt).toBe(5)
     expect(cap.wantsProbe(0)).toBe(false) // too soon
+    clock.t += RTT_PROBE_EVERY_MS
+    expect(cap.wantsProbe(IDLE_INFLIGHT_BYTES + 1)).toBe(false) // busy: the pong would wait behind our data
     const probe = (rttMs: number): void => {
       clock.t += RTT_PROBE_EVERY_MS
       expect(cap.wantsProbe(0)).toBe(true)
@@ -84,7 +91,10 @@ describe('InflightCap', () => {
     const limits = run(clock, cap, 100, 1_000_000, 6)
     expect(limits[0]).toBe(INFLIGHT_FLOOR_BYTES) // the first ACK starts the count
     expect(limits[1]).toBeGreaterThan(2 * INFLIGHT_FLOOR_BYTES)
-    for (let i = 2; i < limits.length && limits[i]! < MAX; i++) expect(limits[i]! / limits[i - 1]!).toBeGreaterThan(1.5)
+    // ACKs spread over the round trip and rate intervals of a round trip do not line up
+    // while the limit grows (the sender here refills only at a round's start): compared
+    // two round trips apart, at least twofold.
+    for (let i = 2; i < limits.length && limits[i]! < MAX; i++) expect(limits[i]! / limits[i - 2]!).toBeGreaterThan(2)
     expect(limits.at(-1)).toBe(MAX) // and never past the replay bound
   })
 
@@ -120,6 +130,43 @@ describe('InflightCap', () => {
     expect(cap.limit).toBe(INFLIGHT_FLOOR_BYTES)
     expect(cap.rtt).toBeNull()
     expect(cap.wantsProbe(0)).toBe(true)
+  })
+
+  it('with no round trip known (a new path; the first PONG lost) probes busy or not, again RTT_PROBE_RETRY_MS after a lost one: a transfer held at the floor grows', () => {
+    const clock = new FakeClock()
+    const rttMs = 100
+    const bytesPerMs = 20_000 // 20 MB/s: 2 MB per round trip, more than the floor
+    const cap = measured(clock, rttMs)
+    run(clock, cap, rttMs, bytesPerMs, 30)
+    cap.reset() // a path switch (or a resume) with 900 KiB unacknowledged
+    const busy = 900 * 1024
+    expect(cap.wantsProbe(busy)).toBe(true)
+    clock.t += RTT_PROBE_RETRY_MS // its PONG was lost
+    run(clock, cap, rttMs, bytesPerMs, 5)
+    expect(cap.limit).toBe(INFLIGHT_FLOOR_BYTES)
+    expect(cap.wantsProbe(busy)).toBe(true) // not waiting for an idle moment that never comes
+    clock.t += rttMs + busy / bytesPerMs // behind our own queue: an overestimate
+    cap.onProbePong()
+    run(clock, cap, rttMs, bytesPerMs, 20)
+    expect(cap.limit).toBeGreaterThan(INFLIGHT_FLOOR_BYTES + bytesPerMs * rttMs)
+    expect(cap.limit).toBeLessThan(MAX)
+    clock.t += RTT_PROBE_EVERY_MS
+    expect(cap.wantsProbe(busy)).toBe(false) // a round trip is known: busy probes no more
+  })
+
+  it('an older peer that acknowledges every 1 MiB gets twice that as the floor, not stop-and-wait; a current one leaves the floor alone', () => {
+    const clock = new FakeClock()
+    const old = new InflightCap(clock, MAX)
+    run(clock, old, 1, 10_000_000, 20, 1024 * 1024) // a LAN: the floor is the limit
+    expect(old.limit).toBeGreaterThanOrEqual(2 * 1024 * 1024)
+    old.reset() // the peer's ACK spacing is the peer's, not the path's
+    expect(old.limit).toBeGreaterThanOrEqual(2 * 1024 * 1024)
+    const current = new InflightCap(clock, MAX)
+    run(clock, current, 1, 10_000_000, 20)
+    expect(current.limit).toBe(INFLIGHT_FLOOR_BYTES)
+    const small = new InflightCap(clock, 512 * 1024)
+    run(clock, small, 1, 10_000_000, 20, 1024 * 1024)
+    expect(small.limit).toBe(512 * 1024) // never past the replay bound
   })
 
   it('is never above a replay bound smaller than the floor', () => {

@@ -190,8 +190,12 @@ describe('Mux: resume on a new session', () => {
 class HandPeer extends EventEmitter implements MessageStream {
   destroyed = false
   readonly frames: MuxFrame[] = []
+  /** Bytes of each sequenced frame written, in order. */
+  readonly sequencedBytes: number[] = []
   write(buf: Buffer): boolean {
-    this.frames.push(decodeMux(buf))
+    const f = decodeMux(buf)
+    this.frames.push(f)
+    if (f.channel !== 0) this.sequencedBytes.push(buf.length)
     return true
   }
   feed(f: MuxFrame): void {
@@ -272,6 +276,32 @@ describe('Mux: the in-flight limit, turns, and lying peers', () => {
       else expect(smallData(data)).toBe(-1) // sent once, not again
       expect(data.length).toBeGreaterThan(2) // and the bulk goes on
     }
+  })
+
+  it('an older peer that acknowledges only every 1 MiB still has the next bytes on their way when it does (not stop-and-wait)', async () => {
+    const peer = new HandPeer()
+    const a = mux(peer, true)
+    const ch = a.openChannel(7)
+    peer.feed({ type: 'open-ok', channel: ch.id, window: CHANNEL_WINDOW_BYTES })
+    let written = 0
+    ch.write(randomBytes(CHANNEL_WINDOW_BYTES), () => (written = CHANNEL_WINDOW_BYTES))
+    // The old peer: one ACK per 1 MiB of frames received (ACK_EVERY_BYTES was 1 MiB).
+    let acked = 0
+    let most = 0
+    for (let round = 0; round < 40 && written === 0; round++) {
+      await settle(5)
+      let bytes = 0
+      let n = acked
+      while (n < peer.sequencedBytes.length && bytes < MiB) bytes += peer.sequencedBytes[n++]!
+      if (bytes < MiB) continue
+      acked = n
+      peer.feed({ type: 'ack', channel: 0, received: acked })
+      await settle(5)
+      most = Math.max(most, a.unacknowledged.bytes)
+    }
+    // Right after an ACK of 1 MiB, another MiB or so is still in flight.
+    expect(most).toBeGreaterThan(1.5 * MiB)
+    expect(a.inflightLimit.bytes).toBeGreaterThanOrEqual(2 * MiB)
   })
 
   it("an ACK for frames never sent breaks the tunnel ('broken'), and a resume claiming them is refused", () => {
