@@ -399,6 +399,12 @@ export class Mux extends EventEmitter<MuxEvents> {
     this.wake()
   }
 
+  /** Our probe's PONG: the round trip it gives may raise the limit, and channels waiting at it may send. */
+  private onProbePong(): void {
+    this.inflight.onProbePong()
+    this.wake()
+  }
+
   /** @internal */
   forget(id: number): void {
     this.channels.delete(id)
@@ -417,7 +423,7 @@ export class Mux extends EventEmitter<MuxEvents> {
     this.emit('frame')
     if (f.channel === 0) {
       if (f.type === 'ping') this.send({ type: 'pong', channel: 0, seq: f.seq })
-      else if (f.type === 'pong' && f.seq === RTT_PROBE_SEQ) this.inflight.onProbePong()
+      else if (f.type === 'pong' && f.seq === RTT_PROBE_SEQ) this.onProbePong()
       else if (f.type === 'pong') this.emit('pong', f.seq)
       else if (f.type === 'goodbye') this.emit('goodbye', f.reason)
       else if (f.type === 'switch') this.onSwitch()

@@ -304,6 +304,33 @@ describe('Mux: the in-flight limit, turns, and lying peers', () => {
     expect(a.inflightLimit.bytes).toBeGreaterThanOrEqual(2 * MiB)
   })
 
+  it('a probe PONG that raises the limit lets waiting channels send at once (not at the next ACK)', async () => {
+    const peer = new HandPeer()
+    const clock = new FakeClock()
+    const a = new Mux(peer, true, silentLogger, clock)
+    muxes.push(a)
+    const ch = a.openChannel(7)
+    peer.feed({ type: 'open-ok', channel: ch.id, window: 4 * CHANNEL_WINDOW_BYTES })
+    ch.write(randomBytes(4 * CHANNEL_WINDOW_BYTES))
+    await settle(10)
+    const probe = peer.frames.find((f) => f.type === 'ping') as Extract<MuxFrame, { type: 'ping' }>
+    expect(probe).toBeDefined()
+    // ACKs over 300 ms give a rate; the probe's PONG has not come yet.
+    for (let i = 0; i < 3; i++) {
+      clock.t += 100
+      peer.feed({ type: 'ack', channel: 0, received: sequenced(peer) })
+      await settle(10)
+    }
+    expect(a.congested).toBe(true)
+    expect(a.inflightLimit.rttMs).toBeNull()
+    const before = peer.frames.length
+    clock.t += 200
+    peer.feed({ type: 'pong', channel: 0, seq: probe.seq })
+    expect(a.inflightLimit.bytes).toBeGreaterThan(INFLIGHT_FLOOR_BYTES)
+    await settle(10)
+    expect(peer.frames.slice(before).filter((f) => f.type === 'data').length).toBeGreaterThan(0)
+  })
+
   it("an ACK for frames never sent breaks the tunnel ('broken'), and a resume claiming them is refused", () => {
     const peer = new HandPeer()
     const a = mux(peer, true)
