@@ -12,6 +12,12 @@
  * channel's release() grants it. Memory per transfer: the queue (< WRITE_QUEUE_BYTES +
  * one frame) plus what the peer may still send on its window (CHANNEL_WINDOW_BYTES), as
  * a forwarded connection's (daemon/pipe.ts).
+ *
+ * Chunks under SMALL_CHUNK_BYTES are copied into a staging buffer, not queued one Buffer
+ * each: a sender of 1-byte DATA frames against a stalled disk queued a Buffer (and the
+ * frame it views) per byte, ~5 million of them (~0.5 GB) over the queue and the window.
+ * Now the queue holds at most about two Buffers per SMALL_CHUNK_BYTES, and its memory is
+ * close to the bytes it counts (the writev()s are larger too).
  */
 import type { Hash } from 'node:crypto'
 import fs from 'node:fs'
@@ -23,6 +29,10 @@ import type { ChannelSink } from '../tunnel/mux-channel.js'
 export const WRITE_QUEUE_BYTES = 1024 * 1024
 /** Buffers per writev() (Linux's IOV_MAX is 1024). */
 export const MAX_IOVECS = 1024
+/** Body chunks under this are copied into the staging buffer (memory per queued Buffer, see above). */
+export const SMALL_CHUNK_BYTES = 16 * 1024
+/** The staging buffer's size (a full DATA frame's payload). */
+export const STAGE_BYTES = 64 * 1024
 /** Bytes after the body that may stand before the END frame is whole: the END frame is 38. */
 export const MAX_TAIL_BYTES = 1024
 
@@ -55,7 +65,11 @@ export class FileBody implements ChannelSink {
   /** Body bytes still expected. */
   private left: number
   private readonly queue: Buffer[] = []
+  /** Bytes in the queue and the staging buffer, waiting for the disk or being written. */
   private queued = 0
+  /** Where small chunks are gathered: `staged` bytes at its start, not yet in the queue, then free space. */
+  private stage: Buffer | null = null
+  private staged = 0
   private writing = false
   private full = false
   private tail: Buffer = Buffer.alloc(0)
@@ -85,7 +99,7 @@ export class FileBody implements ChannelSink {
       const body = buf.length <= this.left ? buf : buf.subarray(0, this.left)
       this.left -= body.length
       this.o.hash.update(body)
-      this.queue.push(body)
+      this.enqueue(body)
       this.queued += body.length
       this.o.onBytes(body.length)
       this.flush()
@@ -108,6 +122,8 @@ export class FileBody implements ChannelSink {
     if (this.failed) return
     this.failed = err
     this.queue.length = 0
+    this.stage = null
+    this.staged = 0
     this.queued = 0
     this.reject(err)
     this.maybeSettled()
@@ -138,9 +154,33 @@ export class FileBody implements ChannelSink {
     }
   }
 
+  /** Queues a body chunk for the disk: a small one is copied into the staging buffer, after what it holds. */
+  private enqueue(body: Buffer): void {
+    if (body.length >= SMALL_CHUNK_BYTES) {
+      this.sealStage() // what was staged came first
+      this.queue.push(body)
+      return
+    }
+    if (this.stage === null || this.stage.length - this.staged < body.length) {
+      this.sealStage()
+      this.stage = Buffer.allocUnsafe(STAGE_BYTES)
+    }
+    body.copy(this.stage, this.staged)
+    this.staged += body.length
+  }
+
+  /** Moves the staged bytes to the end of the queue; the free space after them stays the stage. */
+  private sealStage(): void {
+    if (this.stage === null || this.staged === 0) return
+    this.queue.push(this.stage.subarray(0, this.staged))
+    this.stage = this.stage.subarray(this.staged)
+    this.staged = 0
+  }
+
   /** Writes the queue, one writev() at a time (a short write continues with the rest). */
   private flush(): void {
     if (this.writing || this.queued === 0 || this.failed) return
+    this.sealStage()
     this.writing = true
     const bufs = this.queue.length <= MAX_IOVECS ? this.queue.splice(0) : this.queue.splice(0, MAX_IOVECS)
     this.writev(this.o.fd, bufs, (err, written) => {

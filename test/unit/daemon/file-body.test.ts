@@ -8,7 +8,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
-import { FileBody, WRITE_QUEUE_BYTES, type WritevFn } from '../../../src/daemon/file-body.js'
+import { FileBody, SMALL_CHUNK_BYTES, STAGE_BYTES, WRITE_QUEUE_BYTES, type WritevFn } from '../../../src/daemon/file-body.js'
 import { encodeTransfer } from '../../../src/protocol/transfer.js'
 
 const KiB = 1024
@@ -106,6 +106,45 @@ describe('FileBody', () => {
     for (; at < data.length; at += chunk) body.data(data.subarray(at, at + chunk))
     body.data(endFrame(sha(data)))
     while (!(await settledOrWrite(body, pending)));
+    await expect(body.result).resolves.toEqual(sha(data))
+    expect(fs.readFileSync(file).equals(data)).toBe(true)
+  })
+
+  it('1-byte DATA frames against a stalled disk are gathered into a few large buffers, not queued one Buffer per byte', async () => {
+    const { file, fd } = partial()
+    const pending: Array<() => void> = []
+    const batches: number[] = [] // Buffers per writev
+    const writev: WritevFn = (fd_, bufs, cb) => {
+      batches.push(bufs.length)
+      pending.push(() => fs.writev(fd_, bufs, (err, n) => cb(err, n)))
+    }
+    const data = randomBytes(200_000)
+    const body = new FileBody({ fd, bytes: data.length, hash: createHash('sha256'), onDrain: () => undefined, onBytes: () => undefined, writev })
+    // The disk stalls on the first byte; the peer sends the rest a byte per frame.
+    for (let at = 0; at < data.length; at++) body.data(data.subarray(at, at + 1))
+    body.data(endFrame(sha(data)))
+    expect(batches).toEqual([1])
+    pending.shift()!()
+    await until(() => batches.length === 2)
+    // 199,999 bytes waited: in STAGE_BYTES buffers (4), not 199,999 Buffers (1,024 per writev).
+    expect(batches[1]).toBeLessThanOrEqual(Math.ceil(data.length / STAGE_BYTES))
+    while (!(await settledOrWrite(body, pending)));
+    await expect(body.result).resolves.toEqual(sha(data))
+    expect(fs.readFileSync(file).equals(data)).toBe(true)
+  })
+
+  it('small and large chunks mixed, through short writes, land on disk in order', async () => {
+    const { file, fd } = partial()
+    const data = randomBytes(2 * MiB)
+    const calls = { n: 0, inFlight: 0, maxInFlight: 0 }
+    const body = new FileBody({ fd, bytes: data.length, hash: createHash('sha256'), onDrain: () => undefined, onBytes: () => undefined, writev: shortWrites(30 * KiB, calls) })
+    const sizes = [1, 3, 20 * KiB, 500, SMALL_CHUNK_BYTES - 1, SMALL_CHUNK_BYTES, 7, 64 * KiB, 2, STAGE_BYTES - 1]
+    for (let at = 0, i = 0; at < data.length; i++) {
+      const n = Math.min(data.length - at, sizes[i % sizes.length]!)
+      body.data(data.subarray(at, at + n))
+      at += n
+    }
+    body.data(endFrame(sha(data)))
     await expect(body.result).resolves.toEqual(sha(data))
     expect(fs.readFileSync(file).equals(data)).toBe(true)
   })
