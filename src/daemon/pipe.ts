@@ -19,6 +19,15 @@ let sharedReadBuffer: Buffer | null = null
  * what the peer can send past it.
  */
 export const LOCAL_QUEUE_BYTES = 1024 * 1024
+/**
+ * The peer's payloads under this are copied into a staging buffer while the local socket
+ * has writes queued (SocketGather): a queued write costs a Buffer and a request object
+ * whatever its size, and a peer sending 1-byte DATA frames to a connection that stopped
+ * reading could queue one per byte over LOCAL_QUEUE_BYTES and the window (~5 million).
+ */
+export const SMALL_WRITE_BYTES = 16 * 1024
+/** The staging buffer's size (a full DATA frame's payload). */
+export const GATHER_BYTES = 64 * 1024
 
 /**
  * Joins a local TCP connection and a mux channel both ways with half-close: the end of
@@ -91,9 +100,12 @@ function joinDirect(sock: net.Socket, ch: MuxChannel): boolean {
   sharedReadBuffer ??= Buffer.allocUnsafeSlow(MAX_DATA_BYTES)
   let eof = ended
   let draining = false
+  const out = new SocketGather(sock)
   const toSocket = (buf: Buffer): boolean => {
     if (sock.destroyed) return true // join() is tearing both down
-    sock.write(buf)
+    out.write(buf)
+    // The socket's queue alone (the staged bytes are < GATHER_BYTES more): past the bound
+    // it is above its highWaterMark, so its 'drain' comes.
     if (sock.writableLength < LOCAL_QUEUE_BYTES) return true
     if (!draining) {
       draining = true
@@ -104,7 +116,11 @@ function joinDirect(sock: net.Socket, ch: MuxChannel): boolean {
     }
     return false
   }
-  if (!ch.deliverTo({ data: toSocket, end: () => sock.end() })) {
+  const endSocket = (): void => {
+    out.flush()
+    sock.end()
+  }
+  if (!ch.deliverTo({ data: toSocket, end: endSocket })) {
     for (const b of early.reverse()) sock.unshift(b)
     return false
   }
@@ -141,4 +157,52 @@ function joinDirect(sock: net.Socket, ch: MuxChannel): boolean {
   }
   step()
   return true
+}
+
+/**
+ * Writes to a socket, gathering small writes while it has writes queued: a payload under
+ * SMALL_WRITE_BYTES is then copied into a staging buffer, written when it is full, before
+ * a larger payload, at flush(), or when the last write issued completes. A socket that
+ * keeps up gets each payload at once, as before; one that stalls holds about one queued
+ * write per SMALL_WRITE_BYTES, not one per payload.
+ */
+export class SocketGather {
+  private stage: Buffer | null = null
+  private staged = 0
+  /** Writes issued; a write's callback flushes the stage only if it was the last one. */
+  private writes = 0
+
+  constructor(private readonly sock: Pick<net.Socket, 'write' | 'writableLength' | 'destroyed'>) {}
+
+  write(buf: Buffer): void {
+    if (buf.length >= SMALL_WRITE_BYTES || (this.staged === 0 && this.sock.writableLength === 0)) {
+      this.flush()
+      this.writeOut(buf)
+      return
+    }
+    // Staged bytes imply a write in flight whose callback will flush them.
+    if (this.stage === null || this.stage.length - this.staged < buf.length) {
+      this.flush()
+      this.stage = Buffer.allocUnsafe(GATHER_BYTES)
+    }
+    buf.copy(this.stage, this.staged)
+    this.staged += buf.length
+  }
+
+  /** Gives the staged bytes to the socket (before its end()). */
+  flush(): void {
+    if (this.stage === null || this.staged === 0) return
+    const b = this.stage.subarray(0, this.staged)
+    this.stage = this.stage.subarray(this.staged)
+    this.staged = 0
+    this.writeOut(b)
+  }
+
+  private writeOut(buf: Buffer): void {
+    if (this.sock.destroyed) return
+    const n = ++this.writes
+    this.sock.write(buf, () => {
+      if (n === this.writes) this.flush()
+    })
+  }
 }

@@ -1,12 +1,15 @@
 // join() (src/daemon/pipe.ts) between a real loopback TCP connection and a stand-in
 // channel (a PassThrough): what the application at the other end of the TCP connection
-// sees when the channel ends well (EOF) and when it dies (RST, ECONNRESET).
+// sees when the channel ends well (EOF) and when it dies (RST, ECONNRESET); and
+// SocketGather, which writes the peer's data to the socket, on a stand-in socket that
+// takes writes only when the test says so.
 //
 //   client ──TCP──▶ server socket ══ join ══ channel (PassThrough)
 import net from 'node:net'
-import { PassThrough } from 'node:stream'
+import { randomBytes } from 'node:crypto'
+import { PassThrough, Writable } from 'node:stream'
 import { afterEach, describe, expect, it } from 'vitest'
-import { join } from '../../../src/daemon/pipe.js'
+import { GATHER_BYTES, join, SMALL_WRITE_BYTES, SocketGather } from '../../../src/daemon/pipe.js'
 
 const open: Array<net.Server | net.Socket> = []
 afterEach(() => {
@@ -62,5 +65,58 @@ describe('join', () => {
     client.resetAndDestroy()
     await closed
     expect(ch.destroyed).toBe(true)
+  })
+})
+
+/** A socket stand-in whose writes complete only when release() is called; what it took, in order. */
+function stalledSocket(): { sock: Writable & { destroyed: boolean }; writes: () => number; got: Buffer[]; release: () => void } {
+  const got: Buffer[] = []
+  const waiting: Array<() => void> = []
+  let writes = 0
+  const sock = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      got.push(chunk)
+      waiting.push(cb)
+    }
+  })
+  const realWrite = sock.write.bind(sock) as (buf: Buffer, cb?: () => void) => boolean
+  sock.write = ((buf: Buffer, cb?: () => void) => {
+    writes++
+    return realWrite(buf, cb)
+  }) as typeof sock.write
+  return { sock, writes: () => writes, got, release: () => waiting.splice(0).forEach((cb) => cb()) }
+}
+
+describe('SocketGather', () => {
+  it('1-byte payloads to a socket that stopped taking writes are gathered: about one queued write per GATHER_BYTES, not one per byte', async () => {
+    const s = stalledSocket()
+    const out = new SocketGather(s.sock)
+    const data = randomBytes(200_000)
+    for (let at = 0; at < data.length; at++) out.write(data.subarray(at, at + 1))
+    // The first byte went at once (nothing was queued); the rest waited in 64 KiB buffers.
+    expect(s.writes()).toBeLessThanOrEqual(1 + Math.ceil(data.length / GATHER_BYTES))
+    expect(s.sock.writableLength).toBeLessThan(data.length + 1)
+    for (let i = 0; i < 20 && Buffer.concat(s.got).length < data.length; i++) {
+      s.release()
+      await new Promise((resolve) => setImmediate(resolve))
+    }
+    expect(Buffer.concat(s.got).equals(data)).toBe(true) // all of it, in order: the last part when the queue drained
+  })
+
+  it('keeps order across small and large payloads and flush(); a socket that keeps up gets each payload at once', async () => {
+    const s = stalledSocket()
+    const out = new SocketGather(s.sock)
+    const sizes = [1, 5, SMALL_WRITE_BYTES, 3, SMALL_WRITE_BYTES - 1, GATHER_BYTES, 2, GATHER_BYTES - 1, 7]
+    const parts = sizes.map((n) => randomBytes(n))
+    for (const p of parts) out.write(p)
+    out.flush()
+    for (let i = 0; i < 20; i++) {
+      s.release()
+      await new Promise((resolve) => setImmediate(resolve))
+    }
+    expect(Buffer.concat(s.got).equals(Buffer.concat(parts))).toBe(true)
+    const before = s.writes()
+    out.write(Buffer.from('x'))
+    expect(s.writes()).toBe(before + 1) // nothing queued: not held back
   })
 })
