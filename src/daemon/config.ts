@@ -14,6 +14,7 @@
  */
 import fs from 'node:fs'
 import path from 'node:path'
+import { isDeepStrictEqual } from 'node:util'
 import Conf from 'conf'
 import { NatdError } from '../protocol/errors.js'
 import { parseDuration } from '../protocol/duration.js'
@@ -196,8 +197,9 @@ export class StateStore {
     return this.learntFile.flushed()
   }
 
+  /** Stores `c`; an unchanged config is not written again (conf writes and fsyncs on the event loop: LEARNT_FILE says why that costs). */
   setConfig(c: AgentConfig): Readonly<AgentConfig> {
-    this.conf.set('config', c)
+    if (!isDeepStrictEqual(this.conf.get('config'), c)) this.conf.set('config', c)
     return Object.freeze({ ...c })
   }
 

@@ -177,6 +177,18 @@ describe('StateStore', () => {
     expect(old.serverKey('a:1')).toBeUndefined()
   })
 
+  it('a start with an unchanged config does not write config.json again; a changed one does', () => {
+    resolveConfig(new StateStore(dir), FLAGS)
+    const file = path.join(dir, 'config.json')
+    const past = new Date('2020-01-01T00:00:00Z')
+    fs.utimesSync(file, past, past)
+    resolveConfig(new StateStore(dir), { name: 'alice' })
+    expect(fs.statSync(file).mtimeMs).toBe(past.getTime())
+    resolveConfig(new StateStore(dir), { heartbeatMs: 16_000 })
+    expect(fs.statSync(file).mtimeMs).not.toBe(past.getTime())
+    expect(new StateStore(dir).config!.heartbeatMs).toBe(16_000)
+  })
+
   it('migrates exposes stored with bare names: pinned ones get their key, the rest stay unresolved (matching nobody)', () => {
     fs.mkdirSync(dir, { recursive: true })
     const legacy = { knownPeers: { bob: BOB_ID }, exposes: [{ port: 22, host: '127.0.0.1', allow: ['bob', 'carol', BOB_ID.slice(0, 8)] }] }
