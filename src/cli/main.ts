@@ -93,7 +93,8 @@ export function buildCli(argv: string[]): Argv<Global> {
             `lan:         ${s.lan.join(', ') || '-'}`,
             `probe ttl:   ${s.firstProbeTtl}`,
             `port map:    ${portMappingLine(s.portMapping)}`,
-            `tunnels:     ${s.tunnels}`
+            `tunnels:     ${s.tunnels}`,
+            ...(s.stateWarnings ?? []).map((w) => `WARNING:     ${w}`)
           ].join('\n')
         )
       }

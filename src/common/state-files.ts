@@ -9,6 +9,7 @@ import fs from 'node:fs'
 import fsp from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
+import { setTimeout as sleepMs } from 'node:timers/promises'
 
 export const STATE_FILE_MODE = 0o600
 
@@ -49,6 +50,46 @@ export function writeFileAtomic(file: string, text: string): void {
   fsyncDir(path.dirname(file))
 }
 
+/** The temp files of writeFileAtomicAsync: `<file>.<pid>.bg.tmp`. */
+const BG_TMP_SUFFIX = '.bg.tmp'
+
+/**
+ * Removes the temp files of background writes (`*.<pid>.bg.tmp`) in `dir` that a process
+ * no longer running left behind (it died mid-write): called at start, before any write of
+ * ours. Returns the names removed. Never throws (a directory it cannot read keeps them).
+ */
+export function removeStaleTemps(dir: string): string[] {
+  let names: string[]
+  try {
+    names = fs.readdirSync(dir)
+  } catch {
+    return []
+  }
+  const removed: string[] = []
+  for (const name of names) {
+    const m = /\.(\d+)\.bg\.tmp$/.exec(name)
+    if (!m || processRuns(Number(m[1]))) continue
+    try {
+      fs.rmSync(path.join(dir, name), { force: true })
+      removed.push(name)
+    } catch {
+      // left for the next start
+    }
+  }
+  return removed
+}
+
+/** Whether process `pid` runs (EPERM: it runs under another user). */
+function processRuns(pid: number): boolean {
+  if (pid === process.pid) return true
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM'
+  }
+}
+
 /**
  * writeFileAtomic() off the event loop: the write, the fsyncs and the rename run in
  * libuv's thread pool. A disk that takes tens of seconds to sync (seen in CI: one
@@ -56,15 +97,20 @@ export function writeFileAtomic(file: string, text: string): void {
  * not the agent's heartbeats, registration and API.
  */
 export async function writeFileAtomicAsync(file: string, text: string): Promise<void> {
-  const tmp = `${file}.${process.pid}.bg.tmp`
-  const fh = await fsp.open(tmp, 'w', STATE_FILE_MODE)
+  const tmp = `${file}.${process.pid}${BG_TMP_SUFFIX}`
   try {
-    await fh.writeFile(text)
-    await fh.sync()
-  } finally {
-    await fh.close()
+    const fh = await fsp.open(tmp, 'w', STATE_FILE_MODE)
+    try {
+      await fh.writeFile(text)
+      await fh.sync()
+    } finally {
+      await fh.close()
+    }
+    await fsp.rename(tmp, file)
+  } catch (err) {
+    await fsp.rm(tmp, { force: true }).catch(() => undefined) // a full disk: do not leave half a file behind
+    throw err
   }
-  await fsp.rename(tmp, file)
   const dir = await fsp.open(path.dirname(file), 'r')
   try {
     await dir.sync()
@@ -74,11 +120,25 @@ export async function writeFileAtomicAsync(file: string, text: string): Promise<
 }
 
 /**
+ * A failed background write is tried again after each of these (a disk full for a moment,
+ * an I/O error): 3 more attempts over 36 s, then not until the next save. Bounded, so a
+ * dead disk costs a few writes, not a loop.
+ */
+export const BACKGROUND_RETRY_DELAYS_MS: readonly number[] = [1_000, 5_000, 30_000]
+
+export interface BackgroundRetry {
+  delaysMs: readonly number[]
+  /** Waits between attempts (tests resolve at once); must not keep the process alive. */
+  sleep(ms: number): Promise<void>
+}
+
+/**
  * A small JSON file that the process keeps in memory and writes in the background
  * (writeFileAtomicAsync): save() returns at once, one write runs at a time, and saves
  * made while one runs end in one more write of the latest value. For what natd learns
  * while it runs and can learn again (its port, a server key pinned on first use, a
- * silent gateway): a crash before the write lands costs that lesson, never a stall.
+ * silent gateway): a crash before the write lands costs that lesson, never a stall. A
+ * failed write is tried again a few times (BACKGROUND_RETRY_DELAYS_MS).
  */
 export class BackgroundJsonFile {
   private next: string | null = null
@@ -87,8 +147,9 @@ export class BackgroundJsonFile {
   constructor(
     readonly file: string,
     private readonly write: (file: string, text: string) => Promise<void> = writeFileAtomicAsync,
-    /** A failed write (the value stays in memory; the next save tries again). */
-    private readonly onError: (err: Error) => void = () => undefined
+    /** A failed write (each attempt; the value stays in memory, retried as `retry` says, then at the next save). */
+    private readonly onError: (err: Error) => void = () => undefined,
+    private readonly retry: BackgroundRetry = { delaysMs: BACKGROUND_RETRY_DELAYS_MS, sleep: (ms) => sleepMs(ms, undefined, { ref: false }) }
   ) {}
 
   save(value: unknown): void {
@@ -103,13 +164,19 @@ export class BackgroundJsonFile {
 
   private async drain(): Promise<void> {
     try {
+      let failures = 0
       while (this.next !== null) {
         const text = this.next
         this.next = null
         try {
           await this.write(this.file, text)
+          failures = 0
         } catch (err) {
           this.onError(err as Error)
+          const delay = this.retry.delaysMs[failures++]
+          if (delay === undefined) continue // given up: the next save tries again
+          this.next ??= text // a newer save replaces it
+          await this.retry.sleep(delay)
         }
       }
     } finally {

@@ -408,7 +408,8 @@ export class Agent {
       firstProbeTtl: this.nat?.learnedTtl ?? FIRST_PROBE_TTL,
       uptimeMs: this.clock.now() - this.startedAt,
       tunnels: this.tunnels?.list().length ?? 0,
-      portMapping: this.portMapping?.status() ?? { state: this.init.config.portMapping ? 'probing' : 'off', gateway: null, via: null, udp: null, tcp: null, expiresInMs: null, reason: null }
+      portMapping: this.portMapping?.status() ?? { state: this.init.config.portMapping ? 'probing' : 'off', gateway: null, via: null, udp: null, tcp: null, expiresInMs: null, reason: null },
+      stateWarnings: [...this.c.store.stateWarnings]
     }
   }
 

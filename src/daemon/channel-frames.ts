@@ -8,7 +8,7 @@ import type { Duplex } from 'node:stream'
 import { systemClock, type TimerClock } from '../protocol/clock.js'
 import { isErrorCode, NatdError } from '../protocol/errors.js'
 import { decodeTransfer, transferFrameLength, type TransferFrame } from '../protocol/transfer.js'
-import { MigrationDeadline, type MigratingTunnel } from '../tunnel/migration-deadline.js'
+import type { MigrationDeadline } from '../tunnel/migration-deadline.js'
 
 export class ChannelReader {
   private buf: Buffer = Buffer.alloc(0)
@@ -57,24 +57,26 @@ export class ChannelReader {
 }
 
 /**
- * Rejects with TIMEOUT after `ms` (and destroys the channel, which ends any read on it).
- * With `tunnel`, time while it migrates does not count (tunnel/migration-deadline.ts):
- * what waits in its replay buffer goes out once it resumes.
+ * Rejects with TIMEOUT after `by` ms (and destroys the channel, which ends any read on it).
+ * With a MigrationDeadline, when it expires: time while its tunnel migrates does not
+ * count (tunnel/migration-deadline.ts), and every phase of one operation (open, then the
+ * answer) shares its time and its migration budget, so the operation ends at most its
+ * timeout + MIGRATION_PAUSE_MAX_MS after it started, however often the tunnel migrates.
  */
-export async function withDeadline<T>(p: Promise<T>, ms: number, channel: Duplex, what: string, clock: TimerClock = systemClock, tunnel?: MigratingTunnel): Promise<T> {
+export async function withDeadline<T>(p: Promise<T>, by: number | MigrationDeadline, channel: Duplex, what: string, clock: TimerClock = systemClock): Promise<T> {
   let stop: () => void = () => undefined
   const timeout = new Promise<never>((_, reject) => {
+    const ms = typeof by === 'number' ? by : by.ms
     const expire = (): void => {
       const err = new NatdError('TIMEOUT', `${what} did not come within ${ms} ms`)
       channel.destroy(err)
       reject(err)
     }
-    if (tunnel) {
-      const deadline = new MigrationDeadline(clock, ms, tunnel, expire)
-      stop = () => deadline.stop()
-    } else {
-      const timer = clock.setTimeout(expire, ms)
+    if (typeof by === 'number') {
+      const timer = clock.setTimeout(expire, by)
       stop = () => clock.clear(timer)
+    } else {
+      stop = by.onExpiry(expire)
     }
   })
   try {

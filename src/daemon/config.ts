@@ -14,12 +14,13 @@
  */
 import fs from 'node:fs'
 import path from 'node:path'
+import { isDeepStrictEqual } from 'node:util'
 import Conf from 'conf'
 import { NatdError } from '../protocol/errors.js'
 import { parseDuration } from '../protocol/duration.js'
 import { generateKeyPair, isValidName, NAME_RULE, type KeyPair } from '../protocol/identity.js'
 import { parseServerSpec } from './server-address.js'
-import { BackgroundJsonFile, defaultStateDirFor, readJson, writeFileAtomic } from '../common/state-files.js'
+import { BackgroundJsonFile, defaultStateDirFor, readJson, removeStaleTemps, writeFileAtomic } from '../common/state-files.js'
 import { isPeerId, type PeerRef } from '../protocol/peer-ref.js'
 import type { LogLevel } from '../common/logger.js'
 import { isCurrent, migrateAllowEntry, type AllowEntry } from './allow-list.js'
@@ -101,15 +102,21 @@ interface Learnt {
   serverKeys?: Record<string, string>
 }
 
-/** learnt.json as read: anything malformed is dropped (it is only a cache of lessons). */
-function readLearnt(file: string): Learnt {
+/**
+ * learnt.json as read. Entries that are malformed are dropped (it is a cache of lessons);
+ * a file that is there but does not read as a JSON object (empty, truncated, garbage) is
+ * not: it may hold server keys pinned on first use, and reading it as `{}` would pin
+ * again, silently, whatever key answers next. `bad` says why (StateStore sets it aside).
+ */
+function readLearnt(file: string): { learnt: Learnt; bad: string | null } {
   let raw: unknown
   try {
     raw = readJson<unknown>(file)
-  } catch {
-    return {}
+  } catch (err) {
+    return { learnt: {}, bad: (err as Error).message }
   }
-  if (!raw || typeof raw !== 'object') return {}
+  if (raw === null) return { learnt: {}, bad: null } // not there: a first start
+  if (typeof raw !== 'object' || Array.isArray(raw)) return { learnt: {}, bad: 'not a JSON object' }
   const r = raw as Record<string, unknown>
   const out: Learnt = {}
   if (typeof r.port === 'number' && Number.isInteger(r.port) && r.port > 0 && r.port < 65536) out.port = r.port
@@ -117,7 +124,7 @@ function readLearnt(file: string): Learnt {
     const keys = Object.entries(r.serverKeys as Record<string, unknown>).filter((e): e is [string, string] => typeof e[1] === 'string' && isPeerId(e[1]))
     if (keys.length) out.serverKeys = Object.fromEntries(keys)
   }
-  return out
+  return { learnt: out, bad: null }
 }
 
 export interface StateStoreOptions {
@@ -149,14 +156,26 @@ export class StateStore {
   private readonly learntFile: BackgroundJsonFile
   /** Told when a background write of learnt.json fails (the daemon logs it). */
   onWriteError: ((err: Error) => void) | null = null
+  /**
+   * Problems with the state files found at start that someone should look at (the daemon
+   * logs them as errors; `natctl status` shows them): a learnt.json that did not read.
+   */
+  readonly stateWarnings: string[] = []
+  /** Temp files of background writes a dead natd left (removed at start). */
+  readonly removedTemps: string[]
+  /** False when a bad learnt.json could not be set aside: it is then never written over. */
+  private learntWritable = true
 
   constructor(
     readonly dir: string,
     o: StateStoreOptions = {}
   ) {
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 })
+    this.removedTemps = removeStaleTemps(dir)
     const learnt = path.join(dir, LEARNT_FILE)
-    this.learnt = readLearnt(learnt)
+    const read = readLearnt(learnt)
+    this.learnt = read.learnt
+    if (read.bad !== null) this.setAsideLearnt(learnt, read.bad)
     this.learntFile = new BackgroundJsonFile(learnt, o.writeLearnt, (err) => this.onWriteError?.(err))
     this.conf = new Conf<StoreShape>({
       cwd: dir,
@@ -168,6 +187,23 @@ export class StateStore {
       watch: false
     })
     this.migrateExposes()
+  }
+
+  /**
+   * A learnt.json that does not read is renamed learnt.json.bad-<time>, not written over:
+   * the server keys pinned in it no longer count, so the next registration pins the
+   * server's key on first use again, and the warning says where the old pins are.
+   */
+  private setAsideLearnt(file: string, why: string): void {
+    const aside = `${file}.bad-${new Date().toISOString().replace(/[:.]/g, '-')}`
+    try {
+      fs.renameSync(file, aside)
+    } catch (err) {
+      this.learntWritable = false
+      this.stateWarnings.push(`${LEARNT_FILE} could not be read (${why}) nor moved aside (${(err as Error).message}): the server keys pinned in it do not count, and natd will not write over it; fix or remove ${file}`)
+      return
+    }
+    this.stateWarnings.push(`${LEARNT_FILE} could not be read (${why}): kept as ${aside}; the server keys pinned in it do not count, so the server's key is pinned on first use again (check it, or restore the file)`)
   }
 
   /** natctl's exposes stored before allow lists held keys: resolved against the pinned peers, once (allow-list.ts). */
@@ -188,7 +224,11 @@ export class StateStore {
   /** The port natd got when it asked for any: kept from now on (learnt.json, written in the background). */
   rememberPort(port: number): void {
     this.learnt = { ...this.learnt, port }
-    this.learntFile.save(this.learnt)
+    this.saveLearnt()
+  }
+
+  private saveLearnt(): void {
+    if (this.learntWritable) this.learntFile.save(this.learnt)
   }
 
   /** Resolves once what was learnt so far is on disk (or its write failed). Never rejects. */
@@ -196,8 +236,9 @@ export class StateStore {
     return this.learntFile.flushed()
   }
 
+  /** Stores `c`; an unchanged config is not written again (conf writes and fsyncs on the event loop: LEARNT_FILE says why that costs). */
   setConfig(c: AgentConfig): Readonly<AgentConfig> {
-    this.conf.set('config', c)
+    if (!isDeepStrictEqual(this.conf.get('config'), c)) this.conf.set('config', c)
     return Object.freeze({ ...c })
   }
 
@@ -272,7 +313,7 @@ export class StateStore {
   /** Pins at once in memory; on disk in the background (LEARNT_FILE says why). */
   pinServerKey(server: string, id: string): void {
     this.learnt = { ...this.learnt, serverKeys: { ...this.learnt.serverKeys, [server]: id } }
-    this.learntFile.save(this.learnt)
+    this.saveLearnt()
   }
 
   /** Every pinned peer, by name. */

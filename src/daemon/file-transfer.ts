@@ -78,12 +78,12 @@ export async function sendFile(spec: SendSpec, c: { tunnels: TunnelManager; self
   const ch = tunnel.mux.openChannel(0, FILE_SERVICE)
   const unwatch = destroyOnAbort(ch, spec.signal, `sending ${name}`)
   const reader = new ChannelReader(ch)
-  // What is left of the timeout for the offer; time while the tunnel migrates does not count (migration-deadline.ts).
+  // What is left of the timeout for the offer, one deadline for both phases (one migration budget); time while the tunnel migrates does not count (migration-deadline.ts).
   const offerBy = new MigrationDeadline(clock, left(), tunnel)
   try {
-    await withDeadline(ch.opened, offerBy.remaining, ch, `${peer}'s answer to the file channel`, clock, tunnel)
+    await withDeadline(ch.opened, offerBy, ch, `${peer}'s answer to the file channel`, clock)
     ch.write(encodeTransfer({ type: 'offer', transferId, size, name }))
-    const answer = await withDeadline(reader.frame('the answer to the offer'), offerBy.remaining, ch, `${peer}'s answer to the offer`, clock, tunnel)
+    const answer = await withDeadline(reader.frame('the answer to the offer'), offerBy, ch, `${peer}'s answer to the offer`, clock)
     offerBy.stop()
     if (answer.type === 'refuse') throw refusal(answer.code, `${peer} refused ${name}: ${answer.message}`)
     if (answer.type !== 'accept' || answer.offset > size) throw new NatdError('BAD_REQUEST', `${peer} answered the offer with ${answer.type}`)

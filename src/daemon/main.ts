@@ -234,6 +234,8 @@ async function run(argv: RunArgs): Promise<void> {
   }
   const log = createLogger({ level: config.logLevel })
   store.onWriteError = (err) => log.warn('cannot save what the agent learnt (kept in memory)', { file: 'learnt.json', err: err.message })
+  for (const warning of store.stateWarnings) log.error('agent state file set aside', { warning })
+  if (store.removedTemps.length) log.info('stale temp files removed', { dir: stateDir, files: store.removedTemps })
   if (file) {
     store.setDeclared(file)
     warnShadowed(store, log, file.path)

@@ -216,14 +216,14 @@ export class Messages {
   private async deliver(tunnel: Tunnel, id: string, text: string, left: () => number, signal: AbortSignal | undefined): Promise<Answer> {
     const ch = tunnel.mux.openChannel(0, MESSAGE_SERVICE)
     const unwatch = destroyOnAbort(ch, signal, `the message to ${tunnel.peer.name}`)
-    // What is left of the timeout; time while the tunnel migrates does not count (migration-deadline.ts).
+    // What is left of the timeout, one deadline for both phases (one migration budget); time while the tunnel migrates does not count (migration-deadline.ts).
     const by = new MigrationDeadline(this.clock, left(), tunnel)
     try {
-      await withDeadline(ch.opened, by.remaining, ch, `${tunnel.peer.name}'s answer to the message channel`, this.clock, tunnel)
+      await withDeadline(ch.opened, by, ch, `${tunnel.peer.name}'s answer to the message channel`, this.clock)
       const messageId = Buffer.from(id, 'hex')
       const sentAt = this.clock.now()
       ch.write(encodeTransfer({ type: 'message', messageId, sentAt, text }))
-      const reply = await withDeadline(new ChannelReader(ch).frame('the acknowledgement'), by.remaining, ch, `${tunnel.peer.name}'s acknowledgement`, this.clock, tunnel)
+      const reply = await withDeadline(new ChannelReader(ch).frame('the acknowledgement'), by, ch, `${tunnel.peer.name}'s acknowledgement`, this.clock)
       if (reply.type === 'refuse') {
         ch.end()
         return { refused: refusal(reply.code, `${tunnel.peer.name} refused the message: ${reply.message}`) }

@@ -51,6 +51,8 @@ export interface StatusResult {
   tunnels: number
   /** The gateway's port mapping of our ports (PCP, NAT-PMP or UPnP IGD), or why there is none. */
   portMapping: PortMappingStatus
+  /** Problems with the agent's state files found at start, for someone to look at (e.g. a learnt.json that did not read); empty when none. */
+  stateWarnings: string[]
 }
 
 /** A live port mapping, or why there is none (status; see docs/API.md#status). */

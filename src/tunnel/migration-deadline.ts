@@ -12,7 +12,12 @@
  * Bound: the work fails at most `ms` + MIGRATION_PAUSE_MAX_MS after it started (the
  * time a migration may last before the tunnel gives up, tunnel.ts MIGRATE_GIVE_UP_MS),
  * and at once when the tunnel gives up or closes: its mux destroys every channel with
- * TUNNEL_CLOSED and the reason (the caller's wait on the channel fails with it).
+ * TUNNEL_CLOSED and the reason (the caller's wait on the channel fails with it). One
+ * deadline per operation: its phases (open, then answer) wait on the same deadline
+ * (`onExpiry`), so the pause budget is the operation's, not each phase's.
+ *
+ * The deadlines of a tunnel share one 'migrating' and one 'resumed' listener (`watchers`):
+ * hundreds of connections opening at once add no listener each (Node warns past 10).
  */
 import type { Timer, TimerClock } from '../protocol/clock.js'
 import { MIGRATE_GIVE_UP_MS } from './tunnel.js'
@@ -27,6 +32,38 @@ export interface MigratingTunnel {
   off(event: 'migrating' | 'resumed', fn: () => void): unknown
 }
 
+/** The deadlines running on each tunnel, fed by one listener pair per tunnel. */
+const watchers = new WeakMap<MigratingTunnel, TunnelWatch>()
+
+class TunnelWatch {
+  readonly deadlines = new Set<MigrationDeadline>()
+  private readonly onMigrating = (): void => {
+    for (const d of [...this.deadlines]) d.pause()
+  }
+  private readonly onResumed = (): void => {
+    for (const d of [...this.deadlines]) d.run()
+  }
+
+  static add(tunnel: MigratingTunnel, d: MigrationDeadline): void {
+    let w = watchers.get(tunnel)
+    if (!w) {
+      w = new TunnelWatch()
+      tunnel.on('migrating', w.onMigrating)
+      tunnel.on('resumed', w.onResumed)
+      watchers.set(tunnel, w)
+    }
+    w.deadlines.add(d)
+  }
+
+  static remove(tunnel: MigratingTunnel, d: MigrationDeadline): void {
+    const w = watchers.get(tunnel)
+    if (!w || !w.deadlines.delete(d) || w.deadlines.size > 0) return
+    tunnel.off('migrating', w.onMigrating)
+    tunnel.off('resumed', w.onResumed)
+    watchers.delete(tunnel)
+  }
+}
+
 export class MigrationDeadline {
   private timer: Timer | null = null
   /** Time left while running (counted from `armedAt`). */
@@ -35,22 +72,39 @@ export class MigrationDeadline {
   /** Since when it is paused; null while running. */
   private pausedAt: number | null = null
   private pausedMs = 0
+  /** The whole time allowed, pauses not counted (said in errors). */
+  readonly ms: number
   private done = false
-  private readonly onMigrating = (): void => this.pause()
-  private readonly onResumed = (): void => this.run()
+  private expired = false
+  /** Called once when it expires: the constructor's onExpired, then each phase's (onExpiry). */
+  private readonly onExpiredFns = new Set<() => void>()
 
   constructor(
     private readonly clock: TimerClock,
     ms: number,
     private readonly tunnel: MigratingTunnel,
-    /** Without one the deadline only measures what is left (`remaining`) for the phases of a longer exchange. */
-    private readonly onExpired: () => void = () => undefined
+    /** Optional: the phases of a longer exchange wait on it with `onExpiry` instead. */
+    onExpired?: () => void
   ) {
+    this.ms = ms
     this.left = ms
-    tunnel.on('migrating', this.onMigrating)
-    tunnel.on('resumed', this.onResumed)
+    if (onExpired) this.onExpiredFns.add(onExpired)
+    TunnelWatch.add(tunnel, this)
     if (tunnel.isMigrating) this.pause()
-    else this.run()
+    else this.arm()
+  }
+
+  /**
+   * Calls `fn` when the deadline expires (at once when it has expired already); returns
+   * the function that stops waiting (a phase of the work that ended in time).
+   */
+  onExpiry(fn: () => void): () => void {
+    if (this.expired) {
+      fn()
+      return () => undefined
+    }
+    this.onExpiredFns.add(fn)
+    return () => void this.onExpiredFns.delete(fn)
   }
 
   /** Time spent paused so far (the tunnel migrating), at most MIGRATION_PAUSE_MAX_MS. */
@@ -72,20 +126,25 @@ export class MigrationDeadline {
     this.done = true
     this.clock.clear(this.timer)
     this.timer = null
-    this.tunnel.off('migrating', this.onMigrating)
-    this.tunnel.off('resumed', this.onResumed)
+    TunnelWatch.remove(this.tunnel, this)
   }
 
-  private run(): void {
-    if (this.done) return
-    if (this.pausedAt !== null) this.pausedMs += this.clock.now() - this.pausedAt
+  /** The tunnel resumed: runs on with the time left (nothing to do while running already). */
+  run(): void {
+    if (this.done || this.pausedAt === null) return
+    this.pausedMs += this.clock.now() - this.pausedAt
     this.pausedAt = null
+    this.arm()
+  }
+
+  private arm(): void {
     this.clock.clear(this.timer)
     this.armedAt = this.clock.now()
     this.timer = this.clock.setTimeout(() => this.onDeadlineExpired(), this.left)
   }
 
-  private pause(): void {
+  /** The tunnel migrates: stops the clock (nothing to do while paused already). */
+  pause(): void {
     if (this.done || this.pausedAt !== null) return
     const now = this.clock.now()
     if (this.timer !== null) this.left = Math.max(0, this.left - (now - this.armedAt))
@@ -97,6 +156,8 @@ export class MigrationDeadline {
   private onDeadlineExpired(): void {
     if (this.done) return
     this.stop()
-    this.onExpired()
+    this.expired = true
+    for (const fn of [...this.onExpiredFns]) fn()
+    this.onExpiredFns.clear()
   }
 }

@@ -228,6 +228,7 @@ export function fakeStatus(overrides: Partial<StatusResult> = {}): StatusResult 
     uptimeMs: 5_000,
     tunnels: 0,
     portMapping: { state: 'none', gateway: '192.168.1.1', via: null, udp: null, tcp: null, expiresInMs: null, reason: 'the gateway 192.168.1.1 answers none of PCP, NAT-PMP and UPnP' },
+    stateWarnings: [],
     ...overrides
   }
 }

@@ -177,6 +177,46 @@ describe('StateStore', () => {
     expect(old.serverKey('a:1')).toBeUndefined()
   })
 
+  it('a start with an unchanged config does not write config.json again; a changed one does', () => {
+    resolveConfig(new StateStore(dir), FLAGS)
+    const file = path.join(dir, 'config.json')
+    const past = new Date('2020-01-01T00:00:00Z')
+    fs.utimesSync(file, past, past)
+    resolveConfig(new StateStore(dir), { name: 'alice' })
+    expect(fs.statSync(file).mtimeMs).toBe(past.getTime())
+    resolveConfig(new StateStore(dir), { heartbeatMs: 16_000 })
+    expect(fs.statSync(file).mtimeMs).not.toBe(past.getTime())
+    expect(new StateStore(dir).config!.heartbeatMs).toBe(16_000)
+  })
+
+  it('a learnt.json that does not read (truncated, empty, not an object) is set aside with a warning, not read as {} and written over', async () => {
+    for (const bad of ['{"serverKeys": {"rv.example.net:3478": "' + BOB_ID.slice(0, 10), '', '[1]']) {
+      fs.rmSync(dir, { recursive: true, force: true })
+      fs.mkdirSync(dir, { recursive: true })
+      fs.writeFileSync(path.join(dir, 'learnt.json'), bad)
+      const store = new StateStore(dir)
+      expect(store.stateWarnings).toHaveLength(1)
+      expect(store.stateWarnings[0]).toMatch(/^learnt\.json could not be read \(.+\): kept as .*learnt\.json\.bad-.*pinned on first use again/)
+      const aside = fs.readdirSync(dir).filter((n) => n.startsWith('learnt.json.bad-'))
+      expect(aside).toHaveLength(1)
+      expect(fs.readFileSync(path.join(dir, aside[0]!), 'utf8')).toBe(bad) // the old pins stay there
+      expect(store.serverKey('rv.example.net:3478')).toBeUndefined()
+      store.pinServerKey('rv.example.net:3478', BOB_ID)
+      await store.flushed()
+      expect(fs.readFileSync(path.join(dir, aside[0]!), 'utf8')).toBe(bad)
+      expect(new StateStore(dir).stateWarnings).toEqual([]) // the new learnt.json reads
+    }
+  })
+
+  it('no learnt.json (a first start): no warning; stale temp files of a dead natd are removed', () => {
+    fs.mkdirSync(dir, { recursive: true })
+    fs.writeFileSync(path.join(dir, 'learnt.json.2147483646.bg.tmp'), '{"por')
+    const store = new StateStore(dir)
+    expect(store.stateWarnings).toEqual([])
+    expect(store.removedTemps).toEqual(['learnt.json.2147483646.bg.tmp'])
+    expect(fs.readdirSync(dir)).toEqual([])
+  })
+
   it('migrates exposes stored with bare names: pinned ones get their key, the rest stay unresolved (matching nobody)', () => {
     fs.mkdirSync(dir, { recursive: true })
     const legacy = { knownPeers: { bob: BOB_ID }, exposes: [{ port: 22, host: '127.0.0.1', allow: ['bob', 'carol', BOB_ID.slice(0, 8)] }] }

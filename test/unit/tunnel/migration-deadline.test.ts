@@ -2,7 +2,9 @@
 // not run while the tunnel migrates, runs on with the time left once it resumes, and all
 // its pauses together last at most MIGRATION_PAUSE_MAX_MS.
 import { EventEmitter } from 'node:events'
-import { describe, expect, it } from 'vitest'
+import { PassThrough } from 'node:stream'
+import { describe, expect, it, vi } from 'vitest'
+import { withDeadline } from '../../../src/daemon/channel-frames.js'
 import { MIGRATION_PAUSE_MAX_MS, MigrationDeadline } from '../../../src/tunnel/migration-deadline.js'
 import { FakeClock } from '../helpers.js'
 
@@ -90,5 +92,73 @@ describe('MigrationDeadline', () => {
     expect(expired).toBe(0)
     expect(clock.pending).toBe(0)
     expect(t.listenerCount('migrating')).toBe(0)
+  })
+
+  it("a 'resumed' while it runs changes nothing (no fresh time)", () => {
+    const clock = new FakeClock()
+    const t = tunnel()
+    let expired = 0
+    new MigrationDeadline(clock, 5_000, t, () => expired++)
+    clock.advance(3_000)
+    t.emit('resumed')
+    clock.advance(2_000)
+    expect(expired).toBe(1)
+  })
+
+  it('50 deadlines on one tunnel share one listener pair (no MaxListenersExceededWarning), all let go after', () => {
+    const clock = new FakeClock()
+    const t = tunnel()
+    const warn = vi.spyOn(process, 'emitWarning')
+    try {
+      const ds = Array.from({ length: 50 }, () => new MigrationDeadline(clock, 5_000, t))
+      expect(t.listenerCount('migrating')).toBe(1)
+      expect(t.listenerCount('resumed')).toBe(1)
+      t.move('migrating')
+      clock.advance(10_000)
+      expect(ds.every((d) => d.remaining === 5_000)).toBe(true)
+      t.move('resumed')
+      for (const d of ds.slice(0, 25)) d.stop()
+      expect(t.listenerCount('migrating')).toBe(1)
+      clock.advance(5_000) // the other 25 expire
+      expect(warn).not.toHaveBeenCalled()
+      expect(t.listenerCount('migrating') + t.listenerCount('resumed')).toBe(0)
+      expect(clock.pending).toBe(0)
+    } finally {
+      warn.mockRestore()
+    }
+  })
+
+  it('withDeadline: the phases of one operation share its time and its migration budget', async () => {
+    const clock = new FakeClock()
+    const t = tunnel()
+    const ch = new PassThrough().on('error', () => undefined)
+    const op = new MigrationDeadline(clock, 10_000, t)
+    // Phase 1 (the open): the tunnel migrates 60 s, resumes, the open comes.
+    let opened!: () => void
+    const phase1 = withDeadline(new Promise<void>((resolve) => (opened = resolve)), op, ch, 'the open', clock)
+    clock.advance(1_000)
+    t.move('migrating')
+    clock.advance(60_000)
+    t.move('resumed')
+    opened()
+    await phase1
+    // Phase 2 (the answer): the tunnel migrates again; only 30 s of the 90 s budget are left.
+    const phase2 = withDeadline(new Promise<never>(() => undefined), op, ch, 'the answer', clock)
+    phase2.catch(() => undefined)
+    clock.advance(1_000)
+    t.move('migrating')
+    clock.advance(MIGRATION_PAUSE_MAX_MS - 60_000 - 1)
+    expect(ch.destroyed).toBe(false)
+    clock.advance(1)
+    await expect(phase2).rejects.toMatchObject({ code: 'TIMEOUT', message: 'the answer did not come within 10000 ms' })
+    expect(ch.destroyed).toBe(true)
+    expect(t.listenerCount('migrating')).toBe(0)
+  })
+
+  it('withDeadline on a deadline that expired already rejects at once', async () => {
+    const clock = new FakeClock()
+    const op = new MigrationDeadline(clock, 1_000, tunnel())
+    clock.advance(1_000)
+    await expect(withDeadline(new Promise<never>(() => undefined), op, new PassThrough().on('error', () => undefined), 'the answer', clock)).rejects.toMatchObject({ code: 'TIMEOUT' })
   })
 })

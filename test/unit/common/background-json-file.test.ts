@@ -1,0 +1,77 @@
+// common/state-files.ts: a background write that fails is tried again a few times
+// (BACKGROUND_RETRY_DELAYS_MS, bounded), and a dead natd's temp files are removed at start.
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { BackgroundJsonFile, removeStaleTemps } from '../../../src/common/state-files.js'
+
+describe('BackgroundJsonFile retries', () => {
+  it('a failed write is tried again after each delay, and lands once the disk takes it', async () => {
+    const slept: number[] = []
+    const errors: string[] = []
+    const written: string[] = []
+    let fails = 2
+    const write = (_file: string, text: string): Promise<void> => {
+      if (fails-- > 0) return Promise.reject(new Error('ENOSPC'))
+      written.push(text)
+      return Promise.resolve()
+    }
+    const f = new BackgroundJsonFile('x.json', write, (err) => errors.push(err.message), { delaysMs: [1_000, 5_000, 30_000], sleep: (ms) => (slept.push(ms), Promise.resolve()) })
+    f.save({ port: 1 })
+    await f.flushed()
+    expect(errors).toEqual(['ENOSPC', 'ENOSPC'])
+    expect(slept).toEqual([1_000, 5_000])
+    expect(written.map((t) => JSON.parse(t) as unknown)).toEqual([{ port: 1 }])
+  })
+
+  it('gives up after the last delay (bounded); the next save tries again', async () => {
+    const slept: number[] = []
+    let attempts = 0
+    const write = (): Promise<void> => (attempts++, Promise.reject(new Error('EIO')))
+    const f = new BackgroundJsonFile('x.json', write, () => undefined, { delaysMs: [1_000, 5_000], sleep: (ms) => (slept.push(ms), Promise.resolve()) })
+    f.save({ port: 1 })
+    await f.flushed()
+    expect(attempts).toBe(3)
+    expect(slept).toEqual([1_000, 5_000])
+    f.save({ port: 2 })
+    await f.flushed()
+    expect(attempts).toBe(6)
+  })
+
+  it('a newer save made during the wait is what the retry writes', async () => {
+    const written: string[] = []
+    let fails = 1
+    const write = (_file: string, text: string): Promise<void> => {
+      if (fails-- > 0) return Promise.reject(new Error('EIO'))
+      written.push(text)
+      return Promise.resolve()
+    }
+    const f: BackgroundJsonFile = new BackgroundJsonFile('x.json', write, () => undefined, { delaysMs: [1_000], sleep: () => (f.save({ port: 2 }), Promise.resolve()) })
+    f.save({ port: 1 })
+    await f.flushed()
+    expect(written.map((t) => JSON.parse(t) as unknown)).toEqual([{ port: 2 }])
+  })
+})
+
+describe('removeStaleTemps', () => {
+  let dir: string
+  beforeEach(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'natd-tmps-'))
+  })
+  afterEach(() => {
+    fs.rmSync(dir, { recursive: true, force: true })
+  })
+
+  it("removes a dead process's *.bg.tmp files, keeps a live one's and everything else", () => {
+    const dead = 'learnt.json.2147483646.bg.tmp' // no such pid
+    const live = `learnt.json.${process.ppid}.bg.tmp`
+    for (const name of [dead, live, 'learnt.json', 'config.json']) fs.writeFileSync(path.join(dir, name), '{}')
+    expect(removeStaleTemps(dir)).toEqual([dead])
+    expect(fs.readdirSync(dir).sort()).toEqual(['config.json', 'learnt.json', live].sort())
+  })
+
+  it('a missing directory: nothing, no throw', () => {
+    expect(removeStaleTemps(path.join(dir, 'nope'))).toEqual([])
+  })
+})
