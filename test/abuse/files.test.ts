@@ -25,8 +25,8 @@ import { ChannelReader } from '../../src/daemon/channel-frames.js'
 import { UNSAFE_NAME_CHARS } from '../../src/daemon/file-transfer.js'
 import type { TunnelManager } from '../../src/tunnel/manager.js'
 import { Mux } from '../../src/tunnel/mux.js'
-import type { Tunnel } from '../../src/tunnel/tunnel.js'
 import { messagePipe } from '../unit/tunnel/pipe.js'
+import { upTunnel } from '../unit/helpers.js'
 import { openFileStream, openToSend, streamFile } from '../../src/ipc/file-stream.js'
 import { recordAbuse } from './record.js'
 
@@ -73,8 +73,8 @@ async function world(): Promise<World> {
     muxB.close('test over')
     fs.rmSync(tmp, { recursive: true, force: true })
   })
-  const tunnelToBob = { peer: BOB, path: 'direct-udp', mux: muxA } as unknown as Tunnel
-  const tunnelToAlice = { peer: ALICE, path: 'direct-udp', mux: muxB } as unknown as Tunnel
+  const tunnelToBob = upTunnel(BOB, muxA)
+  const tunnelToAlice = upTunnel(ALICE, muxB)
   const tunnels = { open: async () => ({ tunnel: tunnelToBob, tookMs: 0, reused: true }) } as unknown as TunnelManager
   const files = (dir: string, self: { name: string; id: string }): Files =>
     new Files({ dir, tunnels, log: silentLogger, selfName: self.name, selfId: self.id, known, onReceived: () => undefined, onProgress: () => undefined })
