@@ -1,14 +1,18 @@
 /**
  * natctl send, messages, cp and files: the parts that are more than one call and a print
- * (argument parsing, following events, the progress bar). main.ts declares the commands.
+ * (argument parsing, following events, the progress bar), and their declarations
+ * (transferCommands, at the end).
  */
 import fs from 'node:fs'
 import path from 'node:path'
+import type { Argv } from 'yargs'
 import { ApiClient, resolveSocketPath } from '../ipc/client.js'
 import { openFileStream, openToSend, streamFile } from '../ipc/file-stream.js'
-import type { FileProgress, FileSendResult, MessageInfo, PartialFile, ReceivedFile } from '../ipc/schema.js'
+import type { FileProgress, FileSendResult, MessageInfo, PartialFile, ReceivedFile, Result } from '../ipc/schema.js'
+import { parseBytes } from '../protocol/duration.js'
 import { NatdError } from '../protocol/errors.js'
-import { ago, bytes, table } from './format.js'
+import { call, duration, out, UsageError, type Global } from './command-kit.js'
+import { ago, bytes, peerLabel, table } from './format.js'
 import { ProgressBar } from './progress.js'
 
 export interface CommandIo {
@@ -220,4 +224,127 @@ export function processIo(g: { socket?: string | undefined; json: boolean }, usa
     stdout: process.stdout,
     stderr: process.stderr
   }
+}
+
+/** Declares send, messages, cp, files (list, policy). */
+export function transferCommands(y: Argv<Global>): Argv<Global> {
+  return y
+    .command(
+      'send <peer> <text..>',
+      'send a message to a peer; exits 0 once the peer\'s natd has stored it',
+      (y) =>
+        y
+          .positional('peer', { type: 'string', demandOption: true })
+          .positional('text', { type: 'string', array: true, demandOption: true, describe: 'the message (words are joined by spaces)' })
+          .option('timeout', { type: 'string', default: '10s', describe: 'give up after this long' })
+          .option('id', { type: 'string', describe: 'the message ID (as a failed send printed it) or any key of yours: the peer stores one message per ID' }),
+      async (g) => {
+        const params = { peer: g.peer, text: g.text.map(String).join(' '), timeoutMs: duration(g.timeout, '--timeout'), id: g.id ?? null }
+        const client = new ApiClient(resolveSocketPath(g.socket))
+        await client.connect()
+        let r: Result<'message.send'>
+        try {
+          r = await client.call('message.send', params)
+        } catch (err) {
+          // natd went away during the send: it kept the message's ID (unless --id named one).
+          if (err instanceof NatdError && err.code === 'NOT_RUNNING') {
+            const again = g.id ? 'run the same command again (same --id)' : 'run the same command again: natd kept the message\'s ID'
+            throw new NatdError('NOT_RUNNING', `${err.message} during the send. The message may have reached ${g.peer}: once natd is back, ${again}; ${g.peer} stores it once`)
+          }
+          throw err
+        } finally {
+          client.close()
+        }
+        out(g, r, () => (r.duplicate ? `${r.peer} had this message already (id ${r.id}): delivered once, not stored twice` : `delivered to ${r.peer} in ${r.tookMs} ms (id ${r.id})`))
+      }
+    )
+    .command(
+      'messages',
+      'messages received from peers (kept across restarts)',
+      (y) =>
+        y
+          .option('follow', { alias: 'f', type: 'boolean', default: false, describe: 'keep printing new messages as they arrive' })
+          .option('from', { type: 'string', default: '', describe: 'only from this peer' })
+          .option('clear', { type: 'boolean', default: false, describe: 'remove the messages (from --from, else all): frees the senders\' quota' }),
+      async (g) => {
+        if (!g.clear) return runMessages(processIo(g, (m) => new UsageError(m)), { follow: g.follow, from: g.from })
+        const r = await call(g, 'messages.clear', { from: g.from })
+        out(g, r, () => `removed ${r.removed} message${r.removed === 1 ? '' : 's'}`)
+      }
+    )
+    .command(
+      'cp <args..>',
+      'send files to a peer: natctl cp FILE... PEER: (or FILE PEER:NAME); resumes an interrupted transfer',
+      (y) =>
+        y
+          .positional('args', { type: 'string', array: true, demandOption: true, describe: 'FILE... PEER:' })
+          .option('recursive', { alias: 'r', type: 'boolean', default: false, describe: 'send the files in directories' })
+          .option('timeout', { type: 'string', default: '10s', describe: 'for the tunnel and the peer\'s answer to each offer' }),
+      (g) => runCp(processIo(g, (m) => new UsageError(m)), g.args.map(String), { recursive: g.recursive, timeoutMs: duration(g.timeout, '--timeout') })
+    )
+    .command('files', 'files received from peers, and the accept policy', (y) =>
+      y
+        .command(
+          '$0',
+          'list received files: name, size, sender, time, sha256 (--partial: transfers cut off, kept for a resume)',
+          (y2) => y2.option('partial', { type: 'boolean', default: false, describe: 'list the partial files instead' }),
+          async (g) => {
+            if (g.partial) {
+              const ps = await call(g, 'files.partials', {})
+              out(g, ps, () => formatPartials(ps))
+              return
+            }
+            const fs = await call(g, 'files', {})
+            out(g, fs, () => formatFiles(fs))
+          }
+        )
+        .command(
+          'policy',
+          'show or change whom files are accepted from, up to what size, and each peer\'s quotas',
+          (y2) =>
+            y2
+              .option('allow', { type: 'string', array: true, describe: 'accept files only from these peers (repeat for more)' })
+              .option('allow-all', { type: 'boolean', default: false, describe: 'accept files from every peer (the default)' })
+              .option('max-size', { type: 'string', describe: 'largest file accepted, e.g. 500MB, 2GiB' })
+              .option('peer-files', { type: 'number', describe: 'files one peer may have in the inbox (received and partial)' })
+              .option('peer-bytes', { type: 'string', describe: 'their bytes, e.g. 4GiB' })
+              .option('peer-messages', { type: 'number', describe: 'messages one peer may have in the inbox' })
+              .option('peer-message-bytes', { type: 'string', describe: 'their text, e.g. 1MiB' })
+              .option('stall-timeout', { type: 'string', describe: 'cut a transfer off after this long without progress, e.g. 30s' }),
+          async (g) => {
+            // One size syntax with natd-rendezvous (protocol/duration.ts): 65536, 500MB, 2GiB.
+            const size = (flag: string, v: string | undefined): number | null => {
+              if (v === undefined) return null
+              let n = Number.NaN
+              try {
+                n = parseBytes(v)
+              } catch {
+                // refused below
+              }
+              if (!Number.isSafeInteger(n)) throw new UsageError(`--${flag} must be a size like 500MB or 2GiB, not ${JSON.stringify(v)}`)
+              return n
+            }
+            const allow = g['allow-all'] ? [] : g.allow ? g.allow.map(String) : null
+            const r = await call(g, 'files.policy', {
+              allow,
+              maxSizeBytes: size('max-size', g['max-size']),
+              inbox: null,
+              filesPerPeer: g['peer-files'] ?? null,
+              fileBytesPerPeer: size('peer-bytes', g['peer-bytes']),
+              messagesPerPeer: g['peer-messages'] ?? null,
+              messageBytesPerPeer: size('peer-message-bytes', g['peer-message-bytes']),
+              stallTimeoutMs: g['stall-timeout'] === undefined ? null : duration(g['stall-timeout'], '--stall-timeout')
+            })
+            out(g, r, () =>
+              [
+                `accept from:   ${r.allow.length ? r.allow.map(peerLabel).join(', ') : 'every peer'}`,
+                `max size:      ${bytes(r.maxSizeBytes)}`,
+                `inbox:         ${r.inbox}  (set by natd --inbox or the config file)`,
+                `per peer:      ${r.filesPerPeer} files, ${bytes(r.fileBytesPerPeer)}; ${r.messagesPerPeer} messages, ${bytes(r.messageBytesPerPeer)}`,
+                `stall timeout: ${r.stallTimeoutMs / 1000} s`
+              ].join('\n')
+            )
+          }
+        )
+    )
 }
