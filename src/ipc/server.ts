@@ -7,10 +7,10 @@
  * stolen (we try to connect before we unlink). The socket's directory must be ours and
  * writable by nobody else (socket-dir.ts), or natd refuses to listen (UNSAFE_SOCKET).
  *
- * Abuse limits (issue "Abuse resistance"; each constant below says why its value):
- * slots are handed out by ConnectionTable (idle connections are evicted for newcomers,
- * subscribers are capped), idle connections expire, and a connection that does not read
- * what natd writes to it is dropped once MAX_QUEUED_BYTES wait for it.
+ * Abuse limits (api-limits.ts says why each value): slots are handed out by
+ * ConnectionTable (idle connections are evicted for newcomers, subscribers are capped),
+ * idle connections expire, and a connection that does not read what natd writes to it
+ * is dropped once MAX_QUEUED_BYTES wait for it.
  */
 import fs from 'node:fs'
 import net from 'node:net'
@@ -20,73 +20,15 @@ import { NatdError, toNatdError } from '../protocol/errors.js'
 import { systemClock, type Timer, type TimerClock } from '../protocol/clock.js'
 import type { Logger } from '../protocol/log.js'
 import { RefusalLog } from '../common/refusal-log.js'
-import { ConnectionTable, type Share } from './connection-table.js'
+import { API_ACCEPT_LIMIT, DEFAULT_API_LIMITS, MAX_CONCURRENT_PROOFS, MAX_REQUEST_BYTES, type ApiLimits } from './api-limits.js'
+import { ConnectionTable } from './connection-table.js'
+import { claimSocketPath } from './socket-claim.js'
 import { checkSocketDir } from './socket-dir.js'
 import { EVENT_NAMES, PARAMS, parseRequest, type EventName, type Events, type MethodName, type Params, type Result } from './schema.js'
 import { checkProof, ensureProofDir, newNonce, PROOF_DEADLINE_MS, proofDirFor } from './uid-proof.js'
 
+/** The owner and the socket's group (natd) may connect, nobody else. */
 export const SOCKET_MODE = 0o660
-/** Largest request frame the daemon reads (node-ipc drops the connection past it). */
-export const MAX_REQUEST_BYTES = 256 * 1024
-
-/**
- * Connections held at once. 64 is the limit natd always had; it is no longer a lock-out
- * point because idle ones are evicted for newcomers (ConnectionTable).
- */
-export const MAX_API_CONNECTIONS = 64
-/**
- * Subscribed connections held at once: half the slots, so at least 32 are always either
- * idle (evictable) or busy with a request that ends. A desktop has a handful of watchers.
- */
-export const MAX_API_SUBSCRIBERS = 32
-/**
- * One uid's share of the slots (connection-table.ts): a quarter of the table, so one
- * user's flood leaves at least three quarters to the others, and still far more than a
- * desktop user runs at once (a few watchers and natctl calls). Half of it may be
- * subscribed and half of it may wait for answers, so a uid that fills its share with
- * busy connections still has nothing it can hold forever: subscribers are capped, and
- * requests end.
- */
-export const MAX_API_CONNECTIONS_PER_UID = 16
-export const MAX_API_SUBSCRIBERS_PER_UID = MAX_API_CONNECTIONS_PER_UID / 2
-export const MAX_API_IN_FLIGHT_PER_UID = MAX_API_CONNECTIONS_PER_UID / 2
-/**
- * The shared pool of connections that have not proved a uid (every connection until it
- * does; old clients and clients that cannot prove stay there). natctl proves at once, so
- * the pool mostly holds newcomers for a few ms; 16 slots absorb bursts of them. Only 4
- * may subscribe and 4 requests may wait in it: whoever does not prove shares little, so a
- * flood of unproven work holds at most 8 slots busy.
- */
-export const UNPROVEN_API_SHARE: Readonly<Share> = Object.freeze({ connections: 16, subscribers: 4, inFlight: 4 })
-/**
- * Proofs natd checks at once (each is one lstat). A proof names a path the client
- * chose, which could be on a file system that hangs (a dead NFS mount, FUSE): 2 of
- * libuv's 4 threads at most, so a hung proof can never stall natd's own file work.
- */
-export const MAX_CONCURRENT_PROOFS = 2
-/**
- * A connection with no request in flight and no subscription is closed after this long.
- * natctl connects and sends its request at once and is done in well under a second; a
- * script that pauses longer between requests reconnects. Matches node-ipc's 30 s deadline
- * for finishing a frame.
- */
-export const API_IDLE_TIMEOUT_MS = 30_000
-/**
- * Bytes natd keeps queued for one connection (in node's socket buffer, beyond what the
- * kernel holds). A subscriber that stops reading is dropped when its backlog would pass
- * this, instead of natd buffering events for it without end (before: +33 MB for 1,000 ×
- * 16 KB messages). 1 MiB is 4 of the largest frames (MAX_REQUEST_BYTES-sized responses)
- * and ~60 16 KB messages: a reader that is merely slow for a moment keeps up. The largest
- * event frame (a `message` of MAX_MESSAGE_BYTES = 16 KiB, at most ~96 KiB JSON-escaped) is
- * far below it, so one event alone never drops a subscriber that reads.
- */
-export const MAX_QUEUED_BYTES = 1024 * 1024
-/**
- * node's own accept limit, a last resort for file descriptors while refused connections
- * are being closed; the table refuses (with BUSY) long before. Past it node closes new
- * connections without a word.
- */
-export const API_ACCEPT_LIMIT = 4 * MAX_API_CONNECTIONS
 /** How long natd lets its BAD_REQUEST answer to an unreadable frame leave before node-ipc drops the connection. */
 const UNREADABLE_LINGER_MS = 50
 /** How long a refused connection may stay half-closed while the client reads why. */
@@ -95,27 +37,6 @@ const REFUSED_LINGER_MS = 1_000
 const REFUSAL_LOG_INTERVAL_MS = 10_000
 /** Who a refusal came from: local clients have no address; the API's group is who may connect. */
 const LOCAL = 'local client'
-
-/** The abuse limits; each defaults to the constant of the same meaning above. */
-export interface ApiLimits {
-  maxConnections: number
-  maxSubscribers: number
-  /** One proven uid's share. */
-  perUid: Share
-  /** The pool of connections that have not proved a uid. */
-  unproven: Share
-  idleTimeoutMs: number
-  maxQueuedBytes: number
-}
-
-export const DEFAULT_API_LIMITS: Readonly<ApiLimits> = Object.freeze({
-  maxConnections: MAX_API_CONNECTIONS,
-  maxSubscribers: MAX_API_SUBSCRIBERS,
-  perUid: Object.freeze({ connections: MAX_API_CONNECTIONS_PER_UID, subscribers: MAX_API_SUBSCRIBERS_PER_UID, inFlight: MAX_API_IN_FLIGHT_PER_UID }),
-  unproven: UNPROVEN_API_SHARE,
-  idleTimeoutMs: API_IDLE_TIMEOUT_MS,
-  maxQueuedBytes: MAX_QUEUED_BYTES
-})
 
 /**
  * What a handler gets besides its params: the caller's connection, and a signal that
@@ -456,32 +377,7 @@ function encodeFrame(type: string, data: unknown): string {
   return JSON.stringify({ type, data }) + '\f'
 }
 
-/**
- * Makes the socket path ours to listen on: refuses when a live daemon answers there,
- * removes a stale socket file, and refuses to remove anything that is not a socket.
- */
-export async function claimSocketPath(socketPath: string): Promise<void> {
-  let stat: fs.Stats
-  try {
-    stat = fs.lstatSync(socketPath)
-  } catch {
-    return // nothing there
-  }
-  if (!stat.isSocket()) throw new NatdError('INVALID_ARGUMENT', `${socketPath} exists and is not a socket; refusing to remove it (choose another --socket)`)
-  if (await socketAnswers(socketPath)) throw new NatdError('ALREADY_RUNNING', `another natd is running on ${socketPath}`)
-  fs.unlinkSync(socketPath)
-}
-
-/** Whether a daemon answers on this socket path (a stale socket file does not). */
-export function socketAnswers(socketPath: string): Promise<boolean> {
-  return new Promise<boolean>((resolve) => {
-    const probe = net.connect(socketPath)
-    probe.once('connect', () => {
-      probe.destroy()
-      resolve(true)
-    })
-    probe.once('error', () => resolve(false))
-  })
-}
-
 export { NatdError }
+// Their earlier home: importers of server.js keep working.
+export * from './api-limits.js'
+export { claimSocketPath, socketAnswers } from './socket-claim.js'
