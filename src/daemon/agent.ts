@@ -16,7 +16,6 @@ import { dataSocketPath, FileStreamServer } from '../ipc/file-stream.js'
 import type { StatusResult } from '../ipc/schema.js'
 import { TunnelManager } from '../tunnel/manager.js'
 import { NatCheck } from '../tunnel/nat-check.js'
-import { FIRST_PROBE_TTL } from '../tunnel/hop-check.js'
 import { isStun } from '../protocol/stun.js'
 import { parseServerSpec, resolveServer, type ServerSpec } from './server-address.js'
 import { probePortMapping } from './port-mapping-probe.js'
@@ -36,6 +35,7 @@ import { TunnelHost, type ChannelHandler } from './tunnel-host.js'
 import { globalV6Addresses, openV6Socket, socketFor } from './ipv6-socket.js'
 import { apiHandlers, peerInfo, type AgentParts } from './api-handlers.js'
 import { AgentMetrics, type TunnelFigures } from './agent-metrics.js'
+import { agentStatus } from './agent-status.js'
 
 /** A path silent this long is dead (the issue asks for ~15 s). */
 export const TUNNEL_DEAD_MS = 15_000
@@ -45,7 +45,7 @@ export const TUNNEL_KEEPALIVE_MAX_MS = 5_000
 export const ACCEPT_TIMEOUT_MS = 15_000
 export { NAT_RECHECK_MS, lanEndpoints, localEndpoints } from './nat-monitor.js'
 
-export const VERSION = '0.1.0'
+export { VERSION } from './agent-status.js'
 
 export interface AgentInit {
   config: Readonly<AgentConfig>
@@ -386,38 +386,7 @@ export class Agent {
   }
 
   status(): StatusResult {
-    const client = this.client
-    const state = client?.state ?? { kind: 'stopped' as const }
-    return {
-      version: VERSION,
-      name: this.init.config.name,
-      id: this.id,
-      server: this.server.text,
-      serverKey: this.serverKey(),
-      serverState: state.kind,
-      registered: state.kind === 'registered',
-      lastError: client?.lastError ? client.lastError.toJSON() : null,
-      lastHeartbeatAgoMs: state.kind === 'registered' && client?.lastHeartbeatAt ? this.clock.now() - client.lastHeartbeatAt : null,
-      serverRttMs: state.kind === 'registered' ? (client?.rttMs ?? null) : null,
-      publicUdp: state.kind === 'registered' && state.udp ? formatEndpoint(state.udp) : null,
-      publicTcp: state.kind === 'registered' && state.tcp ? formatEndpoint(state.tcp) : null,
-      publicUdp6: state.kind === 'registered' && client?.udp6 ? formatEndpoint(client.udp6) : null,
-      localUdpPort: this.localPort,
-      lan: lanEndpoints(this.localPort, this.socket6?.address().port).map(formatEndpoint),
-      nat: this.nat?.verdict ?? 'unknown',
-      firstProbeTtl: this.nat?.learnedTtl ?? FIRST_PROBE_TTL,
-      uptimeMs: this.clock.now() - this.startedAt,
-      tunnels: this.tunnels?.list().length ?? 0,
-      portMapping: this.portMapping?.status() ?? { state: this.init.config.portMapping ? 'probing' : 'off', gateway: null, via: null, udp: null, tcp: null, expiresInMs: null, reason: null },
-      stateWarnings: [...this.c.store.stateWarnings]
-    }
-  }
-
-  /** The server key we hold, and how it came to be pinned (the flag's #KEY, or first use). */
-  private serverKey(): StatusResult['serverKey'] {
-    if (this.server.key) return { id: peerId(this.server.key), pinned: 'flag' }
-    const learnt = this.c.store.serverKey(this.server.text)
-    return learnt ? { id: learnt, pinned: 'first-use' } : null
+    return agentStatus({ config: this.init.config, id: this.id, server: this.server, store: this.c.store, clock: this.clock, startedAt: this.startedAt, localPort: this.localPort, localPort6: this.socket6?.address().port, client: this.client, nat: this.nat, tunnels: this.tunnels, portMapping: this.portMapping })
   }
 
   /** What the API reaches (api-handlers.ts); read at each call, as parts appear while the agent starts. */
