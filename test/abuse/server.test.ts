@@ -22,6 +22,7 @@ import { DEFAULT_SERVER_LIMITS, type ServerLimits } from '../../src/rendezvous/l
 import { RELAY_EARLY_MAX_BYTES } from '../../src/rendezvous/relay.js'
 import { MAX_AGENT_MESSAGE_BYTES, MAX_CLEAR_FRAME_BYTES, RendezvousServer } from '../../src/rendezvous/server.js'
 import { secureSocket } from '../../src/tunnel/secure-socket.js'
+import { startOnFreePort } from '../unit/rendezvous/start-server.js'
 import { recordAbuse } from './record.js'
 
 const HOST = '127.0.0.1'
@@ -42,21 +43,15 @@ function rssMb(): number {
 }
 
 async function startServer(limits: Partial<ServerLimits> = {}, log: Logger = silentLogger): Promise<{ server: RendezvousServer; port: number }> {
-  for (let attempt = 0; ; attempt++) {
-    const port = 20_000 + Math.floor(Math.random() * 40_000)
-    const server = new RendezvousServer(
-      { host: HOST, port, altPort: 0, peerTimeoutMs: 60_000, heartbeatMs: 20_000, relay: { maxBytes: 1024 ** 3, maxSeconds: 3600, rate: 8 * MiB, maxTunnels: 100 }, limits },
-      { log, keyPair: SERVER_KEY }
-    )
-    try {
-      await server.start()
-      running.push(server)
-      return { server, port }
-    } catch (err) {
-      await server.stop().catch(() => undefined)
-      if (attempt > 20 || (err as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw err
-    }
-  }
+  const started = await startOnFreePort(
+    (port) =>
+      new RendezvousServer(
+        { host: HOST, port, altPort: 0, peerTimeoutMs: 60_000, heartbeatMs: 20_000, relay: { maxBytes: 1024 ** 3, maxSeconds: 3600, rate: 8 * MiB, maxTunnels: 100 }, limits },
+        { log, keyPair: SERVER_KEY }
+      )
+  )
+  running.push(started.server)
+  return started
 }
 
 /** A TCP connection from `localAddress` that reads framed messages (in the clear, or inside its session). */

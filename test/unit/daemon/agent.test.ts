@@ -16,6 +16,7 @@ import { generateKeyPair, peerId } from '../../../src/protocol/identity.js'
 import { silentLogger } from '../../../src/protocol/log.js'
 import { RendezvousServer } from '../../../src/rendezvous/server.js'
 import { FakeClock, freePort, tempDirs } from '../helpers.js'
+import { startOnFreePort } from '../rendezvous/start-server.js'
 import { until } from '../tunnel/pipe.js'
 
 const SERVER_KEY = generateKeyPair()
@@ -23,21 +24,8 @@ const SERVER_KEY = generateKeyPair()
 const REGISTER_WAIT_MS = 15_000
 
 /** UDP and TCP share the port (and the alternate is port + 1), so port 0 cannot be used: try free ones. */
-async function startServer(): Promise<{ server: RendezvousServer; port: number }> {
-  let lastErr: unknown
-  for (let attempt = 0; attempt < 20; attempt++) {
-    const port = await freePort()
-    const server = new RendezvousServer({ host: '127.0.0.1', port, altPort: port + 1, peerTimeoutMs: 30_000, heartbeatMs: 20_000 }, { log: silentLogger, keyPair: SERVER_KEY })
-    try {
-      await server.start()
-      return { server, port }
-    } catch (err) {
-      lastErr = err
-      await server.stop().catch(() => undefined)
-      if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw err
-    }
-  }
-  throw lastErr
+function startServer(): Promise<{ server: RendezvousServer; port: number }> {
+  return startOnFreePort((port) => new RendezvousServer({ host: '127.0.0.1', port, altPort: port + 1, peerTimeoutMs: 30_000, heartbeatMs: 20_000 }, { log: silentLogger, keyPair: SERVER_KEY }))
 }
 
 /** Whether UDP `port` on 0.0.0.0 can be bound now (the agent bound it there). */

@@ -19,6 +19,7 @@ import { RedisCluster, INSTANCE_REFRESH_MS, INSTANCE_TTL_MS } from '../../../src
 import { RendezvousServer } from '../../../src/rendezvous/server.js'
 import { randInt } from '../helpers.js'
 import { HOST, registerTcp, sockets, type TcpPeer } from './fake-agent.js'
+import { startOnFreePort } from './start-server.js'
 
 const REDIS_SERVER = '/usr/bin/redis-server'
 const SERVER_KEY = generateKeyPair() // one deployment, one key: agents pin it across instances
@@ -90,19 +91,13 @@ afterEach(async () => {
 
 /** An instance in this process, sharing the registry in our Redis. */
 async function startInstance(): Promise<{ server: RendezvousServer; port: number; cluster: RedisCluster }> {
-  for (let attempt = 0; ; attempt++) {
-    const port = randInt(Math.random, 20_000, 59_999)
-    const cluster = new RedisCluster({ url: `redis://${HOST}:${redisPort}`, advertise: { host: HOST, port } }, { log: silentLogger })
-    const server = new RendezvousServer({ host: HOST, port, altPort: 0, peerTimeoutMs: 30_000, heartbeatMs: 20_000, relay: RELAY }, { log: silentLogger, keyPair: SERVER_KEY, cluster })
-    try {
-      await server.start()
-      running.push(server)
-      return { server, port, cluster }
-    } catch (err) {
-      await server.stop().catch(() => undefined)
-      if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE' || attempt > 10) throw err
-    }
-  }
+  let cluster!: RedisCluster
+  const { server, port } = await startOnFreePort((port) => {
+    cluster = new RedisCluster({ url: `redis://${HOST}:${redisPort}`, advertise: { host: HOST, port } }, { log: silentLogger })
+    return new RendezvousServer({ host: HOST, port, altPort: 0, peerTimeoutMs: 30_000, heartbeatMs: 20_000, relay: RELAY }, { log: silentLogger, keyPair: SERVER_KEY, cluster })
+  })
+  running.push(server)
+  return { server, port, cluster }
 }
 
 /** An instance as the operator runs it (dist/), in a child process this test can SIGKILL. */

@@ -19,6 +19,7 @@ import { encodeBindingRequestWith } from '../../../src/protocol/stun-request.js'
 import { EXPIRY_SWEEP_MS, RendezvousServer, TCP_AUTH_TIMEOUT_MS, type RendezvousInit } from '../../../src/rendezvous/server.js'
 import { FakeClock, prng, randBuf, randInt } from '../helpers.js'
 import { ackOf, HOST, registerFrame, registerTcp, sockets, TcpPeer, WAIT_MS } from './fake-agent.js'
+import { startOnFreePort } from './start-server.js'
 
 const SILENCE_MS = 300
 const STUNCLIENT = '/usr/bin/turnutils_stunclient'
@@ -53,27 +54,17 @@ afterEach(async () => {
   for (const s of running.splice(0)) await s.stop()
 })
 
-/** UDP and TCP share `port`, so port 0 cannot be used: try random ports until one is free. */
 /** With `time`, the server's clock and timers are fake (its sweep runs when the test moves time on). */
 async function startServer(extra: Partial<RendezvousInit> = {}, time?: FakeClock): Promise<Started> {
-  let lastErr: unknown
-  for (let attempt = 0; attempt < 20; attempt++) {
-    const port = randInt(Math.random, 20_000, 59_999)
-    const server = new RendezvousServer(
-      { host: HOST, port, altPort: port + 1, peerTimeoutMs: 30_000, heartbeatMs: 20_000, ...extra },
-      { log: silentLogger, keyPair: SERVER_KEY, ...(time ? { clock: time, timers: time } : {}) }
-    )
-    try {
-      await server.start()
-      running.push(server)
-      return { server, port, alt: port + 1 }
-    } catch (err) {
-      lastErr = err
-      await server.stop().catch(() => undefined)
-      if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw err
-    }
-  }
-  throw lastErr
+  const { server, port } = await startOnFreePort(
+    (port) =>
+      new RendezvousServer(
+        { host: HOST, port, altPort: port + 1, peerTimeoutMs: 30_000, heartbeatMs: 20_000, ...extra },
+        { log: silentLogger, keyPair: SERVER_KEY, ...(time ? { clock: time, timers: time } : {}) }
+      )
+  )
+  running.push(server)
+  return { server, port, alt: port + 1 }
 }
 
 // --- a UDP agent ----------------------------------------------------------------
