@@ -35,6 +35,7 @@ import {
   type NatPmpResponse
 } from './natpmp.js'
 import { decodePcpResponse, encodePcpAnnounceRequest, encodePcpMapRequest, PCP_NONCE_BYTES, PCP_RESULTS, type PcpResponse } from './pcp.js'
+import { retransmit } from './retransmit.js'
 
 /** The first wait for an answer; each retry waits twice as long (250 + 500 + 1000 ms in all). */
 export const PORTMAP_FIRST_WAIT_MS = 250
@@ -210,26 +211,17 @@ export class PortMapper {
 
   /** Sends `req` until an answer matches (or the tries run out: null). Never rejects. */
   private async ask(req: Uint8Array, match: (a: Answer) => boolean, signal?: AbortSignal, tries = PORTMAP_TRIES): Promise<Answer | null> {
-    let wait = PORTMAP_FIRST_WAIT_MS
-    for (let i = 0; i < tries && !signal?.aborted; i++, wait *= 2) {
-      let waiter: Waiter | undefined
-      let timer: NodeJS.Timeout | undefined
-      let onAbort: (() => void) | undefined
-      const answer = await new Promise<Answer | null>((resolve) => {
-        waiter = { match, resolve }
+    return retransmit<Answer>({
+      tries,
+      firstWaitMs: PORTMAP_FIRST_WAIT_MS,
+      signal,
+      send: () => this.c.send(req, this.to),
+      listen: (resolve) => {
+        const waiter = { match, resolve }
         this.waiters.add(waiter)
-        timer = setTimeout(() => resolve(null), wait)
-        onAbort = () => resolve(null)
-        signal?.addEventListener('abort', onAbort, { once: true })
-        this.c.send(req, this.to)
-      }).finally(() => {
-        this.waiters.delete(waiter!)
-        clearTimeout(timer)
-        if (onAbort) signal?.removeEventListener('abort', onAbort)
-      })
-      if (answer) return answer
-    }
-    return null
+        return () => this.waiters.delete(waiter)
+      }
+    })
   }
 }
 

@@ -48,6 +48,7 @@ import {
   type SoapResult,
   type WanService
 } from './upnp.js'
+import { retransmit } from './retransmit.js'
 
 /**
  * SSDP searches sent (each to the gateway and to the group), waiting 250 then 500 ms: a
@@ -225,31 +226,24 @@ export class UpnpClient {
   /** The first LOCATION at the gateway a search answer gives, or null after the tries. */
   private async search(signal?: AbortSignal): Promise<{ port: number; path: string } | null> {
     const req = encodeSsdpSearch()
-    let wait = UPNP_SSDP_FIRST_WAIT_MS
-    for (let i = 0; i < UPNP_SSDP_TRIES && !signal?.aborted; i++, wait *= 2) {
-      let waiter: ((location: string) => void) | undefined
-      let timer: NodeJS.Timeout | undefined
-      let onAbort: (() => void) | undefined
-      const found = await new Promise<{ port: number; path: string } | null>((resolve) => {
-        waiter = (location) => {
+    return retransmit<{ port: number; path: string }>({
+      tries: UPNP_SSDP_TRIES,
+      firstWaitMs: UPNP_SSDP_FIRST_WAIT_MS,
+      signal,
+      send: () => {
+        // Unicast first: a gateway that answers it needs nothing else, and multicast-only ones exist.
+        this.c.sendSsdp(req, 'gateway')
+        this.c.sendSsdp(req, 'multicast')
+      },
+      listen: (resolve) => {
+        const waiter = (location: string): void => {
           const at = gatewayUrl(location, this.init.gateway)
           if (at) resolve(at)
         }
         this.waiters.add(waiter)
-        timer = setTimeout(() => resolve(null), wait)
-        onAbort = () => resolve(null)
-        signal?.addEventListener('abort', onAbort, { once: true })
-        // Unicast first: a gateway that answers it needs nothing else, and multicast-only ones exist.
-        this.c.sendSsdp(req, 'gateway')
-        this.c.sendSsdp(req, 'multicast')
-      }).finally(() => {
-        this.waiters.delete(waiter!)
-        clearTimeout(timer)
-        if (onAbort) signal?.removeEventListener('abort', onAbort)
-      })
-      if (found) return found
-    }
-    return null
+        return () => this.waiters.delete(waiter)
+      }
+    })
   }
 
   private async externalIp(service: Pick<UpnpService, 'serviceType' | 'control'>, signal?: AbortSignal): Promise<string> {
