@@ -23,10 +23,11 @@ import { silentLogger } from '../../src/protocol/log.js'
 import { decodeTransfer, encodeTransfer, type TransferFrame } from '../../src/protocol/transfer.js'
 import { ChannelReader } from '../../src/daemon/channel-frames.js'
 import { UNSAFE_NAME_CHARS } from '../../src/daemon/file-transfer.js'
+import { REFUSE_LINGER_MS } from '../../src/daemon/file-receiver.js'
 import { MAX_NAME_BYTES, partialKey } from '../../src/daemon/file-names.js'
 import type { TunnelManager } from '../../src/tunnel/manager.js'
 import { Mux } from '../../src/tunnel/mux.js'
-import { messagePipe } from '../unit/tunnel/pipe.js'
+import { messagePipe, until } from '../unit/tunnel/pipe.js'
 import { upTunnel } from '../unit/helpers.js'
 import { openFileStream, openToSend, streamFile } from '../../src/ipc/file-stream.js'
 import { recordAbuse } from './record.js'
@@ -327,4 +328,31 @@ describe('abuse: files and messages', () => {
     expect(accepted + refused).toBe(40)
     recordAbuse({ row: '40 file offers at once from one peer, each stalling after ACCEPT (quota 10 files)', metric: 'offers accepted', before: 'each passed its own quota check (4,096 × 1 GiB against 4 GiB)', now: accepted, unit: 'offers', bound: '≤ filesPerPeer; the rest QUOTA_EXCEEDED; each accepted one ends at the stall deadline' })
   })
+
+  it('9. a registered stranger (not in the allow list) offers a file and streams its bytes without waiting: NOT_ALLOWED, nothing written', async () => {
+    const w = await world()
+    await w.bob.setPolicy({ allow: ['alice'] }) // alice only
+    const STRANGER = { name: 'mallory', id: 'm'.repeat(52) }
+    const pipe = messagePipe()
+    const muxS = new Mux(pipe.a, true, silentLogger)
+    const muxV = new Mux(pipe.b, false, silentLogger)
+    cleanups.push(() => {
+      muxS.close('test over')
+      muxV.close('test over')
+    })
+    const fromStranger = upTunnel(STRANGER, muxV)
+    muxV.on('open', (req) => w.bob.onChannel(fromStranger, req))
+    const ch = muxS.openChannel(0, FILE_SERVICE)
+    await ch.opened
+    const reader = new ChannelReader(ch)
+    ch.write(encodeTransfer({ type: 'offer', transferId: randomBytes(32), size: 1024 * KiB, name: 'push.bin' }))
+    ch.write(randomBytes(1024 * KiB)) // does not wait for ACCEPT
+    const verdict = await reader.frame()
+    expect(verdict).toMatchObject({ type: 'refuse', code: 'NOT_ALLOWED' })
+    expect(fs.existsSync(w.bob.inbox) ? fs.readdirSync(w.bob.inbox).filter((n) => n !== '.partial') : []).toEqual([])
+    expect(w.bob.partials()).toEqual([])
+    // The channel is gone within REFUSE_LINGER_MS: nothing of the stranger's is held.
+    await until(() => muxV.size === 0, 'the channel closed', REFUSE_LINGER_MS + 5_000)
+    recordAbuse({ row: 'a stranger offers a file and streams 1 MiB without waiting for ACCEPT', metric: 'bytes written to the inbox', before: '(new row)', now: 0, unit: 'bytes', bound: `NOT_ALLOWED before any file is opened; the channel (≤ its 4 MiB window) is reset within REFUSE_LINGER_MS (${REFUSE_LINGER_MS} ms)` })
+  }, 20_000)
 })
