@@ -7,10 +7,10 @@
 // Each row records what it measured now beside what the attack did before
 // (test/abuse/record.ts).
 import { afterEach, describe, expect, it } from 'vitest'
-import { decodeMux, encodeData, encodeMux, isSequenced, MAX_DATA_BYTES, type MuxFrame } from '../../src/protocol/mux.js'
+import { decodeMux, encodeData, encodeMux, isSequenced, MAX_DATA_BYTES, MUX, type MuxFrame } from '../../src/protocol/mux.js'
 import { silentLogger } from '../../src/protocol/log.js'
 import { INFLIGHT_FLOOR_BYTES, RTT_PROBE_SEQ } from '../../src/tunnel/inflight-cap.js'
-import { Mux, REPLAY_MAX_BYTES, type OpenRequest } from '../../src/tunnel/mux.js'
+import { MAX_PONGS_UNDRAINED, Mux, REPLAY_MAX_BYTES, type MessageStream, type OpenRequest } from '../../src/tunnel/mux.js'
 import { CHANNEL_WINDOW_BYTES, type ChannelSink } from '../../src/tunnel/mux-channel.js'
 import { messagePipe, settle, until } from '../unit/tunnel/pipe.js'
 import { recordAbuse } from './record.js'
@@ -130,10 +130,10 @@ describe('abuse: the tunnel multiplexer', () => {
     recordAbuse({ row: 'mux: a liar that ACKs in doubling spans, answers probes 300 ms late, then stops ACKing', metric: 'unacknowledged bytes the victim held at most', before: '(new row; the limit is from issue 18)', now: maxHeld, unit: 'bytes', bound: `≤ REPLAY_MAX_BYTES ${REPLAY_MAX_BYTES} + 2 frames; the channel then waits (its own tunnel only); control frames to REPLAY_HARD_MAX_BYTES break the tunnel` })
   }, 30_000)
 
-  it('3. probe PONGs nobody asked for and ACKs of nothing, 20,000 each: no round trip is learnt, the limit stays at the floor', async () => {
+  it('3. probe PONGs nobody asked for and ACKs of nothing, 10,000 each: no round trip is learnt, the limit stays at the floor', async () => {
     const h = hostile()
     const t0 = process.cpuUsage()
-    for (let i = 0; i < 20_000; i++) {
+    for (let i = 0; i < 10_000; i++) {
       h.send({ type: 'pong', channel: 0, seq: RTT_PROBE_SEQ })
       h.send({ type: 'ack', channel: 0, received: 0 })
     }
@@ -141,7 +141,7 @@ describe('abuse: the tunnel multiplexer', () => {
     const cpu = process.cpuUsage(t0)
     expect(h.broken).toEqual([])
     expect(h.victim.inflightLimit).toEqual({ bytes: INFLIGHT_FLOOR_BYTES, rttMs: null, bytesPerMs: 0 })
-    recordAbuse({ row: 'mux: 20,000 unsolicited probe PONGs + 20,000 ACKs of nothing', metric: 'in-flight limit after', before: '(new row)', now: h.victim.inflightLimit.bytes, unit: 'bytes', bound: `the floor (${INFLIGHT_FLOOR_BYTES}), no round trip learnt; ${Math.round((cpu.user + cpu.system) / 1000)} ms of CPU for 40,000 frames` })
+    recordAbuse({ row: 'mux: 10,000 unsolicited probe PONGs + 10,000 ACKs of nothing', metric: 'in-flight limit after', before: '(new row)', now: h.victim.inflightLimit.bytes, unit: 'bytes', bound: `the floor (${INFLIGHT_FLOOR_BYTES}), no round trip learnt; ${Math.round((cpu.user + cpu.system) / 1000)} ms of CPU for 20,000 frames` })
   }, 30_000)
 
   it('4. a peer that sends past the window it was granted, into a consumer that does not read: the channel is reset at the window', async () => {
@@ -167,4 +167,36 @@ describe('abuse: the tunnel multiplexer', () => {
     expect(h.broken).toEqual([])
     recordAbuse({ row: 'mux: 16 MiB of DATA past the granted window into a consumer that does not read', metric: 'bytes the consumer was handed (held in memory)', before: '16777216 (all of it): the window was not enforced on receipt', now: taken, unit: 'bytes', bound: `≤ CHANNEL_WINDOW_BYTES ${CHANNEL_WINDOW_BYTES}; the channel is reset` })
   }, 30_000)
+
+  it('5. a peer that sends PINGs and never reads its session: PONGs stop at MAX_PONGS_UNDRAINED until it drains', async () => {
+    // A session whose peer does not read: every write() says "wait for a drain", which never
+    // comes (over loopback TCP, once the kernels' ~4 MB of buffers are full, each 20,000
+    // PINGs then added 580 KB to our socket's queue: docs/SECURITY.md).
+    let onData: ((buf: Buffer) => void) | null = null
+    let written = 0
+    let pongs = 0
+    let drain: (() => void) | null = null
+    const stuck: MessageStream = {
+      write: (buf) => {
+        written += buf.length
+        if (buf[0] === MUX.PONG) pongs++
+        return false
+      },
+      once: (_event, fn) => (drain = fn),
+      on: (_event, fn) => (onData = fn),
+      destroyed: false
+    }
+    const victim = new Mux(stuck, true, silentLogger)
+    cleanups.push(() => victim.close('test over'))
+    const ping = encodeMux({ type: 'ping', channel: 0, seq: 1 })
+    for (let i = 0; i < 100_000; i++) onData!(ping)
+    const pongsStuck = pongs
+    expect(pongsStuck).toBeLessThanOrEqual(MAX_PONGS_UNDRAINED + 1)
+    expect(written).toBeLessThan((MAX_PONGS_UNDRAINED + 1) * 64)
+    // Once the peer reads again (the session drains), PINGs are answered again.
+    drain!()
+    onData!(ping)
+    expect(pongs).toBe(pongsStuck + 1)
+    recordAbuse({ row: 'a peer that sends 100,000 PINGs and never reads its session', metric: 'PONGs queued in our session', before: '100,000 (over loopback TCP: +580 KB per 20,000 once the kernel buffers were full, without limit)', now: pongsStuck, unit: 'frames', bound: `≤ MAX_PONGS_UNDRAINED (${MAX_PONGS_UNDRAINED}) + 1 until the session drains` })
+  })
 })
