@@ -36,10 +36,18 @@ export function writeJsonAtomic(file: string, value: unknown): void {
   writeFileAtomic(file, JSON.stringify(value, null, 2) + '\n')
 }
 
+/**
+ * How temp files are created: O_EXCL, so never through a symlink someone who may write the
+ * directory put at the (predictable) temp name; with O_TRUNC through it, a write of
+ * learnt.json overwrote the link's target with natd's rights (test/abuse/state.test.ts).
+ */
+const TEMP_FLAGS = 'wx'
+
 /** Writes `text` through a temp file (mode 0600), fsync and rename, then fsyncs the directory. */
 export function writeFileAtomic(file: string, text: string): void {
   const tmp = `${file}.${process.pid}.tmp`
-  const fd = fs.openSync(tmp, 'w', STATE_FILE_MODE)
+  fs.rmSync(tmp, { force: true }) // a leftover, or a symlink someone planted: removed, never opened (TEMP_FLAGS)
+  const fd = fs.openSync(tmp, TEMP_FLAGS, STATE_FILE_MODE)
   try {
     fs.writeSync(fd, text)
     fs.fsyncSync(fd)
@@ -99,7 +107,8 @@ function processRuns(pid: number): boolean {
 export async function writeFileAtomicAsync(file: string, text: string): Promise<void> {
   const tmp = `${file}.${process.pid}${BG_TMP_SUFFIX}`
   try {
-    const fh = await fsp.open(tmp, 'w', STATE_FILE_MODE)
+    await fsp.rm(tmp, { force: true }) // see writeFileAtomic
+    const fh = await fsp.open(tmp, TEMP_FLAGS, STATE_FILE_MODE)
     try {
       await fh.writeFile(text)
       await fh.sync()

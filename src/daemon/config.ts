@@ -109,6 +109,8 @@ interface Learnt {
  * again, silently, whatever key answers next. `bad` says why (StateStore sets it aside).
  */
 function readLearnt(file: string): { learnt: Learnt; bad: string | null } {
+  const unsafe = unsafeLearnt(file)
+  if (unsafe !== null) return { learnt: {}, bad: unsafe }
   let raw: unknown
   try {
     raw = readJson<unknown>(file)
@@ -125,6 +127,38 @@ function readLearnt(file: string): { learnt: Learnt; bad: string | null } {
     if (keys.length) out.serverKeys = Object.fromEntries(keys)
   }
   return { learnt: out, bad: null }
+}
+
+/** A learnt.json above this is no cache of a port and a few keys: set aside unread (a start must not parse megabytes). */
+export const LEARNT_MAX_BYTES = 1024 * 1024
+
+/**
+ * Why learnt.json cannot be trusted before it is read (null: it can, or it is not there):
+ * natd writes it as a regular file of its own uid, mode 0600. One that group or others may
+ * write, or that another uid owns, may hold a key someone else pinned for us.
+ */
+function unsafeLearnt(file: string): string | null {
+  let st: fs.Stats
+  try {
+    st = fs.lstatSync(file)
+  } catch {
+    return null // not there, or readJson says why
+  }
+  const uid = process.getuid?.()
+  if (!st.isFile()) return 'not a regular file'
+  if (uid !== undefined && st.uid !== uid) return `owned by uid ${st.uid}, not natd's`
+  if ((st.mode & 0o022) !== 0) return `group or others may write it (mode ${(st.mode & 0o777).toString(8)})`
+  if (st.size > LEARNT_MAX_BYTES) return `larger than ${LEARNT_MAX_BYTES} bytes`
+  return null
+}
+
+/** Why the state directory is not natd's alone (null: it is). */
+function unsafeStateDir(dir: string): string | null {
+  const st = fs.statSync(dir)
+  const uid = process.getuid?.()
+  if (uid !== undefined && st.uid !== uid) return `owned by uid ${st.uid}, not natd's`
+  if ((st.mode & 0o022) !== 0) return `group or others may write it (mode ${(st.mode & 0o777).toString(8)})`
+  return null
 }
 
 export interface StateStoreOptions {
@@ -171,6 +205,8 @@ export class StateStore {
     o: StateStoreOptions = {}
   ) {
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 })
+    const unsafeDir = unsafeStateDir(dir)
+    if (unsafeDir !== null) this.stateWarnings.push(`the state directory ${dir} is not natd's alone (${unsafeDir}): whoever may write it can replace natd's key, pinned keys and exposes; make it natd's, mode 0700`)
     this.removedTemps = removeStaleTemps(dir)
     const learnt = path.join(dir, LEARNT_FILE)
     const read = readLearnt(learnt)

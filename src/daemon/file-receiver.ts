@@ -171,6 +171,7 @@ export class FileReceiver {
     const inbox = policy.inbox
     const partialDir = path.join(inbox, PARTIAL_DIR)
     fs.mkdirSync(partialDir, { recursive: true, mode: 0o700 })
+    this.checkPartialDir(partialDir)
     const partial = path.join(partialDir, offer.key)
     this.prunePartials(partialDir)
     let offset = 0
@@ -205,7 +206,8 @@ export class FileReceiver {
     ch.write(encodeTransfer({ type: 'accept', offset }))
     this.log.info('file transfer accepted', { peer: peer.name, name: offer.name, size: offer.size, offset })
     this.names.set(offer.key, offer.name)
-    const fd = fs.openSync(partial, 'a', 0o600)
+    // O_NOFOLLOW: a symlink here is nobody's partial (checkPartialDir keeps others from planting one).
+    const fd = fs.openSync(partial, fs.constants.O_WRONLY | fs.constants.O_APPEND | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW, 0o600)
     // A stall: tell the sender (REFUSE TIMEOUT), then reset the channel, which fails the
     // body (its 'close'). The frame goes out before the reset, in order.
     let stalled: NatdError | null = null
@@ -279,6 +281,21 @@ export class FileReceiver {
       }
     }
     return out
+  }
+
+  /**
+   * The partials' directory must be natd's alone: a directory (not a symlink) of natd's
+   * uid that group and others cannot write. The inbox may be a directory the operator
+   * shares (natd --inbox); a local user who made `.partial` there first could plant a
+   * symlink at a partial's name (the sender's ID and transfer ID: predictable), and natd
+   * would hash, truncate or append to the file it points at with natd's rights.
+   */
+  private checkPartialDir(dir: string): void {
+    const st = fs.lstatSync(dir)
+    const uid = process.getuid?.()
+    if (st.isDirectory() && (uid === undefined || st.uid === uid) && (st.mode & 0o022) === 0) return
+    this.log.error('the inbox\'s partial-file directory is not natd\'s own: no file is received until its operator removes it', { dir, uid: st.uid, mode: (st.mode & 0o7777).toString(8), symlink: st.isSymbolicLink() })
+    throw new NatdError('PARTIAL_UNREADABLE', 'the receiver\'s inbox is not safe to write; its operator must check it (its log says why)')
   }
 
   /** Removes partials nobody came back for in PARTIAL_MAX_AGE_MS (never one being received). */

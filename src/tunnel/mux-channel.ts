@@ -70,6 +70,13 @@ export class MuxChannel extends Duplex {
   /** @internal */
   onData(data: Uint8Array): void {
     if (this.finReceived) return
+    // Received and not yet granted back is what the peer's credit allows: CHANNEL_WINDOW_BYTES
+    // (the window of OPEN and OPEN_OK). A peer past it ignores flow control, and its bytes
+    // would queue in the consumer without bound (64 MiB into a stalled one: test/abuse/mux.test.ts).
+    if (this.unacked + data.length > CHANNEL_WINDOW_BYTES) {
+      this.destroy(new NatdError('BAD_REQUEST', `the peer sent past the ${CHANNEL_WINDOW_BYTES}-byte window it was granted`))
+      return
+    }
     this.bytesIn += data.length
     this.mux.bytesIn += data.length
     this.unacked += data.length

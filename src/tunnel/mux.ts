@@ -36,6 +36,14 @@ export const REPLAY_MAX_BYTES = 16 * 1024 * 1024
  * much the tunnel is broken and closes (a peer that acknowledges never comes near it).
  */
 export const REPLAY_HARD_MAX_BYTES = 2 * REPLAY_MAX_BYTES
+/**
+ * PINGs answered while the session waits for a drain (the peer is not reading what we
+ * write): past this many, until it drains, a PING gets no PONG. Each PONG would wait in
+ * the session's queue, so a peer that sends PINGs and never reads grew it by what it
+ * sent, without limit (test/abuse/mux.test.ts). An honest peer pings about once a second.
+ */
+export const MAX_PONGS_UNDRAINED = 1_024
+
 /** We acknowledge after this many sequenced frames … */
 export const ACK_EVERY_FRAMES = 32
 /**
@@ -113,6 +121,8 @@ export class Mux extends EventEmitter<MuxEvents> {
   private unackedFrames = 0
   private unackedBytes = 0
   private ackTimer: Timer | null = null
+  /** PONGs sent since the session last had no drain pending (MAX_PONGS_UNDRAINED). */
+  private pongsUndrained = 0
 
   /** Where we write; on a path upgrade the next session; null once detached for a resume. */
   private session: MessageStream | null
@@ -399,6 +409,12 @@ export class Mux extends EventEmitter<MuxEvents> {
     this.wake()
   }
 
+  private onPing(seq: number): void {
+    if (!this.needDrain) this.pongsUndrained = 0
+    else if (++this.pongsUndrained > MAX_PONGS_UNDRAINED) return
+    this.send({ type: 'pong', channel: 0, seq })
+  }
+
   /** Our probe's PONG: the round trip it gives may raise the limit, and channels waiting at it may send. */
   private onProbePong(): void {
     this.inflight.onProbePong()
@@ -422,7 +438,7 @@ export class Mux extends EventEmitter<MuxEvents> {
     }
     this.emit('frame')
     if (f.channel === 0) {
-      if (f.type === 'ping') this.send({ type: 'pong', channel: 0, seq: f.seq })
+      if (f.type === 'ping') this.onPing(f.seq)
       else if (f.type === 'pong' && f.seq === RTT_PROBE_SEQ) this.onProbePong()
       else if (f.type === 'pong') this.emit('pong', f.seq)
       else if (f.type === 'goodbye') this.emit('goodbye', f.reason)

@@ -7,7 +7,7 @@
 //
 // Each row records what it measured now beside the issue's "before" (test/abuse/record.ts).
 import { spawn, spawnSync } from 'node:child_process'
-import { randomBytes } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -20,12 +20,14 @@ import { ApiServer } from '../../src/ipc/server.js'
 import type { FileSendResult } from '../../src/ipc/schema.js'
 import { NatdError } from '../../src/protocol/errors.js'
 import { silentLogger } from '../../src/protocol/log.js'
-import { decodeTransfer, encodeTransfer } from '../../src/protocol/transfer.js'
+import { decodeTransfer, encodeTransfer, type TransferFrame } from '../../src/protocol/transfer.js'
 import { ChannelReader } from '../../src/daemon/channel-frames.js'
 import { UNSAFE_NAME_CHARS } from '../../src/daemon/file-transfer.js'
+import { REFUSE_LINGER_MS } from '../../src/daemon/file-receiver.js'
+import { MAX_NAME_BYTES, partialKey } from '../../src/daemon/file-names.js'
 import type { TunnelManager } from '../../src/tunnel/manager.js'
 import { Mux } from '../../src/tunnel/mux.js'
-import { messagePipe } from '../unit/tunnel/pipe.js'
+import { messagePipe, until } from '../unit/tunnel/pipe.js'
 import { upTunnel } from '../unit/helpers.js'
 import { openFileStream, openToSend, streamFile } from '../../src/ipc/file-stream.js'
 import { recordAbuse } from './record.js'
@@ -137,6 +139,21 @@ async function send(w: World, file: string, name: string): Promise<FileSendResul
   }
 }
 
+/** A sender that writes the file protocol by hand (file-transfer.ts): OFFER, then `bytes` as it likes, then its verdict. */
+async function rawSend(w: World, o: { name: string; size: number; bytes: Buffer; end?: boolean; transferId?: Buffer }): Promise<TransferFrame> {
+  const ch = w.muxA.openChannel(0, FILE_SERVICE)
+  await ch.opened
+  const reader = new ChannelReader(ch)
+  ch.write(encodeTransfer({ type: 'offer', transferId: o.transferId ?? randomBytes(32), size: o.size, name: o.name }))
+  const answer = await reader.frame()
+  if (answer.type !== 'accept') return answer
+  ch.write(o.bytes)
+  if (o.end ?? true) ch.write(encodeTransfer({ type: 'end', sha256: createHash('sha256').update(o.bytes.subarray(0, o.size)).digest() }))
+  const verdict = await reader.frame()
+  ch.destroy()
+  return verdict
+}
+
 const isRoot = process.getuid?.() === 0
 
 describe('abuse: files and messages', () => {
@@ -232,4 +249,110 @@ describe('abuse: files and messages', () => {
     expect(fs.readdirSync(w.bob.inbox).filter((n) => new RegExp(UNSAFE_NAME_CHARS.source, 'u').test(n))).toEqual([])
     recordAbuse({ row: 'a received name with U+202E (RIGHT-TO-LEFT OVERRIDE)', metric: 'stored name of "invoice\\u202Efdp.exe"', before: 'kept: displays as "invoiceexe.pdf"', now: r.savedAs, unit: 'name', bound: 'no C0/C1/bidi/invisible format character in a stored name; each becomes _' })
   })
+
+  it('5. hostile names (../, /, NUL, 255 bytes, "..", ".", "~") land as plain names inside the inbox', async () => {
+    const w = await world()
+    const names = ['../../escape.txt', '/etc/cron.d/evil', 'a\u0000b.txt', 'x'.repeat(251) + '.txt', '..', '.', '~', '.bashrc', 'dir/../../..//up']
+    const saved: string[] = []
+    for (const name of names) {
+      const v = await rawSend(w, { name, size: 3, bytes: Buffer.from('abc') })
+      expect(v).toMatchObject({ type: 'done' })
+      saved.push((v as { name: string }).name)
+    }
+    const inbox = fs.readdirSync(w.bob.inbox).filter((n) => n !== '.partial')
+    expect(inbox.sort()).toEqual([...saved].sort())
+    for (const n of saved) {
+      expect(n).not.toMatch(/[/\0]|^\./)
+      expect(Buffer.byteLength(n)).toBeLessThanOrEqual(MAX_NAME_BYTES)
+    }
+    // Nothing outside the inbox: the whole test directory holds only what the test and natd made.
+    expect(fs.existsSync(path.join(w.tmp, 'escape.txt')) || fs.existsSync(path.join(w.tmp, 'bob', 'escape.txt'))).toBe(false)
+    recordAbuse({ row: 'received names with ../, /, NUL, 255 bytes, .., ., leading dot', metric: 'files stored outside the inbox or under a dot name', before: '(new row)', now: 0, unit: 'files', bound: `every name one plain file name in the inbox, ≤ MAX_NAME_BYTES ${MAX_NAME_BYTES}: ${saved.map((n) => n.slice(0, 20)).join(' ')}` })
+  })
+
+  it('6. a sender that sends more bytes than it announced: BAD_REQUEST, nothing stored, the partial no longer than announced', async () => {
+    const w = await world()
+    const v = await rawSend(w, { name: 'more.bin', size: 1000, bytes: randomBytes(1000 + 64 * KiB), end: false })
+    expect(v).toMatchObject({ type: 'refuse', code: 'BAD_REQUEST' })
+    expect(w.bob.list()).toEqual([])
+    const partials = w.bob.partials()
+    expect(partials.every((p) => p.bytes <= 1000)).toBe(true)
+    recordAbuse({ row: 'a sender that sends 64 KiB more than the 1,000 bytes it announced', metric: 'bytes kept', before: '(new row)', now: partials.reduce((n, p) => n + p.bytes, 0), unit: 'bytes', bound: 'BAD_REQUEST after MAX_TAIL_BYTES (1 KiB) past the body; nothing stored, the partial ≤ the announced size' })
+  })
+
+  it.skipIf(!isRoot)('7. a local user who can write the inbox plants .partial with a symlink to a file of natd\'s: nothing of it is read, cut or written', async () => {
+    const w = await world()
+    // An operator's shared inbox (natd --inbox /srv/incoming, mode 1777): a local user creates .partial first.
+    const inbox = w.bob.inbox
+    fs.mkdirSync(inbox, { recursive: true, mode: 0o1777 })
+    fs.chmodSync(inbox, 0o1777)
+    const victim = path.join(w.tmp, 'bob', 'identity.json')
+    const secret = JSON.stringify({ secretKey: randomBytes(64).toString('hex') })
+    fs.writeFileSync(victim, secret, { mode: 0o600 })
+    const partialDir = path.join(inbox, '.partial')
+    fs.mkdirSync(partialDir)
+    fs.chmodSync(partialDir, 0o777)
+    const nobody = Number(spawnSync('id', ['-u', 'nobody'], { encoding: 'utf8' }).stdout)
+    fs.chownSync(partialDir, nobody, nobody)
+    // The key is predictable: the sender's ID and its own transfer ID.
+    const transferId = randomBytes(32)
+    fs.symlinkSync(victim, path.join(partialDir, partialKey(ALICE.id, transferId.toString('hex'))))
+    const small = await rawSend(w, { name: 'cut.bin', size: 10, bytes: Buffer.from('0123456789'), transferId })
+    const large = await rawSend(w, { name: 'grow.bin', size: 10 * KiB, bytes: randomBytes(10 * KiB), transferId })
+    expect(fs.readFileSync(victim, 'utf8')).toBe(secret)
+    expect(small).toMatchObject({ type: 'refuse', code: 'PARTIAL_UNREADABLE' })
+    expect(large).toMatchObject({ type: 'refuse', code: 'PARTIAL_UNREADABLE' })
+    expect(w.bob.list()).toEqual([])
+    // natd's own .partial (0700, its owner) works again.
+    fs.rmSync(partialDir, { recursive: true })
+    expect(await rawSend(w, { name: 'ok.bin', size: 3, bytes: Buffer.from('abc') })).toMatchObject({ type: 'done' })
+    recordAbuse({ row: 'a local user plants inbox/.partial (theirs) with a symlink at a partial\'s predictable name', metric: 'bytes of the symlink\'s target cut or appended', before: 'truncated to 0 by a smaller offer, or the peer\'s bytes appended by a larger one', now: 0, unit: 'bytes', bound: 'a .partial that is not a directory of natd\'s uid without group/other write: PARTIAL_UNREADABLE, nothing opened; partials opened O_NOFOLLOW' })
+  })
+
+  it('8. 40 offers at once, each stalling after ACCEPT: no more accepted than the peer\'s file quota', async () => {
+    const w = await world()
+    await w.bob.setPolicy({ filesPerPeer: 10 })
+    const chans = await Promise.all(
+      Array.from({ length: 40 }, async (_, i) => {
+        const ch = w.muxA.openChannel(0, FILE_SERVICE)
+        await ch.opened
+        const reader = new ChannelReader(ch)
+        ch.write(encodeTransfer({ type: 'offer', transferId: randomBytes(32), size: 1024 * KiB, name: `f${i}` }))
+        return { ch, answer: await reader.frame() }
+      })
+    )
+    const accepted = chans.filter((c) => c.answer.type === 'accept').length
+    const refused = chans.filter((c) => c.answer.type === 'refuse' && c.answer.code === 'QUOTA_EXCEEDED').length
+    for (const c of chans) c.ch.destroy()
+    expect(accepted).toBeLessThanOrEqual(10)
+    expect(accepted + refused).toBe(40)
+    recordAbuse({ row: '40 file offers at once from one peer, each stalling after ACCEPT (quota 10 files)', metric: 'offers accepted', before: 'each passed its own quota check (4,096 × 1 GiB against 4 GiB)', now: accepted, unit: 'offers', bound: '≤ filesPerPeer; the rest QUOTA_EXCEEDED; each accepted one ends at the stall deadline' })
+  })
+
+  it('9. a registered stranger (not in the allow list) offers a file and streams its bytes without waiting: NOT_ALLOWED, nothing written', async () => {
+    const w = await world()
+    await w.bob.setPolicy({ allow: ['alice'] }) // alice only
+    const STRANGER = { name: 'mallory', id: 'm'.repeat(52) }
+    const pipe = messagePipe()
+    const muxS = new Mux(pipe.a, true, silentLogger)
+    const muxV = new Mux(pipe.b, false, silentLogger)
+    cleanups.push(() => {
+      muxS.close('test over')
+      muxV.close('test over')
+    })
+    const fromStranger = upTunnel(STRANGER, muxV)
+    muxV.on('open', (req) => w.bob.onChannel(fromStranger, req))
+    const ch = muxS.openChannel(0, FILE_SERVICE)
+    await ch.opened
+    const reader = new ChannelReader(ch)
+    ch.write(encodeTransfer({ type: 'offer', transferId: randomBytes(32), size: 1024 * KiB, name: 'push.bin' }))
+    ch.write(randomBytes(1024 * KiB)) // does not wait for ACCEPT
+    const verdict = await reader.frame()
+    expect(verdict).toMatchObject({ type: 'refuse', code: 'NOT_ALLOWED' })
+    expect(fs.existsSync(w.bob.inbox) ? fs.readdirSync(w.bob.inbox).filter((n) => n !== '.partial') : []).toEqual([])
+    expect(w.bob.partials()).toEqual([])
+    // The channel is gone within REFUSE_LINGER_MS: nothing of the stranger's is held.
+    await until(() => muxV.size === 0, 'the channel closed', REFUSE_LINGER_MS + 5_000)
+    recordAbuse({ row: 'a stranger offers a file and streams 1 MiB without waiting for ACCEPT', metric: 'bytes written to the inbox', before: '(new row)', now: 0, unit: 'bytes', bound: `NOT_ALLOWED before any file is opened; the channel (≤ its 4 MiB window) is reset within REFUSE_LINGER_MS (${REFUSE_LINGER_MS} ms)` })
+  }, 20_000)
 })
