@@ -4,8 +4,9 @@ import { systemClock, type TimerClock } from '../protocol/clock.js'
 import { MAX_DATA_BYTES } from '../protocol/mux.js'
 import { MuxChannel } from '../tunnel/mux-channel.js'
 import { HeldSends } from '../tunnel/held-sends.js'
+import { released } from '../tunnel/delivery-lease.js'
 import { canReadInto, readInto } from '../tunnel/socket-onread.js'
-import { ChunkStage } from './chunk-stage.js'
+import { ChunkStage, SMALL_CHUNK_BYTES } from './chunk-stage.js'
 
 /**
  * The local socket's reads land here, one DATA frame's worth, and are copied into frames
@@ -95,7 +96,8 @@ function joinDirect(sock: net.Socket, ch: MuxChannel): boolean {
   const out = new SocketGather(sock)
   const toSocket = (buf: Buffer): boolean => {
     if (sock.destroyed) return true // join() is tearing both down
-    out.write(buf)
+    // Taken whole or copied: the session reader may read into the frame's memory again.
+    if (out.write(buf)) released()
     // The socket's queue alone (the staged bytes are < GATHER_BYTES more): past the bound
     // it is above its highWaterMark, so its 'drain' comes.
     if (sock.writableLength < LOCAL_QUEUE_BYTES) return true
@@ -167,10 +169,18 @@ export class SocketGather {
 
   constructor(private readonly sock: Pick<net.Socket, 'write' | 'writableLength' | 'destroyed'>) {}
 
-  write(buf: Buffer): void {
+  /**
+   * Writes `buf` (at once, or staged); true when nothing refers to its memory any more:
+   * it was copied into the stage, or the kernel took it whole in the write call.
+   */
+  write(buf: Buffer): boolean {
     // Nothing staged and nothing queued: at once. (Staged bytes imply a write in flight whose callback will flush them.)
-    if (this.stage.staged === 0 && this.sock.writableLength === 0) this.writeOut(buf)
-    else this.stage.push(buf)
+    if (this.stage.staged === 0 && this.sock.writableLength === 0) {
+      this.writeOut(buf)
+      return this.sock.writableLength === 0
+    }
+    this.stage.push(buf) // a small one is copied; a large one is written (queued) as it is
+    return buf.length < SMALL_CHUNK_BYTES
   }
 
   /** Gives the staged bytes to the socket (before its end()). */

@@ -120,4 +120,16 @@ describe('SocketGather', () => {
     out.write(Buffer.from('x'))
     expect(s.writes()).toBe(before + 1) // nothing queued: not held back
   })
+
+  it('says when nothing refers to a payload any more (the session reader may then read into its memory again)', () => {
+    const s = stalledSocket()
+    const out = new SocketGather(s.sock)
+    expect(out.write(randomBytes(STAGE_BYTES))).toBe(false) // written, still queued in the socket
+    expect(out.write(randomBytes(10))).toBe(true) // copied into the stage
+    expect(out.write(randomBytes(SMALL_CHUNK_BYTES))).toBe(false) // queued as it is
+    // A socket that takes every write whole at once.
+    const fast = new Writable({ write: (_c, _e, cb) => cb() })
+    const quick = new SocketGather(fast as Writable & { destroyed: boolean })
+    expect(quick.write(randomBytes(STAGE_BYTES))).toBe(true)
+  })
 })
