@@ -13,13 +13,9 @@
  *
  * Order: a frame may only bypass secret-stream when nothing waits in its queue (what
  * waits there goes to the raw stream first); otherwise it is queued behind with write().
- * Over TCP, wire buffers are used again: one the kernel took whole in the write call
- * (nothing left in the socket's queue) serves the next frame at once, and one that waited
- * in the socket's queue goes back to a small pool when its write completes (the socket
- * calls back in write order). One 64 KiB allocation less per frame even when the tunnel's
- * socket is full, which is the usual state of a bulk transfer: fresh 64 KiB buffers made
- * the garbage collector 13-17% of the sending agent's time (old-space collections that
- * V8 starts for the external memory).
+ * Over TCP, a wire buffer the kernel took whole in the write call (nothing left in the
+ * socket's queue) is used again for the next frame: one 64 KiB allocation less per frame
+ * (the garbage collector was 14-17% of an agent's time).
  *
  * Uses secret-stream's internals (`_encrypt`, `_rawStream`, `_writableState`), declared
  * in types/secret-stream.d.ts for the exact version pinned in package.json; a session
@@ -39,12 +35,6 @@ const MAX_MESSAGE_BYTES = 0xffffff - ABYTES
 const OWN_WIRE_MIN_BYTES = 4096
 /** … and holds a full DATA frame (64 KiB + its 5-byte header, sealed), so it can serve the next one. */
 const OWN_WIRE_BYTES = LENGTH_BYTES + 64 * 1024 + 5 + ABYTES
-/**
- * Wire buffers kept for use again once their write completed (TCP). The socket's queue
- * holds about one frame past its 16 KiB high-water mark before the mux waits for 'drain',
- * so a few are in flight at a time; what is kept per tunnel is at most this many (~260 KiB).
- */
-export const WIRE_POOL_BUFFERS = 4
 
 /** What the mux writes frames to: a session, or this writer over one. */
 export interface FrameWriter {
@@ -62,16 +52,8 @@ export function sealedWriter(session: unknown): FrameWriter | null {
 }
 
 class SealedWriter implements FrameWriter {
-  /** Wire buffers free to use again (TCP only: see above), at most WIRE_POOL_BUFFERS. */
-  private readonly pool: Buffer[] = []
-  /**
-   * One entry per write of a pooled buffer, oldest first (the socket calls back in write
-   * order): the buffer, to go back to the pool when its write calls back, or null when the
-   * kernel took it in the write call (it went back then).
-   */
-  private readonly writes: Array<Buffer | null> = []
-  /** A write failed: the socket is done for, no buffer is used again. */
-  private failed = false
+  /** A wire buffer free to use again (TCP only: see above). */
+  private spare: Buffer | null = null
   /** Where the last write went: its 'drain' is the one to wait for. */
   private last: RawStream | SecretStream
 
@@ -92,7 +74,8 @@ class SealedWriter implements FrameWriter {
     const size = LENGTH_BYTES + len
     // Over UDX the buffer stays with the stream until the peer acknowledges it: no bigger than the frame.
     const tcp = raw instanceof net.Socket
-    const own = size < OWN_WIRE_MIN_BYTES ? null : tcp && size <= OWN_WIRE_BYTES && this.pool.length > 0 ? this.pool.pop()! : Buffer.allocUnsafeSlow(tcp ? Math.max(size, OWN_WIRE_BYTES) : size)
+    const own = this.spare && this.spare.length >= size ? this.spare : size >= OWN_WIRE_MIN_BYTES ? Buffer.allocUnsafeSlow(tcp ? Math.max(size, OWN_WIRE_BYTES) : size) : null
+    this.spare = null
     const wire = own ? own.subarray(0, size) : Buffer.allocUnsafe(size)
     wire[0] = len & 0xff
     wire[1] = (len >>> 8) & 0xff
@@ -100,29 +83,10 @@ class SealedWriter implements FrameWriter {
     encrypt.next(frame, wire.subarray(LENGTH_BYTES))
     s.rawBytesWritten += size
     this.last = raw
-    if (!own || !tcp || own.length !== OWN_WIRE_BYTES) return raw.write(wire)
-    const sock = raw as net.Socket
-    const ok = sock.write(wire, this.onWritten)
-    // Taken whole by the kernel in this call: libuv holds no reference, the buffer is free
-    // now. Else it is free when its write calls back.
-    const taken = sock.writableLength === 0
-    this.writes.push(taken ? null : own)
-    if (taken) this.free(own)
+    const ok = raw.write(wire)
+    // Taken whole by the kernel in this call: libuv holds no reference, the buffer is free.
+    if (own && tcp && raw.writableLength === 0) this.spare = own
     return ok
-  }
-
-  private free(b: Buffer): void {
-    if (!this.failed && this.pool.length < WIRE_POOL_BUFFERS) this.pool.push(b)
-  }
-
-  /** The oldest write of a pooled buffer completed. On an error the socket is done for: nothing is used again. */
-  private readonly onWritten = (err?: Error | null): void => {
-    const b = this.writes.shift()
-    if (err) {
-      this.failed = true
-      this.pool.length = 0
-      this.writes.length = 0
-    } else if (b) this.free(b)
   }
 
   onceDrain(fn: () => void): void {
