@@ -10,6 +10,7 @@
  * --skip-files, --skip-relay, --skip-grid, --skip-roaming, --mib N, --only SECTION (throughput | open | relay | capacity | footprint | files | grid | roaming | cluster: three
  * rendezvous instances on Redis beside one, ~30 min, only when asked),
  * --baselines ssh_L,wireguard_go,hyperdht|none (bench/baselines.ts; all by default), --no-fairness,
+ * --no-bare (of the bare rows only iperf3 TCP and the bare session over TCP),
  * --reps N, --via udp,tcp,relay (which forwards to run), --agent-node-options '…' (Node flags
  * for the two natd agents of the throughput section, for experiments), --cpu-prof DIR (the two natd agents of the throughput section and natd-rendezvous in the relay section write V8 CPU
  * profiles there; bench/profile-summary.ts summarises them).
@@ -34,6 +35,8 @@ const ONLY = argv.includes('--only') ? argv[argv.indexOf('--only') + 1] : null
 const VIA = (argv.includes('--via') ? argv[argv.indexOf('--via') + 1]!.split(',') : ['udp', 'tcp', 'relay']) as Array<'udp' | 'tcp' | 'relay'>
 /** Which of bench/baselines.ts to run (ssh_L, wireguard_go, hyperdht; `none`): all by default. */
 const BASELINES = argv.includes('--baselines') ? argv[argv.indexOf('--baselines') + 1]!.split(',') : null
+/** --no-bare: of the bare baselines only iperf3 TCP and the bare session over TCP (quicker before/after runs of the TCP forward). */
+const NO_BARE = argv.includes('--no-bare')
 const CPU_PROF = argv.includes('--cpu-prof') ? path.resolve(argv[argv.indexOf('--cpu-prof') + 1]!) : null
 const AGENT_NODE_OPTIONS = [argv.includes('--agent-node-options') ? argv[argv.indexOf('--agent-node-options') + 1]! : '', CPU_PROF ? `--cpu-prof --cpu-prof-dir=${CPU_PROF}` : ''].join(' ').trim()
 /** Whether a section runs: --only picks one; otherwise every section not --skip-ped. */
@@ -175,14 +178,17 @@ async function throughput(): Promise<Record<string, unknown>> {
       add('iperf3_tcp', te.sum_received.bits_per_second / 8e6)
       // iperf3's own CPU (client + server, both busy only in the kernel): what the path costs without user-space copies.
       if (te.cpu_utilization_percent) add('iperf3_tcp_cpu_ms_per_MiB_all', ((te.cpu_utilization_percent.host_total + te.cpu_utilization_percent.remote_total) / 100) * te.sum_received.seconds * 1000 / MIB)
-      const udp = await run(n, 'alice', ['iperf3', '-c', bobWan, '-p', '5201', '-u', '-b', '0', '-l', '1400', '-t', '3', '-J'])
-      const u = (udp as { end: { sum: { bits_per_second: number; lost_percent: number } } }).end.sum
-      add('iperf3_udp', (u.bits_per_second * (1 - u.lost_percent / 100)) / 8e6)
-      await send('udx', [node, path.join(FIX, 'udx-peer.ts'), 'send', bobWan, '6001', String(BYTES)])
-      await send('udx_secret_stream', [node, path.join(FIX, 'udx-peer.ts'), 'send', bobWan, '6002', String(BYTES), '--secret'])
-      await send('tcp_socket', [node, path.join(FIX, 'tcp-sink.ts'), 'send', bobWan, '6003', String(BYTES)])
+      if (!NO_BARE) {
+        const udp = await run(n, 'alice', ['iperf3', '-c', bobWan, '-p', '5201', '-u', '-b', '0', '-l', '1400', '-t', '3', '-J'])
+        const u = (udp as { end: { sum: { bits_per_second: number; lost_percent: number } } }).end.sum
+        add('iperf3_udp', (u.bits_per_second * (1 - u.lost_percent / 100)) / 8e6)
+        await send('udx', [node, path.join(FIX, 'udx-peer.ts'), 'send', bobWan, '6001', String(BYTES)])
+        await send('udx_secret_stream', [node, path.join(FIX, 'udx-peer.ts'), 'send', bobWan, '6002', String(BYTES), '--secret'])
+        await send('tcp_socket', [node, path.join(FIX, 'tcp-sink.ts'), 'send', bobWan, '6003', String(BYTES)])
+      }
+      // The bare session over TCP stays: its receiver's CPU per MiB is the load control of a before/after pair.
       await send('tcp_secret_stream', [node, path.join(FIX, 'tcp-sink.ts'), 'send', bobWan, '6004', String(BYTES), '--secret'])
-      await send('tcp_node_relay', [node, path.join(FIX, 'tcp-sink.ts'), 'send', '127.0.0.1', '9005', String(BYTES)])
+      if (!NO_BARE) await send('tcp_node_relay', [node, path.join(FIX, 'tcp-sink.ts'), 'send', '127.0.0.1', '9005', String(BYTES)])
       for (const b of baselines) await send(b.key, b.args)
       for (const via of VIA) {
         await n.natctl('alice', ['close', 'bob'])

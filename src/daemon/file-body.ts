@@ -13,26 +13,23 @@
  * one frame) plus what the peer may still send on its window (CHANNEL_WINDOW_BYTES), as
  * a forwarded connection's (daemon/pipe.ts).
  *
- * Chunks under SMALL_CHUNK_BYTES are copied into a staging buffer, not queued one Buffer
- * each: a sender of 1-byte DATA frames against a stalled disk queued a Buffer (and the
- * frame it views) per byte, ~5 million of them (~0.5 GB) over the queue and the window.
- * Now the queue holds at most about two Buffers per SMALL_CHUNK_BYTES, and its memory is
- * close to the bytes it counts (the writev()s are larger too).
+ * Chunks under SMALL_CHUNK_BYTES are copied into a staging buffer (chunk-stage.ts), not
+ * queued one Buffer each: a sender of 1-byte DATA frames against a stalled disk queued a
+ * Buffer (and the frame it views) per byte, ~5 million of them (~0.5 GB) over the queue
+ * and the window. Now the queue holds at most about two Buffers per SMALL_CHUNK_BYTES, and
+ * its memory is close to the bytes it counts (the writev()s are larger too).
  */
 import type { Hash } from 'node:crypto'
 import fs from 'node:fs'
 import { NatdError } from '../protocol/errors.js'
 import { decodeTransfer, transferFrameLength } from '../protocol/transfer.js'
 import type { ChannelSink } from '../tunnel/mux-channel.js'
+import { ChunkStage } from './chunk-stage.js'
 
 /** Bytes queued for the disk before the peer gets no more credit (a forward's local queue is the same). */
 export const WRITE_QUEUE_BYTES = 1024 * 1024
 /** Buffers per writev() (Linux's IOV_MAX is 1024). */
 export const MAX_IOVECS = 1024
-/** Body chunks under this are copied into the staging buffer (memory per queued Buffer, see above). */
-export const SMALL_CHUNK_BYTES = 16 * 1024
-/** The staging buffer's size (a full DATA frame's payload). */
-export const STAGE_BYTES = 64 * 1024
 /** Bytes after the body that may stand before the END frame is whole: the END frame is 38. */
 export const MAX_TAIL_BYTES = 1024
 
@@ -67,9 +64,8 @@ export class FileBody implements ChannelSink {
   private readonly queue: Buffer[] = []
   /** Bytes in the queue and the staging buffer, waiting for the disk or being written. */
   private queued = 0
-  /** Where small chunks are gathered: `staged` bytes at its start, not yet in the queue, then free space. */
-  private stage: Buffer | null = null
-  private staged = 0
+  /** Where small chunks are gathered before they join the queue. */
+  private readonly stage = new ChunkStage((b) => this.queue.push(b))
   private writing = false
   private full = false
   private tail: Buffer = Buffer.alloc(0)
@@ -99,7 +95,7 @@ export class FileBody implements ChannelSink {
       const body = buf.length <= this.left ? buf : buf.subarray(0, this.left)
       this.left -= body.length
       this.o.hash.update(body)
-      this.enqueue(body)
+      this.stage.push(body)
       this.queued += body.length
       this.o.onBytes(body.length)
       this.flush()
@@ -122,8 +118,7 @@ export class FileBody implements ChannelSink {
     if (this.failed) return
     this.failed = err
     this.queue.length = 0
-    this.stage = null
-    this.staged = 0
+    this.stage.clear()
     this.queued = 0
     this.reject(err)
     this.maybeSettled()
@@ -154,33 +149,10 @@ export class FileBody implements ChannelSink {
     }
   }
 
-  /** Queues a body chunk for the disk: a small one is copied into the staging buffer, after what it holds. */
-  private enqueue(body: Buffer): void {
-    if (body.length >= SMALL_CHUNK_BYTES) {
-      this.sealStage() // what was staged came first
-      this.queue.push(body)
-      return
-    }
-    if (this.stage === null || this.stage.length - this.staged < body.length) {
-      this.sealStage()
-      this.stage = Buffer.allocUnsafe(STAGE_BYTES)
-    }
-    body.copy(this.stage, this.staged)
-    this.staged += body.length
-  }
-
-  /** Moves the staged bytes to the end of the queue; the free space after them stays the stage. */
-  private sealStage(): void {
-    if (this.stage === null || this.staged === 0) return
-    this.queue.push(this.stage.subarray(0, this.staged))
-    this.stage = this.stage.subarray(this.staged)
-    this.staged = 0
-  }
-
   /** Writes the queue, one writev() at a time (a short write continues with the rest). */
   private flush(): void {
     if (this.writing || this.queued === 0 || this.failed) return
-    this.sealStage()
+    this.stage.seal()
     this.writing = true
     const bufs = this.queue.length <= MAX_IOVECS ? this.queue.splice(0) : this.queue.splice(0, MAX_IOVECS)
     this.writev(this.o.fd, bufs, (err, written) => {

@@ -4,7 +4,9 @@ import { systemClock, type TimerClock } from '../protocol/clock.js'
 import { MAX_DATA_BYTES } from '../protocol/mux.js'
 import { MuxChannel } from '../tunnel/mux-channel.js'
 import { HeldSends } from '../tunnel/held-sends.js'
+import { released } from '../tunnel/delivery-lease.js'
 import { canReadInto, readInto } from '../tunnel/socket-onread.js'
+import { ChunkStage, SMALL_CHUNK_BYTES } from './chunk-stage.js'
 
 /**
  * The local socket's reads land here, one DATA frame's worth, and are copied into frames
@@ -19,15 +21,6 @@ let sharedReadBuffer: Buffer | null = null
  * what the peer can send past it.
  */
 export const LOCAL_QUEUE_BYTES = 1024 * 1024
-/**
- * The peer's payloads under this are copied into a staging buffer while the local socket
- * has writes queued (SocketGather): a queued write costs a Buffer and a request object
- * whatever its size, and a peer sending 1-byte DATA frames to a connection that stopped
- * reading could queue one per byte over LOCAL_QUEUE_BYTES and the window (~5 million).
- */
-export const SMALL_WRITE_BYTES = 16 * 1024
-/** The staging buffer's size (a full DATA frame's payload). */
-export const GATHER_BYTES = 64 * 1024
 
 /**
  * Joins a local TCP connection and a mux channel both ways with half-close: the end of
@@ -103,7 +96,8 @@ function joinDirect(sock: net.Socket, ch: MuxChannel): boolean {
   const out = new SocketGather(sock)
   const toSocket = (buf: Buffer): boolean => {
     if (sock.destroyed) return true // join() is tearing both down
-    out.write(buf)
+    // Taken whole or copied: the session reader may read into the frame's memory again.
+    if (out.write(buf)) released()
     // The socket's queue alone (the staged bytes are < GATHER_BYTES more): past the bound
     // it is above its highWaterMark, so its 'drain' comes.
     if (sock.writableLength < LOCAL_QUEUE_BYTES) return true
@@ -161,41 +155,37 @@ function joinDirect(sock: net.Socket, ch: MuxChannel): boolean {
 
 /**
  * Writes to a socket, gathering small writes while it has writes queued: a payload under
- * SMALL_WRITE_BYTES is then copied into a staging buffer, written when it is full, before
- * a larger payload, at flush(), or when the last write issued completes. A socket that
- * keeps up gets each payload at once, as before; one that stalls holds about one queued
- * write per SMALL_WRITE_BYTES, not one per payload.
+ * SMALL_CHUNK_BYTES is then copied into a staging buffer (chunk-stage.ts: a peer sending
+ * 1-byte DATA frames to a connection that stopped reading could otherwise queue a write
+ * per byte over LOCAL_QUEUE_BYTES and the window, ~5 million), written when it is full,
+ * before a larger payload, at flush(), or when the last write issued completes. A socket
+ * that keeps up gets each payload at once, as before; one that stalls holds about one
+ * queued write per SMALL_CHUNK_BYTES, not one per payload.
  */
 export class SocketGather {
-  private stage: Buffer | null = null
-  private staged = 0
+  private readonly stage = new ChunkStage((b) => this.writeOut(b))
   /** Writes issued; a write's callback flushes the stage only if it was the last one. */
   private writes = 0
 
   constructor(private readonly sock: Pick<net.Socket, 'write' | 'writableLength' | 'destroyed'>) {}
 
-  write(buf: Buffer): void {
-    if (buf.length >= SMALL_WRITE_BYTES || (this.staged === 0 && this.sock.writableLength === 0)) {
-      this.flush()
+  /**
+   * Writes `buf` (at once, or staged); true when nothing refers to its memory any more:
+   * it was copied into the stage, or the kernel took it whole in the write call.
+   */
+  write(buf: Buffer): boolean {
+    // Nothing staged and nothing queued: at once. (Staged bytes imply a write in flight whose callback will flush them.)
+    if (this.stage.staged === 0 && this.sock.writableLength === 0) {
       this.writeOut(buf)
-      return
+      return this.sock.writableLength === 0
     }
-    // Staged bytes imply a write in flight whose callback will flush them.
-    if (this.stage === null || this.stage.length - this.staged < buf.length) {
-      this.flush()
-      this.stage = Buffer.allocUnsafe(GATHER_BYTES)
-    }
-    buf.copy(this.stage, this.staged)
-    this.staged += buf.length
+    this.stage.push(buf) // a small one is copied; a large one is written (queued) as it is
+    return buf.length < SMALL_CHUNK_BYTES
   }
 
   /** Gives the staged bytes to the socket (before its end()). */
   flush(): void {
-    if (this.stage === null || this.staged === 0) return
-    const b = this.stage.subarray(0, this.staged)
-    this.stage = this.stage.subarray(this.staged)
-    this.staged = 0
-    this.writeOut(b)
+    this.stage.seal()
   }
 
   private writeOut(buf: Buffer): void {

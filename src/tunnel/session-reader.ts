@@ -14,7 +14,9 @@
  * A message that lies whole in one read is opened where it lies (no copy); one split
  * across reads is gathered in a buffer of its own length (one copy), as secret-stream does.
  * Over TCP the socket then reads straight into slabs of ours (readIntoSlabs): no buffer per
- * read, and a split message continues where its first part lies.
+ * read, and a split message continues where its first part lies. A slab whose delivered
+ * messages were all released by their consumers (delivery-lease.ts) is read into again
+ * from its start, instead of a new one.
  *
  * Rejections are secret-stream's: a message shorter than ABYTES destroys the session with
  * "Invalid message received", one that fails to open with sodium's error. Added: a length
@@ -30,6 +32,7 @@
  */
 import net from 'node:net'
 import type { SecretStreamReadInternals } from '@hyperswarm/secret-stream'
+import { deliverLeased } from './delivery-lease.js'
 import { canReadInto, readInto } from './socket-onread.js'
 
 /** secret-stream's length prefix. */
@@ -108,6 +111,8 @@ export class SessionReader {
   private slab: Buffer | null = null
   private pos = 0
   private end = 0
+  /** A message delivered from the slab may still be referenced: the slab is not read into again. */
+  private pinned = false
   /** A socket to read into slabs once Node's read-ahead queue is empty. */
   private slabsFor: net.Socket | null = null
   /** Length bytes read of the next message (LENGTH_BYTES: reading its body). */
@@ -197,8 +202,10 @@ export class SessionReader {
    * once the socket's read queue is empty): the kernel writes each byte once, next to the
    * part of its message already read, and the message is opened where it lies. No buffer
    * per read, no copy of a message split across reads unless it would run past the slab's
-   * end (then its part so far moves to a new slab). A delivered message of COPY_BELOW_BYTES
-   * or more keeps its slab alive until the mux's consumer is done with it.
+   * end (then its part so far moves to the slab's start, or to a new slab). A delivered
+   * message of COPY_BELOW_BYTES or more keeps its slab alive until the mux's consumer is
+   * done with it; when every such message of a slab was released as it was delivered
+   * (delivery-lease.ts), the slab itself is read into again.
    * Without Node's internals (another version) reads stay 'data' events.
    */
   readIntoSlabs(sock: net.Socket): void {
@@ -212,6 +219,7 @@ export class SessionReader {
     // A message half gathered from 'data' moves to the slab's start; its rest follows it there.
     const partial = this.message ? this.message.subarray(0, this.filled) : null
     this.slab = Buffer.allocUnsafeSlow(Math.max(SLAB_BYTES, (partial ? this.length : 0) + MIN_READ_BYTES))
+    this.pinned = false
     this.pos = 0
     this.end = 0
     if (partial) {
@@ -247,13 +255,17 @@ export class SessionReader {
       this.open(slab.subarray(at, this.pos), true)
     }
     if (s.destroying) return
-    // Room for the rest of the message being read and a useful read after it; else a new slab.
+    // Room for the rest of the message being read and a useful read after it; else the
+    // part read so far moves to the start of this slab (nothing delivered from it is
+    // referenced any more) or of a new one.
     const body = this.lengthSeen === LENGTH_BYTES ? this.length : 0
     if (slab.length - this.end < MIN_READ_BYTES || this.pos + body > slab.length) {
       const have = this.end - this.pos
-      const next = Buffer.allocUnsafeSlow(Math.max(SLAB_BYTES, body + MIN_READ_BYTES))
-      slab.copy(next, 0, this.pos, this.end)
+      const size = Math.max(SLAB_BYTES, body + MIN_READ_BYTES)
+      const next = !this.pinned && slab.length >= size ? slab : Buffer.allocUnsafeSlow(size)
+      slab.copy(next, 0, this.pos, this.end) // within one buffer: a move to its start (memmove)
       this.slab = next
+      this.pinned = false
       this.pos = 0
       this.end = have
     }
@@ -274,7 +286,9 @@ export class SessionReader {
       return this.fail(err as Error)
     }
     if (plain.length === 0 && s._filterZeroByteMessages) return
-    this.onMessage(inSlab && plain.length < COPY_BELOW_BYTES ? Buffer.from(plain) : plain)
+    if (!inSlab) return this.onMessage(plain)
+    if (plain.length < COPY_BELOW_BYTES) return this.onMessage(Buffer.from(plain))
+    if (!deliverLeased(() => this.onMessage(plain))) this.pinned = true
   }
 
   private fail(err: Error): void {

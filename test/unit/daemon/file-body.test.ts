@@ -8,7 +8,8 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
-import { FileBody, SMALL_CHUNK_BYTES, STAGE_BYTES, WRITE_QUEUE_BYTES, type WritevFn } from '../../../src/daemon/file-body.js'
+import { FileBody, WRITE_QUEUE_BYTES, type WritevFn } from '../../../src/daemon/file-body.js'
+import { SMALL_CHUNK_BYTES, STAGE_BYTES } from '../../../src/daemon/chunk-stage.js'
 import { encodeTransfer } from '../../../src/protocol/transfer.js'
 
 const KiB = 1024

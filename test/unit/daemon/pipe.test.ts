@@ -9,7 +9,8 @@ import net from 'node:net'
 import { randomBytes } from 'node:crypto'
 import { PassThrough, Writable } from 'node:stream'
 import { afterEach, describe, expect, it } from 'vitest'
-import { GATHER_BYTES, join, SMALL_WRITE_BYTES, SocketGather } from '../../../src/daemon/pipe.js'
+import { join, SocketGather } from '../../../src/daemon/pipe.js'
+import { SMALL_CHUNK_BYTES, STAGE_BYTES } from '../../../src/daemon/chunk-stage.js'
 
 const open: Array<net.Server | net.Socket> = []
 afterEach(() => {
@@ -88,13 +89,13 @@ function stalledSocket(): { sock: Writable & { destroyed: boolean }; writes: () 
 }
 
 describe('SocketGather', () => {
-  it('1-byte payloads to a socket that stopped taking writes are gathered: about one queued write per GATHER_BYTES, not one per byte', async () => {
+  it('1-byte payloads to a socket that stopped taking writes are gathered: about one queued write per STAGE_BYTES, not one per byte', async () => {
     const s = stalledSocket()
     const out = new SocketGather(s.sock)
     const data = randomBytes(200_000)
     for (let at = 0; at < data.length; at++) out.write(data.subarray(at, at + 1))
     // The first byte went at once (nothing was queued); the rest waited in 64 KiB buffers.
-    expect(s.writes()).toBeLessThanOrEqual(1 + Math.ceil(data.length / GATHER_BYTES))
+    expect(s.writes()).toBeLessThanOrEqual(1 + Math.ceil(data.length / STAGE_BYTES))
     expect(s.sock.writableLength).toBeLessThan(data.length + 1)
     for (let i = 0; i < 20 && Buffer.concat(s.got).length < data.length; i++) {
       s.release()
@@ -106,7 +107,7 @@ describe('SocketGather', () => {
   it('keeps order across small and large payloads and flush(); a socket that keeps up gets each payload at once', async () => {
     const s = stalledSocket()
     const out = new SocketGather(s.sock)
-    const sizes = [1, 5, SMALL_WRITE_BYTES, 3, SMALL_WRITE_BYTES - 1, GATHER_BYTES, 2, GATHER_BYTES - 1, 7]
+    const sizes = [1, 5, SMALL_CHUNK_BYTES, 3, SMALL_CHUNK_BYTES - 1, STAGE_BYTES, 2, STAGE_BYTES - 1, 7]
     const parts = sizes.map((n) => randomBytes(n))
     for (const p of parts) out.write(p)
     out.flush()
@@ -118,5 +119,17 @@ describe('SocketGather', () => {
     const before = s.writes()
     out.write(Buffer.from('x'))
     expect(s.writes()).toBe(before + 1) // nothing queued: not held back
+  })
+
+  it('says when nothing refers to a payload any more (the session reader may then read into its memory again)', () => {
+    const s = stalledSocket()
+    const out = new SocketGather(s.sock)
+    expect(out.write(randomBytes(STAGE_BYTES))).toBe(false) // written, still queued in the socket
+    expect(out.write(randomBytes(10))).toBe(true) // copied into the stage
+    expect(out.write(randomBytes(SMALL_CHUNK_BYTES))).toBe(false) // queued as it is
+    // A socket that takes every write whole at once.
+    const fast = new Writable({ write: (_c, _e, cb) => cb() })
+    const quick = new SocketGather(fast as Writable & { destroyed: boolean })
+    expect(quick.write(randomBytes(STAGE_BYTES))).toBe(true)
   })
 })

@@ -8,12 +8,15 @@
 // the bytes into reads (every split point of a two-message run, byte by byte, a large
 // message across many reads, a message secret-stream had half read when the reader took
 // over); corrupted or too-short messages destroy the session with secret-stream's own
-// error; a length above MAX_MESSAGE_BYTES is refused before anything is gathered.
+// error; a length above MAX_MESSAGE_BYTES is refused before anything is gathered. Over
+// TCP, a slab whose messages were released (delivery-lease.ts) is read into again, and a
+// message its consumer kept is never overwritten.
 import { createHash, randomBytes } from 'node:crypto'
 import net from 'node:net'
 import { Duplex } from 'node:stream'
 import SecretStream from '@hyperswarm/secret-stream'
 import { afterEach, describe, expect, it } from 'vitest'
+import { released } from '../../../src/tunnel/delivery-lease.js'
 import { MAX_MESSAGE_BYTES, readMessages } from '../../../src/tunnel/session-reader.js'
 import { tcpSessions, type TcpSessions } from './secret-stream-pair.js'
 
@@ -301,6 +304,41 @@ describe('readMessages over TCP: reads straight into its own slabs', () => {
     await until(() => got.length === sent.length + 1)
     expect(userBuffer(server)).toBeInstanceOf(Uint8Array)
     expect(String(got.at(-1))).toBe('last')
+  })
+
+  it('a slab whose large messages were all released is read into again; a message kept by its consumer is never overwritten', async () => {
+    const { a, b, server, errors } = await tcpPair()
+    const sent: Buffer[] = []
+    for (let i = 0; i < 240; i++) sent.push(randomBytes(i % 7 === 3 ? 40_000 + i : 64 * 1024 + 5))
+    // Messages 0-119 are released as they come; of 120-239 every third is kept as it was delivered (a view).
+    const kept: Array<[number, Buffer]> = []
+    const releasedMemory = new Set<ArrayBufferLike>()
+    let n = 0
+    let bad = 0
+    const done = new Promise<void>((resolve) => {
+      readMessages(b, (m) => {
+        const i = n++ - 1 // the first message is 'first'
+        if (i >= 0 && !m.equals(sent[i]!)) bad++
+        if (i >= 0 && i < 120) {
+          releasedMemory.add(m.buffer)
+          released()
+        } else if (i >= 120 && i % 3 === 0) kept.push([i, m])
+        else if (i >= 120) released()
+        if (i === sent.length - 1) resolve()
+      })
+    })
+    a.write(Buffer.from('first'))
+    await until(() => n === 1)
+    expect(userBuffer(server)).toBeInstanceOf(Uint8Array)
+    for (const m of sent) a.write(m)
+    await done
+    expect(bad).toBe(0)
+    expect(errors).toEqual([])
+    // ~7.5 MiB released: read in one slab over and over (a new one only when a message does not fit), not ~30.
+    expect(releasedMemory.size).toBeLessThanOrEqual(3)
+    // What was kept still holds what was sent, though later reads went on.
+    expect(kept.length).toBe(40)
+    for (const [i, m] of kept) expect(m.equals(sent[i]!), `message ${i}`).toBe(true)
   })
 
   it('a corrupted message on the socket destroys the session with secret-stream\'s error', async () => {
