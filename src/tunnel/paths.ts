@@ -220,7 +220,7 @@ export class Paths {
     const socketAt = (i: number, to: Endpoint): UDXSocket | null => (isIPv6(to.host) ? (i === 0 ? socket6 : null) : i === 0 ? socket : sockets[i - 1]!)
     const indexOf = (sock: UDXSocket): number => (sock === socket || sock === socket6 ? 0 : sockets.indexOf(sock) + 1)
     const puncher: Puncher = new Puncher(
-      { introId: intro.introId, punchKey: intro.punchKey, initiator: intro.initiator, candidates, localStreamId: streamId, deadlineMs: timeoutMs, strategy, sprayHost: intro.peer.udp?.host, sockets: sockets.length, ...(this.c.firstProbeTtl ? { firstTtl: this.c.firstProbeTtl(intro.peer.udp?.host) } : {}) },
+      { introId: intro.introId, punchKey: intro.punchKey, initiator: intro.initiator, candidates, localStreamId: streamId, deadlineMs: timeoutMs, strategy, sprayHost: intro.peer.udp?.host, sockets: sockets.length, peerOpen: intro.peer.nat === 'none', ...(this.c.firstProbeTtl ? { firstTtl: this.c.firstProbeTtl(intro.peer.udp?.host) } : {}) },
       {
         send: (buf, to, ttl, i = 0) => {
           if (this.budget.probe(id)) socketAt(i, to)?.trySend(buf, to.port, to.host, ttl)
