@@ -77,6 +77,13 @@ export const MAX_LEARNT_CANDIDATES = 4
 export const BIRTHDAY_SOCKETS = 256
 /** The hard side repeats its first-TTL probes this often (the mappings must not expire). */
 export const BIRTHDAY_REFRESH_MS = 1_000
+/**
+ * Birthday sockets that open and probe in one turn of the event loop: all 256 at once
+ * (binds and sends) held the agent's loop for ~200 ms on a loaded machine (lab, public×hard
+ * at 20 ms RTT: the peer's answers waited that long), so probes and acks of the punch
+ * itself go out between batches.
+ */
+export const BIRTHDAY_BATCH = 32
 /** The easy side sprays this many random ports per second, in bursts every SPRAY_TICK_MS. */
 export const SPRAY_RATE_PER_S = 1_000
 export const SPRAY_TICK_MS = 10
@@ -177,8 +184,9 @@ export class Puncher {
       const onAbort = (): void => this.fail(new NatdError('ABORTED', 'punching aborted'))
       signal?.addEventListener('abort', onAbort, { once: true })
       this.detach = () => signal?.removeEventListener('abort', onAbort)
-      if (this.strategy === 'birthday') this.onBirthdayExpired()
+      // The agent's socket first: a peer without NAT hears from us before hundreds of birthday sockets are opened and probe (paths.ts opens them at their first probe).
       for (const cand of this.candidates) if (this.strategy !== 'birthday' || this.fromAgentSocket(cand)) this.probe(cand.endpoint, false, this.firstProbeTtl(cand))
+      if (this.strategy === 'birthday') this.onBirthdayExpired()
       if (this.strategy === 'spray') this.sprayTimer = this.c.clock.setTimeout(() => this.onSprayExpired(), PROBE_START_DELAY_MS)
       this.timer = this.c.clock.setTimeout(() => this.onProbeTimerExpired(), PROBE_START_DELAY_MS)
     })
@@ -295,15 +303,19 @@ export class Puncher {
     this.timer = this.c.clock.setTimeout(() => this.onProbeTimerExpired(), period)
   }
 
-  /** 'birthday': first-TTL probes to the peer's public candidates from every birthday socket. */
-  private onBirthdayExpired(): void {
+  /**
+   * 'birthday': first-TTL probes to the peer's public candidates from every birthday
+   * socket, BIRTHDAY_BATCH sockets per turn of the event loop (`from`: the first of this turn).
+   */
+  private onBirthdayExpired(from = 1): void {
     if (this.state.kind !== 'probing' && this.state.kind !== 'choosing') return
     const sockets = this.init.sockets ?? 0
+    const to = Math.min(sockets, from + BIRTHDAY_BATCH - 1)
     for (const cand of this.candidates) {
       if (cand.kind !== 'public' || (cand.socket ?? 0) !== 0 || isV6(cand)) continue
-      for (let i = 1; i <= sockets; i++) this.probe(cand.endpoint, false, this.firstTtl, i)
+      for (let i = from; i <= to; i++) this.probe(cand.endpoint, false, this.firstTtl, i)
     }
-    this.birthdayTimer = this.c.clock.setTimeout(() => this.onBirthdayExpired(), BIRTHDAY_REFRESH_MS)
+    this.birthdayTimer = to < sockets ? this.c.clock.setTimeout(() => this.onBirthdayExpired(to + 1), 0) : this.c.clock.setTimeout(() => this.onBirthdayExpired(), BIRTHDAY_REFRESH_MS)
   }
 
   /** 'spray': probes to random ports of the hard peer's address, bounded in count. */

@@ -12,8 +12,8 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
 import { formatEndpoint, sameEndpoint, type Endpoint } from '../../../src/protocol/endpoint.js'
 import { silentLogger, systemClock } from '../../../src/protocol/log.js'
-import { decode, type Message } from '../../../src/protocol/rendezvous.js'
-import { PROBE_START_DELAY_MS, Puncher, type PunchInit } from '../../../src/tunnel/punch.js'
+import { decode, encode, type Message } from '../../../src/protocol/rendezvous.js'
+import { BIRTHDAY_BATCH, PROBE_START_DELAY_MS, Puncher, type PunchInit } from '../../../src/tunnel/punch.js'
 import { seq, track } from '../helpers.js'
 
 const T0 = 1_700_000_000_000
@@ -111,6 +111,32 @@ describe('Puncher: a hard NAT toward a peer with no NAT (public×hard)', () => {
     expect(h.accept({ ...P }, 0)).toBe(true)
     await vi.advanceTimersByTimeAsync(0)
     expect(th.result).toMatchObject({ endpoint: P, remoteStreamId: 101, socket: 0 })
+  })
+
+  it('the agent socket probes before any birthday socket (paths.ts opens those at their first probe: 256 binds need not delay the public peer)', () => {
+    const sockets: number[] = []
+    const x = new Puncher(
+      { introId: INTRO_ID, punchKey: PUNCH_KEY, initiator: false, localStreamId: 1, deadlineMs: 1_000, candidates: [{ endpoint: P, kind: 'public' }], strategy: 'birthday', sockets: BIRTHDAY, peerOpen: true },
+      { send: (_b, _to, _ttl, socket) => void sockets.push(socket ?? 0), clock: systemClock, log: silentLogger }
+    )
+    track(x.run())
+    expect(sockets).toEqual([0, 1, 2, 3, 4])
+    x.stop()
+  })
+
+  it(`birthday sockets probe BIRTHDAY_BATCH per turn of the event loop: a probe that arrives meanwhile is answered before the next batch`, async () => {
+    const sends: Array<[number, boolean]> = []
+    const x = new Puncher(
+      { introId: INTRO_ID, punchKey: PUNCH_KEY, initiator: false, localStreamId: 1, deadlineMs: 5_000, candidates: [{ endpoint: P, kind: 'public' }], strategy: 'birthday', sockets: 100 },
+      { send: (b, _to, _ttl, socket) => void sends.push([socket ?? 0, probeOf(b).ack]), clock: systemClock, log: silentLogger }
+    )
+    track(x.run())
+    expect(sends.map(([i]) => i)).toEqual(Array.from({ length: BIRTHDAY_BATCH }, (_, k) => k + 1))
+    x.onProbe(probeOf(encode({ type: 'probe', introId: INTRO_ID, streamId: 9, seq: 1, ack: false, key: PUNCH_KEY })), P)
+    expect(sends[BIRTHDAY_BATCH]).toEqual([0, true]) // the ack, at once
+    await vi.advanceTimersByTimeAsync(PROBE_START_DELAY_MS - 1) // the remaining batches, each a turn later, before the regular probes
+    expect(sends.filter(([i]) => i > 0).map(([i]) => i)).toEqual(Array.from({ length: 100 }, (_, k) => k + 1))
+    x.stop()
   })
 
   it('without peerOpen only the birthday sockets probe (TTL-limited) and a spray that misses never connects', async () => {
