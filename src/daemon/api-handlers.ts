@@ -3,6 +3,7 @@
  * them) and the views it returns, over the parts of a running agent. A method called
  * before the agent started a part fails with NOT_REGISTERED "not started".
  */
+import { systemClock, type TimerClock } from '../protocol/clock.js'
 import { formatEndpoint } from '../protocol/endpoint.js'
 import { NatdError } from '../protocol/errors.js'
 import { peerId } from '../protocol/identity.js'
@@ -11,6 +12,7 @@ import type { Handlers } from '../ipc/server.js'
 import type { FileStreamServer } from '../ipc/file-stream.js'
 import type { PeerInfo, StatusResult } from '../ipc/schema.js'
 import type { TunnelManager } from '../tunnel/manager.js'
+import { pingAcross } from '../tunnel/ping-across.js'
 import type { Exposes } from './exposes.js'
 import type { Files } from './files.js'
 import type { Forwards } from './forwards.js'
@@ -34,6 +36,8 @@ export interface AgentParts {
   known: KnownPeers
   /** Why each offline peer went (peer-presence.ts); absent in tests that need none. */
   presence?: PeerPresence
+  /** The agent's clock (a ping's deadline); the system's when absent. */
+  clock?: TimerClock
 }
 
 function started<T>(part: T | null): T {
@@ -89,8 +93,9 @@ export function apiHandlers(parts: () => AgentParts): Handlers {
       if (!tunnels().get(peer)) await tunnels().open(peer, 'auto', timeoutMs, signal)
       const t = tunnels().get(peer)
       if (!t) throw new NatdError('TUNNEL_CLOSED', `no tunnel to ${peer}`)
-      const rttMs = await t.ping(timeoutMs, signal)
-      return { peer: t.peer.name, path: t.path, remote: formatEndpoint(t.remote), rttMs }
+      // A migrating tunnel is waited for, within timeoutMs, as forwards, messages and files wait (ping-across.ts).
+      const { rttMs, waitedMs } = await pingAcross(t, timeoutMs, parts().clock ?? systemClock, signal)
+      return { peer: t.peer.name, path: t.path, remote: formatEndpoint(t.remote), rttMs, waitedMs }
     },
     netcheck: () => started(parts().nat).netcheck(),
     'forward.add': (spec) => forwards().add(spec),

@@ -93,6 +93,8 @@ export interface PingResult {
   path: PathKind
   remote: string
   rttMs: number
+  /** Time the call waited for a migrating tunnel to resume before its round trip (0 when it was up). */
+  waitedMs: number
 }
 
 /** RFC 4787 NAT behaviours as `netcheck` reports them (see docs/API.md#netcheck). */

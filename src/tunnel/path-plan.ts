@@ -5,6 +5,10 @@
  * - A NAT that maps per destination ('hard') gives the server one mapping and the peer
  *   another, so the peer cannot aim at it: TCP punching through it fails, and UDP needs
  *   a search (birthday on the hard side, spray on the easy side, punch.ts).
+ * - A host with no NAT ('none') facing a hard one keeps the search (a public host behind a
+ *   firewall that drops what it did not ask for needs it), but the hard side also probes
+ *   it plainly from the agent's socket (punch.ts peerOpen): its NAT maps that socket for
+ *   the peer, which answers the mapping it saw, in about one and a half round trips.
  * - When both NATs are hard, neither side can find the other's mapping: no direct path,
  *   unless one side's gateway mapped its port (PCP, NAT-PMP): the other side then probes
  *   that mapped endpoint plainly, and the mapped side answers through the mapping (the

@@ -209,18 +209,26 @@ export class Paths {
       ...(intro.peer.udp ? [{ endpoint: intro.peer.udp, kind: 'public' as const }] : [])
     ].filter((c) => socket6 || !isIPv6(c.endpoint.host)) // without an IPv6 socket, no IPv6 candidate
     const id = peerId(intro.peer.publicKey)
-    // Birthday sockets: index i (1-based) is sockets[i - 1]; index 0 is the agent's socket.
+    // Birthday sockets: index i (1-based) is sockets[i - 1] (birthday(i)); index 0 is the agent's socket.
     const slot = strategy === 'birthday' ? this.budget.birthday(id) : null
     if (strategy === 'birthday' && !slot) {
       this.refusals.note('BUSY', 'birthday punch', name)
       throw new NatdError('BUSY', `already ${this.budget.init.birthdayPunches} birthday punches at once (or one with ${name}); each holds ${BIRTHDAY_SOCKETS} sockets`)
     }
-    const sockets: UDXSocket[] = slot ? this.openBirthdaySockets((buf, from, i) => this.onBirthdayDatagram(introKey, buf, from, i)) : []
+    // Each opened at its first probe (punch.ts probes from BIRTHDAY_BATCH of them per turn of the event loop, after
+    // the agent's socket): binding all of them at once held the loop for as long as the punch to a peer without NAT takes.
+    const sockets: UDXSocket[] = []
+    let released = false
+    const birthday = (i: number): UDXSocket | null => {
+      if (released) return sockets[i - 1] ?? null
+      while (sockets.length < Math.min(i, BIRTHDAY_SOCKETS)) sockets.push(this.openBirthdaySocket(sockets.length + 1, (buf, from, index) => this.onBirthdayDatagram(introKey, buf, from, index)))
+      return sockets[i - 1] ?? null
+    }
     // Index 0 is the agent's socket of the destination's family; birthday sockets are IPv4.
-    const socketAt = (i: number, to: Endpoint): UDXSocket | null => (isIPv6(to.host) ? (i === 0 ? socket6 : null) : i === 0 ? socket : sockets[i - 1]!)
+    const socketAt = (i: number, to: Endpoint): UDXSocket | null => (isIPv6(to.host) ? (i === 0 ? socket6 : null) : i === 0 ? socket : slot ? birthday(i) : null)
     const indexOf = (sock: UDXSocket): number => (sock === socket || sock === socket6 ? 0 : sockets.indexOf(sock) + 1)
     const puncher: Puncher = new Puncher(
-      { introId: intro.introId, punchKey: intro.punchKey, initiator: intro.initiator, candidates, localStreamId: streamId, deadlineMs: timeoutMs, strategy, sprayHost: intro.peer.udp?.host, sockets: sockets.length, ...(this.c.firstProbeTtl ? { firstTtl: this.c.firstProbeTtl(intro.peer.udp?.host) } : {}) },
+      { introId: intro.introId, punchKey: intro.punchKey, initiator: intro.initiator, candidates, localStreamId: streamId, deadlineMs: timeoutMs, strategy, sprayHost: intro.peer.udp?.host, sockets: slot ? BIRTHDAY_SOCKETS : 0, peerOpen: intro.peer.nat === 'none', ...(this.c.firstProbeTtl ? { firstTtl: this.c.firstProbeTtl(intro.peer.udp?.host) } : {}) },
       {
         send: (buf, to, ttl, i = 0) => {
           if (this.budget.probe(id)) socketAt(i, to)?.trySend(buf, to.port, to.host, ttl)
@@ -242,6 +250,7 @@ export class Paths {
     })
     let keep = -1 // the birthday socket the path uses, if any
     const release = (): void => {
+      released = true
       for (const [i, s] of sockets.entries()) if (i + 1 !== keep) void s.close()
       slot?.release() // the one socket kept goes with the tunnel
     }
@@ -272,16 +281,12 @@ export class Paths {
     }
   }
 
-  private openBirthdaySockets(onDatagram: (buf: Buffer, from: Endpoint, index: number) => void): UDXSocket[] {
-    const out: UDXSocket[] = []
-    for (let i = 1; i <= BIRTHDAY_SOCKETS; i++) {
-      const s = this.c.udx.createSocket()
-      s.bind(0, '0.0.0.0')
-      s.on('message', (buf, rinfo) => onDatagram(buf, { host: rinfo.host, port: rinfo.port }, i))
-      s.on('error', () => undefined)
-      out.push(s)
-    }
-    return out
+  private openBirthdaySocket(i: number, onDatagram: (buf: Buffer, from: Endpoint, index: number) => void): UDXSocket {
+    const s = this.c.udx.createSocket()
+    s.bind(0, '0.0.0.0')
+    s.on('message', (buf, rinfo) => onDatagram(buf, { host: rinfo.host, port: rinfo.port }, i))
+    s.on('error', () => undefined)
+    return s
   }
 
   private onBirthdayDatagram(introKey: string, buf: Buffer, from: Endpoint, index: number): void {

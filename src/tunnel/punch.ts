@@ -29,6 +29,16 @@
  * side from BIRTHDAY_SOCKETS extra sockets, opening that many mappings without
  * reaching the peer's NAT; the easy side ('spray') probes random ports of the hard
  * side's address at ~SPRAY_RATE_PER_S until one lands on a mapping and is answered.
+ *
+ * A peer with no NAT at all (verdict 'none', PunchInit.peerOpen) has no mapping for a
+ * probe to claim, and its public address is its own: the agent's socket probes it at
+ * full TTL from the first probe, under every strategy. For a hard side that is the whole
+ * punch: its NAT maps the agent's socket for the peer, the peer learns that mapping from
+ * the probe (peer-reflexive) and answers it, so the path is up in about one and a half
+ * round trips instead of waiting for the spray to land on a birthday socket (public×hard
+ * was 1.35-1.64x hyperdht's open time at 20-100 ms RTT, docs/BENCHMARKS.md). The birthday
+ * sockets and the peer's spray still run, for a public host behind a firewall that drops
+ * what it did not ask for.
  */
 import { formatEndpoint, isIPv6, sameEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { NatdError } from '../protocol/errors.js'
@@ -67,6 +77,13 @@ export const MAX_LEARNT_CANDIDATES = 4
 export const BIRTHDAY_SOCKETS = 256
 /** The hard side repeats its first-TTL probes this often (the mappings must not expire). */
 export const BIRTHDAY_REFRESH_MS = 1_000
+/**
+ * Birthday sockets that open and probe in one turn of the event loop: all 256 at once
+ * (binds and sends) held the agent's loop for ~200 ms on a loaded machine (lab, public×hard
+ * at 20 ms RTT: the peer's answers waited that long), so probes and acks of the punch
+ * itself go out between batches.
+ */
+export const BIRTHDAY_BATCH = 32
 /** The easy side sprays this many random ports per second, in bursts every SPRAY_TICK_MS. */
 export const SPRAY_RATE_PER_S = 1_000
 export const SPRAY_TICK_MS = 10
@@ -103,6 +120,11 @@ export interface PunchInit {
    * there, only the firewall of our first router to open.
    */
   firstTtl?: number
+  /**
+   * The peer has no NAT (it reported verdict 'none'): the agent's socket probes its
+   * IPv4 public candidates at full TTL from the first probe, 'birthday' included.
+   */
+  peerOpen?: boolean
 }
 
 export interface PunchComponents {
@@ -162,12 +184,9 @@ export class Puncher {
       const onAbort = (): void => this.fail(new NatdError('ABORTED', 'punching aborted'))
       signal?.addEventListener('abort', onAbort, { once: true })
       this.detach = () => signal?.removeEventListener('abort', onAbort)
-      if (this.strategy === 'birthday') {
-        this.onBirthdayExpired()
-        for (const cand of this.candidates) if (cand.kind === 'lan' || isV6(cand)) this.probe(cand.endpoint, false, isV6(cand) && cand.kind === 'public' ? FIRST_PROBE_TTL : undefined)
-      } else {
-        for (const cand of this.candidates) this.probe(cand.endpoint, false, cand.kind === 'public' ? (isV6(cand) ? FIRST_PROBE_TTL : this.firstTtl) : undefined)
-      }
+      // The agent's socket first: a peer without NAT hears from us before hundreds of birthday sockets are opened and probe (paths.ts opens them at their first probe).
+      for (const cand of this.candidates) if (this.strategy !== 'birthday' || this.fromAgentSocket(cand)) this.probe(cand.endpoint, false, this.firstProbeTtl(cand))
+      if (this.strategy === 'birthday') this.onBirthdayExpired()
       if (this.strategy === 'spray') this.sprayTimer = this.c.clock.setTimeout(() => this.onSprayExpired(), PROBE_START_DELAY_MS)
       this.timer = this.c.clock.setTimeout(() => this.onProbeTimerExpired(), PROBE_START_DELAY_MS)
     })
@@ -179,6 +198,23 @@ export class Puncher {
 
   private get firstTtl(): number {
     return this.init.firstTtl ?? FIRST_PROBE_TTL
+  }
+
+  /** The TTL of the first probe to `cand`: none to a LAN candidate or a peer without NAT (nothing to claim), else limited. */
+  private firstProbeTtl(cand: Candidate): number | undefined {
+    if (cand.kind === 'lan') return undefined
+    if (isV6(cand)) return FIRST_PROBE_TTL
+    return this.init.peerOpen ? undefined : this.firstTtl
+  }
+
+  /**
+   * 'birthday': whether the agent's socket probes `cand` at full TTL. A full-TTL probe
+   * to the easy side's NAT would arrive unsolicited and could claim its port, so only
+   * LAN and IPv6 candidates, those learnt on a birthday socket, and every candidate of a
+   * peer without NAT.
+   */
+  private fromAgentSocket(cand: Candidate): boolean {
+    return cand.kind === 'lan' || isV6(cand) || (cand.socket ?? 0) !== 0 || this.init.peerOpen === true
   }
 
   /** A probe or ack for this introduction arrived from `from` on local socket `socket`. */
@@ -257,26 +293,29 @@ export class Puncher {
       this.fail(new NatdError('PUNCH_TIMEOUT', `no direct UDP path in ${this.init.deadlineMs} ms (tried ${tried || 'no candidates'}; ${this.probesSent} probes${how}${heard})`))
       return
     }
-    // The hard side only answers and refreshes its first-TTL probes: a full-TTL probe from a
-    // birthday socket would reach the easy side's NAT unsolicited and could claim its port.
+    // The hard side only answers and refreshes its first-TTL probes (fromAgentSocket()).
     const lanToo = now - this.started < LAN_PROBE_MS
     for (const cand of this.candidates) {
       if (cand.kind === 'lan' && !lanToo) continue
-      if (this.strategy !== 'birthday' || cand.kind === 'lan' || isV6(cand) || (cand.socket ?? 0) !== 0) this.probe(cand.endpoint, false, undefined, cand.socket ?? 0)
+      if (this.strategy !== 'birthday' || this.fromAgentSocket(cand)) this.probe(cand.endpoint, false, undefined, cand.socket ?? 0)
     }
     const period = now - this.started < PROBE_FAST_MS ? PROBE_INTERVAL_MS : PROBE_SLOW_INTERVAL_MS
     this.timer = this.c.clock.setTimeout(() => this.onProbeTimerExpired(), period)
   }
 
-  /** 'birthday': first-TTL probes to the peer's public candidates from every birthday socket. */
-  private onBirthdayExpired(): void {
+  /**
+   * 'birthday': first-TTL probes to the peer's public candidates from every birthday
+   * socket, BIRTHDAY_BATCH sockets per turn of the event loop (`from`: the first of this turn).
+   */
+  private onBirthdayExpired(from = 1): void {
     if (this.state.kind !== 'probing' && this.state.kind !== 'choosing') return
     const sockets = this.init.sockets ?? 0
+    const to = Math.min(sockets, from + BIRTHDAY_BATCH - 1)
     for (const cand of this.candidates) {
       if (cand.kind !== 'public' || (cand.socket ?? 0) !== 0 || isV6(cand)) continue
-      for (let i = 1; i <= sockets; i++) this.probe(cand.endpoint, false, this.firstTtl, i)
+      for (let i = from; i <= to; i++) this.probe(cand.endpoint, false, this.firstTtl, i)
     }
-    this.birthdayTimer = this.c.clock.setTimeout(() => this.onBirthdayExpired(), BIRTHDAY_REFRESH_MS)
+    this.birthdayTimer = to < sockets ? this.c.clock.setTimeout(() => this.onBirthdayExpired(to + 1), 0) : this.c.clock.setTimeout(() => this.onBirthdayExpired(), BIRTHDAY_REFRESH_MS)
   }
 
   /** 'spray': probes to random ports of the hard peer's address, bounded in count. */

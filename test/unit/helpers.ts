@@ -250,3 +250,13 @@ export function tempDirs(prefix: string): () => string {
 export function upTunnel(peer: { name: string; id: string }, mux: Mux): Tunnel {
   return Object.assign(new EventEmitter(), { peer, path: 'direct-udp', mux, isMigrating: false }) as unknown as Tunnel
 }
+
+/** Tracks a promise without leaving a rejection unhandled: its result or error once settled. */
+export function track<T>(p: Promise<T>): { result: T | null; error: unknown; settled: () => boolean } {
+  const t = { result: null as T | null, error: undefined as unknown, settled: () => t.result !== null || t.error !== undefined }
+  p.then(
+    (r) => (t.result = r),
+    (e: unknown) => (t.error = e)
+  )
+  return t
+}

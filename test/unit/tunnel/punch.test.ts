@@ -27,10 +27,9 @@ import {
   PROBE_START_DELAY_MS,
   Puncher,
   type Candidate,
-  type PunchInit,
-  type PunchResult
+  type PunchInit
 } from '../../../src/tunnel/punch.js'
-import { seq } from '../helpers.js'
+import { seq, track } from '../helpers.js'
 
 const clock = systemClock
 const T0 = 1_700_000_000_000
@@ -99,16 +98,6 @@ function recorder(): { sent: Sent[]; send: (buf: Uint8Array, to: Endpoint, ttl?:
 
 function makePuncher(init: Partial<PunchInit> & { candidates: Candidate[] }, send = recorder().send): Puncher {
   return new Puncher({ introId: INTRO_ID, punchKey: PUNCH_KEY, initiator: true, localStreamId: 11, deadlineMs: 10_000, ...init }, { send, clock, log: silentLogger })
-}
-
-/** Tracks a run() promise without leaving a rejection unhandled. */
-function track(p: Promise<PunchResult>): { result: PunchResult | null; error: unknown; settled: () => boolean } {
-  const t = { result: null as PunchResult | null, error: undefined as unknown, settled: () => t.result !== null || t.error !== undefined }
-  p.then(
-    (r) => (t.result = r),
-    (e: unknown) => (t.error = e)
-  )
-  return t
 }
 
 beforeEach(() => {
