@@ -20,6 +20,7 @@ import { NatdError } from '../protocol/errors.js'
 import { parseDuration } from '../protocol/duration.js'
 import { generateKeyPair, isValidName, NAME_RULE, type KeyPair } from '../protocol/identity.js'
 import { parseServerSpec } from './server-address.js'
+import { ConfigJson } from './config-json.js'
 import { LEARNT_FILE, readLearnt, type Learnt } from './learnt-file.js'
 import { BackgroundJsonFile, defaultStateDirFor, removeStaleTemps, writeFileAtomic } from '../common/state-files.js'
 import { isPeerId, type PeerRef } from '../protocol/peer-ref.js'
@@ -91,6 +92,8 @@ export { LEARNT_FILE } from './learnt-file.js'
 export interface StateStoreOptions {
   /** How learnt.json is written (tests stall it); default: writeFileAtomicAsync. */
   writeLearnt?: (file: string, text: string) => Promise<void>
+  /** How config.json is written once read (config-json.ts; tests stall it); default: writeFileAtomicAsync. */
+  writeConfig?: (file: string, text: string) => Promise<void>
 }
 
 function entryKey(e: ForwardSpec | ExposeSpec): string {
@@ -102,14 +105,16 @@ export function defaultStateDir(env: NodeJS.ProcessEnv = process.env, uid = proc
 }
 
 /**
- * Persistent agent state. Methods return copies; writes go straight to disk (atomically, by conf).
+ * Persistent agent state. Methods return copies; changes take effect at once and go to
+ * disk in the background (config-json.ts: `durable()` says when they are there).
  *
  * `forwards` and `exposes` are natctl's (persisted) plus the config file's (declared, held
  * in memory, never persisted): natctl's win on the same port. Removing a declared entry
  * with natctl hides it until the file is applied again (SIGHUP or restart).
  */
 export class StateStore {
-  private readonly conf: Conf<StoreShape>
+  /** config.json: read by conf at start, then held and written by config-json.ts. */
+  private readonly conf: ConfigJson<StoreShape>
   private declared: Declared = { forwards: [], exposes: [] }
   /** Keys of declared entries natctl removed or replaced; cleared by setDeclared(). */
   private readonly hidden = new Set<string>()
@@ -138,7 +143,7 @@ export class StateStore {
     this.learnt = read.learnt
     if (read.bad !== null) this.setAsideLearnt(learnt, read.bad)
     this.learntFile = new BackgroundJsonFile(learnt, o.writeLearnt, (err) => this.onWriteError?.(err))
-    this.conf = new Conf<StoreShape>({
+    const conf = new Conf<StoreShape>({
       cwd: dir,
       configName: 'config',
       configFileMode: 0o600,
@@ -147,6 +152,7 @@ export class StateStore {
       clearInvalidConfig: false,
       watch: false
     })
+    this.conf = new ConfigJson(conf.path, conf.store, o.writeConfig, (err) => this.onWriteError?.(err))
     this.migrateExposes()
   }
 
@@ -172,7 +178,7 @@ export class StateStore {
     const own = this.conf.get('exposes') ?? []
     if (own.every((e) => (e.allow ?? []).every(isCurrent))) return
     const pinned = this.knownPeers()
-    this.conf.set('exposes', own.map((e) => ({ ...e, allow: (e.allow ?? []).map((a) => migrateAllowEntry(a, pinned)) })))
+    this.conf.setNow('exposes', own.map((e) => ({ ...e, allow: (e.allow ?? []).map((a) => migrateAllowEntry(a, pinned)) })))
   }
 
   /** The stored config; a port of 0 (any) reads as the port learnt at an earlier start. */
@@ -192,14 +198,23 @@ export class StateStore {
     if (this.learntWritable) this.learntFile.save(this.learnt)
   }
 
-  /** Resolves once what was learnt so far is on disk (or its write failed). Never rejects. */
-  flushed(): Promise<void> {
-    return this.learntFile.flushed()
+  /** Resolves once what was learnt and changed so far is on disk (or its write failed). Never rejects. */
+  async flushed(): Promise<void> {
+    await Promise.all([this.learntFile.flushed(), this.conf.flushed()])
   }
 
-  /** Stores `c`; an unchanged config is not written again (conf writes and fsyncs on the event loop: LEARNT_FILE says why that costs). */
+  /** Resolves once every config change so far is on disk; STATE_WRITE_FAILED when its write failed (config-json.ts). */
+  durable(): Promise<void> {
+    return this.conf.durable()
+  }
+
+  /**
+   * Stores `c`, on disk when this returns (config-json.ts setNow: at start, before natd
+   * serves anything; `natd` commands that exit next rely on it); an unchanged config is
+   * not written again.
+   */
   setConfig(c: AgentConfig): Readonly<AgentConfig> {
-    if (!isDeepStrictEqual(this.conf.get('config'), c)) this.conf.set('config', c)
+    if (!isDeepStrictEqual(this.conf.get('config'), c)) this.conf.setNow('config', c)
     return Object.freeze({ ...c })
   }
 
