@@ -30,6 +30,10 @@ export function buildCli(argv: string[]): Argv<Global> {
     .usage('$0 <command> [options]\n\nControls the local natd agent.')
     .option('socket', { type: 'string', describe: 'natd API socket', global: true })
     .option('json', { type: 'boolean', default: false, describe: 'machine-readable output', global: true })
+    .option('debug', { type: 'boolean', default: false, describe: "trace natctl's steps on stderr (also NATCTL_DEBUG=1)", global: true })
+    .middleware((g) => {
+      if (g.debug) process.env.NATCTL_DEBUG = '1' // read by each ApiClient (ipc/client-trace.ts)
+    })
   // In the order --help lists them.
   return portCommands(transferCommands(tunnelCommands(peerCommands(base))))
     .demandCommand(1, 'name a command')
@@ -46,6 +50,8 @@ async function main(): Promise<void> {
   })
   try {
     await cli.parseAsync()
+    // Done: nothing natctl started may keep it (a proof file's removal behind a stalled disk).
+    process.exit(EXIT.OK)
   } catch (err) {
     if (err instanceof UsageError) {
       process.stderr.write(`natctl: ${err.message}\nTry natctl --help\n`)

@@ -152,6 +152,11 @@ export interface BackgroundRetry {
 export class BackgroundJsonFile {
   private next: string | null = null
   private running: Promise<void> | null = null
+  /** Saves so far, the one `next` holds, and the newest on disk. */
+  private saves = 0
+  private nextSave = 0
+  private written = 0
+  private readonly waiters: Array<{ save: number; resolve: (onDisk: boolean) => void }> = []
 
   constructor(
     readonly file: string,
@@ -163,7 +168,33 @@ export class BackgroundJsonFile {
 
   save(value: unknown): void {
     this.next = JSON.stringify(value, null, 2) + '\n'
+    this.nextSave = ++this.saves
     this.running ??= this.drain()
+  }
+
+  /**
+   * Whether every save made so far reached the disk: true once a write of it (or of a
+   * later value) landed, false as soon as one attempt at it failed (retries go on in the
+   * background). For a caller that must not say "done" before the change is durable.
+   */
+  durable(): Promise<boolean> {
+    const save = this.saves
+    if (this.written >= save) return Promise.resolve(true)
+    return new Promise((resolve) => this.waiters.push({ save, resolve }))
+  }
+
+  private settle(upTo: number, onDisk: boolean): void {
+    for (let i = this.waiters.length - 1; i >= 0; i--) {
+      const w = this.waiters[i]!
+      if (w.save > upTo) continue
+      this.waiters.splice(i, 1)
+      w.resolve(onDisk)
+    }
+  }
+
+  /** Whether a write is running or due. */
+  get writing(): boolean {
+    return this.running !== null
   }
 
   /** Resolves when every save so far is on disk (or failed). Never rejects. */
@@ -176,15 +207,22 @@ export class BackgroundJsonFile {
       let failures = 0
       while (this.next !== null) {
         const text = this.next
+        const save = this.nextSave
         this.next = null
         try {
           await this.write(this.file, text)
           failures = 0
+          this.written = Math.max(this.written, save)
+          this.settle(save, true)
         } catch (err) {
+          this.settle(save, false)
           this.onError(err as Error)
           const delay = this.retry.delaysMs[failures++]
           if (delay === undefined) continue // given up: the next save tries again
-          this.next ??= text // a newer save replaces it
+          if (this.next === null) {
+            this.next = text // a newer save replaces it
+            this.nextSave = save
+          }
           await this.retry.sleep(delay)
         }
       }

@@ -391,7 +391,7 @@ export class Agent {
 
   /** What the API reaches (api-handlers.ts); read at each call, as parts appear while the agent starts. */
   private parts(): AgentParts {
-    return { status: () => this.status(), client: this.client, tunnels: this.tunnels, forwards: this.forwards, messages: this.messages, files: this.files, streams: this.streams, nat: this.nat, exposes: this.exposes, known: this.known, clock: this.clock, ...(this.presence ? { presence: this.presence } : {}) }
+    return { status: () => this.status(), client: this.client, tunnels: this.tunnels, forwards: this.forwards, messages: this.messages, files: this.files, streams: this.streams, nat: this.nat, exposes: this.exposes, known: this.known, clock: this.clock, durable: () => this.c.store.durable(), ...(this.presence ? { presence: this.presence } : {}) }
   }
 
   /**

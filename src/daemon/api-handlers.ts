@@ -34,6 +34,11 @@ export interface AgentParts {
   nat: NatMonitor | null
   exposes: Exposes
   known: KnownPeers
+  /**
+   * Resolves once every config change so far is on disk (config-json.ts); a method that
+   * changes config answers only then, or with its STATE_WRITE_FAILED.
+   */
+  durable(): Promise<void>
   /** Why each offline peer went (peer-presence.ts); absent in tests that need none. */
   presence?: PeerPresence
   /** The agent's clock (a ping's deadline); the system's when absent. */
@@ -67,6 +72,12 @@ export function peerInfo(p: PeerRecord, known: Pick<KnownPeers, 'isPinned'>, tun
 export function apiHandlers(parts: () => AgentParts): Handlers {
   const tunnels = (): TunnelManager => started(parts().tunnels)
   const forwards = (): Forwards => started(parts().forwards)
+  /** The change's answer, once the change is on disk. */
+  const saved = async <T>(change: T | Promise<T>): Promise<T> => {
+    const result = await change
+    await parts().durable()
+    return result
+  }
   return {
     status: () => parts().status(),
     peers: async () => {
@@ -80,8 +91,8 @@ export function apiHandlers(parts: () => AgentParts): Handlers {
       }
       return peers.sort((a, b) => Number(b.online) - Number(a.online) || a.name.localeCompare(b.name))
     },
-    'peer.trust': ({ name, id, replace }) => parts().known.trust(name, id, replace),
-    'peer.untrust': ({ name }) => parts().known.untrust(name),
+    'peer.trust': ({ name, id, replace }) => saved(parts().known.trust(name, id, replace)),
+    'peer.untrust': ({ name }) => saved(parts().known.untrust(name)),
     subscribe: () => ({ subscribed: [] }), // handled by the API server itself
     open: async ({ peer, via, timeoutMs }, { signal }) => {
       const { tunnel, tookMs, reused } = await tunnels().open(peer, via, timeoutMs, signal)
@@ -98,12 +109,12 @@ export function apiHandlers(parts: () => AgentParts): Handlers {
       return { peer: t.peer.name, path: t.path, remote: formatEndpoint(t.remote), rttMs, waitedMs }
     },
     netcheck: () => started(parts().nat).netcheck(),
-    'forward.add': (spec) => forwards().add(spec),
+    'forward.add': (spec) => saved(forwards().add(spec)),
     'forward.ls': () => forwards().list(),
-    'forward.rm': ({ localPort }) => ({ removed: forwards().remove(localPort) }),
-    'expose.add': (spec) => parts().exposes.add(spec),
+    'forward.rm': ({ localPort }) => saved({ removed: forwards().remove(localPort) }),
+    'expose.add': (spec) => saved(parts().exposes.add(spec)),
     'expose.ls': () => parts().exposes.list(),
-    'expose.rm': ({ port }) => ({ removed: parts().exposes.remove(port) }),
+    'expose.rm': ({ port }) => saved({ removed: parts().exposes.remove(port) }),
     'message.send': ({ peer, text, timeoutMs, id }, { signal }) => started(parts().messages).send(peer, text, timeoutMs, { id: id ?? undefined, signal }),
     messages: ({ from, limit }) => started(parts().messages).list(from, limit),
     'messages.clear': ({ from }) => started(parts().messages).clear(from),

@@ -20,7 +20,9 @@ import { NatdError } from '../protocol/errors.js'
 import { parseDuration } from '../protocol/duration.js'
 import { generateKeyPair, isValidName, NAME_RULE, type KeyPair } from '../protocol/identity.js'
 import { parseServerSpec } from './server-address.js'
-import { BackgroundJsonFile, defaultStateDirFor, readJson, removeStaleTemps, writeFileAtomic } from '../common/state-files.js'
+import { ConfigJson } from './config-json.js'
+import { LEARNT_FILE, readLearnt, type Learnt } from './learnt-file.js'
+import { BackgroundJsonFile, defaultStateDirFor, removeStaleTemps, writeFileAtomic } from '../common/state-files.js'
 import { isPeerId, type PeerRef } from '../protocol/peer-ref.js'
 import type { LogLevel } from '../common/logger.js'
 import { isCurrent, migrateAllowEntry, type AllowEntry } from './allow-list.js'
@@ -85,72 +87,7 @@ interface StoreShape {
   serverKeys: Record<string, string>
 }
 
-/**
- * What the running agent learns and records without waiting for the disk: the port it
- * was given at its first start (when none was asked for), and server keys pinned on
- * first use. conf writes config.json synchronously with an fsync, on the event loop; in
- * CI a 1 KB config write right after start once waited over 29 s for a busy disk, and
- * the agent neither registered nor answered natctl meanwhile. This file is written in
- * the background (common/state-files.ts BackgroundJsonFile), so no disk write lies
- * between natd's start and its registration. A crash before it lands costs the lesson:
- * the next start takes a port again, or pins the server's key on first use again.
- */
-export const LEARNT_FILE = 'learnt.json'
-
-interface Learnt {
-  port?: number
-  serverKeys?: Record<string, string>
-}
-
-/**
- * learnt.json as read. Entries that are malformed are dropped (it is a cache of lessons);
- * a file that is there but does not read as a JSON object (empty, truncated, garbage) is
- * not: it may hold server keys pinned on first use, and reading it as `{}` would pin
- * again, silently, whatever key answers next. `bad` says why (StateStore sets it aside).
- */
-function readLearnt(file: string): { learnt: Learnt; bad: string | null } {
-  const unsafe = unsafeLearnt(file)
-  if (unsafe !== null) return { learnt: {}, bad: unsafe }
-  let raw: unknown
-  try {
-    raw = readJson<unknown>(file)
-  } catch (err) {
-    return { learnt: {}, bad: (err as Error).message }
-  }
-  if (raw === null) return { learnt: {}, bad: null } // not there: a first start
-  if (typeof raw !== 'object' || Array.isArray(raw)) return { learnt: {}, bad: 'not a JSON object' }
-  const r = raw as Record<string, unknown>
-  const out: Learnt = {}
-  if (typeof r.port === 'number' && Number.isInteger(r.port) && r.port > 0 && r.port < 65536) out.port = r.port
-  if (r.serverKeys && typeof r.serverKeys === 'object') {
-    const keys = Object.entries(r.serverKeys as Record<string, unknown>).filter((e): e is [string, string] => typeof e[1] === 'string' && isPeerId(e[1]))
-    if (keys.length) out.serverKeys = Object.fromEntries(keys)
-  }
-  return { learnt: out, bad: null }
-}
-
-/** A learnt.json above this is no cache of a port and a few keys: set aside unread (a start must not parse megabytes). */
-export const LEARNT_MAX_BYTES = 1024 * 1024
-
-/**
- * Why learnt.json cannot be trusted before it is read (null: it can, or it is not there):
- * natd writes it as a regular file of its own uid, mode 0600. One that group or others may
- * write, or that another uid owns, may hold a key someone else pinned for us.
- */
-function unsafeLearnt(file: string): string | null {
-  let st: fs.Stats
-  try {
-    st = fs.lstatSync(file)
-  } catch {
-    return null // not there, or readJson says why
-  }
-  const uid = process.getuid?.()
-  if (!st.isFile()) return 'not a regular file'
-  if (uid !== undefined && st.uid !== uid) return `owned by uid ${st.uid}, not natd's`
-  if ((st.mode & 0o022) !== 0) return `group or others may write it (mode ${(st.mode & 0o777).toString(8)})`
-  if (st.size > LEARNT_MAX_BYTES) return `larger than ${LEARNT_MAX_BYTES} bytes`
-  return null
-}
+export { LEARNT_FILE, LEARNT_MAX_BYTES } from './learnt-file.js'
 
 /** Why the state directory is not natd's alone (null: it is). */
 function unsafeStateDir(dir: string): string | null {
@@ -164,6 +101,8 @@ function unsafeStateDir(dir: string): string | null {
 export interface StateStoreOptions {
   /** How learnt.json is written (tests stall it); default: writeFileAtomicAsync. */
   writeLearnt?: (file: string, text: string) => Promise<void>
+  /** How config.json is written once read (config-json.ts; tests stall it); default: writeFileAtomicAsync. */
+  writeConfig?: (file: string, text: string) => Promise<void>
 }
 
 function entryKey(e: ForwardSpec | ExposeSpec): string {
@@ -175,14 +114,16 @@ export function defaultStateDir(env: NodeJS.ProcessEnv = process.env, uid = proc
 }
 
 /**
- * Persistent agent state. Methods return copies; writes go straight to disk (atomically, by conf).
+ * Persistent agent state. Methods return copies; changes take effect at once and go to
+ * disk in the background (config-json.ts: `durable()` says when they are there).
  *
  * `forwards` and `exposes` are natctl's (persisted) plus the config file's (declared, held
  * in memory, never persisted): natctl's win on the same port. Removing a declared entry
  * with natctl hides it until the file is applied again (SIGHUP or restart).
  */
 export class StateStore {
-  private readonly conf: Conf<StoreShape>
+  /** config.json: read by conf at start, then held and written by config-json.ts. */
+  private readonly conf: ConfigJson<StoreShape>
   private declared: Declared = { forwards: [], exposes: [] }
   /** Keys of declared entries natctl removed or replaced; cleared by setDeclared(). */
   private readonly hidden = new Set<string>()
@@ -213,7 +154,7 @@ export class StateStore {
     this.learnt = read.learnt
     if (read.bad !== null) this.setAsideLearnt(learnt, read.bad)
     this.learntFile = new BackgroundJsonFile(learnt, o.writeLearnt, (err) => this.onWriteError?.(err))
-    this.conf = new Conf<StoreShape>({
+    const conf = new Conf<StoreShape>({
       cwd: dir,
       configName: 'config',
       configFileMode: 0o600,
@@ -222,6 +163,7 @@ export class StateStore {
       clearInvalidConfig: false,
       watch: false
     })
+    this.conf = new ConfigJson(conf.path, conf.store, o.writeConfig, (err) => this.onWriteError?.(err))
     this.migrateExposes()
   }
 
@@ -247,7 +189,7 @@ export class StateStore {
     const own = this.conf.get('exposes') ?? []
     if (own.every((e) => (e.allow ?? []).every(isCurrent))) return
     const pinned = this.knownPeers()
-    this.conf.set('exposes', own.map((e) => ({ ...e, allow: (e.allow ?? []).map((a) => migrateAllowEntry(a, pinned)) })))
+    this.conf.setNow('exposes', own.map((e) => ({ ...e, allow: (e.allow ?? []).map((a) => migrateAllowEntry(a, pinned)) })))
   }
 
   /** The stored config; a port of 0 (any) reads as the port learnt at an earlier start. */
@@ -267,14 +209,23 @@ export class StateStore {
     if (this.learntWritable) this.learntFile.save(this.learnt)
   }
 
-  /** Resolves once what was learnt so far is on disk (or its write failed). Never rejects. */
-  flushed(): Promise<void> {
-    return this.learntFile.flushed()
+  /** Resolves once what was learnt and changed so far is on disk (or its write failed). Never rejects. */
+  async flushed(): Promise<void> {
+    await Promise.all([this.learntFile.flushed(), this.conf.flushed()])
   }
 
-  /** Stores `c`; an unchanged config is not written again (conf writes and fsyncs on the event loop: LEARNT_FILE says why that costs). */
+  /** Resolves once every config change so far is on disk; STATE_WRITE_FAILED when its write failed (config-json.ts). */
+  durable(): Promise<void> {
+    return this.conf.durable()
+  }
+
+  /**
+   * Stores `c`, on disk when this returns (config-json.ts setNow: at start, before natd
+   * serves anything; `natd` commands that exit next rely on it); an unchanged config is
+   * not written again.
+   */
   setConfig(c: AgentConfig): Readonly<AgentConfig> {
-    if (!isDeepStrictEqual(this.conf.get('config'), c)) this.conf.set('config', c)
+    if (!isDeepStrictEqual(this.conf.get('config'), c)) this.conf.setNow('config', c)
     return Object.freeze({ ...c })
   }
 

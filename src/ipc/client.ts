@@ -6,6 +6,7 @@
  * directory someone else could have planted it in is UNSAFE_SOCKET (we never connect).
  */
 import fs from 'node:fs'
+import fsp from 'node:fs/promises'
 import os from 'node:os'
 import nodePath from 'node:path'
 import { IPCModule } from 'node-ipc'
@@ -13,6 +14,8 @@ import { isErrorCode, NatdError } from '../protocol/errors.js'
 import type { EventName, Events, MethodName, Params, Result } from './schema.js'
 import { defaultSocketPath } from './schema.js'
 import { checkSocketDir } from './socket-dir.js'
+import { callDeadlineMs, CONNECT_DEADLINE_MS } from './call-deadline.js'
+import { traceFromEnv, type Trace } from './client-trace.js'
 import { PROOF_DEADLINE_MS, PROOF_PREFIX, proofDirFor } from './uid-proof.js'
 
 interface IpcClientHandle {
@@ -43,6 +46,17 @@ export function resolveSocketPath(explicit?: string): string {
   return present('/run/natd/natd.sock') ? '/run/natd/natd.sock' : user
 }
 
+export interface ApiClientOptions {
+  /** Each step's trace line (client-trace.ts); default: NATCTL_DEBUG. */
+  trace?: Trace
+  /** Per-call deadline (call-deadline.ts; null: none); tests shorten it. */
+  callDeadline?: typeof callDeadlineMs
+  connectDeadlineMs?: number
+  proofDeadlineMs?: number
+  /** Creates the empty 0600 proof file (tests stand in a stalled disk). */
+  createProofFile?: (file: string) => Promise<void>
+}
+
 export class ApiClient {
   private readonly ipc = new IPCModule()
   private handle: IpcClientHandle | null = null
@@ -53,14 +67,42 @@ export class ApiClient {
   /** Why the connection ended (the first reason seen): later calls fail with it. */
   private failure: NatdError | null = null
 
-  constructor(readonly socketPath: string) {}
+  private readonly trace: Trace
+  private readonly deadline: typeof callDeadlineMs
+  private readonly connectDeadlineMs: number
+  private readonly proofDeadlineMs: number
+  private readonly createProofFile: (file: string) => Promise<void>
 
-  /** Connects, or rejects with NOT_RUNNING / PERMISSION_DENIED / UNSAFE_SOCKET. */
+  constructor(
+    readonly socketPath: string,
+    opts: ApiClientOptions = {}
+  ) {
+    this.trace = opts.trace ?? traceFromEnv()
+    this.deadline = opts.callDeadline ?? callDeadlineMs
+    this.connectDeadlineMs = opts.connectDeadlineMs ?? CONNECT_DEADLINE_MS
+    this.proofDeadlineMs = opts.proofDeadlineMs ?? PROOF_DEADLINE_MS
+    this.createProofFile = opts.createProofFile ?? createProofFile
+  }
+
+  /** Connects, or rejects with NOT_RUNNING / PERMISSION_DENIED / UNSAFE_SOCKET, or TIMEOUT (step connect). */
   async connect(): Promise<void> {
     const path = this.socketPath
+    this.trace('connect', path)
     // Before anything touches the socket: one an attacker planted must not get our requests.
     checkSocketDir(path)
     if (!present(path)) throw new NatdError('NOT_RUNNING', `natd is not running (no socket at ${path})`)
+    try {
+      await within(this.open(path), this.connectDeadlineMs, () => timeout('connect', `natd did not accept the connection on ${path}`, this.connectDeadlineMs))
+    } catch (err) {
+      this.trace('connect failed', (err as NatdError).code)
+      if ((err as NatdError).code === 'TIMEOUT') this.close()
+      throw err
+    }
+    this.trace('connected')
+    await this.proveUid()
+  }
+
+  private async open(path: string): Promise<void> {
     const cfg = this.ipc.config
     cfg.silent = true
     cfg.stopRetrying = true
@@ -86,7 +128,6 @@ export class ApiClient {
         handle.on('event', (data: never) => this.onEvent(data))
       })
     })
-    await this.proveUid()
   }
 
   /**
@@ -98,41 +139,72 @@ export class ApiClient {
   private async proveUid(): Promise<void> {
     const uid = process.getuid?.()
     if (uid === undefined) return
+    const step = (p: Promise<unknown>, what: string): Promise<unknown> => within(p, this.proofDeadlineMs, () => timeout(what, 'no answer to the uid proof', this.proofDeadlineMs))
     let nonce: string
     try {
-      nonce = (await bounded(this.call('auth.challenge', {}))).nonce
-    } catch {
+      nonce = ((await step(this.call('auth.challenge', {}, { deadlineMs: null }), 'auth.challenge')) as { nonce: string }).nonce
+    } catch (err) {
+      this.trace('unproven', `auth.challenge: ${(err as Error).message}`)
       return
     }
     if (!/^[0-9a-f]{1,64}$/.test(nonce)) return // never let a reply choose where we create a file
     const file = nodePath.join(proofDir(this.socketPath), PROOF_PREFIX + nonce)
+    // Asynchronous and bounded: a stalled disk under the proof directory (a journal busy
+    // with other writes) once held natctl in a synchronous open() past its caller's patience;
+    // now the proof is given up and the call goes ahead unproven.
+    const creating = this.createProofFile(file)
     try {
-      // O_EXCL (wx): a new file of ours, never one planted there; fchmod: 0600 whatever the umask.
-      const fd = fs.openSync(file, 'wx', 0o600)
-      try {
-        fs.fchmodSync(fd, 0o600)
-      } finally {
-        fs.closeSync(fd)
-      }
-    } catch {
+      await step(creating, 'proof file')
+    } catch (err) {
+      this.trace('unproven', `proof file: ${(err as Error).message}`)
+      // If it is made after all, it is removed (best effort; the nonce has expired by then).
+      creating.then(() => fsp.rm(file, { force: true })).catch(() => undefined)
       return
     }
+    this.trace('proof file written', file)
     try {
-      await bounded(this.call('auth.prove', { uid, path: file }))
-    } catch {
-      // stays unproven
+      await step(this.call('auth.prove', { uid, path: file }, { deadlineMs: null }), 'auth.prove')
+      this.trace('proven', `uid ${uid}`)
+    } catch (err) {
+      this.trace('unproven', `auth.prove: ${(err as Error).message}`)
     } finally {
-      fs.rmSync(file, { force: true })
+      // Not awaited: removing the file must not hold the call behind the disk either.
+      fsp.rm(file, { force: true }).then(
+        () => this.trace('proof file removed'),
+        () => undefined
+      )
     }
   }
 
-  call<M extends MethodName>(method: M, params: Params<M>): Promise<Result<M>> {
+  /**
+   * One call; rejects with natd's error, or TIMEOUT naming the call when natd does not
+   * answer within its deadline (call-deadline.ts; `deadlineMs` overrides, null for none).
+   */
+  call<M extends MethodName>(method: M, params: Params<M>, opts: { deadlineMs?: number | null } = {}): Promise<Result<M>> {
     if (this.failure) return Promise.reject(this.failure)
     if (!this.handle) return Promise.reject(new NatdError('NOT_RUNNING', 'not connected'))
     const id = this.nextId++
-    return new Promise<Result<M>>((resolve, reject) => {
+    const deadlineMs = opts.deadlineMs === undefined ? this.deadline(method, params) : opts.deadlineMs
+    this.trace('call', `${method} id ${id}${deadlineMs === null ? '' : ` deadline ${deadlineMs} ms`}`)
+    const answer = new Promise<Result<M>>((resolve, reject) => {
       this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject })
       this.handle!.emit('request', { id, method, params })
+    }).then(
+      (r) => {
+        this.trace('answer', `${method} id ${id}`)
+        return r
+      },
+      (err: unknown) => {
+        this.trace('error', `${method} id ${id}: ${(err as NatdError).code ?? ''} ${(err as Error).message}`)
+        throw err
+      }
+    )
+    if (deadlineMs === null) return answer
+    return within(answer, deadlineMs, () => {
+      this.pending.delete(id) // a late answer is dropped
+      const e = timeout(`call ${method}`, `natd did not answer ${method}`, deadlineMs)
+      this.trace('error', `${method} id ${id}: ${e.code} ${e.message}`)
+      return e
     })
   }
 
@@ -173,15 +245,32 @@ export class ApiClient {
   }
 }
 
-/** A proof step natd does not answer within its deadline is given up (the connection stays unproven). */
-function bounded<T>(p: Promise<T>): Promise<T> {
-  // A direct timer: the client runs in natctl or another program, which has no clock to inject.
+/**
+ * `p`, or the error `late()` makes when it has not settled within `ms`. A direct timer:
+ * the client runs in natctl or another program, which has no clock to inject.
+ */
+function within<T>(p: Promise<T>, ms: number, late: () => Error): Promise<T> {
   let timer: NodeJS.Timeout | undefined
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new NatdError('TIMEOUT', 'no answer to the uid proof')), PROOF_DEADLINE_MS)
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(late()), ms)
     timer.unref()
   })
-  return Promise.race([p, late]).finally(() => clearTimeout(timer))
+  return Promise.race([p, expired]).finally(() => clearTimeout(timer))
+}
+
+/** TIMEOUT, saying which step of the client's (connect, auth.challenge, proof file, auth.prove, call M) waited. */
+function timeout(step: string, what: string, ms: number): NatdError {
+  return new NatdError('TIMEOUT', `${what} within ${ms / 1000} s (step: ${step})`)
+}
+
+/** An empty new file of ours, mode 0600: O_EXCL (wx), never one planted there; chmod whatever the umask. */
+async function createProofFile(file: string): Promise<void> {
+  const fh = await fsp.open(file, 'wx', 0o600)
+  try {
+    await fh.chmod(0o600)
+  } finally {
+    await fh.close()
+  }
 }
 
 /**

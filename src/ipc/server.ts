@@ -25,6 +25,7 @@ import { ConnectionTable } from './connection-table.js'
 import { claimSocketPath } from './socket-claim.js'
 import { checkSocketDir } from './socket-dir.js'
 import { EVENT_NAMES, PARAMS, parseRequest, type EventName, type Events, type MethodName, type Params, type Result } from './schema.js'
+import { ApiTrace, apiTraceWanted } from './server-trace.js'
 import { checkProof, ensureProofDir, newNonce, PROOF_DEADLINE_MS, proofDirFor } from './uid-proof.js'
 
 /** The owner and the socket's group (natd) may connect, nobody else. */
@@ -74,6 +75,7 @@ export class ApiServer {
   /** Each connection's nonce, once it asked for one; `tried` once it sent its one proof. */
   private readonly challenges = new Map<net.Socket, { nonce: string; issuedMs: number; tried: boolean }>()
   private proofsInProgress = 0
+  private readonly trace: ApiTrace
 
   constructor(
     private readonly socketPath: string,
@@ -86,6 +88,7 @@ export class ApiServer {
     this.limits = { ...DEFAULT_API_LIMITS, ...limits }
     this.table = new ConnectionTable({ maxConnections: this.limits.maxConnections, maxSubscribers: this.limits.maxSubscribers, perUid: this.limits.perUid, unproven: this.limits.unproven })
     this.refusals = new RefusalLog(log, { windowMs: REFUSAL_LOG_INTERVAL_MS, level: 'warn' }, this.clock)
+    this.trace = new ApiTrace(log, apiTraceWanted(), () => this.clock.hrNow())
   }
 
   /** Connections held now (tests and status). */
@@ -201,6 +204,7 @@ export class ApiServer {
   /** A new connection: a slot, an evicted idle connection to make room, or BUSY. */
   private onConnect(socket: net.Socket): void {
     const admission = this.table.admit(socket, this.clock.hrNow())
+    this.trace.connected(socket, admission.kind)
     if (admission.kind === 'refused') {
       this.refusals.refused('api busy, connection refused', LOCAL, 'BUSY', `${this.table.size} connections, ${this.table.subscriberCount} subscribed`)
       const error = { code: 'BUSY', message: `natd is busy: all ${this.limits.maxConnections} API connections are in use (${this.table.subscriberCount} subscribed, the rest waiting for answers); try again shortly` }
@@ -248,7 +252,8 @@ export class ApiServer {
   }
 
   private async onRequest(data: unknown, socket: net.Socket): Promise<void> {
-    if (!this.table.has(socket)) return // evicted or refused while this frame was read
+    this.trace.request(socket, data)
+    if (!this.table.has(socket)) return this.trace.answered(socket, echoId(data), 'not admitted', false) // evicted or refused while this frame was read
     const method = (data as { method?: unknown } | null)?.method
     // The proof is bounded on its own (one per connection, MAX_CONCURRENT_PROOFS, a
     // deadline), so it takes none of the owner's requests in flight.
@@ -345,12 +350,14 @@ export class ApiServer {
     } catch (err) {
       const e = toNatdError(err)
       if (e.code === 'INTERNAL') this.log.error('api handler failed', { err: (err as Error).stack })
-      this.handle?.emit(socket, 'response', { id, error: e.toJSON() })
+      const written = this.handle?.emit(socket, 'response', { id, error: e.toJSON() }) ?? false
+      this.trace.answered(socket, id, e.code, written)
     }
   }
 
   private reply(socket: net.Socket, id: number | string, result: unknown): void {
-    this.handle?.emit(socket, 'response', { id, result })
+    const written = this.handle?.emit(socket, 'response', { id, result }) ?? false
+    this.trace.answered(socket, id, null, written)
   }
 }
 

@@ -37,6 +37,7 @@ export const ERROR_CODES = [
   'FILE_UNREADABLE', // a file to send is missing, unreadable, a directory without -r, or not a regular file
   'CORRUPT', // the received bytes do not match the sender's sha256 (nothing is kept)
   'PARTIAL_UNREADABLE', // the receiver cannot read back the partial file it holds for a resume (an I/O or permission error in its inbox)
+  'STATE_WRITE_FAILED', // a config change is in effect but natd could not save it to its state directory (it retries)
   'QUOTA_EXCEEDED', // the peer already holds as many messages or files (count or bytes) in our inbox as its quota allows
   'INTERNAL'
 ] as const

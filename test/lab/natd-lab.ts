@@ -46,11 +46,22 @@ export interface NatctlResult {
   json: unknown
 }
 
+/**
+ * Where agents' API sockets go: tmpfs, as in use (/run/natd, $XDG_RUNTIME_DIR). natctl
+ * creates its uid-proof file next to the socket; on the CI machine's disk, whose fsyncs
+ * stalled for 29 s while other jobs wrote (issue 17), that create could wait as long.
+ */
+const RUN_ROOT = fs.existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir()
+
 export class NatdLab {
   readonly dir = fs.mkdtempSync(path.join(os.tmpdir(), 'natd-lab-'))
+  /** Agents' API sockets and natctl's proof files (RUN_ROOT). */
+  readonly runDir = fs.mkdtempSync(path.join(RUN_ROOT, 'natd-lab-run-'))
   server: ChildProcess | null = null
   serverArgs: string[] = []
   readonly agents: Record<string, AgentHandle> = {}
+  /** Extra environment for every natctl run (NATCTL_DEBUG=1: its step trace in stderr, which a failed status() shows). */
+  readonly natctlEnv: Record<string, string> = {}
 
   readonly lab: Lab
 
@@ -122,7 +133,7 @@ export class NatdLab {
     const name = opts.as ?? host
     const key = this.agents[name] && this.agents[name].host !== host ? `${name}@${host}` : name
     const stateDir = opts.stateDir ?? path.join(this.dir, `${key}-state`)
-    const socket = path.join(this.dir, `${key}.sock`)
+    const socket = path.join(this.runDir, `${key}.sock`)
     const logFile = path.join(this.dir, `${key}.log`)
     const args = ['--name', name, '--server', opts.server ?? this.serverAddr, '--state-dir', stateDir, '--socket', socket, '--heartbeat', opts.heartbeat ?? '2s', '--log-level', 'debug', ...(opts.extra ?? [])]
     const log = fs.openSync(logFile, 'a')
@@ -157,10 +168,10 @@ export class NatdLab {
   /** Runs natctl against an agent's socket (natctl needs no namespace: the socket is a file). */
   natctl(key: string, args: string[], opts: { timeoutMs?: number; json?: boolean } = {}): Promise<NatctlResult> {
     const a = this.agents[key]
-    const socket = a ? a.socket : path.join(this.dir, `${key}.sock`)
+    const socket = a ? a.socket : path.join(this.runDir, `${key}.sock`)
     const argv = [path.join(DIST, 'cli/main.js'), '--socket', socket, ...(opts.json === false ? [] : ['--json']), ...args]
     return new Promise((resolve) => {
-      execFile(process.execPath, argv, { timeout: opts.timeoutMs ?? 30_000, maxBuffer: 64 * 1024 * 1024 }, (err, stdout, stderr) => {
+      execFile(process.execPath, argv, { timeout: opts.timeoutMs ?? 30_000, maxBuffer: 64 * 1024 * 1024, env: { ...process.env, ...this.natctlEnv } }, (err, stdout, stderr) => {
         const code = err ? (typeof err.code === 'number' ? err.code : 124) : 0
         let json: unknown = null
         try {
@@ -245,6 +256,7 @@ export class NatdLab {
     }
     await this.lab.teardown()
     fs.rmSync(this.dir, { recursive: true, force: true })
+    fs.rmSync(this.runDir, { recursive: true, force: true })
   }
 }
 

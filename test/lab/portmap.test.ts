@@ -251,10 +251,15 @@ describe.skipIf(!labAvailable() || !fs.existsSync(MINIUPNPD))('port mapping (PCP
   // Nothing is written on the event loop between start and registration any more
   // (daemon/config.ts LEARNT_FILE; registration.test.ts freezes an agent's disk to show it).
   // Skipped again (2026-12-06): in the next CI run every agent registered, then one
-  // `natctl status` to alice (a synchronous handler; alice's loop idle in epoll when
-  // diagnosed) got no answer in 30 s. Third CI failure in three runs, each different; it
-  // passes alone (9 of 9 under load). Open in issue 17 until the cause is found.
-  it.skip('hard×hard where one router maps → direct UDP; where the gateway refuses → relay, as before', async () => {
+  // `natctl status` to alice (alice's loop idle in epoll when diagnosed) got no answer in
+  // 30 s. Not reproduced since: 10 of 10 at load 13–20 with a fsync writer beside (natd
+  // and natctl both traced, every step of every call answered in ms). What natctl did was
+  // never seen; its one write was a synchronous create of its uid-proof file beside the
+  // socket, on the disk whose fsyncs stalled 29 s in that CI run. Now that create is
+  // asynchronous and bounded (ipc/client.ts), natctl has its own per-call deadline with a
+  // TIMEOUT naming the step, the lab's sockets are on tmpfs as in use (natd-lab.ts
+  // RUN_ROOT), and both sides trace here: a failure now says where it stopped.
+  it('hard×hard where one router maps → direct UDP; where the gateway refuses → relay, as before', async () => {
     // alice and carol sit behind hard NATs running miniupnpd; carol's refuses every mapping.
     await withLab({ sites: [{ name: 'alice', nat: 'hard' }, { name: 'bob', nat: 'hard' }, { name: 'carol', nat: 'hard' }] }, async (n) => {
       const { ip, altIp } = n.lab.server
@@ -268,7 +273,10 @@ describe.skipIf(!labAvailable() || !fs.existsSync(MINIUPNPD))('port mapping (PCP
       await waitFor(() => (logs.match(/Port forwarding is now enabled/g) ?? []).length === 2, 15_000, 'both miniupnpd ready')
       // One by one: three Node starts at once starved the 2 shared cores in CI (an agent took
       // over 10 s to listen while the other lab files ran).
-      for (const h of ['alice', 'bob', 'carol']) await n.startAgent(h)
+      // Both sides of every API call traced (natctl's steps in its stderr, natd's in its log):
+      // a call that goes unanswered then shows where it stopped.
+      n.natctlEnv.NATCTL_DEBUG = '1'
+      for (const h of ['alice', 'bob', 'carol']) await n.startAgent(h, { env: { NATD_TRACE_API: '1' } })
       for (const h of ['alice', 'bob', 'carol']) await n.waitRegistered(h)
       // The mapping makes alice's tunnel port endpoint-independent: her start-up check finds an easy NAT.
       expect((await n.status('alice')).nat, logs).toBe('easy')

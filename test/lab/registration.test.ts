@@ -8,6 +8,7 @@
  */
 import { execFileSync } from 'node:child_process'
 import fs from 'node:fs'
+import { setTimeout as sleep } from 'node:timers/promises'
 import os from 'node:os'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
@@ -258,7 +259,17 @@ describe.skipIf(!labAvailable())('registration through NAT', () => {
           expect(st.publicUdp).toMatch(/^198\.18\.1\.2:\d+$/)
           expect((await n.natctl('alice', ['peers'])).code).toBe(0)
           expect(fs.existsSync(path.join(stateDir, 'learnt.json'))).toBe(false) // still waiting for the disk
+          // A config change while frozen (issue 17): `trust` answers only once the pin is on
+          // disk, and meanwhile the agent still answers (the write is not on its event loop).
+          const carol = 'c'.repeat(51) + 'q'
+          let trusted = false
+          const trust = n.natctl('alice', ['trust', 'carol', carol]).then((r) => ((trusted = true), r))
+          await sleep(3_000) // natctl starts and asks (no timing asserted: see the next line)
+          expect((await n.natctl('alice', ['peers'])).code).toBe(0)
+          expect(trusted).toBe(false) // not answered before the pin is on disk
           thaw()
+          expect((await trust).code).toBe(0)
+          expect((JSON.parse(fs.readFileSync(path.join(stateDir, 'config.json'), 'utf8')) as { knownPeers: Record<string, string> }).knownPeers.carol).toBe(carol)
           await waitFor(() => fs.existsSync(path.join(stateDir, 'learnt.json')), 15_000, 'learnt.json written after the thaw')
           expect(JSON.parse(fs.readFileSync(path.join(stateDir, 'learnt.json'), 'utf8'))).toMatchObject({ port: expect.any(Number) as number, serverKeys: { [n.serverAddr]: expect.any(String) as string } })
         } finally {

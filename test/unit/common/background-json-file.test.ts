@@ -54,6 +54,35 @@ describe('BackgroundJsonFile retries', () => {
   })
 })
 
+describe('BackgroundJsonFile.durable', () => {
+  it('true once the save (or a later one) is on disk; false as soon as an attempt at it failed; true at once when nothing is pending', async () => {
+    const gates: Array<{ text: string; done: (err?: Error) => void }> = []
+    const write = (_file: string, text: string): Promise<void> => new Promise((resolve, reject) => gates.push({ text, done: (err) => (err ? reject(err) : resolve()) }))
+    const f = new BackgroundJsonFile('x.json', write, () => undefined, { delaysMs: [1_000], sleep: () => Promise.resolve() })
+    expect(await f.durable()).toBe(true)
+    f.save({ n: 1 })
+    const first = f.durable()
+    f.save({ n: 2 }) // waits behind the first write
+    const second = f.durable()
+    let settled = 0
+    void first.then(() => settled++)
+    void second.then(() => settled++)
+    await new Promise((resolve) => setTimeout(resolve, 10))
+    expect(settled).toBe(0) // nothing on disk yet
+    gates.shift()!.done()
+    expect(await first).toBe(true)
+    await new Promise((resolve) => setTimeout(resolve, 10))
+    expect(settled).toBe(1) // {n: 2} is not on disk yet
+    gates.shift()!.done(new Error('EIO'))
+    expect(await second).toBe(false) // told at the first failure, not after the retries
+    const third = f.durable()
+    await new Promise((resolve) => setTimeout(resolve, 10))
+    gates.shift()!.done() // the retry of {n: 2} lands
+    expect(await third).toBe(true)
+    expect(await f.durable()).toBe(true)
+  })
+})
+
 describe('removeStaleTemps', () => {
   let dir: string
   beforeEach(() => {

@@ -24,6 +24,7 @@ function parts(over: Partial<AgentParts> = {}): AgentParts {
     nat: null,
     exposes: { list: () => [] } as never,
     known: { list: () => [], isPinned: () => false } as never,
+    durable: () => Promise.resolve(),
     ...over
   }
 }
@@ -71,5 +72,22 @@ describe('apiHandlers', () => {
       ['carol', false, true, null, null],
       ['dave', false, false, null, '203.0.113.7:4004']
     ])
+  })
+
+  it('a config change answers only once it is on disk (durable), and with STATE_WRITE_FAILED when its write failed', async () => {
+    let release: () => void = () => undefined
+    const onDisk = new Promise<void>((resolve) => (release = resolve))
+    const spec = { localPort: 8080, peer: 'bob', remotePort: 80, bind: '127.0.0.1' }
+    const forwards = { add: (s: typeof spec) => ({ ...s, connections: 0, listening: true, error: null }), remove: () => spec } as never
+    const h = apiHandlers(() => parts({ forwards, durable: () => onDisk }))
+    let answered = false
+    const call = Promise.resolve(h['forward.add'](spec, CTX)).then((r) => ((answered = true), r))
+    await new Promise((resolve) => setTimeout(resolve, 20))
+    expect(answered).toBe(false) // in effect, not yet on disk
+    release()
+    expect(await call).toMatchObject({ localPort: 8080, listening: true })
+    const failing = apiHandlers(() => parts({ forwards, known: { trust: () => ({ name: 'bob', id: 'x', replaced: null }) } as never, durable: () => Promise.reject(new NatdError('STATE_WRITE_FAILED', 'disk full')) }))
+    expect(await codeOf(failing['forward.rm']({ localPort: 8080 }, CTX))).toBe('STATE_WRITE_FAILED: disk full')
+    expect(await codeOf(failing['peer.trust']({ name: 'bob', id: 'x', replace: false }, CTX))).toBe('STATE_WRITE_FAILED: disk full')
   })
 })

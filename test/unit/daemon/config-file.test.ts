@@ -172,9 +172,13 @@ describe('StateStore: the config file\'s forwards and exposes over natctl\'s', (
     fs.rmSync(dir, { recursive: true, force: true })
   })
 
-  const persisted = (): { forwards?: unknown[]; exposes?: unknown[] } => JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8')) as { forwards?: unknown[]; exposes?: unknown[] }
+  /** config.json once the store's background writes landed (config-json.ts). */
+  const persisted = async (): Promise<{ forwards?: unknown[]; exposes?: unknown[] }> => {
+    await store.durable()
+    return JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8')) as { forwards?: unknown[]; exposes?: unknown[] }
+  }
 
-  it('lists both, persists only natctl\'s (as Forwards.add and remove write the whole list back)', () => {
+  it('lists both, persists only natctl\'s (as Forwards.add and remove write the whole list back)', async () => {
     store.setForwards([mine])
     store.setDeclared({ forwards: [declared], exposes: [] })
     expect(store.forwards).toEqual([mine, declared])
@@ -182,14 +186,14 @@ describe('StateStore: the config file\'s forwards and exposes over natctl\'s', (
     const added = { localPort: 9002, bind: '127.0.0.1', peer: 'carol', remotePort: 80 }
     store.setForwards([...store.forwards, added])
     expect(store.forwards).toEqual([mine, added, declared])
-    expect(persisted().forwards).toEqual([mine, added])
+    expect((await persisted()).forwards).toEqual([mine, added])
     // forward rm of natctl's own.
     store.setForwards(store.forwards.filter((f) => f.localPort !== 9000))
     expect(store.forwards).toEqual([added, declared])
-    expect(persisted().forwards).toEqual([added])
+    expect((await persisted()).forwards).toEqual([added])
   })
 
-  it('natctl wins on the same port; removing a declared entry with natctl hides it until the file is applied again', () => {
+  it('natctl wins on the same port; removing a declared entry with natctl hides it until the file is applied again', async () => {
     store.setForwards([mine])
     const clash = { ...declared, localPort: 9000 }
     store.setDeclared({ forwards: [clash, declared], exposes: [] })
@@ -197,14 +201,15 @@ describe('StateStore: the config file\'s forwards and exposes over natctl\'s', (
     expect(store.shadowed().forwards).toEqual([clash])
     store.setForwards(store.forwards.filter((f) => f.localPort !== 9001)) // natctl forward rm 9001
     expect(store.forwards).toEqual([mine])
-    expect(persisted().forwards).toEqual([mine])
+    expect((await persisted()).forwards).toEqual([mine])
     store.setDeclared({ forwards: [clash, declared], exposes: [] }) // SIGHUP
     expect(store.forwards).toEqual([mine, declared])
     // Survives a restart only through the file: nothing declared was persisted.
+    await store.durable()
     expect(new StateStore(dir).forwards).toEqual([mine])
   })
 
-  it('exposes: natctl replacing a declared port takes it over; the lists stay sorted by port', () => {
+  it('exposes: natctl replacing a declared port takes it over; the lists stay sorted by port', async () => {
     store.setExposes([{ port: 80, host: '127.0.0.1', allow: [] }])
     store.setDeclared({ forwards: [], exposes: [{ port: 22, host: '127.0.0.1', allow: [{ name: 'bob', id: null }] }] })
     expect(store.exposes.map((e) => e.port)).toEqual([22, 80])
@@ -212,14 +217,14 @@ describe('StateStore: the config file\'s forwards and exposes over natctl\'s', (
     const replaced = { port: 22, host: '127.0.0.1', allow: [{ name: 'carol', id: 'c'.repeat(51) + 'q' }] }
     store.setExposes([...store.exposes.filter((e) => e.port !== 22), replaced])
     expect(store.exposes).toEqual([replaced, { port: 80, host: '127.0.0.1', allow: [] }])
-    expect(persisted().exposes).toEqual([{ port: 80, host: '127.0.0.1', allow: [] }, replaced])
+    expect((await persisted()).exposes).toEqual([{ port: 80, host: '127.0.0.1', allow: [] }, replaced])
   })
 
-  it('a declared allow entry by name gets the pinned key when the file is applied; an unpinned one stays unresolved', () => {
+  it('a declared allow entry by name gets the pinned key when the file is applied; an unpinned one stays unresolved', async () => {
     const bob = 'b'.repeat(51) + 'q'
     store.pinPeer('bob', bob)
     store.setDeclared({ forwards: [], exposes: [{ port: 22, host: '127.0.0.1', allow: [{ name: 'bob', id: null }, { name: 'carol', id: null }] }] })
     expect(store.exposes[0]!.allow).toEqual([{ name: 'bob', id: bob }, { name: 'carol', id: null }])
-    expect(persisted().exposes ?? []).toEqual([])
+    expect((await persisted()).exposes ?? []).toEqual([])
   })
 })

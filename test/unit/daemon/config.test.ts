@@ -110,11 +110,12 @@ describe('StateStore', () => {
     expect(resolveConfig(store, { name: 'alice', server: 'x', heartbeatMs: 200 }).heartbeatMs).toBe(200)
   })
 
-  it('stores forwards, exposes and pinned peers as copies', () => {
+  it('stores forwards, exposes and pinned peers as copies', async () => {
     const store = new StateStore(dir)
     store.setForwards([{ localPort: 8080, bind: '127.0.0.1', peer: 'bob', remotePort: 80 }])
     store.setExposes([{ port: 22, host: '127.0.0.1', allow: [{ name: 'bob', id: BOB_ID }] }])
     store.pinPeer('bob', 'b'.repeat(52))
+    await store.durable()
     const reopened = new StateStore(dir)
     const forwards = reopened.forwards
     forwards[0]!.peer = 'mallory'
@@ -122,6 +123,50 @@ describe('StateStore', () => {
     expect(reopened.exposes).toEqual([{ port: 22, host: '127.0.0.1', allow: [{ name: 'bob', id: BOB_ID }] }])
     expect(reopened.knownPeer('bob')).toBe('b'.repeat(52))
     expect(reopened.knownPeer('carol')).toBeUndefined()
+  })
+
+  // Issue 17: a change made while natd runs (a forward, an expose, a pinned peer) must not
+  // write on the event loop (conf fsyncs synchronously; a busy disk held it 29 s in CI).
+  it('forwards, exposes and pins are in effect at once and written behind: a write that never ends blocks nothing; durable() waits for it, and says when it failed', async () => {
+    resolveConfig(new StateStore(dir), FLAGS)
+    const file = path.join(dir, 'config.json')
+    const before = fs.readFileSync(file, 'utf8')
+    let release!: (err?: Error) => void
+    let writes = 0
+    const writeConfig = (_f: string, text: string): Promise<void> => {
+      writes++
+      return new Promise<void>((resolve, reject) => {
+        release = (err) => {
+          if (err) return reject(err)
+          fs.writeFileSync(file, text)
+          resolve()
+        }
+      })
+    }
+    const store = new StateStore(dir, { writeConfig })
+    store.setForwards([{ localPort: 8080, bind: '127.0.0.1', peer: 'bob', remotePort: 80 }])
+    store.pinPeer('bob', BOB_ID)
+    expect(store.forwards).toHaveLength(1)
+    expect(store.knownPeer('bob')).toBe(BOB_ID)
+    expect(fs.readFileSync(file, 'utf8')).toBe(before) // nothing written on the event loop
+    let done = false
+    const durable = store.durable().then(() => (done = true))
+    await new Promise((resolve) => setTimeout(resolve, 20))
+    expect(done).toBe(false)
+    release() // the first write ({forwards}) lands; the pin's follows
+    await new Promise((resolve) => setTimeout(resolve, 20))
+    expect(done).toBe(false)
+    release()
+    await durable
+    expect(writes).toBe(2)
+    const reopened = new StateStore(dir)
+    expect(reopened.forwards).toHaveLength(1)
+    expect(reopened.knownPeer('bob')).toBe(BOB_ID)
+    store.unpinPeer('bob')
+    const failed = store.durable().catch((err: unknown) => (err as { code?: string }).code)
+    release(new Error('ENOSPC'))
+    expect(await failed).toBe('STATE_WRITE_FAILED')
+    expect(store.knownPeer('bob')).toBeUndefined() // in effect all the same
   })
 
   // The CI failure behind the skipped 3-site port-mapping test: the agent's config write

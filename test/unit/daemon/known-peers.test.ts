@@ -45,14 +45,16 @@ describe('KnownPeers', () => {
 
   afterEach(() => fs.rmSync(dir, { recursive: true, force: true }))
 
-  it('trust pins a full ID; another ID needs --replace; untrust forgets; all persist', () => {
+  it('trust pins a full ID; another ID needs --replace; untrust forgets; all persist (once written behind: store.durable())', async () => {
     expect(known.trust('bob', BOB, false)).toEqual({ name: 'bob', id: BOB, replaced: null })
     expect(known.trust('bob', BOB, false)).toEqual({ name: 'bob', id: BOB, replaced: null }) // the same again: fine
     expect(errorCode(() => known.trust('bob', BOB_NEW, false))).toBe('KEY_MISMATCH')
     expect(() => known.trust('bob', BOB_NEW, false)).toThrow(/--replace/)
     expect(known.trust('bob', BOB_NEW, true)).toEqual({ name: 'bob', id: BOB_NEW, replaced: BOB })
+    await store.durable()
     expect(new StateStore(dir).knownPeer('bob')).toBe(BOB_NEW)
     expect(known.untrust('bob')).toEqual({ name: 'bob', id: BOB_NEW })
+    await store.durable()
     expect(new StateStore(dir).knownPeers()).toEqual([])
     expect(errorCode(() => known.untrust('bob'))).toBe('PEER_UNKNOWN')
   })

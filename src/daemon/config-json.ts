@@ -1,0 +1,66 @@
+/**
+ * config.json while natd runs: held in memory, written in the background (atomic, fsync,
+ * 0600, one write at a time: common/state-files.ts BackgroundJsonFile). conf reads and
+ * validates it at start; after that, a change (a forward, an expose, a peer pinned on
+ * first use or by `natctl trust`) must not write on the event loop: conf writes and
+ * fsyncs synchronously, and a disk that took 29 s to sync (CI, issue 17) would freeze
+ * heartbeats, tunnels and the API for as long.
+ *
+ * What a change promises (`set`): it takes effect at once (in memory); an API call that made it
+ * answers only once it is on disk (`durable()`), or fails with STATE_WRITE_FAILED when
+ * the write failed (the change stays in effect and the write is retried). A change made
+ * without a caller (a peer's key pinned on first use) is lost if natd dies before the
+ * write lands: the peer is then pinned on first use again (docs/SECURITY.md). A crash
+ * never leaves a torn file (rename of an fsynced temp file).
+ */
+import { BackgroundJsonFile, writeFileAtomicAsync, writeJsonAtomic } from '../common/state-files.js'
+import { NatdError } from '../protocol/errors.js'
+
+export class ConfigJson<T extends object> {
+  private store: T
+  private readonly bg: BackgroundJsonFile
+
+  constructor(
+    readonly file: string,
+    /** What conf read and validated at start. */
+    initial: T,
+    write: (file: string, text: string) => Promise<void> = writeFileAtomicAsync,
+    onError: (err: Error) => void = () => undefined
+  ) {
+    this.store = structuredClone(initial)
+    this.bg = new BackgroundJsonFile(file, write, onError)
+  }
+
+  /** A copy: callers cannot change the store behind its writer. */
+  get<K extends keyof T>(key: K): T[K] {
+    return structuredClone(this.store[key])
+  }
+
+  /** In effect at once; on disk in the background. */
+  set<K extends keyof T>(key: K, value: T[K]): void {
+    this.store = { ...this.store, [key]: structuredClone(value) }
+    this.bg.save(this.store)
+  }
+
+  /**
+   * On disk before it returns (atomic, fsync): only at start, before natd serves anything
+   * (its config from flags and the config file, a one-time migration), where a command
+   * that exits next must find it written. A background write still running is followed
+   * by one of this value, so the newest lands last.
+   */
+  setNow<K extends keyof T>(key: K, value: T[K]): void {
+    this.store = { ...this.store, [key]: structuredClone(value) }
+    writeJsonAtomic(this.file, this.store)
+    if (this.bg.writing) this.bg.save(this.store)
+  }
+
+  /** Resolves once every change so far is on disk; STATE_WRITE_FAILED when a write of it failed. */
+  async durable(): Promise<void> {
+    if (!(await this.bg.durable())) throw new NatdError('STATE_WRITE_FAILED', `the change is in effect but could not be saved to ${this.bg.file} (see natd's log); it is tried again`)
+  }
+
+  /** Resolves when every write so far has ended (shutdown). Never rejects. */
+  flushed(): Promise<void> {
+    return this.bg.flushed()
+  }
+}
