@@ -20,6 +20,15 @@ export const URGENT_BACKOFF_CAP_MS = 1_000
  * port or address), and the backoff would only add to the tunnels' stall.
  */
 export const MOVED_RECONNECT_MS = 5_000
+/**
+ * While a tunnel migrates, the next attempt starts this long after the last one began,
+ * sooner if the backoff says so: an attempt that ran out its connect deadline
+ * (control-connection.ts URGENT_CONNECT_TIMEOUT_MS, 1.5 s; a connect begun while the link
+ * was dark) is followed by the next at once, not after a further second of backoff
+ * (bench/roaming.ts: 1 s of it in a 2.9 s stall after a 10 s outage). A server that
+ * refuses fast still sees at most one attempt a second (after the first retry).
+ */
+export const URGENT_ATTEMPT_SPACING_MS = 1_000
 
 export interface ReconnectInput {
   /** Failed sessions in a row (1 for the first retry). */
@@ -30,6 +39,8 @@ export interface ReconnectInput {
   sinceMovedMs: number
   /** A tunnel migrates (it needs us registered). */
   urgent: boolean
+  /** How long the failed attempt (or the lost session) took, from its start. */
+  tookMs: number
 }
 
 /** The wait before the next connection attempt, ms. */
@@ -39,5 +50,6 @@ export function reconnectDelay(r: ReconnectInput): number {
   const atOnce = r.reconnectNow || (r.attempt === 1 && r.sinceMovedMs < MOVED_RECONNECT_MS)
   if (atOnce) return 0
   const cap = r.urgent ? URGENT_BACKOFF_CAP_MS : BACKOFF_CAP_MS
-  return Math.min(cap, BACKOFF_FIRST_MS * 2 ** Math.min(r.attempt - 1, 10))
+  const backoff = Math.min(cap, BACKOFF_FIRST_MS * 2 ** Math.min(r.attempt - 1, 10))
+  return r.urgent ? Math.min(backoff, Math.max(0, URGENT_ATTEMPT_SPACING_MS - r.tookMs)) : backoff
 }

@@ -140,6 +140,7 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
     let attempt = 0
     while (!this.abort.signal.aborted) {
       this.transition({ kind: 'connecting', attempt })
+      const started = this.c.clock.now()
       let error: NatdError
       try {
         error = await this.session()
@@ -150,7 +151,7 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
       this.closeTcp()
       if (this.abort.signal.aborted) break
       attempt++
-      const delay = reconnectDelay({ attempt, reconnectNow: this.reconnectNow, sinceMovedMs: this.c.clock.now() - this.movedAt, urgent: this.c.urgent?.() ?? false })
+      const delay = reconnectDelay({ attempt, reconnectNow: this.reconnectNow, sinceMovedMs: this.c.clock.now() - this.movedAt, urgent: this.c.urgent?.() ?? false, tookMs: this.c.clock.now() - started })
       this.reconnectNow = false
       this.transition({ kind: 'backoff', attempt, until: this.c.clock.now() + delay, error })
       await this.c.clock.sleep(delay, this.abort.signal)
