@@ -125,7 +125,7 @@ export class TunnelRecovery<T extends RecoveringTunnel = Tunnel> {
       via = 'udp'
       this.c.log.info('direct-tcp path lossy, trying UDP', { peer: tunnel.peer.name, how: 'resume' })
     }
-    let attemptMs = Math.min(RESUME_ATTEMPT_MS, Math.max(RESUME_ATTEMPT_MIN_MS, RESUME_ATTEMPT_RTTS * (tunnel.lastRttMs ?? 0)))
+    let attemptMs = Math.min(RESUME_ATTEMPT_MS, Math.max(RESUME_ATTEMPT_MIN_MS, Math.round(RESUME_ATTEMPT_RTTS * (tunnel.lastRttMs ?? 0))))
     let retryMs = RESUME_RETRY_FIRST_MS
     let spacingMs = 0 // the first retry may come sooner (RESUME_RETRY_FIRST_MS)
     let rateLimitedMs = RESUME_RATE_LIMITED_MS

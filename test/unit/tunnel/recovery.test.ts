@@ -98,6 +98,14 @@ describe('TunnelRecovery.resume: a migrating tunnel we opened', () => {
     expect(s.calls.find((c) => c.what === 'establish')?.timeoutMs).toBe(1_500)
   })
 
+  it('attempt lengths are whole milliseconds (a measured round trip is fractional; errors quote the length)', async () => {
+    const s = setup(async (t) => void (t!.isMigrating = false))
+    s.tunnel.isMigrating = true
+    s.tunnel.lastRttMs = 105.32
+    await s.recovery.resume(s.tunnel, 'auto')
+    expect(s.calls.find((c) => c.what === 'establish')?.timeoutMs).toBe(1_053)
+  })
+
   it('an auto direct-tcp tunnel that went silent asks for UDP first, then as it was opened', async () => {
     const s = setup()
     s.tunnel.isMigrating = true
