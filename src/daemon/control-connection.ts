@@ -31,7 +31,7 @@ export const TCP_REGISTER_TIMEOUT_MS = 5_000
  * is back (bench/roaming.ts: a 5 s connect deadline run out, then a 1 s backoff, a 3.2 s
  * stall after a 10 s outage), while a new connect sends its SYN at once. This covers the
  * first resend and one round trip at 300 ms RTT; the client then tries again within
- * URGENT_BACKOFF_CAP_MS (at most one connect a second, to our own server).
+ * URGENT_BACKOFF_CAP_MS in reconnect-policy.ts (at most one connect a second, to our own server).
  */
 export const URGENT_CONNECT_TIMEOUT_MS = 1_500
 /** send() resolves once its message was flushed, or after this (a stuck socket must not hold a caller such as stop()). */

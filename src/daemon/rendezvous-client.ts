@@ -25,30 +25,15 @@ import { PathProbe, type ProbeResult } from './path-probe.js'
 import { resolveServers, type ServerSpec } from './server-address.js'
 import { rankServers } from './server-choice.js'
 import { RefusalLog } from '../common/refusal-log.js'
+import { reconnectDelay } from './reconnect-policy.js'
 
 /** The first heartbeat of a session (it tells the server our UDP mapping) waits this long for its ack before a retry. */
 export const UDP_REQUEST_TIMEOUT_MS = 1_000
 export const UDP_REQUEST_TRIES = 3
-/** Reconnect backoff: doubles from the first value up to the cap. */
-export const BACKOFF_FIRST_MS = 500
-export const BACKOFF_CAP_MS = 10_000
-/**
- * The cap while a tunnel migrates (RendezvousClientComponents.urgent): its new path needs
- * us registered, so a link back from an outage is used within this, not after a 10 s
- * backoff. One connection attempt a second to our own server, for at most the 90 s a
- * tunnel migrates.
- */
-export const URGENT_BACKOFF_CAP_MS = 1_000
 /** Datagrams dropped from the server's address (anyone can forge them) are counted this long per line (common/refusal-log.ts). */
 export const UNSEALED_LOG_MS = 1_000
 /** Heartbeats unanswered in a row before the server counts as lost. */
 export const MISSED_HEARTBEATS_LOST = 3
-/**
- * A session lost this soon after the server saw our mapping move registers again at
- * once: the control connection died with the mapping (its next segment left from a new
- * port or address), and the backoff would only add to the tunnels' stall.
- */
-export const MOVED_RECONNECT_MS = 5_000
 
 export type ClientState =
   | { kind: 'connecting'; attempt: number }
@@ -155,6 +140,7 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
     let attempt = 0
     while (!this.abort.signal.aborted) {
       this.transition({ kind: 'connecting', attempt })
+      const started = this.c.clock.now()
       let error: NatdError
       try {
         error = await this.session()
@@ -165,11 +151,7 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
       this.closeTcp()
       if (this.abort.signal.aborted) break
       attempt++
-      // Only the first try after our mapping moved goes at once: a server that refuses fast
-      // (restarting, its session limit) must not see a loop of handshakes.
-      const atOnce = this.reconnectNow || (attempt === 1 && this.c.clock.now() - this.movedAt < MOVED_RECONNECT_MS)
-      const cap = this.c.urgent?.() ? URGENT_BACKOFF_CAP_MS : BACKOFF_CAP_MS
-      const delay = atOnce ? 0 : Math.min(cap, BACKOFF_FIRST_MS * 2 ** Math.min(attempt - 1, 10))
+      const delay = reconnectDelay({ attempt, reconnectNow: this.reconnectNow, sinceMovedMs: this.c.clock.now() - this.movedAt, urgent: this.c.urgent?.() ?? false, tookMs: this.c.clock.now() - started })
       this.reconnectNow = false
       this.transition({ kind: 'backoff', attempt, until: this.c.clock.now() + delay, error })
       await this.c.clock.sleep(delay, this.abort.signal)

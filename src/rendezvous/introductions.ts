@@ -14,6 +14,7 @@ import type { RefusalLog } from '../common/refusal-log.js'
 import type { AgentConns } from './agent-conns.js'
 import type { Cluster, RemoteIntroduction, RemotePeer } from './cluster.js'
 import type { Contacts } from './contacts.js'
+import type { IntroOutbox } from './intro-outbox.js'
 import { INTRO_SOURCE_FACTOR, RateLimiter, type ServerLimits } from './limits.js'
 import type { ServerMetrics } from './metrics.js'
 import type { Registry, RegRef } from './registry.js'
@@ -32,6 +33,8 @@ export interface IntroductionsComponents {
   relay: Pick<Relay, 'allow'> | null
   cluster: Pick<Cluster, 'find' | 'introduce' | 'advertise'> | null
   metrics: Pick<ServerMetrics, 'introduction'> | null
+  /** Sends the target its side, held to be sent again should it register anew (intro-outbox.ts). */
+  outbox: Pick<IntroOutbox, 'send'>
 }
 
 export class Introductions {
@@ -87,7 +90,7 @@ export class Introductions {
       }
     }
     if (targetConn) {
-      gate.send(targetConn, { type: 'introduction', reqId: 0, introId, punchKey, initiator: false, via: msg.via, peer: from })
+      this.c.outbox.send(targetRef!, targetConn, { type: 'introduction', reqId: 0, introId, punchKey, initiator: false, via: msg.via, peer: from })
       this.c.contacts.add(targetRef!, fromRef)
     } else {
       const intro: RemoteIntroduction = { targetKey: target.publicKey, introId, punchKey, via: msg.via, from, relay: relaying ? cluster!.advertise : null }
@@ -111,7 +114,7 @@ export class Introductions {
       return
     }
     const { introId, punchKey, via, from, relay } = intro
-    this.c.gate.send(c, { type: 'introduction', reqId: 0, introId, punchKey, initiator: false, via, peer: from, relay })
+    this.c.outbox.send(ref!, c, { type: 'introduction', reqId: 0, introId, punchKey, initiator: false, via, peer: from, relay })
     this.c.contacts.addRemote(ref!, from.publicKey)
   }
 }

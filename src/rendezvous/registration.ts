@@ -15,6 +15,7 @@ import { FEATURE_LOOKUP, TOKEN_BYTES, type Message, type OutgoingMessage, type P
 import type { RefusalLog } from '../common/refusal-log.js'
 import type { AgentConns } from './agent-conns.js'
 import type { Cluster } from './cluster.js'
+import type { IntroOutbox } from './intro-outbox.js'
 import { RateLimiter, type ServerLimits } from './limits.js'
 import type { ServerMetrics } from './metrics.js'
 import { DEFAULT_NAME_TTL_MS, type Registration, type Registry } from './registry.js'
@@ -38,6 +39,8 @@ export interface RegistrationsComponents {
   udp: Pick<UdpSockets, 'heartbeatKey' | 'v6Endpoint'>
   cluster: Cluster | null
   metrics: Pick<ServerMetrics, 'registration'> | null
+  /** Introductions sent to the agent's previous control connection, sent again on its new one. */
+  outbox: Pick<IntroOutbox, 'redeliver'>
 }
 
 export class Registrations {
@@ -75,6 +78,8 @@ export class Registrations {
       this.c.agents.adopt(conn, reg.ref)
       gate.send(conn, this.ack(reg, conn.remote))
       metrics?.registration('ok')
+      const again = this.c.outbox.redeliver(reg.ref, conn)
+      if (again) this.c.log.debug('introductions sent again on the new control connection', { name: reg.name, count: again })
     } catch (err) {
       metrics?.registration('refused')
       const e = toNatdError(err)

@@ -19,6 +19,7 @@
  *   control.ts        what a control connection's messages mean (the gate's handler)
  *   registration.ts   REGISTER, RELEASE, agents that moved to another instance
  *   introductions.ts  INTRODUCE, and introductions from other instances
+ *   intro-outbox.ts   introductions held ~3 s, sent again when their target registers anew
  *   agent-conns.ts    which agent holds which control connection; peer up/down events
  *   contacts.ts       who hears of whom on a big server
  *   registry.ts, relay.ts, cluster.ts: the agents held here, relayed tunnels, other instances
@@ -32,6 +33,7 @@ import type { Cluster, ClusterHandlers } from './cluster.js'
 import { Contacts } from './contacts.js'
 import { Control } from './control.js'
 import { Introductions } from './introductions.js'
+import { IntroOutbox } from './intro-outbox.js'
 import { DEFAULT_SERVER_LIMITS, type ServerLimits } from './limits.js'
 import type { ServerMetrics } from './metrics.js'
 import type { NameStore } from './name-store.js'
@@ -111,6 +113,7 @@ export class RendezvousServer {
   private readonly agents: AgentConns
   private readonly registrations: Registrations
   private readonly introductions: Introductions
+  private readonly outbox: IntroOutbox
   private sweepTimer: Timer | null = null
   private sweeps = 0
 
@@ -133,8 +136,9 @@ export class RendezvousServer {
     const gate = (this.gate = new TcpGate({ limits, clock, timers, log, keyPair, refusals, relay }))
     const udp = (this.udp = new UdpSockets({ host: init.host, port: init.port, altPort: init.altPort, altHost: init.altHost ?? null, host6: init.host6 ?? null }, { log, refusals, registry, cluster, metrics }))
     const agents = (this.agents = new AgentConns({ clock, registry, gate, contacts, cluster }))
-    const registrations = (this.registrations = new Registrations(init, { clock, log, limits, refusals, registry, gate, agents, udp, cluster, metrics }))
-    const introductions = (this.introductions = new Introductions({ clock, log, limits, refusals, registry, gate, agents, contacts, relay, cluster, metrics }))
+    const outbox = (this.outbox = new IntroOutbox({ clock, gate }))
+    const registrations = (this.registrations = new Registrations(init, { clock, log, limits, refusals, registry, gate, agents, udp, cluster, metrics, outbox }))
+    const introductions = (this.introductions = new Introductions({ clock, log, limits, refusals, registry, gate, agents, contacts, relay, cluster, metrics, outbox }))
     gate.handleWith(new Control({ log, registry, gate, agents, registrations, introductions, relay, cluster }))
   }
 
@@ -211,6 +215,7 @@ export class RendezvousServer {
     this.relay?.prune()
     this.registrations.sweep()
     this.introductions.sweep()
+    this.outbox.sweep()
     this.gate.sweep()
     for (const reg of this.registry.expire()) {
       this.log.info('agent timed out', { name: reg.name, id: reg.id.slice(0, 8) })

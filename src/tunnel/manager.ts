@@ -19,6 +19,7 @@ import { TunnelRecovery } from './recovery.js'
 import { TunnelKeeper } from './keep.js'
 import { LateSwitches } from './late-switch.js'
 import { asResume, onFreshTunnel, RelayEnded } from './resume.js'
+import { SeenIntroductions } from './seen-introductions.js'
 import { SharedAttempts } from './shared-attempts.js'
 import type { PathKind, Tunnel, TunnelTiming } from './tunnel.js'
 
@@ -114,6 +115,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
   private closed = false
   /** Tunnels the relay ended (RELAY_LIMIT): never resumed (resume.ts). */
   private readonly relayEnded: RelayEnded
+  private readonly seenIntros = new SeenIntroductions()
   /** What a won session becomes: a resume, an upgrade or a fresh tunnel (keep.ts). */
   private readonly keeper: TunnelKeeper
 
@@ -209,6 +211,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
    * sent (RATE_LIMITED, logged once with a count).
    */
   accept(intro: Introduction, timeoutMs: number): void {
+    if (!this.seenIntros.add(intro.introId)) return // the server sent it again on our new control connection
     if (!this.budget.introduction(peerId(intro.peer.publicKey))) {
       this.refusals.note('RATE_LIMITED', 'introductions', intro.peer.name)
       return

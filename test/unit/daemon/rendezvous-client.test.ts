@@ -111,6 +111,28 @@ describe('RendezvousClient: a mapping that moved', () => {
   })
 })
 
+describe('RendezvousClient: an introduction sent into the control connection that went with our mapping', () => {
+  it('comes again on the new control connection once we registered again (rendezvous/intro-outbox.ts)', async () => {
+    const port = await startServer()
+    const alice = await agent(port, 'alice')
+    const bobKp = generateKeyPair()
+    const bob = await agent(port, 'bob', bobKp)
+    const got: string[] = []
+    bob.on('introduction', (intro) => got.push(Buffer.from(intro.introId).toString('hex')))
+    // The server still writes to bob's old control connection, but nobody reads it any more (its NAT mapping is gone).
+    ;(bob as unknown as { control: ControlConnection }).control.removeAllListeners('message')
+    const mine = await alice.introduce(peerId(bobKp.publicKey), 'udp')
+    await new Promise((resolve) => setTimeout(resolve, 200))
+    expect(got).toEqual([])
+    const registered = new Promise<void>((resolve) => bob.on('state', (st) => st.kind === 'registered' && resolve()))
+    await bob.moveUdp()
+    void bob.probe() // the server says 'moved': bob drops the old connection and registers again
+    await registered
+    await until(() => got.length > 0, 'the introduction again', REGISTER_WAIT_MS)
+    expect(got).toEqual([Buffer.from(mine.introId).toString('hex')])
+  })
+})
+
 describe('RendezvousClient: the control connection\'s connect deadline', () => {
   it('is URGENT_CONNECT_TIMEOUT_MS while a tunnel migrates (a connect whose SYN was lost is not waited out), TCP_REGISTER_TIMEOUT_MS otherwise', async () => {
     const port = await startServer()

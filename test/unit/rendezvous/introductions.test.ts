@@ -63,7 +63,8 @@ function setup(opts: { relay?: boolean; relayRefuses?: boolean; remote?: RemoteP
         }
       : null,
     cluster: opts.remote ? cluster : null,
-    metrics: { introduction: (o) => outcomes.push(o) }
+    metrics: { introduction: (o) => outcomes.push(o) },
+    outbox: { send: (_ref, to, msg) => sent.push({ to, msg }) }
   })
   const introduce = (target: string, via: 'auto' | 'udp' | 'relay' = 'udp', reqId = 7) => intros.onIntroduce(conns.get(1)!, 1, { type: 'introduce', reqId, target, via })
   return { intros, introduce, sent, outcomes, contacts, remoteIntros, conns }

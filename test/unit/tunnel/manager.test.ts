@@ -315,21 +315,42 @@ describe('TunnelManager.open takes an AbortSignal', () => {
   })
 })
 
+/** Counts the peer-key checks of `side`: one per introduction it acts on. */
+function countChecks(side: Pick<Agent, 'pins'>): { n: number } {
+  const checks = { n: 0 }
+  const check = side.pins.check.bind(side.pins)
+  side.pins.check = (peer, expected) => {
+    checks.n++
+    check(peer, expected)
+  }
+  return checks
+}
+
 describe('TunnelManager.accept spends only what the punching budget allows', () => {
   it('a peer asking for 50 introductions at once gets its burst acted on, 2 punching at once; the rest are refused before a packet is sent', async () => {
     const { bob } = pair()
-    let checked = 0
-    const check = bob.pins.check.bind(bob.pins)
-    bob.pins.check = (peer, expected) => {
-      checked++
-      check(peer, expected)
-    }
+    const checks = countChecks(bob)
     const mallory = { ...record({ name: 'mallory', keyPair: generateKeyPair(), port: 9 }), udp: { host: '127.0.0.1', port: 9 } }
     for (let i = 0; i < 50; i++) bob.manager.accept({ introId: randomBytes(16), punchKey: randomBytes(32), initiator: false, via: 'udp', peer: mallory }, 300)
-    expect(checked).toBe(bob.manager.budget.init.peerIntroBurst)
+    expect(checks.n).toBe(bob.manager.budget.init.peerIntroBurst)
     expect(bob.manager.budget.inUse.punches).toBe(bob.manager.budget.init.peerPunches)
     await new Promise((resolve) => setTimeout(resolve, 500))
     expect(bob.manager.budget.inUse.punches).toBe(0)
+  })
+})
+
+describe('TunnelManager.accept: an introduction the server sends again', () => {
+  it('is punched once: the same introduction id a second time (our new control connection) is ignored', async () => {
+    const { bob } = pair()
+    const checks = countChecks(bob)
+    const alice = { ...record({ name: 'alice', keyPair: generateKeyPair(), port: 9 }), udp: { host: '127.0.0.1', port: 9 } }
+    const intro = { introId: randomBytes(16), punchKey: randomBytes(32), initiator: false, via: 'udp' as const, peer: alice }
+    bob.manager.accept(intro, 300)
+    bob.manager.accept({ ...intro }, 300)
+    expect(checks.n).toBe(1)
+    bob.manager.accept({ ...intro, introId: randomBytes(16) }, 300)
+    expect(checks.n).toBe(2)
+    await new Promise((resolve) => setTimeout(resolve, 500))
   })
 })
 

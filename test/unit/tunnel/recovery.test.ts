@@ -12,6 +12,8 @@ import {
   RESUME_ATTEMPT_MIN_MS,
   RESUME_ATTEMPT_MS,
   RESUME_ATTEMPT_SPACING_MS,
+  RESUME_OFFLINE_FAST_MAX,
+  RESUME_OFFLINE_RETRY_MS,
   RESUME_RATE_LIMITED_MAX_MS,
   RESUME_RATE_LIMITED_MS,
   RESUME_RETRY_FIRST_MS,
@@ -94,6 +96,14 @@ describe('TunnelRecovery.resume: a migrating tunnel we opened', () => {
     s.tunnel.lastRttMs = 150
     await s.recovery.resume(s.tunnel, 'auto')
     expect(s.calls.find((c) => c.what === 'establish')?.timeoutMs).toBe(1_500)
+  })
+
+  it('attempt lengths are whole milliseconds (a measured round trip is fractional; errors quote the length)', async () => {
+    const s = setup(async (t) => void (t!.isMigrating = false))
+    s.tunnel.isMigrating = true
+    s.tunnel.lastRttMs = 105.32
+    await s.recovery.resume(s.tunnel, 'auto')
+    expect(s.calls.find((c) => c.what === 'establish')?.timeoutMs).toBe(1_053)
   })
 
   it('an auto direct-tcp tunnel that went silent asks for UDP first, then as it was opened', async () => {
@@ -184,6 +194,34 @@ describe('TunnelRecovery.resume: a migrating tunnel we opened', () => {
     await loop
     expect(s.calls.map((c) => c.at - start)).toEqual([0, 1, 2, 3].map((i) => i * RESUME_UNREGISTERED_RETRY_MS))
     expect(s.tunnel.isMigrating).toBe(false)
+  })
+
+  it('asks again RESUME_OFFLINE_RETRY_MS after PEER_OFFLINE (the peer registers again), at most RESUME_OFFLINE_FAST_MAX times per migration, then spaced as any failure', async () => {
+    const s = setup()
+    let offline = RESUME_OFFLINE_FAST_MAX + 2
+    const recovery = new TunnelRecovery<FakeTunnel>({
+      clock: s.clock,
+      log: silentLogger,
+      introduce: async (_target, via) => {
+        s.calls.push({ at: s.clock.now(), what: 'introduce', via })
+        if (offline-- > 0) throw new NatdError('PEER_OFFLINE', 'bob is offline')
+        return { introId: new Uint8Array(16) } as unknown as Introduction
+      },
+      refreshNat: async () => undefined,
+      establish: async () => void (s.tunnel.isMigrating = false),
+      current: (id) => s.kept.get(id),
+      closed: () => false
+    })
+    s.tunnel.isMigrating = true
+    const start = s.clock.now()
+    const loop = recovery.resume(s.tunnel, 'auto')
+    await s.clock.pass(RESUME_OFFLINE_FAST_MAX * RESUME_OFFLINE_RETRY_MS + RESUME_RETRY_FIRST_MS + RESUME_ATTEMPT_SPACING_MS)
+    await loop
+    const gaps = s.calls.map((c, i) => (i ? c.at - s.calls[i - 1]!.at : c.at - start))
+    expect(gaps).toEqual([0, ...Array<number>(RESUME_OFFLINE_FAST_MAX).fill(RESUME_OFFLINE_RETRY_MS), RESUME_RETRY_FIRST_MS, RESUME_ATTEMPT_SPACING_MS])
+    expect(s.tunnel.isMigrating).toBe(false)
+    // Inside the server's budget: the fast ones and a minute of spaced attempts.
+    expect(RESUME_OFFLINE_FAST_MAX + 60_000 / RESUME_ATTEMPT_SPACING_MS).toBeLessThan(DEFAULT_SERVER_LIMITS.introductionsPerMinute)
   })
 
   it('moveToUdp punches UDP to resume an up direct-tcp tunnel, and gives up quietly without one', async () => {
