@@ -167,12 +167,15 @@ export class ApiClient {
       this.trace('proven', `uid ${uid}`)
     } catch (err) {
       this.trace('unproven', `auth.prove: ${(err as Error).message}`)
-    } finally {
-      // Not awaited: removing the file must not hold the call behind the disk either.
-      fsp.rm(file, { force: true }).then(
-        () => this.trace('proof file removed'),
-        () => undefined
-      )
+    }
+    // Awaited, within the same bound: natctl exits right after its call, and a removal
+    // still pending then would leave the file behind in natd's proof directory for good. A
+    // stalled disk holds the call at most the bound longer (the removal goes on unawaited).
+    try {
+      await step(fsp.rm(file, { force: true }), 'proof file removal')
+      this.trace('proof file removed')
+    } catch (err) {
+      this.trace('proof file left', (err as Error).message)
     }
   }
 

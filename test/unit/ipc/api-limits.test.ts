@@ -84,12 +84,14 @@ describe('local API limits', () => {
   })
 
   it('closes an idle connection that is not subscribed after the idle timeout; a subscriber stays', async () => {
-    await start({ idleTimeoutMs: 150 })
+    // 400 ms: the watcher's own connect (uid proof: a file made and removed between its
+    // requests) must fit in it on a loaded machine.
+    await start({ idleTimeoutMs: 400 })
     const idle = await raw()
     const watcher = await client()
     await watcher.subscribe([], () => undefined)
     await closed(idle)
-    await sleep(200)
+    await sleep(500)
     await expect(watcher.call('status', {})).resolves.toMatchObject({ name: 'alice' })
   })
 
