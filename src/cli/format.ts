@@ -1,5 +1,5 @@
 /** Output helpers for natctl: plain tables for people, JSON for scripts. */
-import type { PortMappingStatus } from '../ipc/schema.js'
+import type { PingResult, PortMappingStatus } from '../ipc/schema.js'
 
 /** An allow-list peer as people read it: `bob (6flxk45n…)`, or `bob (unresolved)` for an old entry that matches nobody. */
 export function peerLabel(p: { name: string; id: string | null }): string {
@@ -41,6 +41,15 @@ export function span(ms: number): string {
   if (s < 120) return `${s}s`
   const m = Math.floor(s / 60)
   return m < 60 ? `${m}m` : `${Math.floor(m / 60)}h ${m % 60}m`
+}
+
+/**
+ * `natctl ping`'s line for one pong; a call that first waited for its migrating tunnel to
+ * resume says so (the round trip is the new path's, the wait is not in it).
+ */
+export function pongLine(r: PingResult): string {
+  const line = `pong from ${r.peer} (${r.path} ${r.remote}) in ${r.rttMs} ms`
+  return r.waitedMs > 0 ? `${line} after waiting ${(r.waitedMs / 1000).toFixed(1)} s for the tunnel to resume` : line
 }
 
 /** `natctl status`'s port-mapping line: what the gateway mapped, for how long, or why nothing. */

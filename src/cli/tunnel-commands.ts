@@ -3,7 +3,7 @@ import type { Argv } from 'yargs'
 import { ApiClient, resolveSocketPath } from '../ipc/client.js'
 import { OPEN_VIAS } from '../ipc/schema.js'
 import { call, duration, out, UsageError, type Global } from './command-kit.js'
-import { ago, bytes, table } from './format.js'
+import { ago, bytes, pongLine, table } from './format.js'
 
 /** Declares open, close, tunnels, ping, netcheck. */
 export function tunnelCommands(y: Argv<Global>): Argv<Global> {
@@ -64,7 +64,7 @@ export function tunnelCommands(y: Argv<Global>): Argv<Global> {
           for (let i = 0; i < g.count; i++) {
             const r = await client.call('ping', { peer: g.peer, timeoutMs })
             results.push(r)
-            if (!g.json) process.stdout.write(`pong from ${r.peer} (${r.path} ${r.remote}) in ${r.rttMs} ms\n`)
+            if (!g.json) process.stdout.write(pongLine(r) + '\n')
             if (i + 1 < g.count) await new Promise((resolve) => setTimeout(resolve, 1000)) // natctl's pace for a person: a direct timer
           }
         } finally {

@@ -41,6 +41,9 @@ export const STALL_RESET_DELAY_MS = 100
  */
 export const INBOX_FREE_RESERVE = 0.05
 
+/** What a sender not in the allow list is told (it goes to the peer: no name of ours in it). */
+export const NOT_ALLOWED_MESSAGE = 'the receiving agent does not accept files from this key (its user can allow it: natctl files policy --allow)'
+
 const fsync = promisify(fs.fsync)
 
 /** sha256 of a file's bytes [0, end) (the whole file when end is omitted). */
@@ -107,8 +110,19 @@ export class FileReceiver {
     this.refusals = new RefusalLog(log, PEER_REFUSAL_LOG, clock)
   }
 
-  /** A peer opened a `file` channel. Never throws. */
+  /**
+   * A peer opened a `file` channel. Never throws. A peer the policy does not allow is
+   * refused at OPEN, before any window is granted: accepted first, its channel could hold
+   * up to CHANNEL_WINDOW_BYTES (4 MiB) of its bytes until REFUSE_LINGER_MS after our
+   * REFUSE, on each of a tunnel's 4,096 channels. Any sender sees NOT_ALLOWED (a reset at
+   * OPEN carries the code), an older one too.
+   */
   onChannel(tunnel: Tunnel, req: OpenRequest): void {
+    if (!this.policy().allowed(tunnel.peer)) {
+      this.refusals.refused('file', tunnel.peer.name, 'NOT_ALLOWED', 'not in the file allow list')
+      req.reject('NOT_ALLOWED', NOT_ALLOWED_MESSAGE)
+      return
+    }
     req.accept()
     const ch = req.channel
     void this.receive(tunnel, ch).catch((err: unknown) => {
@@ -127,9 +141,8 @@ export class FileReceiver {
     if (offer.type !== 'offer') throw new NatdError('BAD_REQUEST', `expected an offer, got ${offer.type}`)
     const policy = this.policy()
     const name = sanitizeName(offer.name)
-    if (!policy.allowed(peer)) {
-      throw new NatdError('NOT_ALLOWED', `this agent does not accept files from ${peer.name} (natctl files policy --allow)`)
-    }
+    // The allow list may have changed since the channel opened.
+    if (!policy.allowed(peer)) throw new NatdError('NOT_ALLOWED', NOT_ALLOWED_MESSAGE)
     if (offer.size > policy.maxSizeBytes) {
       throw new NatdError('TOO_LARGE', `${offer.size} bytes is more than the ${policy.maxSizeBytes} this agent accepts`)
     }

@@ -81,7 +81,11 @@ export async function sendFile(spec: SendSpec, c: { tunnels: TunnelManager; self
   // What is left of the timeout for the offer, one deadline for both phases (one migration budget); time while the tunnel migrates does not count (migration-deadline.ts).
   const offerBy = new MigrationDeadline(clock, left(), tunnel)
   try {
-    await withDeadline(ch.opened, offerBy, ch, `${peer}'s answer to the file channel`, clock)
+    await withDeadline(ch.opened, offerBy, ch, `${peer}'s answer to the file channel`, clock).catch((err: unknown) => {
+      // A receiver refuses a peer it does not allow at OPEN (file-receiver.ts): said as its REFUSE would be.
+      if (err instanceof NatdError && err.code === 'NOT_ALLOWED') throw refusal(err.code, `${peer} refused ${name}: ${err.message}`)
+      throw err
+    })
     ch.write(encodeTransfer({ type: 'offer', transferId, size, name }))
     const answer = await withDeadline(reader.frame('the answer to the offer'), offerBy, ch, `${peer}'s answer to the offer`, clock)
     offerBy.stop()

@@ -123,6 +123,12 @@ export class Mux extends EventEmitter<MuxEvents> {
   private ackTimer: Timer | null = null
   /** PONGs sent since the session last had no drain pending (MAX_PONGS_UNDRAINED). */
   private pongsUndrained = 0
+  /**
+   * An ACK came due while the session waited for a drain: it goes out (with the count
+   * then) once the session drains. ACKs are cumulative, so one carries all held back; a
+   * peer that sends and never reads got one ACK per 32 frames queued (~3% of what it sent).
+   */
+  private ackOwed = false
 
   /** Where we write; on a path upgrade the next session; null once detached for a resume. */
   private session: MessageStream | null
@@ -163,6 +169,7 @@ export class Mux extends EventEmitter<MuxEvents> {
     this.session = next
     this.needDrain = false
     this.inflight.reset()
+    if (this.ackOwed) this.sendAck() // on the new session: the count is cumulative
     for (const w of waiters) this.whenWritable(w)
     if (this.peerSwitched) this.reading = next
     else this.next = next
@@ -274,6 +281,7 @@ export class Mux extends EventEmitter<MuxEvents> {
     w.onceDrain(() => {
       if (session !== this.session) return // switched away: the new session's state counts
       this.needDrain = false
+      if (this.ackOwed) this.sendAck()
       this.wake()
     })
   }
@@ -364,6 +372,7 @@ export class Mux extends EventEmitter<MuxEvents> {
     this.ackTimer = null
     this.unackedFrames = 0
     this.unackedBytes = 0
+    this.ackOwed = false // the RESUME carries the count
     return this.received
   }
 
@@ -391,11 +400,14 @@ export class Mux extends EventEmitter<MuxEvents> {
     else this.ackTimer ??= this.clock.setTimeout(() => this.sendAck(), ACK_DELAY_MS)
   }
 
+  /** Sends our cumulative ACK now, or once the session drains (ackOwed). */
   private sendAck(): void {
     this.clock.clear(this.ackTimer)
     this.ackTimer = null
     this.unackedFrames = 0
     this.unackedBytes = 0
+    this.ackOwed = this.needDrain && this.session !== null
+    if (this.ackOwed) return
     this.send({ type: 'ack', channel: 0, received: this.received })
   }
 

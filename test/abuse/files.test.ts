@@ -23,11 +23,11 @@ import { silentLogger } from '../../src/protocol/log.js'
 import { decodeTransfer, encodeTransfer, type TransferFrame } from '../../src/protocol/transfer.js'
 import { ChannelReader } from '../../src/daemon/channel-frames.js'
 import { UNSAFE_NAME_CHARS } from '../../src/daemon/file-transfer.js'
-import { REFUSE_LINGER_MS } from '../../src/daemon/file-receiver.js'
+import { NOT_ALLOWED_MESSAGE } from '../../src/daemon/file-receiver.js'
 import { MAX_NAME_BYTES, partialKey } from '../../src/daemon/file-names.js'
 import type { TunnelManager } from '../../src/tunnel/manager.js'
 import { Mux } from '../../src/tunnel/mux.js'
-import { messagePipe, until } from '../unit/tunnel/pipe.js'
+import { messagePipe } from '../unit/tunnel/pipe.js'
 import { upTunnel } from '../unit/helpers.js'
 import { openFileStream, openToSend, streamFile } from '../../src/ipc/file-stream.js'
 import { recordAbuse } from './record.js'
@@ -329,7 +329,7 @@ describe('abuse: files and messages', () => {
     recordAbuse({ row: '40 file offers at once from one peer, each stalling after ACCEPT (quota 10 files)', metric: 'offers accepted', before: 'each passed its own quota check (4,096 × 1 GiB against 4 GiB)', now: accepted, unit: 'offers', bound: '≤ filesPerPeer; the rest QUOTA_EXCEEDED; each accepted one ends at the stall deadline' })
   })
 
-  it('9. a registered stranger (not in the allow list) offers a file and streams its bytes without waiting: NOT_ALLOWED, nothing written', async () => {
+  it('9. a registered stranger (not in the allow list) opens 64 file channels and streams into each without waiting: NOT_ALLOWED at OPEN, no window, nothing held', async () => {
     const w = await world()
     await w.bob.setPolicy({ allow: ['alice'] }) // alice only
     const STRANGER = { name: 'mallory', id: 'm'.repeat(52) }
@@ -342,17 +342,22 @@ describe('abuse: files and messages', () => {
     })
     const fromStranger = upTunnel(STRANGER, muxV)
     muxV.on('open', (req) => w.bob.onChannel(fromStranger, req))
-    const ch = muxS.openChannel(0, FILE_SERVICE)
-    await ch.opened
-    const reader = new ChannelReader(ch)
-    ch.write(encodeTransfer({ type: 'offer', transferId: randomBytes(32), size: 1024 * KiB, name: 'push.bin' }))
-    ch.write(randomBytes(1024 * KiB)) // does not wait for ACCEPT
-    const verdict = await reader.frame()
-    expect(verdict).toMatchObject({ type: 'refuse', code: 'NOT_ALLOWED' })
+    const CHANNELS = 64
+    const answers = await Promise.all(
+      Array.from({ length: CHANNELS }, (_, i) => {
+        const ch = muxS.openChannel(0, FILE_SERVICE)
+        ch.on('error', () => undefined)
+        ch.write(encodeTransfer({ type: 'offer', transferId: randomBytes(32), size: 1024 * KiB, name: `push${i}.bin` }))
+        ch.write(randomBytes(1024 * KiB)) // does not wait for ACCEPT
+        return ch.opened.then(() => 'opened', (err: unknown) => err)
+      })
+    )
+    // Refused at OPEN, as an older sender sees it too (the reset's code): the window was never granted.
+    for (const a of answers) expect(a).toMatchObject({ code: 'NOT_ALLOWED', message: NOT_ALLOWED_MESSAGE })
+    expect(muxV.size).toBe(0) // at once, not REFUSE_LINGER_MS later
+    expect(muxV.bytesIn).toBeLessThan(CHANNELS * KiB) // OPENs and the offers' frames at most, never the streamed bytes
     expect(fs.existsSync(w.bob.inbox) ? fs.readdirSync(w.bob.inbox).filter((n) => n !== '.partial') : []).toEqual([])
     expect(w.bob.partials()).toEqual([])
-    // The channel is gone within REFUSE_LINGER_MS: nothing of the stranger's is held.
-    await until(() => muxV.size === 0, 'the channel closed', REFUSE_LINGER_MS + 5_000)
-    recordAbuse({ row: 'a stranger offers a file and streams 1 MiB without waiting for ACCEPT', metric: 'bytes written to the inbox', before: '(new row)', now: 0, unit: 'bytes', bound: `NOT_ALLOWED before any file is opened; the channel (≤ its 4 MiB window) is reset within REFUSE_LINGER_MS (${REFUSE_LINGER_MS} ms)` })
-  }, 20_000)
+    recordAbuse({ row: 'a stranger opens 64 file channels and streams 1 MiB into each without waiting for ACCEPT', metric: 'bytes the receiver took in from the stranger (OPENs included)', before: 'up to the 4 MiB window per channel (× 4,096 channels) for REFUSE_LINGER_MS (5 s)', now: muxV.bytesIn, unit: 'bytes', bound: 'NOT_ALLOWED at OPEN: no window is granted, the channel is gone at once' })
+  })
 })

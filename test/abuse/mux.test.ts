@@ -199,4 +199,33 @@ describe('abuse: the tunnel multiplexer', () => {
     expect(pongs).toBe(pongsStuck + 1)
     recordAbuse({ row: 'a peer that sends 100,000 PINGs and never reads its session', metric: 'PONGs queued in our session', before: '100,000 (over loopback TCP: +580 KB per 20,000 once the kernel buffers were full, without limit)', now: pongsStuck, unit: 'frames', bound: `≤ MAX_PONGS_UNDRAINED (${MAX_PONGS_UNDRAINED}) + 1 until the session drains` })
   })
+
+  it('6. a peer that sends 100,000 channel frames and never reads its session: no ACK is queued until it drains, then one with the whole count', async () => {
+    let onData: ((buf: Buffer) => void) | null = null
+    let drain: (() => void) | null = null
+    let stuck = true
+    const acks: number[] = []
+    const session: MessageStream = {
+      write: (buf) => {
+        if (buf[0] === MUX.ACK) acks.push((decodeMux(buf) as Extract<MuxFrame, { type: 'ack' }>).received)
+        return !stuck
+      },
+      once: (_event, fn) => (drain = fn),
+      on: (_event, fn) => (onData = fn),
+      destroyed: false
+    }
+    const victim = new Mux(session, true, silentLogger)
+    cleanups.push(() => victim.close('test over'))
+    // Sequenced frames (DATA on a channel of the peer's parity that was never opened: counted, then dropped).
+    const data = encodeData(2, Buffer.alloc(16))
+    const FRAMES = 100_000
+    for (let i = 0; i < FRAMES; i++) onData!(data)
+    const acksStuck = acks.length
+    expect(acksStuck).toBeLessThanOrEqual(1) // the first write finds the session full; nothing after it
+    // Once the peer reads again, one ACK with the count of every frame (ACKs are cumulative).
+    stuck = false
+    drain!()
+    expect(acks.slice(acksStuck)).toEqual([FRAMES])
+    recordAbuse({ row: 'a peer that sends 100,000 small channel frames and never reads its session', metric: 'ACKs queued in our session', before: `${FRAMES / 32} (one per 32 frames: ~3% of what it sent, without limit)`, now: acksStuck, unit: 'frames', bound: '≤ 1 until the session drains, then one cumulative ACK' })
+  })
 })

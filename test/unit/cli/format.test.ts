@@ -1,7 +1,7 @@
 // natctl's port-mapping line in `natctl status` (src/cli/format.ts): what the gateway
 // mapped and for how long, or why there is no mapping.
 import { describe, expect, it } from 'vitest'
-import { portMappingLine, span } from '../../../src/cli/format.js'
+import { pongLine, portMappingLine, span } from '../../../src/cli/format.js'
 
 const none = { gateway: null, via: null, udp: null, tcp: null, expiresInMs: null, reason: null }
 
@@ -29,5 +29,16 @@ describe('portMappingLine', () => {
     expect(span(119_000)).toBe('119s')
     expect(span(45 * 60_000)).toBe('45m')
     expect(span(2 * 3_600_000 + 60_000)).toBe('2h 1m')
+  })
+})
+
+describe('pongLine', () => {
+  const pong = { peer: 'bob', path: 'direct-udp' as const, remote: '198.18.1.2:41641', rttMs: 12.5 }
+  it('a pong on a tunnel that was up: the round trip only', () => {
+    expect(pongLine({ ...pong, waitedMs: 0 })).toBe('pong from bob (direct-udp 198.18.1.2:41641) in 12.5 ms')
+  })
+
+  it('a pong after the call waited for a migrating tunnel: says how long', () => {
+    expect(pongLine({ ...pong, waitedMs: 1_234 })).toBe('pong from bob (direct-udp 198.18.1.2:41641) in 12.5 ms after waiting 1.2 s for the tunnel to resume')
   })
 })

@@ -387,7 +387,7 @@ describe('files', () => {
     await w.bob.setPolicy({ allow: null, maxSizeBytes: MiB, inbox: null })
     await expect(send(w, f.path)).rejects.toMatchObject({ code: 'TOO_LARGE', message: expect.stringMatching(/^bob refused p\.bin: /) })
     expect(await w.bob.setPolicy({ allow: ['carol'], maxSizeBytes: 10 * MiB, inbox: null })).toMatchObject({ allow: [CAROL] })
-    await expect(send(w, f.path)).rejects.toMatchObject({ code: 'NOT_ALLOWED' })
+    await expect(send(w, f.path)).rejects.toMatchObject({ code: 'NOT_ALLOWED', message: expect.stringMatching(/^bob refused p\.bin: the receiving agent does not accept files from this key/) })
     expect(w.sentOnWire()).toBeLessThan(4 * KiB)
     expect(fs.statSync(path.join(w.bobDir, 'files.json')).mode & 0o777).toBe(0o600)
     const again = new Files({ dir: w.bobDir, tunnels: {} as TunnelManager, log: silentLogger, selfName: 'bob', selfId: BOB.id, known, onReceived: () => undefined, onProgress: () => undefined })

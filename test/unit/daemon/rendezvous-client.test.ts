@@ -16,7 +16,7 @@ import { systemClock } from '../../../src/protocol/clock.js'
 import { silentLogger } from '../../../src/protocol/log.js'
 import type { OutgoingMessage } from '../../../src/protocol/rendezvous.js'
 import { RendezvousServer } from '../../../src/rendezvous/server.js'
-import { freePort } from '../helpers.js'
+import { startOnFreePort } from '../rendezvous/start-server.js'
 import { until } from '../tunnel/pipe.js'
 
 const SERVER_KEY = generateKeyPair()
@@ -29,20 +29,10 @@ afterEach(async () => {
   for (const f of cleanup.splice(0).reverse()) await f()
 })
 
-/** UDP and TCP share the port (and the alternate is port + 1), so port 0 cannot be used: try free ones. */
 async function startServer(): Promise<number> {
-  for (let attempt = 0; ; attempt++) {
-    const port = await freePort()
-    const server = new RendezvousServer({ host: '127.0.0.1', port, altPort: port + 1, peerTimeoutMs: 30_000, heartbeatMs: 20_000 }, { log: silentLogger, keyPair: SERVER_KEY })
-    try {
-      await server.start()
-      cleanup.push(() => server.stop())
-      return port
-    } catch (err) {
-      await server.stop().catch(() => undefined)
-      if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE' || attempt > 20) throw err
-    }
-  }
+  const { server, port } = await startOnFreePort((port) => new RendezvousServer({ host: '127.0.0.1', port, altPort: port + 1, peerTimeoutMs: 30_000, heartbeatMs: 20_000 }, { log: silentLogger, keyPair: SERVER_KEY }))
+  cleanup.push(() => server.stop())
+  return port
 }
 
 async function udpSocket(): Promise<dgram.Socket> {

@@ -9,7 +9,7 @@ import { afterEach, describe, expect, it } from 'vitest'
 import { NatdError } from '../../../src/protocol/errors.js'
 import { silentLogger } from '../../../src/protocol/log.js'
 import { decodeMux, encodeMux, MAX_DATA_BYTES, MUX, type MuxFrame } from '../../../src/protocol/mux.js'
-import { Mux, type OpenRequest } from '../../../src/tunnel/mux.js'
+import { Mux, type MessageStream, type OpenRequest } from '../../../src/tunnel/mux.js'
 import { CHANNEL_WINDOW_BYTES, type MuxChannel } from '../../../src/tunnel/mux-channel.js'
 import { readAll, sha256hex } from '../helpers.js'
 import { messagePipe, settle, until, type MessagePipe, type Side } from './pipe.js'
@@ -363,5 +363,47 @@ describe('Mux: channel 0', () => {
     pipe.a.write(encodeMux({ type: 'pong', channel: 0, seq: 9 }))
     await settle()
     expect(frames).toBe(1)
+  })
+
+  it('an ACK due while the session waits for a drain is held, then sent once with the whole count (on a drain, or on the next session after a switch)', () => {
+    interface FakeSession {
+      s: MessageStream
+      acks: number[]
+      full: boolean
+      drain(): void
+      feed(buf: Buffer): void
+    }
+    /** A session that takes writes but says "full" while `full`, recording our ACKs. */
+    const session = (): FakeSession => {
+      const t = { acks: [], full: true, drain: () => undefined, feed: () => undefined } as unknown as FakeSession
+      t.s = {
+        write: (buf) => {
+          if (buf[0] === MUX.ACK) t.acks.push((decodeMux(buf) as Extract<MuxFrame, { type: 'ack' }>).received)
+          return !t.full
+        },
+        once: (_e, fn) => (t.drain = fn),
+        on: (_e, fn) => (t.feed = fn),
+        destroyed: false
+      }
+      return t
+    }
+    const data = encodeMux({ type: 'data', channel: 2, data: Buffer.alloc(8) })
+    const first = session()
+    const mux = new Mux(first.s, true, silentLogger)
+    try {
+      for (let i = 0; i < 100; i++) first.feed(data)
+      expect(first.acks).toEqual([32]) // the write that found the session full
+      first.full = false
+      first.drain()
+      expect(first.acks).toEqual([32, 100]) // the count at the drain
+      first.full = true
+      for (let i = 0; i < 64; i++) first.feed(data)
+      expect(first.acks).toEqual([32, 100, 132]) // full again after this one: 164 is held
+      const next = session()
+      mux.switchTo(next.s)
+      expect(next.acks).toEqual([164])
+    } finally {
+      mux.close('test over')
+    }
   })
 })
