@@ -9,13 +9,15 @@
  * What a change promises (`set`): it takes effect at once (in memory); an API call that made it
  * answers only once it is on disk (`durable()`), or fails with STATE_WRITE_FAILED when
  * the write failed or is not done within DURABLE_WAIT_MS (the change stays in effect and
- * the write goes on). A change made
+ * the write goes on). A change conf would refuse at the next start (STORE_SCHEMA) is
+ * refused with INVALID_ARGUMENT and not made. A change made
  * without a caller (a peer's key pinned on first use) is lost if natd dies before the
  * write lands: the peer is then pinned on first use again (docs/SECURITY.md). A crash
  * never leaves a torn file (rename of an fsynced temp file).
  */
 import { BackgroundJsonFile, writeFileAtomicAsync, writeJsonAtomic } from '../common/state-files.js'
 import { NatdError } from '../protocol/errors.js'
+import { checkStore } from './config-schema.js'
 
 /**
  * How long an API call waits for its change to reach the disk before it answers
@@ -34,12 +36,20 @@ export class ConfigJson<T extends object> {
     /** What conf read and validated at start. */
     initial: T,
     write: (file: string, text: string) => Promise<void> = writeFileAtomicAsync,
-    onError: (err: Error, file: string) => void = () => undefined
+    onError: (err: Error, file: string) => void = () => undefined,
+    /** Throws INVALID_ARGUMENT for content conf would refuse at the next start (config-schema.ts). */
+    private readonly check: (store: T, file: string) => void = checkStore
   ) {
     this.store = structuredClone(initial)
     this.bg = new BackgroundJsonFile(file, write, onError)
   }
 
+  /** The store with `key` changed, checked against the schema (INVALID_ARGUMENT); nothing is changed when it throws. */
+  private changed<K extends keyof T>(key: K, value: T[K]): T {
+    const next = { ...this.store, [key]: structuredClone(value) }
+    this.check(next, this.file)
+    return next
+  }
 
   /** A copy: callers cannot change the store behind its writer. */
   get<K extends keyof T>(key: K): T[K] {
@@ -48,7 +58,7 @@ export class ConfigJson<T extends object> {
 
   /** In effect at once; on disk in the background. */
   set<K extends keyof T>(key: K, value: T[K]): void {
-    this.store = { ...this.store, [key]: structuredClone(value) }
+    this.store = this.changed(key, value)
     this.bg.save(this.store)
   }
 
@@ -59,7 +69,7 @@ export class ConfigJson<T extends object> {
    * by one of this value, so the newest lands last.
    */
   setNow<K extends keyof T>(key: K, value: T[K]): void {
-    this.store = { ...this.store, [key]: structuredClone(value) }
+    this.store = this.changed(key, value)
     writeJsonAtomic(this.file, this.store)
     if (this.bg.writing) this.bg.save(this.store)
   }
