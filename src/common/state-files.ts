@@ -151,6 +151,8 @@ export interface BackgroundRetry {
  */
 export class BackgroundJsonFile {
   private next: string | null = null
+  /** The newest value saved (what a fresh write after a give-up writes). */
+  private latest: { text: string; save: number } | null = null
   private running: Promise<void> | null = null
   /** Saves so far, the one `next` holds, and the newest on disk. */
   private saves = 0
@@ -161,14 +163,15 @@ export class BackgroundJsonFile {
   constructor(
     readonly file: string,
     private readonly write: (file: string, text: string) => Promise<void> = writeFileAtomicAsync,
-    /** A failed write (each attempt; the value stays in memory, retried as `retry` says, then at the next save). */
-    private readonly onError: (err: Error) => void = () => undefined,
+    /** A failed write of `file` (each attempt; the value stays in memory, retried as `retry` says, then at the next save or durable()). */
+    private readonly onError: (err: Error, file: string) => void = () => undefined,
     private readonly retry: BackgroundRetry = { delaysMs: BACKGROUND_RETRY_DELAYS_MS, sleep: (ms) => sleepMs(ms, undefined, { ref: false }) }
   ) {}
 
   save(value: unknown): void {
     this.next = JSON.stringify(value, null, 2) + '\n'
     this.nextSave = ++this.saves
+    this.latest = { text: this.next, save: this.nextSave }
     this.running ??= this.drain()
   }
 
@@ -176,11 +179,24 @@ export class BackgroundJsonFile {
    * Whether every save made so far reached the disk: true once a write of it (or of a
    * later value) landed, false as soon as one attempt at it failed (retries go on in the
    * background). For a caller that must not say "done" before the change is durable.
+   *
+   * When saves are missing from disk and no write runs or is due (the retries of a failed
+   * write gave up), a fresh write of the newest value starts: without it nothing would
+   * ever settle this answer (an API call that changed nothing, e.g. `natctl trust` of the
+   * ID already pinned, waited for natctl's deadline, its waiter kept). Every waiter is
+   * settled when the writes stop; a caller that must answer sooner bounds its own wait
+   * (config-json.ts DURABLE_WAIT_MS).
    */
   durable(): Promise<boolean> {
     const save = this.saves
     if (this.written >= save) return Promise.resolve(true)
-    return new Promise((resolve) => this.waiters.push({ save, resolve }))
+    const answer = new Promise<boolean>((resolve) => this.waiters.push({ save, resolve }))
+    if (this.running === null && this.latest !== null) {
+      this.next = this.latest.text
+      this.nextSave = this.latest.save
+      this.running = this.drain()
+    }
+    return answer
   }
 
   private settle(upTo: number, onDisk: boolean): void {
@@ -216,7 +232,7 @@ export class BackgroundJsonFile {
           this.settle(save, true)
         } catch (err) {
           this.settle(save, false)
-          this.onError(err as Error)
+          this.onError(err as Error, this.file)
           const delay = this.retry.delaysMs[failures++]
           if (delay === undefined) continue // given up: the next save tries again
           if (this.next === null) {
@@ -228,6 +244,8 @@ export class BackgroundJsonFile {
       }
     } finally {
       this.running = null
+      // No write runs or is due: no waiter may be left (a later durable() starts a fresh write).
+      this.settle(Infinity, false)
     }
   }
 }

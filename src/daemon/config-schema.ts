@@ -126,6 +126,20 @@ export interface RawConfigFile {
 
 const validateFile = new Ajv2020({ ...AJV_OPTIONS, useDefaults: true, verbose: true, allErrors: true }).compile<RawConfigFile>(FILE_SCHEMA)
 
+const validateStore = new Ajv2020({ ...AJV_OPTIONS, useDefaults: true, verbose: true, allErrors: true }).compile({ type: 'object', properties: STORE_SCHEMA })
+
+/**
+ * Checks config.json's content (`file`) against STORE_SCHEMA, as conf does when it reads
+ * it at start (defaults filled in); throws INVALID_ARGUMENT naming the key. Run before a
+ * change is stored while natd runs (config-json.ts): a value conf would refuse, written,
+ * would stop the next start (conf's clearInvalidConfig is false).
+ */
+export function checkStore(store: unknown, file: string): void {
+  if (validateStore(store)) return
+  const errors = validateStore.errors!
+  throw describeError(errors.find((e) => e.keyword !== 'required') ?? errors[0]!, file)
+}
+
 /**
  * Checks a parsed config file against the schema (filling defaults in); throws
  * INVALID_ARGUMENT naming the file and the key. One error: the user fixes one thing at a

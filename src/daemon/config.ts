@@ -129,11 +129,12 @@ export class StateStore {
   private readonly hidden = new Set<string>()
   private learnt: Learnt
   private readonly learntFile: BackgroundJsonFile
-  /** Told when a background write of learnt.json fails (the daemon logs it). */
-  onWriteError: ((err: Error) => void) | null = null
+  /** Told when a background write of learnt.json or config.json fails, with the file's path (the daemon logs it). */
+  onWriteError: ((err: Error, file: string) => void) | null = null
   /**
    * Problems with the state files found at start that someone should look at (the daemon
-   * logs them as errors; `natctl status` shows them): a learnt.json that did not read.
+   * logs them as errors; `natctl status` shows them): a learnt.json that did not read, a
+   * state directory others may write.
    */
   readonly stateWarnings: string[] = []
   /** Temp files of background writes a dead natd left (removed at start). */
@@ -153,7 +154,7 @@ export class StateStore {
     const read = readLearnt(learnt)
     this.learnt = read.learnt
     if (read.bad !== null) this.setAsideLearnt(learnt, read.bad)
-    this.learntFile = new BackgroundJsonFile(learnt, o.writeLearnt, (err) => this.onWriteError?.(err))
+    this.learntFile = new BackgroundJsonFile(learnt, o.writeLearnt, (err, file) => this.onWriteError?.(err, file))
     const conf = new Conf<StoreShape>({
       cwd: dir,
       configName: 'config',
@@ -163,7 +164,7 @@ export class StateStore {
       clearInvalidConfig: false,
       watch: false
     })
-    this.conf = new ConfigJson(conf.path, conf.store, o.writeConfig, (err) => this.onWriteError?.(err))
+    this.conf = new ConfigJson(conf.path, conf.store, o.writeConfig, (err, file) => this.onWriteError?.(err, file))
     this.migrateExposes()
   }
 

@@ -77,7 +77,12 @@ export class Forwards {
     }
     await this.c.checkPeer(spec.peer)
     await this.listen(spec) // throws PORT_IN_USE before anything is stored
-    this.c.store.setForwards([...this.c.store.forwards, spec])
+    try {
+      this.c.store.setForwards([...this.c.store.forwards, spec]) // INVALID_ARGUMENT if conf's schema refuses it
+    } catch (err) {
+      this.close(spec.localPort)
+      throw err
+    }
     this.c.log.info('forward added', { ...spec })
     return { ...spec, connections: 0, listening: true, error: null }
   }

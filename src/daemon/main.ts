@@ -36,6 +36,7 @@ import {
 } from './config.js'
 import { createLogger, LOG_LEVELS, type LogLevel, type RootLogger } from '../common/logger.js'
 import { installService, uninstallService, type ServiceReport } from './service.js'
+import { logStateFiles } from './state-log.js'
 
 /** SIGTERM must finish within this (systemd's stop timeout is far longer; peers want speed). */
 const SHUTDOWN_DEADLINE_MS = 3_000
@@ -233,9 +234,7 @@ async function run(argv: RunArgs): Promise<void> {
     fail(e)
   }
   const log = createLogger({ level: config.logLevel })
-  store.onWriteError = (err) => log.warn('cannot save what the agent learnt (kept in memory)', { file: 'learnt.json', err: err.message })
-  for (const warning of store.stateWarnings) log.error('agent state file set aside', { warning })
-  if (store.removedTemps.length) log.info('stale temp files removed', { dir: stateDir, files: store.removedTemps })
+  logStateFiles(store, log, stateDir)
   if (file) {
     store.setDeclared(file)
     warnShadowed(store, log, file.path)

@@ -21,6 +21,14 @@ export const CONNECT_DEADLINE_MS = 10_000
  * (tunnel/migration-deadline.ts MIGRATION_PAUSE_MAX_MS), plus CALL_DEADLINE_MS of slack.
  */
 export const MIGRATION_ALLOWANCE_MS = 90_000
+/**
+ * How many times its `timeoutMs` a method may spend, each phase with a budget of its own:
+ * `ping` to a peer with no tunnel opens one (timeoutMs, api-handlers.ts), then pings across
+ * it (timeoutMs again). `open` and `message.send` share one budget across their phases
+ * (tunnel/manager.ts open(), daemon/messages.ts send()). With one timeoutMs allowed, a
+ * `natctl ping --timeout` above ~110 s could be cut by natctl while natd still worked on it.
+ */
+const TIMEOUT_PHASES: Partial<Record<MethodName, number>> = { ping: 2 }
 /** netcheck runs STUN and port-mapping probes (each bounded by a few seconds). */
 export const NETCHECK_DEADLINE_MS = 60_000
 
@@ -33,6 +41,6 @@ export function callDeadlineMs<M extends MethodName>(method: M, params: Params<M
   if (method === 'file.send') return null
   if (method === 'netcheck') return NETCHECK_DEADLINE_MS
   const own = (params as { timeoutMs?: unknown } | null)?.timeoutMs
-  if (typeof own === 'number' && Number.isFinite(own) && own > 0) return own + MIGRATION_ALLOWANCE_MS + CALL_DEADLINE_MS
+  if (typeof own === 'number' && Number.isFinite(own) && own > 0) return own * (TIMEOUT_PHASES[method] ?? 1) + MIGRATION_ALLOWANCE_MS + CALL_DEADLINE_MS
   return CALL_DEADLINE_MS
 }

@@ -14,9 +14,23 @@ export function apiTraceWanted(env: NodeJS.ProcessEnv = process.env): boolean {
   return v !== undefined && v !== '' && v !== '0'
 }
 
+/** A request id longer than this is not traced (natctl's ids are small numbers). */
+const TRACE_ID_MAX_CHARS = 64
+
+/**
+ * The client's request id as the trace keeps and logs it: a number or a short string, else
+ * null (not kept). An object id was kept in the per-connection map for good (never equal
+ * to the answer's id, so never deleted: one entry per request) and logged whole.
+ */
+function traceId(id: unknown): number | string | null {
+  if (typeof id === 'number' && Number.isFinite(id)) return id
+  if (typeof id === 'string' && id.length <= TRACE_ID_MAX_CHARS) return id
+  return null
+}
+
 export class ApiTrace {
   private readonly ids = new WeakMap<net.Socket, number>()
-  private readonly started = new WeakMap<net.Socket, Map<unknown, number>>()
+  private readonly started = new WeakMap<net.Socket, Map<number | string, number>>()
   private next = 1
 
   constructor(
@@ -33,18 +47,22 @@ export class ApiTrace {
 
   request(socket: net.Socket, data: unknown): void {
     if (!this.enabled) return
-    const { id, method } = (data ?? {}) as { id?: unknown; method?: unknown }
-    let m = this.started.get(socket)
-    if (!m) this.started.set(socket, (m = new Map()))
-    m.set(id, this.now())
+    const { id: raw, method } = (data ?? {}) as { id?: unknown; method?: unknown }
+    const id = traceId(raw)
+    if (id !== null) {
+      let m = this.started.get(socket)
+      if (!m) this.started.set(socket, (m = new Map()))
+      m.set(id, this.now())
+    }
     this.log.info('api trace: request', { conn: this.ids.get(socket), id, method: typeof method === 'string' ? method.slice(0, 32) : null })
   }
 
-  answered(socket: net.Socket, id: unknown, error: string | null, written: boolean): void {
+  answered(socket: net.Socket, raw: unknown, error: string | null, written: boolean): void {
     if (!this.enabled) return
+    const id = traceId(raw)
     const m = this.started.get(socket)
-    const t = m?.get(id)
-    m?.delete(id)
+    const t = id === null ? undefined : m?.get(id)
+    if (id !== null) m?.delete(id)
     this.log.info('api trace: answer', { conn: this.ids.get(socket), id, error, written, ms: t === undefined ? null : Math.round(this.now() - t) })
   }
 }

@@ -83,6 +83,44 @@ describe('BackgroundJsonFile.durable', () => {
   })
 })
 
+/** `p`, or 'pending' if it has not settled within `ms` (an answer that never comes). */
+function within<T>(p: Promise<T>, ms = 200): Promise<T | 'pending'> {
+  return Promise.race([p, new Promise<'pending'>((resolve) => setTimeout(() => resolve('pending'), ms))])
+}
+
+describe('BackgroundJsonFile.durable after the retries gave up', () => {
+  it('a durable() with no new save starts a fresh write of the newest value, and answers (it waited forever)', async () => {
+    let diskOk = false
+    const written: string[] = []
+    const errors: string[] = []
+    const write = (_file: string, text: string): Promise<void> => {
+      if (!diskOk) return Promise.reject(new Error('EIO'))
+      written.push(text)
+      return Promise.resolve()
+    }
+    const f = new BackgroundJsonFile('config.json', write, (err, file) => errors.push(`${file}: ${err.message}`), { delaysMs: [1_000], sleep: () => Promise.resolve() })
+    f.save({ pin: 1 })
+    await f.flushed() // two attempts, both failed: given up
+    expect(f.writing).toBe(false)
+    expect(await within(f.durable())).toBe(false) // a fresh write, failed again: told, not left waiting
+    expect(errors.at(-1)).toBe('config.json: EIO')
+    await f.flushed() // its retries gave up too
+    diskOk = true
+    expect(await within(f.durable())).toBe(true) // the disk is back: the newest value lands
+    expect(written.map((t) => JSON.parse(t) as unknown)).toEqual([{ pin: 1 }])
+    expect(await f.durable()).toBe(true)
+  })
+
+  it('no waiter is left once the writes stop', async () => {
+    const f = new BackgroundJsonFile('x.json', () => Promise.reject(new Error('EIO')), () => undefined, { delaysMs: [], sleep: () => Promise.resolve() })
+    f.save({ n: 1 })
+    const answers = [f.durable(), f.durable()]
+    await f.flushed()
+    expect(await within(Promise.all(answers))).toEqual([false, false])
+    expect((f as unknown as { waiters: unknown[] }).waiters).toHaveLength(0)
+  })
+})
+
 describe('removeStaleTemps', () => {
   let dir: string
   beforeEach(() => {

@@ -157,6 +157,14 @@ describe('Forwards', () => {
     expect(() => f.remove(s.localPort)).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }))
   })
 
+  it('a forward the state file would refuse (config.json schema) is not stored, and its port is let go', async () => {
+    const f = make()
+    const s = await spec({ peer: 'not a peer name!' }) // the API checks this first; the store is the last guard
+    await expect(f.add(s)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: expect.stringMatching(/forwards\[0\]\.peer/) })
+    expect(store.forwards).toEqual([])
+    expect(await isListening(s.localPort)).toBe(false)
+  })
+
   it('stored forwards come back on start (a new agent on the same store)', async () => {
     const s = await spec()
     await make().add(s)

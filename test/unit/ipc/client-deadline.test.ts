@@ -25,9 +25,15 @@ describe('callDeadlineMs', () => {
     expect(callDeadlineMs('status', {})).toBe(CALL_DEADLINE_MS)
     expect(callDeadlineMs('forward.ls', {})).toBe(CALL_DEADLINE_MS)
     expect(callDeadlineMs('open', { peer: 'bob', via: 'auto', timeoutMs: 10_000 })).toBe(10_000 + MIGRATION_ALLOWANCE_MS + CALL_DEADLINE_MS)
-    expect(callDeadlineMs('ping', { peer: 'bob', timeoutMs: 5_000 })).toBe(5_000 + MIGRATION_ALLOWANCE_MS + CALL_DEADLINE_MS)
+    expect(callDeadlineMs('message.send', { peer: 'bob', text: 'hi', timeoutMs: 10_000, id: null } as never)).toBe(10_000 + MIGRATION_ALLOWANCE_MS + CALL_DEADLINE_MS)
     expect(callDeadlineMs('netcheck', {})).toBe(NETCHECK_DEADLINE_MS)
     expect(callDeadlineMs('file.send', { timeoutMs: 10_000 } as never)).toBeNull()
+  })
+
+  it('ping may open a tunnel (timeoutMs) and then ping (timeoutMs again): its deadline covers both, so --timeout 200s is not cut at 310 s', () => {
+    expect(callDeadlineMs('ping', { peer: 'bob', timeoutMs: 5_000 })).toBe(2 * 5_000 + MIGRATION_ALLOWANCE_MS + CALL_DEADLINE_MS)
+    const timeoutMs = 200_000
+    expect(callDeadlineMs('ping', { peer: 'bob', timeoutMs })!).toBeGreaterThan(2 * timeoutMs + MIGRATION_ALLOWANCE_MS)
   })
 })
 
