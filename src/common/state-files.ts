@@ -4,6 +4,10 @@
  * bindings): JSON written atomically, and append-only JSON-lines logs. Everything is
  * mode 0600 and fsynced before the caller acknowledges anything, except what
  * BackgroundJsonFile holds (written behind, never on the event loop).
+ *
+ * A running agent writes only through BackgroundJsonFile and StateLog (async fs, off the
+ * event loop: issue 17). The synchronous writers are for start-up, before anything is
+ * served, for commands that exit next (natd-server names), and for the server.
  */
 import fs from 'node:fs'
 import fsp from 'node:fs/promises'
@@ -120,11 +124,16 @@ export async function writeFileAtomicAsync(file: string, text: string): Promise<
     await fsp.rm(tmp, { force: true }).catch(() => undefined) // a full disk: do not leave half a file behind
     throw err
   }
-  const dir = await fsp.open(path.dirname(file), 'r')
+  await fsyncDirAsync(path.dirname(file))
+}
+
+/** fsyncDir() in the thread pool. */
+export async function fsyncDirAsync(dir: string): Promise<void> {
+  const fh = await fsp.open(dir, 'r')
   try {
-    await dir.sync()
+    await fh.sync()
   } finally {
-    await dir.close()
+    await fh.close()
   }
 }
 
@@ -250,6 +259,116 @@ export class BackgroundJsonFile {
   }
 }
 
+/** The disk operations of a StateLog (async, in libuv's thread pool); tests stall them. */
+export interface StateLogIo {
+  /**
+   * Appends `text` (whole lines) to `file` (created mode 0600); fsyncs it when `sync` (and
+   * its directory when the append created it). A torn last line (a crash mid-append) is
+   * closed with a newline first, so the record appended is never glued to it; a failed
+   * append is cut back off, so it leaves no half record for the next one to join.
+   */
+  append(file: string, text: string, sync: boolean): Promise<void>
+  /** Replaces `file` with `text` atomically (writeFileAtomicAsync). */
+  replace(file: string, text: string): Promise<void>
+  /** fsyncs `file` (nothing when it does not exist). */
+  fsync(file: string): Promise<void>
+}
+
+async function appendAsync(file: string, text: string, sync: boolean): Promise<void> {
+  const fh = await fsp.open(file, 'a+', STATE_FILE_MODE) // a+: the last byte is read (a torn line?)
+  let size: number
+  try {
+    size = (await fh.stat()).size
+    let prefix = ''
+    if (size > 0) {
+      const last = Buffer.alloc(1)
+      await fh.read(last, 0, 1, size - 1)
+      if (last[0] !== 0x0a) prefix = '\n' // a torn line: closed, and skipped by readJsonLines
+    }
+    try {
+      await fh.appendFile(prefix + text)
+      if (sync) await fh.sync()
+    } catch (err) {
+      await fh.truncate(size).catch(() => undefined)
+      throw err
+    }
+  } finally {
+    await fh.close()
+  }
+  if (sync && size === 0) {
+    await fsyncDirAsync(path.dirname(file)) // maybe created just now: its directory entry must survive a crash too
+  }
+}
+
+async function fsyncAsync(file: string): Promise<void> {
+  let fh: fsp.FileHandle
+  try {
+    fh = await fsp.open(file, 'r')
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return
+    throw err
+  }
+  try {
+    await fh.sync()
+  } finally {
+    await fh.close()
+  }
+}
+
+export const asyncStateIo: StateLogIo = { append: appendAsync, replace: writeFileAtomicAsync, fsync: fsyncAsync }
+
+/**
+ * A JSON-lines file of a running agent (its inbox of messages, the IDs it stored, its
+ * outbox, the files it received), written off the event loop: one queue per file, so
+ * writes land in the order they were made and never overlap, and each returns a promise
+ * the caller awaits before it acknowledges anything. A disk that stalls (CI once took 29 s
+ * for one fsync) then holds those callers, never heartbeats, tunnels or the API. What
+ * may queue meanwhile is bounded by the caller (its quotas, its in-memory bounds).
+ */
+export class StateLog {
+  private tail: Promise<unknown> = Promise.resolve()
+  private waiting = 0
+
+  constructor(
+    readonly file: string,
+    private readonly io: StateLogIo = asyncStateIo
+  ) {}
+
+  /** Appends one JSON line per value; resolves once written (and fsynced when `sync`). */
+  append(values: readonly unknown[], opts: { sync: boolean }): Promise<void> {
+    const text = values.map((v) => JSON.stringify(v) + '\n').join('')
+    return this.run(() => this.io.append(this.file, text, opts.sync))
+  }
+
+  /** Replaces the whole file (atomic, fsynced). */
+  replace(text: string): Promise<void> {
+    return this.run(() => this.io.replace(this.file, text))
+  }
+
+  /** fsyncs what was appended so far. */
+  fsync(): Promise<void> {
+    return this.run(() => this.io.fsync(this.file))
+  }
+
+  /** Runs `op` once every write queued before it ended, and before any queued after it. */
+  run<T>(op: () => Promise<T>): Promise<T> {
+    this.waiting++
+    const p = this.tail.then(op).finally(() => this.waiting--)
+    this.tail = p.catch(() => undefined)
+    return p
+  }
+
+  /** Writes queued or running. */
+  get queued(): number {
+    return this.waiting
+  }
+
+  /** Resolves when every write so far ended. Never rejects. */
+  flushed(): Promise<void> {
+    return this.tail.then(() => undefined)
+  }
+}
+
 export function readJson<T>(file: string): T | null {
   try {
     return JSON.parse(fs.readFileSync(file, 'utf8')) as T
@@ -269,22 +388,6 @@ export function appendJsonLine(file: string, value: unknown, opts: { sync: boole
   try {
     fs.writeSync(fd, JSON.stringify(value) + '\n')
     if (opts.sync) fs.fsyncSync(fd)
-  } finally {
-    fs.closeSync(fd)
-  }
-}
-
-/** fsyncs a file written earlier (nothing when it does not exist). */
-export function fsyncFile(file: string): void {
-  let fd: number
-  try {
-    fd = fs.openSync(file, 'r')
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return
-    throw err
-  }
-  try {
-    fs.fsyncSync(fd)
   } finally {
     fs.closeSync(fd)
   }

@@ -342,6 +342,8 @@ export class Agent {
     this.metrics?.close()
     await this.socket?.close()
     await this.socket6?.close()
+    // What the inbox, the outbox, the IDs and the file policy still write (within main's shutdown deadline).
+    await Promise.all([this.messages?.flushed(), this.files?.flushed()])
   }
 
   private onDatagram(buf: Buffer, from: Endpoint): void {

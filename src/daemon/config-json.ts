@@ -79,22 +79,31 @@ export class ConfigJson<T extends object> {
    * failed, or when it is not on disk within `waitMs` (the write goes on).
    */
   async durable(waitMs = DURABLE_WAIT_MS): Promise<void> {
-    let timer: NodeJS.Timeout | undefined
-    const late = new Promise<'late'>((resolve) => {
-      timer = setTimeout(() => resolve('late'), waitMs)
-      timer.unref()
-    })
-    try {
-      const onDisk = await Promise.race([this.bg.durable(), late])
-      if (onDisk === 'late') throw new NatdError('STATE_WRITE_FAILED', `the change is in effect but not yet saved to ${this.bg.file} after ${waitMs / 1000} s (a slow or failing disk, see natd's log); the write goes on`)
-      if (!onDisk) throw new NatdError('STATE_WRITE_FAILED', `the change is in effect but could not be saved to ${this.bg.file} (see natd's log); it is tried again`)
-    } finally {
-      clearTimeout(timer)
-    }
+    await durableWithin(this.bg, 'the change', waitMs)
   }
 
   /** Resolves when every write so far has ended (shutdown). Never rejects. */
   flushed(): Promise<void> {
     return this.bg.flushed()
+  }
+}
+
+/**
+ * Resolves once every save of `bg` so far is on disk; STATE_WRITE_FAILED (naming `what`)
+ * when a write of it failed, or when it is not on disk within `waitMs` (the write goes on):
+ * an API call waiting for the disk answers before natctl's deadline.
+ */
+export async function durableWithin(bg: BackgroundJsonFile, what: string, waitMs = DURABLE_WAIT_MS): Promise<void> {
+  let timer: NodeJS.Timeout | undefined
+  const late = new Promise<'late'>((resolve) => {
+    timer = setTimeout(() => resolve('late'), waitMs)
+    timer.unref()
+  })
+  try {
+    const onDisk = await Promise.race([bg.durable(), late])
+    if (onDisk === 'late') throw new NatdError('STATE_WRITE_FAILED', `${what} is in effect but not yet saved to ${bg.file} after ${waitMs / 1000} s (a slow or failing disk, see natd's log); the write goes on`)
+    if (!onDisk) throw new NatdError('STATE_WRITE_FAILED', `${what} is in effect but could not be saved to ${bg.file} (see natd's log); it is tried again`)
+  } finally {
+    clearTimeout(timer)
   }
 }

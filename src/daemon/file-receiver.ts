@@ -6,6 +6,7 @@
  */
 import { createHash } from 'node:crypto'
 import fs from 'node:fs'
+import fsp from 'node:fs/promises'
 import path from 'node:path'
 import { promisify } from 'node:util'
 import { NatdError, toNatdError } from '../protocol/errors.js'
@@ -18,7 +19,7 @@ import type { MuxChannel } from '../tunnel/mux-channel.js'
 import type { Tunnel } from '../tunnel/tunnel.js'
 import { ChannelReader, withDeadline } from './channel-frames.js'
 import { PEER_REFUSAL_LOG, RefusalLog } from '../common/refusal-log.js'
-import { fsyncDir } from '../common/state-files.js'
+import { fsyncDirAsync } from '../common/state-files.js'
 import { FileBody } from './file-body.js'
 import { MAX_NAME_SUFFIX, partialKey, sanitizeName, suffixedName } from './file-names.js'
 import { StallWatch } from './stall-watch.js'
@@ -104,7 +105,8 @@ export class FileReceiver {
   constructor(
     private readonly policy: () => ReceivePolicy,
     private readonly log: Logger,
-    private readonly onStored: (f: StoredFile, from: Tunnel['peer']) => void,
+    /** Lists the file; DONE is sent once it resolves (its record is durable). */
+    private readonly onStored: (f: StoredFile, from: Tunnel['peer']) => Promise<void>,
     private readonly clock: TimerClock = systemClock
   ) {
     this.refusals = new RefusalLog(log, PEER_REFUSAL_LOG, clock)
@@ -268,10 +270,10 @@ export class FileReceiver {
     } finally {
       fs.closeSync(fd)
     }
-    const final = this.place(partial, inbox, offer.name)
+    const final = await this.place(partial, inbox, offer.name)
     this.names.delete(offer.key)
     const stored: StoredFile = { name: path.basename(final), path: final, size: offer.size, sha256: sha256.toString('hex'), transferId: offer.transferId }
-    this.onStored(stored, peer)
+    await this.onStored(stored, peer)
     ch.end(encodeTransfer({ type: 'done', name: stored.name }))
   }
 
@@ -327,18 +329,18 @@ export class FileReceiver {
     }
   }
 
-  /** Links the verified partial to the first free name (never overwriting anything), then drops the partial. */
-  private place(partial: string, inbox: string, name: string): string {
+  /** Links the verified partial to the first free name (never overwriting anything), then drops the partial; the directory's fsync off the event loop. */
+  private async place(partial: string, inbox: string, name: string): Promise<string> {
     for (let i = 0; i <= MAX_NAME_SUFFIX; i++) {
       const candidate = path.join(inbox, suffixedName(name, i))
       try {
-        fs.linkSync(partial, candidate) // fails with EEXIST instead of replacing
+        await fsp.link(partial, candidate) // fails with EEXIST instead of replacing (and two at once cannot both win)
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code === 'EEXIST') continue
         throw err
       }
-      fs.rmSync(partial, { force: true })
-      fsyncDir(inbox)
+      await fsp.rm(partial, { force: true })
+      await fsyncDirAsync(inbox)
       return candidate
     }
     throw new NatdError('INVALID_ARGUMENT', `no free name for ${name} in ${inbox}`)

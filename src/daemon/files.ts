@@ -11,6 +11,13 @@
  * Sending: natctl opens the file with its own rights and streams it (ipc/file-stream.ts);
  * natd opens no path a client names, and refuses bytes that come from a file in its own
  * state directory (its key, its config) even when the caller may read them.
+ *
+ * Off the event loop while natd runs: files.json is written in the background
+ * (BackgroundJsonFile, as config.json) and a policy change answers once it is durable, or
+ * with STATE_WRITE_FAILED (the change stays in effect; the write is retried); a received
+ * file's line in files.jsonl is appended through a StateLog (async, in order) and the
+ * sender hears DONE once it is fsynced. What waits for a stalled disk: one policy value,
+ * and one line per file being received (bounded by filesPerPeer).
  */
 import fs from 'node:fs'
 import path from 'node:path'
@@ -26,7 +33,8 @@ import type { Tunnel } from '../tunnel/tunnel.js'
 import { admits, isCurrent, migrateAllowEntry, type AllowEntry } from './allow-list.js'
 import { FileReceiver, sendFile, STALL_TIMEOUT_MS, type ReceivePolicy } from './file-transfer.js'
 import type { KnownPeers } from './known-peers.js'
-import { appendJsonLine, readJson, readJsonLines, writeJsonAtomic } from '../common/state-files.js'
+import { durableWithin } from './config-json.js'
+import { BackgroundJsonFile, readJson, readJsonLines, StateLog, writeFileAtomicAsync, writeJsonAtomic, type StateLogIo } from '../common/state-files.js'
 
 export { FILE_SERVICE } from './file-transfer.js'
 /** Largest file accepted unless `natctl files policy --max-size` says otherwise. */
@@ -63,6 +71,9 @@ export interface FilesComponents {
   onProgress(p: FileProgress): void
   /** Default systemClock. */
   clock?: TimerClock
+  /** The disk writes (default async fs; tests stall them): files.json, and files.jsonl. */
+  writePolicy?: (file: string, text: string) => Promise<void>
+  io?: StateLogIo
 }
 
 interface StoredPolicy extends Quotas {
@@ -74,8 +85,12 @@ interface StoredPolicy extends Quotas {
 export class Files {
   private readonly receiver: FileReceiver
   private stored: StoredPolicy
+  private readonly policyFile: BackgroundJsonFile
+  private readonly received: StateLog
 
   constructor(private readonly c: FilesComponents) {
+    this.policyFile = new BackgroundJsonFile(path.join(c.dir, POLICY_FILE), c.writePolicy ?? writeFileAtomicAsync, (err) => c.log.error('the file policy could not be saved', { file: path.join(c.dir, POLICY_FILE), err: err.message }))
+    this.received = new StateLog(path.join(c.dir, RECEIVED_FILE), c.io)
     const saved = readJson<Partial<Record<keyof StoredPolicy, unknown>>>(path.join(c.dir, POLICY_FILE)) ?? {}
     const allow: unknown[] = Array.isArray(saved.allow) ? saved.allow : []
     const num = (k: keyof Quotas): number => (typeof saved[k] === 'number' ? saved[k] : DEFAULT_QUOTAS[k])
@@ -93,6 +108,7 @@ export class Files {
     if (typeof (saved as { inbox?: unknown }).inbox === 'string' && (saved as { inbox: string }).inbox !== '') {
       c.log.warn('ignoring the inbox stored in files.json: set it with natd --inbox or "inbox" in the config file', { stored: (saved as { inbox: string }).inbox, inbox: this.inbox })
     }
+    // A one-time migration at start, before natd serves anything: written on the spot.
     if (!allow.every(isCurrent) || 'inbox' in saved) writeJsonAtomic(path.join(c.dir, POLICY_FILE), this.stored)
     for (const a of this.stored.allow) {
       if (a.id === null) c.log.warn('the file policy allows a peer by name with no pinned key: it admits nobody until re-added', { peer: a.name, hint: `natctl trust ${a.name} PEER_ID, then natctl files policy --allow ${a.name}` })
@@ -115,32 +131,41 @@ export class Files {
   }
 
   /**
-   * Changes what is given (null = unchanged) and persists it. `allow` peers are resolved
-   * to whole keys now (PEER_UNKNOWN). `inbox` is refused (NOT_ALLOWED): only the operator
-   * chooses it, with natd --inbox or the config file.
+   * Changes what is given (null = unchanged) and persists it: in effect at once, answered
+   * once on disk (STATE_WRITE_FAILED when the write failed: in effect all the same, and
+   * tried again). `allow` peers are resolved to whole keys now (PEER_UNKNOWN). `inbox` is
+   * refused (NOT_ALLOWED): only the operator chooses it, with natd --inbox or the config file.
    */
   async setPolicy(p: Partial<FilesPolicyParams>): Promise<FilesPolicy> {
-    const next = { ...this.stored }
     if (p.inbox !== null && p.inbox !== undefined && p.inbox !== this.inbox) {
       throw new NatdError('NOT_ALLOWED', 'the inbox is not set over the API (any member of group natd could point it anywhere): pass natd --inbox DIR or set "inbox" in the config file')
     }
+    let allow: AllowEntry[] | null = null
     if (p.allow !== null && p.allow !== undefined) {
-      const allow: AllowEntry[] = []
+      allow = []
       for (const a of p.allow) {
         const ref = await this.c.known.resolveKey(a)
         if (!allow.some((b) => b.id === ref.id)) allow.push(ref)
       }
-      next.allow = allow
     }
+    const next = { ...this.stored } // after the awaits: a change made meanwhile is kept
+    if (allow !== null) next.allow = allow
     if (p.maxSizeBytes !== null && p.maxSizeBytes !== undefined) next.maxSizeBytes = p.maxSizeBytes
     for (const k of Object.keys(DEFAULT_QUOTAS) as (keyof Quotas)[]) {
       const value = p[k]
       if (value !== null && value !== undefined) next[k] = value
     }
-    writeJsonAtomic(path.join(this.c.dir, POLICY_FILE), next)
     this.stored = next
+    this.policyFile.save(next)
     this.c.log.info('file policy changed', { allow: this.stored.allow.map(describePeer), maxSizeBytes: this.stored.maxSizeBytes, ...this.quotas })
-    return this.policy()
+    const answer = this.policy()
+    await durableWithin(this.policyFile, 'the file policy') // bounded: never past natctl's deadline
+    return answer
+  }
+
+  /** Resolves when every write so far ended (shutdown, tests). Never rejects. */
+  async flushed(): Promise<void> {
+    await Promise.all([this.policyFile.flushed(), this.received.flushed()])
   }
 
   /** Received files, oldest first. */
@@ -259,9 +284,15 @@ export class Files {
     }
   }
 
-  private onStored(f: { name: string; path: string; size: number; sha256: string; transferId: string }, from: { name: string; id: string }): void {
+  /** Lists a received file: resolves once its line is fsynced (the receiver says DONE only then). */
+  private async onStored(f: { name: string; path: string; size: number; sha256: string; transferId: string }, from: { name: string; id: string }): Promise<void> {
     const rec: ReceivedFile = { ...f, from: from.name, fromId: from.id, receivedAt: new Date().toISOString() }
-    appendJsonLine(path.join(this.c.dir, RECEIVED_FILE), rec)
+    try {
+      await this.received.append([rec], { sync: true })
+    } catch (err) {
+      this.c.log.error('a received file could not be listed', { peer: from.name, path: f.path, file: this.received.file, err: (err as Error).message })
+      throw new NatdError('STATE_WRITE_FAILED', `the file is in the receiver's inbox but could not be listed in ${RECEIVED_FILE}`, { cause: err })
+    }
     this.c.log.info('file received', { peer: from.name, name: f.name, size: f.size, sha256: f.sha256 })
     this.c.onReceived(rec)
   }

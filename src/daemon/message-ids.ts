@@ -15,9 +15,12 @@
  * still dedupes. A line is not fsynced on its own: the message's line in the (fsynced)
  * inbox records its ID until `messages --clear` removes it, and clear fsyncs this file
  * first (flush()), so a crash never loses an ID whose message it kept or removed.
+ *
+ * Written off the event loop (StateLog: one queue, in order): add() counts in memory at
+ * once, its line lands behind. The queue holds at most what the inbox quotas let in.
  */
 import path from 'node:path'
-import { appendJsonLine, fsyncFile, readJsonLines, writeFileAtomic } from '../common/state-files.js'
+import { readJsonLines, StateLog, writeFileAtomic, type StateLogIo } from '../common/state-files.js'
 
 export const MESSAGE_IDS_FILE = 'message-ids.jsonl'
 /** A week: a retry comes seconds to hours after the first try; a laptop shut for a weekend still dedupes. */
@@ -45,6 +48,9 @@ export interface StoredId {
 
 export class MessageIds {
   private readonly file: string
+  private readonly log: StateLog
+  /** A background write failed: the file may lack IDs, flush() rewrites it whole. */
+  private lost = false
   /** `from/id` → when stored, oldest first (Map keeps insertion order). */
   private readonly all = new Map<string, number>()
   /** Each sender's IDs, oldest first. */
@@ -55,14 +61,19 @@ export class MessageIds {
   private readonly init: MessageIdsInit
 
   /** `inbox`: the messages in the inbox, remembered too (they may lack their line here after a crash). */
-  constructor(dir: string, inbox: readonly StoredId[], now = Date.now(), init: Partial<MessageIdsInit> = {}) {
+  constructor(dir: string, inbox: readonly StoredId[], now = Date.now(), init: Partial<MessageIdsInit> = {}, io?: StateLogIo) {
     this.init = { windowMs: DEDUPE_WINDOW_MS, perPeer: DEDUPE_IDS_PER_PEER, max: DEDUPE_MAX_IDS, ...init }
     this.file = path.join(dir, MESSAGE_IDS_FILE)
+    this.log = new StateLog(this.file, io)
     const lines = readJsonLines<StoredId>(this.file).filter(isStoredId)
     this.fileLines = lines.length
     for (const e of [...lines, ...inbox].sort((a, b) => a.at - b.at)) this.remember(e)
     this.expire(now)
-    if (this.fileLines > 2 * this.all.size) this.compact()
+    // At start, before natd serves anything: written on the spot.
+    if (this.fileLines > 2 * this.all.size) {
+      writeFileAtomic(this.file, this.text())
+      this.fileLines = this.all.size
+    }
   }
 
   get size(): number {
@@ -75,10 +86,10 @@ export class MessageIds {
     return this.all.has(key(from, id))
   }
 
-  /** Records a stored message's ID (durable with its message's line in the inbox; see flush()). */
+  /** Records a stored message's ID: in memory at once, its line written behind (durable with its message's line in the inbox; see flush()). */
   add(e: StoredId): void {
     if (!this.remember(e)) return
-    appendJsonLine(this.file, e, { sync: false })
+    this.background(this.log.append([e], { sync: false }))
     this.fileLines++
     this.expire(e.at)
     if (this.fileLines > 2 * Math.max(this.all.size, this.init.perPeer)) this.compact()
@@ -119,19 +130,38 @@ export class MessageIds {
     if (ids!.length === 0) this.bySender.delete(from)
   }
 
-  /** Makes every ID recorded so far durable: before their messages leave the inbox. */
-  flush(): void {
-    fsyncFile(this.file)
+  /** Makes every ID recorded so far durable: before their messages leave the inbox. Rejects when it could not. */
+  async flush(): Promise<void> {
+    if (!this.lost) return this.log.fsync()
+    this.lost = false
+    await this.log.replace(this.text()).catch((err: unknown) => {
+      this.lost = true
+      throw err
+    })
+  }
+
+  /** Resolves when every write so far ended (shutdown, tests). Never rejects. */
+  flushed(): Promise<void> {
+    return this.log.flushed()
+  }
+
+  /** A write nobody waits for: a failure only marks the file as missing IDs (flush() then rewrites it). */
+  private background(p: Promise<void>): void {
+    p.catch(() => (this.lost = true))
   }
 
   private compact(): void {
+    this.background(this.log.replace(this.text())) // the IDs as they are now, after the appends queued before
+    this.fileLines = this.all.size
+  }
+
+  private text(): string {
     const out: string[] = []
     for (const [k, at] of this.all) {
       const i = k.indexOf('/')
       out.push(JSON.stringify({ from: k.slice(0, i), id: k.slice(i + 1), at } satisfies StoredId) + '\n')
     }
-    writeFileAtomic(this.file, out.join(''))
-    this.fileLines = out.length
+    return out.join('')
   }
 }
 

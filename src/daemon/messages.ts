@@ -11,6 +11,13 @@
  * unsettled ID of the same text to the same peer; or the caller names the ID). The
  * receiver remembers IDs per sender (message-ids.ts) and answers a duplicate with an ACK
  * flagged DUPLICATE without storing it again.
+ *
+ * Off the event loop: the inbox, the IDs and the outbox are written through StateLog (one
+ * queue per file, async fs), so a disk that stalls holds the ACKs, never the agent. A
+ * message counts against its sender's quota from the moment it arrives, so what waits
+ * for the disk is bounded by the quotas (messagesPerPeer, messageBytesPerPeer per peer,
+ * INBOX_MESSAGES_MAX and INBOX_MESSAGE_BYTES_MAX in all). A retry that arrives while its
+ * first copy is still being written waits for that write, then is answered DUPLICATE.
  */
 import { createHash } from 'node:crypto'
 import path from 'node:path'
@@ -27,7 +34,7 @@ import { ChannelReader, destroyOnAbort, refusal, withDeadline } from './channel-
 import { MigrationDeadline } from '../tunnel/migration-deadline.js'
 import type { KnownPeers } from './known-peers.js'
 import { PEER_REFUSAL_LOG, RefusalLog } from '../common/refusal-log.js'
-import { appendJsonLine, readJsonLines, writeFileAtomic } from '../common/state-files.js'
+import { asyncStateIo, readJsonLines, StateLog, type StateLogIo } from '../common/state-files.js'
 import { MessageIds } from './message-ids.js'
 import { Outbox, type Pending } from './outbox.js'
 
@@ -92,10 +99,15 @@ export interface MessagesComponents {
   inboxMax?: { messages: number; bytes: number }
   /** Default systemClock. */
   clock?: TimerClock
+  /** The disk writes (default asyncStateIo; tests stall them). */
+  io?: StateLogIo
 }
 
 export class Messages {
   private readonly file: string
+  private readonly inbox: StateLog
+  /** Messages being written, by `sender/id`: a retry meanwhile waits for the first copy. */
+  private readonly storing = new Map<string, Promise<void>>()
   /** IDs stored, per sender: a retried message is acknowledged, not stored twice. */
   private readonly ids: MessageIds
   /** IDs of our sends whose outcome the caller has not seen. */
@@ -111,10 +123,11 @@ export class Messages {
   constructor(private readonly c: MessagesComponents) {
     this.clock = c.clock ?? systemClock
     this.file = path.join(c.dir, MESSAGES_FILE)
+    this.inbox = new StateLog(this.file, c.io)
     this.refusals = new RefusalLog(c.log, PEER_REFUSAL_LOG, this.clock)
     const inbox = readJsonLines<MessageInfo>(this.file)
-    this.ids = new MessageIds(c.dir, inbox.map((m) => ({ from: m.fromId, id: m.id, at: Date.parse(m.receivedAt) || 0 })), this.clock.now())
-    this.outbox = new Outbox(c.dir)
+    this.ids = new MessageIds(c.dir, inbox.map((m) => ({ from: m.fromId, id: m.id, at: Date.parse(m.receivedAt) || 0 })), this.clock.now(), {}, c.io)
+    this.outbox = new Outbox(c.dir, undefined, c.io)
     this.load(inbox)
   }
 
@@ -125,13 +138,19 @@ export class Messages {
     for (const m of inbox) this.count(m)
   }
 
-  private count(m: MessageInfo): void {
+  /** Adds (sign 1) or takes back (-1) a message in the usage counts. */
+  private count(m: MessageInfo, sign = 1): void {
     const u = this.usage.get(m.fromId) ?? { count: 0, bytes: 0 }
-    u.count++
-    u.bytes += Buffer.byteLength(m.text)
+    u.count += sign
+    u.bytes += sign * Buffer.byteLength(m.text)
     this.usage.set(m.fromId, u)
-    this.total.count++
-    this.total.bytes += Buffer.byteLength(m.text)
+    this.total.count += sign
+    this.total.bytes += sign * Buffer.byteLength(m.text)
+  }
+
+  /** Resolves when every write so far ended (shutdown, tests). Never rejects. */
+  async flushed(): Promise<void> {
+    await Promise.all([this.inbox.flushed(), this.ids.flushed(), this.outbox.flushed()])
   }
 
   /** What a sender holds in the inbox now. */
@@ -140,15 +159,23 @@ export class Messages {
   }
 
   /** Removes the messages from `from` (a peer as list() takes it; '' = all): room for new ones. */
-  clear(from = ''): { removed: number } {
-    const all = readJsonLines<MessageInfo>(this.file)
-    const gone = new Set((from ? this.list(from) : all).map(stored))
-    const kept = all.filter((m) => !gone.has(stored(m)))
-    this.ids.flush() // the IDs outlive their messages: a retry of a cleared message is still a duplicate
-    writeFileAtomic(this.file, kept.map((m) => JSON.stringify(m) + '\n').join(''))
-    this.load()
-    this.c.log.info('messages cleared', { from: from || 'everyone', removed: all.length - kept.length })
-    return { removed: all.length - kept.length }
+  async clear(from = ''): Promise<{ removed: number }> {
+    // In the inbox's queue: after the messages being written (they are in the file it reads), before later ones.
+    return this.inbox.run(async () => {
+      const all = readJsonLines<MessageInfo>(this.file)
+      const goneList = from ? this.list(from) : all
+      const gone = new Set(goneList.map(stored))
+      const kept = all.filter((m) => !gone.has(stored(m)))
+      try {
+        await this.ids.flush() // the IDs outlive their messages: a retry of a cleared message is still a duplicate
+        await asyncReplace(this.c.io, this.file, kept.map((m) => JSON.stringify(m) + '\n').join(''))
+      } catch (err) {
+        throw new NatdError('STATE_WRITE_FAILED', `no message was cleared: ${this.file} could not be rewritten (see natd's log)`, { cause: err })
+      }
+      for (const m of all) if (gone.has(stored(m))) this.count(m, -1) // messages still being written keep their count
+      this.c.log.info('messages cleared', { from: from || 'everyone', removed: all.length - kept.length })
+      return { removed: all.length - kept.length }
+    })
   }
 
   /**
@@ -184,7 +211,7 @@ export class Messages {
       for (;;) {
         const { tunnel } = await this.c.tunnels.open(peer, 'auto', left(), signal)
         name = tunnel.peer.name
-        pending ??= opts.id === undefined ? this.outbox.take(tunnel.peer.id, text, this.clock.now()) : { id: messageIdOf(opts.id), settle: () => undefined, release: () => undefined }
+        pending ??= opts.id === undefined ? await this.outbox.take(tunnel.peer.id, text, this.clock.now()) : { id: messageIdOf(opts.id), settle: () => undefined, release: () => undefined }
         let answer: Answer
         try {
           answer = await this.deliver(tunnel, pending.id, text, left, signal)
@@ -249,7 +276,15 @@ export class Messages {
       const f = await withDeadline(new ChannelReader(ch).frame('the message'), MESSAGE_RECEIVE_TIMEOUT_MS, ch, 'the message', this.clock)
       if (f.type !== 'message') throw new NatdError('BAD_REQUEST', `expected a message, got ${f.type}`)
       const id = Buffer.from(f.messageId).toString('hex')
-      const duplicate = this.ids.has(tunnel.peer.id, id, this.clock.now())
+      const k = `${tunnel.peer.id}/${id}`
+      const first = this.storing.get(k)
+      if (first) {
+        // A retry of a message still being written: answered once that copy is durable.
+        await first.catch((err: unknown) => {
+          throw new NatdError('STATE_WRITE_FAILED', `${(err as Error).message}`)
+        })
+      }
+      const duplicate = first !== undefined || this.ids.has(tunnel.peer.id, id, this.clock.now())
       if (duplicate) {
         this.c.log.info('message received again (a retry): acknowledged, not stored twice', { peer: tunnel.peer.name, id })
       } else {
@@ -263,20 +298,35 @@ export class Messages {
           throw new NatdError('QUOTA_EXCEEDED', `this agent's inbox is full: all peers together hold ${this.total.count} messages (${this.total.bytes} bytes), at most ${max.messages} messages, ${max.bytes} bytes; its user must clear some`)
         }
         const m: MessageInfo = { id, from: tunnel.peer.name, fromId: tunnel.peer.id, text: f.text, sentAt: new Date(f.sentAt).toISOString(), receivedAt: new Date(this.clock.now()).toISOString() }
-        appendJsonLine(this.file, m) // fsynced before the ACK: an acknowledged message survives a crash
+        this.count(m) // counted at once: the quotas bound what waits for the disk
+        const write = this.inbox.append([m], { sync: true }) // fsynced before the ACK: an acknowledged message survives a crash
+        this.storing.set(k, write)
+        try {
+          await write
+        } catch (err) {
+          this.count(m, -1)
+          this.c.log.error('a message could not be saved: refused', { peer: m.from, id, file: this.file, err: (err as Error).message })
+          throw new NatdError('STATE_WRITE_FAILED', `${this.c.selfName} could not save the message to its disk; nothing was kept, send it again`, { cause: err })
+        } finally {
+          this.storing.delete(k)
+        }
         this.ids.add({ from: m.fromId, id, at: Date.parse(m.receivedAt) })
-        this.count(m)
         this.c.log.info('message received', { peer: m.from, id, bytes: Buffer.byteLength(m.text) })
         this.c.onMessage(m)
       }
       if (this.c.ackDelayMs) await this.clock.sleep(this.c.ackDelayMs)
-      ch.end(encodeTransfer({ type: 'ack', messageId: f.messageId, duplicate }))
+      if (!ch.destroyed) ch.end(encodeTransfer({ type: 'ack', messageId: f.messageId, duplicate }))
     })().catch((err: unknown) => {
       const e = toNatdError(err)
       this.refusals.refused('message', tunnel.peer.name, e.code, e.message)
       if (!ch.destroyed) ch.end(encodeTransfer({ type: 'refuse', code: e.code, message: e.message }))
     })
   }
+}
+
+/** Replaces `file` through `io` (default asyncStateIo): the caller is already in the file's queue. */
+function asyncReplace(io: StateLogIo | undefined, file: string, text: string): Promise<void> {
+  return (io ?? asyncStateIo).replace(file, text)
 }
 
 /** A message's identity in the inbox: IDs are the sender's to choose, so one is unique only per sender. */

@@ -12,10 +12,15 @@
  * state directory, an append-only log (an entry, or a settled ID) compacted once it holds
  * twice what is live. A settled line is not fsynced: lost in a crash, its entry comes
  * back, and a rerun of that very send is answered "duplicate" instead of stored again.
+ *
+ * Written off the event loop (StateLog: one queue, in order): take() resolves once its
+ * entry is fsynced, so a disk that stalls holds that send, not the agent. At most
+ * OUTBOX_MAX entries live; each send in flight waits on at most one write.
  */
 import { createHash, randomBytes } from 'node:crypto'
 import path from 'node:path'
-import { appendJsonLine, readJsonLines, writeFileAtomic } from '../common/state-files.js'
+import { NatdError } from '../protocol/errors.js'
+import { readJsonLines, StateLog, type StateLogIo } from '../common/state-files.js'
 
 export const OUTBOX_FILE = 'outbox.jsonl'
 /** A day: long enough for a rerun after a failure, short enough that an unseen send does not swallow a deliberate repeat much later. */
@@ -44,6 +49,7 @@ export interface Pending {
 
 export class Outbox {
   private readonly file: string
+  private readonly log: StateLog
   private entries: Entry[] = []
   /** IDs of sends under way now. */
   private readonly busy = new Set<string>()
@@ -52,9 +58,11 @@ export class Outbox {
   /** `max`: OUTBOX_MAX unless a test says otherwise. */
   constructor(
     dir: string,
-    private readonly max = OUTBOX_MAX
+    private readonly max = OUTBOX_MAX,
+    io?: StateLogIo
   ) {
     this.file = path.join(dir, OUTBOX_FILE)
+    this.log = new StateLog(this.file, io)
     const lines = readJsonLines<Line>(this.file)
     this.fileLines = lines.length
     for (const l of lines) {
@@ -64,8 +72,11 @@ export class Outbox {
     this.entries = this.entries.slice(-this.max)
   }
 
-  /** The ID for sending `text` to `peer` (a whole ID): the unsettled one's, else a new one (stored before this returns). */
-  take(peer: string, text: string, now = Date.now()): Pending {
+  /**
+   * The ID for sending `text` to `peer` (a whole ID): the unsettled one's, else a new one
+   * (fsynced before this resolves; STATE_WRITE_FAILED when it could not be).
+   */
+  async take(peer: string, text: string, now = Date.now()): Promise<Pending> {
     const digest = createHash('sha256').update(text).digest('hex')
     this.entries = this.entries.filter((e) => now - e.at <= OUTBOX_TTL_MS)
     let entry = this.entries.find((e) => e.peer === peer && e.digest === digest && !this.busy.has(e.id))
@@ -73,7 +84,15 @@ export class Outbox {
       entry = { peer, digest, id: randomBytes(16).toString('hex'), at: now }
       this.entries.push(entry)
       if (this.entries.length > this.max) this.entries.splice(0, this.entries.length - this.max)
-      this.append(entry, true)
+      const fresh = entry
+      this.busy.add(fresh.id) // not lent to a second send while it is written
+      try {
+        await this.append(fresh, true)
+      } catch (err) {
+        this.busy.delete(fresh.id)
+        this.entries = this.entries.filter((e) => e !== fresh)
+        throw new NatdError('STATE_WRITE_FAILED', `the message was not sent: its ID could not be saved to ${this.file}`, { cause: err })
+      }
     }
     const { id } = entry
     this.busy.add(id)
@@ -82,7 +101,7 @@ export class Outbox {
       settle: () => {
         const before = this.entries.length
         this.entries = this.entries.filter((e) => e.id !== id)
-        if (this.entries.length !== before) this.append({ settled: id }, false)
+        if (this.entries.length !== before) this.append({ settled: id }, false).catch(() => undefined) // lost: the entry comes back at start (see above)
       },
       release: () => this.busy.delete(id)
     }
@@ -92,16 +111,22 @@ export class Outbox {
     return this.entries.length
   }
 
-  private append(line: Line, sync: boolean): void {
+  /** Queues `line` (or a compaction that holds it) behind the writes before it. */
+  private append(line: Line, sync: boolean): Promise<void> {
     if (this.fileLines >= 2 * Math.max(this.entries.length, 64)) {
       // Compact: the live entries only (the settled ones and their lines are gone).
-      writeFileAtomic(this.file, this.entries.map((e) => JSON.stringify(e) + '\n').join(''))
+      const compacted = this.log.replace(this.entries.map((e) => JSON.stringify(e) + '\n').join(''))
       this.fileLines = this.entries.length
-      if ('settled' in line) return
-      if (this.entries.includes(line)) return // written with the rest, and fsynced
+      if ('settled' in line) return compacted
+      if (this.entries.includes(line)) return compacted // written with the rest, and fsynced
     }
-    appendJsonLine(this.file, line, { sync })
     this.fileLines++
+    return this.log.append([line], { sync })
+  }
+
+  /** Resolves when every write so far ended (shutdown, tests). Never rejects. */
+  flushed(): Promise<void> {
+    return this.log.flushed()
   }
 }
 

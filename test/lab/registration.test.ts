@@ -232,7 +232,8 @@ describe.skipIf(!labAvailable())('registration through NAT', () => {
   // its worst: every write to it waits until it thaws. alice's state directory is on one,
   // frozen once her API listens (her first start's config and identity are written by
   // then); she must still register and answer, learning her port and the server's key in
-  // memory, and write them once it thaws.
+  // memory, and write them once it thaws. A message bob sends her meanwhile is
+  // acknowledged only after the thaw (it is fsynced first), and she answers all the while.
   it.skipIf(!canFreeze())('an agent whose state directory stops taking writes once it started (a disk busy for seconds) still registers and answers natctl', async () => {
     const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'natd-frozen-'))
     const image = path.join(tmp, 'fs.img')
@@ -248,27 +249,38 @@ describe.skipIf(!labAvailable())('registration through NAT', () => {
       frozen = false
     }
     try {
-      await withLab({ sites: [{ name: 'alice', nat: 'easy' }] }, async (n) => {
+      await withLab(easyPair, async (n) => {
         try {
           await n.startServer()
           const stateDir = path.join(mnt, 'alice-state')
           await n.startAgent('alice', { stateDir })
           execFileSync('fsfreeze', ['-f', mnt])
           frozen = true
+          await n.startAgent('bob') // its state directory is not on the frozen disk
           const st = await n.waitRegistered('alice', 30_000)
           expect(st.publicUdp).toMatch(/^198\.18\.1\.2:\d+$/)
           expect((await n.natctl('alice', ['peers'])).code).toBe(0)
           expect(fs.existsSync(path.join(stateDir, 'learnt.json'))).toBe(false) // still waiting for the disk
+          await n.waitRegistered('bob', 30_000)
           // A config change while frozen (issue 17): `trust` answers only once the pin is on
           // disk, and meanwhile the agent still answers (the write is not on its event loop).
           const carol = 'c'.repeat(51) + 'q'
           let trusted = false
           const trust = n.natctl('alice', ['trust', 'carol', carol]).then((r) => ((trusted = true), r))
+          // A message to her while frozen: her inbox is fsynced before her ACK, off her event loop.
+          let acked = false
+          const sent = n.natctl('bob', ['send', 'alice', 'while frozen', '--timeout', '60s'], { timeoutMs: 70_000 }).then((r) => ((acked = true), r))
+          await waitFor(() => n.log('alice').includes('"message":"tunnel up"'), 20_000, 'bob\'s tunnel to alice up (the message follows at once)')
           await sleep(3_000) // natctl starts and asks (no timing asserted: see the next line)
           expect((await n.natctl('alice', ['peers'])).code).toBe(0)
           expect(trusted).toBe(false) // not answered before the pin is on disk
+          expect(acked).toBe(false) // not acknowledged before the message is on disk
           thaw()
           expect((await trust).code).toBe(0)
+          const r = await sent
+          expect(r.code, r.stderr).toBe(0)
+          expect(r.json).toMatchObject({ peer: 'alice', duplicate: false })
+          expect(((await n.natctl('alice', ['messages'])).json as Array<{ text: string }>).map((m) => m.text)).toEqual(['while frozen'])
           expect((JSON.parse(fs.readFileSync(path.join(stateDir, 'config.json'), 'utf8')) as { knownPeers: Record<string, string> }).knownPeers.carol).toBe(carol)
           await waitFor(() => fs.existsSync(path.join(stateDir, 'learnt.json')), 15_000, 'learnt.json written after the thaw')
           expect(JSON.parse(fs.readFileSync(path.join(stateDir, 'learnt.json'), 'utf8'))).toMatchObject({ port: expect.any(Number) as number, serverKeys: { [n.serverAddr]: expect.any(String) as string } })

@@ -11,7 +11,8 @@ import path from 'node:path'
 import { Readable } from 'node:stream'
 import { afterEach, describe, expect, it, vi } from 'vitest'
 import { PARTIAL_MAX_AGE_MS, partialKey, sanitizeName, suffixedName, transferIdOf } from '../../../src/daemon/file-transfer.js'
-import { DEFAULT_MAX_FILE_BYTES, DEFAULT_QUOTAS, Files, FILE_SERVICE } from '../../../src/daemon/files.js'
+import { DEFAULT_MAX_FILE_BYTES, DEFAULT_QUOTAS, Files, FILE_SERVICE, type FilesComponents } from '../../../src/daemon/files.js'
+import { asyncStateIo, writeFileAtomicAsync, type StateLogIo } from '../../../src/common/state-files.js'
 import { FileStreamServer, openFileStream, openToSend, streamFile } from '../../../src/ipc/file-stream.js'
 import type { FileProgress, FileSendResult, ReceivedFile } from '../../../src/ipc/schema.js'
 import { NatdError } from '../../../src/protocol/errors.js'
@@ -103,7 +104,7 @@ afterEach(() => {
   for (const c of cleanups.splice(0)) c()
 })
 
-function world(sender: { name: string; id: string } = ALICE, opts: { bobInbox?: (tmp: string) => string } = {}): World {
+function world(sender: { name: string; id: string } = ALICE, opts: { bobInbox?: (tmp: string) => string; bobWrites?: Pick<FilesComponents, 'writePolicy' | 'io'> } = {}): World {
   const pipe = messagePipe()
   const muxA = new Mux(pipe.a, true, silentLogger)
   const muxB = new Mux(pipe.b, false, silentLogger)
@@ -129,7 +130,7 @@ function world(sender: { name: string; id: string } = ALICE, opts: { bobInbox?: 
   const received: ReceivedFile[] = []
   const progress: FileProgress[] = []
   const make = (dir: string, self: { name: string; id: string }, inbox = ''): Files =>
-    new Files({ dir, inbox, tunnels, log: silentLogger, selfName: self.name, selfId: self.id, known, onReceived: (f) => received.push(f), onProgress: (p) => progress.push(p) })
+    new Files({ dir, inbox, tunnels, log: silentLogger, selfName: self.name, selfId: self.id, known, onReceived: (f) => received.push(f), onProgress: (p) => progress.push(p), ...(self === BOB ? opts.bobWrites : {}) })
   const bob = make(bobDir, BOB, opts.bobInbox?.(tmp) ?? '')
   muxB.on('open', (req) => {
     if (req.service === FILE_SERVICE) bob.onChannel(tunnelToAlice, req)
@@ -535,5 +536,47 @@ describe('files', () => {
       expect(fs.readdirSync(small).sort()).toEqual(['.partial', 'filler'])
       expect(fs.readdirSync(path.join(small, '.partial'))).toEqual([])
     })
+  })
+
+  // Issue 17: files.json and files.jsonl are fsynced before natd answers; a disk that
+  // stalls must hold that answer (the API call, the sender's DONE), never the event loop.
+  it('a stalled disk holds the policy change\'s answer and the received file\'s DONE, not the agent; a failed policy write is STATE_WRITE_FAILED, in effect all the same', async () => {
+    const held: Array<{ go: () => void; fail: (err: Error) => void }> = []
+    const hold = (write: () => Promise<void>): Promise<void> => new Promise<void>((resolve, reject) => held.push({ go: () => void write().then(resolve, reject), fail: reject }))
+    const turn = (): Promise<void> => new Promise((resolve) => setTimeout(resolve, 20)) // the event loop keeps turning
+    const untilHeld = async (): Promise<void> => {
+      for (let i = 0; i < 100 && held.length === 0; i++) await turn()
+      expect(held.length).toBeGreaterThan(0)
+    }
+    const io: StateLogIo = { ...asyncStateIo, append: (file, text, sync) => hold(() => asyncStateIo.append(file, text, sync)) }
+    const w = world(ALICE, { bobWrites: { writePolicy: (file, text) => hold(() => writeFileAtomicAsync(file, text)), io } })
+    let answered = false
+    const changed = w.bob.setPolicy({ allow: null, maxSizeBytes: 10 * MiB, inbox: null }).then((p) => ((answered = true), p))
+    await untilHeld()
+    await turn()
+    expect(answered).toBe(false) // not before it is on disk
+    expect(w.bob.policy().maxSizeBytes).toBe(10 * MiB) // in effect at once
+    expect(fs.existsSync(path.join(w.bobDir, 'files.json'))).toBe(false) // nothing written on the event loop
+    held.shift()!.go()
+    expect(await changed).toMatchObject({ maxSizeBytes: 10 * MiB })
+    expect(answered).toBe(true)
+    const failed = w.bob.setPolicy({ allow: null, maxSizeBytes: 20 * MiB, inbox: null })
+    await untilHeld()
+    held.shift()!.fail(new Error('EIO'))
+    await expect(failed).rejects.toMatchObject({ code: 'STATE_WRITE_FAILED', message: expect.stringMatching(/in effect but could not be saved/) })
+    expect(w.bob.policy().maxSizeBytes).toBe(20 * MiB)
+    for (let i = 0; i < 100 && held.length === 0; i++) await turn() // the retry, after BACKGROUND_RETRY_DELAYS_MS[0]
+    held.shift()?.go()
+    // A received file: DONE (the sender's success) only once its line in files.jsonl is durable.
+    const f = file(w.tmp, 'slow.bin', 64 * KiB)
+    let done = false
+    const sent = send(w, f.path).then((r) => ((done = true), r))
+    await untilHeld()
+    await turn()
+    expect(done).toBe(false)
+    expect(w.bob.list()).toEqual([])
+    held.shift()!.go()
+    expect((await sent).savedAs).toBe('slow.bin')
+    expect(w.bob.list()).toEqual([expect.objectContaining({ name: 'slow.bin', sha256: f.sha256 })])
   })
 })

@@ -15,12 +15,13 @@ const id = (n: number): string => n.toString(16).padStart(32, '0')
 const tmp = tempDirs('natd-ids-')
 
 describe('MessageIds', () => {
-  it('an ID counts only with its sender, and survives a restart (file 0600) and the inbox being cleared', () => {
+  it('an ID counts only with its sender, and survives a restart (file 0600) and the inbox being cleared', async () => {
     const dir = tmp()
     const ids = new MessageIds(dir, [], T0)
     ids.add({ from: A, id: id(1), at: T0 })
     expect(ids.has(A, id(1), T0)).toBe(true)
     expect(ids.has(B, id(1), T0)).toBe(false)
+    await ids.flushed() // written behind
     expect((fs.statSync(path.join(dir, MESSAGE_IDS_FILE)).mode & 0o777).toString(8)).toBe('600')
     const again = new MessageIds(dir, [], T0 + 1) // restarted, inbox empty (cleared)
     expect(again.has(A, id(1), T0 + 1)).toBe(true)
@@ -46,7 +47,7 @@ describe('MessageIds', () => {
     expect(ids.has(A, id(2), T0 + DEDUPE_WINDOW_MS + 1)).toBe(true)
   })
 
-  it('keeps a sender\'s newest `perPeer` (others keep theirs), and compacts its file', () => {
+  it('keeps a sender\'s newest `perPeer` (others keep theirs), and compacts its file', async () => {
     const dir = tmp()
     const perPeer = 8 // DEDUPE_IDS_PER_PEER in use; small here, as each add is fsynced
     const ids = new MessageIds(dir, [], T0, { perPeer })
@@ -56,6 +57,7 @@ describe('MessageIds', () => {
     expect(ids.has(A, id(perPeer * 2), T0)).toBe(false)
     expect(ids.has(A, id(perPeer * 2 + 1), T0)).toBe(true)
     expect(ids.has(B, id(0), T0)).toBe(true)
+    await ids.flushed()
     const lines = fs.readFileSync(path.join(dir, MESSAGE_IDS_FILE), 'utf8').trim().split('\n').length
     expect(lines).toBeLessThanOrEqual(2 * (perPeer + 1))
     const again = new MessageIds(dir, [], T0, { perPeer })

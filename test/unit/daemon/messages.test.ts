@@ -17,6 +17,7 @@ import { Mux } from '../../../src/tunnel/mux.js'
 import type { Tunnel } from '../../../src/tunnel/tunnel.js'
 import { messagePipe, type MessagePipe } from '../tunnel/pipe.js'
 import { upTunnel } from '../helpers.js'
+import { asyncStateIo, type StateLogIo } from '../../../src/common/state-files.js'
 
 
 const ALICE = { name: 'alice', id: 'a'.repeat(52) }
@@ -43,7 +44,7 @@ afterEach(() => {
   for (const c of cleanups.splice(0)) c()
 })
 
-function world(opts: { offline?: boolean; messagesPerPeer?: number; messageBytesPerPeer?: number; inboxMax?: { messages: number; bytes: number }; log?: Logger } = {}): World {
+function world(opts: { bobIo?: StateLogIo; offline?: boolean; messagesPerPeer?: number; messageBytesPerPeer?: number; inboxMax?: { messages: number; bytes: number }; log?: Logger } = {}): World {
   const pipe = messagePipe()
   const muxA = new Mux(pipe.a, true, silentLogger)
   const muxB = new Mux(pipe.b, false, silentLogger)
@@ -67,7 +68,7 @@ function world(opts: { offline?: boolean; messagesPerPeer?: number; messageBytes
   const received: MessageInfo[] = []
   const quotas = { messagesPerPeer: opts.messagesPerPeer ?? 1_000, messageBytesPerPeer: opts.messageBytesPerPeer ?? 1024 * 1024 }
   const make = (dir: string, self: { name: string; id: string }): Messages =>
-    new Messages({ dir, tunnels, log: opts.log ?? silentLogger, selfName: self.name, selfId: self.id, known: { list: () => [] }, onMessage: (m) => received.push(m), quotas: () => quotas, ...(opts.inboxMax ? { inboxMax: opts.inboxMax } : {}) })
+    new Messages({ dir, tunnels, log: opts.log ?? silentLogger, selfName: self.name, selfId: self.id, known: { list: () => [] }, onMessage: (m) => received.push(m), quotas: () => quotas, ...(opts.inboxMax ? { inboxMax: opts.inboxMax } : {}), ...(opts.bobIo && self === BOB ? { io: opts.bobIo } : {}) })
   let bob = make(dirs.bob, BOB)
   muxB.on('open', (req) => {
     if (req.service === MESSAGE_SERVICE) bob.onChannel(tunnelToAlice, req)
@@ -155,7 +156,7 @@ describe('messages', () => {
     await expect(w.alice.send('bob', 'x', 2_000)).rejects.toMatchObject({ code: 'QUOTA_EXCEEDED' })
     const bob = w.bob()
     expect(bob.list().map((m) => m.text)).toEqual(['one', 'two', 'six'])
-    expect(bob.clear('alice')).toEqual({ removed: 3 })
+    expect(await bob.clear('alice')).toEqual({ removed: 3 })
     expect(bob.list()).toEqual([])
     await w.alice.send('bob', 'again', 2_000)
     expect(w.bob().list().map((m) => m.text)).toEqual(['again'])
@@ -181,7 +182,7 @@ describe('messages', () => {
     const bytes = world({ inboxMax: { messages: 100, bytes: 10 } })
     await bytes.alice.send('bob', '0123456789', 2_000)
     await expect(bytes.alice.send('bob', 'x', 2_000)).rejects.toMatchObject({ code: 'QUOTA_EXCEEDED', message: expect.stringMatching(/inbox is full/) })
-    bytes.bob().clear()
+    await bytes.bob().clear()
     await bytes.alice.send('bob', 'x', 2_000)
   })
 
@@ -248,7 +249,7 @@ describe('messages', () => {
     const w = world()
     const first = await w.alice.send('bob', 'v1.2 released', 2_000, { id: 'release-1.2' })
     expect(first).toMatchObject({ id: messageIdOf('release-1.2'), duplicate: false })
-    expect(w.bob().clear()).toEqual({ removed: 1 })
+    expect(await w.bob().clear()).toEqual({ removed: 1 })
     const again = await w.alice.send('bob', 'v1.2 released', 2_000, { id: first.id })
     expect(again).toMatchObject({ id: first.id, duplicate: true })
     expect(w.bob().list()).toEqual([])
@@ -274,7 +275,7 @@ describe('messages', () => {
     const bob = w.bob()
     expect(bob.list().map((m) => `${m.from}: ${m.text}`)).toEqual(['carol: from carol', 'alice: from alice'])
     // Clearing one sender's messages leaves the other's with the same ID.
-    expect(bob.clear('carol')).toEqual({ removed: 1 })
+    expect(await bob.clear('carol')).toEqual({ removed: 1 })
     expect(bob.list().map((m) => m.from)).toEqual(['alice'])
   })
 
@@ -324,5 +325,49 @@ describe('messages', () => {
     expect(opened).toBe(2)
     expect(r.duplicate).toBe(true)
     expect(bob.list().map((m) => ({ id: m.id, text: m.text }))).toEqual([{ id: r.id, text: 'through the outage' }])
+  })
+
+  // Issue 17: bob's inbox is fsynced before his ACK; a disk that stalls (29 s in CI) must
+  // hold that ACK, never bob's event loop (heartbeats, tunnels, natctl).
+  it('a disk that stalls holds the ACK, not the agent: a retry meanwhile waits for the first copy and is stored once; a failed write is STATE_WRITE_FAILED and frees its quota', async () => {
+    const held: Array<{ go: () => void; fail: (err: Error) => void }> = []
+    let appended = 0
+    const io: StateLogIo = {
+      ...asyncStateIo,
+      append: (file, text, sync) => {
+        if (!file.endsWith('messages.jsonl')) return asyncStateIo.append(file, text, sync)
+        appended++
+        return new Promise<void>((resolve, reject) => held.push({ go: () => void asyncStateIo.append(file, text, sync).then(resolve, reject), fail: reject }))
+      }
+    }
+    const w = world({ bobIo: io, messagesPerPeer: 2 })
+    const turn = (): Promise<void> => new Promise((resolve) => setTimeout(resolve, 20)) // the event loop keeps turning
+    const untilHeld = async (): Promise<void> => {
+      for (let i = 0; i < 100 && held.length === 0; i++) await turn()
+      expect(held.length).toBeGreaterThan(0)
+    }
+    let sent = false
+    const first = w.alice.send('bob', 'slow disk', 5_000, { id: 'k1' }).then((r) => ((sent = true), r))
+    await untilHeld()
+    await turn()
+    expect(sent).toBe(false) // not acknowledged before it is on disk
+    expect(w.received).toEqual([])
+    const retry = w.alice.send('bob', 'slow disk', 5_000, { id: 'k1' }) // the same ID while the first copy is written
+    await turn()
+    expect(appended).toBe(1) // waits for the first copy, does not write a second
+    held.shift()!.go()
+    expect(await first).toMatchObject({ duplicate: false })
+    expect(await retry).toMatchObject({ duplicate: true })
+    expect(w.received.map((m) => m.text)).toEqual(['slow disk'])
+    // A write that fails: refused, nothing kept, and its place in the quota given back.
+    const failed = w.alice.send('bob', 'lost', 5_000)
+    await untilHeld()
+    held.shift()!.fail(new Error('EIO'))
+    await expect(failed).rejects.toMatchObject({ code: 'STATE_WRITE_FAILED', message: expect.stringMatching(/could not save the message/) })
+    const third = w.alice.send('bob', 'third', 5_000)
+    await untilHeld()
+    held.shift()!.go()
+    await third // the second of messagesPerPeer: 2
+    expect(w.bob().list().map((m) => m.text)).toEqual(['slow disk', 'third'])
   })
 })
