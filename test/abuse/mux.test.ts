@@ -199,4 +199,34 @@ describe('abuse: the tunnel multiplexer', () => {
     expect(pongs).toBe(pongsStuck + 1)
     recordAbuse({ row: 'a peer that sends 100,000 PINGs and never reads its session', metric: 'PONGs queued in our session', before: '100,000 (over loopback TCP: +580 KB per 20,000 once the kernel buffers were full, without limit)', now: pongsStuck, unit: 'frames', bound: `≤ MAX_PONGS_UNDRAINED (${MAX_PONGS_UNDRAINED}) + 1 until the session drains` })
   })
+
+  it('5b. an honest peer under a saturated send: every drain counts its PINGs afresh, so PONGs never stop', () => {
+    // Each drain is followed at once by more of our own bytes (the session is full again)
+    // before the peer's next keepalive PING comes: needDrain is set at every PING.
+    let onData: ((buf: Buffer) => void) | null = null
+    let pongs = 0
+    let drain: (() => void) | null = null
+    const saturated: MessageStream = {
+      write: (buf) => {
+        if (buf[0] === MUX.PONG) pongs++
+        return false
+      },
+      once: (_event, fn) => (drain = fn),
+      on: (_event, fn) => (onData = fn),
+      destroyed: false
+    }
+    const victim = new Mux(saturated, true, silentLogger)
+    cleanups.push(() => victim.close('test over'))
+    victim.ping(1) // fills the session: needDrain
+    const ping = encodeMux({ type: 'ping', channel: 0, seq: 7 })
+    const rounds = 2 * MAX_PONGS_UNDRAINED
+    for (let i = 0; i < rounds; i++) {
+      onData!(ping)
+      const d = drain!
+      drain = null
+      d()
+      victim.ping(1) // more of our bytes right after the drain: full again
+    }
+    expect(pongs).toBe(rounds)
+  })
 })
