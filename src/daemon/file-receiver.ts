@@ -47,11 +47,14 @@ export const NOT_ALLOWED_MESSAGE = 'the receiving agent does not accept files fr
 
 const fsync = promisify(fs.fsync)
 
-/** sha256 of a file's bytes [0, end) (the whole file when end is omitted). */
-export async function hashFile(file: string, end?: number): Promise<ReturnType<typeof createHash>> {
+/**
+ * sha256 of a file's bytes [0, end) (the whole file when end is omitted); read through
+ * `fd` when given (left open: `file` then only names it), else opened by its path.
+ */
+export async function hashFile(file: string, end?: number, fd?: number): Promise<ReturnType<typeof createHash>> {
   const h = createHash('sha256')
   if (end === 0) return h
-  const stream = fs.createReadStream(file, { highWaterMark: READ_CHUNK_BYTES, ...(end === undefined ? {} : { end: end - 1 }) })
+  const stream = fs.createReadStream(file, { highWaterMark: READ_CHUNK_BYTES, start: 0, ...(fd === undefined ? {} : { fd, autoClose: false }), ...(end === undefined ? {} : { end: end - 1 }) })
   for await (const chunk of stream) h.update(chunk as Buffer)
   return h
 }
@@ -77,6 +80,9 @@ export interface StoredFile {
 }
 
 export const PARTIAL_DIR = '.partial'
+
+/** S_ISVTX (not in Node's fs.constants): in a sticky directory only an entry's owner renames it. */
+const STICKY = 0o1000
 
 function partialSize(file: string): number {
   try {
@@ -186,43 +192,32 @@ export class FileReceiver {
     const inbox = policy.inbox
     const partialDir = path.join(inbox, PARTIAL_DIR)
     fs.mkdirSync(partialDir, { recursive: true, mode: 0o700 })
-    this.checkPartialDir(partialDir)
+    this.checkInbox(inbox)
+    const dirStat = this.checkPartialDir(partialDir)
     const partial = path.join(partialDir, offer.key)
     this.prunePartials(partialDir)
-    let offset = 0
-    try {
-      offset = fs.statSync(partial).size
-    } catch {
-      // nothing yet
-    }
-    if (offset > offer.size) {
-      fs.truncateSync(partial, 0)
-      offset = 0
-    }
-    const fsStat = fs.statfsSync(inbox)
-    // What the other transfers being received will still write (another attempt of this one is superseded).
-    let promised = 0
-    for (const [c, t] of this.inFlight) if (c !== ch && t.key !== offer.key) promised += Math.max(0, t.size - partialSize(t.partial))
-    const reserve = Math.ceil(fsStat.blocks * fsStat.bsize * INBOX_FREE_RESERVE)
-    const room = fsStat.bavail * fsStat.bsize - promised - reserve
-    if (room < offer.size - offset) {
-      throw new NatdError('NO_SPACE', `no room for ${offer.size - offset} bytes in the inbox (${Math.max(0, room)} free, after ${promised} promised to other transfers and ${INBOX_FREE_RESERVE * 100}% of the disk kept free)`)
-    }
-    // What we hold goes into the sha256 the sender's is compared with: a partial we cannot
-    // read back is said at once (an empty hash here would turn into a misleading CORRUPT
-    // after the whole rest was sent). The peer gets no path or errno, the log gets both.
+    // Everything about the partial goes through this one descriptor (O_NOFOLLOW: a symlink
+    // at its name is nobody's partial); no path is followed again after the checks.
+    const fd = this.openPartial(partial, partialDir, dirStat)
     let hash: Awaited<ReturnType<typeof hashFile>>
+    let offset: number
     try {
-      hash = await hashFile(partial, offset)
+      offset = fs.fstatSync(fd).size
+      if (offset > offer.size) {
+        fs.ftruncateSync(fd, 0)
+        offset = 0
+      }
+      this.checkRoom(inbox, ch, offer, offset)
+      hash = await this.hashPartial(fd, partial, peer.name, offer.name, offset)
     } catch (err) {
-      this.log.error('cannot read back a partial file to resume it', { peer: peer.name, name: offer.name, partial, have: offset, err: (err as Error).message })
-      throw new NatdError('PARTIAL_UNREADABLE', `the receiver cannot read back the ${offset} bytes of ${offer.name} it already holds; its operator must check its inbox (its log says why)`, { cause: err })
+      const empty = fs.fstatSync(fd).size === 0
+      fs.closeSync(fd)
+      if (empty) fs.rmSync(partial, { force: true }) // refused before any byte: nothing to resume
+      throw err
     }
     ch.write(encodeTransfer({ type: 'accept', offset }))
     this.log.info('file transfer accepted', { peer: peer.name, name: offer.name, size: offer.size, offset })
     this.names.set(offer.key, offer.name)
-    // O_NOFOLLOW: a symlink here is nobody's partial (checkPartialDir keeps others from planting one).
-    const fd = fs.openSync(partial, fs.constants.O_WRONLY | fs.constants.O_APPEND | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW, 0o600)
     // A stall: tell the sender (REFUSE TIMEOUT), then reset the channel, which fails the
     // body (its 'close'). The frame goes out before the reset, in order.
     let stalled: NatdError | null = null
@@ -245,6 +240,7 @@ export class FileReceiver {
     } catch (err) {
       body.fail(err as Error)
       await body.settled()
+      const have = fs.fstatSync(fd).size
       fs.closeSync(fd)
       if (stalled) throw stalled
       const e = err as NodeJS.ErrnoException
@@ -253,7 +249,7 @@ export class FileReceiver {
         throw new NatdError('NO_SPACE', 'the receiver\'s disk is full; nothing was kept', { cause: err })
       }
       // The path is gone: keep the partial, so the next attempt resumes.
-      this.log.info('file transfer interrupted', { peer: peer.name, name: offer.name, have: fs.statSync(partial).size, size: offer.size })
+      this.log.info('file transfer interrupted', { peer: peer.name, name: offer.name, have, size: offer.size })
       throw toNatdError(err, 'TUNNEL_CLOSED')
     } finally {
       watch.stop()
@@ -267,6 +263,8 @@ export class FileReceiver {
     }
     try {
       await fsync(fd) // in the thread pool: durable before DONE says so
+      // place() links and removes by path: only while the path still leads to our descriptor's file.
+      this.checkStillOurs(partial, partialDir, dirStat, fd)
     } finally {
       fs.closeSync(fd)
     }
@@ -298,6 +296,75 @@ export class FileReceiver {
     return out
   }
 
+  /** NO_SPACE when the inbox's file system has no room for the rest of this file. */
+  private checkRoom(inbox: string, ch: MuxChannel, offer: { size: number; key: string }, offset: number): void {
+    const fsStat = fs.statfsSync(inbox)
+    // What the other transfers being received will still write (another attempt of this one is superseded).
+    let promised = 0
+    for (const [c, t] of this.inFlight) if (c !== ch && t.key !== offer.key) promised += Math.max(0, t.size - partialSize(t.partial))
+    const reserve = Math.ceil(fsStat.blocks * fsStat.bsize * INBOX_FREE_RESERVE)
+    const room = fsStat.bavail * fsStat.bsize - promised - reserve
+    if (room < offer.size - offset) {
+      throw new NatdError('NO_SPACE', `no room for ${offer.size - offset} bytes in the inbox (${Math.max(0, room)} free, after ${promised} promised to other transfers and ${INBOX_FREE_RESERVE * 100}% of the disk kept free)`)
+    }
+  }
+
+  /**
+   * What we hold goes into the sha256 the sender's is compared with: a partial we cannot
+   * read back is said at once (an empty hash here would turn into a misleading CORRUPT
+   * after the whole rest was sent). The peer gets no path or errno, the log gets both.
+   */
+  private async hashPartial(fd: number, partial: string, peer: string, name: string, offset: number): Promise<Awaited<ReturnType<typeof hashFile>>> {
+    try {
+      return await hashFile(partial, offset, fd)
+    } catch (err) {
+      this.log.error('cannot read back a partial file to resume it', { peer, name, partial, have: offset, err: (err as Error).message })
+      throw new NatdError('PARTIAL_UNREADABLE', `the receiver cannot read back the ${offset} bytes of ${name} it already holds; its operator must check its inbox (its log says why)`, { cause: err })
+    }
+  }
+
+  /**
+   * The inbox itself must not let others rename entries: whoever may write it could move
+   * natd's `.partial` away and put a symlink to any directory in its place between our
+   * check and our open (O_NOFOLLOW guards only the last component), and natd would create,
+   * truncate and append `<dir>/<key>` with its rights. So group and others may not write
+   * it, unless it is natd's own and sticky (then only natd renames natd's entries).
+   */
+  private checkInbox(inbox: string): void {
+    const uid = process.getuid?.()
+    if (uid === undefined) return
+    const st = fs.statSync(inbox) // the operator's choice (natd --inbox): a symlink to it is theirs
+    if ((st.mode & 0o022) === 0 || ((st.mode & STICKY) !== 0 && st.uid === uid)) return
+    this.log.error('the inbox is writable by others, who could swap its partial-file directory: no file is received until its operator removes group and other write access (or makes it natd\'s own sticky directory)', { inbox, uid: st.uid, mode: (st.mode & 0o7777).toString(8) })
+    throw new NatdError('PARTIAL_UNREADABLE', 'the receiver\'s inbox is not safe to write; its operator must check it (its log says why)')
+  }
+
+  /**
+   * Opens (or creates) the partial for reading and appending, never through a symlink, and
+   * checks that `.partial` is still the directory that was checked (same device and inode),
+   * so the descriptor cannot be one a swapped directory led to.
+   */
+  private openPartial(partial: string, dir: string, checked: fs.Stats): number {
+    const fd = fs.openSync(partial, fs.constants.O_RDWR | fs.constants.O_APPEND | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW, 0o600)
+    try {
+      this.checkStillOurs(partial, dir, checked, fd)
+    } catch (err) {
+      fs.closeSync(fd)
+      throw err
+    }
+    return fd
+  }
+
+  /** PARTIAL_UNREADABLE unless `.partial` is the directory checked and `partial` in it is the file open at `fd`. */
+  private checkStillOurs(partial: string, dir: string, checked: fs.Stats, fd: number): void {
+    const same = (a: fs.Stats | undefined, b: fs.Stats): boolean => a !== undefined && a.dev === b.dev && a.ino === b.ino
+    const now = fs.lstatSync(dir, { throwIfNoEntry: false })
+    const open = fs.fstatSync(fd)
+    if (now?.isDirectory() && same(now, checked) && open.isFile() && same(fs.lstatSync(partial, { throwIfNoEntry: false }), open)) return
+    this.log.error('the inbox\'s partial-file directory changed under a transfer: no file is received until its operator checks the inbox', { dir })
+    throw new NatdError('PARTIAL_UNREADABLE', 'the receiver\'s inbox is not safe to write; its operator must check it (its log says why)')
+  }
+
   /**
    * The partials' directory must be natd's alone: a directory (not a symlink) of natd's
    * uid that group and others cannot write. The inbox may be a directory the operator
@@ -305,10 +372,10 @@ export class FileReceiver {
    * symlink at a partial's name (the sender's ID and transfer ID: predictable), and natd
    * would hash, truncate or append to the file it points at with natd's rights.
    */
-  private checkPartialDir(dir: string): void {
+  private checkPartialDir(dir: string): fs.Stats {
     const st = fs.lstatSync(dir)
     const uid = process.getuid?.()
-    if (st.isDirectory() && (uid === undefined || st.uid === uid) && (st.mode & 0o022) === 0) return
+    if (st.isDirectory() && (uid === undefined || st.uid === uid) && (st.mode & 0o022) === 0) return st
     this.log.error('the inbox\'s partial-file directory is not natd\'s own: no file is received until its operator removes it', { dir, uid: st.uid, mode: (st.mode & 0o7777).toString(8), symlink: st.isSymbolicLink() })
     throw new NatdError('PARTIAL_UNREADABLE', 'the receiver\'s inbox is not safe to write; its operator must check it (its log says why)')
   }

@@ -32,3 +32,17 @@ export function deliverLeased(deliver: () => void): boolean {
     done = false
   }
 }
+
+/**
+ * Calls `deliver()`, then `kept()` unless its consumer released the message's memory,
+ * also when the consumer throws: it may hold a view of the bytes by then, so the memory
+ * must count as kept before the exception goes on.
+ */
+export function deliverOrKeep(deliver: () => void, kept: () => void): void {
+  let free = false
+  try {
+    free = deliverLeased(deliver)
+  } finally {
+    if (!free) kept()
+  }
+}

@@ -282,6 +282,9 @@ export class Mux extends EventEmitter<MuxEvents> {
       if (session !== this.session) return // switched away: the new session's state counts
       this.needDrain = false
       if (this.ackOwed) this.sendAck()
+      // The peer reads again: its PINGs count afresh. Under a saturated send needDrain is
+      // set again before the next PING comes, so onPing alone would never reset the count.
+      this.pongsUndrained = 0
       this.wake()
     })
   }

@@ -17,6 +17,7 @@ import type { PeerTarget } from '../protocol/peer-ref.js'
 import type { Via } from '../protocol/rendezvous.js'
 import type { Introduction } from './paths.js'
 import type { Tunnel } from './tunnel.js'
+import { TokenBucket } from './token-bucket.js'
 
 /** A relayed `auto` tunnel tries a direct path this long after it came up, then at this period. */
 export const UPGRADE_FIRST_MS = 2_000
@@ -69,6 +70,18 @@ export const RESUME_UNREGISTERED_RETRY_MS = 100
 export const RESUME_OFFLINE_RETRY_MS = 250
 export const RESUME_OFFLINE_FAST_MAX = 20
 /**
+ * The fast PEER_OFFLINE retries of all the agent's migrating tunnels share one budget:
+ * the server's 120 introductions a minute are per key, not per tunnel, and after a server
+ * restart every tunnel migrates at once (15 tunnels × 20 fast retries went over it, and
+ * the RATE_LIMITED back-off then held up the user's own opens). A burst of
+ * RESUME_OFFLINE_FAST_BURST (one tunnel's full fast run, the roaming case) refilled at
+ * RESUME_OFFLINE_FAST_PER_MIN: at most 30 in the first minute and 10 a minute after, a
+ * quarter of the server's budget at most. When it is empty, PEER_OFFLINE is spaced as
+ * any failure.
+ */
+export const RESUME_OFFLINE_FAST_BURST = 20
+export const RESUME_OFFLINE_FAST_PER_MIN = 10
+/**
  * One resume attempt (introduction, punch, handshake, RESUME answer) may take this long:
  * enough at 300 ms RTT (an open takes ~1.3 s there), short enough that an attempt made
  * while the peer was away does not hold back the one that can succeed once it is back.
@@ -106,7 +119,12 @@ export interface RecoveryComponents<T extends RecoveringTunnel = Tunnel> {
 }
 
 export class TunnelRecovery<T extends RecoveringTunnel = Tunnel> {
-  constructor(private readonly c: RecoveryComponents<T>) {}
+  /** One per agent (the manager keeps one TunnelRecovery): RESUME_OFFLINE_FAST_BURST. */
+  private readonly fastOffline: TokenBucket
+
+  constructor(private readonly c: RecoveryComponents<T>) {
+    this.fastOffline = new TokenBucket(RESUME_OFFLINE_FAST_PER_MIN / 60, RESUME_OFFLINE_FAST_BURST, c.clock)
+  }
 
   private kept(tunnel: T): boolean {
     return !this.c.closed() && this.c.current(tunnel.peer.id) === tunnel
@@ -148,7 +166,7 @@ export class TunnelRecovery<T extends RecoveringTunnel = Tunnel> {
           continue
         }
         // The peer registers again (its control connection went with its link): ask soon, a bounded number of times.
-        if (e.code === 'PEER_OFFLINE' && tunnel.isMigrating && fastOffline < RESUME_OFFLINE_FAST_MAX) {
+        if (e.code === 'PEER_OFFLINE' && tunnel.isMigrating && fastOffline < RESUME_OFFLINE_FAST_MAX && this.fastOffline.take()) {
           fastOffline++
           await this.c.clock.sleep(RESUME_OFFLINE_RETRY_MS)
           continue

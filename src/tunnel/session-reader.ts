@@ -32,7 +32,7 @@
  */
 import net from 'node:net'
 import type { SecretStreamReadInternals } from '@hyperswarm/secret-stream'
-import { deliverLeased } from './delivery-lease.js'
+import { deliverOrKeep } from './delivery-lease.js'
 import { canReadInto, readInto } from './socket-onread.js'
 
 /** secret-stream's length prefix. */
@@ -288,7 +288,7 @@ export class SessionReader {
     if (plain.length === 0 && s._filterZeroByteMessages) return
     if (!inSlab) return this.onMessage(plain)
     if (plain.length < COPY_BELOW_BYTES) return this.onMessage(Buffer.from(plain))
-    if (!deliverLeased(() => this.onMessage(plain))) this.pinned = true
+    deliverOrKeep(() => this.onMessage(plain), () => (this.pinned = true))
   }
 
   private fail(err: Error): void {

@@ -309,6 +309,28 @@ describe('abuse: files and messages', () => {
     recordAbuse({ row: 'a local user plants inbox/.partial (theirs) with a symlink at a partial\'s predictable name', metric: 'bytes of the symlink\'s target cut or appended', before: 'truncated to 0 by a smaller offer, or the peer\'s bytes appended by a larger one', now: 0, unit: 'bytes', bound: 'a .partial that is not a directory of natd\'s uid without group/other write: PARTIAL_UNREADABLE, nothing opened; partials opened O_NOFOLLOW' })
   })
 
+  it.skipIf(!isRoot)('7b. an inbox others may write (not natd\'s own sticky directory): every offer is refused, nothing is created', async () => {
+    const w = await world()
+    const inbox = w.bob.inbox
+    fs.mkdirSync(inbox, { recursive: true })
+    const nobody = Number(spawnSync('id', ['-u', 'nobody'], { encoding: 'utf8' }).stdout)
+    // 0777: anyone may rename .partial away and put a symlink in its place; 1777 of another
+    // user: its owner may.
+    for (const [mode, owner] of [[0o777, 0], [0o1777, nobody]] as const) {
+      fs.chownSync(inbox, owner, owner)
+      fs.chmodSync(inbox, mode)
+      const v = await rawSend(w, { name: 'x.bin', size: 3, bytes: Buffer.from('abc') })
+      expect(v, mode.toString(8)).toMatchObject({ type: 'refuse', code: 'PARTIAL_UNREADABLE' })
+      expect(fs.readdirSync(path.join(inbox, '.partial'))).toEqual([])
+    }
+    // natd's own sticky directory, or one only natd writes: received.
+    fs.chownSync(inbox, 0, 0)
+    for (const mode of [0o1777, 0o755]) {
+      fs.chmodSync(inbox, mode)
+      expect(await rawSend(w, { name: `ok-${mode.toString(8)}.bin`, size: 3, bytes: Buffer.from('abc') })).toMatchObject({ type: 'done' })
+    }
+  })
+
   it('8. 40 offers at once, each stalling after ACCEPT: no more accepted than the peer\'s file quota', async () => {
     const w = await world()
     await w.bob.setPolicy({ filesPerPeer: 10 })

@@ -111,9 +111,10 @@ describe('abuse: the tunnel multiplexer', () => {
     let written = 0
     const started = Date.now()
     // Writes until the victim's channel waits for good (the liar stopped ACKing), or 256 MiB.
-    while (written < 256 * MiB && Date.now() - started < 15_000) {
+    // 4 s without a drain means "for good" even on a loaded machine (a 1.5 s wait once ended the loop early in a parallel run).
+    while (written < 256 * MiB && Date.now() - started < 20_000) {
       if (!ch.write(chunk)) {
-        const drained = await Promise.race([new Promise<boolean>((r) => ch.once('drain', () => r(true))), new Promise<boolean>((r) => setTimeout(() => r(false), 1_500))])
+        const drained = await Promise.race([new Promise<boolean>((r) => ch.once('drain', () => r(true))), new Promise<boolean>((r) => setTimeout(() => r(false), 4_000))])
         if (!drained) break
       }
       written += chunk.length
@@ -128,7 +129,7 @@ describe('abuse: the tunnel multiplexer', () => {
     expect(heldAtEnd).toBeLessThanOrEqual(REPLAY_MAX_BYTES + 2 * (MAX_DATA_BYTES + 5))
     expect(maxLimit).toBeGreaterThan(INFLIGHT_FLOOR_BYTES) // the lies did move the limit: the bound is what held it
     recordAbuse({ row: 'mux: a liar that ACKs in doubling spans, answers probes 300 ms late, then stops ACKing', metric: 'unacknowledged bytes the victim held at most', before: '(new row; the limit is from issue 18)', now: maxHeld, unit: 'bytes', bound: `≤ REPLAY_MAX_BYTES ${REPLAY_MAX_BYTES} + 2 frames; the channel then waits (its own tunnel only); control frames to REPLAY_HARD_MAX_BYTES break the tunnel` })
-  }, 30_000)
+  }, 45_000)
 
   it('3. probe PONGs nobody asked for and ACKs of nothing, 10,000 each: no round trip is learnt, the limit stays at the floor', async () => {
     const h = hostile()
@@ -198,6 +199,36 @@ describe('abuse: the tunnel multiplexer', () => {
     onData!(ping)
     expect(pongs).toBe(pongsStuck + 1)
     recordAbuse({ row: 'a peer that sends 100,000 PINGs and never reads its session', metric: 'PONGs queued in our session', before: '100,000 (over loopback TCP: +580 KB per 20,000 once the kernel buffers were full, without limit)', now: pongsStuck, unit: 'frames', bound: `≤ MAX_PONGS_UNDRAINED (${MAX_PONGS_UNDRAINED}) + 1 until the session drains` })
+  })
+
+  it('5b. an honest peer under a saturated send: every drain counts its PINGs afresh, so PONGs never stop', () => {
+    // Each drain is followed at once by more of our own bytes (the session is full again)
+    // before the peer's next keepalive PING comes: needDrain is set at every PING.
+    let onData: ((buf: Buffer) => void) | null = null
+    let pongs = 0
+    let drain: (() => void) | null = null
+    const saturated: MessageStream = {
+      write: (buf) => {
+        if (buf[0] === MUX.PONG) pongs++
+        return false
+      },
+      once: (_event, fn) => (drain = fn),
+      on: (_event, fn) => (onData = fn),
+      destroyed: false
+    }
+    const victim = new Mux(saturated, true, silentLogger)
+    cleanups.push(() => victim.close('test over'))
+    victim.ping(1) // fills the session: needDrain
+    const ping = encodeMux({ type: 'ping', channel: 0, seq: 7 })
+    const rounds = 2 * MAX_PONGS_UNDRAINED
+    for (let i = 0; i < rounds; i++) {
+      onData!(ping)
+      const d = drain!
+      drain = null
+      d()
+      victim.ping(1) // more of our bytes right after the drain: full again
+    }
+    expect(pongs).toBe(rounds)
   })
 
   it('6. a peer that sends 100,000 channel frames and never reads its session: no ACK is queued until it drains, then one with the whole count', async () => {

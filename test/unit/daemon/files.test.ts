@@ -335,6 +335,37 @@ describe('files', () => {
     expect(await send(w, f.path)).toMatchObject({ offset: 100 * KiB, savedAs: 'u.bin', sha256: f.sha256 })
   })
 
+  it('.partial swapped for a symlink while the partial is hashed: nothing is written, cut or removed where it points', async () => {
+    const w = world()
+    const f = file(w.tmp, 's.bin', 256 * KiB)
+    const partial = putPartial(w, 's.bin', f.path, f.data.subarray(0, 64 * KiB))
+    const dir = path.dirname(partial)
+    const elsewhere = path.join(w.tmp, 'elsewhere')
+    fs.mkdirSync(elsewhere)
+    const victim = path.join(elsewhere, path.basename(partial)) // a file of natd's, at the name it would open
+    fs.writeFileSync(victim, 'natd\'s own')
+    // Once the hash has read it, before the rest comes (as a local user who could rename
+    // entries of the inbox would).
+    const read = fs.createReadStream.bind(fs)
+    const spy = vi.spyOn(fs, 'createReadStream').mockImplementation(((p: fs.PathLike, o?: object) => {
+      const stream = read(p, o)
+      if (p === partial) {
+        stream.once('data', () => {
+          fs.renameSync(dir, `${dir}-moved`)
+          fs.symlinkSync(elsewhere, dir)
+        })
+      }
+      return stream
+    }) as unknown as typeof fs.createReadStream)
+    try {
+      await send(w, f.path).catch((e: unknown) => e)
+    } finally {
+      spy.mockRestore()
+    }
+    expect(fs.readdirSync(elsewhere)).toEqual([path.basename(victim)])
+    expect(fs.readFileSync(victim, 'utf8')).toBe('natd\'s own')
+  })
+
   it('a file changed since the partial: a new mtime starts afresh; the same size and mtime end in CORRUPT, never a mix', async () => {
     const w = world()
     const f = file(w.tmp, 'v.bin', 512 * KiB)

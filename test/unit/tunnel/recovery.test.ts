@@ -12,7 +12,9 @@ import {
   RESUME_ATTEMPT_MIN_MS,
   RESUME_ATTEMPT_MS,
   RESUME_ATTEMPT_SPACING_MS,
+  RESUME_OFFLINE_FAST_BURST,
   RESUME_OFFLINE_FAST_MAX,
+  RESUME_OFFLINE_FAST_PER_MIN,
   RESUME_OFFLINE_RETRY_MS,
   RESUME_RATE_LIMITED_MAX_MS,
   RESUME_RATE_LIMITED_MS,
@@ -222,6 +224,40 @@ describe('TunnelRecovery.resume: a migrating tunnel we opened', () => {
     expect(s.tunnel.isMigrating).toBe(false)
     // Inside the server's budget: the fast ones and a minute of spaced attempts.
     expect(RESUME_OFFLINE_FAST_MAX + 60_000 / RESUME_ATTEMPT_SPACING_MS).toBeLessThan(DEFAULT_SERVER_LIMITS.introductionsPerMinute)
+  })
+
+  it('the fast PEER_OFFLINE retries of all migrating tunnels share one budget: 15 tunnels after a server restart stay inside the server\'s per-key budget', async () => {
+    const clock = new FakeClock()
+    const kept = new Map<string, FakeTunnel>()
+    const asked: Array<{ at: number; peer: string }> = []
+    const recovery = new TunnelRecovery<FakeTunnel>({
+      clock,
+      log: silentLogger,
+      introduce: async (target) => {
+        asked.push({ at: clock.now(), peer: target })
+        throw new NatdError('PEER_OFFLINE', 'offline')
+      },
+      refreshNat: async () => undefined,
+      establish: async () => undefined,
+      current: (id) => kept.get(id),
+      closed: () => false
+    })
+    const tunnels = Array.from({ length: 15 }, (_, i) => {
+      const t = new FakeTunnel()
+      ;(t as { peer: { name: string; id: string } }).peer = { name: `p${i}`, id: String(i).padStart(52, 'P') }
+      t.isMigrating = true
+      kept.set(t.peer.id, t)
+      return t
+    })
+    const loops = tunnels.map((t) => recovery.resume(t, 'auto'))
+    await clock.pass(60_000)
+    for (const t of tunnels) t.isMigrating = false
+    await clock.pass(RESUME_ATTEMPT_SPACING_MS)
+    await Promise.all(loops)
+    const fast = asked.filter((a, i) => asked.slice(0, i).findLast((b) => b.peer === a.peer)?.at === a.at - RESUME_OFFLINE_RETRY_MS).length
+    expect(fast).toBeLessThanOrEqual(RESUME_OFFLINE_FAST_BURST + RESUME_OFFLINE_FAST_PER_MIN)
+    // The fast ones stay a small share of the server's 120 a minute (the spaced ones are each tunnel's own pace).
+    expect(RESUME_OFFLINE_FAST_BURST + RESUME_OFFLINE_FAST_PER_MIN).toBeLessThanOrEqual(DEFAULT_SERVER_LIMITS.introductionsPerMinute / 4)
   })
 
   it('moveToUdp punches UDP to resume an up direct-tcp tunnel, and gives up quietly without one', async () => {

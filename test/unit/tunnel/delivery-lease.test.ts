@@ -1,0 +1,42 @@
+// The delivery lease (src/tunnel/delivery-lease.ts): a consumer says during a delivery
+// that it keeps no reference to the message's memory; anything else, a throw included,
+// counts as kept (the session reader then never reads into that slab again).
+import { describe, expect, it } from 'vitest'
+import { deliverLeased, deliverOrKeep, released } from '../../../src/tunnel/delivery-lease.js'
+
+describe('delivery lease', () => {
+  it('kept unless the consumer released during the delivery', () => {
+    expect(deliverLeased(() => released())).toBe(true)
+    expect(deliverLeased(() => undefined)).toBe(false)
+    released() // outside a delivery: no effect on the next
+    expect(deliverLeased(() => undefined)).toBe(false)
+  })
+
+  it('deliverOrKeep: kept() after a delivery not released, never after a released one', () => {
+    let kept = 0
+    deliverOrKeep(() => released(), () => kept++)
+    expect(kept).toBe(0)
+    deliverOrKeep(() => undefined, () => kept++)
+    expect(kept).toBe(1)
+  })
+
+  it('deliverOrKeep: a consumer that throws (holding a view by then) counts as kept, and the error goes on', () => {
+    let kept = 0
+    let view: Buffer | null = null
+    const slab = Buffer.alloc(16)
+    expect(() =>
+      deliverOrKeep(() => {
+        view = slab.subarray(0, 8)
+        throw new Error('consumer failed')
+      }, () => kept++)
+    ).toThrow('consumer failed')
+    expect(view).not.toBeNull()
+    expect(kept).toBe(1)
+    // One that released and then threw counts as kept too: what it did after released() is not known.
+    expect(() => deliverOrKeep(() => {
+      released()
+      throw new Error('late')
+    }, () => kept++)).toThrow('late')
+    expect(kept).toBe(2)
+  })
+})
