@@ -12,7 +12,7 @@
 import { formatEndpoint, sameEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import type { Logger } from '../protocol/log.js'
 import { encode, type Message } from '../protocol/rendezvous.js'
-import type { UdpSender } from './rendezvous-client.js'
+import type { UdpSender } from './server-heartbeats.js'
 
 /** An IPv6 heartbeat waits while an IPv4 one sent this recently is unanswered. */
 export const HEARTBEAT6_QUIET_MS = 3_000

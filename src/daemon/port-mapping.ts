@@ -16,10 +16,11 @@
  *
  * Start-up cost, bounded: the fastest answer (plus PORTMAP_PROBE_GRACE_MS for a preferred
  * protocol still silent); a gateway that answers none costs PORTMAP_PROBE_TRIES tries
- * (0.75 s). That answer is remembered in the state directory (`portmap.json`: the
- * gateway's address); the next start with the same gateway does not wait for it, but
- * probes in the background, and when a mapping appears after all, `onChange` tells the
- * agent (it checks its NAT again and registers again with the new candidate).
+ * (0.75 s). That answer is remembered in the state directory (`portmap.json`, the
+ * gateway's address: silent-gateway.ts); the next start with the same gateway does not
+ * wait for it, but probes in the background, and when a mapping appears after all,
+ * `onChange` tells the agent (it checks its NAT again and registers again with the new
+ * candidate).
  *
  * Changes noticed: every PORTMAP_CHECK_MS the keeper asks the gateway for its epoch (one
  * PCP ANNOUNCE and one NAT-PMP address request, as at start): a changed default gateway,
@@ -38,8 +39,6 @@
  * protocol mapped, each bounded in size and time) per check or renewal, never more often
  * than PORTMAP_CHECK_MS / PORTMAP_RETRY_MS / MIN_RENEW_MS allow.
  */
-import fs from 'node:fs'
-import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Clock, Logger } from '../protocol/log.js'
 import { systemClock } from '../protocol/log.js'
@@ -48,8 +47,8 @@ import type { MapProtocol } from '../portmap/natpmp.js'
 import { probeGateway } from '../portmap/gateway-probe.js'
 import { gatewayLostState, PORTMAP_LIFETIME_S, type PortMapping, type PortMapVia } from '../portmap/port-mapper.js'
 import type { PortMappingStatus } from '../ipc/schema.js'
-import { BackgroundJsonFile } from '../common/state-files.js'
 import { gatewayClient, type GatewayClient } from './port-mapping-probe.js'
+import { noCache, type SilentGatewayCache } from './silent-gateway.js'
 
 /** Removes `m` by the protocol that made it. */
 function unmap(client: GatewayClient, m: PortMapping): Promise<void> {
@@ -72,44 +71,8 @@ export const PORTMAP_CHECK_MS = 120_000
  * mapping that must then be removed), within natd's 3 s shutdown deadline.
  */
 const STOP_WAIT_MS = 1_000
-/** The file in the state directory that remembers a gateway answering none of the protocols. */
-export const PORTMAP_CACHE_FILE = 'portmap.json'
-
-/** Where the keeper remembers that a gateway answers none of the protocols. */
-export interface SilentGatewayCache {
-  /** The gateway last found answering none of PCP, NAT-PMP and UPnP, or null. */
-  get(): string | null
-  set(gateway: string | null): void
-}
-
-/**
- * The cache as a small file in the state directory; a missing or bad file is "nothing
- * known". Written in the background (BackgroundJsonFile): the first start behind a
- * silent gateway sets it just before registering, and a busy disk must not hold that up.
- * Best effort: a lost write only means the next start waits for the probe again.
- */
-export function fileCache(dir: string, write?: (file: string, text: string) => Promise<void>): SilentGatewayCache {
-  const file = new BackgroundJsonFile(path.join(dir, PORTMAP_CACHE_FILE), write)
-  let known: string | null | undefined // undefined: not read yet
-  return {
-    get: () => {
-      if (known !== undefined) return known
-      try {
-        const v = (JSON.parse(fs.readFileSync(file.file, 'utf8')) as { silentGateway?: unknown }).silentGateway
-        known = typeof v === 'string' ? v : null
-      } catch {
-        known = null
-      }
-      return known
-    },
-    set: (gateway) => {
-      known = gateway
-      file.save({ silentGateway: gateway })
-    }
-  }
-}
-
-const noCache: SilentGatewayCache = { get: () => null, set: () => undefined }
+// The silent-gateway cache (portmap.json) is silent-gateway.ts; re-exported for the agent.
+export { fileCache, PORTMAP_CACHE_FILE, type SilentGatewayCache } from './silent-gateway.js'
 
 export interface PortMappingInit {
   /** Our UDP port (tunnels), and the same TCP port (control connection). */

@@ -8,38 +8,32 @@
  *   connecting ──ok──▶ registered ──lost──▶ backoff ──timer──▶ connecting
  *        └────fail────────────────────────────▲
  *
- * The state changes in one place, transition(), which logs each change once; retries
- * inside a state log at debug only.
+ * The state changes in one place, transition(), which logs each change once
+ * (client-state.ts); retries inside a state log at debug only. The UDP side, sealed
+ * heartbeats and their acks, is server-heartbeats.ts.
  */
 import { EventEmitter } from 'node:events'
 import { formatEndpoint, sameEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { NatdError, toNatdError } from '../protocol/errors.js'
 import { peerId, secretProof, sign, timingSafeEqual, type KeyPair } from '../protocol/identity.js'
-import type { Timer, TimerClock } from '../protocol/clock.js'
+import type { TimerClock } from '../protocol/clock.js'
 import type { Logger } from '../protocol/log.js'
-import { decode, encode, encodeRegister, encodeRegisterUnsigned, opened, type Message, type NatVerdict, type OutgoingMessage, type PeerDownReason, type PeerRecord, type Via } from '../protocol/rendezvous.js'
+import { encodeRegister, encodeRegisterUnsigned, type Message, type NatVerdict, type OutgoingMessage, type PeerDownReason, type PeerRecord, type Via } from '../protocol/rendezvous.js'
 import type { Introduction } from '../tunnel/paths.js'
 import { ControlConnection, serverError, TCP_REGISTER_TIMEOUT_MS, URGENT_CONNECT_TIMEOUT_MS } from './control-connection.js'
-import { Heartbeat6 } from './heartbeat6.js'
 import { PathProbe, type ProbeResult } from './path-probe.js'
 import { resolveServers, type ServerSpec } from './server-address.js'
 import { rankServers } from './server-choice.js'
-import { RefusalLog } from '../common/refusal-log.js'
 import { reconnectDelay } from './reconnect-policy.js'
+import { logClientMove, type ClientState } from './client-state.js'
+import { ServerHeartbeats, type HeartbeatAck, type UdpSender } from './server-heartbeats.js'
 
-/** The first heartbeat of a session (it tells the server our UDP mapping) waits this long for its ack before a retry. */
-export const UDP_REQUEST_TIMEOUT_MS = 1_000
-export const UDP_REQUEST_TRIES = 3
-/** Datagrams dropped from the server's address (anyone can forge them) are counted this long per line (common/refusal-log.ts). */
-export const UNSEALED_LOG_MS = 1_000
+// The UDP side (heartbeats and their acks) lives in server-heartbeats.ts; re-exported here.
+export { UDP_REQUEST_TIMEOUT_MS, UDP_REQUEST_TRIES, UNSEALED_LOG_MS, type UdpSender } from './server-heartbeats.js'
 /** Heartbeats unanswered in a row before the server counts as lost. */
 export const MISSED_HEARTBEATS_LOST = 3
 
-export type ClientState =
-  | { kind: 'connecting'; attempt: number }
-  | { kind: 'registered'; since: number; udp: Endpoint | null; tcp: Endpoint | null }
-  | { kind: 'backoff'; attempt: number; until: number; error: NatdError }
-  | { kind: 'stopped' }
+export type { ClientState } from './client-state.js'
 
 export interface RendezvousClientInit {
   server: ServerSpec
@@ -48,10 +42,6 @@ export interface RendezvousClientInit {
   /** Local TCP port for the control connection (same number as the UDP port). */
   tcpPort: number
   secretKey: Buffer | null
-}
-
-export interface UdpSender {
-  send(buf: Uint8Array, to: Endpoint, ttl?: number): void
 }
 
 /** The server key the agent holds: pinned by `--server …#KEY`, or learnt on first use. */
@@ -92,21 +82,12 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
   rttMs: number | null = null
 
   private readonly log: Logger
-  /** Datagrams from the server's address we drop: forgeries may come by the thousand. */
-  private readonly dropped: RefusalLog
+  /** Sealed heartbeats over UDP and their acks. */
+  private readonly heartbeats: ServerHeartbeats
   private readonly abort = new AbortController()
   private control: ControlConnection | null = null
-  private token: Uint8Array | null = null
-  /** Seals our heartbeats and opens the server's acks (REGISTER_ACK gave it, inside Noise). */
-  private udpKey: Uint8Array | null = null
-  /** The first heartbeat of a session waits for its ack here. */
-  private udpWaiter: ((observed: Endpoint | null) => void) | null = null
-  private heartbeatSeq = 0
-  /** The same heartbeats to the server's IPv6 socket (REGISTER_ACK's server6). */
-  private readonly heartbeat6: Heartbeat6
   /** The session's server answers LOOKUP (peer()). */
   private lookupSupported = false
-  private heartbeatSentAt = new Map<number, number>()
   private missedUdp = 0
   private missedTcp = 0
   private lost: ((err: NatdError) => void) | null = null
@@ -125,14 +106,14 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
   ) {
     super()
     this.log = c.log
-    this.dropped = new RefusalLog(this.log, { windowMs: UNSEALED_LOG_MS, level: 'debug' }, this.c.clock)
-    this.heartbeat6 = new Heartbeat6(c.udp, () => c.ipv6?.() ?? false, this.log)
+    const hooks = { acked: (rttMs: number) => this.onHeartbeatAck(rttMs), sessionAck: (msg: HeartbeatAck) => this.onSessionAck(msg) }
+    this.heartbeats = new ServerHeartbeats(c.udp, () => c.ipv6?.() ?? false, hooks, this.log, c.clock)
     this.pathProbe = new PathProbe(c.clock)
   }
 
   /** Our IPv6 endpoint as the server's IPv6 socket sees it (our IPv6 candidate, protocol/ipv6.ts); null while unknown. */
   get udp6(): Endpoint | null {
-    return this.heartbeat6.udp6
+    return this.heartbeats.udp6
   }
 
   /** Runs until stop(); never rejects. */
@@ -166,7 +147,7 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
     this.abort.abort()
     this.lost?.(new NatdError('SERVER_UNREACHABLE', 'stopping'))
     this.closeTcp()
-    this.dropped.flush()
+    this.heartbeats.flush()
   }
 
   /** Local port of the control connection (TCP punching reuses it); 0 while disconnected. */
@@ -203,19 +184,7 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
 
   /** Datagrams from the shared UDP socket that carry our magic. */
   onDatagram(buf: Buffer, from: Endpoint): void {
-    const v6 = this.heartbeat6.isFromServer6(from, this.serverEndpoint)
-    if (!v6 && !sameEndpoint(from, this.serverEndpoint)) return
-    let msg: Message
-    try {
-      msg = decode(buf)
-    } catch (err) {
-      return this.dropped.refused('bad datagram from the server address', from, toNatdError(err, 'BAD_REQUEST').code, (err as Error).message)
-    }
-    // Only sealed acks count: anyone can send a datagram from the server's address.
-    if (msg.type !== 'heartbeat-ack' || !this.udpKey || !opened(msg, this.udpKey)) return this.dropped.refused('unsealed datagram from the server address', from, 'UNAUTHORIZED')
-
-    if (v6) return this.heartbeat6.onAck(msg)
-    this.onHeartbeatAck(msg)
+    this.heartbeats.onDatagram(buf, from, this.serverEndpoint)
   }
 
   // --- one registered session ---------------------------------------------
@@ -250,7 +219,7 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
       this.serverEndpoint = server
       try {
         const tcpObserved = await this.registerTcp(server)
-        const udpObserved = await this.bindUdp(server)
+        const udpObserved = await this.heartbeats.bind(server, this.abort.signal)
         return { tcpObserved, udpObserved }
       } catch (err) {
         lastErr = err
@@ -277,27 +246,6 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
     return encodeRegister(unsigned, sign(unsigned, this.c.keyPair.secretKey))
   }
 
-  /**
-   * Tells the server our UDP mapping: the session's first sealed heartbeat, retried;
-   * resolves with the endpoint the server saw it come from.
-   */
-  private async bindUdp(server: Endpoint): Promise<Endpoint | null> {
-    for (let i = 0; i < UDP_REQUEST_TRIES; i++) {
-      let timer: Timer | null = null
-      const acked = new Promise<Endpoint | null | undefined>((resolve) => {
-        this.udpWaiter = resolve
-        timer = this.c.clock.setTimeout(() => resolve(undefined), UDP_REQUEST_TIMEOUT_MS).unref()
-      })
-      this.sendHeartbeat(server)
-      const observed = await acked
-      this.c.clock.clear(timer)
-      this.udpWaiter = null
-      if (this.abort.signal.aborted) throw new NatdError('SERVER_UNREACHABLE', 'stopping')
-      if (observed !== undefined) return observed
-    }
-    throw new NatdError('SERVER_UNREACHABLE', `no UDP answer from ${formatEndpoint(server)} (${UDP_REQUEST_TRIES} heartbeats unanswered; is UDP blocked?)`)
-  }
-
   private async registerTcp(server: Endpoint): Promise<Endpoint | null> {
     const expected = this.init.server.key ?? this.c.serverKey.expected()
     const howToRepin = `start natd with --server ${this.init.server.text}#<its key> to pin it`
@@ -320,9 +268,7 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
 
   private async register(control: ControlConnection): Promise<Endpoint | null> {
     const reg = await control.register((nonce, serverTime) => this.signedRegister(nonce, serverTime))
-    this.token = reg.token
-    this.udpKey = reg.udpKey
-    this.heartbeat6.reset(reg.server6)
+    this.heartbeats.registered(reg.token, reg.udpKey, reg.server6)
     this.lookupSupported = reg.lookup
     return reg.observed
   }
@@ -368,47 +314,29 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
     }
     this.missedUdp++
     this.missedTcp++
-    const seq = this.sendHeartbeat(this.serverEndpoint)
+    const seq = this.heartbeats.send(this.serverEndpoint)
     void this.control?.send({ type: 'ping', seq }) // fire and forget: resolves once flushed or after 300 ms, never rejects; a lost ping counts as missed
   }
 
-  /** A sealed heartbeat (the server answers only those); returns its sequence number. */
-  private sendHeartbeat(server: Endpoint): number {
-    const seq = ++this.heartbeatSeq
-    if (!this.token || !this.udpKey) return seq
-    this.heartbeatSentAt.set(seq, this.c.clock.now())
-    if (this.heartbeatSentAt.size > 8) this.heartbeatSentAt.delete(this.heartbeatSentAt.keys().next().value!)
-    this.c.udp.send(encode({ type: 'heartbeat', token: this.token, seq, key: this.udpKey }), server)
-    return seq
-  }
-
-  private onHeartbeatAck(msg: Extract<Message, { type: 'heartbeat-ack' }>): void {
-    const sent = this.heartbeatSentAt.get(msg.seq)
-    if (sent === undefined) return
-    this.heartbeatSentAt.delete(msg.seq)
+  /** Any answered IPv4 heartbeat of ours (server-heartbeats.ts). */
+  private onHeartbeatAck(rttMs: number): void {
     this.missedUdp = 0
-    this.rttMs = this.c.clock.now() - sent
+    this.rttMs = rttMs
     this.lastHeartbeatAt = this.c.clock.now()
-    if (this.udpWaiter) this.udpWaiter(msg.observed)
-    else {
-      this.pathProbe.onAck(msg.seq, msg.status)
-      if (msg.status === 'moved' && this.state.kind === 'registered') {
-        // The server took the new mapping from the sealed heartbeat already.
-        this.log.info('nat mapping changed', { from: formatEndpoint(this.state.udp), to: formatEndpoint(msg.observed) })
-        this.state = { ...this.state, udp: msg.observed }
-        this.lastUdp = msg.observed
-        this.movedAt = this.c.clock.now()
-        this.emit('moved')
-        this.dropMovedControl()
-      }
-    }
-    this.sendHeartbeat6()
   }
 
-  /** The IPv6 heartbeat (heartbeat6.ts), after an IPv4 one was answered. */
-  private sendHeartbeat6(): void {
-    if (!this.token || !this.udpKey) return
-    this.heartbeat6.send({ token: this.token, udpKey: this.udpKey, server: this.serverEndpoint, inFlightSentAt: this.heartbeatSentAt.values(), now: this.c.clock.now(), nextSeq: () => ++this.heartbeatSeq })
+  /** An answered heartbeat once the session's mapping is known: path checks, and a mapping the server saw move. */
+  private onSessionAck(msg: HeartbeatAck): void {
+    this.pathProbe.onAck(msg.seq, msg.status)
+    if (msg.status === 'moved' && this.state.kind === 'registered') {
+      // The server took the new mapping from the sealed heartbeat already.
+      this.log.info('nat mapping changed', { from: formatEndpoint(this.state.udp), to: formatEndpoint(msg.observed) })
+      this.state = { ...this.state, udp: msg.observed }
+      this.lastUdp = msg.observed
+      this.movedAt = this.c.clock.now()
+      this.emit('moved')
+      this.dropMovedControl()
+    }
   }
 
   /**
@@ -422,7 +350,7 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
     const control = this.control
     const server = this.serverEndpoint
     if (this.state.kind !== 'registered' || !control || !server) return null
-    const r = await this.pathProbe.run({ control, server, rttMs: this.rttMs, sendHeartbeat: (to) => this.sendHeartbeat(to) })
+    const r = await this.pathProbe.run({ control, server, rttMs: this.rttMs, sendHeartbeat: (to) => this.heartbeats.send(to) })
     if (r.control === 'lost') {
       this.reconnectNow = true
       if (this.control === control) this.lost?.(new NatdError('SERVER_UNREACHABLE', `the control connection did not answer a path check in ${r.waitedMs} ms`))
@@ -456,29 +384,8 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
     this.state = next
     if (next.kind === 'backoff') this.lastError = next.error
     if (next.kind === 'registered') this.lastError = null
-    if (prev.kind === next.kind) {
-      if (next.kind === 'backoff') this.log.debug('retrying server', { attempt: next.attempt, err: next.error.message })
-      return
-    }
-    const server = this.init.server.text
-    switch (next.kind) {
-      case 'registered':
-        this.log.info('registered', { server, home: formatEndpoint(this.serverEndpoint), publicUdp: formatEndpoint(next.udp), publicTcp: formatEndpoint(next.tcp) })
-        break
-      case 'backoff': {
-        const level = next.error.code === 'NAME_TAKEN' || next.error.code === 'UNAUTHORIZED' || next.error.code === 'SERVER_KEY_MISMATCH' || next.error.code === 'BAD_VERSION' ? 'error' : 'warn'
-        this.log[level](prev.kind === 'registered' ? 'lost the server, retrying' : 'cannot register, retrying', { server, code: next.error.code, err: next.error.message })
-        break
-      }
-      case 'connecting':
-        if (prev.kind === 'backoff') break // the retry loop: logged once when backoff began
-        this.log.info('connecting', { server })
-        break
-      case 'stopped':
-        this.log.info('stopped')
-        break
-    }
-    this.emit('state', next, this.lastError)
+    logClientMove(this.log, prev, next, this.init.server.text, this.serverEndpoint)
+    if (prev.kind !== next.kind) this.emit('state', next, this.lastError)
   }
 
   /**

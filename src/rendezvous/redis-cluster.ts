@@ -32,7 +32,8 @@ import { isJsonObject as isObject, parseJson } from '../common/untrusted-json.js
 import type { Cluster, ClusterHandlers, RemoteIntroduction, RemotePeer } from './cluster.js'
 import { RECORD_REFRESH_MS, RECORD_TTL_MS, RecordWriter, type Client } from './redis-record-writer.js'
 import { BATCH, hex, introductionJson, MAX_MESSAGE_CHARS, parseIntroduction, parseRecord, recordFromJson } from './redis-records.js'
-import { BEAT_SCRIPT, BURY_SCRIPT, CLAIM_SCRIPT, KEY_PREFIX, REAP_SCRIPT, RELEASE_SCRIPT } from './redis-scripts.js'
+import { reapDead } from './redis-reaper.js'
+import { BEAT_SCRIPT, CLAIM_SCRIPT, KEY_PREFIX, RELEASE_SCRIPT } from './redis-scripts.js'
 import { systemTimers, type Timer, type Timers } from './timers.js'
 
 export { RECORD_REFRESH_MS, RECORD_TTL_MS } from './redis-record-writer.js'
@@ -323,7 +324,9 @@ export class RedisCluster implements Cluster {
   private async onInstanceRefreshExpired(): Promise<void> {
     if (this.stopped) return
     try {
-      await this.reapDead()
+      // Redis back after a pause longer than the TTL: every instance key expired meanwhile.
+      // The others re-announce within their reconnect backoff; reaping them now would flap their agents.
+      if (this.clock.now() - this.readyAt >= INSTANCE_TTL_MS) await reapDead({ client: this.client, instance: this.instance, records: this.records, log: this.log, clock: this.clock })
       this.ok = true
     } catch (err) {
       this.markDown(err)
@@ -334,40 +337,6 @@ export class RedisCluster implements Cluster {
     const all = await this.call(() => this.client.sMembers(`${P}instances`))
     const alive = await this.call(() => Promise.all(all.map((i) => this.client.exists(`${P}instance:${i}`))))
     return all.filter((_, n) => alive[n] === 1)
-  }
-
-  /**
-   * Instances whose key expired: one live instance (whoever sets the reap lock first)
-   * deletes their records and tells everyone their agents went down. The agents
-   * themselves re-register elsewhere; a record they rewrote meanwhile names their new
-   * instance and is left alone.
-   */
-  private async reapDead(): Promise<void> {
-    // Redis back after a pause longer than the TTL: every instance key expired meanwhile.
-    // The others re-announce within their reconnect backoff; reaping them now would flap their agents.
-    if (this.clock.now() - this.readyAt < INSTANCE_TTL_MS) return
-    const all = await this.client.sMembers(`${P}instances`)
-    for (const inst of all) {
-      if (inst === this.instance || !/^[0-9a-f]{16}$/.test(inst)) continue
-      if ((await this.client.exists(`${P}instance:${inst}`)) === 1) continue
-      const lock = await this.client.set(`${P}reap:${inst}`, this.instance, { condition: 'NX', expiration: { type: 'PX', value: 60_000 } })
-      if (lock !== 'OK') continue
-      const keys = await this.client.sMembers(`${P}agents:${inst}`)
-      const gone: PeerRecord[] = []
-      const now = this.clock.now()
-      for (const k of keys) {
-        const rec = await this.client.eval(REAP_SCRIPT, { keys: [`${P}instance:${inst}`, `${P}peer:${k}`], arguments: [inst] })
-        const record = typeof rec === 'string' ? parseRecord(rec) : null
-        if (!record) continue
-        gone.push({ ...record, online: false })
-        await this.client.hSet(`${P}name:${record.name}`, 'lastSeenAt', String(now))
-      }
-      // `from`: the reaped instance's ID, so the reaper's own agents hear of it too.
-      const events = this.records.eventMessages('down', gone, inst)
-      const buried = await this.client.eval(BURY_SCRIPT, { keys: [`${P}instance:${inst}`, `${P}agents:${inst}`, `${P}instances`, `${P}reap:${inst}`], arguments: [inst, ...events] })
-      if (Number(buried) === 1) this.log.warn('instance gone: its agents are offline until they register elsewhere', { instance: inst, agents: gone.length })
-      else this.log.warn('instance back while reaped: it writes its records again', { instance: inst, reaped: gone.length })
-    }
   }
 
   // --- incoming --------------------------------------------------------------

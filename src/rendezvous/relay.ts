@@ -6,12 +6,14 @@
  *
  * Limits per relayed tunnel (bytes, seconds, rate) and on the number of tunnels; a
  * limit reached ends both sides with RELAY_END RELAY_LIMIT, never a silent hang.
+ * The raw-byte path that passes frames on as they come is relay-pass-through.ts.
  */
 import type net from 'node:net'
 import type { Clock, Logger } from '../protocol/log.js'
-import { NatdError, ProtocolError } from '../protocol/errors.js'
+import { NatdError } from '../protocol/errors.js'
 import { verify } from '../protocol/identity.js'
 import { encode, frame, MSG, relaySigned, type Message } from '../protocol/rendezvous.js'
+import { passThrough } from './relay-pass-through.js'
 import { END_LINGER_MS } from './tcp-gate.js'
 import { systemTimers, type Timer, type Timers } from './timers.js'
 
@@ -302,7 +304,7 @@ export class Relay {
   private pipe(t: Active, from: net.Socket, to: net.Socket): void {
     const rate = { windowStart: this.clock.now(), windowBytes: 0 }
     this.routes.set(from, (body) => this.relayFrame(t, from, to, body, rate))
-    this.passes.set(from, this.passThrough(t, from, to, rate))
+    this.passes.set(from, passThrough(t, from, to, (bodyLength) => this.admit(t, from, bodyLength, rate)))
     from.once('close', () => {
       this.routes.delete(from)
       this.passes.delete(from)
@@ -321,56 +323,6 @@ export class Relay {
     const flowing = to.write(body)
     to.uncork()
     if (!flowing) from.pause() // backpressure: the slow side sets the pace
-  }
-
-  /**
-   * The raw-byte path from `from` to `to`: a frame's u32 length and the first 4 bytes of
-   * its body (the message type at [3]) are gathered (8 bytes, copied), then the rest of a
-   * RELAY_DATA frame goes on as slices of the reads; a frame of another type is skipped.
-   */
-  private passThrough(t: Active, from: net.Socket, to: net.Socket, rate: { windowStart: number; windowBytes: number }): (chunk: Buffer, maxFrameBytes: number) => void {
-    const head = Buffer.alloc(8)
-    let have = 0 // header bytes gathered
-    let len = 0 // the current frame's length, once its 4 bytes are in
-    let left = 0 // bytes of the current frame's body still to pass on or skip
-    let passing = false
-    return (chunk, maxFrameBytes) => {
-      let flowing = true
-      to.cork()
-      try {
-        // Once the tunnel ended, only the rest of a frame already begun goes on (then its RELAY_END).
-        for (let i = 0; i < chunk.length && (!t.ended || (passing && left > 0)); ) {
-          if (left > 0) {
-            const n = Math.min(left, chunk.length - i)
-            if (passing) flowing = to.write(chunk.subarray(i, i + n)) && flowing
-            left -= n
-            i += n
-            continue
-          }
-          const want = have < 4 ? 4 : 4 + Math.min(4, len)
-          const n = Math.min(want - have, chunk.length - i)
-          chunk.copy(head, have, i, i + n)
-          have += n
-          i += n
-          if (have < want) continue
-          if (have === 4) {
-            len = head.readUInt32BE(0)
-            if (len > maxFrameBytes) throw new ProtocolError('BAD_REQUEST', `frame of ${len} bytes exceeds ${maxFrameBytes}`)
-            if (len > 0) continue // gather the body's first (up to) 4 bytes
-          }
-          // A whole header: pass the frame on when it is data within the limits, else skip it.
-          passing = len >= 4 && head[7] === MSG.RELAY_DATA && this.admit(t, from, len, rate)
-          if (passing) flowing = to.write(Buffer.from(head)) && flowing
-          left = len - Math.min(4, len)
-          have = 0
-        }
-      } finally {
-        if (passing && left > 0) t.midFrame.add(to)
-        else if (t.midFrame.delete(to) && t.bye) to.end(t.bye) // the frame it was in is whole: its RELAY_END now
-        to.uncork()
-      }
-      if (!flowing) from.pause() // backpressure: the slow side sets the pace
-    }
   }
 
   /**

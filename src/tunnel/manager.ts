@@ -12,9 +12,9 @@ import { isTarget, resolvePeer, type PeerRef, type PeerTarget } from '../protoco
 import type { Via } from '../protocol/rendezvous.js'
 import { PunchBudget, RefusalLog, type PunchBudgetInit } from './budget.js'
 import type { OpenRequest } from './mux.js'
-import { planPaths } from './path-plan.js'
-import { offersMapping, offersV6, Paths, type Established, type Introduction, type PathComponents } from './paths.js'
-import { LATE_PATH_ANSWER_MS, LATE_PATH_MS, PathRace, type AttemptKind, type RaceEntry, type RaceOutcome } from './path-race.js'
+import { Paths, type Established, type Introduction, type PathComponents } from './paths.js'
+import { LATE_PATH_ANSWER_MS, LATE_PATH_MS, PathRace, type RaceOutcome } from './path-race.js'
+import { raceEntries, type RaceEntriesComponents } from './race-entries.js'
 import { TunnelRecovery } from './recovery.js'
 import { TunnelKeeper } from './keep.js'
 import { LateSwitches } from './late-switch.js'
@@ -26,11 +26,7 @@ import type { PathKind, Tunnel, TunnelTiming } from './tunnel.js'
 export type { Introduction } from './paths.js'
 export { mostTelling } from './failures.js'
 export { AUTO_TCP_GRACE_MS, LATE_PATH_MS } from './path-race.js'
-/**
- * `auto` starts the relay when every direct attempt has failed, or after this long
- * without a direct path (birthday punching measured median 0.1-0.3 s, worst 0.6 s).
- */
-export const RELAY_FALLBACK_MS = 2_000
+export { RELAY_FALLBACK_MS } from './race-entries.js'
 /** A young tunnel that would beat a fresh one in the tie-break must answer a ping this fast (resume.ts). */
 export const TWIN_PROBE_MS = 1_500
 
@@ -50,15 +46,11 @@ export interface PeerPolicy {
   pin(peer: PeerRef): void
 }
 
-export interface TunnelManagerComponents extends PathComponents {
+export interface TunnelManagerComponents extends PathComponents, RaceEntriesComponents {
   /** Asks the rendezvous server to introduce us to `target` (both sides get candidates at once). */
   introduce(target: string, via: Via): Promise<Introduction>
   /** Checks our NAT again and tells the server when the verdict changed (before an upgrade attempt). */
   refreshNat(): Promise<void>
-  /** Our public IPv4 address as the rendezvous server sees it; null while unknown. */
-  publicAddress?(): string | null
-  /** Whether any of these addresses (a peer's LAN candidates) is on a link of ours (its subnet). */
-  onOurLinks?(hosts: string[]): boolean
   /**
    * Resolves once the check of our tunnel to this peer (the server reported the peer
    * offline; the tunnel closes if the peer does not answer on it) has ended; at once
@@ -281,33 +273,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
   private async punchAndKeep(intro: Introduction, timeoutMs: number, id: string, resuming: Tunnel | null, signal?: AbortSignal): Promise<{ tunnel: Tunnel; done: Promise<void> }> {
     const name = intro.peer.name
     if (signal?.aborted) throw cancelled(`punching to ${name}`)
-    const mapped = (this.c.hasPortMapping?.() ?? false) || offersMapping(intro.peer)
-    const v6 = (this.c.hasIPv6?.() ?? false) && offersV6(intro.peer)
-    const plan = planPaths({ via: intro.via, mine: this.c.natVerdict(), theirs: intro.peer.nat, initiator: intro.initiator, mapped, v6, hairpinOnly: this.hairpinOnly(intro) })
-    if (plan.impossible !== null) throw new NatdError('UNSUPPORTED_PATH', plan.impossible)
-    // One controller per attempt: the race (path-race.ts) stops each when it can no longer help.
-    const entries: Array<RaceEntry<Established>> = []
-    const add = (kind: AttemptKind, start: (signal: AbortSignal) => Promise<Established>, lan = false, costly = false): void => {
-      const abort = new AbortController()
-      entries.push({ kind, lan, costly, attempt: start(abort.signal), abort })
-    }
-    const reach = this.paths.lanReach(intro)
-    const udp = plan.udp
-    if (udp) add('udp', (s) => this.paths.udp(intro, udp, timeoutMs, s), reach.udp, udp !== 'normal')
-    if (plan.tcp) add('tcp', (s) => this.paths.tcp(intro, timeoutMs, s), reach.tcp)
-    const direct = entries.map((e) => e.attempt)
-    if (plan.relay === 'now') add('relay', (s) => this.paths.relay(intro, timeoutMs, s))
-    if (plan.relay === 'fallback') {
-      // Both sides run the same rule, so both bind to the relay at about the same time.
-      const started = this.c.clock.now()
-      const allFailed = Promise.allSettled(direct).then((r) => r.every((x) => x.status === 'rejected'))
-      add('relay', (s) =>
-        Promise.race([allFailed.then(() => undefined), this.c.clock.sleep(RELAY_FALLBACK_MS, s)]).then(() => {
-          if (s.aborted) throw new NatdError('ABORTED', 'a direct path won')
-          return this.paths.relay(intro, Math.max(1, timeoutMs - (this.c.clock.now() - started)), s)
-        })
-      )
-    }
+    const { plan, entries } = raceEntries(intro, timeoutMs, this.paths, this.c)
     const discard = (p: Established): void => {
       p.session.destroy()
       p.release?.()
@@ -353,17 +319,6 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
       race.cancel()
       throw err
     }
-  }
-
-  /**
-   * Whether the peer's only direct path needs our NAT to hairpin: its public address is
-   * ours (one NAT, or one CGN, in front of both) and none of its LAN candidates is on a
-   * link of ours. Many NATs, and most CGNs, do not hairpin (path-plan.ts).
-   */
-  private hairpinOnly(intro: Introduction): boolean {
-    const ours = this.c.publicAddress?.() ?? null
-    if (ours === null || intro.peer.udp?.host !== ours) return false
-    return !(this.c.onOurLinks?.(intro.peer.lan.map((e) => e.host)) ?? true)
   }
 
   /** Our IPv4 mapping changed (daemon/path-check.ts): the tunnels whose path goes through it migrate now (tunnel.ts movesWithMapping). */

@@ -21,23 +21,19 @@
  */
 import { EventEmitter } from 'node:events'
 import type { Duplex } from 'node:stream'
-import { formatEndpoint, isIPv4, type Endpoint } from '../protocol/endpoint.js'
+import { formatEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { formatDuration } from '../protocol/duration.js'
 import { NatdError } from '../protocol/errors.js'
 import type { TimerClock, Timer } from '../protocol/clock.js'
 import type { Logger } from '../protocol/log.js'
 import type { PathKind, Transport, TunnelSnapshot } from '../protocol/tunnel-snapshot.js'
 import { Mux, type MessageStream } from './mux.js'
+import { PathSilence } from './path-silence.js'
+import { TunnelPings } from './tunnel-pings.js'
+import { canTransition, movesWithMapping, type MoveCause, type TunnelEvents, type TunnelPeer, type TunnelRoute, type TunnelState, type TunnelTiming } from './tunnel-state.js'
 
-/** A tunnel that waits for an answer and hears nothing at all for this long has lost its path. */
-export const WAITING_SILENT_MS = 2_000
-/**
- * A tunnel that waits for an answer and hears nothing for this long is suspect: the agent
- * checks its own side at once (daemon/path-check.ts: a heartbeat and a ping to the
- * server, which tell whether our NAT mapping or address changed). Long enough for TCP's
- * first retransmission (RTO at least 200 ms) and one backoff (400 ms) on a lossy path.
- */
-export const SUSPECT_SILENT_MS = 600
+// The silence limits live with their decisions in path-silence.ts; re-exported here.
+export { SUSPECT_SILENT_MS, WAITING_SILENT_MS } from './path-silence.js'
 /** How often the tunnel checks whether its path is gone. */
 export const LIVENESS_CHECK_MS = 250
 /** A migrating tunnel pings its old path this often: a path back after a short outage is used at once. */
@@ -51,93 +47,20 @@ export const OLD_SESSION_LINGER_MS = 1_000
 
 // Defined in protocol/ (the local API returns the snapshot too); re-exported for src/tunnel.
 export type { PathKind, TunnelSnapshot } from '../protocol/tunnel-snapshot.js'
-
-export interface TunnelPeer {
-  name: string
-  id: string
-}
-
-export interface TunnelTiming {
-  /** Keepalive period: inside the tightest NAT UDP timeout we must survive. */
-  keepaliveMs: number
-  /** A path silent this long is gone (the tunnel migrates). */
-  deadMs: number
-  /** A tunnel migrating this long closes; default MIGRATE_GIVE_UP_MS. */
-  giveUpMs?: number
-}
-
-/** Where a tunnel runs: its path, the peer's address on it, the transport under the session. */
-export interface TunnelRoute {
-  path: PathKind
-  remote: Endpoint
-  transport: Transport
-}
-
-export type TunnelState =
-  | ({ kind: 'up' } & TunnelRoute)
-  | ({ kind: 'migrating'; since: number; reason: string } & TunnelRoute)
-  | ({ kind: 'closed'; reason: string } & TunnelRoute)
-
-/**
- * The moves the diagram at the top draws: up to anything (up to up is a new path),
- * migrating to up or closed, closed to nothing.
- */
-export function canTransition(from: TunnelState['kind'], to: TunnelState['kind']): boolean {
-  if (from === 'closed') return false
-  if (from === 'migrating') return to !== 'migrating'
-  return true
-}
-
-/** Why a move happens, for its log line: how a tunnel came up again, the code it closed with. */
-interface MoveCause {
-  how?: 'old path' | 'new session' | 'upgrade'
-  code?: string | undefined
-}
-
-interface TunnelEvents {
-  closed: [reason: string]
-  /** The peer's first frame came (heardFromPeer()). */
-  answered: []
-  /** The tunnel moved to another path (an upgrade from the relay, or a resume). */
-  path: [from: PathKind, to: PathKind]
-  /** The path is gone: the opener looks for a new one (tunnel/manager.ts). */
-  migrating: [reason: string]
-  /** Up again after migrating: on a new session (resumed) or on the old path. */
-  resumed: [stalledMs: number]
-  /** Silent for SUSPECT_SILENT_MS while waiting for an answer (again at each further SUSPECT_SILENT_MS of it). */
-  suspect: []
-  /** A suspect silence ended with the path heard again while up: the path is lossy, not gone. */
-  lossy: [silentMs: number]
-}
-
-/**
- * Whether a tunnel's path runs through the public IPv4 mapping of a NAT (ours or the
- * peer's), so that a changed mapping (a heartbeat seen from another port or address, a
- * peer's record with another endpoint) leaves it dead: direct UDP or TCP to an IPv4
- * endpoint. A `lan` path goes host to host inside the site, an IPv6 one to a global
- * address without NAT, a relayed one to the server over its own connection: none of them
- * moves with the mapping (a LAN or IPv6 path that did die still migrates, by silence).
- */
-export function movesWithMapping(route: { path: PathKind; remote: Endpoint }): boolean {
-  return (route.path === 'direct-udp' || route.path === 'direct-tcp') && isIPv4(route.remote.host)
-}
+// The state model lives in tunnel-state.ts; re-exported for the tunnel's importers.
+export { canTransition, movesWithMapping, type TunnelPeer, type TunnelRoute, type TunnelState, type TunnelTiming } from './tunnel-state.js'
 
 export class Tunnel extends EventEmitter<TunnelEvents> {
   readonly mux: Mux
   private current: TunnelState
   private readonly since: number
-  private lastHeard: number
+  private readonly silence: PathSilence
   /** A frame of the peer's came (so the responder made its tunnel on the session we chose). */
   private answered = false
   private rttMs: number | null = null
-  private pingSeq = 0
-  private readonly pings = new Map<number, { sent: number; resolve: (rtt: number) => void; reject: (err: Error) => void }>()
+  private readonly pings: TunnelPings
   private readonly keepalive: Timer
   private readonly liveness: Timer
-  /** Since when we wait for an answer (unacknowledged frames or a ping); null when we do not. */
-  private waitingSince: number | null = null
-  /** How many SUSPECT_SILENT_MS of the current silence were reported ('suspect'); 0 when anything is heard. */
-  private suspected = 0
   /**
    * The peer's public endpoints as the introduction behind the current session gave them
    * (tunnel/manager.ts sets it): the server showing others means the peer's mapping moved.
@@ -173,7 +96,8 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     this.current = { kind: 'up', path, remote, transport }
     this.id = Buffer.from(introKey, 'hex')
     this.since = clock.now()
-    this.lastHeard = this.since
+    this.silence = new PathSilence(this.since)
+    this.pings = new TunnelPings(clock)
     this.mux = new Mux(session!, opener, log, clock)
     session!.resume() // the responder paused it while it waited for the initiator's choice
     this.mux.on('frame', () => this.onHeard())
@@ -230,10 +154,8 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
       this.answered = true
       this.emit('answered')
     }
-    const now = this.clock.now()
-    if (this.suspected > 0 && this.current.kind === 'up') this.emit('lossy', now - Math.max(this.lastHeard, this.waitingSince ?? 0))
-    this.lastHeard = now
-    this.suspected = 0
+    const lossyMs = this.silence.heard(this.clock.now())
+    if (lossyMs !== null && this.current.kind === 'up') this.emit('lossy', lossyMs)
     // The old path came back (a short outage, the same mappings) before a new one was found.
     if (this.current.kind === 'migrating' && this.session && !this.session.destroyed) this.backUp('old path', this.route)
   }
@@ -243,7 +165,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     const was = this.current
     if (was.kind !== 'migrating') return
     if (!this.transition({ kind: 'up', ...route }, { how })) return
-    this.waitingSince = null
+    this.silence.stopWaiting()
     this.emit('resumed', this.clock.now() - was.since)
   }
 
@@ -255,7 +177,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     // The silence ends in a migration: the path was gone, not lossy. A count left here made
     // the first frame on the resumed session report 'lossy', and three roaming events in
     // LOSSY_WINDOW_MS moved a healthy new direct-tcp path to UDP (lossy-path.ts).
-    this.suspected = 0
+    this.silence.forgetSuspicion()
     this.transition({ kind: 'migrating', since: this.clock.now(), reason, path: was.path, remote: was.remote, transport: was.transport })
     this.emit('migrating', reason)
   }
@@ -325,8 +247,8 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     }
     next.resume() // paused while the first frame was read
     const from = this.path
-    this.lastHeard = this.clock.now()
-    this.waitingSince = null
+    this.silence.touched(this.clock.now())
+    this.silence.stopWaiting()
     if (this.current.kind === 'migrating') this.backUp('new session', { path, remote, transport })
     else this.transition({ kind: 'up', path, remote, transport }, { how: 'new session' })
     if (from !== path) this.emit('path', from, path)
@@ -371,7 +293,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     else linger()
     next.resume() // the responder paused it while it waited for the initiator's choice
     this.transition({ kind: 'up', path, remote, transport }, { how: 'upgrade' })
-    this.lastHeard = this.clock.now()
+    this.silence.touched(this.clock.now())
     this.emit('path', from, path)
     return true
   }
@@ -425,51 +347,18 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
   /** Round trip over the tunnel; rejects TIMEOUT, or ABORTED when `signal` aborts first. */
   ping(timeoutMs: number, signal?: AbortSignal): Promise<number> {
     if (this.current.kind === 'closed') return Promise.reject(new NatdError('TUNNEL_CLOSED', 'tunnel closed'))
-    if (signal?.aborted) return Promise.reject(new NatdError('ABORTED', 'the ping was cancelled'))
-    const seq = ++this.pingSeq
-    return new Promise<number>((resolve, reject) => {
-      const timer = this.clock.setTimeout(() => {
-        this.pings.delete(seq)
-        settle()
-        reject(new NatdError('TIMEOUT', `no pong from ${this.peer.name} in ${timeoutMs} ms`))
-      }, timeoutMs)
-      const onAbort = (): void => {
-        this.pings.delete(seq)
-        settle()
-        reject(new NatdError('ABORTED', 'the ping was cancelled'))
-      }
-      const settle = (): void => {
-        this.clock.clear(timer)
-        signal?.removeEventListener('abort', onAbort)
-      }
-      signal?.addEventListener('abort', onAbort, { once: true })
-      this.pings.set(seq, {
-        sent: this.clock.hrNow(),
-        resolve: (rtt) => {
-          settle()
-          resolve(rtt)
-        },
-        reject: (err) => {
-          settle()
-          reject(err)
-        }
-      })
-      this.mux.ping(seq)
-    })
+    return this.pings.start(this.peer.name, timeoutMs, (seq) => this.mux.ping(seq), signal)
   }
 
   private onPong(seq: number): void {
-    const p = this.pings.get(seq)
-    if (!p) return
-    this.pings.delete(seq)
-    this.rttMs = Math.round((this.clock.hrNow() - p.sent) * 100) / 100
-    p.resolve(this.rttMs)
+    const rttMs = this.pings.onPong(seq)
+    if (rttMs !== null) this.rttMs = rttMs
   }
 
   private onKeepaliveExpired(): void {
     if (this.current.kind === 'migrating') return // onLivenessCheck gives up in time
     this.mux.trimReplay()
-    if (this.clock.now() - this.lastHeard > this.timing.deadMs) {
+    if (this.silence.silentMs(this.clock.now()) > this.timing.deadMs) {
       this.migrate(`path silent for ${formatDuration(this.timing.deadMs)}`, true)
       return
     }
@@ -489,19 +378,9 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     }
     if (this.current.kind !== 'up') return
     const waiting = this.mux.unacknowledged.frames > 0 || this.pings.size > 0
-    if (!waiting) {
-      this.waitingSince = null
-      this.suspected = 0
-      return
-    }
-    this.waitingSince ??= now
-    const silentMs = now - Math.max(this.lastHeard, this.waitingSince)
-    const limit = Math.min(WAITING_SILENT_MS, this.timing.deadMs)
-    if (silentMs > (this.suspected + 1) * Math.min(SUSPECT_SILENT_MS, limit)) {
-      this.suspected++
-      this.emit('suspect')
-    }
-    if (silentMs > limit) this.migrate(`no answer for ${formatDuration(limit)}`, true)
+    const verdict = this.silence.check(now, waiting, this.timing.deadMs)
+    if (verdict.suspect) this.emit('suspect')
+    if (verdict.goneAfterMs !== null) this.migrate(`no answer for ${formatDuration(verdict.goneAfterMs)}`, true)
   }
 
   /** Closes the tunnel; with goodbye the peer learns at once instead of after DEAD_MS. */
@@ -512,8 +391,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     this.transition({ kind: 'closed', reason, ...this.route }, { code: opts.code })
     this.clock.clear(this.keepalive)
     this.clock.clear(this.liveness)
-    for (const p of this.pings.values()) p.reject(new NatdError('TUNNEL_CLOSED', `tunnel closed: ${reason}`))
-    this.pings.clear()
+    this.pings.rejectAll(new NatdError('TUNNEL_CLOSED', `tunnel closed: ${reason}`))
     this.mux.close(reason)
     // Give the goodbye a moment to leave before the session goes.
     const session = this.session

@@ -1,0 +1,77 @@
+/**
+ * A tunnel's state model (tunnel.ts draws the moves): where it runs, its states, the moves
+ * allowed between them, and whether its path moves with a NAT mapping. Pure: no I/O, no timers.
+ */
+import { isIPv4, type Endpoint } from '../protocol/endpoint.js'
+import type { PathKind, Transport } from '../protocol/tunnel-snapshot.js'
+
+export interface TunnelPeer {
+  name: string
+  id: string
+}
+
+export interface TunnelTiming {
+  /** Keepalive period: inside the tightest NAT UDP timeout we must survive. */
+  keepaliveMs: number
+  /** A path silent this long is gone (the tunnel migrates). */
+  deadMs: number
+  /** A tunnel migrating this long closes; default MIGRATE_GIVE_UP_MS. */
+  giveUpMs?: number
+}
+
+/** Where a tunnel runs: its path, the peer's address on it, the transport under the session. */
+export interface TunnelRoute {
+  path: PathKind
+  remote: Endpoint
+  transport: Transport
+}
+
+export type TunnelState =
+  | ({ kind: 'up' } & TunnelRoute)
+  | ({ kind: 'migrating'; since: number; reason: string } & TunnelRoute)
+  | ({ kind: 'closed'; reason: string } & TunnelRoute)
+
+/**
+ * The moves the diagram at the top of tunnel.ts draws: up to anything (up to up is a new
+ * path), migrating to up or closed, closed to nothing.
+ */
+export function canTransition(from: TunnelState['kind'], to: TunnelState['kind']): boolean {
+  if (from === 'closed') return false
+  if (from === 'migrating') return to !== 'migrating'
+  return true
+}
+
+/** What a tunnel emits (tunnel.ts). */
+export interface TunnelEvents {
+  closed: [reason: string]
+  /** The peer's first frame came (heardFromPeer()). */
+  answered: []
+  /** The tunnel moved to another path (an upgrade from the relay, or a resume). */
+  path: [from: PathKind, to: PathKind]
+  /** The path is gone: the opener looks for a new one (tunnel/manager.ts). */
+  migrating: [reason: string]
+  /** Up again after migrating: on a new session (resumed) or on the old path. */
+  resumed: [stalledMs: number]
+  /** Silent for SUSPECT_SILENT_MS (path-silence.ts) while waiting for an answer (again at each further SUSPECT_SILENT_MS of it). */
+  suspect: []
+  /** A suspect silence ended with the path heard again while up: the path is lossy, not gone. */
+  lossy: [silentMs: number]
+}
+
+/** Why a move happens, for its log line: how a tunnel came up again, the code it closed with. */
+export interface MoveCause {
+  how?: 'old path' | 'new session' | 'upgrade'
+  code?: string | undefined
+}
+
+/**
+ * Whether a tunnel's path runs through the public IPv4 mapping of a NAT (ours or the
+ * peer's), so that a changed mapping (a heartbeat seen from another port or address, a
+ * peer's record with another endpoint) leaves it dead: direct UDP or TCP to an IPv4
+ * endpoint. A `lan` path goes host to host inside the site, an IPv6 one to a global
+ * address without NAT, a relayed one to the server over its own connection: none of them
+ * moves with the mapping (a LAN or IPv6 path that did die still migrates, by silence).
+ */
+export function movesWithMapping(route: { path: PathKind; remote: Endpoint }): boolean {
+  return (route.path === 'direct-udp' || route.path === 'direct-tcp') && isIPv4(route.remote.host)
+}
