@@ -237,7 +237,8 @@ export function fakeStatus(overrides: Partial<StatusResult> = {}): StatusResult 
 export function tempDirs(prefix: string): () => string {
   const dirs: string[] = []
   afterEach(() => {
-    for (const d of dirs.splice(0)) fs.rmSync(d, { recursive: true, force: true })
+    // maxRetries: a state log may still be appending behind (ENOTEMPTY while it lands)
+    for (const d of dirs.splice(0)) fs.rmSync(d, { recursive: true, force: true, maxRetries: 5, retryDelay: 20 })
   })
   return () => {
     const d = fs.mkdtempSync(path.join(os.tmpdir(), prefix))
