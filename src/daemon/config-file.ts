@@ -11,6 +11,7 @@ import type { LogLevel } from '../common/logger.js'
 import type { AllowEntry } from './allow-list.js'
 import { checkConfigFile, HEARTBEAT_MAX_MS, HEARTBEAT_MIN_MS } from './config-schema.js'
 import { parseServerSpec } from './server-address.js'
+import { unsafeState, untrustedBecause } from './trusted-file.js'
 import type { Declared } from './config.js'
 
 /** The service's configuration file (systemd/natd.service passes it as --config). */
@@ -36,19 +37,35 @@ export function defaultConfigFile(env: NodeJS.ProcessEnv = process.env, uid = pr
   return (uid === 0 || env.INVOCATION_ID) && fs.existsSync(DEFAULT_CONFIG_FILE) ? DEFAULT_CONFIG_FILE : null
 }
 
-/** Reads and validates the config file; throws INVALID_ARGUMENT naming the file and the key. */
+/**
+ * The config file may be root's (/etc/natd/natd.json is root:natd 0640) or natd's user's,
+ * never another user's, and nobody else may write it: its exposes and allow lists say who
+ * gets in. It may be a symlink (configuration management links files into /etc): the file
+ * it leads to is judged, through the descriptor that is then read (trusted-file.ts).
+ */
+const CONFIG_FILE_RULE = { rootMayOwn: true, maxBytes: MAX_CONFIG_FILE_BYTES } as const
+
+/**
+ * Reads and validates the config file; throws INVALID_ARGUMENT naming the file and the
+ * key, UNSAFE_STATE when it is not root's or natd's alone (CONFIG_FILE_RULE).
+ */
 export function readConfigFile(file: string): ConfigFile {
   let text: string
+  let fd: number
   try {
-    const fd = fs.openSync(file, 'r')
-    try {
-      if (fs.fstatSync(fd).size > MAX_CONFIG_FILE_BYTES) throw new Error(`larger than ${MAX_CONFIG_FILE_BYTES} bytes`)
-      text = fs.readFileSync(fd, 'utf8')
-    } finally {
-      fs.closeSync(fd)
-    }
+    fd = fs.openSync(file, 'r')
   } catch (err) {
     throw new NatdError('INVALID_ARGUMENT', `cannot read the config file ${file}: ${(err as Error).message}`, { cause: err })
+  }
+  try {
+    const why = untrustedBecause(fs.fstatSync(fd), CONFIG_FILE_RULE)
+    if (why !== null) throw unsafeState(file, 'the config file', why, CONFIG_FILE_RULE)
+    text = fs.readFileSync(fd, 'utf8')
+  } catch (err) {
+    if (err instanceof NatdError) throw err
+    throw new NatdError('INVALID_ARGUMENT', `cannot read the config file ${file}: ${(err as Error).message}`, { cause: err })
+  } finally {
+    fs.closeSync(fd)
   }
   return parseConfigFile(text, file)
 }

@@ -24,6 +24,7 @@ import { LEARNT_FILE, readLearnt, type Learnt } from './learnt-file.js'
 import { BackgroundJsonFile, defaultStateDirFor, removeStaleTemps, writeFileAtomic } from '../common/state-files.js'
 import type { PeerRef } from '../protocol/peer-ref.js'
 import type { LogLevel } from '../common/logger.js'
+import { refuseUntrusted } from './trusted-file.js'
 import { isCurrent, migrateAllowEntry, type AllowEntry } from './allow-list.js'
 import { AJV_OPTIONS, HEARTBEAT_MAX_MS, HEARTBEAT_MIN_MS, STORE_SCHEMA } from './config-schema.js'
 import type { ConfigFile } from './config-file.js'
@@ -86,15 +87,23 @@ interface StoreShape {
 }
 
 export { LEARNT_FILE, LEARNT_MAX_BYTES } from './learnt-file.js'
+/** The state file conf reads at start (the config, natctl's forwards and exposes, pinned peers). */
+export const CONFIG_JSON_FILE = 'config.json'
 
-/** Why the state directory is not natd's alone (null: it is). */
-function unsafeStateDir(dir: string): string | null {
-  const st = fs.statSync(dir)
-  const uid = process.getuid?.()
-  if (uid !== undefined && st.uid !== uid) return `owned by uid ${st.uid}, not natd's`
-  if ((st.mode & 0o022) !== 0) return `group or others may write it (mode ${(st.mode & 0o777).toString(8)})`
-  return null
-}
+/**
+ * Largest config.json natd reads (it holds the config, natctl's forwards and exposes, and
+ * the pinned peers: ~100 bytes a pin, so this is ~150,000 pins). A start never parses
+ * more; past it natd refuses to start (UNSAFE_STATE) rather than drop pins or exposes.
+ */
+export const CONFIG_JSON_MAX_BYTES = 16 * 1024 * 1024
+
+/**
+ * The state directory and config.json may be root's (an administrator made them) but never
+ * another user's, nor writable by group or others: whoever may write them can add an
+ * expose for their key, pin their key for a peer's name or replace natd's key (trusted-file.ts).
+ */
+const STATE_DIR_RULE = { rootMayOwn: true, directory: true } as const
+const CONFIG_JSON_RULE = { rootMayOwn: true, maxBytes: CONFIG_JSON_MAX_BYTES } as const
 
 export interface StateStoreOptions {
   /** How learnt.json is written (tests stall it); default: writeFileAtomicAsync. */
@@ -131,8 +140,9 @@ export class StateStore {
   onWriteError: ((err: Error, file: string) => void) | null = null
   /**
    * Problems with the state files found at start that someone should look at (the daemon
-   * logs them as errors; `natctl status` shows them): a learnt.json that did not read, a
-   * state directory others may write.
+   * logs them as errors; `natctl status` shows them): a learnt.json that did not read. A
+   * state directory or config.json others may write is no warning: the constructor throws
+   * UNSAFE_STATE (trusted-file.ts).
    */
   readonly stateWarnings: string[] = []
   /** Temp files of background writes a dead natd left (removed at start). */
@@ -140,13 +150,14 @@ export class StateStore {
   /** False when a bad learnt.json could not be set aside: it is then never written over. */
   private learntWritable = true
 
+  /** Throws UNSAFE_STATE when the state directory or its config.json is not natd's (or root's) alone. */
   constructor(
     readonly dir: string,
     o: StateStoreOptions = {}
   ) {
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 })
-    const unsafeDir = unsafeStateDir(dir)
-    if (unsafeDir !== null) this.stateWarnings.push(`the state directory ${dir} is not natd's alone (${unsafeDir}): whoever may write it can replace natd's key, pinned keys and exposes; make it natd's, mode 0700`)
+    refuseUntrusted(dir, 'the state directory', STATE_DIR_RULE)
+    refuseUntrusted(path.join(dir, CONFIG_JSON_FILE), 'the state file', CONFIG_JSON_RULE)
     this.removedTemps = removeStaleTemps(dir)
     const learnt = path.join(dir, LEARNT_FILE)
     const read = readLearnt(learnt)
@@ -155,7 +166,7 @@ export class StateStore {
     this.learntFile = new BackgroundJsonFile(learnt, o.writeLearnt, (err, file) => this.onWriteError?.(err, file))
     const conf = new Conf<StoreShape>({
       cwd: dir,
-      configName: 'config',
+      configName: path.basename(CONFIG_JSON_FILE, '.json'),
       configFileMode: 0o600,
       schema: STORE_SCHEMA as never,
       ajvOptions: AJV_OPTIONS,

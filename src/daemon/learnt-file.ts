@@ -2,9 +2,9 @@
  * learnt.json: what the running agent learns (its port, server keys pinned on first use),
  * written in the background by StateStore (config.ts); here its name and how it is read.
  */
-import fs from 'node:fs'
 import { isPeerId } from '../protocol/peer-ref.js'
 import { readJson } from '../common/state-files.js'
+import { untrustedPath } from './trusted-file.js'
 
 /**
  * What the running agent learns and records without waiting for the disk: the port it
@@ -56,19 +56,9 @@ export const LEARNT_MAX_BYTES = 1024 * 1024
 /**
  * Why learnt.json cannot be trusted before it is read (null: it can, or it is not there):
  * natd writes it as a regular file of its own uid, mode 0600. One that group or others may
- * write, or that another uid owns, may hold a key someone else pinned for us.
+ * write, or that another uid (root too: natd never leaves it root's) owns, may hold a key
+ * someone else pinned for us (trusted-file.ts).
  */
 function unsafeLearnt(file: string): string | null {
-  let st: fs.Stats
-  try {
-    st = fs.lstatSync(file)
-  } catch {
-    return null // not there, or readJson says why
-  }
-  const uid = process.getuid?.()
-  if (!st.isFile()) return 'not a regular file'
-  if (uid !== undefined && st.uid !== uid) return `owned by uid ${st.uid}, not natd's`
-  if ((st.mode & 0o022) !== 0) return `group or others may write it (mode ${(st.mode & 0o777).toString(8)})`
-  if (st.size > LEARNT_MAX_BYTES) return `larger than ${LEARNT_MAX_BYTES} bytes`
-  return null
+  return untrustedPath(file, { rootMayOwn: false, maxBytes: LEARNT_MAX_BYTES })
 }

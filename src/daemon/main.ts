@@ -148,7 +148,12 @@ function defaultRunSocket(): string {
 async function releaseName(stateDir: string, socketPath: string): Promise<void> {
   if (await socketAnswers(socketPath)) usage(`natd is running on ${socketPath}: stop it first (systemctl stop natd), or it takes the name again`)
   if (!fs.existsSync(stateDir)) usage(`no agent state in ${stateDir} (give --state-dir)`)
-  const store = new StateStore(stateDir)
+  let store: StateStore
+  try {
+    store = new StateStore(stateDir)
+  } catch (err) {
+    fail(toNatdError(err)) // UNSAFE_STATE
+  }
   const config = store.config
   if (!config) usage(`no agent config in ${stateDir}: this agent never ran, so it holds no name`)
   const log = createLogger({ level: 'warn' })

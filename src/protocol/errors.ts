@@ -12,6 +12,7 @@ export const ERROR_CODES = [
   'ALREADY_RUNNING', // natd: another live daemon holds the socket
   'BUSY', // the local API refused a connection or subscription (its slots are full), or too many punches at once
   'UNSAFE_SOCKET', // the API socket's directory is not ours or others may write it
+  'UNSAFE_STATE', // natd start-up: the state directory, config.json or the config file is not natd's (or root's) alone: another uid owns it, others may write it, or it is a symlink or too large
   'NOT_REGISTERED', // the agent has no live registration with the server
   'SERVER_UNREACHABLE',
   'PEER_UNKNOWN', // no such name/ID on the server

@@ -6,7 +6,8 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
-import { LEARNT_FILE, LEARNT_MAX_BYTES, StateStore } from '../../src/daemon/config.js'
+import { CONFIG_JSON_FILE, LEARNT_FILE, LEARNT_MAX_BYTES, StateStore } from '../../src/daemon/config.js'
+import type { NatdError } from '../../src/protocol/errors.js'
 import { writeFileAtomic } from '../../src/common/state-files.js'
 import { recordAbuse } from './record.js'
 
@@ -57,17 +58,15 @@ describe('abuse: the state directory', () => {
     recordAbuse({ row: 'a symlink in place of learnt.json', metric: 'bytes of the target written over', before: '(new row)', now: 0, unit: 'bytes', bound: 'a learnt.json that is no regular file is set aside unread (renamed: the link itself); writes rename over the name, never open it' })
   })
 
-  it('3. a learnt.json that group or others may write, in a state directory others may write: its pins do not count, and the start says why', async () => {
+  it('3. a learnt.json that group or others may write: its pins do not count, and the start says why', async () => {
     const { dir } = stateDir()
-    fs.mkdirSync(dir, { recursive: true })
-    fs.chmodSync(dir, 0o777)
+    fs.mkdirSync(dir, { recursive: true, mode: 0o700 })
     const file = path.join(dir, LEARNT_FILE)
     fs.writeFileSync(file, JSON.stringify({ serverKeys: { [SERVER]: KEY } }))
-    fs.chmodSync(file, 0o666) // anyone may have put a server key of theirs there
+    fs.chmodSync(file, 0o666) // anyone who reached it may have put a server key of theirs there
     const store = new StateStore(dir)
     expect(store.serverKey(SERVER)).toBeUndefined()
     expect(store.stateWarnings.join('\n')).toMatch(/others may write/)
-    expect(store.stateWarnings.join('\n')).toMatch(/state directory/)
     // A fresh state directory and its learnt.json are natd's alone.
     const fresh = stateDir()
     const s2 = new StateStore(fresh.dir)
@@ -76,7 +75,32 @@ describe('abuse: the state directory', () => {
     expect(fs.statSync(fresh.dir).mode & 0o777).toBe(0o700)
     expect(fs.statSync(path.join(fresh.dir, LEARNT_FILE)).mode & 0o777).toBe(0o600)
     expect(s2.stateWarnings).toEqual([])
-    recordAbuse({ row: 'a learnt.json (0666) in a state directory (0777) others may write, holding a server key', metric: 'pins trusted from it', before: 'all of them, silently: a local user could pin their own server\'s key', now: store.serverKey(SERVER) === undefined ? 0 : 1, unit: 'pins', bound: 'none: the file is set aside, the warnings (natctl status) name the file and the directory' })
+    recordAbuse({ row: 'a learnt.json (0666) holding a server key', metric: 'pins trusted from it', before: 'all of them, silently: a local user could pin their own server\'s key', now: store.serverKey(SERVER) === undefined ? 0 : 1, unit: 'pins', bound: 'none: the file is set aside, the warning (natctl status) names it' })
+  })
+
+  it('3b. a state directory others may write, or a config.json others may write (an expose and a pin for the attacker\'s key): natd does not start on it', () => {
+    const { dir } = stateDir()
+    const store = new StateStore(dir)
+    store.pinPeer('bob', KEY)
+    fs.mkdirSync(dir, { recursive: true })
+    fs.chmodSync(dir, 0o777)
+    const refused = (): string => {
+      try {
+        new StateStore(dir)
+      } catch (err) {
+        return (err as NatdError).code
+      }
+      return 'started'
+    }
+    const dirVerdict = refused()
+    expect(dirVerdict).toBe('UNSAFE_STATE')
+    fs.chmodSync(dir, 0o700)
+    const file = path.join(dir, CONFIG_JSON_FILE)
+    fs.writeFileSync(file, JSON.stringify({ exposes: [{ port: 22, host: '127.0.0.1', allow: [{ name: 'bob', id: KEY }] }], knownPeers: { bob: KEY } }))
+    fs.chmodSync(file, 0o666)
+    const fileVerdict = refused()
+    expect(fileVerdict).toBe('UNSAFE_STATE')
+    recordAbuse({ row: 'a state directory (0777), then a config.json (0666) with an expose and a pin for the attacker\'s key', metric: 'starts on it', before: 'the directory: a warning, natd started; config.json: read and trusted silently', now: [dirVerdict, fileVerdict].filter((v) => v === 'started').length, unit: 'starts', bound: 'natd refuses to start (UNSAFE_STATE) and says which file and how to fix it' })
   })
 
   it('4. a huge learnt.json (64 MiB of valid JSON): set aside without reading it, the start is not held up', async () => {
