@@ -60,6 +60,21 @@ export class MuxChannel extends Duplex {
     this.on('error', () => undefined)
   }
 
+  /**
+   * Every event of the channel goes out here, also those a stream emits on a later tick
+   * ('data' once flowing, 'end', 'close', 'drain'), outside the mux's delivery: a listener
+   * that throws ends this channel, logged (Mux.consumerThrew, consumer-guard.ts), where its
+   * exception was uncaught and ended natd.
+   */
+  override emit(event: string | symbol, ...args: unknown[]): boolean {
+    try {
+      return super.emit(event, ...args)
+    } catch (err) {
+      this.mux.consumerThrew(this, err)
+      return true
+    }
+  }
+
   /** @internal the peer accepted, granting `window` bytes. */
   onOpened(window: number): void {
     this.isOpen = true

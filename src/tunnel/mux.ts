@@ -16,6 +16,7 @@ import { NatdError } from '../protocol/errors.js'
 import type { Logger } from '../protocol/log.js'
 import { decodeMux, encodeMux, isSequenced, MUX, type MuxFrame } from '../protocol/mux.js'
 import { InflightCap, RTT_PROBE_SEQ } from './inflight-cap.js'
+import { consumerFailed, guarded } from './consumer-guard.js'
 import { CHANNEL_WINDOW_BYTES, MuxChannel } from './mux-channel.js'
 import { ReplayBuffer } from './replay-buffer.js'
 import { readMessages } from './session-reader.js'
@@ -182,8 +183,16 @@ export class Mux extends EventEmitter<MuxEvents> {
   }
 
   private onSessionData(from: MessageStream, buf: Buffer): void {
-    if (from === this.reading) this.onMessage(buf)
-    else if (from === this.next) this.early.push(buf)
+    // A listener that throws (ours or the daemon's, on a frame's event) ends this tunnel, not natd.
+    guarded(
+      this.log,
+      'tunnel',
+      () => {
+        if (from === this.reading) this.onMessage(buf)
+        else if (from === this.next) this.early.push(buf)
+      },
+      () => this.emit('broken', consumerFailed().message)
+    )
   }
 
   private onSwitch(): void {
@@ -466,17 +475,17 @@ export class Mux extends EventEmitter<MuxEvents> {
       case 'open':
         return this.onOpen(f)
       case 'open-ok':
-        return ch?.onOpened(f.window)
+        return ch && this.toChannel(ch, () => ch.onOpened(f.window))
       case 'data':
-        return ch?.onData(f.data)
+        return ch && this.toChannel(ch, () => ch.onData(f.data))
       case 'window':
-        return ch?.onWindow(f.increment)
+        return ch && this.toChannel(ch, () => ch.onWindow(f.increment))
       case 'fin':
-        return ch?.onFin()
+        return ch && this.toChannel(ch, () => ch.onFin())
       case 'reset':
         if (ch) {
           this.channels.delete(f.channel)
-          ch.onReset(f.code, f.message)
+          this.toChannel(ch, () => ch.onReset(f.code, f.message))
         }
         return
       default:
@@ -512,6 +521,24 @@ export class Mux extends EventEmitter<MuxEvents> {
       }
     }
     if (this.listenerCount('open') === 0) req.reject('NOT_EXPOSED', 'nothing is exposed')
-    else this.emit('open', req)
+    else this.toChannel(ch, () => this.emit('open', req), () => req.reject('INTERNAL', 'natd failed taking the channel'))
+  }
+
+  /**
+   * Runs a channel's consumer (its 'data' listener or sink runs inside push()): one that
+   * throws resets that channel, logged; the tunnel and natd go on (consumer-guard.ts).
+   */
+  private toChannel(ch: MuxChannel, deliver: () => void, refuse?: () => void): void {
+    guarded(this.log, `channel ${ch.id}`, deliver, () => {
+      refuse?.()
+      ch.destroy(consumerFailed())
+    })
+  }
+
+  /** @internal a listener of `ch` threw on an event the stream emitted on a later tick (MuxChannel.emit): as above. */
+  consumerThrew(ch: MuxChannel, err: unknown): void {
+    this.toChannel(ch, () => {
+      throw err
+    })
   }
 }
