@@ -56,6 +56,15 @@ export class ConfigJson<T extends object> {
     return structuredClone(this.store[key])
   }
 
+  /**
+   * The stored value itself, no copy: for a lookup on a hot path (a pinned key, checked on
+   * every introduction), where get()'s copy of every pin made each one cost as much as
+   * the pins held. The caller must not change it.
+   */
+  peek<K extends keyof T>(key: K): Readonly<T[K]> {
+    return this.store[key]
+  }
+
   /** In effect at once; on disk in the background. */
   set<K extends keyof T>(key: K, value: T[K]): void {
     this.store = this.changed(key, value)

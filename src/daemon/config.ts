@@ -295,7 +295,13 @@ export class StateStore {
   }
 
   knownPeer(name: string): string | undefined {
-    return (this.conf.get('knownPeers') ?? {})[name]
+    const pins = this.conf.peek('knownPeers') ?? {}
+    return Object.hasOwn(pins, name) ? pins[name] : undefined
+  }
+
+  /** How many peers are pinned (without copying them). */
+  get pinCount(): number {
+    return Object.keys(this.conf.peek('knownPeers') ?? {}).length
   }
 
   pinPeer(name: string, id: string): void {

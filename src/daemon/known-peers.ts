@@ -13,13 +13,26 @@ import type { PeerPolicy } from '../tunnel/manager.js'
 import type { StateStore } from './config.js'
 
 export interface KnownPeersComponents {
-  store: Pick<StateStore, 'dir' | 'knownPeer' | 'knownPeers' | 'pinPeer' | 'unpinPeer'>
+  store: Pick<StateStore, 'dir' | 'knownPeer' | 'knownPeers' | 'pinPeer' | 'unpinPeer' | 'pinCount'>
   log: Logger
   /** The peers the rendezvous server lists; rejects when it cannot be asked. */
   serverPeers(): Promise<PeerRef[]>
 }
 
+/**
+ * Pins made on first use stop here. Any registered stranger can open a tunnel to us under
+ * a fresh name, and each was pinned: config.json grew without bound (~90 bytes a pin), and
+ * each pin rewrote and schema-checked all of it, on the event loop (measured: 1.6 ms a pin
+ * at 1,000 pins, 63 ms at 5,000, on a loaded 2-core machine), and a file past
+ * CONFIG_JSON_MAX_BYTES would stop natd from starting. Past this, a new name's tunnel
+ * works but its key is not pinned (logged once per start); `natctl trust` still pins.
+ */
+export const MAX_PINS_ON_FIRST_USE = 4_096
+
 export class KnownPeers implements PeerPolicy {
+  /** The "too many pins" warning was logged (once per start: strangers can make it repeat). */
+  private pinsFullLogged = false
+
   constructor(private readonly c: KnownPeersComponents) {}
 
   /** Pinned peers, by name. */
@@ -74,9 +87,17 @@ export class KnownPeers implements PeerPolicy {
     }
   }
 
-  /** Pins a peer's key to its name on first use, once the handshake proved the key. */
+  /**
+   * Pins a peer's key to its name on first use, once the handshake proved the key; not
+   * past MAX_PINS_ON_FIRST_USE pins (the tunnel goes on, unpinned: see there).
+   */
   pin(peer: PeerRef): void {
     if (this.c.store.knownPeer(peer.name) !== undefined) return
+    if (this.c.store.pinCount >= MAX_PINS_ON_FIRST_USE) {
+      if (!this.pinsFullLogged) this.c.log.warn('peer key not pinned: too many pins', { peer: peer.name, id: peer.id.slice(0, 8), pins: this.c.store.pinCount, max: MAX_PINS_ON_FIRST_USE, hint: 'natctl trust NAME ID pins it; natctl untrust removes pins' })
+      this.pinsFullLogged = true
+      return
+    }
     this.c.store.pinPeer(peer.name, peer.id)
     this.c.log.info('peer key pinned', { peer: peer.name, id: peer.id.slice(0, 8) })
   }

@@ -5,7 +5,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { StateStore } from '../../../src/daemon/config.js'
-import { KnownPeers } from '../../../src/daemon/known-peers.js'
+import { KnownPeers, MAX_PINS_ON_FIRST_USE } from '../../../src/daemon/known-peers.js'
 import { NatdError } from '../../../src/protocol/errors.js'
 import { generateKeyPair, peerId } from '../../../src/protocol/identity.js'
 import { silentLogger } from '../../../src/protocol/log.js'
@@ -105,5 +105,27 @@ describe('KnownPeers', () => {
     expect(await known.resolveKey(BOB)).toEqual({ name: 'bob', id: BOB })
     expect(await codeOf(known.resolveKey('dave'))).toBe('PEER_UNKNOWN')
     expect(await codeOf(known.resolveKey('d'.repeat(40)))).toBe('PEER_UNKNOWN')
+  })
+
+  it(`strangers under fresh names: pinned on first use up to MAX_PINS_ON_FIRST_USE (${MAX_PINS_ON_FIRST_USE}), then not (logged once); trust still pins`, () => {
+    const pins: Record<string, string> = {}
+    for (let i = 0; i < MAX_PINS_ON_FIRST_USE; i++) pins[`stranger${i}`] = CAROL
+    fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ knownPeers: pins }), { mode: 0o600 })
+    const warned: unknown[] = []
+    const full = new KnownPeers({ store: new StateStore(dir), log: { ...silentLogger, warn: (msg: string) => warned.push(msg) }, serverPeers: async () => [] })
+    full.pin({ name: 'eve1', id: BOB })
+    full.pin({ name: 'eve2', id: BOB_NEW })
+    expect(full.list()).toHaveLength(MAX_PINS_ON_FIRST_USE)
+    expect(full.isPinned({ name: 'eve1', id: BOB })).toBe(false)
+    expect(warned).toEqual(['peer key not pinned: too many pins'])
+    expect(full.trust('bob', BOB, false).replaced).toBeNull() // the owner's own pins are not capped
+    expect(full.list()).toHaveLength(MAX_PINS_ON_FIRST_USE + 1)
+  })
+
+  it('a peer named like a property of every object (constructor) is no pinned name: it is pinned on first use, not refused as KEY_MISMATCH', () => {
+    expect(store.knownPeer('constructor')).toBeUndefined()
+    expect(() => known.check({ name: 'constructor', id: BOB }, null)).not.toThrow()
+    known.pin({ name: 'constructor', id: BOB })
+    expect(store.knownPeer('constructor')).toBe(BOB)
   })
 })
