@@ -9,12 +9,18 @@ import { canReadInto, readInto } from '../tunnel/socket-onread.js'
 import { ChunkStage, SMALL_CHUNK_BYTES } from './chunk-stage.js'
 
 /**
- * The local socket's reads land here, one DATA frame's worth, and are copied into frames
- * before the read callback returns (what cannot be sent then is copied aside): so one
- * buffer serves every joined socket of the process (reads run one at a time), where Node
- * allocates 64 KiB per read.
+ * The local socket's reads land here and are copied into frames before the read callback
+ * returns (what cannot be sent then is copied aside): so one buffer serves every joined
+ * socket of the process (reads run one at a time), where Node allocates 64 KiB per read.
  */
 let sharedReadBuffer: Buffer | null = null
+/**
+ * A read's most: four DATA frames, which the session writer seals into one write to the
+ * tunnel's socket (tunnel/session-writer.ts BATCH_BYTES): one read and one write syscall
+ * per 256 KiB instead of four of each. The rest of a read the channel could not take is copied
+ * aside (HeldSends), so a joined connection holds < READ_BYTES of its own.
+ */
+export const READ_BYTES = 4 * MAX_DATA_BYTES
 /**
  * The peer's data queued in the local socket before we stop granting the peer credit
  * (the channel's Readable side held 1 MiB, the same). The channel's window (4 MiB) bounds
@@ -90,7 +96,7 @@ function joinDirect(sock: net.Socket, ch: MuxChannel): boolean {
   const held = new HeldSends(ch)
   for (const chunk of early) held.push(chunk)
   const ended = sock.readableEnded || (sock as unknown as { _readableState: { ended: boolean } })._readableState.ended
-  sharedReadBuffer ??= Buffer.allocUnsafeSlow(MAX_DATA_BYTES)
+  sharedReadBuffer ??= Buffer.allocUnsafeSlow(READ_BYTES)
   let eof = ended
   let draining = false
   const out = new SocketGather(sock)
