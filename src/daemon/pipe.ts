@@ -4,7 +4,7 @@ import { systemClock, type TimerClock } from '../protocol/clock.js'
 import { MAX_DATA_BYTES } from '../protocol/mux.js'
 import { MuxChannel } from '../tunnel/mux-channel.js'
 import { HeldSends } from '../tunnel/held-sends.js'
-import { released } from '../tunnel/delivery-lease.js'
+import { deferToBatchEnd, released } from '../tunnel/delivery-lease.js'
 import { canReadInto, readInto } from '../tunnel/socket-onread.js'
 import { ChunkStage, SMALL_CHUNK_BYTES } from './chunk-stage.js'
 
@@ -167,20 +167,32 @@ function joinDirect(sock: net.Socket, ch: MuxChannel): boolean {
  * before a larger payload, at flush(), or when the last write issued completes. A socket
  * that keeps up gets each payload at once, as before; one that stalls holds about one
  * queued write per SMALL_CHUNK_BYTES, not one per payload.
+ *
+ * A socket that keeps up, given payloads during the session reader's batch (the frames
+ * of one read of the tunnel, delivery-lease.ts), gets them at the batch's end in one
+ * writev (corked), not one write each: the payloads stay views into the read's memory
+ * until then, and the batch's end says whether the kernel took them whole.
  */
 export class SocketGather {
   private readonly stage = new ChunkStage((b) => this.writeOut(b))
   /** Writes issued; a write's callback flushes the stage only if it was the last one. */
   private writes = 0
+  /** Payloads put off to the end of the reader's batch, in order. */
+  private deferred: Buffer[] = []
 
-  constructor(private readonly sock: Pick<net.Socket, 'write' | 'writableLength' | 'destroyed'>) {}
+  constructor(private readonly sock: Pick<net.Socket, 'write' | 'writableLength' | 'destroyed' | 'cork' | 'uncork'>) {}
 
   /**
-   * Writes `buf` (at once, or staged); true when nothing refers to its memory any more:
-   * it was copied into the stage, or the kernel took it whole in the write call.
+   * Writes `buf` (at once, at the batch's end, or staged); true when nothing refers to its
+   * memory any more (for a deferred one: until the batch's end, which says otherwise): it
+   * was copied into the stage, or the kernel took it whole in the write call.
    */
   write(buf: Buffer): boolean {
-    // Nothing staged and nothing queued: at once. (Staged bytes imply a write in flight whose callback will flush them.)
+    // Nothing staged and nothing queued: at once, or with the batch. (Staged bytes imply a write in flight whose callback will flush them.)
+    if (this.deferred.length > 0 || (this.stage.staged === 0 && this.sock.writableLength === 0 && deferToBatchEnd(this.writeDeferred))) {
+      this.deferred.push(buf)
+      return true
+    }
     if (this.stage.staged === 0 && this.sock.writableLength === 0) {
       this.writeOut(buf)
       return this.sock.writableLength === 0
@@ -189,9 +201,22 @@ export class SocketGather {
     return buf.length < SMALL_CHUNK_BYTES
   }
 
-  /** Gives the staged bytes to the socket (before its end()). */
+  /** Gives the deferred and staged bytes to the socket (before its end()). */
   flush(): void {
+    this.writeDeferred()
     this.stage.seal()
+  }
+
+  /** Writes the deferred payloads, corked into one writev; true when the kernel took them whole. */
+  private readonly writeDeferred = (): boolean => {
+    const bufs = this.deferred
+    if (bufs.length === 0) return true
+    this.deferred = []
+    if (this.sock.destroyed) return true
+    this.sock.cork()
+    for (const b of bufs) this.writeOut(b)
+    this.sock.uncork()
+    return this.sock.writableLength === 0
   }
 
   private writeOut(buf: Buffer): void {
