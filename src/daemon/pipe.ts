@@ -4,17 +4,23 @@ import { systemClock, type TimerClock } from '../protocol/clock.js'
 import { MAX_DATA_BYTES } from '../protocol/mux.js'
 import { MuxChannel } from '../tunnel/mux-channel.js'
 import { HeldSends } from '../tunnel/held-sends.js'
-import { released } from '../tunnel/delivery-lease.js'
+import { deferToBatchEnd, released } from '../tunnel/delivery-lease.js'
 import { canReadInto, readInto } from '../tunnel/socket-onread.js'
 import { ChunkStage, SMALL_CHUNK_BYTES } from './chunk-stage.js'
 
 /**
- * The local socket's reads land here, one DATA frame's worth, and are copied into frames
- * before the read callback returns (what cannot be sent then is copied aside): so one
- * buffer serves every joined socket of the process (reads run one at a time), where Node
- * allocates 64 KiB per read.
+ * The local socket's reads land here and are copied into frames before the read callback
+ * returns (what cannot be sent then is copied aside): so one buffer serves every joined
+ * socket of the process (reads run one at a time), where Node allocates 64 KiB per read.
  */
 let sharedReadBuffer: Buffer | null = null
+/**
+ * A read's most: four DATA frames, which the session writer seals into one write to the
+ * tunnel's socket (tunnel/session-writer.ts BATCH_BYTES): one read and one write syscall
+ * per 256 KiB instead of four of each. The rest of a read the channel could not take is copied
+ * aside (HeldSends), so a joined connection holds < READ_BYTES of its own.
+ */
+export const READ_BYTES = 4 * MAX_DATA_BYTES
 /**
  * The peer's data queued in the local socket before we stop granting the peer credit
  * (the channel's Readable side held 1 MiB, the same). The channel's window (4 MiB) bounds
@@ -90,7 +96,7 @@ function joinDirect(sock: net.Socket, ch: MuxChannel): boolean {
   const held = new HeldSends(ch)
   for (const chunk of early) held.push(chunk)
   const ended = sock.readableEnded || (sock as unknown as { _readableState: { ended: boolean } })._readableState.ended
-  sharedReadBuffer ??= Buffer.allocUnsafeSlow(MAX_DATA_BYTES)
+  sharedReadBuffer ??= Buffer.allocUnsafeSlow(READ_BYTES)
   let eof = ended
   let draining = false
   const out = new SocketGather(sock)
@@ -161,20 +167,32 @@ function joinDirect(sock: net.Socket, ch: MuxChannel): boolean {
  * before a larger payload, at flush(), or when the last write issued completes. A socket
  * that keeps up gets each payload at once, as before; one that stalls holds about one
  * queued write per SMALL_CHUNK_BYTES, not one per payload.
+ *
+ * A socket that keeps up, given payloads during the session reader's batch (the frames
+ * of one read of the tunnel, delivery-lease.ts), gets them at the batch's end in one
+ * writev (corked), not one write each: the payloads stay views into the read's memory
+ * until then, and the batch's end says whether the kernel took them whole.
  */
 export class SocketGather {
   private readonly stage = new ChunkStage((b) => this.writeOut(b))
   /** Writes issued; a write's callback flushes the stage only if it was the last one. */
   private writes = 0
+  /** Payloads put off to the end of the reader's batch, in order. */
+  private deferred: Buffer[] = []
 
-  constructor(private readonly sock: Pick<net.Socket, 'write' | 'writableLength' | 'destroyed'>) {}
+  constructor(private readonly sock: Pick<net.Socket, 'write' | 'writableLength' | 'destroyed' | 'cork' | 'uncork'>) {}
 
   /**
-   * Writes `buf` (at once, or staged); true when nothing refers to its memory any more:
-   * it was copied into the stage, or the kernel took it whole in the write call.
+   * Writes `buf` (at once, at the batch's end, or staged); true when nothing refers to its
+   * memory any more (for a deferred one: until the batch's end, which says otherwise): it
+   * was copied into the stage, or the kernel took it whole in the write call.
    */
   write(buf: Buffer): boolean {
-    // Nothing staged and nothing queued: at once. (Staged bytes imply a write in flight whose callback will flush them.)
+    // Nothing staged and nothing queued: at once, or with the batch. (Staged bytes imply a write in flight whose callback will flush them.)
+    if (this.deferred.length > 0 || (this.stage.staged === 0 && this.sock.writableLength === 0 && deferToBatchEnd(this.writeDeferred))) {
+      this.deferred.push(buf)
+      return true
+    }
     if (this.stage.staged === 0 && this.sock.writableLength === 0) {
       this.writeOut(buf)
       return this.sock.writableLength === 0
@@ -183,9 +201,22 @@ export class SocketGather {
     return buf.length < SMALL_CHUNK_BYTES
   }
 
-  /** Gives the staged bytes to the socket (before its end()). */
+  /** Gives the deferred and staged bytes to the socket (before its end()). */
   flush(): void {
+    this.writeDeferred()
     this.stage.seal()
+  }
+
+  /** Writes the deferred payloads, corked into one writev; true when the kernel took them whole. */
+  private readonly writeDeferred = (): boolean => {
+    const bufs = this.deferred
+    if (bufs.length === 0) return true
+    this.deferred = []
+    if (this.sock.destroyed) return true
+    this.sock.cork()
+    for (const b of bufs) this.writeOut(b)
+    this.sock.uncork()
+    return this.sock.writableLength === 0
   }
 
   private writeOut(buf: Buffer): void {

@@ -32,7 +32,7 @@
  */
 import net from 'node:net'
 import type { SecretStreamReadInternals } from '@hyperswarm/secret-stream'
-import { deliverOrKeep } from './delivery-lease.js'
+import { deliverBatch, deliverOrKeep } from './delivery-lease.js'
 import { canReadInto, readInto } from './socket-onread.js'
 
 /** secret-stream's length prefix. */
@@ -243,17 +243,8 @@ export class SessionReader {
     s._timeoutTimer?.refresh()
     const slab = this.slab!
     this.end += n
-    while (this.pos < this.end && !s.destroying) {
-      if (this.lengthSeen < LENGTH_BYTES) {
-        this.pos = this.readLength(slab, this.pos, this.end)
-        if (this.lengthSeen < LENGTH_BYTES) break
-        if (!this.lengthOk()) return
-      }
-      if (this.end - this.pos < this.length) break
-      const at = this.pos
-      this.pos += this.length
-      this.open(slab.subarray(at, this.pos), true)
-    }
+    // One batch per read: the local sockets' writes of its frames are made together at its end (delivery-lease.ts).
+    if (!deliverBatch(() => this.openWhole(slab))) this.pinned = true
     if (s.destroying) return
     // Room for the rest of the message being read and a useful read after it; else the
     // part read so far moves to the start of this slab (nothing delivered from it is
@@ -268,6 +259,20 @@ export class SessionReader {
       this.pinned = false
       this.pos = 0
       this.end = have
+    }
+  }
+
+  /** Opens and delivers the whole messages in slab[pos…end). */
+  private openWhole(slab: Buffer): void {
+    while (this.pos < this.end && !this.s.destroying) {
+      if (this.lengthSeen < LENGTH_BYTES) {
+        this.pos = this.readLength(slab, this.pos, this.end)
+        if (this.lengthSeen < LENGTH_BYTES || !this.lengthOk()) return
+      }
+      if (this.end - this.pos < this.length) return
+      const at = this.pos
+      this.pos += this.length
+      this.open(slab.subarray(at, this.pos), true)
     }
   }
 

@@ -13,9 +13,19 @@
  *
  * Order: a frame may only bypass secret-stream when nothing waits in its queue (what
  * waits there goes to the raw stream first); otherwise it is queued behind with write().
- * Over TCP, a wire buffer the kernel took whole in the write call (nothing left in the
- * socket's queue) is used again for the next frame: one 64 KiB allocation less per frame
- * (the garbage collector was 14-17% of an agent's time).
+ *
+ * Over TCP, frames are sealed one after the other into one wire buffer (a batch) and
+ * written together at the end of the callback that sealed them (a microtask), or at once
+ * when the next frame would not fit: a forwarded socket's 256 KiB read (daemon/pipe.ts)
+ * becomes four DATA frames and one write() to the kernel, not four (each write is a
+ * syscall, a libuv request and a Writable round; the sender's socket writes were 16% of
+ * its time). Nothing else may write to the session meanwhile: everything after the
+ * writer's first frame goes through it (the mux owns the session; keep.ts writes only
+ * before the mux attaches, and those wait in secret-stream's queue, which we flush
+ * behind). write() says false while the socket's 'drain' is due, so the mux stops; what
+ * a batch holds beyond that is at most BATCH_BYTES. A batch buffer the kernel took whole
+ * in the write call (nothing left in the socket's queue) is used again for the next one
+ * (the garbage collector was 14-17% of an agent's time with a buffer per frame).
  *
  * Uses secret-stream's internals (`_encrypt`, `_rawStream`, `_writableState`), declared
  * in types/secret-stream.d.ts for the exact version pinned in package.json; a session
@@ -31,10 +41,15 @@ const LENGTH_BYTES = 3
 const ABYTES = 17
 /** secret-stream's largest message (its length is a u24). */
 const MAX_MESSAGE_BYTES = 0xffffff - ABYTES
-/** A wire buffer for frames this big or bigger is one of our own (smaller ones come from Node's shared pool)… */
+/** A wire buffer for frames this big or bigger is one of our own (smaller ones come from Node's shared pool). */
 const OWN_WIRE_MIN_BYTES = 4096
-/** … and holds a full DATA frame (64 KiB + its 5-byte header, sealed), so it can serve the next one. */
-const OWN_WIRE_BYTES = LENGTH_BYTES + 64 * 1024 + 5 + ABYTES
+/** A full DATA frame (64 KiB + its 5-byte header), sealed and framed. */
+const FULL_FRAME_WIRE_BYTES = LENGTH_BYTES + 64 * 1024 + 5 + ABYTES
+/**
+ * Over TCP, a batch's wire buffer: four full DATA frames (a forwarded socket's read,
+ * daemon/pipe.ts READ_BYTES) and room for the small frames between them (ACK, WINDOW).
+ */
+export const BATCH_BYTES = 4 * FULL_FRAME_WIRE_BYTES + 1024
 
 /** What the mux writes frames to: a session, or this writer over one. */
 export interface FrameWriter {
@@ -52,8 +67,13 @@ export function sealedWriter(session: unknown): FrameWriter | null {
 }
 
 class SealedWriter implements FrameWriter {
-  /** A wire buffer free to use again (TCP only: see above). */
+  /** Over TCP: the batch being sealed (frames at [0, filled)), not yet written. */
+  private batch: Buffer | null = null
+  private filled = 0
+  /** A batch buffer free to use again (the kernel took the last write whole). */
   private spare: Buffer | null = null
+  /** A microtask will write the batch. */
+  private flushQueued = false
   /** Where the last write went: its 'drain' is the one to wait for. */
   private last: RawStream | SecretStream
 
@@ -65,31 +85,72 @@ class SealedWriter implements FrameWriter {
     const s = this.session
     const raw = s._rawStream
     const encrypt = s._encrypt
-    // Not yet open, something queued ahead of us, or too big: secret-stream's own path.
+    // Not yet open, something queued ahead of us, or too big: secret-stream's own path (after our batch).
     if (!encrypt || !raw || s._writableState.buffered > 0 || frame.length > MAX_MESSAGE_BYTES) {
+      this.flush()
       this.last = s
       return s.write(frame as Buffer)
     }
-    const len = frame.length + ABYTES
-    const size = LENGTH_BYTES + len
-    // Over UDX the buffer stays with the stream until the peer acknowledges it: no bigger than the frame.
-    const tcp = raw instanceof net.Socket
-    const own = this.spare && this.spare.length >= size ? this.spare : size >= OWN_WIRE_MIN_BYTES ? Buffer.allocUnsafeSlow(tcp ? Math.max(size, OWN_WIRE_BYTES) : size) : null
-    this.spare = null
-    const wire = own ? own.subarray(0, size) : Buffer.allocUnsafe(size)
-    wire[0] = len & 0xff
-    wire[1] = (len >>> 8) & 0xff
-    wire[2] = len >>> 16
-    encrypt.next(frame, wire.subarray(LENGTH_BYTES))
-    s.rawBytesWritten += size
     this.last = raw
-    const ok = raw.write(wire)
-    // Taken whole by the kernel in this call: libuv holds no reference, the buffer is free.
-    if (own && tcp && raw.writableLength === 0) this.spare = own
-    return ok
+    if (raw instanceof net.Socket) return this.batched(raw, encrypt, frame)
+    // Over UDX the buffer stays with the stream until the peer acknowledges it: one per frame, no bigger.
+    const size = LENGTH_BYTES + frame.length + ABYTES
+    const wire = size >= OWN_WIRE_MIN_BYTES ? Buffer.allocUnsafeSlow(size) : Buffer.allocUnsafe(size)
+    seal(encrypt, frame, wire)
+    s.rawBytesWritten += size
+    return raw.write(wire)
   }
 
   onceDrain(fn: () => void): void {
     this.last.once('drain', fn)
   }
+
+  /** Seals `frame` into the batch (written by the microtask, or now when it is full). */
+  private batched(raw: net.Socket, encrypt: NonNullable<SecretStreamInternals['_encrypt']>, frame: Uint8Array): boolean {
+    const size = LENGTH_BYTES + frame.length + ABYTES
+    if (this.batch && this.batch.length - this.filled < size) this.flush()
+    if (!this.batch) {
+      // A small frame without a spare gets a buffer of its size (Node's pool), as it did
+      // unbatched: a PONG or an ACK must not hold a batch buffer in a socket that queues
+      // (MAX_PONGS_UNDRAINED of them would be 256 MiB). It goes alone; the next frame starts a batch.
+      const spare = this.spare && this.spare.length >= size ? this.spare : null
+      this.batch = spare ?? (size >= OWN_WIRE_MIN_BYTES ? Buffer.allocUnsafeSlow(Math.max(BATCH_BYTES, size)) : Buffer.allocUnsafe(size))
+      this.spare = null
+      this.filled = 0
+    }
+    seal(encrypt, frame, this.batch.subarray(this.filled, this.filled + size))
+    this.filled += size
+    this.session.rawBytesWritten += size
+    if (!this.flushQueued) {
+      this.flushQueued = true
+      queueMicrotask(this.flushLater)
+    }
+    return !raw.writableNeedDrain
+  }
+
+  private readonly flushLater = (): void => {
+    this.flushQueued = false
+    this.flush()
+  }
+
+  /** Writes the batch to the socket (dropped if the socket is gone: so is the session). */
+  private flush(): void {
+    const batch = this.batch
+    if (!batch) return
+    this.batch = null
+    const raw = this.session._rawStream
+    if (!(raw instanceof net.Socket) || raw.destroyed || raw.writableEnded) return
+    raw.write(batch.subarray(0, this.filled))
+    // Taken whole by the kernel in this call: libuv holds no reference, the buffer is free.
+    if (raw.writableLength === 0 && batch.length >= BATCH_BYTES) this.spare = batch
+  }
+}
+
+/** Frames `message` for the wire into `wire` (LENGTH_BYTES + message + ABYTES): the length, then the sealed message. */
+function seal(encrypt: NonNullable<SecretStreamInternals['_encrypt']>, message: Uint8Array, wire: Buffer): void {
+  const len = message.length + ABYTES
+  wire[0] = len & 0xff
+  wire[1] = (len >>> 8) & 0xff
+  wire[2] = len >>> 16
+  encrypt.next(message, wire.subarray(LENGTH_BYTES))
 }

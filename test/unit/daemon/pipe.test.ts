@@ -11,6 +11,7 @@ import { PassThrough, Writable } from 'node:stream'
 import { afterEach, describe, expect, it } from 'vitest'
 import { join, SocketGather } from '../../../src/daemon/pipe.js'
 import { SMALL_CHUNK_BYTES, STAGE_BYTES } from '../../../src/daemon/chunk-stage.js'
+import { deliverBatch } from '../../../src/tunnel/delivery-lease.js'
 
 const open: Array<net.Server | net.Socket> = []
 afterEach(() => {
@@ -131,5 +132,50 @@ describe('SocketGather', () => {
     const fast = new Writable({ write: (_c, _e, cb) => cb() })
     const quick = new SocketGather(fast as Writable & { destroyed: boolean })
     expect(quick.write(randomBytes(STAGE_BYTES))).toBe(true)
+  })
+
+  it('payloads given during a reader\'s batch go out together at its end, in one corked write (writev), in order', () => {
+    const chunks: Buffer[][] = []
+    const sock = new Writable({
+      write: (c: Buffer, _e, cb) => (chunks.push([c]), cb()),
+      writev: (cs: Array<{ chunk: Buffer }>, cb) => (chunks.push(cs.map((x) => x.chunk)), cb())
+    })
+    const out = new SocketGather(sock as Writable & { destroyed: boolean })
+    const parts = [randomBytes(STAGE_BYTES), randomBytes(3), randomBytes(STAGE_BYTES), randomBytes(SMALL_CHUNK_BYTES)]
+    const free = deliverBatch(() => {
+      for (const p of parts) expect(out.write(p)).toBe(true)
+      expect(chunks).toEqual([]) // nothing written during the deliveries
+    })
+    expect(free).toBe(true) // the socket took them whole: the read's memory may be used again
+    expect(chunks.length).toBe(1) // one writev
+    expect(Buffer.concat(chunks[0]!).equals(Buffer.concat(parts))).toBe(true)
+    out.write(Buffer.from('after')) // no batch: at once
+    expect(chunks.length).toBe(2)
+  })
+
+  it('a batch\'s payloads to a socket that queues them count as kept; flush() (the peer\'s FIN) writes them before the end', async () => {
+    const s = stalledSocket()
+    const out = new SocketGather(s.sock)
+    const a = randomBytes(STAGE_BYTES)
+    expect(deliverBatch(() => void out.write(a))).toBe(false) // written at the batch's end, still queued
+    const b = randomBytes(100)
+    // The socket queues now: a payload in the next batch is not put off but staged as before.
+    expect(deliverBatch(() => expect(out.write(b)).toBe(true))).toBe(true)
+    // A FIN in the same batch as data: flush() writes the data first.
+    const c = randomBytes(STAGE_BYTES)
+    const fresh = stalledSocket()
+    const out2 = new SocketGather(fresh.sock)
+    deliverBatch(() => {
+      out2.write(c)
+      out2.flush()
+      fresh.sock.end()
+    })
+    for (let i = 0; i < 20; i++) {
+      s.release()
+      fresh.release()
+      await new Promise((resolve) => setImmediate(resolve))
+    }
+    expect(Buffer.concat(s.got).equals(Buffer.concat([a, b]))).toBe(true)
+    expect(Buffer.concat(fresh.got).equals(c)).toBe(true)
   })
 })

@@ -2,7 +2,7 @@
 // that it keeps no reference to the message's memory; anything else, a throw included,
 // counts as kept (the session reader then never reads into that slab again).
 import { describe, expect, it } from 'vitest'
-import { deliverLeased, deliverOrKeep, released } from '../../../src/tunnel/delivery-lease.js'
+import { deferToBatchEnd, deliverBatch, deliverLeased, deliverOrKeep, released } from '../../../src/tunnel/delivery-lease.js'
 
 describe('delivery lease', () => {
   it('kept unless the consumer released during the delivery', () => {
@@ -38,5 +38,32 @@ describe('delivery lease', () => {
       throw new Error('late')
     }, () => kept++)).toThrow('late')
     expect(kept).toBe(2)
+  })
+
+  it('a batch: writes put off to its end run after every delivery of it, in the order asked; outside a batch nothing is put off', () => {
+    const order: string[] = []
+    expect(deferToBatchEnd(() => true)).toBe(false) // no batch: write now
+    const free = deliverBatch(() => {
+      order.push('deliver 1')
+      expect(deferToBatchEnd(() => (order.push('flush a'), true))).toBe(true)
+      order.push('deliver 2')
+      expect(deferToBatchEnd(() => (order.push('flush b'), true))).toBe(true)
+    })
+    expect(free).toBe(true)
+    expect(order).toEqual(['deliver 1', 'deliver 2', 'flush a', 'flush b'])
+    expect(deferToBatchEnd(() => true)).toBe(false) // the batch is over
+  })
+
+  it('a batch whose put-off write left memory referenced counts as kept; a throwing delivery still gets its writes', () => {
+    expect(deliverBatch(() => void deferToBatchEnd(() => false))).toBe(false)
+    let flushed = 0
+    expect(() =>
+      deliverBatch(() => {
+        deferToBatchEnd(() => (flushed++, true))
+        throw new Error('consumer failed')
+      })
+    ).toThrow('consumer failed')
+    expect(flushed).toBe(1) // what was accepted before the throw is written
+    expect(deferToBatchEnd(() => true)).toBe(false)
   })
 })

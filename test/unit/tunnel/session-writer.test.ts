@@ -10,7 +10,7 @@
 import { createHash, randomBytes } from 'node:crypto'
 import SecretStream from '@hyperswarm/secret-stream'
 import { afterEach, describe, expect, it } from 'vitest'
-import { sealedWriter } from '../../../src/tunnel/session-writer.js'
+import { BATCH_BYTES, sealedWriter } from '../../../src/tunnel/session-writer.js'
 import { tcpSessions, type TcpSessions } from './secret-stream-pair.js'
 
 const cleanups: Array<() => void> = []
@@ -88,5 +88,41 @@ describe('sealedWriter over a secret-stream', () => {
     const drained = new Promise<void>((resolve) => w.onceDrain(resolve))
     server.resume()
     await expect(drained).resolves.toBeUndefined()
+  })
+
+  it('frames written in one callback go to the socket together (one write per BATCH_BYTES), in order, each a message of its own', async () => {
+    const { a, b, client } = await sessions()
+    const w = sealedWriter(a)!
+    const writes: number[] = []
+    const realWrite = client.write.bind(client) as (buf: Buffer) => boolean
+    client.write = ((buf: Buffer) => (writes.push(buf.length), realWrite(buf))) as typeof client.write
+    const frames = [randomBytes(64 * 1024 + 5), randomBytes(9), ...Array.from({ length: 7 }, () => randomBytes(64 * 1024 + 5)), randomBytes(1)]
+    const got = collect(b, frames.length)
+    for (const f of frames) w.write(f)
+    expect(writes.length).toBeLessThan(frames.length) // the first batches filled at once…
+    await Promise.resolve() // … the rest went at the end of the callback
+    const wire = frames.reduce((n, f) => n + 3 + f.length + 17, 0)
+    expect(writes.reduce((n, x) => n + x, 0)).toBe(wire)
+    expect(writes.length).toBe(Math.ceil(wire / BATCH_BYTES))
+    expect((await got).map(sha)).toEqual(frames.map(sha))
+  })
+
+  it('a small frame alone (a PONG to a socket that queues) does not take a batch buffer', async () => {
+    const { a, b, client, server } = await sessions()
+    const w = sealedWriter(a)!
+    b.on('data', () => undefined)
+    server.pause()
+    for (let i = 0; i < 1000 && client.writableLength === 0; i++) w.write(randomBytes(64 * 1024 + 5))
+    await Promise.resolve()
+    expect(client.writableLength).toBeGreaterThan(0) // the socket queues
+    const sizes: number[] = []
+    const realWrite = client.write.bind(client) as (buf: Buffer) => boolean
+    client.write = ((buf: Buffer) => (sizes.push(buf.buffer.byteLength), realWrite(buf))) as typeof client.write
+    for (let i = 0; i < 3; i++) {
+      w.write(randomBytes(20))
+      await Promise.resolve()
+    }
+    expect(sizes.length).toBe(3)
+    for (const n of sizes) expect(n).toBeLessThan(BATCH_BYTES)
   })
 })
