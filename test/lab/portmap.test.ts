@@ -124,8 +124,7 @@ describe.skipIf(!labAvailable() || !fs.existsSync(MINIUPNPD))('port mapping (PCP
       router.kill('SIGTERM')
       await new Promise((resolve) => router.once('exit', resolve))
       router = await startRouter()
-      const aliceLog = (): string => fs.readFileSync(n.agents.alice!.logFile, 'utf8')
-      await waitFor(() => aliceLog().includes('the gateway lost or changed our mapping: mapping again'), 20_000, 'alice maps again after the restart')
+      await waitFor(() => n.log('alice').includes('the gateway lost or changed our mapping: mapping again'), 20_000, 'alice maps again after the restart')
       await waitFor(async () => ((await n.status('alice')).portMapping as { state: string }).state === 'mapped', 10_000, 'alice mapped again')
       const again = await n.natctl('bob', ['open', 'alice'])
       expect(again.code, `${again.stderr}\n${routerLog}`).toBe(0)
@@ -289,5 +288,5 @@ describe.skipIf(!labAvailable() || !fs.existsSync(MINIUPNPD))('port mapping (PCP
       expect(relayed.code, relayed.stderr).toBe(0)
       expect((relayed.json as { path: string }).path).toBe('relay')
     })
-  }) // 56–79 s at load average 13–25 (2026-12-06); 20–37 s in CI
+  }) // 20–36 s at load average 9–12 (2026-12-06); 65–136 s for the whole vitest run at load 12–21
 })
