@@ -214,7 +214,7 @@ export class Agent {
       rendezvous: client,
       nat,
       exposes: this.exposes,
-      portMapped: () => (this.portMapping?.current ?? null) !== null
+      mappedUdp: () => this.portMapping?.current?.external ?? null
     })
     this.host = host
     const tunnels = new TunnelManager({ keepaliveMs: Math.min(this.init.config.heartbeatMs, TUNNEL_KEEPALIVE_MAX_MS), deadMs: this.init.tunnelDeadMs ?? TUNNEL_DEAD_MS, ...(this.init.tunnelGiveUpMs === undefined ? {} : { giveUpMs: this.init.tunnelGiveUpMs }) }, host)

@@ -44,8 +44,8 @@ export interface TunnelHostComponents extends Pick<PathComponents, 'udx' | 'sock
   nat: Pick<NatMonitor, 'verdict' | 'fresh' | 'firstProbeTtl'>
   /** Channels that name no service: to an exposed port (exposes.ts decides). */
   exposes: { onChannel: ChannelHandler }
-  /** Whether our gateway holds a port mapping for us (port-mapping.ts). */
-  portMapped?: () => boolean
+  /** The external endpoint of the UDP port our gateway mapped for us (port-mapping.ts); null = none. */
+  mappedUdp?: () => Endpoint | null
   /** The text of /proc/net/route (our-links.ts); null where there is none. Tests give their own. */
   routeTable?: () => string | null
 }
@@ -122,8 +122,15 @@ export class TunnelHost implements TunnelManagerComponents {
     return this.c.nat.firstProbeTtl(peerHost)
   }
 
+  /**
+   * Whether our gateway holds a mapping that peers see: at our public address, as the
+   * server sees it (it offers them no other: protocol/lan.ts). A gateway behind a CGN maps
+   * at its own external address, which no peer is told of: then no peer plans for it
+   * (path-plan.ts), so neither do we.
+   */
   hasPortMapping(): boolean {
-    return this.c.portMapped?.() ?? false
+    const mapped = this.c.mappedUdp?.() ?? null
+    return mapped !== null && mapped.host === this.publicAddress()
   }
 
   /** Before an upgrade attempt: shares the NatMonitor's check in flight or a recent one. */

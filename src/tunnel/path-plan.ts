@@ -10,9 +10,16 @@
  *   it plainly from the agent's socket (punch.ts peerOpen): its NAT maps that socket for
  *   the peer, which answers the mapping it saw, in about one and a half round trips.
  * - When both NATs are hard, neither side can find the other's mapping: no direct path,
- *   unless one side's gateway mapped its port (PCP, NAT-PMP): the other side then probes
- *   that mapped endpoint plainly, and the mapped side answers through the mapping (the
- *   answer leaves from the mapped port, so the prober's NAT lets it in).
+ *   unless one side's gateway mapped its port (PCP, NAT-PMP, UPnP).
+ * - Either side's gateway holds a mapping (ours, or a mapped candidate of the peer's, even
+ *   one equal to its public endpoint): the strategy is 'normal', whatever the verdicts.
+ *   The other side probes that mapped endpoint at full TTL from its agent socket at once
+ *   (punch.ts Candidate.mapped: it accepts what comes unasked, nothing to claim), and the
+ *   mapped side answers through the mapping (the answer leaves from the mapped port, so
+ *   the prober's NAT lets it in): about one and a half round trips, no birthday sockets
+ *   and no spray. miniupnpd also sends the mapped port's outbound traffic from it, so the
+ *   mapped side's check finds an easy NAT; searching then (birthday against spray) only
+ *   worked while both event loops were idle (the lab's 3-site test failed 3 of 4 CI runs).
  * - IPv6 (protocol/ipv6.ts): when both sides have it (our IPv6 socket and global address,
  *   and an IPv6 candidate of the peer's), the UDP punch runs whatever the IPv4 NATs are:
  *   IPv6 candidates are probed plainly under every strategy (punch.ts), as no NAT
@@ -69,9 +76,14 @@ export interface PathPlan {
 
 export const BOTH_HARD = 'both NATs map per destination, so no direct path can be punched between them; use --via auto or --via relay'
 
-/** The UDP punch strategy for two verdicts; null when both map per destination and neither side holds a mapping. */
-export function punchStrategy(mine: NatVerdict, theirs: NatVerdict, mapped = false): PunchStrategy | null {
-  if (mine === 'hard' && theirs === 'hard') return mapped ? 'normal' : null
+/**
+ * The UDP punch strategy for two verdicts; null when both map per destination and neither
+ * side holds a mapping (`mapped`) nor has IPv6 with the other (`v6`).
+ */
+export function punchStrategy(mine: NatVerdict, theirs: NatVerdict, mapped = false, v6 = false): PunchStrategy | null {
+  // A mapped endpoint takes probes unasked: nothing to search for.
+  if (mapped) return 'normal'
+  if (mine === 'hard' && theirs === 'hard') return v6 ? 'normal' : null
   // An unknown verdict on the other side may be anything: punch plainly rather than search.
   if (mine === 'hard' && theirs !== 'unknown') return 'birthday'
   if (theirs === 'hard' && mine !== 'unknown') return 'spray'
@@ -81,8 +93,8 @@ export function punchStrategy(mine: NatVerdict, theirs: NatVerdict, mapped = fal
 export function planPaths({ via, mine, theirs, initiator, mapped = false, v6 = false, hairpinOnly = false }: PathPlanInput): PathPlan {
   const hard = [mine, theirs].filter((v) => v === 'hard').length
   const auto = via === 'auto' || via === 'direct'
-  // IPv6 needs no mapping found: for the punch it is as good as one (the IPv6 candidates are probed plainly).
-  const strategy = punchStrategy(mine, theirs, mapped || v6)
+  // IPv6 needs no mapping found: between two hard NATs it is as good as one (the IPv6 candidates are probed plainly).
+  const strategy = punchStrategy(mine, theirs, mapped, v6)
   const udp = via === 'udp' || (auto && (hard < 2 || mapped || v6)) ? strategy : null
   const tcp = via === 'tcp' || (auto && (hard === 0 || v6))
   // IPv6 needs no hairpin: the relay then waits as usual.

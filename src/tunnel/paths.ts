@@ -40,11 +40,13 @@ function lanOf(peer: PeerRecord, publicEp: Endpoint | null, ours6: readonly stri
 }
 
 /**
- * Ports `peer`'s gateway mapped for it, at the address the server saw it at (not that
- * endpoint itself): tried like its public endpoint, for the whole punch.
+ * Ports `peer`'s gateway mapped for it, at the address the server saw it at: tried for the
+ * whole punch, at full TTL from the first probe (punch.ts Candidate.mapped). That endpoint
+ * itself included: a gateway like miniupnpd sends the mapped port's outbound traffic from
+ * it, so the server saw the mapping, and it is still one (it takes probes unasked).
  */
 function mappedOf(peer: PeerRecord, publicEp: Endpoint | null): Endpoint[] {
-  return mappedCandidates(peer.lan, publicEp?.host).filter((e) => !sameEndpoint(e, publicEp))
+  return mappedCandidates(peer.lan, publicEp?.host)
 }
 
 /** `peer`'s IPv6 candidates (protocol/ipv6.ts), when we have an IPv6 socket to reach them. */
@@ -57,7 +59,7 @@ export function offersV6(peer: PeerRecord): boolean {
   return v6Candidates(peer.lan).length > 0
 }
 
-/** Whether `peer` offers a port its gateway mapped (for UDP or TCP). */
+/** Whether `peer` offers a port its gateway mapped (for UDP or TCP), its public endpoint included. */
 export function offersMapping(peer: PeerRecord): boolean {
   return mappedOf(peer, peer.udp).length > 0 || mappedOf(peer, peer.tcp).length > 0
 }
@@ -205,7 +207,8 @@ export class Paths {
     const candidates: Candidate[] = [
       ...lanOf(intro.peer, intro.peer.udp, this.ours6()).map((endpoint) => ({ endpoint, kind: 'lan' as const })),
       ...v6Of(intro.peer, socket6).map((endpoint) => ({ endpoint, kind: 'public' as const })),
-      ...mappedOf(intro.peer, intro.peer.udp).map((endpoint) => ({ endpoint, kind: 'public' as const })),
+      // Before the public endpoint: the Puncher keeps the first of two equal candidates.
+      ...mappedOf(intro.peer, intro.peer.udp).map((endpoint) => ({ endpoint, kind: 'public' as const, mapped: true })),
       ...(intro.peer.udp ? [{ endpoint: intro.peer.udp, kind: 'public' as const }] : [])
     ].filter((c) => socket6 || !isIPv6(c.endpoint.host)) // without an IPv6 socket, no IPv6 candidate
     const id = peerId(intro.peer.publicKey)
@@ -337,7 +340,9 @@ export class Paths {
       ? over6
       : [
           ...lanOf(intro.peer, tcp, []).map((endpoint) => ({ endpoint, kind: 'lan' as const })),
-          ...mappedOf(intro.peer, tcp).map((endpoint) => ({ endpoint, kind: 'public' as const })),
+          ...mappedOf(intro.peer, tcp)
+            .filter((e) => !sameEndpoint(e, tcp))
+            .map((endpoint) => ({ endpoint, kind: 'public' as const })),
           ...(tcp ? [{ endpoint: tcp, kind: 'public' as const }] : [])
         ]
     const deadline = this.c.clock.now() + timeoutMs

@@ -39,6 +39,12 @@
  * was 1.35-1.64x hyperdht's open time at 20-100 ms RTT, docs/BENCHMARKS.md). The birthday
  * sockets and the peer's spray still run, for a public host behind a firewall that drops
  * what it did not ask for.
+ *
+ * A port the peer's gateway mapped (Candidate.mapped: PCP, NAT-PMP, UPnP; issue 17) is
+ * probed the same way: full TTL from the agent's socket at once. The gateway forwards it
+ * unasked, and the peer's answer leaves through the mapping (or its conntrack entry), so
+ * our NAT lets it in; path-plan.ts then plans no search at all. The peer's own first-TTL
+ * probes still die past its gateway, which holds the mapping for its port already.
  */
 import { formatEndpoint, isIPv6, sameEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { NatdError } from '../protocol/errors.js'
@@ -99,6 +105,12 @@ export interface Candidate {
   kind: CandidateKind
   /** Local socket that talks to it: 0 = the agent's socket, 1.. = birthday sockets. */
   socket?: number
+  /**
+   * A port the peer's gateway mapped for it (PCP, NAT-PMP, UPnP): it takes what comes
+   * unasked, so, like a peer without NAT, the agent's socket probes it at full TTL from
+   * the first probe, under every strategy.
+   */
+  mapped?: boolean
 }
 
 export interface PunchInit {
@@ -200,21 +212,21 @@ export class Puncher {
     return this.init.firstTtl ?? FIRST_PROBE_TTL
   }
 
-  /** The TTL of the first probe to `cand`: none to a LAN candidate or a peer without NAT (nothing to claim), else limited. */
+  /** The TTL of the first probe to `cand`: none to a LAN candidate, a mapped one or a peer without NAT (nothing to claim), else limited. */
   private firstProbeTtl(cand: Candidate): number | undefined {
     if (cand.kind === 'lan') return undefined
     if (isV6(cand)) return FIRST_PROBE_TTL
-    return this.init.peerOpen ? undefined : this.firstTtl
+    return this.init.peerOpen || cand.mapped ? undefined : this.firstTtl
   }
 
   /**
    * 'birthday': whether the agent's socket probes `cand` at full TTL. A full-TTL probe
    * to the easy side's NAT would arrive unsolicited and could claim its port, so only
-   * LAN and IPv6 candidates, those learnt on a birthday socket, and every candidate of a
-   * peer without NAT.
+   * LAN, IPv6 and mapped candidates, those learnt on a birthday socket, and every
+   * candidate of a peer without NAT.
    */
   private fromAgentSocket(cand: Candidate): boolean {
-    return cand.kind === 'lan' || isV6(cand) || (cand.socket ?? 0) !== 0 || this.init.peerOpen === true
+    return cand.kind === 'lan' || isV6(cand) || cand.mapped === true || (cand.socket ?? 0) !== 0 || this.init.peerOpen === true
   }
 
   /** A probe or ack for this introduction arrived from `from` on local socket `socket`. */

@@ -9,9 +9,12 @@
  * - From Node's own report (agents run with --report-on-signal): the JS stack and libuv
  *   handles, which only come when the event loop turns — so a report that does not come
  *   is itself the answer "the event loop is blocked".
+ * - The test process's own event loop (LoopLag): a natctl call that went unanswered 30 s
+ *   with nothing logged on either side (issue 17) may be the test process held, not natd.
  */
 import fs from 'node:fs'
 import path from 'node:path'
+import { monitorEventLoopDelay, performance } from 'node:perf_hooks'
 import { setTimeout as sleep } from 'node:timers/promises'
 
 /** Node options that let diagnose() ask an agent for a report (written to `dir`). */
@@ -124,4 +127,48 @@ function summarizeReport(r: NodeReport): string {
     ...stack,
     `  active libuv handles: ${[...counts].map(([t, n]) => `${t} ×${n}`).join(', ') || 'none'}`
   ].join('\n')
+}
+
+/** LoopLag samples the test process's event loop this often. */
+export const LOOP_LAG_SAMPLE_MS = 100
+
+/**
+ * How long the test process's own event loop was held since a lab started: Node's
+ * delay histogram (perf_hooks monitorEventLoopDelay), and the longest gap between two
+ * LOOP_LAG_SAMPLE_MS ticks with the time it ended, to set beside the agents' log times.
+ */
+export class LoopLag {
+  private readonly histogram = monitorEventLoopDelay({ resolution: 20 })
+  private readonly started = Date.now()
+  private last = performance.now()
+  private worst = { ms: 0, endedAt: 0 }
+  private readonly timer: NodeJS.Timeout
+
+  constructor() {
+    this.histogram.enable()
+    this.timer = setInterval(() => this.onTick(), LOOP_LAG_SAMPLE_MS).unref()
+  }
+
+  private onTick(): void {
+    const now = performance.now()
+    const held = now - this.last - LOOP_LAG_SAMPLE_MS
+    this.last = now
+    if (held > this.worst.ms) this.worst = { ms: held, endedAt: Date.now() }
+  }
+
+  /** One line for a failed test's diagnosis. */
+  summary(): string {
+    this.onTick() // a hold still going on counts too
+    return describeLoopLag({ worstMs: this.worst.ms, worstEndedAt: this.worst.endedAt, maxMs: this.histogram.max / 1e6, p99Ms: this.histogram.percentile(99) / 1e6, sinceMs: Date.now() - this.started })
+  }
+
+  stop(): void {
+    clearInterval(this.timer)
+    this.histogram.disable()
+  }
+}
+
+export function describeLoopLag(l: { worstMs: number; worstEndedAt: number; maxMs: number; p99Ms: number; sinceMs: number }): string {
+  const worst = l.worstMs >= 1 ? `longest hold ${Math.round(l.worstMs)} ms, ended ${new Date(l.worstEndedAt).toISOString()}` : 'never held'
+  return `test process (pid ${process.pid}) event loop over the last ${(l.sinceMs / 1000).toFixed(1)} s: ${worst}; delay max ${Math.round(l.maxMs)} ms, p99 ${Math.round(l.p99Ms)} ms`
 }

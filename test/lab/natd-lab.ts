@@ -11,7 +11,8 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 // A real file name (.ts): scripts/demo.ts and bench/run.ts load this with Node's type stripping.
 import { createLab, type Lab, type LabSpec, type NatKind, type Unsolicited } from './lab.ts'
-import { nodeReport, procSnapshot, reportOptions } from './diagnose.ts'
+import { AgentLog } from './agent-log.ts'
+import { LoopLag, nodeReport, procSnapshot, reportOptions } from './diagnose.ts'
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 export const DIST = path.join(ROOT, 'dist')
@@ -64,10 +65,21 @@ export class NatdLab {
   readonly natctlEnv: Record<string, string> = {}
 
   readonly lab: Lab
+  /** The processes' logs by file, written off the test process's thread (agent-log.ts); a restarted agent appends to its own. */
+  private readonly logs = new Map<string, AgentLog>()
+  /** How long our own event loop was held (a failed test's diagnosis says). */
+  private readonly loopLag = new LoopLag()
 
   constructor(lab: Lab) {
     this.lab = lab
     assertBuilt()
+  }
+
+  /** The log of the process that prints to `file` (one per file). */
+  private logFor(file: string): AgentLog {
+    let log = this.logs.get(file)
+    if (!log) this.logs.set(file, (log = new AgentLog(file)))
+    return log
   }
 
   get serverAddr(): string {
@@ -85,12 +97,12 @@ export class NatdLab {
   /** Starts natd-rendezvous on the server host and waits until its UDP port answers. */
   async startServer(extra: string[] = []): Promise<void> {
     this.serverArgs = extra
-    const log = fs.openSync(path.join(this.dir, 'rendezvous.log'), 'a')
+    const log = this.logFor(path.join(this.dir, 'rendezvous.log'))
     const host = extra.includes('--host') ? [] : ['--host', '0.0.0.0'] // --alt-host needs a specific --host in `extra`
     const state = extra.includes('--state-dir') ? [] : ['--state-dir', this.serverStateDir]
     this.server = this.lab.spawn(this.lab.server.ns, [process.execPath, ...reportOptions(this.dir), path.join(DIST, 'rendezvous/main.js'), ...host, '--port', String(SERVER_PORT), '--log-level', 'debug', ...state, ...extra], { cwd: ROOT })
-    this.server.stdout?.on('data', (d: Buffer) => fs.writeSync(log, d))
-    this.server.stderr?.on('data', (d: Buffer) => fs.writeSync(log, d))
+    this.server.stdout?.on('data', (d: Buffer) => log.write(d))
+    this.server.stderr?.on('data', (d: Buffer) => log.write(d))
     await waitFor(async () => (await this.lab.exec(this.lab.server.ns, ['ss', '-Hltn', `sport = :${SERVER_PORT}`])).stdout.includes(String(SERVER_PORT)), START_TIMEOUT_MS, 'rendezvous server listening')
   }
 
@@ -136,15 +148,15 @@ export class NatdLab {
     const socket = path.join(this.runDir, `${key}.sock`)
     const logFile = path.join(this.dir, `${key}.log`)
     const args = ['--name', name, '--server', opts.server ?? this.serverAddr, '--state-dir', stateDir, '--socket', socket, '--heartbeat', opts.heartbeat ?? '2s', '--log-level', 'debug', ...(opts.extra ?? [])]
-    const log = fs.openSync(logFile, 'a')
+    const log = this.logFor(logFile)
     const env: Record<string, string> = { ...opts.env, ...(opts.tunnelDeadMs === undefined ? {} : { NATD_TEST_TUNNEL_DEAD_MS: String(opts.tunnelDeadMs) }) }
     const proc = this.lab.spawn(h.ns, [process.execPath, ...reportOptions(this.dir), path.join(DIST, 'daemon/main.js'), ...args], { cwd: ROOT, env: { ...process.env, ...env } })
-    proc.stdout?.on('data', (d: Buffer) => fs.writeSync(log, d))
-    proc.stderr?.on('data', (d: Buffer) => fs.writeSync(log, d))
+    proc.stdout?.on('data', (d: Buffer) => log.write(d))
+    proc.stderr?.on('data', (d: Buffer) => log.write(d))
     const agent: AgentHandle = { name, host, ns: h.ns, stateDir, socket, logFile, proc, args, env }
     this.agents[key] = agent
     await waitFor(() => fs.existsSync(socket) || proc.exitCode !== null, START_TIMEOUT_MS, `${key} API socket`)
-    if (proc.exitCode !== null) throw new Error(`natd ${key} exited ${proc.exitCode}: ${fs.readFileSync(logFile, 'utf8')}`)
+    if (proc.exitCode !== null) throw new Error(`natd ${key} exited ${proc.exitCode}: ${log.text()}`)
     return agent
   }
 
@@ -228,9 +240,11 @@ export class NatdLab {
     return JSON.parse(r.stdout) as { ok: boolean; ms: number; conns: number; results: unknown[] }
   }
 
+  /** What the server (`rendezvous`) or an agent has printed so far. */
   log(key: string): string {
     const file = key === 'rendezvous' ? path.join(this.dir, 'rendezvous.log') : this.agents[key]?.logFile
-    return file && fs.existsSync(file) ? fs.readFileSync(file, 'utf8') : ''
+    if (!file) return ''
+    return this.logs.get(file)?.text() ?? (fs.existsSync(file) ? fs.readFileSync(file, 'utf8') : '')
   }
 
   /**
@@ -243,18 +257,21 @@ export class NatdLab {
     // /proc first, all at once: a report's signal may wake a process out of the call it was in.
     const snaps = live.map(([k, p]) => `${k}: ${procSnapshot(p.pid!)}`)
     const reports = await Promise.all(live.map(async ([k, p]) => `${k}: ${await nodeReport(p.pid!, this.dir)}`))
-    return live.map((_, i) => `${snaps[i]}\n${reports[i]}`).join('\n')
+    return [this.loopLag.summary(), ...live.map((_, i) => `${snaps[i]}\n${reports[i]}`)].join('\n')
   }
 
   /** Prints where every process waits and its logs (for a failed test) and removes the temp dir. */
   async teardown(failed: boolean): Promise<void> {
     if (failed) process.stderr.write(`\n----- where each process waits (test/lab/diagnose.ts) -----\n${await this.diagnose().catch((err: unknown) => String(err))}\n`)
+    this.loopLag.stop()
     if (failed || process.env.NATD_LAB_KEEP_LOGS) {
       for (const f of fs.readdirSync(this.dir).filter((f) => f.endsWith('.log'))) {
-        process.stderr.write(`\n----- ${f} (last 60 lines) -----\n${fs.readFileSync(path.join(this.dir, f), 'utf8').split('\n').slice(-60).join('\n')}\n`)
+        const text = this.logs.get(path.join(this.dir, f))?.text() ?? fs.readFileSync(path.join(this.dir, f), 'utf8')
+        process.stderr.write(`\n----- ${f} (last 60 lines) -----\n${text.split('\n').slice(-60).join('\n')}\n`)
       }
     }
     await this.lab.teardown()
+    await Promise.all([...this.logs.values()].map((l) => l.close()))
     fs.rmSync(this.dir, { recursive: true, force: true })
     fs.rmSync(this.runDir, { recursive: true, force: true })
   }

@@ -107,6 +107,15 @@ describe('TunnelHost', () => {
     expect([c.firstProbeTtl?.('198.51.100.7'), c.firstProbeTtl?.('203.0.113.9')]).toEqual([3, 2]) // the monitor's answer, per peer address
   })
 
+  it('a port mapping counts for planning only at our public address (the only one the server offers peers)', () => {
+    const c = (host as unknown as { c: ConstructorParameters<typeof TunnelHost>[0] }).c
+    const mapped = (udp: { host: string; port: number } | null): boolean => new TunnelHost({ ...c, mappedUdp: () => udp }).hasPortMapping()
+    expect(host.hasPortMapping()).toBe(false) // no port mapper
+    expect(mapped(null)).toBe(false)
+    expect(mapped({ host: '203.0.113.7', port: 51000 })).toBe(true)
+    expect(mapped({ host: '100.64.0.9', port: 51000 })).toBe(false) // a gateway behind a CGN: mapped at an address no peer sees
+  })
+
   it('a peer reported offline: one ping of OFFLINE_PEER_PING_MS per peer at a time; no answer closes the tunnel PEER_OFFLINE; offlineCheck resolves when the check ends', async () => {
     const closes: string[] = []
     const pings: number[] = []

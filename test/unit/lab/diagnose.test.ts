@@ -3,7 +3,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
-import { describeSyscall, nodeReport, procSnapshot, reportOptions } from '../../lab/diagnose.js'
+import { describeLoopLag, describeSyscall, LOOP_LAG_SAMPLE_MS, LoopLag, nodeReport, procSnapshot, reportOptions } from '../../lab/diagnose.js'
 
 const children: ChildProcess[] = []
 afterEach(() => {
@@ -54,6 +54,21 @@ describe('diagnose: where a lab process waits', () => {
       expect(report).toMatch(/active libuv handles: .*timer/)
     } finally {
       fs.rmSync(dir, { recursive: true, force: true })
+    }
+  })
+
+  it('the test process\'s own loop: a hold is reported with when it ended (a natctl call unanswered may be the test process held)', async () => {
+    expect(describeLoopLag({ worstMs: 0.2, worstEndedAt: 0, maxMs: 0, p99Ms: 0, sinceMs: 5_000 })).toMatch(/over the last 5\.0 s: never held; delay max 0 ms/)
+    const lag = new LoopLag()
+    try {
+      const held = Date.now() + 3 * LOOP_LAG_SAMPLE_MS
+      while (Date.now() < held); // hold our own loop, as a synchronous write to a stalled disk would
+      const line = lag.summary()
+      // A lower bound the hold itself guarantees (the hold less one sampling period): load only lengthens it.
+      expect(Number(/longest hold (\d+) ms, ended \d{4}-/.exec(line)?.[1]), line).toBeGreaterThanOrEqual(2 * LOOP_LAG_SAMPLE_MS - 1)
+      expect(line).toContain(`pid ${process.pid}`)
+    } finally {
+      lag.stop()
     }
   })
 })

@@ -79,8 +79,11 @@ describe('planPaths (pure)', () => {
     expect(planPaths({ via: 'auto', mine: 'hard', theirs: 'hard', initiator: true, mapped: true })).toEqual({ udp: 'normal', tcp: false, relay: 'fallback', preferTcp: false, late: true, upgrade: true, impossible: null })
     expect(planPaths({ via: 'udp', mine: 'hard', theirs: 'hard', initiator: false, mapped: true })).toMatchObject({ udp: 'normal', impossible: null })
     expect(planPaths({ via: 'direct', mine: 'hard', theirs: 'hard', initiator: true, mapped: true })).toMatchObject({ udp: 'normal', impossible: null })
-    // A mapping changes nothing where a plan already punches.
-    for (const [mine, theirs] of [['easy', 'easy'], ['hard', 'easy'], ['easy', 'hard']] as const) {
+    // Where one side is hard, a mapping replaces the search (birthday, spray) by plain probes to the mapped port.
+    expect(planPaths({ via: 'auto', mine: 'hard', theirs: 'easy', initiator: true, mapped: true })).toEqual({ ...planPaths({ via: 'auto', mine: 'hard', theirs: 'easy', initiator: true }), udp: 'normal' })
+    expect(planPaths({ via: 'auto', mine: 'easy', theirs: 'hard', initiator: false, mapped: true })).toEqual({ ...planPaths({ via: 'auto', mine: 'easy', theirs: 'hard', initiator: false }), udp: 'normal' })
+    // Elsewhere it changes nothing.
+    for (const [mine, theirs] of [['easy', 'easy'], ['none', 'easy'], ['unknown', 'hard']] as const) {
       expect(planPaths({ via: 'auto', mine, theirs, initiator: true, mapped: true })).toEqual(planPaths({ via: 'auto', mine, theirs, initiator: true }))
     }
   })
@@ -141,5 +144,11 @@ describe('punchStrategy (pure)', () => {
     ['hard', 'hard', null]
   ])('mine %s, theirs %s: %s', (mine, theirs, want) => {
     expect(punchStrategy(mine, theirs)).toBe(want)
+  })
+
+  it('either side holding a port mapping: normal whatever the verdicts (the mapped port takes probes unasked); IPv6 only between two hard NATs', () => {
+    for (const [mine, theirs] of [['hard', 'easy'], ['easy', 'hard'], ['hard', 'none'], ['hard', 'hard']] as const) expect(punchStrategy(mine, theirs, true), `${mine} ${theirs}`).toBe('normal')
+    expect(punchStrategy('hard', 'hard', false, true)).toBe('normal')
+    expect(punchStrategy('easy', 'hard', false, true)).toBe('spray') // the IPv4 search still runs beside IPv6
   })
 })
