@@ -46,6 +46,8 @@ export const INBOX_FREE_RESERVE = 0.05
 export const NOT_ALLOWED_MESSAGE = 'the receiving agent does not accept files from this key (its user can allow it: natctl files policy --allow)'
 
 const fsync = promisify(fs.fsync)
+const ftruncate = promisify(fs.ftruncate)
+const close = promisify(fs.close)
 
 /**
  * sha256 of a file's bytes [0, end) (the whole file when end is omitted); read through
@@ -191,7 +193,7 @@ export class FileReceiver {
     const peer = tunnel.peer
     const inbox = policy.inbox
     const partialDir = path.join(inbox, PARTIAL_DIR)
-    fs.mkdirSync(partialDir, { recursive: true, mode: 0o700 })
+    await fsp.mkdir(partialDir, { recursive: true, mode: 0o700 }) // and the inbox, for the first file
     this.checkInbox(inbox)
     const dirStat = this.checkPartialDir(partialDir)
     const partial = path.join(partialDir, offer.key)
@@ -204,7 +206,7 @@ export class FileReceiver {
     try {
       offset = fs.fstatSync(fd).size
       if (offset > offer.size) {
-        fs.ftruncateSync(fd, 0)
+        await ftruncate(fd, 0)
         offset = 0
       }
       this.checkRoom(inbox, ch, offer, offset)
@@ -212,7 +214,7 @@ export class FileReceiver {
     } catch (err) {
       const empty = fs.fstatSync(fd).size === 0
       fs.closeSync(fd)
-      if (empty) fs.rmSync(partial, { force: true }) // refused before any byte: nothing to resume
+      if (empty) await fsp.rm(partial, { force: true }) // refused before any byte: nothing to resume
       throw err
     }
     ch.write(encodeTransfer({ type: 'accept', offset }))
@@ -240,14 +242,15 @@ export class FileReceiver {
     } catch (err) {
       body.fail(err as Error)
       await body.settled()
+      const e = err as NodeJS.ErrnoException
+      if (!stalled && (e.code === 'ENOSPC' || e.code === 'EDQUOT')) {
+        watch.stop() // the REFUSE says NO_SPACE, not a stall while the partial goes
+        await this.discard(fd, partial)
+        throw new NatdError('NO_SPACE', 'the receiver\'s disk is full; nothing was kept', { cause: err })
+      }
       const have = fs.fstatSync(fd).size
       fs.closeSync(fd)
       if (stalled) throw stalled
-      const e = err as NodeJS.ErrnoException
-      if (e.code === 'ENOSPC' || e.code === 'EDQUOT') {
-        fs.rmSync(partial, { force: true })
-        throw new NatdError('NO_SPACE', 'the receiver\'s disk is full; nothing was kept', { cause: err })
-      }
       // The path is gone: keep the partial, so the next attempt resumes.
       this.log.info('file transfer interrupted', { peer: peer.name, name: offer.name, have, size: offer.size })
       throw toNatdError(err, 'TUNNEL_CLOSED')
@@ -257,8 +260,7 @@ export class FileReceiver {
     }
     const sha256 = hash.digest()
     if (!sha256.equals(theirs)) {
-      fs.closeSync(fd)
-      fs.rmSync(partial, { force: true })
+      await this.discard(fd, partial)
       throw new NatdError('CORRUPT', `the bytes received do not match the sha256 of ${offer.name}; nothing was kept, send it again`)
     }
     try {
@@ -273,6 +275,22 @@ export class FileReceiver {
     const stored: StoredFile = { name: path.basename(final), path: final, size: offer.size, sha256: sha256.toString('hex'), transferId: offer.transferId }
     await this.onStored(stored, peer)
     ch.end(encodeTransfer({ type: 'done', name: stored.name }))
+  }
+
+  /**
+   * Drops a partial nobody may resume (its bytes are wrong, or the disk is full), off the
+   * event loop. It is emptied through its descriptor first, so that while the removal runs
+   * (or if it fails) no one finds those bytes: not natctl files --partial, not a next
+   * attempt. The caller still holds the transfer's key (`active`) and refuses only after
+   * this, so a next attempt of the same transfer starts once the partial is gone.
+   */
+  private async discard(fd: number, partial: string): Promise<void> {
+    try {
+      await ftruncate(fd, 0)
+    } finally {
+      await close(fd)
+    }
+    await fsp.rm(partial, { force: true })
   }
 
   /** Partials in `inbox`: what natctl files --partial lists. */

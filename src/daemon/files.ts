@@ -242,8 +242,7 @@ export class Files {
 
   private receivePolicy(): ReceivePolicy {
     const allow = this.stored.allow
-    const inbox = this.inbox
-    fs.mkdirSync(inbox, { recursive: true, mode: 0o700 })
+    const inbox = this.inbox // made (0700) by the receiver with its partials' directory, off the event loop
     return {
       allowed: (peer) => admits(allow, peer),
       maxSizeBytes: this.stored.maxSizeBytes,
