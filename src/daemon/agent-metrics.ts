@@ -12,10 +12,12 @@
  */
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
 import { MetricsEndpoint } from '../common/metrics-http.js'
-import { parseEndpoint, type Endpoint } from '../protocol/endpoint.js'
+import { formatEndpoint, parseEndpoint, type Endpoint } from '../protocol/endpoint.js'
+import { NatdError } from '../protocol/errors.js'
 import type { Logger } from '../protocol/log.js'
 import { PATH_KINDS, type PathKind } from '../protocol/tunnel-snapshot.js'
-import type { PunchOutcome } from '../tunnel/manager.js'
+import type { PunchOutcome, TunnelManager } from '../tunnel/manager.js'
+import type { Tunnel } from '../tunnel/tunnel.js'
 
 /** Punch durations (s): a LAN or easy-NAT punch takes tens of ms, birthday punching up to seconds, the open timeout 15 s. */
 const PUNCH_BUCKETS_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15]
@@ -102,5 +104,24 @@ export class AgentMetrics {
 
   close(): void {
     this.endpoint.close()
+  }
+}
+
+/**
+ * natd --metrics: counts `tunnels`' punches and closed tunnels' bytes from now on and
+ * serves them on `at`. PORT_IN_USE (nothing left listening) when it cannot listen there.
+ */
+export async function serveAgentMetrics(at: Endpoint, tunnels: TunnelManager, log: Logger): Promise<AgentMetrics> {
+  const figures = (t: Tunnel): TunnelFigures => ({ path: t.path, bytesIn: t.mux.bytesIn, bytesOut: t.mux.bytesOut })
+  const metrics = new AgentMetrics(() => tunnels.list().map(figures))
+  tunnels.on('punched', (p) => metrics.punched(p))
+  tunnels.on('down', (t) => metrics.tunnelClosed(figures(t)))
+  try {
+    const port = await metrics.listen(at.host, at.port, log)
+    log.info('metrics listening', { at: formatEndpoint({ host: at.host, port }) })
+    return metrics
+  } catch (err) {
+    metrics.close()
+    throw new NatdError('PORT_IN_USE', `cannot serve metrics on ${formatEndpoint(at)}: ${(err as Error).message}`, { cause: err })
   }
 }

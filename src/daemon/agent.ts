@@ -34,7 +34,7 @@ import { lanEndpoints, NatMonitor } from './nat-monitor.js'
 import { TunnelHost, type ChannelHandler } from './tunnel-host.js'
 import { globalV6Addresses, openV6Socket, socketFor } from './ipv6-socket.js'
 import { apiHandlers, peerInfo, type AgentParts } from './api-handlers.js'
-import { AgentMetrics, type TunnelFigures } from './agent-metrics.js'
+import { serveAgentMetrics, type AgentMetrics } from './agent-metrics.js'
 import { agentStatus } from './agent-status.js'
 
 /** A path silent this long is dead (the issue asks for ~15 s). */
@@ -227,7 +227,7 @@ export class Agent {
     tunnels.on('path', (t, from) => this.emitTunnel(t, 'up', `path upgraded from ${from}`))
     tunnels.on('migrating', (t, reason) => this.emitTunnel(t, 'migrating', reason))
     tunnels.on('resumed', (t, stalledMs) => this.emitTunnel(t, 'up', `resumed after ${stalledMs} ms`))
-    if (this.init.metrics) await this.serveMetrics(this.init.metrics, tunnels)
+    if (this.init.metrics) this.metrics = await serveAgentMetrics(this.init.metrics, tunnels, this.c.log)
     // A silent tunnel: our own mapping may have changed; the server tells us in a round trip.
     const pathCheck = new PathCheck({
       probe: () => client.probe(),
@@ -289,21 +289,6 @@ export class Agent {
     await nat.start() // the first check before registering, so peers learn our verdict with our endpoint
     this.runLoop = client.run()
     log.info('natd started', { name: this.init.config.name, id: this.id, udpPort: this.localPort, socket: this.init.socketPath })
-  }
-
-  /** natd --metrics: counts the punches and closed tunnels' bytes from here on, serves them on `at`. */
-  private async serveMetrics(at: Endpoint, tunnels: TunnelManager): Promise<void> {
-    const figures = (t: Tunnel): TunnelFigures => ({ path: t.path, bytesIn: t.mux.bytesIn, bytesOut: t.mux.bytesOut })
-    const metrics = new AgentMetrics(() => tunnels.list().map(figures))
-    tunnels.on('punched', (p) => metrics.punched(p))
-    tunnels.on('down', (t) => metrics.tunnelClosed(figures(t)))
-    this.metrics = metrics
-    try {
-      const port = await metrics.listen(at.host, at.port, this.c.log)
-      this.c.log.info('metrics listening', { at: formatEndpoint({ host: at.host, port }) })
-    } catch (err) {
-      throw new NatdError('PORT_IN_USE', `cannot serve metrics on ${formatEndpoint(at)}: ${(err as Error).message}`, { cause: err })
-    }
   }
 
   /** The server reports `p` offline: its tunnel is checked (tunnel-host.ts peerOffline). */

@@ -1,6 +1,6 @@
 /**
  * config.json while natd runs: held in memory, written in the background (atomic, fsync,
- * 0600, one write at a time: common/state-files.ts BackgroundJsonFile). conf reads and
+ * 0600, one write at a time: common/background-json-file.ts). conf reads and
  * validates it at start; after that, a change (a forward, an expose, a peer pinned on
  * first use or by `natctl trust`) must not write on the event loop: conf writes and
  * fsyncs synchronously, and a disk that took 29 s to sync (CI, issue 17) would freeze
@@ -15,7 +15,8 @@
  * write lands: the peer is then pinned on first use again (docs/SECURITY.md). A crash
  * never leaves a torn file (rename of an fsynced temp file).
  */
-import { BackgroundJsonFile, writeFileAtomicAsync, writeJsonAtomic } from '../common/state-files.js'
+import { BackgroundJsonFile } from '../common/background-json-file.js'
+import { writeFileAtomicAsync, writeJsonAtomic } from '../common/state-files.js'
 import { NatdError } from '../protocol/errors.js'
 import { checkStore } from './config-schema.js'
 

@@ -22,6 +22,7 @@ import { PEER_REFUSAL_LOG, RefusalLog } from '../common/refusal-log.js'
 import { fsyncDirAsync } from '../common/state-files.js'
 import { FileBody } from './file-body.js'
 import { MAX_NAME_SUFFIX, partialKey, sanitizeName, suffixedName } from './file-names.js'
+import { PARTIAL_DIR, PartialDir } from './partial-dir.js'
 import { StallWatch } from './stall-watch.js'
 
 /** The receiver waits this long for the OFFER after the channel opens. */
@@ -46,6 +47,8 @@ export const INBOX_FREE_RESERVE = 0.05
 export const NOT_ALLOWED_MESSAGE = 'the receiving agent does not accept files from this key (its user can allow it: natctl files policy --allow)'
 
 const fsync = promisify(fs.fsync)
+const ftruncate = promisify(fs.ftruncate)
+const close = promisify(fs.close)
 
 /**
  * sha256 of a file's bytes [0, end) (the whole file when end is omitted); read through
@@ -78,11 +81,6 @@ export interface StoredFile {
   sha256: string
   transferId: string
 }
-
-export const PARTIAL_DIR = '.partial'
-
-/** S_ISVTX (not in Node's fs.constants): in a sticky directory only an entry's owner renames it. */
-const STICKY = 0o1000
 
 function partialSize(file: string): number {
   try {
@@ -190,21 +188,18 @@ export class FileReceiver {
   ): Promise<void> {
     const peer = tunnel.peer
     const inbox = policy.inbox
-    const partialDir = path.join(inbox, PARTIAL_DIR)
-    fs.mkdirSync(partialDir, { recursive: true, mode: 0o700 })
-    this.checkInbox(inbox)
-    const dirStat = this.checkPartialDir(partialDir)
-    const partial = path.join(partialDir, offer.key)
-    this.prunePartials(partialDir)
+    const partialDir = await PartialDir.open(inbox, this.log)
+    const partial = path.join(partialDir.path, offer.key)
+    this.prunePartials(partialDir.path)
     // Everything about the partial goes through this one descriptor (O_NOFOLLOW: a symlink
     // at its name is nobody's partial); no path is followed again after the checks.
-    const fd = this.openPartial(partial, partialDir, dirStat)
+    const fd = partialDir.openPartial(partial)
     let hash: Awaited<ReturnType<typeof hashFile>>
     let offset: number
     try {
       offset = fs.fstatSync(fd).size
       if (offset > offer.size) {
-        fs.ftruncateSync(fd, 0)
+        await ftruncate(fd, 0)
         offset = 0
       }
       this.checkRoom(inbox, ch, offer, offset)
@@ -212,7 +207,7 @@ export class FileReceiver {
     } catch (err) {
       const empty = fs.fstatSync(fd).size === 0
       fs.closeSync(fd)
-      if (empty) fs.rmSync(partial, { force: true }) // refused before any byte: nothing to resume
+      if (empty) await fsp.rm(partial, { force: true }) // refused before any byte: nothing to resume
       throw err
     }
     ch.write(encodeTransfer({ type: 'accept', offset }))
@@ -240,14 +235,15 @@ export class FileReceiver {
     } catch (err) {
       body.fail(err as Error)
       await body.settled()
+      const e = err as NodeJS.ErrnoException
+      if (!stalled && (e.code === 'ENOSPC' || e.code === 'EDQUOT')) {
+        watch.stop() // the REFUSE says NO_SPACE, not a stall while the partial goes
+        await this.discard(fd, partial)
+        throw new NatdError('NO_SPACE', 'the receiver\'s disk is full; nothing was kept', { cause: err })
+      }
       const have = fs.fstatSync(fd).size
       fs.closeSync(fd)
       if (stalled) throw stalled
-      const e = err as NodeJS.ErrnoException
-      if (e.code === 'ENOSPC' || e.code === 'EDQUOT') {
-        fs.rmSync(partial, { force: true })
-        throw new NatdError('NO_SPACE', 'the receiver\'s disk is full; nothing was kept', { cause: err })
-      }
       // The path is gone: keep the partial, so the next attempt resumes.
       this.log.info('file transfer interrupted', { peer: peer.name, name: offer.name, have, size: offer.size })
       throw toNatdError(err, 'TUNNEL_CLOSED')
@@ -257,14 +253,13 @@ export class FileReceiver {
     }
     const sha256 = hash.digest()
     if (!sha256.equals(theirs)) {
-      fs.closeSync(fd)
-      fs.rmSync(partial, { force: true })
+      await this.discard(fd, partial)
       throw new NatdError('CORRUPT', `the bytes received do not match the sha256 of ${offer.name}; nothing was kept, send it again`)
     }
     try {
       await fsync(fd) // in the thread pool: durable before DONE says so
       // place() links and removes by path: only while the path still leads to our descriptor's file.
-      this.checkStillOurs(partial, partialDir, dirStat, fd)
+      partialDir.checkStillOurs(partial, fd)
     } finally {
       fs.closeSync(fd)
     }
@@ -273,6 +268,22 @@ export class FileReceiver {
     const stored: StoredFile = { name: path.basename(final), path: final, size: offer.size, sha256: sha256.toString('hex'), transferId: offer.transferId }
     await this.onStored(stored, peer)
     ch.end(encodeTransfer({ type: 'done', name: stored.name }))
+  }
+
+  /**
+   * Drops a partial nobody may resume (its bytes are wrong, or the disk is full), off the
+   * event loop. It is emptied through its descriptor first, so that while the removal runs
+   * (or if it fails) no one finds those bytes: not natctl files --partial, not a next
+   * attempt. The caller still holds the transfer's key (`active`) and refuses only after
+   * this, so a next attempt of the same transfer starts once the partial is gone.
+   */
+  private async discard(fd: number, partial: string): Promise<void> {
+    try {
+      await ftruncate(fd, 0)
+    } finally {
+      await close(fd)
+    }
+    await fsp.rm(partial, { force: true })
   }
 
   /** Partials in `inbox`: what natctl files --partial lists. */
@@ -321,63 +332,6 @@ export class FileReceiver {
       this.log.error('cannot read back a partial file to resume it', { peer, name, partial, have: offset, err: (err as Error).message })
       throw new NatdError('PARTIAL_UNREADABLE', `the receiver cannot read back the ${offset} bytes of ${name} it already holds; its operator must check its inbox (its log says why)`, { cause: err })
     }
-  }
-
-  /**
-   * The inbox itself must not let others rename entries: whoever may write it could move
-   * natd's `.partial` away and put a symlink to any directory in its place between our
-   * check and our open (O_NOFOLLOW guards only the last component), and natd would create,
-   * truncate and append `<dir>/<key>` with its rights. So group and others may not write
-   * it, unless it is natd's own and sticky (then only natd renames natd's entries).
-   */
-  private checkInbox(inbox: string): void {
-    const uid = process.getuid?.()
-    if (uid === undefined) return
-    const st = fs.statSync(inbox) // the operator's choice (natd --inbox): a symlink to it is theirs
-    if ((st.mode & 0o022) === 0 || ((st.mode & STICKY) !== 0 && st.uid === uid)) return
-    this.log.error('the inbox is writable by others, who could swap its partial-file directory: no file is received until its operator removes group and other write access (or makes it natd\'s own sticky directory)', { inbox, uid: st.uid, mode: (st.mode & 0o7777).toString(8) })
-    throw new NatdError('PARTIAL_UNREADABLE', 'the receiver\'s inbox is not safe to write; its operator must check it (its log says why)')
-  }
-
-  /**
-   * Opens (or creates) the partial for reading and appending, never through a symlink, and
-   * checks that `.partial` is still the directory that was checked (same device and inode),
-   * so the descriptor cannot be one a swapped directory led to.
-   */
-  private openPartial(partial: string, dir: string, checked: fs.Stats): number {
-    const fd = fs.openSync(partial, fs.constants.O_RDWR | fs.constants.O_APPEND | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW, 0o600)
-    try {
-      this.checkStillOurs(partial, dir, checked, fd)
-    } catch (err) {
-      fs.closeSync(fd)
-      throw err
-    }
-    return fd
-  }
-
-  /** PARTIAL_UNREADABLE unless `.partial` is the directory checked and `partial` in it is the file open at `fd`. */
-  private checkStillOurs(partial: string, dir: string, checked: fs.Stats, fd: number): void {
-    const same = (a: fs.Stats | undefined, b: fs.Stats): boolean => a !== undefined && a.dev === b.dev && a.ino === b.ino
-    const now = fs.lstatSync(dir, { throwIfNoEntry: false })
-    const open = fs.fstatSync(fd)
-    if (now?.isDirectory() && same(now, checked) && open.isFile() && same(fs.lstatSync(partial, { throwIfNoEntry: false }), open)) return
-    this.log.error('the inbox\'s partial-file directory changed under a transfer: no file is received until its operator checks the inbox', { dir })
-    throw new NatdError('PARTIAL_UNREADABLE', 'the receiver\'s inbox is not safe to write; its operator must check it (its log says why)')
-  }
-
-  /**
-   * The partials' directory must be natd's alone: a directory (not a symlink) of natd's
-   * uid that group and others cannot write. The inbox may be a directory the operator
-   * shares (natd --inbox); a local user who made `.partial` there first could plant a
-   * symlink at a partial's name (the sender's ID and transfer ID: predictable), and natd
-   * would hash, truncate or append to the file it points at with natd's rights.
-   */
-  private checkPartialDir(dir: string): fs.Stats {
-    const st = fs.lstatSync(dir)
-    const uid = process.getuid?.()
-    if (st.isDirectory() && (uid === undefined || st.uid === uid) && (st.mode & 0o022) === 0) return st
-    this.log.error('the inbox\'s partial-file directory is not natd\'s own: no file is received until its operator removes it', { dir, uid: st.uid, mode: (st.mode & 0o7777).toString(8), symlink: st.isSymbolicLink() })
-    throw new NatdError('PARTIAL_UNREADABLE', 'the receiver\'s inbox is not safe to write; its operator must check it (its log says why)')
   }
 
   /** Removes partials nobody came back for in PARTIAL_MAX_AGE_MS (never one being received). */

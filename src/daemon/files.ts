@@ -34,7 +34,8 @@ import { admits, isCurrent, migrateAllowEntry, type AllowEntry } from './allow-l
 import { FileReceiver, sendFile, STALL_TIMEOUT_MS, type ReceivePolicy } from './file-transfer.js'
 import type { KnownPeers } from './known-peers.js'
 import { durableWithin } from './config-json.js'
-import { BackgroundJsonFile, readJson, readJsonLines, StateLog, writeFileAtomicAsync, writeJsonAtomic, type StateLogIo } from '../common/state-files.js'
+import { BackgroundJsonFile } from '../common/background-json-file.js'
+import { readJson, readJsonLines, StateLog, writeFileAtomicAsync, writeJsonAtomic, type StateLogIo } from '../common/state-files.js'
 
 export { FILE_SERVICE } from './file-transfer.js'
 /** Largest file accepted unless `natctl files policy --max-size` says otherwise. */
@@ -242,8 +243,7 @@ export class Files {
 
   private receivePolicy(): ReceivePolicy {
     const allow = this.stored.allow
-    const inbox = this.inbox
-    fs.mkdirSync(inbox, { recursive: true, mode: 0o700 })
+    const inbox = this.inbox // made (0700) by the receiver with its partials' directory, off the event loop
     return {
       allowed: (peer) => admits(allow, peer),
       maxSizeBytes: this.stored.maxSizeBytes,

@@ -12,7 +12,7 @@ import { untrustedPath } from './trusted-file.js'
  * first use. conf writes config.json synchronously with an fsync, on the event loop; in
  * CI a 1 KB config write right after start once waited over 29 s for a busy disk, and
  * the agent neither registered nor answered natctl meanwhile. This file is written in
- * the background (common/state-files.ts BackgroundJsonFile), so no disk write lies
+ * the background (common/background-json-file.ts), so no disk write lies
  * between natd's start and its registration. A crash before it lands costs the lesson:
  * the next start takes a port again, or pins the server's key on first use again.
  */

@@ -15,10 +15,10 @@
 import { EventEmitter } from 'node:events'
 import { formatEndpoint, sameEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { NatdError, toNatdError } from '../protocol/errors.js'
-import { peerId, secretProof, sign, timingSafeEqual, type KeyPair } from '../protocol/identity.js'
+import { peerId, timingSafeEqual, type KeyPair } from '../protocol/identity.js'
 import type { TimerClock } from '../protocol/clock.js'
 import type { Logger } from '../protocol/log.js'
-import { encodeRegister, encodeRegisterUnsigned, type Message, type NatVerdict, type OutgoingMessage, type PeerDownReason, type PeerRecord, type Via } from '../protocol/rendezvous.js'
+import type { Message, NatVerdict, OutgoingMessage, PeerDownReason, PeerRecord, Via } from '../protocol/rendezvous.js'
 import type { Introduction } from '../tunnel/paths.js'
 import { ControlConnection, serverError, TCP_REGISTER_TIMEOUT_MS, URGENT_CONNECT_TIMEOUT_MS } from './control-connection.js'
 import { PathProbe, type ProbeResult } from './path-probe.js'
@@ -27,6 +27,7 @@ import { rankServers } from './server-choice.js'
 import { reconnectDelay } from './reconnect-policy.js'
 import { logClientMove, type ClientState } from './client-state.js'
 import { ServerHeartbeats, type HeartbeatAck, type UdpSender } from './server-heartbeats.js'
+import { signedRegister } from './signed-register.js'
 
 // The UDP side (heartbeats and their acks) lives in server-heartbeats.ts; re-exported here.
 export { UDP_REQUEST_TIMEOUT_MS, UDP_REQUEST_TRIES, UNSEALED_LOG_MS, type UdpSender } from './server-heartbeats.js'
@@ -231,21 +232,6 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
     throw lastErr
   }
 
-  private signedRegister(nonce: Uint8Array, serverTime: number): Buffer {
-    const publicKey = this.c.keyPair.publicKey
-    const unsigned = encodeRegisterUnsigned({
-      nonce,
-      time: serverTime,
-      publicKey,
-      name: this.init.name,
-      tcpPort: this.init.tcpPort,
-      nat: this.c.nat(),
-      lan: this.c.lan(),
-      proof: this.init.secretKey ? secretProof(this.init.secretKey, nonce, publicKey) : new Uint8Array(0)
-    })
-    return encodeRegister(unsigned, sign(unsigned, this.c.keyPair.secretKey))
-  }
-
   private async registerTcp(server: Endpoint): Promise<Endpoint | null> {
     const expected = this.init.server.key ?? this.c.serverKey.expected()
     const howToRepin = `start natd with --server ${this.init.server.text}#<its key> to pin it`
@@ -267,7 +253,8 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
   }
 
   private async register(control: ControlConnection): Promise<Endpoint | null> {
-    const reg = await control.register((nonce, serverTime) => this.signedRegister(nonce, serverTime))
+    const { name, tcpPort, secretKey } = this.init
+    const reg = await control.register((nonce, serverTime) => signedRegister({ keyPair: this.c.keyPair, name, tcpPort, secretKey, nat: this.c.nat(), lan: this.c.lan() }, nonce, serverTime))
     this.heartbeats.registered(reg.token, reg.udpKey, reg.server6)
     this.lookupSupported = reg.lookup
     return reg.observed

@@ -5,7 +5,7 @@
  */
 import fs from 'node:fs'
 import path from 'node:path'
-import { BackgroundJsonFile } from '../common/state-files.js'
+import { BackgroundJsonFile } from '../common/background-json-file.js'
 
 /** The file in the state directory that remembers a gateway answering none of the protocols. */
 export const PORTMAP_CACHE_FILE = 'portmap.json'

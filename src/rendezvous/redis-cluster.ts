@@ -22,7 +22,6 @@
  * it sees peer records, names and introductions' punch keys. Still, whatever comes back
  * from it is parsed and bounded like wire input, so a corrupt key cannot crash a server.
  */
-import { createClient } from '@redis/client'
 import type { Endpoint } from '../protocol/endpoint.js'
 import { NatdError } from '../protocol/errors.js'
 import { base32Bytes, randomBytes } from '../protocol/identity.js'
@@ -33,6 +32,7 @@ import type { Cluster, ClusterHandlers, RemoteIntroduction, RemotePeer } from '.
 import { RECORD_REFRESH_MS, RECORD_TTL_MS, RecordWriter, type Client } from './redis-record-writer.js'
 import { BATCH, hex, introductionJson, MAX_MESSAGE_CHARS, parseIntroduction, parseRecord, recordFromJson } from './redis-records.js'
 import { reapDead } from './redis-reaper.js'
+import { REDIS_TIMEOUT_MS, redisConnection } from './redis-connection.js'
 import { BEAT_SCRIPT, CLAIM_SCRIPT, KEY_PREFIX, RELEASE_SCRIPT } from './redis-scripts.js'
 import { systemTimers, type Timer, type Timers } from './timers.js'
 
@@ -56,10 +56,6 @@ export const BEAT_MS = 2_500
 export const BEAT_TIMEOUT_MS = 2_000
 /** Records of registrations and moves are written this often, in one pipeline. */
 export const FLUSH_MS = 500
-/** A Redis command that has not answered by then fails: the server then serves what it holds. */
-export const REDIS_TIMEOUT_MS = 1_000
-/** Reconnect backoff cap while Redis is down. */
-export const RECONNECT_MAX_MS = 2_000
 
 const P = KEY_PREFIX
 
@@ -116,20 +112,9 @@ export class RedisCluster implements Cluster {
     this.monotonic = components.monotonic ?? monotonicClock
     this.timers = components.timers ?? systemTimers
     this.lastRecordRefresh = this.readyAt = this.clock.now()
-    const reconnectStrategy = (retries: number): number => Math.min(100 * 2 ** Math.min(retries, 5), RECONNECT_MAX_MS)
-    this.client = createClient({
-      url: init.url,
-      disableOfflineQueue: true, // while Redis is down a command fails at once: the caller serves locally
-      commandOptions: { timeout: REDIS_TIMEOUT_MS, rejectInFlight: true },
-      socket: { connectTimeout: REDIS_TIMEOUT_MS, reconnectStrategy }
-    })
+    this.client = redisConnection(init.url, REDIS_TIMEOUT_MS)
     this.sub = this.client.duplicate()
-    this.beat = createClient({
-      url: init.url,
-      disableOfflineQueue: true,
-      commandOptions: { timeout: BEAT_TIMEOUT_MS, rejectInFlight: true },
-      socket: { connectTimeout: BEAT_TIMEOUT_MS, reconnectStrategy }
-    })
+    this.beat = redisConnection(init.url, BEAT_TIMEOUT_MS)
     for (const c of [this.client, this.sub, this.beat]) {
       c.on('error', (err: Error) => this.onRedisError(err))
     }

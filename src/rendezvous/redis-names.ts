@@ -12,7 +12,7 @@
 import { createClient } from '@redis/client'
 import { KEY_BYTES } from '../protocol/rendezvous.js'
 import type { NameBinding } from './name-store.js'
-import { REDIS_TIMEOUT_MS } from './redis-cluster.js'
+import { REDIS_TIMEOUT_MS } from './redis-connection.js'
 import { KEY_PREFIX as P } from './redis-scripts.js'
 
 /** Keys per SCAN step (Redis's hint: how much work one call does). */

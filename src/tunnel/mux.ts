@@ -11,15 +11,17 @@
  * or relayed path.
  */
 import { EventEmitter } from 'node:events'
-import { systemClock, type Timer, type TimerClock } from '../protocol/clock.js'
+import { systemClock, type TimerClock } from '../protocol/clock.js'
 import { NatdError } from '../protocol/errors.js'
 import type { Logger } from '../protocol/log.js'
 import { decodeMux, encodeMux, isSequenced, MUX, type MuxFrame } from '../protocol/mux.js'
+import { AckPacer } from './ack-pacer.js'
 import { InflightCap, RTT_PROBE_SEQ } from './inflight-cap.js'
 import { consumerFailed, guarded } from './consumer-guard.js'
 import { CHANNEL_WINDOW_BYTES, MuxChannel } from './mux-channel.js'
 import { ReplayBuffer } from './replay-buffer.js'
-import { readMessages } from './session-reader.js'
+import { SendTurns } from './send-turns.js'
+import { SessionReads } from './session-reads.js'
 import { sealedWriter, type FrameWriter } from './session-writer.js'
 
 /** Most channels open at once per tunnel (each one is a forwarded connection). */
@@ -44,23 +46,6 @@ export const REPLAY_HARD_MAX_BYTES = 2 * REPLAY_MAX_BYTES
  * sent, without limit (test/abuse/mux.test.ts). An honest peer pings about once a second.
  */
 export const MAX_PONGS_UNDRAINED = 1_024
-
-/** We acknowledge after this many sequenced frames … */
-export const ACK_EVERY_FRAMES = 32
-/**
- * … or this many bytes of them (four full DATA frames: the sender keeps at most
- * INFLIGHT_FLOOR_BYTES in flight on a LAN, inflight-cap.ts, and must hear of the first
- * bytes long before the last are read) …
- */
-export const ACK_EVERY_BYTES = 256 * 1024
-/** … or this long after the first frame not yet acknowledged (coalesces ACKs of small frames). */
-export const ACK_DELAY_MS = 20
-/**
- * Bytes of channel data a waiting channel may send when its turn comes before the next
- * waiting channel's turn (one full DATA frame): a bulk transfer and a 1-byte request that
- * both wait for the session take turns, the request is not behind all of the bulk's.
- */
-export const TURN_BYTES = 64 * 1024 + 5
 
 /**
  * The session: a message-preserving duplex (secret-stream). write() may hold `buf` until
@@ -98,12 +83,8 @@ interface MuxEvents {
 export class Mux extends EventEmitter<MuxEvents> {
   private readonly channels = new Map<number, MuxChannel>()
   private nextId: number
-  /** Channels waiting for the session (or the in-flight limit), in turn order. */
-  private drainWaiters: Array<(err?: Error | null) => void> = []
-  /** wake() is handing out turns. */
-  private waking = false
-  /** Bytes the channel whose turn it is may still send (Infinity outside a turn). */
-  private turnLeft = Infinity
+  /** Channels waiting for the session (or the in-flight limit) take turns. */
+  private readonly turns = new SendTurns(() => this.congested)
   /**
    * The session's last write() returned false and its 'drain' has not come yet. Tracked
    * from write()'s result because secret-stream is a streamx stream, which has no
@@ -117,29 +98,15 @@ export class Mux extends EventEmitter<MuxEvents> {
   private readonly replay = new ReplayBuffer()
   /** How much of the replay buffer may be in flight before channel data waits (inflight-cap.ts). */
   private readonly inflight: InflightCap
-  /** Sequenced frames received in all. */
-  private received = 0
-  private unackedFrames = 0
-  private unackedBytes = 0
-  private ackTimer: Timer | null = null
+  /** When we acknowledge the peer's sequenced frames. */
+  private readonly acks: AckPacer
   /** PONGs sent since the session last had no drain pending (MAX_PONGS_UNDRAINED). */
   private pongsUndrained = 0
-  /**
-   * An ACK came due while the session waited for a drain: it goes out (with the count
-   * then) once the session drains. ACKs are cumulative, so one carries all held back; a
-   * peer that sends and never reads got one ACK per 32 frames queued (~3% of what it sent).
-   */
-  private ackOwed = false
 
   /** Where we write; on a path upgrade the next session; null once detached for a resume. */
   private session: MessageStream | null
-  /** Where we read: the old session until the peer's SWITCH, then the next; null in between. */
-  private reading: MessageStream | null
-  /** The next session, attached but not yet read (its frames wait in `early`). */
-  private next: MessageStream | null = null
-  private early: Buffer[] = []
-  /** The peer's SWITCH came before we attached the next session. */
-  private peerSwitched = false
+  /** Where we read (the old session until the peer's SWITCH on a path upgrade). */
+  private readonly reads: SessionReads
   /** How frames reach each session (sealed by us when it is a secret-stream; else its write()). */
   private readonly writers = new WeakMap<MessageStream, FrameWriter>()
 
@@ -152,10 +119,22 @@ export class Mux extends EventEmitter<MuxEvents> {
   ) {
     super()
     this.inflight = new InflightCap(clock, REPLAY_MAX_BYTES)
+    this.acks = new AckPacer(
+      clock,
+      () => this.needDrain && this.session !== null,
+      (received) => this.send({ type: 'ack', channel: 0, received })
+    )
     this.session = session
-    this.reading = session
     this.nextId = opener ? 1 : 2
-    readMessages(session, (buf) => this.onSessionData(session, buf))
+    // A listener that throws (ours or the daemon's, on a frame's event) ends this tunnel, not natd.
+    this.reads = new SessionReads(session, (buf) =>
+      guarded(
+        this.log,
+        'tunnel',
+        () => this.onMessage(buf),
+        () => this.emit('broken', consumerFailed().message)
+      )
+    )
   }
 
   /**
@@ -166,45 +145,22 @@ export class Mux extends EventEmitter<MuxEvents> {
   switchTo(next: MessageStream): void {
     if (this.closed || !this.session) return
     this.send({ type: 'switch', channel: 0 })
-    const waiters = this.drainWaiters.splice(0)
+    const waiters = this.turns.takeAll()
     this.session = next
     this.needDrain = false
     this.inflight.reset()
-    if (this.ackOwed) this.sendAck() // on the new session: the count is cumulative
+    this.acks.sendOwed() // on the new session: the count is cumulative
     for (const w of waiters) this.whenWritable(w)
-    if (this.peerSwitched) this.reading = next
-    else this.next = next
-    readMessages(next, (buf) => this.onSessionData(next, buf))
+    this.reads.attach(next)
   }
 
   /** Our SWITCH went out and the peer's has not come yet: another switchTo() must wait for 'switched'. */
   get switchPending(): boolean {
-    return this.next !== null
-  }
-
-  private onSessionData(from: MessageStream, buf: Buffer): void {
-    // A listener that throws (ours or the daemon's, on a frame's event) ends this tunnel, not natd.
-    guarded(
-      this.log,
-      'tunnel',
-      () => {
-        if (from === this.reading) this.onMessage(buf)
-        else if (from === this.next) this.early.push(buf)
-      },
-      () => this.emit('broken', consumerFailed().message)
-    )
+    return this.reads.switchPending
   }
 
   private onSwitch(): void {
-    const old = this.reading
-    if (this.next) {
-      this.reading = this.next
-      this.next = null
-      for (const b of this.early.splice(0)) this.onMessage(b)
-    } else {
-      this.peerSwitched = true
-      this.reading = null
-    }
+    const old = this.reads.onSwitch()
     if (old) this.emit('switched', old)
   }
 
@@ -236,12 +192,11 @@ export class Mux extends EventEmitter<MuxEvents> {
   close(reason: string): void {
     if (this.closed) return
     this.closed = true
-    this.clock.clear(this.ackTimer)
-    this.ackTimer = null
+    this.acks.stop()
     const err = new NatdError('TUNNEL_CLOSED', reason)
     for (const ch of [...this.channels.values()]) ch.destroy(err)
     this.channels.clear()
-    for (const w of this.drainWaiters.splice(0)) w(err)
+    for (const w of this.turns.takeAll()) w(err)
   }
 
   /** @internal */
@@ -259,7 +214,7 @@ export class Mux extends EventEmitter<MuxEvents> {
     const before = this.replay.bytes
     if (sequenced) {
       this.replay.push(buf)
-      this.turnLeft -= buf.length
+      this.turns.spent(buf.length)
       if (this.replay.bytes > REPLAY_HARD_MAX_BYTES) {
         this.emit('broken', `the peer left ${this.replay.bytes} bytes unacknowledged (more than ${REPLAY_HARD_MAX_BYTES})`)
         return
@@ -290,32 +245,12 @@ export class Mux extends EventEmitter<MuxEvents> {
     w.onceDrain(() => {
       if (session !== this.session) return // switched away: the new session's state counts
       this.needDrain = false
-      if (this.ackOwed) this.sendAck()
+      this.acks.sendOwed()
       // The peer reads again: its PINGs count afresh. Under a saturated send needDrain is
       // set again before the next PING comes, so onPing alone would never reset the count.
       this.pongsUndrained = 0
-      this.wake()
+      this.turns.wake()
     })
-  }
-
-  /**
-   * Gives waiting channels their turns, in order, while the session can take more: each
-   * may send TURN_BYTES, then waits at the back (mayPush) if others wait. A channel that
-   * waits alone sends on without turns.
-   */
-  private wake(): void {
-    if (this.waking) return
-    this.waking = true
-    try {
-      while (this.drainWaiters.length > 0 && !this.congested) {
-        const w = this.drainWaiters.shift()!
-        this.turnLeft = TURN_BYTES
-        w()
-      }
-    } finally {
-      this.waking = false
-      this.turnLeft = Infinity
-    }
   }
 
   /**
@@ -335,20 +270,15 @@ export class Mux extends EventEmitter<MuxEvents> {
     return this.needDrain || this.replay.bytes >= this.inflight.limit || !this.session || this.session.destroyed
   }
 
-  /**
-   * @internal channel data may be sent now: not congested, and no channel waits ahead of
-   * the caller (outside wake() nobody waits unless congested; in a turn, the channel whose
-   * turn it is has TURN_BYTES).
-   */
+  /** @internal channel data may be sent now (send-turns.ts). */
   get mayPush(): boolean {
-    return !this.congested && (this.drainWaiters.length === 0 || this.turnLeft > 0)
+    return this.turns.mayPush
   }
 
   /** @internal calls back once the caller's channel may send (backpressure and turns for every channel). */
   whenWritable(cb: (err?: Error | null) => void): void {
     if (this.closed) return cb(new NatdError('TUNNEL_CLOSED', 'tunnel closed'))
-    if (this.mayPush) return cb()
-    this.drainWaiters.push(cb)
+    this.turns.wait(cb)
   }
 
   /** The in-flight limit and what it was computed from (bench, tests). */
@@ -374,18 +304,10 @@ export class Mux extends EventEmitter<MuxEvents> {
    */
   detach(): number {
     this.session = null
-    this.reading = null
-    this.next = null
-    this.early = []
-    this.peerSwitched = false
+    this.reads.detach()
     this.needDrain = false
     this.inflight.reset()
-    this.clock.clear(this.ackTimer)
-    this.ackTimer = null
-    this.unackedFrames = 0
-    this.unackedBytes = 0
-    this.ackOwed = false // the RESUME carries the count
-    return this.received
+    return this.acks.detach() // the RESUME carries the count
   }
 
   /**
@@ -396,31 +318,11 @@ export class Mux extends EventEmitter<MuxEvents> {
   resumeOn(next: MessageStream, peerReceived: number): boolean {
     if (this.closed || !this.replay.ack(peerReceived)) return false
     this.session = next
-    this.reading = next
     this.needDrain = false
-    readMessages(next, (buf) => this.onSessionData(next, buf))
+    this.reads.resumeOn(next)
     for (const frame of this.replay.pending()) this.writeTo(next, frame)
-    this.wake()
+    this.turns.wake()
     return true
-  }
-
-  private onSequenced(bytes: number): void {
-    this.received++
-    this.unackedFrames++
-    this.unackedBytes += bytes
-    if (this.unackedFrames >= ACK_EVERY_FRAMES || this.unackedBytes >= ACK_EVERY_BYTES) this.sendAck()
-    else this.ackTimer ??= this.clock.setTimeout(() => this.sendAck(), ACK_DELAY_MS)
-  }
-
-  /** Sends our cumulative ACK now, or once the session drains (ackOwed). */
-  private sendAck(): void {
-    this.clock.clear(this.ackTimer)
-    this.ackTimer = null
-    this.unackedFrames = 0
-    this.unackedBytes = 0
-    this.ackOwed = this.needDrain && this.session !== null
-    if (this.ackOwed) return
-    this.send({ type: 'ack', channel: 0, received: this.received })
   }
 
   private onAck(received: number): void {
@@ -430,7 +332,7 @@ export class Mux extends EventEmitter<MuxEvents> {
       return
     }
     this.inflight.onAcked(before - this.replay.bytes)
-    this.wake()
+    this.turns.wake()
   }
 
   private onPing(seq: number): void {
@@ -442,7 +344,7 @@ export class Mux extends EventEmitter<MuxEvents> {
   /** Our probe's PONG: the round trip it gives may raise the limit, and channels waiting at it may send. */
   private onProbePong(): void {
     this.inflight.onProbePong()
-    this.wake()
+    this.turns.wake()
   }
 
   /** @internal */
@@ -452,7 +354,7 @@ export class Mux extends EventEmitter<MuxEvents> {
 
   private onMessage(buf: Buffer): void {
     if (this.closed) return // nothing new starts on a closing tunnel
-    if (isSequenced(buf)) this.onSequenced(buf.length)
+    if (isSequenced(buf)) this.acks.onSequenced(buf.length)
     let f: MuxFrame
     try {
       f = decodeMux(buf)

@@ -14,6 +14,8 @@ interface PendingPing {
 export class TunnelPings {
   private seq = 0
   private readonly pending = new Map<number, PendingPing>()
+  /** The last round trip a ping measured (ms), null before the first. */
+  lastRttMs: number | null = null
 
   constructor(private readonly clock: TimerClock) {}
 
@@ -66,6 +68,7 @@ export class TunnelPings {
     if (!p) return null
     this.pending.delete(seq)
     const rttMs = Math.round((this.clock.hrNow() - p.sent) * 100) / 100
+    this.lastRttMs = rttMs
     p.resolve(rttMs)
     return rttMs
   }

@@ -2,7 +2,8 @@
  * A tunnel's state model (tunnel.ts draws the moves): where it runs, its states, the moves
  * allowed between them, and whether its path moves with a NAT mapping. Pure: no I/O, no timers.
  */
-import { isIPv4, type Endpoint } from '../protocol/endpoint.js'
+import { formatEndpoint, isIPv4, type Endpoint } from '../protocol/endpoint.js'
+import type { Logger } from '../protocol/log.js'
 import type { PathKind, Transport } from '../protocol/tunnel-snapshot.js'
 
 export interface TunnelPeer {
@@ -62,6 +63,20 @@ export interface TunnelEvents {
 export interface MoveCause {
   how?: 'old path' | 'new session' | 'upgrade'
   code?: string | undefined
+}
+
+/** Logs a tunnel's move from `from` to `next` (tunnel.ts transition(), once per move): info, warn when it migrates or closes with a code. */
+export function logMove(log: Logger, tunnel: { peer: string; opener: boolean; now: number }, from: TunnelState, next: TunnelState, cause: MoveCause): void {
+  const peer = tunnel.peer
+  if (next.kind === 'migrating') log.warn('tunnel migrating', { peer, path: next.path, reason: next.reason, opener: tunnel.opener })
+  else if (next.kind === 'closed') {
+    if (cause.code) log.warn(`${cause.code}: tunnel closed`, { peer, path: next.path, reason: next.reason, code: cause.code })
+    else log.info('tunnel closed', { peer, path: next.path, reason: next.reason })
+  } else if (cause.how === 'upgrade') log.info('path upgraded', { peer, from: from.path, to: next.path, remote: formatEndpoint(next.remote) })
+  else {
+    const migratedMs = from.kind === 'migrating' ? tunnel.now - from.since : 0
+    log.info('tunnel resumed', { peer, how: cause.how ?? 'new session', path: next.path, migratedMs })
+  }
 }
 
 /**

@@ -30,7 +30,7 @@ import type { PathKind, Transport, TunnelSnapshot } from '../protocol/tunnel-sna
 import { Mux, type MessageStream } from './mux.js'
 import { PathSilence } from './path-silence.js'
 import { TunnelPings } from './tunnel-pings.js'
-import { canTransition, movesWithMapping, type MoveCause, type TunnelEvents, type TunnelPeer, type TunnelRoute, type TunnelState, type TunnelTiming } from './tunnel-state.js'
+import { canTransition, logMove, movesWithMapping, type MoveCause, type TunnelEvents, type TunnelPeer, type TunnelRoute, type TunnelState, type TunnelTiming } from './tunnel-state.js'
 
 // The silence limits live with their decisions in path-silence.ts; re-exported here.
 export { SUSPECT_SILENT_MS, WAITING_SILENT_MS } from './path-silence.js'
@@ -57,7 +57,6 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
   private readonly silence: PathSilence
   /** A frame of the peer's came (so the responder made its tunnel on the session we chose). */
   private answered = false
-  private rttMs: number | null = null
   private readonly pings: TunnelPings
   private readonly keepalive: Timer
   private readonly liveness: Timer
@@ -73,7 +72,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
 
   /** The last round trip a ping measured, null before the first. */
   get lastRttMs(): number | null {
-    return this.rttMs
+    return this.pings.lastRttMs
   }
   private lastMigratingPing = 0
   /** The tunnel's id for resumes: the id of the introduction that opened it. */
@@ -101,7 +100,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     this.mux = new Mux(session!, opener, log, clock)
     session!.resume() // the responder paused it while it waited for the initiator's choice
     this.mux.on('frame', () => this.onHeard())
-    this.mux.on('pong', (seq) => this.onPong(seq))
+    this.mux.on('pong', (seq) => void this.pings.onPong(seq))
     this.mux.on('goodbye', (reason) => this.close(`peer closed the tunnel (${reason})`, { goodbye: false }))
     this.mux.on('broken', (reason) => this.close(reason, { goodbye: true, code: 'BAD_REQUEST' }))
     this.watch(session!)
@@ -131,21 +130,12 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
    */
   private transition(next: TunnelState, cause: MoveCause = {}): boolean {
     const from = this.current
-    const peer = this.peer.name
     if (!canTransition(from.kind, next.kind)) {
-      this.log.debug('tunnel move refused', { peer, from: from.kind, to: next.kind })
+      this.log.debug('tunnel move refused', { peer: this.peer.name, from: from.kind, to: next.kind })
       return false
     }
     this.current = next
-    if (next.kind === 'migrating') this.log.warn('tunnel migrating', { peer, path: next.path, reason: next.reason, opener: this.opener })
-    else if (next.kind === 'closed') {
-      if (cause.code) this.log.warn(`${cause.code}: tunnel closed`, { peer, path: next.path, reason: next.reason, code: cause.code })
-      else this.log.info('tunnel closed', { peer, path: next.path, reason: next.reason })
-    } else if (cause.how === 'upgrade') this.log.info('path upgraded', { peer, from: from.path, to: next.path, remote: formatEndpoint(next.remote) })
-    else {
-      const migratedMs = from.kind === 'migrating' ? this.clock.now() - from.since : 0
-      this.log.info('tunnel resumed', { peer, how: cause.how ?? 'new session', path: next.path, migratedMs })
-    }
+    logMove(this.log, { peer: this.peer.name, opener: this.opener, now: this.clock.now() }, from, next, cause)
     return true
   }
 
@@ -305,27 +295,30 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
    */
   heardFromPeer(): Promise<void> {
     if (this.answered || this.current.kind === 'closed') return Promise.resolve()
-    return new Promise((resolve) => {
-      const done = (): void => {
-        this.off('answered', done)
-        this.off('closed', done)
-        resolve()
-      }
+    return this.untilClosedOr((done) => {
       this.once('answered', done)
-      this.once('closed', done)
+      return () => this.off('answered', done)
     })
   }
 
   /** Resolves once no switch of ours waits for the peer's (upgrade() refuses a second one meanwhile), or the tunnel closed. */
   switchSettled(): Promise<void> {
     if (!this.mux.switchPending || this.current.kind === 'closed') return Promise.resolve()
+    return this.untilClosedOr((done) => {
+      this.mux.once('switched', done)
+      return () => this.mux.off('switched', done)
+    })
+  }
+
+  /** Resolves when the event `listen` listens for comes (it returns how to stop listening) or the tunnel closes. */
+  private untilClosedOr(listen: (done: () => void) => () => void): Promise<void> {
     return new Promise((resolve) => {
       const done = (): void => {
-        this.mux.off('switched', done)
+        unlisten()
         this.off('closed', done)
         resolve()
       }
-      this.mux.once('switched', done)
+      const unlisten = listen(done)
       this.once('closed', done)
     })
   }
@@ -348,11 +341,6 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
   ping(timeoutMs: number, signal?: AbortSignal): Promise<number> {
     if (this.current.kind === 'closed') return Promise.reject(new NatdError('TUNNEL_CLOSED', 'tunnel closed'))
     return this.pings.start(this.peer.name, timeoutMs, (seq) => this.mux.ping(seq), signal)
-  }
-
-  private onPong(seq: number): void {
-    const rttMs = this.pings.onPong(seq)
-    if (rttMs !== null) this.rttMs = rttMs
   }
 
   private onKeepaliveExpired(): void {
@@ -405,7 +393,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
       id: this.peer.id,
       path: this.path,
       remote: formatEndpoint(this.remote),
-      rttMs: this.rttMs,
+      rttMs: this.pings.lastRttMs,
       bytesIn: this.mux.bytesIn,
       bytesOut: this.mux.bytesOut,
       since: new Date(this.since).toISOString(),

@@ -4,7 +4,8 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { BackgroundJsonFile, removeStaleTemps } from '../../../src/common/state-files.js'
+import { BackgroundJsonFile } from '../../../src/common/background-json-file.js'
+import { removeStaleTemps } from '../../../src/common/state-files.js'
 
 describe('BackgroundJsonFile retries', () => {
   it('a failed write is tried again after each delay, and lands once the disk takes it', async () => {

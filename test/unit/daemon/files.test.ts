@@ -6,6 +6,7 @@
 import { execFileSync } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
 import fs from 'node:fs'
+import fsp from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 import { Readable } from 'node:stream'
@@ -187,6 +188,9 @@ async function offer(w: World, size: number, name: string): Promise<{ type: stri
   return decodeTransfer(await new Promise<Buffer>((resolve) => ch.once('data', resolve))) as { type: string; code?: string; message?: string }
 }
 
+/** Lets the event loop turn (timers, I/O callbacks) for a moment. */
+const turn = (): Promise<void> => new Promise((resolve) => setTimeout(resolve, 20))
+
 /** What natctl cp does for one file (transfer-commands.ts sendOne): open it with our rights, stream it on the data socket. */
 async function send(w: World, p: string, name = ''): Promise<FileSendResult> {
   if (!w.streams.listening) await w.streams.start()
@@ -310,6 +314,43 @@ describe('files', () => {
     expect(fs.existsSync(partial)).toBe(false)
     expect(fs.existsSync(path.join(w.bob.inbox, 'c.bin'))).toBe(false)
     expect(await send(w, f.path)).toMatchObject({ offset: 0, savedAs: 'c.bin' })
+  })
+
+  it('a partial that does not match is emptied at once and removed off the event loop; the sender hears CORRUPT only once it is gone', async () => {
+    const w = world()
+    const f = file(w.tmp, 'slow-rm.bin', 256 * KiB)
+    const partial = putPartial(w, 'slow-rm.bin', f.path, randomBytes(100 * KiB))
+    const rm = fsp.rm.bind(fsp)
+    const held: Array<() => void> = []
+    vi.spyOn(fsp, 'rm').mockImplementation((p, o) => new Promise<void>((resolve, reject) => held.push(() => void rm(p, o).then(resolve, reject))))
+    const rmSync = vi.spyOn(fs, 'rmSync')
+    let settled = false
+    const attempt = send(w, f.path).finally(() => (settled = true))
+    for (let i = 0; i < 100 && held.length === 0; i++) await turn()
+    expect(held).toHaveLength(1)
+    await turn() // the event loop turns while the disk is slow
+    expect(settled).toBe(false)
+    expect(w.bob.partials()).toEqual([expect.objectContaining({ bytes: 0, active: true })]) // never the wrong bytes, not even now
+    held.shift()!()
+    await expect(attempt).rejects.toMatchObject({ code: 'CORRUPT' })
+    expect(fs.existsSync(partial)).toBe(false)
+    expect(rmSync.mock.calls.filter((c) => String(c[0]).startsWith(w.bob.inbox))).toEqual([])
+    vi.restoreAllMocks()
+    expect(await send(w, f.path)).toMatchObject({ offset: 0, savedAs: 'slow-rm.bin', sha256: f.sha256 })
+  })
+
+  it('bob makes its inbox and the partials\' directory (0700) off the event loop when a file comes, not for each channel', async () => {
+    const w = world()
+    const mkdirSync = vi.spyOn(fs, 'mkdirSync')
+    expect(fs.existsSync(w.bob.inbox)).toBe(false)
+    await w.bob.setPolicy({ allow: null, maxSizeBytes: KiB, inbox: null })
+    expect(await offer(w, 10 * KiB, 'refused.bin')).toMatchObject({ type: 'refuse', code: 'TOO_LARGE' })
+    expect(fs.existsSync(w.bob.inbox)).toBe(false) // a refused offer makes nothing
+    const f = file(w.tmp, 'first.bin', 512)
+    expect(await send(w, f.path)).toMatchObject({ savedAs: 'first.bin' })
+    expect(fs.statSync(w.bob.inbox).mode & 0o777).toBe(0o700)
+    expect(fs.statSync(path.join(w.bob.inbox, '.partial')).mode & 0o777).toBe(0o700)
+    expect(mkdirSync.mock.calls.filter((c) => String(c[0]).startsWith(w.bob.inbox))).toEqual([])
   })
 
   it('a partial bob cannot read back is PARTIAL_UNREADABLE before any byte goes, not CORRUPT after the whole file', async () => {
@@ -574,7 +615,6 @@ describe('files', () => {
   it('a stalled disk holds the policy change\'s answer and the received file\'s DONE, not the agent; a failed policy write is STATE_WRITE_FAILED, in effect all the same', async () => {
     const held: Array<{ go: () => void; fail: (err: Error) => void }> = []
     const hold = (write: () => Promise<void>): Promise<void> => new Promise<void>((resolve, reject) => held.push({ go: () => void write().then(resolve, reject), fail: reject }))
-    const turn = (): Promise<void> => new Promise((resolve) => setTimeout(resolve, 20)) // the event loop keeps turning
     const untilHeld = async (): Promise<void> => {
       for (let i = 0; i < 100 && held.length === 0; i++) await turn()
       expect(held.length).toBeGreaterThan(0)

@@ -4,7 +4,7 @@
 // a bottleneck, the replay bound as ceiling, and a pong nobody asked for changing nothing.
 import { describe, expect, it } from 'vitest'
 import { IDLE_INFLIGHT_BYTES, INFLIGHT_FLOOR_BYTES, INFLIGHT_GAIN, InflightCap, RATE_SAMPLES, RTT_PROBE_EVERY_MS, RTT_PROBE_RETRY_MS, RTT_SAMPLES } from '../../../src/tunnel/inflight-cap.js'
-import { ACK_EVERY_BYTES } from '../../../src/tunnel/mux.js'
+import { ACK_EVERY_BYTES } from '../../../src/tunnel/ack-pacer.js'
 import { FakeClock } from '../helpers.js'
 
 const MAX = 16 * 1024 * 1024

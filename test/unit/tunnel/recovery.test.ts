@@ -75,6 +75,26 @@ function setup(punch: (resuming: FakeTunnel | null) => Promise<void> = () => Pro
   return { clock, calls, kept, tunnel, recovery, close: () => (closed = true) }
 }
 
+/**
+ * A TunnelRecovery for s.tunnel whose server answers each introduction with `answer()`:
+ * a refusal when it throws, else an introduction, whose punch resumes s.tunnel.
+ */
+function answering(s: ReturnType<typeof setup>, answer: () => void): TunnelRecovery<FakeTunnel> {
+  return new TunnelRecovery<FakeTunnel>({
+    clock: s.clock,
+    log: silentLogger,
+    introduce: async (_target, via) => {
+      s.calls.push({ at: s.clock.now(), what: 'introduce', via })
+      answer()
+      return { introId: new Uint8Array(16) } as unknown as Introduction
+    },
+    refreshNat: async () => undefined,
+    establish: async () => void (s.tunnel.isMigrating = false),
+    current: (id) => s.kept.get(id),
+    closed: () => false
+  })
+}
+
 describe('TunnelRecovery.resume: a migrating tunnel we opened', () => {
   it('asks the way the tunnel was opened, punches to resume that tunnel, retries after RESUME_RETRY_FIRST_MS then RESUME_ATTEMPT_SPACING_MS after a fast failure\'s start, each attempt twice as long, until it is up', async () => {
     const s = setup()
@@ -150,17 +170,8 @@ describe('TunnelRecovery.resume: a migrating tunnel we opened', () => {
 
   it('backs off on RATE_LIMITED: RESUME_RATE_LIMITED_MS, doubling up to RESUME_RATE_LIMITED_MAX_MS', async () => {
     const s = setup()
-    const recovery = new TunnelRecovery<FakeTunnel>({
-      clock: s.clock,
-      log: silentLogger,
-      introduce: async (_target, via) => {
-        s.calls.push({ at: s.clock.now(), what: 'introduce', via })
-        throw new NatdError('RATE_LIMITED', 'over 120 introductions a minute')
-      },
-      refreshNat: async () => undefined,
-      establish: async () => undefined,
-      current: (id) => s.kept.get(id),
-      closed: () => false
+    const recovery = answering(s, () => {
+      throw new NatdError('RATE_LIMITED', 'over 120 introductions a minute')
     })
     s.tunnel.isMigrating = true
     const start = s.clock.now()
@@ -176,18 +187,8 @@ describe('TunnelRecovery.resume: a migrating tunnel we opened', () => {
   it('while we are not registered again it asks every RESUME_UNREGISTERED_RETRY_MS (nothing is sent meanwhile)', async () => {
     const s = setup()
     let unregistered = 3
-    const recovery = new TunnelRecovery<FakeTunnel>({
-      clock: s.clock,
-      log: silentLogger,
-      introduce: async (_target, via) => {
-        s.calls.push({ at: s.clock.now(), what: 'introduce', via })
-        if (unregistered-- > 0) throw new NatdError('NOT_REGISTERED', 'registering again')
-        return { introId: new Uint8Array(16) } as unknown as Introduction
-      },
-      refreshNat: async () => undefined,
-      establish: async () => void (s.tunnel.isMigrating = false),
-      current: (id) => s.kept.get(id),
-      closed: () => false
+    const recovery = answering(s, () => {
+      if (unregistered-- > 0) throw new NatdError('NOT_REGISTERED', 'registering again')
     })
     s.tunnel.isMigrating = true
     const start = s.clock.now()
@@ -201,18 +202,8 @@ describe('TunnelRecovery.resume: a migrating tunnel we opened', () => {
   it('asks again RESUME_OFFLINE_RETRY_MS after PEER_OFFLINE (the peer registers again), at most RESUME_OFFLINE_FAST_MAX times per migration, then spaced as any failure', async () => {
     const s = setup()
     let offline = RESUME_OFFLINE_FAST_MAX + 2
-    const recovery = new TunnelRecovery<FakeTunnel>({
-      clock: s.clock,
-      log: silentLogger,
-      introduce: async (_target, via) => {
-        s.calls.push({ at: s.clock.now(), what: 'introduce', via })
-        if (offline-- > 0) throw new NatdError('PEER_OFFLINE', 'bob is offline')
-        return { introId: new Uint8Array(16) } as unknown as Introduction
-      },
-      refreshNat: async () => undefined,
-      establish: async () => void (s.tunnel.isMigrating = false),
-      current: (id) => s.kept.get(id),
-      closed: () => false
+    const recovery = answering(s, () => {
+      if (offline-- > 0) throw new NatdError('PEER_OFFLINE', 'bob is offline')
     })
     s.tunnel.isMigrating = true
     const start = s.clock.now()
