@@ -4,7 +4,7 @@ import { systemClock, type TimerClock } from '../protocol/clock.js'
 import { MAX_DATA_BYTES } from '../protocol/mux.js'
 import { MuxChannel } from '../tunnel/mux-channel.js'
 import { HeldSends } from '../tunnel/held-sends.js'
-import { deferToBatchEnd, released } from '../tunnel/delivery-lease.js'
+import { deferToBatchEnd, keptInBatch, released } from '../tunnel/delivery-lease.js'
 import { canReadInto, readInto } from '../tunnel/socket-onread.js'
 import { ChunkStage, SMALL_CHUNK_BYTES } from './chunk-stage.js'
 
@@ -201,9 +201,15 @@ export class SocketGather {
     return buf.length < SMALL_CHUNK_BYTES
   }
 
-  /** Gives the deferred and staged bytes to the socket (before its end()). */
+  /**
+   * Gives the deferred and staged bytes to the socket (before its end()). The peer's FIN
+   * calls this during the reader's batch: the deferred payloads, views into the read's
+   * memory, are written now and the batch's end finds none left, so when the socket
+   * queued them the batch must hear it here (else the reader reads into that memory
+   * again while the socket still refers to it: the application would get other bytes).
+   */
   flush(): void {
-    this.writeDeferred()
+    if (!this.writeDeferred()) keptInBatch()
     this.stage.seal()
   }
 

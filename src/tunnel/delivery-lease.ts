@@ -20,7 +20,10 @@
  * read go to a local socket in one writev (issue 18: the receiving agent's writes to the
  * local socket were 24% of its time, one per 64 KiB frame). Such a delivery counts as
  * released if the consumer calls released(); the write at the batch's end then says
- * whether the kernel took everything, and the read's memory counts as kept if not.
+ * whether the kernel took everything, and the read's memory counts as kept if not. A
+ * consumer that must write its put-off messages before the batch's end (the peer's FIN
+ * among the read's frames ends the socket's writing after them) says so with
+ * keptInBatch() when the kernel did not take them whole.
  */
 let done = false
 /** Inside deliverBatch(): the consumers' writes put off to its end. */
@@ -66,6 +69,15 @@ export function deferToBatchEnd(flush: () => boolean): boolean {
   if (batchEnds === null) return false
   batchEnds.push(flush)
   return true
+}
+
+/**
+ * Within a batch delivery: the consumer wrote messages of this batch before its end and
+ * still refers to their memory (its write was queued), so the batch counts as kept
+ * whatever its end's writes say. Outside a batch: nothing (a write then answers for itself).
+ */
+export function keptInBatch(): void {
+  batchEnds?.push(() => false)
 }
 
 /**

@@ -161,15 +161,18 @@ describe('SocketGather', () => {
     const b = randomBytes(100)
     // The socket queues now: a payload in the next batch is not put off but staged as before.
     expect(deliverBatch(() => expect(out.write(b)).toBe(true))).toBe(true)
-    // A FIN in the same batch as data: flush() writes the data first.
+    // A FIN in the same batch as data: flush() writes the data first, and the batch says
+    // the socket still refers to the read's memory (it queued them).
     const c = randomBytes(STAGE_BYTES)
     const fresh = stalledSocket()
     const out2 = new SocketGather(fresh.sock)
-    deliverBatch(() => {
-      out2.write(c)
+    const free = deliverBatch(() => {
+      expect(out2.write(c)).toBe(true) // put off to the batch's end
       out2.flush()
       fresh.sock.end()
     })
+    expect(fresh.sock.writableLength).toBe(c.length)
+    expect(free).toBe(false)
     for (let i = 0; i < 20; i++) {
       s.release()
       fresh.release()
@@ -177,5 +180,39 @@ describe('SocketGather', () => {
     }
     expect(Buffer.concat(s.got).equals(Buffer.concat([a, b]))).toBe(true)
     expect(Buffer.concat(fresh.got).equals(c)).toBe(true)
+  })
+
+  it('the peer\'s FIN in the same read as data: the read\'s memory is free only if the socket took the data whole, and the application gets the bytes sent', async () => {
+    // The session reader reads the next read into a slab the batch called free: model
+    // that by overwriting the read's memory once the batch is over, if it said free.
+    const deliver = (sock: Writable & { destroyed: boolean }): { free: boolean; sent: Buffer } => {
+      const read = randomBytes(STAGE_BYTES) // a DATA frame, a view into the read's memory
+      const sent = Buffer.from(read)
+      const out = new SocketGather(sock)
+      const free = deliverBatch(() => {
+        expect(out.write(read)).toBe(true) // put off to the batch's end
+        out.flush() // the FIN: MuxChannel.onFin() → endSocket()
+        sock.end()
+      })
+      if (free) read.fill(0)
+      return { free, sent }
+    }
+    const s = stalledSocket()
+    const queued = deliver(s.sock)
+    expect(queued.free).toBe(false) // the socket still refers to the read's memory
+    for (let i = 0; i < 20 && s.sock.writableLength > 0; i++) {
+      s.release()
+      await new Promise((resolve) => setImmediate(resolve))
+    }
+    expect(Buffer.concat(s.got).equals(queued.sent)).toBe(true)
+    // A socket that takes the writev whole at once: free, and what it got was copied by then.
+    const took: Buffer[] = []
+    const fast = new Writable({
+      write: (c: Buffer, _e, cb) => (took.push(Buffer.from(c)), cb()),
+      writev: (cs: Array<{ chunk: Buffer }>, cb) => (cs.forEach((x) => took.push(Buffer.from(x.chunk))), cb())
+    })
+    const whole = deliver(fast as Writable & { destroyed: boolean })
+    expect(whole.free).toBe(true)
+    expect(Buffer.concat(took).equals(whole.sent)).toBe(true)
   })
 })

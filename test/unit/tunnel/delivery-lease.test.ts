@@ -2,7 +2,7 @@
 // that it keeps no reference to the message's memory; anything else, a throw included,
 // counts as kept (the session reader then never reads into that slab again).
 import { describe, expect, it } from 'vitest'
-import { deferToBatchEnd, deliverBatch, deliverLeased, deliverOrKeep, released } from '../../../src/tunnel/delivery-lease.js'
+import { deferToBatchEnd, deliverBatch, deliverLeased, deliverOrKeep, keptInBatch, released } from '../../../src/tunnel/delivery-lease.js'
 
 describe('delivery lease', () => {
   it('kept unless the consumer released during the delivery', () => {
@@ -65,5 +65,12 @@ describe('delivery lease', () => {
     ).toThrow('consumer failed')
     expect(flushed).toBe(1) // what was accepted before the throw is written
     expect(deferToBatchEnd(() => true)).toBe(false)
+  })
+
+  it('keptInBatch(): a consumer that wrote a batch\'s messages before its end and still refers to them makes the batch count as kept', () => {
+    expect(deliverBatch(() => keptInBatch())).toBe(false)
+    expect(deliverBatch(() => void deferToBatchEnd(() => true))).toBe(true) // the next batch starts afresh
+    keptInBatch() // outside a batch: no effect on the next one
+    expect(deliverBatch(() => undefined)).toBe(true)
   })
 })
