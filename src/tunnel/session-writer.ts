@@ -25,7 +25,10 @@
  * behind). write() says false while the socket's 'drain' is due, so the mux stops; what
  * a batch holds beyond that is at most BATCH_BYTES. A batch buffer the kernel took whole
  * in the write call (nothing left in the socket's queue) is used again for the next one
- * (the garbage collector was 14-17% of an agent's time with a buffer per frame).
+ * (the garbage collector was 14-17% of an agent's time with a buffer per frame). While
+ * the socket queues, a batch under half full is written as a copy of its size (flush()),
+ * so a queued write's buffer is at most twice its bytes, and at most one batch buffer
+ * (the one written when the queue was empty) is queued beyond that.
  *
  * Uses secret-stream's internals (`_encrypt`, `_rawStream`, `_writableState`), declared
  * in types/secret-stream.d.ts for the exact version pinned in package.json; a session
@@ -95,7 +98,7 @@ class SealedWriter implements FrameWriter {
     if (raw instanceof net.Socket) return this.batched(raw, encrypt, frame)
     // Over UDX the buffer stays with the stream until the peer acknowledges it: one per frame, no bigger.
     const size = LENGTH_BYTES + frame.length + ABYTES
-    const wire = size >= OWN_WIRE_MIN_BYTES ? Buffer.allocUnsafeSlow(size) : Buffer.allocUnsafe(size)
+    const wire = wireBuffer(size)
     seal(encrypt, frame, wire)
     s.rawBytesWritten += size
     return raw.write(wire)
@@ -133,17 +136,35 @@ class SealedWriter implements FrameWriter {
     this.flush()
   }
 
-  /** Writes the batch to the socket (dropped if the socket is gone: so is the session). */
+  /**
+   * Writes the batch to the socket (dropped if the socket is gone: so is the session).
+   * To a socket that already queues (the peer reads slowly), a batch less than half full
+   * goes as a copy of its size and its buffer stays ours: else every callback's few frames
+   * would keep a whole BATCH_BYTES buffer queued (sixteen 4 KiB frames held 4.2 MiB).
+   */
   private flush(): void {
     const batch = this.batch
     if (!batch) return
     this.batch = null
     const raw = this.session._rawStream
     if (!(raw instanceof net.Socket) || raw.destroyed || raw.writableEnded) return
+    const own = batch.length >= BATCH_BYTES
+    if (own && raw.writableLength > 0 && this.filled * 2 < batch.length) {
+      const copy = wireBuffer(this.filled)
+      batch.copy(copy, 0, 0, this.filled)
+      raw.write(copy)
+      this.spare = batch
+      return
+    }
     raw.write(batch.subarray(0, this.filled))
     // Taken whole by the kernel in this call: libuv holds no reference, the buffer is free.
-    if (raw.writableLength === 0 && batch.length >= BATCH_BYTES) this.spare = batch
+    if (raw.writableLength === 0 && own) this.spare = batch
   }
+}
+
+/** A buffer of `size` for the wire: our own from OWN_WIRE_MIN_BYTES, else from Node's shared pool. */
+function wireBuffer(size: number): Buffer {
+  return size >= OWN_WIRE_MIN_BYTES ? Buffer.allocUnsafeSlow(size) : Buffer.allocUnsafe(size)
 }
 
 /** Frames `message` for the wire into `wire` (LENGTH_BYTES + message + ABYTES): the length, then the sealed message. */
