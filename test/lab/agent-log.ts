@@ -24,7 +24,10 @@ export class AgentLog {
   private closed = false
   private idle: Array<() => void> = []
 
-  constructor(readonly file: string) {
+  readonly file: string
+
+  constructor(file: string) {
+    this.file = file
     this.fd = fs.openSync(file, 'a')
     this.base = fs.fstatSync(this.fd).size
   }
