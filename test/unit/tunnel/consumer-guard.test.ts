@@ -169,15 +169,15 @@ describe('consumer guard: a consumer that throws ends its channel, not natd', ()
     expect(w.b.size).toBe(1)
   })
 
-  it('a listener of the tunnel\'s events that throws (on a PONG): the delivery returns, the tunnel is reported broken', async () => {
+  it('a listener of the tunnel\'s events that throws (on a PONG): the delivery returns, the tunnel is reported broken by us (INTERNAL), not by the peer (BAD_REQUEST)', async () => {
     const w = await world(() => undefined)
-    const broken: string[] = []
-    w.b.on('broken', (reason) => broken.push(reason))
+    const broken: string[][] = []
+    w.b.on('broken', (reason, code) => broken.push([reason, code]))
     w.b.on('pong', () => {
       throw new Error('pong handler bug')
     })
     expect(() => w.toB({ type: 'pong', channel: 0, seq: 1 })).not.toThrow()
-    expect(broken).toEqual(["natd failed taking the channel's data (see its log)"])
+    expect(broken).toEqual([["natd failed taking the channel's data (see its log)", 'INTERNAL']])
     expect(w.logged.filter((l) => l.level === 'error').map((l) => [l.fields?.where, l.fields?.err])).toEqual([['tunnel', 'pong handler bug']])
   })
 })
