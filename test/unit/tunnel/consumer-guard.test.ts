@@ -137,6 +137,26 @@ describe('consumer guard: a consumer that throws ends its channel, not natd', ()
     expect(w.logged.filter((l) => l.level === 'error').map((l) => l.fields?.err)).toEqual(['end handler bug'])
   })
 
+  it('a \'close\' listener that throws: the other \'close\' listeners still run (join\'s onClose and onDone count connections), once() ones once', async () => {
+    const taken: MuxChannel[] = []
+    const w = await world((req) => {
+      req.accept()
+      taken.push(req.channel)
+    })
+    const ch = await open(w, 7, taken)
+    const heard: string[] = []
+    taken[0]!.on('close', () => {
+      throw new Error('close handler bug')
+    })
+    taken[0]!.on('close', () => heard.push('onClose'))
+    taken[0]!.once('close', () => heard.push('onDone'))
+    ch.destroy()
+    await until(() => heard.length === 2, 'the other close listeners')
+    expect(heard).toEqual(['onClose', 'onDone'])
+    expect(taken[0]!.listenerCount('close')).toBe(2) // the once() listener is gone
+    expect(w.logged.filter((l) => l.level === 'error').map((l) => l.fields?.err)).toEqual(['close handler bug'])
+  })
+
   it('a sink (a joined socket, a file) whose data() throws: the channel is reset, the delivery returns', async () => {
     const taken: MuxChannel[] = []
     const w = await world((req) => {
