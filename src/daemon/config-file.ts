@@ -53,12 +53,16 @@ export function readConfigFile(file: string): ConfigFile {
   let text: string
   let fd: number
   try {
-    fd = fs.openSync(file, 'r')
+    // O_NONBLOCK: opening a FIFO (or a device) to read would wait for a writer, and natd's
+    // start with it, forever; it is refused below instead (a regular file reads the same).
+    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK)
   } catch (err) {
     throw new NatdError('INVALID_ARGUMENT', `cannot read the config file ${file}: ${(err as Error).message}`, { cause: err })
   }
   try {
-    const why = untrustedBecause(fs.fstatSync(fd), CONFIG_FILE_RULE)
+    const st = fs.fstatSync(fd)
+    if (!st.isFile()) throw new NatdError('INVALID_ARGUMENT', `the config file ${file} is not a regular file (${st.isDirectory() ? 'a directory' : st.isFIFO() ? 'a FIFO' : 'a device or socket'}): give a JSON file`)
+    const why = untrustedBecause(st, CONFIG_FILE_RULE)
     if (why !== null) throw unsafeState(file, 'the config file', why, CONFIG_FILE_RULE)
     text = fs.readFileSync(fd, 'utf8')
   } catch (err) {

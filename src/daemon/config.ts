@@ -141,7 +141,8 @@ export class StateStore {
   onWriteError: ((err: Error, file: string) => void) | null = null
   /**
    * Problems with the state files found at start that someone should look at (the daemon
-   * logs them as errors; `natctl status` shows them): a learnt.json that did not read. A
+   * logs them as errors; `natctl status` shows them): a learnt.json that did not read;
+   * later, pins of inbound strangers stopped at their cap (known-peers.ts logs that). A
    * state directory or config.json others may write is no warning: the constructor throws
    * UNSAFE_STATE (trusted-file.ts).
    */

@@ -9,28 +9,32 @@ import { isValidName, NAME_RULE } from '../protocol/identity.js'
 import type { Logger } from '../protocol/log.js'
 import { describePeer, isIdPrefix, isPeerId, isTarget, PEER_ID_CHARS, resolvePeer, type PeerRef, type PeerTarget } from '../protocol/peer-ref.js'
 import type { TrustResult } from '../ipc/schema.js'
-import type { PeerPolicy } from '../tunnel/manager.js'
+import type { PeerPolicy, PinSource } from '../tunnel/manager.js'
 import type { StateStore } from './config.js'
 
 export interface KnownPeersComponents {
-  store: Pick<StateStore, 'dir' | 'knownPeer' | 'knownPeers' | 'pinPeer' | 'unpinPeer' | 'pinCount'>
+  store: Pick<StateStore, 'dir' | 'knownPeer' | 'knownPeers' | 'pinPeer' | 'unpinPeer' | 'pinCount' | 'stateWarnings'>
   log: Logger
   /** The peers the rendezvous server lists; rejects when it cannot be asked. */
   serverPeers(): Promise<PeerRef[]>
 }
 
 /**
- * Pins made on first use stop here. Any registered stranger can open a tunnel to us under
- * a fresh name, and each was pinned: config.json grew without bound (~90 bytes a pin), and
+ * Pins made on first use for peers that opened a tunnel to us stop here. Any registered
+ * stranger can open a tunnel to us under a fresh name (or a malicious server introduce
+ * fake peers), and each was pinned: config.json grew without bound (~90 bytes a pin), and
  * each pin rewrote and schema-checked all of it, on the event loop (measured: 1.6 ms a pin
  * at 1,000 pins, 63 ms at 5,000, on a loaded 2-core machine), and a file past
- * CONFIG_JSON_MAX_BYTES would stop natd from starting. Past this, a new name's tunnel
- * works but its key is not pinned (logged once per start); `natctl trust` still pins.
+ * CONFIG_JSON_MAX_BYTES would stop natd from starting. Past this many pins, an inbound
+ * stranger's tunnel works but its key is not pinned (logged once per start, a state
+ * warning in `natctl status`). Pins of peers we chose (tunnels we open, forward targets,
+ * allow entries, `natctl trust`) are never capped: strangers filling the store must not
+ * turn pinning off for them (review 6), and their number is the owner's to decide.
  */
 export const MAX_PINS_ON_FIRST_USE = 4_096
 
 export class KnownPeers implements PeerPolicy {
-  /** The "too many pins" warning was logged (once per start: strangers can make it repeat). */
+  /** The "too many pins" warning was logged and shown (once per start: strangers can make it repeat). */
   private pinsFullLogged = false
 
   constructor(private readonly c: KnownPeersComponents) {}
@@ -88,18 +92,24 @@ export class KnownPeers implements PeerPolicy {
   }
 
   /**
-   * Pins a peer's key to its name on first use, once the handshake proved the key; not
-   * past MAX_PINS_ON_FIRST_USE pins (the tunnel goes on, unpinned: see there).
+   * Pins a peer's key to its name on first use, once the handshake proved the key. A peer
+   * that opened the tunnel to us (`by` 'inbound') is not pinned past MAX_PINS_ON_FIRST_USE
+   * pins (the tunnel goes on, unpinned: see there); a peer we chose always is.
    */
-  pin(peer: PeerRef): void {
+  pin(peer: PeerRef, by: PinSource): void {
     if (this.c.store.knownPeer(peer.name) !== undefined) return
-    if (this.c.store.pinCount >= MAX_PINS_ON_FIRST_USE) {
-      if (!this.pinsFullLogged) this.c.log.warn('peer key not pinned: too many pins', { peer: peer.name, id: peer.id.slice(0, 8), pins: this.c.store.pinCount, max: MAX_PINS_ON_FIRST_USE, hint: 'natctl trust NAME ID pins it; natctl untrust removes pins' })
+    if (by === 'inbound' && this.c.store.pinCount >= MAX_PINS_ON_FIRST_USE) {
+      if (!this.pinsFullLogged) {
+        this.c.log.warn('peer key not pinned: too many pins', { peer: peer.name, id: peer.id.slice(0, 8), pins: this.c.store.pinCount, max: MAX_PINS_ON_FIRST_USE, hint: 'natctl untrust removes pins' })
+        this.c.store.stateWarnings.push(
+          `${MAX_PINS_ON_FIRST_USE} peer keys are pinned: peers that open tunnels to us under new names are no longer pinned on first use (peers we open tunnels to, forward to or allow still are); natctl peers lists the pins, natctl untrust removes them`
+        )
+      }
       this.pinsFullLogged = true
       return
     }
     this.c.store.pinPeer(peer.name, peer.id)
-    this.c.log.info('peer key pinned', { peer: peer.name, id: peer.id.slice(0, 8) })
+    this.c.log.info('peer key pinned', { peer: peer.name, id: peer.id.slice(0, 8), by })
   }
 
   /** `natctl trust NAME ID`: pins out of band; another ID already pinned needs `replace`. */
@@ -141,7 +151,7 @@ export class KnownPeers implements PeerPolicy {
       throw new NatdError('PEER_UNKNOWN', `no key known for ${typed}: the server does not list it and it is not pinned (natctl trust ${isValidName(typed) ? typed : 'NAME'} PEER_ID pins it)`)
     }
     const name = target.name ?? [...pinned, ...listed].find((p) => p.id === target.id && p.name)?.name ?? ''
-    if (target.name !== null) this.pin({ name: target.name, id: target.id })
+    if (target.name !== null) this.pin({ name: target.name, id: target.id }, 'ours')
     return { name, id: target.id }
   }
 }

@@ -7,8 +7,15 @@
  * The rule: owned by natd's uid (or root, where natd did not write it itself), no group or
  * other write bit, a regular file (not a symlink: natd writes its state files itself, by
  * rename), and no larger than the reader's bound (a start never parses megabytes).
+ *
+ * A directory's parents count too (review 6): whoever may rename an entry of a parent could
+ * swap the state directory for their own between our check and our reads. They are walked
+ * like the API socket's (ipc/socket-dir.ts): each owned by root or natd, not writable by
+ * group or others unless sticky (/tmp, /dev/shm: others cannot rename what we own there).
  */
 import fs from 'node:fs'
+import path from 'node:path'
+import { collectDirChain, judgeSocketDirChain } from '../ipc/socket-dir.js'
 import { NatdError } from '../protocol/errors.js'
 
 /** Permission bits that let group or others write. */
@@ -49,7 +56,23 @@ export function untrustedPath(file: string, rule: TrustRule): string | null {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null
     return (err as Error).message
   }
-  return untrustedBecause(st, rule)
+  return untrustedBecause(st, rule) ?? (rule.directory ? untrustedParents(file) : null)
+}
+
+/**
+ * Why a parent of directory `dir` (symlinks resolved: systemd's /var/lib/private) lets
+ * someone else swap `dir` (null: none does). `uid` as in untrustedBecause().
+ */
+export function untrustedParents(dir: string, uid: number | undefined = process.getuid?.()): string | null {
+  if (uid === undefined) return null
+  let parents
+  try {
+    parents = collectDirChain(path.dirname(fs.realpathSync(dir)))
+  } catch (err) {
+    return (err as Error).message
+  }
+  const verdict = judgeSocketDirChain(parents, uid, false)
+  return verdict.kind === 'safe' ? null : `its parent ${verdict.path} ${verdict.reason.replace('not by us', 'not by natd')}, so it could be swapped`
 }
 
 /** Throws UNSAFE_STATE for `file` (what it is, `what`) when untrustedPath() finds a reason, saying how to fix it. */
@@ -60,6 +83,6 @@ export function refuseUntrusted(file: string, what: string, rule: TrustRule): vo
 
 /** The UNSAFE_STATE error for `file`: what it is, why, and how to make it natd's. */
 export function unsafeState(file: string, what: string, why: string, rule: TrustRule): NatdError {
-  const fix = rule.directory ? `make it natd's alone (chown to natd's user, chmod 700 ${file})` : `make it natd's alone (chown to natd's user${rule.rootMayOwn ? ' or root' : ''}, chmod 600 ${file}), or move it away`
+  const fix = rule.directory ? `make it natd's alone (chown to natd's user, chmod 700 ${file}; its parents root's or natd's, chmod go-w)` : `make it natd's alone (chown to natd's user${rule.rootMayOwn ? ' or root' : ''}, chmod 600 ${file}), or move it away`
   return new NatdError('UNSAFE_STATE', `refusing ${what} ${file}: ${why}; whoever may write it could let their key in (exposes, pinned peers) or pin their own server; ${fix}`)
 }

@@ -42,9 +42,17 @@ export interface PeerPolicy {
    * another key, PEER_MISMATCH when it is not `expected` (null: it asked for us).
    */
   check(peer: PeerRef, expected: PeerTarget | null): void
-  /** Pins the peer's key to its name (first use), once the handshake proved the key. */
-  pin(peer: PeerRef): void
+  /**
+   * Pins the peer's key to its name (first use), once the handshake proved the key.
+   * `by`: 'ours' for a peer we chose (a tunnel we opened, a forward's target, an allow
+   * entry: never capped), 'inbound' for a peer that opened a tunnel to us (any stranger
+   * can: those pins are capped, daemon/known-peers.ts).
+   */
+  pin(peer: PeerRef, by: PinSource): void
 }
+
+/** Who made a tunnel whose peer is pinned on first use: we, or the peer (PeerPolicy.pin). */
+export type PinSource = 'ours' | 'inbound'
 
 export interface TunnelManagerComponents extends PathComponents, RaceEntriesComponents {
   /** Asks the rendezvous server to introduce us to `target` (both sides get candidates at once). */

@@ -64,15 +64,28 @@ export class MuxChannel extends Duplex {
    * Every event of the channel goes out here, also those a stream emits on a later tick
    * ('data' once flowing, 'end', 'close', 'drain'), outside the mux's delivery: a listener
    * that throws ends this channel, logged (Mux.consumerThrew, consumer-guard.ts), where its
-   * exception was uncaught and ended natd.
+   * exception was uncaught and ended natd. The event's other listeners still run (review 6):
+   * a 'close' whose first listener threw skipped join's onClose and onDone, and connection
+   * counts leaked. 'error' keeps EventEmitter's own rules (errorMonitor, thrown when unheard).
    */
   override emit(event: string | symbol, ...args: unknown[]): boolean {
-    try {
-      return super.emit(event, ...args)
-    } catch (err) {
-      this.mux.consumerThrew(this, err)
-      return true
+    const listeners = event === 'error' ? [] : this.rawListeners(event)
+    if (listeners.length === 0) {
+      try {
+        return super.emit(event, ...args)
+      } catch (err) {
+        this.mux.consumerThrew(this, err)
+        return true
+      }
     }
+    for (const listener of listeners) {
+      try {
+        Reflect.apply(listener, this, args) // a once() wrapper removes itself, as in EventEmitter.emit
+      } catch (err) {
+        this.mux.consumerThrew(this, err)
+      }
+    }
+    return true
   }
 
   /** @internal the peer accepted, granting `window` bytes. */

@@ -76,8 +76,11 @@ interface MuxEvents {
   frame: []
   /** The peer's SWITCH arrived: it will send nothing more on the old session. */
   switched: [old: MessageStream]
-  /** The peer broke the protocol in a way the tunnel cannot survive (acks for frames never sent). */
-  broken: [reason: string]
+  /**
+   * The tunnel cannot go on: the peer broke the protocol (acks for frames never sent:
+   * BAD_REQUEST), or a consumer of its frames failed here (INTERNAL: not the peer's fault).
+   */
+  broken: [reason: string, code: 'BAD_REQUEST' | 'INTERNAL']
 }
 
 export class Mux extends EventEmitter<MuxEvents> {
@@ -132,7 +135,7 @@ export class Mux extends EventEmitter<MuxEvents> {
         this.log,
         'tunnel',
         () => this.onMessage(buf),
-        () => this.emit('broken', consumerFailed().message)
+        () => this.emit('broken', consumerFailed().message, 'INTERNAL')
       )
     )
   }
@@ -216,7 +219,7 @@ export class Mux extends EventEmitter<MuxEvents> {
       this.replay.push(buf)
       this.turns.spent(buf.length)
       if (this.replay.bytes > REPLAY_HARD_MAX_BYTES) {
-        this.emit('broken', `the peer left ${this.replay.bytes} bytes unacknowledged (more than ${REPLAY_HARD_MAX_BYTES})`)
+        this.emit('broken', `the peer left ${this.replay.bytes} bytes unacknowledged (more than ${REPLAY_HARD_MAX_BYTES})`, 'BAD_REQUEST')
         return
       }
     }
@@ -328,7 +331,7 @@ export class Mux extends EventEmitter<MuxEvents> {
   private onAck(received: number): void {
     const before = this.replay.bytes
     if (!this.replay.ack(received)) {
-      this.emit('broken', 'the peer acknowledged frames never sent')
+      this.emit('broken', 'the peer acknowledged frames never sent', 'BAD_REQUEST')
       return
     }
     this.inflight.onAcked(before - this.replay.bytes)

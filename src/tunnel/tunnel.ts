@@ -102,7 +102,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     this.mux.on('frame', () => this.onHeard())
     this.mux.on('pong', (seq) => void this.pings.onPong(seq))
     this.mux.on('goodbye', (reason) => this.close(`peer closed the tunnel (${reason})`, { goodbye: false }))
-    this.mux.on('broken', (reason) => this.close(reason, { goodbye: true, code: 'BAD_REQUEST' }))
+    this.mux.on('broken', (reason, code) => this.close(reason, { goodbye: true, code }))
     this.watch(session!)
     this.keepalive = clock.setInterval(() => this.onKeepaliveExpired(), timing.keepaliveMs)
     this.liveness = clock.setInterval(() => this.onLivenessCheck(), Math.min(LIVENESS_CHECK_MS, timing.keepaliveMs))

@@ -1,5 +1,6 @@
 // The service's config file (src/daemon/config.ts: parseConfigFile, mergeConfig) and the
 // config file's forwards and exposes layered over natctl's in the StateStore.
+import { execFileSync } from 'node:child_process'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -124,6 +125,26 @@ describe('parseConfigFile', () => {
 
   it('readConfigFile says when the file cannot be read', () => {
     expect(errorOf(() => readConfigFile('/nonexistent/natd.json'))).toMatch(/^cannot read the config file \/nonexistent\/natd\.json: ENOENT/)
+  })
+
+  it('readConfigFile refuses a FIFO at once (opening it to read used to wait for a writer: natd never started), and a directory', () => {
+    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'natd-config-fifo-'))
+    try {
+      const fifo = path.join(tmp, 'natd.json')
+      execFileSync('mkfifo', ['-m', '0600', fifo])
+      const refused = (file: string): unknown => {
+        try {
+          readConfigFile(file)
+        } catch (err) {
+          return err
+        }
+        return null
+      }
+      expect(refused(fifo)).toMatchObject({ code: 'INVALID_ARGUMENT', message: `the config file ${fifo} is not a regular file (a FIFO): give a JSON file` })
+      expect(refused(tmp)).toMatchObject({ code: 'INVALID_ARGUMENT', message: `the config file ${tmp} is not a regular file (a directory): give a JSON file` })
+    } finally {
+      fs.rmSync(tmp, { recursive: true, force: true })
+    }
   })
 
   it('defaultConfigFile is /etc/natd/natd.json only for root or under systemd, and only when it exists', () => {

@@ -76,8 +76,8 @@ describe('KnownPeers', () => {
   })
 
   it('pin keeps the first key (first use); trust --replace is the way to change it', () => {
-    known.pin({ name: 'bob', id: BOB })
-    known.pin({ name: 'bob', id: BOB_NEW })
+    known.pin({ name: 'bob', id: BOB }, 'inbound')
+    known.pin({ name: 'bob', id: BOB_NEW }, 'ours')
     expect(store.knownPeer('bob')).toBe(BOB)
   })
 
@@ -107,25 +107,38 @@ describe('KnownPeers', () => {
     expect(await codeOf(known.resolveKey('d'.repeat(40)))).toBe('PEER_UNKNOWN')
   })
 
-  it(`strangers under fresh names: pinned on first use up to MAX_PINS_ON_FIRST_USE (${MAX_PINS_ON_FIRST_USE}), then not (logged once); trust still pins`, () => {
+  it(`strangers under fresh names: pinned on first use up to MAX_PINS_ON_FIRST_USE (${MAX_PINS_ON_FIRST_USE}), then not (logged once, a state warning); peers we chose and trust still pin, and a later key change is KEY_MISMATCH`, async () => {
     const pins: Record<string, string> = {}
-    for (let i = 0; i < MAX_PINS_ON_FIRST_USE; i++) pins[`stranger${i}`] = CAROL
+    for (let i = 0; i < MAX_PINS_ON_FIRST_USE; i++) pins[`stranger${i}`] = CAROL // as inbound first-use pins left them (one by one takes seconds)
     fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ knownPeers: pins }), { mode: 0o600 })
     const warned: unknown[] = []
-    const full = new KnownPeers({ store: new StateStore(dir), log: { ...silentLogger, warn: (msg: string) => warned.push(msg) }, serverPeers: async () => [] })
-    full.pin({ name: 'eve1', id: BOB })
-    full.pin({ name: 'eve2', id: BOB_NEW })
-    expect(full.list()).toHaveLength(MAX_PINS_ON_FIRST_USE)
-    expect(full.isPinned({ name: 'eve1', id: BOB })).toBe(false)
+    const reread = new StateStore(dir)
+    const after = new KnownPeers({ store: reread, log: { ...silentLogger, warn: (msg: string) => warned.push(msg) }, serverPeers: async () => listed })
+    expect(after.list()).toHaveLength(MAX_PINS_ON_FIRST_USE)
+    expect(reread.stateWarnings).toEqual([])
+    after.pin({ name: 'eve1', id: BOB }, 'inbound')
+    after.pin({ name: 'eve2', id: BOB_NEW }, 'inbound')
+    expect(after.isPinned({ name: 'eve1', id: BOB })).toBe(false)
     expect(warned).toEqual(['peer key not pinned: too many pins'])
-    expect(full.trust('bob', BOB, false).replaced).toBeNull() // the owner's own pins are not capped
-    expect(full.list()).toHaveLength(MAX_PINS_ON_FIRST_USE + 1)
+    expect(reread.stateWarnings).toHaveLength(1)
+    expect(reread.stateWarnings[0]).toMatch(/no longer pinned on first use/)
+    // A tunnel we open to a new peer: still pinned, so the server cannot swap its key later.
+    after.pin({ name: 'bob', id: BOB }, 'ours')
+    expect(after.isPinned({ name: 'bob', id: BOB })).toBe(true)
+    expect(errorCode(() => after.check({ name: 'bob', id: BOB_NEW }, { name: 'bob', id: null }))).toBe('KEY_MISMATCH')
+    // An allow entry the server lists: pinned too.
+    listed = [{ name: 'dave', id: BOB_NEW }]
+    expect(await after.resolveKey('dave')).toEqual({ name: 'dave', id: BOB_NEW })
+    expect(reread.knownPeer('dave')).toBe(BOB_NEW)
+    expect(after.trust('frank', CAROL, false).replaced).toBeNull()
+    expect(after.list()).toHaveLength(MAX_PINS_ON_FIRST_USE + 3)
+    expect(warned).toHaveLength(1)
   })
 
   it('a peer named like a property of every object (constructor) is no pinned name: it is pinned on first use, not refused as KEY_MISMATCH', () => {
     expect(store.knownPeer('constructor')).toBeUndefined()
     expect(() => known.check({ name: 'constructor', id: BOB }, null)).not.toThrow()
-    known.pin({ name: 'constructor', id: BOB })
+    known.pin({ name: 'constructor', id: BOB }, 'inbound')
     expect(store.knownPeer('constructor')).toBe(BOB)
   })
 })

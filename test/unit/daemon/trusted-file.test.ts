@@ -80,6 +80,33 @@ describe('natd refuses state and config files others may write (UNSAFE_STATE)', 
     expect(new StateStore(dir).stateWarnings).toEqual([])
   })
 
+  it('a parent of the state directory others may write (not sticky): refused, naming the parent, also through a symlink; a sticky parent (/tmp, /dev/shm) with our directory in it passes', () => {
+    const open = path.join(tmp, 'open')
+    fs.mkdirSync(open)
+    fs.chmodSync(open, 0o777)
+    const inOpen = path.join(open, 'state')
+    expect(unsafeError(() => new StateStore(inOpen))).toMatch(new RegExp(`^refusing the state directory ${inOpen}: its parent ${open} is writable by others \\(mode 0777\\), so it could be swapped`))
+    const link = path.join(tmp, 'linked-state')
+    fs.symlinkSync(inOpen, link)
+    expect(unsafeError(() => new StateStore(link))).toMatch(new RegExp(`its parent ${open} is writable by others`))
+    fs.chmodSync(open, 0o1777)
+    expect(new StateStore(inOpen).stateWarnings).toEqual([])
+    expect(new StateStore(link).stateWarnings).toEqual([])
+    fs.chmodSync(open, 0o775)
+    expect(unsafeError(() => new StateStore(inOpen))).toMatch(/is writable by its group \(mode 0775\)/)
+  })
+
+  it.skipIf(process.getuid?.() !== 0)('a parent of the state directory another user owns: refused (they could rename it); root\'s or ours passes', () => {
+    const theirs = path.join(tmp, 'theirs')
+    fs.mkdirSync(theirs, { mode: 0o755 })
+    const state = path.join(theirs, 'state')
+    fs.mkdirSync(state, { mode: 0o700 })
+    fs.chownSync(theirs, 1234, 1234)
+    expect(unsafeError(() => new StateStore(state))).toMatch(new RegExp(`its parent ${theirs} is owned by uid 1234, not by natd \\(uid 0\\) or root`))
+    fs.chownSync(theirs, 0, 0)
+    expect(new StateStore(state).stateWarnings).toEqual([])
+  })
+
   it('config.json that others may write, with an expose for eve\'s key and eve pinned as bob: refused, not read', () => {
     const file = earlierStart()
     const planted = { ...JSON.parse(fs.readFileSync(file, 'utf8')), exposes: [{ port: 22, host: '127.0.0.1', allow: [{ name: 'bob', id: EVE_ID }] }], knownPeers: { bob: EVE_ID } }

@@ -137,6 +137,26 @@ describe('consumer guard: a consumer that throws ends its channel, not natd', ()
     expect(w.logged.filter((l) => l.level === 'error').map((l) => l.fields?.err)).toEqual(['end handler bug'])
   })
 
+  it('a \'close\' listener that throws: the other \'close\' listeners still run (join\'s onClose and onDone count connections), once() ones once', async () => {
+    const taken: MuxChannel[] = []
+    const w = await world((req) => {
+      req.accept()
+      taken.push(req.channel)
+    })
+    const ch = await open(w, 7, taken)
+    const heard: string[] = []
+    taken[0]!.on('close', () => {
+      throw new Error('close handler bug')
+    })
+    taken[0]!.on('close', () => heard.push('onClose'))
+    taken[0]!.once('close', () => heard.push('onDone'))
+    ch.destroy()
+    await until(() => heard.length === 2, 'the other close listeners')
+    expect(heard).toEqual(['onClose', 'onDone'])
+    expect(taken[0]!.listenerCount('close')).toBe(2) // the once() listener is gone
+    expect(w.logged.filter((l) => l.level === 'error').map((l) => l.fields?.err)).toEqual(['close handler bug'])
+  })
+
   it('a sink (a joined socket, a file) whose data() throws: the channel is reset, the delivery returns', async () => {
     const taken: MuxChannel[] = []
     const w = await world((req) => {
@@ -169,15 +189,15 @@ describe('consumer guard: a consumer that throws ends its channel, not natd', ()
     expect(w.b.size).toBe(1)
   })
 
-  it('a listener of the tunnel\'s events that throws (on a PONG): the delivery returns, the tunnel is reported broken', async () => {
+  it('a listener of the tunnel\'s events that throws (on a PONG): the delivery returns, the tunnel is reported broken by us (INTERNAL), not by the peer (BAD_REQUEST)', async () => {
     const w = await world(() => undefined)
-    const broken: string[] = []
-    w.b.on('broken', (reason) => broken.push(reason))
+    const broken: string[][] = []
+    w.b.on('broken', (reason, code) => broken.push([reason, code]))
     w.b.on('pong', () => {
       throw new Error('pong handler bug')
     })
     expect(() => w.toB({ type: 'pong', channel: 0, seq: 1 })).not.toThrow()
-    expect(broken).toEqual(["natd failed taking the channel's data (see its log)"])
+    expect(broken).toEqual([["natd failed taking the channel's data (see its log)", 'INTERNAL']])
     expect(w.logged.filter((l) => l.level === 'error').map((l) => [l.fields?.where, l.fields?.err])).toEqual([['tunnel', 'pong handler bug']])
   })
 })

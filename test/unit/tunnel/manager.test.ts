@@ -7,13 +7,13 @@
 import { createHash, randomBytes } from 'node:crypto'
 import dgram from 'node:dgram'
 import UDX from 'udx-native'
-import { afterEach, describe, expect, it } from 'vitest'
+import { afterEach, describe, expect, it, vi } from 'vitest'
 import { NatdError } from '../../../src/protocol/errors.js'
 import { generateKeyPair, peerId, type KeyPair } from '../../../src/protocol/identity.js'
 import { silentLogger, systemClock } from '../../../src/protocol/log.js'
 import { isTarget, resolvePeer, type PeerRef, type PeerTarget } from '../../../src/protocol/peer-ref.js'
 import { isRendezvousFrame, MSG, type PeerRecord, type Via } from '../../../src/protocol/rendezvous.js'
-import { mostTelling, TunnelManager, type Introduction, type PeerPolicy, type PunchOutcome, type TunnelManagerComponents } from '../../../src/tunnel/manager.js'
+import { mostTelling, TunnelManager, type Introduction, type PeerPolicy, type PinSource, type PunchOutcome, type TunnelManagerComponents } from '../../../src/tunnel/manager.js'
 import type { Tunnel } from '../../../src/tunnel/tunnel.js'
 import { until } from './pipe.js'
 
@@ -30,8 +30,11 @@ class Pins implements PeerPolicy {
     if (pinned !== undefined && pinned !== peer.id) throw new NatdError('KEY_MISMATCH', `${peer.name} presents another key`)
     if (expected && !isTarget(peer, expected)) throw new NatdError('PEER_MISMATCH', `asked for ${expected.name ?? expected.id}, introduced ${peer.name}`)
   }
-  pin(peer: PeerRef): void {
+  /** Who each pin was asked by ('ours': we opened the tunnel; 'inbound': the peer did). */
+  readonly sources = new Map<string, PinSource>()
+  pin(peer: PeerRef, by: PinSource): void {
     if (!this.pins.has(peer.name)) this.pins.set(peer.name, peer.id)
+    if (!this.sources.has(peer.name)) this.sources.set(peer.name, by)
   }
 }
 
@@ -150,6 +153,9 @@ describe('TunnelManager.open reaches only the peer the user named', () => {
     expect(r.tunnel.peer).toEqual({ name: 'bob', id: bob.id })
     expect(alice.asked).toEqual(['bob'])
     expect(alice.pins.pins.get('bob')).toBe(bob.id)
+    // The opener pins a peer it chose (never capped); the peer that was opened to pins a stranger (capped: known-peers.ts).
+    expect(alice.pins.sources.get('bob')).toBe('ours')
+    await vi.waitFor(() => expect(bob.pins.sources.get('alice')).toBe('inbound'))
     expect((await alice.manager.open(bob.id, 'udp', 5_000)).reused).toBe(true)
     expect(alice.manager.get(bob.id.slice(0, 8))).toBe(r.tunnel)
     expect(alice.manager.get('bob')).toBe(r.tunnel)
