@@ -20,6 +20,11 @@
  *   and no spray. miniupnpd also sends the mapped port's outbound traffic from it, so the
  *   mapped side's check finds an easy NAT; searching then (birthday against spray) only
  *   worked while both event loops were idle (the lab's 3-site test failed 3 of 4 CI runs).
+  A mapping can be stale (the gateway rebooted, or the lease ended before we registered
+  again) or forged (a host on the LAN answering PCP/NAT-PMP/UPnP): when the strategy was
+  'normal' only because of the mapping, `search` is the one the verdicts call for, and
+  the puncher switches to it after MAPPED_PUNCH_MS without an answer (punch.ts). Both
+  sides started punching at the introduction and count from it, so they search together.
  * - IPv6 (protocol/ipv6.ts): when both sides have it (our IPv6 socket and global address,
  *   and an IPv6 candidate of the peer's), the UDP punch runs whatever the IPv4 NATs are:
  *   IPv6 candidates are probed plainly under every strategy (punch.ts), as no NAT
@@ -60,6 +65,8 @@ export interface PathPlanInput {
 export interface PathPlan {
   /** How to punch UDP, or null: no UDP attempt. */
   udp: PunchStrategy | null
+  /** 'normal' only because of a mapping: the search the verdicts call for, tried when the mapped endpoint does not answer (punch.ts MAPPED_PUNCH_MS); else null. */
+  search: PunchStrategy | null
   /** Punch TCP too. */
   tcp: boolean
   /** The relay: at once, after the direct attempts failed or RELAY_FALLBACK_MS passed, or not at all. */
@@ -99,9 +106,12 @@ export function planPaths({ via, mine, theirs, initiator, mapped = false, v6 = f
   const tcp = via === 'tcp' || (auto && (hard === 0 || v6))
   // IPv6 needs no hairpin: the relay then waits as usual.
   const relay = via === 'relay' || (via === 'auto' && hairpinOnly && !v6) ? 'now' : via === 'auto' ? 'fallback' : 'never'
+  const unmapped = udp === 'normal' && mapped ? punchStrategy(mine, theirs, false, v6) : null
+  const search = unmapped === 'normal' ? null : unmapped
   const impossible = (via === 'udp' || via === 'direct') && strategy === null ? BOTH_HARD : null
   return {
     udp,
+    search,
     tcp,
     relay,
     preferTcp: initiator && auto && udp !== null && tcp,

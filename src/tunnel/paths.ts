@@ -194,8 +194,8 @@ export class Paths {
     return { udp, tcp }
   }
 
-  /** Punches UDP the way the plan says (path-plan.ts: normal, birthday or spray). */
-  async udp(intro: Introduction, strategy: PunchStrategy, timeoutMs: number, signal: AbortSignal): Promise<Established> {
+  /** Punches UDP the way the plan says (path-plan.ts: normal, birthday or spray; `search` when a mapped endpoint does not answer, punch.ts). */
+  async udp(intro: Introduction, strategy: PunchStrategy, timeoutMs: number, signal: AbortSignal, search: PunchStrategy | null = null): Promise<Established> {
     const log = this.c.log
     const name = intro.peer.name
     const deadline = this.c.clock.now() + timeoutMs
@@ -213,11 +213,14 @@ export class Paths {
     ].filter((c) => socket6 || !isIPv6(c.endpoint.host)) // without an IPv6 socket, no IPv6 candidate
     const id = peerId(intro.peer.publicKey)
     // Birthday sockets: index i (1-based) is sockets[i - 1] (birthday(i)); index 0 is the agent's socket.
-    const slot = strategy === 'birthday' ? this.budget.birthday(id) : null
-    if (strategy === 'birthday' && !slot) {
-      this.refusals.note('BUSY', 'birthday punch', name)
-      throw new NatdError('BUSY', `already ${this.budget.init.birthdayPunches} birthday punches at once (or one with ${name}); each holds ${BIRTHDAY_SOCKETS} sockets`)
+    const birthdaySlot = (): ReturnType<PunchBudget['birthday']> => {
+      const granted = this.budget.birthday(id)
+      if (!granted) this.refusals.note('BUSY', 'birthday punch', name)
+      return granted
     }
+    // A search after a mapped punch (punch.ts MAPPED_PUNCH_MS) takes its slot only then, and goes on without sockets when refused.
+    let slot = strategy === 'birthday' ? birthdaySlot() : null
+    if (strategy === 'birthday' && !slot) throw new NatdError('BUSY', `already ${this.budget.init.birthdayPunches} birthday punches at once (or one with ${name}); each holds ${BIRTHDAY_SOCKETS} sockets`)
     // Each opened at its first probe (punch.ts probes from BIRTHDAY_BATCH of them per turn of the event loop, after
     // the agent's socket): binding all of them at once held the loop for as long as the punch to a peer without NAT takes.
     const sockets: UDXSocket[] = []
@@ -231,7 +234,7 @@ export class Paths {
     const socketAt = (i: number, to: Endpoint): UDXSocket | null => (isIPv6(to.host) ? (i === 0 ? socket6 : null) : i === 0 ? socket : slot ? birthday(i) : null)
     const indexOf = (sock: UDXSocket): number => (sock === socket || sock === socket6 ? 0 : sockets.indexOf(sock) + 1)
     const puncher: Puncher = new Puncher(
-      { introId: intro.introId, punchKey: intro.punchKey, initiator: intro.initiator, candidates, localStreamId: streamId, deadlineMs: timeoutMs, strategy, sprayHost: intro.peer.udp?.host, sockets: slot ? BIRTHDAY_SOCKETS : 0, peerOpen: intro.peer.nat === 'none', ...(this.c.firstProbeTtl ? { firstTtl: this.c.firstProbeTtl(intro.peer.udp?.host) } : {}) },
+      { introId: intro.introId, punchKey: intro.punchKey, initiator: intro.initiator, candidates, localStreamId: streamId, deadlineMs: timeoutMs, strategy, search, sprayHost: intro.peer.udp?.host, sockets: slot ? BIRTHDAY_SOCKETS : 0, peerOpen: intro.peer.nat === 'none', ...(this.c.firstProbeTtl ? { firstTtl: this.c.firstProbeTtl(intro.peer.udp?.host) } : {}) },
       {
         send: (buf, to, ttl, i = 0) => {
           if (this.budget.probe(id)) socketAt(i, to)?.trySend(buf, to.port, to.host, ttl)
@@ -239,7 +242,11 @@ export class Paths {
         },
         clock: this.c.clock,
         random: this.c.random,
-        log: log.child({ peer: name })
+        log: log.child({ peer: name }),
+        birthdaySockets: () => {
+          slot = released ? null : birthdaySlot()
+          return slot ? BIRTHDAY_SOCKETS : 0
+        }
       }
     )
     const raw: UDXStream = this.c.udx.createStream(streamId, {

@@ -43,8 +43,9 @@
  * A port the peer's gateway mapped (Candidate.mapped: PCP, NAT-PMP, UPnP; issue 17) is
  * probed the same way: full TTL from the agent's socket at once. The gateway forwards it
  * unasked, and the peer's answer leaves through the mapping (or its conntrack entry), so
- * our NAT lets it in; path-plan.ts then plans no search at all. The peer's own first-TTL
- * probes still die past its gateway, which holds the mapping for its port already.
+ * our NAT lets it in; path-plan.ts then plans no search at first. The peer's own first-TTL
+ * probes still die past its gateway, which holds the mapping for its port already. A stale
+ * or forged mapping never answers: then both sides search together (PunchInit.search).
  */
 import { formatEndpoint, isIPv6, sameEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { NatdError } from '../protocol/errors.js'
@@ -52,49 +53,11 @@ import { systemRandom, type Random, type Timer, type TimerClock } from '../proto
 import type { Logger } from '../protocol/log.js'
 import { encode, opened, type Sealed } from '../protocol/rendezvous.js'
 import { FIRST_PROBE_TTL } from './hop-check.js'
+import { PROBE_START_DELAY_MS, PROBE_INTERVAL_MS, PROBE_FAST_MS, PROBE_SLOW_INTERVAL_MS, LAN_PROBE_MS, LAN_GRACE_MS, V6_GRACE_MS, MAX_LEARNT_CANDIDATES, BIRTHDAY_REFRESH_MS, BIRTHDAY_BATCH, SPRAY_RATE_PER_S, SPRAY_TICK_MS, SPRAY_MAX_PROBES, MAPPED_PUNCH_MS } from './punch-timing.js'
 
 /** First probe TTL by default: past our NAT (hop 1) but not the peer's (hop 3 or more); hop-check.ts learns another. */
 export { FIRST_PROBE_TTL } from './hop-check.js'
-/** Normal probes start this long after the first (TTL-limited) ones, so both NATs have their mappings. */
-export const PROBE_START_DELAY_MS = 10
-/** Probe period while punching; after PROBE_FAST_MS it slows to PROBE_SLOW_INTERVAL_MS. */
-export const PROBE_INTERVAL_MS = 20
-export const PROBE_FAST_MS = 2_000
-export const PROBE_SLOW_INTERVAL_MS = 100
-/**
- * LAN candidates are probed only this long: a peer on our LAN answers within a
- * millisecond or not at all, and the addresses are the peer's word (private, but
- * possibly aimed at someone else on our LAN), so they get ~50 probes each, not 15 s.
- */
-export const LAN_PROBE_MS = 1_000
-/** After a public candidate validates, a LAN candidate validating within this still wins. */
-export const LAN_GRACE_MS = 30
-/**
- * After an IPv4 public candidate validates, an IPv6 one validating within this still
- * wins: IPv6 is preferred when both sides have it and it works (no NAT mapping to keep
- * alive or lose, what Tailscale prefers too), and both were probed at the same moment,
- * so a working IPv6 path answers within a round trip of the IPv4 one. RFC 8305's
- * smallest connection attempt delay, so a broken IPv6 costs at most this much.
- */
-export const V6_GRACE_MS = 100
-/** Endpoints learnt from probes (peer-reflexive candidates) we add at most. */
-export const MAX_LEARNT_CANDIDATES = 4
-/** Extra sockets the hard side opens: with 256 mappings a random probe hits one in ~250 tries. */
-export const BIRTHDAY_SOCKETS = 256
-/** The hard side repeats its first-TTL probes this often (the mappings must not expire). */
-export const BIRTHDAY_REFRESH_MS = 1_000
-/**
- * Birthday sockets that open and probe in one turn of the event loop: all 256 at once
- * (binds and sends) held the agent's loop for ~200 ms on a loaded machine (lab, public×hard
- * at 20 ms RTT: the peer's answers waited that long), so probes and acks of the punch
- * itself go out between batches.
- */
-export const BIRTHDAY_BATCH = 32
-/** The easy side sprays this many random ports per second, in bursts every SPRAY_TICK_MS. */
-export const SPRAY_RATE_PER_S = 1_000
-export const SPRAY_TICK_MS = 10
-/** At most this many spray probes per punch (bounded in count as well as time). */
-export const SPRAY_MAX_PROBES = 20_000
+export * from './punch-timing.js'
 
 export type PunchStrategy = 'normal' | 'birthday' | 'spray'
 
@@ -137,6 +100,12 @@ export interface PunchInit {
    * IPv4 public candidates at full TTL from the first probe, 'birthday' included.
    */
   peerOpen?: boolean
+  /**
+   * 'normal' only because of a mapping (path-plan.ts PathPlan.search): the search to switch
+   * to after MAPPED_PUNCH_MS. Both sides count from the introduction, which reached them at
+   * the same moment, so the birthday side's mappings are open when the spray starts.
+   */
+  search?: PunchStrategy | null
 }
 
 export interface PunchComponents {
@@ -145,6 +114,8 @@ export interface PunchComponents {
   random?: Random
   clock: TimerClock
   log: Logger
+  /** The search (PunchInit.search) starts 'birthday': how many extra sockets `send` may now use (0: none granted). */
+  birthdaySockets?(): number
 }
 
 export interface PunchResult {
@@ -170,6 +141,9 @@ export class Puncher {
   private sprayed = 0
   private sprayTimer: Timer | null = null
   private birthdayTimer: Timer | null = null
+  private searchTimer: Timer | null = null
+  private strategy: PunchStrategy
+  private sockets: number
   private readonly validated: Candidate[] = []
   private remoteStreamId = 0
   private seq = 0
@@ -185,6 +159,8 @@ export class Puncher {
     private readonly c: PunchComponents
   ) {
     this.candidates = dedupe(init.candidates)
+    this.strategy = init.strategy ?? 'normal'
+    this.sockets = init.sockets ?? 0
     this.started = c.clock.now()
   }
 
@@ -200,12 +176,9 @@ export class Puncher {
       for (const cand of this.candidates) if (this.strategy !== 'birthday' || this.fromAgentSocket(cand)) this.probe(cand.endpoint, false, this.firstProbeTtl(cand))
       if (this.strategy === 'birthday') this.onBirthdayExpired()
       if (this.strategy === 'spray') this.sprayTimer = this.c.clock.setTimeout(() => this.onSprayExpired(), PROBE_START_DELAY_MS)
+      if (this.strategy === 'normal' && this.init.search) this.searchTimer = this.c.clock.setTimeout(() => this.onMappedExpired(), MAPPED_PUNCH_MS)
       this.timer = this.c.clock.setTimeout(() => this.onProbeTimerExpired(), PROBE_START_DELAY_MS)
     })
-  }
-
-  private get strategy(): PunchStrategy {
-    return this.init.strategy ?? 'normal'
   }
 
   private get firstTtl(): number {
@@ -301,7 +274,7 @@ export class Puncher {
     if (now - this.started >= this.init.deadlineMs) {
       const tried = this.candidates.map((c) => `${c.kind} ${formatEndpoint(c.endpoint)}`).join(', ')
       const heard = this.heard.length ? `; heard from ${this.heard.map((h) => formatEndpoint(h.endpoint)).join(', ')} but no answer to ours` : '; no probe from the peer arrived'
-      const how = this.strategy === 'spray' ? `, ${this.sprayed} to random ports of ${this.init.sprayHost}` : this.strategy === 'birthday' ? ` from ${this.init.sockets ?? 0} birthday sockets` : ''
+      const how = this.strategy === 'spray' ? `, ${this.sprayed} to random ports of ${this.init.sprayHost}` : this.strategy === 'birthday' ? ` from ${this.sockets} birthday sockets` : ''
       this.fail(new NatdError('PUNCH_TIMEOUT', `no direct UDP path in ${this.init.deadlineMs} ms (tried ${tried || 'no candidates'}; ${this.probesSent} probes${how}${heard})`))
       return
     }
@@ -315,13 +288,24 @@ export class Puncher {
     this.timer = this.c.clock.setTimeout(() => this.onProbeTimerExpired(), period)
   }
 
+  /** Nothing validated through the mapping (stale or forged): search as the verdicts call for (PunchInit.search). */
+  private onMappedExpired(): void {
+    const search = this.init.search
+    if (this.state.kind !== 'probing' || !search) return
+    this.strategy = search
+    if (search === 'birthday') this.sockets = this.c.birthdaySockets?.() ?? 0
+    this.c.log.warn('mapped endpoint did not answer, searching', { strategy: search, afterMs: this.c.clock.now() - this.started, sockets: this.sockets })
+    if (search === 'birthday') this.onBirthdayExpired()
+    if (search === 'spray') this.onSprayExpired()
+  }
+
   /**
    * 'birthday': first-TTL probes to the peer's public candidates from every birthday
    * socket, BIRTHDAY_BATCH sockets per turn of the event loop (`from`: the first of this turn).
    */
   private onBirthdayExpired(from = 1): void {
     if (this.state.kind !== 'probing' && this.state.kind !== 'choosing') return
-    const sockets = this.init.sockets ?? 0
+    const sockets = this.sockets
     const to = Math.min(sockets, from + BIRTHDAY_BATCH - 1)
     for (const cand of this.candidates) {
       if (cand.kind !== 'public' || (cand.socket ?? 0) !== 0 || isV6(cand)) continue
@@ -350,6 +334,7 @@ export class Puncher {
     this.c.clock.clear(this.timer)
     this.c.clock.clear(this.sprayTimer)
     this.c.clock.clear(this.birthdayTimer)
+    this.c.clock.clear(this.searchTimer)
     if (this.state.kind === 'choosing') this.c.clock.clear(this.state.timer)
   }
 

@@ -37,7 +37,7 @@ export function raceEntries(intro: Introduction, timeoutMs: number, paths: Paths
   }
   const reach = paths.lanReach(intro)
   const udp = plan.udp
-  if (udp) add('udp', (s) => paths.udp(intro, udp, timeoutMs, s), reach.udp, udp !== 'normal')
+  if (udp) add('udp', (s) => paths.udp(intro, udp, timeoutMs, s, plan.search), reach.udp, udp !== 'normal' || plan.search !== null)
   if (plan.tcp) add('tcp', (s) => paths.tcp(intro, timeoutMs, s), reach.tcp)
   const direct = entries.map((e) => e.attempt)
   if (plan.relay === 'now') add('relay', (s) => paths.relay(intro, timeoutMs, s))

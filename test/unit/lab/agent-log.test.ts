@@ -2,7 +2,7 @@
 // test process's own thread, and text() exact at every moment, as a synchronous file read was.
 import fs from 'node:fs'
 import path from 'node:path'
-import { afterEach, describe, expect, it } from 'vitest'
+import { afterEach, describe, expect, it, vi } from 'vitest'
 import { AgentLog } from '../../lab/agent-log.js'
 import { tempDirs } from '../helpers.js'
 
@@ -42,8 +42,12 @@ describe('AgentLog', () => {
     open.splice(0)
     expect(fs.readFileSync(file, 'utf8')).toBe('an earlier run\nfirst\nsecond\n')
     // A killed process's last output after close: kept in text(), never written to the fd (its number may be reused).
+    // A write is started synchronously (fs.write, then libuv's pool): none may start after close.
+    const writes = vi.spyOn(fs, 'write')
     l.write(Buffer.from('late\n'))
-    await new Promise((resolve) => setTimeout(resolve, 20))
+    expect(writes).not.toHaveBeenCalled()
+    writes.mockRestore()
+    await l.flushed()
     expect(l.text()).toBe('first\nsecond\nlate\n')
     expect(fs.readFileSync(file, 'utf8')).toBe('an earlier run\nfirst\nsecond\n')
   })

@@ -72,16 +72,20 @@ describe('planPaths (pure)', () => {
   })
 
   it('hard×hard with auto goes straight to the relay fallback (nothing direct to wait for)', () => {
-    expect(planPaths({ via: 'auto', mine: 'hard', theirs: 'hard', initiator: true })).toEqual({ udp: null, tcp: false, relay: 'fallback', preferTcp: false, late: true, upgrade: true, impossible: null })
+    expect(planPaths({ via: 'auto', mine: 'hard', theirs: 'hard', initiator: true })).toEqual({ udp: null, search: null, tcp: false, relay: 'fallback', preferTcp: false, late: true, upgrade: true, impossible: null })
   })
 
   it('hard×hard where either side holds a port mapping: UDP punched plainly (to the mapped port), relay as fallback', () => {
-    expect(planPaths({ via: 'auto', mine: 'hard', theirs: 'hard', initiator: true, mapped: true })).toEqual({ udp: 'normal', tcp: false, relay: 'fallback', preferTcp: false, late: true, upgrade: true, impossible: null })
+    expect(planPaths({ via: 'auto', mine: 'hard', theirs: 'hard', initiator: true, mapped: true })).toEqual({ udp: 'normal', search: null, tcp: false, relay: 'fallback', preferTcp: false, late: true, upgrade: true, impossible: null })
     expect(planPaths({ via: 'udp', mine: 'hard', theirs: 'hard', initiator: false, mapped: true })).toMatchObject({ udp: 'normal', impossible: null })
     expect(planPaths({ via: 'direct', mine: 'hard', theirs: 'hard', initiator: true, mapped: true })).toMatchObject({ udp: 'normal', impossible: null })
-    // Where one side is hard, a mapping replaces the search (birthday, spray) by plain probes to the mapped port.
-    expect(planPaths({ via: 'auto', mine: 'hard', theirs: 'easy', initiator: true, mapped: true })).toEqual({ ...planPaths({ via: 'auto', mine: 'hard', theirs: 'easy', initiator: true }), udp: 'normal' })
-    expect(planPaths({ via: 'auto', mine: 'easy', theirs: 'hard', initiator: false, mapped: true })).toEqual({ ...planPaths({ via: 'auto', mine: 'easy', theirs: 'hard', initiator: false }), udp: 'normal' })
+    // Where one side is hard, a mapping replaces the search (birthday, spray) by plain probes to the mapped port,
+    // and the search is kept for when the mapped endpoint does not answer (stale or forged mapping).
+    expect(planPaths({ via: 'auto', mine: 'hard', theirs: 'easy', initiator: true, mapped: true })).toEqual({ ...planPaths({ via: 'auto', mine: 'hard', theirs: 'easy', initiator: true }), udp: 'normal', search: 'birthday' })
+    expect(planPaths({ via: 'auto', mine: 'easy', theirs: 'hard', initiator: false, mapped: true })).toEqual({ ...planPaths({ via: 'auto', mine: 'easy', theirs: 'hard', initiator: false }), udp: 'normal', search: 'spray' })
+    // The two sides agree: each keeps its half of the search.
+    expect(planPaths({ via: 'udp', mine: 'easy', theirs: 'hard', initiator: true, mapped: true }).search).toBe('spray')
+    expect(planPaths({ via: 'udp', mine: 'hard', theirs: 'easy', initiator: false, mapped: true }).search).toBe('birthday')
     // Elsewhere it changes nothing.
     for (const [mine, theirs] of [['easy', 'easy'], ['none', 'easy'], ['unknown', 'hard']] as const) {
       expect(planPaths({ via: 'auto', mine, theirs, initiator: true, mapped: true })).toEqual(planPaths({ via: 'auto', mine, theirs, initiator: true }))
@@ -89,13 +93,13 @@ describe('planPaths (pure)', () => {
   })
 
   it('both sides have IPv6: UDP punched plainly (IPv6 has no NAT) and TCP over IPv6 whatever the IPv4 NATs, TCP preferred, relay as fallback', () => {
-    expect(planPaths({ via: 'auto', mine: 'hard', theirs: 'hard', initiator: true, v6: true })).toEqual({ udp: 'normal', tcp: true, relay: 'fallback', preferTcp: true, late: true, upgrade: true, impossible: null })
-    expect(planPaths({ via: 'auto', mine: 'hard', theirs: 'hard', initiator: false, v6: true })).toEqual({ udp: 'normal', tcp: true, relay: 'fallback', preferTcp: false, late: true, upgrade: false, impossible: null })
+    expect(planPaths({ via: 'auto', mine: 'hard', theirs: 'hard', initiator: true, v6: true })).toEqual({ udp: 'normal', search: null, tcp: true, relay: 'fallback', preferTcp: true, late: true, upgrade: true, impossible: null })
+    expect(planPaths({ via: 'auto', mine: 'hard', theirs: 'hard', initiator: false, v6: true })).toEqual({ udp: 'normal', search: null, tcp: true, relay: 'fallback', preferTcp: false, late: true, upgrade: false, impossible: null })
     expect(planPaths({ via: 'udp', mine: 'hard', theirs: 'hard', initiator: false, v6: true })).toMatchObject({ udp: 'normal', tcp: false, impossible: null })
     expect(planPaths({ via: 'direct', mine: 'hard', theirs: 'hard', initiator: true, v6: true })).toMatchObject({ udp: 'normal', tcp: true, impossible: null })
     // one hard NAT: IPv4 TCP cannot cross it, IPv6 TCP can (birthday and spray still run
     // for IPv4 UDP; punch.ts probes the IPv6 candidates plainly beside them)
-    expect(planPaths({ via: 'auto', mine: 'easy', theirs: 'hard', initiator: true, v6: true })).toEqual({ udp: 'spray', tcp: true, relay: 'fallback', preferTcp: true, late: true, upgrade: true, impossible: null })
+    expect(planPaths({ via: 'auto', mine: 'easy', theirs: 'hard', initiator: true, v6: true })).toEqual({ udp: 'spray', search: null, tcp: true, relay: 'fallback', preferTcp: true, late: true, upgrade: true, impossible: null })
     expect(planPaths({ via: 'auto', mine: 'hard', theirs: 'easy', initiator: true })).toMatchObject({ udp: 'birthday', tcp: false, preferTcp: false })
     for (const via of VIAS) {
       for (const mine of VERDICTS) {

@@ -10,15 +10,18 @@
 // at full TTL at once, as it does a peer without NAT, and neither side searches: no
 // birthday sockets (B), no spray (A). The lab's 3-site port-mapping test failed under load
 // while the mapping was dropped as a duplicate of the public endpoint and B searched.
+// A stale or forged mapping never answers: after MAPPED_PUNCH_MS each side searches as
+// the verdicts call for (birthday on B, spray on A), before the relay.
 import { afterEach, describe, expect, it } from 'vitest'
 import type UDX from 'udx-native'
 import type { UDXSocket, UDXStream } from 'udx-native'
 import { formatEndpoint, type Endpoint } from '../../../src/protocol/endpoint.js'
 import { generateKeyPair } from '../../../src/protocol/identity.js'
 import { silentLogger } from '../../../src/protocol/log.js'
-import type { NatVerdict, PeerRecord } from '../../../src/protocol/rendezvous.js'
+import { encode, type NatVerdict, type PeerRecord } from '../../../src/protocol/rendezvous.js'
 import { PunchBudget, RefusalLog } from '../../../src/tunnel/budget.js'
 import { Paths, type Introduction } from '../../../src/tunnel/paths.js'
+import { MAPPED_PUNCH_MS } from '../../../src/tunnel/punch.js'
 import { raceEntries } from '../../../src/tunnel/race-entries.js'
 import { FakeClock, seq } from '../helpers.js'
 
@@ -34,27 +37,46 @@ interface Sent {
   socket: number
 }
 
+interface Rig {
+  paths: Paths
+  sent: Sent[]
+  opened: () => number
+  clock: FakeClock
+  /** A datagram from `from` arrives on local socket `index` (0: the agent's socket). */
+  deliver: (index: number, buf: Uint8Array, from: Endpoint) => void
+  /** Where the stream was connected (the path chosen): the local socket's index and the remote endpoint. */
+  connected: Array<{ socket: number; to: string }>
+}
+
 /** Stub sockets that record what they send, and a UDX that opens more of them. */
-function rig(): { paths: Paths; sent: Sent[]; opened: () => number; clock: FakeClock } {
+function rig(): Rig {
   const clock = new FakeClock()
   const sent: Sent[] = []
+  const onMessage = new Map<number, (buf: Buffer, rinfo: { host: string; port: number }) => void>()
+  const connected: Rig['connected'] = []
   let sockets = 0
   const socket = (index: number): UDXSocket =>
     ({
+      index,
       trySend: (_buf: Uint8Array, port: number, host: string, ttl?: number) => void sent.push({ to: formatEndpoint({ host, port }), ttl, socket: index }),
       bind: () => undefined,
-      on: () => undefined,
+      on: (event: string, fn: (buf: Buffer, rinfo: { host: string; port: number }) => void) => void (event === 'message' && onMessage.set(index, fn)),
       close: async () => undefined,
       address: () => ({ host: '0.0.0.0', family: 4, port: 40000 + index })
     }) as unknown as UDXSocket
-  const stream = { on: () => undefined, destroy: () => undefined, connect: () => undefined } as unknown as UDXStream
+  // write: the encrypted handshake (paths.ts) starts on the chosen path; nothing answers it here.
+  const stream = { on: () => undefined, write: () => true, destroy: () => undefined, connect: (sock: { index: number }, _id: number, port: number, host: string) => void connected.push({ socket: sock.index, to: formatEndpoint({ host, port }) }) } as unknown as UDXStream
   const udx = { createSocket: () => socket(++sockets), createStream: () => stream } as unknown as UDX
   const paths = new Paths(
     { udx, socket: socket(0), keyPair: generateKeyPair(), clock, random: () => 0.5, log: silentLogger, natVerdict: () => 'hard', relayServer: () => null, localTcpPort: () => 0 },
     new PunchBudget(clock),
     new RefusalLog(silentLogger, clock)
   )
-  return { paths, sent, opened: () => sockets, clock }
+  const deliver = (index: number, buf: Uint8Array, from: Endpoint): void => {
+    if (index === 0) paths.onProbe(Buffer.from(buf), from)
+    else onMessage.get(index)?.(Buffer.from(buf), from)
+  }
+  return { paths, sent, opened: () => sockets, clock, deliver, connected }
 }
 
 function intro(peer: Partial<PeerRecord> & Pick<PeerRecord, 'nat'>, initiator = true): Introduction {
@@ -99,6 +121,51 @@ describe('a peer whose gateway mapped its port', () => {
     expect(strategy).toBe('normal')
     r.clock.advance(200)
     expect(new Set(r.sent.map((s) => s.to))).toEqual(new Set([formatEndpoint(B_PUBLIC)]))
+  })
+
+  it('we are hard, the peer easy with a mapping that never answers (stale or forged): after MAPPED_PUNCH_MS the birthday search runs, and the path is up when the peer\'s spray reaches a birthday socket', async () => {
+    const r = rig()
+    const i = intro({ nat: 'easy', lan: [A_PUBLIC] })
+    expect(start(r, i, 'hard')).toBe('normal')
+    r.clock.advance(MAPPED_PUNCH_MS - 10)
+    expect(r.opened()).toBe(0) // still trusting the mapping
+    r.clock.advance(20)
+    expect(r.opened()).toBeGreaterThan(0)
+    const birthday = r.sent.filter((s) => s.socket > 0)
+    expect(birthday.length).toBeGreaterThan(0)
+    expect(birthday.every((s) => s.to === formatEndpoint(A_PUBLIC) && s.ttl === 2)).toBe(true)
+    // The peer's spray lands on birthday socket 7 (its probe comes from its public endpoint); then it acks ours.
+    const probe = (ack: boolean): Uint8Array => encode({ type: 'probe', introId: i.introId, streamId: 77, seq: 1, ack, key: i.punchKey })
+    r.deliver(7, probe(false), A_PUBLIC)
+    expect(r.sent.some((s) => s.socket === 7 && s.ttl === undefined)).toBe(true) // answered at full TTL from that socket
+    expect(r.connected).toEqual([])
+    r.deliver(7, probe(true), A_PUBLIC)
+    await Promise.resolve()
+    await Promise.resolve()
+    expect(r.connected).toEqual([{ socket: 7, to: formatEndpoint(A_PUBLIC) }])
+  })
+
+  it('the mapping holder is hard and its mapping never answers: after MAPPED_PUNCH_MS we (easy) spray its address, not before', () => {
+    const r = rig()
+    expect(start(r, intro({ name: 'bob', nat: 'hard', udp: B_PUBLIC, lan: [B_PUBLIC] }, false), 'easy')).toBe('normal')
+    const sprayed = (): Sent[] => r.sent.filter((s) => s.to !== formatEndpoint(B_PUBLIC))
+    r.clock.advance(MAPPED_PUNCH_MS - 10)
+    expect(sprayed()).toEqual([])
+    r.clock.advance(100)
+    expect(sprayed().length).toBeGreaterThan(0)
+    expect(sprayed().every((s) => s.to.startsWith(`${B_PUBLIC.host}:`) && s.socket === 0)).toBe(true)
+    expect(r.opened()).toBe(0)
+  })
+
+  it('a mapped endpoint that answers: no search afterwards', async () => {
+    const r = rig()
+    const i = intro({ nat: 'easy', lan: [A_PUBLIC] })
+    start(r, i, 'hard')
+    r.deliver(0, encode({ type: 'probe', introId: i.introId, streamId: 77, seq: 1, ack: true, key: i.punchKey }), A_PUBLIC)
+    await Promise.resolve()
+    expect(r.connected).toEqual([{ socket: 0, to: formatEndpoint(A_PUBLIC) }])
+    r.clock.advance(MAPPED_PUNCH_MS * 2)
+    expect(r.opened()).toBe(0)
   })
 
   it('hard×hard with a mapping on another port than the public one: that mapped endpoint too gets a full-TTL probe at once; the public one a TTL-limited one', () => {
