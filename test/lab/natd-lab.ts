@@ -181,10 +181,30 @@ export class NatdLab {
   natctl(key: string, args: string[], opts: { timeoutMs?: number; json?: boolean } = {}): Promise<NatctlResult> {
     const a = this.agents[key]
     const socket = a ? a.socket : path.join(this.runDir, `${key}.sock`)
-    const argv = [path.join(DIST, 'cli/main.js'), '--socket', socket, ...(opts.json === false ? [] : ['--json']), ...args]
+    // natctl runs with report options too: one that never reaches natd's socket (issue 17:
+    // empty stderr although traced, nothing logged by natd) is looked at before it is killed.
+    const argv = [...reportOptions(this.runDir), path.join(DIST, 'cli/main.js'), '--socket', socket, ...(opts.json === false ? [] : ['--json']), ...args]
+    const timeoutMs = opts.timeoutMs ?? 30_000
     return new Promise((resolve) => {
-      execFile(process.execPath, argv, { timeout: opts.timeoutMs ?? 30_000, maxBuffer: 64 * 1024 * 1024, env: { ...process.env, ...this.natctlEnv } }, (err, stdout, stderr) => {
-        const code = err ? (typeof err.code === 'number' ? err.code : 124) : 0
+      let timedOut = false
+      let seen: Promise<string> = Promise.resolve('')
+      const child = execFile(process.execPath, argv, { maxBuffer: 64 * 1024 * 1024, env: { ...process.env, ...this.natctlEnv } }, (err, stdout, stderr) => {
+        clearTimeout(timer)
+        void seen.then((where) => {
+          const code = timedOut ? 124 : err ? (typeof err.code === 'number' ? err.code : 124) : 0
+          if (where) stderr += `\n----- natctl ${args.join(' ')}: no answer in ${timeoutMs} ms; where it waited -----\n${where}\n`
+          finish(code, stdout, stderr)
+        })
+      })
+      const timer = setTimeout(() => {
+        timedOut = true
+        const pid = child.pid
+        // /proc first: the report's signal ends a natctl that has not yet set up Node's handler.
+        const snapshot = pid === undefined ? '' : procSnapshot(pid)
+        seen = pid === undefined ? Promise.resolve('') : nodeReport(pid, this.runDir, 2000).then((r) => `${snapshot}\n${r}`, (e: unknown) => `${snapshot}\n${String(e)}`)
+        void seen.finally(() => child.kill('SIGTERM'))
+      }, timeoutMs)
+      const finish = (code: number, stdout: string, stderr: string): void => {
         let json: unknown = null
         try {
           json = JSON.parse(stdout)
@@ -192,7 +212,7 @@ export class NatdLab {
           // not JSON (human output or error)
         }
         resolve({ code, stdout, stderr, json })
-      })
+      }
     })
   }
 
