@@ -116,6 +116,8 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
   /** Tunnels the relay ended (RELAY_LIMIT): never resumed (resume.ts). */
   private readonly relayEnded: RelayEnded
   private readonly seenIntros = new SeenIntroductions()
+  /** By peer ID: cancels our answer to the peer's last introduction once it sends a newer one (accept). */
+  private readonly answering = new Map<string, AbortController>()
   /** What a won session becomes: a resume, an upgrade or a fresh tunnel (keep.ts). */
   private readonly keeper: TunnelKeeper
 
@@ -212,15 +214,29 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
    */
   accept(intro: Introduction, timeoutMs: number): void {
     if (!this.seenIntros.add(intro.introId)) return // the server sent it again on our new control connection
-    if (!this.budget.introduction(peerId(intro.peer.publicKey))) {
+    const id = peerId(intro.peer.publicKey)
+    if (!this.budget.introduction(id)) {
       this.refusals.note('RATE_LIMITED', 'introductions', intro.peer.name)
       return
     }
-    this.establish(intro, timeoutMs, null).catch((err: unknown) => {
+    // A newer introduction supersedes the one we still answer: the peer (the initiator)
+    // moved on, e.g. it restarted. The old race's TCP attempt dials from the same port to
+    // the same port, and the handshake names no introduction, so it could catch the new
+    // introduction's late TCP path and make a second tunnel that replaces the new one.
+    this.answering.get(id)?.abort()
+    const answer = new AbortController()
+    this.answering.set(id, answer)
+    this.establish(intro, timeoutMs, null, null, answer.signal).catch((err: unknown) => {
       const e = toNatdError(err)
       if (e.code === 'BUSY') return // the refusal log has it
+      if (answer.signal.aborted) {
+        this.c.log.debug('introduction superseded', { peer: intro.peer.name, code: e.code })
+        return
+      }
       // A failed upgrade attempt (the tunnel stays on the relay) is routine, not a warning.
       this.c.log[intro.via === 'direct' ? 'debug' : 'warn']('incoming tunnel failed', { peer: intro.peer.name, via: intro.via, code: e.code, err: e.message })
+    }).finally(() => {
+      if (this.answering.get(id) === answer) this.answering.delete(id)
     })
   }
 

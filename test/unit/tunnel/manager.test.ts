@@ -11,11 +11,14 @@ import { afterEach, describe, expect, it, vi } from 'vitest'
 import { NatdError } from '../../../src/protocol/errors.js'
 import { generateKeyPair, peerId, type KeyPair } from '../../../src/protocol/identity.js'
 import { silentLogger, systemClock } from '../../../src/protocol/log.js'
+import { encodeMux } from '../../../src/protocol/mux.js'
 import { isTarget, resolvePeer, type PeerRef, type PeerTarget } from '../../../src/protocol/peer-ref.js'
 import { isRendezvousFrame, MSG, type PeerRecord, type Via } from '../../../src/protocol/rendezvous.js'
 import { mostTelling, TunnelManager, type Introduction, type PeerPolicy, type PinSource, type PunchOutcome, type TunnelManagerComponents } from '../../../src/tunnel/manager.js'
 import type { Tunnel } from '../../../src/tunnel/tunnel.js'
+import { freePort } from '../helpers.js'
 import { until } from './pipe.js'
+import { tcpPeer } from './tcp-peer.js'
 
 /** The daemon's policy in miniature: pinned names, first-use pinning, the same checks. */
 class Pins implements PeerPolicy {
@@ -59,7 +62,7 @@ function record(a: { name: string; keyPair: KeyPair; port: number }): PeerRecord
 }
 
 /** An agent whose introducer answers with `introduce(target, via)` from the test. */
-function agent(name: string, introduce: (self: Agent, target: string, via: Via) => Promise<Introduction>, onChannel: TunnelManagerComponents['onChannel'] = (_t, req) => req.reject('NOT_EXPOSED', 'test')): Agent {
+function agent(name: string, introduce: (self: Agent, target: string, via: Via) => Promise<Introduction>, onChannel: TunnelManagerComponents['onChannel'] = (_t, req) => req.reject('NOT_EXPOSED', 'test'), tcpPort = 0): Agent {
   const socket = udx.createSocket()
   socket.bind(0, '127.0.0.1')
   const keyPair = generateKeyPair()
@@ -90,7 +93,7 @@ function agent(name: string, introduce: (self: Agent, target: string, via: Via) 
       log: silentLogger,
       natVerdict: () => 'easy',
       relayServer: () => null,
-      localTcpPort: () => 0,
+      localTcpPort: () => tcpPort,
       refreshNat: async () => undefined,
       offlineCheck: (id) => a.offline.get(id) ?? Promise.resolve(),
       onChannel,
@@ -342,6 +345,52 @@ describe('TunnelManager.accept spends only what the punching budget allows', () 
     expect(bob.manager.budget.inUse.punches).toBe(bob.manager.budget.init.peerPunches)
     await new Promise((resolve) => setTimeout(resolve, 500))
     expect(bob.manager.budget.inUse.punches).toBe(0)
+  })
+})
+
+// CI (test/lab/messages-files.test.ts, /work/notes/ci-replaced.log): bob still answered
+// an older introduction of alice's (its TCP attempt dialing her port, 131 SYNs over 14 s)
+// when alice restarted and opened again. The new introduction's UDP tunnel came up; its
+// late TCP path met the OLD race's socket (same ports both ends, and the handshake names
+// no introduction), so alice's "this one" ping made bob a second fresh tunnel, which
+// replaced the new one: alice's tunnel closed, "peer closed the tunnel (replaced by a
+// newer tunnel)".
+describe('TunnelManager.accept: a newer introduction from the same peer', () => {
+  it("stops our answer to the older one: alice's late TCP path landing on that race makes no second tunnel; one tunnel stays, open on both sides", async () => {
+    const newer = Buffer.alloc(16, 0xff) // the larger id: the old race's tunnel would not lose the tie-break (resume.ts onFreshTunnel), as in CI
+    let bob: Agent | null = null
+    const alice = agent('alice', async (self, _target, via) => {
+      const punchKey = randomBytes(32)
+      bob!.manager.accept({ introId: newer, punchKey, initiator: false, via, peer: record(self) }, 5_000)
+      return { introId: newer, punchKey, initiator: true, via, peer: record(bob!) }
+    })
+    bob = agent('bob', () => Promise.reject(new NatdError('PEER_UNKNOWN', 'bob opens nothing here')), undefined, await freePort())
+    alice.pins.pins.set('bob', bob.id)
+    const alicesTcp = await tcpPeer(alice.keyPair, true) // bob answers the handshake: he is the responder
+    try {
+      // The older introduction: bob's TCP attempt connects and authenticates, and waits for alice's choice.
+      const older = { ...record(alice), tcp: { host: '127.0.0.1', port: alicesTcp.port } }
+      bob.manager.accept({ introId: Buffer.alloc(16, 0), punchKey: randomBytes(32), initiator: false, via: 'tcp', peer: older }, 15_000)
+      await until(() => alicesTcp.sessions.length > 0, "bob's older race to connect to alice's TCP port")
+      const stale = alicesTcp.sessions[0]!
+      await stale.opened
+      const { tunnel: alices } = await alice.manager.open('bob', 'udp', 5_000)
+      await until(() => bob!.manager.get(alice.id)?.isUp === true, "bob's tunnel of the newer introduction")
+      const bobs = bob.manager.get(alice.id)!
+      // Alice moves her new tunnel to a late TCP path that met the old race's socket: "this one".
+      stale.write(encodeMux({ type: 'ping', channel: 0, seq: 0 }))
+      await new Promise((resolve) => setTimeout(resolve, 500)) // bob would make and register a tunnel of it by now
+      // Plain values: a failed match must not try to print a Tunnel (native handles).
+      const seen = {
+        bobsTunnels: bob.manager.list().length,
+        bobKeepsTheNewer: bob.manager.get(alice.id) === bobs && bobs.isOpen,
+        aliceKeepsHers: alice.manager.get(bob.id) === alices && alices.isOpen,
+        staleSessionDropped: stale.destroyed // bob ended the old race
+      }
+      expect(seen).toEqual({ bobsTunnels: 1, bobKeepsTheNewer: true, aliceKeepsHers: true, staleSessionDropped: true })
+    } finally {
+      alicesTcp.close()
+    }
   })
 })
 

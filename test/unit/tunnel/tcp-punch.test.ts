@@ -5,13 +5,13 @@
 // the deadline, and leave nothing on the port; abort stops at once.
 import net from 'node:net'
 import { describe, expect, it } from 'vitest'
-import SecretStream from '@hyperswarm/secret-stream'
 import { NatdError } from '../../../src/protocol/errors.js'
 import { generateKeyPair, type KeyPair } from '../../../src/protocol/identity.js'
 import { silentLogger, systemClock, type Logger } from '../../../src/protocol/log.js'
 import { PunchBudget } from '../../../src/tunnel/budget.js'
 import { punchTcp, type TcpPunchResult } from '../../../src/tunnel/tcp-punch.js'
 import { freePort } from '../helpers.js'
+import { tcpPeer } from './tcp-peer.js'
 
 const clock = systemClock
 
@@ -21,25 +21,6 @@ function punch(from: number, to: number, me: KeyPair, them: KeyPair, initiator: 
     { keyPair: me, clock, log: silentLogger, ...(synWaitMs ? { synWaitMs } : {}) },
     signal
   )
-}
-
-/** A host that accepts the SYN (as a router that lets it through would) and answers the Noise handshake as `key`. */
-async function acceptingPeer(key: KeyPair): Promise<{ port: number; sessions: SecretStream[]; close: () => void }> {
-  const sessions: SecretStream[] = []
-  const server = net.createServer((sock) => {
-    const s = new SecretStream(false, sock as never, { keyPair: key })
-    s.on('error', () => undefined)
-    sessions.push(s)
-  })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  return {
-    port: (server.address() as net.AddressInfo).port,
-    sessions,
-    close: () => {
-      for (const s of sessions) s.destroy()
-      server.close()
-    }
-  }
 }
 
 function recordingLogger(): { log: Logger; warnings: string[] } {
@@ -53,7 +34,7 @@ function recordingLogger(): { log: Logger; warnings: string[] } {
 describe('TCP punching', () => {
   it('a candidate that answers gives a connection authenticated as the expected key, from our fixed port', async () => {
     const [alice, bob] = [generateKeyPair(), generateKeyPair()]
-    const peer = await acceptingPeer(bob)
+    const peer = await tcpPeer(bob)
     const pa = await freePort()
     try {
       const r = await punch(pa, peer.port, alice, bob, true, 3_000)
@@ -70,7 +51,7 @@ describe('TCP punching', () => {
 
   it('a peer with another key is dropped, its connection reset; the punch fails at its deadline, naming what it tried', async () => {
     const [alice, bob, mallory] = [generateKeyPair(), generateKeyPair(), generateKeyPair()]
-    const peer = await acceptingPeer(mallory)
+    const peer = await tcpPeer(mallory)
     const pa = await freePort()
     const { log, warnings } = recordingLogger()
     try {
