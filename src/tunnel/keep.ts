@@ -53,8 +53,9 @@ export class TunnelKeeper {
   /** The tunnel the winner makes: a resume, an upgrade of a relayed tunnel, or a fresh one. */
   async keep(intro: Introduction, won: Established, upgrade: boolean, id: string, resuming: Tunnel | null, late: Promise<void>): Promise<Tunnel> {
     const name = intro.peer.name
-    // An upgrade we start may be of a tunnel a stranger opened: only a fresh open is ours.
-    this.c.peers.pin({ name, id }, intro.initiator && !upgrade ? 'ours' : 'inbound')
+    // We asked for this introduction: an open (any --via), or the resume, upgrade or move of
+    // a tunnel we opened (only the opener runs those loops: recovery.ts) — a peer we chose.
+    this.c.peers.pin({ name, id }, intro.initiator ? 'ours' : 'inbound')
     if (intro.initiator && resuming) return this.resumeAsOpener(resuming, won, intro)
     if (!intro.initiator) {
       const ask = asResume(won.first)

@@ -160,6 +160,10 @@ describe('TunnelManager.open reaches only the peer the user named', () => {
     expect(alice.pins.sources.get('bob')).toBe('ours')
     await vi.waitFor(() => expect(bob.pins.sources.get('alice')).toBe('inbound'))
     expect((await alice.manager.open(bob.id, 'udp', 5_000)).reused).toBe(true)
+    // The default --via auto (plan.upgrade set: a relayed tunnel would look for a direct path) is ours too.
+    const auto = pair()
+    await auto.alice.manager.open('bob', 'auto', 5_000)
+    expect(auto.alice.pins.sources.get('bob')).toBe('ours')
     expect(alice.manager.get(bob.id.slice(0, 8))).toBe(r.tunnel)
     expect(alice.manager.get('bob')).toBe(r.tunnel)
     expect(alice.manager.get('bob_')).toBeUndefined()
