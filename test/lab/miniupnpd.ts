@@ -106,5 +106,12 @@ export async function startMiniupnpd(lab: Lab, site: string, n: number, dir: str
       ''
     ].join('\n')
   )
-  return lab.spawn(router.ns, [MINIUPNPD, '-d', '-4', '-f', conf, '-P', path.join(dir, `miniupnpd-${site}.pid`)])
+  // miniupnpd logs through syslog too, and with no /dev/log glibc writes each line to
+  // /dev/console. A gateway whose rules refuse every port logs one line per port it tries
+  // for a PCP request (~65,000, ~800 a second): console writes at that rate held both
+  // cores of a 2-core VM in the kernel, so natctl and natd stood still 25-30 s (issue 17).
+  // `ip netns exec` gives the command a mount namespace of its own: /dev/console is
+  // /dev/null there; the lines still reach the test on stderr (-d).
+  const cmd = `mount --bind /dev/null /dev/console && exec "$0" "$@"`
+  return lab.spawn(router.ns, ['sh', '-c', cmd, MINIUPNPD, '-d', '-4', '-f', conf, '-P', path.join(dir, `miniupnpd-${site}.pid`)])
 }

@@ -254,15 +254,9 @@ describe.skipIf(!labAvailable() || !fs.existsSync(MINIUPNPD))('port mapping (PCP
   // sockets while she sprayed his NAT: it only landed while both event loops were free.
   // Now a mapping equal to the public endpoint is kept, bob probes it at full TTL from his
   // agent socket and neither side searches (path-plan.ts, punch.ts Candidate.mapped).
-  // Skipped again (issue 17). The path it asserts now holds: a mapping equal to the public
-  // endpoint is kept and probed at full TTL, the plan is 'normal' (test/unit/tunnel/
-  // paths-mapped.test.ts), and bob → alice was direct-udp in 56–308 ms in every run that got
-  // that far. But 4 of 6 runs on 2026-12-06 (load 4–9) failed before or after the open on a
-  // process that stood still for 25–30 s: a natctl with one thread, runnable, never reaching
-  // its first trace line (/proc: R, no kernel stack; no Node report: before Node's threads),
-  // or alice's natd answering an auth.prove (one lstat) after 25.8 s. No other lab test shows
-  // it; the cause is open. natctl() now records where such a call waits (natd-lab.ts).
-  it.skip('hard×hard where one router maps → direct UDP to the mapped endpoint; where the gateway refuses → relay, as before', { timeout: 180_000 }, async () => {
+  // It failed in CI for a reason outside natd: carol's miniupnpd, refusing every port, logged
+  // one line per port for a PCP request, and those went to /dev/console (miniupnpd.ts).
+  it('hard×hard where one router maps → direct UDP to the mapped endpoint; where the gateway refuses → relay, as before', { timeout: 180_000 }, async () => {
     // alice and carol sit behind hard NATs running miniupnpd; carol's refuses every mapping.
     await withLab({ sites: [{ name: 'alice', nat: 'hard' }, { name: 'bob', nat: 'hard' }, { name: 'carol', nat: 'hard' }] }, async (n) => {
       const { ip, altIp } = n.lab.server
