@@ -27,6 +27,7 @@ import { rankServers } from './server-choice.js'
 import { reconnectDelay } from './reconnect-policy.js'
 import { logClientMove, type ClientState } from './client-state.js'
 import { ServerHeartbeats, type HeartbeatAck, type UdpSender } from './server-heartbeats.js'
+import { namedRecord } from './server-records.js'
 import { signedRegister } from './signed-register.js'
 
 // The UDP side (heartbeats and their acks) lives in server-heartbeats.ts; re-exported here.
@@ -160,7 +161,7 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
   async list(): Promise<PeerRecord[]> {
     const reply = await this.request({ type: 'list', reqId: 0 })
     if (reply.type !== 'peers') throw new NatdError('INTERNAL', `unexpected ${reply.type}`)
-    return reply.peers
+    return reply.peers.filter((p) => namedRecord(p, this.log, 'list'))
   }
 
   /**
@@ -173,13 +174,14 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
     const reply = await this.request({ type: 'lookup', reqId: 0, publicKey })
     if (reply.type !== 'peers') throw new NatdError('INTERNAL', `unexpected ${reply.type}`)
     const found = reply.peers[0]
-    return found && timingSafeEqual(found.publicKey, publicKey) ? found : null
+    return found && timingSafeEqual(found.publicKey, publicKey) && namedRecord(found, this.log, 'lookup') ? found : null
   }
 
   /** Asks the server to introduce us to `target`; resolves with our side of the introduction. */
   async introduce(target: string, via: Via): Promise<Introduction> {
     const reply = await this.request({ type: 'introduce', reqId: 0, target, via })
     if (reply.type !== 'introduction') throw new NatdError('INTERNAL', `unexpected ${reply.type}`)
+    if (!namedRecord(reply.peer, this.log, 'introduction')) throw new NatdError('PEER_MISMATCH', `the server introduced a peer whose name is not a valid name, for ${target}`)
     return { introId: reply.introId, punchKey: reply.punchKey, initiator: reply.initiator, via: reply.via, peer: reply.peer, relay: reply.relay ?? null }
   }
 
@@ -268,11 +270,11 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
         this.pathProbe.onPong(msg.seq)
         return
       case 'peer-event':
-        this.emit('peer', msg.event, msg.peer, msg.reason)
+        if (namedRecord(msg.peer, this.log, 'peer event')) this.emit('peer', msg.event, msg.peer, msg.reason)
         return
       case 'introduction':
         // reqId 0: a peer asked for us. Another is a reply that came after its request gave up.
-        if (msg.reqId === 0) this.emit('introduction', { introId: msg.introId, punchKey: msg.punchKey, initiator: msg.initiator, via: msg.via, peer: msg.peer, relay: msg.relay ?? null })
+        if (msg.reqId === 0 && namedRecord(msg.peer, this.log, 'introduction')) this.emit('introduction', { introId: msg.introId, punchKey: msg.punchKey, initiator: msg.initiator, via: msg.via, peer: msg.peer, relay: msg.relay ?? null })
         return
       case 'error':
         if (msg.reqId) return // a late reply

@@ -14,7 +14,7 @@ import type { Endpoint } from '../../../src/protocol/endpoint.js'
 import { generateKeyPair, peerId, type KeyPair } from '../../../src/protocol/identity.js'
 import { systemClock } from '../../../src/protocol/clock.js'
 import { silentLogger } from '../../../src/protocol/log.js'
-import type { OutgoingMessage } from '../../../src/protocol/rendezvous.js'
+import type { OutgoingMessage, PeerRecord } from '../../../src/protocol/rendezvous.js'
 import { RendezvousServer } from '../../../src/rendezvous/server.js'
 import { startOnFreePort } from '../rendezvous/start-server.js'
 import { until } from '../tunnel/pipe.js'
@@ -168,5 +168,56 @@ describe('RendezvousClient.peer()', () => {
     expect(await alice.peer(bobKp.publicKey)).toMatchObject({ name: 'bob', online: true })
     expect(await alice.peer(generateKeyPair().publicKey)).toBeNull()
     expect(sent).toEqual(['list', 'list'])
+  })
+})
+
+describe('RendezvousClient: a peer record whose name is not a valid name (a lying server, review 7 #4)', () => {
+  const EVIL = 'bob\x1b[2J\r'
+  /** The server, lying: every record it names `bob` in a reply comes back named EVIL. */
+  function serverRenamesBob(): void {
+    const request = ControlConnection.prototype.request
+    vi.spyOn(ControlConnection.prototype, 'request').mockImplementation(async function (this: ControlConnection, msg: Extract<OutgoingMessage, { reqId: number }>) {
+      const reply = await request.call(this, msg)
+      const rename = (p: PeerRecord): PeerRecord => (p.name === 'bob' ? { ...p, name: EVIL } : p)
+      if (reply.type === 'peers') return { ...reply, peers: reply.peers.map(rename) }
+      if (reply.type === 'introduction') return { ...reply, peer: rename(reply.peer) }
+      return reply
+    })
+  }
+
+  it('is dropped from LIST and LOOKUP answers; the other records stay', async () => {
+    const port = await startServer()
+    const bobKp = generateKeyPair()
+    const alice = await agent(port, 'alice')
+    await agent(port, 'bob', bobKp)
+    await agent(port, 'carol')
+    serverRenamesBob()
+    expect((await alice.list()).map((p) => p.name).sort()).toEqual(['carol'])
+    expect(await alice.peer(bobKp.publicKey)).toBeNull()
+  })
+
+  it('in an introduction we asked for: refused with PEER_MISMATCH', async () => {
+    const port = await startServer()
+    const bobKp = generateKeyPair()
+    const alice = await agent(port, 'alice')
+    await agent(port, 'bob', bobKp)
+    serverRenamesBob()
+    await expect(alice.introduce(peerId(bobKp.publicKey), 'udp')).rejects.toMatchObject({ code: 'PEER_MISMATCH' })
+  })
+
+  it('in a PEER_EVENT or an introduction the server sends on its own: ignored (no peer event, no introduction to accept)', async () => {
+    const port = await startServer()
+    const alice = await agent(port, 'alice')
+    const events: string[] = []
+    alice.on('peer', (event, peer) => events.push(`${event} ${peer.name}`))
+    alice.on('introduction', (intro) => events.push(`introduction ${intro.peer.name}`))
+    const record = (name: string): PeerRecord => ({ publicKey: generateKeyPair().publicKey, name, online: true, lastSeenAgoMs: 0, nat: 'easy', udp: null, tcp: null, lan: [] })
+    const control = (alice as unknown as { control: ControlConnection }).control
+    const intro = { type: 'introduction' as const, reqId: 0, introId: new Uint8Array(16), punchKey: new Uint8Array(32), initiator: false, via: 'udp' as const }
+    for (const name of [EVIL, 'Bob', '', 'dave']) {
+      control.emit('message', { type: 'peer-event', event: 'up', peer: record(name) })
+      control.emit('message', { ...intro, peer: record(name) })
+    }
+    expect(events).toEqual(['up dave', 'introduction dave'])
   })
 })
