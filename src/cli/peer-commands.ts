@@ -3,8 +3,38 @@
  * the keys pinned to their names.
  */
 import type { Argv } from 'yargs'
+import type { PeerInfo, Result } from '../ipc/schema.js'
 import { call, out, type Global } from './command-kit.js'
-import { ago, portMappingLine, table } from './format.js'
+import { ago, portMappingLine, shown, table } from './format.js'
+
+/** `natctl status` for people; the server's last error is its own words, shown(). */
+export function formatStatus(s: Result<'status'>): string {
+  return [
+    `name:        ${s.name}`,
+    `id:          ${s.id}`,
+    `server:      ${s.server} (${s.serverState}${s.lastError ? `: ${shown(s.lastError.message)} [${s.lastError.code}]` : ''})`,
+    `server key:  ${s.serverKey ? `${s.serverKey.id} (${s.serverKey.pinned === 'flag' ? 'pinned by --server' : 'pinned on first use'})` : '- (pinned on first contact)'}`,
+    `heartbeat:   ${s.lastHeartbeatAgoMs === null ? '-' : ago(s.lastHeartbeatAgoMs)}${s.serverRttMs === null ? '' : `, rtt ${s.serverRttMs} ms`}`,
+    `public udp:  ${s.publicUdp ?? '-'}`,
+    `public tcp:  ${s.publicTcp ?? '-'}`,
+    `public ipv6: ${s.publicUdp6 ?? '-'}`,
+    `local port:  ${s.localUdpPort}`,
+    `lan:         ${s.lan.join(', ') || '-'}`,
+    `probe ttl:   ${s.firstProbeTtl}`,
+    `port map:    ${portMappingLine(s.portMapping)}`,
+    `tunnels:     ${s.tunnels}`,
+    ...(s.stateWarnings ?? []).map((w) => `WARNING:     ${w}`)
+  ].join('\n')
+}
+
+/** `natctl peers` for people: the names are the server's (or the pins'), each cell shown() by table(). */
+export function formatPeers(peers: PeerInfo[]): string {
+  if (peers.length === 0) return 'no other agents on this server'
+  return table(
+    ['NAME', 'ID', 'PINNED', 'ONLINE', 'LAST SEEN', 'ENDPOINT', 'NAT', 'TUNNEL'],
+    peers.map((p) => [p.name, p.id.slice(0, 8), p.pinned ? 'yes' : 'no', p.online ? 'yes' : 'no', p.lastSeenAgoMs === null ? 'not listed' : ago(p.lastSeenAgoMs), p.endpoint, p.nat, p.tunnel])
+  )
+}
 
 /** Declares status, peers, trust, untrust. */
 export function peerCommands(y: Argv<Global>): Argv<Global> {
@@ -15,24 +45,7 @@ export function peerCommands(y: Argv<Global>): Argv<Global> {
       () => undefined,
       async (g) => {
         const s = await call(g, 'status', {})
-        out(g, s, () =>
-          [
-            `name:        ${s.name}`,
-            `id:          ${s.id}`,
-            `server:      ${s.server} (${s.serverState}${s.lastError ? `: ${s.lastError.message} [${s.lastError.code}]` : ''})`,
-            `server key:  ${s.serverKey ? `${s.serverKey.id} (${s.serverKey.pinned === 'flag' ? 'pinned by --server' : 'pinned on first use'})` : '- (pinned on first contact)'}`,
-            `heartbeat:   ${s.lastHeartbeatAgoMs === null ? '-' : ago(s.lastHeartbeatAgoMs)}${s.serverRttMs === null ? '' : `, rtt ${s.serverRttMs} ms`}`,
-            `public udp:  ${s.publicUdp ?? '-'}`,
-            `public tcp:  ${s.publicTcp ?? '-'}`,
-            `public ipv6: ${s.publicUdp6 ?? '-'}`,
-            `local port:  ${s.localUdpPort}`,
-            `lan:         ${s.lan.join(', ') || '-'}`,
-            `probe ttl:   ${s.firstProbeTtl}`,
-            `port map:    ${portMappingLine(s.portMapping)}`,
-            `tunnels:     ${s.tunnels}`,
-            ...(s.stateWarnings ?? []).map((w) => `WARNING:     ${w}`)
-          ].join('\n')
-        )
+        out(g, s, () => formatStatus(s))
       }
     )
     .command(
@@ -41,14 +54,7 @@ export function peerCommands(y: Argv<Global>): Argv<Global> {
       () => undefined,
       async (g) => {
         const peers = await call(g, 'peers', {})
-        out(g, peers, () =>
-          peers.length === 0
-            ? 'no other agents on this server'
-            : table(
-                ['NAME', 'ID', 'PINNED', 'ONLINE', 'LAST SEEN', 'ENDPOINT', 'NAT', 'TUNNEL'],
-                peers.map((p) => [p.name, p.id.slice(0, 8), p.pinned ? 'yes' : 'no', p.online ? 'yes' : 'no', p.lastSeenAgoMs === null ? 'not listed' : ago(p.lastSeenAgoMs), p.endpoint, p.nat, p.tunnel])
-              )
-        )
+        out(g, peers, () => formatPeers(peers))
       }
     )
     .command(

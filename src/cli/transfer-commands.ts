@@ -12,7 +12,7 @@ import type { FileProgress, FileSendResult, MessageInfo, PartialFile, ReceivedFi
 import { parseBytes } from '../protocol/duration.js'
 import { NatdError } from '../protocol/errors.js'
 import { call, duration, out, UsageError, type Global } from './command-kit.js'
-import { ago, bytes, peerLabel, table } from './format.js'
+import { ago, bytes, peerLabel, shown, shownOutput, shownText, table } from './format.js'
 import { ProgressBar } from './progress.js'
 
 export interface CommandIo {
@@ -76,6 +76,12 @@ function rate(size: number, ms: number): string {
   return ms > 0 ? `${bytes(Math.round((size * 1000) / ms))}/s` : '-'
 }
 
+/** `natctl cp`'s line for one file sent; the name the receiver saved it as is its choice, shown(). */
+export function cpLine(source: string, r: FileSendResult): string {
+  const resumed = r.offset > 0 ? `, resumed at ${bytes(r.offset)} (${bytes(r.sent)} sent)` : ''
+  return shownOutput(`${source} -> ${shown(r.peer)}:${shown(r.savedAs)}  ${bytes(r.size)} in ${(r.tookMs / 1000).toFixed(1)} s, ${rate(r.sent, r.tookMs)}${resumed}  sha256 ${r.sha256.slice(0, 16)}…`)
+}
+
 export async function runCp(io: CommandIo, args: string[], opts: { recursive: boolean; timeoutMs: number }): Promise<void> {
   const { sources, peer, name } = parseCpArgs(args, io.usage)
   const files = expandSources(sources, opts.recursive, name)
@@ -92,14 +98,13 @@ export async function runCp(io: CommandIo, args: string[], opts: { recursive: bo
     }
     for (const f of files) {
       current = f.path
-      bar = new ProgressBar(io.stderr, f.name || path.basename(f.path))
+      bar = new ProgressBar(io.stderr, shown(f.name || path.basename(f.path)))
       try {
         const r = await sendOne(io.socketPath, client, { peer, path: f.path, name: f.name || path.basename(f.path), timeoutMs: opts.timeoutMs })
         bar.clear()
         if (io.json) io.stdout.write(JSON.stringify(r) + '\n')
         else {
-          const resumed = r.offset > 0 ? `, resumed at ${bytes(r.offset)} (${bytes(r.sent)} sent)` : ''
-          io.stdout.write(`${f.path} -> ${r.peer}:${r.savedAs}  ${bytes(r.size)} in ${(r.tookMs / 1000).toFixed(1)} s, ${rate(r.sent, r.tookMs)}${resumed}  sha256 ${r.sha256.slice(0, 16)}…\n`)
+          io.stdout.write(cpLine(f.path, r) + '\n')
         }
       } finally {
         bar.clear()
@@ -145,8 +150,13 @@ export function formatPartials(ps: PartialFile[]): string {
   )
 }
 
-function formatMessage(m: MessageInfo): string {
-  return `${m.receivedAt.replace('T', ' ').replace(/\.\d+Z$/, 'Z')}  ${m.from}: ${m.text}`
+/**
+ * One message as `natctl messages` prints it: a header line (time, sender, the text's first
+ * line), then the text's other lines indented (shownText). Nothing the sender chose reaches
+ * the terminal raw: its text can neither rewrite the header nor pass for another message.
+ */
+export function formatMessage(m: MessageInfo): string {
+  return `${m.receivedAt.replace('T', ' ').replace(/\.\d+Z$/, 'Z')}  ${shown(m.from)}: ${shownText(m.text)}`
 }
 
 export async function runMessages(io: CommandIo, opts: { follow: boolean; from: string }): Promise<void> {
@@ -255,7 +265,7 @@ export function transferCommands(y: Argv<Global>): Argv<Global> {
         } finally {
           client.close()
         }
-        out(g, r, () => (r.duplicate ? `${r.peer} had this message already (id ${r.id}): delivered once, not stored twice` : `delivered to ${r.peer} in ${r.tookMs} ms (id ${r.id})`))
+        out(g, r, () => (r.duplicate ? `${shown(r.peer)} had this message already (id ${r.id}): delivered once, not stored twice` : `delivered to ${shown(r.peer)} in ${r.tookMs} ms (id ${r.id})`))
       }
     )
     .command(

@@ -3,7 +3,14 @@ import type { Argv } from 'yargs'
 import { ApiClient, resolveSocketPath } from '../ipc/client.js'
 import { OPEN_VIAS } from '../ipc/schema.js'
 import { call, duration, out, UsageError, type Global } from './command-kit.js'
-import { ago, bytes, pongLine, table } from './format.js'
+import type { Result } from '../ipc/schema.js'
+import { ago, bytes, pongLine, shown, table } from './format.js'
+
+/** `natctl open`'s line: the peer's name may be the server's, shown(). */
+export function openLine(r: Result<'open'>): string {
+  const peer = shown(r.peer)
+  return r.reused ? `tunnel to ${peer} already open: ${r.path} ${r.remote}` : `tunnel to ${peer}: ${r.path} ${r.remote} in ${r.tookMs} ms`
+}
 
 /** Declares open, close, tunnels, ping, netcheck. */
 export function tunnelCommands(y: Argv<Global>): Argv<Global> {
@@ -18,7 +25,7 @@ export function tunnelCommands(y: Argv<Global>): Argv<Global> {
           .option('timeout', { type: 'string', default: '10s', describe: 'give up after this long' }),
       async (g) => {
         const r = await call(g, 'open', { peer: g.peer, via: g.via, timeoutMs: duration(g.timeout, '--timeout') })
-        out(g, r, () => (r.reused ? `tunnel to ${r.peer} already open: ${r.path} ${r.remote}` : `tunnel to ${r.peer}: ${r.path} ${r.remote} in ${r.tookMs} ms`))
+        out(g, r, () => openLine(r))
       }
     )
     .command(

@@ -13,6 +13,7 @@
 import fs from 'node:fs'
 import winston from 'winston'
 import type { Logger } from '../protocol/log.js'
+import { UNSAFE_TEXT_CHARS } from '../protocol/unsafe-text.js'
 
 export const LOG_LEVELS = ['error', 'warn', 'info', 'debug'] as const
 export type LogLevel = (typeof LOG_LEVELS)[number]
@@ -40,7 +41,8 @@ export function createLogger(opts: LoggerOptions): RootLogger {
     const { level, message, timestamp, component, ...fields } = info
     const extra = Object.entries(fields)
       .filter(([k]) => typeof k === 'string')
-      .map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`)
+      // A field may hold a peer's or the server's words: one with a control character is written as JSON (escaped) on a terminal.
+      .map(([k, v]) => `${k}=${typeof v === 'string' && v.search(UNSAFE_TEXT_CHARS) === -1 ? v : JSON.stringify(v)}`)
       .join(' ')
     return `${String(timestamp).slice(11, 23)} ${level} ${component ? `[${String(component)}] ` : ''}${String(message)}${extra ? ' ' + extra : ''}`
   })

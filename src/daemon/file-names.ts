@@ -5,21 +5,15 @@
 import { createHash } from 'node:crypto'
 import type fs from 'node:fs'
 import path from 'node:path'
+import { UNSAFE_TEXT_CHARS } from '../protocol/unsafe-text.js'
 
 /** Longest name the receiver keeps, in UTF-8 bytes (room left for a `-NNN` suffix under NAME_MAX 255). */
 export const MAX_NAME_BYTES = 200
 /** Free names tried (`a.txt`, `a-1.txt`, …) before giving up. */
 export const MAX_NAME_SUFFIX = 9_999
 
-/**
- * Characters a received name may not keep, each replaced by `_`: C0 controls and DEL
- * (U+0000–U+001F, U+007F), C1 controls (U+0080–U+009F), the bidirectional controls
- * (U+061C, U+200E–U+200F, U+202A–U+202E, U+2066–U+2069) that make `txt.exe` display as
- * `exe.txt`, other invisible format characters (U+200B–U+200D, U+2060, U+FEFF), the line
- * and paragraph separators (U+2028–U+2029), and lone surrogates.
- */
-// eslint-disable-next-line no-control-regex -- matching the control characters is the point
-export const UNSAFE_NAME_CHARS = /[\u0000-\u001f\u007f-\u009f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ud800-\udfff]/gu
+/** Characters a received name may not keep, each replaced by `_` (UNSAFE_TEXT_CHARS: controls, bidi and invisible format characters). */
+export const UNSAFE_NAME_CHARS = UNSAFE_TEXT_CHARS
 
 /**
  * A peer's name for a file made safe to create in the inbox and to show in a terminal:

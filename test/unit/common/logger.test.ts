@@ -50,6 +50,13 @@ describe('createLogger', () => {
     expect(lines()[0]).toContain(ESC)
   })
 
+  it('a TTY: a field with a control character (a peer\'s words) is written escaped, as JSON', () => {
+    const { log, lines } = capture({ level: 'info', tty: true, journal: false })
+    log.info('refused', { reason: 'no\r\u001b[2Kall good\u0007', peer: 'bob' })
+    expect(lines()).toHaveLength(1)
+    expect(lines()[0]).toContain('reason="no\\r\\u001b[2Kall good\\u0007" peer=bob')
+  })
+
   it('the level changes at run time (SIGHUP), children included', () => {
     const { log, lines } = capture({ level: 'info', tty: false, journal: true })
     const child = log.child({ component: 'x' })
