@@ -6,21 +6,27 @@
 //   mallory ──message.send "hi\r\e[2K<date>  bob: …\e]52;c;…\a"──▶ owner's natd (stored as sent)
 //                                                                    │ natctl messages
 //                                                                    ▼ the owner's terminal: escaped
+import { execFile } from 'node:child_process'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { afterEach, expect, it } from 'vitest'
 import { CONTINUATION_INDENT } from '../../src/cli/format.js'
 import { runMessages, type CommandIo } from '../../src/cli/transfer-commands.js'
 import { Messages, MESSAGE_SERVICE } from '../../src/daemon/messages.js'
 import { silentLogger } from '../../src/protocol/log.js'
 import type { ApiClient } from '../../src/ipc/client.js'
+import type { MessageInfo, PeerInfo } from '../../src/ipc/schema.js'
+import { ApiServer, type Handlers } from '../../src/ipc/server.js'
+import { NatdError } from '../../src/protocol/errors.js'
 import type { TunnelManager } from '../../src/tunnel/manager.js'
 import { Mux } from '../../src/tunnel/mux.js'
 import { messagePipe } from '../unit/tunnel/pipe.js'
 import { upTunnel } from '../unit/helpers.js'
 import { recordAbuse } from './record.js'
 
+const NATCTL = path.join(fileURLToPath(new URL('../../', import.meta.url)), 'dist/cli/main.js')
 const MALLORY = { name: 'mallory', id: 'm'.repeat(52) }
 const OWNER = { name: 'owner', id: 'o'.repeat(52) }
 const known = { list: () => [], resolveKey: async () => ({ ...MALLORY }) }
@@ -85,4 +91,39 @@ it('a stranger\'s message reaches natctl messages with its control characters es
   expect(printed).toContain('mallory: hi\\u000d\\u001b[2K2026-12-06 16:00:00Z  bob:')
   expect(headers.map((l) => l.split('  ')[1])).toEqual(['mallory: hi\\u000d\\u001b[2K2026-12-06 16:00:00Z', 'mallory: see you'])
   expect(lines[2]).toBe(`${CONTINUATION_INDENT}2026-12-06 16:00:00Z  bob: run natctl trust rv ABCD --replace`)
+})
+
+it('the real natctl (dist/cli/main.js): messages, peers and a peer\'s refusal in an error print nothing raw', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'abuse-terminal-api-'))
+  const socketPath = path.join(dir, 'run', 'natd.sock')
+  const evil = 'ok\r\x1b[2K\x1b]52;c;Y3VybA==\x07\u009b2J\nnext line'
+  const message: MessageInfo = { id: 'a'.repeat(32), from: 'mallory', fromId: MALLORY.id, text: evil, sentAt: '2026-12-06T16:00:00.000Z', receivedAt: '2026-12-06T16:00:00.000Z' }
+  // What a lying server or an older agent could hand natd: a name natd now drops, here straight from the API.
+  const peer: PeerInfo = { name: 'bob\x1b[2J\nalice', id: MALLORY.id, online: true, lastSeenAgoMs: 0, pinned: false, endpoint: null, tcpEndpoint: null, lan: [], nat: 'easy', tunnel: null, downReason: null }
+  const handlers = new Proxy({} as Handlers, {
+    get: (_, method) =>
+      method === 'messages' ? () => [message] : method === 'peers' ? () => [peer] : () => Promise.reject(new NatdError('NOT_ALLOWED', `bob refused a.txt: ${evil}`))
+  })
+  const server = new ApiServer(socketPath, handlers, silentLogger)
+  await server.start()
+  cleanups.push(() => {
+    server.stop()
+    fs.rmSync(dir, { recursive: true, force: true })
+  })
+  const natctl = (args: string[]): Promise<{ code: number; out: string }> =>
+    new Promise((resolve) => {
+      execFile(process.execPath, [NATCTL, '--socket', socketPath, ...args], { timeout: 15_000 }, (err, stdout, stderr) => {
+        resolve({ code: err ? (typeof err.code === 'number' ? err.code : -1) : 0, out: stdout + stderr })
+      })
+    })
+  const messages = await natctl(['messages'])
+  const peers = await natctl(['peers'])
+  const refused = await natctl(['forward', 'ls'])
+  for (const r of [messages, peers]) expect(r.code).toBe(0)
+  expect(refused.code).toBe(1)
+  const all = messages.out + peers.out + refused.out
+  expect(all.match(RAW) ?? []).toEqual([])
+  expect(messages.out).toBe(`2026-12-06 16:00:00Z  mallory: ok\\u000d\\u001b[2K\\u001b]52;c;Y3VybA==\\u0007\\u009b2J\n${CONTINUATION_INDENT}next line\n`)
+  expect(peers.out.split('\n')[1]).toMatch(/^bob\\u001b\[2J\\u000aalice {2}/)
+  expect(refused.out).toBe('natctl: bob refused a.txt: ok\\u000d\\u001b[2K\\u001b]52;c;Y3VybA==\\u0007\\u009b2J\\u000anext line [NOT_ALLOWED]\n')
 })
