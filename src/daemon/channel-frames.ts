@@ -9,6 +9,7 @@ import { systemClock, type TimerClock } from '../protocol/clock.js'
 import { isErrorCode, NatdError } from '../protocol/errors.js'
 import { decodeTransfer, transferFrameLength, type TransferFrame } from '../protocol/transfer.js'
 import type { MigrationDeadline } from '../tunnel/migration-deadline.js'
+import type { MuxChannel } from '../tunnel/mux-channel.js'
 
 export class ChannelReader {
   private buf: Buffer = Buffer.alloc(0)
@@ -49,11 +50,27 @@ export class ChannelReader {
    * and returns what arrived past the last frame read.
    */
   async detach(): Promise<Buffer> {
-    await this.it.return?.()
     const rest = this.buf
     this.buf = Buffer.alloc(0)
+    // Also frees the iterator's last chunk (all the channel held when it was read), which it keeps until returned.
+    await this.it.return?.()
     return rest
   }
+}
+
+/**
+ * Ends `channel` with our last frame (an answer, a refusal) and reads nothing more from it
+ * (MuxChannel.discardInput: what the peer sends after is dropped, not held). The channel
+ * is reset `lingerMs` later if the peer has not ended its side by then: the frame leaves
+ * first, in order, but a reset right behind it could end the peer's channel before its
+ * reader took the frame.
+ */
+export function endWith(channel: MuxChannel, frame: Buffer, lingerMs: number, clock: TimerClock = systemClock): void {
+  channel.discardInput()
+  if (channel.destroyed || channel.writableEnded) return
+  channel.end(frame)
+  const timer = clock.setTimeout(() => channel.destroy(), lingerMs).unref()
+  channel.once('close', () => clock.clear(timer))
 }
 
 /**

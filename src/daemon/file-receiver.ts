@@ -17,7 +17,7 @@ import { encodeTransfer } from '../protocol/transfer.js'
 import type { OpenRequest } from '../tunnel/mux.js'
 import type { MuxChannel } from '../tunnel/mux-channel.js'
 import type { Tunnel } from '../tunnel/tunnel.js'
-import { ChannelReader, withDeadline } from './channel-frames.js'
+import { ChannelReader, endWith, withDeadline } from './channel-frames.js'
 import { PEER_REFUSAL_LOG, RefusalLog } from '../common/refusal-log.js'
 import { fsyncDirAsync } from '../common/state-files.js'
 import { FileBody } from './file-body.js'
@@ -29,7 +29,7 @@ import { StallWatch } from './stall-watch.js'
 export const OFFER_TIMEOUT_MS = 10_000
 /** Read size for hashing a partial before a resume. */
 export const READ_CHUNK_BYTES = 1024 * 1024
-/** After a refusal mid-transfer the receiver ends the channel; it resets it after this if the sender does not. */
+/** After a refusal the receiver ends the channel (reading nothing more of it); it resets it after this if the sender does not. */
 export const REFUSE_LINGER_MS = 5_000
 /** A partial untouched this long (its transfer never retried, or its file changed) is removed when the next file arrives. */
 export const PARTIAL_MAX_AGE_MS = 7 * 24 * 3600_000
@@ -131,18 +131,18 @@ export class FileReceiver {
     }
     req.accept()
     const ch = req.channel
-    void this.receive(tunnel, ch).catch((err: unknown) => {
+    const reader = new ChannelReader(ch)
+    void this.receive(tunnel, ch, reader).catch((err: unknown) => {
       const e = toNatdError(err)
       this.refusals.refused('file', tunnel.peer.name, e.code, e.message)
-      if (ch.destroyed) return
-      ch.end(encodeTransfer({ type: 'refuse', code: e.code, message: e.message }))
-      this.clock.setTimeout(() => ch.destroy(), REFUSE_LINGER_MS).unref()
+      // Whatever the peer sent past its offer, or sends after our REFUSE, is dropped, not held (review 7).
+      endWith(ch, encodeTransfer({ type: 'refuse', code: e.code, message: e.message }), REFUSE_LINGER_MS, this.clock)
+      reader.detach().catch(() => undefined)
     })
   }
 
-  private async receive(tunnel: Tunnel, ch: MuxChannel): Promise<void> {
+  private async receive(tunnel: Tunnel, ch: MuxChannel, reader: ChannelReader): Promise<void> {
     const peer = tunnel.peer
-    const reader = new ChannelReader(ch)
     const offer = await withDeadline(reader.frame('the offer'), OFFER_TIMEOUT_MS, ch, 'the offer')
     if (offer.type !== 'offer') throw new NatdError('BAD_REQUEST', `expected an offer, got ${offer.type}`)
     const policy = this.policy()

@@ -30,7 +30,7 @@ import type { MessageInfo, MessageSendResult, Quotas } from '../ipc/schema.js'
 import type { TunnelManager } from '../tunnel/manager.js'
 import type { OpenRequest } from '../tunnel/mux.js'
 import type { Tunnel } from '../tunnel/tunnel.js'
-import { ChannelReader, destroyOnAbort, refusal, withDeadline } from './channel-frames.js'
+import { ChannelReader, destroyOnAbort, endWith, refusal, withDeadline } from './channel-frames.js'
 import { MigrationDeadline } from '../tunnel/migration-deadline.js'
 import type { KnownPeers } from './known-peers.js'
 import { PEER_REFUSAL_LOG, RefusalLog } from '../common/refusal-log.js'
@@ -41,6 +41,12 @@ import { Outbox, type Pending } from './outbox.js'
 export const MESSAGE_SERVICE = 'msg'
 /** The receiver waits this long for the MESSAGE frame after the channel opens. */
 export const MESSAGE_RECEIVE_TIMEOUT_MS = 10_000
+/**
+ * After its answer (ACK or REFUSE) the receiver resets a message channel the sender has not
+ * ended by then (an honest one ends it once it read the answer); meanwhile it reads nothing
+ * of it. As the file receiver's REFUSE_LINGER_MS.
+ */
+export const MESSAGE_ANSWER_LINGER_MS = 5_000
 export const MESSAGES_FILE = 'messages.jsonl'
 /**
  * Within one send, a tunnel that closes under the message is reopened and the message
@@ -250,7 +256,10 @@ export class Messages {
       const messageId = Buffer.from(id, 'hex')
       const sentAt = this.clock.now()
       ch.write(encodeTransfer({ type: 'message', messageId, sentAt, text }))
-      const reply = await withDeadline(new ChannelReader(ch).frame('the acknowledgement'), by, ch, `${tunnel.peer.name}'s acknowledgement`, this.clock)
+      const reader = new ChannelReader(ch)
+      const reply = await withDeadline(reader.frame('the acknowledgement'), by, ch, `${tunnel.peer.name}'s acknowledgement`, this.clock)
+      ch.discardInput() // one frame answers a message: what the peer sends after it is dropped, not held
+      await reader.detach()
       if (reply.type === 'refuse') {
         ch.end()
         return { refused: refusal(reply.code, `${tunnel.peer.name} refused the message: ${reply.message}`) }
@@ -273,7 +282,11 @@ export class Messages {
     req.accept()
     const ch = req.channel
     void (async () => {
-      const f = await withDeadline(new ChannelReader(ch).frame('the message'), MESSAGE_RECEIVE_TIMEOUT_MS, ch, 'the message', this.clock)
+      const reader = new ChannelReader(ch)
+      const f = await withDeadline(reader.frame('the message'), MESSAGE_RECEIVE_TIMEOUT_MS, ch, 'the message', this.clock)
+      // A message channel carries one frame: what the peer sends after it is dropped, not held (review 7).
+      ch.discardInput()
+      await reader.detach()
       if (f.type !== 'message') throw new NatdError('BAD_REQUEST', `expected a message, got ${f.type}`)
       const id = Buffer.from(f.messageId).toString('hex')
       const k = `${tunnel.peer.id}/${id}`
@@ -315,11 +328,11 @@ export class Messages {
         this.c.onMessage(m)
       }
       if (this.c.ackDelayMs) await this.clock.sleep(this.c.ackDelayMs)
-      if (!ch.destroyed) ch.end(encodeTransfer({ type: 'ack', messageId: f.messageId, duplicate }))
+      endWith(ch, encodeTransfer({ type: 'ack', messageId: f.messageId, duplicate }), MESSAGE_ANSWER_LINGER_MS, this.clock)
     })().catch((err: unknown) => {
       const e = toNatdError(err)
       this.refusals.refused('message', tunnel.peer.name, e.code, e.message)
-      if (!ch.destroyed) ch.end(encodeTransfer({ type: 'refuse', code: e.code, message: e.message }))
+      endWith(ch, encodeTransfer({ type: 'refuse', code: e.code, message: e.message }), MESSAGE_ANSWER_LINGER_MS, this.clock)
     })
   }
 }

@@ -37,6 +37,8 @@ export class MuxChannel extends Duplex {
   private heldCredit = false
   private finSent = false
   private finReceived = false
+  /** The consumer reads nothing more (discardInput()): the peer's data is dropped as it comes. */
+  private discarding = false
   private isOpen = false
   readonly opened: Promise<void>
   private resolveOpen!: () => void
@@ -108,6 +110,7 @@ export class MuxChannel extends Duplex {
     this.bytesIn += data.length
     this.mux.bytesIn += data.length
     this.unacked += data.length
+    if (this.discarding) return
     if (this.sink) {
       if (this.sink.data(Buffer.from(data.buffer, data.byteOffset, data.length))) this.grant()
       else this.heldCredit = true
@@ -132,6 +135,7 @@ export class MuxChannel extends Duplex {
     this.finReceived = true
     this.sink?.end()
     this.push(null)
+    if (this.discarding) this.read() // nobody reads: the end is emitted all the same ('close' follows once our side ended)
     this.maybeDone()
   }
 
@@ -144,7 +148,7 @@ export class MuxChannel extends Duplex {
   }
 
   private grant(): void {
-    if (this.unacked >= WINDOW_UPDATE_MIN_BYTES && !this.destroyed) {
+    if (this.unacked >= WINDOW_UPDATE_MIN_BYTES && !this.destroyed && !this.discarding) {
       this.mux.send({ type: 'window', channel: this.id, increment: this.unacked })
       this.unacked = 0
     }
@@ -158,7 +162,7 @@ export class MuxChannel extends Duplex {
    * per connection, not the window plus LOCAL_QUEUE_BYTES).
    */
   override _read(): void {
-    if (!this.sink) this.release()
+    if (!this.sink && !this.discarding) this.release()
   }
 
   /**
@@ -168,7 +172,7 @@ export class MuxChannel extends Duplex {
    * 'close' come as before). False (nothing changes) once that side was read to its end.
    */
   deliverTo(sink: ChannelSink): boolean {
-    if (this.destroyed || this.readableEnded || this.readableFlowing) return false
+    if (this.destroyed || this.readableEnded || this.readableFlowing || this.discarding) return false
     this.sink = sink // first: the read()s below call _read(), which must grant nothing now
     let full = false
     for (let c = this.read() as Buffer | null; c !== null; c = this.read() as Buffer | null) {
@@ -179,6 +183,28 @@ export class MuxChannel extends Duplex {
     if (this.finReceived) sink.end()
     this.resume() // nothing more is pushed but the end: flowing, so that 'end' is emitted
     return true
+  }
+
+  /**
+   * We will read nothing more from this channel (a message channel after its one frame, a
+   * file we refused): what its Readable side holds is freed now, and the peer's DATA from
+   * now on is dropped as it comes, still counted against its window (past it the channel
+   * resets, as ever) and never granted back. So the peer can make us take in at most the
+   * rest of its window (decrypted, then dropped: as for DATA on a channel we no longer
+   * have), and we hold none of it. Credit is not returned, not even for what was held: a
+   * peer that goes on sending must stop at its window, and an honest one sends nothing
+   * after our answer. The channel stays open for what we still write (the answer, our
+   * FIN); the peer's FIN still ends it ('end', then 'close' once our side ended too).
+   * Before (review 7), the bytes a message or a refused offer's sender pushed after its
+   * frame stayed in the Readable side, up to the 4 MiB window per channel.
+   */
+  discardInput(): void {
+    if (this.discarding || this.destroyed) return
+    this.discarding = true
+    this.sink = null
+    this.heldCredit = false
+    // read() with no size in paused mode takes the whole buffer at once; the last, null, ends the side if the FIN came.
+    while (this.read() !== null) continue
   }
 
   /** The sink's queue drained: grants the credit held back while it was full. */

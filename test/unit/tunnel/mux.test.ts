@@ -190,11 +190,14 @@ describe('Mux: opening channels', () => {
  * A channel from A whose consumer at B does not read (paused): the DATA bytes A sent so
  * far, and `stalled()`, which waits until no DATA came for many turns and returns them.
  */
-async function pausedChannel(): Promise<{ ch: MuxChannel; remote: () => MuxChannel; sent: () => number; stalled: () => Promise<number> }> {
+async function pausedChannel(): Promise<{ pipe: MessagePipe; a: Mux; b: Mux; ch: MuxChannel; remote: () => MuxChannel; sent: () => number; stalled: () => Promise<number>; fromB: MuxFrame[] }> {
   const { pipe, a, b } = pair()
   let dataBytes = 0
+  /** Every frame B (the receiver) sent. */
+  const fromB: MuxFrame[] = []
   pipe.tap = (from, buf) => {
-    if (from === 'a' && buf[0] === MUX.DATA) dataBytes += buf.length - HEADER_BYTES
+    if (from === 'b') fromB.push(decodeMux(buf))
+    else if (buf[0] === MUX.DATA) dataBytes += buf.length - HEADER_BYTES
   }
   let remote: MuxChannel | null = null
   b.on('open', (req) => {
@@ -213,7 +216,7 @@ async function pausedChannel(): Promise<{ ch: MuxChannel; remote: () => MuxChann
     }
     return dataBytes
   }
-  return { ch, remote: () => remote!, sent: () => dataBytes, stalled }
+  return { pipe, a, b, ch, remote: () => remote!, sent: () => dataBytes, stalled, fromB }
 }
 
 describe('Mux: flow control', () => {
@@ -268,6 +271,66 @@ describe('Mux: flow control', () => {
     await settle(20)
     a.close('tunnel closed by user')
     await expect(writeErr).resolves.toMatchObject({ code: 'TUNNEL_CLOSED' })
+  })
+})
+
+describe('Mux: a channel whose consumer reads no more (discardInput)', () => {
+  it('frees what the Readable side holds at once, drops the DATA that follows and grants no credit back: the peer stops at its window', async () => {
+    const { ch, remote: r, fromB, sent: dataToB } = await pausedChannel()
+    const remote = r()
+    const payload = randomBytes(3 * CHANNEL_WINDOW_BYTES)
+    ch.write(payload)
+    await until(() => remote.readableLength >= CHANNEL_READ_BUFFER_BYTES, 'the buffer to fill')
+    remote.discardInput()
+    expect(remote.readableLength).toBe(0)
+    const windowsBefore = fromB.filter((f) => f.type === 'window').length
+    await settle(200)
+    expect(remote.readableLength).toBe(0) // what came after is dropped, not queued
+    expect(fromB.filter((f) => f.type === 'window').length).toBe(windowsBefore)
+    // Everything granted was sent, nothing more: the first window and the grants made before the discard.
+    const granted = CHANNEL_WINDOW_BYTES + fromB.reduce((sum, f) => sum + (f.type === 'window' ? f.increment : 0), 0)
+    expect(dataToB()).toBe(granted)
+    expect(dataToB()).toBeLessThan(payload.length)
+    expect(remote.destroyed).toBe(false) // still open for our answer
+  })
+
+  it('a peer that sends past its window after the discard is still reset (BAD_REQUEST)', async () => {
+    const { pipe, ch, remote: r, sent: dataToB } = await pausedChannel()
+    const remote = r()
+    ch.write(randomBytes(2 * CHANNEL_WINDOW_BYTES))
+    remote.discardInput()
+    await until(() => dataToB() >= CHANNEL_WINDOW_BYTES, 'the window to be sent')
+    const closed = new Promise<Error | undefined>((resolve) => remote.once('error', resolve))
+    pipe.a.write(encodeMux({ type: 'data', channel: ch.id, data: randomBytes(MAX_DATA_BYTES) }))
+    await expect(closed).resolves.toMatchObject({ code: 'BAD_REQUEST' })
+  })
+
+  it("the peer's FIN and our end then close the channel without a RESET, and the mux forgets it", async () => {
+    const { a, b, ch, remote: r, fromB } = await pausedChannel()
+    const remote = r()
+    ch.write(randomBytes(64 * 1024))
+    await until(() => remote.readableLength > 0, 'the data')
+    remote.discardInput()
+    const closed = new Promise<void>((resolve) => remote.once('close', () => resolve()))
+    remote.end(Buffer.from('answer'))
+    ch.end()
+    const answer = readAll(ch)
+    await closed
+    await expect(answer).resolves.toMatchObject({ bytes: 6 })
+    expect(fromB.some((f) => f.type === 'reset')).toBe(false)
+    expect(b.size).toBe(0)
+    expect(a.size).toBe(0)
+  })
+
+  it('deliverTo() after discardInput() is refused: nothing reaches a sink', async () => {
+    const { ch, remote: r } = await pausedChannel()
+    const remote = r()
+    remote.discardInput()
+    let sunk = 0
+    expect(remote.deliverTo({ data: (buf) => ((sunk += buf.length), true), end: () => undefined })).toBe(false)
+    ch.write(randomBytes(64 * 1024))
+    await settle(50)
+    expect(sunk).toBe(0)
   })
 })
 
