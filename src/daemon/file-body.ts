@@ -1,30 +1,28 @@
 /**
  * The receiver's end of a file's bytes (issue 18): the channel hands the peer's DATA
  * straight here (MuxChannel.deliverTo), with no stream layer between the tunnel and the
- * disk. Each chunk is hashed as it comes (sha256, incrementally) and queued for the
- * partial file; the queue goes to the disk in one writev() at a time, in order, so the
- * partial on disk is always a prefix of what was sent (a SIGKILL loses only what was
- * queued; the next attempt resumes at the partial's size). Bytes past the body are the
- * END frame, parsed here.
+ * disk. Each chunk is hashed as it comes (sha256, incrementally) and copied into the
+ * body's own write buffers (copy-queue.ts), so the DATA frame, a view into the session
+ * reader's slab, is free when data() returns (delivery-lease.ts: the slab is read into
+ * again instead of a fresh one being allocated). The queue goes to the disk in one
+ * writev() at a time, in order, so the partial on disk is always a prefix of what was
+ * sent (a SIGKILL loses only what was queued; the next attempt resumes at the partial's
+ * size). Bytes past the body are the END frame, parsed here.
  *
  * Backpressure: while WRITE_QUEUE_BYTES or more wait for the disk, data() says false and
  * the channel holds the peer's credit; when a write brings the queue below it, the
  * channel's release() grants it. Memory per transfer: the queue (< WRITE_QUEUE_BYTES +
- * one frame) plus what the peer may still send on its window (CHANNEL_WINDOW_BYTES), as
- * a forwarded connection's (daemon/pipe.ts).
- *
- * Chunks under SMALL_CHUNK_BYTES are copied into a staging buffer (chunk-stage.ts), not
- * queued one Buffer each: a sender of 1-byte DATA frames against a stalled disk queued a
- * Buffer (and the frame it views) per byte, ~5 million of them (~0.5 GB) over the queue
- * and the window. Now the queue holds at most about two Buffers per SMALL_CHUNK_BYTES, and
- * its memory is close to the bytes it counts (the writev()s are larger too).
+ * one frame, in WRITE_BUFFER_BYTES buffers) plus what the peer may still send on its
+ * window (CHANNEL_WINDOW_BYTES), as a forwarded connection's (daemon/pipe.ts). A sender
+ * of 1-byte DATA frames costs no more: every byte is copied into the same few buffers.
  */
 import type { Hash } from 'node:crypto'
 import fs from 'node:fs'
 import { NatdError } from '../protocol/errors.js'
 import { decodeTransfer, transferFrameLength } from '../protocol/transfer.js'
 import type { ChannelSink } from '../tunnel/mux-channel.js'
-import { ChunkStage } from './chunk-stage.js'
+import { released } from '../tunnel/delivery-lease.js'
+import { CopyQueue } from './copy-queue.js'
 
 /** Bytes queued for the disk before the peer gets no more credit (a forward's local queue is the same). */
 export const WRITE_QUEUE_BYTES = 1024 * 1024
@@ -61,11 +59,8 @@ export class FileBody implements ChannelSink {
   readonly result: Promise<Buffer>
   /** Body bytes still expected. */
   private left: number
-  private readonly queue: Buffer[] = []
-  /** Bytes in the queue and the staging buffer, waiting for the disk or being written. */
-  private queued = 0
-  /** Where small chunks are gathered before they join the queue. */
-  private readonly stage = new ChunkStage((b) => this.queue.push(b))
+  /** The bytes waiting for the disk or being written, copied out of the frames. */
+  private readonly queue = new CopyQueue()
   private writing = false
   private full = false
   private tail: Buffer = Buffer.alloc(0)
@@ -89,21 +84,22 @@ export class FileBody implements ChannelSink {
     this.maybeDone()
   }
 
+  /** Takes one chunk of the peer's data; keeps no reference to `buf` (body bytes are copied, the tail too). */
   data(buf: Buffer): boolean {
+    released()
     if (this.failed) return true // torn down: take and drop, the channel is being reset
     if (this.left > 0) {
       const body = buf.length <= this.left ? buf : buf.subarray(0, this.left)
       this.left -= body.length
       this.o.hash.update(body)
-      this.stage.push(body)
-      this.queued += body.length
+      this.queue.push(body)
       this.o.onBytes(body.length)
       this.flush()
       buf = buf.subarray(body.length)
     }
     if (buf.length > 0) this.onTail(buf)
     this.maybeDone()
-    if (this.queued < WRITE_QUEUE_BYTES) return true
+    if (this.queue.queued < WRITE_QUEUE_BYTES) return true
     this.full = true
     return false
   }
@@ -117,9 +113,7 @@ export class FileBody implements ChannelSink {
   fail(err: Error): void {
     if (this.failed) return
     this.failed = err
-    this.queue.length = 0
-    this.stage.clear()
-    this.queued = 0
+    this.queue.clear()
     this.reject(err)
     this.maybeSettled()
   }
@@ -151,36 +145,18 @@ export class FileBody implements ChannelSink {
 
   /** Writes the queue, one writev() at a time (a short write continues with the rest). */
   private flush(): void {
-    if (this.writing || this.queued === 0 || this.failed) return
-    this.stage.seal()
+    if (this.writing || this.queue.queued === 0 || this.failed) return
     this.writing = true
-    const bufs = this.queue.length <= MAX_IOVECS ? this.queue.splice(0) : this.queue.splice(0, MAX_IOVECS)
-    this.writev(this.o.fd, bufs, (err, written) => {
+    this.writev(this.o.fd, this.queue.pending(MAX_IOVECS), (err, written) => {
       this.writing = false
       if (this.failed) return this.maybeSettled()
       if (err) {
         this.fail(err)
         return
       }
-      let total = 0
-      for (const b of bufs) total += b.length
-      if (written < total) {
-        // A short write: what did not go is written next, before anything queued after it.
-        let skip = written
-        const rest: Buffer[] = []
-        for (const b of bufs) {
-          if (skip >= b.length) {
-            skip -= b.length
-            continue
-          }
-          rest.push(skip > 0 ? b.subarray(skip) : b)
-          skip = 0
-        }
-        this.queue.unshift(...rest)
-      }
+      this.queue.written(written)
       this.written += written
-      this.queued -= written
-      if (this.full && this.queued < WRITE_QUEUE_BYTES) {
+      if (this.full && this.queue.queued < WRITE_QUEUE_BYTES) {
         this.full = false
         this.o.onDrain()
       }
@@ -191,7 +167,7 @@ export class FileBody implements ChannelSink {
   }
 
   private maybeDone(): void {
-    if (this.failed || this.left > 0 || this.sha === null || this.writing || this.queued > 0) return
+    if (this.failed || this.left > 0 || this.sha === null || this.writing || this.queue.queued > 0) return
     this.resolve(this.sha)
   }
 
