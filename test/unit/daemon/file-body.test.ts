@@ -9,7 +9,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
-import { FileBody, WRITE_QUEUE_BYTES, type WritevFn } from '../../../src/daemon/file-body.js'
+import { FileBody, SYNC_EVERY_BYTES, WRITE_QUEUE_BYTES, type SyncFn, type WritevFn } from '../../../src/daemon/file-body.js'
 import { WRITE_BUFFER_BYTES } from '../../../src/daemon/copy-queue.js'
 import { deliverLeased } from '../../../src/tunnel/delivery-lease.js'
 import { encodeTransfer } from '../../../src/protocol/transfer.js'
@@ -150,6 +150,53 @@ describe('FileBody', () => {
     }
     await expect(body.result).resolves.toEqual(sha(data))
     expect(fs.readFileSync(file).equals(data)).toBe(true)
+  })
+
+  it('flushes early every SYNC_EVERY_BYTES, beside the writes; the result waits for a flush in flight', async () => {
+    const { file, fd } = partial()
+    const data = Buffer.alloc(SYNC_EVERY_BYTES + 3 * MiB + 5)
+    for (let i = 0; i < data.length; i += 4096) data.writeUInt32BE(i, i)
+    const syncs: Array<{ at: number; done: () => void }> = []
+    let body: FileBody | null = null
+    // A flush that ends when the test says so; it records how much was written when it started.
+    const fdatasync: SyncFn = (fd_, cb) => syncs.push({ at: body!.written, done: () => fs.fdatasync(fd_, cb) })
+    body = new FileBody({ fd, bytes: data.length, hash: createHash('sha256'), onDrain: () => undefined, onBytes: () => undefined, fdatasync })
+    const frame = 64 * KiB
+    let at = 0
+    const sendSome = async (upTo: number): Promise<void> => {
+      for (; at < upTo; at += frame) {
+        if (!body!.data(data.subarray(at, Math.min(upTo, at + frame)))) await until(() => body!.written >= at - WRITE_QUEUE_BYTES / 2)
+      }
+    }
+    await sendSome(SYNC_EVERY_BYTES + MiB)
+    await until(() => syncs.length === 1)
+    expect(syncs[0]!.at).toBeGreaterThanOrEqual(SYNC_EVERY_BYTES)
+    // Writes go on while the flush runs.
+    await sendSome(data.length)
+    body.data(endFrame(sha(data)))
+    await until(() => body!.written === data.length)
+    expect(syncs).toHaveLength(1) // one at a time: the second waits for the first
+    let resolved = false
+    void body.result.then(() => (resolved = true))
+    await new Promise((r) => setTimeout(r, 20))
+    expect(resolved).toBe(false) // the fd is still in use: the receiver must not fsync and close it yet
+    syncs.shift()!.done()
+    await expect(body.result).resolves.toEqual(sha(data))
+    expect(syncs).toHaveLength(0) // less than SYNC_EVERY_BYTES came after the flush began: the fsync before DONE has the rest
+    expect(fs.readFileSync(file).equals(data)).toBe(true)
+  })
+
+  it('a failed early flush fails the body (its error would not be reported to the fsync before DONE)', async () => {
+    const { fd } = partial()
+    const fdatasync: SyncFn = (_fd, cb) => setImmediate(() => cb(Object.assign(new Error('i/o error'), { code: 'EIO' })))
+    const body = new FileBody({ fd, bytes: SYNC_EVERY_BYTES + MiB, hash: createHash('sha256'), onDrain: () => undefined, onBytes: () => undefined, fdatasync })
+    const chunk = Buffer.alloc(MiB)
+    for (let i = 0; i <= SYNC_EVERY_BYTES / MiB; i++) {
+      body.data(chunk)
+      await body.settled()
+    }
+    await expect(body.result).rejects.toMatchObject({ code: 'EIO' })
+    await body.settled()
   })
 
   it('small and large chunks mixed, through short writes, land on disk in order', async () => {
