@@ -1,7 +1,8 @@
 /**
  * Small chunks of the peer's data gathered into larger buffers before they are queued
- * (issue 18): the one staging step of the receiving agent's two sinks, a forwarded
- * connection's socket (pipe.ts, SocketGather) and a file's partial (file-body.ts).
+ * (issue 18), for a forwarded connection's socket (pipe.ts, SocketGather). A file's
+ * partial copies every chunk instead (file-body.ts, copy-queue.ts): its queue waits for
+ * the disk, so views would keep the session reader's slabs pinned.
  *
  * Why: a queued write costs a Buffer (and, for a socket, a request object) whatever its
  * size, and it keeps the DATA frame it views alive. A peer sending 1-byte DATA frames to

@@ -5,9 +5,13 @@
  * Readable, no pipeline, no channel Writable, no 64 KiB buffer allocated per read. After
  * the body come the caller's 32-byte sha256, which go out in END.
  *
+ * Reads are FEED_READ_BYTES, as a forwarded socket's (pipe.ts READ_BYTES): the four DATA
+ * frames of one read go to the tunnel's TCP socket in one write (session-writer.ts
+ * batches the frames of one callback), where 64 KiB reads made one write per frame.
+ *
  * Backpressure: reading stops while the channel has no credit or the session is
  * congested; a read the channel could not take whole has its rest copied aside (< one
- * read, 64 KiB) and sent first when whenSendable() fires. Memory per transfer: that rest
+ * read) and sent first when whenSendable() fires. Memory per transfer: that rest
  * and the digest; the read buffer is shared by every transfer of the agent (each read is
  * copied out before the callback returns, and reads run one at a time).
  */
@@ -20,6 +24,9 @@ import type { MuxChannel } from '../tunnel/mux-channel.js'
 import { HeldSends } from '../tunnel/held-sends.js'
 import { canReadInto, readInto } from '../tunnel/socket-onread.js'
 import { SHA256_BYTES } from '../ipc/file-stream.js'
+
+/** natd's read size on the caller's data connection: four full DATA frames (see above). */
+export const FEED_READ_BYTES = 4 * MAX_DATA_BYTES
 
 let sharedReadBuffer: Buffer | null = null
 
@@ -138,7 +145,7 @@ export function feedChannel(o: FeedOptions): Promise<Buffer> {
     const early: Buffer[] = []
     for (let c = source.read() as Buffer | null; c !== null; c = source.read() as Buffer | null) early.push(c)
     if (source instanceof net.Socket && canReadInto(source)) {
-      sharedReadBuffer ??= Buffer.allocUnsafeSlow(MAX_DATA_BYTES)
+      sharedReadBuffer ??= Buffer.allocUnsafeSlow(FEED_READ_BYTES)
       readInto(source, sharedReadBuffer, onRead, null)
       restart = () => {
         if (!source.destroyed) source._read(0) // reads again if they were stopped (no-op while reading)

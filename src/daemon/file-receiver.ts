@@ -23,6 +23,7 @@ import { fsyncDirAsync } from '../common/state-files.js'
 import { FileBody } from './file-body.js'
 import { MAX_NAME_SUFFIX, partialKey, sanitizeName, suffixedName } from './file-names.js'
 import { PARTIAL_DIR, PartialDir } from './partial-dir.js'
+import { StalePartials } from './stale-partials.js'
 import { StallWatch } from './stall-watch.js'
 
 /** The receiver waits this long for the OFFER after the channel opens. */
@@ -31,8 +32,6 @@ export const OFFER_TIMEOUT_MS = 10_000
 export const READ_CHUNK_BYTES = 1024 * 1024
 /** After a refusal the receiver ends the channel (reading nothing more of it); it resets it after this if the sender does not. */
 export const REFUSE_LINGER_MS = 5_000
-/** A partial untouched this long (its transfer never retried, or its file changed) is removed when the next file arrives. */
-export const PARTIAL_MAX_AGE_MS = 7 * 24 * 3600_000
 /** After a stall's REFUSE the receiver resets the channel this much later (the frame leaves first). */
 export const STALL_RESET_DELAY_MS = 100
 /**
@@ -105,6 +104,8 @@ export class FileReceiver {
 
   /** Files not received (policy, quota, stalls…): a peer may cause them as fast as it opens channels. */
   private readonly refusals: RefusalLog
+  /** Partials nobody came back for, removed in the background when a file arrives. */
+  private readonly stale: StalePartials
 
   constructor(
     private readonly policy: () => ReceivePolicy,
@@ -114,6 +115,7 @@ export class FileReceiver {
     private readonly clock: TimerClock = systemClock
   ) {
     this.refusals = new RefusalLog(log, PEER_REFUSAL_LOG, clock)
+    this.stale = new StalePartials((key) => this.active.has(key), log, clock)
   }
 
   /**
@@ -190,7 +192,8 @@ export class FileReceiver {
     const inbox = policy.inbox
     const partialDir = await PartialDir.open(inbox, this.log)
     const partial = path.join(partialDir.path, offer.key)
-    this.prunePartials(partialDir.path)
+    void this.stale.sweep(partialDir.path) // in the background; never rejects
+    await this.stale.removing(offer.key) // a stale partial of this transfer is going: open a new one after
     // Everything about the partial goes through this one descriptor (O_NOFOLLOW: a symlink
     // at its name is nobody's partial); no path is followed again after the checks.
     const fd = partialDir.openPartial(partial)
@@ -331,22 +334,6 @@ export class FileReceiver {
     } catch (err) {
       this.log.error('cannot read back a partial file to resume it', { peer, name, partial, have: offset, err: (err as Error).message })
       throw new NatdError('PARTIAL_UNREADABLE', `the receiver cannot read back the ${offset} bytes of ${name} it already holds; its operator must check its inbox (its log says why)`, { cause: err })
-    }
-  }
-
-  /** Removes partials nobody came back for in PARTIAL_MAX_AGE_MS (never one being received). */
-  private prunePartials(dir: string): void {
-    const cutoff = this.clock.now() - PARTIAL_MAX_AGE_MS // wall time (the clock's now), as the file system's mtime it is compared with
-    for (const name of fs.readdirSync(dir)) {
-      if (this.active.has(name)) continue
-      const file = path.join(dir, name)
-      try {
-        if (fs.statSync(file).mtimeMs >= cutoff) continue
-        fs.rmSync(file, { force: true })
-        this.log.info('removed a stale partial file', { partial: name.slice(0, 16), days: Math.floor(PARTIAL_MAX_AGE_MS / 86_400_000) })
-      } catch {
-        // gone already
-      }
     }
   }
 

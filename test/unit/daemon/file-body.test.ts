@@ -2,14 +2,16 @@
 // file with the disk call injected: every byte on disk in order through short writes,
 // one write at a time, credit withheld while WRITE_QUEUE_BYTES wait for the disk, the
 // END frame split anywhere, errors (ENOSPC, bytes that are no END, a FIN before the end),
-// and a resume that carries the hash of what the partial held.
+// a resume that carries the hash of what the partial held, and frames that are free
+// when data() returns (copied, so the session reader reuses its slab).
 import { createHash, randomBytes } from 'node:crypto'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
-import { FileBody, WRITE_QUEUE_BYTES, type WritevFn } from '../../../src/daemon/file-body.js'
-import { SMALL_CHUNK_BYTES, STAGE_BYTES } from '../../../src/daemon/chunk-stage.js'
+import { FileBody, SYNC_EVERY_BYTES, WRITE_QUEUE_BYTES, type SyncFn, type WritevFn } from '../../../src/daemon/file-body.js'
+import { WRITE_BUFFER_BYTES } from '../../../src/daemon/copy-queue.js'
+import { deliverLeased } from '../../../src/tunnel/delivery-lease.js'
 import { encodeTransfer } from '../../../src/protocol/transfer.js'
 
 const KiB = 1024
@@ -111,7 +113,7 @@ describe('FileBody', () => {
     expect(fs.readFileSync(file).equals(data)).toBe(true)
   })
 
-  it('1-byte DATA frames against a stalled disk are gathered into a few large buffers, not queued one Buffer per byte', async () => {
+  it('1-byte DATA frames against a stalled disk are copied into a few large buffers, not queued one Buffer per byte', async () => {
     const { file, fd } = partial()
     const pending: Array<() => void> = []
     const batches: number[] = [] // Buffers per writev
@@ -119,7 +121,7 @@ describe('FileBody', () => {
       batches.push(bufs.length)
       pending.push(() => fs.writev(fd_, bufs, (err, n) => cb(err, n)))
     }
-    const data = randomBytes(200_000)
+    const data = randomBytes(600_000)
     const body = new FileBody({ fd, bytes: data.length, hash: createHash('sha256'), onDrain: () => undefined, onBytes: () => undefined, writev })
     // The disk stalls on the first byte; the peer sends the rest a byte per frame.
     for (let at = 0; at < data.length; at++) body.data(data.subarray(at, at + 1))
@@ -127,11 +129,74 @@ describe('FileBody', () => {
     expect(batches).toEqual([1])
     pending.shift()!()
     await until(() => batches.length === 2)
-    // 199,999 bytes waited: in STAGE_BYTES buffers (4), not 199,999 Buffers (1,024 per writev).
-    expect(batches[1]).toBeLessThanOrEqual(Math.ceil(data.length / STAGE_BYTES))
+    // 599,999 bytes waited: in WRITE_BUFFER_BYTES buffers (3), not 599,999 Buffers (1,024 per writev).
+    expect(batches[1]).toBeLessThanOrEqual(Math.ceil(data.length / WRITE_BUFFER_BYTES))
     while (!(await settledOrWrite(body, pending)));
     await expect(body.result).resolves.toEqual(sha(data))
     expect(fs.readFileSync(file).equals(data)).toBe(true)
+  })
+
+  it('keeps no reference to a frame: each delivery counts as released, and the bytes on disk are the ones delivered even if the frame is overwritten after', async () => {
+    const { file, fd } = partial()
+    const data = randomBytes(MiB + 5)
+    const body = new FileBody({ fd, bytes: data.length, hash: createHash('sha256'), onDrain: () => undefined, onBytes: () => undefined })
+    // One slab, read into again after every delivery, as the session reader does when its frames were released.
+    const slab = Buffer.alloc(64 * KiB)
+    const wire = Buffer.concat([data, endFrame(sha(data))])
+    for (let at = 0; at < wire.length; at += slab.length) {
+      const n = wire.copy(slab, 0, at)
+      expect(deliverLeased(() => body.data(slab.subarray(0, n)))).toBe(true)
+      slab.fill(0xee)
+    }
+    await expect(body.result).resolves.toEqual(sha(data))
+    expect(fs.readFileSync(file).equals(data)).toBe(true)
+  })
+
+  it('flushes early every SYNC_EVERY_BYTES, beside the writes; the result waits for a flush in flight', async () => {
+    const { file, fd } = partial()
+    const data = Buffer.alloc(SYNC_EVERY_BYTES + 3 * MiB + 5)
+    for (let i = 0; i < data.length; i += 4096) data.writeUInt32BE(i, i)
+    const syncs: Array<{ at: number; done: () => void }> = []
+    let body: FileBody | null = null
+    // A flush that ends when the test says so; it records how much was written when it started.
+    const fdatasync: SyncFn = (fd_, cb) => syncs.push({ at: body!.written, done: () => fs.fdatasync(fd_, cb) })
+    body = new FileBody({ fd, bytes: data.length, hash: createHash('sha256'), onDrain: () => undefined, onBytes: () => undefined, fdatasync })
+    const frame = 64 * KiB
+    let at = 0
+    const sendSome = async (upTo: number): Promise<void> => {
+      for (; at < upTo; at += frame) {
+        if (!body!.data(data.subarray(at, Math.min(upTo, at + frame)))) await until(() => body!.written >= at - WRITE_QUEUE_BYTES / 2)
+      }
+    }
+    await sendSome(SYNC_EVERY_BYTES + MiB)
+    await until(() => syncs.length === 1)
+    expect(syncs[0]!.at).toBeGreaterThanOrEqual(SYNC_EVERY_BYTES)
+    // Writes go on while the flush runs.
+    await sendSome(data.length)
+    body.data(endFrame(sha(data)))
+    await until(() => body!.written === data.length)
+    expect(syncs).toHaveLength(1) // one at a time: the second waits for the first
+    let resolved = false
+    void body.result.then(() => (resolved = true))
+    await new Promise((r) => setTimeout(r, 20))
+    expect(resolved).toBe(false) // the fd is still in use: the receiver must not fsync and close it yet
+    syncs.shift()!.done()
+    await expect(body.result).resolves.toEqual(sha(data))
+    expect(syncs).toHaveLength(0) // less than SYNC_EVERY_BYTES came after the flush began: the fsync before DONE has the rest
+    expect(fs.readFileSync(file).equals(data)).toBe(true)
+  })
+
+  it('a failed early flush fails the body (its error would not be reported to the fsync before DONE)', async () => {
+    const { fd } = partial()
+    const fdatasync: SyncFn = (_fd, cb) => setImmediate(() => cb(Object.assign(new Error('i/o error'), { code: 'EIO' })))
+    const body = new FileBody({ fd, bytes: SYNC_EVERY_BYTES + MiB, hash: createHash('sha256'), onDrain: () => undefined, onBytes: () => undefined, fdatasync })
+    const chunk = Buffer.alloc(MiB)
+    for (let i = 0; i <= SYNC_EVERY_BYTES / MiB; i++) {
+      body.data(chunk)
+      await body.settled()
+    }
+    await expect(body.result).rejects.toMatchObject({ code: 'EIO' })
+    await body.settled()
   })
 
   it('small and large chunks mixed, through short writes, land on disk in order', async () => {
@@ -139,7 +204,7 @@ describe('FileBody', () => {
     const data = randomBytes(2 * MiB)
     const calls = { n: 0, inFlight: 0, maxInFlight: 0 }
     const body = new FileBody({ fd, bytes: data.length, hash: createHash('sha256'), onDrain: () => undefined, onBytes: () => undefined, writev: shortWrites(30 * KiB, calls) })
-    const sizes = [1, 3, 20 * KiB, 500, SMALL_CHUNK_BYTES - 1, SMALL_CHUNK_BYTES, 7, 64 * KiB, 2, STAGE_BYTES - 1]
+    const sizes = [1, 3, 20 * KiB, 500, 16 * KiB - 1, 16 * KiB, 7, 64 * KiB, 2, WRITE_BUFFER_BYTES - 1, WRITE_BUFFER_BYTES + 3]
     for (let at = 0, i = 0; at < data.length; i++) {
       const n = Math.min(data.length - at, sizes[i % sizes.length]!)
       body.data(data.subarray(at, at + n))
