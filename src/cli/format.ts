@@ -91,19 +91,24 @@ export function pongLine(r: PingResult): string {
   return r.waitedMs > 0 ? `${line} after waiting ${(r.waitedMs / 1000).toFixed(1)} s for the tunnel to resume` : line
 }
 
-/** `natctl status`'s port-mapping line: what the gateway mapped, for how long, or why nothing. */
+/**
+ * `natctl status`'s port-mapping line: what the gateway mapped, for how long, or why
+ * nothing; after failed attempts, when natd asks the gateway again.
+ */
 export function portMappingLine(p: PortMappingStatus): string {
+  const retry = p.retryInMs === null ? '' : `; next try in ${span(p.retryInMs)}`
   switch (p.state) {
     case 'off':
       return 'off (--no-port-mapping)'
     case 'probing':
       return p.gateway ? `asking the gateway ${p.gateway}` : 'asking the default gateway'
     case 'none':
-      return `none: ${shown(p.reason ?? 'no mapping')}`
+      return `none: ${shown(p.reason ?? 'no mapping')}${retry}`
     case 'mapped': {
       const via = p.via === 'pcp' ? 'PCP' : p.via === 'upnp' ? 'UPnP' : 'NAT-PMP'
       const ports = [p.udp && `${p.udp} (udp)`, p.tcp && `${p.tcp} (tcp)`].filter(Boolean).join(', ')
-      return `${via} ${ports}, gateway ${p.gateway ?? '-'}, lease ends in ${span(p.expiresInMs ?? 0)} unless renewed`
+      const renewal = p.retryInMs === null ? '' : `; renewal failed${retry}`
+      return `${via} ${ports}, gateway ${p.gateway ?? '-'}, lease ends in ${span(p.expiresInMs ?? 0)} unless renewed${renewal}`
     }
   }
 }

@@ -56,7 +56,7 @@ export function agentStatus(s: StatusSources): StatusResult {
     firstProbeTtl: s.nat?.learnedTtl ?? FIRST_PROBE_TTL,
     uptimeMs: s.clock.now() - s.startedAt,
     tunnels: s.tunnels?.list().length ?? 0,
-    portMapping: s.portMapping?.status() ?? { state: s.config.portMapping ? 'probing' : 'off', gateway: null, via: null, udp: null, tcp: null, expiresInMs: null, reason: null },
+    portMapping: s.portMapping?.status() ?? { state: s.config.portMapping ? 'probing' : 'off', gateway: null, via: null, udp: null, tcp: null, expiresInMs: null, retryInMs: null, reason: null },
     stateWarnings: [...s.store.stateWarnings]
   }
 }

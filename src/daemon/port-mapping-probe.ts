@@ -15,7 +15,7 @@ import type { PortMappingReport } from '../ipc/schema.js'
 import { systemRandom } from '../protocol/clock.js'
 import { probeGateway } from '../portmap/gateway-probe.js'
 import { PORT_MAPPING_PORT } from '../portmap/natpmp.js'
-import { PortMapper } from '../portmap/port-mapper.js'
+import { PortMapper, type PortMapping } from '../portmap/port-mapper.js'
 import { SSDP_MULTICAST, SSDP_MULTICAST_TTL, SSDP_PORT } from '../portmap/upnp.js'
 import { UpnpClient, type SsdpDestination } from '../portmap/upnp-client.js'
 import { gatewayHttp } from './gateway-http.js'
@@ -114,6 +114,12 @@ function settled(socket: dgram.Socket, start: (done: () => void) => void): Promi
       resolve()
     })
   })
+}
+
+/** Removes `m` by the protocol that made it. */
+export function unmap(client: GatewayClient, m: PortMapping): Promise<void> {
+  if (m.via !== 'upnp') return client.mapper.unmap(m)
+  return client.upnp ? client.upnp.unmap(m) : Promise.reject(new Error('no UPnP client'))
 }
 
 /** Which port-mapping protocols the default gateway answers (all three, each waited for). Never rejects. */

@@ -30,34 +30,36 @@
  * external address (two small HTTP exchanges); a gone mapping, or a service that no
  * longer answers (a restarted miniupnpd listens on another port) → found and mapped
  * again. Without a mapping the check probes again (a gateway whose owner turned PCP on, a
- * new network). A renewal that fails until
- * the lease ends → the mapping is lost (status says why), retried every PORTMAP_RETRY_MS.
+ * new network). A renewal that fails until the lease ends → the mapping is lost (status
+ * says why).
+ *
+ * Failed attempts (a refusal, a silent gateway, no default gateway) are retried after
+ * PORTMAP_RETRY_MS, doubling per failure in a row up to PORTMAP_RETRY_MAX_MS, with
+ * jitter (port-mapping-retry.ts); meanwhile the check only looks whether the default
+ * gateway changed (then it asks the new one at once). A mapping granted, or a change the
+ * check sees, starts again from PORTMAP_RETRY_MS. Status shows when the next try is due.
  *
  * Who can make us do work: the gateway (or a LAN host spoofing it, for NAT-PMP, or its
  * SSDP answer) can refuse or fake a mapping, or fake a restart; we then send at most 2 ×
  * PORTMAP_TRIES requests (UPnP: one search, one description and ≤ 4 SOAP exchanges per
  * protocol mapped, each bounded in size and time) per check or renewal, never more often
- * than PORTMAP_CHECK_MS / PORTMAP_RETRY_MS / MIN_RENEW_MS allow.
+ * than PORTMAP_CHECK_MS / MIN_RENEW_MS and the retry backoff allow.
  */
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Clock, Logger } from '../protocol/log.js'
 import { systemClock } from '../protocol/log.js'
+import { systemRandom, type Random } from '../protocol/clock.js'
 import { formatEndpoint, sameEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import type { MapProtocol } from '../portmap/natpmp.js'
 import { probeGateway } from '../portmap/gateway-probe.js'
 import { gatewayLostState, PORTMAP_LIFETIME_S, type PortMapping, type PortMapVia } from '../portmap/port-mapper.js'
 import type { PortMappingStatus } from '../ipc/schema.js'
-import { gatewayClient, type GatewayClient } from './port-mapping-probe.js'
+import { gatewayClient, unmap, type GatewayClient } from './port-mapping-probe.js'
+import { keeperStatus, type KeeperState } from './port-mapping-status.js'
+import { PortMapBackoff } from './port-mapping-retry.js'
 import { noCache, type SilentGatewayCache } from './silent-gateway.js'
 
-/** Removes `m` by the protocol that made it. */
-function unmap(client: GatewayClient, m: PortMapping): Promise<void> {
-  if (m.via !== 'upnp') return client.mapper.unmap(m)
-  return client.upnp ? client.upnp.unmap(m) : Promise.reject(new Error('no UPnP client'))
-}
-
-/** After a failed renewal or a lost mapping, try again this much later (the old mapping may still hold). */
-export const PORTMAP_RETRY_MS = 60_000
+export { PORTMAP_RETRY_MAX_MS, PORTMAP_RETRY_MS } from './port-mapping-retry.js'
 /** A gateway that grants less than this many seconds is asked again no sooner than this. */
 const MIN_RENEW_MS = 30_000
 /**
@@ -91,16 +93,11 @@ export interface PortMappingComponents {
   connect?: () => Promise<GatewayClient | null>
   cache?: SilentGatewayCache
   clock?: Clock
+  /** The retry backoff's jitter (tests pin it). */
+  random?: Random
   /** The mapped UDP endpoint appeared, changed or went (never called for the first mapping at start). */
   onChange?: () => void
 }
-
-type KeeperState =
-  | { kind: 'off' }
-  | { kind: 'probing'; gateway: string | null }
-  | { kind: 'none'; gateway: string | null; reason: string }
-  /** at: when the lease began; epoch: the gateway's epoch in its latest answer, seen at epochAt. */
-  | { kind: 'mapped'; gateway: string; udp: PortMapping; tcp: PortMapping | null; at: number; epoch: number; epochAt: number }
 
 export class PortMappingKeeper {
   private client: GatewayClient | null = null
@@ -114,6 +111,7 @@ export class PortMappingKeeper {
   private readonly connect: () => Promise<GatewayClient | null>
   private readonly cache: SilentGatewayCache
   private readonly clock: Clock
+  private readonly backoff: PortMapBackoff
 
   constructor(
     private readonly init: PortMappingInit,
@@ -123,6 +121,7 @@ export class PortMappingKeeper {
     this.connect = c.connect ?? gatewayClient
     this.cache = c.cache ?? noCache
     this.clock = c.clock ?? systemClock
+    this.backoff = new PortMapBackoff(c.random ?? systemRandom)
   }
 
   /** The live UDP mapping, if any. */
@@ -139,26 +138,8 @@ export class PortMappingKeeper {
 
   /** What `natctl status` shows. */
   status(): PortMappingStatus {
-    const s = this.state
-    const base = { gateway: null, via: null, udp: null, tcp: null, expiresInMs: null, reason: null }
-    switch (s.kind) {
-      case 'off':
-        return { ...base, state: 'off', reason: 'turned off (--no-port-mapping)' }
-      case 'probing':
-        return { ...base, state: 'probing', gateway: s.gateway }
-      case 'none':
-        return { ...base, state: 'none', gateway: s.gateway, reason: s.reason }
-      case 'mapped':
-        return {
-          state: 'mapped',
-          gateway: s.gateway,
-          via: s.udp.via,
-          udp: formatEndpoint(s.udp.external),
-          tcp: s.tcp ? formatEndpoint(s.tcp.external) : null,
-          expiresInMs: Math.max(0, s.at + s.udp.lifetimeS * 1000 - this.clock.now()),
-          reason: null
-        }
-    }
+    const now = this.clock.now()
+    return keeperStatus(this.state, now, this.backoff.retryInMs(now))
   }
 
   /**
@@ -203,7 +184,10 @@ export class PortMappingKeeper {
     const client = this.client
     onConnected?.(client?.gateway ?? null)
     if (this.stopped) return
-    if (!client) return this.lose(null, 'no IPv4 default gateway', before)
+    if (!client) {
+      this.retryLater(null)
+      return this.lose(null, 'no IPv4 default gateway', before)
+    }
     this.state = { kind: 'probing', gateway: client.gateway }
     const offer = await probeGateway(client.mapper, client.upnp ?? null, { first: true })
     if (this.stopped) return
@@ -211,6 +195,7 @@ export class PortMappingKeeper {
       if (this.cache.get() !== client.gateway) this.cache.set(client.gateway)
       this.c.log.debug('no port mapping: the gateway answers none of PCP, NAT-PMP and UPnP', { gateway: client.gateway })
       this.close()
+      this.retryLater(null)
       return this.lose(client.gateway, `the gateway ${client.gateway} answers none of PCP, NAT-PMP and UPnP`, before)
     }
     if (this.cache.get() !== null) this.cache.set(null)
@@ -237,11 +222,12 @@ export class PortMappingKeeper {
       udp = await ask('udp', held?.udp)
     } catch (err) {
       if (this.stopped) return
-      this.c.log.warn('port mapping failed', { via, gateway: client.gateway, err: (err as Error).message })
-      this.scheduleRenew(PORTMAP_RETRY_MS)
-      if (!held) return this.lose(client.gateway, (err as Error).message, before)
-      if (this.clock.now() >= held.at + held.udp.lifetimeS * 1000) return this.lose(client.gateway, `lease lost: ${(err as Error).message}`, before)
-      return
+      const message = (err as Error).message
+      this.c.log.warn('port mapping failed', { via, gateway: client.gateway, err: message, failures: this.backoff.failed + 1 })
+      const leaseEnd = held ? held.at + held.udp.lifetimeS * 1000 : null
+      if (leaseEnd !== null && this.clock.now() < leaseEnd) return this.retryLater(leaseEnd) // the lease still holds
+      this.retryLater(null)
+      return this.lose(client.gateway, held ? `lease lost: ${message}` : message, before)
     }
     let tcp: PortMapping | null = null
     if (this.init.tcp) {
@@ -264,6 +250,7 @@ export class PortMappingKeeper {
       tcp: tcp ? formatEndpoint(tcp.external) : null,
       lifetimeS: udp.lifetimeS
     })
+    this.backoff.reset()
     this.scheduleRenew(Math.max(MIN_RENEW_MS, (udp.lifetimeS * 1000) / 2))
     if (changed && this.started) this.c.onChange?.()
   }
@@ -274,6 +261,13 @@ export class PortMappingKeeper {
       this.c.log.warn('port mapping lost', { external: formatEndpoint(before.external), reason })
       this.c.onChange?.()
     }
+  }
+
+  /** A failed attempt: the next one after the backoff's wait (or at the end of a lease still held). */
+  private retryLater(leaseEnd: number | null): void {
+    const ms = this.backoff.fail(this.clock.now(), leaseEnd)
+    this.c.log.debug('port mapping retry scheduled', { failures: this.backoff.failed, retryInMs: ms })
+    this.scheduleRenew(ms)
   }
 
   private scheduleRenew(ms: number): void {
@@ -309,8 +303,18 @@ export class PortMappingKeeper {
   private async check(): Promise<void> {
     const s = this.state
     if (this.stopped) return
-    // Nothing mapped: probe again (a gateway whose owner turned PCP on, another network).
-    if (s.kind !== 'mapped' || !this.client) return this.setUp()
+    // Nothing mapped: probe again (a gateway whose owner turned PCP on, another network),
+    // unless failures are backing off: then only another default gateway is asked at once.
+    if (s.kind !== 'mapped' || !this.client) {
+      if (this.backoff.waiting(this.clock.now())) {
+        const known = s.kind === 'off' ? null : s.gateway
+        const gateway = await this.defaultGateway()
+        if (this.stopped || gateway === known) return
+        this.c.log.info('the default gateway changed: asking it now', { from: known, to: gateway })
+        this.backoff.reset()
+      }
+      return this.setUp()
+    }
     if (s.udp.via === 'upnp') return this.checkUpnp(s)
     const at = this.clock.now()
     const offer = await this.client.mapper.probe()
@@ -324,6 +328,7 @@ export class PortMappingKeeper {
       return
     }
     this.c.log.info('the gateway lost or changed our mapping: mapping again', { gateway: s.gateway, epoch: offer.epoch, lost, moved })
+    this.backoff.reset()
     await this.setUp()
   }
 
@@ -337,15 +342,21 @@ export class PortMappingKeeper {
     const moved = externalIp !== null && externalIp !== s.udp.external.host
     if (held && !moved && (await this.sameGateway())) return
     this.c.log.info('the gateway lost or changed our mapping: mapping again', { gateway: s.gateway, via: 'upnp', lost: held === false, unanswered: held === null, moved })
+    this.backoff.reset()
     await this.setUp()
   }
 
   /** Whether the default gateway is still the one we talk to. */
   private async sameGateway(): Promise<boolean> {
     const gateway = this.client?.gateway ?? null
+    return (await this.defaultGateway()) === gateway
+  }
+
+  /** The IPv4 default gateway now (null: none), from a client closed at once. */
+  private async defaultGateway(): Promise<string | null> {
     const now = await this.connect()
     now?.close()
-    return (now?.gateway ?? null) === gateway
+    return now?.gateway ?? null
   }
 
   /** Removes the mappings (best effort, at once, ≤ 1.75 s; by UPnP ≤ 1.5 s) and closes the socket. Never rejects. */

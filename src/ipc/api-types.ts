@@ -56,6 +56,12 @@ export interface PortMappingStatus {
   tcp: string | null
   /** Until the lease ends, if natd could not renew it (it renews at half-life). */
   expiresInMs: number | null
+  /**
+   * Until natd asks the gateway again after failed attempts (a refusal, no answer, no
+   * gateway): 1 min after the first, doubling per failure up to 30 min; null when the
+   * latest attempt succeeded.
+   */
+  retryInMs: number | null
   reason: string | null
 }
 

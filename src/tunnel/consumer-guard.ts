@@ -8,6 +8,7 @@
  */
 import { NatdError } from '../protocol/errors.js'
 import type { Logger } from '../protocol/log.js'
+import type { MuxChannel } from './mux-channel.js'
 
 /**
  * What a failed consumer's channel (or tunnel) is ended with. Its text goes to the peer
@@ -33,4 +34,22 @@ export function guarded(log: Logger, where: string, deliver: () => void, contain
       log.error('ending what a failed consumer left failed too', { where, err: (again as Error)?.message ?? String(again) })
     }
   }
+}
+
+/**
+ * Runs a channel's consumer (its 'data' listener or sink runs inside push()): one that
+ * throws resets that channel, logged; the tunnel and natd go on.
+ */
+export function toChannel(log: Logger, ch: MuxChannel, deliver: () => void, refuse?: () => void): void {
+  guarded(log, `channel ${ch.id}`, deliver, () => {
+    refuse?.()
+    ch.destroy(consumerFailed())
+  })
+}
+
+/** A listener of `ch` threw on an event the stream emitted on a later tick (MuxChannel.emit): as above. */
+export function consumerThrew(log: Logger, ch: MuxChannel, err: unknown): void {
+  toChannel(log, ch, () => {
+    throw err
+  })
 }

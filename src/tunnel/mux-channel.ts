@@ -8,6 +8,7 @@
 import { Duplex } from 'node:stream'
 import { isErrorCode, NatdError } from '../protocol/errors.js'
 import { MAX_DATA_BYTES, MUX } from '../protocol/mux.js'
+import { consumerThrew } from './consumer-guard.js'
 import type { Mux } from './mux.js'
 
 /** Receive window per channel: bytes the peer may send before we grant more (~BDP of 100 MB/s × 40 ms). */
@@ -65,7 +66,7 @@ export class MuxChannel extends Duplex {
   /**
    * Every event of the channel goes out here, also those a stream emits on a later tick
    * ('data' once flowing, 'end', 'close', 'drain'), outside the mux's delivery: a listener
-   * that throws ends this channel, logged (Mux.consumerThrew, consumer-guard.ts), where its
+   * that throws ends this channel, logged (consumerThrew, consumer-guard.ts), where its
    * exception was uncaught and ended natd. The event's other listeners still run (review 6):
    * a 'close' whose first listener threw skipped join's onClose and onDone, and connection
    * counts leaked. 'error' keeps EventEmitter's own rules (errorMonitor, thrown when unheard).
@@ -76,7 +77,7 @@ export class MuxChannel extends Duplex {
       try {
         return super.emit(event, ...args)
       } catch (err) {
-        this.mux.consumerThrew(this, err)
+        consumerThrew(this.mux.log, this, err)
         return true
       }
     }
@@ -84,7 +85,7 @@ export class MuxChannel extends Duplex {
       try {
         Reflect.apply(listener, this, args) // a once() wrapper removes itself, as in EventEmitter.emit
       } catch (err) {
-        this.mux.consumerThrew(this, err)
+        consumerThrew(this.mux.log, this, err)
       }
     }
     return true

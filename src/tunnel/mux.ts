@@ -17,8 +17,9 @@ import type { Logger } from '../protocol/log.js'
 import { decodeMux, encodeMux, isSequenced, MUX, type MuxFrame } from '../protocol/mux.js'
 import { AckPacer } from './ack-pacer.js'
 import { InflightCap, RTT_PROBE_SEQ } from './inflight-cap.js'
-import { consumerFailed, guarded } from './consumer-guard.js'
+import { consumerFailed, guarded, toChannel } from './consumer-guard.js'
 import { CHANNEL_WINDOW_BYTES, MuxChannel } from './mux-channel.js'
+import { openRequest, toChannelFrame, type OpenRequest } from './mux-delivery.js'
 import { ReplayBuffer } from './replay-buffer.js'
 import { SendTurns } from './send-turns.js'
 import { SessionReads } from './session-reads.js'
@@ -60,14 +61,7 @@ export interface MessageStream {
   destroyed: boolean
 }
 
-export interface OpenRequest {
-  channel: MuxChannel
-  port: number
-  /** '' for a TCP port (forwards), else an agent service name ('msg', 'file', …). */
-  service: string
-  accept(): void
-  reject(code: string, message: string): void
-}
+export type { OpenRequest } from './mux-delivery.js'
 
 interface MuxEvents {
   open: [req: OpenRequest]
@@ -116,7 +110,8 @@ export class Mux extends EventEmitter<MuxEvents> {
   constructor(
     session: MessageStream,
     opener: boolean,
-    private readonly log: Logger,
+    /** @internal its channels log a consumer that threw with it (consumer-guard.ts). */
+    readonly log: Logger,
     /** Schedules the delayed ACK and times the in-flight limit's probes (tunnel.ts passes the tunnel's clock). */
     private readonly clock: Pick<TimerClock, 'setTimeout' | 'clear' | 'hrNow'> = systemClock
   ) {
@@ -375,27 +370,8 @@ export class Mux extends EventEmitter<MuxEvents> {
       else if (f.type === 'ack') this.onAck(f.received)
       return
     }
-    const ch = this.channels.get(f.channel)
-    switch (f.type) {
-      case 'open':
-        return this.onOpen(f)
-      case 'open-ok':
-        return ch && this.toChannel(ch, () => ch.onOpened(f.window))
-      case 'data':
-        return ch && this.toChannel(ch, () => ch.onData(f.data))
-      case 'window':
-        return ch && this.toChannel(ch, () => ch.onWindow(f.increment))
-      case 'fin':
-        return ch && this.toChannel(ch, () => ch.onFin())
-      case 'reset':
-        if (ch) {
-          this.channels.delete(f.channel)
-          this.toChannel(ch, () => ch.onReset(f.code, f.message))
-        }
-        return
-      default:
-        return
-    }
+    if (f.type === 'open') return this.onOpen(f)
+    toChannelFrame(this, this.channels.get(f.channel), f)
   }
 
   private onOpen(f: Extract<MuxFrame, { type: 'open' }>): void {
@@ -407,43 +383,8 @@ export class Mux extends EventEmitter<MuxEvents> {
     const ch = new MuxChannel(this, f.channel, f.port)
     ch.onOpened(f.window)
     this.channels.set(f.channel, ch)
-    let answered = false
-    const req: OpenRequest = {
-      channel: ch,
-      port: f.port,
-      service: f.service,
-      accept: () => {
-        if (answered) return
-        answered = true
-        this.send({ type: 'open-ok', channel: f.channel, window: CHANNEL_WINDOW_BYTES })
-      },
-      reject: (code, message) => {
-        if (answered) return
-        answered = true
-        this.channels.delete(f.channel)
-        this.send({ type: 'reset', channel: f.channel, code, message })
-        ch.destroy()
-      }
-    }
+    const req = openRequest(this, ch, f)
     if (this.listenerCount('open') === 0) req.reject('NOT_EXPOSED', 'nothing is exposed')
-    else this.toChannel(ch, () => this.emit('open', req), () => req.reject('INTERNAL', 'natd failed taking the channel'))
-  }
-
-  /**
-   * Runs a channel's consumer (its 'data' listener or sink runs inside push()): one that
-   * throws resets that channel, logged; the tunnel and natd go on (consumer-guard.ts).
-   */
-  private toChannel(ch: MuxChannel, deliver: () => void, refuse?: () => void): void {
-    guarded(this.log, `channel ${ch.id}`, deliver, () => {
-      refuse?.()
-      ch.destroy(consumerFailed())
-    })
-  }
-
-  /** @internal a listener of `ch` threw on an event the stream emitted on a later tick (MuxChannel.emit): as above. */
-  consumerThrew(ch: MuxChannel, err: unknown): void {
-    this.toChannel(ch, () => {
-      throw err
-    })
+    else toChannel(this.log, ch, () => this.emit('open', req), () => req.reject('INTERNAL', 'natd failed taking the channel'))
   }
 }

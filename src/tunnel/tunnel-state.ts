@@ -11,15 +11,6 @@ export interface TunnelPeer {
   id: string
 }
 
-export interface TunnelTiming {
-  /** Keepalive period: inside the tightest NAT UDP timeout we must survive. */
-  keepaliveMs: number
-  /** A path silent this long is gone (the tunnel migrates). */
-  deadMs: number
-  /** A tunnel migrating this long closes; default MIGRATE_GIVE_UP_MS. */
-  giveUpMs?: number
-}
-
 /** Where a tunnel runs: its path, the peer's address on it, the transport under the session. */
 export interface TunnelRoute {
   path: PathKind

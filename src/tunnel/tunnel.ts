@@ -30,25 +30,18 @@ import type { PathKind, Transport, TunnelSnapshot } from '../protocol/tunnel-sna
 import { Mux, type MessageStream } from './mux.js'
 import { PathSilence } from './path-silence.js'
 import { TunnelPings } from './tunnel-pings.js'
-import { canTransition, logMove, movesWithMapping, type MoveCause, type TunnelEvents, type TunnelPeer, type TunnelRoute, type TunnelState, type TunnelTiming } from './tunnel-state.js'
+import { canTransition, logMove, movesWithMapping, type MoveCause, type TunnelEvents, type TunnelPeer, type TunnelRoute, type TunnelState } from './tunnel-state.js'
+import { GOODBYE_LINGER_MS, LIVENESS_CHECK_MS, MIGRATE_GIVE_UP_MS, MIGRATING_PING_MS, OLD_SESSION_LINGER_MS, type TunnelTiming } from './tunnel-timing.js'
 
 // The silence limits live with their decisions in path-silence.ts; re-exported here.
 export { SUSPECT_SILENT_MS, WAITING_SILENT_MS } from './path-silence.js'
-/** How often the tunnel checks whether its path is gone. */
-export const LIVENESS_CHECK_MS = 250
-/** A migrating tunnel pings its old path this often: a path back after a short outage is used at once. */
-export const MIGRATING_PING_MS = 500
-/** A migrating tunnel gives up after this long (a 30 s outage, three times over) and closes. */
-export const MIGRATE_GIVE_UP_MS = 90_000
-/** A goodbye gets this long to leave before its session goes. */
-export const GOODBYE_LINGER_MS = 100
-/** After an upgrade the old session carries the peer's last frames on it this long (the peer switches too). */
-export const OLD_SESSION_LINGER_MS = 1_000
+// Its timing (what it is given, its own periods and lingers) is tunnel-timing.ts; re-exported here.
+export { GOODBYE_LINGER_MS, LIVENESS_CHECK_MS, MIGRATE_GIVE_UP_MS, MIGRATING_PING_MS, OLD_SESSION_LINGER_MS, type TunnelTiming } from './tunnel-timing.js'
 
 // Defined in protocol/ (the local API returns the snapshot too); re-exported for src/tunnel.
 export type { PathKind, TunnelSnapshot } from '../protocol/tunnel-snapshot.js'
 // The state model lives in tunnel-state.ts; re-exported for the tunnel's importers.
-export { canTransition, movesWithMapping, type TunnelPeer, type TunnelRoute, type TunnelState, type TunnelTiming } from './tunnel-state.js'
+export { canTransition, movesWithMapping, type TunnelPeer, type TunnelRoute, type TunnelState } from './tunnel-state.js'
 
 export class Tunnel extends EventEmitter<TunnelEvents> {
   readonly mux: Mux

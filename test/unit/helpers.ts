@@ -227,7 +227,7 @@ export function fakeStatus(overrides: Partial<StatusResult> = {}): StatusResult 
     firstProbeTtl: 2,
     uptimeMs: 5_000,
     tunnels: 0,
-    portMapping: { state: 'none', gateway: '192.168.1.1', via: null, udp: null, tcp: null, expiresInMs: null, reason: 'the gateway 192.168.1.1 answers none of PCP, NAT-PMP and UPnP' },
+    portMapping: { state: 'none', gateway: '192.168.1.1', via: null, udp: null, tcp: null, expiresInMs: null, retryInMs: null, reason: 'the gateway 192.168.1.1 answers none of PCP, NAT-PMP and UPnP' },
     stateWarnings: [],
     ...overrides
   }

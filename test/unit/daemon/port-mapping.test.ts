@@ -4,60 +4,10 @@
 // restarts (its epoch went back), removed at stop; a gateway that answers nothing is
 // remembered, and not waited for at the next start; --no-port-mapping sends nothing.
 import { afterEach, describe, expect, it, vi } from 'vitest'
-import { PortMappingKeeper, PORTMAP_CHECK_MS, PORTMAP_RETRY_MS, type SilentGatewayCache } from '../../../src/daemon/port-mapping.js'
+import { PortMappingKeeper, PORTMAP_CHECK_MS, PORTMAP_RETRY_MS } from '../../../src/daemon/port-mapping.js'
 import { silentLogger } from '../../../src/protocol/log.js'
-import { gatewayLostState, PortMapper } from '../../../src/portmap/port-mapper.js'
-import { hex } from '../helpers.js'
-
-const GW = { host: '10.1.0.1', port: 5351 }
-
-/** A PCP gateway granting `lifetimeS` (or refusing with `result`), and what it was asked. */
-function fakeGateway(o: { pcp: boolean; lifetimeS?: number }) {
-  const asked: Array<{ op: number; lifetimeS: number; nonce: string; protocol: number }> = []
-  const g = { result: 0, pcp: o.pcp, epoch: 1, external: 'c6120102', portOffset: 0, mapDelayMs: 0 }
-  let closed = 0
-  let connects = 0
-  const mapper: PortMapper = new PortMapper({ gateway: GW.host, localIp: '10.1.0.2' }, {
-    randomBytes: (n) => Buffer.alloc(n, 9),
-    send: (b) => {
-      const req = Buffer.from(b)
-      if (req[0] !== 2 || !g.pcp) return // no NAT-PMP here, and PCP only when asked for
-      asked.push({ op: req[1]!, lifetimeS: req.readUInt32BE(4), nonce: req.subarray(24, 36).toString('hex'), protocol: req[36] ?? 0 })
-      const granted = req[1] === 1 && req.readUInt32BE(4) > 0 ? (o.lifetimeS ?? 7200) : 0
-      const head = Buffer.concat([hex(`02 ${(0x80 | req[1]!).toString(16)} 00`), Buffer.from([req[1] === 1 ? g.result : 0]), Buffer.alloc(4), Buffer.alloc(4), Buffer.alloc(12)])
-      head.writeUInt32BE(granted, 4)
-      head.writeUInt32BE(g.epoch, 8)
-      const payload = req[1] === 1 ? Buffer.from(req.subarray(24, 60)) : Buffer.alloc(0)
-      if (payload.length) {
-        payload.set(hex(g.external), 32)
-        payload.writeUInt16BE(payload.readUInt16BE(18) + g.portOffset, 18)
-      }
-      const answer = (): void => mapper.onMessage(Buffer.concat([head, payload]), GW)
-      if (req[1] === 1 && g.mapDelayMs > 0) setTimeout(answer, g.mapDelayMs)
-      else queueMicrotask(answer)
-    }
-  })
-  return {
-    g,
-    asked,
-    maps: (protocol = 17) => asked.filter((a) => a.op === 1 && a.protocol === protocol),
-    closed: () => closed,
-    connects: () => connects,
-    connect: async () => {
-      connects++
-      return { gateway: GW.host, mapper, close: () => void closed++ }
-    }
-  }
-}
-
-function memoryCache(initial: string | null = null): SilentGatewayCache & { value: string | null } {
-  const c = {
-    value: initial,
-    get: () => c.value,
-    set: (v: string | null) => void (c.value = v)
-  }
-  return c
-}
+import { gatewayLostState } from '../../../src/portmap/port-mapper.js'
+import { fakeGateway, memoryCache } from './fake-pcp-gateway.js'
 
 afterEach(() => vi.useRealTimers())
 
@@ -112,6 +62,7 @@ describe('PortMappingKeeper', () => {
       udp: '198.18.1.2:41646',
       tcp: '198.18.1.2:41646',
       expiresInMs: 7_200_000 - 61_000,
+      retryInMs: null,
       reason: null
     })
     expect(keeper.externalEndpoints()).toEqual([{ host: '198.18.1.2', port: 41646 }])
@@ -148,7 +99,7 @@ describe('PortMappingKeeper', () => {
     const changes: string[] = []
     const keeper = new PortMappingKeeper(
       { port: 41641, tcp: false, enabled: true, checkMs: 10_000 },
-      { log: silentLogger, connect: gw.connect, cache, onChange: () => changes.push(keeper.status().state) }
+      { log: silentLogger, connect: gw.connect, cache, random: () => 0, onChange: () => changes.push(keeper.status().state) }
     )
     let done = false
     void keeper.start().then(() => (done = true))
@@ -159,8 +110,10 @@ describe('PortMappingKeeper', () => {
     expect(keeper.status().state).toBe('none')
     expect(changes).toEqual([])
     expect(cache.value).toBe('10.1.0.1')
-    gw.g.pcp = true // the owner turned PCP on: seen at the next check
+    gw.g.pcp = true // the owner turned PCP on: seen at the next try (the checks meanwhile only look for another gateway)
     await vi.advanceTimersByTimeAsync(10_000)
+    expect(keeper.status().state).toBe('none')
+    await vi.advanceTimersByTimeAsync(PORTMAP_RETRY_MS - 10_000)
     expect(keeper.status().state).toBe('mapped')
     expect(changes).toEqual(['mapped']) // the agent checks its NAT and registers again
     expect(cache.value).toBeNull()
@@ -209,7 +162,7 @@ describe('PortMappingKeeper', () => {
     vi.useFakeTimers()
     const gw = fakeGateway({ pcp: true, lifetimeS: 120 })
     const changes: string[] = []
-    const keeper = new PortMappingKeeper({ port: 41641, tcp: false, enabled: true, checkMs: 3_600_000 }, { log: silentLogger, connect: gw.connect, onChange: () => changes.push(keeper.status().state) })
+    const keeper = new PortMappingKeeper({ port: 41641, tcp: false, enabled: true, checkMs: 3_600_000 }, { log: silentLogger, connect: gw.connect, random: () => 0, onChange: () => changes.push(keeper.status().state) })
     const started = keeper.start()
     await vi.advanceTimersByTimeAsync(1_000) // PCP answers at once; the NAT-PMP ask waits out its 0.75 s
     await started
@@ -218,10 +171,10 @@ describe('PortMappingKeeper', () => {
     expect(keeper.status().state).toBe('mapped')
     expect(changes).toEqual([])
     await vi.advanceTimersByTimeAsync(PORTMAP_RETRY_MS) // past the 120 s lease
-    expect(keeper.status()).toMatchObject({ state: 'none', reason: expect.stringMatching(/^lease lost: the gateway refused the PCP mapping: not authorized \(2\)/) })
+    expect(keeper.status()).toMatchObject({ state: 'none', retryInMs: 2 * PORTMAP_RETRY_MS - 1_000, reason: expect.stringMatching(/^lease lost: the gateway refused the PCP mapping: not authorized \(2\)/) })
     expect(changes).toEqual(['none'])
     gw.g.result = 0
-    await vi.advanceTimersByTimeAsync(PORTMAP_RETRY_MS + 1_000) // probed again, then mapped
+    await vi.advanceTimersByTimeAsync(2 * PORTMAP_RETRY_MS + 1_000) // the second failure in a row waits twice as long; then probed again, and mapped
     expect(keeper.status().state).toBe('mapped')
     expect(changes).toEqual(['none', 'mapped'])
     await keeper.stop()

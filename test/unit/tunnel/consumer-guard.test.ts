@@ -4,17 +4,18 @@
 // into it, uncaught, and ended natd. Now the channel (or the tunnel) ends, logged, and the
 // frame's delivery returns normally.
 //
-//   Mux A (opener) ── pipe.a ═══ frames ═══ pipe.b ── Mux B (consumers that throw)
+//   Mux A (opener) ── pipe.a ═══ frames ═══ pipe.b ── Mux B (consumers that throw)   (./mux-pair.ts)
 //
 // Frames are pushed into B's session end by hand, as its read callback would: a throw
 // that escaped would come out of that push().
-import { afterEach, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import { NatdError } from '../../../src/protocol/errors.js'
 import type { Logger, LogFields } from '../../../src/protocol/log.js'
 import { encodeMux, type MuxFrame } from '../../../src/protocol/mux.js'
-import { Mux, type OpenRequest } from '../../../src/tunnel/mux.js'
+import type { OpenRequest } from '../../../src/tunnel/mux.js'
 import type { MuxChannel } from '../../../src/tunnel/mux-channel.js'
-import { messagePipe, settle, until, type MessagePipe } from './pipe.js'
+import { muxPairs, type MuxPair } from './mux-pair.js'
+import { settle, until } from './pipe.js'
 
 interface Logged {
   level: string
@@ -32,35 +33,20 @@ function recordingLogger(lines: Logged[]): Logger {
   return log
 }
 
-interface World {
-  pipe: MessagePipe
-  a: Mux
-  b: Mux
+const pair = muxPairs()
+
+interface World extends MuxPair {
   logged: Logged[]
   /** Delivers `f` to B as its session's read would; throws what the delivery throws. */
   toB(f: MuxFrame): void
 }
 
-const worlds: World[] = []
-afterEach(() => {
-  for (const w of worlds.splice(0)) {
-    w.a.close('test over')
-    w.b.close('test over')
-    w.pipe.a.destroy()
-    w.pipe.b.destroy()
-  }
-})
-
 async function world(onOpen: (req: OpenRequest) => void): Promise<World> {
-  const pipe = messagePipe()
   const logged: Logged[] = []
-  const a = new Mux(pipe.a, true, recordingLogger([]))
-  const b = new Mux(pipe.b, false, recordingLogger(logged))
-  b.on('open', onOpen)
+  const p = pair({ b: recordingLogger(logged) })
+  p.b.on('open', onOpen)
   await settle() // B's session is flowing: a push() delivers at once
-  const w = { pipe, a, b, logged, toB: (f: MuxFrame) => void pipe.b.push(encodeMux(f)) }
-  worlds.push(w)
-  return w
+  return { ...p, logged, toB: (f: MuxFrame) => void p.pipe.b.push(encodeMux(f)) }
 }
 
 /** Opens a channel from A and waits for B's side of it. */

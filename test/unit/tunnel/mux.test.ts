@@ -1,46 +1,25 @@
 // The channel multiplexer (src/tunnel/mux.ts) between two Mux instances joined by an
-// in-memory message pipe (./pipe.ts): channel ids, accept and refuse, byte-exact data
+// in-memory message pipe (./mux-pair.ts): channel ids, accept and refuse, byte-exact data
 // both ways, half close, credit-based flow control, many channels at once, close,
 // ping/pong, goodbye, and a peer that opens a channel with our parity.
 //
 //   Mux A (opener: odd ids) ── pipe.a ═══ frames ═══ pipe.b ── Mux B (even ids)
 import { randomBytes } from 'node:crypto'
-import { afterEach, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import { NatdError } from '../../../src/protocol/errors.js'
 import { silentLogger } from '../../../src/protocol/log.js'
 import { decodeMux, encodeMux, MAX_DATA_BYTES, MUX, type MuxFrame } from '../../../src/protocol/mux.js'
 import { Mux, type MessageStream, type OpenRequest } from '../../../src/tunnel/mux.js'
 import { CHANNEL_WINDOW_BYTES, type MuxChannel } from '../../../src/tunnel/mux-channel.js'
 import { readAll, sha256hex } from '../helpers.js'
-import { messagePipe, settle, until, type MessagePipe, type Side } from './pipe.js'
+import { muxPairs } from './mux-pair.js'
+import { settle, until, type MessagePipe, type Side } from './pipe.js'
 
 const HEADER_BYTES = 5
 /** MuxChannel's readable highWaterMark: what a paused consumer's buffer absorbs beyond the window. */
 const CHANNEL_READ_BUFFER_BYTES = 1024 * 1024
 
-interface Pair {
-  pipe: MessagePipe
-  a: Mux
-  b: Mux
-}
-
-const pairs: Pair[] = []
-
-function pair(): Pair {
-  const pipe = messagePipe()
-  const p = { pipe, a: new Mux(pipe.a, true, silentLogger), b: new Mux(pipe.b, false, silentLogger) }
-  pairs.push(p)
-  return p
-}
-
-afterEach(() => {
-  for (const p of pairs.splice(0)) {
-    p.a.close('test over')
-    p.b.close('test over')
-    p.pipe.a.destroy()
-    p.pipe.b.destroy()
-  }
-})
+const pair = muxPairs()
 
 /** Decoded frames written by one side (for small tests; DATA payloads are kept). */
 function record(pipe: MessagePipe, side: Side): MuxFrame[] {
