@@ -8,8 +8,8 @@
  * async stat per listed file and per partial, BUILD_BATCH at a time), and then follow
  * what natd does: a partial reserved for an offer, settled when its transfer ends (kept
  * with its bytes, or gone), a file placed. What natd does not see (the user deleting a
- * received file or a partial) is picked up by recheck(): `natctl files` and the inbox
- * upkeep (partial-pruner.ts) run it.
+ * received file or a partial, or a partial put there behind its back) is picked up by
+ * recheck(): `natctl files` and the inbox upkeep (partial-pruner.ts) run it.
  */
 import fsp from 'node:fs/promises'
 import path from 'node:path'
