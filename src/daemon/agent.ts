@@ -319,6 +319,7 @@ export class Agent {
     this.nat?.stop()
     this.tunnels?.closeAll('the peer\'s natd is shutting down')
     this.forwards?.stop()
+    this.files?.stop()
     await this.client?.stop()
     await this.runLoop
     await this.portMapping?.stop()

@@ -9,8 +9,15 @@ import { UNSAFE_TEXT_CHARS } from '../protocol/unsafe-text.js'
 
 /** Longest name the receiver keeps, in UTF-8 bytes (room left for a `-NNN` suffix under NAME_MAX 255). */
 export const MAX_NAME_BYTES = 200
-/** Free names tried (`a.txt`, `a-1.txt`, …) before giving up. */
-export const MAX_NAME_SUFFIX = 9_999
+/**
+ * Numbered names tried (`a.txt`, `a-1.txt` … `a-9.txt`) before a random one: a bound on
+ * the link() calls per file, and no name strangers can use up (review 7: 10,000 numbered
+ * names, so ten keys × 1,000 files named `report.pdf` blocked every later one, and each
+ * try cost up to 10,000 link() calls).
+ */
+export const MAX_NAME_SUFFIX = 9
+/** Random names (`a-<16 hex>.txt`, 64 bits: nobody can take them ahead) tried after the numbered ones. */
+export const RANDOM_NAME_TRIES = 3
 
 /** Characters a received name may not keep, each replaced by `_` (UNSAFE_TEXT_CHARS: controls, bidi and invisible format characters). */
 export const UNSAFE_NAME_CHARS = UNSAFE_TEXT_CHARS
@@ -36,9 +43,9 @@ export function sanitizeName(name: string): string {
   return out || 'file'
 }
 
-/** `report.pdf`, then `report-1.pdf`, `report-2.pdf`, … */
-export function suffixedName(name: string, i: number): string {
-  if (i === 0) return name
+/** `report.pdf`, then `report-1.pdf`, `report-2.pdf`, … (or `report-<suffix>.pdf` for a string suffix). */
+export function suffixedName(name: string, i: number | string): string {
+  if (i === 0 || i === '') return name
   const ext = path.extname(name)
   return `${name.slice(0, name.length - ext.length)}-${i}${ext}`
 }

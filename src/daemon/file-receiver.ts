@@ -11,7 +11,7 @@ import path from 'node:path'
 import { promisify } from 'node:util'
 import { NatdError, toNatdError } from '../protocol/errors.js'
 import type { PartialFile } from '../ipc/schema.js'
-import { systemClock, type TimerClock } from '../protocol/clock.js'
+import type { TimerClock } from '../protocol/clock.js'
 import type { Logger } from '../protocol/log.js'
 import { encodeTransfer } from '../protocol/transfer.js'
 import type { OpenRequest } from '../tunnel/mux.js'
@@ -19,11 +19,12 @@ import type { MuxChannel } from '../tunnel/mux-channel.js'
 import type { Tunnel } from '../tunnel/tunnel.js'
 import { ChannelReader, endWith, withDeadline } from './channel-frames.js'
 import { PEER_REFUSAL_LOG, RefusalLog } from '../common/refusal-log.js'
-import { fsyncDirAsync } from '../common/state-files.js'
 import { FileBody } from './file-body.js'
-import { MAX_NAME_SUFFIX, partialKey, sanitizeName, suffixedName } from './file-names.js'
+import { partialKey, sanitizeName } from './file-names.js'
+import { placeFile } from './file-place.js'
+import type { InboxUsage } from './inbox-usage.js'
 import { PARTIAL_DIR, PartialDir } from './partial-dir.js'
-import { StalePartials } from './stale-partials.js'
+import type { PartialPruner } from './partial-pruner.js'
 import { StallWatch } from './stall-watch.js'
 
 /** The receiver waits this long for the OFFER after the channel opens. */
@@ -32,6 +33,16 @@ export const OFFER_TIMEOUT_MS = 10_000
 export const READ_CHUNK_BYTES = 1024 * 1024
 /** After a refusal the receiver ends the channel (reading nothing more of it); it resets it after this if the sender does not. */
 export const REFUSE_LINGER_MS = 5_000
+/**
+ * Partials kept from one peer for a resume; past it the oldest goes. With the usage
+ * counters an offer no longer costs anything per partial; what is left per partial is an
+ * inode and one async stat at start and per upkeep (partial-pruner.ts). natctl cp sends
+ * the files of one call one after the other, so an honest sender has one transfer cut
+ * off per natctl cp running; 32 leaves room for many at once through one outage, and is
+ * 1/30 of the default 1,000 files a peer may hold (review 7 #3: a stranger left 1,000
+ * empty partials, the whole quota, at the cost of OPENs).
+ */
+export const PARTIALS_PER_PEER = 32
 /** After a stall's REFUSE the receiver resets the channel this much later (the frame leaves first). */
 export const STALL_RESET_DELAY_MS = 100
 /**
@@ -70,7 +81,13 @@ export interface ReceivePolicy {
    * Throws QUOTA_EXCEEDED when `peer` storing `size` more bytes goes over its quota, with
    * `inFlight` (the peer's other transfers being received, at their announced sizes).
    */
-  checkQuota(peer: { name: string; id: string }, size: number, inFlight: { files: number; bytes: number }): void
+  checkQuota(peer: { name: string; id: string }, size: number, inFlight: { files: number; bytes: number }, newPartial: boolean): void
+}
+
+/** The inbox's counters and upkeep (files.ts makes them): what each peer holds, known without a file-system call. */
+export interface InboxBooks {
+  usage: InboxUsage
+  pruner: PartialPruner
 }
 
 export interface StoredFile {
@@ -79,14 +96,6 @@ export interface StoredFile {
   size: number
   sha256: string
   transferId: string
-}
-
-function partialSize(file: string): number {
-  try {
-    return fs.statSync(file).size
-  } catch {
-    return 0
-  }
 }
 
 /** The receiving side: partials, verification, placement. */
@@ -100,22 +109,20 @@ export class FileReceiver {
    * sender's quota and against the free space, so that many transfers at once (a tunnel
    * carries up to 4,096 channels) cannot each pass a check the others will break.
    */
-  private readonly inFlight = new Map<MuxChannel, { peerId: string; key: string; size: number; partial: string }>()
+  private readonly inFlight = new Map<MuxChannel, { peerId: string; key: string; size: number; have: () => number }>()
 
   /** Files not received (policy, quota, stalls…): a peer may cause them as fast as it opens channels. */
   private readonly refusals: RefusalLog
-  /** Partials nobody came back for, removed in the background when a file arrives. */
-  private readonly stale: StalePartials
 
   constructor(
     private readonly policy: () => ReceivePolicy,
     private readonly log: Logger,
     /** Lists the file; DONE is sent once it resolves (its record is durable). */
     private readonly onStored: (f: StoredFile, from: Tunnel['peer']) => Promise<void>,
-    private readonly clock: TimerClock = systemClock
+    private readonly clock: TimerClock,
+    private readonly books: InboxBooks
   ) {
     this.refusals = new RefusalLog(log, PEER_REFUSAL_LOG, clock)
-    this.stale = new StalePartials((key) => this.active.has(key), log, clock)
   }
 
   /**
@@ -156,11 +163,15 @@ export class FileReceiver {
     }
     const transferId = Buffer.from(offer.transferId).toString('hex')
     const key = partialKey(peer.id, transferId)
-    const partial = path.join(policy.inbox, PARTIAL_DIR, key)
+    const { usage } = this.books
+    await usage.ready
+    // O(1) and no file-system call (review 7 #3): the counters and the transfers in memory.
     // Another attempt of this same transfer is superseded below: it does not count.
     const others = [...this.inFlight.values()].filter((t) => t.peerId === peer.id && t.key !== key)
-    policy.checkQuota(peer, offer.size - partialSize(partial), { files: others.length, bytes: others.reduce((sum, t) => sum + t.size, 0) })
-    this.inFlight.set(ch, { peerId: peer.id, key, size: offer.size, partial })
+    const held = usage.partialBytes(key)
+    policy.checkQuota(peer, offer.size - held, { files: others.length, bytes: others.reduce((sum, t) => sum + t.size, 0) }, !usage.has(key))
+    const flight = { peerId: peer.id, key, size: offer.size, have: () => held }
+    this.inFlight.set(ch, flight)
     try {
       const previous = this.active.get(key)
       if (previous) {
@@ -170,10 +181,16 @@ export class FileReceiver {
       let release!: () => void
       const done = new Promise<void>((resolve) => (release = resolve))
       this.active.set(key, { channel: ch, done })
+      // What the partial holds when the transfer ends (null: gone); undefined: as before it began.
+      const outcome: { bytes?: number | null } = {}
+      const before = usage.reserve(key, peer.id)
       try {
-        await this.store(tunnel, ch, reader, { ...offer, name, transferId, key }, policy)
+        await this.store(tunnel, ch, reader, { ...offer, name, transferId, key }, policy, { flight, outcome })
       } finally {
         if (this.active.get(key)?.channel === ch) this.active.delete(key)
+        usage.settle(key, outcome.bytes === undefined ? before : outcome.bytes, this.clock.now())
+        if (outcome.bytes === null) this.names.delete(key)
+        this.evictOverCap(peer.id)
         release()
       }
     } finally {
@@ -181,19 +198,25 @@ export class FileReceiver {
     }
   }
 
+  /** Keeps at most PARTIALS_PER_PEER partials from `peerId`: the oldest goes (off the event loop). */
+  private evictOverCap(peerId: string): void {
+    const oldest = this.books.usage.oldestBeyond(peerId, PARTIALS_PER_PEER)
+    if (oldest === null) return
+    void this.books.pruner.remove(oldest, 'over the per-peer cap').catch((err: unknown) => this.log.error('a partial file could not be removed', { partial: oldest.slice(0, 16), err: (err as Error).message }))
+  }
+
   private async store(
     tunnel: Tunnel,
     ch: MuxChannel,
     reader: ChannelReader,
     offer: { name: string; size: number; transferId: string; key: string },
-    policy: ReceivePolicy
+    policy: ReceivePolicy,
+    track: { flight: { have: () => number }; outcome: { bytes?: number | null } }
   ): Promise<void> {
     const peer = tunnel.peer
     const inbox = policy.inbox
     const partialDir = await PartialDir.open(inbox, this.log)
     const partial = path.join(partialDir.path, offer.key)
-    void this.stale.sweep(partialDir.path) // in the background; never rejects
-    await this.stale.removing(offer.key) // a stale partial of this transfer is going: open a new one after
     // Everything about the partial goes through this one descriptor (O_NOFOLLOW: a symlink
     // at its name is nobody's partial); no path is followed again after the checks.
     const fd = partialDir.openPartial(partial)
@@ -201,16 +224,22 @@ export class FileReceiver {
     let offset: number
     try {
       offset = fs.fstatSync(fd).size
+      track.outcome.bytes = offset
       if (offset > offer.size) {
         await ftruncate(fd, 0)
         offset = 0
+        track.outcome.bytes = 0
       }
+      track.flight.have = () => offset
       this.checkRoom(inbox, ch, offer, offset)
       hash = await this.hashPartial(fd, partial, peer.name, offer.name, offset)
     } catch (err) {
       const empty = fs.fstatSync(fd).size === 0
       fs.closeSync(fd)
-      if (empty) await fsp.rm(partial, { force: true }) // refused before any byte: nothing to resume
+      if (empty) {
+        await fsp.rm(partial, { force: true }) // refused before any byte: nothing to resume
+        track.outcome.bytes = null
+      }
       throw err
     }
     ch.write(encodeTransfer({ type: 'accept', offset }))
@@ -226,6 +255,7 @@ export class FileReceiver {
       this.clock.setTimeout(() => ch.destroy(stalled ?? undefined), STALL_RESET_DELAY_MS).unref()
     }, () => tunnel.isMigrating)
     const body = new FileBody({ fd, bytes: offer.size - offset, hash, onDrain: () => ch.release(), onBytes: () => watch.touch() })
+    track.flight.have = () => offset + body.written
     const onClose = (): void => body.fail(new NatdError('TUNNEL_CLOSED', `the file channel closed before ${offer.name} ended`))
     ch.once('close', onClose)
     let theirs: Buffer
@@ -242,10 +272,17 @@ export class FileReceiver {
       if (!stalled && (e.code === 'ENOSPC' || e.code === 'EDQUOT')) {
         watch.stop() // the REFUSE says NO_SPACE, not a stall while the partial goes
         await this.discard(fd, partial)
+        track.outcome.bytes = null
         throw new NatdError('NO_SPACE', 'the receiver\'s disk is full; nothing was kept', { cause: err })
       }
       const have = fs.fstatSync(fd).size
       fs.closeSync(fd)
+      track.outcome.bytes = have
+      if (have === 0) {
+        // Closed before any byte (review 7 #3: a stranger left 1,000 such partials, kept 7 days, at the cost of OPENs): nothing to resume.
+        await fsp.rm(partial, { force: true })
+        track.outcome.bytes = null
+      }
       if (stalled) throw stalled
       // The path is gone: keep the partial, so the next attempt resumes.
       this.log.info('file transfer interrupted', { peer: peer.name, name: offer.name, have, size: offer.size })
@@ -254,9 +291,11 @@ export class FileReceiver {
       watch.stop()
       ch.off('close', onClose)
     }
+    track.outcome.bytes = offer.size
     const sha256 = hash.digest()
     if (!sha256.equals(theirs)) {
       await this.discard(fd, partial)
+      track.outcome.bytes = null
       throw new NatdError('CORRUPT', `the bytes received do not match the sha256 of ${offer.name}; nothing was kept, send it again`)
     }
     try {
@@ -266,7 +305,9 @@ export class FileReceiver {
     } finally {
       fs.closeSync(fd)
     }
-    const final = await this.place(partial, inbox, offer.name)
+    const final = await placeFile(partial, inbox, offer.name)
+    track.outcome.bytes = null
+    this.books.usage.placed(final, peer.id, offer.size)
     this.names.delete(offer.key)
     const stored: StoredFile = { name: path.basename(final), path: final, size: offer.size, sha256: sha256.toString('hex'), transferId: offer.transferId }
     await this.onStored(stored, peer)
@@ -315,7 +356,7 @@ export class FileReceiver {
     const fsStat = fs.statfsSync(inbox)
     // What the other transfers being received will still write (another attempt of this one is superseded).
     let promised = 0
-    for (const [c, t] of this.inFlight) if (c !== ch && t.key !== offer.key) promised += Math.max(0, t.size - partialSize(t.partial))
+    for (const [c, t] of this.inFlight) if (c !== ch && t.key !== offer.key) promised += Math.max(0, t.size - t.have())
     const reserve = Math.ceil(fsStat.blocks * fsStat.bsize * INBOX_FREE_RESERVE)
     const room = fsStat.bavail * fsStat.bsize - promised - reserve
     if (room < offer.size - offset) {
@@ -335,22 +376,5 @@ export class FileReceiver {
       this.log.error('cannot read back a partial file to resume it', { peer, name, partial, have: offset, err: (err as Error).message })
       throw new NatdError('PARTIAL_UNREADABLE', `the receiver cannot read back the ${offset} bytes of ${name} it already holds; its operator must check its inbox (its log says why)`, { cause: err })
     }
-  }
-
-  /** Links the verified partial to the first free name (never overwriting anything), then drops the partial; the directory's fsync off the event loop. */
-  private async place(partial: string, inbox: string, name: string): Promise<string> {
-    for (let i = 0; i <= MAX_NAME_SUFFIX; i++) {
-      const candidate = path.join(inbox, suffixedName(name, i))
-      try {
-        await fsp.link(partial, candidate) // fails with EEXIST instead of replacing (and two at once cannot both win)
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code === 'EEXIST') continue
-        throw err
-      }
-      await fsp.rm(partial, { force: true })
-      await fsyncDirAsync(inbox)
-      return candidate
-    }
-    throw new NatdError('INVALID_ARGUMENT', `no free name for ${name} in ${inbox}`)
   }
 }

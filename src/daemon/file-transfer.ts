@@ -29,8 +29,8 @@ import { STALL_TIMEOUT_MS, StallWatch } from './stall-watch.js'
 
 // The parts, re-exported for their users: names and IDs, the receiver, the stall deadline.
 export { MAX_NAME_BYTES, MAX_NAME_SUFFIX, partialKey, sanitizeName, suffixedName, transferIdOf, UNSAFE_NAME_CHARS } from './file-names.js'
-export { FileReceiver, INBOX_FREE_RESERVE, OFFER_TIMEOUT_MS, type ReceivePolicy, type StoredFile } from './file-receiver.js'
-export { PARTIAL_MAX_AGE_MS } from './stale-partials.js'
+export { FileReceiver, INBOX_FREE_RESERVE, OFFER_TIMEOUT_MS, PARTIALS_PER_PEER, type ReceivePolicy, type StoredFile } from './file-receiver.js'
+export { PARTIAL_MAX_AGE_MS } from './partial-pruner.js'
 export { PARTIAL_DIR } from './partial-dir.js'
 export { STALL_TIMEOUT_MS, StallWatch } from './stall-watch.js'
 

@@ -32,6 +32,8 @@ import type { OpenRequest } from '../tunnel/mux.js'
 import type { Tunnel } from '../tunnel/tunnel.js'
 import { admits, isCurrent, migrateAllowEntry, type AllowEntry } from './allow-list.js'
 import { FileReceiver, sendFile, STALL_TIMEOUT_MS, type ReceivePolicy } from './file-transfer.js'
+import { InboxUsage, type Held } from './inbox-usage.js'
+import { PartialPruner } from './partial-pruner.js'
 import type { KnownPeers } from './known-peers.js'
 import { durableWithin } from './config-json.js'
 import { BackgroundJsonFile } from '../common/background-json-file.js'
@@ -54,6 +56,15 @@ export const DEFAULT_QUOTAS: Readonly<Quotas> = Object.freeze({
   messageBytesPerPeer: 1024 ** 2,
   stallTimeoutMs: STALL_TIMEOUT_MS
 })
+/**
+ * Received files and partials all peers together may leave in the inbox, whatever the
+ * per-peer quotas say (keys are free to make: fresh keys, 1,000 files each, used up
+ * inodes and made files.jsonl long). Past it every peer gets QUOTA_EXCEEDED ("inbox is
+ * full") until the user deletes files. The same count as the messages' inbox-wide cap;
+ * the upkeep stats each one every UPKEEP_INTERVAL_MS, off the event loop. Bytes are
+ * bounded by INBOX_FREE_RESERVE.
+ */
+export const INBOX_FILES_MAX = 10_000
 export const POLICY_FILE = 'files.json'
 export const RECEIVED_FILE = 'files.jsonl'
 
@@ -75,6 +86,8 @@ export interface FilesComponents {
   /** The disk writes (default async fs; tests stall them): files.json, and files.jsonl. */
   writePolicy?: (file: string, text: string) => Promise<void>
   io?: StateLogIo
+  /** Files and partials all peers together may hold (default INBOX_FILES_MAX; tests lower it). */
+  inboxMaxFiles?: number
 }
 
 interface StoredPolicy extends Quotas {
@@ -88,6 +101,8 @@ export class Files {
   private stored: StoredPolicy
   private readonly policyFile: BackgroundJsonFile
   private readonly received: StateLog
+  private readonly usageBooks: InboxUsage
+  private readonly pruner: PartialPruner
 
   constructor(private readonly c: FilesComponents) {
     this.policyFile = new BackgroundJsonFile(path.join(c.dir, POLICY_FILE), c.writePolicy ?? writeFileAtomicAsync, (err) => c.log.error('the file policy could not be saved', { file: path.join(c.dir, POLICY_FILE), err: err.message }))
@@ -114,7 +129,11 @@ export class Files {
     for (const a of this.stored.allow) {
       if (a.id === null) c.log.warn('the file policy allows a peer by name with no pinned key: it admits nobody until re-added', { peer: a.name, hint: `natctl trust ${a.name} PEER_ID, then natctl files policy --allow ${a.name}` })
     }
-    this.receiver = new FileReceiver(() => this.receivePolicy(), c.log, (f, from) => this.onStored(f, from), c.clock ?? systemClock)
+    const clock = c.clock ?? systemClock
+    this.usageBooks = new InboxUsage(this.inbox, path.join(c.dir, RECEIVED_FILE), (err) => c.log.error('cannot count what peers hold in the inbox', { inbox: this.inbox, err: err.message }))
+    this.pruner = new PartialPruner(() => this.inbox, this.usageBooks, clock, c.log)
+    this.pruner.start()
+    this.receiver = new FileReceiver(() => this.receivePolicy(), c.log, (f, from) => this.onStored(f, from), clock, { usage: this.usageBooks, pruner: this.pruner })
   }
 
   get inbox(): string {
@@ -169,9 +188,25 @@ export class Files {
     await Promise.all([this.policyFile.flushed(), this.received.flushed()])
   }
 
-  /** Received files, oldest first. */
+  /** Stops the inbox upkeep's timer (shutdown). */
+  stop(): void {
+    this.pruner.stop()
+  }
+
+  /** Received files, oldest first. The usage counters are checked against the disk meanwhile (a file the user deleted frees its sender's quota). */
   list(): ReceivedFile[] {
+    void this.usageBooks.recheck()
     return readJsonLines<ReceivedFile>(path.join(this.c.dir, RECEIVED_FILE))
+  }
+
+  /** Runs the inbox upkeep now (the timer runs it every UPKEEP_INTERVAL_MS): counters checked, stale partials removed. Never rejects. */
+  upkeep(): Promise<void> {
+    return this.pruner.onUpkeepDue()
+  }
+
+  /** Resolves when the usage counters match the disk (after start, or after the files or partials changed behind natd's back). Never rejects. */
+  async counted(): Promise<void> {
+    await this.usageBooks.recheck()
   }
 
   /** Partial files in the inbox: transfers cut off, kept for a resume. */
@@ -249,38 +284,27 @@ export class Files {
       maxSizeBytes: this.stored.maxSizeBytes,
       inbox,
       stallTimeoutMs: this.stored.stallTimeoutMs,
-      checkQuota: (peer, size, inFlight) => this.checkQuota(peer, size, inFlight)
+      checkQuota: (peer, size, inFlight, newPartial) => this.checkQuota(peer, size, inFlight, newPartial)
     }
   }
 
-  /** What `peer` holds in the inbox: received files still there, and partials. */
-  usage(peerId: string): { files: number; bytes: number } {
-    let files = 0
-    let bytes = 0
-    for (const f of this.list()) {
-      if (f.fromId !== peerId) continue
-      try {
-        const st = fs.statSync(f.path)
-        files++
-        bytes += st.size
-      } catch {
-        // deleted by the user: room again
-      }
-    }
-    for (const p of this.partials()) {
-      if (p.fromId !== peerId || p.active) continue
-      files++
-      bytes += p.bytes
-    }
-    return { files, bytes }
+  /** What `peer` holds in the inbox: received files still there, and partials not being received. O(1), from the counters. */
+  usage(peerId: string): Held {
+    return this.usageBooks.of(peerId)
   }
 
-  private checkQuota(peer: { name: string; id: string }, size: number, inFlight: { files: number; bytes: number }): void {
+  /** O(1), no file-system call (review 7 #3): the counters, and the sender's transfers being received (at their announced sizes). */
+  private checkQuota(peer: { name: string; id: string }, size: number, inFlight: { files: number; bytes: number }, newPartial: boolean): void {
     const held = this.usage(peer.id)
     const u = { files: held.files + inFlight.files, bytes: held.bytes + inFlight.bytes }
     const q = this.stored
     if (u.files + 1 > q.filesPerPeer || u.bytes + size > q.fileBytesPerPeer) {
       throw new NatdError('QUOTA_EXCEEDED', `${peer.name} already has ${u.files} files (${u.bytes} bytes) in this agent's inbox${inFlight.files > 0 ? `, ${inFlight.files} of them being received` : ''}; its quota is ${q.filesPerPeer} files, ${q.fileBytesPerPeer} bytes`)
+    }
+    const max = this.c.inboxMaxFiles ?? INBOX_FILES_MAX
+    const total = this.usageBooks.total
+    if (newPartial && total + 1 > max) {
+      throw new NatdError('QUOTA_EXCEEDED', `this agent's inbox is full: all peers together hold ${total} files and partials, at most ${max}; its user must delete some`)
     }
   }
 

@@ -439,7 +439,7 @@ describe('files', () => {
     expect(fs.existsSync(path.join(w.bob.inbox, 'grows.bin'))).toBe(false)
   })
 
-  it('partials untouched for a week go when the next file arrives; recent ones stay', async () => {
+  it('partials untouched for a week go at the inbox upkeep (not when a file arrives: review 7 #3); recent ones stay', async () => {
     const w = world()
     const dir = path.join(w.bob.inbox, '.partial')
     fs.mkdirSync(dir, { recursive: true })
@@ -450,8 +450,10 @@ describe('files', () => {
     const weekAgo = new Date(Date.now() - PARTIAL_MAX_AGE_MS - 60_000)
     fs.utimesSync(old, weekAgo, weekAgo)
     await send(w, file(w.tmp, 'n.txt', Buffer.from('new')).path)
-    // The sweep runs in the background (stale-partials.ts): the file did not wait for it.
-    await vi.waitFor(() => expect(fs.readdirSync(dir)).toEqual([path.basename(recent)]))
+    expect(fs.readdirSync(dir).sort()).toEqual([path.basename(old), path.basename(recent)])
+    await w.bob.upkeep()
+    expect(fs.readdirSync(dir)).toEqual([path.basename(recent)])
+    expect(w.bob.usage(CAROL.id)).toEqual({ files: 1, bytes: 'may resume'.length, partials: 1 })
   })
 
   it('the accept policy refuses before any byte of the file is sent; it persists', async () => {
@@ -484,6 +486,22 @@ describe('files', () => {
     expect(fs.readFileSync(path.join(w.bobDir, 'files.json'), 'utf8')).not.toMatch(/cron/)
   })
 
+  it('what a peer holds is counted in memory: a restarted natd counts the same from the disk; a name squatted ten times over still gets a random one', async () => {
+    const w = world()
+    const f = file(w.tmp, 'r.txt', 3 * KiB)
+    expect((await send(w, f.path)).savedAs).toBe('r.txt')
+    for (let i = 1; i <= 9; i++) fs.writeFileSync(path.join(w.bob.inbox, suffixedName('r.txt', i)), 'squatted')
+    expect((await send(w, f.path)).savedAs).toMatch(/^r-[0-9a-f]{16}\.txt$/)
+    putPartial(w, 'cut.bin', file(w.tmp, 'cut.bin', 10).path, Buffer.alloc(5)) // an earlier natd's interrupted transfer
+    const again = new Files({ dir: w.bobDir, tunnels: {} as TunnelManager, log: silentLogger, selfName: 'bob', selfId: BOB.id, known, onReceived: () => undefined, onProgress: () => undefined })
+    await again.counted()
+    expect(again.usage(ALICE.id)).toEqual({ files: 3, bytes: 6 * KiB + 5, partials: 1 })
+    expect(w.bob.usage(ALICE.id)).toEqual({ files: 2, bytes: 6 * KiB, partials: 0 }) // the partial put behind its back: seen at the next natctl files
+    w.bob.list()
+    await w.bob.counted()
+    expect(w.bob.usage(ALICE.id)).toEqual(again.usage(ALICE.id))
+  })
+
   it('per-peer quotas: files past the count or the bytes are refused with QUOTA_EXCEEDED; deleting one frees room', async () => {
     const w = world()
     await w.bob.setPolicy({ allow: null, maxSizeBytes: null, inbox: null, filesPerPeer: 2, fileBytesPerPeer: 100 * KiB })
@@ -491,6 +509,9 @@ describe('files', () => {
     await send(w, file(w.tmp, 'q2', 10 * KiB).path)
     await expect(send(w, file(w.tmp, 'q3', 10).path)).rejects.toMatchObject({ code: 'QUOTA_EXCEEDED', message: expect.stringMatching(/2 files/) })
     fs.rmSync(path.join(w.bob.inbox, a.savedAs))
+    // natd notices at the next natctl files (or the upkeep, every 10 min), not by a stat per offer.
+    w.bob.list()
+    await w.bob.counted()
     await expect(send(w, file(w.tmp, 'big', 95 * KiB).path)).rejects.toMatchObject({ code: 'QUOTA_EXCEEDED' })
     expect((await send(w, file(w.tmp, 'q3', 10).path)).savedAs).toBe('q3')
     expect(w.sentOnWire()).toBeLessThan(25 * KiB + 16 * KiB)
