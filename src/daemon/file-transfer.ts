@@ -131,6 +131,9 @@ export async function sendFile(spec: SendSpec, c: { tunnels: TunnelManager; self
     })
     const verdict = first ?? (await reply)
     if (verdict.type !== 'done') throw refusalOf(verdict, peer, name)
+    // DONE is the receiver's last frame: what it sends after is dropped, not held (review 7: the receiving side does the same).
+    ch.discardInput()
+    await reader.detach()
     ch.end()
     c.log.info('file sent', { peer, name, size, offset, sent, savedAs: verdict.name, transferId: idHex.slice(0, 16) })
     return { transferId: idHex, peer, tunnel: tunnel.path, name, savedAs: verdict.name, size, sha256: sha256.toString('hex'), offset, sent }
