@@ -107,6 +107,24 @@ describe('sealedWriter over a secret-stream', () => {
     expect((await got).map(sha)).toEqual(frames.map(sha))
   })
 
+  it('small frames of one callback (an ACK and a WINDOW) go in one write, and a DATA frame after them joins them', async () => {
+    const { a, b, client } = await sessions()
+    const w = sealedWriter(a)!
+    const writes: number[] = []
+    const realWrite = client.write.bind(client) as (buf: Buffer) => boolean
+    client.write = ((buf: Buffer) => (writes.push(buf.length), realWrite(buf))) as typeof client.write
+    const control = [randomBytes(9), randomBytes(13), randomBytes(5)]
+    const withData = [randomBytes(5), randomBytes(64 * 1024 + 5), randomBytes(9)]
+    const got = collect(b, control.length + withData.length)
+    for (const f of control) w.write(f)
+    await Promise.resolve()
+    expect(writes).toEqual([control.reduce((n, f) => n + 3 + f.length + 17, 0)])
+    for (const f of withData) w.write(f)
+    await Promise.resolve()
+    expect(writes.slice(1)).toEqual([withData.reduce((n, f) => n + 3 + f.length + 17, 0)])
+    expect((await got).map(sha)).toEqual([...control, ...withData].map(sha))
+  })
+
   it('a small frame alone (a PONG to a socket that queues) does not take a batch buffer', async () => {
     const { a, b, client, server } = await sessions()
     const w = sealedWriter(a)!
