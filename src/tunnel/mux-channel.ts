@@ -13,8 +13,14 @@ import type { Mux } from './mux.js'
 
 /** Receive window per channel: bytes the peer may send before we grant more (~BDP of 100 MB/s × 40 ms). */
 export const CHANNEL_WINDOW_BYTES = 4 * 1024 * 1024
-/** We grant window updates in chunks of at least this, to keep WINDOW frames rare. */
-export const WINDOW_UPDATE_MIN_BYTES = 256 * 1024
+/**
+ * We grant window updates in chunks of at least this (a quarter of the window: the peer
+ * always holds ≥ 3 MiB of credit), to keep WINDOW frames rare: each is a small write of
+ * its own to the tunnel's socket unless an ACK goes in the same callback
+ * (session-writer.ts), and at 256 KiB a forward's receiver wrote ~4 WINDOWs per MiB
+ * beside its 4 ACKs, each a syscall and a segment through the path (issue 18).
+ */
+export const WINDOW_UPDATE_MIN_BYTES = 1024 * 1024
 
 /** DATA header: type u8, channel u32 (protocol/mux.ts). */
 const DATA_HEADER_BYTES = 5

@@ -8,6 +8,7 @@
 // buffer used again (when the kernel took the last one whole) never corrupts a message
 // still queued in the socket (checked while the reader is paused, so writes queue).
 import { createHash, randomBytes } from 'node:crypto'
+import type net from 'node:net'
 import SecretStream from '@hyperswarm/secret-stream'
 import { afterEach, describe, expect, it } from 'vitest'
 import { BATCH_BYTES, sealedWriter } from '../../../src/tunnel/session-writer.js'
@@ -36,6 +37,12 @@ function collect(s: SecretStream, n: number): Promise<Buffer[]> {
 }
 
 const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex')
+
+/** Calls `seen` with every buffer written to `sock` from now on (then writes it). */
+function onWrites(sock: net.Socket, seen: (buf: Buffer) => void): void {
+  const realWrite = sock.write.bind(sock) as (buf: Buffer) => boolean
+  sock.write = ((buf: Buffer) => (seen(buf), realWrite(buf))) as typeof sock.write
+}
 
 describe('sealedWriter over a secret-stream', () => {
   it('is null for anything that is not a secret-stream it knows', () => {
@@ -94,8 +101,7 @@ describe('sealedWriter over a secret-stream', () => {
     const { a, b, client } = await sessions()
     const w = sealedWriter(a)!
     const writes: number[] = []
-    const realWrite = client.write.bind(client) as (buf: Buffer) => boolean
-    client.write = ((buf: Buffer) => (writes.push(buf.length), realWrite(buf))) as typeof client.write
+    onWrites(client, (buf) => writes.push(buf.length))
     const frames = [randomBytes(64 * 1024 + 5), randomBytes(9), ...Array.from({ length: 7 }, () => randomBytes(64 * 1024 + 5)), randomBytes(1)]
     const got = collect(b, frames.length)
     for (const f of frames) w.write(f)
@@ -107,6 +113,23 @@ describe('sealedWriter over a secret-stream', () => {
     expect((await got).map(sha)).toEqual(frames.map(sha))
   })
 
+  it('small frames of one callback (an ACK and a WINDOW) go in one write, and a DATA frame after them joins them', async () => {
+    const { a, b, client } = await sessions()
+    const w = sealedWriter(a)!
+    const writes: number[] = []
+    onWrites(client, (buf) => writes.push(buf.length))
+    const control = [randomBytes(9), randomBytes(13), randomBytes(5)]
+    const withData = [randomBytes(5), randomBytes(64 * 1024 + 5), randomBytes(9)]
+    const got = collect(b, control.length + withData.length)
+    for (const f of control) w.write(f)
+    await Promise.resolve()
+    expect(writes).toEqual([control.reduce((n, f) => n + 3 + f.length + 17, 0)])
+    for (const f of withData) w.write(f)
+    await Promise.resolve()
+    expect(writes.slice(1)).toEqual([withData.reduce((n, f) => n + 3 + f.length + 17, 0)])
+    expect((await got).map(sha)).toEqual([...control, ...withData].map(sha))
+  })
+
   it('a small frame alone (a PONG to a socket that queues) does not take a batch buffer', async () => {
     const { a, b, client, server } = await sessions()
     const w = sealedWriter(a)!
@@ -116,8 +139,7 @@ describe('sealedWriter over a secret-stream', () => {
     await Promise.resolve()
     expect(client.writableLength).toBeGreaterThan(0) // the socket queues
     const sizes: number[] = []
-    const realWrite = client.write.bind(client) as (buf: Buffer) => boolean
-    client.write = ((buf: Buffer) => (sizes.push(buf.buffer.byteLength), realWrite(buf))) as typeof client.write
+    onWrites(client, (buf) => sizes.push(buf.buffer.byteLength))
     for (let i = 0; i < 3; i++) {
       w.write(randomBytes(20))
       await Promise.resolve()
@@ -139,8 +161,10 @@ describe('sealedWriter over a secret-stream', () => {
     expect(client.writableLength).toBeGreaterThan(0) // the socket queues
     const held = new Set<ArrayBufferLike>() // the memory the queued writes keep alive
     const wire: number[] = []
-    const realWrite = client.write.bind(client) as (buf: Buffer) => boolean
-    client.write = ((buf: Buffer) => (held.add(buf.buffer), wire.push(buf.length), realWrite(buf))) as typeof client.write
+    onWrites(client, (buf) => {
+      held.add(buf.buffer)
+      wire.push(buf.length)
+    })
     // 4 KiB frames, one per callback (an interactive connection), until the mux must stop.
     let ok = true
     for (let i = 0; i < 1000 && ok; i++) {
