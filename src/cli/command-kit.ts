@@ -6,7 +6,7 @@
 import { ApiClient, resolveSocketPath } from '../ipc/client.js'
 import type { MethodName, Params, Result } from '../ipc/schema.js'
 import { parseDuration } from '../protocol/duration.js'
-import { shownOutput } from './format.js'
+import { jsonOut, shownOutput } from './format.js'
 
 /** The options every command takes. */
 export interface Global {
@@ -51,5 +51,5 @@ export async function call<M extends MethodName>(g: Global, method: M, params: P
 
 /** Prints a result: JSON with --json, else the human text (through shownOutput: no terminal control gets out). */
 export function out(g: Global, value: unknown, human: () => string): void {
-  process.stdout.write((g.json ? JSON.stringify(value, null, 2) : shownOutput(human())) + '\n')
+  process.stdout.write((g.json ? jsonOut(value, 2) : shownOutput(human())) + '\n')
 }

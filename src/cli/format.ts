@@ -8,10 +8,19 @@ import { UNSAFE_TEXT_CHARS } from '../protocol/unsafe-text.js'
  * prints it: the characters a terminal acts on or hides (UNSAFE_TEXT_CHARS: ESC, CR, BEL,
  * newline, C1, bidi and invisible format characters) are shown escaped, `\u001b`, so the
  * text cannot move the cursor, rewrite a line, set the clipboard (OSC 52) or start a line
- * of its own. `--json` needs none of this: JSON escapes them itself.
+ * of its own. `--json` goes through jsonOut() below (JSON.stringify escapes only C0).
  */
 export function shown(s: string): string {
   return escaped(s, '')
+}
+
+/**
+ * JSON for --json: JSON.stringify escapes only U+0000-U+001F, so the rest of
+ * UNSAFE_TEXT_CHARS (DEL, C1, bidi and invisible format characters, U+2028/9) is escaped
+ * here too (the same JSON value: a parser reads the same text back).
+ */
+export function jsonOut(value: unknown, indent?: number): string {
+  return escaped(JSON.stringify(value, null, indent), '\n') // the newlines of its indentation; those in strings are escaped already
 }
 
 /** Continuation lines of a multi-line message start with this, so none reads as a message's header. */

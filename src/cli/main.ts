@@ -8,7 +8,7 @@ import yargs, { type Argv } from 'yargs'
 import { hideBin } from 'yargs/helpers'
 import { NatdError, type ErrorCode } from '../protocol/errors.js'
 import { UsageError, type Global } from './command-kit.js'
-import { errorLine } from './format.js'
+import { errorLine, jsonOut } from './format.js'
 import { peerCommands } from './peer-commands.js'
 import { portCommands } from './port-commands.js'
 import { transferCommands } from './transfer-commands.js'
@@ -59,7 +59,7 @@ async function main(): Promise<void> {
       process.exit(EXIT.USAGE)
     }
     const e = err instanceof NatdError ? err : new NatdError('INTERNAL', (err as Error).message)
-    if (process.argv.includes('--json')) process.stdout.write(JSON.stringify({ error: e.toJSON() }) + '\n')
+    if (process.argv.includes('--json')) process.stdout.write(jsonOut({ error: e.toJSON() }) + '\n')
     process.stderr.write(errorLine(e) + '\n')
     process.exit(EXIT_BY_CODE[e.code] ?? EXIT.ERROR)
   }

@@ -12,7 +12,7 @@ import type { FileProgress, FileSendResult, MessageInfo, PartialFile, ReceivedFi
 import { parseBytes } from '../protocol/duration.js'
 import { NatdError } from '../protocol/errors.js'
 import { call, duration, out, UsageError, type Global } from './command-kit.js'
-import { ago, bytes, peerLabel, shown, shownOutput, shownText, table } from './format.js'
+import { ago, bytes, jsonOut, peerLabel, shown, shownOutput, shownText, table } from './format.js'
 import { ProgressBar } from './progress.js'
 
 export interface CommandIo {
@@ -102,7 +102,7 @@ export async function runCp(io: CommandIo, args: string[], opts: { recursive: bo
       try {
         const r = await sendOne(io.socketPath, client, { peer, path: f.path, name: f.name || path.basename(f.path), timeoutMs: opts.timeoutMs })
         bar.clear()
-        if (io.json) io.stdout.write(JSON.stringify(r) + '\n')
+        if (io.json) io.stdout.write(jsonOut(r) + '\n')
         else {
           io.stdout.write(cpLine(f.path, r) + '\n')
         }
@@ -164,7 +164,7 @@ export async function runMessages(io: CommandIo, opts: { follow: boolean; from: 
   if (!opts.follow) {
     try {
       const ms = await client.call('messages', { from: opts.from, limit: 0 })
-      io.stdout.write((io.json ? JSON.stringify(ms, null, 2) : ms.length === 0 ? 'no messages' : ms.map(formatMessage).join('\n')) + '\n')
+      io.stdout.write((io.json ? jsonOut(ms, 2) : ms.length === 0 ? 'no messages' : ms.map(formatMessage).join('\n')) + '\n')
     } finally {
       client.close()
     }
@@ -175,7 +175,7 @@ export async function runMessages(io: CommandIo, opts: { follow: boolean; from: 
   const print = (m: MessageInfo): void => {
     if (seen.has(m.id)) return
     seen.add(m.id)
-    io.stdout.write((io.json ? JSON.stringify(m) : formatMessage(m)) + '\n')
+    io.stdout.write((io.json ? jsonOut(m) : formatMessage(m)) + '\n')
   }
   // With --from, natd decides which messages are from that peer (its one peer matcher):
   // each new message makes natctl ask for the filtered inbox again, printing what is new.

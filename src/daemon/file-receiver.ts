@@ -173,8 +173,8 @@ export class FileReceiver {
     const flight = { peerId: peer.id, key, size: offer.size, have: () => held }
     this.inFlight.set(ch, flight)
     try {
-      const previous = this.active.get(key)
-      if (previous) {
+      // Until none is left: attempts that waited for the same one supersede each other in turn.
+      for (let previous = this.active.get(key); previous; previous = this.active.get(key)) {
         previous.channel.destroy(new NatdError('TUNNEL_CLOSED', 'superseded by a new attempt of the same transfer'))
         await previous.done
       }
@@ -183,6 +183,10 @@ export class FileReceiver {
       this.active.set(key, { channel: ch, done })
       // What the partial holds when the transfer ends (null: gone); undefined: as before it began.
       const outcome: { bytes?: number | null } = {}
+      // Its old partial being removed (stale, over the cap): start afresh once it is gone, not on a file unlinked under us.
+      // Only then an await: with none in flight nothing may come between this and reserve() (the pruner drops only what it does not see reserved).
+      const removal = this.books.pruner.removal(key)
+      if (removal) await removal
       const before = usage.reserve(key, peer.id)
       try {
         await this.store(tunnel, ch, reader, { ...offer, name, transferId, key }, policy, { flight, outcome })

@@ -27,6 +27,13 @@ export const PRUNE_BATCH = BUILD_BATCH
 export class PartialPruner {
   private timer: Timer | null = null
   private running: Promise<void> | null = null
+  /** Removals in flight, by partial key. */
+  private readonly removing = new Map<string, Promise<void>>()
+
+  /** The removal of partial `key` in flight, if any (a new attempt of its transfer waits for it); null: none. */
+  removal(key: string): Promise<void> | null {
+    return this.removing.get(key) ?? null
+  }
 
   constructor(
     private readonly inbox: () => string,
@@ -69,7 +76,10 @@ export class PartialPruner {
   /** Removes partial `key` unless a transfer took it up again; the counters forget it first (a removal that fails is retried by the next recheck). */
   async remove(key: string, reason: 'stale' | 'over the per-peer cap'): Promise<void> {
     if (!this.usage.drop(key)) return
-    await fsp.rm(path.join(this.inbox(), PARTIAL_DIR, key), { force: true })
+    const rm = fsp.rm(path.join(this.inbox(), PARTIAL_DIR, key), { force: true })
+    const gone = rm.then(() => undefined, () => undefined).finally(() => this.removing.delete(key))
+    this.removing.set(key, gone)
+    await rm
     this.log.info('removed a partial file', { partial: key.slice(0, 16), reason, days: Math.floor(PARTIAL_MAX_AGE_MS / 86_400_000) })
   }
 }
