@@ -3,7 +3,7 @@
 // that doubles per round trip, a limit that settles at floor + gain × rate × RTT behind
 // a bottleneck, the replay bound as ceiling, and a pong nobody asked for changing nothing.
 import { describe, expect, it } from 'vitest'
-import { IDLE_INFLIGHT_BYTES, INFLIGHT_FLOOR_BYTES, INFLIGHT_GAIN, InflightCap, RATE_SAMPLES, RTT_PROBE_EVERY_MS, RTT_PROBE_RETRY_MS, RTT_SAMPLES } from '../../../src/tunnel/inflight-cap.js'
+import { IDLE_INFLIGHT_BYTES, INFLIGHT_FLOOR_BYTES, INFLIGHT_GAIN, InflightCap, RATE_SAMPLES, RTT_PROBE_EVERY_MS, RTT_PROBE_RETRY_MS, RTT_SAMPLES, SHORT_PATH_FLOOR_BYTES, SHORT_PATH_SAMPLES, SHORT_RTT_MS } from '../../../src/tunnel/inflight-cap.js'
 import { ACK_EVERY_BYTES } from '../../../src/tunnel/ack-pacer.js'
 import { FakeClock } from '../helpers.js'
 
@@ -88,7 +88,7 @@ describe('InflightCap', () => {
     const clock = new FakeClock()
     const cap = measured(clock, 100)
     // A path far faster than the floor per round trip: 1 GB/s × 100 ms = 100 MB.
-    const limits = run(clock, cap, 100, 1_000_000, 6)
+    const limits = run(clock, cap, 100, 1_000_000, 7)
     expect(limits[0]).toBe(INFLIGHT_FLOOR_BYTES) // the first ACK starts the count
     expect(limits[1]).toBeGreaterThan(2 * INFLIGHT_FLOOR_BYTES)
     // ACKs spread over the round trip and rate intervals of a round trip do not line up
@@ -167,6 +167,53 @@ describe('InflightCap', () => {
     const small = new InflightCap(clock, 512 * 1024)
     run(clock, small, 1, 10_000_000, 20, 1024 * 1024)
     expect(small.limit).toBe(512 * 1024) // never past the replay bound
+  })
+
+  it('on a short path (least round trip under SHORT_RTT_MS) the floor is SHORT_PATH_FLOOR_BYTES; unknown or longer round trips keep INFLIGHT_FLOOR_BYTES; an older peer\'s ACK spacing still raises it', () => {
+    const clock = new FakeClock()
+    const probe = (cap: InflightCap, rttMs: number): void => {
+      clock.t += RTT_PROBE_EVERY_MS
+      expect(cap.wantsProbe(0)).toBe(true)
+      clock.t += rttMs
+      cap.onProbePong()
+    }
+    const lan = measured(clock, 0.3)
+    expect(lan.floor).toBe(INFLIGHT_FLOOR_BYTES) // one short round trip may be a PONG timed against the wrong probe
+    for (let i = 1; i < SHORT_PATH_SAMPLES; i++) probe(lan, 0.3)
+    run(clock, lan, 0.3, 100_000, 2000) // 100 MB/s, acknowledged every full frame
+    expect(lan.floor).toBe(SHORT_PATH_FLOOR_BYTES)
+    // 256 KiB + 2 × 100 KB/ms × 0.3 ms: ~2.9 ms of queue at that rate, where 1 MiB was ~10.
+    expect(lan.limit).toBeLessThan(SHORT_PATH_FLOOR_BYTES + 70_000)
+    expect(new InflightCap(clock, MAX).floor).toBe(INFLIGHT_FLOOR_BYTES) // none measured yet
+    const wan = measured(clock, SHORT_RTT_MS)
+    probe(wan, SHORT_RTT_MS)
+    expect(wan.floor).toBe(INFLIGHT_FLOOR_BYTES)
+    const stray = measured(clock, 100) // a 100 ms path, one of whose PONGs came just after the next probe
+    probe(stray, 0.2)
+    probe(stray, 100)
+    expect(stray.rtt).toBeCloseTo(0.2)
+    expect(stray.floor).toBe(INFLIGHT_FLOOR_BYTES)
+    const older = measured(clock, 0.3)
+    for (let i = 1; i < SHORT_PATH_SAMPLES; i++) probe(older, 0.3)
+    run(clock, older, 0.3, 1_000_000, 200, 256 * 1024) // a peer that acknowledges every 256 KiB
+    expect(older.floor).toBe(512 * 1024)
+  })
+
+  it('a tunnel opened under CPU load (first probes 10 ms on a 0.3 ms path) finds the path\'s round trip within half a second of idle moments, and its limit comes down to the short-path floor', () => {
+    const clock = new FakeClock()
+    const cap = measured(clock, 10)
+    run(clock, cap, 10, 100_000, 20)
+    expect(cap.limit).toBeGreaterThan(INFLIGHT_FLOOR_BYTES + INFLIGHT_GAIN * 100_000 * 10 * 0.9)
+    // Small requests every 10 ms, each after an idle moment; every other probe meets a busy event loop.
+    let probes = 0
+    for (let ms = 0; ms < 500; ms += 10) {
+      clock.t += 10
+      if (!cap.wantsProbe(0)) continue
+      clock.t += probes++ % 2 === 0 ? 10 : 0.3
+      cap.onProbePong()
+    }
+    expect(cap.rtt).toBeCloseTo(0.3)
+    expect(cap.limit).toBeLessThan(SHORT_PATH_FLOOR_BYTES + INFLIGHT_GAIN * 100_000 * 0.3 * 1.05)
   })
 
   it('is never above a replay bound smaller than the floor', () => {
