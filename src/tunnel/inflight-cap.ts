@@ -93,10 +93,18 @@ export const ACK_SAMPLES = 16
 /** The floor is at least this many times the most bytes one recent ACK covered (one ACK's worth on the way while the peer reads the next). */
 export const ACK_FLOOR_GAIN = 2
 /**
- * The PING sequence number of the mux's own probes: Tunnel.ping() counts from 1 (it never
- * gets near 2^32) and 0 is the "this one" ping of a new path (late-switch.ts, manager.ts).
+ * The PING sequence numbers of the mux's own probes, RTT_PROBE_SEQ_MIN to RTT_PROBE_SEQ
+ * (counting down, then again from the top): Tunnel.ping() counts from 1 (it never gets near
+ * 2^32) and 0 is the "this one" ping of a new path (late-switch.ts, manager.ts). Each probe
+ * has its own number, so a PONG answering an earlier probe (late, after a retry or a path
+ * switch) is not timed as the round trip of the one out. A peer echoes whatever seq it gets;
+ * an older agent sent only RTT_PROBE_SEQ, and ignores a PONG it has no ping for.
  */
 export const RTT_PROBE_SEQ = 0xfffffffe
+export const RTT_PROBE_SEQ_MIN = 0xffffff00
+
+/** Whether a PONG's seq is one of our probes' (RTT_PROBE_SEQ_MIN to RTT_PROBE_SEQ). */
+export const isProbeSeq = (seq: number): boolean => seq >= RTT_PROBE_SEQ_MIN && seq <= RTT_PROBE_SEQ
 
 export class InflightCap {
   /** The last probes' round trips, oldest first. */
@@ -104,6 +112,9 @@ export class InflightCap {
   /** When the last probe went out (answered or not). */
   private lastProbeAt = -Infinity
   private probeSentAt: number | null = null
+  /** The seq of the probe out (meaningful while probeSentAt is set), and of the next one. */
+  private probeSeq = RTT_PROBE_SEQ
+  private nextProbeSeq = RTT_PROBE_SEQ
   /** Bytes per ms of the last intervals, oldest first. */
   private rates: number[] = []
   private intervalStart: number | null = null
@@ -140,24 +151,26 @@ export class InflightCap {
   }
 
   /**
-   * A sequenced frame is about to be sent with `inflight` bytes unacknowledged: true when
-   * a probe (PING RTT_PROBE_SEQ) should go first (the mux is idle, or no round trip is
-   * known at all; the last probe is RTT_PROBE_EVERY_MS old, none is out, or the one out
-   * is RTT_PROBE_RETRY_MS old); the probe counts as sent.
+   * A sequenced frame is about to be sent with `inflight` bytes unacknowledged: the seq of
+   * a probe (a PING) to send first, or null (the mux is idle, or no round trip is known at
+   * all; the last probe is RTT_PROBE_EVERY_MS old, none is out, or the one out is
+   * RTT_PROBE_RETRY_MS old); the probe counts as sent.
    */
-  wantsProbe(inflight: number): boolean {
-    if (inflight > IDLE_INFLIGHT_BYTES && this.rtts.length > 0) return false
+  probeSeqToSend(inflight: number): number | null {
+    if (inflight > IDLE_INFLIGHT_BYTES && this.rtts.length > 0) return null
     const now = this.clock.hrNow()
-    if (this.probeSentAt !== null && now - this.probeSentAt < RTT_PROBE_RETRY_MS) return false
-    if (now - this.lastProbeAt < RTT_PROBE_EVERY_MS) return false
+    if (this.probeSentAt !== null && now - this.probeSentAt < RTT_PROBE_RETRY_MS) return null
+    if (now - this.lastProbeAt < RTT_PROBE_EVERY_MS) return null
     this.probeSentAt = now
     this.lastProbeAt = now
-    return true
+    this.probeSeq = this.nextProbeSeq
+    this.nextProbeSeq = this.probeSeq === RTT_PROBE_SEQ_MIN ? RTT_PROBE_SEQ : this.probeSeq - 1
+    return this.probeSeq
   }
 
-  /** The PONG of our probe came (one we did not send is ignored). */
-  onProbePong(): void {
-    if (this.probeSentAt === null) return
+  /** The PONG of a probe came: timed only when it answers the probe out (a late one of an earlier probe is ignored). */
+  onProbePong(seq: number): void {
+    if (this.probeSentAt === null || seq !== this.probeSeq) return
     this.rtts.push(this.clock.hrNow() - this.probeSentAt)
     if (this.rtts.length > RTT_SAMPLES) this.rtts.shift()
     this.probeSentAt = null
