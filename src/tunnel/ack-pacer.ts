@@ -8,11 +8,12 @@ import type { Timer, TimerClock } from '../protocol/clock.js'
 /** We acknowledge after this many sequenced frames … */
 export const ACK_EVERY_FRAMES = 32
 /**
- * … or this many bytes of them (four full DATA frames: the sender keeps at most
- * INFLIGHT_FLOOR_BYTES in flight on a LAN, inflight-cap.ts, and must hear of the first
- * bytes long before the last are read) …
+ * … or this many bytes of them (one full DATA frame: the sender keeps at most
+ * SHORT_PATH_FLOOR_BYTES, 256 KiB, in flight on a LAN, inflight-cap.ts, and must hear of
+ * the first bytes long before the last are read; an ACK frame is ~30 bytes on the wire,
+ * sealed into the same write as the frames around it) …
  */
-export const ACK_EVERY_BYTES = 256 * 1024
+export const ACK_EVERY_BYTES = 64 * 1024
 /** … or this long after the first frame not yet acknowledged (coalesces ACKs of small frames). */
 export const ACK_DELAY_MS = 20
 

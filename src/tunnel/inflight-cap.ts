@@ -35,29 +35,55 @@
  *   worth of queue: a bounded limit, not a growing one, as no second busy probe follows);
  *   the next idle probes replace it (the least of RTT_SAMPLES).
  * - the floor: what keeps the pipe full at any RTT the estimate misses (none yet, a short
- *   one under CPU load): the peer acknowledges every ACK_EVERY_BYTES (a quarter of it),
- *   so the next bytes are on their way while it reads the rest. On a LAN, where
- *   rate × rtt is small, the floor is the limit: 1 MiB is ~20 ms at 50 MB/s. A peer that
- *   acknowledges less often (an older agent: every 1 MiB) would make that stop-and-wait,
- *   so the floor is at least twice the most bytes one of the last ACK_SAMPLES ACKs covered.
+ *   one under CPU load): INFLIGHT_FLOOR_BYTES until SHORT_PATH_SAMPLES round trips under
+ *   SHORT_RTT_MS are known, then SHORT_PATH_FLOOR_BYTES (four of the peer's ACK intervals, ACK_EVERY_BYTES:
+ *   the next bytes are on their way while it reads the rest). On a LAN, where rate × rtt
+ *   is small, the floor is most of the limit, and the limit is the queue a small request
+ *   on another channel waits behind: 1 MiB was ~10 ms at the receiving agent's 100 MB/s
+ *   in the lab, against ~3 ms through `ssh -L` (docs/BENCHMARKS.md, 2026-12-06 evening).
+ *   A peer that acknowledges less often (an older agent: every 256 KiB or 1 MiB) would make
+ *   that stop-and-wait, so the floor is at least twice the most bytes one of the last
+ *   ACK_SAMPLES ACKs covered.
  *
  * A peer could lie with its PONG or its ACKs: it only moves this limit between the floor
  * and the replay bound that held before (its own tunnel's latency or throughput).
  */
 import type { TimerClock } from '../protocol/clock.js'
 
-/** Bytes always allowed in flight (4 of the peer's ACK intervals: see above), unless the peer's ACKs are further apart. */
+/** Bytes always allowed in flight until a short round trip is known (see above), unless the peer's ACKs are further apart. */
 export const INFLIGHT_FLOOR_BYTES = 1024 * 1024
+/**
+ * The floor once a round trip under SHORT_RTT_MS is known: four of the peer's ACK
+ * intervals (ACK_EVERY_BYTES, 64 KiB), ~2.5 ms of queue at 100 MB/s.
+ */
+export const SHORT_PATH_FLOOR_BYTES = 256 * 1024
+/**
+ * A path whose least probe round trip is under this is short (a LAN, the same host): the
+ * lab's measured 0.3-2 ms with both agents busy; a 20 ms path keeps INFLIGHT_FLOOR_BYTES.
+ */
+export const SHORT_RTT_MS = 5
+/**
+ * Probe round trips under SHORT_RTT_MS before the path counts as short. One is not enough:
+ * a 100 ms path held at SHORT_PATH_FLOOR_BYTES carries ~2 MB/s (2 of 6 forwards at 100 ms
+ * did, against 9-14 MB/s), and one PONG timed against the wrong probe (one answered late,
+ * after the next went out) is a short round trip of a long path.
+ */
+export const SHORT_PATH_SAMPLES = 2
 /** The limit is this many times rate × rtt over the floor (room to find more bandwidth, as BBR's cwnd gain). */
 export const INFLIGHT_GAIN = 2
 /** Rate intervals the maximum is taken over (a second or more: the rate of a path changes slowly). */
 export const RATE_SAMPLES = 10
 /** A rate interval lasts at least this (ACKs read in one burst after a busy moment would look like a fast path). */
 export const RATE_INTERVAL_MIN_MS = 100
-/** Probe round trips the least is taken over. */
-export const RTT_SAMPLES = 8
-/** At most one probe per this (a probe costs a PING and a PONG frame). */
-export const RTT_PROBE_EVERY_MS = 1_000
+/** Probe round trips the least is taken over (a second or more of probes). */
+export const RTT_SAMPLES = 16
+/**
+ * At most one probe per this (a probe costs a PING and a PONG frame): ten a second while
+ * the tunnel carries traffic in idle moments, so that the least of RTT_SAMPLES is soon
+ * one that met no busy event loop (a tunnel opened under CPU load measured 5-11 ms for a
+ * 0.1 ms path with its first probes, and 2 × rate × that made the limit 3-6 MiB).
+ */
+export const RTT_PROBE_EVERY_MS = 100
 /** A probe whose PONG did not come (lost on a lossy path) may be sent again after this. */
 export const RTT_PROBE_RETRY_MS = 2_000
 /** Unacknowledged bytes under which the mux counts as idle: a probe sent then waits behind at most this. */
@@ -67,10 +93,18 @@ export const ACK_SAMPLES = 16
 /** The floor is at least this many times the most bytes one recent ACK covered (one ACK's worth on the way while the peer reads the next). */
 export const ACK_FLOOR_GAIN = 2
 /**
- * The PING sequence number of the mux's own probes: Tunnel.ping() counts from 1 (it never
- * gets near 2^32) and 0 is the "this one" ping of a new path (late-switch.ts, manager.ts).
+ * The PING sequence numbers of the mux's own probes, RTT_PROBE_SEQ_MIN to RTT_PROBE_SEQ
+ * (counting down, then again from the top): Tunnel.ping() counts from 1 (it never gets near
+ * 2^32) and 0 is the "this one" ping of a new path (late-switch.ts, manager.ts). Each probe
+ * has its own number, so a PONG answering an earlier probe (late, after a retry or a path
+ * switch) is not timed as the round trip of the one out. A peer echoes whatever seq it gets;
+ * an older agent sent only RTT_PROBE_SEQ, and ignores a PONG it has no ping for.
  */
 export const RTT_PROBE_SEQ = 0xfffffffe
+export const RTT_PROBE_SEQ_MIN = 0xffffff00
+
+/** Whether a PONG's seq is one of our probes' (RTT_PROBE_SEQ_MIN to RTT_PROBE_SEQ). */
+export const isProbeSeq = (seq: number): boolean => seq >= RTT_PROBE_SEQ_MIN && seq <= RTT_PROBE_SEQ
 
 export class InflightCap {
   /** The last probes' round trips, oldest first. */
@@ -78,6 +112,9 @@ export class InflightCap {
   /** When the last probe went out (answered or not). */
   private lastProbeAt = -Infinity
   private probeSentAt: number | null = null
+  /** The seq of the probe out (meaningful while probeSentAt is set), and of the next one. */
+  private probeSeq = RTT_PROBE_SEQ
+  private nextProbeSeq = RTT_PROBE_SEQ
   /** Bytes per ms of the last intervals, oldest first. */
   private rates: number[] = []
   private intervalStart: number | null = null
@@ -105,31 +142,35 @@ export class InflightCap {
     return this.rates.length === 0 ? 0 : Math.max(...this.rates)
   }
 
-  /** Bytes always allowed in flight: INFLIGHT_FLOOR_BYTES, or twice the most a recent ACK covered. */
+  /** Bytes always allowed in flight: INFLIGHT_FLOOR_BYTES (SHORT_PATH_FLOOR_BYTES on a short path), or twice the most a recent ACK covered. */
   get floor(): number {
     const ackMax = this.ackSizes.length === 0 ? 0 : Math.max(...this.ackSizes)
-    return Math.max(INFLIGHT_FLOOR_BYTES, ACK_FLOOR_GAIN * ackMax)
+    const short = this.rtts.filter((r) => r < SHORT_RTT_MS).length >= SHORT_PATH_SAMPLES
+    const base = short ? SHORT_PATH_FLOOR_BYTES : INFLIGHT_FLOOR_BYTES
+    return Math.max(base, ACK_FLOOR_GAIN * ackMax)
   }
 
   /**
-   * A sequenced frame is about to be sent with `inflight` bytes unacknowledged: true when
-   * a probe (PING RTT_PROBE_SEQ) should go first (the mux is idle, or no round trip is
-   * known at all; the last probe is RTT_PROBE_EVERY_MS old, none is out, or the one out
-   * is RTT_PROBE_RETRY_MS old); the probe counts as sent.
+   * A sequenced frame is about to be sent with `inflight` bytes unacknowledged: the seq of
+   * a probe (a PING) to send first, or null (the mux is idle, or no round trip is known at
+   * all; the last probe is RTT_PROBE_EVERY_MS old, none is out, or the one out is
+   * RTT_PROBE_RETRY_MS old); the probe counts as sent.
    */
-  wantsProbe(inflight: number): boolean {
-    if (inflight > IDLE_INFLIGHT_BYTES && this.rtts.length > 0) return false
+  probeSeqToSend(inflight: number): number | null {
+    if (inflight > IDLE_INFLIGHT_BYTES && this.rtts.length > 0) return null
     const now = this.clock.hrNow()
-    if (this.probeSentAt !== null && now - this.probeSentAt < RTT_PROBE_RETRY_MS) return false
-    if (now - this.lastProbeAt < RTT_PROBE_EVERY_MS) return false
+    if (this.probeSentAt !== null && now - this.probeSentAt < RTT_PROBE_RETRY_MS) return null
+    if (now - this.lastProbeAt < RTT_PROBE_EVERY_MS) return null
     this.probeSentAt = now
     this.lastProbeAt = now
-    return true
+    this.probeSeq = this.nextProbeSeq
+    this.nextProbeSeq = this.probeSeq === RTT_PROBE_SEQ_MIN ? RTT_PROBE_SEQ : this.probeSeq - 1
+    return this.probeSeq
   }
 
-  /** The PONG of our probe came (one we did not send is ignored). */
-  onProbePong(): void {
-    if (this.probeSentAt === null) return
+  /** The PONG of a probe came: timed only when it answers the probe out (a late one of an earlier probe is ignored). */
+  onProbePong(seq: number): void {
+    if (this.probeSentAt === null || seq !== this.probeSeq) return
     this.rtts.push(this.clock.hrNow() - this.probeSentAt)
     if (this.rtts.length > RTT_SAMPLES) this.rtts.shift()
     this.probeSentAt = null

@@ -16,7 +16,7 @@ import { NatdError } from '../protocol/errors.js'
 import type { Logger } from '../protocol/log.js'
 import { decodeMux, encodeMux, isSequenced, MUX, type MuxFrame } from '../protocol/mux.js'
 import { AckPacer } from './ack-pacer.js'
-import { InflightCap, RTT_PROBE_SEQ } from './inflight-cap.js'
+import { InflightCap, isProbeSeq } from './inflight-cap.js'
 import { consumerFailed, guarded, toChannel } from './consumer-guard.js'
 import { CHANNEL_WINDOW_BYTES, MuxChannel } from './mux-channel.js'
 import { openRequest, toChannelFrame, type OpenRequest } from './mux-delivery.js'
@@ -221,7 +221,8 @@ export class Mux extends EventEmitter<MuxEvents> {
     const session = this.session
     if (!session || session.destroyed) return
     // Channel data after an idle moment: a PING in front measures the round trip without our queue.
-    if (sequenced && buf[0] === MUX.DATA && this.inflight.wantsProbe(before)) this.writeTo(session, encodeMux({ type: 'ping', channel: 0, seq: RTT_PROBE_SEQ }))
+    const probe = sequenced && buf[0] === MUX.DATA ? this.inflight.probeSeqToSend(before) : null
+    if (probe !== null) this.writeTo(session, encodeMux({ type: 'ping', channel: 0, seq: probe }))
     this.writeTo(session, buf)
   }
 
@@ -340,8 +341,8 @@ export class Mux extends EventEmitter<MuxEvents> {
   }
 
   /** Our probe's PONG: the round trip it gives may raise the limit, and channels waiting at it may send. */
-  private onProbePong(): void {
-    this.inflight.onProbePong()
+  private onProbePong(seq: number): void {
+    this.inflight.onProbePong(seq)
     this.turns.wake()
   }
 
@@ -363,7 +364,7 @@ export class Mux extends EventEmitter<MuxEvents> {
     this.emit('frame')
     if (f.channel === 0) {
       if (f.type === 'ping') this.onPing(f.seq)
-      else if (f.type === 'pong' && f.seq === RTT_PROBE_SEQ) this.onProbePong()
+      else if (f.type === 'pong' && isProbeSeq(f.seq)) this.onProbePong(f.seq)
       else if (f.type === 'pong') this.emit('pong', f.seq)
       else if (f.type === 'goodbye') this.emit('goodbye', f.reason)
       else if (f.type === 'switch') this.onSwitch()

@@ -9,7 +9,7 @@
 import { afterEach, describe, expect, it } from 'vitest'
 import { decodeMux, encodeData, encodeMux, isSequenced, MAX_DATA_BYTES, MUX, type MuxFrame } from '../../src/protocol/mux.js'
 import { silentLogger } from '../../src/protocol/log.js'
-import { INFLIGHT_FLOOR_BYTES, RTT_PROBE_SEQ } from '../../src/tunnel/inflight-cap.js'
+import { INFLIGHT_FLOOR_BYTES, RTT_PROBE_SEQ, isProbeSeq } from '../../src/tunnel/inflight-cap.js'
 import { MAX_PONGS_UNDRAINED, Mux, REPLAY_MAX_BYTES, type MessageStream, type OpenRequest } from '../../src/tunnel/mux.js'
 import { CHANNEL_WINDOW_BYTES, type ChannelSink } from '../../src/tunnel/mux-channel.js'
 import { messagePipe, settle, until } from '../unit/tunnel/pipe.js'
@@ -93,7 +93,7 @@ describe('abuse: the tunnel multiplexer', () => {
     h.onFrame = (f, raw) => {
       if (f.type === 'open') h.send({ type: 'open-ok', channel: f.channel, window: 0xffffffff }) // all the credit it wants
       // Probes answered 300 ms late: a long "round trip" makes rate × rtt (and the limit) large.
-      if (f.type === 'ping' && f.seq === RTT_PROBE_SEQ) setTimeout(() => h.send({ type: 'pong', channel: 0, seq: f.seq }), 300)
+      if (f.type === 'ping' && isProbeSeq(f.seq)) setTimeout(() => h.send({ type: 'pong', channel: 0, seq: f.seq }), 300)
       if (!isSequenced(raw)) return
       maxHeld = Math.max(maxHeld, h.victim.unacknowledged.bytes)
       maxLimit = Math.max(maxLimit, h.victim.inflightLimit.bytes)

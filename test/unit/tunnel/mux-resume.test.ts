@@ -13,7 +13,7 @@ import { afterEach, describe, expect, it } from 'vitest'
 import { silentLogger } from '../../../src/protocol/log.js'
 import { decodeMux, encodeMux, MAX_DATA_BYTES, type MuxFrame } from '../../../src/protocol/mux.js'
 import { CHANNEL_WINDOW_BYTES, type MuxChannel } from '../../../src/tunnel/mux-channel.js'
-import { INFLIGHT_FLOOR_BYTES } from '../../../src/tunnel/inflight-cap.js'
+import { INFLIGHT_FLOOR_BYTES, RTT_PROBE_EVERY_MS, SHORT_PATH_FLOOR_BYTES, SHORT_PATH_SAMPLES } from '../../../src/tunnel/inflight-cap.js'
 import { ACK_DELAY_MS, ACK_EVERY_FRAMES } from '../../../src/tunnel/ack-pacer.js'
 import { Mux, REPLAY_MAX_BYTES, type MessageStream } from '../../../src/tunnel/mux.js'
 import { onFreshTunnel, onResumeRequest, SIMULTANEOUS_OPEN_MS, type ResumableTunnel } from '../../../src/tunnel/resume.js'
@@ -59,10 +59,13 @@ describe('Mux: ACKs', () => {
     const a = mux(pipe.a, true)
     const b = mux(pipe.b, false)
     echo(b)
-    const frames = { sequenced: 0, acks: 0 }
+    const frames = { sequenced: 0, acks: 0, fullFromA: 0 }
     pipe.tap = (from, frame) => {
-      if (from !== 'b') return
       const f = decodeMux(frame)
+      if (from === 'a') {
+        if (f.type === 'data' && f.data.length === MAX_DATA_BYTES) frames.fullFromA++
+        return
+      }
       if (f.type === 'ack') frames.acks++
       else if (f.channel !== 0) frames.sequenced++
     }
@@ -73,10 +76,12 @@ describe('Mux: ACKs', () => {
     expect(sha(await got.done)).toBe(sha(data))
     await until(() => a.unacknowledged.frames === 0 && b.unacknowledged.frames === 0, 'both replay buffers empty')
     expect(a.unacknowledged.bytes).toBe(0)
-    // B acknowledged A's ~70 frames in ACKs of ACK_EVERY_BYTES (4 frames) or fewer when the
-    // delayed ACK came first, not one per frame.
+    // B acknowledged A's 64 full DATA frames in ACKs of ACK_EVERY_BYTES (one full frame);
+    // A's small frames (OPEN, its WINDOWs for B's echo, FIN) went with them or in a delayed
+    // ACK: about one ACK per full frame, not one per frame.
+    expect(frames.fullFromA).toBe(4 * MiB / MAX_DATA_BYTES)
     expect(frames.acks).toBeGreaterThan(0)
-    expect(frames.acks).toBeLessThan(4 * MiB / MAX_DATA_BYTES / 2)
+    expect(frames.acks).toBeLessThanOrEqual(frames.fullFromA + 8)
   })
 
   it('a few small frames are acknowledged after a short delay (no ACK per frame, no ACK never)', async () => {
@@ -303,6 +308,47 @@ describe('Mux: the in-flight limit, turns, and lying peers', () => {
     // Right after an ACK of 1 MiB, another MiB or so is still in flight.
     expect(most).toBeGreaterThan(1.5 * MiB)
     expect(a.inflightLimit.bytes).toBeGreaterThanOrEqual(2 * MiB)
+  })
+
+  it('on a LAN (a probe answered in 0.3 ms) a 1-byte write behind a bulk transfer waits behind at most SHORT_PATH_FLOOR_BYTES of it, not INFLIGHT_FLOOR_BYTES', async () => {
+    const peer = new HandPeer()
+    const clock = new FakeClock()
+    const a = new Mux(peer, true, silentLogger, clock)
+    muxes.push(a)
+    const bulk = a.openChannel(7)
+    const small = a.openChannel(8)
+    for (const ch of [bulk, small]) peer.feed({ type: 'open-ok', channel: ch.id, window: 2 * CHANNEL_WINDOW_BYTES })
+    // Two requests in idle moments RTT_PROBE_EVERY_MS apart: each goes behind a probe,
+    // answered in 0.3 ms (SHORT_PATH_SAMPLES round trips: a short path).
+    for (let i = 0; i < SHORT_PATH_SAMPLES; i++) {
+      const before = peer.frames.length
+      small.write(Buffer.from('?'))
+      await settle(5)
+      const probe = peer.frames.slice(before).find((f) => f.type === 'ping') as Extract<MuxFrame, { type: 'ping' }>
+      clock.t += 0.3
+      peer.feed({ type: 'pong', channel: 0, seq: probe.seq })
+      peer.feed({ type: 'ack', channel: 0, received: sequenced(peer) })
+      clock.t += RTT_PROBE_EVERY_MS
+    }
+    bulk.write(randomBytes(2 * CHANNEL_WINDOW_BYTES))
+    await settle(10)
+    // The peer reads a frame every 0.6 ms (100 MB/s) and acknowledges each (ACK_EVERY_BYTES):
+    // the bulk transfer keeps the limit full, and the small write comes in the middle of it.
+    let smallBehind = -1
+    let received = sequenced(peer) - (peer.frames.filter((f) => f.type === 'data' && f.channel === bulk.id).length)
+    for (let i = 0; i < 100 && smallBehind < 0; i++) {
+      clock.t += 0.6
+      received = Math.min(sequenced(peer), received + 1)
+      peer.feed({ type: 'ack', channel: 0, received })
+      await settle(1)
+      if (i === 40) small.write(Buffer.from('x'))
+      if (i >= 40 && peer.frames.some((f) => f.type === 'data' && f.channel === small.id && f.data.toString() === 'x')) smallBehind = a.unacknowledged.bytes
+    }
+    expect(a.inflightLimit.rttMs).toBeCloseTo(0.3)
+    expect(a.inflightLimit.bytes).toBeLessThan(SHORT_PATH_FLOOR_BYTES + MAX_DATA_BYTES)
+    // What was sent and not yet read by the peer when the small write went: what it waits behind.
+    expect(smallBehind).toBeGreaterThan(0)
+    expect(smallBehind).toBeLessThan(SHORT_PATH_FLOOR_BYTES + 2 * MAX_DATA_BYTES)
   })
 
   it('a probe PONG that raises the limit lets waiting channels send at once (not at the next ACK)', async () => {
