@@ -22,9 +22,7 @@ import { PARTIAL_MAX_AGE_MS } from '../../src/daemon/partial-pruner.js'
 import { silentLogger } from '../../src/protocol/log.js'
 import { encodeTransfer } from '../../src/protocol/transfer.js'
 import type { TunnelManager } from '../../src/tunnel/manager.js'
-import { Mux } from '../../src/tunnel/mux.js'
-import { messagePipe } from '../unit/tunnel/pipe.js'
-import { upTunnel } from '../unit/helpers.js'
+import { connect } from './files-peer.js'
 
 const BOB = { name: 'bob', id: 'b'.repeat(51) + 'q' }
 const ALICE = { name: 'alice', id: 'a'.repeat(52) }
@@ -73,15 +71,7 @@ it('a resume offered while the upkeep removes its stale partial either waits for
   expect(removing).toBe(true)
 
   // Alice comes back now: the same transfer.
-  const pipe = messagePipe()
-  const theirs = new Mux(pipe.a, true, silentLogger)
-  const ours = new Mux(pipe.b, false, silentLogger)
-  cleanups.push(() => {
-    theirs.close('over')
-    ours.close('over')
-  })
-  const tunnel = upTunnel(ALICE, ours)
-  ours.on('open', (req) => bob.onChannel(tunnel, req))
+  const theirs = connect(bob, ALICE, cleanups)
   const ch = theirs.openChannel(0, FILE_SERVICE)
   ch.on('error', () => undefined)
   await ch.opened

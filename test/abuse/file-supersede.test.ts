@@ -20,8 +20,7 @@ import { silentLogger } from '../../src/protocol/log.js'
 import { encodeTransfer, type TransferFrame } from '../../src/protocol/transfer.js'
 import type { TunnelManager } from '../../src/tunnel/manager.js'
 import { Mux } from '../../src/tunnel/mux.js'
-import { messagePipe } from '../unit/tunnel/pipe.js'
-import { upTunnel } from '../unit/helpers.js'
+import { connect } from './files-peer.js'
 
 const BOB = { name: 'bob', id: 'b'.repeat(51) + 'q' }
 const MALLORY = { name: 'mallory', id: 'm'.repeat(52) }
@@ -42,15 +41,7 @@ it('new attempts of one transfer offered together do not all run on the same par
   await bob.setPolicy({ maxSizeBytes: SIZE })
   await bob.counted()
 
-  const pipe = messagePipe()
-  const theirs = new Mux(pipe.a, true, silentLogger)
-  const ours = new Mux(pipe.b, false, silentLogger)
-  cleanups.push(() => {
-    theirs.close('over')
-    ours.close('over')
-  })
-  const tunnel = upTunnel(MALLORY, ours)
-  ours.on('open', (req) => bob.onChannel(tunnel, req))
+  const theirs = connect(bob, MALLORY, cleanups)
 
   const transferId = randomBytes(32)
   const content = randomBytes(SIZE)

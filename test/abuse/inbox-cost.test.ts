@@ -23,8 +23,7 @@ import { silentLogger } from '../../src/protocol/log.js'
 import { encodeTransfer, type TransferFrame } from '../../src/protocol/transfer.js'
 import type { TunnelManager } from '../../src/tunnel/manager.js'
 import { Mux } from '../../src/tunnel/mux.js'
-import { messagePipe } from '../unit/tunnel/pipe.js'
-import { upTunnel } from '../unit/helpers.js'
+import { connect } from './files-peer.js'
 import { recordAbuse } from './record.js'
 
 const BOB = { name: 'bob', id: 'b'.repeat(51) + 'q' }
@@ -50,19 +49,6 @@ function bobIn(tmp: string): Files {
   return new Files({ dir, tunnels: {} as unknown as TunnelManager, log: silentLogger, selfName: BOB.name, selfId: BOB.id, known, onReceived: () => undefined, onProgress: () => undefined })
 }
 
-/** A tunnel from `peer` to bob: returns the stranger's end of the mux. */
-function connect(bob: Files, peer: { name: string; id: string }): Mux {
-  const pipe = messagePipe()
-  const theirs = new Mux(pipe.a, true, silentLogger)
-  const ours = new Mux(pipe.b, false, silentLogger)
-  cleanups.push(() => {
-    theirs.close('over')
-    ours.close('over')
-  })
-  const tunnel = upTunnel(peer, ours)
-  ours.on('open', (req) => bob.onChannel(tunnel, req))
-  return theirs
-}
 
 async function offer(mux: Mux, size: number, name = 'x'): Promise<{ answer: TransferFrame; ch: ReturnType<Mux['openChannel']> }> {
   const ch = mux.openChannel(0, FILE_SERVICE)
@@ -97,7 +83,7 @@ it('a stranger that takes ACCEPT and drops the channel leaves no partial; one th
   const tmp = tmpDir()
   const bob = bobIn(tmp)
   const mallory = keyOf(0)
-  const mux = connect(bob, mallory)
+  const mux = connect(bob, mallory, cleanups)
   const OFFERS = 200
   for (let done = 0; done < OFFERS; done += 50) {
     const batch = await Promise.all(Array.from({ length: 50 }, () => offer(mux, 1024)))
@@ -142,7 +128,7 @@ it(`an offer costs O(1) file-system calls with ${KEYS} keys' quotas of partials 
   await bob.setPolicy({ allow: null, maxSizeBytes: null, inbox: null, filesPerPeer: quota })
 
   // A key at its quota: refused, at a cost that does not grow with the inbox.
-  const mallory = connect(bob, keyOf(0))
+  const mallory = connect(bob, keyOf(0), cleanups)
   const OFFERS = 20
   let answers: TransferFrame[] = []
   const refusedCalls = await fsCalls(async () => {
@@ -152,7 +138,7 @@ it(`an offer costs O(1) file-system calls with ${KEYS} keys' quotas of partials 
   expect(refusedCalls / OFFERS).toBeLessThan(FS_CALLS_PER_OFFER_BOUND)
 
   // A fresh key: the inbox holds INBOX_FILES_MAX files and partials, so it is full for everyone.
-  const fresh = connect(bob, { name: 'fresh', id: 'z'.repeat(52) })
+  const fresh = connect(bob, { name: 'fresh', id: 'z'.repeat(52) }, cleanups)
   let full: TransferFrame | null = null
   const fullCalls = await fsCalls(async () => {
     full = (await offer(fresh, 1024)).answer
