@@ -60,6 +60,12 @@ export interface FileBodyOptions {
   onDrain(): void
   /** Body bytes arrived (n of them). */
   onBytes(n: number): void
+  /**
+   * A write or early flush in flight when the body failed another way, failed too: result
+   * rejected with the first error already, so this one is said here or nowhere (a failed
+   * flush means the disk lost written bytes, which no later fsync of the partial reports).
+   */
+  onLateError?(err: NodeJS.ErrnoException, during: 'write' | 'flush'): void
   writev?: WritevFn
   fdatasync?: SyncFn
 }
@@ -169,7 +175,10 @@ export class FileBody implements ChannelSink {
     this.writing = true
     this.writev(this.o.fd, this.queue.pending(MAX_IOVECS), (err, written) => {
       this.writing = false
-      if (this.failed) return this.maybeSettled()
+      if (this.failed) {
+        if (err) this.o.onLateError?.(err, 'write')
+        return this.maybeSettled()
+      }
       if (err) {
         this.fail(err)
         return
@@ -195,7 +204,8 @@ export class FileBody implements ChannelSink {
     this.unsynced = 0
     this.fdatasync(this.o.fd, (err) => {
       this.syncing = false
-      if (err && !this.failed) this.fail(err)
+      if (err && this.failed) this.o.onLateError?.(err, 'flush')
+      else if (err) this.fail(err)
       this.maybeDone()
       this.maybeSettled()
     })

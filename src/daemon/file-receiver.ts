@@ -258,7 +258,9 @@ export class FileReceiver {
       ch.end(encodeTransfer({ type: 'refuse', code: stalled.code, message: stalled.message }))
       this.clock.setTimeout(() => ch.destroy(stalled ?? undefined), STALL_RESET_DELAY_MS).unref()
     }, () => tunnel.isMigrating)
-    const body = new FileBody({ fd, bytes: offer.size - offset, hash, onDrain: () => ch.release(), onBytes: () => watch.touch() })
+    // A write's error after the transfer failed another way (the peer was told that one) is for the operator.
+    const onLateError = (err: NodeJS.ErrnoException, during: string): unknown => this.log.error('a partial file\'s write failed after its transfer had failed', { peer: peer.name, name: offer.name, size: offer.size, during, code: err.code, err: err.message })
+    const body = new FileBody({ fd, bytes: offer.size - offset, hash, onDrain: () => ch.release(), onBytes: () => watch.touch(), onLateError })
     track.flight.have = () => offset + body.written
     const onClose = (): void => body.fail(new NatdError('TUNNEL_CLOSED', `the file channel closed before ${offer.name} ended`))
     ch.once('close', onClose)

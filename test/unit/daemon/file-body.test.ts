@@ -199,6 +199,34 @@ describe('FileBody', () => {
     await body.settled()
   })
 
+  it('a write or early flush that fails after the body failed another way is handed to onLateError; result keeps the first error', async () => {
+    const { fd } = partial()
+    const eio = (): NodeJS.ErrnoException => Object.assign(new Error('i/o error'), { code: 'EIO' })
+    // The disk calls end when the test says so.
+    const writes: Array<(err: NodeJS.ErrnoException | null) => void> = []
+    const syncs: Array<(err: NodeJS.ErrnoException | null) => void> = []
+    const writev: WritevFn = (fd_, bufs, cb) => writes.push((err) => (err ? cb(err, 0) : fs.writev(fd_, bufs, cb)))
+    const fdatasync: SyncFn = (_fd, cb) => syncs.push(cb)
+    const late: Array<{ code: string | undefined; during: string }> = []
+    const body = new FileBody({ fd, bytes: SYNC_EVERY_BYTES + MiB, hash: createHash('sha256'), onDrain: () => undefined, onBytes: () => undefined, writev, fdatasync, onLateError: (err, during) => late.push({ code: err.code, during }) })
+    // Write SYNC_EVERY_BYTES, so that an early flush starts, then one more write to hold in flight.
+    const chunk = Buffer.alloc(MiB)
+    for (let i = 0; i < SYNC_EVERY_BYTES / MiB; i++) {
+      body.data(chunk)
+      writes.shift()!(null)
+      await until(() => !writes.length && body.written === (i + 1) * MiB)
+    }
+    expect(syncs).toHaveLength(1)
+    body.data(chunk)
+    expect(writes).toHaveLength(1)
+    body.fail(Object.assign(new Error('the file channel closed'), { code: 'TUNNEL_CLOSED' }))
+    writes.shift()!(eio())
+    syncs.shift()!(eio())
+    await body.settled()
+    await expect(body.result).rejects.toMatchObject({ code: 'TUNNEL_CLOSED' })
+    expect(late).toEqual([{ code: 'EIO', during: 'write' }, { code: 'EIO', during: 'flush' }])
+  })
+
   it('small and large chunks mixed, through short writes, land on disk in order', async () => {
     const { file, fd } = partial()
     const data = randomBytes(2 * MiB)
