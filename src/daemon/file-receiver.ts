@@ -206,7 +206,7 @@ export class FileReceiver {
   private evictOverCap(peerId: string): void {
     const oldest = this.books.usage.oldestBeyond(peerId, PARTIALS_PER_PEER)
     if (oldest === null) return
-    void this.books.pruner.remove(oldest, 'over the per-peer cap').catch((err: unknown) => this.log.error('a partial file could not be removed', { partial: oldest.slice(0, 16), err: (err as Error).message }))
+    void this.books.pruner.remove(oldest, 'per-peer-cap').catch((err: unknown) => this.log.error('a partial file could not be removed', { partial: oldest.slice(0, 16), err: (err as Error).message }))
   }
 
   private async store(

@@ -24,6 +24,9 @@ export const UPKEEP_INTERVAL_MS = 10 * 60_000
 /** Stale partials removed per batch (the removals in flight at once). */
 export const PRUNE_BATCH = BUILD_BATCH
 
+/** Why a partial goes: untouched for PARTIAL_MAX_AGE_MS, or its sender's oldest past PARTIALS_PER_PEER (file-receiver.ts). */
+export type PruneReason = 'age' | 'per-peer-cap'
+
 export class PartialPruner {
   private timer: Timer | null = null
   private running: Promise<void> | null = null
@@ -69,17 +72,18 @@ export class PartialPruner {
     await this.usage.recheck()
     const cutoff = this.clock.now() - PARTIAL_MAX_AGE_MS // wall time, as the mtimes the counters were built from
     for (let keys = this.usage.stale(cutoff, PRUNE_BATCH); keys.length > 0; keys = this.usage.stale(cutoff, PRUNE_BATCH)) {
-      await inBatches(keys, PRUNE_BATCH, (key) => this.remove(key, 'stale'))
+      await inBatches(keys, PRUNE_BATCH, (key) => this.remove(key, 'age'))
     }
   }
 
   /** Removes partial `key` unless a transfer took it up again; the counters forget it first (a removal that fails is retried by the next recheck). */
-  async remove(key: string, reason: 'stale' | 'over the per-peer cap'): Promise<void> {
+  async remove(key: string, reason: PruneReason): Promise<void> {
     if (!this.usage.drop(key)) return
     const rm = fsp.rm(path.join(this.inbox(), PARTIAL_DIR, key), { force: true })
     const gone = rm.then(() => undefined, () => undefined).finally(() => this.removing.delete(key))
     this.removing.set(key, gone)
     await rm
-    this.log.info('removed a partial file', { partial: key.slice(0, 16), reason, days: Math.floor(PARTIAL_MAX_AGE_MS / 86_400_000) })
+    const age = reason === 'age' ? { maxAgeDays: Math.floor(PARTIAL_MAX_AGE_MS / 86_400_000) } : {}
+    this.log.info('removed a partial file', { partial: key.slice(0, 16), reason, ...age })
   }
 }

@@ -12,6 +12,7 @@ import type { Readable } from 'node:stream'
 import { afterEach, expect } from 'vitest'
 import { NatdError, ProtocolError } from '../../src/protocol/errors.js'
 import { clockSleep, type Timer, type TimerClock } from '../../src/protocol/clock.js'
+import type { LogFields, Logger } from '../../src/protocol/log.js'
 import type { Mux } from '../../src/tunnel/mux.js'
 import type { Tunnel } from '../../src/tunnel/tunnel.js'
 
@@ -260,4 +261,14 @@ export function track<T>(p: Promise<T>): { result: T | null; error: unknown; set
     (e: unknown) => (t.error = e)
   )
   return t
+}
+
+/** A logger that keeps its lines (level, message, fields), for tests of what the log says; its children log into the same lines. */
+export function recordingLog(): { log: Logger; lines: Array<{ level: string; msg: string; fields: LogFields }> } {
+  const lines: Array<{ level: string; msg: string; fields: LogFields }> = []
+  const at = (level: string) => (msg: string, fields: LogFields = {}): void => {
+    lines.push({ level, msg, fields })
+  }
+  const log: Logger = { error: at('error'), warn: at('warn'), info: at('info'), debug: at('debug'), child: () => log }
+  return { log, lines }
 }

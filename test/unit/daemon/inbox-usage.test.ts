@@ -6,8 +6,7 @@ import { InboxUsage } from '../../../src/daemon/inbox-usage.js'
 import { PARTIAL_MAX_AGE_MS, PartialPruner, UPKEEP_INTERVAL_MS } from '../../../src/daemon/partial-pruner.js'
 import { candidateNames } from '../../../src/daemon/file-place.js'
 import { MAX_NAME_SUFFIX, RANDOM_NAME_TRIES } from '../../../src/daemon/file-names.js'
-import { silentLogger } from '../../../src/protocol/log.js'
-import { FakeClock } from '../helpers.js'
+import { FakeClock, recordingLog } from '../helpers.js'
 
 const A = 'a'.repeat(52)
 const C = 'c'.repeat(52)
@@ -123,7 +122,8 @@ describe('PartialPruner', () => {
     await u.ready
     u.reserve(key(C, 3), C) // a resume of an old one is under way
     const clock = new FakeClock(now)
-    const pruner = new PartialPruner(() => box.inbox, u, clock, silentLogger)
+    const { log, lines } = recordingLog()
+    const pruner = new PartialPruner(() => box.inbox, u, clock, log)
     pruner.start()
     clock.advance(UPKEEP_INTERVAL_MS - 1)
     await new Promise((r) => setTimeout(r, 50))
@@ -132,8 +132,19 @@ describe('PartialPruner', () => {
     await pruner.onUpkeepDue()
     expect(fs.readdirSync(path.join(box.inbox, '.partial')).sort()).toEqual([key(C, 2), key(C, 3)])
     expect(u.of(C)).toEqual({ files: 1, bytes: 5, partials: 1 })
+    expect(lines).toEqual([{ level: 'info', msg: 'removed a partial file', fields: { partial: key(C, 1).slice(0, 16), reason: 'age', maxAgeDays: 7 } }])
     pruner.stop()
     expect(clock.pending).toBe(0)
+  })
+
+  it('says why it removed a partial: the per-peer cap is not the 7-day age', async () => {
+    const box = inbox([], { [key(A, 1)]: 5 })
+    const u = box.open()
+    await u.ready
+    const { log, lines } = recordingLog()
+    await new PartialPruner(() => box.inbox, u, new FakeClock(Date.now()), log).remove(key(A, 1), 'per-peer-cap')
+    expect(fs.readdirSync(path.join(box.inbox, '.partial'))).toEqual([])
+    expect(lines).toEqual([{ level: 'info', msg: 'removed a partial file', fields: { partial: key(A, 1).slice(0, 16), reason: 'per-peer-cap' } }])
   })
 })
 
