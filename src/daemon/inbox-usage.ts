@@ -31,11 +31,12 @@ interface ReceivedEntry {
   bytes: number
 }
 
+/** A partial natd knows of. A transfer's end (settle) replaces it with a new entry: recheck() tells by identity that one ran during its stat. */
 interface PartialEntry {
-  peerId: string
-  bytes: number
+  readonly peerId: string
+  readonly bytes: number
   /** When its transfer last ended (wall ms, as a file's mtime): pruning goes by it. */
-  updatedMs: number
+  readonly updatedMs: number
   /** Being received: counted in the inbox total, not in its sender's quota (the transfer counts at its announced size). */
   active: boolean
 }
@@ -119,7 +120,8 @@ export class InboxUsage {
       this.partials.delete(key)
       return
     }
-    Object.assign(e, { bytes, updatedMs: nowMs, active: false })
+    // A new entry, not this one changed: a recheck that stat'ed the partial before this transfer must not take its old size for this one's.
+    this.partials.set(key, { peerId: e.peerId, bytes, updatedMs: nowMs, active: false })
     this.count(e.peerId, 1, bytes, 1)
   }
 
@@ -184,7 +186,7 @@ export class InboxUsage {
     await inBatches([...this.partials], BUILD_BATCH, async ([key, e]) => {
       if (e.active) return
       const st = await sizeOf(path.join(this.inbox, PARTIAL_DIR, key))
-      if (this.partials.get(key) !== e || e.active) return // received meanwhile: its transfer settles it
+      if (this.partials.get(key) !== e || e.active) return // received meanwhile (settled since, or still going): the transfer's end counted it
       this.drop(key)
       if (st) this.addPartial(key, st.size, st.mtimeMs)
     })

@@ -1,7 +1,8 @@
 import fs from 'node:fs'
+import fsp from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
-import { afterEach, describe, expect, it } from 'vitest'
+import { afterEach, describe, expect, it, vi } from 'vitest'
 import { InboxUsage } from '../../../src/daemon/inbox-usage.js'
 import { PARTIAL_MAX_AGE_MS, PartialPruner, UPKEEP_INTERVAL_MS } from '../../../src/daemon/partial-pruner.js'
 import { candidateNames } from '../../../src/daemon/file-place.js'
@@ -109,6 +110,33 @@ describe('InboxUsage', () => {
     expect(u.of(A).files).toBe(3) // natd has not looked yet: no stat per offer
     await u.recheck()
     expect(u.of(A)).toEqual({ files: 1, bytes: 6, partials: 0 })
+  })
+
+  it('recheck() keeps the size of a transfer that began and ended while it stat\'ed the partial, not the size it saw before', async () => {
+    const box = inbox([], { [key(A, 1)]: 100 })
+    const file = path.join(box.inbox, '.partial', key(A, 1))
+    const old = new Date(Date.now() - PARTIAL_MAX_AGE_MS - 60_000)
+    fs.utimesSync(file, old, old)
+    const u = box.open()
+    await u.ready
+    // The recheck's stat of the partial sees the disk before the transfer and answers once the test says so.
+    const gate: { answer?: () => void } = {}
+    const realStat = fsp.stat.bind(fsp)
+    const stat = vi.spyOn(fsp, 'stat').mockImplementation(async (p, opts) => {
+      const st = await realStat(p, opts)
+      if (p === file) await new Promise<void>((resolve) => (gate.answer = resolve))
+      return st
+    })
+    cleanups.push(() => stat.mockRestore())
+    const recheck = u.recheck()
+    while (!gate.answer) await new Promise((r) => setImmediate(r))
+    expect(u.reserve(key(A, 1), A)).toBe(100) // a resume begins…
+    fs.appendFileSync(file, Buffer.alloc(200))
+    u.settle(key(A, 1), 300, Date.now()) // …and is cut off again, 300 bytes on disk
+    gate.answer()
+    await recheck
+    expect(u.of(A)).toEqual({ files: 1, bytes: 300, partials: 1 })
+    expect(u.stale(Date.now() - PARTIAL_MAX_AGE_MS, 10)).toEqual([]) // touched just now, not a week ago
   })
 })
 
