@@ -9,6 +9,7 @@ import fsp from 'node:fs/promises'
 import path from 'node:path'
 import { NatdError } from '../protocol/errors.js'
 import type { Logger } from '../protocol/log.js'
+import { untrustedChain, untrustedParents } from './trusted-file.js'
 
 export const PARTIAL_DIR = '.partial'
 
@@ -28,13 +29,16 @@ export class PartialDir {
   ) {}
 
   /**
-   * Makes `inbox`'s partials' directory (0700; the inbox too, for the first file) off the
-   * event loop, then checks the inbox and it. PARTIAL_UNREADABLE when either is unsafe.
+   * Makes the inbox (0700, for the first file) off the event loop and checks it and its
+   * parents, then makes its partials' directory (0700) and checks that. PARTIAL_UNREADABLE when either is unsafe.
    */
   static async open(inbox: string, log: Logger): Promise<PartialDir> {
     const dir = path.join(inbox, PARTIAL_DIR)
-    await fsp.mkdir(dir, { recursive: true, mode: 0o700 })
-    checkInbox(inbox, log)
+    await fsp.mkdir(inbox, { recursive: true, mode: 0o700 })
+    checkInbox(inbox, log) // before `.partial` is made: nothing is made in an inbox someone could have swapped
+    await fsp.mkdir(dir, { mode: 0o700 }).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EEXIST') throw err
+    })
     return new PartialDir(dir, checkPartialDir(dir, log), log)
   }
 
@@ -71,13 +75,25 @@ export class PartialDir {
  * check and our open (O_NOFOLLOW guards only the last component), and natd would create,
  * truncate and append `<dir>/<key>` with its rights. So group and others may not write
  * it, unless it is natd's own and sticky (then only natd renames natd's entries).
+ *
+ * Nor its parents (review 9): whoever may rename an entry of a parent could swap the
+ * whole inbox for a symlink to natd's state directory, and peers' files would be linked
+ * in there (a `learnt.json` pins keys). They are judged as the state directory's are
+ * (trusted-file.ts untrustedParents: owned by root or natd, not writable by group or
+ * others unless sticky), those of the directory the inbox resolves to, and, when the
+ * inbox is a symlink, those of the symlink's own directory as well.
  */
 function checkInbox(inbox: string, log: Logger): void {
   const uid = process.getuid?.()
   if (uid === undefined) return
   const st = fs.statSync(inbox) // the operator's choice (natd --inbox): a symlink to it is theirs
-  if ((st.mode & 0o022) === 0 || ((st.mode & STICKY) !== 0 && st.uid === uid)) return
-  log.error('the inbox is writable by others, who could swap its partial-file directory: no file is received until its operator removes group and other write access (or makes it natd\'s own sticky directory)', { inbox, uid: st.uid, mode: (st.mode & 0o7777).toString(8) })
+  if ((st.mode & 0o022) !== 0 && ((st.mode & STICKY) === 0 || st.uid !== uid)) {
+    log.error('the inbox is writable by others, who could swap its partial-file directory: no file is received until its operator removes group and other write access (or makes it natd\'s own sticky directory)', { inbox, uid: st.uid, mode: (st.mode & 0o7777).toString(8) })
+    throw new NatdError('PARTIAL_UNREADABLE', NOT_SAFE_MESSAGE)
+  }
+  const why = untrustedParents(inbox, uid) ?? (fs.lstatSync(inbox).isSymbolicLink() ? untrustedChain(path.dirname(inbox), uid) : null)
+  if (why === null) return
+  log.error('a parent of the inbox lets others swap it: no file is received until its operator makes every parent root\'s or natd\'s, not writable by group or others (or sticky)', { inbox, why })
   throw new NatdError('PARTIAL_UNREADABLE', NOT_SAFE_MESSAGE)
 }
 

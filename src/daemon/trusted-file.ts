@@ -64,14 +64,28 @@ export function untrustedPath(file: string, rule: TrustRule): string | null {
  * someone else swap `dir` (null: none does). `uid` as in untrustedBecause().
  */
 export function untrustedParents(dir: string, uid: number | undefined = process.getuid?.()): string | null {
-  if (uid === undefined) return null
-  let parents
+  let real
   try {
-    parents = collectDirChain(path.dirname(fs.realpathSync(dir)))
+    real = fs.realpathSync(dir)
   } catch (err) {
     return (err as Error).message
   }
-  const verdict = judgeSocketDirChain(parents, uid, false)
+  return untrustedChain(path.dirname(real), uid)
+}
+
+/**
+ * Why directory `dir` or one of its parents (symlinks resolved) lets someone else rename
+ * the entries it holds (null: none does). `uid` as in untrustedBecause().
+ */
+export function untrustedChain(dir: string, uid: number | undefined = process.getuid?.()): string | null {
+  if (uid === undefined) return null
+  let chain
+  try {
+    chain = collectDirChain(dir)
+  } catch (err) {
+    return (err as Error).message
+  }
+  const verdict = judgeSocketDirChain(chain, uid, false)
   return verdict.kind === 'safe' ? null : `its parent ${verdict.path} ${verdict.reason.replace('not by us', 'not by natd')}, so it could be swapped`
 }
 

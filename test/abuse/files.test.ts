@@ -321,7 +321,7 @@ describe('abuse: files and messages', () => {
       fs.chmodSync(inbox, mode)
       const v = await rawSend(w, { name: 'x.bin', size: 3, bytes: Buffer.from('abc') })
       expect(v, mode.toString(8)).toMatchObject({ type: 'refuse', code: 'PARTIAL_UNREADABLE' })
-      expect(fs.readdirSync(path.join(inbox, '.partial'))).toEqual([])
+      expect(fs.existsSync(path.join(inbox, '.partial'))).toBe(false) // nothing made in it
     }
     // natd's own sticky directory, or one only natd writes: received.
     fs.chownSync(inbox, 0, 0)
@@ -329,6 +329,28 @@ describe('abuse: files and messages', () => {
       fs.chmodSync(inbox, mode)
       expect(await rawSend(w, { name: `ok-${mode.toString(8)}.bin`, size: 3, bytes: Buffer.from('abc') })).toMatchObject({ type: 'done' })
     }
+  })
+
+  it.skipIf(!isRoot)('7c. an inbox whose parent others may write: refused, so nobody can swap it for a symlink to natd\'s state directory', async () => {
+    const w = await world()
+    const inbox = w.bob.inbox
+    const parent = path.dirname(inbox) // the operator's --inbox /srv/shared/incoming, with /srv/shared 0777
+    fs.mkdirSync(inbox, { recursive: true, mode: 0o755 })
+    fs.chmodSync(parent, 0o777)
+    expect(await rawSend(w, { name: 'first.bin', size: 3, bytes: Buffer.from('abc') })).toMatchObject({ type: 'refuse', code: 'PARTIAL_UNREADABLE' })
+    // A local user renames the inbox away and puts a symlink to natd's state directory in
+    // its place (a directory natd reads its trust from: learnt.json pins peers' keys).
+    const state = path.join(w.tmp, 'state')
+    fs.mkdirSync(state, { mode: 0o700 })
+    fs.renameSync(inbox, `${inbox}.old`)
+    fs.symlinkSync(state, inbox)
+    const v = await rawSend(w, { name: 'learnt.json', size: 2, bytes: Buffer.from('{}') })
+    expect(v).toMatchObject({ type: 'refuse', code: 'PARTIAL_UNREADABLE' })
+    expect(fs.readdirSync(state)).toEqual([])
+    // The same symlink in a parent only natd writes is the operator's choice: received.
+    fs.chmodSync(parent, 0o700)
+    expect(await rawSend(w, { name: 'ok.bin', size: 3, bytes: Buffer.from('abc') })).toMatchObject({ type: 'done' })
+    recordAbuse({ row: 'a local user who may write the inbox\'s parent swaps the inbox for a symlink to natd\'s state directory', metric: 'files a peer placed in the state directory', before: '1 (learnt.json, which pins keys)', now: fs.existsSync(path.join(state, 'learnt.json')) ? 1 : 0, unit: 'files', bound: 'every offer refused (PARTIAL_UNREADABLE) while a parent of the inbox (or of the symlink that is the inbox) lets others rename its entries' })
   })
 
   it('8. 40 offers at once, each stalling after ACCEPT: no more accepted than the peer\'s file quota', async () => {
