@@ -11,6 +11,7 @@
  * gets introduced under the name in, and refusing tells the owner to pin the peer
  * (`natctl trust NAME ID`) and add it again.
  */
+import { NatdError } from '../protocol/errors.js'
 import { isPeerId, resolvePeer, sameId, type PeerRef } from '../protocol/peer-ref.js'
 
 export interface AllowEntry {
@@ -48,4 +49,18 @@ export function migrateAllowEntry(raw: unknown, pinned: readonly PeerRef[]): All
 /** Whether an entry is already in the current form (a key, or a known-unresolved name). */
 export function isCurrent(raw: unknown): raw is AllowEntry {
   return typeof raw === 'object' && raw !== null && typeof (raw as AllowEntry).name === 'string' && ((raw as AllowEntry).id === null || typeof (raw as AllowEntry).id === 'string')
+}
+
+/**
+ * For the warning about an entry that admits nobody: why it has no key (no pinned key, or
+ * text that could mean several pinned peers: resolvePeer's message names them), and what
+ * to run. `readd` is the command that adds an allow entry again (`natctl expose add 22 --allow`).
+ */
+export function unresolvedAdvice(name: string, pinned: readonly PeerRef[], readd: string): { why: string; hint: string } {
+  try {
+    resolvePeer(name, pinned)
+  } catch (err) {
+    if (err instanceof NatdError) return { why: err.message, hint: `${readd} FULL_ID of the peer you mean (natctl peers shows it)` }
+  }
+  return { why: 'no pinned key', hint: `natctl trust ${name} PEER_ID, then ${readd} ${name}` }
 }

@@ -11,7 +11,7 @@ import { describePeer } from '../protocol/peer-ref.js'
 import type { ExposeInfo } from '../ipc/schema.js'
 import type { OpenRequest } from '../tunnel/mux.js'
 import type { Tunnel } from '../tunnel/tunnel.js'
-import { admits, type AllowEntry } from './allow-list.js'
+import { admits, unresolvedAdvice, type AllowEntry } from './allow-list.js'
 import type { ExposeSpec, StateStore } from './config.js'
 import type { KnownPeers } from './known-peers.js'
 import { join, reset } from './pipe.js'
@@ -60,7 +60,7 @@ export class Exposes {
       for (const a of e.allow) {
         if (a.id !== null || this.warned.has(`${e.port} ${a.name}`)) continue
         this.warned.add(`${e.port} ${a.name}`)
-        this.log.warn('an expose allows a peer by name with no pinned key: it admits nobody until re-added', { port: e.port, peer: a.name, hint: `natctl trust ${a.name} PEER_ID, then natctl expose add ${e.port} --allow ${a.name}` })
+        this.log.warn('an expose allows a peer by name with no pinned key: it admits nobody until re-added', { port: e.port, peer: a.name, ...unresolvedAdvice(a.name, this.store.knownPeers(), `natctl expose add ${e.port} --allow`) })
       }
     }
   }

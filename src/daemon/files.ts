@@ -30,7 +30,7 @@ import type { FileProgress, FileSendParams, FileSendResult, FilesPolicy, FilesPo
 import type { TunnelManager } from '../tunnel/manager.js'
 import type { OpenRequest } from '../tunnel/mux.js'
 import type { Tunnel } from '../tunnel/tunnel.js'
-import { admits, isCurrent, migrateAllowEntry, type AllowEntry } from './allow-list.js'
+import { admits, isCurrent, migrateAllowEntry, unresolvedAdvice, type AllowEntry } from './allow-list.js'
 import { FileReceiver, sendFile, STALL_TIMEOUT_MS, type ReceivePolicy } from './file-transfer.js'
 import { InboxUsage, type Held } from './inbox-usage.js'
 import { PartialPruner } from './partial-pruner.js'
@@ -127,7 +127,7 @@ export class Files {
     // A one-time migration at start, before natd serves anything: written on the spot.
     if (!allow.every(isCurrent) || 'inbox' in saved) writeJsonAtomic(path.join(c.dir, POLICY_FILE), this.stored)
     for (const a of this.stored.allow) {
-      if (a.id === null) c.log.warn('the file policy allows a peer by name with no pinned key: it admits nobody until re-added', { peer: a.name, hint: `natctl trust ${a.name} PEER_ID, then natctl files policy --allow ${a.name}` })
+      if (a.id === null) c.log.warn('the file policy allows a peer by name with no pinned key: it admits nobody until re-added', { peer: a.name, ...unresolvedAdvice(a.name, c.known.list(), 'natctl files policy --allow') })
     }
     const clock = c.clock ?? systemClock
     this.usageBooks = new InboxUsage(this.inbox, path.join(c.dir, RECEIVED_FILE), (err) => c.log.error('cannot count what peers hold in the inbox', { inbox: this.inbox, err: err.message }))

@@ -4,6 +4,7 @@
  * peer is it, and pinning once a handshake proved a key. Matching itself is
  * protocol/peer-ref.ts; this adds the store, the server's list and the log.
  */
+import { systemClock, type Clock } from '../protocol/clock.js'
 import { NatdError } from '../protocol/errors.js'
 import { isValidName, NAME_RULE } from '../protocol/identity.js'
 import type { Logger } from '../protocol/log.js'
@@ -17,6 +18,28 @@ export interface KnownPeersComponents {
   log: Logger
   /** The peers the rendezvous server lists; rejects when it cannot be asked. */
   serverPeers(): Promise<PeerRef[]>
+  /** Default systemClock. */
+  clock?: Clock
+}
+
+/**
+ * How long expect() reuses the server's list to check a pinned ID-shaped name against
+ * the listed IDs. A forward asks once per accepted connection, and a LIST answer holds
+ * up to MAX_LIST_PEERS (2,048) records. A peer that registered in the last 10 s may go
+ * unseen by the check for that long; a user copies an ID from natctl peers, which
+ * takes longer than that.
+ */
+export const SERVER_LIST_REUSE_MS = 10_000
+
+/**
+ * Whether the pins alone may not settle `typed`: nothing pinned matches, or the text is
+ * ID-shaped and the pins read it as a name. Anyone may register any free name, an
+ * 8-character ID prefix included, so a stranger pinned under bob's abbreviated ID must
+ * not take his place: the listed IDs are checked too (resolvePeer refuses a name that
+ * is also the start of another known peer's ID). A pinned abbreviated ID needs no list.
+ */
+function needsServerList(typed: string, pinned: PeerTarget | null): boolean {
+  return pinned === null || (pinned.name !== null && isIdPrefix(typed))
 }
 
 /**
@@ -36,6 +59,8 @@ export const MAX_PINS_ON_FIRST_USE = 4_096
 export class KnownPeers implements PeerPolicy {
   /** The "too many pins" warning was logged and shown (once per start: strangers can make it repeat). */
   private pinsFullLogged = false
+  /** The server's list as recentServerPeers() last asked for it. */
+  private listedRecently: { at: number; peers: Promise<PeerRef[]> } | null = null
 
   constructor(private readonly c: KnownPeersComponents) {}
 
@@ -50,19 +75,34 @@ export class KnownPeers implements PeerPolicy {
 
   /**
    * What `open(typed)` must reach. Pinned peers first; the server's list only when they
-   * do not settle it (an abbreviated ID). A name nobody pinned yet is expected by name
-   * alone (its key is pinned on first use). Throws PEER_UNKNOWN, or INVALID_ARGUMENT for
-   * an ambiguous abbreviated ID.
+   * do not settle it: an abbreviated ID, or ID-shaped text that the pins settle as a
+   * name (it may also be the start of a listed peer's ID: see needsServerList). A name
+   * nobody pinned yet is expected by name alone (its key is pinned on first use). Throws
+   * PEER_UNKNOWN, or INVALID_ARGUMENT for text that could mean several known peers.
    */
   async expect(typed: string): Promise<PeerTarget> {
     const pinned = this.list()
     let target = resolvePeer(typed, pinned)
-    if (target === null || (target.id === null && isIdPrefix(typed))) {
-      const listed = await this.c.serverPeers().catch(() => [])
+    if (needsServerList(typed, target)) {
+      const listed = target?.id ? await this.recentServerPeers() : await this.c.serverPeers().catch(() => [])
       target = resolvePeer(typed, [...pinned, ...listed])
     }
     if (target === null) throw new NatdError('PEER_UNKNOWN', `no known peer has an ID starting with ${typed} (natctl peers lists them)`)
     return target
+  }
+
+  /**
+   * The server's list for the collision check of a pinned ID-shaped name, fetched at most
+   * once per SERVER_LIST_REUSE_MS: expect() runs for every connection a forward accepts,
+   * and a forward to a pinned peer named like `database` must not cost a LIST each.
+   * An unreachable server gives [] (the pins stand, as for any other name).
+   */
+  private recentServerPeers(): Promise<PeerRef[]> {
+    const now = (this.c.clock ?? systemClock).now()
+    if (this.listedRecently === null || now - this.listedRecently.at >= SERVER_LIST_REUSE_MS) {
+      this.listedRecently = { at: now, peers: this.c.serverPeers().catch(() => []) }
+    }
+    return this.listedRecently.peers
   }
 
   /**
@@ -138,13 +178,15 @@ export class KnownPeers implements PeerPolicy {
 
   /**
    * A peer for an allow list: its whole key. A name is the pinned key, else the key the
-   * server lists for it (then pinned); an ID, full or abbreviated, must be known.
+   * server lists for it (then pinned); an ID, full or abbreviated, must be known. An
+   * ID-shaped name is checked against the server's list (fresh: adding an entry is rare)
+   * even when pinned: INVALID_ARGUMENT when it is also the start of another peer's ID.
    * Throws PEER_UNKNOWN when no key is known: an allow list never holds a bare name.
    */
   async resolveKey(typed: string): Promise<PeerRef> {
     const pinned = this.list()
     const local = resolvePeer(typed, pinned)
-    if (local?.id) return { name: local.name ?? pinned.find((p) => p.id === local.id)?.name ?? '', id: local.id }
+    if (local?.id && !needsServerList(typed, local)) return { name: local.name ?? pinned.find((p) => p.id === local.id)?.name ?? '', id: local.id }
     const listed = await this.c.serverPeers().catch(() => [] as PeerRef[])
     const target = resolvePeer(typed, [...pinned, ...listed])
     if (!target?.id) {

@@ -6,7 +6,7 @@
  *   - a name (`bob`): names are aliases the server binds to keys (identity.ts NAME_RULE);
  *   - a full peer ID: the 52-character base32 of the 32-byte Ed25519 key (peerId());
  *   - an abbreviated ID of at least MIN_ID_PREFIX_CHARS characters, accepted only when
- *     exactly one known peer's ID starts with it.
+ *     exactly one known peer's ID starts with it, and no other peer has it as its name.
  *
  * Once resolved, a peer is matched by its whole ID, never by a prefix; a name is
  * compared only as a whole, and only where the user named the peer (an `open bob` must
@@ -59,31 +59,40 @@ export function describePeer(p: { name: string; id: string | null }): string {
  * Resolves what a user typed against `known` (in order of trust: pinned peers first,
  * then what the server lists; the first entry with a name wins). Returns the target,
  * or null when an abbreviated ID matches no known peer. Throws INVALID_ARGUMENT for
- * text that is no name or ID, and for an abbreviated ID several known peers share
- * (the message lists them).
+ * text that is no name or ID, and for text that could mean several known peers (the
+ * message lists them and says what to type instead).
  *
  *   full ID           → { name: null, id }
  *   name              → { name, id: the known key, or null }
  *   abbreviated ID    → { name: null, id: the one known ID it starts }
  *
- * A string that is both a valid name and an ID prefix is a name when a known peer has
- * that name, else an abbreviated ID when it matches one, else a name.
+ * A full ID is always an ID (a name has at most 32 characters, identity.ts). Any other
+ * ID-shaped text (8+ of a-z2-7) may also be a name, and anyone may register any free name:
+ * a stranger named after the 8 characters natctl shows of bob's ID (review 9). Such text
+ * is taken as a name only when no other known peer's ID starts with it, and as an
+ * abbreviated ID only when exactly one known ID starts with it and no other peer has it
+ * as its name; otherwise it is refused as ambiguous. Whatever names strangers choose,
+ * the full ID (or a prefix long enough to be no name: 33+ characters) always settles it.
  */
 export function resolvePeer(typed: string, known: readonly PeerRef[]): PeerTarget | null {
   if (isPeerId(typed)) return { name: null, id: typed }
-  const named = known.find((p) => p.name === typed)
-  if (named && isValidName(typed)) return { name: typed, id: named.id }
-  if (isIdPrefix(typed)) {
-    const ids = [...new Set(known.filter((p) => p.id.startsWith(typed)).map((p) => p.id))]
-    if (ids.length === 1) return { name: null, id: ids[0]! }
-    if (ids.length > 1) {
-      const list = ids.map((id) => describePeer({ name: known.find((p) => p.id === id && p.name)?.name ?? '', id })).join(', ')
-      throw new NatdError('INVALID_ARGUMENT', `${typed} matches ${ids.length} peers: ${list}; type more of the ID, or the full ID`)
-    }
-  }
+  const named = isValidName(typed) ? known.find((p) => p.name === typed) : undefined
+  const ids = isIdPrefix(typed) ? [...new Set(known.filter((p) => p.id.startsWith(typed)).map((p) => p.id))] : []
+  const candidates = named ? [named.id, ...ids.filter((id) => id !== named.id)] : ids
+  if (candidates.length > 1) throw ambiguous(typed, candidates, named, known)
+  if (named) return { name: typed, id: named.id }
+  if (ids.length === 1) return { name: null, id: ids[0]! }
   if (isValidName(typed)) return { name: typed, id: null }
   if (isIdPrefix(typed)) return null
   throw new NatdError('INVALID_ARGUMENT', `${JSON.stringify(typed)} is no peer name (${'a-z, 0-9, - and _'}) or peer ID (at least ${MIN_ID_PREFIX_CHARS} base32 characters)`)
+}
+
+/** INVALID_ARGUMENT naming every peer `typed` could mean: by name, by the start of its ID. */
+function ambiguous(typed: string, ids: readonly string[], named: PeerRef | undefined, known: readonly PeerRef[]): NatdError {
+  const describe = (id: string): string => describePeer({ name: known.find((p) => p.id === id && p.name)?.name ?? '', id })
+  const byId = ids.filter((id) => id !== named?.id).map(describe).join(', ')
+  const which = named ? `the name of ${describePeer(named)}, and the start of the ID of ${byId}` : byId
+  return new NatdError('INVALID_ARGUMENT', `${typed} matches ${ids.length} peers: ${which}; type more of the ID of the one you mean, or its full ID (natctl peers shows them)`)
 }
 
 /** Whether `peer` is the target: the whole ID when one is expected, the whole name when one was given. */

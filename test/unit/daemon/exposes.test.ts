@@ -87,6 +87,23 @@ describe('Exposes', () => {
     expect(warnings).toHaveLength(1)
     expect(request(exposes, { name: 'zed', id: CAROL.id }, 22)).toBe('NOT_EXPOSED')
   })
+
+  it('a stored entry that is the name of one pinned peer and the start of another\'s ID (review 9) admits neither, and the warning says why and to give the full ID', () => {
+    const bob8 = BOB.id.slice(0, 8)
+    fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ knownPeers: { bob: BOB.id, [bob8]: CAROL.id }, exposes: [{ port: 22, host: '127.0.0.1', allow: [bob8] }] }))
+    const exposes = new Exposes(new StateStore(dir), log, known)
+    expect(exposes.list()[0]!.allow).toEqual([{ name: bob8, id: null }])
+    expect(warnings).toEqual([
+      expect.objectContaining({
+        port: 22,
+        peer: bob8,
+        why: expect.stringContaining(`the name of ${bob8} (${CAROL.id.slice(0, 8)}…), and the start of the ID of bob (${bob8}…)`),
+        hint: 'natctl expose add 22 --allow FULL_ID of the peer you mean (natctl peers shows it)'
+      })
+    ])
+    expect(request(exposes, { name: bob8, id: CAROL.id }, 22)).toBe('NOT_EXPOSED')
+    expect(request(exposes, BOB, 22)).toBe('NOT_EXPOSED')
+  })
   it('1,000 refused connections from a peer log one line at once, then one count a window, not a line each', () => {
     vi.useFakeTimers()
     const exposes = new Exposes(store, log, known)

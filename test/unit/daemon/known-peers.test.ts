@@ -5,12 +5,12 @@ import os from 'node:os'
 import path from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { StateStore } from '../../../src/daemon/config.js'
-import { KnownPeers, MAX_PINS_ON_FIRST_USE } from '../../../src/daemon/known-peers.js'
+import { KnownPeers, MAX_PINS_ON_FIRST_USE, SERVER_LIST_REUSE_MS } from '../../../src/daemon/known-peers.js'
 import { NatdError } from '../../../src/protocol/errors.js'
 import { generateKeyPair, peerId } from '../../../src/protocol/identity.js'
 import { silentLogger } from '../../../src/protocol/log.js'
 import type { PeerRef } from '../../../src/protocol/peer-ref.js'
-import { errorCode } from '../helpers.js'
+import { errorCode, FakeClock } from '../helpers.js'
 
 const BOB = peerId(generateKeyPair().publicKey)
 const BOB_NEW = peerId(generateKeyPair().publicKey)
@@ -94,6 +94,39 @@ describe('KnownPeers', () => {
     expect(await known.expect(BOB.slice(0, 8))).toEqual({ name: null, id: BOB })
     listed = [{ name: 'carol', id: CAROL }, { name: 'mallory', id: CAROL.slice(0, 8) + 'a'.repeat(43) + 'q' }]
     expect(await codeOf(known.expect(CAROL.slice(0, 8)))).toBe('INVALID_ARGUMENT')
+  })
+
+  // Review 9: a stranger named after bob's first 8 characters, pinned on first use by
+  // one tunnel it opened to us, while bob is only listed by the server.
+  it('expect and resolveKey: a pinned ID-shaped name is checked against the listed IDs; also the start of another peer\'s ID is INVALID_ARGUMENT, and nothing is pinned', async () => {
+    const BOB8 = BOB.slice(0, 8)
+    known.pin({ name: BOB8, id: CAROL }, 'inbound')
+    listed = [{ name: 'bob', id: BOB }]
+    expect(await codeOf(known.expect(BOB8))).toBe('INVALID_ARGUMENT')
+    await expect(known.resolveKey(BOB8)).rejects.toThrow(`the name of ${BOB8} (${CAROL.slice(0, 8)}…), and the start of the ID of bob (${BOB8}…)`)
+    expect(store.knownPeer('bob')).toBeUndefined()
+    expect(await known.expect(BOB)).toEqual({ name: null, id: BOB }) // the full ID always settles it
+    // The server cannot be asked: the pins stand, as for any name.
+    const offline = new KnownPeers({ store, log: silentLogger, serverPeers: () => Promise.reject(new NatdError('NOT_REGISTERED', 'down')) })
+    expect(await offline.expect(BOB8)).toEqual({ name: BOB8, id: CAROL })
+  })
+
+  it(`expect: a pinned ID-shaped name (database) asks the server once per SERVER_LIST_REUSE_MS (${SERVER_LIST_REUSE_MS} ms), not once per forwarded connection; other names never`, async () => {
+    const clock = new FakeClock()
+    const k = new KnownPeers({ store, log: silentLogger, clock, serverPeers: async () => {
+        listCalls++
+        return listed
+      }
+    })
+    k.trust('database', CAROL, false)
+    k.trust('bob', BOB, false)
+    for (let i = 0; i < 100; i++) expect(await k.expect('database')).toEqual({ name: 'database', id: CAROL })
+    expect(await k.expect('bob')).toEqual({ name: 'bob', id: BOB })
+    expect(listCalls).toBe(1)
+    clock.t += SERVER_LIST_REUSE_MS
+    listed = [{ name: 'other', id: 'database' + BOB.slice(8) }] // a peer whose ID starts with the name registers
+    expect(await codeOf(k.expect('database'))).toBe('INVALID_ARGUMENT')
+    expect(listCalls).toBe(2)
   })
 
   it('resolveKey (allow lists): pinned key, else the server-listed key (then pinned); unknown is PEER_UNKNOWN', async () => {

@@ -1,6 +1,6 @@
 // protocol/peer-ref.ts: what a user typed → { name, id }, and matching by whole IDs.
 import { describe, expect, it } from 'vitest'
-import { generateKeyPair, peerId } from '../../../src/protocol/identity.js'
+import { generateKeyPair, isValidName, peerId } from '../../../src/protocol/identity.js'
 import { describePeer, isPeerId, isTarget, resolvePeer, sameId } from '../../../src/protocol/peer-ref.js'
 import { errorCode } from '../helpers.js'
 
@@ -60,6 +60,37 @@ describe('resolvePeer', () => {
     expect(errorCode(() => resolvePeer(BOB.slice(0, 8), both))).toBe('INVALID_ARGUMENT')
     expect(() => resolvePeer(BOB.slice(0, 8), both)).toThrow(/matches 2 peers: bob \(.{8}…\), mallory \(.{8}…\)/)
     expect(resolvePeer(BOB.slice(0, 11), both)).toEqual({ name: null, id: BOB })
+  })
+
+  // Review 9: a stranger registers the name of bob's first 8 characters (any free name is
+  // theirs to take). What a user copies from `bob (xxxxxxxx…)` must never reach it.
+  describe('a name that is also the start of another peer\'s ID', () => {
+    const BOB8 = BOB.slice(0, 8)
+    const STRANGER = { name: BOB8, id: CAROL }
+
+    it('is INVALID_ARGUMENT naming both peers, whichever comes first (pinned or listed)', () => {
+      for (const both of [[{ name: 'bob', id: BOB }, STRANGER], [STRANGER, { name: 'bob', id: BOB }]]) {
+        expect(errorCode(() => resolvePeer(BOB8, both))).toBe('INVALID_ARGUMENT')
+        expect(() => resolvePeer(BOB8, both)).toThrow(`${BOB8} matches 2 peers: the name of ${BOB8} (${CAROL.slice(0, 8)}…), and the start of the ID of bob (${BOB8}…); type more of the ID of the one you mean, or its full ID`)
+      }
+      // Bob with no name known (an ID typed earlier): still named in the refusal.
+      expect(() => resolvePeer(BOB8, [STRANGER, { name: '', id: BOB }])).toThrow(`the start of the ID of ${BOB8}…`)
+    })
+
+    it('the full ID (or 33+ characters: longer than any name) settles it, for either peer', () => {
+      const both = [{ name: 'bob', id: BOB }, STRANGER]
+      expect(isValidName(BOB)).toBe(false)
+      expect(isValidName(BOB.slice(0, 33))).toBe(false)
+      expect(resolvePeer(BOB, both)).toEqual({ name: null, id: BOB })
+      expect(resolvePeer(BOB.slice(0, 33), both)).toEqual({ name: null, id: BOB })
+      expect(resolvePeer(CAROL, both)).toEqual({ name: null, id: CAROL })
+    })
+
+    it('an ID-shaped name is a name when no other known ID starts with it (honest names like "database" keep working)', () => {
+      expect(resolvePeer('database', [...known, { name: 'database', id: LOOKALIKE }])).toEqual({ name: 'database', id: LOOKALIKE })
+      expect(resolvePeer(BOB8, [STRANGER, { name: 'carol', id: CAROL }])).toEqual({ name: BOB8, id: CAROL }) // bob unknown: a name
+      expect(resolvePeer(BOB8, [{ name: BOB8, id: BOB }, { name: 'bob2', id: BOB }])).toEqual({ name: BOB8, id: BOB }) // named after its own ID
+    })
   })
 
   it('an abbreviation nobody has is null (unknown) when it cannot be a name', () => {
