@@ -105,8 +105,10 @@ function joinDirect(sock: net.Socket, ch: MuxChannel): boolean {
     // Taken whole or copied: the session reader may read into the frame's memory again.
     if (out.write(buf)) released()
     // The socket's queue alone (the staged bytes are < GATHER_BYTES more): past the bound
-    // it is above its highWaterMark, so its 'drain' comes.
-    if (sock.writableLength < LOCAL_QUEUE_BYTES) return true
+    // it is above its highWaterMark, so its 'drain' comes. No more than the channel's window
+    // (window-budget.ts), so a channel the tunnel's budget keeps small queues as little, but
+    // never under the highWaterMark (below it no 'drain' would come).
+    if (sock.writableLength < Math.max(sock.writableHighWaterMark, Math.min(LOCAL_QUEUE_BYTES, ch.receiveWindow))) return true
     if (!draining) {
       draining = true
       sock.once('drain', () => {

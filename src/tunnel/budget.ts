@@ -67,6 +67,13 @@ export interface PunchBudgetInit {
   /** Birthday punches at once (each holds BIRTHDAY_SOCKETS sockets): per peer, and in total. */
   peerBirthdayPunches: number
   birthdayPunches: number
+  /**
+   * Tunnels peers opened to us that we keep at once (a peer key has one: a fresh one
+   * replaces it, manager.ts register). Each costs a socket, the session's buffers, timers
+   * and up to TUNNEL_WINDOW_BUDGET_BYTES of channel windows (window-budget.ts). Past it a
+   * new peer's tunnel is refused with BUSY (keep.ts). Tunnels we open are not counted.
+   */
+  inboundTunnels: number
 }
 
 export const PUNCH_BUDGET_DEFAULTS: Readonly<PunchBudgetInit> = Object.freeze({
@@ -85,7 +92,10 @@ export const PUNCH_BUDGET_DEFAULTS: Readonly<PunchBudgetInit> = Object.freeze({
   peerPunches: 2,
   punches: 16,
   peerBirthdayPunches: 1,
-  birthdayPunches: 2
+  birthdayPunches: 2,
+  // An agent many peers use at once (a shared drop box, a jump host) holds tens; at 256 a
+  // stranger with fresh keys holds at most 256 × 64 MiB of windows, not unbounded.
+  inboundTunnels: 256
 })
 
 /** A peer's buckets and slots are forgotten when idle, once this many peers are held. */

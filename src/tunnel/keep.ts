@@ -36,6 +36,11 @@ export interface KeeperComponents {
   get(peer: string): Tunnel | undefined
   /** One tunnel per peer: keeps `tunnel` or drops it (manager.ts register). */
   register(tunnel: Tunnel): Promise<void>
+  /**
+   * Whether a fresh tunnel the peer `peerId` opened to us may be kept (manager.ts: the
+   * cap on inbound tunnels, PunchBudgetInit.inboundTunnels); else the refusal's message.
+   */
+  admitInbound(peerId: string, name: string): string | null
   lateSwitches: LateSwitches<SecretStream, Tunnel>
   recovery: TunnelRecovery
   /** Tunnels the relay ended: their RESUME is refused (resume.ts). */
@@ -114,6 +119,14 @@ export class TunnelKeeper {
     const { session, path, remote } = won
     const name = intro.peer.name
     const log = this.c.log
+    const refused = intro.initiator ? null : this.c.admitInbound(id, name)
+    if (refused !== null) {
+      // Said to the opener before its tunnel carries anything: its tunnel closes with BUSY (tunnel.ts onGoodbye).
+      session.write(encodeMux({ type: 'goodbye', channel: 0, reason: `BUSY: ${refused}` }))
+      this.c.clock.setTimeout(() => session.destroy(), GOODBYE_LINGER_MS).unref()
+      won.release?.()
+      throw new NatdError('BUSY', refused)
+    }
     const introKey = Buffer.from(intro.introId).toString('hex')
     const tunnel = new Tunnel({ name, id }, path, remote, won.transport, introKey, intro.initiator, session, this.c.timing, this.c.clock, log.child({ peer: name }))
     tunnel.peerEndpoints = { udp: intro.peer.udp, tcp: intro.peer.tcp }

@@ -150,6 +150,7 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
       current: (id) => this.tunnels.get(id),
       get: (peer) => this.get(peer),
       register: (tunnel) => this.register(tunnel),
+      admitInbound: (peer, name) => this.admitInbound(peer, name),
       lateSwitches: this.lateSwitches,
       recovery: this.recovery,
       relayEnded: this.relayEnded,
@@ -343,6 +344,21 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
       race.cancel()
       throw err
     }
+  }
+
+  /**
+   * A fresh tunnel `peer` opened to us: null when we keep it (it replaces the peer's own,
+   * or fewer than PunchBudgetInit.inboundTunnels tunnels peers opened are open), else why
+   * not (logged once per kind, then counted; natd_punches_total counts it as BUSY).
+   */
+  private admitInbound(peer: string, name: string): string | null {
+    if (this.tunnels.get(peer)?.isOpen) return null
+    let inbound = 0
+    for (const t of this.tunnels.values()) if (t.isOpen && !t.opener) inbound++
+    const max = this.budget.init.inboundTunnels
+    if (inbound < max) return null
+    this.refusals.note('BUSY', 'inbound tunnel', name)
+    return `the agent holds ${max} tunnels other peers opened, its most; try again later`
   }
 
   /** Our IPv4 mapping changed (daemon/path-check.ts): the tunnels whose path goes through it migrate now (tunnel.ts movesWithMapping). */

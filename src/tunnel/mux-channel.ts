@@ -10,12 +10,13 @@ import { isErrorCode, NatdError } from '../protocol/errors.js'
 import { MAX_DATA_BYTES, MUX } from '../protocol/mux.js'
 import { consumerThrew } from './consumer-guard.js'
 import type { Mux } from './mux.js'
+import { windowUpdateBytes } from './window-budget.js'
 
-/** Receive window per channel: bytes the peer may send before we grant more (~BDP of 100 MB/s × 40 ms). */
-export const CHANNEL_WINDOW_BYTES = 4 * 1024 * 1024
+/** The most a channel's receive window grows to (window-budget.ts: it starts smaller, under a budget per tunnel). */
+export { CHANNEL_WINDOW_BYTES } from './window-budget.js'
 /**
- * We grant window updates in chunks of at least this (a quarter of the window: the peer
- * always holds ≥ 3 MiB of credit), to keep WINDOW frames rare: each is a small write of
+ * We grant window updates in chunks of at least this (a quarter of a full window: the peer
+ * always holds ≥ 3 MiB of credit; a smaller window, a quarter of it), to keep WINDOW frames rare: each is a small write of
  * its own to the tunnel's socket unless an ACK goes in the same callback
  * (session-writer.ts), and at 256 KiB a forward's receiver wrote ~4 WINDOWs per MiB
  * beside its 4 ACKs, each a syscall and a segment through the path (issue 18).
@@ -40,7 +41,15 @@ export class MuxChannel extends Duplex {
   private sink: ChannelSink | null = null
   /** A write waiting for credit: `resume` continues it, `cb` fails it if the channel dies first. */
   private pendingWrite: { resume: () => void; cb: (err?: Error | null) => void } | null = null
+  /** Received and not yet granted back (held by the consumer, or about to be granted). */
   private unacked = 0
+  /**
+   * Our receive window: what the peer may have sent and we not yet granted back (its
+   * credit + unacked). Taken from the tunnel's budget (window-budget.ts), given back when
+   * the channel ends or reads nothing more (windowFreed).
+   */
+  private window: number
+  private windowFreed = false
   private heldCredit = false
   private finSent = false
   private finReceived = false
@@ -59,6 +68,7 @@ export class MuxChannel extends Duplex {
     readonly port: number
   ) {
     super({ allowHalfOpen: true, highWaterMark: 1024 * 1024 })
+    this.window = mux.windows.open()
     this.opened = new Promise((resolve, reject) => {
       this.resolveOpen = resolve
       this.rejectOpen = reject
@@ -97,6 +107,11 @@ export class MuxChannel extends Duplex {
     return true
   }
 
+  /** The window we grant the peer now (in our OPEN or OPEN_OK, then grown by WINDOW frames). */
+  get receiveWindow(): number {
+    return this.window
+  }
+
   /** @internal the peer accepted, granting `window` bytes. */
   onOpened(window: number): void {
     this.isOpen = true
@@ -107,11 +122,11 @@ export class MuxChannel extends Duplex {
   /** @internal */
   onData(data: Uint8Array): void {
     if (this.finReceived) return
-    // Received and not yet granted back is what the peer's credit allows: CHANNEL_WINDOW_BYTES
-    // (the window of OPEN and OPEN_OK). A peer past it ignores flow control, and its bytes
+    // Received and not yet granted back is what the peer's credit allows: our window (in
+    // OPEN or OPEN_OK, grown by our WINDOWs). A peer past it ignores flow control, and its bytes
     // would queue in the consumer without bound (64 MiB into a stalled one: test/abuse/mux.test.ts).
-    if (this.unacked + data.length > CHANNEL_WINDOW_BYTES) {
-      this.destroy(new NatdError('BAD_REQUEST', `the peer sent past the ${CHANNEL_WINDOW_BYTES}-byte window it was granted`))
+    if (this.unacked + data.length > this.window) {
+      this.destroy(new NatdError('BAD_REQUEST', `the peer sent past the ${this.window}-byte window it was granted`))
       return
     }
     this.bytesIn += data.length
@@ -154,11 +169,23 @@ export class MuxChannel extends Duplex {
     this.destroy(this.isOpen ? err : undefined)
   }
 
+  /**
+   * The consumer took what was received: grant it back, and the window's growth
+   * (window-budget.ts: doubled per grant up to 4 MiB, while the tunnel's budget has room).
+   */
   private grant(): void {
-    if (this.unacked >= WINDOW_UPDATE_MIN_BYTES && !this.destroyed && !this.discarding) {
-      this.mux.send({ type: 'window', channel: this.id, increment: this.unacked })
-      this.unacked = 0
-    }
+    if (this.unacked < windowUpdateBytes(this.window, WINDOW_UPDATE_MIN_BYTES) || this.destroyed || this.discarding) return
+    const grown = this.mux.windows.grow(this.window, this.unacked)
+    this.mux.send({ type: 'window', channel: this.id, increment: this.unacked + grown - this.window })
+    this.window = grown
+    this.unacked = 0
+  }
+
+  /** The channel holds nothing more of the peer's: its window goes back to the tunnel's budget (once). */
+  private freeWindow(): void {
+    if (this.windowFreed) return
+    this.windowFreed = true
+    this.mux.windows.close(this.window)
   }
 
   /**
@@ -210,6 +237,7 @@ export class MuxChannel extends Duplex {
     this.discarding = true
     this.sink = null
     this.heldCredit = false
+    this.freeWindow() // what the peer sends from now on is dropped, not held
     // read() with no size in paused mode takes the whole buffer at once; the last, null, ends the side if the FIN came.
     while (this.read() !== null) continue
   }
@@ -334,9 +362,11 @@ export class MuxChannel extends Duplex {
     this.pendingWrite = null
     this.rejectOpen(err ?? new NatdError('TUNNEL_CLOSED', 'channel closed'))
     this.mux.forget(this.id)
+    this.freeWindow()
     cb(err)
   }
 
+  /** Both FINs: the id is free. The window is freed with the stream (_destroy), once the consumer read to the end. */
   private maybeDone(): void {
     if (this.finSent && this.finReceived) this.mux.forget(this.id)
   }

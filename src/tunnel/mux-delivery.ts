@@ -6,7 +6,7 @@
  */
 import type { MuxFrame } from '../protocol/mux.js'
 import { toChannel } from './consumer-guard.js'
-import { CHANNEL_WINDOW_BYTES, type MuxChannel } from './mux-channel.js'
+import type { MuxChannel } from './mux-channel.js'
 import type { Mux } from './mux.js'
 
 export interface OpenRequest {
@@ -38,7 +38,7 @@ export function toChannelFrame(mux: Pick<Mux, 'log' | 'forget'>, ch: MuxChannel 
   }
 }
 
-/** The peer's OPEN of `ch`, answered once: accept() grants our window, reject() resets and ends the channel. */
+/** The peer's OPEN of `ch`, answered once: accept() grants our window (window-budget.ts), reject() resets and ends the channel. */
 export function openRequest(mux: Pick<Mux, 'send' | 'forget'>, ch: MuxChannel, f: Extract<MuxFrame, { type: 'open' }>): OpenRequest {
   let answered = false
   return {
@@ -48,7 +48,7 @@ export function openRequest(mux: Pick<Mux, 'send' | 'forget'>, ch: MuxChannel, f
     accept: () => {
       if (answered) return
       answered = true
-      mux.send({ type: 'open-ok', channel: f.channel, window: CHANNEL_WINDOW_BYTES })
+      mux.send({ type: 'open-ok', channel: f.channel, window: ch.receiveWindow })
     },
     reject: (code, message) => {
       if (answered) return

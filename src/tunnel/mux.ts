@@ -18,18 +18,19 @@ import { decodeMux, encodeMux, isSequenced, MUX, type MuxFrame } from '../protoc
 import { AckPacer } from './ack-pacer.js'
 import { InflightCap, isProbeSeq } from './inflight-cap.js'
 import { consumerFailed, guarded, toChannel } from './consumer-guard.js'
-import { CHANNEL_WINDOW_BYTES, MuxChannel } from './mux-channel.js'
+import { MuxChannel } from './mux-channel.js'
 import { openRequest, toChannelFrame, type OpenRequest } from './mux-delivery.js'
 import { ReplayBuffer } from './replay-buffer.js'
 import { SendTurns } from './send-turns.js'
 import { SessionReads } from './session-reads.js'
 import { sealedWriter, type FrameWriter } from './session-writer.js'
+import { WindowBudget } from './window-budget.js'
 
 /** Most channels open at once per tunnel (each one is a forwarded connection). */
 export const MAX_CHANNELS = 4096
 /**
  * Unacknowledged bytes a tunnel keeps for replay (tunnel/resume.ts) before its channels
- * wait: 4 channel windows (CHANNEL_WINDOW_BYTES), ~130 ms of a 128 MB/s path. The ceiling
+ * wait: 4 full channel windows (CHANNEL_WINDOW_BYTES), ~130 ms of a 128 MB/s path. The ceiling
  * of the in-flight limit (inflight-cap.ts), where channel data stops (backpressure, as for
  * a full session); on a LAN the limit is far below it.
  */
@@ -97,6 +98,8 @@ export class Mux extends EventEmitter<MuxEvents> {
   private readonly inflight: InflightCap
   /** When we acknowledge the peer's sequenced frames. */
   private readonly acks: AckPacer
+  /** @internal what the channels' receive windows may hold in all (window-budget.ts). */
+  readonly windows = new WindowBudget()
   /** PONGs sent since the session last had no drain pending (MAX_PONGS_UNDRAINED). */
   private pongsUndrained = 0
 
@@ -174,7 +177,7 @@ export class Mux extends EventEmitter<MuxEvents> {
     this.nextId += 2
     const ch = new MuxChannel(this, id, port)
     this.channels.set(id, ch)
-    this.send({ type: 'open', channel: id, port, window: CHANNEL_WINDOW_BYTES, service })
+    this.send({ type: 'open', channel: id, port, window: ch.receiveWindow, service })
     return ch
   }
 

@@ -33,6 +33,7 @@
  * nothing. A new `open` by the user is still a new tunnel (the relay counts it afresh).
  */
 import type { Duplex } from 'node:stream'
+import { isErrorCode, type ErrorCode } from '../protocol/errors.js'
 import { decodeMux, type MuxFrame } from '../protocol/mux.js'
 import { timingSafeEqual } from '../protocol/identity.js'
 import type { Clock, TimerClock } from '../protocol/clock.js'
@@ -74,6 +75,16 @@ export function asResume(first: Buffer | undefined): ResumeFrame | null {
   } catch {
     return null
   }
+}
+
+/**
+ * The error code a GOODBYE's reason starts with (`BUSY: …` when the peer refuses our
+ * tunnel past its cap on inbound tunnels, keep.ts; `RELAY_LIMIT: …`), so the tunnel
+ * closes with it; undefined for a reason without one (an older peer's, a user's close).
+ */
+export function goodbyeCode(reason: string): ErrorCode | undefined {
+  const code = /^([A-Z_]+): /.exec(reason)?.[1]
+  return isErrorCode(code) ? code : undefined
 }
 
 /** The peer's answer to our RESUME, if it is a GOODBYE (it refuses: the tunnel is over): its reason. */

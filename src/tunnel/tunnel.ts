@@ -29,6 +29,7 @@ import type { Logger } from '../protocol/log.js'
 import type { PathKind, Transport, TunnelSnapshot } from '../protocol/tunnel-snapshot.js'
 import { Mux, type MessageStream } from './mux.js'
 import { PathSilence } from './path-silence.js'
+import { goodbyeCode } from './resume.js'
 import { TunnelPings } from './tunnel-pings.js'
 import { canTransition, logMove, movesWithMapping, type MoveCause, type TunnelEvents, type TunnelPeer, type TunnelRoute, type TunnelState } from './tunnel-state.js'
 import { GOODBYE_LINGER_MS, LIVENESS_CHECK_MS, MIGRATE_GIVE_UP_MS, MIGRATING_PING_MS, OLD_SESSION_LINGER_MS, type TunnelTiming } from './tunnel-timing.js'
@@ -94,7 +95,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     session!.resume() // the responder paused it while it waited for the initiator's choice
     this.mux.on('frame', () => this.onHeard())
     this.mux.on('pong', (seq) => void this.pings.onPong(seq))
-    this.mux.on('goodbye', (reason) => this.close(`peer closed the tunnel (${reason})`, { goodbye: false }))
+    this.mux.on('goodbye', (reason) => this.close(`peer closed the tunnel (${reason})`, { goodbye: false, code: goodbyeCode(reason) }))
     this.mux.on('broken', (reason, code) => this.close(reason, { goodbye: true, code }))
     this.watch(session!)
     this.keepalive = clock.setInterval(() => this.onKeepaliveExpired(), timing.keepaliveMs)

@@ -27,6 +27,7 @@ import { Mux } from '../../src/tunnel/mux.js'
 import type { MuxChannel } from '../../src/tunnel/mux-channel.js'
 import { messagePipe, until } from '../unit/tunnel/pipe.js'
 import { upTunnel } from '../unit/helpers.js'
+import { pushAll } from './push-all.js'
 import { recordAbuse } from './record.js'
 
 const MALLORY = { name: 'mallory', id: 'm'.repeat(52) }
@@ -86,8 +87,7 @@ function push(muxS: Mux, service: string, frame: () => Buffer): Promise<Transfer
       ch.on('error', () => undefined)
       await ch.opened
       const reader = new ChannelReader(ch)
-      ch.write(frame())
-      for (let i = 0; i < 4; i++) ch.write(randomBytes(PUSHED_BYTES / 4))
+      ch.write(frame(), () => pushAll(ch, PUSHED_BYTES))
       return reader.frame()
     })
   )
@@ -98,8 +98,15 @@ function push(muxS: Mux, service: string, frame: () => Buffer): Promise<Transfer
  * credit comes back), or once bob reset a channel at the end of its linger (a loaded
  * machine: what comes after is dropped as DATA for no channel).
  */
-function pushed(w: { muxV: Mux; theirs: MuxChannel[] }): Promise<void> {
-  return until(() => w.muxV.bytesIn >= CHANNELS * PUSHED_BYTES || w.theirs.some((c) => c.destroyed), 'the pushed bytes', 30_000)
+async function pushed(w: { muxV: Mux; theirs: MuxChannel[] }): Promise<void> {
+  // Or no byte more comes for a while: the stranger waits for credit that never comes.
+  let last = -1
+  let quiet = 0
+  await until(() => {
+    quiet = w.muxV.bytesIn === last ? quiet + 1 : 0
+    last = w.muxV.bytesIn
+    return w.muxV.bytesIn >= CHANNELS * PUSHED_BYTES || w.theirs.some((c) => c.destroyed) || quiet > 200
+  }, 'the pushed bytes', 30_000)
 }
 
 /** Bytes left unread in bob's channels. */

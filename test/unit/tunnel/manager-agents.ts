@@ -11,6 +11,7 @@ import { generateKeyPair, peerId, type KeyPair } from '../../../src/protocol/ide
 import { silentLogger, systemClock } from '../../../src/protocol/log.js'
 import { isTarget, resolvePeer, type PeerRef, type PeerTarget } from '../../../src/protocol/peer-ref.js'
 import { isRendezvousFrame, MSG, type PeerRecord, type Via } from '../../../src/protocol/rendezvous.js'
+import type { PunchBudgetInit } from '../../../src/tunnel/budget.js'
 import { TunnelManager, type Introduction, type PeerPolicy, type PinSource, type TunnelManagerComponents } from '../../../src/tunnel/manager.js'
 
 /** The daemon's policy in miniature: pinned names, first-use pinning, the same checks. */
@@ -60,7 +61,7 @@ export function record(a: { name: string; keyPair: KeyPair; port: number }): Pee
 }
 
 /** An agent whose introducer answers with `introduce(target, via)` from the test. */
-export function agent(name: string, introduce: (self: Agent, target: string, via: Via) => Promise<Introduction>, onChannel: TunnelManagerComponents['onChannel'] = (_t, req) => req.reject('NOT_EXPOSED', 'test'), tcpPort = 0): Agent {
+export function agent(name: string, introduce: (self: Agent, target: string, via: Via) => Promise<Introduction>, onChannel: TunnelManagerComponents['onChannel'] = (_t, req) => req.reject('NOT_EXPOSED', 'test'), tcpPort = 0, budget: Partial<PunchBudgetInit> = {}): Agent {
   const socket = udx.createSocket()
   socket.bind(0, '127.0.0.1')
   const keyPair = generateKeyPair()
@@ -100,7 +101,8 @@ export function agent(name: string, introduce: (self: Agent, target: string, via
         asked.push(target)
         return introduce(a, target, via)
       }
-    }
+    },
+    budget
   )
   socket.on('message', (buf, rinfo) => {
     if (isRendezvousFrame(buf) && buf[3] === MSG.PROBE) a.manager.onProbe(buf, { host: rinfo.host, port: rinfo.port })

@@ -1,0 +1,122 @@
+// Abuse rows for what one peer, or many fresh keys, can make an agent hold (docs/SECURITY.md
+// "Memory per tunnel", "Tunnels peers open"):
+//
+//   1. mallory: 64 channels ── Mux ═══ pipe ═══ Mux ── bob: consumers that read 4 MiB each, then stall
+//   2. stranger 1..8 ── loopback UDX ──▶ bob (TunnelManager, inbound tunnels capped at 4)
+//
+// Row 1 asserts the bytes bob holds for consumers that stopped reading (a local service
+// behind an exposed port that stalls, a disk that stalls under accepted transfers); row 2
+// the tunnels bob keeps and what a refused opener sees. The bounds are written out
+// (not imported) so that the file also runs against code from before them, where it fails:
+// 256 MiB held, 8 tunnels kept.
+import { afterEach, describe, expect, it } from 'vitest'
+import { silentLogger } from '../../src/protocol/log.js'
+import type { PunchOutcome } from '../../src/tunnel/manager.js'
+import type { Tunnel } from '../../src/tunnel/tunnel.js'
+import { Mux } from '../../src/tunnel/mux.js'
+import { agent, closeAgents, introducesTo, type Agent } from '../unit/tunnel/manager-agents.js'
+import { messagePipe, until } from '../unit/tunnel/pipe.js'
+import { NatdError } from '../../src/protocol/errors.js'
+import { pushAll } from './push-all.js'
+import { recordAbuse } from './record.js'
+
+const MiB = 1024 * 1024
+const KiB = 1024
+/** window-budget.ts TUNNEL_WINDOW_BUDGET_BYTES: the windows of one tunnel's channels together. */
+const TUNNEL_WINDOW_BUDGET_BYTES = 64 * MiB
+/** window-budget.ts MIN_CHANNEL_WINDOW_BYTES: a channel opened past the budget. */
+const MIN_CHANNEL_WINDOW_BYTES = 16 * KiB
+/** Channels mallory opens; each consumer reads this much, then nothing. */
+const CHANNELS = 64
+const READ_THEN_STALL_BYTES = 4 * MiB
+/** What mallory tries to push per channel: the read part, then as much again as a window and more. */
+const PUSH_BYTES = READ_THEN_STALL_BYTES + 8 * MiB
+
+const cleanups: Array<() => void | Promise<void>> = []
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c()
+  await closeAgents()
+})
+
+describe('abuse: memory and tunnels a peer can make us hold', () => {
+  it('1. 64 channels whose consumers read 4 MiB each, then stall: bob holds at most the tunnel budget', async () => {
+    const pipe = messagePipe()
+    const muxM = new Mux(pipe.a, true, silentLogger)
+    const muxB = new Mux(pipe.b, false, silentLogger)
+    cleanups.push(() => {
+      muxM.close('test over')
+      muxB.close('test over')
+    })
+    /** Bytes bob's consumers were handed after they stalled: held in memory (a socket's queue, a write queue). */
+    let held = 0
+    muxB.on('open', (req) => {
+      req.accept()
+      let taken = 0
+      // A sink as a joined socket is (daemon/pipe.ts): false while its queue is full, which here is for ever after 4 MiB.
+      req.channel.deliverTo({
+        data: (buf) => {
+          if (taken < READ_THEN_STALL_BYTES) {
+            taken += buf.length
+            return true
+          }
+          held += buf.length
+          return false
+        },
+        end: () => undefined
+      })
+    })
+    for (let i = 0; i < CHANNELS; i++) {
+      const ch = muxM.openChannel(80)
+      ch.on('error', () => undefined)
+      void ch.opened.then(() => pushAll(ch, PUSH_BYTES), () => undefined)
+    }
+    // Until nothing more comes for a while: every channel waits for credit bob no longer grants.
+    let last = -1
+    let quiet = 0
+    await until(() => {
+      quiet = muxB.bytesIn === last ? quiet + 1 : 0
+      last = muxB.bytesIn
+      return quiet > 500
+    }, 'mallory to stall', 60_000)
+    expect(muxB.bytesIn).toBeGreaterThanOrEqual(CHANNELS * READ_THEN_STALL_BYTES) // every consumer read its 4 MiB
+    const bound = TUNNEL_WINDOW_BUDGET_BYTES + CHANNELS * MIN_CHANNEL_WINDOW_BYTES
+    expect(held).toBeLessThanOrEqual(bound)
+    recordAbuse({
+      row: 'a peer opens 64 channels whose consumers read 4 MiB each then stall (exposed service or disk that stops), and pushes 8 MiB more into each',
+      metric: 'bytes bob holds for the stalled consumers',
+      before: '268435456 (4 MiB window per channel × 64; × 4,096 channels per tunnel: 16 GiB)',
+      now: held,
+      unit: 'bytes',
+      bound: `≤ TUNNEL_WINDOW_BUDGET_BYTES ${TUNNEL_WINDOW_BUDGET_BYTES} + ${CHANNELS} × MIN_CHANNEL_WINDOW_BYTES ${MIN_CHANNEL_WINDOW_BYTES} (whatever the channel count: 64 MiB + 4,096 × 16 KiB)`
+    })
+  }, 120_000)
+
+  it('2. eight strangers (fresh keys) open tunnels to bob, whose inbound cap is 4: bob keeps 4, the rest are refused with BUSY', async () => {
+    const CAP = 4
+    const STRANGERS = 8
+    const bob: Agent = agent('bob', () => Promise.reject(new NatdError('PEER_UNKNOWN', 'bob opens nothing here')), undefined, 0, { inboundTunnels: CAP })
+    const outcomes: PunchOutcome[] = []
+    bob.manager.on('punched', (p) => outcomes.push(p))
+    const opened: Tunnel[] = []
+    for (let i = 0; i < STRANGERS; i++) {
+      const stranger = agent(`stranger${i}`, introducesTo(() => bob))
+      opened.push((await stranger.manager.open('bob', 'udp', 5_000)).tunnel)
+    }
+    // A refused opener's tunnel closes within a round trip, with the code bob gave.
+    await until(() => opened.filter((t) => t.isOpen).length <= CAP && outcomes.length === STRANGERS, 'the refusals to arrive', 10_000)
+    const kept = bob.manager.list().filter((t) => t.isOpen).length
+    expect(kept).toBe(CAP)
+    const refused = opened.filter((t) => !t.isOpen)
+    expect(refused.length).toBe(STRANGERS - CAP)
+    for (const t of refused) expect(t.closedWith).toBe('BUSY')
+    expect(outcomes.filter((p) => p.code === 'BUSY').length).toBe(STRANGERS - CAP) // natd_punches_total{outcome="BUSY"}
+    recordAbuse({
+      row: 'eight fresh keys open tunnels to an agent whose inbound-tunnel cap is 4 (default 256)',
+      metric: 'tunnels the agent keeps',
+      before: '8: any registered key could open tunnels without limit (each a socket, buffers, timers and its channel windows)',
+      now: kept,
+      unit: 'tunnels',
+      bound: `≤ inboundTunnels (${CAP} here); the rest closed at once with BUSY on the opener's side`
+    })
+  }, 60_000)
+})
