@@ -80,6 +80,7 @@ export class PartialPruner {
     const gone = rm.then(() => undefined, () => undefined).finally(() => this.removing.delete(key))
     this.removing.set(key, gone)
     await rm
-    this.log.info('removed a partial file', { partial: key.slice(0, 16), reason, days: Math.floor(PARTIAL_MAX_AGE_MS / 86_400_000) })
+    // Past the cap, at debug: the peer's own oldest partial, and it may leave one-byte partials as fast as it opens channels (review 9 #3).
+    this.log[reason === 'stale' ? 'info' : 'debug']('removed a partial file', { partial: key.slice(0, 16), reason, days: Math.floor(PARTIAL_MAX_AGE_MS / 86_400_000) })
   }
 }
