@@ -24,7 +24,7 @@
 import { createHash, randomBytes } from 'node:crypto'
 import fs from 'node:fs'
 import net from 'node:net'
-import { RefusalLog } from '../common/refusal-log.js'
+import { LOCAL_REFUSAL_LOG, RefusalLog } from '../common/refusal-log.js'
 import { systemClock, type Timer, type TimerClock } from '../protocol/clock.js'
 import { NatdError } from '../protocol/errors.js'
 import type { Logger } from '../protocol/log.js'
@@ -43,8 +43,6 @@ export const MAX_PENDING_STREAMS = 16
 /** natctl's read size: large enough to keep a tunnel channel's window full. */
 export const STREAM_CHUNK_BYTES = 1024 * 1024
 export const SHA256_BYTES = 32
-/** Evictions are counted this long per line (common/refusal-log.ts), as the API socket's refusals (server.ts). */
-const EVICTION_LOG_MS = 10_000
 
 /** The data socket that goes with an API socket. */
 export function dataSocketPath(apiSocket: string): string {
@@ -65,7 +63,7 @@ export class FileStreamServer {
     /** The claim deadline's timer (agent.ts passes its clock). */
     private readonly clock: Pick<TimerClock, 'setTimeout' | 'clear'> = systemClock
   ) {
-    this.refusals = new RefusalLog(log, { windowMs: EVICTION_LOG_MS, level: 'warn' }, clock)
+    this.refusals = new RefusalLog(log, LOCAL_REFUSAL_LOG, clock)
   }
 
   /** Listens (mode 0660, like the API socket). The caller has claimed the API socket, so a file here is stale. */
