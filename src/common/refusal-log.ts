@@ -46,6 +46,13 @@ interface Kind {
  */
 export const PEER_REFUSAL_LOG: RefusalLogInit = Object.freeze({ windowMs: 10_000, level: 'warn' })
 
+/**
+ * What a local user makes natd refuse through its sockets (the API, the data socket of
+ * `natctl cp`): a local client connects and asks as fast as it likes, so these are
+ * counted the same way, at warn.
+ */
+export const LOCAL_REFUSAL_LOG: RefusalLogInit = Object.freeze({ windowMs: 10_000, level: 'warn' })
+
 export class RefusalLog {
   private readonly kinds = new Map<string, Kind>()
   private timer: Timer | null = null

@@ -95,7 +95,8 @@ export class Exposes {
     sock.once('error', (err: NodeJS.ErrnoException) => {
       this.clock.clear(timer)
       if (sock.connecting || !sock.remoteAddress) {
-        this.log.warn('exposed service unreachable', { peer: peer.name, port: spec.port, host: spec.host, err: err.code ?? err.message })
+        // Counted, not logged each: the peer opens channels to it as fast as its tunnel carries them (review 9 #3).
+        this.refusals.refused('connection to a port', `${peer.name} (${peer.id.slice(0, 8)})`, 'CONNECT_FAILED', `nothing answers on ${spec.host}:${spec.port} (${err.code ?? err.message})`)
         req.reject('CONNECT_FAILED', `nothing answers on ${spec.host}:${spec.port} at the peer (${err.code ?? err.message})`)
       }
     })

@@ -247,7 +247,9 @@ export class FileReceiver {
       throw err
     }
     ch.write(encodeTransfer({ type: 'accept', offset }))
-    this.log.info('file transfer accepted', { peer: peer.name, name: offer.name, size: offer.size, offset })
+    // debug, as the interruption below: a peer may offer and drop transfers as fast as it opens channels (review 9 #3);
+    // what a user needs is the outcome, 'file received' (bounded by the quota) or a refusal (counted).
+    this.log.debug('file transfer accepted', { peer: peer.name, name: offer.name, size: offer.size, offset })
     this.names.set(offer.key, offer.name)
     // A stall: tell the sender (REFUSE TIMEOUT), then reset the channel, which fails the
     // body (its 'close'). The frame goes out before the reset, in order.
@@ -291,7 +293,7 @@ export class FileReceiver {
       }
       if (stalled) throw stalled
       // The path is gone: keep the partial, so the next attempt resumes.
-      this.log.info('file transfer interrupted', { peer: peer.name, name: offer.name, have, size: offer.size })
+      this.log.debug('file transfer interrupted', { peer: peer.name, name: offer.name, have, size: offer.size }) // the refusal log counts it (onChannel)
       throw toNatdError(err, 'TUNNEL_CLOSED')
     } finally {
       watch.stop()

@@ -37,6 +37,7 @@ import { PartialPruner } from './partial-pruner.js'
 import type { KnownPeers } from './known-peers.js'
 import { durableWithin } from './config-json.js'
 import { BackgroundJsonFile } from '../common/background-json-file.js'
+import { LOCAL_REFUSAL_LOG, RefusalLog } from '../common/refusal-log.js'
 import { readJson, readJsonLines, StateLog, writeFileAtomicAsync, writeJsonAtomic, type StateLogIo } from '../common/state-files.js'
 
 export { FILE_SERVICE } from './file-transfer.js'
@@ -103,6 +104,8 @@ export class Files {
   private readonly received: StateLog
   private readonly usageBooks: InboxUsage
   private readonly pruner: PartialPruner
+  /** Sends refused to a local API client, which may ask as fast as it opens data connections: counted, not logged each. */
+  private readonly sendRefusals: RefusalLog
 
   constructor(private readonly c: FilesComponents) {
     this.policyFile = new BackgroundJsonFile(path.join(c.dir, POLICY_FILE), c.writePolicy ?? writeFileAtomicAsync, (err) => c.log.error('the file policy could not be saved', { file: path.join(c.dir, POLICY_FILE), err: err.message }))
@@ -134,6 +137,7 @@ export class Files {
     this.pruner = new PartialPruner(() => this.inbox, this.usageBooks, clock, c.log)
     this.pruner.start()
     this.receiver = new FileReceiver(() => this.receivePolicy(), c.log, (f, from) => this.onStored(f, from), clock, { usage: this.usageBooks, pruner: this.pruner })
+    this.sendRefusals = new RefusalLog(c.log, LOCAL_REFUSAL_LOG, clock)
   }
 
   get inbox(): string {
@@ -229,7 +233,7 @@ export class Files {
   private async sendFrom(p: Omit<FileSendParams, 'source'> & { source: Duplex }, signal: AbortSignal | undefined): Promise<FileSendResult> {
     if (p.peer === this.c.selfName || p.peer === this.c.selfId) throw new NatdError('INVALID_ARGUMENT', 'cannot send a file to yourself')
     if (this.isOwnState(p.dev, p.ino)) {
-      this.c.log.warn('FILE_UNREADABLE: refused to send a file from natd\'s state directory', { path: p.path, peer: p.peer })
+      this.sendRefusals.refused('file send from natd\'s state directory', 'a local API client', 'FILE_UNREADABLE', `${p.path} to ${p.peer}`)
       throw new NatdError('FILE_UNREADABLE', `${p.path || p.name} is in natd's state directory (its key, config or inbox records): natd never sends those`)
     }
     const clock = this.c.clock ?? systemClock

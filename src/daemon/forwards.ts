@@ -4,6 +4,7 @@
  * connection). Forwards persist in the state store and come back after a restart.
  */
 import net from 'node:net'
+import { PEER_REFUSAL_LOG, RefusalLog } from '../common/refusal-log.js'
 import { systemClock, type TimerClock } from '../protocol/clock.js'
 import { NatdError, toNatdError } from '../protocol/errors.js'
 import type { Logger } from '../protocol/log.js'
@@ -47,8 +48,16 @@ export class Forwards {
   private readonly active = new Map<number, Active>()
   /** Stored forwards whose port could not be bound, with the error (shown by `forward ls`). */
   private readonly failed = new Map<number, string>()
+  /**
+   * Forwarded connections that failed (the peer refused, no tunnel): any local user may
+   * connect to a forward's port as fast as it likes, so they are counted, not logged each
+   * (review 9 #3); the first of each code is logged at once.
+   */
+  private readonly failures: RefusalLog
 
-  constructor(private readonly c: ForwardsComponents) {}
+  constructor(private readonly c: ForwardsComponents) {
+    this.failures = new RefusalLog(c.log, PEER_REFUSAL_LOG, c.clock ?? systemClock)
+  }
 
   /** Starts every stored forward; a port that cannot be bound is logged and kept for later. */
   async start(): Promise<void> {
@@ -163,13 +172,7 @@ export class Forwards {
       join(sock, ch, undefined, clock)
     })().catch((err: unknown) => {
       const e = toNatdError(err)
-      this.c.log.warn(e.code === 'NOT_EXPOSED' ? 'NOT_EXPOSED: forwarded connection refused by the peer' : 'forwarded connection failed', {
-        code: e.code,
-        localPort: spec.localPort,
-        peer: spec.peer,
-        remotePort: spec.remotePort,
-        err: e.message
-      })
+      this.failures.refused('forwarded connection', spec.peer, e.code, `local port ${spec.localPort} to ${spec.peer}:${spec.remotePort}: ${e.message}`)
       reset(sock) // the application sees ECONNRESET, not an EOF it would take for an empty answer
     })
   }

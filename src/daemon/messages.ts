@@ -299,7 +299,8 @@ export class Messages {
       }
       const duplicate = first !== undefined || this.ids.has(tunnel.peer.id, id, this.clock.now())
       if (duplicate) {
-        this.c.log.info('message received again (a retry): acknowledged, not stored twice', { peer: tunnel.peer.name, id })
+        // debug: a peer may resend one message as fast as its tunnel carries it, and a duplicate costs it no quota (review 9 #3).
+        this.c.log.debug('message received again (a retry): acknowledged, not stored twice', { peer: tunnel.peer.name, id })
       } else {
         const q = this.c.quotas()
         const u = this.usageOf(tunnel.peer.id)

@@ -84,6 +84,7 @@ export class PartialPruner {
     this.removing.set(key, gone)
     await rm
     const age = reason === 'age' ? { maxAgeDays: Math.floor(PARTIAL_MAX_AGE_MS / 86_400_000) } : {}
-    this.log.info('removed a partial file', { partial: key.slice(0, 16), reason, ...age })
+    // Past the cap, at debug: the peer's own oldest partial, and it may leave one-byte partials as fast as it opens channels (review 9 #3).
+    this.log[reason === 'age' ? 'info' : 'debug']('removed a partial file', { partial: key.slice(0, 16), reason, ...age })
   }
 }

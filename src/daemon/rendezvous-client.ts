@@ -13,6 +13,7 @@
  * heartbeats and their acks, is server-heartbeats.ts.
  */
 import { EventEmitter } from 'node:events'
+import { RefusalLog } from '../common/refusal-log.js'
 import { formatEndpoint, sameEndpoint, type Endpoint } from '../protocol/endpoint.js'
 import { NatdError, toNatdError } from '../protocol/errors.js'
 import { peerId, timingSafeEqual, type KeyPair } from '../protocol/identity.js'
@@ -27,7 +28,7 @@ import { rankServers } from './server-choice.js'
 import { reconnectDelay } from './reconnect-policy.js'
 import { logClientMove, type ClientState } from './client-state.js'
 import { ServerHeartbeats, type HeartbeatAck, type UdpSender } from './server-heartbeats.js'
-import { namedRecord } from './server-records.js'
+import { namedRecord, SERVER_RECORD_LOG } from './server-records.js'
 import { signedRegister } from './signed-register.js'
 
 // The UDP side (heartbeats and their acks) lives in server-heartbeats.ts; re-exported here.
@@ -84,6 +85,8 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
   rttMs: number | null = null
 
   private readonly log: Logger
+  /** The server's records refused (server-records.ts). */
+  private readonly badRecords: RefusalLog
   /** Sealed heartbeats over UDP and their acks. */
   private readonly heartbeats: ServerHeartbeats
   private readonly abort = new AbortController()
@@ -108,6 +111,7 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
   ) {
     super()
     this.log = c.log
+    this.badRecords = new RefusalLog(c.log, SERVER_RECORD_LOG, c.clock)
     const hooks = { acked: (rttMs: number) => this.onHeartbeatAck(rttMs), sessionAck: (msg: HeartbeatAck) => this.onSessionAck(msg) }
     this.heartbeats = new ServerHeartbeats(c.udp, () => c.ipv6?.() ?? false, hooks, this.log, c.clock)
     this.pathProbe = new PathProbe(c.clock)
@@ -161,7 +165,7 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
   async list(): Promise<PeerRecord[]> {
     const reply = await this.request({ type: 'list', reqId: 0 })
     if (reply.type !== 'peers') throw new NatdError('INTERNAL', `unexpected ${reply.type}`)
-    return reply.peers.filter((p) => namedRecord(p, this.log, 'list'))
+    return reply.peers.filter((p) => namedRecord(p, this.badRecords, this.init.server.text, 'list'))
   }
 
   /**
@@ -174,14 +178,14 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
     const reply = await this.request({ type: 'lookup', reqId: 0, publicKey })
     if (reply.type !== 'peers') throw new NatdError('INTERNAL', `unexpected ${reply.type}`)
     const found = reply.peers[0]
-    return found && timingSafeEqual(found.publicKey, publicKey) && namedRecord(found, this.log, 'lookup') ? found : null
+    return found && timingSafeEqual(found.publicKey, publicKey) && namedRecord(found, this.badRecords, this.init.server.text, 'lookup') ? found : null
   }
 
   /** Asks the server to introduce us to `target`; resolves with our side of the introduction. */
   async introduce(target: string, via: Via): Promise<Introduction> {
     const reply = await this.request({ type: 'introduce', reqId: 0, target, via })
     if (reply.type !== 'introduction') throw new NatdError('INTERNAL', `unexpected ${reply.type}`)
-    if (!namedRecord(reply.peer, this.log, 'introduction')) throw new NatdError('PEER_MISMATCH', `the server introduced a peer whose name is not a valid name, for ${target}`)
+    if (!namedRecord(reply.peer, this.badRecords, this.init.server.text, 'introduction')) throw new NatdError('PEER_MISMATCH', `the server introduced a peer whose name is not a valid name, for ${target}`)
     return { introId: reply.introId, punchKey: reply.punchKey, initiator: reply.initiator, via: reply.via, peer: reply.peer, relay: reply.relay ?? null }
   }
 
@@ -270,11 +274,11 @@ export class RendezvousClient extends EventEmitter<ClientEvents> {
         this.pathProbe.onPong(msg.seq)
         return
       case 'peer-event':
-        if (namedRecord(msg.peer, this.log, 'peer event')) this.emit('peer', msg.event, msg.peer, msg.reason)
+        if (namedRecord(msg.peer, this.badRecords, this.init.server.text, 'peer event')) this.emit('peer', msg.event, msg.peer, msg.reason)
         return
       case 'introduction':
         // reqId 0: a peer asked for us. Another is a reply that came after its request gave up.
-        if (msg.reqId === 0 && namedRecord(msg.peer, this.log, 'introduction')) this.emit('introduction', { introId: msg.introId, punchKey: msg.punchKey, initiator: msg.initiator, via: msg.via, peer: msg.peer, relay: msg.relay ?? null })
+        if (msg.reqId === 0 && namedRecord(msg.peer, this.badRecords, this.init.server.text, 'introduction')) this.emit('introduction', { introId: msg.introId, punchKey: msg.punchKey, initiator: msg.initiator, via: msg.via, peer: msg.peer, relay: msg.relay ?? null })
         return
       case 'error':
         if (msg.reqId) return // a late reply

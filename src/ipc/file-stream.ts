@@ -24,13 +24,21 @@
 import { createHash, randomBytes } from 'node:crypto'
 import fs from 'node:fs'
 import net from 'node:net'
+import { LOCAL_REFUSAL_LOG, RefusalLog } from '../common/refusal-log.js'
 import { systemClock, type Timer, type TimerClock } from '../protocol/clock.js'
 import { NatdError } from '../protocol/errors.js'
 import type { Logger } from '../protocol/log.js'
 
 /** A data connection whose token no file.send claimed within this is closed. */
 export const STREAM_CLAIM_TIMEOUT_MS = 10_000
-/** Unclaimed data connections held at once (each is a socket a group member opened). */
+/**
+ * Unclaimed data connections held at once (each is a socket a group member opened). A
+ * newcomer past it evicts the oldest unclaimed one, as the API evicts its longest-idle
+ * connection (connection-table.ts): natctl claims its token at once (its next step is
+ * file.send on a connection it already holds), so a user who holds connections only
+ * shortens everyone's claim deadline, and cannot make another user's `natctl cp` fail
+ * (review 9 #4: refusing the newcomer let one group member block every user's cp).
+ */
 export const MAX_PENDING_STREAMS = 16
 /** natctl's read size: large enough to keep a tunnel channel's window full. */
 export const STREAM_CHUNK_BYTES = 1024 * 1024
@@ -44,14 +52,19 @@ export function dataSocketPath(apiSocket: string): string {
 /** natd's side: accepts data connections, hands each a token, gives it to the file.send that names it. */
 export class FileStreamServer {
   private server: net.Server | null = null
+  /** Unclaimed connections by token, oldest first (a Map keeps insertion order). */
   private readonly pending = new Map<string, { socket: net.Socket; timer: Timer }>()
+  /** Evictions: a local user may cause them as fast as it connects. */
+  private readonly refusals: RefusalLog
 
   constructor(
     readonly socketPath: string,
-    private readonly log: Logger,
+    log: Logger,
     /** The claim deadline's timer (agent.ts passes its clock). */
     private readonly clock: Pick<TimerClock, 'setTimeout' | 'clear'> = systemClock
-  ) {}
+  ) {
+    this.refusals = new RefusalLog(log, LOCAL_REFUSAL_LOG, clock)
+  }
 
   /** Listens (mode 0660, like the API socket). The caller has claimed the API socket, so a file here is stale. */
   async start(): Promise<void> {
@@ -95,11 +108,7 @@ export class FileStreamServer {
   }
 
   private onConnection(socket: net.Socket): void {
-    if (this.pending.size >= MAX_PENDING_STREAMS) {
-      this.log.warn('too many unclaimed file streams: refused one', { pending: this.pending.size })
-      socket.destroy()
-      return
-    }
+    if (this.pending.size >= MAX_PENDING_STREAMS) this.evictOldest()
     const token = randomBytes(16).toString('hex')
     const timer = this.clock.setTimeout(() => {
       if (this.pending.get(token)?.socket === socket) this.pending.delete(token)
@@ -115,6 +124,15 @@ export class FileStreamServer {
     })
     this.pending.set(token, { socket, timer })
     socket.write(`TOKEN ${token}\n`)
+  }
+
+  /** Closes the unclaimed connection held the longest (the map keeps them in the order they came); counted, not logged each. */
+  private evictOldest(): void {
+    const [token, oldest] = this.pending.entries().next().value!
+    this.pending.delete(token)
+    this.clock.clear(oldest.timer)
+    oldest.socket.destroy()
+    this.refusals.refused('data connection', 'a local user', 'BUSY', `${MAX_PENDING_STREAMS} unclaimed data connections: the oldest closed for a newcomer`)
   }
 }
 

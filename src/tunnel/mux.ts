@@ -11,8 +11,9 @@
  * or relayed path.
  */
 import { EventEmitter } from 'node:events'
+import { PEER_REFUSAL_LOG, RefusalLog } from '../common/refusal-log.js'
 import { systemClock, type TimerClock } from '../protocol/clock.js'
-import { NatdError } from '../protocol/errors.js'
+import { NatdError, toNatdError } from '../protocol/errors.js'
 import type { Logger } from '../protocol/log.js'
 import { decodeMux, encodeMux, isSequenced, MUX, type MuxFrame } from '../protocol/mux.js'
 import { AckPacer } from './ack-pacer.js'
@@ -100,6 +101,8 @@ export class Mux extends EventEmitter<MuxEvents> {
   private readonly acks: AckPacer
   /** @internal what the channels' receive windows may hold in all (window-budget.ts). */
   readonly windows = new WindowBudget()
+  /** Frames we cannot decode: the peer sends them as fast as its tunnel carries them, so they are counted, not logged each (review 9 #3). */
+  private readonly refusals: RefusalLog
   /** PONGs sent since the session last had no drain pending (MAX_PONGS_UNDRAINED). */
   private pongsUndrained = 0
 
@@ -120,6 +123,7 @@ export class Mux extends EventEmitter<MuxEvents> {
   ) {
     super()
     this.inflight = new InflightCap(clock, REPLAY_MAX_BYTES)
+    this.refusals = new RefusalLog(log, PEER_REFUSAL_LOG, clock)
     this.acks = new AckPacer(
       clock,
       () => this.needDrain && this.session !== null,
@@ -361,7 +365,8 @@ export class Mux extends EventEmitter<MuxEvents> {
     try {
       f = decodeMux(buf)
     } catch (err) {
-      this.log.warn('bad mux frame', { err: (err as Error).message })
+      const e = toNatdError(err, 'BAD_REQUEST')
+      this.refusals.refused('mux frame', 'peer', e.code, e.message)
       return
     }
     this.emit('frame')

@@ -14,6 +14,8 @@ import { silentLogger } from '../../../src/protocol/log.js'
 import type { PeerRef } from '../../../src/protocol/peer-ref.js'
 import type { OpenRequest } from '../../../src/tunnel/mux.js'
 import type { Tunnel } from '../../../src/tunnel/tunnel.js'
+import { freePort } from '../helpers.js'
+import { until } from '../tunnel/pipe.js'
 
 const BOB = { name: 'bob', id: peerId(generateKeyPair().publicKey) }
 const CAROL = { name: 'carol', id: peerId(generateKeyPair().publicKey) }
@@ -112,5 +114,21 @@ describe('Exposes', () => {
     vi.advanceTimersByTime(10_000)
     expect(warnings).toHaveLength(2)
     expect(warnings[1]).toMatchObject({ code: 'NOT_EXPOSED', count: 999, sources: 1 })
+  })
+
+  it('connections to an exposed port where nothing answers are counted, not logged each (review 9 #3)', async () => {
+    const lines: Array<Record<string, unknown>> = [] // its own: an earlier test's connect may fail late, into `warnings`
+    const own: Logger = { ...silentLogger, warn: (_m: string, f?: Record<string, unknown>) => void lines.push(f ?? {}), child: () => own }
+    const exposes = new Exposes(store, own, known)
+    const port = await freePort() // nothing listens there
+    await exposes.add({ port, host: '127.0.0.1', allow: ['bob'] })
+    const outcomes: string[] = []
+    for (let i = 0; i < 50; i++) {
+      const req = { port, service: '', reject: (code: string) => outcomes.push(code), accept: () => outcomes.push('accepted'), channel: null } as unknown as OpenRequest
+      exposes.onChannel({ peer: BOB } as Tunnel, req)
+    }
+    await until(() => outcomes.length === 50, 'the 50 connects to fail')
+    expect(new Set(outcomes)).toEqual(new Set(['CONNECT_FAILED'])) // the peer still hears why, every time
+    expect(lines).toEqual([expect.objectContaining({ what: 'connection to a port', code: 'CONNECT_FAILED', reason: `nothing answers on 127.0.0.1:${port} (ECONNREFUSED)` })])
   })
 })

@@ -559,6 +559,14 @@ describe('files', () => {
     expect(w.received).toEqual([])
   })
 
+  it('sends refused from the state directory are logged once, then counted: a local client may ask in a loop (review 9 #3)', async () => {
+    const w = world()
+    fs.writeFileSync(path.join(w.tmp, 'alice', 'identity.json'), '{"secretKey":"…"}')
+    const warn = vi.spyOn(silentLogger, 'warn')
+    for (let i = 0; i < 20; i++) await expect(send(w, path.join(w.tmp, 'alice', 'identity.json'))).rejects.toMatchObject({ code: 'FILE_UNREADABLE' })
+    expect(warn.mock.calls).toEqual([['refused', expect.objectContaining({ code: 'FILE_UNREADABLE', reason: expect.stringMatching(/identity\.json to bob$/) })]])
+  })
+
   it('an allow list matches whole IDs: a key sharing the first characters of alice\'s ID is refused', async () => {
     const w = world(LOOKALIKE)
     await w.bob.setPolicy({ allow: ['alice'], maxSizeBytes: null, inbox: null })

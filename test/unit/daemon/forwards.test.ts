@@ -246,7 +246,22 @@ describe('Forwards', () => {
     expect(r.outcome).toBe('ECONNRESET') // not an EOF the application would take for an empty answer
     expect(r.ms).toBeLessThan(FORWARD_OPEN_TIMEOUT_MS) // reset on the error, not after the deadline (the fake clock never moved)
     expect(opens).toEqual(['ghost'])
-    expect(warnings).toEqual([{ message: 'forwarded connection failed', fields: expect.objectContaining({ code: 'PEER_OFFLINE', localPort: s.localPort, peer: 'ghost', remotePort: 8080 }) }])
+    expect(warnings).toEqual([{ message: 'refused', fields: { what: 'forwarded connection', code: 'PEER_OFFLINE', from: 'ghost', reason: `local port ${s.localPort} to ghost:8080: ghost is not registered` } }])
+  })
+
+  it('connections that fail in a row write one line at once and one count per window, not a line each (review 9 #3)', async () => {
+    const f = make()
+    const s = await spec({ peer: 'ghost' })
+    await f.add(s)
+    open = async (peer) => {
+      throw new NatdError('PEER_OFFLINE', `${peer} is not registered`)
+    }
+    // Any local user may connect to a forward's port, as fast as it likes.
+    for (let i = 0; i < 50; i++) expect((await connectOutcome(s.localPort)).outcome).toBe('ECONNRESET')
+    expect(warnings.map((w) => w.message)).toEqual(['refused'])
+    clock.advance(10_000)
+    expect(warnings.map((w) => w.message)).toEqual(['refused', 'refused again'])
+    expect(warnings[1]!.fields).toMatchObject({ what: 'forwarded connection', code: 'PEER_OFFLINE', count: 49 })
   })
 
   it('a channel the peer refuses (NOT_EXPOSED) resets the local connection and says so', async () => {
@@ -258,7 +273,7 @@ describe('Forwards', () => {
     expect(channels[0]!.port).toBe(8080)
     channels[0]!.refuse(new NatdError('NOT_EXPOSED', 'port 8080 is not exposed'))
     expect((await pending).outcome).toBe('ECONNRESET')
-    expect(warnings[0]).toMatchObject({ message: 'NOT_EXPOSED: forwarded connection refused by the peer', fields: { code: 'NOT_EXPOSED' } })
+    expect(warnings[0]).toMatchObject({ message: 'refused', fields: { what: 'forwarded connection', code: 'NOT_EXPOSED', from: s.peer } })
   })
 
   it('a channel the peer never answers is reset after FORWARD_OPEN_TIMEOUT_MS with TIMEOUT', async () => {
@@ -271,7 +286,7 @@ describe('Forwards', () => {
     expect(channels[0]!.destroyed).toBe(false)
     clock.advance(1)
     expect((await pending).outcome).toBe('ECONNRESET')
-    expect(warnings[0]).toMatchObject({ fields: { code: 'TIMEOUT', peer: 'bob' } })
+    expect(warnings[0]).toMatchObject({ fields: { code: 'TIMEOUT', from: 'bob' } })
   })
 
   it('a connection made while the tunnel migrates waits for the resume (the deadline does not run meanwhile), then opens; it is reset only FORWARD_OPEN_TIMEOUT_MS of running time later', async () => {
@@ -310,7 +325,7 @@ describe('Forwards', () => {
     expect(channels[0]!.destroyed).toBe(false)
     clock.advance(1)
     expect((await pending).outcome).toBe('ECONNRESET')
-    expect(warnings[0]).toMatchObject({ fields: { code: 'TIMEOUT', peer: 'bob' } })
+    expect(warnings[0]).toMatchObject({ fields: { code: 'TIMEOUT', from: 'bob' } })
 
     // The tunnel gives up (it closes; its mux destroys every channel): reset with that code, no deadline needed.
     const again = connectOutcome(s.localPort)

@@ -220,4 +220,14 @@ describe('RendezvousClient: a peer record whose name is not a valid name (a lyin
     }
     expect(events).toEqual(['up dave', 'introduction dave'])
   })
+
+  it('a lying server that pushes such records in a loop makes one line of each kind, then counts (review 9 #3)', async () => {
+    const port = await startServer()
+    const alice = await agent(port, 'alice')
+    const warn = vi.spyOn(silentLogger, 'warn')
+    const control = (alice as unknown as { control: ControlConnection }).control
+    for (let i = 0; i < 500; i++) control.emit('message', { type: 'peer-event', event: 'up', peer: { publicKey: generateKeyPair().publicKey, name: EVIL, online: true, lastSeenAgoMs: 0, nat: 'easy', udp: null, tcp: null, lan: [] } })
+    const refused = warn.mock.calls.filter(([message]) => message === 'refused')
+    expect(refused).toEqual([['refused', expect.objectContaining({ what: 'peer record with an invalid name (peer event)', code: 'BAD_REQUEST' })]])
+  })
 })
