@@ -60,6 +60,22 @@ function head(type: number, channel: number): Writer {
   return new Writer().u8(type).u32(channel)
 }
 
+/** A frame whose body is one u32 (OPEN_OK, WINDOW, PING, PONG, ACK). */
+const U32_FRAME_BYTES = HEADER_BYTES + 4
+
+/**
+ * The frames with one u32 for a body, built in one small buffer from Node's pool: an ACK
+ * goes out every 64-256 KiB received, and the Writer's growable buffer cost ~1 µs per
+ * frame against ~0.06 (issue 18).
+ */
+function u32Frame(type: number, channel: number, value: number): Buffer {
+  const out = Buffer.allocUnsafe(U32_FRAME_BYTES)
+  out[0] = type
+  out.writeUInt32BE(channel >>> 0, 1)
+  out.writeUInt32BE(value >>> 0, HEADER_BYTES)
+  return out
+}
+
 /** DATA frames are built without copying the payload twice (hot path). */
 export function encodeData(channel: number, data: Uint8Array): Buffer {
   const out = Buffer.allocUnsafe(HEADER_BYTES + data.length)
@@ -74,25 +90,25 @@ export function encodeMux(f: MuxFrame): Buffer {
     case 'open':
       return head(MUX.OPEN, f.channel).u16(f.port).u32(f.window).str8(f.service).finish()
     case 'open-ok':
-      return head(MUX.OPEN_OK, f.channel).u32(f.window).finish()
+      return u32Frame(MUX.OPEN_OK, f.channel, f.window)
     case 'data':
       return encodeData(f.channel, f.data)
     case 'window':
-      return head(MUX.WINDOW, f.channel).u32(f.increment).finish()
+      return u32Frame(MUX.WINDOW, f.channel, f.increment)
     case 'fin':
       return head(MUX.FIN, f.channel).finish()
     case 'reset':
       return head(MUX.RESET, f.channel).str8(truncateUtf8(f.code, 64)).str8(truncateUtf8(f.message, 255)).finish()
     case 'ping':
-      return head(MUX.PING, f.channel).u32(f.seq).finish()
+      return u32Frame(MUX.PING, f.channel, f.seq)
     case 'pong':
-      return head(MUX.PONG, f.channel).u32(f.seq).finish()
+      return u32Frame(MUX.PONG, f.channel, f.seq)
     case 'goodbye':
       return head(MUX.GOODBYE, f.channel).str8(truncateUtf8(f.reason, 255)).finish()
     case 'switch':
       return head(MUX.SWITCH, f.channel).finish()
     case 'ack':
-      return head(MUX.ACK, f.channel).u32(f.received >>> 0).finish()
+      return u32Frame(MUX.ACK, f.channel, f.received)
     case 'resume':
       if (f.tunnelId.length !== TUNNEL_ID_BYTES) throw new ProtocolError('BAD_REQUEST', `tunnel id of ${f.tunnelId.length} bytes, not ${TUNNEL_ID_BYTES}`)
       return head(MUX.RESUME, f.channel).bytes(f.tunnelId).u32(f.received >>> 0).finish()

@@ -36,14 +36,16 @@
  *   the next idle probes replace it (the least of RTT_SAMPLES).
  * - the floor: what keeps the pipe full at any RTT the estimate misses (none yet, a short
  *   one under CPU load): INFLIGHT_FLOOR_BYTES until SHORT_PATH_SAMPLES round trips under
- *   SHORT_RTT_MS are known, then SHORT_PATH_FLOOR_BYTES (four of the peer's ACK intervals, ACK_EVERY_BYTES:
- *   the next bytes are on their way while it reads the rest). On a LAN, where rate × rtt
+ *   SHORT_RTT_MS are known, then SHORT_PATH_FLOOR_BYTES (four of the peer's ACK intervals while it
+ *   sees more than one channel send, ACK_EVERY_BYTES, ack-pacer.ts: the next bytes are on their way
+ *   while it reads the rest). On a LAN, where rate × rtt
  *   is small, the floor is most of the limit, and the limit is the queue a small request
  *   on another channel waits behind: 1 MiB was ~10 ms at the receiving agent's 100 MB/s
  *   in the lab, against ~3 ms through `ssh -L` (docs/BENCHMARKS.md, 2026-12-06 evening).
- *   A peer that acknowledges less often (an older agent: every 256 KiB or 1 MiB) would make
- *   that stop-and-wait, so the floor is at least twice the most bytes one of the last
- *   ACK_SAMPLES ACKs covered.
+ *   A peer that acknowledges less often (every 256 KiB while one channel alone sends,
+ *   ACK_EVERY_BYTES_ALONE; an older agent every 256 KiB or 1 MiB) would make that
+ *   stop-and-wait, so the floor is at least twice the most bytes one of the last
+ *   ACK_SAMPLES ACKs covered (512 KiB for a single bulk channel).
  *
  * A peer could lie with its PONG or its ACKs: it only moves this limit between the floor
  * and the replay bound that held before (its own tunnel's latency or throughput).
@@ -54,7 +56,8 @@ import type { TimerClock } from '../protocol/clock.js'
 export const INFLIGHT_FLOOR_BYTES = 1024 * 1024
 /**
  * The floor once a round trip under SHORT_RTT_MS is known: four of the peer's ACK
- * intervals (ACK_EVERY_BYTES, 64 KiB), ~2.5 ms of queue at 100 MB/s.
+ * intervals while more than one channel sends (ACK_EVERY_BYTES, 64 KiB), ~2.5 ms of
+ * queue at 100 MB/s.
  */
 export const SHORT_PATH_FLOOR_BYTES = 256 * 1024
 /**
@@ -88,7 +91,11 @@ export const RTT_PROBE_EVERY_MS = 100
 export const RTT_PROBE_RETRY_MS = 2_000
 /** Unacknowledged bytes under which the mux counts as idle: a probe sent then waits behind at most this. */
 export const IDLE_INFLIGHT_BYTES = 64 * 1024
-/** ACKs whose largest coverage sets the floor (an older peer acknowledges every 1 MiB, not every 256 KiB). */
+/**
+ * ACKs whose largest coverage sets the floor (an older peer acknowledges every 1 MiB; ours
+ * every 256 KiB while one channel alone sends, then every 64 KiB once another channel
+ * sends: the floor falls to 256 KiB over this many of those, 1 MiB of data).
+ */
 export const ACK_SAMPLES = 16
 /** The floor is at least this many times the most bytes one recent ACK covered (one ACK's worth on the way while the peer reads the next). */
 export const ACK_FLOOR_GAIN = 2

@@ -360,7 +360,7 @@ export class Mux extends EventEmitter<MuxEvents> {
 
   private onMessage(buf: Buffer): void {
     if (this.closed) return // nothing new starts on a closing tunnel
-    if (isSequenced(buf)) this.acks.onSequenced(buf.length)
+    if (isSequenced(buf)) this.acks.onSequenced(buf.length, buf.readUInt32BE(1))
     let f: MuxFrame
     try {
       f = decodeMux(buf)

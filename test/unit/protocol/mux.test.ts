@@ -58,6 +58,11 @@ describe('mux codec: golden bytes', () => {
     })
   }
 
+  it('an ACK\'s count and a WINDOW\'s increment are written mod 2^32 (counts wrap)', () => {
+    expect(encodeMux({ type: 'ack', channel: 0, received: 2 ** 32 + 5 }).toString('hex')).toBe(hex('0b | 00000000 | 00000005').toString('hex'))
+    expect(encodeMux({ type: 'window', channel: 1, increment: -1 }).toString('hex')).toBe(hex('04 | 00000001 | ffffffff').toString('hex'))
+  })
+
   it('encodeData (the hot path) writes the same bytes as encodeMux', () => {
     const data = seq(7, 300)
     expect(encodeData(9, data).toString('hex')).toBe(encodeMux({ type: 'data', channel: 9, data }).toString('hex'))

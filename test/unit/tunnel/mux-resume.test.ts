@@ -14,7 +14,7 @@ import { silentLogger } from '../../../src/protocol/log.js'
 import { decodeMux, encodeMux, MAX_DATA_BYTES, type MuxFrame } from '../../../src/protocol/mux.js'
 import { CHANNEL_WINDOW_BYTES, type MuxChannel } from '../../../src/tunnel/mux-channel.js'
 import { INFLIGHT_FLOOR_BYTES, RTT_PROBE_EVERY_MS, SHORT_PATH_FLOOR_BYTES, SHORT_PATH_SAMPLES } from '../../../src/tunnel/inflight-cap.js'
-import { ACK_DELAY_MS, ACK_EVERY_FRAMES } from '../../../src/tunnel/ack-pacer.js'
+import { ACK_DELAY_MS, ACK_EVERY_BYTES, ACK_EVERY_BYTES_ALONE, ACK_EVERY_FRAMES } from '../../../src/tunnel/ack-pacer.js'
 import { Mux, REPLAY_MAX_BYTES, type MessageStream } from '../../../src/tunnel/mux.js'
 import { onFreshTunnel, onResumeRequest, SIMULTANEOUS_OPEN_MS, type ResumableTunnel } from '../../../src/tunnel/resume.js'
 import { FakeClock } from '../helpers.js'
@@ -76,12 +76,49 @@ describe('Mux: ACKs', () => {
     expect(sha(await got.done)).toBe(sha(data))
     await until(() => a.unacknowledged.frames === 0 && b.unacknowledged.frames === 0, 'both replay buffers empty')
     expect(a.unacknowledged.bytes).toBe(0)
-    // B acknowledged A's 64 full DATA frames in ACKs of ACK_EVERY_BYTES (one full frame);
-    // A's small frames (OPEN, its WINDOWs for B's echo, FIN) went with them or in a delayed
-    // ACK: about one ACK per full frame, not one per frame.
+    // B acknowledged A's 64 full DATA frames of one channel in ACKs of ACK_EVERY_BYTES_ALONE
+    // (four full frames); A's small frames (OPEN, its WINDOWs for B's echo, FIN) went with
+    // them or in a delayed ACK: about one ACK per four full frames, not one per frame.
     expect(frames.fullFromA).toBe(4 * MiB / MAX_DATA_BYTES)
     expect(frames.acks).toBeGreaterThan(0)
-    expect(frames.acks).toBeLessThanOrEqual(frames.fullFromA + 8)
+    expect(frames.acks).toBeLessThanOrEqual(frames.fullFromA / 4 + 8)
+  })
+
+  /** ACKs B sends while A sends 4 MiB on one channel (to a sink), beside a second channel with a 1-byte write every 256 KiB when `small`. */
+  async function acksOf(small: boolean): Promise<number> {
+    const pipe = messagePipe()
+    const a = mux(pipe.a, true)
+    const b = mux(pipe.b, false)
+    b.on('open', (req) => {
+      req.accept()
+      req.channel.resume()
+    })
+    let acks = 0
+    pipe.tap = (from, frame) => {
+      if (from === 'b' && decodeMux(frame).type === 'ack') acks++
+    }
+    const bulk = a.openChannel(7)
+    const other = small ? a.openChannel(8) : null
+    await Promise.all([bulk.opened, other?.opened])
+    const data = randomBytes(4 * MiB)
+    for (let at = 0; at < data.length; at += 256 * 1024) {
+      bulk.write(data.subarray(at, at + 256 * 1024))
+      other?.write(Buffer.from('?'))
+    }
+    await until(() => a.unacknowledged.frames === 0, 'A to be acknowledged', 5_000)
+    return acks
+  }
+
+  it('one channel alone: the receiver acknowledges every four full frames (ACK_EVERY_BYTES_ALONE), not every frame', async () => {
+    expect(ACK_EVERY_BYTES_ALONE).toBe(4 * MAX_DATA_BYTES)
+    const acks = await acksOf(false)
+    expect(acks).toBeGreaterThanOrEqual((4 * MiB) / (4 * MAX_DATA_BYTES))
+    expect(acks).toBeLessThanOrEqual((4 * MiB) / (4 * MAX_DATA_BYTES) + 4)
+  })
+
+  it('while a second channel sends beside a bulk transfer, the receiver acknowledges every full frame (ACK_EVERY_BYTES)', async () => {
+    expect(ACK_EVERY_BYTES).toBe(MAX_DATA_BYTES)
+    expect(await acksOf(true)).toBeGreaterThanOrEqual((4 * MiB) / MAX_DATA_BYTES)
   })
 
   it('a few small frames are acknowledged after a short delay (no ACK per frame, no ACK never)', async () => {
