@@ -15,7 +15,7 @@ import type { Introductions } from './introductions.js'
 import type { Registrations } from './registration.js'
 import type { Registry, RegRef } from './registry.js'
 import type { Relay } from './relay.js'
-import type { TcpConn, TcpGate, TcpHandler } from './tcp-gate.js'
+import { MAX_REQUESTS_IN_FLIGHT, type TcpConn, type TcpGate, type TcpHandler } from './tcp-gate.js'
 import type { Timers } from './timers.js'
 
 /**
@@ -108,7 +108,7 @@ export class Control implements TcpHandler {
 
   /**
    * LIST with several instances (never rejects): the others' online agents as well. The
-   * cluster shares one Redis round among the LISTs of a second (redis-cluster.ts
+   * cluster shares one Redis round among the LISTs of a second (redis-list.ts
    * LIST_CACHE_MS), whoever sends them.
    */
   private async onClusterList(conn: TcpConn, ref: RegRef, reqId: number): Promise<void> {
@@ -151,7 +151,8 @@ export class Control implements TcpHandler {
   /** LOOKUP of a key not online here, on its connection's turn (never rejects). */
   private async onClusterLookup(conn: TcpConn, reqId: number, id: string, local: PeerRecord | null): Promise<void> {
     const now = this.c.clock.now()
-    const turn = Math.max(now, this.lookupTurn.get(conn) ?? 0)
+    // At most MAX_REQUESTS_IN_FLIGHT turns are taken ahead; the cap only bites when the clock steps back.
+    const turn = Math.min(Math.max(now, this.lookupTurn.get(conn) ?? 0), now + MAX_REQUESTS_IN_FLIGHT * LOOKUP_PACE_MS)
     this.lookupTurn.set(conn, turn + LOOKUP_PACE_MS)
     if (turn > now) await new Promise<void>((resolve) => this.c.timers.setTimeout(resolve, turn - now).unref())
     if (conn.socket.destroyed) return
