@@ -72,7 +72,9 @@ export interface Cluster {
   offline(record: PeerRecord, now: number): void
   /** An online agent held by another instance, by name or full peer ID. */
   find(target: string): Promise<RemotePeer | undefined>
-  /** Online agents held by other instances, at most `max`. */
+  /** find() for an agent's LOOKUP: apart from the registrations and introductions the instance itself sends. */
+  lookup(target: string): Promise<RemotePeer | undefined>
+  /** Online agents held by other instances, at most `max` (one read shared by the LISTs of a second or so). */
   list(max: number): Promise<PeerRecord[]>
   /** Sends `intro` to `instance`; false when no instance of that ID listens. */
   introduce(instance: string, intro: RemoteIntroduction): Promise<boolean>

@@ -17,6 +17,9 @@
  * scripts + a PUBLISH shared by the batch), one when it leaves, and one PEXPIRE every
  * RECORD_REFRESH_MS (5 min): 0.2 operations per agent per minute, 20,000 a minute (333/s)
  * at 100,000 agents. Per instance: the BEAT script every 2.5 s, the reaper's SMEMBERS + EXISTS every 5 s.
+ * What agents ask (LIST, LOOKUP) goes on a connection of its own (`queries`), so a burst of
+ * them never queues ahead of registrations, record writes and introductions: LIST one
+ * shared read a second at most (redis-list.ts), LOOKUP paced per agent (control.ts).
  *
  * Trust: Redis is the operator's (a private network, a password, TLS with rediss://):
  * it sees peer records, names and introductions' punch keys. Still, whatever comes back
@@ -31,6 +34,7 @@ import { isJsonObject as isObject, parseJson } from '../common/untrusted-json.js
 import type { Cluster, ClusterHandlers, RemoteIntroduction, RemotePeer } from './cluster.js'
 import { RECORD_REFRESH_MS, RECORD_TTL_MS, RecordWriter, type Client } from './redis-record-writer.js'
 import { BATCH, hex, introductionJson, MAX_MESSAGE_CHARS, parseIntroduction, parseRecord, recordFromJson } from './redis-records.js'
+import { ListCache, readList } from './redis-list.js'
 import { reapDead } from './redis-reaper.js'
 import { REDIS_TIMEOUT_MS, redisConnection } from './redis-connection.js'
 import { BEAT_SCRIPT, CLAIM_SCRIPT, KEY_PREFIX, RELEASE_SCRIPT } from './redis-scripts.js'
@@ -83,6 +87,9 @@ export class RedisCluster implements Cluster {
   private readonly sub: Client
   /** The instance key's own connection (BEAT_MS). */
   private readonly beat: Client
+  /** What agents ask (LIST, LOOKUP): apart from the bulk connection's registrations and introductions. */
+  private readonly queries: Client
+  private readonly lists: ListCache
   private beating = false
   /** Whether the last beat was answered (a failed one warns once, not every BEAT_MS while Redis is away). */
   private beatOk = true
@@ -115,7 +122,9 @@ export class RedisCluster implements Cluster {
     this.client = redisConnection(init.url, REDIS_TIMEOUT_MS)
     this.sub = this.client.duplicate()
     this.beat = redisConnection(init.url, BEAT_TIMEOUT_MS)
-    for (const c of [this.client, this.sub, this.beat]) {
+    this.queries = redisConnection(init.url, REDIS_TIMEOUT_MS)
+    this.lists = new ListCache((max) => readList({ client: this.queries, instance: this.instance, call: (run) => this.call(run) }, max), this.monotonic)
+    for (const c of [this.client, this.sub, this.beat, this.queries]) {
       c.on('error', (err: Error) => this.onRedisError(err))
     }
     this.client.on('ready', () => this.onReady())
@@ -146,6 +155,7 @@ export class RedisCluster implements Cluster {
     await this.client.connect()
     await this.sub.connect()
     await this.beat.connect()
+    await this.queries.connect()
     await this.sub.subscribe(`${P}to:${this.instance}`, (msg) => this.onDirected(msg))
     await this.sub.subscribe(`${P}events`, (msg) => this.onEvents(msg))
     await this.announce()
@@ -172,7 +182,7 @@ export class RedisCluster implements Cluster {
     } catch (err) {
       this.log.warn('shared registry: cannot say goodbye', { err: (err as Error).message })
     }
-    for (const c of [this.sub, this.beat, this.client]) {
+    for (const c of [this.sub, this.beat, this.queries, this.client]) {
       try {
         c.destroy()
       } catch {
@@ -214,36 +224,33 @@ export class RedisCluster implements Cluster {
     this.records.offline(k, record, now)
   }
 
-  async find(target: string): Promise<RemotePeer | undefined> {
+  find(target: string): Promise<RemotePeer | undefined> {
+    return this.findOn(this.client, target)
+  }
+
+  lookup(target: string): Promise<RemotePeer | undefined> {
+    return this.findOn(this.queries, target)
+  }
+
+  list(max: number): Promise<PeerRecord[]> {
+    return this.lists.get(max)
+  }
+
+  private async findOn(client: Client, target: string): Promise<RemotePeer | undefined> {
     let k: string | null = null
     const key = target.length >= 8 ? base32Bytes(target) : null
     if (key && key.length === KEY_BYTES) k = hex(key)
     else {
-      const bound = await this.call(() => this.client.hGet(`${P}name:${target}`, 'key'))
+      const bound = await this.call(() => client.hGet(`${P}name:${target}`, 'key'))
       if (typeof bound === 'string' && /^[0-9a-f]{64}$/.test(bound)) k = bound
     }
     if (!k) return undefined
-    const got = await this.call(() => this.client.hmGet(`${P}peer:${k}`, ['inst', 'rec']))
+    const got = await this.call(() => client.hmGet(`${P}peer:${k}`, ['inst', 'rec']))
     const [inst, rec] = got as (string | null)[]
     if (!inst || !rec || inst === this.instance) return undefined
-    const alive = await this.call(() => this.client.exists(`${P}instance:${inst}`))
+    const alive = await this.call(() => client.exists(`${P}instance:${inst}`))
     const record = parseRecord(rec)
     return alive === 1 && record ? { record, instance: inst } : undefined
-  }
-
-  async list(max: number): Promise<PeerRecord[]> {
-    const out: PeerRecord[] = []
-    for (const inst of await this.liveInstances()) {
-      if (inst === this.instance || out.length >= max) continue
-      const keys = await this.call(() => this.client.sRandMemberCount(`${P}agents:${inst}`, max - out.length))
-      if (!keys.length) continue
-      const recs = await this.call(() => Promise.all(keys.map((k) => this.client.hGet(`${P}peer:${k}`, 'rec'))))
-      for (const rec of recs) {
-        const record = typeof rec === 'string' ? parseRecord(rec) : null
-        if (record && out.length < max) out.push(record)
-      }
-    }
-    return out
   }
 
   async introduce(instance: string, intro: RemoteIntroduction): Promise<boolean> {
@@ -316,12 +323,6 @@ export class RedisCluster implements Cluster {
     } catch (err) {
       this.markDown(err)
     }
-  }
-
-  private async liveInstances(): Promise<string[]> {
-    const all = await this.call(() => this.client.sMembers(`${P}instances`))
-    const alive = await this.call(() => Promise.all(all.map((i) => this.client.exists(`${P}instance:${i}`))))
-    return all.filter((_, n) => alive[n] === 1)
   }
 
   // --- incoming --------------------------------------------------------------

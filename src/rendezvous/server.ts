@@ -139,7 +139,7 @@ export class RendezvousServer {
     const outbox = (this.outbox = new IntroOutbox({ clock, gate }))
     const registrations = (this.registrations = new Registrations(init, { clock, log, limits, refusals, registry, gate, agents, udp, cluster, metrics, outbox }))
     const introductions = (this.introductions = new Introductions({ clock, log, limits, refusals, registry, gate, agents, contacts, relay, cluster, metrics, outbox }))
-    gate.handleWith(new Control({ log, registry, gate, agents, registrations, introductions, relay, cluster }))
+    gate.handleWith(new Control({ log, clock, timers, registry, gate, agents, registrations, introductions, relay, cluster }))
   }
 
   /**

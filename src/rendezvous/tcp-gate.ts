@@ -44,6 +44,14 @@ export const MAX_RELAY_FRAME_BYTES = 128 * 1024
 export const REQUEST_BACKLOG_BYTES = 64 * 1024
 /** …and past this many (peer events pile up too) it closes the connection. */
 export const MAX_SEND_BACKLOG_BYTES = MAX_TCP_FRAME_BYTES + 256 * 1024
+/**
+ * The server also stops reading an agent's requests while this many are in the works
+ * (answered after an await: with several instances LIST, LOOKUP, INTRODUCE and REGISTER
+ * ask Redis first), so a burst costs this many Redis rounds at a time, not one per
+ * request (review 9 #2: 5,000 LISTs had 5,000 in flight and timed out the instance's
+ * Redis). Later ones wait unread, never refused: an honest agent has one or two out.
+ */
+export const MAX_REQUESTS_IN_FLIGHT = 4
 /** How often a connection held by REQUEST_BACKLOG_BYTES checks whether it may read on. */
 export const BACKLOG_POLL_MS = 50
 /** A connection we end (after an error) is destroyed this long after if the peer never closes its side. */
@@ -72,6 +80,11 @@ export interface TcpConn {
   relay: boolean
   /** Closes the connection unless it authenticated in time (TCP_AUTH_TIMEOUT_MS). */
   authTimer: Timer | null
+  /** Its requests in the works (started(), finished()). */
+  inFlight: number
+  /** Its requests are not read (holdRequests); backlogPoll checks the backlog again. */
+  held: boolean
+  backlogPoll: Timer | null
 }
 
 /** What the connections' messages mean (control.ts). */
@@ -167,7 +180,10 @@ export class TcpGate {
       splitter: new FrameSplitter(MAX_CLEAR_FRAME_BYTES),
       session: null,
       relay: false,
-      authTimer: null
+      authTimer: null,
+      inFlight: 0,
+      held: false,
+      backlogPoll: null
     }
     this.conns.add(conn)
     this.unauthBySource.add(source)
@@ -250,7 +266,8 @@ export class TcpGate {
       } catch (err) {
         this.onBadFrame(conn, err)
       }
-      if (!socket.destroyed && unsentBytes(conn) > REQUEST_BACKLOG_BYTES) this.holdRequests(conn, session)
+      if (socket.destroyed || conn.held) return
+      if (conn.inFlight >= MAX_REQUESTS_IN_FLIGHT || unsentBytes(conn) > REQUEST_BACKLOG_BYTES) this.holdRequests(conn, session)
     })
   }
 
@@ -271,15 +288,37 @@ export class TcpGate {
     conn.socket.destroy()
   }
 
-  /** Stops reading an agent's requests until what it was sent drains (it may be reading slowly, or not at all). */
+  /** A request of `conn` is in the works (control.ts), until finished(): its answer was written. */
+  started(conn: TcpConn): void {
+    conn.inFlight++
+  }
+
+  finished(conn: TcpConn): void {
+    conn.inFlight--
+    this.readOn(conn)
+  }
+
+  /** Stops reading an agent's requests until what it was sent drains (it may not read) and fewer are in the works. */
   private holdRequests(conn: TcpConn, session: SecretStream): void {
+    conn.held = true
     session.pause()
-    const poll = (): void => {
-      if (conn.socket.destroyed) return
-      if (unsentBytes(conn) > REQUEST_BACKLOG_BYTES) this.c.timers.setTimeout(poll, BACKLOG_POLL_MS).unref()
-      else session.resume()
+    this.readOn(conn)
+  }
+
+  /** Resumes a held connection once it may read (else waits: the backlog is polled, a request's end calls again). */
+  private readOn(conn: TcpConn): void {
+    if (!conn.held || conn.socket.destroyed || conn.inFlight >= MAX_REQUESTS_IN_FLIGHT) return
+    if (unsentBytes(conn) > REQUEST_BACKLOG_BYTES) {
+      conn.backlogPoll ??= this.c.timers.setTimeout(() => this.onBacklogPollExpired(conn), BACKLOG_POLL_MS).unref()
+      return
     }
-    this.c.timers.setTimeout(poll, BACKLOG_POLL_MS).unref()
+    conn.held = false
+    conn.session?.resume()
+  }
+
+  private onBacklogPollExpired(conn: TcpConn): void {
+    conn.backlogPoll = null
+    this.readOn(conn)
   }
 
   private onBadFrame(conn: TcpConn, err: unknown): void {
@@ -303,6 +342,7 @@ export class TcpGate {
   private onClose(conn: TcpConn): void {
     this.c.timers.clear(conn.authTimer)
     this.c.timers.clear(conn.messageTimer)
+    this.c.timers.clear(conn.backlogPoll)
     conn.session?.destroy()
     if (!this.conns.delete(conn)) return
     if (conn.unauth) this.unauthBySource.remove(conn.source)
