@@ -109,7 +109,7 @@ export function feedChannel(o: FeedOptions): Promise<Buffer> {
         const sent = held.empty ? ch.sendSome(body) : 0
         if (sent > 0) o.onSent(sent)
         if (sent < body.length) {
-          held.push(Buffer.from(body.subarray(sent)))
+          held.pushCopy(body.subarray(sent))
           heldBody += body.length - sent
         }
         data = data.subarray(body.length)

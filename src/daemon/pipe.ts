@@ -143,7 +143,7 @@ function joinDirect(sock: net.Socket, ch: MuxChannel): boolean {
   const onRead = (n: number, buf: Buffer): boolean => {
     const data = buf.subarray(0, n)
     const sent = ch.sendSome(data)
-    if (sent < n) held.push(Buffer.from(data.subarray(sent))) // the shared buffer is the next read's
+    if (sent < n) held.pushCopy(data.subarray(sent)) // the shared buffer is the next read's
     if (!held.empty || !ch.canSend) {
       later()
       return false // stop reading until the channel can send
