@@ -97,6 +97,11 @@ export class FileBody implements ChannelSink {
   private readonly fdatasync: SyncFn
   /** Bytes written to the partial so far (by this body). */
   written = 0
+  /**
+   * An early flush failed (first or late): the disk may have lost bytes the partial seems
+   * to hold (the page cache still reads them back), so the partial is no base for a resume.
+   */
+  flushFailed = false
 
   constructor(private readonly o: FileBodyOptions) {
     this.left = o.bytes
@@ -204,6 +209,7 @@ export class FileBody implements ChannelSink {
     this.unsynced = 0
     this.fdatasync(this.o.fd, (err) => {
       this.syncing = false
+      if (err) this.flushFailed = true
       if (err && this.failed) this.o.onLateError?.(err, 'flush')
       else if (err) this.fail(err)
       this.maybeDone()

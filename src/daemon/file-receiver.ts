@@ -283,6 +283,15 @@ export class FileReceiver {
         track.outcome.bytes = null
         throw new NatdError('NO_SPACE', 'the receiver\'s disk is full; nothing was kept', { cause: err })
       }
+      if (body.flushFailed) {
+        // Written bytes may be lost on the disk while the page cache still reads them back,
+        // and a resume's fsync would not report it: the next attempt starts afresh (review 8).
+        await this.discard(fd, partial)
+        track.outcome.bytes = null
+        this.log.error('the disk failed to flush a partial file: it is removed, the next attempt starts afresh', { peer: peer.name, name: offer.name, size: offer.size })
+        if (stalled) throw stalled
+        throw toNatdError(err, 'TUNNEL_CLOSED')
+      }
       const have = fs.fstatSync(fd).size
       fs.closeSync(fd)
       track.outcome.bytes = have

@@ -12,6 +12,7 @@ import path from 'node:path'
 import { Readable } from 'node:stream'
 import { afterEach, describe, expect, it, vi } from 'vitest'
 import { PARTIAL_MAX_AGE_MS, partialKey, sanitizeName, suffixedName, transferIdOf } from '../../../src/daemon/file-transfer.js'
+import { SYNC_EVERY_BYTES } from '../../../src/daemon/file-body.js'
 import { DEFAULT_MAX_FILE_BYTES, DEFAULT_QUOTAS, Files, FILE_SERVICE, type FilesComponents } from '../../../src/daemon/files.js'
 import { asyncStateIo, writeFileAtomicAsync, type StateLogIo } from '../../../src/common/state-files.js'
 import { FileStreamServer, openFileStream, openToSend, streamFile } from '../../../src/ipc/file-stream.js'
@@ -374,6 +375,22 @@ describe('files', () => {
     }
     expect(fs.readFileSync(partial).equals(f.data.subarray(0, 100 * KiB))).toBe(true) // kept for when the inbox reads again
     expect(await send(w, f.path)).toMatchObject({ offset: 100 * KiB, savedAs: 'u.bin', sha256: f.sha256 })
+  })
+
+  it('an early flush the disk failed: the partial is removed (its bytes may be lost under the page cache), the next attempt starts afresh', async () => {
+    const w = world()
+    const f = file(w.tmp, 'flush.bin', SYNC_EVERY_BYTES + 256 * KiB)
+    const spy = vi.spyOn(fs, 'fdatasync').mockImplementation(((_fd: number, cb: (err: NodeJS.ErrnoException | null) => void) => {
+      setImmediate(() => cb(Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' })))
+    }) as unknown as typeof fs.fdatasync)
+    try {
+      await expect(send(w, f.path)).rejects.toBeInstanceOf(NatdError)
+    } finally {
+      spy.mockRestore()
+    }
+    expect(w.bob.partials()).toEqual([]) // before: 16 MiB kept, which a resume would have trusted
+    expect(fs.readdirSync(path.join(w.bob.inbox, '.partial'))).toEqual([])
+    expect(await send(w, f.path)).toMatchObject({ offset: 0, savedAs: 'flush.bin', sha256: f.sha256 })
   })
 
   it('.partial swapped for a symlink while the partial is hashed: nothing is written, cut or removed where it points', async () => {
