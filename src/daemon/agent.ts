@@ -214,7 +214,8 @@ export class Agent {
       rendezvous: client,
       nat,
       exposes: this.exposes,
-      mappedUdp: () => this.portMapping?.current?.external ?? null
+      mappedUdp: () => this.portMapping?.current?.external ?? null,
+      named: (id) => this.exposes.names(id) || (this.files?.names(id) ?? false)
     })
     this.host = host
     const tunnels = new TunnelManager({ keepaliveMs: Math.min(this.init.config.heartbeatMs, TUNNEL_KEEPALIVE_MAX_MS), deadMs: this.init.tunnelDeadMs ?? TUNNEL_DEAD_MS, ...(this.init.tunnelGiveUpMs === undefined ? {} : { giveUpMs: this.init.tunnelGiveUpMs }) }, host)

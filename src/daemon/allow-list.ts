@@ -23,7 +23,12 @@ export interface AllowEntry {
 
 /** Whether `peer` may in: an empty list admits every peer; otherwise its whole ID must be listed. */
 export function admits(allow: readonly AllowEntry[], peer: { id: string }): boolean {
-  return allow.length === 0 || allow.some((e) => sameId(e.id, peer.id))
+  return allow.length === 0 || namesPeer(allow, peer.id)
+}
+
+/** Whether `allow` names the peer by its whole key (an empty list, open to every peer, names nobody). */
+export function namesPeer(allow: readonly AllowEntry[], peerId: string): boolean {
+  return allow.some((e) => sameId(e.id, peerId))
 }
 
 /** An entry as stored now, or as natd stored it before (a bare name, ID or ID prefix), against the pinned peers. */

@@ -11,7 +11,7 @@ import { describePeer } from '../protocol/peer-ref.js'
 import type { ExposeInfo } from '../ipc/schema.js'
 import type { OpenRequest } from '../tunnel/mux.js'
 import type { Tunnel } from '../tunnel/tunnel.js'
-import { admits, unresolvedAdvice, type AllowEntry } from './allow-list.js'
+import { admits, namesPeer, unresolvedAdvice, type AllowEntry } from './allow-list.js'
 import type { ExposeSpec, StateStore } from './config.js'
 import type { KnownPeers } from './known-peers.js'
 import { join, reset } from './pipe.js'
@@ -71,6 +71,11 @@ export class Exposes {
     this.store.setExposes(this.store.exposes.filter((e) => e.port !== port))
     this.log.info('port unexposed', { port: spec.port, host: spec.host })
     return spec
+  }
+
+  /** Whether an expose's allow list names the peer by its whole key (an expose open to every peer names nobody). */
+  names(peerId: string): boolean {
+    return this.store.exposes.some((e) => namesPeer(e.allow, peerId))
   }
 
   /** A peer opens a channel to `req.port`. */

@@ -30,7 +30,7 @@ import type { FileProgress, FileSendParams, FileSendResult, FilesPolicy, FilesPo
 import type { TunnelManager } from '../tunnel/manager.js'
 import type { OpenRequest } from '../tunnel/mux.js'
 import type { Tunnel } from '../tunnel/tunnel.js'
-import { admits, isCurrent, migrateAllowEntry, unresolvedAdvice, type AllowEntry } from './allow-list.js'
+import { admits, isCurrent, migrateAllowEntry, namesPeer, unresolvedAdvice, type AllowEntry } from './allow-list.js'
 import { FileReceiver, sendFile, STALL_TIMEOUT_MS, type ReceivePolicy } from './file-transfer.js'
 import { InboxUsage, type Held } from './inbox-usage.js'
 import { PartialPruner } from './partial-pruner.js'
@@ -148,6 +148,11 @@ export class Files {
   get quotas(): Readonly<Quotas> {
     const { filesPerPeer, fileBytesPerPeer, messagesPerPeer, messageBytesPerPeer, stallTimeoutMs } = this.stored
     return { filesPerPeer, fileBytesPerPeer, messagesPerPeer, messageBytesPerPeer, stallTimeoutMs }
+  }
+
+  /** Whether the file policy's allow list names the peer (tunnel/manager.ts named: its tunnels keep their place). */
+  names(peerId: string): boolean {
+    return namesPeer(this.stored.allow, peerId)
   }
 
   policy(): FilesPolicy {

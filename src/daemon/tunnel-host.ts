@@ -46,6 +46,8 @@ export interface TunnelHostComponents extends Pick<PathComponents, 'udx' | 'sock
   exposes: { onChannel: ChannelHandler }
   /** The external endpoint of the UDP port our gateway mapped for us (port-mapping.ts); null = none. */
   mappedUdp?: () => Endpoint | null
+  /** Whether an allow list of the owner's names the peer (tunnel/manager.ts named). */
+  named?: (peerId: string) => boolean
   /** The text of /proc/net/route (our-links.ts); null where there is none. Tests give their own. */
   routeTable?: () => string | null
 }
@@ -161,6 +163,10 @@ export class TunnelHost implements TunnelManagerComponents {
   /** Registers the handler for channels that name `service`. */
   registerService(service: string, handler: ChannelHandler): void {
     this.services.set(service, handler)
+  }
+
+  named(peerId: string): boolean {
+    return this.c.named?.(peerId) ?? false
   }
 
   onChannel(tunnel: Tunnel, req: OpenRequest): void {

@@ -68,6 +68,12 @@ export interface TunnelManagerComponents extends PathComponents, RaceEntriesComp
   peers: PeerPolicy
   /** A peer asks to open a channel to one of our ports. */
   onChannel(tunnel: Tunnel, req: OpenRequest): void
+  /**
+   * Whether the owner named this peer (an expose's or the file policy's allow list): at the
+   * inbound-tunnel cap its tunnel is never closed to make room, and its own takes a
+   * stranger's place (admitInbound). None = nobody is.
+   */
+  named?(peerId: string): boolean
 }
 
 export interface OpenOutcome {
@@ -350,13 +356,27 @@ export class TunnelManager extends EventEmitter<ManagerEvents> {
    * A fresh tunnel `peer` opened to us: null when we keep it (it replaces the peer's own,
    * or fewer than PunchBudgetInit.inboundTunnels tunnels peers opened are open), else why
    * not (logged once per kind, then counted; natd_punches_total counts it as BUSY).
+   *
+   * At the cap a place is made (review 10: strangers' idle tunnels held it for good, and a
+   * peer whose own tunnel had closed was refused for as long as they liked): the oldest
+   * inbound tunnel with no channel open closes, else, for a peer the owner named, the
+   * oldest of a peer the owner did not name. A tunnel of a named peer never closes for
+   * another, so strangers hold a place only while they use it, and never against the
+   * owner's peers; only a stranger finding every place busy is refused.
    */
   private admitInbound(peer: string, name: string): string | null {
     if (this.tunnels.get(peer)?.isOpen) return null
-    let inbound = 0
-    for (const t of this.tunnels.values()) if (t.isOpen && !t.opener) inbound++
+    const inbound = [...this.tunnels.values()].filter((t) => t.isOpen && !t.opener)
     const max = this.budget.init.inboundTunnels
-    if (inbound < max) return null
+    if (inbound.length < max) return null
+    const named = (id: string): boolean => this.c.named?.(id) ?? false
+    const strangers = inbound.filter((t) => !named(t.peer.id))
+    const place = strangers.find((t) => t.mux.size === 0) ?? (named(peer) ? strangers[0] : undefined)
+    if (place) {
+      this.refusals.note('BUSY', 'inbound tunnel closed for a newcomer', place.peer.name)
+      place.close(`BUSY: the agent holds ${max} tunnels other peers opened, its most; this one gave its place to a newcomer`, { goodbye: true, code: 'BUSY' })
+      return null
+    }
     this.refusals.note('BUSY', 'inbound tunnel', name)
     return `the agent holds ${max} tunnels other peers opened, its most; try again later`
   }

@@ -69,6 +69,7 @@ export class MuxChannel extends Duplex {
   ) {
     super({ allowHalfOpen: true, highWaterMark: 1024 * 1024 })
     this.window = mux.windows.open()
+    this.once('end', () => this.freeWindow()) // the peer's FIN was read: it can send nothing more
     this.opened = new Promise((resolve, reject) => {
       this.resolveOpen = resolve
       this.rejectOpen = reject
@@ -174,7 +175,7 @@ export class MuxChannel extends Duplex {
    * (window-budget.ts: doubled per grant up to 4 MiB, while the tunnel's budget has room).
    */
   private grant(): void {
-    if (this.unacked < windowUpdateBytes(this.window, WINDOW_UPDATE_MIN_BYTES) || this.destroyed || this.discarding) return
+    if (this.unacked < windowUpdateBytes(this.window, WINDOW_UPDATE_MIN_BYTES) || this.destroyed || this.discarding || this.windowFreed) return
     const grown = this.mux.windows.grow(this.window, this.unacked)
     this.mux.send({ type: 'window', channel: this.id, increment: this.unacked + grown - this.window })
     this.window = grown

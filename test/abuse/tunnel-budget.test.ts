@@ -3,6 +3,7 @@
 //
 //   1. mallory: 64 channels ── Mux ═══ pipe ═══ Mux ── bob: consumers that read 4 MiB each, then stall
 //   2. stranger 1..8 ── loopback UDX ──▶ bob (TunnelManager, inbound tunnels capped at 4)
+//   3. the same with channels held open on every place, and alice, whom bob's allow list names
 //
 // Row 1 asserts the bytes bob holds for consumers that stopped reading (a local service
 // behind an exposed port that stalls, a disk that stalls under accepted transfers); row 2
@@ -11,7 +12,6 @@
 // 256 MiB held, 8 tunnels kept.
 import { afterEach, describe, expect, it } from 'vitest'
 import { silentLogger } from '../../src/protocol/log.js'
-import type { PunchOutcome } from '../../src/tunnel/manager.js'
 import type { Tunnel } from '../../src/tunnel/tunnel.js'
 import { Mux } from '../../src/tunnel/mux.js'
 import { agent, closeAgents, introducesTo, type Agent } from '../unit/tunnel/manager-agents.js'
@@ -91,32 +91,74 @@ describe('abuse: memory and tunnels a peer can make us hold', () => {
     })
   }, 120_000)
 
-  it('2. eight strangers (fresh keys) open tunnels to bob, whose inbound cap is 4: bob keeps 4, the rest are refused with BUSY', async () => {
+  it('2. eight strangers (fresh keys) open tunnels to bob, whose inbound cap is 4, and leave them idle: bob keeps 4, each newcomer takes an idle one\'s place', async () => {
     const CAP = 4
     const STRANGERS = 8
     const bob: Agent = agent('bob', () => Promise.reject(new NatdError('PEER_UNKNOWN', 'bob opens nothing here')), undefined, 0, { inboundTunnels: CAP })
-    const outcomes: PunchOutcome[] = []
-    bob.manager.on('punched', (p) => outcomes.push(p))
     const opened: Tunnel[] = []
+    let most = 0
     for (let i = 0; i < STRANGERS; i++) {
       const stranger = agent(`stranger${i}`, introducesTo(() => bob))
       opened.push((await stranger.manager.open('bob', 'udp', 5_000)).tunnel)
+      most = Math.max(most, bob.manager.list().filter((t) => t.isOpen).length)
     }
-    // A refused opener's tunnel closes within a round trip, with the code bob gave.
-    await until(() => opened.filter((t) => t.isOpen).length <= CAP && outcomes.length === STRANGERS, 'the refusals to arrive', 10_000)
+    // A tunnel that gave its place closes within a round trip, with the code bob gave.
+    await until(() => opened.filter((t) => t.isOpen).length === CAP, 'the oldest to give their places', 10_000)
     const kept = bob.manager.list().filter((t) => t.isOpen).length
     expect(kept).toBe(CAP)
-    const refused = opened.filter((t) => !t.isOpen)
-    expect(refused.length).toBe(STRANGERS - CAP)
-    for (const t of refused) expect(t.closedWith).toBe('BUSY')
-    expect(outcomes.filter((p) => p.code === 'BUSY').length).toBe(STRANGERS - CAP) // natd_punches_total{outcome="BUSY"}
+    expect(most).toBeLessThanOrEqual(CAP)
+    expect(opened.slice(STRANGERS - CAP).every((t) => t.isOpen)).toBe(true) // the newest kept
+    for (const t of opened.slice(0, STRANGERS - CAP)) expect(t.closedWith).toBe('BUSY')
     recordAbuse({
-      row: 'eight fresh keys open tunnels to an agent whose inbound-tunnel cap is 4 (default 256)',
+      row: 'eight fresh keys open tunnels to an agent whose inbound-tunnel cap is 4 (default 256), and leave them idle',
       metric: 'tunnels the agent keeps',
       before: '8: any registered key could open tunnels without limit (each a socket, buffers, timers and its channel windows)',
       now: kept,
       unit: 'tunnels',
-      bound: `≤ inboundTunnels (${CAP} here); the rest closed at once with BUSY on the opener's side`
+      bound: `≤ inboundTunnels (${CAP} here); an idle one (no channel open) gives its place to a newcomer (closed with BUSY)`
+    })
+  }, 60_000)
+
+  it('3. strangers hold every place with a channel open (review 10): a fifth stranger is refused BUSY, a peer the owner named still gets in, and keeps its place', async () => {
+    const CAP = 4
+    let alice: Agent | null = null
+    const named = (id: string): boolean => id === alice?.id
+    const hold = (_t: Tunnel, req: { accept(): void }): void => req.accept() // a consumer that keeps the channel open
+    const bob: Agent = agent('bob', () => Promise.reject(new NatdError('PEER_UNKNOWN', 'bob opens nothing here')), hold, 0, { inboundTunnels: CAP }, named)
+    alice = agent('alice', introducesTo(() => bob))
+    // alice had a tunnel to bob; it closed (her agent restarted, her network changed).
+    const first = (await alice.manager.open('bob', 'udp', 5_000)).tunnel
+    alice.manager.close('bob', 'agent restarted')
+    await until(() => !first.isOpen && bob.manager.list().every((t) => !t.isOpen), 'bob to see alice go', 10_000)
+    const strangers: Tunnel[] = []
+    for (let i = 0; i < CAP; i++) {
+      const stranger = agent(`stranger${i}`, introducesTo(() => bob))
+      const t = (await stranger.manager.open('bob', 'udp', 5_000)).tunnel
+      await t.mux.openChannel(0).opened // a channel on every place
+      strangers.push(t)
+    }
+    const late = agent('stranger-late', introducesTo(() => bob))
+    const refused = (await late.manager.open('bob', 'udp', 5_000)).tunnel
+    await until(() => !refused.isOpen, 'the fifth stranger to be refused', 10_000)
+    expect(refused.closedWith).toBe('BUSY')
+    // alice, in bob's allow list, takes the oldest stranger's place, busy or not.
+    const again = (await alice.manager.open('bob', 'udp', 5_000)).tunnel
+    await until(() => strangers.filter((t) => t.isOpen).length === CAP - 1, 'a stranger to give its place', 10_000)
+    expect(strangers[0]!.closedWith).toBe('BUSY')
+    // Another stranger, then, finds every place busy and alice's not to take.
+    const later = agent('stranger-later', introducesTo(() => bob))
+    const refusedToo = (await later.manager.open('bob', 'udp', 5_000)).tunnel
+    await until(() => !refusedToo.isOpen, 'the next stranger to be refused', 10_000)
+    await new Promise((r) => setTimeout(r, 300)) // a GOODBYE to alice would have come by now on loopback
+    expect(again.isOpen).toBe(true)
+    expect(again.closedWith).toBeNull()
+    recordAbuse({
+      row: 'strangers hold every inbound-tunnel place with a channel open; the owner\'s allow-listed peer reconnects (review 10)',
+      metric: 'the allow-listed peer\'s tunnel',
+      before: 'refused BUSY for as long as the strangers kept their tunnels (idle ones too)',
+      now: again.isOpen ? 'open' : 'refused',
+      unit: '',
+      bound: 'a peer an allow list names takes the oldest stranger\'s place and is never closed for another; a stranger finding every place busy is refused BUSY'
     })
   }, 60_000)
 })

@@ -72,6 +72,18 @@ describe('Exposes', () => {
     expect(request(exposes, CAROL, 7777)).toBe('NOT_EXPOSED')
   })
 
+  it('names() is true only for a peer an allow list names by whole key (the inbound-tunnel cap keeps such peers\' places); an expose open to every peer names nobody', async () => {
+    const exposes = new Exposes(store, log, known)
+    await exposes.add({ port: 7000, host: '127.0.0.1', allow: [] })
+    expect(exposes.names(BOB.id)).toBe(false)
+    await exposes.add({ port: 7777, host: '127.0.0.1', allow: ['bob'] })
+    expect(exposes.names(BOB.id)).toBe(true)
+    expect(exposes.names(CAROL.id)).toBe(false)
+    expect(exposes.names(LOOKALIKE.id)).toBe(false)
+    exposes.remove(7777)
+    expect(exposes.names(BOB.id)).toBe(false)
+  })
+
   it('an abbreviated ID resolves only when unique; a name nobody knows is PEER_UNKNOWN, nothing is stored', async () => {
     const exposes = new Exposes(store, log, known)
     await expect(exposes.add({ port: 1, host: '127.0.0.1', allow: [BOB.id.slice(0, 8)] })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: expect.stringMatching(/matches 2 peers/) })

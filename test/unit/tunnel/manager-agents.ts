@@ -61,7 +61,7 @@ export function record(a: { name: string; keyPair: KeyPair; port: number }): Pee
 }
 
 /** An agent whose introducer answers with `introduce(target, via)` from the test. */
-export function agent(name: string, introduce: (self: Agent, target: string, via: Via) => Promise<Introduction>, onChannel: TunnelManagerComponents['onChannel'] = (_t, req) => req.reject('NOT_EXPOSED', 'test'), tcpPort = 0, budget: Partial<PunchBudgetInit> = {}): Agent {
+export function agent(name: string, introduce: (self: Agent, target: string, via: Via) => Promise<Introduction>, onChannel: TunnelManagerComponents['onChannel'] = (_t, req) => req.reject('NOT_EXPOSED', 'test'), tcpPort = 0, budget: Partial<PunchBudgetInit> = {}, named?: (peerId: string) => boolean): Agent {
   const socket = udx.createSocket()
   socket.bind(0, '127.0.0.1')
   const keyPair = generateKeyPair()
@@ -96,6 +96,7 @@ export function agent(name: string, introduce: (self: Agent, target: string, via
       refreshNat: async () => undefined,
       offlineCheck: (id) => a.offline.get(id) ?? Promise.resolve(),
       onChannel,
+      ...(named ? { named } : {}),
       peers: pins,
       introduce: (target, via) => {
         asked.push(target)
