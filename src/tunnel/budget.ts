@@ -70,8 +70,9 @@ export interface PunchBudgetInit {
   /**
    * Tunnels peers opened to us that we keep at once (a peer key has one: a fresh one
    * replaces it, manager.ts register). Each costs a socket, the session's buffers, timers
-   * and up to TUNNEL_WINDOW_BUDGET_BYTES of channel windows (window-budget.ts). Past it a
-   * new peer's tunnel is refused with BUSY (keep.ts). Tunnels we open are not counted.
+   * and up to TUNNEL_WINDOW_BUDGET_BYTES of channel windows (window-budget.ts). At it a
+   * place is made or the newcomer refused with BUSY (manager.ts admitInbound, keep.ts).
+   * Tunnels we open are not counted.
    */
   inboundTunnels: number
 }

@@ -9,8 +9,7 @@ import { Messages, MESSAGE_SERVICE } from '../../src/daemon/messages.js'
 import type { ApiClient } from '../../src/ipc/client.js'
 import { silentLogger } from '../../src/protocol/log.js'
 import type { TunnelManager } from '../../src/tunnel/manager.js'
-import { Mux } from '../../src/tunnel/mux.js'
-import { messagePipe } from '../unit/tunnel/pipe.js'
+import { muxPair } from '../unit/tunnel/mux-pair.js'
 import { upTunnel } from '../unit/helpers.js'
 
 export const MALLORY = { name: 'mallory', id: 'm'.repeat(52) }
@@ -26,14 +25,8 @@ export const RAW = /[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u061c\u200b-\u200f\
  */
 export async function deliver(texts: string[], json: boolean, cleanups: Array<() => void>): Promise<{ printed: string; stored: string[] }> {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'abuse-terminal-'))
-  const pipe = messagePipe()
-  const muxS = new Mux(pipe.a, true, silentLogger)
-  const muxV = new Mux(pipe.b, false, silentLogger)
-  cleanups.push(() => {
-    muxS.close('over')
-    muxV.close('over')
-    fs.rmSync(tmp, { recursive: true, force: true })
-  })
+  const { a: muxS, b: muxV } = muxPair(cleanups)
+  cleanups.push(() => fs.rmSync(tmp, { recursive: true, force: true }))
   for (const d of ['m', 'o']) fs.mkdirSync(path.join(tmp, d), { mode: 0o700 })
   const known = { list: () => [], resolveKey: async () => ({ ...MALLORY }) }
   const quotas = () => ({ messagesPerPeer: 1000, messageBytesPerPeer: 1 << 20 })

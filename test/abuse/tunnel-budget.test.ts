@@ -11,11 +11,10 @@
 // (not imported) so that the file also runs against code from before them, where it fails:
 // 256 MiB held, 8 tunnels kept.
 import { afterEach, describe, expect, it } from 'vitest'
-import { silentLogger } from '../../src/protocol/log.js'
 import type { Tunnel } from '../../src/tunnel/tunnel.js'
-import { Mux } from '../../src/tunnel/mux.js'
 import { agent, closeAgents, introducesTo, type Agent } from '../unit/tunnel/manager-agents.js'
-import { messagePipe, until } from '../unit/tunnel/pipe.js'
+import { muxPair } from '../unit/tunnel/mux-pair.js'
+import { until } from '../unit/tunnel/pipe.js'
 import { NatdError } from '../../src/protocol/errors.js'
 import { pushAll } from './push-all.js'
 import { recordAbuse } from './record.js'
@@ -40,13 +39,7 @@ afterEach(async () => {
 
 describe('abuse: memory and tunnels a peer can make us hold', () => {
   it('1. 64 channels whose consumers read 4 MiB each, then stall: bob holds at most the tunnel budget', async () => {
-    const pipe = messagePipe()
-    const muxM = new Mux(pipe.a, true, silentLogger)
-    const muxB = new Mux(pipe.b, false, silentLogger)
-    cleanups.push(() => {
-      muxM.close('test over')
-      muxB.close('test over')
-    })
+    const { a: muxM, b: muxB } = muxPair(cleanups)
     /** Bytes bob's consumers were handed after they stalled: held in memory (a socket's queue, a write queue). */
     let held = 0
     muxB.on('open', (req) => {
